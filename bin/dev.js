@@ -1,0 +1,4 @@
+#!/usr/bin/env node
+// Runs the compiled commands with oclif's development settings (stack traces, no manifest).
+import { execute } from '@oclif/core';
+await execute({ development: true, dir: import.meta.url });

@@ -1,0 +1,74 @@
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { InstalledPackage } from '../pkg/types.js';
+import { resolveInRoot } from '../util/fs.js';
+
+export interface Kernel {
+  version: string;
+  /** Guest path of the kernel image, when there is one. */
+  image?: string;
+}
+
+/** 'changed': same package, another version than the base had (an upgrade or a pinned downgrade). */
+export type PackageOrigin = 'base' | 'added' | 'changed';
+
+export interface BomPackage extends InstalledPackage {
+  origin: PackageOrigin;
+  baseVersion?: string;
+}
+
+export interface BomStep {
+  index: number;
+  name?: string;
+  type: string;
+  description: string;
+  durationMs: number;
+}
+
+export interface Bom {
+  bomVersion: 1;
+  tool: { name: 'imagebuilder'; version: string };
+  createdAt: string;
+  input: { path: string; format: string; sha256: string; checksumSource?: string };
+  output: { path: string; format: string; sha256: string; sparsify: string };
+  recipe: { path: string; name: string; sha256: string };
+  os: { id?: string; versionId?: string; prettyName?: string; osRelease: Record<string, string> };
+  architecture?: string;
+  kernels: Kernel[];
+  packages: BomPackage[];
+  removedPackages: InstalledPackage[];
+  steps: BomStep[];
+  mountBackend: string;
+  durationsMs: Record<string, number>;
+  warnings: string[];
+}
+
+/** Installed kernels: /lib/modules/<version> directories, with the matching /boot/vmlinuz-<version>. */
+export async function listKernels(root: string): Promise<Kernel[]> {
+  const modulesDir = join(root, await resolveInRoot(root, '/lib/modules'));
+  const bootDir = join(root, await resolveInRoot(root, '/boot'));
+  const versions = new Set<string>(await readdir(modulesDir).catch(() => []));
+  const images = new Map<string, string>();
+  for (const entry of await readdir(bootDir).catch(() => [] as string[])) {
+    const match = /^(?:vmlinuz|vmlinux|Image)-(.+)$/.exec(entry);
+    if (match) {
+      versions.add(match[1]);
+      images.set(match[1], `/boot/${entry}`);
+    }
+  }
+  return [...versions].sort().map((version) => ({ version, ...(images.has(version) ? { image: images.get(version) } : {}) }));
+}
+
+/** Marks each package as from the base image, added or changed by the recipe; lists what was removed. */
+export function comparePackages(before: InstalledPackage[], after: InstalledPackage[]): { packages: BomPackage[]; removed: InstalledPackage[] } {
+  const key = (p: InstalledPackage) => `${p.name}:${p.architecture}`;
+  const base = new Map(before.map((p) => [key(p), p]));
+  const now = new Set(after.map(key));
+  const packages = after.map((p): BomPackage => {
+    const old = base.get(key(p));
+    if (!old) return { ...p, origin: 'added' };
+    if (old.version === p.version) return { ...p, origin: 'base' };
+    return { ...p, origin: 'changed', baseVersion: old.version };
+  });
+  return { packages, removed: before.filter((p) => !now.has(key(p))) };
+}

@@ -1,0 +1,32 @@
+import { chown, lstat, readFile, readlink, rm, symlink, utimes, writeFile, chmod, lchown } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/**
+ * Puts a file in the guest for the length of a session and then puts back exactly what was there:
+ * a regular file (content, mode, owner, times), a symlink (same target, even dangling), or nothing.
+ * Returns the restore function.
+ */
+export async function replaceTemporarily(root: string, guestPath: string, content: string, mode = 0o644): Promise<() => Promise<void>> {
+  const hostPath = join(root, guestPath);
+  const stat = await lstat(hostPath).catch(() => undefined);
+  const saved = !stat
+    ? ({ kind: 'absent' } as const)
+    : stat.isSymbolicLink()
+      ? ({ kind: 'symlink', target: await readlink(hostPath), uid: stat.uid, gid: stat.gid } as const)
+      : ({ kind: 'file', content: await readFile(hostPath), mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid, atime: stat.atime, mtime: stat.mtime } as const);
+  await rm(hostPath, { force: true });
+  await writeFile(hostPath, content, { mode });
+  await chmod(hostPath, mode);
+  return async () => {
+    await rm(hostPath, { force: true });
+    if (saved.kind === 'symlink') {
+      await symlink(saved.target, hostPath);
+      await lchown(hostPath, saved.uid, saved.gid);
+    } else if (saved.kind === 'file') {
+      await writeFile(hostPath, saved.content, { mode: saved.mode });
+      await chmod(hostPath, saved.mode);
+      await chown(hostPath, saved.uid, saved.gid);
+      await utimes(hostPath, saved.atime, saved.mtime);
+    }
+  };
+}

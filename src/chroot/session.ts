@@ -1,0 +1,145 @@
+import { mkdir, readdir, readFile, readlink, symlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { replaceTemporarily } from './guest-file.js';
+import { CleanupStack } from '../util/cleanup.js';
+import type { ExecOptions, ExecResult, Runner } from '../util/exec.js';
+import { resolveInRoot, sleep } from '../util/fs.js';
+import type { Logger } from '../util/log.js';
+
+export interface SessionFile {
+  path: string;
+  content: string;
+  mode: number;
+}
+
+export interface ChrootOptions {
+  run: Runner;
+  log: Logger;
+  signal?: AbortSignal;
+  /** Files present only while the session is open, e.g. policy-rc.d that keeps services from starting. */
+  sessionFiles?: SessionFile[];
+}
+
+/** The environment every command inside the guest gets; nothing from the host leaks in. */
+export const CHROOT_ENV: Record<string, string> = {
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  HOME: '/root',
+  LC_ALL: 'C',
+  LANG: 'C',
+  TERM: 'dumb',
+  DEBIAN_FRONTEND: 'noninteractive',
+  DEBCONF_NONINTERACTIVE_SEEN: 'true',
+  // systemctl and friends act on files only, never on a running manager.
+  SYSTEMD_OFFLINE: '1',
+};
+
+export interface ChrootExecOptions extends Omit<ExecOptions, 'env' | 'extraEnv'> {
+  env?: Record<string, string>;
+}
+
+export interface ChrootSession {
+  readonly root: string;
+  /** Runs argv inside the guest. */
+  exec(argv: string[], options?: ChrootExecOptions): Promise<ExecResult>;
+  /** Kills every process whose root is inside the guest; returns how many there were. */
+  sweep(): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Processes whose root directory is the guest (or below it): what a step left running. */
+async function processesInside(root: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const processRoot = await readlink(`/proc/${entry}/root`).catch(() => undefined);
+    if (processRoot && (processRoot === root || processRoot.startsWith(`${root}/`))) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+async function killInside(root: string, log: Logger): Promise<number> {
+  let pids = await processesInside(root);
+  const count = pids.length;
+  if (count) log.warn(`killing ${count} process(es) left running inside the guest: ${pids.join(' ')}`);
+  for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // already gone
+      }
+    }
+    for (let waited = 0; waited < 3000 && (pids = await processesInside(root)).length; waited += 100) await sleep(100);
+    if (!pids.length) break;
+  }
+  return count;
+}
+
+/** A DNS configuration that works inside the guest: the host's, or the real upstreams behind a local stub. */
+async function hostResolvConf(): Promise<string> {
+  const text = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
+  if (/^nameserver\s+127\.0\.0\.53/m.test(text)) {
+    const upstream = await readFile('/run/systemd/resolve/resolv.conf', 'utf8').catch(() => undefined);
+    if (upstream) return upstream;
+  }
+  return text;
+}
+
+/**
+ * Opens a chroot session on a mounted guest: private /proc, /sys, a minimal /dev (not the host's: a
+ * guest script cannot reach host disks), /dev/pts, a private /run, working DNS, services blocked.
+ * Everything is undone by close(), in reverse, after killing what is still running inside.
+ */
+export async function openChroot(root: string, options: ChrootOptions): Promise<ChrootSession> {
+  const { run, log } = options;
+  const cleanup = new CleanupStack(log);
+  const mountIn = async (guestPath: string, args: string[]) => {
+    const target = join(root, await resolveInRoot(root, guestPath));
+    await mkdir(target, { recursive: true });
+    await run('mount', [...args, target], { log, purpose: `mounting ${guestPath} in the guest` });
+    cleanup.push(`mount ${target}`, async () => {
+      const result = await run('umount', [target], { allowFailure: true });
+      if (result.exitCode !== 0) await run('umount', ['--lazy', target], { allowFailure: true });
+    });
+    return target;
+  };
+
+  try {
+    await mountIn('/proc', ['-t', 'proc', 'proc']);
+    await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
+    const dev = await mountIn('/dev', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid', 'tmpfs']);
+    for (const [name, major, minor] of [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const) {
+      await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)]);
+    }
+    for (const [name, target] of [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']]) {
+      await symlink(target, join(dev, name));
+    }
+    await mkdir(join(dev, 'shm'), { mode: 0o1777 });
+    await mountIn('/dev/pts', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620', 'devpts']);
+    await mountIn('/run', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid,nodev', 'tmpfs']);
+
+    const files: SessionFile[] = [{ path: '/etc/resolv.conf', content: await hostResolvConf(), mode: 0o644 }, ...(options.sessionFiles ?? [])];
+    for (const file of files) {
+      // The file itself is replaced, not followed: a symlink stays the same symlink once restored.
+      const guestPath = join(await resolveInRoot(root, dirname(file.path)), basename(file.path));
+      const restore = await replaceTemporarily(root, guestPath, file.content, file.mode);
+      cleanup.push(`restore ${file.path}`, restore);
+    }
+    // Last pushed, first run on release: nothing may hold the mounts when they are unmounted.
+    cleanup.push('processes inside the guest', async () => void (await killInside(root, log)));
+  } catch (error) {
+    await cleanup.unwind();
+    throw error;
+  }
+
+  return {
+    root,
+    exec: (argv, execOptions = {}) =>
+      run('chroot', [root, ...argv], { ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+    sweep: () => killInside(root, log),
+    close: async () => {
+      const failures = await cleanup.unwind();
+      if (failures.length) throw new Error(failures.join('; '));
+    },
+  };
+}

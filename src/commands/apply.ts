@@ -1,0 +1,59 @@
+import { Args, Flags } from '@oclif/core';
+import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
+import { BaseCommand } from '../cli/base-command.js';
+
+export default class Apply extends BaseCommand {
+  static override summary = "Run a recipe's steps inside a disk image and write the customized image and its BOM";
+  static override description =
+    'Verifies the image (against a SHA256SUMS or sha256sum.txt beside it), mounts a copy natively, runs the recipe ' +
+    "inside a chroot with the guest's own package manager, and writes a new image in the input's format with a " +
+    'bill of materials (<output>.bom.json). The input image is never modified.';
+  static override examples = ['<%= config.bin %> apply recipes/examples/k8s-node-containerd.yaml --disk-image debian-12.qcow2'];
+
+  static override args = {
+    recipe: Args.string({ description: 'recipe YAML file', required: true }),
+  };
+
+  static override flags = {
+    'disk-image': Flags.string({ char: 'i', description: 'base disk image (raw, qcow2, vmdk, vhdx, vpc, vdi)', required: true, env: 'IMAGEBUILDER_DISK_IMAGE' }),
+    output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
+    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+    sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
+    'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false }),
+    json: Flags.boolean({ description: 'print the result as JSON on stdout (logs stay on stderr)', default: false }),
+    verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
+    quiet: Flags.boolean({ char: 'q', description: 'do not echo command output (it is still in errors)', default: false }),
+  };
+
+  async run(): Promise<ApplyResult> {
+    const { args, flags } = await this.parse(Apply);
+    const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet });
+    const result = await withInterrupts(log, (signal) =>
+      apply({
+        recipe: args.recipe,
+        diskImage: flags['disk-image'],
+        output: flags.output,
+        mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
+        sparsify: flags.sparsify as (typeof SPARSIFY_MODES)[number],
+        keepWorkDir: flags['keep-work-dir'],
+        log,
+        signal,
+      }),
+    );
+    if (flags.json) {
+      this.log(JSON.stringify({ output: result.output, bom: result.bomPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }, null, 2));
+    } else {
+      const bom = result.bom;
+      const added = bom.packages.filter((p) => p.origin !== 'base');
+      this.log(`image: ${result.output.path}`);
+      this.log(`  format ${result.output.format}, sha256 ${result.output.sha256}`);
+      this.log(`bom:   ${result.bomPath}`);
+      this.log(`  ${bom.os.prettyName ?? bom.os.id} ${bom.architecture ?? ''}, kernels: ${bom.kernels.map((k) => k.version).join(', ') || 'none'}`);
+      this.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);
+      for (const p of added) this.log(`    ${p.name} ${p.version} (${p.architecture})${p.baseVersion ? ` was ${p.baseVersion}` : ''}`);
+      for (const p of bom.removedPackages) this.log(`    removed ${p.name} ${p.version}`);
+      this.log(`  took ${(bom.durationsMs.total / 1000).toFixed(1)}s (steps ${((bom.durationsMs.steps ?? 0) / 1000).toFixed(1)}s)`);
+    }
+    return result;
+  }
+}

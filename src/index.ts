@@ -1,0 +1,13 @@
+/** The library API: everything the commands do, usable without oclif. */
+export { apply, defaultOutputPath, type ApplyOptions, type ApplyResult } from './pipeline/apply.js';
+export { SPARSIFY_MODES, type SparsifyMode } from './pipeline/output.js';
+export { verifyImage, type VerifiedImage } from './pipeline/verify.js';
+export { loadRecipe, parseRecipe, type Recipe, type RecipeProblem } from './recipe/load.js';
+export { recipeSchema } from './recipe/schema.js';
+export { STEP_TYPES, findStepType } from './steps/registry.js';
+export { MOUNT_BACKEND_NAMES, type MountBackendName } from './mount/backend.js';
+export type { Bom } from './bom/collect.js';
+export { ImageBuilderError, EXIT_CODES, type ErrorCode } from './util/errors.js';
+export { createLogger, type Logger } from './util/log.js';
+export { withInterrupts } from './util/signals.js';
+export { TOOL_VERSION } from './version.js';

@@ -1,0 +1,63 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AttachRequest, MountBackend, MountContext } from './backend.js';
+import { ensurePartitions } from './block.js';
+import { exists, waitForExit, which } from '../util/fs.js';
+
+/**
+ * qemu-storage-daemon exports the image as one raw file over FUSE; a loop device over that file gives the
+ * kernel a block device, so the guest's filesystems are mounted natively (no nbd module needed).
+ */
+export const fuseBackend: MountBackend = {
+  name: 'fuse',
+
+  async unavailable() {
+    if (!(await which('qemu-storage-daemon'))) return 'qemu-storage-daemon is not installed (Debian package qemu-utils)';
+    if (!(await exists('/dev/fuse'))) return '/dev/fuse is missing (load the fuse module, or run the container with --device /dev/fuse)';
+    if (!(await exists('/dev/loop-control'))) return '/dev/loop-control is missing (no loop device support)';
+    return undefined;
+  },
+
+  async attach(context: MountContext, request: AttachRequest) {
+    const { run, log, cleanup } = context;
+    const exportFile = join(context.workDir, 'disk.raw');
+    const pidFile = join(context.workDir, 'qemu-storage-daemon.pid');
+    await writeFile(exportFile, '');
+    const discard = request.readOnly ? '' : ',discard=unmap';
+    await run(
+      'qemu-storage-daemon',
+      [
+        '--blockdev', `driver=file,node-name=file0,filename=${request.image}${discard}${request.readOnly ? ',read-only=on' : ''}`,
+        '--blockdev', `driver=${request.format},node-name=disk0,file=file0${discard}${request.readOnly ? ',read-only=on' : ''}`,
+        '--export', `type=fuse,id=export0,node-name=disk0,mountpoint=${exportFile},writable=${request.readOnly ? 'off' : 'on'}`,
+        // --daemonize returns only once the export is up, so the file is ready when run() returns.
+        '--daemonize', '--pidfile', pidFile,
+      ],
+      { log, purpose: 'exporting the image over FUSE' },
+    );
+    const pid = Number((await readFile(pidFile, 'utf8')).trim());
+    cleanup.push(`qemu-storage-daemon (pid ${pid})`, async () => {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+      // The image is consistent (and free for qemu-img) only once the daemon has flushed and exited.
+      await waitForExit(pid);
+      const mounts = await readFile('/proc/mounts', 'utf8');
+      if (mounts.includes(` ${exportFile} `)) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
+    });
+
+    const loop = await run('losetup', ['--find', '--show', ...(request.readOnly ? ['--read-only'] : []), exportFile], {
+      log,
+      purpose: 'attaching a loop device',
+      hint: 'all loop devices may be busy: `losetup -a` lists them',
+    });
+    const device = loop.stdout.trim();
+    cleanup.push(`loop device ${device}`, async () => {
+      await run('losetup', ['--detach', device], { allowFailure: true });
+    });
+    await ensurePartitions(context, device);
+    return { kind: 'block' as const, device };
+  },
+};

@@ -1,0 +1,181 @@
+import { lstat, mkdir, readFile, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { MountContext } from './backend.js';
+import { listPartitions, probeFilesystems, type BlockFilesystem } from './block.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { exists, resolveInRoot } from '../util/fs.js';
+
+export interface FstabEntry {
+  line: number;
+  spec: string;
+  path: string;
+  type: string;
+  options: string[];
+}
+
+export interface GuestMount {
+  device: string;
+  path: string;
+  type: string;
+  hostPath: string;
+}
+
+export interface GuestLayout {
+  /** Host directory where the guest's / is mounted. */
+  root: string;
+  /** Every guest filesystem mounted, root first, in mount order. */
+  mounts: GuestMount[];
+}
+
+const ROOT_CANDIDATE_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
+/** fstab types that are not on the disk (or are API filesystems the chroot session provides). */
+const VIRTUAL_TYPES = new Set(['proc', 'sysfs', 'tmpfs', 'devpts', 'devtmpfs', 'none', 'bind', 'cgroup', 'cgroup2', 'efivarfs', 'nfs', 'nfs4', 'cifs']);
+
+export function parseFstab(text: string): FstabEntry[] {
+  const entries: FstabEntry[] = [];
+  text.split('\n').forEach((raw, index) => {
+    const line = raw.replace(/#.*/, '').trim();
+    if (!line) return;
+    const [spec, path, type = 'auto', options = 'defaults'] = line.split(/\s+/);
+    if (!path) return;
+    // fstab escapes spaces in paths as \040
+    const unescape = (value: string) => value.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)));
+    entries.push({ line: index + 1, spec: unescape(spec), path: unescape(path), type, options: options.split(',') });
+  });
+  return entries;
+}
+
+/** Finds the filesystem an fstab spec names among the ones on this disk. */
+export function resolveSpec(spec: string, filesystems: BlockFilesystem[]): BlockFilesystem | undefined {
+  const byPath = /^\/dev\/disk\/by-(uuid|label|partuuid|partlabel)\/(.+)$/.exec(spec);
+  const tagged = /^(UUID|LABEL|PARTUUID|PARTLABEL)=(.+)$/.exec(spec);
+  const [key, rawValue] = byPath ? [byPath[1].toUpperCase(), byPath[2]] : tagged ? [tagged[1], tagged[2]] : [];
+  if (!key) return undefined;
+  // udev escapes by-label names (\x20 for a space); fstab values may be quoted.
+  const value = rawValue!.replace(/^"(.*)"$/, '$1').replace(/\\x([0-9a-f]{2})/gi, (_, hex) => String.fromCharCode(parseInt(hex, 16)));
+  const same = (a: string | undefined) => a !== undefined && (key === 'LABEL' || key === 'PARTLABEL' ? a === value : a.toLowerCase() === value.toLowerCase());
+  return filesystems.find((fs) =>
+    key === 'UUID' ? same(fs.uuid) : key === 'LABEL' ? same(fs.label) : key === 'PARTUUID' ? same(fs.partUuid) : same(fs.partLabel),
+  );
+}
+
+function mountOptions(type: string, fstabOptions: string[] = []): string[] {
+  // Only the options that change what we see: btrfs subvolumes. xfs refuses a second mount of the same
+  // UUID (the base image may be attached elsewhere) unless told nouuid.
+  const kept = fstabOptions.filter((option) => /^subvol(id)?=/.test(option));
+  if (type === 'xfs') kept.push('nouuid');
+  return kept;
+}
+
+async function mountFs(context: MountContext, device: string, target: string, type: string, options: string[], readOnly: boolean) {
+  const all = [...(readOnly ? ['ro'] : []), ...options];
+  await context.run('mount', ['-t', type, ...(all.length ? ['-o', all.join(',')] : []), device, target], {
+    log: context.log,
+    purpose: `mounting ${device} on ${target}`,
+  });
+}
+
+async function umount(context: MountContext, target: string) {
+  const result = await context.run('umount', [target], { allowFailure: true });
+  if (result.exitCode !== 0) {
+    // A process we could not kill still holds it: detach it lazily rather than leave the build stuck.
+    context.log.warn(`umount ${target} failed (${result.output.trim()}); detaching it lazily`);
+    await context.run('umount', ['--lazy', target], { allowFailure: true });
+  }
+}
+
+async function hasOsRelease(dir: string): Promise<boolean> {
+  // lstat, not stat: /etc/os-release is usually a relative symlink into /usr/lib, dangling from the host's view.
+  return (await exists(join(dir, 'etc/os-release'))) || (await exists(join(dir, 'usr/lib/os-release')));
+}
+
+interface RootCandidate {
+  fs: BlockFilesystem;
+  options: string[];
+}
+
+/** The root filesystem is the one holding /etc/os-release (for btrfs: at the top or in a top-level subvolume). */
+async function findRoot(context: MountContext, filesystems: BlockFilesystem[]): Promise<RootCandidate> {
+  const probe = join(context.workDir, 'probe');
+  await mkdir(probe, { recursive: true });
+  const seen: string[] = [];
+  for (const fs of filesystems) {
+    if (!fs.type || !ROOT_CANDIDATE_TYPES.has(fs.type)) {
+      seen.push(`${fs.device}: ${fs.type ?? 'no filesystem'}`);
+      continue;
+    }
+    const probeOptions = fs.type === 'btrfs' ? ['subvolid=5'] : fs.type === 'xfs' ? ['nouuid', 'norecovery'] : ['noload'];
+    await mountFs(context, fs.device, probe, fs.type, probeOptions, true);
+    try {
+      if (await hasOsRelease(probe)) return { fs, options: mountOptions(fs.type) };
+      if (fs.type === 'btrfs') {
+        for (const entry of await readdir(probe)) {
+          const stat = await lstat(join(probe, entry));
+          if (stat.isDirectory() && stat.ino === 256 && (await hasOsRelease(join(probe, entry)))) {
+            return { fs, options: [`subvol=${entry}`] }; // inode 256 marks a subvolume root
+          }
+        }
+      }
+      seen.push(`${fs.device}: ${fs.type} without /etc/os-release`);
+    } finally {
+      await umount(context, probe);
+    }
+  }
+  throw new ImageBuilderError('BAD_INPUT', 'no root filesystem found in the image (none holds /etc/os-release)', {
+    detail: seen.join('\n') || 'no partitions or filesystems found',
+    hint: 'is this a bootable OS disk image? LVM guests need --mount-backend guestmount',
+  });
+}
+
+async function kernelFilesystems(): Promise<Set<string>> {
+  const text = await readFile('/proc/filesystems', 'utf8');
+  return new Set(text.split('\n').map((line) => line.split('\t').pop()!.trim()).filter(Boolean));
+}
+
+/**
+ * Mounts the guest the way it would mount itself: root first, then what its /etc/fstab lists, in path order.
+ * An entry this host cannot mount is a warning naming the entry; swap and virtual entries are skipped.
+ */
+export async function mountGuestLayout(context: MountContext, device: string, readOnly: boolean): Promise<GuestLayout> {
+  const partitions = await listPartitions(device);
+  const filesystems = await probeFilesystems(context, partitions.length ? partitions : [device]);
+  const root = await findRoot(context, filesystems);
+  const rootDir = join(context.workDir, 'root');
+  await mkdir(rootDir, { recursive: true });
+  await mountFs(context, root.fs.device, rootDir, root.fs.type!, root.options, readOnly);
+  context.cleanup.push(`mount ${rootDir}`, () => umount(context, rootDir));
+  const mounts: GuestMount[] = [{ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir }];
+  context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${root.options.length ? `, ${root.options.join(',')}` : ''})`);
+
+  const fstabText = await readFile(join(rootDir, 'etc/fstab'), 'utf8').catch(() => '');
+  const entries = parseFstab(fstabText)
+    .filter((entry) => entry.path !== '/')
+    .sort((a, b) => a.path.split('/').length - b.path.split('/').length || a.path.localeCompare(b.path));
+  const supported = await kernelFilesystems();
+  for (const entry of entries) {
+    const where = `/etc/fstab:${entry.line} (${entry.spec} ${entry.path} ${entry.type})`;
+    if (entry.type === 'swap' || entry.path === 'none') continue;
+    if (VIRTUAL_TYPES.has(entry.type)) continue;
+    if (entry.options.includes('noauto')) {
+      context.log.info(`not mounting ${where}: noauto`);
+      continue;
+    }
+    const fs = resolveSpec(entry.spec, filesystems);
+    if (!fs) {
+      context.log.warn(`cannot mount ${where}: no filesystem on this disk matches ${entry.spec}; steps writing under ${entry.path} write into the root filesystem`);
+      continue;
+    }
+    const type = entry.type === 'auto' ? fs.type : entry.type;
+    if (!type || !supported.has(type)) {
+      context.log.warn(`cannot mount ${where}: this host's kernel has no ${type ?? 'known'} filesystem support; steps writing under ${entry.path} write into the root filesystem`);
+      continue;
+    }
+    const target = join(rootDir, await resolveInRoot(rootDir, entry.path));
+    await mkdir(target, { recursive: true });
+    await mountFs(context, fs.device, target, type, mountOptions(type, entry.options), readOnly);
+    context.cleanup.push(`mount ${target}`, () => umount(context, target));
+    mounts.push({ device: fs.device, path: entry.path, type, hostPath: target });
+    context.log.info(`mounted ${entry.path}: ${fs.device} (${type})`);
+  }
+  return { root: rootDir, mounts };
+}

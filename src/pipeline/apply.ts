@@ -1,0 +1,185 @@
+import { rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/collect.js';
+import { openChroot } from '../chroot/session.js';
+import { detectDistro } from '../distro/families.js';
+import { readOsRelease } from '../distro/os-release.js';
+import { sha256File } from '../fetch/checksums.js';
+import { createOverlay } from '../image/qemu-img.js';
+import type { MountBackendName, MountContext } from '../mount/backend.js';
+import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
+import { selectMountBackend } from '../mount/select.js';
+import { loadRecipe } from '../recipe/load.js';
+import { CleanupStack } from '../util/cleanup.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { execRunner, type Runner } from '../util/exec.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { throwIfAborted } from '../util/signals.js';
+import { TOOL_VERSION } from '../version.js';
+import { FORMAT_EXTENSIONS, trimFilesystems, writeOutputImage, type SparsifyMode } from './output.js';
+import { verifyImage, type VerifiedImage } from './verify.js';
+import { createWorkDir } from './workdir.js';
+
+export interface ApplyOptions {
+  recipe: string;
+  diskImage: string;
+  /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
+  output?: string;
+  mountBackend?: MountBackendName | 'auto';
+  sparsify?: SparsifyMode;
+  keepWorkDir?: boolean;
+  /** Parent of the work directory (default $IMAGEBUILDER_WORK_DIR or the system temp dir). */
+  workDir?: string;
+  log?: Logger;
+  run?: Runner;
+  signal?: AbortSignal;
+}
+
+export interface ApplyResult {
+  output: { path: string; format: string; sha256: string };
+  bomPath: string;
+  bom: Bom;
+}
+
+export function defaultOutputPath(input: VerifiedImage, recipeName: string): string {
+  const stem = basename(input.path, extname(input.path));
+  return resolve(`${stem}-${recipeName}.${FORMAT_EXTENSIONS[input.format]}`);
+}
+
+/** Measures stages for the BOM: each stage's wall time in milliseconds. */
+function stopwatch() {
+  const durations: Record<string, number> = {};
+  const started = Date.now();
+  return {
+    durations,
+    async time<T>(stage: string, body: () => Promise<T>): Promise<T> {
+      const t0 = Date.now();
+      try {
+        return await body();
+      } finally {
+        durations[stage] = (durations[stage] ?? 0) + Date.now() - t0;
+      }
+    },
+    total: () => (durations.total = Date.now() - started),
+  };
+}
+
+async function mountGuest(context: MountContext, backendName: MountBackendName | 'auto', overlay: string) {
+  const backend = await selectMountBackend(context, backendName);
+  const disk = await backend.attach(context, { image: overlay, format: 'qcow2', readOnly: false });
+  const layout: GuestLayout =
+    disk.kind === 'block'
+      ? await mountGuestLayout(context, disk.device, false)
+      : { root: disk.root, mounts: [{ device: overlay, path: '/', type: 'guestmount', hostPath: disk.root }] };
+  return { backend, layout };
+}
+
+/**
+ * The whole build, phases 0 → 1 → 2, as one flat pipeline: verify, overlay, mount, run the steps in a chroot,
+ * unmount, write the output and its BOM. Every resource is released on success, failure and interruption.
+ */
+export async function apply(options: ApplyOptions): Promise<ApplyResult> {
+  const log = options.log ?? createLogger();
+  const run = options.run ?? execRunner;
+  const { signal } = options;
+  const sparsify = options.sparsify ?? 'virt-sparsify';
+  const clock = stopwatch();
+
+  const recipe = await loadRecipe(options.recipe);
+  const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal));
+  const outputPath = options.output ? resolve(options.output) : defaultOutputPath(input, recipe.name);
+  if (outputPath === input.path) {
+    throw new ImageBuilderError('BAD_INPUT', 'the output path is the input image', { hint: 'the input is never modified: choose another --output' });
+  }
+  const outputFormat = input.format;
+  const bomPath = `${outputPath}.bom.json`;
+
+  const cleanup = new CleanupStack(log);
+  try {
+    const workDir = await createWorkDir(cleanup, log, { parent: options.workDir, keep: options.keepWorkDir });
+    const overlay = join(workDir, 'work.qcow2');
+    await createOverlay(run, input.path, input.format, overlay, log);
+
+    // Everything inside the guest lives on its own stack, released before the output is written.
+    const guest = new CleanupStack(log);
+    cleanup.push('guest', async () => void (await guest.unwind()));
+    const mountContext: MountContext = { run, log, cleanup: guest, signal, workDir };
+    const { backend, layout } = await clock.time('mount', () => mountGuest(mountContext, options.mountBackend ?? 'auto', overlay));
+    throwIfAborted(signal);
+
+    const osRelease = await readOsRelease(layout.root);
+    if (!osRelease) throw new ImageBuilderError('BAD_INPUT', 'the guest has no /etc/os-release', { hint: 'is this a Linux OS image?' });
+    const distro = detectDistro(osRelease);
+    log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
+    const manager = distro.family?.packageManager;
+    const packagesBefore = manager ? await manager.listInstalled(layout.root) : [];
+
+    const session = await openChroot(layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles });
+    guest.push('chroot session', () => session.close());
+
+    const steps: BomStep[] = [];
+    await clock.time('steps', async () => {
+      for (const step of recipe.steps) {
+        throwIfAborted(signal);
+        const description = step.type.describe(step.spec);
+        const label = `step ${step.index + 1}/${recipe.steps.length} (${step.name ?? description})`;
+        log.info(`${label}: ${step.type.key} at ${step.location}`);
+        const t0 = Date.now();
+        await step.type.run({ session, distro, log, signal, recipeDir: recipe.dir, label }, step.spec);
+        await session.sweep();
+        const durationMs = Date.now() - t0;
+        steps.push({ index: step.index, name: step.name, type: step.type.key, description, durationMs });
+        log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
+      }
+    });
+    await guest.releaseNow('chroot session');
+
+    const packagesAfter = manager ? await manager.listInstalled(layout.root) : [];
+    const { packages, removed } = comparePackages(packagesBefore, packagesAfter);
+    const kernels = await listKernels(layout.root);
+    const architecture = manager ? await manager.architecture(layout.root) : undefined;
+
+    if (sparsify === 'fstrim') {
+      if (backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
+      else await clock.time('fstrim', () => trimFilesystems(run, layout.mounts, log));
+    }
+    await clock.time('unmount', async () => void (await guest.unwind()));
+    throwIfAborted(signal);
+
+    // The output appears under its name only when complete.
+    const partial = join(dirname(outputPath), `.${basename(outputPath)}.partial-${process.pid}`);
+    cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
+    log.info(`writing ${outputFormat} output (sparsify: ${sparsify})`);
+    await clock.time('output', () => writeOutputImage(run, overlay, partial, outputFormat, sparsify, { log, signal, workDir }));
+    const outputSha256 = await sha256File(partial, signal);
+    clock.total();
+
+    const bom: Bom = {
+      bomVersion: 1,
+      tool: { name: 'imagebuilder', version: TOOL_VERSION },
+      createdAt: new Date().toISOString(),
+      input: { path: input.path, format: input.format, sha256: input.sha256, ...(input.checksumSource ? { checksumSource: input.checksumSource } : {}) },
+      output: { path: outputPath, format: outputFormat, sha256: outputSha256, sparsify },
+      recipe: { path: resolve(recipe.path), name: recipe.name, sha256: recipe.sha256 },
+      os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease },
+      architecture,
+      kernels,
+      packages,
+      removedPackages: removed,
+      steps,
+      mountBackend: backend.name,
+      durationsMs: clock.durations,
+      warnings: [...log.warnings],
+    };
+    const bomPartial = `${partial}.bom.json`;
+    cleanup.push(`partial BOM ${bomPartial}`, () => rm(bomPartial, { force: true }));
+    await writeFile(bomPartial, `${JSON.stringify(bom, null, 2)}\n`);
+    throwIfAborted(signal);
+    await rename(partial, outputPath);
+    await rename(bomPartial, bomPath);
+    log.info(`wrote ${outputPath} (sha256 ${outputSha256}) and ${bomPath}`);
+    return { output: { path: outputPath, format: outputFormat, sha256: outputSha256 }, bomPath, bom };
+  } finally {
+    await cleanup.unwind();
+  }
+}

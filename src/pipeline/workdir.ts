@@ -1,0 +1,36 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { CleanupStack } from '../util/cleanup.js';
+import type { Logger } from '../util/log.js';
+
+/** Mount points under a directory, from /proc/mounts (octal escapes decoded). */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await readFile('/proc/mounts', 'utf8');
+  return text
+    .split('\n')
+    .map((line) => line.split(' ')[1]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))))
+    .filter((target): target is string => !!target && (target === dir || target.startsWith(`${dir}/`)));
+}
+
+/**
+ * A private work directory for one build (overlay, export file, mount points). Removed on release unless
+ * kept — and never while anything is still mounted inside it, which would delete the guest's files.
+ */
+export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean } = {}): Promise<string> {
+  const parent = options.parent ?? process.env.IMAGEBUILDER_WORK_DIR ?? tmpdir();
+  const dir = await mkdtemp(join(parent, 'imagebuilder-'));
+  cleanup.push(`work directory ${dir}`, async () => {
+    if (options.keep) {
+      log.info(`work directory kept: ${dir}`);
+      return;
+    }
+    const busy = await mountsUnder(dir);
+    if (busy.length) {
+      log.error(`not removing ${dir}: still mounted there: ${busy.join(' ')}`);
+      return;
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+  return dir;
+}

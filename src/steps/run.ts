@@ -1,0 +1,58 @@
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { ImageBuilderError } from '../util/errors.js';
+import { defineStep } from './types.js';
+
+export type RunSpec = string | { script?: string; file?: string; env?: Record<string, string>; timeout?: number; shell?: string };
+
+export const runStep = defineStep<RunSpec>({
+  key: 'run',
+  summary: 'Run a shell script inside the guest',
+  description:
+    'Runs an inline script, or a script file from the host (relative to the recipe), inside the guest with `sh -e` ' +
+    '(or the given shell). A non-zero exit stops the build. Output goes to the build log. `timeout` is in seconds.',
+  example: 'echo "net.ipv4.ip_forward = 1" > /etc/sysctl.d/99-forward.conf',
+  schema: {
+    oneOf: [
+      { type: 'string', minLength: 1, description: 'The script, run with /bin/sh -e.' },
+      {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          script: { type: 'string', minLength: 1, description: 'The script text.' },
+          file: { type: 'string', minLength: 1, description: 'A script file on the host, relative to the recipe.' },
+          env: { type: 'object', additionalProperties: { type: 'string' }, description: 'Extra environment variables.' },
+          timeout: { type: 'integer', minimum: 1, description: 'Seconds before the script is killed.' },
+          shell: { type: 'string', pattern: '^/', description: 'Interpreter inside the guest (default /bin/sh).' },
+        },
+        oneOf: [{ required: ['script'] }, { required: ['file'] }],
+      },
+    ],
+  },
+  describe: (spec) => {
+    const text = typeof spec === 'string' ? spec : (spec.script ?? spec.file ?? '');
+    const first = text.trim().split('\n')[0];
+    return `run ${first.length > 60 ? `${first.slice(0, 57)}...` : first}`;
+  },
+  async run(context, spec) {
+    const options = typeof spec === 'string' ? { script: spec } : spec;
+    let script = options.script;
+    if (options.file !== undefined) {
+      const path = resolve(context.recipeDir, options.file);
+      script = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+        throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ${error.code ?? error.message}`);
+      });
+    }
+    const shell = options.shell ?? '/bin/sh';
+    // The script arrives on stdin so no temporary file is left in the image.
+    await context.session.exec([shell, ...(shell.endsWith('sh') ? ['-e'] : []), '-s'], {
+      input: script,
+      env: options.env,
+      timeoutMs: options.timeout ? options.timeout * 1000 : undefined,
+      log: context.log,
+      errorCode: 'STEP_FAILED',
+      purpose: `${context.label} failed`,
+      hint: 'fix the script, or debug it inside the image with `imagebuilder shell`',
+    });
+  },
+});

@@ -1,0 +1,67 @@
+/**
+ * One error type for everything the user can act on. `code` is stable (tests and pipelines match on it);
+ * `hint` says how to fix it; `detail` carries the failing command and the tail of its output.
+ */
+export type ErrorCode =
+  | 'BAD_RECIPE'
+  | 'BAD_INPUT'
+  | 'VERIFY_FAILED'
+  | 'STEP_FAILED'
+  | 'MISSING_TOOL'
+  | 'ENVIRONMENT'
+  | 'COMMAND_FAILED'
+  | 'INTERRUPTED'
+  | 'INTERNAL';
+
+/** Exit codes, documented in README.md: pipelines branch on them. */
+export const EXIT_CODES: Record<ErrorCode, number> = {
+  INTERNAL: 1,
+  BAD_RECIPE: 2,
+  BAD_INPUT: 2,
+  VERIFY_FAILED: 3,
+  STEP_FAILED: 4,
+  MISSING_TOOL: 5,
+  ENVIRONMENT: 5,
+  COMMAND_FAILED: 6,
+  INTERRUPTED: 130,
+};
+
+export class ImageBuilderError extends Error {
+  readonly code: ErrorCode;
+  readonly hint?: string;
+  readonly detail?: string;
+
+  constructor(code: ErrorCode, message: string, options: { hint?: string; detail?: string; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
+    this.name = 'ImageBuilderError';
+    this.code = code;
+    this.hint = options.hint;
+    this.detail = options.detail;
+  }
+
+  get exitCode(): number {
+    return EXIT_CODES[this.code];
+  }
+
+  /** The full text shown to a user: what failed, the command output, how to fix it. */
+  render(): string {
+    const parts = [`error [${this.code}]: ${this.message}`];
+    if (this.detail) parts.push(this.detail.replace(/^/gm, '  | '));
+    if (this.hint) parts.push(`hint: ${this.hint}`);
+    return parts.join('\n');
+  }
+}
+
+export function isImageBuilderError(error: unknown): error is ImageBuilderError {
+  return error instanceof ImageBuilderError;
+}
+
+export function toImageBuilderError(error: unknown): ImageBuilderError {
+  if (isImageBuilderError(error)) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new ImageBuilderError('INTERNAL', message, {
+    cause: error,
+    detail: error instanceof Error ? error.stack : undefined,
+    hint: 'this is a bug in imagebuilder; please report it with the command line and this output',
+  });
+}

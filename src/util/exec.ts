@@ -1,0 +1,125 @@
+import { execa } from 'execa';
+import { ImageBuilderError, type ErrorCode } from './errors.js';
+import type { Logger } from './log.js';
+
+export interface ExecOptions {
+  input?: string;
+  /** Full environment for the child; when set, the host's environment is not inherited. */
+  env?: Record<string, string>;
+  /** Variables added to the inherited environment. */
+  extraEnv?: Record<string, string>;
+  cwd?: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Stream the command's output into the build log as it arrives. */
+  log?: Logger;
+  /** Return the result instead of throwing on a non-zero exit. */
+  allowFailure?: boolean;
+  /** Error code to use when the command fails (default COMMAND_FAILED). */
+  errorCode?: ErrorCode;
+  /** What the command was for, in words: "mounting /boot". */
+  purpose?: string;
+  hint?: string;
+}
+
+export interface ExecResult {
+  command: string;
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  /** stdout and stderr interleaved, as a user would have seen them. */
+  output: string;
+}
+
+/** Everything that runs a host command goes through a Runner, so unit tests can record exact argv. */
+export type Runner = (file: string, args: readonly string[], options?: ExecOptions) => Promise<ExecResult>;
+
+export function formatCommand(file: string, args: readonly string[]): string {
+  const quote = (word: string) => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`);
+  return [file, ...args].map(quote).join(' ');
+}
+
+export function tail(text: string, lines = 20): string {
+  const all = text.trimEnd().split('\n');
+  return all.slice(-lines).join('\n');
+}
+
+export const execRunner: Runner = async (file, args, options = {}) => {
+  const command = formatCommand(file, args);
+  options.log?.debug(`$ ${command}`);
+  const child = execa(file, args, {
+    input: options.input,
+    env: options.env ?? options.extraEnv,
+    extendEnv: options.env === undefined,
+    cwd: options.cwd,
+    timeout: options.timeoutMs,
+    cancelSignal: options.signal,
+    reject: false,
+    all: true,
+    stripFinalNewline: false,
+    // A child waiting on a terminal we never answer would hang the build.
+    stdin: options.input === undefined ? 'ignore' : 'pipe',
+  });
+  if (options.log && child.all) child.all.on('data', (chunk: Buffer) => options.log?.output(chunk.toString()));
+  const result = await child;
+  const outcome: ExecResult = {
+    command,
+    exitCode: result.exitCode ?? -1,
+    stdout: String(result.stdout ?? ''),
+    stderr: String(result.stderr ?? ''),
+    output: String(result.all ?? ''),
+  };
+  if (result.isCanceled || options.signal?.aborted) {
+    throw new ImageBuilderError('INTERRUPTED', `interrupted while running: ${command}`);
+  }
+  if (result.failed && !options.allowFailure) {
+    const why = result.timedOut
+      ? `timed out after ${options.timeoutMs} ms`
+      : result.exitCode === undefined
+        ? `could not run (${result.code ?? result.signal ?? result.shortMessage})`
+        : `exited with ${result.exitCode}`;
+    const notFound = result.code === 'ENOENT';
+    throw new ImageBuilderError(
+      notFound ? 'MISSING_TOOL' : (options.errorCode ?? 'COMMAND_FAILED'),
+      `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` ${notFound ? `failed: ${file} is not installed` : why}`,
+      {
+        detail: tail(outcome.output) || undefined,
+        hint: notFound ? `install the package that provides ${file} (see \`imagebuilder doctor\` or README.md)` : options.hint,
+      },
+    );
+  }
+  if (result.failed) outcome.exitCode = result.exitCode ?? -1;
+  return outcome;
+};
+
+/** A runner that records every call and answers from a script: for unit tests of exact argv. */
+export interface RecordedCall {
+  file: string;
+  args: string[];
+  options: ExecOptions;
+}
+
+export function recordingRunner(
+  answer: (call: RecordedCall) => Partial<ExecResult> | undefined = () => undefined,
+): Runner & { calls: RecordedCall[] } {
+  const calls: RecordedCall[] = [];
+  const runner = (async (file: string, args: readonly string[], options: ExecOptions = {}) => {
+    const call = { file, args: [...args], options };
+    calls.push(call);
+    const reply = answer(call) ?? {};
+    const result: ExecResult = {
+      command: formatCommand(file, args),
+      exitCode: 0,
+      stdout: '',
+      stderr: '',
+      output: '',
+      ...reply,
+    };
+    if (result.exitCode !== 0 && !options.allowFailure) {
+      throw new ImageBuilderError(options.errorCode ?? 'COMMAND_FAILED', `\`${result.command}\` exited with ${result.exitCode}`);
+    }
+    return result;
+  }) as Runner & { calls: RecordedCall[] };
+  runner.calls = calls;
+  return runner;
+}

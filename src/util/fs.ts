@@ -1,0 +1,75 @@
+import { access, lstat, readlink } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { delimiter, join, posix } from 'node:path';
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Finds an executable on PATH, as `command -v` would. */
+export async function which(command: string): Promise<string | undefined> {
+  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter)) {
+    const candidate = join(dir, command);
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Waits for a process we do not parent (a daemonized helper) to exit; SIGKILL after the grace period. */
+export async function waitForExit(pid: number, graceMs = 15000): Promise<void> {
+  const deadline = Date.now() + graceMs;
+  while (processAlive(pid) && Date.now() < deadline) await sleep(50);
+  if (processAlive(pid)) {
+    process.kill(pid, 'SIGKILL');
+    while (processAlive(pid)) await sleep(50);
+  }
+}
+
+/**
+ * Resolves a guest path the way the guest's kernel would see it with `root` as `/`: symlinks are followed
+ * relative to the guest root, and `..` never climbs above it, so a guest symlink can never point at the host.
+ * Missing trailing components are allowed (they are returned as they are).
+ */
+export async function resolveInRoot(root: string, guestPath: string, depth = 0): Promise<string> {
+  if (depth > 40) throw new Error(`too many levels of symbolic links resolving ${guestPath}`);
+  const parts = posix.normalize(`/${guestPath}`).split('/').filter(Boolean);
+  let resolved = '/';
+  for (let i = 0; i < parts.length; i++) {
+    const next = posix.join(resolved, parts[i]);
+    let target: string | undefined;
+    try {
+      if ((await lstat(join(root, next))).isSymbolicLink()) target = await readlink(join(root, next));
+    } catch {
+      return posix.join(next, ...parts.slice(i + 1));
+    }
+    if (target === undefined) {
+      resolved = next;
+      continue;
+    }
+    const rest = parts.slice(i + 1);
+    const absolute = target.startsWith('/') ? target : posix.join(resolved, target);
+    return resolveInRoot(root, posix.join(posix.normalize(`/${absolute}`), ...rest), depth + 1);
+  }
+  return resolved;
+}

@@ -1,0 +1,34 @@
+import { ImageBuilderError } from './errors.js';
+import type { Logger } from './log.js';
+
+/**
+ * Turns SIGINT/SIGTERM into an abort of the running build: the running command is cancelled, the build
+ * fails with INTERRUPTED and its finally-blocks unwind every resource. Further signals while unwinding are
+ * ignored so cleanup is not cut short.
+ */
+export async function withInterrupts<T>(log: Logger, body: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = (name: NodeJS.Signals) => {
+    if (controller.signal.aborted) {
+      log.warn(`${name} again: still cleaning up, please wait`);
+      return;
+    }
+    log.warn(`${name} received: stopping and releasing everything`);
+    controller.abort(new ImageBuilderError('INTERRUPTED', `interrupted by ${name}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await body(controller.signal);
+  } catch (error) {
+    if (controller.signal.aborted) throw controller.signal.reason;
+    throw error;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason;
+}
