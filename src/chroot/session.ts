@@ -3,7 +3,8 @@ import { basename, dirname, join } from 'node:path';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import type { ExecOptions, ExecResult, Runner } from '../util/exec.js';
-import { resolveInRoot, sleep } from '../util/fs.js';
+import { resolveInRoot } from '../util/fs.js';
+import { killAll } from '../util/processes.js';
 import type { Logger } from '../util/log.js';
 
 export interface SessionFile {
@@ -57,24 +58,6 @@ async function processesInside(root: string): Promise<number[]> {
   return pids;
 }
 
-async function killInside(root: string, log: Logger): Promise<number> {
-  let pids = await processesInside(root);
-  const count = pids.length;
-  if (count) log.warn(`killing ${count} process(es) left running inside the guest: ${pids.join(' ')}`);
-  for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
-    for (const pid of pids) {
-      try {
-        process.kill(pid, signal);
-      } catch {
-        // already gone
-      }
-    }
-    for (let waited = 0; waited < 3000 && (pids = await processesInside(root)).length; waited += 100) await sleep(100);
-    if (!pids.length) break;
-  }
-  return count;
-}
-
 /** A DNS configuration that works inside the guest: the host's, or the real upstreams behind a local stub. */
 async function hostResolvConf(): Promise<string> {
   const text = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
@@ -126,7 +109,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       cleanup.push(`restore ${file.path}`, restore);
     }
     // Last pushed, first run on release: nothing may hold the mounts when they are unmounted.
-    cleanup.push('processes inside the guest', async () => void (await killInside(root, log)));
+    cleanup.push('processes inside the guest', async () => void (await killAll(() => processesInside(root), log, 'process(es) left running inside the guest')));
   } catch (error) {
     await cleanup.unwind();
     throw error;
@@ -135,8 +118,8 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   return {
     root,
     exec: (argv, execOptions = {}) =>
-      run('chroot', [root, ...argv], { ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
-    sweep: () => killInside(root, log),
+      run('chroot', [root, ...argv], { log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+    sweep: () => killAll(() => processesInside(root), log, 'process(es) left running inside the guest'),
     close: async () => {
       const failures = await cleanup.unwind();
       if (failures.length) throw new Error(failures.join('; '));

@@ -20,7 +20,7 @@ export const guestmountBackend: MountBackend = {
     const pidFile = join(context.workDir, 'guestmount.pid');
     await mkdir(root, { recursive: true });
     const args = [
-      '--add', request.image, `--format=${request.format}`,
+      `--format=${request.format}`, '--add', request.image,
       '--inspector', request.readOnly ? '--ro' : '--rw',
       '--pid-file', pidFile, root,
     ];

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
+import { killAll, processesMentioning } from '../util/processes.js';
 
 /** Mount points under a directory, from /proc/mounts (octal escapes decoded). */
 export async function mountsUnder(dir: string): Promise<string[]> {
@@ -25,6 +26,8 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
       log.info(`work directory kept: ${dir}`);
       return;
     }
+    // Safety net for helpers that outlived their parent (a libguestfs appliance whose guestmount was killed).
+    await killAll(() => processesMentioning(dir), log, 'helper process(es) still using the work directory');
     const busy = await mountsUnder(dir);
     if (busy.length) {
       log.error(`not removing ${dir}: still mounted there: ${busy.join(' ')}`);

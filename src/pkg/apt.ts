@@ -37,7 +37,7 @@ export function createApt(): PackageManager {
   const updated = new WeakSet<ChrootSession>();
   const update = async (session: ChrootSession) => {
     if (updated.has(session)) return;
-    await session.exec(['apt-get', 'update', '-q'], { purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+    await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
     updated.add(session);
   };
   return {
@@ -45,6 +45,7 @@ export function createApt(): PackageManager {
     async install(session, packages) {
       await update(session);
       await session.exec(aptInstallArgs(packages), {
+        streamOutput: true,
         purpose: 'installing packages',
         errorCode: 'STEP_FAILED',
         hint: 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available',
@@ -52,8 +53,8 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async remove(session, names) {
-      await session.exec(['apt-get', 'purge', ...APT_OPTIONS, ...names], { purpose: 'removing packages', errorCode: 'STEP_FAILED' });
-      await session.exec(['apt-get', 'autoremove', '--purge', ...APT_OPTIONS], { purpose: 'removing unused dependencies', errorCode: 'STEP_FAILED' });
+      await session.exec(['apt-get', 'purge', ...APT_OPTIONS, ...names], { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
+      await session.exec(['apt-get', 'autoremove', '--purge', ...APT_OPTIONS], { streamOutput: true, purpose: 'removing unused dependencies', errorCode: 'STEP_FAILED' });
     },
     async listInstalled(root) {
       return parseDpkgStatus(await readFile(join(root, 'var/lib/dpkg/status'), 'utf8'));

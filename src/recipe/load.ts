@@ -32,7 +32,8 @@ export interface RecipeProblem {
   message: string;
 }
 
-const ajv = new Ajv({ allErrors: true, strict: false });
+// verbose: errors carry the offending value, so messages can quote it.
+const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
 let envelopeValidator: ValidateFunction | undefined;
 const stepValidators = new Map<string, ValidateFunction>();
 
@@ -125,7 +126,7 @@ function dotted(path: (string | number)[]): string {
 }
 
 /** Converts ajv errors to problems with positions, dropping the noise of oneOf branches that were not meant. */
-function problemsFrom(errors: ErrorObject[], prefix: (string | number)[], locate: Locator, data: unknown): RecipeProblem[] {
+function problemsFrom(errors: ErrorObject[], prefix: (string | number)[], locate: Locator): RecipeProblem[] {
   const relevant = errors.filter((e) => e.keyword !== 'oneOf' && e.keyword !== 'if');
   // For a oneOf between a string and an object form, keep the errors of the branch whose type matched.
   const typeMatched = relevant.filter((e) => e.keyword !== 'type' || !relevant.some((o) => o !== e && o.instancePath === e.instancePath && o.keyword !== 'type'));
@@ -136,7 +137,7 @@ function problemsFrom(errors: ErrorObject[], prefix: (string | number)[], locate
     const path = [...prefix, ...pathOf(error.instancePath)];
     const key = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;
     const allowed = () => Object.keys((error.parentSchema?.properties as object | undefined) ?? {});
-    const problem = { location: locate.of(path, key), message: describeAjvError({ ...error, data: error.data ?? data }, dotted(path), allowed) };
+    const problem = { location: locate.of(path, key), message: describeAjvError(error, dotted(path), allowed) };
     const id = `${problem.location} ${problem.message}`;
     if (!seen.has(id)) problems.push(problem);
     seen.add(id);
@@ -154,7 +155,7 @@ export function parseRecipe(text: string, path: string): { recipe?: Recipe; prob
   }
   const data = doc.toJS() as Record<string, unknown> | null;
   const validateEnvelope = envelope();
-  if (!validateEnvelope(data)) return { problems: problemsFrom(validateEnvelope.errors ?? [], [], locate, data) };
+  if (!validateEnvelope(data)) return { problems: problemsFrom(validateEnvelope.errors ?? [], [], locate) };
 
   const problems: RecipeProblem[] = [];
   const steps: RecipeStep[] = [];
@@ -176,7 +177,7 @@ export function parseRecipe(text: string, path: string): { recipe?: Recipe; prob
     const type = findStepType(typeKeys[0])!;
     const validate = stepValidator(type);
     if (!validate(step)) {
-      problems.push(...problemsFrom(validate.errors ?? [], at, locate, step));
+      problems.push(...problemsFrom(validate.errors ?? [], at, locate));
       return;
     }
     steps.push({ index, name: step.name as string | undefined, type, spec: step[type.key], location: locate.of(at) });

@@ -50,6 +50,7 @@ export const runStep = defineStep<RunSpec>({
       env: options.env,
       timeoutMs: options.timeout ? options.timeout * 1000 : undefined,
       log: context.log,
+      streamOutput: true,
       errorCode: 'STEP_FAILED',
       purpose: `${context.label} failed`,
       hint: 'fix the script, or debug it inside the image with `imagebuilder shell`',

@@ -11,8 +11,10 @@ export interface ExecOptions {
   cwd?: string;
   timeoutMs?: number;
   signal?: AbortSignal;
-  /** Stream the command's output into the build log as it arrives. */
+  /** Logs the command line (debug level). */
   log?: Logger;
+  /** Also copy the command's output into the build log as it arrives (steps: apt, scripts). */
+  streamOutput?: boolean;
   /** Return the result instead of throwing on a non-zero exit. */
   allowFailure?: boolean;
   /** Error code to use when the command fails (default COMMAND_FAILED). */
@@ -60,7 +62,7 @@ export const execRunner: Runner = async (file, args, options = {}) => {
     // A child waiting on a terminal we never answer would hang the build.
     stdin: options.input === undefined ? 'ignore' : 'pipe',
   });
-  if (options.log && child.all) child.all.on('data', (chunk: Buffer) => options.log?.output(chunk.toString()));
+  if (options.streamOutput && options.log && child.all) child.all.on('data', (chunk: Buffer) => options.log?.output(chunk.toString()));
   const result = await child;
   const outcome: ExecResult = {
     command,

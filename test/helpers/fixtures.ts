@@ -1,0 +1,30 @@
+import { mkdir, stat } from 'node:fs/promises';
+import { execa } from 'execa';
+import { REPO, sha256 } from './host.js';
+
+export type Layout = 'gpt-esp' | 'mbr' | 'whole-disk' | 'separate-boot';
+
+export const FIXTURE_CACHE = process.env.IMAGEBUILDER_FIXTURE_CACHE ?? '/var/cache/imagebuilder-fixtures';
+
+/**
+ * A real Debian disk image built from Debian's packages by bin/make-debian-image (debootstrap, mkfs -d, sfdisk,
+ * qemu-img), independent of the code under test. Built once and cached; tests only ever read it.
+ */
+export async function fixtureImage(layout: Layout, format: 'qcow2' | 'raw' = 'qcow2'): Promise<string> {
+  const script = `${REPO}/bin/make-debian-image`;
+  const version = (await sha256(script)).slice(0, 12);
+  const dir = `${FIXTURE_CACHE}/images`;
+  const path = `${dir}/${layout}-${version}.${format}`;
+  if (await stat(path).catch(() => undefined)) return path;
+  await mkdir(dir, { recursive: true });
+  await execa(script, ['--layout', layout, '--format', format, '--output', path, '--cache-dir', FIXTURE_CACHE], { stderr: 'inherit' });
+  return path;
+}
+
+/** The partition that holds each layout's root (and /boot), as the fixture script lays them out. */
+export const LAYOUT_PARTITIONS: Record<Layout, { root: number | 'disk'; boot?: number }> = {
+  'gpt-esp': { root: 2 },
+  mbr: { root: 1 },
+  'whole-disk': { root: 'disk' },
+  'separate-boot': { root: 3, boot: 1 },
+};

@@ -1,0 +1,47 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { execa } from 'execa';
+
+export const REPO = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
+export const CLI = `${REPO}/bin/run.js`;
+
+/** Runs the real CLI the way a user does. */
+export async function runCli(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
+  const result = await execa('node', [CLI, ...args], { cwd: options.cwd, env: options.env, reject: false, all: true });
+  return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr), all: String(result.all) };
+}
+
+export async function sha256(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** What a build may leave on the host: mounts, loop devices and helper processes. */
+export interface HostState {
+  mounts: string[];
+  loops: string[];
+  helpers: string[];
+}
+
+export async function hostState(): Promise<HostState> {
+  const mounts = (await readFile('/proc/mounts', 'utf8'))
+    .split('\n')
+    .filter((line) => /imagebuilder-|\/dev\/loop|fuse/.test(line));
+  const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], { reject: false })).stdout
+    .split('\n')
+    .filter(Boolean);
+  const helpers = (await execa('pgrep', ['-a', '-f', 'qemu-storage-daemon|qemu-nbd|guestmount|qemu-system'], { reject: false })).stdout
+    .split('\n')
+    .filter(Boolean);
+  return { mounts, loops, helpers };
+}
+
+/** Asserts the host holds nothing more than it did before the build. */
+export async function expectNothingLeft(before: HostState): Promise<void> {
+  const after = await hostState();
+  expect(after.mounts).toEqual(before.mounts);
+  expect(after.loops).toEqual(before.loops);
+  expect(after.helpers).toEqual(before.helpers);
+}

@@ -1,0 +1,10 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+
+/** Writes a recipe file for a test and returns its path. */
+export async function writeRecipe(dir: string, name: string, steps: unknown[]): Promise<string> {
+  const path = join(dir, `${name}.yaml`);
+  await writeFile(path, stringify({ name, steps }));
+  return path;
+}
