@@ -8,12 +8,21 @@ import { join } from 'node:path';
  */
 export async function replaceTemporarily(root: string, guestPath: string, content: string, mode = 0o644): Promise<() => Promise<void>> {
   const hostPath = join(root, guestPath);
-  const stat = await lstat(hostPath).catch(() => undefined);
+  const stat = await lstat(hostPath, { bigint: true }).catch(() => undefined);
   const saved = !stat
     ? ({ kind: 'absent' } as const)
     : stat.isSymbolicLink()
-      ? ({ kind: 'symlink', target: await readlink(hostPath), uid: stat.uid, gid: stat.gid } as const)
-      : ({ kind: 'file', content: await readFile(hostPath), mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid, atime: stat.atime, mtime: stat.mtime } as const);
+      ? ({ kind: 'symlink', target: await readlink(hostPath), uid: Number(stat.uid), gid: Number(stat.gid) } as const)
+      : ({
+          kind: 'file',
+          content: await readFile(hostPath),
+          mode: Number(stat.mode) & 0o7777,
+          uid: Number(stat.uid),
+          gid: Number(stat.gid),
+          // Seconds with the nanoseconds as the fraction: as close as utimes(2) through a double gets.
+          atime: Number(stat.atimeNs) / 1e9,
+          mtime: Number(stat.mtimeNs) / 1e9,
+        } as const);
   await rm(hostPath, { force: true });
   await writeFile(hostPath, content, { mode });
   await chmod(hostPath, mode);

@@ -16,16 +16,17 @@ export async function withImageMounted<T>(image: string, layout: Layout, body: (
   try {
     await execa('qemu-img', ['convert', '-O', 'raw', image, raw]);
     const { root: rootPart, boot } = LAYOUT_PARTITIONS[layout];
-    const offsets = new Map<number, number>();
+    const extents = new Map<number, { offset: number; size: number }>();
     if (rootPart !== 'disk') {
-      const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { sectorsize?: number; partitions: { node: string; start: number }[] } };
+      const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { sectorsize?: number; partitions: { node: string; start: number; size: number }[] } };
       const sector = table.partitiontable.sectorsize ?? 512;
-      table.partitiontable.partitions.forEach((p) => offsets.set(Number(/(\d+)$/.exec(p.node)![1]), p.start * sector));
+      table.partitiontable.partitions.forEach((p) => extents.set(Number(/(\d+)$/.exec(p.node)![1]), { offset: p.start * sector, size: p.size * sector }));
     }
     const mountAt = async (partition: number | 'disk', target: string) => {
       await execa('mkdir', ['-p', target]);
-      const offset = partition === 'disk' ? 0 : offsets.get(partition)!;
-      await execa('mount', ['-o', `ro,loop,offset=${offset}`, raw, target]);
+      // Two loop devices over one file must not overlap: each gets its partition's exact extent.
+      const extent = partition === 'disk' ? '' : `,offset=${extents.get(partition)!.offset},sizelimit=${extents.get(partition)!.size}`;
+      await execa('mount', ['-o', `ro,loop${extent}`, raw, target]);
       mounted.push(target);
     };
     await mountAt(rootPart, root);

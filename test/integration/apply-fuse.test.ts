@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, readFile, readlink, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -96,13 +96,18 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     await expectNothingLeft(before);
   });
 
-  test('filesystem on the whole disk (no partition table)', async () => {
+  test('filesystem on the whole disk (no partition table), backend chosen by auto', async () => {
     const input = await fixtureImage('whole-disk');
     const recipe = await writeRecipe(work, 'whole', [{ name: 'mark it', run: 'echo whole-disk > /etc/marker' }]);
     const output = join(work, 'whole-out.qcow2');
     const before = await hostState();
-    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim']);
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'fstrim']);
     expect(result.exitCode).toBe(0);
+    // auto tries nbd first: where the host has no nbd module it says so and goes on with fuse.
+    const hasNbd = (await readdir('/sys/block')).some((name) => name.startsWith('nbd'));
+    expect(result.stderr).toContain(
+      hasNbd ? 'mount backend: nbd' : 'mount backend: fuse (passed over: nbd: the nbd kernel module is not loaded (on the host: modprobe nbd max_part=16))',
+    );
     await withImageMounted(output, 'whole-disk', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('whole-disk\n');
     });

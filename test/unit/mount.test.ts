@@ -1,0 +1,92 @@
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createNbdBackend } from '../../src/mount/nbd.js';
+import { selectMountBackend } from '../../src/mount/select.js';
+import type { MountBackend, MountContext } from '../../src/mount/backend.js';
+import { CleanupStack } from '../../src/util/cleanup.js';
+import { recordingRunner } from '../../src/util/exec.js';
+import { createLogger } from '../../src/util/log.js';
+
+/** The nbd backend cannot run here (no nbd module): these prove the exact commands it would run. */
+describe('nbd backend', () => {
+  let dir: string;
+  let sysBlock: string;
+  let lockDir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'nbd-unit-'));
+    sysBlock = join(dir, 'sys-block');
+    lockDir = join(dir, 'lock');
+    await mkdir(lockDir, { recursive: true });
+    await mkdir(sysBlock, { recursive: true });
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  const context = (run = recordingRunner()): MountContext & { run: ReturnType<typeof recordingRunner> } => {
+    const log = createLogger({ write: () => undefined });
+    return { run, log, cleanup: new CleanupStack(log), workDir: dir };
+  };
+
+  test('without the module it says how to load it', async () => {
+    const reason = await createNbdBackend({ sysBlock, lockDir }).unavailable(context());
+    // qemu-nbd may be missing on a developer's machine too; either way the reason names the fix.
+    expect(reason).toMatch(/modprobe nbd max_part=16|qemu-utils/);
+  });
+
+  test('skips a connected device and one locked by a live build, reclaims a stale lock, and undoes it all', async () => {
+    for (const name of ['nbd0', 'nbd1', 'nbd2', 'nbd10']) await mkdir(join(sysBlock, name));
+    await writeFile(join(sysBlock, 'nbd0', 'pid'), '1234'); // connected by someone
+    await writeFile(join(lockDir, 'imagebuilder-nbd1.lock'), String(process.pid)); // another live build
+    await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), '999999999'); // a build that died
+    const ctx = context();
+    const attached = await createNbdBackend({ sysBlock, lockDir }).attach(ctx, { image: '/w/work.qcow2', format: 'qcow2', readOnly: false });
+    expect(attached).toEqual({ kind: 'block', device: '/dev/nbd2' });
+    expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock', 'imagebuilder-nbd2.lock']);
+    await ctx.cleanup.unwind();
+    expect(ctx.run.calls.map((c) => [c.file, ...c.args])).toEqual([
+      ['qemu-nbd', '--connect=/dev/nbd2', '--format=qcow2', '--discard=unmap', '/w/work.qcow2'],
+      ['partx', '-a', '/dev/nbd2'],
+      ['partx', '-d', '/dev/nbd2'],
+      ['qemu-nbd', '--disconnect', '/dev/nbd2'],
+    ]);
+    expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock']);
+  });
+
+  test('read-only attach, and a clear error when every device is taken', async () => {
+    await mkdir(join(sysBlock, 'nbd0'));
+    const ctx = context();
+    await createNbdBackend({ sysBlock, lockDir }).attach(ctx, { image: '/w/base.raw', format: 'raw', readOnly: true });
+    expect(ctx.run.calls[0].args).toEqual(['--connect=/dev/nbd0', '--format=raw', '--read-only', '/w/base.raw']);
+    await expect(createNbdBackend({ sysBlock, lockDir }).attach(context(), { image: '/w/x', format: 'raw', readOnly: true })).rejects.toMatchObject({
+      code: 'ENVIRONMENT',
+      message: 'every /dev/nbd device is in use',
+    });
+    await ctx.cleanup.unwind();
+  });
+});
+
+describe('mount backend selection', () => {
+  const fake = (name: MountBackend['name'], reason?: string): MountBackend => ({
+    name,
+    unavailable: async () => reason,
+    attach: async () => ({ kind: 'tree', root: '/' }),
+  });
+
+  test('auto takes the first usable one and logs why the others were passed over', async () => {
+    const lines: string[] = [];
+    const log = createLogger({ write: (text) => void lines.push(text) });
+    const ctx: MountContext = { run: recordingRunner(), log, cleanup: new CleanupStack(log), workDir: '/w' };
+    const chosen = await selectMountBackend(ctx, 'auto', [fake('nbd', 'no module'), fake('fuse'), fake('guestmount')]);
+    expect(chosen.name).toBe('fuse');
+    expect(lines.join('')).toContain('mount backend: fuse (passed over: nbd: no module)');
+  });
+
+  test('a backend asked for by name that cannot work is an error saying why', async () => {
+    const log = createLogger({ write: () => undefined });
+    const ctx: MountContext = { run: recordingRunner(), log, cleanup: new CleanupStack(log), workDir: '/w' };
+    await expect(selectMountBackend(ctx, 'nbd', [fake('nbd', 'no module'), fake('fuse')])).rejects.toMatchObject({
+      code: 'ENVIRONMENT',
+      message: 'no usable mount backend: nbd: no module',
+    });
+  });
+});

@@ -1,0 +1,103 @@
+import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { replaceTemporarily } from '../../src/chroot/guest-file.js';
+import { CleanupStack } from '../../src/util/cleanup.js';
+import { resolveInRoot } from '../../src/util/fs.js';
+import { createLogger } from '../../src/util/log.js';
+import { ImageBuilderError } from '../../src/util/errors.js';
+
+describe('resolveInRoot', () => {
+  let root: string;
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'root-'));
+    await mkdir(join(root, 'etc'), { recursive: true });
+    await mkdir(join(root, 'usr/lib'), { recursive: true });
+    await symlink('../usr/lib/os-release', join(root, 'etc/os-release'));
+    await symlink('/etc', join(root, 'etc-abs'));
+    await symlink('../../../../../../tmp', join(root, 'escape'));
+    await symlink('/', join(root, 'usr/lib/up'));
+  });
+  afterAll(() => rm(root, { recursive: true, force: true }));
+
+  test.each([
+    ['/etc/os-release', '/usr/lib/os-release'],
+    ['/etc-abs/os-release', '/usr/lib/os-release'],
+    ['/escape/x', '/tmp/x'],
+    ['/usr/lib/up/etc/hosts', '/etc/hosts'],
+    ['/../../etc', '/etc'],
+    ['/missing/dir/file', '/missing/dir/file'],
+  ])('%s resolves to %s inside the root, never above it', async (path, expected) => {
+    expect(await resolveInRoot(root, path)).toBe(expected);
+  });
+});
+
+describe('replaceTemporarily', () => {
+  let root: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'guest-'));
+    await mkdir(join(root, 'etc'));
+  });
+  afterEach(() => rm(root, { recursive: true, force: true }));
+
+  test('a dangling symlink comes back as the same symlink', async () => {
+    await symlink('../run/systemd/resolve/stub-resolv.conf', join(root, 'etc/resolv.conf'));
+    const restore = await replaceTemporarily(root, '/etc/resolv.conf', 'nameserver 10.0.0.1\n');
+    expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('nameserver 10.0.0.1\n');
+    await restore();
+    expect(await readlink(join(root, 'etc/resolv.conf'))).toBe('../run/systemd/resolve/stub-resolv.conf');
+  });
+
+  test('a regular file comes back with its content, mode and times', async () => {
+    await writeFile(join(root, 'etc/resolv.conf'), 'nameserver 192.0.2.53\n', { mode: 0o600 });
+    const before = await stat(join(root, 'etc/resolv.conf'), { bigint: true });
+    const restore = await replaceTemporarily(root, '/etc/resolv.conf', 'x');
+    await restore();
+    const after = await stat(join(root, 'etc/resolv.conf'), { bigint: true });
+    expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('nameserver 192.0.2.53\n');
+    expect(Number(after.mode) & 0o7777).toBe(0o600);
+    // utimes takes a double: the time comes back to within a microsecond.
+    const drift = after.mtimeNs - before.mtimeNs;
+    expect(drift < 1000n && drift > -1000n).toBe(true);
+  });
+
+  test('an absent file is absent again', async () => {
+    const restore = await replaceTemporarily(root, '/etc/policy', '#!/bin/sh\nexit 101\n', 0o755);
+    expect((await stat(join(root, 'etc/policy'))).mode & 0o777).toBe(0o755);
+    await restore();
+    await expect(lstat(join(root, 'etc/policy'))).rejects.toThrow();
+  });
+});
+
+describe('CleanupStack', () => {
+  test('releases newest first, keeps going past a failure, reports it', async () => {
+    const order: string[] = [];
+    const stack = new CleanupStack(createLogger({ write: () => undefined }));
+    stack.push('a', () => void order.push('a'));
+    stack.push('b', () => {
+      throw new Error('stuck');
+    });
+    stack.push('c', async () => void order.push('c'));
+    expect(await stack.unwind()).toEqual(['could not release b: stuck']);
+    expect(order).toEqual(['c', 'a']);
+    expect(stack.size).toBe(0);
+  });
+
+  test('releaseNow releases one entry early and only once', async () => {
+    const order: string[] = [];
+    const stack = new CleanupStack(createLogger({ write: () => undefined }));
+    stack.push('mounts', () => void order.push('mounts'));
+    stack.push('session', () => void order.push('session'));
+    await stack.releaseNow('mounts');
+    await stack.unwind();
+    expect(order).toEqual(['mounts', 'session']);
+  });
+});
+
+describe('ImageBuilderError', () => {
+  test('renders what failed, the command output and the fix; exit code by code', () => {
+    const error = new ImageBuilderError('STEP_FAILED', 'step 1 failed', { detail: 'line 1\nline 2', hint: 'fix it' });
+    expect(error.render()).toBe('error [STEP_FAILED]: step 1 failed\n  | line 1\n  | line 2\nhint: fix it');
+    expect(error.exitCode).toBe(4);
+  });
+});
