@@ -46,6 +46,9 @@ export function tail(text: string, lines = 20): string {
   return all.slice(-lines).join('\n');
 }
 
+/** After SIGTERM to a cancelled command's process group, how long before SIGKILL. */
+const KILL_GRACE_MS = 5000;
+
 export const execRunner: Runner = async (file, args, options = {}) => {
   const command = formatCommand(file, args);
   options.log?.debug(`$ ${command}`);
@@ -54,16 +57,45 @@ export const execRunner: Runner = async (file, args, options = {}) => {
     env: options.env ?? options.extraEnv,
     extendEnv: options.env === undefined,
     cwd: options.cwd,
-    timeout: options.timeoutMs,
-    cancelSignal: options.signal,
     reject: false,
     all: true,
     stripFinalNewline: false,
     // A child waiting on a terminal we never answer would hang the build.
     stdin: options.input === undefined ? 'ignore' : 'pipe',
+    // Its own process group, so cancelling kills what it started too: an orphan (a script's `sleep`)
+    // would otherwise keep the output pipes open and the build waiting. Ctrl-C reaches only us; we decide.
+    detached: true,
   });
   if (options.streamOutput && options.log && child.all) child.all.on('data', (chunk: Buffer) => options.log?.output(chunk.toString()));
-  const result = await child;
+  let timedOut = false;
+  let forceKill: NodeJS.Timeout | undefined;
+  const killGroup = (signal: NodeJS.Signals) => {
+    try {
+      if (child.pid) process.kill(-child.pid, signal);
+    } catch {
+      // the group is gone already
+    }
+  };
+  const stop = () => {
+    killGroup('SIGTERM');
+    forceKill ??= setTimeout(() => killGroup('SIGKILL'), KILL_GRACE_MS);
+  };
+  const timer = options.timeoutMs
+    ? setTimeout(() => {
+        timedOut = true;
+        stop();
+      }, options.timeoutMs)
+    : undefined;
+  options.signal?.addEventListener('abort', stop, { once: true });
+  if (options.signal?.aborted) stop();
+  let result: Awaited<typeof child>;
+  try {
+    result = await child;
+  } finally {
+    clearTimeout(timer);
+    clearTimeout(forceKill);
+    options.signal?.removeEventListener('abort', stop);
+  }
   const outcome: ExecResult = {
     command,
     exitCode: result.exitCode ?? -1,
@@ -71,11 +103,11 @@ export const execRunner: Runner = async (file, args, options = {}) => {
     stderr: String(result.stderr ?? ''),
     output: String(result.all ?? ''),
   };
-  if (result.isCanceled || options.signal?.aborted) {
+  if (options.signal?.aborted) {
     throw new ImageBuilderError('INTERRUPTED', `interrupted while running: ${command}`);
   }
   if (result.failed && !options.allowFailure) {
-    const why = result.timedOut
+    const why = timedOut
       ? `timed out after ${options.timeoutMs} ms`
       : result.exitCode === undefined
         ? `could not run (${result.code ?? result.signal ?? result.shortMessage})`

@@ -40,6 +40,18 @@ describe('imagebuilder apply failures', () => {
     await expectNothingLeft(before);
   });
 
+  test('a run step past its timeout is killed with everything it started, exit code 4', async () => {
+    const recipe = await writeRecipe(work, 'timeout', [{ name: 'too slow', run: { script: 'sleep 200 &\nsleep 100', timeout: 2 } }]);
+    const before = await hostState();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'timeout-out.qcow2'), '--sparsify', 'none'], { env: env() });
+    expect(result.exitCode).toBe(4);
+    expect(result.stderr).toContain('error [STEP_FAILED]: step 1/1 (too slow) failed');
+    expect(result.stderr).toContain('timed out after 2000 ms');
+    expect((await execa('pgrep', ['-f', 'sleep [12]00'], { reject: false })).stdout).toBe('');
+    expect(await outputsIn(work)).toEqual([]);
+    await expectNothingLeft(before);
+  });
+
   test('a checksum mismatch stops the build before anything is mounted, exit code 3', async () => {
     const dir = await mkdtemp(join(work, 'sums-'));
     const image = join(dir, 'base.qcow2');
