@@ -3,7 +3,7 @@ import { basename, dirname, join } from 'node:path';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import type { ExecOptions, ExecResult, Runner } from '../util/exec.js';
-import { resolveInRoot } from '../util/fs.js';
+import { exists, resolveInRoot } from '../util/fs.js';
 import { killAll } from '../util/processes.js';
 import type { Logger } from '../util/log.js';
 
@@ -20,6 +20,13 @@ export interface ChrootOptions {
   /** Files present only while the session is open, e.g. policy-rc.d that keeps services from starting. */
   sessionFiles?: SessionFile[];
 }
+
+/**
+ * Capabilities no build step needs and that would reach past the guest into the build host: loading kernel
+ * modules, swapoff and mounts (sys_admin), firewall and interface changes, the clock, reboot, raw I/O.
+ * Dropped from the bounding set, so even root inside the chroot cannot have them.
+ */
+export const DROPPED_CAPABILITIES = ['sys_module', 'sys_admin', 'net_admin', 'sys_time', 'sys_boot', 'sys_rawio'];
 
 /** The environment every command inside the guest gets; nothing from the host leaks in. */
 export const CHROOT_ENV: Record<string, string> = {
@@ -88,7 +95,14 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   };
 
   try {
-    await mountIn('/proc', ['-t', 'proc', 'proc']);
+    const proc = await mountIn('/proc', ['-t', 'proc', 'proc']);
+    // The guest's /proc is the host kernel's: a step's `sysctl -w` would change the build host. Read-only.
+    for (const hostPath of [join(proc, 'sys'), join(proc, 'sysrq-trigger')]) {
+      if (!(await exists(hostPath))) continue; // kernels built without magic SysRq have no trigger
+      await run('mount', ['--bind', hostPath, hostPath], { log });
+      cleanup.push(`mount ${hostPath}`, async () => void (await run('umount', [hostPath], { allowFailure: true })));
+      await run('mount', ['-o', 'remount,bind,ro', hostPath], { log });
+    }
     await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
     const dev = await mountIn('/dev', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid', 'tmpfs']);
     for (const [name, major, minor] of [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const) {
@@ -118,7 +132,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   return {
     root,
     exec: (argv, execOptions = {}) =>
-      run('chroot', [root, ...argv], { log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+      run('setpriv', [`--bounding-set=${DROPPED_CAPABILITIES.map((c) => `-${c}`).join(',')}`, 'chroot', root, ...argv], { log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
     sweep: () => killAll(() => processesInside(root), log, 'process(es) left running inside the guest'),
     close: async () => {
       const failures = await cleanup.unwind();

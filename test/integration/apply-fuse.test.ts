@@ -98,7 +98,12 @@ describe('imagebuilder apply --mount-backend fuse', () => {
 
   test('filesystem on the whole disk (no partition table), backend chosen by auto', async () => {
     const input = await fixtureImage('whole-disk');
-    const recipe = await writeRecipe(work, 'whole', [{ name: 'mark it', run: 'echo whole-disk > /etc/marker' }]);
+    const hostDomain = await readFile('/proc/sys/kernel/domainname', 'utf8');
+    const recipe = await writeRecipe(work, 'whole', [
+      { name: 'mark it', run: 'echo whole-disk > /etc/marker' },
+      // A step must not be able to change the build host's kernel settings through the guest's /proc.
+      { name: 'try the host', run: '(echo ib-test > /proc/sys/kernel/domainname) 2>/dev/null && echo changed > /etc/host-check || echo refused > /etc/host-check' },
+    ]);
     const output = join(work, 'whole-out.qcow2');
     const before = await hostState();
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'fstrim']);
@@ -110,7 +115,9 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     );
     await withImageMounted(output, 'whole-disk', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('whole-disk\n');
+      expect(await readFile(join(root, 'etc/host-check'), 'utf8')).toBe('refused\n');
     });
+    expect(await readFile('/proc/sys/kernel/domainname', 'utf8')).toBe(hostDomain);
     await expectNothingLeft(before);
   });
 
