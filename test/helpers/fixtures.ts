@@ -2,7 +2,7 @@ import { mkdir, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import { REPO, sha256 } from './host.js';
 
-export type Layout = 'gpt-esp' | 'mbr' | 'whole-disk' | 'separate-boot';
+export type Layout = 'gpt-esp' | 'mbr' | 'whole-disk' | 'separate-boot' | 'xfs' | 'btrfs-subvol';
 
 export const FIXTURE_CACHE = process.env.IMAGEBUILDER_FIXTURE_CACHE ?? '/var/cache/imagebuilder-fixtures';
 
@@ -22,9 +22,11 @@ export async function fixtureImage(layout: Layout, format: 'qcow2' | 'raw' = 'qc
 }
 
 /** The partition that holds each layout's root (and /boot), as the fixture script lays them out. */
-export const LAYOUT_PARTITIONS: Record<Layout, { root: number | 'disk'; boot?: number }> = {
+export const LAYOUT_PARTITIONS: Record<Layout, { root: number | 'disk'; rootOptions?: string; boot?: number }> = {
   'gpt-esp': { root: 2 },
   mbr: { root: 1 },
   'whole-disk': { root: 'disk' },
   'separate-boot': { root: 3, boot: 1 },
+  xfs: { root: 1, rootOptions: 'nouuid' },
+  'btrfs-subvol': { root: 2, rootOptions: 'subvol=root', boot: 1 },
 };

@@ -142,4 +142,39 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     expect(bom.kernels[0].image).toMatch(/^\/boot\/vmlinuz-/);
     await expectNothingLeft(before);
   });
+
+  test('xfs root (mounted with nouuid)', async () => {
+    const input = await fixtureImage('xfs');
+    const recipe = await writeRecipe(work, 'xfs', [{ run: 'echo on-xfs > /etc/marker' }]);
+    const output = join(work, 'xfs-out.qcow2');
+    const before = await hostState();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim']);
+    expect(result.exitCode).toBe(0);
+    expect(result.stderr).toMatch(/guest root: \/dev\/loop\d+p1 \(xfs, nouuid\)/);
+    await withImageMounted(output, 'xfs', async (root) => {
+      expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('on-xfs\n');
+    });
+    await expectNothingLeft(before);
+  });
+
+  test('btrfs with root and home subvolumes and a separate /boot, as Fedora Cloud lays it out', async () => {
+    const input = await fixtureImage('btrfs-subvol');
+    const recipe = await writeRecipe(work, 'btrfs', [
+      { run: 'echo in-root > /etc/marker\necho in-home > /home/marker-step\ncat /home/marker-home > /root/seen-home\nls /boot | grep -q vmlinuz' },
+    ]);
+    const output = join(work, 'btrfs-out.qcow2');
+    const before = await hostState();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim']);
+    expect(result.exitCode).toBe(0);
+    expect(result.stderr).toMatch(/guest root: \/dev\/loop\d+p2 \(btrfs, subvol=root\)/);
+    await withImageMounted(output, 'btrfs-subvol', async (root) => {
+      expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('in-root\n');
+      expect(await readFile(join(root, 'root/seen-home'), 'utf8')).toBe('home subvolume\n');
+      await expect(lstat(join(root, 'home/marker-step'))).rejects.toThrow(); // not in the root subvolume
+    });
+    await withImageMounted(output, 'btrfs-subvol', async (home) => {
+      expect(await readFile(join(home, 'marker-step'), 'utf8')).toBe('in-home\n');
+    }, { rootOptions: 'subvol=home', boot: false });
+    await expectNothingLeft(before);
+  });
 });
