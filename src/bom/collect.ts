@@ -1,6 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { InstalledPackage } from '../pkg/types.js';
+import type { RecordedFile, RecordedImage, RecordedUnit } from '../steps/types.js';
 import { resolveInRoot } from '../util/fs.js';
 
 export interface Kernel {
@@ -37,6 +38,11 @@ export interface Bom {
   kernels: Kernel[];
   packages: BomPackage[];
   removedPackages: InstalledPackage[];
+  /** Files the recipe wrote, downloaded or copied in, with their sha256. */
+  files: RecordedFile[];
+  /** systemd units the recipe enabled, disabled or masked. */
+  units: RecordedUnit[];
+  containerImages: RecordedImage[];
   steps: BomStep[];
   mountBackend: string;
   durationsMs: Record<string, number>;

@@ -18,6 +18,7 @@ import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
 import { FORMAT_EXTENSIONS, trimFilesystems, writeOutputImage, type SparsifyMode } from './output.js';
 import { verifyImage, type VerifiedImage } from './verify.js';
+import { createRecorder } from '../steps/types.js';
 import { createWorkDir } from './workdir.js';
 
 export interface ApplyOptions {
@@ -118,6 +119,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     guest.push('chroot session', () => session.close());
 
     const steps: BomStep[] = [];
+    const records = createRecorder();
     await clock.time('steps', async () => {
       for (const step of recipe.steps) {
         throwIfAborted(signal);
@@ -125,7 +127,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
         const label = `step ${step.index + 1}/${recipe.steps.length} (${step.name ?? description})`;
         log.info(`${label}: ${step.type.key} at ${step.location}`);
         const t0 = Date.now();
-        await step.type.run({ session, distro, log, signal, recipeDir: recipe.dir, label }, step.spec);
+        await step.type.run({ session, distro, log, signal, recipeDir: recipe.dir, label, record: records.recorder }, step.spec);
         await session.sweep();
         const durationMs = Date.now() - t0;
         steps.push({ index: step.index, name: step.name, type: step.type.key, description, durationMs });
@@ -166,6 +168,9 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       kernels,
       packages,
       removedPackages: removed,
+      files: records.files,
+      units: records.units,
+      containerImages: records.images,
       steps,
       mountBackend: backend.name,
       durationsMs: clock.durations,

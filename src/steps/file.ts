@@ -1,3 +1,4 @@
+import { writeGuestFile } from '../chroot/guest-write.js';
 import { defineStep } from './types.js';
 
 export interface FileSpec {
@@ -30,13 +31,7 @@ export const fileStep = defineStep<FileSpec>({
   },
   describe: (spec) => `write ${spec.path}`,
   async run(context, spec) {
-    // Done by the guest's own tools inside the chroot: paths and names resolve in the guest, never on the host.
-    const script = 'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; mv -f -- "$tmp" "$1"';
-    await context.session.exec(['/bin/sh', '-c', script, 'file-step', spec.path, spec.owner ?? 'root', spec.group ?? 'root', spec.mode ?? '0644'], {
-      input: spec.content,
-      errorCode: 'STEP_FAILED',
-      purpose: `${context.label}: writing ${spec.path}`,
-      hint: 'check that the owner and group exist in the guest and that the parent path is not a file',
-    });
+    const sha256 = await writeGuestFile(context.session, spec, `${context.label}: writing ${spec.path}`);
+    context.record.file({ path: spec.path, sha256, kind: 'config' });
   },
 });

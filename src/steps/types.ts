@@ -5,6 +5,44 @@ import type { Logger } from '../util/log.js';
 /** A JSON Schema fragment (draft 2020-12 subset ajv understands). */
 export type JsonSchema = Record<string, unknown>;
 
+/** What steps put into the image, as the BOM lists it. */
+export interface RecordedFile {
+  path: string;
+  sha256: string;
+  /** config: written by the recipe; download: fetched from `source`; copy: from the build host. */
+  kind: 'config' | 'download' | 'copy';
+  source?: string;
+}
+
+export interface RecordedUnit {
+  unit: string;
+  state: 'enabled' | 'disabled' | 'masked' | 'unmasked';
+}
+
+export interface RecordedImage {
+  reference: string;
+  digest: string;
+}
+
+export interface StepRecorder {
+  file(entry: RecordedFile): void;
+  unit(entry: RecordedUnit): void;
+  image(entry: RecordedImage): void;
+}
+
+/** A recorder that keeps everything in arrays: what apply() puts into the BOM. */
+export function createRecorder() {
+  const files: RecordedFile[] = [];
+  const units: RecordedUnit[] = [];
+  const images: RecordedImage[] = [];
+  const recorder: StepRecorder = {
+    file: (entry) => void files.push(entry),
+    unit: (entry) => void units.push(entry),
+    image: (entry) => void images.push(entry),
+  };
+  return { recorder, files, units, images };
+}
+
 export interface StepContext {
   session: ChrootSession;
   distro: Distro;
@@ -14,6 +52,8 @@ export interface StepContext {
   recipeDir: string;
   /** The step's label in messages: "step 2 (install containerd)". */
   label: string;
+  /** Where the step reports what it put into the image, for the BOM. */
+  record: StepRecorder;
 }
 
 /**

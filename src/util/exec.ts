@@ -1,9 +1,11 @@
+import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { ImageBuilderError, type ErrorCode } from './errors.js';
 import type { Logger } from './log.js';
 
 export interface ExecOptions {
-  input?: string;
+  /** Standard input: text, bytes, or a stream (a tar archive on its way into the guest). */
+  input?: string | Buffer | Readable;
   /** Full environment for the child; when set, the host's environment is not inherited. */
   env?: Record<string, string>;
   /** Variables added to the inherited environment. */
