@@ -24,6 +24,8 @@ export interface BomStep {
   type: string;
   description: string;
   durationMs: number;
+  /** Why the step did not run here (its `when` did not match the guest). */
+  skipped?: string;
 }
 
 export interface Bom {
@@ -32,7 +34,7 @@ export interface Bom {
   createdAt: string;
   input: { path: string; format: string; sha256: string; checksumSource?: string };
   output: { path: string; format: string; sha256: string; sparsify: string };
-  recipe: { path: string; name: string; sha256: string };
+  recipe: { path: string; name: string; sha256: string; variables: Record<string, string>; includes: { path: string; sha256: string }[] };
   os: { id?: string; versionId?: string; prettyName?: string; osRelease: Record<string, string> };
   architecture?: string;
   kernels: Kernel[];

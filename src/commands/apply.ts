@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
 import { BaseCommand } from '../cli/base-command.js';
+import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
 
 export default class Apply extends BaseCommand {
   static override summary = "Run a recipe's steps inside a disk image and write the customized image and its BOM";
@@ -16,6 +17,7 @@ export default class Apply extends BaseCommand {
 
   static override flags = {
     'disk-image': Flags.string({ char: 'i', description: 'base disk image (raw, qcow2, vmdk, vhdx, vpc, vdi)', required: true, env: 'IMAGEBUILDER_DISK_IMAGE' }),
+    ...recipeVariableFlags,
     output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
     'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
     sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
@@ -31,6 +33,7 @@ export default class Apply extends BaseCommand {
     const result = await withInterrupts(log, (signal) =>
       apply({
         recipe: args.recipe,
+        recipeInputs: recipeInputs(flags),
         diskImage: flags['disk-image'],
         output: flags.output,
         mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',

@@ -9,7 +9,8 @@ import { createOverlay } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
 import { selectMountBackend } from '../mount/select.js';
-import { loadRecipe } from '../recipe/load.js';
+import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
+import { whenMismatch } from '../recipe/when.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
@@ -23,6 +24,8 @@ import { createWorkDir } from './workdir.js';
 
 export interface ApplyOptions {
   recipe: string;
+  /** Variable values: `--vars FILE` and `--set name=value`. */
+  recipeInputs?: RecipeInputs;
   diskImage: string;
   /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
   output?: string;
@@ -86,7 +89,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const sparsify = options.sparsify ?? 'virt-sparsify';
   const clock = stopwatch();
 
-  const recipe = await loadRecipe(options.recipe);
+  const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal));
   const outputPath = options.output ? resolve(options.output) : defaultOutputPath(input, recipe.name);
   if (outputPath === input.path) {
@@ -114,6 +117,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
     const manager = distro.family?.packageManager;
     const packagesBefore = manager ? await manager.listInstalled(layout.root) : [];
+    const architecture = manager ? await manager.architecture(layout.root) : undefined;
 
     const session = await openChroot(layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles });
     guest.push('chroot session', () => session.close());
@@ -125,6 +129,12 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
         throwIfAborted(signal);
         const description = step.type.describe(step.spec);
         const label = `step ${step.index + 1}/${recipe.steps.length} (${step.name ?? description})`;
+        const skipped = whenMismatch(step.when, distro, architecture);
+        if (skipped) {
+          log.info(`${label}: skipped (${skipped})`);
+          steps.push({ index: step.index, name: step.name, type: step.type.key, description, durationMs: 0, skipped });
+          continue;
+        }
         log.info(`${label}: ${step.type.key} at ${step.location}`);
         const t0 = Date.now();
         await step.type.run({ session, distro, log, signal, recipeDir: recipe.dir, label, record: records.recorder }, step.spec);
@@ -139,7 +149,6 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     const packagesAfter = manager ? await manager.listInstalled(layout.root) : [];
     const { packages, removed } = comparePackages(packagesBefore, packagesAfter);
     const kernels = await listKernels(layout.root);
-    const architecture = manager ? await manager.architecture(layout.root) : undefined;
 
     if (sparsify === 'fstrim') {
       if (backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
@@ -162,7 +171,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       createdAt: new Date().toISOString(),
       input: { path: input.path, format: input.format, sha256: input.sha256, ...(input.checksumSource ? { checksumSource: input.checksumSource } : {}) },
       output: { path: outputPath, format: outputFormat, sha256: outputSha256, sparsify },
-      recipe: { path: resolve(recipe.path), name: recipe.name, sha256: recipe.sha256 },
+      recipe: { path: resolve(recipe.path), name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
       os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease },
       architecture,
       kernels,

@@ -1,19 +1,24 @@
-import { readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { dirname, relative, resolve } from 'node:path';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { sha256Text } from '../fetch/checksums.js';
 import { findStepType, STEP_COMMON_PROPERTIES, STEP_TYPES, stepSchema } from '../steps/registry.js';
 import type { StepType } from '../steps/types.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { recipeSchema } from './schema.js';
+import { recipeSchema, INCLUDE_KEY } from './schema.js';
+import { closest, hasTemplate, renderTemplate } from './template.js';
+import type { WhenCondition } from './when.js';
 
 export interface RecipeStep {
+  /** Position in the expanded recipe (includes inlined), from 0. */
   index: number;
   name?: string;
   type: StepType<any>;
+  /** The step's value with every {{ variable }} substituted. */
   spec: unknown;
-  /** file:line:column of the step in the recipe, for messages. */
+  when?: WhenCondition;
+  /** file:line:column of the step, in whichever file (recipe or include) it is written. */
   location: string;
 }
 
@@ -23,8 +28,12 @@ export interface Recipe {
   name: string;
   description?: string;
   steps: RecipeStep[];
+  /** The value of every variable after defaults, --vars and --set. */
+  variables: Record<string, string>;
   /** sha256 of the recipe file as read: the BOM records what was built from. */
   sha256: string;
+  /** Every included file, relative to the recipe's directory, with its sha256. */
+  includes: { path: string; sha256: string }[];
 }
 
 export interface RecipeProblem {
@@ -32,48 +41,43 @@ export interface RecipeProblem {
   message: string;
 }
 
-// verbose: errors carry the offending value, so messages can quote it.
-const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
-let envelopeValidator: ValidateFunction | undefined;
-const stepValidators = new Map<string, ValidateFunction>();
-
-function envelope(): ValidateFunction {
-  // Steps are checked one by one below, so each error speaks of the step type the user meant.
-  const schema = recipeSchema();
-  const properties = schema.properties as Record<string, Record<string, unknown>>;
-  return (envelopeValidator ??= ajv.compile({ ...schema, properties: { ...properties, steps: { ...properties.steps, items: { type: 'object' } } } }));
+export interface RecipeInputs {
+  /** `--set name=value`, applied last. */
+  set?: Record<string, string>;
+  /** `--vars FILE`: a YAML map of name: value, applied before --set. */
+  varsFile?: string;
 }
 
-function stepValidator(type: StepType<any>): ValidateFunction {
-  let validator = stepValidators.get(type.key);
-  if (!validator) stepValidators.set(type.key, (validator = ajv.compile(stepSchema(type))));
+export { closest as didYouMean } from './template.js';
+
+// verbose: errors carry the offending value, so messages can quote it.
+const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
+const validators = new Map<string, ValidateFunction>();
+function compiled(key: string, schema: () => object): ValidateFunction {
+  let validator = validators.get(key);
+  if (!validator) validators.set(key, (validator = ajv.compile(schema())));
   return validator;
 }
 
-export function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let previous = row[0];
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const current = row[j];
-      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
-      previous = current;
-    }
-  }
-  return row[b.length];
+/** The recipe envelope with steps left loose: each step is checked on its own, so errors speak of the type meant. */
+function envelopeValidator(requireName: boolean): ValidateFunction {
+  return compiled(`envelope-${requireName}`, () => {
+    const schema = recipeSchema();
+    const properties = schema.properties as Record<string, Record<string, unknown>>;
+    return {
+      ...schema,
+      $id: undefined,
+      required: requireName ? ['name', 'steps'] : ['steps'],
+      properties: { ...properties, steps: { ...properties.steps, items: { type: 'object' } } },
+    };
+  });
 }
 
-export function didYouMean(word: string, candidates: readonly string[]): string {
-  const best = candidates
-    .map((candidate) => ({ candidate, distance: editDistance(word.toLowerCase(), candidate.toLowerCase()) }))
-    .sort((a, b) => a.distance - b.distance)[0];
-  return best && best.distance <= Math.max(2, Math.floor(word.length / 3)) ? ` (did you mean "${best.candidate}"?)` : '';
-}
+const stepValidator = (type: StepType<any>) => compiled(`step-${type.key}`, () => stepSchema(type));
 
 class Locator {
   constructor(
-    private readonly file: string,
+    readonly file: string,
     private readonly doc: Document,
     private readonly lines: LineCounter,
   ) {}
@@ -95,6 +99,13 @@ class Locator {
   }
 }
 
+interface SourceFile {
+  path: string;
+  text: string;
+  locate: Locator;
+  data: Record<string, unknown>;
+}
+
 function pathOf(instancePath: string): (string | number)[] {
   return instancePath
     .split('/')
@@ -103,12 +114,16 @@ function pathOf(instancePath: string): (string | number)[] {
     .map((part) => (/^\d+$/.test(part) ? Number(part) : part));
 }
 
+function dotted(path: (string | number)[]): string {
+  return path.map((part, i) => (typeof part === 'number' ? `[${part}]` : i === 0 ? part : `.${part}`)).join('');
+}
+
 function describeAjvError(error: ErrorObject, where: string, allowedKeys: () => string[]): string {
   const subject = where || 'the recipe';
   switch (error.keyword) {
     case 'additionalProperties': {
       const extra = (error.params as { additionalProperty: string }).additionalProperty;
-      return `${subject}: unknown key "${extra}"${didYouMean(extra, allowedKeys())}; allowed: ${allowedKeys().join(', ')}`;
+      return `${subject}: unknown key "${extra}"${closest(extra, allowedKeys())}; allowed: ${allowedKeys().join(', ')}`;
     }
     case 'required':
       return `${subject}: missing required key "${(error.params as { missingProperty: string }).missingProperty}"`;
@@ -119,10 +134,6 @@ function describeAjvError(error: ErrorObject, where: string, allowedKeys: () => 
     default:
       return `${subject} ${error.message}`;
   }
-}
-
-function dotted(path: (string | number)[]): string {
-  return path.map((part, i) => (typeof part === 'number' ? `[${part}]` : i === 0 ? part : `.${part}`)).join('');
 }
 
 /** Converts ajv errors to problems with positions, dropping the noise of oneOf branches that were not meant. */
@@ -145,52 +156,221 @@ function problemsFrom(errors: ErrorObject[], prefix: (string | number)[], locate
   return problems;
 }
 
-/** Parses and validates recipe text; returns the recipe or every problem found, each with file:line:column. */
-export function parseRecipe(text: string, path: string): { recipe?: Recipe; problems: RecipeProblem[] } {
+function parseSource(text: string, path: string): { file?: SourceFile; problems: RecipeProblem[] } {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const locate = new Locator(path, doc, lines);
   if (doc.errors.length) {
     return { problems: doc.errors.map((error) => ({ location: locate.at(error.pos[0]), message: `YAML syntax: ${error.message.split('\n')[0]}` })) };
   }
-  const data = doc.toJS() as Record<string, unknown> | null;
-  const validateEnvelope = envelope();
-  if (!validateEnvelope(data)) return { problems: problemsFrom(validateEnvelope.errors ?? [], [], locate) };
+  const data = doc.toJS() as Record<string, unknown>;
+  return { file: { path, text, locate, data }, problems: [] };
+}
 
+interface RawStep {
+  file: SourceFile;
+  at: (string | number)[];
+  value: Record<string, unknown>;
+}
+
+interface VariableDefinition {
+  value: string;
+  location: string;
+}
+
+/** Reads included files relative to the including one, depth first, refusing cycles. */
+class Expander {
+  readonly problems: RecipeProblem[] = [];
+  readonly steps: RawStep[] = [];
+  readonly definitions = new Map<string, VariableDefinition>();
+  readonly includes: { path: string; sha256: string }[] = [];
+
+  constructor(private readonly root: string) {}
+
+  add(file: SourceFile, chain: string[]): void {
+    for (const [name, value] of Object.entries((file.data.variables as Record<string, unknown> | undefined) ?? {})) {
+      // The including recipe's own definition wins over an include's default.
+      if (!this.definitions.has(name)) this.definitions.set(name, { value: String(value), location: file.locate.of(['variables', name]) });
+    }
+    (file.data.steps as Record<string, unknown>[]).forEach((value, index) => {
+      const at = ['steps', index];
+      if (!(INCLUDE_KEY in value)) {
+        this.steps.push({ file, at, value });
+        return;
+      }
+      const target = resolve(dirname(file.path), String(value[INCLUDE_KEY]));
+      const location = file.locate.of([...at, INCLUDE_KEY]);
+      if (chain.includes(target)) {
+        this.problems.push({ location, message: `include cycle: ${[...chain, target].map((p) => relative(this.root, p) || p).join(' → ')}` });
+        return;
+      }
+      let text: string;
+      try {
+        text = readFileSync(target, 'utf8');
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        this.problems.push({
+          location,
+          message: `cannot include "${value[INCLUDE_KEY]}": ${code === 'ENOENT' ? 'no such file' : code} (${target}); include paths are relative to the file that includes them`,
+        });
+        return;
+      }
+      const fromHere = relative(process.cwd(), target);
+      const display = fromHere && !fromHere.startsWith('..') ? fromHere : target;
+      const parsed = parseSource(text, display);
+      if (!parsed.file) {
+        this.problems.push(...parsed.problems);
+        return;
+      }
+      const validate = envelopeValidator(false);
+      if (!validate(parsed.file.data)) {
+        this.problems.push(...problemsFrom(validate.errors ?? [], [], parsed.file.locate));
+        return;
+      }
+      this.includes.push({ path: relative(this.root, target), sha256: sha256Text(text) });
+      this.add({ ...parsed.file, path: target }, [...chain, target]);
+    });
+  }
+}
+
+/** Applies --vars then --set over the defaults; names nobody defined are errors (a typo would otherwise be silent). */
+function applyOverrides(expander: Expander, inputs: RecipeInputs): RecipeProblem[] {
   const problems: RecipeProblem[] = [];
+  const known = () => [...expander.definitions.keys()];
+  const override = (name: string, value: string, location: string) => {
+    if (!expander.definitions.has(name)) {
+      problems.push({ location, message: `unknown variable "${name}"${closest(name, known())}; the recipe defines: ${known().join(', ') || 'none'}` });
+      return;
+    }
+    expander.definitions.set(name, { value, location });
+  };
+  if (inputs.varsFile) {
+    let text: string | undefined;
+    try {
+      text = readFileSync(inputs.varsFile, 'utf8');
+    } catch (error) {
+      problems.push({ location: inputs.varsFile, message: `cannot read --vars file: ${(error as NodeJS.ErrnoException).code}` });
+    }
+    if (text !== undefined) {
+      const parsed = parseSource(text, inputs.varsFile);
+      problems.push(...parsed.problems);
+      const data = parsed.file?.data;
+      if (parsed.file && (data === null || typeof data !== 'object' || Array.isArray(data))) {
+        problems.push({ location: `${inputs.varsFile}:1:1`, message: '--vars file must be a YAML map of name: value' });
+      } else if (parsed.file) {
+        for (const [name, value] of Object.entries(data as Record<string, unknown>)) override(name, String(value), parsed.file.locate.of([], name));
+      }
+    }
+  }
+  for (const [name, value] of Object.entries(inputs.set ?? {})) override(name, value, `--set ${name}`);
+  return problems;
+}
+
+/** Variables may use other variables; each is rendered once, in dependency order, cycles refused. */
+function resolveVariables(definitions: Map<string, VariableDefinition>): { values: Record<string, string>; problems: RecipeProblem[] } {
+  const values: Record<string, string> = {};
+  const problems: RecipeProblem[] = [];
+  const resolving = new Set<string>();
+  const resolveOne = (name: string): string | undefined => {
+    if (name in values) return values[name];
+    const definition = definitions.get(name);
+    if (!definition) return undefined;
+    if (resolving.has(name)) {
+      problems.push({ location: definition.location, message: `variable "${name}" refers to itself through ${[...resolving].join(' → ')}` });
+      return '';
+    }
+    resolving.add(name);
+    const rendered = renderTemplate(definition.value, resolveOne, () => [...definitions.keys()]);
+    resolving.delete(name);
+    problems.push(...rendered.errors.map((message) => ({ location: definition.location, message })));
+    return (values[name] = rendered.value);
+  };
+  for (const name of definitions.keys()) resolveOne(name);
+  return { values, problems };
+}
+
+/** Substitutes variables in every string of a step value, reporting each problem at its string. */
+function renderDeep(value: unknown, at: (string | number)[], file: SourceFile, values: Record<string, string>, problems: RecipeProblem[]): unknown {
+  if (typeof value === 'string') {
+    if (!hasTemplate(value)) return value;
+    const rendered = renderTemplate(value, (name) => values[name], () => Object.keys(values));
+    problems.push(...rendered.errors.map((message) => ({ location: file.locate.of(at), message })));
+    return rendered.value;
+  }
+  if (Array.isArray(value)) return value.map((item, i) => renderDeep(item, [...at, i], file, values, problems));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, renderDeep(item, [...at, key], file, values, problems)]));
+  }
+  return value;
+}
+
+function typeProblem(step: RawStep, typeKeys: string[]): RecipeProblem {
+  const known = [...STEP_TYPES.map((type) => type.key), INCLUDE_KEY];
+  const index = step.at[1];
+  const unknown = typeKeys.find((key) => !findStepType(key));
+  const message =
+    typeKeys.length === 0
+      ? `steps[${index}] has no step type; expected one of: ${known.join(', ')}`
+      : unknown
+        ? `steps[${index}]: unknown step type "${unknown}"${closest(unknown, known)}; expected one of: ${known.join(', ')}`
+        : `steps[${index}] has more than one step type (${typeKeys.join(', ')}); split it into one step each`;
+  return { location: step.file.locate.of(step.at, unknown ?? typeKeys[1]), message };
+}
+
+/**
+ * Parses and validates a recipe — includes inlined, variables resolved and substituted — and returns it, or
+ * every problem found, each with file:line:column. Needs no root and no image.
+ */
+export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {}): { recipe?: Recipe; problems: RecipeProblem[] } {
+  const parsed = parseSource(text, path);
+  if (!parsed.file) return { problems: parsed.problems };
+  const top = parsed.file;
+  const validateEnvelope = envelopeValidator(true);
+  if (!validateEnvelope(top.data)) return { problems: problemsFrom(validateEnvelope.errors ?? [], [], top.locate) };
+
+  const expander = new Expander(dirname(resolve(path)));
+  expander.add({ ...top, path: resolve(path) }, [resolve(path)]);
+  // Locations inside the top file keep the path as the user gave it.
+  const problems = [...expander.problems, ...applyOverrides(expander, inputs)];
+  const { values, problems: variableProblems } = resolveVariables(expander.definitions);
+  problems.push(...variableProblems);
+
   const steps: RecipeStep[] = [];
-  const known = STEP_TYPES.map((type) => type.key);
-  (data!.steps as Record<string, unknown>[]).forEach((step, index) => {
-    const at = ['steps', index];
-    const typeKeys = Object.keys(step).filter((key) => !(key in STEP_COMMON_PROPERTIES));
-    if (typeKeys.length !== 1 || !findStepType(typeKeys[0])) {
-      const unknown = typeKeys.find((key) => !findStepType(key));
-      const message =
-        typeKeys.length === 0
-          ? `steps[${index}] has no step type; expected one of: ${known.join(', ')}`
-          : unknown
-            ? `steps[${index}]: unknown step type "${unknown}"${didYouMean(unknown, known)}; expected one of: ${known.join(', ')}`
-            : `steps[${index}] has more than one step type (${typeKeys.join(', ')}); split it into one step each`;
-      problems.push({ location: locate.of(at, unknown ?? typeKeys[1]), message });
+  expander.steps.forEach((raw, index) => {
+    const typeKeys = Object.keys(raw.value).filter((key) => !(key in STEP_COMMON_PROPERTIES));
+    const type = typeKeys.length === 1 ? findStepType(typeKeys[0]) : undefined;
+    if (!type) {
+      problems.push(typeProblem(raw, typeKeys));
       return;
     }
-    const type = findStepType(typeKeys[0])!;
-    const validate = stepValidator(type);
-    if (!validate(step)) {
-      problems.push(...problemsFrom(validate.errors ?? [], at, locate));
-      return;
+    const stepProblems: RecipeProblem[] = [];
+    const value = renderDeep(raw.value, raw.at, raw.file, values, stepProblems) as Record<string, unknown>;
+    if (!stepProblems.length) {
+      const validate = stepValidator(type);
+      if (!validate(value)) stepProblems.push(...problemsFrom(validate.errors ?? [], raw.at, raw.file.locate));
     }
-    steps.push({ index, name: step.name as string | undefined, type, spec: step[type.key], location: locate.of(at) });
+    problems.push(...stepProblems);
+    if (stepProblems.length) return;
+    steps.push({
+      index,
+      name: value.name as string | undefined,
+      type,
+      spec: value[type.key],
+      when: value.when as WhenCondition | undefined,
+      location: raw.file.locate.of(raw.at),
+    });
   });
   if (problems.length) return { problems };
   return {
     recipe: {
       path,
       dir: dirname(resolve(path)),
-      name: data!.name as string,
-      description: data!.description as string | undefined,
+      name: top.data.name as string,
+      description: top.data.description as string | undefined,
       steps,
+      variables: values,
       sha256: sha256Text(text),
+      includes: expander.includes,
     },
     problems: [],
   };
@@ -204,13 +384,30 @@ export function recipeError(problems: RecipeProblem[]): ImageBuilderError {
   });
 }
 
-export async function loadRecipe(path: string): Promise<Recipe> {
-  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    throw new ImageBuilderError('BAD_RECIPE', `cannot read recipe ${path}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`, {
-      hint: 'give the path of a recipe YAML file; shipped examples are in recipes/examples/',
+export function readRecipeText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new ImageBuilderError('BAD_RECIPE', `cannot read recipe ${path}: ${code === 'ENOENT' ? 'no such file' : code}`, {
+      hint: 'give the path of a recipe YAML file; shipped recipes are in recipes/',
     });
-  });
-  const { recipe, problems } = parseRecipe(text, path);
+  }
+}
+
+export async function loadRecipe(path: string, inputs: RecipeInputs = {}): Promise<Recipe> {
+  const { recipe, problems } = parseRecipe(readRecipeText(path), path, inputs);
   if (!recipe) throw recipeError(problems);
   return recipe;
+}
+
+/** `--set a=b` flags into a map; a flag without `=` is an error that says the form. */
+export function parseSetFlags(flags: string[] = []): Record<string, string> {
+  const values: Record<string, string> = {};
+  for (const flag of flags) {
+    const at = flag.indexOf('=');
+    if (at <= 0) throw new ImageBuilderError('BAD_INPUT', `--set ${flag}: expected NAME=VALUE`, { hint: 'e.g. --set kubernetes_version=1.30.2' });
+    values[flag.slice(0, at)] = flag.slice(at + 1);
+  }
+  return values;
 }

@@ -2,6 +2,7 @@ import { fileStep } from './file.js';
 import { packagesStep } from './packages.js';
 import { runStep } from './run.js';
 import type { JsonSchema, StepType } from './types.js';
+import { WHEN_SCHEMA } from '../recipe/when.js';
 
 /** THE registry: every step type, once. Order is the order of the docs. */
 export const STEP_TYPES: readonly StepType<any>[] = [packagesStep, fileStep, runStep];
@@ -13,6 +14,7 @@ export function findStepType(key: string): StepType<any> | undefined {
 /** Keys a step may carry besides its type key. */
 export const STEP_COMMON_PROPERTIES: Record<string, JsonSchema> = {
   name: { type: 'string', minLength: 1, description: 'A name for the step, shown in logs and the BOM.' },
+  when: WHEN_SCHEMA,
 };
 
 /** The schema of one step of the given type: `{name?, <key>: value}`. */

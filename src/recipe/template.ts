@@ -1,0 +1,76 @@
+/**
+ * `{{ name }}` and `{{ name | filter }}` in recipe strings. Deliberately small: no logic, no loops — a recipe
+ * stays readable, and a derived value (the package version from the Kubernetes version) is one filter away.
+ */
+export const TEMPLATE_FILTERS: Record<string, (value: string) => string> = {
+  /** 1.30.2 → 1.30 (the pkgs.k8s.io repository series) */
+  major_minor: (value) => value.split('.').slice(0, 2).join('.'),
+  /** 1.30.2 → 1 */
+  major: (value) => value.split('.')[0],
+  lower: (value) => value.toLowerCase(),
+  upper: (value) => value.toUpperCase(),
+};
+
+const PLACEHOLDER = /\{\{\s*([^}]*?)\s*\}\}/g;
+
+export interface TemplateResult {
+  value: string;
+  /** Names used, for "unused variable" checks and the BOM. */
+  used: string[];
+  errors: string[];
+}
+
+export function hasTemplate(text: string): boolean {
+  return /\{\{.*?\}\}/.test(text);
+}
+
+export function renderTemplate(text: string, lookup: (name: string) => string | undefined, known: () => string[]): TemplateResult {
+  const used: string[] = [];
+  const errors: string[] = [];
+  const value = text.replace(PLACEHOLDER, (whole, expression: string) => {
+    const [name, ...filters] = expression.split('|').map((part) => part.trim());
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      errors.push(`"${whole}" is not a variable reference: write {{ name }} or {{ name | filter }}`);
+      return whole;
+    }
+    let current = lookup(name);
+    if (current === undefined) {
+      const suggestion = closest(name, known());
+      errors.push(`undefined variable "${name}"${suggestion}: define it under \`variables:\` or pass --set ${name}=VALUE`);
+      return whole;
+    }
+    used.push(name);
+    for (const filter of filters) {
+      const apply = TEMPLATE_FILTERS[filter];
+      if (!apply) {
+        errors.push(`unknown filter "${filter}"${closest(filter, Object.keys(TEMPLATE_FILTERS))}; filters: ${Object.keys(TEMPLATE_FILTERS).join(', ')}`);
+        return whole;
+      }
+      current = apply(current);
+    }
+    return current;
+  });
+  return { value, used, errors };
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let previous = row[0];
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const current = row[j];
+      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
+      previous = current;
+    }
+  }
+  return row[b.length];
+}
+
+/** ` (did you mean "x"?)` when a candidate is close enough to be a typo, else empty. */
+export function closest(word: string, candidates: readonly string[]): string {
+  const best = candidates
+    .map((candidate) => ({ candidate, distance: editDistance(word.toLowerCase(), candidate.toLowerCase()) }))
+    .sort((a, b) => a.distance - b.distance)[0];
+  return best && best.distance <= Math.max(2, Math.floor(word.length / 3)) ? ` (did you mean "${best.candidate}"?)` : '';
+}
