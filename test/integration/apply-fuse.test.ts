@@ -102,6 +102,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     const recipe = await writeRecipe(work, 'whole', [
       { name: 'mark it', run: 'echo whole-disk > /etc/marker' },
       // A step must not be able to change the build host's kernel settings through the guest's /proc.
+      { name: 'only on ubuntu', when: { distro: 'ubuntu' }, run: 'exit 1' },
       { name: 'try the host', run: '(echo ib-test > /proc/sys/kernel/domainname) 2>/dev/null && echo changed > /etc/host-check || echo refused > /etc/host-check' },
     ]);
     const output = join(work, 'whole-out.qcow2');
@@ -118,6 +119,13 @@ describe('imagebuilder apply --mount-backend fuse', () => {
       expect(await readFile(join(root, 'etc/host-check'), 'utf8')).toBe('refused\n');
     });
     expect(await readFile('/proc/sys/kernel/domainname', 'utf8')).toBe(hostDomain);
+    expect(result.stderr).toContain('(only on ubuntu): skipped (distro is debian, not ubuntu)');
+    const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
+    expect(bom.steps.map((s: { name: string; skipped?: string }) => [s.name, s.skipped])).toEqual([
+      ['mark it', undefined],
+      ['only on ubuntu', 'distro is debian, not ubuntu'],
+      ['try the host', undefined],
+    ]);
     await expectNothingLeft(before);
   });
 
