@@ -61,7 +61,7 @@ describe('recipe validation', () => {
 });
 
 describe('the committed schema and shipped recipes', () => {
-  test('schemas/recipe.schema.json is what the step registry generates (run `npm run schema` after changing a step)', async () => {
+  test('schemas/recipe.schema.json is what the step registry generates (run `npm run docs` after changing a step)', async () => {
     const committed = JSON.parse(await readFile(new URL('../../schemas/recipe.schema.json', import.meta.url), 'utf8'));
     expect(committed).toEqual(recipeSchema());
   });
@@ -94,5 +94,16 @@ describe('the committed schema and shipped recipes', () => {
     expect(validate({ name: 'x', steps: [{ pakages: { install: ['a'] } }] })).toBe(false);
     expect(validate({ name: 'x', steps: [{ run: 'a', file: { path: '/a', content: '' } }] })).toBe(false);
     expect(validate({ name: 'x', steps: [{ run: 'a' }] })).toBe(true);
+  });
+});
+
+describe('the README step reference', () => {
+  test('is the table the registry generates (paste `imagebuilder steps --markdown` between the markers)', async () => {
+    const { stepReferenceMarkdown, STEP_REFERENCE_START, STEP_REFERENCE_END } = await import('../../src/steps/docs.js');
+    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+    const start = readme.indexOf(STEP_REFERENCE_START);
+    const end = readme.indexOf(STEP_REFERENCE_END);
+    expect(start).toBeGreaterThan(0);
+    expect(readme.slice(start + STEP_REFERENCE_START.length, end).trim()).toBe(stepReferenceMarkdown());
   });
 });
