@@ -54,6 +54,8 @@ export interface StepContext {
   label: string;
   /** Where the step reports what it put into the image, for the BOM. */
   record: StepRecorder;
+  /** The guest's architecture as its package manager names it (amd64, arm64 …), when known. */
+  architecture?: string;
 }
 
 /**

@@ -4,6 +4,7 @@ import type { Distro } from '../../src/distro/families.js';
 import { detectDistro } from '../../src/distro/families.js';
 import { createRecorder, type StepContext } from '../../src/steps/types.js';
 import { createLogger } from '../../src/util/log.js';
+import { ImageBuilderError } from '../../src/util/errors.js';
 
 export interface FakeCall {
   argv: string[];
@@ -30,7 +31,12 @@ export function fakeSession(answer: (call: FakeCall) => Partial<ExecResult> | un
       }
       const call = { argv, input, env: options.env };
       calls.push(call);
-      return { command: argv.join(' '), exitCode: 0, stdout: '', stderr: '', output: '', ...answer(call) };
+      const result = { command: argv.join(' '), exitCode: 0, stdout: '', stderr: '', output: '', ...answer(call) };
+      // Like the real runner: a failure throws unless the caller allows it.
+      if (result.exitCode !== 0 && !options.allowFailure) {
+        throw new ImageBuilderError(options.errorCode ?? 'COMMAND_FAILED', `${options.purpose ? `${options.purpose}: ` : ''}\`${result.command}\` exited with ${result.exitCode}`, { hint: options.hint });
+      }
+      return result;
     },
     sweep: async () => 0,
     close: async () => undefined,
