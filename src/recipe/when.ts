@@ -8,6 +8,8 @@ export interface WhenCondition {
   /** VERSION_ID: exact ("12"), or compared (">=12", "<24.04"). */
   version?: string | string[];
   architecture?: string | string[];
+  /** A switch, usually a variable: `enabled: "{{ import_images }}"` runs the step only when it is true. */
+  enabled?: boolean | string;
 }
 
 const oneOrMore = (description: string): JsonSchema => ({
@@ -25,6 +27,10 @@ export const WHEN_SCHEMA: JsonSchema = {
     distro: oneOrMore('os-release ID: debian, ubuntu, fedora, rocky, amzn …'),
     version: oneOrMore('os-release VERSION_ID, exact or with a comparison: "12", ">=22.04", "<9".'),
     architecture: oneOrMore('Guest architecture as the package manager names it: amd64, arm64, x86_64, aarch64 …'),
+    enabled: {
+      description: 'true or false, usually from a variable: enabled: "{{ import_images }}".',
+      oneOf: [{ type: 'boolean' }, { type: 'string', enum: ['true', 'false'] }],
+    },
   },
 };
 
@@ -56,6 +62,7 @@ const list = (value: string | string[] | undefined) => (value === undefined ? un
 /** Why the step does not apply to this guest, or undefined when it does. */
 export function whenMismatch(when: WhenCondition | undefined, distro: Distro, architecture: string | undefined): string | undefined {
   if (!when) return undefined;
+  if (when.enabled === false || when.enabled === 'false') return 'enabled is false';
   const checks: [string, string[] | undefined, string | undefined, (actual: string | undefined, wanted: string) => boolean][] = [
     ['family', list(when.family), distro.family?.name, (a, w) => a === w],
     ['distro', list(when.distro), distro.id, (a, w) => a === w],

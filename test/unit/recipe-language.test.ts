@@ -114,6 +114,15 @@ describe('when', () => {
     expect(versionMatches('9', '>=12')).toBe(false);
   });
 
+  test('enabled switches a step from a variable; anything but true or false is refused', () => {
+    const text = 'name: w\nvariables:\n  import_images: "false"\nsteps:\n  - run: "true"\n    when: {enabled: "{{ import_images }}"}\n';
+    const off = parseRecipe(text, 'r.yaml').recipe!.steps[0].when;
+    expect(whenMismatch(off, debian12, 'amd64')).toBe('enabled is false');
+    const on = parseRecipe(text, 'r.yaml', { set: { import_images: 'true' } }).recipe!.steps[0].when;
+    expect(whenMismatch(on, debian12, 'amd64')).toBeUndefined();
+    expect(problemsOf(text, { set: { import_images: 'yes' } })[0]).toMatch(/^r\.yaml:6:21: steps\[0\]\.when\.enabled must be/);
+  });
+
   test('is validated like any step key', () => {
     expect(problemsOf('name: w\nsteps:\n  - run: "true"\n    when: {famly: debian}\n')[0]).toMatch(/^r\.yaml:4:12: steps\[0\]\.when: unknown key "famly" \(did you mean "family"\?\)/);
     const { recipe } = parseRecipe('name: w\nsteps:\n  - run: "true"\n    when: {family: [debian, redhat], version: ">=12"}\n', 'r.yaml');
