@@ -1,11 +1,13 @@
-import type { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { pipeline, Readable, Transform } from 'node:stream';
 import type { ChrootSession } from './session.js';
 import { sha256Text } from '../fetch/checksums.js';
 
 export interface GuestFileSpec {
   /** Absolute guest path. */
   path: string;
-  content: string | Buffer;
+  /** The content; a stream (a verified download) is piped through without being held in memory. */
+  content: string | Buffer | Readable;
   /** Octal mode as text, e.g. "0644". */
   mode?: string;
   owner?: string;
@@ -15,19 +17,34 @@ export interface GuestFileSpec {
 /**
  * Writes a file through the guest's own tools inside the chroot, so the path and any symlinks on it resolve
  * inside the guest (never on the host) and owner and group names come from the guest's /etc/passwd and
- * /etc/group. The file appears atomically (temp name, then rename). Returns the content's sha256.
+ * /etc/group. The file appears atomically (temp name, then rename). Returns the content's sha256 (for a
+ * stream: of the bytes that went through).
  */
 export async function writeGuestFile(session: ChrootSession, spec: GuestFileSpec, purpose = `writing ${spec.path}`): Promise<string> {
+  let input = spec.content;
+  let digest = () => sha256Text(spec.content as string | Buffer);
+  if (input instanceof Readable) {
+    const hash = createHash('sha256');
+    // pipeline() carries a read error of the source on to what the guest's `cat` reads, failing the write.
+    const hashing = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        hash.update(chunk);
+        done(null, chunk);
+      },
+    });
+    input = pipeline(input, hashing, () => undefined);
+    digest = () => hash.digest('hex');
+  }
   const script =
     'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; ' +
     'chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; mv -f -- "$tmp" "$1"';
   await session.exec(['/bin/sh', '-c', script, 'write-file', spec.path, spec.owner ?? 'root', spec.group ?? 'root', spec.mode ?? '0644'], {
-    input: spec.content,
+    input,
     errorCode: 'STEP_FAILED',
     purpose,
     hint: 'check that the owner and group exist in the guest and that no parent of the path is a file',
   });
-  return sha256Text(spec.content);
+  return digest();
 }
 
 /**

@@ -131,6 +131,8 @@ function describeAjvError(error: ErrorObject, where: string, allowedKeys: () => 
       return `${subject} must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'pattern':
       return `${subject} ${error.message} (got ${JSON.stringify(error.data)})`;
+    case 'not':
+      return `${subject} cannot be used together with the other keys given here (see \`imagebuilder steps\` for which keys go together)`;
     default:
       return `${subject} ${error.message}`;
   }

@@ -6,6 +6,38 @@ export const INCLUDE_KEY = 'include';
 
 export const RECIPE_SCHEMA_ID = 'https://imagebuilder.dev/schemas/recipe.schema.json';
 
+/** A string holding a {{ variable }}: its value is only known, and checked, once variables are resolved. */
+const TEMPLATE_STRING: JsonSchema = { type: 'string', pattern: '\\{\\{.*\\}\\}' };
+
+/**
+ * The editor's view of a step schema: wherever a scalar is constrained (a pattern, an enum, a number), a
+ * template string is accepted too. imagebuilder itself checks the strict schema after substitution.
+ */
+export function allowTemplates(schema: JsonSchema): JsonSchema {
+  const walk = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(walk);
+    if (!node || typeof node !== 'object') return node;
+    const entries = Object.entries(node as Record<string, unknown>).map(([key, value]) => {
+      if (key === 'properties' || key === 'patternProperties') {
+        return [key, Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([name, sub]) => [name, walk(sub)]))];
+      }
+      // oneOf becomes anyOf: a template string may fit several branches, and only the strict check can tell.
+      if (key === 'oneOf') return ['anyOf', walk(value)];
+      return ['items', 'additionalProperties', 'anyOf', 'allOf', 'not', 'if', 'then', 'else'].includes(key) ? [key, walk(value)] : [key, value];
+    });
+    const copy = Object.fromEntries(entries) as Record<string, unknown>;
+    const type = copy.type;
+    const scalar = typeof type === 'string' && ['string', 'integer', 'number', 'boolean'].includes(type);
+    const constrained = type !== 'string' || 'pattern' in copy || 'enum' in copy || 'const' in copy || 'format' in copy;
+    if ((scalar && constrained) || (!type && ('enum' in copy || 'const' in copy))) {
+      const { description, default: fallback, ...rest } = copy;
+      return { ...(description ? { description } : {}), ...(fallback !== undefined ? { default: fallback } : {}), anyOf: [rest, TEMPLATE_STRING] };
+    }
+    return copy;
+  };
+  return walk(schema) as JsonSchema;
+}
+
 /** The recipe envelope; `steps.items` is filled from the step registry. */
 export function recipeSchema(): JsonSchema {
   return {
@@ -31,7 +63,7 @@ export function recipeSchema(): JsonSchema {
         description: 'Run in order, inside the guest.',
         items: {
           oneOf: [
-            ...STEP_TYPES.map(stepSchema),
+            ...STEP_TYPES.map((type) => allowTemplates(stepSchema(type))),
             {
               type: 'object',
               title: INCLUDE_KEY,
