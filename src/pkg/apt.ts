@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChrootSession } from '../chroot/session.js';
-import type { InstalledPackage, PackageManager, PackageSpec } from './types.js';
+import { writeGuestFile } from '../chroot/guest-write.js';
+import type { InstalledPackage, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -28,8 +29,46 @@ export function parseDpkgStatus(text: string): InstalledPackage[] {
   return packages.sort((a, b) => a.name.localeCompare(b.name) || a.architecture.localeCompare(b.architecture));
 }
 
+/** Removes the downloaded package lists (what `apt-get update` fetched), keeping `lock` and `partial/`. */
+export const APT_LISTS_CLEAN =
+  'if [ -d /var/lib/apt/lists ]; then find /var/lib/apt/lists -mindepth 1 ! -path /var/lib/apt/lists/partial ! -path /var/lib/apt/lists/lock -delete; fi';
+
 export function aptInstallArgs(packages: PackageSpec[]): string[] {
   return ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', ...packages.map((p) => (p.version ? `${p.name}=${p.version}` : p.name))];
+}
+
+/** `apt-get upgrade` for everything; for names, an install that only upgrades what is already installed. */
+export function aptUpgradeArgs(names: string[] | 'all'): string[] {
+  return names === 'all' ? ['apt-get', 'upgrade', ...APT_OPTIONS] : ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', '--only-upgrade', ...names];
+}
+
+export function aptHoldArgs(names: string[]): string[] {
+  return ['apt-mark', 'hold', ...names];
+}
+
+const ARMORED_PUBLIC_KEY = '-----BEGIN PGP PUBLIC KEY BLOCK-----';
+
+/**
+ * Where apt finds a repository's key: /etc/apt/keyrings/NAME.asc for an armored key, NAME.gpg for a binary one
+ * (apt tells the two apart by the extension only; sources.list(5), Signed-By).
+ */
+export function aptKeyringPath(repository: Pick<PackageRepository, 'name' | 'key'>): string {
+  const armored = repository.key.toString('latin1').includes(ARMORED_PUBLIC_KEY);
+  return `/etc/apt/keyrings/${repository.name}.${armored ? 'asc' : 'gpg'}`;
+}
+
+/** A flat repository's suite is an exact path, which ends in "/" (sources.list(5)); it has no components. */
+export function isFlatSuite(suite: string): boolean {
+  return suite.endsWith('/');
+}
+
+/** The deb822 source entry (sources.list(5)) for a repository whose key is at keyringPath. */
+export function aptSourcesEntry(repository: Omit<PackageRepository, 'key'>, keyringPath: string): string {
+  const suite = repository.suite ?? '/';
+  const lines = ['Types: deb', `URIs: ${repository.url}`, `Suites: ${suite}`];
+  if (!isFlatSuite(suite)) lines.push(`Components: ${(repository.components ?? []).join(' ')}`);
+  lines.push(`Signed-By: ${keyringPath}`);
+  return `${lines.join('\n')}\n`;
 }
 
 export function createApt(): PackageManager {
@@ -52,9 +91,42 @@ export function createApt(): PackageManager {
       });
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
+    async upgrade(session, names) {
+      await update(session);
+      await session.exec(aptUpgradeArgs(names), {
+        streamOutput: true,
+        purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
+        errorCode: 'STEP_FAILED',
+        hint: 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)',
+      });
+      await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
+    },
+    async hold(session, names) {
+      await session.exec(aptHoldArgs(names), { streamOutput: true, purpose: `holding ${names.join(' ')}`, errorCode: 'STEP_FAILED' });
+    },
+    async addRepository(session, repository) {
+      const keyPath = aptKeyringPath(repository);
+      const sourcesPath = `/etc/apt/sources.list.d/${repository.name}.sources`;
+      // The key first: a source never names a keyring that is not there yet.
+      const keySha = await writeGuestFile(session, { path: keyPath, content: repository.key, mode: '0644' }, `writing the key of repository ${repository.name}`);
+      const sources = aptSourcesEntry(repository, keyPath);
+      const sourcesSha = await writeGuestFile(session, { path: sourcesPath, content: sources, mode: '0644' }, `writing ${sourcesPath}`);
+      // The package lists no longer describe every source: the next install or upgrade fetches them again.
+      updated.delete(session);
+      return [
+        { path: keyPath, sha256: keySha, ...(repository.keySource ? { source: repository.keySource } : {}) },
+        { path: sourcesPath, sha256: sourcesSha },
+      ];
+    },
     async remove(session, names) {
       await session.exec(['apt-get', 'purge', ...APT_OPTIONS, ...names], { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
       await session.exec(['apt-get', 'autoremove', '--purge', ...APT_OPTIONS], { streamOutput: true, purpose: 'removing unused dependencies', errorCode: 'STEP_FAILED' });
+    },
+    async cleanCache(session) {
+      await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache', errorCode: 'STEP_FAILED' });
+      // The lock file and the partial/ directory (owned by _apt) stay, as apt made them.
+      await session.exec(['/bin/sh', '-c', APT_LISTS_CLEAN], { purpose: 'removing the apt package lists', errorCode: 'STEP_FAILED' });
+      updated.delete(session);
     },
     async listInstalled(root) {
       return parseDpkgStatus(await readFile(join(root, 'var/lib/dpkg/status'), 'utf8'));

@@ -14,11 +14,52 @@ export interface InstalledPackage {
   source?: string;
 }
 
+/**
+ * A package source to add to the guest, described independently of the manager: apt renders it as a deb822
+ * `.sources` file, a dnf writer would render a `.repo` file. The key has been verified by the caller.
+ */
+export interface PackageRepository {
+  /** A file-name-safe identifier: the base name of the files written. */
+  name: string;
+  /** The source's URI (apt: URIs; dnf: baseurl). */
+  url: string;
+  /** apt: the suite, or an exact path ending in "/" for a flat repository (then no components). */
+  suite?: string;
+  /** apt: the components of a non-flat repository. */
+  components?: string[];
+  /** The OpenPGP public key that signs the repository, as fetched or given: armored text or binary. */
+  key: Buffer;
+  /** Where the key came from (its URL), recorded with the key file; absent for a key given inline. */
+  keySource?: string;
+}
+
+/** A file a package manager wrote into the guest, with the sha256 of its content (for the BOM). */
+export interface WrittenFile {
+  path: string;
+  sha256: string;
+  /** Where the content came from, when it was not made here. */
+  source?: string;
+}
+
 /** How one package manager does each job inside a chroot session; the distro family picks which. */
 export interface PackageManager {
   readonly name: string;
   install(session: ChrootSession, packages: PackageSpec[]): Promise<void>;
   remove(session: ChrootSession, names: string[]): Promise<void>;
+  /**
+   * Empties the package cache and the downloaded package lists, so the image carries no stale indexes (sysprep).
+   * A later install in the same session fetches the lists again.
+   */
+  cleanCache(session: ChrootSession): Promise<void>;
+  /** Upgrades the named installed packages (never installs new ones), or everything with 'all'. */
+  upgrade(session: ChrootSession, names: string[] | 'all'): Promise<void>;
+  /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock). */
+  hold(session: ChrootSession, names: string[]): Promise<void>;
+  /**
+   * Writes the repository's key and source definition into the guest; the next install or upgrade in this
+   * session refreshes the package lists first. Returns the files written (key first).
+   */
+  addRepository(session: ChrootSession, repository: PackageRepository): Promise<WrittenFile[]>;
   /** Every installed package, read from the guest's package database (feeds the BOM). */
   listInstalled(root: string): Promise<InstalledPackage[]>;
   /** The guest's native architecture name (amd64, arm64, x86_64 …). */

@@ -1,11 +1,21 @@
+import { containerImagesStep } from './container-images.js';
+import { copyStep } from './copy.js';
+import { downloadStep } from './download.js';
 import { fileStep } from './file.js';
 import { packagesStep } from './packages.js';
+import { repositoryStep } from './repository.js';
 import { runStep } from './run.js';
+import { kernelModulesStep } from './kernel-modules.js';
+import { serviceStep } from './service.js';
+import { swapStep } from './swap.js';
+import { sysctlStep } from './sysctl.js';
+import { sysprepStep } from './sysprep.js';
+import { userStep } from './user.js';
 import type { JsonSchema, StepType } from './types.js';
 import { WHEN_SCHEMA } from '../recipe/when.js';
 
 /** THE registry: every step type, once. Order is the order of the docs. */
-export const STEP_TYPES: readonly StepType<any>[] = [packagesStep, fileStep, runStep];
+export const STEP_TYPES: readonly StepType<any>[] = [packagesStep, repositoryStep, fileStep, runStep, downloadStep, copyStep, containerImagesStep, serviceStep, sysctlStep, kernelModulesStep, swapStep, userStep, sysprepStep];
 
 export function findStepType(key: string): StepType<any> | undefined {
   return STEP_TYPES.find((type) => type.key === key);

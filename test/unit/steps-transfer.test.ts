@@ -365,8 +365,8 @@ describe('download and copy steps (fake session)', () => {
         'steps[0].download: missing required key "checksum_url"',
       ]);
       expect(problems({ download: { url: 'https://x/a', sha256: hash, checksum_url: 'https://x/s', dest: '/a' } })).toEqual([
-        'steps[0].download.checksum_url must NOT be valid',
-        'steps[0].download.sha256 must NOT be valid',
+        'steps[0].download.checksum_url cannot be used together with the other keys given here (see `imagebuilder steps` for which keys go together)',
+        'steps[0].download.sha256 cannot be used together with the other keys given here (see `imagebuilder steps` for which keys go together)',
       ]);
       expect(problems({ download: { url: 'https://x/a', sha256: hash } })).not.toEqual([]);
       expect(problems({ download: { url: 'https://x/a', sha256: hash, dest: '/a', extract: '/b' } })).not.toEqual([]);
