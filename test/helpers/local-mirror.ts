@@ -169,7 +169,30 @@ function controlFields(name: string, version: string): Record<string, string> {
   }
 }
 
-/** The files each package installs: a script per program that prints what it is. */
+const KUBELET_SERVICE = `[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+const KUBEADM_DROP_IN = `[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS
+`;
+
+/** The files each package installs: a script per program that prints what it is (and unit files). */
 function packageFiles(name: string, version: string): Record<string, string> {
   const upstream = version.replace(/-[^-]*$/, '');
   const script = (program: string) => `#!/bin/sh\necho "${program} v${upstream} (imagebuilder test mirror)"\n`;
@@ -178,6 +201,11 @@ function packageFiles(name: string, version: string): Record<string, string> {
       return Object.fromEntries(['bridge', 'host-local', 'loopback', 'portmap'].map((plugin) => [`opt/cni/bin/${plugin}`, script(plugin)]));
     case 'cri-tools':
       return { 'usr/bin/crictl': script('crictl') };
+    // As upstream's packages: kubelet ships its unit, kubeadm the drop-in that points it at kubeadm's config.
+    case 'kubelet':
+      return { 'usr/bin/kubelet': script('kubelet'), 'usr/lib/systemd/system/kubelet.service': KUBELET_SERVICE };
+    case 'kubeadm':
+      return { 'usr/bin/kubeadm': script('kubeadm'), 'usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf': KUBEADM_DROP_IN };
     default:
       return { [`usr/bin/${name}`]: script(name) };
   }
@@ -224,7 +252,10 @@ async function buildMirror(target: string): Promise<void> {
     for (const [name, versions] of Object.entries(MIRROR_PACKAGES)) {
       for (const version of versions) {
         const tree = join(work, 'pkg', `${name}_${version}`);
-        for (const [path, content] of Object.entries(packageFiles(name, version))) await writeExecutable(join(tree, path), content);
+        for (const [path, content] of Object.entries(packageFiles(name, version))) {
+          await writeExecutable(join(tree, path), content);
+          if (path.includes('/systemd/')) await chmod(join(tree, path), 0o644);
+        }
         const control = Object.entries(controlFields(name, version)).map(([key, value]) => `${key}: ${value}`).join('\n');
         await mkdir(join(tree, 'DEBIAN'), { recursive: true });
         await writeFile(join(tree, 'DEBIAN/control'), `${control}\n`);
