@@ -137,7 +137,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
         }
         log.info(`${label}: ${step.type.key} at ${step.location}`);
         const t0 = Date.now();
-        await step.type.run({ session, distro, log, signal, recipeDir: recipe.dir, label, record: records.recorder, architecture }, step.spec);
+        await step.type.run({ session, distro, log, signal, recipeDir: step.dir, variables: recipe.variables, label, record: records.recorder, architecture }, step.spec);
         await session.sweep();
         const durationMs = Date.now() - t0;
         steps.push({ index: step.index, name: step.name, type: step.type.key, description, durationMs });

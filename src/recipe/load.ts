@@ -20,6 +20,8 @@ export interface RecipeStep {
   when?: WhenCondition;
   /** file:line:column of the step, in whichever file (recipe or include) it is written. */
   location: string;
+  /** Directory of that file: the step's relative host paths start there. */
+  dir: string;
 }
 
 export interface Recipe {
@@ -146,7 +148,20 @@ function problemsFrom(errors: ErrorObject[], prefix: (string | number)[], locate
   const chosen = typeMatched.length ? typeMatched : relevant;
   const seen = new Set<string>();
   const problems: RecipeProblem[] = [];
+  // "one of these keys" schemas fail with one `required` per branch: say it once, naming them all.
+  const alternatives = new Map<string, string[]>();
   for (const error of chosen) {
+    if (error.keyword === 'required' && error.schemaPath.includes('/oneOf/')) {
+      alternatives.set(error.instancePath, [...(alternatives.get(error.instancePath) ?? []), (error.params as { missingProperty: string }).missingProperty]);
+    }
+  }
+  for (const [instancePath, keys] of alternatives) {
+    if (keys.length < 2) continue;
+    const path = [...prefix, ...pathOf(instancePath)];
+    problems.push({ location: locate.of(path), message: `${dotted(path)}: needs exactly one of the keys ${keys.map((k) => `"${k}"`).join(', ')}` });
+  }
+  for (const error of chosen) {
+    if (error.keyword === 'required' && (alternatives.get(error.instancePath)?.length ?? 0) > 1) continue;
     const path = [...prefix, ...pathOf(error.instancePath)];
     const key = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;
     const allowed = () => Object.keys((error.parentSchema?.properties as object | undefined) ?? {});
@@ -351,6 +366,11 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       const validate = stepValidator(type);
       if (!validate(value)) stepProblems.push(...problemsFrom(validate.errors ?? [], raw.at, raw.file.locate));
     }
+    const dir = dirname(resolve(raw.file.path));
+    if (!stepProblems.length && type.check) {
+      const environment = { recipeDir: dir, variables: values };
+      stepProblems.push(...type.check(value[type.key], environment).map((message) => ({ location: raw.file.locate.of(raw.at), message })));
+    }
     problems.push(...stepProblems);
     if (stepProblems.length) return;
     steps.push({
@@ -360,6 +380,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       spec: value[type.key],
       when: value.when as WhenCondition | undefined,
       location: raw.file.locate.of(raw.at),
+      dir,
     });
   });
   if (problems.length) return { problems };

@@ -1,37 +1,77 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { writeGuestFile } from '../chroot/guest-write.js';
-import { defineStep } from './types.js';
+import { renderTemplate } from '../recipe/template.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { defineStep, type StepEnvironment } from './types.js';
 
 export interface FileSpec {
   path: string;
-  content: string;
+  /** Exactly one of content, source and template. */
+  content?: string;
+  source?: string;
+  template?: string;
   mode?: string;
   owner?: string;
   group?: string;
 }
 
+const exactlyOne = (key: string, others: string[]) => ({ required: [key], properties: Object.fromEntries(others.map((other) => [other, { not: {} }])) });
+
+/** The bytes to write: inline, a host file as it is, or a host file with the recipe's {{ variables }} filled in. */
+function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: string | Buffer; problems: string[] } {
+  if (spec.content !== undefined) return { content: spec.content, problems: [] };
+  const hostPath = resolve(environment.recipeDir, (spec.source ?? spec.template)!);
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(hostPath);
+  } catch (error) {
+    return { problems: [`cannot read ${spec.source ? 'source' : 'template'} ${hostPath}: ${(error as NodeJS.ErrnoException).code}; host paths are relative to the recipe`] };
+  }
+  if (spec.source !== undefined) return { content: bytes, problems: [] };
+  const problems: string[] = [];
+  const lines = bytes.toString('utf8').split('\n');
+  const rendered = lines.map((line, index) => {
+    const result = renderTemplate(line, (name) => environment.variables[name], () => Object.keys(environment.variables));
+    problems.push(...result.errors.map((message) => `${hostPath}:${index + 1}: ${message}`));
+    return result.value;
+  });
+  return { content: rendered.join('\n'), problems };
+}
+
 export const fileStep = defineStep<FileSpec>({
   key: 'file',
-  summary: 'Write a file into the guest',
+  summary: 'Write a file into the guest: inline content, a host file, or a template',
   description:
-    'Writes `content` to an absolute guest path, creating parent directories, then sets mode, owner and group ' +
-    "(names resolved from the guest's own /etc/passwd and /etc/group). The path is resolved inside the guest: " +
-    'a symlink in the image can never make the write land on the build host.',
+    'Writes `content`, or the host file `source` as it is, or the host file `template` with the recipe\'s ' +
+    '{{ variables }} filled in (host paths are relative to the recipe), to an absolute guest path, creating ' +
+    "parent directories, then sets mode, owner and group (names resolved from the guest's own /etc/passwd and " +
+    '/etc/group). The path is resolved inside the guest: a symlink in the image can never make the write land ' +
+    'on the build host.',
   example: { path: '/etc/modules-load.d/k8s.conf', content: 'overlay\nbr_netfilter\n', mode: '0644' },
   schema: {
     type: 'object',
     additionalProperties: false,
-    required: ['path', 'content'],
+    required: ['path'],
     properties: {
       path: { type: 'string', pattern: '^/', description: 'Absolute path inside the guest.' },
       content: { type: 'string', description: 'The file content, written as is.' },
+      source: { type: 'string', minLength: 1, description: 'A host file to copy as it is (relative to the recipe).' },
+      template: { type: 'string', minLength: 1, description: 'A host file whose {{ variables }} are filled in (relative to the recipe).' },
       mode: { type: 'string', pattern: '^0?[0-7]{3,4}$', default: '0644', description: 'Octal mode, e.g. "0644".' },
       owner: { type: 'string', minLength: 1, default: 'root', description: 'Owner name or uid in the guest.' },
       group: { type: 'string', minLength: 1, default: 'root', description: 'Group name or gid in the guest.' },
     },
+    oneOf: [exactlyOne('content', ['source', 'template']), exactlyOne('source', ['content', 'template']), exactlyOne('template', ['content', 'source'])],
   },
   describe: (spec) => `write ${spec.path}`,
+  check: (spec, environment) => fileContent(spec, environment).problems,
   async run(context, spec) {
-    const sha256 = await writeGuestFile(context.session, spec, `${context.label}: writing ${spec.path}`);
-    context.record.file({ path: spec.path, sha256, kind: 'config' });
+    const { content, problems } = fileContent(spec, context);
+    if (content === undefined || problems.length) {
+      throw new ImageBuilderError('BAD_RECIPE', `${context.label}: ${problems[0]}`, { detail: problems.slice(1).join('\n') || undefined });
+    }
+    const sha256 = await writeGuestFile(context.session, { ...spec, content }, `${context.label}: writing ${spec.path}`);
+    context.record.file({ path: spec.path, sha256, kind: spec.source ? 'copy' : 'config', ...(spec.source || spec.template ? { source: resolve(context.recipeDir, (spec.source ?? spec.template)!) } : {}) });
   },
 });

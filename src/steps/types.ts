@@ -43,13 +43,19 @@ export function createRecorder() {
   return { recorder, files, units, images };
 }
 
-export interface StepContext {
+/** What a step may know about its recipe without an image: where host paths start, the variables. */
+export interface StepEnvironment {
+  /** Directory of the recipe file: relative host paths in steps are relative to it. */
+  recipeDir: string;
+  /** The recipe's variables, resolved. */
+  variables: Record<string, string>;
+}
+
+export interface StepContext extends StepEnvironment {
   session: ChrootSession;
   distro: Distro;
   log: Logger;
   signal?: AbortSignal;
-  /** Directory of the recipe file: relative host paths in steps are relative to it. */
-  recipeDir: string;
   /** The step's label in messages: "step 2 (install containerd)". */
   label: string;
   /** Where the step reports what it put into the image, for the BOM. */
@@ -72,6 +78,8 @@ export interface StepType<Spec = unknown> {
   readonly schema: JsonSchema;
   /** A short description of one use, for logs when the step has no name. */
   describe(spec: Spec): string;
+  /** Problems found without an image (a missing host file, an undefined template variable): `validate` reports them. */
+  check?(spec: Spec, environment: StepEnvironment): string[];
   run(context: StepContext, spec: Spec): Promise<void>;
 }
 

@@ -54,6 +54,7 @@ export function fakeStepContext(session: ChrootSession, overrides: Partial<StepC
     distro: debian12,
     log: createLogger({ write: () => undefined }),
     recipeDir: '/recipes',
+    variables: {},
     label: 'step 1/1 (test)',
     record: records.recorder,
     ...overrides,

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 
 /** Writes a recipe file for a test and returns its path. */
-export async function writeRecipe(dir: string, name: string, steps: unknown[]): Promise<string> {
+export async function writeRecipe(dir: string, name: string, steps: unknown[], variables?: Record<string, string>): Promise<string> {
   const path = join(dir, `${name}.yaml`);
-  await writeFile(path, stringify({ name, steps }));
+  await writeFile(path, stringify({ name, ...(variables ? { variables } : {}), steps }));
   return path;
 }

@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -99,15 +99,19 @@ describe('imagebuilder apply --mount-backend fuse', () => {
   test('filesystem on the whole disk (no partition table), backend chosen by auto', async () => {
     const input = await fixtureImage('whole-disk');
     const hostDomain = await readFile('/proc/sys/kernel/domainname', 'utf8');
+    await writeFile(join(work, 'motd.tmpl'), 'built by {{ builder }} for {{ cluster | upper }}\n');
+    await writeFile(join(work, 'blob.bin'), Buffer.from([0, 255, 10, 13]));
     const recipe = await writeRecipe(work, 'whole', [
+      { file: { path: '/etc/motd', template: 'motd.tmpl' } },
+      { file: { path: '/opt/blob.bin', source: 'blob.bin', mode: '0600' } },
       { name: 'mark it', run: 'echo whole-disk > /etc/marker' },
       // A step must not be able to change the build host's kernel settings through the guest's /proc.
       { name: 'only on ubuntu', when: { distro: 'ubuntu' }, run: 'exit 1' },
       { name: 'try the host', run: '(echo ib-test > /proc/sys/kernel/domainname) 2>/dev/null && echo changed > /etc/host-check || echo refused > /etc/host-check' },
-    ]);
+    ], { builder: 'nobody', cluster: 'dev' });
     const output = join(work, 'whole-out.qcow2');
     const before = await hostState();
-    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'fstrim']);
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'fstrim', '--set', 'builder=ci', '--set', 'cluster=prod']);
     expect(result.exitCode).toBe(0);
     // auto tries nbd first: where the host has no nbd module it says so and goes on with fuse.
     const hasNbd = (await readdir('/sys/block')).some((name) => name.startsWith('nbd'));
@@ -117,11 +121,15 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     await withImageMounted(output, 'whole-disk', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('whole-disk\n');
       expect(await readFile(join(root, 'etc/host-check'), 'utf8')).toBe('refused\n');
+      expect(await readFile(join(root, 'etc/motd'), 'utf8')).toBe('built by ci for PROD\n');
+      expect(await readFile(join(root, 'opt/blob.bin'))).toEqual(Buffer.from([0, 255, 10, 13]));
     });
     expect(await readFile('/proc/sys/kernel/domainname', 'utf8')).toBe(hostDomain);
     expect(result.stderr).toContain('(only on ubuntu): skipped (distro is debian, not ubuntu)');
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     expect(bom.steps.map((s: { name: string; skipped?: string }) => [s.name, s.skipped])).toEqual([
+      [undefined, undefined],
+      [undefined, undefined],
       ['mark it', undefined],
       ['only on ubuntu', 'distro is debian, not ubuntu'],
       ['try the host', undefined],

@@ -37,7 +37,8 @@ describe('recipe validation', () => {
   });
 
   test('a missing required key points at the step', () => {
-    expect(problemsOf('name: demo\nsteps:\n  - file:\n      path: /etc/x\n')).toEqual(['r.yaml:4:7: steps[0].file: missing required key "content"']);
+    expect(problemsOf('name: demo\nsteps:\n  - file:\n      content: x\n')).toEqual(['r.yaml:4:7: steps[0].file: missing required key "path"']);
+    expect(problemsOf('name: demo\nsteps:\n  - file:\n      path: /etc/x\n')).toEqual(['r.yaml:4:7: steps[0].file: needs exactly one of the keys "content", "source", "template"']);
   });
 
   test('two step types in one step, and an empty step list', () => {

@@ -361,8 +361,7 @@ describe('download and copy steps (fake session)', () => {
       expect(problems({ download: { url: 'https://x/a.tgz', sha256: hash, extract: '/opt', strip_components: 1 } })).toEqual([]);
       expect(problems({ download: { url: 'https://x/a', checksum_url: 'https://x/SHA256SUMS', dest: '/a', mode: '0755', owner: 'daemon', group: 'adm' } })).toEqual([]);
       expect(problems({ download: { url: 'https://x/a', dest: '/a' } })).toEqual([
-        'steps[0].download: missing required key "sha256"',
-        'steps[0].download: missing required key "checksum_url"',
+        'steps[0].download: needs exactly one of the keys "sha256", "checksum_url"',
       ]);
       expect(problems({ download: { url: 'https://x/a', sha256: hash, checksum_url: 'https://x/s', dest: '/a' } })).toEqual([
         'steps[0].download.checksum_url cannot be used together with the other keys given here (see `imagebuilder steps` for which keys go together)',

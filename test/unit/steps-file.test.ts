@@ -1,0 +1,54 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileStep } from '../../src/steps/file.js';
+import { parseRecipe } from '../../src/recipe/load.js';
+import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
+
+const WRITE = 'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; mv -f -- "$tmp" "$1"';
+
+describe('file step', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'file-step-'));
+    await mkdir(join(dir, 'files'));
+    await writeFile(join(dir, 'files/kubelet.env'), 'KUBELET_EXTRA_ARGS=--node-labels=tier={{ tier }}\nVERSION={{ version | major_minor }}\n');
+    await writeFile(join(dir, 'files/blob.bin'), Buffer.from([0, 1, 2, 255]));
+    await writeFile(join(dir, 'files/bad.tmpl'), 'ok\nX={{ nope }}\n');
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  test('inline content: the guest writes it atomically with mode and owners, and the BOM records its sha256', async () => {
+    const { session, calls } = fakeSession();
+    const { context, records } = fakeStepContext(session);
+    await fileStep.run(context, { path: '/etc/x.conf', content: 'a=1\n', mode: '0640', owner: 'root', group: 'adm' });
+    expect(calls).toEqual([{ argv: ['/bin/sh', '-c', WRITE, 'write-file', '/etc/x.conf', 'root', 'adm', '0640'], input: 'a=1\n', env: undefined }]);
+    expect(records.files).toEqual([{ path: '/etc/x.conf', sha256: createHash('sha256').update('a=1\n').digest('hex'), kind: 'config' }]);
+  });
+
+  test('a template is filled with the recipe variables, relative to the recipe; a source is copied byte for byte', async () => {
+    const { session, calls } = fakeSession();
+    const { context, records } = fakeStepContext(session, { recipeDir: dir, variables: { tier: 'worker', version: '1.30.2' } });
+    await fileStep.run(context, { path: '/etc/default/kubelet', template: 'files/kubelet.env' });
+    await fileStep.run(context, { path: '/opt/blob.bin', source: 'files/blob.bin', mode: '0600' });
+    expect(calls[0].input).toBe('KUBELET_EXTRA_ARGS=--node-labels=tier=worker\nVERSION=1.30\n');
+    expect(calls[1].input).toBe(Buffer.from([0, 1, 2, 255]).toString('latin1'));
+    expect(calls[1].argv.slice(-4)).toEqual(['/opt/blob.bin', 'root', 'root', '0600']);
+    expect(records.files.map((f) => [f.path, f.kind, f.source])).toEqual([
+      ['/etc/default/kubelet', 'config', join(dir, 'files/kubelet.env')],
+      ['/opt/blob.bin', 'copy', join(dir, 'files/blob.bin')],
+    ]);
+  });
+
+  test('validate finds an undefined template variable (file:line) and a missing source, without an image', async () => {
+    const path = join(dir, 'recipe.yaml');
+    const problems = (steps: string) => parseRecipe(`name: f\nvariables:\n  tier: x\nsteps:\n${steps}`, path).problems.map((p) => `${p.location}: ${p.message}`);
+    expect(problems('  - file: {path: /a, template: files/bad.tmpl}\n')).toEqual([
+      `${path}:5:5: ${join(dir, 'files/bad.tmpl')}:2: undefined variable "nope": define it under \`variables:\` or pass --set nope=VALUE`,
+    ]);
+    expect(problems('  - file: {path: /a, source: files/none}\n')[0]).toBe(`${path}:5:5: cannot read source ${join(dir, 'files/none')}: ENOENT; host paths are relative to the recipe`);
+    expect(problems('  - file: {path: /a, content: x, source: files/blob.bin}\n')).not.toEqual([]);
+    expect(problems('  - file: {path: /a}\n')).not.toEqual([]);
+  });
+});
