@@ -1,5 +1,6 @@
 import { mkdir, readdir, readFile, readlink, symlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { execa } from 'execa';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import type { ExecOptions, ExecResult, Runner } from '../util/exec.js';
@@ -19,6 +20,8 @@ export interface ChrootOptions {
   signal?: AbortSignal;
   /** Files present only while the session is open, e.g. policy-rc.d that keeps services from starting. */
   sessionFiles?: SessionFile[];
+  /** The guest is mounted read-only: nothing is put into it (no DNS file, no session files). */
+  readOnly?: boolean;
 }
 
 /**
@@ -49,6 +52,8 @@ export interface ChrootSession {
   readonly root: string;
   /** Runs argv inside the guest. */
   exec(argv: string[], options?: ChrootExecOptions): Promise<ExecResult>;
+  /** Runs argv inside the guest on the user's terminal (stdin, stdout, stderr inherited); returns its exit code. */
+  interactive(argv: string[], env?: Record<string, string>): Promise<number>;
   /** Kills every process whose root is inside the guest; returns how many there were. */
   sweep(): Promise<number>;
   close(): Promise<void>;
@@ -115,7 +120,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await mountIn('/dev/pts', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620', 'devpts']);
     await mountIn('/run', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid,nodev', 'tmpfs']);
 
-    const files: SessionFile[] = [{ path: '/etc/resolv.conf', content: await hostResolvConf(), mode: 0o644 }, ...(options.sessionFiles ?? [])];
+    const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: await hostResolvConf(), mode: 0o644 }, ...(options.sessionFiles ?? [])];
     for (const file of files) {
       // The file itself is replaced, not followed: a symlink stays the same symlink once restored.
       const guestPath = join(await resolveInRoot(root, dirname(file.path)), basename(file.path));
@@ -129,10 +134,18 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     throw error;
   }
 
+  // Every command inside the guest: chrooted, with the capabilities that reach the host dropped.
+  const confined = (argv: string[]) => ['--bounding-set=' + DROPPED_CAPABILITIES.map((c) => `-${c}`).join(','), 'chroot', root, ...argv];
   return {
     root,
     exec: (argv, execOptions = {}) =>
-      run('setpriv', [`--bounding-set=${DROPPED_CAPABILITIES.map((c) => `-${c}`).join(',')}`, 'chroot', root, ...argv], { log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+      run('setpriv', confined(argv), { log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+    interactive: async (argv, env = {}) => {
+      log.debug(`$ setpriv ${confined(argv).join(' ')}`);
+      // The user's terminal, in our process group: job control and Ctrl-C belong to the shell.
+      const result = await execa('setpriv', confined(argv), { stdio: 'inherit', env: { ...CHROOT_ENV, TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false });
+      return result.exitCode ?? 128 + 15;
+    },
     sweep: () => killAll(() => processesInside(root), log, 'process(es) left running inside the guest'),
     close: async () => {
       const failures = await cleanup.unwind();

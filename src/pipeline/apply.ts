@@ -7,8 +7,6 @@ import { readOsRelease } from '../distro/os-release.js';
 import { sha256File } from '../fetch/checksums.js';
 import { createOverlay } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
-import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
-import { selectMountBackend } from '../mount/select.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
 import { whenMismatch } from '../recipe/when.js';
 import { CleanupStack } from '../util/cleanup.js';
@@ -21,6 +19,7 @@ import { FORMAT_EXTENSIONS, trimFilesystems, writeOutputImage, type SparsifyMode
 import { verifyImage, type VerifiedImage } from './verify.js';
 import { createRecorder } from '../steps/types.js';
 import { createWorkDir } from './workdir.js';
+import { mountGuest } from './guest.js';
 
 export interface ApplyOptions {
   recipe: string;
@@ -66,16 +65,6 @@ function stopwatch() {
     },
     total: () => (durations.total = Date.now() - started),
   };
-}
-
-async function mountGuest(context: MountContext, backendName: MountBackendName | 'auto', overlay: string) {
-  const backend = await selectMountBackend(context, backendName);
-  const disk = await backend.attach(context, { image: overlay, format: 'qcow2', readOnly: false });
-  const layout: GuestLayout =
-    disk.kind === 'block'
-      ? await mountGuestLayout(context, disk.device, false)
-      : { root: disk.root, mounts: [{ device: overlay, path: '/', type: 'guestmount', hostPath: disk.root }] };
-  return { backend, layout };
 }
 
 /**

@@ -6,7 +6,12 @@ import type { Logger } from './log.js';
  * fails with INTERRUPTED and its finally-blocks unwind every resource. Further signals while unwinding are
  * ignored so cleanup is not cut short.
  */
-export async function withInterrupts<T>(log: Logger, body: (signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function withInterrupts<T>(
+  log: Logger,
+  body: (signal: AbortSignal) => Promise<T>,
+  /** Signals that stop the build; an interactive shell leaves SIGINT to the shell it runs. */
+  signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'],
+): Promise<T> {
   const controller = new AbortController();
   const onSignal = (name: NodeJS.Signals) => {
     if (controller.signal.aborted) {
@@ -16,16 +21,18 @@ export async function withInterrupts<T>(log: Logger, body: (signal: AbortSignal)
     log.warn(`${name} received: stopping and releasing everything`);
     controller.abort(new ImageBuilderError('INTERRUPTED', `interrupted by ${name}`));
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const ignore = () => undefined;
+  for (const name of signals) process.on(name, onSignal);
+  // A signal we leave to someone else must not kill us with its default action either.
+  if (!signals.includes('SIGINT')) process.on('SIGINT', ignore);
   try {
     return await body(controller.signal);
   } catch (error) {
     if (controller.signal.aborted) throw controller.signal.reason;
     throw error;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const name of signals) process.off(name, onSignal);
+    process.off('SIGINT', ignore);
   }
 }
 

@@ -38,6 +38,10 @@ export function fakeSession(answer: (call: FakeCall) => Partial<ExecResult> | un
       }
       return result;
     },
+    interactive: async (argv) => {
+      calls.push({ argv });
+      return 0;
+    },
     sweep: async () => 0,
     close: async () => undefined,
   };

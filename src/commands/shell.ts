@@ -1,0 +1,43 @@
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../cli/base-command.js';
+import { MOUNT_BACKEND_NAMES, createLogger, withInterrupts } from '../index.js';
+import { shell } from '../pipeline/shell.js';
+
+export default class Shell extends BaseCommand {
+  static override summary = 'A shell (or one command) inside a disk image, natively mounted; read-only by default';
+  static override description =
+    "Mounts the image as the guest mounts itself and opens a shell in a chroot on your terminal. Exit the shell and " +
+    'everything is released. The image is never written: --writable lets you change files in a throw-away overlay.';
+  static override examples = [
+    "<%= config.bin %> shell --disk-image debian-12.qcow2 --command 'cat /etc/os-release'",
+    '<%= config.bin %> shell --disk-image debian-12.qcow2 --writable',
+  ];
+  static override flags = {
+    'disk-image': Flags.string({ char: 'i', description: 'disk image (raw, qcow2, vmdk, vhdx, vpc, vdi)', required: true, env: 'IMAGEBUILDER_DISK_IMAGE' }),
+    command: Flags.string({ char: 'c', description: 'run this with /bin/sh -c instead of an interactive shell; its exit code is ours' }),
+    writable: Flags.boolean({ description: 'mount writable; changes go to a throw-away overlay', default: false }),
+    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+    verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Shell);
+    const interactive = flags.command === undefined;
+    // With --command, stderr stays the command's own but for warnings.
+    const log = createLogger({ level: flags.verbose ? 'debug' : interactive ? 'info' : 'warn' });
+    const exitCode = await withInterrupts(
+      log,
+      (signal) =>
+        shell({
+          diskImage: flags['disk-image'],
+          command: flags.command,
+          writable: flags.writable,
+          mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
+          log,
+          signal,
+        }),
+      interactive ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM'],
+    );
+    process.exitCode = exitCode;
+  }
+}

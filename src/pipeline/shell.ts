@@ -1,0 +1,55 @@
+import { join } from 'node:path';
+import { openChroot } from '../chroot/session.js';
+import { detectDistro } from '../distro/families.js';
+import { readOsRelease } from '../distro/os-release.js';
+import { createOverlay } from '../image/qemu-img.js';
+import type { MountBackendName, MountContext } from '../mount/backend.js';
+import { CleanupStack } from '../util/cleanup.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { execRunner, type Runner } from '../util/exec.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { mountGuest } from './guest.js';
+import { verifyImage } from './verify.js';
+import { createWorkDir } from './workdir.js';
+
+export interface ShellOptions {
+  diskImage: string;
+  /** Run this with /bin/sh -c instead of an interactive shell. */
+  command?: string;
+  /** Mount the guest writable; changes go to a throw-away overlay and are discarded at exit. */
+  writable?: boolean;
+  mountBackend?: MountBackendName | 'auto';
+  log?: Logger;
+  run?: Runner;
+  signal?: AbortSignal;
+}
+
+/**
+ * Phase 0's "running shell inside the root filesystem": the image mounted as the guest mounts itself, a chroot
+ * session, and a shell (or one command) on the user's terminal. The input is never written: the guest is
+ * mounted read-only by default, and even --writable writes only to a throw-away overlay. Returns the exit code.
+ */
+export async function shell(options: ShellOptions): Promise<number> {
+  const log = options.log ?? createLogger();
+  const run = options.run ?? execRunner;
+  const input = await verifyImage(run, options.diskImage, log, options.signal);
+  const cleanup = new CleanupStack(log);
+  try {
+    const workDir = await createWorkDir(cleanup, log);
+    const overlay = join(workDir, 'work.qcow2');
+    await createOverlay(run, input.path, input.format, overlay, log);
+    const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
+    const { layout } = await mountGuest(context, options.mountBackend ?? 'auto', overlay, !options.writable);
+    const osRelease = await readOsRelease(layout.root);
+    if (!osRelease) throw new ImageBuilderError('BAD_INPUT', 'the guest has no /etc/os-release', { hint: 'is this a Linux OS image?' });
+    const distro = detectDistro(osRelease);
+    const session = await openChroot(layout.root, { run, log, signal: options.signal, readOnly: !options.writable, sessionFiles: distro.family?.sessionFiles });
+    cleanup.push('chroot session', () => session.close());
+    log.info(`${distro.prettyName ?? distro.id}, mounted ${options.writable ? 'writable (changes are discarded at exit)' : 'read-only'}`);
+    if (options.command !== undefined) return await session.interactive(['/bin/sh', '-c', options.command]);
+    log.info('exit the shell to release the image');
+    return await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)" -l'], { PS1: `[imagebuilder ${distro.id}] \\w# ` });
+  } finally {
+    await cleanup.unwind();
+  }
+}
