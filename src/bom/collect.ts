@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage, RecordedUnit } from '../steps/types.js';
 import { resolveInRoot } from '../util/fs.js';
+import type { UnitState } from './inventory.js';
 
 export interface Kernel {
   version: string;
@@ -32,7 +33,22 @@ export interface Bom {
   bomVersion: 1;
   tool: { name: 'imagebuilder'; version: string };
   createdAt: string;
-  input: { path: string; format: string; sha256: string; checksumSource?: string };
+  input: {
+    /** The URL the image was fetched from (then `path` is its verified copy in the cache). */
+    url?: string;
+    path: string;
+    format: string;
+    /** sha256 of the file used. */
+    sha256: string;
+    /** The sum the file as published was verified by, when it is not `sha256`: a compressed download, or sha512. */
+    published?: { name: string; compression?: string; algorithm: 'sha256' | 'sha512'; hash: string };
+    /** The sums file (path or URL) that vouched for it, or "--checksum". */
+    checksumSource?: string;
+    /** false: nothing vouched for it (--insecure-skip-verify, or a local image without a sums file). */
+    verified: boolean;
+    /** The keyring and signature that vouched for the sums file (--keyring). */
+    signature?: { keyring: string; signature: string };
+  };
   output: { path: string; format: string; sha256: string; sparsify: string };
   recipe: { path: string; name: string; sha256: string; variables: Record<string, string>; includes: { path: string; sha256: string }[] };
   os: { id?: string; versionId?: string; prettyName?: string; osRelease: Record<string, string> };
@@ -44,6 +60,8 @@ export interface Bom {
   files: RecordedFile[];
   /** systemd units the recipe enabled, disabled or masked. */
   units: RecordedUnit[];
+  /** Every unit enabled or masked in the finished image, as systemctl left them on disk. */
+  unitStates: UnitState[];
   containerImages: RecordedImage[];
   steps: BomStep[];
   mountBackend: string;

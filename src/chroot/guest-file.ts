@@ -1,5 +1,6 @@
 import { chown, lstat, readFile, readlink, rm, symlink, utimes, writeFile, chmod, lchown } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { resolveInRoot } from '../util/fs.js';
 
 /**
  * Puts a file in the guest for the length of a session and then puts back exactly what was there:
@@ -27,6 +28,8 @@ export async function replaceTemporarily(root: string, guestPath: string, conten
   await writeFile(hostPath, content, { mode });
   await chmod(hostPath, mode);
   return async () => {
+    // Resolved again: a step may have replaced a parent directory with a symlink, which must not lead out.
+    const hostPath = join(root, await resolveInRoot(root, dirname(guestPath)), basename(guestPath));
     await rm(hostPath, { force: true });
     if (saved.kind === 'symlink') {
       await symlink(saved.target, hostPath);

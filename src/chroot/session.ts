@@ -3,8 +3,8 @@ import { basename, dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
-import type { ExecOptions, ExecResult, Runner } from '../util/exec.js';
-import { exists, resolveInRoot } from '../util/fs.js';
+import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
+import { resolveInRoot } from '../util/fs.js';
 import { killAll } from '../util/processes.js';
 import type { Logger } from '../util/log.js';
 
@@ -26,10 +26,30 @@ export interface ChrootOptions {
 
 /**
  * Capabilities no build step needs and that would reach past the guest into the build host: loading kernel
- * modules, swapoff and mounts (sys_admin), firewall and interface changes, the clock, reboot, raw I/O.
+ * modules, swapoff and mounts (sys_admin), firewall and interface changes, the clock, reboot, raw I/O,
+ * tracing host processes, leaving the chroot by a second chroot, and device nodes for host disks.
  * Dropped from the bounding set, so even root inside the chroot cannot have them.
  */
-export const DROPPED_CAPABILITIES = ['sys_module', 'sys_admin', 'net_admin', 'sys_time', 'sys_boot', 'sys_rawio'];
+export const DROPPED_CAPABILITIES = ['sys_module', 'sys_admin', 'net_admin', 'sys_time', 'sys_boot', 'sys_rawio', 'sys_ptrace', 'sys_chroot', 'mknod'];
+
+/**
+ * Run by the host's /bin/sh as PID 1 of a new PID, mount, UTS and IPC namespace (unshare): a /proc of that
+ * namespace only (no host process, hence no /proc/1/root), with /proc/sys read-only (no host sysctl can be
+ * changed), then chroot and drop the capabilities above (capsh), then the command. When the command ends,
+ * the kernel ends everything it left running in the namespace.
+ */
+const ENTER_GUEST = [
+  'set -e',
+  'root=$1; shift',
+  'mount -t proc -o nosuid,nodev,noexec proc "$root/proc"',
+  'for p in sys sysrq-trigger; do [ -e "$root/proc/$p" ] || continue; mount --bind "$root/proc/$p" "$root/proc/$p"; mount -o remount,bind,ro "$root/proc/$p"; done',
+  `exec capsh --chroot="$root" --drop=${DROPPED_CAPABILITIES.map((c) => `cap_${c}`).join(',')} --inh= --shell=/bin/sh -- -c 'exec "$@"' sh "$@"`,
+].join('\n');
+
+/** argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. */
+export function confinedCommand(root: string, argv: string[]): [string, string[]] {
+  return ['unshare', ['--pid', '--fork', '--kill-child', '--mount', '--propagation', 'private', '--uts', '--ipc', '/bin/sh', '-c', ENTER_GUEST, 'enter-guest', root, ...argv]];
+}
 
 /** The environment every command inside the guest gets; nothing from the host leaks in. */
 export const CHROOT_ENV: Record<string, string> = {
@@ -100,14 +120,8 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   };
 
   try {
-    const proc = await mountIn('/proc', ['-t', 'proc', 'proc']);
-    // The guest's /proc is the host kernel's: a step's `sysctl -w` would change the build host. Read-only.
-    for (const hostPath of [join(proc, 'sys'), join(proc, 'sysrq-trigger')]) {
-      if (!(await exists(hostPath))) continue; // kernels built without magic SysRq have no trigger
-      await run('mount', ['--bind', hostPath, hostPath], { log });
-      cleanup.push(`mount ${hostPath}`, async () => void (await run('umount', [hostPath], { allowFailure: true })));
-      await run('mount', ['-o', 'remount,bind,ro', hostPath], { log });
-    }
+    // /proc is mounted per command, inside its own PID namespace (confinedCommand); the directory must exist.
+    await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
     await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
     const dev = await mountIn('/dev', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid', 'tmpfs']);
     for (const [name, major, minor] of [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const) {
@@ -134,16 +148,17 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     throw error;
   }
 
-  // Every command inside the guest: chrooted, with the capabilities that reach the host dropped.
-  const confined = (argv: string[]) => ['--bounding-set=' + DROPPED_CAPABILITIES.map((c) => `-${c}`).join(','), 'chroot', root, ...argv];
   return {
     root,
     exec: (argv, execOptions = {}) =>
-      run('setpriv', confined(argv), { log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+      run(...confinedCommand(root, argv), {
+        // Messages show what ran in the guest, not the confinement wrapper around it.
+        display: formatCommand('chroot', [root, ...argv]), log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
     interactive: async (argv, env = {}) => {
-      log.debug(`$ setpriv ${confined(argv).join(' ')}`);
+      const [file, args] = confinedCommand(root, argv);
+      log.debug(`$ ${formatCommand('chroot', [root, ...argv])}`);
       // The user's terminal, in our process group: job control and Ctrl-C belong to the shell.
-      const result = await execa('setpriv', confined(argv), { stdio: 'inherit', env: { ...CHROOT_ENV, TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false });
+      const result = await execa(file, args, { stdio: 'inherit', env: { ...CHROOT_ENV, TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false });
       return result.exitCode ?? 128 + 15;
     },
     sweep: () => killAll(() => processesInside(root), log, 'process(es) left running inside the guest'),

@@ -2,11 +2,12 @@ import { Args, Flags } from '@oclif/core';
 import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
+import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
 
 export default class Apply extends BaseCommand {
   static override summary = "Run a recipe's steps inside a disk image and write the customized image and its BOM";
   static override description =
-    'Verifies the image (against a SHA256SUMS or sha256sum.txt beside it), mounts a copy natively, runs the recipe ' +
+    'Verifies the image (a local path or an http(s) URL, fetched once into the cache) against the sums file beside it, mounts a copy natively, runs the recipe ' +
     "inside a chroot with the guest's own package manager, and writes a new image in the input's format with a " +
     'bill of materials (<output>.bom.json). The input image is never modified.';
   static override examples = ['<%= config.bin %> apply recipes/examples/k8s-node-containerd.yaml --disk-image debian-12.qcow2'];
@@ -16,7 +17,7 @@ export default class Apply extends BaseCommand {
   };
 
   static override flags = {
-    'disk-image': Flags.string({ char: 'i', description: 'base disk image (raw, qcow2, vmdk, vhdx, vpc, vdi)', required: true, env: 'IMAGEBUILDER_DISK_IMAGE' }),
+    ...diskImageFlags,
     ...recipeVariableFlags,
     output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
     'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
@@ -35,6 +36,7 @@ export default class Apply extends BaseCommand {
         recipe: args.recipe,
         recipeInputs: recipeInputs(flags),
         diskImage: flags['disk-image'],
+        image: diskImageOptions(flags),
         output: flags.output,
         mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
         sparsify: flags.sparsify as (typeof SPARSIFY_MODES)[number],

@@ -1,10 +1,23 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { request } from 'undici';
-import { ImageBuilderError } from '../util/errors.js';
+import { Agent, DecoratorHandler, getGlobalDispatcher, request, type Dispatcher } from 'undici';
+import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import {
+  DEFAULT_RETRY_POLICY,
+  errorCode,
+  isTransient,
+  isTransientStatus,
+  parseRetryAfter,
+  RetriesExhausted,
+  TransientError,
+  withRetry,
+  type RetryHooks,
+  type RetryPolicy,
+} from './retry.js';
 
 export interface FetchOptions {
   signal?: AbortSignal;
@@ -86,4 +99,387 @@ export async function fetchToFile(url: string, path: string, options: FetchOptio
     throw new ImageBuilderError('COMMAND_FAILED', `download of ${url} failed: ${(error as Error).message}`, { cause: error });
   }
   return { sha256: hash.digest('hex'), size };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Phase 0: resilient requests for base images and their sums files (retries, resume, progress).
+
+/** Timeouts of one attempt; a stalled connection fails the attempt and the retry policy decides what next. */
+export interface HttpTimeouts {
+  connectMs: number;
+  /** Until the response headers arrive. */
+  headersMs: number;
+  /** Between two chunks of the body (a stall, not the length of a download). */
+  bodyMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: HttpTimeouts = { connectMs: 30000, headersMs: 60000, bodyMs: 60000 };
+
+const USER_AGENT = 'imagebuilder';
+
+/**
+ * undici 6 crashes the whole process with an uncatchable `assert(!this.paused)` (nodejs/undici#5360, fixed
+ * only in later majors) when a server that closes the connection after its response (HTTP/1.0,
+ * `Connection: close`) delivers the last bytes of a Content-Length body while the consumer is behind — the
+ * parser pauses on that last chunk, then the socket ends. This handler never lets the chunk that completes
+ * the body pause the parser (it is buffered, as the chunks before it were), so the message completes before
+ * the socket ends. A body without a length or chunked framing ends at EOF itself: it is never paused
+ * (buffered while the disk is slower than the network). Chunked bodies are safe as they are.
+ */
+class NoPauseAtEndHandler extends DecoratorHandler {
+  private remaining?: number;
+  private neverPause = false;
+
+  override onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void, statusText?: string): boolean {
+    let length: number | undefined;
+    let chunked = false;
+    for (let i = 0; rawHeaders && i + 1 < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i].toString().toLowerCase();
+      if (name === 'content-length') length = Number(rawHeaders[i + 1].toString());
+      else if (name === 'transfer-encoding') chunked = /chunked/i.test(rawHeaders[i + 1].toString());
+    }
+    this.remaining = length;
+    this.neverPause = length === undefined && !chunked;
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    return (super.onHeaders as any)(statusCode, rawHeaders, resume, statusText);
+  }
+
+  override onData(chunk: Buffer): boolean {
+    const more = super.onData(chunk);
+    if (this.neverPause) return true;
+    if (this.remaining !== undefined) {
+      this.remaining -= chunk.length;
+      if (this.remaining <= 0) return true;
+    }
+    return more;
+  }
+}
+
+const noPauseAtEnd = (dispatch: Dispatcher['dispatch']): Dispatcher['dispatch'] =>
+  function intercept(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandlers) {
+    return dispatch(options, new NoPauseAtEndHandler(handler));
+  };
+
+let sharedDispatcher: Dispatcher | undefined;
+/** The process-wide dispatcher with the workaround, for callers that bring none. */
+const defaultDispatcher = () => (sharedDispatcher ??= getGlobalDispatcher().compose(noPauseAtEnd));
+
+/** A dispatcher for one phase-0 run (connect timeout, the workaround above), closed by its owner. */
+export function createDispatcher(timeouts: HttpTimeouts = DEFAULT_TIMEOUTS): Dispatcher {
+  return new Agent({ connect: { timeout: timeouts.connectMs }, headersTimeout: timeouts.headersMs, bodyTimeout: timeouts.bodyMs }).compose(noPauseAtEnd);
+}
+
+/** `http(s)://…` or nothing: anything else that looks like a URL is a mistake worth saying so. */
+export function parseImageUrl(text: string): URL | undefined {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return undefined;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ImageBuilderError('BAD_INPUT', `not a valid URL: ${text}`, { hint: 'give an http(s):// URL or the path of a local image' });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ImageBuilderError('BAD_INPUT', `unsupported URL scheme ${url.protocol} in ${text}`, { hint: 'images are fetched over http:// or https://; for a local file give its path' });
+  }
+  if (!urlFileNameOf(url)) throw new ImageBuilderError('BAD_INPUT', `${text} names a directory, not an image file`, { hint: 'give the URL of the image file itself' });
+  return url;
+}
+
+/** The file name a URL's last path segment gives (what sums files list). */
+export function urlFileNameOf(url: URL): string {
+  const segment = url.pathname.slice(url.pathname.lastIndexOf('/') + 1);
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+const TLS_CODE = /CERT|TLS|SSL|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/;
+
+/** A failure that another attempt will not cure, in words with a fix; transient ones pass through unchanged. */
+function classifyRequestError(url: string, error: unknown, signal?: AbortSignal): unknown {
+  if (signal?.aborted) return signal.reason;
+  if (isTransient(error)) return error;
+  const code = errorCode(error) ?? '';
+  const message = (error as Error)?.message ?? String(error);
+  if (TLS_CODE.test(code) || TLS_CODE.test(message)) {
+    return new ImageBuilderError('COMMAND_FAILED', `TLS failure fetching ${url}: ${message}${code ? ` (${code})` : ''}`, {
+      hint: 'the server certificate is not trusted (self-signed, expired, or for another host): check the URL, or add its CA to the system trust store (NODE_EXTRA_CA_CERTS=ca.pem)',
+      cause: error,
+    });
+  }
+  if (code === 'ENOTFOUND') {
+    return new ImageBuilderError('BAD_INPUT', `cannot fetch ${url}: host ${new URL(url).hostname} not found`, { hint: 'check the host name in the URL', cause: error });
+  }
+  if (isImageBuilderError(error)) return error;
+  return new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: ${message}${code ? ` (${code})` : ''}`, {
+    hint: 'check the URL and that this host can reach it',
+    cause: error,
+  });
+}
+
+function statusFailure(url: string, status: number, retryAfter?: string | string[]): Error {
+  if (isTransientStatus(status)) return new TransientError(`HTTP ${status} from ${url}`, parseRetryAfter(retryAfter));
+  if (status === 404 || status === 410) {
+    return new ImageBuilderError('BAD_INPUT', `${url} does not exist (HTTP ${status})`, { hint: 'check the URL: its release, version and file name' });
+  }
+  return new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: HTTP ${status}`, {
+    hint: status === 401 || status === 403 ? 'the server refuses access to it: check the URL' : 'the server refused the request',
+  });
+}
+
+/** After the retry policy gave up: COMMAND_FAILED with the last failure; any other error unchanged. */
+function exhausted(url: string, error: unknown): unknown {
+  if (!(error instanceof RetriesExhausted)) return error;
+  return new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: ${error.message}`, {
+    hint: 'the server or the network kept failing: try again later (a download resumes where it stopped)',
+    cause: error,
+  });
+}
+
+export interface ResilientOptions {
+  signal?: AbortSignal;
+  dispatcher?: Dispatcher;
+  retry?: RetryPolicy;
+  /** Injected clock, sleep and randomness (tests). */
+  retryHooks?: Pick<RetryHooks, 'sleep' | 'now' | 'random'>;
+  timeouts?: HttpTimeouts;
+  log?: Logger;
+}
+
+function retryLogger(url: string, log?: Logger, before?: () => void) {
+  return ({ error, attempt, delayMs }: { error: unknown; attempt: number; delayMs: number }) => {
+    before?.();
+    log?.warn(`fetching ${url} failed (attempt ${attempt}: ${(error as Error).message ?? String(error)}); retrying in ${(delayMs / 1000).toFixed(1)}s`);
+  };
+}
+
+/** A small resource (a sums file, a signature) with retries; undefined when the server says it does not exist. */
+export async function fetchOptional(url: string, options: ResilientOptions = {}): Promise<Buffer | undefined> {
+  const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
+  try {
+    return await withRetry(
+      async () => {
+        let response: Dispatcher.ResponseData;
+        try {
+          response = await request(url, {
+            method: 'GET',
+            dispatcher: options.dispatcher ?? defaultDispatcher(),
+            maxRedirections: MAX_REDIRECTS,
+            signal: options.signal,
+            headers: { 'user-agent': USER_AGENT },
+            headersTimeout: timeouts.headersMs,
+            bodyTimeout: timeouts.bodyMs,
+          });
+        } catch (error) {
+          throw classifyRequestError(url, error, options.signal);
+        }
+        if (response.statusCode === 404 || response.statusCode === 410) {
+          await response.body.dump();
+          return undefined;
+        }
+        if (response.statusCode >= 300) {
+          await response.body.dump();
+          throw statusFailure(url, response.statusCode, response.headers['retry-after']);
+        }
+        try {
+          return Buffer.from(await response.body.arrayBuffer());
+        } catch (error) {
+          throw classifyRequestError(url, error, options.signal);
+        }
+      },
+      options.retry ?? DEFAULT_RETRY_POLICY,
+      { ...options.retryHooks, signal: options.signal, onRetry: retryLogger(url, options.log) },
+    );
+  } catch (error) {
+    throw exhausted(url, error);
+  }
+}
+
+export interface DownloadProgress {
+  /** Bytes of the file present so far (a resumed download starts above zero). */
+  received: number;
+  total?: number;
+}
+
+export interface DownloadOptions extends ResilientOptions {
+  /** Validators of a complete copy we hold: when the server answers 304, nothing is downloaded. */
+  ifNotModified?: { etag?: string; lastModified?: string };
+  onStart?: (progress: DownloadProgress & { resumed: boolean }) => void;
+  onProgress?: (progress: DownloadProgress) => void;
+  /** Called before a retry is logged (a progress bar clears its line). */
+  beforeLog?: () => void;
+}
+
+export interface DownloadResult {
+  notModified: boolean;
+  size: number;
+  etag?: string;
+  lastModified?: string;
+  /** How many times the download continued with a Range request. */
+  resumes: number;
+  attempts: number;
+}
+
+/** What a `.partial` file holds: enough to resume it safely (If-Range) in this or a later process. */
+interface PartialMeta {
+  url: string;
+  etag?: string;
+  lastModified?: string;
+  total?: number;
+}
+
+const headerText = (value: string | string[] | undefined) => (Array.isArray(value) ? value[0] : value);
+
+/** Room for the body ahead of the disk before the parser waits (undici's default is 64 KiB). */
+const BODY_HIGH_WATER_MARK = 4 * 1024 * 1024;
+
+/** If-Range needs a strong validator: a strong ETag, else Last-Modified. */
+function resumeValidator(meta: PartialMeta | undefined): string | undefined {
+  if (meta?.etag && !meta.etag.startsWith('W/')) return meta.etag;
+  return meta?.lastModified;
+}
+
+export function parseContentRange(value: string | undefined): { start: number; end: number; total?: number } | undefined {
+  const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value?.trim() ?? '');
+  if (!match) return undefined;
+  return { start: Number(match[1]), end: Number(match[2]), total: match[3] === '*' ? undefined : Number(match[3]) };
+}
+
+async function readPartialMeta(path: string, url: string): Promise<PartialMeta | undefined> {
+  try {
+    const meta = JSON.parse(await readFile(path, 'utf8')) as PartialMeta;
+    return meta.url === url ? meta : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Downloads `url` into `partial` (its resume state in `partial.json`), following redirects, retrying
+ * transient failures with backoff, and continuing after a dropped connection with `Range` + `If-Range` (a
+ * changed file is sent whole, and the download starts over). A partial left by an interrupted earlier
+ * process is resumed the same way. The complete file stays at `partial`: the caller verifies and moves it.
+ * On failure or abort the partial stays, resumable; the caller decides whether to keep it.
+ */
+export async function downloadFile(url: string, partial: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+  const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
+  const metaPath = `${partial}.json`;
+  let meta = await readPartialMeta(metaPath, url);
+  let progressed = false;
+  let resumes = 0;
+  const startOver = async () => {
+    meta = undefined;
+    await rm(partial, { force: true });
+    await rm(metaPath, { force: true });
+  };
+  try {
+    return await withRetry(
+      async (attempt): Promise<DownloadResult> => {
+        progressed = false;
+        const have = (await stat(partial).catch(() => undefined))?.size ?? 0;
+        const validator = resumeValidator(meta);
+        const offset = validator && have > 0 && (meta!.total === undefined || have <= meta!.total) ? have : 0;
+        if (offset === 0 && have > 0) await startOver();
+        const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity' };
+        if (offset > 0) {
+          headers.range = `bytes=${offset}-`;
+          headers['if-range'] = validator!;
+        } else if (options.ifNotModified?.etag) headers['if-none-match'] = options.ifNotModified.etag;
+        else if (options.ifNotModified?.lastModified) headers['if-modified-since'] = options.ifNotModified.lastModified;
+
+        let response: Dispatcher.ResponseData;
+        try {
+          response = await request(url, {
+            method: 'GET',
+            dispatcher: options.dispatcher ?? defaultDispatcher(),
+            maxRedirections: MAX_REDIRECTS,
+            signal: options.signal,
+            headers,
+            headersTimeout: timeouts.headersMs,
+            bodyTimeout: timeouts.bodyMs,
+            highWaterMark: BODY_HIGH_WATER_MARK,
+          });
+        } catch (error) {
+          throw classifyRequestError(url, error, options.signal);
+        }
+        const status = response.statusCode;
+        const etag = headerText(response.headers.etag);
+        const lastModified = headerText(response.headers['last-modified']);
+        if (status === 304 && offset === 0 && options.ifNotModified) {
+          await response.body.dump();
+          return { notModified: true, size: 0, etag, lastModified, resumes, attempts: attempt };
+        }
+        if (status === 416 && offset > 0) {
+          await response.body.dump();
+          // The partial is already whole (an earlier run stopped after the last byte): the validator matched,
+          // or the server would have sent the file again with 200.
+          const range = /^bytes \*\/(\d+)$/.exec(headerText(response.headers['content-range'])?.trim() ?? '');
+          if (range && Number(range[1]) === offset) {
+            options.onStart?.({ received: offset, total: offset, resumed: true });
+            return { notModified: false, size: offset, etag: meta!.etag, lastModified: meta!.lastModified, resumes, attempts: attempt };
+          }
+          // The file shrank or changed under us: start again from the first byte, at once.
+          await startOver();
+          progressed = true;
+          throw new TransientError(`${url} no longer has the ${offset} bytes already downloaded`);
+        }
+        if (status !== 200 && status !== 206) {
+          await response.body.dump();
+          throw statusFailure(url, status, response.headers['retry-after']);
+        }
+        let append = false;
+        if (status === 206) {
+          const range = parseContentRange(headerText(response.headers['content-range']));
+          if (offset === 0 || !range || range.start !== offset) {
+            await response.body.dump();
+            await startOver();
+            progressed = true;
+            throw new TransientError(`${url} answered a range other than the one asked for`);
+          }
+          append = true;
+          resumes++;
+          meta = { ...meta!, total: range.total ?? meta!.total };
+        } else {
+          const length = headerText(response.headers['content-length']);
+          meta = { url, etag, lastModified, total: length === undefined ? undefined : Number(length) };
+          await writeFile(metaPath, `${JSON.stringify(meta)}\n`);
+        }
+        const total = meta.total;
+        let received = append ? offset : 0;
+        options.onStart?.({ received, total, resumed: append });
+        try {
+          await pipeline(
+            response.body,
+            new Transform({
+              transform(chunk: Buffer, _encoding, done) {
+                received += chunk.length;
+                progressed = true;
+                options.onProgress?.({ received, total });
+                done(null, chunk);
+              },
+            }),
+            createWriteStream(partial, { flags: append ? 'a' : 'w' }),
+            { signal: options.signal },
+          );
+        } catch (error) {
+          throw classifyRequestError(url, error, options.signal);
+        }
+        if (total !== undefined && received !== total) {
+          throw new TransientError(`the connection closed after ${received} of ${total} bytes of ${url}`);
+        }
+        return { notModified: false, size: received, etag: meta.etag, lastModified: meta.lastModified, resumes, attempts: attempt };
+      },
+      options.retry ?? DEFAULT_RETRY_POLICY,
+      {
+        ...options.retryHooks,
+        signal: options.signal,
+        madeProgress: () => progressed,
+        onRetry: retryLogger(url, options.log, options.beforeLog),
+      },
+    );
+  } catch (error) {
+    throw exhausted(url, error);
+  }
 }

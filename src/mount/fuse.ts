@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { AttachRequest, MountBackend, MountContext } from './backend.js';
 import { ensurePartitions } from './block.js';
 import { exists, waitForExit, which } from '../util/fs.js';
+import { mountsUnder } from '../util/mounts.js';
 
 /**
  * qemu-storage-daemon exports the image as one raw file over FUSE; a loop device over that file gives the
@@ -35,17 +36,19 @@ export const fuseBackend: MountBackend = {
       ],
       { log, purpose: 'exporting the image over FUSE' },
     );
-    const pid = Number((await readFile(pidFile, 'utf8')).trim());
-    cleanup.push(`qemu-storage-daemon (pid ${pid})`, async () => {
-      try {
-        process.kill(pid, 'SIGTERM');
-      } catch {
-        // already gone
+    // Registered before anything else can fail; without a pid, unmounting the export ends the daemon.
+    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+    cleanup.push(`qemu-storage-daemon (pid ${pid || 'unknown'})`, async () => {
+      if (pid > 0) {
+        try {
+          process.kill(pid, 'SIGTERM');
+        } catch {
+          // already gone
+        }
+        // The image is consistent (and free for qemu-img) only once the daemon has flushed and exited.
+        await waitForExit(pid);
       }
-      // The image is consistent (and free for qemu-img) only once the daemon has flushed and exited.
-      await waitForExit(pid);
-      const mounts = await readFile('/proc/mounts', 'utf8');
-      if (mounts.includes(` ${exportFile} `)) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
+      if ((await mountsUnder(exportFile)).length) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
     });
 
     const loop = await run('losetup', ['--find', '--show', ...(request.readOnly ? ['--read-only'] : []), exportFile], {

@@ -25,11 +25,11 @@ export const guestmountBackend: MountBackend = {
       '--pid-file', pidFile, root,
     ];
     await runWithTcgFallback(run, 'guestmount', args, { log, signal: context.signal, purpose: `guestmount of ${request.image}` });
-    const pid = Number((await readFile(pidFile, 'utf8')).trim());
-    cleanup.push(`guestmount ${root} (pid ${pid})`, async () => {
+    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+    cleanup.push(`guestmount ${root} (pid ${pid || 'unknown'})`, async () => {
       await run('guestunmount', [root], { allowFailure: true });
       // Writes reach the image only when guestmount has exited (libguestfs guestmount(1), "race conditions").
-      await waitForExit(pid, 120000);
+      if (pid > 0) await waitForExit(pid, 120000);
     });
     return { kind: 'tree' as const, root };
   },

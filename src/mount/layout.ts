@@ -78,15 +78,21 @@ async function mountFs(context: MountContext, device: string, target: string, ty
 async function umount(context: MountContext, target: string) {
   const result = await context.run('umount', [target], { allowFailure: true });
   if (result.exitCode !== 0) {
-    // A process we could not kill still holds it: detach it lazily rather than leave the build stuck.
-    context.log.warn(`umount ${target} failed (${result.output.trim()}); detaching it lazily`);
+    // A process we could not kill still holds it: detach it lazily rather than leave the host stuck, and fail:
+    // data still unwritten to the disk would be missing from the output.
     await context.run('umount', ['--lazy', target], { allowFailure: true });
+    throw new ImageBuilderError('COMMAND_FAILED', `umount ${target} failed (${result.output.trim()}); it was detached lazily`, {
+      hint: 'a process outside imagebuilder held the guest filesystem (`fuser -vm` lists them); run the build again',
+    });
   }
 }
 
 async function hasOsRelease(dir: string): Promise<boolean> {
   // lstat, not stat: /etc/os-release is usually a relative symlink into /usr/lib, dangling from the host's view.
-  return (await exists(join(dir, 'etc/os-release'))) || (await exists(join(dir, 'usr/lib/os-release')));
+  for (const [parent, name] of [['/etc', 'os-release'], ['/usr/lib', 'os-release']]) {
+    if (await exists(join(dir, await resolveInRoot(dir, parent), name))) return true;
+  }
+  return false;
 }
 
 interface RootCandidate {
@@ -147,7 +153,7 @@ export async function mountGuestLayout(context: MountContext, device: string, re
   const mounts: GuestMount[] = [{ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir }];
   context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${root.options.length ? `, ${root.options.join(',')}` : ''})`);
 
-  const fstabText = await readFile(join(rootDir, 'etc/fstab'), 'utf8').catch(() => '');
+  const fstabText = await readFile(join(rootDir, await resolveInRoot(rootDir, '/etc/fstab')), 'utf8').catch(() => '');
   const entries = parseFstab(fstabText)
     .filter((entry) => entry.path !== '/')
     .sort((a, b) => a.path.split('/').length - b.path.split('/').length || a.path.localeCompare(b.path));

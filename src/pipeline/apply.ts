@@ -2,10 +2,7 @@ import { rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/collect.js';
 import { openChroot } from '../chroot/session.js';
-import { detectDistro } from '../distro/families.js';
-import { readOsRelease } from '../distro/os-release.js';
 import { sha256File } from '../fetch/checksums.js';
-import { createOverlay } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
 import { whenMismatch } from '../recipe/when.js';
@@ -16,16 +13,20 @@ import { createLogger, type Logger } from '../util/log.js';
 import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
 import { FORMAT_EXTENSIONS, trimFilesystems, writeOutputImage, type SparsifyMode } from './output.js';
-import { verifyImage, type VerifiedImage } from './verify.js';
+import { listUnitStates } from '../bom/inventory.js';
+import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createRecorder } from '../steps/types.js';
 import { createWorkDir } from './workdir.js';
-import { mountGuest } from './guest.js';
+import { openGuest } from './guest.js';
 
 export interface ApplyOptions {
   recipe: string;
   /** Variable values: `--vars FILE` and `--set name=value`. */
   recipeInputs?: RecipeInputs;
+  /** A local path or an http(s) URL. */
   diskImage: string;
+  /** How phase 0 verifies and caches it (--checksum, --keyring, --offline, --insecure-skip-verify). */
+  image?: DiskImageOptions;
   /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
   output?: string;
   mountBackend?: MountBackendName | 'auto';
@@ -79,7 +80,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const clock = stopwatch();
 
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
-  const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal));
+  const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal, options.image));
   const outputPath = options.output ? resolve(options.output) : defaultOutputPath(input, recipe.name);
   if (outputPath === input.path) {
     throw new ImageBuilderError('BAD_INPUT', 'the output path is the input image', { hint: 'the input is never modified: choose another --output' });
@@ -90,19 +91,14 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const cleanup = new CleanupStack(log);
   try {
     const workDir = await createWorkDir(cleanup, log, { parent: options.workDir, keep: options.keepWorkDir });
-    const overlay = join(workDir, 'work.qcow2');
-    await createOverlay(run, input.path, input.format, overlay, log);
 
     // Everything inside the guest lives on its own stack, released before the output is written.
     const guest = new CleanupStack(log);
     cleanup.push('guest', async () => void (await guest.unwind()));
     const mountContext: MountContext = { run, log, cleanup: guest, signal, workDir };
-    const { backend, layout } = await clock.time('mount', () => mountGuest(mountContext, options.mountBackend ?? 'auto', overlay));
+    const { backend, layout, overlay, distro } = await clock.time('mount', () => openGuest(mountContext, input, { backend: options.mountBackend ?? 'auto' }));
     throwIfAborted(signal);
 
-    const osRelease = await readOsRelease(layout.root);
-    if (!osRelease) throw new ImageBuilderError('BAD_INPUT', 'the guest has no /etc/os-release', { hint: 'is this a Linux OS image?' });
-    const distro = detectDistro(osRelease);
     log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
     const manager = distro.family?.packageManager;
     const packagesBefore = manager ? await manager.listInstalled(layout.root) : [];
@@ -138,12 +134,17 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     const packagesAfter = manager ? await manager.listInstalled(layout.root) : [];
     const { packages, removed } = comparePackages(packagesBefore, packagesAfter);
     const kernels = await listKernels(layout.root);
+    const unitStates = await listUnitStates(layout.root);
 
     if (sparsify === 'fstrim') {
       if (backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
       else await clock.time('fstrim', () => trimFilesystems(run, layout.mounts, log));
     }
-    await clock.time('unmount', async () => void (await guest.unwind()));
+    const releaseFailures = await clock.time('unmount', () => guest.unwind());
+    if (releaseFailures.length) {
+      // A filesystem that did not unmount cleanly may hold unwritten data: no output from it.
+      throw new ImageBuilderError('COMMAND_FAILED', `releasing the guest failed: ${releaseFailures.join('; ')}`, { hint: 'nothing was written; run the build again' });
+    }
     throwIfAborted(signal);
 
     // The output appears under its name only when complete.
@@ -158,16 +159,26 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       bomVersion: 1,
       tool: { name: 'imagebuilder', version: TOOL_VERSION },
       createdAt: new Date().toISOString(),
-      input: { path: input.path, format: input.format, sha256: input.sha256, ...(input.checksumSource ? { checksumSource: input.checksumSource } : {}) },
+      input: {
+        ...(input.url ? { url: input.url } : {}),
+        path: input.path,
+        format: input.format,
+        sha256: input.sha256,
+        ...(input.published ? { published: input.published } : {}),
+        ...(input.checksumSource ? { checksumSource: input.checksumSource } : {}),
+        verified: input.verified,
+        ...(input.signature ? { signature: input.signature } : {}),
+      },
       output: { path: outputPath, format: outputFormat, sha256: outputSha256, sparsify },
       recipe: { path: resolve(recipe.path), name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
-      os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease },
+      os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease: distro.osRelease },
       architecture,
       kernels,
       packages,
       removedPackages: removed,
       files: records.files,
       units: records.units,
+      unitStates,
       containerImages: records.images,
       steps,
       mountBackend: backend.name,

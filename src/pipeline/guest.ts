@@ -1,23 +1,59 @@
+import { join } from 'node:path';
+import { detectDistro, type Distro } from '../distro/families.js';
+import { readOsRelease } from '../distro/os-release.js';
+import { createOverlay, imageInfo } from '../image/qemu-img.js';
 import type { MountBackend, MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
 import { selectMountBackend } from '../mount/select.js';
+import { ImageBuilderError } from '../util/errors.js';
+import type { VerifiedImage } from './verify.js';
 
 export interface MountedGuest {
   backend: MountBackend;
   layout: GuestLayout;
 }
 
+export interface OpenedGuest extends MountedGuest {
+  /** The qcow2 overlay over the untouched input that all writes go to. */
+  overlay: string;
+  distro: Distro;
+}
+
 /**
  * Attaches a work image with the chosen backend and mounts the guest as it mounts itself (root, then its
- * fstab). `readOnly` mounts every filesystem read-only (the work image itself stays writable, so a dirty
- * journal can still be replayed into it). Every resource is on context.cleanup.
+ * fstab). `readOnly` mounts every filesystem read-only; for block backends the work image itself stays
+ * writable, so a dirty journal can still be replayed into it. Every resource is on context.cleanup.
  */
 export async function mountGuest(context: MountContext, backendName: MountBackendName | 'auto', workImage: string, readOnly = false): Promise<MountedGuest> {
   const backend = await selectMountBackend(context, backendName);
-  const disk = await backend.attach(context, { image: workImage, format: 'qcow2', readOnly: false });
+  const disk = await backend.attach(context, { image: workImage, format: 'qcow2', readOnly: backend.name === 'guestmount' && readOnly });
   const layout: GuestLayout =
     disk.kind === 'block'
       ? await mountGuestLayout(context, disk.device, readOnly)
       : { root: disk.root, mounts: [{ device: workImage, path: '/', type: 'guestmount', hostPath: disk.root }] };
   return { backend, layout };
+}
+
+/**
+ * What apply, shell and inspect all start with: a qcow2 overlay over the verified input in the work dir
+ * (the input is only ever read), the guest mounted, and its distribution identified.
+ */
+export async function openGuest(
+  context: MountContext,
+  input: VerifiedImage,
+  options: { backend: MountBackendName | 'auto'; readOnly?: boolean },
+): Promise<OpenedGuest> {
+  // A backing file would bring whatever file it names on this host into the guest and the output.
+  const { backingFile } = await imageInfo(context.run, input.path, context.log);
+  if (backingFile) {
+    throw new ImageBuilderError('BAD_INPUT', `${input.path} is an overlay over ${backingFile}; imagebuilder takes standalone images`, {
+      hint: `flatten it first: qemu-img convert -O ${input.format} ${input.path} standalone.${input.format}`,
+    });
+  }
+  const overlay = join(context.workDir, 'work.qcow2');
+  await createOverlay(context.run, input.path, input.format, overlay, context.log);
+  const { backend, layout } = await mountGuest(context, options.backend, overlay, options.readOnly);
+  const osRelease = await readOsRelease(layout.root);
+  if (!osRelease) throw new ImageBuilderError('BAD_INPUT', `${input.path} has no /etc/os-release`, { hint: 'is this a Linux OS disk image?' });
+  return { backend, layout, overlay, distro: detectDistro(osRelease) };
 }

@@ -1,14 +1,9 @@
-import { join } from 'node:path';
 import { openChroot } from '../chroot/session.js';
-import { detectDistro } from '../distro/families.js';
-import { readOsRelease } from '../distro/os-release.js';
-import { createOverlay } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { CleanupStack } from '../util/cleanup.js';
-import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { mountGuest } from './guest.js';
+import { openGuest } from './guest.js';
 import { verifyImage } from './verify.js';
 import { createWorkDir } from './workdir.js';
 
@@ -36,13 +31,8 @@ export async function shell(options: ShellOptions): Promise<number> {
   const cleanup = new CleanupStack(log);
   try {
     const workDir = await createWorkDir(cleanup, log);
-    const overlay = join(workDir, 'work.qcow2');
-    await createOverlay(run, input.path, input.format, overlay, log);
     const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
-    const { layout } = await mountGuest(context, options.mountBackend ?? 'auto', overlay, !options.writable);
-    const osRelease = await readOsRelease(layout.root);
-    if (!osRelease) throw new ImageBuilderError('BAD_INPUT', 'the guest has no /etc/os-release', { hint: 'is this a Linux OS image?' });
-    const distro = detectDistro(osRelease);
+    const { layout, distro } = await openGuest(context, input, { backend: options.mountBackend ?? 'auto', readOnly: !options.writable });
     const session = await openChroot(layout.root, { run, log, signal: options.signal, readOnly: !options.writable, sessionFiles: distro.family?.sessionFiles });
     cleanup.push('chroot session', () => session.close());
     log.info(`${distro.prettyName ?? distro.id}, mounted ${options.writable ? 'writable (changes are discarded at exit)' : 'read-only'}`);

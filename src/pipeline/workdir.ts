@@ -1,18 +1,10 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
+import { mountsUnder } from '../util/mounts.js';
 import { killAll, processesMentioning } from '../util/processes.js';
-
-/** Mount points under a directory, from /proc/mounts (octal escapes decoded). */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  const text = await readFile('/proc/mounts', 'utf8');
-  return text
-    .split('\n')
-    .map((line) => line.split(' ')[1]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))))
-    .filter((target): target is string => !!target && (target === dir || target.startsWith(`${dir}/`)));
-}
 
 /**
  * A private work directory for one build (overlay, export file, mount points). Removed on release unless

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChrootSession } from '../chroot/session.js';
+import { resolveInRoot } from '../util/fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import type { InstalledPackage, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
@@ -129,7 +130,7 @@ export function createApt(): PackageManager {
       updated.delete(session);
     },
     async listInstalled(root) {
-      return parseDpkgStatus(await readFile(join(root, 'var/lib/dpkg/status'), 'utf8'));
+      return parseDpkgStatus(await readFile(join(root, await resolveInRoot(root, '/var/lib/dpkg/status')), 'utf8'));
     },
     async architecture(root) {
       const dpkg = (await this.listInstalled(root)).find((p) => p.name === 'dpkg');

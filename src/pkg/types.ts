@@ -8,10 +8,17 @@ export interface PackageSpec {
 
 export interface InstalledPackage {
   name: string;
+  /** As the package manager prints it: dpkg's Version; rpm's `[epoch:]version-release`. */
   version: string;
   architecture: string;
   /** Source package name, when it differs from or is recorded beside the binary one. */
   source?: string;
+  /** rpm: the epoch, when the package has one (it is also the `epoch:` prefix of `version`). */
+  epoch?: number;
+  /** rpm: the vendor tag, when the package has one. */
+  vendor?: string;
+  /** rpm: the source rpm the package was built from (`kubelet-1.30.2-150500.1.1.src.rpm`). */
+  sourceRpm?: string;
 }
 
 /**

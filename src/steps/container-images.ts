@@ -1,10 +1,10 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import type { ChrootSession } from '../chroot/session.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { sleep } from '../util/fs.js';
-import { defineStep, type StepContext } from './types.js';
+import { defineStep } from './types.js';
 
 export interface ContainerImagesSpec {
   /** Host paths (relative to the recipe) of OCI or docker-archive tarballs; `{guest: PATH}` for one already in the image. */
@@ -14,7 +14,6 @@ export interface ContainerImagesSpec {
 
 /** A private containerd for the length of the step: its own socket and state under the session's /run. */
 const STATE_DIR = '/run/imagebuilder-containerd';
-const SOCKET = `${STATE_DIR}/containerd.sock`;
 
 /** The content root the node's containerd will use: the guest's config.toml `root`, else the default. */
 async function containerdRoot(session: ChrootSession): Promise<string> {
@@ -32,30 +31,22 @@ export function parseImageList(text: string): Map<string, string> {
   return images;
 }
 
-async function startContainerd(context: StepContext, root: string): Promise<string> {
-  const { session } = context;
-  const config = `version = 2\nroot = "${root}"\nstate = "${STATE_DIR}"\n[grpc]\n  address = "${SOCKET}"\n`;
-  // Its output goes to a log file so the shell's pipes close and the exec returns while containerd runs on.
-  const started = await session.exec(
-    ['/bin/sh', '-c', `set -e; mkdir -p ${STATE_DIR}; cat > ${STATE_DIR}/config.toml; containerd --config ${STATE_DIR}/config.toml > ${STATE_DIR}/log 2>&1 < /dev/null & echo $!`],
-    { input: config, errorCode: 'STEP_FAILED', purpose: `${context.label}: starting a private containerd` },
-  );
-  const pid = started.stdout.trim();
-  for (let waited = 0; waited < 30000; waited += 100) {
-    const ready = await session.exec(['/bin/sh', '-c', `test -S ${SOCKET} && ctr --address ${SOCKET} version >/dev/null 2>&1`], { allowFailure: true });
-    if (ready.exitCode === 0) return pid;
-    await sleep(100);
-  }
-  const log = await session.exec(['/bin/sh', '-c', `tail -n 20 ${STATE_DIR}/log`], { allowFailure: true });
-  throw new ImageBuilderError('STEP_FAILED', `${context.label}: the private containerd did not start within 30 s`, { detail: log.stdout });
-}
-
-async function stopContainerd(session: ChrootSession, pid: string): Promise<void> {
-  // SIGTERM lets containerd close its metadata database cleanly before the image is unmounted.
-  await session.exec(['/bin/sh', '-c', `kill ${pid} 2>/dev/null || exit 0; for i in $(seq 100); do kill -0 ${pid} 2>/dev/null || exit 0; sleep 0.1; done; kill -9 ${pid}`], {
-    allowFailure: true,
-  });
-}
+/**
+ * One command does it all, because each guest command runs in its own PID namespace and what it leaves
+ * running dies with it: start containerd, wait for its socket, list, import each archive, list again, and
+ * stop containerd (SIGTERM, so it closes its metadata database) on the way out, whatever happened.
+ */
+export const IMPORT_SCRIPT = [
+  'set -e',
+  `state=${STATE_DIR}; sock=$state/containerd.sock; ns=$1; shift`,
+  'containerd --config "$state/config.toml" > "$state/log" 2>&1 < /dev/null &',
+  'pid=$!',
+  'trap \'kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true\' EXIT',
+  'i=0; until ctr --address "$sock" version > /dev/null 2>&1; do i=$((i+1)); if [ "$i" -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then echo "containerd did not start:" >&2; tail -n 20 "$state/log" >&2; exit 1; fi; sleep 0.1; done',
+  'echo "=== before"; ctr --address "$sock" --namespace "$ns" images ls',
+  'for archive; do ctr --address "$sock" --namespace "$ns" images import --no-unpack ${PLATFORM:+--platform "$PLATFORM"} "$archive"; done',
+  'echo "=== after"; ctr --address "$sock" --namespace "$ns" images ls',
+].join('\n');
 
 export const containerImagesStep = defineStep<ContainerImagesSpec>({
   key: 'container-images',
@@ -106,28 +97,32 @@ export const containerImagesStep = defineStep<ContainerImagesSpec>({
         hint: 'install containerd in an earlier step (packages, or download of the release tarball)',
       });
     }
-    const ctr = ['ctr', '--address', SOCKET, '--namespace', namespace];
-    const platform = context.architecture ? ['--platform', `linux/${context.architecture}`] : [];
-    const pid = await startContainerd(context, await containerdRoot(session));
-    try {
-      const before = parseImageList((await session.exec([...ctr, 'images', 'ls'])).stdout);
-      for (const archive of spec.archives) {
-        const input = typeof archive === 'string' ? createReadStream(resolve(context.recipeDir, archive)) : undefined;
-        const source = typeof archive === 'string' ? '-' : archive.guest;
-        context.log.info(`${context.label}: importing ${typeof archive === 'string' ? archive : archive.guest}`);
-        await session.exec([...ctr, 'images', 'import', '--no-unpack', ...platform, source], {
-          input,
-          errorCode: 'STEP_FAILED',
-          purpose: `${context.label}: importing ${typeof archive === 'string' ? archive : archive.guest}`,
-          hint: 'is it an OCI or docker-archive tarball (`docker save`, `ctr images export`, `skopeo copy ... oci-archive:`)?',
-        });
+    const config = `version = 2\nroot = "${await containerdRoot(session)}"\nstate = "${STATE_DIR}"\n[grpc]\n  address = "${STATE_DIR}/containerd.sock"\n`;
+    const stage = (path: string, input: string | Readable) =>
+      session.exec(['/bin/sh', '-c', 'mkdir -p "$(dirname "$1")" && cat > "$1"', 'stage', path], { input, errorCode: 'STEP_FAILED', purpose: `${context.label}: staging ${path}` });
+    await stage(`${STATE_DIR}/config.toml`, config);
+    // Host archives are staged on the session's tmpfs /run: never part of the image.
+    const archives: string[] = [];
+    for (const [index, archive] of spec.archives.entries()) {
+      if (typeof archive !== 'string') {
+        archives.push(archive.guest);
+        continue;
       }
-      const after = parseImageList((await session.exec([...ctr, 'images', 'ls'])).stdout);
-      for (const [reference, digest] of after) {
-        if (before.get(reference) !== digest) context.record.image({ reference, digest });
-      }
-    } finally {
-      await stopContainerd(session, pid);
+      const staged = `${STATE_DIR}/archives/${index}.tar`;
+      await stage(staged, createReadStream(resolve(context.recipeDir, archive)));
+      archives.push(staged);
+    }
+    context.log.info(`${context.label}: importing ${spec.archives.map((a) => (typeof a === 'string' ? a : a.guest)).join(', ')}`);
+    const result = await session.exec(['/bin/sh', '-c', IMPORT_SCRIPT, 'import-images', namespace, ...archives], {
+      env: context.architecture ? { PLATFORM: `linux/${context.architecture}` } : {},
+      errorCode: 'STEP_FAILED',
+      purpose: `${context.label}: importing container images`,
+      hint: 'are they OCI or docker-archive tarballs (`docker save`, `ctr images export`, `skopeo copy ... oci-archive:`)?',
+    });
+    const [, before = '', after = ''] = result.stdout.split(/^=== (?:before|after)$/m);
+    const previous = parseImageList(before);
+    for (const [reference, digest] of parseImageList(after)) {
+      if (previous.get(reference) !== digest) context.record.image({ reference, digest });
     }
   },
 });

@@ -15,7 +15,8 @@ const packageList = {
   type: 'array',
   minItems: 1,
   uniqueItems: true,
-  items: { type: 'string', pattern: '^[a-z0-9][a-z0-9+._-]*(=[A-Za-z0-9.+~:_-]+)?$' },
+  // Debian names are lower case; RPM names need not be (NetworkManager), and RPM versions may hold a caret (1.0^20240101git).
+  items: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9+._-]*(=[A-Za-z0-9.+~^:_-]+)?$' },
 };
 
 /** Names only: upgrade and hold act on installed packages, whatever their version. */
@@ -23,7 +24,7 @@ const nameList = {
   type: 'array',
   minItems: 1,
   uniqueItems: true,
-  items: { type: 'string', pattern: '^[a-z0-9][a-z0-9+._-]*$' },
+  items: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9+._-]*$' },
 };
 
 /** The names `hold` acts on: its list, or with `true` the packages `install` names (without versions). */
@@ -37,20 +38,29 @@ export const packagesStep = defineStep<PackagesSpec>({
   summary: "Install, remove, upgrade or hold packages with the guest's own package manager",
   description:
     'Installs packages (optionally at an exact version, `name=version`), removes packages, upgrades packages and holds ' +
-    "packages at their installed versions, through the package manager of the guest's distribution family (apt on " +
-    'Debian and Ubuntu). In that order: remove, install, upgrade, hold. `upgrade: true` upgrades everything ' +
-    '(`apt-get upgrade`); a list upgrades just those packages if they are installed (`apt-get install --only-upgrade`); ' +
-    'held packages are kept back by `upgrade: true`, and naming one in the list fails the step (release it first: ' +
-    '`apt-mark unhold NAME` in a `run` step). `hold` keeps packages at their versions (`apt-mark hold`): a list of names, or ' +
-    '`true` for the packages named in `install`.',
+    "packages at their installed versions, through the package manager of the guest's distribution family: apt on " +
+    'Debian and Ubuntu; dnf on Fedora, RHEL, CentOS Stream, Rocky, Alma, Oracle Linux 8+ and Amazon Linux 2023; yum on ' +
+    'CentOS/RHEL 7 and Amazon Linux 2. In that order: remove, install, upgrade, hold. A version is written the same ' +
+    'way on every family, `name=version`: apt gets `name=version`, dnf and yum `name-version`, where the version is ' +
+    'rpm\'s `[epoch:]version-release` (or just `version`, for its newest release). `upgrade: true` upgrades everything ' +
+    '(`apt-get upgrade`, `dnf upgrade`); a list upgrades just those packages if they are installed (`apt-get install ' +
+    '--only-upgrade`; dnf fails when none of them is installed). Held packages are kept back by `upgrade: true`; naming ' +
+    'one in the list fails the step on apt (release it first: `apt-mark unhold NAME` in a `run` step), while dnf leaves ' +
+    'a versionlocked one as it is and fails on an excluded one, which it no longer sees. `hold` keeps packages at their ' +
+    'versions: a list of names, or `true` for the packages named in ' +
+    '`install`. apt: `apt-mark hold`. dnf and yum: `versionlock add` when the guest has the versionlock plugin (dnf 5 ' +
+    'has it built in); otherwise the names go into `excludepkgs=` (yum: `exclude=`) in the [main] section of ' +
+    '/etc/dnf/dnf.conf (/etc/yum.conf), so that no repository can change them, and dnf then ignores them until ' +
+    '`--disableexcludes=main`. Without a release package in its rpm database, a dnf or yum guest gets `--releasever` ' +
+    "from its os-release VERSION_ID.",
   example: { install: ['containerd', 'conntrack', 'socat=1.7.4.4-2'] },
   schema: {
     type: 'object',
     additionalProperties: false,
     minProperties: 1,
     properties: {
-      install: { ...packageList, description: 'Packages to install: `name` or `name=version`.' },
-      remove: { ...packageList, description: 'Packages to remove (purged, with dependencies nothing else needs).' },
+      install: { ...packageList, description: 'Packages to install: `name` or `name=version` (rpm: `[epoch:]version-release`).' },
+      remove: { ...packageList, description: 'Packages to remove (apt: purged), with the dependencies nothing else needs.' },
       upgrade: {
         description: '`true` to upgrade every installed package, or the names of installed packages to upgrade.',
         oneOf: [{ enum: [true] }, nameList],

@@ -153,7 +153,11 @@ export const repositoryStep = defineStep<RepositorySpec>({
     'written. On Debian and Ubuntu the key goes to /etc/apt/keyrings/NAME.asc (NAME.gpg for a binary key) and a deb822 ' +
     'source to /etc/apt/sources.list.d/NAME.sources whose Signed-By names that key only, so the key vouches for this ' +
     'repository alone. `suite` defaults to "/" (a flat repository, as pkgs.k8s.io has: no components); any other ' +
-    'suite needs `components`. Package lists are fetched again before the next install or upgrade.',
+    'suite needs `components`. On the RedHat family (dnf, yum) the key goes, armored, to ' +
+    '/etc/pki/rpm-gpg/RPM-GPG-KEY-NAME and /etc/yum.repos.d/NAME.repo gets `baseurl` = `url`, `enabled=1`, ' +
+    '`gpgcheck=1` with `gpgkey` naming that file (every package must be signed by this key; dnf imports it into the ' +
+    "guest's rpm database at the first install) and `repo_gpgcheck=0`; `suite` and `components` are apt's and fail " +
+    'the step there. Package lists are fetched again before the next install or upgrade.',
   example: {
     name: 'kubernetes',
     url: 'https://pkgs.k8s.io/core:/stable:/v1.30/deb/',
@@ -169,21 +173,21 @@ export const repositoryStep = defineStep<RepositorySpec>({
         type: 'string',
         pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]*$',
         maxLength: 64,
-        description: 'Names the files written (NAME.sources, NAME.asc): letters, digits, "_", "." and "-".',
+        description: 'Names the files written (NAME.sources and NAME.asc; NAME.repo and RPM-GPG-KEY-NAME) and the dnf repository id: letters, digits, "_", "." and "-".',
       },
-      url: { type: 'string', pattern: HTTP_URL, description: "The repository's URI, as the guest reaches it (http or https)." },
+      url: { type: 'string', pattern: HTTP_URL, description: "The repository's URI (dnf: its baseurl), as the guest reaches it (http or https)." },
       suite: {
         type: 'string',
         pattern: '^[^\\s]+$',
         default: '/',
-        description: 'The suite (e.g. bookworm), or an exact path ending in "/" for a flat repository (the default, "/").',
+        description: 'apt: the suite (e.g. bookworm), or an exact path ending in "/" for a flat repository (the default, "/"). Not for dnf.',
       },
       components: {
         type: 'array',
         minItems: 1,
         uniqueItems: true,
         items: { type: 'string', pattern: '^[^\\s/]+$' },
-        description: 'Components (e.g. [main]); required with a suite that is not a path, not allowed with one that is.',
+        description: 'apt: components (e.g. [main]); required with a suite that is not a path, not allowed with one that is. Not for dnf.',
       },
       key_url: { type: 'string', pattern: HTTP_URL, description: 'URL of the OpenPGP public key that signs the repository (armored or binary). Needs fingerprint.' },
       key: { type: 'string', pattern: '-----BEGIN PGP PUBLIC KEY BLOCK-----', description: 'The armored OpenPGP public key, inline. Exactly one of key and key_url.' },

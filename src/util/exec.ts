@@ -21,6 +21,8 @@ export interface ExecOptions {
   allowFailure?: boolean;
   /** Error code to use when the command fails (default COMMAND_FAILED). */
   errorCode?: ErrorCode;
+  /** How to show the command in logs and errors, when its real argv is a wrapper around it. */
+  display?: string;
   /** What the command was for, in words: "mounting /boot". */
   purpose?: string;
   hint?: string;
@@ -48,11 +50,19 @@ export function tail(text: string, lines = 20): string {
   return all.slice(-lines).join('\n');
 }
 
+/** The Debian package that provides each host tool we run, for "not installed" errors. */
+const TOOL_PACKAGES: Record<string, string> = {
+  'qemu-img': 'qemu-utils', 'qemu-nbd': 'qemu-utils', 'qemu-storage-daemon': 'qemu-system-common (qemu-utils on newer releases)',
+  guestmount: 'guestmount', guestunmount: 'guestmount', guestfish: 'libguestfs-tools', 'virt-sparsify': 'guestfs-tools',
+  losetup: 'util-linux', partx: 'util-linux', mount: 'mount', umount: 'mount', blkid: 'util-linux', fstrim: 'util-linux',
+  unshare: 'util-linux', sfdisk: 'fdisk', capsh: 'libcap2-bin', fusermount3: 'fuse3', gpg: 'gpg', gpgv: 'gpgv', xz: 'xz-utils', zstd: 'zstd',
+};
+
 /** After SIGTERM to a cancelled command's process group, how long before SIGKILL. */
 const KILL_GRACE_MS = 5000;
 
 export const execRunner: Runner = async (file, args, options = {}) => {
-  const command = formatCommand(file, args);
+  const command = options.display ?? formatCommand(file, args);
   options.log?.debug(`$ ${command}`);
   const child = execa(file, args, {
     input: options.input,
@@ -108,19 +118,20 @@ export const execRunner: Runner = async (file, args, options = {}) => {
   if (options.signal?.aborted) {
     throw new ImageBuilderError('INTERRUPTED', `interrupted while running: ${command}`);
   }
-  if (result.failed && !options.allowFailure) {
+  const notFound = result.code === 'ENOENT';
+  // A missing tool is never an expected failure, whatever the caller allows: say which one.
+  if (result.failed && (!options.allowFailure || notFound)) {
     const why = timedOut
       ? `timed out after ${options.timeoutMs} ms`
       : result.exitCode === undefined
         ? `could not run (${result.code ?? result.signal ?? result.shortMessage})`
         : `exited with ${result.exitCode}`;
-    const notFound = result.code === 'ENOENT';
     throw new ImageBuilderError(
       notFound ? 'MISSING_TOOL' : (options.errorCode ?? 'COMMAND_FAILED'),
       `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` ${notFound ? `failed: ${file} is not installed` : why}`,
       {
         detail: tail(outcome.output) || undefined,
-        hint: notFound ? `install the package that provides ${file} (see \`imagebuilder doctor\` or README.md)` : options.hint,
+        hint: notFound ? `install ${TOOL_PACKAGES[file] ? `the Debian package ${TOOL_PACKAGES[file]}` : `the package that provides ${file}`} (bin/setup installs everything)` : options.hint,
       },
     );
   }

@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { containerImagesStep, parseImageList } from '../../src/steps/container-images.js';
+import { containerImagesStep, IMPORT_SCRIPT, parseImageList } from '../../src/steps/container-images.js';
 import { parseRecipe } from '../../src/recipe/load.js';
 import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
 
@@ -15,51 +15,52 @@ describe('container-images step', () => {
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
-  test('starts a private containerd, imports each archive without unpacking, records new images, stops it', async () => {
-    let listed = 0;
+  test('stages the host archives on /run, then one guest command starts containerd, imports without unpacking, lists, stops', async () => {
     const { session, calls } = fakeSession((call) => {
-      const command = call.argv.join(' ');
-      if (command.includes('echo $!')) return { stdout: '4242\n' };
-      if (command.endsWith('images ls')) {
-        listed += 1;
-        const rows = [LS_HEADER, 'docker.io/library/old:1 application/vnd.oci.image.manifest.v1+json sha256:aaa 1 linux/amd64 -'];
-        if (listed > 1) rows.push('registry.k8s.io/pause:3.9 application/vnd.oci.image.manifest.v1+json sha256:bbb 734 linux/amd64 x', 'sha256:ccc application/vnd.oci.image.manifest.v1+json sha256:bbb 734 linux/amd64 x');
-        return { stdout: rows.join('\n') };
+      if (call.argv[3] === 'import-images') {
+        return {
+          stdout: [
+            '=== before',
+            LS_HEADER,
+            'docker.io/library/old:1 application/vnd.oci.image.manifest.v1+json sha256:aaa 1 linux/amd64 -',
+            '=== after',
+            LS_HEADER,
+            'docker.io/library/old:1 application/vnd.oci.image.manifest.v1+json sha256:aaa 1 linux/amd64 -',
+            'registry.k8s.io/pause:3.9 application/vnd.oci.image.manifest.v1+json sha256:bbb 734 linux/amd64 x',
+            'sha256:ccc application/vnd.oci.image.manifest.v1+json sha256:bbb 734 linux/amd64 x',
+          ].join('\n'),
+        };
       }
       return undefined;
     });
     const { context, records } = fakeStepContext(session, { recipeDir: dir, architecture: 'arm64' });
     await containerImagesStep.run(context, { archives: ['pause.tar', { guest: '/opt/images/api.tar' }] });
-    const ctr = 'ctr --address /run/imagebuilder-containerd/containerd.sock --namespace k8s.io';
+    const stage = '/bin/sh -c mkdir -p "$(dirname "$1")" && cat > "$1" stage';
     expect(calls.map((c) => c.argv.join(' '))).toEqual([
-      "/bin/sh -c command -v containerd && command -v ctr",
+      '/bin/sh -c command -v containerd && command -v ctr',
       '/bin/sh -c cat /etc/containerd/config.toml 2>/dev/null || true',
-      '/bin/sh -c set -e; mkdir -p /run/imagebuilder-containerd; cat > /run/imagebuilder-containerd/config.toml; containerd --config /run/imagebuilder-containerd/config.toml > /run/imagebuilder-containerd/log 2>&1 < /dev/null & echo $!',
-      '/bin/sh -c test -S /run/imagebuilder-containerd/containerd.sock && ctr --address /run/imagebuilder-containerd/containerd.sock version >/dev/null 2>&1',
-      `${ctr} images ls`,
-      `${ctr} images import --no-unpack --platform linux/arm64 -`,
-      `${ctr} images import --no-unpack --platform linux/arm64 /opt/images/api.tar`,
-      `${ctr} images ls`,
-      '/bin/sh -c kill 4242 2>/dev/null || exit 0; for i in $(seq 100); do kill -0 4242 2>/dev/null || exit 0; sleep 0.1; done; kill -9 4242',
+      `${stage} /run/imagebuilder-containerd/config.toml`,
+      `${stage} /run/imagebuilder-containerd/archives/0.tar`,
+      `/bin/sh -c ${IMPORT_SCRIPT} import-images k8s.io /run/imagebuilder-containerd/archives/0.tar /opt/images/api.tar`,
     ]);
     expect(calls[2].input).toBe('version = 2\nroot = "/var/lib/containerd"\nstate = "/run/imagebuilder-containerd"\n[grpc]\n  address = "/run/imagebuilder-containerd/containerd.sock"\n');
-    expect(calls[5].input).toBe('ARCHIVE-BYTES'); // the host archive is streamed on stdin
+    expect(calls[3].input).toBe('ARCHIVE-BYTES'); // the host archive is streamed on stdin
+    expect(calls[4].env).toEqual({ PLATFORM: 'linux/arm64' });
+    expect(IMPORT_SCRIPT).toContain('images import --no-unpack ${PLATFORM:+--platform "$PLATFORM"} "$archive"');
+    expect(IMPORT_SCRIPT).toContain("trap 'kill \"$pid\" 2>/dev/null && wait \"$pid\" 2>/dev/null || true' EXIT");
     expect(records.images).toEqual([{ reference: 'registry.k8s.io/pause:3.9', digest: 'sha256:bbb' }]);
   });
 
-  test('honours the root of the guest containerd config, and stops containerd even when an import fails', async () => {
+  test('honours the root of the guest containerd config; a failed import fails the step', async () => {
     const { session, calls } = fakeSession((call) => {
-      const command = call.argv.join(' ');
-      if (command.includes('config.toml 2>/dev/null')) return { stdout: 'version = 2\nroot = "/data/containerd"\n' };
-      if (command.includes('echo $!')) return { stdout: '7\n' };
-      if (command.includes('images import')) return { exitCode: 1 };
-      if (command.endsWith('images ls')) return { stdout: LS_HEADER };
+      if (call.argv.join(' ').includes('config.toml 2>/dev/null')) return { stdout: 'version = 2\nroot = "/data/containerd"\n' };
+      if (call.argv[3] === 'import-images') return { exitCode: 1 };
       return undefined;
     });
     const { context } = fakeStepContext(session, { recipeDir: dir });
-    await expect(containerImagesStep.run(context, { archives: ['pause.tar'] })).rejects.toThrow();
+    await expect(containerImagesStep.run(context, { archives: ['pause.tar'] })).rejects.toMatchObject({ code: 'STEP_FAILED' });
     expect(calls[2].input).toContain('root = "/data/containerd"');
-    expect(calls.at(-1)!.argv.join(' ')).toContain('kill 7');
+    expect(calls.at(-1)!.env).toEqual({});
   });
 
   test('a missing host archive or a guest without containerd is a clear error before anything starts', async () => {

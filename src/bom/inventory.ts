@@ -1,0 +1,51 @@
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Distro } from '../distro/families.js';
+import type { InstalledPackage } from '../pkg/types.js';
+import { resolveInRoot } from '../util/fs.js';
+import { listKernels, type Kernel } from './collect.js';
+
+export interface UnitState {
+  unit: string;
+  state: 'enabled' | 'masked';
+}
+
+/** What an image holds, read from its own databases and files: the part of a BOM any image can give. */
+export interface Inventory {
+  os: { id?: string; versionId?: string; prettyName?: string; osRelease: Record<string, string> };
+  family?: string;
+  architecture?: string;
+  kernels: Kernel[];
+  packages: InstalledPackage[];
+  units: UnitState[];
+}
+
+/**
+ * Enabled and masked units as systemctl leaves them on disk: links in /etc/systemd/system/*.wants|*.requires
+ * (enabled), and units in /etc/systemd/system linked to /dev/null (masked).
+ */
+export async function listUnitStates(root: string): Promise<UnitState[]> {
+  const dir = join(root, await resolveInRoot(root, '/etc/systemd/system'));
+  const states = new Map<string, UnitState['state']>();
+  for (const entry of await readdir(dir).catch(() => [] as string[])) {
+    const path = join(dir, entry);
+    const stat = await lstat(path).catch(() => undefined);
+    if (stat?.isSymbolicLink() && (await readlink(path)) === '/dev/null') states.set(entry, 'masked');
+    else if (stat?.isDirectory() && /\.(wants|requires)$/.test(entry)) {
+      for (const unit of await readdir(path).catch(() => [] as string[])) if (!states.has(unit)) states.set(unit, 'enabled');
+    }
+  }
+  return [...states].map(([unit, state]) => ({ unit, state })).sort((a, b) => a.unit.localeCompare(b.unit));
+}
+
+export async function collectInventory(root: string, distro: Distro): Promise<Inventory> {
+  const manager = distro.family?.packageManager;
+  return {
+    os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease: distro.osRelease },
+    family: distro.family?.name,
+    architecture: manager ? await manager.architecture(root) : undefined,
+    kernels: await listKernels(root),
+    packages: manager ? await manager.listInstalled(root) : [],
+    units: await listUnitStates(root),
+  };
+}

@@ -1,0 +1,43 @@
+import { Flags } from '@oclif/core';
+import type { DiskImageOptions } from '../fetch/image-source.js';
+
+/** How every command that takes a disk image verifies and caches it (phase 0). */
+export const imageVerifyFlags = {
+  checksum: Flags.string({
+    description: 'the expected sum of the image as published: sha256:HEX or sha512:HEX (instead of a sums file beside it)',
+    helpValue: 'ALGO:HEX',
+  }),
+  'insecure-skip-verify': Flags.boolean({
+    description: 'use a remote image that no sums file names, unverified (the BOM records verified: false)',
+    default: false,
+  }),
+  keyring: Flags.string({
+    description: "verify the sums file's OpenPGP signature (detached .gpg/.sign/.sig, or clearsigned) with gpgv against this keyring",
+    helpValue: 'FILE',
+  }),
+  offline: Flags.boolean({
+    description: 'use the cache alone: a URL must have been fetched before',
+    default: false,
+    env: 'IMAGEBUILDER_OFFLINE',
+  }),
+};
+
+/** `--disk-image` and its verification flags: spread into a command's flags. */
+export const diskImageFlags = {
+  'disk-image': Flags.string({
+    char: 'i',
+    description: 'base disk image (raw, qcow2, vmdk, vhdx, vpc, vdi; .xz/.gz/.zst too): a local path or an http(s):// URL',
+    required: true,
+    env: 'IMAGEBUILDER_DISK_IMAGE',
+  }),
+  ...imageVerifyFlags,
+};
+
+export function diskImageOptions(flags: { checksum?: string; 'insecure-skip-verify'?: boolean; keyring?: string; offline?: boolean }): DiskImageOptions {
+  return {
+    checksum: flags.checksum,
+    insecureSkipVerify: flags['insecure-skip-verify'],
+    keyring: flags.keyring,
+    offline: flags.offline,
+  };
+}

@@ -1,0 +1,37 @@
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../../cli/base-command.js';
+import { cacheLayout, parseDuration, parseSize, pruneCache, type PruneResult } from '../../fetch/cache.js';
+import { formatBytes } from '../../fetch/progress.js';
+
+export default class CachePrune extends BaseCommand {
+  static override summary = 'Remove cached base images: all, the unused, or the least recently used beyond a size';
+  static override description =
+    '--older-than removes images not used for that long; --max-size then removes the least recently used until the rest ' +
+    'fits; --all empties the cache. Interrupted downloads are removed too (--all, --older-than), never one in progress.';
+  static override examples = ['<%= config.bin %> cache prune --older-than 30d', '<%= config.bin %> cache prune --max-size 20G', '<%= config.bin %> cache prune --all'];
+  static override flags = {
+    all: Flags.boolean({ description: 'remove every cached image', default: false, exclusive: ['older-than', 'max-size'] }),
+    'older-than': Flags.string({ description: 'remove images not used for this long: 45s, 90m, 12h, 30d, 2w', helpValue: 'DURATION' }),
+    'max-size': Flags.string({ description: 'then remove the least recently used until the cache takes at most this: 500M, 20G', helpValue: 'SIZE' }),
+    'dry-run': Flags.boolean({ description: 'only say what would be removed', default: false }),
+    json: Flags.boolean({ description: 'print the result as JSON', default: false }),
+  };
+
+  async run(): Promise<PruneResult> {
+    const { flags } = await this.parse(CachePrune);
+    const result = await pruneCache(cacheLayout(), {
+      all: flags.all,
+      olderThanMs: flags['older-than'] === undefined ? undefined : parseDuration(flags['older-than']),
+      maxSizeBytes: flags['max-size'] === undefined ? undefined : parseSize(flags['max-size']),
+      dryRun: flags['dry-run'],
+    });
+    if (flags.json) {
+      this.log(JSON.stringify(result, null, 2));
+      return result;
+    }
+    const verb = flags['dry-run'] ? 'would remove' : 'removed';
+    for (const entry of result.removed) this.log(`${verb} ${entry.sha256.slice(0, 12)}  ${formatBytes(entry.diskBytes)}  ${entry.record?.origin.url ?? entry.record?.origin.path ?? ''}`);
+    this.log(`${verb} ${result.removed.length} image(s), ${formatBytes(result.freedBytes + result.partialsBytes)}; ${result.kept.length} kept`);
+    return result;
+  }
+}

@@ -1,0 +1,36 @@
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../cli/base-command.js';
+import { createLogger, MOUNT_BACKEND_NAMES, withInterrupts } from '../index.js';
+import { inspect } from '../pipeline/inspect.js';
+
+export default class Inspect extends BaseCommand {
+  static override summary = 'What any disk image holds: OS, architecture, kernels, every package, enabled and masked units';
+  static override description = 'Mounts the image read-only (through a throw-away overlay; the image is never written) and reads its own package database.';
+  static override examples = ['<%= config.bin %> inspect debian-12.qcow2', '<%= config.bin %> inspect node.qcow2 --format json > inventory.json'];
+  static override args = { image: Args.string({ description: 'disk image', required: true }) };
+  static override flags = {
+    format: Flags.string({ description: 'output format', options: ['table', 'json'], default: 'table' }),
+    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+  };
+
+  async run(): Promise<void> {
+    const { args, flags } = await this.parse(Inspect);
+    const log = createLogger({ level: 'warn' });
+    const result = await withInterrupts(log, (signal) =>
+      inspect({ diskImage: args.image, mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto', log, signal }),
+    );
+    if (flags.format === 'json') {
+      this.log(JSON.stringify(result, null, 2));
+      return;
+    }
+    const { inventory } = result;
+    this.log(`image:        ${result.image.path} (${result.image.format}, sha256 ${result.image.sha256})`);
+    this.log(`os:           ${inventory.os.prettyName ?? inventory.os.id} (family ${inventory.family ?? 'unknown'})`);
+    this.log(`architecture: ${inventory.architecture ?? 'unknown'}`);
+    this.log(`kernels:      ${inventory.kernels.map((k) => k.version).join(', ') || 'none'}`);
+    this.log(`units:        ${inventory.units.map((u) => (u.state === 'masked' ? `${u.unit} (masked)` : u.unit)).join(', ') || 'none'}`);
+    this.log(`packages:     ${inventory.packages.length}`);
+    const width = Math.max(...inventory.packages.map((p) => p.name.length), 4);
+    for (const p of inventory.packages) this.log(`  ${p.name.padEnd(width)}  ${p.version}  ${p.architecture}`);
+  }
+}

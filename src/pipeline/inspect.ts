@@ -1,0 +1,38 @@
+import { collectInventory, type Inventory } from '../bom/inventory.js';
+import type { MountBackendName, MountContext } from '../mount/backend.js';
+import { CleanupStack } from '../util/cleanup.js';
+import { execRunner, type Runner } from '../util/exec.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { openGuest } from './guest.js';
+import { verifyImage, type VerifiedImage } from './verify.js';
+import { createWorkDir } from './workdir.js';
+
+export interface InspectOptions {
+  diskImage: string;
+  mountBackend?: MountBackendName | 'auto';
+  log?: Logger;
+  run?: Runner;
+  signal?: AbortSignal;
+}
+
+export interface InspectResult {
+  image: Pick<VerifiedImage, 'path' | 'format' | 'sha256'>;
+  inventory: Inventory;
+}
+
+/** The inventory of any image, built here or not: mounted read-only (through a throw-away overlay), never written. */
+export async function inspect(options: InspectOptions): Promise<InspectResult> {
+  const log = options.log ?? createLogger();
+  const run = options.run ?? execRunner;
+  const image = await verifyImage(run, options.diskImage, log, options.signal);
+  const cleanup = new CleanupStack(log);
+  try {
+    const workDir = await createWorkDir(cleanup, log);
+    const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
+    const { layout, distro } = await openGuest(context, image, { backend: options.mountBackend ?? 'auto', readOnly: true });
+    const inventory = await collectInventory(layout.root, distro);
+    return { image: { path: image.path, format: image.format, sha256: image.sha256 }, inventory };
+  } finally {
+    await cleanup.unwind();
+  }
+}

@@ -1,0 +1,177 @@
+import { copyFile, lstat, mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
+import { execRunner, type Runner } from '../util/exec.js';
+import { resolveInRoot } from '../util/fs.js';
+import type { InstalledPackage } from './types.js';
+
+/**
+ * Reading an RPM guest's package database from the build host, for the BOM. Nothing here runs inside the guest:
+ * the BOM is read before the chroot session opens and after it closes (as apt's reads /var/lib/dpkg/status).
+ */
+
+/**
+ * Where rpm keeps its database, newest convention first: /usr/lib/sysimage/rpm (Fedora 36+, RHEL 10, openSUSE;
+ * /var/lib/rpm is then a symlink to it), /var/lib/rpm (RHEL 7–9, CentOS, Amazon Linux). Guest paths.
+ */
+export const RPM_DB_PATHS = ['/usr/lib/sysimage/rpm', '/var/lib/rpm'];
+
+/** The database file that says which backend wrote it; the host's rpm is told to read that backend. */
+const BACKENDS: { file: string; backend: string }[] = [
+  { file: 'rpmdb.sqlite', backend: 'sqlite' }, // rpm 4.16+: Fedora 33+, RHEL 9, Amazon Linux 2023
+  { file: 'Packages', backend: 'bdb_ro' }, // Berkeley DB: RHEL/CentOS 7 and 8, Amazon Linux 2 (read-only support in rpm 4.16+)
+  { file: 'Packages.db', backend: 'ndb' }, // rpm's own format: openSUSE, SLES 15
+];
+
+export interface RpmDatabase {
+  /** Guest path of the database directory (symlinks resolved inside the guest). */
+  guestPath: string;
+  backend: string;
+}
+
+/** Finds the guest's rpm database: the first of RPM_DB_PATHS that holds a database file. */
+export async function findRpmDatabase(root: string): Promise<RpmDatabase | undefined> {
+  for (const candidate of RPM_DB_PATHS) {
+    const guestPath = await resolveInRoot(root, candidate);
+    for (const { file, backend } of BACKENDS) {
+      const info = await lstat(join(root, guestPath, file)).catch(() => undefined);
+      if (info?.isFile()) return { guestPath, backend };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * One line per package, tab-separated: name, epoch, version, release, arch, vendor, source rpm. Absent tags
+ * print as empty fields (rpm would print "(none)").
+ */
+export const RPM_QUERY_FORMAT =
+  ['%{NAME}', '%|EPOCH?{%{EPOCH}}:{}|', '%{VERSION}', '%{RELEASE}', '%|ARCH?{%{ARCH}}:{}|', '%|VENDOR?{%{VENDOR}}:{}|', '%|SOURCERPM?{%{SOURCERPM}}:{}|'].join('\\t') + '\\n';
+
+/** `[epoch:]version-release`, the form rpm and dnf print (epoch only when the package has one). */
+export function rpmVersionString(epoch: string | undefined, version: string, release: string): string {
+  return `${epoch ? `${epoch}:` : ''}${version}-${release}`;
+}
+
+/** The source package's name from a source rpm file name: `kubelet-1.30.1-150500.1.1.src.rpm` → `kubelet`. */
+export function sourceRpmName(sourceRpm: string): string | undefined {
+  const match = /^(.+)-[^-]+-[^-]+\.(?:no)?src\.rpm$/.exec(sourceRpm);
+  return match?.[1];
+}
+
+/**
+ * Parses the output of `rpm -qa --qf RPM_QUERY_FORMAT`. gpg-pubkey entries are skipped: they are the keys rpm
+ * trusts (imported by dnf from a repository's gpgkey), not packages; the key files are in the BOM's files.
+ */
+export function parseRpmQuery(text: string): InstalledPackage[] {
+  const packages: InstalledPackage[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    const [name, epoch, version, release, arch, vendor, sourceRpm] = line.split('\t');
+    if (name === 'gpg-pubkey' || version === undefined || release === undefined) continue;
+    const source = sourceRpm ? sourceRpmName(sourceRpm) : undefined;
+    packages.push({
+      name,
+      version: rpmVersionString(epoch, version, release),
+      architecture: arch || 'noarch',
+      ...(source ? { source } : {}),
+      ...(epoch ? { epoch: Number(epoch) } : {}),
+      ...(vendor ? { vendor } : {}),
+      ...(sourceRpm ? { sourceRpm } : {}),
+    });
+  }
+  return packages.sort((a, b) => a.name.localeCompare(b.name) || a.architecture.localeCompare(b.architecture) || a.version.localeCompare(b.version));
+}
+
+/**
+ * Every installed package in the guest's rpm database, read by the host's rpm from a private copy of the
+ * database files: the guest is never written (a query on a live sqlite database would create its -shm file),
+ * and a read-only mount (`imagebuilder inspect`) works too. The host's rpm must know the guest's backend
+ * (Debian's rpm 4.18 reads sqlite and Berkeley DB).
+ */
+export async function queryRpmDatabase(root: string, options: { run?: Runner } = {}): Promise<InstalledPackage[]> {
+  const run = options.run ?? execRunner;
+  const database = await findRpmDatabase(root);
+  if (!database) {
+    throw new ImageBuilderError('BAD_INPUT', `the guest has no rpm database (looked in ${RPM_DB_PATHS.join(' and ')})`, {
+      hint: 'an image of the RedHat family keeps its package database there; is /etc/os-release right about this image?',
+    });
+  }
+  const copy = await mkdtemp(join(tmpdir(), 'imagebuilder-rpmdb-'));
+  try {
+    const source = join(root, database.guestPath);
+    for (const entry of await readdir(source)) {
+      // Not the lock file, nor Berkeley DB's environment regions (__db.00N) or sqlite's shared-memory index:
+      // they describe the processes that had the database open, not its content.
+      if (entry === '.rpm.lock' || entry.startsWith('__db.') || entry.endsWith('-shm')) continue;
+      if ((await lstat(join(source, entry))).isFile()) await copyFile(join(source, entry), join(copy, entry));
+    }
+    const result = await run('rpm', ['--dbpath', copy, '--define', `_db_backend ${database.backend}`, '-qa', '--queryformat', RPM_QUERY_FORMAT], {
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C', HOME: copy },
+      purpose: `reading the guest's rpm database (${database.guestPath}, ${database.backend})`,
+      hint: database.backend === 'ndb' ? "this host's rpm may not read ndb databases (openSUSE's): use a host with rpm built with ndb" : undefined,
+    });
+    return parseRpmQuery(result.stdout);
+  } catch (error) {
+    if (isImageBuilderError(error) && error.code === 'MISSING_TOOL') {
+      throw new ImageBuilderError('MISSING_TOOL', "rpm is not installed on this host: the BOM of an RPM-family guest is read from its rpm database with the host's rpm", {
+        hint: 'install it (Debian and Ubuntu: apt-get install rpm)',
+        cause: error,
+      });
+    }
+    throw error;
+  } finally {
+    await rm(copy, { recursive: true, force: true });
+  }
+}
+
+/** ELF e_machine values, as rpm names the architectures (rpm's %_arch). */
+const ELF_MACHINES: Record<number, (is64: boolean, littleEndian: boolean) => string> = {
+  0x03: () => 'i686',
+  0x08: (is64, le) => (is64 ? (le ? 'mips64el' : 'mips64') : le ? 'mipsel' : 'mips'),
+  0x14: () => 'ppc',
+  0x15: (_is64, le) => (le ? 'ppc64le' : 'ppc64'),
+  0x16: (is64) => (is64 ? 's390x' : 's390'),
+  0x28: () => 'armv7hl',
+  0x3e: () => 'x86_64',
+  0xb7: () => 'aarch64',
+  0xf3: (is64) => (is64 ? 'riscv64' : 'riscv32'),
+  0x102: () => 'loongarch64',
+};
+
+/** The architecture an ELF file is built for, in rpm's names; undefined when the file is not ELF. */
+export function elfArchitecture(header: Buffer): string | undefined {
+  if (header.length < 20 || header.readUInt32BE(0) !== 0x7f454c46) return undefined;
+  const is64 = header[4] === 2;
+  const littleEndian = header[5] === 1;
+  const machine = littleEndian ? header.readUInt16LE(18) : header.readUInt16BE(18);
+  return ELF_MACHINES[machine]?.(is64, littleEndian);
+}
+
+/** Guest programs whose ELF header names the guest's architecture: rpm's own binary first. */
+export const ARCHITECTURE_PROBES = ['/usr/bin/rpm', '/bin/sh', '/usr/bin/env'];
+
+/**
+ * The guest's architecture as its rpm names it: the arch of the installed `rpm` package, or, when the database
+ * does not list one, the ELF machine of the guest's rpm binary (or shell). `rpm --eval %_arch` would have to run
+ * the guest's rpm, and this is asked from the host, outside the chroot session.
+ */
+export async function rpmArchitecture(root: string, installed: InstalledPackage[]): Promise<string | undefined> {
+  const rpm = installed.find((p) => p.name === 'rpm' && p.architecture !== 'noarch');
+  if (rpm) return rpm.architecture;
+  for (const probe of ARCHITECTURE_PROBES) {
+    const path = join(root, await resolveInRoot(root, probe));
+    const file = await open(path, 'r').catch(() => undefined);
+    if (!file) continue;
+    try {
+      const header = Buffer.alloc(20);
+      const { bytesRead } = await file.read(header, 0, 20, 0);
+      const arch = elfArchitecture(header.subarray(0, bytesRead));
+      if (arch) return arch;
+    } finally {
+      await file.close();
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,56 @@
+import { copyFile, lstat, mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { FIXTURE_CACHE } from './fixtures.js';
+import { REPO, sha256 } from './host.js';
+import { withImageMounted } from './inspect.js';
+
+/**
+ * The synthetic RPM-family guest (bin/make-debian-image --layout rpm-guest): Debian's userland with Debian's own
+ * rpm, dnf and dnf-plugins-core, an empty rpm database at /usr/lib/sysimage/rpm, an os-release that says Fedora 40.
+ * Cached like the other fixture images (keyed by the script's sha256); tests only ever read it.
+ */
+export async function rpmGuestImage(): Promise<string> {
+  const script = `${REPO}/bin/make-debian-image`;
+  const version = (await sha256(script)).slice(0, 12);
+  const dir = `${FIXTURE_CACHE}/images`;
+  const path = `${dir}/rpm-guest-${version}.qcow2`;
+  if (await stat(path).catch(() => undefined)) return path;
+  await mkdir(dir, { recursive: true });
+  await execa(script, ['--layout', 'rpm-guest', '--format', 'qcow2', '--output', path, '--cache-dir', FIXTURE_CACHE], { stderr: 'inherit' });
+  return path;
+}
+
+/** Mounts an rpm-guest image (or a build's output) read-only, without the code under test. */
+export function withRpmGuestMounted<T>(image: string, body: (root: string) => Promise<T>): Promise<T> {
+  // rpm-guest is partitioned like the xfs layout: GPT, p1 an xfs root (mounted nouuid).
+  return withImageMounted(image, 'xfs', body);
+}
+
+/** Where the rpm-guest keeps its rpm database (its /var/lib/rpm is a relative link to it). */
+export const RPM_GUEST_DBPATH = 'usr/lib/sysimage/rpm';
+
+/**
+ * Queries the image's rpm database with the host's rpm (`rpm -q ARGS`), on a copy of the database files: a
+ * read-only mount does not let sqlite make its shared-memory file. Returns rpm's stdout and exit code.
+ */
+export async function hostRpm(root: string, args: string[]): Promise<{ stdout: string; exitCode: number }> {
+  const copy = await mkdtemp(join(tmpdir(), 'ib-test-rpmdb-'));
+  try {
+    const source = join(root, RPM_GUEST_DBPATH);
+    for (const entry of await readdir(source)) {
+      if ((await lstat(join(source, entry))).isFile() && !entry.endsWith('-shm')) await copyFile(join(source, entry), join(copy, entry));
+    }
+    const result = await execa('rpm', ['--dbpath', copy, ...args], { reject: false, env: { LC_ALL: 'C' } });
+    return { stdout: String(result.stdout), exitCode: result.exitCode ?? -1 };
+  } finally {
+    await rm(copy, { recursive: true, force: true });
+  }
+}
+
+/** `[epoch:]version-release.arch` of an installed package, or undefined when the rpm database lacks it. */
+export async function rpmInstalled(root: string, name: string): Promise<string | undefined> {
+  const result = await hostRpm(root, ['-q', '--queryformat', '%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}.%{ARCH}', name]);
+  return result.exitCode === 0 ? result.stdout : undefined;
+}

@@ -1,0 +1,325 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join, normalize, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { FIXTURE_CACHE } from './fixtures.js';
+
+/**
+ * A local stand-in for pkgs.k8s.io's RPM repository, served on 127.0.0.1 (the chroot shares the host's network,
+ * so dnf inside the guest reaches it):
+ *
+ *   /core:/stable:/v1.30/rpm/repodata/repomd.xml        createrepo_c metadata; repomd.xml.asc (detached signature)
+ *                                                        and repomd.xml.key (the armored public key), as upstream
+ *   /core:/stable:/v1.30/rpm/x86_64/NAME-V-R.x86_64.rpm  built with rpmbuild, each signed with rpmsign
+ *
+ * kubelet, kubeadm and kubectl at two versions, cri-tools and kubernetes-cni at one, with the releases upstream
+ * uses (150500.1.1) and the dependencies upstream declares that stay inside this repository; the ones that need
+ * Fedora's own repositories (conntrack, iptables, socat …) are left out, except ethtool, built here as a
+ * stand-in for Fedora's with Fedora's epoch (2:6.7-1.fc40) so that an epoch goes through the whole pipeline.
+ * `imposter` is signed by another key than the repository's: gpgcheck must refuse it.
+ *
+ * Built once into FIXTURE_CACHE/rpm-mirror-<hash of this file>/ and only read afterwards. Host tools: rpmbuild
+ * and rpmsign (Debian's rpm), createrepo_c (createrepo-c), gpg: bin/setup.
+ */
+
+export const RPM_PATH = '/core:/stable:/v1.30/rpm/';
+
+interface RpmPackage {
+  name: string;
+  epoch?: number;
+  version: string;
+  release: string;
+  vendor: string;
+  summary: string;
+  requires?: string[];
+  /** Guest path → content; paths under /usr/lib/systemd are 0644, everything else 0755. */
+  files: Record<string, string>;
+  /** Signed by a key that is not the repository's. */
+  imposter?: boolean;
+}
+
+const K8S_VENDOR = 'imagebuilder test mirror of pkgs.k8s.io';
+const RELEASE = '150500.1.1';
+
+const script = (program: string, version: string) => `#!/bin/sh\necho "${program} v${version} (imagebuilder test mirror)"\n`;
+
+const KUBELET_SERVICE = `[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+const KUBEADM_DROP_IN = `[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+EnvironmentFile=-/etc/sysconfig/kubelet
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_EXTRA_ARGS
+`;
+
+function kubernetesPackages(version: string): RpmPackage[] {
+  return [
+    {
+      name: 'kubelet', version, release: RELEASE, vendor: K8S_VENDOR, summary: `Node agent for Kubernetes clusters (test build of ${version})`,
+      requires: ['kubernetes-cni >= 1.2.0', 'ethtool'],
+      files: { '/usr/bin/kubelet': script('kubelet', version), '/usr/lib/systemd/system/kubelet.service': KUBELET_SERVICE },
+    },
+    {
+      name: 'kubeadm', version, release: RELEASE, vendor: K8S_VENDOR, summary: `Command-line utility for administering a Kubernetes cluster (test build of ${version})`,
+      requires: ['cri-tools >= 1.30.0'],
+      files: { '/usr/bin/kubeadm': script('kubeadm', version), '/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf': KUBEADM_DROP_IN },
+    },
+    {
+      name: 'kubectl', version, release: RELEASE, vendor: K8S_VENDOR, summary: `Command-line utility for interacting with a Kubernetes cluster (test build of ${version})`,
+      files: { '/usr/bin/kubectl': script('kubectl', version) },
+    },
+  ];
+}
+
+export const RPM_PACKAGES: RpmPackage[] = [
+  ...kubernetesPackages('1.30.1'),
+  ...kubernetesPackages('1.30.2'),
+  {
+    name: 'cri-tools', version: '1.30.0', release: RELEASE, vendor: K8S_VENDOR, summary: 'Command-line utility for interacting with a container runtime (test build)',
+    files: { '/usr/bin/crictl': script('crictl', '1.30.0') },
+  },
+  {
+    name: 'kubernetes-cni', version: '1.4.0', release: RELEASE, vendor: K8S_VENDOR, summary: 'Binaries required to provision kubernetes container networking (test build)',
+    files: Object.fromEntries(['bridge', 'host-local', 'loopback', 'portmap'].map((plugin) => [`/opt/cni/bin/${plugin}`, script(plugin, '1.4.0')])),
+  },
+  {
+    name: 'ethtool', epoch: 2, version: '6.7', release: '1.fc40', vendor: 'imagebuilder test stand-in for Fedora Project', summary: 'Settings tool for Ethernet NICs (test stand-in)',
+    files: { '/usr/sbin/ethtool': script('ethtool', '6.7') },
+  },
+  {
+    name: 'imposter', version: '1.0', release: '1', vendor: 'nobody the recipe trusts', summary: 'Signed by a key that is not the repository key',
+    files: { '/usr/bin/imposter': script('imposter', '1.0') },
+    imposter: true,
+  },
+];
+
+/** `[epoch:]version-release`, as rpm and dnf print it. */
+export const evr = (p: Pick<RpmPackage, 'epoch' | 'version' | 'release'>) => `${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}`;
+
+export interface RpmMirror {
+  /** http://127.0.0.1:PORT */
+  url: string;
+  /** The repository's baseurl: ${url}/core:/stable:/v1.30/rpm/ */
+  repoUrl: string;
+  /** repodata/repomd.xml.key, as pkgs.k8s.io publishes its key; its fingerprint (40 upper-case hex digits). */
+  keyUrl: string;
+  keyFingerprint: string;
+  key: string;
+  /** The imposter's signing key (another throwaway key), by fingerprint. */
+  imposterFingerprint: string;
+  packages: RpmPackage[];
+  /** Every request path served so far (decoded), in order. */
+  requests: string[];
+  dir: string;
+  close(): Promise<void>;
+}
+
+interface Manifest {
+  keyFingerprint: string;
+  imposterFingerprint: string;
+}
+
+const BUILDER = fileURLToPath(import.meta.url);
+
+function specFile(p: RpmPackage, stage: string): string {
+  const lines = [
+    `Name: ${p.name}`,
+    ...(p.epoch !== undefined ? [`Epoch: ${p.epoch}`] : []),
+    `Version: ${p.version}`,
+    `Release: ${p.release}`,
+    `Summary: ${p.summary}`,
+    'License: Apache-2.0',
+    'URL: https://kubernetes.io',
+    `Vendor: ${p.vendor}`,
+    // Only the dependencies declared here: the scripts' /bin/sh is Debian's, which the rpm database does not know.
+    'AutoReqProv: no',
+    ...(p.requires ?? []).map((r) => `Requires: ${r}`),
+    '',
+    '%description',
+    `${p.summary}.`,
+    '',
+    '%install',
+    `cp -a ${stage}/. %{buildroot}/`,
+    '',
+    '%files',
+    ...Object.keys(p.files).sort(),
+    '',
+  ];
+  return lines.join('\n');
+}
+
+async function buildMirror(target: string): Promise<void> {
+  const build = `${target}.build-${process.pid}`;
+  await rm(build, { recursive: true, force: true });
+  const repo = join(build, 'root', ...RPM_PATH.split('/').filter(Boolean));
+  const work = join(build, 'work');
+  const gnupgHome = await mkdtemp('/tmp/ib-rpm-mirror-gnupg-');
+  const gpgEnv = { GNUPGHOME: gnupgHome };
+  const gpg = (args: string[]) => execa('gpg', ['--batch', '--no-tty', ...args], { env: gpgEnv });
+  try {
+    await chmod(gnupgHome, 0o700);
+    await mkdir(join(repo, 'x86_64'), { recursive: true });
+    await mkdir(work, { recursive: true });
+
+    // Throwaway RSA keys (what Fedora and pkgs.k8s.io sign with), no passphrase.
+    const newKey = async (uid: string) => {
+      await gpg(['--passphrase', '', '--quick-gen-key', uid, 'rsa3072', 'sign', 'never']);
+      const colons = (await gpg(['--with-colons', '--list-keys', uid])).stdout;
+      const fingerprint = /^fpr:+([0-9A-F]{40}):/m.exec(colons)?.[1];
+      if (!fingerprint) throw new Error(`no fingerprint in gpg output:\n${colons}`);
+      return fingerprint;
+    };
+    const keyFingerprint = await newKey('imagebuilder test rpm mirror <rpm-mirror@imagebuilder.invalid>');
+    const imposterFingerprint = await newKey('imposter <imposter@imagebuilder.invalid>');
+
+    const env = { SOURCE_DATE_EPOCH: '1700000000', GNUPGHOME: gnupgHome };
+    for (const p of RPM_PACKAGES) {
+      const base = `${p.name}-${p.version}-${p.release}`;
+      const stage = join(work, 'stage', base);
+      for (const [path, content] of Object.entries(p.files)) {
+        await mkdir(join(stage, path, '..'), { recursive: true });
+        await writeFile(join(stage, path), content);
+        await chmod(join(stage, path), path.startsWith('/usr/lib/systemd/') ? 0o644 : 0o755);
+      }
+      const spec = join(work, `${base}.spec`);
+      await writeFile(spec, specFile(p, stage));
+      await execa('rpmbuild', [
+        '-bb', '--target', 'x86_64',
+        '--define', `_topdir ${join(work, 'rpmbuild')}`,
+        '--define', 'debug_package %{nil}',
+        '--define', '_build_id_links none',
+        '--define', '_buildhost imagebuilder.invalid',
+        '--define', 'use_source_date_epoch_as_buildtime 1',
+        '--define', 'clamp_mtime_to_source_date_epoch 1',
+        spec,
+      ], { env });
+      const rpm = join(work, 'rpmbuild', 'RPMS', 'x86_64', `${base}.x86_64.rpm`);
+      await execa('rpmsign', [
+        '--addsign',
+        '--define', `_gpg_name ${p.imposter ? imposterFingerprint : keyFingerprint}`,
+        '--define', '__gpg /usr/bin/gpg',
+        '--define', `_gpg_path ${gnupgHome}`,
+        rpm,
+      ], { env });
+      await copyFile(rpm, join(repo, 'x86_64', `${base}.x86_64.rpm`));
+    }
+
+    await execa('createrepo_c', ['--quiet', '--revision', '1700000000', repo]);
+    await gpg(['--local-user', keyFingerprint, '--detach-sign', '--armor', '--output', join(repo, 'repodata/repomd.xml.asc'), join(repo, 'repodata/repomd.xml')]);
+    await writeFile(join(repo, 'repodata/repomd.xml.key'), (await gpg(['--export', '--armor', keyFingerprint])).stdout + '\n');
+
+    // Proof that the signatures are what the tests assume, with the host's rpm on a scratch database.
+    const check = join(work, 'rpmdb');
+    await mkdir(check);
+    await execa('rpmkeys', ['--dbpath', check, '--import', join(repo, 'repodata/repomd.xml.key')]);
+    for (const file of await readdir(join(repo, 'x86_64'))) {
+      const result = await execa('rpmkeys', ['--dbpath', check, '--checksig', join(repo, 'x86_64', file)], { reject: false });
+      const imposter = file.startsWith('imposter-');
+      if ((result.exitCode === 0) === imposter) throw new Error(`signature check of ${file} gave ${result.exitCode}: ${result.stdout}${result.stderr}`);
+    }
+
+    await rm(work, { recursive: true, force: true });
+    const manifest: Manifest = { keyFingerprint, imposterFingerprint };
+    await writeFile(join(build, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+    await rename(build, target).catch(async (error: NodeJS.ErrnoException) => {
+      if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) throw error;
+    });
+  } finally {
+    await execa('gpgconf', ['--kill', 'gpg-agent'], { env: gpgEnv, reject: false });
+    await rm(gnupgHome, { recursive: true, force: true });
+    await rm(build, { recursive: true, force: true });
+  }
+}
+
+let built: Promise<string> | undefined;
+
+/** The cached repository tree, built on first use: FIXTURE_CACHE/rpm-mirror-<sha256 of this file, 12 hex>. */
+export function rpmMirrorDirectory(): Promise<string> {
+  built ??= (async () => {
+    const version = createHash('sha256').update(await readFile(BUILDER)).digest('hex').slice(0, 12);
+    const target = join(FIXTURE_CACHE, `rpm-mirror-${version}`);
+    if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) {
+      await mkdir(FIXTURE_CACHE, { recursive: true });
+      await buildMirror(target);
+    }
+    return target;
+  })();
+  built.catch(() => (built = undefined));
+  return built;
+}
+
+/** Builds (once) and serves the repository on 127.0.0.1 at a random port. */
+export async function startRpmMirror(): Promise<RpmMirror> {
+  const dir = await rpmMirrorDirectory();
+  const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as Manifest;
+  const root = join(dir, 'root');
+  const requests: string[] = [];
+  const server: Server = createServer((request, response) => {
+    let path: string;
+    try {
+      path = decodeURIComponent(new URL(request.url ?? '/', 'http://mirror').pathname);
+    } catch {
+      response.writeHead(400).end();
+      return;
+    }
+    requests.push(path);
+    const file = normalize(join(root, path));
+    if ((request.method !== 'GET' && request.method !== 'HEAD') || !file.startsWith(root + sep)) {
+      response.writeHead(request.method === 'GET' || request.method === 'HEAD' ? 404 : 405).end();
+      return;
+    }
+    stat(file).then(
+      (info) => {
+        if (!info.isFile()) {
+          response.writeHead(404).end();
+          return;
+        }
+        response.writeHead(200, { 'content-length': info.size, 'content-type': 'application/octet-stream', 'last-modified': info.mtime.toUTCString() });
+        if (request.method === 'HEAD') response.end();
+        else createReadStream(file).pipe(response);
+      },
+      () => response.writeHead(404).end(),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const repoUrl = `${url}${RPM_PATH}`;
+  return {
+    url,
+    repoUrl,
+    keyUrl: `${repoUrl}repodata/repomd.xml.key`,
+    keyFingerprint: manifest.keyFingerprint,
+    key: await readFile(join(root, RPM_PATH, 'repodata/repomd.xml.key'), 'utf8'),
+    imposterFingerprint: manifest.imposterFingerprint,
+    packages: RPM_PACKAGES,
+    requests,
+    dir,
+    close: () =>
+      new Promise<void>((resolve, reject) => {
+        server.close((error) => (error ? reject(error) : resolve()));
+        server.closeAllConnections();
+      }),
+  };
+}
