@@ -22,7 +22,7 @@ LABEL org.opencontainers.image.title="imagebuilder" \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       nodejs qemu-utils qemu-system-common fuse3 util-linux libcap2-bin fdisk gdisk e2fsprogs xfsprogs btrfs-progs dosfstools \
-      guestmount libguestfs-tools guestfs-tools linux-image-amd64 qemu-user-static gpg ca-certificates procps \
+      guestmount libguestfs-tools guestfs-tools linux-image-amd64 qemu-user-static gpg rpm ca-certificates procps \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/imagebuilder
 COPY --from=build /src/package.json ./

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { Transform } from 'node:stream';
+import { Transform, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Agent, DecoratorHandler, getGlobalDispatcher, request, type Dispatcher } from 'undici';
+import { Agent, getGlobalDispatcher, request, type Dispatcher } from 'undici';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import {
@@ -126,32 +126,50 @@ const USER_AGENT = 'imagebuilder';
  * the socket ends. A body without a length or chunked framing ends at EOF itself: it is never paused
  * (buffered while the disk is slower than the network). Chunked bodies are safe as they are.
  */
-class NoPauseAtEndHandler extends DecoratorHandler {
+class NoPauseAtEndHandler implements Dispatcher.DispatchHandlers {
   private remaining?: number;
   private neverPause = false;
 
-  override onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void, statusText?: string): boolean {
+  constructor(private readonly handler: Dispatcher.DispatchHandlers) {}
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.handler.onConnect?.(abort);
+  }
+  onError(err: Error): void {
+    this.handler.onError?.(err);
+  }
+  onUpgrade(statusCode: number, headers: Buffer[] | string[] | null, socket: Duplex): void {
+    this.handler.onUpgrade?.(statusCode, headers, socket);
+  }
+  onResponseStarted(): void {
+    this.handler.onResponseStarted?.();
+  }
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     let length: number | undefined;
     let chunked = false;
-    for (let i = 0; rawHeaders && i + 1 < rawHeaders.length; i += 2) {
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
       const name = rawHeaders[i].toString().toLowerCase();
       if (name === 'content-length') length = Number(rawHeaders[i + 1].toString());
       else if (name === 'transfer-encoding') chunked = /chunked/i.test(rawHeaders[i + 1].toString());
     }
     this.remaining = length;
     this.neverPause = length === undefined && !chunked;
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
-    return (super.onHeaders as any)(statusCode, rawHeaders, resume, statusText);
+    return this.handler.onHeaders?.(statusCode, rawHeaders, resume, statusText) ?? true;
   }
-
-  override onData(chunk: Buffer): boolean {
-    const more = super.onData(chunk);
+  onData(chunk: Buffer): boolean {
+    const more = this.handler.onData?.(chunk) ?? true;
     if (this.neverPause) return true;
     if (this.remaining !== undefined) {
       this.remaining -= chunk.length;
       if (this.remaining <= 0) return true;
     }
     return more;
+  }
+  onComplete(trailers: string[] | null): void {
+    this.handler.onComplete?.(trailers);
+  }
+  onBodySent(chunkSize: number, totalBytesSent: number): void {
+    this.handler.onBodySent?.(chunkSize, totalBytesSent);
   }
 }
 

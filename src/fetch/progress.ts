@@ -51,7 +51,7 @@ export function createProgress(
     return `${percent}${formatBytes(received)}${total ? ` of ${formatBytes(total)}` : ''}, ${formatBytes(rate(received))}/s`;
   };
   const draw = (received: number, total?: number) => {
-    const width = Math.max(10, Math.min(40, (sink.columns ?? 80) - 60));
+    const width = Math.max(10, Math.min(40, (sink.columns ?? 80) - label.length - 45));
     const filled = total ? Math.min(width, Math.round((received / total) * width)) : 0;
     const bar = total ? `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ` : '';
     sink.write(`\r\x1b[K${label} ${bar}${describe(received, total)}`);

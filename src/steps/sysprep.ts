@@ -78,7 +78,7 @@ export const sysprepStep = defineStep<SysprepSpec>({
   summary: 'Remove what makes this image one machine: machine-id, SSH host keys, logs, caches',
   description:
     'Makes the image a template; every operation runs inside the guest, in this order whatever order the recipe ' +
-    "gives: `package-cache` cleans the package manager's cache and package lists (apt-get clean, /var/lib/apt/lists); " +
+    "gives: `package-cache` cleans the package manager's cache and package lists (apt: apt-get clean and /var/lib/apt/lists; dnf/yum: clean all and /var/cache/dnf); " +
     '`cloud-init` does what `cloud-init clean --logs` does (with the guest\'s cloud-init when it has one; the seed ' +
     'stays), so cloud-init runs again at first boot; `ssh-host-keys` removes /etc/ssh/ssh_host_* (something must ' +
     'create new ones at first boot: cloud-init does, or a unit running `ssh-keygen -A`); `machine-id` empties ' +

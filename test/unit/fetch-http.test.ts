@@ -1,6 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
+import { request } from 'undici';
 import { join } from 'node:path';
 import { createDispatcher, downloadFile, fetchOptional, parseContentRange, parseImageUrl } from '../../src/fetch/http.js';
 import { createProgress } from '../../src/fetch/progress.js';
@@ -234,6 +236,31 @@ describe('downloadFile', () => {
       message: expect.stringContaining('ECONNREFUSED'),
     });
     expect(warnings.join('')).toContain('attempt 1');
+  });
+});
+
+describe('undici 6 and servers that close the connection (nodejs/undici#5360)', () => {
+  test('a Content-Length body whose reader is behind when the server closes is read whole, no crash', async () => {
+    const body = Buffer.alloc(64 * 1024, 0x61);
+    const server = createNetServer((socket) =>
+      socket.once('data', () => {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+        socket.end(body);
+      }),
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const dispatcher = createDispatcher();
+    try {
+      // undici's default 64 KiB high-water mark: the one chunk fills it, the parser would pause on it.
+      const response = await request(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, { dispatcher });
+      await new Promise((resolve) => setTimeout(resolve, 300)); // the server's FIN arrives meanwhile
+      let received = 0;
+      for await (const chunk of response.body) received += (chunk as Buffer).length;
+      expect(received).toBe(body.length);
+    } finally {
+      await dispatcher.close();
+      server.close();
+    }
   });
 });
 
