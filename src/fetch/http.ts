@@ -34,6 +34,8 @@ async function get(url: string, options: FetchOptions) {
   try {
     response = await request(url, {
       method: 'GET',
+      // The workaround for undici's crash on servers that close the connection (below) protects these too.
+      dispatcher: defaultDispatcher(),
       maxRedirections: MAX_REDIRECTS,
       signal: options.signal,
       headers: { 'user-agent': 'imagebuilder', ...options.headers },

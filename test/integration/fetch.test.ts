@@ -195,8 +195,8 @@ describe('base images from URLs (imagebuilder fetch, cache, apply)', () => {
     server.serve('/al2023/SHA256SUMS', { data: Buffer.from(`${imageSha256}  al2023-kvm.qcow2\n${digest('sha256', packed)}  al2023-kvm.qcow2.xz\n`) });
     const url = `${server.url}/al2023/al2023-kvm.qcow2.xz`;
     const result = await fetchCli([url, '--json']);
-    expect(result.exitCode).toBe(0);
     expect(result.stderr).toContain('decompressing al2023-kvm.qcow2.xz (xz)');
+    expect(result.exitCode).toBe(0);
     expect(JSON.parse(result.stdout)).toMatchObject({
       sha256: imageSha256,
       name: 'al2023-kvm.qcow2',
