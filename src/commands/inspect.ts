@@ -2,13 +2,15 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { createLogger, MOUNT_BACKEND_NAMES, withInterrupts } from '../index.js';
 import { inspect } from '../pipeline/inspect.js';
+import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
 
 export default class Inspect extends BaseCommand {
   static override summary = 'What any disk image holds: OS, architecture, kernels, every package, enabled and masked units';
   static override description = 'Mounts the image read-only (through a throw-away overlay; the image is never written) and reads its own package database.';
   static override examples = ['<%= config.bin %> inspect debian-12.qcow2', '<%= config.bin %> inspect node.qcow2 --format json > inventory.json'];
-  static override args = { image: Args.string({ description: 'disk image', required: true }) };
+  static override args = { image: Args.string({ description: 'disk image: a local path or an http(s):// URL', required: true }) };
   static override flags = {
+    ...imageVerifyFlags,
     format: Flags.string({ description: 'output format', options: ['table', 'json'], default: 'table' }),
     'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
   };
@@ -17,7 +19,7 @@ export default class Inspect extends BaseCommand {
     const { args, flags } = await this.parse(Inspect);
     const log = createLogger({ level: 'warn' });
     const result = await withInterrupts(log, (signal) =>
-      inspect({ diskImage: args.image, mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto', log, signal }),
+      inspect({ diskImage: args.image, image: diskImageOptions(flags), mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto', log, signal }),
     );
     if (flags.format === 'json') {
       this.log(JSON.stringify(result, null, 2));

@@ -2,6 +2,7 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { MOUNT_BACKEND_NAMES, createLogger, withInterrupts } from '../index.js';
 import { shell } from '../pipeline/shell.js';
+import { diskImageOptions, diskImageFlags } from '../cli/image-flags.js';
 
 export default class Shell extends BaseCommand {
   static override summary = 'A shell (or one command) inside a disk image, natively mounted; read-only by default';
@@ -13,7 +14,7 @@ export default class Shell extends BaseCommand {
     '<%= config.bin %> shell --disk-image debian-12.qcow2 --writable',
   ];
   static override flags = {
-    'disk-image': Flags.string({ char: 'i', description: 'disk image (raw, qcow2, vmdk, vhdx, vpc, vdi)', required: true, env: 'IMAGEBUILDER_DISK_IMAGE' }),
+    ...diskImageFlags,
     command: Flags.string({ char: 'c', description: 'run this with /bin/sh -c instead of an interactive shell; its exit code is ours' }),
     writable: Flags.boolean({ description: 'mount writable; changes go to a throw-away overlay', default: false }),
     'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
@@ -30,6 +31,7 @@ export default class Shell extends BaseCommand {
       (signal) =>
         shell({
           diskImage: flags['disk-image'],
+          image: diskImageOptions(flags),
           command: flags.command,
           writable: flags.writable,
           mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',

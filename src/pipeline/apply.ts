@@ -46,7 +46,8 @@ export interface ApplyResult {
 }
 
 export function defaultOutputPath(input: VerifiedImage, recipeName: string): string {
-  const stem = basename(input.path, extname(input.path));
+  // Named after the image as published (a URL's image lives in the cache under its sha256).
+  const stem = basename(input.name, extname(input.name));
   return resolve(`${stem}-${recipeName}.${FORMAT_EXTENSIONS[input.format]}`);
 }
 

@@ -5,10 +5,12 @@ import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { openGuest } from './guest.js';
 import { verifyImage, type VerifiedImage } from './verify.js';
+import type { DiskImageOptions } from '../fetch/image-source.js';
 import { createWorkDir } from './workdir.js';
 
 export interface InspectOptions {
   diskImage: string;
+  image?: DiskImageOptions;
   mountBackend?: MountBackendName | 'auto';
   log?: Logger;
   run?: Runner;
@@ -24,7 +26,7 @@ export interface InspectResult {
 export async function inspect(options: InspectOptions): Promise<InspectResult> {
   const log = options.log ?? createLogger();
   const run = options.run ?? execRunner;
-  const image = await verifyImage(run, options.diskImage, log, options.signal);
+  const image = await verifyImage(run, options.diskImage, log, options.signal, options.image);
   const cleanup = new CleanupStack(log);
   try {
     const workDir = await createWorkDir(cleanup, log);

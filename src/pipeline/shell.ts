@@ -5,10 +5,13 @@ import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { openGuest } from './guest.js';
 import { verifyImage } from './verify.js';
+import type { DiskImageOptions } from '../fetch/image-source.js';
 import { createWorkDir } from './workdir.js';
 
 export interface ShellOptions {
   diskImage: string;
+  /** How a URL or a local image is verified and cached (phase 0). */
+  image?: DiskImageOptions;
   /** Run this with /bin/sh -c instead of an interactive shell. */
   command?: string;
   /** Mount the guest writable; changes go to a throw-away overlay and are discarded at exit. */
@@ -27,7 +30,7 @@ export interface ShellOptions {
 export async function shell(options: ShellOptions): Promise<number> {
   const log = options.log ?? createLogger();
   const run = options.run ?? execRunner;
-  const input = await verifyImage(run, options.diskImage, log, options.signal);
+  const input = await verifyImage(run, options.diskImage, log, options.signal, options.image);
   const cleanup = new CleanupStack(log);
   try {
     const workDir = await createWorkDir(cleanup, log);
