@@ -1,4 +1,5 @@
-import { chown, lstat, readFile, readlink, rm, symlink, utimes, writeFile, chmod, lchown } from 'node:fs/promises';
+import { chown, lstat, readFile, readlink, rm, symlink, writeFile, chmod, lchown } from 'node:fs/promises';
+import { execa } from 'execa';
 import { basename, dirname, join } from 'node:path';
 import { resolveInRoot } from '../util/fs.js';
 
@@ -20,9 +21,8 @@ export async function replaceTemporarily(root: string, guestPath: string, conten
           mode: Number(stat.mode) & 0o7777,
           uid: Number(stat.uid),
           gid: Number(stat.gid),
-          // Seconds with the nanoseconds as the fraction: as close as utimes(2) through a double gets.
-          atime: Number(stat.atimeNs) / 1e9,
-          mtime: Number(stat.mtimeNs) / 1e9,
+          atimeNs: stat.atimeNs,
+          mtimeNs: stat.mtimeNs,
         } as const);
   await rm(hostPath, { force: true });
   await writeFile(hostPath, content, { mode });
@@ -38,7 +38,10 @@ export async function replaceTemporarily(root: string, guestPath: string, conten
       await writeFile(hostPath, saved.content, { mode: saved.mode });
       await chmod(hostPath, saved.mode);
       await chown(hostPath, saved.uid, saved.gid);
-      await utimes(hostPath, saved.atime, saved.mtime);
+      // touch sets nanoseconds exactly; Node's utimes goes through a double and libuv keeps only microseconds.
+      const at = (ns: bigint) => `@${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`;
+      await execa('touch', ['-a', '-d', at(saved.atimeNs), '--', hostPath]);
+      await execa('touch', ['-m', '-d', at(saved.mtimeNs), '--', hostPath]);
     }
   };
 }

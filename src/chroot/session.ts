@@ -1,6 +1,8 @@
 import { mkdir, readdir, readFile, readlink, symlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
+import { ImageBuilderError } from '../util/errors.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
@@ -73,7 +75,7 @@ export interface ChrootSession {
   /** Runs argv inside the guest. */
   exec(argv: string[], options?: ChrootExecOptions): Promise<ExecResult>;
   /** Runs argv inside the guest on the user's terminal (stdin, stdout, stderr inherited); returns its exit code. */
-  interactive(argv: string[], env?: Record<string, string>): Promise<number>;
+  interactive(argv: string[], env?: Record<string, string>, signal?: AbortSignal): Promise<number>;
   /** Kills every process whose root is inside the guest; returns how many there were. */
   sweep(): Promise<number>;
   close(): Promise<void>;
@@ -154,17 +156,23 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       run(...confinedCommand(root, argv), {
         // Messages show what ran in the guest, not the confinement wrapper around it.
         display: formatCommand('chroot', [root, ...argv]), log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
-    interactive: async (argv, env = {}) => {
+    interactive: async (argv, env = {}, signal = options.signal) => {
       const [file, args] = confinedCommand(root, argv);
       log.debug(`$ ${formatCommand('chroot', [root, ...argv])}`);
       // The user's terminal, in our process group: job control and Ctrl-C belong to the shell.
-      const result = await execa(file, args, { stdio: 'inherit', env: { ...CHROOT_ENV, TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false });
-      return result.exitCode ?? 128 + 15;
+      // SIGTERM (not Ctrl-C) to imagebuilder ends the shell too, and everything is released.
+      const result = await execa(file, args, { stdio: 'inherit', env: { ...CHROOT_ENV, TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
+      if (signal?.aborted) throw signal.reason;
+      return result.exitCode ?? 128 + (osConstants.signals[result.signal as NodeJS.Signals] ?? 15);
     },
     sweep: () => killAll(() => processesInside(root), log, 'process(es) left running inside the guest'),
     close: async () => {
       const failures = await cleanup.unwind();
-      if (failures.length) throw new Error(failures.join('; '));
+      if (failures.length) {
+        throw new ImageBuilderError('COMMAND_FAILED', `closing the chroot session failed: ${failures.join('; ')}`, {
+          hint: 'nothing was written; `mount | grep imagebuilder` shows what is still mounted',
+        });
+      }
     },
   };
 }

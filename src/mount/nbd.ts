@@ -1,4 +1,5 @@
-import { open, readdir, readFile, rm } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { link, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AttachRequest, MountBackend, MountContext } from './backend.js';
 import { ensurePartitions } from './block.js';
@@ -16,20 +17,28 @@ const DEFAULT_PATHS: NbdPaths = { sysBlock: '/sys/block', lockDir: '/run/lock' }
 async function claimDevice(paths: NbdPaths, index: number): Promise<(() => Promise<void>) | undefined> {
   if (await exists(join(paths.sysBlock, `nbd${index}`, 'pid'))) return undefined;
   const lockPath = join(paths.lockDir, `imagebuilder-nbd${index}.lock`);
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await open(lockPath, 'wx');
-      await handle.writeFile(String(process.pid));
-      await handle.close();
-      return () => rm(lockPath, { force: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      const owner = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim());
-      if (owner && processAlive(owner)) return undefined;
-      await rm(lockPath, { force: true }); // stale: its build died without releasing it
+  await mkdir(paths.lockDir, { recursive: true });
+  // The lock appears complete or not at all: written under a private name, then hard-linked into place.
+  const mine = `${lockPath}.${process.pid}.${randomUUID()}`;
+  await writeFile(mine, String(process.pid));
+  try {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await link(mine, lockPath);
+        return () => rm(lockPath, { force: true });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+        const owner = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim());
+        if (owner && processAlive(owner)) return undefined;
+        // Stale (its build died): moved aside atomically, so of two builds finding it only one takes it over.
+        const aside = `${lockPath}.stale.${randomUUID()}`;
+        if (await rename(lockPath, aside).then(() => true, () => false)) await rm(aside, { force: true });
+      }
     }
+    return undefined;
+  } finally {
+    await rm(mine, { force: true });
   }
-  return undefined;
 }
 
 export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend {

@@ -48,6 +48,8 @@ export interface RecipeInputs {
   set?: Record<string, string>;
   /** `--vars FILE`: a YAML map of name: value, applied before --set. */
   varsFile?: string;
+  /** Check the schema only, not the host files steps name (documentation examples name illustrative paths). */
+  schemaOnly?: boolean;
 }
 
 export { closest as didYouMean } from './template.js';
@@ -367,7 +369,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       if (!validate(value)) stepProblems.push(...problemsFrom(validate.errors ?? [], raw.at, raw.file.locate));
     }
     const dir = dirname(resolve(raw.file.path));
-    if (!stepProblems.length && type.check) {
+    if (!stepProblems.length && type.check && !inputs.schemaOnly) {
       const environment = { recipeDir: dir, variables: values };
       stepProblems.push(...type.check(value[type.key], environment).map((message) => ({ location: raw.file.locate.of(raw.at), message })));
     }

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { createReadStream, type Stats } from 'node:fs';
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
@@ -111,6 +112,13 @@ export const copyStep = defineStep<CopySpec>({
     },
   },
   describe: (spec) => `copy ${spec.src} to ${spec.dest}`,
+  check(spec, environment) {
+    const src = resolve(environment.recipeDir, spec.src);
+    const stat = statSync(src, { throwIfNoEntry: false });
+    if (!stat) return [`cannot copy ${src}: no such file or directory; host paths are relative to the recipe`];
+    if (stat.isDirectory() && spec.mode !== undefined) return [`mode applies to a single file, and ${src} is a directory`];
+    return [];
+  },
   async run(context, spec) {
     const src = resolve(context.recipeDir, spec.src);
     // src itself is what the recipe names: followed if it is a symlink. Inside a directory, nothing is.

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
@@ -28,6 +29,11 @@ export const runStep = defineStep<RunSpec>({
         oneOf: [{ required: ['script'] }, { required: ['file'] }],
       },
     ],
+  },
+  check(spec, environment) {
+    if (typeof spec === 'string' || spec.file === undefined) return [];
+    const path = resolve(environment.recipeDir, spec.file);
+    return statSync(path, { throwIfNoEntry: false })?.isFile() ? [] : [`cannot read script file ${path}; host paths are relative to the recipe`];
   },
   describe: (spec) => {
     const text = typeof spec === 'string' ? spec : (spec.script ?? spec.file ?? '');

@@ -72,7 +72,8 @@ describe('the committed schema and shipped recipes', () => {
     for (const type of STEP_TYPES) {
       expect(type.summary.length).toBeGreaterThan(10);
       expect(type.description.length).toBeGreaterThan(20);
-      const { problems } = parseRecipe(JSON.stringify({ name: 'example', steps: [{ [type.key]: type.example }] }), 'example.json');
+      // Examples name illustrative host files: their schema is what is checked here.
+      const { problems } = parseRecipe(JSON.stringify({ name: 'example', steps: [{ [type.key]: type.example }] }), 'example.json', { schemaOnly: true });
       expect(problems).toEqual([]);
     }
   });

@@ -52,3 +52,17 @@ describe('file step', () => {
     expect(problems('  - file: {path: /a}\n')).not.toEqual([]);
   });
 });
+
+describe('host files that run and copy steps name are checked by validate', () => {
+  test('a missing script file or copy source is a located problem; a directory copy with mode is refused', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'checks-'));
+    await mkdir(join(dir, 'tree'));
+    const path = join(dir, 'r.yaml');
+    const problems = (steps: string) => parseRecipe(`name: c\nsteps:\n${steps}`, path).problems.map((p) => `${p.location}: ${p.message}`);
+    expect(problems('  - run: {file: scripts/setup.sh}\n')).toEqual([`${path}:3:5: cannot read script file ${join(dir, 'scripts/setup.sh')}; host paths are relative to the recipe`]);
+    expect(problems('  - copy: {src: nope, dest: /opt}\n')).toEqual([`${path}:3:5: cannot copy ${join(dir, 'nope')}: no such file or directory; host paths are relative to the recipe`]);
+    expect(problems('  - copy: {src: tree, dest: /opt, mode: "0600"}\n')).toEqual([`${path}:3:5: mode applies to a single file, and ${join(dir, 'tree')} is a directory`]);
+    expect(problems('  - copy: {src: tree, dest: /opt}\n')).toEqual([]);
+    await rm(dir, { recursive: true });
+  });
+});
