@@ -1,13 +1,12 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { join, normalize, sep } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { FIXTURE_CACHE } from './fixtures.js';
+import { cachedFixture, serveDirectory } from './static-server.js';
 
 /**
  * A local stand-in for the upstream sources a Kubernetes node recipe uses, served on 127.0.0.1 (the chroot
@@ -352,61 +351,16 @@ async function buildMirror(target: string): Promise<void> {
   }
 }
 
-let built: Promise<string> | undefined;
-
-/** The cached mirror tree, built on first use: FIXTURE_CACHE/mirror-<sha256 of this file, 12 hex>. */
-export function mirrorDirectory(): Promise<string> {
-  built ??= (async () => {
-    const version = createHash('sha256').update(await readFile(BUILDER)).digest('hex').slice(0, 12);
-    const target = join(FIXTURE_CACHE, `mirror-${version}`);
-    if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) {
-      await mkdir(FIXTURE_CACHE, { recursive: true });
-      await buildMirror(target);
-    }
-    return target;
-  })();
-  built.catch(() => (built = undefined));
-  return built;
-}
+/** The cached tree, built on first use. */
+export const mirrorDirectory = cachedFixture('mirror', BUILDER, buildMirror);
 
 /** Builds (once) and serves the mirror on 127.0.0.1 at a random port. */
 export async function startLocalMirror(): Promise<LocalMirror> {
   const dir = await mirrorDirectory();
   const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as Manifest;
   const root = join(dir, 'root');
-  const requests: string[] = [];
-  const server: Server = createServer((request, response) => {
-    let path: string;
-    try {
-      path = decodeURIComponent(new URL(request.url ?? '/', 'http://mirror').pathname);
-    } catch {
-      response.writeHead(400).end();
-      return;
-    }
-    requests.push(path);
-    const file = normalize(join(root, path));
-    if ((request.method !== 'GET' && request.method !== 'HEAD') || !file.startsWith(root + sep)) {
-      response.writeHead(request.method === 'GET' || request.method === 'HEAD' ? 404 : 405).end();
-      return;
-    }
-    stat(file).then(
-      (info) => {
-        if (!info.isFile()) {
-          response.writeHead(404).end();
-          return;
-        }
-        response.writeHead(200, { 'content-length': info.size, 'content-type': 'application/octet-stream', 'last-modified': info.mtime.toUTCString() });
-        if (request.method === 'HEAD') response.end();
-        else createReadStream(file).pipe(response);
-      },
-      () => response.writeHead(404).end(),
-    );
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const server = await serveDirectory(root);
+  const { url, requests } = server;
   const artifact = (key: keyof typeof ARTIFACT_PATHS): MirrorArtifact => ({
     url: `${url}${ARTIFACT_PATHS[key].path}`,
     checksumUrl: `${url}${ARTIFACT_PATHS[key].checksum}`,
@@ -430,10 +384,6 @@ export async function startLocalMirror(): Promise<LocalMirror> {
     },
     requests,
     dir,
-    close: () =>
-      new Promise<void>((resolve, reject) => {
-        server.close((error) => (error ? reject(error) : resolve()));
-        server.closeAllConnections();
-      }),
+    close: server.close,
   };
 }

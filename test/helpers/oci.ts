@@ -8,8 +8,8 @@ const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 async function tarOf(entries: { name: string; data: Buffer }[]): Promise<Buffer> {
   const archive = pack();
   const chunks: Buffer[] = [];
-  archive.on('data', (chunk: Buffer) => chunks.push(chunk));
-  const done = new Promise((resolve) => archive.on('end', resolve));
+  archive.on('data', (chunk) => chunks.push(chunk as Buffer));
+  const done = new Promise<void>((resolve) => archive.on('end', () => resolve()));
   for (const entry of entries) archive.entry({ name: entry.name, size: entry.data.length, mtime: new Date(0), mode: 0o644 }, entry.data);
   archive.finalize();
   await done;

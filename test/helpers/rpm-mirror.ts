@@ -1,12 +1,9 @@
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { join, normalize, sep } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { FIXTURE_CACHE } from './fixtures.js';
+import { cachedFixture, serveDirectory } from './static-server.js';
 
 /**
  * A local stand-in for pkgs.k8s.io's RPM repository, served on 127.0.0.1 (the chroot shares the host's network,
@@ -250,61 +247,16 @@ async function buildMirror(target: string): Promise<void> {
   }
 }
 
-let built: Promise<string> | undefined;
-
-/** The cached repository tree, built on first use: FIXTURE_CACHE/rpm-mirror-<sha256 of this file, 12 hex>. */
-export function rpmMirrorDirectory(): Promise<string> {
-  built ??= (async () => {
-    const version = createHash('sha256').update(await readFile(BUILDER)).digest('hex').slice(0, 12);
-    const target = join(FIXTURE_CACHE, `rpm-mirror-${version}`);
-    if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) {
-      await mkdir(FIXTURE_CACHE, { recursive: true });
-      await buildMirror(target);
-    }
-    return target;
-  })();
-  built.catch(() => (built = undefined));
-  return built;
-}
+/** The cached tree, built on first use. */
+export const rpmMirrorDirectory = cachedFixture('rpm-mirror', BUILDER, buildMirror);
 
 /** Builds (once) and serves the repository on 127.0.0.1 at a random port. */
 export async function startRpmMirror(): Promise<RpmMirror> {
   const dir = await rpmMirrorDirectory();
   const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as Manifest;
   const root = join(dir, 'root');
-  const requests: string[] = [];
-  const server: Server = createServer((request, response) => {
-    let path: string;
-    try {
-      path = decodeURIComponent(new URL(request.url ?? '/', 'http://mirror').pathname);
-    } catch {
-      response.writeHead(400).end();
-      return;
-    }
-    requests.push(path);
-    const file = normalize(join(root, path));
-    if ((request.method !== 'GET' && request.method !== 'HEAD') || !file.startsWith(root + sep)) {
-      response.writeHead(request.method === 'GET' || request.method === 'HEAD' ? 404 : 405).end();
-      return;
-    }
-    stat(file).then(
-      (info) => {
-        if (!info.isFile()) {
-          response.writeHead(404).end();
-          return;
-        }
-        response.writeHead(200, { 'content-length': info.size, 'content-type': 'application/octet-stream', 'last-modified': info.mtime.toUTCString() });
-        if (request.method === 'HEAD') response.end();
-        else createReadStream(file).pipe(response);
-      },
-      () => response.writeHead(404).end(),
-    );
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const server = await serveDirectory(root);
+  const { url, requests } = server;
   const repoUrl = `${url}${RPM_PATH}`;
   return {
     url,
@@ -316,10 +268,6 @@ export async function startRpmMirror(): Promise<RpmMirror> {
     packages: RPM_PACKAGES,
     requests,
     dir,
-    close: () =>
-      new Promise<void>((resolve, reject) => {
-        server.close((error) => (error ? reject(error) : resolve()));
-        server.closeAllConnections();
-      }),
+    close: server.close,
   };
 }

@@ -1,0 +1,81 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join, normalize, sep } from 'node:path';
+import { FIXTURE_CACHE } from './fixtures.js';
+
+export interface StaticServer {
+  /** http://127.0.0.1:PORT (no trailing slash). */
+  url: string;
+  /** Every request path served so far (decoded), in order: proof that a build really used the server. */
+  requests: string[];
+  close(): Promise<void>;
+}
+
+/** Serves the files under `root` read-only (GET and HEAD) on 127.0.0.1 at a random port. */
+export async function serveDirectory(root: string): Promise<StaticServer> {
+  const requests: string[] = [];
+  const server: Server = createServer((request, response) => {
+    let path: string;
+    try {
+      path = decodeURIComponent(new URL(request.url ?? '/', 'http://mirror').pathname);
+    } catch {
+      response.writeHead(400).end();
+      return;
+    }
+    requests.push(path);
+    const file = normalize(join(root, path));
+    if ((request.method !== 'GET' && request.method !== 'HEAD') || !file.startsWith(root + sep)) {
+      response.writeHead(request.method === 'GET' || request.method === 'HEAD' ? 404 : 405).end();
+      return;
+    }
+    stat(file).then(
+      (info) => {
+        if (!info.isFile()) {
+          response.writeHead(404).end();
+          return;
+        }
+        response.writeHead(200, { 'content-length': info.size, 'content-type': 'application/octet-stream', 'last-modified': info.mtime.toUTCString() });
+        if (request.method === 'HEAD') response.end();
+        else createReadStream(file).pipe(response);
+      },
+      () => response.writeHead(404).end(),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    close: () =>
+      new Promise<void>((resolve, reject) => {
+        server.close((error) => (error ? reject(error) : resolve()));
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/**
+ * A fixture tree built once and cached as FIXTURE_CACHE/<name>-<sha256 of its builder file, 12 hex>, rebuilt
+ * only when the builder changes; `build` must create `manifest.json` last.
+ */
+export function cachedFixture(name: string, builderFile: string, build: (target: string) => Promise<void>): () => Promise<string> {
+  let built: Promise<string> | undefined;
+  return () => {
+    built ??= (async () => {
+      const version = createHash('sha256').update(await readFile(builderFile)).digest('hex').slice(0, 12);
+      const target = join(FIXTURE_CACHE, `${name}-${version}`);
+      if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) {
+        await mkdir(FIXTURE_CACHE, { recursive: true });
+        await build(target);
+      }
+      return target;
+    })();
+    built.catch(() => (built = undefined));
+    return built;
+  };
+}
