@@ -49,7 +49,10 @@ export interface Bom {
     /** The keyring and signature that vouched for the sums file (--keyring). */
     signature?: { keyring: string; signature: string };
   };
-  output: { path: string; format: string; sha256: string; sparsify: string };
+  /** The first artifact, and how it was written. */
+  output: { path: string; format: string; sha256: string; sparsify: string; compressed?: boolean };
+  /** Every image written (one per --format), with its sha256; each is also in the SHA256SUMS beside it. */
+  artifacts: { path: string; format: string; sha256: string }[];
   recipe: { path: string; name: string; sha256: string; variables: Record<string, string>; includes: { path: string; sha256: string }[] };
   os: { id?: string; versionId?: string; prettyName?: string; osRelease: Record<string, string> };
   architecture?: string;

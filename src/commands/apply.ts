@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
 import { BaseCommand } from '../cli/base-command.js';
+import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
 import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
 
@@ -21,6 +22,12 @@ export default class Apply extends BaseCommand {
     ...recipeVariableFlags,
     output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
     'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+    format: Flags.string({
+      description: "output format (repeatable: each written beside the first) [default: the input's format]",
+      options: [...IMAGE_FORMATS],
+      multiple: true,
+    }),
+    compress: Flags.boolean({ description: 'compress qcow2 outputs', default: false }),
     sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false }),
     json: Flags.boolean({ description: 'print the result as JSON on stdout (logs stay on stderr)', default: false }),
@@ -40,18 +47,23 @@ export default class Apply extends BaseCommand {
         output: flags.output,
         mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
         sparsify: flags.sparsify as (typeof SPARSIFY_MODES)[number],
+        formats: flags.format as ImageFormat[] | undefined,
+        compress: flags.compress,
         keepWorkDir: flags['keep-work-dir'],
         log,
         signal,
       }),
     );
     if (flags.json) {
-      this.log(JSON.stringify({ output: result.output, bom: result.bomPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }, null, 2));
+      this.log(JSON.stringify({ output: result.output, artifacts: result.artifacts, bom: result.bomPath, sums: result.sumsPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }, null, 2));
     } else {
       const bom = result.bom;
       const added = bom.packages.filter((p) => p.origin !== 'base');
-      this.log(`image: ${result.output.path}`);
-      this.log(`  format ${result.output.format}, sha256 ${result.output.sha256}`);
+      for (const artifact of result.artifacts) {
+        this.log(`image: ${artifact.path}`);
+        this.log(`  format ${artifact.format}, sha256 ${artifact.sha256}`);
+      }
+      this.log(`sums:  ${result.sumsPath}`);
       this.log(`bom:   ${result.bomPath}`);
       this.log(`  ${bom.os.prettyName ?? bom.os.id} ${bom.architecture ?? ''}, kernels: ${bom.kernels.map((k) => k.version).join(', ') || 'none'}`);
       this.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);

@@ -37,9 +37,11 @@ export async function createOverlay(run: Runner, base: string, baseFormat: Image
 }
 
 /** Creation options per output format: fixed VHD as Azure takes it, streamOptimized VMDK as vSphere imports it. */
-export function outputFormatOptions(format: ImageFormat): string[] {
+export function outputFormatOptions(format: ImageFormat, compress = false): string[] {
   if (format === 'vpc') return ['-o', 'subformat=fixed,force_size=on'];
   if (format === 'vmdk') return ['-o', 'subformat=streamOptimized'];
+  // qcow2 compression is per cluster and read transparently by every qcow2 reader.
+  if (format === 'qcow2' && compress) return ['-c'];
   return [];
 }
 
@@ -49,9 +51,9 @@ export async function convertImage(
   source: string,
   target: string,
   format: ImageFormat,
-  options: { log?: Logger; signal?: AbortSignal } = {},
+  options: { log?: Logger; signal?: AbortSignal; compress?: boolean } = {},
 ) {
-  await run('qemu-img', ['convert', '-O', format, ...outputFormatOptions(format), source, target], {
+  await run('qemu-img', ['convert', '-O', format, ...outputFormatOptions(format, options.compress), source, target], {
     log: options.log,
     signal: options.signal,
     purpose: `writing the ${format} output`,

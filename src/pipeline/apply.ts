@@ -12,7 +12,8 @@ import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
-import { FORMAT_EXTENSIONS, trimFilesystems, writeOutputImage, type SparsifyMode } from './output.js';
+import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeOutputImage, type SparsifyMode } from './output.js';
+import { convertImage, type ImageFormat } from '../image/qemu-img.js';
 import { listUnitStates } from '../bom/inventory.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createRecorder } from '../steps/types.js';
@@ -31,6 +32,10 @@ export interface ApplyOptions {
   output?: string;
   mountBackend?: MountBackendName | 'auto';
   sparsify?: SparsifyMode;
+  /** Output formats, the first at `output` and the rest beside it (default: the input's format). */
+  formats?: ImageFormat[];
+  /** Compress qcow2 outputs. */
+  compress?: boolean;
   keepWorkDir?: boolean;
   /** Parent of the work directory (default $IMAGEBUILDER_WORK_DIR or the system temp dir). */
   workDir?: string;
@@ -39,9 +44,19 @@ export interface ApplyOptions {
   signal?: AbortSignal;
 }
 
+export interface Artifact {
+  path: string;
+  format: string;
+  sha256: string;
+}
+
 export interface ApplyResult {
-  output: { path: string; format: string; sha256: string };
+  /** The first artifact. */
+  output: Artifact;
+  artifacts: Artifact[];
   bomPath: string;
+  /** The SHA256SUMS beside the artifacts, listing them and the BOM. */
+  sumsPath: string;
   bom: Bom;
 }
 
@@ -86,7 +101,11 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   if (outputPath === input.path) {
     throw new ImageBuilderError('BAD_INPUT', 'the output path is the input image', { hint: 'the input is never modified: choose another --output' });
   }
-  const outputFormat = input.format;
+  const formats = options.formats?.length ? [...new Set(options.formats)] : [input.format];
+  const artifactPathsList = artifactPaths(outputPath, formats);
+  if (artifactPathsList.includes(input.path)) {
+    throw new ImageBuilderError('BAD_INPUT', 'an output path is the input image', { hint: 'the input is never modified: choose another --output' });
+  }
   const bomPath = `${outputPath}.bom.json`;
 
   const cleanup = new CleanupStack(log);
@@ -148,12 +167,17 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     }
     throwIfAborted(signal);
 
-    // The output appears under its name only when complete.
-    const partial = join(dirname(outputPath), `.${basename(outputPath)}.partial-${process.pid}`);
-    cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
-    log.info(`writing ${outputFormat} output (sparsify: ${sparsify})`);
-    await clock.time('output', () => writeOutputImage(run, overlay, partial, outputFormat, sparsify, { log, signal, workDir }));
-    const outputSha256 = await sha256File(partial, signal);
+    // Artifacts appear under their names only when all are complete.
+    const partials = artifactPathsList.map((path) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`));
+    for (const partial of partials) cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
+    log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
+    await clock.time('output', async () => {
+      await writeOutputImage(run, overlay, partials[0], formats[0], sparsify, { log, signal, workDir, compress: options.compress });
+      // The others from the first: already flattened and sparse.
+      for (let i = 1; i < formats.length; i++) await convertImage(run, partials[0], partials[i], formats[i], { log, signal, compress: options.compress });
+    });
+    const artifacts: Artifact[] = [];
+    for (const [i, path] of artifactPathsList.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
     clock.total();
 
     const bom: Bom = {
@@ -170,7 +194,8 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
         verified: input.verified,
         ...(input.signature ? { signature: input.signature } : {}),
       },
-      output: { path: outputPath, format: outputFormat, sha256: outputSha256, sparsify },
+      output: { ...artifacts[0], sparsify, ...(options.compress ? { compressed: true } : {}) },
+      artifacts,
       recipe: { path: resolve(recipe.path), name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
       os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease: distro.osRelease },
       architecture,
@@ -186,14 +211,19 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       durationsMs: clock.durations,
       warnings: [...log.warnings],
     };
-    const bomPartial = `${partial}.bom.json`;
+    const bomPartial = `${partials[0]}.bom.json`;
     cleanup.push(`partial BOM ${bomPartial}`, () => rm(bomPartial, { force: true }));
     await writeFile(bomPartial, `${JSON.stringify(bom, null, 2)}\n`);
     throwIfAborted(signal);
-    await rename(partial, outputPath);
+    for (const [i, partial] of partials.entries()) await rename(partial, artifactPathsList[i]);
     await rename(bomPartial, bomPath);
-    log.info(`wrote ${outputPath} (sha256 ${outputSha256}) and ${bomPath}`);
-    return { output: { path: outputPath, format: outputFormat, sha256: outputSha256 }, bomPath, bom };
+    const sumsPath = await updateSumsFile(dirname(outputPath), [
+      ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
+      { name: basename(bomPath), sha256: await sha256File(bomPath) },
+    ]);
+    for (const artifact of artifacts) log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
+    log.info(`wrote ${bomPath} and ${sumsPath}`);
+    return { output: artifacts[0], artifacts, bomPath, sumsPath, bom };
   } finally {
     await cleanup.unwind();
   }

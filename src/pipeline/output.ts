@@ -1,4 +1,5 @@
-import { join } from 'node:path';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import { extname, join } from 'node:path';
 import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
 import type { GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
@@ -9,6 +10,29 @@ export const SPARSIFY_MODES = ['virt-sparsify', 'fstrim', 'none'] as const;
 export type SparsifyMode = (typeof SPARSIFY_MODES)[number];
 
 export const FORMAT_EXTENSIONS: Record<ImageFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi' };
+
+/** Where each artifact goes: the first format at `primary`, the others beside it with their own extension. */
+export function artifactPaths(primary: string, formats: ImageFormat[]): string[] {
+  const stem = primary.slice(0, primary.length - extname(primary).length);
+  return formats.map((format, index) => (index === 0 ? primary : `${stem}.${FORMAT_EXTENSIONS[format]}`));
+}
+
+/**
+ * Adds (or replaces) the artifacts' lines in the SHA256SUMS beside them, in the GNU form phase 0 reads, so
+ * several builds into one directory keep one sums file. Written under a temporary name, then renamed.
+ */
+export async function updateSumsFile(dir: string, entries: { name: string; sha256: string }[]): Promise<string> {
+  const path = join(dir, 'SHA256SUMS');
+  const names = new Set(entries.map((e) => e.name));
+  const kept = (await readFile(path, 'utf8').catch(() => ''))
+    .split('\n')
+    .filter((line) => line.trim() && !names.has(line.replace(/^[0-9a-f]{64} [ *]/, '')));
+  const text = [...kept, ...entries.map((e) => `${e.sha256}  ${e.name}`)].join('\n') + '\n';
+  const partial = `${path}.partial-${process.pid}`;
+  await writeFile(partial, text);
+  await rename(partial, path);
+  return path;
+}
 
 /** Discards the free blocks of each mounted guest filesystem, so conversion writes only used data. */
 export async function trimFilesystems(run: Runner, mounts: GuestMount[], log: Logger): Promise<void> {
@@ -26,15 +50,15 @@ export async function writeOutputImage(
   target: string,
   format: ImageFormat,
   sparsify: SparsifyMode,
-  options: { log: Logger; signal?: AbortSignal; workDir: string },
+  options: { log: Logger; signal?: AbortSignal; workDir: string; compress?: boolean },
 ): Promise<void> {
   if (sparsify === 'virt-sparsify') {
     await runWithTcgFallback(
       run,
       'virt-sparsify',
-      ['--format', 'qcow2', '--convert', format, ...outputFormatOptions(format), '--check-tmpdir', 'continue', workImage, target],
+      ['--format', 'qcow2', '--convert', format, ...(format === 'qcow2' && options.compress ? ['--compress'] : outputFormatOptions(format)), '--check-tmpdir', 'continue', workImage, target],
       // Its temporary overlay goes in our work dir: removed with it, and on the disk the user chose.
-      { log: options.log, signal: options.signal, extraEnv: { TMPDIR: join(options.workDir) }, purpose: 'virt-sparsify of the output' },
+      { log: options.log, signal: options.signal, extraEnv: { TMPDIR: options.workDir }, purpose: 'virt-sparsify of the output' },
     );
     return;
   }
