@@ -15,6 +15,7 @@ import { TOOL_VERSION } from '../version.js';
 import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeOutputImage, type SparsifyMode } from './output.js';
 import { convertImage, type ImageFormat } from '../image/qemu-img.js';
 import { listUnitStates } from '../bom/inventory.js';
+import { buildTime, writeBomIntoImage } from '../bom/in-image.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createRecorder } from '../steps/types.js';
 import { createWorkDir } from './workdir.js';
@@ -155,6 +156,25 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     const { packages, removed } = comparePackages(packagesBefore, packagesAfter);
     const kernels = await listKernels(layout.root);
     const unitStates = await listUnitStates(layout.root);
+    const createdAt = buildTime();
+    // The image carries its own BOM, so a running node can say what it is made of.
+    await writeBomIntoImage(layout.root, {
+      bomVersion: 1,
+      tool: { name: 'imagebuilder', version: TOOL_VERSION },
+      createdAt: createdAt.toISOString(),
+      note: 'written into the image before its output existed: the output sha256 is in the BOM beside the image',
+      input: { ...(input.url ? { url: input.url } : {}), name: input.name, format: input.format, sha256: input.sha256, verified: input.verified },
+      recipe: { name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
+      os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName },
+      architecture,
+      kernels,
+      packages,
+      removedPackages: removed,
+      files: records.files,
+      unitStates,
+      containerImages: records.images,
+      steps: steps.map(({ durationMs: _, ...step }) => step),
+    }, createdAt);
 
     if (sparsify === 'fstrim') {
       if (backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
@@ -183,7 +203,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     const bom: Bom = {
       bomVersion: 1,
       tool: { name: 'imagebuilder', version: TOOL_VERSION },
-      createdAt: new Date().toISOString(),
+      createdAt: createdAt.toISOString(),
       input: {
         ...(input.url ? { url: input.url } : {}),
         path: input.path,

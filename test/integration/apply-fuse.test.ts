@@ -31,7 +31,9 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     const output = join(work, 'gpt-out.qcow2');
     const before = await hostState();
 
-    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '--json']);
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '--json'], {
+      env: { SOURCE_DATE_EPOCH: '1700000000' },
+    });
 
     expect(result.stderr).not.toContain('error');
     expect(result.exitCode).toBe(0);
@@ -59,7 +61,13 @@ describe('imagebuilder apply --mount-backend fuse', () => {
       await expect(lstat(join(root, 'usr/sbin/policy-rc.d'))).rejects.toThrow();
       const kernels = (await execa('ls', [join(root, 'lib/modules')])).stdout.split('\n').filter(Boolean);
       expect(bom.kernels.map((k: { version: string }) => k.version)).toEqual(kernels);
+      // The image carries its own BOM, dated by SOURCE_DATE_EPOCH.
+      const inside = JSON.parse(await readFile(join(root, 'usr/share/imagebuilder/bom.json'), 'utf8'));
+      expect(inside.packages).toEqual(bom.packages);
+      expect(inside.createdAt).toBe('2023-11-14T22:13:20.000Z');
+      expect((await lstat(join(root, 'usr/share/imagebuilder/bom.json'))).mtimeMs).toBe(1700000000000);
     });
+    expect(bom.createdAt).toBe('2023-11-14T22:13:20.000Z');
     expect(bom.input).toEqual({ path: input, format: 'qcow2', sha256: inputSha, verified: false }); // no sums file beside the fixture
     expect(bom.os.id).toBe('debian');
     expect(bom.architecture).toBe('amd64');
