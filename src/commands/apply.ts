@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
 import { BaseCommand } from '../cli/base-command.js';
+import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
 import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
@@ -29,6 +30,7 @@ export default class Apply extends BaseCommand {
     }),
     compress: Flags.boolean({ description: 'compress qcow2 outputs', default: false }),
     sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
+    'verify-repeatable': Flags.boolean({ description: 'build a second time and fail if packages, units or written files differ', default: false }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false }),
     json: Flags.boolean({ description: 'print the result as JSON on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
@@ -38,8 +40,9 @@ export default class Apply extends BaseCommand {
   async run(): Promise<ApplyResult> {
     const { args, flags } = await this.parse(Apply);
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet });
+    const build = flags['verify-repeatable'] ? applyRepeatably : apply;
     const result = await withInterrupts(log, (signal) =>
-      apply({
+      build({
         recipe: args.recipe,
         recipeInputs: recipeInputs(flags),
         diskImage: flags['disk-image'],

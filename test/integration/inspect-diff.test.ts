@@ -70,3 +70,23 @@ describe('imagebuilder inspect and diff', () => {
     expect(mixed.units).toEqual({ added: [], removed: [], changed: [] });
   });
 });
+
+describe('imagebuilder apply --verify-repeatable', () => {
+  test('two builds of a pinned recipe agree on packages, units and files; the first build\'s artifacts are kept', async () => {
+    const work = await mkdtemp('/var/tmp/ib-repeat-');
+    try {
+      const input = await fixtureImage('gpt-esp');
+      const recipe = await writeRecipe(work, 'pinned', [{ packages: { install: ['hello'] } }, { file: { path: '/etc/pinned.conf', content: 'x\n' } }]);
+      const output = join(work, 'pinned.qcow2');
+      const before = await hostState();
+      const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'none', '--verify-repeatable']);
+      if (result.exitCode !== 0) throw new Error(result.all);
+      expect(result.stderr).toContain('repeatable: both builds have the same packages, units and files');
+      const left = (await execa('ls', ['-A', work])).stdout.split('\n').sort();
+      expect(left).toEqual(['SHA256SUMS', 'pinned.qcow2', 'pinned.qcow2.bom.json', 'pinned.yaml']);
+      await expectNothingLeft(before);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,33 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { diffImages, diffIsEmpty, renderDiff, type ImageDiff } from '../bom/diff.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import { apply, type ApplyOptions, type ApplyResult } from './apply.js';
+
+/**
+ * Builds twice from the same inputs and compares what went in: packages (with versions), units, and every file
+ * the recipe wrote, downloaded or copied (by sha256). The first build's artifacts are kept; the second is
+ * thrown away. Not repeatable is VERIFY_FAILED, with the differences.
+ */
+export async function applyRepeatably(options: ApplyOptions): Promise<ApplyResult & { repeatDiff: ImageDiff }> {
+  const first = await apply(options);
+  const log = options.log ?? createLogger();
+  log.info('building a second time to check that the build is repeatable');
+  const scratch = await mkdtemp(join(dirname(first.output.path), `.${basename(first.output.path)}.repeat-`));
+  try {
+    const second = await apply({ ...options, output: join(scratch, basename(first.output.path)), formats: [first.output.format as never], compress: false });
+    const comparable = (result: ApplyResult, label: string) => ({ label, packages: result.bom.packages, units: result.bom.unitStates, files: result.bom.files });
+    const repeatDiff = diffImages(comparable(first, 'first build'), comparable(second, 'second build'));
+    if (!diffIsEmpty(repeatDiff)) {
+      throw new ImageBuilderError('VERIFY_FAILED', 'the build is not repeatable: the same inputs gave different contents', {
+        detail: renderDiff(repeatDiff),
+        hint: 'pin what moved: exact package versions (name=version), download sha256s, and no unpinned upgrades',
+      });
+    }
+    log.info('repeatable: both builds have the same packages, units and files');
+    return { ...first, repeatDiff };
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,27 @@
+import { diffImages, diffIsEmpty, renderDiff } from '../../src/bom/diff.js';
+
+const p = (name: string, version: string, architecture = 'amd64') => ({ name, version, architecture });
+
+describe('diffImages', () => {
+  test('packages added, removed and changed; units; files only when both sides have them', () => {
+    const a = { label: 'a', packages: [p('a', '1'), p('b', '1'), p('c', '1')], units: [{ unit: 'x.service', state: 'enabled' as const }], files: [{ path: '/etc/f', sha256: 'a'.repeat(64), kind: 'config' as const }] };
+    const b = { label: 'b', packages: [p('a', '1'), p('b', '2'), p('d', '1')], units: [{ unit: 'x.service', state: 'masked' as const }], files: [{ path: '/etc/f', sha256: 'b'.repeat(64), kind: 'config' as const }] };
+    const diff = diffImages(a, b);
+    expect(diff.packages).toEqual({ added: [p('d', '1')], removed: [p('c', '1')], changed: [{ name: 'b', architecture: 'amd64', from: '1', to: '2' }] });
+    expect(diff.units.changed).toEqual([{ unit: 'x.service', from: 'enabled', to: 'masked' }]);
+    expect(diff.files!.changed).toEqual([{ path: '/etc/f', from: 'a'.repeat(64), to: 'b'.repeat(64) }]);
+    expect(diffIsEmpty(diff)).toBe(false);
+    expect(renderDiff(diff)).toBe(
+      ['--- a', '+++ b', 'packages:', '  + d 1 (amd64)', '  - c 1 (amd64)', '  ~ b 1 → 2 (amd64)', 'units:', '  ~ x.service enabled → masked', 'files:', `  ~ /etc/f ${'a'.repeat(12)} → ${'b'.repeat(12)}`].join('\n'),
+    );
+    expect(diffImages({ ...a, files: undefined }, b).files).toBeUndefined();
+  });
+
+  test('the same package for two architectures is two packages; identical sides say so', () => {
+    const a = { label: 'a', packages: [p('libc6', '2', 'amd64')], units: [] };
+    const b = { label: 'b', packages: [p('libc6', '2', 'amd64'), p('libc6', '2', 'i386')], units: [] };
+    expect(diffImages(a, b).packages.added).toEqual([p('libc6', '2', 'i386')]);
+    expect(diffIsEmpty(diffImages(a, a))).toBe(true);
+    expect(renderDiff(diffImages(a, a))).toBe('--- a\n+++ a\nno differences in packages, units');
+  });
+});
