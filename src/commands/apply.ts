@@ -1,6 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
 import { BaseCommand } from '../cli/base-command.js';
+import { SBOM_FORMATS, type SbomFormat } from '../pipeline/apply.js';
+import { ImageBuilderError } from '../util/errors.js';
 import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
@@ -29,6 +31,16 @@ export default class Apply extends BaseCommand {
       multiple: true,
     }),
     compress: Flags.boolean({ description: 'compress qcow2 outputs', default: false }),
+    sbom: Flags.string({
+      description: 'standard SBOMs written beside the BOM (<output>.cdx.json, <output>.spdx.json): a comma-separated list of cyclonedx, spdx, or none',
+      default: 'cyclonedx,spdx',
+      parse: async (value) => {
+        const formats = value.split(',').map((f) => f.trim()).filter(Boolean);
+        const bad = formats.filter((f) => f !== 'none' && !(SBOM_FORMATS as readonly string[]).includes(f));
+        if (bad.length) throw new ImageBuilderError('BAD_INPUT', `--sbom: unknown format ${bad.join(', ')}`, { hint: `a comma-separated list of ${SBOM_FORMATS.join(', ')}, or none` });
+        return formats.join(',');
+      },
+    }),
     sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
     'verify-repeatable': Flags.boolean({ description: 'build a second time and fail if packages, units or written files differ', default: false }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false }),
@@ -52,13 +64,14 @@ export default class Apply extends BaseCommand {
         sparsify: flags.sparsify as (typeof SPARSIFY_MODES)[number],
         formats: flags.format as ImageFormat[] | undefined,
         compress: flags.compress,
+        sbom: flags.sbom.split(',').filter((f): f is SbomFormat => f !== 'none' && f !== ''),
         keepWorkDir: flags['keep-work-dir'],
         log,
         signal,
       }),
     );
     if (flags.json) {
-      this.log(JSON.stringify({ output: result.output, artifacts: result.artifacts, bom: result.bomPath, sums: result.sumsPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }, null, 2));
+      this.log(JSON.stringify({ output: result.output, artifacts: result.artifacts, bom: result.bomPath, sboms: result.sbomPaths, sums: result.sumsPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }, null, 2));
     } else {
       const bom = result.bom;
       const added = bom.packages.filter((p) => p.origin !== 'base');
@@ -68,6 +81,7 @@ export default class Apply extends BaseCommand {
       }
       this.log(`sums:  ${result.sumsPath}`);
       this.log(`bom:   ${result.bomPath}`);
+      for (const path of result.sbomPaths) this.log(`sbom:  ${path}`);
       this.log(`  ${bom.os.prettyName ?? bom.os.id} ${bom.architecture ?? ''}, kernels: ${bom.kernels.map((k) => k.version).join(', ') || 'none'}`);
       this.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);
       for (const p of added) this.log(`    ${p.name} ${p.version} (${p.architecture})${p.baseVersion ? ` was ${p.baseVersion}` : ''}`);

@@ -3,15 +3,19 @@ import { BaseCommand } from '../cli/base-command.js';
 import { createLogger, MOUNT_BACKEND_NAMES, withInterrupts } from '../index.js';
 import { inspect } from '../pipeline/inspect.js';
 import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
+import { renderCycloneDx } from '../bom/cyclonedx.js';
+import { modelFromInventory } from '../bom/purl.js';
+import { renderSpdx } from '../bom/spdx.js';
+import { TOOL_VERSION } from '../version.js';
 
 export default class Inspect extends BaseCommand {
   static override summary = 'What any disk image holds: OS, architecture, kernels, every package, enabled and masked units';
   static override description = 'Mounts the image read-only (through a throw-away overlay; the image is never written) and reads its own package database.';
-  static override examples = ['<%= config.bin %> inspect debian-12.qcow2', '<%= config.bin %> inspect node.qcow2 --format json > inventory.json'];
+  static override examples = ['<%= config.bin %> inspect debian-12.qcow2', '<%= config.bin %> inspect node.qcow2 --format json > inventory.json', '<%= config.bin %> inspect node.qcow2 --format spdx > node.spdx.json'];
   static override args = { image: Args.string({ description: 'disk image: a local path or an http(s):// URL', required: true }) };
   static override flags = {
     ...imageVerifyFlags,
-    format: Flags.string({ description: 'output format', options: ['table', 'json'], default: 'table' }),
+    format: Flags.string({ description: 'output format', options: ['table', 'json', 'cyclonedx', 'spdx'], default: 'table' }),
     'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
   };
 
@@ -23,6 +27,11 @@ export default class Inspect extends BaseCommand {
     );
     if (flags.format === 'json') {
       this.log(JSON.stringify(result, null, 2));
+      return;
+    }
+    if (flags.format === 'cyclonedx' || flags.format === 'spdx') {
+      const model = modelFromInventory(result.image, result.inventory, { name: 'imagebuilder', version: TOOL_VERSION });
+      this.log(JSON.stringify(flags.format === 'cyclonedx' ? renderCycloneDx(model) : renderSpdx(model), null, 2));
       return;
     }
     const { inventory } = result;

@@ -19,6 +19,8 @@ import { buildTime, writeBomIntoImage } from '../bom/in-image.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createRecorder } from '../steps/types.js';
 import { createWorkDir } from './workdir.js';
+import { cycloneDxFromBom } from '../bom/cyclonedx.js';
+import { spdxFromBom } from '../bom/spdx.js';
 import { openGuest } from './guest.js';
 
 export interface ApplyOptions {
@@ -37,6 +39,8 @@ export interface ApplyOptions {
   formats?: ImageFormat[];
   /** Compress qcow2 outputs. */
   compress?: boolean;
+  /** Standard SBOMs written beside the native BOM: `<output>.cdx.json`, `<output>.spdx.json` (default: both). */
+  sbom?: SbomFormat[];
   keepWorkDir?: boolean;
   /** Parent of the work directory (default $IMAGEBUILDER_WORK_DIR or the system temp dir). */
   workDir?: string;
@@ -44,6 +48,10 @@ export interface ApplyOptions {
   run?: Runner;
   signal?: AbortSignal;
 }
+
+export const SBOM_FORMATS = ['cyclonedx', 'spdx'] as const;
+export type SbomFormat = (typeof SBOM_FORMATS)[number];
+const SBOM_SUFFIXES: Record<SbomFormat, string> = { cyclonedx: 'cdx.json', spdx: 'spdx.json' };
 
 export interface Artifact {
   path: string;
@@ -56,6 +64,8 @@ export interface ApplyResult {
   output: Artifact;
   artifacts: Artifact[];
   bomPath: string;
+  /** The CycloneDX and SPDX renderings of the BOM written beside it (--sbom). */
+  sbomPaths: string[];
   /** The SHA256SUMS beside the artifacts, listing them and the BOM. */
   sumsPath: string;
   bom: Bom;
@@ -234,16 +244,27 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     const bomPartial = `${partials[0]}.bom.json`;
     cleanup.push(`partial BOM ${bomPartial}`, () => rm(bomPartial, { force: true }));
     await writeFile(bomPartial, `${JSON.stringify(bom, null, 2)}\n`);
+    const sboms = [...new Set(options.sbom ?? SBOM_FORMATS)].map((format) => ({
+      path: `${outputPath}.${SBOM_SUFFIXES[format]}`,
+      partial: `${partials[0]}.${SBOM_SUFFIXES[format]}`,
+      document: format === 'cyclonedx' ? cycloneDxFromBom(bom) : spdxFromBom(bom),
+    }));
+    for (const sbom of sboms) {
+      cleanup.push(`partial SBOM ${sbom.partial}`, () => rm(sbom.partial, { force: true }));
+      await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
+    }
     throwIfAborted(signal);
     for (const [i, partial] of partials.entries()) await rename(partial, artifactPathsList[i]);
     await rename(bomPartial, bomPath);
+    for (const sbom of sboms) await rename(sbom.partial, sbom.path);
     const sumsPath = await updateSumsFile(dirname(outputPath), [
       ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
       { name: basename(bomPath), sha256: await sha256File(bomPath) },
+      ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.path) })))),
     ]);
     for (const artifact of artifacts) log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
-    log.info(`wrote ${bomPath} and ${sumsPath}`);
-    return { output: artifacts[0], artifacts, bomPath, sumsPath, bom };
+    log.info(`wrote ${[bomPath, ...sboms.map((s) => s.path)].join(', ')} and ${sumsPath}`);
+    return { output: artifacts[0], artifacts, bomPath, sbomPaths: sboms.map((s) => s.path), sumsPath, bom };
   } finally {
     await cleanup.unwind();
   }

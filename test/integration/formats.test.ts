@@ -60,7 +60,7 @@ describe('imagebuilder apply --format', () => {
     // The sums file is what phase 0 reads, and coreutils agrees with every line.
     expect(printed.sums).toBe(join(work, 'SHA256SUMS'));
     const sums = await readFile(printed.sums, 'utf8');
-    expect(sums.trim().split('\n').map((line) => line.split('  ')[1]).sort()).toEqual([...expected.map((p) => p.slice(work.length + 1)), 'node.qcow2.bom.json'].sort());
+    expect(sums.trim().split('\n').map((line) => line.split('  ')[1]).sort()).toEqual([...expected.map((p) => p.slice(work.length + 1)), 'node.qcow2.bom.json', 'node.qcow2.cdx.json', 'node.qcow2.spdx.json'].sort());
     await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work });
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     expect(bom.artifacts).toEqual(printed.artifacts);
