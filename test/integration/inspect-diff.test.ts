@@ -83,7 +83,7 @@ describe('imagebuilder apply --verify-repeatable', () => {
       if (result.exitCode !== 0) throw new Error(result.all);
       expect(result.stderr).toContain('repeatable: both builds have the same packages, units and files');
       const left = (await execa('ls', ['-A', work])).stdout.split('\n').sort();
-      expect(left).toEqual(['SHA256SUMS', 'pinned.qcow2', 'pinned.qcow2.bom.json', 'pinned.yaml']);
+      expect(left).toEqual(['SHA256SUMS', 'pinned.qcow2', 'pinned.qcow2.bom.json', 'pinned.qcow2.cdx.json', 'pinned.qcow2.spdx.json', 'pinned.yaml']);
       await expectNothingLeft(before);
     } finally {
       await rm(work, { recursive: true, force: true });

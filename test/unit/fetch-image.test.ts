@@ -109,13 +109,13 @@ describe('obtainImage', () => {
       gnupg = await mkdtemp(join(tmpdir(), 'gnupg-'));
       await gpg(['--quick-gen-key', 'Image Signer <signer@example.org>', 'ed25519', 'sign', 'never']);
       keyring = join(dir, 'signer.gpg');
-      await writeFile(keyring, (await execa('gpg', ['--batch', '--export'], { env: { GNUPGHOME: gnupg }, encoding: 'buffer' })).stdout);
+      await writeFile(keyring, (await execa('gpg', ['--batch', '--export'], { env: { GNUPGHOME: gnupg }, encoding: 'buffer', stripFinalNewline: false })).stdout);
       armoredKeyring = join(dir, 'signer.asc');
       await writeFile(armoredKeyring, (await execa('gpg', ['--batch', '--export', '--armor'], { env: { GNUPGHOME: gnupg } })).stdout);
       const other = await mkdtemp(join(tmpdir(), 'gnupg-other-'));
       await gpg(['--quick-gen-key', 'Someone Else <else@example.org>', 'ed25519', 'sign', 'never'], other);
       otherKeyring = join(dir, 'other.gpg');
-      await writeFile(otherKeyring, (await execa('gpg', ['--batch', '--export'], { env: { GNUPGHOME: other }, encoding: 'buffer' })).stdout);
+      await writeFile(otherKeyring, (await execa('gpg', ['--batch', '--export'], { env: { GNUPGHOME: other }, encoding: 'buffer', stripFinalNewline: false })).stdout);
       await execa('gpgconf', ['--kill', 'gpg-agent'], { env: { GNUPGHOME: other }, reject: false });
       await rm(other, { recursive: true, force: true });
     });

@@ -248,7 +248,7 @@ describe('dnf repositories', () => {
     gnupgHome = await mkdtemp(join(tmpdir(), 'ib-unit-rpm-gnupg-'));
     await chmod(gnupgHome, 0o700);
     const gpg = (args: string[], encoding: 'utf8' | 'buffer' = 'utf8') =>
-      execa('gpg', ['--homedir', gnupgHome, '--batch', '--no-tty', ...args], { encoding: encoding === 'buffer' ? 'buffer' : 'utf8' });
+      execa('gpg', ['--homedir', gnupgHome, '--batch', '--no-tty', ...args], { encoding: encoding === 'buffer' ? 'buffer' : 'utf8', stripFinalNewline: encoding !== 'buffer' });
     await gpg(['--passphrase', '', '--quick-gen-key', 'Repo R <r@example.invalid>', 'ed25519', 'sign', 'never']);
     fingerprint = /^fpr:+([0-9A-F]{40}):/m.exec(String((await gpg(['--with-colons', '--list-keys'])).stdout))![1];
     armored = String((await gpg(['--export', '--armor', fingerprint])).stdout);
@@ -296,7 +296,7 @@ describe('dnf repositories', () => {
     const result = armoredPublicKey(binary).toString();
     expect(result).toMatch(/^-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n([A-Za-z0-9+/=]{1,64}\n)+=[A-Za-z0-9+/]{4}\n-----END PGP PUBLIC KEY BLOCK-----\n$/);
     // gpg checks the CRC when it takes the armor off.
-    const dearmored = await execa('gpg', ['--homedir', gnupgHome, '--batch', '--dearmor'], { input: result, encoding: 'buffer' });
+    const dearmored = await execa('gpg', ['--homedir', gnupgHome, '--batch', '--dearmor'], { input: result, encoding: 'buffer', stripFinalNewline: false });
     expect(Buffer.from(dearmored.stdout as Uint8Array).equals(binary)).toBe(true);
     expect(String(dearmored.stderr)).toBe('');
     expect((await inspectOpenPgpKey(Buffer.from(result))).keys.map((k) => k.fingerprint)).toEqual([fingerprint]);

@@ -35,7 +35,7 @@ beforeAll(async () => {
   gnupgHome = await mkdtemp(join(tmpdir(), 'ib-unit-gnupg-'));
   await chmod(gnupgHome, 0o700);
   const gpg = (args: string[], encoding: 'utf8' | 'buffer' = 'utf8') =>
-    execa('gpg', ['--homedir', gnupgHome, '--batch', '--no-tty', ...args], { encoding: encoding === 'buffer' ? 'buffer' : 'utf8' });
+    execa('gpg', ['--homedir', gnupgHome, '--batch', '--no-tty', ...args], { encoding: encoding === 'buffer' ? 'buffer' : 'utf8', stripFinalNewline: encoding !== 'buffer' });
   const fingerprintOf = async (uid: string) => /^fpr:+([0-9A-F]{40}):/m.exec(String((await gpg(['--with-colons', '--list-keys', uid])).stdout))![1];
   await gpg(['--passphrase', '', '--quick-gen-key', 'Repo A <a@example.invalid>', 'ed25519', 'sign', 'never']);
   await gpg(['--passphrase', '', '--quick-gen-key', 'Repo B <b@example.invalid>', 'ed25519', 'sign', 'never']);
