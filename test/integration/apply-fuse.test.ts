@@ -5,6 +5,7 @@ import { fixtureImage } from '../helpers/fixtures.js';
 import { expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
+import { expectValidBom } from '../helpers/bom-schema.js';
 
 /** Real builds through the fuse backend (qemu-storage-daemon + loop), one per disk layout. */
 describe('imagebuilder apply --mount-backend fuse', () => {
@@ -68,6 +69,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
       expect((await lstat(join(root, 'usr/share/imagebuilder/bom.json'))).mtimeMs).toBe(1700000000000);
     });
     expect(bom.createdAt).toBe('2023-11-14T22:13:20.000Z');
+    expectValidBom(bom);
     expect(bom.input).toEqual({ path: input, format: 'qcow2', sha256: inputSha, verified: false }); // no sums file beside the fixture
     expect(bom.os.id).toBe('debian');
     expect(bom.architecture).toBe('amd64');

@@ -5,6 +5,7 @@ import { fixtureImage } from '../helpers/fixtures.js';
 import { expectNothingLeft, hostState, runCli } from '../helpers/host.js';
 import { withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
+import { expectValidBom } from '../helpers/bom-schema.js';
 
 /** Every output format from one build, each checked by qemu-img, all listed in the SHA256SUMS beside them. */
 describe('imagebuilder apply --format', () => {
@@ -64,6 +65,7 @@ describe('imagebuilder apply --format', () => {
     await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work });
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     expect(bom.artifacts).toEqual(printed.artifacts);
+    expectValidBom(bom);
     expect(bom.output).toEqual({ ...printed.artifacts[0], sparsify: 'fstrim', compressed: true });
     await expectNothingLeft(before);
   });

@@ -6,6 +6,7 @@ import { expectNothingLeft, hostState, REPO, runCli, sha256 } from '../helpers/h
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { writeOciArchive } from '../helpers/oci.js';
+import { expectValidBom } from '../helpers/bom-schema.js';
 
 /**
  * The shipped recipes/kubernetes-node.yaml, unchanged, built air-gapped from a local mirror: only --set of the
@@ -103,6 +104,7 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
     );
     expect(bom.containerImages).toEqual([{ reference: 'registry.k8s.io/kube-apiserver:v1.30.1', digest: manifestDigest }]);
     expect(bom.units).toEqual(expect.arrayContaining([{ unit: 'containerd.service', state: 'enabled' }, { unit: 'kubelet.service', state: 'enabled' }]));
+    expectValidBom(bom);
     expect(bom.recipe.variables.kubernetes_deb_version).toBe('1.30.1-1.1');
     expect(bom.recipe.variables.kubernetes_series).toBe('v1.30');
     expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([

@@ -68,6 +68,12 @@ describe('the committed schema and shipped recipes', () => {
     expect(committed).toEqual(recipeSchema());
   });
 
+  test('schemas/bom.schema.json is what src/bom/schema.ts generates (run `npm run docs`)', async () => {
+    const { bomSchema } = await import('../../src/bom/schema.js');
+    const committed = JSON.parse(await readFile(new URL('../../schemas/bom.schema.json', import.meta.url), 'utf8'));
+    expect(committed).toEqual(bomSchema());
+  });
+
   test('every step type documents itself and its example validates', () => {
     for (const type of STEP_TYPES) {
       expect(type.summary.length).toBeGreaterThan(10);

@@ -1,0 +1,70 @@
+import type { JsonSchema } from '../steps/types.js';
+
+const SHA256 = { type: 'string', pattern: '^[0-9a-f]{64}$' };
+const str = { type: 'string' };
+const strMap = { type: 'object', additionalProperties: { type: 'string' } };
+const object = (properties: Record<string, unknown>, required: string[] = Object.keys(properties)): JsonSchema => ({
+  type: 'object',
+  additionalProperties: false,
+  required,
+  properties,
+});
+const list = (items: unknown) => ({ type: 'array', items });
+
+const installedPackage = {
+  name: str,
+  version: str,
+  architecture: str,
+  source: str,
+  epoch: { type: 'integer', minimum: 0 },
+  vendor: str,
+  sourceRpm: str,
+};
+const artifact = object({ path: str, format: { enum: ['qcow2', 'raw', 'vmdk', 'vhdx', 'vpc', 'vdi'] }, sha256: SHA256 });
+
+/** schemas/bom.schema.json: the native BOM apply writes beside every image (a unit test keeps the file in step). */
+export function bomSchema(): JsonSchema {
+  return {
+    $schema: 'http://json-schema.org/draft-07/schema#',
+    $id: 'https://imagebuilder.dev/schemas/bom.schema.json',
+    title: 'imagebuilder bill of materials',
+    description: 'What an image built by imagebuilder holds and how it was made. Generated from src/bom/schema.ts; do not edit.',
+    ...object(
+      {
+        bomVersion: { const: 1 },
+        tool: object({ name: { const: 'imagebuilder' }, version: str }),
+        createdAt: { type: 'string', format: 'date-time' },
+        input: object(
+          {
+            url: str,
+            path: str,
+            format: str,
+            sha256: SHA256,
+            published: object({ name: str, compression: str, algorithm: { enum: ['sha256', 'sha512'] }, hash: { type: 'string', pattern: '^[0-9a-f]+$' } }, ['name', 'algorithm', 'hash']),
+            checksumSource: str,
+            verified: { type: 'boolean' },
+            signature: object({ keyring: str, signature: str }),
+          },
+          ['path', 'format', 'sha256', 'verified'],
+        ),
+        output: object({ ...artifact.properties as object, sparsify: { enum: ['virt-sparsify', 'fstrim', 'none'] }, compressed: { type: 'boolean' } }, ['path', 'format', 'sha256', 'sparsify']),
+        artifacts: { ...list(artifact), minItems: 1 },
+        recipe: object({ path: str, name: str, sha256: SHA256, variables: strMap, includes: list(object({ path: str, sha256: SHA256 })) }),
+        os: object({ id: str, versionId: str, prettyName: str, osRelease: strMap }, ['osRelease']),
+        architecture: str,
+        kernels: list(object({ version: str, image: str }, ['version'])),
+        packages: list(object({ ...installedPackage, origin: { enum: ['base', 'added', 'changed'] }, baseVersion: str }, ['name', 'version', 'architecture', 'origin'])),
+        removedPackages: list(object(installedPackage, ['name', 'version', 'architecture'])),
+        files: list(object({ path: { type: 'string', pattern: '^/' }, sha256: SHA256, kind: { enum: ['config', 'download', 'copy'] }, source: str }, ['path', 'sha256', 'kind'])),
+        units: list(object({ unit: str, state: { enum: ['enabled', 'disabled', 'masked', 'unmasked'] } })),
+        unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
+        containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
+        steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str }, ['index', 'type', 'description', 'durationMs'])),
+        mountBackend: { enum: ['nbd', 'fuse', 'guestmount'] },
+        durationsMs: { type: 'object', additionalProperties: { type: 'number', minimum: 0 } },
+        warnings: list(str),
+      },
+      ['bomVersion', 'tool', 'createdAt', 'input', 'output', 'artifacts', 'recipe', 'os', 'kernels', 'packages', 'removedPackages', 'files', 'units', 'unitStates', 'containerImages', 'steps', 'mountBackend', 'durationsMs', 'warnings'],
+    ),
+  };
+}
