@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
@@ -227,9 +227,7 @@ async function tarGz(out: string, dir: string, entries: string[]) {
   await execa('tar', ['--owner=0', '--group=0', '--numeric-owner', '--mtime=@1700000000', '--sort=name', '-czf', out, '-C', dir, ...entries]);
 }
 
-async function buildMirror(target: string): Promise<void> {
-  const build = `${target}.build-${process.pid}`;
-  await rm(build, { recursive: true, force: true });
+async function buildMirror(build: string): Promise<void> {
   const root = join(build, 'root');
   const work = join(build, 'work');
   const gnupgHome = await mkdtemp('/tmp/ib-mirror-gnupg-');
@@ -339,15 +337,10 @@ async function buildMirror(target: string): Promise<void> {
     await rm(work, { recursive: true, force: true });
     const manifest: Manifest = { keyFingerprint: fingerprint, sha256 };
     await writeFile(join(build, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-    // Appears complete or not at all; if another process won the race, its tree is as good as ours.
-    await rename(build, target).catch(async (error: NodeJS.ErrnoException) => {
-      if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) throw error;
-    });
   } finally {
     // The agent gpg started for this home directory (only ours: it is keyed by the directory).
     await execa('gpgconf', ['--kill', 'gpg-agent'], { env: gpgEnv, reject: false });
     await rm(gnupgHome, { recursive: true, force: true });
-    await rm(build, { recursive: true, force: true });
   }
 }
 

@@ -1,4 +1,4 @@
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -164,9 +164,7 @@ function specFile(p: RpmPackage, stage: string): string {
   return lines.join('\n');
 }
 
-async function buildMirror(target: string): Promise<void> {
-  const build = `${target}.build-${process.pid}`;
-  await rm(build, { recursive: true, force: true });
+async function buildMirror(build: string): Promise<void> {
   const repo = join(build, 'root', ...RPM_PATH.split('/').filter(Boolean));
   const work = join(build, 'work');
   const gnupgHome = await mkdtemp('/tmp/ib-rpm-mirror-gnupg-');
@@ -237,13 +235,9 @@ async function buildMirror(target: string): Promise<void> {
     await rm(work, { recursive: true, force: true });
     const manifest: Manifest = { keyFingerprint, imposterFingerprint };
     await writeFile(join(build, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-    await rename(build, target).catch(async (error: NodeJS.ErrnoException) => {
-      if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) throw error;
-    });
   } finally {
     await execa('gpgconf', ['--kill', 'gpg-agent'], { env: gpgEnv, reject: false });
     await rm(gnupgHome, { recursive: true, force: true });
-    await rm(build, { recursive: true, force: true });
   }
 }
 

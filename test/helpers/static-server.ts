@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, normalize, sep } from 'node:path';
@@ -61,7 +61,8 @@ export async function serveDirectory(root: string): Promise<StaticServer> {
 
 /**
  * A fixture tree built once and cached as FIXTURE_CACHE/<name>-<sha256 of its builder file, 12 hex>, rebuilt
- * only when the builder changes; `build` must create `manifest.json` last.
+ * only when the builder changes. `build` fills a private staging directory and writes `manifest.json` last;
+ * the tree then appears complete or not at all (if another process won the race, its tree is as good).
  */
 export function cachedFixture(name: string, builderFile: string, build: (target: string) => Promise<void>): () => Promise<string> {
   let built: Promise<string> | undefined;
@@ -69,9 +70,19 @@ export function cachedFixture(name: string, builderFile: string, build: (target:
     built ??= (async () => {
       const version = createHash('sha256').update(await readFile(builderFile)).digest('hex').slice(0, 12);
       const target = join(FIXTURE_CACHE, `${name}-${version}`);
-      if (!(await stat(join(target, 'manifest.json')).catch(() => undefined))) {
+      const complete = async () => !!(await stat(join(target, 'manifest.json')).catch(() => undefined));
+      if (!(await complete())) {
         await mkdir(FIXTURE_CACHE, { recursive: true });
-        await build(target);
+        const staging = `${target}.build-${process.pid}`;
+        await rm(staging, { recursive: true, force: true });
+        try {
+          await build(staging);
+          await rename(staging, target).catch(async (error: NodeJS.ErrnoException) => {
+            if (!(await complete())) throw error;
+          });
+        } finally {
+          await rm(staging, { recursive: true, force: true });
+        }
       }
       return target;
     })();
