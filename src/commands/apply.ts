@@ -1,5 +1,5 @@
 import { Args, Flags } from '@oclif/core';
-import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
+import { apply, withInterrupts, createLogger, type ApplyResult } from '../index.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { SBOM_FORMATS, type SbomFormat } from '../pipeline/apply.js';
 import { ImageBuilderError } from '../util/errors.js';
@@ -7,6 +7,7 @@ import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
 import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
+import { exportHostFlags, hostBuildFlags, mountBackendOf, sparsifyOf } from '../cli/host-flags.js';
 
 export default class Apply extends BaseCommand {
   static override summary = "Run a recipe's steps inside a disk image and write the customized image and its BOM";
@@ -24,7 +25,6 @@ export default class Apply extends BaseCommand {
     ...diskImageFlags,
     ...recipeVariableFlags,
     output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
-    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
     format: Flags.string({
       description: "output format (repeatable: each written beside the first) [default: the input's format]",
       options: [...IMAGE_FORMATS],
@@ -34,6 +34,7 @@ export default class Apply extends BaseCommand {
     sbom: Flags.string({
       description: 'standard SBOMs written beside the BOM (<output>.cdx.json, <output>.spdx.json): a comma-separated list of cyclonedx, spdx, or none',
       default: 'cyclonedx,spdx',
+      env: 'IMAGEBUILDER_SBOM',
       parse: async (value) => {
         const formats = value.split(',').map((f) => f.trim()).filter(Boolean);
         const bad = formats.filter((f) => f !== 'none' && !(SBOM_FORMATS as readonly string[]).includes(f));
@@ -41,9 +42,8 @@ export default class Apply extends BaseCommand {
         return formats.join(',');
       },
     }),
-    sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
     'verify-repeatable': Flags.boolean({ description: 'build a second time and fail if packages, units or written files differ', default: false }),
-    'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false }),
+    ...hostBuildFlags,
     json: Flags.boolean({ description: 'print the result as JSON on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
     quiet: Flags.boolean({ char: 'q', description: 'do not echo command output (it is still in errors)', default: false }),
@@ -51,6 +51,7 @@ export default class Apply extends BaseCommand {
 
   async run(): Promise<ApplyResult> {
     const { args, flags } = await this.parse(Apply);
+    exportHostFlags(flags);
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet });
     const build = flags['verify-repeatable'] ? applyRepeatably : apply;
     const result = await withInterrupts(log, (signal) =>
@@ -60,12 +61,13 @@ export default class Apply extends BaseCommand {
         diskImage: flags['disk-image'],
         image: diskImageOptions(flags),
         output: flags.output,
-        mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
-        sparsify: flags.sparsify as (typeof SPARSIFY_MODES)[number],
+        mountBackend: mountBackendOf(flags),
+        sparsify: sparsifyOf(flags),
         formats: flags.format as ImageFormat[] | undefined,
         compress: flags.compress,
         sbom: flags.sbom.split(',').filter((f): f is SbomFormat => f !== 'none' && f !== ''),
         keepWorkDir: flags['keep-work-dir'],
+        workDir: flags['work-dir'],
         log,
         signal,
       }),

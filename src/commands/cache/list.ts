@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base-command.js';
+import { cacheFlag } from '../../cli/host-flags.js';
 import { cacheLayout, listCache, type CacheEntry } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
 
@@ -7,11 +8,11 @@ export default class CacheList extends BaseCommand {
   static override summary = 'List the cached base images';
   static override description = 'Each image in $IMAGEBUILDER_CACHE: its sha256, size, format, when it was last used, and where it came from.';
   static override examples = ['<%= config.bin %> cache list', '<%= config.bin %> cache list --json'];
-  static override flags = { json: Flags.boolean({ description: 'print the entries (with their records) as JSON', default: false }) };
+  static override flags = { ...cacheFlag, json: Flags.boolean({ description: 'print the entries (with their records) as JSON', default: false }) };
 
   async run(): Promise<CacheEntry[]> {
     const { flags } = await this.parse(CacheList);
-    const layout = cacheLayout();
+    const layout = cacheLayout(flags.cache);
     const entries = await listCache(layout);
     if (flags.json) {
       this.log(JSON.stringify(entries, null, 2));

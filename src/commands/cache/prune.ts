@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base-command.js';
+import { cacheFlag } from '../../cli/host-flags.js';
 import { cacheLayout, parseDuration, parseSize, pruneCache, type PruneResult } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
 
@@ -10,6 +11,7 @@ export default class CachePrune extends BaseCommand {
     'fits; --all empties the cache. Interrupted downloads are removed too (--all, --older-than), never one in progress.';
   static override examples = ['<%= config.bin %> cache prune --older-than 30d', '<%= config.bin %> cache prune --max-size 20G', '<%= config.bin %> cache prune --all'];
   static override flags = {
+    ...cacheFlag,
     all: Flags.boolean({ description: 'remove every cached image', default: false, exclusive: ['older-than', 'max-size'] }),
     'older-than': Flags.string({ description: 'remove images not used for this long: 45s, 90m, 12h, 30d, 2w', helpValue: 'DURATION' }),
     'max-size': Flags.string({ description: 'then remove the least recently used until the cache takes at most this: 500M, 20G', helpValue: 'SIZE' }),
@@ -19,7 +21,7 @@ export default class CachePrune extends BaseCommand {
 
   async run(): Promise<PruneResult> {
     const { flags } = await this.parse(CachePrune);
-    const result = await pruneCache(cacheLayout(), {
+    const result = await pruneCache(cacheLayout(flags.cache), {
       all: flags.all,
       olderThanMs: flags['older-than'] === undefined ? undefined : parseDuration(flags['older-than']),
       maxSizeBytes: flags['max-size'] === undefined ? undefined : parseSize(flags['max-size']),
