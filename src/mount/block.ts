@@ -1,7 +1,6 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
-import { exists } from '../util/fs.js';
 
 export interface BlockFilesystem {
   device: string;
@@ -21,31 +20,41 @@ export async function listPartitions(device: string, sysBlock = '/sys/block'): P
   return partitions.sort((a, b) => numberOf(a) - numberOf(b)).map((entry) => `/dev/${entry}`);
 }
 
+/** Linux's dev_t encoding (new_encode_dev), as stat() returns it in rdev. */
+export function deviceNumbers(rdev: number): { major: number; minor: number } {
+  return { major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) };
+}
+
 /**
- * Makes the disk's partitions visible. Most hosts scan a new loop or nbd device by themselves; some
- * (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
+ * Makes the disk's partitions visible, exactly those of its partition table. Most hosts scan a new loop or
+ * nbd device by themselves; some (containers, these CI machines) do not, so `partx -u` adds them (undone by
+ * `partx -d` on release). It also drops partitions the kernel still lists from a previous user of this device
+ * (one whose release was cut short): without a scan, they outlive the detach and describe another disk.
  */
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
-  let partitions = await listPartitions(device);
-  if (partitions.length === 0) {
-    const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
-    // A filesystem on the whole disk has no partition table: partx says so and that is fine.
-    if (added.exitCode === 0) {
-      context.cleanup.push(`partitions of ${device}`, async () => {
-        await context.run('partx', ['-d', device], { allowFailure: true });
-      });
+  const updated = await context.run('partx', ['-u', device], { allowFailure: true, log: context.log });
+  if (updated.exitCode === 0) {
+    context.cleanup.push(`partitions of ${device}`, async () => {
+      await context.run('partx', ['-d', device], { allowFailure: true });
+    });
+  } else {
+    // No partition table (a filesystem on the whole disk): any partition listed is a leftover.
+    for (const partition of await listPartitions(device)) {
+      await context.run('partx', ['-d', '--nr', /(\d+)$/.exec(partition)![1], device], { allowFailure: true, log: context.log });
     }
-    partitions = await listPartitions(device);
   }
+  const partitions = await listPartitions(device);
   for (const partition of partitions) {
-    if (!(await exists(partition))) {
-      // Without udev or devtmpfs the node may be missing; create it from sysfs and remove it afterwards.
-      const [major, minor] = (await readFile(`/sys/class/block/${basename(partition)}/dev`, 'utf8')).trim().split(':');
-      await context.run('mknod', [partition, 'b', major, minor], { log: context.log });
-      context.cleanup.push(`device node ${partition}`, async () => {
-        await context.run('rm', ['-f', partition], { allowFailure: true });
-      });
-    }
+    const [major, minor] = (await readFile(`/sys/class/block/${basename(partition)}/dev`, 'utf8')).trim().split(':').map(Number);
+    const node = await stat(partition).catch(() => undefined);
+    if (node?.isBlockDevice() && deviceNumbers(node.rdev).major === major && deviceNumbers(node.rdev).minor === minor) continue;
+    // Without udev or devtmpfs the node may be missing. A node left by an earlier build may also name the
+    // wrong device: partition minors are handed out dynamically, so a stale loop0p1 can be another build's disk.
+    if (node) await context.run('rm', ['-f', partition], { log: context.log });
+    await context.run('mknod', [partition, 'b', String(major), String(minor)], { log: context.log });
+    context.cleanup.push(`device node ${partition}`, async () => {
+      await context.run('rm', ['-f', partition], { allowFailure: true });
+    });
   }
   return partitions;
 }
