@@ -1,6 +1,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
+import { ImageBuilderError } from '../util/errors.js';
 
 export interface BlockFilesystem {
   device: string;
@@ -44,6 +45,7 @@ export async function ensurePartitions(context: MountContext, device: string): P
     }
   }
   const partitions = await listPartitions(device);
+  await refuseForeignPartitions(context, device, partitions);
   for (const partition of partitions) {
     const [major, minor] = (await readFile(`/sys/class/block/${basename(partition)}/dev`, 'utf8')).trim().split(':').map(Number);
     const node = await stat(partition).catch(() => undefined);
@@ -57,6 +59,28 @@ export async function ensurePartitions(context: MountContext, device: string): P
     });
   }
   return partitions;
+}
+
+/**
+ * A partition the kernel still lists that is not in this disk's table (its number, start or size differ) is a
+ * leftover partx could not remove because something still holds it (a mount in another namespace, say):
+ * mounting it would mount someone else's filesystem. Say so instead of failing later with EBUSY.
+ */
+async function refuseForeignPartitions(context: MountContext, device: string, partitions: string[]): Promise<void> {
+  if (!partitions.length) return;
+  const table = await context.run('partx', ['--show', '--noheadings', '-o', 'NR,START,SECTORS', device], { allowFailure: true, log: context.log });
+  const expected = new Set(table.exitCode === 0 ? table.stdout.trim().split('\n').filter(Boolean).map((line) => line.trim().split(/\s+/).join(' ')) : []);
+  const foreign: string[] = [];
+  for (const partition of partitions) {
+    const sysfs = `/sys/class/block/${basename(partition)}`;
+    const [start, size] = await Promise.all(['start', 'size'].map((name) => readFile(`${sysfs}/${name}`, 'utf8').then((t) => t.trim(), () => '?')));
+    if (!expected.has(`${/(\d+)$/.exec(partition)![1]} ${start} ${size}`)) foreign.push(partition);
+  }
+  if (foreign.length) {
+    throw new ImageBuilderError('ENVIRONMENT', `${device} still carries partition(s) from an earlier user that cannot be removed: ${foreign.join(', ')}`, {
+      hint: `something still holds them (a mount, perhaps in another mount namespace: grep ${basename(foreign[0])} /proc/*/mountinfo); release it, then partx -d ${device}`,
+    });
+  }
 }
 
 export function parseBlkidExport(device: string, text: string): BlockFilesystem {
