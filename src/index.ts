@@ -11,3 +11,7 @@ export { ImageBuilderError, EXIT_CODES, type ErrorCode } from './util/errors.js'
 export { createLogger, type Logger } from './util/log.js';
 export { withInterrupts } from './util/signals.js';
 export { TOOL_VERSION } from './version.js';
+export { loadMatrix, parseMatrix, type Matrix, type MatrixBuild } from './matrix/load.js';
+export { runMatrix, selectBuilds, matrixOutcome, type MatrixResult, type BuildResult } from './matrix/run.js';
+export { emitArgo, emitJobs, manifestsYaml, type EmitOptions } from './matrix/emit.js';
+export { EXIT_CODE_MEANINGS } from './util/errors.js';
