@@ -22,21 +22,24 @@ export async function listPartitions(device: string, sysBlock = '/sys/block'): P
 }
 
 /**
- * Makes the disk's partitions visible. Most hosts scan a new loop or nbd device by themselves; some
- * (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
+ * Makes the disk's partitions visible, as the disk's own table says. Most hosts scan a new loop or nbd device by
+ * themselves; some (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
+ * Partitions added with partx outlive their loop device, so a device number reused after someone else's build
+ * can list stale ones: they are brought in line with this disk's table (or removed when it has none).
  */
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
-  let partitions = await listPartitions(device);
-  if (partitions.length === 0) {
-    const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
-    // A filesystem on the whole disk has no partition table: partx says so and that is fine.
-    if (added.exitCode === 0) {
+  const listed = await listPartitions(device);
+  const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
+  if (hasTable || listed.length > 0) {
+    const action = !hasTable ? '-d' : listed.length > 0 ? '-u' : '-a';
+    const result = await context.run('partx', [action, device], { allowFailure: true, log: context.log });
+    if (result.exitCode === 0 && hasTable) {
       context.cleanup.push(`partitions of ${device}`, async () => {
         await context.run('partx', ['-d', device], { allowFailure: true });
       });
     }
-    partitions = await listPartitions(device);
   }
+  const partitions = await listPartitions(device);
   for (const partition of partitions) {
     if (!(await exists(partition))) {
       // Without udev or devtmpfs the node may be missing; create it from sysfs and remove it afterwards.

@@ -130,7 +130,7 @@ export class LayerStore {
   }
 
   /** Every complete layer, and the layer files no record names (left by an interrupted build). */
-  async list(): Promise<{ records: (LayerRecord & { lastUsedAt: string; diskBytes: number })[]; orphans: string[] }> {
+  async list(): Promise<{ records: ListedLayer[]; orphans: string[] }> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const records = [];
     const named = new Set<string>();
@@ -165,4 +165,40 @@ export class LayerStore {
     }
     return [...doomed];
   }
+}
+
+export type ListedLayer = LayerRecord & { lastUsedAt: string; diskBytes: number };
+
+/**
+ * Removes layers, least recently used first: all, those unused for `olderThanMs`, then until the rest takes at
+ * most `maxSizeBytes`. A layer goes with every layer above it. Layer files no record names (left by a build that
+ * was killed) are removed with --all or --older-than once older than that.
+ */
+export async function pruneLayers(
+  store: LayerStore,
+  options: { all?: boolean; olderThanMs?: number; maxSizeBytes?: number; dryRun?: boolean; now?: number },
+): Promise<{ removed: ListedLayer[]; kept: ListedLayer[]; freedBytes: number }> {
+  const now = options.now ?? Date.now();
+  const { records, orphans } = await store.list();
+  const doomed = new Set<string>();
+  const above = (key: string): string[] => [key, ...records.filter((r) => r.parent === key).flatMap((r) => above(r.key))];
+  for (const record of records) {
+    if (options.all || (options.olderThanMs !== undefined && now - Date.parse(record.lastUsedAt) > options.olderThanMs)) above(record.key).forEach((k) => doomed.add(k));
+  }
+  if (options.maxSizeBytes !== undefined) {
+    const size = () => records.filter((r) => !doomed.has(r.key)).reduce((sum, r) => sum + r.diskBytes, 0);
+    for (const record of [...records].reverse()) {
+      if (size() <= options.maxSizeBytes) break;
+      above(record.key).forEach((k) => doomed.add(k));
+    }
+  }
+  const removed = records.filter((r) => doomed.has(r.key));
+  if (!options.dryRun) {
+    for (const record of removed) await store.remove(record.key);
+    for (const orphan of orphans) {
+      const info = await stat(join(store.dir, orphan)).catch(() => undefined);
+      if (info && (options.all || (options.olderThanMs !== undefined && now - info.mtimeMs > options.olderThanMs))) await rm(join(store.dir, orphan), { force: true });
+    }
+  }
+  return { removed, kept: records.filter((r) => !doomed.has(r.key)), freedBytes: removed.reduce((sum, r) => sum + r.diskBytes, 0) };
 }

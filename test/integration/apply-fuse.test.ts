@@ -2,7 +2,7 @@ import { lstat, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 'node
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
+import { expectNothingLeft, hostState, runCli, sha256, jsonResult } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
@@ -38,7 +38,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
 
     expect(result.stderr).not.toContain('error');
     expect(result.exitCode).toBe(0);
-    const printed = JSON.parse(result.stdout) as { output: { path: string; sha256: string }; bom: string };
+    const printed = jsonResult(result.stdout) as { output: { path: string; sha256: string }; bom: string };
     expect(printed.output.path).toBe(output);
     expect(printed.output.sha256).toBe(await sha256(output));
     expect(await sha256(input)).toBe(inputSha);
@@ -87,7 +87,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     const probe = await writeRecipe(work, 'probe', [{ packages: { install: ['hello'] } }]);
     const first = await runCli(['apply', probe, '--disk-image', input, '--output', join(work, 'probe.img'), '--mount-backend', 'fuse', '--sparsify', 'none', '--json']);
     expect(first.exitCode).toBe(0);
-    const probeBom = JSON.parse(await readFile(JSON.parse(first.stdout).bom, 'utf8'));
+    const probeBom = JSON.parse(await readFile(jsonResult(first.stdout).bom, 'utf8'));
     const helloVersion = probeBom.packages.find((p: { name: string }) => p.name === 'hello').version as string;
 
     const recipe = await writeRecipe(work, 'mbr', [{ packages: { install: [`hello=${helloVersion}`] } }]);
@@ -163,7 +163,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     await withImageMounted(output, 'separate-boot', async (root) => {
       await expect(lstat(join(root, 'boot/marker'))).rejects.toThrow();
     }, { boot: false });
-    const bom = JSON.parse(await readFile(JSON.parse(result.stdout).bom, 'utf8'));
+    const bom = JSON.parse(await readFile(jsonResult(result.stdout).bom, 'utf8'));
     expect(bom.kernels.length).toBeGreaterThan(0);
     expect(bom.kernels[0].image).toMatch(/^\/boot\/vmlinuz-/);
     await expectNothingLeft(before);
