@@ -29,7 +29,8 @@ export type AttachedDisk = { kind: 'block'; device: string; snapshot?: LiveSnaps
 
 /**
  * Turns the image being written into a read-only layer while it stays attached: every later write goes to
- * `overlay`, a new qcow2 file whose backing is that layer. The caller flushes the guest's filesystems first.
+ * `overlay`, a new qcow2 file whose backing is that layer. The caller quiesces the guest's filesystems first
+ * (fsfreeze); the backend flushes what lies between them and the image.
  */
 export type LiveSnapshot = (overlay: string) => Promise<void>;
 

@@ -25,15 +25,15 @@ export async function listPartitions(device: string, sysBlock = '/sys/block'): P
  * Makes the disk's partitions visible, as the disk's own table says. Most hosts scan a new loop or nbd device by
  * themselves; some (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
  * Partitions added with partx outlive their loop device, so a device number reused after someone else's build
- * can list stale ones: they are brought in line with this disk's table (or removed when it has none).
+ * can list stale ones: whatever is listed is dropped and the partitions are read from this disk's table.
  */
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
-  const listed = await listPartitions(device);
+  // Partitions listed before we asked may be stale (see above): drop them and read this disk's table afresh.
+  if ((await listPartitions(device)).length > 0) await context.run('partx', ['-d', device], { allowFailure: true, log: context.log });
   const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
-  if (hasTable || listed.length > 0) {
-    const action = !hasTable ? '-d' : listed.length > 0 ? '-u' : '-a';
-    const result = await context.run('partx', [action, device], { allowFailure: true, log: context.log });
-    if (result.exitCode === 0 && hasTable) {
+  if (hasTable) {
+    const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
+    if (added.exitCode === 0) {
       context.cleanup.push(`partitions of ${device}`, async () => {
         await context.run('partx', ['-d', device], { allowFailure: true });
       });

@@ -43,6 +43,8 @@ export const fuseBackend: MountBackend = {
     // Registered before anything else can fail; without a pid, unmounting the export ends the daemon.
     const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
     cleanup.push(`qemu-storage-daemon (pid ${pid || 'unknown'})`, async () => {
+      // The loop device writes through the export file's page cache: flush it to the daemon before it goes.
+      await run('sync', [exportFile], { allowFailure: true });
       if (pid > 0) {
         try {
           process.kill(pid, 'SIGTERM');
@@ -70,6 +72,8 @@ export const fuseBackend: MountBackend = {
     // Each snapshot puts a new top node over the export's current one; the export follows the top.
     let top = 'disk0';
     const snapshot: LiveSnapshot = async (overlay) => {
+      // What the loop device wrote is in the export file's page cache until flushed to the daemon.
+      await run('sync', [exportFile]);
       const qmp = await connectQmp(monitor);
       try {
         const node = `layer${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;

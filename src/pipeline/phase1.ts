@@ -63,14 +63,16 @@ function refreshMatcher(recipe: Recipe, refresh: string[] = []): (index: number)
   return (index) => index >= first;
 }
 
-/** Flushes the guest's filesystems so a snapshot holds them whole: frozen where the kernel can, synced anyway. */
+/** Flushes the guest's filesystems so a snapshot holds them whole: frozen where the kernel can, else synced. */
 async function quiesce(run: Runner, log: Logger, opened: OpenedGuest): Promise<() => Promise<void>> {
-  await run('sync', []);
   const frozen: string[] = [];
   for (const mount of opened.layout.mounts) {
     const result = await run('fsfreeze', ['--freeze', mount.hostPath], { allowFailure: true });
     if (result.exitCode === 0) frozen.push(mount.hostPath);
-    else log.debug(`fsfreeze ${mount.path}: ${result.output.trim()} (synced only)`);
+    else {
+      log.debug(`fsfreeze ${mount.path}: ${result.output.trim()} (synced only)`);
+      await run('sync', ['--file-system', mount.hostPath]);
+    }
   }
   return async () => {
     for (const path of frozen.reverse()) await run('fsfreeze', ['--unfreeze', path], { allowFailure: true });
