@@ -6,6 +6,7 @@ import type { BuildEvent } from '../pipeline/events.js';
 import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
 import { execRunner } from '../util/exec.js';
 import { printResult } from '../cli/print-result.js';
+import { terminalProgress } from '../cli/progress.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
@@ -49,8 +50,10 @@ export default class Apply extends BaseCommand {
 
   async run(): Promise<ApplyResult | WorkImageResult | VerifiedImage> {
     const { args, flags } = await this.parse(Apply);
-    const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet });
-    const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : undefined;
+    // On a terminal, a live line under the log shows the running step; --json pipelines get events instead.
+    const progress = terminalProgress();
+    const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet, write: progress.write });
+    const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : progress.onEvent;
     if (flags.phases === '0') {
       const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, diskImageOptions(flags)));
       if (flags.json) this.log(JSON.stringify({ event: 'result', image }));

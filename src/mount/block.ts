@@ -40,6 +40,9 @@ export async function ensurePartitions(context: MountContext, device: string): P
     }
   }
   const partitions = await listPartitions(device);
+  // A partition's block device keeps its page cache across a loop device's reuse (the cache belongs to the device
+  // number): blocks cached from the previous image would be read as this one's. Drop them before anything reads.
+  await context.run('blockdev', ['--flushbufs', device, ...partitions], { allowFailure: true, log: context.log });
   for (const partition of partitions) {
     if (!(await exists(partition))) {
       // Without udev or devtmpfs the node may be missing; create it from sysfs and remove it afterwards.

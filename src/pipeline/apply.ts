@@ -2,7 +2,7 @@ import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { Bom } from '../bom/collect.js';
 import { cycloneDxFromBom } from '../bom/cyclonedx.js';
-import { buildTime, IN_IMAGE_BOM_PATH, writeBomIntoImage } from '../bom/in-image.js';
+import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { spdxFromBom } from '../bom/spdx.js';
 import { sha256File } from '../fetch/checksums.js';
 import { convertImage, type ImageFormat } from '../image/qemu-img.js';
@@ -94,8 +94,6 @@ export interface WorkImageResult {
   bom: Phase1Bom;
 }
 
-/** Inside a work image: what phase 1 did, for `export` (which removes it) and `inspect`. */
-export const WORK_RECORD_PATH = '/usr/share/imagebuilder/work.json';
 
 /** Where a kept work directory says how to resume it. */
 const RESUME_FILE = 'resume.json';
@@ -413,4 +411,4 @@ export async function exportWorkImage(options: ExportOptions): Promise<ApplyResu
   }
 }
 
-export { IN_IMAGE_BOM_PATH };
+export { IN_IMAGE_BOM_PATH, WORK_RECORD_PATH };

@@ -124,6 +124,9 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     if (phased.exitCode !== 0) throw new Error(phased.all);
     expect(phased.stdout).toContain(`work image: ${join(work, 'node.work.qcow2')}`);
     await expect(access(join(work, 'node.work.qcow2.bom.json'))).rejects.toThrow();
+    const inspected = await runCli(['inspect', join(work, 'node.work.qcow2'), '--format', 'json', '--insecure-skip-verify'], { env: env() });
+    expect(inspected.exitCode).toBe(0);
+    expect(JSON.parse(inspected.stdout).work).toMatchObject({ recipe: { name: 'phases' }, input: { path: input }, steps: [{ type: 'repository' }, { type: 'packages' }, { type: 'file' }] });
     const exported = await runCli(['export', join(work, 'node.work.qcow2'), '--output', join(work, 'exported.qcow2'), '--sparsify', 'none'], { env: { ...env(), ...epoch } });
     if (exported.exitCode !== 0) throw new Error(exported.all);
     const whole = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'whole.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify', '--no-cache'], { env: { ...env(), ...epoch } });

@@ -48,6 +48,7 @@ describe('nbd backend', () => {
       ['qemu-nbd', '--connect=/dev/nbd2', '--format=qcow2', '--discard=unmap', '/w/work.qcow2'],
       ['partx', '--show', '/dev/nbd2'],
       ['partx', '-a', '/dev/nbd2'],
+      ['blockdev', '--flushbufs', '/dev/nbd2'],
       ['partx', '-d', '/dev/nbd2'],
       ['qemu-nbd', '--disconnect', '/dev/nbd2'],
     ]);
