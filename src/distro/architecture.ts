@@ -27,7 +27,7 @@ export interface Architecture {
 
 const EF_ARM_ABI_FLOAT_HARD = 0x400;
 
-/** The magic of a little-endian (LE) or big-endian (BE) ELF64/ELF32 program of machine `m`. */
+/** The magic of an ELF64 or ELF32, little- or big-endian, ET_EXEC program of `machine`. */
 const magic = (is64: boolean, littleEndian: boolean, machine: number) => {
   const bytes = Buffer.alloc(20);
   bytes.writeUInt32BE(0x7f454c46, 0);
@@ -49,7 +49,8 @@ const magic = (is64: boolean, littleEndian: boolean, machine: number) => {
 const MASK = 'ffffffffffffff00fffffffffffffffffeffffff';
 const X86_MASK = 'fffffffffffefe00fffffffffffffffffeffffff';
 const PPC64LE_MASK = 'fffffffffffffffcfffffffffffffffffeffff00';
-const S390X_MASK = 'fffffffffffffffcfffffffffffffffffffeffff';
+/** s390x and ppc64: big-endian, e_type in bytes 16-17. */
+const BE64_MASK = 'fffffffffffffffcfffffffffffffffffffeffff';
 const LOONGARCH64_MASK = 'fffffffffffffffc00fffffffffffffffeffffff';
 const MIPS64EL_MASK = 'ffffffffffffff00fefffffffffffffffeffffff';
 
@@ -64,7 +65,8 @@ export const ARCHITECTURES: readonly Architecture[] = [
   arch('armhf', 'armv7hl', 'arm', 0x28, false, true, MASK, true),
   arch('armel', 'armv7l', 'arm', 0x28, false, true, MASK, false),
   arch('ppc64el', 'ppc64le', 'ppc64le', 0x15, true, true, PPC64LE_MASK),
-  arch('s390x', 's390x', 's390x', 0x16, true, false, S390X_MASK),
+  arch('ppc64', 'ppc64', 'ppc64', 0x15, true, false, BE64_MASK),
+  arch('s390x', 's390x', 's390x', 0x16, true, false, BE64_MASK),
   arch('riscv64', 'riscv64', 'riscv64', 0xf3, true, true, MASK),
   arch('loong64', 'loongarch64', 'loongarch64', 0x102, true, true, LOONGARCH64_MASK),
   arch('mips64el', 'mips64el', 'mips64el', 0x08, true, true, MIPS64EL_MASK),

@@ -135,7 +135,7 @@ export function createApt(): PackageManager {
     },
     async architecture(root) {
       // dpkg's own package is of the native architecture (dpkg --print-architecture), which tells armhf from
-      // armel exactly; a guest whose database lacks it is named by its programs' ELF headers.
+      // armel exactly; a guest without it (or without a readable dpkg database) is named by its programs' ELF headers.
       const dpkg = (await this.listInstalled(root).catch(() => [])).find((p) => p.name === 'dpkg');
       return dpkg?.architecture ?? (await programArchitecture(root))?.architecture?.debian;
     },

@@ -32,6 +32,7 @@ describe('ELF headers name the architecture', () => {
     [{ is64: false, littleEndian: true, machine: 0x28, flags: 0x05000400 }, 'armhf', 'armv7hl', 'arm'],
     [{ is64: false, littleEndian: true, machine: 0x28, flags: 0x05000200 }, 'armel', 'armv7l', 'arm'],
     [{ is64: true, littleEndian: true, machine: 0x15 }, 'ppc64el', 'ppc64le', 'ppc64le'],
+    [{ is64: true, littleEndian: false, machine: 0x15 }, 'ppc64', 'ppc64', 'ppc64'],
     [{ is64: true, littleEndian: false, machine: 0x16 }, 's390x', 's390x', 's390x'],
     [{ is64: true, littleEndian: true, machine: 0xf3 }, 'riscv64', 'riscv64', 'riscv64'],
   ])('%j is %s (rpm %s, qemu-%s)', (fields, debian, rpm, qemu) => {
@@ -117,7 +118,7 @@ describe('binfmt_misc registration', () => {
       compared.push(architecture.qemu);
     }
     // bin/setup installs qemu-user-static: the foreign architectures of an amd64 host are all there.
-    expect(compared).toEqual(expect.arrayContaining(['aarch64', 'arm', 'ppc64le', 's390x', 'riscv64']));
+    expect(compared).toEqual(expect.arrayContaining(['aarch64', 'arm', 'ppc64le', 'ppc64', 's390x', 'riscv64']));
   });
 
   test('entries parse as the kernel prints them and match as the kernel matches', () => {
