@@ -22,6 +22,8 @@ import { createWorkDir } from './workdir.js';
 import { cycloneDxFromBom } from '../bom/cyclonedx.js';
 import { spdxFromBom } from '../bom/spdx.js';
 import { openGuest } from './guest.js';
+import { watchInitramfs } from '../distro/initramfs.js';
+import { relabelGuest } from '../distro/selinux.js';
 
 export interface ApplyOptions {
   recipe: string;
@@ -135,6 +137,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
     const packagesBefore = manager ? await manager.listInstalled(layout.root) : [];
     const architecture = manager ? await manager.architecture(layout.root) : undefined;
 
+    const initramfs = await watchInitramfs(layout.root);
     const session = await openChroot(layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles });
     guest.push('chroot session', () => session.close());
 
@@ -160,6 +163,7 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
         log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
       }
     });
+    steps.push(...(await clock.time('initramfs', () => initramfs.regenerate(session, { log, signal, index: steps.length }))));
     await guest.releaseNow('chroot session');
 
     const packagesAfter = manager ? await manager.listInstalled(layout.root) : [];
@@ -185,6 +189,8 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       containerImages: records.images,
       steps: steps.map(({ durationMs: _, ...step }) => step),
     }, createdAt);
+    // After the last write into the guest (the BOM above): every file gets its SELinux label.
+    steps.push(...(await clock.time('selinux-relabel', () => relabelGuest({ run, log, signal, layout, index: steps.length }))));
 
     if (sparsify === 'fstrim') {
       if (backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
