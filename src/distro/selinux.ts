@@ -56,8 +56,8 @@ export interface RelabelOptions {
  * does not label them, or labels them with its own policy). Runs the build host's `setfiles` with
  * `-r <guest root>` over the guest's own file_contexts, checked against the guest's own binary policy (`-c`),
  * as mkosi does: no tool from the guest has to run (nor run under emulation for a foreign architecture), and
- * writing security.* is not left to the confined chroot. The whole guest is relabelled, across every mounted
- * guest filesystem (setfiles crosses mount points; ones without xattrs, an ESP, are excluded): ctime-based
+ * writing security.* is not left to the confined chroot. The whole guest is relabelled, every mounted guest
+ * filesystem that keeps xattrs (not an ESP; a btrfs subvolume only when it is mounted): ctime-based
  * "only what changed" misses a renamed directory's subtree, and the whole fixture guest takes ~2.5 s.
  * Files whose label is already right are not touched. Without -F, customizable types keep their labels.
  *
@@ -86,14 +86,14 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
   if (!rootMount || !LABELLED_TYPES.has(rootMount.type)) return fallback(`the guest root is mounted through ${rootMount?.type ?? 'an unknown backend'}, which cannot set security.selinux`);
   if (!(await exists(join(root, fileContexts)))) return fallback(`the guest has no ${fileContexts} (SELINUXTYPE=${config.type} in /etc/selinux/config)`);
   const policy = await binaryPolicy(root, config.type);
-  const unlabelled = layout.mounts.filter((mount) => !LABELLED_TYPES.has(mount.type));
+  // setfiles stays on one filesystem per pathname: each guest filesystem that keeps labels is named.
+  const labelled = layout.mounts.filter((mount) => LABELLED_TYPES.has(mount.type));
   const args = [
     '-m', // no /proc/mounts lookup: this host's mounts say nothing about the guest's seclabel support
     '-r', root,
     ...(policy ? ['-c', join(root, policy)] : []),
-    ...unlabelled.flatMap((mount) => ['-e', mount.hostPath]),
     join(root, fileContexts),
-    root,
+    ...labelled.map((mount) => mount.hostPath),
   ];
   try {
     const result = await run('setfiles', args, { log, signal, allowFailure: true, purpose: 'relabelling the guest for SELinux' });
@@ -104,7 +104,7 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
     }
     throw error;
   }
-  const over = layout.mounts.filter((mount) => LABELLED_TYPES.has(mount.type)).map((mount) => mount.path);
+  const over = labelled.map((mount) => mount.path);
   log.info(`SELinux: relabelled ${over.join(', ')} with the guest's ${config.type} policy (setfiles, ${((Date.now() - started) / 1000).toFixed(1)}s)`);
   return entry(`setfiles with /etc/selinux/${config.type}/contexts/files/file_contexts over ${over.join(', ')}`);
 }

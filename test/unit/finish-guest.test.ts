@@ -162,7 +162,7 @@ describe('SELinux relabel', () => {
     const { log, lines } = capturingLog();
     const entries = await relabelGuest({ run, log, layout, index: 5 });
     expect(run.calls.map((c) => [c.file, ...c.args])).toEqual([
-      ['setfiles', '-m', '-r', root, '-c', join(root, 'etc/selinux/targeted/policy/policy.33'), '-e', join(root, 'boot/efi'), join(root, FILE_CONTEXTS), root],
+      ['setfiles', '-m', '-r', root, '-c', join(root, 'etc/selinux/targeted/policy/policy.33'), join(root, FILE_CONTEXTS), root, join(root, 'boot')],
     ]);
     expect(entries).toEqual([
       { index: 5, type: 'selinux-relabel', description: 'setfiles with /etc/selinux/targeted/contexts/files/file_contexts over /, /boot', durationMs: expect.any(Number) },
