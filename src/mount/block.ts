@@ -27,13 +27,6 @@ export async function listPartitions(device: string, sysBlock = '/sys/block'): P
  */
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
   let partitions = await listPartitions(device);
-  const partscan = await readFile(`/sys/block/${basename(device)}/loop/partscan`, 'utf8').catch(() => undefined);
-  if (partitions.length && partscan?.trim() === '0') {
-    // A loop device the kernel does not scan keeps the partitions partx added for its previous user when that
-    // user's `partx -d` never ran (a build killed): they describe another disk. Drop them, then read ours.
-    await context.run('partx', ['-d', device], { allowFailure: true, log: context.log });
-    partitions = await listPartitions(device);
-  }
   if (partitions.length === 0) {
     const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
     // A filesystem on the whole disk has no partition table: partx says so and that is fine.
