@@ -20,6 +20,7 @@ import { mountGuest, type OpenedGuest } from './guest.js';
 import { defaultLayerStore, LayerStore } from './layers.js';
 import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeOutputImage, type SparsifyMode } from './output.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
+import { relabelGuest } from '../distro/selinux.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createWorkDir } from './workdir.js';
 
@@ -219,6 +220,8 @@ async function build<T>(
     const bom: Phase1Bom = { ...phase1.bom, createdAt: createdAt.toISOString(), recipe: { ...phase1.bom.recipe, path: resolve(recipe.path) } };
     // The image carries its own BOM, so a running node can say what it is made of.
     await writeBomIntoImage(phase1.opened.layout.root, inImageBom(bom), createdAt);
+    // After the last write into the guest (the BOM above): every file gets its SELinux label.
+    bom.steps.push(...(await clock.time('selinux-relabel', () => relabelGuest({ run, log, signal, layout: phase1.opened.layout, index: bom.steps.length }))));
     return await finish({ bom, opened: phase1.opened, workImage: phase1.workImage, input, guest, cleanup, workDir, clock, log, run, recipeName: recipe.name });
   } finally {
     await cleanup.unwind();

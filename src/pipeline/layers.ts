@@ -50,6 +50,8 @@ export interface LayerRecord {
   /** Why the step's result may differ when run again (network without a pin): `--refresh` reruns it. */
   unpinned?: string;
   records: StepRecords;
+  /** What the build did right after the step, inside its layer (a guest kernel's initramfs rebuilt). */
+  after?: BomStep[];
 }
 
 export interface StepKey {

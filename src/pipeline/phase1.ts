@@ -4,6 +4,7 @@ import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/col
 import { listUnitStates } from '../bom/inventory.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
 import { detectDistro } from '../distro/families.js';
+import { watchInitramfs } from '../distro/initramfs.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import type { Recipe } from '../recipe/load.js';
 import { whenMismatch } from '../recipe/when.js';
@@ -147,7 +148,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
     const unpinned = record.unpinned ? `; depends on the network (${record.unpinned}): --refresh ${index + 1} runs it again` : '';
     log.info(`${label}: ${record.step.skipped ? `skipped (${record.step.skipped})` : 'cached'} (layer ${record.key.slice(0, 12)}${unpinned})`);
     events({ event: 'step-cached', step: index + 1, layer: record.key, ...(record.unpinned ? { unpinned: record.unpinned } : {}) });
-    steps.push({ ...record.step, name: step.name, cached: true });
+    steps.push({ ...record.step, name: step.name, cached: true }, ...(record.after ?? []).map((entry) => ({ ...entry, cached: true })));
     record.records.files.forEach(records.recorder.file);
     record.records.units.forEach(records.recorder.unit);
     record.records.images.forEach(records.recorder.image);
@@ -177,6 +178,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
       const key = keys[step.index];
       const stepRecords = createRecorder();
       let bomStep: BomStep;
+      const after: BomStep[] = [];
       const skipped = whenMismatch(step.when, distro, architecture);
       if (skipped) {
         log.info(`${label}: skipped (${skipped})`);
@@ -187,9 +189,13 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
         events({ event: 'step-started', step: number, of: recipe.steps.length, type: step.type.key, ...(step.name ? { name: step.name } : {}), description });
         const t0 = Date.now();
         const current = await openSession();
+        const initramfs = await watchInitramfs(opened.layout.root);
         try {
           await step.type.run({ session: current, distro, log, signal, recipeDir: step.dir, variables: recipe.variables, label, record: stepRecords.recorder, architecture }, step.spec);
           await current.sweep();
+          // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
+          // within it, so its layer holds the result.
+          after.push(...(await initramfs.regenerate(current, { log, signal, index: step.index })));
         } catch (error) {
           events({ event: 'step-failed', step: number, durationMs: Date.now() - t0, error: errorMessage(error) });
           if (options.shellOnFailure && !signal?.aborted) {
@@ -228,10 +234,11 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
           layerVersion: 1, key: key.key, ...(parent ? { parent } : {}), ...(image ? { image } : { image: undefined }),
           createdAt: new Date().toISOString(), toolVersion: TOOL_VERSION, base, step: bomStep, ...(key.unpinned ? { unpinned: key.unpinned } : {}),
           records: { files: stepRecords.files, units: stepRecords.units, images: stepRecords.images },
+          ...(after.length ? { after } : {}),
         });
         parent = key.key;
       }
-      steps.push(bomStep);
+      steps.push(bomStep, ...after);
       events({ event: 'step-finished', step: number, durationMs: bomStep.durationMs, ...(store ? { layer: key.key } : {}) });
     }
     // The last step may have been skipped: the final overlay still has to exist above the last layer.

@@ -2,7 +2,7 @@ import { mkdir, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import { REPO, sha256 } from './host.js';
 
-export type Layout = 'gpt-esp' | 'mbr' | 'whole-disk' | 'separate-boot' | 'xfs' | 'btrfs-subvol';
+export type Layout = 'gpt-esp' | 'mbr' | 'whole-disk' | 'separate-boot' | 'xfs' | 'btrfs-subvol' | 'selinux-dracut';
 
 export const FIXTURE_CACHE = process.env.IMAGEBUILDER_FIXTURE_CACHE ?? '/var/cache/imagebuilder-fixtures';
 
@@ -32,4 +32,5 @@ export const LAYOUT_PARTITIONS: Record<Layout, { root: number | 'disk'; rootOpti
   'separate-boot': { root: 3, boot: 1 },
   xfs: { root: 1, rootOptions: 'nouuid' },
   'btrfs-subvol': { root: 2, rootOptions: 'subvol=root', boot: 1 },
+  'selinux-dracut': { root: 2, boot: 1 },
 };

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { expectNothingLeft, hostState, runCli, sha256, jsonResult } from '../helpers/host.js';
-import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
+import { checkFilesystems, dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
 
@@ -180,27 +180,37 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     await withImageMounted(output, 'xfs', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('on-xfs\n');
     });
+    // Intact: xfs_repair -n finds nothing to repair.
+    expect(await checkFilesystems(output)).toEqual(['p1 xfs']);
     await expectNothingLeft(before);
   });
 
   test('btrfs with root and home subvolumes and a separate /boot, as Fedora Cloud lays it out', async () => {
     const input = await fixtureImage('btrfs-subvol');
     const recipe = await writeRecipe(work, 'btrfs', [
-      { run: 'echo in-root > /etc/marker\necho in-home > /home/marker-step\ncat /home/marker-home > /root/seen-home\nls /boot | grep -q vmlinuz' },
+      { run: 'echo in-root > /etc/marker\necho in-home > /home/marker-step\necho in-boot > /boot/marker-step\ncat /home/marker-home > /root/seen-home\nls /boot | grep -q vmlinuz' },
     ]);
     const output = join(work, 'btrfs-out.qcow2');
     const before = await hostState();
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim']);
     expect(result.exitCode).toBe(0);
     expect(result.stderr).toMatch(/guest root: \/dev\/loop\d+p2 \(btrfs, subvol=root\)/);
+    expect(result.stderr).toMatch(/mounted \/boot: \/dev\/loop\d+p1 \(ext4\)/);
+    expect(result.stderr).toMatch(/mounted \/home: \/dev\/loop\d+p2 \(btrfs\)/);
     await withImageMounted(output, 'btrfs-subvol', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('in-root\n');
       expect(await readFile(join(root, 'root/seen-home'), 'utf8')).toBe('home subvolume\n');
+      expect(await readFile(join(root, 'boot/marker-step'), 'utf8')).toBe('in-boot\n'); // on the ext4 /boot partition
       await expect(lstat(join(root, 'home/marker-step'))).rejects.toThrow(); // not in the root subvolume
     });
+    await withImageMounted(output, 'btrfs-subvol', async (root) => {
+      await expect(lstat(join(root, 'boot/marker-step'))).rejects.toThrow(); // not under the root subvolume's /boot
+    }, { boot: false });
     await withImageMounted(output, 'btrfs-subvol', async (home) => {
       expect(await readFile(join(home, 'marker-step'), 'utf8')).toBe('in-home\n');
     }, { rootOptions: 'subvol=home', boot: false });
+    // Intact: fsck.ext4 -n on /boot and btrfs check --readonly on the subvolumes' filesystem find nothing wrong.
+    expect(await checkFilesystems(output)).toEqual(['p1 ext4', 'p2 btrfs']);
     await expectNothingLeft(before);
   });
 });
