@@ -1,5 +1,7 @@
 /** The library API: everything the commands do, usable without oclif. */
-export { apply, defaultOutputPath, type ApplyOptions, type ApplyResult } from './pipeline/apply.js';
+export { apply, defaultOutputPath, exportWorkImage, prepareWorkImage, type ApplyOptions, type ApplyResult, type ExportOptions, type WorkImageResult } from './pipeline/apply.js';
+export type { BuildEvent } from './pipeline/events.js';
+export { LayerStore, stepKeys } from './pipeline/layers.js';
 export { SPARSIFY_MODES, type SparsifyMode } from './pipeline/output.js';
 export { verifyImage, type VerifiedImage } from './pipeline/verify.js';
 export { loadRecipe, parseRecipe, type Recipe, type RecipeProblem } from './recipe/load.js';

@@ -5,6 +5,9 @@ import { resolveInRoot } from '../util/fs.js';
 /** Where a running node finds what it is made of. */
 export const IN_IMAGE_BOM_PATH = '/usr/share/imagebuilder/bom.json';
 
+/** Inside a work image (`apply --phases 0,1`): what phase 1 did, for `export` (which removes it) and `inspect`. */
+export const WORK_RECORD_PATH = '/usr/share/imagebuilder/work.json';
+
 /** The build's time: SOURCE_DATE_EPOCH when set (reproducible builds), else now. */
 export function buildTime(): Date {
   const epoch = process.env.SOURCE_DATE_EPOCH;

@@ -59,7 +59,7 @@ export function bomSchema(): JsonSchema {
         units: list(object({ unit: str, state: { enum: ['enabled', 'disabled', 'masked', 'unmasked'] } })),
         unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
         containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
-        steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str }, ['index', 'type', 'description', 'durationMs'])),
+        steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str, cached: { type: 'boolean' } }, ['index', 'type', 'description', 'durationMs'])),
         mountBackend: { enum: ['nbd', 'fuse', 'guestmount'] },
         durationsMs: { type: 'object', additionalProperties: { type: 'number', minimum: 0 } },
         warnings: list(str),

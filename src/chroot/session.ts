@@ -3,6 +3,7 @@ import { basename, dirname, join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
 import { ImageBuilderError } from '../util/errors.js';
+import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
@@ -103,8 +104,9 @@ async function hostResolvConf(): Promise<string> {
 }
 
 /**
- * Opens a chroot session on a mounted guest: private /proc, /sys, a minimal /dev (not the host's: a
- * guest script cannot reach host disks), /dev/pts, a private /run, working DNS, services blocked.
+ * Opens a chroot session on a mounted guest: its programs made runnable (qemu-user through binfmt_misc for
+ * a foreign architecture), private /proc, /sys, a minimal /dev (not the host's: a guest script cannot reach
+ * host disks), /dev/pts, a private /run, working DNS, services blocked.
  * Everything is undone by close(), in reverse, after killing what is still running inside.
  */
 export async function openChroot(root: string, options: ChrootOptions): Promise<ChrootSession> {
@@ -122,6 +124,9 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   };
 
   try {
+    // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
+    // fails here, and its registration outlives everything that runs inside.
+    await enableEmulation(root, { run, log, cleanup });
     // /proc is mounted per command, inside its own PID namespace (confinedCommand); the directory must exist.
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
     await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);

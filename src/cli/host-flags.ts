@@ -1,6 +1,5 @@
 import { Flags } from '@oclif/core';
 import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
-import { SPARSIFY_MODES, type SparsifyMode } from '../pipeline/output.js';
 
 /**
  * Flags about this host rather than the build — where the cache and scratch space are, how to mount — each
@@ -26,17 +25,10 @@ export const mountBackendFlag = {
   'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
 };
 
-/** What a build does on this host: apply and matrix take these. */
-export const hostBuildFlags = {
-  ...cacheFlag,
-  ...workDirFlag,
-  ...mountBackendFlag,
-  sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
-  'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
-};
+/** Where a build runs on this host: apply and matrix take these. */
+export const hostBuildFlags = { ...cacheFlag, ...workDirFlag, ...mountBackendFlag };
 
 export const mountBackendOf = (flags: { 'mount-backend': string }) => flags['mount-backend'] as MountBackendName | 'auto';
-export const sparsifyOf = (flags: { sparsify: string }) => flags.sparsify as SparsifyMode;
 
 /**
  * The library finds the cache and the work-directory parent in IMAGEBUILDER_CACHE / IMAGEBUILDER_WORK_DIR

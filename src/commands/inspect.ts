@@ -43,6 +43,11 @@ export default class Inspect extends BaseCommand {
     this.log(`architecture: ${inventory.architecture ?? 'unknown'}`);
     this.log(`kernels:      ${inventory.kernels.map((k) => k.version).join(', ') || 'none'}`);
     this.log(`units:        ${inventory.units.map((u) => (u.state === 'masked' ? `${u.unit} (masked)` : u.unit)).join(', ') || 'none'}`);
+    if (result.work) {
+      const { work } = result;
+      this.log(`work image:   recipe ${work.recipe.name} (sha256 ${work.recipe.sha256.slice(0, 12)}…) over base sha256 ${work.input.sha256.slice(0, 12)}… (${work.input.url ?? work.input.path}); finish it with imagebuilder export`);
+      for (const step of work.steps) this.log(`  step ${step.index + 1} ${step.type}: ${step.description}${step.skipped ? ` (skipped: ${step.skipped})` : ''}`);
+    }
     this.log(`packages:     ${inventory.packages.length}`);
     const width = Math.max(...inventory.packages.map((p) => p.name.length), 4);
     for (const p of inventory.packages) this.log(`  ${p.name.padEnd(width)}  ${p.version}  ${p.architecture}`);

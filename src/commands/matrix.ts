@@ -1,6 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { exportHostFlags, hostBuildFlags, mountBackendOf, sparsifyOf } from '../cli/host-flags.js';
+import { exportHostFlags, hostBuildFlags, mountBackendOf } from '../cli/host-flags.js';
+import { sparsifyFlag } from '../cli/artifact-flags.js';
+import type { SparsifyMode } from '../pipeline/output.js';
 import { DEFAULT_CONTAINER_IMAGE, emitArgo, emitJobs, manifestsYaml } from '../matrix/emit.js';
 import { loadMatrix } from '../matrix/load.js';
 import { matrixOutcome, runMatrix, selectBuilds, type MatrixResult } from '../matrix/run.js';
@@ -33,6 +35,9 @@ export default class Matrix extends BaseCommand {
     list: Flags.boolean({ description: 'print the builds and exit', default: false }),
     json: Flags.boolean({ description: 'print the results (or with --list the builds) as JSON on stdout; logs stay on stderr', default: false }),
     ...hostBuildFlags,
+    ...sparsifyFlag,
+    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
+    'keep-work-dir': Flags.boolean({ description: 'keep each build\'s work directory for debugging', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     offline: Flags.boolean({ description: 'use the cache alone: every URL base must have been fetched before', default: false, env: 'IMAGEBUILDER_OFFLINE' }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
     quiet: Flags.boolean({ char: 'q', description: 'only warnings and errors on the console (each build\'s log file has everything)', default: false }),
@@ -87,8 +92,9 @@ export default class Matrix extends BaseCommand {
         outputDir: flags['output-dir'],
         host: {
           mountBackend: mountBackendOf(flags),
-          sparsify: sparsifyOf(flags),
+          sparsify: flags.sparsify as SparsifyMode,
           keepWorkDir: flags['keep-work-dir'],
+          cache: !flags['no-cache'],
           workDir: flags['work-dir'],
           cacheDir: flags.cache,
           offline: flags.offline,

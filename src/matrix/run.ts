@@ -13,7 +13,7 @@ import { closest } from '../recipe/template.js';
 import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
 
 /** What the host decides for every build (the flags `apply` takes for the same things). */
-export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir'> & Pick<DiskImageOptions, 'offline' | 'cacheDir'>;
+export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache'> & Pick<DiskImageOptions, 'offline' | 'cacheDir'>;
 
 export interface MatrixRunOptions {
   /** Builds at once. Each one is I/O- and CPU-heavy (overlay writes, package installs, conversion). */
@@ -174,6 +174,7 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
           sparsify: host.sparsify,
           sbom: host.sbom,
           keepWorkDir: host.keepWorkDir,
+          cache: host.cache,
           workDir: host.workDir,
           log: buildLog,
           run,

@@ -27,25 +27,28 @@ export function deviceNumbers(rdev: number): { major: number; minor: number } {
 }
 
 /**
- * Makes the disk's partitions visible, exactly those of its partition table. Most hosts scan a new loop or
- * nbd device by themselves; some (containers, these CI machines) do not, so `partx -u` adds them (undone by
- * `partx -d` on release). It also drops partitions the kernel still lists from a previous user of this device
- * (one whose release was cut short): without a scan, they outlive the detach and describe another disk.
+ * Makes the disk's partitions visible, as the disk's own table says. Most hosts scan a new loop or nbd device by
+ * themselves; some (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
+ * Partitions added with partx outlive their loop device, so a device number reused after someone else's build
+ * can list stale ones: whatever is listed is dropped and the partitions are read from this disk's table.
  */
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
-  const updated = await context.run('partx', ['-u', device], { allowFailure: true, log: context.log });
-  if (updated.exitCode === 0) {
-    context.cleanup.push(`partitions of ${device}`, async () => {
-      await context.run('partx', ['-d', device], { allowFailure: true });
-    });
-  } else {
-    // No partition table (a filesystem on the whole disk): any partition listed is a leftover.
-    for (const partition of await listPartitions(device)) {
-      await context.run('partx', ['-d', '--nr', /(\d+)$/.exec(partition)![1], device], { allowFailure: true, log: context.log });
+  // Partitions listed before we asked may be stale (see above): drop them and read this disk's table afresh.
+  if ((await listPartitions(device)).length > 0) await context.run('partx', ['-d', device], { allowFailure: true, log: context.log });
+  const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
+  if (hasTable) {
+    const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
+    if (added.exitCode === 0) {
+      context.cleanup.push(`partitions of ${device}`, async () => {
+        await context.run('partx', ['-d', device], { allowFailure: true });
+      });
     }
   }
   const partitions = await listPartitions(device);
   await refuseForeignPartitions(context, device, partitions);
+  // A partition's block device keeps its page cache across a loop device's reuse (the cache belongs to the device
+  // number): blocks cached from the previous image would be read as this one's. Drop them before anything reads.
+  await context.run('blockdev', ['--flushbufs', device, ...partitions], { allowFailure: true, log: context.log });
   for (const partition of partitions) {
     const [major, minor] = (await readFile(`/sys/class/block/${basename(partition)}/dev`, 'utf8')).trim().split(':').map(Number);
     const node = await stat(partition).catch(() => undefined);

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChrootSession } from '../chroot/session.js';
+import { programArchitecture } from '../distro/architecture.js';
 import { resolveInRoot } from '../util/fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import type { InstalledPackage, PackageManager, PackageRepository, PackageSpec } from './types.js';
@@ -133,8 +134,10 @@ export function createApt(): PackageManager {
       return parseDpkgStatus(await readFile(join(root, await resolveInRoot(root, '/var/lib/dpkg/status')), 'utf8'));
     },
     async architecture(root) {
-      const dpkg = (await this.listInstalled(root)).find((p) => p.name === 'dpkg');
-      return dpkg?.architecture;
+      // dpkg's own package is of the native architecture (dpkg --print-architecture), which tells armhf from
+      // armel exactly; a guest without it (or without a readable dpkg database) is named by its programs' ELF headers.
+      const dpkg = (await this.listInstalled(root).catch(() => [])).find((p) => p.name === 'dpkg');
+      return dpkg?.architecture ?? (await programArchitecture(root))?.architecture?.debian;
     },
   };
 }

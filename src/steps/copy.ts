@@ -8,6 +8,7 @@ import tar from 'tar-stream';
 import { extractIntoGuest } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep, type StepContext } from './types.js';
+import { hostTreeDigest } from './host-inputs.js';
 
 export interface CopySpec {
   src: string;
@@ -112,6 +113,9 @@ export const copyStep = defineStep<CopySpec>({
     },
   },
   describe: (spec) => `copy ${spec.src} to ${spec.dest}`,
+  async cacheInputs(spec, environment) {
+    return { digests: { src: await hostTreeDigest(resolve(environment.recipeDir, spec.src)) } };
+  },
   check(spec, environment) {
     const src = resolve(environment.recipeDir, spec.src);
     const stat = statSync(src, { throwIfNoEntry: false });

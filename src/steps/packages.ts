@@ -73,6 +73,11 @@ export const packagesStep = defineStep<PackagesSpec>({
     if: { required: ['hold'], properties: { hold: { const: true } } },
     then: { required: ['install'] },
   },
+  cacheInputs: async (spec) => {
+    const unversioned = (spec.install ?? []).filter((text) => parsePackageSpec(text).version === undefined);
+    if (spec.upgrade) return { unpinned: 'upgrades to whatever the repositories offer' };
+    return unversioned.length ? { unpinned: `installs without a pinned version: ${unversioned.join(', ')}` } : {};
+  },
   describe: (spec) =>
     [
       spec.remove?.length ? `remove ${spec.remove.join(' ')}` : '',

@@ -80,7 +80,18 @@ export interface StepType<Spec = unknown> {
   describe(spec: Spec): string;
   /** Problems found without an image (a missing host file, an undefined template variable): `validate` reports them. */
   check?(spec: Spec, environment: StepEnvironment): string[];
+  /**
+   * For the step cache: digests of what the step reads besides its value (host files), and why its result may
+   * differ when run again with the same value (the network without a pin). Absent: the value says it all.
+   */
+  cacheInputs?(spec: Spec, environment: StepEnvironment): Promise<StepCacheInputs>;
   run(context: StepContext, spec: Spec): Promise<void>;
+}
+
+/** What a step reads besides its value: digests of host inputs, and whether it depends on the network unpinned. */
+export interface StepCacheInputs {
+  digests?: Record<string, string>;
+  unpinned?: string;
 }
 
 export function defineStep<Spec>(type: StepType<Spec>): StepType<Spec> {

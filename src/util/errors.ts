@@ -77,3 +77,8 @@ export function toImageBuilderError(error: unknown): ImageBuilderError {
     hint: 'this is a bug in imagebuilder; please report it with the command line and this output',
   });
 }
+
+/** The message of anything thrown, for logs and events. */
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -54,7 +54,7 @@ export function tail(text: string, lines = 20): string {
 const TOOL_PACKAGES: Record<string, string> = {
   'qemu-img': 'qemu-utils', 'qemu-nbd': 'qemu-utils', 'qemu-storage-daemon': 'qemu-system-common (qemu-utils on newer releases)',
   guestmount: 'guestmount', guestunmount: 'guestmount', guestfish: 'libguestfs-tools', 'virt-sparsify': 'guestfs-tools',
-  losetup: 'util-linux', partx: 'util-linux', mount: 'mount', umount: 'mount', blkid: 'util-linux', fstrim: 'util-linux',
+  losetup: 'util-linux', partx: 'util-linux', blockdev: 'util-linux', fsfreeze: 'util-linux', mount: 'mount', umount: 'mount', blkid: 'util-linux', fstrim: 'util-linux',
   unshare: 'util-linux', sfdisk: 'fdisk', capsh: 'libcap2-bin', fusermount3: 'fuse3', gpg: 'gpg', gpgv: 'gpgv', xz: 'xz-utils', zstd: 'zstd',
 };
 

@@ -19,8 +19,9 @@ describe('pipeline-facing CLI surface', () => {
       'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND',
       sparsify: 'IMAGEBUILDER_SPARSIFY',
       'keep-work-dir': 'IMAGEBUILDER_KEEP_WORK_DIR',
+      'no-cache': 'IMAGEBUILDER_NO_CACHE',
     });
-    expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY' });
+    expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE' });
     expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND' });
     expect(envOf(Fetch.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', offline: 'IMAGEBUILDER_OFFLINE' });
   });

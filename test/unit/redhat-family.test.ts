@@ -8,12 +8,13 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { detectDistro, releaseverFor, requireFamily, rpmManagerFor } from '../../src/distro/families.js';
 import { addMainExcludes, armoredPublicKey, DISTROVERPKG, EMPTY_CACHE_DIRS, RELEASEVER_PROBE, YUM_VERSIONLOCK_PROBE } from '../../src/pkg/dnf.js';
-import { elfArchitecture, parseRpmQuery, queryRpmDatabase, RPM_QUERY_FORMAT, rpmArchitecture, sourceRpmName } from '../../src/pkg/rpm.js';
+import { parseRpmQuery, queryRpmDatabase, RPM_QUERY_FORMAT, rpmArchitecture, sourceRpmName } from '../../src/pkg/rpm.js';
 import { packagesStep } from '../../src/steps/packages.js';
 import { inspectOpenPgpKey, repositoryStep } from '../../src/steps/repository.js';
 import { sysprepStep } from '../../src/steps/sysprep.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { recordingRunner } from '../../src/util/exec.js';
+import { craftElf } from '../helpers/elf.js';
 import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-session.js';
 
 const fedora40 = detectDistro({ ID: 'fedora', VERSION_ID: '40', PRETTY_NAME: 'Fedora Linux 40 (Cloud Edition)' });
@@ -404,27 +405,11 @@ describe('the rpm database, read from the host', () => {
   });
 
   test('architecture from ELF headers, in rpm names, when the rpm database has no rpm package', async () => {
-    const header = (cls: number, data: number, machine: number) => {
-      const b = Buffer.alloc(20);
-      b.writeUInt32BE(0x7f454c46, 0);
-      b[4] = cls;
-      b[5] = data;
-      if (data === 1) b.writeUInt16LE(machine, 18);
-      else b.writeUInt16BE(machine, 18);
-      return b;
-    };
-    expect(elfArchitecture(header(2, 1, 0x3e))).toBe('x86_64');
-    expect(elfArchitecture(header(2, 1, 0xb7))).toBe('aarch64');
-    expect(elfArchitecture(header(2, 1, 0x15))).toBe('ppc64le');
-    expect(elfArchitecture(header(2, 2, 0x16))).toBe('s390x');
-    expect(elfArchitecture(header(1, 1, 0x03))).toBe('i686');
-    expect(elfArchitecture(Buffer.from('#!/bin/sh\necho not elf\n'))).toBeUndefined();
-
     const root = await mkdtemp(join(tmpdir(), 'ib-unit-elf-'));
     try {
       expect(await rpmArchitecture(root, [])).toBeUndefined();
       await mkdir(join(root, 'usr/bin'), { recursive: true });
-      await writeFile(join(root, 'usr/bin/rpm'), header(2, 1, 0xb7));
+      await writeFile(join(root, 'usr/bin/rpm'), craftElf({ is64: true, littleEndian: true, machine: 0xb7 }));
       expect(await rpmArchitecture(root, [])).toBe('aarch64');
       // The rpm package's own arch wins over the binary's.
       expect(await rpmArchitecture(root, [{ name: 'rpm', version: '4.19-1', architecture: 'x86_64' }])).toBe('x86_64');
