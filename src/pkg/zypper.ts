@@ -97,7 +97,9 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
         streamOutput: true,
         purpose: 'installing packages',
         errorCode: 'STEP_FAILED',
-        hint: 'check the package names and versions: `zypper search -s NAME` inside `imagebuilder shell` lists what is available; "Signature verification failed" means a package is not signed by its repository\'s key',
+        hint:
+          '"Signature verification failed" means a package is not signed by the key its repository\'s gpgkey names; otherwise check the package ' +
+          'names and versions: `zypper search -s NAME` inside `imagebuilder shell` lists what is available',
       });
     },
     async upgrade(session, names) {
