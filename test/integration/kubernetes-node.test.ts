@@ -1,4 +1,4 @@
-import { lstat, mkdir, mkdtemp, readFile, readlink, readdir, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readlink, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -7,6 +7,7 @@ import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { writeOciArchive } from '../helpers/oci.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
+import { deriveImage } from '../helpers/derive-image.js';
 import { rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
 import { FEDORA_PACKAGES, FEDORA_PATH, RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
 
@@ -122,31 +123,16 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
  * A copy of the synthetic rpm-guest (Debian userland, Debian's rpm and dnf, os-release Fedora 40) whose dnf knows
  * a Fedora repository, as every real Fedora image does: /etc/yum.repos.d/fedora.repo as Fedora ships it ($releasever,
  * $basearch and all), pointing at the mirror's Fedora stand-in, and that repository's key in /etc/pki/rpm-gpg.
- * Made with qemu-img and a loop mount of the root partition, without the code under test.
+ * Made without the code under test (deriveImage).
  */
 async function rpmGuestWithFedoraRepository(work: string, mirror: RpmMirror): Promise<string> {
-  const raw = join(work, 'fedora-guest.raw');
-  const mnt = join(work, 'fedora-guest-root');
-  await execa('qemu-img', ['convert', '-O', 'raw', await rpmGuestImage(), raw]);
-  const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { partitions: { start: number; size: number }[] } };
-  const [root] = table.partitiontable.partitions;
-  await mkdir(mnt);
-  await execa('mount', ['-o', `loop,nouuid,offset=${root.start * 512},sizelimit=${root.size * 512}`, raw, mnt]);
-  try {
-    const baseurl = `${mirror.url}${FEDORA_PATH.replace('/40/', '/$releasever/').replace('/x86_64/', '/$basearch/')}`;
-    await writeFile(
-      join(mnt, 'etc/yum.repos.d/fedora.repo'),
+  const baseurl = `${mirror.url}${FEDORA_PATH.replace('/40/', '/$releasever/').replace('/x86_64/', '/$basearch/')}`;
+  return deriveImage(await rpmGuestImage(), join(work, 'fedora-guest.qcow2'), {
+    '/etc/yum.repos.d/fedora.repo':
       `[fedora]\nname=Fedora $releasever - $basearch\nbaseurl=${baseurl}\nenabled=1\nmetadata_expire=7d\nrepo_gpgcheck=0\ntype=rpm\ngpgcheck=1\n` +
-        'gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-$releasever-$basearch\nskip_if_unavailable=False\n',
-    );
-    await writeFile(join(mnt, 'etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-40-x86_64'), mirror.fedoraKey);
-  } finally {
-    await execa('umount', [mnt]);
-  }
-  const image = join(work, 'fedora-guest.qcow2');
-  await execa('qemu-img', ['convert', '-O', 'qcow2', raw, image]);
-  await rm(raw);
-  return image;
+      'gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-$releasever-$basearch\nskip_if_unavailable=False\n',
+    '/etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-40-x86_64': mirror.fedoraKey,
+  }, { partitioned: true, mountOptions: 'nouuid' });
 }
 
 /**
