@@ -141,7 +141,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
   const { architecture } = base;
   log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
   // An unknown distribution fails here, before any step changes the guest, when a step needs its package manager.
-  requireFamilyForSteps(recipe.steps, distro);
+  requireFamilyForSteps(recipe.steps, distro, architecture);
 
   const steps: BomStep[] = [];
   const records = createRecorder();

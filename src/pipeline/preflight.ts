@@ -9,9 +9,9 @@ import { ImageBuilderError } from '../util/errors.js';
  * recipe. Steps whose `when` skips them on this guest do not count; a recipe of run and file steps works on
  * any distribution.
  */
-export function requireFamilyForSteps(steps: RecipeStep[], distro: Distro): void {
+export function requireFamilyForSteps(steps: RecipeStep[], distro: Distro, architecture?: string): void {
   if (distro.family) return;
-  const needing = steps.filter((step) => !whenMismatch(step.when, distro, undefined) && step.type.needsPackageManager?.(step.spec));
+  const needing = steps.filter((step) => !whenMismatch(step.when, distro, architecture) && step.type.needsPackageManager?.(step.spec));
   if (!needing.length) return;
   const listed = needing.map((step) => `step ${step.index + 1} (${step.name ?? step.type.describe(step.spec)}) at ${step.location}`);
   throw new ImageBuilderError(
