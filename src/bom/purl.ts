@@ -54,10 +54,10 @@ export interface PurlDistro {
 /** deb or rpm, from the distro family when known, else from os-release (ID, ID_LIKE), else from the packages. */
 export function packageType(os: { id?: string; osRelease?: Record<string, string> }, family?: string, packages: InstalledPackage[] = []): PackageType | undefined {
   if (family === 'debian') return 'deb';
-  if (family === 'redhat') return 'rpm';
+  if (family === 'redhat' || family === 'suse' || family === 'photon') return 'rpm';
   const ids = [os.id, ...(os.osRelease?.ID_LIKE ?? '').split(/\s+/)].filter(Boolean).map((id) => id!.toLowerCase());
   if (ids.some((id) => id === 'debian' || id === 'ubuntu')) return 'deb';
-  if (ids.some((id) => ['fedora', 'rhel', 'centos', 'suse', 'opensuse'].includes(id))) return 'rpm';
+  if (ids.some((id) => ['fedora', 'rhel', 'centos', 'suse', 'opensuse', 'photon'].includes(id))) return 'rpm';
   if (packages.some((p) => p.sourceRpm !== undefined || p.epoch !== undefined)) return 'rpm';
   return undefined;
 }

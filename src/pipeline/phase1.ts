@@ -19,6 +19,7 @@ import type { EventSink } from './events.js';
 import { openGuest, type OpenedGuest } from './guest.js';
 import { LayerStore, stepKeys, type BaseState, type LayerRecord, type StepKey } from './layers.js';
 import type { VerifiedImage } from './verify.js';
+import { requireFamilyForSteps } from './preflight.js';
 
 /** Everything of the BOM that phase 1 knows: phase 2 adds the artifacts. */
 export type Phase1Bom = Omit<Bom, 'output' | 'artifacts'>;
@@ -139,6 +140,8 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
   const distro = reused.length ? detectDistro(base.osRelease) : opened.distro;
   const { architecture } = base;
   log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
+  // An unknown distribution fails here, before any step changes the guest, when a step needs its package manager.
+  requireFamilyForSteps(recipe.steps, distro, architecture);
 
   const steps: BomStep[] = [];
   const records = createRecorder();

@@ -78,6 +78,11 @@ export interface StepType<Spec = unknown> {
   readonly schema: JsonSchema;
   /** A short description of one use, for logs when the step has no name. */
   describe(spec: Spec): string;
+  /**
+   * True when this use of the step needs the guest's package manager (a known distro family): apply checks it
+   * for every step before the first one runs, so an unknown distribution fails before anything is changed.
+   */
+  needsPackageManager?(spec: Spec): boolean;
   /** Problems found without an image (a missing host file, an undefined template variable): `validate` reports them. */
   check?(spec: Spec, environment: StepEnvironment): string[];
   /**

@@ -20,7 +20,7 @@ describe('recipe validation', () => {
 
   test('unknown keys point at the key, with a suggestion', () => {
     expect(problemsOf('name: demo\nsteps:\n  - packages:\n      instal: [socat]\n')).toEqual([
-      'r.yaml:4:7: steps[0].packages: unknown key "instal" (did you mean "install"?); allowed: install, remove, upgrade, hold',
+      'r.yaml:4:7: steps[0].packages: unknown key "instal" (did you mean "install"?); allowed: install, remove, upgrade, hold, disable_excludes',
     ]);
   });
 
