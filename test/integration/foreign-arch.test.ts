@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { expectValidBom } from '../helpers/bom-schema.js';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
+import { expectNothingLeft, hostState, runCli, sha256, jsonResult } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 
@@ -75,7 +75,7 @@ describe('foreign architecture (arm64 guest, qemu-user-static)', () => {
     expect(result.exitCode).toBe(0);
     expect(result.stderr).toMatch(/the guest is arm64 \(\/usr\/bin\/dash\) and this host is amd64: its programs run under \S+ \(binfmt_misc entry \S+/);
     expect(await sha256(input)).toBe(inputSha);
-    const printed = JSON.parse(result.stdout) as { bom: string };
+    const printed = jsonResult(result.stdout) as { bom: string };
     const bom = JSON.parse(await readFile(printed.bom, 'utf8'));
     expectValidBom(bom);
     expect(bom.architecture).toBe('arm64');
