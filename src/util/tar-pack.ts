@@ -1,0 +1,51 @@
+import { createReadStream } from 'node:fs';
+import type tar from 'tar-stream';
+
+export type TarHeader = Partial<tar.Header> & Pick<tar.Header, 'name'>;
+
+/** Adds an entry without content (directory, symlink, hard link, device, fifo) to a tar-stream pack. */
+export function packEntry(pack: tar.Pack, header: TarHeader): Promise<void> {
+  return new Promise((resolve, reject) => {
+    pack.entry(header, (error) => (error ? reject(error) : resolve())).on('error', reject);
+  });
+}
+
+/**
+ * Adds a regular file to a tar-stream pack, its content streamed from `path` with backpressure. `header.size` is
+ * the size stat saw: a file that grows or shrinks meanwhile fails the entry instead of writing past it, which
+ * would corrupt the rest of the archive. `onChunk` sees every byte that goes in; `wrapError` turns a read
+ * failure into the caller's error.
+ */
+export function packFile(
+  pack: tar.Pack,
+  header: TarHeader & { size: number },
+  path: string,
+  options: { onChunk?: (chunk: Buffer) => void; wrapError?: (error: NodeJS.ErrnoException) => Error } = {},
+): Promise<void> {
+  const wrap = options.wrapError ?? ((error: Error) => error);
+  return new Promise((resolve, reject) => {
+    const source = createReadStream(path);
+    const sink = pack.entry(header, (error) => (error ? reject(error) : resolve()));
+    const fail = (error: NodeJS.ErrnoException) => {
+      const failure = wrap(error);
+      source.destroy();
+      sink.destroy(failure);
+      reject(failure);
+    };
+    const changed = () => new Error(`it changed while being read (${header.size} bytes before, now ${read})`);
+    let read = 0;
+    source.on('data', (chunk) => {
+      read += chunk.length;
+      if (read > header.size) return fail(changed());
+      options.onChunk?.(chunk as Buffer);
+      if (!sink.write(chunk)) {
+        source.pause();
+        sink.once('drain', () => source.resume());
+      }
+    });
+    source.on('end', () => (read === header.size ? sink.end(null) : fail(changed()))); // streamx: end(data), null for none
+    source.on('error', fail);
+    sink.on('error', reject);
+    sink.on('close', () => source.destroy());
+  });
+}
