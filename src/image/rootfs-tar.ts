@@ -71,8 +71,11 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   const writing = pipeline(pack, createWriteStream(target, { mode: 0o644 }), { signal: options.signal });
   const addEntry = async (guestPath: string, hostPath: string, stats: Stats) => {
     const name = guestPath === '/' ? './' : `.${guestPath}${stats.isDirectory() ? '/' : ''}`;
+    const inode = `${stats.dev}:${stats.ino}`;
+    const hardLink = !stats.isDirectory() && stats.nlink > 1n ? links.get(inode) : undefined;
     const pax: [string, Buffer][] = [];
-    for (const [attribute, value] of xattrs.get(hostPath) ?? []) {
+    // A hard link shares its inode's attributes, written with its first name (as GNU tar does).
+    for (const [attribute, value] of hardLink ? [] : (xattrs.get(hostPath) ?? [])) {
       if (attribute.startsWith('system.')) aclPaths.push(guestPath);
       else pax.push([`SCHILY.xattr.${attribute}`, value]);
     }
@@ -85,9 +88,8 @@ export async function writeRootfsTar(root: string, target: string, options: Root
       gname: groups.get(Number(stats.gid)),
       mtime: clampTime(new Date(Number(stats.mtimeMs / 1000n) * 1000), epoch),
     };
-    const inode = `${stats.dev}:${stats.ino}`;
-    if (!stats.isDirectory() && stats.nlink > 1n && links.has(inode)) {
-      Object.assign(header, { type: 'link', linkname: links.get(inode), size: 0 });
+    if (hardLink) {
+      Object.assign(header, { type: 'link', linkname: hardLink, size: 0 });
     } else if (stats.isFile()) {
       Object.assign(header, { type: 'file', size: Number(stats.size) });
     } else if (stats.isDirectory()) {
@@ -103,7 +105,7 @@ export async function writeRootfsTar(root: string, target: string, options: Root
     } else {
       return void skipped.push(`${guestPath} (${stats.isSocket() ? 'a socket' : 'an unknown file type'})`);
     }
-    if (!stats.isDirectory() && stats.nlink > 1n && !links.has(inode)) links.set(inode, name);
+    if (!stats.isDirectory() && stats.nlink > 1n && !hardLink) links.set(inode, name);
 
     // What the ustar header cannot hold goes into the pax header; the ustar fields then get a stand-in.
     if (!fitsUstarName(header.name)) pax.push(['path', Buffer.from(header.name)]), (header.name = standIn(header.name, 100));
