@@ -32,7 +32,7 @@ export function packFile(
       sink.destroy(failure);
       reject(failure);
     };
-    const changed = () => new Error(`it changed while being read (${header.size} bytes before, now ${read})`);
+    const changed = () => new Error(`it changed while being copied (${header.size} bytes before, now ${read})`);
     let read = 0;
     source.on('data', (chunk) => {
       read += chunk.length;
