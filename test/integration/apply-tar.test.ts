@@ -92,8 +92,11 @@ describe('imagebuilder apply --format tar', () => {
     const ping = get('./usr/bin/ping') ?? get('./bin/ping');
     expect(Object.keys(ping.xattrs ?? {})).toContain('security.capability');
     expect((await execa('getcap', [join(unpacked, 'usr/bin/ping')])).stdout).toMatch(/cap_net_raw[=+]e?p/);
-    // The chroot session was closed: no API filesystem contents in the tar.
-    expect([...fromTar.keys()].filter((name) => /^\.\/(proc|sys|dev)\/./.test(name))).toEqual([]);
+    // The chroot session was closed: no API filesystem in the tar, only the device nodes debootstrap put on disk.
+    expect([...fromTar.keys()].filter((name) => /^\.\/(proc|sys|run)\/./.test(name))).toEqual([]);
+    expect(get('./dev/null')).toMatchObject({ type: 'character-device', mode: 0o666, device: String((1 << 8) | 3) });
+    expect(get('./dev/pts/').type).toBe('directory');
+    expect([...fromTar.keys()].filter((name) => name.startsWith('./dev/pts/') && name !== './dev/pts/')).toEqual([]);
     // The guest's own names for owners.
     const listing = (await execa('tar', ['-tvf', tarPath, './etc/marker'])).stdout;
     expect(listing).toMatch(/^-rw-r----- root\/adm /);
