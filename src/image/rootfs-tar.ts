@@ -115,7 +115,8 @@ export async function writeRootfsTar(root: string, target: string, options: Root
     if (header.mtime!.getTime() < 0) pax.push(['mtime', Buffer.from(String(header.mtime!.getTime() / 1000))]), (header.mtime = new Date(0));
     if (pax.length) pack.push(paxHeader(pax, header.mtime!));
 
-    if (header.type === 'file') await packFile(pack, header as TarHeader & { size: number }, hostPath);
+    // Without atime updates: writing the tar does not write to the guest's filesystems (nor change the disk image).
+    if (header.type === 'file') await packFile(pack, header as TarHeader & { size: number }, hostPath, { noAtime: true });
     else await packEntry(pack, header);
     entries++;
   };

@@ -58,6 +58,7 @@ describe('writeRootfsTar', () => {
     // cap_setuid is bit 7: the capability set holds a byte 0x80, which is not UTF-8.
     await execa('setcap', ['cap_setuid,cap_net_raw+ep', join(tree, 'usr/bin/ping')]);
     await link(join(tree, 'usr/bin/ping'), join(tree, 'usr/bin/ping6'));
+    await utimes(join(tree, 'usr/bin/ping'), new Date('2000-01-01T00:00:00Z'), new Date('2023-01-01T00:00:00Z'));
     await writeFile(join(tree, 'etc/motd'), 'hello\n');
     await execa('setfattr', ['-n', 'user.comment', '-v', 'made by a test', join(tree, 'etc/motd')]);
     await execa('setfattr', ['-n', 'user.binary', '-v', '0x00ff80fe0a', join(tree, 'etc/motd')]);
@@ -90,6 +91,8 @@ describe('writeRootfsTar', () => {
     const archive = join(work, 'rootfs.tar');
     const logged = createLogger({ write: () => undefined });
     const result = await writeRootfsTar(tree, archive, { run: execRunner, log: logged, clampMtime: epoch });
+    // Read without touching access times (O_NOATIME): writing the tar writes nothing to the tree's filesystem.
+    expect((await stat(join(tree, 'usr/bin/ping'))).atime).toEqual(new Date('2000-01-01T00:00:00Z'));
     expect(result.skipped.sort()).toEqual(['/dev/log (a socket)', '/etc/bad-\xff (the name is not UTF-8)']);
     expect(logged.warnings).toEqual([expect.stringMatching(/^the root filesystem tar leaves out 2 entries: /)]);
 
