@@ -4,7 +4,7 @@ import { diffImages, diffIsEmpty, renderDiff, type ImageDiff } from '../bom/diff
 import { bomDifferences, BUILD_OWN_FIELDS } from '../bom/repeatable.js';
 import { sourceDateEpoch } from '../util/time.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { createLogger } from '../util/log.js';
+import { createLogger, type Logger } from '../util/log.js';
 import { apply, type ApplyOptions, type ApplyResult } from './apply.js';
 
 /**
@@ -22,7 +22,8 @@ export async function applyRepeatably(options: ApplyOptions): Promise<ApplyResul
   const scratch = await mkdtemp(join(dirname(first.output.path), `.${basename(first.output.path)}.repeat-`));
   try {
     // The same options: the BOMs then differ only where a build's own fields do.
-    const second = await apply({ ...options, cache: false, output: join(scratch, basename(first.output.path)) });
+    // Its own list of warnings: a BOM lists its build's warnings, not the first build's again.
+    const second = await apply({ ...options, log: withOwnWarnings(log), cache: false, output: join(scratch, basename(first.output.path)) });
     const comparable = (result: ApplyResult, label: string) => ({ label, packages: result.bom.packages, units: result.bom.unitStates, files: result.bom.files });
     const repeatDiff = diffImages(comparable(first, 'first build'), comparable(second, 'second build'));
     if (!diffIsEmpty(repeatDiff)) {
@@ -43,4 +44,17 @@ export async function applyRepeatably(options: ApplyOptions): Promise<ApplyResul
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
+}
+
+/** The same log, with a list of warnings of its own (each warning still goes to the log it wraps). */
+function withOwnWarnings(log: Logger): Logger {
+  const warnings: string[] = [];
+  return {
+    ...log,
+    warn: (message) => {
+      warnings.push(message);
+      log.warn(message);
+    },
+    warnings,
+  };
 }
