@@ -138,7 +138,7 @@ describe('imagebuilder apply --format tar', () => {
     const recipe = await writeRecipe(recipeDir, 'repeat', [
       { file: { path: '/etc/repeat.conf', content: 'written\n' } },
       { copy: { src: 'files/app.conf', dest: '/etc/app/app.conf' } },
-      { run: 'mkdir -p /opt/made && echo run > /opt/made/by-run && touch -d @1800000000 /opt/made/later' },
+      { run: 'mkdir -p /opt/made && echo run > /opt/made/by-run && touch -d @1800000000 /opt/made/later && echo "$SOURCE_DATE_EPOCH" > /opt/made/epoch' },
     ]);
     const builds: Printed[] = [];
     for (const name of ['one', 'two']) {
@@ -152,6 +152,8 @@ describe('imagebuilder apply --format tar', () => {
     expect(bomDifferences(one, two, { sourceDateEpoch: true })).toEqual([]);
     expect(one.createdAt).toBe(new Date(EPOCH * 1000).toISOString());
     expect(two.createdAt).toBe(one.createdAt);
+    // The guest's commands see SOURCE_DATE_EPOCH (their own tools honour it).
+    expect((await execa('tar', ['-xOf', builds[0].artifacts[1].path, './opt/made/epoch'])).stdout).toBe(String(EPOCH));
     // Every file the build wrote is dated at SOURCE_DATE_EPOCH in the tar, so both tars are the same bytes.
     expect(builds[1].artifacts[1].sha256).toBe(builds[0].artifacts[1].sha256);
     const listing = (await execa('tar', ['--full-time', '-tvf', builds[0].artifacts[1].path, './etc/repeat.conf', './etc/app/app.conf', './opt/made/later'], { env: { TZ: 'UTC' } })).stdout;

@@ -2,6 +2,7 @@ import { BUILD_OWN_FIELDS, bomDifferences, jsonDifferences, repeatableView } fro
 import type { Bom } from '../../src/bom/collect.js';
 import { deviceNumbers, fitsUstarName, paxHeader } from '../../src/image/rootfs-tar.js';
 import { buildTime, clampTime, sourceDateEpoch } from '../../src/util/time.js';
+import { CHROOT_ENV, guestEnv } from '../../src/chroot/session.js';
 
 describe('SOURCE_DATE_EPOCH', () => {
   test('read once, in one place: a date when set, undefined when unset or empty, an error when malformed', () => {
@@ -14,6 +15,11 @@ describe('SOURCE_DATE_EPOCH', () => {
     }
     expect(buildTime({ SOURCE_DATE_EPOCH: '1700000000' })).toEqual(new Date(1_700_000_000_000));
     expect(Math.abs(buildTime({}).getTime() - Date.now())).toBeLessThan(5000);
+  });
+
+  test('guest commands get it too (their own tools honour it), and nothing else from the host', () => {
+    expect(guestEnv({ SOURCE_DATE_EPOCH: '1700000000', HOME: '/home/me', SECRET: 'x' })).toEqual({ ...CHROOT_ENV, SOURCE_DATE_EPOCH: '1700000000' });
+    expect(guestEnv({ HOME: '/home/me' })).toEqual(CHROOT_ENV);
   });
 
   test('clamping keeps older times and dates later ones at the epoch (tar --clamp-mtime)', () => {
