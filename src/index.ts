@@ -2,7 +2,8 @@
 export { apply, defaultOutputPath, exportWorkImage, prepareWorkImage, type ApplyOptions, type ApplyResult, type ExportOptions, type WorkImageResult } from './pipeline/apply.js';
 export type { BuildEvent } from './pipeline/events.js';
 export { LayerStore, stepKeys } from './pipeline/layers.js';
-export { SPARSIFY_MODES, type SparsifyMode } from './pipeline/output.js';
+export { writeRootfsTar, type RootfsTarOptions } from './image/rootfs-tar.js';
+export { OUTPUT_FORMATS, SPARSIFY_MODES, type OutputFormat, type SparsifyMode } from './pipeline/output.js';
 export { verifyImage, type VerifiedImage } from './pipeline/verify.js';
 export { loadRecipe, parseRecipe, type Recipe, type RecipeProblem } from './recipe/load.js';
 export { recipeSchema } from './recipe/schema.js';

@@ -8,11 +8,7 @@ export const IN_IMAGE_BOM_PATH = '/usr/share/imagebuilder/bom.json';
 /** Inside a work image (`apply --phases 0,1`): what phase 1 did, for `export` (which removes it) and `inspect`. */
 export const WORK_RECORD_PATH = '/usr/share/imagebuilder/work.json';
 
-/** The build's time: SOURCE_DATE_EPOCH when set (reproducible builds), else now. */
-export function buildTime(): Date {
-  const epoch = process.env.SOURCE_DATE_EPOCH;
-  return epoch && /^\d+$/.test(epoch) ? new Date(Number(epoch) * 1000) : new Date();
-}
+export { buildTime } from '../util/time.js';
 
 /**
  * Writes the BOM into the mounted guest (0644, dated at the build time). It is written before the output

@@ -4,6 +4,7 @@ import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage } from '../steps/types.js';
 import type { Bom, BomPackage, Kernel } from './collect.js';
 import type { Inventory, UnitState } from './inventory.js';
+import { sourceDateEpoch } from '../util/time.js';
 
 /*
  * Package URLs (https://github.com/package-url/purl-spec) for what an image holds, and the one model the
@@ -162,8 +163,7 @@ const byPackage = (a: InstalledPackage, b: InstalledPackage) => compare(a.name, 
 
 /** SOURCE_DATE_EPOCH when set (reproducible builds), else the fallback (the BOM's createdAt), else now; whole seconds. */
 export function sbomTimestamp(fallback?: string, env: NodeJS.ProcessEnv = process.env): string {
-  const epoch = env.SOURCE_DATE_EPOCH?.trim();
-  const date = epoch && /^\d+$/.test(epoch) ? new Date(Number(epoch) * 1000) : fallback ? new Date(fallback) : new Date();
+  const date = sourceDateEpoch(env) ?? (fallback ? new Date(fallback) : new Date());
   return `${date.toISOString().slice(0, 19)}Z`;
 }
 

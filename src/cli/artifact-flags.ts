@@ -1,7 +1,6 @@
 import { Flags } from '@oclif/core';
-import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { SBOM_FORMATS, type ArtifactOptions, type SbomFormat } from '../pipeline/apply.js';
-import { SPARSIFY_MODES, type SparsifyMode } from '../pipeline/output.js';
+import { OUTPUT_FORMATS, SPARSIFY_MODES, type OutputFormat, type SparsifyMode } from '../pipeline/output.js';
 import { ImageBuilderError } from '../util/errors.js';
 
 export const sparsifyFlag = {
@@ -11,9 +10,11 @@ export const sparsifyFlag = {
 /** How phase 2 writes its artifacts: shared by `apply` and `export`. */
 export const artifactFlags = {
     format: Flags.string({
-      description: "output format (repeatable: each written beside the first) [default: the input's format]",
-      options: [...IMAGE_FORMATS],
+      description:
+        "output format; several as a comma-separated list or repeated flags, each written beside the first; tar: the guest's root filesystem as a tarball [default: the input's format]",
+      options: [...OUTPUT_FORMATS],
       multiple: true,
+      delimiter: ',',
     }),
     compress: Flags.boolean({ description: 'compress qcow2 outputs', default: false }),
     sbom: Flags.string({
@@ -33,7 +34,7 @@ export const artifactFlags = {
 export function artifactOptions(flags: { format?: string[]; compress: boolean; sbom: string; sparsify: string }): ArtifactOptions {
   return {
     sparsify: flags.sparsify as SparsifyMode,
-    formats: flags.format as ImageFormat[] | undefined,
+    formats: flags.format as OutputFormat[] | undefined,
     compress: flags.compress,
     sbom: flags.sbom.split(',').filter((f): f is SbomFormat => f !== 'none' && f !== ''),
   };

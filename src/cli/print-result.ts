@@ -8,7 +8,7 @@ export function printResult(command: { log(message: string): void }, result: App
     const bom = result.bom;
     const added = bom.packages.filter((p) => p.origin !== 'base');
     for (const artifact of result.artifacts) {
-      command.log(`image: ${artifact.path}`);
+      command.log(`${artifact.format === 'tar' ? 'tar:  ' : 'image:'} ${artifact.path}`);
       command.log(`  format ${artifact.format}, sha256 ${artifact.sha256}`);
     }
     command.log(`sums:  ${result.sumsPath}`);

@@ -18,7 +18,9 @@ import { TOOL_VERSION } from '../version.js';
 import { ignoreEvents, type EventSink } from './events.js';
 import { mountGuest, type OpenedGuest } from './guest.js';
 import { defaultLayerStore, LayerStore } from './layers.js';
-import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeOutputImage, type SparsifyMode } from './output.js';
+import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeImageArtifacts, type OutputFormat, type SparsifyMode } from './output.js';
+import { writeRootfsTar } from '../image/rootfs-tar.js';
+import { sourceDateEpoch } from '../util/time.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
@@ -29,8 +31,11 @@ export interface ArtifactOptions {
   /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
   output?: string;
   sparsify?: SparsifyMode;
-  /** Output formats, the first at `output` and the rest beside it (default: the input's format). */
-  formats?: ImageFormat[];
+  /**
+   * Output formats, the first at `output` and the rest beside it (default: the input's format). `tar` is the
+   * guest's root filesystem as a tarball; with no disk-image format, no image is written.
+   */
+  formats?: OutputFormat[];
   /** Compress qcow2 outputs. */
   compress?: boolean;
   /** Standard SBOMs written beside the native BOM: `<output>.cdx.json`, `<output>.spdx.json` (default: both). */
@@ -182,6 +187,7 @@ async function build<T>(
   const { signal } = options;
   const events = options.onEvent ?? ignoreEvents;
   const clock = stopwatch();
+  sourceDateEpoch(); // a malformed SOURCE_DATE_EPOCH fails here, before any work
 
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   events({ event: 'phase-started', phase: 0 });
@@ -245,8 +251,9 @@ interface OutputPlan {
 
 /** Where each artifact goes; checked before the build starts, so a bad --output fails before any work. */
 function planOutputs(options: ArtifactOptions & OutputPlan) {
-  const outputPath = options.output ? resolve(options.output) : options.defaultOutput;
   const formats = options.formats?.length ? [...new Set(options.formats)] : [options.defaultFormat];
+  // The default name takes the first format's extension (node.tar for --format tar).
+  const outputPath = options.output ? resolve(options.output) : options.defaultOutput.replace(/\.[^./]+$/, `.${FORMAT_EXTENSIONS[formats[0]]}`);
   const paths = artifactPaths(outputPath, formats);
   if (paths.some((path) => options.forbidden.includes(path))) {
     throw new ImageBuilderError('BAD_INPUT', 'an output path is the input image', { hint: 'the input is never modified: choose another --output' });
@@ -271,18 +278,17 @@ async function writeArtifacts(
     if (opened.backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
     else await clock.time('fstrim', () => trimFilesystems(run, opened.layout.mounts, log));
   }
-  await releaseGuest(state.guest, clock);
-  throwIfAborted(signal);
-
   // Artifacts appear under their names only when all are complete.
   const partials = paths.map((path) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`));
   for (const partial of partials) cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
+  // The root filesystem tarball, from the guest's filesystems as mounted (the chroot session is closed).
+  if (formats.includes('tar')) await clock.time('tar', () => writeRootfsTar(opened.layout.root, partials[formats.indexOf('tar')], { run, log, signal, guestMounts: opened.layout.mounts.map((m) => m.hostPath) }));
+  await releaseGuest(state.guest, clock);
+  throwIfAborted(signal);
+
   log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
-  await clock.time('output', async () => {
-    await writeOutputImage(run, state.workImage, partials[0], formats[0], sparsify, { log, signal, workDir, compress: options.compress });
-    // The others from the first: already flattened and sparse.
-    for (let i = 1; i < formats.length; i++) await convertImage(run, partials[0], partials[i], formats[i], { log, signal, compress: options.compress });
-  });
+  const outputs = formats.map((format, i) => ({ format, partial: partials[i] }));
+  await clock.time('output', () => writeImageArtifacts(run, state.workImage, outputs, sparsify, { log, signal, workDir, compress: options.compress }));
   const artifacts: Artifact[] = [];
   for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
   clock.total();
