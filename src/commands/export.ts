@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { artifactFlags, artifactOptions } from '../cli/artifact-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { printResult } from '../cli/print-result.js';
-import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
+import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { exportWorkImage, type ApplyResult } from '../pipeline/apply.js';
 import type { BuildEvent } from '../pipeline/events.js';
 import { createLogger } from '../util/log.js';
@@ -23,21 +23,24 @@ export default class Export extends BaseCommand {
   static override flags = {
     output: Flags.string({ char: 'o', description: 'output image path [default: the work image name without .work, here]' }),
     ...artifactFlags,
-    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
-    'keep-work-dir': Flags.boolean({ description: 'keep the work directory for debugging', default: false }),
+    ...mountBackendFlag,
+    ...workDirFlag,
+    'keep-work-dir': Flags.boolean({ description: 'keep the work directory for debugging', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
   };
 
   async run(): Promise<ApplyResult> {
     const { args, flags } = await this.parse(Export);
+    exportHostFlags(flags);
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info' });
     const result = await withInterrupts(log, (signal) =>
       exportWorkImage({
         workImage: args['work-image'],
         output: flags.output,
         ...artifactOptions(flags),
-        mountBackend: flags['mount-backend'] as MountBackendName | 'auto',
+        mountBackend: mountBackendOf(flags),
+        workDir: flags['work-dir'],
         keepWorkDir: flags['keep-work-dir'],
         log,
         signal,

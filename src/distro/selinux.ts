@@ -77,7 +77,8 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
   const entry = (description: string): BomStep[] => [{ index, type: 'selinux-relabel', description, durationMs: Date.now() - started }];
 
   const fallback = async (why: string): Promise<BomStep[]> => {
-    await writeFile(join(root, '.autorelabel'), '', { mode: 0o644 });
+    // Resolved inside the guest: a /.autorelabel symlink in the image must not make this write land on the host.
+    await writeFile(join(root, await resolveInRoot(root, '/.autorelabel')), '', { mode: 0o644 });
     log.warn(`SELinux is ${config.mode} in the guest but its files could not be relabelled here: ${why}; created /.autorelabel, so the guest relabels itself at first boot (with one extra reboot)`);
     return entry(`/.autorelabel: the guest relabels itself at first boot (${why})`);
   };

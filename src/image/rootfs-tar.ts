@@ -60,6 +60,11 @@ export async function writeRootfsTar(root: string, target: string, options: Root
       hint: 'the chroot session must be closed before the tar is written; this is a bug in imagebuilder',
     });
   }
+  // Reading directories (readdir, getfattr) would update their atimes: the guest's filesystems are remounted
+  // noatime first, so writing the tar writes nothing into the image (files are also opened O_NOATIME).
+  for (const mount of [root, ...(options.guestMounts ?? []).filter((m) => m !== root)]) {
+    await options.run('mount', ['-o', 'remount,noatime', mount], { allowFailure: true, log: options.log });
+  }
   const epoch = options.clampMtime ?? sourceDateEpoch();
   const [xattrs, users, groups] = await Promise.all([readXattrs(options.run, root, options.signal), idNames(root, '/etc/passwd'), idNames(root, '/etc/group')]);
   const skipped: string[] = [];

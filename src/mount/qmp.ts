@@ -13,12 +13,23 @@ export interface QmpClient {
 
 export async function connectQmp(socketPath: string, timeoutMs = 10000): Promise<QmpClient> {
   const socket: Socket = await new Promise((resolve, reject) => {
-    const connection = createConnection(socketPath, () => resolve(connection));
+    const connection = createConnection(socketPath, () => {
+      connection.off('error', reject);
+      resolve(connection);
+    });
     connection.once('error', reject);
   });
   let buffered = '';
-  const waiting: ((line: Record<string, unknown>) => void)[] = [];
+  let failure: Error | undefined;
+  const waiting: { resolve: (line: Record<string, unknown>) => void; reject: (error: Error) => void }[] = [];
   const pending: Record<string, unknown>[] = [];
+  // The daemon going away (or talking nonsense) fails whoever waits for an answer, at once.
+  const fail = (error: Error) => {
+    failure ??= error;
+    for (const waiter of waiting.splice(0)) waiter.reject(failure);
+  };
+  socket.on('error', (error) => fail(new ImageBuilderError('COMMAND_FAILED', `QMP connection to ${socketPath} failed: ${error.message}`)));
+  socket.on('close', () => fail(new ImageBuilderError('COMMAND_FAILED', `QMP connection to ${socketPath} closed`)));
   socket.setEncoding('utf8');
   socket.on('data', (chunk: string) => {
     buffered += chunk;
@@ -27,10 +38,17 @@ export async function connectQmp(socketPath: string, timeoutMs = 10000): Promise
       const text = buffered.slice(0, newline).trim();
       buffered = buffered.slice(newline + 1);
       if (!text) continue;
-      const message = JSON.parse(text) as Record<string, unknown>;
+      let message: Record<string, unknown>;
+      try {
+        message = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        fail(new ImageBuilderError('COMMAND_FAILED', `QMP at ${socketPath} sent something that is not JSON: ${text.slice(0, 200)}`));
+        socket.destroy();
+        return;
+      }
       if ('event' in message) continue;
       const next = waiting.shift();
-      if (next) next(message);
+      if (next) next.resolve(message);
       else pending.push(message);
     }
   });
@@ -38,11 +56,22 @@ export async function connectQmp(socketPath: string, timeoutMs = 10000): Promise
     new Promise<Record<string, unknown>>((resolve, reject) => {
       const queued = pending.shift();
       if (queued) return resolve(queued);
-      const timer = setTimeout(() => reject(new ImageBuilderError('COMMAND_FAILED', `no answer from QMP at ${socketPath}`)), timeoutMs);
-      waiting.push((message) => {
-        clearTimeout(timer);
-        resolve(message);
-      });
+      if (failure) return reject(failure);
+      const waiter = {
+        resolve: (message: Record<string, unknown>) => {
+          clearTimeout(timer);
+          resolve(message);
+        },
+        reject: (error: Error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      const timer = setTimeout(() => {
+        waiting.splice(waiting.indexOf(waiter), 1);
+        reject(new ImageBuilderError('COMMAND_FAILED', `no answer from QMP at ${socketPath}`));
+      }, timeoutMs);
+      waiting.push(waiter);
     });
 
   const client: QmpClient = {

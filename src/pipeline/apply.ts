@@ -5,7 +5,7 @@ import { cycloneDxFromBom } from '../bom/cyclonedx.js';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { spdxFromBom } from '../bom/spdx.js';
 import { sha256File } from '../fetch/checksums.js';
-import { convertImage, type ImageFormat } from '../image/qemu-img.js';
+import { convertImage, imageInfo, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
 import { CleanupStack } from '../util/cleanup.js';
@@ -155,7 +155,15 @@ function inImageBom(bom: Phase1Bom) {
 /** Where phase 1's layers live: a resumed work dir's store, the shared cache, or (kept for --resume) the work dir. */
 async function layerStoreFor(options: ApplyOptions, workDir: string, input: VerifiedImage): Promise<LayerStore | undefined> {
   if (options.resume) {
-    const note = JSON.parse(await readFile(join(options.resume, RESUME_FILE), 'utf8').catch(() => 'null')) as { store: string; baseSha256: string } | null;
+    const text = await readFile(join(options.resume, RESUME_FILE), 'utf8').catch(() => 'null');
+    const note = ((): { store: string; baseSha256: string } | undefined => {
+      try {
+        const parsed = JSON.parse(text) as { store?: unknown; baseSha256?: unknown } | null;
+        return typeof parsed?.store === 'string' && typeof parsed.baseSha256 === 'string' ? { store: parsed.store, baseSha256: parsed.baseSha256 } : undefined;
+      } catch {
+        return undefined;
+      }
+    })();
     if (!note) {
       throw new ImageBuilderError('BAD_INPUT', `${options.resume} is not a work directory kept by a failed build (no ${RESUME_FILE})`, {
         hint: 'a failed `imagebuilder apply --keep-work-dir` prints the directory to resume from',
@@ -212,7 +220,6 @@ async function build<T>(
         mountBackend: options.mountBackend ?? 'auto',
         store,
         refresh: options.refresh,
-        keepFailed: options.keepWorkDir,
         shellOnFailure: options.shellOnFailure,
       });
     } catch (error) {
@@ -389,6 +396,13 @@ export async function exportWorkImage(options: ExportOptions): Promise<ApplyResu
   const run = options.run ?? execRunner;
   const clock = stopwatch();
   const workImage = resolve(options.workImage);
+  // Before any work: the work image is a standalone qcow2 (a missing file or another format is said plainly).
+  const info = await imageInfo(run, workImage, log);
+  if (info.format !== 'qcow2' || info.backingFile) {
+    throw new ImageBuilderError('BAD_INPUT', `${workImage} is not a work image: ${info.backingFile ? `an overlay over ${info.backingFile}` : `a ${info.format} image`}`, {
+      hint: 'make one with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1 (a standalone qcow2)',
+    });
+  }
   const cleanup = new CleanupStack(log);
   try {
     const workDir = await createWorkDir(cleanup, log, { parent: options.workDir, keep: options.keepWorkDir });

@@ -37,12 +37,18 @@ export interface StepRecords {
 }
 
 export interface LayerRecord {
-  layerVersion: 1;
+  layerVersion: 2;
   key: string;
   /** The key of the layer below; absent for the first step's. */
   parent?: string;
   /** This layer's qcow2 in the store; absent when the step changed nothing (skipped by its `when`). */
   image?: string;
+  /**
+   * The qcow2 this layer's image is backed by (or, for a skipped step, stands for): the nearest image below;
+   * absent for the base image. Two builds may commit the same key with different images, so a chain is whole
+   * only when each layer sits on the image the record below it names.
+   */
+  backing?: string;
   createdAt: string;
   toolVersion: string;
   base: BaseState;
@@ -72,7 +78,8 @@ export function canonicalJson(value: unknown): string {
 /** The key of each step's layer, in order; each key chains the one before it. */
 export async function stepKeys(baseSha256: string, steps: RecipeStep[], variables: Record<string, string>): Promise<StepKey[]> {
   const keys: StepKey[] = [];
-  let parent = sha256Text(canonicalJson({ layers: 1, tool: TOOL_VERSION, base: baseSha256 }));
+  // SOURCE_DATE_EPOCH changes what steps write (clamped mtimes, the guest's environment).
+  let parent = sha256Text(canonicalJson({ layers: 2, tool: TOOL_VERSION, base: baseSha256, sourceDateEpoch: process.env.SOURCE_DATE_EPOCH?.trim() || null }));
   for (const step of steps) {
     const inputs: StepCacheInputs = (await step.type.cacheInputs?.(step.spec, { recipeDir: step.dir, variables })) ?? {};
     const key = sha256Text(canonicalJson({ parent, type: step.type.key, spec: step.spec, when: step.when, inputs: inputs.digests ?? {} }));
@@ -92,7 +99,7 @@ export class LayerStore {
   async read(key: string): Promise<LayerRecord | undefined> {
     try {
       const record = JSON.parse(await readFile(this.recordPath(key), 'utf8')) as LayerRecord;
-      if (record.layerVersion !== 1 || record.key !== key) return undefined;
+      if (record.layerVersion !== 2 || record.key !== key) return undefined;
       if (record.image && !(await stat(join(this.dir, record.image)).catch(() => undefined))) return undefined;
       return record;
     } catch {
@@ -106,11 +113,13 @@ export class LayerStore {
    */
   async longestPrefix(keys: StepKey[], refresh: (index: number) => boolean): Promise<LayerRecord[]> {
     const found: LayerRecord[] = [];
+    let below: string | undefined;
     for (const [index, { key }] of keys.entries()) {
       if (refresh(index)) break;
       const record = await this.read(key);
-      if (!record || record.parent !== found.at(-1)?.key) break;
+      if (!record || record.parent !== found.at(-1)?.key || record.backing !== below) break;
       found.push(record);
+      below = record.image ?? below;
     }
     const now = new Date();
     for (const record of found) await utimes(this.recordPath(record.key), now, now).catch(() => undefined);
@@ -169,6 +178,8 @@ export class LayerStore {
   }
 }
 
+const ORPHAN_GRACE_MS = 15 * 60 * 1000;
+
 export type ListedLayer = LayerRecord & { lastUsedAt: string; diskBytes: number };
 
 /**
@@ -199,7 +210,9 @@ export async function pruneLayers(
     for (const record of removed) await store.remove(record.key);
     for (const orphan of orphans) {
       const info = await stat(join(store.dir, orphan)).catch(() => undefined);
-      if (info && (options.all || (options.olderThanMs !== undefined && now - info.mtimeMs > options.olderThanMs))) await rm(join(store.dir, orphan), { force: true });
+      // A layer written in the last minutes may be a running build's: it removes its own when it ends.
+      if (!info || now - info.mtimeMs < ORPHAN_GRACE_MS) continue;
+      if (options.all || (options.olderThanMs !== undefined && now - info.mtimeMs > options.olderThanMs)) await rm(join(store.dir, orphan), { force: true });
     }
   }
   return { removed, kept: records.filter((r) => !doomed.has(r.key)), freedBytes: removed.reduce((sum, r) => sum + r.diskBytes, 0) };

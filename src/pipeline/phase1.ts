@@ -17,6 +17,7 @@ import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
 import type { EventSink } from './events.js';
 import { openGuest, type OpenedGuest } from './guest.js';
+import { imageInfo } from '../image/qemu-img.js';
 import { LayerStore, stepKeys, type BaseState, type LayerRecord, type StepKey } from './layers.js';
 import type { VerifiedImage } from './verify.js';
 import { requireFamilyForSteps } from './preflight.js';
@@ -38,8 +39,6 @@ export interface Phase1Options {
   store?: LayerStore;
   /** Steps (numbers from 1, or names) not to take from the cache: they and every step after run again. */
   refresh?: string[];
-  /** Keep the failed step's unfinished layer (--keep-work-dir), for a later --resume. */
-  keepFailed?: boolean;
   shellOnFailure?: boolean;
   events: EventSink;
   time<T>(stage: string, body: () => Promise<T>): Promise<T>;
@@ -68,17 +67,24 @@ function refreshMatcher(recipe: Recipe, refresh: string[] = []): (index: number)
 /** Flushes the guest's filesystems so a snapshot holds them whole: frozen where the kernel can, else synced. */
 async function quiesce(run: Runner, log: Logger, opened: OpenedGuest): Promise<() => Promise<void>> {
   const frozen: string[] = [];
-  for (const mount of opened.layout.mounts) {
-    const result = await run('fsfreeze', ['--freeze', mount.hostPath], { allowFailure: true });
-    if (result.exitCode === 0) frozen.push(mount.hostPath);
-    else {
-      log.debug(`fsfreeze ${mount.path}: ${result.output.trim()} (synced only)`);
-      await run('sync', ['--file-system', mount.hostPath]);
-    }
-  }
-  return async () => {
+  const thaw = async () => {
     for (const path of frozen.reverse()) await run('fsfreeze', ['--unfreeze', path], { allowFailure: true });
   };
+  try {
+    for (const mount of opened.layout.mounts) {
+      const result = await run('fsfreeze', ['--freeze', mount.hostPath], { allowFailure: true });
+      if (result.exitCode === 0) frozen.push(mount.hostPath);
+      else {
+        log.debug(`fsfreeze ${mount.path}: ${result.output.trim()} (synced only)`);
+        await run('sync', ['--file-system', mount.hostPath]);
+      }
+    }
+  } catch (error) {
+    // A frozen filesystem cannot be unmounted: never leave one behind.
+    await thaw();
+    throw error;
+  }
+  return thaw;
 }
 
 /**
@@ -98,19 +104,21 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
   const finalOverlay = join(options.workDir, 'work.qcow2');
   const newLayer = async () => {
     const file = await store!.newImage();
+    // A layer without its record is never reused (--resume takes the committed ones): it goes, whatever happened.
     options.files.push(`unfinished layer ${file}`, async () => {
-      if (committed.has(file)) return;
-      if (options.keepFailed) log.info(`kept the failed step's layer: ${file}`);
-      else await rm(file, { force: true });
+      if (!committed.has(file)) await rm(file, { force: true });
     });
     return file;
   };
   const committed = new Set<string>();
   let active = store && !allCached ? await newLayer() : finalOverlay;
-  if (top && reused[0].base.path !== input.path) {
-    // The cache names the base by content; here it lives at another path: point the bottom layer there.
-    const bottom = reused.find((r) => r.image)!;
-    await run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, join(store!.dir, bottom.image!)], { log, purpose: 'pointing the cached layers at the base image' });
+  const bottom = reused.find((r) => r.image);
+  if (bottom) {
+    // The cache names the base by content; it may live at another path now: point the bottom layer there.
+    const bottomImage = join(store!.dir, bottom.image!);
+    if ((await imageInfo(run, bottomImage, log)).backingFile !== input.path) {
+      await run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, bottomImage], { log, purpose: 'pointing the cached layers at the base image' });
+    }
   }
 
   const context: MountContext = { run, log, cleanup: guest, signal, workDir: options.workDir };
@@ -173,6 +181,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
 
   await options.time('steps', async () => {
     let parent = reused.at(-1)?.key;
+    let below = top?.image;
     for (const step of recipe.steps.slice(reused.length)) {
       throwIfAborted(signal);
       const number = step.index + 1;
@@ -234,12 +243,13 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
         // A skipped step's layer is its parent's image: nothing changed.
         const image = layerImage ? basename(layerImage) : undefined;
         await store.commit({
-          layerVersion: 1, key: key.key, ...(parent ? { parent } : {}), ...(image ? { image } : { image: undefined }),
+          layerVersion: 2, key: key.key, ...(parent ? { parent } : {}), ...(image ? { image } : {}), ...(below ? { backing: below } : {}),
           createdAt: new Date().toISOString(), toolVersion: TOOL_VERSION, base, step: bomStep, ...(key.unpinned ? { unpinned: key.unpinned } : {}),
           records: { files: stepRecords.files, units: stepRecords.units, images: stepRecords.images },
           ...(after.length ? { after } : {}),
         });
         parent = key.key;
+        below = image ?? below;
       }
       steps.push(bomStep, ...after);
       events({ event: 'step-finished', step: number, durationMs: bomStep.durationMs, ...(store ? { layer: key.key } : {}) });

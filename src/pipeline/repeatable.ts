@@ -15,7 +15,10 @@ import { apply, type ApplyOptions, type ApplyResult } from './apply.js';
  * with the differences.
  */
 export async function applyRepeatably(options: ApplyOptions): Promise<ApplyResult & { repeatDiff: ImageDiff }> {
-  // Both from scratch: a build taken from the step cache would repeat trivially.
+  // Both from scratch: a build taken from the step cache (or resumed from kept layers) would repeat trivially.
+  if (options.resume) {
+    throw new ImageBuilderError('BAD_INPUT', '--verify-repeatable builds from scratch twice; it cannot --resume', { hint: 'drop one of the two flags' });
+  }
   const first = await apply({ ...options, cache: false });
   const log = options.log ?? createLogger();
   log.info('building a second time to check that the build is repeatable');

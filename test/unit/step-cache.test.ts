@@ -126,6 +126,17 @@ steps:
     ]);
   });
 
+  test('SOURCE_DATE_EPOCH is part of every key (it changes what steps write)', async () => {
+    const without = await keysOf(recipe());
+    process.env.SOURCE_DATE_EPOCH = '1700000000';
+    try {
+      const withEpoch = await keysOf(recipe());
+      expect(withEpoch.every((key, i) => key !== without[i])).toBe(true);
+    } finally {
+      delete process.env.SOURCE_DATE_EPOCH;
+    }
+  });
+
   test('canonical JSON sorts keys at every depth and drops undefined', () => {
     expect(canonicalJson({ b: 1, a: { d: [1, { f: 2, e: undefined }], c: 'x' } })).toBe('{"a":{"c":"x","d":[1,{"f":2}]},"b":1}');
   });
@@ -138,11 +149,12 @@ describe('layer store', () => {
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
-  const record = (key: string, parent: string | undefined, image: string | undefined): LayerRecord => ({
-    layerVersion: 1,
+  const record = (key: string, parent: string | undefined, image: string | undefined, backing?: string): LayerRecord => ({
+    layerVersion: 2,
     key,
     ...(parent ? { parent } : {}),
     image,
+    ...(backing ? { backing } : {}),
     createdAt: new Date().toISOString(),
     toolVersion: '0',
     base: { sha256: BASE, path: '/base.qcow2', osRelease: {}, packages: [] },
@@ -154,12 +166,19 @@ describe('layer store', () => {
     const store = new LayerStore(dir);
     const images = [await store.newImage(), await store.newImage()];
     for (const image of images) await writeFile(image, 'qcow2');
-    await store.commit(record('k1', undefined, images[0].split('/').pop()));
-    await store.commit(record('k2', 'k1', undefined)); // a skipped step: no image of its own
-    await store.commit(record('k3', 'k2', images[1].split('/').pop()));
+    const [first, second] = images.map((image) => image.split('/').pop()!);
+    await store.commit(record('k1', undefined, first));
+    await store.commit(record('k2', 'k1', undefined, first)); // a skipped step: no image of its own
+    await store.commit(record('k3', 'k2', second, first));
     const keys = ['k1', 'k2', 'k3', 'k4'].map((key) => ({ key }));
     expect((await store.longestPrefix(keys, () => false)).map((r) => r.key)).toEqual(['k1', 'k2', 'k3']);
     expect((await store.longestPrefix(keys, (i) => i >= 1)).map((r) => r.key)).toEqual(['k1']);
+    // Another build committed k1 again with its own image: k3's image sits on the old one, so the chain stops.
+    const other = await store.newImage();
+    await writeFile(other, 'qcow2');
+    await store.commit(record('k1', undefined, other.split('/').pop()));
+    expect((await store.longestPrefix(keys, () => false)).map((r) => r.key)).toEqual(['k1']);
+    await store.commit(record('k1', undefined, first));
     // A record whose image is gone breaks the chain there.
     await rm(images[1]);
     expect((await store.longestPrefix(keys, () => false)).map((r) => r.key)).toEqual(['k1', 'k2']);
@@ -170,7 +189,7 @@ describe('layer store', () => {
     const [a, b, orphan] = [await store.newImage(), await store.newImage(), await store.newImage()];
     for (const image of [a, b, orphan]) await writeFile(image, 'qcow2');
     await store.commit(record('k1', undefined, a.split('/').pop()));
-    await store.commit(record('k2', 'k1', b.split('/').pop()));
+    await store.commit(record('k2', 'k1', b.split('/').pop(), a.split('/').pop()));
     expect((await store.list()).orphans).toEqual([orphan.split('/').pop()]);
     expect((await store.remove('k1')).sort()).toEqual(['k1', 'k2']);
     expect((await store.list()).records).toEqual([]);
