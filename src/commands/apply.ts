@@ -44,7 +44,7 @@ export default class Apply extends BaseCommand {
     refresh: Flags.string({ description: 'run this step (its number from 1, or its name) and all after it again instead of taking them from the cache', multiple: true, helpValue: 'STEP' }),
     'shell-on-failure': Flags.boolean({ description: 'when a step fails, open a shell inside the guest at that point (everything still mounted); exiting it cleans up', default: false }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
-    resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused', helpValue: 'WORK-DIR', exclusive: ['no-cache'] }),
+    resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),
     json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
     quiet: Flags.boolean({ char: 'q', description: 'do not echo command output (it is still in errors)', default: false }),
