@@ -210,8 +210,9 @@ export async function pruneLayers(
     for (const record of removed) await store.remove(record.key);
     for (const orphan of orphans) {
       const info = await stat(join(store.dir, orphan)).catch(() => undefined);
-      // A layer written in the last minutes may be a running build's: it removes its own when it ends.
-      if (!info || now - info.mtimeMs < ORPHAN_GRACE_MS) continue;
+      // A layer written in the last minutes may be a running build's (it removes its own when it ends): only
+      // --all, which empties the cache whatever runs, takes those.
+      if (!info || (!options.all && now - info.mtimeMs < ORPHAN_GRACE_MS)) continue;
       if (options.all || (options.olderThanMs !== undefined && now - info.mtimeMs > options.olderThanMs)) await rm(join(store.dir, orphan), { force: true });
     }
   }
