@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { access, lstat, readlink } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join, posix } from 'node:path';
@@ -28,9 +29,16 @@ export async function which(command: string): Promise<string | undefined> {
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A zombie has exited and released everything; only its reaping is left. A daemonized helper's parent is
+  // init, which may reap late (or never: a container whose PID 1 does not reap), so it must not count as alive.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 

@@ -40,9 +40,12 @@ export async function hostState(): Promise<HostState> {
   const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], { reject: false })).stdout
     .split('\n')
     .filter(Boolean);
-  const helpers = (await execa('pgrep', ['-a', '-f', 'qemu-storage-daemon|qemu-nbd|guestmount|qemu-system'], { reject: false })).stdout
+  // Zombies have exited (a daemonized helper is reaped by PID 1, here late): they hold nothing.
+  const helpers = (await execa('ps', ['-eo', 'pid=,stat=,args='], { reject: false })).stdout
     .split('\n')
-    .filter(Boolean);
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([, stat, ...args]) => stat && !stat.startsWith('Z') && /qemu-storage-daemon|qemu-nbd|guestmount|qemu-system/.test(args.join(' ')))
+    .map(([pid, , ...args]) => `${pid} ${args.join(' ')}`);
   return { mounts, loops, helpers };
 }
 
