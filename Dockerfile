@@ -37,20 +37,24 @@ FROM debian:trixie-slim
 #                               the guest filesystems; libguestfs also builds its appliance from these host packages
 #   guestmount libguestfs-tools libguestfs-xfs guestfs-tools linux-image-<arch>
 #                               guestmount backend, guestfish (the KVM probe), virt-sparsify (default sparsify);
-#                               the kernel is what the appliance boots (its initrd is not needed: supermin makes one)
+#                               the kernel is what the appliance boots
 #   qemu-user-static            runs foreign-architecture guests' binaries (binfmt registrations are the host's)
 #   gpg gpgv                    repository keys' fingerprints; signed sums files of base images
 #   xz-utils zstd               compressed base images
 #   rpm                         the BOM of an RPM-family guest, read from its rpm database
 #   ca-certificates             https downloads of base images
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
+# The build must not touch the build host's disks or waste time on an initrd: lvm2's postinst scans every block
+# device (under buildah, which shows the host's /dev, it spun for good), so LVM sees none during the build; the
+# kernel is only for libguestfs, which makes its own initrd (INITRD=No skips the kernel's).
+RUN mkdir /tmp/lvm-build && echo 'devices { global_filter = [ "r|.*|" ] }' > /tmp/lvm-build/lvm.conf \
+ && apt-get update \
+ && LVM_SYSTEM_DIR=/tmp/lvm-build INITRD=No apt-get install -y --no-install-recommends \
       nodejs ca-certificates \
       qemu-utils fuse3 util-linux mount libcap2-bin fdisk gdisk \
       e2fsprogs xfsprogs btrfs-progs dosfstools \
       guestmount libguestfs-tools libguestfs-xfs guestfs-tools "linux-image-$(dpkg --print-architecture)" \
       qemu-user-static gpg gpgv xz-utils zstd rpm \
- && rm -rf /var/lib/apt/lists/* /boot/initrd.img-*
+ && rm -rf /var/lib/apt/lists/* /tmp/lvm-build /boot/initrd.img-*
 COPY --from=build /out/ /
 ARG VERSION=0.1.0
 ARG REVISION=""

@@ -1,9 +1,10 @@
-import { copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { buildImage, CACHE_VOLUME, containersLeft, ensureBaseImage, imageConfig, IMAGE_TAG, runInContainer } from '../helpers/container.js';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { expectNothingLeft, hostState, REPO, sha256 } from '../helpers/host.js';
+import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
 import { HOST_TOOLS } from '../../src/util/tools.js';
@@ -13,6 +14,9 @@ import { HOST_TOOLS } from '../../src/util/tools.js';
  * `imagebuilder doctor` and `imagebuilder apply` run inside it on a real Debian image, with only what the
  * README's `docker run` line gives a container (all privileges, the host's /dev, /work, the cache volume).
  */
+/** A cold build (debootstrap, both stages' apt, npm ci) takes 5–10 minutes here, more on a busy machine. */
+const COLD_BUILD_MS = 45 * 60 * 1000;
+
 describe('the container (Dockerfile built by buildah, commands run inside it)', () => {
   const log = (message: string) => process.stderr.write(`[container test] ${message}\n`);
   let version: string;
@@ -30,7 +34,7 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     log(`${IMAGE_TAG} built in ${((Date.now() - started) / 1000).toFixed(0)} s`);
     await mkdir(CACHE_VOLUME, { recursive: true });
     work = await mkdtemp('/var/tmp/ib-container-');
-  });
+  }, COLD_BUILD_MS);
   afterAll(async () => {
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -50,6 +54,7 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
   });
 
   test('imagebuilder doctor inside: every host tool is in the image, and the host gaps show through', async () => {
+    // (The KVM verdict there is whatever the cache volume remembers; the apply below probes it once.)
     const result = await runInContainer(['imagebuilder', 'doctor', '--json'], { [work]: '/work', [CACHE_VOLUME]: '/var/cache/imagebuilder' });
     expect(result.stderr).toBe('');
     const report = JSON.parse(result.stdout) as { ready: boolean; checks: { id: string; status: string; found: string }[] };
@@ -67,13 +72,15 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
   });
 
   test('imagebuilder apply inside: a real package into a real image, output and BOM checked, input untouched', async () => {
-    const fixture = await fixtureImage('separate-boot');
+    // btrfs subvolumes for / and /home, /boot on its own ext4: several partitions, found through fstab by UUID.
+    const fixture = await fixtureImage('btrfs-subvol');
     const input = join(work, 'debian.qcow2');
     await copyFile(fixture, input);
     const inputSha = await sha256(input);
     const recipe = await writeRecipe(work, 'in-container', [
       { name: 'tools', packages: { install: ['socat'] } },
       { file: { path: '/etc/imagebuilder/built-in.txt', content: 'container\n' } },
+      { file: { path: '/boot/imagebuilder.txt', content: 'on the boot filesystem\n' } },
     ]);
     const before = await hostState();
 
@@ -103,8 +110,22 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     expect(bom.mountBackend).toBe('fuse'); // auto: no nbd module here
     expect(bom.tool).toMatchObject({ name: 'imagebuilder', version });
     expect(bom.packages).toContainEqual(expect.objectContaining({ name: 'socat', architecture: 'amd64', origin: 'added' }));
-    expect(bom.steps.map((s: { type: string }) => s.type)).toEqual(['packages', 'file']);
+    expect(bom.steps.map((s: { type: string }) => s.type)).toEqual(['packages', 'file', 'file']);
     expect(bom.output.sparsify).toBe('virt-sparsify'); // the default: libguestfs's appliance works in the image
+    expect(bom.warnings).toEqual([]); // every fstab entry mounted: /, /boot, /home
+    // The cache volume outlives the container: the KVM verdict of the first build here is in it.
+    expect((await readdir(CACHE_VOLUME)).filter((name) => name.startsWith('libguestfs-kvm-'))).toHaveLength(1);
+    await withImageMounted(output, 'btrfs-subvol', async (root) => {
+      expect(await readFile(join(root, 'etc/imagebuilder/built-in.txt'), 'utf8')).toBe('container\n');
+      expect(await dpkgVersion(root, 'socat')).toMatch(/\d/);
+    });
+    // /boot was the guest's own /boot filesystem, not a directory on the root.
+    await withImageMounted(output, 'btrfs-subvol', async (root) => {
+      await expect(readFile(join(root, 'boot/imagebuilder.txt'), 'utf8')).rejects.toThrow();
+    }, { boot: false });
+    await withImageMounted(output, 'btrfs-subvol', async (root) => {
+      expect(await readFile(join(root, 'boot/imagebuilder.txt'), 'utf8')).toBe('on the boot filesystem\n');
+    });
     await expectNothingLeft(before);
   });
 

@@ -16,6 +16,7 @@ import { REPO } from './host.js';
 export const BUILDAH_ROOT = '/var/cache/buildah-ib-tests';
 const BUILDAH_GLOBALS = ['--root', `${BUILDAH_ROOT}/storage`, '--runroot', '/run/buildah-ib-tests', '--storage-driver', 'overlay'];
 export const IMAGE_TAG = 'localhost/imagebuilder:test';
+const BUILD_STAGE_TAG = 'localhost/imagebuilder-build-stage:test';
 /** The named volume of the README's `docker run` line: the cache outlives each container, as it would for a user. */
 export const CACHE_VOLUME = `${BUILDAH_ROOT}/cache-volume`;
 
@@ -83,13 +84,19 @@ export async function ensureBaseImage(log: (message: string) => void): Promise<s
  * Builds the Dockerfile into IMAGE_TAG. The host's CA bundle goes in as the Dockerfile's optional
  * `ca-certificates` secret, so `npm ci` trusts what the host's own npm trusts. Afterwards, images the previous
  * builds left dangling (an older tag, stale cache layers) are pruned: the storage does not grow run after run.
+ * `--force-rm`: a failed step's container goes too.
  */
 export async function buildImage(labels: { version: string; revision: string; source: string }): Promise<void> {
   const secret = (await access('/etc/ssl/certs/ca-certificates.crt').then(() => true, () => false))
     ? ['--secret', 'id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt']
     : [];
+  // This storage is the container test's alone: containers an interrupted earlier run left are removed first.
+  await buildah(['rm', '--all']);
+  const bud = ['bud', '--isolation', 'chroot', '--layers', '--force-rm', '--pull-never', ...secret];
+  // The build stage gets a tag of its own: untagged, its cached layers would be dangling and pruned below.
+  await buildah([...bud, '--target', 'build', '--tag', BUILD_STAGE_TAG, REPO]);
   await buildah([
-    'bud', '--isolation', 'chroot', '--layers', '--pull-never', ...secret,
+    ...bud,
     '--build-arg', `VERSION=${labels.version}`, '--build-arg', `REVISION=${labels.revision}`, '--build-arg', `SOURCE=${labels.source}`,
     '--tag', IMAGE_TAG, REPO,
   ]);
@@ -114,16 +121,27 @@ async function ourCapabilities(): Promise<string[]> {
 }
 
 /**
- * Runs one command in a fresh container of IMAGE_TAG, as privileged as this process, with the host's /dev
- * and the given host directories bound in, then removes the container (also when the command fails).
- * `buildah run` does not apply the image's ENTRYPOINT: the command names `imagebuilder` itself.
+ * Runs one command in a fresh container of IMAGE_TAG, as privileged as this process, with the given host
+ * directories bound in, then removes the container (also when the command fails). `buildah run` does not apply
+ * the image's ENTRYPOINT: the command names `imagebuilder` itself.
+ *
+ * /dev: `--isolation chroot` already binds the host's devtmpfs there (what `-v /dev:/dev` gives a Docker
+ * container: nodes appear as the kernel adds them); binding it again with --volume makes buildah 1.28 put an
+ * anonymous volume over the cache bind instead. What differs from `docker run --privileged`: buildah masks
+ * /sys/dev/block, which libblkid needs to read a partition's GPT entry (PARTLABEL=, PARTUUID= in fstab), so the
+ * fixture used here names its filesystems by UUID.
  */
 export async function runInContainer(command: string[], volumes: Record<string, string>, env: Record<string, string> = {}) {
   const name = `ib-ctr-test-${process.pid}-${Date.now()}`;
   await buildah(['from', '--pull-never', '--name', name, IMAGE_TAG]);
   try {
+    // buildah 1.28 mounts an anonymous volume for each of the image's VOLUMEs, over a --volume bound to the
+    // same path (most of the time): this container forgets the declaration, so the bind is what is there.
+    for (const inside of Object.values(volumes)) {
+      if ((await imageConfig()).config.Volumes?.[inside]) await buildah(['config', '--volume', `${inside}-`, name]);
+    }
     const caps = (await ourCapabilities()).flatMap((cap) => ['--cap-add', cap]);
-    const binds = Object.entries({ '/dev': '/dev', ...volumes }).flatMap(([host, inside]) => ['--volume', `${host}:${inside}`]);
+    const binds = Object.entries(volumes).flatMap(([host, inside]) => ['--volume', `${host}:${inside}`]);
     const envs = Object.entries(env).flatMap(([key, value]) => ['--env', `${key}=${value}`]);
     const result = await execa('buildah', [...BUILDAH_GLOBALS, 'run', '--isolation', 'chroot', ...caps, ...binds, ...envs, name, '--', ...command], { reject: false });
     return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr) };
