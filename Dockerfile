@@ -38,10 +38,12 @@ FROM debian:trixie-slim
 #   guestmount libguestfs-tools libguestfs-xfs guestfs-tools linux-image-<arch>
 #                               guestmount backend, guestfish (the KVM probe), virt-sparsify (default sparsify);
 #                               the kernel is what the appliance boots
-#   qemu-user-static            runs foreign-architecture guests' binaries (binfmt registrations are the host's)
+#   qemu-user-static            static emulators for foreign-architecture guests (imagebuilder registers them with
+#                               binfmt_misc for a build; on trixie it brings qemu-user and qemu-user-binfmt)
 #   gpg gpgv                    repository keys' fingerprints; signed sums files of base images
 #   xz-utils zstd               compressed base images
 #   rpm                         the BOM of an RPM-family guest, read from its rpm database
+#   policycoreutils attr        setfiles: SELinux guests relabelled; getfattr: extended attributes for --format tar
 #   ca-certificates             https downloads of base images
 # The build must not touch the build host's disks or waste time on an initrd: lvm2's postinst scans every block
 # device (under buildah, which shows the host's /dev, it spun for good), so LVM sees none during the build; the
@@ -53,7 +55,7 @@ RUN mkdir /tmp/lvm-build && echo 'devices { global_filter = [ "r|.*|" ] }' > /tm
       qemu-utils fuse3 util-linux mount libcap2-bin fdisk gdisk \
       e2fsprogs xfsprogs btrfs-progs dosfstools \
       guestmount libguestfs-tools libguestfs-xfs guestfs-tools "linux-image-$(dpkg --print-architecture)" \
-      qemu-user-static gpg gpgv xz-utils zstd rpm \
+      qemu-user-static gpg gpgv xz-utils zstd rpm policycoreutils attr \
  && rm -rf /var/lib/apt/lists/* /tmp/lvm-build /boot/initrd.img-*
 COPY --from=build /out/ /
 ARG VERSION=0.1.0

@@ -1,6 +1,9 @@
 /** The library API: everything the commands do, usable without oclif. */
-export { apply, defaultOutputPath, type ApplyOptions, type ApplyResult } from './pipeline/apply.js';
-export { SPARSIFY_MODES, type SparsifyMode } from './pipeline/output.js';
+export { apply, defaultOutputPath, exportWorkImage, prepareWorkImage, type ApplyOptions, type ApplyResult, type ExportOptions, type WorkImageResult } from './pipeline/apply.js';
+export type { BuildEvent } from './pipeline/events.js';
+export { LayerStore, stepKeys } from './pipeline/layers.js';
+export { writeRootfsTar, type RootfsTarOptions } from './image/rootfs-tar.js';
+export { OUTPUT_FORMATS, SPARSIFY_MODES, type OutputFormat, type SparsifyMode } from './pipeline/output.js';
 export { verifyImage, type VerifiedImage } from './pipeline/verify.js';
 export { loadRecipe, parseRecipe, type Recipe, type RecipeProblem } from './recipe/load.js';
 export { recipeSchema } from './recipe/schema.js';
@@ -11,3 +14,7 @@ export { ImageBuilderError, EXIT_CODES, type ErrorCode } from './util/errors.js'
 export { createLogger, type Logger } from './util/log.js';
 export { withInterrupts } from './util/signals.js';
 export { TOOL_VERSION } from './version.js';
+export { loadMatrix, parseMatrix, type Matrix, type MatrixBuild } from './matrix/load.js';
+export { runMatrix, selectBuilds, matrixOutcome, type MatrixResult, type BuildResult } from './matrix/run.js';
+export { emitArgo, emitJobs, manifestsYaml, type EmitOptions } from './matrix/emit.js';
+export { EXIT_CODE_MEANINGS } from './util/errors.js';

@@ -27,6 +27,8 @@ export interface BomStep {
   durationMs: number;
   /** Why the step did not run here (its `when` did not match the guest). */
   skipped?: string;
+  /** Its result was taken from the step cache (its duration is the one measured when it ran). */
+  cached?: boolean;
 }
 
 export interface Bom {

@@ -72,7 +72,7 @@ export function renderCycloneDx(model: SbomModel): CycloneDxDocument {
     type: 'operating-system',
     name: model.image.name,
     ...(model.os.versionId ? { version: model.os.versionId } : {}),
-    description: `disk image${model.image.format ? ` (${model.image.format})` : ''}${model.os.prettyName ? ` of ${model.os.prettyName}` : ''}`,
+    description: `${model.image.format === 'tar' ? 'root filesystem tarball' : `disk image${model.image.format ? ` (${model.image.format})` : ''}`}${model.os.prettyName ? ` of ${model.os.prettyName}` : ''}`,
     hashes: sha256(model.image.sha256),
     properties: [
       ...prop('image:format', model.image.format),

@@ -5,11 +5,10 @@ import { resolveInRoot } from '../util/fs.js';
 /** Where a running node finds what it is made of. */
 export const IN_IMAGE_BOM_PATH = '/usr/share/imagebuilder/bom.json';
 
-/** The build's time: SOURCE_DATE_EPOCH when set (reproducible builds), else now. */
-export function buildTime(): Date {
-  const epoch = process.env.SOURCE_DATE_EPOCH;
-  return epoch && /^\d+$/.test(epoch) ? new Date(Number(epoch) * 1000) : new Date();
-}
+/** Inside a work image (`apply --phases 0,1`): what phase 1 did, for `export` (which removes it) and `inspect`. */
+export const WORK_RECORD_PATH = '/usr/share/imagebuilder/work.json';
+
+export { buildTime } from '../util/time.js';
 
 /**
  * Writes the BOM into the mounted guest (0644, dated at the build time). It is written before the output

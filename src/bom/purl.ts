@@ -4,6 +4,7 @@ import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage } from '../steps/types.js';
 import type { Bom, BomPackage, Kernel } from './collect.js';
 import type { Inventory, UnitState } from './inventory.js';
+import { sourceDateEpoch } from '../util/time.js';
 
 /*
  * Package URLs (https://github.com/package-url/purl-spec) for what an image holds, and the one model the
@@ -54,10 +55,10 @@ export interface PurlDistro {
 /** deb or rpm, from the distro family when known, else from os-release (ID, ID_LIKE), else from the packages. */
 export function packageType(os: { id?: string; osRelease?: Record<string, string> }, family?: string, packages: InstalledPackage[] = []): PackageType | undefined {
   if (family === 'debian') return 'deb';
-  if (family === 'redhat') return 'rpm';
+  if (family === 'redhat' || family === 'suse' || family === 'photon') return 'rpm';
   const ids = [os.id, ...(os.osRelease?.ID_LIKE ?? '').split(/\s+/)].filter(Boolean).map((id) => id!.toLowerCase());
   if (ids.some((id) => id === 'debian' || id === 'ubuntu')) return 'deb';
-  if (ids.some((id) => ['fedora', 'rhel', 'centos', 'suse', 'opensuse'].includes(id))) return 'rpm';
+  if (ids.some((id) => ['fedora', 'rhel', 'centos', 'suse', 'opensuse', 'photon'].includes(id))) return 'rpm';
   if (packages.some((p) => p.sourceRpm !== undefined || p.epoch !== undefined)) return 'rpm';
   return undefined;
 }
@@ -162,8 +163,7 @@ const byPackage = (a: InstalledPackage, b: InstalledPackage) => compare(a.name, 
 
 /** SOURCE_DATE_EPOCH when set (reproducible builds), else the fallback (the BOM's createdAt), else now; whole seconds. */
 export function sbomTimestamp(fallback?: string, env: NodeJS.ProcessEnv = process.env): string {
-  const epoch = env.SOURCE_DATE_EPOCH?.trim();
-  const date = epoch && /^\d+$/.test(epoch) ? new Date(Number(epoch) * 1000) : fallback ? new Date(fallback) : new Date();
+  const date = sourceDateEpoch(env) ?? (fallback ? new Date(fallback) : new Date());
   return `${date.toISOString().slice(0, 19)}Z`;
 }
 

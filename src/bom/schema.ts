@@ -1,4 +1,5 @@
 import type { JsonSchema } from '../steps/types.js';
+import { OUTPUT_FORMATS } from '../pipeline/output.js';
 
 const SHA256 = { type: 'string', pattern: '^[0-9a-f]{64}$' };
 const str = { type: 'string' };
@@ -20,7 +21,7 @@ const installedPackage = {
   vendor: str,
   sourceRpm: str,
 };
-const artifact = object({ path: str, format: { enum: ['qcow2', 'raw', 'vmdk', 'vhdx', 'vpc', 'vdi'] }, sha256: SHA256 });
+const artifact = object({ path: str, format: { enum: [...OUTPUT_FORMATS] }, sha256: SHA256 });
 
 /** schemas/bom.schema.json: the native BOM apply writes beside every image (a unit test keeps the file in step). */
 export function bomSchema(): JsonSchema {
@@ -59,7 +60,7 @@ export function bomSchema(): JsonSchema {
         units: list(object({ unit: str, state: { enum: ['enabled', 'disabled', 'masked', 'unmasked'] } })),
         unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
         containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
-        steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str }, ['index', 'type', 'description', 'durationMs'])),
+        steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str, cached: { type: 'boolean' } }, ['index', 'type', 'description', 'durationMs'])),
         mountBackend: { enum: ['nbd', 'fuse', 'guestmount'] },
         durationsMs: { type: 'object', additionalProperties: { type: 'number', minimum: 0 } },
         warnings: list(str),

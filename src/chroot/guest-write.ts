@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { ChrootSession } from './session.js';
 import { sha256Text } from '../fetch/checksums.js';
+import { sourceDateEpoch } from '../util/time.js';
 
 export interface GuestFileSpec {
   /** Absolute guest path. */
@@ -13,6 +14,10 @@ export interface GuestFileSpec {
   owner?: string;
   group?: string;
 }
+
+const WRITE_FILE_SCRIPT =
+  'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; ' +
+  'chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; [ -z "$5" ] || touch -m -d "$5" -- "$tmp"; mv -f -- "$tmp" "$1"';
 
 /**
  * Writes a file through the guest's own tools inside the chroot, so the path and any symlinks on it resolve
@@ -35,10 +40,11 @@ export async function writeGuestFile(session: ChrootSession, spec: GuestFileSpec
     input = pipeline(input, hashing, () => undefined);
     digest = () => hash.digest('hex');
   }
-  const script =
-    'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; ' +
-    'chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; mv -f -- "$tmp" "$1"';
-  await session.exec(['/bin/sh', '-c', script, 'write-file', spec.path, spec.owner ?? 'root', spec.group ?? 'root', spec.mode ?? '0644'], {
+  // Reproducible builds: what the build writes is dated no later than SOURCE_DATE_EPOCH (clamped, as tar's
+  // --clamp-mtime does), so the file's mtime is the same in every build; without it, the write's own time.
+  const epoch = sourceDateEpoch();
+  const mtime = epoch && epoch.getTime() < Date.now() ? [`@${epoch.getTime() / 1000}`] : [];
+  await session.exec(['/bin/sh', '-c', WRITE_FILE_SCRIPT, 'write-file', spec.path, spec.owner ?? 'root', spec.group ?? 'root', spec.mode ?? '0644', ...mtime], {
     input,
     errorCode: 'STEP_FAILED',
     purpose,

@@ -3,11 +3,13 @@ import { basename, dirname, join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
 import { ImageBuilderError } from '../util/errors.js';
+import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot } from '../util/fs.js';
 import { killAll } from '../util/processes.js';
+import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
 
 export interface SessionFile {
@@ -47,6 +49,15 @@ const ENTER_GUEST = [
   'for p in sys sysrq-trigger; do [ -e "$root/proc/$p" ] || continue; mount --bind "$root/proc/$p" "$root/proc/$p"; mount -o remount,bind,ro "$root/proc/$p"; done',
   `exec capsh --chroot="$root" --drop=${DROPPED_CAPABILITIES.map((c) => `cap_${c}`).join(',')} --inh= --shell=/bin/sh -- -c 'exec "$@"' sh "$@"`,
 ].join('\n');
+
+/**
+ * CHROOT_ENV, and the build's SOURCE_DATE_EPOCH when set: the guest's own tools that honour it (mkinitramfs, dracut,
+ * gzip of man pages, Python byte-compiling …) then date what they write at the build's time too.
+ */
+export function guestEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const epoch = sourceDateEpoch(env);
+  return { ...CHROOT_ENV, ...(epoch ? { SOURCE_DATE_EPOCH: String(epoch.getTime() / 1000) } : {}) };
+}
 
 /** argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. */
 export function confinedCommand(root: string, argv: string[]): [string, string[]] {
@@ -103,8 +114,9 @@ async function hostResolvConf(): Promise<string> {
 }
 
 /**
- * Opens a chroot session on a mounted guest: private /proc, /sys, a minimal /dev (not the host's: a
- * guest script cannot reach host disks), /dev/pts, a private /run, working DNS, services blocked.
+ * Opens a chroot session on a mounted guest: its programs made runnable (qemu-user through binfmt_misc for
+ * a foreign architecture), private /proc, /sys, a minimal /dev (not the host's: a guest script cannot reach
+ * host disks), /dev/pts, a private /run, working DNS, services blocked.
  * Everything is undone by close(), in reverse, after killing what is still running inside.
  */
 export async function openChroot(root: string, options: ChrootOptions): Promise<ChrootSession> {
@@ -122,6 +134,9 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   };
 
   try {
+    // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
+    // fails here, and its registration outlives everything that runs inside.
+    await enableEmulation(root, { run, log, cleanup });
     // /proc is mounted per command, inside its own PID namespace (confinedCommand); the directory must exist.
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
     await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
@@ -155,13 +170,13 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     exec: (argv, execOptions = {}) =>
       run(...confinedCommand(root, argv), {
         // Messages show what ran in the guest, not the confinement wrapper around it.
-        display: formatCommand('chroot', [root, ...argv]), log, ...execOptions, env: { ...CHROOT_ENV, ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+        display: formatCommand('chroot', [root, ...argv]), log, ...execOptions, env: { ...guestEnv(), ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
     interactive: async (argv, env = {}, signal = options.signal) => {
       const [file, args] = confinedCommand(root, argv);
       log.debug(`$ ${formatCommand('chroot', [root, ...argv])}`);
       // The user's terminal, in our process group: job control and Ctrl-C belong to the shell.
       // SIGTERM (not Ctrl-C) to imagebuilder ends the shell too, and everything is released.
-      const result = await execa(file, args, { stdio: 'inherit', env: { ...CHROOT_ENV, TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
+      const result = await execa(file, args, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
       if (signal?.aborted) throw signal.reason;
       return result.exitCode ?? 128 + (osConstants.signals[result.signal as NodeJS.Signals] ?? 15);
     },

@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import type { DiskImageOptions } from '../fetch/image-source.js';
+import { cacheFlag } from './host-flags.js';
 
 /** How every command that takes a disk image verifies and caches it (phase 0). */
 export const imageVerifyFlags = {
@@ -14,12 +15,14 @@ export const imageVerifyFlags = {
   keyring: Flags.string({
     description: "verify the sums file's OpenPGP signature (detached .gpg/.sign/.sig, or clearsigned) with gpgv against this keyring",
     helpValue: 'FILE',
+    env: 'IMAGEBUILDER_KEYRING',
   }),
   offline: Flags.boolean({
     description: 'use the cache alone: a URL must have been fetched before',
     default: false,
     env: 'IMAGEBUILDER_OFFLINE',
   }),
+  ...cacheFlag,
 };
 
 /** `--disk-image` and its verification flags: spread into a command's flags. */
@@ -33,8 +36,9 @@ export const diskImageFlags = {
   ...imageVerifyFlags,
 };
 
-export function diskImageOptions(flags: { checksum?: string; 'insecure-skip-verify'?: boolean; keyring?: string; offline?: boolean }): DiskImageOptions {
+export function diskImageOptions(flags: { checksum?: string; 'insecure-skip-verify'?: boolean; keyring?: string; offline?: boolean; cache?: string }): DiskImageOptions {
   return {
+    cacheDir: flags.cache,
     checksum: flags.checksum,
     insecureSkipVerify: flags['insecure-skip-verify'],
     keyring: flags.keyring,

@@ -1,12 +1,19 @@
 import { Args, Flags } from '@oclif/core';
-import { apply, MOUNT_BACKEND_NAMES, SPARSIFY_MODES, withInterrupts, createLogger, type ApplyResult } from '../index.js';
+import { apply, withInterrupts, createLogger, type ApplyResult } from '../index.js';
+import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
-import { SBOM_FORMATS, type SbomFormat } from '../pipeline/apply.js';
+import { prepareWorkImage, SBOM_FORMATS, type ApplyOptions, type SbomFormat, type WorkImageResult } from '../pipeline/apply.js';
+import type { BuildEvent } from '../pipeline/events.js';
+import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
+import { execRunner } from '../util/exec.js';
+import { printResult } from '../cli/print-result.js';
+import { terminalProgress } from '../cli/progress.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
 import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
+import { artifactFlags, artifactOptions } from '../cli/artifact-flags.js';
 
 export default class Apply extends BaseCommand {
   static override summary = "Run a recipe's steps inside a disk image and write the customized image and its BOM";
@@ -24,70 +31,69 @@ export default class Apply extends BaseCommand {
     ...diskImageFlags,
     ...recipeVariableFlags,
     output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
-    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
-    format: Flags.string({
-      description: "output format (repeatable: each written beside the first) [default: the input's format]",
-      options: [...IMAGE_FORMATS],
-      multiple: true,
-    }),
-    compress: Flags.boolean({ description: 'compress qcow2 outputs', default: false }),
-    sbom: Flags.string({
-      description: 'standard SBOMs written beside the BOM (<output>.cdx.json, <output>.spdx.json): a comma-separated list of cyclonedx, spdx, or none',
-      default: 'cyclonedx,spdx',
-      parse: async (value) => {
-        const formats = value.split(',').map((f) => f.trim()).filter(Boolean);
-        const bad = formats.filter((f) => f !== 'none' && !(SBOM_FORMATS as readonly string[]).includes(f));
-        if (bad.length) throw new ImageBuilderError('BAD_INPUT', `--sbom: unknown format ${bad.join(', ')}`, { hint: `a comma-separated list of ${SBOM_FORMATS.join(', ')}, or none` });
-        return formats.join(',');
-      },
-    }),
-    sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
+    ...mountBackendFlag,
+    ...workDirFlag,
+    ...artifactFlags,
     'verify-repeatable': Flags.boolean({ description: 'build a second time and fail if packages, units or written files differ', default: false }),
-    'keep-work-dir': Flags.boolean({ description: 'keep the work directory (overlay) for debugging', default: false }),
-    json: Flags.boolean({ description: 'print the result as JSON on stdout (logs stay on stderr)', default: false }),
+    phases: Flags.string({
+      description: 'phases to run: 0 (verify and cache the image), 0,1 (stop with a work image at --output for `imagebuilder export`), or 0,1,2',
+      options: ['0', '0,1', '0,1,2'],
+      default: '0,1,2',
+    }),
+    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
+    refresh: Flags.string({ description: 'run this step (its number from 1, or its name) and all after it again instead of taking them from the cache', multiple: true, helpValue: 'STEP' }),
+    'shell-on-failure': Flags.boolean({ description: 'when a step fails, open a shell inside the guest at that point (everything still mounted); exiting it cleans up', default: false }),
+    'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
+    resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),
+    json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
     quiet: Flags.boolean({ char: 'q', description: 'do not echo command output (it is still in errors)', default: false }),
   };
 
-  async run(): Promise<ApplyResult> {
+  async run(): Promise<ApplyResult | WorkImageResult | VerifiedImage> {
     const { args, flags } = await this.parse(Apply);
-    const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet });
+    exportHostFlags(flags);
+    // On a terminal, a live line under the log shows the running step; --json pipelines get events instead.
+    const progress = terminalProgress();
+    const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet, write: progress.write });
+    const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : progress.onEvent;
+    if (flags.phases === '0') {
+      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, diskImageOptions(flags)));
+      if (flags.json) this.log(JSON.stringify({ event: 'result', image }));
+      else this.log(`verified ${image.path} (sha256 ${image.sha256}); phases 1 and 2 not run`);
+      return image;
+    }
+    const options: ApplyOptions = {
+      recipe: args.recipe,
+      recipeInputs: recipeInputs(flags),
+      diskImage: flags['disk-image'],
+      image: diskImageOptions(flags),
+      output: flags.output,
+      mountBackend: mountBackendOf(flags),
+      cache: !flags['no-cache'],
+      refresh: flags.refresh,
+      resume: flags.resume,
+      shellOnFailure: flags['shell-on-failure'],
+      keepWorkDir: flags['keep-work-dir'],
+      workDir: flags['work-dir'],
+      log,
+      onEvent,
+    };
+    if (flags.phases === '0,1') {
+      const work = await withInterrupts(log, (signal) => prepareWorkImage({ ...options, signal }));
+      if (flags.json) this.log(JSON.stringify({ event: 'result', workImage: work.workImage, steps: work.bom.steps }));
+      else this.log(`work image: ${work.workImage}\n  finish it with: imagebuilder export ${work.workImage}`);
+      return work;
+    }
     const build = flags['verify-repeatable'] ? applyRepeatably : apply;
     const result = await withInterrupts(log, (signal) =>
       build({
-        recipe: args.recipe,
-        recipeInputs: recipeInputs(flags),
-        diskImage: flags['disk-image'],
-        image: diskImageOptions(flags),
-        output: flags.output,
-        mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
-        sparsify: flags.sparsify as (typeof SPARSIFY_MODES)[number],
-        formats: flags.format as ImageFormat[] | undefined,
-        compress: flags.compress,
-        sbom: flags.sbom.split(',').filter((f): f is SbomFormat => f !== 'none' && f !== ''),
-        keepWorkDir: flags['keep-work-dir'],
-        log,
+        ...options,
+        ...artifactOptions(flags),
         signal,
       }),
     );
-    if (flags.json) {
-      this.log(JSON.stringify({ output: result.output, artifacts: result.artifacts, bom: result.bomPath, sboms: result.sbomPaths, sums: result.sumsPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }, null, 2));
-    } else {
-      const bom = result.bom;
-      const added = bom.packages.filter((p) => p.origin !== 'base');
-      for (const artifact of result.artifacts) {
-        this.log(`image: ${artifact.path}`);
-        this.log(`  format ${artifact.format}, sha256 ${artifact.sha256}`);
-      }
-      this.log(`sums:  ${result.sumsPath}`);
-      this.log(`bom:   ${result.bomPath}`);
-      for (const path of result.sbomPaths) this.log(`sbom:  ${path}`);
-      this.log(`  ${bom.os.prettyName ?? bom.os.id} ${bom.architecture ?? ''}, kernels: ${bom.kernels.map((k) => k.version).join(', ') || 'none'}`);
-      this.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);
-      for (const p of added) this.log(`    ${p.name} ${p.version} (${p.architecture})${p.baseVersion ? ` was ${p.baseVersion}` : ''}`);
-      for (const p of bom.removedPackages) this.log(`    removed ${p.name} ${p.version}`);
-      this.log(`  took ${(bom.durationsMs.total / 1000).toFixed(1)}s (steps ${((bom.durationsMs.steps ?? 0) / 1000).toFixed(1)}s)`);
-    }
+    printResult(this, result, flags.json);
     return result;
   }
 }

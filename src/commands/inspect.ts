@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { createLogger, MOUNT_BACKEND_NAMES, withInterrupts } from '../index.js';
+import { createLogger, withInterrupts } from '../index.js';
+import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { inspect } from '../pipeline/inspect.js';
 import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
 import { renderCycloneDx } from '../bom/cyclonedx.js';
@@ -16,14 +17,16 @@ export default class Inspect extends BaseCommand {
   static override flags = {
     ...imageVerifyFlags,
     format: Flags.string({ description: 'output format', options: ['table', 'json', 'cyclonedx', 'spdx'], default: 'table' }),
-    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+    ...mountBackendFlag,
+    ...workDirFlag,
   };
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Inspect);
+    exportHostFlags(flags);
     const log = createLogger({ level: 'warn' });
     const result = await withInterrupts(log, (signal) =>
-      inspect({ diskImage: args.image, image: diskImageOptions(flags), mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto', log, signal }),
+      inspect({ diskImage: args.image, image: diskImageOptions(flags), mountBackend: mountBackendOf(flags), log, signal }),
     );
     if (flags.format === 'json') {
       this.log(JSON.stringify(result, null, 2));
@@ -40,6 +43,11 @@ export default class Inspect extends BaseCommand {
     this.log(`architecture: ${inventory.architecture ?? 'unknown'}`);
     this.log(`kernels:      ${inventory.kernels.map((k) => k.version).join(', ') || 'none'}`);
     this.log(`units:        ${inventory.units.map((u) => (u.state === 'masked' ? `${u.unit} (masked)` : u.unit)).join(', ') || 'none'}`);
+    if (result.work) {
+      const { work } = result;
+      this.log(`work image:   recipe ${work.recipe.name} (sha256 ${work.recipe.sha256.slice(0, 12)}…) over base sha256 ${work.input.sha256.slice(0, 12)}… (${work.input.url ?? work.input.path}); finish it with imagebuilder export`);
+      for (const step of work.steps) this.log(`  step ${step.index + 1} ${step.type}: ${step.description}${step.skipped ? ` (skipped: ${step.skipped})` : ''}`);
+    }
     this.log(`packages:     ${inventory.packages.length}`);
     const width = Math.max(...inventory.packages.map((p) => p.name.length), 4);
     for (const p of inventory.packages) this.log(`  ${p.name.padEnd(width)}  ${p.version}  ${p.architecture}`);

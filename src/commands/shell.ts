@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { MOUNT_BACKEND_NAMES, createLogger, withInterrupts } from '../index.js';
+import { createLogger, withInterrupts } from '../index.js';
+import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { shell } from '../pipeline/shell.js';
 import { diskImageOptions, diskImageFlags } from '../cli/image-flags.js';
 
@@ -17,12 +18,14 @@ export default class Shell extends BaseCommand {
     ...diskImageFlags,
     command: Flags.string({ char: 'c', description: 'run this with /bin/sh -c instead of an interactive shell; its exit code is ours' }),
     writable: Flags.boolean({ description: 'mount writable; changes go to a throw-away overlay', default: false }),
-    'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+    ...mountBackendFlag,
+    ...workDirFlag,
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
   };
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Shell);
+    exportHostFlags(flags);
     const interactive = flags.command === undefined;
     // With --command, stderr stays the command's own but for warnings.
     const log = createLogger({ level: flags.verbose ? 'debug' : interactive ? 'info' : 'warn' });
@@ -34,7 +37,7 @@ export default class Shell extends BaseCommand {
           image: diskImageOptions(flags),
           command: flags.command,
           writable: flags.writable,
-          mountBackend: flags['mount-backend'] as (typeof MOUNT_BACKEND_NAMES)[number] | 'auto',
+          mountBackend: mountBackendOf(flags),
           log,
           signal,
         }),

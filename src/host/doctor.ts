@@ -1,6 +1,8 @@
 import { readdir, readFile, statfs } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname } from 'node:path';
+import { findEmulator, REAL_HOST } from '../chroot/emulation.js';
+import { ARCHITECTURES, programArchitecture } from '../distro/architecture.js';
 import { isImageBuilderError } from '../util/errors.js';
 import type { ExecResult, Runner } from '../util/exec.js';
 import { exists, which } from '../util/fs.js';
@@ -56,6 +58,8 @@ export interface HostProbes {
   probeKvm(): Promise<KvmVerdict>;
   /** Starts it under TCG: whether libguestfs works here at all. */
   probeTcg(): Promise<ExecResult>;
+  /** For each architecture this host does not run natively: its static qemu-user emulator, if installed. */
+  foreignEmulators(): Promise<{ qemu: string; path?: string; dynamic: string[] }[]>;
 }
 
 export interface DoctorOptions {
@@ -178,35 +182,31 @@ async function checkNbd(probes: HostProbes): Promise<DoctorCheck> {
 
 const BINFMT = '/proc/sys/fs/binfmt_misc';
 
+/**
+ * Foreign guests (arm64 on amd64) run their programs under a static qemu-user emulator through binfmt_misc.
+ * imagebuilder registers the emulator itself for a build (src/chroot/emulation.ts), mounting binfmt_misc
+ * privately when the host has not: what it needs is the kernel's binfmt_misc, not disabled, and the emulators.
+ */
 async function checkBinfmt(probes: HostProbes): Promise<DoctorCheck> {
   const base = { id: 'binfmt', name: 'foreign architectures', required: false };
   const cost = 'guests of another architecture (arm64 on amd64 …) cannot run their package manager: their builds fail; native guests are not affected';
-  if (!(await probes.exists(`${BINFMT}/status`))) {
+  if (!/\sbinfmt_misc$/m.test((await probes.readText('/proc/filesystems')) ?? '')) {
+    return { ...base, status: 'missing', found: `kernel ${probes.kernelRelease()} has no binfmt_misc`, cost, fix: 'modprobe binfmt_misc (on the host, when in a container)' };
+  }
+  if ((await probes.readText(`${BINFMT}/status`))?.trim() === 'disabled') {
+    return { ...base, status: 'missing', found: 'binfmt_misc is disabled', cost, fix: `echo 1 > ${BINFMT}/status` };
+  }
+  const emulators = await probes.foreignEmulators();
+  const usable = emulators.filter((e) => e.path).map((e) => e.qemu);
+  const dynamicOnly = emulators.filter((e) => !e.path && e.dynamic.length).map((e) => e.qemu);
+  if (!usable.length) {
     return {
-      ...base, status: 'missing', found: `binfmt_misc is not mounted at ${BINFMT}`, cost,
-      fix: `mount -t binfmt_misc binfmt_misc ${BINFMT}, then apt-get install qemu-user-static (it registers the emulators); a container uses the host's registrations`,
+      ...base, status: 'missing',
+      found: `binfmt_misc is there, but no static qemu-user emulator is installed${dynamicOnly.length ? ` (dynamically linked only: ${dynamicOnly.join(', ')}, which cannot start inside a guest)` : ''}`,
+      cost, fix: 'apt-get install qemu-user-static (on Debian 13 it brings the static qemu-user)',
     };
   }
-  const entries = ((await probes.listDir(BINFMT)) ?? []).filter((name) => name.startsWith('qemu-'));
-  const usable: string[] = [];
-  const unfixed: string[] = [];
-  for (const entry of entries) {
-    const text = (await probes.readText(`${BINFMT}/${entry}`)) ?? '';
-    if (!text.startsWith('enabled')) continue;
-    // Without F the kernel opens the interpreter at exec time, by its host path, which a chroot does not have.
-    (/^flags: \w*F/m.test(text) ? usable : unfixed).push(entry.slice('qemu-'.length));
-  }
-  if (!usable.length && !unfixed.length) {
-    return { ...base, status: 'missing', found: 'binfmt_misc is mounted but no qemu emulator is registered', cost, fix: 'apt-get install qemu-user-static (on the host, when in a container)' };
-  }
-  if (unfixed.length) {
-    return {
-      ...base, status: 'degraded', found: `registered: ${[...usable, ...unfixed].join(', ')}; without the F flag: ${unfixed.join(', ')}`,
-      cost: `guests of ${unfixed.join(', ')} fail in the chroot: the emulator is looked up inside the guest`,
-      fix: 'install qemu-user-static (Debian registers its emulators with the F flag), or re-register with flags F',
-    };
-  }
-  return { ...base, status: 'ok', found: `emulators registered: ${usable.join(', ')}` };
+  return { ...base, status: 'ok', found: `static emulators: ${usable.join(', ')} (registered with binfmt_misc for a build when the host has not)` };
 }
 
 async function checkLibguestfs(probes: HostProbes, probe: boolean): Promise<DoctorCheck> {
@@ -306,5 +306,11 @@ export function hostProbes(run: Runner, log: Logger): HostProbes {
     kvmVerdictFile,
     probeKvm: () => probeKvm(run, log),
     probeTcg: () => probeTcg(run, log),
+    async foreignEmulators() {
+      const native = (await programArchitecture('/'))?.architecture?.qemu;
+      // (An amd64 host runs i386 programs itself.)
+      const names = [...new Set(ARCHITECTURES.map((a) => a.qemu))].filter((qemu) => qemu !== native && !(native === 'x86_64' && qemu === 'i386'));
+      return Promise.all(names.map(async (qemu) => ({ qemu, ...(await findEmulator(ARCHITECTURES.find((a) => a.qemu === qemu)!, REAL_HOST)) })));
+    },
   };
 }

@@ -25,7 +25,14 @@ export interface AttachRequest {
  * What a backend hands back: either a block device holding the whole disk (nbd, fuse) whose filesystems
  * we mount ourselves, or a guest tree already mounted by libguestfs (guestmount).
  */
-export type AttachedDisk = { kind: 'block'; device: string } | { kind: 'tree'; root: string };
+export type AttachedDisk = { kind: 'block'; device: string; snapshot?: LiveSnapshot } | { kind: 'tree'; root: string };
+
+/**
+ * Turns the image being written into a read-only layer while it stays attached: every later write goes to
+ * `overlay`, a new qcow2 file whose backing is that layer. The caller quiesces the guest's filesystems first
+ * (fsfreeze); the backend flushes what lies between them and the image.
+ */
+export type LiveSnapshot = (overlay: string) => Promise<void>;
 
 export interface MountBackend {
   readonly name: MountBackendName;

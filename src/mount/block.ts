@@ -1,7 +1,7 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
-import { exists } from '../util/fs.js';
+import { ImageBuilderError } from '../util/errors.js';
 
 export interface BlockFilesystem {
   device: string;
@@ -21,33 +21,69 @@ export async function listPartitions(device: string, sysBlock = '/sys/block'): P
   return partitions.sort((a, b) => numberOf(a) - numberOf(b)).map((entry) => `/dev/${entry}`);
 }
 
+/** Linux's dev_t encoding (new_encode_dev), as stat() returns it in rdev. */
+export function deviceNumbers(rdev: number): { major: number; minor: number } {
+  return { major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) };
+}
+
 /**
- * Makes the disk's partitions visible. Most hosts scan a new loop or nbd device by themselves; some
- * (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
+ * Makes the disk's partitions visible, as the disk's own table says. Most hosts scan a new loop or nbd device by
+ * themselves; some (containers, these CI machines) need `partx -a`, which we undo with `partx -d` on release.
+ * Partitions added with partx outlive their loop device, so a device number reused after someone else's build
+ * can list stale ones: whatever is listed is dropped and the partitions are read from this disk's table.
  */
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
-  let partitions = await listPartitions(device);
-  if (partitions.length === 0) {
+  // Partitions listed before we asked may be stale (see above): drop them and read this disk's table afresh.
+  if ((await listPartitions(device)).length > 0) await context.run('partx', ['-d', device], { allowFailure: true, log: context.log });
+  const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
+  if (hasTable) {
     const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
-    // A filesystem on the whole disk has no partition table: partx says so and that is fine.
     if (added.exitCode === 0) {
       context.cleanup.push(`partitions of ${device}`, async () => {
         await context.run('partx', ['-d', device], { allowFailure: true });
       });
     }
-    partitions = await listPartitions(device);
   }
+  const partitions = await listPartitions(device);
+  await refuseForeignPartitions(context, device, partitions);
+  // A partition's block device keeps its page cache across a loop device's reuse (the cache belongs to the device
+  // number): blocks cached from the previous image would be read as this one's. Drop them before anything reads.
+  await context.run('blockdev', ['--flushbufs', device, ...partitions], { allowFailure: true, log: context.log });
   for (const partition of partitions) {
-    if (!(await exists(partition))) {
-      // Without udev or devtmpfs the node may be missing; create it from sysfs and remove it afterwards.
-      const [major, minor] = (await readFile(`/sys/class/block/${basename(partition)}/dev`, 'utf8')).trim().split(':');
-      await context.run('mknod', [partition, 'b', major, minor], { log: context.log });
-      context.cleanup.push(`device node ${partition}`, async () => {
-        await context.run('rm', ['-f', partition], { allowFailure: true });
-      });
-    }
+    const [major, minor] = (await readFile(`/sys/class/block/${basename(partition)}/dev`, 'utf8')).trim().split(':').map(Number);
+    const node = await stat(partition).catch(() => undefined);
+    if (node?.isBlockDevice() && deviceNumbers(node.rdev).major === major && deviceNumbers(node.rdev).minor === minor) continue;
+    // Without udev or devtmpfs the node may be missing. A node left by an earlier build may also name the
+    // wrong device: partition minors are handed out dynamically, so a stale loop0p1 can be another build's disk.
+    if (node) await context.run('rm', ['-f', partition], { log: context.log });
+    await context.run('mknod', [partition, 'b', String(major), String(minor)], { log: context.log });
+    context.cleanup.push(`device node ${partition}`, async () => {
+      await context.run('rm', ['-f', partition], { allowFailure: true });
+    });
   }
   return partitions;
+}
+
+/**
+ * A partition the kernel still lists that is not in this disk's table (its number, start or size differ) is a
+ * leftover partx could not remove because something still holds it (a mount in another namespace, say):
+ * mounting it would mount someone else's filesystem. Say so instead of failing later with EBUSY.
+ */
+async function refuseForeignPartitions(context: MountContext, device: string, partitions: string[]): Promise<void> {
+  if (!partitions.length) return;
+  const table = await context.run('partx', ['--show', '--noheadings', '-o', 'NR,START,SECTORS', device], { allowFailure: true, log: context.log });
+  const expected = new Set(table.exitCode === 0 ? table.stdout.trim().split('\n').filter(Boolean).map((line) => line.trim().split(/\s+/).join(' ')) : []);
+  const foreign: string[] = [];
+  for (const partition of partitions) {
+    const sysfs = `/sys/class/block/${basename(partition)}`;
+    const [start, size] = await Promise.all(['start', 'size'].map((name) => readFile(`${sysfs}/${name}`, 'utf8').then((t) => t.trim(), () => '?')));
+    if (!expected.has(`${/(\d+)$/.exec(partition)![1]} ${start} ${size}`)) foreign.push(partition);
+  }
+  if (foreign.length) {
+    throw new ImageBuilderError('ENVIRONMENT', `${device} still carries partition(s) from an earlier user that cannot be removed: ${foreign.join(', ')}`, {
+      hint: `something still holds them (a mount, perhaps in another mount namespace: grep ${basename(foreign[0])} /proc/*/mountinfo); release it, then partx -d ${device}`,
+    });
+  }
 }
 
 export function parseBlkidExport(device: string, text: string): BlockFilesystem {

@@ -1,6 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AttachRequest, MountBackend, MountContext } from './backend.js';
+import type { AttachRequest, LiveSnapshot, MountBackend, MountContext } from './backend.js';
+import { connectQmp } from './qmp.js';
 import { ensurePartitions } from './block.js';
 import { exists, waitForExit, which } from '../util/fs.js';
 import { mountsUnder } from '../util/mounts.js';
@@ -23,11 +24,14 @@ export const fuseBackend: MountBackend = {
     const { run, log, cleanup } = context;
     const exportFile = join(context.workDir, 'disk.raw');
     const pidFile = join(context.workDir, 'qemu-storage-daemon.pid');
+    const monitor = join(context.workDir, 'qmp.sock');
     await writeFile(exportFile, '');
     const discard = request.readOnly ? '' : ',discard=unmap';
     await run(
       'qemu-storage-daemon',
       [
+        // The monitor lets a build take live snapshots between steps (the step cache) without detaching.
+        '--chardev', `socket,id=qmp0,path=${monitor},server=on,wait=off`, '--monitor', 'chardev=qmp0',
         '--blockdev', `driver=file,node-name=file0,filename=${request.image}${discard}${request.readOnly ? ',read-only=on' : ''}`,
         '--blockdev', `driver=${request.format},node-name=disk0,file=file0${discard}${request.readOnly ? ',read-only=on' : ''}`,
         '--export', `type=fuse,id=export0,node-name=disk0,mountpoint=${exportFile},writable=${request.readOnly ? 'off' : 'on'}`,
@@ -39,6 +43,8 @@ export const fuseBackend: MountBackend = {
     // Registered before anything else can fail; without a pid, unmounting the export ends the daemon.
     const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
     cleanup.push(`qemu-storage-daemon (pid ${pid || 'unknown'})`, async () => {
+      // The loop device writes through the export file's page cache: flush it to the daemon before it goes.
+      await run('sync', [exportFile], { allowFailure: true });
       if (pid > 0) {
         try {
           process.kill(pid, 'SIGTERM');
@@ -61,6 +67,22 @@ export const fuseBackend: MountBackend = {
       await run('losetup', ['--detach', device], { allowFailure: true });
     });
     await ensurePartitions(context, device);
-    return { kind: 'block' as const, device };
+    if (request.readOnly) return { kind: 'block' as const, device };
+
+    // Each snapshot puts a new top node over the export's current one; the export follows the top.
+    let top = 'disk0';
+    const snapshot: LiveSnapshot = async (overlay) => {
+      // What the loop device wrote is in the export file's page cache until flushed to the daemon.
+      await run('sync', [exportFile]);
+      const qmp = await connectQmp(monitor);
+      try {
+        const node = `layer${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+        await qmp.execute('blockdev-snapshot-sync', { 'node-name': top, 'snapshot-file': overlay, 'snapshot-node-name': node, format: 'qcow2', mode: 'absolute-paths' });
+        top = node;
+      } finally {
+        qmp.close();
+      }
+    };
+    return { kind: 'block' as const, device, snapshot };
   },
 };

@@ -1,4 +1,5 @@
-import { lstat, mkdir, readFile, readdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MountContext } from './backend.js';
 import { listPartitions, probeFilesystems, type BlockFilesystem } from './block.js';
@@ -87,6 +88,33 @@ async function umount(context: MountContext, target: string) {
   }
 }
 
+/**
+ * Waits until no mount anywhere holds these devices. A process that made its own mount namespace while the guest
+ * was mounted (another build's chroot command, `unshare --mount`) keeps a copy of the guest's mounts: our umount
+ * succeeds, yet the filesystem lives on in that copy and writes back later, after the disk is gone. The kernel
+ * refuses an exclusive open of a block device that is mounted anywhere, so that is the test.
+ */
+async function waitUntilReleased(context: MountContext, devices: string[], timeoutMs = 60000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (const device of new Set(devices)) {
+    for (let said = false; ; ) {
+      const handle = await open(device, constants.O_RDONLY | constants.O_EXCL).catch((error: NodeJS.ErrnoException) => (error.code === 'EBUSY' ? undefined : null));
+      if (handle !== undefined) {
+        await handle?.close();
+        break;
+      }
+      if (Date.now() > deadline) {
+        throw new ImageBuilderError('COMMAND_FAILED', `${device} is still mounted in another mount namespace after it was unmounted here`, {
+          hint: 'a process started while the guest was mounted (`unshare --mount`, another build\'s command) holds a copy of its mounts; nothing was written. Run the build again once it has exited',
+        });
+      }
+      if (!said) context.log.info(`waiting for ${device} to be released by another mount namespace`);
+      said = true;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
+
 async function hasOsRelease(dir: string): Promise<boolean> {
   // lstat, not stat: /etc/os-release is usually a relative symlink into /usr/lib, dangling from the host's view.
   for (const [parent, name] of [['/etc', 'os-release'], ['/usr/lib', 'os-release']]) {
@@ -148,9 +176,12 @@ export async function mountGuestLayout(context: MountContext, device: string, re
   const root = await findRoot(context, filesystems);
   const rootDir = join(context.workDir, 'root');
   await mkdir(rootDir, { recursive: true });
+  // Released after every guest filesystem is unmounted: the disk goes only once nothing holds them anywhere.
+  const mounts: GuestMount[] = [];
+  context.cleanup.push('guest filesystems released', () => waitUntilReleased(context, mounts.map((m) => m.device)));
   await mountFs(context, root.fs.device, rootDir, root.fs.type!, root.options, readOnly);
   context.cleanup.push(`mount ${rootDir}`, () => umount(context, rootDir));
-  const mounts: GuestMount[] = [{ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir }];
+  mounts.push({ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir });
   context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${root.options.length ? `, ${root.options.join(',')}` : ''})`);
 
   const fstabText = await readFile(join(rootDir, await resolveInRoot(rootDir, '/etc/fstab')), 'utf8').catch(() => '');

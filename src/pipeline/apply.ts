@@ -1,29 +1,60 @@
-import { rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/collect.js';
-import { openChroot } from '../chroot/session.js';
+import type { Bom } from '../bom/collect.js';
+import { cycloneDxFromBom } from '../bom/cyclonedx.js';
+import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
+import { spdxFromBom } from '../bom/spdx.js';
 import { sha256File } from '../fetch/checksums.js';
+import { convertImage, imageInfo, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
-import { whenMismatch } from '../recipe/when.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
+import { resolveInRoot } from '../util/fs.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
-import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeOutputImage, type SparsifyMode } from './output.js';
-import { convertImage, type ImageFormat } from '../image/qemu-img.js';
-import { listUnitStates } from '../bom/inventory.js';
-import { buildTime, writeBomIntoImage } from '../bom/in-image.js';
+import { ignoreEvents, type EventSink } from './events.js';
+import { mountGuest, type OpenedGuest } from './guest.js';
+import { defaultLayerStore, LayerStore } from './layers.js';
+import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeImageArtifacts, type OutputFormat, type SparsifyMode } from './output.js';
+import { writeRootfsTar } from '../image/rootfs-tar.js';
+import { sourceDateEpoch } from '../util/time.js';
+import { runPhase1, type Phase1Bom } from './phase1.js';
+import { relabelGuest } from '../distro/selinux.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
-import { createRecorder } from '../steps/types.js';
 import { createWorkDir } from './workdir.js';
-import { cycloneDxFromBom } from '../bom/cyclonedx.js';
-import { spdxFromBom } from '../bom/spdx.js';
-import { openGuest } from './guest.js';
 
-export interface ApplyOptions {
+/** How phase 2 writes the artifacts: shared by `apply` and `export`. */
+export interface ArtifactOptions {
+  /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
+  output?: string;
+  sparsify?: SparsifyMode;
+  /**
+   * Output formats, the first at `output` and the rest beside it (default: the input's format). `tar` is the
+   * guest's root filesystem as a tarball; with no disk-image format, no image is written.
+   */
+  formats?: OutputFormat[];
+  /** Compress qcow2 outputs. */
+  compress?: boolean;
+  /** Standard SBOMs written beside the native BOM: `<output>.cdx.json`, `<output>.spdx.json` (default: both). */
+  sbom?: SbomFormat[];
+}
+
+export interface BuildOptions {
+  mountBackend?: MountBackendName | 'auto';
+  keepWorkDir?: boolean;
+  /** Parent of the work directory (default $IMAGEBUILDER_WORK_DIR or the system temp dir). */
+  workDir?: string;
+  log?: Logger;
+  run?: Runner;
+  signal?: AbortSignal;
+  /** Machine-readable progress (--json). */
+  onEvent?: EventSink;
+}
+
+export interface ApplyOptions extends ArtifactOptions, BuildOptions {
   recipe: string;
   /** Variable values: `--vars FILE` and `--set name=value`. */
   recipeInputs?: RecipeInputs;
@@ -31,22 +62,14 @@ export interface ApplyOptions {
   diskImage: string;
   /** How phase 0 verifies and caches it (--checksum, --keyring, --offline, --insecure-skip-verify). */
   image?: DiskImageOptions;
-  /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
-  output?: string;
-  mountBackend?: MountBackendName | 'auto';
-  sparsify?: SparsifyMode;
-  /** Output formats, the first at `output` and the rest beside it (default: the input's format). */
-  formats?: ImageFormat[];
-  /** Compress qcow2 outputs. */
-  compress?: boolean;
-  /** Standard SBOMs written beside the native BOM: `<output>.cdx.json`, `<output>.spdx.json` (default: both). */
-  sbom?: SbomFormat[];
-  keepWorkDir?: boolean;
-  /** Parent of the work directory (default $IMAGEBUILDER_WORK_DIR or the system temp dir). */
-  workDir?: string;
-  log?: Logger;
-  run?: Runner;
-  signal?: AbortSignal;
+  /** The step cache (default: on, in the cache directory). */
+  cache?: boolean;
+  /** Steps (numbers from 1, or names) whose cached results are not reused: they and all after run again. */
+  refresh?: string[];
+  /** A work directory kept by a failed build (--keep-work-dir): its layers are reused. */
+  resume?: string;
+  /** On a failed step, an interactive shell inside the guest before everything is released. */
+  shellOnFailure?: boolean;
 }
 
 export const SBOM_FORMATS = ['cyclonedx', 'spdx'] as const;
@@ -71,10 +94,20 @@ export interface ApplyResult {
   bom: Bom;
 }
 
-export function defaultOutputPath(input: VerifiedImage, recipeName: string): string {
+export interface WorkImageResult {
+  /** A standalone qcow2 holding the guest after phase 1, and what `export` needs to finish it. */
+  workImage: string;
+  bom: Phase1Bom;
+}
+
+
+/** Where a kept work directory says how to resume it. */
+const RESUME_FILE = 'resume.json';
+
+export function defaultOutputPath(input: { name: string; format: ImageFormat }, recipeName: string, suffix = ''): string {
   // Named after the image as published (a URL's image lives in the cache under its sha256).
   const stem = basename(input.name, extname(input.name));
-  return resolve(`${stem}-${recipeName}.${FORMAT_EXTENSIONS[input.format]}`);
+  return resolve(`${stem}-${recipeName}${suffix}.${FORMAT_EXTENSIONS[input.format]}`);
 }
 
 /** Measures stages for the BOM: each stage's wall time in milliseconds. */
@@ -94,178 +127,311 @@ function stopwatch() {
     total: () => (durations.total = Date.now() - started),
   };
 }
+type Stopwatch = ReturnType<typeof stopwatch>;
+
+/** The BOM a running node finds inside itself: no host paths, and no output sha256 (it did not exist yet). */
+function inImageBom(bom: Phase1Bom) {
+  const { path: _inputPath, ...input } = bom.input;
+  const { path: _recipePath, ...recipe } = bom.recipe;
+  return {
+    bomVersion: 1,
+    tool: bom.tool,
+    createdAt: bom.createdAt,
+    note: 'written into the image before its output existed: the output sha256 is in the BOM beside the image',
+    input,
+    recipe,
+    os: { id: bom.os.id, versionId: bom.os.versionId, prettyName: bom.os.prettyName },
+    architecture: bom.architecture,
+    kernels: bom.kernels,
+    packages: bom.packages,
+    removedPackages: bom.removedPackages,
+    files: bom.files,
+    unitStates: bom.unitStates,
+    containerImages: bom.containerImages,
+    steps: bom.steps.map(({ durationMs: _, cached: __, ...step }) => step),
+  };
+}
+
+/** Where phase 1's layers live: a resumed work dir's store, the shared cache, or (kept for --resume) the work dir. */
+async function layerStoreFor(options: ApplyOptions, workDir: string, input: VerifiedImage): Promise<LayerStore | undefined> {
+  if (options.resume) {
+    const text = await readFile(join(options.resume, RESUME_FILE), 'utf8').catch(() => 'null');
+    const note = ((): { store: string; baseSha256: string } | undefined => {
+      try {
+        const parsed = JSON.parse(text) as { store?: unknown; baseSha256?: unknown } | null;
+        return typeof parsed?.store === 'string' && typeof parsed.baseSha256 === 'string' ? { store: parsed.store, baseSha256: parsed.baseSha256 } : undefined;
+      } catch {
+        return undefined;
+      }
+    })();
+    if (!note) {
+      throw new ImageBuilderError('BAD_INPUT', `${options.resume} is not a work directory kept by a failed build (no ${RESUME_FILE})`, {
+        hint: 'a failed `imagebuilder apply --keep-work-dir` prints the directory to resume from',
+      });
+    }
+    if (note.baseSha256 !== input.sha256) {
+      throw new ImageBuilderError('BAD_INPUT', `${options.resume} was a build of another base image (sha256 ${note.baseSha256.slice(0, 12)}…, this one is ${input.sha256.slice(0, 12)}…)`, {
+        hint: 'resume with the same --disk-image, or build without --resume',
+      });
+    }
+    return new LayerStore(note.store);
+  }
+  if (options.cache !== false) return new LayerStore(defaultLayerStore());
+  return options.keepWorkDir ? new LayerStore(join(workDir, 'layers')) : undefined;
+}
 
 /**
- * The whole build, phases 0 → 1 → 2, as one flat pipeline: verify, overlay, mount, run the steps in a chroot,
- * unmount, write the output and its BOM. Every resource is released on success, failure and interruption.
+ * Phase 1 with its set-up: verify (phase 0), a work dir, the guest mounted over the input (or over the longest
+ * cached prefix of the recipe's steps), the steps run, and the BOM written into the guest. `finish` then does
+ * what the caller wants with the mounted guest and the work image; everything is released afterwards.
  */
-export async function apply(options: ApplyOptions): Promise<ApplyResult> {
+async function build<T>(
+  options: ApplyOptions,
+  preflight: (input: VerifiedImage, recipeName: string) => void,
+  finish: (state: { bom: Phase1Bom; opened: OpenedGuest; workImage: string; input: VerifiedImage; guest: CleanupStack; cleanup: CleanupStack; workDir: string; clock: Stopwatch; log: Logger; run: Runner; recipeName: string }) => Promise<T>,
+): Promise<T> {
   const log = options.log ?? createLogger();
   const run = options.run ?? execRunner;
   const { signal } = options;
-  const sparsify = options.sparsify ?? 'virt-sparsify';
+  const events = options.onEvent ?? ignoreEvents;
   const clock = stopwatch();
+  sourceDateEpoch(); // a malformed SOURCE_DATE_EPOCH fails here, before any work
 
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
+  events({ event: 'phase-started', phase: 0 });
   const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal, options.image));
-  const outputPath = options.output ? resolve(options.output) : defaultOutputPath(input, recipe.name);
-  if (outputPath === input.path) {
-    throw new ImageBuilderError('BAD_INPUT', 'the output path is the input image', { hint: 'the input is never modified: choose another --output' });
-  }
-  const formats = options.formats?.length ? [...new Set(options.formats)] : [input.format];
-  const artifactPathsList = artifactPaths(outputPath, formats);
-  if (artifactPathsList.includes(input.path)) {
-    throw new ImageBuilderError('BAD_INPUT', 'an output path is the input image', { hint: 'the input is never modified: choose another --output' });
-  }
-  const bomPath = `${outputPath}.bom.json`;
+  preflight(input, recipe.name);
 
   const cleanup = new CleanupStack(log);
   try {
     const workDir = await createWorkDir(cleanup, log, { parent: options.workDir, keep: options.keepWorkDir });
-
-    // Everything inside the guest lives on its own stack, released before the output is written.
+    const store = await layerStoreFor(options, workDir, input);
+    // Unfinished layers are removed after the guest that writes them is released.
+    const files = new CleanupStack(log);
+    cleanup.push('unfinished layers', async () => void (await files.unwind()));
     const guest = new CleanupStack(log);
     cleanup.push('guest', async () => void (await guest.unwind()));
-    const mountContext: MountContext = { run, log, cleanup: guest, signal, workDir };
-    const { backend, layout, overlay, distro } = await clock.time('mount', () => openGuest(mountContext, input, { backend: options.mountBackend ?? 'auto' }));
-    throwIfAborted(signal);
 
-    log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
-    const manager = distro.family?.packageManager;
-    const packagesBefore = manager ? await manager.listInstalled(layout.root) : [];
-    const architecture = manager ? await manager.architecture(layout.root) : undefined;
-
-    const session = await openChroot(layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles });
-    guest.push('chroot session', () => session.close());
-
-    const steps: BomStep[] = [];
-    const records = createRecorder();
-    await clock.time('steps', async () => {
-      for (const step of recipe.steps) {
-        throwIfAborted(signal);
-        const description = step.type.describe(step.spec);
-        const label = `step ${step.index + 1}/${recipe.steps.length} (${step.name ?? description})`;
-        const skipped = whenMismatch(step.when, distro, architecture);
-        if (skipped) {
-          log.info(`${label}: skipped (${skipped})`);
-          steps.push({ index: step.index, name: step.name, type: step.type.key, description, durationMs: 0, skipped });
-          continue;
-        }
-        log.info(`${label}: ${step.type.key} at ${step.location}`);
-        const t0 = Date.now();
-        await step.type.run({ session, distro, log, signal, recipeDir: step.dir, variables: recipe.variables, label, record: records.recorder, architecture }, step.spec);
-        await session.sweep();
-        const durationMs = Date.now() - t0;
-        steps.push({ index: step.index, name: step.name, type: step.type.key, description, durationMs });
-        log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
+    events({ event: 'phase-started', phase: 1 });
+    let phase1;
+    try {
+      phase1 = await runPhase1(recipe, input, {
+        run, log, signal, workDir, guest, files, events, time: clock.time,
+        mountBackend: options.mountBackend ?? 'auto',
+        store,
+        refresh: options.refresh,
+        shellOnFailure: options.shellOnFailure,
+      });
+    } catch (error) {
+      if (options.keepWorkDir && store) {
+        await writeFile(join(workDir, RESUME_FILE), `${JSON.stringify({ store: store.dir, baseSha256: input.sha256, recipe: resolve(recipe.path) }, null, 2)}\n`);
+        log.info(`the layers of the steps that succeeded are kept; fix the recipe, then: imagebuilder apply ${options.recipe} --disk-image ${options.diskImage} --resume ${workDir}`);
       }
-    });
-    await guest.releaseNow('chroot session');
-
-    const packagesAfter = manager ? await manager.listInstalled(layout.root) : [];
-    const { packages, removed } = comparePackages(packagesBefore, packagesAfter);
-    const kernels = await listKernels(layout.root);
-    const unitStates = await listUnitStates(layout.root);
+      throw error;
+    }
     const createdAt = buildTime();
+    const bom: Phase1Bom = { ...phase1.bom, createdAt: createdAt.toISOString(), recipe: { ...phase1.bom.recipe, path: resolve(recipe.path) } };
     // The image carries its own BOM, so a running node can say what it is made of.
-    await writeBomIntoImage(layout.root, {
-      bomVersion: 1,
-      tool: { name: 'imagebuilder', version: TOOL_VERSION },
-      createdAt: createdAt.toISOString(),
-      note: 'written into the image before its output existed: the output sha256 is in the BOM beside the image',
-      input: { ...(input.url ? { url: input.url } : {}), name: input.name, format: input.format, sha256: input.sha256, verified: input.verified },
-      recipe: { name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
-      os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName },
-      architecture,
-      kernels,
-      packages,
-      removedPackages: removed,
-      files: records.files,
-      unitStates,
-      containerImages: records.images,
-      steps: steps.map(({ durationMs: _, ...step }) => step),
-    }, createdAt);
-
-    if (sparsify === 'fstrim') {
-      if (backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
-      else await clock.time('fstrim', () => trimFilesystems(run, layout.mounts, log));
-    }
-    const releaseFailures = await clock.time('unmount', () => guest.unwind());
-    if (releaseFailures.length) {
-      // A filesystem that did not unmount cleanly may hold unwritten data: no output from it.
-      throw new ImageBuilderError('COMMAND_FAILED', `releasing the guest failed: ${releaseFailures.join('; ')}`, { hint: 'nothing was written; run the build again' });
-    }
-    throwIfAborted(signal);
-
-    // Artifacts appear under their names only when all are complete.
-    const partials = artifactPathsList.map((path) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`));
-    for (const partial of partials) cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
-    log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
-    await clock.time('output', async () => {
-      await writeOutputImage(run, overlay, partials[0], formats[0], sparsify, { log, signal, workDir, compress: options.compress });
-      // The others from the first: already flattened and sparse.
-      for (let i = 1; i < formats.length; i++) await convertImage(run, partials[0], partials[i], formats[i], { log, signal, compress: options.compress });
-    });
-    const artifacts: Artifact[] = [];
-    for (const [i, path] of artifactPathsList.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
-    clock.total();
-
-    const bom: Bom = {
-      bomVersion: 1,
-      tool: { name: 'imagebuilder', version: TOOL_VERSION },
-      createdAt: createdAt.toISOString(),
-      input: {
-        ...(input.url ? { url: input.url } : {}),
-        path: input.path,
-        format: input.format,
-        sha256: input.sha256,
-        ...(input.published ? { published: input.published } : {}),
-        ...(input.checksumSource ? { checksumSource: input.checksumSource } : {}),
-        verified: input.verified,
-        ...(input.signature ? { signature: input.signature } : {}),
-      },
-      output: { ...artifacts[0], sparsify, ...(options.compress ? { compressed: true } : {}) },
-      artifacts,
-      recipe: { path: resolve(recipe.path), name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
-      os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease: distro.osRelease },
-      architecture,
-      kernels,
-      packages,
-      removedPackages: removed,
-      files: records.files,
-      units: records.units,
-      unitStates,
-      containerImages: records.images,
-      steps,
-      mountBackend: backend.name,
-      durationsMs: clock.durations,
-      warnings: [...log.warnings],
-    };
-    const bomPartial = `${partials[0]}.bom.json`;
-    cleanup.push(`partial BOM ${bomPartial}`, () => rm(bomPartial, { force: true }));
-    await writeFile(bomPartial, `${JSON.stringify(bom, null, 2)}\n`);
-    const sboms = [...new Set(options.sbom ?? SBOM_FORMATS)].map((format) => ({
-      path: `${outputPath}.${SBOM_SUFFIXES[format]}`,
-      partial: `${partials[0]}.${SBOM_SUFFIXES[format]}`,
-      document: format === 'cyclonedx' ? cycloneDxFromBom(bom) : spdxFromBom(bom),
-    }));
-    for (const sbom of sboms) {
-      cleanup.push(`partial SBOM ${sbom.partial}`, () => rm(sbom.partial, { force: true }));
-      await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
-    }
-    throwIfAborted(signal);
-    for (const [i, partial] of partials.entries()) await rename(partial, artifactPathsList[i]);
-    await rename(bomPartial, bomPath);
-    for (const sbom of sboms) await rename(sbom.partial, sbom.path);
-    const sumsPath = await updateSumsFile(dirname(outputPath), [
-      ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
-      { name: basename(bomPath), sha256: await sha256File(bomPath) },
-      ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.path) })))),
-    ]);
-    for (const artifact of artifacts) log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
-    log.info(`wrote ${[bomPath, ...sboms.map((s) => s.path)].join(', ')} and ${sumsPath}`);
-    return { output: artifacts[0], artifacts, bomPath, sbomPaths: sboms.map((s) => s.path), sumsPath, bom };
+    await writeBomIntoImage(phase1.opened.layout.root, inImageBom(bom), createdAt);
+    // After the last write into the guest (the BOM above): every file gets its SELinux label.
+    bom.steps.push(...(await clock.time('selinux-relabel', () => relabelGuest({ run, log, signal, layout: phase1.opened.layout, index: bom.steps.length }))));
+    return await finish({ bom, opened: phase1.opened, workImage: phase1.workImage, input, guest, cleanup, workDir, clock, log, run, recipeName: recipe.name });
   } finally {
     await cleanup.unwind();
   }
 }
+
+/** Unmounts the guest; a filesystem that did not unmount cleanly may hold unwritten data, so nothing is written from it. */
+async function releaseGuest(guest: CleanupStack, clock: Stopwatch): Promise<void> {
+  const failures = await clock.time('unmount', () => guest.unwind());
+  if (failures.length) {
+    throw new ImageBuilderError('COMMAND_FAILED', `releasing the guest failed: ${failures.join('; ')}`, { hint: 'nothing was written; run the build again' });
+  }
+}
+
+interface OutputPlan {
+  defaultOutput: string;
+  defaultFormat: ImageFormat;
+  /** Paths no artifact may take: the input, which is never modified. */
+  forbidden: string[];
+}
+
+/** Where each artifact goes; checked before the build starts, so a bad --output fails before any work. */
+function planOutputs(options: ArtifactOptions & OutputPlan) {
+  const formats = options.formats?.length ? [...new Set(options.formats)] : [options.defaultFormat];
+  // The default name takes the first format's extension (node.tar for --format tar).
+  const outputPath = options.output ? resolve(options.output) : options.defaultOutput.replace(/\.[^./]+$/, `.${FORMAT_EXTENSIONS[formats[0]]}`);
+  const paths = artifactPaths(outputPath, formats);
+  if (paths.some((path) => options.forbidden.includes(path))) {
+    throw new ImageBuilderError('BAD_INPUT', 'an output path is the input image', { hint: 'the input is never modified: choose another --output' });
+  }
+  return { outputPath, formats, paths };
+}
+
+/** Phase 2 on a mounted, finished guest: trim, unmount, then the artifacts, the BOM, the SBOMs and SHA256SUMS. */
+async function writeArtifacts(
+  state: { bom: Phase1Bom; opened: OpenedGuest; workImage: string; guest: CleanupStack; cleanup: CleanupStack; workDir: string; clock: Stopwatch; log: Logger; run: Runner },
+  options: ArtifactOptions & OutputPlan & { signal?: AbortSignal; onEvent?: EventSink },
+): Promise<ApplyResult> {
+  const { opened, clock, log, run, cleanup, workDir } = state;
+  const { signal } = options;
+  const events = options.onEvent ?? ignoreEvents;
+  const sparsify = options.sparsify ?? 'virt-sparsify';
+  const { outputPath, formats, paths } = planOutputs(options);
+  const bomPath = `${outputPath}.bom.json`;
+  events({ event: 'phase-started', phase: 2 });
+
+  if (sparsify === 'fstrim') {
+    if (opened.backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
+    else await clock.time('fstrim', () => trimFilesystems(run, opened.layout.mounts, log));
+  }
+  // Artifacts appear under their names only when all are complete.
+  const partials = paths.map((path) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`));
+  for (const partial of partials) cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
+  // The root filesystem tarball, from the guest's filesystems as mounted (the chroot session is closed).
+  if (formats.includes('tar')) await clock.time('tar', () => writeRootfsTar(opened.layout.root, partials[formats.indexOf('tar')], { run, log, signal, guestMounts: opened.layout.mounts.map((m) => m.hostPath) }));
+  await releaseGuest(state.guest, clock);
+  throwIfAborted(signal);
+
+  log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
+  const outputs = formats.map((format, i) => ({ format, partial: partials[i] }));
+  await clock.time('output', () => writeImageArtifacts(run, state.workImage, outputs, sparsify, { log, signal, workDir, compress: options.compress }));
+  const artifacts: Artifact[] = [];
+  for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
+  clock.total();
+
+  const bom: Bom = {
+    ...state.bom,
+    output: { ...artifacts[0], sparsify, ...(options.compress ? { compressed: true } : {}) },
+    artifacts,
+    durationsMs: { ...state.bom.durationsMs, ...clock.durations },
+    warnings: [...state.bom.warnings, ...log.warnings],
+  };
+  const bomPartial = `${partials[0]}.bom.json`;
+  cleanup.push(`partial BOM ${bomPartial}`, () => rm(bomPartial, { force: true }));
+  await writeFile(bomPartial, `${JSON.stringify(orderedBom(bom), null, 2)}\n`);
+  const sboms = [...new Set(options.sbom ?? SBOM_FORMATS)].map((format) => ({
+    path: `${outputPath}.${SBOM_SUFFIXES[format]}`,
+    partial: `${partials[0]}.${SBOM_SUFFIXES[format]}`,
+    document: format === 'cyclonedx' ? cycloneDxFromBom(bom) : spdxFromBom(bom),
+  }));
+  for (const sbom of sboms) {
+    cleanup.push(`partial SBOM ${sbom.partial}`, () => rm(sbom.partial, { force: true }));
+    await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
+  }
+  throwIfAborted(signal);
+  for (const [i, partial] of partials.entries()) await rename(partial, paths[i]);
+  await rename(bomPartial, bomPath);
+  for (const sbom of sboms) await rename(sbom.partial, sbom.path);
+  const sumsPath = await updateSumsFile(dirname(outputPath), [
+    ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
+    { name: basename(bomPath), sha256: await sha256File(bomPath) },
+    ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.path) })))),
+  ]);
+  for (const artifact of artifacts) {
+    log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
+    events({ event: 'artifact-written', ...artifact });
+  }
+  log.info(`wrote ${[bomPath, ...sboms.map((s) => s.path)].join(', ')} and ${sumsPath}`);
+  return { output: artifacts[0], artifacts, bomPath, sbomPaths: sboms.map((s) => s.path), sumsPath, bom };
+}
+
+/** The BOM's keys in the documented order (output and artifacts after the input), whatever order it was built in. */
+function orderedBom(bom: Bom): Bom {
+  const { bomVersion, tool, createdAt, input, output, artifacts, ...rest } = bom;
+  return { bomVersion, tool, createdAt, input, output, artifacts, ...rest } as Bom;
+}
+
+/**
+ * The whole build, phases 0 → 1 → 2, as one flat pipeline: verify, overlay (over cached layers when the recipe's
+ * first steps were built before), mount, run the steps in a chroot, unmount, write the output and its BOM.
+ * Every resource is released on success, failure and interruption.
+ */
+export async function apply(options: ApplyOptions): Promise<ApplyResult> {
+  const plan = (input: VerifiedImage, recipeName: string): OutputPlan => ({ defaultOutput: defaultOutputPath(input, recipeName), defaultFormat: input.format, forbidden: [input.path] });
+  return build(
+    options,
+    (input, recipeName) => void planOutputs({ ...options, ...plan(input, recipeName) }),
+    (state) => writeArtifacts(state, { ...options, ...plan(state.input, state.recipeName) }),
+  );
+}
+
+/**
+ * Phases 0 and 1 only (`apply --phases 0,1`): the guest after the recipe, as a standalone qcow2 work image that
+ * records inside itself what phase 1 did, so `export` can finish it later (or elsewhere).
+ */
+export async function prepareWorkImage(options: ApplyOptions): Promise<WorkImageResult> {
+  const targetFor = (input: VerifiedImage, recipeName: string) => {
+    const target = options.output ? resolve(options.output) : defaultOutputPath({ name: input.name, format: 'qcow2' }, recipeName, '.work');
+    if (target === input.path) throw new ImageBuilderError('BAD_INPUT', 'the work image path is the input image', { hint: 'the input is never modified: choose another --output' });
+    return target;
+  };
+  return build(options, (input, recipeName) => void targetFor(input, recipeName), async ({ bom, opened, workImage, input, guest, cleanup, clock, log, run, recipeName }) => {
+    const target = targetFor(input, recipeName);
+    const record = { ...bom, durationsMs: clock.durations, warnings: [...log.warnings] };
+    const recordPath = join(opened.layout.root, await resolveInRoot(opened.layout.root, WORK_RECORD_PATH));
+    await writeFile(recordPath, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
+    await releaseGuest(guest, clock);
+    const partial = join(dirname(target), `.${basename(target)}.partial-${process.pid}`);
+    cleanup.push(`partial work image ${partial}`, () => rm(partial, { force: true }));
+    await clock.time('output', () => convertImage(run, workImage, partial, 'qcow2', { log, signal: options.signal }));
+    await rename(partial, target);
+    log.info(`wrote the work image ${target}: finish it with imagebuilder export ${target}`);
+    options.onEvent?.({ event: 'artifact-written', path: target, format: 'qcow2', sha256: await sha256File(target) });
+    return { workImage: target, bom: record };
+  });
+}
+
+export interface ExportOptions extends ArtifactOptions, BuildOptions {
+  /** A work image written by `apply --phases 0,1`. */
+  workImage: string;
+}
+
+/**
+ * Phase 2 alone: a work image from `apply --phases 0,1` becomes the final artifacts, exactly as `apply` would have
+ * written them. The work image is only read (its record is removed in an overlay over it).
+ */
+export async function exportWorkImage(options: ExportOptions): Promise<ApplyResult> {
+  const log = options.log ?? createLogger();
+  const run = options.run ?? execRunner;
+  const clock = stopwatch();
+  const workImage = resolve(options.workImage);
+  // Before any work: the work image is a standalone qcow2 (a missing file or another format is said plainly).
+  const info = await imageInfo(run, workImage, log);
+  if (info.format !== 'qcow2' || info.backingFile) {
+    throw new ImageBuilderError('BAD_INPUT', `${workImage} is not a work image: ${info.backingFile ? `an overlay over ${info.backingFile}` : `a ${info.format} image`}`, {
+      hint: 'make one with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1 (a standalone qcow2)',
+    });
+  }
+  const cleanup = new CleanupStack(log);
+  try {
+    const workDir = await createWorkDir(cleanup, log, { parent: options.workDir, keep: options.keepWorkDir });
+    const guest = new CleanupStack(log);
+    cleanup.push('guest', async () => void (await guest.unwind()));
+    const overlay = join(workDir, 'work.qcow2');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', workImage, '-F', 'qcow2', overlay], { log, purpose: 'creating the export overlay' });
+    const context: MountContext = { run, log, cleanup: guest, signal: options.signal, workDir };
+    const mounted = await clock.time('mount', () => mountGuest(context, options.mountBackend ?? 'auto', overlay));
+    const recordPath = join(mounted.layout.root, await resolveInRoot(mounted.layout.root, WORK_RECORD_PATH));
+    const text = await readFile(recordPath, 'utf8').catch(() => undefined);
+    if (!text) {
+      throw new ImageBuilderError('BAD_INPUT', `${workImage} is not a work image: it has no ${WORK_RECORD_PATH}`, {
+        hint: 'make one with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1',
+      });
+    }
+    const bom = JSON.parse(text) as Phase1Bom;
+    if (bom.bomVersion !== 1) throw new ImageBuilderError('BAD_INPUT', `${workImage}: unknown work record version ${String(bom.bomVersion)}`);
+    await rm(recordPath);
+    const opened: OpenedGuest = { ...mounted, overlay, distro: { id: bom.os.id ?? '', osRelease: bom.os.osRelease } };
+    const inputFormat = bom.input.format as ImageFormat;
+    const stem = basename(workImage, extname(workImage)).replace(/\.work$/, '');
+    return await writeArtifacts(
+      { bom: { ...bom, tool: { name: 'imagebuilder', version: TOOL_VERSION } }, opened, workImage: overlay, guest, cleanup, workDir, clock, log, run },
+      { ...options, defaultOutput: resolve(`${stem}.${FORMAT_EXTENSIONS[inputFormat]}`), defaultFormat: inputFormat, forbidden: [workImage, bom.input.path] },
+    );
+  } finally {
+    await cleanup.unwind();
+  }
+}
+
+export { IN_IMAGE_BOM_PATH, WORK_RECORD_PATH };

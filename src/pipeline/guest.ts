@@ -1,16 +1,18 @@
 import { join } from 'node:path';
 import { detectDistro, type Distro } from '../distro/families.js';
 import { readOsRelease } from '../distro/os-release.js';
-import { createOverlay, imageInfo } from '../image/qemu-img.js';
-import type { MountBackend, MountBackendName, MountContext } from '../mount/backend.js';
+import { createOverlay, imageInfo, type ImageFormat } from '../image/qemu-img.js';
+import type { LiveSnapshot, MountBackend, MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
-import { selectMountBackend } from '../mount/select.js';
+import { MOUNT_BACKENDS, selectMountBackend } from '../mount/select.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { VerifiedImage } from './verify.js';
 
 export interface MountedGuest {
   backend: MountBackend;
   layout: GuestLayout;
+  /** Present when the backend can turn the written image into a layer while mounted (the step cache). */
+  snapshot?: LiveSnapshot;
 }
 
 export interface OpenedGuest extends MountedGuest {
@@ -24,14 +26,16 @@ export interface OpenedGuest extends MountedGuest {
  * fstab). `readOnly` mounts every filesystem read-only; for block backends the work image itself stays
  * writable, so a dirty journal can still be replayed into it. Every resource is on context.cleanup.
  */
-export async function mountGuest(context: MountContext, backendName: MountBackendName | 'auto', workImage: string, readOnly = false): Promise<MountedGuest> {
-  const backend = await selectMountBackend(context, backendName);
+export async function mountGuest(context: MountContext, backendName: MountBackendName | 'auto', workImage: string, readOnly = false, preferLiveSnapshot = false): Promise<MountedGuest> {
+  // The step cache needs live snapshots, which only the fuse backend (qemu-storage-daemon's monitor) takes.
+  const order = preferLiveSnapshot ? [...MOUNT_BACKENDS].sort((a, b) => Number(b.name === 'fuse') - Number(a.name === 'fuse')) : MOUNT_BACKENDS;
+  const backend = await selectMountBackend(context, backendName, order);
   const disk = await backend.attach(context, { image: workImage, format: 'qcow2', readOnly: backend.name === 'guestmount' && readOnly });
   const layout: GuestLayout =
     disk.kind === 'block'
       ? await mountGuestLayout(context, disk.device, readOnly)
       : { root: disk.root, mounts: [{ device: workImage, path: '/', type: 'guestmount', hostPath: disk.root }] };
-  return { backend, layout };
+  return { backend, layout, ...(disk.kind === 'block' && disk.snapshot ? { snapshot: disk.snapshot } : {}) };
 }
 
 /**
@@ -41,7 +45,16 @@ export async function mountGuest(context: MountContext, backendName: MountBacken
 export async function openGuest(
   context: MountContext,
   input: VerifiedImage,
-  options: { backend: MountBackendName | 'auto'; readOnly?: boolean },
+  options: {
+    backend: MountBackendName | 'auto';
+    readOnly?: boolean;
+    /** What the overlay goes over (default: the input): a cached layer whose chain ends at the input. */
+    base?: { path: string; format: ImageFormat };
+    /** Where the overlay is created (default: work.qcow2 in the work dir). */
+    overlay?: string;
+    /** Under `auto`, try a backend that can snapshot the mounted image first (for the step cache). */
+    preferLiveSnapshot?: boolean;
+  },
 ): Promise<OpenedGuest> {
   // A backing file would bring whatever file it names on this host into the guest and the output.
   const { backingFile } = await imageInfo(context.run, input.path, context.log);
@@ -50,10 +63,11 @@ export async function openGuest(
       hint: `flatten it first: qemu-img convert -O ${input.format} ${input.path} standalone.${input.format}`,
     });
   }
-  const overlay = join(context.workDir, 'work.qcow2');
-  await createOverlay(context.run, input.path, input.format, overlay, context.log);
-  const { backend, layout } = await mountGuest(context, options.backend, overlay, options.readOnly);
+  const overlay = options.overlay ?? join(context.workDir, 'work.qcow2');
+  const base = options.base ?? input;
+  await createOverlay(context.run, base.path, base.format, overlay, context.log);
+  const { backend, layout, snapshot } = await mountGuest(context, options.backend, overlay, options.readOnly, options.preferLiveSnapshot);
   const osRelease = await readOsRelease(layout.root);
   if (!osRelease) throw new ImageBuilderError('BAD_INPUT', `${input.path} has no /etc/os-release`, { hint: 'is this a Linux OS disk image?' });
-  return { backend, layout, overlay, distro: detectDistro(osRelease) };
+  return { backend, layout, overlay, distro: detectDistro(osRelease), ...(snapshot ? { snapshot } : {}) };
 }

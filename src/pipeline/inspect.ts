@@ -1,4 +1,10 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BomStep } from '../bom/collect.js';
+import { WORK_RECORD_PATH } from '../bom/in-image.js';
 import { collectInventory, type Inventory } from '../bom/inventory.js';
+import { resolveInRoot } from '../util/fs.js';
+import type { Phase1Bom } from './phase1.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { execRunner, type Runner } from '../util/exec.js';
@@ -20,6 +26,8 @@ export interface InspectOptions {
 export interface InspectResult {
   image: Pick<VerifiedImage, 'path' | 'format' | 'sha256'>;
   inventory: Inventory;
+  /** A work image (`apply --phases 0,1`) says what it was made from and which steps it holds. */
+  work?: { input: { sha256: string; url?: string; path: string }; recipe: { name: string; sha256: string; variables: Record<string, string> }; steps: BomStep[] };
 }
 
 /** The inventory of any image, built here or not: mounted read-only (through a throw-away overlay), never written. */
@@ -33,7 +41,9 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
     const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
     const { layout, distro } = await openGuest(context, image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const inventory = await collectInventory(layout.root, distro);
-    return { image: { path: image.path, format: image.format, sha256: image.sha256 }, inventory };
+    const record = await readFile(join(layout.root, await resolveInRoot(layout.root, WORK_RECORD_PATH)), 'utf8').then((text) => JSON.parse(text) as Phase1Bom, () => undefined);
+    const work = record && { input: { sha256: record.input.sha256, path: record.input.path, ...(record.input.url ? { url: record.input.url } : {}) }, recipe: { name: record.recipe.name, sha256: record.recipe.sha256, variables: record.recipe.variables }, steps: record.steps };
+    return { image: { path: image.path, format: image.format, sha256: image.sha256 }, inventory, ...(work ? { work } : {}) };
   } finally {
     await cleanup.unwind();
   }

@@ -1,6 +1,6 @@
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
+import { convertImage, IMAGE_FORMATS, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
 import type { GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
@@ -9,10 +9,14 @@ import type { Logger } from '../util/log.js';
 export const SPARSIFY_MODES = ['virt-sparsify', 'fstrim', 'none'] as const;
 export type SparsifyMode = (typeof SPARSIFY_MODES)[number];
 
-export const FORMAT_EXTENSIONS: Record<ImageFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi' };
+/** What apply can write: disk images, and `tar`, the guest's root filesystem as a tarball (src/image/rootfs-tar.ts). */
+export const OUTPUT_FORMATS = [...IMAGE_FORMATS, 'tar'] as const;
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
+
+export const FORMAT_EXTENSIONS: Record<OutputFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi', tar: 'tar' };
 
 /** Where each artifact goes: the first format at `primary`, the others beside it with their own extension. */
-export function artifactPaths(primary: string, formats: ImageFormat[]): string[] {
+export function artifactPaths(primary: string, formats: OutputFormat[]): string[] {
   const stem = primary.slice(0, primary.length - extname(primary).length);
   return formats.map((format, index) => (index === 0 ? primary : `${stem}.${FORMAT_EXTENSIONS[format]}`));
 }
@@ -63,4 +67,22 @@ export async function writeOutputImage(
     return;
   }
   await convertImage(run, workImage, target, format, options);
+}
+
+/**
+ * Writes every disk-image artifact (all formats but `tar`, which is written from the mounted tree) to its
+ * partial path: the first from the work image, sparsified as asked, the others converted from it (already
+ * flattened and sparse). With no disk-image format, nothing is written.
+ */
+export async function writeImageArtifacts(
+  run: Runner,
+  workImage: string,
+  artifacts: { format: OutputFormat; partial: string }[],
+  sparsify: SparsifyMode,
+  options: { log: Logger; signal?: AbortSignal; workDir: string; compress?: boolean },
+): Promise<void> {
+  const images = artifacts.filter((a): a is { format: ImageFormat; partial: string } => a.format !== 'tar');
+  if (!images.length) return;
+  await writeOutputImage(run, workImage, images[0].partial, images[0].format, sparsify, options);
+  for (const image of images.slice(1)) await convertImage(run, images[0].partial, image.partial, image.format, options);
 }

@@ -1,8 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChrootSession } from '../chroot/session.js';
+import { programArchitecture } from '../distro/architecture.js';
 import { resolveInRoot } from '../util/fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
+import { ImageBuilderError } from '../util/errors.js';
 import type { InstalledPackage, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
@@ -82,7 +84,12 @@ export function createApt(): PackageManager {
   };
   return {
     name: 'apt',
-    async install(session, packages) {
+    async install(session, packages, options = {}) {
+      if (options.disableExcludes) {
+        throw new ImageBuilderError('STEP_FAILED', `apt has no repository excludes to disable (disable_excludes: ${options.disableExcludes})`, {
+          hint: 'disable_excludes is for dnf and yum: give that packages step `when: { family: redhat }`',
+        });
+      }
       await update(session);
       await session.exec(aptInstallArgs(packages), {
         streamOutput: true,
@@ -106,6 +113,11 @@ export function createApt(): PackageManager {
       await session.exec(aptHoldArgs(names), { streamOutput: true, purpose: `holding ${names.join(' ')}`, errorCode: 'STEP_FAILED' });
     },
     async addRepository(session, repository) {
+      if (repository.exclude?.length) {
+        throw new ImageBuilderError('STEP_FAILED', `repository ${repository.name}: exclude is for dnf and yum repositories; apt has no per-source exclude`, {
+          hint: 'hold the packages instead (packages: { hold: … } runs apt-mark hold), or give this step `when: { family: redhat }`',
+        });
+      }
       const keyPath = aptKeyringPath(repository);
       const sourcesPath = `/etc/apt/sources.list.d/${repository.name}.sources`;
       // The key first: a source never names a keyring that is not there yet.
@@ -133,8 +145,10 @@ export function createApt(): PackageManager {
       return parseDpkgStatus(await readFile(join(root, await resolveInRoot(root, '/var/lib/dpkg/status')), 'utf8'));
     },
     async architecture(root) {
-      const dpkg = (await this.listInstalled(root)).find((p) => p.name === 'dpkg');
-      return dpkg?.architecture;
+      // dpkg's own package is of the native architecture (dpkg --print-architecture), which tells armhf from
+      // armel exactly; a guest without it (or without a readable dpkg database) is named by its programs' ELF headers.
+      const dpkg = (await this.listInstalled(root).catch(() => [])).find((p) => p.name === 'dpkg');
+      return dpkg?.architecture ?? (await programArchitecture(root))?.architecture?.debian;
     },
   };
 }

@@ -1,6 +1,7 @@
-import { copyFile, lstat, mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { copyFile, lstat, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ARCHITECTURE_PROBES, programArchitecture } from '../distro/architecture.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { resolveInRoot } from '../util/fs.js';
@@ -126,31 +127,8 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
   }
 }
 
-/** ELF e_machine values, as rpm names the architectures (rpm's %_arch). */
-const ELF_MACHINES: Record<number, (is64: boolean, littleEndian: boolean) => string> = {
-  0x03: () => 'i686',
-  0x08: (is64, le) => (is64 ? (le ? 'mips64el' : 'mips64') : le ? 'mipsel' : 'mips'),
-  0x14: () => 'ppc',
-  0x15: (_is64, le) => (le ? 'ppc64le' : 'ppc64'),
-  0x16: (is64) => (is64 ? 's390x' : 's390'),
-  0x28: () => 'armv7hl',
-  0x3e: () => 'x86_64',
-  0xb7: () => 'aarch64',
-  0xf3: (is64) => (is64 ? 'riscv64' : 'riscv32'),
-  0x102: () => 'loongarch64',
-};
-
-/** The architecture an ELF file is built for, in rpm's names; undefined when the file is not ELF. */
-export function elfArchitecture(header: Buffer): string | undefined {
-  if (header.length < 20 || header.readUInt32BE(0) !== 0x7f454c46) return undefined;
-  const is64 = header[4] === 2;
-  const littleEndian = header[5] === 1;
-  const machine = littleEndian ? header.readUInt16LE(18) : header.readUInt16BE(18);
-  return ELF_MACHINES[machine]?.(is64, littleEndian);
-}
-
 /** Guest programs whose ELF header names the guest's architecture: rpm's own binary first. */
-export const ARCHITECTURE_PROBES = ['/usr/bin/rpm', '/bin/sh', '/usr/bin/env'];
+const RPM_ARCHITECTURE_PROBES = ['/usr/bin/rpm', ...ARCHITECTURE_PROBES];
 
 /**
  * The guest's architecture as its rpm names it: the arch of the installed `rpm` package, or, when the database
@@ -160,18 +138,5 @@ export const ARCHITECTURE_PROBES = ['/usr/bin/rpm', '/bin/sh', '/usr/bin/env'];
 export async function rpmArchitecture(root: string, installed: InstalledPackage[]): Promise<string | undefined> {
   const rpm = installed.find((p) => p.name === 'rpm' && p.architecture !== 'noarch');
   if (rpm) return rpm.architecture;
-  for (const probe of ARCHITECTURE_PROBES) {
-    const path = join(root, await resolveInRoot(root, probe));
-    const file = await open(path, 'r').catch(() => undefined);
-    if (!file) continue;
-    try {
-      const header = Buffer.alloc(20);
-      const { bytesRead } = await file.read(header, 0, 20, 0);
-      const arch = elfArchitecture(header.subarray(0, bytesRead));
-      if (arch) return arch;
-    } finally {
-      await file.close();
-    }
-  }
-  return undefined;
+  return (await programArchitecture(root, RPM_ARCHITECTURE_PROBES))?.architecture?.rpm;
 }

@@ -38,6 +38,13 @@ export interface PackageRepository {
   key: Buffer;
   /** Where the key came from (its URL), recorded with the key file; absent for a key given inline. */
   keySource?: string;
+  /** dnf/yum: packages of this repository hidden unless an install disables its excludes (`exclude=` in the .repo). */
+  exclude?: string[];
+}
+
+export interface InstallOptions {
+  /** dnf/yum: `--disableexcludes=NAME`, for packages a repository's `exclude=` hides (pkgs.k8s.io's instructions). */
+  disableExcludes?: string;
 }
 
 /** A file a package manager wrote into the guest, with the sha256 of its content (for the BOM). */
@@ -51,7 +58,7 @@ export interface WrittenFile {
 /** How one package manager does each job inside a chroot session; the distro family picks which. */
 export interface PackageManager {
   readonly name: string;
-  install(session: ChrootSession, packages: PackageSpec[]): Promise<void>;
+  install(session: ChrootSession, packages: PackageSpec[], options?: InstallOptions): Promise<void>;
   remove(session: ChrootSession, names: string[]): Promise<void>;
   /**
    * Empties the package cache and the downloaded package lists, so the image carries no stale indexes (sysprep).
@@ -60,7 +67,7 @@ export interface PackageManager {
   cleanCache(session: ChrootSession): Promise<void>;
   /** Upgrades the named installed packages (never installs new ones), or everything with 'all'. */
   upgrade(session: ChrootSession, names: string[] | 'all'): Promise<void>;
-  /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock). */
+  /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock, zypper addlock). */
   hold(session: ChrootSession, names: string[]): Promise<void>;
   /**
    * Writes the repository's key and source definition into the guest; the next install or upgrade in this

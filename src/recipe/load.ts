@@ -1,13 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { Ajv, type ValidateFunction } from 'ajv';
 import { sha256Text } from '../fetch/checksums.js';
 import { findStepType, STEP_COMMON_PROPERTIES, STEP_TYPES, stepSchema } from '../steps/registry.js';
 import type { StepType } from '../steps/types.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { recipeSchema, INCLUDE_KEY } from './schema.js';
 import { closest, hasTemplate, renderTemplate } from './template.js';
+import { parseSource, problemsFrom, type LocatedProblem, type SourceFile } from './located-yaml.js';
 import type { WhenCondition } from './when.js';
 
 export interface RecipeStep {
@@ -38,10 +38,7 @@ export interface Recipe {
   includes: { path: string; sha256: string }[];
 }
 
-export interface RecipeProblem {
-  location: string;
-  message: string;
-}
+export type RecipeProblem = LocatedProblem;
 
 export interface RecipeInputs {
   /** `--set name=value`, applied last. */
@@ -78,113 +75,6 @@ function envelopeValidator(requireName: boolean): ValidateFunction {
 }
 
 const stepValidator = (type: StepType<any>) => compiled(`step-${type.key}`, () => stepSchema(type));
-
-class Locator {
-  constructor(
-    readonly file: string,
-    private readonly doc: Document,
-    private readonly lines: LineCounter,
-  ) {}
-
-  at(offset: number | undefined): string {
-    if (offset === undefined) return `${this.file}:1:1`;
-    const { line, col } = this.lines.linePos(offset);
-    return `${this.file}:${line}:${col}`;
-  }
-
-  /** Position of the value at a JSON path; with `key`, of that key inside the map at the path. */
-  of(path: (string | number)[], key?: string): string {
-    const node = (path.length ? this.doc.getIn(path, true) : this.doc.contents) as Node | undefined;
-    if (key !== undefined && isMap(node)) {
-      const pair = node.items.find((item) => isPair(item) && isScalar(item.key) && item.key.value === key);
-      if (pair && isScalar(pair.key)) return this.at(pair.key.range?.[0]);
-    }
-    return this.at(node?.range?.[0]);
-  }
-}
-
-interface SourceFile {
-  path: string;
-  text: string;
-  locate: Locator;
-  data: Record<string, unknown>;
-}
-
-function pathOf(instancePath: string): (string | number)[] {
-  return instancePath
-    .split('/')
-    .slice(1)
-    .map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'))
-    .map((part) => (/^\d+$/.test(part) ? Number(part) : part));
-}
-
-function dotted(path: (string | number)[]): string {
-  return path.map((part, i) => (typeof part === 'number' ? `[${part}]` : i === 0 ? part : `.${part}`)).join('');
-}
-
-function describeAjvError(error: ErrorObject, where: string, allowedKeys: () => string[]): string {
-  const subject = where || 'the recipe';
-  switch (error.keyword) {
-    case 'additionalProperties': {
-      const extra = (error.params as { additionalProperty: string }).additionalProperty;
-      return `${subject}: unknown key "${extra}"${closest(extra, allowedKeys())}; allowed: ${allowedKeys().join(', ')}`;
-    }
-    case 'required':
-      return `${subject}: missing required key "${(error.params as { missingProperty: string }).missingProperty}"`;
-    case 'enum':
-      return `${subject} must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
-    case 'pattern':
-      return `${subject} ${error.message} (got ${JSON.stringify(error.data)})`;
-    case 'not':
-      return `${subject} cannot be used together with the other keys given here (see \`imagebuilder steps\` for which keys go together)`;
-    default:
-      return `${subject} ${error.message}`;
-  }
-}
-
-/** Converts ajv errors to problems with positions, dropping the noise of oneOf branches that were not meant. */
-function problemsFrom(errors: ErrorObject[], prefix: (string | number)[], locate: Locator): RecipeProblem[] {
-  const relevant = errors.filter((e) => e.keyword !== 'oneOf' && e.keyword !== 'if');
-  // For a oneOf between a string and an object form, keep the errors of the branch whose type matched.
-  const typeMatched = relevant.filter((e) => e.keyword !== 'type' || !relevant.some((o) => o !== e && o.instancePath === e.instancePath && o.keyword !== 'type'));
-  const chosen = typeMatched.length ? typeMatched : relevant;
-  const seen = new Set<string>();
-  const problems: RecipeProblem[] = [];
-  // "one of these keys" schemas fail with one `required` per branch: say it once, naming them all.
-  const alternatives = new Map<string, string[]>();
-  for (const error of chosen) {
-    if (error.keyword === 'required' && error.schemaPath.includes('/oneOf/')) {
-      alternatives.set(error.instancePath, [...(alternatives.get(error.instancePath) ?? []), (error.params as { missingProperty: string }).missingProperty]);
-    }
-  }
-  for (const [instancePath, keys] of alternatives) {
-    if (keys.length < 2) continue;
-    const path = [...prefix, ...pathOf(instancePath)];
-    problems.push({ location: locate.of(path), message: `${dotted(path)}: needs exactly one of the keys ${keys.map((k) => `"${k}"`).join(', ')}` });
-  }
-  for (const error of chosen) {
-    if (error.keyword === 'required' && (alternatives.get(error.instancePath)?.length ?? 0) > 1) continue;
-    const path = [...prefix, ...pathOf(error.instancePath)];
-    const key = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;
-    const allowed = () => Object.keys((error.parentSchema?.properties as object | undefined) ?? {});
-    const problem = { location: locate.of(path, key), message: describeAjvError(error, dotted(path), allowed) };
-    const id = `${problem.location} ${problem.message}`;
-    if (!seen.has(id)) problems.push(problem);
-    seen.add(id);
-  }
-  return problems;
-}
-
-function parseSource(text: string, path: string): { file?: SourceFile; problems: RecipeProblem[] } {
-  const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
-  const locate = new Locator(path, doc, lines);
-  if (doc.errors.length) {
-    return { problems: doc.errors.map((error) => ({ location: locate.at(error.pos[0]), message: `YAML syntax: ${error.message.split('\n')[0]}` })) };
-  }
-  const data = doc.toJS() as Record<string, unknown>;
-  return { file: { path, text, locate, data }, problems: [] };
-}
 
 interface RawStep {
   file: SourceFile;

@@ -59,8 +59,7 @@ export function recipeSchema(): JsonSchema {
       },
       steps: {
         type: 'array',
-        minItems: 1,
-        description: 'Run in order, inside the guest.',
+        description: 'Run in order, inside the guest. None at all converts the image and writes its BOM.',
         items: {
           oneOf: [
             ...STEP_TYPES.map((type) => allowTemplates(stepSchema(type))),

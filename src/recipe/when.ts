@@ -1,4 +1,4 @@
-import type { Distro } from '../distro/families.js';
+import { FAMILY_NAMES, type Distro } from '../distro/types.js';
 import type { JsonSchema } from '../steps/types.js';
 
 /** A step's condition: every key given must match the guest. Lists mean "any of". */
@@ -12,9 +12,9 @@ export interface WhenCondition {
   enabled?: boolean | string;
 }
 
-const oneOrMore = (description: string): JsonSchema => ({
+const oneOrMore = (description: string, item: JsonSchema = { type: 'string', minLength: 1 }): JsonSchema => ({
   description,
-  oneOf: [{ type: 'string', minLength: 1 }, { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } }],
+  oneOf: [item, { type: 'array', minItems: 1, items: item }],
 });
 
 export const WHEN_SCHEMA: JsonSchema = {
@@ -23,7 +23,10 @@ export const WHEN_SCHEMA: JsonSchema = {
   additionalProperties: false,
   minProperties: 1,
   properties: {
-    family: oneOrMore('Distro family: debian, redhat, suse, photon …'),
+    family: oneOrMore(
+      'Distro family: debian (Debian, Ubuntu), redhat (Fedora, RHEL, CentOS, Rocky, Alma, Oracle Linux, Amazon Linux), suse (openSUSE, SLES), photon (Photon OS).',
+      { enum: [...FAMILY_NAMES] },
+    ),
     distro: oneOrMore('os-release ID: debian, ubuntu, fedora, rocky, amzn …'),
     version: oneOrMore('os-release VERSION_ID, exact or with a comparison: "12", ">=22.04", "<9".'),
     architecture: oneOrMore('Guest architecture as the package manager names it: amd64, arm64, x86_64, aarch64 …'),

@@ -5,6 +5,7 @@ import type { Readable } from 'node:stream';
 import type { ChrootSession } from '../chroot/session.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep } from './types.js';
+import { hostTreeDigest } from './host-inputs.js';
 
 export interface ContainerImagesSpec {
   /** Host paths (relative to the recipe) of OCI or docker-archive tarballs; `{guest: PATH}` for one already in the image. */
@@ -82,6 +83,10 @@ export const containerImagesStep = defineStep<ContainerImagesSpec>({
     },
   },
   describe: (spec) => `import ${spec.archives.length} container image archive(s)`,
+  async cacheInputs(spec, environment) {
+    const hostArchives = spec.archives.filter((a): a is string => typeof a === 'string');
+    return { digests: Object.fromEntries(await Promise.all(hostArchives.map(async (a) => [a, await hostTreeDigest(resolve(environment.recipeDir, a))]))) };
+  },
   async run(context, spec) {
     const { session } = context;
     const namespace = spec.namespace ?? 'k8s.io';

@@ -1,13 +1,16 @@
 import { statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { createReadStream, type Stats } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { extractIntoGuest } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { clampTime, sourceDateEpoch } from '../util/time.js';
+import { packEntry, packFile, type TarHeader } from '../util/tar-pack.js';
 import { defineStep, type StepContext } from './types.js';
+import { hostTreeDigest } from './host-inputs.js';
 
 export interface CopySpec {
   src: string;
@@ -16,8 +19,6 @@ export interface CopySpec {
   group?: string;
   mode?: string;
 }
-
-type TarHeader = Partial<tar.Header> & Pick<tar.Header, 'name'>;
 
 /** One thing to put into the archive: its name inside it, where it is on the host, what it is. */
 interface HostEntry {
@@ -50,38 +51,14 @@ function ownerFields(value: string): { name?: string; id: number } {
 }
 
 /** Adds one entry to the archive; for a regular file, streams its content and returns its sha256. */
-function addEntry(pack: tar.Pack, entry: HostEntry, header: TarHeader): Promise<string | undefined> {
-  return new Promise((resolvePromise, reject) => {
-    if (!entry.stats.isFile()) {
-      pack.entry(header, (error) => (error ? reject(error) : resolvePromise(undefined))).on('error', reject);
-      return;
-    }
-    const hash = createHash('sha256');
-    const source = createReadStream(entry.hostPath);
-    const sink = pack.entry({ ...header, size: entry.stats.size }, (error) => (error ? reject(error) : resolvePromise(hash.digest('hex'))));
-    const fail = (error: NodeJS.ErrnoException) => {
-      const failure = new HostReadError(entry.hostPath, error);
-      source.destroy();
-      sink.destroy(failure);
-      reject(failure);
-    };
-    const changed = () => new Error(`it changed while being copied (${entry.stats.size} bytes before, now ${read})`);
-    let read = 0;
-    source.on('data', (chunk) => {
-      read += chunk.length;
-      // A file that grows must not write past its entry: that would corrupt the rest of the archive.
-      if (read > entry.stats.size) return fail(changed());
-      hash.update(chunk as Buffer);
-      if (!sink.write(chunk)) {
-        source.pause();
-        sink.once('drain', () => source.resume());
-      }
-    });
-    source.on('end', () => (read === entry.stats.size ? sink.end(null) : fail(changed()))); // streamx: end(data), null for none
-    source.on('error', fail);
-    sink.on('error', reject);
-    sink.on('close', () => source.destroy());
+async function addEntry(pack: tar.Pack, entry: HostEntry, header: TarHeader): Promise<string | undefined> {
+  if (!entry.stats.isFile()) return void (await packEntry(pack, header));
+  const hash = createHash('sha256');
+  await packFile(pack, { ...header, size: entry.stats.size }, entry.hostPath, {
+    onChunk: (chunk) => hash.update(chunk),
+    wrapError: (error) => new HostReadError(entry.hostPath, error),
   });
+  return hash.digest('hex');
 }
 
 export const copyStep = defineStep<CopySpec>({
@@ -112,6 +89,9 @@ export const copyStep = defineStep<CopySpec>({
     },
   },
   describe: (spec) => `copy ${spec.src} to ${spec.dest}`,
+  async cacheInputs(spec, environment) {
+    return { digests: { src: await hostTreeDigest(resolve(environment.recipeDir, spec.src)) } };
+  },
   check(spec, environment) {
     const src = resolve(environment.recipeDir, spec.src);
     const stat = statSync(src, { throwIfNoEntry: false });
@@ -155,6 +135,7 @@ export const copyStep = defineStep<CopySpec>({
       });
     }
 
+    const epoch = sourceDateEpoch();
     const pack = tar.pack();
     // Its failures reach us through `packing` and the extraction; an 'error' event must not crash the process.
     pack.on('error', () => undefined);
@@ -166,7 +147,8 @@ export const copyStep = defineStep<CopySpec>({
           name: entry.stats.isDirectory() ? `${entry.name}/` : entry.name,
           type: entry.stats.isDirectory() ? 'directory' : entry.stats.isSymbolicLink() ? 'symlink' : 'file',
           mode: spec.mode !== undefined && entry.stats.isFile() ? parseInt(spec.mode, 8) : entry.stats.mode & 0o7777,
-          mtime: entry.stats.mtime,
+          // Reproducible builds: host files newer than SOURCE_DATE_EPOCH are dated at it (tar --clamp-mtime).
+          mtime: clampTime(entry.stats.mtime, epoch),
           uid: owner.id,
           gid: group.id,
           uname: owner.name,

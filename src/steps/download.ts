@@ -139,6 +139,8 @@ export const downloadStep = defineStep<DownloadSpec>({
     ],
   },
   describe: (spec) => `download ${urlFileName(spec.url)} to ${spec.dest ?? spec.extract}`,
+  // With a sha256 the value pins the content; a checksum_url is read anew each time.
+  cacheInputs: async (spec) => (spec.sha256 ? {} : { unpinned: `${spec.url} has no pinned sha256` }),
   async run(context, spec) {
     const expected = await expectedSum(context, spec);
     const temp = await mkdtemp(join(workDirParent(), 'imagebuilder-download-'));

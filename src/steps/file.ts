@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { renderTemplate } from '../recipe/template.js';
+import { sha256Text } from '../fetch/checksums.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep, type StepEnvironment } from './types.js';
 
@@ -49,6 +50,11 @@ export const fileStep = defineStep<FileSpec>({
     '/etc/group). The path is resolved inside the guest: a symlink in the image can never make the write land ' +
     'on the build host.',
   example: { path: '/etc/modules-load.d/k8s.conf', content: 'overlay\nbr_netfilter\n', mode: '0644' },
+  async cacheInputs(spec, environment) {
+    // A template's output depends on the variables too: the rendered bytes say it all.
+    const { content, problems } = fileContent(spec, environment);
+    return spec.content !== undefined ? {} : { digests: { content: content === undefined ? `unreadable: ${problems.join('; ')}` : sha256Text(content) } };
+  },
   schema: {
     type: 'object',
     additionalProperties: false,

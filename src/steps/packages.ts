@@ -9,6 +9,8 @@ export interface PackagesSpec {
   upgrade?: true | string[];
   /** names: hold those; true: hold the packages named in `install`. */
   hold?: true | string[];
+  /** dnf/yum: installs with --disableexcludes=NAME (a repository whose .repo file excludes these packages). */
+  disable_excludes?: string;
 }
 
 const packageList = {
@@ -40,19 +42,22 @@ export const packagesStep = defineStep<PackagesSpec>({
     'Installs packages (optionally at an exact version, `name=version`), removes packages, upgrades packages and holds ' +
     "packages at their installed versions, through the package manager of the guest's distribution family: apt on " +
     'Debian and Ubuntu; dnf on Fedora, RHEL, CentOS Stream, Rocky, Alma, Oracle Linux 8+ and Amazon Linux 2023; yum on ' +
-    'CentOS/RHEL 7 and Amazon Linux 2. In that order: remove, install, upgrade, hold. A version is written the same ' +
-    'way on every family, `name=version`: apt gets `name=version`, dnf and yum `name-version`, where the version is ' +
-    'rpm\'s `[epoch:]version-release` (or just `version`, for its newest release). `upgrade: true` upgrades everything ' +
-    '(`apt-get upgrade`, `dnf upgrade`); a list upgrades just those packages if they are installed (`apt-get install ' +
-    '--only-upgrade`; dnf fails when none of them is installed). Held packages are kept back by `upgrade: true`; naming ' +
-    'one in the list fails the step on apt (release it first: `apt-mark unhold NAME` in a `run` step), while dnf leaves ' +
-    'a versionlocked one as it is and fails on an excluded one, which it no longer sees. `hold` keeps packages at their ' +
-    'versions: a list of names, or `true` for the packages named in ' +
-    '`install`. apt: `apt-mark hold`. dnf and yum: `versionlock add` when the guest has the versionlock plugin (dnf 5 ' +
-    'has it built in); otherwise the names go into `excludepkgs=` (yum: `exclude=`) in the [main] section of ' +
-    '/etc/dnf/dnf.conf (/etc/yum.conf), so that no repository can change them, and dnf then ignores them until ' +
-    '`--disableexcludes=main`. Without a release package in its rpm database, a dnf or yum guest gets `--releasever` ' +
-    "from its os-release VERSION_ID.",
+    'CentOS/RHEL 7 and Amazon Linux 2; tdnf on Photon OS; zypper on openSUSE and SLES. In that order: remove, install, ' +
+    'upgrade, hold. A version is written the same way on every family, `name=version`: apt and zypper get ' +
+    '`name=version`, dnf, yum and tdnf `name-version`, where the version is rpm\'s `[epoch:]version-release` (or just ' +
+    '`version`, for its newest release). `upgrade: true` upgrades everything (`apt-get upgrade`, `dnf upgrade`, ' +
+    '`zypper update`); a list upgrades just those packages if they are installed (`apt-get install --only-upgrade`; dnf ' +
+    'fails when none of them is installed). Held packages are kept back by `upgrade: true`; naming one in the list ' +
+    'fails the step on apt and zypper (release it first: `apt-mark unhold NAME`, `zypper removelock NAME` in a `run` ' +
+    'step), while dnf leaves a versionlocked one as it is and fails on an excluded one, which it no longer sees. `hold` ' +
+    'keeps packages at their versions: a list of names, or `true` for the packages named in `install`. apt: ' +
+    '`apt-mark hold`. zypper: `addlock`. dnf and yum: `versionlock add` when the guest has the versionlock plugin (dnf 5 ' +
+    'has it built in); otherwise (and always on tdnf) the names go into `excludepkgs=` (yum: `exclude=`) in the [main] ' +
+    'section of /etc/dnf/dnf.conf (/etc/yum.conf, /etc/tdnf/tdnf.conf), so that no repository can change them, and ' +
+    'dnf then ignores them until `--disableexcludes=main`. `disable_excludes: NAME` (dnf and yum) installs with ' +
+    '`--disableexcludes=NAME`, for packages the repository NAME excludes (see the repository step\'s `exclude`). ' +
+    'Without a release package in its rpm database (zypper: a base product), an rpm guest gets `--releasever` from its ' +
+    'os-release VERSION_ID.',
   example: { install: ['containerd', 'conntrack', 'socat=1.7.4.4-2'] },
   schema: {
     type: 'object',
@@ -69,9 +74,20 @@ export const packagesStep = defineStep<PackagesSpec>({
         description: 'Names of packages to hold at their installed versions, or `true` for the packages named in `install`.',
         oneOf: [{ enum: [true] }, nameList],
       },
+      disable_excludes: {
+        type: 'string',
+        pattern: '^[A-Za-z0-9][A-Za-z0-9_.:-]*$',
+        description: 'dnf and yum: the id of a repository (or `main`, `all`) whose excludes this install ignores: `--disableexcludes=NAME`.',
+      },
     },
+    dependencies: { disable_excludes: ['install'] },
     if: { required: ['hold'], properties: { hold: { const: true } } },
     then: { required: ['install'] },
+  },
+  cacheInputs: async (spec) => {
+    const unversioned = (spec.install ?? []).filter((text) => parsePackageSpec(text).version === undefined);
+    if (spec.upgrade) return { unpinned: 'upgrades to whatever the repositories offer' };
+    return unversioned.length ? { unpinned: `installs without a pinned version: ${unversioned.join(', ')}` } : {};
   },
   describe: (spec) =>
     [
@@ -82,10 +98,11 @@ export const packagesStep = defineStep<PackagesSpec>({
     ]
       .filter(Boolean)
       .join(', '),
+  needsPackageManager: () => true,
   async run(context, spec) {
     const manager = requireFamily(context.distro, 'the packages step').packageManager;
     if (spec.remove?.length) await manager.remove(context.session, spec.remove);
-    if (spec.install?.length) await manager.install(context.session, spec.install.map(parsePackageSpec));
+    if (spec.install?.length) await manager.install(context.session, spec.install.map(parsePackageSpec), spec.disable_excludes ? { disableExcludes: spec.disable_excludes } : {});
     if (spec.upgrade === true) await manager.upgrade(context.session, 'all');
     else if (spec.upgrade?.length) await manager.upgrade(context.session, spec.upgrade);
     const hold = holdNames(spec);

@@ -15,6 +15,7 @@ export interface RepositorySpec {
   key_url?: string;
   key?: string;
   fingerprint?: string;
+  exclude?: string[];
 }
 
 /** One primary key found in a key file, as the host's gpg reads it. */
@@ -156,8 +157,13 @@ export const repositoryStep = defineStep<RepositorySpec>({
     'suite needs `components`. On the RedHat family (dnf, yum) the key goes, armored, to ' +
     '/etc/pki/rpm-gpg/RPM-GPG-KEY-NAME and /etc/yum.repos.d/NAME.repo gets `baseurl` = `url`, `enabled=1`, ' +
     '`gpgcheck=1` with `gpgkey` naming that file (every package must be signed by this key; dnf imports it into the ' +
-    "guest's rpm database at the first install) and `repo_gpgcheck=0`; `suite` and `components` are apt's and fail " +
-    'the step there. Package lists are fetched again before the next install or upgrade.',
+    "guest's rpm database at the first install) and `repo_gpgcheck=0`; `exclude` adds `exclude=` (these packages are " +
+    'then installed only by a packages step with `disable_excludes: NAME`, as pkgs.k8s.io\'s instructions do). Photon ' +
+    '(tdnf) gets the same .repo file, without `exclude`. On openSUSE and SLES (zypper) the key is imported into the ' +
+    "guest's rpm database (`rpm --import`) and /etc/zypp/repos.d/NAME.repo gets `type=rpm-md`, `autorefresh=1`, " +
+    '`gpgcheck=1`, `pkg_gpgcheck=1`, `repo_gpgcheck=0` and `gpgkey`; zypper has no `exclude` (hold the packages ' +
+    'instead: `addlock`). `suite` and `components` are apt\'s and fail the step on the rpm families. Package lists are ' +
+    'fetched again before the next install or upgrade.',
   example: {
     name: 'kubernetes',
     url: 'https://pkgs.k8s.io/core:/stable:/v1.30/deb/',
@@ -196,6 +202,13 @@ export const repositoryStep = defineStep<RepositorySpec>({
         pattern: '^\\s*([0-9A-Fa-f]\\s*){40}$',
         description: "The key's full primary key fingerprint (40 hex digits, spaces allowed); required with key_url, checked if given with key.",
       },
+      exclude: {
+        type: 'array',
+        minItems: 1,
+        uniqueItems: true,
+        items: { type: 'string', pattern: '^[A-Za-z0-9*?][A-Za-z0-9+._*?-]*$' },
+        description: 'dnf and yum: packages (globs allowed) this repository never offers unless an install says `disable_excludes: NAME` (`exclude=` in the .repo file). Not for apt, tdnf or zypper.',
+      },
     },
     allOf: [
       {
@@ -213,6 +226,7 @@ export const repositoryStep = defineStep<RepositorySpec>({
     ],
   },
   describe: (spec) => `add repository ${spec.name} (${spec.url})`,
+  needsPackageManager: () => true,
   async run(context, spec) {
     const manager = requireFamily(context.distro, 'the repository step').packageManager;
     const key = await keyBytes(context, spec);
@@ -227,6 +241,7 @@ export const repositoryStep = defineStep<RepositorySpec>({
       components: spec.components,
       key,
       keySource: spec.key_url,
+      exclude: spec.exclude,
     });
     for (const file of files) context.record.file({ ...file, kind: 'config' });
   },

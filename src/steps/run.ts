@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep } from './types.js';
+import { hostTreeDigest } from './host-inputs.js';
 
 export type RunSpec = string | { script?: string; file?: string; env?: Record<string, string>; timeout?: number; shell?: string };
 
@@ -29,6 +30,10 @@ export const runStep = defineStep<RunSpec>({
         oneOf: [{ required: ['script'] }, { required: ['file'] }],
       },
     ],
+  },
+  async cacheInputs(spec, environment) {
+    if (typeof spec === 'string' || spec.file === undefined) return {};
+    return { digests: { file: await hostTreeDigest(resolve(environment.recipeDir, spec.file)) } };
   },
   check(spec, environment) {
     if (typeof spec === 'string' || spec.file === undefined) return [];

@@ -1,4 +1,5 @@
 import { requireFamily } from '../distro/families.js';
+import { DBUS_MACHINE_ID } from '../distro/types.js';
 import { guestRun } from './guest-exec.js';
 import { defineStep, type StepContext } from './types.js';
 
@@ -15,8 +16,9 @@ export const HISTORY_FILES = ['.bash_history', '.zsh_history', '.sh_history', '.
 
 /** The shell scripts, run with the guest's /bin/sh inside the chroot: paths resolve in the guest only. */
 export const SYSPREP_SCRIPTS = {
-  // Debian links /var/lib/dbus/machine-id to /etc/machine-id: a link stays, a copy goes.
-  dbusMachineId: 'if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then rm -f /var/lib/dbus/machine-id; fi',
+  // Regular files matching the patterns given as arguments go; a link stays (Debian links /var/lib/dbus/machine-id
+  // to /etc/machine-id). The unquoted $pattern is expanded by the guest's shell, in the guest.
+  removeFiles: 'for pattern in "$@"; do for file in $pattern; do if [ -f "$file" ] && [ ! -L "$file" ]; then rm -f -- "$file"; fi; done; done',
   sshHostKeys: 'rm -f /etc/ssh/ssh_host_*',
   // Journal files are removed (an empty one is a corrupt one to journald); every other log is kept, empty.
   logs:
@@ -38,6 +40,7 @@ export const SYSPREP_SCRIPTS = {
 };
 
 const sh = (script: string) => ['/bin/sh', '-c', script];
+const removeFiles = (patterns: string[]) => ['/bin/sh', '-c', SYSPREP_SCRIPTS.removeFiles, 'remove-files', ...patterns];
 
 async function runOperation(context: StepContext, operation: SysprepOperation, explicit: boolean): Promise<void> {
   const run = (argv: string[]) => guestRun(context, argv, { purpose: `sysprep ${operation}` });
@@ -45,7 +48,8 @@ async function runOperation(context: StepContext, operation: SysprepOperation, e
     case 'machine-id':
       // Empty, not absent: systemd fills it at first boot, and the file stays a file (not a mount point).
       await run(['truncate', '-s', '0', '/etc/machine-id']);
-      await run(sh(SYSPREP_SCRIPTS.dbusMachineId));
+      // The family knows its other per-machine ids; on any other guest, D-Bus's copy.
+      await run(removeFiles(context.distro.family?.hygiene.machineIdentity ?? [DBUS_MACHINE_ID]));
       return;
     case 'ssh-host-keys':
       await run(sh(SYSPREP_SCRIPTS.sshHostKeys));
@@ -58,7 +62,9 @@ async function runOperation(context: StepContext, operation: SysprepOperation, e
         context.log.warn(`${context.label}: package-cache skipped: unknown distribution family`);
         return;
       }
-      await requireFamily(context.distro, 'the package-cache operation of sysprep').packageManager.cleanCache(context.session);
+      const family = requireFamily(context.distro, 'the package-cache operation of sysprep');
+      await family.packageManager.cleanCache(context.session);
+      if (family.hygiene.packageLeftovers.length) await run(removeFiles(family.hygiene.packageLeftovers));
       return;
     }
     case 'cloud-init':
@@ -78,11 +84,12 @@ export const sysprepStep = defineStep<SysprepSpec>({
   summary: 'Remove what makes this image one machine: machine-id, SSH host keys, logs, caches',
   description:
     'Makes the image a template; every operation runs inside the guest, in this order whatever order the recipe ' +
-    "gives: `package-cache` cleans the package manager's cache and package lists (apt: apt-get clean and /var/lib/apt/lists; dnf/yum: clean all and /var/cache/dnf); " +
+    "gives: `package-cache` cleans the package manager's cache and package lists (apt: apt-get clean and /var/lib/apt/lists; dnf/yum/tdnf: clean all and /var/cache/dnf, yum or tdnf; zypper: clean --all and /var/cache/zypp) and, on the rpm families, rpm's Berkeley DB environment files (__db.*); " +
     '`cloud-init` does what `cloud-init clean --logs` does (with the guest\'s cloud-init when it has one; the seed ' +
     'stays), so cloud-init runs again at first boot; `ssh-host-keys` removes /etc/ssh/ssh_host_* (something must ' +
     'create new ones at first boot: cloud-init does, or a unit running `ssh-keygen -A`); `machine-id` empties ' +
-    '/etc/machine-id (systemd makes a new one at first boot) and removes a copied /var/lib/dbus/machine-id; ' +
+    '/etc/machine-id (systemd makes a new one at first boot) and removes a copied /var/lib/dbus/machine-id and the ' +
+    "package manager's own machine id (yum: /var/lib/yum/uuid; zypper: /var/lib/zypp/AnonymousUniqueId); " +
     '`shell-history` removes shell and tool history files from every home directory; `tmp` empties /tmp and ' +
     '/var/tmp; `logs` (last) empties every file under /var/log, keeping them, and removes journal files. Without ' +
     '`operations`, all of them run. Put this step last.',
@@ -101,6 +108,8 @@ export const sysprepStep = defineStep<SysprepSpec>({
     },
   },
   describe: (spec) => `sysprep ${spec.operations ? spec.operations.join(' ') : 'all'}`,
+  // Without `operations`, package-cache is skipped (with a warning) on an unknown distribution; asked for, it needs one.
+  needsPackageManager: (spec) => spec.operations?.includes('package-cache') ?? false,
   async run(context, spec) {
     for (const operation of SYSPREP_OPERATIONS) {
       if (spec.operations && !spec.operations.includes(operation)) continue;

@@ -78,9 +78,25 @@ export interface StepType<Spec = unknown> {
   readonly schema: JsonSchema;
   /** A short description of one use, for logs when the step has no name. */
   describe(spec: Spec): string;
+  /**
+   * True when this use of the step needs the guest's package manager (a known distro family): apply checks it
+   * for every step before the first one runs, so an unknown distribution fails before anything is changed.
+   */
+  needsPackageManager?(spec: Spec): boolean;
   /** Problems found without an image (a missing host file, an undefined template variable): `validate` reports them. */
   check?(spec: Spec, environment: StepEnvironment): string[];
+  /**
+   * For the step cache: digests of what the step reads besides its value (host files), and why its result may
+   * differ when run again with the same value (the network without a pin). Absent: the value says it all.
+   */
+  cacheInputs?(spec: Spec, environment: StepEnvironment): Promise<StepCacheInputs>;
   run(context: StepContext, spec: Spec): Promise<void>;
+}
+
+/** What a step reads besides its value: digests of host inputs, and whether it depends on the network unpinned. */
+export interface StepCacheInputs {
+  digests?: Record<string, string>;
+  unpinned?: string;
 }
 
 export function defineStep<Spec>(type: StepType<Spec>): StepType<Spec> {

@@ -26,6 +26,18 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   INTERRUPTED: 130,
 };
 
+/** What each exit code means, in order: `--help` and the README table show this. */
+export const EXIT_CODE_MEANINGS: [number, string][] = [
+  [0, 'success'],
+  [1, 'internal error (a bug: please report it)'],
+  [2, 'bad recipe, matrix or input (recipe problems come with file:line:column)'],
+  [3, 'verification failed (checksum mismatch, unverifiable image, bad signature)'],
+  [4, 'a step failed'],
+  [5, 'the host lacks a tool or capability (the message says which package)'],
+  [6, 'a host command failed (mounting, converting …)'],
+  [130, 'interrupted (SIGINT or SIGTERM); everything was released'],
+];
+
 export class ImageBuilderError extends Error {
   readonly code: ErrorCode;
   readonly hint?: string;
@@ -64,4 +76,9 @@ export function toImageBuilderError(error: unknown): ImageBuilderError {
     detail: error instanceof Error ? error.stack : undefined,
     hint: 'this is a bug in imagebuilder; please report it with the command line and this output',
   });
+}
+
+/** The message of anything thrown, for logs and events. */
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

@@ -20,6 +20,8 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   losetup: { package: 'mount', neededBy: 'the fuse mount backend (loop device over the export)', required: true },
   partx: { package: 'util-linux', neededBy: 'partitions of loop and nbd devices on kernels that do not scan them', required: true },
   blkid: { package: 'util-linux', neededBy: 'finding the guest filesystems', required: true },
+  blockdev: { package: 'util-linux', neededBy: 'dropping a reused loop device\'s stale page cache', required: true },
+  fsfreeze: { package: 'util-linux', neededBy: 'quiescing the guest filesystems before a step-cache snapshot', required: true },
   mount: { package: 'mount', neededBy: 'mounting the guest filesystems', required: true },
   umount: { package: 'mount', neededBy: 'unmounting the guest filesystems', required: true },
   unshare: { package: 'util-linux', neededBy: 'confining guest commands in their own namespaces', required: true },
@@ -28,6 +30,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   mknod: { package: 'coreutils', neededBy: 'the chroot\'s minimal /dev', required: true },
   touch: { package: 'coreutils', neededBy: 'restoring guest file times', required: true },
   rm: { package: 'coreutils', neededBy: 'removing device nodes made for a build', required: true },
+  sync: { package: 'coreutils', neededBy: 'flushing the FUSE export and unfrozen filesystems', required: true },
   'virt-sparsify': { package: 'guestfs-tools', neededBy: 'the default --sparsify virt-sparsify (--sparsify fstrim works without it)', required: true },
   fstrim: { package: 'util-linux', neededBy: '--sparsify fstrim', required: false },
   'qemu-nbd': { package: 'qemu-utils', neededBy: 'the nbd mount backend', required: false },
@@ -39,6 +42,8 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   xz: { package: 'xz-utils', neededBy: '.xz base images', required: false },
   zstd: { package: 'zstd', neededBy: '.zst base images', required: false },
   rpm: { package: 'rpm', neededBy: 'the BOM of RPM-family guests (Fedora, RHEL, Amazon Linux …)', required: false },
+  setfiles: { package: 'policycoreutils', neededBy: 'relabelling SELinux guests with their own file_contexts', required: false },
+  getfattr: { package: 'attr', neededBy: 'apply --format tar (extended attributes: capabilities, SELinux labels)', required: false },
 };
 
 /** "the Debian package qemu-utils (qemu-system-common on Debian 12)", or a generic phrase for a tool we do not list. */

@@ -1,12 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { Ajv } from 'ajv';
-import addFormatsModule from 'ajv-formats';
+import { formatsAjv } from './ajv.js';
 
-// ajv-formats is CommonJS: its default export arrives wrapped under ESM.
-const addFormats = ((addFormatsModule as unknown as { default?: unknown }).default ?? addFormatsModule) as (ajv: Ajv) => Ajv;
-
-const ajv = new Ajv({ allErrors: true, strict: false });
-addFormats(ajv);
+const ajv = formatsAjv();
 /** The committed schemas/bom.schema.json, as users get it. */
 const validate = ajv.compile(JSON.parse(readFileSync(new URL('../../schemas/bom.schema.json', import.meta.url), 'utf8')));
 

@@ -12,6 +12,14 @@ export async function runCli(args: string[], options: { cwd?: string; env?: Reco
   return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr), all: String(result.all) };
 }
 
+/** `--json` prints one event per line, the result last: the result. */
+export function jsonResult<T = any>(stdout: string): T {
+  const lines = stdout.trim().split('\n');
+  const result = JSON.parse(lines.at(-1)!) as { event?: string };
+  if (result.event !== 'result') throw new Error(`the last line of --json output is not the result: ${lines.at(-1)}`);
+  return result as T;
+}
+
 export async function sha256(path: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);

@@ -149,9 +149,12 @@ export async function startImageServer(options: { tls?: { key: string; cert: str
       }
       if (dropAt !== undefined && record.bytes >= dropAt) {
         stream.destroy();
-        // Let the bytes written so far leave, then cut the connection in the middle of the body.
+        // Let the bytes written so far leave (all of them handed to the kernel, however loaded the machine is),
+        // then cut the connection in the middle of the body.
+        const socket = response.socket;
+        while (socket && socket.writableLength > 0) await new Promise((resolve) => setTimeout(resolve, 10));
         await new Promise((resolve) => setTimeout(resolve, 50));
-        response.socket?.destroy();
+        socket?.destroy();
         return;
       }
       if (pause) await new Promise((resolve) => setTimeout(resolve, pause));

@@ -49,3 +49,46 @@ export async function dpkgVersion(root: string, name: string): Promise<string | 
   const [status, version] = result.stdout.split(' ');
   return status === 'installed' ? version : undefined;
 }
+
+/** Each filesystem type's own checker, read-only: exit 0 means clean. */
+const FS_CHECKERS: Record<string, (device: string) => [string, string[]]> = {
+  ext4: (device) => ['fsck.ext4', ['-n', '-f', device]],
+  xfs: (device) => ['xfs_repair', ['-n', device]],
+  // --force: a copy of the fixture (same fsid) may be mounted by another test at the same time.
+  btrfs: (device) => ['btrfs', ['check', '--readonly', '--force', device]],
+};
+
+/**
+ * Runs fsck.ext4 -n, xfs_repair -n or btrfs check --readonly over every partition of an image (a read-only loop
+ * device over each partition's exact extent of a raw copy), without any code under test. Returns one
+ * `p<N> <type>` line per filesystem checked; throws with the checker's output when one is not clean.
+ */
+export async function checkFilesystems(image: string): Promise<string[]> {
+  const dir = await mkdtemp(join(process.env.IMAGEBUILDER_WORK_DIR ?? tmpdir(), 'fsck-'));
+  const raw = join(dir, 'disk.raw');
+  const checked: string[] = [];
+  try {
+    await execa('qemu-img', ['convert', '-O', 'raw', image, raw]);
+    const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { sectorsize?: number; partitions: { node: string; start: number; size: number }[] } };
+    const sector = table.partitiontable.sectorsize ?? 512;
+    for (const partition of table.partitiontable.partitions) {
+      const number = /(\d+)$/.exec(partition.node)![1];
+      const device = (await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(partition.start * sector), '--sizelimit', String(partition.size * sector), raw])).stdout.trim();
+      try {
+        const type = (await execa('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], { reject: false })).stdout.trim();
+        const checker = FS_CHECKERS[type];
+        if (!checker) continue;
+        const [file, args] = checker(device);
+        const result = await execa(file, args, { reject: false, all: true });
+        if (result.exitCode !== 0) throw new Error(`p${number} (${type}) is not clean: ${file} ${args.join(' ')} exited with ${result.exitCode}\n${result.all}`);
+        checked.push(`p${number} ${type}`);
+      } finally {
+        await execa('btrfs', ['device', 'scan', '--forget', device], { reject: false });
+        await execa('losetup', ['--detach', device], { reject: false });
+      }
+    }
+    return checked;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}

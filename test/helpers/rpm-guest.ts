@@ -7,28 +7,29 @@ import { REPO, sha256 } from './host.js';
 import { withImageMounted } from './inspect.js';
 
 /**
- * The synthetic RPM-family guest (bin/make-debian-image --layout rpm-guest): Debian's userland with Debian's own
- * rpm, dnf and dnf-plugins-core, an empty rpm database at /usr/lib/sysimage/rpm, an os-release that says Fedora 40.
- * Cached like the other fixture images (keyed by the script's sha256); tests only ever read it.
+ * The synthetic RPM-family guests (bin/make-debian-image): Debian's userland with Debian's own rpm and package
+ * manager, an empty rpm database at /usr/lib/sysimage/rpm, and an os-release that names the family under test:
+ * `rpm-guest` has Debian's dnf and dnf-plugins-core and says Fedora 40; `suse-guest` has Debian's zypper and says
+ * openSUSE Leap 15.6. Cached like the other fixture images (keyed by the script's sha256); tests only ever read them.
  */
-export async function rpmGuestImage(): Promise<string> {
+export async function rpmGuestImage(layout: 'rpm-guest' | 'suse-guest' = 'rpm-guest'): Promise<string> {
   const script = `${REPO}/bin/make-debian-image`;
   const version = (await sha256(script)).slice(0, 12);
   const dir = `${FIXTURE_CACHE}/images`;
-  const path = `${dir}/rpm-guest-${version}.qcow2`;
+  const path = `${dir}/${layout}-${version}.qcow2`;
   if (await stat(path).catch(() => undefined)) return path;
   await mkdir(dir, { recursive: true });
-  await execa(script, ['--layout', 'rpm-guest', '--format', 'qcow2', '--output', path, '--cache-dir', FIXTURE_CACHE], { stderr: 'inherit' });
+  await execa(script, ['--layout', layout, '--format', 'qcow2', '--output', path, '--cache-dir', FIXTURE_CACHE], { stderr: 'inherit' });
   return path;
 }
 
-/** Mounts an rpm-guest image (or a build's output) read-only, without the code under test. */
+/** Mounts an rpm-guest or suse-guest image (or a build's output) read-only, without the code under test. */
 export function withRpmGuestMounted<T>(image: string, body: (root: string) => Promise<T>): Promise<T> {
-  // rpm-guest is partitioned like the xfs layout: GPT, p1 an xfs root (mounted nouuid).
+  // Both are partitioned like the xfs layout: GPT, p1 an xfs root (mounted nouuid).
   return withImageMounted(image, 'xfs', body);
 }
 
-/** Where the rpm-guest keeps its rpm database (its /var/lib/rpm is a relative link to it). */
+/** Where the rpm-guest and suse-guest keep their rpm database (their /var/lib/rpm is a relative link to it). */
 export const RPM_GUEST_DBPATH = 'usr/lib/sysimage/rpm';
 
 /**

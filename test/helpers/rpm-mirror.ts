@@ -19,11 +19,18 @@ import { cachedFixture, serveDirectory } from './static-server.js';
  * stand-in for Fedora's with Fedora's epoch (2:6.7-1.fc40) so that an epoch goes through the whole pipeline.
  * `imposter` is signed by another key than the repository's: gpgcheck must refuse it.
  *
+ * Beside it, a stand-in for Fedora 40's own repository (what a real Fedora guest's fedora.repo names), signed by
+ * a third key, with the node prerequisites recipes/kubernetes-node.yaml installs from the distribution
+ * (ca-certificates, conntrack-tools, ebtables-legacy, ethtool, iptables, socat), each one marker file:
+ *
+ *   /fedora/releases/40/Everything/x86_64/os/            repodata/ and Packages/, RPM-GPG-KEY-fedora-40-x86_64
+ *
  * Built once into FIXTURE_CACHE/rpm-mirror-<hash of this file>/ and only read afterwards. Host tools: rpmbuild
  * and rpmsign (Debian's rpm), createrepo_c (createrepo-c), gpg: bin/setup.
  */
 
 export const RPM_PATH = '/core:/stable:/v1.30/rpm/';
+export const FEDORA_PATH = '/fedora/releases/40/Everything/x86_64/os/';
 
 interface RpmPackage {
   name: string;
@@ -37,6 +44,8 @@ interface RpmPackage {
   files: Record<string, string>;
   /** Signed by a key that is not the repository's. */
   imposter?: boolean;
+  /** In the Fedora stand-in repository (signed by its key), not in pkgs.k8s.io's. */
+  fedora?: boolean;
 }
 
 const K8S_VENDOR = 'imagebuilder test mirror of pkgs.k8s.io';
@@ -109,6 +118,23 @@ export const RPM_PACKAGES: RpmPackage[] = [
   },
 ];
 
+const FEDORA_VENDOR = 'imagebuilder test stand-in for Fedora Project';
+const fedoraStandIn = (name: string, version: string, release: string, epoch?: number): RpmPackage => ({
+  name, version, release, vendor: FEDORA_VENDOR, summary: `${name} (test stand-in for Fedora 40's)`, fedora: true,
+  ...(epoch !== undefined ? { epoch } : {}),
+  files: { [`/usr/share/imagebuilder-stand-in/${name}`]: `${name} ${version}-${release}\n` },
+});
+
+/** The node prerequisites from Fedora 40's repository, at Fedora's versions. */
+export const FEDORA_PACKAGES: RpmPackage[] = [
+  fedoraStandIn('ca-certificates', '2024.2.69_v8.0.303', '1.0.fc40'),
+  fedoraStandIn('conntrack-tools', '1.4.8', '1.fc40'),
+  fedoraStandIn('ebtables-legacy', '2.0.11', '17.fc40'),
+  fedoraStandIn('ethtool', '6.7', '1.fc40', 2),
+  fedoraStandIn('iptables', '1.8.10', '7.fc40'),
+  fedoraStandIn('socat', '1.8.0.0', '3.fc40'),
+];
+
 /** `[epoch:]version-release`, as rpm and dnf print it. */
 export const evr = (p: Pick<RpmPackage, 'epoch' | 'version' | 'release'>) => `${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}`;
 
@@ -123,6 +149,10 @@ export interface RpmMirror {
   key: string;
   /** The imposter's signing key (another throwaway key), by fingerprint. */
   imposterFingerprint: string;
+  /** The Fedora stand-in: its baseurl (${url}/fedora/releases/40/Everything/x86_64/os/), armored key and fingerprint. */
+  fedoraRepoUrl: string;
+  fedoraKey: string;
+  fedoraFingerprint: string;
   packages: RpmPackage[];
   /** Every request path served so far (decoded), in order. */
   requests: string[];
@@ -133,6 +163,7 @@ export interface RpmMirror {
 interface Manifest {
   keyFingerprint: string;
   imposterFingerprint: string;
+  fedoraFingerprint: string;
 }
 
 const BUILDER = fileURLToPath(import.meta.url);
@@ -166,6 +197,7 @@ function specFile(p: RpmPackage, stage: string): string {
 
 async function buildMirror(build: string): Promise<void> {
   const repo = join(build, 'root', ...RPM_PATH.split('/').filter(Boolean));
+  const fedoraRepo = join(build, 'root', ...FEDORA_PATH.split('/').filter(Boolean));
   const work = join(build, 'work');
   const gnupgHome = await mkdtemp('/tmp/ib-rpm-mirror-gnupg-');
   const gpgEnv = { GNUPGHOME: gnupgHome };
@@ -173,6 +205,7 @@ async function buildMirror(build: string): Promise<void> {
   try {
     await chmod(gnupgHome, 0o700);
     await mkdir(join(repo, 'x86_64'), { recursive: true });
+    await mkdir(join(fedoraRepo, 'Packages'), { recursive: true });
     await mkdir(work, { recursive: true });
 
     // Throwaway RSA keys (what Fedora and pkgs.k8s.io sign with), no passphrase.
@@ -185,21 +218,24 @@ async function buildMirror(build: string): Promise<void> {
     };
     const keyFingerprint = await newKey('imagebuilder test rpm mirror <rpm-mirror@imagebuilder.invalid>');
     const imposterFingerprint = await newKey('imposter <imposter@imagebuilder.invalid>');
+    const fedoraFingerprint = await newKey('imagebuilder test stand-in for Fedora 40 <fedora-40@imagebuilder.invalid>');
 
     const env = { SOURCE_DATE_EPOCH: '1700000000', GNUPGHOME: gnupgHome };
-    for (const p of RPM_PACKAGES) {
+    for (const p of [...RPM_PACKAGES, ...FEDORA_PACKAGES]) {
       const base = `${p.name}-${p.version}-${p.release}`;
-      const stage = join(work, 'stage', base);
+      // Each repository builds in its own area: both have an ethtool-6.7-1.fc40, with different files.
+      const area = join(work, p.fedora ? 'fedora' : 'k8s');
+      const stage = join(area, 'stage', base);
       for (const [path, content] of Object.entries(p.files)) {
         await mkdir(join(stage, path, '..'), { recursive: true });
         await writeFile(join(stage, path), content);
         await chmod(join(stage, path), path.startsWith('/usr/lib/systemd/') ? 0o644 : 0o755);
       }
-      const spec = join(work, `${base}.spec`);
+      const spec = join(area, `${base}.spec`);
       await writeFile(spec, specFile(p, stage));
       await execa('rpmbuild', [
         '-bb', '--target', 'x86_64',
-        '--define', `_topdir ${join(work, 'rpmbuild')}`,
+        '--define', `_topdir ${join(area, 'rpmbuild')}`,
         '--define', 'debug_package %{nil}',
         '--define', '_build_id_links none',
         '--define', '_buildhost imagebuilder.invalid',
@@ -207,18 +243,20 @@ async function buildMirror(build: string): Promise<void> {
         '--define', 'clamp_mtime_to_source_date_epoch 1',
         spec,
       ], { env });
-      const rpm = join(work, 'rpmbuild', 'RPMS', 'x86_64', `${base}.x86_64.rpm`);
+      const rpm = join(area, 'rpmbuild', 'RPMS', 'x86_64', `${base}.x86_64.rpm`);
       await execa('rpmsign', [
         '--addsign',
-        '--define', `_gpg_name ${p.imposter ? imposterFingerprint : keyFingerprint}`,
+        '--define', `_gpg_name ${p.imposter ? imposterFingerprint : p.fedora ? fedoraFingerprint : keyFingerprint}`,
         '--define', '__gpg /usr/bin/gpg',
         '--define', `_gpg_path ${gnupgHome}`,
         rpm,
       ], { env });
-      await copyFile(rpm, join(repo, 'x86_64', `${base}.x86_64.rpm`));
+      await copyFile(rpm, p.fedora ? join(fedoraRepo, 'Packages', `${base}.x86_64.rpm`) : join(repo, 'x86_64', `${base}.x86_64.rpm`));
     }
 
     await execa('createrepo_c', ['--quiet', '--revision', '1700000000', repo]);
+    await execa('createrepo_c', ['--quiet', '--revision', '1700000000', fedoraRepo]);
+    await writeFile(join(fedoraRepo, 'RPM-GPG-KEY-fedora-40-x86_64'), (await gpg(['--export', '--armor', fedoraFingerprint])).stdout + '\n');
     await gpg(['--local-user', keyFingerprint, '--detach-sign', '--armor', '--output', join(repo, 'repodata/repomd.xml.asc'), join(repo, 'repodata/repomd.xml')]);
     await writeFile(join(repo, 'repodata/repomd.xml.key'), (await gpg(['--export', '--armor', keyFingerprint])).stdout + '\n');
 
@@ -231,9 +269,13 @@ async function buildMirror(build: string): Promise<void> {
       const imposter = file.startsWith('imposter-');
       if ((result.exitCode === 0) === imposter) throw new Error(`signature check of ${file} gave ${result.exitCode}: ${result.stdout}${result.stderr}`);
     }
+    const fedoraCheck = join(work, 'rpmdb-fedora');
+    await mkdir(fedoraCheck);
+    await execa('rpmkeys', ['--dbpath', fedoraCheck, '--import', join(fedoraRepo, 'RPM-GPG-KEY-fedora-40-x86_64')]);
+    for (const file of await readdir(join(fedoraRepo, 'Packages'))) await execa('rpmkeys', ['--dbpath', fedoraCheck, '--checksig', join(fedoraRepo, 'Packages', file)]);
 
     await rm(work, { recursive: true, force: true });
-    const manifest: Manifest = { keyFingerprint, imposterFingerprint };
+    const manifest: Manifest = { keyFingerprint, imposterFingerprint, fedoraFingerprint };
     await writeFile(join(build, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   } finally {
     await execa('gpgconf', ['--kill', 'gpg-agent'], { env: gpgEnv, reject: false });
@@ -259,6 +301,9 @@ export async function startRpmMirror(): Promise<RpmMirror> {
     keyFingerprint: manifest.keyFingerprint,
     key: await readFile(join(root, RPM_PATH, 'repodata/repomd.xml.key'), 'utf8'),
     imposterFingerprint: manifest.imposterFingerprint,
+    fedoraRepoUrl: `${url}${FEDORA_PATH}`,
+    fedoraKey: await readFile(join(root, FEDORA_PATH, 'RPM-GPG-KEY-fedora-40-x86_64'), 'utf8'),
+    fedoraFingerprint: manifest.fedoraFingerprint,
     packages: RPM_PACKAGES,
     requests,
     dir,

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { Ajv, type ValidateFunction } from 'ajv';
-import addFormats from 'ajv-formats';
+import type { Ajv, ValidateFunction } from 'ajv';
+import { formatsAjv } from './ajv.js';
 import { REPO } from './host.js';
 
 /*
@@ -20,9 +20,7 @@ import { REPO } from './host.js';
 const CDX_DIR = `${REPO}/node_modules/@cyclonedx/cyclonedx-library/res/schema`;
 
 function ajv(): Ajv {
-  const instance = new Ajv({ strict: false, allErrors: true });
-  // ajv-formats is CommonJS: its plugin is the module itself (and its .default).
-  (addFormats as unknown as { default: typeof addFormats }).default(instance);
+  const instance = formatsAjv();
   // Formats CycloneDX uses that ajv-formats lacks: IRIs and internationalized e-mail addresses (no ASCII-only check).
   instance.addFormat('iri-reference', (text: string) => !/\s/.test(text));
   instance.addFormat('idn-email', (text: string) => /^[^\s@]+@[^\s@]+$/.test(text));

@@ -2,8 +2,8 @@ import { lstat, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 'node
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
-import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
+import { expectNothingLeft, hostState, runCli, sha256, jsonResult } from '../helpers/host.js';
+import { checkFilesystems, dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
 
@@ -38,7 +38,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
 
     expect(result.stderr).not.toContain('error');
     expect(result.exitCode).toBe(0);
-    const printed = JSON.parse(result.stdout) as { output: { path: string; sha256: string }; bom: string };
+    const printed = jsonResult(result.stdout) as { output: { path: string; sha256: string }; bom: string };
     expect(printed.output.path).toBe(output);
     expect(printed.output.sha256).toBe(await sha256(output));
     expect(await sha256(input)).toBe(inputSha);
@@ -87,7 +87,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     const probe = await writeRecipe(work, 'probe', [{ packages: { install: ['hello'] } }]);
     const first = await runCli(['apply', probe, '--disk-image', input, '--output', join(work, 'probe.img'), '--mount-backend', 'fuse', '--sparsify', 'none', '--json']);
     expect(first.exitCode).toBe(0);
-    const probeBom = JSON.parse(await readFile(JSON.parse(first.stdout).bom, 'utf8'));
+    const probeBom = JSON.parse(await readFile(jsonResult(first.stdout).bom, 'utf8'));
     const helloVersion = probeBom.packages.find((p: { name: string }) => p.name === 'hello').version as string;
 
     const recipe = await writeRecipe(work, 'mbr', [{ packages: { install: [`hello=${helloVersion}`] } }]);
@@ -163,7 +163,7 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     await withImageMounted(output, 'separate-boot', async (root) => {
       await expect(lstat(join(root, 'boot/marker'))).rejects.toThrow();
     }, { boot: false });
-    const bom = JSON.parse(await readFile(JSON.parse(result.stdout).bom, 'utf8'));
+    const bom = JSON.parse(await readFile(jsonResult(result.stdout).bom, 'utf8'));
     expect(bom.kernels.length).toBeGreaterThan(0);
     expect(bom.kernels[0].image).toMatch(/^\/boot\/vmlinuz-/);
     await expectNothingLeft(before);
@@ -180,27 +180,37 @@ describe('imagebuilder apply --mount-backend fuse', () => {
     await withImageMounted(output, 'xfs', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('on-xfs\n');
     });
+    // Intact: xfs_repair -n finds nothing to repair.
+    expect(await checkFilesystems(output)).toEqual(['p1 xfs']);
     await expectNothingLeft(before);
   });
 
   test('btrfs with root and home subvolumes and a separate /boot, as Fedora Cloud lays it out', async () => {
     const input = await fixtureImage('btrfs-subvol');
     const recipe = await writeRecipe(work, 'btrfs', [
-      { run: 'echo in-root > /etc/marker\necho in-home > /home/marker-step\ncat /home/marker-home > /root/seen-home\nls /boot | grep -q vmlinuz' },
+      { run: 'echo in-root > /etc/marker\necho in-home > /home/marker-step\necho in-boot > /boot/marker-step\ncat /home/marker-home > /root/seen-home\nls /boot | grep -q vmlinuz' },
     ]);
     const output = join(work, 'btrfs-out.qcow2');
     const before = await hostState();
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim']);
     expect(result.exitCode).toBe(0);
     expect(result.stderr).toMatch(/guest root: \/dev\/loop\d+p2 \(btrfs, subvol=root\)/);
+    expect(result.stderr).toMatch(/mounted \/boot: \/dev\/loop\d+p1 \(ext4\)/);
+    expect(result.stderr).toMatch(/mounted \/home: \/dev\/loop\d+p2 \(btrfs\)/);
     await withImageMounted(output, 'btrfs-subvol', async (root) => {
       expect(await readFile(join(root, 'etc/marker'), 'utf8')).toBe('in-root\n');
       expect(await readFile(join(root, 'root/seen-home'), 'utf8')).toBe('home subvolume\n');
+      expect(await readFile(join(root, 'boot/marker-step'), 'utf8')).toBe('in-boot\n'); // on the ext4 /boot partition
       await expect(lstat(join(root, 'home/marker-step'))).rejects.toThrow(); // not in the root subvolume
     });
+    await withImageMounted(output, 'btrfs-subvol', async (root) => {
+      await expect(lstat(join(root, 'boot/marker-step'))).rejects.toThrow(); // not under the root subvolume's /boot
+    }, { boot: false });
     await withImageMounted(output, 'btrfs-subvol', async (home) => {
       expect(await readFile(join(home, 'marker-step'), 'utf8')).toBe('in-home\n');
     }, { rootOptions: 'subvol=home', boot: false });
+    // Intact: fsck.ext4 -n on /boot and btrfs check --readonly on the subvolumes' filesystem find nothing wrong.
+    expect(await checkFilesystems(output)).toEqual(['p1 ext4', 'p2 btrfs']);
     await expectNothingLeft(before);
   });
 });

@@ -40,7 +40,7 @@ describe('imagebuilder validate', () => {
     const lines = result.stderr.trim().split('\n');
     expect(lines).toEqual([
       `${recipe}:10:14: cannot include "parts/missing.yaml": no such file (${join(dir, 'parts/missing.yaml')}); include paths are relative to the file that includes them`,
-      `${recipe}:6:7: steps[0].packages: unknown key "instal" (did you mean "install"?); allowed: install, remove, upgrade, hold`,
+      `${recipe}:6:7: steps[0].packages: unknown key "instal" (did you mean "install"?); allowed: install, remove, upgrade, hold, disable_excludes`,
       `${recipe}:8:17: steps[1].sysctl.settings must be object`,
       `${recipe}:9:10: undefined variable "verion" (did you mean "version"?): define it under \`variables:\` or pass --set verion=VALUE`,
       'error [BAD_RECIPE]: 4 problem(s) in 1 recipe(s)',

@@ -210,7 +210,8 @@ describe('base images from URLs (imagebuilder fetch, cache, apply)', () => {
     const list = await runCli(['cache', 'list'], { env: env() });
     expect(list.stdout).toMatch(new RegExp(`^SHA256 +SIZE +ON DISK +FORMAT +LAST USED \\(UTC\\) +VERIFIED +SOURCE\n${imageSha256.slice(0, 12)} +4\\.\\d MiB +\\S+ \\S+ +qcow2 +[\\d-]+ [\\d:]+ +yes +${url.replace(/[.]/g, '\\.')}\n1 image\\(s\\)`));
     const json = JSON.parse((await runCli(['cache', 'list', '--json'], { env: env() })).stdout);
-    expect(json).toEqual([expect.objectContaining({ sha256: imageSha256, size: image.length, record: expect.objectContaining({ format: 'qcow2' }) })]);
+    expect(json.layers).toEqual([]);
+    expect(json.images).toEqual([expect.objectContaining({ sha256: imageSha256, size: image.length, record: expect.objectContaining({ format: 'qcow2' }) })]);
     const prune = await runCli(['cache', 'prune', '--all'], { env: env() });
     expect(prune.stdout).toContain('removed 1 image(s)');
     expect(await cachedImages()).toEqual([]);

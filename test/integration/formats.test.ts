@@ -2,7 +2,7 @@ import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, runCli } from '../helpers/host.js';
+import { expectNothingLeft, hostState, runCli, jsonResult } from '../helpers/host.js';
 import { withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
@@ -31,7 +31,7 @@ describe('imagebuilder apply --format', () => {
     const formats = ['qcow2', 'raw', 'vmdk', 'vpc', 'vhdx', 'vdi'];
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'fstrim', '--compress', '--json', ...formats.flatMap((f) => ['--format', f])]);
     if (result.exitCode !== 0) throw new Error(result.all);
-    const printed = JSON.parse(result.stdout) as { artifacts: { path: string; format: string; sha256: string }[]; sums: string };
+    const printed = jsonResult(result.stdout) as { artifacts: { path: string; format: string; sha256: string }[]; sums: string };
     const expected = ['node.qcow2', 'node.img', 'node.vmdk', 'node.vhd', 'node.vhdx', 'node.vdi'].map((name) => join(work, name));
     expect(printed.artifacts.map((a) => [a.path, a.format])).toEqual(expected.map((path, i) => [path, formats[i]]));
 

@@ -7,6 +7,9 @@ import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { writeOciArchive } from '../helpers/oci.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
+import { deriveImage } from '../helpers/derive-image.js';
+import { rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
+import { FEDORA_PACKAGES, FEDORA_PATH, RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
 
 /**
  * The shipped recipes/kubernetes-node.yaml, unchanged, built air-gapped from a local mirror: only --set of the
@@ -112,6 +115,115 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
       'pkgs.k8s.io repository (dnf/yum)',
       'kubelet, kubeadm, kubectl pinned and locked (dnf/yum)',
     ]);
+    await expectNothingLeft(before);
+  });
+});
+
+/**
+ * A copy of the synthetic rpm-guest (Debian userland, Debian's rpm and dnf, os-release Fedora 40) whose dnf knows
+ * a Fedora repository, as every real Fedora image does: /etc/yum.repos.d/fedora.repo as Fedora ships it ($releasever,
+ * $basearch and all), pointing at the mirror's Fedora stand-in, and that repository's key in /etc/pki/rpm-gpg.
+ * Made without the code under test (deriveImage).
+ */
+async function rpmGuestWithFedoraRepository(work: string, mirror: RpmMirror): Promise<string> {
+  const baseurl = `${mirror.url}${FEDORA_PATH.replace('/40/', '/$releasever/').replace('/x86_64/', '/$basearch/')}`;
+  return deriveImage(await rpmGuestImage(), join(work, 'fedora-guest.qcow2'), {
+    '/etc/yum.repos.d/fedora.repo':
+      `[fedora]\nname=Fedora $releasever - $basearch\nbaseurl=${baseurl}\nenabled=1\nmetadata_expire=7d\nrepo_gpgcheck=0\ntype=rpm\ngpgcheck=1\n` +
+      'gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-$releasever-$basearch\nskip_if_unavailable=False\n',
+    '/etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-40-x86_64': mirror.fedoraKey,
+  }, { partitioned: true, mountOptions: 'nouuid' });
+}
+
+/**
+ * The same shipped recipe on the RedHat family, on a SYNTHETIC Fedora 40 guest (the rpm-guest fixture: Debian's
+ * userland with Debian's real rpm and dnf) that knows a stand-in of Fedora's repository. pkgs.k8s.io's RPM
+ * repository is stood in for by a local one built with rpmbuild and signed like upstream; again only --set
+ * of the URLs (and the stand-in's key fingerprint) differ from a real build.
+ */
+describe('recipes/kubernetes-node.yaml on a synthetic Fedora 40 guest (Debian userland, Debian-built rpm and dnf) against local RPM repositories', () => {
+  let work: string;
+  let mirror: LocalMirror;
+  let rpmMirror: RpmMirror;
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-k8s-rpm-');
+    mirror = await startLocalMirror();
+    rpmMirror = await startRpmMirror();
+  });
+  afterAll(async () => {
+    await mirror?.close();
+    await rpmMirror?.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('dnf: prerequisites from Fedora, pkgs.k8s.io with exclude=, pinned install with --disableexcludes=kubernetes, versionlocked', async () => {
+    const input = await rpmGuestWithFedoraRepository(work, rpmMirror);
+    const output = join(work, 'node-fedora.qcow2');
+    const before = await hostState();
+    const served = rpmMirror.requests.length;
+    const result = await runCli([
+      'apply', `${REPO}/recipes/kubernetes-node.yaml`, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '-v',
+      '--set', 'kubernetes_version=1.30.1',
+      '--set', `kubernetes_repo_base=${rpmMirror.url}/core:/stable:/v1.30`,
+      '--set', `kubernetes_repo_fingerprint=${rpmMirror.keyFingerprint}`,
+      '--set', `github_mirror=${mirror.url}`,
+    ]);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).not.toContain('error [');
+    expect(result.stderr).toContain('family redhat');
+    // As Kubernetes' instructions for dnf/yum: the install names the excluding repository, with the guest's release.
+    expect(result.stderr).toMatch(
+      /\$ chroot \S+ dnf install -y --setopt=install_weak_deps=False --setopt=keepcache=False --releasever=40 --refresh --disableexcludes=kubernetes kubelet-1\.30\.1 kubeadm-1\.30\.1 kubectl-1\.30\.1 cri-tools kubernetes-cni\n/,
+    );
+    // The prerequisites came from the Fedora stand-in ($releasever and $basearch substituted by dnf), the
+    // Kubernetes packages from the pkgs.k8s.io stand-in at the pinned version.
+    const fetched = rpmMirror.requests.slice(served).filter((path) => path.endsWith('.rpm')).sort();
+    expect(fetched).toEqual(
+      [
+        ...FEDORA_PACKAGES.map((p) => `${FEDORA_PATH}Packages/${p.name}-${p.version}-${p.release}.x86_64.rpm`),
+        `${RPM_PATH}x86_64/cri-tools-1.30.0-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubeadm-1.30.1-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubectl-1.30.1-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubelet-1.30.1-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm`,
+      ].sort(),
+    );
+    expect(rpmMirror.requests).toContain(`${RPM_PATH}repodata/repomd.xml.key`);
+    for (const file of [mirror.files.containerd, mirror.files.runc, mirror.files.crictl, mirror.files.cniPlugins]) expect(mirror.requests).toContain(new URL(file.url).pathname);
+
+    const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
+    await withRpmGuestMounted(output, async (root) => {
+      for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
+        expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
+        expect(bom.packages).toContainEqual(expect.objectContaining({ name, version: '1.30.1-150500.1.1', origin: 'added' }));
+      }
+      expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
+      expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.4.0-150500.1.1.x86_64');
+      for (const p of FEDORA_PACKAGES) expect(await rpmInstalled(root, p.name)).toBe(`${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}.x86_64`);
+      expect(await readFile(join(root, 'etc/yum.repos.d/kubernetes.repo'), 'utf8')).toBe(
+        `[kubernetes]\nname=kubernetes\nbaseurl=${rpmMirror.url}/core:/stable:/v1.30/rpm/\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes\nrepo_gpgcheck=0\n` +
+          'exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n',
+      );
+      // hold: true locked what install named, at the installed versions.
+      const locks = (await readFile(join(root, 'etc/dnf/plugins/versionlock.list'), 'utf8')).split('\n').filter((line) => line && !line.startsWith('#'));
+      expect(locks.sort()).toEqual(['cri-tools-0:1.30.0-150500.1.1.*', 'kubeadm-0:1.30.1-150500.1.1.*', 'kubectl-0:1.30.1-150500.1.1.*', 'kubelet-0:1.30.1-150500.1.1.*', 'kubernetes-cni-0:1.4.0-150500.1.1.*']);
+      // kubelet's unit came with its rpm, in /usr/lib/systemd/system (/lib is a link to usr/lib in this userland), and is enabled.
+      expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/kubelet.service'))).toMatch(/^(\/usr)?\/lib\/systemd\/system\/kubelet\.service$/);
+      expect(await readFile(join(root, 'usr/lib/systemd/system/kubelet.service'), 'utf8')).toContain('ExecStart=/usr/bin/kubelet');
+      expect(await sha256(join(root, 'usr/local/sbin/runc'))).toBe(mirror.files.runc.sha256);
+      expect(await readFile(join(root, 'etc/containerd/config.toml'), 'utf8')).toContain('SystemdCgroup = true');
+      // sysprep: dnf's cache is empty, the machine is anonymous again.
+      expect(await readdir(join(root, 'var/cache/dnf'))).toEqual([]);
+      expect(await readFile(join(root, 'etc/machine-id'), 'utf8')).toBe('');
+    });
+    expect(bom.os).toMatchObject({ id: 'fedora', versionId: '40' });
+    expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
+      'node prerequisites (apt)',
+      'pkgs.k8s.io repository (apt)',
+      'kubelet, kubeadm, kubectl pinned and held (apt)',
+      'preload control-plane images',
+    ]);
+    expectValidBom(bom);
     await expectNothingLeft(before);
   });
 });

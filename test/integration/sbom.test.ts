@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { runCli, sha256 } from '../helpers/host.js';
+import { runCli, sha256, jsonResult } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { cycloneDxErrors, spdxErrors } from '../helpers/sbom-schemas.js';
@@ -24,7 +24,7 @@ describe('standard SBOMs: apply writes them, inspect prints them', () => {
     const output = join(work, 'node.qcow2');
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'none', '--json']);
     if (result.exitCode !== 0) throw new Error(result.all);
-    expect(JSON.parse(result.stdout).sboms).toEqual([`${output}.cdx.json`, `${output}.spdx.json`]);
+    expect(jsonResult(result.stdout).sboms).toEqual([`${output}.cdx.json`, `${output}.spdx.json`]);
 
     const version = await withImageMounted(output, 'gpt-esp', (root) => dpkgVersion(root, 'hello'));
     expect(version).toBeDefined();

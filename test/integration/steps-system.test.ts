@@ -3,7 +3,7 @@ import { lstat, mkdtemp, readFile, readdir, readlink, rm, stat } from 'node:fs/p
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, runCli } from '../helpers/host.js';
+import { expectNothingLeft, hostState, runCli, jsonResult } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 
@@ -70,7 +70,7 @@ describe('system configuration steps in a real image', () => {
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '--json']);
     expect(result.stderr).not.toContain('error');
     expect(result.exitCode).toBe(0);
-    const bom = JSON.parse(await readFile(JSON.parse(result.stdout).bom, 'utf8'));
+    const bom = JSON.parse(await readFile(jsonResult(result.stdout).bom, 'utf8'));
 
     const sysctl = '# Written by imagebuilder.\nnet.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\nvm.overcommit_memory = 1\n';
     const modulesLoad = '# Written by imagebuilder.\noverlay\nbr_netfilter\n';
@@ -168,7 +168,7 @@ describe('system configuration steps in a real image', () => {
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '--json']);
     expect(result.stderr).not.toContain('error');
     expect(result.exitCode).toBe(0);
-    const bom = JSON.parse(await readFile(JSON.parse(result.stdout).bom, 'utf8'));
+    const bom = JSON.parse(await readFile(jsonResult(result.stdout).bom, 'utf8'));
 
     const expectedFstab = `${fstabBefore}/swapfile none swap sw 0 0\n`.replace(/^(UUID=\S+\tnone\tswap\t|\/swapfile none swap )/gm, '# disabled by imagebuilder: $1');
     const zram = '# Written by imagebuilder: swap is off, so no zram swap devices.\n';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, runCli } from '../helpers/host.js';
+import { expectNothingLeft, hostState, runCli, jsonResult } from '../helpers/host.js';
 import { withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 
@@ -100,7 +100,7 @@ describe('download and copy steps in a real image (fuse)', () => {
     expect(result.stderr).not.toContain('error');
     expect(result.exitCode).toBe(0);
     expect(await readdir(tmp)).toEqual([]);
-    const bom = JSON.parse(await readFile(JSON.parse(result.stdout).bom, 'utf8'));
+    const bom = JSON.parse(await readFile(jsonResult(result.stdout).bom, 'utf8'));
 
     await withImageMounted(output, 'gpt-esp', async (root) => {
       const daemon = await idIn(join(root, 'etc/passwd'), 'daemon');

@@ -6,7 +6,13 @@ import { HOST_TOOLS } from '../../src/util/tools.js';
 const GiB = 1024 ** 3;
 const DEVTMPFS_MOUNTINFO = '22 1 0:5 / /dev rw,nosuid shared:2 - devtmpfs udev rw,size=8000k\n';
 const CONTAINER_MOUNTINFO = '500 499 0:60 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n';
-const QEMU_AARCH64 = 'enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\noffset 0\nmagic 7f454c46\n';
+const FILESYSTEMS = 'nodev\tsysfs\nnodev\tproc\nnodev\tbinfmt_misc\n\text4\n';
+type Emulators = { qemu: string; path?: string; dynamic: string[] }[];
+const EMULATORS: Emulators = [
+  { qemu: 'aarch64', path: '/usr/bin/qemu-aarch64-static', dynamic: [] },
+  { qemu: 's390x', path: '/usr/bin/qemu-s390x-static', dynamic: [] },
+  { qemu: 'riscv64', dynamic: [] },
+];
 
 /** A staged host: by default one where everything works; each test breaks what it is about. */
 function stagedHost(overrides: {
@@ -22,17 +28,16 @@ function stagedHost(overrides: {
   probedKvm?: 'works' | 'broken';
   tcgWorks?: boolean;
   env?: Record<string, string>;
+  emulators?: Emulators;
 } = {}) {
   const files: Record<string, string> = {
     '/dev/fuse': '', '/dev/loop-control': '', '/dev/kvm': '', '/sys/module/loop/parameters/max_part': '0\n',
-    '/proc/self/mountinfo': DEVTMPFS_MOUNTINFO, '/proc/sys/fs/binfmt_misc/status': 'enabled\n',
-    '/proc/sys/fs/binfmt_misc/qemu-aarch64': QEMU_AARCH64, '/sys/module/nbd': '',
+    '/proc/self/mountinfo': DEVTMPFS_MOUNTINFO, '/proc/filesystems': FILESYSTEMS, '/sys/module/nbd': '',
     ...overrides.files,
   };
   for (const path of Object.keys(files)) if (overrides.absent?.some((prefix) => path.startsWith(prefix))) delete files[path];
   const dirs: Record<string, string[]> = {
     '/sys/block': ['loop0', 'nbd0', 'nbd1', 'vda'],
-    '/proc/sys/fs/binfmt_misc': ['register', 'status', 'qemu-aarch64'],
     ...overrides.dirs,
   };
   const run = recordingRunner((call) => {
@@ -63,6 +68,7 @@ function stagedHost(overrides: {
       const ok = overrides.tcgWorks ?? true;
       return { command: 'guestfish', exitCode: ok ? 0 : 1, stdout: '', stderr: '', output: ok ? '' : 'libguestfs: error: /usr/bin/supermin exited with error status 1\n' };
     },
+    foreignEmulators: async () => overrides.emulators ?? EMULATORS,
   };
   return { probes, run, probed };
 }
@@ -82,7 +88,7 @@ describe('imagebuilder doctor: verdicts', () => {
     expect(report.checks.filter((c) => c.status !== 'ok')).toEqual([]);
     expect(byId(report.checks, 'loop').found).toBe('next free: /dev/loop3; partitions are not scanned by the kernel here: partx -a adds them');
     expect(byId(report.checks, 'nbd').found).toBe('loaded, 2 devices');
-    expect(byId(report.checks, 'binfmt').found).toBe('emulators registered: aarch64');
+    expect(byId(report.checks, 'binfmt').found).toBe('static emulators: aarch64, s390x (registered with binfmt_misc for a build when the host has not)');
     expect(host.probed).toEqual([]);
     // Exactly one host command: losetup --find (no module loaded, nothing attached).
     expect(host.run.calls.map((c) => [c.file, ...c.args])).toEqual([['losetup', '--find']]);
@@ -145,22 +151,21 @@ describe('imagebuilder doctor: verdicts', () => {
     expect(byId(report.checks, 'nbd')).toMatchObject({ status: 'missing', found: 'available but not loaded', fix: 'modprobe nbd max_part=16 (on the host, when in a container)' });
   });
 
-  test('binfmt_misc not mounted, none registered, or registered without F', async () => {
-    let report = await runDoctor(stagedHost({ absent: ['/proc/sys/fs/binfmt_misc'] }).probes, options);
-    expect(byId(report.checks, 'binfmt')).toMatchObject({ status: 'missing', required: false, found: 'binfmt_misc is not mounted at /proc/sys/fs/binfmt_misc' });
+  test('foreign architectures: no binfmt_misc in the kernel, disabled, or no static emulator', async () => {
+    let report = await runDoctor(stagedHost({ files: { '/proc/filesystems': 'nodev\tproc\n\text4\n' } }).probes, options);
+    expect(byId(report.checks, 'binfmt')).toMatchObject({ status: 'missing', required: false, found: 'kernel 6.1.0-test has no binfmt_misc' });
     expect(byId(report.checks, 'binfmt').cost).toContain('another architecture');
+    expect(report.ready).toBe(true);
 
-    report = await runDoctor(stagedHost({ dirs: { '/proc/sys/fs/binfmt_misc': ['register', 'status'] } }).probes, options);
-    expect(byId(report.checks, 'binfmt')).toMatchObject({ status: 'missing', found: 'binfmt_misc is mounted but no qemu emulator is registered' });
+    report = await runDoctor(stagedHost({ files: { '/proc/sys/fs/binfmt_misc/status': 'disabled\n' } }).probes, options);
+    expect(byId(report.checks, 'binfmt')).toMatchObject({ status: 'missing', found: 'binfmt_misc is disabled', fix: 'echo 1 > /proc/sys/fs/binfmt_misc/status' });
 
-    report = await runDoctor(
-      stagedHost({
-        dirs: { '/proc/sys/fs/binfmt_misc': ['status', 'qemu-aarch64', 'qemu-riscv64', 'qemu-s390x'] },
-        files: { '/proc/sys/fs/binfmt_misc/qemu-riscv64': 'enabled\ninterpreter /usr/bin/qemu-riscv64\nflags: OC\n', '/proc/sys/fs/binfmt_misc/qemu-s390x': 'disabled\nflags: F\n' },
-      }).probes,
-      options,
-    );
-    expect(byId(report.checks, 'binfmt')).toMatchObject({ status: 'degraded', found: 'registered: aarch64, riscv64; without the F flag: riscv64' });
+    report = await runDoctor(stagedHost({ emulators: [{ qemu: 'aarch64', dynamic: ['/usr/bin/qemu-aarch64'] }, { qemu: 'riscv64', dynamic: [] }] }).probes, options);
+    expect(byId(report.checks, 'binfmt')).toMatchObject({
+      status: 'missing',
+      found: 'binfmt_misc is there, but no static qemu-user emulator is installed (dynamically linked only: aarch64, which cannot start inside a guest)',
+      fix: expect.stringContaining('qemu-user-static'),
+    });
   });
 
   test('KVM: remembered broken is degraded with the TCG cost; never probed is unknown and starts nothing', async () => {

@@ -7,6 +7,7 @@ import type { MountBackend, MountContext } from '../../src/mount/backend.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
 import { recordingRunner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
+import { deviceNumbers } from '../../src/mount/block.js';
 
 /** The nbd backend cannot run here (no nbd module): these prove the exact commands it would run. */
 describe('nbd backend', () => {
@@ -38,14 +39,17 @@ describe('nbd backend', () => {
     await writeFile(join(sysBlock, 'nbd0', 'pid'), '1234'); // connected by someone
     await writeFile(join(lockDir, 'imagebuilder-nbd1.lock'), String(process.pid)); // another live build
     await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), '999999999'); // a build that died
-    const ctx = context();
+    // The disk has a partition table the kernel did not scan: partx adds its partitions, and deletes them on release.
+    const ctx = context(recordingRunner((call) => (call.args[0] === '--show' ? { stdout: 'NR START END SECTORS SIZE NAME UUID\n 1  2048 4095 2048 1M  ' } : undefined)));
     const attached = await createNbdBackend({ sysBlock, lockDir }).attach(ctx, { image: '/w/work.qcow2', format: 'qcow2', readOnly: false });
     expect(attached).toEqual({ kind: 'block', device: '/dev/nbd2' });
     expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock', 'imagebuilder-nbd2.lock']);
     await ctx.cleanup.unwind();
     expect(ctx.run.calls.map((c) => [c.file, ...c.args])).toEqual([
       ['qemu-nbd', '--connect=/dev/nbd2', '--format=qcow2', '--discard=unmap', '/w/work.qcow2'],
+      ['partx', '--show', '/dev/nbd2'],
       ['partx', '-a', '/dev/nbd2'],
+      ['blockdev', '--flushbufs', '/dev/nbd2'],
       ['partx', '-d', '/dev/nbd2'],
       ['qemu-nbd', '--disconnect', '/dev/nbd2'],
     ]);
@@ -89,4 +93,11 @@ describe('mount backend selection', () => {
       message: 'no usable mount backend: nbd: no module',
     });
   });
+});
+
+test('device numbers from stat().rdev, as sysfs writes them (a stale partition node is told apart by them)', () => {
+  expect(deviceNumbers(66309)).toEqual({ major: 259, minor: 5 }); // /dev/loop2p2 = 259:5
+  expect(deviceNumbers((7 << 8) | 3)).toEqual({ major: 7, minor: 3 });
+  // Minors above 255 are split around the major.
+  expect(deviceNumbers((259 << 8) | 0x34 | (0x12 << 12 << 8))).toEqual({ major: 259, minor: 0x1234 });
 });

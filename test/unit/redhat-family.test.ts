@@ -7,13 +7,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { detectDistro, releaseverFor, requireFamily, rpmManagerFor } from '../../src/distro/families.js';
-import { addMainExcludes, armoredPublicKey, DISTROVERPKG, EMPTY_CACHE_DIRS, RELEASEVER_PROBE, YUM_VERSIONLOCK_PROBE } from '../../src/pkg/dnf.js';
-import { elfArchitecture, parseRpmQuery, queryRpmDatabase, RPM_QUERY_FORMAT, rpmArchitecture, sourceRpmName } from '../../src/pkg/rpm.js';
+import { addMainExcludes, YUM_VERSIONLOCK_PROBE } from '../../src/pkg/dnf.js';
+import { armoredPublicKey, DISTROVERPKG, EMPTY_CACHE_DIRS, RELEASEVER_PROBE } from '../../src/pkg/rpm-guest.js';
+import { parseRpmQuery, queryRpmDatabase, RPM_QUERY_FORMAT, rpmArchitecture, sourceRpmName } from '../../src/pkg/rpm.js';
 import { packagesStep } from '../../src/steps/packages.js';
 import { inspectOpenPgpKey, repositoryStep } from '../../src/steps/repository.js';
 import { sysprepStep } from '../../src/steps/sysprep.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { recordingRunner } from '../../src/util/exec.js';
+import { craftElf } from '../helpers/elf.js';
 import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-session.js';
 
 const fedora40 = detectDistro({ ID: 'fedora', VERSION_ID: '40', PRETTY_NAME: 'Fedora Linux 40 (Cloud Edition)' });
@@ -22,7 +24,12 @@ const centos7 = detectDistro({ ID: 'centos', ID_LIKE: 'rhel fedora', VERSION_ID:
 /** What every dnf transaction gets (src/pkg/dnf.ts), spelled out, not imported. */
 const DNF_TX = ['-y', '--setopt=install_weak_deps=False', '--setopt=keepcache=False'];
 const YUM_TX = ['-y', '--setopt=keepcache=0'];
-const RELEASEVER_CALL = ['/bin/sh', '-c', RELEASEVER_PROBE, 'releasever-probe', ...DISTROVERPKG];
+/** The release-version probe: each manager's releasever variable files, then the release package capabilities. */
+const RELEASEVER_CALL = ['/bin/sh', '-c', RELEASEVER_PROBE, 'releasever-probe', '/etc/dnf/vars/releasever', '/etc/yum/vars/releasever', ...DISTROVERPKG];
+const YUM_RELEASEVER_CALL = ['/bin/sh', '-c', RELEASEVER_PROBE, 'releasever-probe', '/etc/yum/vars/releasever', ...DISTROVERPKG];
+/** sysprep package-cache on every rpm family: rpm's Berkeley DB environment files go (src/steps/sysprep.ts). */
+const REMOVE_FILES = 'for pattern in "$@"; do for file in $pattern; do if [ -f "$file" ] && [ ! -L "$file" ]; then rm -f -- "$file"; fi; done; done';
+const RPM_DB_LEFTOVERS = ['/bin/sh', '-c', REMOVE_FILES, 'remove-files', '/var/lib/rpm/__db.*', '/usr/lib/sysimage/rpm/__db.*'];
 const DNF_VERSIONLOCK_PROBE = ['dnf', '-q', 'versionlock', '--help'];
 
 /** Fedora's (and Debian's dnf package's) /etc/dnf/dnf.conf. */
@@ -95,7 +102,7 @@ describe('RedHat family detection from os-release', () => {
     expect(detectDistro({ ID: 'ubuntu', ID_LIKE: 'debian', VERSION_ID: '24.04' }).family?.name).toBe('debian');
     const unknown = detectDistro({ ID: 'plan9' });
     expect(unknown.family).toBeUndefined();
-    expect(() => requireFamily(unknown, 'the packages step')).toThrow(expect.objectContaining({ hint: expect.stringContaining('supported families: debian, redhat') }));
+    expect(() => requireFamily(unknown, 'the packages step')).toThrow(expect.objectContaining({ hint: expect.stringContaining('supported families: debian, redhat, suse, photon') }));
     // ID_LIKE words are looked up as keys, never as inherited object properties.
     expect(detectDistro({ ID: 'x', ID_LIKE: 'constructor toString' }).family).toBeUndefined();
   });
@@ -108,7 +115,7 @@ describe('RedHat family detection from os-release', () => {
     const { session, calls } = rpmGuest({ releasever: false });
     const { context } = fakeStepContext(session, { distro: detectDistro({ ID: 'amzn', ID_LIKE: 'centos rhel fedora', VERSION_ID: '2' }) });
     await packagesStep.run(context, { install: ['socat'] });
-    expect(argvs(calls)).toEqual([RELEASEVER_CALL, ['yum', 'clean', 'expire-cache', '--releasever=2'], ['yum', 'install', ...YUM_TX, '--releasever=2', 'socat']]);
+    expect(argvs(calls)).toEqual([YUM_RELEASEVER_CALL, ['yum', 'clean', 'expire-cache', '--releasever=2'], ['yum', 'install', ...YUM_TX, '--releasever=2', 'socat']]);
   });
 });
 
@@ -186,7 +193,7 @@ describe('dnf: exact commands', () => {
     const { session, calls } = rpmGuest({ releasever: false });
     const { context } = fakeStepContext(session, { distro: fedora40 });
     await sysprepStep.run(context, { operations: ['package-cache'] });
-    expect(argvs(calls)).toEqual([RELEASEVER_CALL, ['dnf', 'clean', 'all', '--releasever=40'], ['/bin/sh', '-c', EMPTY_CACHE_DIRS, 'empty-cache', '/var/cache/dnf', '/var/cache/libdnf5']]);
+    expect(argvs(calls)).toEqual([RELEASEVER_CALL, ['dnf', 'clean', 'all', '--releasever=40'], ['/bin/sh', '-c', EMPTY_CACHE_DIRS, 'empty-cache', '/var/cache/dnf', '/var/cache/libdnf5'], RPM_DB_LEFTOVERS]);
   });
 });
 
@@ -197,7 +204,7 @@ describe('yum (CentOS 7, Amazon Linux 2): exact commands', () => {
     await packagesStep.run(context, { remove: ['nano'], install: ['kubelet=1.30.1-150500.1.1'], upgrade: true });
     await packagesStep.run(context, { upgrade: ['kubelet'] });
     expect(argvs(calls)).toEqual([
-      RELEASEVER_CALL,
+      YUM_RELEASEVER_CALL,
       ['yum', 'remove', '-y', '--setopt=clean_requirements_on_remove=1', 'nano'],
       ['yum', 'clean', 'expire-cache'],
       ['yum', 'install', ...YUM_TX, 'kubelet-1.30.1-150500.1.1'],
@@ -209,7 +216,7 @@ describe('yum (CentOS 7, Amazon Linux 2): exact commands', () => {
   test('hold: yum versionlock when its plugin is enabled, else exclude= in /etc/yum.conf', async () => {
     const locked = rpmGuest({ releasever: true, versionlock: true });
     await packagesStep.run(fakeStepContext(locked.session, { distro: centos7 }).context, { hold: ['kubelet'] });
-    expect(argvs(locked.calls)).toEqual([['/bin/sh', '-c', YUM_VERSIONLOCK_PROBE], RELEASEVER_CALL, ['yum', 'versionlock', 'add', 'kubelet']]);
+    expect(argvs(locked.calls)).toEqual([['/bin/sh', '-c', YUM_VERSIONLOCK_PROBE], YUM_RELEASEVER_CALL, ['yum', 'versionlock', 'add', 'kubelet']]);
 
     const yumConf = '[main]\ncachedir=/var/cache/yum/$basearch/$releasever\nkeepcache=0\nexclude=kernel*\n\n[other]\nx=1\n';
     const excluded = rpmGuest({ releasever: true, versionlock: false, files: { '/etc/yum.conf': yumConf } });
@@ -221,7 +228,7 @@ describe('yum (CentOS 7, Amazon Linux 2): exact commands', () => {
   test('sysprep package-cache: yum clean all, /var/cache/yum emptied', async () => {
     const { session, calls } = rpmGuest({ releasever: true });
     await sysprepStep.run(fakeStepContext(session, { distro: centos7 }).context, { operations: ['package-cache'] });
-    expect(argvs(calls)).toEqual([RELEASEVER_CALL, ['yum', 'clean', 'all'], ['/bin/sh', '-c', EMPTY_CACHE_DIRS, 'empty-cache', '/var/cache/yum']]);
+    expect(argvs(calls)).toEqual([YUM_RELEASEVER_CALL, ['yum', 'clean', 'all'], ['/bin/sh', '-c', EMPTY_CACHE_DIRS, 'empty-cache', '/var/cache/yum'], RPM_DB_LEFTOVERS]);
   });
 });
 
@@ -404,27 +411,11 @@ describe('the rpm database, read from the host', () => {
   });
 
   test('architecture from ELF headers, in rpm names, when the rpm database has no rpm package', async () => {
-    const header = (cls: number, data: number, machine: number) => {
-      const b = Buffer.alloc(20);
-      b.writeUInt32BE(0x7f454c46, 0);
-      b[4] = cls;
-      b[5] = data;
-      if (data === 1) b.writeUInt16LE(machine, 18);
-      else b.writeUInt16BE(machine, 18);
-      return b;
-    };
-    expect(elfArchitecture(header(2, 1, 0x3e))).toBe('x86_64');
-    expect(elfArchitecture(header(2, 1, 0xb7))).toBe('aarch64');
-    expect(elfArchitecture(header(2, 1, 0x15))).toBe('ppc64le');
-    expect(elfArchitecture(header(2, 2, 0x16))).toBe('s390x');
-    expect(elfArchitecture(header(1, 1, 0x03))).toBe('i686');
-    expect(elfArchitecture(Buffer.from('#!/bin/sh\necho not elf\n'))).toBeUndefined();
-
     const root = await mkdtemp(join(tmpdir(), 'ib-unit-elf-'));
     try {
       expect(await rpmArchitecture(root, [])).toBeUndefined();
       await mkdir(join(root, 'usr/bin'), { recursive: true });
-      await writeFile(join(root, 'usr/bin/rpm'), header(2, 1, 0xb7));
+      await writeFile(join(root, 'usr/bin/rpm'), craftElf({ is64: true, littleEndian: true, machine: 0xb7 }));
       expect(await rpmArchitecture(root, [])).toBe('aarch64');
       // The rpm package's own arch wins over the binary's.
       expect(await rpmArchitecture(root, [{ name: 'rpm', version: '4.19-1', architecture: 'x86_64' }])).toBe('x86_64');

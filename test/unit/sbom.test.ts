@@ -1,3 +1,7 @@
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildTime, IN_IMAGE_BOM_PATH, writeBomIntoImage } from '../../src/bom/in-image.js';
 import type { Bom } from '../../src/bom/collect.js';
 import { cycloneDxFromBom, renderCycloneDx } from '../../src/bom/cyclonedx.js';
 import { formatPurl, modelFromBom, modelFromInventory, ociPurl, packagePurl, parseImageReference, sbomTimestamp } from '../../src/bom/purl.js';
@@ -168,6 +172,25 @@ describe('CycloneDX and SPDX renderings', () => {
     c.output.sha256 = sha('9');
     expect(spdxFromBom(c, { env: {} }).documentNamespace).not.toBe(spdxFromBom(a, { env: {} }).documentNamespace);
     expect(cycloneDxFromBom(c, { env: {} }).serialNumber).not.toBe(cycloneDxFromBom(a, { env: {} }).serialNumber);
+  });
+
+  test('with SOURCE_DATE_EPOCH, every timestamp the BOM, its renderings and the in-image copy carry is that time', async () => {
+    const env = { SOURCE_DATE_EPOCH: '1700000000' };
+    const bom = { ...debianBom(), createdAt: buildTime(env).toISOString() };
+    const documents = [bom, cycloneDxFromBom(bom, { env }), spdxFromBom(bom, { env })];
+    // Every date-time string anywhere in the three documents.
+    const stamps = documents.flatMap((doc) => JSON.stringify(doc).match(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z/g) ?? []);
+    expect(stamps.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(stamps.map((stamp) => Date.parse(stamp)))).toEqual(new Set([1_700_000_000_000]));
+    const root = await mkdtemp(join(tmpdir(), 'bom-in-image-'));
+    try {
+      await writeBomIntoImage(root, bom, buildTime(env));
+      const written = await stat(join(root, IN_IMAGE_BOM_PATH));
+      expect(written.mtimeMs).toBe(1_700_000_000_000);
+      expect(JSON.parse(await readFile(join(root, IN_IMAGE_BOM_PATH), 'utf8')).createdAt).toBe('2023-11-14T22:13:20.000Z');
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 
   test('an inventory of any image (inspect), rpm family: valid in both formats, rpm purls with epochs', () => {

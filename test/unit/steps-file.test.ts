@@ -4,9 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileStep } from '../../src/steps/file.js';
 import { parseRecipe } from '../../src/recipe/load.js';
+import { withSourceDateEpoch } from '../helpers/env.js';
 import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
 
-const WRITE = 'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; mv -f -- "$tmp" "$1"';
+const WRITE = 'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; [ -z "$5" ] || touch -m -d "$5" -- "$tmp"; mv -f -- "$tmp" "$1"';
 
 describe('file step', () => {
   let dir: string;
@@ -25,6 +26,19 @@ describe('file step', () => {
     await fileStep.run(context, { path: '/etc/x.conf', content: 'a=1\n', mode: '0640', owner: 'root', group: 'adm' });
     expect(calls).toEqual([{ argv: ['/bin/sh', '-c', WRITE, 'write-file', '/etc/x.conf', 'root', 'adm', '0640'], input: 'a=1\n', env: undefined }]);
     expect(records.files).toEqual([{ path: '/etc/x.conf', sha256: createHash('sha256').update('a=1\n').digest('hex'), kind: 'config' }]);
+  });
+
+  test('with SOURCE_DATE_EPOCH in the past, the written file is dated at it (clamped); unset or in the future, not touched', async () => {
+    const argv = (epoch: string | undefined) =>
+      withSourceDateEpoch(epoch, async () => {
+        const { session, calls } = fakeSession();
+        await fileStep.run(fakeStepContext(session).context, { path: '/etc/x.conf', content: 'a=1\n' });
+        return calls[0].argv;
+      });
+    expect(await argv('1700000000')).toEqual(['/bin/sh', '-c', WRITE, 'write-file', '/etc/x.conf', 'root', 'root', '0644', '@1700000000']);
+    expect(await argv(undefined)).toEqual(['/bin/sh', '-c', WRITE, 'write-file', '/etc/x.conf', 'root', 'root', '0644']);
+    expect(await argv(String(Math.floor(Date.now() / 1000) + 3600))).toHaveLength(8);
+    await expect(argv('yesterday')).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('SOURCE_DATE_EPOCH="yesterday"') });
   });
 
   test('a template is filled with the recipe variables, relative to the recipe; a source is copied byte for byte', async () => {

@@ -398,7 +398,7 @@ describe('sysprep step', () => {
     'set -e; if command -v cloud-init >/dev/null 2>&1; then exec cloud-init clean --logs; fi; ' +
     'if [ -d /var/lib/cloud ]; then find /var/lib/cloud -mindepth 1 -maxdepth 1 ! -name seed -exec rm -rf --one-file-system -- {} +; fi; ' +
     'rm -f /var/log/cloud-init.log /var/log/cloud-init-output.log';
-  const DBUS = 'if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then rm -f /var/lib/dbus/machine-id; fi';
+  const REMOVE_FILES = 'for pattern in "$@"; do for file in $pattern; do if [ -f "$file" ] && [ ! -L "$file" ]; then rm -f -- "$file"; fi; done; done';
   const HISTORY =
     'set -e; getent passwd | cut -d: -f6 | sort -u | while IFS= read -r home; do [ -d "$home" ] || continue; ' +
     'for name in .bash_history .zsh_history .sh_history .ash_history .history .python_history .lesshst; do ' +
@@ -416,7 +416,7 @@ describe('sysprep step', () => {
       ['/bin/sh', '-c', CLOUD_INIT],
       ['/bin/sh', '-c', 'rm -f /etc/ssh/ssh_host_*'],
       ['truncate', '-s', '0', '/etc/machine-id'],
-      ['/bin/sh', '-c', DBUS],
+      ['/bin/sh', '-c', REMOVE_FILES, 'remove-files', '/var/lib/dbus/machine-id'],
       ['/bin/sh', '-c', HISTORY],
       ['/bin/sh', '-c', TMP],
       ['/bin/sh', '-c', LOGS],
@@ -426,7 +426,7 @@ describe('sysprep step', () => {
   test('a subset runs in the fixed order whatever order the recipe gives', async () => {
     const { session, calls } = fakeSession();
     await sysprepStep.run(fakeStepContext(session).context, { operations: ['logs', 'machine-id'] });
-    expect(calls.map((c) => c.argv)).toEqual([['truncate', '-s', '0', '/etc/machine-id'], ['/bin/sh', '-c', DBUS], ['/bin/sh', '-c', LOGS]]);
+    expect(calls.map((c) => c.argv)).toEqual([['truncate', '-s', '0', '/etc/machine-id'], ['/bin/sh', '-c', REMOVE_FILES, 'remove-files', '/var/lib/dbus/machine-id'], ['/bin/sh', '-c', LOGS]]);
   });
 
   test('package-cache needs a known family: skipped with a warning by default, an error when asked for', async () => {

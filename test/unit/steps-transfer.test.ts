@@ -10,13 +10,14 @@ import { parseRecipe } from '../../src/recipe/load.js';
 import { copyStep } from '../../src/steps/copy.js';
 import { downloadStep, sumFromChecksumFile } from '../../src/steps/download.js';
 import type { ImageBuilderError } from '../../src/util/errors.js';
+import { withSourceDateEpoch } from '../helpers/env.js';
 import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
 
 const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 
 /** The exact commands the guest helpers run (src/chroot/guest-write.ts). */
 const WRITE_SCRIPT =
-  'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; mv -f -- "$tmp" "$1"';
+  'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; [ -z "$5" ] || touch -m -d "$5" -- "$tmp"; mv -f -- "$tmp" "$1"';
 const EXTRACT_SCRIPT = 'set -e; dir="$1"; shift; mkdir -p -- "$dir"; tar -x -p -f - -C "$dir" "$@"';
 
 interface TarEntry {
@@ -298,6 +299,13 @@ describe('download and copy steps (fake session)', () => {
         { path: '/etc/app/bin/tool', sha256: sha256('#!/bin/sh\necho tool\n'), kind: 'copy', source: join(recipeDir, 'tree/bin/tool') },
         { path: '/etc/app/conf.txt', sha256: sha256('key = value\n'), kind: 'copy', source: join(recipeDir, 'tree/conf.txt') },
       ]);
+    });
+
+    test('with SOURCE_DATE_EPOCH, host files newer than it are dated at it in the archive; older ones keep their time', async () => {
+      const clamped = await withSourceDateEpoch(String(mtime - 1000), async () => tarEntries((await copy({ src: 'tree', dest: '/etc/app' })).calls[0].input));
+      expect(clamped.filter((e) => e.type !== 'symlink').map((e) => [e.name, e.mtime])).toEqual(['bin/', 'bin/tool', 'conf.txt', 'empty/'].map((name) => [name, mtime - 1000]));
+      const kept = await withSourceDateEpoch(String(mtime + 1000), async () => tarEntries((await copy({ src: 'tree', dest: '/etc/app' })).calls[0].input));
+      expect(kept.filter((e) => e.type !== 'symlink').map((e) => e.mtime)).toEqual([mtime, mtime, mtime, mtime]);
     });
 
     test('a single file lands at dest under that name, with the given mode, root by default (no owner check)', async () => {

@@ -1,25 +1,38 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base-command.js';
+import { cacheFlag, exportHostFlags } from '../../cli/host-flags.js';
 import { cacheLayout, listCache, type CacheEntry } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
+import { defaultLayerStore, LayerStore, type ListedLayer } from '../../pipeline/layers.js';
 
 export default class CacheList extends BaseCommand {
-  static override summary = 'List the cached base images';
-  static override description = 'Each image in $IMAGEBUILDER_CACHE: its sha256, size, format, when it was last used, and where it came from.';
+  static override summary = 'List the cached base images and step layers';
+  static override description =
+    'Each image in $IMAGEBUILDER_CACHE: its sha256, size, format, when it was last used, and where it came from; then each layer of the ' +
+    'step cache: its key, the step it holds, its size, and whether that step depends on the network without a pin.';
   static override examples = ['<%= config.bin %> cache list', '<%= config.bin %> cache list --json'];
-  static override flags = { json: Flags.boolean({ description: 'print the entries (with their records) as JSON', default: false }) };
+  static override flags = { ...cacheFlag, json: Flags.boolean({ description: 'print the entries (with their records) as JSON', default: false }) };
 
-  async run(): Promise<CacheEntry[]> {
+  async run(): Promise<{ images: CacheEntry[]; layers: ListedLayer[] }> {
     const { flags } = await this.parse(CacheList);
+    exportHostFlags(flags);
     const layout = cacheLayout();
     const entries = await listCache(layout);
+    const { records: layers } = await new LayerStore(defaultLayerStore()).list();
     if (flags.json) {
-      this.log(JSON.stringify(entries, null, 2));
-      return entries;
+      this.log(JSON.stringify({ images: entries, layers }, null, 2));
+      return { images: entries, layers };
+    }
+    if (layers.length) {
+      this.table(
+        ['LAYER', 'STEP', 'ON DISK', 'LAST USED (UTC)', 'NETWORK UNPINNED'],
+        layers.map((l) => [l.key.slice(0, 12), `${l.step.index + 1} ${l.step.description}`, formatBytes(l.diskBytes), l.lastUsedAt.slice(0, 16).replace('T', ' '), l.unpinned ?? '']),
+      );
+      this.log(`${layers.length} layer(s), ${formatBytes(layers.reduce((sum, l) => sum + l.diskBytes, 0))} on disk in ${defaultLayerStore()}`);
     }
     if (!entries.length) {
       this.log(`no cached images in ${layout.root}`);
-      return entries;
+      return { images: entries, layers };
     }
     const rows = entries.map((e) => [
       e.sha256.slice(0, 12),
@@ -30,10 +43,13 @@ export default class CacheList extends BaseCommand {
       e.record?.origin.verified === false ? 'no' : e.record ? 'yes' : '?',
       e.record?.origin.url ?? e.record?.origin.path ?? '(no record)',
     ]);
-    const header = ['SHA256', 'SIZE', 'ON DISK', 'FORMAT', 'LAST USED (UTC)', 'VERIFIED', 'SOURCE'];
+    this.table(['SHA256', 'SIZE', 'ON DISK', 'FORMAT', 'LAST USED (UTC)', 'VERIFIED', 'SOURCE'], rows);
+    this.log(`${entries.length} image(s), ${formatBytes(entries.reduce((sum, e) => sum + e.diskBytes, 0))} on disk in ${layout.root}`);
+    return { images: entries, layers };
+  }
+
+  private table(header: string[], rows: string[][]): void {
     const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
     for (const row of [header, ...rows]) this.log(row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]))).join('  '));
-    this.log(`${entries.length} image(s), ${formatBytes(entries.reduce((sum, e) => sum + e.diskBytes, 0))} on disk in ${layout.root}`);
-    return entries;
   }
 }

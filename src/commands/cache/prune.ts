@@ -1,15 +1,19 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base-command.js';
-import { cacheLayout, parseDuration, parseSize, pruneCache, type PruneResult } from '../../fetch/cache.js';
+import { cacheFlag, exportHostFlags } from '../../cli/host-flags.js';
+import { cacheLayout, listCache, parseDuration, parseSize, pruneCache, type PruneResult } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
+import { defaultLayerStore, LayerStore, pruneLayers } from '../../pipeline/layers.js';
 
 export default class CachePrune extends BaseCommand {
-  static override summary = 'Remove cached base images: all, the unused, or the least recently used beyond a size';
+  static override summary = 'Remove cached base images and step layers: all, the unused, or the least recently used beyond a size';
   static override description =
-    '--older-than removes images not used for that long; --max-size then removes the least recently used until the rest ' +
-    'fits; --all empties the cache. Interrupted downloads are removed too (--all, --older-than), never one in progress.';
+    '--older-than removes images and layers not used for that long; --max-size then removes the least recently used layers, ' +
+    'then images, until the rest fits (a layer goes with the layers above it); --all empties the cache. Interrupted downloads ' +
+    'are removed too (--all, --older-than), never one in progress.';
   static override examples = ['<%= config.bin %> cache prune --older-than 30d', '<%= config.bin %> cache prune --max-size 20G', '<%= config.bin %> cache prune --all'];
   static override flags = {
+    ...cacheFlag,
     all: Flags.boolean({ description: 'remove every cached image', default: false, exclusive: ['older-than', 'max-size'] }),
     'older-than': Flags.string({ description: 'remove images not used for this long: 45s, 90m, 12h, 30d, 2w', helpValue: 'DURATION' }),
     'max-size': Flags.string({ description: 'then remove the least recently used until the cache takes at most this: 500M, 20G', helpValue: 'SIZE' }),
@@ -17,21 +21,30 @@ export default class CachePrune extends BaseCommand {
     json: Flags.boolean({ description: 'print the result as JSON', default: false }),
   };
 
-  async run(): Promise<PruneResult> {
+  async run(): Promise<PruneResult & { layers: Awaited<ReturnType<typeof pruneLayers>> }> {
     const { flags } = await this.parse(CachePrune);
-    const result = await pruneCache(cacheLayout(), {
+    exportHostFlags(flags);
+    const options = {
       all: flags.all,
       olderThanMs: flags['older-than'] === undefined ? undefined : parseDuration(flags['older-than']),
       maxSizeBytes: flags['max-size'] === undefined ? undefined : parseSize(flags['max-size']),
       dryRun: flags['dry-run'],
-    });
+    };
+    const images = await listCache(cacheLayout());
+    const imageBytes = images.reduce((sum, e) => sum + e.diskBytes, 0);
+    // Layers first: under --max-size they get what the images leave, so images go only when layers alone cannot make room.
+    const layers = await pruneLayers(new LayerStore(defaultLayerStore()), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - imageBytes) });
+    const layerBytes = layers.kept.reduce((sum, l) => sum + l.diskBytes, 0);
+    const result = { ...(await pruneCache(cacheLayout(), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - layerBytes) })), layers };
     if (flags.json) {
       this.log(JSON.stringify(result, null, 2));
       return result;
     }
     const verb = flags['dry-run'] ? 'would remove' : 'removed';
+    for (const layer of layers.removed) this.log(`${verb} layer ${layer.key.slice(0, 12)}  ${formatBytes(layer.diskBytes)}  step ${layer.step.index + 1} ${layer.step.description}`);
     for (const entry of result.removed) this.log(`${verb} ${entry.sha256.slice(0, 12)}  ${formatBytes(entry.diskBytes)}  ${entry.record?.origin.url ?? entry.record?.origin.path ?? ''}`);
     this.log(`${verb} ${result.removed.length} image(s), ${formatBytes(result.freedBytes + result.partialsBytes)}; ${result.kept.length} kept`);
+    if (layers.removed.length || layers.kept.length) this.log(`${verb} ${layers.removed.length} layer(s), ${formatBytes(layers.freedBytes)}; ${layers.kept.length} kept`);
     return result;
   }
 }

@@ -1,0 +1,41 @@
+import { Flags } from '@oclif/core';
+import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
+
+/**
+ * Flags about this host rather than the build — where the cache and scratch space are, how to mount — each
+ * with the environment variable a CI system would rather set (oclif shows it in --help). The flag wins.
+ */
+export const cacheFlag = {
+  cache: Flags.string({
+    description: 'the cache of verified base images [default: ~/.cache/imagebuilder]',
+    helpValue: 'DIR',
+    env: 'IMAGEBUILDER_CACHE',
+  }),
+};
+
+export const workDirFlag = {
+  'work-dir': Flags.string({
+    description: 'where work directories (overlays, mount points, downloads) go; needs room for what a build changes [default: the system temp dir]',
+    helpValue: 'DIR',
+    env: 'IMAGEBUILDER_WORK_DIR',
+  }),
+};
+
+export const mountBackendFlag = {
+  'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+};
+
+/** Where a build runs on this host: apply and matrix take these. */
+export const hostBuildFlags = { ...cacheFlag, ...workDirFlag, ...mountBackendFlag };
+
+export const mountBackendOf = (flags: { 'mount-backend': string }) => flags['mount-backend'] as MountBackendName | 'auto';
+
+/**
+ * The library finds the cache and the work-directory parent in IMAGEBUILDER_CACHE / IMAGEBUILDER_WORK_DIR
+ * where no option reaches (the libguestfs KVM verdict, the download step's temporary files, shell and
+ * inspect): a value given as a flag is put there too, so a flag and its variable always mean the same.
+ */
+export function exportHostFlags(flags: { cache?: string; 'work-dir'?: string }): void {
+  if (flags.cache !== undefined) process.env.IMAGEBUILDER_CACHE = flags.cache;
+  if (flags['work-dir'] !== undefined) process.env.IMAGEBUILDER_WORK_DIR = flags['work-dir'];
+}

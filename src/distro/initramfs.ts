@@ -1,0 +1,145 @@
+import { createHash } from 'node:crypto';
+import { lstat, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BomStep } from '../bom/collect.js';
+import type { ChrootSession } from '../chroot/session.js';
+import { exists, resolveInRoot } from '../util/fs.js';
+import type { Logger } from '../util/log.js';
+
+/** What a set of guest paths looked like: a digest of every entry's name, type, size and ctime, and the newest ctime. */
+interface TreeState {
+  digest: string;
+  newestCtimeNs: bigint;
+}
+
+/**
+ * Inputs of the initramfs besides a kernel's own modules: the generators' configuration and their modules or
+ * hooks (a package upgrade of dracut changes what it puts in).
+ */
+const DRACUT_INPUTS = ['/etc/dracut.conf', '/etc/dracut.conf.d', '/usr/lib/dracut/dracut.conf.d', '/usr/lib/dracut/modules.d'];
+const INITRAMFS_TOOLS_INPUTS = ['/etc/initramfs-tools', '/usr/share/initramfs-tools'];
+
+/** Where the initramfs of kernel `version` lives: Fedora/RHEL, Debian/Ubuntu, the BLS layout dracut also uses, SUSE. */
+const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `/boot/initrd.img-${version}`, `/lib/modules/${version}/initrd`, `/boot/initrd-${version}`];
+
+/** Walks guest paths (not following symlinks) into a TreeState; `skip` leaves entries out by their guest path. */
+async function treeState(root: string, guestPaths: string[], skip: (guestPath: string) => boolean = () => false): Promise<TreeState> {
+  const hash = createHash('sha256');
+  let newestCtimeNs = 0n;
+  const visit = async (guestPath: string) => {
+    if (skip(guestPath)) return;
+    const stat = await lstat(join(root, guestPath), { bigint: true }).catch(() => undefined);
+    if (!stat) return;
+    hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
+    if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
+    if (stat.isDirectory()) for (const name of (await readdir(join(root, guestPath))).sort()) await visit(`${guestPath}/${name}`);
+  };
+  // Resolved once at the top (/lib is a symlink to usr/lib on merged-/usr guests); below, symlinks are entries.
+  for (const path of guestPaths) await visit(await resolveInRoot(root, path));
+  return { digest: hash.digest('hex'), newestCtimeNs };
+}
+
+interface Snapshot {
+  /** Per kernel version: its /lib/modules/<version> tree and /boot/vmlinuz-<version>. */
+  kernels: Map<string, TreeState>;
+  dracut: TreeState;
+  initramfsTools: TreeState;
+}
+
+async function kernelVersions(root: string): Promise<string[]> {
+  const modules = join(root, await resolveInRoot(root, '/lib/modules'));
+  const entries = await readdir(modules, { withFileTypes: true }).catch(() => []);
+  return entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name).sort();
+}
+
+async function snapshot(root: string): Promise<Snapshot> {
+  const kernels = new Map<string, TreeState>();
+  for (const version of await kernelVersions(root)) {
+    // The initramfs may live in the modules directory (BLS): an output, not an input.
+    const initrd = await resolveInRoot(root, `/lib/modules/${version}/initrd`);
+    kernels.set(version, await treeState(root, [`/lib/modules/${version}`, `/boot/vmlinuz-${version}`], (path) => path === initrd));
+  }
+  return { kernels, dracut: await treeState(root, DRACUT_INPUTS), initramfsTools: await treeState(root, INITRAMFS_TOOLS_INPUTS) };
+}
+
+/** The newest ctime among the kernel's initramfs files, or undefined when it has none. */
+async function initramfsCtime(root: string, version: string): Promise<bigint | undefined> {
+  let newest: bigint | undefined;
+  for (const path of initramfsPaths(version)) {
+    const stat = await lstat(join(root, await resolveInRoot(root, path)), { bigint: true }).catch(() => undefined);
+    if (stat?.isFile() && (newest === undefined || stat.ctimeNs > newest)) newest = stat.ctimeNs;
+  }
+  return newest;
+}
+
+type Generator = { name: 'dracut' | 'initramfs-tools'; inputs: keyof Pick<Snapshot, 'dracut' | 'initramfsTools'> };
+
+/** The guest's initramfs generator: dracut (Fedora, RHEL, SUSE, Debian with dracut) or initramfs-tools. */
+async function guestGenerator(root: string): Promise<Generator | undefined> {
+  const present = async (paths: string[]) => {
+    for (const path of paths) if (await exists(join(root, await resolveInRoot(root, path)))) return true;
+    return false;
+  };
+  if (await present(['/usr/bin/dracut', '/usr/sbin/dracut'])) return { name: 'dracut', inputs: 'dracut' };
+  if (await present(['/usr/sbin/update-initramfs'])) return { name: 'initramfs-tools', inputs: 'initramfsTools' };
+  return undefined;
+}
+
+export interface InitramfsWatch {
+  /**
+   * Regenerates, inside the guest, the initramfs of every guest kernel whose inputs the steps changed, unless
+   * it was already rebuilt after the change. Returns one BOM entry per kernel regenerated.
+   */
+  regenerate(session: ChrootSession, options: { log: Logger; signal?: AbortSignal; index: number }): Promise<BomStep[]>;
+}
+
+/**
+ * Notes the guest's kernels and initramfs inputs before the steps run, to tell afterwards which kernels'
+ * initramfs a step made stale: a kernel installed or upgraded (its /lib/modules/<version> added or changed), or
+ * the generator's configuration written (/etc/dracut.conf.d/…, /etc/initramfs-tools/…). The initramfs is then
+ * built for the GUEST kernel version (`dracut --kver`, `update-initramfs -k`): without it, dracut in a chroot
+ * builds for the running (host) kernel, `uname -r`. A kernel package's own hooks (Debian's postinst, Fedora's
+ * kernel-install) already build it with the right version; an initramfs newer (by ctime) than every changed
+ * input is not built twice.
+ */
+export async function watchInitramfs(root: string): Promise<InitramfsWatch> {
+  const before = await snapshot(root);
+  return {
+    async regenerate(session, { log, signal, index }) {
+      const generator = await guestGenerator(root);
+      if (!generator) return [];
+      const after = await snapshot(root);
+      const inputs = after[generator.inputs];
+      const configChanged = inputs.digest !== before[generator.inputs].digest;
+      const entries: BomStep[] = [];
+      for (const [version, state] of after.kernels) {
+        const previous = before.kernels.get(version);
+        const kernelChanged = previous?.digest !== state.digest;
+        if (!kernelChanged && !configChanged) continue;
+        const why = [kernelChanged ? `${previous ? 'changed' : 'new'} kernel ${version}` : '', configChanged ? `${generator.name} configuration changed` : ''].filter(Boolean).join(', ');
+        const changedAt = [kernelChanged ? state.newestCtimeNs : 0n, configChanged ? inputs.newestCtimeNs : 0n].reduce((a, b) => (a > b ? a : b));
+        const built = await initramfsCtime(root, version);
+        if (built !== undefined && built > changedAt) {
+          log.info(`initramfs of kernel ${version}: up to date (${why}, rebuilt since by the guest's own hooks)`);
+          continue;
+        }
+        const argv =
+          generator.name === 'dracut'
+            ? // --no-hostonly: host-only would size the initramfs to the hardware dracut sees, the build host's.
+              ['dracut', '--force', '--no-hostonly', '--kver', version]
+            : ['update-initramfs', built === undefined ? '-c' : '-u', '-k', version];
+        log.info(`initramfs of kernel ${version}: ${why}; regenerating with ${generator.name}`);
+        const started = Date.now();
+        await session.exec(argv, {
+          signal,
+          streamOutput: true,
+          errorCode: 'STEP_FAILED',
+          purpose: `regenerating the initramfs of guest kernel ${version}`,
+          hint: `the guest's ${generator.name} failed after the steps changed ${why}; its output above says why`,
+        });
+        entries.push({ index: index + entries.length, type: 'initramfs', description: `${argv.join(' ')} (${why})`, durationMs: Date.now() - started });
+      }
+      return entries;
+    },
+  };
+}

@@ -1,0 +1,111 @@
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BomStep } from '../bom/collect.js';
+import type { GuestLayout } from '../mount/layout.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { tail, type Runner } from '../util/exec.js';
+import { exists, resolveInRoot } from '../util/fs.js';
+import type { Logger } from '../util/log.js';
+import { parseOsRelease } from './os-release.js';
+
+export interface SelinuxConfig {
+  /** SELINUX=: enforcing, permissive or disabled. */
+  mode: string;
+  /** SELINUXTYPE=: the policy's directory under /etc/selinux. */
+  type: string;
+}
+
+/** selinux_config(5): KEY=value lines; SELINUXTYPE defaults to "targeted" as libselinux does. */
+export function parseSelinuxConfig(text: string): SelinuxConfig | undefined {
+  const fields = parseOsRelease(text);
+  if (!fields.SELINUX) return undefined;
+  return { mode: fields.SELINUX.toLowerCase(), type: fields.SELINUXTYPE || 'targeted' };
+}
+
+export async function readSelinuxConfig(root: string): Promise<SelinuxConfig | undefined> {
+  const text = await readFile(join(root, await resolveInRoot(root, '/etc/selinux/config')), 'utf8').catch(() => undefined);
+  return text === undefined ? undefined : parseSelinuxConfig(text);
+}
+
+/** Filesystems that keep security.selinux xattrs; anything else mounted in the guest (an ESP) is left out. */
+const LABELLED_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
+
+/** The newest binary policy (policy.33 …) of a policy type, as a guest path, or undefined when none is built. */
+async function binaryPolicy(root: string, type: string): Promise<string | undefined> {
+  const dir = await resolveInRoot(root, `/etc/selinux/${type}/policy`);
+  const versions = (await readdir(join(root, dir)).catch(() => [] as string[]))
+    .map((name) => /^policy\.(\d+)$/.exec(name)?.[1])
+    .filter((v): v is string => v !== undefined)
+    .map(Number)
+    .sort((a, b) => b - a);
+  return versions.length ? `${dir}/policy.${versions[0]}` : undefined;
+}
+
+export interface RelabelOptions {
+  run: Runner;
+  log: Logger;
+  layout: GuestLayout;
+  signal?: AbortSignal;
+  /** The index its BOM entry gets (after the recipe's steps). */
+  index: number;
+}
+
+/**
+ * Gives every file of an SELinux guest (SELINUX=enforcing or permissive) the label its own policy wants,
+ * as a booted guest's `restorecon` would: files the build wrote carry no security.selinux (the build host
+ * does not label them, or labels them with its own policy). Runs the build host's `setfiles` with
+ * `-r <guest root>` over the guest's own file_contexts, checked against the guest's own binary policy (`-c`),
+ * as mkosi does: no tool from the guest has to run (nor run under emulation for a foreign architecture), and
+ * writing security.* is not left to the confined chroot. The whole guest is relabelled, every mounted guest
+ * filesystem that keeps xattrs (not an ESP; a btrfs subvolume only when it is mounted): ctime-based
+ * "only what changed" misses a renamed directory's subtree, and the whole fixture guest takes ~2.5 s.
+ * Files whose label is already right are not touched. Without -F, customizable types keep their labels.
+ *
+ * When setfiles cannot run here (not installed, the guest's policy unreadable by this host's libselinux, a
+ * filesystem seen through guestmount), the guest is marked with /.autorelabel instead, so it relabels itself
+ * at first boot (one extra reboot), and a warning says why. Must run after the chroot session is closed (its
+ * /proc, /sys, /dev are not the guest's) and after the last write into the guest.
+ * Returns the BOM entry saying what was done, or nothing for a guest without SELinux.
+ */
+export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> {
+  const { run, log, layout, signal, index } = options;
+  const root = layout.root;
+  const config = await readSelinuxConfig(root);
+  if (!config || !['enforcing', 'permissive'].includes(config.mode)) return [];
+  const started = Date.now();
+  const fileContexts = await resolveInRoot(root, `/etc/selinux/${config.type}/contexts/files/file_contexts`);
+  const entry = (description: string): BomStep[] => [{ index, type: 'selinux-relabel', description, durationMs: Date.now() - started }];
+
+  const fallback = async (why: string): Promise<BomStep[]> => {
+    // Resolved inside the guest: a /.autorelabel symlink in the image must not make this write land on the host.
+    await writeFile(join(root, await resolveInRoot(root, '/.autorelabel')), '', { mode: 0o644 });
+    log.warn(`SELinux is ${config.mode} in the guest but its files could not be relabelled here: ${why}; created /.autorelabel, so the guest relabels itself at first boot (with one extra reboot)`);
+    return entry(`/.autorelabel: the guest relabels itself at first boot (${why})`);
+  };
+
+  const rootMount = layout.mounts.find((mount) => mount.path === '/');
+  if (!rootMount || !LABELLED_TYPES.has(rootMount.type)) return fallback(`the guest root is mounted through ${rootMount?.type ?? 'an unknown backend'}, which cannot set security.selinux`);
+  if (!(await exists(join(root, fileContexts)))) return fallback(`the guest has no ${fileContexts} (SELINUXTYPE=${config.type} in /etc/selinux/config)`);
+  const policy = await binaryPolicy(root, config.type);
+  // setfiles stays on one filesystem per pathname: each guest filesystem that keeps labels is named.
+  const labelled = layout.mounts.filter((mount) => LABELLED_TYPES.has(mount.type));
+  const args = [
+    '-m', // no /proc/mounts lookup: this host's mounts say nothing about the guest's seclabel support
+    '-r', root,
+    ...(policy ? ['-c', join(root, policy)] : []),
+    join(root, fileContexts),
+    ...labelled.map((mount) => mount.hostPath),
+  ];
+  try {
+    const result = await run('setfiles', args, { log, signal, allowFailure: true, purpose: 'relabelling the guest for SELinux' });
+    if (result.exitCode !== 0) return fallback(`setfiles exited with ${result.exitCode}: ${tail(result.output, 3).replace(/\s*\n\s*/g, ' | ')}`);
+  } catch (error) {
+    if (error instanceof ImageBuilderError && error.code === 'MISSING_TOOL') {
+      return fallback('setfiles is not installed on the build host (Debian package policycoreutils)');
+    }
+    throw error;
+  }
+  const over = labelled.map((mount) => mount.path);
+  log.info(`SELinux: relabelled ${over.join(', ')} with the guest's ${config.type} policy (setfiles, ${((Date.now() - started) / 1000).toFixed(1)}s)`);
+  return entry(`setfiles with /etc/selinux/${config.type}/contexts/files/file_contexts over ${over.join(', ')}`);
+}

@@ -1,0 +1,275 @@
+import { createWriteStream } from 'node:fs';
+import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import { ImageBuilderError } from '../util/errors.js';
+import type { Runner } from '../util/exec.js';
+import type { Logger } from '../util/log.js';
+import { mountsUnder } from '../util/mounts.js';
+import { throwIfAborted } from '../util/signals.js';
+import { clampTime, sourceDateEpoch } from '../util/time.js';
+import { resolveInRoot } from '../util/fs.js';
+import { packEntry, packFile, type TarHeader } from '../util/tar-pack.js';
+
+/*
+ * The guest's root filesystem as a POSIX (pax) tar archive, read from the mounted tree: every guest filesystem at
+ * its place (/boot, /home …), nothing of the host. Kept: numeric owners (and the names the guest's own passwd and
+ * group give them), modes with setuid/setgid/sticky, mtimes (whole seconds), symlinks, hard links (one inode: a
+ * file, then link entries), character and block devices, fifos, and extended attributes (security.capability,
+ * security.selinux, trusted.*, user.*) as `SCHILY.xattr.NAME` pax records, the form GNU tar and bsdtar write and
+ * read. Not kept: sockets (nothing can use a socket file of an image that is not running), POSIX ACLs (system.*
+ * attributes; tar carries them only in its own text form), and names that are not UTF-8 (pax paths are UTF-8).
+ *
+ * Deterministic: `./` first, then depth first with each directory's entries in byte order (`tar --sort=name`), no
+ * atime/ctime, and with SOURCE_DATE_EPOCH every mtime later than it is clamped to it (`tar --clamp-mtime`).
+ * Streamed: one directory listing per level in memory, file contents piped through.
+ *
+ * tar-stream writes the entries. Its own pax records are JS strings encoded as UTF-8, which would corrupt binary
+ * attribute values (a capability set is binary; tar-stream has no xattr support, mafintosh/tar-stream#108), so the
+ * extended header is encoded here and pushed into the pack just before the entry it describes.
+ */
+
+export interface RootfsTarOptions {
+  run: Runner;
+  log: Logger;
+  signal?: AbortSignal;
+  /**
+   * Host paths of the guest's mounted filesystems (root first). Anything else mounted under the root (the
+   * chroot session's /proc, /sys, /dev) is not the guest's: the archive is refused rather than holding it.
+   */
+  guestMounts?: string[];
+  /** Default: SOURCE_DATE_EPOCH. */
+  clampMtime?: Date;
+}
+
+export interface RootfsTarResult {
+  entries: number;
+  /** Guest paths left out, with why. */
+  skipped: string[];
+}
+
+type Stats = Awaited<ReturnType<typeof lstatBig>>;
+const lstatBig = (path: string) => lstat(path, { bigint: true });
+
+/** Writes the tree at `root` to `target` as a tar archive. */
+export async function writeRootfsTar(root: string, target: string, options: RootfsTarOptions): Promise<RootfsTarResult> {
+  const foreign = (await mountsUnder(root)).filter((mount) => mount !== root && !(options.guestMounts ?? []).includes(mount));
+  if (foreign.length) {
+    throw new ImageBuilderError('INTERNAL', `cannot write the root filesystem tar: ${foreign.join(', ')} ${foreign.length === 1 ? 'is' : 'are'} mounted inside the guest tree`, {
+      hint: 'the chroot session must be closed before the tar is written; this is a bug in imagebuilder',
+    });
+  }
+  // Reading directories (readdir, getfattr) would update their atimes: the guest's filesystems are remounted
+  // noatime first, so writing the tar writes nothing into the image (files are also opened O_NOATIME).
+  for (const mount of [root, ...(options.guestMounts ?? []).filter((m) => m !== root)]) {
+    await options.run('mount', ['-o', 'remount,noatime', mount], { allowFailure: true, log: options.log });
+  }
+  const epoch = options.clampMtime ?? sourceDateEpoch();
+  const [xattrs, users, groups] = await Promise.all([readXattrs(options.run, root, options.signal), idNames(root, '/etc/passwd'), idNames(root, '/etc/group')]);
+  const skipped: string[] = [];
+  const aclPaths: string[] = [];
+  const links = new Map<string, string>();
+  let entries = 0;
+
+  const pack = tar.pack();
+  const writing = pipeline(pack, createWriteStream(target, { mode: 0o644 }), { signal: options.signal });
+  const addEntry = async (guestPath: string, hostPath: string, stats: Stats) => {
+    const name = guestPath === '/' ? './' : `.${guestPath}${stats.isDirectory() ? '/' : ''}`;
+    const inode = `${stats.dev}:${stats.ino}`;
+    const hardLink = !stats.isDirectory() && stats.nlink > 1n ? links.get(inode) : undefined;
+    const pax: [string, Buffer][] = [];
+    // A hard link shares its inode's attributes, written with its first name (as GNU tar does).
+    for (const [attribute, value] of hardLink ? [] : (xattrs.get(hostPath) ?? [])) {
+      if (attribute.startsWith('system.')) aclPaths.push(guestPath);
+      else pax.push([`SCHILY.xattr.${attribute}`, value]);
+    }
+    const header: TarHeader = {
+      name,
+      mode: Number(stats.mode) & 0o7777,
+      uid: Number(stats.uid),
+      gid: Number(stats.gid),
+      uname: users.get(Number(stats.uid)),
+      gname: groups.get(Number(stats.gid)),
+      mtime: clampTime(new Date(Number(stats.mtimeMs / 1000n) * 1000), epoch),
+    };
+    if (hardLink) {
+      Object.assign(header, { type: 'link', linkname: hardLink, size: 0 });
+    } else if (stats.isFile()) {
+      Object.assign(header, { type: 'file', size: Number(stats.size) });
+    } else if (stats.isDirectory()) {
+      header.type = 'directory';
+    } else if (stats.isSymbolicLink()) {
+      Object.assign(header, { type: 'symlink', linkname: await readlink(hostPath) });
+    } else if (stats.isCharacterDevice() || stats.isBlockDevice()) {
+      const { major, minor } = deviceNumbers(stats.rdev);
+      if (major > USTAR_MAX || minor > USTAR_MAX) return void skipped.push(`${guestPath} (device ${major}:${minor}: too large for a tar header)`);
+      Object.assign(header, { type: stats.isCharacterDevice() ? 'character-device' : 'block-device', devmajor: major, devminor: minor });
+    } else if (stats.isFIFO()) {
+      header.type = 'fifo';
+    } else {
+      return void skipped.push(`${guestPath} (${stats.isSocket() ? 'a socket' : 'an unknown file type'})`);
+    }
+    if (!stats.isDirectory() && stats.nlink > 1n && !hardLink) links.set(inode, name);
+
+    // What the ustar header cannot hold goes into the pax header; the ustar fields then get a stand-in.
+    if (!fitsUstarName(header.name)) pax.push(['path', Buffer.from(header.name)]), (header.name = standIn(header.name, 100));
+    if (header.linkname && !isAscii(header.linkname, 100)) pax.push(['linkpath', Buffer.from(header.linkname)]), (header.linkname = standIn(header.linkname, 100));
+    for (const key of ['uid', 'gid'] as const) if (header[key]! > USTAR_MAX) pax.push([key, Buffer.from(String(header[key]))]), (header[key] = 0);
+    for (const key of ['uname', 'gname'] as const) if (header[key] && !isAscii(header[key]!, 32)) pax.push([key, Buffer.from(header[key]!)]), (header[key] = undefined);
+    if (header.mtime!.getTime() < 0) pax.push(['mtime', Buffer.from(String(header.mtime!.getTime() / 1000))]), (header.mtime = new Date(0));
+    if (pax.length) pack.push(paxHeader(pax, header.mtime!));
+
+    // Without atime updates: writing the tar does not write to the guest's filesystems (nor change the disk image).
+    if (header.type === 'file') await packFile(pack, header as TarHeader & { size: number }, hostPath, { noAtime: true });
+    else await packEntry(pack, header);
+    entries++;
+  };
+
+  const walk = async (guestDir: string, hostDir: string): Promise<void> => {
+    const names = (await readdir(hostDir, { encoding: 'buffer' })).sort(Buffer.compare);
+    for (const raw of names) {
+      throwIfAborted(options.signal);
+      const text = UTF8.decode(raw, { stream: false });
+      const guestPath = `${guestDir === '/' ? '' : guestDir}/${text}`;
+      if (!Buffer.from(text).equals(raw)) {
+        skipped.push(`${guestDir}/${raw.toString('latin1')} (the name is not UTF-8)`);
+        continue;
+      }
+      const hostPath = join(hostDir, text);
+      const stats = await lstatBig(hostPath);
+      await addEntry(guestPath, hostPath, stats);
+      if (stats.isDirectory()) await walk(guestPath, hostPath);
+    }
+  };
+
+  try {
+    await addEntry('/', root, await lstatBig(root));
+    await walk('/', root);
+    pack.finalize();
+  } catch (error) {
+    pack.destroy(error as Error);
+    await writing.catch(() => undefined);
+    throw new ImageBuilderError('COMMAND_FAILED', `writing the root filesystem tar ${target} failed: ${(error as Error).message}`, { cause: error });
+  }
+  await writing;
+  if (skipped.length) options.log.warn(`the root filesystem tar leaves out ${skipped.length} entr${skipped.length === 1 ? 'y' : 'ies'}: ${skipped.join(', ')}`);
+  if (aclPaths.length) {
+    const paths = [...new Set(aclPaths)];
+    options.log.warn(`the root filesystem tar does not keep the POSIX ACLs (system.* attributes) of ${paths.length} path(s): ${paths.slice(0, 10).join(', ')}${paths.length > 10 ? ' …' : ''}`);
+  }
+  return { entries, skipped };
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: false });
+/** The largest number a 6-digit octal ustar field (uid, gid, device numbers as tar-stream writes them) holds. */
+const USTAR_MAX = 0o777777;
+
+function isAscii(text: string, maxBytes: number): boolean {
+  return /^[\x01-\x7f]*$/.test(text) && text.length <= maxBytes;
+}
+
+/** Whether tar-stream can put the name into ustar's name (100 bytes) and prefix (155) fields, split at a slash. */
+export function fitsUstarName(name: string): boolean {
+  if (!isAscii(name, 256)) return false;
+  let rest = name;
+  let prefix = '';
+  while (rest.length > 100) {
+    const slash = rest.indexOf('/');
+    if (slash === -1) return false;
+    prefix += (prefix ? '/' : '') + rest.slice(0, slash);
+    rest = rest.slice(slash + 1);
+  }
+  return prefix.length <= 155;
+}
+
+/** An ASCII stand-in for a ustar field whose real value is in the pax header (what pax-unaware readers see). */
+function standIn(text: string, maxBytes: number): string {
+  return text.replace(/[^\x01-\x7f]/g, '_').slice(-maxBytes);
+}
+
+/** Linux's dev_t encoding (glibc's gnu_dev_major/minor). */
+export function deviceNumbers(rdev: bigint): { major: number; minor: number } {
+  return {
+    major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)),
+    minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)),
+  };
+}
+
+/** One pax record, `LEN KEY=VALUE\n`, LEN counting its own digits; the value is bytes, as they are. */
+function paxRecord(key: string, value: Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`), value, Buffer.from('\n')]);
+  let length = body.length + String(body.length).length;
+  if (String(length).length > String(body.length).length) length++;
+  return Buffer.concat([Buffer.from(String(length)), body]);
+}
+
+const octal = (value: number, digits: number) => `${value.toString(8).padStart(digits, '0')}\0`;
+
+/** A pax extended header ('x') with its records, padded to whole 512-byte blocks. */
+export function paxHeader(records: [string, Buffer][], mtime: Date): Buffer {
+  const data = Buffer.concat(records.map(([key, value]) => paxRecord(key, value)));
+  const block = Buffer.alloc(512);
+  block.write('PaxHeader', 0, 'latin1');
+  block.write(octal(0o644, 7), 100, 'latin1');
+  block.write(octal(0, 7), 108, 'latin1');
+  block.write(octal(0, 7), 116, 'latin1');
+  block.write(octal(data.length, 11), 124, 'latin1');
+  block.write(octal(Math.max(0, Math.floor(mtime.getTime() / 1000)), 11), 136, 'latin1');
+  block.write('x', 156, 'latin1');
+  block.write('ustar\x0000', 257, 'latin1');
+  block.fill(' ', 148, 156);
+  let sum = 0;
+  for (const byte of block) sum += byte;
+  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return Buffer.concat([block, data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+}
+
+/**
+ * Every extended attribute under `root`, by host path, from one `getfattr` walk (symlinks' own attributes, never
+ * followed). getfattr escapes bytes of names as \ooo; values come in hex.
+ */
+async function readXattrs(run: Runner, root: string, signal?: AbortSignal): Promise<Map<string, [string, Buffer][]>> {
+  const result = await run('getfattr', ['--absolute-names', '--no-dereference', '--physical', '--recursive', '--dump', '--match=-', '--encoding=hex', root], {
+    signal,
+    purpose: 'reading the extended attributes of the guest tree',
+  });
+  const xattrs = new Map<string, [string, Buffer][]>();
+  let current: [string, Buffer][] | undefined;
+  for (const line of result.stdout.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      current = [];
+      xattrs.set(unescapeOctal(line.slice('# file: '.length)), current);
+    } else if (line && current) {
+      const equals = line.indexOf('=');
+      const name = unescapeOctal(equals === -1 ? line : line.slice(0, equals));
+      const value = equals === -1 ? '' : line.slice(equals + 1);
+      current.push([name, Buffer.from(value.replace(/^0x/, ''), 'hex')]);
+    }
+  }
+  for (const list of xattrs.values()) list.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return xattrs;
+}
+
+function unescapeOctal(text: string): string {
+  const bytes: number[] = [];
+  const raw = Buffer.from(text);
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] === 0x5c && i + 3 < raw.length && /^[0-7]{3}$/.test(raw.subarray(i + 1, i + 4).toString('latin1'))) {
+      bytes.push(parseInt(raw.subarray(i + 1, i + 4).toString('latin1'), 8));
+      i += 3;
+    } else bytes.push(raw[i]);
+  }
+  return Buffer.from(bytes).toString();
+}
+
+/** uid (or gid) → name, from the guest's own passwd or group file (the first line wins, as NSS reads it). */
+async function idNames(root: string, file: string): Promise<Map<number, string>> {
+  const names = new Map<number, string>();
+  const text = await readFile(join(root, await resolveInRoot(root, file)), 'utf8').catch(() => '');
+  for (const line of text.split('\n')) {
+    const [name, , id] = line.split(':');
+    if (name && /^\d+$/.test(id ?? '') && !names.has(Number(id))) names.set(Number(id), name);
+  }
+  return names;
+}

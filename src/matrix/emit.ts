@@ -1,0 +1,271 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { stringify } from 'yaml';
+import { ImageBuilderError } from '../util/errors.js';
+import { TOOL_VERSION } from '../version.js';
+import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
+
+/** The image the Dockerfile builds, tagged with this version (README: docker build -t imagebuilder:VERSION .). */
+export const DEFAULT_CONTAINER_IMAGE = `imagebuilder:${TOOL_VERSION}`;
+
+/** Where things are inside each pod; the cache and work paths are the Dockerfile's own defaults. */
+export const POD_PATHS = { config: '/config', cache: '/var/cache/imagebuilder', artifacts: '/artifacts', work: '/var/tmp', dev: '/dev' } as const;
+
+export interface EmitOptions {
+  /** The container image with imagebuilder (privileged, ENTRYPOINT imagebuilder). */
+  image: string;
+  /** A ReadWriteMany PVC for the base-image cache, shared by every pod. */
+  cacheClaim: string;
+  /** The PVC that receives <build>/ directories. */
+  artifactsClaim: string;
+  namespace?: string;
+  serviceAccount?: string;
+  /** Resource requests of each build pod. */
+  cpu: string;
+  memory: string;
+  /** Argo: at most this many builds at once (spec.parallelism). */
+  jobs: number;
+  failFast?: boolean;
+  /** Passed to each build as its flag. */
+  mountBackend?: string;
+  sparsify?: string;
+}
+
+type Manifest = Record<string, unknown>;
+
+const hash8 = (text: string) => createHash('sha256').update(text).digest('hex').slice(0, 8);
+
+/**
+ * DNS-1123 labels (what Job names, DAG task names and label values accept) for each text: lowercase letters,
+ * digits and "-", at most `max` long. A name that had to be shortened, or that two texts would share, keeps
+ * a hash of its original, so two builds never share one.
+ */
+export function kubernetesNames(texts: string[], max = 63): Map<string, string> {
+  const clean = (text: string) => text.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/-+/g, '-').replace(/^-|-$/g, '') || 'x';
+  const hashed = (text: string) => {
+    const suffix = `-${hash8(text)}`;
+    return `${clean(text).slice(0, max - suffix.length).replace(/-$/, '')}${suffix}`;
+  };
+  const cleaned = texts.map(clean);
+  return new Map(texts.map((text, i) => [text, cleaned[i].length > max || cleaned.indexOf(cleaned[i]) !== cleaned.lastIndexOf(cleaned[i]) ? hashed(text) : cleaned[i]]));
+}
+
+export const kubernetesName = (text: string, max = 63) => kubernetesNames([text], max).get(text)!;
+
+/** The files a build reads (matrix, recipes, includes, keyrings), relative to the matrix file: the ConfigMap. */
+function configFiles(matrix: Matrix, builds: MatrixBuild[]): string[] {
+  const files = new Set<string>([basename(matrix.path)]);
+  for (const build of builds) {
+    for (const file of build.recipe.files) files.add(file);
+    if (build.base.keyringWritten) files.add(build.base.keyringWritten);
+  }
+  const outside = [...files].filter((file) => file.startsWith('/') || file.split('/').includes('..'));
+  if (outside.length) {
+    throw new ImageBuilderError('BAD_INPUT', `a cluster build can only carry files under the matrix file's directory; outside it: ${outside.join(', ')}`, {
+      hint: `move them under ${matrix.dir} (with the matrix file) and refer to them by relative paths`,
+    });
+  }
+  return [...files].sort();
+}
+
+/** The ConfigMap that delivers those files into every pod at /config, keeping their relative paths. */
+function configMap(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions, labels: Record<string, string>): Manifest {
+  const data: Record<string, string> = {};
+  const binaryData: Record<string, string> = {};
+  const items: { key: string; path: string }[] = [];
+  const digest = createHash('sha256');
+  let size = 0;
+  for (const file of configFiles(matrix, builds)) {
+    const bytes = readFileSync(join(matrix.dir, file));
+    size += bytes.length;
+    digest.update(file).update('\0').update(bytes);
+    let key = file.replace(/[^-._a-zA-Z0-9]/g, '_');
+    while (key in data || key in binaryData) key = `_${key}`;
+    const text = bytes.toString('utf8');
+    if (Buffer.from(text, 'utf8').equals(bytes)) data[key] = text;
+    else binaryData[key] = bytes.toString('base64');
+    items.push({ key, path: file });
+  }
+  if (size > 900 * 1024) {
+    throw new ImageBuilderError('BAD_INPUT', `the matrix's files take ${Math.round(size / 1024)} KiB: a ConfigMap holds at most 1 MiB`, { hint: 'keep large host files out of the recipes, or bake them into the container image' });
+  }
+  return {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: { name: kubernetesName(`${matrixName(matrix)}-${digest.digest('hex').slice(0, 8)}`), ...namespaced(options), labels },
+    // Named after its content: a changed matrix gets a new ConfigMap, and running builds keep theirs.
+    immutable: true,
+    data,
+    ...(Object.keys(binaryData).length ? { binaryData } : {}),
+    items,
+  };
+}
+
+const matrixName = (matrix: Matrix) => kubernetesName(basename(matrix.path).replace(/\.ya?ml$/, ''), 40);
+const namespaced = (options: EmitOptions) => (options.namespace ? { namespace: options.namespace } : {});
+
+function refuseLocalBases(builds: MatrixBuild[]): void {
+  const local = [...new Set(builds.map((b) => b.base))].filter((base) => !base.isUrl);
+  if (local.length) {
+    throw new ImageBuilderError('BAD_INPUT', `a cluster build fetches its base by URL; these are local files: ${local.map((b) => `${b.name} (${b.written})`).join(', ')}`, {
+      hint: 'serve them over http(s) (with a SHA256SUMS beside them, or give checksum:) and name the URL in bases:',
+    });
+  }
+}
+
+function volumes(configMapName: string, items: unknown, options: EmitOptions): Manifest[] {
+  return [
+    { name: 'config', configMap: { name: configMapName, items } },
+    { name: 'cache', persistentVolumeClaim: { claimName: options.cacheClaim } },
+    { name: 'artifacts', persistentVolumeClaim: { claimName: options.artifactsClaim } },
+    // Overlays and mount points: node-local scratch, gone with the pod.
+    { name: 'work', emptyDir: {} },
+    // Partition nodes of loop devices appear in the host's /dev, not in a container's private one.
+    { name: 'dev', hostPath: { path: '/dev', type: 'Directory' } },
+  ];
+}
+
+function container(args: string[], options: EmitOptions, mounts: (keyof typeof POD_PATHS)[], privileged: boolean): Manifest {
+  return {
+    name: 'imagebuilder',
+    image: options.image,
+    imagePullPolicy: 'IfNotPresent',
+    args,
+    env: [
+      { name: 'IMAGEBUILDER_CACHE', value: POD_PATHS.cache },
+      { name: 'IMAGEBUILDER_WORK_DIR', value: POD_PATHS.work },
+    ],
+    // Loop devices, FUSE and mounts need it; fetching does not.
+    ...(privileged ? { securityContext: { privileged: true } } : {}),
+    resources: { requests: privileged ? { cpu: options.cpu, memory: options.memory } : { cpu: '250m', memory: '256Mi' } },
+    volumeMounts: mounts.map((name) => ({ name, mountPath: POD_PATHS[name], ...(name === 'config' ? { readOnly: true } : {}) })),
+  };
+}
+
+function buildArgs(matrix: Matrix, build: string, options: EmitOptions): string[] {
+  return [
+    'matrix',
+    `${POD_PATHS.config}/${basename(matrix.path)}`,
+    '--only',
+    build,
+    '--jobs',
+    '1',
+    '--output-dir',
+    POD_PATHS.artifacts,
+    ...(options.mountBackend ? ['--mount-backend', options.mountBackend] : []),
+    ...(options.sparsify ? ['--sparsify', options.sparsify] : []),
+  ];
+}
+
+function fetchArgs(base: MatrixBase): string[] {
+  return [
+    'fetch',
+    base.image,
+    ...(base.checksum ? ['--checksum', base.checksum] : []),
+    ...(base.keyringWritten ? ['--keyring', `${POD_PATHS.config}/${base.keyringWritten}`] : []),
+    ...(base.insecureSkipVerify ? ['--insecure-skip-verify'] : []),
+  ];
+}
+
+const BUILD_MOUNTS: (keyof typeof POD_PATHS)[] = ['config', 'cache', 'artifacts', 'work', 'dev'];
+
+function commonLabels(matrix: Matrix): Record<string, string> {
+  return { 'app.kubernetes.io/name': 'imagebuilder', 'app.kubernetes.io/version': TOOL_VERSION, 'imagebuilder.dev/matrix': matrixName(matrix) };
+}
+
+/** Splits the ConfigMap's items (they go into each pod's volume) from the ConfigMap itself. */
+function splitItems(map: Manifest): { map: Manifest; items: unknown } {
+  const { items, ...rest } = map;
+  return { map: rest, items };
+}
+
+/**
+ * Plain Kubernetes: the ConfigMap, then one batch/v1 Job per build (one privileged pod, no retries: a failed
+ * build is a result, not a flake). Builds of one base wait on the cache's lock while the first fetches it.
+ */
+export function emitJobs(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions): Manifest[] {
+  refuseLocalBases(builds);
+  const labels = commonLabels(matrix);
+  const { map, items } = splitItems(configMap(matrix, builds, options, labels));
+  const configName = (map.metadata as { name: string }).name;
+  const jobNames = kubernetesNames(builds.map((b) => `${matrixName(matrix)}-${b.name}`));
+  const buildLabels = kubernetesNames(builds.map((b) => b.name));
+  const jobs = builds.map((build) => {
+    const jobLabels = { ...labels, 'imagebuilder.dev/build': buildLabels.get(build.name)! };
+    return {
+      apiVersion: 'batch/v1',
+      kind: 'Job',
+      metadata: { name: jobNames.get(`${matrixName(matrix)}-${build.name}`)!, ...namespaced(options), labels: jobLabels, annotations: { 'imagebuilder.dev/build': build.name } },
+      spec: {
+        backoffLimit: 0,
+        template: {
+          metadata: { labels: jobLabels },
+          spec: {
+            restartPolicy: 'Never',
+            ...(options.serviceAccount ? { serviceAccountName: options.serviceAccount } : {}),
+            containers: [container(buildArgs(matrix, build.name, options), options, BUILD_MOUNTS, true)],
+            volumes: volumes(configName, items, options),
+          },
+        },
+      },
+    };
+  });
+  return [map, ...jobs];
+}
+
+/**
+ * Argo Workflows: the ConfigMap and one Workflow whose DAG fetches each base once (phase 0 into the shared
+ * cache), then runs each build on that base, at most `jobs` pods at once; a failed build stops the others
+ * only with failFast.
+ */
+export function emitArgo(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions): Manifest[] {
+  refuseLocalBases(builds);
+  const labels = commonLabels(matrix);
+  const { map, items } = splitItems(configMap(matrix, builds, options, labels));
+  const configName = (map.metadata as { name: string }).name;
+  const bases = [...new Set(builds.map((b) => b.base))];
+  const baseNames = kubernetesNames(bases.map((b) => b.name), 50);
+  const buildNames = kubernetesNames(builds.map((b) => b.name), 50);
+  const fetchTask = (base: MatrixBase) => `fetch-${baseNames.get(base.name)}`;
+  const workflow = {
+    apiVersion: 'argoproj.io/v1alpha1',
+    kind: 'Workflow',
+    metadata: { generateName: `${matrixName(matrix)}-`, ...namespaced(options), labels },
+    spec: {
+      entrypoint: 'matrix',
+      parallelism: options.jobs,
+      ...(options.serviceAccount ? { serviceAccountName: options.serviceAccount } : {}),
+      volumes: volumes(configName, items, options),
+      templates: [
+        {
+          name: 'matrix',
+          dag: {
+            failFast: Boolean(options.failFast),
+            tasks: [
+              ...bases.map((base) => ({ name: fetchTask(base), template: fetchTask(base) })),
+              ...builds.map((build) => ({
+                name: `build-${buildNames.get(build.name)}`,
+                template: 'build',
+                dependencies: [fetchTask(build.base)],
+                arguments: { parameters: [{ name: 'build', value: build.name }] },
+              })),
+            ],
+          },
+        },
+        ...bases.map((base) => ({ name: fetchTask(base), container: container(fetchArgs(base), options, ['config', 'cache'], false) })),
+        {
+          name: 'build',
+          inputs: { parameters: [{ name: 'build' }] },
+          container: container(buildArgs(matrix, '{{inputs.parameters.build}}', options), options, BUILD_MOUNTS, true),
+        },
+      ],
+    },
+  };
+  return [map, workflow];
+}
+
+/** Multi-document YAML, as kubectl apply -f and argo submit take it. */
+export function manifestsYaml(manifests: Manifest[]): string {
+  return manifests.map((m) => stringify(m, { lineWidth: 0, aliasDuplicateObjects: false })).join('---\n');
+}

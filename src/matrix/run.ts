@@ -1,0 +1,216 @@
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { DiskImageOptions } from '../fetch/image-source.js';
+import type { ImageFormat } from '../image/qemu-img.js';
+import { apply, type ApplyOptions, type ApplyResult, type Artifact } from '../pipeline/apply.js';
+import { FORMAT_EXTENSIONS } from '../pipeline/output.js';
+import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
+import { ImageBuilderError, toImageBuilderError, type ErrorCode } from '../util/errors.js';
+import { execRunner, type Runner } from '../util/exec.js';
+import { createLogger, type Logger, type LogLevel } from '../util/log.js';
+import { closest } from '../recipe/template.js';
+import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
+
+/** What the host decides for every build (the flags `apply` takes for the same things). */
+export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache'> & Pick<DiskImageOptions, 'offline' | 'cacheDir'>;
+
+export interface MatrixRunOptions {
+  /** Builds at once. Each one is I/O- and CPU-heavy (overlay writes, package installs, conversion). */
+  jobs: number;
+  /** Stop the other builds at the first failure. */
+  failFast?: boolean;
+  /** Instead of the matrix file's output.dir. */
+  outputDir?: string;
+  host?: HostBuildOptions;
+  /** Console log level of each build (its full log, command output included, goes to <build>.log). */
+  level?: LogLevel;
+  /** Where prefixed console lines go (default stderr). */
+  write?: (text: string) => void;
+  signal?: AbortSignal;
+  run?: Runner;
+  /** The build itself (default apply()); a test seam for the scheduling logic. */
+  build?: (options: ApplyOptions) => Promise<ApplyResult>;
+}
+
+export type BuildStatus = 'succeeded' | 'failed' | 'cancelled';
+
+export interface BuildResult {
+  name: string;
+  recipe: string;
+  base: string;
+  /** The matrix values of this build (axes and include keys). */
+  variables: Record<string, string>;
+  status: BuildStatus;
+  durationMs: number;
+  /** <output dir>/<build>/ and the full log in it. */
+  dir: string;
+  log: string;
+  output?: Artifact;
+  artifacts?: Artifact[];
+  bom?: string;
+  sums?: string;
+  error?: { code: ErrorCode; exitCode: number; message: string };
+}
+
+export interface MatrixResult {
+  results: BuildResult[];
+  /** Phase 0 of each base used, once, before the builds. */
+  bases: { name: string; image: string; sha256?: string; source?: VerifiedImage['source']; error?: string }[];
+  durationMs: number;
+}
+
+/** The builds named (all when none is), each name checked. */
+export function selectBuilds(matrix: Matrix, names: string[] = []): MatrixBuild[] {
+  if (!names.length) return matrix.builds;
+  const all = matrix.builds.map((b) => b.name);
+  for (const name of names) {
+    if (!all.includes(name)) throw new ImageBuilderError('BAD_INPUT', `--only ${name}: the matrix has no such build${closest(name, all)}`, { hint: `builds: ${all.join(', ')}` });
+  }
+  return matrix.builds.filter((b) => names.includes(b.name));
+}
+
+export function baseImageOptions(base: MatrixBase, host: HostBuildOptions = {}): DiskImageOptions {
+  return { checksum: base.checksum, keyring: base.keyring, insecureSkipVerify: base.insecureSkipVerify, offline: host.offline, cacheDir: host.cacheDir };
+}
+
+/** Each line of a build's console log starts with its name: several builds write at once. */
+function buildLogger(name: string, file: WriteStream, options: MatrixRunOptions): Logger {
+  const toFile = createLogger({ level: 'debug', write: (text) => void file.write(text) });
+  const write = options.write ?? ((text: string) => void process.stderr.write(text));
+  const toConsole = createLogger({ level: options.level ?? 'info', showOutput: false, write: (text) => write(text.replace(/^(?=.)/gm, `[${name}] `)) });
+  return {
+    debug: (m) => (toFile.debug(m), toConsole.debug(m)),
+    info: (m) => (toFile.info(m), toConsole.info(m)),
+    warn: (m) => (toFile.warn(m), toConsole.warn(m)),
+    error: (m) => (toFile.error(m), toConsole.error(m)),
+    output: (chunk) => toFile.output(chunk),
+    warnings: toFile.warnings,
+  };
+}
+
+const closeStream = (stream: WriteStream) => new Promise<void>((resolve) => stream.end(resolve));
+
+/**
+ * Runs the builds of a matrix here: phase 0 once per base (so the cache is filled before builds share it),
+ * then the builds, `jobs` at a time, each through apply() with its own log, output directory and cleanup.
+ * A failing build does not stop the others unless failFast. SIGINT/SIGTERM (the signal) stops every build;
+ * each releases what it holds before this returns. Never throws for a build's failure: see each result.
+ */
+export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: MatrixRunOptions): Promise<MatrixResult> {
+  const started = Date.now();
+  const run = options.run ?? execRunner;
+  const build = options.build ?? apply;
+  const host = options.host ?? {};
+  const outputDir = options.outputDir ?? matrix.output.dir;
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+  const write = options.write ?? ((text: string) => void process.stderr.write(text));
+  const log = createLogger({ level: options.level ?? 'info', write: (text) => write(text.replace(/^(?=.)/gm, '[matrix] ')) });
+
+  const results = new Map<string, BuildResult>();
+  const resultOf = (b: MatrixBuild, status: BuildStatus, extra: Partial<BuildResult> = {}): BuildResult => ({
+    name: b.name,
+    recipe: b.recipe.name,
+    base: b.base.name,
+    variables: b.matrixVariables,
+    status,
+    durationMs: 0,
+    dir: join(outputDir, b.name),
+    log: join(outputDir, b.name, `${b.name}.log`),
+    ...extra,
+  });
+  const failure = (error: unknown) => {
+    const e = toImageBuilderError(error);
+    return { code: e.code, exitCode: e.exitCode, message: e.message };
+  };
+  const failed = (name: string, reason: string) => {
+    if (options.failFast && !stop.signal.aborted) stop.abort(new ImageBuilderError('INTERRUPTED', `stopped because ${name} failed (--fail-fast): ${reason}`));
+  };
+
+  // Phase 0, once per base: concurrent builds then all find it verified in the cache.
+  const verified = new Map<string, VerifiedImage>();
+  const bases: MatrixResult['bases'] = [];
+  for (const base of [...new Set(builds.map((b) => b.base))]) {
+    if (signal.aborted) break;
+    const baseLog = createLogger({ level: options.level ?? 'info', write: (text) => write(text.replace(/^(?=.)/gm, `[base ${base.name}] `)) });
+    try {
+      const image = await verifyImage(run, base.image, baseLog, signal, { ...baseImageOptions(base, host), progress: false });
+      verified.set(base.name, image);
+      bases.push({ name: base.name, image: base.image, sha256: image.sha256, source: image.source });
+    } catch (error) {
+      const reason = failure(error);
+      bases.push({ name: base.name, image: base.image, error: reason.message });
+      if (signal.aborted) break;
+      log.error(`base ${base.name}: ${reason.message}; its builds fail`);
+      for (const b of builds.filter((x) => x.base === base)) results.set(b.name, resultOf(b, 'failed', { error: reason }));
+      failed(`base ${base.name}`, reason.message);
+    }
+  }
+
+  const queue = builds.filter((b) => !results.has(b.name) && verified.has(b.base.name));
+  log.info(`${builds.length} build(s), ${options.jobs} at a time, into ${outputDir}`);
+  const worker = async () => {
+    for (let next = queue.shift(); next; next = queue.shift()) {
+      if (signal.aborted) break;
+      const b = next;
+      const dir = join(outputDir, b.name);
+      await mkdir(dir, { recursive: true });
+      const file = createWriteStream(join(dir, `${b.name}.log`));
+      const buildLog = buildLogger(b.name, file, options);
+      const t0 = Date.now();
+      const formats: ImageFormat[] = matrix.output.formats ?? [verified.get(b.base.name)!.format];
+      try {
+        buildLog.info(`recipe ${b.recipe.written}, base ${b.base.written}${Object.keys(b.variables).length ? `, ${Object.entries(b.variables).map(([k, v]) => `${k}=${v}`).join(' ')}` : ''}`);
+        const result = await build({
+          recipe: b.recipe.path,
+          recipeInputs: { set: b.variables },
+          diskImage: b.base.image,
+          image: { ...baseImageOptions(b.base, host), progress: false },
+          output: join(dir, `${b.name}.${FORMAT_EXTENSIONS[formats[0]]}`),
+          formats,
+          compress: matrix.output.compress,
+          mountBackend: host.mountBackend,
+          sparsify: host.sparsify,
+          sbom: host.sbom,
+          keepWorkDir: host.keepWorkDir,
+          cache: host.cache,
+          workDir: host.workDir,
+          log: buildLog,
+          run,
+          signal,
+        });
+        results.set(b.name, resultOf(b, 'succeeded', { durationMs: Date.now() - t0, output: result.output, artifacts: result.artifacts, bom: result.bomPath, sums: result.sumsPath }));
+        buildLog.info(`succeeded in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+      } catch (error) {
+        const reason = failure(error);
+        const cancelled = signal.aborted && reason.code === 'INTERRUPTED';
+        results.set(b.name, resultOf(b, cancelled ? 'cancelled' : 'failed', { durationMs: Date.now() - t0, error: reason }));
+        buildLog.error(`${cancelled ? 'cancelled' : 'failed'}: ${toImageBuilderError(error).render()}`);
+        if (!cancelled) failed(b.name, reason.message);
+      } finally {
+        await closeStream(file);
+      }
+    }
+  };
+  // Every worker ends (and every build has released what it held) before the results are read.
+  await Promise.allSettled(Array.from({ length: Math.max(1, Math.min(options.jobs, queue.length)) }, worker));
+
+  const reason = signal.aborted ? failure(signal.reason) : undefined;
+  return {
+    results: builds.map((b) => results.get(b.name) ?? resultOf(b, 'cancelled', reason ? { error: reason } : {})),
+    bases,
+    durationMs: Date.now() - started,
+  };
+}
+
+/** The error a matrix run ends with: interrupted (130), or the first failed build's own code. */
+export function matrixOutcome(result: MatrixResult, signal?: AbortSignal): ImageBuilderError | undefined {
+  if (signal?.aborted) return toImageBuilderError(signal.reason);
+  const failedBuilds = result.results.filter((r) => r.status !== 'succeeded');
+  if (!failedBuilds.length) return undefined;
+  const first = failedBuilds.find((r) => r.status === 'failed') ?? failedBuilds[0];
+  return new ImageBuilderError(first.error?.code ?? 'INTERNAL', `${failedBuilds.length} of ${result.results.length} build(s) did not succeed; first: ${first.name}: ${first.error?.message ?? first.status}`, {
+    hint: `each build's full log is beside its output: ${first.log}`,
+  });
+}

@@ -1,0 +1,219 @@
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BomStep } from '../bom/collect.js';
+import { sha256Text } from '../fetch/checksums.js';
+import type { InstalledPackage } from '../pkg/types.js';
+import type { RecipeStep } from '../recipe/load.js';
+import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';
+import { cacheDir } from '../util/paths.js';
+import { TOOL_VERSION } from '../version.js';
+
+/**
+ * The step cache: after each step the work image becomes a read-only qcow2 layer and the next step writes to a
+ * new overlay on top. A layer is found again by its key, which hashes everything its content depends on: the
+ * base image's sha256, every step so far in its normalized form (after variables; comments, formatting and
+ * step names do not count) and what each step reads from the host or the network (see StepType.cacheInputs).
+ *
+ *   <store>/<key>.json            the layer's record, written last: a layer without one is incomplete
+ *   <store>/layer-<random>.qcow2  a layer, backed by its parent's qcow2 (or by the base image); named at random
+ *                                 because it is created before the step that fills it has run
+ */
+
+/** What the guest was before the first step: the BOM compares against it, so every layer carries it. */
+export interface BaseState {
+  /** sha256 and path of the base image the first layer's backing file names. */
+  sha256: string;
+  path: string;
+  osRelease: Record<string, string>;
+  architecture?: string;
+  packages: InstalledPackage[];
+}
+
+export interface StepRecords {
+  files: RecordedFile[];
+  units: RecordedUnit[];
+  images: RecordedImage[];
+}
+
+export interface LayerRecord {
+  layerVersion: 2;
+  key: string;
+  /** The key of the layer below; absent for the first step's. */
+  parent?: string;
+  /** This layer's qcow2 in the store; absent when the step changed nothing (skipped by its `when`). */
+  image?: string;
+  /**
+   * The qcow2 this layer's image is backed by (or, for a skipped step, stands for): the nearest image below;
+   * absent for the base image. Two builds may commit the same key with different images, so a chain is whole
+   * only when each layer sits on the image the record below it names.
+   */
+  backing?: string;
+  createdAt: string;
+  toolVersion: string;
+  base: BaseState;
+  step: BomStep;
+  /** Why the step's result may differ when run again (network without a pin): `--refresh` reruns it. */
+  unpinned?: string;
+  records: StepRecords;
+  /** What the build did right after the step, inside its layer (a guest kernel's initramfs rebuilt). */
+  after?: BomStep[];
+}
+
+export interface StepKey {
+  key: string;
+  unpinned?: string;
+}
+
+/** JSON with object keys sorted, so equal values hash equally whatever order the recipe wrote them in. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value ?? null);
+}
+
+/** The key of each step's layer, in order; each key chains the one before it. */
+export async function stepKeys(baseSha256: string, steps: RecipeStep[], variables: Record<string, string>): Promise<StepKey[]> {
+  const keys: StepKey[] = [];
+  // SOURCE_DATE_EPOCH changes what steps write (clamped mtimes, the guest's environment).
+  let parent = sha256Text(canonicalJson({ layers: 2, tool: TOOL_VERSION, base: baseSha256, sourceDateEpoch: process.env.SOURCE_DATE_EPOCH?.trim() || null }));
+  for (const step of steps) {
+    const inputs: StepCacheInputs = (await step.type.cacheInputs?.(step.spec, { recipeDir: step.dir, variables })) ?? {};
+    const key = sha256Text(canonicalJson({ parent, type: step.type.key, spec: step.spec, when: step.when, inputs: inputs.digests ?? {} }));
+    keys.push({ key, ...(inputs.unpinned ? { unpinned: inputs.unpinned } : {}) });
+    parent = key;
+  }
+  return keys;
+}
+
+export const defaultLayerStore = () => join(cacheDir(), 'layers');
+
+export class LayerStore {
+  constructor(readonly dir: string) {}
+
+  private recordPath = (key: string) => join(this.dir, `${key}.json`);
+
+  async read(key: string): Promise<LayerRecord | undefined> {
+    try {
+      const record = JSON.parse(await readFile(this.recordPath(key), 'utf8')) as LayerRecord;
+      if (record.layerVersion !== 2 || record.key !== key) return undefined;
+      if (record.image && !(await stat(join(this.dir, record.image)).catch(() => undefined))) return undefined;
+      return record;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The cached layers of the longest prefix of `keys` whose chain is whole, stopping before the first step
+   * to refresh. Each found record is touched, so pruning by age removes the least recently used first.
+   */
+  async longestPrefix(keys: StepKey[], refresh: (index: number) => boolean): Promise<LayerRecord[]> {
+    const found: LayerRecord[] = [];
+    let below: string | undefined;
+    for (const [index, { key }] of keys.entries()) {
+      if (refresh(index)) break;
+      const record = await this.read(key);
+      if (!record || record.parent !== found.at(-1)?.key || record.backing !== below) break;
+      found.push(record);
+      below = record.image ?? below;
+    }
+    const now = new Date();
+    for (const record of found) await utimes(this.recordPath(record.key), now, now).catch(() => undefined);
+    return found;
+  }
+
+  /** A fresh file name in the store for the layer a step is about to write. */
+  async newImage(): Promise<string> {
+    await mkdir(this.dir, { recursive: true });
+    return join(this.dir, `layer-${randomBytes(6).toString('hex')}.qcow2`);
+  }
+
+  /** Publishes a finished layer: its image becomes read-only, then its record appears (whole, by rename). */
+  async commit(record: LayerRecord): Promise<void> {
+    if (record.image) await chmod(join(this.dir, record.image), 0o444);
+    const partial = `${this.recordPath(record.key)}.partial-${process.pid}`;
+    await writeFile(partial, `${JSON.stringify(record, null, 2)}\n`);
+    await rename(partial, this.recordPath(record.key));
+  }
+
+  /** Every complete layer, and the layer files no record names (left by an interrupted build). */
+  async list(): Promise<{ records: ListedLayer[]; orphans: string[] }> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const records = [];
+    const named = new Set<string>();
+    for (const name of names.filter((n) => n.endsWith('.json'))) {
+      const record = await this.read(name.slice(0, -'.json'.length));
+      if (!record) continue;
+      const info = await stat(this.recordPath(record.key));
+      const image = record.image ? await stat(join(this.dir, record.image)) : undefined;
+      if (record.image) named.add(record.image);
+      records.push({ ...record, lastUsedAt: info.mtime.toISOString(), diskBytes: (image?.blocks ?? 0) * 512 });
+    }
+    const orphans = names.filter((n) => n.endsWith('.qcow2') && !named.has(n));
+    return { records: records.sort((a, b) => Date.parse(b.lastUsedAt) - Date.parse(a.lastUsedAt)), orphans };
+  }
+
+  /** Removes a layer and every layer above it (their backing chains would be broken). */
+  async remove(key: string): Promise<string[]> {
+    const { records } = await this.list();
+    const doomed = new Set([key]);
+    for (let grew = true; grew; ) {
+      grew = false;
+      for (const record of records) {
+        if (record.parent && doomed.has(record.parent) && !doomed.has(record.key)) {
+          doomed.add(record.key);
+          grew = true;
+        }
+      }
+    }
+    for (const record of records.filter((r) => doomed.has(r.key))) {
+      await rm(this.recordPath(record.key), { force: true });
+      if (record.image) await rm(join(this.dir, record.image), { force: true });
+    }
+    return [...doomed];
+  }
+}
+
+const ORPHAN_GRACE_MS = 15 * 60 * 1000;
+
+export type ListedLayer = LayerRecord & { lastUsedAt: string; diskBytes: number };
+
+/**
+ * Removes layers, least recently used first: all, those unused for `olderThanMs`, then until the rest takes at
+ * most `maxSizeBytes`. A layer goes with every layer above it. Layer files no record names (left by a build that
+ * was killed) are removed with --all or --older-than once older than that.
+ */
+export async function pruneLayers(
+  store: LayerStore,
+  options: { all?: boolean; olderThanMs?: number; maxSizeBytes?: number; dryRun?: boolean; now?: number },
+): Promise<{ removed: ListedLayer[]; kept: ListedLayer[]; freedBytes: number }> {
+  const now = options.now ?? Date.now();
+  const { records, orphans } = await store.list();
+  const doomed = new Set<string>();
+  const above = (key: string): string[] => [key, ...records.filter((r) => r.parent === key).flatMap((r) => above(r.key))];
+  for (const record of records) {
+    if (options.all || (options.olderThanMs !== undefined && now - Date.parse(record.lastUsedAt) > options.olderThanMs)) above(record.key).forEach((k) => doomed.add(k));
+  }
+  if (options.maxSizeBytes !== undefined) {
+    const size = () => records.filter((r) => !doomed.has(r.key)).reduce((sum, r) => sum + r.diskBytes, 0);
+    for (const record of [...records].reverse()) {
+      if (size() <= options.maxSizeBytes) break;
+      above(record.key).forEach((k) => doomed.add(k));
+    }
+  }
+  const removed = records.filter((r) => doomed.has(r.key));
+  if (!options.dryRun) {
+    for (const record of removed) await store.remove(record.key);
+    for (const orphan of orphans) {
+      const info = await stat(join(store.dir, orphan)).catch(() => undefined);
+      // A layer written in the last minutes may be a running build's: it removes its own when it ends.
+      if (!info || now - info.mtimeMs < ORPHAN_GRACE_MS) continue;
+      if (options.all || (options.olderThanMs !== undefined && now - info.mtimeMs > options.olderThanMs)) await rm(join(store.dir, orphan), { force: true });
+    }
+  }
+  return { removed, kept: records.filter((r) => !doomed.has(r.key)), freedBytes: removed.reduce((sum, r) => sum + r.diskBytes, 0) };
+}

@@ -1,0 +1,43 @@
+import { readFileSync } from 'node:fs';
+import Apply from '../../src/commands/apply.js';
+import Matrix from '../../src/commands/matrix.js';
+import Inspect from '../../src/commands/inspect.js';
+import Fetch from '../../src/commands/fetch.js';
+import { EXIT_CODES, EXIT_CODE_MEANINGS, ImageBuilderError, toImageBuilderError } from '../../src/util/errors.js';
+
+const envOf = (flags: Record<string, { env?: string }>) => Object.fromEntries(Object.entries(flags).filter(([, f]) => f.env).map(([name, f]) => [name, f.env]));
+
+describe('pipeline-facing CLI surface', () => {
+  test('every host flag a CI system sets has its IMAGEBUILDER_* variable, the same on every command', () => {
+    expect(envOf(Apply.flags as never)).toEqual({
+      'disk-image': 'IMAGEBUILDER_DISK_IMAGE',
+      keyring: 'IMAGEBUILDER_KEYRING',
+      offline: 'IMAGEBUILDER_OFFLINE',
+      cache: 'IMAGEBUILDER_CACHE',
+      sbom: 'IMAGEBUILDER_SBOM',
+      'work-dir': 'IMAGEBUILDER_WORK_DIR',
+      'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND',
+      sparsify: 'IMAGEBUILDER_SPARSIFY',
+      'keep-work-dir': 'IMAGEBUILDER_KEEP_WORK_DIR',
+      'no-cache': 'IMAGEBUILDER_NO_CACHE',
+    });
+    expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE' });
+    expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND' });
+    expect(envOf(Fetch.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', offline: 'IMAGEBUILDER_OFFLINE' });
+  });
+
+  test('the README exit-code table is the one --help prints, and every error code maps into it', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const rows = [...readme.matchAll(/^\| (\d+) \| (.+) \|$/gm)].map((m) => [Number(m[1]), m[2]]);
+    expect(rows).toEqual(EXIT_CODE_MEANINGS);
+    const documented = EXIT_CODE_MEANINGS.map(([code]) => code);
+    for (const code of Object.values(EXIT_CODES)) expect(documented).toContain(code);
+  });
+
+  test('an unexpected exception is an internal error: exit code 1, asking for a report', () => {
+    const failure = toImageBuilderError(new TypeError("Cannot read properties of undefined (reading 'x')"));
+    expect(failure).toMatchObject({ code: 'INTERNAL', exitCode: 1 });
+    expect(failure.render()).toContain('hint: this is a bug in imagebuilder; please report it');
+    expect(toImageBuilderError(new ImageBuilderError('STEP_FAILED', 'x')).exitCode).toBe(4);
+  });
+});

@@ -1,0 +1,370 @@
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { detectDistro, FAMILY_NAMES, requireFamily } from '../../src/distro/families.js';
+import { requireFamilyForSteps } from '../../src/pipeline/preflight.js';
+import { parseRecipe } from '../../src/recipe/load.js';
+import { packagesStep } from '../../src/steps/packages.js';
+import { repositoryStep } from '../../src/steps/repository.js';
+import { sysprepStep } from '../../src/steps/sysprep.js';
+import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-session.js';
+
+/**
+ * Every distro family the design names, from its os-release to the exact commands and files of every step type
+ * that touches the package manager. The commands are spelled out here, not imported from the code under test.
+ */
+
+const APT = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
+const APT_LISTS = 'if [ -d /var/lib/apt/lists ]; then find /var/lib/apt/lists -mindepth 1 ! -path /var/lib/apt/lists/partial ! -path /var/lib/apt/lists/lock -delete; fi';
+const PROBE =
+  'for arg in "$@"; do case $arg in /*) if [ -s "$arg" ]; then exit 0; fi ;; *) if rpm -q --quiet --whatprovides "$arg" 2>/dev/null; then exit 0; fi ;; esac; done; exit 1';
+const RELEASE_PACKAGES = ['system-release(releasever)', 'system-release', 'distribution-release(releasever)', 'distribution-release', 'redhat-release', 'suse-release'];
+const probe = (...files: string[]) => ['/bin/sh', '-c', PROBE, 'releasever-probe', ...files, ...RELEASE_PACKAGES];
+const EMPTY = 'set -e; for dir in "$@"; do if [ -d "$dir" ]; then find "$dir" -xdev -mindepth 1 -delete; fi; done';
+const empty = (...dirs: string[]) => ['/bin/sh', '-c', EMPTY, 'empty-cache', ...dirs];
+const REMOVE = 'for pattern in "$@"; do for file in $pattern; do if [ -f "$file" ] && [ ! -L "$file" ]; then rm -f -- "$file"; fi; done; done';
+const removeFiles = (...patterns: string[]) => ['/bin/sh', '-c', REMOVE, 'remove-files', ...patterns];
+const RPM_DB_ENVIRONMENT = removeFiles('/var/lib/rpm/__db.*', '/usr/lib/sysimage/rpm/__db.*');
+const TRUNCATE = ['truncate', '-s', '0', '/etc/machine-id'];
+const DBUS = '/var/lib/dbus/machine-id';
+const YUM_VERSIONLOCK =
+  "grep -Eqi '^[[:space:]]*enabled[[:space:]]*=[[:space:]]*(1|yes|true|on)[[:space:]]*$' /etc/yum/pluginconf.d/versionlock.conf 2>/dev/null && " +
+  "! grep -Eqi '^[[:space:]]*plugins[[:space:]]*=[[:space:]]*(0|no|false|off)[[:space:]]*$' /etc/yum.conf 2>/dev/null";
+
+const DNF_TX = ['-y', '--setopt=install_weak_deps=False', '--setopt=keepcache=False'];
+const YUM_TX = ['-y', '--setopt=keepcache=0'];
+const ZYPPER = ['zypper', '--non-interactive'];
+const ZYPPER_TX = ['--no-recommends', '--auto-agree-with-licenses'];
+const TDNF_CONF = '[main]\ngpgcheck=1\ninstallonly_limit=3\nclean_requirements_on_remove=true\nrepodir=/etc/yum.repos.d\ncachedir=/var/cache/tdnf\n';
+
+/** One recipe's worth of package-manager work, the same on every family (only the repository URL differs). */
+const SCENARIO = {
+  packages: { remove: ['nano'], install: ['socat=1.7.4-1', 'conntrack'], upgrade: true as const, hold: ['socat'] },
+  again: { install: ['kubelet'] },
+  sysprep: { operations: ['package-cache' as const, 'machine-id' as const] },
+};
+const RPM_URL = 'https://pkgs.k8s.io/core:/stable:/v1.30/rpm/';
+const DEB_URL = 'https://pkgs.k8s.io/core:/stable:/v1.30/deb/';
+
+/** A call as a readable entry: guest file writes and reads by path, everything else by argv. */
+const shown = (call: FakeCall) => (call.argv[3] === 'write-file' ? `write ${call.argv[4]}` : call.argv[3] === 'read-config' ? `read ${call.argv[4]}` : call.argv);
+
+/** What each manager runs for SCENARIO, by its release version option (undefined: the guest tells its own). */
+const EXPECTED: Record<string, (release: string) => unknown[]> = {
+  apt: () => [
+    ['apt-get', 'purge', ...APT, 'nano'],
+    ['apt-get', 'autoremove', '--purge', ...APT],
+    ['apt-get', 'update', '-q'],
+    ['apt-get', 'install', ...APT, '--no-install-recommends', 'socat=1.7.4-1', 'conntrack'],
+    ['apt-get', 'clean'],
+    ['apt-get', 'upgrade', ...APT],
+    ['apt-get', 'clean'],
+    ['apt-mark', 'hold', 'socat'],
+    'write /etc/apt/keyrings/k8s.asc',
+    'write /etc/apt/sources.list.d/k8s.sources',
+    ['apt-get', 'update', '-q'],
+    ['apt-get', 'install', ...APT, '--no-install-recommends', 'kubelet'],
+    ['apt-get', 'clean'],
+    ['apt-get', 'clean'],
+    ['/bin/sh', '-c', APT_LISTS],
+    TRUNCATE,
+    removeFiles(DBUS),
+  ],
+  dnf: (release) => [
+    probe('/etc/dnf/vars/releasever', '/etc/yum/vars/releasever'),
+    ['dnf', 'remove', '-y', '--setopt=clean_requirements_on_remove=True', `--releasever=${release}`, 'nano'],
+    ['dnf', 'install', ...DNF_TX, `--releasever=${release}`, '--refresh', 'socat-1.7.4-1', 'conntrack'],
+    ['dnf', 'upgrade', ...DNF_TX, `--releasever=${release}`],
+    ['dnf', '-q', 'versionlock', '--help'],
+    ['dnf', 'versionlock', 'add', `--releasever=${release}`, 'socat'],
+    'write /etc/pki/rpm-gpg/RPM-GPG-KEY-k8s',
+    'write /etc/yum.repos.d/k8s.repo',
+    ['dnf', 'install', ...DNF_TX, `--releasever=${release}`, '--refresh', 'kubelet'],
+    ['dnf', 'clean', 'all', `--releasever=${release}`],
+    empty('/var/cache/dnf', '/var/cache/libdnf5'),
+    RPM_DB_ENVIRONMENT,
+    TRUNCATE,
+    removeFiles(DBUS, '/var/lib/yum/uuid'),
+  ],
+  yum: (release) => [
+    probe('/etc/yum/vars/releasever'),
+    ['yum', 'remove', '-y', '--setopt=clean_requirements_on_remove=1', `--releasever=${release}`, 'nano'],
+    ['yum', 'clean', 'expire-cache', `--releasever=${release}`],
+    ['yum', 'install', ...YUM_TX, `--releasever=${release}`, 'socat-1.7.4-1', 'conntrack'],
+    ['yum', 'update', ...YUM_TX, `--releasever=${release}`],
+    ['/bin/sh', '-c', YUM_VERSIONLOCK],
+    ['yum', 'versionlock', 'add', `--releasever=${release}`, 'socat'],
+    'write /etc/pki/rpm-gpg/RPM-GPG-KEY-k8s',
+    'write /etc/yum.repos.d/k8s.repo',
+    ['yum', 'clean', 'expire-cache', `--releasever=${release}`],
+    ['yum', 'install', ...YUM_TX, `--releasever=${release}`, 'kubelet'],
+    ['yum', 'clean', 'all', `--releasever=${release}`],
+    empty('/var/cache/yum'),
+    RPM_DB_ENVIRONMENT,
+    TRUNCATE,
+    removeFiles(DBUS, '/var/lib/yum/uuid'),
+  ],
+  tdnf: (release) => [
+    probe('/etc/tdnf/vars/releasever'),
+    ['tdnf', 'remove', '-y', '--setopt=clean_requirements_on_remove=true', `--releasever=${release}`, 'nano'],
+    ['tdnf', 'install', '-y', `--releasever=${release}`, '--refresh', 'socat-1.7.4-1', 'conntrack'],
+    ['tdnf', 'upgrade', '-y', `--releasever=${release}`],
+    // No versionlock in tdnf: the hold is excludepkgs= in tdnf.conf.
+    'read /etc/tdnf/tdnf.conf',
+    'write /etc/tdnf/tdnf.conf',
+    'write /etc/pki/rpm-gpg/RPM-GPG-KEY-k8s',
+    'write /etc/yum.repos.d/k8s.repo',
+    ['tdnf', 'install', '-y', `--releasever=${release}`, '--refresh', 'kubelet'],
+    ['tdnf', 'clean', 'all', `--releasever=${release}`],
+    empty('/var/cache/tdnf'),
+    RPM_DB_ENVIRONMENT,
+    TRUNCATE,
+    removeFiles(DBUS),
+  ],
+  zypper: (release) => [
+    probe('/etc/products.d/baseproduct'),
+    [...ZYPPER, '--releasever', release, 'remove', '--clean-deps', 'nano'],
+    [...ZYPPER, '--releasever', release, 'refresh'],
+    [...ZYPPER, '--releasever', release, 'install', ...ZYPPER_TX, 'socat=1.7.4-1', 'conntrack'],
+    [...ZYPPER, '--releasever', release, 'update', ...ZYPPER_TX],
+    [...ZYPPER, 'addlock', 'socat'],
+    'write /etc/pki/rpm-gpg/RPM-GPG-KEY-k8s',
+    ['rpm', '--import', '/etc/pki/rpm-gpg/RPM-GPG-KEY-k8s'],
+    'write /etc/zypp/repos.d/k8s.repo',
+    [...ZYPPER, '--releasever', release, 'refresh'],
+    [...ZYPPER, '--releasever', release, 'install', ...ZYPPER_TX, 'kubelet'],
+    [...ZYPPER, 'clean', '--all'],
+    empty('/var/cache/zypp'),
+    RPM_DB_ENVIRONMENT,
+    TRUNCATE,
+    removeFiles(DBUS, '/var/lib/zypp/AnonymousUniqueId'),
+  ],
+};
+
+interface Case {
+  title: string;
+  osRelease: Record<string, string>;
+  family: string;
+  manager: keyof typeof EXPECTED;
+  /** The --releasever a guest without a release package gets. */
+  release: string;
+}
+
+const CASES: Case[] = [
+  { title: 'Debian 12', osRelease: { ID: 'debian', VERSION_ID: '12' }, family: 'debian', manager: 'apt', release: '' },
+  { title: 'Ubuntu 24.04', osRelease: { ID: 'ubuntu', ID_LIKE: 'debian', VERSION_ID: '24.04' }, family: 'debian', manager: 'apt', release: '' },
+  { title: 'Fedora 40', osRelease: { ID: 'fedora', VERSION_ID: '40' }, family: 'redhat', manager: 'dnf', release: '40' },
+  { title: 'CentOS 7', osRelease: { ID: 'centos', ID_LIKE: 'rhel fedora', VERSION_ID: '7' }, family: 'redhat', manager: 'yum', release: '7' },
+  { title: 'CentOS Stream 9', osRelease: { ID: 'centos', ID_LIKE: 'rhel fedora', VERSION_ID: '9' }, family: 'redhat', manager: 'dnf', release: '9' },
+  { title: 'RHEL 9.4', osRelease: { ID: 'rhel', ID_LIKE: 'fedora', VERSION_ID: '9.4' }, family: 'redhat', manager: 'dnf', release: '9' },
+  { title: 'Rocky Linux 9.4', osRelease: { ID: 'rocky', ID_LIKE: 'rhel centos fedora', VERSION_ID: '9.4' }, family: 'redhat', manager: 'dnf', release: '9' },
+  { title: 'AlmaLinux 8.10', osRelease: { ID: 'almalinux', ID_LIKE: 'rhel centos fedora', VERSION_ID: '8.10' }, family: 'redhat', manager: 'dnf', release: '8' },
+  { title: 'Oracle Linux 9.4', osRelease: { ID: 'ol', ID_LIKE: 'fedora', VERSION_ID: '9.4' }, family: 'redhat', manager: 'dnf', release: '9' },
+  { title: 'Amazon Linux 2', osRelease: { ID: 'amzn', ID_LIKE: 'centos rhel fedora', VERSION_ID: '2' }, family: 'redhat', manager: 'yum', release: '2' },
+  { title: 'Amazon Linux 2023', osRelease: { ID: 'amzn', ID_LIKE: 'fedora', VERSION_ID: '2023' }, family: 'redhat', manager: 'dnf', release: '2023' },
+  { title: 'Photon OS 5.0', osRelease: { ID: 'photon', VERSION_ID: '5.0' }, family: 'photon', manager: 'tdnf', release: '5.0' },
+  { title: 'openSUSE Leap 15.6', osRelease: { ID: 'opensuse-leap', ID_LIKE: 'suse opensuse', VERSION_ID: '15.6' }, family: 'suse', manager: 'zypper', release: '15.6' },
+  { title: 'openSUSE Tumbleweed', osRelease: { ID: 'opensuse-tumbleweed', ID_LIKE: 'opensuse suse', VERSION_ID: '20240601' }, family: 'suse', manager: 'zypper', release: '20240601' },
+  { title: 'SLES 15 SP6', osRelease: { ID: 'sles', ID_LIKE: 'suse', VERSION_ID: '15.6' }, family: 'suse', manager: 'zypper', release: '15.6' },
+];
+
+let gnupgHome: string;
+let key = '';
+beforeAll(async () => {
+  gnupgHome = await mkdtemp(join(tmpdir(), 'ib-unit-families-'));
+  await chmod(gnupgHome, 0o700);
+  const gpg = (args: string[]) => execa('gpg', ['--homedir', gnupgHome, '--batch', '--no-tty', ...args]);
+  await gpg(['--passphrase', '', '--quick-gen-key', 'Repo K <k@example.invalid>', 'ed25519', 'sign', 'never']);
+  key = (await gpg(['--export', '--armor', 'k@example.invalid'])).stdout;
+});
+afterAll(async () => {
+  await execa('gpgconf', ['--homedir', gnupgHome, '--kill', 'gpg-agent'], { reject: false });
+  await rm(gnupgHome, { recursive: true, force: true });
+});
+
+/** A guest whose rpm database has no release package (so --releasever shows), with every versionlock plugin, and Photon's tdnf.conf. */
+function guest() {
+  return fakeSession((call) => {
+    if (call.argv[2] === PROBE) return { exitCode: 1 };
+    if (call.argv[3] === 'read-config' && call.argv[4] === '/etc/tdnf/tdnf.conf') return { stdout: TDNF_CONF };
+    return undefined;
+  });
+}
+
+async function runScenario(osRelease: Record<string, string>, url: string) {
+  const { session, calls } = guest();
+  const { context, records } = fakeStepContext(session, { distro: detectDistro(osRelease) });
+  await packagesStep.run(context, SCENARIO.packages);
+  await repositoryStep.run(context, { name: 'k8s', url, key });
+  await packagesStep.run(context, SCENARIO.again);
+  await sysprepStep.run(context, SCENARIO.sysprep);
+  return { calls, records };
+}
+
+describe('every family: detection, package manager, database, session files', () => {
+  test.each(CASES.map((c) => [c.title, c] as const))('%s', (_title, c) => {
+    const distro = detectDistro(c.osRelease);
+    expect(distro.family?.name).toBe(c.family);
+    expect(distro.family?.packageManager.name).toBe(c.manager);
+    expect(distro.family?.packageDatabase).toBe(c.manager === 'apt' ? 'dpkg' : 'rpm');
+    expect(distro.family?.sessionFiles.map((f) => f.path)).toEqual(c.family === 'debian' ? ['/usr/sbin/policy-rc.d'] : []);
+  });
+
+  test('the family names are the ones `when: { family }` accepts', () => {
+    expect(FAMILY_NAMES).toEqual(['debian', 'redhat', 'suse', 'photon']);
+    expect(new Set(CASES.map((c) => c.family))).toEqual(new Set(FAMILY_NAMES));
+  });
+});
+
+describe('every family: exact commands and files of packages (remove, install, upgrade, hold), repository and sysprep', () => {
+  test.each(CASES.map((c) => [`${c.title}: ${c.manager}`, c] as const))('%s', async (_title, c) => {
+    const { calls, records } = await runScenario(c.osRelease, c.manager === 'apt' ? DEB_URL : RPM_URL);
+    expect(calls.map(shown)).toEqual(EXPECTED[c.manager](c.release));
+    // The repository files the step wrote, as the guest gets them, and the BOM records them (key first).
+    const written = Object.fromEntries(calls.filter((call) => call.argv[3] === 'write-file').map((call) => [call.argv[4], call.input]));
+    expect(records.files.map((f) => f.path)).toEqual(Object.keys(written).filter((path) => !path.includes('tdnf.conf')));
+    if (c.manager === 'apt') {
+      expect(written['/etc/apt/keyrings/k8s.asc']).toBe(key);
+      expect(written['/etc/apt/sources.list.d/k8s.sources']).toBe(`Types: deb\nURIs: ${DEB_URL}\nSuites: /\nSigned-By: /etc/apt/keyrings/k8s.asc\n`);
+      return;
+    }
+    expect(written['/etc/pki/rpm-gpg/RPM-GPG-KEY-k8s']).toBe(key);
+    if (c.manager === 'zypper') {
+      expect(written['/etc/zypp/repos.d/k8s.repo']).toBe(
+        `[k8s]\nname=k8s\nenabled=1\nautorefresh=1\nbaseurl=${RPM_URL}\ntype=rpm-md\ngpgcheck=1\nrepo_gpgcheck=0\npkg_gpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-k8s\nkeeppackages=0\n`,
+      );
+      return;
+    }
+    expect(written['/etc/yum.repos.d/k8s.repo']).toBe(
+      `[k8s]\nname=k8s\nbaseurl=${RPM_URL}\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-k8s\nrepo_gpgcheck=0\n`,
+    );
+    if (c.manager === 'tdnf') {
+      expect(written['/etc/tdnf/tdnf.conf']).toBe(
+        `${TDNF_CONF}# Held by imagebuilder (no versionlock here): these stay at their installed versions; --disableexcludes=main overrides.\nexcludepkgs=socat\n`,
+      );
+    }
+  });
+
+  test('a guest that tells its own release (a release package, a base product): no --releasever anywhere', async () => {
+    for (const c of CASES.filter((x) => x.manager !== 'apt')) {
+      const { session, calls } = fakeSession((call) => (call.argv[3] === 'read-config' ? { stdout: TDNF_CONF } : undefined));
+      await packagesStep.run(fakeStepContext(session, { distro: detectDistro(c.osRelease) }).context, { install: ['socat'] });
+      expect(calls.flatMap((call) => call.argv).filter((arg) => arg.startsWith('--releasever'))).toEqual([]);
+    }
+  });
+});
+
+describe('repository excludes and disable_excludes (pkgs.k8s.io on the RedHat family)', () => {
+  test('dnf and yum: exclude= in the .repo file, --disableexcludes=NAME on the install that asks for it', async () => {
+    for (const [osRelease, manager, tx] of [
+      [{ ID: 'fedora', VERSION_ID: '40' }, 'dnf', DNF_TX],
+      [{ ID: 'amzn', ID_LIKE: 'centos rhel fedora', VERSION_ID: '2' }, 'yum', YUM_TX],
+    ] as const) {
+      const { session, calls } = fakeSession();
+      const { context } = fakeStepContext(session, { distro: detectDistro(osRelease) });
+      await repositoryStep.run(context, { name: 'kubernetes', url: RPM_URL, key, exclude: ['kubelet', 'kubeadm', 'kubectl', 'cri-tools', 'kubernetes-cni'] });
+      await packagesStep.run(context, { install: ['kubelet=1.30.1', 'cri-tools'], disable_excludes: 'kubernetes', hold: true });
+      const repo = calls.find((call) => call.argv[4] === '/etc/yum.repos.d/kubernetes.repo')!.input;
+      expect(repo).toBe(
+        `[kubernetes]\nname=kubernetes\nbaseurl=${RPM_URL}\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes\nrepo_gpgcheck=0\nexclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n`,
+      );
+      const install = calls.find((call) => call.argv[1] === 'install')!.argv;
+      expect(install.slice(0, 2 + tx.length)).toEqual([manager, 'install', ...tx]);
+      expect(install.slice(-3)).toEqual(['--disableexcludes=kubernetes', 'kubelet-1.30.1', 'cri-tools']);
+    }
+  });
+
+  test('apt, tdnf and zypper have no per-repository exclude: the step fails before writing anything', async () => {
+    for (const [osRelease, url] of [
+      [{ ID: 'debian', VERSION_ID: '12' }, DEB_URL],
+      [{ ID: 'photon', VERSION_ID: '5.0' }, RPM_URL],
+      [{ ID: 'opensuse-leap', ID_LIKE: 'suse opensuse', VERSION_ID: '15.6' }, RPM_URL],
+    ] as const) {
+      const repo = fakeSession();
+      await expect(repositoryStep.run(fakeStepContext(repo.session, { distro: detectDistro(osRelease) }).context, { name: 'k', url, key, exclude: ['kubelet'] })).rejects.toMatchObject({
+        code: 'STEP_FAILED',
+        message: expect.stringMatching(/exclude/),
+      });
+      expect(repo.calls).toEqual([]);
+      const install = fakeSession();
+      await expect(packagesStep.run(fakeStepContext(install.session, { distro: detectDistro(osRelease) }).context, { install: ['kubelet'], disable_excludes: 'k' })).rejects.toMatchObject({
+        code: 'STEP_FAILED',
+        message: expect.stringContaining('disable_excludes: k'),
+      });
+      expect(install.calls.filter((call) => call.argv.includes('install'))).toEqual([]);
+    }
+  });
+});
+
+describe('an unknown distribution', () => {
+  const unknown = detectDistro({ ID: 'gentoo', VERSION_ID: '2.15', PRETTY_NAME: 'Gentoo Linux' });
+  const withLike = detectDistro({ ID: 'nixos', ID_LIKE: 'something else', VERSION_ID: '24.05', PRETTY_NAME: 'NixOS 24.05' });
+
+  test('a step that needs a package manager names what os-release says and suggests a run step', () => {
+    expect(unknown.family).toBeUndefined();
+    expect(() => requireFamily(withLike, 'the packages step')).toThrow(
+      expect.objectContaining({
+        code: 'STEP_FAILED',
+        message: 'the packages step is not supported on NixOS 24.05: unknown distribution family (ID=nixos ID_LIKE="something else" VERSION_ID=24.05)',
+        hint: expect.stringMatching(/^supported families: debian, redhat, suse, photon \(ID or ID_LIKE in \/etc\/os-release: .*opensuse-leap.*photon\); .*use a `run` step/),
+      }),
+    );
+  });
+
+  const recipe = (steps: string) => {
+    const { recipe: parsed, problems } = parseRecipe(`name: r\nsteps:\n${steps}`, '/recipes/r.yaml');
+    expect(problems).toEqual([]);
+    return parsed!;
+  };
+
+  test('apply checks every step before the first runs: packages, repository and an explicit package-cache need a family', () => {
+    const { steps } = recipe(
+      [
+        '  - run: "true"',
+        '  - name: tools',
+        '    packages: { install: [socat] }',
+        '  - file: { path: /etc/x, content: "x" }',
+        '  - sysprep: { operations: [package-cache] }',
+      ].join('\n') + '\n',
+    );
+    expect(() => requireFamilyForSteps(steps, unknown)).toThrow(
+      expect.objectContaining({
+        code: 'BAD_INPUT',
+        message: "the image's distribution is unknown to imagebuilder: Gentoo Linux (ID=gentoo ID_LIKE=(none) VERSION_ID=2.15); 2 steps need its package manager, so nothing was run",
+        detail: 'step 2 (tools) at /recipes/r.yaml:4:5\nstep 4 (sysprep package-cache) at /recipes/r.yaml:7:5',
+        hint: expect.stringContaining('use a `run` step'),
+      }),
+    );
+  });
+
+  test('run and file steps, sysprep without operations and steps whose `when` skips them need none', () => {
+    const { steps } = recipe(
+      [
+        '  - run: "true"',
+        '  - file: { path: /etc/x, content: "x" }',
+        '  - sysprep: {}',
+        '  - when: { family: [debian, redhat] }',
+        '    packages: { install: [socat] }',
+      ].join('\n') + '\n',
+    );
+    expect(() => requireFamilyForSteps(steps, unknown)).not.toThrow();
+    // A known family never fails the check.
+    const { steps: all } = recipe('  - packages: { install: [socat] }\n');
+    expect(() => requireFamilyForSteps(all, detectDistro({ ID: 'opensuse-leap', ID_LIKE: 'suse opensuse' }))).not.toThrow();
+    expect(() => requireFamilyForSteps(all, unknown)).toThrow(expect.objectContaining({ code: 'BAD_INPUT' }));
+  });
+});
+
+describe('sysprep removes files by pattern in the guest, keeping links (the script, run by a real /bin/sh)', () => {
+  test('a regular file goes, a link stays, a glob matches, a missing path is fine', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ib-unit-remove-'));
+    try {
+      await execa('sh', ['-c', `cd ${dir} && touch id db.001 db.002 keep && ln -s keep link`]);
+      await execa('/bin/sh', ['-c', REMOVE, 'remove-files', `${dir}/id`, `${dir}/db.*`, `${dir}/link`, `${dir}/absent`, `${dir}/none.*`]);
+      expect((await execa('ls', ['-A', dir])).stdout.split('\n')).toEqual(['keep', 'link']);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
