@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { buildImage, CACHE_VOLUME, containersLeft, ensureBaseImage, imageConfig, IMAGE_TAG, runInContainer } from '../helpers/container.js';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { expectNothingLeft, hostState, REPO, sha256 } from '../helpers/host.js';
+import { expectNothingLeft, hostState, jsonResult, REPO, sha256 } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
@@ -67,6 +67,7 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     expect(status('loop')).toBe('ok');
     expect(status('dev-nodes')).toBe('ok'); // the host's devtmpfs, bound in
     expect(status('nbd')).toBe('missing'); // this machine's kernel has no nbd module
+    expect(status('binfmt')).toBe('ok'); // the image's static qemu-user emulators, for foreign guests
     expect(report.ready).toBe(true);
     expect(result.exitCode).toBe(0);
   });
@@ -92,7 +93,7 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     );
     if (result.exitCode !== 0) log(result.stderr);
     expect(result.exitCode).toBe(0);
-    const printed = JSON.parse(result.stdout) as { output: { path: string; sha256: string }; bom: string };
+    const printed = jsonResult<{ output: { path: string; sha256: string }; bom: string }>(result.stdout);
     expect(printed.output.path).toBe('/work/node.qcow2');
     const output = join(work, 'node.qcow2');
     expect(printed.output.sha256).toBe(await sha256(output));
