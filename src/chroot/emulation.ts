@@ -136,7 +136,7 @@ async function writeControl(path: string, text: string): Promise<void> {
 }
 
 /** The static qemu-user emulator for `architecture` on this host, or why there is none. */
-async function findEmulator(architecture: Architecture, host: EmulationHost): Promise<{ path?: string; dynamic: string[] }> {
+export async function findEmulator(architecture: Architecture, host: EmulationHost): Promise<{ path?: string; dynamic: string[] }> {
   const dynamic: string[] = [];
   for (const name of [`qemu-${architecture.qemu}-static`, `qemu-${architecture.qemu}`]) {
     for (const dir of host.searchPath) {

@@ -1,9 +1,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
 import { mountsUnder } from '../util/mounts.js';
+import { workDirParent } from '../util/paths.js';
 import { killAll, processesMentioning } from '../util/processes.js';
 
 /**
@@ -11,7 +11,7 @@ import { killAll, processesMentioning } from '../util/processes.js';
  * kept — and never while anything is still mounted inside it, which would delete the guest's files.
  */
 export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean } = {}): Promise<string> {
-  const parent = options.parent ?? process.env.IMAGEBUILDER_WORK_DIR ?? tmpdir();
+  const parent = options.parent ?? workDirParent();
   const dir = await mkdtemp(join(parent, 'imagebuilder-'));
   cleanup.push(`work directory ${dir}`, async () => {
     if (options.keep) {

@@ -1,6 +1,5 @@
 import { createReadStream } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { pipeline, type Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -8,6 +7,7 @@ import { extractIntoGuest, writeGuestFile } from '../chroot/guest-write.js';
 import { parseSumsFile } from '../fetch/checksums.js';
 import { fetchText, fetchToFile } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
+import { workDirParent } from '../util/paths.js';
 import { defineStep, type StepContext } from './types.js';
 
 export interface DownloadSpec {
@@ -143,7 +143,7 @@ export const downloadStep = defineStep<DownloadSpec>({
   cacheInputs: async (spec) => (spec.sha256 ? {} : { unpinned: `${spec.url} has no pinned sha256` }),
   async run(context, spec) {
     const expected = await expectedSum(context, spec);
-    const temp = await mkdtemp(join(process.env.IMAGEBUILDER_WORK_DIR ?? tmpdir(), 'imagebuilder-download-'));
+    const temp = await mkdtemp(join(workDirParent(), 'imagebuilder-download-'));
     try {
       const path = join(temp, 'download');
       const { sha256, size } = await fetchToFile(spec.url, path, { signal: context.signal }).catch((error) => {

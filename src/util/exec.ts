@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { ImageBuilderError, type ErrorCode } from './errors.js';
 import type { Logger } from './log.js';
+import { packageHint } from './tools.js';
 
 export interface ExecOptions {
   /** Standard input: text, bytes, or a stream (a tar archive on its way into the guest). */
@@ -49,14 +50,6 @@ export function tail(text: string, lines = 20): string {
   const all = text.trimEnd().split('\n');
   return all.slice(-lines).join('\n');
 }
-
-/** The Debian package that provides each host tool we run, for "not installed" errors. */
-const TOOL_PACKAGES: Record<string, string> = {
-  'qemu-img': 'qemu-utils', 'qemu-nbd': 'qemu-utils', 'qemu-storage-daemon': 'qemu-system-common (qemu-utils on newer releases)',
-  guestmount: 'guestmount', guestunmount: 'guestmount', guestfish: 'libguestfs-tools', 'virt-sparsify': 'guestfs-tools',
-  losetup: 'util-linux', partx: 'util-linux', blockdev: 'util-linux', fsfreeze: 'util-linux', mount: 'mount', umount: 'mount', blkid: 'util-linux', fstrim: 'util-linux',
-  unshare: 'util-linux', sfdisk: 'fdisk', capsh: 'libcap2-bin', fusermount3: 'fuse3', gpg: 'gpg', gpgv: 'gpgv', xz: 'xz-utils', zstd: 'zstd',
-};
 
 /** After SIGTERM to a cancelled command's process group, how long before SIGKILL. */
 const KILL_GRACE_MS = 5000;
@@ -131,7 +124,7 @@ export const execRunner: Runner = async (file, args, options = {}) => {
       `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` ${notFound ? `failed: ${file} is not installed` : why}`,
       {
         detail: tail(outcome.output) || undefined,
-        hint: notFound ? `install ${TOOL_PACKAGES[file] ? `the Debian package ${TOOL_PACKAGES[file]}` : `the package that provides ${file}`} (bin/setup installs everything)` : options.hint,
+        hint: notFound ? `install ${packageHint(file)} (bin/setup installs everything; \`imagebuilder doctor\` checks the host)` : options.hint,
       },
     );
   }

@@ -11,25 +11,47 @@ const TCG = { LIBGUESTFS_BACKEND_SETTINGS: 'force_tcg' };
 /** An appliance boots in seconds under KVM and ~15 s under TCG; one that has not booted after this is stuck. */
 const KVM_PROBE_TIMEOUT_MS = 60000;
 
+export type KvmVerdict = 'works' | 'broken';
+
+/** Where the KVM verdict is remembered: per kernel, since a kernel update may fix (or break) nested KVM. */
+export function kvmVerdictFile(): string {
+  return join(cacheDir(), `libguestfs-kvm-${release()}`);
+}
+
+/** The remembered verdict, or undefined when this host (this kernel) was never probed. */
+export async function cachedKvmVerdict(): Promise<KvmVerdict | undefined> {
+  const verdict = (await readFile(kvmVerdictFile(), 'utf8').catch(() => '')).trim();
+  return verdict === 'works' || verdict === 'broken' ? verdict : undefined;
+}
+
+/**
+ * Starts the appliance once under KVM (`guestfish -a /dev/null run`, what libguestfs-test-tool does) and
+ * remembers the verdict. Up to a minute: an appliance that has not booted by then is stuck.
+ */
+export async function probeKvm(run: Runner, log: Logger): Promise<KvmVerdict> {
+  log.info('checking whether the libguestfs appliance can use KVM here (once per host, up to 60 s)');
+  const probe = await run('guestfish', ['--ro', '--add', '/dev/null', 'run'], { allowFailure: true, timeoutMs: KVM_PROBE_TIMEOUT_MS, log, extraEnv: { LIBGUESTFS_BACKEND_SETTINGS: '' } });
+  const verdict: KvmVerdict = probe.exitCode === 0 ? 'works' : 'broken';
+  await mkdir(cacheDir(), { recursive: true });
+  await writeFile(kvmVerdictFile(), `${verdict}\n`);
+  return verdict;
+}
+
+/** Whether the appliance starts at all under TCG (no KVM): what every libguestfs tool falls back to. */
+export async function probeTcg(run: Runner, log: Logger): Promise<ExecResult> {
+  return run('guestfish', ['--ro', '--add', '/dev/null', 'run'], { allowFailure: true, timeoutMs: 4 * KVM_PROBE_TIMEOUT_MS, log, extraEnv: TCG });
+}
+
 /**
  * Whether libguestfs's appliance can use KVM on this host. On some hosts KVM is present but the appliance
- * aborts or hangs (nested virtualisation); then TCG, slower but sure, is forced. Probed once with
- * `guestfish -a /dev/null run` (what libguestfs-test-tool does) and remembered per kernel in the cache dir.
- * A user's own LIBGUESTFS_BACKEND_SETTINGS always wins.
+ * aborts or hangs (nested virtualisation); then TCG, slower but sure, is forced. Probed once (probeKvm) and
+ * remembered per kernel in the cache dir. A user's own LIBGUESTFS_BACKEND_SETTINGS always wins.
  */
 export async function libguestfsEnv(run: Runner, log: Logger): Promise<Record<string, string>> {
   if (process.env.LIBGUESTFS_BACKEND_SETTINGS !== undefined) return {};
   if (!(await exists('/dev/kvm'))) return TCG;
-  const verdictFile = join(cacheDir(), `libguestfs-kvm-${release()}`);
-  let verdict = (await readFile(verdictFile, 'utf8').catch(() => '')).trim();
-  if (verdict !== 'works' && verdict !== 'broken') {
-    log.info('checking whether the libguestfs appliance can use KVM here (once per host, up to 60 s)');
-    const probe = await run('guestfish', ['--ro', '--add', '/dev/null', 'run'], { allowFailure: true, timeoutMs: KVM_PROBE_TIMEOUT_MS, log });
-    verdict = probe.exitCode === 0 ? 'works' : 'broken';
-    await mkdir(cacheDir(), { recursive: true });
-    await writeFile(verdictFile, `${verdict}\n`);
-  }
-  if (verdict === 'broken') log.info(`libguestfs: KVM does not work on this host (${verdictFile}); using TCG`);
+  const verdict = (await cachedKvmVerdict()) ?? (await probeKvm(run, log));
+  if (verdict === 'broken') log.info(`libguestfs: KVM does not work on this host (${kvmVerdictFile()}); using TCG`);
   return verdict === 'works' ? {} : TCG;
 }
 

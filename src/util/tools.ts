@@ -1,0 +1,54 @@
+/**
+ * Every host tool imagebuilder runs, the Debian package that carries it and what needs it. One table: the
+ * "not installed" hints of exec, `imagebuilder doctor`'s tool checks and the Dockerfile's package list (a unit
+ * test checks the Dockerfile installs each package) all come from here.
+ */
+export interface HostTool {
+  /** The Debian 13 package. */
+  package: string;
+  /** Where Debian 12 differs. */
+  bookwormPackage?: string;
+  /** What cannot work without it, in words: "the fuse mount backend". */
+  neededBy: string;
+  /** Needed by a default `imagebuilder apply` on the fuse backend (the path that works on most hosts). */
+  required: boolean;
+}
+
+export const HOST_TOOLS: Record<string, HostTool> = {
+  'qemu-img': { package: 'qemu-utils', neededBy: 'every build (format detection, the work overlay, conversion)', required: true },
+  'qemu-storage-daemon': { package: 'qemu-utils', bookwormPackage: 'qemu-system-common', neededBy: 'the fuse mount backend', required: true },
+  losetup: { package: 'mount', neededBy: 'the fuse mount backend (loop device over the export)', required: true },
+  partx: { package: 'util-linux', neededBy: 'partitions of loop and nbd devices on kernels that do not scan them', required: true },
+  blkid: { package: 'util-linux', neededBy: 'finding the guest filesystems', required: true },
+  blockdev: { package: 'util-linux', neededBy: 'dropping a reused loop device\'s stale page cache', required: true },
+  fsfreeze: { package: 'util-linux', neededBy: 'quiescing the guest filesystems before a step-cache snapshot', required: true },
+  mount: { package: 'mount', neededBy: 'mounting the guest filesystems', required: true },
+  umount: { package: 'mount', neededBy: 'unmounting the guest filesystems', required: true },
+  unshare: { package: 'util-linux', neededBy: 'confining guest commands in their own namespaces', required: true },
+  capsh: { package: 'libcap2-bin', neededBy: 'dropping the capabilities that reach the host from guest commands', required: true },
+  fusermount3: { package: 'fuse3', neededBy: 'ending a FUSE export whose daemon left it mounted', required: true },
+  mknod: { package: 'coreutils', neededBy: 'the chroot\'s minimal /dev', required: true },
+  touch: { package: 'coreutils', neededBy: 'restoring guest file times', required: true },
+  rm: { package: 'coreutils', neededBy: 'removing device nodes made for a build', required: true },
+  sync: { package: 'coreutils', neededBy: 'flushing the FUSE export and unfrozen filesystems', required: true },
+  'virt-sparsify': { package: 'guestfs-tools', neededBy: 'the default --sparsify virt-sparsify (--sparsify fstrim works without it)', required: true },
+  fstrim: { package: 'util-linux', neededBy: '--sparsify fstrim', required: false },
+  'qemu-nbd': { package: 'qemu-utils', neededBy: 'the nbd mount backend', required: false },
+  guestmount: { package: 'guestmount', neededBy: 'the guestmount mount backend', required: false },
+  guestunmount: { package: 'guestmount', neededBy: 'the guestmount mount backend', required: false },
+  guestfish: { package: 'libguestfs-tools', neededBy: 'probing whether the libguestfs appliance can use KVM', required: false },
+  gpg: { package: 'gpg', neededBy: 'the repository step (key fingerprints)', required: false },
+  gpgv: { package: 'gpgv', neededBy: 'signed sums files of base images', required: false },
+  xz: { package: 'xz-utils', neededBy: '.xz base images', required: false },
+  zstd: { package: 'zstd', neededBy: '.zst base images', required: false },
+  rpm: { package: 'rpm', neededBy: 'the BOM of RPM-family guests (Fedora, RHEL, Amazon Linux …)', required: false },
+  setfiles: { package: 'policycoreutils', neededBy: 'relabelling SELinux guests with their own file_contexts', required: false },
+  getfattr: { package: 'attr', neededBy: 'apply --format tar (extended attributes: capabilities, SELinux labels)', required: false },
+};
+
+/** "the Debian package qemu-utils (qemu-system-common on Debian 12)", or a generic phrase for a tool we do not list. */
+export function packageHint(tool: string): string {
+  const entry = HOST_TOOLS[tool];
+  if (!entry) return `the package that provides ${tool}`;
+  return `the Debian package ${entry.package}${entry.bookwormPackage ? ` (${entry.bookwormPackage} on Debian 12)` : ''}`;
+}
