@@ -3,32 +3,17 @@
 // `imagebuilder apply` (once per sparsify mode) and by `virt-customize --install`, on copies of one image.
 // Prints wall times, output sizes and ratios. Measures; asserts nothing.
 //   npm run bench [-- --disk-image BASE.qcow2] [--runs N]
-import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { execa } from 'execa';
+import { benchSetup, median, repo, seconds, virtCustomizeEnv } from './common.js';
 
-const repo = new URL('..', import.meta.url).pathname;
-const { values } = parseArgs({ options: { 'disk-image': { type: 'string' }, runs: { type: 'string', default: '1' }, dir: { type: 'string', default: '/var/tmp/imagebuilder-bench' } } });
-const dir = values.dir;
-const runs = Number(values.runs);
+const { dir, base, runs } = await benchSetup();
 const packages = ['containerd', 'conntrack', 'socat'];
-await mkdir(dir, { recursive: true });
-
-let base = values['disk-image'];
-if (!base) {
-  base = join(dir, 'debian-12-3g.qcow2');
-  if (!(await stat(base).catch(() => undefined))) {
-    console.error('bench: building a 3 GB Debian 12 image with bin/make-debian-image');
-    await execa(join(repo, 'bin/make-debian-image'), ['--layout', 'gpt-esp', '--size', '3G', '--output', base], { stderr: 'inherit' });
-  }
-}
 const recipe = join(dir, 'install.yaml');
 await writeFile(recipe, `name: bench-install\nsteps:\n  - packages:\n      install: [${packages.join(', ')}]\n`);
 
-const seconds = (t0) => (performance.now() - t0) / 1000;
 const sizeMiB = async (path) => ((await stat(path)).blocks * 512) / 2 ** 20;
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function imagebuilder(sparsify) {
   const output = join(dir, `out-${sparsify}.qcow2`);
@@ -47,9 +32,7 @@ async function imagebuilder(sparsify) {
 async function virtCustomize() {
   const copy = join(dir, 'virt-customize.qcow2');
   const times = [];
-  // Same appliance choice imagebuilder makes: TCG where KVM does not work for libguestfs on this host.
-  const verdict = await readFile(join(process.env.HOME ?? '/root', `.cache/imagebuilder/libguestfs-kvm-${(await execa('uname', ['-r'])).stdout}`), 'utf8').catch(() => 'works');
-  const env = verdict.trim() === 'broken' && !process.env.LIBGUESTFS_BACKEND_SETTINGS ? { LIBGUESTFS_BACKEND_SETTINGS: 'force_tcg' } : {};
+  const env = await virtCustomizeEnv();
   for (let i = 0; i < runs; i++) {
     await copyFile(base, copy);
     const t0 = performance.now();

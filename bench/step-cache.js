@@ -7,25 +7,12 @@
 //   virt-customize  the same installs with virt-customize --install, where it is installed
 // Measures; asserts nothing. The issue's goal: rebuild / full < 0.2.
 //   npm run bench:cache [-- --disk-image BASE.qcow2] [--runs N]
-import { copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { execa } from 'execa';
+import { benchSetup, median, repo, seconds, virtCustomizeEnv } from './common.js';
 
-const repo = new URL('..', import.meta.url).pathname;
-const { values } = parseArgs({ options: { 'disk-image': { type: 'string' }, runs: { type: 'string', default: '1' }, dir: { type: 'string', default: '/var/tmp/imagebuilder-bench' } } });
-const dir = values.dir;
-const runs = Number(values.runs);
-await mkdir(dir, { recursive: true });
-
-let base = values['disk-image'];
-if (!base) {
-  base = join(dir, 'debian-12-3g.qcow2');
-  if (!(await stat(base).catch(() => undefined))) {
-    console.error('bench: building a 3 GB Debian 12 image with bin/make-debian-image');
-    await execa(join(repo, 'bin/make-debian-image'), ['--layout', 'gpt-esp', '--size', '3G', '--output', base], { stderr: 'inherit' });
-  }
-}
+const { dir, base, runs } = await benchSetup();
 
 const installs = [['containerd'], ['conntrack', 'socat', 'ethtool'], ['iptables', 'ebtables']];
 const recipeText = (motd) =>
@@ -37,8 +24,6 @@ await writeFile(full, recipeText('a kubernetes node'));
 await writeFile(changed, recipeText('a kubernetes node, rebuilt'));
 await writeFile(empty, 'name: bench-empty\nsteps: []\n');
 
-const seconds = (t0) => (performance.now() - t0) / 1000;
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function apply(recipe, cache, extra = []) {
   const output = join(dir, 'cache-out.qcow2');
@@ -87,8 +72,7 @@ results.overhead = await measure(() => apply(empty, join(dir, 'unused-cache'), [
 
 let virtCustomize;
 if ((await execa('sh', ['-c', 'command -v virt-customize'], { reject: false })).exitCode === 0) {
-  const verdict = await readFile(join(process.env.HOME ?? '/root', `.cache/imagebuilder/libguestfs-kvm-${(await execa('uname', ['-r'])).stdout}`), 'utf8').catch(() => 'works');
-  const env = verdict.trim() === 'broken' && !process.env.LIBGUESTFS_BACKEND_SETTINGS ? { LIBGUESTFS_BACKEND_SETTINGS: 'force_tcg' } : {};
+  const env = await virtCustomizeEnv();
   virtCustomize = await measure(async () => {
     const copy = join(dir, 'virt-customize.qcow2');
     await copyFile(base, copy);
