@@ -1,3 +1,4 @@
+import { deviceNumbers } from '../util/devices.js';
 import { createWriteStream } from 'node:fs';
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -188,13 +189,7 @@ function standIn(text: string, maxBytes: number): string {
   return text.replace(/[^\x01-\x7f]/g, '_').slice(-maxBytes);
 }
 
-/** Linux's dev_t encoding (glibc's gnu_dev_major/minor). */
-export function deviceNumbers(rdev: bigint): { major: number; minor: number } {
-  return {
-    major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)),
-    minor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)),
-  };
-}
+export { deviceNumbers };
 
 /** One pax record, `LEN KEY=VALUE\n`, LEN counting its own digits; the value is bytes, as they are. */
 function paxRecord(key: string, value: Buffer): Buffer {

@@ -1,3 +1,4 @@
+import { deviceNumbers } from '../util/devices.js';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
@@ -21,10 +22,7 @@ export async function listPartitions(device: string, sysBlock = '/sys/block'): P
   return partitions.sort((a, b) => numberOf(a) - numberOf(b)).map((entry) => `/dev/${entry}`);
 }
 
-/** Linux's dev_t encoding (new_encode_dev), as stat() returns it in rdev. */
-export function deviceNumbers(rdev: number): { major: number; minor: number } {
-  return { major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) };
-}
+export { deviceNumbers };
 
 /**
  * Makes the disk's partitions visible, as the disk's own table says. Most hosts scan a new loop or nbd device by
