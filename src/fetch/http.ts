@@ -275,26 +275,31 @@ function retryLogger(url: string, log?: Logger, before?: () => void) {
   };
 }
 
+/** A GET through the shared agent with these timeouts; failing to get any response is a classified error. */
+async function sendGet(url: string, options: ResilientOptions, headers: Record<string, string>, extra: { highWaterMark?: number } = {}): Promise<Dispatcher.ResponseData> {
+  const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
+  try {
+    return await request(url, {
+      method: 'GET',
+      dispatcher: options.dispatcher ?? defaultDispatcher(),
+      maxRedirections: MAX_REDIRECTS,
+      signal: options.signal,
+      headers,
+      headersTimeout: timeouts.headersMs,
+      bodyTimeout: timeouts.bodyMs,
+      ...extra,
+    });
+  } catch (error) {
+    throw classifyRequestError(url, error, options.signal);
+  }
+}
+
 /** A small resource (a sums file, a signature) with retries; undefined when the server says it does not exist. */
 export async function fetchOptional(url: string, options: ResilientOptions = {}): Promise<Buffer | undefined> {
-  const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
   try {
     return await withRetry(
       async () => {
-        let response: Dispatcher.ResponseData;
-        try {
-          response = await request(url, {
-            method: 'GET',
-            dispatcher: options.dispatcher ?? defaultDispatcher(),
-            maxRedirections: MAX_REDIRECTS,
-            signal: options.signal,
-            headers: { 'user-agent': USER_AGENT },
-            headersTimeout: timeouts.headersMs,
-            bodyTimeout: timeouts.bodyMs,
-          });
-        } catch (error) {
-          throw classifyRequestError(url, error, options.signal);
-        }
+        const response = await sendGet(url, options, { 'user-agent': USER_AGENT });
         if (response.statusCode === 404 || response.statusCode === 410) {
           await response.body.dump();
           return undefined;
@@ -384,7 +389,6 @@ async function readPartialMeta(path: string, url: string): Promise<PartialMeta |
  * On failure or abort the partial stays, resumable; the caller decides whether to keep it.
  */
 export async function downloadFile(url: string, partial: string, options: DownloadOptions = {}): Promise<DownloadResult> {
-  const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
   const metaPath = `${partial}.json`;
   let meta = await readPartialMeta(metaPath, url);
   let progressed = false;
@@ -409,21 +413,7 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         } else if (options.ifNotModified?.etag) headers['if-none-match'] = options.ifNotModified.etag;
         else if (options.ifNotModified?.lastModified) headers['if-modified-since'] = options.ifNotModified.lastModified;
 
-        let response: Dispatcher.ResponseData;
-        try {
-          response = await request(url, {
-            method: 'GET',
-            dispatcher: options.dispatcher ?? defaultDispatcher(),
-            maxRedirections: MAX_REDIRECTS,
-            signal: options.signal,
-            headers,
-            headersTimeout: timeouts.headersMs,
-            bodyTimeout: timeouts.bodyMs,
-            highWaterMark: BODY_HIGH_WATER_MARK,
-          });
-        } catch (error) {
-          throw classifyRequestError(url, error, options.signal);
-        }
+        const response = await sendGet(url, options, headers, { highWaterMark: BODY_HIGH_WATER_MARK });
         const status = response.statusCode;
         const etag = headerText(response.headers.etag);
         const lastModified = headerText(response.headers['last-modified']);
