@@ -55,3 +55,16 @@ export async function rpmInstalled(root: string, name: string): Promise<string |
   const result = await hostRpm(root, ['-q', '--queryformat', '%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}.%{ARCH}', name]);
   return result.exitCode === 0 ? result.stdout : undefined;
 }
+
+/**
+ * The guest's rpm database, read by the host's rpm, holds the pinned 1.30.1 set and its dependencies, and exactly one
+ * imported key: the repository's (gpg-pubkey-<last 8 hex of its fingerprint>).
+ */
+export async function expectPinnedKubernetesInstalled(root: string, keyFingerprint: string): Promise<void> {
+  for (const name of ['kubelet', 'kubeadm', 'kubectl']) expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
+  expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
+  expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.4.0-150500.1.1.x86_64');
+  expect(await rpmInstalled(root, 'ethtool')).toBe('2:6.7-1.fc40.x86_64');
+  const pubkeys = await hostRpm(root, ['-q', 'gpg-pubkey', '--queryformat', '%{VERSION}\n']);
+  expect(pubkeys.stdout.trim().split('\n')).toEqual([keyFingerprint.slice(-8).toLowerCase()]);
+}

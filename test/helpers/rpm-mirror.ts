@@ -310,3 +310,22 @@ export async function startRpmMirror(): Promise<RpmMirror> {
     close: server.close,
   };
 }
+
+/** The RPM files the mirror served since its request number `from`, by file name, sorted. */
+export function rpmsFetched(mirror: RpmMirror, from: number): string[] {
+  return mirror.requests
+    .slice(from)
+    .filter((path) => path.endsWith('.rpm'))
+    .map((path) => path.slice(`${RPM_PATH}x86_64/`.length))
+    .sort();
+}
+
+/** What a pinned 1.30.1 install of kubelet, kubeadm and kubectl fetches: them, their dependencies, never 1.30.2. */
+export const PINNED_KUBERNETES_RPMS = [
+  'cri-tools-1.30.0-150500.1.1.x86_64.rpm',
+  'ethtool-6.7-1.fc40.x86_64.rpm',
+  'kubeadm-1.30.1-150500.1.1.x86_64.rpm',
+  'kubectl-1.30.1-150500.1.1.x86_64.rpm',
+  'kubelet-1.30.1-150500.1.1.x86_64.rpm',
+  'kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm',
+].sort();

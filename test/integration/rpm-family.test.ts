@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
 import { writeRecipe } from '../helpers/recipes.js';
-import { hostRpm, rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
-import { RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
+import { expectPinnedKubernetesInstalled, hostRpm, rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
+import { PINNED_KUBERNETES_RPMS, RPM_PATH, rpmsFetched, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
 
 /** A fingerprint as vendors print it: ten groups of four, two spaces in the middle. */
 const spaced = (fpr: string) => fpr.replace(/(.{4})/g, '$1 ').trim().replace(/^((?:\S+ ){4}\S+) /, '$1  ');
@@ -46,12 +46,6 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
   });
   const repoFile = () =>
     `[kubernetes]\nname=kubernetes\nbaseurl=${mirror.repoUrl}\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes\nrepo_gpgcheck=0\n`;
-  const rpmsFetched = (from: number) =>
-    mirror.requests
-      .slice(from)
-      .filter((path) => path.endsWith('.rpm'))
-      .map((path) => path.slice(`${RPM_PATH}x86_64/`.length))
-      .sort();
 
   test('dnf: repository with a verified key, pinned installs held by versionlock, upgrade keeps them, cache cleaned, BOM from the rpm database', async () => {
     const input = await rpmGuestImage();
@@ -84,27 +78,12 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
     // The host fetched the key; dnf fetched the metadata and exactly the pinned packages and their dependencies.
     const requests = mirror.requests.slice(served);
     expect(requests).toEqual(expect.arrayContaining([`${RPM_PATH}repodata/repomd.xml.key`, `${RPM_PATH}repodata/repomd.xml`]));
-    expect(rpmsFetched(served)).toEqual(
-      [
-        'cri-tools-1.30.0-150500.1.1.x86_64.rpm',
-        'ethtool-6.7-1.fc40.x86_64.rpm',
-        'kubeadm-1.30.1-150500.1.1.x86_64.rpm',
-        'kubectl-1.30.1-150500.1.1.x86_64.rpm',
-        'kubelet-1.30.1-150500.1.1.x86_64.rpm',
-        'kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm',
-      ].sort(),
-    );
+    expect(rpmsFetched(mirror, served)).toEqual(PINNED_KUBERNETES_RPMS);
 
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     await withRpmGuestMounted(output, async (root) => {
-      // The rpm database, read by the host's rpm.
-      for (const name of ['kubelet', 'kubeadm', 'kubectl']) expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
-      expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
-      expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.4.0-150500.1.1.x86_64');
-      expect(await rpmInstalled(root, 'ethtool')).toBe('2:6.7-1.fc40.x86_64');
-      // The key dnf imported into the rpm database is the repository's: gpg-pubkey-<last 8 hex of the fingerprint>.
-      const pubkeys = await hostRpm(root, ['-q', 'gpg-pubkey', '--queryformat', '%{VERSION}\n']);
-      expect(pubkeys.stdout.trim().split('\n')).toEqual([mirror.keyFingerprint.slice(-8).toLowerCase()]);
+      // The rpm database, read by the host's rpm; the key dnf imported is the repository's.
+      await expectPinnedKubernetesInstalled(root, mirror.keyFingerprint);
       expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.30.1 (imagebuilder test mirror)');
 
       // versionlock holds exactly what install named, at the installed versions; dnf.conf is untouched.
@@ -169,7 +148,7 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
 
     expect(result).toMatchObject({ exitCode: 0 });
     expect(result.stderr).not.toMatch(/error/i);
-    expect(rpmsFetched(served)).toEqual(['kubectl-1.30.1-150500.1.1.x86_64.rpm']);
+    expect(rpmsFetched(mirror, served)).toEqual(['kubectl-1.30.1-150500.1.1.x86_64.rpm']);
     await withRpmGuestMounted(output, async (root) => {
       expect(await rpmInstalled(root, 'kubectl')).toBe('1.30.1-150500.1.1.x86_64');
       expect(await readFile(join(root, 'etc/dnf/dnf.conf'), 'utf8')).toBe(
