@@ -14,7 +14,7 @@ export default class CachePrune extends BaseCommand {
   static override examples = ['<%= config.bin %> cache prune --older-than 30d', '<%= config.bin %> cache prune --max-size 20G', '<%= config.bin %> cache prune --all'];
   static override flags = {
     ...cacheFlag,
-    all: Flags.boolean({ description: 'remove every cached image', default: false, exclusive: ['older-than', 'max-size'] }),
+    all: Flags.boolean({ description: 'remove every cached image and step layer', default: false, exclusive: ['older-than', 'max-size'] }),
     'older-than': Flags.string({ description: 'remove images not used for this long: 45s, 90m, 12h, 30d, 2w', helpValue: 'DURATION' }),
     'max-size': Flags.string({ description: 'then remove the least recently used until the cache takes at most this: 500M, 20G', helpValue: 'SIZE' }),
     'dry-run': Flags.boolean({ description: 'only say what would be removed', default: false }),
