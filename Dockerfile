@@ -61,6 +61,10 @@ COPY --from=build /out/ /
 ARG VERSION=0.1.0
 ARG REVISION=""
 ARG SOURCE=""
+# The build args also go into a file in the image, provenance that survives a `docker export`; and a RUN that uses
+# them is what makes podman and buildah rebuild the labels below when only an argument changed (their layer cache
+# ignores arguments that only LABEL uses: containers/buildah#5501).
+RUN printf 'version=%s\nrevision=%s\nsource=%s\n' "$VERSION" "$REVISION" "$SOURCE" > /opt/imagebuilder/BUILD-INFO
 LABEL org.opencontainers.image.title="imagebuilder" \
       org.opencontainers.image.description="Make a bootable cloud disk image Kubernetes-ready without booting it" \
       org.opencontainers.image.version="${VERSION}" \

@@ -39,7 +39,7 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     if (work) await rm(work, { recursive: true, force: true });
   });
 
-  test('the image: entrypoint, work dir, cache volume, OCI labels from the build args', async () => {
+  test('the image: entrypoint, work dir, cache volume, OCI labels and BUILD-INFO from the build args', async () => {
     const { config } = await imageConfig();
     expect(config.Entrypoint).toEqual(['imagebuilder']);
     expect(config.WorkingDir).toBe('/work');
@@ -51,6 +51,9 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
       'org.opencontainers.image.revision': revision,
       'org.opencontainers.image.source': `file://${REPO}`,
     });
+    // The same values inside: podman/buildah rebuild the labels when an argument changes only because of this RUN.
+    const info = await runInContainer(['cat', '/opt/imagebuilder/BUILD-INFO'], {});
+    expect(info.stdout).toBe(`version=${version}\nrevision=${revision}\nsource=file://${REPO}`);
   });
 
   test('imagebuilder doctor inside: every host tool is in the image, and the host gaps show through', async () => {
