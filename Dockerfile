@@ -22,7 +22,7 @@ COPY . .
 RUN npm run build \
  && npm prune --omit=dev --no-audit --no-fund \
  && mkdir -p /out/opt/imagebuilder /out/usr/local/bin \
- && cp -a package.json bin dist node_modules recipes schemas /out/opt/imagebuilder/ \
+ && cp -a package.json oclif.manifest.json bin dist node_modules recipes schemas /out/opt/imagebuilder/ \
  && ln -s /opt/imagebuilder/bin/run.js /out/usr/local/bin/imagebuilder
 
 # Runtime: Node.js and the host tools imagebuilder shells out to (src/util/tools.ts lists them), nothing else.

@@ -22,6 +22,11 @@ export const imageVerifyFlags = {
     default: false,
     env: 'IMAGEBUILDER_OFFLINE',
   }),
+  rehash: Flags.boolean({
+    description: 'hash the image again even when its file is unchanged since it was last hashed (its inode, size, mtime and ctime)',
+    default: false,
+    env: 'IMAGEBUILDER_REHASH',
+  }),
   ...cacheFlag,
 };
 
@@ -36,9 +41,10 @@ export const diskImageFlags = {
   ...imageVerifyFlags,
 };
 
-export function diskImageOptions(flags: { checksum?: string; 'insecure-skip-verify'?: boolean; keyring?: string; offline?: boolean; cache?: string }): DiskImageOptions {
+export function diskImageOptions(flags: { checksum?: string; 'insecure-skip-verify'?: boolean; keyring?: string; offline?: boolean; cache?: string; rehash?: boolean }): DiskImageOptions {
   return {
     cacheDir: flags.cache,
+    rehash: flags.rehash,
     checksum: flags.checksum,
     insecureSkipVerify: flags['insecure-skip-verify'],
     keyring: flags.keyring,

@@ -40,7 +40,7 @@ export default class Apply extends BaseCommand {
       options: ['0', '0,1', '0,1,2'],
       default: '0,1,2',
     }),
-    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
+    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers, and hash the base image again (--rehash)", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
     refresh: Flags.string({ description: 'run this step (its number from 1, or its name) and all after it again instead of taking them from the cache', multiple: true, helpValue: 'STEP' }),
     'shell-on-failure': Flags.boolean({ description: 'when a step fails, open a shell inside the guest at that point (everything still mounted); exiting it cleans up', default: false }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
@@ -58,7 +58,7 @@ export default class Apply extends BaseCommand {
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet, write: progress.write });
     const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : progress.onEvent;
     if (flags.phases === '0') {
-      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, diskImageOptions(flags)));
+      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, { ...diskImageOptions(flags), rehash: flags.rehash || flags['no-cache'] }));
       if (flags.json) this.log(JSON.stringify({ event: 'result', image }));
       else this.log(`verified ${image.path} (sha256 ${image.sha256}); phases 1 and 2 not run`);
       return image;

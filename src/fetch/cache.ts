@@ -8,6 +8,7 @@ import type { Logger } from '../util/log.js';
 import { cacheDir } from '../util/paths.js';
 import type { HashAlgorithm } from './checksums.js';
 import type { Compression } from './decompress.js';
+import { pruneDigests } from './digest-memo.js';
 
 /**
  * The content-addressed image cache under $IMAGEBUILDER_CACHE (default ~/.cache/imagebuilder):
@@ -18,6 +19,7 @@ import type { Compression } from './decompress.js';
  *   tmp/<key>.partial(.json)   a download in progress or interrupted, resumable (key: sha256 of the URL)
  *   tmp/<key>.unpack-<pid>     a decompression in progress
  *   locks/<key>.lock           held while one process fetches a URL: others wait, then find it cached
+ *   digests/<key>.json         a file's sums, remembered while it is unchanged (digest-memo.ts)
  *
  * Files are moved into images/ only once verified (rename within one filesystem: they appear whole or not at
  * all). Anything else in the cache directory (libguestfs' KVM verdict) is not this module's.
@@ -28,10 +30,11 @@ export interface CacheLayout {
   urls: string;
   tmp: string;
   locks: string;
+  digests: string;
 }
 
 export function cacheLayout(root = cacheDir()): CacheLayout {
-  return { root, images: join(root, 'images', 'sha256'), urls: join(root, 'urls'), tmp: join(root, 'tmp'), locks: join(root, 'locks') };
+  return { root, images: join(root, 'images', 'sha256'), urls: join(root, 'urls'), tmp: join(root, 'tmp'), locks: join(root, 'locks'), digests: join(root, 'digests') };
 }
 
 export async function ensureCacheLayout(layout: CacheLayout): Promise<void> {
@@ -286,6 +289,8 @@ export interface PruneResult {
   freedBytes: number;
   /** Interrupted downloads removed from tmp/ (their bytes on disk). */
   partialsBytes: number;
+  /** Remembered sums dropped: of files gone or changed (of every file with --all). */
+  digestsRemoved: number;
 }
 
 /**
@@ -325,7 +330,9 @@ export async function pruneCache(layout: CacheLayout, options: PruneOptions): Pr
     }
   }
   if (!options.dryRun) for (const entry of removed) await removeImage(layout, entry.sha256);
+  const digestsRemoved = await pruneDigests(layout.digests, { all: options.all, dryRun: options.dryRun });
   return {
+    digestsRemoved,
     removed: [...removed],
     kept: entries.filter((e) => !removed.has(e)),
     freedBytes: [...removed].reduce((sum, e) => sum + e.diskBytes, 0),

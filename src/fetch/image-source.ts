@@ -37,6 +37,7 @@ import {
   type HashAlgorithm,
 } from './checksums.js';
 import { decompressFile, detectCompression, isTarArchive, readHead, stripCompressionSuffix, type Compression } from './decompress.js';
+import { hashFileRemembered } from './digest-memo.js';
 import { createDispatcher, downloadFile, fetchOptional, parseImageUrl, urlFileNameOf, type HttpTimeouts } from './http.js';
 import { createProgress } from './progress.js';
 import type { RetryHooks, RetryPolicy } from './retry.js';
@@ -54,6 +55,8 @@ export interface DiskImageOptions {
   offline?: boolean;
   /** Default: $IMAGEBUILDER_CACHE or ~/.cache/imagebuilder. */
   cacheDir?: string;
+  /** Hash every image anew, not trusting sums remembered for an unchanged file (digest-memo.ts). */
+  rehash?: boolean;
   /** A progress bar when stderr is a terminal (default), else log lines; false: log lines only. */
   progress?: boolean;
   retry?: RetryPolicy;
@@ -259,15 +262,19 @@ function publishedSumOf(record: ImageRecord): { algorithm: HashAlgorithm; hash: 
   return undefined;
 }
 
+/** Where sums of unchanged files are remembered: the cache's digests/, unless --no-cache asks for hashing anew. */
+const memoOptions = (context: Context) => ({ dir: context.options.rehash ? undefined : cacheLayout(context.options.cacheDir).digests, signal: context.signal });
+
 /**
- * Whether a cached image is intact: its content is hashed again on every use (a few seconds against a
- * download), and a damaged one is removed so it is fetched again.
+ * Whether a cached image is intact: its content is hashed again whenever the file changed since it was last
+ * hashed (every use with --no-cache), and a damaged one is removed so it is fetched again.
  */
 async function intact(layout: CacheLayout, record: ImageRecord, context: Context): Promise<boolean> {
   const path = imagePath(layout, record.sha256);
   if (!(await stat(path).catch(() => undefined))?.isFile()) return false;
-  const { sha256 } = await hashFile(path, ['sha256'], context.signal);
-  if (sha256 === record.sha256) return true;
+  const { sums } = await hashFileRemembered(path, ['sha256'], memoOptions(context));
+  if (sums.sha256 === record.sha256) return true;
+  const { sha256 } = sums;
   context.log.warn(`the cached image ${path} is corrupted (its sha256 is now ${sha256}): removing it and fetching it again`);
   await removeImage(layout, record.sha256);
   return false;
@@ -468,13 +475,14 @@ async function obtainLocal(path: string, context: Context): Promise<ObtainedImag
   const fileName = basename(path);
   const { expected } = await expectedSum(localLocation(path), fileName, context);
   const compression = detectCompression(await readHead(path));
-  const sums = await hashFile(path, ['sha256', ...(expected ? [expected.algorithm] : [])], signal);
+  const { sums, remembered } = await hashFileRemembered(path, ['sha256', ...(expected ? [expected.algorithm] : [])], memoOptions(context));
   if (expected) verifySum(path, sums, expected);
   const describe = expected ? `against ${expected.source}` : 'unverified: no sums file beside it names it';
+  const how = remembered ? ' (its sums as hashed before: the file is unchanged since)' : '';
   if (!compression) {
     const { format, virtualSize } = await imageInfo(context.run, path, log);
-    if (expected) log.info(`verified ${path} (${format}) against ${expected.source}`);
-    else log.info(`no sums file beside ${path} names it: using it unverified (sha256 ${sums.sha256})`);
+    if (expected) log.info(`verified ${path} (${format}) against ${expected.source}${how}`);
+    else log.info(`no sums file beside ${path} names it: using it unverified (sha256 ${sums.sha256})${how}`);
     const differs = expected && expected.algorithm !== 'sha256';
     return {
       path,

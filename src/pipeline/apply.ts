@@ -199,7 +199,9 @@ async function build<T>(
 
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   events({ event: 'phase-started', phase: 0 });
-  const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal, options.image));
+  // --no-cache trusts no cache: the base is hashed anew too.
+  const imageOptions = { ...options.image, rehash: options.image?.rehash || options.cache === false };
+  const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal, imageOptions));
   preflight(input, recipe.name);
 
   const cleanup = new CleanupStack(log);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -165,6 +166,49 @@ describe('base images from URLs (imagebuilder fetch, cache, apply)', () => {
     expect(result.stderr).toMatch(new RegExp(`the cached image ${path} is corrupted \\(its sha256 is now [0-9a-f]{64}\\): removing it and fetching it again`));
     expect(server.gets('/corrupt/small.qcow2')).toHaveLength(2);
     expect(await sha256(path)).toBe(imageSha256);
+  });
+
+  test('a local image is hashed once per version of its file: unchanged, its sums are remembered; changed in place, it is hashed again', async () => {
+    const dir = join(work, 'local-memo');
+    await mkdir(dir);
+    const path = join(dir, 'small.qcow2');
+    await writeFile(path, image);
+    await writeFile(join(dir, 'SHA256SUMS'), `${imageSha256}  small.qcow2\n`);
+    await sleep(2100); // a file changed in the last 2 s is not remembered
+    const remembered = '(its sums as hashed before: the file is unchanged since)';
+    const verified = `verified ${path} (qcow2) against ${join(dir, 'SHA256SUMS')}`;
+
+    const first = await fetchCli([path]);
+    expect(first.exitCode).toBe(0);
+    expect(first.stderr).toContain(verified);
+    expect(first.stderr).not.toContain(remembered);
+    const second = await fetchCli([path, '--json']);
+    expect(second.exitCode).toBe(0);
+    expect(second.stderr).toContain(`${verified} ${remembered}`);
+    expect(JSON.parse(second.stdout)).toMatchObject({ path, sha256: imageSha256, verified: true, source: 'local' });
+    // --rehash, and apply's --no-cache, read the file again.
+    const rehashed = await fetchCli([path, '--rehash']);
+    expect(rehashed.exitCode).toBe(0);
+    expect(rehashed.stderr).toContain(verified);
+    expect(rehashed.stderr).not.toContain(remembered);
+    const recipe = await writeRecipe(work, 'phase-0-only', []);
+    const noCache = await runCli(['apply', recipe, '--disk-image', path, '--phases', '0', '--no-cache'], { env: env() });
+    expect(noCache.exitCode).toBe(0);
+    expect(noCache.stderr).not.toContain(remembered);
+    const cached = await runCli(['apply', recipe, '--disk-image', path, '--phases', '0'], { env: { ...env(), IMAGEBUILDER_NO_CACHE: '' } });
+    expect(cached.exitCode).toBe(0);
+    expect(cached.stderr).toContain(`${verified} ${remembered}`);
+
+    // Bytes changed in place, same size, mtime set back: ctime moved, so the file is hashed and the mismatch found.
+    const before = await stat(path);
+    const file = await open(path, 'r+');
+    await file.write(Buffer.from('tampered'), 0, 8, 1 << 20);
+    await file.close();
+    await utimes(path, before.atime, before.mtime);
+    const tampered = await fetchCli([path]);
+    expect(tampered.exitCode).toBe(3);
+    expect(tampered.stderr).toContain(`checksum mismatch for ${path}`);
+    expect(tampered.stderr).not.toContain(remembered);
   });
 
   test('--offline uses the cache alone; without an entry it says how to fill it (exit 2)', async () => {

@@ -2,7 +2,7 @@ import { access, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFi
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { CLI, expectNothingLeft, hostState, runCli } from '../helpers/host.js';
+import { CLI, expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { writeRecipe } from '../helpers/recipes.js';
@@ -85,6 +85,12 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     const cleanBom = JSON.parse(await readFile(join(work, 'clean.qcow2.bom.json'), 'utf8'));
     expect(comparable(rebuiltBom)).toEqual(comparable(cleanBom));
     expect(rebuiltBom.steps.map((s: { cached?: boolean }) => s.cached ?? false)).toEqual([true, true, false]);
+    // The base, unchanged since the earlier builds hashed it, is not read again; --no-cache hashes it anew.
+    const remembered = '(its sums as hashed before: the file is unchanged since)';
+    expect(rebuilt.stderr).toContain(remembered);
+    expect(clean.stderr).not.toContain(remembered);
+    expect(rebuiltBom.input.sha256).toBe(await sha256(input));
+    expect(rebuiltBom.input.sha256).toBe(cleanBom.input.sha256);
     await expect(access(join(work, 'other-cache', 'layers'))).rejects.toThrow();
 
     // The output is whole and flat: its own content, none of the session's temporary files, no backing file.

@@ -20,10 +20,11 @@ describe('pipeline-facing CLI surface', () => {
       sparsify: 'IMAGEBUILDER_SPARSIFY',
       'keep-work-dir': 'IMAGEBUILDER_KEEP_WORK_DIR',
       'no-cache': 'IMAGEBUILDER_NO_CACHE',
+      rehash: 'IMAGEBUILDER_REHASH',
     });
     expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE' });
     expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND' });
-    expect(envOf(Fetch.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', offline: 'IMAGEBUILDER_OFFLINE' });
+    expect(envOf(Fetch.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', offline: 'IMAGEBUILDER_OFFLINE', rehash: 'IMAGEBUILDER_REHASH' });
   });
 
   test('the README exit-code table is the one --help prints, and every error code maps into it', () => {
