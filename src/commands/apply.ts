@@ -1,8 +1,9 @@
 import { Args, Flags } from '@oclif/core';
-import { apply, withInterrupts, createLogger, type ApplyResult } from '../index.js';
+import { createLogger } from '../util/log.js';
+import { withInterrupts } from '../util/signals.js';
 import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
-import { prepareWorkImage, SBOM_FORMATS, type ApplyOptions, type SbomFormat, type WorkImageResult } from '../pipeline/apply.js';
+import { apply, prepareWorkImage, SBOM_FORMATS, type ApplyOptions, type ApplyResult, type SbomFormat, type WorkImageResult } from '../pipeline/apply.js';
 import type { BuildEvent } from '../pipeline/events.js';
 import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
 import { execRunner } from '../util/exec.js';

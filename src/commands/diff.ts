@@ -1,7 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { diffIsEmpty, renderDiff } from '../bom/diff.js';
-import { createLogger, withInterrupts } from '../index.js';
+import { createLogger } from '../util/log.js';
+import { withInterrupts } from '../util/signals.js';
 import { compareImages } from '../pipeline/compare.js';
 
 export default class Diff extends BaseCommand {

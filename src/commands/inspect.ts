@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { createLogger, withInterrupts } from '../index.js';
+import { createLogger } from '../util/log.js';
+import { withInterrupts } from '../util/signals.js';
 import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { inspect } from '../pipeline/inspect.js';
 import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';

@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { createLogger, withInterrupts } from '../index.js';
+import { createLogger } from '../util/log.js';
+import { withInterrupts } from '../util/signals.js';
 import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { shell } from '../pipeline/shell.js';
 import { diskImageOptions, diskImageFlags } from '../cli/image-flags.js';

@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { Transform, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Agent, getGlobalDispatcher, request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import {
@@ -29,13 +29,16 @@ export interface FetchOptions {
 
 const MAX_REDIRECTS = 10;
 
+/** undici, loaded by the first request: a build from a local image does not pay its start-up (~50 ms). */
+const undici = () => import('undici');
+
 async function get(url: string, options: FetchOptions) {
   let response;
   try {
-    response = await request(url, {
+    response = await (await undici()).request(url, {
       method: 'GET',
       // The workaround for undici's crash on servers that close the connection (below) protects these too.
-      dispatcher: defaultDispatcher(),
+      dispatcher: await defaultDispatcher(),
       maxRedirections: MAX_REDIRECTS,
       signal: options.signal,
       headers: { 'user-agent': 'imagebuilder', ...options.headers },
@@ -182,10 +185,11 @@ const noPauseAtEnd = (dispatch: Dispatcher['dispatch']): Dispatcher['dispatch'] 
 
 let sharedDispatcher: Dispatcher | undefined;
 /** The process-wide dispatcher with the workaround, for callers that bring none. */
-const defaultDispatcher = () => (sharedDispatcher ??= getGlobalDispatcher().compose(noPauseAtEnd));
+const defaultDispatcher = async () => (sharedDispatcher ??= (await undici()).getGlobalDispatcher().compose(noPauseAtEnd));
 
 /** A dispatcher for one phase-0 run (connect timeout, the workaround above), closed by its owner. */
-export function createDispatcher(timeouts: HttpTimeouts = DEFAULT_TIMEOUTS): Dispatcher {
+export async function createDispatcher(timeouts: HttpTimeouts = DEFAULT_TIMEOUTS): Promise<Dispatcher> {
+  const { Agent } = await undici();
   return new Agent({ connect: { timeout: timeouts.connectMs }, headersTimeout: timeouts.headersMs, bodyTimeout: timeouts.bodyMs }).compose(noPauseAtEnd);
 }
 
@@ -279,9 +283,9 @@ function retryLogger(url: string, log?: Logger, before?: () => void) {
 async function sendGet(url: string, options: ResilientOptions, headers: Record<string, string>, extra: { highWaterMark?: number } = {}): Promise<Dispatcher.ResponseData> {
   const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
   try {
-    return await request(url, {
+    return await (await undici()).request(url, {
       method: 'GET',
-      dispatcher: options.dispatcher ?? defaultDispatcher(),
+      dispatcher: options.dispatcher ?? (await defaultDispatcher()),
       maxRedirections: MAX_REDIRECTS,
       signal: options.signal,
       headers,

@@ -112,7 +112,7 @@ interface SumsLocation {
   listChecksumFiles(): Promise<string[]>;
 }
 
-function remoteLocation(url: URL, context: Context, dispatcher: ReturnType<typeof createDispatcher>): SumsLocation {
+function remoteLocation(url: URL, context: Context, dispatcher: Awaited<ReturnType<typeof createDispatcher>>): SumsLocation {
   const beside = (name: string) => new URL(encodeURIComponent(name), url).href;
   const fetchOptions = { signal: context.signal, dispatcher, log: context.log, retry: context.options.retry, retryHooks: context.options.retryHooks, timeouts: context.options.timeouts };
   return {
@@ -344,7 +344,7 @@ async function obtainRemote(url: URL, context: Context): Promise<ObtainedImage> 
   await ensureCacheLayout(layout);
   const fileName = urlFileNameOf(url);
   const key = sourceKey(url.href);
-  const dispatcher = createDispatcher(options.timeouts);
+  const dispatcher = await createDispatcher(options.timeouts);
   // One process per URL: a second waits here, then finds the image in the cache.
   const release = await acquireLock(lockPath(layout, key), url.href, { signal, log });
   try {

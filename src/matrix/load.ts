@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
-import { Ajv } from 'ajv';
+import { Ajv, type ValidateFunction } from 'ajv';
 import { parseImageUrl, urlFileNameOf } from '../fetch/http.js';
 import type { ImageFormat } from '../image/qemu-img.js';
 import { parseSource, problemsFrom, type LocatedProblem, type Locator } from '../recipe/located-yaml.js';
@@ -76,8 +76,9 @@ interface Cell {
 }
 type Combination = Map<string, Cell>;
 
-const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
-const validateMatrix = ajv.compile(matrixSchema());
+// Compiled on first use: every command's start-up would pay for it otherwise.
+let matrixValidator: ValidateFunction | undefined;
+const validateMatrix = () => (matrixValidator ??= new Ajv({ allErrors: true, strict: false, verbose: true }).compile(matrixSchema()));
 
 const DOCUMENT = 'the matrix';
 const BUILD_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
@@ -288,7 +289,8 @@ export function parseMatrix(text: string, path: string): { matrix?: Matrix; prob
   const parsed = parseSource(text, path);
   if (!parsed.file) return { problems: parsed.problems };
   const { locate, data } = parsed.file;
-  if (!validateMatrix(data)) return { problems: problemsFrom(validateMatrix.errors ?? [], [], locate, DOCUMENT) };
+  const validate = validateMatrix();
+  if (!validate(data)) return { problems: problemsFrom(validate.errors ?? [], [], locate, DOCUMENT) };
   const raw = data as unknown as RawMatrix;
   const dir = dirname(resolve(path));
   const reader = new MatrixReader(raw, locate, dir);

@@ -186,7 +186,7 @@ describe('downloadFile', () => {
     server.throttle('/j/image.qcow2', 2500);
     const partial = join(dir, 'j.partial');
     const timeouts = { connectMs: 1000, headersMs: 1000, bodyMs: 500 };
-    const dispatcher = createDispatcher(timeouts);
+    const dispatcher = await createDispatcher(timeouts);
     try {
       // Two failures in a row would end it; but every attempt delivers a chunk before it stalls.
       await downloadFile(`${server.url}/j/image.qcow2`, partial, { retry: { ...quick, attempts: 2 }, dispatcher, timeouts, log });
@@ -202,7 +202,7 @@ describe('downloadFile', () => {
     server.serve('/l/image.qcow2', { data });
     server.failNext('/l/image.qcow2', 0, 2);
     const timeouts = { connectMs: 1000, headersMs: 150, bodyMs: 150 };
-    const dispatcher = createDispatcher(timeouts);
+    const dispatcher = await createDispatcher(timeouts);
     try {
       const failing = downloadFile(`${server.url}/l/image.qcow2`, join(dir, 'l.partial'), { retry: { ...quick, attempts: 2 }, dispatcher, timeouts });
       await expect(failing).rejects.toMatchObject({ code: 'COMMAND_FAILED', message: expect.stringMatching(/Headers Timeout/i) });
@@ -249,7 +249,7 @@ describe('undici 6 and servers that close the connection (nodejs/undici#5360)', 
       }),
     );
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const dispatcher = createDispatcher();
+    const dispatcher = await createDispatcher();
     try {
       // undici's default 64 KiB high-water mark: the one chunk fills it, the parser would pause on it.
       const response = await request(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, { dispatcher });
