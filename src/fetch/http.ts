@@ -19,91 +19,88 @@ import {
   type RetryPolicy,
 } from './retry.js';
 
-export interface FetchOptions {
-  signal?: AbortSignal;
-  /** Headers sent with the request (e.g. Range when resuming). */
-  headers?: Record<string, string>;
-  /** Whole-request timeout for small bodies; body timeout between chunks for downloads. */
-  timeoutMs?: number;
-}
+/** For a recipe step's fetches: cancellation, where retries are logged, and (tests) the retry policy and clock. */
+export type StepFetchOptions = Pick<ResilientOptions, 'signal' | 'log' | 'retry' | 'retryHooks'>;
 
 const MAX_REDIRECTS = 10;
 
 /** undici, loaded by the first request: a build from a local image does not pay its start-up (~50 ms). */
 const undici = () => import('undici');
 
-async function get(url: string, options: FetchOptions) {
-  let response;
+/**
+ * A status a recipe step's fetch cannot use: transient ones are retried; anything else fails the step
+ * (COMMAND_FAILED, which the step reports as its failure), a 404 saying the URL is wrong.
+ */
+function stepStatusFailure(url: string, status: number, retryAfter?: string | string[]): Error {
+  if (isTransientStatus(status)) return new TransientError(`HTTP ${status} from ${url}`, parseRetryAfter(retryAfter));
+  return new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: HTTP ${status}`, {
+    hint: status === 404 ? 'the URL does not exist: check its version and path' : 'the server refused or failed; try again later',
+  });
+}
+
+/** One GET a step needs, retried like phase 0's requests: `consume` reads the body of a 2xx response. */
+async function stepGet<T>(url: string, options: StepFetchOptions, consume: (body: Dispatcher.ResponseData['body']) => Promise<T>): Promise<T> {
   try {
-    response = await (await undici()).request(url, {
-      method: 'GET',
-      // The workaround for undici's crash on servers that close the connection (below) protects these too.
-      dispatcher: await defaultDispatcher(),
-      maxRedirections: MAX_REDIRECTS,
-      signal: options.signal,
-      headers: { 'user-agent': 'imagebuilder', ...options.headers },
-      headersTimeout: options.timeoutMs ?? 60000,
-      bodyTimeout: options.timeoutMs ?? 60000,
-    });
+    return await withRetry(
+      async () => {
+        const response = await sendGet(url, options, { 'user-agent': USER_AGENT });
+        if (response.statusCode >= 300) {
+          await response.body.dump();
+          throw stepStatusFailure(url, response.statusCode, response.headers['retry-after']);
+        }
+        try {
+          return await consume(response.body);
+        } catch (error) {
+          throw classifyRequestError(url, error, options.signal);
+        }
+      },
+      options.retry ?? DEFAULT_RETRY_POLICY,
+      { ...options.retryHooks, signal: options.signal, onRetry: retryLogger(url, options.log) },
+    );
   } catch (error) {
-    if (options.signal?.aborted) throw options.signal.reason;
-    const cause = error as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
-    const code = cause.code ?? cause.cause?.code ?? '';
-    throw new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: ${cause.message}${code ? ` (${code})` : ''}`, {
-      hint: /CERT|TLS|SSL/.test(code)
-        ? 'the server certificate is not trusted: check the URL, or install its CA into the system trust store'
-        : 'check the URL and that this host can reach it (proxies: HTTPS_PROXY is not read; use a local mirror URL)',
-      cause: error,
-    });
+    throw exhausted(url, error);
   }
-  if (response.statusCode >= 400) {
-    await response.body.dump();
-    throw new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: HTTP ${response.statusCode}`, {
-      hint: response.statusCode === 404 ? 'the URL does not exist: check its version and path' : 'the server refused or failed; try again later',
-    });
-  }
-  return response;
 }
 
-/** A small resource (a sums file, a key) as bytes. */
-export async function fetchBytes(url: string, options: FetchOptions = {}): Promise<Buffer> {
-  const response = await get(url, options);
-  return Buffer.from(await response.body.arrayBuffer());
+/** A small resource (a repository key, a sums file) as bytes. */
+export async function fetchBytes(url: string, options: StepFetchOptions = {}): Promise<Buffer> {
+  return stepGet(url, options, async (body) => Buffer.from(await body.arrayBuffer()));
 }
 
-export async function fetchText(url: string, options: FetchOptions = {}): Promise<string> {
+export async function fetchText(url: string, options: StepFetchOptions = {}): Promise<string> {
   return (await fetchBytes(url, options)).toString('utf8');
 }
 
 /**
  * Streams a URL to `path` (written under a temporary name, renamed when complete) and returns the sha256 of
- * what was written, computed on the way, so a verified download never has to be read twice.
+ * what was written, computed on the way, so a verified download never has to be read twice. An attempt that
+ * fails half way starts the file again.
  */
-export async function fetchToFile(url: string, path: string, options: FetchOptions = {}): Promise<{ sha256: string; size: number }> {
-  const response = await get(url, options);
-  const hash = createHash('sha256');
-  let size = 0;
+export async function fetchToFile(url: string, path: string, options: StepFetchOptions = {}): Promise<{ sha256: string; size: number }> {
   const partial = `${path}.partial`;
   try {
-    await pipeline(
-      response.body,
-      new Transform({
-        transform(chunk: Buffer, _encoding, done) {
-          hash.update(chunk);
-          size += chunk.length;
-          done(null, chunk);
-        },
-      }),
-      createWriteStream(partial),
-      { signal: options.signal },
-    );
+    const result = await stepGet(url, options, async (body) => {
+      const hash = createHash('sha256');
+      let size = 0;
+      await pipeline(
+        body,
+        new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            hash.update(chunk);
+            size += chunk.length;
+            done(null, chunk);
+          },
+        }),
+        createWriteStream(partial),
+        { signal: options.signal },
+      );
+      return { sha256: hash.digest('hex'), size };
+    });
     await rename(partial, path);
-  } catch (error) {
+    return result;
+  } finally {
     await rm(partial, { force: true });
-    if (options.signal?.aborted) throw options.signal.reason;
-    throw new ImageBuilderError('COMMAND_FAILED', `download of ${url} failed: ${(error as Error).message}`, { cause: error });
   }
-  return { sha256: hash.digest('hex'), size };
 }
 
 // ---------------------------------------------------------------------------------------------------------

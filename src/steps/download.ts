@@ -54,7 +54,7 @@ function asStepFailure(context: StepContext, error: unknown): unknown {
 async function expectedSum(context: StepContext, spec: DownloadSpec): Promise<{ sha256: string; source: string }> {
   if (spec.sha256) return { sha256: spec.sha256.toLowerCase(), source: 'the recipe' };
   const checksumUrl = spec.checksum_url!;
-  const text = await fetchText(checksumUrl, { signal: context.signal }).catch((error) => {
+  const text = await fetchText(checksumUrl, { signal: context.signal, log: context.log }).catch((error) => {
     throw asStepFailure(context, error);
   });
   const name = urlFileName(spec.url);
@@ -146,7 +146,7 @@ export const downloadStep = defineStep<DownloadSpec>({
     const temp = await mkdtemp(join(workDirParent(), 'imagebuilder-download-'));
     try {
       const path = join(temp, 'download');
-      const { sha256, size } = await fetchToFile(spec.url, path, { signal: context.signal }).catch((error) => {
+      const { sha256, size } = await fetchToFile(spec.url, path, { signal: context.signal, log: context.log }).catch((error) => {
         throw asStepFailure(context, error);
       });
       if (sha256 !== expected.sha256) {

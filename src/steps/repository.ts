@@ -100,7 +100,7 @@ function stepFailure(context: StepContext, message: string, options: { detail?: 
 async function keyBytes(context: StepContext, spec: RepositorySpec): Promise<Buffer> {
   if (spec.key !== undefined) return Buffer.from(spec.key, 'utf8');
   try {
-    return await fetchBytes(spec.key_url!, { signal: context.signal });
+    return await fetchBytes(spec.key_url!, { signal: context.signal, log: context.log });
   } catch (error) {
     if (isImageBuilderError(error) && error.code === 'COMMAND_FAILED') {
       throw new ImageBuilderError('STEP_FAILED', `${context.label}: cannot fetch the key of repository ${spec.name}: ${error.message}`, { hint: error.hint, cause: error });

@@ -10,6 +10,7 @@ import { parseRecipe } from '../../src/recipe/load.js';
 import { copyStep } from '../../src/steps/copy.js';
 import { downloadStep, sumFromChecksumFile } from '../../src/steps/download.js';
 import type { ImageBuilderError } from '../../src/util/errors.js';
+import { createLogger } from '../../src/util/log.js';
 import { withSourceDateEpoch } from '../helpers/env.js';
 import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
 
@@ -75,6 +76,7 @@ describe('download and copy steps (fake session)', () => {
   let tarball: Buffer;
   let innerTar: Buffer;
   const requests: string[] = [];
+  const failedOnce = new Set<string>();
 
   beforeAll(async () => {
     innerTar = await makeTar([
@@ -91,6 +93,14 @@ describe('download and copy steps (fake session)', () => {
       '/files/SHA256SUMS': (res) => res.end(`${'c'.repeat(64)}  other.bin\n${binarySha} *thing.bin\n${sha256(tarball)}  thing-1.0.tar.gz\n`),
       '/files/thing-1.0.tar.gz': (res) => res.end(tarball),
       '/redirect/thing.bin': (res) => res.writeHead(302, { location: '/files/thing.bin' }).end(),
+      // Failing once, then whole: a 503, and a connection dropped half way through the body.
+      '/flaky/thing.bin': (res) => (failedOnce.has('503') ? res.end(binary) : (failedOnce.add('503'), res.writeHead(503).end('busy'))),
+      '/dropped/thing.bin': (res) => {
+        if (failedOnce.has('drop')) return res.end(binary);
+        failedOnce.add('drop');
+        res.writeHead(200, { 'content-length': String(binary.length) });
+        res.write(binary.subarray(0, 100_000), () => res.destroy());
+      },
     };
     server = createServer((req, res) => {
       requests.push(req.url!);
@@ -180,6 +190,19 @@ describe('download and copy steps (fake session)', () => {
       expect(error!.code).toBe('STEP_FAILED');
       expect(error!.message).toBe(`step 1/1 (test): the checksum file ${base}/files/SHA256SUMS has no sha256 for other.tgz`);
       expect(error!.detail).toBe('it lists: other.bin, thing.bin, thing-1.0.tar.gz');
+    });
+
+    test('a 503, or a connection dropped half way, is retried (and logged); the file arrives whole and verified', async () => {
+      for (const path of ['/flaky/thing.bin', '/dropped/thing.bin']) {
+        requests.length = 0;
+        const lines: string[] = [];
+        const { calls, files, error } = await download({ url: `${base}${path}`, sha256: binarySha, dest: '/usr/local/bin/thing' }, { log: createLogger({ write: (line: string) => lines.push(line) }) });
+        expect(error).toBeUndefined();
+        expect(requests).toEqual([path, path]);
+        expect(lines.join('')).toMatch(new RegExp(`fetching ${base}${path} failed \\(attempt 1: .+\\); retrying in \\d`));
+        expect(Buffer.from(calls[0].input!, 'latin1').equals(binary)).toBe(true);
+        expect(files).toEqual([{ path: '/usr/local/bin/thing', sha256: binarySha, kind: 'download', source: `${base}${path}` }]);
+      }
     });
 
     test('HTTP 404, of the file or of the checksum file, fails the step with the URL', async () => {
