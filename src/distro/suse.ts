@@ -2,7 +2,11 @@ import { createZypper } from '../pkg/zypper.js';
 import { DBUS_MACHINE_ID, RPM_DB_ENVIRONMENT, type DistroFamily } from './types.js';
 
 /** os-release IDs of the SUSE family (ID_LIKE of all of them says "suse"). */
-export const SUSE_IDS = ['suse', 'opensuse', 'opensuse-leap', 'opensuse-tumbleweed', 'sles', 'sled', 'sle-micro'];
+export const SUSE_IDS = ['suse', 'opensuse', 'opensuse-leap', 'opensuse-tumbleweed', 'opensuse-slowroll', 'sles', 'sled', 'sle-micro'];
+
+/** Rolling releases: Tumbleweed, Slowroll, and any that says it is like Tumbleweed. */
+const isRolling = (osRelease: Record<string, string>) =>
+  [osRelease.ID, ...(osRelease.ID_LIKE ?? '').split(/\s+/)].some((id) => id === 'opensuse-tumbleweed' || id === 'opensuse-slowroll');
 
 /**
  * openSUSE and SLES: zypper over rpm. $releasever is the whole VERSION_ID (Leap 15.6 → 15.6), passed only
@@ -12,7 +16,7 @@ export const SUSE_IDS = ['suse', 'opensuse', 'opensuse-leap', 'opensuse-tumblewe
 export function suseFamily(osRelease: Record<string, string>): DistroFamily {
   return {
     name: 'suse',
-    packageManager: createZypper({ releasever: osRelease.VERSION_ID || undefined }),
+    packageManager: createZypper({ releasever: osRelease.VERSION_ID || undefined, rolling: isRolling(osRelease) }),
     packageDatabase: 'rpm',
     hygiene: {
       // libzypp's per-machine id, sent to SUSE's servers with every refresh.

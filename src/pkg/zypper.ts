@@ -28,8 +28,13 @@ export function zypperInstallArgs(packages: PackageSpec[], global: string[] = []
   return [...ZYPPER, ...global, 'install', ...TRANSACTION, ...packages.map(zypperPackageArg)];
 }
 
-/** `zypper update` upgrades installed packages only (never installs new ones): everything, or the names given. */
-export function zypperUpgradeArgs(names: string[] | 'all', global: string[] = []): string[] {
+/**
+ * `zypper update` upgrades installed packages only (never installs new ones): everything, or the names given.
+ * A rolling release upgrades everything with `zypper dup`, as openSUSE documents for Tumbleweed: a snapshot can
+ * rename, split or drop packages, which update never does.
+ */
+export function zypperUpgradeArgs(names: string[] | 'all', global: string[] = [], rolling = false): string[] {
+  if (names === 'all' && rolling) return [...ZYPPER, ...global, 'dup', ...TRANSACTION];
   return [...ZYPPER, ...global, 'update', ...TRANSACTION, ...(names === 'all' ? [] : names)];
 }
 
@@ -63,6 +68,8 @@ export function zypperRepoFile(repository: Pick<PackageRepository, 'name' | 'url
 export interface ZypperOptions {
   /** os-release VERSION_ID, passed as --releasever only when the guest has no base product or release package. */
   releasever?: string;
+  /** A rolling release (Tumbleweed, Slowroll): upgrading everything is a distribution upgrade. */
+  rolling?: boolean;
 }
 
 export function createZypper(options: ZypperOptions = {}): PackageManager {
@@ -103,7 +110,7 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
       });
     },
     async upgrade(session, names) {
-      await session.exec(zypperUpgradeArgs(names, await repositoryOptions(session)), {
+      await session.exec(zypperUpgradeArgs(names, await repositoryOptions(session), options.rolling), {
         streamOutput: true,
         purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
         errorCode: 'STEP_FAILED',

@@ -51,7 +51,7 @@ const DEB_URL = 'https://pkgs.k8s.io/core:/stable:/v1.30/deb/';
 const shown = (call: FakeCall) => (call.argv[3] === 'write-file' ? `write ${call.argv[4]}` : call.argv[3] === 'read-config' ? `read ${call.argv[4]}` : call.argv);
 
 /** What each manager runs for SCENARIO, by its release version option (undefined: the guest tells its own). */
-const EXPECTED: Record<string, (release: string) => unknown[]> = {
+const EXPECTED: Record<string, (release: string, rolling?: boolean) => unknown[]> = {
   apt: () => [
     ['apt-get', 'purge', ...APT, 'nano'],
     ['apt-get', 'autoremove', '--purge', ...APT],
@@ -122,12 +122,13 @@ const EXPECTED: Record<string, (release: string) => unknown[]> = {
     TRUNCATE,
     removeFiles(DBUS),
   ],
-  zypper: (release) => [
+  zypper: (release, rolling) => [
     probe('/etc/products.d/baseproduct'),
     [...ZYPPER, '--releasever', release, 'remove', '--clean-deps', 'nano'],
     [...ZYPPER, '--releasever', release, 'refresh'],
     [...ZYPPER, '--releasever', release, 'install', ...ZYPPER_TX, 'socat=1.7.4-1', 'conntrack'],
-    [...ZYPPER, '--releasever', release, 'update', ...ZYPPER_TX],
+    // A rolling release upgrades as a whole distribution (zypper dup); Leap and SLES update.
+    [...ZYPPER, '--releasever', release, rolling ? 'dup' : 'update', ...ZYPPER_TX],
     [...ZYPPER, 'addlock', 'socat'],
     'write /etc/pki/rpm-gpg/RPM-GPG-KEY-k8s',
     ['rpm', '--import', '/etc/pki/rpm-gpg/RPM-GPG-KEY-k8s'],
@@ -149,6 +150,8 @@ interface Case {
   manager: keyof typeof EXPECTED;
   /** The --releasever a guest without a release package gets. */
   release: string;
+  /** A rolling release (openSUSE Tumbleweed, Slowroll). */
+  rolling?: boolean;
 }
 
 const CASES: Case[] = [
@@ -165,7 +168,8 @@ const CASES: Case[] = [
   { title: 'Amazon Linux 2023', osRelease: { ID: 'amzn', ID_LIKE: 'fedora', VERSION_ID: '2023' }, family: 'redhat', manager: 'dnf', release: '2023' },
   { title: 'Photon OS 5.0', osRelease: { ID: 'photon', VERSION_ID: '5.0' }, family: 'photon', manager: 'tdnf', release: '5.0' },
   { title: 'openSUSE Leap 15.6', osRelease: { ID: 'opensuse-leap', ID_LIKE: 'suse opensuse', VERSION_ID: '15.6' }, family: 'suse', manager: 'zypper', release: '15.6' },
-  { title: 'openSUSE Tumbleweed', osRelease: { ID: 'opensuse-tumbleweed', ID_LIKE: 'opensuse suse', VERSION_ID: '20240601' }, family: 'suse', manager: 'zypper', release: '20240601' },
+  { title: 'openSUSE Tumbleweed', osRelease: { ID: 'opensuse-tumbleweed', ID_LIKE: 'opensuse suse', VERSION_ID: '20240601' }, family: 'suse', manager: 'zypper', release: '20240601', rolling: true },
+  { title: 'openSUSE Slowroll', osRelease: { ID: 'opensuse-slowroll', ID_LIKE: 'suse opensuse opensuse-tumbleweed', VERSION_ID: '20241101' }, family: 'suse', manager: 'zypper', release: '20241101', rolling: true },
   { title: 'SLES 15 SP6', osRelease: { ID: 'sles', ID_LIKE: 'suse', VERSION_ID: '15.6' }, family: 'suse', manager: 'zypper', release: '15.6' },
 ];
 
@@ -220,7 +224,7 @@ describe('every family: detection, package manager, database, session files', ()
 describe('every family: exact commands and files of packages (remove, install, upgrade, hold), repository and sysprep', () => {
   test.each(CASES.map((c) => [`${c.title}: ${c.manager}`, c] as const))('%s', async (_title, c) => {
     const { calls, records } = await runScenario(c.osRelease, c.manager === 'apt' ? DEB_URL : RPM_URL);
-    expect(calls.map(shown)).toEqual(EXPECTED[c.manager](c.release));
+    expect(calls.map(shown)).toEqual(EXPECTED[c.manager](c.release, c.rolling));
     // The repository files the step wrote, as the guest gets them, and the BOM records them (key first).
     const written = Object.fromEntries(calls.filter((call) => call.argv[3] === 'write-file').map((call) => [call.argv[4], call.input]));
     expect(records.files.map((f) => f.path)).toEqual(Object.keys(written).filter((path) => !path.includes('tdnf.conf')));
