@@ -330,7 +330,7 @@ export async function pruneCache(layout: CacheLayout, options: PruneOptions): Pr
     }
   }
   if (!options.dryRun) for (const entry of removed) await removeImage(layout, entry.sha256);
-  const digestsRemoved = await pruneDigests(layout.digests, { all: options.all, dryRun: options.dryRun });
+  const digestsRemoved = await pruneDigests(layout.digests, { all: options.all, dryRun: options.dryRun, now });
   return {
     digestsRemoved,
     removed: [...removed],

@@ -1,5 +1,5 @@
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { hashFile, type HashAlgorithm } from './checksums.js';
 
@@ -57,19 +57,20 @@ async function readRecord(path: string): Promise<DigestRecord | undefined> {
 
 /**
  * The digests of `path`. With `dir` (the cache's digests/), a digest remembered for the file as it is now is
- * used instead of reading it; otherwise the file is hashed and, once settled, remembered. Without `dir`, it is
- * always hashed.
+ * used instead of reading it (unless `rehash`); otherwise the file is hashed and, once settled, remembered
+ * (with `rehash` too, so what the last full read found replaces what was remembered). Without `dir`, it is
+ * always hashed and nothing is kept.
  */
 export async function hashFileRemembered(
   path: string,
   algorithms: readonly HashAlgorithm[],
-  options: { dir?: string; signal?: AbortSignal },
+  options: { dir?: string; rehash?: boolean; signal?: AbortSignal },
 ): Promise<HashedFile> {
   const { dir, signal } = options;
   if (!dir) return { sums: await hashFile(path, algorithms, signal), remembered: false };
   const before = await identityOf(path);
   const memo = recordPath(dir, before);
-  const record = await readRecord(memo);
+  const record = options.rehash ? undefined : await readRecord(memo);
   const known = record && sameIdentity(record.identity, before) ? record.sums : {};
   if (algorithms.every((algorithm) => known[algorithm])) {
     return { sums: Object.fromEntries(algorithms.map((algorithm) => [algorithm, known[algorithm]])), remembered: true };
@@ -81,9 +82,11 @@ export async function hashFileRemembered(
   // Remembered only when nothing changed while it was read, and the last change is settled.
   if (sameIdentity(before, after) && startedNs - lastChangeNs > SETTLE_NS) {
     const updated: DigestRecord = { path, identity: after, sums: { ...known, ...sums }, hashedAt: new Date().toISOString() };
-    const partial = `${memo}.${process.pid}.partial`;
+    // Unique per call: one process (a matrix) may hash the same base for several builds at once.
+    const partial = `${memo}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
     try {
-      await mkdir(dir, { recursive: true });
+      // Private: whoever can write here decides what an unchanged file's sums are.
+      await mkdir(dir, { recursive: true, mode: 0o700 });
       await writeFile(partial, `${JSON.stringify(updated, null, 2)}\n`);
       await rename(partial, memo);
     } catch {
@@ -93,13 +96,20 @@ export async function hashFileRemembered(
   return { sums, remembered: false };
 }
 
+/** A record being written is this old at most; an older `.partial` was left by a process that died. */
+const ABANDONED_MS = 60 * 60 * 1000;
+
 /** Removes the records of files that are gone or changed (all of them with `all`); returns how many went. */
-export async function pruneDigests(dir: string, options: { all?: boolean; dryRun?: boolean } = {}): Promise<number> {
+export async function pruneDigests(dir: string, options: { all?: boolean; dryRun?: boolean; now?: number } = {}): Promise<number> {
   let removed = 0;
   for (const name of await readdir(dir).catch(() => [] as string[])) {
-    // Another process's record being written is left alone (its writer removes it if the rename fails).
-    if (!name.endsWith('.json')) continue;
     const path = join(dir, name);
+    if (!name.endsWith('.json')) {
+      const info = await stat(path).catch(() => undefined);
+      // (--all takes one being written too: its writer then just does not remember this time.)
+      if (info && (options.all || (options.now ?? Date.now()) - info.mtimeMs > ABANDONED_MS) && !options.dryRun) await rm(path, { force: true });
+      continue;
+    }
     const record = await readRecord(path);
     const current = record ? await identityOf(record.path).catch(() => undefined) : undefined;
     if (!options.all && record && current && sameIdentity(record.identity, current)) continue;

@@ -38,29 +38,50 @@ function stepStatusFailure(url: string, status: number, retryAfter?: string | st
   });
 }
 
-/** One GET a step needs, retried like phase 0's requests: `consume` reads the body of a 2xx response. */
-async function stepGet<T>(url: string, options: StepFetchOptions, consume: (body: Dispatcher.ResponseData['body']) => Promise<T>): Promise<T> {
+/**
+ * One GET a step needs, retried like phase 0's requests: `consume` reads the body of a 2xx response (and calls
+ * `progressed` as bytes arrive: an attempt that got some starts the count of failures again, as downloads do).
+ * Every failure is COMMAND_FAILED, which the step reports as its own; a local file that cannot be written
+ * (no space, read-only) says so rather than blaming the network.
+ */
+async function stepGet<T>(url: string, options: StepFetchOptions, consume: (body: Dispatcher.ResponseData['body'], progressed: () => void) => Promise<T>): Promise<T> {
+  let progressed = false;
   try {
     return await withRetry(
       async () => {
+        progressed = false;
         const response = await sendGet(url, options, { 'user-agent': USER_AGENT });
         if (response.statusCode >= 300) {
           await response.body.dump();
           throw stepStatusFailure(url, response.statusCode, response.headers['retry-after']);
         }
         try {
-          return await consume(response.body);
+          return await consume(response.body, () => (progressed = true));
         } catch (error) {
+          if (LOCAL_WRITE_FAILURE.has(errorCode(error) ?? '')) {
+            throw new ImageBuilderError('COMMAND_FAILED', `cannot write the download of ${url}: ${(error as Error).message}`, {
+              hint: 'check the free space and permissions of the work directory (IMAGEBUILDER_WORK_DIR)',
+              cause: error,
+            });
+          }
           throw classifyRequestError(url, error, options.signal);
         }
       },
       options.retry ?? DEFAULT_RETRY_POLICY,
-      { ...options.retryHooks, signal: options.signal, onRetry: retryLogger(url, options.log) },
+      { ...options.retryHooks, signal: options.signal, madeProgress: () => progressed, onRetry: retryLogger(url, options.log) },
     );
   } catch (error) {
-    throw exhausted(url, error);
+    const failure = exhausted(url, error);
+    // Phase 0 calls an unknown host a bad --disk-image; in a recipe step it is that step's failure.
+    if (isImageBuilderError(failure) && failure.code === 'BAD_INPUT') {
+      throw new ImageBuilderError('COMMAND_FAILED', failure.message, { hint: failure.hint, cause: failure });
+    }
+    throw failure;
   }
 }
+
+/** Errors of writing the local file, not of the transfer. */
+const LOCAL_WRITE_FAILURE = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EFBIG']);
 
 /** A small resource (a repository key, a sums file) as bytes. */
 export async function fetchBytes(url: string, options: StepFetchOptions = {}): Promise<Buffer> {
@@ -79,7 +100,7 @@ export async function fetchText(url: string, options: StepFetchOptions = {}): Pr
 export async function fetchToFile(url: string, path: string, options: StepFetchOptions = {}): Promise<{ sha256: string; size: number }> {
   const partial = `${path}.partial`;
   try {
-    const result = await stepGet(url, options, async (body) => {
+    const result = await stepGet(url, options, async (body, progressed) => {
       const hash = createHash('sha256');
       let size = 0;
       await pipeline(
@@ -88,6 +109,7 @@ export async function fetchToFile(url: string, path: string, options: StepFetchO
           transform(chunk: Buffer, _encoding, done) {
             hash.update(chunk);
             size += chunk.length;
+            progressed();
             done(null, chunk);
           },
         }),

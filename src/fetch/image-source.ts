@@ -262,8 +262,8 @@ function publishedSumOf(record: ImageRecord): { algorithm: HashAlgorithm; hash: 
   return undefined;
 }
 
-/** Where sums of unchanged files are remembered: the cache's digests/, unless --no-cache asks for hashing anew. */
-const memoOptions = (context: Context) => ({ dir: context.options.rehash ? undefined : cacheLayout(context.options.cacheDir).digests, signal: context.signal });
+/** Where sums of unchanged files are remembered: the cache's digests/ (--rehash reads the file anyway, and remembers what it found). */
+const memoOptions = (context: Context) => ({ dir: cacheLayout(context.options.cacheDir).digests, rehash: context.options.rehash, signal: context.signal });
 
 /**
  * Whether a cached image is intact: its content is hashed again whenever the file changed since it was last

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -199,12 +199,15 @@ describe('base images from URLs (imagebuilder fetch, cache, apply)', () => {
     expect(cached.exitCode).toBe(0);
     expect(cached.stderr).toContain(`${verified} ${remembered}`);
 
-    // Bytes changed in place, same size, mtime set back: ctime moved, so the file is hashed and the mismatch found.
-    const before = await stat(path);
+    // Bytes changed in place, same size, mtime set back to the nanosecond: ctime moved, so the file is hashed
+    // and the mismatch found.
+    const before = await stat(path, { bigint: true });
+    await execa('touch', ['-r', path, `${path}.times`]);
     const file = await open(path, 'r+');
     await file.write(Buffer.from('tampered'), 0, 8, 1 << 20);
     await file.close();
-    await utimes(path, before.atime, before.mtime);
+    await execa('touch', ['-r', `${path}.times`, path]);
+    expect((await stat(path, { bigint: true })).mtimeNs).toBe(before.mtimeNs);
     const tampered = await fetchCli([path]);
     expect(tampered.exitCode).toBe(3);
     expect(tampered.stderr).toContain(`checksum mismatch for ${path}`);

@@ -1,4 +1,6 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import Apply from '../../src/commands/apply.js';
 import Matrix from '../../src/commands/matrix.js';
 import Inspect from '../../src/commands/inspect.js';
@@ -25,6 +27,26 @@ describe('pipeline-facing CLI surface', () => {
     expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE' });
     expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND' });
     expect(envOf(Fetch.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', offline: 'IMAGEBUILDER_OFFLINE', rehash: 'IMAGEBUILDER_REHASH' });
+  });
+
+  test('oclif.manifest.json, which oclif reads instead of the commands, has exactly the commands, flags and args of the code', async () => {
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const manifestPath = join(root, 'oclif.manifest.json');
+    if (!existsSync(manifestPath)) throw new Error('no oclif.manifest.json: run `npm run build` (it writes the manifest after tsc)');
+    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as { commands: Record<string, { flags: Record<string, unknown>; args: Record<string, unknown>; summary?: string }> };
+    const commandsDir = join(root, 'src', 'commands');
+    const files = (readdirSync(commandsDir, { recursive: true }) as string[]).filter((name) => name.endsWith('.ts'));
+    const idOf = (file: string) => file.replace(/\.ts$/, '').split('/').join(':');
+    expect(Object.keys(manifest.commands).sort()).toEqual(files.map(idOf).sort());
+    for (const file of files) {
+      const command = (await import(join(commandsDir, file))).default as { flags?: Record<string, unknown>; args?: Record<string, unknown>; summary?: string };
+      const cached = manifest.commands[idOf(file)];
+      expect({ flags: Object.keys(cached.flags).sort(), args: Object.keys(cached.args).sort(), summary: cached.summary }).toEqual({
+        flags: Object.keys(command.flags ?? {}).sort(),
+        args: Object.keys(command.args ?? {}).sort(),
+        summary: command.summary,
+      });
+    }
   });
 
   test('the README exit-code table is the one --help prints, and every error code maps into it', () => {
