@@ -8,7 +8,12 @@ import { execa } from 'execa';
  * lives in a private mount namespace (unshare), so no other process's namespace made meanwhile can hold a copy
  * of it and keep the filesystem from being cleanly unmounted before the image is converted back.
  */
-export async function deriveImage(base: string, output: string, files: Record<string, string>, options: { partitioned?: boolean; mountOptions?: string } = {}): Promise<string> {
+export async function deriveImage(
+  base: string,
+  output: string,
+  files: Record<string, string>,
+  options: { partitioned?: boolean; mountOptions?: string; /** Run on the host after the copies, "$1" the mounted root. */ thenRun?: string } = {},
+): Promise<string> {
   const work = await mkdtemp('/var/tmp/ib-derive-');
   try {
     const raw = join(work, 'disk.raw');
@@ -26,7 +31,7 @@ export async function deriveImage(base: string, output: string, files: Record<st
       // A link in the way (Debian's /etc/os-release) is replaced by the file, not written through.
       copies.push(`rm -f "$1${path}" && cp "${staged}-${i}" "$1${path}" && chmod 0644 "$1${path}"`);
     }
-    const script = `set -e; mount -o loop${extent}${options.mountOptions ? `,${options.mountOptions}` : ''} "$2" "$1"; trap 'umount "$1"' EXIT; ${copies.join('; ')}`;
+    const script = `set -e; mount -o loop${extent}${options.mountOptions ? `,${options.mountOptions}` : ''} "$2" "$1"; trap 'umount "$1"' EXIT; ${[...copies, ...(options.thenRun ? [options.thenRun] : [])].join('; ')}`;
     await mkdir(join(work, 'mnt'));
     await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'derive', join(work, 'mnt'), raw]);
     const partial = `${output}.partial-${process.pid}`;

@@ -135,6 +135,13 @@ export const FEDORA_PACKAGES: RpmPackage[] = [
   fedoraStandIn('socat', '1.8.0.0', '3.fc40'),
 ];
 
+/**
+ * The prerequisites by the names openSUSE and Photon give them, where Fedora's differ (Fedora's ebtables is
+ * ebtables-legacy), in the same stand-in repository: the zypper build of the shipped recipe takes its
+ * prerequisites from there too.
+ */
+export const OTHER_DISTRO_PACKAGES: RpmPackage[] = [fedoraStandIn('ebtables', '2.0.11', '17.fc40')];
+
 /** `[epoch:]version-release`, as rpm and dnf print it. */
 export const evr = (p: Pick<RpmPackage, 'epoch' | 'version' | 'release'>) => `${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}`;
 
@@ -221,7 +228,7 @@ async function buildMirror(build: string): Promise<void> {
     const fedoraFingerprint = await newKey('imagebuilder test stand-in for Fedora 40 <fedora-40@imagebuilder.invalid>');
 
     const env = { SOURCE_DATE_EPOCH: '1700000000', GNUPGHOME: gnupgHome };
-    for (const p of [...RPM_PACKAGES, ...FEDORA_PACKAGES]) {
+    for (const p of [...RPM_PACKAGES, ...FEDORA_PACKAGES, ...OTHER_DISTRO_PACKAGES]) {
       const base = `${p.name}-${p.version}-${p.release}`;
       // Each repository builds in its own area: both have an ethtool-6.7-1.fc40, with different files.
       const area = join(work, p.fedora ? 'fedora' : 'k8s');

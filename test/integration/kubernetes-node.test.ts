@@ -8,8 +8,8 @@ import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { writeOciArchive } from '../helpers/oci.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
 import { deriveImage } from '../helpers/derive-image.js';
-import { rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
-import { FEDORA_PACKAGES, FEDORA_PATH, RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
+import { RPM_GUEST_DBPATH, rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
+import { FEDORA_PACKAGES, FEDORA_PATH, OTHER_DISTRO_PACKAGES, RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
 
 /**
  * The shipped recipes/kubernetes-node.yaml, unchanged, built air-gapped from a local mirror: only --set of the
@@ -112,8 +112,11 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
     expect(bom.recipe.variables.kubernetes_series).toBe('v1.30');
     expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
       'node prerequisites (dnf/yum)',
+      'node prerequisites (zypper/tdnf)',
       'pkgs.k8s.io repository (dnf/yum)',
+      'pkgs.k8s.io repository (zypper/tdnf)',
       'kubelet, kubeadm, kubectl pinned and locked (dnf/yum)',
+      'kubelet, kubeadm, kubectl pinned and locked (zypper/tdnf)',
     ]);
     await expectNothingLeft(before);
   });
@@ -141,7 +144,7 @@ async function rpmGuestWithFedoraRepository(work: string, mirror: RpmMirror): Pr
  * repository is stood in for by a local one built with rpmbuild and signed like upstream; again only --set
  * of the URLs (and the stand-in's key fingerprint) differ from a real build.
  */
-describe('recipes/kubernetes-node.yaml on a synthetic Fedora 40 guest (Debian userland, Debian-built rpm and dnf) against local RPM repositories', () => {
+describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 15.6 guests (Debian userland, Debian-built rpm, dnf and zypper) against local RPM repositories', () => {
   let work: string;
   let mirror: LocalMirror;
   let rpmMirror: RpmMirror;
@@ -219,8 +222,83 @@ describe('recipes/kubernetes-node.yaml on a synthetic Fedora 40 guest (Debian us
     expect(bom.os).toMatchObject({ id: 'fedora', versionId: '40' });
     expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
       'node prerequisites (apt)',
+      'node prerequisites (zypper/tdnf)',
       'pkgs.k8s.io repository (apt)',
+      'pkgs.k8s.io repository (zypper/tdnf)',
       'kubelet, kubeadm, kubectl pinned and held (apt)',
+      'kubelet, kubeadm, kubectl pinned and locked (zypper/tdnf)',
+      'preload control-plane images',
+    ]);
+    expectValidBom(bom);
+    await expectNothingLeft(before);
+  });
+
+  test('zypper: prerequisites from the distribution repository, pkgs.k8s.io, pinned install locked by addlock', async () => {
+    // The suse-guest fixture (openSUSE Leap 15.6 by os-release) with a main repository as a real image has one,
+    // its key already in the rpm database: here the stand-in repository of the prerequisites.
+    const input = await deriveImage(await rpmGuestImage('suse-guest'), join(work, 'suse-guest.qcow2'), {
+      '/etc/zypp/repos.d/repo-oss.repo':
+        `[repo-oss]\nname=Main Repository\nenabled=1\nautorefresh=1\nbaseurl=${rpmMirror.fedoraRepoUrl}\ntype=rpm-md\n` +
+        'gpgcheck=1\nrepo_gpgcheck=0\npkg_gpgcheck=1\ngpgkey=file:///etc/RPM-GPG-KEY-oss\nkeeppackages=0\n',
+      '/etc/RPM-GPG-KEY-oss': rpmMirror.fedoraKey,
+    }, { partitioned: true, mountOptions: 'nouuid', thenRun: `rpm --root "$1" --dbpath /${RPM_GUEST_DBPATH} --import "$1/etc/RPM-GPG-KEY-oss"` });
+    const output = join(work, 'node-suse.qcow2');
+    const before = await hostState();
+    const served = rpmMirror.requests.length;
+    const result = await runCli([
+      'apply', `${REPO}/recipes/kubernetes-node.yaml`, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '-v',
+      '--set', 'kubernetes_version=1.30.1',
+      '--set', `kubernetes_repo_base=${rpmMirror.url}/core:/stable:/v1.30`,
+      '--set', `kubernetes_repo_fingerprint=${rpmMirror.keyFingerprint}`,
+      '--set', `github_mirror=${mirror.url}`,
+    ]);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).not.toContain('error [');
+    expect(result.stderr).toContain('family suse');
+    expect(result.stderr).toMatch(
+      /\$ chroot \S+ zypper --non-interactive --releasever 15\.6 install --no-recommends --auto-agree-with-licenses kubelet=1\.30\.1 kubeadm=1\.30\.1 kubectl=1\.30\.1 cri-tools kubernetes-cni\n/,
+    );
+    expect(result.stderr).toMatch(/\$ chroot \S+ zypper --non-interactive addlock kubelet kubeadm kubectl cri-tools kubernetes-cni\n/);
+    const prerequisites = ['ca-certificates', 'conntrack-tools', 'ebtables', 'ethtool', 'iptables', 'socat'];
+    const standIns = [...FEDORA_PACKAGES, ...OTHER_DISTRO_PACKAGES].filter((p) => prerequisites.includes(p.name));
+    expect(standIns.map((p) => p.name).sort()).toEqual(prerequisites);
+    const fetched = rpmMirror.requests.slice(served).filter((path) => path.endsWith('.rpm')).sort();
+    expect(fetched).toEqual(
+      [
+        ...standIns.map((p) => `${FEDORA_PATH}Packages/${p.name}-${p.version}-${p.release}.x86_64.rpm`),
+        `${RPM_PATH}x86_64/cri-tools-1.30.0-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubeadm-1.30.1-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubectl-1.30.1-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubelet-1.30.1-150500.1.1.x86_64.rpm`,
+        `${RPM_PATH}x86_64/kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm`,
+      ].sort(),
+    );
+
+    const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
+    await withRpmGuestMounted(output, async (root) => {
+      for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
+        expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
+        expect(bom.packages).toContainEqual(expect.objectContaining({ name, version: '1.30.1-150500.1.1', origin: 'added' }));
+      }
+      expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
+      for (const p of standIns) expect(await rpmInstalled(root, p.name)).toBe(`${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}.x86_64`);
+      // No per-repository exclude on zypper: the repository file is plain, the locks hold the packages.
+      expect(await readFile(join(root, 'etc/zypp/repos.d/kubernetes.repo'), 'utf8')).not.toContain('exclude');
+      const locks = await readFile(join(root, 'etc/zypp/locks'), 'utf8');
+      expect([...locks.matchAll(/^solvable_name: (\S+)$/gm)].map((m) => m[1]).sort()).toEqual(['cri-tools', 'kubeadm', 'kubectl', 'kubelet', 'kubernetes-cni']);
+      expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/kubelet.service'))).toMatch(/^(\/usr)?\/lib\/systemd\/system\/kubelet\.service$/);
+      expect(await sha256(join(root, 'usr/local/sbin/runc'))).toBe(mirror.files.runc.sha256);
+      expect(await readdir(join(root, 'var/cache/zypp'))).toEqual([]);
+      expect(await readFile(join(root, 'etc/machine-id'), 'utf8')).toBe('');
+    });
+    expect(bom.os).toMatchObject({ id: 'opensuse-leap', versionId: '15.6' });
+    expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
+      'node prerequisites (apt)',
+      'node prerequisites (dnf/yum)',
+      'pkgs.k8s.io repository (apt)',
+      'pkgs.k8s.io repository (dnf/yum)',
+      'kubelet, kubeadm, kubectl pinned and held (apt)',
+      'kubelet, kubeadm, kubectl pinned and locked (dnf/yum)',
       'preload control-plane images',
     ]);
     expectValidBom(bom);
