@@ -159,11 +159,8 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
     await rm(work, { recursive: true, force: true });
   });
 
-  test('dnf: prerequisites from Fedora, pkgs.k8s.io with exclude=, pinned install with --disableexcludes=kubernetes, versionlocked', async () => {
-    const input = await rpmGuestWithFedoraRepository(work, rpmMirror);
-    const output = join(work, 'node-fedora.qcow2');
-    const before = await hostState();
-    const served = rpmMirror.requests.length;
+  /** The shipped recipe, pinned to 1.30.1, against the two stand-in repositories: only --set differs from a real build. */
+  async function applyShippedRecipe(input: string, output: string) {
     const result = await runCli([
       'apply', `${REPO}/recipes/kubernetes-node.yaml`, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '-v',
       '--set', 'kubernetes_version=1.30.1',
@@ -173,17 +170,14 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
     ]);
     if (result.exitCode !== 0) throw new Error(result.all);
     expect(result.stderr).not.toContain('error [');
-    expect(result.stderr).toContain('family redhat');
-    // As Kubernetes' instructions for dnf/yum: the install names the excluding repository, with the guest's release.
-    expect(result.stderr).toMatch(
-      /\$ chroot \S+ dnf install -y --setopt=install_weak_deps=False --setopt=keepcache=False --releasever=40 --refresh --disableexcludes=kubernetes kubelet-1\.30\.1 kubeadm-1\.30\.1 kubectl-1\.30\.1 cri-tools kubernetes-cni\n/,
-    );
-    // The prerequisites came from the Fedora stand-in ($releasever and $basearch substituted by dnf), the
-    // Kubernetes packages from the pkgs.k8s.io stand-in at the pinned version.
-    const fetched = rpmMirror.requests.slice(served).filter((path) => path.endsWith('.rpm')).sort();
-    expect(fetched).toEqual(
+    return result;
+  }
+
+  /** The .rpm paths a build fetched from the stand-ins: the prerequisites given, and pkgs.k8s.io's pinned five. */
+  const expectFetched = (requests: string[], prerequisites: { name: string; version: string; release: string }[]) =>
+    expect(requests.filter((path) => path.endsWith('.rpm')).sort()).toEqual(
       [
-        ...FEDORA_PACKAGES.map((p) => `${FEDORA_PATH}Packages/${p.name}-${p.version}-${p.release}.x86_64.rpm`),
+        ...prerequisites.map((p) => `${FEDORA_PATH}Packages/${p.name}-${p.version}-${p.release}.x86_64.rpm`),
         `${RPM_PATH}x86_64/cri-tools-1.30.0-150500.1.1.x86_64.rpm`,
         `${RPM_PATH}x86_64/kubeadm-1.30.1-150500.1.1.x86_64.rpm`,
         `${RPM_PATH}x86_64/kubectl-1.30.1-150500.1.1.x86_64.rpm`,
@@ -191,6 +185,21 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
         `${RPM_PATH}x86_64/kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm`,
       ].sort(),
     );
+
+  test('dnf: prerequisites from Fedora, pkgs.k8s.io with exclude=, pinned install with --disableexcludes=kubernetes, versionlocked', async () => {
+    const input = await rpmGuestWithFedoraRepository(work, rpmMirror);
+    const output = join(work, 'node-fedora.qcow2');
+    const before = await hostState();
+    const served = rpmMirror.requests.length;
+    const result = await applyShippedRecipe(input, output);
+    expect(result.stderr).toContain('family redhat');
+    // As Kubernetes' instructions for dnf/yum: the install names the excluding repository, with the guest's release.
+    expect(result.stderr).toMatch(
+      /\$ chroot \S+ dnf install -y --setopt=install_weak_deps=False --setopt=keepcache=False --releasever=40 --refresh --disableexcludes=kubernetes kubelet-1\.30\.1 kubeadm-1\.30\.1 kubectl-1\.30\.1 cri-tools kubernetes-cni\n/,
+    );
+    // The prerequisites came from the Fedora stand-in ($releasever and $basearch substituted by dnf), the
+    // Kubernetes packages from the pkgs.k8s.io stand-in at the pinned version.
+    expectFetched(rpmMirror.requests.slice(served), FEDORA_PACKAGES);
     expect(rpmMirror.requests).toContain(`${RPM_PATH}repodata/repomd.xml.key`);
     for (const file of [mirror.files.containerd, mirror.files.runc, mirror.files.crictl, mirror.files.cniPlugins]) expect(mirror.requests).toContain(new URL(file.url).pathname);
 
@@ -245,15 +254,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
     const output = join(work, 'node-suse.qcow2');
     const before = await hostState();
     const served = rpmMirror.requests.length;
-    const result = await runCli([
-      'apply', `${REPO}/recipes/kubernetes-node.yaml`, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '-v',
-      '--set', 'kubernetes_version=1.30.1',
-      '--set', `kubernetes_repo_base=${rpmMirror.url}/core:/stable:/v1.30`,
-      '--set', `kubernetes_repo_fingerprint=${rpmMirror.keyFingerprint}`,
-      '--set', `github_mirror=${mirror.url}`,
-    ]);
-    if (result.exitCode !== 0) throw new Error(result.all);
-    expect(result.stderr).not.toContain('error [');
+    const result = await applyShippedRecipe(input, output);
     expect(result.stderr).toContain('family suse');
     expect(result.stderr).toMatch(
       /\$ chroot \S+ zypper --non-interactive --releasever 15\.6 install --no-recommends --auto-agree-with-licenses kubelet=1\.30\.1 kubeadm=1\.30\.1 kubectl=1\.30\.1 cri-tools kubernetes-cni\n/,
@@ -262,17 +263,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
     const prerequisites = ['ca-certificates', 'conntrack-tools', 'ebtables', 'ethtool', 'iptables', 'socat'];
     const standIns = [...FEDORA_PACKAGES, ...OTHER_DISTRO_PACKAGES].filter((p) => prerequisites.includes(p.name));
     expect(standIns.map((p) => p.name).sort()).toEqual(prerequisites);
-    const fetched = rpmMirror.requests.slice(served).filter((path) => path.endsWith('.rpm')).sort();
-    expect(fetched).toEqual(
-      [
-        ...standIns.map((p) => `${FEDORA_PATH}Packages/${p.name}-${p.version}-${p.release}.x86_64.rpm`),
-        `${RPM_PATH}x86_64/cri-tools-1.30.0-150500.1.1.x86_64.rpm`,
-        `${RPM_PATH}x86_64/kubeadm-1.30.1-150500.1.1.x86_64.rpm`,
-        `${RPM_PATH}x86_64/kubectl-1.30.1-150500.1.1.x86_64.rpm`,
-        `${RPM_PATH}x86_64/kubelet-1.30.1-150500.1.1.x86_64.rpm`,
-        `${RPM_PATH}x86_64/kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm`,
-      ].sort(),
-    );
+    expectFetched(rpmMirror.requests.slice(served), standIns);
 
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     await withRpmGuestMounted(output, async (root) => {
