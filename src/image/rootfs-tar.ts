@@ -17,10 +17,11 @@ import { packEntry, packFile, type TarHeader } from '../util/tar-pack.js';
  * The guest's root filesystem as a POSIX (pax) tar archive, read from the mounted tree: every guest filesystem at
  * its place (/boot, /home …), nothing of the host. Kept: numeric owners (and the names the guest's own passwd and
  * group give them), modes with setuid/setgid/sticky, mtimes (whole seconds), symlinks, hard links (one inode: a
- * file, then link entries), character and block devices, fifos, and extended attributes (security.capability,
+ * file, then link entries), character and block devices, fifos, extended attributes (security.capability,
  * security.selinux, trusted.*, user.*) as `SCHILY.xattr.NAME` pax records, the form GNU tar and bsdtar write and
- * read. Not kept: sockets (nothing can use a socket file of an image that is not running), POSIX ACLs (system.*
- * attributes; tar carries them only in its own text form), and names that are not UTF-8 (pax paths are UTF-8).
+ * read, and POSIX ACLs (system.posix_acl_*) in tar's own text form, `SCHILY.acl.access` and `SCHILY.acl.default`.
+ * Not kept: sockets (nothing can use a socket file of an image that is not running), other system.* attributes,
+ * and names that are not UTF-8 (pax paths are UTF-8).
  *
  * Deterministic: `./` first, then depth first with each directory's entries in byte order (`tar --sort=name`), no
  * atime/ctime, and with SOURCE_DATE_EPOCH every mtime later than it is clamped to it (`tar --clamp-mtime`).
@@ -82,7 +83,10 @@ export async function writeRootfsTar(root: string, target: string, options: Root
     const pax: [string, Buffer][] = [];
     // A hard link shares its inode's attributes, written with its first name (as GNU tar does).
     for (const [attribute, value] of hardLink ? [] : (xattrs.get(hostPath) ?? [])) {
-      if (attribute.startsWith('system.')) aclPaths.push(guestPath);
+      const acl = POSIX_ACL_RECORDS[attribute];
+      const text = acl ? posixAclText(value) : undefined;
+      if (acl && text !== undefined) pax.push([acl, Buffer.from(text)]);
+      else if (attribute.startsWith('system.')) aclPaths.push(guestPath);
       else pax.push([`SCHILY.xattr.${attribute}`, value]);
     }
     const header: TarHeader = {
@@ -157,9 +161,39 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   if (skipped.length) options.log.warn(`the root filesystem tar leaves out ${skipped.length} entr${skipped.length === 1 ? 'y' : 'ies'}: ${skipped.join(', ')}`);
   if (aclPaths.length) {
     const paths = [...new Set(aclPaths)];
-    options.log.warn(`the root filesystem tar does not keep the POSIX ACLs (system.* attributes) of ${paths.length} path(s): ${paths.slice(0, 10).join(', ')}${paths.length > 10 ? ' …' : ''}`);
+    options.log.warn(`the root filesystem tar does not keep the system.* attributes (NFSv4 or rich ACLs, or a POSIX ACL it cannot read) of ${paths.length} path(s): ${paths.slice(0, 10).join(', ')}${paths.length > 10 ? ' …' : ''}`);
   }
   return { entries, skipped };
+}
+
+/** The pax records GNU tar (`--acls`) and bsdtar keep POSIX ACLs in, by the attribute the kernel keeps them in. */
+const POSIX_ACL_RECORDS: Record<string, string> = {
+  'system.posix_acl_access': 'SCHILY.acl.access',
+  'system.posix_acl_default': 'SCHILY.acl.default',
+};
+
+const ACL_TAGS: Record<number, string> = { 0x01: 'user:', 0x02: 'user:', 0x04: 'group:', 0x08: 'group:', 0x10: 'mask:', 0x20: 'other:' };
+/** Tags whose entries name a user or group (the others apply to the owner, owning group, mask, others). */
+const ACL_QUALIFIED = new Set([0x02, 0x08]);
+
+/**
+ * A POSIX ACL as the kernel stores it in its xattr (linux/posix_acl_xattr.h: a little-endian u32 version 2,
+ * then 8-byte entries: u16 tag, u16 permissions, u32 id) in the long text form of acl_to_text(3), one entry per
+ * line, which GNU tar writes in SCHILY.acl.* and reads back with acl_from_text(3). Ids stay numeric: the
+ * archive is of the guest, whose users the extracting host need not know by name. Undefined if malformed.
+ */
+export function posixAclText(value: Buffer): string | undefined {
+  if (value.length < 4 || (value.length - 4) % 8 !== 0 || value.readUInt32LE(0) !== 2) return undefined;
+  const lines: string[] = [];
+  for (let offset = 4; offset < value.length; offset += 8) {
+    const tag = value.readUInt16LE(offset);
+    const perm = value.readUInt16LE(offset + 2);
+    const prefix = ACL_TAGS[tag];
+    if (!prefix) return undefined;
+    const qualifier = ACL_QUALIFIED.has(tag) ? String(value.readUInt32LE(offset + 4)) : '';
+    lines.push(`${prefix}${qualifier}:${perm & 4 ? 'r' : '-'}${perm & 2 ? 'w' : '-'}${perm & 1 ? 'x' : '-'}\n`);
+  }
+  return lines.join('');
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: false });

@@ -85,7 +85,13 @@ async function treeXattrs(root: string): Promise<Map<string, Record<string, stri
   return out;
 }
 
-/** Unpacks a tar archive with GNU tar, keeping numeric owners, modes and every extended attribute. */
+/** Unpacks a tar archive with GNU tar, keeping numeric owners, modes, every extended attribute and POSIX ACLs. */
 export async function gnuExtract(archive: string, into: string): Promise<void> {
-  await execa('tar', ['--extract', '--file', archive, '--directory', into, '--numeric-owner', '--same-permissions', '--same-owner', '--xattrs', '--xattrs-include=*']);
+  await execa('tar', ['--extract', '--file', archive, '--directory', into, '--numeric-owner', '--same-permissions', '--same-owner', '--xattrs', '--xattrs-include=*', '--acls']);
+}
+
+/** The POSIX ACLs under `root` as getfacl prints them (numeric ids, paths relative to root), only of paths that have one. */
+export async function treeAcls(root: string): Promise<string> {
+  const { stdout } = await execa('getfacl', ['--recursive', '--physical', '--numeric', '--skip-base', '.'], { cwd: root });
+  return stdout;
 }

@@ -8,7 +8,7 @@ import tar from 'tar-stream';
 import { writeRootfsTar } from '../../src/image/rootfs-tar.js';
 import { execRunner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
-import { describeTree, gnuExtract } from '../helpers/tree.js';
+import { describeTree, gnuExtract, treeAcls } from '../helpers/tree.js';
 
 type Read = { header: tar.Header & { pax?: Record<string, string> }; content: Buffer };
 
@@ -63,6 +63,9 @@ describe('writeRootfsTar', () => {
     await execa('setfattr', ['-n', 'user.comment', '-v', 'made by a test', join(tree, 'etc/motd')]);
     await execa('setfattr', ['-n', 'user.binary', '-v', '0x00ff80fe0a', join(tree, 'etc/motd')]);
     await execa('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', join(tree, 'srv')]);
+    // POSIX ACLs: an access ACL naming a user and a group, and a directory's default ACL.
+    await execa('setfacl', ['-m', 'u:1000:r-x,g:1000:r--', join(tree, 'etc/motd')]);
+    await execa('setfacl', ['-d', '-m', 'u:1000:rwx,g::r-x', join(tree, 'srv')]);
     await symlink('../etc/motd', join(tree, 'usr/motd'));
     await symlink(`/${'t'.repeat(120)}/dangling`, join(tree, 'usr/long-link'));
     await mkdir(join(tree, 'dev'));
@@ -115,6 +118,11 @@ describe('writeRootfsTar', () => {
     expect(actual.get('./etc/future')?.mtime).toBe(1_700_000_000);
     expect(actual.get('./etc/old')?.mtime).toBe(Date.parse('1990-05-06T07:08:09Z') / 1000);
     expect((await execa('getcap', [join(out, 'usr/bin/ping')])).stdout).toBe(`${join(out, 'usr/bin/ping')} cap_setuid,cap_net_raw=ep`);
+    // The ACLs as getfacl reads them, on the tree and after GNU tar --acls unpacked the archive.
+    const acls = await treeAcls(tree);
+    expect(acls).toContain('# file: etc/motd\n# owner: 0\n# group: 0\nuser::rw-\nuser:1000:r-x\ngroup::r--\ngroup:1000:r--\nmask::r-x\nother::r--');
+    expect(acls).toContain('default:user:1000:rwx');
+    expect(await treeAcls(out)).toBe(acls);
 
     // GNU tar's verbose listing: owners by name from the tree's own passwd/group, devices, links, attributes.
     const listing = (await execa('tar', ['--xattrs', '--xattrs-include=*', '-tvvf', archive])).stdout;
@@ -153,6 +161,10 @@ describe('writeRootfsTar', () => {
     expect(byName.get('./usr/bin/ping')?.content.length).toBe(200_000);
     expect(byName.get('./etc/motd')?.header.pax?.['SCHILY.xattr.user.comment']).toBe('made by a test');
     expect(byName.get('./srv/')?.header.pax?.['SCHILY.xattr.trusted.overlay.opaque']).toBe('y');
+    // ACLs in GNU tar's records, long text form with numeric ids; the system.* attributes themselves not copied.
+    expect(byName.get('./etc/motd')?.header.pax?.['SCHILY.acl.access']).toBe('user::rw-\nuser:1000:r-x\ngroup::r--\ngroup:1000:r--\nmask::r-x\nother::r--\n');
+    expect(byName.get('./srv/')?.header.pax?.['SCHILY.acl.default']).toBe('user::rwx\nuser:1000:rwx\ngroup::r-x\nmask::rwx\nother::r-x\n');
+    expect(Object.keys(byName.get('./etc/motd')?.header.pax ?? {}).filter((key) => key.includes('system.'))).toEqual([]);
     expect(byName.get('./etc/future')?.header.mtime).toEqual(epoch);
     expect(names).not.toContain('./dev/log');
 

@@ -6,6 +6,7 @@ import { parseOsRelease } from '../../src/distro/os-release.js';
 import { detectDistro } from '../../src/distro/families.js';
 import { comparePackages } from '../../src/bom/collect.js';
 import { parsePackageSpec } from '../../src/pkg/types.js';
+import { posixAclText } from '../../src/image/rootfs-tar.js';
 
 describe('sums files', () => {
   test('GNU text and binary forms, BSD form, paths and comments', () => {
@@ -100,5 +101,32 @@ describe('BOM package origins', () => {
       ['d', 'added', undefined],
     ]);
     expect(removed.map((x) => x.name)).toEqual(['c']);
+  });
+});
+
+describe('posixAclText (the kernel xattr of a POSIX ACL, as tar keeps it)', () => {
+  /** linux/posix_acl_xattr.h: u32 version 2, then (u16 tag, u16 perm, u32 id) per entry, little-endian. */
+  const xattr = (entries: [number, number, number][], version = 2) => {
+    const value = Buffer.alloc(4 + entries.length * 8);
+    value.writeUInt32LE(version, 0);
+    entries.forEach(([tag, perm, id], i) => {
+      value.writeUInt16LE(tag, 4 + i * 8);
+      value.writeUInt16LE(perm, 6 + i * 8);
+      value.writeUInt32LE(id, 8 + i * 8);
+    });
+    return value;
+  };
+  const UNDEFINED_ID = 0xffffffff;
+
+  test('every tag, in acl_to_text long form with numeric ids; owner, group, mask and other have none', () => {
+    const value = xattr([[0x01, 6, UNDEFINED_ID], [0x02, 5, 1000], [0x04, 4, UNDEFINED_ID], [0x08, 7, 4294967294], [0x10, 7, UNDEFINED_ID], [0x20, 0, UNDEFINED_ID]]);
+    expect(posixAclText(value)).toBe('user::rw-\nuser:1000:r-x\ngroup::r--\ngroup:4294967294:rwx\nmask::rwx\nother::---\n');
+  });
+
+  test('anything else is not read as an ACL', () => {
+    expect(posixAclText(xattr([[0x01, 6, 0]], 1))).toBeUndefined(); // another version
+    expect(posixAclText(xattr([[0x40, 6, 0]]))).toBeUndefined(); // an unknown tag
+    expect(posixAclText(Buffer.concat([xattr([[0x01, 6, 0]]), Buffer.from([0])]))).toBeUndefined(); // a torn entry
+    expect(posixAclText(Buffer.alloc(2))).toBeUndefined();
   });
 });
