@@ -1,10 +1,15 @@
+import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { detectDistro, FAMILY_NAMES, requireFamily } from '../../src/distro/families.js';
 import { requireFamilyForSteps } from '../../src/pipeline/preflight.js';
 import { parseRecipe } from '../../src/recipe/load.js';
+import { whenMismatch } from '../../src/recipe/when.js';
 import { packagesStep } from '../../src/steps/packages.js';
 import { repositoryStep } from '../../src/steps/repository.js';
 import { sysprepStep } from '../../src/steps/sysprep.js';
@@ -175,12 +180,14 @@ const CASES: Case[] = [
 
 let gnupgHome: string;
 let key = '';
+let keyFingerprint = '';
 beforeAll(async () => {
   gnupgHome = await mkdtemp(join(tmpdir(), 'ib-unit-families-'));
   await chmod(gnupgHome, 0o700);
   const gpg = (args: string[]) => execa('gpg', ['--homedir', gnupgHome, '--batch', '--no-tty', ...args]);
   await gpg(['--passphrase', '', '--quick-gen-key', 'Repo K <k@example.invalid>', 'ed25519', 'sign', 'never']);
   key = (await gpg(['--export', '--armor', 'k@example.invalid'])).stdout;
+  keyFingerprint = /^fpr:+([0-9A-F]{40}):/m.exec((await gpg(['--with-colons', '--fingerprint', 'k@example.invalid'])).stdout)![1];
 });
 afterAll(async () => {
   await execa('gpgconf', ['--homedir', gnupgHome, '--kill', 'gpg-agent'], { reject: false });
@@ -298,6 +305,73 @@ describe('repository excludes and disable_excludes (pkgs.k8s.io on the RedHat fa
       });
       expect(install.calls.filter((call) => call.argv.includes('install'))).toEqual([]);
     }
+  });
+});
+
+/**
+ * The shipped recipes/kubernetes-node.yaml on every family: which of its package steps run, and on Photon (tdnf,
+ * which Debian does not package, so no integration test runs it) the exact commands and files. The repository
+ * key is served on 127.0.0.1 as pkgs.k8s.io serves repomd.xml.key; only --set of its URL and fingerprint differ.
+ */
+describe('recipes/kubernetes-node.yaml: the package steps of each family', () => {
+  let server: Server;
+  let base: string;
+  beforeAll(async () => {
+    server = createServer((req, res) => (req.url?.endsWith('/repodata/repomd.xml.key') || req.url?.endsWith('/Release.key') ? res.end(key) : res.writeHead(404).end()));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/core:/stable:/v1.30`;
+  });
+  afterAll(() => new Promise((resolve) => server.close(resolve)));
+
+  async function packageSteps(osRelease: Record<string, string>) {
+    const path = fileURLToPath(new URL('../../recipes/kubernetes-node.yaml', import.meta.url));
+    const { recipe, problems } = parseRecipe(readFileSync(path, 'utf8'), path, { set: { kubernetes_version: '1.30.2', kubernetes_repo_base: base, kubernetes_repo_fingerprint: keyFingerprint } });
+    expect(problems).toEqual([]);
+    const distro = detectDistro(osRelease);
+    const { session, calls } = guest();
+    const { context } = fakeStepContext(session, { distro });
+    const ran: string[] = [];
+    for (const step of recipe!.steps) {
+      if (step.type !== packagesStep && step.type !== repositoryStep) continue;
+      if (whenMismatch(step.when, distro, 'x86_64')) continue;
+      ran.push(step.name!);
+      await step.type.run(context, step.spec);
+    }
+    return { ran, calls };
+  }
+
+  test('each family runs its own three', async () => {
+    for (const [osRelease, suffix] of [
+      [{ ID: 'debian', VERSION_ID: '12' }, 'apt'],
+      [{ ID: 'rocky', ID_LIKE: 'rhel centos fedora', VERSION_ID: '9.4' }, 'dnf/yum'],
+      [{ ID: 'opensuse-leap', ID_LIKE: 'suse opensuse', VERSION_ID: '15.6' }, 'zypper/tdnf'],
+      [{ ID: 'photon', VERSION_ID: '5.0' }, 'zypper/tdnf'],
+    ] as const) {
+      const { ran } = await packageSteps(osRelease);
+      expect(ran).toEqual([`node prerequisites (${suffix})`, `pkgs.k8s.io repository (${suffix})`, expect.stringMatching(new RegExp(`^kubelet, kubeadm, kubectl pinned and (held|locked) \\(${suffix.replace('/', '\\/')}\\)$`))]);
+    }
+  });
+
+  test('Photon OS: tdnf installs the prerequisites, then the pinned five from pkgs.k8s.io, held by excludepkgs=', async () => {
+    const { calls } = await packageSteps({ ID: 'photon', VERSION_ID: '5.0' });
+    const tdnf = (...args: string[]) => ['tdnf', 'install', '-y', '--releasever=5.0', '--refresh', ...args];
+    expect(calls.map(shown)).toEqual([
+      probe('/etc/tdnf/vars/releasever'),
+      tdnf('ca-certificates', 'conntrack-tools', 'ebtables', 'ethtool', 'iptables', 'socat'),
+      'write /etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes',
+      'write /etc/yum.repos.d/kubernetes.repo',
+      tdnf('kubelet-1.30.2', 'kubeadm-1.30.2', 'kubectl-1.30.2', 'cri-tools', 'kubernetes-cni'),
+      'read /etc/tdnf/tdnf.conf',
+      'write /etc/tdnf/tdnf.conf',
+    ]);
+    const written = Object.fromEntries(calls.filter((call) => call.argv[3] === 'write-file').map((call) => [call.argv[4], call.input]));
+    expect(written['/etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes']).toBe(key);
+    expect(written['/etc/yum.repos.d/kubernetes.repo']).toBe(
+      `[kubernetes]\nname=kubernetes\nbaseurl=${base}/rpm/\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes\nrepo_gpgcheck=0\n`,
+    );
+    expect(written['/etc/tdnf/tdnf.conf']).toBe(
+      `${TDNF_CONF}# Held by imagebuilder (no versionlock here): these stay at their installed versions; --disableexcludes=main overrides.\nexcludepkgs=kubelet kubeadm kubectl cri-tools kubernetes-cni\n`,
+    );
   });
 });
 
