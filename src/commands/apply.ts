@@ -58,8 +58,10 @@ export default class Apply extends BaseCommand {
     const progress = terminalProgress();
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet, write: progress.write });
     const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : progress.onEvent;
+    // --no-cache trusts no cache: the base image is hashed again too.
+    const imageOptions = { ...diskImageOptions(flags), rehash: flags.rehash || flags['no-cache'] };
     if (flags.phases === '0') {
-      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, { ...diskImageOptions(flags), rehash: flags.rehash || flags['no-cache'] }));
+      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, imageOptions));
       if (flags.json) this.log(JSON.stringify({ event: 'result', image }));
       else this.log(`verified ${image.path} (sha256 ${image.sha256}); phases 1 and 2 not run`);
       return image;
@@ -68,7 +70,7 @@ export default class Apply extends BaseCommand {
       recipe: args.recipe,
       recipeInputs: recipeInputs(flags),
       diskImage: flags['disk-image'],
-      image: diskImageOptions(flags),
+      image: imageOptions,
       output: flags.output,
       mountBackend: mountBackendOf(flags),
       cache: !flags['no-cache'],

@@ -274,8 +274,7 @@ async function intact(layout: CacheLayout, record: ImageRecord, context: Context
   if (!(await stat(path).catch(() => undefined))?.isFile()) return false;
   const { sums } = await hashFileRemembered(path, ['sha256'], memoOptions(context));
   if (sums.sha256 === record.sha256) return true;
-  const { sha256 } = sums;
-  context.log.warn(`the cached image ${path} is corrupted (its sha256 is now ${sha256}): removing it and fetching it again`);
+  context.log.warn(`the cached image ${path} is corrupted (its sha256 is now ${sums.sha256}): removing it and fetching it again`);
   await removeImage(layout, record.sha256);
   return false;
 }

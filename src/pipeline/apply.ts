@@ -199,7 +199,7 @@ async function build<T>(
 
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   events({ event: 'phase-started', phase: 0 });
-  // --no-cache trusts no cache: the base is hashed anew too.
+  // Without the step cache (library callers, matrix builds) no cache is trusted: the base is hashed anew too.
   const imageOptions = { ...options.image, rehash: options.image?.rehash || options.cache === false };
   const input = await clock.time('verify', () => verifyImage(run, options.diskImage, log, signal, imageOptions));
   preflight(input, recipe.name);
