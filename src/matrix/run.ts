@@ -13,7 +13,7 @@ import { closest } from '../recipe/template.js';
 import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
 
 /** What the host decides for every build (the flags `apply` takes for the same things). */
-export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache'> & Pick<DiskImageOptions, 'offline' | 'cacheDir'>;
+export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache'> & Pick<DiskImageOptions, 'offline' | 'cacheDir' | 'rehash'>;
 
 export interface MatrixRunOptions {
   /** Builds at once. Each one is I/O- and CPU-heavy (overlay writes, package installs, conversion). */
@@ -71,7 +71,7 @@ export function selectBuilds(matrix: Matrix, names: string[] = []): MatrixBuild[
 }
 
 export function baseImageOptions(base: MatrixBase, host: HostBuildOptions = {}): DiskImageOptions {
-  return { checksum: base.checksum, keyring: base.keyring, insecureSkipVerify: base.insecureSkipVerify, offline: host.offline, cacheDir: host.cacheDir };
+  return { checksum: base.checksum, keyring: base.keyring, insecureSkipVerify: base.insecureSkipVerify, offline: host.offline, cacheDir: host.cacheDir, rehash: host.rehash };
 }
 
 /** Each line of a build's console log starts with its name: several builds write at once. */

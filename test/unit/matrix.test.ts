@@ -320,6 +320,21 @@ describe('running a matrix (scheduling, with apply() replaced)', () => {
     expect(summary[6]).toMatch(/^4 succeeded, 1 failed in [\d.]+s$/);
   });
 
+  test('--rehash (or --no-cache) reaches every build\'s phase 0: each hashes its base again', async () => {
+    for (const rehash of [true, false]) {
+      const seen: (boolean | undefined)[] = [];
+      const build = fakeBuild(() => undefined, { now: 0, max: 0 });
+      await runMatrix(matrix, matrix.builds.slice(0, 2), {
+        jobs: 2,
+        run: qemuImg(),
+        write: () => undefined,
+        host: { rehash },
+        build: (o) => (seen.push(o.image?.rehash), build(o)),
+      });
+      expect(seen).toEqual([rehash, rehash]);
+    }
+  });
+
   test('--fail-fast cancels the running build and starts no other; an interruption ends as INTERRUPTED', async () => {
     const running = { now: 0, max: 0 };
     const result = await runMatrix(matrix, matrix.builds, {
