@@ -6,6 +6,9 @@ import { CLI, expectNothingLeft, hostState, runCli, sha256 } from '../helpers/ho
 import { writeRecipe } from '../helpers/recipes.js';
 
 /** Every failure gives its clear error and exit code, and leaves no output, mount, device or process behind. */
+
+/** The step that is interrupted: its duration is this run's own, so pgrep finds no other process's sleep. */
+const LONG_SLEEP = `sleep 300.${process.pid}`;
 describe('imagebuilder apply failures', () => {
   let work: string;
   let tmp: string;
@@ -84,7 +87,7 @@ describe('imagebuilder apply failures', () => {
   });
 
   test('SIGINT in the middle of a step kills it, releases everything, leaves no output, exit code 130', async () => {
-    const recipe = await writeRecipe(work, 'slow', [{ name: 'long sleep', run: 'echo sleeping\nsleep 300' }]);
+    const recipe = await writeRecipe(work, 'slow', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
     const output = join(work, 'slow-out.qcow2');
     const before = await hostState();
     const child = execa('node', [CLI, 'apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'none'], { env: env(), reject: false, all: true });
@@ -104,7 +107,7 @@ describe('imagebuilder apply failures', () => {
     expect(result.exitCode).toBe(130);
     expect(String(result.all)).toContain('SIGINT received');
     expect(String(result.all)).toContain('error [INTERRUPTED]');
-    expect((await execa('pgrep', ['-f', 'sleep 300'], { reject: false })).stdout).toBe('');
+    expect((await execa('pgrep', ['-f', LONG_SLEEP], { reject: false })).stdout).toBe('');
     expect(await outputsIn(work)).toEqual([]);
     expect(await readdir(tmp)).toEqual([]);
     await expectNothingLeft(before);

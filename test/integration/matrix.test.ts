@@ -13,6 +13,9 @@ import { sha256Text } from '../../src/fetch/checksums.js';
  * `imagebuilder matrix` for real: two base images served over HTTP with their SHA256SUMS × two Kubernetes
  * versions, two builds at a time through the fuse backend, one shared cache given by IMAGEBUILDER_CACHE.
  */
+
+/** The step that is interrupted: its duration is this run's own, so pgrep finds no other process's sleep. */
+const LONG_SLEEP = `sleep 300.${process.pid}`;
 describe('imagebuilder matrix', () => {
   let work: string;
   let server: ImageServer;
@@ -127,7 +130,7 @@ describe('imagebuilder matrix', () => {
     const dir = await mkdtemp(join(work, 'interrupt-'));
     const cache = await mkdtemp(join(work, 'cache-'));
     const scratch = await mkdtemp(join(work, 'scratch-'));
-    const matrix = await writeMatrix(dir, [{ name: 'long sleep', run: 'echo "sleeping {{ kubernetes_version }}"\nsleep 300' }], ['1.30.2', '1.31.0', '1.32.0'], ['gpt-esp']);
+    const matrix = await writeMatrix(dir, [{ name: 'long sleep', run: `echo "sleeping {{ kubernetes_version }}"\n${LONG_SLEEP}` }], ['1.30.2', '1.31.0', '1.32.0'], ['gpt-esp']);
     const before = await hostState();
     const child = execa('node', [CLI, 'matrix', matrix, '--jobs', '2', '--mount-backend', 'fuse', '--sparsify', 'none', '--cache', cache, '--work-dir', scratch], {
       reject: false,
@@ -153,7 +156,7 @@ describe('imagebuilder matrix', () => {
     expect(all).toMatch(/gpt-esp-k8s-1\.30\.2 +gpt-esp +kubernetes_version=1\.30\.2 +cancelled/);
     expect(all).toMatch(/gpt-esp-k8s-1\.32\.0 +gpt-esp +kubernetes_version=1\.32\.0 +cancelled +- /);
     expect(all).toContain('error [INTERRUPTED]');
-    expect((await execa('pgrep', ['-f', 'sleep 300'], { reject: false })).stdout).toBe('');
+    expect((await execa('pgrep', ['-f', LONG_SLEEP], { reject: false })).stdout).toBe('');
     for (const name of ['gpt-esp-k8s-1.30.2', 'gpt-esp-k8s-1.31.0']) {
       expect((await readdir(join(dir, 'out', name))).filter((f) => !f.endsWith('.log'))).toEqual([]);
     }
