@@ -11,6 +11,9 @@ import { deriveImage } from '../helpers/derive-image.js';
 import { RPM_GUEST_DBPATH, rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
 import { FEDORA_PACKAGES, FEDORA_PATH, OTHER_DISTRO_PACKAGES, RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
 
+/** The names of the steps a build skipped (their `when:` did not match the guest), from its BOM. */
+const skippedSteps = (bom: { steps: { name: string; skipped?: string }[] }) => bom.steps.filter((s) => s.skipped).map((s) => s.name);
+
 /**
  * The shipped recipes/kubernetes-node.yaml, unchanged, built air-gapped from a local mirror: only --set of the
  * mirror URLs (and the mirror's own signing key) differ from a build against pkgs.k8s.io and GitHub.
@@ -110,7 +113,7 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
     expectValidBom(bom);
     expect(bom.recipe.variables.kubernetes_deb_version).toBe('1.30.1-1.1');
     expect(bom.recipe.variables.kubernetes_series).toBe('v1.30');
-    expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
+    expect(skippedSteps(bom)).toEqual([
       'node prerequisites (dnf/yum)',
       'node prerequisites (zypper/tdnf)',
       'pkgs.k8s.io repository (dnf/yum)',
@@ -229,7 +232,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
       expect(await readFile(join(root, 'etc/machine-id'), 'utf8')).toBe('');
     });
     expect(bom.os).toMatchObject({ id: 'fedora', versionId: '40' });
-    expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
+    expect(skippedSteps(bom)).toEqual([
       'node prerequisites (apt)',
       'node prerequisites (zypper/tdnf)',
       'pkgs.k8s.io repository (apt)',
@@ -283,7 +286,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
       expect(await readFile(join(root, 'etc/machine-id'), 'utf8')).toBe('');
     });
     expect(bom.os).toMatchObject({ id: 'opensuse-leap', versionId: '15.6' });
-    expect(bom.steps.filter((s: { skipped?: string }) => s.skipped).map((s: { name: string }) => s.name)).toEqual([
+    expect(skippedSteps(bom)).toEqual([
       'node prerequisites (apt)',
       'node prerequisites (dnf/yum)',
       'pkgs.k8s.io repository (apt)',
