@@ -68,3 +68,23 @@ export async function expectPinnedKubernetesInstalled(root: string, keyFingerpri
   const pubkeys = await hostRpm(root, ['-q', 'gpg-pubkey', '--queryformat', '%{VERSION}\n']);
   expect(pubkeys.stdout.trim().split('\n')).toEqual([keyFingerprint.slice(-8).toLowerCase()]);
 }
+
+/**
+ * The BOM of a build of the pinned 1.30.1 set from the pkgs.k8s.io stand-in: read from the rpm database, exactly
+ * those packages and their dependency, [epoch:]version-release and rpm's architecture names, nothing removed.
+ */
+export function expectPinnedKubernetesBom(bom: { packages: { name: string }[]; removedPackages: unknown[] }): void {
+  const byName = Object.fromEntries(bom.packages.map((p) => [p.name, p]));
+  expect(Object.keys(byName).sort()).toEqual(['cri-tools', 'ethtool', 'kubeadm', 'kubectl', 'kubelet', 'kubernetes-cni']);
+  expect(byName.kubelet).toEqual({
+    name: 'kubelet',
+    version: '1.30.1-150500.1.1',
+    architecture: 'x86_64',
+    source: 'kubelet',
+    vendor: 'imagebuilder test mirror of pkgs.k8s.io',
+    sourceRpm: 'kubelet-1.30.1-150500.1.1.src.rpm',
+    origin: 'added',
+  });
+  expect(byName.ethtool).toMatchObject({ version: '2:6.7-1.fc40', epoch: 2, architecture: 'x86_64', sourceRpm: 'ethtool-6.7-1.fc40.src.rpm', origin: 'added' });
+  expect(bom.removedPackages).toEqual([]);
+}

@@ -32,7 +32,7 @@ import { cachedFixture, serveDirectory } from './static-server.js';
 export const RPM_PATH = '/core:/stable:/v1.30/rpm/';
 export const FEDORA_PATH = '/fedora/releases/40/Everything/x86_64/os/';
 
-interface RpmPackage {
+export interface RpmPackage {
   name: string;
   epoch?: number;
   version: string;

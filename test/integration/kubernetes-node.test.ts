@@ -9,7 +9,7 @@ import { writeOciArchive } from '../helpers/oci.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
 import { deriveImage } from '../helpers/derive-image.js';
 import { RPM_GUEST_DBPATH, rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
-import { FEDORA_PACKAGES, FEDORA_PATH, OTHER_DISTRO_PACKAGES, RPM_PATH, startRpmMirror, type RpmMirror } from '../helpers/rpm-mirror.js';
+import { evr, FEDORA_PACKAGES, FEDORA_PATH, OTHER_DISTRO_PACKAGES, RPM_PATH, startRpmMirror, type RpmMirror, type RpmPackage } from '../helpers/rpm-mirror.js';
 
 /** The names of the steps a build skipped (their `when:` did not match the guest), from its BOM. */
 const skippedSteps = (bom: { steps: { name: string; skipped?: string }[] }) => bom.steps.filter((s) => s.skipped).map((s) => s.name);
@@ -189,6 +189,17 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
       ].sort(),
     );
 
+  /** In the output's rpm database (read by the host's rpm): the pinned five, in the BOM as added, and the prerequisites. */
+  async function expectShippedRecipeInstalled(root: string, bom: { packages: unknown[] }, prerequisites: RpmPackage[]) {
+    for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
+      expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
+      expect(bom.packages).toContainEqual(expect.objectContaining({ name, version: '1.30.1-150500.1.1', origin: 'added' }));
+    }
+    expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
+    expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.4.0-150500.1.1.x86_64');
+    for (const p of prerequisites) expect(await rpmInstalled(root, p.name)).toBe(`${evr(p)}.x86_64`);
+  }
+
   test('dnf: prerequisites from Fedora, pkgs.k8s.io with exclude=, pinned install with --disableexcludes=kubernetes, versionlocked', async () => {
     const input = await rpmGuestWithFedoraRepository(work, rpmMirror);
     const output = join(work, 'node-fedora.qcow2');
@@ -208,13 +219,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
 
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     await withRpmGuestMounted(output, async (root) => {
-      for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
-        expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
-        expect(bom.packages).toContainEqual(expect.objectContaining({ name, version: '1.30.1-150500.1.1', origin: 'added' }));
-      }
-      expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
-      expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.4.0-150500.1.1.x86_64');
-      for (const p of FEDORA_PACKAGES) expect(await rpmInstalled(root, p.name)).toBe(`${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}.x86_64`);
+      await expectShippedRecipeInstalled(root, bom, FEDORA_PACKAGES);
       expect(await readFile(join(root, 'etc/yum.repos.d/kubernetes.repo'), 'utf8')).toBe(
         `[kubernetes]\nname=kubernetes\nbaseurl=${rpmMirror.url}/core:/stable:/v1.30/rpm/\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes\nrepo_gpgcheck=0\n` +
           'exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n',
@@ -270,12 +275,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
 
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     await withRpmGuestMounted(output, async (root) => {
-      for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
-        expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
-        expect(bom.packages).toContainEqual(expect.objectContaining({ name, version: '1.30.1-150500.1.1', origin: 'added' }));
-      }
-      expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
-      for (const p of standIns) expect(await rpmInstalled(root, p.name)).toBe(`${p.epoch !== undefined ? `${p.epoch}:` : ''}${p.version}-${p.release}.x86_64`);
+      await expectShippedRecipeInstalled(root, bom, standIns);
       // No per-repository exclude on zypper: the repository file is plain, the locks hold the packages.
       expect(await readFile(join(root, 'etc/zypp/repos.d/kubernetes.repo'), 'utf8')).not.toContain('exclude');
       const locks = await readFile(join(root, 'etc/zypp/locks'), 'utf8');
