@@ -1,8 +1,6 @@
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readGuestDir } from '../util/guest-fs.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage, RecordedUnit } from '../steps/types.js';
-import { resolveInRoot } from '../util/fs.js';
 import type { UnitState } from './inventory.js';
 
 export interface Kernel {
@@ -76,11 +74,9 @@ export interface Bom {
 
 /** Installed kernels: /lib/modules/<version> directories, with the matching /boot/vmlinuz-<version>. */
 export async function listKernels(root: string): Promise<Kernel[]> {
-  const modulesDir = join(root, await resolveInRoot(root, '/lib/modules'));
-  const bootDir = join(root, await resolveInRoot(root, '/boot'));
-  const versions = new Set<string>(await readdir(modulesDir).catch(() => []));
+  const versions = new Set<string>((await readGuestDir(root, '/lib/modules')) ?? []);
   const images = new Map<string, string>();
-  for (const entry of await readdir(bootDir).catch(() => [] as string[])) {
+  for (const entry of (await readGuestDir(root, '/boot')) ?? []) {
     const match = /^(?:vmlinuz|vmlinux|Image)-(.+)$/.exec(entry);
     if (match) {
       versions.add(match[1]);

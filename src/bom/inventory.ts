@@ -1,4 +1,5 @@
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { readlink } from 'node:fs/promises';
+import { readGuestDir, statGuest } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { Distro } from '../distro/families.js';
 import type { InstalledPackage } from '../pkg/types.js';
@@ -25,14 +26,14 @@ export interface Inventory {
  * (enabled), and units in /etc/systemd/system linked to /dev/null (masked).
  */
 export async function listUnitStates(root: string): Promise<UnitState[]> {
-  const dir = join(root, await resolveInRoot(root, '/etc/systemd/system'));
+  const dir = await resolveInRoot(root, '/etc/systemd/system');
   const states = new Map<string, UnitState['state']>();
-  for (const entry of await readdir(dir).catch(() => [] as string[])) {
-    const path = join(dir, entry);
-    const stat = await lstat(path).catch(() => undefined);
-    if (stat?.isSymbolicLink() && (await readlink(path)) === '/dev/null') states.set(entry, 'masked');
+  for (const entry of (await readGuestDir(root, dir)) ?? []) {
+    const guestPath = `${dir}/${entry}`;
+    const stat = await statGuest(root, guestPath);
+    if (stat?.isSymbolicLink() && (await readlink(join(root, guestPath))) === '/dev/null') states.set(entry, 'masked');
     else if (stat?.isDirectory() && /\.(wants|requires)$/.test(entry)) {
-      for (const unit of await readdir(path).catch(() => [] as string[])) if (!states.has(unit)) states.set(unit, 'enabled');
+      for (const unit of (await readGuestDir(root, guestPath)) ?? []) if (!states.has(unit)) states.set(unit, 'enabled');
     }
   }
   return [...states].map(([unit, state]) => ({ unit, state })).sort((a, b) => a.unit.localeCompare(b.unit));

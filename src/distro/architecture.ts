@@ -1,5 +1,5 @@
-import { join } from 'node:path';
-import { readElfHeader, type ElfHeader } from '../util/elf.js';
+import { readGuestHead } from '../util/guest-fs.js';
+import { ELF_HEADER_SIZE, parseElfHeader, type ElfHeader } from '../util/elf.js';
 import { resolveInRoot } from '../util/fs.js';
 
 /**
@@ -102,7 +102,9 @@ export interface ProgramArchitecture {
 export async function programArchitecture(root: string, probes: readonly string[] = ARCHITECTURE_PROBES): Promise<ProgramArchitecture | undefined> {
   for (const probe of probes) {
     const program = await resolveInRoot(root, probe);
-    const header = await readElfHeader(join(root, program));
+    // Not a regular file (a FIFO, a device) or gone: not a program to learn from.
+    const head = await readGuestHead(root, program, ELF_HEADER_SIZE).catch(() => undefined);
+    const header = head && parseElfHeader(head);
     if (header) return { program, header, architecture: architectureOf(header) };
   }
   return undefined;

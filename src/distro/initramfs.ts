@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { lstat, readdir } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
+import { readGuestDir, statGuest } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { BomStep } from '../bom/collect.js';
 import type { ChrootSession } from '../chroot/session.js';
@@ -32,7 +33,7 @@ async function treeState(root: string, guestPaths: string[], skip: (guestPath: s
     if (!stat) return;
     hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
     if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
-    if (stat.isDirectory()) for (const name of (await readdir(join(root, guestPath))).sort()) await visit(`${guestPath}/${name}`);
+    if (stat.isDirectory()) for (const name of (await readGuestDir(root, guestPath)) ?? []) await visit(`${guestPath}/${name}`);
   };
   // Resolved once at the top (/lib is a symlink to usr/lib on merged-/usr guests); below, symlinks are entries.
   for (const path of guestPaths) await visit(await resolveInRoot(root, path));
@@ -47,9 +48,10 @@ interface Snapshot {
 }
 
 async function kernelVersions(root: string): Promise<string[]> {
-  const modules = join(root, await resolveInRoot(root, '/lib/modules'));
-  const entries = await readdir(modules, { withFileTypes: true }).catch(() => []);
-  return entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name).sort();
+  const modules = await resolveInRoot(root, '/lib/modules');
+  const versions: string[] = [];
+  for (const name of (await readGuestDir(root, modules)) ?? []) if ((await statGuest(root, `${modules}/${name}`))?.isDirectory()) versions.push(name);
+  return versions;
 }
 
 async function snapshot(root: string): Promise<Snapshot> {

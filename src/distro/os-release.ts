@@ -1,6 +1,4 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { resolveInRoot } from '../util/fs.js';
+import { readGuestText } from '../util/guest-fs.js';
 
 /** Parses os-release(5): KEY=value lines, values optionally quoted with shell-style escapes. */
 export function parseOsRelease(text: string): Record<string, string> {
@@ -19,7 +17,7 @@ export function parseOsRelease(text: string): Record<string, string> {
 /** Reads the guest's os-release the way systemd does: /etc/os-release, else /usr/lib/os-release. */
 export async function readOsRelease(root: string): Promise<Record<string, string> | undefined> {
   for (const path of ['/etc/os-release', '/usr/lib/os-release']) {
-    const text = await readFile(join(root, await resolveInRoot(root, path)), 'utf8').catch(() => undefined);
+    const text = await readGuestText(root, path);
     if (text !== undefined) return parseOsRelease(text);
   }
   return undefined;

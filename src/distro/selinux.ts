@@ -1,10 +1,12 @@
-import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BomStep } from '../bom/collect.js';
 import type { GuestLayout } from '../mount/layout.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { tail, type Runner } from '../util/exec.js';
-import { exists, resolveInRoot } from '../util/fs.js';
+import { resolveInRoot } from '../util/fs.js';
+import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import type { Logger } from '../util/log.js';
 import { parseOsRelease } from './os-release.js';
 
@@ -23,9 +25,12 @@ export function parseSelinuxConfig(text: string): SelinuxConfig | undefined {
 }
 
 export async function readSelinuxConfig(root: string): Promise<SelinuxConfig | undefined> {
-  const text = await readFile(join(root, await resolveInRoot(root, '/etc/selinux/config')), 'utf8').catch(() => undefined);
+  const text = await readGuestText(root, '/etc/selinux/config');
   return text === undefined ? undefined : parseSelinuxConfig(text);
 }
+
+/** What libselinux reads beside file_contexts as text (selabel_file(5)); the compiled .bin files are left out. */
+const FILE_CONTEXTS_TEXT_FILES = ['', '.subs_dist', '.subs', '.local', '.homedirs'];
 
 /** Filesystems that keep security.selinux xattrs; anything else mounted in the guest (an ESP) is left out. */
 const LABELLED_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
@@ -33,7 +38,7 @@ const LABELLED_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
 /** The newest binary policy (policy.33 …) of a policy type, as a guest path, or undefined when none is built. */
 async function binaryPolicy(root: string, type: string): Promise<string | undefined> {
   const dir = await resolveInRoot(root, `/etc/selinux/${type}/policy`);
-  const versions = (await readdir(join(root, dir)).catch(() => [] as string[]))
+  const versions = ((await readGuestDir(root, dir)) ?? [])
     .map((name) => /^policy\.(\d+)$/.exec(name)?.[1])
     .filter((v): v is string => v !== undefined)
     .map(Number)
@@ -77,33 +82,52 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
   const entry = (description: string): BomStep[] => [{ index, type: 'selinux-relabel', description, durationMs: Date.now() - started }];
 
   const fallback = async (why: string): Promise<BomStep[]> => {
-    // Resolved inside the guest: a /.autorelabel symlink in the image must not make this write land on the host.
-    await writeFile(join(root, await resolveInRoot(root, '/.autorelabel')), '', { mode: 0o644 });
+    // Replaced, not written through: a /.autorelabel symlink in the image must not make this write land anywhere.
+    await writeGuestFileFromHost(root, '/.autorelabel', '', { mode: 0o644 });
     log.warn(`SELinux is ${config.mode} in the guest but its files could not be relabelled here: ${why}; created /.autorelabel, so the guest relabels itself at first boot (with one extra reboot)`);
     return entry(`/.autorelabel: the guest relabels itself at first boot (${why})`);
   };
 
   const rootMount = layout.mounts.find((mount) => mount.path === '/');
   if (!rootMount || !LABELLED_TYPES.has(rootMount.type)) return fallback(`the guest root is mounted through ${rootMount?.type ?? 'an unknown backend'}, which cannot set security.selinux`);
-  if (!(await exists(join(root, fileContexts)))) return fallback(`the guest has no ${fileContexts} (SELINUXTYPE=${config.type} in /etc/selinux/config)`);
+  if (!(await statGuest(root, fileContexts))?.isFile()) return fallback(`the guest has no ${fileContexts} (SELINUXTYPE=${config.type} in /etc/selinux/config)`);
   const policy = await binaryPolicy(root, config.type);
   // setfiles stays on one filesystem per pathname: each guest filesystem that keeps labels is named.
   const labelled = layout.mounts.filter((mount) => LABELLED_TYPES.has(mount.type));
-  const args = [
-    '-m', // no /proc/mounts lookup: this host's mounts say nothing about the guest's seclabel support
-    '-r', root,
-    ...(policy ? ['-c', join(root, policy)] : []),
-    join(root, fileContexts),
-    ...labelled.map((mount) => mount.hostPath),
-  ];
+  // The host's setfiles reads guest data as root, so it gets only copies of data it parses as data: the
+  // file_contexts text files (regular expressions, matched, never executed) and the binary policy (checked by
+  // libsepol), copied through guest-fs (no symlink, FIFO or device followed, sizes capped). Never the guest's
+  // file_contexts.bin: it is precompiled PCRE2 bytecode that libselinux would load unchecked, so it stays
+  // behind and setfiles compiles the text. It walks the guest tree itself without following symlinks (fts
+  // FTS_PHYSICAL) and stays on each named filesystem.
+  const copies = await mkdtemp(join(tmpdir(), 'imagebuilder-selinux-'));
   try {
-    const result = await run('setfiles', args, { log, signal, allowFailure: true, purpose: 'relabelling the guest for SELinux' });
-    if (result.exitCode !== 0) return fallback(`setfiles exited with ${result.exitCode}: ${tail(result.output, 3).replace(/\s*\n\s*/g, ' | ')}`);
-  } catch (error) {
-    if (error instanceof ImageBuilderError && error.code === 'MISSING_TOOL') {
-      return fallback('setfiles is not installed on the build host (Debian package policycoreutils)');
+    const contextsCopy = join(copies, 'file_contexts');
+    for (const suffix of FILE_CONTEXTS_TEXT_FILES) {
+      const content = await readGuestFile(root, `${fileContexts}${suffix}`, GUEST_READ_LIMITS.policy);
+      if (content !== undefined) await writeFile(`${contextsCopy}${suffix}`, content, { mode: 0o600 });
     }
-    throw error;
+    const policyCopy = join(copies, 'policy');
+    const policyContent = policy ? await readGuestFile(root, policy, GUEST_READ_LIMITS.policy) : undefined;
+    if (policyContent) await writeFile(policyCopy, policyContent, { mode: 0o600 });
+    const args = [
+      '-m', // no /proc/mounts lookup: this host's mounts say nothing about the guest's seclabel support
+      '-r', root,
+      ...(policyContent ? ['-c', policyCopy] : []),
+      contextsCopy,
+      ...labelled.map((mount) => mount.hostPath),
+    ];
+    try {
+      const result = await run('setfiles', args, { log, signal, allowFailure: true, purpose: 'relabelling the guest for SELinux' });
+      if (result.exitCode !== 0) return fallback(`setfiles exited with ${result.exitCode}: ${tail(result.output, 3).replace(/\s*\n\s*/g, ' | ')}`);
+    } catch (error) {
+      if (error instanceof ImageBuilderError && error.code === 'MISSING_TOOL') {
+        return fallback('setfiles is not installed on the build host (Debian package policycoreutils)');
+      }
+      throw error;
+    }
+  } finally {
+    await rm(copies, { recursive: true, force: true });
   }
   const over = labelled.map((mount) => mount.path);
   log.info(`SELinux: relabelled ${over.join(', ')} with the guest's ${config.type} policy (setfiles, ${((Date.now() - started) / 1000).toFixed(1)}s)`);

@@ -1,6 +1,7 @@
 import { deviceNumbers } from '../util/devices.js';
 import { createWriteStream } from 'node:fs';
-import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import { readGuestText } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
@@ -10,7 +11,6 @@ import type { Logger } from '../util/log.js';
 import { mountsUnder } from '../util/mounts.js';
 import { throwIfAborted } from '../util/signals.js';
 import { clampTime, sourceDateEpoch } from '../util/time.js';
-import { resolveInRoot } from '../util/fs.js';
 import { packEntry, packFile, type TarHeader } from '../util/tar-pack.js';
 
 /*
@@ -295,7 +295,7 @@ function unescapeOctal(text: string): string {
 /** uid (or gid) → name, from the guest's own passwd or group file (the first line wins, as NSS reads it). */
 async function idNames(root: string, file: string): Promise<Map<number, string>> {
   const names = new Map<number, string>();
-  const text = await readFile(join(root, await resolveInRoot(root, file)), 'utf8').catch(() => '');
+  const text = (await readGuestText(root, file)) ?? '';
   for (const line of text.split('\n')) {
     const [name, , id] = line.split(':');
     if (name && /^\d+$/.test(id ?? '') && !names.has(Number(id))) names.set(Number(id), name);

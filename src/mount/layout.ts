@@ -5,6 +5,7 @@ import type { MountContext } from './backend.js';
 import { listPartitions, probeFilesystems, type BlockFilesystem } from './block.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { exists, resolveInRoot } from '../util/fs.js';
+import { readGuestText } from '../util/guest-fs.js';
 
 export interface FstabEntry {
   line: number;
@@ -28,9 +29,18 @@ export interface GuestLayout {
   mounts: GuestMount[];
 }
 
+/**
+ * The only filesystems imagebuilder mounts, whatever the guest says: its type is what blkid reads in the
+ * filesystem's own superblock, never the type an fstab line names (a guest fstab saying `debugfs`, `tracefs`,
+ * `securityfs`, `binfmt_misc`, `configfs` or `bpf` would otherwise put the host kernel's own filesystems inside
+ * the guest). The fstab only says where.
+ */
+export const MOUNTABLE_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'vfat']);
 const ROOT_CANDIDATE_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
-/** fstab types that are not on the disk (or are API filesystems the chroot session provides). */
+/** fstab types that are not on the disk: API filesystems the chroot session provides, network filesystems. */
 const VIRTUAL_TYPES = new Set(['proc', 'sysfs', 'tmpfs', 'devpts', 'devtmpfs', 'none', 'bind', 'cgroup', 'cgroup2', 'efivarfs', 'nfs', 'nfs4', 'cifs']);
+/** Types the ext4 driver mounts. */
+const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
 
 export function parseFstab(text: string): FstabEntry[] {
   const entries: FstabEntry[] = [];
@@ -60,17 +70,34 @@ export function resolveSpec(spec: string, filesystems: BlockFilesystem[]): Block
   );
 }
 
+/**
+ * Options every guest filesystem is mounted with. nodev: a device node shipped in the image (a host disk's
+ * major:minor, /dev/mem's) is inert. nosuid: a setuid program in the image gains nothing. ext2/3/4: errors are
+ * remount-ro whatever the superblock asks (a crafted `errors=panic` must not panic the build host).
+ */
+export function guestMountOptions(type: string): string[] {
+  return ['nodev', 'nosuid', ...(EXT_TYPES.has(type) ? ['errors=remount-ro'] : [])];
+}
+
+/** Options for a read-only probe: nothing is written, so no journal or log is replayed either. */
+export function probeMountOptions(type: string): string[] {
+  const noReplay = type === 'btrfs' ? ['subvolid=5', 'rescue=nologreplay'] : type === 'xfs' ? ['nouuid', 'norecovery'] : EXT_TYPES.has(type) ? ['noload'] : [];
+  return ['ro', 'noexec', ...guestMountOptions(type), ...noReplay];
+}
+
 function mountOptions(type: string, fstabOptions: string[] = []): string[] {
-  // Only the options that change what we see: btrfs subvolumes. xfs refuses a second mount of the same
-  // UUID (the base image may be attached elsewhere) unless told nouuid.
-  const kept = fstabOptions.filter((option) => /^subvol(id)?=/.test(option));
+  // Of the fstab's options, only what changes what we see: btrfs subvolumes. xfs refuses a second mount of the
+  // same UUID (the base image may be attached elsewhere) unless told nouuid.
+  const kept = type === 'btrfs' ? fstabOptions.filter((option) => /^subvol(id)?=[^,]+$/.test(option)) : [];
   if (type === 'xfs') kept.push('nouuid');
-  return kept;
+  return [...guestMountOptions(type), ...kept];
 }
 
 async function mountFs(context: MountContext, device: string, target: string, type: string, options: string[], readOnly: boolean) {
-  const all = [...(readOnly ? ['ro'] : []), ...options];
-  await context.run('mount', ['-t', type, ...(all.length ? ['-o', all.join(',')] : []), device, target], {
+  if (!MOUNTABLE_TYPES.has(type)) throw new ImageBuilderError('INTERNAL', `refusing to mount ${device} as ${type}: not one of ${[...MOUNTABLE_TYPES].join(', ')}`);
+  const all = [...(readOnly && !options.includes('ro') ? ['ro'] : []), ...options];
+  // -i: no /sbin/mount.<type> helper runs; the kernel alone mounts what blkid found.
+  await context.run('mount', ['-i', '-t', type, ...(all.length ? ['-o', all.join(',')] : []), device, target], {
     log: context.log,
     purpose: `mounting ${device} on ${target}`,
   });
@@ -138,15 +165,14 @@ async function findRoot(context: MountContext, filesystems: BlockFilesystem[]): 
       seen.push(`${fs.device}: ${fs.type ?? 'no filesystem'}`);
       continue;
     }
-    const probeOptions = fs.type === 'btrfs' ? ['subvolid=5'] : fs.type === 'xfs' ? ['nouuid', 'norecovery'] : ['noload'];
-    await mountFs(context, fs.device, probe, fs.type, probeOptions, true);
+    await mountFs(context, fs.device, probe, fs.type, probeMountOptions(fs.type), true);
     try {
       if (await hasOsRelease(probe)) return { fs, options: mountOptions(fs.type) };
       if (fs.type === 'btrfs') {
         for (const entry of await readdir(probe)) {
           const stat = await lstat(join(probe, entry));
           if (stat.isDirectory() && stat.ino === 256 && (await hasOsRelease(join(probe, entry)))) {
-            return { fs, options: [`subvol=${entry}`] }; // inode 256 marks a subvolume root
+            return { fs, options: mountOptions(fs.type, [`subvol=${entry}`]) }; // inode 256 marks a subvolume root
           }
         }
       }
@@ -184,7 +210,7 @@ export async function mountGuestLayout(context: MountContext, device: string, re
   mounts.push({ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir });
   context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${root.options.length ? `, ${root.options.join(',')}` : ''})`);
 
-  const fstabText = await readFile(join(rootDir, await resolveInRoot(rootDir, '/etc/fstab')), 'utf8').catch(() => '');
+  const fstabText = (await readGuestText(rootDir, '/etc/fstab')) ?? '';
   const entries = parseFstab(fstabText)
     .filter((entry) => entry.path !== '/')
     .sort((a, b) => a.path.split('/').length - b.path.split('/').length || a.path.localeCompare(b.path));
@@ -202,8 +228,14 @@ export async function mountGuestLayout(context: MountContext, device: string, re
       context.log.warn(`cannot mount ${where}: no filesystem on this disk matches ${entry.spec}; steps writing under ${entry.path} write into the root filesystem`);
       continue;
     }
-    const type = entry.type === 'auto' ? fs.type : entry.type;
-    if (!type || !supported.has(type)) {
+    // The superblock says what it is; the fstab line may only agree (ext2/3/4 are one driver's).
+    const type = fs.type;
+    const agrees = entry.type === 'auto' || entry.type === type || (EXT_TYPES.has(entry.type) && type !== undefined && EXT_TYPES.has(type));
+    if (!type || !MOUNTABLE_TYPES.has(type) || !agrees) {
+      context.log.warn(`not mounting ${where}: ${fs.device} holds ${type ?? 'no filesystem'}${agrees ? '' : ` (the line says ${entry.type})`}; imagebuilder mounts only ${[...MOUNTABLE_TYPES].join(', ')}, as their superblocks say; steps writing under ${entry.path} write into the root filesystem`);
+      continue;
+    }
+    if (!supported.has(type)) {
       context.log.warn(`cannot mount ${where}: this host's kernel has no ${type ?? 'known'} filesystem support; steps writing under ${entry.path} write into the root filesystem`);
       continue;
     }

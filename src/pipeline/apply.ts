@@ -11,7 +11,7 @@ import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
-import { resolveInRoot } from '../util/fs.js';
+import { GUEST_READ_LIMITS, readGuestText, removeGuestFile, writeGuestFileFromHost } from '../util/guest-fs.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
@@ -371,8 +371,7 @@ export async function prepareWorkImage(options: ApplyOptions): Promise<WorkImage
   return build(options, (input, recipeName) => void targetFor(input, recipeName), async ({ bom, opened, workImage, input, guest, cleanup, clock, log, run, recipeName }) => {
     const target = targetFor(input, recipeName);
     const record = { ...bom, durationsMs: clock.durations, warnings: [...log.warnings] };
-    const recordPath = join(opened.layout.root, await resolveInRoot(opened.layout.root, WORK_RECORD_PATH));
-    await writeFile(recordPath, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
+    await writeGuestFileFromHost(opened.layout.root, WORK_RECORD_PATH, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
     await releaseGuest(guest, clock);
     const partial = join(dirname(target), `.${basename(target)}.partial-${process.pid}`);
     cleanup.push(`partial work image ${partial}`, () => rm(partial, { force: true }));
@@ -414,8 +413,7 @@ export async function exportWorkImage(options: ExportOptions): Promise<ApplyResu
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', workImage, '-F', 'qcow2', overlay], { log, purpose: 'creating the export overlay' });
     const context: MountContext = { run, log, cleanup: guest, signal: options.signal, workDir };
     const mounted = await clock.time('mount', () => mountGuest(context, options.mountBackend ?? 'auto', overlay));
-    const recordPath = join(mounted.layout.root, await resolveInRoot(mounted.layout.root, WORK_RECORD_PATH));
-    const text = await readFile(recordPath, 'utf8').catch(() => undefined);
+    const text = await readGuestText(mounted.layout.root, WORK_RECORD_PATH, GUEST_READ_LIMITS.packageStatus);
     if (!text) {
       throw new ImageBuilderError('BAD_INPUT', `${workImage} is not a work image: it has no ${WORK_RECORD_PATH}`, {
         hint: 'make one with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1',
@@ -423,7 +421,7 @@ export async function exportWorkImage(options: ExportOptions): Promise<ApplyResu
     }
     const bom = JSON.parse(text) as Phase1Bom;
     if (bom.bomVersion !== 1) throw new ImageBuilderError('BAD_INPUT', `${workImage}: unknown work record version ${String(bom.bomVersion)}`);
-    await rm(recordPath);
+    await removeGuestFile(mounted.layout.root, WORK_RECORD_PATH);
     const opened: OpenedGuest = { ...mounted, overlay, distro: { id: bom.os.id ?? '', osRelease: bom.os.osRelease } };
     const inputFormat = bom.input.format as ImageFormat;
     const stem = basename(workImage, extname(workImage)).replace(/\.work$/, '');

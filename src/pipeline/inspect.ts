@@ -1,9 +1,7 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { BomStep } from '../bom/collect.js';
 import { WORK_RECORD_PATH } from '../bom/in-image.js';
 import { collectInventory, type Inventory } from '../bom/inventory.js';
-import { resolveInRoot } from '../util/fs.js';
+import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import type { Phase1Bom } from './phase1.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { CleanupStack } from '../util/cleanup.js';
@@ -41,7 +39,8 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
     const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
     const { layout, distro } = await openGuest(context, image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const inventory = await collectInventory(layout.root, distro);
-    const record = await readFile(join(layout.root, await resolveInRoot(layout.root, WORK_RECORD_PATH)), 'utf8').then((text) => JSON.parse(text) as Phase1Bom, () => undefined);
+    const recordText = await readGuestText(layout.root, WORK_RECORD_PATH, GUEST_READ_LIMITS.packageStatus);
+    const record = recordText === undefined ? undefined : (JSON.parse(recordText) as Phase1Bom);
     const work = record && { input: { sha256: record.input.sha256, path: record.input.path, ...(record.input.url ? { url: record.input.url } : {}) }, recipe: { name: record.recipe.name, sha256: record.recipe.sha256, variables: record.recipe.variables }, steps: record.steps };
     return { image: { path: image.path, format: image.format, sha256: image.sha256 }, inventory, ...(work ? { work } : {}) };
   } finally {

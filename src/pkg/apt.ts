@@ -1,8 +1,6 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { ChrootSession } from '../chroot/session.js';
 import { programArchitecture } from '../distro/architecture.js';
-import { resolveInRoot } from '../util/fs.js';
+import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstalledPackage, PackageManager, PackageRepository, PackageSpec } from './types.js';
@@ -142,7 +140,9 @@ export function createApt(): PackageManager {
       updated.delete(session);
     },
     async listInstalled(root) {
-      return parseDpkgStatus(await readFile(join(root, await resolveInRoot(root, '/var/lib/dpkg/status')), 'utf8'));
+      const status = await readGuestText(root, '/var/lib/dpkg/status', GUEST_READ_LIMITS.packageStatus);
+      if (status === undefined) throw new ImageBuilderError('BAD_INPUT', "the guest has no dpkg database (/var/lib/dpkg/status)", { hint: 'is /etc/os-release right about this image being of the Debian family?' });
+      return parseDpkgStatus(status);
     },
     async architecture(root) {
       // dpkg's own package is of the native architecture (dpkg --print-architecture), which tells armhf from

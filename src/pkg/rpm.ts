@@ -1,10 +1,12 @@
-import { copyFile, lstat, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ARCHITECTURE_PROBES, programArchitecture } from '../distro/architecture.js';
-import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
+import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
-import { resolveInRoot } from '../util/fs.js';
+import { resolveInRoot, which } from '../util/fs.js';
+import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, statGuest } from '../util/guest-fs.js';
+import { unprivilegedCommand } from '../util/unprivileged.js';
 import type { InstalledPackage } from './types.js';
 
 /**
@@ -36,7 +38,7 @@ export async function findRpmDatabase(root: string): Promise<RpmDatabase | undef
   for (const candidate of RPM_DB_PATHS) {
     const guestPath = await resolveInRoot(root, candidate);
     for (const { file, backend } of BACKENDS) {
-      const info = await lstat(join(root, guestPath, file)).catch(() => undefined);
+      const info = await statGuest(root, `${guestPath}/${file}`);
       if (info?.isFile()) return { guestPath, backend };
     }
   }
@@ -86,10 +88,22 @@ export function parseRpmQuery(text: string): InstalledPackage[] {
 }
 
 /**
+ * The files of an rpm database, by name: sqlite's database and its write-ahead log (committed data not yet
+ * checkpointed), Berkeley DB's Packages and its indexes (capitalized names: Name, Basenames, Providename …),
+ * ndb's Packages.db and Index.db. Nothing else is copied: a `.rpmmacros` or `macros` file planted beside the
+ * database would be configuration, and rpm expands `%(…)` in macros by running a shell command.
+ */
+const DATABASE_FILE = /^(rpmdb\.sqlite(-wal)?|Packages(\.db)?|Index\.db|[A-Z][A-Za-z0-9]*)$/;
+
+/**
  * Every installed package in the guest's rpm database, read by the host's rpm from a private copy of the
  * database files: the guest is never written (a query on a live sqlite database would create its -shm file),
  * and a read-only mount (`imagebuilder inspect`) works too. The host's rpm must know the guest's backend
  * (Debian's rpm 4.18 reads sqlite and Berkeley DB).
+ * The guest's database is hostile input to the host's rpm and its database libraries: the copy holds only
+ * database files (DATABASE_FILE), each copied as a regular file through guest-fs, and rpm runs without any
+ * privilege in a bubblewrap sandbox (util/unprivileged.ts) that sees only that copy, with an empty HOME and no
+ * macro path from the guest; its configuration is the host's own.
  */
 export async function queryRpmDatabase(root: string, options: { run?: Runner } = {}): Promise<InstalledPackage[]> {
   const run = options.run ?? execRunner;
@@ -99,29 +113,32 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
       hint: 'an image of the RedHat family keeps its package database there; is /etc/os-release right about this image?',
     });
   }
+  // rpm runs inside the sandbox, where "not installed" would come back as bwrap's failure: ask first.
+  if (!(await which('rpm'))) {
+    throw new ImageBuilderError('MISSING_TOOL', "rpm is not installed on this host: the BOM of an RPM-family guest is read from its rpm database with the host's rpm", {
+      hint: 'install it (Debian and Ubuntu: apt-get install rpm)',
+    });
+  }
   const copy = await mkdtemp(join(tmpdir(), 'imagebuilder-rpmdb-'));
   try {
-    const source = join(root, database.guestPath);
-    for (const entry of await readdir(source)) {
-      // Not the lock file, nor Berkeley DB's environment regions (__db.00N) or sqlite's shared-memory index:
-      // they describe the processes that had the database open, not its content.
-      if (entry === '.rpm.lock' || entry.startsWith('__db.') || entry.endsWith('-shm')) continue;
-      if ((await lstat(join(source, entry))).isFile()) await copyFile(join(source, entry), join(copy, entry));
+    // Not the lock file, nor Berkeley DB's environment regions (__db.00N) or sqlite's shared-memory index:
+    // they describe the processes that had the database open, not its content; nor anything not a database file.
+    for (const entry of (await readGuestDir(root, database.guestPath)) ?? []) {
+      if (!DATABASE_FILE.test(entry)) continue;
+      const content = await readGuestFile(root, `${database.guestPath}/${entry}`, GUEST_READ_LIMITS.packageDatabase);
+      if (content !== undefined) await writeFile(join(copy, entry), content, { mode: 0o600 });
     }
-    const result = await run('rpm', ['--dbpath', copy, '--define', `_db_backend ${database.backend}`, '-qa', '--queryformat', RPM_QUERY_FORMAT], {
-      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C', HOME: copy },
+    const [sandbox, args] = unprivilegedCommand(['rpm', '--dbpath', '/rpmdb', '--define', `_db_backend ${database.backend}`, '-qa', '--queryformat', RPM_QUERY_FORMAT], {
+      // rpm's own configuration is the host's (/usr/lib/rpm, /etc/rpm); sqlite wants to write its -shm beside the copy.
+      binds: [{ host: copy, inside: '/rpmdb', writable: true }],
+      readOnlyHostPaths: ['/etc/rpm'],
+    });
+    const result = await run(sandbox, args, {
+      display: `rpm --dbpath ${copy} -qa (unprivileged, in bwrap)`,
       purpose: `reading the guest's rpm database (${database.guestPath}, ${database.backend})`,
       hint: database.backend === 'ndb' ? "this host's rpm may not read ndb databases (openSUSE's): use a host with rpm built with ndb" : undefined,
     });
     return parseRpmQuery(result.stdout);
-  } catch (error) {
-    if (isImageBuilderError(error) && error.code === 'MISSING_TOOL') {
-      throw new ImageBuilderError('MISSING_TOOL', "rpm is not installed on this host: the BOM of an RPM-family guest is read from its rpm database with the host's rpm", {
-        hint: 'install it (Debian and Ubuntu: apt-get install rpm)',
-        cause: error,
-      });
-    }
-    throw error;
   } finally {
     await rm(copy, { recursive: true, force: true });
   }

@@ -1,5 +1,5 @@
-import { lstat, readFile, stat } from 'node:fs/promises';
-import { join, posix } from 'node:path';
+import { readGuestText, statGuest } from '../util/guest-fs.js';
+import { posix } from 'node:path';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { resolveInRoot } from '../util/fs.js';
 import { guestHasCommand, guestRun } from './guest-exec.js';
@@ -57,11 +57,11 @@ export const swapStep = defineStep<SwapSpec>({
     const { root } = context.session;
     // Paths are resolved as the guest sees them: a guest symlink can never lead a write or a removal to the host.
     const fstab = await resolveInRoot(root, '/etc/fstab');
-    const fstabText = await readFile(join(root, fstab), 'utf8').catch(() => undefined);
+    const fstabText = await readGuestText(root, fstab);
     const { text, sources } = disableSwapInFstab(fstabText ?? '');
     if (fstabText === undefined) context.log.info(`${context.label}: the guest has no /etc/fstab`);
     if (sources.length) {
-      const info = await stat(join(root, fstab));
+      const info = (await statGuest(root, fstab))!;
       const sha256 = await writeGuestFile(
         context.session,
         { path: fstab, content: text, mode: (info.mode & 0o7777).toString(8).padStart(4, '0'), owner: String(info.uid), group: String(info.gid) },
@@ -75,7 +75,7 @@ export const swapStep = defineStep<SwapSpec>({
       // UUID=, LABEL=, /dev/...: a partition or a device, which stays; only a file can be removed.
       if (!source.startsWith('/') || source.startsWith('/dev/')) continue;
       const path = posix.join(await resolveInRoot(root, posix.dirname(source)), posix.basename(source));
-      const entry = await lstat(join(root, path)).catch(() => undefined);
+      const entry = await statGuest(root, path);
       if (!entry) {
         context.log.info(`${context.label}: swap file ${source} is not in the image; nothing to remove`);
       } else if (entry.isFile()) {

@@ -17,7 +17,8 @@ export interface ElfHeader {
 
 const ELF_MAGIC = 0x7f454c46;
 /** Enough for the whole header of either class (52 bytes for ELF32, 64 for ELF64). */
-const HEADER_SIZE = 64;
+export const ELF_HEADER_SIZE = 64;
+const HEADER_SIZE = ELF_HEADER_SIZE;
 const PT_INTERP = 3;
 
 /** Parses an ELF file header; undefined when the bytes are not one. */

@@ -25,8 +25,11 @@ export function packFile(
 ): Promise<void> {
   const wrap = options.wrapError ?? ((error: Error) => error);
   // O_NOATIME (root, or the file's owner): reading leaves the file's inode, and so its filesystem, unwritten.
+  // A guest file (the walk found it a regular file by lstat) is opened O_NOFOLLOW|O_NONBLOCK: swapped meanwhile
+  // for a symlink it is refused, for a FIFO the open does not wait.
+  const guestFlags = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
   const opening = options.noAtime
-    ? open(path, constants.O_RDONLY | constants.O_NOATIME).catch((error: NodeJS.ErrnoException) => (error.code === 'EPERM' ? open(path, 'r') : Promise.reject(error)))
+    ? open(path, guestFlags | constants.O_NOATIME).catch((error: NodeJS.ErrnoException) => (error.code === 'EPERM' ? open(path, guestFlags) : Promise.reject(error)))
     : Promise.resolve(undefined);
   return opening.then((handle) => new Promise<void>((resolve, reject) => {
     const source = handle ? handle.createReadStream() : createReadStream(path);

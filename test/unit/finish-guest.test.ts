@@ -1,4 +1,5 @@
 import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { watchInitramfs } from '../../src/distro/initramfs.js';
@@ -156,14 +157,25 @@ describe('SELinux relabel', () => {
     return { root, layout: { root, mounts } };
   }
 
-  test("the host's setfiles over the whole guest with its own file_contexts and newest policy; the ESP excluded", async () => {
+  test("the host's setfiles over the whole guest with copies of its own file_contexts (text only) and newest policy; the ESP excluded", async () => {
     const { root, layout } = await selinuxGuest();
-    const run = recordingRunner();
+    // Precompiled regular expressions that libselinux would load unchecked: never given to the host's setfiles.
+    await writeFile(join(root, `${FILE_CONTEXTS}.bin`), 'crafted pcre2 bytecode');
+    await writeFile(join(root, `${FILE_CONTEXTS}.local`), '/srv(/.*)?\tsystem_u:object_r:var_t:s0\n');
+    await writeFile(join(root, 'etc/selinux/targeted/policy/policy.33'), 'policy 33');
+    let copies: Record<string, string> = {};
+    const run = recordingRunner((call) => {
+      const dir = dirname(call.args[call.args.indexOf('-c') + 1]);
+      copies = Object.fromEntries(readdirSync(dir).sort().map((name) => [name, readFileSync(join(dir, name), 'utf8')]));
+      return {};
+    });
     const { log, lines } = capturingLog();
     const entries = await relabelGuest({ run, log, layout, index: 5 });
-    expect(run.calls.map((c) => [c.file, ...c.args])).toEqual([
-      ['setfiles', '-m', '-r', root, '-c', join(root, 'etc/selinux/targeted/policy/policy.33'), join(root, FILE_CONTEXTS), root, join(root, 'boot')],
-    ]);
+    const args = run.calls[0].args;
+    const copy = dirname(args[args.indexOf('-c') + 1]);
+    expect(copy.startsWith(root)).toBe(false);
+    expect(run.calls.map((c) => [c.file, ...c.args])).toEqual([['setfiles', '-m', '-r', root, '-c', join(copy, 'policy'), join(copy, 'file_contexts'), root, join(root, 'boot')]]);
+    expect(copies).toEqual({ file_contexts: '/etc(/.*)?\tsystem_u:object_r:etc_t:s0\n', 'file_contexts.local': '/srv(/.*)?\tsystem_u:object_r:var_t:s0\n', policy: 'policy 33' });
     expect(entries).toEqual([
       { index: 5, type: 'selinux-relabel', description: 'setfiles with /etc/selinux/targeted/contexts/files/file_contexts over /, /boot', durationMs: expect.any(Number) },
     ]);

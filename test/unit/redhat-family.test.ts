@@ -362,22 +362,27 @@ describe('the rpm database, read from the host', () => {
     expect(sourceRpmName('nonsense')).toBeUndefined();
   });
 
-  test('the database is found through the guest symlink, its backend told to rpm, and queried on a copy', async () => {
+  test('the database is found through the guest symlink, its backend told to rpm, and queried unprivileged on a copy of the database files alone', async () => {
     const root = await mkdtemp(join(tmpdir(), 'ib-unit-rpmroot-'));
     try {
       await mkdir(join(root, 'usr/lib/sysimage/rpm'), { recursive: true });
       await mkdir(join(root, 'var/lib'), { recursive: true });
       await symlink('../../usr/lib/sysimage/rpm', join(root, 'var/lib/rpm'));
-      for (const file of ['rpmdb.sqlite', 'rpmdb.sqlite-wal', 'rpmdb.sqlite-shm', '.rpm.lock']) await writeFile(join(root, 'usr/lib/sysimage/rpm', file), file);
+      // A guest's macro files beside its database would run `%(…)` in the host's rpm: never copied.
+      for (const file of ['rpmdb.sqlite', 'rpmdb.sqlite-wal', 'rpmdb.sqlite-shm', '.rpm.lock', '.rpmmacros', 'macros', '.rpmrc']) await writeFile(join(root, 'usr/lib/sysimage/rpm', file), file);
       let copied: string[] = [];
       const run = recordingRunner((call) => {
-        copied = readdirSync(call.args[1]).sort();
+        copied = readdirSync(call.args[call.args.indexOf('/rpmdb') - 1]).sort();
         return { stdout: line(['rpm', '', '4.19.1.1', '1.fc40', 'x86_64', 'Fedora Project', 'rpm-4.19.1.1-1.fc40.src.rpm']) };
       });
       const packages = await queryRpmDatabase(root, { run });
-      expect(run.calls.map((c) => [c.file, c.args.map((a, i) => (i === 1 ? '<copy>' : a))])).toEqual([
-        ['rpm', ['--dbpath', '<copy>', '--define', '_db_backend sqlite', '-qa', '--queryformat', RPM_QUERY_FORMAT]],
-      ]);
+      expect(run.calls.map((c) => c.file)).toEqual(['bwrap']);
+      const { args } = run.calls[0];
+      expect(args.slice(args.indexOf('--'))).toEqual(['--', 'rpm', '--dbpath', '/rpmdb', '--define', '_db_backend sqlite', '-qa', '--queryformat', RPM_QUERY_FORMAT]);
+      // No privilege: its own user namespace as nobody, no capability, no network, HOME empty and not the copy.
+      expect(args.slice(0, 8)).toEqual(['--unshare-all', '--unshare-user', '--uid', '65534', '--gid', '65534', '--cap-drop', 'ALL']);
+      expect(args[args.indexOf('HOME') + 1]).toBe('/home/sandbox');
+      expect(args[args.indexOf('/rpmdb') - 2]).toBe('--bind');
       expect(copied).toEqual(['rpmdb.sqlite', 'rpmdb.sqlite-wal']);
       expect(packages.map((p) => `${p.name} ${p.version} ${p.architecture}`)).toEqual(['rpm 4.19.1.1-1.fc40 x86_64']);
       expect(await rpmArchitecture(root, packages)).toBe('x86_64');
@@ -399,12 +404,16 @@ describe('the rpm database, read from the host', () => {
       await writeFile(join(root, 'var/lib/rpm/__db.001'), 'environment');
       const run = recordingRunner(() => ({ stdout: '' }));
       await queryRpmDatabase(root, { run });
-      expect(run.calls[0].args.slice(2, 4)).toEqual(['--define', '_db_backend bdb_ro']);
+      const { args } = run.calls[0];
+      expect(args.slice(args.indexOf('--') + 4, args.indexOf('--') + 6)).toEqual(['--define', '_db_backend bdb_ro']);
 
-      const missing = (async () => {
-        throw new ImageBuilderError('MISSING_TOOL', '`rpm` failed: rpm is not installed');
-      }) as never;
-      await expect(queryRpmDatabase(root, { run: missing })).rejects.toMatchObject({ code: 'MISSING_TOOL', hint: 'install it (Debian and Ubuntu: apt-get install rpm)' });
+      const path = process.env.PATH;
+      process.env.PATH = '/nonexistent';
+      try {
+        await expect(queryRpmDatabase(root, { run })).rejects.toMatchObject({ code: 'MISSING_TOOL', hint: 'install it (Debian and Ubuntu: apt-get install rpm)' });
+      } finally {
+        process.env.PATH = path;
+      }
     } finally {
       await rm(root, { recursive: true, force: true });
     }

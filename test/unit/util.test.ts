@@ -1,6 +1,7 @@
 import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import { execa } from 'execa';
 import { replaceTemporarily } from '../../src/chroot/guest-file.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
 import { resolveInRoot } from '../../src/util/fs.js';
@@ -58,6 +59,24 @@ describe('replaceTemporarily', () => {
     expect(Number(after.mode) & 0o7777).toBe(0o600);
     expect(after.mtimeNs).toBe(before.mtimeNs);
     expect(after.atimeNs).toBe(before.atimeNs);
+  });
+
+  test('a FIFO or a symlink planted at the name is moved aside and back, never opened or followed', async () => {
+    await execa('mkfifo', [join(root, 'etc/resolv.conf')]);
+    const restore = await replaceTemporarily(root, '/etc/resolv.conf', 'nameserver 10.0.0.1\n');
+    expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('nameserver 10.0.0.1\n');
+    await restore();
+    expect((await lstat(join(root, 'etc/resolv.conf'))).isFIFO()).toBe(true);
+    const outside = join(root, '..', `${basename(root)}-outside`);
+    await writeFile(outside, 'host file\n');
+    try {
+      await symlink(outside, join(root, 'etc/hosts'));
+      await (await replaceTemporarily(root, '/etc/hosts', 'written\n'))();
+      expect(await readFile(outside, 'utf8')).toBe('host file\n');
+      expect(await readlink(join(root, 'etc/hosts'))).toBe(outside);
+    } finally {
+      await rm(outside, { force: true });
+    }
   });
 
   test('an absent file is absent again', async () => {

@@ -1,0 +1,246 @@
+import { constants, type Stats } from 'node:fs';
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { basename, join, posix } from 'node:path';
+import { ImageBuilderError } from './errors.js';
+import { resolveInRoot } from './fs.js';
+
+/**
+ * The one way the host touches a file of a mounted guest. The guest is hostile: a path it controls may be a
+ * symlink to a host file, a FIFO that blocks whoever opens it, a device node of a host disk, or a file of
+ * gigabytes. So every access here
+ * - resolves the guest path inside the guest root (resolveInRoot: a guest symlink never leads onto the host),
+ * - opens the result with O_NOFOLLOW (a symlink planted after resolving is refused, not followed) and
+ *   O_NONBLOCK (opening a FIFO does not wait for a writer), then checks on the open descriptor that it is a
+ *   regular file (or directory) and that the kernel's own path of it is still inside the root (a parent
+ *   directory swapped for a symlink meanwhile is caught after the fact, before a byte is read or written),
+ * - reads at most a stated number of bytes.
+ * Writes go to a new file created O_EXCL|O_NOFOLLOW next to the target, then renamed over it (rename replaces
+ * a symlink at the target rather than following it).
+ * Nothing else in src/ opens a guest path with node:fs (test/unit/guest-fs-boundary.test.ts checks it).
+ */
+
+/** Caps on what the host reads from a guest, by kind of file. */
+export const GUEST_READ_LIMITS = {
+  /** os-release, fstab, selinux/config, resolv.conf, a work record: a few KiB in any real image. */
+  config: 1 << 20,
+  /** dpkg's status file: ~3 MiB for a full desktop; 64 MiB is far beyond any real one. */
+  packageStatus: 64 << 20,
+  /** One rpm database file: rpmdb.sqlite of a large Fedora install is ~100 MiB. */
+  packageDatabase: 1 << 30,
+  /** An SELinux binary policy or file_contexts: Fedora's targeted policy is ~10 MiB. */
+  policy: 256 << 20,
+} as const;
+
+const realRoots = new Map<string, string>();
+
+async function realRoot(root: string): Promise<string> {
+  let real = realRoots.get(root);
+  if (!real) {
+    real = await realpath(root);
+    realRoots.set(root, real);
+  }
+  return real;
+}
+
+function describeType(stats: Stats): string {
+  if (stats.isSymbolicLink()) return 'a symbolic link';
+  if (stats.isFIFO()) return 'a FIFO';
+  if (stats.isCharacterDevice()) return 'a character device';
+  if (stats.isBlockDevice()) return 'a block device';
+  if (stats.isSocket()) return 'a socket';
+  if (stats.isDirectory()) return 'a directory';
+  return 'not a regular file';
+}
+
+function refused(guestPath: string, what: string): ImageBuilderError {
+  return new ImageBuilderError('BAD_INPUT', `the guest's ${guestPath} is ${what}; imagebuilder reads and writes guest files from the host only as regular files inside the guest`, {
+    hint: 'the image is damaged or crafted: repair that path in the image, or build from a trusted base image',
+  });
+}
+
+/** The host path of a guest path, every symlink on it resolved inside the guest. */
+export async function guestHostPath(root: string, guestPath: string): Promise<string> {
+  return join(root, await resolveInRoot(root, guestPath));
+}
+
+/** The host path of a guest path whose parent directories are resolved inside the guest; the last name is kept. */
+async function hostPathOfName(root: string, guestPath: string): Promise<string> {
+  const parentGuest = await resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
+  return join(root, parentGuest, basename(guestPath));
+}
+
+/** lstat of a guest path (parents resolved inside the guest, the last name not followed); undefined when absent. */
+export async function statGuest(root: string, guestPath: string): Promise<Stats | undefined> {
+  return lstat(await hostPathOfName(root, guestPath)).catch(() => undefined);
+}
+
+/** The descriptor's real path must still lie inside the guest root. */
+async function checkInside(root: string, handle: FileHandle, guestPath: string): Promise<void> {
+  const real = await readlink(`/proc/self/fd/${handle.fd}`);
+  const inside = await realRoot(root);
+  if (real !== inside && !real.startsWith(`${inside}/`)) {
+    throw refused(guestPath, `outside the guest once opened (${real}): a parent directory was replaced while it was being opened`);
+  }
+}
+
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+
+/** Opens a guest path for reading, as a regular file (or a directory); undefined when it does not exist. */
+async function openGuest(root: string, guestPath: string, kind: 'file' | 'directory'): Promise<FileHandle | undefined> {
+  const hostPath = await guestHostPath(root, guestPath);
+  let handle: FileHandle;
+  try {
+    handle = await open(hostPath, READ_FLAGS | (kind === 'directory' ? constants.O_DIRECTORY : 0));
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    if (code === 'ELOOP') throw refused(guestPath, 'a symbolic link where none was a moment before');
+    if (code === 'ENOTDIR' && kind === 'directory') return undefined;
+    // A device node on a nodev mount: refused by the kernel, and by us.
+    if (code === 'EACCES' || code === 'ENXIO' || code === 'EPERM') {
+      const stats = await lstat(hostPath).catch(() => undefined);
+      if (stats && !stats.isFile() && !stats.isDirectory()) throw refused(guestPath, describeType(stats));
+    }
+    throw error;
+  }
+  try {
+    const stats = await handle.stat();
+    if (kind === 'file' ? !stats.isFile() : !stats.isDirectory()) throw refused(guestPath, describeType(stats));
+    await checkInside(root, handle, guestPath);
+    return handle;
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+}
+
+/**
+ * A guest file's content, at most `maxBytes` of it (a larger file is refused, naming the cap); undefined when
+ * the file does not exist.
+ */
+export async function readGuestFile(root: string, guestPath: string, maxBytes: number): Promise<Buffer | undefined> {
+  const handle = await openGuest(root, guestPath, 'file');
+  if (!handle) return undefined;
+  try {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    // Read to the end, not to the size stat gave: a file that grows meanwhile still stops at the cap.
+    for (;;) {
+      const chunk = Buffer.alloc(Math.min(1 << 20, maxBytes + 1 - length));
+      const { bytesRead } = await handle.read(chunk, 0, chunk.length, length);
+      if (bytesRead === 0) break;
+      chunks.push(chunk.subarray(0, bytesRead));
+      length += bytesRead;
+      if (length > maxBytes) throw tooLarge(guestPath, maxBytes);
+    }
+    return Buffer.concat(chunks, length);
+  } finally {
+    await handle.close();
+  }
+}
+
+function tooLarge(guestPath: string, maxBytes: number): ImageBuilderError {
+  return new ImageBuilderError('BAD_INPUT', `the guest's ${guestPath} is larger than ${maxBytes} bytes, more than any real one; not read`, {
+    hint: 'the image is damaged or crafted: repair that file in the image, or build from a trusted base image',
+  });
+}
+
+/** The first `length` bytes of a guest file (fewer when it is shorter); undefined when it does not exist. */
+export async function readGuestHead(root: string, guestPath: string, length: number): Promise<Buffer | undefined> {
+  const handle = await openGuest(root, guestPath, 'file');
+  if (!handle) return undefined;
+  try {
+    const buffer = Buffer.alloc(length);
+    const { bytesRead } = await handle.read(buffer, 0, length, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A guest text file (UTF-8), capped as readGuestFile; undefined when it does not exist. */
+export async function readGuestText(root: string, guestPath: string, maxBytes: number = GUEST_READ_LIMITS.config): Promise<string | undefined> {
+  return (await readGuestFile(root, guestPath, maxBytes))?.toString('utf8');
+}
+
+/** The names in a guest directory, sorted; undefined when it does not exist or is not a directory. */
+export async function readGuestDir(root: string, guestPath: string): Promise<string[] | undefined> {
+  const handle = await openGuest(root, guestPath, 'directory').catch((error) => {
+    if (error instanceof ImageBuilderError) return undefined; // not a directory: nothing to list
+    throw error;
+  });
+  if (!handle) return undefined;
+  try {
+    // Listed through the open descriptor: what was checked is what is read.
+    return (await readdir(`/proc/self/fd/${handle.fd}`)).sort();
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface GuestWriteOptions {
+  mode: number;
+  uid?: number;
+  gid?: number;
+  /** Access and modification time; the write's own time when absent. */
+  time?: Date;
+}
+
+/**
+ * Writes a guest file from the host, atomically: missing parent directories are made (0755), the content goes
+ * to a new file created O_EXCL|O_NOFOLLOW beside the target, and that is renamed over the target. Whatever was
+ * at the target (a regular file, a symlink, planted or not) is replaced, never written through.
+ */
+export async function writeGuestFileFromHost(root: string, guestPath: string, content: string | Buffer, options: GuestWriteOptions): Promise<void> {
+  const parentGuest = await resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
+  const parent = join(root, parentGuest);
+  await mkdir(parent, { recursive: true, mode: 0o755 });
+  const target = join(parent, basename(guestPath));
+  const partial = join(parent, `.${basename(guestPath)}.imagebuilder-${randomBytes(6).toString('hex')}`);
+  const handle = await open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NOCTTY, options.mode);
+  try {
+    try {
+      await checkInside(root, handle, guestPath);
+      await handle.writeFile(content);
+      await handle.chmod(options.mode);
+      if (options.uid !== undefined || options.gid !== undefined) await handle.chown(options.uid ?? 0, options.gid ?? 0);
+      if (options.time) await handle.utimes(options.time, options.time);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(partial, target);
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw error;
+  }
+}
+
+/** Removes a guest file (a symlink itself, never what it points to); nothing when it is absent. */
+export async function removeGuestFile(root: string, guestPath: string): Promise<void> {
+  await rm(await hostPathOfName(root, guestPath), { force: true });
+}
+
+/** Renames a guest path within its own directory, without following anything; undefined when it is absent. */
+export async function moveAsideInGuest(root: string, guestPath: string): Promise<{ restore: () => Promise<void> } | undefined> {
+  const parentGuest = await resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
+  const name = basename(guestPath);
+  const aside = `.${name}.imagebuilder-saved-${randomBytes(6).toString('hex')}`;
+  const original = join(root, parentGuest, name);
+  if (!(await lstat(original).catch(() => undefined))) return undefined;
+  await rename(original, join(root, parentGuest, aside));
+  return {
+    restore: async () => {
+      // Resolved again: a step may have replaced a parent directory with a symlink, which must not lead out.
+      const parentNow = join(root, await resolveInRoot(root, parentGuest));
+      await rm(join(parentNow, name), { force: true, recursive: false }).catch(async (error: NodeJS.ErrnoException) => {
+        // A directory a step left at that name goes too: what was there before comes back.
+        if (error.code === 'EISDIR' || error.code === 'ERR_FS_EISDIR') await rm(join(parentNow, name), { recursive: true, force: true });
+        else throw error;
+      });
+      await rename(join(parentNow, aside), join(parentNow, name));
+    },
+  };
+}
+

@@ -1,0 +1,114 @@
+import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { REPO } from '../helpers/host.js';
+
+/** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
+describe('guest-fs', () => {
+  let root: string;
+  let outside: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'ib-guestfs-'));
+    outside = await mkdtemp(join(tmpdir(), 'ib-guestfs-host-'));
+    await writeFile(join(outside, 'secret'), 'host secret\n');
+    await mkdir(join(root, 'etc'));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+    await rm(outside, { recursive: true, force: true });
+  });
+
+  test('an absolute symlink to a host file resolves inside the guest, never to the host file', async () => {
+    await symlink(join(outside, 'secret'), join(root, 'etc/os-release'));
+    expect(await readGuestText(root, '/etc/os-release')).toBeUndefined();
+    await mkdir(join(root, outside), { recursive: true });
+    await writeFile(join(root, outside, 'secret'), 'the guest own file\n');
+    expect(await readGuestText(root, '/etc/os-release')).toBe('the guest own file\n');
+  });
+
+  test('a FIFO is refused at once (no waiting for a writer), a device node too, naming what it is', async () => {
+    await execa('mkfifo', [join(root, 'etc/fstab')]);
+    await expect(readGuestText(root, '/etc/fstab')).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining("the guest's /etc/fstab is a FIFO") });
+    await execa('mknod', [join(root, 'etc/zero'), 'c', '1', '5']);
+    await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('a character device') });
+  });
+
+  test('a file larger than the cap is refused, not read whole', async () => {
+    await writeFile(join(root, 'etc/os-release'), Buffer.alloc(5000, 'a'));
+    await expect(readGuestFile(root, '/etc/os-release', 4096)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('larger than 4096 bytes') });
+    expect((await readGuestFile(root, '/etc/os-release', 5000))!.length).toBe(5000);
+  });
+
+  test('a directory symlinked at the host is listed inside the guest', async () => {
+    await symlink(outside, join(root, 'boot'));
+    expect(await readGuestDir(root, '/boot')).toBeUndefined();
+    await mkdir(join(root, outside), { recursive: true });
+    await writeFile(join(root, outside, 'vmlinuz-1'), '');
+    expect(await readGuestDir(root, '/boot')).toEqual(['vmlinuz-1']);
+  });
+
+  test('a write replaces a planted symlink (or dangling one) rather than writing through it; parents resolve inside', async () => {
+    await mkdir(join(root, 'usr/share/imagebuilder'), { recursive: true });
+    await symlink(join(outside, 'secret'), join(root, 'usr/share/imagebuilder/bom.json'));
+    await writeGuestFileFromHost(root, '/usr/share/imagebuilder/bom.json', '{}\n', { mode: 0o644, time: new Date(1700000000000) });
+    expect(await readFile(join(outside, 'secret'), 'utf8')).toBe('host secret\n');
+    const written = await lstat(join(root, 'usr/share/imagebuilder/bom.json'));
+    expect(written.isFile()).toBe(true);
+    expect(written.mode & 0o7777).toBe(0o644);
+    expect(written.mtimeMs).toBe(1700000000000);
+    // A parent directory that is a host-absolute symlink: made inside the guest.
+    await symlink(outside, join(root, 'var'));
+    await writeGuestFileFromHost(root, '/var/lib/record.json', 'x', { mode: 0o600 });
+    expect(readdirSync(outside)).toEqual(['secret']);
+    expect(readFileSync(join(root, outside, 'lib/record.json'), 'utf8')).toBe('x');
+    // No temporary file left beside the target.
+    expect(readdirSync(join(root, 'usr/share/imagebuilder'))).toEqual(['bom.json']);
+  });
+
+  test('statGuest does not follow the last name', async () => {
+    await symlink('/dev/null', join(root, 'etc/masked'));
+    expect((await statGuest(root, '/etc/masked'))!.isSymbolicLink()).toBe(true);
+    expect(await readlink(join(root, 'etc/masked'))).toBe('/dev/null');
+  });
+});
+
+/**
+ * The modules that read a mounted guest must do it through src/util/guest-fs.ts. They may use only the
+ * node:fs calls that open nothing (lstat, readlink) or that act on the host's own temp files; each other
+ * call is listed with the reason it does not open a guest path.
+ */
+describe('guest-fs is the only way the host opens a guest file', () => {
+  const SAFE = new Set(['lstat', 'readlink', 'mkdtemp', 'rm', 'constants', 'Stats', 'createWriteStream']);
+  const ALLOWED: Record<string, Record<string, string>> = {
+    'src/distro/selinux.ts': { writeFile: 'copies of guest data into a private host temp directory' },
+    'src/pkg/rpm.ts': { writeFile: 'copies of guest data into a private host temp directory' },
+    'src/mount/layout.ts': {
+      readFile: '/proc/filesystems (host)',
+      open: 'the exclusive-open test of a host block device',
+      mkdir: 'mount points, at paths already resolved inside the guest before anything runs in it',
+      readdir: 'names of a read-only probe mount (btrfs subvolumes), each then lstat-ed',
+    },
+    'src/chroot/session.ts': {
+      readFile: "the host's resolv.conf",
+      readdir: '/proc (host)',
+      mkdir: 'mount points, at paths resolved inside the guest',
+      symlink: 'links in the private /dev tmpfs',
+    },
+    'src/chroot/emulation.ts': Object.fromEntries(['open', 'readdir', 'readFile', 'realpath', 'rmdir'].map((name) => [name, "the host's binfmt_misc and /proc/mounts; of the guest, only its ELF header (guest-fs) and an lstat"])),
+    'src/image/rootfs-tar.ts': { readdir: 'the lstat-based walk, after the session closed (no guest process runs)' },
+  };
+  const GUEST_FACING = ['src/distro', 'src/pkg', 'src/bom', 'src/chroot', 'src/mount/layout.ts', 'src/image/rootfs-tar.ts', 'src/steps/swap.ts', 'src/pipeline/inspect.ts'];
+
+  test.each(GUEST_FACING)('%s', async (entry) => {
+    const files = entry.endsWith('.ts') ? [entry] : readdirSync(join(REPO, entry)).filter((name) => name.endsWith('.ts')).map((name) => `${entry}/${name}`);
+    for (const file of files) {
+      const text = readFileSync(join(REPO, file), 'utf8');
+      const imported = [...text.matchAll(/import\s+(?:type\s+)?\{([^}]*)\}\s+from\s+'node:fs(?:\/promises)?'/g)].flatMap((m) => m[1].split(',').map((name) => name.trim().replace(/^type\s+/, '')).filter(Boolean));
+      const forbidden = imported.filter((name) => !SAFE.has(name) && !(ALLOWED[file] ?? {})[name]);
+      expect({ file, forbidden }).toEqual({ file, forbidden: [] });
+    }
+  });
+});
