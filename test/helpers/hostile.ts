@@ -32,9 +32,14 @@ export const WATCHED_SYSCTLS = [
 
 export const CANARY_CONTENT = 'host canary: a hostile image must never change or read this\n';
 
-async function readTree(dir: string): Promise<Record<string, string>> {
+/** Every file under `dir` (relative path → content), and every directory as `path/`. */
+async function readTree(dir: string, prefix = ''): Promise<Record<string, string>> {
   const files: Record<string, string> = {};
-  for (const name of (await readdir(dir)).sort()) files[name] = await readFile(join(dir, name), 'utf8');
+  for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+    const path = `${prefix}${entry.name}`;
+    if (entry.isDirectory()) Object.assign(files, { [`${path}/`]: '' }, await readTree(join(dir, entry.name), `${path}/`));
+    else files[path] = await readFile(join(dir, entry.name), 'utf8');
+  }
   return files;
 }
 
@@ -66,7 +71,7 @@ export async function snapshotHost(): Promise<HostSnapshot> {
 export async function expectHostUntouched(before: HostSnapshot): Promise<void> {
   try {
     expect(await readTree(before.canaryDir)).toEqual(before.files);
-    expect(await readTree(join(before.canaryDir, 'subdir'))).toEqual({ 'inner.txt': CANARY_CONTENT });
+    expect(before.files).toEqual({ 'canary.txt': CANARY_CONTENT, 'subdir/': '', 'subdir/inner.txt': CANARY_CONTENT });
     expect((await stat(before.canaryFile)).mtimeMs).toBe(before.canaryMtimeMs);
     const sysctls: Record<string, string> = {};
     for (const name of WATCHED_SYSCTLS) sysctls[name] = await readFile(`/proc/sys/${name}`, 'utf8').catch(() => '(unreadable)');

@@ -1,0 +1,188 @@
+import { lstat, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { deriveImage } from '../helpers/derive-image.js';
+import { fixtureImage } from '../helpers/fixtures.js';
+import { runCli } from '../helpers/host.js';
+import { CANARY_CONTENT, expectHostUntouched, snapshotHost } from '../helpers/hostile.js';
+import { withImageMounted } from '../helpers/inspect.js';
+import { writeRecipe } from '../helpers/recipes.js';
+import { rpmGuestImage, RPM_GUEST_DBPATH } from '../helpers/rpm-guest.js';
+
+/**
+ * Hostile guests: images crafted (by the test, from the real fixtures) to reach the build host through what
+ * imagebuilder does with them on the host side — mounting their filesystems, reading and writing their files,
+ * running host tools over their data. Each attack is tried for real; after each, the host must be as it was
+ * (a canary file and directory, kernel settings, binfmt_misc, mounts, loop devices, helper processes) and the
+ * build either fails with a clear error or succeeds without the attack having any effect.
+ */
+describe('hostile guest images', () => {
+  let work: string;
+  let tmp: string;
+  let wholeDisk: string;
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-hostile-');
+    tmp = await mkdtemp('/var/tmp/ib-hostile-tmp-');
+    wholeDisk = await fixtureImage('whole-disk');
+  });
+  afterAll(async () => {
+    await rm(work, { recursive: true, force: true });
+    await rm(tmp, { recursive: true, force: true });
+  });
+  const env = () => ({ IMAGEBUILDER_WORK_DIR: tmp });
+  const apply = (recipe: string, image: string, output: string, extra: string[] = []) =>
+    runCli(['apply', recipe, '--disk-image', image, '--output', join(work, output), '--sparsify', 'none', '--sbom', 'none', ...extra], { env: env() });
+
+  describe('mounts: the superblock says what a filesystem is, the fstab only where; nodev, nosuid, errors=remount-ro', () => {
+    test("an fstab naming the host kernel's filesystems (debugfs, tracefs, securityfs, binfmt_misc, configfs, bpf) mounts none of them", async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'kernel-fstab.qcow2'), {}, {
+        // The root filesystem's own UUID under types that are not what its superblock says, and a virtual one.
+        thenRun: [
+          'u=$(blkid -p -o value -s UUID "$2")',
+          'for t in debugfs tracefs securityfs configfs bpf; do mkdir -p "$1/opt/$t"; echo "UUID=$u /opt/$t $t defaults 0 0" >> "$1/etc/fstab"; done',
+          'mkdir -p "$1/opt/binfmt"; echo "none /opt/binfmt binfmt_misc defaults 0 0" >> "$1/etc/fstab"',
+        ].join('; '),
+      });
+      const recipe = await writeRecipe(work, 'kernel-fstab', [
+        { name: 'no kernel filesystem inside', run: "! grep -E ' (debugfs|tracefs|securityfs|configfs|bpf|binfmt_misc) ' /proc/self/mounts && [ -z \"$(ls -A /opt/debugfs)$(ls -A /opt/tracefs)\" ] && echo KERNEL-FS-ABSENT" },
+      ]);
+      const result = await apply(recipe, image, 'kernel-fstab-out.qcow2');
+      expectSuccess(result);
+      expect(result.all).toContain('KERNEL-FS-ABSENT');
+      for (const type of ['debugfs', 'tracefs', 'securityfs', 'configfs', 'bpf']) {
+        expect(result.stderr).toMatch(new RegExp(`not mounting /etc/fstab:\\d+ \\(UUID=\\S+ /opt/${type} ${type}\\): \\S+ holds ext4 \\(the line says ${type}\\)`));
+      }
+      await expectHostUntouched(host);
+    });
+
+    test("device nodes shipped in the image are inert (a loop device over a canary disk, /dev/mem), and an errors=panic superblock is mounted errors=remount-ro", async () => {
+      const host = await snapshotHost();
+      // A "host disk" whose content the attack wants: a loop device over a file holding the canary.
+      const disk = join(work, 'host-disk.img');
+      await writeFile(disk, Buffer.concat([Buffer.from(CANARY_CONTENT), Buffer.alloc(1 << 20)]));
+      const loop = (await execa('losetup', ['--find', '--show', disk])).stdout.trim();
+      try {
+        const [major, minor] = (await readFile(`/sys/class/block/${loop.replace('/dev/', '')}/dev`, 'utf8')).trim().split(':');
+        const image = await deriveImage(wholeDisk, join(work, 'device-nodes.qcow2'), {}, {
+          thenRun: `mknod "$1/root/hostdisk" b ${major} ${minor}; mknod "$1/root/mem" c 1 1; chmod 0666 "$1/root/hostdisk" "$1/root/mem"`,
+        });
+        // The superblock asks the kernel to panic on the first error it finds (set once unmounted, so it stays).
+        const raw = `${image}.raw`;
+        await execa('qemu-img', ['convert', '-O', 'raw', image, raw]);
+        await execa('tune2fs', ['-e', 'panic', raw]);
+        expect((await execa('dumpe2fs', ['-h', raw])).stdout).toMatch(/Errors behavior:\s+Panic/);
+        await execa('qemu-img', ['convert', '-O', 'qcow2', raw, image]);
+        await rm(raw);
+        const recipe = await writeRecipe(work, 'device-nodes', [
+          {
+            name: 'read and write the host disk',
+            run: [
+              'if head -c 64 /root/hostdisk; then echo READ-HOST-DISK; fi',
+              'if echo pwned > /root/hostdisk; then echo WROTE-HOST-DISK; fi',
+              'if head -c 1 /root/mem >/dev/null; then echo READ-MEM; fi',
+              "grep ' / ' /proc/self/mounts",
+            ].join('\n'),
+          },
+        ]);
+        const result = await apply(recipe, image, 'device-nodes-out.qcow2');
+        expectSuccess(result);
+        expect(result.all).not.toContain('READ-HOST-DISK');
+        expect(result.all).not.toContain('WROTE-HOST-DISK');
+        expect(result.all).not.toContain('READ-MEM');
+        expect(result.all).not.toContain(CANARY_CONTENT.trim());
+        expect(result.all).toMatch(/\/dev\/\S+ \/ ext4 \S*nosuid,nodev\S*errors=remount-ro/);
+        expect((await readFile(disk)).subarray(0, CANARY_CONTENT.length).toString()).toBe(CANARY_CONTENT);
+      } finally {
+        await execa('losetup', ['--detach', loop]);
+      }
+      await expectHostUntouched(host);
+    });
+  });
+
+  describe('host-side reads and writes of guest files: no symlink followed, no FIFO or device opened, sizes capped', () => {
+    test('symlinks planted at the in-image BOM and at its temporary name do not make the host write through them', async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'bom-links.qcow2'), {}, {
+        thenRun: [
+          'mkdir -p "$1/usr/share/imagebuilder"',
+          `ln -s ${host.canaryFile} "$1/usr/share/imagebuilder/bom.json"`,
+          `ln -s ${host.canaryFile} "$1/usr/share/imagebuilder/bom.json.imagebuilder-new"`,
+          `ln -s ${host.canaryDir}/subdir "$1/usr/share/imagebuilder/dir"`,
+        ].join('; '),
+      });
+      const recipe = await writeRecipe(work, 'bom-links', [{ file: { path: '/etc/marker', content: 'built\n' } }]);
+      const result = await apply(recipe, image, 'bom-links-out.qcow2');
+      expectSuccess(result);
+      await withImageMounted(join(work, 'bom-links-out.qcow2'), 'whole-disk', async (root) => {
+        const bom = join(root, 'usr/share/imagebuilder/bom.json');
+        expect((await lstat(bom)).isFile()).toBe(true);
+        expect(JSON.parse(await readFile(bom, 'utf8')).recipe.name).toBe('bom-links');
+      });
+      await expectHostUntouched(host);
+    });
+
+    test("a FIFO at /etc/resolv.conf (read and rewritten around every session) neither hangs nor is opened: it comes back as the FIFO it was", async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'resolv-fifo.qcow2'), {}, { thenRun: 'rm -f "$1/etc/resolv.conf"; mkfifo "$1/etc/resolv.conf"' });
+      const recipe = await writeRecipe(work, 'resolv-fifo', [{ run: 'grep -q nameserver /etc/resolv.conf && echo DNS-FOR-THE-BUILD' }]);
+      const result = await apply(recipe, image, 'resolv-fifo-out.qcow2');
+      expectSuccess(result);
+      expect(result.all).toContain('DNS-FOR-THE-BUILD');
+      await withImageMounted(join(work, 'resolv-fifo-out.qcow2'), 'whole-disk', async (root) => {
+        expect((await lstat(join(root, 'etc/resolv.conf'))).isFIFO()).toBe(true);
+      });
+      await expectHostUntouched(host);
+    });
+
+    test.each([
+      ['/etc/os-release a FIFO', 'rm -f "$1/etc/os-release" "$1/usr/lib/os-release"; mkfifo "$1/usr/lib/os-release"; ln -s ../usr/lib/os-release "$1/etc/os-release"', "the guest's /etc/os-release is a FIFO"],
+      ['/etc/fstab of 2 MiB', 'head -c 2097152 /dev/zero | tr "\\0" "#" > "$1/etc/fstab"', "the guest's /etc/fstab is larger than 1048576 bytes"],
+      ['/var/lib/dpkg/status a symlink to the host canary', 'ln -sf CANARY "$1/var/lib/dpkg/status"', "the guest has no dpkg database"],
+    ])('%s: a clear BAD_INPUT, nothing read from the host, no hang', async (_name, craft, message) => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, `crafted-${message.length}.qcow2`), {}, { thenRun: craft.replace('CANARY', host.canaryFile) });
+      const result = await runCli(['inspect', image, '--format', 'json'], { env: env() });
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr).toContain(message);
+      expect(result.all).not.toContain(CANARY_CONTENT.trim());
+      expect(await readdir(tmp)).toEqual([]);
+      await expectHostUntouched(host);
+    });
+  });
+
+  describe("host programs never interpret guest content with host privileges", () => {
+    /** Paths an attack's `%(…)` would create on the host if the host's rpm ran it. */
+    const PWNED = ['/var/tmp/imagebuilder-hostile-rpmmacros', '/var/tmp/imagebuilder-hostile-rpmmacros-sandboxed'];
+    afterEach(async () => {
+      for (const path of PWNED) await rm(path, { force: true });
+    });
+
+    test('a .rpmmacros beside the rpm database (%(cmd) run by any rpm that reads it) is never read: inspect and apply', async () => {
+      const host = await snapshotHost();
+      // rpm expands %_install_langs at start-up: a shell command in it runs as whoever runs rpm.
+      const macros = `%_install_langs %(touch ${PWNED[0]}; echo all)\n%_netsharedpath %(cat ${host.canaryFile} > /var/tmp/imagebuilder-hostile-rpmmacros-sandboxed)\n`;
+      const image = await deriveImage(await rpmGuestImage(), join(work, 'rpmmacros.qcow2'), { [`/${RPM_GUEST_DBPATH}/.rpmmacros`]: macros }, { partitioned: true, mountOptions: 'nouuid' });
+      // The attack is real: the host's rpm, run as imagebuilder once ran it (HOME at a copy of the directory), obeys it.
+      const proof = await mkdtemp(join(work, 'proof-'));
+      await writeFile(join(proof, '.rpmmacros'), macros);
+      await execa('rpm', ['--dbpath', proof, '-qa'], { env: { HOME: proof }, reject: false });
+      expect(await stat(PWNED[0]).then(() => true, () => false)).toBe(true);
+      for (const path of PWNED) await rm(path, { force: true });
+
+      const inspected = await runCli(['inspect', image, '--format', 'json'], { env: env() });
+      expectSuccess(inspected);
+      expect(JSON.parse(inspected.stdout).inventory.family).toBe('redhat');
+      const recipe = await writeRecipe(work, 'rpmmacros', [{ file: { path: '/etc/marker', content: 'x\n' } }]);
+      const applied = await apply(recipe, image, 'rpmmacros-out.qcow2');
+      expectSuccess(applied);
+      for (const path of PWNED) expect(await stat(path).then(() => path, () => undefined)).toBeUndefined();
+      await expectHostUntouched(host);
+    });
+  });
+});
+
+/** Exit code 0, or the failure with the whole output. */
+function expectSuccess(result: { exitCode?: number; all: string }): void {
+  if (result.exitCode !== 0) throw new Error(`exit code ${result.exitCode}:\n${result.all}`);
+}
