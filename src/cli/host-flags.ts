@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
+import { ImageBuilderError } from '../util/errors.js';
 
 /**
  * Flags about this host rather than the build — where the cache and scratch space are, how to mount — each
@@ -23,12 +24,26 @@ export const workDirFlag = {
 
 export const mountBackendFlag = {
   'mount-backend': Flags.string({ description: 'how to mount the image', options: ['auto', ...MOUNT_BACKEND_NAMES], default: 'auto', env: 'IMAGEBUILDER_MOUNT_BACKEND' }),
+  untrusted: Flags.boolean({
+    description: "the image comes from a source you do not trust: its filesystems are parsed inside libguestfs's appliance, not by this host's kernel (the guestmount backend: slower, see README Security)",
+    env: 'IMAGEBUILDER_UNTRUSTED',
+  }),
 };
 
 /** Where a build runs on this host: apply and matrix take these. */
 export const hostBuildFlags = { ...cacheFlag, ...workDirFlag, ...mountBackendFlag };
 
-export const mountBackendOf = (flags: { 'mount-backend': string }) => flags['mount-backend'] as MountBackendName | 'auto';
+/** The backend the flags ask for: --untrusted means guestmount, and no other backend may be asked for beside it. */
+export function mountBackendOf(flags: { 'mount-backend': string; untrusted?: boolean }): MountBackendName | 'auto' {
+  const backend = flags['mount-backend'] as MountBackendName | 'auto';
+  if (!flags.untrusted) return backend;
+  if (backend !== 'auto' && backend !== 'guestmount') {
+    throw new ImageBuilderError('BAD_INPUT', `--untrusted mounts the image through guestmount, and --mount-backend asks for ${backend}`, {
+      hint: `drop --mount-backend ${backend} (or IMAGEBUILDER_MOUNT_BACKEND), or drop --untrusted for an image you trust`,
+    });
+  }
+  return 'guestmount';
+}
 
 /**
  * The library finds the cache and the work-directory parent in IMAGEBUILDER_CACHE / IMAGEBUILDER_WORK_DIR

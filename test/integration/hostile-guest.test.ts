@@ -151,6 +151,21 @@ describe('hostile guest images', () => {
     });
   });
 
+  describe('--untrusted: the filesystems are parsed inside the libguestfs appliance, not by this kernel', () => {
+    test('shell --untrusted sees the guest through guestmount (FUSE), not an ext4 mount of this kernel; another backend beside it is a clear error', async () => {
+      const host = await snapshotHost();
+      const refused = await runCli(['inspect', wholeDisk, '--untrusted', '--mount-backend', 'fuse'], { env: env() });
+      expect(refused.exitCode).toBe(2);
+      expect(refused.stderr).toContain('--untrusted mounts the image through guestmount, and --mount-backend asks for fuse');
+      const shell = await runCli(['shell', '--disk-image', wholeDisk, '--command', "grep ' / ' /proc/self/mounts; . /etc/os-release; echo ID=$ID"], { env: { ...env(), IMAGEBUILDER_UNTRUSTED: '1' } });
+      expectSuccess(shell);
+      expect(shell.stdout).toContain('ID=debian');
+      expect(shell.stdout).toMatch(/ \/ fuse\S* /);
+      expect(shell.stdout).not.toMatch(/ \/ ext4 /);
+      await expectHostUntouched(host);
+    });
+  });
+
   describe("host programs never interpret guest content with host privileges", () => {
     /** Paths an attack's `%(…)` would create on the host if the host's rpm ran it. */
     const PWNED = ['/var/tmp/imagebuilder-hostile-rpmmacros', '/var/tmp/imagebuilder-hostile-rpmmacros-sandboxed'];
