@@ -12,7 +12,7 @@ export async function deriveImage(
   base: string,
   output: string,
   files: Record<string, string>,
-  options: { partitioned?: boolean; mountOptions?: string; /** Run on the host after the copies, "$1" the mounted root. */ thenRun?: string } = {},
+  options: { partitioned?: boolean; /** Which partition (1-based) holds the files; the first by default. */ partition?: number; mountOptions?: string; /** Run on the host after the copies, "$1" the mounted root. */ thenRun?: string } = {},
 ): Promise<string> {
   const work = await mkdtemp('/var/tmp/ib-derive-');
   try {
@@ -21,7 +21,7 @@ export async function deriveImage(
     let extent = '';
     if (options.partitioned) {
       const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { partitions: { start: number; size: number }[] } };
-      const [root] = table.partitiontable.partitions;
+      const root = table.partitiontable.partitions[(options.partition ?? 1) - 1];
       extent = `,offset=${root.start * 512},sizelimit=${root.size * 512}`;
     }
     const staged = join(work, 'files');

@@ -194,6 +194,35 @@ describe('hostile guest images', () => {
       for (const path of PWNED) expect(await stat(path).then(() => path, () => undefined)).toBeUndefined();
       await expectHostUntouched(host);
     });
+
+    test("a guest's precompiled file_contexts.bin (PCRE2 bytecode libselinux would load unchecked, and trust over the text) never reaches the host's setfiles", async () => {
+      const host = await snapshotHost();
+      const contexts = 'etc/selinux/default/contexts/files/file_contexts';
+      // The .bin says /etc/hostile-marker is shadow_t; the guest's own text says otherwise. Newer than the text, so
+      // libselinux prefers it.
+      const image = await deriveImage(await fixtureImage('selinux-dracut'), join(work, 'selinux-bin.qcow2'), {}, {
+        partitioned: true,
+        partition: 2,
+        thenRun: `fc="$1/${contexts}"; { cat "$fc"; printf '/etc/hostile-marker\\t--\\tsystem_u:object_r:shadow_t:s0\\n'; } > "$1/../evil_fc"; sefcontext_compile -o "$fc.bin" "$1/../evil_fc"; touch -d tomorrow "$fc.bin"`,
+      });
+      const textOnly = await mkdtemp(join(work, 'fc-'));
+      const labels = await withImageMounted(image, 'selinux-dracut', async (root) => {
+        await writeFile(join(textOnly, 'file_contexts'), await readFile(join(root, contexts)));
+        const matched = async (file: string) => (await execa('matchpathcon', ['-m', 'file', '-f', file, '/etc/hostile-marker'])).stdout.split('\t')[1].trim();
+        return { withBin: await matched(join(root, contexts)), fromText: await matched(join(textOnly, 'file_contexts')) };
+      });
+      // The attack is real: the host's libselinux takes the guest's .bin over its text.
+      expect(labels.withBin).toBe('system_u:object_r:shadow_t:s0');
+      expect(labels.fromText).not.toBe(labels.withBin);
+      const recipe = await writeRecipe(work, 'selinux-bin', [{ file: { path: '/etc/hostile-marker', content: 'x\n' } }]);
+      const result = await apply(recipe, image, 'selinux-bin-out.qcow2');
+      expectSuccess(result);
+      await withImageMounted(join(work, 'selinux-bin-out.qcow2'), 'selinux-dracut', async (root) => {
+        const label = await execa('getfattr', ['--absolute-names', '--only-values', '-n', 'security.selinux', join(root, 'etc/hostile-marker')]);
+        expect(label.stdout.replace(/\0$/, '')).toBe(labels.fromText);
+      });
+      await expectHostUntouched(host);
+    });
   });
 });
 
