@@ -33,6 +33,8 @@ export { deviceNumbers };
 export async function ensurePartitions(context: MountContext, device: string): Promise<string[]> {
   // Partitions listed before we asked may be stale (see above): drop them and read this disk's table afresh.
   if ((await listPartitions(device)).length > 0) await context.run('partx', ['-d', device], { allowFailure: true, log: context.log });
+  // partx reads the guest's partition table as data (offsets and sizes, which the kernel bounds by the disk's
+  // size) and only asks the kernel to add partitions of this one device: nothing of the host is named.
   const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
   if (hasTable) {
     const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
@@ -100,7 +102,13 @@ export function parseBlkidExport(device: string, text: string): BlockFilesystem 
   };
 }
 
-/** Probes each device directly (`blkid -p`, no cache), so what we see is what is on the disk now. */
+/**
+ * Probes each device directly (`blkid -p`, no cache), so what we see is what is on the disk now.
+ * Host tool over guest data, and why that is safe: libblkid only reads superblock fields (type, UUID, label)
+ * as data, in a process that writes nothing and runs no helper; its answer chooses among MOUNTABLE_TYPES only.
+ * What it cannot protect is the kernel's own parsing of the filesystem once mounted: `--untrusted` moves that
+ * into the libguestfs appliance.
+ */
 export async function probeFilesystems(context: MountContext, devices: string[]): Promise<BlockFilesystem[]> {
   const found: BlockFilesystem[] = [];
   for (const device of devices) {

@@ -208,7 +208,9 @@ export async function mountGuestLayout(context: MountContext, device: string, re
   await mountFs(context, root.fs.device, rootDir, root.fs.type!, root.options, readOnly);
   context.cleanup.push(`mount ${rootDir}`, () => umount(context, rootDir));
   mounts.push({ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir });
-  context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${root.options.length ? `, ${root.options.join(',')}` : ''})`);
+  // What tells this guest's root apart (a subvolume, nouuid); every guest mount has guestMountOptions.
+  const telling = root.options.filter((option) => !guestMountOptions(root.fs.type!).includes(option));
+  context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${telling.length ? `, ${telling.join(',')}` : ''})`);
 
   const fstabText = (await readGuestText(rootDir, '/etc/fstab')) ?? '';
   const entries = parseFstab(fstabText)

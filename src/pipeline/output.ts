@@ -38,7 +38,10 @@ export async function updateSumsFile(dir: string, entries: { name: string; sha25
   return path;
 }
 
-/** Discards the free blocks of each mounted guest filesystem, so conversion writes only used data. */
+/**
+ * Discards the free blocks of each mounted guest filesystem, so conversion writes only used data. fstrim is given
+ * our own mount points (in the work directory), never a path inside the guest, and reads nothing of its content.
+ */
 export async function trimFilesystems(run: Runner, mounts: GuestMount[], log: Logger): Promise<void> {
   for (const mount of [...mounts].reverse()) {
     const result = await run('fstrim', ['--verbose', mount.hostPath], { allowFailure: true, log });

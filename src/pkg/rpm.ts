@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ARCHITECTURE_PROBES, programArchitecture } from '../distro/architecture.js';
@@ -6,7 +6,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { resolveInRoot, which } from '../util/fs.js';
 import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, statGuest } from '../util/guest-fs.js';
-import { unprivilegedCommand } from '../util/unprivileged.js';
+import { SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
 import type { InstalledPackage } from './types.js';
 
 /**
@@ -128,6 +128,8 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
       const content = await readGuestFile(root, `${database.guestPath}/${entry}`, GUEST_READ_LIMITS.packageDatabase);
       if (content !== undefined) await writeFile(join(copy, entry), content, { mode: 0o600 });
     }
+    // The sandboxed rpm runs as nobody, and sqlite writes its -shm beside the database.
+    for (const entry of ['', ...(await readdir(copy))]) await chown(join(copy, entry), SANDBOX_ID, SANDBOX_ID);
     const [sandbox, args] = unprivilegedCommand(['rpm', '--dbpath', '/rpmdb', '--define', `_db_backend ${database.backend}`, '-qa', '--queryformat', RPM_QUERY_FORMAT], {
       // rpm's own configuration is the host's (/usr/lib/rpm, /etc/rpm); sqlite wants to write its -shm beside the copy.
       binds: [{ host: copy, inside: '/rpmdb', writable: true }],

@@ -42,6 +42,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   xz: { package: 'xz-utils', neededBy: '.xz base images', required: false },
   zstd: { package: 'zstd', neededBy: '.zst base images', required: false },
   bwrap: { package: 'bubblewrap', neededBy: 'reading hostile input with host programs (qemu-img info of an input image, rpm over a guest database) without privileges', required: true },
+  setpriv: { package: 'util-linux', neededBy: 'dropping to nobody with no capabilities inside that sandbox', required: true },
   rpm: { package: 'rpm', neededBy: 'the BOM of RPM-family guests (Fedora, RHEL, Amazon Linux …)', required: false },
   setfiles: { package: 'policycoreutils', neededBy: 'relabelling SELinux guests with their own file_contexts', required: false },
   getfattr: { package: 'attr', neededBy: 'apply --format tar (extended attributes: capabilities, SELinux labels)', required: false },
