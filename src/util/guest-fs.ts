@@ -94,9 +94,9 @@ async function openGuest(root: string, guestPath: string, kind: 'file' | 'direct
     handle = await open(hostPath, READ_FLAGS | (kind === 'directory' ? constants.O_DIRECTORY : 0));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return undefined;
+    // Absent, or a parent on the way is not a directory: nothing there either way.
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
     if (code === 'ELOOP') throw refused(guestPath, 'a symbolic link where none was a moment before');
-    if (code === 'ENOTDIR' && kind === 'directory') return undefined;
     // A device node on a nodev mount: refused by the kernel, and by us.
     if (code === 'EACCES' || code === 'ENXIO' || code === 'EPERM') {
       const stats = await lstat(hostPath).catch(() => undefined);
