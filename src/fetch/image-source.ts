@@ -340,7 +340,7 @@ async function commitToCache(
 async function obtainRemote(url: URL, context: Context): Promise<ObtainedImage> {
   const { options, log, signal } = context;
   const layout = cacheLayout(options.cacheDir);
-  await ensureCacheLayout(layout);
+  await ensureCacheLayout(layout, log);
   const fileName = urlFileNameOf(url);
   const key = sourceKey(url.href);
   const dispatcher = await createDispatcher(options.timeouts);
@@ -498,7 +498,7 @@ async function obtainLocal(path: string, context: Context): Promise<ObtainedImag
   }
   log.info(`${path} is ${compression}-compressed (${describe})`);
   const layout = cacheLayout(options.cacheDir);
-  await ensureCacheLayout(layout);
+  await ensureCacheLayout(layout, log);
   const key = sourceKey(`sha256:${sums.sha256}`);
   const origin: ImageOrigin = { path, checksumSource: expected?.source, sumsText: expected?.sumsText, signature: expected?.signedWith, verified: expected !== undefined, fetchedAt: now() };
   const release = await acquireLock(lockPath(layout, key), path, { signal, log });

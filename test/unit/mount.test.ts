@@ -8,6 +8,8 @@ import { CleanupStack } from '../../src/util/cleanup.js';
 import { recordingRunner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
 import { deviceNumbers } from '../../src/mount/block.js';
+import { acquireLock, kernelIdentity } from '../../src/util/lock.js';
+import { hostname } from 'node:os';
 
 /** The nbd backend cannot run here (no nbd module): these prove the exact commands it would run. */
 describe('nbd backend', () => {
@@ -37,8 +39,9 @@ describe('nbd backend', () => {
   test('skips a connected device and one locked by a live build, reclaims a stale lock, and undoes it all', async () => {
     for (const name of ['nbd0', 'nbd1', 'nbd2', 'nbd10']) await mkdir(join(sysBlock, name));
     await writeFile(join(sysBlock, 'nbd0', 'pid'), '1234'); // connected by someone
-    await writeFile(join(lockDir, 'imagebuilder-nbd1.lock'), String(process.pid)); // another live build
-    await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), '999999999'); // a build that died
+    const live = await acquireLock(join(lockDir, 'imagebuilder-nbd1.lock'), '/dev/nbd1'); // another live build
+    // A build that died: its record names this kernel, and nobody holds its flock any more.
+    await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), JSON.stringify({ pid: 999999999, host: hostname(), boot: kernelIdentity().boot, since: '', what: '/dev/nbd2' }));
     // The disk has a partition table the kernel did not scan: partx adds its partitions, and deletes them on release.
     const ctx = context(recordingRunner((call) => (call.args[0] === '--show' ? { stdout: 'NR START END SECTORS SIZE NAME UUID\n 1  2048 4095 2048 1M  ' } : undefined)));
     const attached = await createNbdBackend({ sysBlock, lockDir }).attach(ctx, { image: '/w/work.qcow2', format: 'qcow2', readOnly: false });
@@ -54,6 +57,7 @@ describe('nbd backend', () => {
       ['qemu-nbd', '--disconnect', '/dev/nbd2'],
     ]);
     expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock']);
+    await live();
   });
 
   test('read-only attach, and a clear error when every device is taken', async () => {
