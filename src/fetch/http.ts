@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { Transform, type Duplex } from 'node:stream';
+import { Transform, type Duplex, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Dispatcher } from 'undici';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
@@ -114,6 +114,29 @@ class FetchGuard {
     this.received += count;
   }
 
+  /** Pipes a body to `sink` through `each` (which may refuse a chunk with an error), counted against the limits. */
+  async pipe(body: Readable, sink: Writable, each: (chunk: Buffer) => Error | undefined): Promise<void> {
+    const count = (n: number) => this.bytes(n);
+    this.bodyStarted();
+    try {
+      await pipeline(
+        body,
+        new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            count(chunk.length);
+            const refused = each(chunk);
+            if (refused) done(refused);
+            else done(null, chunk);
+          },
+        }),
+        sink,
+        { signal: this.signal },
+      );
+    } finally {
+      this.bodyEnded();
+    }
+  }
+
   private fail(why: string, hint: string): void {
     if (this.controller.signal.aborted) return;
     const error = new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${this.url}: ${why}; received ${this.received} bytes in ${formatMs(performance.now() - this.started)}`, { hint });
@@ -135,6 +158,8 @@ async function readCapped(url: string, response: Dispatcher.ResponseData, cap: S
     new ImageBuilderError(code, `${url} is too large for a ${cap.what}: ${detail}, over the cap of ${formatBytes(cap.bytes)}`, {
       hint: `a ${cap.what} is small; this server sends something else, or a body without end: check the URL`,
     });
+  // Destroyed below without reading on: its abort must not surface as an unhandled 'error' event.
+  response.body.on('error', () => undefined);
   const announced = Number(headerText(response.headers['content-length']) ?? NaN);
   if (announced > cap.bytes) {
     response.body.destroy();
@@ -249,25 +274,12 @@ export async function fetchToFile(url: string, path: string, options: StepFetchO
     const result = await stepGet(url, options, async (response, progressed, guard) => {
       const hash = createHash('sha256');
       let size = 0;
-      guard.bodyStarted();
-      try {
-        await pipeline(
-          response.body,
-          new Transform({
-            transform(chunk: Buffer, _encoding, done) {
-              hash.update(chunk);
-              size += chunk.length;
-              guard.bytes(chunk.length);
-              progressed();
-              done(null, chunk);
-            },
-          }),
-          createWriteStream(partial),
-          { signal: guard.signal },
-        );
-      } finally {
-        guard.bodyEnded();
-      }
+      await guard.pipe(response.body, createWriteStream(partial), (chunk) => {
+        hash.update(chunk);
+        size += chunk.length;
+        progressed();
+        return undefined;
+      });
       return { sha256: hash.digest('hex'), size };
     });
     await rename(partial, path);
@@ -663,35 +675,24 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         const total = meta.total;
         let received = append ? offset : 0;
         options.onStart?.({ received, total, resumed: append });
-        guard.bodyStarted();
         try {
-          await pipeline(
-            response.body,
-            new Transform({
-              transform(chunk: Buffer, _encoding, done) {
-                received += chunk.length;
-                guard.bytes(chunk.length);
-                progressed = true;
-                // The size announced (Content-Length, or the total of a Content-Range) is all we take: a body
-                // that goes on (a 206 without a length that never ends) would fill the disk.
-                if (total !== undefined && received > total) {
-                  const error = new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: the server sent more than the ${total} bytes it announced (refused at ${received})`, {
-                    hint: 'the server or something between it and this host is broken or hostile: nothing of it was kept',
-                  });
-                  discardable.add(error);
-                  return done(error);
-                }
-                options.onProgress?.({ received, total });
-                done(null, chunk);
-              },
-            }),
-            createWriteStream(partial, { flags: append ? 'a' : 'w' }),
-            { signal: guard.signal },
-          );
+          await guard.pipe(response.body, createWriteStream(partial, { flags: append ? 'a' : 'w' }), (chunk) => {
+            received += chunk.length;
+            progressed = true;
+            // The size announced (Content-Length, or the total of a Content-Range) is all we take: a body
+            // that goes on (a 206 without a length that never ends) would fill the disk.
+            if (total !== undefined && received > total) {
+              const error = new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: the server sent more than the ${total} bytes it announced (refused at ${received})`, {
+                hint: 'the server or something between it and this host is broken or hostile: nothing of it was kept',
+              });
+              discardable.add(error);
+              return error;
+            }
+            options.onProgress?.({ received, total });
+            return undefined;
+          });
         } catch (error) {
           throw classifyRequestError(url, error, guard.signal);
-        } finally {
-          guard.bodyEnded();
         }
         if (total !== undefined && received !== total) {
           throw new TransientError(`the connection closed after ${received} of ${total} bytes of ${url}`);
