@@ -34,7 +34,10 @@ export const CANARY_CONTENT = 'host canary: a hostile image must never change or
 
 async function readTree(dir: string): Promise<Record<string, string>> {
   const files: Record<string, string> = {};
-  for (const name of (await readdir(dir)).sort()) files[name] = await readFile(join(dir, name), 'utf8');
+  // Files only: the canary's subdir is compared on its own.
+  for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+    if (!entry.isDirectory()) files[entry.name] = await readFile(join(dir, entry.name), 'utf8');
+  }
   return files;
 }
 

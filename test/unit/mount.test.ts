@@ -1,4 +1,6 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import { CANARY_CONTENT, snapshotHost } from '../helpers/hostile.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createNbdBackend } from '../../src/mount/nbd.js';
@@ -58,6 +60,38 @@ describe('nbd backend', () => {
     ]);
     expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock']);
     await live();
+  });
+
+  test('a lock directory planted by another user (a symlink, or a directory of theirs with a symlink lock) is refused; nothing is written through it', async () => {
+    // Like /run/lock: every user may create entries in it.
+    const runLock = join(dir, 'run-lock');
+    await chmod(dir, 0o755);
+    await mkdir(runLock);
+    await chmod(runLock, 0o1777);
+    await mkdir(join(sysBlock, 'nbd0'));
+    const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command]);
+    const host = await snapshotHost();
+    try {
+      await asNobody('ln', '-s', host.canaryDir, join(runLock, 'imagebuilder'));
+      const ctx = context();
+      await expect(createNbdBackend({ sysBlock, lockDir: join(runLock, 'imagebuilder') }).attach(ctx, { image: '/w/x', format: 'raw', readOnly: true })).rejects.toMatchObject({
+        code: 'ENVIRONMENT',
+        message: `refusing to keep locks in ${join(runLock, 'imagebuilder')}: it is a symbolic link (to ${host.canaryDir})`,
+      });
+      await rm(join(runLock, 'imagebuilder'));
+      await asNobody('mkdir', '-m', '0777', join(runLock, 'imagebuilder'));
+      await asNobody('ln', '-s', host.canaryFile, join(runLock, 'imagebuilder', 'imagebuilder-nbd0.lock'));
+      await expect(createNbdBackend({ sysBlock, lockDir: join(runLock, 'imagebuilder') }).attach(ctx, { image: '/w/x', format: 'raw', readOnly: true })).rejects.toMatchObject({
+        code: 'ENVIRONMENT',
+        message: `refusing to keep locks in ${join(runLock, 'imagebuilder')}: it belongs to uid 65534, not to this user (uid 0)`,
+      });
+      expect(ctx.run.calls).toEqual([]);
+      expect((await readdir(host.canaryDir)).sort()).toEqual(['canary.txt', 'subdir']);
+      expect(await readFile(host.canaryFile, 'utf8')).toBe(CANARY_CONTENT);
+      expect((await stat(host.canaryFile)).mtimeMs).toBe(host.canaryMtimeMs);
+    } finally {
+      await rm(host.canaryDir, { recursive: true, force: true });
+    }
   });
 
   test('read-only attach, and a clear error when every device is taken', async () => {
