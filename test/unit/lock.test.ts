@@ -76,6 +76,14 @@ describe('locks held by the kernel and by a lease', () => {
     lines = [];
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
+  /** The holder lets go: only then the waiter has the lock, which it never called stale. */
+  const releaseThenGot = async (holder: { release(): Promise<void> }, waiter: ReturnType<typeof tracked<() => Promise<void>>>) => {
+    await holder.release();
+    while (!waiter.settled) await pause(20);
+    expect((await recordOf(join(dir, 'x.lock'))).pid).toBe(process.pid);
+    expect(lines.join('')).not.toContain('stale');
+    await waiter.value!();
+  };
 
   test('a live holder whose heartbeat stopped (SIGSTOP) keeps its lock: the kernel says it lives; the waiter gets it after release', async () => {
     const path = join(dir, 'x.lock');
@@ -88,11 +96,7 @@ describe('locks held by the kernel and by a lease', () => {
       expect(waiter.settled).toBe(false);
       expect((await recordOf(path)).pid).toBe(holder.child.pid);
       holder.child.kill('SIGCONT');
-      await holder.release();
-      while (!waiter.settled) await pause(20);
-      expect((await recordOf(path)).pid).toBe(process.pid);
-      expect(lines.join('')).not.toContain('stale');
-      await waiter.value!();
+      await releaseThenGot(holder, waiter);
     } finally {
       holder.child.kill('SIGKILL');
     }
@@ -110,11 +114,7 @@ describe('locks held by the kernel and by a lease', () => {
       expect(record).toMatchObject({ pid: holder.child.pid, host: 'node-b' });
       expect(record.beat).toBeGreaterThan(5);
       expect(lines.join('')).toContain(`waiting for process ${holder.child.pid} on node-b, which is fetching a test holder`);
-      await holder.release();
-      while (!waiter.settled) await pause(20);
-      expect((await recordOf(path)).pid).toBe(process.pid);
-      expect(lines.join('')).not.toContain('stale');
-      await waiter.value!();
+      await releaseThenGot(holder, waiter);
     } finally {
       holder.child.kill('SIGKILL');
     }
