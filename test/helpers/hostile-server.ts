@@ -4,8 +4,8 @@ import type { AddressInfo } from 'node:net';
 /** How a path misbehaves. */
 type Behaviour =
   | { kind: 'file'; data: Buffer }
-  /** A body without end (chunked, or under a Content-Length it announces), generated as it is sent. */
-  | { kind: 'endless'; announce?: number }
+  /** A body without end, or of `limit` bytes (chunked, or under a Content-Length it announces), generated as it is sent. */
+  | { kind: 'endless'; announce?: number; limit?: number }
   /** The bytes of `data`, one every `pauseMs`, under their true Content-Length: never a stall. */
   | { kind: 'trickle'; data: Buffer; pauseMs: number }
   /**
@@ -68,7 +68,9 @@ export async function startHostileServer(): Promise<HostileServer> {
       case 'endless': {
         response.writeHead(200, behaviour.announce === undefined ? {} : { 'content-length': behaviour.announce });
         const chunk = Buffer.alloc(CHUNK, 'a');
-        while (await send(response, chunk)) count(path, chunk.length);
+        const limit = behaviour.limit ?? Infinity;
+        for (let body = 0; body < limit && (await send(response, chunk)); body += chunk.length) count(path, chunk.length);
+        response.end();
         return;
       }
       case 'trickle': {
