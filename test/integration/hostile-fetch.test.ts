@@ -3,7 +3,7 @@ import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/pro
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { CLI, runCli } from '../helpers/host.js';
-import { CANARY_CONTENT, snapshotHost, type HostSnapshot } from '../helpers/hostile.js';
+import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
 import { startHostileServer, type HostileServer } from '../helpers/hostile-server.js';
 import { makeSmallQcow2 } from '../helpers/small-image.js';
 
@@ -12,20 +12,6 @@ const MiB = 1024 * 1024;
 const IN_FLIGHT = 16 * MiB;
 const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command]);
-
-/**
- * The canary as snapshotHost made it (entries, content, mtime). Not expectHostUntouched: its host-wide mounts
- * and helpers also see the builds other test runs on this machine start and end meanwhile.
- */
-async function expectCanaryUntouched(host: HostSnapshot): Promise<void> {
-  try {
-    expect((await readdir(host.canaryDir)).sort()).toEqual(['canary.txt', 'subdir']);
-    expect(await readFile(host.canaryFile, 'utf8')).toBe(CANARY_CONTENT);
-    expect((await lstat(host.canaryFile)).mtimeMs).toBe(host.canaryMtimeMs);
-  } finally {
-    await rm(host.canaryDir, { recursive: true, force: true });
-  }
-}
 
 /**
  * `imagebuilder fetch` (the real CLI) against a server on 127.0.0.1 that attacks it: a sums file or signature
@@ -42,17 +28,12 @@ describe('a hostile server or cache cannot make fetch hang, fill the disk, or wr
   const cachedImages = async () => (await readdir(join(cache, 'images', 'sha256')).catch(() => [] as string[])).filter((n) => /^[0-9a-f]{64}$/.test(n));
 
   beforeAll(async () => {
-    work = await mkdtemp('/var/tmp/ib-hostile-fetch-');
+    [work, server] = await Promise.all([mkdtemp('/var/tmp/ib-hostile-fetch-'), startHostileServer()]);
     image = await readFile(await makeSmallQcow2(work, 'small.qcow2', 4));
-    server = await startHostileServer();
   });
-  afterAll(async () => {
-    await server.close();
-    await rm(work, { recursive: true, force: true });
-  });
-  beforeEach(async () => {
-    cache = await mkdtemp(join(work, 'cache-'));
-  });
+  afterAll(() => Promise.all([server.close(), rm(work, { recursive: true, force: true })]));
+  // A cache of its own per test: what one attack leaves cannot help or hinder the next.
+  beforeEach(async () => void (cache = await mkdtemp(join(work, 'cache-'))));
   afterEach(() => rm(cache, { recursive: true, force: true }));
 
   test('a 100 MB sums file is refused at 4 MiB, long before it is all read (VERIFY_FAILED, naming the URL and cap)', async () => {

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { acquireLock, kernelIdentity, type LockOptions } from '../../src/util/lock.js';
 import { createLogger } from '../../src/util/log.js';
 import { REPO } from '../helpers/host.js';
-import { CANARY_CONTENT, snapshotHost, type HostSnapshot } from '../helpers/hostile.js';
+import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
 
 const LOCK_JS = join(REPO, 'dist', 'util', 'lock.js');
 
@@ -50,21 +50,6 @@ function tracked<T>(promise: Promise<T>) {
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const recordOf = async (path: string) => JSON.parse(await readFile(path, 'utf8'));
-/**
- * The canary as snapshotHost made it: same entries, content and mtime. (Not expectHostUntouched: its host-wide
- * mounts and helpers also see the builds other test runs on this machine start and end meanwhile.)
- */
-async function expectCanaryUntouched(host: HostSnapshot): Promise<void> {
-  try {
-    expect((await readdir(host.canaryDir)).sort()).toEqual(['canary.txt', 'subdir']);
-    expect(await readdir(join(host.canaryDir, 'subdir'))).toEqual(['inner.txt']);
-    expect(await readFile(host.canaryFile, 'utf8')).toBe(CANARY_CONTENT);
-    expect((await lstat(host.canaryFile)).mtimeMs).toBe(host.canaryMtimeMs);
-  } finally {
-    await rm(host.canaryDir, { recursive: true, force: true });
-  }
-}
-
 const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command]);
 
 describe('locks held by the kernel and by a lease', () => {
