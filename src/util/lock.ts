@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants, readFileSync } from 'node:fs';
-import { chmod, link, lstat, mkdir, open, readlink, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, readlink, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { ImageBuilderError } from './errors.js';
@@ -107,7 +107,9 @@ export async function ensurePrivateDir(dir: string, log?: Logger): Promise<void>
     new ImageBuilderError('ENVIRONMENT', `refusing to keep locks in ${dir}: ${why}`, {
       hint: 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again',
     });
-  const parentInfo = await lstat(parent);
+  // Followed: a parent that is a symlink (~/.cache on another disk) is the user's own doing; what counts is
+  // who may write the directory it leads to.
+  const parentInfo = await stat(parent);
   if ((parentInfo.mode & 0o002) !== 0 && (parentInfo.mode & 0o1000) === 0) {
     throw refuse(`its parent ${parent} is writable by every user (mode ${(parentInfo.mode & 0o7777).toString(8)}, no sticky bit)`);
   }
@@ -117,7 +119,11 @@ export async function ensurePrivateDir(dir: string, log?: Logger): Promise<void>
   const info = await lstat(dir);
   if (info.isSymbolicLink()) throw refuse(`it is a symbolic link (to ${await readlink(dir).catch(() => '?')})`);
   if (!info.isDirectory()) throw refuse('it is not a directory');
-  if (info.uid !== euid()) throw refuse(`it belongs to uid ${info.uid}, not to this user (uid ${euid()})`);
+  if (info.uid !== euid()) {
+    const error = refuse(`it belongs to uid ${info.uid}, not to this user (uid ${euid()})`);
+    // root's own directory on an NFS export that squashes root looks like nobody's.
+    throw new ImageBuilderError(error.code, error.message, { hint: `${error.hint}; on NFS with root_squash, export it with no_root_squash or give each host its own cache` });
+  }
   if ((info.mode & 0o077) !== 0) {
     // Ours, so in a sticky or private parent nobody else can replace it between the lstat and the chmod.
     await chmod(dir, 0o700);

@@ -160,6 +160,14 @@ describe('lock files another user cannot plant', () => {
   });
   afterEach(() => rm(sticky, { recursive: true, force: true }));
 
+  test("a cache reached through the user's own symlink (~/.cache on another disk) is fine: only who may write where it leads counts", async () => {
+    await mkdir(join(sticky, 'real'), { mode: 0o700 });
+    await execa('ln', ['-s', join(sticky, 'real'), join(sticky, 'cache')]);
+    const release = await acquireLock(join(sticky, 'cache', 'locks', 'x.lock'), 'x');
+    expect((await lstat(join(sticky, 'real', 'locks', 'x.lock'))).isFile()).toBe(true);
+    await release();
+  });
+
   test('a symlink planted where the lock directory goes is refused, and its target is never written', async () => {
     const host = await snapshotHost();
     await asNobody('ln', '-s', host.canaryDir, join(sticky, 'imagebuilder'));
