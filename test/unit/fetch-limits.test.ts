@@ -1,4 +1,5 @@
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -11,6 +12,9 @@ import {
   MAX_SUMS_BYTES,
 } from '../../src/fetch/http.js';
 import type { RetryPolicy } from '../../src/fetch/retry.js';
+import { downloadStep } from '../../src/steps/download.js';
+import { repositoryStep } from '../../src/steps/repository.js';
+import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
 import { startHostileServer, type HostileServer } from '../helpers/hostile-server.js';
 
 const quick: RetryPolicy = { attempts: 3, initialDelayMs: 10, maxDelayMs: 50, factor: 2, jitter: 0, maxElapsedMs: 30000 };
@@ -107,4 +111,61 @@ describe('limits of what a server can make a fetch take', () => {
     expect((await stat(partial)).size).toBeLessThanOrEqual(data.length);
     expect(server.sent('/overlong/image.qcow2')).toBeLessThan(data.length + IN_FLIGHT);
  }, 60000);
+});
+
+/** The recipe steps that fetch on the build host pass the caps and limits on, and fail before the guest is touched. */
+describe('steps against a hostile server', () => {
+  let server: HostileServer;
+  let work: string;
+  const savedWorkDir = process.env.IMAGEBUILDER_WORK_DIR;
+  beforeAll(async () => {
+    [server, work] = await Promise.all([startHostileServer(), mkdtemp(join(tmpdir(), 'fetch-limits-steps-'))]);
+    // The download step's private temp dirs go here: each test checks none is left.
+    process.env.IMAGEBUILDER_WORK_DIR = work;
+  });
+  afterAll(async () => {
+    if (savedWorkDir === undefined) delete process.env.IMAGEBUILDER_WORK_DIR;
+    else process.env.IMAGEBUILDER_WORK_DIR = savedWorkDir;
+    await server.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('repository: an endless key_url fails the step at 1 MiB; nothing is written to the guest', async () => {
+    server.serve('/repo/Release.key', { kind: 'endless' });
+    const { session, calls } = fakeSession();
+    const { context } = fakeStepContext(session);
+    await expect(repositoryStep.run(context, { name: 'k', url: 'http://127.0.0.1:1/deb/', key_url: `${server.url}/repo/Release.key`, fingerprint: 'A'.repeat(40) })).rejects.toMatchObject({
+      code: 'STEP_FAILED',
+      message: expect.stringMatching(/^step 1\/1 \(test\): cannot fetch the key of repository k: .*\/repo\/Release\.key is too large for a repository key: refused after \d+ bytes, over the cap of 1 MiB$/),
+    });
+    expect(calls).toEqual([]);
+    expect(server.sent('/repo/Release.key')).toBeLessThan(MAX_KEY_BYTES + IN_FLIGHT);
+  }, 60000);
+
+  test('download: an endless checksum_url fails the step at 4 MiB, before the file is fetched', async () => {
+    server.serve('/dl/SHA256SUMS', { kind: 'endless' });
+    server.serve('/dl/thing.bin', { kind: 'file', data: Buffer.from('thing') });
+    const { session, calls } = fakeSession();
+    const { context } = fakeStepContext(session);
+    await expect(downloadStep.run(context, { url: `${server.url}/dl/thing.bin`, checksum_url: `${server.url}/dl/SHA256SUMS`, dest: '/x' })).rejects.toMatchObject({
+      code: 'STEP_FAILED',
+      message: expect.stringMatching(/\/dl\/SHA256SUMS is too large for a checksum file: refused after \d+ bytes, over the cap of 4 MiB$/),
+    });
+    expect(calls).toEqual([]);
+    expect(server.sent('/dl/thing.bin')).toBe(0);
+  }, 60000);
+
+  test("download: a file that trickles fails at the build's deadline (--fetch-deadline reaches the step); nothing written, no temp left", async () => {
+    const data = Buffer.alloc(100, 't');
+    server.serve('/dl/slow.bin', { kind: 'trickle', data, pauseMs: 100 });
+    const { session, calls } = fakeSession();
+    const { context } = fakeStepContext(session, { fetchTimeouts: { ...DEFAULT_TIMEOUTS, deadlineMs: 1000 } });
+    const sha256 = createHash('sha256').update(data).digest('hex');
+    await expect(downloadStep.run(context, { url: `${server.url}/dl/slow.bin`, sha256, dest: '/x' })).rejects.toMatchObject({
+      code: 'STEP_FAILED',
+      message: expect.stringMatching(/^step 1\/1 \(test\): cannot fetch .*\/dl\/slow\.bin: it did not finish within the deadline of 1\.0s; received \d+ bytes in 1\.\ds$/),
+    });
+    expect(calls).toEqual([]);
+    expect(await readdir(work)).toEqual([]);
+  }, 60000);
 });
