@@ -1,4 +1,6 @@
 import { Flags } from '@oclif/core';
+import { parseDuration, parseSize } from '../fetch/cache.js';
+import { DEFAULT_TIMEOUTS, type HttpTimeouts } from '../fetch/http.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
 import { cacheFlag } from './host-flags.js';
 
@@ -27,6 +29,16 @@ export const imageVerifyFlags = {
     default: false,
     env: 'IMAGEBUILDER_REHASH',
   }),
+  'fetch-deadline': Flags.string({
+    description: 'give up a download (every retry and resume included) after this long: 45s, 90m, 6h [default: 6h]',
+    helpValue: 'DURATION',
+    env: 'IMAGEBUILDER_FETCH_DEADLINE',
+  }),
+  'fetch-min-rate': Flags.string({
+    description: 'give up a download that brings less than this many bytes per second over a minute: 1K, 100K; 0 for no minimum [default: 1K]',
+    helpValue: 'SIZE',
+    env: 'IMAGEBUILDER_FETCH_MIN_RATE',
+  }),
   ...cacheFlag,
 };
 
@@ -41,13 +53,32 @@ export const diskImageFlags = {
   ...imageVerifyFlags,
 };
 
-export function diskImageOptions(flags: { checksum?: string; 'insecure-skip-verify'?: boolean; keyring?: string; offline?: boolean; cache?: string; rehash?: boolean }): DiskImageOptions {
+export function diskImageOptions(flags: {
+  checksum?: string;
+  'insecure-skip-verify'?: boolean;
+  keyring?: string;
+  offline?: boolean;
+  cache?: string;
+  rehash?: boolean;
+  'fetch-deadline'?: string;
+  'fetch-min-rate'?: string;
+}): DiskImageOptions {
   return {
+    timeouts: fetchLimits(flags),
     cacheDir: flags.cache,
     rehash: flags.rehash,
     checksum: flags.checksum,
     insecureSkipVerify: flags['insecure-skip-verify'],
     keyring: flags.keyring,
     offline: flags.offline,
+  };
+}
+
+/** The limits of every download (`--fetch-deadline`, `--fetch-min-rate`) over the default timeouts. */
+export function fetchLimits(flags: { 'fetch-deadline'?: string; 'fetch-min-rate'?: string }): HttpTimeouts {
+  return {
+    ...DEFAULT_TIMEOUTS,
+    ...(flags['fetch-deadline'] !== undefined && { deadlineMs: parseDuration(flags['fetch-deadline']) }),
+    ...(flags['fetch-min-rate'] !== undefined && { minBytesPerSecond: parseSize(flags['fetch-min-rate']) }),
   };
 }

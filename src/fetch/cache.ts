@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
-import { processAlive, sleep } from '../util/fs.js';
+import { ensurePrivateDir, lockHeld as isLockHeld } from '../util/lock.js';
 import type { Logger } from '../util/log.js';
 import { cacheDir } from '../util/paths.js';
 import type { HashAlgorithm } from './checksums.js';
@@ -37,8 +36,10 @@ export function cacheLayout(root = cacheDir()): CacheLayout {
   return { root, images: join(root, 'images', 'sha256'), urls: join(root, 'urls'), tmp: join(root, 'tmp'), locks: join(root, 'locks'), digests: join(root, 'digests') };
 }
 
-export async function ensureCacheLayout(layout: CacheLayout): Promise<void> {
-  for (const dir of [layout.images, layout.urls, layout.tmp, layout.locks]) await mkdir(dir, { recursive: true });
+export async function ensureCacheLayout(layout: CacheLayout, log?: Logger): Promise<void> {
+  for (const dir of [layout.images, layout.urls, layout.tmp]) await mkdir(dir, { recursive: true });
+  // Whoever can write locks/ could hold every fetch forever or make root follow a symlink: private to us.
+  await ensurePrivateDir(layout.locks, log);
 }
 
 /** A stable file-name key for a URL or other source. */
@@ -154,97 +155,15 @@ export async function removeImage(layout: CacheLayout, sha256: string): Promise<
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Locks: one process fetches a given URL at a time.
+// Locks: one process fetches a given URL at a time (src/util/lock.ts: kernel-held, leased, in a private directory).
 
-interface LockHolder {
-  pid: number;
-  host: string;
-  since: string;
-  what: string;
-}
-
-async function readHolder(path: string): Promise<LockHolder | undefined> {
-  const holder = await readJson<LockHolder>(path);
-  return typeof holder?.pid === 'number' ? holder : undefined;
-}
-
-/** A lock whose holder on this host is gone, or that stayed empty (a crash between create and write). */
-async function isStale(path: string, staleEmptyMs: number): Promise<boolean> {
-  const holder = await readHolder(path);
-  if (holder) return holder.host === hostname() && !processAlive(holder.pid);
-  const info = await stat(path).catch(() => undefined);
-  return info !== undefined && Date.now() - info.mtimeMs > staleEmptyMs;
-}
-
-async function tryCreate(path: string, content: string): Promise<boolean> {
-  try {
-    const file = await open(path, 'wx');
-    try {
-      await file.writeFile(content);
-    } finally {
-      await file.close();
-    }
-    return true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
-    throw error;
-  }
-}
-
-/**
- * Takes `path` (created O_EXCL, holding our pid and host) and returns its release. While another live process
- * holds it, waits (saying so once) until it is released or the signal aborts. A stale lock (its process on
- * this host is gone) is broken under a second O_EXCL "breaker" file, so two waiters never both break it and
- * remove the new holder's lock.
- */
-export async function acquireLock(
-  path: string,
-  what: string,
-  options: { signal?: AbortSignal; log?: Logger; pollMs?: number; staleEmptyMs?: number } = {},
-): Promise<() => Promise<void>> {
-  const pollMs = options.pollMs ?? 200;
-  const staleEmptyMs = options.staleEmptyMs ?? 10000;
-  await mkdir(dirname(path), { recursive: true });
-  const mine = JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), what } satisfies LockHolder);
-  let announced = false;
-  for (;;) {
-    if (options.signal?.aborted) throw options.signal.reason;
-    if (await tryCreate(path, mine)) {
-      return async () => {
-        if ((await readFile(path, 'utf8').catch(() => '')) === mine) await rm(path, { force: true });
-      };
-    }
-    if (await isStale(path, staleEmptyMs)) {
-      const breaker = `${path}.break`;
-      if (await tryCreate(breaker, mine)) {
-        try {
-          if (await isStale(path, staleEmptyMs)) {
-            options.log?.warn(`removing the stale lock ${path} (its process is gone)`);
-            await rm(path, { force: true });
-          }
-        } finally {
-          await rm(breaker, { force: true });
-        }
-        continue;
-      }
-      if (await isStale(breaker, staleEmptyMs)) await rm(breaker, { force: true });
-    } else if (!announced) {
-      const holder = await readHolder(path);
-      if (holder) {
-        options.log?.info(`waiting for process ${holder.pid}${holder.host === hostname() ? '' : ` on ${holder.host}`}, which is fetching ${holder.what}`);
-        announced = true;
-      }
-    }
-    await sleep(pollMs);
-  }
-}
+export { acquireLock } from '../util/lock.js';
 
 export const lockPath = (layout: CacheLayout, key: string) => join(layout.locks, `${key}.lock`);
 
 /** Whether a live process holds this lock now. */
 export async function lockHeld(layout: CacheLayout, key: string): Promise<boolean> {
-  const path = lockPath(layout, key);
-  return (await stat(path).catch(() => undefined)) !== undefined && !(await isStale(path, 10000));
+  return isLockHeld(lockPath(layout, key));
 }
 
 // ---------------------------------------------------------------------------------------------------------

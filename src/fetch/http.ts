@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { Transform, type Duplex } from 'node:stream';
+import { Transform, type Duplex, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Dispatcher } from 'undici';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
@@ -19,8 +19,170 @@ import {
   type RetryPolicy,
 } from './retry.js';
 
-/** For a recipe step's fetches: cancellation, where retries are logged, and (tests) the retry policy and clock. */
-export type StepFetchOptions = Pick<ResilientOptions, 'signal' | 'log' | 'retry' | 'retryHooks'>;
+/** For a recipe step's fetches: cancellation, where retries are logged, limits, and (tests) the retry policy and clock. */
+export type StepFetchOptions = Pick<ResilientOptions, 'signal' | 'log' | 'retry' | 'retryHooks' | 'timeouts'>;
+
+// ---------------------------------------------------------------------------------------------------------
+// Caps on what no sum and no size answers for. An image (or a download step's file) whose sha256 the sums
+// file or recipe gives is bounded by the disk alone: it is checked whole. A sums file, a signature, a key or a
+// directory index vouches for itself, so a hostile server could send it without end; the real ones are
+// kilobytes (Debian's and Ubuntu's sums files under 10 KiB, cdimage's largest SHA512SUMS ~100 KiB, the
+// debian-archive-keyring ~150 KiB), so these caps leave 25x room or more.
+
+const MiB = 1024 * 1024;
+export const MAX_SUMS_BYTES = 4 * MiB;
+export const MAX_SIGNATURE_BYTES = 1 * MiB;
+export const MAX_KEY_BYTES = 1 * MiB;
+export const MAX_INDEX_BYTES = 4 * MiB;
+
+/** A cap on one small resource, and what to call it in the error. */
+export interface SizeCap {
+  bytes: number;
+  what: string;
+}
+
+const formatBytes = (n: number) => (n >= MiB ? `${(n / MiB).toFixed(n % MiB ? 1 : 0)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(n % 1024 ? 1 : 0)} KiB` : `${n} bytes`);
+const formatMs = (ms: number) => (ms >= 3600000 ? `${(ms / 3600000).toFixed(1)}h` : ms >= 60000 ? `${(ms / 60000).toFixed(1)}min` : `${(ms / 1000).toFixed(1)}s`);
+
+/**
+ * Failures after which the bytes on disk are not worth resuming from: the server sent more than it announced,
+ * or too slowly. The caller removes its partial file.
+ */
+const discardable = new WeakSet<object>();
+export const isDiscardableFetchFailure = (error: unknown): boolean => typeof error === 'object' && error !== null && discardable.has(error);
+
+/**
+ * The limits of one fetch over all its attempts: an overall deadline (a server that trickles a byte now and then
+ * never stalls, so the body timeout never fires) and, while a body flows, a minimum rate over each window.
+ * Either aborts `signal` with a COMMAND_FAILED that names the URL and what arrived in how long; neither is
+ * retried.
+ */
+class FetchGuard {
+  readonly signal: AbortSignal;
+  received = 0;
+  private readonly controller = new AbortController();
+  private readonly started = performance.now();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private streaming = false;
+  private windowStart = 0;
+  private windowBytes = 0;
+
+  constructor(
+    private readonly url: string,
+    timeouts: HttpTimeouts | undefined,
+    outer?: AbortSignal,
+  ) {
+    const limits = { ...DEFAULT_TIMEOUTS, ...timeouts };
+    this.signal = outer ? AbortSignal.any([outer, this.controller.signal]) : this.controller.signal;
+    if (limits.deadlineMs > 0) {
+      this.timers.push(
+        setTimeout(
+          () => this.fail(`it did not finish within the deadline of ${formatMs(limits.deadlineMs)}`, 'the server is too slow or trickles on purpose; if it is only slow, raise --fetch-deadline (IMAGEBUILDER_FETCH_DEADLINE)'),
+          limits.deadlineMs,
+        ),
+      );
+    }
+    if (limits.minBytesPerSecond > 0 && limits.rateWindowMs > 0) {
+      const timer = setInterval(() => {
+        if (!this.streaming || performance.now() - this.windowStart < limits.rateWindowMs) return;
+        const got = this.received - this.windowBytes;
+        if (got < (limits.minBytesPerSecond * limits.rateWindowMs) / 1000) {
+          this.fail(
+            `it arrives too slowly: ${formatBytes(got)} in the last ${formatMs(limits.rateWindowMs)}, under the minimum of ${formatBytes(limits.minBytesPerSecond)}/s`,
+            'the server trickles; if the link is only slow, lower --fetch-min-rate (IMAGEBUILDER_FETCH_MIN_RATE)',
+          );
+        }
+        this.windowStart = performance.now();
+        this.windowBytes = this.received;
+      }, Math.max(10, Math.min(1000, limits.rateWindowMs / 4)));
+      this.timers.push(timer);
+    }
+    for (const timer of this.timers) timer.unref();
+  }
+
+  bodyStarted(): void {
+    this.streaming = true;
+    this.windowStart = performance.now();
+    this.windowBytes = this.received;
+  }
+
+  bodyEnded(): void {
+    this.streaming = false;
+  }
+
+  bytes(count: number): void {
+    this.received += count;
+  }
+
+  /** Pipes a body to `sink` through `each` (which may refuse a chunk with an error), counted against the limits. */
+  async pipe(body: Readable, sink: Writable, each: (chunk: Buffer) => Error | undefined): Promise<void> {
+    const count = (n: number) => this.bytes(n);
+    this.bodyStarted();
+    try {
+      await pipeline(
+        body,
+        new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            count(chunk.length);
+            const refused = each(chunk);
+            if (refused) done(refused);
+            else done(null, chunk);
+          },
+        }),
+        sink,
+        { signal: this.signal },
+      );
+    } finally {
+      this.bodyEnded();
+    }
+  }
+
+  private fail(why: string, hint: string): void {
+    if (this.controller.signal.aborted) return;
+    const error = new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${this.url}: ${why}; received ${this.received} bytes in ${formatMs(performance.now() - this.started)}`, { hint });
+    discardable.add(error);
+    this.controller.abort(error);
+  }
+
+  close(): void {
+    for (const timer of this.timers) clearTimeout(timer);
+  }
+}
+
+/**
+ * The body of a resource nothing vouches for, read up to `cap` and refused beyond it while it streams (an
+ * announced length over the cap is refused before reading anything).
+ */
+async function readCapped(url: string, response: Dispatcher.ResponseData, cap: SizeCap, guard: FetchGuard, code: 'VERIFY_FAILED' | 'COMMAND_FAILED'): Promise<Buffer> {
+  const tooLarge = (detail: string) =>
+    new ImageBuilderError(code, `${url} is too large for a ${cap.what}: ${detail}, over the cap of ${formatBytes(cap.bytes)}`, {
+      hint: `a ${cap.what} is small; this server sends something else, or a body without end: check the URL`,
+    });
+  // Destroyed below without reading on: its abort must not surface as an unhandled 'error' event.
+  response.body.on('error', () => undefined);
+  const announced = Number(headerText(response.headers['content-length']) ?? NaN);
+  if (announced > cap.bytes) {
+    response.body.destroy();
+    throw tooLarge(`it announces ${announced} bytes`);
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  guard.bodyStarted();
+  try {
+    for await (const chunk of response.body) {
+      size += (chunk as Buffer).length;
+      guard.bytes((chunk as Buffer).length);
+      if (size > cap.bytes) {
+        response.body.destroy();
+        throw tooLarge(`refused after ${size} bytes`);
+      }
+      chunks.push(chunk as Buffer);
+    }
+  } finally {
+    guard.bodyEnded();
+  }
+  return Buffer.concat(chunks);
+}
 
 const MAX_REDIRECTS = 10;
 
@@ -44,19 +206,25 @@ function stepStatusFailure(url: string, status: number, retryAfter?: string | st
  * Every failure is COMMAND_FAILED, which the step reports as its own; a local file that cannot be written
  * (no space, read-only) says so rather than blaming the network.
  */
-async function stepGet<T>(url: string, options: StepFetchOptions, consume: (body: Dispatcher.ResponseData['body'], progressed: () => void) => Promise<T>): Promise<T> {
+async function stepGet<T>(
+  url: string,
+  options: StepFetchOptions,
+  consume: (response: Dispatcher.ResponseData, progressed: () => void, guard: FetchGuard) => Promise<T>,
+): Promise<T> {
   let progressed = false;
+  const guard = new FetchGuard(url, options.timeouts, options.signal);
+  const guarded = { ...options, signal: guard.signal };
   try {
     return await withRetry(
       async () => {
         progressed = false;
-        const response = await sendGet(url, options, { 'user-agent': USER_AGENT });
+        const response = await sendGet(url, guarded, { 'user-agent': USER_AGENT });
         if (response.statusCode >= 300) {
           await response.body.dump();
           throw stepStatusFailure(url, response.statusCode, response.headers['retry-after']);
         }
         try {
-          return await consume(response.body, () => (progressed = true));
+          return await consume(response, () => (progressed = true), guard);
         } catch (error) {
           if (LOCAL_WRITE_FAILURE.has(errorCode(error) ?? '')) {
             throw new ImageBuilderError('COMMAND_FAILED', `cannot write the download of ${url}: ${(error as Error).message}`, {
@@ -64,11 +232,11 @@ async function stepGet<T>(url: string, options: StepFetchOptions, consume: (body
               cause: error,
             });
           }
-          throw classifyRequestError(url, error, options.signal);
+          throw classifyRequestError(url, error, guard.signal);
         }
       },
       options.retry ?? DEFAULT_RETRY_POLICY,
-      { ...options.retryHooks, signal: options.signal, madeProgress: () => progressed, onRetry: retryLogger(url, options.log) },
+      { ...options.retryHooks, signal: guard.signal, madeProgress: () => progressed, onRetry: retryLogger(url, options.log) },
     );
   } catch (error) {
     const failure = exhausted(url, error);
@@ -77,18 +245,21 @@ async function stepGet<T>(url: string, options: StepFetchOptions, consume: (body
       throw new ImageBuilderError('COMMAND_FAILED', failure.message, { hint: failure.hint, cause: failure });
     }
     throw failure;
+  } finally {
+    guard.close();
   }
 }
 
 /** Errors of writing the local file, not of the transfer. */
 const LOCAL_WRITE_FAILURE = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EFBIG']);
 
-/** A small resource (a repository key, a sums file) as bytes. */
-export async function fetchBytes(url: string, options: StepFetchOptions = {}): Promise<Buffer> {
-  return stepGet(url, options, async (body) => Buffer.from(await body.arrayBuffer()));
+/** A small resource (a repository key, a checksum file) as bytes, refused beyond `cap` (default: a sums file's). */
+export async function fetchBytes(url: string, options: StepFetchOptions & { cap?: SizeCap } = {}): Promise<Buffer> {
+  const cap = options.cap ?? { bytes: MAX_SUMS_BYTES, what: 'checksum file' };
+  return stepGet(url, options, (response, _progressed, guard) => readCapped(url, response, cap, guard, 'COMMAND_FAILED'));
 }
 
-export async function fetchText(url: string, options: StepFetchOptions = {}): Promise<string> {
+export async function fetchText(url: string, options: StepFetchOptions & { cap?: SizeCap } = {}): Promise<string> {
   return (await fetchBytes(url, options)).toString('utf8');
 }
 
@@ -100,22 +271,15 @@ export async function fetchText(url: string, options: StepFetchOptions = {}): Pr
 export async function fetchToFile(url: string, path: string, options: StepFetchOptions = {}): Promise<{ sha256: string; size: number }> {
   const partial = `${path}.partial`;
   try {
-    const result = await stepGet(url, options, async (body, progressed) => {
+    const result = await stepGet(url, options, async (response, progressed, guard) => {
       const hash = createHash('sha256');
       let size = 0;
-      await pipeline(
-        body,
-        new Transform({
-          transform(chunk: Buffer, _encoding, done) {
-            hash.update(chunk);
-            size += chunk.length;
-            progressed();
-            done(null, chunk);
-          },
-        }),
-        createWriteStream(partial),
-        { signal: options.signal },
-      );
+      await guard.pipe(response.body, createWriteStream(partial), (chunk) => {
+        hash.update(chunk);
+        size += chunk.length;
+        progressed();
+        return undefined;
+      });
       return { sha256: hash.digest('hex'), size };
     });
     await rename(partial, path);
@@ -128,16 +292,35 @@ export async function fetchToFile(url: string, path: string, options: StepFetchO
 // ---------------------------------------------------------------------------------------------------------
 // Phase 0: resilient requests for base images and their sums files (retries, resume, progress).
 
-/** Timeouts of one attempt; a stalled connection fails the attempt and the retry policy decides what next. */
+/**
+ * Timeouts of one attempt (a stalled connection fails the attempt and the retry policy decides what next), and
+ * the limits of a whole fetch, which are never retried.
+ */
 export interface HttpTimeouts {
   connectMs: number;
   /** Until the response headers arrive. */
   headersMs: number;
   /** Between two chunks of the body (a stall, not the length of a download). */
   bodyMs: number;
+  /** The whole fetch, every attempt, wait and resume included. 0: none. */
+  deadlineMs?: number;
+  /** While a body flows, at least this many bytes per second over each rate window. 0: no minimum. */
+  minBytesPerSecond?: number;
+  rateWindowMs?: number;
 }
 
-export const DEFAULT_TIMEOUTS: HttpTimeouts = { connectMs: 30000, headersMs: 60000, bodyMs: 60000 };
+/**
+ * Six hours fetch a 20 GiB image at 1 MiB/s; a server that trickles is cut sooner by the minimum rate (1 KiB/s,
+ * at which no disk image arrives in a day, averaged over a minute so a congested moment does not count).
+ */
+export const DEFAULT_TIMEOUTS: Required<HttpTimeouts> = {
+  connectMs: 30000,
+  headersMs: 60000,
+  bodyMs: 60000,
+  deadlineMs: 6 * 3600 * 1000,
+  minBytesPerSecond: 1024,
+  rateWindowMs: 60000,
+};
 
 const USER_AGENT = 'imagebuilder';
 
@@ -317,12 +500,18 @@ async function sendGet(url: string, options: ResilientOptions, headers: Record<s
   }
 }
 
-/** A small resource (a sums file, a signature) with retries; undefined when the server says it does not exist. */
-export async function fetchOptional(url: string, options: ResilientOptions = {}): Promise<Buffer | undefined> {
+/**
+ * A small resource (a sums file, a signature) with retries, refused beyond `cap` (VERIFY_FAILED: what should
+ * vouch for the image cannot); undefined when the server says it does not exist.
+ */
+export async function fetchOptional(url: string, options: ResilientOptions & { cap?: SizeCap } = {}): Promise<Buffer | undefined> {
+  const cap = options.cap ?? { bytes: MAX_SUMS_BYTES, what: 'sums file' };
+  const guard = new FetchGuard(url, options.timeouts, options.signal);
+  const guarded = { ...options, signal: guard.signal };
   try {
     return await withRetry(
       async () => {
-        const response = await sendGet(url, options, { 'user-agent': USER_AGENT });
+        const response = await sendGet(url, guarded, { 'user-agent': USER_AGENT });
         if (response.statusCode === 404 || response.statusCode === 410) {
           await response.body.dump();
           return undefined;
@@ -332,16 +521,18 @@ export async function fetchOptional(url: string, options: ResilientOptions = {})
           throw statusFailure(url, response.statusCode, response.headers['retry-after']);
         }
         try {
-          return Buffer.from(await response.body.arrayBuffer());
+          return await readCapped(url, response, cap, guard, 'VERIFY_FAILED');
         } catch (error) {
-          throw classifyRequestError(url, error, options.signal);
+          throw classifyRequestError(url, error, guard.signal);
         }
       },
       options.retry ?? DEFAULT_RETRY_POLICY,
-      { ...options.retryHooks, signal: options.signal, onRetry: retryLogger(url, options.log) },
+      { ...options.retryHooks, signal: guard.signal, onRetry: retryLogger(url, options.log) },
     );
   } catch (error) {
     throw exhausted(url, error);
+  } finally {
+    guard.close();
   }
 }
 
@@ -412,6 +603,8 @@ async function readPartialMeta(path: string, url: string): Promise<PartialMeta |
  * On failure or abort the partial stays, resumable; the caller decides whether to keep it.
  */
 export async function downloadFile(url: string, partial: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+  const guard = new FetchGuard(url, options.timeouts, options.signal);
+  const guarded = { ...options, signal: guard.signal };
   const metaPath = `${partial}.json`;
   let meta = await readPartialMeta(metaPath, url);
   let progressed = false;
@@ -436,7 +629,7 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         } else if (options.ifNotModified?.etag) headers['if-none-match'] = options.ifNotModified.etag;
         else if (options.ifNotModified?.lastModified) headers['if-modified-since'] = options.ifNotModified.lastModified;
 
-        const response = await sendGet(url, options, headers, { highWaterMark: BODY_HIGH_WATER_MARK });
+        const response = await sendGet(url, guarded, headers, { highWaterMark: BODY_HIGH_WATER_MARK });
         const status = response.statusCode;
         const etag = headerText(response.headers.etag);
         const lastModified = headerText(response.headers['last-modified']);
@@ -483,21 +676,23 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         let received = append ? offset : 0;
         options.onStart?.({ received, total, resumed: append });
         try {
-          await pipeline(
-            response.body,
-            new Transform({
-              transform(chunk: Buffer, _encoding, done) {
-                received += chunk.length;
-                progressed = true;
-                options.onProgress?.({ received, total });
-                done(null, chunk);
-              },
-            }),
-            createWriteStream(partial, { flags: append ? 'a' : 'w' }),
-            { signal: options.signal },
-          );
+          await guard.pipe(response.body, createWriteStream(partial, { flags: append ? 'a' : 'w' }), (chunk) => {
+            received += chunk.length;
+            progressed = true;
+            // The size announced (Content-Length, or the total of a Content-Range) is all we take: a body
+            // that goes on (a 206 without a length that never ends) would fill the disk.
+            if (total !== undefined && received > total) {
+              const error = new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: the server sent more than the ${total} bytes it announced (refused at ${received})`, {
+                hint: 'the server or something between it and this host is broken or hostile: nothing of it was kept',
+              });
+              discardable.add(error);
+              return error;
+            }
+            options.onProgress?.({ received, total });
+            return undefined;
+          });
         } catch (error) {
-          throw classifyRequestError(url, error, options.signal);
+          throw classifyRequestError(url, error, guard.signal);
         }
         if (total !== undefined && received !== total) {
           throw new TransientError(`the connection closed after ${received} of ${total} bytes of ${url}`);
@@ -507,12 +702,14 @@ export async function downloadFile(url: string, partial: string, options: Downlo
       options.retry ?? DEFAULT_RETRY_POLICY,
       {
         ...options.retryHooks,
-        signal: options.signal,
+        signal: guard.signal,
         madeProgress: () => progressed,
         onRetry: retryLogger(url, options.log, options.beforeLog),
       },
     );
   } catch (error) {
     throw exhausted(url, error);
+  } finally {
+    guard.close();
   }
 }

@@ -38,7 +38,18 @@ import {
 } from './checksums.js';
 import { decompressFile, detectCompression, isTarArchive, readHead, stripCompressionSuffix, type Compression } from './decompress.js';
 import { hashFileRemembered } from './digest-memo.js';
-import { createDispatcher, downloadFile, fetchOptional, parseImageUrl, urlFileNameOf, type HttpTimeouts } from './http.js';
+import {
+  createDispatcher,
+  downloadFile,
+  fetchOptional,
+  isDiscardableFetchFailure,
+  MAX_INDEX_BYTES,
+  MAX_SIGNATURE_BYTES,
+  MAX_SUMS_BYTES,
+  parseImageUrl,
+  urlFileNameOf,
+  type HttpTimeouts,
+} from './http.js';
 import { createProgress } from './progress.js';
 import type { RetryHooks, RetryPolicy } from './retry.js';
 import { verifySignature } from './signature.js';
@@ -117,10 +128,14 @@ function remoteLocation(url: URL, context: Context, dispatcher: Awaited<ReturnTy
   const fetchOptions = { signal: context.signal, dispatcher, log: context.log, retry: context.options.retry, retryHooks: context.options.retryHooks, timeouts: context.options.timeouts };
   return {
     describe: beside,
-    read: (name) => fetchOptional(beside(name), fetchOptions),
+    read: (name) =>
+      fetchOptional(beside(name), {
+        ...fetchOptions,
+        cap: SIGNATURE_SUFFIXES.some((suffix) => name.endsWith(suffix)) ? { bytes: MAX_SIGNATURE_BYTES, what: 'signature' } : { bytes: MAX_SUMS_BYTES, what: 'sums file' },
+      }),
     async listChecksumFiles() {
       // A mirror's directory index (Fedora's CHECKSUM files are named after the release).
-      const index = await fetchOptional(new URL('./', url).href, fetchOptions).catch(() => undefined);
+      const index = await fetchOptional(new URL('./', url).href, { ...fetchOptions, cap: { bytes: MAX_INDEX_BYTES, what: 'directory index' } }).catch(() => undefined);
       const names = [...(index?.toString('utf8') ?? '').matchAll(/href="([^"/?#]*CHECKSUM)"/g)].map((m) => decodeURIComponent(m[1]));
       return [...new Set(names)].slice(0, 5);
     },
@@ -340,7 +355,7 @@ async function commitToCache(
 async function obtainRemote(url: URL, context: Context): Promise<ObtainedImage> {
   const { options, log, signal } = context;
   const layout = cacheLayout(options.cacheDir);
-  await ensureCacheLayout(layout);
+  await ensureCacheLayout(layout, log);
   const fileName = urlFileNameOf(url);
   const key = sourceKey(url.href);
   const dispatcher = await createDispatcher(options.timeouts);
@@ -389,7 +404,16 @@ async function obtainRemote(url: URL, context: Context): Promise<ObtainedImage> 
       onStart: (state) => progress.start(state),
       onProgress: (state) => progress.update(state),
       beforeLog: () => progress.clear(),
-    }).finally(() => progress.clear());
+    })
+      .catch(async (error) => {
+        // Too slow or more than announced: the server is suspect, so nothing of it stays to resume from.
+        if (isDiscardableFetchFailure(error)) {
+          await rm(partial, { force: true });
+          await rm(`${partial}.json`, { force: true });
+        }
+        throw error;
+      })
+      .finally(() => progress.clear());
     if (download.notModified && unverifiedCandidate) {
       log.info(`${url.href} is unchanged since it was cached (HTTP 304)`);
       return await useCached(layout, unverifiedCandidate, context, { ...origin, etag: unverifiedCandidate.origin.etag, lastModified: unverifiedCandidate.origin.lastModified });
@@ -498,7 +522,7 @@ async function obtainLocal(path: string, context: Context): Promise<ObtainedImag
   }
   log.info(`${path} is ${compression}-compressed (${describe})`);
   const layout = cacheLayout(options.cacheDir);
-  await ensureCacheLayout(layout);
+  await ensureCacheLayout(layout, log);
   const key = sourceKey(`sha256:${sums.sha256}`);
   const origin: ImageOrigin = { path, checksumSource: expected?.source, sumsText: expected?.sumsText, signature: expected?.signedWith, verified: expected !== undefined, fetchedAt: now() };
   const release = await acquireLock(lockPath(layout, key), path, { signal, log });

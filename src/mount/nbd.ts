@@ -1,44 +1,30 @@
-import { randomUUID } from 'node:crypto';
-import { link, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AttachRequest, MountBackend, MountContext } from './backend.js';
 import { ensurePartitions } from './block.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { exists, processAlive, which } from '../util/fs.js';
+import { exists, which } from '../util/fs.js';
+import { tryAcquireLock } from '../util/lock.js';
+import type { Logger } from '../util/log.js';
 
 export interface NbdPaths {
   sysBlock: string;
   lockDir: string;
 }
 
-const DEFAULT_PATHS: NbdPaths = { sysBlock: '/sys/block', lockDir: '/run/lock' };
+/**
+ * The nbd locks live in a directory of their own, private to root: /run/lock itself is writable by every user
+ * (1777), who could pre-create a lock file (holding a device forever) or plant a symlink there.
+ */
+const DEFAULT_PATHS: NbdPaths = { sysBlock: '/sys/block', lockDir: '/run/lock/imagebuilder' };
 
-/** Connected nbd devices have /sys/block/nbdN/pid; a lock file of ours keeps two builds off one device. */
-async function claimDevice(paths: NbdPaths, index: number): Promise<(() => Promise<void>) | undefined> {
+/**
+ * Connected nbd devices have /sys/block/nbdN/pid; a lock of ours (src/util/lock.ts: released by the kernel when
+ * its build dies, in any pid namespace) keeps two builds off one device between choosing and connecting it.
+ */
+async function claimDevice(paths: NbdPaths, index: number, log: Logger): Promise<(() => Promise<void>) | undefined> {
   if (await exists(join(paths.sysBlock, `nbd${index}`, 'pid'))) return undefined;
-  const lockPath = join(paths.lockDir, `imagebuilder-nbd${index}.lock`);
-  await mkdir(paths.lockDir, { recursive: true });
-  // The lock appears complete or not at all: written under a private name, then hard-linked into place.
-  const mine = `${lockPath}.${process.pid}.${randomUUID()}`;
-  await writeFile(mine, String(process.pid));
-  try {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        await link(mine, lockPath);
-        return () => rm(lockPath, { force: true });
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-        const owner = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim());
-        if (owner && processAlive(owner)) return undefined;
-        // Stale (its build died): moved aside atomically, so of two builds finding it only one takes it over.
-        const aside = `${lockPath}.stale.${randomUUID()}`;
-        if (await rename(lockPath, aside).then(() => true, () => false)) await rm(aside, { force: true });
-      }
-    }
-    return undefined;
-  } finally {
-    await rm(mine, { force: true });
-  }
+  return tryAcquireLock(join(paths.lockDir, `imagebuilder-nbd${index}.lock`), `/dev/nbd${index}`, { log });
 }
 
 export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend {
@@ -62,7 +48,7 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
     async attach(context: MountContext, request: AttachRequest) {
       const { run, log, cleanup } = context;
       for (const index of await devices()) {
-        const unlock = await claimDevice(paths, index);
+        const unlock = await claimDevice(paths, index, log);
         if (!unlock) continue;
         cleanup.push(`nbd lock ${index}`, unlock);
         const device = `/dev/nbd${index}`;

@@ -223,6 +223,7 @@ async function build<T>(
         store,
         refresh: options.refresh,
         shellOnFailure: options.shellOnFailure,
+        fetchTimeouts: options.image?.timeouts,
       });
     } catch (error) {
       if (options.keepWorkDir && store) {

@@ -18,6 +18,7 @@ import { TOOL_VERSION } from '../version.js';
 import type { EventSink } from './events.js';
 import { openGuest, type OpenedGuest } from './guest.js';
 import { imageInfo } from '../image/qemu-img.js';
+import type { HttpTimeouts } from '../fetch/http.js';
 import { LayerStore, stepKeys, type BaseState, type LayerRecord, type StepKey } from './layers.js';
 import type { VerifiedImage } from './verify.js';
 import { requireFamilyForSteps } from './preflight.js';
@@ -40,6 +41,8 @@ export interface Phase1Options {
   /** Steps (numbers from 1, or names) not to take from the cache: they and every step after run again. */
   refresh?: string[];
   shellOnFailure?: boolean;
+  /** The limits of the steps' downloads (--fetch-deadline, --fetch-min-rate). */
+  fetchTimeouts?: HttpTimeouts;
   events: EventSink;
   time<T>(stage: string, body: () => Promise<T>): Promise<T>;
 }
@@ -203,7 +206,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
         const current = await openSession();
         const initramfs = await watchInitramfs(opened.layout.root);
         try {
-          await step.type.run({ session: current, distro, log, signal, recipeDir: step.dir, variables: recipe.variables, label, record: stepRecords.recorder, architecture }, step.spec);
+          await step.type.run({ session: current, distro, log, signal, recipeDir: step.dir, variables: recipe.variables, label, record: stepRecords.recorder, architecture, fetchTimeouts: options.fetchTimeouts }, step.spec);
           await current.sweep();
           // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
           // within it, so its layer holds the result.

@@ -5,7 +5,7 @@ import { pipeline, type Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { extractIntoGuest, writeGuestFile } from '../chroot/guest-write.js';
 import { parseSumsFile } from '../fetch/checksums.js';
-import { fetchText, fetchToFile } from '../fetch/http.js';
+import { fetchText, fetchToFile, MAX_SUMS_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { workDirParent } from '../util/paths.js';
 import { defineStep, type StepContext } from './types.js';
@@ -54,7 +54,7 @@ function asStepFailure(context: StepContext, error: unknown): unknown {
 async function expectedSum(context: StepContext, spec: DownloadSpec): Promise<{ sha256: string; source: string }> {
   if (spec.sha256) return { sha256: spec.sha256.toLowerCase(), source: 'the recipe' };
   const checksumUrl = spec.checksum_url!;
-  const text = await fetchText(checksumUrl, { signal: context.signal, log: context.log }).catch((error) => {
+  const text = await fetchText(checksumUrl, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts, cap: { bytes: MAX_SUMS_BYTES, what: 'checksum file' } }).catch((error) => {
     throw asStepFailure(context, error);
   });
   const name = urlFileName(spec.url);
@@ -146,7 +146,8 @@ export const downloadStep = defineStep<DownloadSpec>({
     const temp = await mkdtemp(join(workDirParent(), 'imagebuilder-download-'));
     try {
       const path = join(temp, 'download');
-      const { sha256, size } = await fetchToFile(spec.url, path, { signal: context.signal, log: context.log }).catch((error) => {
+      // No cap but the disk: the sha256 is known, and checked before anything reaches the guest.
+      const { sha256, size } = await fetchToFile(spec.url, path, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts }).catch((error) => {
         throw asStepFailure(context, error);
       });
       if (sha256 !== expected.sha256) {

@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireFamily } from '../distro/families.js';
-import { fetchBytes } from '../fetch/http.js';
+import { fetchBytes, MAX_KEY_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { defineStep, type StepContext } from './types.js';
@@ -100,7 +100,7 @@ function stepFailure(context: StepContext, message: string, options: { detail?: 
 async function keyBytes(context: StepContext, spec: RepositorySpec): Promise<Buffer> {
   if (spec.key !== undefined) return Buffer.from(spec.key, 'utf8');
   try {
-    return await fetchBytes(spec.key_url!, { signal: context.signal, log: context.log });
+    return await fetchBytes(spec.key_url!, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts, cap: { bytes: MAX_KEY_BYTES, what: 'repository key' } });
   } catch (error) {
     if (isImageBuilderError(error) && error.code === 'COMMAND_FAILED') {
       throw new ImageBuilderError('STEP_FAILED', `${context.label}: cannot fetch the key of repository ${spec.name}: ${error.message}`, { hint: error.hint, cause: error });

@@ -1,5 +1,6 @@
 import type { ChrootSession } from '../chroot/session.js';
 import type { Distro } from '../distro/families.js';
+import type { HttpTimeouts } from '../fetch/http.js';
 import type { Logger } from '../util/log.js';
 
 /** A JSON Schema fragment (draft 2020-12 subset ajv understands). */
@@ -62,6 +63,8 @@ export interface StepContext extends StepEnvironment {
   record: StepRecorder;
   /** The guest's architecture as its package manager names it (amd64, arm64 …), when known. */
   architecture?: string;
+  /** The limits of the step's downloads (--fetch-deadline, --fetch-min-rate); the defaults otherwise. */
+  fetchTimeouts?: HttpTimeouts;
 }
 
 /**

@@ -24,6 +24,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   fsfreeze: { package: 'util-linux', neededBy: 'quiescing the guest filesystems before a step-cache snapshot', required: true },
   mount: { package: 'mount', neededBy: 'mounting the guest filesystems', required: true },
   umount: { package: 'mount', neededBy: 'unmounting the guest filesystems', required: true },
+  flock: { package: 'util-linux', neededBy: 'the locks of the image cache and of nbd devices (held by the kernel, released when a build dies)', required: true },
   unshare: { package: 'util-linux', neededBy: 'confining guest commands in their own namespaces', required: true },
   capsh: { package: 'libcap2-bin', neededBy: 'dropping the capabilities that reach the host from guest commands', required: true },
   fusermount3: { package: 'fuse3', neededBy: 'ending a FUSE export whose daemon left it mounted', required: true },

@@ -82,3 +82,19 @@ export async function expectHostUntouched(before: HostSnapshot): Promise<void> {
     await rm(before.canaryDir, { recursive: true, force: true });
   }
 }
+
+/**
+ * The canary alone as snapshotHost made it (entries, content, mtime); then removes it. For tests whose attack
+ * aims only at the canary: expectHostUntouched's host-wide mounts and helpers also see the builds that other
+ * test runs on a shared machine start and end meanwhile.
+ */
+export async function expectCanaryUntouched(before: HostSnapshot): Promise<void> {
+  try {
+    expect(await readTree(before.canaryDir)).toEqual(before.files);
+    expect(await readTree(join(before.canaryDir, 'subdir'))).toEqual({ 'inner.txt': CANARY_CONTENT });
+    expect((await readdir(before.canaryDir)).sort()).toEqual(['canary.txt', 'subdir']);
+    expect((await stat(before.canaryFile)).mtimeMs).toBe(before.canaryMtimeMs);
+  } finally {
+    await rm(before.canaryDir, { recursive: true, force: true });
+  }
+}

@@ -23,10 +23,18 @@ describe('pipeline-facing CLI surface', () => {
       'keep-work-dir': 'IMAGEBUILDER_KEEP_WORK_DIR',
       'no-cache': 'IMAGEBUILDER_NO_CACHE',
       rehash: 'IMAGEBUILDER_REHASH',
+      'fetch-deadline': 'IMAGEBUILDER_FETCH_DEADLINE',
+      'fetch-min-rate': 'IMAGEBUILDER_FETCH_MIN_RATE',
     });
     expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE', rehash: 'IMAGEBUILDER_REHASH' });
     expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND' });
-    expect(envOf(Fetch.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', offline: 'IMAGEBUILDER_OFFLINE', rehash: 'IMAGEBUILDER_REHASH' });
+    expect(envOf(Fetch.flags as never)).toMatchObject({
+      cache: 'IMAGEBUILDER_CACHE',
+      offline: 'IMAGEBUILDER_OFFLINE',
+      rehash: 'IMAGEBUILDER_REHASH',
+      'fetch-deadline': 'IMAGEBUILDER_FETCH_DEADLINE',
+      'fetch-min-rate': 'IMAGEBUILDER_FETCH_MIN_RATE',
+    });
   });
 
   test('oclif.manifest.json, which oclif reads instead of the commands, has exactly the commands, flags and args of the code', async () => {

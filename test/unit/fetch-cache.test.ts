@@ -25,6 +25,7 @@ import {
 import { sha256File } from '../../src/fetch/checksums.js';
 import { decompressFile, detectCompression, SparseHashingWriter, stripCompressionSuffix } from '../../src/fetch/decompress.js';
 import { createLogger } from '../../src/util/log.js';
+import { kernelIdentity } from '../../src/util/lock.js';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 
@@ -183,7 +184,8 @@ describe('locks', () => {
   test('a lock whose process is gone is broken', async () => {
     const path = join(dir, 'x.lock');
     const dead = await execa('sh', ['-c', 'echo $$']);
-    await writeFile(path, JSON.stringify({ pid: Number(dead.stdout), host: hostname(), since: '', what: 'x' }));
+    // Its record names this kernel (boot id) and nobody holds its flock: the kernel says its holder is gone.
+    await writeFile(path, JSON.stringify({ pid: Number(dead.stdout), host: hostname(), boot: kernelIdentity().boot, since: '', what: 'x' }));
     const lines: string[] = [];
     const release = await acquireLock(path, 'y', { pollMs: 10, log: createLogger({ write: (t) => void lines.push(t) }) });
     expect(lines.join('')).toContain('removing the stale lock');

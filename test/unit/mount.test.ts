@@ -1,4 +1,6 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createNbdBackend } from '../../src/mount/nbd.js';
@@ -8,6 +10,8 @@ import { CleanupStack } from '../../src/util/cleanup.js';
 import { recordingRunner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
 import { deviceNumbers } from '../../src/mount/block.js';
+import { acquireLock, kernelIdentity } from '../../src/util/lock.js';
+import { hostname } from 'node:os';
 
 /** The nbd backend cannot run here (no nbd module): these prove the exact commands it would run. */
 describe('nbd backend', () => {
@@ -37,8 +41,9 @@ describe('nbd backend', () => {
   test('skips a connected device and one locked by a live build, reclaims a stale lock, and undoes it all', async () => {
     for (const name of ['nbd0', 'nbd1', 'nbd2', 'nbd10']) await mkdir(join(sysBlock, name));
     await writeFile(join(sysBlock, 'nbd0', 'pid'), '1234'); // connected by someone
-    await writeFile(join(lockDir, 'imagebuilder-nbd1.lock'), String(process.pid)); // another live build
-    await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), '999999999'); // a build that died
+    const live = await acquireLock(join(lockDir, 'imagebuilder-nbd1.lock'), '/dev/nbd1'); // another live build
+    // A build that died: its record names this kernel, and nobody holds its flock any more.
+    await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), JSON.stringify({ pid: 999999999, host: hostname(), boot: kernelIdentity().boot, since: '', what: '/dev/nbd2' }));
     // The disk has a partition table the kernel did not scan: partx adds its partitions, and deletes them on release.
     const ctx = context(recordingRunner((call) => (call.args[0] === '--show' ? { stdout: 'NR START END SECTORS SIZE NAME UUID\n 1  2048 4095 2048 1M  ' } : undefined)));
     const attached = await createNbdBackend({ sysBlock, lockDir }).attach(ctx, { image: '/w/work.qcow2', format: 'qcow2', readOnly: false });
@@ -54,6 +59,36 @@ describe('nbd backend', () => {
       ['qemu-nbd', '--disconnect', '/dev/nbd2'],
     ]);
     expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock']);
+    await live();
+  });
+
+  test('a lock directory planted by another user (a symlink, or a directory of theirs with a symlink lock) is refused; nothing is written through it', async () => {
+    // Like /run/lock: every user may create entries in it.
+    const runLock = join(dir, 'run-lock');
+    await chmod(dir, 0o755);
+    await mkdir(runLock);
+    await chmod(runLock, 0o1777);
+    await mkdir(join(sysBlock, 'nbd0'));
+    const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command]);
+    const host = await snapshotHost();
+    try {
+      await asNobody('ln', '-s', host.canaryDir, join(runLock, 'imagebuilder'));
+      const ctx = context();
+      await expect(createNbdBackend({ sysBlock, lockDir: join(runLock, 'imagebuilder') }).attach(ctx, { image: '/w/x', format: 'raw', readOnly: true })).rejects.toMatchObject({
+        code: 'ENVIRONMENT',
+        message: `refusing to keep locks in ${join(runLock, 'imagebuilder')}: it is a symbolic link (to ${host.canaryDir})`,
+      });
+      await rm(join(runLock, 'imagebuilder'));
+      await asNobody('mkdir', '-m', '0777', join(runLock, 'imagebuilder'));
+      await asNobody('ln', '-s', host.canaryFile, join(runLock, 'imagebuilder', 'imagebuilder-nbd0.lock'));
+      await expect(createNbdBackend({ sysBlock, lockDir: join(runLock, 'imagebuilder') }).attach(ctx, { image: '/w/x', format: 'raw', readOnly: true })).rejects.toMatchObject({
+        code: 'ENVIRONMENT',
+        message: `refusing to keep locks in ${join(runLock, 'imagebuilder')}: it belongs to uid 65534, not to this user (uid 0)`,
+      });
+      expect(ctx.run.calls).toEqual([]);
+    } finally {
+      await expectCanaryUntouched(host);
+    }
   });
 
   test('read-only attach, and a clear error when every device is taken', async () => {

@@ -1,0 +1,221 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { acquireLock, kernelIdentity, type LockOptions } from '../../src/util/lock.js';
+import { createLogger } from '../../src/util/log.js';
+import { REPO } from '../helpers/host.js';
+import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
+
+const LOCK_JS = join(REPO, 'dist', 'util', 'lock.js');
+
+/** A second, real process holding the lock (the built module): prints "locked", releases on a line on stdin. */
+async function startHolder(path: string, options: LockOptions): Promise<{ child: ChildProcess; release(): Promise<void> }> {
+  if (!existsSync(LOCK_JS)) throw new Error(`${LOCK_JS} is missing: run npm run build first`);
+  const script = `
+    const { acquireLock } = await import(${JSON.stringify(LOCK_JS)});
+    const release = await acquireLock(process.argv[1], 'a test holder', JSON.parse(process.argv[2]));
+    process.stdout.write('locked\\n');
+    process.stdin.once('data', async () => { await release(); process.stdout.write('released\\n'); process.exit(0); });
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, path, JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  const saw = (word: string) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => (out.includes(word) ? resolve() : undefined);
+      child.stdout!.on('data', (data: Buffer) => {
+        out += data.toString();
+        check();
+      });
+      child.once('exit', (code) => (out.includes(word) ? resolve() : reject(new Error(`the holder exited (${code}) before "${word}"`))));
+      check();
+    });
+  await saw('locked');
+  return {
+    child,
+    release: async () => {
+      child.stdin!.write('release\n');
+      await saw('released');
+    },
+  };
+}
+
+/** A promise's state without waiting for it. */
+function tracked<T>(promise: Promise<T>) {
+  const state = { settled: false, value: undefined as T | undefined };
+  void promise.then((value) => Object.assign(state, { settled: true, value }));
+  return state;
+}
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const recordOf = async (path: string) => JSON.parse(await readFile(path, 'utf8'));
+const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command]);
+
+describe('locks held by the kernel and by a lease', () => {
+  let dir: string;
+  let lines: string[];
+  const log = () => createLogger({ write: (text) => void lines.push(text) });
+  beforeEach(async () => {
+    dir = await mkdtemp('/var/tmp/ib-lock-');
+    lines = [];
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+  /** The holder lets go: only then the waiter has the lock, which it never called stale. */
+  const releaseThenGot = async (holder: { release(): Promise<void> }, waiter: ReturnType<typeof tracked<() => Promise<void>>>) => {
+    await holder.release();
+    while (!waiter.settled) await pause(20);
+    expect((await recordOf(join(dir, 'x.lock'))).pid).toBe(process.pid);
+    expect(lines.join('')).not.toContain('stale');
+    await waiter.value!();
+  };
+
+  test('a live holder whose heartbeat stopped (SIGSTOP) keeps its lock: the kernel says it lives; the waiter gets it after release', async () => {
+    const path = join(dir, 'x.lock');
+    const holder = await startHolder(path, { leaseMs: 300 });
+    try {
+      holder.child.kill('SIGSTOP');
+      const waiter = tracked(acquireLock(path, 'the waiter', { leaseMs: 300, pollMs: 20, log: log() }));
+      // Many leases pass without a renewal: a lease alone would call it dead.
+      await pause(2000);
+      expect(waiter.settled).toBe(false);
+      expect((await recordOf(path)).pid).toBe(holder.child.pid);
+      holder.child.kill('SIGCONT');
+      await releaseThenGot(holder, waiter);
+    } finally {
+      holder.child.kill('SIGKILL');
+    }
+  }, 30000);
+
+  test('a live holder on another kernel (no flock reaches us) keeps its lock by renewing its lease: never broken, waited for', async () => {
+    const path = join(dir, 'x.lock');
+    const remote = { identity: { host: 'node-b', boot: 'boot-of-node-b' }, kernelLock: false };
+    const holder = await startHolder(path, { ...remote, leaseMs: 300, heartbeatMs: 50 });
+    try {
+      const waiter = tracked(acquireLock(path, 'the waiter', { leaseMs: 300, pollMs: 20, log: log() }));
+      await pause(2000);
+      expect(waiter.settled).toBe(false);
+      const record = await recordOf(path);
+      expect(record).toMatchObject({ pid: holder.child.pid, host: 'node-b' });
+      expect(record.beat).toBeGreaterThan(5);
+      expect(lines.join('')).toContain(`waiting for process ${holder.child.pid} on node-b, which is fetching a test holder`);
+      await releaseThenGot(holder, waiter);
+    } finally {
+      holder.child.kill('SIGKILL');
+    }
+  }, 30000);
+
+  test('a holder killed with SIGKILL is released by the kernel at once, long before its lease ends', async () => {
+    const path = join(dir, 'x.lock');
+    const holder = await startHolder(path, { leaseMs: 600000 });
+    const waiter = tracked(acquireLock(path, 'the waiter', { leaseMs: 600000, pollMs: 20, log: log() }));
+    await pause(300);
+    expect(waiter.settled).toBe(false);
+    holder.child.kill('SIGKILL');
+    while (!waiter.settled) await pause(20);
+    expect(lines.join('')).toMatch(new RegExp(`removing the stale lock ${path} \\(process ${holder.child.pid} on [^,]+, a test holder\\): its process is gone`));
+    expect(await recordOf(path)).toMatchObject({ pid: process.pid, boot: kernelIdentity().boot });
+    await waiter.value!();
+  }, 20000);
+
+  test('the lock of a builder that crashed on another host (another boot, a lease not renewed) is taken over after the lease, not before', async () => {
+    const path = join(dir, 'x.lock');
+    await writeFile(path, JSON.stringify({ pid: 4242, host: 'node-b', boot: 'boot-of-node-b', since: '', what: 'http://h/image.qcow2', token: 't', beat: 3, renewedAt: '' }), { mode: 0o600 });
+    const waiter = tracked(acquireLock(path, 'the waiter', { leaseMs: 1000, pollMs: 20, log: log() }));
+    await pause(300);
+    expect(waiter.settled).toBe(false);
+    while (!waiter.settled) await pause(20);
+    expect(lines.join('')).toContain(`removing the stale lock ${path} (process 4242 on node-b, http://h/image.qcow2): unchanged for 1.0s, its lease expired`);
+    expect(await recordOf(path)).toMatchObject({ pid: process.pid, host: kernelIdentity().host });
+    await waiter.value!();
+  }, 20000);
+
+  test('of two processes racing to take over one stale lock, one takes it and the other waits on its renewed lease', async () => {
+    const path = join(dir, 'x.lock');
+    await writeFile(path, JSON.stringify({ pid: 4242, host: 'node-b', boot: 'boot-of-node-b', since: '', what: 'x', token: 't', beat: 0, renewedAt: '' }), { mode: 0o600 });
+    // Both as if on other kernels without a shared flock: only the breaker and the re-check keep them apart.
+    const options = { leaseMs: 300, heartbeatMs: 50, kernelLock: false };
+    const first = tracked(startHolder(path, { ...options, identity: { host: 'node-c', boot: 'c' } }));
+    const second = tracked(startHolder(path, { ...options, identity: { host: 'node-d', boot: 'd' } }));
+    while (!first.settled && !second.settled) await pause(20);
+    await pause(1500);
+    // The one that lost waits on the winner's renewed lease.
+    expect(first.settled !== second.settled).toBe(true);
+    const winner = (first.value ?? second.value)!;
+    const loser = first.value ? second : first;
+    expect((await recordOf(path)).pid).toBe(winner.child.pid);
+    await winner.release();
+    while (!loser.settled) await pause(20);
+    expect((await recordOf(path)).pid).toBe(loser.value!.child.pid);
+    await loser.value!.release();
+  }, 30000);
+});
+
+describe('lock files another user cannot plant', () => {
+  let sticky: string;
+  beforeEach(async () => {
+    // Like /run/lock: every user may create entries (1777), only in their own name.
+    sticky = await mkdtemp('/var/tmp/ib-runlock-');
+    await chmod(sticky, 0o1777);
+  });
+  afterEach(() => rm(sticky, { recursive: true, force: true }));
+
+  test("a cache reached through the user's own symlink (~/.cache on another disk) is fine: only who may write where it leads counts", async () => {
+    await mkdir(join(sticky, 'real'), { mode: 0o700 });
+    await execa('ln', ['-s', join(sticky, 'real'), join(sticky, 'cache')]);
+    const release = await acquireLock(join(sticky, 'cache', 'locks', 'x.lock'), 'x');
+    expect((await lstat(join(sticky, 'real', 'locks', 'x.lock'))).isFile()).toBe(true);
+    await release();
+  });
+
+  test('a symlink planted where the lock directory goes is refused, and its target is never written', async () => {
+    const host = await snapshotHost();
+    await asNobody('ln', '-s', host.canaryDir, join(sticky, 'imagebuilder'));
+    await expect(acquireLock(join(sticky, 'imagebuilder', 'x.lock'), 'x')).rejects.toMatchObject({
+      code: 'ENVIRONMENT',
+      message: `refusing to keep locks in ${join(sticky, 'imagebuilder')}: it is a symbolic link (to ${host.canaryDir})`,
+    });
+    await expectCanaryUntouched(host);
+  });
+
+  test("a lock directory another user made first is refused: its lock files are theirs to fake", async () => {
+    await asNobody('mkdir', '-m', '0777', join(sticky, 'imagebuilder'));
+    await expect(acquireLock(join(sticky, 'imagebuilder', 'x.lock'), 'x')).rejects.toMatchObject({
+      code: 'ENVIRONMENT',
+      message: `refusing to keep locks in ${join(sticky, 'imagebuilder')}: it belongs to uid 65534, not to this user (uid 0)`,
+      hint: expect.stringContaining('remove it'),
+    });
+    expect(await readdir(join(sticky, 'imagebuilder'))).toEqual([]);
+  });
+
+  test('in a lock directory of ours that others could write, a planted symlink lock is removed, never followed; the directory is made private', async () => {
+    const host = await snapshotHost();
+    const locks = join(sticky, 'locks');
+    await mkdir(locks, { mode: 0o777 });
+    await chmod(locks, 0o777);
+    await asNobody('ln', '-s', host.canaryFile, join(locks, 'x.lock'));
+    const lines: string[] = [];
+    const release = await acquireLock(join(locks, 'x.lock'), 'x', { log: createLogger({ write: (text) => void lines.push(text) }) });
+    expect((await lstat(locks)).mode & 0o777).toBe(0o700);
+    const lock = await lstat(join(locks, 'x.lock'));
+    expect(lock.isFile()).toBe(true);
+    expect(lock.uid).toBe(0);
+    expect(lines.join('')).toContain(`${locks} was mode 777, open to other users: made it private (0700)`);
+    expect(lines.join('')).toContain(`${join(locks, 'x.lock')} is a symbolic link, not a lock file of imagebuilder: removing it`);
+    await release();
+    await expectCanaryUntouched(host);
+  });
+
+  test('a lock file planted by another user (claiming a live holder on this kernel) is not trusted: removed and taken', async () => {
+    const locks = join(sticky, 'locks');
+    await mkdir(locks);
+    await chmod(locks, 0o777);
+    const fake = JSON.stringify({ pid: 1, host: kernelIdentity().host, boot: kernelIdentity().boot, since: '', what: 'forever', token: 'x', beat: 0, renewedAt: '' });
+    await asNobody('sh', '-c', `printf '%s' '${fake}' > ${join(locks, 'x.lock')}`);
+    expect((await lstat(join(locks, 'x.lock'))).uid).toBe(65534);
+    const release = await acquireLock(join(locks, 'x.lock'), 'x', { leaseMs: 600000 });
+    expect(await recordOf(join(locks, 'x.lock'))).toMatchObject({ pid: process.pid, what: 'x' });
+    expect((await lstat(join(locks, 'x.lock'))).uid).toBe(0);
+    await release();
+  });
+});
