@@ -219,7 +219,8 @@ export async function enableEmulation(root: string, options: EmulationOptions): 
   if (!dir) {
     // Private, not /proc/sys/fs/binfmt_misc: the kernel drops every entry when the last binfmt_misc mount
     // goes, so a mount shared with another run could vanish under it.
-    const mountPoint = await mkdtemp(join(host.tmpDir, `${OWN_ENTRY_PREFIX}binfmt-`));
+    // Named after this process, so a reaper finds the mount of a build killed by SIGKILL.
+    const mountPoint = await mkdtemp(join(host.tmpDir, `${OWN_ENTRY_PREFIX}binfmt-${process.pid}-`));
     cleanup.push(`directory ${mountPoint}`, () => rmdir(mountPoint));
     await run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', mountPoint], {
       log,
@@ -231,6 +232,7 @@ export async function enableEmulation(root: string, options: EmulationOptions): 
     dir = mountPoint;
   }
 
+  // Named after this process, so a reaper removes the entries of a build killed by SIGKILL (reap.ts).
   const entry = `${OWN_ENTRY_PREFIX}${target.qemu}-${process.pid}-${++registrations}`;
   const entryPath = join(dir, entry);
   await writeControl(join(dir, 'register'), binfmtRegistration(entry, target, emulator.path)).catch((error: unknown) => {

@@ -59,9 +59,13 @@ export function guestEnv(env: NodeJS.ProcessEnv = process.env): Record<string, s
   return { ...CHROOT_ENV, ...(epoch ? { SOURCE_DATE_EPOCH: String(epoch.getTime() / 1000) } : {}) };
 }
 
-/** argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. */
+/**
+ * argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. The kernel
+ * kills unshare when imagebuilder dies (even by SIGKILL: setpriv --pdeathsig), and unshare's --kill-child then
+ * ends the namespace, so nothing a step started outlives a killed build.
+ */
 export function confinedCommand(root: string, argv: string[]): [string, string[]] {
-  return ['unshare', ['--pid', '--fork', '--kill-child', '--mount', '--propagation', 'private', '--uts', '--ipc', '/bin/sh', '-c', ENTER_GUEST, 'enter-guest', root, ...argv]];
+  return ['setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--pid', '--fork', '--kill-child', '--mount', '--propagation', 'private', '--uts', '--ipc', '/bin/sh', '-c', ENTER_GUEST, 'enter-guest', root, ...argv]];
 }
 
 /** The environment every command inside the guest gets; nothing from the host leaks in. */

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { AttachRequest, MountBackend, MountContext } from './backend.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
 import { exists, waitForExit, which } from '../util/fs.js';
+import { mountsUnder } from '../util/mounts.js';
 
 /** libguestfs mounts the guest inside its appliance and shows it over FUSE: slow, but no host kernel support needed. */
 export const guestmountBackend: MountBackend = {
@@ -24,13 +25,15 @@ export const guestmountBackend: MountBackend = {
       '--inspector', request.readOnly ? '--ro' : '--rw',
       '--pid-file', pidFile, root,
     ];
-    await runWithTcgFallback(run, 'guestmount', args, { log, signal: context.signal, purpose: `guestmount of ${request.image}` });
-    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-    cleanup.push(`guestmount ${root} (pid ${pid || 'unknown'})`, async () => {
-      await run('guestunmount', [root], { allowFailure: true });
+    // Registered before guestmount starts (it daemonizes once the mount is up): interrupted meanwhile, the mount
+    // and the daemon are found by their paths in the work directory.
+    cleanup.push(`guestmount ${root}`, async () => {
+      const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+      if ((await mountsUnder(root)).length) await run('guestunmount', [root], { allowFailure: true });
       // Writes reach the image only when guestmount has exited (libguestfs guestmount(1), "race conditions").
       if (pid > 0) await waitForExit(pid, 120000);
     });
+    await runWithTcgFallback(run, 'guestmount', args, { log, signal: context.signal, purpose: `guestmount of ${request.image}` });
     return { kind: 'tree' as const, root };
   },
 };

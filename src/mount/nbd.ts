@@ -3,6 +3,7 @@ import { link, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import type { AttachRequest, MountBackend, MountContext } from './backend.js';
 import { ensurePartitions } from './block.js';
+import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { exists, processAlive, which } from '../util/fs.js';
 
@@ -66,6 +67,15 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
         if (!unlock) continue;
         cleanup.push(`nbd lock ${index}`, unlock);
         const device = `/dev/nbd${index}`;
+        // Noted and registered before connecting: a build killed or interrupted meanwhile leaves nothing unknown.
+        // Only a connection served for this image is ours to drop.
+        await noteHolding(context.workDir, { kind: 'nbd', device });
+        cleanup.push(`nbd connection ${device}`, async () => {
+          const pid = (await readFile(join(paths.sysBlock, `nbd${index}`, 'pid'), 'utf8').catch(() => '')).trim();
+          if (pid && (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(request.image)) {
+            await run('qemu-nbd', ['--disconnect', device], { allowFailure: true });
+          }
+        });
         await run(
           'qemu-nbd',
           [
@@ -76,9 +86,6 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
           ],
           { log, purpose: `connecting ${device}` },
         );
-        cleanup.push(`nbd connection ${device}`, async () => {
-          await run('qemu-nbd', ['--disconnect', device], { allowFailure: true });
-        });
         await ensurePartitions(context, device);
         return { kind: 'block' as const, device };
       }

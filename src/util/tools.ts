@@ -25,6 +25,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   mount: { package: 'mount', neededBy: 'mounting the guest filesystems', required: true },
   umount: { package: 'mount', neededBy: 'unmounting the guest filesystems', required: true },
   unshare: { package: 'util-linux', neededBy: 'confining guest commands in their own namespaces', required: true },
+  setpriv: { package: 'util-linux', neededBy: 'helpers and guest commands that die with a killed build (--pdeathsig)', required: true },
   capsh: { package: 'libcap2-bin', neededBy: 'dropping the capabilities that reach the host from guest commands', required: true },
   fusermount3: { package: 'fuse3', neededBy: 'ending a FUSE export whose daemon left it mounted', required: true },
   mknod: { package: 'coreutils', neededBy: 'the chroot\'s minimal /dev', required: true },
