@@ -68,13 +68,11 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
         cleanup.push(`nbd lock ${index}`, unlock);
         const device = `/dev/nbd${index}`;
         // Noted and registered before connecting: a build killed or interrupted meanwhile leaves nothing unknown.
-        // Only a connection served for this image is ours to drop.
+        // Only a connect that failed by itself (the device taken by someone else meanwhile) is not ours to undo.
         await noteHolding(context.workDir, { kind: 'nbd', device });
+        let refused = false;
         cleanup.push(`nbd connection ${device}`, async () => {
-          const pid = (await readFile(join(paths.sysBlock, `nbd${index}`, 'pid'), 'utf8').catch(() => '')).trim();
-          if (pid && (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(request.image)) {
-            await run('qemu-nbd', ['--disconnect', device], { allowFailure: true });
-          }
+          if (!refused) await run('qemu-nbd', ['--disconnect', device], { allowFailure: true });
         });
         await run(
           'qemu-nbd',
@@ -85,7 +83,10 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
             request.image,
           ],
           { log, purpose: `connecting ${device}` },
-        );
+        ).catch((error: unknown) => {
+          refused = !context.signal?.aborted;
+          throw error;
+        });
         await ensurePartitions(context, device);
         return { kind: 'block' as const, device };
       }
