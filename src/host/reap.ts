@@ -121,6 +121,7 @@ function describe(entry: RegistryEntry, record: BuildRecord | undefined): FoundB
     workDir: entry.workDir,
     pid: entry.pid,
     startTime: entry.startTime,
+    ...(entry.pidNamespace ? { pidNamespace: entry.pidNamespace } : {}),
     ...(record?.command ? { command: record.command } : {}),
     ...(record?.createdAt ? { createdAt: record.createdAt } : {}),
     alive: ownerAlive(entry),

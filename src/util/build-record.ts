@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runDir } from './paths.js';
@@ -27,6 +27,8 @@ export interface BuildOwner {
   pid: number;
   /** /proc/<pid>/stat field 22: clock ticks after boot. */
   startTime: number;
+  /** The PID namespace its pid means something in (/proc/self/ns/pid, "pid:[4026531836]"). */
+  pidNamespace?: string;
 }
 
 export interface BuildRecord extends BuildOwner {
@@ -62,12 +64,26 @@ export function processStartTime(pid: number): number | undefined {
   }
 }
 
-export function currentOwner(): BuildOwner {
-  return { pid: process.pid, startTime: processStartTime(process.pid) ?? 0 };
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
 }
 
-/** Whether the process that owned a build is still running (not merely a process with a reused pid). */
+export function currentOwner(): BuildOwner {
+  const namespace = pidNamespace();
+  return { pid: process.pid, startTime: processStartTime(process.pid) ?? 0, ...(namespace ? { pidNamespace: namespace } : {}) };
+}
+
+/**
+ * Whether the process that owned a build may still be running (not merely a process with a reused pid). A build
+ * of another PID namespace (a pod sharing the work directory's volume) cannot be judged from here: it counts as
+ * alive, since taking a live build's mounts away is the one thing a reaper must never do.
+ */
 export function ownerAlive(owner: BuildOwner): boolean {
+  if (owner.pidNamespace && owner.pidNamespace !== pidNamespace()) return true;
   return owner.pid > 0 && processStartTime(owner.pid) === owner.startTime;
 }
 

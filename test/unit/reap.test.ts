@@ -59,6 +59,9 @@ describe('build records and the reaper', () => {
     expect(ownerAlive(me)).toBe(true);
     expect(ownerAlive({ pid: process.pid, startTime: me.startTime + 1 })).toBe(false);
     expect(ownerAlive({ pid: 2 ** 22 + 1, startTime: me.startTime })).toBe(false);
+    // A pid of another PID namespace means nothing here: never judged dead.
+    expect(ownerAlive({ pid: 2 ** 22 + 1, startTime: me.startTime, pidNamespace: 'pid:[1]' })).toBe(true);
+    expect(ownerAlive({ pid: 2 ** 22 + 1, startTime: me.startTime, pidNamespace: me.pidNamespace })).toBe(false);
   });
 
   const record = (workDir: string, id: string, owner = { pid: 2 ** 22 + 1, startTime: 5 }): BuildRecord => ({
