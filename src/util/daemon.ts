@@ -11,6 +11,8 @@ export interface Helper {
   readonly pid: number;
   /** SIGTERM, then SIGKILL after the grace period; resolves once it has exited. */
   stop(graceMs?: number): Promise<void>;
+  /** Waits for it to exit by itself (guestmount after guestunmount); SIGKILL after the grace period. */
+  exited(graceMs?: number): Promise<void>;
 }
 
 export interface HelperOptions {
@@ -20,6 +22,8 @@ export interface HelperOptions {
   /** True once it serves what it was started for (its export is mounted, its socket listens). */
   ready: () => Promise<boolean>;
   purpose: string;
+  /** Variables added to the inherited environment. */
+  extraEnv?: Record<string, string>;
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -42,7 +46,7 @@ export async function startHelper(file: string, args: string[], options: HelperO
   const output = openSync(options.logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(command, argv, { stdio: ['ignore', output, output], detached: true });
+    child = spawn(command, argv, { stdio: ['ignore', output, output], detached: true, env: { ...process.env, ...options.extraEnv } });
   } finally {
     closeSync(output);
   }
@@ -50,15 +54,19 @@ export async function startHelper(file: string, args: string[], options: HelperO
     child.once('exit', () => resolve());
     child.once('error', () => resolve());
   });
+  const wait = async (graceMs: number) => {
+    if (exited(child) || !child.pid) return;
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    await gone;
+    clearTimeout(timer);
+  };
   const helper: Helper = {
     pid: child.pid ?? 0,
     async stop(graceMs = 15000) {
-      if (exited(child) || !child.pid) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      await gone;
-      clearTimeout(timer);
+      if (!exited(child) && child.pid) child.kill('SIGTERM');
+      await wait(graceMs);
     },
+    exited: (graceMs = 15000) => wait(graceMs),
   };
   onSpawn(helper);
   const failed = async (why: string) => {

@@ -167,6 +167,22 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect((await readdir(work)).filter((name) => name.startsWith('.writing-out') || name.startsWith('writing-out'))).toEqual([]);
   });
 
+  test('killed while mounted through guestmount: guestmount and its appliance die with it; cleanup releases the rest', async () => {
+    const recipe = await writeRecipe(work, 'guestmount', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
+    const child = startApply(recipe, join(work, 'guestmount-out.qcow2'), ['--no-cache', '--sparsify', 'none', '--mount-backend', 'guestmount']);
+    await outputSeen(child, 'sleeping');
+    const appliance = async () => (await leftoversUnder(tmp)).processes.some((p) => /guestmount|qemu-system/.test(p));
+    expect(await appliance()).toBe(true);
+    // By construction: guestmount --no-fork is our child under --pdeathsig; libguestfs's recovery process ends qemu.
+    const left = await killAndWatch(child, 'guestmount and its appliance', async () => (await appliance()) || (await sleepAlive()));
+    expect(left.mounts.length).toBeGreaterThan(0);
+
+    const cleanup = await runCli(['cleanup'], { env: env() });
+    expect(cleanup.exitCode).toBe(0);
+    expect(cleanup.stdout).toContain(`(pid ${child.pid}: `);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
   test.each(['SIGHUP', 'SIGQUIT'] as const)('%s during a step stops the build like SIGINT: exit code 130, everything released', async (signal) => {
     const recipe = await writeRecipe(work, `signal-${signal.toLowerCase()}`, [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
     const child = startApply(recipe, join(work, `${signal}-out.qcow2`));
