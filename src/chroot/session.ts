@@ -8,6 +8,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot } from '../util/fs.js';
+import { isMounted } from '../util/mounts.js';
 import { killAll } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
@@ -129,11 +130,13 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   const mountIn = async (guestPath: string, args: string[]) => {
     const target = join(root, await resolveInRoot(root, guestPath));
     await mkdir(target, { recursive: true });
-    await run('mount', [...args, target], { log, purpose: `mounting ${guestPath} in the guest` });
+    // Registered before the mount: an interrupt while mount runs must not leave it behind.
     cleanup.push(`mount ${target}`, async () => {
+      if (!(await isMounted(target))) return;
       const result = await run('umount', [target], { allowFailure: true });
       if (result.exitCode !== 0) await run('umount', ['--lazy', target], { allowFailure: true });
     });
+    await run('mount', [...args, target], { log, purpose: `mounting ${guestPath} in the guest` });
     return target;
   };
 
