@@ -31,7 +31,10 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
     // Not root (a library caller's tests): the build runs; its record alone lets `cleanup --work-dir` find it.
     log.debug(`not registered for reaping: ${errorMessage(error)}`);
   });
-  await mkdir(dir, { mode: 0o700 });
+  await mkdir(dir, { mode: 0o700 }).catch(async (error: unknown) => {
+    await unregisterBuild(id);
+    throw error;
+  });
   cleanup.push(`work directory ${dir}`, async () => {
     if (options.keep) {
       log.info(`work directory kept: ${dir}`);
