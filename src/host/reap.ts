@@ -150,14 +150,19 @@ async function processesOf(workDir: string, helpers: boolean): Promise<number[]>
   return pids;
 }
 
-async function mountsIn(workDir: string): Promise<string[]> {
+/** Mount points under the work directory, deepest first; with `types`, only filesystems of those types. */
+async function mountsIn(workDir: string, types?: Set<string>): Promise<string[]> {
   const text = await readFile('/proc/self/mountinfo', 'utf8');
   return text
     .split('\n')
-    .map((line) => line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))))
-    .filter((target): target is string => !!target && inside(target, workDir))
+    .map((line) => ({ target: line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))), type: line.split(' - ')[1]?.split(' ')[0] ?? '' }))
+    .filter((mount): mount is { target: string; type: string } => !!mount.target && inside(mount.target, workDir) && (!types || types.has(mount.type)))
+    .map((mount) => mount.target)
     .sort((a, b) => b.length - a.length);
 }
+
+/** A build killed during a step-cache snapshot left its guest's filesystems frozen: umount would wait on them. */
+const FREEZABLE = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
 
 /** Loop devices whose backing file is in the work directory (the fuse backend's export). */
 const loopsOf = (workDir: string) => loopsBackedBy(workDir);
@@ -242,6 +247,7 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
   };
   const { workDir } = build;
   await attempt('processes', () => killAll(() => processesOf(workDir, false), log, `process(es) of the dead build in ${workDir}`));
+  for (const target of await mountsIn(workDir, FREEZABLE)) await run('fsfreeze', ['--unfreeze', target], { allowFailure: true });
   // Deepest first; what is still busy (the export under a loop device) is tried again once the disks are gone.
   for (const target of await mountsIn(workDir)) await unmount(run, target, false);
   for (const device of found.nbd) await attempt(`nbd ${device}`, () => run('qemu-nbd', ['--disconnect', device], { log }));
