@@ -5,7 +5,7 @@ import { delimiter, join } from 'node:path';
 import { programArchitecture, runsNatively, type Architecture } from '../distro/architecture.js';
 import type { CleanupStack } from '../util/cleanup.js';
 import { hasProgramInterpreter } from '../util/elf.js';
-import { ImageBuilderError } from '../util/errors.js';
+import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import { exists, resolveInRoot } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
@@ -219,18 +219,27 @@ export async function enableEmulation(root: string, options: EmulationOptions): 
   if (!dir) {
     // Private, not /proc/sys/fs/binfmt_misc: the kernel drops every entry when the last binfmt_misc mount
     // goes, so a mount shared with another run could vanish under it.
-    const mountPoint = await mkdtemp(join(host.tmpDir, `${OWN_ENTRY_PREFIX}binfmt-`));
+    // Named after this process, so a reaper finds the mount of a build killed by SIGKILL.
+    const mountPoint = await mkdtemp(join(host.tmpDir, `${OWN_ENTRY_PREFIX}binfmt-${process.pid}-`));
     cleanup.push(`directory ${mountPoint}`, () => rmdir(mountPoint));
+    // Registered before the mount: interrupted while mount runs, it may or may not be there (then umount may fail).
+    let outcome: 'mounted' | 'refused' | 'interrupted' = 'mounted';
+    cleanup.push(`mount ${mountPoint}`, async () => {
+      if (outcome !== 'refused') await run('umount', [mountPoint], { log, allowFailure: outcome === 'interrupted' });
+    });
     await run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', mountPoint], {
       log,
       purpose: 'mounting binfmt_misc to run the guest under qemu',
       errorCode: 'ENVIRONMENT',
       hint: 'this kernel needs binfmt_misc (modprobe binfmt_misc) to run programs of another architecture',
+    }).catch((error: unknown) => {
+      outcome = isImageBuilderError(error) && error.code === 'INTERRUPTED' ? 'interrupted' : 'refused';
+      throw error;
     });
-    cleanup.push(`mount ${mountPoint}`, async () => void (await run('umount', [mountPoint], { log })));
     dir = mountPoint;
   }
 
+  // Named after this process, so a reaper removes the entries of a build killed by SIGKILL (reap.ts).
   const entry = `${OWN_ENTRY_PREFIX}${target.qemu}-${process.pid}-${++registrations}`;
   const entryPath = join(dir, entry);
   await writeControl(join(dir, 'register'), binfmtRegistration(entry, target, emulator.path)).catch((error: unknown) => {

@@ -8,6 +8,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot } from '../util/fs.js';
+import { isMounted } from '../util/mounts.js';
 import { killAll } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
@@ -59,9 +60,13 @@ export function guestEnv(env: NodeJS.ProcessEnv = process.env): Record<string, s
   return { ...CHROOT_ENV, ...(epoch ? { SOURCE_DATE_EPOCH: String(epoch.getTime() / 1000) } : {}) };
 }
 
-/** argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. */
+/**
+ * argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. The kernel
+ * kills unshare when imagebuilder dies (even by SIGKILL: setpriv --pdeathsig), and unshare's --kill-child then
+ * ends the namespace, so nothing a step started outlives a killed build.
+ */
 export function confinedCommand(root: string, argv: string[]): [string, string[]] {
-  return ['unshare', ['--pid', '--fork', '--kill-child', '--mount', '--propagation', 'private', '--uts', '--ipc', '/bin/sh', '-c', ENTER_GUEST, 'enter-guest', root, ...argv]];
+  return ['setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--pid', '--fork', '--kill-child', '--mount', '--propagation', 'private', '--uts', '--ipc', '/bin/sh', '-c', ENTER_GUEST, 'enter-guest', root, ...argv]];
 }
 
 /** The environment every command inside the guest gets; nothing from the host leaks in. */
@@ -125,11 +130,13 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   const mountIn = async (guestPath: string, args: string[]) => {
     const target = join(root, await resolveInRoot(root, guestPath));
     await mkdir(target, { recursive: true });
-    await run('mount', [...args, target], { log, purpose: `mounting ${guestPath} in the guest` });
+    // Registered before the mount: an interrupt while mount runs must not leave it behind.
     cleanup.push(`mount ${target}`, async () => {
+      if (!(await isMounted(target))) return;
       const result = await run('umount', [target], { allowFailure: true });
       if (result.exitCode !== 0) await run('umount', ['--lazy', target], { allowFailure: true });
     });
+    await run('mount', [...args, target], { log, purpose: `mounting ${guestPath} in the guest` });
     return target;
   };
 

@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
+import { findBuilds } from '../host/reap.js';
 import { hostProbes, runDoctor, type DoctorCheck, type DoctorReport } from '../host/doctor.js';
 import { EXIT_CODES } from '../util/errors.js';
 import { execRunner } from '../util/exec.js';
@@ -12,7 +13,7 @@ export default class Doctor extends BaseCommand {
   static override summary = 'Check this host: what works, what is missing, what each gap costs and how to fix it';
   static override description =
     'Checks root, /dev/fuse, loop devices, device nodes, the nbd module, binfmt_misc for foreign architectures, KVM for ' +
-    'libguestfs, free space in the work and cache directories, and every host tool. Exits with 5 when something a ' +
+    'libguestfs, free space in the work and cache directories, every host tool, and builds killed without releasing what they held (`imagebuilder cleanup` releases them). Exits with 5 when something a ' +
     'default build (fuse backend, virt-sparsify) needs is missing.';
   static override examples = ['<%= config.bin %> doctor', '<%= config.bin %> doctor --json', '<%= config.bin %> doctor --probe-libguestfs'];
   static override flags = {
@@ -23,7 +24,7 @@ export default class Doctor extends BaseCommand {
   async run(): Promise<DoctorReport> {
     const { flags } = await this.parse(Doctor);
     const log = createLogger({ level: flags.json ? 'warn' : 'info' });
-    const report = await runDoctor(hostProbes(execRunner, log), { workDir: workDirParent(), cacheDir: cacheDir(), probeLibguestfs: flags['probe-libguestfs'] });
+    const report = await runDoctor(hostProbes(execRunner, log), { workDir: workDirParent(), cacheDir: cacheDir(), probeLibguestfs: flags['probe-libguestfs'], builds: () => findBuilds([workDirParent()]) });
     if (flags.json) this.log(JSON.stringify(report, null, 2));
     else this.log(renderReport(report));
     if (!report.ready) process.exitCode = EXIT_CODES.ENVIRONMENT;

@@ -42,7 +42,7 @@ export default class Shell extends BaseCommand {
           log,
           signal,
         }),
-      interactive ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM'],
+      interactive ? ['SIGTERM', 'SIGHUP'] : undefined,
     );
     process.exitCode = exitCode;
   }

@@ -8,6 +8,7 @@ import type { ExecResult, Runner } from '../util/exec.js';
 import { exists, which } from '../util/fs.js';
 import { cachedKvmVerdict, kvmVerdictFile, probeKvm, probeTcg, type KvmVerdict } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
+import type { FoundBuild } from './reap.js';
 import { HOST_TOOLS } from '../util/tools.js';
 
 /**
@@ -21,7 +22,7 @@ import { HOST_TOOLS } from '../util/tools.js';
 export type CheckStatus = 'ok' | 'degraded' | 'missing' | 'unknown';
 
 export interface DoctorCheck {
-  /** Stable, for scripts: root, dev-fuse, loop, dev-nodes, nbd, binfmt, libguestfs, space-work, space-cache, tool:NAME. */
+  /** Stable, for scripts: root, dev-fuse, loop, dev-nodes, nbd, binfmt, libguestfs, space-work, space-cache, tool:NAME, dead-builds. */
   id: string;
   name: string;
   status: CheckStatus;
@@ -68,6 +69,8 @@ export interface DoctorOptions {
   cacheDir: string;
   /** Start the libguestfs appliance to learn whether KVM and TCG work (slow); otherwise use the remembered verdict. */
   probeLibguestfs?: boolean;
+  /** The registered builds (reap.ts findBuilds): dead ones left resources behind for `imagebuilder cleanup`. */
+  builds?: () => Promise<FoundBuild[]>;
 }
 
 const GiB = 1024 ** 3;
@@ -92,8 +95,23 @@ export async function runDoctor(probes: HostProbes, options: DoctorOptions): Pro
     await checkSpace(probes, 'space-work', 'work dir space', options.workDir, WORK_SPACE.recommended, WORK_SPACE.minimum),
     await checkSpace(probes, 'space-cache', 'cache dir space', options.cacheDir, CACHE_SPACE.recommended),
     ...(await checkTools(probes)),
+    ...(options.builds ? [checkDeadBuilds(await options.builds())] : []),
   ];
   return { ready: !checks.some((c) => c.required && c.status === 'missing'), checks };
+}
+
+/** Reported, not released: doctor only looks. */
+export function checkDeadBuilds(builds: FoundBuild[]): DoctorCheck {
+  const base = { id: 'dead-builds', name: 'killed builds', required: false };
+  const dead = builds.filter((b) => !b.alive);
+  const running = builds.length - dead.length;
+  if (!dead.length) return { ...base, status: 'ok', found: `none${running ? ` (${running} build(s) running)` : ''}` };
+  return {
+    ...base, status: 'degraded',
+    found: `${dead.length} build(s) whose process is gone: ${dead.map((b) => `${b.workDir} (pid ${b.pid})`).join(', ')}`,
+    cost: 'what they held (mounts, loop devices, helper processes, disk space) stays taken until released',
+    fix: 'imagebuilder cleanup (the next build also does it when it starts)',
+  };
 }
 
 function checkRoot(probes: HostProbes): DoctorCheck {

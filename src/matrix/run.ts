@@ -94,7 +94,7 @@ const closeStream = (stream: WriteStream) => new Promise<void>((resolve) => stre
 /**
  * Runs the builds of a matrix here: phase 0 once per base (so the cache is filled before builds share it),
  * then the builds, `jobs` at a time, each through apply() with its own log, output directory and cleanup.
- * A failing build does not stop the others unless failFast. SIGINT/SIGTERM (the signal) stops every build;
+ * A failing build does not stop the others unless failFast. A stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) stops every build;
  * each releases what it holds before this returns. Never throws for a build's failure: see each result.
  */
 export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: MatrixRunOptions): Promise<MatrixResult> {

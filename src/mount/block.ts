@@ -2,6 +2,7 @@ import { deviceNumbers } from '../util/devices.js';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
+import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 
 export interface BlockFilesystem {
@@ -37,12 +38,11 @@ export async function ensurePartitions(context: MountContext, device: string): P
   // size) and only asks the kernel to add partitions of this one device: nothing of the host is named.
   const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
   if (hasTable) {
-    const added = await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
-    if (added.exitCode === 0) {
-      context.cleanup.push(`partitions of ${device}`, async () => {
-        await context.run('partx', ['-d', device], { allowFailure: true });
-      });
-    }
+    // Registered before partx runs: an interrupt while it runs must not leave the partitions behind.
+    context.cleanup.push(`partitions of ${device}`, async () => {
+      await context.run('partx', ['-d', device], { allowFailure: true });
+    });
+    await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
   }
   const partitions = await listPartitions(device);
   await refuseForeignPartitions(context, device, partitions);
@@ -56,10 +56,12 @@ export async function ensurePartitions(context: MountContext, device: string): P
     // Without udev or devtmpfs the node may be missing. A node left by an earlier build may also name the
     // wrong device: partition minors are handed out dynamically, so a stale loop0p1 can be another build's disk.
     if (node) await context.run('rm', ['-f', partition], { log: context.log });
-    await context.run('mknod', [partition, 'b', String(major), String(minor)], { log: context.log });
+    // Noted and registered before it is made: a build killed (or interrupted) in between leaves no node unknown.
+    await noteHolding(context.workDir, { kind: 'node', path: partition, disk: device });
     context.cleanup.push(`device node ${partition}`, async () => {
       await context.run('rm', ['-f', partition], { allowFailure: true });
     });
+    await context.run('mknod', [partition, 'b', String(major), String(minor)], { log: context.log });
   }
   return partitions;
 }

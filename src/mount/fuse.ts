@@ -1,9 +1,11 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AttachRequest, LiveSnapshot, MountBackend, MountContext } from './backend.js';
 import { connectQmp } from './qmp.js';
 import { ensurePartitions } from './block.js';
-import { exists, waitForExit, which } from '../util/fs.js';
+import { loopsBackedBy } from '../util/loops.js';
+import { startHelper } from '../util/daemon.js';
+import { exists, which } from '../util/fs.js';
 import { mountsUnder } from '../util/mounts.js';
 
 /**
@@ -23,49 +25,43 @@ export const fuseBackend: MountBackend = {
   async attach(context: MountContext, request: AttachRequest) {
     const { run, log, cleanup } = context;
     const exportFile = join(context.workDir, 'disk.raw');
-    const pidFile = join(context.workDir, 'qemu-storage-daemon.pid');
     const monitor = join(context.workDir, 'qmp.sock');
     await writeFile(exportFile, '');
     const discard = request.readOnly ? '' : ',discard=unmap';
-    await run(
+    const args = [
+      // The monitor lets a build take live snapshots between steps (the step cache) without detaching.
+      '--chardev', `socket,id=qmp0,path=${monitor},server=on,wait=off`, '--monitor', 'chardev=qmp0',
+      '--blockdev', `driver=file,node-name=file0,filename=${request.image}${discard}${request.readOnly ? ',read-only=on' : ''}`,
+      '--blockdev', `driver=${request.format},node-name=disk0,file=file0${discard}${request.readOnly ? ',read-only=on' : ''}`,
+      '--export', `type=fuse,id=export0,node-name=disk0,mountpoint=${exportFile},writable=${request.readOnly ? 'off' : 'on'}`,
+    ];
+    // Not --daemonize (which hands the daemon to init, where a SIGKILLed build left it serving): our child, killed
+    // by the kernel when we die. Its release is registered as it is spawned, before anything can interrupt.
+    await startHelper(
       'qemu-storage-daemon',
-      [
-        // The monitor lets a build take live snapshots between steps (the step cache) without detaching.
-        '--chardev', `socket,id=qmp0,path=${monitor},server=on,wait=off`, '--monitor', 'chardev=qmp0',
-        '--blockdev', `driver=file,node-name=file0,filename=${request.image}${discard}${request.readOnly ? ',read-only=on' : ''}`,
-        '--blockdev', `driver=${request.format},node-name=disk0,file=file0${discard}${request.readOnly ? ',read-only=on' : ''}`,
-        '--export', `type=fuse,id=export0,node-name=disk0,mountpoint=${exportFile},writable=${request.readOnly ? 'off' : 'on'}`,
-        // --daemonize returns only once the export is up, so the file is ready when run() returns.
-        '--daemonize', '--pidfile', pidFile,
-      ],
-      { log, purpose: 'exporting the image over FUSE' },
+      args,
+      { log, logFile: join(context.workDir, 'qemu-storage-daemon.log'), purpose: 'exporting the image over FUSE', signal: context.signal, ready: async () => (await mountsUnder(exportFile)).length > 0 },
+      (daemon) =>
+        cleanup.push(`qemu-storage-daemon (pid ${daemon.pid})`, async () => {
+          // The loop device writes through the export file's page cache: flush it to the daemon before it goes.
+          await run('sync', [exportFile], { allowFailure: true });
+          // The image is consistent (and free for qemu-img) only once the daemon has flushed and exited.
+          await daemon.stop();
+          if ((await mountsUnder(exportFile)).length) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
+        }),
     );
-    // Registered before anything else can fail; without a pid, unmounting the export ends the daemon.
-    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-    cleanup.push(`qemu-storage-daemon (pid ${pid || 'unknown'})`, async () => {
-      // The loop device writes through the export file's page cache: flush it to the daemon before it goes.
-      await run('sync', [exportFile], { allowFailure: true });
-      if (pid > 0) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          // already gone
-        }
-        // The image is consistent (and free for qemu-img) only once the daemon has flushed and exited.
-        await waitForExit(pid);
-      }
-      if ((await mountsUnder(exportFile)).length) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
-    });
 
+    // Registered before it is taken: interrupted while losetup runs, the device is found by its backing file.
+    let device: string | undefined;
+    cleanup.push(`loop device over ${exportFile}`, async () => {
+      for (const loop of new Set([...(device ? [device] : []), ...(await loopsBackedBy(exportFile))])) await run('losetup', ['--detach', loop], { allowFailure: true });
+    });
     const loop = await run('losetup', ['--find', '--show', ...(request.readOnly ? ['--read-only'] : []), exportFile], {
       log,
       purpose: 'attaching a loop device',
       hint: 'all loop devices may be busy: `losetup -a` lists them',
     });
-    const device = loop.stdout.trim();
-    cleanup.push(`loop device ${device}`, async () => {
-      await run('losetup', ['--detach', device], { allowFailure: true });
-    });
+    device = loop.stdout.trim();
     await ensurePartitions(context, device);
     if (request.readOnly) return { kind: 'block' as const, device };
 

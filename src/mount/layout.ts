@@ -6,6 +6,7 @@ import { listPartitions, probeFilesystems, type BlockFilesystem } from './block.
 import { ImageBuilderError } from '../util/errors.js';
 import { exists, resolveInRoot } from '../util/fs.js';
 import { readGuestText } from '../util/guest-fs.js';
+import { isMounted } from '../util/mounts.js';
 
 export interface FstabEntry {
   line: number;
@@ -205,8 +206,9 @@ export async function mountGuestLayout(context: MountContext, device: string, re
   // Released after every guest filesystem is unmounted: the disk goes only once nothing holds them anywhere.
   const mounts: GuestMount[] = [];
   context.cleanup.push('guest filesystems released', () => waitUntilReleased(context, mounts.map((m) => m.device)));
+  // Registered before the mount (an interrupt while mount runs must not leave it), so it checks there is one.
+  context.cleanup.push(`mount ${rootDir}`, async () => void ((await isMounted(rootDir)) && (await umount(context, rootDir))));
   await mountFs(context, root.fs.device, rootDir, root.fs.type!, root.options, readOnly);
-  context.cleanup.push(`mount ${rootDir}`, () => umount(context, rootDir));
   mounts.push({ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir });
   // What tells this guest's root apart (a subvolume, nouuid); every guest mount has guestMountOptions.
   const telling = root.options.filter((option) => !guestMountOptions(root.fs.type!).includes(option));
@@ -243,8 +245,8 @@ export async function mountGuestLayout(context: MountContext, device: string, re
     }
     const target = join(rootDir, await resolveInRoot(rootDir, entry.path));
     await mkdir(target, { recursive: true });
+    context.cleanup.push(`mount ${target}`, async () => void ((await isMounted(target)) && (await umount(context, target))));
     await mountFs(context, fs.device, target, type, mountOptions(type, entry.options), readOnly);
-    context.cleanup.push(`mount ${target}`, () => umount(context, target));
     mounts.push({ device: fs.device, path: entry.path, type, hostPath: target });
     context.log.info(`mounted ${entry.path}: ${fs.device} (${type})`);
   }

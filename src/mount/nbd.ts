@@ -2,6 +2,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AttachRequest, MountBackend, MountContext } from './backend.js';
 import { ensurePartitions } from './block.js';
+import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { exists, which } from '../util/fs.js';
 import { tryAcquireLock } from '../util/lock.js';
@@ -52,6 +53,13 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
         if (!unlock) continue;
         cleanup.push(`nbd lock ${index}`, unlock);
         const device = `/dev/nbd${index}`;
+        // Noted and registered before connecting: a build killed or interrupted meanwhile leaves nothing unknown.
+        // Only a connect that failed by itself (the device taken by someone else meanwhile) is not ours to undo.
+        await noteHolding(context.workDir, { kind: 'nbd', device });
+        let refused = false;
+        cleanup.push(`nbd connection ${device}`, async () => {
+          if (!refused) await run('qemu-nbd', ['--disconnect', device], { allowFailure: true });
+        });
         await run(
           'qemu-nbd',
           [
@@ -61,9 +69,9 @@ export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend 
             request.image,
           ],
           { log, purpose: `connecting ${device}` },
-        );
-        cleanup.push(`nbd connection ${device}`, async () => {
-          await run('qemu-nbd', ['--disconnect', device], { allowFailure: true });
+        ).catch((error: unknown) => {
+          refused = !context.signal?.aborted;
+          throw error;
         });
         await ensurePartitions(context, device);
         return { kind: 'block' as const, device };

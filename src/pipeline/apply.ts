@@ -8,6 +8,7 @@ import { sha256File } from '../fetch/checksums.js';
 import { convertImage, imageInfo, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
+import { noteHolding } from '../util/build-record.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
@@ -290,7 +291,11 @@ async function writeArtifacts(
   }
   // Artifacts appear under their names only when all are complete.
   const partials = paths.map((path) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`));
-  for (const partial of partials) cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
+  for (const partial of partials) {
+    // Outside the work directory: noted in the build's record, so a build killed while writing leaves no partial.
+    await noteHolding(workDir, { kind: 'file', path: partial });
+    cleanup.push(`partial output ${partial}`, () => rm(partial, { force: true }));
+  }
   // The root filesystem tarball, from the guest's filesystems as mounted (the chroot session is closed).
   if (formats.includes('tar')) await clock.time('tar', () => writeRootfsTar(opened.layout.root, partials[formats.indexOf('tar')], { run, log, signal, guestMounts: opened.layout.mounts.map((m) => m.hostPath) }));
   await releaseGuest(state.guest, clock);
@@ -311,6 +316,7 @@ async function writeArtifacts(
     warnings: [...state.bom.warnings, ...log.warnings],
   };
   const bomPartial = `${partials[0]}.bom.json`;
+  await noteHolding(workDir, { kind: 'file', path: bomPartial });
   cleanup.push(`partial BOM ${bomPartial}`, () => rm(bomPartial, { force: true }));
   await writeFile(bomPartial, `${JSON.stringify(orderedBom(bom), null, 2)}\n`);
   const sboms = [...new Set(options.sbom ?? SBOM_FORMATS)].map((format) => ({
@@ -319,6 +325,7 @@ async function writeArtifacts(
     document: format === 'cyclonedx' ? cycloneDxFromBom(bom) : spdxFromBom(bom),
   }));
   for (const sbom of sboms) {
+    await noteHolding(workDir, { kind: 'file', path: sbom.partial });
     cleanup.push(`partial SBOM ${sbom.partial}`, () => rm(sbom.partial, { force: true }));
     await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
   }
@@ -369,12 +376,13 @@ export async function prepareWorkImage(options: ApplyOptions): Promise<WorkImage
     if (target === input.path) throw new ImageBuilderError('BAD_INPUT', 'the work image path is the input image', { hint: 'the input is never modified: choose another --output' });
     return target;
   };
-  return build(options, (input, recipeName) => void targetFor(input, recipeName), async ({ bom, opened, workImage, input, guest, cleanup, clock, log, run, recipeName }) => {
+  return build(options, (input, recipeName) => void targetFor(input, recipeName), async ({ bom, opened, workImage, input, guest, cleanup, workDir, clock, log, run, recipeName }) => {
     const target = targetFor(input, recipeName);
     const record = { ...bom, durationsMs: clock.durations, warnings: [...log.warnings] };
     await writeGuestFileFromHost(opened.layout.root, WORK_RECORD_PATH, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
     await releaseGuest(guest, clock);
     const partial = join(dirname(target), `.${basename(target)}.partial-${process.pid}`);
+    await noteHolding(workDir, { kind: 'file', path: partial });
     cleanup.push(`partial work image ${partial}`, () => rm(partial, { force: true }));
     await clock.time('output', () => convertImage(run, workImage, partial, 'qcow2', { log, signal: options.signal }));
     await rename(partial, target);

@@ -9,6 +9,7 @@ import type { MountBackendName, MountContext } from '../mount/backend.js';
 import type { Recipe } from '../recipe/load.js';
 import { whenMismatch } from '../recipe/when.js';
 import { createRecorder } from '../steps/types.js';
+import { forgetHolding, noteHolding } from '../util/build-record.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
@@ -107,7 +108,9 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
   const finalOverlay = join(options.workDir, 'work.qcow2');
   const newLayer = async () => {
     const file = await store!.newImage();
-    // A layer without its record is never reused (--resume takes the committed ones): it goes, whatever happened.
+    // A layer without its record is never reused (--resume takes the committed ones): it goes, whatever happened,
+    // even if the build is killed (the record lets a reaper remove it; forgotten before the layer is committed).
+    await noteHolding(options.workDir, { kind: 'file', path: file });
     options.files.push(`unfinished layer ${file}`, async () => {
       if (!committed.has(file)) await rm(file, { force: true });
     });
@@ -239,6 +242,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
           await thaw();
         }
         layerImage = active;
+        await forgetHolding(options.workDir, { kind: 'file', path: active });
         committed.add(active);
         active = next;
       }

@@ -1,6 +1,11 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { reapDeadBuilds, WORK_DIR_PREFIX } from '../host/reap.js';
+import { currentOwner, RECORD_FILE, registerBuild, unregisterBuild, writeRecord } from '../util/build-record.js';
 import type { CleanupStack } from '../util/cleanup.js';
+import { errorMessage } from '../util/errors.js';
+import { execRunner, type Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
 import { mountsUnder } from '../util/mounts.js';
 import { workDirParent } from '../util/paths.js';
@@ -9,23 +14,47 @@ import { killAll, processesMentioning } from '../util/processes.js';
 /**
  * A private work directory for one build (overlay, export file, mount points). Removed on release unless
  * kept — and never while anything is still mounted inside it, which would delete the guest's files.
+ *
+ * First, what builds killed with SIGKILL left behind is released (never what a live build holds). Then the
+ * directory is registered before it exists, and carries the build's record (pid, start time, holdings), so that
+ * if this build is killed the same way, the next one (or `imagebuilder cleanup`) releases what it held.
  */
-export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean } = {}): Promise<string> {
+export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean; run?: Runner } = {}): Promise<string> {
   const parent = options.parent ?? workDirParent();
-  const dir = await mkdtemp(join(parent, 'imagebuilder-'));
+  await reapDeadBuilds({ run: options.run ?? execRunner, log, workDirParents: [parent] }).catch((error: unknown) => {
+    log.warn(`could not look for builds killed earlier: ${errorMessage(error)} (imagebuilder cleanup tries again)`);
+  });
+  const id = randomBytes(8).toString('hex');
+  const dir = join(parent, `${WORK_DIR_PREFIX}${id}`);
+  const owner = currentOwner();
+  await registerBuild({ id, workDir: dir, ...owner }).catch((error: unknown) => {
+    // Not root (a library caller's tests): the build runs; its record alone lets `cleanup --work-dir` find it.
+    log.debug(`not registered for reaping: ${errorMessage(error)}`);
+  });
+  await mkdir(dir, { mode: 0o700 }).catch(async (error: unknown) => {
+    await unregisterBuild(id);
+    throw error;
+  });
   cleanup.push(`work directory ${dir}`, async () => {
     if (options.keep) {
       log.info(`work directory kept: ${dir}`);
+      // Kept on purpose: no reaper may take it for a dead build's.
+      await rm(join(dir, RECORD_FILE), { force: true });
+      await unregisterBuild(id);
       return;
     }
     // Safety net for helpers that outlived their parent (a libguestfs appliance whose guestmount was killed).
     await killAll(() => processesMentioning(dir), log, 'helper process(es) still using the work directory');
     const busy = await mountsUnder(dir);
     if (busy.length) {
-      log.error(`not removing ${dir}: still mounted there: ${busy.join(' ')}`);
+      // Still registered: `imagebuilder cleanup` retries once this process is gone.
+      log.error(`not removing ${dir}: still mounted there: ${busy.join(' ')} (imagebuilder cleanup retries when this build has exited)`);
       return;
     }
     await rm(dir, { recursive: true, force: true });
+    await unregisterBuild(id);
   });
+  const command = process.argv.slice(1).join(' ');
+  await writeRecord({ id, workDir: dir, ...owner, command, createdAt: new Date().toISOString(), keep: !!options.keep, holdings: [] });
   return dir;
 }

@@ -35,7 +35,7 @@ export const EXIT_CODE_MEANINGS: [number, string][] = [
   [4, 'a step failed'],
   [5, 'the host lacks a tool or capability (the message says which package)'],
   [6, 'a host command failed (mounting, converting …)'],
-  [130, 'interrupted (SIGINT or SIGTERM); everything was released'],
+  [130, 'interrupted (SIGINT, SIGTERM, SIGHUP or SIGQUIT); everything was released'],
 ];
 
 export class ImageBuilderError extends Error {

@@ -44,16 +44,6 @@ export function processAlive(pid: number): boolean {
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Waits for a process we do not parent (a daemonized helper) to exit; SIGKILL after the grace period. */
-export async function waitForExit(pid: number, graceMs = 15000): Promise<void> {
-  const deadline = Date.now() + graceMs;
-  while (processAlive(pid) && Date.now() < deadline) await sleep(50);
-  if (processAlive(pid)) {
-    process.kill(pid, 'SIGKILL');
-    while (processAlive(pid)) await sleep(50);
-  }
-}
-
 /**
  * Resolves a guest path the way the guest's kernel would see it with `root` as `/`: symlinks are followed
  * relative to the guest root, and `..` never climbs above it, so a guest symlink can never point at the host.

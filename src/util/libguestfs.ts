@@ -55,13 +55,20 @@ export async function libguestfsEnv(run: Runner, log: Logger): Promise<Record<st
   return verdict === 'works' ? {} : TCG;
 }
 
+/** The environment to try once more with when a libguestfs tool failed under `env`, or undefined: TCG was used, or the user chose. */
+export function tcgRetryEnv(env: Record<string, string>): Record<string, string> | undefined {
+  if (env.LIBGUESTFS_BACKEND_SETTINGS !== undefined || process.env.LIBGUESTFS_BACKEND_SETTINGS !== undefined) return undefined;
+  return { ...env, ...TCG };
+}
+
 /** Runs a libguestfs tool with the backend chosen above; if it still fails under KVM, once more with TCG. */
 export async function runWithTcgFallback(run: Runner, file: string, args: string[], options: ExecOptions & { purpose: string; log: Logger }): Promise<ExecResult> {
   const env = { ...(await libguestfsEnv(run, options.log)), ...options.extraEnv };
   let result = await run(file, args, { ...options, allowFailure: true, extraEnv: env });
-  if (result.exitCode !== 0 && env.LIBGUESTFS_BACKEND_SETTINGS === undefined && process.env.LIBGUESTFS_BACKEND_SETTINGS === undefined) {
+  const retry = tcgRetryEnv(env);
+  if (result.exitCode !== 0 && retry) {
     options.log.warn(`${file} failed with the KVM appliance (${result.output.trim().split('\n').pop()}); retrying with TCG`);
-    result = await run(file, args, { ...options, allowFailure: true, extraEnv: { ...env, ...TCG } });
+    result = await run(file, args, { ...options, allowFailure: true, extraEnv: retry });
   }
   if (result.exitCode !== 0) {
     throw new ImageBuilderError('COMMAND_FAILED', `${options.purpose}: \`${result.command}\` exited with ${result.exitCode}`, {

@@ -8,3 +8,8 @@ export async function mountsUnder(dir: string): Promise<string[]> {
     .map((line) => line.split(' ')[1]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))))
     .filter((target): target is string => !!target && (target === dir || target.startsWith(`${dir}/`)));
 }
+
+/** Whether something is mounted exactly at `target`: a release registered before its mount checks this first. */
+export async function isMounted(target: string): Promise<boolean> {
+  return (await mountsUnder(target)).includes(target);
+}

@@ -10,3 +10,8 @@ export function cacheDir(): string {
 export function workDirParent(): string {
   return process.env.IMAGEBUILDER_WORK_DIR ?? tmpdir();
 }
+
+/** Where running builds register themselves (root-only, on tmpfs: gone with the processes at reboot): $IMAGEBUILDER_RUN_DIR, else /run/imagebuilder. */
+export function runDir(): string {
+  return process.env.IMAGEBUILDER_RUN_DIR ?? '/run/imagebuilder';
+}

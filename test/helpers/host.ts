@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { execa } from 'execa';
 
 export const REPO = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
@@ -56,3 +56,33 @@ export async function expectNothingLeft(before: HostState): Promise<void> {
   expect(after.loops).toEqual(before.loops);
   expect(after.helpers).toEqual(before.helpers);
 }
+
+/**
+ * What the host still holds for builds whose work directories are under `dir` (the IMAGEBUILDER_WORK_DIR a test
+ * gives): mounts, loop devices backed there, live processes naming it or chrooted in it, and the work directories.
+ * Other builds on the machine (other tests, other users) are not looked at.
+ */
+export async function leftoversUnder(dir: string): Promise<{ mounts: string[]; loops: string[]; processes: string[]; workDirs: string[] }> {
+  const inside = (path: string) => path === dir || path.startsWith(`${dir}/`);
+  const mounts = (await readFile('/proc/self/mountinfo', 'utf8'))
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((target): target is string => !!target && inside(target));
+  const loops: string[] = [];
+  for (const name of await readdir('/sys/block')) {
+    const backing = await readFile(`/sys/block/${name}/loop/backing_file`, 'utf8').catch(() => '');
+    if (backing && inside(backing.trim())) loops.push(`/dev/${name}`);
+  }
+  const processes: string[] = [];
+  for (const pid of (await readdir('/proc')).filter((entry) => /^\d+$/.test(entry) && Number(entry) !== process.pid)) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    if (!stat || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) continue; // a zombie holds nothing
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ');
+    const root = await readlink(`/proc/${pid}/root`).catch(() => '/');
+    if (cmdline.includes(dir) || (root !== '/' && inside(root))) processes.push(`${pid} ${cmdline.trim()}`);
+  }
+  const workDirs = (await readdir(dir).catch(() => [] as string[])).filter((name) => name.startsWith('imagebuilder-'));
+  return { mounts, loops, processes, workDirs };
+}
+
+export const NOTHING_LEFT = { mounts: [], loops: [], processes: [], workDirs: [] };

@@ -230,6 +230,17 @@ describe('imagebuilder doctor: verdicts', () => {
     expect(byId(report.checks, 'tool:rpm')).toMatchObject({ status: 'missing', required: false, fix: 'apt-get install rpm' });
     expect(report.ready).toBe(true);
   });
+
+  test('builds killed without releasing what they held: degraded, with cleanup as the fix; running ones are fine', async () => {
+    const build = (pid: number, alive: boolean) => ({ id: `${pid}`.padStart(16, '0'), workDir: `/var/tmp/imagebuilder-${pid}`, pid, startTime: 1, alive });
+    let report = await runDoctor(stagedHost().probes, { ...options, builds: async () => [build(10, true)] });
+    expect(byId(report.checks, 'dead-builds')).toMatchObject({ status: 'ok', found: 'none (1 build(s) running)' });
+    report = await runDoctor(stagedHost().probes, { ...options, builds: async () => [build(10, true), build(11, false)] });
+    expect(byId(report.checks, 'dead-builds')).toMatchObject({
+      status: 'degraded', required: false, found: '1 build(s) whose process is gone: /var/tmp/imagebuilder-11 (pid 11)', fix: expect.stringContaining('imagebuilder cleanup'),
+    });
+    expect(report.ready).toBe(true);
+  });
 });
 
 describe('devFilesystem', () => {

@@ -1,0 +1,325 @@
+import { constants } from 'node:fs';
+import { open, readdir, readFile, readlink, rename, rm, rmdir } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { listPartitions } from '../mount/block.js';
+import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
+import { currentOwner, ownerAlive, readJson, RECORD_FILE, registryDir, type BuildOwner, type BuildRecord, type Holding, type RegistryEntry } from '../util/build-record.js';
+import { errorMessage } from '../util/errors.js';
+import type { Runner } from '../util/exec.js';
+import { exists } from '../util/fs.js';
+import type { Logger } from '../util/log.js';
+import { loopsBackedBy } from '../util/loops.js';
+import { killAll } from '../util/processes.js';
+
+/**
+ * Releases what builds killed by SIGKILL (the OOM killer, a CI timeout, a preempted pod) left on the host. A
+ * dead build is found in the registry (or, after a reboot emptied /run, by the record in a work directory), and
+ * everything it held is found from its work directory's path — processes naming it or chrooted in it, mounts
+ * under it, loop devices backed by a file in it — or from its record, each checked against the host first. A
+ * build whose process is alive is never touched: its resources all name its own work directory.
+ */
+
+export interface FoundBuild extends BuildOwner {
+  id: string;
+  workDir: string;
+  command?: string;
+  createdAt?: string;
+  alive: boolean;
+}
+
+/** What a dead build still holds on this host (dry run), or what was released (reap). */
+export interface Leftovers {
+  processes: number[];
+  mounts: string[];
+  loops: string[];
+  nbd: string[];
+  nodes: string[];
+  binfmt: string[];
+  binfmtMounts: string[];
+  files: string[];
+  workDir: boolean;
+}
+
+export interface ReapedBuild extends FoundBuild {
+  leftovers: Leftovers;
+  /** Releases that failed (the build stays registered, so a later cleanup tries again). */
+  failures: string[];
+}
+
+export interface CleanupReport {
+  dryRun: boolean;
+  /** Builds whose process is gone: reaped, or with --dry-run what each holds. */
+  dead: ReapedBuild[];
+  /** Builds still running: untouched. */
+  live: FoundBuild[];
+}
+
+export interface ReapOptions {
+  run: Runner;
+  log: Logger;
+  /** Work directory parents to scan for records of dead builds the registry no longer lists (after a reboot). */
+  workDirParents?: string[];
+  /** Only report. */
+  dryRun?: boolean;
+}
+
+const ID = /^[0-9a-f]{16}$/;
+export const WORK_DIR_PREFIX = 'imagebuilder-';
+
+/** A claim on a dead build's file: renamed, so of two reapers only one gets it; a dead reaper's claim can be retaken. */
+const CLAIM = /^(.*)\.reaping-(\d+)-(\d+)$/;
+
+async function claim(path: string): Promise<string | undefined> {
+  const me = currentOwner();
+  const claimed = `${path.replace(CLAIM, '$1')}.reaping-${me.pid}-${me.startTime}`;
+  return (await rename(path, claimed).then(() => true, () => false)) ? claimed : undefined;
+}
+
+/** A file's claim by a reaper still at work. */
+function claimedByLiveReaper(name: string): boolean {
+  const match = CLAIM.exec(name);
+  return !!match && ownerAlive({ pid: Number(match[2]), startTime: Number(match[3]) });
+}
+
+interface Candidate {
+  found: FoundBuild;
+  /** The registry file (or, for a build found only by its work directory, its record). */
+  file: string;
+  record?: BuildRecord;
+}
+
+async function candidates(workDirParents: string[]): Promise<Candidate[]> {
+  const found: Candidate[] = [];
+  const seen = new Set<string>();
+  const dir = registryDir();
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!/\.json($|\.reaping-)/.test(name) || claimedByLiveReaper(name)) continue;
+    const entry = await readJson<RegistryEntry>(join(dir, name));
+    if (!entry || !ID.test(entry.id) || typeof entry.workDir !== 'string') continue;
+    const record = await readJson<BuildRecord>(join(entry.workDir, RECORD_FILE));
+    seen.add(entry.workDir);
+    found.push({ file: join(dir, name), record, found: describe(entry, record) });
+  }
+  for (const parent of workDirParents) {
+    for (const name of await readdir(parent).catch(() => [] as string[])) {
+      const workDir = join(parent, name);
+      if (!name.startsWith(WORK_DIR_PREFIX) || !ID.test(name.slice(WORK_DIR_PREFIX.length)) || seen.has(workDir)) continue;
+      const files = await readdir(workDir).catch(() => [] as string[]);
+      const recordName = files.find((file) => file === RECORD_FILE || file.startsWith(`${RECORD_FILE}.reaping-`));
+      if (!recordName || claimedByLiveReaper(recordName)) continue;
+      const record = await readJson<BuildRecord>(join(workDir, recordName));
+      if (!record || record.workDir !== workDir) continue;
+      found.push({ file: join(workDir, recordName), record, found: describe(record, record) });
+    }
+  }
+  return found;
+}
+
+function describe(entry: RegistryEntry, record: BuildRecord | undefined): FoundBuild {
+  return {
+    id: entry.id,
+    workDir: entry.workDir,
+    pid: entry.pid,
+    startTime: entry.startTime,
+    ...(entry.pidNamespace ? { pidNamespace: entry.pidNamespace } : {}),
+    ...(record?.command ? { command: record.command } : {}),
+    ...(record?.createdAt ? { createdAt: record.createdAt } : {}),
+    alive: ownerAlive(entry),
+  };
+}
+
+/** Every registered build, live or dead: what `doctor` reports. */
+export async function findBuilds(workDirParents: string[] = []): Promise<FoundBuild[]> {
+  return (await candidates(workDirParents)).map((c) => c.found);
+}
+
+const inside = (path: string, dir: string) => path === dir || path.startsWith(`${dir}/`);
+
+/** Processes started for the build: chrooted into its guest, or naming a path in its work directory. */
+async function processesOf(workDir: string, helpers: boolean): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const root = await readlink(`/proc/${entry}/root`).catch(() => undefined);
+    const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    const names = argv.some((arg) => arg.includes(`${workDir}/`) || arg.endsWith(workDir));
+    // The helpers serving the disk go last, once nothing is mounted from it.
+    const helper = /^(qemu-storage-daemon|qemu-nbd|guestmount)$/.test(basename(argv[0] ?? ''));
+    if ((root && root !== '/' && inside(root, workDir)) || (names && (helpers || !helper))) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** Mount points under the work directory, deepest first; with `types`, only filesystems of those types. */
+async function mountsIn(workDir: string, types?: Set<string>): Promise<string[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  return text
+    .split('\n')
+    .map((line) => ({ target: line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))), type: line.split(' - ')[1]?.split(' ')[0] ?? '' }))
+    .filter((mount): mount is { target: string; type: string } => !!mount.target && inside(mount.target, workDir) && (!types || types.has(mount.type)))
+    .map((mount) => mount.target)
+    .sort((a, b) => b.length - a.length);
+}
+
+/** A build killed during a step-cache snapshot left its guest's filesystems frozen: umount would wait on them. */
+const FREEZABLE = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
+
+/** Loop devices whose backing file is in the work directory (the fuse backend's export). */
+const loopsOf = (workDir: string) => loopsBackedBy(workDir);
+
+/** nbd devices the build connected that are still served by a process of its work directory. */
+async function nbdOf(workDir: string, holdings: Holding[]): Promise<string[]> {
+  const devices: string[] = [];
+  for (const holding of holdings) {
+    if (holding.kind !== 'nbd') continue;
+    const pid = (await readFile(`/sys/block/${basename(holding.device)}/pid`, 'utf8').catch(() => '')).trim();
+    const argv = pid ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
+    if (argv.includes(`${workDir}/`)) devices.push(holding.device);
+  }
+  return devices;
+}
+
+/** Partition nodes it made for a disk that is now free or still its own (never for a disk another build attached since). */
+async function nodesOf(holdings: Holding[], disks: string[]): Promise<string[]> {
+  const nodes: string[] = [];
+  for (const holding of holdings) {
+    if (holding.kind !== 'node' || !(await exists(holding.path))) continue;
+    const sys = `/sys/block/${basename(holding.disk)}`;
+    const inUse = (await readFile(`${sys}/loop/backing_file`, 'utf8').catch(() => '')).trim() || (await readFile(`${sys}/pid`, 'utf8').catch(() => '')).trim();
+    if (!inUse || disks.includes(holding.disk)) nodes.push(holding.path);
+  }
+  return nodes;
+}
+
+/** binfmt_misc mounts a build made for itself (emulation.ts names them after its pid). */
+async function binfmtMountsOf(pid: number): Promise<string[]> {
+  const text = await readFile('/proc/self/mounts', 'utf8');
+  return text
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((fields) => fields[2] === 'binfmt_misc' && basename(fields[1] ?? '').startsWith(`${OWN_ENTRY_PREFIX}binfmt-${pid}-`))
+    .map((fields) => fields[1]);
+}
+
+/** Emulator registrations carry their build's pid (emulation.ts): only those of a pid no live build has. */
+async function binfmtOf(pid: number, mounts: string[]): Promise<string[]> {
+  const entries: string[] = [];
+  for (const dir of ['/proc/sys/fs/binfmt_misc', ...mounts]) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (name.startsWith(OWN_ENTRY_PREFIX) && new RegExp(`-${pid}-\\d+$`).test(name) && !entries.some((e) => basename(e) === name)) entries.push(join(dir, name));
+    }
+  }
+  return entries;
+}
+
+async function survey(build: FoundBuild, record: BuildRecord | undefined, livePids: Set<number>): Promise<Leftovers> {
+  const holdings = record?.holdings ?? [];
+  const loops = await loopsOf(build.workDir);
+  const nbd = await nbdOf(build.workDir, holdings);
+  return {
+    processes: await processesOf(build.workDir, true),
+    mounts: await mountsIn(build.workDir),
+    loops,
+    nbd,
+    nodes: await nodesOf(holdings, [...loops, ...nbd]),
+    binfmtMounts: livePids.has(build.pid) ? [] : await binfmtMountsOf(build.pid),
+    binfmt: livePids.has(build.pid) ? [] : await binfmtOf(build.pid, await binfmtMountsOf(build.pid)),
+    files: (await Promise.all(holdings.filter((h) => h.kind === 'file').map(async (h) => ((await exists(h.path)) ? h.path : '')))).filter(Boolean),
+    workDir: !record?.keep && (await exists(build.workDir)),
+  };
+}
+
+async function unmount(run: Runner, target: string, lazy: boolean): Promise<boolean> {
+  if ((await run('umount', [target], { allowFailure: true })).exitCode === 0) return true;
+  return lazy && (await run('umount', ['--lazy', target], { allowFailure: true })).exitCode === 0;
+}
+
+/** Releases a dead build's leftovers in the order its own cleanup would have: processes, mounts, disks, helpers. */
+async function release(build: FoundBuild, record: BuildRecord | undefined, found: Leftovers, options: ReapOptions): Promise<string[]> {
+  const { run, log } = options;
+  const failures: string[] = [];
+  const attempt = async (what: string, body: () => Promise<unknown>) => {
+    try {
+      await body();
+    } catch (error) {
+      failures.push(`${what}: ${errorMessage(error)}`);
+    }
+  };
+  const { workDir } = build;
+  await attempt('processes', () => killAll(() => processesOf(workDir, false), log, `process(es) of the dead build in ${workDir}`));
+  for (const target of await mountsIn(workDir, FREEZABLE)) await run('fsfreeze', ['--unfreeze', target], { allowFailure: true });
+  // Deepest first; what is still busy (the export under a loop device) is tried again once the disks are gone.
+  for (const target of await mountsIn(workDir)) await unmount(run, target, false);
+  for (const device of found.nbd) await attempt(`nbd ${device}`, () => run('qemu-nbd', ['--disconnect', device], { log }));
+  for (const loop of await loopsOf(workDir)) {
+    await attempt(`partitions of ${loop}`, async () => {
+      if ((await listPartitions(loop)).length) await run('partx', ['-d', loop], { allowFailure: true, log });
+    });
+    await attempt(`loop device ${loop}`, () => run('losetup', ['--detach', loop], { log }));
+  }
+  for (const node of found.nodes) await attempt(`device node ${node}`, () => rm(node, { force: true }));
+  await attempt('helpers', () => killAll(() => processesOf(workDir, true), log, `helper process(es) of the dead build in ${workDir}`));
+  for (const target of await mountsIn(workDir)) if (!(await unmount(run, target, true))) failures.push(`umount ${target} failed`);
+  for (const entry of found.binfmt) {
+    await attempt(`binfmt_misc entry ${basename(entry)}`, async () => {
+      const file = await open(entry, constants.O_WRONLY);
+      await file.write('-1').finally(() => file.close());
+    });
+  }
+  for (const mount of found.binfmtMounts) {
+    await attempt(`binfmt_misc mount ${mount}`, async () => {
+      if ((await run('umount', [mount], { allowFailure: true, log })).exitCode === 0) await rmdir(mount);
+    });
+  }
+  for (const file of found.files) await attempt(`file ${file}`, () => rm(file, { force: true }));
+  if (!record?.keep) {
+    const busy = await mountsIn(workDir);
+    if (busy.length) failures.push(`not removing ${workDir}: still mounted there: ${busy.join(' ')}`);
+    else await attempt(`work directory ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
+  }
+  return failures;
+}
+
+/**
+ * Finds builds whose process is gone and releases what they held (with dryRun, only says what). Builds that are
+ * alive are listed and left alone. Safe to run at any time, by any number of processes at once.
+ */
+export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupReport> {
+  const { log } = options;
+  const all = await candidates(options.workDirParents ?? []);
+  const live = all.filter((c) => c.found.alive).map((c) => c.found);
+  const livePids = new Set(live.map((b) => b.pid));
+  const dead: ReapedBuild[] = [];
+  for (const candidate of all.filter((c) => !c.found.alive)) {
+    const { found: build, record } = candidate;
+    if (options.dryRun) {
+      dead.push({ ...build, leftovers: await survey(build, record, livePids), failures: [] });
+      continue;
+    }
+    const claimed = await claim(candidate.file);
+    if (!claimed) continue; // another reaper took it
+    const leftovers = await survey(build, record, livePids);
+    log.warn(`build ${build.id} (pid ${build.pid}${build.command ? `: ${build.command}` : ''}) is gone; releasing what it left: ${summary(leftovers) || 'nothing but its registration'}`);
+    const failures = await release(build, record, leftovers, options);
+    for (const failure of failures) log.error(`could not release ${failure}`);
+    if (failures.length) {
+      // Left registered (unclaimed), so the next cleanup tries again.
+      await rename(claimed, claimed.replace(CLAIM, '$1')).catch(() => undefined);
+    } else {
+      await rm(claimed, { force: true });
+      await rm(join(registryDir(), `${build.id}.json`), { force: true });
+    }
+    dead.push({ ...build, leftovers, failures });
+  }
+  return { dryRun: options.dryRun ?? false, dead, live };
+}
+
+/** "2 process(es), 3 mount(s), /dev/loop4, …": what a dead build left, in a line. */
+export function summary(leftovers: Leftovers): string {
+  const parts: string[] = [];
+  if (leftovers.processes.length) parts.push(`${leftovers.processes.length} process(es) (${leftovers.processes.join(' ')})`);
+  if (leftovers.mounts.length) parts.push(`${leftovers.mounts.length} mount(s)`);
+  parts.push(...leftovers.loops, ...leftovers.nbd, ...leftovers.nodes, ...leftovers.binfmt.map((entry) => `binfmt_misc ${basename(entry)}`), ...leftovers.binfmtMounts, ...leftovers.files);
+  if (leftovers.workDir) parts.push('its work directory');
+  return parts.join(', ');
+}

@@ -1,0 +1,146 @@
+import { readFileSync, readlinkSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { runDir } from './paths.js';
+
+/**
+ * What a build holds, written down as it takes it, so that a build killed by SIGKILL (which no handler sees)
+ * can be released by the next one. Two places:
+ * - the registry, RUN_DIR/builds/<id>.json (root-only, fixed): which work directories have a build behind
+ *   them, since IMAGEBUILDER_WORK_DIR differs from build to build;
+ * - the record, <work dir>/build.json: the build's process and what it holds that cannot be found from the
+ *   work directory's path alone (nbd devices, partition device nodes, partial outputs beside the output).
+ * A build is alive while its process is: the same pid with the same start time (so a reused pid is not it).
+ */
+
+export const RECORD_FILE = 'build.json';
+
+/** Something a build holds besides what lives under its work directory. */
+export type Holding =
+  | { kind: 'nbd'; device: string }
+  /** A partition device node made with mknod (no udev here). */
+  | { kind: 'node'; path: string; disk: string }
+  /** A file outside the work directory, removed if the build dies: a partial output. */
+  | { kind: 'file'; path: string };
+
+export interface BuildOwner {
+  pid: number;
+  /** /proc/<pid>/stat field 22: clock ticks after boot. */
+  startTime: number;
+  /** The PID namespace its pid means something in (/proc/self/ns/pid, "pid:[4026531836]"). */
+  pidNamespace?: string;
+}
+
+export interface BuildRecord extends BuildOwner {
+  id: string;
+  workDir: string;
+  /** The command line that started it, for people reading `imagebuilder cleanup`. */
+  command: string;
+  createdAt: string;
+  /** --keep-work-dir: the directory is left in place even when its build died. */
+  keep: boolean;
+  holdings: Holding[];
+}
+
+export interface RegistryEntry extends BuildOwner {
+  id: string;
+  workDir: string;
+}
+
+export function registryDir(): string {
+  return join(runDir(), 'builds');
+}
+
+/** The start time of a process, or undefined when there is none (or only its zombie: it holds nothing). */
+export function processStartTime(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count fields after its closing ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
+    return Number(fields[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
+}
+
+export function currentOwner(): BuildOwner {
+  const namespace = pidNamespace();
+  return { pid: process.pid, startTime: processStartTime(process.pid) ?? 0, ...(namespace ? { pidNamespace: namespace } : {}) };
+}
+
+/**
+ * Whether the process that owned a build may still be running (not merely a process with a reused pid). A build
+ * of another PID namespace (a pod sharing the work directory's volume) cannot be judged from here: it counts as
+ * alive, since taking a live build's mounts away is the one thing a reaper must never do.
+ */
+export function ownerAlive(owner: BuildOwner): boolean {
+  if (owner.pidNamespace && owner.pidNamespace !== pidNamespace()) return true;
+  return owner.pid > 0 && processStartTime(owner.pid) === owner.startTime;
+}
+
+/** Atomic: a reader (a reaper in another process) sees the old text or the new, never half of one. */
+async function writeJson(path: string, value: unknown): Promise<void> {
+  const partial = `${path}.${process.pid}.tmp`;
+  await writeFile(partial, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
+  await rename(partial, path);
+}
+
+export async function readJson<T>(path: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Registers a work directory before it exists, so that no moment of a build is unknown to a reaper. */
+export async function registerBuild(entry: RegistryEntry): Promise<void> {
+  await mkdir(registryDir(), { recursive: true, mode: 0o700 });
+  await writeJson(join(registryDir(), `${entry.id}.json`), entry);
+}
+
+export async function unregisterBuild(id: string): Promise<void> {
+  await rm(join(registryDir(), `${id}.json`), { force: true });
+}
+
+// Writes of one record are chained, so holdings noted close together are all kept.
+const pending = new Map<string, Promise<void>>();
+
+async function updateRecord(workDir: string, change: (record: BuildRecord) => BuildRecord): Promise<void> {
+  const path = join(workDir, RECORD_FILE);
+  const previous = pending.get(path) ?? Promise.resolve();
+  const next = previous.then(async () => {
+    const record = await readJson<BuildRecord>(path);
+    if (record) await writeJson(path, change(record));
+  });
+  pending.set(path, next.catch(() => undefined));
+  await next;
+}
+
+export async function writeRecord(record: BuildRecord): Promise<void> {
+  await writeJson(join(record.workDir, RECORD_FILE), record);
+}
+
+/**
+ * Notes in the build's record a resource it is about to take (before, so a SIGKILL in between leaves it
+ * findable); a reaper checks each against the host before releasing it, so noting one not taken is harmless.
+ * A work directory without a record (a library caller's own) notes nothing.
+ */
+export async function noteHolding(workDir: string, holding: Holding): Promise<void> {
+  await updateRecord(workDir, (record) => ({ ...record, holdings: [...record.holdings, holding] }));
+}
+
+/** The resource was released by the build itself: a reaper must not look for it any more. */
+export async function forgetHolding(workDir: string, holding: Holding): Promise<void> {
+  const same = (a: Holding) => JSON.stringify(a) === JSON.stringify(holding);
+  await updateRecord(workDir, (record) => ({ ...record, holdings: record.holdings.filter((h) => !same(h)) }));
+}

@@ -1,0 +1,84 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { ImageBuilderError } from './errors.js';
+import { formatCommand, tail } from './exec.js';
+import { sleep, which } from './fs.js';
+import type { Logger } from './log.js';
+
+/** A helper daemon (qemu-storage-daemon) run as our child rather than daemonized: it dies with us. */
+export interface Helper {
+  readonly pid: number;
+  /** SIGTERM, then SIGKILL after the grace period; resolves once it has exited. */
+  stop(graceMs?: number): Promise<void>;
+  /** Waits for it to exit by itself (guestmount after guestunmount); SIGKILL after the grace period. */
+  exited(graceMs?: number): Promise<void>;
+}
+
+export interface HelperOptions {
+  log: Logger;
+  /** Where its stdout and stderr go (shown in the error when it fails to start). */
+  logFile: string;
+  /** True once it serves what it was started for (its export is mounted, its socket listens). */
+  ready: () => Promise<boolean>;
+  purpose: string;
+  /** Variables added to the inherited environment. */
+  extraEnv?: Record<string, string>;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+const exited = (child: ChildProcess) => child.exitCode !== null || child.signalCode !== null;
+
+/**
+ * Starts `file args` as a child that the kernel kills when this process dies, even by SIGKILL: under
+ * `setpriv --pdeathsig KILL` (the death signal survives exec; Node spawns from its main thread, whose exit is
+ * what the kernel watches). In a session of its own, so a Ctrl-C on the terminal reaches only us, and we stop it
+ * after unmounting. `onSpawn` runs synchronously with the spawn, before anything can interrupt: the caller
+ * registers its release there. Resolves once `ready()` says so; fails with its output if it exits first.
+ */
+export async function startHelper(file: string, args: string[], options: HelperOptions, onSpawn: (helper: Helper) => void): Promise<Helper> {
+  const { log } = options;
+  const setpriv = await which('setpriv');
+  if (!setpriv) log.warn(`setpriv (util-linux) is missing: ${file} would outlive a killed build until \`imagebuilder cleanup\``);
+  const [command, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', file, ...args]] : [file, args];
+  log.debug(`$ ${formatCommand(file, args)}`);
+  const output = openSync(options.logFile, 'a');
+  let child: ChildProcess;
+  try {
+    child = spawn(command, argv, { stdio: ['ignore', output, output], detached: true, env: { ...process.env, ...options.extraEnv } });
+  } finally {
+    closeSync(output);
+  }
+  const gone = new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
+  });
+  const wait = async (graceMs: number) => {
+    if (exited(child) || !child.pid) return;
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    await gone;
+    clearTimeout(timer);
+  };
+  const helper: Helper = {
+    pid: child.pid ?? 0,
+    async stop(graceMs = 15000) {
+      if (!exited(child) && child.pid) child.kill('SIGTERM');
+      await wait(graceMs);
+    },
+    exited: (graceMs = 15000) => wait(graceMs),
+  };
+  onSpawn(helper);
+  const failed = async (why: string) => {
+    const text = await readFile(options.logFile, 'utf8').catch(() => '');
+    return new ImageBuilderError('COMMAND_FAILED', `${options.purpose}: \`${formatCommand(file, args)}\` ${why}`, { detail: tail(text) || undefined });
+  };
+  const deadline = Date.now() + (options.timeoutMs ?? 60000);
+  for (;;) {
+    if (options.signal?.aborted) throw options.signal.reason;
+    if (exited(child) || !child.pid) throw await failed(child.pid ? `exited with ${child.exitCode ?? child.signalCode}` : 'could not be started');
+    if (await options.ready()) return helper;
+    if (Date.now() > deadline) throw await failed('did not become ready in time');
+    await sleep(50);
+  }
+}

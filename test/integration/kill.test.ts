@@ -1,0 +1,228 @@
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { fixtureImage } from '../helpers/fixtures.js';
+import { CLI, leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
+import { writeRecipe } from '../helpers/recipes.js';
+
+/**
+ * A build killed with SIGKILL (the OOM killer, a CI timeout, a preempted pod) at each stage: what the kernel
+ * can end with it ends at once (its helper daemon, its step's processes), and the next build or
+ * `imagebuilder cleanup` releases the rest. SIGHUP and SIGQUIT release everything like SIGINT. A live build is
+ * never touched by a cleanup. Every check looks only at this test's own work directories (IMAGEBUILDER_WORK_DIR)
+ * and registry (IMAGEBUILDER_RUN_DIR): other builds on the machine are not ours to judge.
+ */
+
+/** The step's sleep: a duration of this run's own, so no other process's sleep is mistaken for it. */
+const LONG_SLEEP = `sleep 301.${process.pid}`;
+
+const sleepAlive = async () => (await execa('pgrep', ['-f', LONG_SLEEP], { reject: false })).stdout !== '';
+
+async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 120000, intervalMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', () => {
+  let work: string;
+  let tmp: string;
+  let runDir: string;
+  let cache: string;
+  let input: string;
+  const running: ResultPromise[] = [];
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-kill-');
+    tmp = await mkdtemp('/var/tmp/ib-kill-tmp-');
+    runDir = await mkdtemp('/var/tmp/ib-kill-run-');
+    cache = join(work, 'cache');
+    input = await fixtureImage('gpt-esp');
+  });
+  afterAll(async () => {
+    for (const child of running) child.kill('SIGKILL');
+    await runCli(['cleanup'], { env: env() });
+    await rm(work, { recursive: true, force: true });
+    await rm(tmp, { recursive: true, force: true });
+    await rm(runDir, { recursive: true, force: true });
+  });
+
+  const env = () => ({ IMAGEBUILDER_WORK_DIR: tmp, IMAGEBUILDER_RUN_DIR: runDir, IMAGEBUILDER_CACHE: cache });
+  const startApply = (recipe: string, output: string, extra: string[] = ['--no-cache', '--sparsify', 'none'], extraEnv: Record<string, string> = {}) => {
+    const child = execa('node', [CLI, 'apply', recipe, '--disk-image', input, '--output', output, ...extra], { env: { ...env(), ...extraEnv }, reject: false, all: true });
+    running.push(child);
+    return child;
+  };
+  const outputSeen = (child: ResultPromise, text: string) =>
+    new Promise<void>((resolve, reject) => {
+      let seen = '';
+      const timer = setTimeout(() => reject(new Error(`never printed ${text}:\n${seen}`)), 120000);
+      child.all!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes(text)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+  const kill9 = async (child: ResultPromise) => {
+    child.kill('SIGKILL');
+    const result = await child;
+    expect(result.signal).toBe('SIGKILL');
+    return result;
+  };
+  /** SIGKILL, then what the kernel ends with the build (`what`, while `running()`) must be gone within seconds. */
+  const killAndWatch = async (child: ResultPromise, what: string, running: () => Promise<boolean>) => {
+    await kill9(child);
+    await until(`${what} to die with its build`, async () => !(await running()), 5000);
+    return leftoversUnder(tmp);
+  };
+  /** A quick build after the killed one: it must succeed and report what it released. */
+  const secondBuild = async (name: string) => {
+    const recipe = await writeRecipe(work, `${name}-next`, [{ file: { path: '/etc/next', content: 'ok\n' } }]);
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, `${name}-next.qcow2`), '--no-cache', '--sparsify', 'none'], { env: env() });
+    expect(result.all).not.toContain('error [');
+    expect(result.exitCode).toBe(0);
+    return result;
+  };
+  const loopUnderTmp = async () => (await leftoversUnder(tmp)).loops.length > 0;
+  const helperAlive = async () => (await leftoversUnder(tmp)).processes.some((p) => p.includes('qemu-storage-daemon'));
+
+  test('killed while mounting: its qemu-storage-daemon dies with it; the next build releases the mounts and loop device and succeeds', async () => {
+    const recipe = await writeRecipe(work, 'mounting', [{ run: 'true' }]);
+    const child = startApply(recipe, join(work, 'mounting-out.qcow2'));
+    await until('the loop device of the build', loopUnderTmp);
+    // By construction: the daemon was our child under --pdeathsig, not a daemon handed to init.
+    const left = await killAndWatch(child, 'qemu-storage-daemon', helperAlive);
+    expect(left.loops.length).toBe(1);
+    expect(left.workDirs.length).toBe(1);
+    expect(await readdir(join(runDir, 'builds'))).toEqual([`${left.workDirs[0].replace('imagebuilder-', '')}.json`]);
+
+    const next = await secondBuild('mounting');
+    expect(next.stderr).toMatch(new RegExp(`build [0-9a-f]{16} \\(pid ${child.pid}: .*apply .*mounting\\.yaml.*\\) is gone; releasing what it left: .*${left.loops[0]}.*its work directory`));
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    expect(await readdir(join(runDir, 'builds'))).toEqual([]);
+    expect((await readdir(work)).filter((name) => name.startsWith('mounting-out'))).toEqual([]);
+  });
+
+  test('killed during a step: the step dies with it; doctor reports the dead build, cleanup releases it (and its unfinished step-cache layer)', async () => {
+    const recipe = await writeRecipe(work, 'step', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
+    // With the step cache (private to this test, which test/setup-env.ts turns off): the layer being written lies
+    // outside the work directory.
+    const child = startApply(recipe, join(work, 'step-out.qcow2'), ['--sparsify', 'none'], { IMAGEBUILDER_NO_CACHE: '' });
+    await outputSeen(child, 'sleeping');
+    await until('the step to be running', sleepAlive);
+    // By construction: the step's PID namespace went with the build (setpriv --pdeathsig on its unshare).
+    const left = await killAndWatch(child, 'the step', sleepAlive);
+    expect(left.mounts.length).toBeGreaterThan(0);
+    expect(left.loops.length).toBe(1);
+    const layers = async () => (await readdir(join(cache, 'layers')).catch(() => [] as string[])).filter((name) => name.endsWith('.qcow2'));
+    expect((await layers()).length).toBe(1);
+
+    const doctor = await runCli(['doctor', '--json'], { env: env() });
+    const check = (JSON.parse(doctor.stdout) as { checks: { id: string; status: string; found: string }[] }).checks.find((c) => c.id === 'dead-builds');
+    expect(check).toMatchObject({ status: 'degraded' });
+    expect(check!.found).toContain(join(tmp, left.workDirs[0]));
+    // doctor only looks.
+    expect(await leftoversUnder(tmp)).toEqual(left);
+
+    const dry = await runCli(['cleanup', '--dry-run', '--json'], { env: env() });
+    expect(dry.exitCode).toBe(0);
+    expect(JSON.parse(dry.stdout)).toMatchObject({ dryRun: true, dead: [{ pid: child.pid, workDir: join(tmp, left.workDirs[0]), leftovers: { loops: left.loops, workDir: true } }], live: [] });
+    expect(await leftoversUnder(tmp)).toEqual(left);
+
+    const cleanup = await runCli(['cleanup', '--json'], { env: env() });
+    expect(cleanup.stderr).toBe('');
+    expect(cleanup.exitCode).toBe(0);
+    const report = JSON.parse(cleanup.stdout) as { dead: { pid: number; leftovers: { mounts: string[] }; failures: string[] }[] };
+    expect(report.dead).toMatchObject([{ pid: child.pid, failures: [] }]);
+    expect(report.dead[0].leftovers.mounts.sort()).toEqual([...left.mounts].sort());
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    expect(await layers()).toEqual([]);
+    expect(await readdir(join(runDir, 'builds'))).toEqual([]);
+    // Nothing left to do the second time.
+    expect((await runCli(['cleanup'], { env: env() })).stdout).toContain('no dead builds');
+    await secondBuild('step');
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('killed while writing the output: the converter and the partial output go at the next build', async () => {
+    const recipe = await writeRecipe(work, 'writing', [{ file: { path: '/etc/writing', content: 'x\n' } }]);
+    const output = join(work, 'writing-out.qcow2');
+    // A compressed qcow2 takes seconds to write: a real moment, seen when the partial output appears.
+    const child = startApply(recipe, output, ['--no-cache', '--sparsify', 'none', '--compress']);
+    const partial = await until('the partial output', async () => (await readdir(work)).find((name) => name.startsWith('.writing-out.qcow2.partial-')));
+    await kill9(child);
+    const left = await leftoversUnder(tmp);
+    expect(left.processes.some((p) => p.includes('qemu-img convert'))).toBe(true);
+    expect(left.workDirs.length).toBe(1);
+    expect(await readdir(work)).toContain(partial);
+
+    const next = await secondBuild('writing');
+    expect(next.stderr).toContain(join(work, partial));
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    expect((await readdir(work)).filter((name) => name.startsWith('.writing-out') || name.startsWith('writing-out'))).toEqual([]);
+  });
+
+  test('killed while mounted through guestmount: guestmount and its appliance die with it; cleanup releases the rest', async () => {
+    const recipe = await writeRecipe(work, 'guestmount', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
+    const child = startApply(recipe, join(work, 'guestmount-out.qcow2'), ['--no-cache', '--sparsify', 'none', '--mount-backend', 'guestmount']);
+    await outputSeen(child, 'sleeping');
+    const appliance = async () => (await leftoversUnder(tmp)).processes.some((p) => /guestmount|qemu-system/.test(p));
+    expect(await appliance()).toBe(true);
+    // By construction: guestmount --no-fork is our child under --pdeathsig; libguestfs's recovery process ends qemu.
+    const left = await killAndWatch(child, 'guestmount and its appliance', async () => (await appliance()) || (await sleepAlive()));
+    expect(left.mounts.length).toBeGreaterThan(0);
+
+    const cleanup = await runCli(['cleanup'], { env: env() });
+    expect(cleanup.exitCode).toBe(0);
+    expect(cleanup.stdout).toContain(`(pid ${child.pid}: `);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test.each(['SIGHUP', 'SIGQUIT'] as const)('%s during a step stops the build like SIGINT: exit code 130, everything released', async (signal) => {
+    const recipe = await writeRecipe(work, `signal-${signal.toLowerCase()}`, [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
+    const child = startApply(recipe, join(work, `${signal}-out.qcow2`));
+    await outputSeen(child, 'sleeping');
+    child.kill(signal);
+    const result = await child;
+    expect(result.exitCode).toBe(130);
+    expect(String(result.all)).toContain(`${signal} received`);
+    expect(String(result.all)).toContain('error [INTERRUPTED]');
+    expect(await sleepAlive()).toBe(false);
+    expect((await readdir(work)).filter((name) => name.includes(`${signal}-out`))).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    expect(await readdir(join(runDir, 'builds'))).toEqual([]);
+  });
+
+  test('a cleanup while a build runs leaves it alone (and takes a dead record whose pid was reused)', async () => {
+    const shortSleep = `sleep 6.${process.pid}`;
+    const recipe = await writeRecipe(work, 'live', [{ name: 'short sleep', run: `echo sleeping\n${shortSleep}` }]);
+    const output = join(work, 'live-out.qcow2');
+    const child = startApply(recipe, output);
+    await outputSeen(child, 'sleeping');
+    await until('the step to be running', async () => (await execa('pgrep', ['-f', shortSleep], { reject: false })).stdout !== '');
+    const during = await leftoversUnder(tmp);
+    expect(during.mounts.length).toBeGreaterThan(0);
+    // A record of a build long gone whose pid is now this live build's: the start time tells them apart.
+    const stale = join(tmp, 'imagebuilder-00000000000000aa');
+    await mkdir(stale);
+    await writeFile(join(stale, 'build.json'), JSON.stringify({ id: '00000000000000aa', workDir: stale, pid: child.pid, startTime: 1, command: 'gone', createdAt: '2026-01-01T00:00:00Z', keep: false, holdings: [] }));
+
+    const cleanup = await runCli(['cleanup', '--json'], { env: env() });
+    expect(cleanup.exitCode).toBe(0);
+    const report = JSON.parse(cleanup.stdout) as { dead: { workDir: string }[]; live: { pid: number; workDir: string }[] };
+    expect(report.live).toMatchObject([{ pid: child.pid, workDir: join(tmp, during.workDirs[0]) }]);
+    expect(report.dead.map((b) => b.workDir)).toEqual([stale]);
+    expect(await leftoversUnder(tmp)).toEqual(during);
+
+    const result = await child;
+    expect(result.all).not.toContain('error [');
+    expect(result.exitCode).toBe(0);
+    expect(await readdir(work)).toContain('live-out.qcow2');
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+});

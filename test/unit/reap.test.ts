@@ -1,0 +1,113 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { reapDeadBuilds } from '../../src/host/reap.js';
+import { currentOwner, noteHolding, ownerAlive, processStartTime, registerBuild, writeRecord, type BuildRecord } from '../../src/util/build-record.js';
+import { recordingRunner } from '../../src/util/exec.js';
+import { createLogger } from '../../src/util/log.js';
+import { withInterrupts } from '../../src/util/signals.js';
+
+const log = createLogger({ write: () => undefined });
+
+describe('signals that stop a build', () => {
+  test.each(['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const)('%s aborts the build with INTERRUPTED', async (name) => {
+    const stopped = withInterrupts(log, (signal) => new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('cancelled')))));
+    process.emit(name, name);
+    await expect(stopped).rejects.toMatchObject({ code: 'INTERRUPTED', message: `interrupted by ${name}` });
+    expect(process.listenerCount(name)).toBe(0);
+  });
+
+  test('an interactive shell leaves SIGINT and SIGQUIT to the shell (ignored, not fatal) and stops on SIGHUP', async () => {
+    let aborted = false;
+    let handled: number[] = [];
+    const body = withInterrupts(
+      log,
+      async (signal) => {
+        // Handled (by ignoring): a real Ctrl-\ on the terminal must not kill us with its default action either.
+        handled = [process.listenerCount('SIGINT'), process.listenerCount('SIGQUIT')];
+        process.emit('SIGINT', 'SIGINT');
+        process.emit('SIGQUIT', 'SIGQUIT');
+        aborted = signal.aborted;
+        process.emit('SIGHUP', 'SIGHUP');
+        throw new Error('the shell was ended');
+      },
+      ['SIGTERM', 'SIGHUP'],
+    );
+    await expect(body).rejects.toMatchObject({ code: 'INTERRUPTED', message: 'interrupted by SIGHUP' });
+    expect(aborted).toBe(false);
+    expect(handled).toEqual([1, 1]);
+    for (const name of ['SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGTERM'] as const) expect(process.listenerCount(name)).toBe(0);
+  });
+});
+
+describe('build records and the reaper', () => {
+  let dir: string;
+  const saved = process.env.IMAGEBUILDER_RUN_DIR;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'reap-unit-'));
+    process.env.IMAGEBUILDER_RUN_DIR = join(dir, 'run');
+  });
+  afterEach(async () => {
+    if (saved === undefined) delete process.env.IMAGEBUILDER_RUN_DIR;
+    else process.env.IMAGEBUILDER_RUN_DIR = saved;
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a build is alive only while the same process runs: a reused pid has another start time', () => {
+    const me = currentOwner();
+    expect(me.startTime).toBe(processStartTime(process.pid));
+    expect(ownerAlive(me)).toBe(true);
+    expect(ownerAlive({ pid: process.pid, startTime: me.startTime + 1 })).toBe(false);
+    expect(ownerAlive({ pid: 2 ** 22 + 1, startTime: me.startTime })).toBe(false);
+    // A pid of another PID namespace means nothing here: never judged dead.
+    expect(ownerAlive({ pid: 2 ** 22 + 1, startTime: me.startTime, pidNamespace: 'pid:[1]' })).toBe(true);
+    expect(ownerAlive({ pid: 2 ** 22 + 1, startTime: me.startTime, pidNamespace: me.pidNamespace })).toBe(false);
+  });
+
+  const record = (workDir: string, id: string, owner = { pid: 2 ** 22 + 1, startTime: 5 }): BuildRecord => ({
+    id, workDir, ...owner, command: `apply ${id}`, createdAt: '2026-12-04T00:00:00Z', keep: false, holdings: [],
+  });
+
+  test('holdings noted at once are all kept; a work directory without a record notes nothing', async () => {
+    const workDir = join(dir, 'imagebuilder-0000000000000001');
+    await mkdir(workDir);
+    await writeRecord(record(workDir, '0000000000000001'));
+    await Promise.all(['a', 'b', 'c'].map((name) => noteHolding(workDir, { kind: 'file', path: join(dir, name) })));
+    const written = JSON.parse(await readFile(join(workDir, 'build.json'), 'utf8')) as BuildRecord;
+    expect(written.holdings.map((h) => (h.kind === 'file' ? h.path : '')).sort()).toEqual(['a', 'b', 'c'].map((name) => join(dir, name)));
+    await noteHolding(join(dir, 'elsewhere'), { kind: 'file', path: '/x' });
+    expect(await readdir(dir)).toEqual(['imagebuilder-0000000000000001']);
+  });
+
+  test('a dead build is released (work directory, partial output, registration); a live one, registered or found by its directory, is not', async () => {
+    const parent = join(dir, 'work');
+    await mkdir(parent);
+    const dead = join(parent, 'imagebuilder-00000000000000de');
+    const live = join(parent, 'imagebuilder-00000000000000a1');
+    const unregistered = join(parent, 'imagebuilder-00000000000000b0');
+    const partial = join(dir, '.out.qcow2.partial-1');
+    for (const workDir of [dead, live, unregistered]) await mkdir(workDir);
+    await writeFile(partial, 'half');
+    await writeRecord({ ...record(dead, '00000000000000de'), holdings: [{ kind: 'file', path: partial }] });
+    await registerBuild({ id: '00000000000000de', workDir: dead, pid: 2 ** 22 + 1, startTime: 5 });
+    await writeRecord(record(live, '00000000000000a1', currentOwner()));
+    await registerBuild({ id: '00000000000000a1', workDir: live, ...currentOwner() });
+    // Registry lost (a reboot emptied /run): found by its record alone.
+    await writeRecord(record(unregistered, '00000000000000b0'));
+    const run = recordingRunner();
+
+    const dry = await reapDeadBuilds({ run, log, workDirParents: [parent], dryRun: true });
+    expect(dry.dead.map((b) => [b.workDir, b.leftovers.files, b.leftovers.workDir])).toEqual([[dead, [partial], true], [unregistered, [], true]]);
+    expect(dry.live.map((b) => b.workDir)).toEqual([live]);
+    expect((await readdir(parent)).sort()).toEqual([live, dead, unregistered].map((d) => d.slice(parent.length + 1)).sort());
+
+    const report = await reapDeadBuilds({ run, log, workDirParents: [parent] });
+    expect(report.dead.map((b) => [b.workDir, b.failures])).toEqual([[dead, []], [unregistered, []]]);
+    expect(await readdir(parent)).toEqual(['imagebuilder-00000000000000a1']);
+    expect(await readdir(dir)).not.toContain('.out.qcow2.partial-1');
+    expect(await readdir(join(dir, 'run', 'builds'))).toEqual(['00000000000000a1.json']);
+    // Nothing on this host named those directories: no command was needed.
+    expect(run.calls).toEqual([]);
+    expect((await reapDeadBuilds({ run, log, workDirParents: [parent] })).dead).toEqual([]);
+  });
+});
