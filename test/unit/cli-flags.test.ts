@@ -19,6 +19,7 @@ describe('pipeline-facing CLI surface', () => {
       sbom: 'IMAGEBUILDER_SBOM',
       'work-dir': 'IMAGEBUILDER_WORK_DIR',
       'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND',
+      untrusted: 'IMAGEBUILDER_UNTRUSTED',
       sparsify: 'IMAGEBUILDER_SPARSIFY',
       'keep-work-dir': 'IMAGEBUILDER_KEEP_WORK_DIR',
       'no-cache': 'IMAGEBUILDER_NO_CACHE',
@@ -27,7 +28,7 @@ describe('pipeline-facing CLI surface', () => {
       'fetch-min-rate': 'IMAGEBUILDER_FETCH_MIN_RATE',
     });
     expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE', rehash: 'IMAGEBUILDER_REHASH' });
-    expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND' });
+    expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND', untrusted: 'IMAGEBUILDER_UNTRUSTED' });
     expect(envOf(Fetch.flags as never)).toMatchObject({
       cache: 'IMAGEBUILDER_CACHE',
       offline: 'IMAGEBUILDER_OFFLINE',
