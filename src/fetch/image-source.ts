@@ -1,6 +1,6 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { imageInfo, type ImageFormat } from '../image/qemu-img.js';
+import { probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
@@ -330,7 +330,7 @@ async function commitToCache(
     if (isTarArchive(await readHead(payload))) {
       throw new ImageBuilderError('BAD_INPUT', `${file.name} is a tar archive, not a disk image`, { hint: 'unpack it and give the disk image inside (e.g. disk.raw) with --disk-image' });
     }
-    const info = await imageInfo(context.run, payload, context.log);
+    const info = await probeInputImage(context.run, payload, context.log);
     const record: ImageRecord = {
       version: 1,
       sha256,
@@ -503,7 +503,7 @@ async function obtainLocal(path: string, context: Context): Promise<ObtainedImag
   const describe = expected ? `against ${expected.source}` : 'unverified: no sums file beside it names it';
   const how = remembered ? ' (its sums as hashed before: the file is unchanged since)' : '';
   if (!compression) {
-    const { format, virtualSize } = await imageInfo(context.run, path, log);
+    const { format, virtualSize } = await probeInputImage(context.run, path, log);
     if (expected) log.info(`verified ${path} (${format}) against ${expected.source}${how}`);
     else log.info(`no sums file beside ${path} names it: using it unverified (sha256 ${sums.sha256})${how}`);
     const differs = expected && expected.algorithm !== 'sha256';

@@ -5,7 +5,7 @@ import { cycloneDxFromBom } from '../bom/cyclonedx.js';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { spdxFromBom } from '../bom/spdx.js';
 import { sha256File } from '../fetch/checksums.js';
-import { convertImage, imageInfo, type ImageFormat } from '../image/qemu-img.js';
+import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';
 import { noteHolding } from '../util/build-record.js';
@@ -407,9 +407,9 @@ export async function exportWorkImage(options: ExportOptions): Promise<ApplyResu
   const clock = stopwatch();
   const workImage = resolve(options.workImage);
   // Before any work: the work image is a standalone qcow2 (a missing file or another format is said plainly).
-  const info = await imageInfo(run, workImage, log);
-  if (info.format !== 'qcow2' || info.backingFile) {
-    throw new ImageBuilderError('BAD_INPUT', `${workImage} is not a work image: ${info.backingFile ? `an overlay over ${info.backingFile}` : `a ${info.format} image`}`, {
+  const info = await probeInputImage(run, workImage, log);
+  if (info.format !== 'qcow2') {
+    throw new ImageBuilderError('BAD_INPUT', `${workImage} is not a work image: a ${info.format} image`, {
       hint: 'make one with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1 (a standalone qcow2)',
     });
   }

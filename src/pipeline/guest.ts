@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { detectDistro, type Distro } from '../distro/families.js';
 import { readOsRelease } from '../distro/os-release.js';
-import { createOverlay, imageInfo, type ImageFormat } from '../image/qemu-img.js';
+import { createOverlay, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import type { LiveSnapshot, MountBackend, MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
 import { MOUNT_BACKENDS, selectMountBackend } from '../mount/select.js';
@@ -56,12 +56,11 @@ export async function openGuest(
     preferLiveSnapshot?: boolean;
   },
 ): Promise<OpenedGuest> {
-  // A backing file would bring whatever file it names on this host into the guest and the output.
-  const { backingFile } = await imageInfo(context.run, input.path, context.log);
-  if (backingFile) {
-    throw new ImageBuilderError('BAD_INPUT', `${input.path} is an overlay over ${backingFile}; imagebuilder takes standalone images`, {
-      hint: `flatten it first: qemu-img convert -O ${input.format} ${input.path} standalone.${input.format}`,
-    });
+  // Checked again right before it is opened (a cached record may predate the check, a file may have changed):
+  // a backing file, data file or extent would bring whatever it names on this host into the guest and the output.
+  const probed = await probeInputImage(context.run, input.path, context.log);
+  if (probed.format !== input.format) {
+    throw new ImageBuilderError('BAD_INPUT', `${input.path} now reads as ${probed.format}, not the ${input.format} it was verified as`, { hint: 'the file changed since it was verified: run the build again' });
   }
   const overlay = options.overlay ?? join(context.workDir, 'work.qcow2');
   const base = options.base ?? input;

@@ -24,7 +24,19 @@ const SYSTEM_PATHS = ['/usr', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so
 const TOP_LEVEL_LINKS = ['lib', 'lib32', 'lib64', 'libx32', 'bin', 'sbin'];
 
 /** argv (for a Runner) that runs `argv` unprivileged, seeing only `binds` beside the host's programs. */
-export function unprivilegedCommand(argv: string[], options: { binds?: SandboxBind[]; env?: Record<string, string>; readOnlyHostPaths?: string[] } = {}): [string, string[]] {
+export function unprivilegedCommand(
+  argv: string[],
+  options: {
+    binds?: SandboxBind[];
+    env?: Record<string, string>;
+    readOnlyHostPaths?: string[];
+    /**
+     * Stay uid 0, still with no capability at all: for a file only root may read (a user's 0600 image) that is
+     * bound read-only. Without CAP_DAC_OVERRIDE, uid 0 reads what its owner bits allow and nothing else.
+     */
+    keepRootUid?: boolean;
+  } = {},
+): [string, string[]] {
   const args = ['--unshare-net', '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', '--new-session', '--clearenv'];
   // Only what setpriv needs to become nobody and empty the bounding set; it drops these too.
   args.push('--cap-drop', 'ALL', '--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID', '--cap-add', 'CAP_SETPCAP');
@@ -34,7 +46,8 @@ export function unprivilegedCommand(argv: string[], options: { binds?: SandboxBi
   for (const bind of options.binds ?? []) args.push(bind.writable ? '--bind' : '--ro-bind', bind.host, bind.inside);
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp/home', LC_ALL: 'C', ...options.env };
   for (const [name, value] of Object.entries(env)) args.push('--setenv', name, value);
-  const drop = ['setpriv', '--reuid', String(SANDBOX_ID), '--regid', String(SANDBOX_ID), '--clear-groups', '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
+  const user = options.keepRootUid ? [] : ['--reuid', String(SANDBOX_ID), '--regid', String(SANDBOX_ID)];
+  const drop = ['setpriv', ...user, '--clear-groups', '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
   args.push('--chdir', '/', '--', ...drop, ...argv);
   return ['bwrap', args];
 }
