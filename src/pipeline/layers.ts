@@ -81,7 +81,7 @@ export async function stepKeys(baseSha256: string, steps: RecipeStep[], variable
   // SOURCE_DATE_EPOCH changes what steps write (clamped mtimes, the guest's environment).
   let parent = sha256Text(canonicalJson({ layers: 2, tool: TOOL_VERSION, base: baseSha256, sourceDateEpoch: process.env.SOURCE_DATE_EPOCH?.trim() || null }));
   for (const step of steps) {
-    const inputs: StepCacheInputs = (await step.type.cacheInputs?.(step.spec, { recipeDir: step.dir, variables })) ?? {};
+    const inputs: StepCacheInputs = (await step.type.cacheInputs?.(step.spec, { recipeDir: step.dir, hostRoots: step.hostRoots, variables })) ?? {};
     const key = sha256Text(canonicalJson({ parent, type: step.type.key, spec: step.spec, when: step.when, inputs: inputs.digests ?? {} }));
     keys.push({ key, ...(inputs.unpinned ? { unpinned: inputs.unpinned } : {}) });
     parent = key;

@@ -209,7 +209,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
         const current = await openSession();
         const initramfs = await watchInitramfs(opened.layout.root);
         try {
-          await step.type.run({ session: current, distro, log, signal, recipeDir: step.dir, variables: recipe.variables, label, record: stepRecords.recorder, architecture, fetchTimeouts: options.fetchTimeouts }, step.spec);
+          await step.type.run({ session: current, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: stepRecords.recorder, architecture, fetchTimeouts: options.fetchTimeouts }, step.spec);
           await current.sweep();
           // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
           // within it, so its layer holds the result.

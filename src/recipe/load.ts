@@ -7,6 +7,7 @@ import type { StepType } from '../steps/types.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { recipeSchema, INCLUDE_KEY } from './schema.js';
 import { closest, hasTemplate, renderTemplate } from './template.js';
+import { hostPathEscape } from '../steps/host-inputs.js';
 import { parseSource, problemsFrom, type LocatedProblem, type SourceFile } from './located-yaml.js';
 import type { WhenCondition } from './when.js';
 
@@ -22,6 +23,8 @@ export interface RecipeStep {
   location: string;
   /** Directory of that file: the step's relative host paths start there. */
   dir: string;
+  /** Where its host paths must stay: the recipe's directory, then the directories --allow-host-path allows. */
+  hostRoots: string[];
 }
 
 export interface Recipe {
@@ -47,6 +50,8 @@ export interface RecipeInputs {
   varsFile?: string;
   /** Check the schema only, not the host files steps name (documentation examples name illustrative paths). */
   schemaOnly?: boolean;
+  /** `--allow-host-path DIR`: directories besides the recipe's own that its host paths may name. */
+  allowHostPaths?: string[];
 }
 
 export { closest as didYouMean } from './template.js';
@@ -94,7 +99,11 @@ class Expander {
   readonly definitions = new Map<string, VariableDefinition>();
   readonly includes: { path: string; sha256: string }[] = [];
 
-  constructor(private readonly root: string) {}
+  constructor(
+    private readonly root: string,
+    /** Where an include may lead: the recipe's directory and the allowed ones. */
+    private readonly hostRoots: string[] = [root],
+  ) {}
 
   add(file: SourceFile, chain: string[]): void {
     for (const [name, value] of Object.entries((file.data.variables as Record<string, unknown> | undefined) ?? {})) {
@@ -109,6 +118,11 @@ class Expander {
       }
       const target = resolve(dirname(file.path), String(value[INCLUDE_KEY]));
       const location = file.locate.of([...at, INCLUDE_KEY]);
+      const escape = hostPathEscape(this.hostRoots, dirname(file.path), String(value[INCLUDE_KEY]));
+      if (escape) {
+        this.problems.push({ location, message: `cannot include ${escape}` });
+        return;
+      }
       if (chain.includes(target)) {
         this.problems.push({ location, message: `include cycle: ${[...chain, target].map((p) => relative(this.root, p) || p).join(' → ')}` });
         return;
@@ -237,7 +251,8 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
   const validateEnvelope = envelopeValidator(true);
   if (!validateEnvelope(top.data)) return { problems: problemsFrom(validateEnvelope.errors ?? [], [], top.locate) };
 
-  const expander = new Expander(dirname(resolve(path)));
+  const hostRoots = [dirname(resolve(path)), ...(inputs.allowHostPaths ?? []).map((dir) => resolve(dir))];
+  const expander = new Expander(dirname(resolve(path)), hostRoots);
   expander.add({ ...top, path: resolve(path) }, [resolve(path)]);
   // Locations inside the top file keep the path as the user gave it.
   const problems = [...expander.problems, ...applyOverrides(expander, inputs)];
@@ -259,8 +274,14 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       if (!validate(value)) stepProblems.push(...problemsFrom(validate.errors ?? [], raw.at, raw.file.locate));
     }
     const dir = dirname(resolve(raw.file.path));
+    if (!stepProblems.length && type.hostPaths && !inputs.schemaOnly) {
+      for (const { at, path: named } of type.hostPaths(value[type.key])) {
+        const escape = hostPathEscape(hostRoots, dir, named);
+        if (escape) stepProblems.push({ location: raw.file.locate.of([...raw.at, type.key, ...at]), message: escape });
+      }
+    }
     if (!stepProblems.length && type.check && !inputs.schemaOnly) {
-      const environment = { recipeDir: dir, variables: values };
+      const environment = { recipeDir: dir, hostRoots, variables: values };
       stepProblems.push(...type.check(value[type.key], environment).map((message) => ({ location: raw.file.locate.of(raw.at), message })));
     }
     problems.push(...stepProblems);
@@ -273,6 +294,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       when: value.when as WhenCondition | undefined,
       location: raw.file.locate.of(raw.at),
       dir,
+      hostRoots,
     });
   });
   if (problems.length) return { problems };

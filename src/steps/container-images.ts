@@ -1,11 +1,10 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ChrootSession } from '../chroot/session.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep } from './types.js';
-import { hostTreeDigest } from './host-inputs.js';
+import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
 export interface ContainerImagesSpec {
   /** Host paths (relative to the recipe) of OCI or docker-archive tarballs; `{guest: PATH}` for one already in the image. */
@@ -83,14 +82,15 @@ export const containerImagesStep = defineStep<ContainerImagesSpec>({
     },
   },
   describe: (spec) => `import ${spec.archives.length} container image archive(s)`,
+  hostPaths: (spec) => spec.archives.flatMap((archive, index) => (typeof archive === 'string' ? [{ at: ['archives', index], path: archive }] : [])),
   async cacheInputs(spec, environment) {
     const hostArchives = spec.archives.filter((a): a is string => typeof a === 'string');
-    return { digests: Object.fromEntries(await Promise.all(hostArchives.map(async (a) => [a, await hostTreeDigest(resolve(environment.recipeDir, a))]))) };
+    return { digests: Object.fromEntries(await Promise.all(hostArchives.map(async (a) => [a, await hostTreeDigest(confinedHostPath(environment, a))]))) };
   },
   async run(context, spec) {
     const { session } = context;
     const namespace = spec.namespace ?? 'k8s.io';
-    const hostArchives = spec.archives.filter((a): a is string => typeof a === 'string').map((a) => resolve(context.recipeDir, a));
+    const hostArchives = spec.archives.filter((a): a is string => typeof a === 'string').map((a) => confinedHostPath(context, a));
     for (const path of hostArchives) {
       if (!(await stat(path).catch(() => undefined))?.isFile()) {
         throw new ImageBuilderError('BAD_RECIPE', `${context.label}: container image archive not found: ${path}`, { hint: 'archive paths are relative to the recipe file' });
@@ -114,7 +114,7 @@ export const containerImagesStep = defineStep<ContainerImagesSpec>({
         continue;
       }
       const staged = `${STATE_DIR}/archives/${index}.tar`;
-      await stage(staged, createReadStream(resolve(context.recipeDir, archive)));
+      await stage(staged, createReadStream(confinedHostPath(context, archive)));
       archives.push(staged);
     }
     context.log.info(`${context.label}: importing ${spec.archives.map((a) => (typeof a === 'string' ? a : a.guest)).join(', ')}`);

@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
-import { join, posix, resolve } from 'node:path';
+import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { extractIntoGuest } from '../chroot/guest-write.js';
@@ -10,7 +10,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { clampTime, sourceDateEpoch } from '../util/time.js';
 import { packEntry, packFile, type TarHeader } from '../util/tar-pack.js';
 import { defineStep, type StepContext } from './types.js';
-import { hostTreeDigest } from './host-inputs.js';
+import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
 export interface CopySpec {
   src: string;
@@ -63,6 +63,7 @@ async function addEntry(pack: tar.Pack, entry: HostEntry, header: TarHeader): Pr
 
 export const copyStep = defineStep<CopySpec>({
   key: 'copy',
+  hostPaths: (spec) => [{ at: ['src'], path: spec.src }],
   summary: 'Copy a file or a directory tree from the build host into the guest',
   description:
     '`src` is a file or directory on the build host, relative to the recipe. A file is copied to `dest` under that ' +
@@ -90,17 +91,17 @@ export const copyStep = defineStep<CopySpec>({
   },
   describe: (spec) => `copy ${spec.src} to ${spec.dest}`,
   async cacheInputs(spec, environment) {
-    return { digests: { src: await hostTreeDigest(resolve(environment.recipeDir, spec.src)) } };
+    return { digests: { src: await hostTreeDigest(confinedHostPath(environment, spec.src)) } };
   },
   check(spec, environment) {
-    const src = resolve(environment.recipeDir, spec.src);
+    const src = confinedHostPath(environment, spec.src);
     const stat = statSync(src, { throwIfNoEntry: false });
     if (!stat) return [`cannot copy ${src}: no such file or directory; host paths are relative to the recipe`];
     if (stat.isDirectory() && spec.mode !== undefined) return [`mode applies to a single file, and ${src} is a directory`];
     return [];
   },
   async run(context, spec) {
-    const src = resolve(context.recipeDir, spec.src);
+    const src = confinedHostPath(context, spec.src);
     // src itself is what the recipe names: followed if it is a symlink. Inside a directory, nothing is.
     const top = await stat(src).catch((error: NodeJS.ErrnoException) => {
       throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot copy ${src}: ${error.code === 'ENOENT' ? 'no such file or directory' : (error.code ?? error.message)}`, {

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { renderTemplate } from '../recipe/template.js';
 import { sha256Text } from '../fetch/checksums.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { confinedHostPath } from './host-inputs.js';
 import { defineStep, type StepEnvironment } from './types.js';
 
 export interface FileSpec {
@@ -22,7 +22,7 @@ const exactlyOne = (key: string, others: string[]) => ({ required: [key], proper
 /** The bytes to write: inline, a host file as it is, or a host file with the recipe's {{ variables }} filled in. */
 function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: string | Buffer; problems: string[] } {
   if (spec.content !== undefined) return { content: spec.content, problems: [] };
-  const hostPath = resolve(environment.recipeDir, (spec.source ?? spec.template)!);
+  const hostPath = confinedHostPath(environment, (spec.source ?? spec.template)!);
   let bytes: Buffer;
   try {
     bytes = readFileSync(hostPath);
@@ -42,6 +42,7 @@ function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: 
 
 export const fileStep = defineStep<FileSpec>({
   key: 'file',
+  hostPaths: (spec) => (['source', 'template'] as const).flatMap((key) => (spec[key] === undefined ? [] : [{ at: [key], path: spec[key]! }])),
   summary: 'Write a file into the guest: inline content, a host file, or a template',
   description:
     'Writes `content`, or the host file `source` as it is, or the host file `template` with the recipe\'s ' +
@@ -78,6 +79,6 @@ export const fileStep = defineStep<FileSpec>({
       throw new ImageBuilderError('BAD_RECIPE', `${context.label}: ${problems[0]}`, { detail: problems.slice(1).join('\n') || undefined });
     }
     const sha256 = await writeGuestFile(context.session, { ...spec, content }, `${context.label}: writing ${spec.path}`);
-    context.record.file({ path: spec.path, sha256, kind: spec.source ? 'copy' : 'config', ...(spec.source || spec.template ? { source: resolve(context.recipeDir, (spec.source ?? spec.template)!) } : {}) });
+    context.record.file({ path: spec.path, sha256, kind: spec.source ? 'copy' : 'config', ...(spec.source || spec.template ? { source: confinedHostPath(context, (spec.source ?? spec.template)!) } : {}) });
   },
 });

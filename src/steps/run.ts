@@ -1,9 +1,8 @@
 import { statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep } from './types.js';
-import { hostTreeDigest } from './host-inputs.js';
+import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
 export type RunSpec = string | { script?: string; file?: string; env?: Record<string, string>; timeout?: number; shell?: string };
 
@@ -31,13 +30,14 @@ export const runStep = defineStep<RunSpec>({
       },
     ],
   },
+  hostPaths: (spec) => (typeof spec === 'string' || spec.file === undefined ? [] : [{ at: ['file'], path: spec.file }]),
   async cacheInputs(spec, environment) {
     if (typeof spec === 'string' || spec.file === undefined) return {};
-    return { digests: { file: await hostTreeDigest(resolve(environment.recipeDir, spec.file)) } };
+    return { digests: { file: await hostTreeDigest(confinedHostPath(environment, spec.file)) } };
   },
   check(spec, environment) {
     if (typeof spec === 'string' || spec.file === undefined) return [];
-    const path = resolve(environment.recipeDir, spec.file);
+    const path = confinedHostPath(environment, spec.file);
     return statSync(path, { throwIfNoEntry: false })?.isFile() ? [] : [`cannot read script file ${path}; host paths are relative to the recipe`];
   },
   describe: (spec) => {
@@ -49,7 +49,7 @@ export const runStep = defineStep<RunSpec>({
     const options = typeof spec === 'string' ? { script: spec } : spec;
     let script = options.script;
     if (options.file !== undefined) {
-      const path = resolve(context.recipeDir, options.file);
+      const path = confinedHostPath(context, options.file);
       script = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
         throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ${error.code ?? error.message}`);
       });

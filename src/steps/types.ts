@@ -48,6 +48,8 @@ export function createRecorder() {
 export interface StepEnvironment {
   /** Directory of the recipe file: relative host paths in steps are relative to it. */
   recipeDir: string;
+  /** Where host files may be read from (the recipe's directory, then --allow-host-path's); [recipeDir] when absent. */
+  hostRoots?: readonly string[];
   /** The recipe's variables, resolved. */
   variables: Record<string, string>;
 }
@@ -86,6 +88,11 @@ export interface StepType<Spec = unknown> {
    * for every step before the first one runs, so an unknown distribution fails before anything is changed.
    */
   needsPackageManager?(spec: Spec): boolean;
+  /**
+   * The host paths this step's value names, each with where in the value it is (for a file:line:column): the
+   * loader confines them to the recipe's directory before anything else is checked.
+   */
+  hostPaths?(spec: Spec): { at: (string | number)[]; path: string }[];
   /** Problems found without an image (a missing host file, an undefined template variable): `validate` reports them. */
   check?(spec: Spec, environment: StepEnvironment): string[];
   /**

@@ -13,6 +13,7 @@ describe('pipeline-facing CLI surface', () => {
   test('every host flag a CI system sets has its IMAGEBUILDER_* variable, the same on every command', () => {
     expect(envOf(Apply.flags as never)).toEqual({
       'disk-image': 'IMAGEBUILDER_DISK_IMAGE',
+      'allow-host-path': 'IMAGEBUILDER_ALLOW_HOST_PATH',
       keyring: 'IMAGEBUILDER_KEYRING',
       offline: 'IMAGEBUILDER_OFFLINE',
       cache: 'IMAGEBUILDER_CACHE',

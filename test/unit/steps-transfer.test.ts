@@ -288,9 +288,9 @@ describe('download and copy steps (fake session)', () => {
       for (const path of ['bin/tool', 'conf.txt', 'empty', 'bin', '']) await utimes(join(tree, path), mtime, mtime);
     });
 
-    async function copy(spec: Parameters<typeof copyStep.run>[1]) {
+    async function copy(spec: Parameters<typeof copyStep.run>[1], allowed: string[] = []) {
       const { session, calls } = fakeSession();
-      const { context, records } = fakeStepContext(session, { recipeDir });
+      const { context, records } = fakeStepContext(session, { recipeDir, hostRoots: [recipeDir, ...allowed] });
       const error = await copyStep.run(context, spec).then(
         () => undefined,
         (e: ImageBuilderError) => e,
@@ -362,10 +362,23 @@ describe('download and copy steps (fake session)', () => {
 
     test('a host file that changes while it is packed fails the step instead of corrupting the archive', async () => {
       // /proc files say size 0 and then have content: the same as a file growing under our feet.
-      const { calls, error } = await copy({ src: '/proc/self/status', dest: '/status' });
+      const { calls, error } = await copy({ src: '/proc/self/status', dest: '/status' }, ['/proc']);
       expect(error!.code).toBe('STEP_FAILED');
-      expect(error!.message).toMatch(/^step 1\/1 \(test\): copying from the build host: \/proc\/self\/status: it changed while being copied \(0 bytes before, now \d+\)$/);
+      expect(error!.message).toMatch(/^step 1\/1 \(test\): copying from the build host: \/proc\/(self|\d+)\/status: it changed while being copied \(0 bytes before, now \d+\)$/);
       expect(calls).toEqual([]); // the archive stream failed: the guest's stdin errored rather than ending cleanly
+    });
+
+    test('a src outside the recipe directory (absolute, .., or a symlink leading out) is a recipe error unless its directory is allowed', async () => {
+      await symlink('/etc', join(recipeDir, 'host-etc'));
+      for (const src of ['/etc/hostname', '../../../../etc/hostname', 'host-etc/hostname']) {
+        const { calls, error } = await copy({ src, dest: '/x' });
+        expect(calls).toEqual([]);
+        expect(error!.code).toBe('BAD_RECIPE');
+        expect(error!.message).toContain(`${src} is outside the recipe's directory ${recipeDir} (it is /etc/hostname)`);
+      }
+      const allowed = await copy({ src: 'host-etc/hostname', dest: '/x' }, ['/etc']);
+      expect(allowed.error).toBeUndefined();
+      expect(allowed.calls).toHaveLength(1);
     });
 
     test('a missing src is a recipe error with the resolved path; mode on a directory too', async () => {
