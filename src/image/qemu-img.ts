@@ -3,6 +3,8 @@ import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
 import { basename, dirname } from 'node:path';
 import { unprivilegedCommand } from '../util/unprivileged.js';
+import { which } from '../util/fs.js';
+import { packageHint } from '../util/tools.js';
 
 export const IMAGE_FORMATS = ['qcow2', 'raw', 'vmdk', 'vhdx', 'vpc', 'vdi'] as const;
 export type ImageFormat = (typeof IMAGE_FORMATS)[number];
@@ -67,6 +69,10 @@ export function externalReferences(info: QemuImgInfo, self = PROBED_PATH): strin
  * driver=, --format), so qemu never probes this content again.
  */
 export async function probeInputImage(run: Runner, path: string, log?: Logger): Promise<ImageInfo> {
+  // Inside the sandbox a missing qemu-img would read as bwrap's failure: ask first.
+  if (!(await which('qemu-img'))) {
+    throw new ImageBuilderError('MISSING_TOOL', `reading ${path}: qemu-img is not installed`, { hint: `install ${packageHint('qemu-img')} (bin/setup installs everything; \`imagebuilder doctor\` checks the host)` });
+  }
   const [sandbox, args] = unprivilegedCommand(['qemu-img', 'info', '--output=json', PROBED_PATH], {
     binds: [{ host: path, inside: PROBED_PATH }],
     keepRootUid: true,
