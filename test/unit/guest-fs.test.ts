@@ -68,6 +68,11 @@ describe('guest-fs', () => {
     expect(readdirSync(join(root, 'usr/share/imagebuilder'))).toEqual(['bom.json']);
   });
 
+  test("the host itself as root '/' (the host's own programs' ELF headers are read the same way)", async () => {
+    expect((await readGuestFile('/', '/proc/self/exe', 1 << 30))!.subarray(1, 4).toString()).toBe('ELF');
+    expect((await readGuestText('/', '/etc/hostname')) ?? '').not.toBe('');
+  });
+
   test('statGuest does not follow the last name', async () => {
     await symlink('/dev/null', join(root, 'etc/masked'));
     expect((await statGuest(root, '/etc/masked'))!.isSymbolicLink()).toBe(true);
