@@ -58,6 +58,12 @@ const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fd00:ec2::/32'];
 export type GuestNetwork = 'sandboxed' | 'none';
 export const GUEST_NETWORKS: readonly GuestNetwork[] = ['sandboxed', 'none'];
 
+/** The recipe's and a step's `network:`. */
+export const NETWORK_SCHEMA: Record<string, unknown> = {
+  enum: [...GUEST_NETWORKS],
+  description: "Guest commands' network: `sandboxed` (default) reaches the outside through NAT, never this host's own or link-local addresses; `none` has no network at all.",
+};
+
 export interface SandboxLimits {
   /** Bytes of memory (and swap) the build's guest commands may use together. */
   memoryBytes: number;

@@ -22,6 +22,7 @@ import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writ
 import { writeRootfsTar } from '../image/rootfs-tar.js';
 import { sourceDateEpoch } from '../util/time.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
+import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createWorkDir } from './workdir.js';
@@ -70,6 +71,8 @@ export interface ApplyOptions extends ArtifactOptions, BuildOptions {
   resume?: string;
   /** On a failed step, an interactive shell inside the guest before everything is released. */
   shellOnFailure?: boolean;
+  /** --memory-limit and --pids-limit of the build's guest commands (over the recipe's limits). */
+  limits?: Partial<SandboxLimits>;
 }
 
 export const SBOM_FORMATS = ['cyclonedx', 'spdx'] as const;
@@ -223,6 +226,7 @@ async function build<T>(
         store,
         refresh: options.refresh,
         shellOnFailure: options.shellOnFailure,
+        limits: options.limits,
       });
     } catch (error) {
       if (options.keepWorkDir && store) {

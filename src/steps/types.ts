@@ -62,6 +62,8 @@ export interface StepContext extends StepEnvironment {
   record: StepRecorder;
   /** The guest's architecture as its package manager names it (amd64, arm64 …), when known. */
   architecture?: string;
+  /** Seconds a run step may take when it sets no timeout of its own (the recipe's limits.timeout, or 30 minutes). */
+  runTimeoutSeconds?: number;
 }
 
 /**
