@@ -182,21 +182,23 @@ async function makeCgroups(name: string, limits: SandboxLimits, cleanup: Cleanup
   return made;
 }
 
-/** Host addresses (every interface but loopback): the sandbox gets a route to none of them. */
+/** The host's own addresses, on every interface: the sandbox gets a route to none of them. */
 async function hostAddresses(run: Runner): Promise<string[]> {
   const result = await run('ip', ['-j', 'address', 'show'], { allowFailure: true });
   if (result.exitCode !== 0) return [];
   const interfaces = JSON.parse(result.stdout) as { ifname: string; addr_info?: { family: string; local: string; scope: string }[] }[];
+  // Loopback's own addresses (127/8, ::1) are the namespace's own too; any other address, even one on lo
+  // (anycast, a service address), is the host's.
   return interfaces
-    .filter((entry) => entry.ifname !== 'lo')
     .flatMap((entry) => entry.addr_info ?? [])
-    .filter((address) => address.scope !== 'link' && address.scope !== 'host')
+    .filter((address) => address.scope !== 'link' && address.scope !== 'host' && !address.local.startsWith('127.') && address.local !== '::1')
     .map((address) => `${address.local}/${address.family === 'inet' ? 32 : 128}`);
 }
 
 /**
  * The build's sandbox: its network namespace with pasta attached (NAT to the outside; `--no-map-gw` so the
- * gateway address is not the host's loopback; routes that refuse link-local and every host address), its
+ * gateway address is not the host's loopback, no port forwarded from the host's loopback; routes that refuse
+ * link-local and every host address), its
  * cgroups, its seccomp program. Everything is pushed on `cleanup` the moment it exists.
  */
 export async function openBuildSandbox(options: OpenSandboxOptions): Promise<BuildSandbox> {
@@ -218,7 +220,9 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
   const netns = `/run/netns/${name}`;
   cleanup.push(`network namespace ${name}`, async () => void (await run('ip', ['netns', 'delete', name], { allowFailure: true })));
   const pidFile = join(state, 'pasta.pid');
-  await run('pasta', ['--runas', '0', '--config-net', '--no-map-gw', '--quiet', '--pid', pidFile, '--netns', netns], {
+  // -T/-U none: by default pasta forwards every port the host listens on at its loopback into the namespace's
+  // loopback (the guest would reach the host's 127.0.0.1 services); -t/-u none: nothing comes in either.
+  await run('pasta', ['--runas', '0', '--config-net', '--no-map-gw', '-T', 'none', '-U', 'none', '-t', 'none', '-u', 'none', '--quiet', '--pid', pidFile, '--netns', netns], {
     log,
     purpose: 'giving the build\'s network namespace its own network (pasta)',
     hint: 'pasta comes with the Debian package passt',

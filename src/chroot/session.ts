@@ -8,7 +8,7 @@ import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
-import { resolveInRoot } from '../util/fs.js';
+import { resolveInRoot, sleep } from '../util/fs.js';
 import { killAll } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
@@ -90,9 +90,19 @@ async function processesInside(root: string): Promise<number[]> {
 
 /** What guest commands left running: in the build's cgroups, or (a session without them) rooted in the guest. */
 async function leftBehind(root: string, sandbox: BuildSandbox): Promise<number[]> {
-  const pids = new Set([...(await sandbox.processes()), ...(await processesInside(root))]);
-  pids.delete(process.pid);
-  return [...pids];
+  const find = async () => {
+    const pids = new Set([...(await sandbox.processes()), ...(await processesInside(root))]);
+    pids.delete(process.pid);
+    return [...pids];
+  };
+  // A command's PID namespace is torn down as its init exits: give the kernel a moment before calling what
+  // remains left behind.
+  for (let waited = 0; waited < 500; waited += 50) {
+    const pids = await find();
+    if (!pids.length) return pids;
+    await sleep(50);
+  }
+  return find();
 }
 
 /**
@@ -192,6 +202,13 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
         return result;
       } catch (error) {
         await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv), error);
+        // Without a network apt and dnf fail on name resolution; say why there is none.
+        if ((commandNetwork ?? network) === 'none' && error instanceof ImageBuilderError) {
+          throw new ImageBuilderError(error.code, `${error.message} (this step has no network: network: none)`, {
+            detail: error.detail, cause: error,
+            hint: 'the step runs with network: none (its own, or the recipe\'s): remove that to let it reach package mirrors and downloads',
+          });
+        }
         throw error;
       }
     },
