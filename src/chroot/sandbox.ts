@@ -82,6 +82,15 @@ export function parseMemorySize(text: string | number): number {
   return Math.floor(Number(match[1]) * unit);
 }
 
+/** `8080,9000` (--host-port, IMAGEBUILDER_HOST_PORTS) → ports. */
+export function parseHostPorts(values: string[] = []): number[] {
+  return values.flatMap((value) => value.split(',')).filter(Boolean).map((text) => {
+    const port = Number(text.trim());
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ImageBuilderError('BAD_INPUT', `--host-port ${text}: not a TCP port`, { hint: 'give port numbers, e.g. --host-port 8080' });
+    return port;
+  });
+}
+
 export function formatBytes(bytes: number): string {
   for (const [unit, size] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) if (bytes >= size && bytes % size === 0) return `${bytes / size} ${unit}`;
   return `${bytes} bytes`;
@@ -118,6 +127,11 @@ export interface OpenSandboxOptions {
   /** Where its release goes; pushed as each part is made. */
   cleanup: CleanupStack;
   limits?: Partial<SandboxLimits>;
+  /**
+   * Ports of the host's loopback the guest may reach at its own 127.0.0.1 (pasta -T): an explicit opt-in
+   * (--host-port) for a mirror served on this host; nothing else of the host's loopback is reachable.
+   */
+  hostPorts?: number[];
 }
 
 function whichSync(name: string): string {
@@ -220,9 +234,10 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
   const netns = `/run/netns/${name}`;
   cleanup.push(`network namespace ${name}`, async () => void (await run('ip', ['netns', 'delete', name], { allowFailure: true })));
   const pidFile = join(state, 'pasta.pid');
-  // -T/-U none: by default pasta forwards every port the host listens on at its loopback into the namespace's
-  // loopback (the guest would reach the host's 127.0.0.1 services); -t/-u none: nothing comes in either.
-  await run('pasta', ['--runas', '0', '--config-net', '--no-map-gw', '-T', 'none', '-U', 'none', '-t', 'none', '-u', 'none', '--quiet', '--pid', pidFile, '--netns', netns], {
+  // -T/-U none (or only the ports --host-port names): by default pasta forwards every port the host listens on
+  // at its loopback into the namespace's loopback (the guest would reach the host's 127.0.0.1 services);
+  // -t/-u none: nothing comes in either.
+  await run('pasta', ['--runas', '0', '--config-net', '--no-map-gw', '-T', options.hostPorts?.length ? options.hostPorts.join(',') : 'none', '-U', 'none', '-t', 'none', '-u', 'none', '--quiet', '--pid', pidFile, '--netns', netns], {
     log,
     purpose: 'giving the build\'s network namespace its own network (pasta)',
     hint: 'pasta comes with the Debian package passt',

@@ -31,6 +31,8 @@ export interface ChrootOptions {
   sandbox?: BuildSandbox;
   /** Limits of the sandbox the session makes when it is given none. */
   limits?: Partial<SandboxLimits>;
+  /** Host loopback ports of the sandbox the session makes when it is given none (--host-port). */
+  hostPorts?: number[];
   /** The network guest commands get unless an exec says otherwise. */
   network?: GuestNetwork;
 }
@@ -155,7 +157,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
 
   let sandbox: BuildSandbox;
   try {
-    sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits }));
+    sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits, hostPorts: options.hostPorts }));
     // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
     // fails here, and its registration outlives everything that runs inside.
     await enableEmulation(root, { run, log, cleanup });

@@ -73,6 +73,8 @@ export interface ApplyOptions extends ArtifactOptions, BuildOptions {
   shellOnFailure?: boolean;
   /** --memory-limit and --pids-limit of the build's guest commands (over the recipe's limits). */
   limits?: Partial<SandboxLimits>;
+  /** --host-port: the host loopback ports guest commands may reach (a mirror served on this host). */
+  hostPorts?: number[];
 }
 
 export const SBOM_FORMATS = ['cyclonedx', 'spdx'] as const;
@@ -227,6 +229,7 @@ async function build<T>(
         refresh: options.refresh,
         shellOnFailure: options.shellOnFailure,
         limits: options.limits,
+        hostPorts: options.hostPorts,
       });
     } catch (error) {
       if (options.keepWorkDir && store) {

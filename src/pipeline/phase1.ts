@@ -43,6 +43,8 @@ export interface Phase1Options {
   shellOnFailure?: boolean;
   /** --memory-limit and --pids-limit: over the recipe's `limits`. */
   limits?: Partial<SandboxLimits>;
+  /** --host-port: the host loopback ports guest commands may reach. */
+  hostPorts?: number[];
   events: EventSink;
   time<T>(stage: string, body: () => Promise<T>): Promise<T>;
 }
@@ -191,7 +193,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
   let sandbox: BuildSandbox | undefined;
   const openSession = async () => {
     if (session) return session;
-    sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits) });
+    sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts });
     session = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network });
     guest.push('chroot session', async () => {
       await session?.close();

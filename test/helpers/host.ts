@@ -3,13 +3,17 @@ import { createReadStream } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { GUEST_REACHABLE_PORTS } from './static-server.js';
 
 export const REPO = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
 export const CLI = `${REPO}/bin/run.js`;
 
 /** Runs the real CLI the way a user does. */
 export async function runCli(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
-  const result = await execa('node', [CLI, ...args], { cwd: options.cwd, env: options.env, reject: false, all: true });
+  // The test mirrors on this host's loopback, explicitly opted in (the sandbox refuses the rest of it).
+  const hostPorts = [...GUEST_REACHABLE_PORTS].join(',');
+  const env = { ...(hostPorts ? { IMAGEBUILDER_HOST_PORTS: hostPorts } : {}), ...options.env };
+  const result = await execa('node', [CLI, ...args], { cwd: options.cwd, env, reject: false, all: true });
   return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr), all: String(result.all) };
 }
 

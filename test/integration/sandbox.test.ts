@@ -90,6 +90,18 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 180_000);
 
+  test('--host-port opts one port of the host\'s loopback in, and only that one', async () => {
+    const other = await serve('127.0.0.1');
+    servers.push(other.server);
+    const recipe = await writeRecipe(work, 'host-port', [{ name: 'mirror on the host', run: `${connect('127.0.0.1', ports['127.0.0.1'])}\n${connect('127.0.0.1', other.port)}\nexit 9` }]);
+    const before = await snapshotHost();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'host-port-out.qcow2'), '--sparsify', 'none', '--no-cache', '--host-port', String(ports['127.0.0.1'])]);
+    expect(result.exitCode).toBe(4);
+    expect(result.stderr).toContain('127.0.0.1: 127.0.0.1:CONNECTED');
+    expect(result.stderr).toContain(`/dev/tcp/127.0.0.1/${other.port}: Connection refused`);
+    await expectHostUntouched(before);
+  }, 120_000);
+
   test('effective, permitted, inheritable, ambient and bounding sets are exactly the allowlist; no_new_privs; seccomp on', async () => {
     const before = await snapshotHost();
     const result = await runCli(['shell', '--disk-image', input, '--command', 'grep -E "^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):" /proc/self/status']);
