@@ -83,8 +83,9 @@ export function parseMemorySize(text: string | number): number {
 }
 
 /** `8080,9000` (--host-port, IMAGEBUILDER_HOST_PORTS) → ports. */
-export function parseHostPorts(values: string[] = []): number[] {
-  return values.flatMap((value) => value.split(',')).filter(Boolean).map((text) => {
+export function parseHostPorts(values: string | string[] = []): number[] {
+  // oclif hands a multiple flag's environment variable over as one string.
+  return [values].flat().flatMap((value) => value.split(',')).filter(Boolean).map((text) => {
     const port = Number(text.trim());
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ImageBuilderError('BAD_INPUT', `--host-port ${text}: not a TCP port`, { hint: 'give port numbers, e.g. --host-port 8080' });
     return port;
