@@ -215,13 +215,16 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       }
     },
     interactive: async (argv, env = {}, signal = options.signal) => {
-      const [file, args] = sandboxedCommand(root, argv, sandbox, { network, interactive: true });
+      // On a terminal, script(1) gives the shell a pty of its own, in a new session, and relays it to the user's
+      // terminal: job control works, and TIOCSTI or a new controlling terminal stay on that pty; Ctrl-C goes
+      // through the pty to the shell. Without one (a pipe, CI), the command gets our stdio in a new session
+      // with no controlling terminal (bwrap --new-session), and its stdout and stderr stay apart.
+      // SIGTERM to imagebuilder ends it too, and everything is released.
+      const onTerminal = Boolean(process.stdin.isTTY);
+      const [file, args] = sandboxedCommand(root, argv, sandbox, { network, interactive: onTerminal });
       log.debug(`$ ${displayGuestCommand(root, argv)}`);
-      // script(1) gives the shell a pty of its own, in a new session, and relays it to the user's terminal:
-      // job control works, and TIOCSTI or a new controlling terminal stay on that pty. Ctrl-C goes through the
-      // pty to the shell. SIGTERM to imagebuilder ends the shell too, and everything is released.
-      const scriptArgs = ['--quiet', '--return', '--command', formatCommand(file, args), '/dev/null'];
-      const result = await execa('script', scriptArgs, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', SHELL: '/bin/sh', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
+      const [program, programArgs] = onTerminal ? ['script', ['--quiet', '--return', '--command', formatCommand(file, args), '/dev/null']] : [file, args];
+      const result = await execa(program, programArgs, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', SHELL: '/bin/sh', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
       if (signal?.aborted) throw signal.reason;
       return result.exitCode ?? 128 + (osConstants.signals[result.signal as NodeJS.Signals] ?? 15);
     },
