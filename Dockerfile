@@ -43,7 +43,10 @@ FROM debian:trixie-slim
 #   gpg gpgv                    repository keys' fingerprints; signed sums files of base images
 #   xz-utils zstd               compressed base images
 #   rpm                         the BOM of an RPM-family guest, read from its rpm database
-#   bubblewrap                  bwrap: host programs reading hostile input (qemu-img info, rpm) run unprivileged in a sandbox
+#   bubblewrap                  bwrap: host programs reading hostile input (qemu-img info, rpm) run unprivileged in a sandbox;
+#                               every guest command runs in one too
+#   passt iproute2              pasta: guest commands' own network namespace with NAT; ip: that namespace and its routes
+#   bsdutils                    script: interactive guest shells get a pty of their own (essential; named for the check)
 #   policycoreutils attr        setfiles: SELinux guests relabelled; getfattr: extended attributes for --format tar
 #   ca-certificates             https downloads of base images
 # The build must not touch the build host's disks or waste time on an initrd: lvm2's postinst scans every block
@@ -56,7 +59,7 @@ RUN mkdir /tmp/lvm-build && echo 'devices { global_filter = [ "r|.*|" ] }' > /tm
       qemu-utils fuse3 util-linux mount libcap2-bin fdisk gdisk \
       e2fsprogs xfsprogs btrfs-progs dosfstools \
       guestmount libguestfs-tools libguestfs-xfs guestfs-tools "linux-image-$(dpkg --print-architecture)" \
-      qemu-user-static gpg gpgv xz-utils zstd rpm policycoreutils attr bubblewrap \
+      qemu-user-static gpg gpgv xz-utils zstd rpm policycoreutils attr bubblewrap passt iproute2 bsdutils \
  && rm -rf /var/lib/apt/lists/* /tmp/lvm-build /boot/initrd.img-*
 COPY --from=build /out/ /
 ARG VERSION=0.1.0

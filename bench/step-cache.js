@@ -11,6 +11,7 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { benchSetup, median, repo, seconds, virtCustomizeEnv } from './common.js';
+import { guestCommandCost } from './guest-command.js';
 
 const { dir, base, runs } = await benchSetup();
 
@@ -69,6 +70,8 @@ results.rebuild = await measure(async () => {
   }
 });
 results.overhead = await measure(() => apply(empty, join(dir, 'unused-cache'), ['--no-cache']));
+// The sandbox every guest command runs in (src/chroot/sandbox.ts): its cost per command.
+const guestCommand = await guestCommandCost({ dir, base, runs });
 
 let virtCustomize;
 if ((await execa('sh', ['-c', 'command -v virt-customize'], { reject: false })).exitCode === 0) {
@@ -91,5 +94,6 @@ row(`rebuild, last step changed (${results.rebuild.cached} steps cached)`, resul
 row('overhead: a recipe with no steps', results.overhead, results.overhead.seconds / results.full.seconds);
 if (virtCustomize) row('virt-customize --install (same packages)', virtCustomize, virtCustomize.seconds / results.full.seconds);
 else console.log('virt-customize: not installed, not measured');
+console.log(`per guest command (sandbox included; goal: the sandbox adds < 50 ms): ${guestCommand.perCommandMs.toFixed(1)} ms`);
 console.log(`rebuild / full (goal < 0.2): ${(results.rebuild.seconds / results.full.seconds).toFixed(3)}`);
 if (virtCustomize) console.log(`full / virt-customize: ${(results.full.seconds / virtCustomize.seconds).toFixed(3)}`);

@@ -2,12 +2,13 @@ import { mkdir, readdir, readFile, readlink, symlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
+import { displayGuestCommand, formatBytes, openBuildSandbox, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
-import { resolveInRoot } from '../util/fs.js';
+import { resolveInRoot, sleep } from '../util/fs.js';
 import { isMounted } from '../util/mounts.js';
 import { killAll } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
@@ -27,29 +28,15 @@ export interface ChrootOptions {
   sessionFiles?: SessionFile[];
   /** The guest is mounted read-only: nothing is put into it (no DNS file, no session files). */
   readOnly?: boolean;
+  /** The build's sandbox (network, cgroups, seccomp), shared by its sessions; without one the session makes its own. */
+  sandbox?: BuildSandbox;
+  /** Limits of the sandbox the session makes when it is given none. */
+  limits?: Partial<SandboxLimits>;
+  /** Host loopback ports of the sandbox the session makes when it is given none (--host-port). */
+  hostPorts?: number[];
+  /** The network guest commands get unless an exec says otherwise. */
+  network?: GuestNetwork;
 }
-
-/**
- * Capabilities no build step needs and that would reach past the guest into the build host: loading kernel
- * modules, swapoff and mounts (sys_admin), firewall and interface changes, the clock, reboot, raw I/O,
- * tracing host processes, leaving the chroot by a second chroot, and device nodes for host disks.
- * Dropped from the bounding set, so even root inside the chroot cannot have them.
- */
-export const DROPPED_CAPABILITIES = ['sys_module', 'sys_admin', 'net_admin', 'sys_time', 'sys_boot', 'sys_rawio', 'sys_ptrace', 'sys_chroot', 'mknod'];
-
-/**
- * Run by the host's /bin/sh as PID 1 of a new PID, mount, UTS and IPC namespace (unshare): a /proc of that
- * namespace only (no host process, hence no /proc/1/root), with /proc/sys read-only (no host sysctl can be
- * changed), then chroot and drop the capabilities above (capsh), then the command. When the command ends,
- * the kernel ends everything it left running in the namespace.
- */
-const ENTER_GUEST = [
-  'set -e',
-  'root=$1; shift',
-  'mount -t proc -o nosuid,nodev,noexec proc "$root/proc"',
-  'for p in sys sysrq-trigger; do [ -e "$root/proc/$p" ] || continue; mount --bind "$root/proc/$p" "$root/proc/$p"; mount -o remount,bind,ro "$root/proc/$p"; done',
-  `exec capsh --chroot="$root" --drop=${DROPPED_CAPABILITIES.map((c) => `cap_${c}`).join(',')} --inh= --shell=/bin/sh -- -c 'exec "$@"' sh "$@"`,
-].join('\n');
 
 /**
  * CHROOT_ENV, and the build's SOURCE_DATE_EPOCH when set: the guest's own tools that honour it (mkinitramfs, dracut,
@@ -58,15 +45,6 @@ const ENTER_GUEST = [
 export function guestEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const epoch = sourceDateEpoch(env);
   return { ...CHROOT_ENV, ...(epoch ? { SOURCE_DATE_EPOCH: String(epoch.getTime() / 1000) } : {}) };
-}
-
-/**
- * argv (host side) that runs `argv` inside the guest at `root`, confined as ENTER_GUEST describes. The kernel
- * kills unshare when imagebuilder dies (even by SIGKILL: setpriv --pdeathsig), and unshare's --kill-child then
- * ends the namespace, so nothing a step started outlives a killed build.
- */
-export function confinedCommand(root: string, argv: string[]): [string, string[]] {
-  return ['setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--pid', '--fork', '--kill-child', '--mount', '--propagation', 'private', '--uts', '--ipc', '/bin/sh', '-c', ENTER_GUEST, 'enter-guest', root, ...argv]];
 }
 
 /** The environment every command inside the guest gets; nothing from the host leaks in. */
@@ -84,13 +62,18 @@ export const CHROOT_ENV: Record<string, string> = {
 
 export interface ChrootExecOptions extends Omit<ExecOptions, 'env' | 'extraEnv'> {
   env?: Record<string, string>;
+  /** This command's network: the session's by default. */
+  network?: GuestNetwork;
 }
 
 export interface ChrootSession {
   readonly root: string;
   /** Runs argv inside the guest. */
   exec(argv: string[], options?: ChrootExecOptions): Promise<ExecResult>;
-  /** Runs argv inside the guest on the user's terminal (stdin, stdout, stderr inherited); returns its exit code. */
+  /**
+   * Runs argv inside the guest on a pty of its own, relayed to the user's terminal (script(1)): nothing the
+   * guest does to its terminal (TIOCSTI, a new controlling terminal) reaches the user's. Returns its exit code.
+   */
   interactive(argv: string[], env?: Record<string, string>, signal?: AbortSignal): Promise<number>;
   /** Kills every process whose root is inside the guest; returns how many there were. */
   sweep(): Promise<number>;
@@ -106,6 +89,41 @@ async function processesInside(root: string): Promise<number[]> {
     if (processRoot && (processRoot === root || processRoot.startsWith(`${root}/`))) pids.push(Number(entry));
   }
   return pids;
+}
+
+/** What guest commands left running: in the build's cgroups, or (a session without them) rooted in the guest. */
+async function leftBehind(root: string, sandbox: BuildSandbox): Promise<number[]> {
+  const find = async () => {
+    const pids = new Set([...(await sandbox.processes()), ...(await processesInside(root))]);
+    pids.delete(process.pid);
+    return [...pids];
+  };
+  // A command's PID namespace is torn down as its init exits: give the kernel a moment before calling what
+  // remains left behind.
+  for (let waited = 0; waited < 500; waited += 50) {
+    const pids = await find();
+    if (!pids.length) return pids;
+    await sleep(50);
+  }
+  return find();
+}
+
+/**
+ * After a guest command failed: when the build's memory or pids limit was hit meanwhile, a STEP error that
+ * names it (the command's own failure would only say "Killed" or "Resource temporarily unavailable").
+ */
+async function throwIfLimitHit(sandbox: BuildSandbox, before: { oomKills: number; pidsRefused: number }, options: ExecOptions, command: string, cause?: unknown): Promise<void> {
+  const after = await sandbox.counters();
+  const hit = after.oomKills > before.oomKills
+    ? { limit: `the memory limit (${formatBytes(sandbox.limits.memoryBytes)})`, change: '--memory-limit or the recipe\'s limits.memory' }
+    : after.pidsRefused > before.pidsRefused
+      ? { limit: `the pids limit (${sandbox.limits.pids} processes)`, change: '--pids-limit or the recipe\'s limits.pids' }
+      : undefined;
+  if (!hit) return;
+  const detail = cause instanceof Error ? `: ${cause.message.split('\n')[0]}` : '';
+  throw new ImageBuilderError(options.errorCode ?? 'COMMAND_FAILED', `${options.purpose ?? command} — it hit ${hit.limit}${detail}`, {
+    hint: `the guest's commands of one build share that limit; raise it with ${hit.change} if the step really needs more`,
+  });
 }
 
 /** A DNS configuration that works inside the guest: the host's, or the real upstreams behind a local stub. */
@@ -140,11 +158,13 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     return target;
   };
 
+  let sandbox: BuildSandbox;
   try {
+    sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits, hostPorts: options.hostPorts }));
     // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
     // fails here, and its registration outlives everything that runs inside.
     await enableEmulation(root, { run, log, cleanup });
-    // /proc is mounted per command, inside its own PID namespace (confinedCommand); the directory must exist.
+    // bwrap mounts /proc per command, of the command's own PID namespace; the directory must exist.
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
     await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
     const dev = await mountIn('/dev', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid', 'tmpfs']);
@@ -166,28 +186,52 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       cleanup.push(`restore ${file.path}`, restore);
     }
     // Last pushed, first run on release: nothing may hold the mounts when they are unmounted.
-    cleanup.push('processes inside the guest', async () => void (await killAll(() => processesInside(root), log, 'process(es) left running inside the guest')));
+    cleanup.push('processes inside the guest', async () => void (await killAll(() => leftBehind(root, sandbox), log, 'process(es) left running inside the guest')));
   } catch (error) {
     await cleanup.unwind();
     throw error;
   }
 
+  const network = options.network ?? 'sandboxed';
   return {
     root,
-    exec: (argv, execOptions = {}) =>
-      run(...confinedCommand(root, argv), {
-        // Messages show what ran in the guest, not the confinement wrapper around it.
-        display: formatCommand('chroot', [root, ...argv]), log, ...execOptions, env: { ...guestEnv(), ...execOptions.env }, signal: execOptions.signal ?? options.signal }),
+    exec: async (argv, execOptions = {}) => {
+      const { network: commandNetwork, ...rest } = execOptions;
+      const before = await sandbox.counters();
+      const command = sandboxedCommand(root, argv, sandbox, { network: commandNetwork ?? network });
+      try {
+        const result = await run(...command, {
+          // Messages show what ran in the guest, not the sandbox around it.
+          display: displayGuestCommand(root, argv), log, ...rest, env: { ...guestEnv(), ...rest.env }, signal: rest.signal ?? options.signal });
+        if (result.exitCode !== 0) await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv));
+        return result;
+      } catch (error) {
+        await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv), error);
+        // Without a network apt and dnf fail on name resolution; say why there is none.
+        if ((commandNetwork ?? network) === 'none' && error instanceof ImageBuilderError) {
+          throw new ImageBuilderError(error.code, `${error.message} (this step has no network: network: none)`, {
+            detail: error.detail, cause: error,
+            hint: 'the step runs with network: none (its own, or the recipe\'s): remove that to let it reach package mirrors and downloads',
+          });
+        }
+        throw error;
+      }
+    },
     interactive: async (argv, env = {}, signal = options.signal) => {
-      const [file, args] = confinedCommand(root, argv);
-      log.debug(`$ ${formatCommand('chroot', [root, ...argv])}`);
-      // The user's terminal, in our process group: job control and Ctrl-C belong to the shell.
-      // SIGTERM (not Ctrl-C) to imagebuilder ends the shell too, and everything is released.
-      const result = await execa(file, args, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
+      // On a terminal, script(1) gives the shell a pty of its own, in a new session, and relays it to the user's
+      // terminal: job control works, and TIOCSTI or a new controlling terminal stay on that pty; Ctrl-C goes
+      // through the pty to the shell. Without one (a pipe, CI), the command gets our stdio in a new session
+      // with no controlling terminal (bwrap --new-session), and its stdout and stderr stay apart.
+      // SIGTERM to imagebuilder ends it too, and everything is released.
+      const onTerminal = Boolean(process.stdin.isTTY);
+      const [file, args] = sandboxedCommand(root, argv, sandbox, { network, interactive: onTerminal });
+      log.debug(`$ ${displayGuestCommand(root, argv)}`);
+      const [program, programArgs] = onTerminal ? ['script', ['--quiet', '--return', '--command', formatCommand(file, args), '/dev/null']] : [file, args];
+      const result = await execa(program, programArgs, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', SHELL: '/bin/sh', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
       if (signal?.aborted) throw signal.reason;
       return result.exitCode ?? 128 + (osConstants.signals[result.signal as NodeJS.Signals] ?? 15);
     },
-    sweep: () => killAll(() => processesInside(root), log, 'process(es) left running inside the guest'),
+    sweep: () => killAll(() => leftBehind(root, sandbox), log, 'process(es) left running inside the guest'),
     close: async () => {
       const failures = await cleanup.unwind();
       if (failures.length) {

@@ -10,6 +10,7 @@ import { execRunner } from '../util/exec.js';
 import { printResult } from '../cli/print-result.js';
 import { terminalProgress } from '../cli/progress.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { parseHostPorts, parseMemorySize } from '../chroot/sandbox.js';
 import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
@@ -44,6 +45,9 @@ export default class Apply extends BaseCommand {
     'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers, and hash the base image again (--rehash)", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
     refresh: Flags.string({ description: 'run this step (its number from 1, or its name) and all after it again instead of taking them from the cache', multiple: true, helpValue: 'STEP' }),
     'shell-on-failure': Flags.boolean({ description: 'when a step fails, open a shell inside the guest at that point (everything still mounted); exiting it cleans up', default: false }),
+    'memory-limit': Flags.string({ description: "memory (and swap) the build's guest commands may use together, e.g. 4G [default: the recipe's limits.memory, else 4G]", env: 'IMAGEBUILDER_MEMORY_LIMIT', helpValue: 'SIZE' }),
+    'pids-limit': Flags.integer({ description: "processes and threads the build's guest commands may have at once [default: the recipe's limits.pids, else 4096]", env: 'IMAGEBUILDER_PIDS_LIMIT', min: 16, helpValue: 'N' }),
+    'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here); comma-separated or repeated. Nothing else of this host is reachable", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),
     json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
@@ -77,6 +81,11 @@ export default class Apply extends BaseCommand {
       refresh: flags.refresh,
       resume: flags.resume,
       shellOnFailure: flags['shell-on-failure'],
+      limits: {
+        ...(flags['memory-limit'] !== undefined ? { memoryBytes: parseMemorySize(flags['memory-limit']) } : {}),
+        ...(flags['pids-limit'] !== undefined ? { pids: flags['pids-limit'] } : {}),
+      },
+      hostPorts: parseHostPorts(flags['host-port']),
       keepWorkDir: flags['keep-work-dir'],
       workDir: flags['work-dir'],
       log,

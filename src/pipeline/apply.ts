@@ -23,6 +23,7 @@ import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writ
 import { writeRootfsTar } from '../image/rootfs-tar.js';
 import { sourceDateEpoch } from '../util/time.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
+import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
 import { createWorkDir } from './workdir.js';
@@ -71,6 +72,10 @@ export interface ApplyOptions extends ArtifactOptions, BuildOptions {
   resume?: string;
   /** On a failed step, an interactive shell inside the guest before everything is released. */
   shellOnFailure?: boolean;
+  /** --memory-limit and --pids-limit of the build's guest commands (over the recipe's limits). */
+  limits?: Partial<SandboxLimits>;
+  /** --host-port: the host loopback ports guest commands may reach (a mirror served on this host). */
+  hostPorts?: number[];
 }
 
 export const SBOM_FORMATS = ['cyclonedx', 'spdx'] as const;
@@ -225,6 +230,8 @@ async function build<T>(
         refresh: options.refresh,
         shellOnFailure: options.shellOnFailure,
         fetchTimeouts: options.image?.timeouts,
+        limits: options.limits,
+        hostPorts: options.hostPorts,
       });
     } catch (error) {
       if (options.keepWorkDir && store) {

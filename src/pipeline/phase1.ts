@@ -3,6 +3,7 @@ import { basename, join } from 'node:path';
 import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/collect.js';
 import { listUnitStates } from '../bom/inventory.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
+import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
 import { detectDistro } from '../distro/families.js';
 import { watchInitramfs } from '../distro/initramfs.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
@@ -44,6 +45,10 @@ export interface Phase1Options {
   shellOnFailure?: boolean;
   /** The limits of the steps' downloads (--fetch-deadline, --fetch-min-rate). */
   fetchTimeouts?: HttpTimeouts;
+  /** --memory-limit and --pids-limit: over the recipe's `limits`. */
+  limits?: Partial<SandboxLimits>;
+  /** --host-port: the host loopback ports guest commands may reach. */
+  hostPorts?: number[];
   events: EventSink;
   time<T>(stage: string, body: () => Promise<T>): Promise<T>;
 }
@@ -54,6 +59,22 @@ export interface Phase1Result {
   opened: OpenedGuest;
   /** The top of the work image's chain (the overlay the guest writes to now). */
   workImage: string;
+}
+
+/** A run step's timeout when neither it nor the recipe's limits.timeout sets one: 30 minutes. */
+export const DEFAULT_RUN_TIMEOUT_SECONDS = 1800;
+
+/** The build's limits: flags over the recipe's `limits` over the defaults. */
+export function buildLimits(recipe: Pick<Recipe, 'limits'>, flags: Partial<SandboxLimits> = {}): SandboxLimits {
+  return {
+    memoryBytes: flags.memoryBytes ?? (recipe.limits?.memory !== undefined ? parseMemorySize(recipe.limits.memory) : DEFAULT_LIMITS.memoryBytes),
+    pids: flags.pids ?? recipe.limits?.pids ?? DEFAULT_LIMITS.pids,
+  };
+}
+
+/** The session as one step sees it: its guest commands get the step's own network. */
+function withNetwork(session: ChrootSession, network: GuestNetwork): ChrootSession {
+  return { ...session, exec: (argv, options = {}) => session.exec(argv, { network, ...options }) };
 }
 
 /** Which steps --refresh names: step numbers from 1, or step names. */
@@ -174,9 +195,12 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
   // One chroot session for all steps, or one per step when each step's result becomes a layer: a layer must
   // not hold the session's temporary files (resolv.conf, policy-rc.d).
   let session: ChrootSession | undefined;
+  // One sandbox (network namespace, cgroups with the build's limits, seccomp program) for the whole build.
+  let sandbox: BuildSandbox | undefined;
   const openSession = async () => {
     if (session) return session;
-    session = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles });
+    sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts });
+    session = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network });
     guest.push('chroot session', async () => {
       await session?.close();
       session = undefined;
@@ -209,7 +233,9 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
         const current = await openSession();
         const initramfs = await watchInitramfs(opened.layout.root);
         try {
-          await step.type.run({ session: current, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: stepRecords.recorder, architecture, fetchTimeouts: options.fetchTimeouts }, step.spec);
+          const stepSession = step.network ? withNetwork(current, step.network) : current;
+          const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
+          await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: stepRecords.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds }, step.spec);
           await current.sweep();
           // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
           // within it, so its layer holds the result.

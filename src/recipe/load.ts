@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import type { GuestNetwork } from '../chroot/sandbox.js';
+import type { RecipeLimits } from './schema.js';
 import { dirname, relative, resolve } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { sha256Text } from '../fetch/checksums.js';
@@ -19,6 +21,8 @@ export interface RecipeStep {
   /** The step's value with every {{ variable }} substituted. */
   spec: unknown;
   when?: WhenCondition;
+  /** The step's own network for its guest commands (else the recipe's). */
+  network?: GuestNetwork;
   /** file:line:column of the step, in whichever file (recipe or include) it is written. */
   location: string;
   /** Directory of that file: the step's relative host paths start there. */
@@ -39,6 +43,10 @@ export interface Recipe {
   sha256: string;
   /** Every included file, relative to the recipe's directory, with its sha256. */
   includes: { path: string; sha256: string }[];
+  /** The network of guest commands unless a step says otherwise (default: sandboxed). */
+  network?: GuestNetwork;
+  /** The build sandbox's limits and the run steps' default timeout, as written (flags override them). */
+  limits?: RecipeLimits;
 }
 
 export type RecipeProblem = LocatedProblem;
@@ -292,6 +300,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       type,
       spec: value[type.key],
       when: value.when as WhenCondition | undefined,
+      network: value.network as GuestNetwork | undefined,
       location: raw.file.locate.of(raw.at),
       dir,
       hostRoots,
@@ -308,6 +317,8 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       variables: values,
       sha256: sha256Text(text),
       includes: expander.includes,
+      network: top.data.network as GuestNetwork | undefined,
+      limits: top.data.limits as RecipeLimits | undefined,
     },
     problems: [],
   };

@@ -1,5 +1,6 @@
 import { STEP_TYPES, stepSchema } from '../steps/registry.js';
 import type { JsonSchema } from '../steps/types.js';
+import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 
 /** A step that inlines another recipe file's steps (and variable defaults) in its place. */
 export const INCLUDE_KEY = 'include';
@@ -38,6 +39,24 @@ export function allowTemplates(schema: JsonSchema): JsonSchema {
   return walk(schema) as JsonSchema;
 }
 
+/** Recipe-level `limits:` (flags --memory-limit, --pids-limit override the first two). */
+export interface RecipeLimits {
+  memory?: string | number;
+  pids?: number;
+  timeout?: number;
+}
+
+const LIMITS_SCHEMA: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  description: "The build's guest commands share these limits; a step that hits one fails naming it.",
+  properties: {
+    memory: { anyOf: [{ type: 'integer', minimum: 16777216 }, { type: 'string', pattern: '^\\d+(\\.\\d+)?\\s*[KMGTkmgt]?(i?B)?$' }], description: 'Memory (and swap) of all guest commands together: bytes, or 512M, 4G (default 4G).' },
+    pids: { type: 'integer', minimum: 16, description: 'Processes and threads at once (default 4096).' },
+    timeout: { type: 'integer', minimum: 1, description: 'Seconds a run step may take when it sets no timeout of its own (default 1800).' },
+  },
+};
+
 /** The recipe envelope; `steps.items` is filled from the step registry. */
 export function recipeSchema(): JsonSchema {
   return {
@@ -57,6 +76,8 @@ export function recipeSchema(): JsonSchema {
         propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
         additionalProperties: { type: ['string', 'number', 'boolean'] },
       },
+      network: NETWORK_SCHEMA,
+      limits: LIMITS_SCHEMA,
       steps: {
         type: 'array',
         description: 'Run in order, inside the guest. None at all converts the image and writes its BOM.',

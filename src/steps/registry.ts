@@ -13,6 +13,7 @@ import { sysprepStep } from './sysprep.js';
 import { userStep } from './user.js';
 import type { JsonSchema, StepType } from './types.js';
 import { WHEN_SCHEMA } from '../recipe/when.js';
+import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 
 /** THE registry: every step type, once. Order is the order of the docs. */
 export const STEP_TYPES: readonly StepType<any>[] = [packagesStep, repositoryStep, fileStep, runStep, downloadStep, copyStep, containerImagesStep, serviceStep, sysctlStep, kernelModulesStep, swapStep, userStep, sysprepStep];
@@ -25,6 +26,7 @@ export function findStepType(key: string): StepType<any> | undefined {
 export const STEP_COMMON_PROPERTIES: Record<string, JsonSchema> = {
   name: { type: 'string', minLength: 1, description: 'A name for the step, shown in logs and the BOM.' },
   when: WHEN_SCHEMA,
+  network: NETWORK_SCHEMA,
 };
 
 /** The schema of one step of the given type: `{name?, <key>: value}`. */

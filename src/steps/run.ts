@@ -11,7 +11,8 @@ export const runStep = defineStep<RunSpec>({
   summary: 'Run a shell script inside the guest',
   description:
     'Runs an inline script, or a script file from the host (relative to the recipe), inside the guest with `sh -e` ' +
-    '(or the given shell). A non-zero exit stops the build. Output goes to the build log. `timeout` is in seconds.',
+    '(or the given shell). A non-zero exit stops the build. Output goes to the build log. `timeout` is in seconds ' +
+    '(default: the recipe\'s `limits.timeout`, else 30 minutes).',
   example: 'echo "net.ipv4.ip_forward = 1" > /etc/sysctl.d/99-forward.conf',
   schema: {
     oneOf: [
@@ -56,15 +57,16 @@ export const runStep = defineStep<RunSpec>({
     }
     const shell = options.shell ?? '/bin/sh';
     // The script arrives on stdin so no temporary file is left in the image.
+    const timeout = options.timeout ?? context.runTimeoutSeconds;
     await context.session.exec([shell, ...(shell.endsWith('sh') ? ['-e'] : []), '-s'], {
       input: script,
       env: options.env,
-      timeoutMs: options.timeout ? options.timeout * 1000 : undefined,
+      timeoutMs: timeout ? timeout * 1000 : undefined,
       log: context.log,
       streamOutput: true,
       errorCode: 'STEP_FAILED',
       purpose: `${context.label} failed`,
-      hint: 'fix the script, or debug it inside the image with `imagebuilder shell`',
+      hint: `fix the script, or debug it inside the image with \`imagebuilder shell\`${timeout ? ` (a script taking more than ${timeout} s is killed: its timeout, or the recipe's limits.timeout, raises that)` : ''}`,
     });
   },
 });

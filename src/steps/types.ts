@@ -67,6 +67,8 @@ export interface StepContext extends StepEnvironment {
   architecture?: string;
   /** The limits of the step's downloads (--fetch-deadline, --fetch-min-rate); the defaults otherwise. */
   fetchTimeouts?: HttpTimeouts;
+  /** Seconds a run step may take when it sets no timeout of its own (the recipe's limits.timeout, or 30 minutes). */
+  runTimeoutSeconds?: number;
 }
 
 /**

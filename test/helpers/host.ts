@@ -1,14 +1,19 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, readFile, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
 import { execa } from 'execa';
+import { GUEST_REACHABLE_PORTS } from './static-server.js';
 
 export const REPO = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
 export const CLI = `${REPO}/bin/run.js`;
 
 /** Runs the real CLI the way a user does. */
 export async function runCli(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
-  const result = await execa('node', [CLI, ...args], { cwd: options.cwd, env: options.env, reject: false, all: true });
+  // The test mirrors on this host's loopback, explicitly opted in (the sandbox refuses the rest of it).
+  const hostPorts = [...GUEST_REACHABLE_PORTS].join(',');
+  const env = { ...(hostPorts ? { IMAGEBUILDER_HOST_PORTS: hostPorts } : {}), ...options.env };
+  const result = await execa('node', [CLI, ...args], { cwd: options.cwd, env, reject: false, all: true });
   return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr), all: String(result.all) };
 }
 
@@ -26,11 +31,12 @@ export async function sha256(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** What a build may leave on the host: mounts, loop devices and helper processes. */
+/** What a build may leave on the host: mounts, loop devices, helper processes, sandbox namespaces and cgroups. */
 export interface HostState {
   mounts: string[];
   loops: string[];
   helpers: string[];
+  sandboxes: string[];
 }
 
 export async function hostState(): Promise<HostState> {
@@ -44,9 +50,14 @@ export async function hostState(): Promise<HostState> {
   const helpers = (await execa('ps', ['-eo', 'pid=,stat=,args='], { reject: false })).stdout
     .split('\n')
     .map((line) => line.trim().split(/\s+/))
-    .filter(([, stat, ...args]) => stat && !stat.startsWith('Z') && /qemu-storage-daemon|qemu-nbd|guestmount|qemu-system/.test(args.join(' ')))
+    .filter(([, stat, ...args]) => stat && !stat.startsWith('Z') && /qemu-storage-daemon|qemu-nbd|guestmount|qemu-system|^pasta|\/pasta /.test(args.join(' ')))
     .map(([pid, , ...args]) => `${pid} ${args.join(' ')}`);
-  return { mounts, loops, helpers };
+  // The build sandbox's network namespaces and cgroups (src/chroot/sandbox.ts): released with the build.
+  const sandboxes: string[] = [];
+  for (const dir of ['/run/netns', '/sys/fs/cgroup', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/pids']) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) if (name.startsWith('imagebuilder-')) sandboxes.push(join(dir, name));
+  }
+  return { mounts, loops, helpers, sandboxes };
 }
 
 /** Asserts the host holds nothing more than it did before the build. */
@@ -55,6 +66,7 @@ export async function expectNothingLeft(before: HostState): Promise<void> {
   expect(after.mounts).toEqual(before.mounts);
   expect(after.loops).toEqual(before.loops);
   expect(after.helpers).toEqual(before.helpers);
+  expect(after.sandboxes).toEqual(before.sandboxes);
 }
 
 /**

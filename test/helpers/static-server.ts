@@ -14,7 +14,13 @@ export interface StaticServer {
   close(): Promise<void>;
 }
 
-/** Serves the files under `root` read-only (GET and HEAD) on 127.0.0.1 at a random port. */
+/**
+ * Ports of this host's loopback that test servers listen on for the guest (apt or dnf inside it): runCli opts
+ * them in with IMAGEBUILDER_HOST_PORTS, as the sandbox otherwise refuses the host's loopback.
+ */
+export const GUEST_REACHABLE_PORTS = new Set<number>();
+
+/** Serves the files under `root` read-only (GET and HEAD) on 127.0.0.1 at a random port (reachable from guests, see above). */
 export async function serveDirectory(root: string): Promise<StaticServer> {
   const requests: string[] = [];
   const server: Server = createServer((request, response) => {
@@ -48,11 +54,14 @@ export async function serveDirectory(root: string): Promise<StaticServer> {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
+  const port = (server.address() as AddressInfo).port;
+  GUEST_REACHABLE_PORTS.add(port);
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${port}`,
     requests,
     close: () =>
       new Promise<void>((resolve, reject) => {
+        GUEST_REACHABLE_PORTS.delete(port);
         server.close((error) => (error ? reject(error) : resolve()));
         server.closeAllConnections();
       }),

@@ -27,6 +27,9 @@ describe('pipeline-facing CLI surface', () => {
       rehash: 'IMAGEBUILDER_REHASH',
       'fetch-deadline': 'IMAGEBUILDER_FETCH_DEADLINE',
       'fetch-min-rate': 'IMAGEBUILDER_FETCH_MIN_RATE',
+      'memory-limit': 'IMAGEBUILDER_MEMORY_LIMIT',
+      'pids-limit': 'IMAGEBUILDER_PIDS_LIMIT',
+      'host-port': 'IMAGEBUILDER_HOST_PORTS',
     });
     expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE', rehash: 'IMAGEBUILDER_REHASH' });
     expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND', untrusted: 'IMAGEBUILDER_UNTRUSTED' });

@@ -102,6 +102,7 @@ describe('guest-fs is the only way the host opens a guest file', () => {
       mkdir: 'mount points, at paths resolved inside the guest',
       symlink: 'links in the private /dev tmpfs',
     },
+    'src/chroot/sandbox.ts': Object.fromEntries(['statSync', 'mkdir', 'readFile', 'rmdir', 'stat', 'writeFile'].map((name) => [name, "the host's cgroupfs, /proc/sys, $PATH and the sandbox's private temp directory; never a guest path"])),
     'src/chroot/emulation.ts': Object.fromEntries(['open', 'readdir', 'readFile', 'realpath', 'rmdir'].map((name) => [name, "the host's binfmt_misc and /proc/mounts; of the guest, only its ELF header (guest-fs) and an lstat"])),
     'src/image/rootfs-tar.ts': { readdir: 'the lstat-based walk, after the session closed (no guest process runs)' },
   };

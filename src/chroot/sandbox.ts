@@ -1,0 +1,327 @@
+import { statSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ImageBuilderError } from '../util/errors.js';
+import { formatCommand, type Runner } from '../util/exec.js';
+import type { CleanupStack } from '../util/cleanup.js';
+import type { Logger } from '../util/log.js';
+import { killAll } from '../util/processes.js';
+import { hostSeccompArch, seccompBytes } from './seccomp.js';
+
+/**
+ * THE way a guest command runs (sandboxedCommand): every step, package manager, maintainer script and shell.
+ *
+ *   sh (joins the build's cgroups, opens the seccomp program as fd 3)
+ *   → nsenter --net (the build's own network namespace; pasta NATs it to the outside)   [network: none: bwrap --unshare-net]
+ *   → capsh (bounding set emptied but for the allowlist; bwrap's own setup caps passed as inheritable only)
+ *   → bwrap (the guest root as /, its own /proc, PID/IPC/UTS/cgroup namespaces, --cap-drop ALL + the allowlist
+ *            in every set, no_new_privs, the seccomp filter, --new-session, --die-with-parent)
+ *   → the command
+ *
+ * The network namespace, pasta, the cgroups and the seccomp file are made once per build (openBuildSandbox)
+ * so a command pays only for the exec chain.
+ */
+
+/**
+ * What package managers and maintainer scripts need, and nothing more; every other capability is gone from
+ * all sets, the bounding set included (so no setuid binary or file capability brings one back).
+ */
+export const GUEST_CAPABILITIES: Record<string, string> = {
+  CAP_CHOWN: 'dpkg, rpm and tar give installed files their owners',
+  CAP_DAC_OVERRIDE: 'root writes files whatever their mode (/etc/shadow is 0640 or 0000)',
+  CAP_FOWNER: 'chmod, utime and xattrs on files root does not own (package payloads, unpacked archives)',
+  CAP_FSETID: 'setuid/setgid bits kept on installed binaries (passwd, su)',
+  CAP_KILL: 'maintainer scripts stop the daemons they start, which may run as another user',
+  CAP_SETUID: 'apt drops to _apt for downloads; su, runuser and useradd switch users',
+  CAP_SETGID: 'the same, for groups (and setgroups)',
+  CAP_SETFCAP: 'postinst scripts give binaries file capabilities (setcap cap_net_raw+ep /bin/ping)',
+  CAP_AUDIT_WRITE: 'useradd, passwd and PAM write an audit record and fail without it on audit-enabled hosts',
+};
+
+/**
+ * Capabilities bwrap itself needs to build the sandbox (mounts, pivot_root, chroot, loopback, switching
+ * ids); passed to it as inheritable only: it drops them before the command runs and they are not in the
+ * bounding set the command inherits.
+ */
+const BWRAP_SETUP_CAPABILITIES = ['CAP_SYS_ADMIN', 'CAP_SYS_CHROOT', 'CAP_NET_ADMIN', 'CAP_SETPCAP', 'CAP_SETUID', 'CAP_SETGID'];
+
+/** Capability numbers (linux/capability.h) of the allowlist: capsh drops every other number from the bounding set. */
+const CAPABILITY_NUMBERS: Record<string, number> = {
+  CAP_CHOWN: 0, CAP_DAC_OVERRIDE: 1, CAP_FOWNER: 3, CAP_FSETID: 4, CAP_KILL: 5, CAP_SETGID: 6, CAP_SETUID: 7, CAP_AUDIT_WRITE: 29, CAP_SETFCAP: 31,
+};
+
+/** Destinations no guest command reaches even with the network on: link-local (metadata services) and AWS's IPv6 one. */
+const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fd00:ec2::/32'];
+
+export type GuestNetwork = 'sandboxed' | 'none';
+export const GUEST_NETWORKS: readonly GuestNetwork[] = ['sandboxed', 'none'];
+
+/** The recipe's and a step's `network:`. */
+export const NETWORK_SCHEMA: Record<string, unknown> = {
+  enum: [...GUEST_NETWORKS],
+  description: "Guest commands' network: `sandboxed` (default) reaches the outside through NAT, never this host's own or link-local addresses; `none` has no network at all.",
+};
+
+export interface SandboxLimits {
+  /** Bytes of memory (and swap) the build's guest commands may use together. */
+  memoryBytes: number;
+  /** Processes and threads the build's guest commands may have at once. */
+  pids: number;
+}
+
+export const DEFAULT_LIMITS: SandboxLimits = { memoryBytes: 4 * 1024 ** 3, pids: 4096 };
+
+/** `4G`, `512M`, `1073741824` → bytes. */
+export function parseMemorySize(text: string | number): number {
+  if (typeof text === 'number') return text;
+  const match = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!match) throw new ImageBuilderError('BAD_INPUT', `memory limit ${JSON.stringify(text)}: not a size`, { hint: 'write bytes, or a number with K, M, G or T (4G, 512M)' });
+  const unit = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[match[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  return Math.floor(Number(match[1]) * unit);
+}
+
+/** `8080,9000` (--host-port, IMAGEBUILDER_HOST_PORTS) → ports. */
+export function parseHostPorts(values: string | string[] = []): number[] {
+  // oclif hands a multiple flag's environment variable over as one string.
+  return [values].flat().flatMap((value) => value.split(',')).filter(Boolean).map((text) => {
+    const port = Number(text.trim());
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ImageBuilderError('BAD_INPUT', `--host-port ${text}: not a TCP port`, { hint: 'give port numbers, e.g. --host-port 8080' });
+    return port;
+  });
+}
+
+export function formatBytes(bytes: number): string {
+  for (const [unit, size] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) if (bytes >= size && bytes % size === 0) return `${bytes / size} ${unit}`;
+  return `${bytes} bytes`;
+}
+
+interface Cgroup {
+  /** The directory in its hierarchy. */
+  dir: string;
+  /** Reads the counters that tell a limit was hit. */
+  counters(): Promise<{ oomKills: number; pidsRefused: number }>;
+}
+
+export interface BuildSandbox {
+  /** Network namespace of the build's guest commands: pasta's NAT to the outside, nothing of this host. */
+  readonly netns: string;
+  readonly limits: SandboxLimits;
+  /** The cgroup.procs files a guest command joins (memory and pids); empty where none could be made. */
+  readonly cgroupProcs: string[];
+  /** The seccomp program's file, opened as fd 3 for bwrap; undefined on a host architecture without a table. */
+  readonly seccompFile?: string;
+  /** Absolute path of bwrap (capsh execs it by path). */
+  readonly bwrap: string;
+  /** The kernel's highest capability number: capsh drops every number up to it but the allowlist's. */
+  readonly lastCapability: number;
+  /** Snapshot of the limit counters, to compare after a failed command. */
+  counters(): Promise<{ oomKills: number; pidsRefused: number }>;
+  /** Every process in the build's cgroups (what guest commands left behind). */
+  processes(): Promise<number[]>;
+}
+
+export interface OpenSandboxOptions {
+  run: Runner;
+  log: Logger;
+  /** Where its release goes; pushed as each part is made. */
+  cleanup: CleanupStack;
+  limits?: Partial<SandboxLimits>;
+  /**
+   * Ports of the host's loopback the guest may reach at its own 127.0.0.1 (pasta -T): an explicit opt-in
+   * (--host-port) for a mirror served on this host; nothing else of the host's loopback is reachable.
+   */
+  hostPorts?: number[];
+}
+
+function whichSync(name: string): string {
+  const found = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter).map((dir) => join(dir, name)).find((path) => statSync(path, { throwIfNoEntry: false })?.isFile());
+  return found ?? `/usr/bin/${name}`;
+}
+
+async function readNumbers(file: string, key: string): Promise<number> {
+  const text = await readFile(file, 'utf8').catch(() => '');
+  const match = new RegExp(`^${key}\\s+(\\d+)`, 'm').exec(text);
+  return match ? Number(match[1]) : 0;
+}
+
+async function cgroupMembers(dirs: string[]): Promise<number[]> {
+  const pids: number[] = [];
+  for (const dir of dirs) {
+    const text = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '');
+    for (const line of text.split('\n')) if (/^\d+$/.test(line) && !pids.includes(Number(line))) pids.push(Number(line));
+  }
+  return pids;
+}
+
+/**
+ * One cgroup per build with the memory and pids limits: cgroup v2 where the host has it, v1 (memory and pids
+ * hierarchies) otherwise. Released (its processes killed, then removed) by the cleanup stack.
+ */
+async function makeCgroups(name: string, limits: SandboxLimits, cleanup: CleanupStack, log: Logger): Promise<Cgroup[]> {
+  const v2 = await stat('/sys/fs/cgroup/cgroup.controllers').then(() => true, () => false);
+  const made: Cgroup[] = [];
+  const create = async (dir: string, settings: [string, string][], counters: Cgroup['counters']) => {
+    await mkdir(dir);
+    cleanup.push(`cgroup ${dir}`, async () => {
+      await killAll(() => cgroupMembers([dir]), log, `process(es) left in ${dir}`);
+      await rmdir(dir);
+    });
+    for (const [file, value] of settings) {
+      const path = join(dir, file);
+      if (await stat(path).then(() => true, () => false)) await writeFile(path, value);
+    }
+    made.push({ dir, counters });
+  };
+  if (v2) {
+    const subtree = await readFile('/sys/fs/cgroup/cgroup.subtree_control', 'utf8').catch(() => '');
+    for (const controller of ['memory', 'pids']) {
+      if (!subtree.split(/\s+/).includes(controller)) await writeFile('/sys/fs/cgroup/cgroup.subtree_control', `+${controller}`);
+    }
+    const dir = join('/sys/fs/cgroup', name);
+    await create(dir, [['memory.max', String(limits.memoryBytes)], ['memory.swap.max', '0'], ['pids.max', String(limits.pids)]], async () => ({
+      oomKills: await readNumbers(join(dir, 'memory.events'), 'oom_kill'),
+      pidsRefused: await readNumbers(join(dir, 'pids.events'), 'max'),
+    }));
+  } else {
+    const memory = join('/sys/fs/cgroup/memory', name);
+    // memsw after the memory limit: the kernel refuses a memory+swap limit below the memory one.
+    await create(memory, [['memory.limit_in_bytes', String(limits.memoryBytes)], ['memory.memsw.limit_in_bytes', String(limits.memoryBytes)]], async () => ({
+      oomKills: await readNumbers(join(memory, 'memory.oom_control'), 'oom_kill'),
+      pidsRefused: 0,
+    }));
+    const pids = join('/sys/fs/cgroup/pids', name);
+    await create(pids, [['pids.max', String(limits.pids)]], async () => ({ oomKills: 0, pidsRefused: await readNumbers(join(pids, 'pids.events'), 'max') }));
+  }
+  return made;
+}
+
+/** The host's own addresses, on every interface: the sandbox gets a route to none of them. */
+async function hostAddresses(run: Runner): Promise<string[]> {
+  const result = await run('ip', ['-j', 'address', 'show'], { allowFailure: true });
+  if (result.exitCode !== 0) return [];
+  const interfaces = JSON.parse(result.stdout) as { ifname: string; addr_info?: { family: string; local: string; scope: string }[] }[];
+  // Loopback's own addresses (127/8, ::1) are the namespace's own too; any other address, even one on lo
+  // (anycast, a service address), is the host's.
+  return interfaces
+    .flatMap((entry) => entry.addr_info ?? [])
+    .filter((address) => address.scope !== 'link' && address.scope !== 'host' && !address.local.startsWith('127.') && address.local !== '::1')
+    .map((address) => `${address.local}/${address.family === 'inet' ? 32 : 128}`);
+}
+
+/**
+ * The build's sandbox: its network namespace with pasta attached (NAT to the outside; `--no-map-gw` so the
+ * gateway address is not the host's loopback, no port forwarded from the host's loopback; routes that refuse
+ * link-local and every host address), its
+ * cgroups, its seccomp program. Everything is pushed on `cleanup` the moment it exists.
+ */
+export async function openBuildSandbox(options: OpenSandboxOptions): Promise<BuildSandbox> {
+  const { run, log, cleanup } = options;
+  const limits = { ...DEFAULT_LIMITS, ...options.limits };
+  const name = `imagebuilder-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const started = Date.now();
+
+  const state = await mkdtemp(join(tmpdir(), 'imagebuilder-sandbox-'));
+  cleanup.push(`sandbox state ${state}`, () => rm(state, { recursive: true, force: true }));
+  const arch = hostSeccompArch();
+  let seccompFile: string | undefined;
+  if (arch) {
+    seccompFile = join(state, 'seccomp.bpf');
+    await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
+  } else log.warn(`no seccomp filter for guest commands: no syscall table for this host's architecture (${process.arch})`);
+
+  await run('ip', ['netns', 'add', name], { log, purpose: 'making the build\'s network namespace' });
+  const netns = `/run/netns/${name}`;
+  cleanup.push(`network namespace ${name}`, async () => void (await run('ip', ['netns', 'delete', name], { allowFailure: true })));
+  const pidFile = join(state, 'pasta.pid');
+  // -T/-U none (or only the ports --host-port names): by default pasta forwards every port the host listens on
+  // at its loopback into the namespace's loopback (the guest would reach the host's 127.0.0.1 services);
+  // -t/-u none: nothing comes in either.
+  await run('pasta', ['--runas', '0', '--config-net', '--no-map-gw', '-T', options.hostPorts?.length ? options.hostPorts.join(',') : 'none', '-U', 'none', '-t', 'none', '-u', 'none', '--quiet', '--pid', pidFile, '--netns', netns], {
+    log,
+    purpose: 'giving the build\'s network namespace its own network (pasta)',
+    hint: 'pasta comes with the Debian package passt',
+  });
+  const pastaPid = Number((await readFile(pidFile, 'utf8')).trim());
+  cleanup.push('pasta', async () => {
+    try {
+      process.kill(pastaPid, 'SIGTERM');
+    } catch {
+      // already gone (it ends with its namespace)
+    }
+  });
+  // Routes only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
+  const blocked = [...BLOCKED_DESTINATIONS, ...(await hostAddresses(run))];
+  const batch = blocked.map((destination) => `route add prohibit ${destination}`).join('\n');
+  await run('ip', ['-n', name, '-batch', '-'], { input: `${batch}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
+
+  let cgroups: Cgroup[] = [];
+  try {
+    cgroups = await makeCgroups(name, limits, cleanup, log);
+  } catch (error) {
+    throw new ImageBuilderError('COMMAND_FAILED', `cannot make the build's cgroup for its memory and pids limits: ${(error as Error).message}`, {
+      hint: 'imagebuilder runs as root on a host with the memory and pids cgroup controllers (cgroup v2, or v1 memory and pids hierarchies)',
+    });
+  }
+  log.debug(`sandbox ready in ${Date.now() - started} ms: netns ${name}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
+
+  return {
+    netns,
+    limits,
+    cgroupProcs: cgroups.map((cgroup) => join(cgroup.dir, 'cgroup.procs')),
+    seccompFile,
+    bwrap: whichSync('bwrap'),
+    lastCapability: Number((await readFile('/proc/sys/kernel/cap_last_cap', 'utf8').catch(() => '40')).trim()),
+    counters: async () => {
+      const all = await Promise.all(cgroups.map((cgroup) => cgroup.counters()));
+      return { oomKills: all.reduce((sum, c) => sum + c.oomKills, 0), pidsRefused: all.reduce((sum, c) => sum + c.pidsRefused, 0) };
+    },
+    processes: () => cgroupMembers(cgroups.map((cgroup) => cgroup.dir)),
+  };
+}
+
+/** Joins the cgroups named before `--`, opens the seccomp program (first argument) as fd 3, execs the rest. */
+const ENTER_SANDBOX = ['seccomp=$1; shift', 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'if [ -n "$seccomp" ]; then exec "$@" 3<"$seccomp"; fi', 'exec "$@"'].join('\n');
+
+export interface SandboxedCommandOptions {
+  network?: GuestNetwork;
+  /** A shell for the user: keeps the terminal session bwrap would otherwise leave (the caller gives it a pty of its own). */
+  interactive?: boolean;
+}
+
+/** argv (host side) that runs `argv` inside the guest at `root`, in the build's sandbox. */
+export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSandbox, options: SandboxedCommandOptions = {}): [string, string[]] {
+  const network = options.network ?? 'sandboxed';
+  const keep = new Set(Object.keys(GUEST_CAPABILITIES).map((name) => CAPABILITY_NUMBERS[name]));
+  const drop = Array.from({ length: sandbox.lastCapability + 1 }, (_, n) => n).filter((n) => !keep.has(n));
+  const bwrapArgs = [
+    // --dev-bind: our own /dev holds the devices; the guest's own filesystems keep their nodev.
+    '--dev-bind', root, '/',
+    '--proc', '/proc',
+    // bwrap leaves these writable for root: a sysctl (kernel.core_pattern runs a program on the host) or a
+    // sysrq needs no capability, only the file's mode. Their contents follow the reader's namespaces.
+    '--ro-bind', '/proc/sys', '/proc/sys', '--ro-bind-try', '/proc/sysrq-trigger', '/proc/sysrq-trigger',
+    '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try',
+    ...(network === 'none' ? ['--unshare-net'] : []),
+    '--die-with-parent',
+    ...(options.interactive ? [] : ['--new-session']),
+    '--cap-drop', 'ALL', ...Object.keys(GUEST_CAPABILITIES).flatMap((cap) => ['--cap-add', cap]),
+    ...(sandbox.seccompFile ? ['--seccomp', '3'] : []),
+    '--chdir', '/',
+    '--', ...argv,
+  ];
+  const capsh = [
+    'capsh',
+    `--inh=${[...new Set([...BWRAP_SETUP_CAPABILITIES, ...Object.keys(GUEST_CAPABILITIES)])].map((cap) => cap.toLowerCase()).join(',')}`,
+    `--drop=${drop.join(',')}`,
+    `--shell=${sandbox.bwrap}`, '--', ...bwrapArgs,
+  ];
+  const enterNetwork = network === 'none' ? [] : ['nsenter', `--net=${sandbox.netns}`, '--'];
+  return ['/bin/sh', ['-c', ENTER_SANDBOX, 'enter-sandbox', sandbox.seccompFile ?? '', ...sandbox.cgroupProcs, '--', ...enterNetwork, ...capsh]];
+}
+
+/** The sandboxed command shown in logs the way a user thinks of it. */
+export function displayGuestCommand(root: string, argv: string[]): string {
+  return formatCommand('chroot', [root, ...argv]);
+}

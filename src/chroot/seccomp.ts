@@ -1,0 +1,145 @@
+/**
+ * The seccomp filter every guest command runs under (bwrap --seccomp FD): a classic-BPF program written here,
+ * because it is a few dozen instructions with no branch past the next few, and a unit test can run it
+ * (test/unit/seccomp.test.ts interprets it); libseccomp would be one more host library and generated code.
+ *
+ * A denylist of what no build needs and attackers love. Denied calls fail with EPERM, never a kill, so a
+ * maintainer script that probes (keyctl, unshare) degrades the way it does in a container. clone3 fails with
+ * ENOSYS, as on an old kernel: glibc then falls back to clone, whose flags the filter can read.
+ */
+
+export const EPERM = 1;
+export const ENOSYS = 38;
+
+/** Syscalls denied outright, with why. */
+export const DENIED_SYSCALLS: Record<string, string> = {
+  bpf: 'eBPF programs and maps run in the host kernel',
+  perf_event_open: 'kprobes and tracing read host memory',
+  kexec_load: 'replaces the running host kernel',
+  kexec_file_load: 'replaces the running host kernel',
+  init_module: 'loads code into the host kernel',
+  finit_module: 'loads code into the host kernel',
+  delete_module: 'unloads host kernel modules',
+  add_key: 'the kernel keyring is not namespaced',
+  keyctl: 'the kernel keyring is not namespaced',
+  request_key: 'the kernel keyring is not namespaced',
+  mount: 'the sandbox\'s mounts are set up before the command runs',
+  umount2: 'the sandbox\'s mounts are set up before the command runs',
+  pivot_root: 'the sandbox\'s root is set up before the command runs',
+  open_tree: 'the new mount API',
+  move_mount: 'the new mount API',
+  fsopen: 'the new mount API',
+  fsconfig: 'the new mount API',
+  fsmount: 'the new mount API',
+  fspick: 'the new mount API',
+  mount_setattr: 'the new mount API',
+  swapon: 'the host\'s swap',
+  swapoff: 'the host\'s swap',
+  reboot: 'the host',
+  open_by_handle_at: 'opens host files by handle, past any mount namespace',
+  userfaultfd: 'a classic kernel-exploit primitive',
+  setns: 'joining another namespace',
+};
+
+/** Per architecture: AUDIT_ARCH value and syscall numbers (include/uapi/asm-generic/unistd.h for aarch64). */
+export const SYSCALL_TABLES = {
+  x64: {
+    auditArch: 0xc000003e,
+    // x32 syscalls are x86_64 numbers with this bit set: a second ABI the table above does not cover.
+    x32Bit: 0x40000000,
+    numbers: {
+      ioctl: 16, clone: 56, unshare: 272, clone3: 435,
+      bpf: 321, perf_event_open: 298, kexec_load: 246, kexec_file_load: 320, init_module: 175, finit_module: 313, delete_module: 176,
+      add_key: 248, keyctl: 250, request_key: 249, mount: 165, umount2: 166, pivot_root: 155, open_tree: 428, move_mount: 429,
+      fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 167, swapoff: 168, reboot: 169,
+      open_by_handle_at: 304, userfaultfd: 323, setns: 308,
+    },
+  },
+  arm64: {
+    auditArch: 0xc00000b7,
+    x32Bit: undefined,
+    numbers: {
+      ioctl: 29, clone: 220, unshare: 97, clone3: 435,
+      bpf: 280, perf_event_open: 241, kexec_load: 104, kexec_file_load: 294, init_module: 105, finit_module: 273, delete_module: 106,
+      add_key: 217, keyctl: 219, request_key: 218, mount: 40, umount2: 39, pivot_root: 41, open_tree: 428, move_mount: 429,
+      fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 224, swapoff: 225, reboot: 142,
+      open_by_handle_at: 265, userfaultfd: 282, setns: 268,
+    },
+  },
+} as const;
+
+export type SeccompArch = keyof typeof SYSCALL_TABLES;
+
+/** ioctls denied: typing into a terminal (TIOCSTI) and the console's selection/paste (TIOCLINUX). */
+export const TIOCSTI = 0x5412;
+export const TIOCLINUX = 0x541c;
+/** unshare/clone flag for a new user namespace, where an unprivileged process gets every capability back. */
+export const CLONE_NEWUSER = 0x10000000;
+
+// Classic BPF opcodes and seccomp return values (linux/filter.h, linux/seccomp.h).
+const LD_W_ABS = 0x20;
+const JEQ_K = 0x15;
+const JGE_K = 0x35;
+const JSET_K = 0x45;
+const RET_K = 0x06;
+const RET_ALLOW = 0x7fff0000;
+const RET_ERRNO = 0x00050000;
+
+// Offsets in struct seccomp_data: nr, arch, then args[] as 64-bit words (the low half first, little-endian hosts).
+const NR = 0;
+const ARCH = 4;
+const argLow = (index: number) => 16 + 8 * index;
+
+interface Instruction {
+  code: number;
+  jt: number;
+  jf: number;
+  k: number;
+}
+
+const load = (offset: number): Instruction => ({ code: LD_W_ABS, jt: 0, jf: 0, k: offset });
+const ret = (value: number): Instruction => ({ code: RET_K, jt: 0, jf: 0, k: value });
+/** When the accumulator equals k, go on; else skip `skip` instructions. */
+const ifEqual = (k: number, skip: number): Instruction => ({ code: JEQ_K, jt: 0, jf: skip, k });
+
+/** The filter for one host architecture (the guest's programs, even under qemu-user, make the host's syscalls). */
+export function seccompProgram(arch: SeccompArch): Instruction[] {
+  const table = SYSCALL_TABLES[arch];
+  const deny = ret(RET_ERRNO | EPERM);
+  const program: Instruction[] = [
+    load(ARCH),
+    // Another ABI's syscall (i386 `int 0x80` on x86_64, arm32 on arm64) has other numbers: deny them all.
+    { code: JEQ_K, jt: 1, jf: 0, k: table.auditArch },
+    deny,
+    load(NR),
+  ];
+  if (table.x32Bit !== undefined) program.push({ code: JGE_K, jt: 0, jf: 1, k: table.x32Bit }, deny);
+  for (const name of Object.keys(DENIED_SYSCALLS)) program.push(ifEqual(table.numbers[name as keyof typeof table.numbers], 1), deny);
+  program.push(ifEqual(table.numbers.clone3, 1), ret(RET_ERRNO | ENOSYS));
+  // ioctl(fd, TIOCSTI|TIOCLINUX, …): the request is an unsigned int, so its low half is all the kernel reads.
+  program.push(ifEqual(table.numbers.ioctl, 6), load(argLow(1)), ifEqual(TIOCSTI, 1), deny, ifEqual(TIOCLINUX, 1), deny, ret(RET_ALLOW));
+  // unshare(flags) and clone(flags, …) asking for a new user namespace.
+  for (const name of ['unshare', 'clone'] as const) {
+    program.push(ifEqual(table.numbers[name], 4), load(argLow(0)), { code: JSET_K, jt: 0, jf: 1, k: CLONE_NEWUSER }, deny, ret(RET_ALLOW));
+  }
+  program.push(ret(RET_ALLOW));
+  return program;
+}
+
+/** The program as struct sock_filter[] bytes, what bwrap --seccomp reads from its fd. */
+export function seccompBytes(arch: SeccompArch): Buffer {
+  const program = seccompProgram(arch);
+  const bytes = Buffer.alloc(program.length * 8);
+  program.forEach((instruction, index) => {
+    bytes.writeUInt16LE(instruction.code, index * 8);
+    bytes.writeUInt8(instruction.jt, index * 8 + 2);
+    bytes.writeUInt8(instruction.jf, index * 8 + 3);
+    bytes.writeUInt32LE(instruction.k >>> 0, index * 8 + 4);
+  });
+  return bytes;
+}
+
+/** The host's architecture as a seccomp table, or undefined where there is none (no filter, said in the log). */
+export function hostSeccompArch(arch: string = process.arch): SeccompArch | undefined {
+  return arch === 'x64' || arch === 'arm64' ? arch : undefined;
+}

@@ -1,0 +1,172 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { fixtureImage } from '../helpers/fixtures.js';
+import { CLI, runCli } from '../helpers/host.js';
+import { expectHostUntouched, snapshotHost } from '../helpers/hostile.js';
+import { writeRecipe } from '../helpers/recipes.js';
+
+/**
+ * The sandbox of guest commands (src/chroot/sandbox.ts), attacked for real from inside a Debian guest: what
+ * it can reach on the network, its capabilities, the syscalls it is denied, the limits, its terminal. Each
+ * test checks the host is as it was (and that no namespace, cgroup or pasta is left).
+ */
+
+/** The capability allowlist, by number (linux/capability.h), written out here independently of the code. */
+const ALLOWED_CAPABILITIES = { chown: 0, dac_override: 1, fowner: 3, fsetid: 4, kill: 5, setgid: 6, setuid: 7, audit_write: 29, setfcap: 31 };
+const ALLOWED_MASK = Object.values(ALLOWED_CAPABILITIES).reduce((mask, bit) => mask | (1n << BigInt(bit)), 0n);
+
+const LINK_LOCAL = '169.254.169.254';
+/** A host address besides its own NIC's (as a second NIC, a bridge or a service address would be); on lo, as this host has no dummy interfaces. */
+const HOST_ADDRESS = '10.213.7.1';
+
+async function serve(host: string): Promise<{ server: Server; port: number }> {
+  const server = createServer((_, response) => response.end('host service\n'));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, resolve);
+  });
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+/** bash inside the guest opens a TCP connection; prints CONNECTED or bash's error. */
+const connect = (host: string, port: number) => `timeout 5 bash -c 'exec 3<>/dev/tcp/${host}/${port} && echo ${host}:CONNECTED' 2>&1 | sed 's/^/${host}: /'; true`;
+
+describe('the sandbox of guest commands', () => {
+  let work: string;
+  let input: string;
+  const servers: Server[] = [];
+  const ports: Record<string, number> = {};
+
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-sandbox-');
+    input = await fixtureImage('gpt-esp');
+    // A metadata service's address and a second host address, each with a server the host itself reaches.
+    for (const address of [LINK_LOCAL, HOST_ADDRESS]) await execa('ip', ['address', 'add', `${address}/32`, 'dev', 'lo']);
+    for (const host of ['127.0.0.1', LINK_LOCAL, HOST_ADDRESS]) {
+      const { server, port } = await serve(host);
+      servers.push(server);
+      ports[host] = port;
+    }
+  });
+  afterAll(async () => {
+    for (const server of servers) server.close();
+    for (const address of [LINK_LOCAL, HOST_ADDRESS]) await execa('ip', ['address', 'delete', `${address}/32`, 'dev', 'lo'], { reject: false });
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('the network reaches the outside (by name, through the host\'s DNS) and none of the host\'s loopback, link-local or own addresses', async () => {
+    // Each server answers the host itself: the guest's failures below are the sandbox's doing.
+    for (const host of Object.keys(ports)) expect((await execa('curl', ['-sS', `http://${host}:${ports[host]}/`])).stdout).toBe('host service');
+    const before = await snapshotHost();
+    const script = [...Object.entries(ports).map(([host, port]) => connect(host, port)), connect('deb.debian.org', 80)].join('\n');
+    const result = await runCli(['shell', '--disk-image', input, '--writable', '--command', script]);
+    expect(result.exitCode).toBe(0);
+    const lines = result.stdout.split('\n').map((line) => line.trim());
+    expect(lines).toContain('deb.debian.org: deb.debian.org:CONNECTED');
+    // The guest's own loopback: no one listens there.
+    expect(lines.find((line) => line.startsWith('127.0.0.1:'))).toMatch(/Connection refused/);
+    // Routes inside the sandbox refuse them; pasta never sees the connection.
+    expect(lines.find((line) => line.startsWith(`${LINK_LOCAL}:`))).toMatch(/Permission denied/);
+    expect(lines.find((line) => line.startsWith(`${HOST_ADDRESS}:`))).toMatch(/Permission denied/);
+    expect(result.stdout).not.toMatch(/(127\.0\.0\.1|169\.254\.169\.254|10\.213\.7\.1):CONNECTED/);
+    await expectHostUntouched(before);
+  }, 120_000);
+
+  test('a step with network: none has no route, and apt fails saying why', async () => {
+    const recipe = await writeRecipe(work, 'offline', [
+      { name: 'no route', network: 'none', run: `${connect('deb.debian.org', 80)}\n${connect('1.1.1.1', 80)}\ngrep -c . /proc/net/route || true` },
+      { name: 'offline apt', network: 'none', packages: { install: ['hello'] } },
+    ]);
+    const before = await snapshotHost();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'offline-out.qcow2'), '--sparsify', 'none', '--no-cache']);
+    expect(result.exitCode).toBe(4);
+    expect(result.stderr).not.toContain('CONNECTED');
+    expect(result.stderr).toMatch(/1\.1\.1\.1: .*Network is unreachable/);
+    expect(result.stderr).toMatch(/error \[STEP_FAILED\]: installing packages: .* exited with 100 \(this step has no network: network: none\)/);
+    expect(result.stderr).toContain('hint: the step runs with network: none');
+    await expectHostUntouched(before);
+  }, 180_000);
+
+  test('--host-port opts one port of the host\'s loopback in, and only that one', async () => {
+    const other = await serve('127.0.0.1');
+    servers.push(other.server);
+    const recipe = await writeRecipe(work, 'host-port', [{ name: 'mirror on the host', run: `${connect('127.0.0.1', ports['127.0.0.1'])}\n${connect('127.0.0.1', other.port)}\nexit 9` }]);
+    const before = await snapshotHost();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'host-port-out.qcow2'), '--sparsify', 'none', '--no-cache', '--host-port', String(ports['127.0.0.1'])]);
+    expect(result.exitCode).toBe(4);
+    expect(result.stderr).toContain('127.0.0.1: 127.0.0.1:CONNECTED');
+    expect(result.stderr).toContain(`/dev/tcp/127.0.0.1/${other.port}: Connection refused`);
+    await expectHostUntouched(before);
+  }, 120_000);
+
+  test('effective, permitted, inheritable, ambient and bounding sets are exactly the allowlist; no_new_privs; seccomp on', async () => {
+    const before = await snapshotHost();
+    const result = await runCli(['shell', '--disk-image', input, '--command', 'grep -E "^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):" /proc/self/status']);
+    expect(result.exitCode).toBe(0);
+    const status = Object.fromEntries(result.stdout.trim().split('\n').map((line) => line.split(':').map((part) => part.trim())));
+    for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']) expect({ set, mask: BigInt(`0x${status[set]}`) }).toEqual({ set, mask: ALLOWED_MASK });
+    expect(status.NoNewPrivs).toBe('1');
+    expect(status.Seccomp).toBe('2');
+    await expectHostUntouched(before);
+  }, 60_000);
+
+  test('bpf, perf_event_open, keyctl, mount, a user namespace and TIOCSTI fail with EPERM; clone3 with ENOSYS', async () => {
+    if (process.arch !== 'x64') return;
+    // x86_64 numbers; keyctl(GET_KEYRING_ID, SESSION) and perf_event_open(NULL) would otherwise answer an id
+    // and EFAULT, unshare(CLONE_NEWUSER) would succeed, TIOCSTI on the shell's own pty would type.
+    const probe = `
+      my @calls = ([bpf => 321, 5, 0, 0], [perf_event_open => 298, 0, 0, -1, -1, 0], [keyctl => 250, 0, -3, 0],
+                   [mount => 165, 0, 0, 0, 0, 0], [unshare_newuser => 272, 0x10000000], [clone3 => 435, 0, 0]);
+      for my $call (@calls) { my ($name, $nr, @args) = @$call; $! = 0; my $r = syscall($nr, @args); printf "%s=%s\\n", $name, $r == -1 ? $!+0 : "ok"; }
+      my $c = "x"; $! = 0; my $r = ioctl(STDIN, 0x5412, $c); printf "tiocsti=%s\\n", defined $r ? "ok" : $!+0;`;
+    const before = await snapshotHost();
+    const result = await runCli(['shell', '--disk-image', input, '--command', `perl -e '${probe.replace(/'/g, `'\\''`)}'`]);
+    expect(result.exitCode).toBe(0);
+    expect(Object.fromEntries(result.stdout.trim().split('\n').filter((l) => l.includes('=')).map((l) => l.trim().split('=')))).toEqual({
+      bpf: '1', perf_event_open: '1', keyctl: '1', mount: '1', unshare_newuser: '1', clone3: '38', tiocsti: '1',
+    });
+    await expectHostUntouched(before);
+  }, 60_000);
+
+  test('a fork bomb and a memory hog each end as a failed step naming the limit, everything released', async () => {
+    const bomb = await writeRecipe(work, 'bomb', [{ name: 'fork bomb', run: { script: 'bomb() { bomb | bomb & }; bomb; sleep 60', timeout: 20 } }]);
+    const before = await snapshotHost();
+    const started = Date.now();
+    const forked = await runCli(['apply', bomb, '--disk-image', input, '--output', join(work, 'bomb-out.qcow2'), '--sparsify', 'none', '--no-cache', '--pids-limit', '200']);
+    expect(forked.exitCode).toBe(4);
+    expect(forked.stderr).toContain('error [STEP_FAILED]: step 1/1 (fork bomb) failed');
+    expect(forked.stderr).toContain('it hit the pids limit (200 processes)');
+    expect(Date.now() - started).toBeLessThan(90_000);
+    await expectHostUntouched(before);
+
+    const hog = await writeRecipe(work, 'hog', [{ name: 'memory hog', run: 'perl -e \'my @a; push @a, "x" x (16 << 20) while 1\'' }]);
+    const again = await snapshotHost();
+    const hogged = await runCli(['apply', hog, '--disk-image', input, '--output', join(work, 'hog-out.qcow2'), '--sparsify', 'none', '--no-cache'], { env: { ...process.env, IMAGEBUILDER_MEMORY_LIMIT: '256M' } as Record<string, string> });
+    expect(hogged.exitCode).toBe(4);
+    expect(hogged.stderr).toContain('error [STEP_FAILED]: step 1/1 (memory hog) failed');
+    expect(hogged.stderr).toContain('it hit the memory limit (256 MiB)');
+    await expectHostUntouched(again);
+  }, 300_000);
+
+  test('shell --command trying TIOCSTI: the user\'s shell afterwards receives nothing', async () => {
+    // The user's terminal: a pty (script) whose shell runs imagebuilder, then reads what is waiting on it.
+    const typeIntoTerminal = `perl -e 'ioctl(STDIN, 0x5412, $_) for split //, "echo INJECTED\\n"; print "tried\\n"'`;
+    const userShell = (command: string) => execa('script', ['--quiet', '--return', '--command', `${command}; read -t 2 line; echo "HOST-READ:[$line]"`, '/dev/null'], {
+      reject: false, stdin: 'pipe', env: { ...process.env, SHELL: '/bin/bash' },
+    });
+    // Control: the same program run directly on that terminal does type into the user's shell (the harness sees it).
+    if ((await execa('cat', ['/proc/sys/dev/tty/legacy_tiocsti'], { reject: false })).stdout.trim() !== '0') {
+      const control = await userShell(typeIntoTerminal);
+      expect(control.stdout).toContain('HOST-READ:[echo INJECTED]');
+    }
+    const before = await snapshotHost();
+    const attacked = await userShell(`node ${CLI} shell --disk-image ${input} --command ${`'${typeIntoTerminal.replace(/'/g, `'\\''`)}'`}`);
+    expect(attacked.stdout).toContain('tried');
+    expect(attacked.stdout).toContain('HOST-READ:[]');
+    expect(attacked.stdout).not.toContain('INJECTED]');
+    await expectHostUntouched(before);
+  }, 120_000);
+});

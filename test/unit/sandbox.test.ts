@@ -1,0 +1,45 @@
+import { GUEST_CAPABILITIES, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
+
+const sandbox: BuildSandbox = {
+  netns: '/run/netns/imagebuilder-1-ab', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
+  seccompFile: '/tmp/s/seccomp.bpf', bwrap: '/usr/bin/bwrap', lastCapability: 40, counters: async () => ({ oomKills: 0, pidsRefused: 0 }), processes: async () => [],
+};
+
+describe('sandboxedCommand: the argv of every guest command', () => {
+  test('cgroups and seccomp fd, the build\'s network namespace, the bounding set, then bwrap with the allowlist', () => {
+    const [file, args] = sandboxedCommand('/guest', ['apt-get', 'update'], sandbox);
+    expect(file).toBe('/bin/sh');
+    expect(args.slice(2, 7)).toEqual(['enter-sandbox', '/tmp/s/seccomp.bpf', ...sandbox.cgroupProcs, '--']);
+    expect(args.slice(7, 10)).toEqual(['nsenter', '--net=/run/netns/imagebuilder-1-ab', '--']);
+    expect(args[10]).toBe('capsh');
+    // Every capability number up to the kernel's last but the allowlist's leaves the bounding set.
+    expect(args[12]).toBe(`--drop=${[2, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30, 32, 33, 34, 35, 36, 37, 38, 39, 40].join(',')}`);
+    expect(args[13]).toBe('--shell=/usr/bin/bwrap');
+    const bwrap = args.slice(15);
+    expect(bwrap.slice(0, 3)).toEqual(['--dev-bind', '/guest', '/']);
+    expect(bwrap).toEqual(expect.arrayContaining(['--unshare-pid', '--unshare-ipc', '--unshare-uts', '--die-with-parent', '--new-session', '--seccomp', '3']));
+    expect(bwrap).not.toContain('--unshare-net');
+    const added = bwrap.flatMap((arg, i) => (bwrap[i - 1] === '--cap-add' ? [arg] : []));
+    expect(added.sort()).toEqual(Object.keys(GUEST_CAPABILITIES).sort());
+    expect(bwrap.indexOf('--cap-drop')).toBeLessThan(bwrap.indexOf('--cap-add'));
+    expect(bwrap.slice(-3)).toEqual(['--', 'apt-get', 'update']);
+  });
+
+  test('network: none is a network namespace of bwrap\'s own, without nsenter; interactive keeps the session for its pty', () => {
+    const [, args] = sandboxedCommand('/guest', ['true'], sandbox, { network: 'none', interactive: true });
+    expect(args).not.toContain('nsenter');
+    expect(args).toContain('--unshare-net');
+    expect(args).not.toContain('--new-session');
+  });
+});
+
+test('limits and ports as users write them', () => {
+  expect(parseMemorySize('4G')).toBe(4 * 1024 ** 3);
+  expect(parseMemorySize('512M')).toBe(512 * 1024 ** 2);
+  expect(parseMemorySize('1.5GiB')).toBe(1.5 * 1024 ** 3);
+  expect(parseMemorySize(1048576)).toBe(1048576);
+  expect(() => parseMemorySize('lots')).toThrow(/not a size/);
+  expect(parseHostPorts(['8080,9000', '81'])).toEqual([8080, 9000, 81]);
+  expect(parseHostPorts('8080')).toEqual([8080]);
+  expect(() => parseHostPorts(['70000'])).toThrow(/not a TCP port/);
+});
