@@ -36,6 +36,8 @@ export interface Leftovers {
   nodes: string[];
   binfmt: string[];
   binfmtMounts: string[];
+  /** The guest-command sandbox's network namespace (/run/netns/…) and cgroups, named after the build's pid. */
+  sandbox: string[];
   files: string[];
   workDir: boolean;
 }
@@ -212,6 +214,28 @@ async function binfmtOf(pid: number, mounts: string[]): Promise<string[]> {
   return entries;
 }
 
+/** Where the sandbox (chroot/sandbox.ts) keeps what it names `imagebuilder-<pid>-…`. */
+const SANDBOX_DIRS = ['/run/netns', '/sys/fs/cgroup', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/pids'];
+
+async function sandboxOf(pid: number): Promise<string[]> {
+  const found: string[] = [];
+  for (const dir of SANDBOX_DIRS) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) if (name.startsWith(`imagebuilder-${pid}-`)) found.push(join(dir, name));
+  }
+  return found;
+}
+
+/** pasta serving a namespace: it daemonized, so it outlives a build killed by SIGKILL. */
+async function pastaOf(netns: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const args = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (/(^|\/)pasta$/.test(args[0] ?? '') && args.includes(netns)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
 async function survey(build: FoundBuild, record: BuildRecord | undefined, livePids: Set<number>): Promise<Leftovers> {
   const holdings = record?.holdings ?? [];
   const loops = await loopsOf(build.workDir);
@@ -224,6 +248,7 @@ async function survey(build: FoundBuild, record: BuildRecord | undefined, livePi
     nodes: await nodesOf(holdings, [...loops, ...nbd]),
     binfmtMounts: livePids.has(build.pid) ? [] : await binfmtMountsOf(build.pid),
     binfmt: livePids.has(build.pid) ? [] : await binfmtOf(build.pid, await binfmtMountsOf(build.pid)),
+    sandbox: livePids.has(build.pid) ? [] : await sandboxOf(build.pid),
     files: (await Promise.all(holdings.filter((h) => h.kind === 'file').map(async (h) => ((await exists(h.path)) ? h.path : '')))).filter(Boolean),
     workDir: !record?.keep && (await exists(build.workDir)),
   };
@@ -269,6 +294,18 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
   for (const mount of found.binfmtMounts) {
     await attempt(`binfmt_misc mount ${mount}`, async () => {
       if ((await run('umount', [mount], { allowFailure: true, log })).exitCode === 0) await rmdir(mount);
+    });
+  }
+  for (const path of found.sandbox) {
+    await attempt(`sandbox ${path}`, async () => {
+      if (path.startsWith('/run/netns/')) {
+        await killAll(() => pastaOf(path), log, `pasta of the dead build's ${path}`);
+        await run('ip', ['netns', 'delete', basename(path)], { log });
+      } else {
+        // A cgroup goes once empty: what a step left in it is killed first.
+        await killAll(async () => (await readFile(join(path, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number), log, `process(es) left in ${path}`);
+        await rmdir(path);
+      }
     });
   }
   for (const file of found.files) await attempt(`file ${file}`, () => rm(file, { force: true }));
@@ -319,7 +356,7 @@ export function summary(leftovers: Leftovers): string {
   const parts: string[] = [];
   if (leftovers.processes.length) parts.push(`${leftovers.processes.length} process(es) (${leftovers.processes.join(' ')})`);
   if (leftovers.mounts.length) parts.push(`${leftovers.mounts.length} mount(s)`);
-  parts.push(...leftovers.loops, ...leftovers.nbd, ...leftovers.nodes, ...leftovers.binfmt.map((entry) => `binfmt_misc ${basename(entry)}`), ...leftovers.binfmtMounts, ...leftovers.files);
+  parts.push(...leftovers.loops, ...leftovers.nbd, ...leftovers.nodes, ...leftovers.binfmt.map((entry) => `binfmt_misc ${basename(entry)}`), ...leftovers.binfmtMounts, ...leftovers.sandbox, ...leftovers.files);
   if (leftovers.workDir) parts.push('its work directory');
   return parts.join(', ');
 }

@@ -121,6 +121,10 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect(left.loops.length).toBe(1);
     const layers = async () => (await readdir(join(cache, 'layers')).catch(() => [] as string[])).filter((name) => name.endsWith('.qcow2'));
     expect((await layers()).length).toBe(1);
+    // The guest-command sandbox's network namespace (and its pasta) is named after the build's pid.
+    const sandboxLeft = async () => (await readdir('/run/netns').catch(() => [] as string[])).filter((name) => name.startsWith(`imagebuilder-${child.pid}-`));
+    const pastaLeft = async () => (await execa('pgrep', ['-f', `pasta .*imagebuilder-${child.pid}-`], { reject: false })).stdout;
+    expect((await sandboxLeft()).length).toBe(1);
 
     const doctor = await runCli(['doctor', '--json'], { env: env() });
     const check = (JSON.parse(doctor.stdout) as { checks: { id: string; status: string; found: string }[] }).checks.find((c) => c.id === 'dead-builds');
@@ -142,6 +146,8 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect(report.dead[0].leftovers.mounts.sort()).toEqual([...left.mounts].sort());
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
     expect(await layers()).toEqual([]);
+    expect(await sandboxLeft()).toEqual([]);
+    expect(await pastaLeft()).toBe('');
     expect(await readdir(join(runDir, 'builds'))).toEqual([]);
     // Nothing left to do the second time.
     expect((await runCli(['cleanup'], { env: env() })).stdout).toContain('no dead builds');
