@@ -8,6 +8,7 @@ import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
 import { killAll } from '../util/processes.js';
+import { isMounted } from '../util/mounts.js';
 import { hostSeccompArch, seccompBytes } from './seccomp.js';
 
 /**
@@ -216,13 +217,17 @@ async function hostAddresses(run: Runner): Promise<string[]> {
  * link-local and every host address), its
  * cgroups, its seccomp program. Everything is pushed on `cleanup` the moment it exists.
  */
+/** The start of a build sandbox's state directory in the temp dir: its pid follows (host/reap.ts finds it so). */
+export const SANDBOX_STATE_PREFIX = 'imagebuilder-sandbox-';
+
 export async function openBuildSandbox(options: OpenSandboxOptions): Promise<BuildSandbox> {
   const { run, log, cleanup } = options;
   const limits = { ...DEFAULT_LIMITS, ...options.limits };
   const name = `imagebuilder-${process.pid}-${randomBytes(4).toString('hex')}`;
   const started = Date.now();
 
-  const state = await mkdtemp(join(tmpdir(), 'imagebuilder-sandbox-'));
+  // Named after this process, so a reaper finds what a build killed by SIGKILL left here (host/reap.ts).
+  const state = await mkdtemp(join(tmpdir(), `${SANDBOX_STATE_PREFIX}${process.pid}-`));
   cleanup.push(`sandbox state ${state}`, () => rm(state, { recursive: true, force: true }));
   const arch = hostSeccompArch();
   let seccompFile: string | undefined;
@@ -231,9 +236,16 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
   } else log.warn(`no seccomp filter for guest commands: no syscall table for this host's architecture (${process.arch})`);
 
-  await run('ip', ['netns', 'add', name], { log, purpose: 'making the build\'s network namespace' });
-  const netns = `/run/netns/${name}`;
-  cleanup.push(`network namespace ${name}`, async () => void (await run('ip', ['netns', 'delete', name], { allowFailure: true })));
+  // The namespace is kept alive by a bind mount on a file of our own (unshare --net=FILE), not by `ip netns add`:
+  // that one mounts /run/netns itself on first use and nothing ever unmounts it. Released before it is made:
+  // interrupted while unshare runs, the mount may or may not be there.
+  const netns = join(state, 'netns');
+  await writeFile(netns, '');
+  cleanup.push(`network namespace ${netns}`, async () => {
+    // --lazy, as `ip netns delete` does: pasta may still hold the namespace file open while it exits.
+    if (await isMounted(netns)) await run('umount', ['--lazy', netns], { log });
+  });
+  await run('unshare', [`--net=${netns}`, 'true'], { log, purpose: 'making the build\'s network namespace' });
   const pidFile = join(state, 'pasta.pid');
   // -T/-U none (or only the ports --host-port names): by default pasta forwards every port the host listens on
   // at its loopback into the namespace's loopback (the guest would reach the host's 127.0.0.1 services);
@@ -254,7 +266,7 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
   // Routes only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
   const blocked = [...BLOCKED_DESTINATIONS, ...(await hostAddresses(run))];
   const batch = blocked.map((destination) => `route add prohibit ${destination}`).join('\n');
-  await run('ip', ['-n', name, '-batch', '-'], { input: `${batch}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
+  await run('nsenter', [`--net=${netns}`, '--', 'ip', '-batch', '-'], { input: `${batch}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
 
   let cgroups: Cgroup[] = [];
   try {
@@ -264,7 +276,7 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
       hint: 'imagebuilder runs as root on a host with the memory and pids cgroup controllers (cgroup v2, or v1 memory and pids hierarchies)',
     });
   }
-  log.debug(`sandbox ready in ${Date.now() - started} ms: netns ${name}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
+  log.debug(`sandbox ready in ${Date.now() - started} ms: netns ${netns}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
 
   return {
     netns,

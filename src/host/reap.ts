@@ -3,6 +3,9 @@ import { open, readdir, readFile, readlink, rename, rm, rmdir } from 'node:fs/pr
 import { basename, join } from 'node:path';
 import { listPartitions } from '../mount/block.js';
 import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
+import { SANDBOX_STATE_PREFIX } from '../chroot/sandbox.js';
+import { tmpdir } from 'node:os';
+import { isMounted } from '../util/mounts.js';
 import { currentOwner, ownerAlive, readJson, RECORD_FILE, registryDir, type BuildOwner, type BuildRecord, type Holding, type RegistryEntry } from '../util/build-record.js';
 import { errorMessage } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
@@ -36,7 +39,7 @@ export interface Leftovers {
   nodes: string[];
   binfmt: string[];
   binfmtMounts: string[];
-  /** The guest-command sandbox's network namespace (/run/netns/…) and cgroups, named after the build's pid. */
+  /** The guest-command sandbox's state directory (its network namespace inside) and cgroups, named after the build's pid. */
   sandbox: string[];
   files: string[];
   workDir: boolean;
@@ -214,12 +217,14 @@ async function binfmtOf(pid: number, mounts: string[]): Promise<string[]> {
   return entries;
 }
 
-/** Where the sandbox (chroot/sandbox.ts) keeps what it names `imagebuilder-<pid>-…`. */
-const SANDBOX_DIRS = ['/run/netns', '/sys/fs/cgroup', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/pids'];
+/** Where the sandbox (chroot/sandbox.ts) puts its cgroups, named `imagebuilder-<pid>-…`. */
+const CGROUP_DIRS = ['/sys/fs/cgroup', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/pids'];
 
+/** The sandbox's state directories (the network namespace is a bind mount inside) and cgroups of a build. */
 async function sandboxOf(pid: number): Promise<string[]> {
   const found: string[] = [];
-  for (const dir of SANDBOX_DIRS) {
+  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) if (name.startsWith(`${SANDBOX_STATE_PREFIX}${pid}-`)) found.push(join(tmpdir(), name));
+  for (const dir of CGROUP_DIRS) {
     for (const name of await readdir(dir).catch(() => [] as string[])) if (name.startsWith(`imagebuilder-${pid}-`)) found.push(join(dir, name));
   }
   return found;
@@ -298,9 +303,11 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
   }
   for (const path of found.sandbox) {
     await attempt(`sandbox ${path}`, async () => {
-      if (path.startsWith('/run/netns/')) {
-        await killAll(() => pastaOf(path), log, `pasta of the dead build's ${path}`);
-        await run('ip', ['netns', 'delete', basename(path)], { log });
+      if (!path.startsWith('/sys/fs/cgroup')) {
+        const netns = join(path, 'netns');
+        await killAll(() => pastaOf(netns), log, `pasta of the dead build's ${netns}`);
+        if (await isMounted(netns)) await run('umount', ['--lazy', netns], { log });
+        await rm(path, { recursive: true, force: true });
       } else {
         // A cgroup goes once empty: what a step left in it is killed first.
         await killAll(async () => (await readFile(join(path, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number), log, `process(es) left in ${path}`);

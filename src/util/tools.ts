@@ -27,6 +27,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   flock: { package: 'util-linux', neededBy: 'the locks of the image cache and of nbd devices (held by the kernel, released when a build dies)', required: true },
   setpriv: { package: 'util-linux', neededBy: 'helpers that die with a killed build (--pdeathsig); host programs reading hostile input, dropped to nobody with no capabilities', required: true },
   capsh: { package: 'libcap2-bin', neededBy: 'emptying the bounding set of guest commands but for their capability allowlist', required: true },
+  unshare: { package: 'util-linux', neededBy: 'the build\'s network namespace for guest commands, kept by a bind mount of our own', required: true },
   nsenter: { package: 'util-linux', neededBy: 'guest commands joining the build\'s network namespace', required: true },
   pasta: { package: 'passt', neededBy: 'the network of guest commands: a namespace of their own with NAT to the outside, nothing of this host', required: true },
   ip: { package: 'iproute2', neededBy: 'the build\'s network namespace and its routes refusing host and link-local addresses', required: true },

@@ -42,7 +42,8 @@ export interface HostState {
 export async function hostState(): Promise<HostState> {
   const mounts = (await readFile('/proc/mounts', 'utf8'))
     .split('\n')
-    .filter((line) => /imagebuilder-|\/dev\/loop|fuse/.test(line));
+    // /run/netns: `ip netns add` mounts it on first use and nothing unmounts it; a build must never make it.
+    .filter((line) => /imagebuilder-|\/dev\/loop|fuse| \/run\/netns /.test(line));
   const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], { reject: false })).stdout
     .split('\n')
     .filter(Boolean);

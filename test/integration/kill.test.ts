@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -121,9 +121,10 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect(left.loops.length).toBe(1);
     const layers = async () => (await readdir(join(cache, 'layers')).catch(() => [] as string[])).filter((name) => name.endsWith('.qcow2'));
     expect((await layers()).length).toBe(1);
-    // The guest-command sandbox's network namespace (and its pasta) is named after the build's pid.
-    const sandboxLeft = async () => (await readdir('/run/netns').catch(() => [] as string[])).filter((name) => name.startsWith(`imagebuilder-${child.pid}-`));
-    const pastaLeft = async () => (await execa('pgrep', ['-f', `pasta .*imagebuilder-${child.pid}-`], { reject: false })).stdout;
+    // The guest-command sandbox's network namespace (a bind mount in its state directory, with its pasta) is named
+    // after the build's pid.
+    const sandboxLeft = async () => (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((line) => line.includes(`/imagebuilder-sandbox-${child.pid}-`));
+    const pastaLeft = async () => (await execa('pgrep', ['-f', `pasta .*imagebuilder-sandbox-${child.pid}-`], { reject: false })).stdout;
     expect((await sandboxLeft()).length).toBe(1);
 
     const doctor = await runCli(['doctor', '--json'], { env: env() });

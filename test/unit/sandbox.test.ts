@@ -1,7 +1,7 @@
 import { GUEST_CAPABILITIES, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
-  netns: '/run/netns/imagebuilder-1-ab', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
+  netns: '/tmp/imagebuilder-sandbox-1-ab/netns', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
   seccompFile: '/tmp/s/seccomp.bpf', bwrap: '/usr/bin/bwrap', lastCapability: 40, counters: async () => ({ oomKills: 0, pidsRefused: 0 }), processes: async () => [],
 };
 
@@ -10,7 +10,7 @@ describe('sandboxedCommand: the argv of every guest command', () => {
     const [file, args] = sandboxedCommand('/guest', ['apt-get', 'update'], sandbox);
     expect(file).toBe('/bin/sh');
     expect(args.slice(2, 7)).toEqual(['enter-sandbox', '/tmp/s/seccomp.bpf', ...sandbox.cgroupProcs, '--']);
-    expect(args.slice(7, 10)).toEqual(['nsenter', '--net=/run/netns/imagebuilder-1-ab', '--']);
+    expect(args.slice(7, 10)).toEqual(['nsenter', '--net=/tmp/imagebuilder-sandbox-1-ab/netns', '--']);
     expect(args[10]).toBe('capsh');
     // Every capability number up to the kernel's last but the allowlist's leaves the bounding set.
     expect(args[12]).toBe(`--drop=${[2, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30, 32, 33, 34, 35, 36, 37, 38, 39, 40].join(',')}`);
