@@ -147,7 +147,7 @@ async function readNumbers(file: string, key: string): Promise<number> {
   return match ? Number(match[1]) : 0;
 }
 
-async function cgroupMembers(dirs: string[]): Promise<number[]> {
+export async function cgroupMembers(dirs: string[]): Promise<number[]> {
   const pids: number[] = [];
   for (const dir of dirs) {
     const text = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '');

@@ -3,7 +3,7 @@ import { open, readdir, readFile, readlink, rename, rm, rmdir } from 'node:fs/pr
 import { basename, join } from 'node:path';
 import { listPartitions } from '../mount/block.js';
 import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
-import { SANDBOX_STATE_PREFIX } from '../chroot/sandbox.js';
+import { cgroupMembers, SANDBOX_STATE_PREFIX } from '../chroot/sandbox.js';
 import { tmpdir } from 'node:os';
 import { isMounted } from '../util/mounts.js';
 import { currentOwner, ownerAlive, readJson, RECORD_FILE, registryDir, type BuildOwner, type BuildRecord, type Holding, type RegistryEntry } from '../util/build-record.js';
@@ -12,7 +12,7 @@ import type { Runner } from '../util/exec.js';
 import { exists } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { loopsBackedBy } from '../util/loops.js';
-import { killAll } from '../util/processes.js';
+import { killAll, processesMentioning } from '../util/processes.js';
 
 /**
  * Releases what builds killed by SIGKILL (the OOM killer, a CI timeout, a preempted pod) left on the host. A
@@ -230,17 +230,6 @@ async function sandboxOf(pid: number): Promise<string[]> {
   return found;
 }
 
-/** pasta serving a namespace: it daemonized, so it outlives a build killed by SIGKILL. */
-async function pastaOf(netns: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
-    if (!/^\d+$/.test(entry)) continue;
-    const args = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (/(^|\/)pasta$/.test(args[0] ?? '') && args.includes(netns)) pids.push(Number(entry));
-  }
-  return pids;
-}
-
 async function survey(build: FoundBuild, record: BuildRecord | undefined, livePids: Set<number>): Promise<Leftovers> {
   const holdings = record?.holdings ?? [];
   const loops = await loopsOf(build.workDir);
@@ -305,12 +294,13 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
     await attempt(`sandbox ${path}`, async () => {
       if (!path.startsWith('/sys/fs/cgroup')) {
         const netns = join(path, 'netns');
-        await killAll(() => pastaOf(netns), log, `pasta of the dead build's ${netns}`);
+        // pasta daemonized, so it outlived the build; it names the namespace file on its command line.
+        await killAll(() => processesMentioning(netns), log, `pasta of the dead build's ${netns}`);
         if (await isMounted(netns)) await run('umount', ['--lazy', netns], { log });
         await rm(path, { recursive: true, force: true });
       } else {
         // A cgroup goes once empty: what a step left in it is killed first.
-        await killAll(async () => (await readFile(join(path, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number), log, `process(es) left in ${path}`);
+        await killAll(() => cgroupMembers([path]), log, `process(es) left in ${path}`);
         await rmdir(path);
       }
     });

@@ -1,6 +1,7 @@
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
+import { stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { unprivilegedCommand } from '../util/unprivileged.js';
 import { which } from '../util/fs.js';
@@ -69,6 +70,21 @@ export function externalReferences(info: QemuImgInfo, self = PROBED_PATH): strin
  * driver=, --format), so qemu never probes this content again.
  */
 export async function probeInputImage(run: Runner, path: string, log?: Logger): Promise<ImageInfo> {
+  // Phase 0 and the open right after it ask about the same file: a version of a file already probed in this
+  // process (same inode, size, mtime and ctime) is not probed again; any change to it is.
+  const info = await stat(path, { bigint: true }).catch(() => undefined);
+  const version = info && `${path}\0${info.dev}:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
+  const known = version && probed.get(version);
+  if (known) return known;
+  const result = await probeUncached(run, path, log);
+  if (version) probed.set(version, result);
+  return result;
+}
+
+/** Probes of this process, by file version. */
+const probed = new Map<string, ImageInfo>();
+
+async function probeUncached(run: Runner, path: string, log?: Logger): Promise<ImageInfo> {
   // Inside the sandbox a missing qemu-img would read as bwrap's failure: ask first.
   if (!(await which('qemu-img'))) {
     throw new ImageBuilderError('MISSING_TOOL', `reading ${path}: qemu-img is not installed`, { hint: `install ${packageHint('qemu-img')} (bin/setup installs everything; \`imagebuilder doctor\` checks the host)` });

@@ -18,7 +18,6 @@ export interface ElfHeader {
 const ELF_MAGIC = 0x7f454c46;
 /** Enough for the whole header of either class (52 bytes for ELF32, 64 for ELF64). */
 export const ELF_HEADER_SIZE = 64;
-const HEADER_SIZE = ELF_HEADER_SIZE;
 const PT_INTERP = 3;
 
 /** Parses an ELF file header; undefined when the bytes are not one. */
@@ -26,23 +25,10 @@ export function parseElfHeader(bytes: Buffer): ElfHeader | undefined {
   if (bytes.length < 52 || bytes.readUInt32BE(0) !== ELF_MAGIC) return undefined;
   const is64 = bytes[4] === 2;
   const littleEndian = bytes[5] === 1;
-  if (is64 && bytes.length < HEADER_SIZE) return undefined;
+  if (is64 && bytes.length < ELF_HEADER_SIZE) return undefined;
   const u16 = (offset: number) => (littleEndian ? bytes.readUInt16LE(offset) : bytes.readUInt16BE(offset));
   const u32 = (offset: number) => (littleEndian ? bytes.readUInt32LE(offset) : bytes.readUInt32BE(offset));
-  return { is64, littleEndian, type: u16(16), machine: u16(18), flags: u32(is64 ? 48 : 36), bytes: bytes.subarray(0, HEADER_SIZE) };
-}
-
-/** Reads and parses the ELF header of a file; undefined when it is missing, unreadable or not ELF. */
-export async function readElfHeader(path: string): Promise<ElfHeader | undefined> {
-  const file = await open(path, 'r').catch(() => undefined);
-  if (!file) return undefined;
-  try {
-    const bytes = Buffer.alloc(HEADER_SIZE);
-    const { bytesRead } = await file.read(bytes, 0, HEADER_SIZE, 0);
-    return parseElfHeader(bytes.subarray(0, bytesRead));
-  } finally {
-    await file.close();
-  }
+  return { is64, littleEndian, type: u16(16), machine: u16(18), flags: u32(is64 ? 48 : 36), bytes: bytes.subarray(0, ELF_HEADER_SIZE) };
 }
 
 /**
@@ -54,8 +40,8 @@ export async function readElfHeader(path: string): Promise<ElfHeader | undefined
 export async function hasProgramInterpreter(path: string): Promise<boolean | undefined> {
   const file = await open(path, 'r');
   try {
-    const head = Buffer.alloc(HEADER_SIZE);
-    const { bytesRead } = await file.read(head, 0, HEADER_SIZE, 0);
+    const head = Buffer.alloc(ELF_HEADER_SIZE);
+    const { bytesRead } = await file.read(head, 0, ELF_HEADER_SIZE, 0);
     const header = parseElfHeader(head.subarray(0, bytesRead));
     if (!header) return undefined;
     const le = header.littleEndian;

@@ -66,8 +66,12 @@ export async function guestHostPath(root: string, guestPath: string): Promise<st
 
 /** The host path of a guest path whose parent directories are resolved inside the guest; the last name is kept. */
 async function hostPathOfName(root: string, guestPath: string): Promise<string> {
-  const parentGuest = await resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
-  return join(root, parentGuest, basename(guestPath));
+  return join(root, await parentInGuest(root, guestPath), basename(guestPath));
+}
+
+/** The guest path of a path's parent directory, resolved inside the guest. */
+function parentInGuest(root: string, guestPath: string): Promise<string> {
+  return resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
 }
 
 /** lstat of a guest path (parents resolved inside the guest, the last name not followed); undefined when absent. */
@@ -193,8 +197,7 @@ export interface GuestWriteOptions {
  * at the target (a regular file, a symlink, planted or not) is replaced, never written through.
  */
 export async function writeGuestFileFromHost(root: string, guestPath: string, content: string | Buffer, options: GuestWriteOptions): Promise<void> {
-  const parentGuest = await resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
-  const parent = join(root, parentGuest);
+  const parent = join(root, await parentInGuest(root, guestPath));
   await mkdir(parent, { recursive: true, mode: 0o755 });
   const target = join(parent, basename(guestPath));
   const partial = join(parent, `.${basename(guestPath)}.imagebuilder-${randomBytes(6).toString('hex')}`);
@@ -224,7 +227,7 @@ export async function removeGuestFile(root: string, guestPath: string): Promise<
 
 /** Renames a guest path within its own directory, without following anything; undefined when it is absent. */
 export async function moveAsideInGuest(root: string, guestPath: string): Promise<{ restore: () => Promise<void> } | undefined> {
-  const parentGuest = await resolveInRoot(root, posix.dirname(posix.normalize(`/${guestPath}`)));
+  const parentGuest = await parentInGuest(root, guestPath);
   const name = basename(guestPath);
   const aside = `.${name}.imagebuilder-saved-${randomBytes(6).toString('hex')}`;
   const original = join(root, parentGuest, name);

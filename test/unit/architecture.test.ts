@@ -1,11 +1,11 @@
 import { writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, realpath, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { binfmtRegistration, enableEmulation, entryMatches, parseBinfmtEntry, type EmulationHost } from '../../src/chroot/emulation.js';
 import { ARCHITECTURES, architectureOf, programArchitecture, runsNatively } from '../../src/distro/architecture.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
-import { hasProgramInterpreter, parseElfHeader, readElfHeader } from '../../src/util/elf.js';
+import { hasProgramInterpreter, parseElfHeader } from '../../src/util/elf.js';
 import { recordingRunner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
 import { craftElf, PT_INTERP, PT_LOAD } from '../helpers/elf.js';
@@ -15,8 +15,10 @@ const X86_64 = { is64: true, littleEndian: true, machine: 0x3e };
 const byDebianName = (name: string) => ARCHITECTURES.find((a) => a.debian === name)!;
 
 describe('ELF headers name the architecture', () => {
-  test("the host's own /bin/sh (a real ELF file) is what Node says this host is", async () => {
-    const header = await readElfHeader('/bin/sh');
+  test("the host's own /bin/sh (a real ELF file), read as emulation reads it (root '/'), is what Node says this host is", async () => {
+    const host = await programArchitecture('/');
+    expect(host?.program).toBe(await realpath('/bin/sh'));
+    const header = host?.header;
     expect(header).toBeDefined();
     const expected = { x64: 'amd64', arm64: 'arm64', ia32: 'i386', s390x: 's390x', riscv64: 'riscv64' }[process.arch as string];
     expect(architectureOf(header!)?.debian).toBe(expected);
