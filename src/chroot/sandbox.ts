@@ -9,7 +9,10 @@ import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
 import { killAll } from '../util/processes.js';
 import { isMounted } from '../util/mounts.js';
+import { forwardDns, GUEST_DNS_FORWARD } from './dns-forward.js';
 import { hostSeccompArch, seccompBytes } from './seccomp.js';
+
+export { GUEST_DNS_FORWARD };
 
 /**
  * THE way a guest command runs (sandboxedCommand): every step, package manager, maintainer script and shell.
@@ -53,8 +56,13 @@ const CAPABILITY_NUMBERS: Record<string, number> = {
   CAP_CHOWN: 0, CAP_DAC_OVERRIDE: 1, CAP_FOWNER: 3, CAP_FSETID: 4, CAP_KILL: 5, CAP_SETGID: 6, CAP_SETUID: 7, CAP_AUDIT_WRITE: 29, CAP_SETFCAP: 31,
 };
 
-/** Destinations no guest command reaches even with the network on: link-local (metadata services) and AWS's IPv6 one. */
-const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fd00:ec2::/32'];
+/**
+ * Destinations no guest command reaches even with the network on: link-local (metadata services, the host's
+ * fe80:: addresses) and AWS's IPv6 metadata range. Refused by policy rules, not routes: a route loses to the
+ * more specific on-link one (fe80::/64 dev eth0) the kernel adds itself.
+ */
+const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32'];
+
 
 export type GuestNetwork = 'sandboxed' | 'none';
 export const GUEST_NETWORKS: readonly GuestNetwork[] = ['sandboxed', 'none'];
@@ -106,6 +114,8 @@ interface Cgroup {
 }
 
 export interface BuildSandbox {
+  /** The guest's /etc/resolv.conf for the build: the host's resolvers, reachable from the sandbox. */
+  readonly resolvConf: string;
   /** Network namespace of the build's guest commands: pasta's NAT to the outside, nothing of this host. */
   readonly netns: string;
   readonly limits: SandboxLimits;
@@ -161,7 +171,8 @@ export async function cgroupMembers(dirs: string[]): Promise<number[]> {
  * hierarchies) otherwise. Released (its processes killed, then removed) by the cleanup stack.
  */
 async function makeCgroups(name: string, limits: SandboxLimits, cleanup: CleanupStack, log: Logger): Promise<Cgroup[]> {
-  const v2 = await stat('/sys/fs/cgroup/cgroup.controllers').then(() => true, () => false);
+  const root = '/sys/fs/cgroup';
+  const v2 = await stat(join(root, 'cgroup.controllers')).then(() => true, () => false);
   const made: Cgroup[] = [];
   const create = async (dir: string, settings: [string, string][], counters: Cgroup['counters']) => {
     await mkdir(dir);
@@ -176,23 +187,23 @@ async function makeCgroups(name: string, limits: SandboxLimits, cleanup: Cleanup
     made.push({ dir, counters });
   };
   if (v2) {
-    const subtree = await readFile('/sys/fs/cgroup/cgroup.subtree_control', 'utf8').catch(() => '');
+    const subtree = await readFile(join(root, 'cgroup.subtree_control'), 'utf8').catch(() => '');
     for (const controller of ['memory', 'pids']) {
-      if (!subtree.split(/\s+/).includes(controller)) await writeFile('/sys/fs/cgroup/cgroup.subtree_control', `+${controller}`);
+      if (!subtree.split(/\s+/).includes(controller)) await writeFile(join(root, 'cgroup.subtree_control'), `+${controller}`);
     }
-    const dir = join('/sys/fs/cgroup', name);
+    const dir = join(root, name);
     await create(dir, [['memory.max', String(limits.memoryBytes)], ['memory.swap.max', '0'], ['pids.max', String(limits.pids)]], async () => ({
       oomKills: await readNumbers(join(dir, 'memory.events'), 'oom_kill'),
       pidsRefused: await readNumbers(join(dir, 'pids.events'), 'max'),
     }));
   } else {
-    const memory = join('/sys/fs/cgroup/memory', name);
+    const memory = join(root, 'memory', name);
     // memsw after the memory limit: the kernel refuses a memory+swap limit below the memory one.
     await create(memory, [['memory.limit_in_bytes', String(limits.memoryBytes)], ['memory.memsw.limit_in_bytes', String(limits.memoryBytes)]], async () => ({
       oomKills: await readNumbers(join(memory, 'memory.oom_control'), 'oom_kill'),
       pidsRefused: 0,
     }));
-    const pids = join('/sys/fs/cgroup/pids', name);
+    const pids = join(root, 'pids', name);
     await create(pids, [['pids.max', String(limits.pids)]], async () => ({ oomKills: 0, pidsRefused: await readNumbers(join(pids, 'pids.events'), 'max') }));
   }
   return made;
@@ -209,6 +220,61 @@ async function hostAddresses(run: Runner): Promise<string[]> {
     .flatMap((entry) => entry.addr_info ?? [])
     .filter((address) => address.scope !== 'link' && address.scope !== 'host' && !address.local.startsWith('127.') && address.local !== '::1')
     .map((address) => `${address.local}/${address.family === 'inet' ? 32 : 128}`);
+}
+
+export interface GuestDns {
+  /** The guest's /etc/resolv.conf. */
+  resolvConf: string;
+  /** The resolver on the host's loopback that queries to GUEST_DNS_FORWARD go to (dns-forward.ts), if one is needed. */
+  forwardTo?: string;
+  /** Why the guest may be left without DNS, to warn about. */
+  warning?: string;
+}
+
+const isLoopback = (address: string) => address.startsWith('127.') || address === '::1';
+
+/**
+ * The host's DNS configuration made to work from the sandbox: systemd-resolved's stub is replaced by the
+ * upstreams it uses; another resolver on the host's loopback is reached through our forwarder at
+ * GUEST_DNS_FORWARD; other nameservers are reached through the NAT as they are.
+ */
+export function guestDns(hostResolvConf: string, resolvedUpstream?: string): GuestDns {
+  const nameserver = /^\s*nameserver\s+(\S+)/;
+  const lines = hostResolvConf.split('\n');
+  const servers = lines.map((line) => nameserver.exec(line)?.[1]).filter((server): server is string => Boolean(server));
+  if (servers[0]?.startsWith('127.0.0.53') && resolvedUpstream) return { resolvConf: resolvedUpstream };
+  if (!servers.some(isLoopback)) return { resolvConf: hostResolvConf };
+  // One resolver is forwarded to: the host's first IPv4 loopback one (the guest's own loopback has none).
+  const forwarded = servers.find((server) => server.startsWith('127.'));
+  let placed = false;
+  const kept = lines.flatMap((line) => {
+    const server = nameserver.exec(line)?.[1];
+    if (!server || !isLoopback(server)) return [line];
+    if (server !== forwarded || placed) return [];
+    placed = true;
+    return [`nameserver ${GUEST_DNS_FORWARD}`];
+  });
+  const reachable = servers.filter((server) => !isLoopback(server)).length + (forwarded ? 1 : 0);
+  return {
+    resolvConf: kept.join('\n'),
+    ...(forwarded ? { forwardTo: forwarded } : {}),
+    warning: reachable ? undefined : `the host's only nameservers (${servers.join(', ')}) are on IPv6 loopback, which the sandbox does not forward to: guest commands have no DNS`,
+  };
+}
+
+/** The host's resolv.conf and, behind systemd-resolved's stub, the upstreams it uses. */
+async function readHostDns(): Promise<GuestDns> {
+  const text = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
+  const upstream = /^\s*nameserver\s+127\.0\.0\.53/m.test(text) ? await readFile('/run/systemd/resolve/resolv.conf', 'utf8').catch(() => undefined) : undefined;
+  return guestDns(text, upstream);
+}
+
+/**
+ * Policy rules (`ip -batch` lines for one address family) refusing `destinations` from the sandbox. The
+ * local table (rule 0) still comes first: the namespace's own addresses, GUEST_DNS_FORWARD among them, stay its own.
+ */
+export function refusalRules(destinations: string[], family: 4 | 6): string[] {
+  return destinations.filter((destination) => destination.includes(':') === (family === 6)).map((destination) => `rule add to ${destination} prohibit pref 100`);
 }
 
 /**
@@ -246,6 +312,8 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     if (await isMounted(netns)) await run('umount', ['--lazy', netns], { log });
   });
   await run('unshare', [`--net=${netns}`, 'true'], { log, purpose: 'making the build\'s network namespace' });
+  const dns = await readHostDns();
+  if (dns.warning) log.warn(dns.warning);
   const pidFile = join(state, 'pasta.pid');
   // -T/-U none (or only the ports --host-port names): by default pasta forwards every port the host listens on
   // at its loopback into the namespace's loopback (the guest would reach the host's 127.0.0.1 services);
@@ -263,10 +331,15 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
       // already gone (it ends with its namespace)
     }
   });
-  // Routes only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
+  // Rules only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
   const blocked = [...BLOCKED_DESTINATIONS, ...(await hostAddresses(run))];
-  const batch = blocked.map((destination) => `route add prohibit ${destination}`).join('\n');
-  await run('nsenter', [`--net=${netns}`, '--', 'ip', '-batch', '-'], { input: `${batch}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
+  const families: (4 | 6)[] = (await stat('/proc/sys/net/ipv6').then(() => true, () => false)) ? [4, 6] : [4];
+  for (const family of families) {
+    const batch = refusalRules(blocked, family);
+    await run('nsenter', [`--net=${netns}`, '--', 'ip', `-${family}`, '-batch', '-'], { input: `${batch.join('\n')}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
+  }
+
+  if (dns.forwardTo) await forwardDns({ run, log, cleanup, netns, stateDir: state, resolver: dns.forwardTo });
 
   let cgroups: Cgroup[] = [];
   try {
@@ -280,6 +353,7 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
 
   return {
     netns,
+    resolvConf: dns.resolvConf,
     limits,
     cgroupProcs: cgroups.map((cgroup) => join(cgroup.dir, 'cgroup.procs')),
     seccompFile,

@@ -126,16 +126,6 @@ async function throwIfLimitHit(sandbox: BuildSandbox, before: { oomKills: number
   });
 }
 
-/** A DNS configuration that works inside the guest: the host's, or the real upstreams behind a local stub. */
-async function hostResolvConf(): Promise<string> {
-  const text = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
-  if (/^nameserver\s+127\.0\.0\.53/m.test(text)) {
-    const upstream = await readFile('/run/systemd/resolve/resolv.conf', 'utf8').catch(() => undefined);
-    if (upstream) return upstream;
-  }
-  return text;
-}
-
 /**
  * Opens a chroot session on a mounted guest: its programs made runnable (qemu-user through binfmt_misc for
  * a foreign architecture), private /proc, /sys, a minimal /dev (not the host's: a guest script cannot reach
@@ -178,7 +168,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await mountIn('/dev/pts', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620', 'devpts']);
     await mountIn('/run', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid,nodev', 'tmpfs']);
 
-    const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: await hostResolvConf(), mode: 0o644 }, ...(options.sessionFiles ?? [])];
+    const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: sandbox.resolvConf, mode: 0o644 }, ...(options.sessionFiles ?? [])];
     for (const file of files) {
       // The file itself is replaced, not followed: a symlink stays the same symlink once restored.
       const guestPath = join(await resolveInRoot(root, dirname(file.path)), basename(file.path));

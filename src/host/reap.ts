@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, readdir, readFile, readlink, rename, rm, rmdir } from 'node:fs/promises';
+import { lstat, open, readdir, readFile, readlink, rename, rm, rmdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { listPartitions } from '../mount/block.js';
 import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
@@ -220,10 +220,18 @@ async function binfmtOf(pid: number, mounts: string[]): Promise<string[]> {
 /** Where the sandbox (chroot/sandbox.ts) puts its cgroups, named `imagebuilder-<pid>-…`. */
 const CGROUP_DIRS = ['/sys/fs/cgroup', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/pids'];
 
-/** The sandbox's state directories (the network namespace is a bind mount inside) and cgroups of a build. */
+/**
+ * The sandbox's state directories (the network namespace is a bind mount inside) and cgroups of a build. In the
+ * shared temp directory anyone may plant a name like ours: only a real directory owned by us counts (mkdtemp
+ * made it; no other user can make one owned by root), never a symlink or another user's directory.
+ */
 async function sandboxOf(pid: number): Promise<string[]> {
   const found: string[] = [];
-  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) if (name.startsWith(`${SANDBOX_STATE_PREFIX}${pid}-`)) found.push(join(tmpdir(), name));
+  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) {
+    if (!name.startsWith(`${SANDBOX_STATE_PREFIX}${pid}-`)) continue;
+    const entry = await lstat(join(tmpdir(), name)).catch(() => undefined);
+    if (entry?.isDirectory() && entry.uid === process.geteuid?.()) found.push(join(tmpdir(), name));
+  }
   for (const dir of CGROUP_DIRS) {
     for (const name of await readdir(dir).catch(() => [] as string[])) if (name.startsWith(`imagebuilder-${pid}-`)) found.push(join(dir, name));
   }

@@ -82,7 +82,8 @@ export async function stepKeys(baseSha256: string, steps: RecipeStep[], variable
   let parent = sha256Text(canonicalJson({ layers: 2, tool: TOOL_VERSION, base: baseSha256, sourceDateEpoch: process.env.SOURCE_DATE_EPOCH?.trim() || null }));
   for (const step of steps) {
     const inputs: StepCacheInputs = (await step.type.cacheInputs?.(step.spec, { recipeDir: step.dir, hostRoots: step.hostRoots, variables })) ?? {};
-    const key = sha256Text(canonicalJson({ parent, type: step.type.key, spec: step.spec, when: step.when, inputs: inputs.digests ?? {} }));
+    // A step's network (its own or its file's) can change what it does; the default one leaves the key as it was.
+    const key = sha256Text(canonicalJson({ parent, type: step.type.key, spec: step.spec, when: step.when, inputs: inputs.digests ?? {}, ...(step.network ? { network: step.network } : {}) }));
     keys.push({ key, ...(inputs.unpinned ? { unpinned: inputs.unpinned } : {}) });
     parent = key;
   }

@@ -21,7 +21,7 @@ export interface RecipeStep {
   /** The step's value with every {{ variable }} substituted. */
   spec: unknown;
   when?: WhenCondition;
-  /** The step's own network for its guest commands (else the recipe's). */
+  /** The network of its guest commands: its own `network:`, else its file's, else the nearest including file's (else the session's default). */
   network?: GuestNetwork;
   /** file:line:column of the step, in whichever file (recipe or include) it is written. */
   location: string;
@@ -93,6 +93,8 @@ interface RawStep {
   file: SourceFile;
   at: (string | number)[];
   value: Record<string, unknown>;
+  /** The `network:` of the file it is written in, or of the nearest file including that one that says. */
+  network?: GuestNetwork;
 }
 
 interface VariableDefinition {
@@ -106,6 +108,8 @@ class Expander {
   readonly steps: RawStep[] = [];
   readonly definitions = new Map<string, VariableDefinition>();
   readonly includes: { path: string; sha256: string }[] = [];
+  /** One set for the whole build: a key the including recipe sets wins over an include's. */
+  readonly limits: RecipeLimits = {};
 
   constructor(
     private readonly root: string,
@@ -113,7 +117,11 @@ class Expander {
     private readonly hostRoots: string[] = [root],
   ) {}
 
-  add(file: SourceFile, chain: string[]): void {
+  add(file: SourceFile, chain: string[], includerNetwork?: GuestNetwork): void {
+    const network = (file.data.network as GuestNetwork | undefined) ?? includerNetwork;
+    for (const [key, value] of Object.entries((file.data.limits as RecipeLimits | undefined) ?? {})) {
+      if (!(key in this.limits)) Object.assign(this.limits, { [key]: value });
+    }
     for (const [name, value] of Object.entries((file.data.variables as Record<string, unknown> | undefined) ?? {})) {
       // The including recipe's own definition wins over an include's default.
       if (!this.definitions.has(name)) this.definitions.set(name, { value: String(value), location: file.locate.of(['variables', name]) });
@@ -121,7 +129,7 @@ class Expander {
     (file.data.steps as Record<string, unknown>[]).forEach((value, index) => {
       const at = ['steps', index];
       if (!(INCLUDE_KEY in value)) {
-        this.steps.push({ file, at, value });
+        this.steps.push({ file, at, value, network });
         return;
       }
       const target = resolve(dirname(file.path), String(value[INCLUDE_KEY]));
@@ -159,7 +167,7 @@ class Expander {
         return;
       }
       this.includes.push({ path: relative(this.root, target), sha256: sha256Text(text) });
-      this.add({ ...parsed.file, path: target }, [...chain, target]);
+      this.add({ ...parsed.file, path: target }, [...chain, target], network);
     });
   }
 }
@@ -300,7 +308,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       type,
       spec: value[type.key],
       when: value.when as WhenCondition | undefined,
-      network: value.network as GuestNetwork | undefined,
+      network: (value.network as GuestNetwork | undefined) ?? raw.network,
       location: raw.file.locate.of(raw.at),
       dir,
       hostRoots,
@@ -318,7 +326,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       sha256: sha256Text(text),
       includes: expander.includes,
       network: top.data.network as GuestNetwork | undefined,
-      limits: top.data.limits as RecipeLimits | undefined,
+      limits: Object.keys(expander.limits).length ? expander.limits : undefined,
     },
     problems: [],
   };

@@ -1,4 +1,5 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -139,8 +140,25 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect(JSON.parse(dry.stdout)).toMatchObject({ dryRun: true, dead: [{ pid: child.pid, workDir: join(tmp, left.workDirs[0]), leftovers: { loops: left.loops, workDir: true } }], live: [] });
     expect(await leftoversUnder(tmp)).toEqual(left);
 
+    // Another user plants names like the sandbox's for this dead pid in the shared temp directory: a symlink to
+    // a directory of theirs, and a directory of their own whose netns is a link to a file. Not ours: left alone.
+    const canary = await mkdtemp('/var/tmp/ib-reap-canary-');
+    await writeFile(join(canary, 'keep'), 'precious\n');
+    const plantedLink = join(tmpdir(), `imagebuilder-sandbox-${child.pid}-planted`);
+    const plantedDir = join(tmpdir(), `imagebuilder-sandbox-${child.pid}-theirs`);
+    await symlink(canary, plantedLink);
+    await mkdir(plantedDir);
+    await symlink(join(canary, 'keep'), join(plantedDir, 'netns'));
+    await execa('chown', ['-h', '65534:65534', plantedLink, plantedDir, join(plantedDir, 'netns')]);
+
     const cleanup = await runCli(['cleanup', '--json'], { env: env() });
     expect(cleanup.stderr).toBe('');
+    expect(await readFile(join(canary, 'keep'), 'utf8')).toBe('precious\n');
+    expect(await readlink(plantedLink)).toBe(canary);
+    expect(await readlink(join(plantedDir, 'netns'))).toBe(join(canary, 'keep'));
+    await rm(plantedLink);
+    await rm(plantedDir, { recursive: true });
+    await rm(canary, { recursive: true });
     expect(cleanup.exitCode).toBe(0);
     const report = JSON.parse(cleanup.stdout) as { dead: { pid: number; leftovers: { mounts: string[] }; failures: string[] }[] };
     expect(report.dead).toMatchObject([{ pid: child.pid, failures: [] }]);

@@ -1,4 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createSocket } from 'node:dgram';
+import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -29,6 +31,34 @@ async function serve(host: string): Promise<{ server: Server; port: number }> {
     server.listen(0, host, resolve);
   });
   return { server, port: (server.address() as AddressInfo).port };
+}
+
+/**
+ * A DNS resolver on the host's loopback, as dnsmasq or unbound would be: answers every A query with `answer`.
+ * Enough of RFC 1035 for getent: the question echoed, one answer pointing at it.
+ */
+async function serveDns(address: string, answer: string) {
+  const socket = createSocket('udp4');
+  const queries: string[] = [];
+  socket.on('message', (query, peer) => {
+    let offset = 12;
+    const labels: string[] = [];
+    while (query[offset]) {
+      labels.push(query.subarray(offset + 1, offset + 1 + query[offset]).toString());
+      offset += query[offset] + 1;
+    }
+    const question = query.subarray(12, offset + 5);
+    const type = query.readUInt16BE(offset + 1);
+    queries.push(`${labels.join('.')}/${type}`);
+    const header = Buffer.from([query[0], query[1], 0x81, 0x80, 0, 1, 0, type === 1 ? 1 : 0, 0, 0, 0, 0]);
+    const record = Buffer.concat([Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]), Buffer.from(answer.split('.').map(Number))]);
+    socket.send(Buffer.concat([header, question, type === 1 ? record : Buffer.alloc(0)]), peer.port, peer.address);
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind(53, address, resolve);
+  });
+  return { queries, close: () => socket.close() };
 }
 
 /** bash inside the guest opens a TCP connection; prints CONNECTED or bash's error. */
@@ -72,6 +102,48 @@ describe('the sandbox of guest commands', () => {
     expect(lines.find((line) => line.startsWith(`${LINK_LOCAL}:`))).toMatch(/Permission denied/);
     expect(lines.find((line) => line.startsWith(`${HOST_ADDRESS}:`))).toMatch(/Permission denied/);
     expect(result.stdout).not.toMatch(/(127\.0\.0\.1|169\.254\.169\.254|10\.213\.7\.1):CONNECTED/);
+    await expectHostUntouched(before);
+  }, 120_000);
+
+  test('the host\'s IPv6 link-local addresses are refused too', async () => {
+    const interfaces = JSON.parse((await execa('ip', ['-j', '-6', 'address', 'show', 'scope', 'link'])).stdout) as { ifname: string; addr_info: { local?: string }[] }[];
+    const nic = interfaces.find((entry) => entry.ifname !== 'lo' && entry.addr_info.some((address) => address.local));
+    if (!nic) throw new Error('this test needs a host interface with an IPv6 link-local address (ip -6 address show scope link)');
+    const linkLocal = `${nic.addr_info.find((address) => address.local)!.local}%${nic.ifname}`;
+    const { server, port } = await serve('::');
+    servers.push(server);
+    expect((await execa('curl', ['-sS', '-g', `http://[${linkLocal.replace('%', '%25')}]:${port}/`])).stdout).toBe('host service');
+    const before = await snapshotHost();
+    const result = await runCli(['shell', '--disk-image', input, '--writable', '--command', connect(linkLocal, port)]);
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toMatch(/: .*Permission denied/);
+    expect(result.stdout).not.toContain('CONNECTED');
+    await expectHostUntouched(before);
+  }, 120_000);
+
+  test('a host whose resolver is on its own loopback: the guest resolves through it, and reaches nothing else of it', async () => {
+    // This host's /etc/resolv.conf, as a dnsmasq host's would be, in a mount namespace of the build's own.
+    const resolver = '127.0.0.7';
+    const dns = await serveDns(resolver, '192.0.2.77');
+    const resolvConf = join(work, 'resolv.conf');
+    await writeFile(resolvConf, `search imagebuilder.test\nnameserver ${resolver}\noptions timeout:2\n`);
+    const script = ['cat /etc/resolv.conf', 'getent hosts mirror.imagebuilder.test || echo NO-ANSWER', 'RES_OPTIONS=use-vc getent hosts tcp.imagebuilder.test || echo NO-TCP-ANSWER', connect('169.254.1.1', 80)].join('\n');
+    const before = await snapshotHost();
+    try {
+      const result = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', 'dns-host', resolvConf,
+        'node', CLI, 'shell', '--disk-image', input, '--writable', '--command', script], { reject: false });
+      expect(result.exitCode).toBe(0);
+      expect(result.stdout).toContain('nameserver 169.254.1.1');
+      expect(result.stdout).not.toContain(`nameserver ${resolver}`);
+      expect(result.stdout).toMatch(/^192\.0\.2\.77\s+mirror\.imagebuilder\.test$/m);
+      // Over TCP too (glibc's use-vc): the relay carries DNS over TCP as it is.
+      expect(result.stdout).toMatch(/^192\.0\.2\.77\s+tcp\.imagebuilder\.test$/m);
+      expect(dns.queries).toEqual(expect.arrayContaining(['mirror.imagebuilder.test/1', 'tcp.imagebuilder.test/1']));
+      // The relay answers DNS and nothing else: another port of that address has no one listening.
+      expect(result.stdout).toMatch(/169\.254\.1\.1: .*Connection refused/);
+    } finally {
+      dns.close();
+    }
     await expectHostUntouched(before);
   }, 120_000);
 

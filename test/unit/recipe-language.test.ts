@@ -74,6 +74,7 @@ describe('includes', () => {
     await writeFile(join(dir, 'parts/loop-a.yaml'), 'steps:\n  - include: loop-b.yaml\n');
     await writeFile(join(dir, 'parts/loop-b.yaml'), 'steps:\n  - include: loop-a.yaml\n');
     await writeFile(join(dir, 'parts/bad.yaml'), 'steps:\n  - run: 3\n');
+    await writeFile(join(dir, 'parts/offline.yaml'), 'network: none\nlimits:\n  pids: 64\n  timeout: 60\nsteps:\n  - run: offline\n  - run: online\n    network: sandboxed\n  - include: tools.yaml\n');
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
@@ -89,6 +90,22 @@ describe('includes', () => {
     ]);
     expect(recipe!.steps[2].location).toMatch(/parts\/tools\.yaml:2:5$/);
     expect(recipe!.includes.map((i) => i.path)).toEqual(['parts/runtime.yaml', 'parts/tools.yaml']);
+  });
+
+  test('an include\'s network is the default of its own steps and of what it includes; its limits fill what the includer leaves unset', () => {
+    const { recipe, problems } = parseRecipe('name: node\nvariables:\n  version: "0"\nlimits:\n  pids: 512\nsteps:\n  - run: first\n  - include: parts/offline.yaml\n  - run: last\n', join(dir, 'node.yaml'));
+    expect(problems).toEqual([]);
+    expect(recipe!.steps.map((s) => [s.spec, s.network])).toEqual([
+      ['first', undefined],
+      ['offline', 'none'],
+      ['online', 'sandboxed'],
+      ['echo 0', 'none'],
+      ['last', undefined],
+    ]);
+    expect(recipe!.limits).toEqual({ pids: 512, timeout: 60 });
+    // The recipe's own network is its steps' default too, and an include's own overrides it.
+    const offline = parseRecipe('name: node\nvariables:\n  version: "0"\nnetwork: none\nsteps:\n  - run: first\n  - include: parts/tools.yaml\n', join(dir, 'node.yaml')).recipe!;
+    expect(offline.steps.map((s) => s.network)).toEqual(['none', 'none']);
   });
 
   test('a missing include, a cycle and an error inside an include each point at the right file and line', () => {

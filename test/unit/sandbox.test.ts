@@ -1,7 +1,7 @@
-import { GUEST_CAPABILITIES, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
+import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, parseHostPorts, refusalRules, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
-  netns: '/tmp/imagebuilder-sandbox-1-ab/netns', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
+  netns: '/tmp/imagebuilder-sandbox-1-ab/netns', resolvConf: 'nameserver 192.0.2.53\n', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
   seccompFile: '/tmp/s/seccomp.bpf', bwrap: '/usr/bin/bwrap', lastCapability: 40, counters: async () => ({ oomKills: 0, pidsRefused: 0 }), processes: async () => [],
 };
 
@@ -42,4 +42,40 @@ test('limits and ports as users write them', () => {
   expect(parseHostPorts(['8080,9000', '81'])).toEqual([8080, 9000, 81]);
   expect(parseHostPorts('8080')).toEqual([8080]);
   expect(() => parseHostPorts(['70000'])).toThrow(/not a TCP port/);
+});
+
+describe('guestDns: the host\'s DNS, made reachable from the sandbox', () => {
+  test('nameservers reached through the NAT are kept as they are', () => {
+    const host = 'search example.com\nnameserver 10.255.255.53\nnameserver 2001:db8::53\noptions edns0\n';
+    expect(guestDns(host)).toEqual({ resolvConf: host });
+  });
+
+  test('systemd-resolved\'s stub is replaced by its upstreams', () => {
+    const upstream = 'nameserver 192.0.2.10\n';
+    expect(guestDns('nameserver 127.0.0.53\noptions edns0 trust-ad\n', upstream)).toEqual({ resolvConf: upstream });
+  });
+
+  test('a resolver on the host\'s loopback is reached through the forwarder; other loopback ones are dropped', () => {
+    const dns = guestDns('# dnsmasq\nnameserver 127.0.0.1\nnameserver ::1\nnameserver 127.0.0.2\nnameserver 192.0.2.10\nsearch corp\n');
+    expect(dns.forwardTo).toBe('127.0.0.1');
+    expect(dns.resolvConf).toBe(`# dnsmasq\nnameserver ${GUEST_DNS_FORWARD}\nnameserver 192.0.2.10\nsearch corp\n`);
+    expect(dns.warning).toBeUndefined();
+    // The stub without its upstreams file: forwarded like any loopback resolver.
+    expect(guestDns('nameserver 127.0.0.53\n')).toEqual({ resolvConf: `nameserver ${GUEST_DNS_FORWARD}\n`, forwardTo: '127.0.0.53' });
+  });
+
+  test('only IPv6 loopback resolvers: no DNS, said in a warning', () => {
+    const dns = guestDns('nameserver ::1\n');
+    expect(dns.forwardTo).toBeUndefined();
+    expect(dns.resolvConf).not.toContain('nameserver');
+    expect(dns.warning).toMatch(/only nameservers \(::1\) are on IPv6 loopback/);
+  });
+});
+
+describe('refusalRules: policy rules that refuse destinations inside the sandbox', () => {
+  const blocked = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '192.0.2.2/32', '2001:db8::2/128'];
+  test('one family at a time, prohibit before the main table', () => {
+    expect(refusalRules(blocked, 4)).toEqual(['rule add to 169.254.0.0/16 prohibit pref 100', 'rule add to 192.0.2.2/32 prohibit pref 100']);
+    expect(refusalRules(blocked, 6)).toEqual(['rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100']);
+  });
 });
