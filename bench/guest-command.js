@@ -2,7 +2,7 @@
 // --no-cache (one session: each step is one guest command), so (t41 - t1) / 40 is what one command costs.
 // Used by step-cache.js; alone, it can measure another checkout too (before/after):
 //   node bench/guest-command.js [--disk-image BASE] [--runs N] [--repo CHECKOUT]
-import { rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { median, repo as ownRepo, seconds } from './common.js';
@@ -32,6 +32,7 @@ export async function guestCommandCost({ dir, base, runs, repo = ownRepo }) {
 if (import.meta.url === `file://${process.argv[1]}`) {
   const { parseArgs } = await import('node:util');
   const { values } = parseArgs({ options: { 'disk-image': { type: 'string' }, runs: { type: 'string', default: '3' }, repo: { type: 'string' }, dir: { type: 'string', default: '/var/tmp/imagebuilder-bench' } } });
+  await mkdir(values.dir, { recursive: true });
   const cost = await guestCommandCost({ dir: values.dir, base: values['disk-image'], runs: Number(values.runs), repo: values.repo ?? ownRepo });
   console.log(`${values.repo ?? ownRepo}: per guest command ${cost.perCommandMs.toFixed(1)} ms; a build of one step ${cost.oneStepSeconds.toFixed(2)} s`);
 }

@@ -1,42 +1,29 @@
-import { rm } from 'node:fs/promises';
-import { basename, join } from 'node:path';
 import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/collect.js';
 import { listUnitStates } from '../bom/inventory.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
 import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
-import { detectDistro } from '../distro/families.js';
+import { detectDistro, type Distro } from '../distro/families.js';
 import { watchInitramfs } from '../distro/initramfs.js';
-import type { MountBackendName, MountContext } from '../mount/backend.js';
-import type { Recipe } from '../recipe/load.js';
+import type { HttpTimeouts } from '../fetch/http.js';
+import type { MountBackendName } from '../mount/backend.js';
+import type { Recipe, RecipeStep } from '../recipe/load.js';
 import { whenMismatch } from '../recipe/when.js';
 import { createRecorder } from '../steps/types.js';
-import { forgetHolding, noteHolding } from '../util/build-record.js';
-import { CleanupStack } from '../util/cleanup.js';
+import type { Held } from '../util/cleanup.js';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';
-import type { Runner } from '../util/exec.js';
-import type { Logger } from '../util/log.js';
 import { throwIfAborted } from '../util/signals.js';
 import { TOOL_VERSION } from '../version.js';
-import type { EventSink } from './events.js';
+import { mountContext, type BuildContext } from './context.js';
 import { openGuest, type OpenedGuest } from './guest.js';
-import { imageInfo } from '../image/qemu-img.js';
-import type { HttpTimeouts } from '../fetch/http.js';
-import { LayerStore, stepKeys, type BaseState, type LayerRecord, type StepKey } from './layers.js';
-import type { VerifiedImage } from './verify.js';
+import { LayerChain } from './layer-chain.js';
+import type { BaseState, LayerRecord, LayerStore } from './layers.js';
 import { requireFamilyForSteps } from './preflight.js';
+import type { VerifiedImage } from './verify.js';
 
 /** Everything of the BOM that phase 1 knows: phase 2 adds the artifacts. */
 export type Phase1Bom = Omit<Bom, 'output' | 'artifacts'>;
 
 export interface Phase1Options {
-  run: Runner;
-  log: Logger;
-  signal?: AbortSignal;
-  workDir: string;
-  /** Holds the mounted guest; released by the caller once it has finished with the guest. */
-  guest: CleanupStack;
-  /** Holds files that must outlive the guest's release (unfinished layers): released after it. */
-  files: CleanupStack;
   mountBackend: MountBackendName | 'auto';
   /** Where layers are reused from and written to; without one every step writes to one overlay. */
   store?: LayerStore;
@@ -49,8 +36,6 @@ export interface Phase1Options {
   limits?: Partial<SandboxLimits>;
   /** --host-port: the host loopback ports guest commands may reach. */
   hostPorts?: number[];
-  events: EventSink;
-  time<T>(stage: string, body: () => Promise<T>): Promise<T>;
 }
 
 export interface Phase1Result {
@@ -89,221 +74,89 @@ function refreshMatcher(recipe: Recipe, refresh: string[] = []): (index: number)
   return (index) => index >= first;
 }
 
-/** Flushes the guest's filesystems so a snapshot holds them whole: frozen where the kernel can, else synced. */
-async function quiesce(run: Runner, log: Logger, opened: OpenedGuest): Promise<() => Promise<void>> {
-  const frozen: string[] = [];
-  const thaw = async () => {
-    for (const path of frozen.reverse()) await run('fsfreeze', ['--unfreeze', path], { allowFailure: true });
-  };
-  try {
-    for (const mount of opened.layout.mounts) {
-      const result = await run('fsfreeze', ['--freeze', mount.hostPath], { allowFailure: true });
-      if (result.exitCode === 0) frozen.push(mount.hostPath);
-      else {
-        log.debug(`fsfreeze ${mount.path}: ${result.output.trim()} (synced only)`);
-        await run('sync', ['--file-system', mount.hostPath]);
-      }
-    }
-  } catch (error) {
-    // A frozen filesystem cannot be unmounted: never leave one behind.
-    await thaw();
-    throw error;
-  }
-  return thaw;
-}
-
-/**
- * Phase 1: the recipe's steps, in a chroot, on a work image over the verified input. With a layer store, each
- * step's result becomes a cached layer, and a build starts from the longest prefix of steps already cached.
- */
-export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: Phase1Options): Promise<Phase1Result> {
-  const { run, log, signal, events, guest } = options;
-  const refresh = refreshMatcher(recipe, options.refresh);
-  let store = options.store;
-  const keys: StepKey[] = store ? await stepKeys(input.sha256, recipe.steps, recipe.variables) : [];
-  const reused: LayerRecord[] = store ? await store.longestPrefix(keys, refresh) : [];
-  const top = reused.filter((r) => r.image).at(-1);
-  const allCached = reused.length === recipe.steps.length;
-
-  // The overlay steps write to: a new layer in the store, or (nothing left to run, or no store) the work dir.
-  const finalOverlay = join(options.workDir, 'work.qcow2');
-  const newLayer = async () => {
-    const file = await store!.newImage();
-    // A layer without its record is never reused (--resume takes the committed ones): it goes, whatever happened,
-    // even if the build is killed (the record lets a reaper remove it; forgotten before the layer is committed).
-    await noteHolding(options.workDir, { kind: 'file', path: file });
-    options.files.push(`unfinished layer ${file}`, async () => {
-      if (!committed.has(file)) await rm(file, { force: true });
-    });
-    return file;
-  };
-  const committed = new Set<string>();
-  let active = store && !allCached ? await newLayer() : finalOverlay;
-  const bottom = reused.find((r) => r.image);
-  if (bottom) {
-    // The cache names the base by content; it may live at another path now: point the bottom layer there.
-    const bottomImage = join(store!.dir, bottom.image!);
-    if ((await imageInfo(run, bottomImage, log)).backingFile !== input.path) {
-      await run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, bottomImage], { log, purpose: 'pointing the cached layers at the base image' });
-    }
-  }
-
-  const context: MountContext = { run, log, cleanup: guest, signal, workDir: options.workDir };
-  const opened = await options.time('mount', () =>
-    openGuest(context, input, {
-      backend: options.mountBackend,
-      base: top ? { path: join(store!.dir, top.image!), format: 'qcow2' } : undefined,
-      overlay: active,
-      preferLiveSnapshot: store !== undefined,
-    }),
-  );
-  throwIfAborted(signal);
-  if (store && !opened.snapshot) {
-    log.info(`step cache: off (the ${opened.backend.name} backend cannot snapshot a mounted image; the fuse backend can)`);
-    store = undefined;
-  }
-
-  // What the guest was before the first step: from the cache when steps are reused, else read now.
-  const manager = opened.distro.family?.packageManager;
-  const base: BaseState = reused[0]?.base ?? {
-    sha256: input.sha256,
-    path: input.path,
-    osRelease: opened.distro.osRelease,
-    architecture: manager ? await manager.architecture(opened.layout.root) : undefined,
-    packages: manager ? await manager.listInstalled(opened.layout.root) : [],
-  };
-  const distro = reused.length ? detectDistro(base.osRelease) : opened.distro;
-  const { architecture } = base;
-  log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
-  // An unknown distribution fails here, before any step changes the guest, when a step needs its package manager.
-  requireFamilyForSteps(recipe.steps, distro, architecture);
-
-  const steps: BomStep[] = [];
-  const records = createRecorder();
+/** Turns the records of the cached steps back into what the BOM says of them. */
+function replayCached(recipe: Recipe, reused: LayerRecord[], context: BuildContext, into: { steps: BomStep[]; records: ReturnType<typeof createRecorder> }): void {
   for (const [index, record] of reused.entries()) {
     const step = recipe.steps[index];
     const label = `step ${index + 1}/${recipe.steps.length} (${step.name ?? record.step.description})`;
     const unpinned = record.unpinned ? `; depends on the network (${record.unpinned}): --refresh ${index + 1} runs it again` : '';
-    log.info(`${label}: ${record.step.skipped ? `skipped (${record.step.skipped})` : 'cached'} (layer ${record.key.slice(0, 12)}${unpinned})`);
-    events({ event: 'step-cached', step: index + 1, layer: record.key, ...(record.unpinned ? { unpinned: record.unpinned } : {}) });
-    steps.push({ ...record.step, name: step.name, cached: true }, ...(record.after ?? []).map((entry) => ({ ...entry, cached: true })));
-    record.records.files.forEach(records.recorder.file);
-    record.records.units.forEach(records.recorder.unit);
-    record.records.images.forEach(records.recorder.image);
+    context.log.info(`${label}: ${record.step.skipped ? `skipped (${record.step.skipped})` : 'cached'} (layer ${record.key.slice(0, 12)}${unpinned})`);
+    context.events({ event: 'step-cached', step: index + 1, layer: record.key, ...(record.unpinned ? { unpinned: record.unpinned } : {}) });
+    into.steps.push({ ...record.step, name: step.name, cached: true }, ...(record.after ?? []).map((entry) => ({ ...entry, cached: true })));
+    record.records.files.forEach(into.records.recorder.file);
+    record.records.units.forEach(into.records.recorder.unit);
+    record.records.images.forEach(into.records.recorder.image);
   }
+}
 
-  // One chroot session for all steps, or one per step when each step's result becomes a layer: a layer must
-  // not hold the session's temporary files (resolv.conf, policy-rc.d).
+/**
+ * The chroot session steps run in, opened on first use: one for all steps, or one per step when each step's
+ * result becomes a layer (a layer must not hold the session's temporary files: resolv.conf, policy-rc.d). One
+ * sandbox (network namespace, cgroups with the build's limits, seccomp program) serves the whole build.
+ */
+function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro, recipe: Recipe, options: Phase1Options) {
+  const { run, log, signal, guest } = context;
   let session: ChrootSession | undefined;
-  // One sandbox (network namespace, cgroups with the build's limits, seccomp program) for the whole build.
+  let held: Held | undefined;
   let sandbox: BuildSandbox | undefined;
-  const openSession = async () => {
-    if (session) return session;
-    sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts });
-    session = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network });
-    guest.push('chroot session', async () => {
-      await session?.close();
+  return {
+    async open(): Promise<ChrootSession> {
+      if (session) return session;
+      sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts });
+      const opening = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network });
+      session = opening;
+      held = guest.push('chroot session', () => opening.close());
+      return opening;
+    },
+    async close(): Promise<void> {
+      const closing = held;
       session = undefined;
-    });
-    return session;
+      held = undefined;
+      await closing?.release();
+    },
   };
-  const closeSession = () => guest.releaseNow('chroot session');
+}
 
-  await options.time('steps', async () => {
-    let parent = reused.at(-1)?.key;
-    let below = top?.image;
-    for (const step of recipe.steps.slice(reused.length)) {
-      throwIfAborted(signal);
-      const number = step.index + 1;
-      const description = step.type.describe(step.spec);
-      const label = `step ${number}/${recipe.steps.length} (${step.name ?? description})`;
-      const key = keys[step.index];
-      const stepRecords = createRecorder();
-      let bomStep: BomStep;
-      const after: BomStep[] = [];
-      const skipped = whenMismatch(step.when, distro, architecture);
-      if (skipped) {
-        log.info(`${label}: skipped (${skipped})`);
-        events({ event: 'step-skipped', step: number, reason: skipped });
-        bomStep = { index: step.index, name: step.name, type: step.type.key, description, durationMs: 0, skipped };
-      } else {
-        log.info(`${label}: ${step.type.key} at ${step.location}`);
-        events({ event: 'step-started', step: number, of: recipe.steps.length, type: step.type.key, ...(step.name ? { name: step.name } : {}), description });
-        const t0 = Date.now();
-        const current = await openSession();
-        const initramfs = await watchInitramfs(opened.layout.root);
-        try {
-          const stepSession = step.network ? withNetwork(current, step.network) : current;
-          const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-          await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: stepRecords.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds }, step.spec);
-          await current.sweep();
-          // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
-          // within it, so its layer holds the result.
-          after.push(...(await initramfs.regenerate(current, { log, signal, index: step.index })));
-        } catch (error) {
-          events({ event: 'step-failed', step: number, durationMs: Date.now() - t0, error: errorMessage(error) });
-          if (options.shellOnFailure && !signal?.aborted) {
-            log.error(`${label} failed: ${errorMessage(error)}`);
-            log.info('a shell inside the guest at the failed step, everything still mounted; exit it to clean up');
-            await current.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)"'], { PS1: `[imagebuilder: step ${number} failed] \\w# ` });
-          }
-          throw error;
-        }
-        bomStep = { index: step.index, name: step.name, type: step.type.key, description, durationMs: Date.now() - t0 };
-        log.info(`${label} done in ${(bomStep.durationMs / 1000).toFixed(1)}s`);
-      }
-      stepRecords.files.forEach(records.recorder.file);
-      stepRecords.units.forEach(records.recorder.unit);
-      stepRecords.images.forEach(records.recorder.image);
-
-      let layerImage: string | undefined;
-      if (store && opened.snapshot && !skipped) {
-        // The step's result becomes a read-only layer; what follows writes to a new overlay on top of it.
-        await closeSession();
-        const next = step.index === recipe.steps.length - 1 ? finalOverlay : await newLayer();
-        const thaw = await quiesce(run, log, opened);
-        try {
-          await opened.snapshot(next);
-        } finally {
-          await thaw();
-        }
-        layerImage = active;
-        await forgetHolding(options.workDir, { kind: 'file', path: active });
-        committed.add(active);
-        active = next;
-      }
-      if (store) {
-        // A skipped step's layer is its parent's image: nothing changed.
-        const image = layerImage ? basename(layerImage) : undefined;
-        await store.commit({
-          layerVersion: 2, key: key.key, ...(parent ? { parent } : {}), ...(image ? { image } : {}), ...(below ? { backing: below } : {}),
-          createdAt: new Date().toISOString(), toolVersion: TOOL_VERSION, base, step: bomStep, ...(key.unpinned ? { unpinned: key.unpinned } : {}),
-          records: { files: stepRecords.files, units: stepRecords.units, images: stepRecords.images },
-          ...(after.length ? { after } : {}),
-        });
-        parent = key.key;
-        below = image ?? below;
-      }
-      steps.push(bomStep, ...after);
-      events({ event: 'step-finished', step: number, durationMs: bomStep.durationMs, ...(store ? { layer: key.key } : {}) });
+/** One step run in the guest: its records, and what the build did right after it within its layer (initramfs). */
+async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, session: ChrootSession, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
+  const { log, signal, events } = context;
+  const number = step.index + 1;
+  const description = step.type.describe(step.spec);
+  const label = `step ${number}/${recipe.steps.length} (${step.name ?? description})`;
+  const records = createRecorder();
+  log.info(`${label}: ${step.type.key} at ${step.location}`);
+  events({ event: 'step-started', step: number, of: recipe.steps.length, type: step.type.key, ...(step.name ? { name: step.name } : {}), description });
+  const t0 = Date.now();
+  const root = session.root;
+  const initramfs = await watchInitramfs(root);
+  try {
+    const stepSession = step.network ? withNetwork(session, step.network) : session;
+    const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds }, step.spec);
+    await session.sweep();
+    // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
+    // within it, so its layer holds the result.
+    const after = await initramfs.regenerate(session, { log, signal, index: step.index });
+    const durationMs = Date.now() - t0;
+    log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
+    return { records, after, durationMs };
+  } catch (error) {
+    events({ event: 'step-failed', step: number, durationMs: Date.now() - t0, error: errorMessage(error) });
+    if (options.shellOnFailure && !signal?.aborted) {
+      log.error(`${label} failed: ${errorMessage(error)}`);
+      log.info('a shell inside the guest at the failed step, everything still mounted; exit it to clean up');
+      await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)"'], { PS1: `[imagebuilder: step ${number} failed] \\w# ` });
     }
-    // The last step may have been skipped: the final overlay still has to exist above the last layer.
-    if (store && active !== finalOverlay && opened.snapshot) {
-      await closeSession();
-      const thaw = await quiesce(run, log, opened);
-      try {
-        await opened.snapshot(finalOverlay);
-      } finally {
-        await thaw();
-      }
-      active = finalOverlay;
-    }
-  });
-  await closeSession();
+    throw error;
+  }
+}
 
+/** The BOM of phase 1: the guest's packages compared with the base's, and what the steps recorded. */
+async function phase1Bom(recipe: Recipe, input: VerifiedImage, opened: OpenedGuest, distro: Distro, base: BaseState, steps: BomStep[], records: ReturnType<typeof createRecorder>): Promise<Phase1Bom> {
+  const manager = opened.distro.family?.packageManager;
   const packagesAfter = manager ? await manager.listInstalled(opened.layout.root) : [];
   const { packages, removed } = comparePackages(base.packages, packagesAfter);
-  const bom: Phase1Bom = {
+  return {
     bomVersion: 1,
     tool: { name: 'imagebuilder', version: TOOL_VERSION },
     createdAt: '',
@@ -319,7 +172,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
     },
     recipe: { path: recipe.path, name: recipe.name, sha256: recipe.sha256, variables: recipe.variables, includes: recipe.includes },
     os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease: distro.osRelease },
-    architecture,
+    architecture: base.architecture,
     kernels: await listKernels(opened.layout.root),
     packages,
     removedPackages: removed,
@@ -332,5 +185,72 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, options: P
     durationsMs: {},
     warnings: [],
   };
-  return { bom, opened, workImage: active };
+}
+
+/**
+ * Phase 1: the recipe's steps, in a chroot, on a work image over the verified input. With a layer store, each
+ * step's result becomes a cached layer, and a build starts from the longest prefix of steps already cached.
+ */
+export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: BuildContext, options: Phase1Options): Promise<Phase1Result> {
+  const { log, signal, events, clock } = context;
+  const chain = await LayerChain.open(context, options.store, recipe, input, refreshMatcher(recipe, options.refresh));
+  const opened = await clock.time('mount', () =>
+    openGuest(mountContext(context), input, { backend: options.mountBackend, base: chain.base, overlay: chain.active, preferLiveSnapshot: chain.caching }),
+  );
+  throwIfAborted(signal);
+  if (chain.caching && !opened.snapshot) {
+    log.info(`step cache: off (the ${opened.backend.name} backend cannot snapshot a mounted image; the fuse backend can)`);
+    chain.stopCaching();
+  }
+
+  // What the guest was before the first step: from the cache when steps are reused, else read now.
+  const manager = opened.distro.family?.packageManager;
+  const base: BaseState = chain.reused[0]?.base ?? {
+    sha256: input.sha256,
+    path: input.path,
+    osRelease: opened.distro.osRelease,
+    architecture: manager ? await manager.architecture(opened.layout.root) : undefined,
+    packages: manager ? await manager.listInstalled(opened.layout.root) : [],
+  };
+  const distro = chain.reused.length ? detectDistro(base.osRelease) : opened.distro;
+  const { architecture } = base;
+  log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
+  // An unknown distribution fails here, before any step changes the guest, when a step needs its package manager.
+  requireFamilyForSteps(recipe.steps, distro, architecture);
+
+  const steps: BomStep[] = [];
+  const records = createRecorder();
+  replayCached(recipe, chain.reused, context, { steps, records });
+  const session = lazySession(context, opened, distro, recipe, options);
+
+  await clock.time('steps', async () => {
+    for (const step of recipe.steps.slice(chain.reused.length)) {
+      throwIfAborted(signal);
+      const number = step.index + 1;
+      const description = step.type.describe(step.spec);
+      const skipped = whenMismatch(step.when, distro, architecture);
+      const bomStep: BomStep = { index: step.index, name: step.name, type: step.type.key, description, durationMs: 0, ...(skipped ? { skipped } : {}) };
+      let ran = { records: createRecorder(), after: [] as BomStep[], durationMs: 0 };
+      if (skipped) {
+        log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
+        events({ event: 'step-skipped', step: number, reason: skipped });
+      } else {
+        ran = await runStep(context, step, recipe, await session.open(), distro, architecture, options);
+        bomStep.durationMs = ran.durationMs;
+      }
+      ran.records.files.forEach(records.recorder.file);
+      ran.records.units.forEach(records.recorder.unit);
+      ran.records.images.forEach(records.recorder.image);
+      const layer = await chain.commitStep(opened, base, {
+        index: step.index, bomStep, after: ran.after, skipped: Boolean(skipped),
+        records: { files: ran.records.files, units: ran.records.units, images: ran.records.images },
+      }, () => session.close());
+      steps.push(bomStep, ...ran.after);
+      events({ event: 'step-finished', step: number, durationMs: bomStep.durationMs, ...(layer ? { layer } : {}) });
+    }
+    await chain.close(opened, () => session.close());
+  });
+  await session.close();
+
+  return { bom: await phase1Bom(recipe, input, opened, distro, base, steps, records), opened, workImage: chain.active };
 }

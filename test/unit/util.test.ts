@@ -101,14 +101,32 @@ describe('CleanupStack', () => {
     expect(stack.size).toBe(0);
   });
 
-  test('releaseNow releases one entry early and only once', async () => {
+  test('the handle push returns releases that very entry early, and only once', async () => {
     const order: string[] = [];
     const stack = new CleanupStack(createLogger({ write: () => undefined }));
-    stack.push('mounts', () => void order.push('mounts'));
+    // Two entries with the same label: the handle, not the label, says which.
+    const first = stack.push('mounts', () => void order.push('mounts 1'));
+    stack.push('mounts', () => void order.push('mounts 2'));
     stack.push('session', () => void order.push('session'));
-    await stack.releaseNow('mounts');
+    await first.release();
+    await first.release();
     await stack.unwind();
-    expect(order).toEqual(['mounts', 'session']);
+    expect(order).toEqual(['mounts 1', 'session', 'mounts 2']);
+  });
+
+  test('a child stack unwinds as one entry, where it was made', async () => {
+    const order: string[] = [];
+    const stack = new CleanupStack(createLogger({ write: () => undefined }));
+    stack.push('work dir', () => void order.push('work dir'));
+    const files = stack.child('files');
+    const guest = stack.child('guest');
+    files.push('layer', () => void order.push('layer'));
+    guest.push('mount', () => void order.push('mount'));
+    guest.push('session', () => void order.push('session'));
+    await guest.unwind();
+    guest.push('late', () => void order.push('late'));
+    await stack.unwind();
+    expect(order).toEqual(['session', 'mount', 'late', 'layer', 'work dir']);
   });
 });
 

@@ -1,0 +1,185 @@
+import { rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import type { Bom } from '../bom/collect.js';
+import { cycloneDxFromBom } from '../bom/cyclonedx.js';
+import { spdxFromBom } from '../bom/spdx.js';
+import { sha256File } from '../fetch/checksums.js';
+import type { ImageFormat } from '../image/qemu-img.js';
+import { writeRootfsTar } from '../image/rootfs-tar.js';
+import { noteHolding } from '../util/build-record.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { throwIfAborted } from '../util/signals.js';
+import type { BuildContext } from './context.js';
+import type { OpenedGuest } from './guest.js';
+import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeImageArtifacts, type OutputFormat, type SparsifyMode } from './output.js';
+import type { Phase1Bom } from './phase1.js';
+
+/**
+ * Phase 2: the finished guest becomes the artifacts — trimmed, unmounted, converted to each output format
+ * (sparsified), with the BOM, its CycloneDX and SPDX renderings and SHA256SUMS beside them. Shared by
+ * `apply` and `export`.
+ */
+
+/** How phase 2 writes the artifacts: shared by `apply` and `export`. */
+export interface ArtifactOptions {
+  /** Default: `<image name>-<recipe name>.<ext>` in the current directory. */
+  output?: string;
+  sparsify?: SparsifyMode;
+  /**
+   * Output formats, the first at `output` and the rest beside it (default: the input's format). `tar` is the
+   * guest's root filesystem as a tarball; with no disk-image format, no image is written.
+   */
+  formats?: OutputFormat[];
+  /** Compress qcow2 outputs. */
+  compress?: boolean;
+  /** Standard SBOMs written beside the native BOM: `<output>.cdx.json`, `<output>.spdx.json` (default: both). */
+  sbom?: SbomFormat[];
+}
+
+export const SBOM_FORMATS = ['cyclonedx', 'spdx'] as const;
+export type SbomFormat = (typeof SBOM_FORMATS)[number];
+const SBOM_SUFFIXES: Record<SbomFormat, string> = { cyclonedx: 'cdx.json', spdx: 'spdx.json' };
+
+export interface Artifact {
+  path: string;
+  format: string;
+  sha256: string;
+}
+
+export interface ApplyResult {
+  /** The first artifact. */
+  output: Artifact;
+  artifacts: Artifact[];
+  bomPath: string;
+  /** The CycloneDX and SPDX renderings of the BOM written beside it (--sbom). */
+  sbomPaths: string[];
+  /** The SHA256SUMS beside the artifacts, listing them and the BOM. */
+  sumsPath: string;
+  bom: Bom;
+}
+
+/** The guest at the end of phase 1 (or read back from a work image): what phase 2 turns into artifacts. */
+export interface FinishedGuest {
+  bom: Phase1Bom;
+  opened: OpenedGuest;
+  /** The top of the work image's chain. */
+  workImage: string;
+}
+
+/** Where the artifacts go when --output does not say, and what they may not overwrite. */
+export interface OutputDefaults {
+  defaultOutput: string;
+  defaultFormat: ImageFormat;
+  /** Paths no artifact may take: the input, which is never modified. */
+  forbidden: string[];
+}
+
+export interface OutputPlan {
+  outputPath: string;
+  formats: OutputFormat[];
+  paths: string[];
+}
+
+export function defaultOutputPath(input: { name: string; format: ImageFormat }, recipeName: string, suffix = ''): string {
+  // Named after the image as published (a URL's image lives in the cache under its sha256).
+  const stem = basename(input.name, extname(input.name));
+  return resolve(`${stem}-${recipeName}${suffix}.${FORMAT_EXTENSIONS[input.format]}`);
+}
+
+/** Where each artifact goes; made before the build starts, so a bad --output fails before any work. */
+export function planOutputs(options: ArtifactOptions, defaults: OutputDefaults): OutputPlan {
+  const formats = options.formats?.length ? [...new Set(options.formats)] : [defaults.defaultFormat];
+  // The default name takes the first format's extension (node.tar for --format tar).
+  const outputPath = options.output ? resolve(options.output) : defaults.defaultOutput.replace(/\.[^./]+$/, `.${FORMAT_EXTENSIONS[formats[0]]}`);
+  const paths = artifactPaths(outputPath, formats);
+  if (paths.some((path) => defaults.forbidden.includes(path))) {
+    throw new ImageBuilderError('BAD_INPUT', 'an output path is the input image', { hint: 'the input is never modified: choose another --output' });
+  }
+  return { outputPath, formats, paths };
+}
+
+/** Unmounts the guest; a filesystem that did not unmount cleanly may hold unwritten data, so nothing is written from it. */
+export async function releaseGuest(context: BuildContext): Promise<void> {
+  const failures = await context.clock.time('unmount', () => context.guest.unwind());
+  if (failures.length) {
+    throw new ImageBuilderError('COMMAND_FAILED', `releasing the guest failed: ${failures.join('; ')}`, { hint: 'nothing was written; run the build again' });
+  }
+}
+
+/** A file written beside the outputs under a temporary name, removed if the build does not get to rename it. */
+async function partialFor(context: BuildContext, partial: string, what: string): Promise<string> {
+  // Outside the work directory: noted in the build's record, so a build killed while writing leaves no partial.
+  await noteHolding(context.workDir, { kind: 'file', path: partial });
+  context.cleanup.push(`${what} ${partial}`, () => rm(partial, { force: true }));
+  return partial;
+}
+
+/** Phase 2 on a mounted, finished guest: trim, unmount, then the artifacts, the BOM, the SBOMs and SHA256SUMS. */
+export async function writeArtifacts(context: BuildContext, guest: FinishedGuest, plan: OutputPlan, options: ArtifactOptions): Promise<ApplyResult> {
+  const { clock, log, run, signal, events, workDir } = context;
+  const { opened } = guest;
+  const { outputPath, formats, paths } = plan;
+  const sparsify = options.sparsify ?? 'virt-sparsify';
+  const bomPath = `${outputPath}.bom.json`;
+  events({ event: 'phase-started', phase: 2 });
+
+  if (sparsify === 'fstrim') {
+    if (opened.backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
+    else await clock.time('fstrim', () => trimFilesystems(run, opened.layout.mounts, log));
+  }
+  // Artifacts appear under their names only when all are complete.
+  const partials: string[] = [];
+  for (const path of paths) partials.push(await partialFor(context, join(dirname(path), `.${basename(path)}.partial-${process.pid}`), 'partial output'));
+  // The root filesystem tarball, from the guest's filesystems as mounted (the chroot session is closed).
+  if (formats.includes('tar')) await clock.time('tar', () => writeRootfsTar(opened.layout.root, partials[formats.indexOf('tar')], { run, log, signal, guestMounts: opened.layout.mounts.map((m) => m.hostPath) }));
+  await releaseGuest(context);
+  throwIfAborted(signal);
+
+  log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
+  const outputs = formats.map((format, i) => ({ format, partial: partials[i] }));
+  await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, compress: options.compress }));
+  const artifacts: Artifact[] = [];
+  for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
+  clock.total();
+
+  const bom: Bom = {
+    ...guest.bom,
+    output: { ...artifacts[0], sparsify, ...(options.compress ? { compressed: true } : {}) },
+    artifacts,
+    durationsMs: { ...guest.bom.durationsMs, ...clock.durations },
+    warnings: [...guest.bom.warnings, ...log.warnings],
+  };
+  const bomPartial = await partialFor(context, `${partials[0]}.bom.json`, 'partial BOM');
+  await writeFile(bomPartial, `${JSON.stringify(orderedBom(bom), null, 2)}\n`);
+  const sboms = [];
+  for (const format of new Set(options.sbom ?? SBOM_FORMATS)) {
+    const sbom = {
+      path: `${outputPath}.${SBOM_SUFFIXES[format]}`,
+      partial: await partialFor(context, `${partials[0]}.${SBOM_SUFFIXES[format]}`, 'partial SBOM'),
+      document: format === 'cyclonedx' ? cycloneDxFromBom(bom) : spdxFromBom(bom),
+    };
+    await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
+    sboms.push(sbom);
+  }
+  throwIfAborted(signal);
+  for (const [i, partial] of partials.entries()) await rename(partial, paths[i]);
+  await rename(bomPartial, bomPath);
+  for (const sbom of sboms) await rename(sbom.partial, sbom.path);
+  const sumsPath = await updateSumsFile(dirname(outputPath), [
+    ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
+    { name: basename(bomPath), sha256: await sha256File(bomPath) },
+    ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.path) })))),
+  ]);
+  for (const artifact of artifacts) {
+    log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
+    events({ event: 'artifact-written', ...artifact });
+  }
+  log.info(`wrote ${[bomPath, ...sboms.map((s) => s.path)].join(', ')} and ${sumsPath}`);
+  return { output: artifacts[0], artifacts, bomPath, sbomPaths: sboms.map((s) => s.path), sumsPath, bom };
+}
+
+/** The BOM's keys in the documented order (output and artifacts after the input), whatever order it was built in. */
+function orderedBom(bom: Bom): Bom {
+  const { bomVersion, tool, createdAt, input, output, artifacts, ...rest } = bom;
+  return { bomVersion, tool, createdAt, input, output, artifacts, ...rest } as Bom;
+}
