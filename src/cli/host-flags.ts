@@ -1,6 +1,8 @@
+import { join } from 'node:path';
 import { Flags } from '@oclif/core';
 import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { DEFAULT_RUN_DIR, defaultCacheDir, defaultWorkDir, type HostPaths } from '../util/paths.js';
 
 /**
  * Flags about this host rather than the build — where the cache and scratch space are, how to mount — each
@@ -46,11 +48,14 @@ export function mountBackendOf(flags: { 'mount-backend': string; untrusted?: boo
 }
 
 /**
- * The library finds the cache and the work-directory parent in IMAGEBUILDER_CACHE / IMAGEBUILDER_WORK_DIR
- * where no option reaches (the libguestfs KVM verdict, the download step's temporary files, shell and
- * inspect): a value given as a flag is put there too, so a flag and its variable always mean the same.
+ * Where this host keeps things, read once here: the flags (oclif has already read IMAGEBUILDER_CACHE and
+ * IMAGEBUILDER_WORK_DIR into them), then XDG_CACHE_HOME and IMAGEBUILDER_RUN_DIR, which have no flag. The
+ * library is only ever passed these; it reads no environment for them.
  */
-export function exportHostFlags(flags: { cache?: string; 'work-dir'?: string }): void {
-  if (flags.cache !== undefined) process.env.IMAGEBUILDER_CACHE = flags.cache;
-  if (flags['work-dir'] !== undefined) process.env.IMAGEBUILDER_WORK_DIR = flags['work-dir'];
+export function hostPaths(flags: { cache?: string; 'work-dir'?: string }, env: NodeJS.ProcessEnv = process.env): HostPaths {
+  return {
+    cacheDir: flags.cache ?? (env.XDG_CACHE_HOME ? join(env.XDG_CACHE_HOME, 'imagebuilder') : defaultCacheDir()),
+    workDir: flags['work-dir'] ?? defaultWorkDir(),
+    runDir: env.IMAGEBUILDER_RUN_DIR ?? DEFAULT_RUN_DIR,
+  };
 }

@@ -3,6 +3,7 @@ import { parseDuration, parseSize } from '../fetch/cache.js';
 import { DEFAULT_TIMEOUTS, type HttpTimeouts } from '../fetch/http.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
 import { cacheFlag } from './host-flags.js';
+import { hostPaths } from './host-flags.js';
 
 /** How every command that takes a disk image verifies and caches it (phase 0). */
 export const imageVerifyFlags = {
@@ -65,7 +66,7 @@ export function diskImageOptions(flags: {
 }): DiskImageOptions {
   return {
     timeouts: fetchLimits(flags),
-    cacheDir: flags.cache,
+    cacheDir: hostPaths(flags).cacheDir,
     rehash: flags.rehash,
     checksum: flags.checksum,
     insecureSkipVerify: flags['insecure-skip-verify'],

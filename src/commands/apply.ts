@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
-import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { apply, prepareWorkImage, SBOM_FORMATS, type ApplyOptions, type ApplyResult, type SbomFormat, type WorkImageResult } from '../pipeline/apply.js';
 import type { BuildEvent } from '../pipeline/events.js';
@@ -57,7 +57,7 @@ export default class Apply extends BaseCommand {
 
   async run(): Promise<ApplyResult | WorkImageResult | VerifiedImage> {
     const { args, flags } = await this.parse(Apply);
-    exportHostFlags(flags);
+    const paths = hostPaths(flags);
     // On a terminal, a live line under the log shows the running step; --json pipelines get events instead.
     const progress = terminalProgress();
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info', showOutput: !flags.quiet, write: progress.write });
@@ -87,7 +87,9 @@ export default class Apply extends BaseCommand {
       },
       hostPorts: parseHostPorts(flags['host-port']),
       keepWorkDir: flags['keep-work-dir'],
-      workDir: flags['work-dir'],
+      workDir: paths.workDir,
+      cacheDir: paths.cacheDir,
+      runDir: paths.runDir,
       log,
       onEvent,
     };

@@ -1,11 +1,10 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { exportHostFlags, workDirFlag } from '../cli/host-flags.js';
+import { hostPaths, workDirFlag } from '../cli/host-flags.js';
 import { reapDeadBuilds, summary, type CleanupReport } from '../host/reap.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { execRunner } from '../util/exec.js';
 import { createLogger } from '../util/log.js';
-import { workDirParent } from '../util/paths.js';
 
 export default class Cleanup extends BaseCommand {
   static override summary = 'Release what builds killed by SIGKILL left behind: mounts, loop devices, helper processes, work directories';
@@ -23,10 +22,10 @@ export default class Cleanup extends BaseCommand {
 
   async run(): Promise<CleanupReport> {
     const { flags } = await this.parse(Cleanup);
-    exportHostFlags(flags);
+    const paths = hostPaths(flags);
     // The report says what was released; the log would say it twice.
     const log = createLogger({ level: 'error' });
-    const report = await reapDeadBuilds({ run: execRunner, log, workDirParents: [workDirParent()], dryRun: flags['dry-run'] });
+    const report = await reapDeadBuilds({ run: execRunner, log, workDirParents: [paths.workDir], runDir: paths.runDir, dryRun: flags['dry-run'] });
     if (flags.json) this.log(JSON.stringify(report, null, 2));
     else this.log(renderReport(report));
     const failed = report.dead.filter((build) => build.failures.length);

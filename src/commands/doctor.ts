@@ -5,7 +5,7 @@ import { hostProbes, runDoctor, type DoctorCheck, type DoctorReport } from '../h
 import { EXIT_CODES } from '../util/errors.js';
 import { execRunner } from '../util/exec.js';
 import { createLogger } from '../util/log.js';
-import { cacheDir, workDirParent } from '../util/paths.js';
+import { hostPaths } from '../cli/host-flags.js';
 
 const LABELS: Record<DoctorCheck['status'], string> = { ok: 'OK', degraded: 'DEGRADED', missing: 'MISSING', unknown: 'UNKNOWN' };
 
@@ -24,7 +24,9 @@ export default class Doctor extends BaseCommand {
   async run(): Promise<DoctorReport> {
     const { flags } = await this.parse(Doctor);
     const log = createLogger({ level: flags.json ? 'warn' : 'info' });
-    const report = await runDoctor(hostProbes(execRunner, log), { workDir: workDirParent(), cacheDir: cacheDir(), probeLibguestfs: flags['probe-libguestfs'], builds: () => findBuilds([workDirParent()]) });
+    // Doctor has no --cache or --work-dir: it checks where the variables (or the defaults) put them.
+    const paths = hostPaths({ cache: process.env.IMAGEBUILDER_CACHE, 'work-dir': process.env.IMAGEBUILDER_WORK_DIR });
+    const report = await runDoctor(hostProbes(execRunner, log, paths.cacheDir), { workDir: paths.workDir, cacheDir: paths.cacheDir, probeLibguestfs: flags['probe-libguestfs'], builds: () => findBuilds([paths.workDir], paths.runDir) });
     if (flags.json) this.log(JSON.stringify(report, null, 2));
     else this.log(renderReport(report));
     if (!report.ready) process.exitCode = EXIT_CODES.ENVIRONMENT;

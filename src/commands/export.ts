@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { artifactFlags, artifactOptions } from '../cli/artifact-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { printResult } from '../cli/print-result.js';
-import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { exportWorkImage, type ApplyResult } from '../pipeline/apply.js';
 import type { BuildEvent } from '../pipeline/events.js';
 import { createLogger } from '../util/log.js';
@@ -32,7 +32,7 @@ export default class Export extends BaseCommand {
 
   async run(): Promise<ApplyResult> {
     const { args, flags } = await this.parse(Export);
-    exportHostFlags(flags);
+    const paths = hostPaths(flags);
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info' });
     const result = await withInterrupts(log, (signal) =>
       exportWorkImage({
@@ -40,7 +40,9 @@ export default class Export extends BaseCommand {
         output: flags.output,
         ...artifactOptions(flags),
         mountBackend: mountBackendOf(flags),
-        workDir: flags['work-dir'],
+        workDir: paths.workDir,
+        cacheDir: paths.cacheDir,
+        runDir: paths.runDir,
         keepWorkDir: flags['keep-work-dir'],
         log,
         signal,

@@ -1,7 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
-import { exportHostFlags } from '../cli/host-flags.js';
 import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
 import { execRunner } from '../util/exec.js';
 import { createLogger } from '../util/log.js';
@@ -27,7 +26,6 @@ export default class Fetch extends BaseCommand {
 
   async run(): Promise<VerifiedImage> {
     const { args, flags } = await this.parse(Fetch);
-    exportHostFlags(flags);
     const log = createLogger({ level: flags.verbose ? 'debug' : 'info' });
     const image = await withInterrupts(log, (signal) => verifyImage(execRunner, args.image, log, signal, diskImageOptions(flags)));
     if (flags.json) this.log(JSON.stringify(image, null, 2));

@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
-import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { inspect } from '../pipeline/inspect.js';
 import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
 import { renderCycloneDx } from '../bom/cyclonedx.js';
@@ -24,10 +24,10 @@ export default class Inspect extends BaseCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Inspect);
-    exportHostFlags(flags);
+    const paths = hostPaths(flags);
     const log = createLogger({ level: 'warn' });
     const result = await withInterrupts(log, (signal) =>
-      inspect({ diskImage: args.image, image: diskImageOptions(flags), mountBackend: mountBackendOf(flags), log, signal }),
+      inspect({ diskImage: args.image, image: diskImageOptions(flags), mountBackend: mountBackendOf(flags), ...paths, log, signal }),
     );
     if (flags.format === 'json') {
       this.log(JSON.stringify(result, null, 2));

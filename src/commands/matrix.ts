@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { imageVerifyFlags } from '../cli/image-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
-import { exportHostFlags, hostBuildFlags, mountBackendOf } from '../cli/host-flags.js';
+import { hostBuildFlags, hostPaths, mountBackendOf } from '../cli/host-flags.js';
 import { sparsifyFlag } from '../cli/artifact-flags.js';
 import type { SparsifyMode } from '../pipeline/output.js';
 import { DEFAULT_CONTAINER_IMAGE, emitArgo, emitJobs, manifestsYaml } from '../matrix/emit.js';
@@ -55,7 +55,7 @@ export default class Matrix extends BaseCommand {
 
   async run(): Promise<MatrixResult | undefined> {
     const { args, flags } = await this.parse(Matrix);
-    exportHostFlags(flags);
+    const paths = hostPaths(flags);
     const matrix = loadMatrix(args.matrix);
     const builds = selectBuilds(matrix, flags.only);
 
@@ -97,8 +97,9 @@ export default class Matrix extends BaseCommand {
           sparsify: flags.sparsify as SparsifyMode,
           keepWorkDir: flags['keep-work-dir'],
           cache: !flags['no-cache'],
-          workDir: flags['work-dir'],
-          cacheDir: flags.cache,
+          workDir: paths.workDir,
+          cacheDir: paths.cacheDir,
+          runDir: paths.runDir,
           offline: flags.offline,
           rehash: flags.rehash || flags['no-cache'],
         },

@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
-import { exportHostFlags, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { shell } from '../pipeline/shell.js';
 import { diskImageOptions, diskImageFlags } from '../cli/image-flags.js';
 
@@ -26,7 +26,7 @@ export default class Shell extends BaseCommand {
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Shell);
-    exportHostFlags(flags);
+    const paths = hostPaths(flags);
     const interactive = flags.command === undefined;
     // With --command, stderr stays the command's own but for warnings.
     const log = createLogger({ level: flags.verbose ? 'debug' : interactive ? 'info' : 'warn' });
@@ -39,6 +39,7 @@ export default class Shell extends BaseCommand {
           command: flags.command,
           writable: flags.writable,
           mountBackend: mountBackendOf(flags),
+          ...paths,
           log,
           signal,
         }),

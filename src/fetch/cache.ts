@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import { ensurePrivateDir, lockHeld as isLockHeld } from '../util/lock.js';
 import type { Logger } from '../util/log.js';
-import { cacheDir } from '../util/paths.js';
 import type { HashAlgorithm } from './checksums.js';
 import type { Compression } from './decompress.js';
 import { pruneDigests } from './digest-memo.js';
@@ -32,7 +31,7 @@ export interface CacheLayout {
   digests: string;
 }
 
-export function cacheLayout(root = cacheDir()): CacheLayout {
+export function cacheLayout(root: string): CacheLayout {
   return { root, images: join(root, 'images', 'sha256'), urls: join(root, 'urls'), tmp: join(root, 'tmp'), locks: join(root, 'locks'), digests: join(root, 'digests') };
 }
 

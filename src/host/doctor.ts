@@ -302,7 +302,7 @@ async function checkTools(probes: HostProbes): Promise<DoctorCheck[]> {
 }
 
 /** The real host. */
-export function hostProbes(run: Runner, log: Logger): HostProbes {
+export function hostProbes(run: Runner, log: Logger, cacheDir: string): HostProbes {
   return {
     uid: () => process.getuid?.() ?? -1,
     kernelRelease: () => release(),
@@ -320,9 +320,9 @@ export function hostProbes(run: Runner, log: Logger): HostProbes {
       }
     },
     run,
-    cachedKvmVerdict,
-    kvmVerdictFile,
-    probeKvm: () => probeKvm(run, log),
+    cachedKvmVerdict: () => cachedKvmVerdict(cacheDir),
+    kvmVerdictFile: () => kvmVerdictFile(cacheDir),
+    probeKvm: () => probeKvm(run, log, cacheDir),
     probeTcg: () => probeTcg(run, log),
     async foreignEmulators() {
       const native = (await programArchitecture('/'))?.architecture?.qemu;

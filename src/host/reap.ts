@@ -66,6 +66,8 @@ export interface ReapOptions {
   workDirParents?: string[];
   /** Only report. */
   dryRun?: boolean;
+  /** Where builds register (default /run/imagebuilder). */
+  runDir?: string;
 }
 
 const ID = /^[0-9a-f]{16}$/;
@@ -93,10 +95,10 @@ interface Candidate {
   record?: BuildRecord;
 }
 
-async function candidates(workDirParents: string[]): Promise<Candidate[]> {
+async function candidates(workDirParents: string[], runDir?: string): Promise<Candidate[]> {
   const found: Candidate[] = [];
   const seen = new Set<string>();
-  const dir = registryDir();
+  const dir = registryDir(runDir);
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     if (!/\.json($|\.reaping-)/.test(name) || claimedByLiveReaper(name)) continue;
     const entry = await readJson<RegistryEntry>(join(dir, name));
@@ -134,8 +136,8 @@ function describe(entry: RegistryEntry, record: BuildRecord | undefined): FoundB
 }
 
 /** Every registered build, live or dead: what `doctor` reports. */
-export async function findBuilds(workDirParents: string[] = []): Promise<FoundBuild[]> {
-  return (await candidates(workDirParents)).map((c) => c.found);
+export async function findBuilds(workDirParents: string[] = [], runDir?: string): Promise<FoundBuild[]> {
+  return (await candidates(workDirParents, runDir)).map((c) => c.found);
 }
 
 const inside = (path: string, dir: string) => path === dir || path.startsWith(`${dir}/`);
@@ -328,7 +330,7 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
  */
 export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupReport> {
   const { log } = options;
-  const all = await candidates(options.workDirParents ?? []);
+  const all = await candidates(options.workDirParents ?? [], options.runDir);
   const live = all.filter((c) => c.found.alive).map((c) => c.found);
   const livePids = new Set(live.map((b) => b.pid));
   const dead: ReapedBuild[] = [];
@@ -349,7 +351,7 @@ export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupRepor
       await rename(claimed, claimed.replace(CLAIM, '$1')).catch(() => undefined);
     } else {
       await rm(claimed, { force: true });
-      await rm(join(registryDir(), `${build.id}.json`), { force: true });
+      await rm(join(registryDir(options.runDir), `${build.id}.json`), { force: true });
     }
     dead.push({ ...build, leftovers, failures });
   }

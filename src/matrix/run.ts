@@ -13,7 +13,7 @@ import { closest } from '../recipe/template.js';
 import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
 
 /** What the host decides for every build (the flags `apply` takes for the same things). */
-export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache'> & Pick<DiskImageOptions, 'offline' | 'cacheDir' | 'rehash'>;
+export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache' | 'runDir'> & Pick<DiskImageOptions, 'offline' | 'cacheDir' | 'rehash'>;
 
 export interface MatrixRunOptions {
   /** Builds at once. Each one is I/O- and CPU-heavy (overlay writes, package installs, conversion). */
@@ -176,6 +176,8 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
           keepWorkDir: host.keepWorkDir,
           cache: host.cache,
           workDir: host.workDir,
+          cacheDir: host.cacheDir,
+          runDir: host.runDir,
           log: buildLog,
           run,
           signal,

@@ -13,6 +13,8 @@ export interface MountContext {
   signal?: AbortSignal;
   /** Private directory for this build's export files and mount points. */
   workDir: string;
+  /** The cache directory (the libguestfs KVM verdict is remembered there). */
+  cacheDir: string;
 }
 
 export interface AttachRequest {

@@ -49,7 +49,7 @@ export const guestmountBackend: MountBackend = {
         },
         (helper) => (guestmount = helper),
       );
-    const env = await libguestfsEnv(run, log);
+    const env = await libguestfsEnv(run, log, context.cacheDir);
     try {
       await start(env);
     } catch (error) {

@@ -13,7 +13,7 @@ import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions, type BuildStart } from './context.js';
 import { mountGuest, type OpenedGuest } from './guest.js';
-import { LayerStore } from './layers.js';
+import { LayerStore, layerStoreDir } from './layers.js';
 import { FORMAT_EXTENSIONS } from './output.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
 import { defaultOutputPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
@@ -81,7 +81,7 @@ async function layerStoreFor(context: BuildContext, options: ApplyOptions, input
     }
     return new LayerStore(note.store);
   }
-  if (options.cache !== false) return new LayerStore(join(context.cacheDir, 'layers'));
+  if (options.cache !== false) return new LayerStore(layerStoreDir(context.cacheDir));
   return options.keepWorkDir ? new LayerStore(join(context.workDir, 'layers')) : undefined;
 }
 
@@ -111,7 +111,7 @@ function inImageBom(bom: Phase1Bom) {
 /** Phase 0: the base image verified (and cached, for a URL). Without the step cache no cache is trusted: the base is hashed anew too. */
 async function verifyBase(start: BuildStart, options: ApplyOptions): Promise<VerifiedImage> {
   start.events({ event: 'phase-started', phase: 0 });
-  const imageOptions = { ...options.image, rehash: options.image?.rehash || options.cache === false };
+  const imageOptions = { ...options.image, cacheDir: start.cacheDir, rehash: options.image?.rehash || options.cache === false };
   return start.clock.time('verify', () => verifyImage(start.run, options.diskImage, start.log, start.signal, imageOptions));
 }
 

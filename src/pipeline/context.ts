@@ -2,7 +2,7 @@ import type { MountContext } from '../mount/backend.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { cacheDir } from '../util/paths.js';
+import { defaultCacheDir } from '../util/paths.js';
 import { sourceDateEpoch } from '../util/time.js';
 import { ignoreEvents, type EventSink } from './events.js';
 import { createWorkDir } from './workdir.js';
@@ -14,11 +14,13 @@ export interface BuildOptions {
   signal?: AbortSignal;
   /** Machine-readable progress (--json). */
   onEvent?: EventSink;
-  /** Parent of the work directory (default: $IMAGEBUILDER_WORK_DIR or the system temp dir, read by the CLI). */
+  /** Parent of the work directory (default: the system temp dir; the CLI's --work-dir). */
   workDir?: string;
   keepWorkDir?: boolean;
-  /** The cache directory: base images, the step cache's layers (default: $IMAGEBUILDER_CACHE or ~/.cache/imagebuilder). */
+  /** The cache directory: base images, the step cache's layers (default: ~/.cache/imagebuilder; the CLI's --cache). */
   cacheDir?: string;
+  /** Where builds register for reaping (default /run/imagebuilder; the CLI's IMAGEBUILDER_RUN_DIR). */
+  runDir?: string;
 }
 
 /** Measures stages for the BOM: each stage's wall time in milliseconds. */
@@ -48,6 +50,7 @@ export interface BuildStart {
   events: EventSink;
   clock: Stopwatch;
   cacheDir: string;
+  runDir?: string;
 }
 
 /** A build holding resources: its work directory and the stacks that release what it acquires, in order. */
@@ -69,7 +72,8 @@ export function startBuild(options: BuildOptions): BuildStart {
     signal: options.signal,
     events: options.onEvent ?? ignoreEvents,
     clock: stopwatch(),
-    cacheDir: options.cacheDir ?? cacheDir(),
+    cacheDir: options.cacheDir ?? defaultCacheDir(),
+    runDir: options.runDir,
   };
 }
 
@@ -77,7 +81,7 @@ export function startBuild(options: BuildOptions): BuildStart {
 export async function withResources<T>(start: BuildStart, options: BuildOptions, body: (context: BuildContext) => Promise<T>): Promise<T> {
   const cleanup = new CleanupStack(start.log);
   try {
-    const workDir = await createWorkDir(cleanup, start.log, { parent: options.workDir, keep: options.keepWorkDir });
+    const workDir = await createWorkDir(cleanup, start.log, { parent: options.workDir, keep: options.keepWorkDir, runDir: start.runDir, run: start.run });
     // Made in this order so they unwind guest → unfinished layers → work directory.
     const files = cleanup.child('unfinished layers');
     const guest = cleanup.child('guest');
@@ -89,5 +93,5 @@ export async function withResources<T>(start: BuildStart, options: BuildOptions,
 
 /** How the mount layer sees a build: the guest's stack takes what mounting acquires. */
 export function mountContext(context: BuildContext): MountContext {
-  return { run: context.run, log: context.log, cleanup: context.guest, signal: context.signal, workDir: context.workDir };
+  return { run: context.run, log: context.log, cleanup: context.guest, signal: context.signal, workDir: context.workDir, cacheDir: context.cacheDir };
 }

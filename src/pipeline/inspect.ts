@@ -3,22 +3,16 @@ import { WORK_RECORD_PATH } from '../bom/in-image.js';
 import { collectInventory, type Inventory } from '../bom/inventory.js';
 import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import type { Phase1Bom } from './phase1.js';
-import type { MountBackendName, MountContext } from '../mount/backend.js';
-import { CleanupStack } from '../util/cleanup.js';
-import { execRunner, type Runner } from '../util/exec.js';
-import { createLogger, type Logger } from '../util/log.js';
+import type { MountBackendName } from '../mount/backend.js';
+import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
 import { verifyImage, type VerifiedImage } from './verify.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
-import { createWorkDir } from './workdir.js';
 
-export interface InspectOptions {
+export interface InspectOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
   diskImage: string;
   image?: DiskImageOptions;
   mountBackend?: MountBackendName | 'auto';
-  log?: Logger;
-  run?: Runner;
-  signal?: AbortSignal;
 }
 
 export interface InspectResult {
@@ -30,20 +24,14 @@ export interface InspectResult {
 
 /** The inventory of any image, built here or not: mounted read-only (through a throw-away overlay), never written. */
 export async function inspect(options: InspectOptions): Promise<InspectResult> {
-  const log = options.log ?? createLogger();
-  const run = options.run ?? execRunner;
-  const image = await verifyImage(run, options.diskImage, log, options.signal, options.image);
-  const cleanup = new CleanupStack(log);
-  try {
-    const workDir = await createWorkDir(cleanup, log);
-    const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
-    const { layout, distro } = await openGuest(context, image, { backend: options.mountBackend ?? 'auto', readOnly: true });
+  const start = startBuild(options);
+  const image = await verifyImage(start.run, options.diskImage, start.log, options.signal, { ...options.image, cacheDir: start.cacheDir });
+  return withResources(start, options, async (context) => {
+    const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const inventory = await collectInventory(layout.root, distro);
     const recordText = await readGuestText(layout.root, WORK_RECORD_PATH, GUEST_READ_LIMITS.packageStatus);
     const record = recordText === undefined ? undefined : (JSON.parse(recordText) as Phase1Bom);
     const work = record && { input: { sha256: record.input.sha256, path: record.input.path, ...(record.input.url ? { url: record.input.url } : {}) }, recipe: { name: record.recipe.name, sha256: record.recipe.sha256, variables: record.recipe.variables }, steps: record.steps };
     return { image: { path: image.path, format: image.format, sha256: image.sha256 }, inventory, ...(work ? { work } : {}) };
-  } finally {
-    await cleanup.unwind();
-  }
+  });
 }

@@ -6,7 +6,6 @@ import { sha256Text } from '../fetch/checksums.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';
 import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';
-import { cacheDir } from '../util/paths.js';
 import { TOOL_VERSION } from '../version.js';
 
 /**
@@ -90,7 +89,8 @@ export async function stepKeys(baseSha256: string, steps: RecipeStep[], variable
   return keys;
 }
 
-export const defaultLayerStore = () => join(cacheDir(), 'layers');
+/** The step cache's layers in a cache directory. */
+export const layerStoreDir = (cacheDir: string) => join(cacheDir, 'layers');
 
 export class LayerStore {
   constructor(readonly dir: string) {}

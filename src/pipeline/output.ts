@@ -57,7 +57,7 @@ export async function writeOutputImage(
   target: string,
   format: ImageFormat,
   sparsify: SparsifyMode,
-  options: { log: Logger; signal?: AbortSignal; workDir: string; compress?: boolean },
+  options: { log: Logger; signal?: AbortSignal; workDir: string; cacheDir: string; compress?: boolean },
 ): Promise<void> {
   if (sparsify === 'virt-sparsify') {
     await runWithTcgFallback(
@@ -65,7 +65,7 @@ export async function writeOutputImage(
       'virt-sparsify',
       ['--format', 'qcow2', '--convert', format, ...(format === 'qcow2' && options.compress ? ['--compress'] : outputFormatOptions(format)), '--check-tmpdir', 'continue', workImage, target],
       // Its temporary overlay goes in our work dir: removed with it, and on the disk the user chose.
-      { log: options.log, signal: options.signal, extraEnv: { TMPDIR: options.workDir }, purpose: 'virt-sparsify of the output' },
+      { log: options.log, signal: options.signal, extraEnv: { TMPDIR: options.workDir }, purpose: 'virt-sparsify of the output', cacheDir: options.cacheDir },
     );
     return;
   }
@@ -82,7 +82,7 @@ export async function writeImageArtifacts(
   workImage: string,
   artifacts: { format: OutputFormat; partial: string }[],
   sparsify: SparsifyMode,
-  options: { log: Logger; signal?: AbortSignal; workDir: string; compress?: boolean },
+  options: { log: Logger; signal?: AbortSignal; workDir: string; cacheDir: string; compress?: boolean },
 ): Promise<void> {
   const images = artifacts.filter((a): a is { format: ImageFormat; partial: string } => a.format !== 'tar');
   if (!images.length) return;

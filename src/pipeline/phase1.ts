@@ -132,7 +132,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
   try {
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds }, step.spec);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.

@@ -137,7 +137,7 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
 
   log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
   const outputs = formats.map((format, i) => ({ format, partial: partials[i] }));
-  await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, compress: options.compress }));
+  await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress }));
   const artifacts: Artifact[] = [];
   for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
   clock.total();

@@ -1,14 +1,11 @@
 import { openChroot } from '../chroot/session.js';
-import type { MountBackendName, MountContext } from '../mount/backend.js';
-import { CleanupStack } from '../util/cleanup.js';
-import { execRunner, type Runner } from '../util/exec.js';
-import { createLogger, type Logger } from '../util/log.js';
+import type { MountBackendName } from '../mount/backend.js';
+import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
 import { verifyImage } from './verify.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
-import { createWorkDir } from './workdir.js';
 
-export interface ShellOptions {
+export interface ShellOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
   diskImage: string;
   /** How a URL or a local image is verified and cached (phase 0). */
   image?: DiskImageOptions;
@@ -17,9 +14,6 @@ export interface ShellOptions {
   /** Mount the guest writable; changes go to a throw-away overlay and are discarded at exit. */
   writable?: boolean;
   mountBackend?: MountBackendName | 'auto';
-  log?: Logger;
-  run?: Runner;
-  signal?: AbortSignal;
 }
 
 /**
@@ -28,21 +22,16 @@ export interface ShellOptions {
  * mounted read-only by default, and even --writable writes only to a throw-away overlay. Returns the exit code.
  */
 export async function shell(options: ShellOptions): Promise<number> {
-  const log = options.log ?? createLogger();
-  const run = options.run ?? execRunner;
-  const input = await verifyImage(run, options.diskImage, log, options.signal, options.image);
-  const cleanup = new CleanupStack(log);
-  try {
-    const workDir = await createWorkDir(cleanup, log);
-    const context: MountContext = { run, log, cleanup, signal: options.signal, workDir };
-    const { layout, distro } = await openGuest(context, input, { backend: options.mountBackend ?? 'auto', readOnly: !options.writable });
+  const start = startBuild(options);
+  const { run, log } = start;
+  const input = await verifyImage(run, options.diskImage, log, options.signal, { ...options.image, cacheDir: start.cacheDir });
+  return withResources(start, options, async (context) => {
+    const { layout, distro } = await openGuest(mountContext(context), input, { backend: options.mountBackend ?? 'auto', readOnly: !options.writable });
     const session = await openChroot(layout.root, { run, log, signal: options.signal, readOnly: !options.writable, sessionFiles: distro.family?.sessionFiles });
-    cleanup.push('chroot session', () => session.close());
+    context.guest.push('chroot session', () => session.close());
     log.info(`${distro.prettyName ?? distro.id}, mounted ${options.writable ? 'writable (changes are discarded at exit)' : 'read-only'}`);
     if (options.command !== undefined) return await session.interactive(['/bin/sh', '-c', options.command]);
     log.info('exit the shell to release the image');
     return await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)" -l'], { PS1: `[imagebuilder ${distro.id}] \\w# ` });
-  } finally {
-    await cleanup.unwind();
-  }
+  });
 }

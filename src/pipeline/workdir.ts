@@ -8,7 +8,7 @@ import { errorMessage } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
 import { mountsUnder } from '../util/mounts.js';
-import { workDirParent } from '../util/paths.js';
+import { defaultWorkDir } from '../util/paths.js';
 import { killAll, processesMentioning } from '../util/processes.js';
 
 /**
@@ -19,20 +19,21 @@ import { killAll, processesMentioning } from '../util/processes.js';
  * directory is registered before it exists, and carries the build's record (pid, start time, holdings), so that
  * if this build is killed the same way, the next one (or `imagebuilder cleanup`) releases what it held.
  */
-export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean; run?: Runner } = {}): Promise<string> {
-  const parent = options.parent ?? workDirParent();
-  await reapDeadBuilds({ run: options.run ?? execRunner, log, workDirParents: [parent] }).catch((error: unknown) => {
+export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean; run?: Runner; runDir?: string } = {}): Promise<string> {
+  const parent = options.parent ?? defaultWorkDir();
+  const { runDir } = options;
+  await reapDeadBuilds({ run: options.run ?? execRunner, log, workDirParents: [parent], runDir }).catch((error: unknown) => {
     log.warn(`could not look for builds killed earlier: ${errorMessage(error)} (imagebuilder cleanup tries again)`);
   });
   const id = randomBytes(8).toString('hex');
   const dir = join(parent, `${WORK_DIR_PREFIX}${id}`);
   const owner = currentOwner();
-  await registerBuild({ id, workDir: dir, ...owner }).catch((error: unknown) => {
+  await registerBuild({ id, workDir: dir, ...owner }, runDir).catch((error: unknown) => {
     // Not root (a library caller's tests): the build runs; its record alone lets `cleanup --work-dir` find it.
     log.debug(`not registered for reaping: ${errorMessage(error)}`);
   });
   await mkdir(dir, { mode: 0o700 }).catch(async (error: unknown) => {
-    await unregisterBuild(id);
+    await unregisterBuild(id, runDir);
     throw error;
   });
   cleanup.push(`work directory ${dir}`, async () => {
@@ -40,7 +41,7 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
       log.info(`work directory kept: ${dir}`);
       // Kept on purpose: no reaper may take it for a dead build's.
       await rm(join(dir, RECORD_FILE), { force: true });
-      await unregisterBuild(id);
+      await unregisterBuild(id, runDir);
       return;
     }
     // Safety net for helpers that outlived their parent (a libguestfs appliance whose guestmount was killed).
@@ -52,7 +53,7 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
       return;
     }
     await rm(dir, { recursive: true, force: true });
-    await unregisterBuild(id);
+    await unregisterBuild(id, runDir);
   });
   const command = process.argv.slice(1).join(' ');
   await writeRecord({ id, workDir: dir, ...owner, command, createdAt: new Date().toISOString(), keep: !!options.keep, holdings: [] });

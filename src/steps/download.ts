@@ -7,7 +7,6 @@ import { extractIntoGuest, writeGuestFile } from '../chroot/guest-write.js';
 import { parseSumsFile } from '../fetch/checksums.js';
 import { fetchText, fetchToFile, MAX_SUMS_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
-import { workDirParent } from '../util/paths.js';
 import { defineStep, type StepContext } from './types.js';
 
 export interface DownloadSpec {
@@ -143,7 +142,7 @@ export const downloadStep = defineStep<DownloadSpec>({
   cacheInputs: async (spec) => (spec.sha256 ? {} : { unpinned: `${spec.url} has no pinned sha256` }),
   async run(context, spec) {
     const expected = await expectedSum(context, spec);
-    const temp = await mkdtemp(join(workDirParent(), 'imagebuilder-download-'));
+    const temp = await mkdtemp(join(context.workDir, 'download-'));
     try {
       const path = join(temp, 'download');
       // No cap but the disk: the sha256 is known, and checked before anything reaches the guest.

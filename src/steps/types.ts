@@ -69,6 +69,8 @@ export interface StepContext extends StepEnvironment {
   fetchTimeouts?: HttpTimeouts;
   /** Seconds a run step may take when it sets no timeout of its own (the recipe's limits.timeout, or 30 minutes). */
   runTimeoutSeconds?: number;
+  /** The build's private work directory: a step's temporary host files go there (removed with it, on the disk the user chose). */
+  workDir: string;
 }
 
 /**

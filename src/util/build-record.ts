@@ -1,7 +1,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runDir } from './paths.js';
+import { DEFAULT_RUN_DIR } from './paths.js';
 
 /**
  * What a build holds, written down as it takes it, so that a build killed by SIGKILL (which no handler sees)
@@ -47,8 +47,8 @@ export interface RegistryEntry extends BuildOwner {
   workDir: string;
 }
 
-export function registryDir(): string {
-  return join(runDir(), 'builds');
+export function registryDir(runDir = DEFAULT_RUN_DIR): string {
+  return join(runDir, 'builds');
 }
 
 /** The start time of a process, or undefined when there is none (or only its zombie: it holds nothing). */
@@ -103,13 +103,13 @@ export async function readJson<T>(path: string): Promise<T | undefined> {
 }
 
 /** Registers a work directory before it exists, so that no moment of a build is unknown to a reaper. */
-export async function registerBuild(entry: RegistryEntry): Promise<void> {
-  await mkdir(registryDir(), { recursive: true, mode: 0o700 });
-  await writeJson(join(registryDir(), `${entry.id}.json`), entry);
+export async function registerBuild(entry: RegistryEntry, runDir?: string): Promise<void> {
+  await mkdir(registryDir(runDir), { recursive: true, mode: 0o700 });
+  await writeJson(join(registryDir(runDir), `${entry.id}.json`), entry);
 }
 
-export async function unregisterBuild(id: string): Promise<void> {
-  await rm(join(registryDir(), `${id}.json`), { force: true });
+export async function unregisterBuild(id: string, runDir?: string): Promise<void> {
+  await rm(join(registryDir(runDir), `${id}.json`), { force: true });
 }
 
 // Writes of one record are chained, so holdings noted close together are all kept.

@@ -5,7 +5,6 @@ import type { ExecOptions, ExecResult, Runner } from './exec.js';
 import { ImageBuilderError } from './errors.js';
 import { exists } from './fs.js';
 import type { Logger } from './log.js';
-import { cacheDir } from './paths.js';
 
 const TCG = { LIBGUESTFS_BACKEND_SETTINGS: 'force_tcg' };
 /** An appliance boots in seconds under KVM and ~15 s under TCG; one that has not booted after this is stuck. */
@@ -14,13 +13,13 @@ const KVM_PROBE_TIMEOUT_MS = 60000;
 export type KvmVerdict = 'works' | 'broken';
 
 /** Where the KVM verdict is remembered: per kernel, since a kernel update may fix (or break) nested KVM. */
-export function kvmVerdictFile(): string {
-  return join(cacheDir(), `libguestfs-kvm-${release()}`);
+export function kvmVerdictFile(cacheDir: string): string {
+  return join(cacheDir, `libguestfs-kvm-${release()}`);
 }
 
 /** The remembered verdict, or undefined when this host (this kernel) was never probed. */
-export async function cachedKvmVerdict(): Promise<KvmVerdict | undefined> {
-  const verdict = (await readFile(kvmVerdictFile(), 'utf8').catch(() => '')).trim();
+export async function cachedKvmVerdict(cacheDir: string): Promise<KvmVerdict | undefined> {
+  const verdict = (await readFile(kvmVerdictFile(cacheDir), 'utf8').catch(() => '')).trim();
   return verdict === 'works' || verdict === 'broken' ? verdict : undefined;
 }
 
@@ -28,12 +27,12 @@ export async function cachedKvmVerdict(): Promise<KvmVerdict | undefined> {
  * Starts the appliance once under KVM (`guestfish -a /dev/null run`, what libguestfs-test-tool does) and
  * remembers the verdict. Up to a minute: an appliance that has not booted by then is stuck.
  */
-export async function probeKvm(run: Runner, log: Logger): Promise<KvmVerdict> {
+export async function probeKvm(run: Runner, log: Logger, cacheDir: string): Promise<KvmVerdict> {
   log.info('checking whether the libguestfs appliance can use KVM here (once per host, up to 60 s)');
   const probe = await run('guestfish', ['--ro', '--add', '/dev/null', 'run'], { allowFailure: true, timeoutMs: KVM_PROBE_TIMEOUT_MS, log, extraEnv: { LIBGUESTFS_BACKEND_SETTINGS: '' } });
   const verdict: KvmVerdict = probe.exitCode === 0 ? 'works' : 'broken';
-  await mkdir(cacheDir(), { recursive: true });
-  await writeFile(kvmVerdictFile(), `${verdict}\n`);
+  await mkdir(cacheDir, { recursive: true });
+  await writeFile(kvmVerdictFile(cacheDir), `${verdict}\n`);
   return verdict;
 }
 
@@ -47,11 +46,11 @@ export async function probeTcg(run: Runner, log: Logger): Promise<ExecResult> {
  * aborts or hangs (nested virtualisation); then TCG, slower but sure, is forced. Probed once (probeKvm) and
  * remembered per kernel in the cache dir. A user's own LIBGUESTFS_BACKEND_SETTINGS always wins.
  */
-export async function libguestfsEnv(run: Runner, log: Logger): Promise<Record<string, string>> {
+export async function libguestfsEnv(run: Runner, log: Logger, cacheDir: string): Promise<Record<string, string>> {
   if (process.env.LIBGUESTFS_BACKEND_SETTINGS !== undefined) return {};
   if (!(await exists('/dev/kvm'))) return TCG;
-  const verdict = (await cachedKvmVerdict()) ?? (await probeKvm(run, log));
-  if (verdict === 'broken') log.info(`libguestfs: KVM does not work on this host (${kvmVerdictFile()}); using TCG`);
+  const verdict = (await cachedKvmVerdict(cacheDir)) ?? (await probeKvm(run, log, cacheDir));
+  if (verdict === 'broken') log.info(`libguestfs: KVM does not work on this host (${kvmVerdictFile(cacheDir)}); using TCG`);
   return verdict === 'works' ? {} : TCG;
 }
 
@@ -62,8 +61,8 @@ export function tcgRetryEnv(env: Record<string, string>): Record<string, string>
 }
 
 /** Runs a libguestfs tool with the backend chosen above; if it still fails under KVM, once more with TCG. */
-export async function runWithTcgFallback(run: Runner, file: string, args: string[], options: ExecOptions & { purpose: string; log: Logger }): Promise<ExecResult> {
-  const env = { ...(await libguestfsEnv(run, options.log)), ...options.extraEnv };
+export async function runWithTcgFallback(run: Runner, file: string, args: string[], options: ExecOptions & { purpose: string; log: Logger; cacheDir: string }): Promise<ExecResult> {
+  const env = { ...(await libguestfsEnv(run, options.log, options.cacheDir)), ...options.extraEnv };
   let result = await run(file, args, { ...options, allowFailure: true, extraEnv: env });
   const retry = tcgRetryEnv(env);
   if (result.exitCode !== 0 && retry) {

@@ -1,17 +1,26 @@
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-/** Where imagebuilder keeps what outlives one build: $IMAGEBUILDER_CACHE, else ~/.cache/imagebuilder. */
-export function cacheDir(): string {
-  return process.env.IMAGEBUILDER_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'imagebuilder');
+/**
+ * Where imagebuilder keeps things on this host. The CLI fills these in once, from its flags and the
+ * environment (cli/host-flags.ts hostPaths); the library only ever gets them passed, and falls back to these
+ * defaults, never to the environment.
+ */
+export interface HostPaths {
+  /** What outlives one build: verified base images, the step cache's layers, the KVM verdict. */
+  cacheDir: string;
+  /** Where builds make their private work directories. */
+  workDir: string;
+  /** Where running builds register themselves (root-only, on tmpfs: gone with the processes at reboot). */
+  runDir: string;
 }
 
-/** Where builds make their private work directories: $IMAGEBUILDER_WORK_DIR, else the system temp dir. */
-export function workDirParent(): string {
-  return process.env.IMAGEBUILDER_WORK_DIR ?? tmpdir();
+export const DEFAULT_RUN_DIR = '/run/imagebuilder';
+
+export function defaultCacheDir(): string {
+  return join(homedir(), '.cache', 'imagebuilder');
 }
 
-/** Where running builds register themselves (root-only, on tmpfs: gone with the processes at reboot): $IMAGEBUILDER_RUN_DIR, else /run/imagebuilder. */
-export function runDir(): string {
-  return process.env.IMAGEBUILDER_RUN_DIR ?? '/run/imagebuilder';
+export function defaultWorkDir(): string {
+  return tmpdir();
 }

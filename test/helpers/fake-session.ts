@@ -1,3 +1,4 @@
+import { tmpdir } from 'node:os';
 import type { ChrootSession } from '../../src/chroot/session.js';
 import type { ExecResult } from '../../src/util/exec.js';
 import type { Distro } from '../../src/distro/families.js';
@@ -61,6 +62,7 @@ export function fakeStepContext(session: ChrootSession, overrides: Partial<StepC
     variables: {},
     label: 'step 1/1 (test)',
     record: records.recorder,
+    workDir: tmpdir(),
     ...overrides,
   };
   return { context, records };

@@ -117,15 +117,10 @@ describe('limits of what a server can make a fetch take', () => {
 describe('steps against a hostile server', () => {
   let server: HostileServer;
   let work: string;
-  const savedWorkDir = process.env.IMAGEBUILDER_WORK_DIR;
   beforeAll(async () => {
     [server, work] = await Promise.all([startHostileServer(), mkdtemp(join(tmpdir(), 'fetch-limits-steps-'))]);
-    // The download step's private temp dirs go here: each test checks none is left.
-    process.env.IMAGEBUILDER_WORK_DIR = work;
   });
   afterAll(async () => {
-    if (savedWorkDir === undefined) delete process.env.IMAGEBUILDER_WORK_DIR;
-    else process.env.IMAGEBUILDER_WORK_DIR = savedWorkDir;
     await server.close();
     await rm(work, { recursive: true, force: true });
   });
@@ -159,7 +154,8 @@ describe('steps against a hostile server', () => {
     const data = Buffer.alloc(100, 't');
     server.serve('/dl/slow.bin', { kind: 'trickle', data, pauseMs: 100 });
     const { session, calls } = fakeSession();
-    const { context } = fakeStepContext(session, { fetchTimeouts: { ...DEFAULT_TIMEOUTS, deadlineMs: 1000 } });
+    // The download step's private temp dirs go in the build's work directory: checked empty after.
+    const { context } = fakeStepContext(session, { fetchTimeouts: { ...DEFAULT_TIMEOUTS, deadlineMs: 1000 }, workDir: work });
     const sha256 = createHash('sha256').update(data).digest('hex');
     await expect(downloadStep.run(context, { url: `${server.url}/dl/slow.bin`, sha256, dest: '/x' })).rejects.toMatchObject({
       code: 'STEP_FAILED',

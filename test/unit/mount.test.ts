@@ -29,7 +29,7 @@ describe('nbd backend', () => {
 
   const context = (run = recordingRunner()): MountContext & { run: ReturnType<typeof recordingRunner> } => {
     const log = createLogger({ write: () => undefined });
-    return { run, log, cleanup: new CleanupStack(log), workDir: dir };
+    return { run, log, cleanup: new CleanupStack(log), workDir: dir, cacheDir: join(dir, 'cache') };
   };
 
   test('without the module it says how to load it', async () => {
@@ -114,7 +114,7 @@ describe('mount backend selection', () => {
   test('auto takes the first usable one and logs why the others were passed over', async () => {
     const lines: string[] = [];
     const log = createLogger({ write: (text) => void lines.push(text) });
-    const ctx: MountContext = { run: recordingRunner(), log, cleanup: new CleanupStack(log), workDir: '/w' };
+    const ctx: MountContext = { run: recordingRunner(), log, cleanup: new CleanupStack(log), workDir: '/w', cacheDir: '/c' };
     const chosen = await selectMountBackend(ctx, 'auto', [fake('nbd', 'no module'), fake('fuse'), fake('guestmount')]);
     expect(chosen.name).toBe('fuse');
     expect(lines.join('')).toContain('mount backend: fuse (passed over: nbd: no module)');
@@ -122,7 +122,7 @@ describe('mount backend selection', () => {
 
   test('a backend asked for by name that cannot work is an error saying why', async () => {
     const log = createLogger({ write: () => undefined });
-    const ctx: MountContext = { run: recordingRunner(), log, cleanup: new CleanupStack(log), workDir: '/w' };
+    const ctx: MountContext = { run: recordingRunner(), log, cleanup: new CleanupStack(log), workDir: '/w', cacheDir: '/c' };
     await expect(selectMountBackend(ctx, 'nbd', [fake('nbd', 'no module'), fake('fuse')])).rejects.toMatchObject({
       code: 'ENVIRONMENT',
       message: 'no usable mount backend: nbd: no module',

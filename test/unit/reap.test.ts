@@ -42,14 +42,13 @@ describe('signals that stop a build', () => {
 
 describe('build records and the reaper', () => {
   let dir: string;
-  const saved = process.env.IMAGEBUILDER_RUN_DIR;
+  // The registry of this test's own: the library is passed it, as the CLI passes IMAGEBUILDER_RUN_DIR.
+  let runDir: string;
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'reap-unit-'));
-    process.env.IMAGEBUILDER_RUN_DIR = join(dir, 'run');
+    runDir = join(dir, 'run');
   });
   afterEach(async () => {
-    if (saved === undefined) delete process.env.IMAGEBUILDER_RUN_DIR;
-    else process.env.IMAGEBUILDER_RUN_DIR = saved;
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -89,25 +88,25 @@ describe('build records and the reaper', () => {
     for (const workDir of [dead, live, unregistered]) await mkdir(workDir);
     await writeFile(partial, 'half');
     await writeRecord({ ...record(dead, '00000000000000de'), holdings: [{ kind: 'file', path: partial }] });
-    await registerBuild({ id: '00000000000000de', workDir: dead, pid: 2 ** 22 + 1, startTime: 5 });
+    await registerBuild({ id: '00000000000000de', workDir: dead, pid: 2 ** 22 + 1, startTime: 5 }, runDir);
     await writeRecord(record(live, '00000000000000a1', currentOwner()));
-    await registerBuild({ id: '00000000000000a1', workDir: live, ...currentOwner() });
+    await registerBuild({ id: '00000000000000a1', workDir: live, ...currentOwner() }, runDir);
     // Registry lost (a reboot emptied /run): found by its record alone.
     await writeRecord(record(unregistered, '00000000000000b0'));
     const run = recordingRunner();
 
-    const dry = await reapDeadBuilds({ run, log, workDirParents: [parent], dryRun: true });
+    const dry = await reapDeadBuilds({ run, log, workDirParents: [parent], runDir, dryRun: true });
     expect(dry.dead.map((b) => [b.workDir, b.leftovers.files, b.leftovers.workDir])).toEqual([[dead, [partial], true], [unregistered, [], true]]);
     expect(dry.live.map((b) => b.workDir)).toEqual([live]);
     expect((await readdir(parent)).sort()).toEqual([live, dead, unregistered].map((d) => d.slice(parent.length + 1)).sort());
 
-    const report = await reapDeadBuilds({ run, log, workDirParents: [parent] });
+    const report = await reapDeadBuilds({ run, log, workDirParents: [parent], runDir });
     expect(report.dead.map((b) => [b.workDir, b.failures])).toEqual([[dead, []], [unregistered, []]]);
     expect(await readdir(parent)).toEqual(['imagebuilder-00000000000000a1']);
     expect(await readdir(dir)).not.toContain('.out.qcow2.partial-1');
     expect(await readdir(join(dir, 'run', 'builds'))).toEqual(['00000000000000a1.json']);
     // Nothing on this host named those directories: no command was needed.
     expect(run.calls).toEqual([]);
-    expect((await reapDeadBuilds({ run, log, workDirParents: [parent] })).dead).toEqual([]);
+    expect((await reapDeadBuilds({ run, log, workDirParents: [parent], runDir })).dead).toEqual([]);
   });
 });

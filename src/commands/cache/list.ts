@@ -1,9 +1,9 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base-command.js';
-import { cacheFlag, exportHostFlags } from '../../cli/host-flags.js';
+import { cacheFlag, hostPaths } from '../../cli/host-flags.js';
 import { cacheLayout, listCache, type CacheEntry } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
-import { defaultLayerStore, LayerStore, type ListedLayer } from '../../pipeline/layers.js';
+import { layerStoreDir, LayerStore, type ListedLayer } from '../../pipeline/layers.js';
 
 export default class CacheList extends BaseCommand {
   static override summary = 'List the cached base images and step layers';
@@ -15,10 +15,10 @@ export default class CacheList extends BaseCommand {
 
   async run(): Promise<{ images: CacheEntry[]; layers: ListedLayer[] }> {
     const { flags } = await this.parse(CacheList);
-    exportHostFlags(flags);
-    const layout = cacheLayout();
+    const { cacheDir } = hostPaths(flags);
+    const layout = cacheLayout(cacheDir);
     const entries = await listCache(layout);
-    const { records: layers } = await new LayerStore(defaultLayerStore()).list();
+    const { records: layers } = await new LayerStore(layerStoreDir(cacheDir)).list();
     if (flags.json) {
       this.log(JSON.stringify({ images: entries, layers }, null, 2));
       return { images: entries, layers };
@@ -28,7 +28,7 @@ export default class CacheList extends BaseCommand {
         ['LAYER', 'STEP', 'ON DISK', 'LAST USED (UTC)', 'NETWORK UNPINNED'],
         layers.map((l) => [l.key.slice(0, 12), `${l.step.index + 1} ${l.step.description}`, formatBytes(l.diskBytes), l.lastUsedAt.slice(0, 16).replace('T', ' '), l.unpinned ?? '']),
       );
-      this.log(`${layers.length} layer(s), ${formatBytes(layers.reduce((sum, l) => sum + l.diskBytes, 0))} on disk in ${defaultLayerStore()}`);
+      this.log(`${layers.length} layer(s), ${formatBytes(layers.reduce((sum, l) => sum + l.diskBytes, 0))} on disk in ${layerStoreDir(cacheDir)}`);
     }
     if (!entries.length) {
       this.log(`no cached images in ${layout.root}`);

@@ -1,9 +1,9 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base-command.js';
-import { cacheFlag, exportHostFlags } from '../../cli/host-flags.js';
+import { cacheFlag, hostPaths } from '../../cli/host-flags.js';
 import { cacheLayout, listCache, parseDuration, parseSize, pruneCache, type PruneResult } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
-import { defaultLayerStore, LayerStore, pruneLayers } from '../../pipeline/layers.js';
+import { layerStoreDir, LayerStore, pruneLayers } from '../../pipeline/layers.js';
 
 export default class CachePrune extends BaseCommand {
   static override summary = 'Remove cached base images and step layers: all, the unused, or the least recently used beyond a size';
@@ -23,19 +23,19 @@ export default class CachePrune extends BaseCommand {
 
   async run(): Promise<PruneResult & { layers: Awaited<ReturnType<typeof pruneLayers>> }> {
     const { flags } = await this.parse(CachePrune);
-    exportHostFlags(flags);
+    const { cacheDir } = hostPaths(flags);
     const options = {
       all: flags.all,
       olderThanMs: flags['older-than'] === undefined ? undefined : parseDuration(flags['older-than']),
       maxSizeBytes: flags['max-size'] === undefined ? undefined : parseSize(flags['max-size']),
       dryRun: flags['dry-run'],
     };
-    const images = await listCache(cacheLayout());
+    const images = await listCache(cacheLayout(cacheDir));
     const imageBytes = images.reduce((sum, e) => sum + e.diskBytes, 0);
     // Layers first: under --max-size they get what the images leave, so images go only when layers alone cannot make room.
-    const layers = await pruneLayers(new LayerStore(defaultLayerStore()), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - imageBytes) });
+    const layers = await pruneLayers(new LayerStore(layerStoreDir(cacheDir)), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - imageBytes) });
     const layerBytes = layers.kept.reduce((sum, l) => sum + l.diskBytes, 0);
-    const result = { ...(await pruneCache(cacheLayout(), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - layerBytes) })), layers };
+    const result = { ...(await pruneCache(cacheLayout(cacheDir), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - layerBytes) })), layers };
     if (flags.json) {
       this.log(JSON.stringify(result, null, 2));
       return result;
