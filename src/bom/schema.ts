@@ -1,4 +1,4 @@
-import type { JsonSchema } from '../steps/types.js';
+import type { JsonSchema } from '../util/json-schema.js';
 import { OUTPUT_FORMATS } from '../pipeline/output.js';
 
 const SHA256 = { type: 'string', pattern: '^[0-9a-f]{64}$' };

@@ -7,6 +7,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
+import type { JsonSchema } from '../util/json-schema.js';
 import { killAll } from '../util/processes.js';
 import { isMounted } from '../util/mounts.js';
 import { forwardDns, GUEST_DNS_FORWARD } from './dns-forward.js';
@@ -68,7 +69,7 @@ export type GuestNetwork = 'sandboxed' | 'none';
 export const GUEST_NETWORKS: readonly GuestNetwork[] = ['sandboxed', 'none'];
 
 /** The recipe's and a step's `network:`. */
-export const NETWORK_SCHEMA: Record<string, unknown> = {
+export const NETWORK_SCHEMA: JsonSchema = {
   enum: [...GUEST_NETWORKS],
   description: "Guest commands' network: `sandboxed` (default) reaches the outside through NAT, never this host's own or link-local addresses; `none` has no network at all.",
 };

@@ -1,5 +1,5 @@
 import { IMAGE_FORMATS } from '../image/qemu-img.js';
-import type { JsonSchema } from '../steps/types.js';
+import type { JsonSchema } from '../util/json-schema.js';
 
 export const MATRIX_SCHEMA_ID = 'https://imagebuilder.dev/schemas/matrix.schema.json';
 

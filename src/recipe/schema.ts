@@ -1,5 +1,5 @@
 import { STEP_TYPES, stepSchema } from '../steps/registry.js';
-import type { JsonSchema } from '../steps/types.js';
+import type { JsonSchema } from '../util/json-schema.js';
 import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 
 /** A step that inlines another recipe file's steps (and variable defaults) in its place. */

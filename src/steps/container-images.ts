@@ -1,16 +1,29 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+import { Type, type Static } from '@sinclair/typebox';
+import { OneOf } from '../util/json-schema.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep } from './types.js';
 import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
-export interface ContainerImagesSpec {
-  /** Host paths (relative to the recipe) of OCI or docker-archive tarballs; `{guest: PATH}` for one already in the image. */
-  archives: (string | { guest: string })[];
-  namespace?: string;
-}
+const containerImagesSchema = Type.Object(
+  {
+    /** Host paths (relative to the recipe) of OCI or docker-archive tarballs; `{guest: PATH}` for one already in the image. */
+    archives: Type.Array(
+      OneOf([
+        Type.String({ minLength: 1, description: 'A tarball on the build host, relative to the recipe.' }),
+        Type.Object({ guest: Type.String({ pattern: '^/', description: 'A tarball already in the image (e.g. from a download step).' }) }, { additionalProperties: false }),
+      ]),
+      { minItems: 1 },
+    ),
+    namespace: Type.Optional(Type.String({ default: 'k8s.io', minLength: 1, description: 'containerd namespace (Kubernetes uses k8s.io).' })),
+  },
+  { additionalProperties: false },
+);
+
+export type ContainerImagesSpec = Static<typeof containerImagesSchema>;
 
 /** A private containerd for the length of the step: its own socket and state under the session's /run. */
 const STATE_DIR = '/run/imagebuilder-containerd';
@@ -48,7 +61,7 @@ export const IMPORT_SCRIPT = [
   'echo "=== after"; ctr --address "$sock" --namespace "$ns" images ls',
 ].join('\n');
 
-export const containerImagesStep = defineStep<ContainerImagesSpec>({
+export const containerImagesStep = defineStep({
   key: 'container-images',
   summary: "Import container image tarballs into the guest's containerd (k8s.io namespace)",
   description:
@@ -58,29 +71,7 @@ export const containerImagesStep = defineStep<ContainerImagesSpec>({
     'without unpacking (no mounts are possible while building); the CRI plugin unpacks them on first use. The ' +
     "guest must already have containerd and ctr. Each image's reference and digest go into the BOM.",
   example: { archives: ['images/pause-3.9.tar', { guest: '/opt/images/kube-apiserver.tar' }] },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['archives'],
-    properties: {
-      archives: {
-        type: 'array',
-        minItems: 1,
-        items: {
-          oneOf: [
-            { type: 'string', minLength: 1, description: 'A tarball on the build host, relative to the recipe.' },
-            {
-              type: 'object',
-              additionalProperties: false,
-              required: ['guest'],
-              properties: { guest: { type: 'string', pattern: '^/', description: 'A tarball already in the image (e.g. from a download step).' } },
-            },
-          ],
-        },
-      },
-      namespace: { type: 'string', default: 'k8s.io', minLength: 1, description: 'containerd namespace (Kubernetes uses k8s.io).' },
-    },
-  },
+  schema: containerImagesSchema,
   describe: (spec) => `import ${spec.archives.length} container image archive(s)`,
   hostPaths: (spec) => spec.archives.flatMap((archive, index) => (typeof archive === 'string' ? [{ at: ['archives', index], path: archive }] : [])),
   async cacheInputs(spec, environment) {

@@ -5,6 +5,7 @@ import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
+import { Type, type Static } from '@sinclair/typebox';
 import { extractIntoGuest } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { clampTime, sourceDateEpoch } from '../util/time.js';
@@ -12,13 +13,21 @@ import { packEntry, packFile, type TarHeader } from '../util/tar-pack.js';
 import { defineStep, type StepContext } from './types.js';
 import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
-export interface CopySpec {
-  src: string;
-  dest: string;
-  owner?: string;
-  group?: string;
-  mode?: string;
-}
+const copySchema = Type.Object(
+  {
+    src: Type.String({ minLength: 1, description: 'A file or directory on the build host, relative to the recipe file.' }),
+    dest: Type.String({
+      pattern: '^/',
+      description: 'Absolute guest path: the copy of a file (ending in "/": the directory to put it in), or the directory to copy a directory\'s contents into.',
+    }),
+    owner: Type.Optional(Type.String({ minLength: 1, maxLength: 32, default: 'root', description: 'Owner name or uid in the guest, of everything copied.' })),
+    group: Type.Optional(Type.String({ minLength: 1, maxLength: 32, default: 'root', description: 'Group name or gid in the guest, of everything copied.' })),
+    mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$', description: 'Octal mode for a single file, e.g. "0640" (default: the host file\'s mode).' })),
+  },
+  { additionalProperties: false },
+);
+
+export type CopySpec = Static<typeof copySchema>;
 
 /** One thing to put into the archive: its name inside it, where it is on the host, what it is. */
 interface HostEntry {
@@ -61,7 +70,7 @@ async function addEntry(pack: tar.Pack, entry: HostEntry, header: TarHeader): Pr
   return hash.digest('hex');
 }
 
-export const copyStep = defineStep<CopySpec>({
+export const copyStep = defineStep({
   key: 'copy',
   hostPaths: (spec) => [{ at: ['src'], path: spec.src }],
   summary: 'Copy a file or a directory tree from the build host into the guest',
@@ -73,22 +82,7 @@ export const copyStep = defineStep<CopySpec>({
     "`group` (default root), resolved by the guest's own tar from its /etc/passwd and /etc/group. `mode` overrides the " +
     'mode of a single file.',
   example: { src: 'files/kubelet', dest: '/etc/kubernetes/kubelet', owner: 'root', group: 'root' },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['src', 'dest'],
-    properties: {
-      src: { type: 'string', minLength: 1, description: 'A file or directory on the build host, relative to the recipe file.' },
-      dest: {
-        type: 'string',
-        pattern: '^/',
-        description: 'Absolute guest path: the copy of a file (ending in "/": the directory to put it in), or the directory to copy a directory\'s contents into.',
-      },
-      owner: { type: 'string', minLength: 1, maxLength: 32, default: 'root', description: 'Owner name or uid in the guest, of everything copied.' },
-      group: { type: 'string', minLength: 1, maxLength: 32, default: 'root', description: 'Group name or gid in the guest, of everything copied.' },
-      mode: { type: 'string', pattern: '^0?[0-7]{3,4}$', description: 'Octal mode for a single file, e.g. "0640" (default: the host file\'s mode).' },
-    },
-  },
+  schema: copySchema,
   describe: (spec) => `copy ${spec.src} to ${spec.dest}`,
   async cacheInputs(spec, environment) {
     return { digests: { src: await hostTreeDigest(confinedHostPath(environment, spec.src)) } };

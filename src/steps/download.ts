@@ -3,28 +3,55 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { pipeline, type Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
+import { Type, type Static } from '@sinclair/typebox';
+import { ABSENT } from '../util/json-schema.js';
 import { extractIntoGuest, writeGuestFile } from '../chroot/guest-write.js';
 import { parseSumsFile } from '../fetch/checksums.js';
 import { fetchText, fetchToFile, MAX_SUMS_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { defineStep, type StepContext } from './types.js';
 
-export interface DownloadSpec {
-  url: string;
-  sha256?: string;
-  checksum_url?: string;
-  dest?: string;
-  extract?: string;
-  strip_components?: number;
-  mode?: string;
-  owner?: string;
-  group?: string;
-}
-
 const HTTP_URL = '^https?://[^\\s]+$';
 
-/** A property that must not be present (used to say "exactly one of" in a way ajv reports at the key). */
-const ABSENT = { not: {} };
+const downloadSchema = Type.Object(
+  {
+    url: Type.String({ pattern: HTTP_URL, description: 'http(s) URL of the file.' }),
+    sha256: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{64}$', description: 'The expected sha256 (64 hex digits). Exactly one of sha256 and checksum_url.' })),
+    checksum_url: Type.Optional(
+      Type.String({
+        pattern: HTTP_URL,
+        description: "URL of a checksum file: `<file>.sha256` (a hash, or `hash  name`) or SHA256SUMS (the line for the URL's file name is used).",
+      }),
+    ),
+    dest: Type.Optional(Type.String({ pattern: '^/.*[^/]$', description: 'Absolute guest path of the file to write. Exactly one of dest and extract.' })),
+    extract: Type.Optional(Type.String({ pattern: '^/', description: 'Absolute guest directory to unpack a .tar.gz/.tgz (or .tar) archive into; created if missing.' })),
+    strip_components: Type.Optional(Type.Integer({ minimum: 0, description: 'With extract: leading path components to drop from the names in the archive.' })),
+    mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$', default: '0644', description: 'With dest: octal mode, e.g. "0755".' })),
+    owner: Type.Optional(Type.String({ minLength: 1, default: 'root', description: 'With dest: owner name or uid in the guest.' })),
+    group: Type.Optional(Type.String({ minLength: 1, default: 'root', description: 'With dest: group name or gid in the guest.' })),
+  },
+  {
+    additionalProperties: false,
+    allOf: [
+      {
+        description: 'Exactly one of sha256 and checksum_url.',
+        oneOf: [
+          { required: ['sha256'], properties: { checksum_url: ABSENT } },
+          { required: ['checksum_url'], properties: { sha256: ABSENT } },
+        ],
+      },
+      {
+        description: 'Exactly one of dest (with mode, owner, group) and extract (with strip_components).',
+        oneOf: [
+          { required: ['dest'], properties: { extract: ABSENT, strip_components: ABSENT } },
+          { required: ['extract'], properties: { dest: ABSENT, mode: ABSENT, owner: ABSENT, group: ABSENT } },
+        ],
+      },
+    ],
+  },
+);
+
+export type DownloadSpec = Static<typeof downloadSchema>;
 
 /** The file name a checksum file lists for this URL: the last path segment as written in the recipe. */
 export function urlFileName(url: string): string {
@@ -85,7 +112,7 @@ async function archiveStream(path: string, context: StepContext, url: string): P
   });
 }
 
-export const downloadStep = defineStep<DownloadSpec>({
+export const downloadStep = defineStep({
   key: 'download',
   summary: 'Download a file, verify its sha256, put it into the guest',
   description:
@@ -101,42 +128,7 @@ export const downloadStep = defineStep<DownloadSpec>({
     dest: '/usr/local/bin/kubectl',
     mode: '0755',
   },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['url'],
-    properties: {
-      url: { type: 'string', pattern: HTTP_URL, description: 'http(s) URL of the file.' },
-      sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'The expected sha256 (64 hex digits). Exactly one of sha256 and checksum_url.' },
-      checksum_url: {
-        type: 'string',
-        pattern: HTTP_URL,
-        description: "URL of a checksum file: `<file>.sha256` (a hash, or `hash  name`) or SHA256SUMS (the line for the URL's file name is used).",
-      },
-      dest: { type: 'string', pattern: '^/.*[^/]$', description: 'Absolute guest path of the file to write. Exactly one of dest and extract.' },
-      extract: { type: 'string', pattern: '^/', description: 'Absolute guest directory to unpack a .tar.gz/.tgz (or .tar) archive into; created if missing.' },
-      strip_components: { type: 'integer', minimum: 0, description: 'With extract: leading path components to drop from the names in the archive.' },
-      mode: { type: 'string', pattern: '^0?[0-7]{3,4}$', default: '0644', description: 'With dest: octal mode, e.g. "0755".' },
-      owner: { type: 'string', minLength: 1, default: 'root', description: 'With dest: owner name or uid in the guest.' },
-      group: { type: 'string', minLength: 1, default: 'root', description: 'With dest: group name or gid in the guest.' },
-    },
-    allOf: [
-      {
-        description: 'Exactly one of sha256 and checksum_url.',
-        oneOf: [
-          { required: ['sha256'], properties: { checksum_url: ABSENT } },
-          { required: ['checksum_url'], properties: { sha256: ABSENT } },
-        ],
-      },
-      {
-        description: 'Exactly one of dest (with mode, owner, group) and extract (with strip_components).',
-        oneOf: [
-          { required: ['dest'], properties: { extract: ABSENT, strip_components: ABSENT } },
-          { required: ['extract'], properties: { dest: ABSENT, mode: ABSENT, owner: ABSENT, group: ABSENT } },
-        ],
-      },
-    ],
-  },
+  schema: downloadSchema,
   describe: (spec) => `download ${urlFileName(spec.url)} to ${spec.dest ?? spec.extract}`,
   // With a sha256 the value pins the content; a checksum_url is read anew each time.
   cacheInputs: async (spec) => (spec.sha256 ? {} : { unpinned: `${spec.url} has no pinned sha256` }),

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { Type, type Static } from '@sinclair/typebox';
+import { ABSENT } from '../util/json-schema.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { renderTemplate } from '../recipe/template.js';
 import { sha256Text } from '../fetch/checksums.js';
@@ -6,18 +8,26 @@ import { ImageBuilderError } from '../util/errors.js';
 import { confinedHostPath } from './host-inputs.js';
 import { defineStep, type StepEnvironment } from './types.js';
 
-export interface FileSpec {
-  path: string;
-  /** Exactly one of content, source and template. */
-  content?: string;
-  source?: string;
-  template?: string;
-  mode?: string;
-  owner?: string;
-  group?: string;
-}
+const exactlyOne = (key: string, others: string[]) => ({ required: [key], properties: Object.fromEntries(others.map((other) => [other, ABSENT])) });
 
-const exactlyOne = (key: string, others: string[]) => ({ required: [key], properties: Object.fromEntries(others.map((other) => [other, { not: {} }])) });
+const fileSchema = Type.Object(
+  {
+    path: Type.String({ pattern: '^/', description: 'Absolute path inside the guest.' }),
+    /** Exactly one of content, source and template. */
+    content: Type.Optional(Type.String({ description: 'The file content, written as is.' })),
+    source: Type.Optional(Type.String({ minLength: 1, description: 'A host file to copy as it is (relative to the recipe).' })),
+    template: Type.Optional(Type.String({ minLength: 1, description: 'A host file whose {{ variables }} are filled in (relative to the recipe).' })),
+    mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$', default: '0644', description: 'Octal mode, e.g. "0644".' })),
+    owner: Type.Optional(Type.String({ minLength: 1, default: 'root', description: 'Owner name or uid in the guest.' })),
+    group: Type.Optional(Type.String({ minLength: 1, default: 'root', description: 'Group name or gid in the guest.' })),
+  },
+  {
+    additionalProperties: false,
+    oneOf: [exactlyOne('content', ['source', 'template']), exactlyOne('source', ['content', 'template']), exactlyOne('template', ['content', 'source'])],
+  },
+);
+
+export type FileSpec = Static<typeof fileSchema>;
 
 /** The bytes to write: inline, a host file as it is, or a host file with the recipe's {{ variables }} filled in. */
 function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: string | Buffer; problems: string[] } {
@@ -40,7 +50,7 @@ function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: 
   return { content: rendered.join('\n'), problems };
 }
 
-export const fileStep = defineStep<FileSpec>({
+export const fileStep = defineStep({
   key: 'file',
   hostPaths: (spec) => (['source', 'template'] as const).flatMap((key) => (spec[key] === undefined ? [] : [{ at: [key], path: spec[key]! }])),
   summary: 'Write a file into the guest: inline content, a host file, or a template',
@@ -56,21 +66,7 @@ export const fileStep = defineStep<FileSpec>({
     const { content, problems } = fileContent(spec, environment);
     return spec.content !== undefined ? {} : { digests: { content: content === undefined ? `unreadable: ${problems.join('; ')}` : sha256Text(content) } };
   },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['path'],
-    properties: {
-      path: { type: 'string', pattern: '^/', description: 'Absolute path inside the guest.' },
-      content: { type: 'string', description: 'The file content, written as is.' },
-      source: { type: 'string', minLength: 1, description: 'A host file to copy as it is (relative to the recipe).' },
-      template: { type: 'string', minLength: 1, description: 'A host file whose {{ variables }} are filled in (relative to the recipe).' },
-      mode: { type: 'string', pattern: '^0?[0-7]{3,4}$', default: '0644', description: 'Octal mode, e.g. "0644".' },
-      owner: { type: 'string', minLength: 1, default: 'root', description: 'Owner name or uid in the guest.' },
-      group: { type: 'string', minLength: 1, default: 'root', description: 'Group name or gid in the guest.' },
-    },
-    oneOf: [exactlyOne('content', ['source', 'template']), exactlyOne('source', ['content', 'template']), exactlyOne('template', ['content', 'source'])],
-  },
+  schema: fileSchema,
   describe: (spec) => `write ${spec.path}`,
   check: (spec, environment) => fileContent(spec, environment).problems,
   async run(context, spec) {

@@ -1,16 +1,30 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { Dictionary } from '../util/json-schema.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
-import { DROP_IN_NAME, GENERATED_HEADER } from './sysctl.js';
+import { dropInName, GENERATED_HEADER } from './sysctl.js';
 import { defineStep } from './types.js';
 
-export interface KernelModulesSpec {
-  name?: string;
-  load?: string[];
-  options?: Record<string, string>;
-  blacklist?: string[];
-}
-
 const MODULE_NAME = '^[A-Za-z0-9_-]+$';
-const moduleList = { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: MODULE_NAME, maxLength: 64 } };
+const moduleList = (description: string) =>
+  Type.Optional(Type.Array(Type.String({ pattern: MODULE_NAME, maxLength: 64 }), { minItems: 1, uniqueItems: true, description }));
+
+const kernelModulesSchema = Type.Object(
+  {
+    name: dropInName('File name in /etc/modules-load.d and /etc/modprobe.d, without `.conf`.'),
+    load: moduleList('Modules to load at every boot.'),
+    options: Type.Optional(
+      Dictionary(Type.String({ pattern: '^[^\\n]+$' }), {
+        minProperties: 1,
+        propertyNames: { pattern: MODULE_NAME },
+        description: 'Module parameters, as modprobe takes them: `nf_conntrack: "hashsize=131072"`.',
+      }),
+    ),
+    blacklist: moduleList('Modules never loaded by alias (automatic hardware loading).'),
+  },
+  { additionalProperties: false, anyOf: [{ required: ['load'] }, { required: ['options'] }, { required: ['blacklist'] }] },
+);
+
+export type KernelModulesSpec = Static<typeof kernelModulesSchema>;
 
 /** modules-load.d(5): one module per line. */
 export function modulesLoadConf(modules: string[]): string {
@@ -26,7 +40,7 @@ export function modprobeConf(options: Record<string, string>, blacklist: string[
   );
 }
 
-export const kernelModulesStep = defineStep<KernelModulesSpec>({
+export const kernelModulesStep = defineStep({
   key: 'kernel-modules',
   summary: 'Load kernel modules at boot, set their options, blacklist others',
   description:
@@ -36,23 +50,7 @@ export const kernelModulesStep = defineStep<KernelModulesSpec>({
     'loading by alias (hardware autoload); an explicit modprobe still loads the module. If the initramfs must know, ' +
     'rebuild it in a later `run` step (`update-initramfs -u` on Debian).',
   example: { name: 'kubernetes', load: ['overlay', 'br_netfilter'], options: { nf_conntrack: 'hashsize=131072' } },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    anyOf: [{ required: ['load'] }, { required: ['options'] }, { required: ['blacklist'] }],
-    properties: {
-      name: { ...DROP_IN_NAME, default: '99-imagebuilder', description: 'File name in /etc/modules-load.d and /etc/modprobe.d, without `.conf`.' },
-      load: { ...moduleList, description: 'Modules to load at every boot.' },
-      options: {
-        type: 'object',
-        minProperties: 1,
-        propertyNames: { pattern: MODULE_NAME },
-        additionalProperties: { type: 'string', pattern: '^[^\\n]+$' },
-        description: 'Module parameters, as modprobe takes them: `nf_conntrack: "hashsize=131072"`.',
-      },
-      blacklist: { ...moduleList, description: 'Modules never loaded by alias (automatic hardware loading).' },
-    },
-  },
+  schema: kernelModulesSchema,
   describe: (spec) =>
     [
       spec.load?.length ? `load ${spec.load.join(' ')}` : '',

@@ -1,33 +1,42 @@
+import { Type, type Static } from '@sinclair/typebox';
 import { requireFamily } from '../distro/families.js';
 import { parsePackageSpec } from '../pkg/types.js';
+import { Enum, OneOf } from '../util/json-schema.js';
 import { defineStep } from './types.js';
 
-export interface PackagesSpec {
-  install?: string[];
-  remove?: string[];
-  /** true: upgrade everything; names: upgrade those, if installed. */
-  upgrade?: true | string[];
-  /** names: hold those; true: hold the packages named in `install`. */
-  hold?: true | string[];
-  /** dnf/yum: installs with --disableexcludes=NAME (a repository whose .repo file excludes these packages). */
-  disable_excludes?: string;
-}
-
-const packageList = {
-  type: 'array',
-  minItems: 1,
-  uniqueItems: true,
-  // Debian names are lower case; RPM names need not be (NetworkManager), and RPM versions may hold a caret (1.0^20240101git).
-  items: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9+._-]*(=[A-Za-z0-9.+~^:_-]+)?$' },
-};
+/** Debian names are lower case; RPM names need not be (NetworkManager), and RPM versions may hold a caret (1.0^20240101git). */
+const packageList = (description: string) =>
+  Type.Optional(Type.Array(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9+._-]*(=[A-Za-z0-9.+~^:_-]+)?$' }), { minItems: 1, uniqueItems: true, description }));
 
 /** Names only: upgrade and hold act on installed packages, whatever their version. */
-const nameList = {
-  type: 'array',
-  minItems: 1,
-  uniqueItems: true,
-  items: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9+._-]*$' },
-};
+const nameList = Type.Array(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9+._-]*$' }), { minItems: 1, uniqueItems: true });
+
+const packagesSchema = Type.Object(
+  {
+    install: packageList('Packages to install: `name` or `name=version` (rpm: `[epoch:]version-release`).'),
+    remove: packageList('Packages to remove (apt: purged), with the dependencies nothing else needs.'),
+    /** true: upgrade everything; names: upgrade those, if installed. */
+    upgrade: Type.Optional(OneOf([Enum([true]), nameList], { description: '`true` to upgrade every installed package, or the names of installed packages to upgrade.' })),
+    /** names: hold those; true: hold the packages named in `install`. */
+    hold: Type.Optional(OneOf([Enum([true]), nameList], { description: 'Names of packages to hold at their installed versions, or `true` for the packages named in `install`.' })),
+    /** dnf/yum: installs with --disableexcludes=NAME (a repository whose .repo file excludes these packages). */
+    disable_excludes: Type.Optional(
+      Type.String({
+        pattern: '^[A-Za-z0-9][A-Za-z0-9_.:-]*$',
+        description: 'dnf and yum: the id of a repository (or `main`, `all`) whose excludes this install ignores: `--disableexcludes=NAME`.',
+      }),
+    ),
+  },
+  {
+    additionalProperties: false,
+    minProperties: 1,
+    dependencies: { disable_excludes: ['install'] },
+    if: { required: ['hold'], properties: { hold: { const: true } } },
+    then: { required: ['install'] },
+  },
+);
+
+export type PackagesSpec = Static<typeof packagesSchema>;
 
 /** The names `hold` acts on: its list, or with `true` the packages `install` names (without versions). */
 export function holdNames(spec: PackagesSpec): string[] {
@@ -35,7 +44,7 @@ export function holdNames(spec: PackagesSpec): string[] {
   return spec.hold ?? [];
 }
 
-export const packagesStep = defineStep<PackagesSpec>({
+export const packagesStep = defineStep({
   key: 'packages',
   summary: "Install, remove, upgrade or hold packages with the guest's own package manager",
   description:
@@ -59,31 +68,7 @@ export const packagesStep = defineStep<PackagesSpec>({
     'Without a release package in its rpm database (zypper: a base product), an rpm guest gets `--releasever` from its ' +
     'os-release VERSION_ID.',
   example: { install: ['containerd', 'conntrack', 'socat=1.7.4.4-2'] },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    minProperties: 1,
-    properties: {
-      install: { ...packageList, description: 'Packages to install: `name` or `name=version` (rpm: `[epoch:]version-release`).' },
-      remove: { ...packageList, description: 'Packages to remove (apt: purged), with the dependencies nothing else needs.' },
-      upgrade: {
-        description: '`true` to upgrade every installed package, or the names of installed packages to upgrade.',
-        oneOf: [{ enum: [true] }, nameList],
-      },
-      hold: {
-        description: 'Names of packages to hold at their installed versions, or `true` for the packages named in `install`.',
-        oneOf: [{ enum: [true] }, nameList],
-      },
-      disable_excludes: {
-        type: 'string',
-        pattern: '^[A-Za-z0-9][A-Za-z0-9_.:-]*$',
-        description: 'dnf and yum: the id of a repository (or `main`, `all`) whose excludes this install ignores: `--disableexcludes=NAME`.',
-      },
-    },
-    dependencies: { disable_excludes: ['install'] },
-    if: { required: ['hold'], properties: { hold: { const: true } } },
-    then: { required: ['install'] },
-  },
+  schema: packagesSchema,
   cacheInputs: async (spec) => {
     const unversioned = (spec.install ?? []).filter((text) => parsePackageSpec(text).version === undefined);
     if (spec.upgrade) return { unpinned: 'upgrades to whatever the repositories offer' };

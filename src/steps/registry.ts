@@ -11,7 +11,8 @@ import { swapStep } from './swap.js';
 import { sysctlStep } from './sysctl.js';
 import { sysprepStep } from './sysprep.js';
 import { userStep } from './user.js';
-import type { JsonSchema, StepType } from './types.js';
+import type { StepType } from './types.js';
+import type { JsonSchema } from '../util/json-schema.js';
 import { WHEN_SCHEMA } from '../recipe/when.js';
 import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 

@@ -1,22 +1,13 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Type, type Static } from '@sinclair/typebox';
+import { ABSENT } from '../util/json-schema.js';
 import { requireFamily } from '../distro/families.js';
 import { fetchBytes, MAX_KEY_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { defineStep, type StepContext } from './types.js';
-
-export interface RepositorySpec {
-  name: string;
-  url: string;
-  suite?: string;
-  components?: string[];
-  key_url?: string;
-  key?: string;
-  fingerprint?: string;
-  exclude?: string[];
-}
 
 /** One primary key found in a key file, as the host's gpg reads it. */
 export interface OpenPgpKey {
@@ -27,7 +18,65 @@ export interface OpenPgpKey {
 }
 
 const HTTP_URL = '^https?://[^\\s]+$';
-const ABSENT = { not: {} };
+
+const repositorySchema = Type.Object(
+  {
+    name: Type.String({
+      pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]*$',
+      maxLength: 64,
+      description: 'Names the files written (NAME.sources and NAME.asc; NAME.repo and RPM-GPG-KEY-NAME) and the dnf repository id: letters, digits, "_", "." and "-".',
+    }),
+    url: Type.String({ pattern: HTTP_URL, description: "The repository's URI (dnf: its baseurl), as the guest reaches it (http or https)." }),
+    suite: Type.Optional(
+      Type.String({
+        pattern: '^[^\\s]+$',
+        default: '/',
+        description: 'apt: the suite (e.g. bookworm), or an exact path ending in "/" for a flat repository (the default, "/"). Not for dnf.',
+      }),
+    ),
+    components: Type.Optional(
+      Type.Array(Type.String({ pattern: '^[^\\s/]+$' }), {
+        minItems: 1,
+        uniqueItems: true,
+        description: 'apt: components (e.g. [main]); required with a suite that is not a path, not allowed with one that is. Not for dnf.',
+      }),
+    ),
+    key_url: Type.Optional(Type.String({ pattern: HTTP_URL, description: 'URL of the OpenPGP public key that signs the repository (armored or binary). Needs fingerprint.' })),
+    key: Type.Optional(Type.String({ pattern: '-----BEGIN PGP PUBLIC KEY BLOCK-----', description: 'The armored OpenPGP public key, inline. Exactly one of key and key_url.' })),
+    fingerprint: Type.Optional(
+      Type.String({
+        pattern: '^\\s*([0-9A-Fa-f]\\s*){40}$',
+        description: "The key's full primary key fingerprint (40 hex digits, spaces allowed); required with key_url, checked if given with key.",
+      }),
+    ),
+    exclude: Type.Optional(
+      Type.Array(Type.String({ pattern: '^[A-Za-z0-9*?][A-Za-z0-9+._*?-]*$' }), {
+        minItems: 1,
+        uniqueItems: true,
+        description: 'dnf and yum: packages (globs allowed) this repository never offers unless an install says `disable_excludes: NAME` (`exclude=` in the .repo file). Not for apt, tdnf or zypper.',
+      }),
+    ),
+  },
+  {
+    additionalProperties: false,
+    allOf: [
+      {
+        description: 'Exactly one of key and key_url; key_url needs fingerprint.',
+        if: { required: ['key_url'] },
+        then: { required: ['fingerprint'], properties: { key: ABSENT } },
+        else: { required: ['key'] },
+      },
+      {
+        description: 'A flat repository (suite ending in "/", the default) has no components; any other suite needs them.',
+        if: { required: ['suite'], properties: { suite: { pattern: '[^/]$' } } },
+        then: { required: ['components'] },
+        else: { properties: { components: ABSENT } },
+      },
+    ],
+  },
+);
+
+export type RepositorySpec = Static<typeof repositorySchema>;
 
 /** Upper-case hex without spaces: how fingerprints are compared. */
 export function normalizeFingerprint(text: string): string {
@@ -144,7 +193,7 @@ async function verifyKey(context: StepContext, spec: RepositorySpec, key: Buffer
   return found;
 }
 
-export const repositoryStep = defineStep<RepositorySpec>({
+export const repositoryStep = defineStep({
   key: 'repository',
   summary: 'Add a signed package repository, trusted through a verified key',
   description:
@@ -170,61 +219,7 @@ export const repositoryStep = defineStep<RepositorySpec>({
     key_url: 'https://pkgs.k8s.io/core:/stable:/v1.30/deb/Release.key',
     fingerprint: 'DE15 B144 86CD 377B 9E87  6E1A 2346 54DA 9A29 6436',
   },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['name', 'url'],
-    properties: {
-      name: {
-        type: 'string',
-        pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]*$',
-        maxLength: 64,
-        description: 'Names the files written (NAME.sources and NAME.asc; NAME.repo and RPM-GPG-KEY-NAME) and the dnf repository id: letters, digits, "_", "." and "-".',
-      },
-      url: { type: 'string', pattern: HTTP_URL, description: "The repository's URI (dnf: its baseurl), as the guest reaches it (http or https)." },
-      suite: {
-        type: 'string',
-        pattern: '^[^\\s]+$',
-        default: '/',
-        description: 'apt: the suite (e.g. bookworm), or an exact path ending in "/" for a flat repository (the default, "/"). Not for dnf.',
-      },
-      components: {
-        type: 'array',
-        minItems: 1,
-        uniqueItems: true,
-        items: { type: 'string', pattern: '^[^\\s/]+$' },
-        description: 'apt: components (e.g. [main]); required with a suite that is not a path, not allowed with one that is. Not for dnf.',
-      },
-      key_url: { type: 'string', pattern: HTTP_URL, description: 'URL of the OpenPGP public key that signs the repository (armored or binary). Needs fingerprint.' },
-      key: { type: 'string', pattern: '-----BEGIN PGP PUBLIC KEY BLOCK-----', description: 'The armored OpenPGP public key, inline. Exactly one of key and key_url.' },
-      fingerprint: {
-        type: 'string',
-        pattern: '^\\s*([0-9A-Fa-f]\\s*){40}$',
-        description: "The key's full primary key fingerprint (40 hex digits, spaces allowed); required with key_url, checked if given with key.",
-      },
-      exclude: {
-        type: 'array',
-        minItems: 1,
-        uniqueItems: true,
-        items: { type: 'string', pattern: '^[A-Za-z0-9*?][A-Za-z0-9+._*?-]*$' },
-        description: 'dnf and yum: packages (globs allowed) this repository never offers unless an install says `disable_excludes: NAME` (`exclude=` in the .repo file). Not for apt, tdnf or zypper.',
-      },
-    },
-    allOf: [
-      {
-        description: 'Exactly one of key and key_url; key_url needs fingerprint.',
-        if: { required: ['key_url'] },
-        then: { required: ['fingerprint'], properties: { key: ABSENT } },
-        else: { required: ['key'] },
-      },
-      {
-        description: 'A flat repository (suite ending in "/", the default) has no components; any other suite needs them.',
-        if: { required: ['suite'], properties: { suite: { pattern: '[^/]$' } } },
-        then: { required: ['components'] },
-        else: { properties: { components: ABSENT } },
-      },
-    ],
-  },
+  schema: repositorySchema,
   describe: (spec) => `add repository ${spec.name} (${spec.url})`,
   needsPackageManager: () => true,
   async run(context, spec) {

@@ -1,12 +1,28 @@
 import { statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { Type, type Static } from '@sinclair/typebox';
+import { Dictionary, OneOf } from '../util/json-schema.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { defineStep } from './types.js';
 import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
-export type RunSpec = string | { script?: string; file?: string; env?: Record<string, string>; timeout?: number; shell?: string };
+const runSchema = OneOf([
+  Type.String({ minLength: 1, description: 'The script, run with /bin/sh -e.' }),
+  Type.Object(
+    {
+      script: Type.Optional(Type.String({ minLength: 1, description: 'The script text.' })),
+      file: Type.Optional(Type.String({ minLength: 1, description: 'A script file on the host, relative to the recipe.' })),
+      env: Type.Optional(Dictionary(Type.String(), { description: 'Extra environment variables.' })),
+      timeout: Type.Optional(Type.Integer({ minimum: 1, description: 'Seconds before the script is killed.' })),
+      shell: Type.Optional(Type.String({ pattern: '^/', description: 'Interpreter inside the guest (default /bin/sh).' })),
+    },
+    { additionalProperties: false, oneOf: [{ required: ['script'] }, { required: ['file'] }] },
+  ),
+]);
 
-export const runStep = defineStep<RunSpec>({
+export type RunSpec = Static<typeof runSchema>;
+
+export const runStep = defineStep({
   key: 'run',
   summary: 'Run a shell script inside the guest',
   description:
@@ -14,23 +30,7 @@ export const runStep = defineStep<RunSpec>({
     '(or the given shell). A non-zero exit stops the build. Output goes to the build log. `timeout` is in seconds ' +
     '(default: the recipe\'s `limits.timeout`, else 30 minutes).',
   example: 'echo "net.ipv4.ip_forward = 1" > /etc/sysctl.d/99-forward.conf',
-  schema: {
-    oneOf: [
-      { type: 'string', minLength: 1, description: 'The script, run with /bin/sh -e.' },
-      {
-        type: 'object',
-        additionalProperties: false,
-        properties: {
-          script: { type: 'string', minLength: 1, description: 'The script text.' },
-          file: { type: 'string', minLength: 1, description: 'A script file on the host, relative to the recipe.' },
-          env: { type: 'object', additionalProperties: { type: 'string' }, description: 'Extra environment variables.' },
-          timeout: { type: 'integer', minimum: 1, description: 'Seconds before the script is killed.' },
-          shell: { type: 'string', pattern: '^/', description: 'Interpreter inside the guest (default /bin/sh).' },
-        },
-        oneOf: [{ required: ['script'] }, { required: ['file'] }],
-      },
-    ],
-  },
+  schema: runSchema,
   hostPaths: (spec) => (typeof spec === 'string' || spec.file === undefined ? [] : [{ at: ['file'], path: spec.file }]),
   async cacheInputs(spec, environment) {
     if (typeof spec === 'string' || spec.file === undefined) return {};

@@ -1,13 +1,7 @@
+import { Type, type Static } from '@sinclair/typebox';
 import { ImageBuilderError } from '../util/errors.js';
 import { guestRun } from './guest-exec.js';
 import { defineStep, type RecordedUnit, type StepContext } from './types.js';
-
-export interface ServiceSpec {
-  enable?: string[];
-  disable?: string[];
-  mask?: string[];
-  unmask?: string[];
-}
 
 /** In the order they run: a unit can be unmasked and then enabled, or disabled and then masked, in one step. */
 const ACTIONS = ['unmask', 'enable', 'disable', 'mask'] as const;
@@ -31,13 +25,22 @@ export function unitName(name: string): string {
   return dot > 0 && UNIT_SUFFIXES.includes(name.slice(dot + 1)) ? name : `${name}.service`;
 }
 
-const unitList = (what: string) => ({
-  type: 'array',
-  minItems: 1,
-  uniqueItems: true,
-  items: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9:_\\\\][A-Za-z0-9:_.@\\\\-]*$' },
-  description: what,
-});
+const unitList = (what: string) =>
+  Type.Optional(
+    Type.Array(Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9:_\\\\][A-Za-z0-9:_.@\\\\-]*$' }), { minItems: 1, uniqueItems: true, description: what }),
+  );
+
+const serviceSchema = Type.Object(
+  {
+    enable: unitList('Units to enable (their [Install] section: WantedBy= symlinks, aliases).'),
+    disable: unitList('Units to disable (removes the symlinks enable made).'),
+    mask: unitList('Units to mask (linked to /dev/null: they cannot be started at all).'),
+    unmask: unitList('Units to unmask.'),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+
+export type ServiceSpec = Static<typeof serviceSchema>;
 
 /** Units the guest's systemctl does not know, from `systemctl is-enabled` (older systemd: an error; newer: "not-found"). */
 function unknownUnits(units: string[], stdout: string, stderr: string): string[] {
@@ -77,7 +80,7 @@ async function checkUnitsExist(context: StepContext, units: string[]): Promise<v
   }
 }
 
-export const serviceStep = defineStep<ServiceSpec>({
+export const serviceStep = defineStep({
   key: 'service',
   summary: 'Enable, disable, mask or unmask systemd units',
   description:
@@ -87,17 +90,7 @@ export const serviceStep = defineStep<ServiceSpec>({
     'Runs unmask, enable, disable, then mask; a unit may not be both enabled and disabled or masked, nor masked and ' +
     'unmasked. Each change is listed in the BOM under `units`.',
   example: { enable: ['containerd.service', 'kubelet'], mask: ['apt-daily.timer', 'apt-daily-upgrade.timer'] },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    minProperties: 1,
-    properties: {
-      enable: unitList('Units to enable (their [Install] section: WantedBy= symlinks, aliases).'),
-      disable: unitList('Units to disable (removes the symlinks enable made).'),
-      mask: unitList('Units to mask (linked to /dev/null: they cannot be started at all).'),
-      unmask: unitList('Units to unmask.'),
-    },
-  },
+  schema: serviceSchema,
   describe: (spec) =>
     ACTIONS.filter((action) => spec[action]?.length)
       .map((action) => `${action} ${spec[action]!.join(' ')}`)

@@ -1,3 +1,5 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { Const } from '../util/json-schema.js';
 import { readGuestText, statGuest } from '../util/guest-fs.js';
 import { posix } from 'node:path';
 import { writeGuestFile } from '../chroot/guest-write.js';
@@ -5,9 +7,9 @@ import { resolveInRoot } from '../util/fs.js';
 import { guestHasCommand, guestRun } from './guest-exec.js';
 import { defineStep } from './types.js';
 
-export interface SwapSpec {
-  off: true;
-}
+const swapSchema = Type.Object({ off: Const(true, { description: 'Must be `true`: swap is turned off.' }) }, { additionalProperties: false });
+
+export type SwapSpec = Static<typeof swapSchema>;
 
 /** What a disabled fstab line starts with: the line itself follows, so it can be put back by hand. */
 export const FSTAB_DISABLED_PREFIX = '# disabled by imagebuilder: ';
@@ -33,7 +35,7 @@ export function disableSwapInFstab(text: string): { text: string; sources: strin
   return { text: lines.join('\n'), sources };
 }
 
-export const swapStep = defineStep<SwapSpec>({
+export const swapStep = defineStep({
   key: 'swap',
   summary: 'Turn swap off for good (fstab, swap files, zram, swap.target)',
   description:
@@ -44,14 +46,7 @@ export const swapStep = defineStep<SwapSpec>({
     'is masked so that no other swap unit (the GPT auto-generator\'s, a zram-generator drop-in\'s, a hand-made .swap ' +
     'unit) is pulled in at boot. Nothing runs swapoff: the build host is not touched.',
   example: { off: true },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['off'],
-    properties: {
-      off: { const: true, description: 'Must be `true`: swap is turned off.' },
-    },
-  },
+  schema: swapSchema,
   describe: () => 'swap off',
   async run(context, _spec) {
     const { root } = context.session;

@@ -1,3 +1,5 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { Enum } from '../util/json-schema.js';
 import { requireFamily } from '../distro/families.js';
 import { DBUS_MACHINE_ID } from '../distro/types.js';
 import { guestRun } from './guest-exec.js';
@@ -7,9 +9,14 @@ import { defineStep, type StepContext } from './types.js';
 export const SYSPREP_OPERATIONS = ['package-cache', 'cloud-init', 'ssh-host-keys', 'machine-id', 'shell-history', 'tmp', 'logs'] as const;
 export type SysprepOperation = (typeof SYSPREP_OPERATIONS)[number];
 
-export interface SysprepSpec {
-  operations?: SysprepOperation[];
-}
+const sysprepSchema = Type.Object(
+  {
+    operations: Type.Optional(Type.Array(Enum(SYSPREP_OPERATIONS), { minItems: 1, uniqueItems: true, description: 'Which operations to run (default: all).' })),
+  },
+  { additionalProperties: false },
+);
+
+export type SysprepSpec = Static<typeof sysprepSchema>;
 
 /** History files removed from every home directory in the guest's passwd database (regular files only). */
 export const HISTORY_FILES = ['.bash_history', '.zsh_history', '.sh_history', '.ash_history', '.history', '.python_history', '.lesshst'];
@@ -79,7 +86,7 @@ async function runOperation(context: StepContext, operation: SysprepOperation, e
   }
 }
 
-export const sysprepStep = defineStep<SysprepSpec>({
+export const sysprepStep = defineStep({
   key: 'sysprep',
   summary: 'Remove what makes this image one machine: machine-id, SSH host keys, logs, caches',
   description:
@@ -94,19 +101,7 @@ export const sysprepStep = defineStep<SysprepSpec>({
     '/var/tmp; `logs` (last) empties every file under /var/log, keeping them, and removes journal files. Without ' +
     '`operations`, all of them run. Put this step last.',
   example: { operations: ['machine-id', 'ssh-host-keys', 'logs', 'package-cache', 'tmp', 'shell-history'] },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      operations: {
-        type: 'array',
-        minItems: 1,
-        uniqueItems: true,
-        items: { enum: [...SYSPREP_OPERATIONS] },
-        description: 'Which operations to run (default: all).',
-      },
-    },
-  },
+  schema: sysprepSchema,
   describe: (spec) => `sysprep ${spec.operations ? spec.operations.join(' ') : 'all'}`,
   // Without `operations`, package-cache is skipped (with a warning) on an unknown distribution; asked for, it needs one.
   needsPackageManager: (spec) => spec.operations?.includes('package-cache') ?? false,

@@ -1,10 +1,9 @@
+import type { Static, TSchema } from '@sinclair/typebox';
 import type { ChrootSession } from '../chroot/session.js';
 import type { Distro } from '../distro/families.js';
 import type { HttpTimeouts } from '../fetch/http.js';
 import type { Logger } from '../util/log.js';
-
-/** A JSON Schema fragment (draft 2020-12 subset ajv understands). */
-export type JsonSchema = Record<string, unknown>;
+import { plainSchema, type JsonSchema } from '../util/json-schema.js';
 
 /** What steps put into the image, as the BOM lists it. */
 export interface RecordedFile {
@@ -84,6 +83,7 @@ export interface StepType<Spec = unknown> {
   readonly description: string;
   /** An example value, as it would appear under the key. */
   readonly example: Spec;
+  /** The JSON Schema of its value, plain JSON (defineStep makes it from the TypeBox schema Spec comes from). */
   readonly schema: JsonSchema;
   /** A short description of one use, for logs when the step has no name. */
   describe(spec: Spec): string;
@@ -113,6 +113,10 @@ export interface StepCacheInputs {
   unpinned?: string;
 }
 
-export function defineStep<Spec>(type: StepType<Spec>): StepType<Spec> {
-  return type;
+/**
+ * A step type whose value's schema is written once, with TypeBox: the JSON Schema recipes are validated against and
+ * the TypeScript type (Spec) its functions receive both come from it, so they cannot disagree.
+ */
+export function defineStep<Schema extends TSchema>(type: Omit<StepType<Static<Schema>>, 'schema'> & { schema: Schema }): StepType<Static<Schema>> {
+  return { ...type, schema: plainSchema(type.schema) };
 }

@@ -1,34 +1,62 @@
 import { posix } from 'node:path';
+import { Type, type Static, type StringOptions } from '@sinclair/typebox';
+import { Const, OneOf } from '../util/json-schema.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { guestHasCommand, guestRun } from './guest-exec.js';
 import { defineStep, type StepContext } from './types.js';
 
-export interface UserEntry {
-  name: string;
-  uid?: number;
-  groups?: string[];
-  shell?: string;
-  home?: string;
-  system?: boolean;
-  authorized_keys?: string[];
-  sudo?: string | false;
-}
-
-export interface GroupEntry {
-  name: string;
-  gid?: number;
-  system?: boolean;
-}
-
-export interface UserSpec {
-  users?: UserEntry[];
-  groups?: GroupEntry[];
-}
-
-const NAME = { type: 'string', pattern: '^[a-z_][a-z0-9_.-]*$', maxLength: 32 };
-const ID = { type: 'integer', minimum: 0, maximum: 4294967294 };
+/** A user or group name, as useradd and groupadd take it. */
+const name = (options: StringOptions = {}) => Type.String({ pattern: '^[a-z_][a-z0-9_.-]*$', maxLength: 32, ...options });
+const id = (description: string) => Type.Optional(Type.Integer({ minimum: 0, maximum: 4294967294, description }));
 const SINGLE_LINE = '^[^\\n]+$';
+
+const groupSchema = Type.Object(
+  {
+    name: name({ description: 'Group name.' }),
+    gid: id('Numeric group id (default: the next free one).'),
+    system: Type.Optional(Type.Boolean({ default: false, description: 'A system group (gid from the system range).' })),
+  },
+  { additionalProperties: false },
+);
+
+const userEntrySchema = Type.Object(
+  {
+    name: name({ description: 'User name.' }),
+    uid: id('Numeric user id (default: the next free one).'),
+    groups: Type.Optional(
+      Type.Array(name(), { uniqueItems: true, description: 'Supplementary groups; they must exist (create them under `groups`).' }),
+    ),
+    shell: Type.Optional(Type.String({ pattern: '^/', description: "Login shell (default: the guest's useradd default)." })),
+    home: Type.Optional(Type.String({ pattern: '^/', description: 'Home directory (default: /home/NAME).' })),
+    system: Type.Optional(Type.Boolean({ default: false, description: 'A system user (uid from the system range, no home unless asked).' })),
+    authorized_keys: Type.Optional(
+      Type.Array(Type.String({ pattern: SINGLE_LINE }), { description: 'SSH public keys, one per entry; they replace ~/.ssh/authorized_keys.' }),
+    ),
+    sudo: Type.Optional(
+      OneOf(
+        [
+          Type.String({ pattern: SINGLE_LINE, description: 'The sudoers rule after the user name, e.g. "ALL=(ALL) NOPASSWD:ALL".' }),
+          Const(false, { description: "Remove the user's file in /etc/sudoers.d." }),
+        ],
+        { description: 'A sudo rule for the user, or false to remove it.' },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+const userSchema = Type.Object(
+  {
+    groups: Type.Optional(Type.Array(groupSchema, { minItems: 1, description: 'Groups to create (or update), before the users.' })),
+    users: Type.Optional(Type.Array(userEntrySchema, { minItems: 1, description: 'Users to create (or update).' })),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+
+export type GroupEntry = Static<typeof groupSchema>;
+export type UserEntry = Static<typeof userEntrySchema>;
+export type UserSpec = Static<typeof userSchema>;
 
 export const SUDOERS_HEADER = '# Written by imagebuilder.\n';
 
@@ -136,7 +164,7 @@ async function writeSudoers(context: StepContext, user: UserEntry, rule: string 
   context.record.file({ path, sha256, kind: 'config' });
 }
 
-export const userStep = defineStep<UserSpec>({
+export const userStep = defineStep({
   key: 'user',
   summary: 'Create or update users and groups, their SSH keys and sudo rules',
   description:
@@ -150,58 +178,7 @@ export const userStep = defineStep<UserSpec>({
     groups: [{ name: 'k8s-admins', gid: 1500 }],
     users: [{ name: 'ops', uid: 1500, groups: ['k8s-admins', 'adm'], shell: '/bin/bash', authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnly ops@example'], sudo: 'ALL=(ALL) NOPASSWD:ALL' }],
   },
-  schema: {
-    type: 'object',
-    additionalProperties: false,
-    minProperties: 1,
-    properties: {
-      groups: {
-        type: 'array',
-        minItems: 1,
-        description: 'Groups to create (or update), before the users.',
-        items: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['name'],
-          properties: {
-            name: { ...NAME, description: 'Group name.' },
-            gid: { ...ID, description: 'Numeric group id (default: the next free one).' },
-            system: { type: 'boolean', default: false, description: 'A system group (gid from the system range).' },
-          },
-        },
-      },
-      users: {
-        type: 'array',
-        minItems: 1,
-        description: 'Users to create (or update).',
-        items: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['name'],
-          properties: {
-            name: { ...NAME, description: 'User name.' },
-            uid: { ...ID, description: 'Numeric user id (default: the next free one).' },
-            groups: { type: 'array', uniqueItems: true, items: NAME, description: 'Supplementary groups; they must exist (create them under `groups`).' },
-            shell: { type: 'string', pattern: '^/', description: "Login shell (default: the guest's useradd default)." },
-            home: { type: 'string', pattern: '^/', description: 'Home directory (default: /home/NAME).' },
-            system: { type: 'boolean', default: false, description: 'A system user (uid from the system range, no home unless asked).' },
-            authorized_keys: {
-              type: 'array',
-              items: { type: 'string', pattern: SINGLE_LINE },
-              description: 'SSH public keys, one per entry; they replace ~/.ssh/authorized_keys.',
-            },
-            sudo: {
-              oneOf: [
-                { type: 'string', pattern: SINGLE_LINE, description: 'The sudoers rule after the user name, e.g. "ALL=(ALL) NOPASSWD:ALL".' },
-                { const: false, description: "Remove the user's file in /etc/sudoers.d." },
-              ],
-              description: 'A sudo rule for the user, or false to remove it.',
-            },
-          },
-        },
-      },
-    },
-  },
+  schema: userSchema,
   describe: (spec) =>
     [spec.groups?.length ? `group ${spec.groups.map((g) => g.name).join(' ')}` : '', spec.users?.length ? `user ${spec.users.map((u) => u.name).join(' ')}` : '']
       .filter(Boolean)

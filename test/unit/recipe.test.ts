@@ -3,7 +3,7 @@ import { Ajv } from 'ajv';
 import { parse } from 'yaml';
 import { parseRecipe, didYouMean } from '../../src/recipe/load.js';
 import { recipeSchema } from '../../src/recipe/schema.js';
-import { STEP_TYPES } from '../../src/steps/registry.js';
+import { STEP_TYPES, stepSchema } from '../../src/steps/registry.js';
 
 const problemsOf = (text: string) => parseRecipe(text, 'r.yaml').problems.map((p) => `${p.location}: ${p.message}`);
 
@@ -82,6 +82,12 @@ describe('the committed schema and shipped recipes', () => {
       const { problems } = parseRecipe(JSON.stringify({ name: 'example', steps: [{ [type.key]: type.example }] }), 'example.json', { schemaOnly: true });
       expect(problems).toEqual([]);
     }
+  });
+
+  test('every step schema is plain JSON: none of the symbol keys TypeBox marks its schemas with reaches ajv or the docs', () => {
+    const hasSymbolKeys = (node: unknown): boolean =>
+      !!node && typeof node === 'object' && (Object.getOwnPropertySymbols(node).length > 0 || Object.values(node).some(hasSymbolKeys));
+    for (const type of STEP_TYPES) expect([type.key, hasSymbolKeys(stepSchema(type))]).toEqual([type.key, false]);
   });
 
   test('every shipped recipe validates, both with our loader and with the full schema through ajv', async () => {
