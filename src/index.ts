@@ -3,7 +3,8 @@ export { apply, defaultOutputPath, exportWorkImage, prepareWorkImage, type Apply
 export type { BuildEvent } from './pipeline/events.js';
 export { LayerStore, stepKeys } from './pipeline/layers.js';
 export { writeRootfsTar, type RootfsTarOptions } from './image/rootfs-tar.js';
-export { OUTPUT_FORMATS, SPARSIFY_MODES, type OutputFormat, type SparsifyMode } from './pipeline/output.js';
+export { OUTPUT_FORMATS, type OutputFormat } from './image/formats.js';
+export { SPARSIFY_MODES, type SparsifyMode } from './pipeline/output.js';
 export { verifyImage, type VerifiedImage } from './pipeline/verify.js';
 export { loadRecipe, parseRecipe, type Recipe, type RecipeProblem } from './recipe/load.js';
 export { recipeSchema } from './recipe/schema.js';

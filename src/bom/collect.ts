@@ -1,13 +1,7 @@
-import { readGuestDir } from '../util/guest-fs.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage, RecordedUnit } from '../steps/types.js';
-import type { UnitState } from './inventory.js';
-
-export interface Kernel {
-  version: string;
-  /** Guest path of the kernel image, when there is one. */
-  image?: string;
-}
+import type { BomStep } from '../util/step-record.js';
+import type { Kernel, UnitState } from './inventory.js';
 
 /** 'changed': same package, another version than the base had (an upgrade or a pinned downgrade). */
 export type PackageOrigin = 'base' | 'added' | 'changed';
@@ -15,18 +9,6 @@ export type PackageOrigin = 'base' | 'added' | 'changed';
 export interface BomPackage extends InstalledPackage {
   origin: PackageOrigin;
   baseVersion?: string;
-}
-
-export interface BomStep {
-  index: number;
-  name?: string;
-  type: string;
-  description: string;
-  durationMs: number;
-  /** Why the step did not run here (its `when` did not match the guest). */
-  skipped?: string;
-  /** Its result was taken from the step cache (its duration is the one measured when it ran). */
-  cached?: boolean;
 }
 
 export interface Bom {
@@ -70,20 +52,6 @@ export interface Bom {
   mountBackend: string;
   durationsMs: Record<string, number>;
   warnings: string[];
-}
-
-/** Installed kernels: /lib/modules/<version> directories, with the matching /boot/vmlinuz-<version>. */
-export async function listKernels(root: string): Promise<Kernel[]> {
-  const versions = new Set<string>((await readGuestDir(root, '/lib/modules')) ?? []);
-  const images = new Map<string, string>();
-  for (const entry of (await readGuestDir(root, '/boot')) ?? []) {
-    const match = /^(?:vmlinuz|vmlinux|Image)-(.+)$/.exec(entry);
-    if (match) {
-      versions.add(match[1]);
-      images.set(match[1], `/boot/${entry}`);
-    }
-  }
-  return [...versions].sort().map((version) => ({ version, ...(images.has(version) ? { image: images.get(version) } : {}) }));
 }
 
 /** Marks each package as from the base image, added or changed by the recipe; lists what was removed. */

@@ -4,7 +4,26 @@ import { join } from 'node:path';
 import type { Distro } from '../distro/families.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import { resolveInRoot } from '../util/fs.js';
-import { listKernels, type Kernel } from './collect.js';
+
+export interface Kernel {
+  version: string;
+  /** Guest path of the kernel image, when there is one. */
+  image?: string;
+}
+
+/** Installed kernels: /lib/modules/<version> directories, with the matching /boot/vmlinuz-<version>. */
+export async function listKernels(root: string): Promise<Kernel[]> {
+  const versions = new Set<string>((await readGuestDir(root, '/lib/modules')) ?? []);
+  const images = new Map<string, string>();
+  for (const entry of (await readGuestDir(root, '/boot')) ?? []) {
+    const match = /^(?:vmlinuz|vmlinux|Image)-(.+)$/.exec(entry);
+    if (match) {
+      versions.add(match[1]);
+      images.set(match[1], `/boot/${entry}`);
+    }
+  }
+  return [...versions].sort().map((version) => ({ version, ...(images.has(version) ? { image: images.get(version) } : {}) }));
+}
 
 export interface UnitState {
   unit: string;

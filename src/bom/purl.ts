@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import { basename } from 'node:path';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage } from '../steps/types.js';
-import type { Bom, BomPackage, Kernel } from './collect.js';
-import type { Inventory, UnitState } from './inventory.js';
+import type { Bom, BomPackage } from './collect.js';
+import type { Inventory, Kernel, UnitState } from './inventory.js';
 import { sourceDateEpoch } from '../util/time.js';
 
 /*

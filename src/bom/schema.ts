@@ -1,5 +1,5 @@
 import type { JsonSchema } from '../util/json-schema.js';
-import { OUTPUT_FORMATS } from '../pipeline/output.js';
+import { OUTPUT_FORMATS } from '../image/formats.js';
 
 const SHA256 = { type: 'string', pattern: '^[0-9a-f]{64}$' };
 const str = { type: 'string' };

@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { SBOM_FORMATS, type ArtifactOptions, type SbomFormat } from '../pipeline/apply.js';
-import { OUTPUT_FORMATS, SPARSIFY_MODES, type OutputFormat, type SparsifyMode } from '../pipeline/output.js';
+import { OUTPUT_FORMATS, type OutputFormat } from '../image/formats.js';
+import { SPARSIFY_MODES, type SparsifyMode } from '../pipeline/output.js';
 import { ImageBuilderError } from '../util/errors.js';
 
 export const sparsifyFlag = {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import { readGuestDir, statGuest } from '../util/guest-fs.js';
 import { join } from 'node:path';
-import type { BomStep } from '../bom/collect.js';
+import type { BomStep } from '../util/step-record.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { exists, resolveInRoot } from '../util/fs.js';
 import type { Logger } from '../util/log.js';

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import type { BomStep } from '../bom/collect.js';
+import type { BomStep } from '../util/step-record.js';
 import type { GuestLayout } from '../mount/layout.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { tail, type Runner } from '../util/exec.js';

@@ -1,4 +1,4 @@
-import type { BomStep } from '../bom/collect.js';
+import type { BomStep } from '../util/step-record.js';
 import { WORK_RECORD_PATH } from '../bom/in-image.js';
 import { collectInventory, type Inventory } from '../bom/inventory.js';
 import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';

@@ -1,6 +1,6 @@
 import { rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { BomStep } from '../bom/collect.js';
+import type { BomStep } from '../util/step-record.js';
 import { imageInfo } from '../image/qemu-img.js';
 import { forgetHolding, noteHolding } from '../util/build-record.js';
 import type { Logger } from '../util/log.js';

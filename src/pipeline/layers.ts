@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BomStep } from '../bom/collect.js';
+import type { BomStep } from '../util/step-record.js';
 import { sha256Text } from '../fetch/checksums.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';

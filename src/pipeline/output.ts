@@ -1,6 +1,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { convertImage, IMAGE_FORMATS, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
+import type { OutputFormat } from '../image/formats.js';
+import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
 import type { GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
@@ -8,10 +9,6 @@ import type { Logger } from '../util/log.js';
 
 export const SPARSIFY_MODES = ['virt-sparsify', 'fstrim', 'none'] as const;
 export type SparsifyMode = (typeof SPARSIFY_MODES)[number];
-
-/** What apply can write: disk images, and `tar`, the guest's root filesystem as a tarball (src/image/rootfs-tar.ts). */
-export const OUTPUT_FORMATS = [...IMAGE_FORMATS, 'tar'] as const;
-export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 
 export const FORMAT_EXTENSIONS: Record<OutputFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi', tar: 'tar' };
 

@@ -1,5 +1,6 @@
-import { comparePackages, listKernels, type Bom, type BomStep } from '../bom/collect.js';
-import { listUnitStates } from '../bom/inventory.js';
+import { comparePackages, type Bom } from '../bom/collect.js';
+import { listKernels, listUnitStates } from '../bom/inventory.js';
+import type { BomStep } from '../util/step-record.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
 import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
 import { detectDistro, type Distro } from '../distro/families.js';

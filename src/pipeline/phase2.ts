@@ -11,7 +11,8 @@ import { ImageBuilderError } from '../util/errors.js';
 import { throwIfAborted } from '../util/signals.js';
 import type { BuildContext } from './context.js';
 import type { OpenedGuest } from './guest.js';
-import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeImageArtifacts, type OutputFormat, type SparsifyMode } from './output.js';
+import type { OutputFormat } from '../image/formats.js';
+import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeImageArtifacts, type SparsifyMode } from './output.js';
 import type { Phase1Bom } from './phase1.js';
 
 /**
