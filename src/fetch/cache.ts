@@ -5,7 +5,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { ensurePrivateDir, lockHeld as isLockHeld } from '../util/lock.js';
 import type { Logger } from '../util/log.js';
 import { cacheDir } from '../util/paths.js';
-import type { HashAlgorithm } from './checksums.js';
+import type { HashAlgorithm } from '../util/digest.js';
 import type { Compression } from './decompress.js';
 import { pruneDigests } from './digest-memo.js';
 

@@ -1,7 +1,7 @@
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { hashFile, type HashAlgorithm } from './checksums.js';
+import { hashFile, type HashAlgorithm } from '../util/digest.js';
 
 /**
  * Digests of files remembered by the file's identity, the way git's index and ccache tell a file unchanged:

@@ -4,7 +4,7 @@ import type { Bom } from '../bom/collect.js';
 import { cycloneDxFromBom } from '../bom/cyclonedx.js';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { spdxFromBom } from '../bom/spdx.js';
-import { sha256File } from '../fetch/checksums.js';
+import { sha256File } from '../util/digest.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { loadRecipe, type RecipeInputs } from '../recipe/load.js';

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BomStep } from '../bom/collect.js';
-import { sha256Text } from '../fetch/checksums.js';
+import { sha256Text } from '../util/digest.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';
 import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';

@@ -8,7 +8,7 @@ import { detectDistro } from '../distro/families.js';
 import { watchInitramfs } from '../distro/initramfs.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import type { Recipe } from '../recipe/load.js';
-import { whenMismatch } from '../recipe/when.js';
+import { whenMismatch } from '../steps/when.js';
 import { createRecorder } from '../steps/types.js';
 import { forgetHolding, noteHolding } from '../util/build-record.js';
 import { CleanupStack } from '../util/cleanup.js';

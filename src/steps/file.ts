@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { writeGuestFile } from '../chroot/guest-write.js';
-import { renderTemplate } from '../recipe/template.js';
-import { sha256Text } from '../fetch/checksums.js';
+import { renderTemplate } from '../util/template.js';
+import { sha256Text } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { confinedHostPath } from './host-inputs.js';
 import { defineStep, type StepEnvironment } from './types.js';

@@ -12,7 +12,7 @@ import { sysctlStep } from './sysctl.js';
 import { sysprepStep } from './sysprep.js';
 import { userStep } from './user.js';
 import type { JsonSchema, StepType } from './types.js';
-import { WHEN_SCHEMA } from '../recipe/when.js';
+import { WHEN_SCHEMA } from './when.js';
 import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 
 /** THE registry: every step type, once. Order is the order of the docs. */

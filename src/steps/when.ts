@@ -1,5 +1,5 @@
 import { FAMILY_NAMES, type Distro } from '../distro/types.js';
-import type { JsonSchema } from '../steps/types.js';
+import type { JsonSchema } from './types.js';
 
 /** A step's condition: every key given must match the guest. Lists mean "any of". */
 export interface WhenCondition {
