@@ -2,7 +2,7 @@ import { constants } from 'node:fs';
 import { mkdtemp, open, readdir, readFile, realpath, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
-import { programArchitecture, runsNatively, type Architecture } from '../distro/architecture.js';
+import { programArchitecture, runsNatively, type Architecture } from '../util/architecture.js';
 import type { CleanupStack } from '../util/cleanup.js';
 import { hasProgramInterpreter } from '../util/elf.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';

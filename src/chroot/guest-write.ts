@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { ChrootSession } from './session.js';
-import { sha256Text } from '../fetch/checksums.js';
+import { sha256Text } from '../util/digest.js';
 import { sourceDateEpoch } from '../util/time.js';
 
 export interface GuestFileSpec {

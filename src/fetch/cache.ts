@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
+import { writeJsonAtomic } from '../util/fs.js';
 import { ensurePrivateDir, lockHeld as isLockHeld } from '../util/lock.js';
 import type { Logger } from '../util/log.js';
-import type { HashAlgorithm } from './checksums.js';
+import type { HashAlgorithm } from '../util/digest.js';
 import type { Compression } from './decompress.js';
 import { pruneDigests } from './digest-memo.js';
 
@@ -85,12 +86,6 @@ export const imagePath = (layout: CacheLayout, sha256: string) => join(layout.im
 const recordPath = (layout: CacheLayout, sha256: string) => join(layout.images, `${sha256}.json`);
 const urlRecordPath = (layout: CacheLayout, url: string) => join(layout.urls, `${sourceKey(url)}.json`);
 
-async function writeJsonAtomically(path: string, value: unknown): Promise<void> {
-  const temp = `${path}.tmp-${process.pid}`;
-  await writeFile(temp, `${JSON.stringify(value, null, 2)}\n`);
-  await rename(temp, path);
-}
-
 async function readJson<T>(path: string): Promise<T | undefined> {
   try {
     return JSON.parse(await readFile(path, 'utf8')) as T;
@@ -105,7 +100,7 @@ export async function readImageRecord(layout: CacheLayout, sha256: string): Prom
 }
 
 export async function writeImageRecord(layout: CacheLayout, record: ImageRecord): Promise<void> {
-  await writeJsonAtomically(recordPath(layout, record.sha256), record);
+  await writeJsonAtomic(recordPath(layout, record.sha256), record);
 }
 
 export async function readUrlRecord(layout: CacheLayout, url: string): Promise<UrlRecord | undefined> {
@@ -114,7 +109,7 @@ export async function readUrlRecord(layout: CacheLayout, url: string): Promise<U
 }
 
 export async function writeUrlRecord(layout: CacheLayout, record: UrlRecord): Promise<void> {
-  await writeJsonAtomically(urlRecordPath(layout, record.url), record);
+  await writeJsonAtomic(urlRecordPath(layout, record.url), record);
 }
 
 /** Every image record: the cache is small (tens of entries), so lookups by published sum just scan. */

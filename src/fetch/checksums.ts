@@ -1,9 +1,7 @@
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
+import type { HashAlgorithm } from '../util/digest.js';
 
-export type HashAlgorithm = 'sha256' | 'sha512';
 export const HASH_ALGORITHMS: readonly HashAlgorithm[] = ['sha256', 'sha512'];
 const HEX_LENGTH: Record<HashAlgorithm, number> = { sha256: 64, sha512: 128 };
 
@@ -16,22 +14,6 @@ export const SUMS_FILE_NAMES = ['SHA256SUMS', 'sha256sum.txt', 'SHA512SUMS', 'sh
 export const perImageSumsNames = (fileName: string) => [`${fileName}.sha256`, `${fileName}.sha512`];
 /** Detached signatures of a sums file, as Ubuntu (`.gpg`), Debian (`.sign`) and others (`.sig`, `.asc`) publish them. */
 export const SIGNATURE_SUFFIXES = ['.gpg', '.sign', '.sig', '.asc'];
-
-export async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
-  return (await hashFile(path, ['sha256'], signal)).sha256!;
-}
-
-/** Several digests of a file in one read. */
-export async function hashFile(path: string, algorithms: readonly HashAlgorithm[], signal?: AbortSignal): Promise<Partial<Record<HashAlgorithm, string>>> {
-  const wanted = [...new Set(algorithms)];
-  const hashes = wanted.map((algorithm) => createHash(algorithm));
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20, signal })) for (const hash of hashes) hash.update(chunk as Buffer);
-  return Object.fromEntries(wanted.map((algorithm, i) => [algorithm, hashes[i].digest('hex')]));
-}
-
-export function sha256Text(text: string | Buffer): string {
-  return createHash('sha256').update(text).digest('hex');
-}
 
 /**
  * The signed text of an OpenPGP clearsigned message (Fedora's CHECKSUM), dash-escaping undone; any other text

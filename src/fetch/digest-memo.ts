@@ -1,7 +1,8 @@
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { hashFile, type HashAlgorithm } from './checksums.js';
+import { hashFile, type HashAlgorithm } from '../util/digest.js';
+import { writeJsonAtomic } from '../util/fs.js';
 
 /**
  * Digests of files remembered by the file's identity, the way git's index and ccache tell a file unchanged:
@@ -82,15 +83,13 @@ export async function hashFileRemembered(
   // Remembered only when nothing changed while it was read, and the last change is settled.
   if (sameIdentity(before, after) && startedNs - lastChangeNs > SETTLE_NS) {
     const updated: DigestRecord = { path, identity: after, sums: { ...known, ...sums }, hashedAt: new Date().toISOString() };
-    // Unique per call: one process (a matrix) may hash the same base for several builds at once.
-    const partial = `${memo}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
     try {
       // Private: whoever can write here decides what an unchanged file's sums are.
       await mkdir(dir, { recursive: true, mode: 0o700 });
-      await writeFile(partial, `${JSON.stringify(updated, null, 2)}\n`);
-      await rename(partial, memo);
+      // Its partial is unique per call: one process (a matrix) may hash the same base for several builds at once.
+      await writeJsonAtomic(memo, updated);
     } catch {
-      await rm(partial, { force: true }); // a memo is an optimization: not writing one costs a hash next time, nothing else
+      // a memo is an optimization: not writing one costs a hash next time, nothing else
     }
   }
   return { sums, remembered: false };

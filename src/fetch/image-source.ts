@@ -1,6 +1,7 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { probeInputImage, type ImageFormat } from '../image/qemu-img.js';
+import { hashFile, type HashAlgorithm } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
@@ -23,7 +24,6 @@ import {
   type ImageRecord,
 } from './cache.js';
 import {
-  hashFile,
   parseChecksumFlag,
   parseChecksums,
   parseImageChecksumFile,
@@ -34,7 +34,6 @@ import {
   SUMS_FILE_NAMES,
   verifySum,
   type ExpectedSum,
-  type HashAlgorithm,
 } from './checksums.js';
 import { decompressFile, detectCompression, isTarArchive, readHead, stripCompressionSuffix, type Compression } from './decompress.js';
 import { hashFileRemembered } from './digest-memo.js';

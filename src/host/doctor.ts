@@ -2,7 +2,7 @@ import { readdir, readFile, statfs } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname } from 'node:path';
 import { findEmulator, REAL_HOST } from '../chroot/emulation.js';
-import { ARCHITECTURES, programArchitecture } from '../distro/architecture.js';
+import { ARCHITECTURES, programArchitecture } from '../util/architecture.js';
 import { isImageBuilderError } from '../util/errors.js';
 import type { ExecResult, Runner } from '../util/exec.js';
 import { exists, which } from '../util/fs.js';

@@ -5,7 +5,7 @@ import { parseImageUrl, urlFileNameOf } from '../fetch/http.js';
 import type { ImageFormat } from '../image/qemu-img.js';
 import { parseSource, problemsFrom, type LocatedProblem, type Locator } from '../recipe/located-yaml.js';
 import { parseRecipe, readRecipeText, type Recipe } from '../recipe/load.js';
-import { closest, renderTemplate } from '../recipe/template.js';
+import { closest, renderTemplate } from '../util/template.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { matrixSchema } from './schema.js';
 

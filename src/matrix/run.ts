@@ -9,7 +9,7 @@ import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
 import { ImageBuilderError, toImageBuilderError, type ErrorCode } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger, type LogLevel } from '../util/log.js';
-import { closest } from '../recipe/template.js';
+import { closest } from '../util/template.js';
 import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
 
 /** What the host decides for every build (the flags `apply` takes for the same things). */

@@ -1,7 +1,7 @@
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
-import { sha256File } from '../fetch/checksums.js';
+import { sha256File } from '../util/digest.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';

@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
-import { sha256Text } from '../fetch/checksums.js';
+import { sha256Text } from '../util/digest.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';
 import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';
+import { writeJsonAtomic } from '../util/fs.js';
 import { TOOL_VERSION } from '../version.js';
 
 /**
@@ -136,9 +137,7 @@ export class LayerStore {
   /** Publishes a finished layer: its image becomes read-only, then its record appears (whole, by rename). */
   async commit(record: LayerRecord): Promise<void> {
     if (record.image) await chmod(join(this.dir, record.image), 0o444);
-    const partial = `${this.recordPath(record.key)}.partial-${process.pid}`;
-    await writeFile(partial, `${JSON.stringify(record, null, 2)}\n`);
-    await rename(partial, this.recordPath(record.key));
+    await writeJsonAtomic(this.recordPath(record.key), record);
   }
 
   /** Every complete layer, and the layer files no record names (left by an interrupted build). */

@@ -1,9 +1,10 @@
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import type { OutputFormat } from '../image/formats.js';
 import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
 import type { GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
+import { writeFileAtomic } from '../util/fs.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
 
@@ -29,9 +30,7 @@ export async function updateSumsFile(dir: string, entries: { name: string; sha25
     .split('\n')
     .filter((line) => line.trim() && !names.has(line.replace(/^[0-9a-f]{64} [ *]/, '')));
   const text = [...kept, ...entries.map((e) => `${e.sha256}  ${e.name}`)].join('\n') + '\n';
-  const partial = `${path}.partial-${process.pid}`;
-  await writeFile(partial, text);
-  await rename(partial, path);
+  await writeFileAtomic(path, text);
   return path;
 }
 

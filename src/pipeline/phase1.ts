@@ -8,7 +8,7 @@ import { watchInitramfs } from '../distro/initramfs.js';
 import type { HttpTimeouts } from '../fetch/http.js';
 import type { MountBackendName } from '../mount/backend.js';
 import type { Recipe, RecipeStep } from '../recipe/load.js';
-import { whenMismatch } from '../recipe/when.js';
+import { whenMismatch } from '../steps/when.js';
 import { createRecorder } from '../steps/types.js';
 import type { Held } from '../util/cleanup.js';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';

@@ -3,7 +3,7 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { Bom } from '../bom/collect.js';
 import { cycloneDxFromBom } from '../bom/cyclonedx.js';
 import { spdxFromBom } from '../bom/spdx.js';
-import { sha256File } from '../fetch/checksums.js';
+import { sha256File } from '../util/digest.js';
 import type { ImageFormat } from '../image/qemu-img.js';
 import { writeRootfsTar } from '../image/rootfs-tar.js';
 import { noteHolding } from '../util/build-record.js';

@@ -1,6 +1,6 @@
 import { describeOsRelease, unknownDistroHint, type Distro } from '../distro/families.js';
 import type { RecipeStep } from '../recipe/load.js';
-import { whenMismatch } from '../recipe/when.js';
+import { whenMismatch } from '../steps/when.js';
 import { ImageBuilderError } from '../util/errors.js';
 
 /**

@@ -1,5 +1,5 @@
 import type { ChrootSession } from '../chroot/session.js';
-import { programArchitecture } from '../distro/architecture.js';
+import { programArchitecture } from '../util/architecture.js';
 import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';

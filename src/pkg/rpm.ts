@@ -1,7 +1,7 @@
 import { chown, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ARCHITECTURE_PROBES, programArchitecture } from '../distro/architecture.js';
+import { ARCHITECTURE_PROBES, programArchitecture } from '../util/architecture.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { resolveInRoot, which } from '../util/fs.js';

@@ -3,15 +3,15 @@ import type { GuestNetwork } from '../chroot/sandbox.js';
 import type { RecipeLimits } from './schema.js';
 import { dirname, relative, resolve } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
-import { sha256Text } from '../fetch/checksums.js';
+import { sha256Text } from '../util/digest.js';
 import { findStepType, STEP_COMMON_PROPERTIES, STEP_TYPES, stepSchema } from '../steps/registry.js';
 import type { StepType } from '../steps/types.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { recipeSchema, INCLUDE_KEY } from './schema.js';
-import { closest, hasTemplate, renderTemplate } from './template.js';
+import { closest, hasTemplate, renderTemplate } from '../util/template.js';
 import { hostPathEscape } from '../steps/host-inputs.js';
 import { parseSource, problemsFrom, type LocatedProblem, type SourceFile } from './located-yaml.js';
-import type { WhenCondition } from './when.js';
+import type { WhenCondition } from '../steps/when.js';
 
 export interface RecipeStep {
   /** Position in the expanded recipe (includes inlined), from 0. */
@@ -62,7 +62,7 @@ export interface RecipeInputs {
   allowHostPaths?: string[];
 }
 
-export { closest as didYouMean } from './template.js';
+export { closest as didYouMean } from '../util/template.js';
 
 // verbose: errors carry the offending value, so messages can quote it.
 const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });

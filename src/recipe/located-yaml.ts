@@ -1,6 +1,6 @@
 import type { ErrorObject } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import { closest } from './template.js';
+import { closest } from '../util/template.js';
 
 /**
  * YAML read with positions, and ajv errors turned into `file:line:column: message` problems. Shared by every

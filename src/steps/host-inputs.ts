@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { sha256File } from '../fetch/checksums.js';
+import { sha256File } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
 
 /** The real path of `path`, as far as it exists: symlinks on the existing part resolved, the rest appended. */

@@ -13,7 +13,7 @@ import { sysprepStep } from './sysprep.js';
 import { userStep } from './user.js';
 import type { StepType } from './types.js';
 import type { JsonSchema } from '../util/json-schema.js';
-import { WHEN_SCHEMA } from '../recipe/when.js';
+import { WHEN_SCHEMA } from './when.js';
 import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 
 /** THE registry: every step type, once. Order is the order of the docs. */

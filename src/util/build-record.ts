@@ -1,6 +1,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeJsonAtomic } from './fs.js';
 import { DEFAULT_RUN_DIR } from './paths.js';
 
 /**
@@ -88,11 +89,7 @@ export function ownerAlive(owner: BuildOwner): boolean {
 }
 
 /** Atomic: a reader (a reaper in another process) sees the old text or the new, never half of one. */
-async function writeJson(path: string, value: unknown): Promise<void> {
-  const partial = `${path}.${process.pid}.tmp`;
-  await writeFile(partial, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
-  await rename(partial, path);
-}
+const writeJson = (path: string, value: unknown) => writeJsonAtomic(path, value, { mode: 0o600 });
 
 export async function readJson<T>(path: string): Promise<T | undefined> {
   try {

@@ -1,5 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { access, lstat, readlink } from 'node:fs/promises';
+import { access, lstat, readlink, rename, rm, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join, posix } from 'node:path';
 
@@ -70,4 +71,32 @@ export async function resolveInRoot(root: string, guestPath: string, depth = 0):
     return resolveInRoot(root, posix.join(posix.normalize(`/${absolute}`), ...rest), depth + 1);
   }
   return resolved;
+}
+
+/**
+ * Writes a host file whole or not at all, so a reader (another build, a reaper) sees the old content or the new,
+ * never part of either: the data goes to a new sibling, created exclusively and named after this process and a
+ * random part (concurrent writers never share one), which is then renamed over `path`. The sibling is removed
+ * when the write or the rename fails. Guest files are written by guest-fs's writeGuestFileFromHost instead.
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, options: { mode?: number } = {}): Promise<void> {
+  const partial = `${path}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
+  try {
+    await writeFile(partial, data, { flag: 'wx', ...(options.mode === undefined ? {} : { mode: options.mode }) });
+  } catch (error) {
+    // EEXIST: the name is another writer's file, not ours to remove.
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') await rm(partial, { force: true });
+    throw error;
+  }
+  try {
+    await rename(partial, path);
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw error;
+  }
+}
+
+/** writeFileAtomic of a value as indented JSON, the form our records and caches are written in. */
+export async function writeJsonAtomic(path: string, value: unknown, options: { mode?: number } = {}): Promise<void> {
+  await writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`, options);
 }

@@ -7,7 +7,7 @@ import { CLI, expectNothingLeft, hostState, runCli, sha256 } from '../helpers/ho
 import { startImageServer, type ImageServer } from '../helpers/image-server.js';
 import { withImageMounted } from '../helpers/inspect.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
-import { sha256Text } from '../../src/fetch/checksums.js';
+import { sha256Text } from '../../src/util/digest.js';
 
 /**
  * `imagebuilder matrix` for real: two base images served over HTTP with their SHA256SUMS × two Kubernetes

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, readFile, realpath, rm, symlink, writeFile } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { binfmtRegistration, enableEmulation, entryMatches, parseBinfmtEntry, type EmulationHost } from '../../src/chroot/emulation.js';
-import { ARCHITECTURES, architectureOf, programArchitecture, runsNatively } from '../../src/distro/architecture.js';
+import { ARCHITECTURES, architectureOf, programArchitecture, runsNatively } from '../../src/util/architecture.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
 import { hasProgramInterpreter, parseElfHeader } from '../../src/util/elf.js';
 import { recordingRunner } from '../../src/util/exec.js';

@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import { detectDistro, FAMILY_NAMES, requireFamily } from '../../src/distro/families.js';
 import { requireFamilyForSteps } from '../../src/pipeline/preflight.js';
 import { parseRecipe } from '../../src/recipe/load.js';
-import { whenMismatch } from '../../src/recipe/when.js';
+import { whenMismatch } from '../../src/steps/when.js';
 import { packagesStep } from '../../src/steps/packages.js';
 import { repositoryStep } from '../../src/steps/repository.js';
 import { sysprepStep } from '../../src/steps/sysprep.js';

@@ -22,7 +22,7 @@ import {
   type CacheLayout,
   type ImageRecord,
 } from '../../src/fetch/cache.js';
-import { sha256File } from '../../src/fetch/checksums.js';
+import { sha256File } from '../../src/util/digest.js';
 import { decompressFile, detectCompression, SparseHashingWriter, stripCompressionSuffix } from '../../src/fetch/decompress.js';
 import { createLogger } from '../../src/util/log.js';
 import { kernelIdentity } from '../../src/util/lock.js';

@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import {
-  hashFile,
   parseChecksumFlag,
   parseChecksums,
   parseImageChecksumFile,
@@ -12,6 +11,7 @@ import {
   stripPgpArmor,
   verifySum,
 } from '../../src/fetch/checksums.js';
+import { hashFile } from '../../src/util/digest.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 
 const a64 = 'a'.repeat(64);

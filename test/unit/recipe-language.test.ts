@@ -2,8 +2,8 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseRecipe } from '../../src/recipe/load.js';
-import { renderTemplate } from '../../src/recipe/template.js';
-import { versionMatches, whenMismatch } from '../../src/recipe/when.js';
+import { renderTemplate } from '../../src/util/template.js';
+import { versionMatches, whenMismatch } from '../../src/steps/when.js';
 import { debian12 } from '../helpers/fake-session.js';
 import { detectDistro } from '../../src/distro/families.js';
 

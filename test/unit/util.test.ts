@@ -1,10 +1,10 @@
-import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile, stat } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { replaceTemporarily } from '../../src/chroot/guest-file.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
-import { resolveInRoot } from '../../src/util/fs.js';
+import { resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
 import { createLogger } from '../../src/util/log.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 
@@ -30,6 +30,34 @@ describe('resolveInRoot', () => {
     ['/missing/dir/file', '/missing/dir/file'],
   ])('%s resolves to %s inside the root, never above it', async (path, expected) => {
     expect(await resolveInRoot(root, path)).toBe(expected);
+  });
+});
+
+describe('writeFileAtomic', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'atomic-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  test('replaces the file whole, with the mode asked for, and leaves nothing beside it', async () => {
+    const path = join(dir, 'record.json');
+    await writeFile(path, 'old');
+    await writeJsonAtomic(path, { a: 1 }, { mode: 0o600 });
+    expect(await readFile(path, 'utf8')).toBe('{\n  "a": 1\n}\n');
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+    await writeFileAtomic(path, 'text');
+    expect(await readFile(path, 'utf8')).toBe('text');
+    expect(await readdir(dir)).toEqual(['record.json']);
+  });
+
+  test('a failed rename removes its partial and keeps what was there', async () => {
+    const path = join(dir, 'taken');
+    await mkdir(path);
+    await writeFile(join(path, 'inside'), 'kept');
+    await expect(writeFileAtomic(path, 'text')).rejects.toThrow();
+    expect(await readdir(dir)).toEqual(['taken']);
+    expect(await readFile(join(path, 'inside'), 'utf8')).toBe('kept');
   });
 });
 

@@ -1,6 +1,6 @@
-import { readGuestHead } from '../util/guest-fs.js';
-import { ELF_HEADER_SIZE, parseElfHeader, type ElfHeader } from '../util/elf.js';
-import { resolveInRoot } from '../util/fs.js';
+import { readGuestHead } from './guest-fs.js';
+import { ELF_HEADER_SIZE, parseElfHeader, type ElfHeader } from './elf.js';
+import { resolveInRoot } from './fs.js';
 
 /**
  * One machine architecture, under each name the tools use: Debian's (dpkg), rpm's (%_arch), qemu's (the
