@@ -19,3 +19,4 @@ export { loadMatrix, parseMatrix, type Matrix, type MatrixBuild } from './matrix
 export { runMatrix, selectBuilds, matrixOutcome, type MatrixResult, type BuildResult } from './matrix/run.js';
 export { emitArgo, emitJobs, manifestsYaml, type EmitOptions } from './matrix/emit.js';
 export { EXIT_CODE_MEANINGS } from './util/errors.js';
+export { bootAndRun, type BootContext, type BootOptions, type BootResult } from './boot/boot.js';

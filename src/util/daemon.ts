@@ -13,6 +13,8 @@ export interface Helper {
   stop(graceMs?: number): Promise<void>;
   /** Waits for it to exit by itself (guestmount after guestunmount); SIGKILL after the grace period. */
   exited(graceMs?: number): Promise<void>;
+  /** Settles once it has exited, however: for who waits for it to end by itself (a VM powering off). */
+  readonly gone: Promise<void>;
 }
 
 export interface HelperOptions {
@@ -67,6 +69,7 @@ export async function startHelper(file: string, args: string[], options: HelperO
       await wait(graceMs);
     },
     exited: (graceMs = 15000) => wait(graceMs),
+    gone,
   };
   onSpawn(helper);
   const failed = async (why: string) => {

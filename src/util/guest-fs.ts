@@ -1,5 +1,5 @@
 import { constants, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, join, posix } from 'node:path';
 import { ImageBuilderError } from './errors.js';
@@ -214,6 +214,24 @@ export async function writeGuestFileFromHost(root: string, guestPath: string, co
       await handle.close();
     }
     await rename(partial, target);
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw error;
+  }
+}
+
+/**
+ * Makes a guest symlink (`target` as the guest reads it; never followed here), atomically as
+ * writeGuestFileFromHost writes a file: missing parents are made (0755), the link is made under a new name
+ * beside the target and renamed over it, so whatever was at that name is replaced, never written through.
+ */
+export async function writeGuestSymlink(root: string, guestPath: string, target: string): Promise<void> {
+  const parent = join(root, await parentInGuest(root, guestPath));
+  await mkdir(parent, { recursive: true, mode: 0o755 });
+  const partial = join(parent, `.${basename(guestPath)}.imagebuilder-${randomBytes(6).toString('hex')}`);
+  await symlink(target, partial);
+  try {
+    await rename(partial, join(parent, basename(guestPath)));
   } catch (error) {
     await rm(partial, { force: true });
     throw error;

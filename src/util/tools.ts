@@ -51,6 +51,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   rpm: { package: 'rpm', neededBy: 'the BOM of RPM-family guests (Fedora, RHEL, Amazon Linux …)', required: false },
   setfiles: { package: 'policycoreutils', neededBy: 'relabelling SELinux guests with their own file_contexts', required: false },
   getfattr: { package: 'attr', neededBy: 'apply --format tar (extended attributes: capabilities, SELinux labels)', required: false },
+  'qemu-system-x86_64': { package: 'qemu-system-x86', neededBy: 'booting amd64 images to test them (those with an EFI System Partition also need the UEFI firmware, package ovmf)', required: false },
 };
 
 /** "the Debian package qemu-utils (qemu-system-common on Debian 12)", or a generic phrase for a tool we do not list. */

@@ -1,0 +1,280 @@
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { access, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createOverlay, probeInputImage } from '../image/qemu-img.js';
+import type { MountBackendName, MountContext } from '../mount/backend.js';
+import { mountGuestLayout } from '../mount/layout.js';
+import { selectMountBackend } from '../mount/select.js';
+import { programArchitecture } from '../util/architecture.js';
+import { startHelper, type Helper } from '../util/daemon.js';
+import { ImageBuilderError, errorMessage } from '../util/errors.js';
+import { tail } from '../util/exec.js';
+import { exists, which } from '../util/fs.js';
+import { statGuest } from '../util/guest-fs.js';
+import { cachedKvmVerdict, probeKvm } from '../util/libguestfs.js';
+import { throwIfAborted } from '../util/signals.js';
+import { agentMetaData, agentUserData, installAgent } from './agent.js';
+import { makeIso } from './iso9660.js';
+import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
+import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware } from './firmware.js';
+
+/**
+ * What booting needs of a build: how to run and log, its work directory and cache, and the stack every release
+ * goes on as the resource is taken. A pipeline BuildContext is one (its `cleanup`); so is a MountContext.
+ */
+export type BootContext = MountContext;
+
+export interface BootOptions {
+  /** A POSIX sh script run as root in the booted guest, once systemd has started it (multi-user.target). */
+  script: string;
+  /**
+   * How the script gets run: `systemd`, a unit written into the overlay before the boot; `cloud-init`, a NoCloud
+   * seed (a small ISO 9660 labelled cidata) whose user-data writes and starts it. Default auto: cloud-init when
+   * the guest has it (it then also finds its datasource on a local disk instead of waiting on a network), else systemd.
+   */
+  via?: 'auto' | 'systemd' | 'cloud-init';
+  /** From qemu's start to the report; default 3 minutes under KVM, 10 under TCG. */
+  timeoutMs?: number;
+  /** Default auto: KVM when /dev/kvm works for this guest (native architecture, KVM verdict `works`), else TCG. */
+  accel?: Accel | 'auto';
+  /** Default auto: UEFI when the image has an EFI System Partition, BIOS otherwise. */
+  firmware?: Firmware | 'auto';
+  /** Where the serial console's log is kept (default: the boot's own directory in the work dir, gone with it). */
+  resultsDir?: string;
+  /** How the overlay is mounted to add the check (default auto). */
+  mountBackend?: MountBackendName | 'auto';
+  memoryMiB?: number;
+  cpus?: number;
+  /** The most output taken back from the guest (default 4 MiB). */
+  maxOutputBytes?: number;
+}
+
+export interface BootResult {
+  /** The script's exit status in the guest. */
+  exitCode: number;
+  /** Its stdout and stderr, interleaved. */
+  output: string;
+  /** The guest's serial console (firmware, bootloader, kernel, systemd). */
+  consoleLog: string;
+  /** From qemu's start to the report's arrival. */
+  bootMs: number;
+  accel: Accel;
+  firmware: Firmware;
+  /** How the script was run. */
+  via: 'systemd' | 'cloud-init';
+}
+
+const DEFAULT_TIMEOUT_MS: Record<Accel, number> = { kvm: 3 * 60_000, tcg: 10 * 60_000 };
+/** After the report, how long the guest gets to power itself off before qemu is stopped. */
+const POWEROFF_GRACE_MS: Record<Accel, number> = { kvm: 20_000, tcg: 60_000 };
+/** A Unix socket's path must fit sockaddr_un's sun_path (108 bytes, NUL included). */
+const MAX_SOCKET_PATH = 107;
+
+/** Debian's name for the host's architecture, from its own programs. */
+async function hostArchitecture(): Promise<string | undefined> {
+  return (await programArchitecture('/'))?.architecture?.debian;
+}
+
+async function chooseAccel(context: BootContext, guestArch: string, wanted: Accel | 'auto'): Promise<Accel> {
+  if (wanted === 'tcg') return 'tcg';
+  const native = (await hostArchitecture()) === guestArch;
+  const kvmUsable = native && (await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false));
+  if (wanted === 'kvm') {
+    if (!kvmUsable) {
+      throw new ImageBuilderError('ENVIRONMENT', native ? '--accel kvm: /dev/kvm is missing or not usable here' : `--accel kvm: a ${guestArch} guest cannot use this host's KVM`, {
+        hint: 'boot with TCG (accel tcg or auto), slower but sure',
+      });
+    }
+    return 'kvm';
+  }
+  if (!kvmUsable) return 'tcg';
+  // On some hosts KVM is there but guests hang or abort (nested virtualisation): libguestfs's verdict on this
+  // kernel is the one we have, remembered per kernel in the cache dir (probed once when none is).
+  const verdict = (await cachedKvmVerdict(context.cacheDir)) ?? ((await which('guestfish')) ? await probeKvm(context.run, context.log, context.cacheDir) : 'works');
+  if (verdict === 'broken') context.log.info('boot: KVM does not work on this host (the libguestfs verdict); using TCG');
+  return verdict === 'works' ? 'kvm' : 'tcg';
+}
+
+/** The first sectors of the overlay as raw bytes, read by qemu-img with the format named. */
+async function partitionTableOf(context: BootContext, overlay: string, dir: string): Promise<Buffer> {
+  const head = join(dir, 'partition-table.raw');
+  await context.run('qemu-img', ['dd', '-f', 'qcow2', '-O', 'raw', 'bs=512', `count=${PARTITION_TABLE_BYTES / 512}`, `if=${overlay}`, `of=${head}`], {
+    log: context.log,
+    purpose: 'reading the partition table',
+  });
+  try {
+    return await readFile(head);
+  } finally {
+    await rm(head, { force: true });
+  }
+}
+
+/**
+ * Mounts the overlay (on a stack of its own, unwound before the boot), checks it boots with systemd, learns its
+ * architecture, and puts the check in. Returns the guest's architecture (Debian's name).
+ */
+async function prepareOverlay(context: BootContext, overlay: string, dir: string, options: BootOptions): Promise<{ arch: string; via: 'systemd' | 'cloud-init'; cloudInit: boolean }> {
+  let arch: string | undefined;
+  let via: 'systemd' | 'cloud-init' = 'systemd';
+  let cloudInit = false;
+  const stack = context.cleanup.child('boot: the overlay mounted to add the check');
+  const mountContext: MountContext = { ...context, cleanup: stack, workDir: join(dir, 'mount') };
+  await mkdir(mountContext.workDir);
+  try {
+    const backend = await selectMountBackend(mountContext, options.mountBackend ?? 'auto');
+    const disk = await backend.attach(mountContext, { image: overlay, format: 'qcow2', readOnly: false });
+    const root = disk.kind === 'tree' ? disk.root : (await mountGuestLayout(mountContext, disk.device, false)).root;
+    arch = (await programArchitecture(root))?.architecture?.debian;
+    if (!arch) throw new ImageBuilderError('BAD_INPUT', 'the image has no program whose architecture could be read (/bin/sh, /usr/bin/env)', { hint: 'is this a Linux OS disk image?' });
+    const systemd = (await statGuest(root, '/lib/systemd/systemd')) ?? (await statGuest(root, '/usr/lib/systemd/systemd'));
+    if (!systemd) {
+      throw new ImageBuilderError('BAD_INPUT', 'the guest does not boot with systemd; booting it to run a check is supported for systemd guests only (yet)', {
+        hint: 'neither /lib/systemd/systemd nor /usr/lib/systemd/systemd is in the image',
+      });
+    }
+    cloudInit = (await statGuest(root, '/usr/bin/cloud-init')) !== undefined;
+    if (options.via === 'cloud-init' && !cloudInit) throw new ImageBuilderError('BAD_INPUT', 'the guest has no cloud-init (/usr/bin/cloud-init) to run the check through', { hint: "run it through a systemd unit instead (via: 'systemd' or 'auto')" });
+    via = options.via === 'systemd' || !cloudInit ? 'systemd' : 'cloud-init';
+    if (via === 'systemd') await installAgent(root, options.script);
+  } catch (error) {
+    await stack.unwind();
+    throw error;
+  } finally {
+    // Unmounted and detached before the boot: qemu is then the only writer of the overlay.
+    const failures = await stack.unwind();
+    if (failures.length) throw new ImageBuilderError('COMMAND_FAILED', `releasing the overlay after adding the check: ${failures.join('; ')}`);
+  }
+  return { arch: arch!, via, cloudInit };
+}
+
+/** The console's last lines, for an error. */
+async function consoleTail(consoleLog: string): Promise<string | undefined> {
+  // The firmware draws with escape sequences; what is left is readable enough.
+  const text = (await readFile(consoleLog, 'utf8').catch(() => '')).replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
+  return tail(text, 25) || undefined;
+}
+
+/**
+ * Boots a throw-away copy of `image` in qemu and runs `options.script` in it: the image is never written (the
+ * guest runs on a qcow2 overlay in the work dir, over the image opened read-only, its format probed in the
+ * sandbox first and named from then on). A one-shot systemd unit, written into the overlay before the boot,
+ * runs the script once the guest is up, sends its output and exit status back over a virtio-serial port (never
+ * the console), and powers off. KVM when it works here, TCG otherwise; UEFI (OVMF) when the image has an EFI
+ * System Partition, BIOS otherwise; no network. qemu runs as our child with a death signal (it dies with a
+ * killed build) and its release is on context.cleanup from the moment it is spawned, as is every file made.
+ */
+export async function bootAndRun(context: BootContext, image: string, options: BootOptions): Promise<BootResult> {
+  throwIfAborted(context.signal);
+  const { run, log } = context;
+  // Absolute: the overlay names it as its backing file, which qemu would otherwise take relative to the overlay.
+  image = resolve(image);
+  const input = await probeInputImage(run, image, log);
+  const dir = await mkdtemp(join(context.workDir, 'boot-'));
+  context.cleanup.push(`boot directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  const overlay = join(dir, 'disk.qcow2');
+  await createOverlay(run, image, input.format, overlay, log);
+
+  const firmware: Firmware = options.firmware && options.firmware !== 'auto' ? options.firmware : hasEsp(await partitionTableOf(context, overlay, dir)) ? 'uefi' : 'bios';
+  const { arch, via, cloudInit } = await prepareOverlay(context, overlay, dir, options);
+  // A guest with cloud-init always gets a seed: it finds its datasource on a local disk at once rather than
+  // looking for one on a network it does not have. Its user-data runs the check only when cloud-init is to.
+  let seed: string | undefined;
+  if (cloudInit) {
+    seed = join(dir, 'seed.iso');
+    const files = [
+      { name: 'meta-data', content: Buffer.from(agentMetaData(`imagebuilder-boot-${randomBytes(8).toString('hex')}`)) },
+      { name: 'user-data', content: Buffer.from(via === 'cloud-init' ? agentUserData(options.script) : '#cloud-config\n{}\n') },
+    ];
+    await writeFile(seed, makeIso('cidata', files));
+  }
+  const accel = await chooseAccel(context, arch, options.accel ?? 'auto');
+  const spec = await machineFor(arch, firmware);
+
+  const resultsDir = options.resultsDir ?? dir;
+  await mkdir(resultsDir, { recursive: true });
+  const consoleLog = join(resultsDir, 'console.log');
+  await writeFile(consoleLog, '');
+  let uefiVars: string | undefined;
+  if (firmware === 'uefi') {
+    uefiVars = join(dir, 'efivars.fd');
+    await copyFile(spec.uefi!.vars, uefiVars);
+  }
+  const socketDir = join(dir, 'results.sock').length <= MAX_SOCKET_PATH ? dir : await shortSocketDir(context);
+  const channelSocket = join(socketDir, 'results.sock');
+  const args = qemuArgs({
+    spec, accel, firmware, disk: overlay, seed, uefiVars, consoleLog, channelSocket, channelName: CHANNEL_NAME,
+    memoryMiB: options.memoryMiB ?? 1024,
+    cpus: options.cpus ?? 2,
+  });
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel];
+  log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}), console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
+
+  const started = Date.now();
+  let qemu: Helper | undefined;
+  let stopQemu: (() => Promise<void>) | undefined;
+  await startHelper(
+    spec.qemu,
+    args,
+    { log, logFile: join(dir, 'qemu.log'), purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: () => exists(channelSocket) },
+    (helper) => {
+      qemu = helper;
+      stopQemu = context.cleanup.push(`qemu (pid ${helper.pid})`, () => helper.stop(5000)).release;
+    },
+  );
+  const channel = readChannel(channelSocket, options.maxOutputBytes ?? 4 << 20);
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  let report: GuestReport;
+  try {
+    report = await Promise.race([
+      channel.report,
+      qemu!.gone.then(async () => {
+        const qemuLog = (await readFile(join(dir, 'qemu.log'), 'utf8').catch(() => '')).trim();
+        throw new ImageBuilderError('VERIFY_FAILED', `the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''}); its console is in ${consoleLog}`, {
+          detail: await consoleTail(consoleLog),
+          hint: 'the console log shows how far it got (firmware, bootloader, kernel, systemd)',
+        });
+      }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          void consoleTail(consoleLog).then((detail) =>
+            reject(new ImageBuilderError('VERIFY_FAILED', `the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}); its console is in ${consoleLog}`, {
+              detail,
+              hint: accel === 'tcg' ? 'TCG is slow: give it longer (timeoutMs), or find in the console log where it stopped' : 'the console log shows where it stopped',
+            })),
+          );
+        }, timeoutMs);
+      }),
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(new ImageBuilderError('INTERRUPTED', 'interrupted while the guest was booting'));
+        context.signal?.addEventListener('abort', onAbort, { once: true });
+        if (context.signal?.aborted) onAbort();
+      }),
+    ]);
+  } catch (error) {
+    await stopQemu?.();
+    if (error instanceof ImageBuilderError) throw error;
+    throw new ImageBuilderError('VERIFY_FAILED', `reading the guest's report: ${errorMessage(error)}; its console is in ${consoleLog}`, { detail: await consoleTail(consoleLog) });
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) context.signal?.removeEventListener('abort', onAbort);
+    channel.close();
+  }
+  const bootMs = Date.now() - started;
+  log.info(`boot: the guest reported after ${(bootMs / 1000).toFixed(1)} s (exit status ${report.exitCode}); waiting for it to power off`);
+  // It powers itself off; one that does not within the grace is stopped (the overlay is thrown away either way).
+  const graceTimer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), POWEROFF_GRACE_MS[accel]).unref());
+  if ((await Promise.race([qemu!.gone.then(() => 'off' as const), graceTimer])) === 'late') log.warn(`boot: the guest did not power off within ${POWEROFF_GRACE_MS[accel] / 1000} s of reporting; stopping qemu`);
+  await stopQemu?.();
+  if (socketDir !== dir) await rm(socketDir, { recursive: true, force: true });
+  return { exitCode: report.exitCode, output: report.output, consoleLog, bootMs, accel, firmware, via };
+}
+
+/** A directory with a short path for the results socket, when the work dir's is too long for one. */
+async function shortSocketDir(context: BootContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'imagebuilder-boot-'));
+  context.cleanup.push(`socket directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  return dir;
+}

@@ -1,0 +1,155 @@
+import { exists, which } from '../util/fs.js';
+import { ImageBuilderError } from '../util/errors.js';
+import { packageHint } from '../util/tools.js';
+
+export type Firmware = 'uefi' | 'bios';
+export type Accel = 'kvm' | 'tcg';
+
+/** The EFI System Partition's GPT type GUID, as its 16 bytes lie on disk (the first three fields little-endian). */
+const ESP_TYPE = Buffer.from('28732ac11ff8d211ba4b00a0c93ec93b', 'hex');
+const SECTOR = 512;
+
+/**
+ * Whether a disk's partition table (its first sectors, as raw bytes) has an EFI System Partition: a GPT entry of
+ * type C12A7328-F81F-11D2-BA4B-00A0C93EC93B, or an MBR entry of type 0xEF. Read as data, bounded by `head`:
+ * entries beyond it are not looked at (the caller reads enough for the standard 128 entries at LBA 2).
+ */
+export function hasEsp(head: Buffer): boolean {
+  if (head.length < 2 * SECTOR || head.readUInt16LE(510) !== 0xaa55) return false;
+  const mbrTypes = [0, 1, 2, 3].map((i) => head[446 + i * 16 + 4]);
+  if (mbrTypes.includes(0xef)) return true;
+  if (!mbrTypes.includes(0xee)) return false;
+  const header = head.subarray(SECTOR, 2 * SECTOR);
+  if (header.toString('latin1', 0, 8) !== 'EFI PART') return false;
+  const entriesLba = Number(header.readBigUInt64LE(72));
+  const count = header.readUInt32LE(80);
+  const size = header.readUInt32LE(84);
+  if (size < 128 || size > 4096 || entriesLba < 2) return false;
+  for (let i = 0; i < Math.min(count, 1024); i++) {
+    const at = entriesLba * SECTOR + i * size;
+    if (at + 16 > head.length) break;
+    if (head.subarray(at, at + 16).equals(ESP_TYPE)) return true;
+  }
+  return false;
+}
+
+/** How many bytes hasEsp needs for a standard GPT: the MBR, the header and 128 entries of 128 bytes. */
+export const PARTITION_TABLE_BYTES = 34 * SECTOR;
+
+/** What boots a guest of one architecture: the emulator, its machine and its UEFI firmware (code, and variables to copy). */
+export interface MachineSpec {
+  arch: string;
+  qemu: string;
+  machine: string;
+  /** The UEFI firmware's code (read-only) and the template of its variable store (copied, written). */
+  uefi?: { code: string; vars: string; package: string };
+  /** Whether BIOS (SeaBIOS, qemu's default on x86) can boot it. */
+  bios: boolean;
+}
+
+/** Debian's OVMF (package ovmf): the 4 MiB builds first (Debian 12 and 13), the 2 MiB ones of older releases after. */
+const OVMF = [
+  { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' },
+  { code: '/usr/share/OVMF/OVMF_CODE.fd', vars: '/usr/share/OVMF/OVMF_VARS.fd' },
+];
+/** Debian's AAVMF (package qemu-efi-aarch64). */
+const AAVMF = [{ code: '/usr/share/AAVMF/AAVMF_CODE.fd', vars: '/usr/share/AAVMF/AAVMF_VARS.fd' }];
+
+async function firstPresent(candidates: { code: string; vars: string }[]) {
+  for (const candidate of candidates) if ((await exists(candidate.code)) && (await exists(candidate.vars))) return candidate;
+  return undefined;
+}
+
+/**
+ * The machine that boots a guest of `arch` (Debian's name) on this host, with the firmware `firmware` needs.
+ * What is missing is said with its Debian package.
+ */
+export async function machineFor(arch: string, firmware: Firmware): Promise<MachineSpec> {
+  const spec =
+    arch === 'amd64'
+      ? { qemu: 'qemu-system-x86_64', machine: 'q35', firmware: OVMF, firmwarePackage: 'ovmf', bios: true }
+      : arch === 'arm64'
+        ? { qemu: 'qemu-system-aarch64', machine: 'virt', firmware: AAVMF, firmwarePackage: 'qemu-efi-aarch64', bios: false }
+        : undefined;
+  if (!spec) {
+    throw new ImageBuilderError('ENVIRONMENT', `booting ${arch} guests is not supported yet (amd64, and arm64 where qemu-system-aarch64 and AAVMF are installed)`);
+  }
+  if (!(await which(spec.qemu))) {
+    throw new ImageBuilderError('MISSING_TOOL', `booting an ${arch} guest needs ${spec.qemu}, which is not installed`, {
+      hint: `install ${arch === 'arm64' ? 'the Debian package qemu-system-arm and qemu-efi-aarch64 (arm64 guests are not supported without them)' : packageHint(spec.qemu)}`,
+    });
+  }
+  if (firmware === 'bios' && !spec.bios) {
+    throw new ImageBuilderError('BAD_INPUT', `an ${arch} guest boots only through UEFI, and this image has no EFI System Partition`);
+  }
+  const found = firmware === 'uefi' ? await firstPresent(spec.firmware) : undefined;
+  if (firmware === 'uefi' && !found) {
+    throw new ImageBuilderError('MISSING_TOOL', `booting an ${arch} guest through UEFI needs its firmware (${spec.firmware.map((f) => f.code).join(' or ')}), which is not installed`, {
+      hint: `install the Debian package ${spec.firmwarePackage}`,
+    });
+  }
+  return { arch, qemu: spec.qemu, machine: spec.machine, bios: spec.bios, ...(found ? { uefi: { ...found, package: spec.firmwarePackage } } : {}) };
+}
+
+export interface QemuArgsRequest {
+  spec: MachineSpec;
+  accel: Accel;
+  firmware: Firmware;
+  /** The throw-away qcow2 overlay the guest boots from and writes to. */
+  disk: string;
+  /** A cloud-init NoCloud seed (raw ISO 9660), attached read-only as a second disk. */
+  seed?: string;
+  /** The writable copy of the UEFI variable store (uefi only). */
+  uefiVars?: string;
+  /** Where the serial console is written. */
+  consoleLog: string;
+  /** The host end of the results channel: a Unix socket qemu listens on. */
+  channelSocket: string;
+  channelName: string;
+  memoryMiB: number;
+  cpus: number;
+}
+
+/**
+ * qemu's command line: no display, no default devices, no network at all (-nic none: the guest never reaches
+ * the host or anything else), the serial console into a file, the disk on virtio-blk, and one virtio-serial
+ * port named `channelName` whose host end is a listening Unix socket (server=on,wait=off: qemu does not wait for
+ * us; the guest's writes block until we connect). -no-reboot: a guest that reboots (a panic with panic=N, a
+ * failed boot's reboot) ends qemu instead of booting again.
+ */
+export function qemuArgs(request: QemuArgsRequest): string[] {
+  const { spec, accel } = request;
+  const cpu = accel === 'kvm' ? 'host' : 'max';
+  const args = [
+    '-name', 'imagebuilder-boot',
+    '-machine', `${spec.machine},accel=${accel}`,
+    '-cpu', cpu,
+    '-m', String(request.memoryMiB),
+    '-smp', String(request.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display', 'none',
+    '-no-reboot',
+    '-nic', 'none',
+    '-serial', `file:${request.consoleLog}`,
+    '-monitor', 'none',
+  ];
+  if (request.firmware === 'uefi') {
+    const uefi = spec.uefi!;
+    args.push(
+      '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${uefi.code}`,
+      '-drive', `if=pflash,format=raw,unit=1,file=${request.uefiVars}`,
+    );
+  }
+  args.push(
+    // The format is named: qemu never probes the overlay (ours) nor its backing file (pinned by -F when made).
+    '-drive', `if=none,id=disk0,format=qcow2,file=${request.disk},discard=unmap`,
+    '-device', 'virtio-blk-pci,drive=disk0,bootindex=0',
+    ...(request.seed ? ['-drive', `if=none,id=seed0,format=raw,readonly=on,file=${request.seed}`, '-device', 'virtio-blk-pci,drive=seed0'] : []),
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-chardev', `socket,id=results0,path=${request.channelSocket},server=on,wait=off`,
+    '-device', `virtserialport,bus=vser0.0,chardev=results0,name=${request.channelName}`,
+    '-device', 'virtio-rng-pci',
+  );
+  return args;
+}

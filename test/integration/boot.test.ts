@@ -1,0 +1,100 @@
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { bootAndRun, type BootOptions, type BootResult } from '../../src/boot/boot.js';
+import { startBuild, withResources } from '../../src/pipeline/context.js';
+import { ImageBuilderError } from '../../src/util/errors.js';
+import { createLogger } from '../../src/util/log.js';
+import { fixtureImage } from '../helpers/fixtures.js';
+import { leftoversUnder, NOTHING_LEFT, REPO, sha256 } from '../helpers/host.js';
+
+/**
+ * Booting a real image: the efi-boot fixture (Debian 12 with its cloud kernel, GRUB at the ESP's removable path)
+ * in qemu under TCG, whatever this host's KVM, through OVMF. The check runs in the booted guest and its output
+ * comes back over virtio-serial; the image is never written, and nothing of the boot is left on the host.
+ */
+describe('boot: a throw-away overlay of an image booted in qemu, a check run in it', () => {
+  let work: string;
+  let tmp: string;
+  let runDir: string;
+  let image: string;
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-boot-');
+    tmp = await mkdtemp('/var/tmp/ib-boot-tmp-');
+    runDir = await mkdtemp('/var/tmp/ib-boot-run-');
+    image = await fixtureImage('efi-boot');
+  });
+  afterAll(async () => {
+    await rm(work, { recursive: true, force: true });
+    await rm(tmp, { recursive: true, force: true });
+    await rm(runDir, { recursive: true, force: true });
+  });
+
+  const logged: string[] = [];
+  const boot = (options: BootOptions): Promise<BootResult> => {
+    const log = createLogger({ level: 'debug', write: (text) => void logged.push(text) });
+    const start = startBuild({ log, workDir: tmp, cacheDir: join(work, 'cache'), runDir });
+    return withResources(start, { workDir: tmp, runDir }, (context) => bootAndRun(context, image, options));
+  };
+  const qemusOfThisTest = async () =>
+    (await execa('ps', ['-eo', 'pid=,args='])).stdout.split('\n').filter((line) => /qemu-system/.test(line) && line.includes(tmp));
+
+  test('UEFI under TCG: systemd comes up, the check runs, its output and exit status come back; the image is untouched', async () => {
+    const before = await sha256(image);
+    const results = join(work, 'results');
+    const result = await boot({
+      script: 'systemctl is-system-running --wait\nuname -r\ncat /etc/os-release\nsystemctl --failed --no-legend --plain\nexit 3\n',
+      accel: 'tcg',
+      resultsDir: results,
+    });
+    console.log(`boot: ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
+    expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', exitCode: 3, consoleLog: join(results, 'console.log') });
+    const lines = result.output.split('\n');
+    expect(lines[0]).toBe('running');
+    expect(lines[1]).toMatch(/^6\.1\.0-\d+-cloud-amd64$/);
+    expect(result.output).toContain('VERSION_CODENAME=bookworm');
+    expect(result.output).toContain('ID=debian');
+    // The console log is kept beside the results: the firmware, GRUB, the kernel and systemd all wrote to it.
+    const console_ = await readFile(result.consoleLog, 'utf8');
+    expect(console_).toContain('Linux version 6.1.0');
+    expect(console_).toContain('imagebuilder-boot: the check exited with 3');
+    expect(result.bootMs).toBeGreaterThan(0);
+    expect(await sha256(image)).toBe(before);
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('a guest that does not report in time: a clear error naming the console log, and qemu is gone', async () => {
+    const results = join(work, 'results-timeout');
+    const error = await boot({ script: 'true', accel: 'tcg', resultsDir: results, timeoutMs: 15_000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ImageBuilderError);
+    expect((error as ImageBuilderError).message).toMatch(/did not report within 15 s \(tcg\); its console is in .*results-timeout\/console\.log/);
+    expect((await stat(join(results, 'console.log'))).isFile()).toBe(true);
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('SIGKILL of the process booting it: qemu dies with it', async () => {
+    // A process of its own running bootAndRun from the build (dist/), killed once qemu runs.
+    const program = `
+      import { bootAndRun } from '${REPO}/dist/boot/boot.js';
+      import { startBuild, withResources } from '${REPO}/dist/pipeline/context.js';
+      const start = startBuild({ workDir: ${JSON.stringify(tmp)}, cacheDir: ${JSON.stringify(join(work, 'cache'))}, runDir: ${JSON.stringify(runDir)} });
+      await withResources(start, { workDir: ${JSON.stringify(tmp)}, runDir: ${JSON.stringify(runDir)} }, (c) => bootAndRun(c, ${JSON.stringify(image)}, { script: 'sleep 600', accel: 'tcg' }));
+    `;
+    const child = execa('node', ['--input-type=module', '-e', program], { reject: false, all: true });
+    const deadline = Date.now() + 120_000;
+    while ((await qemusOfThisTest()).length === 0) {
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`qemu never started: ${(await child).all}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    child.kill('SIGKILL');
+    await child;
+    const gone = Date.now() + 10_000;
+    while ((await qemusOfThisTest()).length && Date.now() < gone) await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await qemusOfThisTest()).toEqual([]);
+    // What the kernel cannot end (the work directory) is the next build's or `imagebuilder cleanup`'s to release.
+    await execa('node', [`${REPO}/bin/run.js`, 'cleanup'], { env: { IMAGEBUILDER_WORK_DIR: tmp, IMAGEBUILDER_RUN_DIR: runDir }, reject: false });
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+});

@@ -1,0 +1,164 @@
+import { lstat, mkdtemp, readFile, readlink, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, installAgent } from '../../src/boot/agent.js';
+import { makeIso } from '../../src/boot/iso9660.js';
+import { CHANNEL_NAME, parseReport } from '../../src/boot/channel.js';
+import { hasEsp, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
+
+const ESP = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b';
+const LINUX = '0fc63daf-8483-4772-8e79-3d69d8477de4';
+
+/** A GUID as GPT stores it: the first three fields little-endian. */
+function guidBytes(guid: string): Buffer {
+  const hex = guid.replace(/-/g, '');
+  const b = Buffer.from(hex, 'hex');
+  return Buffer.concat([Buffer.from(b.subarray(0, 4)).reverse(), Buffer.from(b.subarray(4, 6)).reverse(), Buffer.from(b.subarray(6, 8)).reverse(), b.subarray(8)]);
+}
+
+function gptDisk(types: string[]): Buffer {
+  const disk = Buffer.alloc(PARTITION_TABLE_BYTES);
+  disk[446 + 4] = 0xee; // protective MBR
+  disk.writeUInt16LE(0xaa55, 510);
+  disk.write('EFI PART', 512, 'latin1');
+  disk.writeBigUInt64LE(2n, 512 + 72);
+  disk.writeUInt32LE(128, 512 + 80);
+  disk.writeUInt32LE(128, 512 + 84);
+  types.forEach((type, i) => guidBytes(type).copy(disk, 1024 + i * 128));
+  return disk;
+}
+
+function mbrDisk(types: number[]): Buffer {
+  const disk = Buffer.alloc(PARTITION_TABLE_BYTES);
+  types.forEach((type, i) => (disk[446 + i * 16 + 4] = type));
+  disk.writeUInt16LE(0xaa55, 510);
+  return disk;
+}
+
+describe('boot: the firmware a disk needs', () => {
+  test('GPT with an EFI System Partition: UEFI, wherever the ESP is', () => {
+    expect(hasEsp(gptDisk([ESP, LINUX]))).toBe(true);
+    expect(hasEsp(gptDisk([LINUX, LINUX, ESP]))).toBe(true);
+  });
+  test('GPT without one, MBR without 0xEF, no table at all: BIOS', () => {
+    expect(hasEsp(gptDisk([LINUX]))).toBe(false);
+    expect(hasEsp(mbrDisk([0x83]))).toBe(false);
+    expect(hasEsp(Buffer.alloc(PARTITION_TABLE_BYTES))).toBe(false);
+    expect(hasEsp(Buffer.alloc(100))).toBe(false);
+  });
+  test('MBR with a 0xEF partition: UEFI', () => {
+    expect(hasEsp(mbrDisk([0x83, 0xef]))).toBe(true);
+  });
+  test('a GPT header naming entries beyond what was read is not followed', () => {
+    const disk = gptDisk([LINUX]);
+    disk.writeBigUInt64LE(1n << 40n, 512 + 72);
+    expect(hasEsp(disk)).toBe(false);
+  });
+});
+
+describe('boot: the report on the virtio-serial channel', () => {
+  const frame = (status: number, output: string) => Buffer.concat([Buffer.from(`imagebuilder-boot-result status=${status} bytes=${Buffer.byteLength(output)}\n`), Buffer.from(output)]);
+  test('read once all of it has arrived, UTF-8 intact', () => {
+    const whole = frame(3, 'running\n6.1.0 ✓\n');
+    for (let cut = 0; cut < whole.length; cut++) expect(parseReport(whole.subarray(0, cut), 1 << 20)).toBeUndefined();
+    expect(parseReport(whole, 1 << 20)).toEqual({ exitCode: 3, output: 'running\n6.1.0 ✓\n' });
+  });
+  test('anything else, or more than is taken, is an error', () => {
+    expect(() => parseReport(Buffer.from('hello there\n'), 100)).toThrow(/something other than a report/);
+    expect(() => parseReport(Buffer.alloc(300, 0x41), 100)).toThrow(/something other than a report/);
+    expect(() => parseReport(frame(0, 'x'.repeat(200)), 100)).toThrow(/more than the 100 taken/);
+  });
+});
+
+describe('boot: the qemu command line', () => {
+  const spec: MachineSpec = { arch: 'amd64', qemu: 'qemu-system-x86_64', machine: 'q35', bios: true, uefi: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd', package: 'ovmf' } };
+  const request = { spec, disk: '/w/disk.qcow2', uefiVars: '/w/efivars.fd', consoleLog: '/r/console.log', channelSocket: '/w/results.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 };
+  test('UEFI: the firmware read-only, a copy of its variables writable; no network; the channel a listening socket', () => {
+    const args = qemuArgs({ ...request, accel: 'tcg', firmware: 'uefi' }).join(' ');
+    expect(args).toContain('-machine q35,accel=tcg');
+    expect(args).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd');
+    expect(args).toContain('if=pflash,format=raw,unit=1,file=/w/efivars.fd');
+    expect(args).toContain('-nic none');
+    expect(args).not.toMatch(/-netdev|user,|hostfwd/);
+    expect(args).toContain('-serial file:/r/console.log');
+    expect(args).toContain('socket,id=results0,path=/w/results.sock,server=on,wait=off');
+    expect(args).toContain(`virtserialport,bus=vser0.0,chardev=results0,name=${CHANNEL_NAME}`);
+    expect(args).toContain('format=qcow2,file=/w/disk.qcow2');
+  });
+  test('BIOS: no pflash (SeaBIOS, qemu\'s own); KVM uses the host CPU', () => {
+    const args = qemuArgs({ ...request, accel: 'kvm', firmware: 'bios' }).join(' ');
+    expect(args).not.toContain('pflash');
+    expect(args).toContain('-cpu host');
+    expect(args).toContain('accel=kvm');
+  });
+});
+
+describe('boot: the check written into the overlay', () => {
+  let root: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'ib-boot-agent-'));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+  test('the script, its runner and an enabled unit', async () => {
+    await installAgent(root, 'uname -r');
+    expect(await readFile(join(root, AGENT_DIR, 'check'), 'utf8')).toBe('uname -r\n');
+    expect(await readFile(join(root, AGENT_DIR, 'report'), 'utf8')).toBe(agentScript());
+    const unit = await readFile(join(root, 'etc/systemd/system', AGENT_UNIT), 'utf8');
+    expect(unit).toContain(`ExecStart=/bin/sh ${AGENT_DIR}/report`);
+    expect(unit).not.toContain('Type=oneshot');
+    const wants = join(root, 'etc/systemd/system/multi-user.target.wants', AGENT_UNIT);
+    expect((await lstat(wants)).isSymbolicLink()).toBe(true);
+    expect(await readlink(wants)).toBe(`/etc/systemd/system/${AGENT_UNIT}`);
+  });
+  test('the runner reports on the named port and powers off', () => {
+    const script = agentScript();
+    expect(script).toContain(`name=${CHANNEL_NAME}`);
+    expect(script).toContain('/dev/virtio-ports/$name');
+    expect(script).toContain("printf 'imagebuilder-boot-result status=%d bytes=%d\\n'");
+    expect(script).toContain('systemctl poweroff');
+  });
+});
+
+describe('boot: the cloud-init NoCloud seed', () => {
+  const iso = makeIso('cidata', [
+    { name: 'user-data', content: Buffer.from('#cloud-config\n{}\n') },
+    { name: 'meta-data', content: Buffer.from('instance-id: iid-1\n') },
+  ]);
+  const record = (sector: number, index: number) => {
+    let at = sector * 2048;
+    for (let i = 0; i < index; i++) at += iso[at];
+    return iso.subarray(at, at + iso[at]);
+  };
+  test('an ISO 9660 volume labelled cidata: primary descriptor, terminator, sizes both-endian', () => {
+    expect(iso.length % 2048).toBe(0);
+    expect(iso.toString('latin1', 16 * 2048 + 1, 16 * 2048 + 6)).toBe('CD001');
+    expect(iso[16 * 2048]).toBe(1);
+    expect(iso.toString('latin1', 16 * 2048 + 40, 16 * 2048 + 72).trimEnd()).toBe('cidata');
+    expect(iso.readUInt32LE(16 * 2048 + 80)).toBe(iso.length / 2048);
+    expect(iso.readUInt32BE(16 * 2048 + 84)).toBe(iso.length / 2048);
+    expect(iso[17 * 2048]).toBe(255);
+  });
+  test('the root directory: . and .., then the files in name order, each pointing at its content', () => {
+    const root = iso.readUInt32LE(16 * 2048 + 156 + 2);
+    expect(record(root, 0)[33]).toBe(0);
+    expect(record(root, 1)[33]).toBe(1);
+    const names = [2, 3].map((i) => record(root, i)).map((r) => ({ name: r.toString('latin1', 33, 33 + r[32]), extent: r.readUInt32LE(2), size: r.readUInt32LE(10) }));
+    expect(names.map((n) => n.name)).toEqual(['META-DATA.;1', 'USER-DATA.;1']);
+    expect(iso.toString('utf8', names[0].extent * 2048, names[0].extent * 2048 + names[0].size)).toBe('instance-id: iid-1\n');
+    expect(iso.toString('utf8', names[1].extent * 2048, names[1].extent * 2048 + names[1].size)).toBe('#cloud-config\n{}\n');
+  });
+  test('names it cannot write are refused', () => {
+    expect(() => makeIso('cidata', [{ name: 'Network Config', content: Buffer.alloc(1) }])).toThrow(/not supported/);
+  });
+  test('the user-data writes the check and its runner and starts the runner as a unit of its own', () => {
+    const text = agentUserData('uname -r');
+    expect(text.startsWith('#cloud-config\n')).toBe(true);
+    const config = JSON.parse(text.slice('#cloud-config\n'.length));
+    expect(config.write_files.map((f: { path: string }) => f.path)).toEqual([`${AGENT_DIR}/check`, `${AGENT_DIR}/report`]);
+    expect(Buffer.from(config.write_files[0].content, 'base64').toString()).toBe('uname -r\n');
+    expect(Buffer.from(config.write_files[1].content, 'base64').toString()).toBe(agentScript());
+    expect(config.runcmd[0].slice(0, 2)).toEqual(['systemd-run', '--no-block']);
+  });
+});
