@@ -240,7 +240,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
           void consoleTail(consoleLog).then((detail) =>
-            reject(new ImageBuilderError('VERIFY_FAILED', `the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}); its console is in ${consoleLog}`, {
+            reject(new ImageBuilderError('VERIFY_FAILED', `the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}, ${firmware}); its console is in ${consoleLog}`, {
               detail,
               hint: accel === 'tcg' ? 'TCG is slow: give it longer (timeoutMs), or find in the console log where it stopped' : 'the console log shows where it stopped',
             })),

@@ -12,15 +12,16 @@ export const FIXTURE_CACHE = process.env.IMAGEBUILDER_FIXTURE_CACHE ?? '/var/cac
  * `arch` builds a guest of another architecture (debootstrap under qemu-user): without a kernel, which would
  * double its cold build under emulation and no test of it needs.
  */
-export async function fixtureImage(layout: Layout, format: 'qcow2' | 'raw' = 'qcow2', options: { arch?: 'arm64' } = {}): Promise<string> {
+export async function fixtureImage(layout: Layout, format: 'qcow2' | 'raw' = 'qcow2', options: { arch?: 'arm64'; cloudInit?: boolean } = {}): Promise<string> {
   const script = `${REPO}/bin/make-debian-image`;
   const version = (await sha256(script)).slice(0, 12);
   const dir = `${FIXTURE_CACHE}/images`;
-  const path = `${dir}/${layout}${options.arch ? `-${options.arch}` : ''}-${version}.${format}`;
+  const path = `${dir}/${layout}${options.arch ? `-${options.arch}` : ''}${options.cloudInit ? '-cloud-init' : ''}-${version}.${format}`;
   if (await stat(path).catch(() => undefined)) return path;
   await mkdir(dir, { recursive: true });
   const arch = options.arch ? ['--arch', options.arch, '--no-kernel'] : [];
-  await execa(script, ['--layout', layout, '--format', format, '--output', path, '--cache-dir', FIXTURE_CACHE, ...arch], { stderr: 'inherit' });
+  const cloudInit = options.cloudInit ? ['--cloud-init'] : [];
+  await execa(script, ['--layout', layout, '--format', format, '--output', path, '--cache-dir', FIXTURE_CACHE, ...arch, ...cloudInit], { stderr: 'inherit' });
   return path;
 }
 

@@ -18,11 +18,13 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
   let tmp: string;
   let runDir: string;
   let image: string;
+  let cloudInitImage: string;
   beforeAll(async () => {
     work = await mkdtemp('/var/tmp/ib-boot-');
     tmp = await mkdtemp('/var/tmp/ib-boot-tmp-');
     runDir = await mkdtemp('/var/tmp/ib-boot-run-');
     image = await fixtureImage('efi-boot');
+    cloudInitImage = await fixtureImage('efi-boot', 'qcow2', { cloudInit: true });
   });
   afterAll(async () => {
     await rm(work, { recursive: true, force: true });
@@ -31,10 +33,10 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
   });
 
   const logged: string[] = [];
-  const boot = (options: BootOptions): Promise<BootResult> => {
+  const boot = (options: BootOptions, disk = image): Promise<BootResult> => {
     const log = createLogger({ level: 'debug', write: (text) => void logged.push(text) });
     const start = startBuild({ log, workDir: tmp, cacheDir: join(work, 'cache'), runDir });
-    return withResources(start, { workDir: tmp, runDir }, (context) => bootAndRun(context, image, options));
+    return withResources(start, { workDir: tmp, runDir }, (context) => bootAndRun(context, disk, options));
   };
   const qemusOfThisTest = async () =>
     (await execa('ps', ['-eo', 'pid=,args='])).stdout.split('\n').filter((line) => /qemu-system/.test(line) && line.includes(tmp));
@@ -48,7 +50,7 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
       resultsDir: results,
     });
     console.log(`boot: ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
-    expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', exitCode: 3, consoleLog: join(results, 'console.log') });
+    expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', via: 'systemd', exitCode: 3, consoleLog: join(results, 'console.log') });
     const lines = result.output.split('\n');
     expect(lines[0]).toBe('running');
     expect(lines[1]).toMatch(/^6\.1\.0-\d+-cloud-amd64$/);
@@ -64,11 +66,34 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 
-  test('a guest that does not report in time: a clear error naming the console log, and qemu is gone', async () => {
+  test('a guest with cloud-init: the check comes through a NoCloud seed (ISO 9660 labelled cidata), which cloud-init takes as its datasource', async () => {
+    const before = await sha256(cloudInitImage);
+    const result = await boot(
+      {
+        script: 'systemctl is-system-running --wait\ncloud-init status\ngrep -o "DataSourceNoCloud[^\\"]*" /run/cloud-init/result.json\nuname -r\n',
+        accel: 'tcg',
+        resultsDir: join(work, 'results-cloud-init'),
+      },
+      cloudInitImage,
+    );
+    console.log(`boot (cloud-init): ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
+    expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', via: 'cloud-init', exitCode: 0 });
+    const lines = result.output.split('\n');
+    expect(lines[0]).toBe('running');
+    expect(lines[1]).toBe('status: done');
+    expect(lines[2]).toMatch(/^DataSourceNoCloud \[seed=\/dev\/vd[b-z]\]/);
+    expect(lines[3]).toMatch(/^6\.1\.0-\d+-cloud-amd64$/);
+    expect(await sha256(cloudInitImage)).toBe(before);
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('an image without an ESP boots through BIOS; one that never reports: a clear error naming the console log, and qemu is gone', async () => {
+    // The mbr fixture has no bootloader: SeaBIOS finds nothing to boot, and the deadline ends it.
     const results = join(work, 'results-timeout');
-    const error = await boot({ script: 'true', accel: 'tcg', resultsDir: results, timeoutMs: 15_000 }).catch((e: unknown) => e);
+    const error = await boot({ script: 'true', accel: 'tcg', resultsDir: results, timeoutMs: 15_000 }, await fixtureImage('mbr')).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ImageBuilderError);
-    expect((error as ImageBuilderError).message).toMatch(/did not report within 15 s \(tcg\); its console is in .*results-timeout\/console\.log/);
+    expect((error as ImageBuilderError).message).toMatch(/did not report within 15 s \(tcg, bios\); its console is in .*results-timeout\/console\.log/);
     expect((await stat(join(results, 'console.log'))).isFile()).toBe(true);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
