@@ -2,7 +2,7 @@ import { mkdir, stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import { REPO, sha256 } from './host.js';
 
-export type Layout = 'gpt-esp' | 'efi-boot' | 'mbr' | 'whole-disk' | 'separate-boot' | 'xfs' | 'btrfs-subvol' | 'selinux-dracut';
+export type Layout = 'gpt-esp' | 'efi-boot' | 'bios-boot' | 'mbr' | 'whole-disk' | 'separate-boot' | 'xfs' | 'btrfs-subvol' | 'selinux-dracut';
 
 export const FIXTURE_CACHE = process.env.IMAGEBUILDER_FIXTURE_CACHE ?? '/var/cache/imagebuilder-fixtures';
 
@@ -29,6 +29,7 @@ export async function fixtureImage(layout: Layout, format: 'qcow2' | 'raw' = 'qc
 export const LAYOUT_PARTITIONS: Record<Layout, { root: number | 'disk'; rootOptions?: string; boot?: number }> = {
   'gpt-esp': { root: 2 },
   'efi-boot': { root: 2 },
+  'bios-boot': { root: 1 },
   mbr: { root: 1 },
   'whole-disk': { root: 'disk' },
   'separate-boot': { root: 3, boot: 1 },

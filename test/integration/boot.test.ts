@@ -59,9 +59,25 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     // The console log is kept beside the results: the firmware, GRUB, the kernel and systemd all wrote to it.
     const console_ = await readFile(result.consoleLog, 'utf8');
     expect(console_).toContain('Linux version 6.1.0');
+    expect(console_).toMatch(/efi: EFI v[\d.]+ by EDK II/); // OVMF
     expect(console_).toContain('imagebuilder-boot: the check exited with 3');
     expect(result.bootMs).toBeGreaterThan(0);
     expect(await sha256(image)).toBe(before);
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('an image without an ESP boots through BIOS (SeaBIOS, GRUB in the MBR gap)', async () => {
+    const bios = await fixtureImage('bios-boot');
+    const before = await sha256(bios);
+    const result = await boot({ script: 'systemctl is-system-running --wait\nuname -r\n', accel: 'tcg', resultsDir: join(work, 'results-bios') }, bios);
+    console.log(`boot (BIOS): ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
+    expect(result).toMatchObject({ accel: 'tcg', firmware: 'bios', via: 'systemd', exitCode: 0 });
+    expect(result.output).toMatch(/^running\n6\.1\.0-\d+-cloud-amd64\n$/);
+    const console_ = await readFile(result.consoleLog, 'utf8');
+    expect(console_).toContain('Linux version 6.1.0');
+    expect(console_).not.toContain('by EDK II');
+    expect(await sha256(bios)).toBe(before);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
@@ -88,7 +104,7 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 
-  test('an image without an ESP boots through BIOS; one that never reports: a clear error naming the console log, and qemu is gone', async () => {
+  test('a guest that never reports (no ESP: BIOS; no bootloader): a clear error naming the console log, and qemu is gone', async () => {
     // The mbr fixture has no bootloader: SeaBIOS finds nothing to boot, and the deadline ends it.
     const results = join(work, 'results-timeout');
     const error = await boot({ script: 'true', accel: 'tcg', resultsDir: results, timeoutMs: 15_000 }, await fixtureImage('mbr')).catch((e: unknown) => e);

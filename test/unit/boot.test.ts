@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, readFile, readlink, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, installAgent } from '../../src/boot/agent.js';
@@ -112,6 +112,25 @@ describe('boot: the check written into the overlay', () => {
     expect((await lstat(wants)).isSymbolicLink()).toBe(true);
     expect(await readlink(wants)).toBe(`/etc/systemd/system/${AGENT_UNIT}`);
   });
+  test('what the guest planted at those paths is replaced, never written through', async () => {
+    const outside = await mkdtemp(join(tmpdir(), 'ib-boot-outside-'));
+    try {
+      await writeFile(join(outside, 'victim'), 'host file\n');
+      await mkdir(join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
+      await symlink(join(outside, 'victim'), join(root, 'etc/systemd/system', AGENT_UNIT));
+      await symlink(join(outside, 'victim'), join(root, 'etc/systemd/system/multi-user.target.wants', AGENT_UNIT));
+      // A directory of the guest that is a symlink to the host's: followed inside the guest, not onto the host.
+      await symlink(outside, join(root, 'etc/imagebuilder-boot'));
+      await installAgent(root, 'true');
+      expect(await readFile(join(outside, 'victim'), 'utf8')).toBe('host file\n');
+      expect(await readdir(outside)).toEqual(['victim']);
+      expect((await lstat(join(root, 'etc/systemd/system', AGENT_UNIT))).isFile()).toBe(true);
+      expect(await readFile(join(root, outside, 'check'), 'utf8')).toBe('true\n');
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
+  });
+
   test('the runner reports on the named port and powers off', () => {
     const script = agentScript();
     expect(script).toContain(`name=${CHANNEL_NAME}`);
