@@ -43,26 +43,41 @@ export interface ChannelReader {
  */
 export function readChannel(socketPath: string, maxOutputBytes: number): ChannelReader {
   let socket: Socket | undefined;
+  let closed = false;
   const report = new Promise<GuestReport>((resolve, reject) => {
     const chunks: Buffer[] = [];
-    socket = connect(socketPath);
-    socket.on('data', (chunk: Buffer) => {
-      chunks.push(chunk);
-      try {
-        const parsed = parseReport(Buffer.concat(chunks), maxOutputBytes);
-        if (parsed) {
-          resolve(parsed);
+    const attempt = (left: number) => {
+      if (closed) return;
+      let connected = false;
+      socket = connect(socketPath, () => (connected = true));
+      socket.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        try {
+          const parsed = parseReport(Buffer.concat(chunks), maxOutputBytes);
+          if (parsed) {
+            resolve(parsed);
+            socket?.destroy();
+          }
+        } catch (error) {
+          reject(error);
           socket?.destroy();
         }
-      } catch (error) {
-        reject(error);
-        socket?.destroy();
-      }
-    });
-    // qemu going away closes the connection: who waits on the report learns why from qemu's exit instead.
-    socket.on('error', () => undefined);
+      });
+      socket.on('error', () => {
+        // The socket file exists a moment before qemu listens on it: try again, for a while. Once connected,
+        // qemu going away closes the connection, and who waits learns why from qemu's exit instead.
+        if (!connected && left > 0) setTimeout(() => attempt(left - 1), 100).unref();
+      });
+    };
+    attempt(100);
   });
   // Nobody may be listening when the report is abandoned (a timeout): its rejection must not go unhandled.
   report.catch(() => undefined);
-  return { report, close: () => socket?.destroy() };
+  return {
+    report,
+    close: () => {
+      closed = true;
+      socket?.destroy();
+    },
+  };
 }

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, installAgent } from '../../src/boot/agent.js';
 import { makeIso } from '../../src/boot/iso9660.js';
-import { CHANNEL_NAME, parseReport } from '../../src/boot/channel.js';
+import { createServer } from 'node:net';
+import { CHANNEL_NAME, parseReport, readChannel } from '../../src/boot/channel.js';
 import { hasEsp, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
 
 const ESP = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b';
@@ -67,6 +68,29 @@ describe('boot: the report on the virtio-serial channel', () => {
     expect(() => parseReport(Buffer.from('hello there\n'), 100)).toThrow(/something other than a report/);
     expect(() => parseReport(Buffer.alloc(300, 0x41), 100)).toThrow(/something other than a report/);
     expect(() => parseReport(frame(0, 'x'.repeat(200)), 100)).toThrow(/more than the 100 taken/);
+  });
+});
+
+describe('boot: reading the channel', () => {
+  test('connects once qemu listens (the file may be there first), and reads a report sent in pieces', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ib-boot-channel-'));
+    const path = join(dir, 'results.sock');
+    await writeFile(path, ''); // there, but nobody listening yet: refused
+    const channel = readChannel(path, 1 << 20);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    await rm(path);
+    const server = createServer((connection) => {
+      connection.write('imagebuilder-boot-result status=0 by');
+      setTimeout(() => connection.end('tes=3\nok\n'), 50);
+    });
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    try {
+      await expect(channel.report).resolves.toEqual({ exitCode: 0, output: 'ok\n' });
+    } finally {
+      channel.close();
+      server.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
