@@ -19,6 +19,7 @@ import { openGuest, type OpenedGuest } from './guest.js';
 import { LayerChain } from './layer-chain.js';
 import type { BaseState, LayerRecord, LayerStore } from './layers.js';
 import { requireFamilyForSteps } from './preflight.js';
+import { checkImage, checksFailed } from './test.js';
 import type { VerifiedImage } from './verify.js';
 
 /** Everything of the BOM that phase 1 knows: phase 2 adds the artifacts. */
@@ -251,7 +252,13 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
     }
     await chain.close(opened, () => session.close());
   });
+  // The recipe's checks that read only files, judged now on the finished guest: a failure writes no output.
+  const checks = recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [];
   await session.close();
+  const failed = checksFailed(checks, 'on the image at the end of phase 1');
+  if (failed) throw failed;
+  if (checks.length) log.info(`checks on the image: ${checks.filter((c) => c.status === 'passed').length} passed, ${checks.filter((c) => c.status === 'skipped').length} need the booted image (imagebuilder test)`);
 
-  return { bom: await phase1Bom(recipe, input, opened, distro, base, steps, records), opened, workImage: chain.active };
+  const bom = await phase1Bom(recipe, input, opened, distro, base, steps, records);
+  return { bom: checks.length ? { ...bom, checks } : bom, opened, workImage: chain.active };
 }
