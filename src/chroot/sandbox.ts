@@ -167,6 +167,39 @@ export async function cgroupMembers(dirs: string[]): Promise<number[]> {
   return pids;
 }
 
+/** The cgroup v2 leaf a container's own processes are moved to (see enableControllers). */
+export const CONTAINER_LEAF_CGROUP = 'imagebuilder-container';
+
+/**
+ * Lets child cgroups of `root` use `controllers`. In a container with a cgroup namespace of its own (docker
+ * --privileged on a cgroup v2 host), `root` is the container's cgroup: it holds the container's processes, and
+ * cgroup v2 refuses (EBUSY) to give controllers to the children of a cgroup that has processes. As docker's own
+ * docker-in-docker entrypoint does, those processes are moved to a leaf of their own first, once.
+ */
+async function enableControllers(root: string, controllers: string[], log: Logger): Promise<void> {
+  const control = join(root, 'cgroup.subtree_control');
+  const missing = () => readFile(control, 'utf8').then((text) => controllers.filter((c) => !text.split(/\s+/).includes(c)), () => controllers);
+  const enable = async () => {
+    for (const controller of await missing()) await writeFile(control, `+${controller}`);
+  };
+  try {
+    await enable();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EBUSY') throw error;
+    const leaf = join(root, CONTAINER_LEAF_CGROUP);
+    await mkdir(leaf, { recursive: true });
+    const pids = (await readFile(join(root, 'cgroup.procs'), 'utf8')).split('\n').filter((line) => /^\d+$/.test(line));
+    log.info(`cgroup v2: moving ${pids.length} process(es) of ${root} to ${leaf}, so the build's limits can be set below it (no internal processes)`);
+    for (const pid of pids) {
+      // A process that ended meanwhile is fine (ESRCH); kernel threads cannot move (EINVAL) and stay.
+      await writeFile(join(leaf, 'cgroup.procs'), pid).catch((move: NodeJS.ErrnoException) => {
+        if (move.code !== 'ESRCH' && move.code !== 'EINVAL') throw move;
+      });
+    }
+    await enable();
+  }
+}
+
 /**
  * One cgroup per build with the memory and pids limits: cgroup v2 where the host has it, v1 (memory and pids
  * hierarchies) otherwise. Released (its processes killed, then removed) by the cleanup stack.
@@ -188,10 +221,7 @@ async function makeCgroups(name: string, limits: SandboxLimits, cleanup: Cleanup
     made.push({ dir, counters });
   };
   if (v2) {
-    const subtree = await readFile(join(root, 'cgroup.subtree_control'), 'utf8').catch(() => '');
-    for (const controller of ['memory', 'pids']) {
-      if (!subtree.split(/\s+/).includes(controller)) await writeFile(join(root, 'cgroup.subtree_control'), `+${controller}`);
-    }
+    await enableControllers(root, ['memory', 'pids'], log);
     const dir = join(root, name);
     await create(dir, [['memory.max', String(limits.memoryBytes)], ['memory.swap.max', '0'], ['pids.max', String(limits.pids)]], async () => ({
       oomKills: await readNumbers(join(dir, 'memory.events'), 'oom_kill'),
