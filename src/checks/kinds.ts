@@ -33,9 +33,10 @@ export const serviceCheck = defineCheck({
     if (spec.enabled !== undefined) {
       probes.push({
         attribute: 'enabled',
-        script: `systemctl is-enabled ${shellQuote(spec.name)} 2>&1`,
+        script: `systemctl is-enabled -- ${shellQuote(spec.name)} 2>&1`,
         boot: false,
-        judge: ({ stdout }) => {
+        judge: ({ exitCode, stdout }) => {
+          if (exitCode === 127) return verdict(false, 'no systemctl in the guest', spec.enabled ? 'enabled' : 'not enabled');
           const state = firstLine(stdout) || 'unknown';
           return verdict(ENABLED_STATES.includes(state) === spec.enabled, state, spec.enabled ? 'enabled' : 'not enabled');
         },
@@ -44,9 +45,10 @@ export const serviceCheck = defineCheck({
     if (spec.running !== undefined) {
       probes.push({
         attribute: 'running',
-        script: `systemctl is-active ${shellQuote(spec.name)} 2>&1`,
+        script: `systemctl is-active -- ${shellQuote(spec.name)} 2>&1`,
         boot: true,
-        judge: ({ stdout }) => {
+        judge: ({ exitCode, stdout }) => {
+          if (exitCode === 127) return verdict(false, 'no systemctl in the guest', spec.running ? 'active' : 'not active');
           const state = firstLine(stdout) || 'unknown';
           return verdict((state === 'active') === spec.running, state, spec.running ? 'active' : 'not active');
         },
@@ -88,7 +90,10 @@ export const commandCheck = defineCheck({
   ],
 });
 
-const FILE_TYPES = { file: 'regular file', directory: 'directory', symlink: 'symbolic link' } as const;
+/** stat's %F in our three words; other types (fifo, socket, device) as stat says them. */
+const fileType = (statType: string) => (/^regular (empty )?file$/.test(statType) ? 'file' : statType === 'directory' ? 'directory' : statType === 'symbolic link' ? 'symlink' : statType);
+/** Exit status of a probe that found nothing at the path (any other failure is a failure, not an absence). */
+const ABSENT_STATUS = 3;
 
 export const fileCheck = defineCheck({
   key: 'file',
@@ -114,15 +119,17 @@ export const fileCheck = defineCheck({
     const probes: Probe[] = [
       {
         attribute: ['exists', ...asked].join(', '),
-        script: `stat -c '%F|%a|%U|%G' -- ${shellQuote(spec.path)} 2>&1`,
+        // A dangling symlink exists too; -e alone follows links.
+        script: `p=${shellQuote(spec.path)}; if [ -e "$p" ] || [ -L "$p" ]; then stat -c '%F|%a|%U|%G' -- "$p" 2>&1; else exit ${ABSENT_STATUS}; fi`,
         boot: false,
         judge: ({ exitCode, stdout }) => {
-          if (exitCode !== 0) return verdict(!exists, 'absent', exists ? 'present' : 'absent');
+          if (exitCode === ABSENT_STATUS) return verdict(!exists, 'absent', exists ? 'present' : 'absent');
+          if (exitCode !== 0) return verdict(false, `cannot tell: ${firstLine(stdout) || `exit ${exitCode}`}`, exists ? 'present' : 'absent');
           if (!exists) return verdict(false, 'present', 'absent');
-          const [type, mode, owner, group] = firstLine(stdout).split('|');
-          const found = { filetype: type, mode: mode.padStart(4, '0'), owner, group };
-          const wanted = { filetype: spec.filetype && FILE_TYPES[spec.filetype], mode: spec.mode?.padStart(4, '0'), owner: spec.owner, group: spec.group };
-          const wrong = asked.filter((key) => (key === 'filetype' ? !found.filetype.startsWith(wanted.filetype!) : found[key] !== wanted[key]));
+          const [type = '', mode = '', owner, group] = firstLine(stdout).split('|');
+          const found = { filetype: fileType(type), mode: mode.padStart(4, '0'), owner, group };
+          const wanted = { filetype: spec.filetype, mode: spec.mode?.padStart(4, '0'), owner: spec.owner, group: spec.group };
+          const wrong = asked.filter((key) => (key === 'mode' ? parseInt(found.mode, 8) !== parseInt(wanted.mode!, 8) : found[key] !== wanted[key]));
           return verdict(!wrong.length, asked.length ? asked.map((key) => `${key} ${found[key]}`).join(', ') : 'present', asked.length ? asked.map((key) => `${key} ${wanted[key]}`).join(', ') : 'present');
         },
       },
@@ -130,11 +137,11 @@ export const fileCheck = defineCheck({
     if (spec.contains && exists) {
       probes.push({
         attribute: 'contains',
-        // Up to 4 MiB: configuration, not data.
-        script: `head -c 4194304 -- ${shellQuote(spec.path)}`,
+        // Up to 4 MiB of a regular file (configuration, not data); never a FIFO (it would block) or a link.
+        script: `p=${shellQuote(spec.path)}; if [ -f "$p" ] && [ ! -L "$p" ]; then head -c 4194304 -- "$p"; else exit ${ABSENT_STATUS}; fi`,
         boot: false,
         judge: ({ exitCode, stdout }) => {
-          if (exitCode !== 0) return verdict(false, 'unreadable', 'every pattern');
+          if (exitCode !== 0) return verdict(false, exitCode === ABSENT_STATUS ? 'not a regular file' : 'unreadable', 'every pattern');
           const missing = spec.contains!.filter((pattern) => !matchesPattern(stdout, pattern));
           return verdict(!missing.length, missing.length ? `lacks ${missing.map((p) => JSON.stringify(p)).join(', ')}` : 'every pattern', 'every pattern');
         },
@@ -174,7 +181,7 @@ export const kernelParamCheck = defineCheck({
 export const kernelModuleCheck = defineCheck({
   key: 'kernel_module',
   summary: 'A kernel module is loaded (or not) in the booted guest',
-  description: 'Loaded means listed in /proc/modules, or built in with a /sys/module entry.',
+  description: 'Loaded means it has a /sys/module entry: every loaded module has one, and so has a built-in one with parameters.',
   schema: Type.Object(
     {
       name: Type.String({ pattern: '^[A-Za-z0-9_-]+$', description: '`br_netfilter`.' }),
@@ -189,7 +196,8 @@ export const kernelModuleCheck = defineCheck({
     return [
       {
         attribute: 'loaded',
-        script: `if grep -q ${shellQuote(`^${name} `)} /proc/modules || [ -d ${shellQuote(`/sys/module/${name}`)} ]; then echo loaded; else echo 'not loaded'; fi`,
+        // The shell's own test: nothing from the guest's programs decides.
+        script: `if [ -d ${shellQuote(`/sys/module/${name}`)} ]; then echo loaded; else echo 'not loaded'; fi`,
         boot: true,
         judge: ({ stdout }) => {
           const loaded = firstLine(stdout) === 'loaded';

@@ -188,15 +188,24 @@ async function enableControllers(root: string, controllers: string[], log: Logge
     if ((error as NodeJS.ErrnoException).code !== 'EBUSY') throw error;
     const leaf = join(root, CONTAINER_LEAF_CGROUP);
     await mkdir(leaf, { recursive: true });
-    const pids = (await readFile(join(root, 'cgroup.procs'), 'utf8')).split('\n').filter((line) => /^\d+$/.test(line));
-    log.info(`cgroup v2: moving ${pids.length} process(es) of ${root} to ${leaf}, so the build's limits can be set below it (no internal processes)`);
-    for (const pid of pids) {
-      // A process that ended meanwhile is fine (ESRCH); kernel threads cannot move (EINVAL) and stay.
-      await writeFile(join(leaf, 'cgroup.procs'), pid).catch((move: NodeJS.ErrnoException) => {
-        if (move.code !== 'ESRCH' && move.code !== 'EINVAL') throw move;
-      });
+    // For good: the container's processes stay in the leaf (as under docker's dind), which is never removed.
+    log.info(`cgroup v2: moving the processes of ${root} to ${leaf} for good, so the build's limits can be set below it (no internal processes)`);
+    // Processes fork meanwhile: move until none is left, a few rounds at most.
+    for (let round = 0; ; round++) {
+      const pids = (await readFile(join(root, 'cgroup.procs'), 'utf8')).split('\n').filter((line) => /^\d+$/.test(line));
+      for (const pid of pids) {
+        // A process that ended meanwhile is fine (ESRCH); kernel threads cannot move (EINVAL) and stay.
+        await writeFile(join(leaf, 'cgroup.procs'), pid).catch((move: NodeJS.ErrnoException) => {
+          if (move.code !== 'ESRCH' && move.code !== 'EINVAL') throw move;
+        });
+      }
+      try {
+        await enable();
+        return;
+      } catch (again) {
+        if ((again as NodeJS.ErrnoException).code !== 'EBUSY' || round === 4) throw again;
+      }
     }
-    await enable();
   }
 }
 
@@ -370,7 +379,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     await run('nsenter', [`--net=${netns}`, '--', 'ip', `-${family}`, '-batch', '-'], { input: `${batch.join('\n')}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
   }
 
-  if (dns.forwardTo) await forwardDns({ run, log, cleanup, netns, stateDir: state, resolver: dns.forwardTo });
+  if (dns.forwardTo) {
+    // A directory of its own (found by the reaper by the same prefix): the relay's user may enter it, and
+    // nothing else of the sandbox's state is there.
+    const dnsDir = await mkdtemp(join(tmpdir(), `${SANDBOX_STATE_PREFIX}${process.pid}-dns-`));
+    cleanup.push(`DNS forwarding directory ${dnsDir}`, () => rm(dnsDir, { recursive: true, force: true }));
+    await forwardDns({ run, log, cleanup, netns, dir: dnsDir, resolver: dns.forwardTo });
+  }
 
   let cgroups: Cgroup[] = [];
   try {
@@ -405,6 +420,8 @@ export interface SandboxedCommandOptions {
   network?: GuestNetwork;
   /** A shell for the user: keeps the terminal session bwrap would otherwise leave (the caller gives it a pty of its own). */
   interactive?: boolean;
+  /** The guest's root read-only, but for a minimal /dev and a fresh /tmp. */
+  readOnlyRoot?: boolean;
 }
 
 /** argv (host side) that runs `argv` inside the guest at `root`, in the build's sandbox. */
@@ -414,7 +431,8 @@ export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSan
   const drop = Array.from({ length: sandbox.lastCapability + 1 }, (_, n) => n).filter((n) => !keep.has(n));
   const bwrapArgs = [
     // --dev-bind: our own /dev holds the devices; the guest's own filesystems keep their nodev.
-    '--dev-bind', root, '/',
+    // Read-only: bwrap's own minimal /dev (never a path inside the guest, which could be a link), a fresh /tmp.
+    ...(options.readOnlyRoot ? ['--ro-bind', root, '/', '--dev', '/dev', '--tmpfs', '/tmp'] : ['--dev-bind', root, '/']),
     '--proc', '/proc',
     // bwrap leaves these writable for root: a sysctl (kernel.core_pattern runs a program on the host) or a
     // sysrq needs no capability, only the file's mode. Their contents follow the reader's namespaces.

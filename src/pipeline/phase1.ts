@@ -120,7 +120,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
 }
 
 /** One step run in the guest: its records, and what the build did right after it within its layer (initramfs). */
-async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, session: ChrootSession, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
+async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
   const { log, signal, events } = context;
   const number = step.index + 1;
   const description = step.type.describe(step.spec);
@@ -129,9 +129,11 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
   log.info(`${label}: ${step.type.key} at ${step.location}`);
   events({ event: 'step-started', step: number, of: recipe.steps.length, type: step.type.key, ...(step.name ? { name: step.name } : {}), description });
   const t0 = Date.now();
-  const root = session.root;
-  const initramfs = await watchInitramfs(root);
+  let session: ChrootSession | undefined;
   try {
+    // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
+    session = await openSession();
+    const initramfs = await watchInitramfs(session.root);
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
     await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir }, step.spec);
@@ -144,7 +146,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     return { records, after, durationMs };
   } catch (error) {
     events({ event: 'step-failed', step: number, durationMs: Date.now() - t0, error: errorMessage(error) });
-    if (options.shellOnFailure && !signal?.aborted) {
+    if (options.shellOnFailure && !signal?.aborted && session) {
       log.error(`${label} failed: ${errorMessage(error)}`);
       log.info('a shell inside the guest at the failed step, everything still mounted; exit it to clean up');
       await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)"'], { PS1: `[imagebuilder: step ${number} failed] \\w# ` });
@@ -237,7 +239,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
         log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
         events({ event: 'step-skipped', step: number, reason: skipped });
       } else {
-        ran = await runStep(context, step, recipe, await session.open(), distro, architecture, options);
+        ran = await runStep(context, step, recipe, () => session.open(), distro, architecture, options);
         bomStep.durationMs = ran.durationMs;
       }
       ran.records.files.forEach(records.recorder.file);

@@ -54,10 +54,15 @@ async function gatherChecks(options: TestOptions): Promise<Declared[]> {
   return checks;
 }
 
-/** Runs the probes of `checks` that read only files in the guest behind `session`, as one guest command with no network. */
+/**
+ * Runs the probes of `checks` that read only files in the guest behind `session`: one guest command, with no
+ * network and the guest's root read-only (a check never changes the image), within the sum of the commands'
+ * own timeouts and two minutes.
+ */
 export function checkImage(session: ChrootSession, checks: Declared[], signal?: AbortSignal): Promise<CheckResult[]> {
+  const commandSeconds = checks.filter((check) => check.type.key === 'command').reduce((sum, check) => sum + ((check.spec as { timeout?: number }).timeout ?? 60), 0);
   return runChecks(checks, 'image', async (script) => {
-    const result = await session.exec(['/bin/sh', '-c', script], { allowFailure: true, network: 'none', signal, purpose: 'running the checks' });
+    const result = await session.exec(['/bin/sh', '-c', script], { allowFailure: true, network: 'none', readOnlyRoot: true, timeoutMs: (120 + commandSeconds) * 1000, signal, purpose: 'running the checks' });
     return { exitCode: result.exitCode, stdout: result.stdout };
   });
 }

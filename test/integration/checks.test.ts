@@ -43,7 +43,7 @@ describe('checks: apply judges a recipe\'s checks; imagebuilder test judges an i
     const before = await hostState();
     output = join(work, 'good.qcow2');
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'none', '--no-cache', '--json']);
-    expect(result.stderr).toContain('checks on the image: 5 passed, 2 need the booted image');
+    expect(result.stderr).toContain('checks on the image: 5 passed, 2 need the booted image'); // (stderr names any failure)
     expect(result.exitCode).toBe(0);
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8')) as { checks: { check: string; attribute: string; status: string; location: string }[] };
     expect(bom.checks.map((c) => `${c.check}: ${c.attribute}: ${c.status}`)).toEqual([

@@ -56,7 +56,7 @@ describe('check probes, run by a real shell', () => {
       `file ${join(dir, 'link')}: exists, filetype: passed`,
       `file ${join(dir, 'nope')}: exists: passed`,
       `file ${join(dir, 'nope')}: exists: failed (found absent)`,
-      `file ${join(dir, 'nope')}: contains: failed (found unreadable)`,
+      `file ${join(dir, 'nope')}: contains: failed (found not a regular file)`,
       `file ${file}: exists: passed`,
       `file ${file}: contains: failed (found lacks "SystemdCgroup = false")`,
     ]);
@@ -120,16 +120,38 @@ describe('check probes, run by a real shell', () => {
     expect(failed.judge({ exitCode: 0, stdout: 'a.service loaded failed failed A\nb.service loaded failed failed B\n' })).toEqual({ passed: false, observed: 'b.service', expected: 'none beyond a.service' });
   });
 
-  test('a batch of probes is one script; output that is not a probe\'s is ignored', async () => {
+  test('a batch of probes is one script; lines without this run\'s nonce are ignored, an index reported twice counts as none', async () => {
+    const judge = () => ({ passed: true, observed: '', expected: '' });
     const probes = [
-      { attribute: 'a', script: "printf 'multi\\nline'; echo err >&2; exit 4", boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) },
-      { attribute: 'b', script: 'echo noise; echo "@@imagebuilder-probe 0 0 Zm9v"', boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) },
+      { attribute: 'a', script: "printf 'multi\\nline'; echo err >&2; exit 4", boot: false, judge },
+      { attribute: 'b', script: 'echo noise; echo "@@imagebuilder-probe-abc 0 0 Zm9v"', boot: false, judge },
     ];
-    const output = await hostShell(`echo before\n${batchScript(probes)}\necho after`);
-    const parsed = parseBatchOutput(output.stdout);
+    const output = await hostShell(`echo before\n${batchScript(probes, 'n0nce')}\necho after`);
+    const parsed = parseBatchOutput(output.stdout, 'n0nce');
     expect(parsed.get(0)).toEqual({ exitCode: 4, stdout: 'multi\nline' });
-    expect(parsed.get(1)).toEqual({ exitCode: 0, stdout: 'noise\n@@imagebuilder-probe 0 0 Zm9v' });
+    expect(parsed.get(1)).toEqual({ exitCode: 0, stdout: 'noise\n@@imagebuilder-probe-abc 0 0 Zm9v' });
+    // A probe that guesses the nonce and reports for another: neither report counts.
+    const spoofed = parseBatchOutput(`@@imagebuilder-probe-n0nce 0 0 \n@@imagebuilder-probe-n0nce 0 1 \n@@imagebuilder-probe-n0nce 1 0 \n`, 'n0nce');
+    expect([...spoofed.keys()]).toEqual([1]);
   });
+
+  test('without base64 in the guest every probe fails, saying why (none passes by printing nothing)', async () => {
+    const results = await runChecks([declared(serviceCheck, { name: 'x', enabled: false })], 'image', async () => ({ exitCode: 97, stdout: '@@imagebuilder-no-base64\n' }));
+    expect(results).toMatchObject([{ status: 'failed', observed: 'no result: the guest has no base64 (coreutils)' }]);
+  });
+
+  test('file: an empty regular file is a file; a setuid mode compares as a number; a FIFO is never read', async () => {
+    const empty = join(dir, 'empty');
+    await writeFile(empty, '');
+    await chmod(empty, 0o4755);
+    const fifo = join(dir, 'fifo');
+    await execa('mkfifo', [fifo]);
+    const results = await runChecks([
+      declared(fileCheck, { path: empty, filetype: 'file', mode: '4755' }),
+      declared(fileCheck, { path: fifo, contains: ['x'] }),
+    ], 'image', hostShell);
+    expect(statuses(results)).toEqual([`file ${empty}: exists, filetype, mode: passed`, `file ${fifo}: exists: passed`, `file ${fifo}: contains: failed (found not a regular file)`]);
+  }, 20_000);
 
   test('suites: hygiene on the image only; node from what the recipe set', async () => {
     const hygiene = await runChecks(hygieneSuite(), 'booted', hostShell);
