@@ -98,7 +98,7 @@ const ABSENT_STATUS = 3;
 export const fileCheck = defineCheck({
   key: 'file',
   summary: 'A file exists (or not), with its type, mode, owner and content',
-  description: 'Reads the file where it is, a symlink not followed; checked on the image and in the booted guest alike.',
+  description: 'Its type, mode and owner are the path\'s own (a symlink is not followed); its content is read through links, as the guest sees it. Checked on the image and in the booted guest alike.',
   schema: Type.Object(
     {
       path: Type.String({ pattern: '^/', description: 'Absolute path in the guest.' }),
@@ -137,8 +137,9 @@ export const fileCheck = defineCheck({
     if (spec.contains && exists) {
       probes.push({
         attribute: 'contains',
-        // Up to 4 MiB of a regular file (configuration, not data); never a FIFO (it would block) or a link.
-        script: `p=${shellQuote(spec.path)}; if [ -f "$p" ] && [ ! -L "$p" ]; then head -c 4194304 -- "$p"; else exit ${ABSENT_STATUS}; fi`,
+        // Up to 4 MiB of a regular file (configuration, not data), through links as the guest sees it
+        // (/etc/os-release is one); never a FIFO (it would block) or a device.
+        script: `p=${shellQuote(spec.path)}; if [ -f "$p" ]; then head -c 4194304 -- "$p"; else exit ${ABSENT_STATUS}; fi`,
         boot: false,
         judge: ({ exitCode, stdout }) => {
           if (exitCode !== 0) return verdict(false, exitCode === ABSENT_STATUS ? 'not a regular file' : 'unreadable', 'every pattern');

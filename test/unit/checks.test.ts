@@ -44,7 +44,7 @@ describe('check probes, run by a real shell', () => {
     const results = await runChecks([
       declared(fileCheck, { path: file, filetype: 'file', mode: '0640', owner: 'root', contains: ['SystemdCgroup = true', '/^version = \\d$/', '!Cgroup = false'] }),
       declared(fileCheck, { path: file, mode: '0644' }),
-      declared(fileCheck, { path: join(dir, 'link'), filetype: 'symlink' }),
+      declared(fileCheck, { path: join(dir, 'link'), filetype: 'symlink', contains: ['SystemdCgroup'] }),
       declared(fileCheck, { path: join(dir, 'nope'), exists: false }),
       declared(fileCheck, { path: join(dir, 'nope'), contains: ['x'] }),
       declared(fileCheck, { path: file, contains: ['SystemdCgroup = false'] }),
@@ -54,6 +54,7 @@ describe('check probes, run by a real shell', () => {
       `file ${file}: contains: passed`,
       `file ${file}: exists, mode: failed (found mode 0640)`,
       `file ${join(dir, 'link')}: exists, filetype: passed`,
+      `file ${join(dir, 'link')}: contains: passed`,
       `file ${join(dir, 'nope')}: exists: passed`,
       `file ${join(dir, 'nope')}: exists: failed (found absent)`,
       `file ${join(dir, 'nope')}: contains: failed (found not a regular file)`,
