@@ -6,9 +6,17 @@ import { execa } from 'execa';
 
 export const repo = new URL('..', import.meta.url).pathname;
 
-/** --disk-image BASE (default: a 3 GB Debian 12 image built once), --runs N (median), --dir DIR. */
+/**
+ * --disk-image BASE (default: a 3 GB Debian 12 image built once), --runs N (median), --dir DIR, --repo CHECKOUT
+ * (measure another checkout's CLI: before/after a change), --no-virt-customize (skip the slow comparison).
+ */
 export async function benchSetup() {
-  const { values } = parseArgs({ options: { 'disk-image': { type: 'string' }, runs: { type: 'string', default: '1' }, dir: { type: 'string', default: '/var/tmp/imagebuilder-bench' } } });
+  const { values } = parseArgs({
+    options: {
+      'disk-image': { type: 'string' }, runs: { type: 'string', default: '1' }, dir: { type: 'string', default: '/var/tmp/imagebuilder-bench' },
+      repo: { type: 'string' }, 'no-virt-customize': { type: 'boolean', default: false },
+    },
+  });
   const dir = values.dir;
   await mkdir(dir, { recursive: true });
   let base = values['disk-image'];
@@ -19,7 +27,7 @@ export async function benchSetup() {
       await execa(join(repo, 'bin/make-debian-image'), ['--layout', 'gpt-esp', '--size', '3G', '--output', base], { stderr: 'inherit' });
     }
   }
-  return { dir, base, runs: Number(values.runs) };
+  return { dir, base, runs: Number(values.runs), checkout: values.repo ?? repo, virtCustomize: !values['no-virt-customize'] };
 }
 
 /** The appliance choice imagebuilder makes: TCG where KVM does not work for libguestfs on this host. */

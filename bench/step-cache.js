@@ -6,14 +6,14 @@
 //   overhead  a recipe with no steps: verify, mount, find the guest, chroot set-up, teardown, BOM
 //   virt-customize  the same installs with virt-customize --install, where it is installed
 // Measures; asserts nothing. The issue's goal: rebuild / full < 0.2.
-//   npm run bench:cache [-- --disk-image BASE.qcow2] [--runs N]
+//   npm run bench:cache [-- --disk-image BASE.qcow2] [--runs N] [--repo CHECKOUT] [--no-virt-customize]
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { benchSetup, median, repo, seconds, virtCustomizeEnv } from './common.js';
+import { benchSetup, median, seconds, virtCustomizeEnv } from './common.js';
 import { guestCommandCost } from './guest-command.js';
 
-const { dir, base, runs } = await benchSetup();
+const { dir, base, runs, checkout, virtCustomize: withVirtCustomize } = await benchSetup();
 
 const installs = [['containerd'], ['conntrack', 'socat', 'ethtool'], ['iptables', 'ebtables']];
 const recipeText = (motd) =>
@@ -30,7 +30,7 @@ async function apply(recipe, cache, extra = []) {
   const output = join(dir, 'cache-out.qcow2');
   await rm(output, { force: true });
   const t0 = performance.now();
-  await execa('node', [join(repo, 'bin/run.js'), 'apply', recipe, '--disk-image', base, '--output', output, '--sparsify', 'none', '--mount-backend', 'fuse', '--quiet', ...extra], {
+  await execa('node', [join(checkout, 'bin/run.js'), 'apply', recipe, '--disk-image', base, '--output', output, '--sparsify', 'none', '--mount-backend', 'fuse', '--quiet', ...extra], {
     env: { IMAGEBUILDER_CACHE: cache, IMAGEBUILDER_NO_CACHE: '' },
     stderr: 'ignore',
   });
@@ -71,10 +71,10 @@ results.rebuild = await measure(async () => {
 });
 results.overhead = await measure(() => apply(empty, join(dir, 'unused-cache'), ['--no-cache']));
 // The sandbox every guest command runs in (src/chroot/sandbox.ts): its cost per command.
-const guestCommand = await guestCommandCost({ dir, base, runs });
+const guestCommand = await guestCommandCost({ dir, base, runs, repo: checkout });
 
 let virtCustomize;
-if ((await execa('sh', ['-c', 'command -v virt-customize'], { reject: false })).exitCode === 0) {
+if (withVirtCustomize && (await execa('sh', ['-c', 'command -v virt-customize'], { reject: false })).exitCode === 0) {
   const env = await virtCustomizeEnv();
   virtCustomize = await measure(async () => {
     const copy = join(dir, 'virt-customize.qcow2');
@@ -86,7 +86,7 @@ if ((await execa('sh', ['-c', 'command -v virt-customize'], { reject: false })).
 }
 
 const row = (name, r, ratio) => console.log(`${name.padEnd(46)}${r.seconds.toFixed(1).padStart(9)}${ratio.toFixed(3).padStart(10)}`);
-console.log(`base image: ${base}; recipe: ${installs.length} package steps + 1 file step; runs: ${runs} (median)`);
+console.log(`checkout: ${checkout}; base image: ${base}; recipe: ${installs.length} package steps + 1 file step; runs: ${runs} (median)`);
 console.log(`${'job'.padEnd(46)}${'seconds'.padStart(9)}${'vs full'.padStart(10)}`);
 row('full apply, empty step cache', results.full, 1);
 row('full apply, --no-cache', results['no-cache'], results['no-cache'].seconds / results.full.seconds);

@@ -2,6 +2,7 @@ import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage, RecordedUnit } from '../steps/types.js';
 import type { BomStep } from '../util/step-record.js';
 import type { Kernel, UnitState } from './inventory.js';
+import type { CheckResult } from '../checks/run.js';
 
 /** 'changed': same package, another version than the base had (an upgrade or a pinned downgrade). */
 export type PackageOrigin = 'base' | 'added' | 'changed';
@@ -49,6 +50,8 @@ export interface Bom {
   unitStates: UnitState[];
   containerImages: RecordedImage[];
   steps: BomStep[];
+  /** The recipe's checks judged on the image at the end of phase 1 (`imagebuilder test` judges the rest booted). */
+  checks?: CheckResult[];
   mountBackend: string;
   durationsMs: Record<string, number>;
   warnings: string[];

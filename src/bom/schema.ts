@@ -61,6 +61,7 @@ export function bomSchema(): JsonSchema {
         unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
         containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
         steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str, cached: { type: 'boolean' } }, ['index', 'type', 'description', 'durationMs'])),
+        checks: list(object({ check: str, type: str, attribute: str, location: str, status: { enum: ['passed', 'failed', 'skipped'] }, observed: str, expected: str, reason: str }, ['check', 'type', 'attribute', 'location', 'status'])),
         mountBackend: { enum: ['nbd', 'fuse', 'guestmount'] },
         durationsMs: { type: 'object', additionalProperties: { type: 'number', minimum: 0 } },
         warnings: list(str),

@@ -167,6 +167,48 @@ export async function cgroupMembers(dirs: string[]): Promise<number[]> {
   return pids;
 }
 
+/** The cgroup v2 leaf a container's own processes are moved to (see enableControllers). */
+export const CONTAINER_LEAF_CGROUP = 'imagebuilder-container';
+
+/**
+ * Lets child cgroups of `root` use `controllers`. In a container with a cgroup namespace of its own (docker
+ * --privileged on a cgroup v2 host), `root` is the container's cgroup: it holds the container's processes, and
+ * cgroup v2 refuses (EBUSY) to give controllers to the children of a cgroup that has processes. As docker's own
+ * docker-in-docker entrypoint does, those processes are moved to a leaf of their own first, once.
+ */
+async function enableControllers(root: string, controllers: string[], log: Logger): Promise<void> {
+  const control = join(root, 'cgroup.subtree_control');
+  const missing = () => readFile(control, 'utf8').then((text) => controllers.filter((c) => !text.split(/\s+/).includes(c)), () => controllers);
+  const enable = async () => {
+    for (const controller of await missing()) await writeFile(control, `+${controller}`);
+  };
+  try {
+    await enable();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EBUSY') throw error;
+    const leaf = join(root, CONTAINER_LEAF_CGROUP);
+    await mkdir(leaf, { recursive: true });
+    // For good: the container's processes stay in the leaf (as under docker's dind), which is never removed.
+    log.info(`cgroup v2: moving the processes of ${root} to ${leaf} for good, so the build's limits can be set below it (no internal processes)`);
+    // Processes fork meanwhile: move until none is left, a few rounds at most.
+    for (let round = 0; ; round++) {
+      const pids = (await readFile(join(root, 'cgroup.procs'), 'utf8')).split('\n').filter((line) => /^\d+$/.test(line));
+      for (const pid of pids) {
+        // A process that ended meanwhile is fine (ESRCH); kernel threads cannot move (EINVAL) and stay.
+        await writeFile(join(leaf, 'cgroup.procs'), pid).catch((move: NodeJS.ErrnoException) => {
+          if (move.code !== 'ESRCH' && move.code !== 'EINVAL') throw move;
+        });
+      }
+      try {
+        await enable();
+        return;
+      } catch (again) {
+        if ((again as NodeJS.ErrnoException).code !== 'EBUSY' || round === 4) throw again;
+      }
+    }
+  }
+}
+
 /**
  * One cgroup per build with the memory and pids limits: cgroup v2 where the host has it, v1 (memory and pids
  * hierarchies) otherwise. Released (its processes killed, then removed) by the cleanup stack.
@@ -188,10 +230,7 @@ async function makeCgroups(name: string, limits: SandboxLimits, cleanup: Cleanup
     made.push({ dir, counters });
   };
   if (v2) {
-    const subtree = await readFile(join(root, 'cgroup.subtree_control'), 'utf8').catch(() => '');
-    for (const controller of ['memory', 'pids']) {
-      if (!subtree.split(/\s+/).includes(controller)) await writeFile(join(root, 'cgroup.subtree_control'), `+${controller}`);
-    }
+    await enableControllers(root, ['memory', 'pids'], log);
     const dir = join(root, name);
     await create(dir, [['memory.max', String(limits.memoryBytes)], ['memory.swap.max', '0'], ['pids.max', String(limits.pids)]], async () => ({
       oomKills: await readNumbers(join(dir, 'memory.events'), 'oom_kill'),
@@ -340,7 +379,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     await run('nsenter', [`--net=${netns}`, '--', 'ip', `-${family}`, '-batch', '-'], { input: `${batch.join('\n')}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
   }
 
-  if (dns.forwardTo) await forwardDns({ run, log, cleanup, netns, stateDir: state, resolver: dns.forwardTo });
+  if (dns.forwardTo) {
+    // A directory of its own (found by the reaper by the same prefix): the relay's user may enter it, and
+    // nothing else of the sandbox's state is there.
+    const dnsDir = await mkdtemp(join(tmpdir(), `${SANDBOX_STATE_PREFIX}${process.pid}-dns-`));
+    cleanup.push(`DNS forwarding directory ${dnsDir}`, () => rm(dnsDir, { recursive: true, force: true }));
+    await forwardDns({ run, log, cleanup, netns, dir: dnsDir, resolver: dns.forwardTo });
+  }
 
   let cgroups: Cgroup[] = [];
   try {
@@ -375,6 +420,8 @@ export interface SandboxedCommandOptions {
   network?: GuestNetwork;
   /** A shell for the user: keeps the terminal session bwrap would otherwise leave (the caller gives it a pty of its own). */
   interactive?: boolean;
+  /** The guest's root read-only, but for a minimal /dev and a fresh /tmp. */
+  readOnlyRoot?: boolean;
 }
 
 /** argv (host side) that runs `argv` inside the guest at `root`, in the build's sandbox. */
@@ -384,7 +431,8 @@ export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSan
   const drop = Array.from({ length: sandbox.lastCapability + 1 }, (_, n) => n).filter((n) => !keep.has(n));
   const bwrapArgs = [
     // --dev-bind: our own /dev holds the devices; the guest's own filesystems keep their nodev.
-    '--dev-bind', root, '/',
+    // Read-only: bwrap's own minimal /dev (never a path inside the guest, which could be a link), a fresh /tmp.
+    ...(options.readOnlyRoot ? ['--ro-bind', root, '/', '--dev', '/dev', '--tmpfs', '/tmp'] : ['--dev-bind', root, '/']),
     '--proc', '/proc',
     // bwrap leaves these writable for root: a sysctl (kernel.core_pattern runs a program on the host) or a
     // sysrq needs no capability, only the file's mode. Their contents follow the reader's namespaces.

@@ -64,6 +64,8 @@ export interface ChrootExecOptions extends Omit<ExecOptions, 'env' | 'extraEnv'>
   env?: Record<string, string>;
   /** This command's network: the session's by default. */
   network?: GuestNetwork;
+  /** The guest's root read-only for this command (a minimal /dev, a fresh /tmp): checks, which must not change the image. */
+  readOnlyRoot?: boolean;
 }
 
 export interface ChrootSession {
@@ -186,9 +188,9 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   return {
     root,
     exec: async (argv, execOptions = {}) => {
-      const { network: commandNetwork, ...rest } = execOptions;
+      const { network: commandNetwork, readOnlyRoot, ...rest } = execOptions;
       const before = await sandbox.counters();
-      const command = sandboxedCommand(root, argv, sandbox, { network: commandNetwork ?? network });
+      const command = sandboxedCommand(root, argv, sandbox, { network: commandNetwork ?? network, readOnlyRoot });
       try {
         const result = await run(...command, {
           // Messages show what ran in the guest, not the sandbox around it.

@@ -19,6 +19,7 @@ import { openGuest, type OpenedGuest } from './guest.js';
 import { LayerChain } from './layer-chain.js';
 import type { BaseState, LayerRecord, LayerStore } from './layers.js';
 import { requireFamilyForSteps } from './preflight.js';
+import { checkImage, checksFailed } from './test.js';
 import type { VerifiedImage } from './verify.js';
 
 /** Everything of the BOM that phase 1 knows: phase 2 adds the artifacts. */
@@ -119,7 +120,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
 }
 
 /** One step run in the guest: its records, and what the build did right after it within its layer (initramfs). */
-async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, session: ChrootSession, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
+async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
   const { log, signal, events } = context;
   const number = step.index + 1;
   const description = step.type.describe(step.spec);
@@ -128,9 +129,11 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
   log.info(`${label}: ${step.type.key} at ${step.location}`);
   events({ event: 'step-started', step: number, of: recipe.steps.length, type: step.type.key, ...(step.name ? { name: step.name } : {}), description });
   const t0 = Date.now();
-  const root = session.root;
-  const initramfs = await watchInitramfs(root);
+  let session: ChrootSession | undefined;
   try {
+    // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
+    session = await openSession();
+    const initramfs = await watchInitramfs(session.root);
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
     await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir }, step.spec);
@@ -143,7 +146,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     return { records, after, durationMs };
   } catch (error) {
     events({ event: 'step-failed', step: number, durationMs: Date.now() - t0, error: errorMessage(error) });
-    if (options.shellOnFailure && !signal?.aborted) {
+    if (options.shellOnFailure && !signal?.aborted && session) {
       log.error(`${label} failed: ${errorMessage(error)}`);
       log.info('a shell inside the guest at the failed step, everything still mounted; exit it to clean up');
       await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)"'], { PS1: `[imagebuilder: step ${number} failed] \\w# ` });
@@ -236,7 +239,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
         log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
         events({ event: 'step-skipped', step: number, reason: skipped });
       } else {
-        ran = await runStep(context, step, recipe, await session.open(), distro, architecture, options);
+        ran = await runStep(context, step, recipe, () => session.open(), distro, architecture, options);
         bomStep.durationMs = ran.durationMs;
       }
       ran.records.files.forEach(records.recorder.file);
@@ -251,7 +254,13 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
     }
     await chain.close(opened, () => session.close());
   });
+  // The recipe's checks that read only files, judged now on the finished guest: a failure writes no output.
+  const checks = recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [];
   await session.close();
+  const failed = checksFailed(checks, 'on the image at the end of phase 1');
+  if (failed) throw failed;
+  if (checks.length) log.info(`checks on the image: ${checks.filter((c) => c.status === 'passed').length} passed, ${checks.filter((c) => c.status === 'skipped').length} need the booted image (imagebuilder test)`);
 
-  return { bom: await phase1Bom(recipe, input, opened, distro, base, steps, records), opened, workImage: chain.active };
+  const bom = await phase1Bom(recipe, input, opened, distro, base, steps, records);
+  return { bom: checks.length ? { ...bom, checks } : bom, opened, workImage: chain.active };
 }

@@ -11,6 +11,8 @@ import { recipeSchema, INCLUDE_KEY } from './schema.js';
 import { closest, hasTemplate, renderTemplate } from '../util/template.js';
 import { hostPathEscape } from '../steps/host-inputs.js';
 import { parseSource, problemsFrom, type LocatedProblem, type SourceFile } from './located-yaml.js';
+import { parseChecks, type RawCheck } from './checks.js';
+import type { Check } from '../checks/types.js';
 import type { WhenCondition } from '../steps/when.js';
 
 export interface RecipeStep {
@@ -47,6 +49,8 @@ export interface Recipe {
   network?: GuestNetwork;
   /** The build sandbox's limits and the run steps' default timeout, as written (flags override them). */
   limits?: RecipeLimits;
+  /** What `apply` checks on the image at the end of phase 1, and `imagebuilder test` in the booted guest. */
+  checks: (Check & { name?: string })[];
 }
 
 export type RecipeProblem = LocatedProblem;
@@ -82,7 +86,7 @@ function envelopeValidator(requireName: boolean): ValidateFunction {
       ...schema,
       $id: undefined,
       required: requireName ? ['name', 'steps'] : ['steps'],
-      properties: { ...properties, steps: { ...properties.steps, items: { type: 'object' } } },
+      properties: { ...properties, steps: { ...properties.steps, items: { type: 'object' } }, checks: { ...properties.checks, items: { type: 'object' } } },
     };
   });
 }
@@ -106,6 +110,8 @@ interface VariableDefinition {
 class Expander {
   readonly problems: RecipeProblem[] = [];
   readonly steps: RawStep[] = [];
+  /** Every file's `checks:` items, the including file's first. */
+  readonly checks: RawCheck[] = [];
   readonly definitions = new Map<string, VariableDefinition>();
   readonly includes: { path: string; sha256: string }[] = [];
   /** One set for the whole build: a key the including recipe sets wins over an include's. */
@@ -126,6 +132,7 @@ class Expander {
       // The including recipe's own definition wins over an include's default.
       if (!this.definitions.has(name)) this.definitions.set(name, { value: String(value), location: file.locate.of(['variables', name]) });
     }
+    ((file.data.checks as Record<string, unknown>[] | undefined) ?? []).forEach((value, index) => this.checks.push({ file, at: ['checks', index], value }));
     (file.data.steps as Record<string, unknown>[]).forEach((value, index) => {
       const at = ['steps', index];
       if (!(INCLUDE_KEY in value)) {
@@ -314,6 +321,10 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       hostRoots,
     });
   });
+  const checks = parseChecks(
+    expander.checks.map((raw) => ({ ...raw, value: renderDeep(raw.value, raw.at, raw.file, values, problems) as Record<string, unknown> })),
+    problems,
+  );
   if (problems.length) return { problems };
   return {
     recipe: {
@@ -327,6 +338,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       includes: expander.includes,
       network: top.data.network as GuestNetwork | undefined,
       limits: Object.keys(expander.limits).length ? expander.limits : undefined,
+      checks,
     },
     problems: [],
   };

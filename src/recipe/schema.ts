@@ -1,6 +1,7 @@
 import { STEP_TYPES, stepSchema } from '../steps/registry.js';
 import type { JsonSchema } from '../util/json-schema.js';
 import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
+import { checksListSchema } from '../checks/registry.js';
 
 /** A step that inlines another recipe file's steps (and variable defaults) in its place. */
 export const INCLUDE_KEY = 'include';
@@ -78,6 +79,7 @@ export function recipeSchema(): JsonSchema {
       },
       network: NETWORK_SCHEMA,
       limits: LIMITS_SCHEMA,
+      checks: checksListSchema(),
       steps: {
         type: 'array',
         description: 'Run in order, inside the guest. None at all converts the image and writes its BOM.',

@@ -12,7 +12,7 @@ import { sysctlStep } from './sysctl.js';
 import { sysprepStep } from './sysprep.js';
 import { userStep } from './user.js';
 import type { StepType } from './types.js';
-import type { JsonSchema } from '../util/json-schema.js';
+import { typedItemSchema, type JsonSchema } from '../util/json-schema.js';
 import { WHEN_SCHEMA } from './when.js';
 import { NETWORK_SCHEMA } from '../chroot/sandbox.js';
 
@@ -32,12 +32,5 @@ export const STEP_COMMON_PROPERTIES: Record<string, JsonSchema> = {
 
 /** The schema of one step of the given type: `{name?, <key>: value}`. */
 export function stepSchema(type: StepType<any>): JsonSchema {
-  return {
-    type: 'object',
-    title: type.key,
-    description: type.summary,
-    additionalProperties: false,
-    required: [type.key],
-    properties: { ...STEP_COMMON_PROPERTIES, [type.key]: { ...type.schema, description: type.description } },
-  };
+  return typedItemSchema(type, STEP_COMMON_PROPERTIES);
 }

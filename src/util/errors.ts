@@ -7,6 +7,7 @@ export type ErrorCode =
   | 'BAD_INPUT'
   | 'VERIFY_FAILED'
   | 'STEP_FAILED'
+  | 'CHECK_FAILED'
   | 'MISSING_TOOL'
   | 'ENVIRONMENT'
   | 'COMMAND_FAILED'
@@ -23,6 +24,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   MISSING_TOOL: 5,
   ENVIRONMENT: 5,
   COMMAND_FAILED: 6,
+  CHECK_FAILED: 7,
   INTERRUPTED: 130,
 };
 
@@ -35,6 +37,7 @@ export const EXIT_CODE_MEANINGS: [number, string][] = [
   [4, 'a step failed'],
   [5, 'the host lacks a tool or capability (the message says which package)'],
   [6, 'a host command failed (mounting, converting …)'],
+  [7, 'a check failed (`imagebuilder test`, or a recipe\'s checks at the end of `apply`)'],
   [130, 'interrupted (SIGINT, SIGTERM, SIGHUP or SIGQUIT); everything was released'],
 ];
 

@@ -39,5 +39,20 @@ export function Dictionary<T extends TSchema>(value: T, options: SchemaOptions =
   return Type.Unsafe<Record<string, Static<T>>>({ type: 'object', ...options, additionalProperties: value });
 }
 
+/**
+ * One item of a list of typed items (a recipe's steps, its checks): `{<common keys>, <type key>: value}`, the
+ * type's key required; the item is titled and described by its type.
+ */
+export function typedItemSchema(type: { key: string; summary: string; description: string; schema: JsonSchema }, common: Record<string, JsonSchema>): JsonSchema {
+  return {
+    type: 'object',
+    title: type.key,
+    description: type.summary,
+    additionalProperties: false,
+    required: [type.key],
+    properties: { ...common, [type.key]: { ...type.schema, description: type.description } },
+  };
+}
+
 /** A property that must not be present (says "exactly one of" in a way ajv reports at the key). */
 export const ABSENT: JsonSchema = { not: {} };

@@ -112,6 +112,13 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
     );
     expect(bom.containerImages).toEqual([{ reference: 'registry.k8s.io/kube-apiserver:v1.30.1', digest: manifestDigest }]);
     expect(bom.units).toEqual(expect.arrayContaining([{ unit: 'containerd.service', state: 'enabled' }, { unit: 'kubelet.service', state: 'enabled' }]));
+    // The recipe's own checks, judged on the image: all that read files passed; the rest wait for a booted node.
+    const checks = bom.checks as { check: string; attribute: string; status: string }[];
+    expect(checks.filter((c) => c.status === 'failed')).toEqual([]);
+    expect(checks.filter((c) => c.status === 'skipped').map((c) => `${c.check}: ${c.attribute}`)).toEqual([
+      'containerd starts at boot, and runs: running', 'containerd answers on its socket: exit status', 'kernel module br_netfilter: loaded', 'kernel parameter net.ipv4.ip_forward: value',
+    ]);
+    expect(checks.filter((c) => c.status === 'passed').length).toBe(10);
     expectValidBom(bom);
     expect(bom.recipe.variables.kubernetes_deb_version).toBe('1.30.1-1.1');
     expect(bom.recipe.variables.kubernetes_series).toBe('v1.30');

@@ -30,6 +30,7 @@ const LAYERS: Record<string, { layer: number; why: string }> = {
   mount: { layer: MIDDLE, why: "attaching a disk image's filesystems on the host" },
   chroot: { layer: MIDDLE, why: 'running guest programs: sessions, sandbox, emulation, guest writes' },
   steps: { layer: MIDDLE, why: 'the step types a recipe lists, written against chroot, pkg and distro' },
+  checks: { layer: MIDDLE, why: 'the check types a recipe or check file lists, their probes, runner and reports' },
   pkg: { layer: MIDDLE, why: 'package managers (apt, dnf, zypper) driven inside a chroot' },
   distro: { layer: MIDDLE, why: 'distro families: what a guest is and how its initramfs and SELinux are handled' },
   bom: { layer: MIDDLE, why: 'the bill of materials: inventory, diff and SBOM formats' },

@@ -103,7 +103,7 @@ describe('guest-fs is the only way the host opens a guest file', () => {
       symlink: 'links in the private /dev tmpfs',
     },
     'src/chroot/sandbox.ts': Object.fromEntries(['statSync', 'mkdir', 'readFile', 'rmdir', 'stat', 'writeFile'].map((name) => [name, "the host's cgroupfs, /proc/sys, $PATH and the sandbox's private temp directory; never a guest path"])),
-    'src/chroot/dns-forward.ts': Object.fromEntries(['chmod', 'mkdir', 'readFile'].map((name) => [name, "the sandbox's private state directory on the host and the relay's log there; never a guest path"])),
+    'src/chroot/dns-forward.ts': Object.fromEntries(['chmod', 'chown', 'mkdir', 'readFile'].map((name) => [name, "the sandbox's private state directory on the host and the relay's log there; never a guest path"])),
     'src/chroot/emulation.ts': Object.fromEntries(['open', 'readdir', 'readFile', 'realpath', 'rmdir'].map((name) => [name, "the host's binfmt_misc and /proc/mounts; of the guest, only its ELF header (guest-fs) and an lstat"])),
     'src/image/rootfs-tar.ts': { readdir: 'the lstat-based walk, after the session closed (no guest process runs)' },
   };

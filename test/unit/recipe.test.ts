@@ -112,6 +112,17 @@ describe('the committed schema and shipped recipes', () => {
   });
 });
 
+describe('the README check reference', () => {
+  test('is the table the registry generates (`npm run docs` writes it between the markers)', async () => {
+    const { checkReferenceMarkdown, CHECK_REFERENCE_START, CHECK_REFERENCE_END } = await import('../../src/checks/docs.js');
+    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+    const start = readme.indexOf(CHECK_REFERENCE_START);
+    const end = readme.indexOf(CHECK_REFERENCE_END);
+    expect(start).toBeGreaterThan(0);
+    expect(readme.slice(start + CHECK_REFERENCE_START.length, end).trim()).toBe(checkReferenceMarkdown());
+  });
+});
+
 describe('the README step reference', () => {
   test('is the table the registry generates (paste `imagebuilder steps --markdown` between the markers)', async () => {
     const { stepReferenceMarkdown, STEP_REFERENCE_START, STEP_REFERENCE_END } = await import('../../src/steps/docs.js');

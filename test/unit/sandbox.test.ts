@@ -79,3 +79,23 @@ describe('refusalRules: policy rules that refuse destinations inside the sandbox
     expect(refusalRules(blocked, 6)).toEqual(['rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100']);
   });
 });
+
+describe('the DNS forwarder lets standard queries through, and nothing else', () => {
+  // A query for example.com A, as a stub sends it: id 0x1234, RD, one question, an EDNS OPT record.
+  const question = Buffer.from([7, ...Buffer.from('example'), 3, ...Buffer.from('com'), 0, 0, 1, 0, 1]);
+  const query = (flags: number, counts: [number, number, number, number], qtype = 1) =>
+    Buffer.concat([Buffer.from([0x12, 0x34, flags >> 8, flags & 0xff, 0, counts[0], 0, counts[1], 0, counts[2], 0, counts[3]]), question.subarray(0, -4), Buffer.from([0, qtype, 0, 1])]);
+  test('a standard query passes; updates, notifies, responses, transfers and malformed messages do not', async () => {
+    const { isStandardQuery, refused } = await import('../../src/chroot/dns-forward.js');
+    expect(isStandardQuery(query(0x0100, [1, 0, 0, 1]))).toBe(true);
+    expect(isStandardQuery(query(0x2800, [1, 0, 1, 0]))).toBe(false); // UPDATE (opcode 5)
+    expect(isStandardQuery(query(0x2000, [1, 0, 0, 0]))).toBe(false); // NOTIFY (opcode 4)
+    expect(isStandardQuery(query(0x8180, [1, 1, 0, 0]))).toBe(false); // a response
+    expect(isStandardQuery(query(0x0000, [1, 0, 0, 0], 252))).toBe(false); // AXFR
+    expect(isStandardQuery(query(0x0000, [1, 0, 0, 0], 251))).toBe(false); // IXFR
+    expect(isStandardQuery(query(0x0100, [2, 0, 0, 0]))).toBe(false);
+    expect(isStandardQuery(Buffer.from([0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 60]))).toBe(false); // a label past the end
+    const answer = refused(query(0x2800, [1, 0, 1, 0]));
+    expect([...answer]).toEqual([0x12, 0x34, 0x80 | 0x28, 5, 0, 0, 0, 0, 0, 0, 0, 0]);
+  });
+});

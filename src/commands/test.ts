@@ -1,0 +1,66 @@
+import { writeFile } from 'node:fs/promises';
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../cli/base-command.js';
+import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
+import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
+import { junitXml, resultTable } from '../checks/report.js';
+import { SUITES, type SuiteName } from '../checks/suites.js';
+import { checksFailed, testImage, type TestResult } from '../pipeline/test.js';
+import { createLogger } from '../util/log.js';
+import { withInterrupts } from '../util/signals.js';
+
+// --offline here means "without booting"; the image flags' --offline (the cache alone for a URL) is left out.
+const { offline: _cacheOnly, ...verifyFlags } = imageVerifyFlags;
+
+export default class Test extends BaseCommand {
+  static override summary = 'Check an image: the checks of a recipe, check files (ours or goss) and built-in suites';
+  static override description =
+    'The image is mounted read-only through a throw-away overlay (never written) and each check is judged inside it, with no network. ' +
+    'Checks that need the running system (services active, kernel parameters live, ports, mounts, failed units) need the image booted, which is not available yet: with --offline they are reported as skipped. ' +
+    'Exit code 7 when a check fails.';
+  static override examples = [
+    '<%= config.bin %> test node.qcow2 --recipe recipes/kubernetes-node.yaml --offline',
+    '<%= config.bin %> test node.qcow2 --checks goss.yaml --suite hygiene --offline --junit checks.xml',
+  ];
+  static override args = { image: Args.string({ description: 'disk image: a local path or an http(s):// URL', required: true }) };
+  static override flags = {
+    checks: Flags.string({ description: 'a check file: `checks:` as in a recipe, or a goss file as `goss render` writes it (repeatable)', multiple: true, helpValue: 'FILE' }),
+    recipe: Flags.string({ description: "run this recipe's `checks:` (and tell the node suite which modules and kernel parameters to expect)", helpValue: 'RECIPE' }),
+    ...recipeVariableFlags,
+    suite: Flags.string({ description: 'a built-in suite (repeatable): hygiene (nothing of one machine left in the image), node (what a Kubernetes node needs at boot)', options: [...SUITES], multiple: true }),
+    offline: Flags.boolean({ description: 'judge only what the image itself shows, without booting it; the rest is reported as skipped', default: false }),
+    json: Flags.boolean({ description: 'print the results as JSON', default: false }),
+    junit: Flags.string({ description: 'also write the results as JUnit XML here (for CI test reports)', helpValue: 'FILE' }),
+    ...verifyFlags,
+    ...mountBackendFlag,
+    ...workDirFlag,
+  };
+
+  async run(): Promise<TestResult> {
+    const { args, flags } = await this.parse(Test);
+    const paths = hostPaths(flags);
+    const log = createLogger({ level: 'warn' });
+    const result = await withInterrupts(log, (signal) =>
+      testImage({
+        diskImage: args.image,
+        image: diskImageOptions({ ...flags, offline: false }),
+        mountBackend: mountBackendOf(flags),
+        checkFiles: flags.checks,
+        recipe: flags.recipe,
+        recipeInputs: recipeInputs(flags),
+        suites: flags.suite as SuiteName[] | undefined,
+        offline: flags.offline,
+        ...paths,
+        log,
+        signal,
+      }),
+    );
+    if (flags.junit) await writeFile(flags.junit, junitXml(result.results, `imagebuilder test ${args.image}`, result.durationMs));
+    if (flags.json) this.log(JSON.stringify(result, null, 2));
+    else this.log(resultTable(result.results));
+    const failed = checksFailed(result.results, `on ${args.image}`);
+    if (failed) throw failed;
+    return result;
+  }
+}
