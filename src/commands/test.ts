@@ -17,7 +17,7 @@ export default class Test extends BaseCommand {
   static override summary = 'Check an image: the checks of a recipe, check files (ours or goss) and built-in suites';
   static override description =
     'The image is mounted read-only through a throw-away overlay (never written) and each check is judged inside it, with no network. ' +
-    'Checks that need the running system (services active, kernel parameters live, ports, mounts, failed units) need the image booted, which is not available yet: with --offline they are reported as skipped. ' +
+    'Then, unless --offline, the image is booted in QEMU from another throw-away overlay and the checks that need the running system (services active, kernel parameters live, ports, mounts, failed units) are judged there. ' +
     'Exit code 7 when a check fails.';
   static override examples = [
     '<%= config.bin %> test node.qcow2 --recipe recipes/kubernetes-node.yaml --offline',
@@ -30,6 +30,7 @@ export default class Test extends BaseCommand {
     ...recipeVariableFlags,
     suite: Flags.string({ description: 'a built-in suite (repeatable): hygiene (nothing of one machine left in the image), node (what a Kubernetes node needs at boot)', options: [...SUITES], multiple: true }),
     offline: Flags.boolean({ description: 'judge only what the image itself shows, without booting it; the rest is reported as skipped', default: false }),
+    results: Flags.string({ description: "keep the booted guest's serial console log in this directory", helpValue: 'DIR' }),
     json: Flags.boolean({ description: 'print the results as JSON', default: false }),
     junit: Flags.string({ description: 'also write the results as JUnit XML here (for CI test reports)', helpValue: 'FILE' }),
     ...verifyFlags,
@@ -51,6 +52,7 @@ export default class Test extends BaseCommand {
         recipeInputs: recipeInputs(flags),
         suites: flags.suite as SuiteName[] | undefined,
         offline: flags.offline,
+        resultsDir: flags.results,
         ...paths,
         log,
         signal,
@@ -58,7 +60,10 @@ export default class Test extends BaseCommand {
     );
     if (flags.junit) await writeFile(flags.junit, junitXml(result.results, `imagebuilder test ${args.image}`, result.durationMs));
     if (flags.json) this.log(JSON.stringify(result, null, 2));
-    else this.log(resultTable(result.results));
+    else {
+      this.log(resultTable(result.results));
+      if (result.boot) this.log(`booted in ${(result.boot.bootMs / 1000).toFixed(1)} s (${result.boot.accel}, ${result.boot.firmware}, checks through ${result.boot.via})${flags.results ? `; console log ${result.boot.consoleLog}` : ''}`);
+    }
     const failed = checksFailed(result.results, `on ${args.image}`);
     if (failed) throw failed;
     return result;

@@ -1,3 +1,4 @@
+import { bootAndRun } from '../boot/boot.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
 import { runChecks, summarize, type CheckResult } from '../checks/run.js';
 import { hygieneSuite, nodeSuite, type NodeExpectations, type SuiteName } from '../checks/suites.js';
@@ -23,6 +24,8 @@ export interface TestOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent
   suites?: SuiteName[];
   /** Only what can be judged on the image itself, without booting it. */
   offline?: boolean;
+  /** Where the booted guest's serial console log is kept (default: gone with the work directory). */
+  resultsDir?: string;
 }
 
 export interface TestResult {
@@ -30,6 +33,8 @@ export interface TestResult {
   results: CheckResult[];
   summary: { passed: number; failed: number; skipped: number };
   durationMs: number;
+  /** The boot, when checks needed one: QEMU start to results, how, and the console log. */
+  boot?: { bootMs: number; accel: string; firmware: string; via: string; consoleLog: string };
 }
 
 type Declared = Check & { name?: string; imageOnly?: boolean };
@@ -68,26 +73,37 @@ export function checkImage(session: ChrootSession, checks: Declared[], signal?: 
 }
 
 /**
- * `imagebuilder test`: the image mounted read-only through a throw-away overlay (never written), and its checks
- * judged on it. Booting the image for the checks that need a running system is not done yet: those are
- * reported as skipped, and without --offline the command says so and fails rather than pass them silently.
+ * `imagebuilder test`: first the image mounted read-only through a throw-away overlay (never written), the
+ * checks that read files judged on it; then, unless --offline, the image booted in QEMU from another throw-away
+ * overlay (src/boot/) and the checks that need a running system judged there, all in one guest script.
  */
 export async function testImage(options: TestOptions): Promise<TestResult> {
   const start = startBuild(options);
   const checks = await gatherChecks(options);
-  const needsBoot = checks.some((check) => !check.imageOnly && check.type.probes(check.spec).some((probe) => probe.boot));
-  if (needsBoot && !options.offline) {
-    throw new ImageBuilderError('BAD_INPUT', 'some checks need the booted image, and booting it in QEMU is not available yet', {
-      hint: 'run with --offline to judge on the image what can be judged there (the others are reported as skipped)',
-    });
-  }
+  const needsBoot = !options.offline && checks.some((check) => !check.imageOnly && check.type.probes(check.spec).some((probe) => probe.boot));
   const image = await verifyImage(start.run, options.diskImage, start.log, options.signal, { ...options.image, cacheDir: start.cacheDir });
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const session = await openChroot(layout.root, { run: context.run, log: context.log, signal: context.signal, readOnly: true, sessionFiles: distro.family?.sessionFiles, network: 'none' });
     context.guest.push('chroot session', () => session.close());
-    const results = await context.clock.time('checks', () => checkImage(session, checks, context.signal));
-    return { image: { path: image.path, format: image.format, sha256: image.sha256 }, results, summary: summarize(results), durationMs: context.clock.total() };
+    const onImage = await context.clock.time('checks', () => checkImage(session, checks, context.signal));
+    let results = onImage;
+    let boot: TestResult['boot'];
+    if (needsBoot) {
+      // The mounted image is released first: the boot makes its own overlay.
+      const failures = await context.guest.unwind();
+      if (failures.length) throw new ImageBuilderError('COMMAND_FAILED', `releasing the image failed: ${failures.join('; ')}`);
+      const booted = await context.clock.time('boot', () =>
+        runChecks(checks, 'booted', async (script) => {
+          const result = await bootAndRun(mountContext(context), image.path, { script, resultsDir: options.resultsDir, mountBackend: options.mountBackend });
+          boot = { bootMs: result.bootMs, accel: result.accel, firmware: result.firmware, via: result.via, consoleLog: result.consoleLog };
+          return { exitCode: result.exitCode, stdout: result.output };
+        }),
+      );
+      // Each probe once: where the image pass skipped it (it needs the running system), the boot's answer.
+      results = onImage.map((result, index) => (result.status === 'skipped' && booted[index].status !== 'skipped' ? booted[index] : result));
+    }
+    return { image: { path: image.path, format: image.format, sha256: image.sha256 }, results, summary: summarize(results), durationMs: context.clock.total(), ...(boot ? { boot } : {}) };
   });
 }
 
