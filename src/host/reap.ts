@@ -201,7 +201,7 @@ async function nodesOf(holdings: Holding[], disks: string[]): Promise<string[]> 
   for (const holding of holdings) {
     if (holding.kind !== 'node' || !(await exists(holding.path))) continue;
     const sys = `/sys/block/${basename(holding.disk)}`;
-    const inUse = (await readFile(`${sys}/loop/backing_file`, 'utf8').catch(() => '')).trim() || (await readFile(`${sys}/pid`, 'utf8').catch(() => '')).trim();
+    const inUse = (await loopBackingFile(holding.disk)) || (await readFile(`${sys}/pid`, 'utf8').catch(() => '')).trim();
     if (!inUse || disks.includes(holding.disk)) nodes.push(holding.path);
   }
   return nodes;

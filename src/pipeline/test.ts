@@ -9,7 +9,7 @@ import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
-import { verifyImage } from './verify.js';
+import { verifyForBuild } from './verify.js';
 
 export interface TestOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
   diskImage: string;
@@ -81,7 +81,7 @@ export async function testImage(options: TestOptions): Promise<TestResult> {
       hint: 'run with --offline to judge on the image what can be judged there (the others are reported as skipped)',
     });
   }
-  const image = await verifyImage(start.run, options.diskImage, start.log, options.signal, { ...options.image, cacheDir: start.cacheDir });
+  const image = await verifyForBuild(start, options.diskImage, options.image);
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const session = await openChroot(layout.root, { run: context.run, log: context.log, signal: context.signal, readOnly: true, sessionFiles: distro.family?.sessionFiles, network: 'none' });
