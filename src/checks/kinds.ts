@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import { Enum, OneOf } from '../util/json-schema.js';
-import { defineCheck, firstLine, matchesPattern, shellQuote, type Probe, type ProbeOutput, type Verdict } from './types.js';
+import { shellQuote } from '../util/exec.js';
+import { defineCheck, firstLine, matchesPattern, type Probe, type ProbeOutput, type Verdict } from './types.js';
 
 /*
  * The check types. Each makes probes: a shell script run inside the guest and how its output is judged. A probe

@@ -60,11 +60,6 @@ export interface Check {
   location: string;
 }
 
-/** Shell-quotes one word for a probe's script. */
-export function shellQuote(word: string): string {
-  return `'${word.replace(/'/g, `'\\''`)}'`;
-}
-
 /** Whether `text` matches a pattern: a substring, a /regular expression/, or either after `!` (must not match), as goss reads them. */
 export function matchesPattern(text: string, pattern: string): boolean {
   if (pattern.startsWith('!')) return !matchesPattern(text, pattern.slice(1));

@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, readlink, symlink } from 'node:fs/promises';
+import { mkdir, readdir, readlink, symlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';

@@ -8,6 +8,7 @@ import type { Logger } from '../util/log.js';
 import type { HashAlgorithm } from '../util/digest.js';
 import type { Compression } from './decompress.js';
 import { pruneDigests } from './digest-memo.js';
+import { defaultCacheDir } from '../util/paths.js';
 
 /**
  * The content-addressed image cache under $IMAGEBUILDER_CACHE (default ~/.cache/imagebuilder):
@@ -32,7 +33,7 @@ export interface CacheLayout {
   digests: string;
 }
 
-export function cacheLayout(root: string): CacheLayout {
+export function cacheLayout(root = defaultCacheDir()): CacheLayout {
   return { root, images: join(root, 'images', 'sha256'), urls: join(root, 'urls'), tmp: join(root, 'tmp'), locks: join(root, 'locks'), digests: join(root, 'digests') };
 }
 

@@ -52,7 +52,6 @@ import {
 import { createProgress } from './progress.js';
 import type { RetryHooks, RetryPolicy } from './retry.js';
 import { verifySignature } from './signature.js';
-import { defaultCacheDir } from '../util/paths.js';
 
 /** How phase 0 treats a disk image: the `--checksum`, `--keyring`, `--offline` … flags. */
 export interface DiskImageOptions {
@@ -278,7 +277,7 @@ function publishedSumOf(record: ImageRecord): { algorithm: HashAlgorithm; hash: 
 }
 
 /** Where sums of unchanged files are remembered: the cache's digests/ (--rehash reads the file anyway, and remembers what it found). */
-const memoOptions = (context: Context) => ({ dir: cacheLayout(context.options.cacheDir ?? defaultCacheDir()).digests, rehash: context.options.rehash, signal: context.signal });
+const memoOptions = (context: Context) => ({ dir: cacheLayout(context.options.cacheDir).digests, rehash: context.options.rehash, signal: context.signal });
 
 /**
  * Whether a cached image is intact: its content is hashed again whenever the file changed since it was last
@@ -354,7 +353,7 @@ async function commitToCache(
 
 async function obtainRemote(url: URL, context: Context): Promise<ObtainedImage> {
   const { options, log, signal } = context;
-  const layout = cacheLayout(options.cacheDir ?? defaultCacheDir());
+  const layout = cacheLayout(options.cacheDir);
   await ensureCacheLayout(layout, log);
   const fileName = urlFileNameOf(url);
   const key = sourceKey(url.href);
@@ -452,7 +451,7 @@ async function obtainRemote(url: URL, context: Context): Promise<ObtainedImage> 
 
 /** `--offline`: the image this URL gave last time, from the cache alone, still intact. */
 async function obtainOffline(url: URL, context: Context): Promise<ObtainedImage> {
-  const layout = cacheLayout(context.options.cacheDir ?? defaultCacheDir());
+  const layout = cacheLayout(context.options.cacheDir);
   const pointer = await readUrlRecord(layout, url.href);
   const record = pointer && (await readImageRecord(layout, pointer.sha256));
   if (!record || !(await stat(imagePath(layout, record.sha256)).catch(() => undefined))) {
@@ -521,7 +520,7 @@ async function obtainLocal(path: string, context: Context): Promise<ObtainedImag
     };
   }
   log.info(`${path} is ${compression}-compressed (${describe})`);
-  const layout = cacheLayout(options.cacheDir ?? defaultCacheDir());
+  const layout = cacheLayout(options.cacheDir);
   await ensureCacheLayout(layout, log);
   const key = sourceKey(`sha256:${sums.sha256}`);
   const origin: ImageOrigin = { path, checksumSource: expected?.source, sumsText: expected?.sumsText, signature: expected?.signedWith, verified: expected !== undefined, fetchedAt: now() };

@@ -11,7 +11,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import { exists } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
-import { loopsBackedBy } from '../util/loops.js';
+import { DETACHED_EXPORT, loopBackingFile, loopsBackedBy } from '../util/loops.js';
 import { killAll, processesMentioning } from '../util/processes.js';
 
 /**
@@ -171,8 +171,17 @@ async function mountsIn(workDir: string, types?: Set<string>): Promise<string[]>
 /** A build killed during a step-cache snapshot left its guest's filesystems frozen: umount would wait on them. */
 const FREEZABLE = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
 
-/** Loop devices whose backing file is in the work directory (the fuse backend's export). */
-const loopsOf = (workDir: string) => loopsBackedBy(workDir);
+/**
+ * Loop devices whose backing file is in the work directory (the fuse backend's export), and those the build
+ * noted whose export's mount died with a mount namespace of its own: no live file can be behind those.
+ */
+async function loopsOf(workDir: string, holdings: Holding[]): Promise<string[]> {
+  const loops = await loopsBackedBy(workDir);
+  for (const holding of holdings) {
+    if (holding.kind === 'loop' && !loops.includes(holding.device) && (await loopBackingFile(holding.device)) === DETACHED_EXPORT) loops.push(holding.device);
+  }
+  return loops;
+}
 
 /** nbd devices the build connected that are still served by a process of its work directory. */
 async function nbdOf(workDir: string, holdings: Holding[]): Promise<string[]> {
@@ -192,7 +201,7 @@ async function nodesOf(holdings: Holding[], disks: string[]): Promise<string[]> 
   for (const holding of holdings) {
     if (holding.kind !== 'node' || !(await exists(holding.path))) continue;
     const sys = `/sys/block/${basename(holding.disk)}`;
-    const inUse = (await readFile(`${sys}/loop/backing_file`, 'utf8').catch(() => '')).trim() || (await readFile(`${sys}/pid`, 'utf8').catch(() => '')).trim();
+    const inUse = (await loopBackingFile(holding.disk)) || (await readFile(`${sys}/pid`, 'utf8').catch(() => '')).trim();
     if (!inUse || disks.includes(holding.disk)) nodes.push(holding.path);
   }
   return nodes;
@@ -242,7 +251,7 @@ async function sandboxOf(pid: number): Promise<string[]> {
 
 async function survey(build: FoundBuild, record: BuildRecord | undefined, livePids: Set<number>): Promise<Leftovers> {
   const holdings = record?.holdings ?? [];
-  const loops = await loopsOf(build.workDir);
+  const loops = await loopsOf(build.workDir, holdings);
   const nbd = await nbdOf(build.workDir, holdings);
   return {
     processes: await processesOf(build.workDir, true),
@@ -280,7 +289,7 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
   // Deepest first; what is still busy (the export under a loop device) is tried again once the disks are gone.
   for (const target of await mountsIn(workDir)) await unmount(run, target, false);
   for (const device of found.nbd) await attempt(`nbd ${device}`, () => run('qemu-nbd', ['--disconnect', device], { log }));
-  for (const loop of await loopsOf(workDir)) {
+  for (const loop of await loopsOf(workDir, record?.holdings ?? [])) {
     await attempt(`partitions of ${loop}`, async () => {
       if ((await listPartitions(loop)).length) await run('partx', ['-d', loop], { allowFailure: true, log });
     });

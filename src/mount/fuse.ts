@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { noteHolding } from '../util/build-record.js';
 import type { AttachRequest, LiveSnapshot, MountBackend, MountContext } from './backend.js';
 import { connectQmp } from './qmp.js';
 import { ensurePartitions } from './block.js';
@@ -62,6 +63,7 @@ export const fuseBackend: MountBackend = {
       hint: 'all loop devices may be busy: `losetup -a` lists them',
     });
     device = loop.stdout.trim();
+    await noteHolding(context.workDir, { kind: 'loop', device });
     await ensurePartitions(context, device);
     if (request.readOnly) return { kind: 'block' as const, device };
 

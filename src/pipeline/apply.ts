@@ -1,11 +1,10 @@
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, dirname, extname, join, resolve } from 'node:path';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { sha256File } from '../util/digest.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
-import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { GUEST_READ_LIMITS, readGuestText, removeGuestFile, writeGuestFileFromHost } from '../util/guest-fs.js';
 import { TOOL_VERSION } from '../version.js';
@@ -16,8 +15,8 @@ import { mountGuest, type OpenedGuest } from './guest.js';
 import { LayerStore, layerStoreDir } from './layers.js';
 import { FORMAT_EXTENSIONS } from './output.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
-import { defaultOutputPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
-import { verifyImage, type DiskImageOptions, type VerifiedImage } from './verify.js';
+import { defaultOutputPath, partialFor, partialPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
+import { verifyForBuild, type DiskImageOptions, type VerifiedImage } from './verify.js';
 
 export { SBOM_FORMATS, defaultOutputPath, type ApplyResult, type Artifact, type ArtifactOptions, type SbomFormat } from './phase2.js';
 export type { BuildOptions } from './context.js';
@@ -111,8 +110,8 @@ function inImageBom(bom: Phase1Bom) {
 /** Phase 0: the base image verified (and cached, for a URL). Without the step cache no cache is trusted: the base is hashed anew too. */
 async function verifyBase(start: BuildStart, options: ApplyOptions): Promise<VerifiedImage> {
   start.events({ event: 'phase-started', phase: 0 });
-  const imageOptions = { ...options.image, cacheDir: start.cacheDir, rehash: options.image?.rehash || options.cache === false };
-  return start.clock.time('verify', () => verifyImage(start.run, options.diskImage, start.log, start.signal, imageOptions));
+  const imageOptions = { ...options.image, rehash: options.image?.rehash || options.cache === false };
+  return start.clock.time('verify', () => verifyForBuild(start, options.diskImage, imageOptions));
 }
 
 /** Phase 1: the guest mounted over the input (or over the longest cached prefix of the steps), the steps run. */
@@ -178,9 +177,7 @@ async function writeWorkImage(context: BuildContext, guest: FinishedGuest, targe
   const record = { ...guest.bom, durationsMs: clock.durations, warnings: [...log.warnings] };
   await writeGuestFileFromHost(guest.opened.layout.root, WORK_RECORD_PATH, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
   await releaseGuest(context);
-  const partial = join(dirname(target), `.${basename(target)}.partial-${process.pid}`);
-  await noteHolding(context.workDir, { kind: 'file', path: partial });
-  context.cleanup.push(`partial work image ${partial}`, () => rm(partial, { force: true }));
+  const partial = await partialFor(context, partialPath(target), 'partial work image');
   await clock.time('output', () => convertImage(run, guest.workImage, partial, 'qcow2', { log, signal: context.signal }));
   await rename(partial, target);
   log.info(`wrote the work image ${target}: finish it with imagebuilder export ${target}`);

@@ -6,7 +6,7 @@ import type { Phase1Bom } from './phase1.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
-import { verifyImage, type VerifiedImage } from './verify.js';
+import { verifyForBuild, type VerifiedImage } from './verify.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
 
 export interface InspectOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
@@ -25,7 +25,7 @@ export interface InspectResult {
 /** The inventory of any image, built here or not: mounted read-only (through a throw-away overlay), never written. */
 export async function inspect(options: InspectOptions): Promise<InspectResult> {
   const start = startBuild(options);
-  const image = await verifyImage(start.run, options.diskImage, start.log, options.signal, { ...options.image, cacheDir: start.cacheDir });
+  const image = await verifyForBuild(start, options.diskImage, options.image);
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const inventory = await collectInventory(layout.root, distro);

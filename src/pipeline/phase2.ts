@@ -107,8 +107,11 @@ export async function releaseGuest(context: BuildContext): Promise<void> {
   }
 }
 
+/** Where an artifact is written before it takes its name: beside it, hidden, named after this process. */
+export const partialPath = (path: string) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
+
 /** A file written beside the outputs under a temporary name, removed if the build does not get to rename it. */
-async function partialFor(context: BuildContext, partial: string, what: string): Promise<string> {
+export async function partialFor(context: BuildContext, partial: string, what: string): Promise<string> {
   // Outside the work directory: noted in the build's record, so a build killed while writing leaves no partial.
   await noteHolding(context.workDir, { kind: 'file', path: partial });
   context.cleanup.push(`${what} ${partial}`, () => rm(partial, { force: true }));
@@ -130,7 +133,7 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   }
   // Artifacts appear under their names only when all are complete.
   const partials: string[] = [];
-  for (const path of paths) partials.push(await partialFor(context, join(dirname(path), `.${basename(path)}.partial-${process.pid}`), 'partial output'));
+  for (const path of paths) partials.push(await partialFor(context, partialPath(path), 'partial output'));
   // The root filesystem tarball, from the guest's filesystems as mounted (the chroot session is closed).
   if (formats.includes('tar')) await clock.time('tar', () => writeRootfsTar(opened.layout.root, partials[formats.indexOf('tar')], { run, log, signal, guestMounts: opened.layout.mounts.map((m) => m.hostPath) }));
   await releaseGuest(context);

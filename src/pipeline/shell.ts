@@ -2,7 +2,7 @@ import { openChroot } from '../chroot/session.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
-import { verifyImage } from './verify.js';
+import { verifyForBuild } from './verify.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
 
 export interface ShellOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
@@ -24,7 +24,7 @@ export interface ShellOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEven
 export async function shell(options: ShellOptions): Promise<number> {
   const start = startBuild(options);
   const { run, log } = start;
-  const input = await verifyImage(run, options.diskImage, log, options.signal, { ...options.image, cacheDir: start.cacheDir });
+  const input = await verifyForBuild(start, options.diskImage, options.image);
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), input, { backend: options.mountBackend ?? 'auto', readOnly: !options.writable });
     const session = await openChroot(layout.root, { run, log, signal: options.signal, readOnly: !options.writable, sessionFiles: distro.family?.sessionFiles });

@@ -10,7 +10,7 @@ import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
-import { verifyImage } from './verify.js';
+import { verifyForBuild } from './verify.js';
 
 export interface TestOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
   diskImage: string;
@@ -81,7 +81,7 @@ export async function testImage(options: TestOptions): Promise<TestResult> {
   const start = startBuild(options);
   const checks = await gatherChecks(options);
   const needsBoot = !options.offline && checks.some((check) => !check.imageOnly && check.type.probes(check.spec).some((probe) => probe.boot));
-  const image = await verifyImage(start.run, options.diskImage, start.log, options.signal, { ...options.image, cacheDir: start.cacheDir });
+  const image = await verifyForBuild(start, options.diskImage, options.image);
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const session = await openChroot(layout.root, { run: context.run, log: context.log, signal: context.signal, readOnly: true, sessionFiles: distro.family?.sessionFiles, network: 'none' });

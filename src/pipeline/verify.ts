@@ -1,6 +1,7 @@
 import { obtainImage, type DiskImageOptions, type ObtainedImage } from '../fetch/image-source.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
+import type { BuildStart } from './context.js';
 
 export type { DiskImageOptions } from '../fetch/image-source.js';
 
@@ -21,4 +22,9 @@ export async function verifyImage(
   options: DiskImageOptions = {},
 ): Promise<VerifiedImage> {
   return obtainImage(run, image, log, signal, options);
+}
+
+/** Phase 0 for a build: its runner, log, signal and cache directory. */
+export function verifyForBuild(start: BuildStart, image: string, options: DiskImageOptions = {}): Promise<VerifiedImage> {
+  return verifyImage(start.run, image, start.log, start.signal, { ...options, cacheDir: start.cacheDir });
 }

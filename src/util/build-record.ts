@@ -19,6 +19,12 @@ export const RECORD_FILE = 'build.json';
 /** Something a build holds besides what lives under its work directory. */
 export type Holding =
   | { kind: 'nbd'; device: string }
+  /**
+   * A loop device over the fuse backend's export. Found by its backing file while that is reachable; noted
+   * because a build killed in a mount namespace of its own (a container, `unshare -m`) takes the export's
+   * mount with it, and the loop device, which is the kernel's, then names its backing file only as "/".
+   */
+  | { kind: 'loop'; device: string }
   /** A partition device node made with mknod (no udev here). */
   | { kind: 'node'; path: string; disk: string }
   /** A file outside the work directory, removed if the build dies: a partial output. */

@@ -41,9 +41,13 @@ export interface ExecResult {
 /** Everything that runs a host command goes through a Runner, so unit tests can record exact argv. */
 export type Runner = (file: string, args: readonly string[], options?: ExecOptions) => Promise<ExecResult>;
 
+/** One word as sh reads it back: as is when it holds nothing the shell would interpret, else single-quoted. */
+export function shellQuote(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
 export function formatCommand(file: string, args: readonly string[]): string {
-  const quote = (word: string) => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`);
-  return [file, ...args].map(quote).join(' ');
+  return [file, ...args].map(shellQuote).join(' ');
 }
 
 export function tail(text: string, lines = 20): string {

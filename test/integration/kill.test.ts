@@ -174,6 +174,30 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 
+  test('killed in a mount namespace of its own (a container, unshare -m): its loop device, whose export died with the namespace, is released too', async () => {
+    const recipe = await writeRecipe(work, 'namespace', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
+    const loopsNamingRoot = async () => (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter(([, back]) => back === '/').map(([name]) => name);
+    const before = await loopsNamingRoot();
+    // unshare execs the build in the new namespace: the pid killed is the build's own.
+    const child = execa('unshare', ['--mount', '--propagation', 'private', 'node', CLI, 'apply', recipe, '--disk-image', input, '--output', join(work, 'namespace-out.qcow2'), '--no-cache', '--sparsify', 'none', '--mount-backend', 'fuse'], { env: env(), reject: false, all: true });
+    running.push(child);
+    await outputSeen(child, 'sleeping');
+    await kill9(child);
+    await until('the step to die with its build', async () => !(await sleepAlive()), 5000);
+    // The namespace, its mounts and the export are gone; the kernel's loop device is not, and names its file as "/".
+    const orphans = await until('the loop device to outlive its namespace', async () => {
+      const now = (await loopsNamingRoot()).filter((name) => !before.includes(name));
+      return now.length ? now : undefined;
+    }, 10000);
+    expect(orphans).toHaveLength(1);
+    const cleanup = await runCli(['cleanup', '--json'], { env: env() });
+    expect(cleanup.exitCode).toBe(0);
+    const report = JSON.parse(cleanup.stdout) as { dead: { pid: number; leftovers: { loops: string[] }; failures: string[] }[] };
+    expect(report.dead).toMatchObject([{ pid: child.pid, leftovers: { loops: orphans }, failures: [] }]);
+    expect(await loopsNamingRoot()).toEqual(before);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
   test('killed while writing the output: the converter and the partial output go at the next build', async () => {
     const recipe = await writeRecipe(work, 'writing', [{ file: { path: '/etc/writing', content: 'x\n' } }]);
     const output = join(work, 'writing-out.qcow2');

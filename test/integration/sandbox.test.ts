@@ -127,7 +127,14 @@ describe('the sandbox of guest commands', () => {
     const dns = await serveDns(resolver, '192.0.2.77');
     const resolvConf = join(work, 'resolv.conf');
     await writeFile(resolvConf, `search imagebuilder.test\nnameserver ${resolver}\noptions timeout:2\n`);
-    const script = ['cat /etc/resolv.conf', 'getent hosts mirror.imagebuilder.test || echo NO-ANSWER', 'RES_OPTIONS=use-vc getent hosts tcp.imagebuilder.test || echo NO-TCP-ANSWER', connect('169.254.1.1', 80)].join('\n');
+    // A DNS UPDATE (opcode 5) adding a record under update.imagebuilder.test, as a guest would send it to a resolver
+    // that trusts localhost: it must be answered REFUSED by the forwarder, never reach the resolver.
+    const update = `perl -MIO::Socket::INET -e '
+      my $s = IO::Socket::INET->new(PeerAddr => "169.254.1.1:53", Proto => "udp") or die "socket: $!";
+      my $name = join("", map { chr(length) . $_ } qw(update imagebuilder test)) . chr(0);
+      $s->send(pack("nnnnnn", 0x4242, 0x2800, 1, 0, 1, 0) . $name . pack("nn", 6, 1) . $name . pack("nnNn", 1, 1, 60, 4) . pack("C4", 10, 0, 0, 66));
+      my $r = ""; $s->recv($r, 512); my ($id, $flags) = unpack("nn", $r); printf "UPDATE-ANSWER id=%x rcode=%d\\n", $id, $flags & 15;'`;
+    const script = ['cat /etc/resolv.conf', 'getent hosts mirror.imagebuilder.test || echo NO-ANSWER', 'RES_OPTIONS=use-vc getent hosts tcp.imagebuilder.test || echo NO-TCP-ANSWER', connect('169.254.1.1', 80), update].join('\n');
     const before = await snapshotHost();
     try {
       const result = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', 'dns-host', resolvConf,
@@ -139,6 +146,8 @@ describe('the sandbox of guest commands', () => {
       // Over TCP too (glibc's use-vc): the relay carries DNS over TCP as it is.
       expect(result.stdout).toMatch(/^192\.0\.2\.77\s+tcp\.imagebuilder\.test$/m);
       expect(dns.queries).toEqual(expect.arrayContaining(['mirror.imagebuilder.test/1', 'tcp.imagebuilder.test/1']));
+      expect(result.stdout).toContain('UPDATE-ANSWER id=4242 rcode=5');
+      expect(dns.queries.filter((query) => query.startsWith('update.'))).toEqual([]);
       // The relay answers DNS and nothing else: another port of that address has no one listening.
       expect(result.stdout).toMatch(/169\.254\.1\.1: .*Connection refused/);
     } finally {

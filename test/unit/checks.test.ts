@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { Ajv } from 'ajv';
 import { CHECK_TYPES, checkSchema } from '../../src/checks/registry.js';
-import { fileCheck, listening, packageCheck, portCheck, serviceCheck, commandCheck, kernelParamCheck, mountCheck, failedUnitsCheck } from '../../src/checks/kinds.js';
+import { fileCheck, listening, packageCheck, portCheck, serviceCheck, commandCheck, kernelModuleCheck, kernelParamCheck, mountCheck, failedUnitsCheck } from '../../src/checks/kinds.js';
 import { batchScript, parseBatchOutput, runChecks, type CheckResult } from '../../src/checks/run.js';
 import { junitXml, resultTable } from '../../src/checks/report.js';
 import { hygieneSuite, nodeSuite } from '../../src/checks/suites.js';
@@ -97,6 +97,19 @@ describe('check probes, run by a real shell', () => {
     ], 'booted', hostShell);
     expect(results.map((r) => r.status)).toEqual(['passed', 'failed', 'passed', 'failed', 'passed', 'failed', 'passed']);
     expect(results[3].observed).toBe(ipForward);
+  });
+
+  test('values from a check file reach the script quoted: a path full of shell syntax is only a path', async () => {
+    const canary = join(dir, 'injected');
+    const hostile = `/x'; touch ${canary}; echo '$(touch ${canary})\`touch ${canary}\``;
+    const results = await runChecks([
+      declared(fileCheck, { path: hostile, exists: false, contains: ['x'] }),
+      declared(serviceCheck, { name: `-x; touch ${canary}`, enabled: false }),
+      declared(packageCheck, { name: `x; touch ${canary}`, installed: false }),
+      declared(kernelModuleCheck, { name: `x$(touch ${canary})` }),
+    ], 'booted', hostShell);
+    expect(results.length).toBe(4);
+    await expect(readFile(canary)).rejects.toThrow();
   });
 
   test('listening() reads /proc/net tables (LISTEN for tcp, bound for udp)', () => {

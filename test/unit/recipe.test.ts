@@ -112,24 +112,14 @@ describe('the committed schema and shipped recipes', () => {
   });
 });
 
-describe('the README check reference', () => {
-  test('is the table the registry generates (`npm run docs` writes it between the markers)', async () => {
-    const { checkReferenceMarkdown, CHECK_REFERENCE_START, CHECK_REFERENCE_END } = await import('../../src/checks/docs.js');
+describe('the README references', () => {
+  test.each([
+    ['step', async () => import('../../src/steps/docs.js').then((m) => ({ table: m.stepReferenceMarkdown(), start: m.STEP_REFERENCE_START, end: m.STEP_REFERENCE_END }))],
+    ['check', async () => import('../../src/checks/docs.js').then((m) => ({ table: m.checkReferenceMarkdown(), start: m.CHECK_REFERENCE_START, end: m.CHECK_REFERENCE_END }))],
+  ])('the %s table is the one the registry generates (`npm run docs` writes it between the markers)', async (_, reference) => {
+    const { table, start, end } = await reference();
     const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
-    const start = readme.indexOf(CHECK_REFERENCE_START);
-    const end = readme.indexOf(CHECK_REFERENCE_END);
-    expect(start).toBeGreaterThan(0);
-    expect(readme.slice(start + CHECK_REFERENCE_START.length, end).trim()).toBe(checkReferenceMarkdown());
-  });
-});
-
-describe('the README step reference', () => {
-  test('is the table the registry generates (paste `imagebuilder steps --markdown` between the markers)', async () => {
-    const { stepReferenceMarkdown, STEP_REFERENCE_START, STEP_REFERENCE_END } = await import('../../src/steps/docs.js');
-    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
-    const start = readme.indexOf(STEP_REFERENCE_START);
-    const end = readme.indexOf(STEP_REFERENCE_END);
-    expect(start).toBeGreaterThan(0);
-    expect(readme.slice(start + STEP_REFERENCE_START.length, end).trim()).toBe(stepReferenceMarkdown());
+    expect(readme.indexOf(start)).toBeGreaterThan(0);
+    expect(readme.slice(readme.indexOf(start) + start.length, readme.indexOf(end)).trim()).toBe(table);
   });
 });
