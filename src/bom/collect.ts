@@ -52,6 +52,12 @@ export interface Bom {
   steps: BomStep[];
   /** The recipe's checks judged on the image at the end of phase 1 (`imagebuilder test` judges the rest booted). */
   checks?: CheckResult[];
+  /** `apply --test`: the output booted and checked before it took its name; the boot from qemu's start to the report. */
+  test?: {
+    results: CheckResult[];
+    summary: { passed: number; failed: number; skipped: number };
+    boot?: { bootMs: number; accel: string; firmware: string; via: string; consoleLog: string; baseFailures?: string[] };
+  };
   mountBackend: string;
   durationsMs: Record<string, number>;
   warnings: string[];

@@ -22,6 +22,8 @@ const installedPackage = {
   sourceRpm: str,
 };
 const artifact = object({ path: str, format: { enum: [...OUTPUT_FORMATS] }, sha256: SHA256 });
+const count = { type: 'integer', minimum: 0 };
+const checkResults = list(object({ check: str, type: str, attribute: str, location: str, status: { enum: ['passed', 'failed', 'skipped'] }, observed: str, expected: str, reason: str }, ['check', 'type', 'attribute', 'location', 'status']));
 
 /** schemas/bom.schema.json: the native BOM apply writes beside every image (a unit test keeps the file in step). */
 export function bomSchema(): JsonSchema {
@@ -61,7 +63,15 @@ export function bomSchema(): JsonSchema {
         unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
         containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
         steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str, cached: { type: 'boolean' } }, ['index', 'type', 'description', 'durationMs'])),
-        checks: list(object({ check: str, type: str, attribute: str, location: str, status: { enum: ['passed', 'failed', 'skipped'] }, observed: str, expected: str, reason: str }, ['check', 'type', 'attribute', 'location', 'status'])),
+        checks: checkResults,
+        test: object(
+          {
+            results: checkResults,
+            summary: object({ passed: count, failed: count, skipped: count }, ['passed', 'failed', 'skipped']),
+            boot: object({ bootMs: { type: 'number', minimum: 0 }, accel: { enum: ['kvm', 'tcg'] }, firmware: { enum: ['uefi', 'bios', 'direct-kernel'] }, via: { enum: ['systemd', 'cloud-init'] }, consoleLog: str, baseFailures: list(str) }, ['bootMs', 'accel', 'firmware', 'via', 'consoleLog']),
+          },
+          ['results', 'summary'],
+        ),
         mountBackend: { enum: ['nbd', 'fuse', 'guestmount'] },
         durationsMs: { type: 'object', additionalProperties: { type: 'number', minimum: 0 } },
         warnings: list(str),

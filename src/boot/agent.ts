@@ -4,6 +4,8 @@ import { CHANNEL_NAME } from './channel.js';
 /** Where the check and its runner go in the throw-away overlay (never in an image anyone keeps). */
 export const AGENT_DIR = '/etc/imagebuilder-boot';
 export const AGENT_UNIT = 'imagebuilder-boot-check.service';
+/** The same runner, when the boot stops short of multi-user.target (emergency or rescue mode: a bad fstab line). */
+export const EMERGENCY_UNIT = 'imagebuilder-boot-emergency.service';
 
 /**
  * The runner, POSIX sh: finds the results port (udev's /dev/virtio-ports/<name> link, or, without udev, the
@@ -18,6 +20,8 @@ export function agentScript(channelName = CHANNEL_NAME): string {
 # output and exit status to the host on the virtio-serial port ${channelName}, and powers the machine off.
 name=${channelName}
 port=
+# Once per boot, whichever unit starts first (the normal one, or the emergency one).
+mkdir /run/imagebuilder-boot.started 2>/dev/null || exit 0
 find_port() {
 	if [ -e "/dev/virtio-ports/$name" ]; then port=/dev/virtio-ports/$name; return 0; fi
 	for p in /sys/class/virtio-ports/*; do
@@ -46,15 +50,12 @@ systemctl poweroff --no-block || poweroff -f
 `;
 }
 
-/**
- * A plain service wanted by multi-user.target (not Type=oneshot: it is part of the boot only in being started,
- * so a check that waits for the boot to finish, `systemctl is-system-running --wait`, does not wait on itself).
- */
-export function agentUnit(): string {
+/** A unit that runs the runner; written only into throw-away overlays. */
+function runnerUnit(description: string, ordering: string, wantedBy: string): string {
   return `# Written by imagebuilder into a throw-away overlay of the image being tested.
 [Unit]
-Description=imagebuilder boot check (reports to the host, then powers off)
-After=basic.target
+Description=${description}
+${ordering}
 
 [Service]
 Type=simple
@@ -63,16 +64,37 @@ StandardOutput=journal+console
 StandardError=journal+console
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=${wantedBy}
 `;
 }
 
-/** Puts the check, its runner and the unit (enabled) into a mounted guest root. */
-export async function installAgent(root: string, script: string): Promise<void> {
+/**
+ * A plain service wanted by multi-user.target (not Type=oneshot: it is part of the boot only in being started,
+ * so a check that waits for the boot to finish, `systemctl is-system-running --wait`, does not wait on itself).
+ */
+export const agentUnit = () => runnerUnit('imagebuilder boot check (reports to the host, then powers off)', 'After=basic.target', 'multi-user.target');
+
+/**
+ * The runner started when systemd gives up on the normal boot and isolates emergency.target (a mount that
+ * fails: a bad fstab line) or rescue.target: no default dependencies (sysinit.target is what failed), so the
+ * checks still run and report what broke, instead of the host waiting out its deadline.
+ */
+export const emergencyUnit = () =>
+  runnerUnit('imagebuilder boot check, when the boot stopped in emergency or rescue mode', 'DefaultDependencies=no\nAfter=systemd-udevd.service', 'emergency.target rescue.target');
+
+/**
+ * Puts the check and its runner into a mounted guest root, with the unit that runs it in emergency or rescue
+ * mode, and (`onBoot`, unless cloud-init starts it) the unit that runs it once the boot is up.
+ */
+export async function installAgent(root: string, script: string, onBoot = true): Promise<void> {
   await writeGuestFileFromHost(root, `${AGENT_DIR}/check`, script.endsWith('\n') ? script : `${script}\n`, { mode: 0o755, uid: 0, gid: 0 });
   await writeGuestFileFromHost(root, `${AGENT_DIR}/report`, agentScript(), { mode: 0o755, uid: 0, gid: 0 });
-  await writeGuestFileFromHost(root, `/etc/systemd/system/${AGENT_UNIT}`, agentUnit(), { mode: 0o644, uid: 0, gid: 0 });
-  await writeGuestSymlink(root, `/etc/systemd/system/multi-user.target.wants/${AGENT_UNIT}`, `/etc/systemd/system/${AGENT_UNIT}`);
+  const units: [string, string, string[]][] = [[EMERGENCY_UNIT, emergencyUnit(), ['emergency.target', 'rescue.target']]];
+  if (onBoot) units.push([AGENT_UNIT, agentUnit(), ['multi-user.target']]);
+  for (const [name, text, targets] of units) {
+    await writeGuestFileFromHost(root, `/etc/systemd/system/${name}`, text, { mode: 0o644, uid: 0, gid: 0 });
+    for (const target of targets) await writeGuestSymlink(root, `/etc/systemd/system/${target}.wants/${name}`, `/etc/systemd/system/${name}`);
+  }
 }
 
 /**

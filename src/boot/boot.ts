@@ -5,20 +5,22 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createOverlay, probeInputImage } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
-import { mountGuestLayout } from '../mount/layout.js';
+import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
+import { listKernels } from '../bom/inventory.js';
 import { selectMountBackend } from '../mount/select.js';
 import { programArchitecture } from '../util/architecture.js';
 import { startHelper, type Helper } from '../util/daemon.js';
 import { ImageBuilderError, errorMessage } from '../util/errors.js';
 import { tail } from '../util/exec.js';
 import { exists, which } from '../util/fs.js';
-import { statGuest } from '../util/guest-fs.js';
-import { cachedKvmVerdict, probeKvm } from '../util/libguestfs.js';
+import { readGuestFile, statGuest } from '../util/guest-fs.js';
+import { cachedKvmVerdict } from '../util/libguestfs.js';
+import { probeBootKvm } from './kvm.js';
 import { throwIfAborted } from '../util/signals.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
-import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware } from './firmware.js';
+import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware, type QemuArgsRequest } from './firmware.js';
 
 /**
  * What booting needs of a build: how to run and log, its work directory and cache, and the stack every release
@@ -90,10 +92,9 @@ async function chooseAccel(context: BootContext, guestArch: string, wanted: Acce
     return 'kvm';
   }
   if (!kvmUsable) return 'tcg';
-  // On some hosts KVM is there but guests hang or abort (nested virtualisation): libguestfs's verdict on this
-  // kernel is the one we have, remembered per kernel in the cache dir (probed once when none is).
-  const verdict = (await cachedKvmVerdict(context.cacheDir)) ?? ((await which('guestfish')) ? await probeKvm(context.run, context.log, context.cacheDir) : 'works');
-  if (verdict === 'broken') context.log.info('boot: KVM does not work on this host (the libguestfs verdict); using TCG');
+  // /dev/kvm may be there and guests still not run (nested virtualisation): on x86 qemu is asked with the
+  // smallest guest there is (once per kernel); elsewhere libguestfs's verdict on this kernel, when it has one.
+  const verdict = guestArch === 'amd64' ? await probeBootKvm(context.run, context.log, context.cacheDir, context.workDir) : ((await cachedKvmVerdict(context.cacheDir)) ?? 'works');
   return verdict === 'works' ? 'kvm' : 'tcg';
 }
 
@@ -115,7 +116,13 @@ async function partitionTableOf(context: BootContext, overlay: string, dir: stri
  * Mounts the overlay (on a stack of its own, unwound before the boot), checks it boots with systemd, learns its
  * architecture, and puts the check in. Returns the guest's architecture (Debian's name).
  */
-async function prepareOverlay(context: BootContext, overlay: string, dir: string, options: BootOptions): Promise<{ arch: string; via: 'systemd' | 'cloud-init'; cloudInit: boolean }> {
+async function prepareOverlay(
+  context: BootContext,
+  overlay: string,
+  dir: string,
+  options: BootOptions & { firmware: Firmware },
+): Promise<{ arch: string; via: 'systemd' | 'cloud-init'; cloudInit: boolean; kernel?: DirectKernel }> {
+  let kernel: DirectKernel | undefined;
   let arch: string | undefined;
   let via: 'systemd' | 'cloud-init' = 'systemd';
   let cloudInit = false;
@@ -125,7 +132,8 @@ async function prepareOverlay(context: BootContext, overlay: string, dir: string
   try {
     const backend = await selectMountBackend(mountContext, options.mountBackend ?? 'auto');
     const disk = await backend.attach(mountContext, { image: overlay, format: 'qcow2', readOnly: false });
-    const root = disk.kind === 'tree' ? disk.root : (await mountGuestLayout(mountContext, disk.device, false)).root;
+    const layout = disk.kind === 'tree' ? undefined : await mountGuestLayout(mountContext, disk.device, false);
+    const root = disk.kind === 'tree' ? disk.root : layout!.root;
     arch = (await programArchitecture(root))?.architecture?.debian;
     if (!arch) throw new ImageBuilderError('BAD_INPUT', 'the image has no program whose architecture could be read (/bin/sh, /usr/bin/env)', { hint: 'is this a Linux OS disk image?' });
     const systemd = (await statGuest(root, '/lib/systemd/systemd')) ?? (await statGuest(root, '/usr/lib/systemd/systemd'));
@@ -137,7 +145,11 @@ async function prepareOverlay(context: BootContext, overlay: string, dir: string
     cloudInit = (await statGuest(root, '/usr/bin/cloud-init')) !== undefined;
     if (options.via === 'cloud-init' && !cloudInit) throw new ImageBuilderError('BAD_INPUT', 'the guest has no cloud-init (/usr/bin/cloud-init) to run the check through', { hint: "run it through a systemd unit instead (via: 'systemd' or 'auto')" });
     via = options.via === 'systemd' || !cloudInit ? 'systemd' : 'cloud-init';
-    if (via === 'systemd') await installAgent(root, options.script);
+    await installAgent(root, options.script, via === 'systemd');
+    if (options.firmware === 'direct-kernel') {
+      if (!layout) throw new ImageBuilderError('BAD_INPUT', '--direct-kernel needs the root filesystem\'s UUID, which the guestmount backend does not show', { hint: 'use the nbd or fuse mount backend' });
+      kernel = await directKernel(mountContext, layout, dir, arch);
+    }
   } catch (error) {
     await stack.unwind();
     throw error;
@@ -146,7 +158,43 @@ async function prepareOverlay(context: BootContext, overlay: string, dir: string
     const failures = await stack.unwind();
     if (failures.length) throw new ImageBuilderError('COMMAND_FAILED', `releasing the overlay after adding the check: ${failures.join('; ')}`);
   }
-  return { arch: arch!, via, cloudInit };
+  return { arch: arch!, via, cloudInit, ...(kernel ? { kernel } : {}) };
+}
+
+type DirectKernel = NonNullable<QemuArgsRequest['kernel']>;
+
+/** The most a guest's kernel or initramfs may be to be copied out for --direct-kernel. */
+const MAX_KERNEL_BYTES = 512 << 20;
+
+/**
+ * --direct-kernel: the guest's newest kernel and its initramfs, copied out through guest-fs (never following a
+ * guest link out of it, regular files only, bounded), and a command line of ours: the root filesystem by the
+ * UUID blkid reads on it, read-only until systemd remounts it, the console on the serial port, and panic=-1 (a
+ * kernel that cannot find its root ends the boot at once instead of waiting out the deadline).
+ */
+async function directKernel(context: MountContext, layout: GuestLayout, dir: string, arch: string): Promise<DirectKernel> {
+  const { root } = layout;
+  const kernels = (await listKernels(root)).filter((k) => k.image);
+  const newest = kernels.sort((a, b) => a.version.localeCompare(b.version, 'en', { numeric: true })).at(-1);
+  if (!newest) throw new ImageBuilderError('BAD_INPUT', '--direct-kernel: the image has no kernel in /boot (vmlinuz-VERSION)', { hint: 'boot it through its bootloader instead (without --direct-kernel)' });
+  const initrdPath = [`/boot/initrd.img-${newest.version}`, `/boot/initramfs-${newest.version}.img`, `/boot/initrd-${newest.version}`];
+  const copyOut = async (guestPath: string, name: string) => {
+    const bytes = await readGuestFile(root, guestPath, MAX_KERNEL_BYTES);
+    if (!bytes) return undefined;
+    const path = join(dir, name);
+    await writeFile(path, bytes);
+    return path;
+  };
+  const kernel = await copyOut(newest.image!, 'vmlinuz');
+  if (!kernel) throw new ImageBuilderError('BAD_INPUT', `--direct-kernel: ${newest.image} is not a regular file in the image`);
+  let initrd: string | undefined;
+  for (const path of initrdPath) if (!initrd) initrd = await copyOut(path, 'initrd');
+  const rootDevice = layout.mounts[0].device;
+  const uuid = (await context.run('blkid', ['-o', 'value', '-s', 'UUID', rootDevice], { allowFailure: true, log: context.log, purpose: 'reading the root filesystem\'s UUID' })).stdout.trim();
+  if (!/^[0-9A-Fa-f-]+$/.test(uuid)) throw new ImageBuilderError('BAD_INPUT', `--direct-kernel: the root filesystem (${rootDevice}) has no UUID to boot it by`);
+  const console = arch === 'arm64' ? 'ttyAMA0' : 'ttyS0,115200n8';
+  context.log.info(`boot: --direct-kernel: ${newest.image}${initrd ? ' and its initramfs' : ' (no initramfs found)'}, root=UUID=${uuid}`);
+  return { kernel, ...(initrd ? { initrd } : {}), append: `root=UUID=${uuid} ro console=${console} panic=-1` };
 }
 
 /** The console's last lines, for an error. */
@@ -177,7 +225,8 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   await createOverlay(run, image, input.format, overlay, log);
 
   const firmware: Firmware = options.firmware && options.firmware !== 'auto' ? options.firmware : hasEsp(await partitionTableOf(context, overlay, dir)) ? 'uefi' : 'bios';
-  const { arch, via, cloudInit } = await prepareOverlay(context, overlay, dir, options);
+  if (firmware === 'direct-kernel') log.warn("boot: --direct-kernel: the image's kernel and initramfs are started by qemu; its bootloader and firmware path are NOT tested");
+  const { arch, via, cloudInit, kernel } = await prepareOverlay(context, overlay, dir, { ...options, firmware });
   // A guest with cloud-init always gets a seed: it finds its datasource on a local disk at once rather than
   // looking for one on a network it does not have. Its user-data runs the check only when cloud-init is to.
   let seed: string | undefined;
@@ -204,7 +253,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const socketDir = join(dir, 'results.sock').length <= MAX_SOCKET_PATH ? dir : await shortSocketDir(context);
   const channelSocket = join(socketDir, 'results.sock');
   const args = qemuArgs({
-    spec, accel, firmware, disk: overlay, seed, uefiVars, consoleLog, channelSocket, channelName: CHANNEL_NAME,
+    spec, accel, firmware, disk: overlay, seed, uefiVars, consoleLog, channelSocket, channelName: CHANNEL_NAME, ...(kernel ? { kernel } : {}),
     memoryMiB: options.memoryMiB ?? 1024,
     cpus: options.cpus ?? 2,
   });
@@ -232,7 +281,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       channel.report,
       qemu!.gone.then(async () => {
         const qemuLog = (await readFile(join(dir, 'qemu.log'), 'utf8').catch(() => '')).trim();
-        throw new ImageBuilderError('VERIFY_FAILED', `the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''}); its console is in ${consoleLog}`, {
+        throw new ImageBuilderError('CHECK_FAILED', `the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''}); its console is in ${consoleLog}`, {
           detail: await consoleTail(consoleLog),
           hint: 'the console log shows how far it got (firmware, bootloader, kernel, systemd)',
         });
@@ -240,7 +289,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
           void consoleTail(consoleLog).then((detail) =>
-            reject(new ImageBuilderError('VERIFY_FAILED', `the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}, ${firmware}); its console is in ${consoleLog}`, {
+            reject(new ImageBuilderError('CHECK_FAILED', `the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}, ${firmware}); its console is in ${consoleLog}`, {
               detail,
               hint: accel === 'tcg' ? 'TCG is slow: give it longer (timeoutMs), or find in the console log where it stopped' : 'the console log shows where it stopped',
             })),
@@ -256,7 +305,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   } catch (error) {
     await stopQemu?.();
     if (error instanceof ImageBuilderError) throw error;
-    throw new ImageBuilderError('VERIFY_FAILED', `reading the guest's report: ${errorMessage(error)}; its console is in ${consoleLog}`, { detail: await consoleTail(consoleLog) });
+    throw new ImageBuilderError('CHECK_FAILED', `reading the guest's report: ${errorMessage(error)}; its console is in ${consoleLog}`, { detail: await consoleTail(consoleLog) });
   } finally {
     clearTimeout(timer);
     if (onAbort) context.signal?.removeEventListener('abort', onAbort);

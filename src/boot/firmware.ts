@@ -2,7 +2,8 @@ import { exists, which } from '../util/fs.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { packageHint } from '../util/tools.js';
 
-export type Firmware = 'uefi' | 'bios';
+/** How the guest's kernel is reached: its bootloader through UEFI or BIOS, or (a fallback) its kernel and initramfs handed to qemu. */
+export type Firmware = 'uefi' | 'bios' | 'direct-kernel';
 export type Accel = 'kvm' | 'tcg';
 
 /** The EFI System Partition's GPT type GUID, as its 16 bytes lie on disk (the first three fields little-endian). */
@@ -91,6 +92,9 @@ export async function machineFor(arch: string, firmware: Firmware): Promise<Mach
   return { arch, qemu: spec.qemu, machine: spec.machine, bios: spec.bios, ...(found ? { uefi: { ...found, package: spec.firmwarePackage } } : {}) };
 }
 
+/** qemu's seccomp filter (`-sandbox`), on every qemu that runs a guest. */
+export const QEMU_SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
+
 export interface QemuArgsRequest {
   spec: MachineSpec;
   accel: Accel;
@@ -103,6 +107,8 @@ export interface QemuArgsRequest {
   uefiVars?: string;
   /** Where the serial console is written. */
   consoleLog: string;
+  /** direct-kernel: the guest's kernel and initramfs (copied out of it) and the command line they boot with. */
+  kernel?: { kernel: string; initrd?: string; append: string };
   /** The host end of the results channel: a Unix socket qemu listens on. */
   channelSocket: string;
   channelName: string;
@@ -122,6 +128,9 @@ export function qemuArgs(request: QemuArgsRequest): string[] {
   const cpu = accel === 'kvm' ? 'host' : 'max';
   const args = [
     '-name', 'imagebuilder-boot',
+    // The guest is as hostile as the image: should it break out into qemu, seccomp leaves it no exec, no
+    // set*id, no scheduler or resource control and no obsolete system calls.
+    '-sandbox', QEMU_SANDBOX,
     '-machine', `${spec.machine},accel=${accel}`,
     '-cpu', cpu,
     '-m', String(request.memoryMiB),
@@ -141,10 +150,15 @@ export function qemuArgs(request: QemuArgsRequest): string[] {
       '-drive', `if=pflash,format=raw,unit=1,file=${request.uefiVars}`,
     );
   }
+  if (request.firmware === 'direct-kernel') {
+    const { kernel, initrd, append } = request.kernel!;
+    args.push('-kernel', kernel, ...(initrd ? ['-initrd', initrd] : []), '-append', append);
+  }
   args.push(
     // The format is named: qemu never probes the overlay (ours) nor its backing file (pinned by -F when made).
     '-drive', `if=none,id=disk0,format=qcow2,file=${request.disk},discard=unmap`,
-    '-device', 'virtio-blk-pci,drive=disk0,bootindex=0',
+    // With -kernel, qemu's own loader takes boot index 0.
+    '-device', `virtio-blk-pci,drive=disk0${request.firmware === 'direct-kernel' ? '' : ',bootindex=0'}`,
     ...(request.seed ? ['-drive', `if=none,id=seed0,format=raw,readonly=on,file=${request.seed}`, '-device', 'virtio-blk-pci,drive=seed0'] : []),
     '-device', 'virtio-serial-pci,id=vser0',
     '-chardev', `socket,id=results0,path=${request.channelSocket},server=on,wait=off`,

@@ -329,10 +329,36 @@ export const mountCheck = defineCheck({
   ],
 });
 
+/**
+ * What the failed-units probe runs: waits for the boot to finish, says the system's state (`state: running`),
+ * lists the failed units one per line, and, when the boot did not come up (emergency or rescue mode:
+ * `maintenance`), why, from the journal (`why: Dependency failed for ...`): units whose dependency failed are
+ * inactive, not failed, so the list alone would not show a boot stopped by a bad fstab line.
+ */
+export const FAILED_UNITS_SCRIPT = [
+  'state=$(systemctl is-system-running --wait 2>/dev/null)',
+  'echo "state: $state"',
+  'systemctl list-units --state=failed --no-legend --plain --no-pager 2>&1 | sed "s/^[^[:alnum:]]* //"',
+  'case $state in running|degraded) ;; *) journalctl -b -q --no-pager -o cat 2>/dev/null | grep -E "^(Dependency failed for|Timed out waiting for|Failed to (mount|start)) " | head -n 10 | sed "s/^/why: /" ;; esac',
+].join('\n');
+
+/** FAILED_UNITS_SCRIPT's output: the system state, the failed units, and why a boot that did not come up stopped. */
+export function bootOutcome(stdout: string): { state: string; failed: string[]; why: string[] } {
+  const lines = stdout.split('\n').map((line) => line.trim()).filter(Boolean);
+  const state = lines.find((line) => line.startsWith('state:'))?.slice('state:'.length).trim() || 'unknown';
+  const why = lines.filter((line) => line.startsWith('why: ')).map((line) => line.slice('why: '.length));
+  const failed = lines.filter((line) => !line.startsWith('state:') && !line.startsWith('why: ')).map((line) => line.split(/\s+/)[0]);
+  return { state, failed, why };
+}
+
+/** The failed units in FAILED_UNITS_SCRIPT's output. */
+export const failedUnits = (stdout: string): string[] => bootOutcome(stdout).failed;
+
 export const failedUnitsCheck = defineCheck({
   key: 'failed_units',
-  summary: 'No systemd unit failed at boot, beyond those allowed',
-  description: 'Waits for the boot to finish (`systemctl is-system-running --wait`), then lists failed units; the base image\'s own failures go in `allowed`.',
+  summary: 'The boot came up (running, or degraded only by allowed units) and no systemd unit failed beyond those allowed',
+  description:
+    'Waits for the boot to finish (`systemctl is-system-running --wait`): it must reach `running`, or `degraded` by allowed units only; a boot that stopped in emergency or rescue mode fails, with the journal\'s reason (a mount that timed out, a dependency that failed). Then lists failed units; the base image\'s own failures go in `allowed` (`imagebuilder test --base` and `apply --test` add them).',
   schema: Type.Object(
     {
       allowed: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Units that may have failed: `systemd-networkd-wait-online.service`.' })),
@@ -344,11 +370,17 @@ export const failedUnitsCheck = defineCheck({
   probes: (spec) => [
     {
       attribute: 'none failed',
-      script: 'systemctl is-system-running --wait >/dev/null 2>&1; systemctl list-units --state=failed --no-legend --plain --no-pager 2>&1',
+      script: FAILED_UNITS_SCRIPT,
       boot: true,
       judge: ({ stdout }) => {
-        const failed = stdout.split('\n').map((line) => line.trim().split(/\s+/)[0]).filter((unit) => unit && !(spec.allowed ?? []).includes(unit));
-        return verdict(!failed.length, failed.length ? failed.join(' ') : 'none', spec.allowed?.length ? `none beyond ${spec.allowed.join(' ')}` : 'none');
+        const outcome = bootOutcome(stdout);
+        const failed = outcome.failed.filter((unit) => !(spec.allowed ?? []).includes(unit));
+        const expected = spec.allowed?.length ? `running, no failed unit beyond ${spec.allowed.join(' ')}` : 'running, no failed unit';
+        if (outcome.state !== 'running' && outcome.state !== 'degraded') {
+          const observed = [`the boot stopped in state ${outcome.state}`, ...(failed.length ? [`failed: ${failed.join(' ')}`] : []), ...outcome.why].join('; ');
+          return verdict(false, observed, expected);
+        }
+        return verdict(!failed.length, failed.length ? `${outcome.state}, failed: ${failed.join(' ')}` : outcome.state, expected);
       },
     },
   ],

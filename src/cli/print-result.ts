@@ -3,7 +3,7 @@ import type { ApplyResult } from '../pipeline/apply.js';
 /** The result of a build (apply or export): a JSON line, or a summary for people. */
 export function printResult(command: { log(message: string): void }, result: ApplyResult, json: boolean): void {
   if (json) {
-    command.log(JSON.stringify({ event: 'result', output: result.output, artifacts: result.artifacts, bom: result.bomPath, sboms: result.sbomPaths, sums: result.sumsPath, durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }));
+    command.log(JSON.stringify({ event: 'result', output: result.output, artifacts: result.artifacts, bom: result.bomPath, sboms: result.sbomPaths, sums: result.sumsPath, ...(result.bom.test ? { test: result.bom.test } : {}), durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }));
   } else {
     const bom = result.bom;
     const added = bom.packages.filter((p) => p.origin !== 'base');
@@ -18,6 +18,10 @@ export function printResult(command: { log(message: string): void }, result: App
     command.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);
     for (const p of added) command.log(`    ${p.name} ${p.version} (${p.architecture})${p.baseVersion ? ` was ${p.baseVersion}` : ''}`);
     for (const p of bom.removedPackages) command.log(`    removed ${p.name} ${p.version}`);
+    if (bom.test) {
+      const { summary, boot } = bom.test;
+      command.log(`  tested: ${summary.passed} check(s) passed${boot ? `, booted in ${(boot.bootMs / 1000).toFixed(1)} s (${boot.accel}, ${boot.firmware}); console log ${boot.consoleLog}` : ''}`);
+    }
     command.log(`  took ${(bom.durationsMs.total / 1000).toFixed(1)}s (steps ${((bom.durationsMs.steps ?? 0) / 1000).toFixed(1)}s)`);
   }
 }

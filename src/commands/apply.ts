@@ -3,6 +3,8 @@ import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
 import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
+import { accelFlag, bootFlagOptions } from '../cli/boot-flags.js';
+import { SUITES, type SuiteName } from '../checks/suites.js';
 import { apply, prepareWorkImage, SBOM_FORMATS, type ApplyOptions, type ApplyResult, type SbomFormat, type WorkImageResult } from '../pipeline/apply.js';
 import type { BuildEvent } from '../pipeline/events.js';
 import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
@@ -50,6 +52,10 @@ export default class Apply extends BaseCommand {
     'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here); comma-separated or repeated. Nothing else of this host is reachable", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),
+    test: Flags.boolean({ description: "boot the output in QEMU and judge the recipe's checks (and --test-checks, --test-suite) before it takes its name; a failed check is exit 7 and no output. Results and the console log go to <output>.test/, and into the BOM", default: false }),
+    'test-checks': Flags.string({ description: 'with --test: also this check file (ours or goss); repeatable', multiple: true, helpValue: 'FILE', dependsOn: ['test'] }),
+    'test-suite': Flags.string({ description: 'with --test: also a built-in suite (hygiene, node); repeatable', options: [...SUITES], multiple: true, dependsOn: ['test'] }),
+    ...accelFlag,
     json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
     quiet: Flags.boolean({ char: 'q', description: 'do not echo command output (it is still in errors)', default: false }),
@@ -64,6 +70,9 @@ export default class Apply extends BaseCommand {
     const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : progress.onEvent;
     // --no-cache trusts no cache: the base image is hashed again too.
     const imageOptions = { ...diskImageOptions(flags), rehash: flags.rehash || flags['no-cache'] };
+    if (flags.test && flags.phases !== '0,1,2') {
+      throw new ImageBuilderError('BAD_INPUT', `--test boots the output, which --phases ${flags.phases} does not write`, { hint: 'drop --test, or test the finished image later: imagebuilder test IMAGE --recipe RECIPE' });
+    }
     if (flags.phases === '0') {
       const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, imageOptions));
       if (flags.json) this.log(JSON.stringify({ event: 'result', image }));
@@ -87,6 +96,7 @@ export default class Apply extends BaseCommand {
       },
       hostPorts: parseHostPorts(flags['host-port']),
       keepWorkDir: flags['keep-work-dir'],
+      ...(flags.test ? { test: { checkFiles: flags['test-checks'], suites: flags['test-suite'] as SuiteName[] | undefined, ...bootFlagOptions(flags), mountBackend: mountBackendOf(flags) } } : {}),
       workDir: paths.workDir,
       cacheDir: paths.cacheDir,
       runDir: paths.runDir,

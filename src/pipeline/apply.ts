@@ -16,6 +16,7 @@ import { LayerStore, layerStoreDir } from './layers.js';
 import { FORMAT_EXTENSIONS } from './output.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
 import { defaultOutputPath, partialFor, partialPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
+import { proveOutput, type OutputTest } from './test.js';
 import { verifyForBuild, type DiskImageOptions, type VerifiedImage } from './verify.js';
 
 export { SBOM_FORMATS, defaultOutputPath, type ApplyResult, type Artifact, type ArtifactOptions, type SbomFormat } from './phase2.js';
@@ -45,6 +46,8 @@ export interface ApplyOptions extends ArtifactOptions, GuestBuildOptions {
   limits?: Partial<SandboxLimits>;
   /** --host-port: the host loopback ports guest commands may reach (a mirror served on this host). */
   hostPorts?: number[];
+  /** --test: boot the output and judge its checks before it takes its name (results in `<output>.test/` by default). */
+  test?: OutputTest;
 }
 
 export interface WorkImageResult {
@@ -157,10 +160,14 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   const input = await verifyBase(start, options);
   const plan = planOutputs(options, { defaultOutput: defaultOutputPath(input, recipe.name), defaultFormat: input.format, forbidden: [input.path] });
+  if (options.test && !plan.formats.some((format) => format !== 'tar')) {
+    throw new ImageBuilderError('BAD_INPUT', '--test boots the output, and a root filesystem tarball alone does not boot', { hint: 'add a disk image format (--format qcow2,tar)' });
+  }
+  const prove = options.test ? proveOutput(recipe, input, { ...options.test, resultsDir: options.test.resultsDir ?? `${plan.outputPath}.test` }) : undefined;
   return withResources(start, options, async (context) => {
     const built = await runSteps(context, recipe, input, options);
     const finished = await finishGuest(context, built);
-    return writeArtifacts(context, finished, plan, options);
+    return writeArtifacts(context, finished, plan, options, prove);
   });
 }
 

@@ -44,7 +44,7 @@ export async function mountGuest(context: MountContext, backendName: MountBacken
  */
 export async function openGuest(
   context: MountContext,
-  input: VerifiedImage,
+  input: Pick<VerifiedImage, 'path' | 'format'>,
   options: {
     backend: MountBackendName | 'auto';
     readOnly?: boolean;

@@ -118,8 +118,17 @@ export async function partialFor(context: BuildContext, partial: string, what: s
   return partial;
 }
 
-/** Phase 2 on a mounted, finished guest: trim, unmount, then the artifacts, the BOM, the SBOMs and SHA256SUMS. */
-export async function writeArtifacts(context: BuildContext, guest: FinishedGuest, plan: OutputPlan, options: ArtifactOptions): Promise<ApplyResult> {
+/**
+ * Proves a written output before it takes its name (`apply --test`): the image at `path` (a partial) booted
+ * and checked; throws when a check fails, and then no artifact appears.
+ */
+export type ProveOutput = (context: BuildContext, image: { path: string; format: ImageFormat }) => Promise<NonNullable<Bom['test']>>;
+
+/**
+ * Phase 2 on a mounted, finished guest: trim, unmount, then the artifacts (proven by `prove` when given), the
+ * BOM, the SBOMs and SHA256SUMS.
+ */
+export async function writeArtifacts(context: BuildContext, guest: FinishedGuest, plan: OutputPlan, options: ArtifactOptions, prove?: ProveOutput): Promise<ApplyResult> {
   const { clock, log, run, signal, events, workDir } = context;
   const { opened } = guest;
   const { outputPath, formats, paths } = plan;
@@ -144,12 +153,15 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress }));
   const artifacts: Artifact[] = [];
   for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
+  const diskIndex = formats.findIndex((format) => format !== 'tar');
+  const test = prove && diskIndex >= 0 ? await clock.time('test', () => prove(context, { path: partials[diskIndex], format: formats[diskIndex] as ImageFormat })) : undefined;
   clock.total();
 
   const bom: Bom = {
     ...guest.bom,
     output: { ...artifacts[0], sparsify, ...(options.compress ? { compressed: true } : {}) },
     artifacts,
+    ...(test ? { test } : {}),
     durationsMs: { ...guest.bom.durationsMs, ...clock.durations },
     warnings: [...guest.bom.warnings, ...log.warnings],
   };

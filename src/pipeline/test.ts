@@ -1,4 +1,10 @@
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { bootAndRun } from '../boot/boot.js';
+import type { Accel } from '../boot/firmware.js';
+import { FAILED_UNITS_SCRIPT, failedUnits, failedUnitsCheck } from '../checks/kinds.js';
+import type { ImageFormat } from '../image/qemu-img.js';
+import { writeFileAtomic, writeJsonAtomic } from '../util/fs.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
 import { runChecks, summarize, type CheckResult } from '../checks/run.js';
 import { hygieneSuite, nodeSuite, type NodeExpectations, type SuiteName } from '../checks/suites.js';
@@ -8,14 +14,26 @@ import type { MountBackendName } from '../mount/backend.js';
 import { loadCheckFile } from '../recipe/checks.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { mountContext, startBuild, withResources, type BuildOptions } from './context.js';
+import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
+import type { ProveOutput } from './phase2.js';
 import { verifyForBuild } from './verify.js';
 
-export interface TestOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
+/** How the booted pass boots: shared by `imagebuilder test` and `apply --test`. */
+export interface BootCheckOptions {
+  /** Where the booted guest's serial console log is kept (default: gone with the work directory). */
+  resultsDir?: string;
+  mountBackend?: MountBackendName | 'auto';
+  accel?: Accel | 'auto';
+  /** Boot the image's kernel and initramfs directly (qemu -kernel), not through its bootloader: a fallback. */
+  directKernel?: boolean;
+  /** The image this one was made from: units that failed there too are not this image's failures. */
+  base?: { path: string; sha256: string };
+}
+
+export interface TestOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'>, BootCheckOptions {
   diskImage: string;
   image?: DiskImageOptions;
-  mountBackend?: MountBackendName | 'auto';
   /** Check files: ours (`checks:`) or goss's. */
   checkFiles?: string[];
   /** A recipe whose `checks:` are run, and whose modules and kernel parameters the `node` suite expects. */
@@ -24,8 +42,19 @@ export interface TestOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent
   suites?: SuiteName[];
   /** Only what can be judged on the image itself, without booting it. */
   offline?: boolean;
-  /** Where the booted guest's serial console log is kept (default: gone with the work directory). */
-  resultsDir?: string;
+  /** The image the tested one was made from (`--base`): a path or URL, verified as the image is. */
+  baseImage?: string;
+}
+
+/** The boot, when checks needed one: QEMU start to results, how, and the console log. */
+export interface BootRecord {
+  bootMs: number;
+  accel: string;
+  firmware: string;
+  via: string;
+  consoleLog: string;
+  /** The base image's own failed units (allowed to fail here too), when a base was given. */
+  baseFailures?: string[];
 }
 
 export interface TestResult {
@@ -33,8 +62,7 @@ export interface TestResult {
   results: CheckResult[];
   summary: { passed: number; failed: number; skipped: number };
   durationMs: number;
-  /** The boot, when checks needed one: QEMU start to results, how, and the console log. */
-  boot?: { bootMs: number; accel: string; firmware: string; via: string; consoleLog: string };
+  boot?: BootRecord;
 }
 
 type Declared = Check & { name?: string; imageOnly?: boolean };
@@ -49,10 +77,15 @@ export function nodeExpectations(recipe?: Recipe): NodeExpectations {
 }
 
 /** Every check asked for: the recipe's, the files', the suites'. */
+export function declaredChecks(recipe: Recipe | undefined, checkFiles: string[] = [], suites: SuiteName[] = []): Declared[] {
+  const checks: Declared[] = [...(recipe?.checks ?? []), ...checkFiles.flatMap((file) => loadCheckFile(file))];
+  for (const suite of new Set(suites)) checks.push(...(suite === 'hygiene' ? hygieneSuite() : nodeSuite(nodeExpectations(recipe))));
+  return checks;
+}
+
 async function gatherChecks(options: TestOptions): Promise<Declared[]> {
   const recipe = options.recipe ? await loadRecipe(options.recipe, options.recipeInputs) : undefined;
-  const checks: Declared[] = [...(recipe?.checks ?? []), ...(options.checkFiles ?? []).flatMap((file) => loadCheckFile(file))];
-  for (const suite of new Set(options.suites ?? [])) checks.push(...(suite === 'hygiene' ? hygieneSuite() : nodeSuite(nodeExpectations(recipe))));
+  const checks = declaredChecks(recipe, options.checkFiles, options.suites);
   if (!checks.length) {
     throw new ImageBuilderError('BAD_INPUT', 'no checks to run', { hint: 'give --checks FILE (ours or a goss file), --suite hygiene|node, or --recipe RECIPE with `checks:`' });
   }
@@ -72,39 +105,101 @@ export function checkImage(session: ChrootSession, checks: Declared[], signal?: 
   });
 }
 
+const needsBoot = (checks: Declared[]) => checks.some((check) => !check.imageOnly && check.type.probes(check.spec).some((probe) => probe.boot));
+
+/** How both boots (the base's, the image's) are made. */
+const bootHow = (options: BootCheckOptions) => ({ accel: options.accel, mountBackend: options.mountBackend, ...(options.directKernel ? { firmware: 'direct-kernel' as const } : {}) });
+
 /**
- * `imagebuilder test`: first the image mounted read-only through a throw-away overlay (never written), the
- * checks that read files judged on it; then, unless --offline, the image booted in QEMU from another throw-away
- * overlay (src/boot/) and the checks that need a running system judged there, all in one guest script.
+ * The units that fail when the base image boots, as this host boots it: booted once per base (its sha256) and
+ * accelerator, then remembered in the cache dir. They are the base's, not the build's: `failed_units` allows them.
  */
+async function baseFailures(context: BuildContext, base: { path: string; sha256: string }, options: BootCheckOptions): Promise<string[]> {
+  const file = join(context.cacheDir, 'boot', `base-failures-${base.sha256}-${options.accel ?? 'auto'}${options.directKernel ? '-direct-kernel' : ''}.json`);
+  const remembered = await readFile(file, 'utf8').then((text) => JSON.parse(text) as unknown, () => undefined);
+  if (Array.isArray(remembered) && remembered.every((unit) => typeof unit === 'string')) return remembered as string[];
+  context.log.info(`boot: booting the base image ${base.path} once, to learn which units fail there already`);
+  const result = await bootAndRun(mountContext(context), base.path, { script: FAILED_UNITS_SCRIPT, ...bootHow(options) });
+  const failures = failedUnits(result.output);
+  await mkdir(dirname(file), { recursive: true });
+  await writeFileAtomic(file, `${JSON.stringify(failures)}\n`);
+  return failures;
+}
+
+/** With the base's own failures allowed in every failed-units check. */
+function allowingBase(checks: Declared[], failures: string[]): Declared[] {
+  if (!failures.length) return checks;
+  return checks.map((check) => {
+    if (check.type.key !== 'failed_units') return check;
+    const spec = check.spec as { allowed?: string[] };
+    return { ...check, spec: { ...spec, allowed: [...new Set([...(spec.allowed ?? []), ...failures])] } };
+  });
+}
+
+/**
+ * Judges `checks` on an image: first mounted read-only through a throw-away overlay (never written), the checks
+ * that read files judged there; then, when some need a running system and `boot` is not false, the image booted
+ * in QEMU from another throw-away overlay (src/boot/), those judged in one guest script. Each probe is judged once.
+ */
+export async function judgeImage(context: BuildContext, image: { path: string; format: ImageFormat }, checks: Declared[], options: BootCheckOptions & { boot?: boolean }): Promise<{ results: CheckResult[]; boot?: BootRecord }> {
+  const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true, overlay: join(context.workDir, 'judged.qcow2') });
+  const session = await openChroot(layout.root, { run: context.run, log: context.log, signal: context.signal, readOnly: true, sessionFiles: distro.family?.sessionFiles, network: 'none' });
+  context.guest.push('chroot session', () => session.close());
+  const onImage = await context.clock.time('checks', () => checkImage(session, checks, context.signal));
+  // The mounted image is released first: the boot makes its own overlay.
+  const failures = await context.guest.unwind();
+  if (failures.length) throw new ImageBuilderError('COMMAND_FAILED', `releasing the image failed: ${failures.join('; ')}`);
+  if (options.boot === false || !needsBoot(checks)) return { results: onImage };
+
+  const allowed = options.base ? await context.clock.time('boot-base', () => baseFailures(context, options.base!, options)) : undefined;
+  let boot: BootRecord | undefined;
+  const booted = await context.clock.time('boot', () =>
+    runChecks(allowingBase(checks, allowed ?? []), 'booted', async (script) => {
+      const result = await bootAndRun(mountContext(context), image.path, { script, resultsDir: options.resultsDir, ...bootHow(options) });
+      boot = { bootMs: result.bootMs, accel: result.accel, firmware: result.firmware, via: result.via, consoleLog: result.consoleLog, ...(allowed ? { baseFailures: allowed } : {}) };
+      return { exitCode: result.exitCode, stdout: result.output };
+    }),
+  );
+  // Where the image pass skipped a probe (it needs the running system), the boot's answer.
+  return { results: onImage.map((result, index) => (result.status === 'skipped' && booted[index].status !== 'skipped' ? booted[index] : result)), boot };
+}
+
+/** `imagebuilder test`: the image (and --base) verified, then judgeImage; --offline never boots. */
 export async function testImage(options: TestOptions): Promise<TestResult> {
   const start = startBuild(options);
   const checks = await gatherChecks(options);
-  const needsBoot = !options.offline && checks.some((check) => !check.imageOnly && check.type.probes(check.spec).some((probe) => probe.boot));
   const image = await verifyForBuild(start, options.diskImage, options.image);
+  const base = options.baseImage && !options.offline ? await verifyForBuild(start, options.baseImage, options.image) : undefined;
   return withResources(start, options, async (context) => {
-    const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
-    const session = await openChroot(layout.root, { run: context.run, log: context.log, signal: context.signal, readOnly: true, sessionFiles: distro.family?.sessionFiles, network: 'none' });
-    context.guest.push('chroot session', () => session.close());
-    const onImage = await context.clock.time('checks', () => checkImage(session, checks, context.signal));
-    let results = onImage;
-    let boot: TestResult['boot'];
-    if (needsBoot) {
-      // The mounted image is released first: the boot makes its own overlay.
-      const failures = await context.guest.unwind();
-      if (failures.length) throw new ImageBuilderError('COMMAND_FAILED', `releasing the image failed: ${failures.join('; ')}`);
-      const booted = await context.clock.time('boot', () =>
-        runChecks(checks, 'booted', async (script) => {
-          const result = await bootAndRun(mountContext(context), image.path, { script, resultsDir: options.resultsDir, mountBackend: options.mountBackend });
-          boot = { bootMs: result.bootMs, accel: result.accel, firmware: result.firmware, via: result.via, consoleLog: result.consoleLog };
-          return { exitCode: result.exitCode, stdout: result.output };
-        }),
-      );
-      // Each probe once: where the image pass skipped it (it needs the running system), the boot's answer.
-      results = onImage.map((result, index) => (result.status === 'skipped' && booted[index].status !== 'skipped' ? booted[index] : result));
-    }
+    const { results, boot } = await judgeImage(context, image, checks, { ...options, base, boot: !options.offline });
     return { image: { path: image.path, format: image.format, sha256: image.sha256 }, results, summary: summarize(results), durationMs: context.clock.total(), ...(boot ? { boot } : {}) };
   });
+}
+
+/** What `apply --test` asks of the output beyond the recipe's own checks, and how it boots it. */
+export interface OutputTest extends Omit<BootCheckOptions, 'base'> {
+  checkFiles?: string[];
+  suites?: SuiteName[];
+}
+
+/**
+ * `apply --test`: the output, before it takes its name, judged as `imagebuilder test --base INPUT` would judge
+ * it, against the recipe's checks, the check files and the suites; always booted (with nothing that needs a
+ * running system declared, "no unit failed beyond the base's" is the proof). The results go to
+ * `test.resultsDir` (results.json, console.log) whatever the outcome; a failed check fails the build.
+ */
+export function proveOutput(recipe: Recipe, base: { path: string; sha256: string }, test: OutputTest & { resultsDir: string }): ProveOutput {
+  return async (context, image) => {
+    const checks = declaredChecks(recipe, test.checkFiles, test.suites);
+    if (!needsBoot(checks)) checks.push({ type: failedUnitsCheck, spec: {}, location: 'apply --test', name: 'no unit failed beyond the base image\'s' });
+    const { results, boot } = await judgeImage(context, image, checks, { ...test, base });
+    const record = { results, summary: summarize(results), ...(boot ? { boot } : {}) };
+    await writeJsonAtomic(join(test.resultsDir, 'results.json'), record);
+    const failed = checksFailed(results, `on the output (results in ${test.resultsDir})`);
+    if (failed) throw failed;
+    context.log.info(`apply --test: ${record.summary.passed} check(s) passed${boot ? `, booted in ${(boot.bootMs / 1000).toFixed(1)} s (${boot.accel}, ${boot.firmware})` : ''}`);
+    return record;
+  };
 }
 
 /** The error for failed checks: exit code 7, each failure with where the check was declared. */

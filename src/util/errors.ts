@@ -37,7 +37,7 @@ export const EXIT_CODE_MEANINGS: [number, string][] = [
   [4, 'a step failed'],
   [5, 'the host lacks a tool or capability (the message says which package)'],
   [6, 'a host command failed (mounting, converting …)'],
-  [7, 'a check failed (`imagebuilder test`, or a recipe\'s checks at the end of `apply`)'],
+  [7, 'a check failed (`imagebuilder test`, `apply --test`, or a recipe\'s checks at the end of `apply`), or the booted image did not come up'],
   [130, 'interrupted (SIGINT, SIGTERM, SIGHUP or SIGQUIT); everything was released'],
 ];
 

@@ -1,7 +1,9 @@
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { bootAndRun, type BootOptions, type BootResult } from '../../src/boot/boot.js';
+import { bootKvmVerdictFile, PROBE_EXIT_STATUS, probeBootKvm, probeBootSector } from '../../src/boot/kvm.js';
+import { execRunner } from '../../src/util/exec.js';
 import { startBuild, withResources } from '../../src/pipeline/context.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { createLogger } from '../../src/util/log.js';
@@ -80,6 +82,39 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await sha256(bios)).toBe(before);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('--direct-kernel: the image\'s own kernel and initramfs started by qemu, root by its UUID; said to be a fallback', async () => {
+    const before = await sha256(image);
+    const result = await boot({ script: 'cat /proc/cmdline\nuname -r\nsystemctl is-system-running --wait\n', accel: 'tcg', firmware: 'direct-kernel', resultsDir: join(work, 'results-direct') });
+    console.log(`boot (direct kernel): ${result.accel} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
+    expect(result).toMatchObject({ accel: 'tcg', firmware: 'direct-kernel', via: 'systemd', exitCode: 0 });
+    // The efi-boot fixture's root filesystem UUID (bin/make-debian-image), found by blkid on the overlay.
+    expect(result.output).toMatch(/^root=UUID=0b00710a-6e7f-4a8b-9c0d-e1b000000e02 ro console=ttyS0,115200n8 panic=-1\n6\.1\.0-\d+-cloud-amd64\nrunning\n$/);
+    const console_ = await readFile(result.consoleLog, 'utf8');
+    expect(console_).not.toContain('by EDK II'); // no firmware of the image's path ran
+    expect(logged.join('')).toContain('--direct-kernel: the image\'s kernel and initramfs are started by qemu; its bootloader and firmware path are NOT tested');
+    expect(await sha256(image)).toBe(before);
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('the KVM probe: its boot sector runs and ends qemu with the agreed status (under TCG, so on any host); the verdict is remembered', async () => {
+    const disk = join(work, 'probe.raw');
+    await writeFile(disk, probeBootSector());
+    const tcg = await execa('qemu-system-x86_64', ['-machine', 'pc,accel=tcg', '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none', '-nic', 'none', '-monitor', 'none', '-serial', 'none',
+      '-device', 'isa-debug-exit,iobase=0xf4,iosize=1', '-drive', `file=${disk},format=raw,if=ide,index=0`], { reject: false, timeout: 30_000 });
+    expect(tcg.exitCode).toBe(PROBE_EXIT_STATUS);
+    const cacheDir = join(work, 'kvm-cache');
+    const log = createLogger({ level: 'debug', write: (text) => void logged.push(text) });
+    const verdict = await probeBootKvm(execRunner, log, cacheDir, tmp);
+    console.log(`KVM on this host: ${verdict}`);
+    expect(['works', 'broken']).toContain(verdict);
+    expect((await readFile(bootKvmVerdictFile(cacheDir), 'utf8')).trim()).toBe(verdict);
+    // Remembered: a planted verdict is what the next probe returns, without asking qemu.
+    await writeFile(bootKvmVerdictFile(cacheDir), verdict === 'works' ? 'broken\n' : 'works\n');
+    expect(await probeBootKvm(execRunner, log, cacheDir, tmp)).toBe(verdict === 'works' ? 'broken' : 'works');
+    expect((await readdir(tmp)).filter((name) => name.startsWith('kvm-probe-'))).toEqual([]);
   });
 
   test('a guest with cloud-init: the check comes through a NoCloud seed (ISO 9660 labelled cidata), which cloud-init takes as its datasource', async () => {

@@ -1,11 +1,12 @@
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, installAgent } from '../../src/boot/agent.js';
+import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, EMERGENCY_UNIT, installAgent } from '../../src/boot/agent.js';
 import { makeIso } from '../../src/boot/iso9660.js';
 import { createServer } from 'node:net';
 import { CHANNEL_NAME, parseReport, readChannel } from '../../src/boot/channel.js';
 import { hasEsp, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
+import { PROBE_EXIT_STATUS, probeBootSector } from '../../src/boot/kvm.js';
 
 const ESP = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b';
 const LINUX = '0fc63daf-8483-4772-8e79-3d69d8477de4';
@@ -103,6 +104,7 @@ describe('boot: the qemu command line', () => {
     expect(args).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd');
     expect(args).toContain('if=pflash,format=raw,unit=1,file=/w/efivars.fd');
     expect(args).toContain('-nic none');
+    expect(args).toContain('-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
     expect(args).not.toMatch(/-netdev|user,|hostfwd/);
     expect(args).toContain('-serial file:/r/console.log');
     expect(args).toContain('socket,id=results0,path=/w/results.sock,server=on,wait=off');
@@ -114,6 +116,26 @@ describe('boot: the qemu command line', () => {
     expect(args).not.toContain('pflash');
     expect(args).toContain('-cpu host');
     expect(args).toContain('accel=kvm');
+  });
+  test('direct kernel: the kernel, initramfs and command line given to qemu, no pflash', () => {
+    const args = qemuArgs({ ...request, accel: 'tcg', firmware: 'direct-kernel', kernel: { kernel: '/w/vmlinuz', initrd: '/w/initrd', append: 'root=UUID=abc ro console=ttyS0,115200n8 panic=-1' } });
+    expect(args).not.toContain('pflash');
+    const at = args.indexOf('-kernel');
+    expect(args.slice(at, at + 6)).toEqual(['-kernel', '/w/vmlinuz', '-initrd', '/w/initrd', '-append', 'root=UUID=abc ro console=ttyS0,115200n8 panic=-1']);
+    // qemu's kernel loader has boot index 0; the disk must not claim it too (qemu refuses to start).
+    expect(args).toContain('virtio-blk-pci,drive=disk0');
+    expect(args.join(' ')).not.toContain('bootindex');
+  });
+});
+
+describe('boot: the KVM probe', () => {
+  test('its boot sector: mov al, 0x2a; out 0xf4, al; hlt; jmp back to the hlt; the boot signature', () => {
+    const sector = probeBootSector();
+    expect(sector.length).toBe(512);
+    expect([...sector.subarray(0, 7)]).toEqual([0xb0, 0x2a, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd]);
+    expect(sector.readUInt16LE(510)).toBe(0xaa55);
+    // isa-debug-exit ends qemu with (value << 1) | 1.
+    expect(PROBE_EXIT_STATUS).toBe(85);
   });
 });
 
@@ -135,6 +157,21 @@ describe('boot: the check written into the overlay', () => {
     const wants = join(root, 'etc/systemd/system/multi-user.target.wants', AGENT_UNIT);
     expect((await lstat(wants)).isSymbolicLink()).toBe(true);
     expect(await readlink(wants)).toBe(`/etc/systemd/system/${AGENT_UNIT}`);
+    // A boot that stops in emergency or rescue mode still runs the check (without sysinit.target, which failed).
+    const emergency = await readFile(join(root, 'etc/systemd/system', EMERGENCY_UNIT), 'utf8');
+    expect(emergency).toContain('DefaultDependencies=no');
+    expect(emergency).toContain(`ExecStart=/bin/sh ${AGENT_DIR}/report`);
+    for (const target of ['emergency.target', 'rescue.target']) {
+      expect(await readlink(join(root, `etc/systemd/system/${target}.wants`, EMERGENCY_UNIT))).toBe(`/etc/systemd/system/${EMERGENCY_UNIT}`);
+    }
+    // Either unit may start; the runner reports once.
+    expect(agentScript()).toContain('mkdir /run/imagebuilder-boot.started 2>/dev/null || exit 0');
+  });
+  test('when cloud-init starts the check, only the emergency unit is installed', async () => {
+    await installAgent(root, 'true', false);
+    expect(await readFile(join(root, 'etc/systemd/system', EMERGENCY_UNIT), 'utf8')).toContain('WantedBy=emergency.target rescue.target');
+    await expect(lstat(join(root, 'etc/systemd/system', AGENT_UNIT))).rejects.toThrow(/ENOENT/);
+    await expect(lstat(join(root, 'etc/systemd/system/multi-user.target.wants', AGENT_UNIT))).rejects.toThrow(/ENOENT/);
   });
   test('what the guest planted at those paths is replaced, never written through', async () => {
     const outside = await mkdtemp(join(tmpdir(), 'ib-boot-outside-'));

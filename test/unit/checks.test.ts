@@ -131,7 +131,19 @@ describe('check probes, run by a real shell', () => {
     expect(pkg.judge({ exitCode: 0, stdout: 'installed (none):1.34.2-1.1\n' }).passed).toBe(true);
     expect(pkg.judge({ exitCode: 0, stdout: '' })).toEqual({ passed: false, observed: 'not installed', expected: 'installed' });
     const [failed] = failedUnitsCheck.probes({ allowed: ['a.service'] });
-    expect(failed.judge({ exitCode: 0, stdout: 'a.service loaded failed failed A\nb.service loaded failed failed B\n' })).toEqual({ passed: false, observed: 'b.service', expected: 'none beyond a.service' });
+    expect(failed.judge({ exitCode: 0, stdout: 'state: degraded\na.service loaded failed failed A\nb.service loaded failed failed B\n' })).toEqual({
+      passed: false, observed: 'degraded, failed: b.service', expected: 'running, no failed unit beyond a.service',
+    });
+    expect(failed.judge({ exitCode: 0, stdout: 'state: degraded\na.service loaded failed failed A\n' })).toEqual({ passed: true, observed: 'degraded', expected: 'running, no failed unit beyond a.service' });
+    expect(failed.judge({ exitCode: 0, stdout: 'state: running\n' }).passed).toBe(true);
+    // A bad fstab line: units whose dependency failed are inactive, not failed; the state and the journal say it.
+    expect(failed.judge({ exitCode: 0, stdout: 'state: maintenance\nwhy: Dependency failed for srv-data.mount - /srv/data.\nwhy: Timed out waiting for device dev-disk-by\\x2duuid-0bad.device.\n' })).toEqual({
+      passed: false,
+      observed: 'the boot stopped in state maintenance; Dependency failed for srv-data.mount - /srv/data.; Timed out waiting for device dev-disk-by\\x2duuid-0bad.device.',
+      expected: 'running, no failed unit beyond a.service',
+    });
+    // No state line at all (systemctl missing, output cut): not a pass.
+    expect(failed.judge({ exitCode: 0, stdout: '' }).passed).toBe(false);
   });
 
   test('a batch of probes is one script; lines without this run\'s nonce are ignored, an index reported twice counts as none', async () => {
