@@ -1,7 +1,7 @@
 import { writeGuestFileFromHost } from '../util/guest-fs.js';
+import { IN_IMAGE_BOM_PATH } from '../util/paths.js';
 
-/** Where a running node finds what it is made of. */
-export const IN_IMAGE_BOM_PATH = '/usr/share/imagebuilder/bom.json';
+export { IN_IMAGE_BOM_PATH };
 
 /** Inside a work image (`apply --phases 0,1`): what phase 1 did, for `export` (which removes it) and `inspect`. */
 export const WORK_RECORD_PATH = '/usr/share/imagebuilder/work.json';

@@ -1,5 +1,6 @@
 import { commandCheck, failedUnitsCheck, kernelModuleCheck, kernelParamCheck, serviceCheck } from './kinds.js';
 import type { Check, CheckType } from './types.js';
+import { IN_IMAGE_BOM_PATH } from '../util/paths.js';
 
 /**
  * Built-in suites. `hygiene` is what kubernetes-sigs/image-builder checks an image for before it ships (nothing
@@ -36,6 +37,22 @@ export interface NodeExpectations {
   baseFailures?: string[];
 }
 
+/**
+ * Every image a container-images step preloaded, as the in-image BOM lists them (`"reference": "…"`), is in
+ * containerd's k8s.io namespace on the running node: an air-gapped node whose pause image did not survive
+ * cannot start a pod. Nothing preloaded, nothing to check.
+ */
+function preloadedImagesPresent(socket: string): string {
+  return [
+    `bom=${IN_IMAGE_BOM_PATH}`,
+    'refs=$(sed -n \'s/^[[:space:]]*"reference": "\\([^"]*\\)".*/\\1/p\' "$bom" 2>/dev/null)',
+    '[ -n "$refs" ] || { echo "nothing preloaded"; exit 0; }',
+    `have=$(ctr --address ${socket.replace(/^unix:\/\//, '')} --namespace k8s.io images ls -q) || exit 1`,
+    'missing=; for ref in $refs; do printf "%s\\n" "$have" | grep -qxF "$ref" || missing="$missing $ref"; done',
+    '[ -z "$missing" ] || { echo "missing:$missing"; exit 1; }',
+  ].join('\n');
+}
+
 export function nodeSuite(expect: NodeExpectations = { modules: [], sysctls: {} }): SuiteCheck[] {
   const socket = 'unix:///run/containerd/containerd.sock';
   return [
@@ -45,6 +62,7 @@ export function nodeSuite(expect: NodeExpectations = { modules: [], sysctls: {} 
     check('node', 'crictl info works (when crictl is installed)', commandCheck, { run: `! command -v crictl >/dev/null || crictl --runtime-endpoint ${socket} info >/dev/null` }),
     check('node', 'kubelet enabled', serviceCheck, { name: 'kubelet', enabled: true }),
     check('node', 'swap off', commandCheck, { run: '[ "$(grep -vc ^Filename /proc/swaps)" -eq 0 ]' }),
+    check('node', 'the images the build preloaded (the pause image among them, when it was) are in containerd', commandCheck, { run: preloadedImagesPresent(socket) }),
     ...expect.modules.map((name) => check('node', `module ${name} loaded`, kernelModuleCheck, { name, loaded: true })),
     // Ignored-error (-key) and glob settings name no one parameter.
     ...Object.entries(expect.sysctls)

@@ -24,3 +24,6 @@ export function defaultCacheDir(): string {
 export function defaultWorkDir(): string {
   return tmpdir();
 }
+
+/** Where a built image says what it is made of (its BOM, written by apply); read by the node suite's checks too. */
+export const IN_IMAGE_BOM_PATH = '/usr/share/imagebuilder/bom.json';

@@ -188,6 +188,34 @@ describe('check probes, run by a real shell', () => {
   });
 });
 
+describe('the node suite: preloaded images', () => {
+  // The script as shipped, with the in-image BOM's path pointed at a file of the test's and a stand-in ctr
+  // that lists what containerd would hold.
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ib-preloaded-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+  const run = async (bom: unknown | undefined, held: string[]) => {
+    const script = nodeSuite().find((check) => check.name.startsWith('the images the build preloaded'))!.spec as { run: string };
+    if (bom !== undefined) await writeFile(join(dir, 'bom.json'), `${JSON.stringify(bom, null, 2)}\n`);
+    await writeFile(join(dir, 'ctr'), `#!/bin/sh\nprintf '%s\\n' ${held.map((ref) => `'${ref}'`).join(' ')}\n`);
+    await chmod(join(dir, 'ctr'), 0o755);
+    const result = await execa('/bin/sh', ['-c', script.run.replace('/usr/share/imagebuilder/bom.json', join(dir, 'bom.json'))], { reject: false, env: { PATH: `${dir}:${process.env.PATH}` } });
+    return { exitCode: result.exitCode, stdout: String(result.stdout) };
+  };
+  const bom = (refs: string[]) => ({ packages: [{ name: 'x', version: '1' }], containerImages: refs.map((reference) => ({ reference, digest: `sha256:${'a'.repeat(64)}` })) });
+
+  test('every preloaded image held: passes; one missing (the pause image): fails naming it', async () => {
+    expect(await run(bom(['registry.k8s.io/pause:3.9', 'registry.k8s.io/kube-apiserver:v1.30.1']), ['registry.k8s.io/kube-apiserver:v1.30.1', 'registry.k8s.io/pause:3.9', 'sha256:abc'])).toEqual({ exitCode: 0, stdout: '' });
+    expect(await run(bom(['registry.k8s.io/pause:3.9', 'registry.k8s.io/kube-apiserver:v1.30.1']), ['registry.k8s.io/kube-apiserver:v1.30.1'])).toEqual({ exitCode: 1, stdout: 'missing: registry.k8s.io/pause:3.9' });
+  });
+  test('nothing preloaded, or no BOM: nothing to check', async () => {
+    expect(await run(bom([]), [])).toEqual({ exitCode: 0, stdout: 'nothing preloaded' });
+    expect(await run(undefined, [])).toEqual({ exitCode: 0, stdout: 'nothing preloaded' });
+  });
+});
+
 describe('reports', () => {
   const results: CheckResult[] = [
     { check: 'service containerd', type: 'service', attribute: 'enabled', location: 'r.yaml:3:5', status: 'passed', observed: 'enabled', expected: 'enabled' },
