@@ -84,7 +84,10 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
       expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/kubelet.service'))).toMatch(/kubelet\.service$/);
       expect(await readFile(join(root, 'etc/modules-load.d/kubernetes.conf'), 'utf8')).toMatch(/^overlay\nbr_netfilter\n/m);
       const sysctl = await readFile(join(root, 'etc/sysctl.d/99-kubernetes.conf'), 'utf8');
-      for (const line of ['net.bridge.bridge-nf-call-iptables = 1', 'net.bridge.bridge-nf-call-ip6tables = 1', 'net.ipv4.ip_forward = 1']) expect(sysctl).toContain(line);
+      for (const line of [
+        'net.bridge.bridge-nf-call-iptables = 1', 'net.bridge.bridge-nf-call-ip6tables = 1', 'net.ipv4.ip_forward = 1', 'net.ipv6.conf.all.forwarding = 1',
+        'vm.overcommit_memory = 1', 'vm.panic_on_oom = 0', 'kernel.panic = 10', 'kernel.panic_on_oops = 1', 'kernel.keys.root_maxkeys = 1000000', 'kernel.keys.root_maxbytes = 25000000',
+      ]) expect(sysctl).toContain(line);
 
       // Swap off: the fixture's swap partition line is commented out.
       const fstab = await readFile(join(root, 'etc/fstab'), 'utf8');
@@ -117,6 +120,7 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
     expect(checks.filter((c) => c.status === 'failed')).toEqual([]);
     expect(checks.filter((c) => c.status === 'skipped').map((c) => `${c.check}: ${c.attribute}`)).toEqual([
       'containerd starts at boot, and runs: running', 'containerd answers on its socket: exit status', 'kernel module br_netfilter: loaded', 'kernel parameter net.ipv4.ip_forward: value',
+      "kubelet's --protect-kernel-defaults would start: value", 'kernel parameter kernel.panic: value', 'kernel parameter kernel.panic_on_oops: value',
     ]);
     expect(checks.filter((c) => c.status === 'passed').length).toBe(10);
     expectValidBom(bom);
