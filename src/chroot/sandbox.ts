@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { parseByteSize } from '../util/size.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
@@ -85,11 +86,7 @@ export const DEFAULT_LIMITS: SandboxLimits = { memoryBytes: 4 * 1024 ** 3, pids:
 
 /** `4G`, `512M`, `1073741824` → bytes. */
 export function parseMemorySize(text: string | number): number {
-  if (typeof text === 'number') return text;
-  const match = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  if (!match) throw new ImageBuilderError('BAD_INPUT', `memory limit ${JSON.stringify(text)}: not a size`, { hint: 'write bytes, or a number with K, M, G or T (4G, 512M)' });
-  const unit = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[match[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
-  return Math.floor(Number(match[1]) * unit);
+  return parseByteSize(text, 'memory limit');
 }
 
 /** `8080,9000` (--host-port, IMAGEBUILDER_HOST_PORTS) → ports. */

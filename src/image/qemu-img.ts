@@ -124,8 +124,9 @@ async function probeUncached(run: Runner, path: string, log?: Logger): Promise<I
 const PROBE_TIMEOUT_MS = 60000;
 
 /** A qcow2 overlay whose backing file is the untouched input: the input is only ever opened read-only. */
-export async function createOverlay(run: Runner, base: string, baseFormat: ImageFormat, overlay: string, log?: Logger) {
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', baseFormat, overlay], {
+/** A qcow2 over `base` (read only through it); `sizeBytes` makes its virtual disk bigger than the base's (--grow). */
+export async function createOverlay(run: Runner, base: string, baseFormat: ImageFormat, overlay: string, log?: Logger, sizeBytes?: number) {
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', baseFormat, overlay, ...(sizeBytes !== undefined ? [String(sizeBytes)] : [])], {
     log,
     purpose: 'creating the work overlay',
   });

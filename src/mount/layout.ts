@@ -197,10 +197,17 @@ async function kernelFilesystems(): Promise<Set<string>> {
  * Mounts the guest the way it would mount itself: root first, then what its /etc/fstab lists, in path order.
  * An entry this host cannot mount is a warning naming the entry; swap and virtual entries are skipped.
  */
-export async function mountGuestLayout(context: MountContext, device: string, readOnly: boolean): Promise<GuestLayout> {
+export async function mountGuestLayout(
+  context: MountContext,
+  device: string,
+  readOnly: boolean,
+  /** Runs once the root filesystem is known, before anything is mounted (--grow resizes it there). */
+  beforeRootMount?: (root: { device: string; type: string }) => Promise<void>,
+): Promise<GuestLayout> {
   const partitions = await listPartitions(device);
   const filesystems = await probeFilesystems(context, partitions.length ? partitions : [device]);
   const root = await findRoot(context, filesystems);
+  await beforeRootMount?.({ device: root.fs.device, type: root.fs.type! });
   const rootDir = join(context.workDir, 'root');
   await mkdir(rootDir, { recursive: true });
   // Released after every guest filesystem is unmounted: the disk goes only once nothing holds them anywhere.

@@ -6,6 +6,7 @@ import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-i
 import type { MountBackendName } from '../mount/backend.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { resolveGrow } from '../util/size.js';
 import { GUEST_READ_LIMITS, readGuestText, removeGuestFile, writeGuestFileFromHost } from '../util/guest-fs.js';
 import { TOOL_VERSION } from '../version.js';
 import type { SandboxLimits } from '../chroot/sandbox.js';
@@ -46,6 +47,8 @@ export interface ApplyOptions extends ArtifactOptions, GuestBuildOptions {
   limits?: Partial<SandboxLimits>;
   /** --host-port: the host loopback ports guest commands may reach (a mirror served on this host). */
   hostPorts?: number[];
+  /** --grow SIZE (or +SIZE): the virtual disk and the root filesystem grown before the steps; over the recipe's disk.size. */
+  grow?: string;
   /** --test: boot the output and judge its checks before it takes its name (results in `<output>.test/` by default). */
   test?: OutputTest;
 }
@@ -117,6 +120,13 @@ async function verifyBase(start: BuildStart, options: ApplyOptions): Promise<Ver
   return start.clock.time('verify', () => verifyForBuild(start, options.diskImage, imageOptions));
 }
 
+/** The disk size to grow to (--grow over the recipe's disk.size), or undefined: the input's size is kept. */
+function growTarget(recipe: Recipe, input: VerifiedImage, options: ApplyOptions): number | undefined {
+  if (options.grow !== undefined) return resolveGrow(options.grow, input.virtualSize);
+  const size = recipe.disk?.size;
+  return size === undefined ? undefined : resolveGrow(size, input.virtualSize, `${recipe.path}: disk.size`);
+}
+
 /** Phase 1: the guest mounted over the input (or over the longest cached prefix of the steps), the steps run. */
 async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedImage, options: ApplyOptions): Promise<FinishedGuest> {
   const store = await layerStoreFor(context, options, input);
@@ -130,6 +140,7 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
       fetchTimeouts: options.image?.timeouts,
       limits: options.limits,
       hostPorts: options.hostPorts,
+      growTo: growTarget(recipe, input, options),
     });
     return { bom: { ...bom, recipe: { ...bom.recipe, path: resolve(recipe.path) } }, opened, workImage };
   } catch (error) {

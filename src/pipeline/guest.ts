@@ -5,6 +5,7 @@ import { createOverlay, probeInputImage, type ImageFormat } from '../image/qemu-
 import type { LiveSnapshot, MountBackend, MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
 import { MOUNT_BACKENDS, selectMountBackend } from '../mount/select.js';
+import { rootGrower } from '../mount/grow.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { VerifiedImage } from './verify.js';
 
@@ -26,14 +27,21 @@ export interface OpenedGuest extends MountedGuest {
  * fstab). `readOnly` mounts every filesystem read-only; for block backends the work image itself stays
  * writable, so a dirty journal can still be replayed into it. Every resource is on context.cleanup.
  */
-export async function mountGuest(context: MountContext, backendName: MountBackendName | 'auto', workImage: string, readOnly = false, preferLiveSnapshot = false): Promise<MountedGuest> {
+export async function mountGuest(
+  context: MountContext,
+  backendName: MountBackendName | 'auto',
+  workImage: string,
+  readOnly = false,
+  preferLiveSnapshot = false,
+  beforeRootMount?: (root: { device: string; type: string }) => Promise<void>,
+): Promise<MountedGuest> {
   // The step cache needs live snapshots, which only the fuse backend (qemu-storage-daemon's monitor) takes.
   const order = preferLiveSnapshot ? [...MOUNT_BACKENDS].sort((a, b) => Number(b.name === 'fuse') - Number(a.name === 'fuse')) : MOUNT_BACKENDS;
   const backend = await selectMountBackend(context, backendName, order);
   const disk = await backend.attach(context, { image: workImage, format: 'qcow2', readOnly: backend.name === 'guestmount' && readOnly });
   const layout: GuestLayout =
     disk.kind === 'block'
-      ? await mountGuestLayout(context, disk.device, readOnly)
+      ? await mountGuestLayout(context, disk.device, readOnly, beforeRootMount)
       : { root: disk.root, mounts: [{ device: workImage, path: '/', type: 'guestmount', hostPath: disk.root }] };
   return { backend, layout, ...(disk.kind === 'block' && disk.snapshot ? { snapshot: disk.snapshot } : {}) };
 }
@@ -54,6 +62,8 @@ export async function openGuest(
     overlay?: string;
     /** Under `auto`, try a backend that can snapshot the mounted image first (for the step cache). */
     preferLiveSnapshot?: boolean;
+    /** The overlay's virtual disk size, bigger than the base's (--grow): the guest's root partition and filesystem grow into it. */
+    size?: number;
   },
 ): Promise<OpenedGuest> {
   // Checked again right before it is opened (a cached record may predate the check, a file may have changed):
@@ -64,8 +74,11 @@ export async function openGuest(
   }
   const overlay = options.overlay ?? join(context.workDir, 'work.qcow2');
   const base = options.base ?? input;
-  await createOverlay(context.run, base.path, base.format, overlay, context.log);
-  const { backend, layout, snapshot } = await mountGuest(context, options.backend, overlay, options.readOnly, options.preferLiveSnapshot);
+  await createOverlay(context.run, base.path, base.format, overlay, context.log, options.size);
+  // A bigger disk: the root's partition and (ext*, offline) filesystem grow before it is mounted, xfs and btrfs after.
+  const grow = options.size === undefined ? undefined : rootGrower(context);
+  const { backend, layout, snapshot } = await mountGuest(context, options.backend, overlay, options.readOnly, options.preferLiveSnapshot, grow?.beforeMount);
+  if (grow) await grow.afterMount(layout);
   const osRelease = await readOsRelease(layout.root);
   if (!osRelease) throw new ImageBuilderError('BAD_INPUT', `${input.path} has no /etc/os-release`, { hint: 'is this a Linux OS disk image?' });
   return { backend, layout, overlay, distro: detectDistro(osRelease), ...(snapshot ? { snapshot } : {}) };

@@ -73,8 +73,10 @@ export class LayerChain {
   }
 
   /** Finds the cached prefix (stopping before the first step to refresh) and makes the overlay the first step writes to. */
-  static async open(context: BuildContext, store: LayerStore | undefined, recipe: Recipe, input: VerifiedImage, refresh: (index: number) => boolean): Promise<LayerChain> {
-    const keys = store ? await stepKeys(input.sha256, recipe.steps, recipe.variables) : [];
+  static async open(context: BuildContext, store: LayerStore | undefined, recipe: Recipe, input: VerifiedImage, refresh: (index: number) => boolean, growTo?: number): Promise<LayerChain> {
+    // A grown disk is another base: its layers are not an ungrown build's.
+    const base = growTo === undefined ? input.sha256 : `${input.sha256} grown to ${growTo}`;
+    const keys = store ? await stepKeys(base, recipe.steps, recipe.variables) : [];
     const reused = store ? await store.longestPrefix(keys, refresh) : [];
     const chain = new LayerChain(context, store, keys, reused, recipe.steps.length);
     if (store && reused.length < recipe.steps.length) chain.active = await chain.newLayer();

@@ -17,6 +17,7 @@ import { TOOL_VERSION } from '../version.js';
 import { mountContext, type BuildContext } from './context.js';
 import { openGuest, type OpenedGuest } from './guest.js';
 import { LayerChain } from './layer-chain.js';
+import { explainFullDisk } from '../mount/grow.js';
 import type { BaseState, LayerRecord, LayerStore } from './layers.js';
 import { requireFamilyForSteps } from './preflight.js';
 import { checkImage, checksFailed } from './test.js';
@@ -38,6 +39,8 @@ export interface Phase1Options {
   limits?: Partial<SandboxLimits>;
   /** --host-port: the host loopback ports guest commands may reach. */
   hostPorts?: number[];
+  /** --grow (or the recipe's disk.size), resolved: the virtual disk's new size in bytes, bigger than the input's. */
+  growTo?: number;
 }
 
 export interface Phase1Result {
@@ -197,9 +200,11 @@ async function phase1Bom(recipe: Recipe, input: VerifiedImage, opened: OpenedGue
  */
 export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: BuildContext, options: Phase1Options): Promise<Phase1Result> {
   const { log, signal, events, clock } = context;
-  const chain = await LayerChain.open(context, options.store, recipe, input, refreshMatcher(recipe, options.refresh));
+  const chain = await LayerChain.open(context, options.store, recipe, input, refreshMatcher(recipe, options.refresh), options.growTo);
+  // Grown once, right over the input: a cached layer above it holds the grown disk already.
+  const growTo = chain.base ? undefined : options.growTo;
   const opened = await clock.time('mount', () =>
-    openGuest(mountContext(context), input, { backend: options.mountBackend, base: chain.base, overlay: chain.active, preferLiveSnapshot: chain.caching }),
+    openGuest(mountContext(context), input, { backend: options.mountBackend, base: chain.base, overlay: chain.active, preferLiveSnapshot: chain.caching, size: growTo }),
   );
   throwIfAborted(signal);
   if (chain.caching && !opened.snapshot) {
@@ -239,7 +244,9 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
         log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
         events({ event: 'step-skipped', step: number, reason: skipped });
       } else {
-        ran = await runStep(context, step, recipe, () => session.open(), distro, architecture, options);
+        ran = await runStep(context, step, recipe, () => session.open(), distro, architecture, options).catch(async (error: unknown) => {
+          throw await explainFullDisk(error, opened.layout);
+        });
         bomStep.durationMs = ran.durationMs;
       }
       ran.records.files.forEach(records.recorder.file);

@@ -49,6 +49,8 @@ export interface Recipe {
   network?: GuestNetwork;
   /** The build sandbox's limits and the run steps' default timeout, as written (flags override them). */
   limits?: RecipeLimits;
+  /** `disk.size`: the virtual disk grown before the steps (--grow overrides it). */
+  disk?: { size?: string | number };
   /** What `apply` checks on the image at the end of phase 1, and `imagebuilder test` in the booted guest. */
   checks: (Check & { name?: string })[];
 }
@@ -338,6 +340,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       includes: expander.includes,
       network: top.data.network as GuestNetwork | undefined,
       limits: Object.keys(expander.limits).length ? expander.limits : undefined,
+      ...(top.data.disk ? { disk: top.data.disk as { size?: string | number } } : {}),
       checks,
     },
     problems: [],

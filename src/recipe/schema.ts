@@ -79,6 +79,17 @@ export function recipeSchema(): JsonSchema {
       },
       network: NETWORK_SCHEMA,
       limits: LIMITS_SCHEMA,
+      disk: {
+        type: 'object',
+        additionalProperties: false,
+        description: 'The disk the image needs (--grow overrides it).',
+        properties: {
+          size: {
+            anyOf: [{ type: 'integer', minimum: 1 }, { type: 'string', pattern: '^\\+?\\d+(\\.\\d+)?\\s*[KMGTkmgt]?(i?B)?$' }],
+            description: 'The virtual disk grown to this size (8G), or by it (+2G), before the steps run: the root partition (when it is the last) and its filesystem grow into it. Never shrinks.',
+          },
+        },
+      },
       checks: checksListSchema(),
       steps: {
         type: 'array',
