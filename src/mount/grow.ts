@@ -37,7 +37,7 @@ interface SfdiskTable {
  * the disk's new end first. The kernel is told the partition's new size (partx --update), which it takes while
  * the filesystem is mounted.
  */
-async function growPartition(context: MountContext, device: string, disk: string, number: number): Promise<void> {
+export async function growPartition(context: MountContext, device: string, disk: string, number: number): Promise<void> {
   const listed = await context.run('sfdisk', ['--json', disk], { log: context.log, purpose: 'reading the partition table' });
   const table = (JSON.parse(listed.stdout) as SfdiskTable).partitiontable;
   const partitions = table.partitions ?? [];

@@ -1,4 +1,11 @@
-import { spaceAptWanted } from '../../src/mount/grow.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { growPartition, spaceAptWanted } from '../../src/mount/grow.js';
+import { execRunner } from '../../src/util/exec.js';
+import { createLogger } from '../../src/util/log.js';
+import { CleanupStack } from '../../src/util/cleanup.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { formatBytes, parseByteSize, resolveGrow } from '../../src/util/size.js';
 
@@ -29,5 +36,24 @@ describe('--grow sizes', () => {
     expect(spaceAptWanted('After this operation, 1,024 kB of additional disk space will be used.')).toBe(1024e3);
     expect(spaceAptWanted('After this operation, 2.5 GB of additional disk space will be used.')).toBe(2.5e9);
     expect(spaceAptWanted('After this operation, 12 MB disk space will be freed.')).toBeUndefined();
+  });
+});
+
+describe('--grow: which partitions grow', () => {
+  // A real partition table (sfdisk on a file): the root's partition is followed by another.
+  test('a root partition that another follows is refused, naming it, and the table is left as it was', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ib-grow-'));
+    try {
+      const disk = join(dir, 'disk.raw');
+      await execa('truncate', ['-s', '64M', disk]);
+      await execa('sfdisk', ['--quiet', disk], { input: 'label: gpt\n,16M\n,16M\n' });
+      const before = (await execa('sfdisk', ['--dump', disk])).stdout;
+      const log = createLogger({ level: 'error' });
+      const context = { run: execRunner, log, cleanup: new CleanupStack(log), workDir: dir, cacheDir: dir };
+      await expect(growPartition(context as never, `${disk}1`, disk, 1)).rejects.toThrow("--grow: the root filesystem's partition (1) is not the last on the disk: partition 2 follows it");
+      expect((await execa('sfdisk', ['--dump', disk])).stdout).toBe(before);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
