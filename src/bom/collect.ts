@@ -3,6 +3,7 @@ import type { RecordedFile, RecordedImage, RecordedUnit } from '../steps/types.j
 import type { BomStep } from '../util/step-record.js';
 import type { Kernel, UnitState } from './inventory.js';
 import type { CheckResult } from '../checks/run.js';
+import type { NodeComponent } from './components.js';
 
 /** 'changed': same package, another version than the base had (an upgrade or a pinned downgrade). */
 export type PackageOrigin = 'base' | 'added' | 'changed';
@@ -52,6 +53,8 @@ export interface Bom {
   steps: BomStep[];
   /** The recipe's checks judged on the image at the end of phase 1 (`imagebuilder test` judges the rest booted). */
   checks?: CheckResult[];
+  /** The node's components (Kubernetes, containerd, runc, CNI plugins, crictl) the image holds, with purls. */
+  components?: NodeComponent[];
   /** `apply --test`: the output booted and checked before it took its name; the boot from qemu's start to the report. */
   test?: {
     results: CheckResult[];

@@ -132,6 +132,17 @@ export function renderCycloneDx(model: SbomModel): CycloneDxDocument {
     );
   }
 
+  for (const component of model.components) {
+    components.push(
+      new Models.Component(Enums.ComponentType.Application, component.name, {
+        bomRef: `component:${component.name}`,
+        version: component.version,
+        purl: component.purl,
+        properties: properties([...prop('component:source', component.source)]),
+      }),
+    );
+  }
+
   // A bom-ref names one component: the serializer would rename a repeat at random, and the output would vary.
   const byRef = new Map<string, Models.Component>();
   for (const component of components) if (!byRef.has(component.bomRef.value!)) byRef.set(component.bomRef.value!, component);

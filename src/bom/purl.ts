@@ -3,6 +3,7 @@ import { basename } from 'node:path';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecordedFile, RecordedImage } from '../steps/types.js';
 import type { Bom, BomPackage } from './collect.js';
+import type { NodeComponent } from './components.js';
 import type { Inventory, Kernel, UnitState } from './inventory.js';
 import { sourceDateEpoch } from '../util/time.js';
 
@@ -155,6 +156,8 @@ export interface SbomModel {
   removedPackages: SbomPackage[];
   files: RecordedFile[];
   containerImages: SbomContainerImage[];
+  /** The node's components (Kubernetes, containerd, runc, CNI plugins, crictl), with their golang purls. */
+  components: NodeComponent[];
   units: UnitState[];
 }
 
@@ -212,6 +215,7 @@ export function modelFromBom(bom: Bom, options: { env?: NodeJS.ProcessEnv } = {}
     // A path written twice holds what was written last.
     files: [...new Map(bom.files.map((f) => [f.path, f])).values()].sort((a, b) => compare(a.path, b.path)),
     containerImages: containerImages(bom.containerImages),
+    components: [...(bom.components ?? [])].sort((a, b) => compare(a.name, b.name)),
     units: [...bom.unitStates].sort((a, b) => compare(a.unit, b.unit)),
   };
 }
@@ -237,6 +241,7 @@ export function modelFromInventory(
     removedPackages: [],
     files: [],
     containerImages: [],
+    components: [],
     units: [...inventory.units].sort((a, b) => compare(a.unit, b.unit)),
   };
 }

@@ -63,6 +63,7 @@ export function bomSchema(): JsonSchema {
         unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
         containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
         steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str, cached: { type: 'boolean' } }, ['index', 'type', 'description', 'durationMs'])),
+        components: list(object({ name: str, version: str, purl: { type: 'string', pattern: '^pkg:golang/' }, source: str })),
         checks: checkResults,
         test: object(
           {

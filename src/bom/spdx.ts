@@ -209,6 +209,24 @@ export function renderSpdx(model: SbomModel): SpdxDocument {
     contains(containerId);
   }
 
+  for (const component of model.components) {
+    const componentId = id('Component', component.name, component.version);
+    packages.push({
+      SPDXID: componentId,
+      name: component.name,
+      versionInfo: component.version,
+      downloadLocation: NOASSERTION,
+      filesAnalyzed: false,
+      licenseConcluded: NOASSERTION,
+      licenseDeclared: NOASSERTION,
+      copyrightText: NOASSERTION,
+      primaryPackagePurpose: 'APPLICATION',
+      comment: `node component, version read from ${component.source}`,
+      externalRefs: [{ referenceCategory: 'PACKAGE-MANAGER', referenceType: 'purl', referenceLocator: component.purl }],
+    });
+    contains(componentId);
+  }
+
   for (const p of packages) if (p.checksums?.length === 0) delete p.checksums;
   const order = (r: SpdxRelationship) => ['DESCRIBES', 'DESCENDANT_OF', 'CONTAINS'].indexOf(r.relationshipType);
   relationships.sort((a, b) => order(a) - order(b) || compareStrings(a.spdxElementId, b.spdxElementId) || compareStrings(a.relatedSpdxElement, b.relatedSpdxElement));

@@ -109,6 +109,7 @@ function inImageBom(bom: Phase1Bom) {
     files: bom.files,
     unitStates: bom.unitStates,
     containerImages: bom.containerImages,
+    ...(bom.components ? { components: bom.components } : {}),
     steps: bom.steps.map(({ durationMs: _, cached: __, ...step }) => step),
   };
 }

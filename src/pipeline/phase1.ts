@@ -1,5 +1,6 @@
 import { comparePackages, type Bom } from '../bom/collect.js';
 import { listKernels, listUnitStates } from '../bom/inventory.js';
+import { readComponents } from '../bom/components.js';
 import type { BomStep } from '../util/step-record.js';
 import { openChroot, type ChrootSession } from '../chroot/session.js';
 import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
@@ -263,11 +264,12 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   });
   // The recipe's checks that read only files, judged now on the finished guest: a failure writes no output.
   const checks = recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [];
+  const components = await clock.time('components', async () => readComponents(await session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal));
   await session.close();
   const failed = checksFailed(checks, 'on the image at the end of phase 1');
   if (failed) throw failed;
   if (checks.length) log.info(`checks on the image: ${checks.filter((c) => c.status === 'passed').length} passed, ${checks.filter((c) => c.status === 'skipped').length} need the booted image (imagebuilder test)`);
 
-  const bom = await phase1Bom(recipe, input, opened, distro, base, steps, records);
+  const bom = { ...(await phase1Bom(recipe, input, opened, distro, base, steps, records)), ...(components.length ? { components } : {}) };
   return { bom: checks.length ? { ...bom, checks } : bom, opened, workImage: chain.active };
 }

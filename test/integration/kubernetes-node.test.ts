@@ -114,6 +114,23 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
       ]),
     );
     expect(bom.containerImages).toEqual([{ reference: 'registry.k8s.io/kube-apiserver:v1.30.1', digest: manifestDigest }]);
+    // The node's components, as the binaries in the image say (the release tarballs' in /usr/local and /opt/cni
+    // over the packages'): the mirror's stand-ins print the versions it published; containerd and runc are
+    // Debian's own builds, repackaged as upstream's tarballs, and say Debian's versions.
+    const components = Object.fromEntries((bom.components as { name: string; version: string; purl: string; source: string }[]).map((c) => [c.name, c]));
+    expect(Object.keys(components).sort()).toEqual(['cni-plugins', 'containerd', 'crictl', 'kubeadm', 'kubectl', 'kubelet', 'runc']);
+    for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
+      expect(components[name]).toEqual({ name, version: '1.30.1', purl: `pkg:golang/k8s.io/kubernetes@v1.30.1#cmd/${name}`, source: `/usr/bin/${name}` });
+    }
+    expect(components.crictl).toEqual({ name: 'crictl', version: '1.30.0', purl: 'pkg:golang/sigs.k8s.io/cri-tools@v1.30.0#cmd/crictl', source: '/usr/local/bin/crictl' });
+    expect(components['cni-plugins']).toEqual({ name: 'cni-plugins', version: '1.5.1', purl: 'pkg:golang/github.com/containernetworking/plugins@v1.5.1', source: '/opt/cni/bin/loopback' });
+    expect(components.containerd).toMatchObject({ version: expect.stringMatching(/^1\.\d+\.\d+/), purl: expect.stringMatching(/^pkg:golang\/github\.com\/containerd\/containerd@v1\.\d+\.\d+$/), source: '/usr/local/bin/containerd' });
+    expect(components.runc).toMatchObject({ version: expect.stringMatching(/^1\.\d+\.\d+/), purl: expect.stringMatching(/^pkg:golang\/github\.com\/opencontainers\/runc@v1\.\d+\.\d+$/), source: '/usr/local/sbin/runc' });
+    // And in the SBOMs, with their purls.
+    const cdx = JSON.parse(await readFile(`${output}.cdx.json`, 'utf8')) as { components: { name: string; purl?: string; type: string }[] };
+    expect(cdx.components).toEqual(expect.arrayContaining([expect.objectContaining({ type: 'application', name: 'kubelet', purl: 'pkg:golang/k8s.io/kubernetes@v1.30.1#cmd/kubelet' })]));
+    const spdx = JSON.parse(await readFile(`${output}.spdx.json`, 'utf8')) as { packages: { name: string; externalRefs?: { referenceLocator: string }[] }[] };
+    expect(spdx.packages.find((p) => p.name === 'cni-plugins')?.externalRefs).toEqual([expect.objectContaining({ referenceLocator: 'pkg:golang/github.com/containernetworking/plugins@v1.5.1' })]);
     expect(bom.units).toEqual(expect.arrayContaining([{ unit: 'containerd.service', state: 'enabled' }, { unit: 'kubelet.service', state: 'enabled' }]));
     // The recipe's own checks, judged on the image: all that read files passed; the rest wait for a booted node.
     const checks = bom.checks as { check: string; attribute: string; status: string }[];
