@@ -50,7 +50,7 @@ export function bomSchema(): JsonSchema {
           },
           ['path', 'format', 'sha256', 'verified'],
         ),
-        output: object({ ...artifact.properties as object, sparsify: { enum: ['virt-sparsify', 'fstrim', 'none'] }, compressed: { type: 'boolean' } }, ['path', 'format', 'sha256', 'sparsify']),
+        output: object({ ...artifact.properties as object, sparsify: { enum: ['auto', 'virt-sparsify', 'fstrim', 'none'] }, compressed: { type: 'boolean' } }, ['path', 'format', 'sha256', 'sparsify']),
         artifacts: { ...list(artifact), minItems: 1 },
         recipe: object({ path: str, name: str, sha256: SHA256, variables: strMap, includes: list(object({ path: str, sha256: SHA256 })) }),
         os: object({ id: str, versionId: str, prettyName: str, osRelease: strMap }, ['osRelease']),

@@ -5,7 +5,7 @@ import { SPARSIFY_MODES, type SparsifyMode } from '../pipeline/output.js';
 import { ImageBuilderError } from '../util/errors.js';
 
 export const sparsifyFlag = {
-  sparsify: Flags.string({ description: 'how to sparsify the output', options: [...SPARSIFY_MODES], default: 'virt-sparsify', env: 'IMAGEBUILDER_SPARSIFY' }),
+  sparsify: Flags.string({ description: "how to sparsify the output: auto (fstrim every mounted filesystem, swap made again, virt-sparsify --in-place only for what this host did not mount), virt-sparsify (the libguestfs appliance for all), fstrim, or none", options: [...SPARSIFY_MODES], default: 'auto', env: 'IMAGEBUILDER_SPARSIFY' }),
 };
 
 /** How phase 2 writes its artifacts: shared by `apply` and `export`. */

@@ -14,7 +14,7 @@ export default class Doctor extends BaseCommand {
   static override description =
     'Checks root, /dev/fuse, loop devices, device nodes, the nbd module, binfmt_misc for foreign architectures, KVM for ' +
     'libguestfs, free space in the work and cache directories, every host tool, and builds killed without releasing what they held (`imagebuilder cleanup` releases them). Exits with 5 when something a ' +
-    'default build (fuse backend, virt-sparsify) needs is missing.';
+    'default build (fuse backend, auto sparsify) needs is missing.';
   static override examples = ['<%= config.bin %> doctor', '<%= config.bin %> doctor --json', '<%= config.bin %> doctor --probe-libguestfs'];
   static override flags = {
     json: Flags.boolean({ description: 'print the report as JSON', default: false }),
@@ -49,7 +49,7 @@ function renderReport(report: DoctorReport): string {
   lines.push('');
   lines.push(
     report.ready
-      ? `ready: a default build (fuse backend, virt-sparsify) works here${gaps ? `; ${gaps} optional gap(s) above` : ''}`
+      ? `ready: a default build (fuse backend, auto sparsify) works here${gaps ? `; ${gaps} optional gap(s) above` : ''}`
       : `not ready: missing ${requiredMissing.map((c) => c.name).join(', ')} (required by a default build)`,
   );
   return lines.join('\n');

@@ -243,7 +243,7 @@ async function checkLibguestfs(probes: HostProbes, probe: boolean): Promise<Doct
       return {
         ...base, status: 'missing', required: true,
         found: `the appliance does not start, even under TCG: ${tcg.output.trim().split('\n').pop() ?? ''}`,
-        cost: 'virt-sparsify (the default --sparsify) and the guestmount backend fail; --sparsify fstrim and the fuse backend need no appliance',
+        cost: 'virt-sparsify (the default sparsify uses it for filesystems this host cannot mount) and the guestmount backend fail; --sparsify fstrim and the fuse backend need no appliance',
         fix: 'run libguestfs-test-tool to see why; the appliance boots the kernel in /boot (apt-get install linux-image-$(dpkg --print-architecture))',
       };
     }

@@ -28,6 +28,10 @@ export interface GuestLayout {
   root: string;
   /** Every guest filesystem mounted, root first, in mount order. */
   mounts: GuestMount[];
+  /** The attached disk (block backends). */
+  disk?: string;
+  /** What else the disk holds, as blkid reads it: swap, filesystems not mounted (not in the fstab, or not mountable here). */
+  unmounted?: BlockFilesystem[];
 }
 
 /**
@@ -257,5 +261,6 @@ export async function mountGuestLayout(
     mounts.push({ device: fs.device, path: entry.path, type, hostPath: target });
     context.log.info(`mounted ${entry.path}: ${fs.device} (${type})`);
   }
-  return { root: rootDir, mounts };
+  const mountedDevices = new Set(mounts.map((m) => m.device));
+  return { root: rootDir, mounts, disk: device, unmounted: filesystems.filter((fs) => !mountedDevices.has(fs.device)) };
 }

@@ -2,13 +2,13 @@ import { readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import type { OutputFormat } from '../image/formats.js';
 import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
-import type { GuestMount } from '../mount/layout.js';
+import type { GuestLayout, GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
 
-export const SPARSIFY_MODES = ['virt-sparsify', 'fstrim', 'none'] as const;
+export const SPARSIFY_MODES = ['auto', 'virt-sparsify', 'fstrim', 'none'] as const;
 export type SparsifyMode = (typeof SPARSIFY_MODES)[number];
 
 export const FORMAT_EXTENSIONS: Record<OutputFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi', tar: 'tar' };
@@ -40,10 +40,40 @@ export async function updateSumsFile(dir: string, entries: { name: string; sha25
  */
 export async function trimFilesystems(run: Runner, mounts: GuestMount[], log: Logger): Promise<void> {
   for (const mount of [...mounts].reverse()) {
+    // Committed first: btrfs frees a deleted file's extents only when its transaction commits, and fstrim
+    // discards only free ones (without this, what a step wrote and deleted seconds ago stays in the output).
+    await run('sync', ['--file-system', mount.hostPath], { allowFailure: true, log });
     const result = await run('fstrim', ['--verbose', mount.hostPath], { allowFailure: true, log });
     if (result.exitCode === 0) log.info(`fstrim ${mount.path}: ${result.stdout.trim().replace(/^.*: /, '')}`);
     else log.warn(`fstrim ${mount.path} failed: ${result.output.trim()}; the output will be larger`);
   }
+}
+
+/** Filesystem types the appliance can sparsify and this host did not mount (a kernel without vfat, LVM). */
+const APPLIANCE_TYPES = new Set(['vfat', 'ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'LVM2_member', 'ntfs', 'f2fs', 'jfs', 'reiserfs']);
+
+/**
+ * `auto` sparsify, natively, while the guest is still mounted: what fstrim cannot reach. Each swap partition is
+ * discarded and made again with its UUID and label (the guest's fstab and resume= name them), so nothing of
+ * the old swap is copied. Returns what is left for virt-sparsify's appliance: filesystems this host did not
+ * mount (the kernel lacks the type, LVM), as "path (why)"; empty when everything was done here. Partitions with
+ * no filesystem blkid knows (a BIOS boot partition holding GRUB) and the space between partitions are left as
+ * they are: they may hold a bootloader.
+ */
+export async function sparsifyNatively(run: Runner, layout: GuestLayout, log: Logger): Promise<string[]> {
+  const forAppliance: string[] = [];
+  for (const fs of layout.unmounted ?? []) {
+    if (fs.type === 'swap') {
+      // blkdiscard reaches the work overlay through the loop device; where it cannot, zeroes are written.
+      const discarded = await run('blkdiscard', [fs.device], { allowFailure: true, log });
+      if (discarded.exitCode !== 0) await run('blkdiscard', ['--zeroout', fs.device], { log, purpose: `zeroing the swap partition ${fs.device}` });
+      await run('mkswap', [...(fs.uuid ? ['-U', fs.uuid] : []), ...(fs.label ? ['-L', fs.label] : []), fs.device], { log, purpose: `making the swap partition ${fs.device} again` });
+      log.info(`sparsify: swap ${fs.device} discarded and made again${fs.uuid ? ` (UUID ${fs.uuid} kept)` : ''}`);
+    } else if (fs.type && APPLIANCE_TYPES.has(fs.type)) {
+      forAppliance.push(`${fs.device} (${fs.type}${fs.label ? ` "${fs.label}"` : ''}: not mounted here)`);
+    }
+  }
+  return forAppliance;
 }
 
 /** Writes the work image, flattened, to `target` in `format`, sparsified as asked. */
@@ -66,6 +96,17 @@ export async function writeOutputImage(
     return;
   }
   await convertImage(run, workImage, target, format, options);
+}
+
+/** virt-sparsify --in-place on the work image: for what `auto` could not sparsify natively (the appliance mounts it). */
+export async function sparsifyInPlace(run: Runner, workImage: string, options: { log: Logger; signal?: AbortSignal; workDir: string; cacheDir: string }): Promise<void> {
+  await runWithTcgFallback(run, 'virt-sparsify', ['--in-place', '--format', 'qcow2', workImage], {
+    log: options.log,
+    signal: options.signal,
+    extraEnv: { TMPDIR: options.workDir },
+    purpose: 'virt-sparsify --in-place of the work image',
+    cacheDir: options.cacheDir,
+  });
 }
 
 /**

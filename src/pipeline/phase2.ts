@@ -12,7 +12,7 @@ import { throwIfAborted } from '../util/signals.js';
 import type { BuildContext } from './context.js';
 import type { OpenedGuest } from './guest.js';
 import type { OutputFormat } from '../image/formats.js';
-import { artifactPaths, FORMAT_EXTENSIONS, trimFilesystems, updateSumsFile, writeImageArtifacts, type SparsifyMode } from './output.js';
+import { artifactPaths, FORMAT_EXTENSIONS, sparsifyInPlace, sparsifyNatively, trimFilesystems, updateSumsFile, writeImageArtifacts, type SparsifyMode } from './output.js';
 import type { Phase1Bom } from './phase1.js';
 
 /**
@@ -132,13 +132,20 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   const { clock, log, run, signal, events, workDir } = context;
   const { opened } = guest;
   const { outputPath, formats, paths } = plan;
-  const sparsify = options.sparsify ?? 'virt-sparsify';
+  const sparsify = options.sparsify ?? 'auto';
   const bomPath = `${outputPath}.bom.json`;
   events({ event: 'phase-started', phase: 2 });
 
-  if (sparsify === 'fstrim') {
-    if (opened.backend.name === 'guestmount') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
-    else await clock.time('fstrim', () => trimFilesystems(run, opened.layout.mounts, log));
+  // auto: natively what can be (fstrim, swap made again); the appliance only for what this host did not mount.
+  let forAppliance: string[] = [];
+  if (sparsify === 'fstrim' || sparsify === 'auto') {
+    if (opened.backend.name === 'guestmount') {
+      if (sparsify === 'fstrim') log.warn('fstrim cannot reach the disk through guestmount; the output is converted without it');
+      else forAppliance = ['every filesystem (the guestmount backend gives no block device to trim)'];
+    } else {
+      await clock.time('fstrim', () => trimFilesystems(run, opened.layout.mounts, log));
+      if (sparsify === 'auto') forAppliance = await clock.time('sparsify', () => sparsifyNatively(run, opened.layout, log));
+    }
   }
   // Artifacts appear under their names only when all are complete.
   const partials: string[] = [];
@@ -148,6 +155,10 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   await releaseGuest(context);
   throwIfAborted(signal);
 
+  if (forAppliance.length) {
+    log.info(`sparsify: virt-sparsify --in-place for what this host did not mount: ${forAppliance.join(', ')}`);
+    await clock.time('virt-sparsify', () => sparsifyInPlace(run, guest.workImage, { log, signal, workDir, cacheDir: context.cacheDir }));
+  }
   log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
   const outputs = formats.map((format, i) => ({ format, partial: partials[i] }));
   await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress }));

@@ -45,7 +45,7 @@ describe('imagebuilder doctor on this host', () => {
     expect(human.exitCode).toBe(0);
     expect(human.stdout).toMatch(/^MISSING +nbd module +not loaded, and no nbd module for kernel/m);
     expect(human.stdout).toMatch(/^ +costs: the nbd backend; auto uses the fuse backend instead/m);
-    expect(human.stdout).toMatch(/^ready: a default build \(fuse backend, virt-sparsify\) works here/m);
+    expect(human.stdout).toMatch(/^ready: a default build \(fuse backend, auto sparsify\) works here/m);
   });
 
   test('--probe-libguestfs: KVM is unusable for the appliance here, TCG works; the verdict is remembered', async () => {
