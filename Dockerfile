@@ -50,6 +50,7 @@ FROM debian:trixie-slim
 #   policycoreutils attr        setfiles: SELinux guests relabelled; getfattr: extended attributes for --format tar
 #   qemu-system-x86 ovmf        booting a throw-away copy of an amd64 image to test it (OVMF: UEFI firmware for images
 #                               with an EFI System Partition; SeaBIOS for the others comes with qemu)
+#   qemu-system-arm qemu-efi-aarch64  the same for arm64 images (qemu-system-aarch64, AAVMF)
 #   ca-certificates             https downloads of base images
 # The build must not touch the build host's disks or waste time on an initrd: lvm2's postinst scans every block
 # device (under buildah, which shows the host's /dev, it spun for good), so LVM sees none during the build; the
@@ -62,7 +63,7 @@ RUN mkdir /tmp/lvm-build && echo 'devices { global_filter = [ "r|.*|" ] }' > /tm
       e2fsprogs xfsprogs btrfs-progs dosfstools \
       guestmount libguestfs-tools libguestfs-xfs guestfs-tools "linux-image-$(dpkg --print-architecture)" \
       qemu-user-static gpg gpgv xz-utils zstd rpm policycoreutils attr bubblewrap passt iproute2 bsdutils \
-      qemu-system-x86 ovmf \
+      qemu-system-x86 ovmf qemu-system-arm qemu-efi-aarch64 \
  && rm -rf /var/lib/apt/lists/* /tmp/lvm-build /boot/initrd.img-*
 COPY --from=build /out/ /
 ARG VERSION=0.1.0

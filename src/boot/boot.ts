@@ -37,7 +37,7 @@ export interface BootOptions {
    * the guest has it (it then also finds its datasource on a local disk instead of waiting on a network), else systemd.
    */
   via?: 'auto' | 'systemd' | 'cloud-init';
-  /** From qemu's start to the report; default 3 minutes under KVM, 10 under TCG. */
+  /** From qemu's start to the report; default 3 minutes under KVM, 10 under TCG (20 for another architecture). */
   timeoutMs?: number;
   /** Default auto: KVM when /dev/kvm works for this guest (native architecture, KVM verdict `works`), else TCG. */
   accel?: Accel | 'auto';
@@ -257,7 +257,8 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     memoryMiB: options.memoryMiB ?? 1024,
     cpus: options.cpus ?? 2,
   });
-  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel];
+  // Another architecture's instructions are translated one by one: twice the time.
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
   log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}), console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
 
   const started = Date.now();

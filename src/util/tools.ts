@@ -51,6 +51,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   rpm: { package: 'rpm', neededBy: 'the BOM of RPM-family guests (Fedora, RHEL, Amazon Linux …)', required: false },
   setfiles: { package: 'policycoreutils', neededBy: 'relabelling SELinux guests with their own file_contexts', required: false },
   getfattr: { package: 'attr', neededBy: 'apply --format tar (extended attributes: capabilities, SELinux labels)', required: false },
+  'qemu-system-aarch64': { package: 'qemu-system-arm', neededBy: 'booting arm64 images to test them (with their UEFI firmware, package qemu-efi-aarch64)', required: false },
   'qemu-system-x86_64': { package: 'qemu-system-x86', neededBy: 'booting amd64 images to test them (those with an EFI System Partition also need the UEFI firmware, package ovmf)', required: false },
 };
 

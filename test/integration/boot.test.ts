@@ -27,6 +27,7 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     runDir = await mkdtemp('/var/tmp/ib-boot-run-');
     image = await fixtureImage('efi-boot');
     cloudInitImage = await fixtureImage('efi-boot', 'qcow2', { cloudInit: true });
+    await fixtureImage('efi-boot', 'qcow2', { arch: 'arm64' });
   });
   afterAll(async () => {
     await rm(work, { recursive: true, force: true });
@@ -115,6 +116,21 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     await writeFile(bootKvmVerdictFile(cacheDir), verdict === 'works' ? 'broken\n' : 'works\n');
     expect(await probeBootKvm(execRunner, log, cacheDir, tmp)).toBe(verdict === 'works' ? 'broken' : 'works');
     expect((await readdir(tmp)).filter((name) => name.startsWith('kvm-probe-'))).toEqual([]);
+  });
+
+  test('arm64 under TCG: AAVMF, the image\'s GRUB for arm64 and its kernel; the check comes back', async () => {
+    const arm = await fixtureImage('efi-boot', 'qcow2', { arch: 'arm64' });
+    const before = await sha256(arm);
+    const result = await boot({ script: 'uname -m\nsystemctl is-system-running --wait\nuname -r\n', accel: 'auto', resultsDir: join(work, 'results-arm64') }, arm);
+    console.log(`boot (arm64): ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
+    // auto: this amd64 host's KVM cannot run an arm64 guest, so TCG.
+    expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', via: 'systemd', exitCode: 0 });
+    expect(result.output).toMatch(/^aarch64\nrunning\n6\.1\.0-\d+-cloud-arm64\n$/);
+    const console_ = await readFile(result.consoleLog, 'utf8');
+    expect(console_).toMatch(/efi: EFI v[\d.]+ by EDK II/); // AAVMF
+    expect(await sha256(arm)).toBe(before);
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 
   test('a guest with cloud-init: the check comes through a NoCloud seed (ISO 9660 labelled cidata), which cloud-init takes as its datasource', async () => {

@@ -5,7 +5,7 @@ import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, EMERGENCY_UNIT, inst
 import { makeIso } from '../../src/boot/iso9660.js';
 import { createServer } from 'node:net';
 import { CHANNEL_NAME, parseReport, readChannel } from '../../src/boot/channel.js';
-import { hasEsp, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
+import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
 import { PROBE_EXIT_STATUS, probeBootSector } from '../../src/boot/kvm.js';
 
 const ESP = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b';
@@ -125,6 +125,20 @@ describe('boot: the qemu command line', () => {
     // qemu's kernel loader has boot index 0; the disk must not claim it too (qemu refuses to start).
     expect(args).toContain('virtio-blk-pci,drive=disk0');
     expect(args.join(' ')).not.toContain('bootindex');
+  });
+});
+
+describe('boot: arm64 guests', () => {
+  test('the virt machine through AAVMF, emulated with QEMU\'s own pointer authentication', () => {
+    const spec: MachineSpec = { arch: 'arm64', qemu: 'qemu-system-aarch64', machine: 'virt', bios: false, uefi: { code: '/usr/share/AAVMF/AAVMF_CODE.fd', vars: '/usr/share/AAVMF/AAVMF_VARS.fd', package: 'qemu-efi-aarch64' } };
+    const args = qemuArgs({ spec, accel: 'tcg', firmware: 'uefi', disk: '/w/disk.qcow2', uefiVars: '/w/vars.fd', consoleLog: '/r/console.log', channelSocket: '/w/r.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 }).join(' ');
+    expect(args).toContain('-machine virt,accel=tcg');
+    expect(args).toContain('-cpu max,pauth-impdef=on');
+    expect(args).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd');
+    expect(args).toContain('-nic none');
+  });
+  test('machineFor: BIOS is refused for arm64 (UEFI only)', async () => {
+    await expect(machineFor('arm64', 'bios')).rejects.toThrow(/an arm64 guest boots only through UEFI/);
   });
 });
 
