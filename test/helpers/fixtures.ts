@@ -19,7 +19,8 @@ export async function fixtureImage(layout: Layout, format: 'qcow2' | 'raw' = 'qc
   const path = `${dir}/${layout}${options.arch ? `-${options.arch}` : ''}${options.cloudInit ? '-cloud-init' : ''}-${version}.${format}`;
   if (await stat(path).catch(() => undefined)) return path;
   await mkdir(dir, { recursive: true });
-  const arch = options.arch ? ['--arch', options.arch, '--no-kernel'] : [];
+  // Foreign-architecture trees are built under qemu-user: without a kernel (slow to install there) unless they boot.
+  const arch = options.arch ? ['--arch', options.arch, ...(layout === 'efi-boot' ? [] : ['--no-kernel'])] : [];
   const cloudInit = options.cloudInit ? ['--cloud-init'] : [];
   await execa(script, ['--layout', layout, '--format', format, '--output', path, '--cache-dir', FIXTURE_CACHE, ...arch, ...cloudInit], { stderr: 'inherit' });
   return path;
