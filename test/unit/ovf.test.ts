@@ -1,4 +1,10 @@
-import { ovaName } from '../../src/image/appliance.js';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { ovaName, writeGceTar } from '../../src/image/appliance.js';
+import { execRunner } from '../../src/util/exec.js';
+import { createLogger } from '../../src/util/log.js';
 import { ovaManifest, ovfDescriptor, ovfOsType, xmlText, VMDK_STREAM_OPTIMIZED, type OvfValues } from '../../src/image/ovf.js';
 import { artifactPaths, pathStem } from '../../src/pipeline/output.js';
 import { expectOvfStructure, ovfAttribute, xpath } from '../helpers/ovf.js';
@@ -76,5 +82,30 @@ describe('artifact paths', () => {
     expect(artifactPaths('/o/node.tar.gz', ['gce', 'raw', 'tar'])).toEqual(['/o/node.tar.gz', '/o/node.img', '/o/node.tar']);
     expect(pathStem('/o/node.ova')).toBe('/o/node');
     expect(pathStem('/o/v1.2/node')).toBe('/o/v1.2/node');
+  });
+});
+
+describe('the GCE tarball', () => {
+  test('a disk that is not a whole number of GiB is grown to the next, and GNU tar reads back the same data', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ib-gce-'));
+    try {
+      const image = join(dir, 'small.qcow2');
+      await execa('qemu-img', ['create', '-q', '-f', 'qcow2', image, '10M']);
+      await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xab 1M 1M', image]);
+      const log = createLogger({ level: 'error' });
+      const target = join(dir, 'small.tar.gz');
+      expect(await writeGceTar(execRunner, { path: image, format: 'qcow2' }, target, { log, workDir: dir, mtime: new Date('2024-01-02T03:04:05Z') })).toEqual({ size: 1024 ** 3 });
+      expect(log.warnings.join('\n')).toContain('rounded up to 1 GiB');
+      expect((await execa('tar', ['-tvzf', target], { env: { TZ: 'UTC' } })).stdout).toMatch(/^-rw-r--r-- 0\/0 +1073741824 2024-01-02 03:04 disk\.raw$/);
+      const out = join(dir, 'out');
+      await execa('mkdir', [out]);
+      await execa('tar', ['-xSzf', target, '-C', out]);
+      expect((await stat(join(out, 'disk.raw'))).size).toBe(1024 ** 3);
+      // The first 10 MiB are the image's; the rest reads as zeroes (qemu-img compare's rule for a larger image).
+      await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', join(out, 'disk.raw'), image]);
+      expect((await readdir(dir)).sort()).toEqual(['out', 'small.qcow2', 'small.tar.gz']); // its raw disk is removed
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
