@@ -3,7 +3,7 @@ import { constants } from 'node:fs';
 import { access, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createOverlay, probeInputImage } from '../image/qemu-img.js';
+import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
 import { listKernels } from '../bom/inventory.js';
@@ -96,20 +96,6 @@ async function chooseAccel(context: BootContext, guestArch: string, wanted: Acce
   // smallest guest there is (once per kernel); elsewhere libguestfs's verdict on this kernel, when it has one.
   const verdict = guestArch === 'amd64' ? await probeBootKvm(context.run, context.log, context.cacheDir, context.workDir) : ((await cachedKvmVerdict(context.cacheDir)) ?? 'works');
   return verdict === 'works' ? 'kvm' : 'tcg';
-}
-
-/** The first sectors of the overlay as raw bytes, read by qemu-img with the format named. */
-async function partitionTableOf(context: BootContext, overlay: string, dir: string): Promise<Buffer> {
-  const head = join(dir, 'partition-table.raw');
-  await context.run('qemu-img', ['dd', '-f', 'qcow2', '-O', 'raw', 'bs=512', `count=${PARTITION_TABLE_BYTES / 512}`, `if=${overlay}`, `of=${head}`], {
-    log: context.log,
-    purpose: 'reading the partition table',
-  });
-  try {
-    return await readFile(head);
-  } finally {
-    await rm(head, { force: true });
-  }
 }
 
 /**
@@ -224,7 +210,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const overlay = join(dir, 'disk.qcow2');
   await createOverlay(run, image, input.format, overlay, log);
 
-  const firmware: Firmware = options.firmware && options.firmware !== 'auto' ? options.firmware : hasEsp(await partitionTableOf(context, overlay, dir)) ? 'uefi' : 'bios';
+  const firmware: Firmware = options.firmware && options.firmware !== 'auto' ? options.firmware : hasEsp(await readImageStart(context.run, overlay, 'qcow2', PARTITION_TABLE_BYTES, dir, context.log)) ? 'uefi' : 'bios';
   if (firmware === 'direct-kernel') log.warn("boot: --direct-kernel: the image's kernel and initramfs are started by qemu; its bootloader and firmware path are NOT tested");
   const { arch, via, cloudInit, kernel } = await prepareOverlay(context, overlay, dir, { ...options, firmware });
   // A guest with cloud-init always gets a seed: it finds its datasource on a local disk at once rather than

@@ -12,7 +12,7 @@ export const sparsifyFlag = {
 export const artifactFlags = {
     format: Flags.string({
       description:
-        "output format; several as a comma-separated list or repeated flags, each written beside the first; tar: the guest's root filesystem as a tarball [default: the input's format]",
+        "output format; several as a comma-separated list or repeated flags, each written beside the first; tar: the guest's root filesystem as a tarball; ova: OVF + streamOptimized VMDK (vSphere, VirtualBox); gce: disk.raw in a .tar.gz (GCE) [default: the input's format]",
       options: [...OUTPUT_FORMATS],
       multiple: true,
       delimiter: ',',

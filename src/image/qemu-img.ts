@@ -1,8 +1,8 @@
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
-import { stat } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
+import { readFile, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { unprivilegedCommand } from '../util/unprivileged.js';
 import { which } from '../util/fs.js';
 import { packageHint } from '../util/tools.js';
@@ -141,18 +141,34 @@ export function outputFormatOptions(format: ImageFormat, compress = false): stri
   return [];
 }
 
-/** Writes a standalone image (the backing chain flattened) in the given format; zeroes stay sparse. */
+/**
+ * Writes a standalone image (the backing chain flattened) in the given format; zeroes stay sparse. The source is
+ * ours (a work overlay, qcow2, or an output just written in `sourceFormat`): its format is named, never probed.
+ */
 export async function convertImage(
   run: Runner,
   source: string,
   target: string,
   format: ImageFormat,
-  options: { log?: Logger; signal?: AbortSignal; compress?: boolean } = {},
+  options: { log?: Logger; signal?: AbortSignal; compress?: boolean; sourceFormat?: ImageFormat } = {},
 ) {
-  // The source is always a work overlay of ours: its format is named, never probed.
-  await run('qemu-img', ['convert', '-f', 'qcow2', '-O', format, ...outputFormatOptions(format, options.compress), source, target], {
+  await run('qemu-img', ['convert', '-f', options.sourceFormat ?? 'qcow2', '-O', format, ...outputFormatOptions(format, options.compress), source, target], {
     log: options.log,
     signal: options.signal,
     purpose: `writing the ${format} output`,
   });
+}
+
+/**
+ * The first `bytes` of an image of ours as raw data (a partition table, for hasEsp), read by qemu-img into a
+ * scratch file in `dir`, which is removed again.
+ */
+export async function readImageStart(run: Runner, image: string, format: ImageFormat, bytes: number, dir: string, log?: Logger): Promise<Buffer> {
+  const head = join(dir, `image-start-${process.pid}.raw`);
+  await run('qemu-img', ['dd', '-f', format, '-O', 'raw', 'bs=512', `count=${Math.ceil(bytes / 512)}`, `if=${image}`, `of=${head}`], { log, purpose: 'reading the partition table' });
+  try {
+    return await readFile(head);
+  } finally {
+    await rm(head, { force: true });
+  }
 }

@@ -3,6 +3,7 @@ import { basename, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { sha256File } from '../util/digest.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
+import { isDiskImageFormat } from '../image/formats.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
 import { ImageBuilderError } from '../util/errors.js';
@@ -162,6 +163,9 @@ async function finishGuest(context: BuildContext, guest: FinishedGuest): Promise
   return { ...guest, bom };
 }
 
+/** The outputs that are archives, not disk images qemu boots, as --test's refusal names them. */
+const ARCHIVES = { tar: 'a root filesystem tarball', ova: 'an OVA package', gce: 'a GCE image tarball' };
+
 /**
  * The whole build, phases 0 → 1 → 2 (mkosi's build_image): load the recipe, verify the base, plan the outputs
  * (a bad --output fails before any work), run the steps on the mounted guest, finish the guest, write the
@@ -172,8 +176,9 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   const input = await verifyBase(start, options);
   const plan = planOutputs(options, { defaultOutput: defaultOutputPath(input, recipe.name), defaultFormat: input.format, forbidden: [input.path] });
-  if (options.test && !plan.formats.some((format) => format !== 'tar')) {
-    throw new ImageBuilderError('BAD_INPUT', '--test boots the output, and a root filesystem tarball alone does not boot', { hint: 'add a disk image format (--format qcow2,tar)' });
+  if (options.test && !plan.formats.some(isDiskImageFormat)) {
+    const archives = plan.formats.map((format) => ARCHIVES[format as keyof typeof ARCHIVES]);
+    throw new ImageBuilderError('BAD_INPUT', `--test boots the output, and ${archives.join(' and ')} alone ${archives.length > 1 ? 'do' : 'does'} not boot`, { hint: `add a disk image format to boot (--format qcow2,${plan.formats.join(',')})` });
   }
   const prove = options.test ? proveOutput(recipe, input, { ...options.test, resultsDir: options.test.resultsDir ?? `${plan.outputPath}.test` }) : undefined;
   return withResources(start, options, async (context) => {

@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import { extname, join } from 'node:path';
-import type { OutputFormat } from '../image/formats.js';
+import { basename, extname, join } from 'node:path';
+import { writeGceTar, writeOva, type ApplianceSource } from '../image/appliance.js';
+import { isDiskImageFormat, type OutputFormat } from '../image/formats.js';
+import type { GuestOs } from '../image/ovf.js';
 import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
 import type { GuestLayout, GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
@@ -11,11 +13,17 @@ import type { Logger } from '../util/log.js';
 export const SPARSIFY_MODES = ['auto', 'virt-sparsify', 'fstrim', 'none'] as const;
 export type SparsifyMode = (typeof SPARSIFY_MODES)[number];
 
-export const FORMAT_EXTENSIONS: Record<OutputFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi', tar: 'tar' };
+export const FORMAT_EXTENSIONS: Record<OutputFormat, string> = { qcow2: 'qcow2', raw: 'img', vmdk: 'vmdk', vhdx: 'vhdx', vpc: 'vhd', vdi: 'vdi', tar: 'tar', ova: 'ova', gce: 'tar.gz' };
+
+/** A path without its extension: `.tar.gz` (gce) as one, any other the last dot's. */
+export function pathStem(path: string): string {
+  const extension = path.endsWith('.tar.gz') ? '.tar.gz' : extname(path);
+  return path.slice(0, path.length - extension.length);
+}
 
 /** Where each artifact goes: the first format at `primary`, the others beside it with their own extension. */
 export function artifactPaths(primary: string, formats: OutputFormat[]): string[] {
-  const stem = primary.slice(0, primary.length - extname(primary).length);
+  const stem = pathStem(primary);
   return formats.map((format, index) => (index === 0 ? primary : `${stem}.${FORMAT_EXTENSIONS[format]}`));
 }
 
@@ -110,19 +118,31 @@ export async function sparsifyInPlace(run: Runner, workImage: string, options: {
 }
 
 /**
- * Writes every disk-image artifact (all formats but `tar`, which is written from the mounted tree) to its
- * partial path: the first from the work image, sparsified as asked, the others converted from it (already
- * flattened and sparse). With no disk-image format, nothing is written.
+ * Writes every artifact but `tar` (written from the mounted tree) to its partial path. Disk images: the first
+ * from the work image, sparsified as asked, the others converted from it (already flattened and sparse). OVA
+ * and GCE packages: from the work image, already as sparse as asked, except with virt-sparsify, whose output
+ * they are made from (the first disk image's, or one written for them in the work directory).
  */
 export async function writeImageArtifacts(
   run: Runner,
   workImage: string,
-  artifacts: { format: OutputFormat; partial: string }[],
+  artifacts: { format: OutputFormat; partial: string; path: string }[],
   sparsify: SparsifyMode,
-  options: { log: Logger; signal?: AbortSignal; workDir: string; cacheDir: string; compress?: boolean },
+  options: { log: Logger; signal?: AbortSignal; workDir: string; cacheDir: string; compress?: boolean; guest: { os: GuestOs; architecture?: string; createdAt: Date } },
 ): Promise<void> {
-  const images = artifacts.filter((a): a is { format: ImageFormat; partial: string } => a.format !== 'tar');
-  if (!images.length) return;
-  await writeOutputImage(run, workImage, images[0].partial, images[0].format, sparsify, options);
-  for (const image of images.slice(1)) await convertImage(run, images[0].partial, image.partial, image.format, options);
+  const images = artifacts.filter((a): a is { format: ImageFormat; partial: string; path: string } => isDiskImageFormat(a.format));
+  const packages = artifacts.filter((a) => a.format === 'ova' || a.format === 'gce');
+  if (images.length) await writeOutputImage(run, workImage, images[0].partial, images[0].format, sparsify, options);
+  for (const image of images.slice(1)) await convertImage(run, images[0].partial, image.partial, image.format, { ...options, sourceFormat: images[0].format });
+  if (!packages.length) return;
+  let source: ApplianceSource = { path: workImage, format: 'qcow2' };
+  if (sparsify === 'virt-sparsify') {
+    source = images.length ? { path: images[0].partial, format: images[0].format } : { path: join(options.workDir, 'sparsified.qcow2'), format: 'qcow2' };
+    if (!images.length) await writeOutputImage(run, workImage, source.path, 'qcow2', sparsify, { ...options, compress: false });
+  }
+  const appliance = { log: options.log, signal: options.signal, workDir: options.workDir, mtime: options.guest.createdAt };
+  for (const artifact of packages) {
+    if (artifact.format === 'ova') await writeOva(run, source, artifact.partial, { ...options.guest, name: basename(pathStem(artifact.path)) }, appliance);
+    else await writeGceTar(run, source, artifact.partial, appliance);
+  }
 }

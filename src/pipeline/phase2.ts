@@ -11,7 +11,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { throwIfAborted } from '../util/signals.js';
 import type { BuildContext } from './context.js';
 import type { OpenedGuest } from './guest.js';
-import type { OutputFormat } from '../image/formats.js';
+import { isDiskImageFormat, type OutputFormat } from '../image/formats.js';
 import { artifactPaths, FORMAT_EXTENSIONS, sparsifyInPlace, sparsifyNatively, trimFilesystems, updateSumsFile, writeImageArtifacts, type SparsifyMode } from './output.js';
 import type { Phase1Bom } from './phase1.js';
 
@@ -28,7 +28,7 @@ export interface ArtifactOptions {
   sparsify?: SparsifyMode;
   /**
    * Output formats, the first at `output` and the rest beside it (default: the input's format). `tar` is the
-   * guest's root filesystem as a tarball; with no disk-image format, no image is written.
+   * guest's root filesystem as a tarball; `ova` an OVF package, `gce` GCE's disk.raw tarball.
    */
   formats?: OutputFormat[];
   /** Compress qcow2 outputs. */
@@ -160,11 +160,13 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
     await clock.time('virt-sparsify', () => sparsifyInPlace(run, guest.workImage, { log, signal, workDir, cacheDir: context.cacheDir }));
   }
   log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
-  const outputs = formats.map((format, i) => ({ format, partial: partials[i] }));
-  await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress }));
+  const outputs = formats.map((format, i) => ({ format, partial: partials[i], path: paths[i] }));
+  const about = { os: guest.bom.os, architecture: guest.bom.architecture, createdAt: guest.bom.createdAt ? new Date(guest.bom.createdAt) : new Date() };
+  await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress, guest: about }));
   const artifacts: Artifact[] = [];
   for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
-  const diskIndex = formats.findIndex((format) => format !== 'tar');
+  // Booted: the first disk image (tar, ova and gce are archives; apply refuses --test without a disk image).
+  const diskIndex = formats.findIndex(isDiskImageFormat);
   const test = prove && diskIndex >= 0 ? await clock.time('test', () => prove(context, { path: partials[diskIndex], format: formats[diskIndex] as ImageFormat })) : undefined;
   clock.total();
 
