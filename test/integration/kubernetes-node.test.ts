@@ -5,6 +5,7 @@ import { fixtureImage } from '../helpers/fixtures.js';
 import { expectNothingLeft, hostState, REPO, runCli, sha256 } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
+import { nodeRecipeSets } from '../helpers/recipes.js';
 import { writeOciArchive } from '../helpers/oci.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
 import { deriveImage } from '../helpers/derive-image.js';
@@ -38,10 +39,7 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
     const before = await hostState();
     const result = await runCli([
       'apply', `${REPO}/recipes/kubernetes-node.yaml`, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim',
-      '--set', 'kubernetes_version=1.30.1',
-      '--set', `kubernetes_repo_base=${mirror.url}/core:/stable:/v1.30`,
-      '--set', `kubernetes_repo_fingerprint=${mirror.keyFingerprint}`,
-      '--set', `github_mirror=${mirror.url}`,
+      ...nodeRecipeSets(mirror),
       '--set', 'import_control_plane_images=true',
       '--set', `control_plane_images_archive=${join(work, 'images/control-plane.tar')}`,
       // The archive is the user's, outside the shipped recipe's directory: allowed by name, as a user would.
@@ -196,10 +194,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
   async function applyShippedRecipe(input: string, output: string) {
     const result = await runCli([
       'apply', `${REPO}/recipes/kubernetes-node.yaml`, '--disk-image', input, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'fstrim', '-v',
-      '--set', 'kubernetes_version=1.30.1',
-      '--set', `kubernetes_repo_base=${rpmMirror.url}/core:/stable:/v1.30`,
-      '--set', `kubernetes_repo_fingerprint=${rpmMirror.keyFingerprint}`,
-      '--set', `github_mirror=${mirror.url}`,
+      ...nodeRecipeSets(rpmMirror, mirror),
     ]);
     if (result.exitCode !== 0) throw new Error(result.all);
     expect(result.stderr).not.toContain('error [');
