@@ -83,7 +83,7 @@ describe('shipped recipes on a cloud-like Debian image, booted by imagebuilder t
     ]);
     if (result.exitCode !== 0) throw new Error(result.all);
     const report = JSON.parse(result.stdout) as Report;
-    // Every probe judged — the recipe's 12 checks, the node suite with the recipe's modules and sysctls, hygiene — and passed.
+    // Every probe judged — the recipe's 15 checks, the node suite with the recipe's modules and sysctls, hygiene — and passed.
     expect(verdicts(report.results)).toEqual([
       'kubelet, kubeadm and kubectl installed: installed: passed',
       'package kubeadm: installed: passed',
@@ -99,6 +99,9 @@ describe('shipped recipes on a cloud-like Debian image, booted by imagebuilder t
       'containerd answers on its socket: exit status: passed',
       'kernel module br_netfilter: loaded: passed',
       'kernel parameter net.ipv4.ip_forward: value: passed',
+      "kubelet's --protect-kernel-defaults would start: value: passed",
+      'kernel parameter kernel.panic: value: passed',
+      'kernel parameter kernel.panic_on_oops: value: passed',
       "boot reached running (or only the base image's failures): none failed: passed",
       'containerd enabled and running: enabled: passed',
       'containerd enabled and running: running: passed',
@@ -107,18 +110,27 @@ describe('shipped recipes on a cloud-like Debian image, booted by imagebuilder t
       'crictl info works (when crictl is installed): exit status: passed',
       'kubelet enabled: enabled: passed',
       'swap off: exit status: passed',
+      // Nothing preloaded in this build (import_control_plane_images is off): nothing to find in containerd.
+      'the images the build preloaded (the pause image among them, when it was) are in containerd: exit status: passed',
       'module overlay loaded: loaded: passed',
       'module br_netfilter loaded: loaded: passed',
       'net.bridge.bridge-nf-call-iptables = 1: value: passed',
       'net.bridge.bridge-nf-call-ip6tables = 1: value: passed',
       'net.ipv4.ip_forward = 1: value: passed',
+      'net.ipv6.conf.all.forwarding = 1: value: passed',
+      'vm.overcommit_memory = 1: value: passed',
+      'vm.panic_on_oom = 0: value: passed',
+      'kernel.panic = 10: value: passed',
+      'kernel.panic_on_oops = 1: value: passed',
+      'kernel.keys.root_maxkeys = 1000000: value: passed',
+      'kernel.keys.root_maxbytes = 25000000: value: passed',
       'no SSH host keys: exit status: passed',
       'machine-id empty or uninitialized: exit status: passed',
       'no cloud-init instance state: exit status: passed',
       'no core dumps: exit status: passed',
       '/var/log under 200 MB: exit status: passed',
     ]);
-    expect(report.summary).toEqual({ passed: 31, failed: 0, skipped: 0 });
+    expect(report.summary).toEqual({ passed: 42, failed: 0, skipped: 0 });
     // What the booted guest answered (the image alone cannot say these).
     expect(find(report.results, 'containerd enabled and running', 'running').observed).toBe('active');
     expect(find(report.results, 'containerd starts at boot, and runs', 'running').observed).toBe('active');
@@ -133,7 +145,7 @@ describe('shipped recipes on a cloud-like Debian image, booted by imagebuilder t
     expect(console_).toContain('containerd container runtime');
     // The JUnit file says the same, case by case.
     const xml = await readFile(junit, 'utf8');
-    expect(xml).toContain('<testsuites tests="31" failures="0" skipped="0"');
+    expect(xml).toContain('<testsuites tests="42" failures="0" skipped="0"');
     const cases = junitCases(xml);
     expect(cases.map(([name]) => name)).toEqual(report.results.map((r) => `${r.check}: ${r.attribute}`));
     expect([...new Set(cases.map(([, outcome]) => outcome))]).toEqual(['passed']);
