@@ -388,7 +388,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
   try {
     cgroups = await makeCgroups(name, limits, cleanup, log);
   } catch (error) {
-    throw new ImageBuilderError('COMMAND_FAILED', `cannot make the build's cgroup for its memory and pids limits: ${(error as Error).message}`, {
+    // A container that was given no cgroup of its own to write (buildah's chroot isolation, docker without
+    // --privileged) mounts /sys/fs/cgroup read-only: the build still runs, every guest command still in its own
+    // PID namespace (nothing outlives it), but without the memory and pids limits, which is said.
+    if ((error as NodeJS.ErrnoException).code === 'EROFS') {
+      log.warn(NO_CGROUP_LIMITS_WARNING);
+      cgroups = [];
+    } else throw new ImageBuilderError('COMMAND_FAILED', `cannot make the build's cgroup for its memory and pids limits: ${(error as Error).message}`, {
       hint: 'imagebuilder runs as root on a host with the memory and pids cgroup controllers (cgroup v2, or v1 memory and pids hierarchies)',
     });
   }
@@ -409,6 +415,10 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     processes: () => cgroupMembers(cgroups.map((cgroup) => cgroup.dir)),
   };
 }
+
+/** Said (and in the BOM's warnings) when /sys/fs/cgroup cannot be written: the build runs without its limits. */
+export const NO_CGROUP_LIMITS_WARNING =
+  "the build's guest commands run WITHOUT memory and pids limits: /sys/fs/cgroup is read-only here (a container that was given no cgroup to write: docker run --privileged gives one)";
 
 /** Joins the cgroups named before `--`, opens the seccomp program (first argument) as fd 3, execs the rest. */
 const ENTER_SANDBOX = ['seccomp=$1; shift', 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'if [ -n "$seccomp" ]; then exec "$@" 3<"$seccomp"; fi', 'exec "$@"'].join('\n');
