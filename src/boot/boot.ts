@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
@@ -71,6 +71,8 @@ export interface BootResult {
 const DEFAULT_TIMEOUT_MS: Record<Accel, number> = { kvm: 3 * 60_000, tcg: 10 * 60_000 };
 /** After the report, how long the guest gets to power itself off before qemu is stopped. */
 const POWEROFF_GRACE_MS: Record<Accel, number> = { kvm: 20_000, tcg: 60_000 };
+/** How much of the console's end an error shows lines from. */
+const CONSOLE_TAIL_BYTES = 64 << 10;
 /** A Unix socket's path must fit sockaddr_un's sun_path (108 bytes, NUL included). */
 const MAX_SOCKET_PATH = 107;
 
@@ -94,7 +96,7 @@ async function chooseAccel(context: BootContext, guestArch: string, wanted: Acce
   if (!kvmUsable) return 'tcg';
   // /dev/kvm may be there and guests still not run (nested virtualisation): on x86 qemu is asked with the
   // smallest guest there is (once per kernel); elsewhere libguestfs's verdict on this kernel, when it has one.
-  const verdict = guestArch === 'amd64' ? await probeBootKvm(context.run, context.log, context.cacheDir, context.workDir) : ((await cachedKvmVerdict(context.cacheDir)) ?? 'works');
+  const verdict = guestArch === 'amd64' ? await probeBootKvm(context.run, context.log, context.cacheDir, context.workDir, context.signal) : ((await cachedKvmVerdict(context.cacheDir)) ?? 'works');
   return verdict === 'works' ? 'kvm' : 'tcg';
 }
 
@@ -185,9 +187,19 @@ async function directKernel(context: MountContext, layout: GuestLayout, dir: str
 
 /** The console's last lines, for an error. */
 async function consoleTail(consoleLog: string): Promise<string | undefined> {
-  // The firmware draws with escape sequences; what is left is readable enough.
-  const text = (await readFile(consoleLog, 'utf8').catch(() => '')).replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
-  return tail(text, 25) || undefined;
+  // Only the end is read (a guest may have flooded its console), and only printable text and newlines are kept:
+  // the firmware's escape sequences, and any a guest sends, never reach the user's terminal.
+  const handle = await open(consoleLog, 'r').catch(() => undefined);
+  if (!handle) return undefined;
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, CONSOLE_TAIL_BYTES);
+    const { buffer } = await handle.read(Buffer.alloc(length), 0, length, size - length);
+    const text = buffer.toString('utf8').replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/[^\P{C}\n]/gu, '');
+    return tail(text, 25) || undefined;
+  } finally {
+    await handle.close();
+  }
 }
 
 /**

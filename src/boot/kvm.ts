@@ -1,4 +1,5 @@
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { which, writeFileAtomic } from '../util/fs.js';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import type { Runner } from '../util/exec.js';
@@ -36,26 +37,32 @@ export const bootKvmVerdictFile = (cacheDir: string) => join(cacheDir, `qemu-kvm
  * aborts at its first vCPU run). Asked of qemu itself with the smallest guest there is, once per kernel;
  * the verdict is kept in the cache dir.
  */
-export async function probeBootKvm(run: Runner, log: Logger, cacheDir: string, workDir: string): Promise<KvmVerdict> {
+export async function probeBootKvm(run: Runner, log: Logger, cacheDir: string, workDir: string, signal?: AbortSignal): Promise<KvmVerdict> {
   const remembered = (await readFile(bootKvmVerdictFile(cacheDir), 'utf8').catch(() => '')).trim();
   if (remembered === 'works' || remembered === 'broken') return remembered;
   const dir = await mkdtemp(join(workDir, 'kvm-probe-'));
   try {
     const disk = join(dir, 'probe.raw');
     await writeFile(disk, probeBootSector());
-    const result = await run(
+    const qemu = [
       'qemu-system-x86_64',
-      [
-        '-sandbox', QEMU_SANDBOX, '-machine', 'pc,accel=kvm', '-cpu', 'host', '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none', '-nic', 'none', '-monitor', 'none', '-serial', 'none',
-        '-device', `isa-debug-exit,iobase=${DEBUG_EXIT_PORT},iosize=1`,
-        '-drive', `file=${disk},format=raw,if=ide,index=0`,
-      ],
-      { allowFailure: true, timeoutMs: PROBE_TIMEOUT_MS, log, purpose: 'checking whether qemu can use KVM here' },
-    );
+      '-sandbox', QEMU_SANDBOX, '-machine', 'pc,accel=kvm', '-cpu', 'host', '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none', '-nic', 'none', '-monitor', 'none', '-serial', 'none',
+      '-device', `isa-debug-exit,iobase=${DEBUG_EXIT_PORT},iosize=1`,
+      '-drive', `file=${disk},format=raw,if=ide,index=0`,
+    ];
+    // A broken KVM may hang qemu: it dies with a killed build (--pdeathsig), and an interrupt stops it.
+    const setpriv = await which('setpriv');
+    const [file, args] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', ...qemu]] : [qemu[0], qemu.slice(1)];
+    const started = Date.now();
+    const result = await run(file, args, { allowFailure: true, timeoutMs: PROBE_TIMEOUT_MS, signal, log, purpose: 'checking whether qemu can use KVM here' });
     const verdict: KvmVerdict = result.exitCode === PROBE_EXIT_STATUS ? 'works' : 'broken';
-    if (verdict === 'broken') log.info(`boot: KVM does not run guests on this host (${result.output.trim().split('\n').pop() || `qemu exited with ${result.exitCode}`}); TCG from now on, on this kernel`);
-    await mkdir(cacheDir, { recursive: true });
-    await writeFile(bootKvmVerdictFile(cacheDir), `${verdict}\n`);
+    if (verdict === 'broken') log.info(`boot: KVM does not run guests on this host (${result.output.trim().split('\n').pop() || `qemu exited with ${result.exitCode}`}); TCG`);
+    // Remembered only when qemu ended by itself (an exit status, or an abort as on this project's hosts): a probe
+    // cut short by its deadline (a loaded host, a hang) decides this build only.
+    if (Date.now() - started < PROBE_TIMEOUT_MS) {
+      await mkdir(cacheDir, { recursive: true });
+      await writeFileAtomic(bootKvmVerdictFile(cacheDir), `${verdict}\n`);
+    }
     return verdict;
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -54,8 +54,8 @@ export default class Apply extends BaseCommand {
     resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),
     grow: Flags.string({ description: "grow the virtual disk to SIZE (8G), or by it (+2G), before the steps run: the root partition, when it is the last, and its filesystem (ext4, xfs, btrfs) grow into it [default: the recipe's disk.size]", helpValue: 'SIZE' }),
     test: Flags.boolean({ description: "boot the output in QEMU and judge the recipe's checks (and --test-checks, --test-suite) before it takes its name; a failed check is exit 7 and no output. Results and the console log go to <output>.test/, and into the BOM", default: false }),
-    'test-checks': Flags.string({ description: 'with --test: also this check file (ours or goss); repeatable', multiple: true, helpValue: 'FILE', dependsOn: ['test'] }),
-    'test-suite': Flags.string({ description: 'with --test: also a built-in suite (hygiene, node); repeatable', options: [...SUITES], multiple: true, dependsOn: ['test'] }),
+    'test-checks': Flags.string({ description: 'with --test: also this check file (ours or goss); repeatable', multiple: true, helpValue: 'FILE' }),
+    'test-suite': Flags.string({ description: 'with --test: also a built-in suite (hygiene, node); repeatable', options: [...SUITES], multiple: true }),
     ...accelFlag,
     json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
@@ -71,6 +71,11 @@ export default class Apply extends BaseCommand {
     const onEvent = flags.json ? (event: BuildEvent) => this.log(JSON.stringify(event)) : progress.onEvent;
     // --no-cache trusts no cache: the base image is hashed again too.
     const imageOptions = { ...diskImageOptions(flags), rehash: flags.rehash || flags['no-cache'] };
+    // oclif's dependsOn takes --test's default (false) for given: these would be ignored without it.
+    const testOnly = (['test-checks', 'test-suite', 'direct-kernel'] as const).filter((name) => flags[name] !== undefined && flags[name] !== false);
+    if (testOnly.length && !flags.test) {
+      throw new ImageBuilderError('BAD_INPUT', `${testOnly.map((name) => `--${name}`).join(', ')} only ${testOnly.length > 1 ? 'mean' : 'means'} something with --test`, { hint: 'add --test (boot the output and judge its checks before it is written), or drop them' });
+    }
     if (flags.test && flags.phases !== '0,1,2') {
       throw new ImageBuilderError('BAD_INPUT', `--test boots the output, which --phases ${flags.phases} does not write`, { hint: 'drop --test, or test the finished image later: imagebuilder test IMAGE --recipe RECIPE' });
     }

@@ -41,7 +41,7 @@ export async function growPartition(context: MountContext, device: string, disk:
   const listed = await context.run('sfdisk', ['--json', disk], { log: context.log, purpose: 'reading the partition table' });
   const table = (JSON.parse(listed.stdout) as SfdiskTable).partitiontable;
   const partitions = table.partitions ?? [];
-  const root = partitions.find((p) => p.node.endsWith(`${number}`) && Number(/(\d+)$/.exec(p.node)?.[1]) === number);
+  const root = partitions.find((p) => Number(/(\d+)$/.exec(p.node)?.[1]) === number);
   if (!root) throw new ImageBuilderError('BAD_INPUT', `--grow: partition ${number} of ${disk} is not in its partition table`);
   const after = partitions.filter((p) => p.start > root.start);
   if (after.length) {

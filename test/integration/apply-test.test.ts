@@ -118,7 +118,7 @@ describe('apply --test', () => {
     expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
   }, 900_000);
 
-  test('--test with a tarball alone, or without phase 2, is refused before any work', async () => {
+  test('--test with a tarball alone, or without phase 2, and --test-* without --test, are refused before any work', async () => {
     const good = await recipe('tiny', [{ file: { path: '/etc/motd', content: 'x\n' } }], []);
     const tarOnly = await runCli(['apply', good, '--disk-image', base, '--output', join(work, 'x.tar'), '--format', 'tar', '--test'], { env });
     expect(tarOnly.exitCode).toBe(2);
@@ -126,5 +126,8 @@ describe('apply --test', () => {
     const phases = await runCli(['apply', good, '--disk-image', base, '--output', join(work, 'y.qcow2'), '--phases', '0,1', '--test'], { env });
     expect(phases.exitCode).toBe(2);
     expect(phases.stderr).toContain('--test boots the output, which --phases 0,1 does not write');
+    const without = await runCli(['apply', good, '--disk-image', base, '--output', join(work, 'z.qcow2'), '--test-suite', 'node'], { env });
+    expect(without.exitCode).toBe(2);
+    expect(without.stderr).toContain('--test-suite only means something with --test');
   });
 });
