@@ -20,6 +20,7 @@ import { throwIfAborted } from '../util/signals.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
+import { recordConsole } from './console.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware, type QemuArgsRequest } from './firmware.js';
 
 /**
@@ -51,6 +52,15 @@ export interface BootOptions {
   cpus?: number;
   /** The most output taken back from the guest (default 4 MiB). */
   maxOutputBytes?: number;
+  /** The most of the serial console kept in console.log (default 16 MiB: its beginning and its last MiB). */
+  consoleMaxBytes?: number;
+}
+
+/** Why a boot ended without a report; made into an error once the console log is complete. */
+class BootFailure extends Error {
+  constructor(message: string, readonly hint: string) {
+    super(message);
+  }
 }
 
 export interface BootResult {
@@ -242,7 +252,6 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const resultsDir = options.resultsDir ?? dir;
   await mkdir(resultsDir, { recursive: true });
   const consoleLog = join(resultsDir, 'console.log');
-  await writeFile(consoleLog, '');
   let uefiVars: string | undefined;
   if (firmware === 'uefi') {
     uefiVars = join(dir, 'efivars.fd');
@@ -250,8 +259,9 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   }
   const socketDir = join(dir, 'results.sock').length <= MAX_SOCKET_PATH ? dir : await shortSocketDir(context);
   const channelSocket = join(socketDir, 'results.sock');
+  const consoleSocket = join(socketDir, 'console.sock');
   const args = qemuArgs({
-    spec, accel, firmware, disk: overlay, seed, uefiVars, consoleLog, channelSocket, channelName: CHANNEL_NAME, ...(kernel ? { kernel } : {}),
+    spec, accel, firmware, disk: overlay, seed, uefiVars, consoleSocket, channelSocket, channelName: CHANNEL_NAME, ...(kernel ? { kernel } : {}),
     memoryMiB: options.memoryMiB ?? 1024,
     cpus: options.cpus ?? 2,
   });
@@ -262,15 +272,23 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const started = Date.now();
   let qemu: Helper | undefined;
   let stopQemu: (() => Promise<void>) | undefined;
+  // qemu waits on its console socket before it starts the guest: ready once that exists, and our reader connects.
   await startHelper(
     spec.qemu,
     args,
-    { log, logFile: join(dir, 'qemu.log'), purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: () => exists(channelSocket) },
+    { log, logFile: join(dir, 'qemu.log'), purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: () => exists(consoleSocket) },
     (helper) => {
       qemu = helper;
       stopQemu = context.cleanup.push(`qemu (pid ${helper.pid})`, () => helper.stop(5000)).release;
     },
   );
+  const serialConsole = recordConsole(consoleSocket, consoleLog, { maxBytes: options.consoleMaxBytes });
+  context.cleanup.push('the console reader', async () => serialConsole.close());
+  // The log is complete once qemu has closed the console; not waited on for longer than a few seconds.
+  const consoleComplete = async () => {
+    await Promise.race([serialConsole.done, new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
+    serialConsole.close();
+  };
   const channel = readChannel(channelSocket, options.maxOutputBytes ?? 4 << 20);
   let timer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
@@ -280,19 +298,11 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       channel.report,
       qemu!.gone.then(async () => {
         const qemuLog = (await readFile(join(dir, 'qemu.log'), 'utf8').catch(() => '')).trim();
-        throw new ImageBuilderError('CHECK_FAILED', `the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''}); its console is in ${consoleLog}`, {
-          detail: await consoleTail(consoleLog),
-          hint: 'the console log shows how far it got (firmware, bootloader, kernel, systemd)',
-        });
+        throw new BootFailure(`the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''})`, 'the console log shows how far it got (firmware, bootloader, kernel, systemd)');
       }),
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
-          void consoleTail(consoleLog).then((detail) =>
-            reject(new ImageBuilderError('CHECK_FAILED', `the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}, ${firmware}); its console is in ${consoleLog}`, {
-              detail,
-              hint: accel === 'tcg' ? 'TCG is slow: give it longer (timeoutMs), or find in the console log where it stopped' : 'the console log shows where it stopped',
-            })),
-          );
+          reject(new BootFailure(`the guest did not report within ${Math.round(timeoutMs / 1000)} s (${accel}, ${firmware})`, accel === 'tcg' ? 'TCG is slow: give it longer (timeoutMs), or find in the console log where it stopped' : 'the console log shows where it stopped'));
         }, timeoutMs);
       }),
       new Promise<never>((_, reject) => {
@@ -303,8 +313,11 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     ]);
   } catch (error) {
     await stopQemu?.();
+    await consoleComplete();
     if (error instanceof ImageBuilderError) throw error;
-    throw new ImageBuilderError('CHECK_FAILED', `reading the guest's report: ${errorMessage(error)}; its console is in ${consoleLog}`, { detail: await consoleTail(consoleLog) });
+    const detail = await consoleTail(consoleLog);
+    if (error instanceof BootFailure) throw new ImageBuilderError('CHECK_FAILED', `${error.message}; its console is in ${consoleLog}`, { detail, hint: error.hint });
+    throw new ImageBuilderError('CHECK_FAILED', `reading the guest's report: ${errorMessage(error)}; its console is in ${consoleLog}`, { detail });
   } finally {
     clearTimeout(timer);
     if (onAbort) context.signal?.removeEventListener('abort', onAbort);
@@ -316,6 +329,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const graceTimer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), POWEROFF_GRACE_MS[accel]).unref());
   if ((await Promise.race([qemu!.gone.then(() => 'off' as const), graceTimer])) === 'late') log.warn(`boot: the guest did not power off within ${POWEROFF_GRACE_MS[accel] / 1000} s of reporting; stopping qemu`);
   await stopQemu?.();
+  await consoleComplete();
   if (socketDir !== dir) await rm(socketDir, { recursive: true, force: true });
   return { exitCode: report.exitCode, output: report.output, consoleLog, bootMs, accel, firmware, via };
 }

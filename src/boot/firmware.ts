@@ -77,8 +77,11 @@ export interface QemuArgsRequest {
   seed?: string;
   /** The writable copy of the UEFI variable store (uefi only). */
   uefiVars?: string;
-  /** Where the serial console is written. */
-  consoleLog: string;
+  /**
+   * The host end of the serial console: a Unix socket qemu listens on and waits on before the guest starts
+   * (server=on,wait=on), so the reader that bounds the log (console.ts) misses nothing.
+   */
+  consoleSocket: string;
   /** direct-kernel: the guest's kernel and initramfs (copied out of it) and the command line they boot with. */
   kernel?: { kernel: string; initrd?: string; append: string };
   /** The host end of the results channel: a Unix socket qemu listens on. */
@@ -90,7 +93,7 @@ export interface QemuArgsRequest {
 
 /**
  * qemu's command line: no display, no default devices, no network at all (-nic none: the guest never reaches
- * the host or anything else), the serial console into a file, the disk on virtio-blk, and one virtio-serial
+ * the host or anything else), the serial console on a socket we read, the disk on virtio-blk, and one virtio-serial
  * port named `channelName` whose host end is a listening Unix socket (server=on,wait=off: qemu does not wait for
  * us; the guest's writes block until we connect). -no-reboot: a guest that reboots (a panic with panic=N, a
  * failed boot's reboot) ends qemu instead of booting again.
@@ -114,7 +117,9 @@ export function qemuArgs(request: QemuArgsRequest): string[] {
     '-display', 'none',
     '-no-reboot',
     '-nic', 'none',
-    '-serial', `file:${request.consoleLog}`,
+    // Made before any other chardev: qemu waits here for our reader, then goes on to make the rest.
+    '-chardev', `socket,id=console0,path=${request.consoleSocket},server=on,wait=on`,
+    '-serial', 'chardev:console0',
     '-monitor', 'none',
   ];
   if (request.firmware === 'uefi') {

@@ -100,6 +100,23 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 
+  test('a guest that floods its serial console: the log keeps its beginning and its end, bounded, and the check still reports', async () => {
+    // 1 MiB of 'x' straight to the serial port, with the log bounded at 128 KiB (16 MiB by default).
+    const script = 'systemctl is-system-running --wait >/dev/null\nhead -c 1048576 /dev/zero | tr "\\\\0" x >/dev/ttyS0\necho flooded\n';
+    const result = await boot({ script, accel: 'tcg', firmware: 'direct-kernel', consoleMaxBytes: 128 << 10, resultsDir: join(work, 'results-flood') });
+    expect(result).toMatchObject({ exitCode: 0, output: 'flooded\n' });
+    const text = await readFile(result.consoleLog, 'utf8');
+    const marker = /\n\[imagebuilder: (\d+) bytes of console output dropped here; the first (\d+) and the last (\d+) are kept\]\n/.exec(text);
+    expect(marker).not.toBeNull();
+    expect(Number(marker![1])).toBeGreaterThan(1048576 - (128 << 10));
+    expect(Number(marker![2]) + Number(marker![3])).toBe(128 << 10);
+    expect(Buffer.byteLength(text)).toBe((128 << 10) + marker![0].length);
+    expect(text.slice(0, marker!.index)).toContain('Linux version'); // the kernel's first words are kept
+    expect(text.slice(marker!.index)).toContain('imagebuilder-boot: the check exited with 0'); // and the runner's last
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
   test('the KVM probe: its boot sector runs and ends qemu with the agreed status (under TCG, so on any host); the verdict is remembered', async () => {
     const disk = join(work, 'probe.raw');
     await writeFile(disk, probeBootSector());

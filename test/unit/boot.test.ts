@@ -5,6 +5,7 @@ import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, EMERGENCY_UNIT, inst
 import { makeIso } from '../../src/boot/iso9660.js';
 import { createServer } from 'node:net';
 import { CHANNEL_NAME, parseReport, readChannel } from '../../src/boot/channel.js';
+import { ConsoleLog } from '../../src/boot/console.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
 import { PROBE_EXIT_STATUS, probeBootSector } from '../../src/boot/kvm.js';
 
@@ -97,7 +98,7 @@ describe('boot: reading the channel', () => {
 
 describe('boot: the qemu command line', () => {
   const spec: MachineSpec = { arch: 'amd64', qemu: 'qemu-system-x86_64', machine: 'q35', bios: true, uefi: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd', package: 'ovmf' } };
-  const request = { spec, disk: '/w/disk.qcow2', uefiVars: '/w/efivars.fd', consoleLog: '/r/console.log', channelSocket: '/w/results.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 };
+  const request = { spec, disk: '/w/disk.qcow2', uefiVars: '/w/efivars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/results.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 };
   test('UEFI: the firmware read-only, a copy of its variables writable; no network; the channel a listening socket', () => {
     const args = qemuArgs({ ...request, accel: 'tcg', firmware: 'uefi' }).join(' ');
     expect(args).toContain('-machine q35,accel=tcg');
@@ -106,7 +107,10 @@ describe('boot: the qemu command line', () => {
     expect(args).toContain('-nic none');
     expect(args).toContain('-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
     expect(args).not.toMatch(/-netdev|user,|hostfwd/);
-    expect(args).toContain('-serial file:/r/console.log');
+    // The console is a socket qemu waits on before anything else (our bounded reader), never a file qemu grows.
+    expect(args).toContain('-chardev socket,id=console0,path=/w/console.sock,server=on,wait=on -serial chardev:console0');
+    expect(args.indexOf('id=console0')).toBeLessThan(args.indexOf('id=results0'));
+    expect(args).not.toContain('file:');
     expect(args).toContain('socket,id=results0,path=/w/results.sock,server=on,wait=off');
     expect(args).toContain(`virtserialport,bus=vser0.0,chardev=results0,name=${CHANNEL_NAME}`);
     expect(args).toContain('format=qcow2,file=/w/disk.qcow2');
@@ -131,7 +135,7 @@ describe('boot: the qemu command line', () => {
 describe('boot: arm64 guests', () => {
   test('the virt machine through AAVMF, emulated with QEMU\'s own pointer authentication', () => {
     const spec: MachineSpec = { arch: 'arm64', qemu: 'qemu-system-aarch64', machine: 'virt', bios: false, uefi: { code: '/usr/share/AAVMF/AAVMF_CODE.fd', vars: '/usr/share/AAVMF/AAVMF_VARS.fd', package: 'qemu-efi-aarch64' } };
-    const args = qemuArgs({ spec, accel: 'tcg', firmware: 'uefi', disk: '/w/disk.qcow2', uefiVars: '/w/vars.fd', consoleLog: '/r/console.log', channelSocket: '/w/r.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 }).join(' ');
+    const args = qemuArgs({ spec, accel: 'tcg', firmware: 'uefi', disk: '/w/disk.qcow2', uefiVars: '/w/vars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/r.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 }).join(' ');
     expect(args).toContain('-machine virt,accel=tcg');
     expect(args).toContain('-cpu max,pauth-impdef=on');
     expect(args).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd');
@@ -254,5 +258,34 @@ describe('boot: the cloud-init NoCloud seed', () => {
     expect(Buffer.from(config.write_files[0].content, 'base64').toString()).toBe('uname -r\n');
     expect(Buffer.from(config.write_files[1].content, 'base64').toString()).toBe(agentScript());
     expect(config.runcmd[0].slice(0, 2)).toEqual(['systemd-run', '--no-block']);
+  });
+});
+
+describe('boot: the console log is bounded', () => {
+  test('a console within the limit is kept whole', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'console-'));
+    const log = new ConsoleLog(join(dir, 'console.log'), { maxBytes: 1000, endBytes: 100 });
+    log.write(Buffer.from('firmware\n'));
+    log.write(Buffer.from('kernel\n'));
+    log.close();
+    expect(await readFile(join(dir, 'console.log'), 'utf8')).toBe('firmware\nkernel\n');
+    await rm(dir, { recursive: true });
+  });
+  test('a flood keeps its beginning and its end, says how much was dropped between, and never grows past the limit', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'console-'));
+    const log = new ConsoleLog(join(dir, 'console.log'), { maxBytes: 1000, endBytes: 100 });
+    log.write(Buffer.from('BEGIN\n'));
+    for (let i = 0; i < 10_000; i++) log.write(Buffer.from(`flood line ${i}\n`));
+    log.write(Buffer.from('LAST WORDS\n'));
+    log.close();
+    const text = await readFile(join(dir, 'console.log'), 'utf8');
+    const total = 6 + Array.from({ length: 10_000 }, (_, i) => `flood line ${i}\n`.length).reduce((a, b) => a + b, 0) + 11;
+    expect(text.startsWith('BEGIN\nflood line 0\n')).toBe(true);
+    expect(text.endsWith('LAST WORDS\n')).toBe(true);
+    const marker = /\n\[imagebuilder: (\d+) bytes of console output dropped here; the first 900 and the last 100 are kept\]\n/.exec(text);
+    expect(marker).not.toBeNull();
+    expect(Number(marker![1])).toBe(total - 1000);
+    expect(Buffer.byteLength(text) - marker![0].length).toBe(1000);
+    await rm(dir, { recursive: true });
   });
 });
