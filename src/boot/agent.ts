@@ -56,6 +56,9 @@ function runnerUnit(description: string, ordering: string, wantedBy: string): st
 [Unit]
 Description=${description}
 ${ordering}
+# A runner already under way is not stopped when systemd isolates emergency.target: the once-per-boot guard
+# would keep the emergency runner from taking over, and nobody would report.
+IgnoreOnIsolate=yes
 
 [Service]
 Type=simple

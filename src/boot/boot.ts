@@ -38,7 +38,7 @@ export interface BootOptions {
    * the guest has it (it then also finds its datasource on a local disk instead of waiting on a network), else systemd.
    */
   via?: 'auto' | 'systemd' | 'cloud-init';
-  /** From qemu's start to the report; default 3 minutes under KVM, 10 under TCG (20 for another architecture). */
+  /** From qemu's start to the report; default 6 minutes under KVM, 10 under TCG (20 for another architecture). */
   timeoutMs?: number;
   /** Default auto: KVM when /dev/kvm works for this guest (native architecture, KVM verdict `works`), else TCG. */
   accel?: Accel | 'auto';
@@ -78,7 +78,8 @@ export interface BootResult {
   via: 'systemd' | 'cloud-init';
 }
 
-const DEFAULT_TIMEOUT_MS: Record<Accel, number> = { kvm: 3 * 60_000, tcg: 10 * 60_000 };
+/** Beyond the guest's own wait for its boot to finish (FAILED_UNITS_SCRIPT: 5 minutes), so that it reports first. */
+const DEFAULT_TIMEOUT_MS: Record<Accel, number> = { kvm: 6 * 60_000, tcg: 10 * 60_000 };
 /** After the report, how long the guest gets to power itself off before qemu is stopped. */
 const POWEROFF_GRACE_MS: Record<Accel, number> = { kvm: 20_000, tcg: 60_000 };
 /** How much of the console's end an error shows lines from. */
@@ -187,12 +188,15 @@ async function directKernel(context: MountContext, layout: GuestLayout, dir: str
   if (!kernel) throw new ImageBuilderError('BAD_INPUT', `--direct-kernel: ${newest.image} is not a regular file in the image`);
   let initrd: string | undefined;
   for (const path of initrdPath) if (!initrd) initrd = await copyOut(path, 'initrd');
-  const rootDevice = layout.mounts[0].device;
-  const uuid = (await context.run('blkid', ['-o', 'value', '-s', 'UUID', rootDevice], { allowFailure: true, log: context.log, purpose: 'reading the root filesystem\'s UUID' })).stdout.trim();
-  if (!/^[0-9A-Fa-f-]+$/.test(uuid)) throw new ImageBuilderError('BAD_INPUT', `--direct-kernel: the root filesystem (${rootDevice}) has no UUID to boot it by`);
+  const rootMount = layout.mounts[0];
+  // -p: read from the filesystem itself, never blkid's cache (the host's, or stale).
+  const uuid = (await context.run('blkid', ['-p', '-o', 'value', '-s', 'UUID', rootMount.device], { allowFailure: true, log: context.log, purpose: 'reading the root filesystem\'s UUID' })).stdout.trim();
+  if (!/^[0-9A-Fa-f-]+$/.test(uuid)) throw new ImageBuilderError('BAD_INPUT', `--direct-kernel: the root filesystem (${rootMount.device}) has no UUID to boot it by`);
+  // A root in a btrfs subvolume boots from it, as its bootloader's rootflags= would say.
+  const rootflags = rootMount.selecting?.length ? ` rootflags=${rootMount.selecting.join(',')}` : '';
   const console = arch === 'arm64' ? 'ttyAMA0' : 'ttyS0,115200n8';
-  context.log.info(`boot: --direct-kernel: ${newest.image}${initrd ? ' and its initramfs' : ' (no initramfs found)'}, root=UUID=${uuid}`);
-  return { kernel, ...(initrd ? { initrd } : {}), append: `root=UUID=${uuid} ro console=${console} panic=-1` };
+  context.log.info(`boot: --direct-kernel: ${newest.image}${initrd ? ' and its initramfs' : ' (no initramfs found)'}, root=UUID=${uuid}${rootflags}`);
+  return { kernel, ...(initrd ? { initrd } : {}), append: `root=UUID=${uuid}${rootflags} ro console=${console} panic=-1` };
 }
 
 /** The console's last lines, for an error. */

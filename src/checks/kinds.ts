@@ -336,10 +336,17 @@ export const mountCheck = defineCheck({
  * inactive, not failed, so the list alone would not show a boot stopped by a bad fstab line.
  */
 export const FAILED_UNITS_SCRIPT = [
-  'state=$(systemctl is-system-running --wait 2>/dev/null)',
+  // Bounded: a unit that never finishes starting must not keep the report from the host (its deadline is longer).
+  'state=$(timeout 300 systemctl is-system-running --wait 2>/dev/null)',
+  '[ -n "$state" ] || state="starting (not up after 300 s)"',
   'echo "state: $state"',
-  'systemctl list-units --state=failed --no-legend --plain --no-pager 2>&1 | sed "s/^[^[:alnum:]]* //"',
-  'case $state in running|degraded) ;; *) journalctl -b -q --no-pager -o cat 2>/dev/null | grep -E "^(Dependency failed for|Timed out waiting for|Failed to (mount|start)) " | head -n 10 | sed "s/^/why: /" ;; esac',
+  // A systemctl that cannot answer says so as a reason, never as a unit name.
+  'if units=$(systemctl list-units --state=failed --no-legend --plain --no-pager 2>/dev/null); then printf "%s\\n" "$units" | sed "/^$/d; s/^[^[:alnum:]]* //"; else echo "why: systemctl list-units failed"; fi',
+  'case $state in',
+  '  running|degraded) ;;',
+  '  starting*) systemctl list-jobs --no-legend --no-pager 2>/dev/null | head -n 10 | sed "s/^/why: still waiting on: /" ;;',
+  '  *) journalctl -b -q --no-pager -o cat 2>/dev/null | grep -E "^(Dependency failed for|Timed out waiting for|Failed to (mount|start)) " | head -n 10 | sed "s/^/why: /" ;;',
+  'esac',
 ].join('\n');
 
 /** FAILED_UNITS_SCRIPT's output: the system state, the failed units, and why a boot that did not come up stopped. */
@@ -380,6 +387,8 @@ export const failedUnitsCheck = defineCheck({
           const observed = [`the boot stopped in state ${outcome.state}`, ...(failed.length ? [`failed: ${failed.join(' ')}`] : []), ...outcome.why].join('; ');
           return verdict(false, observed, expected);
         }
+        // Up, but the failed units could not be listed: not a pass.
+        if (outcome.why.length) return verdict(false, [outcome.state, ...outcome.why].join('; '), expected);
         return verdict(!failed.length, failed.length ? `${outcome.state}, failed: ${failed.join(' ')}` : outcome.state, expected);
       },
     },

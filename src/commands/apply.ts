@@ -72,7 +72,7 @@ export default class Apply extends BaseCommand {
     // --no-cache trusts no cache: the base image is hashed again too.
     const imageOptions = { ...diskImageOptions(flags), rehash: flags.rehash || flags['no-cache'] };
     // oclif's dependsOn takes --test's default (false) for given: these would be ignored without it.
-    const testOnly = (['test-checks', 'test-suite', 'direct-kernel'] as const).filter((name) => flags[name] !== undefined && flags[name] !== false);
+    const testOnly = (['test-checks', 'test-suite', 'direct-kernel', 'boot-timeout'] as const).filter((name) => flags[name] !== undefined && flags[name] !== false);
     if (testOnly.length && !flags.test) {
       throw new ImageBuilderError('BAD_INPUT', `${testOnly.map((name) => `--${name}`).join(', ')} only ${testOnly.length > 1 ? 'mean' : 'means'} something with --test`, { hint: 'add --test (boot the output and judge its checks before it is written), or drop them' });
     }

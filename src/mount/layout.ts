@@ -21,6 +21,8 @@ export interface GuestMount {
   path: string;
   type: string;
   hostPath: string;
+  /** The mount options that select what of the filesystem is mounted (a btrfs subvolume), when any. */
+  selecting?: string[];
 }
 
 export interface GuestLayout {
@@ -220,9 +222,10 @@ export async function mountGuestLayout(
   // Registered before the mount (an interrupt while mount runs must not leave it), so it checks there is one.
   context.cleanup.push(`mount ${rootDir}`, async () => void ((await isMounted(rootDir)) && (await umount(context, rootDir))));
   await mountFs(context, root.fs.device, rootDir, root.fs.type!, root.options, readOnly);
-  mounts.push({ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir });
   // What tells this guest's root apart (a subvolume, nouuid); every guest mount has guestMountOptions.
   const telling = root.options.filter((option) => !guestMountOptions(root.fs.type!).includes(option));
+  const selecting = telling.filter((option) => /^subvol(id)?=/.test(option));
+  mounts.push({ device: root.fs.device, path: '/', type: root.fs.type!, hostPath: rootDir, ...(selecting.length ? { selecting } : {}) });
   context.log.info(`guest root: ${root.fs.device} (${root.fs.type}${telling.length ? `, ${telling.join(',')}` : ''})`);
 
   const fstabText = (await readGuestText(rootDir, '/etc/fstab')) ?? '';

@@ -13,7 +13,7 @@ import type { DiskImageOptions } from '../fetch/image-source.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { loadCheckFile } from '../recipe/checks.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
-import { ImageBuilderError } from '../util/errors.js';
+import { ImageBuilderError, errorMessage } from '../util/errors.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
 import type { ProveOutput } from './phase2.js';
@@ -27,6 +27,8 @@ export interface BootCheckOptions {
   accel?: Accel | 'auto';
   /** Boot the image's kernel and initramfs directly (qemu -kernel), not through its bootloader: a fallback. */
   directKernel?: boolean;
+  /** How long a booted guest has to report (bootAndRun's default otherwise). */
+  timeoutMs?: number;
   /** The image this one was made from: units that failed there too are not this image's failures. */
   base?: { path: string; sha256: string };
 }
@@ -108,7 +110,12 @@ export function checkImage(session: ChrootSession, checks: Declared[], signal?: 
 const needsBoot = (checks: Declared[]) => checks.some((check) => !check.imageOnly && check.type.probes(check.spec).some((probe) => probe.boot));
 
 /** How both boots (the base's, the image's) are made. */
-const bootHow = (options: BootCheckOptions) => ({ accel: options.accel, mountBackend: options.mountBackend, ...(options.directKernel ? { firmware: 'direct-kernel' as const } : {}) });
+const bootHow = (options: BootCheckOptions) => ({
+  accel: options.accel,
+  mountBackend: options.mountBackend,
+  timeoutMs: options.timeoutMs,
+  ...(options.directKernel ? { firmware: 'direct-kernel' as const } : {}),
+});
 
 /**
  * The units that fail when the base image boots, as this host boots it: booted once per base (its sha256) and
@@ -119,7 +126,9 @@ async function baseFailures(context: BuildContext, base: { path: string; sha256:
   const remembered = await readFile(file, 'utf8').then((text) => JSON.parse(text) as unknown, () => undefined);
   if (Array.isArray(remembered) && remembered.every((unit) => typeof unit === 'string')) return remembered as string[];
   context.log.info(`boot: booting the base image ${base.path} once, to learn which units fail there already`);
-  const result = await bootAndRun(mountContext(context), base.path, { script: FAILED_UNITS_SCRIPT, ...bootHow(options) });
+  // Its console goes beside the image's (base/console.log), when those are kept.
+  const resultsDir = options.resultsDir ? join(options.resultsDir, 'base') : undefined;
+  const result = await bootAndRun(mountContext(context), base.path, { script: FAILED_UNITS_SCRIPT, resultsDir, ...bootHow(options) });
   const failures = failedUnits(result.output);
   await mkdir(dirname(file), { recursive: true });
   await writeFileAtomic(file, `${JSON.stringify(failures)}\n`);
@@ -145,13 +154,15 @@ export async function judgeImage(context: BuildContext, image: { path: string; f
   const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true, overlay: join(context.workDir, 'judged.qcow2') });
   const session = await openChroot(layout.root, { run: context.run, log: context.log, signal: context.signal, readOnly: true, sessionFiles: distro.family?.sessionFiles, network: 'none' });
   context.guest.push('chroot session', () => session.close());
-  const onImage = await context.clock.time('checks', () => checkImage(session, checks, context.signal));
+  const onImage = await context.clock.time('image-checks', () => checkImage(session, checks, context.signal));
   // The mounted image is released first: the boot makes its own overlay.
   const failures = await context.guest.unwind();
   if (failures.length) throw new ImageBuilderError('COMMAND_FAILED', `releasing the image failed: ${failures.join('; ')}`);
   if (options.boot === false || !needsBoot(checks)) return { results: onImage };
 
-  const allowed = options.base ? await context.clock.time('boot-base', () => baseFailures(context, options.base!, options)) : undefined;
+  // The base is booted (once, then remembered) only for what it is needed for: a failed-units check to judge.
+  const judgesUnits = checks.some((check) => check.type.key === 'failed_units');
+  const allowed = options.base && judgesUnits ? await context.clock.time('boot-base', () => baseFailures(context, options.base!, options)) : undefined;
   let boot: BootRecord | undefined;
   const booted = await context.clock.time('boot', () =>
     runChecks(allowingBase(checks, allowed ?? []), 'booted', async (script) => {
@@ -169,7 +180,8 @@ export async function testImage(options: TestOptions): Promise<TestResult> {
   const start = startBuild(options);
   const checks = await gatherChecks(options);
   const image = await verifyForBuild(start, options.diskImage, options.image);
-  const base = options.baseImage && !options.offline ? await verifyForBuild(start, options.baseImage, options.image) : undefined;
+  // The base is verified by its own sums file: a --checksum given for the image is the image's.
+  const base = options.baseImage && !options.offline ? await verifyForBuild(start, options.baseImage, { ...options.image, checksum: undefined }) : undefined;
   return withResources(start, options, async (context) => {
     const { results, boot } = await judgeImage(context, image, checks, { ...options, base, boot: !options.offline });
     return { image: { path: image.path, format: image.format, sha256: image.sha256 }, results, summary: summarize(results), durationMs: context.clock.total(), ...(boot ? { boot } : {}) };
@@ -192,9 +204,20 @@ export function proveOutput(recipe: Recipe, base: { path: string; sha256: string
   return async (context, image) => {
     const checks = declaredChecks(recipe, test.checkFiles, test.suites);
     if (!needsBoot(checks)) checks.push({ type: failedUnitsCheck, spec: {}, location: 'apply --test', name: 'no unit failed beyond the base image\'s' });
-    const { results, boot } = await judgeImage(context, image, checks, { ...test, base });
+    await mkdir(test.resultsDir, { recursive: true });
+    const resultsFile = join(test.resultsDir, 'results.json');
+    let judged: Awaited<ReturnType<typeof judgeImage>>;
+    try {
+      judged = await judgeImage(context, image, checks, { ...test, base });
+    } catch (error) {
+      // A boot that never reported leaves its reason where the results would have been, beside the console log.
+      const { code, message, detail } = error instanceof ImageBuilderError ? error : { code: 'INTERNAL', message: errorMessage(error), detail: undefined };
+      await writeJsonAtomic(resultsFile, { error: { code, message, ...(detail ? { detail } : {}) } }).catch(() => undefined);
+      throw error;
+    }
+    const { results, boot } = judged;
     const record = { results, summary: summarize(results), ...(boot ? { boot } : {}) };
-    await writeJsonAtomic(join(test.resultsDir, 'results.json'), record);
+    await writeJsonAtomic(resultsFile, record);
     const failed = checksFailed(results, `on the output (results in ${test.resultsDir})`);
     if (failed) throw failed;
     context.log.info(`apply --test: ${record.summary.passed} check(s) passed${boot ? `, booted in ${(boot.bootMs / 1000).toFixed(1)} s (${boot.accel}, ${boot.firmware})` : ''}`);

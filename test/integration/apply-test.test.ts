@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -102,6 +102,23 @@ describe('apply --test', () => {
     expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
   }, 900_000);
 
+  test('a guest that never reports (an image with no bootloader): exit 7 at --boot-timeout, results.json says why, the console kept, no output', async () => {
+    const nothing = await recipe('nothing', [{ file: { path: '/etc/motd', content: 'never booted\n' } }], []);
+    const output = join(work, 'unbootable.qcow2');
+    // The mbr fixture has no bootloader: SeaBIOS finds nothing to boot. The base is booted first (its failed
+    // units), and that is the boot that never reports.
+    const result = await runCli(['apply', nothing, '--disk-image', await fixtureImage('mbr'), '--output', output, '--sparsify', 'none', '--no-cache', '--test', '--boot-timeout', '15'], { env });
+    expect(result.exitCode).toBe(7);
+    expect(result.stderr).toMatch(/the guest did not report within 15 s \((kvm|tcg), bios\)/);
+    expect((await readdir(work)).filter((name) => name.startsWith('unbootable.qcow2') || name.startsWith('.unbootable.qcow2'))).toEqual(['unbootable.qcow2.test']);
+    const results = JSON.parse(await readFile(`${output}.test/results.json`, 'utf8'));
+    expect(results.error.code).toBe('CHECK_FAILED');
+    expect(results.error.message).toMatch(/^the guest did not report within 15 s .*; its console is in .*unbootable\.qcow2\.test\/base\/console\.log$/);
+    // SeaBIOS, finding nothing to boot, says nothing on the serial port; the log is there all the same.
+    expect((await stat(`${output}.test/base/console.log`)).isFile()).toBe(true);
+    expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
+  }, 900_000);
+
   test('imagebuilder test --base: a unit the build broke fails, named alone; the base\'s failure (remembered) is allowed', async () => {
     const broke = await recipe('broke', [failingUnit('build-broke'), { service: { enable: ['build-broke'] } }], []);
     const output = join(work, 'broke.qcow2');
@@ -109,7 +126,8 @@ describe('apply --test', () => {
     if (built.exitCode !== 0) throw new Error(built.all);
     const checks = join(work, 'failed-units.yaml');
     await writeFile(checks, stringify({ checks: [{ failed_units: {} }] }));
-    const result = await runCli(['test', output, '--checks', checks, '--base', base, '--json'], { env });
+    // --checksum is the tested image's; the base is verified as it is (it has no sums file here), never against it.
+    const result = await runCli(['test', output, '--checks', checks, '--base', base, '--checksum', `sha256:${await sha256(output)}`, '--json'], { env });
     expect(result.exitCode).toBe(7);
     expect(result.stderr).not.toContain('booting the base image');
     const report = JSON.parse(result.stdout);

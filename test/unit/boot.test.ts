@@ -172,6 +172,8 @@ describe('boot: the check written into the overlay', () => {
     const unit = await readFile(join(root, 'etc/systemd/system', AGENT_UNIT), 'utf8');
     expect(unit).toContain(`ExecStart=/bin/sh ${AGENT_DIR}/report`);
     expect(unit).not.toContain('Type=oneshot');
+    // A runner under way survives systemd isolating emergency.target (the emergency one would not take over).
+    expect(unit).toContain('IgnoreOnIsolate=yes');
     const wants = join(root, 'etc/systemd/system/multi-user.target.wants', AGENT_UNIT);
     expect((await lstat(wants)).isSymbolicLink()).toBe(true);
     expect(await readlink(wants)).toBe(`/etc/systemd/system/${AGENT_UNIT}`);

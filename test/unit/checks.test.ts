@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { Ajv } from 'ajv';
 import { CHECK_TYPES, checkSchema } from '../../src/checks/registry.js';
-import { fileCheck, listening, packageCheck, portCheck, serviceCheck, commandCheck, kernelModuleCheck, kernelParamCheck, mountCheck, failedUnitsCheck } from '../../src/checks/kinds.js';
+import { fileCheck, listening, packageCheck, portCheck, serviceCheck, commandCheck, kernelModuleCheck, kernelParamCheck, mountCheck, failedUnitsCheck, FAILED_UNITS_SCRIPT } from '../../src/checks/kinds.js';
 import { batchScript, parseBatchOutput, runChecks, type CheckResult } from '../../src/checks/run.js';
 import { junitXml, resultTable } from '../../src/checks/report.js';
 import { hygieneSuite, nodeSuite } from '../../src/checks/suites.js';
@@ -144,6 +144,19 @@ describe('check probes, run by a real shell', () => {
     });
     // No state line at all (systemctl missing, output cut): not a pass.
     expect(failed.judge({ exitCode: 0, stdout: '' }).passed).toBe(false);
+  });
+
+  test('failed_units, run by a real shell: a systemctl that cannot list units is a reason, not a unit; a boot still starting says what it waits on', async () => {
+    const bin = await mkdtemp(join(tmpdir(), 'fake-systemctl-'));
+    await writeFile(join(bin, 'systemctl'), '#!/bin/sh\ncase "$1" in\n is-system-running) echo degraded; exit 1 ;;\n list-units) echo "Failed to connect to bus: No such file" >&2; exit 1 ;;\nesac\n', { mode: 0o755 });
+    const { stdout } = await execa('/bin/sh', ['-c', FAILED_UNITS_SCRIPT], { env: { PATH: `${bin}:/usr/bin:/bin` } });
+    expect(stdout).toBe('state: degraded\nwhy: systemctl list-units failed');
+    const [failed] = failedUnitsCheck.probes({});
+    expect(failed.judge({ exitCode: 0, stdout })).toEqual({ passed: false, observed: 'degraded; systemctl list-units failed', expected: 'running, no failed unit' });
+    expect(failed.judge({ exitCode: 0, stdout: 'state: starting (not up after 300 s)\nwhy: still waiting on: 42 cloud-final.service start running\n' })).toEqual({
+      passed: false, observed: 'the boot stopped in state starting (not up after 300 s); still waiting on: 42 cloud-final.service start running', expected: 'running, no failed unit',
+    });
+    await rm(bin, { recursive: true });
   });
 
   test('a batch of probes is one script; lines without this run\'s nonce are ignored, an index reported twice counts as none', async () => {
