@@ -61,7 +61,7 @@ export function bomSchema(): JsonSchema {
         files: list(object({ path: { type: 'string', pattern: '^/' }, sha256: SHA256, kind: { enum: ['config', 'download', 'copy'] }, source: str }, ['path', 'sha256', 'kind'])),
         units: list(object({ unit: str, state: { enum: ['enabled', 'disabled', 'masked', 'unmasked'] } })),
         unitStates: list(object({ unit: str, state: { enum: ['enabled', 'masked'] } })),
-        containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' } })),
+        containerImages: list(object({ reference: str, digest: { type: 'string', pattern: '^sha256:[0-9a-f]{64}$' }, namespace: str }, ['reference', 'digest'])),
         steps: list(object({ index: { type: 'integer', minimum: 0 }, name: str, type: str, description: str, durationMs: { type: 'number', minimum: 0 }, skipped: str, cached: { type: 'boolean' } }, ['index', 'type', 'description', 'durationMs'])),
         components: list(object({ name: str, version: str, purl: { type: 'string', pattern: '^pkg:golang/' }, source: str })),
         checks: checkResults,

@@ -38,17 +38,17 @@ export interface NodeExpectations {
 }
 
 /**
- * Every image a container-images step preloaded, as the in-image BOM lists them (`"reference": "…"`), is in
- * containerd's k8s.io namespace on the running node: an air-gapped node whose pause image did not survive
- * cannot start a pod. Nothing preloaded, nothing to check.
+ * Every image a container-images step preloaded, as the in-image BOM lists them (`"reference"`, and the
+ * `"namespace"` it went into: k8s.io when a record has none), is in that containerd namespace on the running
+ * node: an air-gapped node whose pause image did not survive cannot start a pod. Nothing preloaded, nothing
+ * to check. The BOM is read as JSON.stringify(…, null, 2) writes it: one key per line.
  */
-function preloadedImagesPresent(socket: string): string {
+function preloadedImagesPresent(socket: string, bomPath = IN_IMAGE_BOM_PATH): string {
+  const address = socket.replace(/^unix:\/\//, '');
   return [
-    `bom=${IN_IMAGE_BOM_PATH}`,
-    'refs=$(sed -n \'s/^[[:space:]]*"reference": "\\([^"]*\\)".*/\\1/p\' "$bom" 2>/dev/null)',
-    '[ -n "$refs" ] || { echo "nothing preloaded"; exit 0; }',
-    `have=$(ctr --address ${socket.replace(/^unix:\/\//, '')} --namespace k8s.io images ls -q) || exit 1`,
-    'missing=; for ref in $refs; do printf "%s\\n" "$have" | grep -qxF "$ref" || missing="$missing $ref"; done',
+    `pairs=$(awk -F'"' '$2 == "reference" { ref = $4 } $2 == "namespace" { ns = $4 } /^[[:space:]]*}/ { if (ref != "") print (ns != "" ? ns : "k8s.io"), ref; ref = ""; ns = "" }' ${bomPath} 2>/dev/null)`,
+    '[ -n "$pairs" ] || { echo "nothing preloaded"; exit 0; }',
+    `missing=$(printf '%s\n' "$pairs" | while read -r ns ref; do ctr --address ${address} --namespace "$ns" images ls -q 2>/dev/null | grep -qxF "$ref" || { printf ' %s' "$ref"; [ "$ns" = k8s.io ] || printf ' (namespace %s)' "$ns"; }; done)`,
     '[ -z "$missing" ] || { echo "missing:$missing"; exit 1; }',
   ].join('\n');
 }
@@ -62,7 +62,7 @@ export function nodeSuite(expect: NodeExpectations = { modules: [], sysctls: {} 
     check('node', 'crictl info works (when crictl is installed)', commandCheck, { run: `! command -v crictl >/dev/null || crictl --runtime-endpoint ${socket} info >/dev/null` }),
     check('node', 'kubelet enabled', serviceCheck, { name: 'kubelet', enabled: true }),
     check('node', 'swap off', commandCheck, { run: '[ "$(grep -vc ^Filename /proc/swaps)" -eq 0 ]' }),
-    check('node', 'the images the build preloaded (the pause image among them, when it was) are in containerd', commandCheck, { run: preloadedImagesPresent(socket) }),
+    check('node', 'the images the build preloaded (the pause image among them, when it was) are in containerd, each in its namespace', commandCheck, { run: preloadedImagesPresent(socket) }),
     ...expect.modules.map((name) => check('node', `module ${name} loaded`, kernelModuleCheck, { name, loaded: true })),
     // Ignored-error (-key) and glob settings name no one parameter.
     ...Object.entries(expect.sysctls)

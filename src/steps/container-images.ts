@@ -118,7 +118,7 @@ export const containerImagesStep = defineStep({
     const [, before = '', after = ''] = result.stdout.split(/^=== (?:before|after)$/m);
     const previous = parseImageList(before);
     for (const [reference, digest] of parseImageList(after)) {
-      if (previous.get(reference) !== digest) context.record.image({ reference, digest });
+      if (previous.get(reference) !== digest) context.record.image({ reference, digest, namespace });
     }
   },
 });

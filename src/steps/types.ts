@@ -22,6 +22,8 @@ export interface RecordedUnit {
 export interface RecordedImage {
   reference: string;
   digest: string;
+  /** The containerd namespace it was imported into (absent in records made before it was kept: k8s.io). */
+  namespace?: string;
 }
 
 export interface StepRecorder {

@@ -15,12 +15,14 @@ describe('container-images step', () => {
   });
   afterAll(() => rm(work, { recursive: true, force: true }));
 
-  test('imports an OCI archive into k8s.io, records reference and digest, leaves no containerd running', async () => {
+  test('imports an OCI archive into k8s.io and another into a namespace of its own, records reference, digest and namespace, leaves no containerd running', async () => {
     const input = await fixtureImage('gpt-esp');
     const { manifestDigest } = await writeOciArchive(join(work, 'pause.tar'), 'registry.k8s.io/pause:3.9', 'hello from the test\n');
+    const tools = await writeOciArchive(join(work, 'tools.tar'), 'example.com/tools:1', 'another namespace\n');
     const recipe = await writeRecipe(work, 'images', [
       { packages: { install: ['containerd'] } },
       { 'container-images': { archives: ['pause.tar'] } },
+      { 'container-images': { archives: ['tools.tar'], namespace: 'tools' } },
     ]);
     const output = join(work, 'images-out.qcow2');
     const before = await hostState();
@@ -29,7 +31,11 @@ describe('container-images step', () => {
     expect(result.exitCode).toBe(0);
     expect(result.stderr).not.toContain('left running inside the guest'); // the step stopped its containerd itself
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
-    expect(bom.containerImages).toEqual([{ reference: 'registry.k8s.io/pause:3.9', digest: manifestDigest }]);
+    // Each with the namespace it went into (the node suite looks for it there on the booted node).
+    expect(bom.containerImages).toEqual([
+      { reference: 'registry.k8s.io/pause:3.9', digest: manifestDigest, namespace: 'k8s.io' },
+      { reference: 'example.com/tools:1', digest: tools.manifestDigest, namespace: 'tools' },
+    ]);
     await withImageMounted(output, 'gpt-esp', async (root) => {
       const content = join(root, 'var/lib/containerd/io.containerd.content.v1.content/blobs/sha256');
       const manifest = JSON.parse(await readFile(join(content, manifestDigest.slice('sha256:'.length)), 'utf8'));

@@ -111,7 +111,7 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
         { path: '/opt/cni/bin', sha256: mirror.files.cniPlugins.sha256, kind: 'download', source: mirror.files.cniPlugins.url },
       ]),
     );
-    expect(bom.containerImages).toEqual([{ reference: 'registry.k8s.io/kube-apiserver:v1.30.1', digest: manifestDigest }]);
+    expect(bom.containerImages).toEqual([{ reference: 'registry.k8s.io/kube-apiserver:v1.30.1', digest: manifestDigest, namespace: 'k8s.io' }]);
     // The node's components, as the binaries in the image say (the release tarballs' in /usr/local and /opt/cni
     // over the packages'): the mirror's stand-ins print the versions it published; containerd and runc are
     // Debian's own builds, repackaged as upstream's tarballs, and say Debian's versions.

@@ -111,7 +111,7 @@ describe('shipped recipes on a cloud-like Debian image, booted by imagebuilder t
       'kubelet enabled: enabled: passed',
       'swap off: exit status: passed',
       // Nothing preloaded in this build (import_control_plane_images is off): nothing to find in containerd.
-      'the images the build preloaded (the pause image among them, when it was) are in containerd: exit status: passed',
+      'the images the build preloaded (the pause image among them, when it was) are in containerd, each in its namespace: exit status: passed',
       'module overlay loaded: loaded: passed',
       'module br_netfilter loaded: loaded: passed',
       'net.bridge.bridge-nf-call-iptables = 1: value: passed',

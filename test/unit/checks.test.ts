@@ -223,6 +223,27 @@ describe('the node suite: preloaded images', () => {
     expect(await run(bom(['registry.k8s.io/pause:3.9', 'registry.k8s.io/kube-apiserver:v1.30.1']), ['registry.k8s.io/kube-apiserver:v1.30.1', 'registry.k8s.io/pause:3.9', 'sha256:abc'])).toEqual({ exitCode: 0, stdout: '' });
     expect(await run(bom(['registry.k8s.io/pause:3.9', 'registry.k8s.io/kube-apiserver:v1.30.1']), ['registry.k8s.io/kube-apiserver:v1.30.1'])).toEqual({ exitCode: 1, stdout: 'missing: registry.k8s.io/pause:3.9' });
   });
+  test('each image is looked for in the namespace it was imported into (k8s.io when its record names none)', async () => {
+    const images = { containerImages: [
+      { reference: 'registry.k8s.io/pause:3.10', digest: `sha256:${'a'.repeat(64)}` },
+      { reference: 'example.com/tools:1', digest: `sha256:${'b'.repeat(64)}`, namespace: 'tools' },
+    ] };
+    // A ctr that answers per namespace: pause in k8s.io; tools:1 in `tools` or nowhere.
+    const perNamespace = async (tools: string) => {
+      await writeFile(join(dir, 'ctr'), `#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in --namespace) ns=$2; shift ;; esac; shift; done\ncase $ns in k8s.io) echo registry.k8s.io/pause:3.10 ;; tools) ${tools} ;; esac\n`);
+      await chmod(join(dir, 'ctr'), 0o755);
+    };
+    const script = nodeSuite().find((check) => check.name.startsWith('the images the build preloaded'))!.spec as { run: string };
+    const run = async () => {
+      await writeFile(join(dir, 'bom.json'), `${JSON.stringify(images, null, 2)}\n`);
+      const result = await execa('/bin/sh', ['-c', script.run.replace('/usr/share/imagebuilder/bom.json', join(dir, 'bom.json'))], { reject: false, env: { PATH: `${dir}:${process.env.PATH}` } });
+      return { exitCode: result.exitCode, stdout: String(result.stdout) };
+    };
+    await perNamespace('echo example.com/tools:1');
+    expect(await run()).toEqual({ exitCode: 0, stdout: '' });
+    await perNamespace('true');
+    expect(await run()).toEqual({ exitCode: 1, stdout: 'missing: example.com/tools:1 (namespace tools)' });
+  });
   test('nothing preloaded, or no BOM: nothing to check', async () => {
     expect(await run(bom([]), [])).toEqual({ exitCode: 0, stdout: 'nothing preloaded' });
     expect(await run(undefined, [])).toEqual({ exitCode: 0, stdout: 'nothing preloaded' });

@@ -48,7 +48,7 @@ describe('container-images step', () => {
     expect(calls[4].env).toEqual({ PLATFORM: 'linux/arm64' });
     expect(IMPORT_SCRIPT).toContain('images import --no-unpack ${PLATFORM:+--platform "$PLATFORM"} "$archive"');
     expect(IMPORT_SCRIPT).toContain("trap 'kill \"$pid\" 2>/dev/null && wait \"$pid\" 2>/dev/null || true' EXIT");
-    expect(records.images).toEqual([{ reference: 'registry.k8s.io/pause:3.9', digest: 'sha256:bbb' }]);
+    expect(records.images).toEqual([{ reference: 'registry.k8s.io/pause:3.9', digest: 'sha256:bbb', namespace: 'k8s.io' }]);
   });
 
   test('honours the root of the guest containerd config; a failed import fails the step', async () => {
