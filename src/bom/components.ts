@@ -3,6 +3,7 @@ import { batchScript, parseBatchOutput } from '../checks/run.js';
 import type { ChrootSession } from '../chroot/session.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import { shellQuote } from '../util/exec.js';
+import { statGuest } from '../util/guest-fs.js';
 import { formatPurl } from './purl.js';
 
 /**
@@ -81,11 +82,18 @@ function binaryProbe(spec: ComponentSpec): string {
  * package that provides it, from `packages` (the guest's package database, read already). A component the
  * image does not hold is left out.
  */
-export async function readComponents(session: ChrootSession, packages: InstalledPackage[], signal?: AbortSignal): Promise<NodeComponent[]> {
+export async function readComponents(root: string, session: () => Promise<ChrootSession>, packages: InstalledPackage[], signal?: AbortSignal): Promise<NodeComponent[]> {
   const nonce = randomBytes(8).toString('hex');
-  const probes = NODE_COMPONENTS.map((spec) => ({ attribute: 'version', script: binaryProbe(spec), boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) }));
-  const result = await session.exec(['/bin/sh', '-c', batchScript(probes, nonce)], { allowFailure: true, network: 'none', readOnlyRoot: true, timeoutMs: 120_000, signal, purpose: "reading the node components' versions" });
-  const outputs = parseBatchOutput(result.stdout, nonce);
+  // No guest command when no candidate binary is there at all (an image that is no node): any entry counts,
+  // links included (lstat, never followed from the host); the guest's shell decides what runs.
+  const candidates = NODE_COMPONENTS.flatMap((spec) => spec.directories.map((dir) => `${dir}/${spec.binary}`));
+  const anyThere = (await Promise.all(candidates.map((path) => statGuest(root, path)))).some(Boolean);
+  let outputs = new Map<number, { exitCode: number; stdout: string }>();
+  if (anyThere) {
+    const probes = NODE_COMPONENTS.map((spec) => ({ attribute: 'version', script: binaryProbe(spec), boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) }));
+    const result = await (await session()).exec(['/bin/sh', '-c', batchScript(probes, nonce)], { allowFailure: true, network: 'none', readOnlyRoot: true, timeoutMs: 120_000, signal, purpose: "reading the node components' versions" });
+    outputs = parseBatchOutput(result.stdout, nonce);
+  }
   const found: NodeComponent[] = [];
   NODE_COMPONENTS.forEach((spec, index) => {
     const output = outputs.get(index);

@@ -264,7 +264,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   });
   // The recipe's checks that read only files, judged now on the finished guest: a failure writes no output.
   const checks = recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [];
-  const components = await clock.time('components', async () => readComponents(await session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal));
+  const components = await clock.time('components', async () => readComponents(opened.layout.root, () => session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal));
   await session.close();
   const failed = checksFailed(checks, 'on the image at the end of phase 1');
   if (failed) throw failed;

@@ -164,7 +164,9 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   const about = { os: guest.bom.os, architecture: guest.bom.architecture, createdAt: guest.bom.createdAt ? new Date(guest.bom.createdAt) : new Date() };
   await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress, guest: about }));
   const artifacts: Artifact[] = [];
-  for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
+  await clock.time('hash', async () => {
+    for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });
+  });
   // Booted: the first disk image (tar, ova and gce are archives; apply refuses --test without a disk image).
   const diskIndex = formats.findIndex(isDiskImageFormat);
   const test = prove && diskIndex >= 0 ? await clock.time('test', () => prove(context, { path: partials[diskIndex], format: formats[diskIndex] as ImageFormat })) : undefined;
