@@ -1,5 +1,5 @@
 // What both benchmarks share: their options, the base image they measure on, and virt-customize's appliance choice.
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
@@ -38,3 +38,50 @@ export async function virtCustomizeEnv() {
 
 export const seconds = (t0) => (performance.now() - t0) / 1000;
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+export const spread = (xs) => ({ min: Math.min(...xs), median: median(xs), max: Math.max(...xs) });
+
+/**
+ * The physical limit of an install: `apt-get install` of `packages` alone, timed inside the guest (one
+ * `imagebuilder shell --writable` command on a throw-away copy of `base`), with the packages already downloaded
+ * (apt-get update and --download-only first, untimed). No verify, mount, BOM or output is in the time: what no
+ * tool that installs with the guest's own apt can beat. Seconds, median of `runs`.
+ */
+export async function installLimit(base, packages, dir, runs, checkout = repo) {
+  const times = [];
+  const names = packages.join(' ');
+  const script = [
+    'export DEBIAN_FRONTEND=noninteractive',
+    'apt-get update -qq >/dev/null',
+    `apt-get install -y -qq --download-only ${names} >/dev/null`,
+    'start=$(date +%s%N)',
+    `apt-get install -y -qq --no-download ${names} >/dev/null`,
+    'end=$(date +%s%N)',
+    'echo "@@install-ms $(( (end - start) / 1000000 ))"',
+  ].join('\n');
+  for (let i = 0; i < runs; i++) {
+    const copy = join(dir, 'limit-copy.qcow2');
+    await copyFile(base, copy);
+    try {
+      const { stdout } = await execa('node', [join(checkout, 'bin/run.js'), 'shell', '--disk-image', copy, '--writable', '--mount-backend', 'fuse', '--command', script], { stderr: 'ignore' });
+      const ms = /@@install-ms (\d+)/.exec(stdout)?.[1];
+      if (!ms) throw new Error(`installLimit: no timing in the shell's output: ${stdout.slice(-500)}`);
+      times.push(Number(ms) / 1000);
+    } finally {
+      await rm(copy, { force: true });
+    }
+  }
+  return median(times);
+}
+
+/** One read and one write of a file's used bytes (cp --sparse=always, then synced): the least an output costs. */
+export async function copyLimit(path, dir) {
+  const copy = join(dir, 'limit-copy');
+  await execa('sync');
+  const t0 = performance.now();
+  await execa('cp', ['--sparse=always', path, copy]);
+  await execa('sync', ['-f', copy]);
+  const elapsed = seconds(t0);
+  await rm(copy, { force: true });
+  return elapsed;
+}
