@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
+import type { BigIntStats } from 'node:fs';
 import { readGuestDir, statGuest } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
@@ -23,20 +24,34 @@ const INITRAMFS_TOOLS_INPUTS = ['/etc/initramfs-tools', '/usr/share/initramfs-to
 /** Where the initramfs of kernel `version` lives: Fedora/RHEL, Debian/Ubuntu, the BLS layout dracut also uses, SUSE. */
 const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `/boot/initrd.img-${version}`, `/lib/modules/${version}/initrd`, `/boot/initrd-${version}`];
 
-/** Walks guest paths (not following symlinks) into a TreeState; `skip` leaves entries out by their guest path. */
+/**
+ * Walks guest paths (not following symlinks) into a TreeState; `skip` leaves entries out by their guest path.
+ * A directory's entries are looked at all at once (a kernel's modules are thousands of files, walked before and
+ * after every step), and hashed in the order of the walk, so the digest does not depend on which answered first.
+ */
 async function treeState(root: string, guestPaths: string[], skip: (guestPath: string) => boolean = () => false): Promise<TreeState> {
   const hash = createHash('sha256');
   let newestCtimeNs = 0n;
-  const visit = async (guestPath: string) => {
-    if (skip(guestPath)) return;
+  type Entry = { guestPath: string; stat: BigIntStats; children: Entry[] };
+  const visit = async (guestPath: string): Promise<Entry | undefined> => {
+    if (skip(guestPath)) return undefined;
     const stat = await lstat(join(root, guestPath), { bigint: true }).catch(() => undefined);
-    if (!stat) return;
+    if (!stat) return undefined;
+    const names = stat.isDirectory() ? ((await readGuestDir(root, guestPath)) ?? []) : [];
+    const children = (await Promise.all(names.map((name) => visit(`${guestPath}/${name}`)))).filter((entry): entry is Entry => entry !== undefined);
+    return { guestPath, stat, children };
+  };
+  const add = (entry: Entry) => {
+    const { guestPath, stat } = entry;
     hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
     if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
-    if (stat.isDirectory()) for (const name of (await readGuestDir(root, guestPath)) ?? []) await visit(`${guestPath}/${name}`);
+    entry.children.forEach(add);
   };
   // Resolved once at the top (/lib is a symlink to usr/lib on merged-/usr guests); below, symlinks are entries.
-  for (const path of guestPaths) await visit(await resolveInRoot(root, path));
+  for (const path of guestPaths) {
+    const entry = await visit(await resolveInRoot(root, path));
+    if (entry) add(entry);
+  }
   return { digest: hash.digest('hex'), newestCtimeNs };
 }
 
