@@ -1,7 +1,6 @@
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { Bom } from '../bom/collect.js';
-import { cycloneDxFromBom } from '../bom/cyclonedx.js';
 import { spdxFromBom } from '../bom/spdx.js';
 import { sha256File } from '../util/digest.js';
 import type { ImageFormat } from '../image/qemu-img.js';
@@ -187,7 +186,8 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
     const sbom = {
       path: `${outputPath}.${SBOM_SUFFIXES[format]}`,
       partial: await partialFor(context, `${partials[0]}.${SBOM_SUFFIXES[format]}`, 'partial SBOM'),
-      document: format === 'cyclonedx' ? cycloneDxFromBom(bom) : spdxFromBom(bom),
+      // The CycloneDX library is loaded when a CycloneDX SBOM is written (~100 ms of start-up otherwise).
+      document: format === 'cyclonedx' ? (await import('../bom/cyclonedx.js')).cycloneDxFromBom(bom) : spdxFromBom(bom),
     };
     await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
     sboms.push(sbom);
