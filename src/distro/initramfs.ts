@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
-import type { BigIntStats } from 'node:fs';
 import { readGuestDir, statGuest } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
@@ -32,7 +31,7 @@ const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `
 async function treeState(root: string, guestPaths: string[], skip: (guestPath: string) => boolean = () => false): Promise<TreeState> {
   const hash = createHash('sha256');
   let newestCtimeNs = 0n;
-  type Entry = { guestPath: string; stat: BigIntStats; children: Entry[] };
+  type Entry = { guestPath: string; stat: { mode: bigint; size: bigint; ctimeNs: bigint }; children: Entry[] };
   const visit = async (guestPath: string): Promise<Entry | undefined> => {
     if (skip(guestPath)) return undefined;
     const stat = await lstat(join(root, guestPath), { bigint: true }).catch(() => undefined);
