@@ -53,9 +53,10 @@ export async function installLimit(base, packages, dir, runs, checkout = repo) {
   const script = [
     'export DEBIAN_FRONTEND=noninteractive',
     'apt-get update -qq >/dev/null',
-    `apt-get install -y -qq --download-only ${names} >/dev/null`,
+    // apt-get as imagebuilder's packages step runs it (src/pkg/apt.ts): no recommends, dpkg without a pty.
+    `apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 --download-only ${names} >/dev/null`,
     'start=$(date +%s%N)',
-    `apt-get install -y -qq --no-download ${names} >/dev/null`,
+    `apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 --no-download ${names} >/dev/null`,
     'end=$(date +%s%N)',
     'echo "@@install-ms $(( (end - start) / 1000000 ))"',
   ].join('\n');
