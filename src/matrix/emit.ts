@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { stringify } from 'yaml';
 import { ImageBuilderError } from '../util/errors.js';
 import { TOOL_VERSION } from '../version.js';
@@ -53,20 +53,27 @@ export function kubernetesNames(texts: string[], max = 63): Map<string, string> 
 
 export const kubernetesName = (text: string, max = 63) => kubernetesNames([text], max).get(text)!;
 
-/** The files a build reads (matrix, recipes, includes, keyrings), relative to the matrix file: the ConfigMap. */
-function configFiles(matrix: Matrix, builds: MatrixBuild[]): string[] {
-  const files = new Set<string>([basename(matrix.path)]);
+/**
+ * The files a build reads (matrix, recipes, includes, keyrings), relative to the deepest directory that holds them
+ * all (the matrix file's, or one above it when a recipe sits beside or above it: recipes/examples/matrix.yaml
+ * building ../kubernetes-node.yaml): the ConfigMap, laid out in the pod as they are here.
+ */
+function carriedFiles(matrix: Matrix, builds: MatrixBuild[]): { root: string; files: string[]; matrixFile: string } {
+  const absolute = new Set<string>([resolve(matrix.path)]);
   for (const build of builds) {
-    for (const file of build.recipe.files) files.add(file);
-    if (build.base.keyringWritten) files.add(build.base.keyringWritten);
+    for (const file of build.recipe.files) absolute.add(resolve(matrix.dir, file));
+    if (build.base.keyringWritten) absolute.add(resolve(matrix.dir, build.base.keyringWritten));
   }
-  const outside = [...files].filter((file) => file.startsWith('/') || file.split('/').includes('..'));
-  if (outside.length) {
-    throw new ImageBuilderError('BAD_INPUT', `a cluster build can only carry files under the matrix file's directory; outside it: ${outside.join(', ')}`, {
-      hint: `move them under ${matrix.dir} (with the matrix file) and refer to them by relative paths`,
+  const dirs = [...absolute].map((file) => dirname(file).split(sep));
+  let depth = 0;
+  while (dirs.every((parts) => depth < parts.length && parts[depth] === dirs[0][depth])) depth++;
+  const root = dirs[0].slice(0, depth).join(sep) || sep;
+  if (root === sep) {
+    throw new ImageBuilderError('BAD_INPUT', `a cluster build carries the files its builds read from one directory, and these share none below /: ${[...absolute].join(', ')}`, {
+      hint: `keep the recipes, includes and keyrings with the matrix file (${matrix.dir}) or in one tree with it, and refer to them by relative paths`,
     });
   }
-  return [...files].sort();
+  return { root, files: [...absolute].map((file) => relative(root, file)).sort(), matrixFile: relative(root, resolve(matrix.path)) };
 }
 
 /** The ConfigMap that delivers those files into every pod at /config, keeping their relative paths. */
@@ -76,8 +83,9 @@ function configMap(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions, 
   const items: { key: string; path: string }[] = [];
   const digest = createHash('sha256');
   let size = 0;
-  for (const file of configFiles(matrix, builds)) {
-    const bytes = readFileSync(join(matrix.dir, file));
+  const { root, files } = carriedFiles(matrix, builds);
+  for (const file of files) {
+    const bytes = readFileSync(join(root, file));
     size += bytes.length;
     digest.update(file).update('\0').update(bytes);
     let key = file.replace(/[^-._a-zA-Z0-9]/g, '_');
@@ -143,10 +151,10 @@ function container(args: string[], options: EmitOptions, mounts: (keyof typeof P
   };
 }
 
-function buildArgs(matrix: Matrix, build: string, options: EmitOptions): string[] {
+function buildArgs(matrix: Matrix, builds: MatrixBuild[], build: string, options: EmitOptions): string[] {
   return [
     'matrix',
-    `${POD_PATHS.config}/${basename(matrix.path)}`,
+    `${POD_PATHS.config}/${carriedFiles(matrix, builds).matrixFile}`,
     '--only',
     build,
     '--jobs',
@@ -204,7 +212,7 @@ export function emitJobs(matrix: Matrix, builds: MatrixBuild[], options: EmitOpt
           spec: {
             restartPolicy: 'Never',
             ...(options.serviceAccount ? { serviceAccountName: options.serviceAccount } : {}),
-            containers: [container(buildArgs(matrix, build.name, options), options, BUILD_MOUNTS, true)],
+            containers: [container(buildArgs(matrix, builds, build.name, options), options, BUILD_MOUNTS, true)],
             volumes: volumes(configName, items, options),
           },
         },
@@ -257,7 +265,7 @@ export function emitArgo(matrix: Matrix, builds: MatrixBuild[], options: EmitOpt
         {
           name: 'build',
           inputs: { parameters: [{ name: 'build' }] },
-          container: container(buildArgs(matrix, '{{inputs.parameters.build}}', options), options, BUILD_MOUNTS, true),
+          container: container(buildArgs(matrix, builds, '{{inputs.parameters.build}}', options), options, BUILD_MOUNTS, true),
         },
       ],
     },

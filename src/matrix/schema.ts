@@ -1,4 +1,4 @@
-import { IMAGE_FORMATS } from '../image/qemu-img.js';
+import { OUTPUT_FORMATS } from '../image/formats.js';
 import type { JsonSchema } from '../util/json-schema.js';
 
 export const MATRIX_SCHEMA_ID = 'https://imagebuilder.dev/schemas/matrix.schema.json';
@@ -91,7 +91,7 @@ export function matrixSchema(): JsonSchema {
             minLength: 1,
             description: 'Each build\'s name, a template over recipe, base and the variables, e.g. "{{ base }}-k8s-{{ kubernetes_version }}" (default: all of them joined by "-").',
           },
-          formats: { type: 'array', minItems: 1, items: { enum: [...IMAGE_FORMATS] }, description: "As apply --format (default: the base's format)." },
+          formats: { type: 'array', minItems: 1, items: { enum: [...OUTPUT_FORMATS] }, description: "As apply --format: disk images, tar, ova, gce (default: the base's format)." },
           compress: { type: 'boolean', description: 'As apply --compress.' },
         },
       },

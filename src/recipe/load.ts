@@ -106,6 +106,17 @@ interface RawStep {
 interface VariableDefinition {
   value: string;
   location: string;
+  /** A column of a table (`tables:`): its value is the cell of the row the table's key picks. */
+  table?: TableColumn;
+}
+
+interface TableColumn {
+  table: string;
+  column: string;
+  key: string;
+  keyLocation: string;
+  rows: Record<string, Record<string, unknown>>;
+  rowLocation: (row: string) => string;
 }
 
 /** Reads included files relative to the including one, depth first, refusing cycles. */
@@ -133,6 +144,17 @@ class Expander {
     for (const [name, value] of Object.entries((file.data.variables as Record<string, unknown> | undefined) ?? {})) {
       // The including recipe's own definition wins over an include's default.
       if (!this.definitions.has(name)) this.definitions.set(name, { value: String(value), location: file.locate.of(['variables', name]) });
+    }
+    for (const [table, { key, rows }] of Object.entries((file.data.tables as Record<string, { key: string; rows: Record<string, Record<string, unknown>> }> | undefined) ?? {})) {
+      const keyLocation = file.locate.of(['tables', table, 'key']);
+      const rowLocation = (row: string) => file.locate.of(['tables', table, 'rows', row]);
+      for (const column of new Set(Object.values(rows).flatMap((row) => Object.keys(row)))) {
+        if ((file.data.variables as Record<string, unknown> | undefined)?.[column] !== undefined) {
+          this.problems.push({ location: keyLocation, message: `"${column}" is both a variable and a column of table ${table}: give it one home` });
+          continue;
+        }
+        if (!this.definitions.has(column)) this.definitions.set(column, { value: '', location: keyLocation, table: { table, column, key, keyLocation, rows, rowLocation } });
+      }
     }
     ((file.data.checks as Record<string, unknown>[] | undefined) ?? []).forEach((value, index) => this.checks.push({ file, at: ['checks', index], value }));
     (file.data.steps as Record<string, unknown>[]).forEach((value, index) => {
@@ -215,7 +237,7 @@ function applyOverrides(expander: Expander, inputs: RecipeInputs): RecipeProblem
 }
 
 /** Variables may use other variables; each is rendered once, in dependency order, cycles refused. */
-function resolveVariables(definitions: Map<string, VariableDefinition>): { values: Record<string, string>; problems: RecipeProblem[] } {
+function resolveVariables(definitions: Map<string, VariableDefinition>): { values: Record<string, string>; problems: RecipeProblem[]; unmatchedTables: number } {
   const values: Record<string, string> = {};
   const problems: RecipeProblem[] = [];
   const resolving = new Set<string>();
@@ -228,13 +250,38 @@ function resolveVariables(definitions: Map<string, VariableDefinition>): { value
       return '';
     }
     resolving.add(name);
-    const rendered = renderTemplate(definition.value, resolveOne, () => [...definitions.keys()]);
+    const cell = definition.table ? tableCell(definition.table) : { value: definition.value, location: definition.location };
+    const rendered = renderTemplate(cell.value, resolveOne, () => [...definitions.keys()]);
     resolving.delete(name);
-    problems.push(...rendered.errors.map((message) => ({ location: definition.location, message })));
+    problems.push(...rendered.errors.map((message) => ({ location: cell.location, message })));
     return (values[name] = rendered.value);
   };
+  // A table's key picks its row; a key with no row is said once per table, where the choice was made.
+  const unmatched = new Set<string>();
+  const tableCell = (column: TableColumn): { value: string; location: string } => {
+    const key = renderTemplate(column.key, resolveOne, () => [...definitions.keys()]);
+    problems.push(...key.errors.map((message) => ({ location: column.keyLocation, message })));
+    const row = column.rows[key.value];
+    if (!row) {
+      if (!key.errors.length && !unmatched.has(column.table)) {
+        unmatched.add(column.table);
+        const chosenBy = key.used.map((used) => ({ used, definition: definitions.get(used) })).find(({ definition }) => definition && !definition.table);
+        const what = chosenBy ? `${chosenBy.used} = "${values[chosenBy.used]}" selects` : 'selects';
+        problems.push({
+          location: chosenBy?.definition?.location ?? column.keyLocation,
+          message: `${what} "${key.value}" in table ${column.table} (${column.keyLocation}), which has no such row; it has: ${Object.keys(column.rows).join(', ')}`,
+        });
+      }
+      return { value: '', location: column.keyLocation };
+    }
+    if (!(column.column in row)) {
+      problems.push({ location: column.rowLocation(key.value), message: `row "${key.value}" of table ${column.table} has no "${column.column}", which other rows have` });
+      return { value: '', location: column.rowLocation(key.value) };
+    }
+    return { value: String(row[column.column]), location: column.rowLocation(key.value) };
+  };
   for (const name of definitions.keys()) resolveOne(name);
-  return { values, problems };
+  return { values, problems, unmatchedTables: unmatched.size };
 }
 
 /** Substitutes variables in every string of a step value, reporting each problem at its string. */
@@ -281,8 +328,10 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
   expander.add({ ...top, path: resolve(path) }, [resolve(path)]);
   // Locations inside the top file keep the path as the user gave it.
   const problems = [...expander.problems, ...applyOverrides(expander, inputs)];
-  const { values, problems: variableProblems } = resolveVariables(expander.definitions);
+  const { values, problems: variableProblems, unmatchedTables } = resolveVariables(expander.definitions);
   problems.push(...variableProblems);
+  // A table with no row for its key leaves its columns empty: the steps would only echo that error.
+  if (unmatchedTables) return { problems };
 
   const steps: RecipeStep[] = [];
   expander.steps.forEach((raw, index) => {

@@ -77,6 +77,30 @@ export function recipeSchema(): JsonSchema {
         propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
         additionalProperties: { type: ['string', 'number', 'boolean'] },
       },
+      tables: {
+        type: 'object',
+        description:
+          'Variables that come in consistent sets, one row per value of a key: `key` (a template over other variables, {{ kubernetes_version | major_minor }}) picks the row, and the row\'s columns are variables like any other (--set overrides one). A key with no row is an error naming the rows there are.',
+        propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+        additionalProperties: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['key', 'rows'],
+          properties: {
+            key: { type: 'string', minLength: 1, description: 'Which row: a template over other variables.' },
+            rows: {
+              type: 'object',
+              minProperties: 1,
+              description: 'Row name (a value of the key) → column → value.',
+              additionalProperties: {
+                type: 'object',
+                propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+                additionalProperties: { type: ['string', 'number', 'boolean'] },
+              },
+            },
+          },
+        },
+      },
       network: NETWORK_SCHEMA,
       limits: LIMITS_SCHEMA,
       disk: {

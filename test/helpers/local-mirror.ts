@@ -1,47 +1,94 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
+import { parse as parseYaml } from 'yaml';
 import { FIXTURE_CACHE } from './fixtures.js';
 import { cachedFixture, serveDirectory } from './static-server.js';
 
 /**
  * A local stand-in for the upstream sources a Kubernetes node recipe uses, served on 127.0.0.1 (the chroot
- * shares the host's network namespace, so apt inside the guest reaches it too):
+ * shares the host's network namespace, so apt inside the guest reaches it too), for every Kubernetes series the
+ * shipped recipes/kubernetes-node.yaml supports, at the versions its table (`tables: kubernetes_release`) names:
  *
- *   /core:/stable:/v1.30/deb/            a flat apt repository laid out like pkgs.k8s.io, signed (InRelease,
- *                                        Release.gpg) by a throwaway key whose armored public half is Release.key
- *   /containerd/containerd/releases/download/v1.7.20/containerd-1.7.20-linux-amd64.tar.gz{,.sha256sum}
- *   /opencontainers/runc/releases/download/v1.1.13/{runc.amd64,runc.sha256sum}
- *   /kubernetes-sigs/cri-tools/releases/download/v1.30.0/crictl-v1.30.0-linux-amd64.tar.gz{,.sha256}
- *   /containernetworking/plugins/releases/download/v1.5.1/cni-plugins-linux-amd64-v1.5.1.tgz{,.sha256}
- *   /containerd/containerd/v1.7.20/containerd.service   (raw.githubusercontent.com's layout)
+ *   /core:/stable:/v1.NN/deb/            a flat apt repository laid out like pkgs.k8s.io, signed (InRelease,
+ *                                        Release.gpg) by a throwaway key whose armored public half is Release.key:
+ *                                        kubelet/kubeadm/kubectl at the series' newest patch and the one before,
+ *                                        cri-tools and kubernetes-cni at the table's versions
+ *   /containerd/containerd/releases/download/vX/containerd-X-linux-amd64.tar.gz{,.sha256sum}
+ *   /opencontainers/runc/releases/download/vX/{runc.amd64,runc.sha256sum}
+ *   /kubernetes-sigs/cri-tools/releases/download/vX/crictl-vX-linux-amd64.tar.gz{,.sha256}
+ *   /containernetworking/plugins/releases/download/vX/cni-plugins-linux-amd64-vX.tgz{,.sha256}
+ *   /containerd/containerd/vX/containerd.service   (raw.githubusercontent.com's layout)
  *
  * Checksum files have the names and forms upstream publishes: containerd `NAME.sha256sum` and runc
  * `runc.sha256sum` as `hash  name` lines, cri-tools `NAME.sha256` as a bare hash, CNI plugins `NAME.sha256`
- * as `hash  name`. The packages are tiny (a shell script each) with the dependencies upstream declares for
- * 1.30 that stay inside this repository or that Debian's minbase satisfies (mount, util-linux); containerd
- * and runc binaries are Debian's own (`apt-get download containerd runc`), repackaged the way upstream packs.
+ * as `hash  name`. The packages, crictl and the CNI plugins are tiny (a shell script each, printing the
+ * version published) with the dependencies upstream declares, minus what needs Debian's mirror. containerd is
+ * a real containerd 2.x (Debian's build from unstable: its binaries need only glibc 2.34, so they run on Debian
+ * 12 guests) and runc Debian 12's own, each repackaged the way upstream packs: they say their own versions.
  *
- * Built once into FIXTURE_CACHE/mirror-<hash of this file>/ (so changing the builder rebuilds it) and only
- * ever read afterwards. Host tools: gpg (+ gpg-agent), apt-ftparchive (apt-utils), dpkg-deb, tar: bin/setup.
+ * Built once into FIXTURE_CACHE/mirror-<hash of this file and of the recipe>/ and only ever read afterwards.
+ * Host tools: gpg (+ gpg-agent), apt-ftparchive (apt-utils), dpkg-deb, tar: bin/setup.
  */
 
-export const MIRROR_PACKAGES: Record<string, string[]> = {
-  kubelet: ['1.30.1-1.1', '1.30.2-1.1'],
-  kubeadm: ['1.30.1-1.1', '1.30.2-1.1'],
-  kubectl: ['1.30.1-1.1', '1.30.2-1.1'],
-  'cri-tools': ['1.30.0-1.1'],
-  'kubernetes-cni': ['1.4.0-1.1'],
-};
+const RECIPE = fileURLToPath(new URL('../../recipes/kubernetes-node.yaml', import.meta.url));
+const recipe = parseYaml(readFileSync(RECIPE, 'utf8')) as { variables: Record<string, string>; tables: { kubernetes_release: { rows: Record<string, SeriesRow> } } };
 
-export const MIRROR_RELEASES = { containerd: '1.7.20', runc: '1.1.13', crictl: '1.30.0', cniPlugins: '1.5.1' } as const;
+/** A row of the recipe's table: what goes with one Kubernetes series. */
+export interface SeriesRow {
+  cri_tools_deb_version: string;
+  kubernetes_cni_deb_version: string;
+  containerd_version: string;
+  runc_version: string;
+  crictl_version: string;
+  cni_plugins_version: string;
+  pause_image: string;
+}
 
-/** The apt repository's path under the mirror's URL, as on pkgs.k8s.io. */
-export const APT_PATH = '/core:/stable:/v1.30/deb/';
+/** The recipe's table, series → companions: what the stand-ins serve. */
+export const SERIES: Record<string, SeriesRow> = recipe.tables.kubernetes_release.rows;
+
+/** The newest patch of each series (kubernetes-sigs/image-builder's release pins, as the recipe's comment says). */
+const NEWEST_PATCH: Record<string, number> = { '1.36': 3, '1.35': 7, '1.34': 10 };
+
+/** The series the recipe builds by default. */
+export const DEFAULT_SERIES = recipe.variables.kubernetes_version.split('.').slice(0, 2).join('.');
+
+/**
+ * The Kubernetes release a test pins for a series: the patch before its newest, which the repository offers too
+ * (an unpinned install would take the newest: a pinned one proves the pin).
+ */
+export function pinnedRelease(series: string): string {
+  const newest = NEWEST_PATCH[series];
+  if (newest === undefined) throw new Error(`the stand-in mirror knows no newest patch of ${series}: add it to NEWEST_PATCH`);
+  return `${series}.${newest - 1}`;
+}
+
+/** The apt repository's packages for a series: package name → versions, oldest first. */
+export function seriesPackages(series: string): Record<string, string[]> {
+  const row = SERIES[series];
+  const kubernetes = [`${pinnedRelease(series)}-1.1`, `${series}.${NEWEST_PATCH[series]}-1.1`];
+  return { kubelet: kubernetes, kubeadm: kubernetes, kubectl: kubernetes, 'cri-tools': [row.cri_tools_deb_version], 'kubernetes-cni': [row.kubernetes_cni_deb_version] };
+}
+
+/** The default series' packages (as MIRROR_PACKAGES always was: one series). */
+export const MIRROR_PACKAGES: Record<string, string[]> = seriesPackages(DEFAULT_SERIES);
+
+/** The default series' release artifacts' versions. */
+export const MIRROR_RELEASES = {
+  containerd: SERIES[DEFAULT_SERIES].containerd_version,
+  runc: SERIES[DEFAULT_SERIES].runc_version,
+  crictl: SERIES[DEFAULT_SERIES].crictl_version,
+  cniPlugins: SERIES[DEFAULT_SERIES].cni_plugins_version,
+} as const;
+
+/** A series' apt repository path under the mirror's URL, as on pkgs.k8s.io. */
+export const aptPath = (series: string) => `/core:/stable:/v${series}/deb/`;
+export const APT_PATH = aptPath(DEFAULT_SERIES);
 
 export interface MirrorArtifact {
   url: string;
@@ -62,18 +109,23 @@ export interface LocalMirror {
   /** Package name → the versions the apt repository offers, oldest first. */
   versions: Record<string, string[]>;
   releases: typeof MIRROR_RELEASES;
-  files: {
-    containerd: MirrorArtifact;
-    runc: MirrorArtifact;
-    crictl: MirrorArtifact;
-    cniPlugins: MirrorArtifact;
-    containerdService: { url: string; sha256: string };
-  };
+  /** The default series' artifacts. */
+  files: SeriesFiles;
+  /** Each series' artifacts. */
+  series: (series: string) => SeriesFiles;
   /** Every request path served so far (decoded), in order: proof that a build really used the mirror. */
   requests: string[];
   /** The cached tree being served. */
   dir: string;
   close(): Promise<void>;
+}
+
+export interface SeriesFiles {
+  containerd: MirrorArtifact;
+  runc: MirrorArtifact;
+  crictl: MirrorArtifact;
+  cniPlugins: MirrorArtifact;
+  containerdService: { url: string; sha256: string };
 }
 
 interface Manifest {
@@ -83,28 +135,25 @@ interface Manifest {
 
 const BUILDER = fileURLToPath(import.meta.url);
 
-const ARTIFACT_PATHS = {
-  containerd: {
-    path: `/containerd/containerd/releases/download/v${MIRROR_RELEASES.containerd}/containerd-${MIRROR_RELEASES.containerd}-linux-amd64.tar.gz`,
-    checksum: `/containerd/containerd/releases/download/v${MIRROR_RELEASES.containerd}/containerd-${MIRROR_RELEASES.containerd}-linux-amd64.tar.gz.sha256sum`,
-  },
-  runc: {
-    path: `/opencontainers/runc/releases/download/v${MIRROR_RELEASES.runc}/runc.amd64`,
-    checksum: `/opencontainers/runc/releases/download/v${MIRROR_RELEASES.runc}/runc.sha256sum`,
-  },
-  crictl: {
-    path: `/kubernetes-sigs/cri-tools/releases/download/v${MIRROR_RELEASES.crictl}/crictl-v${MIRROR_RELEASES.crictl}-linux-amd64.tar.gz`,
-    checksum: `/kubernetes-sigs/cri-tools/releases/download/v${MIRROR_RELEASES.crictl}/crictl-v${MIRROR_RELEASES.crictl}-linux-amd64.tar.gz.sha256`,
-  },
-  cniPlugins: {
-    path: `/containernetworking/plugins/releases/download/v${MIRROR_RELEASES.cniPlugins}/cni-plugins-linux-amd64-v${MIRROR_RELEASES.cniPlugins}.tgz`,
-    checksum: `/containernetworking/plugins/releases/download/v${MIRROR_RELEASES.cniPlugins}/cni-plugins-linux-amd64-v${MIRROR_RELEASES.cniPlugins}.tgz.sha256`,
-  },
-} as const;
+type ArtifactKind = 'containerd' | 'runc' | 'crictl' | 'cniPlugins';
 
-const CONTAINERD_SERVICE_PATH = `/containerd/containerd/v${MIRROR_RELEASES.containerd}/containerd.service`;
+/** Where upstream publishes each artifact of a version, and its checksum file. */
+function artifactPaths(kind: ArtifactKind, version: string): { path: string; checksum: string } {
+  const path = {
+    containerd: `/containerd/containerd/releases/download/v${version}/containerd-${version}-linux-amd64.tar.gz`,
+    runc: `/opencontainers/runc/releases/download/v${version}/runc.amd64`,
+    crictl: `/kubernetes-sigs/cri-tools/releases/download/v${version}/crictl-v${version}-linux-amd64.tar.gz`,
+    cniPlugins: `/containernetworking/plugins/releases/download/v${version}/cni-plugins-linux-amd64-v${version}.tgz`,
+  }[kind];
+  const checksum = { containerd: `${path}.sha256sum`, runc: `/opencontainers/runc/releases/download/v${version}/runc.sha256sum`, crictl: `${path}.sha256`, cniPlugins: `${path}.sha256` }[kind];
+  return { path, checksum };
+}
 
-/** containerd's own unit file as the v1.7 branch ships it (containerd.service at the repository root). */
+const versionOf = (kind: ArtifactKind, row: SeriesRow) => ({ containerd: row.containerd_version, runc: row.runc_version, crictl: row.crictl_version, cniPlugins: row.cni_plugins_version })[kind];
+const ARTIFACT_KINDS: ArtifactKind[] = ['containerd', 'runc', 'crictl', 'cniPlugins'];
+const containerdServicePath = (version: string) => `/containerd/containerd/v${version}/containerd.service`;
+
+/** containerd's own unit file as upstream ships it (containerd.service at the repository root). */
 const CONTAINERD_SERVICE = `# Copyright The containerd Authors.
 #
 # Licensed under the Apache License, Version 2.0 (the "License");
@@ -148,15 +197,15 @@ OOMScoreAdjust=-999
 WantedBy=multi-user.target
 `;
 
-/** What upstream's 1.30 packages declare (kubernetes/release, cmd/krel/templates/latest), minus what needs Debian's mirror. */
-function controlFields(name: string, version: string): Record<string, string> {
+/** What upstream's packages declare (kubernetes/release, cmd/krel/templates/latest), minus what needs Debian's mirror. */
+function controlFields(name: string, version: string, row: SeriesRow): Record<string, string> {
   const upstream = version.replace(/-[^-]*$/, '');
   const common = { Package: name, Version: version, Architecture: 'amd64', Maintainer: 'Kubernetes Authors <dev@kubernetes.io>', Homepage: 'https://kubernetes.io' };
   switch (name) {
     case 'kubelet':
       return { ...common, Section: 'net', Priority: 'optional', Depends: 'kubernetes-cni (>= 1.2.0), mount, util-linux', Recommends: 'iptables (>= 1.8.4)', Description: `Node agent for Kubernetes clusters (test build of ${upstream})` };
     case 'kubeadm':
-      return { ...common, Section: 'admin', Priority: 'optional', Depends: 'cri-tools (>= 1.30.0)', Description: `Command-line utility for administering a Kubernetes cluster (test build of ${upstream})` };
+      return { ...common, Section: 'admin', Priority: 'optional', Depends: `cri-tools (>= ${row.cri_tools_deb_version.replace(/-[^-]*$/, '')})`, Description: `Command-line utility for administering a Kubernetes cluster (test build of ${upstream})` };
     case 'kubectl':
       return { ...common, Section: 'admin', Priority: 'optional', Description: `Command-line utility for interacting with a Kubernetes cluster (test build of ${upstream})` };
     case 'cri-tools':
@@ -243,96 +292,101 @@ async function buildMirror(build: string): Promise<void> {
     const fingerprint = /^fpr:+([0-9A-F]{40}):/m.exec(colons)?.[1];
     if (!fingerprint) throw new Error(`no fingerprint in gpg output:\n${colons}`);
 
-    // The apt repository.
-    const repo = join(root, ...APT_PATH.split('/').filter(Boolean));
-    await mkdir(join(repo, 'amd64'), { recursive: true });
-    for (const [name, versions] of Object.entries(MIRROR_PACKAGES)) {
-      for (const version of versions) {
-        const tree = join(work, 'pkg', `${name}_${version}`);
-        for (const [path, content] of Object.entries(packageFiles(name, version))) {
-          await writeExecutable(join(tree, path), content);
-          if (path.includes('/systemd/')) await chmod(join(tree, path), 0o644);
+    // One apt repository per series, each signed by the key.
+    for (const series of Object.keys(SERIES)) {
+      const repo = join(root, ...aptPath(series).split('/').filter(Boolean));
+      await mkdir(join(repo, 'amd64'), { recursive: true });
+      for (const [name, versions] of Object.entries(seriesPackages(series))) {
+        for (const version of versions) {
+          const tree = join(work, 'pkg', `${name}_${version}`);
+          for (const [path, content] of Object.entries(packageFiles(name, version))) {
+            await writeExecutable(join(tree, path), content);
+            if (path.includes('/systemd/')) await chmod(join(tree, path), 0o644);
+          }
+          const control = Object.entries(controlFields(name, version, SERIES[series])).map(([key, value]) => `${key}: ${value}`).join('\n');
+          await mkdir(join(tree, 'DEBIAN'), { recursive: true });
+          await writeFile(join(tree, 'DEBIAN/control'), `${control}\n`);
+          await execa('dpkg-deb', ['--root-owner-group', '-Zgzip', '--build', tree, join(repo, 'amd64', `${name}_${version}_amd64.deb`)], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
         }
-        const control = Object.entries(controlFields(name, version)).map(([key, value]) => `${key}: ${value}`).join('\n');
-        await mkdir(join(tree, 'DEBIAN'), { recursive: true });
-        await writeFile(join(tree, 'DEBIAN/control'), `${control}\n`);
-        await execa('dpkg-deb', ['--root-owner-group', '-Zgzip', '--build', tree, join(repo, 'amd64', `${name}_${version}_amd64.deb`)], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
       }
+      const packages = (await execa('apt-ftparchive', ['packages', 'amd64'], { cwd: repo })).stdout;
+      await writeFile(join(repo, 'Packages'), `${packages.trimEnd()}\n`);
+      await writeFile(join(repo, 'Packages.gz'), gzipSync(await readFile(join(repo, 'Packages'))));
+      const release = (
+        await execa(
+          'apt-ftparchive',
+          [
+            '-o', 'APT::FTPArchive::Release::Origin=imagebuilder test mirror of pkgs.k8s.io',
+            '-o', 'APT::FTPArchive::Release::Label=deb',
+            '-o', 'APT::FTPArchive::Release::Architectures=amd64',
+            '-o', `APT::FTPArchive::Release::Description=core:stable:v${series} (test)`,
+            'release', '.',
+          ],
+          { cwd: repo },
+        )
+      ).stdout;
+      await writeFile(join(repo, 'Release'), `${release.trimEnd()}\n`);
+      await gpg(['--local-user', fingerprint, '--clearsign', '--output', join(repo, 'InRelease'), join(repo, 'Release')]);
+      await gpg(['--local-user', fingerprint, '--detach-sign', '--armor', '--output', join(repo, 'Release.gpg'), join(repo, 'Release')]);
+      await writeFile(join(repo, 'Release.key'), (await gpg(['--export', '--armor', fingerprint])).stdout + '\n');
     }
-    const packages = (await execa('apt-ftparchive', ['packages', 'amd64'], { cwd: repo })).stdout;
-    await writeFile(join(repo, 'Packages'), `${packages.trimEnd()}\n`);
-    await writeFile(join(repo, 'Packages.gz'), gzipSync(await readFile(join(repo, 'Packages'))));
-    const release = (
-      await execa(
-        'apt-ftparchive',
-        [
-          '-o', 'APT::FTPArchive::Release::Origin=imagebuilder test mirror of pkgs.k8s.io',
-          '-o', 'APT::FTPArchive::Release::Label=deb',
-          '-o', 'APT::FTPArchive::Release::Architectures=amd64',
-          '-o', 'APT::FTPArchive::Release::Description=core:stable:v1.30 (test)',
-          'release', '.',
-        ],
-        { cwd: repo },
-      )
-    ).stdout;
-    await writeFile(join(repo, 'Release'), `${release.trimEnd()}\n`);
-    await gpg(['--local-user', fingerprint, '--clearsign', '--output', join(repo, 'InRelease'), join(repo, 'Release')]);
-    await gpg(['--local-user', fingerprint, '--detach-sign', '--armor', '--output', join(repo, 'Release.gpg'), join(repo, 'Release')]);
-    await writeFile(join(repo, 'Release.key'), (await gpg(['--export', '--armor', fingerprint])).stdout + '\n');
 
-    // Debian's containerd and runc binaries, repackaged as upstream's release artifacts.
+    // Real binaries: runc is Debian 12's own; containerd a 2.x, Debian's build from unstable (fetched with an
+    // apt configuration of its own, never the host's), repackaged as upstream's release artifacts.
     const debs = join(work, 'debs');
     await mkdir(debs, { recursive: true });
-    const download = () => execa('apt-get', ['download', '-q', '-o', 'APT::Sandbox::User=root', 'containerd', 'runc'], { cwd: debs });
+    const download = () => execa('apt-get', ['download', '-q', '-o', 'APT::Sandbox::User=root', 'runc'], { cwd: debs });
     await download().catch(async () => {
       // The host's package lists may be missing (a fresh container): fetch them, then try once more.
       await execa('apt-get', ['update', '-qq']);
       await download();
     });
+    const unstable = join(work, 'apt-unstable');
+    await mkdir(join(unstable, 'lists/partial'), { recursive: true });
+    await mkdir(join(unstable, 'cache/archives/partial'), { recursive: true });
+    await writeFile(join(unstable, 'sources.list'), 'deb http://deb.debian.org/debian unstable main\n');
+    const unstableApt = ['-o', `Dir::Etc::SourceList=${join(unstable, 'sources.list')}`, '-o', 'Dir::Etc::SourceParts=/dev/null', '-o', `Dir::State::Lists=${join(unstable, 'lists')}`, '-o', `Dir::Cache=${join(unstable, 'cache')}`, '-o', 'APT::Sandbox::User=root'];
+    await execa('apt-get', ['update', '-qq', ...unstableApt]);
+    await execa('apt-get', ['download', '-q', ...unstableApt, 'containerd'], { cwd: debs });
     for (const deb of (await readdir(debs)).filter((n) => n.endsWith('.deb'))) await execa('dpkg-deb', ['-x', join(debs, deb), join(work, 'extracted')]);
     const extracted = join(work, 'extracted');
     const sha256: Record<string, string> = {};
-
-    const containerdStage = join(work, 'containerd');
-    for (const program of ['containerd', 'containerd-shim-runc-v2', 'ctr']) {
-      await writeExecutable(join(containerdStage, 'bin', program), await readFile(join(extracted, 'usr/bin', program)));
-    }
-    const containerd = join(root, ARTIFACT_PATHS.containerd.path);
-    await mkdir(join(containerd, '..'), { recursive: true });
-    await tarGz(containerd, containerdStage, ['bin']);
-
-    const runc = join(root, ARTIFACT_PATHS.runc.path);
-    await mkdir(join(runc, '..'), { recursive: true });
-    await copyFile(join(extracted, 'usr/sbin/runc'), runc);
-    await chmod(runc, 0o755);
-
-    const crictlStage = join(work, 'crictl');
-    await writeExecutable(join(crictlStage, 'crictl'), `#!/bin/sh\necho "crictl version v${MIRROR_RELEASES.crictl} (imagebuilder test mirror)"\n`);
-    const crictl = join(root, ARTIFACT_PATHS.crictl.path);
-    await mkdir(join(crictl, '..'), { recursive: true });
-    await tarGz(crictl, crictlStage, ['crictl']);
-
-    const cniStage = join(work, 'cni');
-    for (const plugin of ['bridge', 'host-local', 'loopback', 'portmap']) {
-      await writeExecutable(join(cniStage, plugin), `#!/bin/sh\necho "CNI ${plugin} plugin v${MIRROR_RELEASES.cniPlugins} (imagebuilder test mirror)"\n`);
-    }
-    await writeFile(join(cniStage, 'LICENSE'), 'Apache License 2.0 (test stand-in)\n');
-    const cni = join(root, ARTIFACT_PATHS.cniPlugins.path);
-    await mkdir(join(cni, '..'), { recursive: true });
-    // Upstream's archive lists its entries as ./bridge, ./host-local …
-    await tarGz(cni, cniStage, ['./LICENSE', './bridge', './host-local', './loopback', './portmap']);
-
-    for (const [key, { path }] of Object.entries(ARTIFACT_PATHS)) sha256[key] = await sha256File(join(root, path));
     const base = (path: string) => path.slice(path.lastIndexOf('/') + 1);
-    await writeFile(join(root, ARTIFACT_PATHS.containerd.checksum), `${sha256.containerd}  ${base(ARTIFACT_PATHS.containerd.path)}\n`);
-    await writeFile(join(root, ARTIFACT_PATHS.runc.checksum), `${sha256.runc}  ${base(ARTIFACT_PATHS.runc.path)}\n`);
-    await writeFile(join(root, ARTIFACT_PATHS.crictl.checksum), `${sha256.crictl}\n`);
-    await writeFile(join(root, ARTIFACT_PATHS.cniPlugins.checksum), `${sha256.cniPlugins}  ${base(ARTIFACT_PATHS.cniPlugins.path)}\n`);
+    const published = new Set<string>();
 
-    const service = join(root, CONTAINERD_SERVICE_PATH);
-    await mkdir(join(service, '..'), { recursive: true });
-    await writeFile(service, CONTAINERD_SERVICE);
-    sha256.containerdService = createHash('sha256').update(CONTAINERD_SERVICE).digest('hex');
+    for (const row of Object.values(SERIES)) {
+      for (const kind of ARTIFACT_KINDS) {
+        const version = versionOf(kind, row);
+        const { path, checksum } = artifactPaths(kind, version);
+        if (published.has(path)) continue;
+        published.add(path);
+        const target = join(root, path);
+        await mkdir(join(target, '..'), { recursive: true });
+        const stage = join(work, `${kind}-${version}`);
+        if (kind === 'containerd') {
+          for (const program of ['containerd', 'containerd-shim-runc-v2', 'ctr']) await writeExecutable(join(stage, 'bin', program), await readFile(join(extracted, 'usr/bin', program)));
+          await tarGz(target, stage, ['bin']);
+        } else if (kind === 'runc') {
+          await copyFile(join(extracted, 'usr/sbin/runc'), target);
+          await chmod(target, 0o755);
+        } else if (kind === 'crictl') {
+          await writeExecutable(join(stage, 'crictl'), `#!/bin/sh\necho "crictl version v${version} (imagebuilder test mirror)"\n`);
+          await tarGz(target, stage, ['crictl']);
+        } else {
+          for (const plugin of ['bridge', 'host-local', 'loopback', 'portmap']) await writeExecutable(join(stage, plugin), `#!/bin/sh\necho "CNI ${plugin} plugin v${version} (imagebuilder test mirror)"\n`);
+          await writeFile(join(stage, 'LICENSE'), 'Apache License 2.0 (test stand-in)\n');
+          // Upstream's archive lists its entries as ./bridge, ./host-local …
+          await tarGz(target, stage, ['./LICENSE', './bridge', './host-local', './loopback', './portmap']);
+        }
+        const digest = await sha256File(target);
+        sha256[path] = digest;
+        await writeFile(join(root, checksum), kind === 'crictl' ? `${digest}\n` : `${digest}  ${base(path)}\n`);
+      }
+      const service = join(root, containerdServicePath(row.containerd_version));
+      await mkdir(join(service, '..'), { recursive: true });
+      await writeFile(service, CONTAINERD_SERVICE);
+      sha256[containerdServicePath(row.containerd_version)] = createHash('sha256').update(CONTAINERD_SERVICE).digest('hex');
+    }
 
     await rm(work, { recursive: true, force: true });
     const manifest: Manifest = { keyFingerprint: fingerprint, sha256 };
@@ -345,7 +399,7 @@ async function buildMirror(build: string): Promise<void> {
 }
 
 /** The cached tree, built on first use. */
-export const mirrorDirectory = cachedFixture('mirror', BUILDER, buildMirror);
+export const mirrorDirectory = cachedFixture('mirror', [BUILDER, RECIPE], buildMirror);
 
 /** Builds (once) and serves the mirror on 127.0.0.1 at a random port. */
 export async function startLocalMirror(): Promise<LocalMirror> {
@@ -354,11 +408,16 @@ export async function startLocalMirror(): Promise<LocalMirror> {
   const root = join(dir, 'root');
   const server = await serveDirectory(root);
   const { url, requests } = server;
-  const artifact = (key: keyof typeof ARTIFACT_PATHS): MirrorArtifact => ({
-    url: `${url}${ARTIFACT_PATHS[key].path}`,
-    checksumUrl: `${url}${ARTIFACT_PATHS[key].checksum}`,
-    sha256: manifest.sha256[key],
-  });
+  const seriesFiles = (series: string): SeriesFiles => {
+    const row = SERIES[series];
+    if (!row) throw new Error(`the stand-in mirror serves no series ${series}`);
+    const artifact = (kind: ArtifactKind): MirrorArtifact => {
+      const { path, checksum } = artifactPaths(kind, versionOf(kind, row));
+      return { url: `${url}${path}`, checksumUrl: `${url}${checksum}`, sha256: manifest.sha256[path] };
+    };
+    const service = containerdServicePath(row.containerd_version);
+    return { containerd: artifact('containerd'), runc: artifact('runc'), crictl: artifact('crictl'), cniPlugins: artifact('cniPlugins'), containerdService: { url: `${url}${service}`, sha256: manifest.sha256[service] } };
+  };
   const aptUrl = `${url}${APT_PATH}`;
   return {
     url,
@@ -368,13 +427,8 @@ export async function startLocalMirror(): Promise<LocalMirror> {
     key: await readFile(join(root, APT_PATH, 'Release.key'), 'utf8'),
     versions: MIRROR_PACKAGES,
     releases: MIRROR_RELEASES,
-    files: {
-      containerd: artifact('containerd'),
-      runc: artifact('runc'),
-      crictl: artifact('crictl'),
-      cniPlugins: artifact('cniPlugins'),
-      containerdService: { url: `${url}${CONTAINERD_SERVICE_PATH}`, sha256: manifest.sha256.containerdService },
-    },
+    files: seriesFiles(DEFAULT_SERIES),
+    series: seriesFiles,
     requests,
     dir,
     close: server.close,

@@ -57,20 +57,20 @@ export async function rpmInstalled(root: string, name: string): Promise<string |
 }
 
 /**
- * The guest's rpm database, read by the host's rpm, holds the pinned 1.30.1 set and its dependencies, and exactly one
+ * The guest's rpm database, read by the host's rpm, holds the pinned 1.36.2 set and its dependencies, and exactly one
  * imported key: the repository's (gpg-pubkey-<last 8 hex of its fingerprint>).
  */
 export async function expectPinnedKubernetesInstalled(root: string, keyFingerprint: string): Promise<void> {
-  for (const name of ['kubelet', 'kubeadm', 'kubectl']) expect(await rpmInstalled(root, name)).toBe('1.30.1-150500.1.1.x86_64');
-  expect(await rpmInstalled(root, 'cri-tools')).toBe('1.30.0-150500.1.1.x86_64');
-  expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.4.0-150500.1.1.x86_64');
+  for (const name of ['kubelet', 'kubeadm', 'kubectl']) expect(await rpmInstalled(root, name)).toBe('1.36.2-150500.1.1.x86_64');
+  expect(await rpmInstalled(root, 'cri-tools')).toBe('1.36.0-150500.1.1.x86_64');
+  expect(await rpmInstalled(root, 'kubernetes-cni')).toBe('1.9.1-150500.1.1.x86_64');
   expect(await rpmInstalled(root, 'ethtool')).toBe('2:6.7-1.fc40.x86_64');
   const pubkeys = await hostRpm(root, ['-q', 'gpg-pubkey', '--queryformat', '%{VERSION}\n']);
   expect(pubkeys.stdout.trim().split('\n')).toEqual([keyFingerprint.slice(-8).toLowerCase()]);
 }
 
 /**
- * The BOM of a build of the pinned 1.30.1 set from the pkgs.k8s.io stand-in: read from the rpm database, exactly
+ * The BOM of a build of the pinned 1.36.2 set from the pkgs.k8s.io stand-in: read from the rpm database, exactly
  * those packages and their dependency, [epoch:]version-release and rpm's architecture names, nothing removed.
  */
 export function expectPinnedKubernetesBom(bom: { packages: { name: string }[]; removedPackages: unknown[] }): void {
@@ -78,11 +78,11 @@ export function expectPinnedKubernetesBom(bom: { packages: { name: string }[]; r
   expect(Object.keys(byName).sort()).toEqual(['cri-tools', 'ethtool', 'kubeadm', 'kubectl', 'kubelet', 'kubernetes-cni']);
   expect(byName.kubelet).toEqual({
     name: 'kubelet',
-    version: '1.30.1-150500.1.1',
+    version: '1.36.2-150500.1.1',
     architecture: 'x86_64',
     source: 'kubelet',
     vendor: 'imagebuilder test mirror of pkgs.k8s.io',
-    sourceRpm: 'kubelet-1.30.1-150500.1.1.src.rpm',
+    sourceRpm: 'kubelet-1.36.2-150500.1.1.src.rpm',
     origin: 'added',
   });
   expect(byName.ethtool).toMatchObject({ version: '2:6.7-1.fc40', epoch: 2, architecture: 'x86_64', sourceRpm: 'ethtool-6.7-1.fc40.src.rpm', origin: 'added' });

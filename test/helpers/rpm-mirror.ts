@@ -9,9 +9,9 @@ import { cachedFixture, serveDirectory } from './static-server.js';
  * A local stand-in for pkgs.k8s.io's RPM repository, served on 127.0.0.1 (the chroot shares the host's network,
  * so dnf inside the guest reaches it):
  *
- *   /core:/stable:/v1.30/rpm/repodata/repomd.xml        createrepo_c metadata; repomd.xml.asc (detached signature)
+ *   /core:/stable:/v1.36/rpm/repodata/repomd.xml        createrepo_c metadata; repomd.xml.asc (detached signature)
  *                                                        and repomd.xml.key (the armored public key), as upstream
- *   /core:/stable:/v1.30/rpm/x86_64/NAME-V-R.x86_64.rpm  built with rpmbuild, each signed with rpmsign
+ *   /core:/stable:/v1.36/rpm/x86_64/NAME-V-R.x86_64.rpm  built with rpmbuild, each signed with rpmsign
  *
  * kubelet, kubeadm and kubectl at two versions, cri-tools and kubernetes-cni at one, with the releases upstream
  * uses (150500.1.1) and the dependencies upstream declares that stay inside this repository; the ones that need
@@ -29,7 +29,7 @@ import { cachedFixture, serveDirectory } from './static-server.js';
  * and rpmsign (Debian's rpm), createrepo_c (createrepo-c), gpg: bin/setup.
  */
 
-export const RPM_PATH = '/core:/stable:/v1.30/rpm/';
+export const RPM_PATH = '/core:/stable:/v1.36/rpm/';
 export const FEDORA_PATH = '/fedora/releases/40/Everything/x86_64/os/';
 
 export interface RpmPackage {
@@ -86,7 +86,7 @@ function kubernetesPackages(version: string): RpmPackage[] {
     },
     {
       name: 'kubeadm', version, release: RELEASE, vendor: K8S_VENDOR, summary: `Command-line utility for administering a Kubernetes cluster (test build of ${version})`,
-      requires: ['cri-tools >= 1.30.0'],
+      requires: ['cri-tools >= 1.36.0'],
       files: { '/usr/bin/kubeadm': script('kubeadm', version), '/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf': KUBEADM_DROP_IN },
     },
     {
@@ -97,15 +97,15 @@ function kubernetesPackages(version: string): RpmPackage[] {
 }
 
 export const RPM_PACKAGES: RpmPackage[] = [
-  ...kubernetesPackages('1.30.1'),
-  ...kubernetesPackages('1.30.2'),
+  ...kubernetesPackages('1.36.2'),
+  ...kubernetesPackages('1.36.3'),
   {
-    name: 'cri-tools', version: '1.30.0', release: RELEASE, vendor: K8S_VENDOR, summary: 'Command-line utility for interacting with a container runtime (test build)',
-    files: { '/usr/bin/crictl': script('crictl', '1.30.0') },
+    name: 'cri-tools', version: '1.36.0', release: RELEASE, vendor: K8S_VENDOR, summary: 'Command-line utility for interacting with a container runtime (test build)',
+    files: { '/usr/bin/crictl': script('crictl', '1.36.0') },
   },
   {
-    name: 'kubernetes-cni', version: '1.4.0', release: RELEASE, vendor: K8S_VENDOR, summary: 'Binaries required to provision kubernetes container networking (test build)',
-    files: Object.fromEntries(['bridge', 'host-local', 'loopback', 'portmap'].map((plugin) => [`/opt/cni/bin/${plugin}`, script(plugin, '1.4.0')])),
+    name: 'kubernetes-cni', version: '1.9.1', release: RELEASE, vendor: K8S_VENDOR, summary: 'Binaries required to provision kubernetes container networking (test build)',
+    files: Object.fromEntries(['bridge', 'host-local', 'loopback', 'portmap'].map((plugin) => [`/opt/cni/bin/${plugin}`, script(plugin, '1.9.1')])),
   },
   {
     name: 'ethtool', epoch: 2, version: '6.7', release: '1.fc40', vendor: 'imagebuilder test stand-in for Fedora Project', summary: 'Settings tool for Ethernet NICs (test stand-in)',
@@ -148,7 +148,7 @@ export const evr = (p: Pick<RpmPackage, 'epoch' | 'version' | 'release'>) => `${
 export interface RpmMirror {
   /** http://127.0.0.1:PORT */
   url: string;
-  /** The repository's baseurl: ${url}/core:/stable:/v1.30/rpm/ */
+  /** The repository's baseurl: ${url}/core:/stable:/v1.36/rpm/ */
   repoUrl: string;
   /** repodata/repomd.xml.key, as pkgs.k8s.io publishes its key; its fingerprint (40 upper-case hex digits). */
   keyUrl: string;
@@ -327,12 +327,12 @@ export function rpmsFetched(mirror: RpmMirror, from: number): string[] {
     .sort();
 }
 
-/** What a pinned 1.30.1 install of kubelet, kubeadm and kubectl fetches: them, their dependencies, never 1.30.2. */
+/** What a pinned 1.36.2 install of kubelet, kubeadm and kubectl fetches: them, their dependencies, never 1.36.3. */
 export const PINNED_KUBERNETES_RPMS = [
-  'cri-tools-1.30.0-150500.1.1.x86_64.rpm',
+  'cri-tools-1.36.0-150500.1.1.x86_64.rpm',
   'ethtool-6.7-1.fc40.x86_64.rpm',
-  'kubeadm-1.30.1-150500.1.1.x86_64.rpm',
-  'kubectl-1.30.1-150500.1.1.x86_64.rpm',
-  'kubelet-1.30.1-150500.1.1.x86_64.rpm',
-  'kubernetes-cni-1.4.0-150500.1.1.x86_64.rpm',
+  'kubeadm-1.36.2-150500.1.1.x86_64.rpm',
+  'kubectl-1.36.2-150500.1.1.x86_64.rpm',
+  'kubelet-1.36.2-150500.1.1.x86_64.rpm',
+  'kubernetes-cni-1.9.1-150500.1.1.x86_64.rpm',
 ].sort();

@@ -73,11 +73,14 @@ export async function serveDirectory(root: string): Promise<StaticServer> {
  * only when the builder changes. `build` fills a private staging directory and writes `manifest.json` last;
  * the tree then appears complete or not at all (if another process won the race, its tree is as good).
  */
-export function cachedFixture(name: string, builderFile: string, build: (target: string) => Promise<void>): () => Promise<string> {
+export function cachedFixture(name: string, builderFiles: string | string[], build: (target: string) => Promise<void>): () => Promise<string> {
   let built: Promise<string> | undefined;
   return () => {
     built ??= (async () => {
-      const version = createHash('sha256').update(await readFile(builderFile)).digest('hex').slice(0, 12);
+      // Keyed by every file that decides what is built: a change to any of them builds it anew.
+      const hash = createHash('sha256');
+      for (const file of [builderFiles].flat()) hash.update(await readFile(file));
+      const version = hash.digest('hex').slice(0, 12);
       const target = join(FIXTURE_CACHE, `${name}-${version}`);
       const complete = async () => !!(await stat(join(target, 'manifest.json')).catch(() => undefined));
       if (!(await complete())) {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { CLI, expectNothingLeft, hostState, runCli, sha256 } from '../helpers/host.js';
+import { CLI, expectNothingLeft, hostState, REPO, runCli, sha256 } from '../helpers/host.js';
 import { startImageServer, type ImageServer } from '../helpers/image-server.js';
 import { withImageMounted } from '../helpers/inspect.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
@@ -174,5 +174,22 @@ describe('imagebuilder matrix', () => {
     expect(result.exitCode).toBe(2);
     expect(result.stderr).toContain(`error [BAD_RECIPE]: ${matrix}:5:3: "kubernetes_versoin" is not a variable of recipe node (node.yaml) (did you mean "kubernetes_version"?); it defines: kubernetes_version`);
     expect(server.requests.length).toBe(requests);
+  });
+});
+
+describe('recipes/examples/matrix.yaml from the command line', () => {
+  test('--list names its builds without fetching anything; --emit jobs and argo write manifests', async () => {
+    const path = join(REPO, 'recipes/examples/matrix.yaml');
+    const list = await runCli(['matrix', path, '--list', '--json']);
+    expect(list.exitCode).toBe(0);
+    const builds = JSON.parse(list.stdout) as { name: string; variables: Record<string, string> }[];
+    expect(builds.map((b) => b.name)).toContain('debian-13-arm64-k8s-1.34.10');
+    expect(builds.find((b) => b.name === 'debian-13-arm64-k8s-1.34.10')!.variables).toEqual({ kubernetes_version: '1.34.10', arch: 'arm64' });
+    for (const emit of ['jobs', 'argo']) {
+      const result = await runCli(['matrix', path, '--emit', emit]);
+      expect(result.exitCode).toBe(0);
+      expect(result.stdout).toContain('/config/examples/matrix.yaml');
+      expect(result.stdout).toContain(emit === 'jobs' ? 'kind: Job' : 'kind: Workflow');
+    }
   });
 });

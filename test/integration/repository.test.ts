@@ -50,7 +50,7 @@ describe('repository step, pinned and held packages from a signed local mirror',
     const input = await fixtureImage('gpt-esp');
     const inputSha = await sha256(input);
     const [older, newer] = mirror.versions.kubelet;
-    expect([older, newer]).toEqual(['1.30.1-1.1', '1.30.2-1.1']);
+    expect([older, newer]).toEqual(['1.36.2-1.1', '1.36.3-1.1']);
     const recipe = await writeRecipe(work, 'k8s-pinned', [
       repositoryStep(spaced(mirror.keyFingerprint).toLowerCase()),
       { name: 'kubernetes tools', packages: { install: [`kubelet=${older}`, `kubeadm=${older}`, `kubectl=${older}`], hold: true } },
@@ -73,7 +73,7 @@ describe('repository step, pinned and held packages from a signed local mirror',
     expect(requests).toEqual(expect.arrayContaining([`${APT_PATH}Release.key`, `${APT_PATH}InRelease`]));
     const debs = requests.filter((path) => path.endsWith('.deb')).sort();
     expect(debs).toEqual(
-      [`kubeadm_${older}`, `kubectl_${older}`, `kubelet_${older}`, 'cri-tools_1.30.0-1.1', 'kubernetes-cni_1.4.0-1.1'].map((p) => `${APT_PATH}amd64/${p}_amd64.deb`).sort(),
+      [`kubeadm_${older}`, `kubectl_${older}`, `kubelet_${older}`, 'cri-tools_1.36.0-1.1', 'kubernetes-cni_1.9.1-1.1'].map((p) => `${APT_PATH}amd64/${p}_amd64.deb`).sort(),
     );
 
     const sources = `Types: deb\nURIs: ${mirror.aptUrl}\nSuites: /\nSigned-By: /etc/apt/keyrings/kubernetes.asc\n`;
@@ -84,10 +84,10 @@ describe('repository step, pinned and held packages from a signed local mirror',
         expect(await dpkgStatus(root, name)).toBe('hold ok installed');
       }
       // Dependencies come from the same repository and are not held: hold: true is what install names.
-      expect(await dpkgVersion(root, 'cri-tools')).toBe('1.30.0-1.1');
-      expect(await dpkgVersion(root, 'kubernetes-cni')).toBe('1.4.0-1.1');
+      expect(await dpkgVersion(root, 'cri-tools')).toBe('1.36.0-1.1');
+      expect(await dpkgVersion(root, 'kubernetes-cni')).toBe('1.9.1-1.1');
       expect(await dpkgStatus(root, 'cri-tools')).toBe('install ok installed');
-      expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.30.1 (imagebuilder test mirror)');
+      expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.36.2 (imagebuilder test mirror)');
 
       const sourcesPath = join(root, 'etc/apt/sources.list.d/kubernetes.sources');
       const keyPath = join(root, 'etc/apt/keyrings/kubernetes.asc');
@@ -104,7 +104,7 @@ describe('repository step, pinned and held packages from a signed local mirror',
         ]),
       );
     });
-    for (const [name, version] of [['kubelet', older], ['kubeadm', older], ['kubectl', older], ['cri-tools', '1.30.0-1.1'], ['kubernetes-cni', '1.4.0-1.1']]) {
+    for (const [name, version] of [['kubelet', older], ['kubeadm', older], ['kubectl', older], ['cri-tools', '1.36.0-1.1'], ['kubernetes-cni', '1.9.1-1.1']]) {
       expect(bom.packages).toContainEqual(expect.objectContaining({ name, version, architecture: 'amd64', origin: 'added' }));
     }
     expect(bom.steps.map((s: { type: string }) => s.type)).toEqual(['repository', 'packages', 'packages']);
@@ -149,7 +149,7 @@ describe('repository step, pinned and held packages from a signed local mirror',
         expect(await dpkgVersion(root, name)).toBe(older);
         expect(await dpkgStatus(root, name)).toBe('hold ok installed');
       }
-      expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.30.2 (imagebuilder test mirror)');
+      expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.36.3 (imagebuilder test mirror)');
     });
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
     expect(bom.packages).toContainEqual(expect.objectContaining({ name: 'kubectl', version: newer, origin: 'changed', baseVersion: older }));

@@ -52,8 +52,8 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
     const inputSha = await sha256(input);
     const recipe = await writeRecipe(work, 'rpm-pinned', [
       repositoryStep(),
-      { name: 'kubernetes tools', packages: { install: ['kubelet=1.30.1-150500.1.1', 'kubeadm=1.30.1-150500.1.1', 'kubectl=1.30.1'], hold: true } },
-      // 1.30.2 is in the repository: only the locks keep dnf upgrade from taking it.
+      { name: 'kubernetes tools', packages: { install: ['kubelet=1.36.2-150500.1.1', 'kubeadm=1.36.2-150500.1.1', 'kubectl=1.36.2'], hold: true } },
+      // 1.36.3 is in the repository: only the locks keep dnf upgrade from taking it.
       { name: 'upgrade the rest', packages: { upgrade: true } },
       { name: 'clean', sysprep: { operations: ['package-cache'] } },
     ]);
@@ -70,7 +70,7 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
     expect(result.stderr).toContain('family redhat');
     expect(result.stderr).toContain(`key ${mirror.keyFingerprint} (imagebuilder test rpm mirror <rpm-mirror@imagebuilder.invalid>) matches the recipe`);
     // The guest has no release package: dnf was told the release by os-release's VERSION_ID, and asked first.
-    expect(result.stderr).toMatch(/\$ chroot \S+ dnf install -y --setopt=install_weak_deps=False --setopt=keepcache=False --releasever=40 --refresh kubelet-1\.30\.1-150500\.1\.1 kubeadm-1\.30\.1-150500\.1\.1 kubectl-1\.30\.1\n/);
+    expect(result.stderr).toMatch(/\$ chroot \S+ dnf install -y --setopt=install_weak_deps=False --setopt=keepcache=False --releasever=40 --refresh kubelet-1\.36\.2-150500\.1\.1 kubeadm-1\.36\.2-150500\.1\.1 kubectl-1\.36\.2\n/);
     // dnf imported the repository key from the file the step wrote, then checked every package against it.
     expect(result.stderr).toContain('From       : /etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes');
     expect(result.stderr).toContain(`Fingerprint: ${mirror.keyFingerprint.replace(/(.{4})/g, "$1 ").trim()}`);
@@ -84,11 +84,11 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
     await withRpmGuestMounted(output, async (root) => {
       // The rpm database, read by the host's rpm; the key dnf imported is the repository's.
       await expectPinnedKubernetesInstalled(root, mirror.keyFingerprint);
-      expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.30.1 (imagebuilder test mirror)');
+      expect((await execa('sh', [join(root, 'usr/bin/kubectl')])).stdout).toBe('kubectl v1.36.2 (imagebuilder test mirror)');
 
       // versionlock holds exactly what install named, at the installed versions; dnf.conf is untouched.
       const locks = (await readFile(join(root, 'etc/dnf/plugins/versionlock.list'), 'utf8')).split('\n').filter((line) => line && !line.startsWith('#'));
-      expect(locks.sort()).toEqual(['kubeadm-0:1.30.1-150500.1.1.*', 'kubectl-0:1.30.1-150500.1.1.*', 'kubelet-0:1.30.1-150500.1.1.*']);
+      expect(locks.sort()).toEqual(['kubeadm-0:1.36.2-150500.1.1.*', 'kubectl-0:1.36.2-150500.1.1.*', 'kubelet-0:1.36.2-150500.1.1.*']);
       expect(await readFile(join(root, 'etc/dnf/dnf.conf'), 'utf8')).toBe(FEDORA_DNF_CONF);
 
       const repoPath = join(root, 'etc/yum.repos.d/kubernetes.repo');
@@ -125,7 +125,7 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
       // As on a stock Fedora, which does not install python3-dnf-plugin-versionlock.
       { name: 'no versionlock plugin', run: "sed -i 's/^enabled *=.*/enabled = 0/' /etc/dnf/plugins/versionlock.conf" },
       repositoryStep(),
-      { packages: { install: ['kubectl=1.30.1-150500.1.1'], hold: true } },
+      { packages: { install: ['kubectl=1.36.2-150500.1.1'], hold: true } },
       { packages: { upgrade: true } },
     ]);
     const output = join(work, 'rpm-excludes.qcow2');
@@ -136,9 +136,9 @@ describe('RedHat family on a synthetic RPM guest (Debian userland, Debian-built 
 
     expect(result).toMatchObject({ exitCode: 0 });
     expect(result.stderr).not.toMatch(/error/i);
-    expect(rpmsFetched(mirror, served)).toEqual(['kubectl-1.30.1-150500.1.1.x86_64.rpm']);
+    expect(rpmsFetched(mirror, served)).toEqual(['kubectl-1.36.2-150500.1.1.x86_64.rpm']);
     await withRpmGuestMounted(output, async (root) => {
-      expect(await rpmInstalled(root, 'kubectl')).toBe('1.30.1-150500.1.1.x86_64');
+      expect(await rpmInstalled(root, 'kubectl')).toBe('1.36.2-150500.1.1.x86_64');
       expect(await readFile(join(root, 'etc/dnf/dnf.conf'), 'utf8')).toBe(
         `${FEDORA_DNF_CONF}# Held by imagebuilder (no versionlock here): these stay at their installed versions; --disableexcludes=main overrides.\nexcludepkgs=kubectl\n`,
       );

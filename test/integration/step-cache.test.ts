@@ -34,7 +34,7 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
   const env = () => ({ IMAGEBUILDER_CACHE: cache, IMAGEBUILDER_NO_CACHE: '', IMAGEBUILDER_WORK_DIR: work });
   const steps = (third: unknown) => [
     { name: 'kubernetes repository', repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
-    { name: 'kubectl', packages: { install: ['kubectl=1.30.1-1.1'] } },
+    { name: 'kubectl', packages: { install: ['kubectl=1.36.2-1.1'] } },
     third,
   ];
   const apply = (recipe: string, output: string, extra: string[] = []) =>
@@ -57,7 +57,7 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     expect((await readdir(join(cache, 'layers'))).filter((name) => name.endsWith('.json'))).toHaveLength(3);
 
     // The same recipe with a comment added and a step renamed: every step from the cache.
-    await writeFile(first, `# pinned for the 1.30 line\n${await readFile(first, 'utf8')}`);
+    await writeFile(first, `# pinned for the 1.36 line\n${await readFile(first, 'utf8')}`);
     const again = await apply(first, join(work, 'again.qcow2'));
     expect(again.exitCode).toBe(0);
     expect(stepLines(again.stderr).filter((line) => /: cached \(layer [0-9a-f]{12}\)$/.test(line))).toHaveLength(3);
@@ -101,7 +101,7 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     const baseResolvConf = await withImageMounted(input, 'gpt-esp', resolvConf);
     await withImageMounted(join(work, 'rebuilt.qcow2'), 'gpt-esp', async (root) => {
       expect(await readFile(join(root, 'etc/default/kubelet.d/kubelet.conf'), 'utf8')).toBe('KUBELET_EXTRA_ARGS=--node-ip=10.0.0.2\n');
-      expect(await dpkgVersion(root, 'kubectl')).toBe('1.30.1-1.1');
+      expect(await dpkgVersion(root, 'kubectl')).toBe('1.36.2-1.1');
       await expect(access(join(root, 'usr/sbin/policy-rc.d'))).rejects.toThrow();
       expect(await resolvConf(root)).toBe(baseResolvConf);
     });
@@ -187,7 +187,7 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     expect(stepLines(resumed.stderr).map((line) => line.includes(': cached'))).toEqual([true, true, false, false]);
     await withImageMounted(join(work, 'resumed.qcow2'), 'gpt-esp', async (root) => {
       await access(join(root, 'etc/kubernetes-ready'));
-      expect(await dpkgVersion(root, 'kubectl')).toBe('1.30.1-1.1');
+      expect(await dpkgVersion(root, 'kubectl')).toBe('1.36.2-1.1');
     });
     await expectNothingLeft(before);
     // Resuming was all it took: the shared cache was never written.

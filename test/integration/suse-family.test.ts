@@ -33,8 +33,8 @@ describe('SUSE family on a synthetic zypper guest (Debian userland, Debian-built
     const inputSha = await sha256(input);
     const recipe = await writeRecipe(work, 'suse-pinned', [
       repositoryStep(),
-      { name: 'kubernetes tools', packages: { install: ['kubelet=1.30.1-150500.1.1', 'kubeadm=1.30.1-150500.1.1', 'kubectl=1.30.1'], hold: true } },
-      // 1.30.2 is in the repository: only the locks keep zypper update from taking it.
+      { name: 'kubernetes tools', packages: { install: ['kubelet=1.36.2-150500.1.1', 'kubeadm=1.36.2-150500.1.1', 'kubectl=1.36.2'], hold: true } },
+      // 1.36.3 is in the repository: only the locks keep zypper update from taking it.
       { name: 'upgrade the rest', packages: { upgrade: true } },
       { name: 'hygiene', sysprep: { operations: ['package-cache', 'machine-id'] } },
     ]);
@@ -52,13 +52,13 @@ describe('SUSE family on a synthetic zypper guest (Debian userland, Debian-built
     expect(result.stderr).toMatch(/\$ chroot \S+ rpm --import \/etc\/pki\/rpm-gpg\/RPM-GPG-KEY-kubernetes\n/);
     expect(result.stderr).toMatch(/\$ chroot \S+ zypper --non-interactive --releasever 15\.6 refresh\n/);
     expect(result.stderr).toMatch(
-      /\$ chroot \S+ zypper --non-interactive --releasever 15\.6 install --no-recommends --auto-agree-with-licenses kubelet=1\.30\.1-150500\.1\.1 kubeadm=1\.30\.1-150500\.1\.1 kubectl=1\.30\.1\n/,
+      /\$ chroot \S+ zypper --non-interactive --releasever 15\.6 install --no-recommends --auto-agree-with-licenses kubelet=1\.36\.2-150500\.1\.1 kubeadm=1\.36\.2-150500\.1\.1 kubectl=1\.36\.2\n/,
     );
     expect(result.stderr).toMatch(/\$ chroot \S+ zypper --non-interactive addlock kubelet kubeadm kubectl\n/);
     // zypper saw the newer versions and kept them back because of the locks.
     expect(result.stderr).toMatch(/The following 3 package updates will NOT be installed:\s+kubeadm kubectl kubelet/);
     expect(await sha256(input)).toBe(inputSha);
-    // zypper fetched the metadata and exactly the pinned packages and their dependencies, never 1.30.2.
+    // zypper fetched the metadata and exactly the pinned packages and their dependencies, never 1.36.3.
     const requests = mirror.requests.slice(served);
     expect(requests).toEqual(expect.arrayContaining([`${RPM_PATH}repodata/repomd.xml.key`, `${RPM_PATH}repodata/repomd.xml`]));
     expect(rpmsFetched(mirror, served)).toEqual(PINNED_KUBERNETES_RPMS);

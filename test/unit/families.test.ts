@@ -49,8 +49,8 @@ const SCENARIO = {
   again: { install: ['kubelet'] },
   sysprep: { operations: ['package-cache' as const, 'machine-id' as const] },
 };
-const RPM_URL = 'https://pkgs.k8s.io/core:/stable:/v1.30/rpm/';
-const DEB_URL = 'https://pkgs.k8s.io/core:/stable:/v1.30/deb/';
+const RPM_URL = 'https://pkgs.k8s.io/core:/stable:/v1.36/rpm/';
+const DEB_URL = 'https://pkgs.k8s.io/core:/stable:/v1.36/deb/';
 
 /** A call as a readable entry: guest file writes and reads by path, everything else by argv. */
 const shown = (call: FakeCall) => (call.argv[3] === 'write-file' ? `write ${call.argv[4]}` : call.argv[3] === 'read-config' ? `read ${call.argv[4]}` : call.argv);
@@ -275,14 +275,14 @@ describe('repository excludes and disable_excludes (pkgs.k8s.io on the RedHat fa
       const { session, calls } = fakeSession();
       const { context } = fakeStepContext(session, { distro: detectDistro(osRelease) });
       await repositoryStep.run(context, { name: 'kubernetes', url: RPM_URL, key, exclude: ['kubelet', 'kubeadm', 'kubectl', 'cri-tools', 'kubernetes-cni'] });
-      await packagesStep.run(context, { install: ['kubelet=1.30.1', 'cri-tools'], disable_excludes: 'kubernetes', hold: true });
+      await packagesStep.run(context, { install: ['kubelet=1.36.2', 'cri-tools'], disable_excludes: 'kubernetes', hold: true });
       const repo = calls.find((call) => call.argv[4] === '/etc/yum.repos.d/kubernetes.repo')!.input;
       expect(repo).toBe(
         `[kubernetes]\nname=kubernetes\nbaseurl=${RPM_URL}\nenabled=1\ngpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes\nrepo_gpgcheck=0\nexclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n`,
       );
       const install = calls.find((call) => call.argv[1] === 'install')!.argv;
       expect(install.slice(0, 2 + tx.length)).toEqual([manager, 'install', ...tx]);
-      expect(install.slice(-3)).toEqual(['--disableexcludes=kubernetes', 'kubelet-1.30.1', 'cri-tools']);
+      expect(install.slice(-3)).toEqual(['--disableexcludes=kubernetes', 'kubelet-1.36.2', 'cri-tools']);
     }
   });
 
@@ -319,13 +319,13 @@ describe('recipes/kubernetes-node.yaml: the package steps of each family', () =>
   beforeAll(async () => {
     server = createServer((req, res) => (req.url?.endsWith('/repodata/repomd.xml.key') || req.url?.endsWith('/Release.key') ? res.end(key) : res.writeHead(404).end()));
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/core:/stable:/v1.30`;
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/core:/stable:/v1.36`;
   });
   afterAll(() => new Promise((resolve) => server.close(resolve)));
 
   async function packageSteps(osRelease: Record<string, string>) {
     const path = fileURLToPath(new URL('../../recipes/kubernetes-node.yaml', import.meta.url));
-    const { recipe, problems } = parseRecipe(readFileSync(path, 'utf8'), path, { set: { kubernetes_version: '1.30.2', kubernetes_repo_base: base, kubernetes_repo_fingerprint: keyFingerprint } });
+    const { recipe, problems } = parseRecipe(readFileSync(path, 'utf8'), path, { set: { kubernetes_version: '1.36.3', kubernetes_repo_base: base, kubernetes_repo_fingerprint: keyFingerprint } });
     expect(problems).toEqual([]);
     const distro = detectDistro(osRelease);
     const { session, calls } = guest();
@@ -360,7 +360,7 @@ describe('recipes/kubernetes-node.yaml: the package steps of each family', () =>
       tdnf('ca-certificates', 'conntrack-tools', 'ebtables', 'ethtool', 'iptables', 'socat'),
       'write /etc/pki/rpm-gpg/RPM-GPG-KEY-kubernetes',
       'write /etc/yum.repos.d/kubernetes.repo',
-      tdnf('kubelet-1.30.2', 'kubeadm-1.30.2', 'kubectl-1.30.2', 'cri-tools', 'kubernetes-cni'),
+      tdnf('kubelet-1.36.3', 'kubeadm-1.36.3', 'kubectl-1.36.3', 'cri-tools', 'kubernetes-cni'),
       'read /etc/tdnf/tdnf.conf',
       'write /etc/tdnf/tdnf.conf',
     ]);

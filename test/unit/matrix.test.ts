@@ -1,4 +1,5 @@
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
@@ -237,13 +238,31 @@ describe('matrix emission for Kubernetes', () => {
     expect(() => new Workflow({ ...workflow, spec: { ...workflow.spec, parallelism: 'many' } }).validate()).toThrow(/parallelism/);
   });
 
-  test('a local base or a file outside the matrix directory cannot go to a cluster', async () => {
+  test('a local base cannot go to a cluster; files above the matrix go in one tree with it, files sharing no directory do not', async () => {
     const text = ['recipe: recipes/node.yaml', 'bases: [images/base.qcow2]'].join('\n');
     const local = parseMatrix(text, join(dir, 'local.yaml')).matrix!;
     expect(() => emitJobs(local, local.builds, options)).toThrow('a cluster build fetches its base by URL; these are local files: base (images/base.qcow2)');
+    // recipes/examples/matrix.yaml building ../kubernetes-node.yaml: the ConfigMap holds the tree from their common directory.
     await mkdir(join(dir, 'sub'));
-    const outside = parseMatrix(['recipe: ../recipes/node.yaml', 'bases: ["https://images.example.org/a.qcow2"]'].join('\n'), join(dir, 'sub/m.yaml')).matrix!;
-    expect(() => emitArgo(outside, outside.builds, options)).toThrow(`a cluster build can only carry files under the matrix file's directory; outside it: ${dir}/recipes/node.yaml, ${dir}/recipes/parts/common.yaml`);
+    const aboveText = ['recipe: ../recipes/node.yaml', 'bases: ["https://images.example.org/a.qcow2"]'].join('\n');
+    await writeFile(join(dir, 'sub/m.yaml'), aboveText);
+    const above = parseMatrix(aboveText, join(dir, 'sub/m.yaml')).matrix!;
+    const [map, job] = emitJobs(above, above.builds, options) as any[];
+    const items = job.spec.template.spec.volumes.find((v: { name: string }) => v.name === 'config').configMap.items as { key: string; path: string }[];
+    expect(items.map((item) => item.path)).toEqual(['recipes/node.yaml', 'recipes/parts/common.yaml', 'sub/m.yaml']);
+    expect(Object.keys(map.data).sort()).toEqual(items.map((item) => item.key).sort());
+    expect(job.spec.template.spec.containers[0].args.slice(0, 2)).toEqual(['matrix', '/config/sub/m.yaml']);
+    // Nothing in common below /: refused, naming them.
+    const elsewhere = await mkdtemp('/var/tmp/matrix-elsewhere-');
+    try {
+      await writeFile(join(elsewhere, 'node.yaml'), 'name: node\nsteps: []\n');
+      const apartText = [`recipe: ${join(elsewhere, 'node.yaml')}`, 'bases: ["https://images.example.org/a.qcow2"]'].join('\n');
+      await writeFile(join(dir, 'apart.yaml'), apartText);
+      const apart = parseMatrix(apartText, join(dir, 'apart.yaml')).matrix!;
+      expect(() => emitArgo(apart, apart.builds, options)).toThrow(`a cluster build carries the files its builds read from one directory, and these share none below /: ${join(dir, 'apart.yaml')}, ${join(elsewhere, 'node.yaml')}`);
+    } finally {
+      await rm(elsewhere, { recursive: true, force: true });
+    }
   });
 
   test('Kubernetes names: DNS labels, hashed only when shortened or shared', () => {
@@ -374,4 +393,32 @@ test('the emitted YAML is plain (no anchors) and parses back to the same objects
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+describe('recipes/examples/matrix.yaml, as shipped', () => {
+  const path = new URL('../../recipes/examples/matrix.yaml', import.meta.url).pathname;
+  test('the supported series x Debian 12 and 13 x amd64 and arm64; every build a valid node recipe; emitted as valid Jobs and an Argo Workflow', async () => {
+    const { parseRecipe } = await import('../../src/recipe/load.js');
+    const text = await readFile(path, 'utf8');
+    const { matrix, problems } = parseMatrix(text, path);
+    expect(problems).toEqual([]);
+    const recipe = parse(await readFile(new URL('../../recipes/kubernetes-node.yaml', import.meta.url), 'utf8'));
+    const series = Object.keys(recipe.tables.kubernetes_release.rows);
+    const builds = matrix!.builds;
+    expect(builds).toHaveLength(series.length * 4);
+    expect(new Set(builds.map((b) => b.variables.kubernetes_version.split('.').slice(0, 2).join('.')))).toEqual(new Set(series));
+    expect(new Set(builds.map((b) => b.base.name))).toEqual(new Set(['debian-12-amd64', 'debian-13-amd64', 'debian-12-arm64', 'debian-13-arm64']));
+    for (const build of builds) {
+      expect(build.variables.arch ?? 'amd64').toBe(build.base.name.endsWith('arm64') ? 'arm64' : 'amd64');
+      const parsed = parseRecipe(readFileSync(build.recipe.path, 'utf8'), build.recipe.path, { set: build.variables });
+      expect({ build: build.name, problems: parsed.problems }).toEqual({ build: build.name, problems: [] });
+    }
+    const options: EmitOptions = { image: 'registry.example.org/imagebuilder:0.1.0', cacheClaim: 'ib-cache', artifactsClaim: 'ib-images', cpu: '2', memory: '4Gi', jobs: 2 };
+    const [map, ...jobs] = emitJobs(matrix!, builds, options) as any[];
+    new ConfigMap(map).validate();
+    for (const job of jobs) new Job(job).validate();
+    expect(jobs).toHaveLength(builds.length);
+    const [, workflow] = emitArgo(matrix!, builds, options) as any[];
+    new Workflow(workflow).validate();
+  });
 });

@@ -93,8 +93,12 @@ describe('the committed schema and shipped recipes', () => {
   test('every shipped recipe validates, both with our loader and with the full schema through ajv', async () => {
     const validate = new Ajv({ strict: false }).compile(recipeSchema());
     const root = new URL('../../recipes/', import.meta.url).pathname;
-    const files = (await readdir(root, { recursive: true })).filter((name) => name.endsWith('.yaml')).sort();
+    // Matrix files (`bases:`) are not recipes: test/unit/matrix.test.ts checks the shipped one.
+    const all = (await readdir(root, { recursive: true })).filter((name) => name.endsWith('.yaml')).sort();
+    const files: string[] = [];
+    for (const name of all) if (!('bases' in (parse(await readFile(`${root}${name}`, 'utf8')) ?? {}))) files.push(name);
     expect(files).toEqual(expect.arrayContaining(['kubernetes-node.yaml', 'examples/k8s-node-containerd.yaml']));
+    expect(all.filter((name) => !files.includes(name))).toEqual(['examples/matrix.yaml']);
     for (const name of files) {
       const text = await readFile(`${root}${name}`, 'utf8');
       const { recipe, problems } = parseRecipe(text, `recipes/${name}`);
@@ -121,5 +125,66 @@ describe('the README references', () => {
     const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
     expect(readme.indexOf(start)).toBeGreaterThan(0);
     expect(readme.slice(readme.indexOf(start) + start.length, readme.indexOf(end)).trim()).toBe(table);
+  });
+});
+
+describe('the README\'s supported versions', () => {
+  test('the table is the node recipe\'s kubernetes_release table, row for row, and names the default series', async () => {
+    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+    const recipe = parse(await readFile(new URL('../../recipes/kubernetes-node.yaml', import.meta.url), 'utf8'));
+    const rows = recipe.tables.kubernetes_release.rows as Record<string, Record<string, string>>;
+    const columns = ['cri_tools_deb_version', 'kubernetes_cni_deb_version', 'containerd_version', 'runc_version', 'crictl_version', 'cni_plugins_version', 'pause_image'];
+    const start = readme.indexOf('<!-- versions:start');
+    const section = readme.slice(readme.indexOf('\n', start) + 1, readme.indexOf('<!-- versions:end -->'));
+    const documented = section.trim().split('\n').slice(2).map((line) => line.split('|').slice(1, -1).map((cell) => cell.trim()));
+    expect(documented).toEqual(Object.entries(rows).map(([series, row]) => [series, ...columns.map((column) => row[column])]));
+    expect(readme).toContain(`the default is ${recipe.variables.kubernetes_version};`);
+  });
+});
+
+describe('tables: variables that come in consistent sets', () => {
+  const text = [
+    'name: t',
+    'variables:',
+    '  kubernetes_version: "1.36.3"',
+    'tables:',
+    '  release:',
+    '    key: "{{ kubernetes_version | major_minor }}"',
+    '    rows:',
+    '      "1.36": { containerd_version: "2.3.2", crictl_version: "1.36.0" }',
+    '      "1.35": { containerd_version: "2.3.1", crictl_version: "1.35.0" }',
+    'steps:',
+    '  - run: "echo {{ containerd_version }} {{ crictl_version }}"',
+    '',
+  ].join('\n');
+  const run = (recipe: { steps: { spec: unknown }[] }) => (recipe.steps[0].spec as { command?: string; run?: string }).run ?? JSON.stringify(recipe.steps[0].spec);
+
+  test('the key picks the row; its columns are variables', () => {
+    const { recipe, problems } = parseRecipe(text, 'r.yaml');
+    expect(problems).toEqual([]);
+    expect(recipe!.variables).toMatchObject({ containerd_version: '2.3.2', crictl_version: '1.36.0' });
+    expect(run(recipe!)).toContain('2.3.2 1.36.0');
+    const older = parseRecipe(text, 'r.yaml', { set: { kubernetes_version: '1.35.7' } });
+    expect(older.problems).toEqual([]);
+    expect(older.recipe!.variables).toMatchObject({ containerd_version: '2.3.1', crictl_version: '1.35.0' });
+  });
+  test('--set of one column overrides the table for it alone', () => {
+    const { recipe, problems } = parseRecipe(text, 'r.yaml', { set: { containerd_version: '2.3.9' } });
+    expect(problems).toEqual([]);
+    expect(recipe!.variables).toMatchObject({ containerd_version: '2.3.9', crictl_version: '1.36.0' });
+  });
+  test('a key with no row: one error, where the choice was made, naming the rows there are', () => {
+    const { problems } = parseRecipe(text, 'r.yaml', { set: { kubernetes_version: '1.33.1' } });
+    expect(problems.map((p) => `${p.location}: ${p.message}`)).toEqual(['--set kubernetes_version: kubernetes_version = "1.33.1" selects "1.33" in table release (r.yaml:6:10), which has no such row; it has: 1.36, 1.35']);
+    // The default chosen in the recipe itself: located at its line.
+    expect(problemsOf(text.replace('"1.36.3"', '"1.20.0"'))).toEqual(['r.yaml:3:23: kubernetes_version = "1.20.0" selects "1.20" in table release (r.yaml:6:10), which has no such row; it has: 1.36, 1.35']);
+  });
+  test('a row missing a column, and a name that is both a variable and a column, are errors at their lines', () => {
+    // Only the row the key picks must be whole.
+    expect(problemsOf(text.replace(', crictl_version: "1.35.0"', ''))).toEqual([]);
+    expect(parseRecipe(text.replace(', crictl_version: "1.35.0"', ''), 'r.yaml', { set: { kubernetes_version: '1.35.7' } }).problems.map((p) => `${p.location}: ${p.message}`)).toEqual([
+      'r.yaml:9:15: row "1.35" of table release has no "crictl_version", which other rows have',
+    ]);
+    expect(problemsOf(text.replace('  kubernetes_version: "1.36.3"', '  kubernetes_version: "1.36.3"\n  crictl_version: x'))).toEqual(['r.yaml:7:10: "crictl_version" is both a variable and a column of table release: give it one home']);
   });
 });
