@@ -12,6 +12,7 @@ import { GUEST_READ_LIMITS, readGuestText, removeGuestFile, writeGuestFileFromHo
 import { TOOL_VERSION } from '../version.js';
 import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
+import { packageCacheDir } from '../pkg/package-cache.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions, type BuildStart } from './context.js';
 import { mountGuest, type OpenedGuest } from './guest.js';
 import { LayerStore, layerStoreDir } from './layers.js';
@@ -143,6 +144,8 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
       limits: options.limits,
       hostPorts: options.hostPorts,
       growTo: growTarget(recipe, input, options),
+      // Shared by builds, like the step cache, and bypassed with it (--no-cache).
+      ...(options.cache !== false ? { packageCacheDir: packageCacheDir(context.cacheDir) } : {}),
     });
     return { bom: { ...bom, recipe: { ...bom.recipe, path: resolve(recipe.path) } }, opened, workImage };
   } catch (error) {

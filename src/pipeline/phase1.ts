@@ -42,6 +42,8 @@ export interface Phase1Options {
   hostPorts?: number[];
   /** --grow (or the recipe's disk.size), resolved: the virtual disk's new size in bytes, bigger than the input's. */
   growTo?: number;
+  /** The package cache shared by builds (src/pkg/package-cache.ts); none with --no-cache. */
+  packageCacheDir?: string;
 }
 
 export interface Phase1Result {
@@ -140,7 +142,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const initramfs = await watchInitramfs(session.root);
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir }, step.spec);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.

@@ -3,7 +3,8 @@ import { programArchitecture } from '../util/architecture.js';
 import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
-import type { InstalledPackage, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import type { InstalledPackage, PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -72,6 +73,16 @@ export function aptSourcesEntry(repository: Omit<PackageRepository, 'key'>, keyr
   return `${lines.join('\n')}\n`;
 }
 
+/**
+ * Runs an apt transaction with the package cache: what it holds and the guest's signed lists ask for is put into
+ * the archives first, and what apt downloaded is kept afterwards (apt-get clean then empties the archives as always).
+ */
+async function withPackageCache(session: ChrootSession, cache: PackageCacheUse | undefined, transaction: () => Promise<unknown>): Promise<void> {
+  if (cache) await offerCachedDebs(session.root, cache.dir, cache.log);
+  await transaction();
+  if (cache) await keepDownloadedDebs(session.root, cache.dir, cache.log);
+}
+
 export function createApt(): PackageManager {
   // Package lists are fetched once per session, before the first install.
   const updated = new WeakSet<ChrootSession>();
@@ -89,22 +100,24 @@ export function createApt(): PackageManager {
         });
       }
       await update(session);
-      await session.exec(aptInstallArgs(packages), {
-        streamOutput: true,
-        purpose: 'installing packages',
-        errorCode: 'STEP_FAILED',
-        hint: 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available',
-      });
+      await withPackageCache(session, options.packageCache, () =>
+        session.exec(aptInstallArgs(packages), {
+          streamOutput: true,
+          purpose: 'installing packages',
+          errorCode: 'STEP_FAILED',
+          hint: 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available',
+        }),
+      );
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
-    async upgrade(session, names) {
+    async upgrade(session, names, options = {}) {
       await update(session);
-      await session.exec(aptUpgradeArgs(names), {
+      await withPackageCache(session, options.packageCache, () => session.exec(aptUpgradeArgs(names), {
         streamOutput: true,
         purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
         errorCode: 'STEP_FAILED',
         hint: 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)',
-      });
+      }));
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async hold(session, names) {

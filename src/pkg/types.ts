@@ -1,3 +1,4 @@
+import type { Logger } from '../util/log.js';
 import type { ChrootSession } from '../chroot/session.js';
 
 export interface PackageSpec {
@@ -45,6 +46,13 @@ export interface PackageRepository {
 export interface InstallOptions {
   /** dnf/yum: `--disableexcludes=NAME`, for packages a repository's `exclude=` hides (pkgs.k8s.io's instructions). */
   disableExcludes?: string;
+  /** The package cache shared by builds (package-cache.ts): apt is offered what it holds, and what apt downloads is kept. */
+  packageCache?: PackageCacheUse;
+}
+
+export interface PackageCacheUse {
+  dir: string;
+  log: Logger;
 }
 
 /** A file a package manager wrote into the guest, with the sha256 of its content (for the BOM). */
@@ -66,7 +74,7 @@ export interface PackageManager {
    */
   cleanCache(session: ChrootSession): Promise<void>;
   /** Upgrades the named installed packages (never installs new ones), or everything with 'all'. */
-  upgrade(session: ChrootSession, names: string[] | 'all'): Promise<void>;
+  upgrade(session: ChrootSession, names: string[] | 'all', options?: InstallOptions): Promise<void>;
   /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock, zypper addlock). */
   hold(session: ChrootSession, names: string[]): Promise<void>;
   /**

@@ -87,9 +87,10 @@ export const packagesStep = defineStep({
   async run(context, spec) {
     const manager = requireFamily(context.distro, 'the packages step').packageManager;
     if (spec.remove?.length) await manager.remove(context.session, spec.remove);
-    if (spec.install?.length) await manager.install(context.session, spec.install.map(parsePackageSpec), spec.disable_excludes ? { disableExcludes: spec.disable_excludes } : {});
-    if (spec.upgrade === true) await manager.upgrade(context.session, 'all');
-    else if (spec.upgrade?.length) await manager.upgrade(context.session, spec.upgrade);
+    const packageCache = context.packageCacheDir ? { packageCache: { dir: context.packageCacheDir, log: context.log } } : {};
+    if (spec.install?.length) await manager.install(context.session, spec.install.map(parsePackageSpec), { ...(spec.disable_excludes ? { disableExcludes: spec.disable_excludes } : {}), ...packageCache });
+    if (spec.upgrade === true) await manager.upgrade(context.session, 'all', packageCache);
+    else if (spec.upgrade?.length) await manager.upgrade(context.session, spec.upgrade, packageCache);
     const hold = holdNames(spec);
     if (hold.length) await manager.hold(context.session, hold);
   },

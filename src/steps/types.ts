@@ -72,6 +72,8 @@ export interface StepContext extends StepEnvironment {
   runTimeoutSeconds?: number;
   /** The build's private work directory: a step's temporary host files go there (removed with it, on the disk the user chose). */
   workDir: string;
+  /** The package cache shared by builds (none with --no-cache). */
+  packageCacheDir?: string;
 }
 
 /**

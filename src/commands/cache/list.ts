@@ -4,25 +4,29 @@ import { cacheFlag, hostPaths } from '../../cli/host-flags.js';
 import { cacheLayout, listCache, type CacheEntry } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
 import { layerStoreDir, LayerStore, type ListedLayer } from '../../pipeline/layers.js';
+import { listCachedPackages, packageCacheDir, type CachedPackage } from '../../pkg/package-cache.js';
 
 export default class CacheList extends BaseCommand {
-  static override summary = 'List the cached base images and step layers';
+  static override summary = 'List the cached base images, step layers and packages';
   static override description =
     'Each image in $IMAGEBUILDER_CACHE: its sha256, size, format, when it was last used, and where it came from; then each layer of the ' +
-    'step cache: its key, the step it holds, its size, and whether that step depends on the network without a pin.';
+    'step cache: its key, the step it holds, its size, and whether that step depends on the network without a pin; then how many ' +
+    'downloaded packages (.deb) builds share, and their size.';
   static override examples = ['<%= config.bin %> cache list', '<%= config.bin %> cache list --json'];
   static override flags = { ...cacheFlag, json: Flags.boolean({ description: 'print the entries (with their records) as JSON', default: false }) };
 
-  async run(): Promise<{ images: CacheEntry[]; layers: ListedLayer[] }> {
+  async run(): Promise<{ images: CacheEntry[]; layers: ListedLayer[]; packages: CachedPackage[] }> {
     const { flags } = await this.parse(CacheList);
     const { cacheDir } = hostPaths(flags);
     const layout = cacheLayout(cacheDir);
     const entries = await listCache(layout);
     const { records: layers } = await new LayerStore(layerStoreDir(cacheDir)).list();
+    const packages = await listCachedPackages(packageCacheDir(cacheDir));
     if (flags.json) {
-      this.log(JSON.stringify({ images: entries, layers }, null, 2));
-      return { images: entries, layers };
+      this.log(JSON.stringify({ images: entries, layers, packages }, null, 2));
+      return { images: entries, layers, packages };
     }
+    if (packages.length) this.log(`${packages.length} package(s), ${formatBytes(packages.reduce((sum, p) => sum + p.bytes, 0))} in ${packageCacheDir(cacheDir)}, last used ${packages[0].lastUsedAt.slice(0, 16).replace('T', ' ')} UTC`);
     if (layers.length) {
       this.table(
         ['LAYER', 'STEP', 'ON DISK', 'LAST USED (UTC)', 'NETWORK UNPINNED'],
@@ -32,7 +36,7 @@ export default class CacheList extends BaseCommand {
     }
     if (!entries.length) {
       this.log(`no cached images in ${layout.root}`);
-      return { images: entries, layers };
+      return { images: entries, layers, packages };
     }
     const rows = entries.map((e) => [
       e.sha256.slice(0, 12),
@@ -45,7 +49,7 @@ export default class CacheList extends BaseCommand {
     ]);
     this.table(['SHA256', 'SIZE', 'ON DISK', 'FORMAT', 'LAST USED (UTC)', 'VERIFIED', 'SOURCE'], rows);
     this.log(`${entries.length} image(s), ${formatBytes(entries.reduce((sum, e) => sum + e.diskBytes, 0))} on disk in ${layout.root}`);
-    return { images: entries, layers };
+    return { images: entries, layers, packages };
   }
 
   private table(header: string[], rows: string[][]): void {

@@ -4,12 +4,13 @@ import { cacheFlag, hostPaths } from '../../cli/host-flags.js';
 import { cacheLayout, listCache, parseDuration, parseSize, pruneCache, type PruneResult } from '../../fetch/cache.js';
 import { formatBytes } from '../../fetch/progress.js';
 import { layerStoreDir, LayerStore, pruneLayers } from '../../pipeline/layers.js';
+import { packageCacheDir, pruneCachedPackages } from '../../pkg/package-cache.js';
 
 export default class CachePrune extends BaseCommand {
-  static override summary = 'Remove cached base images and step layers: all, the unused, or the least recently used beyond a size';
+  static override summary = 'Remove cached base images, step layers and packages: all, the unused, or the least recently used beyond a size';
   static override description =
-    '--older-than removes images and layers not used for that long; --max-size then removes the least recently used layers, ' +
-    'then images, until the rest fits (a layer goes with the layers above it); --all empties the cache. Interrupted downloads ' +
+    '--older-than removes images, layers and packages not used for that long; --max-size then removes the least recently used packages, ' +
+    'then layers, then images, until the rest fits (a layer goes with the layers above it); --all empties the cache. Interrupted downloads ' +
     'are removed too (--all, --older-than), never one in progress.';
   static override examples = ['<%= config.bin %> cache prune --older-than 30d', '<%= config.bin %> cache prune --max-size 20G', '<%= config.bin %> cache prune --all'];
   static override flags = {
@@ -21,7 +22,7 @@ export default class CachePrune extends BaseCommand {
     json: Flags.boolean({ description: 'print the result as JSON', default: false }),
   };
 
-  async run(): Promise<PruneResult & { layers: Awaited<ReturnType<typeof pruneLayers>> }> {
+  async run(): Promise<PruneResult & { layers: Awaited<ReturnType<typeof pruneLayers>>; packages: Awaited<ReturnType<typeof pruneCachedPackages>> }> {
     const { flags } = await this.parse(CachePrune);
     const { cacheDir } = hostPaths(flags);
     const options = {
@@ -32,10 +33,13 @@ export default class CachePrune extends BaseCommand {
     };
     const images = await listCache(cacheLayout(cacheDir));
     const imageBytes = images.reduce((sum, e) => sum + e.diskBytes, 0);
+    // Packages first (the cheapest to fetch again): under --max-size they get what images and layers leave.
+    const layerTotal = (await new LayerStore(layerStoreDir(cacheDir)).list()).records.reduce((sum, l) => sum + l.diskBytes, 0);
+    const packages = await pruneCachedPackages(packageCacheDir(cacheDir), { ...options, maxBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - imageBytes - layerTotal) });
     // Layers first: under --max-size they get what the images leave, so images go only when layers alone cannot make room.
     const layers = await pruneLayers(new LayerStore(layerStoreDir(cacheDir)), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - imageBytes) });
     const layerBytes = layers.kept.reduce((sum, l) => sum + l.diskBytes, 0);
-    const result = { ...(await pruneCache(cacheLayout(cacheDir), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - layerBytes) })), layers };
+    const result = { ...(await pruneCache(cacheLayout(cacheDir), { ...options, maxSizeBytes: options.maxSizeBytes === undefined ? undefined : Math.max(0, options.maxSizeBytes - layerBytes) })), layers, packages };
     if (flags.json) {
       this.log(JSON.stringify(result, null, 2));
       return result;
@@ -45,6 +49,7 @@ export default class CachePrune extends BaseCommand {
     for (const entry of result.removed) this.log(`${verb} ${entry.sha256.slice(0, 12)}  ${formatBytes(entry.diskBytes)}  ${entry.record?.origin.url ?? entry.record?.origin.path ?? ''}`);
     this.log(`${verb} ${result.removed.length} image(s), ${formatBytes(result.freedBytes + result.partialsBytes)}; ${result.kept.length} kept`);
     if (layers.removed.length || layers.kept.length) this.log(`${verb} ${layers.removed.length} layer(s), ${formatBytes(layers.freedBytes)}; ${layers.kept.length} kept`);
+    if (packages.removed.length || packages.kept.length) this.log(`${verb} ${packages.removed.length} package(s), ${formatBytes(packages.freedBytes)}; ${packages.kept.length} kept`);
     if (result.digestsRemoved) this.log(`${verb} ${result.digestsRemoved} remembered sum(s) of files gone or changed${flags.all ? ' (--all: every one)' : ''}`);
     return result;
   }

@@ -1,0 +1,126 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fixtureImage } from '../helpers/fixtures.js';
+import { leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
+import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
+import { APT_PATH, startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
+import { writeRecipe } from '../helpers/recipes.js';
+import { sha256Text } from '../../src/util/digest.js';
+
+/**
+ * The package cache shared by builds (src/pkg/package-cache.ts), for apt: real builds of a GPT image installing
+ * from the signed local mirror, which logs every request, so "downloaded nothing" is the server's word.
+ */
+describe('package cache (apt)', () => {
+  let work: string;
+  let mirror: LocalMirror;
+  let cache: string;
+  let recipe: string;
+  let env: Record<string, string>;
+  let disk: string;
+  const debRequests = () => mirror.requests.filter((path) => path.endsWith('.deb'));
+
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-package-cache-');
+    mirror = await startLocalMirror();
+    cache = join(work, 'cache');
+    env = { IMAGEBUILDER_NO_CACHE: '', IMAGEBUILDER_CACHE: cache, IMAGEBUILDER_WORK_DIR: join(work, 'tmp') };
+    await mkdir(env.IMAGEBUILDER_WORK_DIR);
+    disk = await fixtureImage('gpt-esp');
+    const [pinned] = mirror.versions.kubectl;
+    recipe = await writeRecipe(work, 'tools', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { name: 'tools', packages: { install: [`kubectl=${pinned}`, 'cri-tools'] } },
+    ]);
+  });
+  afterAll(async () => {
+    await mirror?.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const build = (output: string, extra: string[] = []) =>
+    runCli(['apply', recipe, '--disk-image', disk, '--output', join(work, output), '--mount-backend', 'fuse', '--sparsify', 'none', ...extra], { env });
+
+  test('the second build downloads no package the first did; nothing of the cache is left in the image; list and prune see it', async () => {
+    const first = await build('first.qcow2');
+    if (first.exitCode !== 0) throw new Error(first.all);
+    const downloaded = debRequests();
+    expect(downloaded.map((path) => path.slice(APT_PATH.length)).sort()).toEqual([`amd64/cri-tools_${mirror.versions['cri-tools'][0]}_amd64.deb`, `amd64/kubectl_${mirror.versions.kubectl[0]}_amd64.deb`]);
+    expect(first.stderr).toContain('package cache: kept 2 downloaded .deb file(s)');
+    // Content-addressed: each file under the sha256 of its bytes.
+    const stored = (await readdir(join(cache, 'packages/deb'))).sort();
+    expect(stored).toHaveLength(2);
+    for (const name of stored) expect(`${sha256Text(await readFile(join(cache, 'packages/deb', name)))}.deb`).toBe(name);
+
+    // The step cache would replay the install: --refresh runs it again, so apt does the work and the cache is used.
+    const second = await build('second.qcow2', ['--refresh', '2']);
+    if (second.exitCode !== 0) throw new Error(second.all);
+    expect(debRequests()).toEqual(downloaded);
+    expect(second.stderr).toContain('package cache: 2 .deb file(s)');
+    // apt's own word: nothing to fetch.
+    expect(second.stderr).toMatch(/Need to get 0 B/);
+    for (const output of ['first.qcow2', 'second.qcow2']) {
+      await withImageMounted(join(work, output), 'gpt-esp', async (root) => {
+        expect(await dpkgVersion(root, 'kubectl')).toBe(mirror.versions.kubectl[0]);
+        expect((await readdir(join(root, 'var/cache/apt/archives'))).filter((name) => name.endsWith('.deb'))).toEqual([]);
+      });
+    }
+    // The same packages make the same BOM packages, cache or not.
+    const bomPackages = async (output: string) => JSON.parse(await readFile(join(work, `${output}.bom.json`), 'utf8')).packages;
+    expect(await bomPackages('second.qcow2')).toEqual(await bomPackages('first.qcow2'));
+
+    const list = await runCli(['cache', 'list', '--json'], { env });
+    expect(JSON.parse(list.stdout).packages.map((p: { sha256: string }) => `${p.sha256}.deb`).sort()).toEqual(stored);
+    const dry = await runCli(['cache', 'prune', '--all', '--dry-run'], { env });
+    expect(dry.stdout).toContain('would remove 2 package(s)');
+    expect((await readdir(join(cache, 'packages/deb'))).sort()).toEqual(stored);
+    expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
+  });
+
+  test('a cached file whose bytes are not what its name says is removed and never offered; apt fetches the real one', async () => {
+    const stored = (await readdir(join(cache, 'packages/deb'))).sort();
+    // Poison: every cached file replaced by another package's bytes under the same name.
+    const bogus = Buffer.from('!<arch>\nnot the package the name says\n');
+    for (const name of stored) await writeFile(join(cache, 'packages/deb', name), bogus);
+    const before = debRequests().length;
+    const result = await build('poisoned.qcow2', ['--refresh', '2']);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).toContain('does not hold what its name says; removed, not offered');
+    expect(debRequests().length).toBe(before + 2);
+    await withImageMounted(join(work, 'poisoned.qcow2'), 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(mirror.versions.kubectl[0]);
+    });
+    // The genuine files are back under their names.
+    for (const name of await readdir(join(cache, 'packages/deb'))) expect(`${sha256Text(await readFile(join(cache, 'packages/deb', name)))}.deb`).toBe(name);
+  });
+
+  test('a guest that leaves other bytes, or links, under the downloaded files\' names in its archives gives the cache nothing', async () => {
+    const fresh = join(work, 'hostile-cache');
+    const hostile = await writeRecipe(work, 'hostile', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      // The guest's own dpkg hook, after every dpkg run: the real downloads replaced by other bytes and by links
+      // to files elsewhere in the guest (the host's /etc/shadow is never where such a link leads).
+      { file: { path: '/etc/apt/apt.conf.d/99-plant', content: 'DPkg::Post-Invoke { "cd /var/cache/apt/archives; for f in cri-tools_*.deb; do cp /bin/sh $f; done; for f in kubectl_*.deb; do ln -sf /etc/shadow $f; done; true"; };\n' } },
+      { name: 'tools', packages: { install: [`kubectl=${mirror.versions.kubectl[0]}`, 'cri-tools'] } },
+    ]);
+    const result = await runCli(['apply', hostile, '--disk-image', disk, '--output', join(work, 'hostile.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env: { ...env, IMAGEBUILDER_CACHE: fresh } });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).not.toContain('package cache: kept');
+    expect(await readdir(join(fresh, 'packages/deb')).catch(() => [])).toEqual([]);
+  });
+
+  test('two builds at once share the cache; --no-cache leaves it alone; prune --all empties it', async () => {
+    const [a, b] = await Promise.all([build('a.qcow2', ['--refresh', '2']), build('b.qcow2', ['--refresh', '2'])]);
+    for (const result of [a, b]) if (result.exitCode !== 0) throw new Error(result.all);
+    const before = (await readdir(join(cache, 'packages/deb'))).sort();
+    const requests = debRequests().length;
+    const bypass = await build('nocache.qcow2', ['--no-cache']);
+    if (bypass.exitCode !== 0) throw new Error(bypass.all);
+    expect(bypass.stderr).not.toContain('package cache:');
+    expect(debRequests().length).toBe(requests + 2);
+    expect((await readdir(join(cache, 'packages/deb'))).sort()).toEqual(before);
+    const pruned = await runCli(['cache', 'prune', '--all'], { env });
+    expect(pruned.stdout).toContain(`removed ${before.length} package(s)`);
+    expect(await readdir(join(cache, 'packages/deb'))).toEqual([]);
+  });
+});

@@ -1,0 +1,54 @@
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { aptListedHashes, listCachedPackages, pruneCachedPackages } from '../../src/pkg/package-cache.js';
+import { sha256Text } from '../../src/util/digest.js';
+
+describe('package cache: the store and the guest lists', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'package-cache-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  test("the guest's Packages lists, read as data: file name (as apt names its archive) -> sha256; stanzas without both are skipped", async () => {
+    const root = join(dir, 'root');
+    await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
+    const a = 'a'.repeat(64);
+    const b = 'b'.repeat(64);
+    await writeFile(
+      join(root, 'var/lib/apt/lists/mirror_dists_bookworm_main_binary-amd64_Packages'),
+      `Package: kubectl\nVersion: 1:1.36.2-1.1\nFilename: pool/k/kubectl_1:1.36.2-1.1_amd64.deb\nSHA256: ${a}\n\nPackage: odd\nFilename: pool/o/odd_1_amd64.deb\n\nPackage: cri-tools\nSHA256: ${b}\nFilename: amd64/cri-tools_1.36.0-1.1_amd64.deb\n`,
+    );
+    await writeFile(join(root, 'var/lib/apt/lists/lock'), '');
+    expect([...(await aptListedHashes(root))]).toEqual([
+      ['kubectl_1%3a1.36.2-1.1_amd64.deb', a],
+      ['cri-tools_1.36.0-1.1_amd64.deb', b],
+    ]);
+  });
+
+  test('prune: --older-than by last use, then --max-size removes the least recently used first; --dry-run removes nothing', async () => {
+    const store = join(dir, 'deb');
+    await mkdir(store);
+    const day = 86_400_000;
+    const made: string[] = [];
+    for (const [i, ageDays] of [5, 1, 2].entries()) {
+      const content = Buffer.alloc(1000 * (i + 1), i);
+      const name = `${sha256Text(content)}.deb`;
+      await writeFile(join(store, name), content);
+      const when = new Date(Date.now() - ageDays * day);
+      await utimes(join(store, name), when, when);
+      made.push(name);
+    }
+    await writeFile(join(store, 'not-a-package.txt'), 'x');
+    expect((await listCachedPackages(dir)).map((p) => `${p.sha256}.deb`)).toEqual([made[1], made[2], made[0]]);
+    const dry = await pruneCachedPackages(dir, { olderThanMs: 3 * day, dryRun: true });
+    expect(dry.removed.map((p) => `${p.sha256}.deb`)).toEqual([made[0]]);
+    expect((await readdir(store)).length).toBe(4);
+    // 5 days old goes by age; then 3000 + 2000 bytes left against 2500: the older of the two (2 days) goes too.
+    const pruned = await pruneCachedPackages(dir, { olderThanMs: 3 * day, maxBytes: 2500 });
+    expect(pruned.removed.map((p) => `${p.sha256}.deb`)).toEqual([made[0], made[2]]);
+    expect(pruned.kept.map((p) => `${p.sha256}.deb`)).toEqual([made[1]]);
+    expect((await readdir(store)).sort()).toEqual([made[1], 'not-a-package.txt'].sort());
+  });
+});
