@@ -260,17 +260,20 @@ function resolveVariables(definitions: Map<string, VariableDefinition>): { value
   const unmatched = new Set<string>();
   const tableCell = (column: TableColumn): { value: string; location: string } => {
     const key = renderTemplate(column.key, resolveOne, () => [...definitions.keys()]);
-    problems.push(...key.errors.map((message) => ({ location: column.keyLocation, message })));
     const row = column.rows[key.value];
     if (!row) {
-      if (!key.errors.length && !unmatched.has(column.table)) {
+      // Said once per table: every column of it asks.
+      if (!unmatched.has(column.table)) {
         unmatched.add(column.table);
-        const chosenBy = key.used.map((used) => ({ used, definition: definitions.get(used) })).find(({ definition }) => definition && !definition.table);
-        const what = chosenBy ? `${chosenBy.used} = "${values[chosenBy.used]}" selects` : 'selects';
-        problems.push({
-          location: chosenBy?.definition?.location ?? column.keyLocation,
-          message: `${what} "${key.value}" in table ${column.table} (${column.keyLocation}), which has no such row; it has: ${Object.keys(column.rows).join(', ')}`,
-        });
+        if (key.errors.length) problems.push(...key.errors.map((message) => ({ location: column.keyLocation, message })));
+        else {
+          const chosenBy = key.used.map((used) => ({ used, definition: definitions.get(used) })).find(({ definition }) => definition && !definition.table);
+          const what = chosenBy ? `${chosenBy.used} = "${values[chosenBy.used]}" selects` : 'selects';
+          problems.push({
+            location: chosenBy?.definition?.location ?? column.keyLocation,
+            message: `${what} "${key.value}" in table ${column.table} (${column.keyLocation}), which has no such row; it has: ${Object.keys(column.rows).join(', ')}`,
+          });
+        }
       }
       return { value: '', location: column.keyLocation };
     }

@@ -176,6 +176,10 @@ describe('tables: variables that come in consistent sets', () => {
   test('a key with no row: one error, where the choice was made, naming the rows there are', () => {
     const { problems } = parseRecipe(text, 'r.yaml', { set: { kubernetes_version: '1.33.1' } });
     expect(problems.map((p) => `${p.location}: ${p.message}`)).toEqual(['--set kubernetes_version: kubernetes_version = "1.33.1" selects "1.33" in table release (r.yaml:6:10), which has no such row; it has: 1.36, 1.35']);
+    // A key that cannot be rendered: its own error, once, not one per column.
+    expect(problemsOf(text.replace('{{ kubernetes_version | major_minor }}', '{{ kubernetes_versoin | major_minor }}'))).toEqual([
+      'r.yaml:6:10: undefined variable "kubernetes_versoin" (did you mean "kubernetes_version"?): define it under `variables:` or pass --set kubernetes_versoin=VALUE',
+    ]);
     // The default chosen in the recipe itself: located at its line.
     expect(problemsOf(text.replace('"1.36.3"', '"1.20.0"'))).toEqual(['r.yaml:3:23: kubernetes_version = "1.20.0" selects "1.20" in table release (r.yaml:6:10), which has no such row; it has: 1.36, 1.35']);
   });
