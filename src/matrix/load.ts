@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { parseImageUrl, urlFileNameOf } from '../fetch/http.js';
-import type { ImageFormat } from '../image/qemu-img.js';
+import type { OutputFormat } from '../image/formats.js';
 import { parseSource, problemsFrom, type LocatedProblem, type Locator } from '../recipe/located-yaml.js';
 import { parseRecipe, readRecipeText, type Recipe } from '../recipe/load.js';
 import { closest, renderTemplate } from '../util/template.js';
@@ -54,7 +54,7 @@ export interface Matrix {
   builds: MatrixBuild[];
   recipes: MatrixRecipe[];
   bases: MatrixBase[];
-  output: { dir: string; formats?: ImageFormat[]; compress?: boolean };
+  output: { dir: string; formats?: OutputFormat[]; compress?: boolean };
 }
 
 interface RawMatrix {
@@ -65,7 +65,7 @@ interface RawMatrix {
   set?: Record<string, unknown>;
   exclude?: Record<string, unknown>[];
   include?: Record<string, unknown>[];
-  output?: { dir?: string; name?: string; formats?: ImageFormat[]; compress?: boolean };
+  output?: { dir?: string; name?: string; formats?: OutputFormat[]; compress?: boolean };
 }
 
 /** One axis value of one combination, and where it was written. */

@@ -2,7 +2,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DiskImageOptions } from '../fetch/image-source.js';
-import type { ImageFormat } from '../image/qemu-img.js';
+import type { OutputFormat } from '../image/formats.js';
 import { apply, type ApplyOptions, type ApplyResult, type Artifact } from '../pipeline/apply.js';
 import { FORMAT_EXTENSIONS } from '../pipeline/output.js';
 import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
@@ -159,7 +159,7 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
       const file = createWriteStream(join(dir, `${b.name}.log`));
       const buildLog = buildLogger(b.name, file, options);
       const t0 = Date.now();
-      const formats: ImageFormat[] = matrix.output.formats ?? [verified.get(b.base.name)!.format];
+      const formats: OutputFormat[] = matrix.output.formats ?? [verified.get(b.base.name)!.format];
       try {
         buildLog.info(`recipe ${b.recipe.written}, base ${b.base.written}${Object.keys(b.variables).length ? `, ${Object.entries(b.variables).map(([k, v]) => `${k}=${v}`).join(' ')}` : ''}`);
         const result = await build({

@@ -10,6 +10,7 @@ import { parseMatrix, type Matrix } from '../../src/matrix/load.js';
 import { emitArgo, emitJobs, kubernetesNames, manifestsYaml, type EmitOptions } from '../../src/matrix/emit.js';
 import { matrixOutcome, runMatrix, selectBuilds } from '../../src/matrix/run.js';
 import { formatSummary } from '../../src/matrix/summary.js';
+import { OUTPUT_FORMATS } from '../../src/image/formats.js';
 import { recordingRunner } from '../../src/util/exec.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import type { ApplyOptions, ApplyResult } from '../../src/pipeline/apply.js';
@@ -80,6 +81,14 @@ describe('matrix files', () => {
     expect(matrix.output).toEqual({ dir: join(dir, 'out'), formats: ['raw'], compress: undefined });
     expect(selectBuilds(matrix, ['noble-1.31-arm64']).map((b) => b.name)).toEqual(['noble-1.31-arm64']);
     expect(() => selectBuilds(matrix, ['noble-1.31-arm'])).toThrow('--only noble-1.31-arm: the matrix has no such build (did you mean "noble-1.31-arm64"?)');
+  });
+
+  test('output formats are exactly what apply --format writes (one list, OUTPUT_FORMATS), archives included', () => {
+    const allFormats = [...OUTPUT_FORMATS];
+    expect(allFormats).toEqual(expect.arrayContaining(['tar', 'ova', 'gce']));
+    const matrix = expand(['recipe: recipes/node.yaml', `bases: [${URL_A}]`, `output: { formats: [${allFormats.join(', ')}] }`]);
+    expect(matrix.output.formats).toEqual(allFormats);
+    expect(problemsOf(['recipe: recipes/node.yaml', `bases: [${URL_A}]`, 'output: { formats: [iso] }']).join('\n')).toMatch(/m\.yaml:3/);
   });
 
   test('several recipes are an axis of their own', () => {
