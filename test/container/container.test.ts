@@ -93,7 +93,8 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     const result = await runInContainer(
       // virt-sparsify asked for: libguestfs's appliance must work in the image (auto, the default, needs it only for
       // what the host cannot mount, and this fixture has none of that).
-      ['imagebuilder', 'apply', 'in-container.yaml', '--disk-image', 'debian.qcow2', '--output', 'node.qcow2', '--sparsify', 'virt-sparsify', '--json'],
+      // --refresh 1: the cache volume outlives the container (its step layers too); every step runs here again.
+      ['imagebuilder', 'apply', 'in-container.yaml', '--disk-image', 'debian.qcow2', '--output', 'node.qcow2', '--sparsify', 'virt-sparsify', '--refresh', '1', '--json'],
       { [work]: '/work', [CACHE_VOLUME]: '/var/cache/imagebuilder' },
       { SOURCE_DATE_EPOCH: '1700000000' },
     );
@@ -118,6 +119,7 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     expect(bom.tool).toMatchObject({ name: 'imagebuilder', version });
     expect(bom.packages).toContainEqual(expect.objectContaining({ name: 'socat', architecture: 'amd64', origin: 'added' }));
     expect(bom.steps.map((s: { type: string }) => s.type)).toEqual(['packages', 'file', 'file']);
+    expect(bom.steps.filter((s: { cached?: boolean }) => s.cached)).toEqual([]);
     expect(bom.output.sparsify).toBe('virt-sparsify'); // libguestfs's appliance works in the image
     // Every fstab entry mounted (/, /boot, /home): no warning of those. The one warning there may be is the
     // sandbox's, when this container cannot write /sys/fs/cgroup (buildah's chroot isolation on some hosts mounts
