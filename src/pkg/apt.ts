@@ -4,7 +4,7 @@ import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstalledPackage, PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
-import { keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
+import { aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -78,9 +78,15 @@ export function aptSourcesEntry(repository: Omit<PackageRepository, 'key'>, keyr
  * the archives first, and what apt downloaded is kept afterwards (apt-get clean then empties the archives as always).
  */
 async function withPackageCache(session: ChrootSession, cache: PackageCacheUse | undefined, transaction: () => Promise<unknown>): Promise<void> {
-  if (cache) await offerCachedDebs(session.root, cache.dir, cache.log);
+  if (!cache) {
+    await transaction();
+    return;
+  }
+  // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
+  const listed = await aptListedHashes(session.root);
+  await offerCachedDebs(session.root, cache.dir, listed, cache.log);
   await transaction();
-  if (cache) await keepDownloadedDebs(session.root, cache.dir, cache.log);
+  await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
 }
 
 export function createApt(): PackageManager {

@@ -58,13 +58,13 @@ export async function aptListedHashes(root: string): Promise<Map<string, string>
  * Puts into the guest's apt archives every cached .deb its package lists ask for, each under the name apt looks
  * for and only after its bytes are hashed again. Returns how many and how big.
  */
-export async function offerCachedDebs(root: string, packageCacheDir: string, log: Logger): Promise<{ files: number; bytes: number }> {
+export async function offerCachedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger): Promise<{ files: number; bytes: number }> {
   const store = debStoreDir(packageCacheDir);
   const cached = new Set((await readdir(store).catch(() => [] as string[])).filter((name) => name.endsWith('.deb')).map((name) => name.slice(0, -'.deb'.length)).filter((hash) => SHA256.test(hash)));
   let files = 0;
   let bytes = 0;
   if (!cached.size) return { files, bytes };
-  for (const [name, sha256] of await aptListedHashes(root)) {
+  for (const [name, sha256] of listed) {
     if (!cached.has(sha256) || !DEB_NAME.test(name)) continue;
     if (await statGuest(root, `${APT_ARCHIVES}/${name}`)) continue;
     const path = join(store, `${sha256}.deb`);
@@ -90,11 +90,10 @@ export async function offerCachedDebs(root: string, packageCacheDir: string, log
  * Keeps what apt downloaded: every regular .deb file in the guest's archives, bounded in size, whose sha256 the
  * guest's package lists name for that file name. Returns how many were new to the cache.
  */
-export async function keepDownloadedDebs(root: string, packageCacheDir: string, log: Logger): Promise<number> {
+export async function keepDownloadedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger): Promise<number> {
   const store = debStoreDir(packageCacheDir);
   const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name));
   if (!names.length) return 0;
-  const listed = await aptListedHashes(root);
   await mkdir(store, { recursive: true });
   let kept = 0;
   for (const name of names) {
