@@ -38,46 +38,57 @@ export interface ChannelReader {
 }
 
 /**
+ * Connects to a Unix socket qemu listens on. Its file exists a moment before qemu listens, so a refused connect
+ * is tried again every 100 ms, up to 100 times; once connected, qemu going away closes the connection. `handle`
+ * gets each attempt's socket, whether it got through, and whether it is the last try. stop() ends it all.
+ */
+export function connectToQemu(socketPath: string, handle: (socket: Socket, attempt: { connected: () => boolean; last: boolean }) => void): { stop: () => void } {
+  let current: Socket | undefined;
+  let stopped = false;
+  const attempt = (left: number) => {
+    if (stopped) return;
+    let connected = false;
+    const socket = (current = connect(socketPath, () => (connected = true)));
+    handle(socket, { connected: () => connected, last: left <= 0 });
+    socket.on('error', () => {
+      if (!connected && left > 0) setTimeout(() => attempt(left - 1), 100).unref();
+    });
+  };
+  attempt(100);
+  return {
+    stop: () => {
+      stopped = true;
+      current?.destroy();
+    },
+  };
+}
+
+/**
  * Connects to the host end of the results channel (qemu listening on `socketPath`) and reads one report.
- * qemu accepts one client at a time; the guest's writes wait until we are connected.
+ * qemu accepts one client at a time; the guest's writes wait until we are connected. A connection that ends
+ * early says nothing here: who waits learns why from qemu's exit.
  */
 export function readChannel(socketPath: string, maxOutputBytes: number): ChannelReader {
-  let socket: Socket | undefined;
-  let closed = false;
+  let connection: { stop: () => void } | undefined;
   const report = new Promise<GuestReport>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    const attempt = (left: number) => {
-      if (closed) return;
-      let connected = false;
-      socket = connect(socketPath, () => (connected = true));
+    connection = connectToQemu(socketPath, (socket) => {
+      const chunks: Buffer[] = [];
       socket.on('data', (chunk: Buffer) => {
         chunks.push(chunk);
         try {
           const parsed = parseReport(Buffer.concat(chunks), maxOutputBytes);
           if (parsed) {
             resolve(parsed);
-            socket?.destroy();
+            socket.destroy();
           }
         } catch (error) {
           reject(error);
-          socket?.destroy();
+          socket.destroy();
         }
       });
-      socket.on('error', () => {
-        // The socket file exists a moment before qemu listens on it: try again, for a while. Once connected,
-        // qemu going away closes the connection, and who waits learns why from qemu's exit instead.
-        if (!connected && left > 0) setTimeout(() => attempt(left - 1), 100).unref();
-      });
-    };
-    attempt(100);
+    });
   });
   // Nobody may be listening when the report is abandoned (a timeout): its rejection must not go unhandled.
   report.catch(() => undefined);
-  return {
-    report,
-    close: () => {
-      closed = true;
-      socket?.destroy();
-    },
-  };
+  return { report, close: () => connection?.stop() };
 }

@@ -1,5 +1,5 @@
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connectToQemu } from './channel.js';
 
 /** The most of a guest's console kept on disk: its beginning, and its end (the part that shows why it stopped). */
 export const DEFAULT_CONSOLE_MAX_BYTES = 16 << 20;
@@ -81,27 +81,20 @@ export interface ConsoleRecorder {
  */
 export function recordConsole(socketPath: string, path: string, limits: ConsoleLimits = {}): ConsoleRecorder {
   const log = new ConsoleLog(path, limits);
-  let socket: Socket | undefined;
+  let connection: { stop: () => void } | undefined;
   let finish: () => void = () => undefined;
   const done = new Promise<void>((resolve) => {
     finish = () => {
       log.close();
-      socket?.destroy();
+      connection?.stop();
       resolve();
     };
   });
-  const attempt = (left: number) => {
-    let connected = false;
-    socket = connect(socketPath, () => (connected = true));
+  connection = connectToQemu(socketPath, (socket, attempt) => {
     socket.on('data', (chunk: Buffer) => log.write(chunk));
     socket.on('close', () => {
-      if (connected || left <= 0) finish();
+      if (attempt.connected() || attempt.last) finish();
     });
-    socket.on('error', () => {
-      // The socket file exists a moment before qemu listens on it: try again, for a while.
-      if (!connected && left > 0) setTimeout(() => attempt(left - 1), 100).unref();
-    });
-  };
-  attempt(100);
+  });
   return { done, close: () => finish() };
 }
