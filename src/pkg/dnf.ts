@@ -3,7 +3,8 @@ import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { queryRpmDatabase, rpmArchitecture } from './rpm.js';
 import { emptyCacheDirs, readGuestConfig, refuseAptFields, releaseverOption, repoSection, writeRpmRepository } from './rpm-guest.js';
-import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { withRpmPackageCache } from './rpm-package-cache.js';
+import type { InstallOptions, PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
 /**
  * dnf (Fedora, RHEL/CentOS Stream/Rocky/Alma/Oracle 8+, Amazon Linux 2023), yum (CentOS/RHEL 7, Amazon Linux 2)
@@ -77,9 +78,13 @@ export const RPM_MANAGERS: Record<RpmManagerCommand, RpmManagerTraits> = {
   },
 };
 
-/** Options of every transaction of this manager (see RpmManagerTraits.transaction). */
-export function transactionOptions(command: RpmManagerCommand): string[] {
-  return RPM_MANAGERS[command].transaction;
+/**
+ * Options of every transaction of this manager (see RpmManagerTraits.transaction); `keepDownloads`: dnf keeps what
+ * it downloaded, for the package cache to take (which removes it from the guest afterwards).
+ */
+export function transactionOptions(command: RpmManagerCommand, keepDownloads = false): string[] {
+  const options = RPM_MANAGERS[command].transaction;
+  return keepDownloads ? options.map((option) => (option === '--setopt=keepcache=False' ? '--setopt=keepcache=True' : option)) : options;
 }
 
 /** `name=version` (the recipe's form) is dnf's `name-version`; a version may carry an epoch (`2:6.7-1.fc40`). */
@@ -87,12 +92,12 @@ export function rpmPackageArg(spec: PackageSpec): string {
   return spec.version ? `${spec.name}-${spec.version}` : spec.name;
 }
 
-export function dnfInstallArgs(command: RpmManagerCommand, packages: PackageSpec[], extra: string[] = []): string[] {
-  return [command, 'install', ...transactionOptions(command), ...extra, ...packages.map(rpmPackageArg)];
+export function dnfInstallArgs(command: RpmManagerCommand, packages: PackageSpec[], extra: string[] = [], keepDownloads = false): string[] {
+  return [command, 'install', ...transactionOptions(command, keepDownloads), ...extra, ...packages.map(rpmPackageArg)];
 }
 
-export function dnfUpgradeArgs(command: RpmManagerCommand, names: string[] | 'all', extra: string[] = []): string[] {
-  return [command, RPM_MANAGERS[command].upgrade, ...transactionOptions(command), ...extra, ...(names === 'all' ? [] : names)];
+export function dnfUpgradeArgs(command: RpmManagerCommand, names: string[] | 'all', extra: string[] = [], keepDownloads = false): string[] {
+  return [command, RPM_MANAGERS[command].upgrade, ...transactionOptions(command, keepDownloads), ...extra, ...(names === 'all' ? [] : names)];
 }
 
 /** Removes the packages and the dependencies nothing else needs any more (apt's purge + autoremove). */
@@ -196,6 +201,28 @@ export function createDnf(options: DnfOptions): PackageManager {
     return [`--disableexcludes=${install.disableExcludes}`];
   };
 
+  /**
+   * A transaction with the package cache around it (dnf only: yum and tdnf cache their metadata otherwise).
+   * The cache reads the repositories' metadata from the guest's cache, so a refresh the transaction would do
+   * (--refresh) is done first, on its own.
+   */
+  const withCache = async (session: ChrootSession, cache: PackageCacheUse | undefined, extra: string[], transaction: (options: string[], keepDownloads: boolean) => Promise<unknown>) => {
+    if (!cache || command !== 'dnf') {
+      await transaction(extra, false);
+      return;
+    }
+    if (extra.includes('--refresh')) {
+      await session.exec([command, 'makecache', '--refresh', ...(await releasever(session))], {
+        streamOutput: true,
+        purpose: 'refreshing the dnf metadata',
+        errorCode: 'STEP_FAILED',
+        hint: "check the guest's repositories (/etc/yum.repos.d) and that they are reachable from this host",
+      });
+    }
+    const options = extra.filter((option) => option !== '--refresh');
+    await withRpmPackageCache(session.root, 'dnf', cache, command, () => transaction(options, true));
+  };
+
   const installHint =
     '"GPG check FAILED" means a package is not signed by the key its repository\'s gpgkey names; otherwise check the package ' +
     `names and versions: \`${command} list --showduplicates NAME\` inside \`imagebuilder shell\` lists what is available`;
@@ -204,16 +231,20 @@ export function createDnf(options: DnfOptions): PackageManager {
     name: command,
     async install(session, packages, install = {}) {
       const extra = [...(await repositoryOptions(session)), ...disableExcludes(install)];
-      await session.exec(dnfInstallArgs(command, packages, extra), { streamOutput: true, purpose: 'installing packages', errorCode: 'STEP_FAILED', hint: installHint });
+      await withCache(session, install.packageCache, extra, (options, keep) =>
+        session.exec(dnfInstallArgs(command, packages, options, keep), { streamOutput: true, purpose: 'installing packages', errorCode: 'STEP_FAILED', hint: installHint }),
+      );
     },
-    async upgrade(session, names) {
+    async upgrade(session, names, upgrade = {}) {
       const extra = await repositoryOptions(session);
-      await session.exec(dnfUpgradeArgs(command, names, extra), {
-        streamOutput: true,
-        purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
-        errorCode: 'STEP_FAILED',
-        hint: `a held package stays at its version: release it first (${manager.versionlockProbe ? `\`${command} versionlock delete NAME\`, or ` : ''}take it out of ${manager.excludeKey}= in ${manager.mainConfig})`,
-      });
+      await withCache(session, upgrade.packageCache, extra, (options, keep) =>
+        session.exec(dnfUpgradeArgs(command, names, options, keep), {
+          streamOutput: true,
+          purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
+          errorCode: 'STEP_FAILED',
+          hint: `a held package stays at its version: release it first (${manager.versionlockProbe ? `\`${command} versionlock delete NAME\`, or ` : ''}take it out of ${manager.excludeKey}= in ${manager.mainConfig})`,
+        }),
+      );
     },
     async remove(session, names) {
       await session.exec(dnfRemoveArgs(command, names, await releasever(session)), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });

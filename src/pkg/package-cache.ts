@@ -6,22 +6,26 @@ import { readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFr
 import type { Logger } from '../util/log.js';
 
 /**
- * The .deb files builds downloaded, kept in the cache directory and offered to the next build's apt, as mkosi and
- * diskimage-builder keep theirs: the second build of a base downloads nothing it already has.
+ * The package files builds downloaded (.deb for apt, .rpm for dnf and zypper), kept in the cache directory and
+ * offered to the next build's package manager, as mkosi and diskimage-builder keep theirs: the second build of a
+ * base downloads nothing it already has.
  *
- * The store is content-addressed (`<sha256>.deb`) and every file crosses only after its bytes are hashed:
- *   - into a guest, a cached file goes only where the guest's own package lists (which its apt verified against
- *     their signatures) name a file with exactly that sha256, under that file's name; a cached file whose bytes no
- *     longer match its name is removed, never offered;
- *   - out of a guest (a hostile one may leave anything in its archives), only regular files, bounded in size,
- *     whose sha256 its package lists name for that file name are kept.
- * So a file reaches a build's apt only if it is, byte for byte, what that build's signed lists ask for: a planted
- * or corrupted file is never offered, whichever build or guest left it. Writes are temporary file then rename:
- * concurrent builds share the store safely (the same name always holds the same bytes).
+ * The store is content-addressed (`deb/<sha256>.deb`, `rpm/<sha256>.rpm`) and every file crosses only after its
+ * bytes are hashed:
+ *   - into a guest, a cached file goes only where the guest's own metadata (apt's package lists; the rpm-md
+ *     primary file dnf and zypper cache) names a file with exactly that sha256, at the path its manager looks
+ *     for it; a cached file whose bytes no longer match its name is removed, never offered. The manager checks
+ *     it again as it checks its own downloads (apt: against its signed lists; dnf, zypper: the checksum, then the
+ *     package's signature);
+ *   - out of a guest (a hostile one may leave anything in its cache), only regular files, bounded in size, whose
+ *     bytes hash to what its metadata names for that path are kept.
+ * So a file reaches a build's manager only if it is, byte for byte, what that build's metadata asks for: a
+ * planted or corrupted file is never offered, whichever build or guest left it. Writes are temporary file then
+ * rename: concurrent builds share the store safely (the same name always holds the same bytes).
  */
 
-/** The largest .deb taken from a guest (the biggest Debian packages are a few hundred MiB). */
-const MAX_DEB_BYTES = 1 << 30;
+/** The largest package file taken from a guest (the biggest Debian and Fedora packages are a few hundred MiB). */
+const MAX_PACKAGE_BYTES = 1 << 30;
 /** The largest package list read (Debian's main Packages is ~70 MiB uncompressed). */
 const MAX_LIST_BYTES = 512 << 20;
 const APT_LISTS = '/var/lib/apt/lists';
@@ -32,7 +36,10 @@ const DEB_NAME = /^[A-Za-z0-9][A-Za-z0-9+.~_%-]*\.deb$/;
 
 /** Where the cache directory keeps packages. */
 export const packageCacheDir = (cacheDir: string) => join(cacheDir, 'packages');
-export const debStoreDir = (dir: string) => join(dir, 'deb');
+/** The package formats kept, each in a store of its own (`deb/`, `rpm/`). */
+export const PACKAGE_KINDS = ['deb', 'rpm'] as const;
+export type PackageKind = (typeof PACKAGE_KINDS)[number];
+export const storeDir = (dir: string, kind: PackageKind) => join(dir, kind);
 
 /**
  * What the guest's package lists say each .deb is: its file name (as apt names it in its archives) → sha256.
@@ -54,55 +61,60 @@ export async function aptListedHashes(root: string): Promise<Map<string, string>
   return listed;
 }
 
+/** A package file a guest's manager looks for (or left) at a guest path, and the sha256 its metadata names. */
+export interface GuestPackageFile {
+  guestPath: string;
+  sha256: string;
+}
+
 /**
- * Puts into the guest's apt archives every cached .deb its package lists ask for, each under the name apt looks
- * for and only after its bytes are hashed again. Returns how many and how big.
+ * Puts into the guest every cached package file its metadata asks for, each at the path its manager looks for
+ * and only after its bytes are hashed again. Returns how many and how big, and where they went.
  */
-export async function offerCachedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger): Promise<{ files: number; bytes: number }> {
-  const store = debStoreDir(packageCacheDir);
-  const cached = new Set((await readdir(store).catch(() => [] as string[])).filter((name) => name.endsWith('.deb')).map((name) => name.slice(0, -'.deb'.length)).filter((hash) => SHA256.test(hash)));
-  let files = 0;
+export async function offerCachedFiles(root: string, packageCacheDir: string, kind: PackageKind, wanted: Iterable<GuestPackageFile>, log: Logger, manager: string): Promise<{ files: number; bytes: number; paths: string[] }> {
+  const store = storeDir(packageCacheDir, kind);
+  const suffix = `.${kind}`;
+  const cached = new Set((await readdir(store).catch(() => [] as string[])).filter((name) => name.endsWith(suffix)).map((name) => name.slice(0, -suffix.length)).filter((hash) => SHA256.test(hash)));
+  const paths: string[] = [];
   let bytes = 0;
-  if (!cached.size) return { files, bytes };
-  for (const [name, sha256] of listed) {
-    if (!cached.has(sha256) || !DEB_NAME.test(name)) continue;
-    if (await statGuest(root, `${APT_ARCHIVES}/${name}`)) continue;
-    const path = join(store, `${sha256}.deb`);
+  if (!cached.size) return { files: 0, bytes, paths };
+  for (const { guestPath, sha256 } of wanted) {
+    if (!cached.has(sha256)) continue;
+    if (await statGuest(root, guestPath)) continue;
+    const path = join(store, `${sha256}${suffix}`);
     const content = await readFile(path).catch(() => undefined);
     if (!content) continue; // pruned meanwhile
     if (sha256Text(content) !== sha256) {
       log.warn(`package cache: ${path} does not hold what its name says; removed, not offered`);
       await rm(path, { force: true });
+      cached.delete(sha256);
       continue;
     }
-    await writeGuestFileFromHost(root, `${APT_ARCHIVES}/${name}`, content, { mode: 0o644, uid: 0, gid: 0 });
+    await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0 });
     // Its time says when a build last used it: `cache prune --older-than` goes by it.
     const now = new Date();
     await utimes(path, now, now).catch(() => undefined);
-    files++;
+    paths.push(guestPath);
     bytes += content.length;
   }
-  if (files) log.info(`package cache: ${files} .deb file(s), ${(bytes / 2 ** 20).toFixed(1)} MiB, offered to apt (each what the guest's signed lists name)`);
-  return { files, bytes };
+  if (paths.length) log.info(`package cache: ${paths.length} ${suffix} file(s), ${(bytes / 2 ** 20).toFixed(1)} MiB, offered to ${manager} (each what the guest's metadata names)`);
+  return { files: paths.length, bytes, paths };
 }
 
 /**
- * Keeps what apt downloaded: every regular .deb file in the guest's archives, bounded in size, whose sha256 the
- * guest's package lists name for that file name. Returns how many were new to the cache.
+ * Keeps what the guest's manager downloaded: every regular file among `found`, bounded in size, whose bytes hash
+ * to the sha256 the guest's metadata names for it. Returns how many were new to the cache.
  */
-export async function keepDownloadedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger): Promise<number> {
-  const store = debStoreDir(packageCacheDir);
-  const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name));
-  if (!names.length) return 0;
-  await mkdir(store, { recursive: true });
+export async function keepDownloadedFiles(root: string, packageCacheDir: string, kind: PackageKind, found: Iterable<GuestPackageFile>, log: Logger): Promise<number> {
+  const store = storeDir(packageCacheDir, kind);
   let kept = 0;
-  for (const name of names) {
-    const sha256 = listed.get(name);
-    if (!sha256) continue;
-    const target = join(store, `${sha256}.deb`);
+  for (const { guestPath, sha256 } of found) {
+    if (!SHA256.test(sha256)) continue;
+    const target = join(store, `${sha256}.${kind}`);
     if (await stat(target).then(() => true, () => false)) continue;
-    const content = await readGuestFile(root, `${APT_ARCHIVES}/${name}`, MAX_DEB_BYTES).catch(() => undefined);
+    const content = await readGuestFile(root, guestPath, MAX_PACKAGE_BYTES).catch(() => undefined);
     if (!content || sha256Text(content) !== sha256) continue;
+    await mkdir(store, { recursive: true });
     const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
     await writeFile(partial, content, { mode: 0o644 });
     await rename(partial, target).catch(async (error: unknown) => {
@@ -111,29 +123,49 @@ export async function keepDownloadedDebs(root: string, packageCacheDir: string, 
     });
     kept++;
   }
-  if (kept) log.info(`package cache: kept ${kept} downloaded .deb file(s) for the next build`);
+  if (kept) log.info(`package cache: kept ${kept} downloaded .${kind} file(s) for the next build`);
   return kept;
 }
 
+/** The cached .deb files apt's lists ask for, at the names apt looks for in its archives. */
+export function offerCachedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger) {
+  const wanted = function* () {
+    for (const [name, sha256] of listed) if (DEB_NAME.test(name)) yield { guestPath: `${APT_ARCHIVES}/${name}`, sha256 };
+  };
+  return offerCachedFiles(root, packageCacheDir, 'deb', wanted(), log, 'apt');
+}
+
+/** Keeps the .deb files apt left in its archives whose sha256 its lists name for that file name. */
+export async function keepDownloadedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger): Promise<number> {
+  const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name) && listed.has(name));
+  return keepDownloadedFiles(root, packageCacheDir, 'deb', names.map((name) => ({ guestPath: `${APT_ARCHIVES}/${name}`, sha256: listed.get(name)! })), log);
+}
+
 export interface CachedPackage {
+  kind: PackageKind;
   sha256: string;
   bytes: number;
   /** When a build last offered or kept it (its mtime). */
   lastUsedAt: string;
 }
 
-/** The cached .deb files, most recently used first. */
+/** The cached package files, most recently used first. */
 export async function listCachedPackages(dir: string): Promise<CachedPackage[]> {
-  const store = debStoreDir(dir);
   const found: CachedPackage[] = [];
-  for (const name of await readdir(store).catch(() => [] as string[])) {
-    const sha256 = name.endsWith('.deb') ? name.slice(0, -'.deb'.length) : '';
-    if (!SHA256.test(sha256)) continue;
-    const info = await stat(join(store, name)).catch(() => undefined);
-    if (info?.isFile()) found.push({ sha256, bytes: info.size, lastUsedAt: info.mtime.toISOString() });
+  for (const kind of PACKAGE_KINDS) {
+    const store = storeDir(dir, kind);
+    for (const name of await readdir(store).catch(() => [] as string[])) {
+      const sha256 = name.endsWith(`.${kind}`) ? name.slice(0, -kind.length - 1) : '';
+      if (!SHA256.test(sha256)) continue;
+      const info = await stat(join(store, name)).catch(() => undefined);
+      if (info?.isFile()) found.push({ kind, sha256, bytes: info.size, lastUsedAt: info.mtime.toISOString() });
+    }
   }
   return found.sort((a, b) => (a.lastUsedAt < b.lastUsedAt ? 1 : a.lastUsedAt > b.lastUsedAt ? -1 : 0));
 }
+
+/** Where a cached package file is. */
+export const cachedPath = (dir: string, entry: Pick<CachedPackage, 'kind' | 'sha256'>) => join(storeDir(dir, entry.kind), `${entry.sha256}.${entry.kind}`);
 
 /**
  * Removes cached packages: all, those not used for `olderThanMs`, then the least recently used until they take at
@@ -156,6 +188,6 @@ export async function pruneCachedPackages(dir: string, options: { all?: boolean;
     }
   }
   left = kept.filter((entry) => !removed.includes(entry));
-  if (!options.dryRun) for (const entry of removed) await rm(join(debStoreDir(dir), `${entry.sha256}.deb`), { force: true });
+  if (!options.dryRun) for (const entry of removed) await rm(cachedPath(dir, entry), { force: true });
   return { removed, kept: left, freedBytes: removed.reduce((sum, entry) => sum + entry.bytes, 0) };
 }

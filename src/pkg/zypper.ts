@@ -2,7 +2,8 @@ import type { ChrootSession } from '../chroot/session.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { queryRpmDatabase, rpmArchitecture } from './rpm.js';
 import { emptyCacheDirs, refuseAptFields, releaseverOption, repoSection, writeRpmRepository } from './rpm-guest.js';
-import type { PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { withRpmPackageCache } from './rpm-package-cache.js';
+import type { PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
 /**
  * zypper (openSUSE Leap and Tumbleweed, SLES): inside the chroot with the guest's own configuration. Every command
@@ -24,8 +25,11 @@ export function zypperPackageArg(spec: PackageSpec): string {
   return spec.version ? `${spec.name}=${spec.version}` : spec.name;
 }
 
-export function zypperInstallArgs(packages: PackageSpec[], global: string[] = []): string[] {
-  return [...ZYPPER, ...global, 'install', ...TRANSACTION, ...packages.map(zypperPackageArg)];
+/** `--download-only` as an option of install, update or dup: fetch into the package cache, change nothing. */
+export const DOWNLOAD_ONLY = ['--download-only'];
+
+export function zypperInstallArgs(packages: PackageSpec[], global: string[] = [], options: string[] = []): string[] {
+  return [...ZYPPER, ...global, 'install', ...TRANSACTION, ...options, ...packages.map(zypperPackageArg)];
 }
 
 /**
@@ -33,9 +37,9 @@ export function zypperInstallArgs(packages: PackageSpec[], global: string[] = []
  * A rolling release upgrades everything with `zypper dup`, as openSUSE documents for Tumbleweed: a snapshot can
  * rename, split or drop packages, which update never does.
  */
-export function zypperUpgradeArgs(names: string[] | 'all', global: string[] = [], rolling = false): string[] {
-  if (names === 'all' && rolling) return [...ZYPPER, ...global, 'dup', ...TRANSACTION];
-  return [...ZYPPER, ...global, 'update', ...TRANSACTION, ...(names === 'all' ? [] : names)];
+export function zypperUpgradeArgs(names: string[] | 'all', global: string[] = [], rolling = false, options: string[] = []): string[] {
+  if (names === 'all' && rolling) return [...ZYPPER, ...global, 'dup', ...TRANSACTION, ...options];
+  return [...ZYPPER, ...global, 'update', ...TRANSACTION, ...options, ...(names === 'all' ? [] : names)];
 }
 
 /** Removes the packages and the dependencies nothing else needs any more (apt's purge + autoremove). */
@@ -92,6 +96,19 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
     return global;
   };
 
+  /**
+   * A transaction with the package cache around it: zypper keeps no download of a repository that says
+   * keeppackages=0, so it runs twice, first --download-only (what that fetches is taken into the cache), then
+   * for real, from what is then in its cache. The metadata was refreshed before (repositoryOptions).
+   */
+  const withCache = async (session: ChrootSession, cache: PackageCacheUse | undefined, transaction: (extra: string[]) => Promise<unknown>) => {
+    if (!cache) {
+      await transaction([]);
+      return;
+    }
+    await withRpmPackageCache(session.root, 'zypper', cache, 'zypper', () => transaction(DOWNLOAD_ONLY), () => transaction([]));
+  };
+
   const unsupported = (what: string, hint: string) => new ImageBuilderError('STEP_FAILED', `zypper has no ${what}`, { hint });
 
   return {
@@ -100,22 +117,28 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
       if (install.disableExcludes) {
         throw unsupported(`repository excludes to disable (disable_excludes: ${install.disableExcludes})`, 'disable_excludes is for dnf and yum: give that packages step `when: { family: redhat }`');
       }
-      await session.exec(zypperInstallArgs(packages, await repositoryOptions(session)), {
-        streamOutput: true,
-        purpose: 'installing packages',
-        errorCode: 'STEP_FAILED',
-        hint:
-          '"Signature verification failed" means a package is not signed by the key its repository\'s gpgkey names; otherwise check the package ' +
-          'names and versions: `zypper search -s NAME` inside `imagebuilder shell` lists what is available',
-      });
+      const global = await repositoryOptions(session);
+      await withCache(session, install.packageCache, (extra) =>
+        session.exec(zypperInstallArgs(packages, global, extra), {
+          streamOutput: true,
+          purpose: extra.length ? 'downloading packages' : 'installing packages',
+          errorCode: 'STEP_FAILED',
+          hint:
+            '"Signature verification failed" means a package is not signed by the key its repository\'s gpgkey names; otherwise check the package ' +
+            'names and versions: `zypper search -s NAME` inside `imagebuilder shell` lists what is available',
+        }),
+      );
     },
-    async upgrade(session, names) {
-      await session.exec(zypperUpgradeArgs(names, await repositoryOptions(session), options.rolling), {
-        streamOutput: true,
-        purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
-        errorCode: 'STEP_FAILED',
-        hint: 'a locked package stays at its version: release it first (`zypper removelock NAME` in a run step)',
-      });
+    async upgrade(session, names, upgrade = {}) {
+      const global = await repositoryOptions(session);
+      await withCache(session, upgrade.packageCache, (extra) =>
+        session.exec(zypperUpgradeArgs(names, global, options.rolling, extra), {
+          streamOutput: true,
+          purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
+          errorCode: 'STEP_FAILED',
+          hint: 'a locked package stays at its version: release it first (`zypper removelock NAME` in a run step)',
+        }),
+      );
     },
     async remove(session, names) {
       await session.exec(zypperRemoveArgs(names, await releasever(session)), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });

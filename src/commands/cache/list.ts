@@ -26,7 +26,8 @@ export default class CacheList extends BaseCommand {
       this.log(JSON.stringify({ images: entries, layers, packages }, null, 2));
       return { images: entries, layers, packages };
     }
-    if (packages.length) this.log(`${packages.length} package(s), ${formatBytes(packages.reduce((sum, p) => sum + p.bytes, 0))} in ${packageCacheDir(cacheDir)}, last used ${packages[0].lastUsedAt.slice(0, 16).replace('T', ' ')} UTC`);
+    const kinds = [...new Set(packages.map((p) => p.kind))].map((kind) => `${packages.filter((p) => p.kind === kind).length} .${kind}`).join(', ');
+    if (packages.length) this.log(`${packages.length} package(s) (${kinds}), ${formatBytes(packages.reduce((sum, p) => sum + p.bytes, 0))} in ${packageCacheDir(cacheDir)}, last used ${packages[0].lastUsedAt.slice(0, 16).replace('T', ' ')} UTC`);
     if (layers.length) {
       this.table(
         ['LAYER', 'STEP', 'ON DISK', 'LAST USED (UTC)', 'NETWORK UNPINNED'],
