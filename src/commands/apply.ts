@@ -44,7 +44,7 @@ export default class Apply extends BaseCommand {
       options: ['0', '0,1', '0,1,2'],
       default: '0,1,2',
     }),
-    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers, and hash the base image again (--rehash)", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
+    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers or the package cache, and hash the base image again (--rehash)", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
     refresh: Flags.string({ description: 'run this step (its number from 1, or its name) and all after it again instead of taking them from the cache', multiple: true, helpValue: 'STEP' }),
     'shell-on-failure': Flags.boolean({ description: 'when a step fails, open a shell inside the guest at that point (everything still mounted); exiting it cleans up', default: false }),
     'memory-limit': Flags.string({ description: "memory (and swap) the build's guest commands may use together, e.g. 4G [default: the recipe's limits.memory, else 4G]", env: 'IMAGEBUILDER_MEMORY_LIMIT', helpValue: 'SIZE' }),

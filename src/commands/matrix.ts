@@ -37,7 +37,7 @@ export default class Matrix extends BaseCommand {
     json: Flags.boolean({ description: 'print the results (or with --list the builds) as JSON on stdout; logs stay on stderr', default: false }),
     ...hostBuildFlags,
     ...sparsifyFlag,
-    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers, and hash the base images again (--rehash)", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
+    'no-cache': Flags.boolean({ description: "run every step, neither reusing nor writing the step cache's layers or the package cache, and hash the base images again (--rehash)", default: false, env: 'IMAGEBUILDER_NO_CACHE' }),
     rehash: imageVerifyFlags.rehash,
     'keep-work-dir': Flags.boolean({ description: 'keep each build\'s work directory for debugging', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     offline: Flags.boolean({ description: 'use the cache alone: every URL base must have been fetched before', default: false, env: 'IMAGEBUILDER_OFFLINE' }),

@@ -1,7 +1,7 @@
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { aptListedHashes, listCachedPackages, pruneCachedPackages } from '../../src/pkg/package-cache.js';
+import { aptArchiveName, aptListedHashes, listCachedPackages, pruneCachedPackages } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
 
 describe('package cache: the store and the guest lists', () => {
@@ -11,20 +11,26 @@ describe('package cache: the store and the guest lists', () => {
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
-  test("the guest's Packages lists, read as data: file name (as apt names its archive) -> sha256; stanzas without both are skipped", async () => {
+  test("the guest's Packages lists, read as data: apt's archive name (from name, version, architecture; not the pool file's name, which has no epoch) -> sha256; stanzas without all four are skipped", async () => {
     const root = join(dir, 'root');
     await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
     const a = 'a'.repeat(64);
     const b = 'b'.repeat(64);
+    const c = 'c'.repeat(64);
     await writeFile(
       join(root, 'var/lib/apt/lists/mirror_dists_bookworm_main_binary-amd64_Packages'),
-      `Package: kubectl\nVersion: 1:1.36.2-1.1\nFilename: pool/k/kubectl_1:1.36.2-1.1_amd64.deb\nSHA256: ${a}\n\nPackage: odd\nFilename: pool/o/odd_1_amd64.deb\n\nPackage: cri-tools\nSHA256: ${b}\nFilename: amd64/cri-tools_1.36.0-1.1_amd64.deb\n`,
+      `Package: conntrack\nSource: conntrack-tools\nVersion: 1:1.4.7-1+b2\nArchitecture: amd64\nDescription: a tool\n Package: not-a-field\nFilename: pool/main/c/conntrack-tools/conntrack_1.4.7-1+b2_amd64.deb\nSHA256: ${a}\n\n` +
+        `Package: odd\nVersion: 1\nArchitecture: amd64\nFilename: pool/o/odd_1_amd64.deb\n\n` +
+        `Package: cri-tools\nSHA256: ${b}\nArchitecture: amd64\nVersion: 1.36.0-1.1\nFilename: amd64/cri-tools_1.36.0-1.1_amd64.deb\n\n` +
+        `Package: under_score\nVersion: 2~rc_1\nArchitecture: all\nSHA256: ${c}\n`,
     );
     await writeFile(join(root, 'var/lib/apt/lists/lock'), '');
     expect([...(await aptListedHashes(root))]).toEqual([
-      ['kubectl_1%3a1.36.2-1.1_amd64.deb', a],
+      ['conntrack_1%3a1.4.7-1+b2_amd64.deb', a],
       ['cri-tools_1.36.0-1.1_amd64.deb', b],
+      ['under%5fscore_2~rc%5f1_all.deb', c],
     ]);
+    expect(aptArchiveName('libc6', '2.36-9+deb12u9', 'amd64')).toBe('libc6_2.36-9+deb12u9_amd64.deb');
   });
 
   test('prune: --older-than by last use, then --max-size removes the least recently used first; --dry-run removes nothing', async () => {
