@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { acquireLock, kernelIdentity, type LockOptions } from '../../src/util/lock.js';
@@ -49,6 +49,15 @@ function tracked<T>(promise: Promise<T>) {
 }
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** The state letter in /proc/PID/stat (R, S, T for stopped, Z), or why there is none. */
+const processState = (pid: number) => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch (error) {
+    return `no process: ${(error as Error).message}`;
+  }
+};
 const recordOf = async (path: string) => JSON.parse(await readFile(path, 'utf8'));
 const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command]);
 
@@ -78,7 +87,14 @@ describe('locks held by the kernel and by a lease', () => {
       const waiter = tracked(acquireLock(path, 'the waiter', { leaseMs: 300, pollMs: 20, log: log() }));
       // Many leases pass without a renewal: a lease alone would call it dead.
       await pause(2000);
-      expect(waiter.settled).toBe(false);
+      // One failure seen (not reproduced): should it come again, say whether the holder was still there, stopped
+      // ('T'), and how the waiter got the lock (its log says "its process is gone" or "lease expired" when it
+      // broke the lock; nothing when it found no lock file at all).
+      expect({ waiterGotIt: waiter.settled, holderState: processState(holder.child.pid!), waiterLog: lines.join('') }).toEqual({
+        waiterGotIt: false,
+        holderState: 'T',
+        waiterLog: expect.not.stringContaining('stale'),
+      });
       expect((await recordOf(path)).pid).toBe(holder.child.pid);
       holder.child.kill('SIGCONT');
       await releaseThenGot(holder, waiter);
