@@ -1,0 +1,40 @@
+import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeBundleManifest, verifyBundle, checkBundlePath } from '../../src/bundle/manifest.js';
+
+describe('bundle manifest', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'bundle-'));
+    await writeFile(join(dir, 'base.qcow2'), 'image');
+    await writeFile(join(dir, 'a.deb'), 'deb');
+    await writeBundleManifest(dir, { path: 'r.yaml', text: 'steps: []' }, { b: '2', a: '1' }, [
+      { path: 'base.qcow2', kind: 'base-image', origin: 'https://example.org/base.qcow2' },
+      { path: 'a.deb', kind: 'package', origin: 'http://deb.example/a.deb' },
+    ]);
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  it('verifies an untouched bundle', async () => {
+    const { manifest, sha256 } = await verifyBundle(dir);
+    expect(manifest.files.map((f) => f.path)).toEqual(['a.deb', 'base.qcow2']);
+    expect(Object.keys(manifest.variables)).toEqual(['a', 'b']);
+    expect(sha256).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('an altered file is VERIFY_FAILED (exit 3)', async () => {
+    await writeFile(join(dir, 'a.deb'), 'dex');
+    await expect(verifyBundle(dir)).rejects.toMatchObject({ code: 'VERIFY_FAILED', exitCode: 3 });
+  });
+
+  it('a missing file is VERIFY_FAILED', async () => {
+    await unlink(join(dir, 'base.qcow2'));
+    await expect(verifyBundle(dir)).rejects.toMatchObject({ code: 'VERIFY_FAILED', detail: expect.stringContaining('base.qcow2: missing') });
+  });
+
+  it('refuses paths leaving the bundle', () => {
+    for (const bad of ['../x', '/etc/passwd', 'a/../../x', '']) expect(() => checkBundlePath(bad)).toThrow(/outside the bundle/);
+    expect(checkBundlePath('pool/a.deb')).toBe('pool/a.deb');
+  });
+});
