@@ -13,6 +13,15 @@ export interface BomPackage extends InstalledPackage {
   baseVersion?: string;
 }
 
+export interface BomOffline {
+  /** sha256 of the bundle's bundle.json, which names every file of the bundle by its sha256. */
+  bundle: string;
+  /** Guest commands had no network; downloads and packages came from the bundle alone. */
+  network: 'none';
+  /** Why its packages were trusted: apt's `[trusted=yes]` on the bundle's source alone, its index verified by the manifest. */
+  trust: string;
+}
+
 export interface Bom {
   bomVersion: 1;
   tool: { name: 'imagebuilder'; version: string };
@@ -61,6 +70,8 @@ export interface Bom {
     summary: { passed: number; failed: number; skipped: number };
     boot?: { bootMs: number; accel: string; firmware: string; via: string; consoleLog: string; baseFailures?: string[] };
   };
+  /** apply --bundle: built offline from an air-gapped bundle, identified by the sha256 of its bundle.json. */
+  offline?: BomOffline;
   mountBackend: string;
   durationsMs: Record<string, number>;
   warnings: string[];

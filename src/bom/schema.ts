@@ -73,6 +73,7 @@ export function bomSchema(): JsonSchema {
           },
           ['results', 'summary'],
         ),
+        offline: object({ bundle: SHA256, network: { const: 'none' }, trust: str }, ['bundle', 'network', 'trust']),
         mountBackend: { enum: ['nbd', 'fuse', 'guestmount'] },
         durationsMs: { type: 'object', additionalProperties: { type: 'number', minimum: 0 } },
         warnings: list(str),

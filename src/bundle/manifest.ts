@@ -7,6 +7,7 @@ import { readFile, writeFile, lstat } from 'node:fs/promises';
 import { isAbsolute, join, normalize, sep } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import { sha256File, sha256Text } from '../util/digest.js';
+import { TOOL_VERSION } from '../version.js';
 
 export const BUNDLE_MANIFEST = 'bundle.json';
 export const BUNDLE_MANIFEST_VERSION = 1;
@@ -25,6 +26,10 @@ export interface BundleFile {
 
 export interface BundleManifest {
   version: number;
+  tool: { name: 'imagebuilder'; version: string };
+  /** The base image: its place in the bundle, its sha256 and format, and where it came from. */
+  base: { path: string; sha256: string; format: string; origin: string };
+  /** The recipe it was made for (its path on the connected side) and the variables it was resolved with. */
   recipe: { path: string; sha256: string };
   variables: Record<string, string>;
   files: BundleFile[];
@@ -39,12 +44,16 @@ export function checkBundlePath(path: string): string {
   return normalized;
 }
 
+/** bundle.json's text: its sha256 is the bundle's identity. */
+export const manifestText = (manifest: BundleManifest) => `${JSON.stringify(manifest, null, 2)}\n`;
+
 /** Hash `entries` (files already in `dir`) and write bundle.json; returns the manifest. */
 export async function writeBundleManifest(
   dir: string,
-  recipe: { path: string; text: string },
+  recipe: { path: string; sha256: string },
   variables: Record<string, string>,
   entries: Omit<BundleFile, 'sha256' | 'size'>[],
+  extra: Pick<BundleManifest, 'base'>,
 ): Promise<BundleManifest> {
   const files: BundleFile[] = [];
   for (const entry of [...entries].sort((a, b) => a.path.localeCompare(b.path))) {
@@ -55,46 +64,79 @@ export async function writeBundleManifest(
   }
   const manifest: BundleManifest = {
     version: BUNDLE_MANIFEST_VERSION,
-    recipe: { path: recipe.path, sha256: sha256Text(recipe.text) },
+    tool: { name: 'imagebuilder', version: TOOL_VERSION },
+    base: extra.base,
+    recipe: { path: recipe.path, sha256: recipe.sha256 },
     variables: Object.fromEntries(Object.entries(variables).sort(([a], [b]) => a.localeCompare(b))),
     files,
   };
-  await writeFile(join(dir, BUNDLE_MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeFile(join(dir, BUNDLE_MANIFEST), manifestText(manifest));
   return manifest;
 }
 
+const SHA256 = /^[0-9a-f]{64}$/;
+
+/** The manifest as read: every field this tool uses is of its type (a hostile bundle.json may say anything). */
+function checkManifest(value: unknown): BundleManifest {
+  const manifest = value as BundleManifest;
+  const bad = (what: string) => new ImageBuilderError('VERIFY_FAILED', `${BUNDLE_MANIFEST} is not a bundle manifest this version reads: ${what}`, { hint: 'make the bundle again with this version: imagebuilder bundle' });
+  if (manifest?.version !== BUNDLE_MANIFEST_VERSION) throw bad(`version ${JSON.stringify(manifest?.version)}, not ${BUNDLE_MANIFEST_VERSION}`);
+  if (!Array.isArray(manifest.files)) throw bad('no file list');
+  for (const file of manifest.files) {
+    if (typeof file?.path !== 'string' || typeof file.sha256 !== 'string' || !SHA256.test(file.sha256) || !Number.isSafeInteger(file.size) || file.size < 0 || typeof file.kind !== 'string' || (file.origin !== undefined && typeof file.origin !== 'string')) {
+      throw bad(`a file entry is malformed: ${JSON.stringify(file).slice(0, 200)}`);
+    }
+    checkBundlePath(file.path);
+  }
+  const base = manifest.base;
+  if (typeof base?.path !== 'string' || typeof base.sha256 !== 'string' || !SHA256.test(base.sha256) || !manifest.files.some((file) => file.path === base.path && file.kind === 'base-image')) throw bad('no base image');
+  if (typeof manifest.recipe?.sha256 !== 'string' || typeof manifest.variables !== 'object' || manifest.variables === null) throw bad('no recipe');
+  return manifest;
+}
+
+/** lstat of `path` inside `dir`, refusing a symlink anywhere on the way (a bundle's directory names a file by it). */
+async function lstatInside(dir: string, path: string) {
+  const parts = path.split('/');
+  for (let i = 1; i < parts.length; i++) {
+    const info = await lstat(join(dir, ...parts.slice(0, i)));
+    if (!info.isDirectory()) throw new Error(`${parts.slice(0, i).join('/')} is not a directory`);
+  }
+  return lstat(join(dir, path));
+}
+
 /**
- * Read bundle.json and check every file it lists: present, a regular file, its size and sha256 as recorded.
- * Every problem is reported at once (VERIFY_FAILED, exit 3). Returns the manifest and its own sha256.
+ * Read bundle.json and check every file it lists: present, a regular file reached through directories only, its
+ * size and sha256 as recorded. Every problem is reported at once (VERIFY_FAILED, exit 3). `sizeOnly` kinds are
+ * checked by size here because another check hashes them anyway (the base image: phase 0, against the bundle's
+ * SHA256SUMS, which is hashed here). Returns the manifest and its own sha256, the bundle's identity.
  */
-export async function verifyBundle(dir: string): Promise<{ manifest: BundleManifest; sha256: string }> {
+export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFileKind[] } = {}): Promise<{ manifest: BundleManifest; sha256: string }> {
   let text: string;
   try {
+    if (!(await lstat(join(dir, BUNDLE_MANIFEST))).isFile()) throw new Error('not a regular file');
     text = await readFile(join(dir, BUNDLE_MANIFEST), 'utf8');
   } catch (error) {
-    throw new ImageBuilderError('VERIFY_FAILED', `${join(dir, BUNDLE_MANIFEST)} cannot be read: ${(error as Error).message}`, { hint: 're-run `imagebuilder bundle`' });
+    throw new ImageBuilderError('VERIFY_FAILED', `${join(dir, BUNDLE_MANIFEST)} cannot be read: ${(error as Error).message}`, { hint: 'give --bundle the directory (or .tar) `imagebuilder bundle` wrote' });
   }
-  let manifest: BundleManifest;
+  let parsed: unknown;
   try {
-    manifest = JSON.parse(text) as BundleManifest;
+    parsed = JSON.parse(text);
   } catch (error) {
     throw new ImageBuilderError('VERIFY_FAILED', `${BUNDLE_MANIFEST} is not JSON: ${(error as Error).message}`);
   }
-  if (manifest?.version !== BUNDLE_MANIFEST_VERSION || !Array.isArray(manifest.files)) {
-    throw new ImageBuilderError('VERIFY_FAILED', `${BUNDLE_MANIFEST} is not a version ${BUNDLE_MANIFEST_VERSION} bundle manifest`);
-  }
+  const manifest = checkManifest(parsed);
   const problems: string[] = [];
   for (const file of manifest.files) {
-    const path = checkBundlePath(file.path);
-    const full = join(dir, path);
+    const path = file.path;
     try {
-      const info = await lstat(full);
+      const info = await lstatInside(dir, path);
       if (!info.isFile()) { problems.push(`${path}: not a regular file`); continue; }
       if (info.size !== file.size) { problems.push(`${path}: size ${info.size}, manifest says ${file.size}`); continue; }
-      const actual = await sha256File(full);
+      if (options.sizeOnly?.includes(file.kind)) continue;
+      const actual = await sha256File(join(dir, path));
       if (actual !== file.sha256) problems.push(`${path}: sha256 ${actual}, manifest says ${file.sha256}`);
-    } catch {
-      problems.push(`${path}: missing`);
+    } catch (error) {
+      problems.push(`${path}: missing${(error as NodeJS.ErrnoException).code === 'ENOENT' ? '' : ` (${(error as Error).message})`}`);
     }
   }
   if (problems.length > 0) {

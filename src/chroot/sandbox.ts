@@ -116,6 +116,8 @@ export interface BuildSandbox {
   readonly resolvConf: string;
   /** Network namespace of the build's guest commands: pasta's NAT to the outside, nothing of this host. */
   readonly netns: string;
+  /** No network namespace was made: every guest command gets `network: none`. */
+  readonly offline?: boolean;
   readonly limits: SandboxLimits;
   /** The cgroup.procs files a guest command joins (memory and pids); empty where none could be made. */
   readonly cgroupProcs: string[];
@@ -142,7 +144,15 @@ export interface OpenSandboxOptions {
    * (--host-port) for a mirror served on this host; nothing else of the host's loopback is reachable.
    */
   hostPorts?: number[];
+  /**
+   * No network at all (apply --bundle): no network namespace with pasta is made, and every guest command runs
+   * with `network: none` whatever its step says.
+   */
+  offline?: boolean;
 }
+
+/** The guest's /etc/resolv.conf in an offline build: nothing to resolve with. */
+export const OFFLINE_RESOLV_CONF = '# imagebuilder: an offline build (apply --bundle) has no network\n';
 
 function whichSync(name: string): string {
   const found = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter).map((dir) => join(dir, name)).find((path) => statSync(path, { throwIfNoEntry: false })?.isFile());
@@ -314,31 +324,9 @@ export function refusalRules(destinations: string[], family: 4 | 6): string[] {
   return destinations.filter((destination) => destination.includes(':') === (family === 6)).map((destination) => `rule add to ${destination} prohibit pref 100`);
 }
 
-/**
- * The build's sandbox: its network namespace with pasta attached (NAT to the outside; `--no-map-gw` so the
- * gateway address is not the host's loopback, no port forwarded from the host's loopback; routes that refuse
- * link-local and every host address), its
- * cgroups, its seccomp program. Everything is pushed on `cleanup` the moment it exists.
- */
-/** The start of a build sandbox's state directory in the temp dir: its pid follows (host/reap.ts finds it so). */
-export const SANDBOX_STATE_PREFIX = 'imagebuilder-sandbox-';
-
-export async function openBuildSandbox(options: OpenSandboxOptions): Promise<BuildSandbox> {
+/** The build's network namespace with pasta attached, its refusal rules and its DNS relay: pushed on cleanup as made. */
+async function openSandboxNetwork(options: OpenSandboxOptions, state: string): Promise<{ netns: string; resolvConf: string }> {
   const { run, log, cleanup } = options;
-  const limits = { ...DEFAULT_LIMITS, ...options.limits };
-  const name = `imagebuilder-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const started = Date.now();
-
-  // Named after this process, so a reaper finds what a build killed by SIGKILL left here (host/reap.ts).
-  const state = await mkdtemp(join(tmpdir(), `${SANDBOX_STATE_PREFIX}${process.pid}-`));
-  cleanup.push(`sandbox state ${state}`, () => rm(state, { recursive: true, force: true }));
-  const arch = hostSeccompArch();
-  let seccompFile: string | undefined;
-  if (arch) {
-    seccompFile = join(state, 'seccomp.bpf');
-    await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
-  } else log.warn(`no seccomp filter for guest commands: no syscall table for this host's architecture (${process.arch})`);
-
   // The namespace is kept alive by a bind mount on a file of our own (unshare --net=FILE), not by `ip netns add`:
   // that one mounts /run/netns itself on first use and nothing ever unmounts it. Released before it is made:
   // interrupted while unshare runs, the mount may or may not be there.
@@ -384,6 +372,38 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     await forwardDns({ run, log, cleanup, netns, dir: dnsDir, resolver: dns.forwardTo });
   }
 
+  return { netns, resolvConf: dns.resolvConf };
+}
+
+/** The start of a build sandbox's state directory in the temp dir: its pid follows (host/reap.ts finds it so). */
+export const SANDBOX_STATE_PREFIX = 'imagebuilder-sandbox-';
+
+/**
+ * The build's sandbox: its network namespace with pasta attached (NAT to the outside; `--no-map-gw` so the
+ * gateway address is not the host's loopback, no port forwarded from the host's loopback; routes that refuse
+ * link-local and every host address), (none offline), its
+ * cgroups, its seccomp program. Everything is pushed on `cleanup` the moment it exists.
+ */
+export async function openBuildSandbox(options: OpenSandboxOptions): Promise<BuildSandbox> {
+  const { run, log, cleanup } = options;
+  const limits = { ...DEFAULT_LIMITS, ...options.limits };
+  const name = `imagebuilder-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const started = Date.now();
+
+  // Named after this process, so a reaper finds what a build killed by SIGKILL left here (host/reap.ts).
+  const state = await mkdtemp(join(tmpdir(), `${SANDBOX_STATE_PREFIX}${process.pid}-`));
+  cleanup.push(`sandbox state ${state}`, () => rm(state, { recursive: true, force: true }));
+  const arch = hostSeccompArch();
+  let seccompFile: string | undefined;
+  if (arch) {
+    seccompFile = join(state, 'seccomp.bpf');
+    await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
+  } else log.warn(`no seccomp filter for guest commands: no syscall table for this host's architecture (${process.arch})`);
+
+  const network = options.offline
+    ? { netns: '', resolvConf: OFFLINE_RESOLV_CONF }
+    : await openSandboxNetwork(options, state);
+
   let cgroups: Cgroup[] = [];
   try {
     cgroups = await makeCgroups(name, limits, cleanup, log);
@@ -398,11 +418,11 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
       hint: 'imagebuilder runs as root on a host with the memory and pids cgroup controllers (cgroup v2, or v1 memory and pids hierarchies)',
     });
   }
-  log.debug(`sandbox ready in ${Date.now() - started} ms: netns ${netns}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
+  log.debug(`sandbox ready in ${Date.now() - started} ms: ${network.netns ? `netns ${network.netns}` : 'no network'}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
 
   return {
-    netns,
-    resolvConf: dns.resolvConf,
+    ...network,
+    ...(options.offline ? { offline: true } : {}),
     limits,
     cgroupProcs: cgroups.map((cgroup) => join(cgroup.dir, 'cgroup.procs')),
     seccompFile,
@@ -433,7 +453,7 @@ export interface SandboxedCommandOptions {
 
 /** argv (host side) that runs `argv` inside the guest at `root`, in the build's sandbox. */
 export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSandbox, options: SandboxedCommandOptions = {}): [string, string[]] {
-  const network = options.network ?? 'sandboxed';
+  const network = sandbox.offline ? 'none' : (options.network ?? 'sandboxed');
   const keep = new Set(Object.keys(GUEST_CAPABILITIES).map((name) => CAPABILITY_NUMBERS[name]));
   const drop = Array.from({ length: sandbox.lastCapability + 1 }, (_, n) => n).filter((n) => !keep.has(n));
   const bwrapArgs = [

@@ -36,6 +36,11 @@ export interface ChrootOptions {
   hostPorts?: number[];
   /** The network guest commands get unless an exec says otherwise. */
   network?: GuestNetwork;
+  /**
+   * Host directories the guest reads for the session, bound read-only under its private /run (never into the
+   * image): an offline build's bundle repository. Each must be a directory this build made.
+   */
+  readOnlyBinds?: { host: string; guest: `/run/${string}` }[];
 }
 
 /**
@@ -169,6 +174,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await mkdir(join(dev, 'shm'), { mode: 0o1777 });
     await mountIn('/dev/pts', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620', 'devpts']);
     await mountIn('/run', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid,nodev', 'tmpfs']);
+    for (const bind of options.readOnlyBinds ?? []) await mountIn(bind.guest, ['--bind', '-o', 'ro,nosuid,nodev', bind.host]);
 
     const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: sandbox.resolvConf, mode: 0o644 }, ...(options.sessionFiles ?? [])];
     for (const file of files) {

@@ -33,6 +33,11 @@ export default class Apply extends BaseCommand {
 
   static override flags = {
     ...diskImageFlags,
+    'disk-image': Flags.string({ ...diskImageFlags['disk-image'], required: false, exactlyOne: ['disk-image', 'bundle'] }),
+    bundle: Flags.string({
+      description: 'build offline from an air-gapped bundle (a directory or .tar from `imagebuilder bundle`): its bundle.json is verified first (exit 3 on any missing or altered file); the base image, downloads and packages come from it alone; guest commands have no network',
+      helpValue: 'DIR|FILE.tar',
+    }),
     ...recipeVariableFlags,
     output: Flags.string({ char: 'o', description: "output image path [default: <image>-<recipe>.<ext> here]" }),
     ...mountBackendFlag,
@@ -79,8 +84,11 @@ export default class Apply extends BaseCommand {
     if (flags.test && flags.phases !== '0,1,2') {
       throw new ImageBuilderError('BAD_INPUT', `--test boots the output, which --phases ${flags.phases} does not write`, { hint: 'drop --test, or test the finished image later: imagebuilder test IMAGE --recipe RECIPE' });
     }
+    if (flags.bundle && flags.phases !== '0,1,2') {
+      throw new ImageBuilderError('BAD_INPUT', `--bundle builds the whole image; --phases ${flags.phases} is not offered with it`, { hint: 'drop --phases' });
+    }
     if (flags.phases === '0') {
-      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image'], log, signal, imageOptions));
+      const image = await withInterrupts(log, (signal) => verifyImage(execRunner, flags['disk-image']!, log, signal, imageOptions));
       if (flags.json) this.log(JSON.stringify({ event: 'result', image }));
       else this.log(`verified ${image.path} (sha256 ${image.sha256}); phases 1 and 2 not run`);
       return image;
@@ -88,7 +96,8 @@ export default class Apply extends BaseCommand {
     const options: ApplyOptions = {
       recipe: args.recipe,
       recipeInputs: recipeInputs(flags),
-      diskImage: flags['disk-image'],
+      diskImage: flags['disk-image'] ?? '',
+      ...(flags.bundle ? { bundle: flags.bundle } : {}),
       image: imageOptions,
       output: flags.output,
       mountBackend: mountBackendOf(flags),

@@ -324,7 +324,7 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
       }
     });
   }
-  for (const file of found.files) await attempt(`file ${file}`, () => rm(file, { force: true }));
+  for (const file of found.files) await attempt(`file ${file}`, () => rm(file, { force: true, recursive: true }));
   if (!record?.keep) {
     const busy = await mountsIn(workDir);
     if (busy.length) failures.push(`not removing ${workDir}: still mounted there: ${busy.join(' ')}`);

@@ -13,6 +13,9 @@ import { TOOL_VERSION } from '../version.js';
 import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { packageCacheDir } from '../pkg/package-cache.js';
+import { APT_BUNDLE_GUEST_DIR } from '../pkg/apt-bundle.js';
+import { openBundle, type OpenedBundle } from '../bundle/open.js';
+import { BUNDLE_LAYOUT } from '../bundle/collect.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions, type BuildStart } from './context.js';
 import { mountGuest, type OpenedGuest } from './guest.js';
 import { LayerStore, layerStoreDir } from './layers.js';
@@ -53,6 +56,11 @@ export interface ApplyOptions extends ArtifactOptions, GuestBuildOptions {
   grow?: string;
   /** --test: boot the output and judge its checks before it takes its name (results in `<output>.test/` by default). */
   test?: OutputTest;
+  /**
+   * --bundle: an air-gapped bundle (directory or .tar, from `imagebuilder bundle`). The base image, downloads and
+   * packages come from it alone and guest commands have no network; the step and package caches are not used.
+   */
+  bundle?: string;
 }
 
 export interface WorkImageResult {
@@ -88,7 +96,7 @@ async function layerStoreFor(context: BuildContext, options: ApplyOptions, input
     }
     return new LayerStore(note.store);
   }
-  if (options.cache !== false) return new LayerStore(layerStoreDir(context.cacheDir));
+  if (options.cache !== false && !options.bundle) return new LayerStore(layerStoreDir(context.cacheDir));
   return options.keepWorkDir ? new LayerStore(join(context.workDir, 'layers')) : undefined;
 }
 
@@ -112,12 +120,13 @@ function inImageBom(bom: Phase1Bom) {
     unitStates: bom.unitStates,
     containerImages: bom.containerImages,
     ...(bom.components ? { components: bom.components } : {}),
+    ...(bom.offline ? { offline: bom.offline } : {}),
     steps: bom.steps.map(({ durationMs: _, cached: __, ...step }) => step),
   };
 }
 
 /** Phase 0: the base image verified (and cached, for a URL). Without the step cache no cache is trusted: the base is hashed anew too. */
-async function verifyBase(start: BuildStart, options: ApplyOptions): Promise<VerifiedImage> {
+export async function verifyBase(start: BuildStart, options: ApplyOptions): Promise<VerifiedImage> {
   start.events({ event: 'phase-started', phase: 0 });
   const imageOptions = { ...options.image, rehash: options.image?.rehash || options.cache === false };
   return start.clock.time('verify', () => verifyForBuild(start, options.diskImage, imageOptions));
@@ -131,7 +140,7 @@ function growTarget(recipe: Recipe, input: VerifiedImage, options: ApplyOptions)
 }
 
 /** Phase 1: the guest mounted over the input (or over the longest cached prefix of the steps), the steps run. */
-async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedImage, options: ApplyOptions): Promise<FinishedGuest> {
+async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedImage, options: ApplyOptions, bundle?: OpenedBundle): Promise<FinishedGuest> {
   const store = await layerStoreFor(context, options, input);
   context.events({ event: 'phase-started', phase: 1 });
   try {
@@ -144,10 +153,16 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
       limits: options.limits,
       hostPorts: options.hostPorts,
       growTo: growTarget(recipe, input, options),
-      // Shared by builds, like the step cache, and bypassed with it (--no-cache).
-      ...(options.cache !== false ? { packageCacheDir: packageCacheDir(context.cacheDir) } : {}),
+      // Shared by builds, like the step cache, and bypassed with it (--no-cache) or by a bundle (which is the cache).
+      ...(options.cache !== false && !bundle ? { packageCacheDir: packageCacheDir(context.cacheDir) } : {}),
+      ...(bundle ? offlineFrom(bundle) : {}),
     });
-    return { bom: { ...bom, recipe: { ...bom.recipe, path: resolve(recipe.path) } }, opened, workImage };
+    if (!bundle) return { bom: { ...bom, recipe: { ...bom.recipe, path: resolve(recipe.path) } }, opened, workImage };
+    // The base as the bundle holds it (an archive is unpacked into this build's work directory, which goes away).
+    const inBundle = (path: string) => (bundle.source === bundle.dir ? join(bundle.dir, path) : `${bundle.source}!/${path}`);
+    const bundledInput = { ...bom.input, path: inBundle(bundle.manifest.base.path), checksumSource: inBundle(BUNDLE_LAYOUT.baseSums) };
+    const offline = { bundle: bundle.sha256, network: 'none' as const, trust: BUNDLE_TRUST };
+    return { bom: { ...bom, input: bundledInput, recipe: { ...bom.recipe, path: resolve(recipe.path) }, offline }, opened, workImage };
   } catch (error) {
     if (options.keepWorkDir && store) {
       await writeFile(join(context.workDir, RESUME_FILE), `${JSON.stringify({ store: store.dir, baseSha256: input.sha256, recipe: resolve(recipe.path) }, null, 2)}\n`);
@@ -155,6 +170,18 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
     }
     throw error;
   }
+}
+
+/** What the BOM says of how an offline build trusted its packages. */
+const BUNDLE_TRUST = "the bundle's bundle.json verified (every file's sha256); apt read the bundle's repository as [trusted=yes], its only source, checking each .deb against the index the bundle carries (copied from the guest's signed lists when the bundle was made)";
+
+/** Phase 1's options for a build from a bundle: its downloads, its repository bound into each session, no network. */
+function offlineFrom(bundle: OpenedBundle) {
+  return {
+    downloads: bundle.downloads,
+    packageBundle: bundle.apt ? { serve: bundle.apt.repository } : undefined,
+    offline: { readOnlyBinds: bundle.apt ? [{ host: bundle.apt.hostDir, guest: APT_BUNDLE_GUEST_DIR as `/run/${string}` }] : [] },
+  };
 }
 
 /** The last writes into the guest: its own BOM (so a running node can say what it is made of), then SELinux labels for every file. */
@@ -177,18 +204,35 @@ const ARCHIVES = { tar: 'a root filesystem tarball', ova: 'an OVA package', gce:
 export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const start = startBuild(options);
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
-  const input = await verifyBase(start, options);
-  const plan = planOutputs(options, { defaultOutput: defaultOutputPath(input, recipe.name), defaultFormat: input.format, forbidden: [input.path] });
-  if (options.test && !plan.formats.some(isDiskImageFormat)) {
-    const archives = plan.formats.map((format) => ARCHIVES[format as keyof typeof ARCHIVES]);
-    throw new ImageBuilderError('BAD_INPUT', `--test boots the output, and ${archives.join(' and ')} alone ${archives.length > 1 ? 'do' : 'does'} not boot`, { hint: `add a disk image format to boot (--format qcow2,${plan.formats.join(',')})` });
-  }
-  const prove = options.test ? proveOutput(recipe, input, { ...options.test, resultsDir: options.test.resultsDir ?? `${plan.outputPath}.test` }) : undefined;
-  return withResources(start, options, async (context) => {
-    const built = await runSteps(context, recipe, input, options);
+  const planFor = (input: VerifiedImage) => {
+    const plan = planOutputs(options, { defaultOutput: defaultOutputPath(input, recipe.name), defaultFormat: input.format, forbidden: [input.path] });
+    if (options.test && !plan.formats.some(isDiskImageFormat)) {
+      const archives = plan.formats.map((format) => ARCHIVES[format as keyof typeof ARCHIVES]);
+      throw new ImageBuilderError('BAD_INPUT', `--test boots the output, and ${archives.join(' and ')} alone ${archives.length > 1 ? 'do' : 'does'} not boot`, { hint: `add a disk image format to boot (--format qcow2,${plan.formats.join(',')})` });
+    }
+    const prove = options.test ? proveOutput(recipe, input, { ...options.test, resultsDir: options.test.resultsDir ?? `${plan.outputPath}.test` }) : undefined;
+    return { plan, prove };
+  };
+  const build = async (context: BuildContext, input: VerifiedImage, planned: ReturnType<typeof planFor>, bundle?: OpenedBundle) => {
+    const built = await runSteps(context, recipe, input, options, bundle);
     const finished = await finishGuest(context, built);
-    return writeArtifacts(context, finished, plan, options, prove);
-  });
+    return writeArtifacts(context, finished, planned.plan, options, planned.prove);
+  };
+  if (options.bundle) {
+    // The bundle is opened (an archive unpacked) inside the build's work directory, and verified before phase 0.
+    const bundlePath = options.bundle;
+    return withResources(start, options, async (context) => {
+      const bundle = await openBundle(bundlePath, context.workDir, context.log);
+      if (bundle.manifest.recipe.sha256 !== recipe.sha256) {
+        context.log.warn(`the recipe is not the one the bundle was made for (${bundle.manifest.recipe.path}, sha256 ${bundle.manifest.recipe.sha256.slice(0, 12)}…): what it needs beyond the bundle will fail, named`);
+      }
+      const input = await verifyBase(start, { ...options, diskImage: bundle.baseImage });
+      return build(context, input, planFor(input), bundle);
+    });
+  }
+  const input = await verifyBase(start, options);
+  const planned = planFor(input);
+  return withResources(start, options, (context) => build(context, input, planned));
 }
 
 /** Where `apply --phases 0,1` writes its work image; never over the input. */

@@ -2,7 +2,9 @@ import { comparePackages, type Bom } from '../bom/collect.js';
 import { listKernels, listUnitStates } from '../bom/inventory.js';
 import { readComponents } from '../bom/components.js';
 import type { BomStep } from '../util/step-record.js';
-import { openChroot, type ChrootSession } from '../chroot/session.js';
+import { openChroot, type ChrootOptions, type ChrootSession } from '../chroot/session.js';
+import type { StepDownloads } from '../fetch/downloads.js';
+import type { PackageBundleUse } from '../pkg/types.js';
 import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
 import { detectDistro, type Distro } from '../distro/families.js';
 import { watchInitramfs } from '../distro/initramfs.js';
@@ -44,6 +46,12 @@ export interface Phase1Options {
   growTo?: number;
   /** The package cache shared by builds (src/pkg/package-cache.ts); none with --no-cache. */
   packageCacheDir?: string;
+  /** Where the steps' downloads come from (default: the network). */
+  downloads?: StepDownloads;
+  /** An air-gapped bundle being made (its collector) or built from (its repository). */
+  packageBundle?: PackageBundleUse;
+  /** apply --bundle: no network at all, and the bundle's repository bound read-only into each session. */
+  offline?: { readOnlyBinds: NonNullable<ChrootOptions['readOnlyBinds']> };
 }
 
 export interface Phase1Result {
@@ -110,8 +118,8 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
   return {
     async open(): Promise<ChrootSession> {
       if (session) return session;
-      sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts });
-      const opening = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network });
+      sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts, offline: Boolean(options.offline) });
+      const opening = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network, readOnlyBinds: options.offline?.readOnlyBinds });
       session = opening;
       held = guest.push('chroot session', () => opening.close());
       return opening;
@@ -142,7 +150,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const initramfs = await watchInitramfs(session.root);
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir }, step.spec);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, downloads: options.downloads, packageBundle: options.packageBundle }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.
@@ -229,6 +237,11 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
   // An unknown distribution fails here, before any step changes the guest, when a step needs its package manager.
   requireFamilyForSteps(recipe.steps, distro, architecture);
+  if (options.packageBundle && manager && manager.name !== 'apt' && recipe.steps.some((step) => step.type.needsPackageManager?.(step.spec))) {
+    throw new ImageBuilderError('BAD_INPUT', `air-gapped bundles carry apt's packages only so far, and this guest's package manager is ${manager.name}`, {
+      hint: 'bundle and apply --bundle work for Debian and Ubuntu guests today; build this one online',
+    });
+  }
 
   const steps: BomStep[] = [];
   const records = createRecorder();

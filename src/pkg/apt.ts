@@ -3,8 +3,9 @@ import { programArchitecture } from '../util/architecture.js';
 import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
-import type { InstalledPackage, PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
 import { aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
+import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs, missingFromBundle } from './apt-bundle.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -35,13 +36,14 @@ export function parseDpkgStatus(text: string): InstalledPackage[] {
 export const APT_LISTS_CLEAN =
   'if [ -d /var/lib/apt/lists ]; then find /var/lib/apt/lists -mindepth 1 ! -path /var/lib/apt/lists/partial ! -path /var/lib/apt/lists/lock -delete; fi';
 
-export function aptInstallArgs(packages: PackageSpec[]): string[] {
-  return ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', ...packages.map((p) => (p.version ? `${p.name}=${p.version}` : p.name))];
+/** `extra`: options before the packages (an offline build's bundle source). */
+export function aptInstallArgs(packages: PackageSpec[], extra: string[] = []): string[] {
+  return ['apt-get', 'install', ...APT_OPTIONS, ...extra, '--no-install-recommends', ...packages.map((p) => (p.version ? `${p.name}=${p.version}` : p.name))];
 }
 
 /** `apt-get upgrade` for everything; for names, an install that only upgrades what is already installed. */
-export function aptUpgradeArgs(names: string[] | 'all'): string[] {
-  return names === 'all' ? ['apt-get', 'upgrade', ...APT_OPTIONS] : ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', '--only-upgrade', ...names];
+export function aptUpgradeArgs(names: string[] | 'all', extra: string[] = []): string[] {
+  return names === 'all' ? ['apt-get', 'upgrade', ...APT_OPTIONS, ...extra] : ['apt-get', 'install', ...APT_OPTIONS, ...extra, '--no-install-recommends', '--only-upgrade', ...names];
 }
 
 export function aptHoldArgs(names: string[]): string[] {
@@ -74,29 +76,47 @@ export function aptSourcesEntry(repository: Omit<PackageRepository, 'key'>, keyr
 }
 
 /**
- * Runs an apt transaction with the package cache: what it holds and the guest's signed lists ask for is put into
- * the archives first, and what apt downloaded is kept afterwards (apt-get clean then empties the archives as always).
+ * Runs an apt transaction with the package cache (what it holds and the guest's signed lists ask for is put into
+ * the archives first, what apt downloaded is kept afterwards), or, making a bundle, keeps everything apt fetched
+ * for it. apt-get clean then empties the archives as always.
  */
-async function withPackageCache(session: ChrootSession, cache: PackageCacheUse | undefined, transaction: () => Promise<unknown>): Promise<void> {
-  if (!cache) {
-    await transaction();
-    return;
-  }
+async function transact(session: ChrootSession, options: InstallOptions, transaction: () => Promise<unknown>): Promise<void> {
+  const cache = options.packageCache;
+  const collect = options.bundle?.collect;
   // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
-  const listed = await aptListedHashes(session.root);
-  await offerCachedDebs(session.root, cache.dir, listed, cache.log);
+  const listed = cache ? await aptListedHashes(session.root) : undefined;
+  if (cache && listed) await offerCachedDebs(session.root, cache.dir, listed, cache.log);
   await transaction();
-  await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
+  if (cache && listed) await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
+  if (collect) await collectDownloadedDebs(session.root, collect, collect.log);
+}
+
+/** apply --bundle: what the bundle lacks fails here, naming it, before apt runs. */
+async function requireInBundle(root: string, served: ServedRepository, packages: PackageSpec[], listInstalled: (root: string) => Promise<InstalledPackage[]>): Promise<void> {
+  const installed = new Map((await listInstalled(root)).map((p) => [p.name, p.version]));
+  const missing = missingFromBundle(served, packages, installed);
+  if (missing.length) {
+    throw new ImageBuilderError('STEP_FAILED', `the bundle has no package ${missing.join(', ')}`, {
+      hint: 'the bundle was made for another recipe or other variables: run `imagebuilder bundle` again with this recipe on the connected side',
+    });
+  }
 }
 
 export function createApt(): PackageManager {
   // Package lists are fetched once per session, before the first install.
   const updated = new WeakSet<ChrootSession>();
-  const update = async (session: ChrootSession) => {
+  const update = async (session: ChrootSession, served: ServedRepository | undefined) => {
     if (updated.has(session)) return;
-    await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+    if (served) {
+      await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
+      await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
+    } else {
+      await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+    }
     updated.add(session);
   };
+  const bundleHint = (served: ServedRepository | undefined, hint: string) =>
+    served ? `${hint}; offline, apt sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : hint;
   return {
     name: 'apt',
     async install(session, packages, options = {}) {
@@ -105,24 +125,27 @@ export function createApt(): PackageManager {
           hint: 'disable_excludes is for dnf and yum: give that packages step `when: { family: redhat }`',
         });
       }
-      await update(session);
-      await withPackageCache(session, options.packageCache, () =>
-        session.exec(aptInstallArgs(packages), {
+      const served = options.bundle?.serve;
+      if (served) await requireInBundle(session.root, served, packages, (root) => this.listInstalled(root));
+      await update(session, served);
+      await transact(session, options, () =>
+        session.exec(aptInstallArgs(packages, served ? aptBundleOptions(served) : []), {
           streamOutput: true,
           purpose: 'installing packages',
           errorCode: 'STEP_FAILED',
-          hint: 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available',
+          hint: bundleHint(served, 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available'),
         }),
       );
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async upgrade(session, names, options = {}) {
-      await update(session);
-      await withPackageCache(session, options.packageCache, () => session.exec(aptUpgradeArgs(names), {
+      const served = options.bundle?.serve;
+      await update(session, served);
+      await transact(session, options, () => session.exec(aptUpgradeArgs(names, served ? aptBundleOptions(served) : []), {
         streamOutput: true,
         purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
         errorCode: 'STEP_FAILED',
-        hint: 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)',
+        hint: bundleHint(served, 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)'),
       }));
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },

@@ -25,14 +25,14 @@ import type { Logger } from '../util/log.js';
  */
 
 /** The largest package file taken from a guest (the biggest Debian and Fedora packages are a few hundred MiB). */
-const MAX_PACKAGE_BYTES = 1 << 30;
+export const MAX_PACKAGE_BYTES = 1 << 30;
 /** The largest package list read (Debian's main Packages is ~70 MiB uncompressed). */
-const MAX_LIST_BYTES = 512 << 20;
-const APT_LISTS = '/var/lib/apt/lists';
+export const MAX_LIST_BYTES = 512 << 20;
+export const APT_LISTS = '/var/lib/apt/lists';
 export const APT_ARCHIVES = '/var/cache/apt/archives';
 const SHA256 = /^[0-9a-f]{64}$/;
 /** A .deb's file name as apt writes it in its archives (name_version_arch.deb, `:` as %3a). */
-const DEB_NAME = /^[A-Za-z0-9][A-Za-z0-9+.~_%-]*\.deb$/;
+export const DEB_NAME = /^[A-Za-z0-9][A-Za-z0-9+.~_%-]*\.deb$/;
 
 /** Where the cache directory keeps packages. */
 export const packageCacheDir = (cacheDir: string) => join(cacheDir, 'packages');

@@ -48,6 +48,29 @@ export interface InstallOptions {
   disableExcludes?: string;
   /** The package cache shared by builds (package-cache.ts): apt is offered what it holds, and what apt downloads is kept. */
   packageCache?: PackageCacheUse;
+  /** An air-gapped bundle: being made (what the manager fetched is kept), or served (the only repository it sees). */
+  bundle?: PackageBundleUse;
+}
+
+/** An air-gapped bundle as a package manager sees it (src/bundle/). */
+export interface PackageBundleUse {
+  /** `imagebuilder bundle`: every package file a transaction fetched, with its signed index's entry, is kept. */
+  collect?: PackageCollector;
+  /** `apply --bundle`: the bundle's repository, instead of the guest's configured ones. */
+  serve?: ServedRepository;
+}
+
+export interface PackageCollector {
+  log: Logger;
+  /** A .deb whose bytes hash to the sha256 the guest's signed lists name, and the lists' stanza for it. */
+  addDeb(content: Buffer, sha256: string, stanza: string, origin: string): Promise<void>;
+}
+
+export interface ServedRepository {
+  /** Guest directory of the bundle's apt repository (read-only: bundle.list, Packages, Release, the .deb files). */
+  aptDir: string;
+  /** What the repository holds: package name → its versions. */
+  packages: Map<string, Set<string>>;
 }
 
 export interface PackageCacheUse {

@@ -7,7 +7,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import { ABSENT } from '../util/json-schema.js';
 import { extractIntoGuest, writeGuestFile } from '../chroot/guest-write.js';
 import { parseSumsFile } from '../fetch/checksums.js';
-import { fetchText, fetchToFile, MAX_SUMS_BYTES } from '../fetch/http.js';
+import { networkDownloads } from '../fetch/downloads.js';
+import { MAX_SUMS_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { defineStep, type StepContext } from './types.js';
 
@@ -80,7 +81,8 @@ function asStepFailure(context: StepContext, error: unknown): unknown {
 async function expectedSum(context: StepContext, spec: DownloadSpec): Promise<{ sha256: string; source: string }> {
   if (spec.sha256) return { sha256: spec.sha256.toLowerCase(), source: 'the recipe' };
   const checksumUrl = spec.checksum_url!;
-  const text = await fetchText(checksumUrl, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts, cap: { bytes: MAX_SUMS_BYTES, what: 'checksum file' } }).catch((error) => {
+  const downloads = context.downloads ?? networkDownloads;
+  const text = await downloads.bytes(checksumUrl, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts, cap: { bytes: MAX_SUMS_BYTES, what: 'checksum file' } }).then((bytes) => bytes.toString('utf8'), (error: unknown) => {
     throw asStepFailure(context, error);
   });
   const name = urlFileName(spec.url);
@@ -138,7 +140,7 @@ export const downloadStep = defineStep({
     try {
       const path = join(temp, 'download');
       // No cap but the disk: the sha256 is known, and checked before anything reaches the guest.
-      const { sha256, size } = await fetchToFile(spec.url, path, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts }).catch((error) => {
+      const { sha256, size } = await (context.downloads ?? networkDownloads).toFile(spec.url, path, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts }).catch((error) => {
         throw asStepFailure(context, error);
       });
       if (sha256 !== expected.sha256) {

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { ABSENT } from '../util/json-schema.js';
 import { requireFamily } from '../distro/families.js';
-import { fetchBytes, MAX_KEY_BYTES } from '../fetch/http.js';
+import { networkDownloads } from '../fetch/downloads.js';
+import { MAX_KEY_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { defineStep, type StepContext } from './types.js';
@@ -149,7 +150,7 @@ function stepFailure(context: StepContext, message: string, options: { detail?: 
 async function keyBytes(context: StepContext, spec: RepositorySpec): Promise<Buffer> {
   if (spec.key !== undefined) return Buffer.from(spec.key, 'utf8');
   try {
-    return await fetchBytes(spec.key_url!, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts, cap: { bytes: MAX_KEY_BYTES, what: 'repository key' } });
+    return await (context.downloads ?? networkDownloads).bytes(spec.key_url!, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts, cap: { bytes: MAX_KEY_BYTES, what: 'repository key' } });
   } catch (error) {
     if (isImageBuilderError(error) && error.code === 'COMMAND_FAILED') {
       throw new ImageBuilderError('STEP_FAILED', `${context.label}: cannot fetch the key of repository ${spec.name}: ${error.message}`, { hint: error.hint, cause: error });

@@ -1,6 +1,8 @@
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { ChrootSession } from '../chroot/session.js';
 import type { Distro } from '../distro/families.js';
+import type { PackageBundleUse } from '../pkg/types.js';
+import type { StepDownloads } from '../fetch/downloads.js';
 import type { HttpTimeouts } from '../fetch/http.js';
 import type { Logger } from '../util/log.js';
 import { plainSchema, type JsonSchema } from '../util/json-schema.js';
@@ -74,6 +76,10 @@ export interface StepContext extends StepEnvironment {
   workDir: string;
   /** The package cache shared by builds (none with --no-cache). */
   packageCacheDir?: string;
+  /** Where downloads come from: the network, or an air-gapped bundle (making one records them; apply --bundle serves them). */
+  downloads?: StepDownloads;
+  /** bundle: what the package manager fetched is kept; apply --bundle: it sees only the bundle's repository. */
+  packageBundle?: PackageBundleUse;
 }
 
 /**

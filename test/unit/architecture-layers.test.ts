@@ -38,6 +38,7 @@ const LAYERS: Record<string, { layer: number; why: string }> = {
   image: { layer: MIDDLE, why: 'disk image formats: qemu-img and root filesystem tarballs' },
   recipe: { layer: MIDDLE, why: 'the recipe file: loading, includes, variables, schema' },
   host: { layer: MIDDLE, why: 'the host itself: doctor checks and reaping what dead builds left' },
+  bundle: { layer: MIDDLE, why: 'air-gapped bundles: gathering one, its manifest and archive, serving downloads and packages from it' },
   boot: { layer: MIDDLE, why: 'booting a throw-away overlay of an image in qemu and running a check in it over virtio-serial' },
   util: { layer: BASE, why: 'leaf helpers: import nothing of ours outside util' },
   'version.ts': { layer: BASE, why: "the tool's version from package.json: imports nothing of ours" },

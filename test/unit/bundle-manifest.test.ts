@@ -9,10 +9,10 @@ describe('bundle manifest', () => {
     dir = await mkdtemp(join(tmpdir(), 'bundle-'));
     await writeFile(join(dir, 'base.qcow2'), 'image');
     await writeFile(join(dir, 'a.deb'), 'deb');
-    await writeBundleManifest(dir, { path: 'r.yaml', text: 'steps: []' }, { b: '2', a: '1' }, [
+    await writeBundleManifest(dir, { path: 'r.yaml', sha256: 'a'.repeat(64) }, { b: '2', a: '1' }, [
       { path: 'base.qcow2', kind: 'base-image', origin: 'https://example.org/base.qcow2' },
       { path: 'a.deb', kind: 'package', origin: 'http://deb.example/a.deb' },
-    ]);
+    ], { base: { path: 'base.qcow2', sha256: 'b'.repeat(64), format: 'qcow2', origin: 'https://example.org/base.qcow2' } });
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 

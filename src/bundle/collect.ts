@@ -1,0 +1,104 @@
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { StepDownloads } from '../fetch/downloads.js';
+import { networkDownloads } from '../fetch/downloads.js';
+import { aptBundleIndex } from '../pkg/apt-bundle.js';
+import type { PackageCollector } from '../pkg/types.js';
+import { sha256Text } from '../util/digest.js';
+import type { Logger } from '../util/log.js';
+import { writeBundleManifest, type BundleFile, type BundleManifest } from './manifest.js';
+
+/** Where each kind of file lives in a bundle directory. */
+export const BUNDLE_LAYOUT = {
+  base: 'base',
+  baseSums: 'base/SHA256SUMS',
+  files: 'files',
+  apt: 'apt',
+  aptPackages: 'apt/packages',
+} as const;
+
+/** The base image as phase 0 verified it: kept in the bundle with a sums file naming it. */
+export interface BundleBase {
+  path: string;
+  sha256: string;
+  format: string;
+  /** Where it came from: its URL, or its local path. */
+  origin: string;
+}
+
+/**
+ * What `imagebuilder bundle` gathers while the recipe runs on a throw-away copy of the base: every file a step
+ * downloaded (by URL), every .deb apt fetched (with its signed list's stanza). finish() writes the apt repository's
+ * index and bundle.json. Everything is written into `dir` (the partial bundle) as it arrives.
+ */
+export class BundleCollector implements PackageCollector {
+  private readonly entries = new Map<string, Omit<BundleFile, 'sha256' | 'size'>>();
+  private readonly debs = new Map<string, { stanza: string; origin: string }>();
+  private readonly downloaded = new Map<string, string>();
+
+  constructor(
+    readonly dir: string,
+    readonly log: Logger,
+  ) {}
+
+  /** The base image, copied into the bundle (a reflink where the filesystem can), with a SHA256SUMS naming it. */
+  async addBase(base: BundleBase, copy: (from: string, to: string) => Promise<void>): Promise<string> {
+    const name = basename(base.path);
+    await mkdir(join(this.dir, BUNDLE_LAYOUT.base), { recursive: true });
+    await copy(base.path, join(this.dir, BUNDLE_LAYOUT.base, name));
+    await writeFile(join(this.dir, BUNDLE_LAYOUT.baseSums), `${base.sha256}  ${name}\n`);
+    this.entries.set(`${BUNDLE_LAYOUT.base}/${name}`, { path: `${BUNDLE_LAYOUT.base}/${name}`, kind: 'base-image', origin: base.origin });
+    this.entries.set(BUNDLE_LAYOUT.baseSums, { path: BUNDLE_LAYOUT.baseSums, kind: 'base-sums' });
+    return name;
+  }
+
+  /** The steps' downloads: fetched from the network as always, each kept under its sha256 and recorded by URL. */
+  readonly downloads: StepDownloads = {
+    bytes: async (url, options) => {
+      const bytes = await networkDownloads.bytes(url, options);
+      await this.keepDownload(url, sha256Text(bytes), (path) => writeFile(path, bytes));
+      return bytes;
+    },
+    toFile: async (url, path, options) => {
+      const result = await networkDownloads.toFile(url, path, options);
+      await this.keepDownload(url, result.sha256, (target) => copyFile(path, target));
+      return result;
+    },
+  };
+
+  private async keepDownload(url: string, sha256: string, write: (path: string) => Promise<void>): Promise<void> {
+    const previous = this.downloaded.get(url);
+    if (previous && previous !== sha256) {
+      this.log.warn(`bundle: ${url} gave other bytes the second time it was fetched (sha256 ${sha256}, first ${previous}); the bundle keeps the first`);
+      return;
+    }
+    if (previous) return;
+    const path = `${BUNDLE_LAYOUT.files}/${sha256}`;
+    await mkdir(join(this.dir, BUNDLE_LAYOUT.files), { recursive: true });
+    if (!this.entries.has(path)) await write(join(this.dir, path));
+    this.downloaded.set(url, sha256);
+    this.entries.set(`url:${url}`, { path, kind: 'download', origin: url });
+  }
+
+  async addDeb(content: Buffer, sha256: string, stanza: string, origin = 'apt'): Promise<void> {
+    if (this.debs.has(sha256)) return;
+    const path = `${BUNDLE_LAYOUT.aptPackages}/${sha256}.deb`;
+    await mkdir(join(this.dir, BUNDLE_LAYOUT.aptPackages), { recursive: true });
+    await writeFile(join(this.dir, path), content);
+    this.debs.set(sha256, { stanza, origin });
+    this.entries.set(path, { path, kind: 'package', origin });
+  }
+
+  /** The apt repository's index and bundle.json: the bundle is complete. */
+  async finish(recipe: { path: string; sha256: string }, variables: Record<string, string>, base: BundleBase & { name: string }): Promise<BundleManifest> {
+    if (this.debs.size) {
+      const { packages, release } = aptBundleIndex([...this.debs].map(([sha256, { stanza }]) => ({ sha256, stanza, filename: `packages/${sha256}.deb` })));
+      await writeFile(join(this.dir, BUNDLE_LAYOUT.apt, 'Packages'), packages, 'latin1');
+      await writeFile(join(this.dir, BUNDLE_LAYOUT.apt, 'Release'), release);
+      for (const name of ['Packages', 'Release']) this.entries.set(`${BUNDLE_LAYOUT.apt}/${name}`, { path: `${BUNDLE_LAYOUT.apt}/${name}`, kind: 'repository-index' });
+    }
+    return writeBundleManifest(this.dir, recipe, variables, [...this.entries.values()], {
+      base: { path: `${BUNDLE_LAYOUT.base}/${base.name}`, sha256: base.sha256, format: base.format, origin: base.origin },
+    });
+  }
+}

@@ -1,0 +1,199 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { copyFile, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import type { StepDownloads } from '../fetch/downloads.js';
+import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
+import type { ServedRepository } from '../pkg/types.js';
+import { sha256File, sha256Text } from '../util/digest.js';
+import { ImageBuilderError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { packFile } from '../util/tar-pack.js';
+import { BUNDLE_LAYOUT } from './collect.js';
+import { BUNDLE_MANIFEST, checkBundlePath, verifyBundle, type BundleFile, type BundleManifest } from './manifest.js';
+
+/** A bundle verified and ready to build from, offline. */
+export interface OpenedBundle {
+  /** What --bundle named (absolute): the BOM names the base image inside it, not the work directory it was unpacked to. */
+  source: string;
+  dir: string;
+  manifest: BundleManifest;
+  /** sha256 of its bundle.json: the bundle's identity, in the BOM. */
+  sha256: string;
+  /** The base image inside it (phase 0 verifies it against the bundle's SHA256SUMS). */
+  baseImage: string;
+  /** The steps' downloads, served by URL from the bundle. */
+  downloads: StepDownloads;
+  /** The apt repository, copied into the build's work directory, and how the guest sees it; none without packages. */
+  apt?: { hostDir: string; repository: ServedRepository };
+}
+
+/** At most this many entries in a bundle archive (a real one has a few hundred). */
+const MAX_ARCHIVE_ENTRIES = 100_000;
+
+/**
+ * Unpacks a bundle archive into `into` (a fresh directory of the build): regular files and directories only, at
+ * names that stay inside it, each written once (a name twice is refused); nothing else of the archive (links,
+ * devices) is ever made. One pass: the base image is written once, and verified by phase 0 where it lands.
+ */
+export async function unpackBundle(archive: string, into: string): Promise<void> {
+  const extract = tar.extract();
+  let entries = 0;
+  const refuse = (message: string) => new ImageBuilderError('VERIFY_FAILED', `${archive} is not a bundle archive: ${message}`, { hint: 'give --bundle the .tar `imagebuilder bundle --format tar` wrote, or its directory' });
+  const done = pipeline(createReadStream(archive), extract);
+  try {
+    for await (const entry of extract) {
+      const { header } = entry;
+      if (++entries > MAX_ARCHIVE_ENTRIES) throw refuse(`more than ${MAX_ARCHIVE_ENTRIES} entries`);
+      const name = header.name.replace(/^\.\//, '').replace(/\/$/, '');
+      if (header.type === 'directory') {
+        if (name) await mkdir(join(into, checkArchiveName(name, refuse)), { recursive: true });
+        entry.resume();
+        continue;
+      }
+      if (header.type !== 'file') throw refuse(`${JSON.stringify(header.name)} is a ${header.type}, and a bundle holds regular files only`);
+      const path = join(into, checkArchiveName(name, refuse));
+      await mkdir(dirname(path), { recursive: true });
+      // 'wx': never over a file already unpacked (a name twice), never through anything but our own directories.
+      const handle = await open(path, 'wx', 0o644).catch((error: NodeJS.ErrnoException) => {
+        throw refuse(`${name}: ${error.code === 'EEXIST' ? 'the archive holds it twice' : error.message}`);
+      });
+      await pipeline(entry, handle.createWriteStream());
+    }
+    await done;
+  } catch (error) {
+    extract.destroy();
+    await done.catch(() => undefined);
+    throw error instanceof ImageBuilderError ? error : refuse((error as Error).message);
+  }
+}
+
+function checkArchiveName(name: string, refuse: (message: string) => Error): string {
+  try {
+    return checkBundlePath(name);
+  } catch {
+    throw refuse(`${JSON.stringify(name)} leaves the bundle`);
+  }
+}
+
+/**
+ * Writes the bundle directory `dir` as one archive at `partial` (the caller renames it and writes its sha256
+ * beside it), for carrying across the gap: bundle.json first, then its files in its order, owned by root, dated
+ * 1970. Returns the archive's sha256, hashed as it is written.
+ */
+export async function packBundle(dir: string, manifest: BundleManifest, partial: string): Promise<string> {
+  const pack = tar.pack();
+  const hash = createHash('sha256');
+  const written = pipeline(pack, async function* (source) {
+    for await (const chunk of source) {
+      hash.update(chunk as Buffer);
+      yield chunk;
+    }
+  }, createWriteStream(partial, { mode: 0o644 }));
+  try {
+    const paths = [BUNDLE_MANIFEST, ...new Set(manifest.files.map((file) => file.path))];
+    for (const path of paths) {
+      const info = await lstat(join(dir, path));
+      await packFile(pack, { name: path, size: info.size, mode: 0o644, mtime: new Date(0), uid: 0, gid: 0 }, join(dir, path));
+    }
+    pack.finalize();
+    await written;
+    return hash.digest('hex');
+  } catch (error) {
+    pack.destroy();
+    await written.catch(() => undefined);
+    await rm(partial, { force: true });
+    throw error;
+  }
+}
+
+/** A file of the bundle, read again and checked against the manifest at the moment it is used. */
+async function readChecked(dir: string, file: BundleFile): Promise<Buffer> {
+  const bytes = await readFile(join(dir, file.path));
+  if (sha256Text(bytes) !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+  return bytes;
+}
+
+function missing(url: string): ImageBuilderError {
+  return new ImageBuilderError('COMMAND_FAILED', `the bundle has no ${url}`, {
+    hint: 'the bundle was made for another recipe or other variables: run `imagebuilder bundle` again with this recipe on the connected side',
+  });
+}
+
+/** The steps' downloads served from the bundle by URL: no network is ever reached. */
+function bundledDownloads(dir: string, manifest: BundleManifest): StepDownloads {
+  const byUrl = new Map(manifest.files.filter((file) => file.kind === 'download' && file.origin).map((file) => [file.origin!, file]));
+  return {
+    async bytes(url, options) {
+      const file = byUrl.get(url);
+      if (!file) throw missing(url);
+      const cap = options.cap;
+      if (cap && file.size > cap.bytes) throw new ImageBuilderError('COMMAND_FAILED', `${url}: the bundle's ${cap.what} is ${file.size} bytes, more than ${cap.bytes}`);
+      options.log?.info(`from the bundle: ${url} (${file.size} bytes, sha256 ${file.sha256})`);
+      return readChecked(dir, file);
+    },
+    async toFile(url, path, options) {
+      const file = byUrl.get(url);
+      if (!file) throw missing(url);
+      await copyFile(join(dir, file.path), path);
+      const sha256 = await sha256File(path);
+      if (sha256 !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+      options.log?.info(`from the bundle: ${url}`);
+      return { sha256, size: file.size };
+    },
+  };
+}
+
+/**
+ * The bundle's apt repository copied into the build's work directory (each file checked against the manifest as
+ * it is copied), with the one source list apt is given (written here, never taken from the bundle).
+ */
+async function serveApt(dir: string, manifest: BundleManifest, workDir: string): Promise<OpenedBundle['apt']> {
+  const files = manifest.files.filter((file) => file.path.startsWith(`${BUNDLE_LAYOUT.apt}/`) && (file.kind === 'package' || file.kind === 'repository-index'));
+  if (!files.length) return undefined;
+  const hostDir = join(workDir, 'bundle-apt');
+  await mkdir(join(hostDir, 'packages'), { recursive: true });
+  await mkdir(join(hostDir, 'sources.list.d'));
+  let index = '';
+  for (const file of files) {
+    const bytes = await readChecked(dir, file);
+    const relative = file.path.slice(BUNDLE_LAYOUT.apt.length + 1);
+    if (relative !== 'Packages' && relative !== 'Release' && !/^packages\/[0-9a-f]{64}\.deb$/.test(relative)) continue;
+    await writeFile(join(hostDir, relative), bytes, { flag: 'wx', mode: 0o644 });
+    if (relative === 'Packages') index = bytes.toString('latin1');
+  }
+  await writeFile(join(hostDir, 'bundle.list'), aptBundleSourceList(APT_BUNDLE_GUEST_DIR));
+  return { hostDir, repository: { aptDir: APT_BUNDLE_GUEST_DIR, packages: bundlePackages(index) } };
+}
+
+/**
+ * Opens `--bundle`: a directory, or an archive unpacked into the work directory first. bundle.json is verified
+ * before anything else (exit 3 for a missing or altered file); the base image's sha256 is phase 0's to check,
+ * against the bundle's SHA256SUMS that was verified here.
+ */
+export async function openBundle(source: string, workDir: string, log: Logger): Promise<OpenedBundle> {
+  const info = await lstat(source).catch(() => undefined);
+  if (!info) throw new ImageBuilderError('BAD_INPUT', `--bundle ${source}: no such file or directory`, { hint: 'give the directory or .tar that `imagebuilder bundle` wrote' });
+  let dir = source;
+  if (info.isFile()) {
+    dir = join(workDir, 'bundle');
+    await mkdir(dir);
+    log.info(`unpacking the bundle ${source}`);
+    await unpackBundle(source, dir);
+  } else if (!info.isDirectory()) {
+    throw new ImageBuilderError('BAD_INPUT', `--bundle ${source} is neither a directory nor a file`);
+  }
+  const { manifest, sha256 } = await verifyBundle(dir, { sizeOnly: ['base-image'] });
+  log.info(`bundle ${source}: ${manifest.files.length} file(s) match its bundle.json (sha256 ${sha256})`);
+  return {
+    source: resolve(source),
+    dir,
+    manifest,
+    sha256,
+    baseImage: join(dir, manifest.base.path),
+    downloads: bundledDownloads(dir, manifest),
+    apt: await serveApt(dir, manifest, workDir),
+  };
+}

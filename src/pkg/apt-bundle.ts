@@ -1,0 +1,129 @@
+import { sha256Text } from '../util/digest.js';
+import { readGuestDir, readGuestFile } from '../util/guest-fs.js';
+import type { Logger } from '../util/log.js';
+import { APT_ARCHIVES, APT_LISTS, aptListedHashes, DEB_NAME, MAX_LIST_BYTES, MAX_PACKAGE_BYTES } from './package-cache.js';
+import type { PackageCollector, PackageSpec, ServedRepository } from './types.js';
+
+/**
+ * apt and an air-gapped bundle (src/bundle/). Making one, every .deb a transaction fetched is kept with the
+ * stanza the guest's signed package lists give it (checked: its bytes hash to that stanza's SHA256). Served,
+ * those stanzas are the index of a flat repository (`Packages`, `Release`) that apt reads from a read-only
+ * directory of the session, as the only source it sees: the guest's own sources and lists are never touched
+ * (apt is pointed elsewhere with -o), so its configuration is what it was.
+ */
+
+/** Where a session of `apply --bundle` sees the bundle's apt repository (a read-only bind under its private /run). */
+export const APT_BUNDLE_GUEST_DIR = '/run/imagebuilder-bundle/apt';
+/** The lists apt makes from it: in the session's private /run, never in the image. */
+const BUNDLE_LISTS = '/run/imagebuilder-bundle-lists';
+
+/** The one source apt sees: the bundle's flat repository, trusted because the bundle's manifest was verified. */
+export const aptBundleSourceList = (dir: string) => `deb [trusted=yes] file:${dir} ./\n`;
+
+/** apt's options that make the bundle its only source, with lists and caches outside the image. */
+export function aptBundleOptions(served: ServedRepository): string[] {
+  return [
+    '-o', `Dir::Etc::SourceList=${served.aptDir}/bundle.list`,
+    '-o', `Dir::Etc::SourceParts=${served.aptDir}/sources.list.d`,
+    '-o', `Dir::State::Lists=${BUNDLE_LISTS}`,
+    '-o', 'Dir::Cache::pkgcache=',
+    '-o', 'Dir::Cache::srcpkgcache=',
+  ];
+}
+
+/** Prepares the lists directory apt-get update writes to (the session's /run is fresh each session). */
+export const APT_BUNDLE_LISTS_SETUP = ['mkdir', '-p', `${BUNDLE_LISTS}/partial`];
+
+const SHA256_LINE = /^SHA256:[ \t]*([0-9a-f]{64})[ \t\r]*$/gm;
+
+/**
+ * The stanzas of a Packages list whose SHA256 is one of `wanted` (added to `found`, first one wins): one pattern
+ * pass over the list, each stanza cut at the blank lines around its SHA256 field. Read as latin1: no byte is invalid.
+ */
+export function stanzasBySha256(list: Buffer, wanted: ReadonlySet<string>, found: Map<string, string>): void {
+  const text = list.toString('latin1');
+  for (const match of text.matchAll(SHA256_LINE)) {
+    const sha256 = match[1];
+    if (!wanted.has(sha256) || found.has(sha256)) continue;
+    const before = text.lastIndexOf('\n\n', match.index);
+    const after = text.indexOf('\n\n', match.index);
+    found.set(sha256, text.slice(before < 0 ? 0 : before + 2, after < 0 ? text.length : after).replace(/\n+$/, ''));
+  }
+}
+
+/**
+ * Keeps, for a bundle, every .deb apt left in its archives after a transaction whose bytes hash to the sha256
+ * the guest's signed lists name for its file name, with its stanza. Files read through guest-fs (regular,
+ * bounded, no guest link followed). Returns how many were kept.
+ */
+export async function collectDownloadedDebs(root: string, collector: PackageCollector, log: Logger): Promise<number> {
+  const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name));
+  if (!names.length) return 0;
+  const listed = await aptListedHashes(root);
+  const debs: { name: string; sha256: string; content: Buffer }[] = [];
+  for (const name of names) {
+    const sha256 = listed.get(name);
+    if (!sha256) continue;
+    const content = await readGuestFile(root, `${APT_ARCHIVES}/${name}`, MAX_PACKAGE_BYTES).catch(() => undefined);
+    if (!content || sha256Text(content) !== sha256) {
+      log.warn(`bundle: ${APT_ARCHIVES}/${name} is not what the guest's package lists say it is; not kept`);
+      continue;
+    }
+    debs.push({ name, sha256, content });
+  }
+  const stanzas = new Map<string, string>();
+  const origins = new Map<string, string>();
+  const wanted = new Set(debs.map((deb) => deb.sha256));
+  for (const list of (await readGuestDir(root, APT_LISTS)) ?? []) {
+    if (!list.endsWith('_Packages')) continue;
+    const text = await readGuestFile(root, `${APT_LISTS}/${list}`, MAX_LIST_BYTES).catch(() => undefined);
+    if (text) stanzasBySha256(text, wanted, stanzas);
+    for (const sha256 of stanzas.keys()) if (!origins.has(sha256)) origins.set(sha256, `${APT_LISTS}/${list}`);
+  }
+  // Each .deb with the list that named it (the list's file name says its source: host, path, suite).
+  for (const deb of debs) await collector.addDeb(deb.content, deb.sha256, stanzas.get(deb.sha256)!, `${origins.get(deb.sha256)}: ${deb.name}`);
+  log.info(`bundle: kept ${debs.length} .deb file(s) apt fetched`);
+  return debs.length;
+}
+
+/** A field of a stanza (first line only). */
+const field = (stanza: string, name: string) => new RegExp(`^${name}:[ \\t]*(.*?)[ \\t\\r]*$`, 'm').exec(stanza)?.[1];
+
+/**
+ * The flat repository's index made from the kept stanzas: each stanza as the signed list gave it, its Filename
+ * now the bundle's file. Sorted by name, version and sha256, so one set of packages always makes one index.
+ */
+export function aptBundleIndex(entries: { sha256: string; stanza: string; filename: string }[], date = new Date()): { packages: string; release: string } {
+  const stanzas = [...entries]
+    .sort((a, b) => (field(a.stanza, 'Package') ?? '').localeCompare(field(b.stanza, 'Package') ?? '') || (field(a.stanza, 'Version') ?? '').localeCompare(field(b.stanza, 'Version') ?? '') || a.sha256.localeCompare(b.sha256))
+    .map(({ stanza, filename }) => stanza.replace(/^Filename:.*$/m, `Filename: ${filename}`));
+  const packages = stanzas.length ? `${stanzas.join('\n\n')}\n` : '';
+  const bytes = Buffer.from(packages, 'latin1');
+  // Unsigned: apt trusts it as [trusted=yes], because the bundle's manifest (which names this file's sha256) was verified.
+  const release = ['Origin: imagebuilder bundle', 'Label: imagebuilder bundle', `Date: ${date.toUTCString()}`, 'SHA256:', ` ${sha256Text(bytes)} ${bytes.length} Packages`, ''].join('\n');
+  return { packages, release };
+}
+
+/** Package name → versions, from a bundle's Packages index. */
+export function bundlePackages(index: string): Map<string, Set<string>> {
+  const packages = new Map<string, Set<string>>();
+  for (const stanza of index.split(/\n\s*\n/)) {
+    const name = field(stanza, 'Package');
+    const version = field(stanza, 'Version');
+    if (!name || !version) continue;
+    if (!packages.has(name)) packages.set(name, new Set());
+    packages.get(name)!.add(version);
+  }
+  return packages;
+}
+
+/** The requested packages the bundle cannot give (`name` or `name=version`), unless already installed so. */
+export function missingFromBundle(served: ServedRepository, requested: PackageSpec[], installed: Map<string, string>): string[] {
+  return requested
+    .filter(({ name, version }) => {
+      const versions = served.packages.get(name);
+      if (version === undefined) return !versions?.size && !installed.has(name);
+      return !versions?.has(version) && installed.get(name) !== version;
+    })
+    .map(({ name, version }) => (version === undefined ? name : `${name}=${version}`));
+}

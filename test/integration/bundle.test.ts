@@ -1,0 +1,135 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { fixtureImage } from '../helpers/fixtures.js';
+import { CLI, leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
+import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
+import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
+import { writeRecipe } from '../helpers/recipes.js';
+
+/**
+ * Air-gapped builds (issue #20), for real: `imagebuilder bundle` runs a recipe against the signed local mirror
+ * and Debian's own mirror, then `apply --bundle` builds from the bundle inside a network namespace that has
+ * nothing but loopback (made here with unshare --net): neither mirror is reachable from there.
+ */
+describe('air-gapped bundles (apt)', () => {
+  let work: string;
+  let mirror: LocalMirror;
+  let disk: string;
+  let recipe: string;
+  let env: Record<string, string>;
+  const bundleDir = () => join(work, 'bundle');
+
+  /** The CLI in a network namespace of its own with no interface but loopback. */
+  const offline = async (args: string[], extraEnv: Record<string, string> = {}) => {
+    const result = await execa('unshare', ['--net', '--', 'node', CLI, ...args], { env: { ...env, ...extraEnv }, reject: false, all: true });
+    return { exitCode: result.exitCode, stderr: String(result.stderr), stdout: String(result.stdout), all: String(result.all) };
+  };
+  const bom = async (output: string) => JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
+
+  beforeAll(async () => {
+    work = await mkdtemp('/var/tmp/ib-bundle-');
+    mirror = await startLocalMirror();
+    env = { IMAGEBUILDER_NO_CACHE: '1', IMAGEBUILDER_CACHE: join(work, 'cache'), IMAGEBUILDER_WORK_DIR: join(work, 'tmp') };
+    await mkdir(env.IMAGEBUILDER_WORK_DIR);
+    disk = await fixtureImage('gpt-esp');
+    recipe = await writeRecipe(work, 'tools', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      // kubectl and cri-tools from the signed stand-in; socat (and what it needs) from Debian's own mirror.
+      { name: 'tools', packages: { install: [`kubectl=${mirror.versions.kubectl[0]}`, 'cri-tools', 'socat'] } },
+      { download: { url: mirror.files.runc.url, checksum_url: mirror.files.runc.checksumUrl, dest: '/usr/local/sbin/runc', mode: '0755' } },
+    ]);
+  }, 600_000);
+  afterAll(async () => {
+    await mirror?.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('bundle, then apply --bundle with no network: the same packages and files as an online build, the bundle in the BOM, the guest\'s apt configuration as it was', async () => {
+    const made = await runCli(['bundle', recipe, '--disk-image', disk, '--output', bundleDir(), '--mount-backend', 'fuse', '--json'], { env });
+    if (made.exitCode !== 0) throw new Error(made.all);
+    const result = JSON.parse(made.stdout.trim().split('\n').pop()!);
+    const manifestText = await readFile(join(bundleDir(), 'bundle.json'), 'utf8');
+    expect(result.manifestSha256).toBe(createHash('sha256').update(manifestText).digest('hex'));
+    const manifest = JSON.parse(manifestText);
+    const kinds = (kind: string) => manifest.files.filter((file: { kind: string }) => file.kind === kind);
+    expect(kinds('base-image')).toHaveLength(1);
+    expect(kinds('download').map((file: { origin: string }) => file.origin).sort()).toEqual([mirror.files.runc.checksumUrl, mirror.files.runc.url, mirror.keyUrl].sort());
+    const packages = await readFile(join(bundleDir(), 'apt/Packages'), 'latin1');
+    const kubectl = packages.split('\n\n').find((stanza) => stanza.startsWith('Package: kubectl\n'));
+    expect(kubectl).toContain(`\nVersion: ${mirror.versions.kubectl[0]}\n`);
+    expect(packages).toMatch(/^Package: socat$/m);
+    expect(kinds('package').length).toBeGreaterThanOrEqual(3);
+    expect(manifest.recipe.sha256).toMatch(/^[0-9a-f]{64}$/);
+
+    const online = join(work, 'online.qcow2');
+    const built = await runCli(['apply', recipe, '--disk-image', disk, '--output', online, '--mount-backend', 'fuse', '--sparsify', 'none'], { env });
+    if (built.exitCode !== 0) throw new Error(built.all);
+
+    const requests = mirror.requests.length;
+    const output = join(work, 'offline.qcow2');
+    const fromBundle = await offline(['apply', recipe, '--bundle', bundleDir(), '--output', output, '--mount-backend', 'fuse', '--sparsify', 'none']);
+    if (fromBundle.exitCode !== 0) throw new Error(fromBundle.all);
+    expect(mirror.requests.length).toBe(requests);
+    expect(fromBundle.stderr).toContain(`from the bundle: ${mirror.files.runc.url}`);
+    const [onlineBom, offlineBom] = [await bom(online), await bom(output)];
+    expect(offlineBom.packages).toEqual(onlineBom.packages);
+    expect(offlineBom.files).toEqual(onlineBom.files);
+    expect(offlineBom.offline).toMatchObject({ bundle: result.manifestSha256, network: 'none' });
+    expect(onlineBom.offline).toBeUndefined();
+    await withImageMounted(output, 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(mirror.versions.kubectl[0]);
+      expect(await dpkgVersion(root, 'socat')).toBeDefined();
+      // The guest's own sources are what it had (plus the recipe's repository), and none of the bundle's lists or caches stayed.
+      expect(await readFile(join(root, 'etc/apt/sources.list'), 'utf8')).toMatch(/^deb http:\/\/deb\.debian\.org\/debian bookworm main$/m);
+      expect(await readFile(join(root, 'etc/apt/sources.list.d/kubernetes.sources'), 'utf8')).toContain(`URIs: ${mirror.aptUrl}`);
+      const { stdout } = await execa('find', [join(root, 'var/lib/apt'), join(root, 'var/cache/apt'), join(root, 'etc/apt'), '-name', '*bundle*']);
+      expect(stdout).toBe('');
+    });
+    expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
+  }, 1_200_000);
+
+  test('an altered or missing file of the bundle fails with exit 3 before anything runs, naming it', async () => {
+    const altered = join(work, 'altered');
+    await execa('cp', ['-a', '--reflink=auto', bundleDir(), altered]);
+    const manifest = JSON.parse(await readFile(join(altered, 'bundle.json'), 'utf8'));
+    const deb = manifest.files.find((file: { kind: string }) => file.kind === 'package').path;
+    const download = manifest.files.find((file: { kind: string }) => file.kind === 'download').path;
+    await writeFile(join(altered, deb), 'not the package');
+    await rm(join(altered, download));
+    const result = await offline(['apply', recipe, '--bundle', altered, '--output', join(work, 'altered.qcow2'), '--mount-backend', 'fuse']);
+    expect(result.exitCode).toBe(3);
+    expect(result.stderr).toContain(`${deb}: size`);
+    expect(result.stderr).toContain(`${download}: missing`);
+    expect(result.stderr).not.toContain('step 1/');
+  }, 600_000);
+
+  test('a recipe changed after bundling fails naming what the bundle lacks, and to bundle again', async () => {
+    const changed = await writeRecipe(work, 'changed', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { name: 'tools', packages: { install: [`kubectl=${mirror.versions.kubectl[0]}`, 'cri-tools', 'socat', 'jq'] } },
+    ]);
+    const result = await offline(['apply', changed, '--bundle', bundleDir(), '--output', join(work, 'changed.qcow2'), '--mount-backend', 'fuse']);
+    expect(result.exitCode).toBe(4);
+    expect(result.stderr).toContain('the bundle has no package jq');
+    expect(result.stderr).toContain('imagebuilder bundle');
+    expect(result.stderr).not.toMatch(/Temporary failure resolving|Could not resolve/);
+  }, 600_000);
+
+  test('--format tar: one archive with its sha256 beside it; two offline builds from it with SOURCE_DATE_EPOCH have equal BOMs (--verify-repeatable)', async () => {
+    const archive = join(work, 'bundle.tar');
+    const made = await runCli(['bundle', recipe, '--disk-image', disk, '--output', archive, '--format', 'tar', '--mount-backend', 'fuse'], { env });
+    if (made.exitCode !== 0) throw new Error(made.all);
+    const sums = await readFile(`${archive}.sha256`, 'utf8');
+    const { stdout: actual } = await execa('sha256sum', [archive]);
+    expect(sums.split(/\s+/)[0]).toBe(actual.split(/\s+/)[0]);
+    expect(sums.trim().endsWith('  bundle.tar')).toBe(true);
+    const output = join(work, 'from-tar.qcow2');
+    const result = await offline(['apply', recipe, '--bundle', archive, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'none', '--verify-repeatable'], { SOURCE_DATE_EPOCH: '1767225600' });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).toContain('repeatable: both builds');
+    expect((await bom(output)).packages).toEqual((await bom(join(work, 'offline.qcow2'))).packages);
+    expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
+  }, 1_200_000);
+});

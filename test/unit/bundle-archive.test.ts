@@ -1,0 +1,80 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import { writeBundleManifest } from '../../src/bundle/manifest.js';
+import { packBundle, unpackBundle } from '../../src/bundle/open.js';
+import { verifyBundle } from '../../src/bundle/manifest.js';
+
+/** Writes a tar of the given entries with tar-stream (as a crafted archive would be). */
+async function craft(path: string, entries: { name: string; type?: 'file' | 'symlink' | 'directory' | 'link'; content?: string; linkname?: string }[]) {
+  const pack = tar.pack();
+  const written = pipeline(pack, createWriteStream(path));
+  for (const entry of entries) {
+    await new Promise<void>((resolve, reject) => {
+      pack.entry({ name: entry.name, type: entry.type ?? 'file', linkname: entry.linkname, size: entry.content?.length ?? 0 }, entry.content ?? '', (error) => (error ? reject(error) : resolve()));
+    });
+  }
+  pack.finalize();
+  await written;
+}
+
+describe('bundle archives', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'bundle-archive-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  test('a packed bundle unpacks to the same files, and verifies', async () => {
+    const source = join(dir, 'source');
+    await mkdir(join(source, 'base'), { recursive: true });
+    await writeFile(join(source, 'base/disk.qcow2'), 'image bytes');
+    await writeFile(join(source, 'base/SHA256SUMS'), 'sums');
+    const manifest = await writeBundleManifest(source, { path: 'r.yaml', sha256: 'a'.repeat(64) }, {}, [
+      { path: 'base/disk.qcow2', kind: 'base-image', origin: '/images/disk.qcow2' },
+      { path: 'base/SHA256SUMS', kind: 'base-sums' },
+    ], { base: { path: 'base/disk.qcow2', sha256: 'b'.repeat(64), format: 'qcow2', origin: '/images/disk.qcow2' } });
+    const archive = join(dir, 'bundle.tar');
+    const sha256 = await packBundle(source, manifest, archive);
+    expect(sha256).toMatch(/^[0-9a-f]{64}$/);
+    const into = join(dir, 'into');
+    await mkdir(into);
+    await unpackBundle(archive, into);
+    expect(await readFile(join(into, 'base/disk.qcow2'), 'utf8')).toBe('image bytes');
+    await expect(verifyBundle(into)).resolves.toMatchObject({ manifest: { base: { path: 'base/disk.qcow2' } } });
+  });
+
+  test.each([
+    ['a name that climbs out', [{ name: '../escaped', content: 'x' }], /leaves the bundle/],
+    ['an absolute name', [{ name: '/tmp/escaped', content: 'x' }], /leaves the bundle/],
+    ['a symlink', [{ name: 'base', type: 'symlink' as const, linkname: '/etc' }], /is a symlink/],
+    ['a hard link', [{ name: 'x', content: 'x' }, { name: 'y', type: 'link' as const, linkname: 'x' }], /is a link/],
+    ['the same name twice', [{ name: 'a', content: 'x' }, { name: 'a', content: 'y' }], /twice/],
+  ])('an archive with %s is refused (exit 3) and nothing is made outside', async (_what, entries, message) => {
+    const archive = join(dir, 'crafted.tar');
+    await craft(archive, entries);
+    const into = join(dir, 'into');
+    await mkdir(into);
+    await expect(unpackBundle(archive, into)).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: expect.stringMatching(message) });
+    expect((await readdir(dir)).sort()).toEqual(['crafted.tar', 'into']);
+    await expect(stat('/tmp/escaped')).rejects.toThrow();
+  });
+
+  test('a directory bundle reached through a symlinked directory is refused', async () => {
+    const source = join(dir, 'b');
+    await mkdir(join(dir, 'elsewhere'), { recursive: true });
+    await writeFile(join(dir, 'elsewhere/SHA256SUMS'), 'sums');
+    await mkdir(source);
+    const { symlink } = await import('node:fs/promises');
+    await symlink(join(dir, 'elsewhere'), join(source, 'base'));
+    await writeFile(join(dir, 'elsewhere/disk.qcow2'), 'image');
+    await writeBundleManifest(source, { path: 'r.yaml', sha256: 'a'.repeat(64) }, {}, [
+      { path: 'base/disk.qcow2', kind: 'base-image' },
+      { path: 'base/SHA256SUMS', kind: 'base-sums' },
+    ], { base: { path: 'base/disk.qcow2', sha256: 'b'.repeat(64), format: 'qcow2', origin: 'x' } });
+    await expect(verifyBundle(source)).rejects.toMatchObject({ code: 'VERIFY_FAILED', detail: expect.stringContaining('base is not a directory') });
+  });
+});
