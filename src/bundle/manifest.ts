@@ -75,6 +75,8 @@ export async function writeBundleManifest(
 }
 
 const SHA256 = /^[0-9a-f]{64}$/;
+/** bundle.json lists a few hundred files in a real bundle (~100 KiB): read whole only below this. */
+const MAX_MANIFEST_BYTES = 64 << 20;
 
 /** The manifest as read: every field this tool uses is of its type (a hostile bundle.json may say anything). */
 function checkManifest(value: unknown): BundleManifest {
@@ -113,7 +115,9 @@ async function lstatInside(dir: string, path: string) {
 export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFileKind[] } = {}): Promise<{ manifest: BundleManifest; sha256: string }> {
   let text: string;
   try {
-    if (!(await lstat(join(dir, BUNDLE_MANIFEST))).isFile()) throw new Error('not a regular file');
+    const info = await lstat(join(dir, BUNDLE_MANIFEST));
+    if (!info.isFile()) throw new Error('not a regular file');
+    if (info.size > MAX_MANIFEST_BYTES) throw new Error(`${info.size} bytes, more than any bundle's (${MAX_MANIFEST_BYTES})`);
     text = await readFile(join(dir, BUNDLE_MANIFEST), 'utf8');
   } catch (error) {
     throw new ImageBuilderError('VERIFY_FAILED', `${join(dir, BUNDLE_MANIFEST)} cannot be read: ${(error as Error).message}`, { hint: 'give --bundle the directory (or .tar) `imagebuilder bundle` wrote' });

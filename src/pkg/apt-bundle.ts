@@ -96,7 +96,8 @@ const field = (stanza: string, name: string) => new RegExp(`^${name}:[ \\t]*(.*?
 export function aptBundleIndex(entries: { sha256: string; stanza: string; filename: string }[], date = new Date()): { packages: string; release: string } {
   const stanzas = [...entries]
     .sort((a, b) => (field(a.stanza, 'Package') ?? '').localeCompare(field(b.stanza, 'Package') ?? '') || (field(a.stanza, 'Version') ?? '').localeCompare(field(b.stanza, 'Version') ?? '') || a.sha256.localeCompare(b.sha256))
-    .map(({ stanza, filename }) => stanza.replace(/^Filename:.*$/m, `Filename: ${filename}`));
+    // Every Filename line goes (a crafted list could give two): the one apt reads is the bundle's file.
+    .map(({ stanza, filename }) => `${stanza.replace(/^Filename:.*(\n|$)/gm, '').replace(/\n$/, '')}\nFilename: ${filename}`);
   const packages = stanzas.length ? `${stanzas.join('\n\n')}\n` : '';
   const bytes = Buffer.from(packages, 'latin1');
   // Unsigned: apt trusts it as [trusted=yes], because the bundle's manifest (which names this file's sha256) was verified.

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256Text } from '../util/digest.js';
-import { readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
+import { readGuestDir, readGuestFile, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 
 /**
@@ -55,8 +55,8 @@ const quoteApt = (text: string, bad: RegExp) => text.replace(bad, (c) => `%${c.c
 
 /**
  * What the guest's package lists say each .deb is: its file name (as apt names it in its archives) → sha256.
- * Read on the host through guest-fs (regular files only, never following a guest link), parsed as data, one
- * line at a time (Debian's main list is ~50 MB, 63 000 packages).
+ * Read on the host through guest-fs (regular files only, never following a guest link), parsed as data in one
+ * pattern pass per list (Debian's main list is ~50 MB, 63 000 packages).
  */
 export async function aptListedHashes(root: string): Promise<Map<string, string>> {
   const listed = new Map<string, string>();

@@ -1,6 +1,5 @@
 import { createGunzip } from 'node:zlib';
 import { Decompress } from 'fzstd';
-import { ImageBuilderError } from '../util/errors.js';
 import { readGuestFile } from '../util/guest-fs.js';
 
 /**
@@ -165,7 +164,7 @@ export async function readRepositoryPackages(root: string, repodataDir: string):
     await decompress(name, content, (text) => reader.push(text));
     return { packages: reader.packages };
   } catch (error) {
-    if (error instanceof ImageBuilderError) return { skipped: error.message };
+    // Unreadable or unbounded metadata is a reason not to cache, never a failed build.
     return { skipped: (error as Error).message };
   }
 }

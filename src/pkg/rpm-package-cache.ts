@@ -24,10 +24,18 @@ export type RpmCacheLayout = 'dnf' | 'zypper';
 /** A location's file name, when it is a plain rpm file name. */
 const RPM_NAME = /^[A-Za-z0-9][A-Za-z0-9+._~^-]*\.rpm$/;
 
-/** A relative location without `..`, `.` or empty parts, ending in an rpm file name. */
-function plainRelative(href: string): string | undefined {
+/** How deep the walk for package files goes below a repository's package directory (zypper nests by architecture). */
+const WALK_DEPTH = 4;
+/** The most entries the walk visits in one guest's package cache (a real one holds a few thousand at most). */
+const MAX_WALK_ENTRIES = 50_000;
+
+/**
+ * A relative location without `..`, `.` or empty parts, ending in an rpm file name, no deeper than the walk
+ * reaches: every path the cache offers or keeps is one the walk finds again, to remove it afterwards.
+ */
+export function plainRelative(href: string): string | undefined {
   const parts = href.split('/');
-  if (!parts.length || parts.some((part) => !part || part === '.' || part === '..' || part.length > 255)) return undefined;
+  if (!parts.length || parts.length > WALK_DEPTH + 1 || parts.some((part) => !part || part === '.' || part === '..' || part.length > 255)) return undefined;
   return RPM_NAME.test(parts[parts.length - 1]) ? parts.join('/') : undefined;
 }
 
@@ -59,14 +67,23 @@ async function cachedRepositories(root: string, layout: RpmCacheLayout): Promise
   return found;
 }
 
-/** Every .rpm under a guest directory, a few levels deep (zypper nests by architecture), links included. */
-async function rpmFilesUnder(root: string, dir: string, depth = 4): Promise<string[]> {
+/**
+ * Every .rpm under a guest directory, WALK_DEPTH levels deep, links included; undefined when the walk would visit
+ * more than `budget.left` entries (a crafted guest's tree of any width must not make a build walk without end).
+ */
+async function rpmFilesUnder(root: string, dir: string, budget: { left: number }, depth = WALK_DEPTH): Promise<string[] | undefined> {
   const files: string[] = [];
-  for (const name of (await readGuestDir(root, dir)) ?? []) {
+  const names = (await readGuestDir(root, dir)) ?? [];
+  budget.left -= names.length;
+  if (budget.left < 0) return undefined;
+  for (const name of names) {
     const path = `${dir}/${name}`;
     const info = await statGuest(root, path);
-    if (info?.isDirectory() && depth > 0) files.push(...(await rpmFilesUnder(root, path, depth - 1)));
-    else if (name.endsWith('.rpm')) files.push(path);
+    if (info?.isDirectory() && depth > 0) {
+      const below = await rpmFilesUnder(root, path, budget, depth - 1);
+      if (!below) return undefined;
+      files.push(...below);
+    } else if (name.endsWith('.rpm')) files.push(path);
   }
   return files;
 }
@@ -93,16 +110,35 @@ export async function withRpmPackageCache(root: string, layout: RpmCacheLayout, 
       if (path) listed.set(path, sha256);
     }
   }
-  const present = async () => (await Promise.all(repositories.map((repository) => rpmFilesUnder(root, repository.packages)))).flat();
-  const before = new Set(await present());
+  const present = async () => {
+    const budget = { left: MAX_WALK_ENTRIES };
+    const found: string[] = [];
+    for (const repository of repositories) {
+      const files = await rpmFilesUnder(root, repository.packages, budget);
+      if (!files) return undefined;
+      found.push(...files);
+    }
+    return found;
+  };
+  const walked = await present();
+  if (!walked) {
+    cache.log.info(`package cache: not used: the guest's package cache holds more than ${MAX_WALK_ENTRIES} entries`);
+    await download();
+    await install?.();
+    return;
+  }
+  const before = new Set(walked);
+  let offered: string[] = [];
   try {
     const wanted = [...listed].map(([guestPath, sha256]): GuestPackageFile => ({ guestPath, sha256 }));
-    await offerCachedFiles(root, cache.dir, 'rpm', wanted, cache.log, manager);
+    offered = (await offerCachedFiles(root, cache.dir, 'rpm', wanted, cache.log, manager)).paths;
     await download();
-    const downloaded = (await present()).filter((path) => listed.has(path)).map((guestPath) => ({ guestPath, sha256: listed.get(guestPath)! }));
+    const downloaded = ((await present()) ?? []).filter((path) => listed.has(path)).map((guestPath) => ({ guestPath, sha256: listed.get(guestPath)! }));
     await keepDownloadedFiles(root, cache.dir, 'rpm', downloaded, cache.log);
     await install?.();
   } finally {
-    for (const path of await present()) if (!before.has(path)) await removeGuestFile(root, path);
+    // What the cache offered goes whatever the walk finds now; then every other new package file it finds.
+    for (const path of offered) await removeGuestFile(root, path).catch(() => undefined);
+    for (const path of (await present()) ?? []) if (!before.has(path)) await removeGuestFile(root, path);
   }
 }

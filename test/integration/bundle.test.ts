@@ -3,10 +3,10 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { CLI, leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
+import { CLI, leftoversUnder, NOTHING_LEFT, REPO, runCli } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
-import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
-import { writeRecipe } from '../helpers/recipes.js';
+import { SERIES, startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
+import { nodeRecipeSets, writeRecipe } from '../helpers/recipes.js';
 
 /**
  * Air-gapped builds (issue #20), for real: `imagebuilder bundle` runs a recipe against the signed local mirror
@@ -130,6 +130,50 @@ describe('air-gapped bundles (apt)', () => {
     if (result.exitCode !== 0) throw new Error(result.all);
     expect(result.stderr).toContain('repeatable: both builds');
     expect((await bom(output)).packages).toEqual((await bom(join(work, 'offline.qcow2'))).packages);
+    expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
+  }, 1_200_000);
+  test('the shipped example recipe, bundled and built offline: containerd, conntrack and socat from the bundle, as online', async () => {
+    const example = `${REPO}/recipes/examples/k8s-node-containerd.yaml`;
+    const dir = join(work, 'example-bundle');
+    const made = await runCli(['bundle', example, '--disk-image', disk, '--output', dir, '--mount-backend', 'fuse'], { env });
+    if (made.exitCode !== 0) throw new Error(made.all);
+    const output = join(work, 'example.qcow2');
+    const result = await offline(['apply', example, '--bundle', dir, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'none']);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    const built = await bom(output);
+    await withImageMounted(output, 'gpt-esp', async (root) => {
+      for (const name of ['containerd', 'conntrack', 'socat']) {
+        const version = await dpkgVersion(root, name);
+        expect(version).toBeDefined();
+        expect(built.packages).toContainEqual(expect.objectContaining({ name, version, origin: 'added' }));
+      }
+      expect(await readFile(join(root, 'etc/containerd/config.toml'), 'utf8')).toContain('SystemdCgroup = true');
+    });
+  }, 1_200_000);
+
+  test('the shipped node recipe against the stand-in mirrors, as one archive, built offline: pinned and held packages, the table\'s components', async () => {
+    const node = `${REPO}/recipes/kubernetes-node.yaml`;
+    const archive = join(work, 'node-bundle.tar');
+    const made = await runCli(['bundle', node, '--disk-image', disk, '--output', archive, '--format', 'tar', '--mount-backend', 'fuse', ...nodeRecipeSets(mirror)], { env });
+    if (made.exitCode !== 0) throw new Error(made.all);
+    const requests = mirror.requests.length;
+    const output = join(work, 'node.qcow2');
+    const result = await offline(['apply', node, '--bundle', archive, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'none', ...nodeRecipeSets(mirror)]);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(mirror.requests.length).toBe(requests);
+    const built = await bom(output);
+    expect(built.input.path).toBe(`${archive}!/${'base/' + disk.split('/').pop()}`);
+    for (const file of [mirror.files.containerd, mirror.files.runc, mirror.files.crictl, mirror.files.cniPlugins]) expect(result.stderr).toContain(`from the bundle: ${file.url}`);
+    const row = SERIES['1.36'];
+    const components = Object.fromEntries((built.components as { name: string; version: string }[]).map((c) => [c.name, c.version]));
+    expect(components).toMatchObject({ kubelet: '1.36.2', kubeadm: '1.36.2', kubectl: '1.36.2', crictl: row.crictl_version, 'cni-plugins': row.cni_plugins_version });
+    await withImageMounted(output, 'gpt-esp', async (root) => {
+      for (const name of ['kubelet', 'kubeadm', 'kubectl']) {
+        expect(await dpkgVersion(root, name)).toBe('1.36.2-1.1');
+        expect((await execa('dpkg-query', [`--admindir=${root}/var/lib/dpkg`, '-W', '-f', '${Status}', name])).stdout).toBe('hold ok installed');
+      }
+      expect(await dpkgVersion(root, 'cri-tools')).toBe(row.cri_tools_deb_version);
+    });
     expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
   }, 1_200_000);
 });

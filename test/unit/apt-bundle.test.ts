@@ -29,6 +29,9 @@ describe('apt and bundles', () => {
     expect(packages.indexOf('Package: conntrack')).toBeLessThan(packages.indexOf('Package: socat'));
     expect(packages).toContain(`Filename: packages/${A}.deb`);
     expect(packages).not.toContain('pool/main');
+    // A crafted stanza with a second Filename still gets exactly one: the bundle's.
+    const crafted = aptBundleIndex([{ sha256: A, stanza: `${found.get(A)!}\nFilename: ../../etc/shadow`, filename: `packages/${A}.deb` }]).packages;
+    expect(crafted.match(/^Filename:.*$/gm)).toEqual([`Filename: packages/${A}.deb`]);
     expect(release).toContain(` ${sha256Text(Buffer.from(packages, 'latin1'))} ${Buffer.byteLength(packages, 'latin1')} Packages`);
     expect(bundlePackages(packages)).toEqual(new Map([['conntrack', new Set(['1:1.4.7-1+b2'])], ['socat', new Set(['1.7.4.4-2'])]]));
   });
