@@ -8,6 +8,7 @@ import { isAbsolute, join, normalize, sep } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import { sha256File, sha256Text } from '../util/digest.js';
 import { TOOL_VERSION } from '../version.js';
+import { IMAGE_FORMATS } from '../image/qemu-img.js';
 
 export const BUNDLE_MANIFEST = 'bundle.json';
 export const BUNDLE_MANIFEST_VERSION = 1;
@@ -76,10 +77,10 @@ export async function writeBundleManifest(
 
 const SHA256 = /^[0-9a-f]{64}$/;
 /** bundle.json lists a few hundred files in a real bundle (~100 KiB): read whole only below this. */
-const MAX_MANIFEST_BYTES = 64 << 20;
+export const MAX_MANIFEST_BYTES = 64 << 20;
 
 /** The manifest as read: every field this tool uses is of its type (a hostile bundle.json may say anything). */
-function checkManifest(value: unknown): BundleManifest {
+export function checkManifest(value: unknown): BundleManifest {
   const manifest = value as BundleManifest;
   const bad = (what: string) => new ImageBuilderError('VERIFY_FAILED', `${BUNDLE_MANIFEST} is not a bundle manifest this version reads: ${what}`, { hint: 'make the bundle again with this version: imagebuilder bundle' });
   if (manifest?.version !== BUNDLE_MANIFEST_VERSION) throw bad(`version ${JSON.stringify(manifest?.version)}, not ${BUNDLE_MANIFEST_VERSION}`);
@@ -91,7 +92,7 @@ function checkManifest(value: unknown): BundleManifest {
     checkBundlePath(file.path);
   }
   const base = manifest.base;
-  if (typeof base?.path !== 'string' || typeof base.sha256 !== 'string' || !SHA256.test(base.sha256) || !manifest.files.some((file) => file.path === base.path && file.kind === 'base-image')) throw bad('no base image');
+  if (typeof base?.path !== 'string' || typeof base.sha256 !== 'string' || !SHA256.test(base.sha256) || !(IMAGE_FORMATS as readonly string[]).includes(base.format) || !manifest.files.some((file) => file.path === base.path && file.kind === 'base-image')) throw bad('no base image');
   if (typeof manifest.recipe?.sha256 !== 'string' || typeof manifest.variables !== 'object' || manifest.variables === null) throw bad('no recipe');
   return manifest;
 }

@@ -12,7 +12,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { packFile } from '../util/tar-pack.js';
 import { BUNDLE_LAYOUT } from './collect.js';
-import { BUNDLE_MANIFEST, checkBundlePath, verifyBundle, type BundleFile, type BundleManifest } from './manifest.js';
+import { BUNDLE_MANIFEST, checkBundlePath, checkManifest, MAX_MANIFEST_BYTES, verifyBundle, type BundleFile, type BundleManifest } from './manifest.js';
 
 /** A bundle verified and ready to build from, offline. */
 export interface OpenedBundle {
@@ -196,4 +196,33 @@ export async function openBundle(source: string, workDir: string, log: Logger): 
     downloads: bundledDownloads(dir, manifest),
     apt: await serveApt(dir, manifest, workDir),
   };
+}
+
+/**
+ * A bundle's manifest without unpacking it (a matrix reads it once per base before its builds): a directory's
+ * verified as `apply --bundle` verifies it; an archive's read from its first entry, bundle.json (each build
+ * then verifies the whole archive as it unpacks it).
+ */
+export async function peekBundle(source: string): Promise<BundleManifest> {
+  const info = await lstat(source).catch(() => undefined);
+  if (info?.isDirectory()) return (await verifyBundle(source, { sizeOnly: ['base-image'] })).manifest;
+  if (!info?.isFile()) throw new ImageBuilderError('BAD_INPUT', `bundle ${source}: no such file or directory`, { hint: 'name the directory or .tar that `imagebuilder bundle` wrote' });
+  const extract = tar.extract();
+  const reading = pipeline(createReadStream(source), extract).catch(() => undefined);
+  try {
+    for await (const entry of extract) {
+      if (entry.header.name !== BUNDLE_MANIFEST || entry.header.type !== 'file' || (entry.header.size ?? 0) > MAX_MANIFEST_BYTES) break;
+      const chunks: Buffer[] = [];
+      for await (const chunk of entry) chunks.push(chunk as Buffer);
+      try {
+        return checkManifest(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      } catch (error) {
+        throw error instanceof ImageBuilderError ? error : new ImageBuilderError('VERIFY_FAILED', `${source}: its ${BUNDLE_MANIFEST} is not JSON: ${(error as Error).message}`);
+      }
+    }
+    throw new ImageBuilderError('VERIFY_FAILED', `${source} is not a bundle archive: its first entry is not ${BUNDLE_MANIFEST}`, { hint: 'give the .tar `imagebuilder bundle --format tar` wrote' });
+  } finally {
+    extract.destroy();
+    await reading;
+  }
 }

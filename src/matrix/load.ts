@@ -33,6 +33,8 @@ export interface MatrixBase {
   keyring?: string;
   keyringWritten?: string;
   insecureSkipVerify?: boolean;
+  /** An air-gapped bundle (absolute path): the base and everything its builds fetch come from it, offline. */
+  bundle?: string;
 }
 
 export interface MatrixBuild {
@@ -60,7 +62,7 @@ export interface Matrix {
 interface RawMatrix {
   recipe?: string;
   recipes?: (string | { name?: string; path: string })[];
-  bases: (string | { name?: string; image: string; checksum?: string; keyring?: string; insecure_skip_verify?: boolean })[];
+  bases: (string | { name?: string; image?: string; bundle?: string; checksum?: string; keyring?: string; insecure_skip_verify?: boolean })[];
   variables?: Record<string, unknown[]>;
   set?: Record<string, unknown>;
   exclude?: Record<string, unknown>[];
@@ -131,8 +133,12 @@ class MatrixReader {
   }
 
   bases(): MatrixBase[] {
-    const bases = this.raw.bases.map((entry, i) => {
-      const spec = typeof entry === 'string' ? { image: entry } : entry;
+    const bases = this.raw.bases.map((entry, i): MatrixBase => {
+      if (typeof entry !== 'string' && entry.bundle !== undefined) {
+        const bundle = resolve(this.dir, entry.bundle);
+        return { name: entry.name ?? basename(entry.bundle).replace(/\.tar$/, ''), image: bundle, written: entry.bundle, isUrl: false, bundle };
+      }
+      const spec = typeof entry === 'string' ? { image: entry } : { ...entry, image: entry.image ?? '' };
       let isUrl = false;
       try {
         isUrl = parseImageUrl(spec.image) !== undefined;

@@ -6,6 +6,7 @@ import type { OutputFormat } from '../image/formats.js';
 import { apply, type ApplyOptions, type ApplyResult, type Artifact } from '../pipeline/apply.js';
 import { FORMAT_EXTENSIONS } from '../pipeline/output.js';
 import { verifyImage, type VerifiedImage } from '../pipeline/verify.js';
+import { peekBundle } from '../bundle/open.js';
 import { ImageBuilderError, toImageBuilderError, type ErrorCode } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { createLogger, type Logger, type LogLevel } from '../util/log.js';
@@ -74,6 +75,13 @@ export function baseImageOptions(base: MatrixBase, host: HostBuildOptions = {}):
   return { checksum: base.checksum, keyring: base.keyring, insecureSkipVerify: base.insecureSkipVerify, offline: host.offline, cacheDir: host.cacheDir, rehash: host.rehash };
 }
 
+/** A bundle base: its manifest's base image (format and sha256), the bundle read as a build will read it. */
+async function bundleBase(bundle: string, log: Logger): Promise<Pick<VerifiedImage, 'sha256' | 'format'>> {
+  const manifest = await peekBundle(bundle);
+  log.info(`bundle ${bundle}: base ${manifest.base.path} (${manifest.base.format}, sha256 ${manifest.base.sha256}); its builds run offline`);
+  return { sha256: manifest.base.sha256, format: manifest.base.format as VerifiedImage['format'] };
+}
+
 /** Each line of a build's console log starts with its name: several builds write at once. */
 function buildLogger(name: string, file: WriteStream, options: MatrixRunOptions): Logger {
   const toFile = createLogger({ level: 'debug', write: (text) => void file.write(text) });
@@ -129,15 +137,16 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
   };
 
   // Phase 0, once per base: concurrent builds then all find it verified in the cache.
-  const verified = new Map<string, VerifiedImage>();
+  const verified = new Map<string, Pick<VerifiedImage, 'sha256' | 'format'> | VerifiedImage>();
   const bases: MatrixResult['bases'] = [];
   for (const base of [...new Set(builds.map((b) => b.base))]) {
     if (signal.aborted) break;
     const baseLog = createLogger({ level: options.level ?? 'info', write: (text) => write(text.replace(/^(?=.)/gm, `[base ${base.name}] `)) });
     try {
-      const image = await verifyImage(run, base.image, baseLog, signal, { ...baseImageOptions(base, host), progress: false });
+      // A bundle's base is verified by each build from it (offline); here its manifest is read, for its format.
+      const image = base.bundle ? await bundleBase(base.bundle, baseLog) : await verifyImage(run, base.image, baseLog, signal, { ...baseImageOptions(base, host), progress: false });
       verified.set(base.name, image);
-      bases.push({ name: base.name, image: base.image, sha256: image.sha256, source: image.source });
+      bases.push({ name: base.name, image: base.image, sha256: image.sha256, ...('source' in image ? { source: (image as VerifiedImage).source } : {}) });
     } catch (error) {
       const reason = failure(error);
       bases.push({ name: base.name, image: base.image, error: reason.message });
@@ -165,7 +174,8 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
         const result = await build({
           recipe: b.recipe.path,
           recipeInputs: { set: b.variables },
-          diskImage: b.base.image,
+          diskImage: b.base.bundle ? '' : b.base.image,
+          ...(b.base.bundle ? { bundle: b.base.bundle } : {}),
           image: { ...baseImageOptions(b.base, host), progress: false },
           output: join(dir, `${b.name}.${FORMAT_EXTENSIONS[formats[0]]}`),
           formats,

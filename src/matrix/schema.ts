@@ -50,10 +50,14 @@ export function matrixSchema(): JsonSchema {
             {
               type: 'object',
               additionalProperties: false,
-              required: ['image'],
+              oneOf: [
+                { required: ['image'], not: { required: ['bundle'] } },
+                { required: ['bundle'], not: { anyOf: [{ required: ['image'] }, { required: ['checksum'] }, { required: ['keyring'] }, { required: ['insecure_skip_verify'] }] } },
+              ],
               properties: {
                 name: NAME,
                 image: { type: 'string', minLength: 1, description: 'A local path or an http(s) URL, as --disk-image takes.' },
+                bundle: { type: 'string', minLength: 1, description: "Instead of image: an air-gapped bundle (a directory or .tar from `imagebuilder bundle`); this base's builds run offline from it, as `apply --bundle`." },
                 checksum: { type: 'string', pattern: '^(sha256|sha512):[0-9a-fA-F]+$', description: 'As --checksum: the sum of the image as published.' },
                 keyring: { type: 'string', description: "As --keyring: verify the sums file's signature against this keyring." },
                 insecure_skip_verify: { type: 'boolean', description: 'As --insecure-skip-verify.' },

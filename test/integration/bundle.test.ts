@@ -132,6 +132,29 @@ describe('air-gapped bundles (apt)', () => {
     expect((await bom(output)).packages).toEqual((await bom(join(work, 'offline.qcow2'))).packages);
     expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
   }, 1_200_000);
+  test('a matrix whose bases are bundles (a directory and an archive) builds them all offline', async () => {
+    const matrix = join(work, 'matrix.yaml');
+    await writeFile(matrix, [
+      'recipe: tools.yaml',
+      'bases:',
+      `  - { name: from-dir, bundle: "${bundleDir()}" }`,
+      `  - { name: from-tar, bundle: "${join(work, 'bundle.tar')}" }`,
+      'output:',
+      '  dir: matrix-out',
+      '  name: "{{ base }}"',
+    ].join('\n'));
+    const result = await offline(['matrix', matrix, '--mount-backend', 'fuse', '--json'], { IMAGEBUILDER_SPARSIFY: 'none' });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    const printed = JSON.parse(result.stdout) as { results: { name: string; status: string; bom: string }[] };
+    expect(printed.results.map((r) => [r.name, r.status])).toEqual([['from-dir', 'succeeded'], ['from-tar', 'succeeded']]);
+    const online = (await bom(join(work, 'offline.qcow2'))).packages;
+    for (const build of printed.results) {
+      const built = JSON.parse(await readFile(build.bom, 'utf8'));
+      expect(built.offline.network).toBe('none');
+      expect(built.packages).toEqual(online);
+    }
+  }, 1_200_000);
+
   test('the shipped example recipe, bundled and built offline: containerd, conntrack and socat from the bundle, as online', async () => {
     const example = `${REPO}/recipes/examples/k8s-node-containerd.yaml`;
     const dir = join(work, 'example-bundle');
