@@ -381,8 +381,8 @@ export const SANDBOX_STATE_PREFIX = 'imagebuilder-sandbox-';
 /**
  * The build's sandbox: its network namespace with pasta attached (NAT to the outside; `--no-map-gw` so the
  * gateway address is not the host's loopback, no port forwarded from the host's loopback; routes that refuse
- * link-local and every host address), (none offline), its
- * cgroups, its seccomp program. Everything is pushed on `cleanup` the moment it exists.
+ * link-local and every host address; none at all when offline), its cgroups, its seccomp program. Everything
+ * is pushed on `cleanup` the moment it exists.
  */
 export async function openBuildSandbox(options: OpenSandboxOptions): Promise<BuildSandbox> {
   const { run, log, cleanup } = options;
