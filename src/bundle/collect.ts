@@ -35,6 +35,7 @@ export class BundleCollector implements PackageCollector {
   private readonly entries = new Map<string, Omit<BundleFile, 'sha256' | 'size'>>();
   private readonly debs = new Map<string, { stanza: string; origin: string }>();
   private readonly downloaded = new Map<string, string>();
+  private aptUsed = false;
 
   constructor(
     readonly dir: string,
@@ -80,6 +81,10 @@ export class BundleCollector implements PackageCollector {
     this.entries.set(`url:${url}`, { path, kind: 'download', origin: url });
   }
 
+  aptTransaction(): void {
+    this.aptUsed = true;
+  }
+
   async addDeb(content: Buffer, sha256: string, stanza: string, origin = 'apt'): Promise<void> {
     if (this.debs.has(sha256)) return;
     const path = `${BUNDLE_LAYOUT.aptPackages}/${sha256}.deb`;
@@ -91,7 +96,8 @@ export class BundleCollector implements PackageCollector {
 
   /** The apt repository's index and bundle.json: the bundle is complete. */
   async finish(recipe: { path: string; sha256: string }, variables: Record<string, string>, base: BundleBase & { name: string }): Promise<BundleManifest> {
-    if (this.debs.size) {
+    if (this.debs.size || this.aptUsed) {
+      await mkdir(join(this.dir, BUNDLE_LAYOUT.apt), { recursive: true });
       const { packages, release } = aptBundleIndex([...this.debs].map(([sha256, { stanza }]) => ({ sha256, stanza, filename: `packages/${sha256}.deb` })));
       await writeFile(join(this.dir, BUNDLE_LAYOUT.apt, 'Packages'), packages, 'latin1');
       await writeFile(join(this.dir, BUNDLE_LAYOUT.apt, 'Release'), release);

@@ -57,6 +57,7 @@ export function stanzasBySha256(list: Buffer, wanted: ReadonlySet<string>, found
  * bounded, no guest link followed). Returns how many were kept.
  */
 export async function collectDownloadedDebs(root: string, collector: PackageCollector, log: Logger): Promise<number> {
+  collector.aptTransaction();
   const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name));
   if (!names.length) return 0;
   const listed = await aptListedHashes(root);

@@ -64,6 +64,11 @@ export interface PackageCollector {
   log: Logger;
   /** A .deb whose bytes hash to the sha256 the guest's signed lists name, and the lists' stanza for it. */
   addDeb(content: Buffer, sha256: string, stanza: string, origin: string): Promise<void>;
+  /**
+   * apt ran a transaction (whether it fetched anything or not): the bundle then carries an apt repository, even an
+   * empty one, so that apt has its source offline where everything asked for was already installed.
+   */
+  aptTransaction(): void;
 }
 
 export interface ServedRepository {

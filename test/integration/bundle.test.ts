@@ -117,6 +117,17 @@ describe('air-gapped bundles (apt)', () => {
     expect(result.stderr).not.toMatch(/Temporary failure resolving|Could not resolve/);
   }, 600_000);
 
+  test('a recipe whose packages are all installed already: apt fetched nothing, and offline it still has its (empty) source', async () => {
+    const installed = await writeRecipe(work, 'installed', [{ packages: { install: ['apt'] } }, { file: { path: '/etc/offline-marker', content: 'built\n' } }]);
+    const dir = join(work, 'installed-bundle');
+    const made = await runCli(['bundle', installed, '--disk-image', disk, '--output', dir, '--mount-backend', 'fuse'], { env });
+    if (made.exitCode !== 0) throw new Error(made.all);
+    expect(await readFile(join(dir, 'apt/Packages'), 'utf8')).toBe('');
+    const result = await offline(['apply', installed, '--bundle', dir, '--output', join(work, 'installed.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none']);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).toMatch(/apt is already the newest version/);
+  }, 600_000);
+
   test('--format tar: one archive with its sha256 beside it; two offline builds from it with SOURCE_DATE_EPOCH have equal BOMs (--verify-repeatable)', async () => {
     const archive = join(work, 'bundle.tar');
     const made = await runCli(['bundle', recipe, '--disk-image', disk, '--output', archive, '--format', 'tar', '--mount-backend', 'fuse'], { env });
