@@ -1,8 +1,9 @@
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { StepDownloads } from '../fetch/downloads.js';
 import { networkDownloads } from '../fetch/downloads.js';
 import { aptBundleIndex } from '../pkg/apt-bundle.js';
+import { rpmBundleIndex } from '../pkg/rpm-bundle.js';
 import type { PackageCollector } from '../pkg/types.js';
 import { sha256Text } from '../util/digest.js';
 import type { Logger } from '../util/log.js';
@@ -15,6 +16,8 @@ export const BUNDLE_LAYOUT = {
   files: 'files',
   apt: 'apt',
   aptPackages: 'apt/packages',
+  /** rpm/<repository id>/packages/<sha256>.rpm and rpm/<repository id>/repodata/{repomd,primary}.xml */
+  rpm: 'rpm',
 } as const;
 
 /** The base image as phase 0 verified it: kept in the bundle with a sums file naming it. */
@@ -28,13 +31,15 @@ export interface BundleBase {
 
 /**
  * What `imagebuilder bundle` gathers while the recipe runs on a throw-away copy of the base: every file a step
- * downloaded (by URL), every .deb apt fetched (with its signed list's stanza). finish() writes the apt repository's
- * index and bundle.json. Everything is written into `dir` (the partial bundle) as it arrives.
+ * downloaded (by URL), every .deb apt fetched (with its signed list's stanza), every .rpm dnf or zypper fetched (with
+ * its repository's metadata entry). finish() writes the repositories' indexes and bundle.json. Everything is written into `dir` (the partial bundle) as it arrives.
  */
 export class BundleCollector implements PackageCollector {
   private readonly entries = new Map<string, Omit<BundleFile, 'sha256' | 'size'>>();
   private readonly debs = new Map<string, { stanza: string; origin: string }>();
   private readonly downloaded = new Map<string, string>();
+  /** repository id → sha256 → its metadata entry */
+  private readonly rpms = new Map<string, Map<string, string>>();
   private aptUsed = false;
 
   constructor(
@@ -94,7 +99,18 @@ export class BundleCollector implements PackageCollector {
     this.entries.set(path, { path, kind: 'package', origin });
   }
 
-  /** The apt repository's index and bundle.json: the bundle is complete. */
+  async addRpm(content: Buffer, sha256: string, repository: string, entry: string, origin: string): Promise<void> {
+    if (!this.rpms.has(repository)) this.rpms.set(repository, new Map());
+    const kept = this.rpms.get(repository)!;
+    if (kept.has(sha256)) return;
+    const path = `${BUNDLE_LAYOUT.rpm}/${repository}/packages/${sha256}.rpm`;
+    await mkdir(join(this.dir, dirname(path)), { recursive: true });
+    await writeFile(join(this.dir, path), content);
+    kept.set(sha256, entry);
+    this.entries.set(path, { path, kind: 'package', origin });
+  }
+
+  /** The repositories' indexes (apt's flat one, one rpm-md per rpm repository) and bundle.json: the bundle is complete. */
   async finish(recipe: { path: string; sha256: string }, variables: Record<string, string>, base: BundleBase & { name: string }): Promise<BundleManifest> {
     if (this.debs.size || this.aptUsed) {
       await mkdir(join(this.dir, BUNDLE_LAYOUT.apt), { recursive: true });
@@ -102,6 +118,15 @@ export class BundleCollector implements PackageCollector {
       await writeFile(join(this.dir, BUNDLE_LAYOUT.apt, 'Packages'), packages, 'latin1');
       await writeFile(join(this.dir, BUNDLE_LAYOUT.apt, 'Release'), release);
       for (const name of ['Packages', 'Release']) this.entries.set(`${BUNDLE_LAYOUT.apt}/${name}`, { path: `${BUNDLE_LAYOUT.apt}/${name}`, kind: 'repository-index' });
+    }
+    for (const [repository, kept] of [...this.rpms].sort(([a], [b]) => a.localeCompare(b))) {
+      const { primary, repomd } = rpmBundleIndex([...kept].map(([sha256, entry]) => ({ sha256, entry, filename: `packages/${sha256}.rpm` })));
+      const repodata = `${BUNDLE_LAYOUT.rpm}/${repository}/repodata`;
+      await mkdir(join(this.dir, repodata), { recursive: true });
+      for (const [name, text] of [['primary.xml', primary], ['repomd.xml', repomd]]) {
+        await writeFile(join(this.dir, repodata, name), text);
+        this.entries.set(`${repodata}/${name}`, { path: `${repodata}/${name}`, kind: 'repository-index' });
+      }
     }
     return writeBundleManifest(this.dir, recipe, variables, [...this.entries.values()], {
       base: { path: `${BUNDLE_LAYOUT.base}/${base.name}`, sha256: base.sha256, format: base.format, origin: base.origin },

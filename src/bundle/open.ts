@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { constants, createReadStream, createWriteStream } from 'node:fs';
 import { copyFile, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { StepDownloads } from '../fetch/downloads.js';
 import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
+import { RPM_BUNDLE_GUEST_DIR, rpmBundlePackages, ZYPPER_REPOS_DIR, zypperBundleRepoFile } from '../pkg/rpm-bundle.js';
 import type { ServedRepository } from '../pkg/types.js';
 import { sha256File, sha256Text } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
@@ -26,8 +27,11 @@ export interface OpenedBundle {
   baseImage: string;
   /** The steps' downloads, served by URL from the bundle. */
   downloads: StepDownloads;
-  /** The apt repository, copied into the build's work directory, and how the guest sees it; none without packages. */
-  apt?: { hostDir: string; repository: ServedRepository };
+  /**
+   * The package repositories (apt's, or dnf's/zypper's), copied into the build's work directory, where the guest
+   * sees them (a read-only bind) and what they hold; none when the recipe installs nothing.
+   */
+  packages?: { hostDir: string; guestDir: `/run/${string}`; repository: ServedRepository };
 }
 
 /** At most this many entries in a bundle archive (a real one has a few hundred). */
@@ -116,6 +120,26 @@ async function readChecked(dir: string, file: BundleFile): Promise<Buffer> {
   return bytes;
 }
 
+/** The largest repository index read into memory (a real one of a bundle is a few MiB). */
+const MAX_INDEX_BYTES = 512 << 20;
+
+/**
+ * A repository file of the bundle copied to `to` (never over anything), checked there against the manifest: a
+ * package is never held in memory, and an index no larger than MAX_INDEX_BYTES is returned for reading.
+ */
+async function copyChecked(dir: string, file: BundleFile, to: string): Promise<Buffer | undefined> {
+  await mkdir(dirname(to), { recursive: true });
+  if (file.kind === 'repository-index') {
+    if (file.size > MAX_INDEX_BYTES) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} is ${file.size} bytes, more than a repository index may be (${MAX_INDEX_BYTES})`);
+    const bytes = await readChecked(dir, file);
+    await writeFile(to, bytes, { flag: 'wx', mode: 0o644 });
+    return bytes;
+  }
+  await copyFile(join(dir, file.path), to, constants.COPYFILE_EXCL);
+  if ((await sha256File(to)) !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+  return undefined;
+}
+
 function missing(url: string): ImageBuilderError {
   return new ImageBuilderError('COMMAND_FAILED', `the bundle has no ${url}`, {
     hint: 'the bundle was made for another recipe or other variables: run `imagebuilder bundle` again with this recipe on the connected side',
@@ -150,23 +174,52 @@ function bundledDownloads(dir: string, manifest: BundleManifest): StepDownloads 
  * The bundle's apt repository copied into the build's work directory (each file checked against the manifest as
  * it is copied), with the one source list apt is given (written here, never taken from the bundle).
  */
-async function serveApt(dir: string, manifest: BundleManifest, workDir: string): Promise<OpenedBundle['apt']> {
-  const files = manifest.files.filter((file) => file.path.startsWith(`${BUNDLE_LAYOUT.apt}/`) && (file.kind === 'package' || file.kind === 'repository-index'));
+async function serveApt(dir: string, manifest: BundleManifest, workDir: string): Promise<OpenedBundle['packages']> {
+  const files = repositoryFiles(manifest, BUNDLE_LAYOUT.apt);
   if (!files.length) return undefined;
   const hostDir = join(workDir, 'bundle-apt');
   await mkdir(join(hostDir, 'packages'), { recursive: true });
   await mkdir(join(hostDir, 'sources.list.d'));
   let index = '';
   for (const file of files) {
-    const bytes = await readChecked(dir, file);
     const relative = file.path.slice(BUNDLE_LAYOUT.apt.length + 1);
     if (relative !== 'Packages' && relative !== 'Release' && !/^packages\/[0-9a-f]{64}\.deb$/.test(relative)) continue;
-    await writeFile(join(hostDir, relative), bytes, { flag: 'wx', mode: 0o644 });
-    if (relative === 'Packages') index = bytes.toString('latin1');
+    const bytes = await copyChecked(dir, file, join(hostDir, relative));
+    if (relative === 'Packages' && bytes) index = bytes.toString('latin1');
   }
   await writeFile(join(hostDir, 'bundle.list'), aptBundleSourceList(APT_BUNDLE_GUEST_DIR));
-  return { hostDir, repository: { aptDir: APT_BUNDLE_GUEST_DIR, packages: bundlePackages(index) } };
+  return { hostDir, guestDir: APT_BUNDLE_GUEST_DIR, repository: { aptDir: APT_BUNDLE_GUEST_DIR, packages: bundlePackages(index) } };
 }
+
+/** A file of one of the bundle's rpm-md repositories: REPOSITORY/packages/SHA256.rpm or REPOSITORY/repodata/{primary,repomd}.xml. */
+const RPM_REPOSITORY_FILE = /^([A-Za-z0-9][A-Za-z0-9_.-]{0,99})\/(packages\/[0-9a-f]{64}\.rpm|repodata\/(primary|repomd)\.xml)$/;
+
+/**
+ * The bundle's rpm-md repositories copied into the build's work directory (each file checked against the manifest
+ * as it is copied), with the .repo files zypper is given for them (written here, never taken from the bundle).
+ */
+async function serveRpm(dir: string, manifest: BundleManifest, workDir: string): Promise<OpenedBundle['packages']> {
+  const files = repositoryFiles(manifest, BUNDLE_LAYOUT.rpm);
+  if (!files.length) return undefined;
+  const hostDir = join(workDir, 'bundle-rpm');
+  await mkdir(join(hostDir, ZYPPER_REPOS_DIR), { recursive: true });
+  const packages = new Map<string, Set<string>>();
+  const repositories = new Set<string>();
+  for (const file of files) {
+    const match = RPM_REPOSITORY_FILE.exec(file.path.slice(BUNDLE_LAYOUT.rpm.length + 1));
+    if (!match) continue;
+    const [relative, repository] = match;
+    const bytes = await copyChecked(dir, file, join(hostDir, relative));
+    if (relative.endsWith('/primary.xml') && bytes) rpmBundlePackages(bytes.toString('utf8'), packages);
+    repositories.add(repository);
+  }
+  for (const repository of repositories) await writeFile(join(hostDir, ZYPPER_REPOS_DIR, `${repository}.repo`), zypperBundleRepoFile(repository, RPM_BUNDLE_GUEST_DIR));
+  return { hostDir, guestDir: RPM_BUNDLE_GUEST_DIR, repository: { rpm: { dir: RPM_BUNDLE_GUEST_DIR, repositories: [...repositories].sort() }, packages } };
+}
+
+/** The files of one kind of package repository in the bundle. */
+const repositoryFiles = (manifest: BundleManifest, top: string) =>
+  manifest.files.filter((file) => file.path.startsWith(`${top}/`) && (file.kind === 'package' || file.kind === 'repository-index'));
 
 /**
  * Opens `--bundle`: a directory, or an archive unpacked into the work directory first. bundle.json is verified
@@ -194,7 +247,7 @@ export async function openBundle(source: string, workDir: string, log: Logger): 
     sha256,
     baseImage: join(dir, manifest.base.path),
     downloads: bundledDownloads(dir, manifest),
-    apt: await serveApt(dir, manifest, workDir),
+    packages: (await serveApt(dir, manifest, workDir)) ?? (await serveRpm(dir, manifest, workDir)),
   };
 }
 

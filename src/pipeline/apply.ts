@@ -13,7 +13,6 @@ import { TOOL_VERSION } from '../version.js';
 import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { packageCacheDir } from '../pkg/package-cache.js';
-import { APT_BUNDLE_GUEST_DIR } from '../pkg/apt-bundle.js';
 import { openBundle, type OpenedBundle } from '../bundle/open.js';
 import { BUNDLE_LAYOUT } from '../bundle/collect.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions, type BuildStart } from './context.js';
@@ -161,7 +160,7 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
     // The base as the bundle holds it (an archive is unpacked into this build's work directory, which goes away).
     const inBundle = (path: string) => (bundle.source === bundle.dir ? join(bundle.dir, path) : `${bundle.source}!/${path}`);
     const bundledInput = { ...bom.input, path: inBundle(bundle.manifest.base.path), checksumSource: inBundle(BUNDLE_LAYOUT.baseSums) };
-    const offline = { bundle: bundle.sha256, network: 'none' as const, trust: BUNDLE_TRUST };
+    const offline = { bundle: bundle.sha256, network: 'none' as const, trust: bundle.packages?.repository.rpm ? BUNDLE_TRUST_RPM : BUNDLE_TRUST_APT };
     return { bom: { ...bom, input: bundledInput, recipe: { ...bom.recipe, path: resolve(recipe.path) }, offline }, opened, workImage };
   } catch (error) {
     if (options.keepWorkDir && store) {
@@ -173,14 +172,18 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
 }
 
 /** What the BOM says of how an offline build trusted its packages. */
-const BUNDLE_TRUST = "the bundle's bundle.json verified (every file's sha256); apt read the bundle's repository as [trusted=yes], its only source, checking each .deb against the index the bundle carries (copied from the guest's signed lists when the bundle was made)";
+const BUNDLE_TRUST_APT = "the bundle's bundle.json verified (every file's sha256); apt read the bundle's repository as [trusted=yes], its only source, checking each .deb against the index the bundle carries (copied from the guest's signed lists when the bundle was made)";
+const BUNDLE_TRUST_RPM =
+  "the bundle's bundle.json verified (every file's sha256); the package manager read the bundle's rpm-md repositories (their metadata unsigned, repo_gpgcheck=0) " +
+  "instead of the guest's, checking each .rpm against the metadata entry the bundle carries (copied from the guest's repository metadata when the bundle was made) " +
+  'and its signature against the keys the guest trusts (dnf: gpgcheck as the guest configured each repository; zypper: pkg_gpgcheck=1)';
 
 /** Phase 1's options for a build from a bundle: its downloads, its repository bound into each session, no network. */
 function offlineFrom(bundle: OpenedBundle) {
   return {
     downloads: bundle.downloads,
-    packageBundle: bundle.apt ? { serve: bundle.apt.repository } : undefined,
-    offline: { readOnlyBinds: bundle.apt ? [{ host: bundle.apt.hostDir, guest: APT_BUNDLE_GUEST_DIR as `/run/${string}` }] : [] },
+    packageBundle: bundle.packages ? { serve: bundle.packages.repository } : undefined,
+    offline: { readOnlyBinds: bundle.packages ? [{ host: bundle.packages.hostDir, guest: bundle.packages.guestDir }] : [] },
   };
 }
 

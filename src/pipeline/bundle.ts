@@ -35,8 +35,8 @@ export interface BundleResult {
  * `imagebuilder bundle`: on a connected host, everything a build of this recipe on this base needs, gathered so
  * that `apply --bundle` needs nothing else. The recipe runs for real on a throw-away copy of the verified base (no
  * step cache, no package cache: every package is fetched, as the guest's own manager resolves it step after
- * step); what the steps download and what apt fetches is kept as it arrives, then the base image, an apt
- * repository of those packages and bundle.json are written. No image is written.
+ * step); what the steps download and what the package manager fetches is kept as it arrives, then the base
+ * image, the repositories of those packages (apt's, or rpm-md) and bundle.json are written. No image is written.
  */
 export async function makeBundle(options: BundleOptions): Promise<BundleResult> {
   const start = startBuild(options);

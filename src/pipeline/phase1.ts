@@ -29,6 +29,9 @@ import type { VerifiedImage } from './verify.js';
 /** Everything of the BOM that phase 1 knows: phase 2 adds the artifacts. */
 export type Phase1Bom = Omit<Bom, 'output' | 'artifacts'>;
 
+/** The package managers whose packages a bundle carries (src/pkg/apt-bundle.ts, src/pkg/rpm-bundle.ts). */
+const BUNDLE_MANAGERS = ['apt', 'dnf', 'zypper'];
+
 export interface Phase1Options {
   mountBackend: MountBackendName | 'auto';
   /** Where layers are reused from and written to; without one every step writes to one overlay. */
@@ -237,9 +240,9 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   log.info(`guest: ${distro.prettyName ?? distro.id} (family ${distro.family?.name ?? 'unknown'})`);
   // An unknown distribution fails here, before any step changes the guest, when a step needs its package manager.
   requireFamilyForSteps(recipe.steps, distro, architecture);
-  if (options.packageBundle && manager && manager.name !== 'apt' && recipe.steps.some((step) => step.type.needsPackageManager?.(step.spec))) {
-    throw new ImageBuilderError('BAD_INPUT', `air-gapped bundles carry apt's packages only so far, and this guest's package manager is ${manager.name}`, {
-      hint: 'bundle and apply --bundle work for Debian and Ubuntu guests today; build this one online',
+  if (options.packageBundle && manager && !BUNDLE_MANAGERS.includes(manager.name) && recipe.steps.some((step) => step.type.needsPackageManager?.(step.spec))) {
+    throw new ImageBuilderError('BAD_INPUT', `air-gapped bundles carry the packages of ${BUNDLE_MANAGERS.join(', ')} so far, and this guest's package manager is ${manager.name}`, {
+      hint: 'bundle and apply --bundle work for Debian, Ubuntu, Fedora/RHEL-like (dnf) and openSUSE/SLES guests today; build this one online',
     });
   }
 

@@ -2,7 +2,7 @@ import { sha256Text } from '../util/digest.js';
 import { readGuestDir, readGuestFile } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 import { APT_ARCHIVES, APT_LISTS, aptListedHashes, DEB_NAME, MAX_LIST_BYTES, MAX_PACKAGE_BYTES } from './package-cache.js';
-import type { PackageCollector, PackageSpec, ServedRepository } from './types.js';
+import type { PackageCollector, ServedRepository } from './types.js';
 
 /**
  * apt and an air-gapped bundle (src/bundle/). Making one, every .deb a transaction fetched is kept with the
@@ -23,8 +23,8 @@ export const aptBundleSourceList = (dir: string) => `deb [trusted=yes] file:${di
 /** apt's options that make the bundle its only source, with lists and caches outside the image. */
 export function aptBundleOptions(served: ServedRepository): string[] {
   return [
-    '-o', `Dir::Etc::SourceList=${served.aptDir}/bundle.list`,
-    '-o', `Dir::Etc::SourceParts=${served.aptDir}/sources.list.d`,
+    '-o', `Dir::Etc::SourceList=${served.aptDir!}/bundle.list`,
+    '-o', `Dir::Etc::SourceParts=${served.aptDir!}/sources.list.d`,
     '-o', `Dir::State::Lists=${BUNDLE_LISTS}`,
     '-o', 'Dir::Cache::pkgcache=',
     '-o', 'Dir::Cache::srcpkgcache=',
@@ -117,15 +117,4 @@ export function bundlePackages(index: string): Map<string, Set<string>> {
     packages.get(name)!.add(version);
   }
   return packages;
-}
-
-/** The requested packages the bundle cannot give (`name` or `name=version`), unless already installed so. */
-export function missingFromBundle(served: ServedRepository, requested: PackageSpec[], installed: Map<string, string>): string[] {
-  return requested
-    .filter(({ name, version }) => {
-      const versions = served.packages.get(name);
-      if (version === undefined) return !versions?.size && !installed.has(name);
-      return !versions?.has(version) && installed.get(name) !== version;
-    })
-    .map(({ name, version }) => (version === undefined ? name : `${name}=${version}`));
 }

@@ -5,7 +5,8 @@ import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
 import { aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
-import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs, missingFromBundle } from './apt-bundle.js';
+import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
+import { requireInBundle } from './bundle-use.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -89,17 +90,6 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
   await transaction();
   if (cache && listed) await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
   if (collect) await collectDownloadedDebs(session.root, collect, collect.log);
-}
-
-/** apply --bundle: what the bundle lacks fails here, naming it, before apt runs. */
-async function requireInBundle(root: string, served: ServedRepository, packages: PackageSpec[], listInstalled: (root: string) => Promise<InstalledPackage[]>): Promise<void> {
-  const installed = new Map((await listInstalled(root)).map((p) => [p.name, p.version]));
-  const missing = missingFromBundle(served, packages, installed);
-  if (missing.length) {
-    throw new ImageBuilderError('STEP_FAILED', `the bundle has no package ${missing.join(', ')}`, {
-      hint: 'the bundle was made for another recipe or other variables: run `imagebuilder bundle` again with this recipe on the connected side',
-    });
-  }
 }
 
 export function createApt(): PackageManager {

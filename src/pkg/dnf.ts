@@ -4,7 +4,9 @@ import { ImageBuilderError } from '../util/errors.js';
 import { queryRpmDatabase, rpmArchitecture } from './rpm.js';
 import { emptyCacheDirs, readGuestConfig, refuseAptFields, releaseverOption, repoSection, writeRpmRepository } from './rpm-guest.js';
 import { withRpmPackageCache } from './rpm-package-cache.js';
-import type { InstallOptions, PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { collectRpmDownloads, dnfBundleOptions } from './rpm-bundle.js';
+import { requireInBundle } from './bundle-use.js';
+import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
 /**
  * dnf (Fedora, RHEL/CentOS Stream/Rocky/Alma/Oracle 8+, Amazon Linux 2023), yum (CentOS/RHEL 7, Amazon Linux 2)
@@ -202,11 +204,17 @@ export function createDnf(options: DnfOptions): PackageManager {
   };
 
   /**
-   * A transaction with the package cache around it (dnf only: yum and tdnf cache their metadata otherwise).
-   * The cache reads the repositories' metadata from the guest's cache, so a refresh the transaction would do
-   * (--refresh) is done first, on its own.
+   * A transaction with the package cache around it, or making a bundle, every package it fetched kept (dnf only:
+   * yum and tdnf cache their metadata otherwise). The cache reads the repositories' metadata from the guest's
+   * cache, so a refresh the transaction would do (--refresh) is done first, on its own.
    */
-  const withCache = async (session: ChrootSession, cache: PackageCacheUse | undefined, extra: string[], transaction: (options: string[], keepDownloads: boolean) => Promise<unknown>) => {
+  const withCache = async (session: ChrootSession, use: InstallOptions, extra: string[], transaction: (options: string[], keepDownloads: boolean) => Promise<unknown>) => {
+    const collect = use.bundle?.collect;
+    if (collect && command === 'dnf') {
+      await collectRpmDownloads(session.root, 'dnf', collect, () => transaction(extra, true));
+      return;
+    }
+    const cache = use.packageCache;
     if (!cache || command !== 'dnf') {
       await transaction(extra, false);
       return;
@@ -223,6 +231,9 @@ export function createDnf(options: DnfOptions): PackageManager {
     await withRpmPackageCache(session.root, 'dnf', cache, command, () => transaction(options, true));
   };
 
+  /** Offline (apply --bundle): the options that make dnf read the bundle's repositories instead of the guest's. */
+  const served = (use: InstallOptions = {}): string[] => (use.bundle?.serve?.rpm ? dnfBundleOptions(use.bundle.serve) : []);
+
   const installHint =
     '"GPG check FAILED" means a package is not signed by the key its repository\'s gpgkey names; otherwise check the package ' +
     `names and versions: \`${command} list --showduplicates NAME\` inside \`imagebuilder shell\` lists what is available`;
@@ -230,14 +241,16 @@ export function createDnf(options: DnfOptions): PackageManager {
   return {
     name: command,
     async install(session, packages, install = {}) {
-      const extra = [...(await repositoryOptions(session)), ...disableExcludes(install)];
-      await withCache(session, install.packageCache, extra, (options, keep) =>
-        session.exec(dnfInstallArgs(command, packages, options, keep), { streamOutput: true, purpose: 'installing packages', errorCode: 'STEP_FAILED', hint: installHint }),
+      const serve = install.bundle?.serve;
+      if (serve) await requireInBundle(session.root, serve, packages, (root) => this.listInstalled(root));
+      const extra = [...(await repositoryOptions(session)), ...disableExcludes(install), ...served(install)];
+      await withCache(session, install, extra, (options, keep) =>
+        session.exec(dnfInstallArgs(command, packages, options, keep), { streamOutput: true, purpose: 'installing packages', errorCode: 'STEP_FAILED', hint: serve ? `${installHint}; offline, ${command} sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : installHint }),
       );
     },
     async upgrade(session, names, upgrade = {}) {
-      const extra = await repositoryOptions(session);
-      await withCache(session, upgrade.packageCache, extra, (options, keep) =>
+      const extra = [...(await repositoryOptions(session)), ...served(upgrade)];
+      await withCache(session, upgrade, extra, (options, keep) =>
         session.exec(dnfUpgradeArgs(command, names, options, keep), {
           streamOutput: true,
           purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
@@ -246,12 +259,12 @@ export function createDnf(options: DnfOptions): PackageManager {
         }),
       );
     },
-    async remove(session, names) {
-      await session.exec(dnfRemoveArgs(command, names, await releasever(session)), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
+    async remove(session, names, options) {
+      await session.exec(dnfRemoveArgs(command, names, [...(await releasever(session)), ...served(options)]), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
     },
-    async hold(session, names) {
+    async hold(session, names, options) {
       if (await hasVersionlock(session)) {
-        await session.exec([command, 'versionlock', 'add', ...(await releasever(session)), ...names], {
+        await session.exec([command, 'versionlock', 'add', ...(await releasever(session)), ...served(options), ...names], {
           streamOutput: true,
           purpose: `holding ${names.join(' ')}`,
           errorCode: 'STEP_FAILED',

@@ -102,6 +102,11 @@ async function decompress(name: string, content: Buffer, sink: (text: string) =>
  */
 export class PrimaryReader {
   readonly packages = new Map<string, string>();
+  /** The whole `<package>` entry of each package whose sha256 is in `keep` (a bundle's index is made of them). */
+  readonly entries = new Map<string, string>();
+
+  constructor(private readonly keep?: ReadonlySet<string>) {}
+
   /** The text after the last `</package>`, in the pieces it came in (joined only when an entry ends). */
   private pending: string[] = [];
   private pendingLength = 0;
@@ -140,6 +145,7 @@ export class PrimaryReader {
     if (!sha256 || !SHA256.test(sha256) || !href) return;
     if (this.packages.size >= MAX_PACKAGES) throw new Error(`more than ${MAX_PACKAGES} packages`);
     this.packages.set(decodeXml(href), sha256);
+    if (this.keep?.has(sha256) && !this.entries.has(sha256)) this.entries.set(sha256, `${body}</package>`);
   }
 }
 
@@ -149,10 +155,10 @@ function decodeXml(text: string): string {
 
 /**
  * The packages a repository's cached metadata names (location href → sha256), from the guest directory that
- * holds its repomd.xml and primary file. Undefined, with the reason, when the metadata is missing or not
+ * holds its repomd.xml and primary file, with the entries of the packages whose sha256 is in `keep`. Undefined, with the reason, when the metadata is missing or not
  * readable as such: that repository's packages are then simply not cached.
  */
-export async function readRepositoryPackages(root: string, repodataDir: string): Promise<{ packages: Map<string, string> } | { skipped: string }> {
+export async function readRepositoryPackages(root: string, repodataDir: string, keep?: ReadonlySet<string>): Promise<{ packages: Map<string, string>; entries: Map<string, string> } | { skipped: string }> {
   try {
     const repomd = await readGuestFile(root, `${repodataDir}/repomd.xml`, 4 << 20);
     if (!repomd) return { skipped: 'no repomd.xml' };
@@ -160,9 +166,9 @@ export async function readRepositoryPackages(root: string, repodataDir: string):
     if (!name) return { skipped: 'its repomd.xml names no primary file' };
     const content = await readGuestFile(root, `${repodataDir}/${name}`, MAX_COMPRESSED_BYTES);
     if (!content) return { skipped: `${name} is missing` };
-    const reader = new PrimaryReader();
+    const reader = new PrimaryReader(keep);
     await decompress(name, content, (text) => reader.push(text));
-    return { packages: reader.packages };
+    return { packages: reader.packages, entries: reader.entries };
   } catch (error) {
     // Unreadable or unbounded metadata is a reason not to cache, never a failed build.
     return { skipped: (error as Error).message };

@@ -10,7 +10,9 @@ import { readRepositoryPackages } from './rpm-metadata.js';
  */
 
 /** One repository as the guest's manager caches it. */
-interface CachedRepository {
+export interface CachedRepository {
+  /** The repository's id (dnf) or alias (zypper), from its cache directory's name; undefined when that is not plain. */
+  id: string | undefined;
   /** The guest directory holding repomd.xml and the primary file. */
   repodata: string;
   /** Where the manager keeps this repository's downloaded packages. */
@@ -27,7 +29,7 @@ const RPM_NAME = /^[A-Za-z0-9][A-Za-z0-9+._~^-]*\.rpm$/;
 /** How deep the walk for package files goes below a repository's package directory (zypper nests by architecture). */
 const WALK_DEPTH = 4;
 /** The most entries the walk visits in one guest's package cache (a real one holds a few thousand at most). */
-const MAX_WALK_ENTRIES = 50_000;
+export const MAX_WALK_ENTRIES = 50_000;
 
 /**
  * A relative location without `..`, `.` or empty parts, ending in an rpm file name, no deeper than the walk
@@ -39,19 +41,25 @@ export function plainRelative(href: string): string | undefined {
   return RPM_NAME.test(parts[parts.length - 1]) ? parts.join('/') : undefined;
 }
 
+/** dnf names a repository's cache directory `<id>-<16 hex digits of a hash of its URLs>`. */
+const DNF_CACHE_SUFFIX = /-[0-9a-f]{16}$/;
+/** A repository id that is safe as a file name and as a dnf or zypper option's value. */
+const REPOSITORY_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+const repositoryId = (name: string) => (REPOSITORY_ID.test(name) ? name : undefined);
+
 /**
  * dnf 4 keeps each repository in /var/cache/dnf/<id>-<hash>/ (dnf 5 in /var/cache/libdnf5/): repodata/ and
  * packages/<file name of the location>. zypper keeps the metadata in /var/cache/zypp/raw/<alias>/repodata/ and
  * packages in /var/cache/zypp/packages/<alias>/<location>.
  */
-async function cachedRepositories(root: string, layout: RpmCacheLayout): Promise<CachedRepository[]> {
+export async function cachedRepositories(root: string, layout: RpmCacheLayout): Promise<CachedRepository[]> {
   const found: CachedRepository[] = [];
   if (layout === 'dnf') {
     for (const base of ['/var/cache/dnf', '/var/cache/libdnf5']) {
       for (const name of (await readGuestDir(root, base)) ?? []) {
         const dir = `${base}/${name}`;
         if (!(await statGuest(root, `${dir}/repodata/repomd.xml`))?.isFile()) continue;
-        found.push({ repodata: `${dir}/repodata`, packages: `${dir}/packages`, pathOf: (href) => (plainRelative(href) ? `${dir}/packages/${posix.basename(href)}` : undefined) });
+        found.push({ id: repositoryId(name.replace(DNF_CACHE_SUFFIX, '')), repodata: `${dir}/repodata`, packages: `${dir}/packages`, pathOf: (href) => (plainRelative(href) ? `${dir}/packages/${posix.basename(href)}` : undefined) });
       }
     }
     return found;
@@ -59,7 +67,7 @@ async function cachedRepositories(root: string, layout: RpmCacheLayout): Promise
   for (const alias of (await readGuestDir(root, '/var/cache/zypp/raw')) ?? []) {
     if (!(await statGuest(root, `/var/cache/zypp/raw/${alias}/repodata/repomd.xml`))?.isFile()) continue;
     const packages = `/var/cache/zypp/packages/${alias}`;
-    found.push({ repodata: `/var/cache/zypp/raw/${alias}/repodata`, packages, pathOf: (href) => {
+    found.push({ id: repositoryId(alias), repodata: `/var/cache/zypp/raw/${alias}/repodata`, packages, pathOf: (href) => {
       const relative = plainRelative(href);
       return relative ? `${packages}/${relative}` : undefined;
     } });
@@ -71,7 +79,7 @@ async function cachedRepositories(root: string, layout: RpmCacheLayout): Promise
  * Every .rpm under a guest directory, WALK_DEPTH levels deep, links included; undefined when the walk would visit
  * more than `budget.left` entries (a crafted guest's tree of any width must not make a build walk without end).
  */
-async function rpmFilesUnder(root: string, dir: string, budget: { left: number }, depth = WALK_DEPTH): Promise<string[] | undefined> {
+export async function rpmFilesUnder(root: string, dir: string, budget: { left: number }, depth = WALK_DEPTH): Promise<string[] | undefined> {
   const files: string[] = [];
   const names = (await readGuestDir(root, dir)) ?? [];
   budget.left -= names.length;

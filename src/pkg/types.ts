@@ -69,11 +69,21 @@ export interface PackageCollector {
    * empty one, so that apt has its source offline where everything asked for was already installed.
    */
   aptTransaction(): void;
+  /**
+   * An .rpm whose bytes hash to the sha256 its repository's cached metadata names, with that metadata's `<package>`
+   * entry, kept under the repository (dnf id, zypper alias) it came from.
+   */
+  addRpm(content: Buffer, sha256: string, repository: string, entry: string, origin: string): Promise<void>;
 }
 
 export interface ServedRepository {
-  /** Guest directory of the bundle's apt repository (read-only: bundle.list, Packages, Release, the .deb files). */
-  aptDir: string;
+  /** apt: guest directory of the bundle's flat repository (read-only: bundle.list, Packages, Release, the .deb files). */
+  aptDir?: string;
+  /**
+   * dnf, zypper: guest directory holding one rpm-md repository (repodata/, packages/) per repository of the guest
+   * the bundle's packages came from, named by its id; zypper's .repo files for them in .repos.d/.
+   */
+  rpm?: { dir: string; repositories: string[] };
   /** What the repository holds: package name → its versions. */
   packages: Map<string, Set<string>>;
 }
@@ -95,7 +105,8 @@ export interface WrittenFile {
 export interface PackageManager {
   readonly name: string;
   install(session: ChrootSession, packages: PackageSpec[], options?: InstallOptions): Promise<void>;
-  remove(session: ChrootSession, names: string[]): Promise<void>;
+  /** `options.bundle`: offline, a manager that reads its repositories to remove reads the bundle's. */
+  remove(session: ChrootSession, names: string[], options?: InstallOptions): Promise<void>;
   /**
    * Empties the package cache and the downloaded package lists, so the image carries no stale indexes (sysprep).
    * A later install in the same session fetches the lists again.
@@ -104,7 +115,7 @@ export interface PackageManager {
   /** Upgrades the named installed packages (never installs new ones), or everything with 'all'. */
   upgrade(session: ChrootSession, names: string[] | 'all', options?: InstallOptions): Promise<void>;
   /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock, zypper addlock). */
-  hold(session: ChrootSession, names: string[]): Promise<void>;
+  hold(session: ChrootSession, names: string[], options?: InstallOptions): Promise<void>;
   /**
    * Writes the repository's key and source definition into the guest; the next install or upgrade in this
    * session refreshes the package lists first. Returns the files written (key first).

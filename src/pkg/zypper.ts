@@ -3,7 +3,9 @@ import { ImageBuilderError } from '../util/errors.js';
 import { queryRpmDatabase, rpmArchitecture } from './rpm.js';
 import { emptyCacheDirs, refuseAptFields, releaseverOption, repoSection, writeRpmRepository } from './rpm-guest.js';
 import { withRpmPackageCache } from './rpm-package-cache.js';
-import type { PackageCacheUse, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { collectRpmDownloads, zypperBundleOptions } from './rpm-bundle.js';
+import { requireInBundle } from './bundle-use.js';
+import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
 /**
  * zypper (openSUSE Leap and Tumbleweed, SLES): inside the chroot with the guest's own configuration. Every command
@@ -81,9 +83,12 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
   // libzypp takes $releasever from the base product (/etc/products.d/baseproduct), else from a release package.
   const releasever = releaseverOption({ releasever: options.releasever, files: ['/etc/products.d/baseproduct'], render: (version) => ['--releasever', version] });
 
+  /** Offline (apply --bundle): the global options that make zypper read the bundle's repositories instead of the guest's. */
+  const served = (use: InstallOptions = {}): string[] => (use.bundle?.serve?.rpm ? zypperBundleOptions(use.bundle.serve) : []);
+
   /** Global options of a command that reads repositories: the first one in a session refreshes them all. */
-  const repositoryOptions = async (session: ChrootSession): Promise<string[]> => {
-    const global = await releasever(session);
+  const repositoryOptions = async (session: ChrootSession, use: InstallOptions): Promise<string[]> => {
+    const global = [...(await releasever(session)), ...served(use)];
     if (!refreshed.has(session)) {
       await session.exec([...ZYPPER, ...global, 'refresh'], {
         streamOutput: true,
@@ -97,16 +102,22 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
   };
 
   /**
-   * A transaction with the package cache around it: zypper keeps no download of a repository that says
-   * keeppackages=0, so it runs twice, first --download-only (what that fetches is taken into the cache), then
-   * for real, from what is then in its cache. The metadata was refreshed before (repositoryOptions).
+   * A transaction with the package cache around it, or making a bundle, every package it fetched kept: zypper
+   * keeps no download of a repository that says keeppackages=0, so it runs twice, first --download-only (what
+   * that fetches is taken), then for real, from what is then in its cache. The metadata was refreshed before
+   * (repositoryOptions).
    */
-  const withCache = async (session: ChrootSession, cache: PackageCacheUse | undefined, transaction: (extra: string[]) => Promise<unknown>) => {
-    if (!cache) {
+  const withCache = async (session: ChrootSession, use: InstallOptions, transaction: (extra: string[]) => Promise<unknown>) => {
+    const collect = use.bundle?.collect;
+    if (collect) {
+      await collectRpmDownloads(session.root, 'zypper', collect, () => transaction(DOWNLOAD_ONLY), () => transaction([]));
+      return;
+    }
+    if (!use.packageCache) {
       await transaction([]);
       return;
     }
-    await withRpmPackageCache(session.root, 'zypper', cache, 'zypper', () => transaction(DOWNLOAD_ONLY), () => transaction([]));
+    await withRpmPackageCache(session.root, 'zypper', use.packageCache, 'zypper', () => transaction(DOWNLOAD_ONLY), () => transaction([]));
   };
 
   const unsupported = (what: string, hint: string) => new ImageBuilderError('STEP_FAILED', `zypper has no ${what}`, { hint });
@@ -117,8 +128,10 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
       if (install.disableExcludes) {
         throw unsupported(`repository excludes to disable (disable_excludes: ${install.disableExcludes})`, 'disable_excludes is for dnf and yum: give that packages step `when: { family: redhat }`');
       }
-      const global = await repositoryOptions(session);
-      await withCache(session, install.packageCache, (extra) =>
+      const serve = install.bundle?.serve;
+      if (serve) await requireInBundle(session.root, serve, packages, (root) => this.listInstalled(root));
+      const global = await repositoryOptions(session, install);
+      await withCache(session, install, (extra) =>
         session.exec(zypperInstallArgs(packages, global, extra), {
           streamOutput: true,
           purpose: extra.length ? 'downloading packages' : 'installing packages',
@@ -130,8 +143,8 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
       );
     },
     async upgrade(session, names, upgrade = {}) {
-      const global = await repositoryOptions(session);
-      await withCache(session, upgrade.packageCache, (extra) =>
+      const global = await repositoryOptions(session, upgrade);
+      await withCache(session, upgrade, (extra) =>
         session.exec(zypperUpgradeArgs(names, global, options.rolling, extra), {
           streamOutput: true,
           purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
@@ -140,8 +153,8 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
         }),
       );
     },
-    async remove(session, names) {
-      await session.exec(zypperRemoveArgs(names, await releasever(session)), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
+    async remove(session, names, options) {
+      await session.exec(zypperRemoveArgs(names, [...(await releasever(session)), ...served(options)]), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
     },
     async hold(session, names) {
       // A lock in /etc/zypp/locks: no install, update or removal changes these packages until `zypper removelock`.

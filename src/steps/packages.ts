@@ -86,15 +86,16 @@ export const packagesStep = defineStep({
   needsPackageManager: () => true,
   async run(context, spec) {
     const manager = requireFamily(context.distro, 'the packages step').packageManager;
-    if (spec.remove?.length) await manager.remove(context.session, spec.remove);
+    const bundle = context.packageBundle ? { bundle: context.packageBundle } : {};
+    if (spec.remove?.length) await manager.remove(context.session, spec.remove, bundle);
     const packageCache = {
       ...(context.packageCacheDir ? { packageCache: { dir: context.packageCacheDir, log: context.log } } : {}),
-      ...(context.packageBundle ? { bundle: context.packageBundle } : {}),
+      ...bundle,
     };
     if (spec.install?.length) await manager.install(context.session, spec.install.map(parsePackageSpec), { ...(spec.disable_excludes ? { disableExcludes: spec.disable_excludes } : {}), ...packageCache });
     if (spec.upgrade === true) await manager.upgrade(context.session, 'all', packageCache);
     else if (spec.upgrade?.length) await manager.upgrade(context.session, spec.upgrade, packageCache);
     const hold = holdNames(spec);
-    if (hold.length) await manager.hold(context.session, hold);
+    if (hold.length) await manager.hold(context.session, hold, bundle);
   },
 });

@@ -5,6 +5,8 @@ import { execa } from 'execa';
 import { FIXTURE_CACHE } from './fixtures.js';
 import { REPO, sha256 } from './host.js';
 import { withImageMounted } from './inspect.js';
+import { deriveImage } from './derive-image.js';
+import { FEDORA_PATH, type RpmMirror } from './rpm-mirror.js';
 
 /**
  * The synthetic RPM-family guests (bin/make-debian-image): Debian's userland with Debian's own rpm and package
@@ -87,4 +89,33 @@ export function expectPinnedKubernetesBom(bom: { packages: { name: string }[]; r
   });
   expect(byName.ethtool).toMatchObject({ version: '2:6.7-1.fc40', epoch: 2, architecture: 'x86_64', sourceRpm: 'ethtool-6.7-1.fc40.src.rpm', origin: 'added' });
   expect(bom.removedPackages).toEqual([]);
+}
+
+/**
+ * A copy of the synthetic rpm-guest (Debian userland, Debian's rpm and dnf, os-release Fedora 40) whose dnf knows
+ * a Fedora repository, as every real Fedora image does: /etc/yum.repos.d/fedora.repo as Fedora ships it ($releasever,
+ * $basearch and all), pointing at the mirror's Fedora stand-in, and that repository's key in /etc/pki/rpm-gpg.
+ * Made without the code under test (deriveImage), into `work`.
+ */
+export async function rpmGuestWithFedoraRepository(work: string, mirror: RpmMirror): Promise<string> {
+  const baseurl = `${mirror.url}${FEDORA_PATH.replace('/40/', '/$releasever/').replace('/x86_64/', '/$basearch/')}`;
+  return deriveImage(await rpmGuestImage(), join(work, 'fedora-guest.qcow2'), {
+    '/etc/yum.repos.d/fedora.repo':
+      `[fedora]\nname=Fedora $releasever - $basearch\nbaseurl=${baseurl}\nenabled=1\nmetadata_expire=7d\nrepo_gpgcheck=0\ntype=rpm\ngpgcheck=1\n` +
+      'gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-$releasever-$basearch\nskip_if_unavailable=False\n',
+    '/etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-40-x86_64': mirror.fedoraKey,
+  }, { partitioned: true, mountOptions: 'nouuid' });
+}
+
+/**
+ * The suse-guest fixture (openSUSE Leap 15.6 by os-release) with a main repository as a real image has one, its
+ * key already in the rpm database: here the stand-in repository of the node prerequisites. Into `work`.
+ */
+export async function suseGuestWithMainRepository(work: string, mirror: RpmMirror): Promise<string> {
+  return deriveImage(await rpmGuestImage('suse-guest'), join(work, 'suse-guest.qcow2'), {
+    '/etc/zypp/repos.d/repo-oss.repo':
+      `[repo-oss]\nname=Main Repository\nenabled=1\nautorefresh=1\nbaseurl=${mirror.fedoraRepoUrl}\ntype=rpm-md\n` +
+      'gpgcheck=1\nrepo_gpgcheck=0\npkg_gpgcheck=1\ngpgkey=file:///etc/RPM-GPG-KEY-oss\nkeeppackages=0\n',
+    '/etc/RPM-GPG-KEY-oss': mirror.fedoraKey,
+  }, { partitioned: true, mountOptions: 'nouuid', thenRun: `rpm --root "$1" --dbpath /${RPM_GUEST_DBPATH} --import "$1/etc/RPM-GPG-KEY-oss"` });
 }

@@ -8,8 +8,7 @@ import { DEFAULT_SERIES, pinnedRelease, SERIES, startLocalMirror, type LocalMirr
 import { nodeRecipeSets } from '../helpers/recipes.js';
 import { writeOciArchive } from '../helpers/oci.js';
 import { expectValidBom } from '../helpers/bom-schema.js';
-import { deriveImage } from '../helpers/derive-image.js';
-import { RPM_GUEST_DBPATH, rpmGuestImage, rpmInstalled, withRpmGuestMounted } from '../helpers/rpm-guest.js';
+import { rpmGuestWithFedoraRepository, rpmInstalled, suseGuestWithMainRepository, withRpmGuestMounted } from '../helpers/rpm-guest.js';
 import { evr, FEDORA_PACKAGES, FEDORA_PATH, OTHER_DISTRO_PACKAGES, RPM_PATH, startRpmMirror, type RpmMirror, type RpmPackage } from '../helpers/rpm-mirror.js';
 
 /** The names of the steps a build skipped (their `when:` did not match the guest), from its BOM. */
@@ -199,22 +198,6 @@ describe('recipes/kubernetes-node.yaml against a local mirror', () => {
 });
 
 /**
- * A copy of the synthetic rpm-guest (Debian userland, Debian's rpm and dnf, os-release Fedora 40) whose dnf knows
- * a Fedora repository, as every real Fedora image does: /etc/yum.repos.d/fedora.repo as Fedora ships it ($releasever,
- * $basearch and all), pointing at the mirror's Fedora stand-in, and that repository's key in /etc/pki/rpm-gpg.
- * Made without the code under test (deriveImage).
- */
-async function rpmGuestWithFedoraRepository(work: string, mirror: RpmMirror): Promise<string> {
-  const baseurl = `${mirror.url}${FEDORA_PATH.replace('/40/', '/$releasever/').replace('/x86_64/', '/$basearch/')}`;
-  return deriveImage(await rpmGuestImage(), join(work, 'fedora-guest.qcow2'), {
-    '/etc/yum.repos.d/fedora.repo':
-      `[fedora]\nname=Fedora $releasever - $basearch\nbaseurl=${baseurl}\nenabled=1\nmetadata_expire=7d\nrepo_gpgcheck=0\ntype=rpm\ngpgcheck=1\n` +
-      'gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-$releasever-$basearch\nskip_if_unavailable=False\n',
-    '/etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-40-x86_64': mirror.fedoraKey,
-  }, { partitioned: true, mountOptions: 'nouuid' });
-}
-
-/**
  * The same shipped recipe on the RedHat family, on a SYNTHETIC Fedora 40 guest (the rpm-guest fixture: Debian's
  * userland with Debian's real rpm and dnf) that knows a stand-in of Fedora's repository. pkgs.k8s.io's RPM
  * repository is stood in for by a local one built with rpmbuild and signed like upstream; again only --set
@@ -321,14 +304,7 @@ describe('recipes/kubernetes-node.yaml on synthetic Fedora 40 and openSUSE Leap 
   });
 
   test('zypper: prerequisites from the distribution repository, pkgs.k8s.io, pinned install locked by addlock', async () => {
-    // The suse-guest fixture (openSUSE Leap 15.6 by os-release) with a main repository as a real image has one,
-    // its key already in the rpm database: here the stand-in repository of the prerequisites.
-    const input = await deriveImage(await rpmGuestImage('suse-guest'), join(work, 'suse-guest.qcow2'), {
-      '/etc/zypp/repos.d/repo-oss.repo':
-        `[repo-oss]\nname=Main Repository\nenabled=1\nautorefresh=1\nbaseurl=${rpmMirror.fedoraRepoUrl}\ntype=rpm-md\n` +
-        'gpgcheck=1\nrepo_gpgcheck=0\npkg_gpgcheck=1\ngpgkey=file:///etc/RPM-GPG-KEY-oss\nkeeppackages=0\n',
-      '/etc/RPM-GPG-KEY-oss': rpmMirror.fedoraKey,
-    }, { partitioned: true, mountOptions: 'nouuid', thenRun: `rpm --root "$1" --dbpath /${RPM_GUEST_DBPATH} --import "$1/etc/RPM-GPG-KEY-oss"` });
+    const input = await suseGuestWithMainRepository(work, rpmMirror);
     const output = join(work, 'node-suse.qcow2');
     const before = await hostState();
     const served = rpmMirror.requests.length;

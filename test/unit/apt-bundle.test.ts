@@ -1,4 +1,5 @@
-import { aptBundleIndex, aptBundleOptions, bundlePackages, missingFromBundle, stanzasBySha256 } from '../../src/pkg/apt-bundle.js';
+import { aptBundleIndex, aptBundleOptions, bundlePackages, stanzasBySha256 } from '../../src/pkg/apt-bundle.js';
+import { missingFromBundle } from '../../src/pkg/bundle-use.js';
 import { sha256Text } from '../../src/util/digest.js';
 
 const A = 'a'.repeat(64);

@@ -67,7 +67,7 @@ describe('rpm-md metadata read on the host, as data', () => {
     await writeFile(join(dir, `cache/repodata/${name}`), content);
     return readRepositoryPackages(dir, '/cache/repodata');
   };
-  const expected = { packages: new Map([['x86_64/kubelet-1.36.2-150500.1.1.x86_64.rpm', A], ['Packages/a/a&b-1-1.noarch.rpm', B]]) };
+  const expected = { packages: new Map([['x86_64/kubelet-1.36.2-150500.1.1.x86_64.rpm', A], ['Packages/a/a&b-1-1.noarch.rpm', B]]), entries: new Map() };
 
   test('gzip and zstd primary files (zstd as Fedora and openSUSE compress theirs, made by the real zstd)', async () => {
     expect(await repository('1-primary.xml.gz', gzipSync(PRIMARY))).toEqual(expected);

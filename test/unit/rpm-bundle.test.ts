@@ -1,0 +1,131 @@
+import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { collectRpmDownloads, dnfBundleOptions, rpmBundleIndex, rpmBundlePackages, zypperBundleOptions, zypperBundleRepoFile } from '../../src/pkg/rpm-bundle.js';
+import { PrimaryReader } from '../../src/pkg/rpm-metadata.js';
+import type { PackageCollector } from '../../src/pkg/types.js';
+import { sha256Text } from '../../src/util/digest.js';
+import type { Logger } from '../../src/util/log.js';
+
+const entry = (name: string, version: { epoch?: string; ver: string; rel: string }, sha256: string, href: string, extra = '') =>
+  `<package type="rpm"><name>${name}</name><arch>x86_64</arch><version epoch="${version.epoch ?? '0'}" ver="${version.ver}" rel="${version.rel}"/>` +
+  `<checksum type="sha256" pkgid="YES">${sha256}</checksum><location href="${href}"/>${extra}<format><rpm:provides/></format></package>`;
+
+const A = 'a'.repeat(64);
+const B = 'b'.repeat(64);
+
+describe('rpm bundle repositories', () => {
+  test('the index: entries as the metadata gave them, sorted, each with one location, the bundle\'s file; repomd names its sha256', () => {
+    const kubelet = entry('kubelet', { ver: '1.36.2', rel: '150500.1.1' }, A, 'x86_64/kubelet.rpm');
+    // A crafted entry with a second location: only the bundle's stays.
+    const ethtool = entry('ethtool', { epoch: '2', ver: '6.7', rel: '1.fc40' }, B, '../../etc/shadow', '<location href="elsewhere.rpm"/>');
+    const { primary, repomd } = rpmBundleIndex([
+      { sha256: A, entry: kubelet, filename: `packages/${A}.rpm` },
+      { sha256: B, entry: ethtool, filename: `packages/${B}.rpm` },
+    ], new Date(1_700_000_000_000));
+    expect(primary).toMatch(/^<\?xml version="1.0" encoding="UTF-8"\?>\n<metadata xmlns="http:\/\/linux.duke.edu\/metadata\/common" xmlns:rpm="http:\/\/linux.duke.edu\/metadata\/rpm" packages="2">\n/);
+    expect(primary.indexOf('<name>ethtool</name>')).toBeLessThan(primary.indexOf('<name>kubelet</name>'));
+    expect(primary.match(/<location [^>]*\/>/g)).toEqual([`<location href="packages/${B}.rpm"/>`, `<location href="packages/${A}.rpm"/>`]);
+    expect(primary).not.toContain('shadow');
+    expect(primary.endsWith('</metadata>\n')).toBe(true);
+    expect(repomd).toContain(`<checksum type="sha256">${sha256Text(primary)}</checksum>`);
+    expect(repomd).toContain(`<size>${Buffer.byteLength(primary)}</size>`);
+    expect(repomd).toContain('<location href="repodata/primary.xml"/>');
+    expect(repomd).toContain('<timestamp>1700000000</timestamp>');
+    // One set of packages, one index, whatever order they were kept in.
+    expect(rpmBundleIndex([{ sha256: B, entry: ethtool, filename: `packages/${B}.rpm` }, { sha256: A, entry: kubelet, filename: `packages/${A}.rpm` }], new Date(1_700_000_000_000)).primary).toBe(primary);
+  });
+
+  test('an entry without a self-closing location gets the bundle\'s one', () => {
+    const text = `<package type="rpm"><name>x</name><version epoch="0" ver="1" rel="1"/><checksum type="sha256">${A}</checksum></package>`;
+    expect(rpmBundleIndex([{ sha256: A, entry: text, filename: 'packages/x.rpm' }]).primary).toContain('<location href="packages/x.rpm"/></package>');
+  });
+
+  test('what it holds, in every form a recipe pins a version', () => {
+    const { primary } = rpmBundleIndex([
+      { sha256: A, entry: entry('kubelet', { ver: '1.36.2', rel: '150500.1.1' }, A, 'k.rpm'), filename: 'packages/a.rpm' },
+      { sha256: B, entry: entry('ethtool', { epoch: '2', ver: '6.7', rel: '1.fc40' }, B, 'e.rpm'), filename: 'packages/b.rpm' },
+    ]);
+    const packages = rpmBundlePackages(primary);
+    expect([...packages.get('kubelet')!].sort()).toEqual(['1.36.2', '1.36.2-150500.1.1']);
+    expect([...packages.get('ethtool')!].sort()).toEqual(['2:6.7', '2:6.7-1.fc40', '6.7', '6.7-1.fc40']);
+    expect(packages.has('packager')).toBe(false);
+  });
+
+  test('dnf: every repository of the guest off but the bundle\'s, each read from its directory; zypper: the bundle\'s repos.d', () => {
+    const served = { rpm: { dir: '/run/imagebuilder-bundle/rpm', repositories: ['fedora', 'kubernetes'] }, packages: new Map() };
+    const options = dnfBundleOptions(served);
+    // Every repository off first, then the bundle's on: by setopt, which a repository not defined yet leaves unused.
+    expect(options[0]).toBe('--setopt=*.enabled=0');
+    expect(options.indexOf('--setopt=kubernetes.enabled=1')).toBeGreaterThan(0);
+    expect(options.some((option) => option.startsWith('--enablerepo') || option.startsWith('--disablerepo'))).toBe(false);
+    expect(options).toContain('--setopt=kubernetes.baseurl=file:///run/imagebuilder-bundle/rpm/kubernetes/');
+    expect(options).toContain('--setopt=fedora.metalink=');
+    expect(options).toContain('--setopt=fedora.repo_gpgcheck=0');
+    expect(options.some((option) => /gpgcheck=0/.test(option) && !/repo_gpgcheck/.test(option))).toBe(false);
+    expect(options.at(-1)).toMatch(/^--setopt=cachedir=\/run\//);
+    expect(zypperBundleOptions(served)).toEqual(['--reposd-dir', '/run/imagebuilder-bundle/rpm/.repos.d', '--cache-dir', expect.stringMatching(/^\/run\//)]);
+    const repo = zypperBundleRepoFile('kubernetes', '/run/imagebuilder-bundle/rpm');
+    expect(repo).toMatch(/^\[kubernetes\]$/m);
+    expect(repo).toMatch(/^baseurl=dir:\/run\/imagebuilder-bundle\/rpm\/kubernetes$/m);
+    expect(repo).toMatch(/^pkg_gpgcheck=1$/m);
+  });
+
+  test('the primary reader keeps the whole entries asked for, and only those', () => {
+    const reader = new PrimaryReader(new Set([B]));
+    const text = `<metadata>${entry('kubelet', { ver: '1', rel: '1' }, A, 'k.rpm')}${entry('ethtool', { ver: '2', rel: '1' }, B, 'e.rpm')}</metadata>`;
+    reader.push(text.slice(0, 100));
+    reader.push(text.slice(100));
+    expect([...reader.packages.values()]).toEqual([A, B]);
+    expect([...reader.entries.keys()]).toEqual([B]);
+    expect(reader.entries.get(B)).toBe(entry('ethtool', { ver: '2', rel: '1' }, B, 'e.rpm'));
+  });
+});
+
+describe('collecting what dnf fetched, on a guest tree', () => {
+  let root: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'ib-rpm-bundle-'));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const logger = (warnings: string[]): Logger => ({ info: () => undefined, warn: (text: string) => warnings.push(text), debug: () => undefined, error: () => undefined }) as unknown as Logger;
+
+  test('packages that match the metadata are kept with their entries; an altered one and a guest link are not; the new files go', async () => {
+    const repo = join(root, 'var/cache/dnf/kubernetes-0123456789abcdef');
+    const good = Buffer.from('a real package');
+    const altered = Buffer.from('not what the metadata says');
+    const primary = `<metadata>${entry('kubelet', { ver: '1', rel: '1' }, sha256Text(good), 'x86_64/kubelet.rpm')}${entry('kubeadm', { ver: '1', rel: '1' }, A, 'x86_64/kubeadm.rpm')}${entry('shadow', { ver: '1', rel: '1' }, sha256Text('secret'), 'x86_64/shadow.rpm')}</metadata>`;
+    await mkdir(join(repo, 'repodata'), { recursive: true });
+    await writeFile(join(repo, 'repodata/repomd.xml'), '<repomd><data type="primary"><location href="repodata/primary.xml"/></data></repomd>');
+    await writeFile(join(repo, 'repodata/primary.xml'), primary);
+    await writeFile(join(root, 'secret'), 'secret');
+    const kept: { sha256: string; repository: string; entry: string; content: string }[] = [];
+    const warnings: string[] = [];
+    const collector = {
+      log: logger(warnings),
+      aptTransaction: () => undefined,
+      addDeb: async () => undefined,
+      addRpm: async (content: Buffer, sha256: string, repository: string, text: string) => {
+        kept.push({ sha256, repository, entry: text, content: content.toString() });
+      },
+    } satisfies PackageCollector;
+    let installed = false;
+    const count = await collectRpmDownloads(root, 'dnf', collector, async () => {
+      await mkdir(join(repo, 'packages'), { recursive: true });
+      await writeFile(join(repo, 'packages/kubelet.rpm'), good);
+      await writeFile(join(repo, 'packages/kubeadm.rpm'), altered);
+      // A guest link to a host-side file whose bytes the metadata names: never followed.
+      await symlink(join(root, 'secret'), join(repo, 'packages/shadow.rpm'));
+    }, async () => {
+      installed = true;
+    });
+    expect(count).toBe(1);
+    expect(installed).toBe(true);
+    expect(kept).toEqual([{ sha256: sha256Text(good), repository: 'kubernetes', entry: expect.stringContaining('<name>kubelet</name>'), content: 'a real package' }]);
+    expect(warnings.join('\n')).toContain('kubeadm.rpm is not what repository kubernetes');
+    expect(await readdir(join(repo, 'packages'))).toEqual([]);
+  });
+});
