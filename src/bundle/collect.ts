@@ -1,11 +1,14 @@
-import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { StepDownloads } from '../fetch/downloads.js';
 import { networkDownloads } from '../fetch/downloads.js';
 import { aptBundleIndex } from '../pkg/apt-bundle.js';
 import { rpmBundleIndex } from '../pkg/rpm-bundle.js';
 import type { PackageCollector } from '../pkg/types.js';
-import { sha256Text } from '../util/digest.js';
+import type { StepHostFiles } from '../steps/types.js';
+import { sha256File, sha256Text } from '../util/digest.js';
+import { ImageBuilderError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { writeBundleManifest, type BundleFile, type BundleManifest } from './manifest.js';
 
@@ -41,6 +44,9 @@ export class BundleCollector implements PackageCollector {
   /** repository id → sha256 → its metadata entry */
   private readonly rpms = new Map<string, Map<string, string>>();
   private aptUsed = false;
+  /** Container archive name → the sha256 kept for it; how many were copied in (each staged under its own name). */
+  private readonly hostFileSha256 = new Map<string, string>();
+  private hostFileCount = 0;
 
   constructor(
     readonly dir: string,
@@ -85,6 +91,33 @@ export class BundleCollector implements PackageCollector {
     this.downloaded.set(url, sha256);
     this.entries.set(`url:${url}`, { path, kind: 'download', origin: url });
   }
+
+  /** Container archives beside the recipe: each kept under its sha256 and recorded by the name the recipe gives it. */
+  readonly hostFiles: StepHostFiles = {
+    path: async (named, hostPath, what) => {
+      const info = await stat(hostPath).catch(() => undefined);
+      // A missing one fails the step as always, with its own message.
+      if (!info?.isFile()) return hostPath;
+      const staged = join(this.dir, BUNDLE_LAYOUT.files, `.incoming-${this.hostFileCount++}`);
+      await mkdir(dirname(staged), { recursive: true });
+      await copyFile(hostPath, staged, constants.COPYFILE_FICLONE);
+      const sha256 = await sha256File(staged);
+      const previous = this.hostFileSha256.get(named);
+      if (previous !== undefined && previous !== sha256) {
+        await rm(staged, { force: true });
+        throw new ImageBuilderError('BAD_RECIPE', `two different ${what}s are named ${named} (recipe files in different directories?); a bundle tells them apart by that name`, {
+          hint: 'give them different names (or paths) in the recipe, then run `imagebuilder bundle` again',
+        });
+      }
+      this.hostFileSha256.set(named, sha256);
+      const path = `${BUNDLE_LAYOUT.files}/${sha256}`;
+      // Two names for the same bytes share one file.
+      if (await stat(join(this.dir, path)).then(() => true, () => false)) await rm(staged, { force: true });
+      else await rename(staged, join(this.dir, path));
+      this.entries.set(`host:${named}`, { path, kind: 'container-archive', origin: named });
+      return hostPath;
+    },
+  };
 
   aptTransaction(): void {
     this.aptUsed = true;

@@ -13,7 +13,7 @@ import { IMAGE_FORMATS } from '../image/qemu-img.js';
 export const BUNDLE_MANIFEST = 'bundle.json';
 export const BUNDLE_MANIFEST_VERSION = 1;
 
-export type BundleFileKind = 'base-image' | 'base-sums' | 'download' | 'repository-key' | 'package' | 'repository-index' | 'bundle-key';
+export type BundleFileKind = 'base-image' | 'base-sums' | 'download' | 'container-archive' | 'repository-key' | 'package' | 'repository-index' | 'bundle-key';
 
 export interface BundleFile {
   /** Relative to the bundle directory, '/'-separated, never leaving it. */

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { StepDownloads } from '../fetch/downloads.js';
+import type { StepHostFiles } from '../steps/types.js';
 import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
 import { RPM_BUNDLE_GUEST_DIR, rpmBundlePackages, ZYPPER_REPOS_DIR, zypperBundleRepoFile } from '../pkg/rpm-bundle.js';
 import type { ServedRepository } from '../pkg/types.js';
@@ -27,6 +28,8 @@ export interface OpenedBundle {
   baseImage: string;
   /** The steps' downloads, served by URL from the bundle. */
   downloads: StepDownloads;
+  /** The container archives the recipe names, served by that name from the bundle. */
+  hostFiles: StepHostFiles;
   /**
    * The package repositories (apt's, or dnf's/zypper's), copied into the build's work directory, where the guest
    * sees them (a read-only bind) and what they hold; none when the recipe installs nothing.
@@ -170,6 +173,23 @@ function bundledDownloads(dir: string, manifest: BundleManifest): StepDownloads 
   };
 }
 
+/** The container archives the recipe names, served by that name from the bundle (checked again when used). */
+function bundledHostFiles(dir: string, manifest: BundleManifest): StepHostFiles {
+  const byName = new Map(manifest.files.filter((file) => file.kind === 'container-archive' && file.origin).map((file) => [file.origin!, file]));
+  return {
+    async path(named, _hostPath, what) {
+      const file = byName.get(named);
+      if (!file) {
+        throw new ImageBuilderError('STEP_FAILED', `the bundle has no ${what} ${named}`, {
+          hint: 'the bundle was made for another recipe: run `imagebuilder bundle` again with this recipe on the connected side',
+        });
+      }
+      if ((await sha256File(join(dir, file.path))) !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+      return join(dir, file.path);
+    },
+  };
+}
+
 /**
  * The bundle's apt repository copied into the build's work directory (each file checked against the manifest as
  * it is copied), with the one source list apt is given (written here, never taken from the bundle).
@@ -247,6 +267,7 @@ export async function openBundle(source: string, workDir: string, log: Logger): 
     sha256,
     baseImage: join(dir, manifest.base.path),
     downloads: bundledDownloads(dir, manifest),
+    hostFiles: bundledHostFiles(dir, manifest),
     packages: (await serveApt(dir, manifest, workDir)) ?? (await serveRpm(dir, manifest, workDir)),
   };
 }

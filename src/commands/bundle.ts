@@ -14,7 +14,8 @@ export default class Bundle extends BaseCommand {
   static override description =
     'On a connected host: verifies the base image, then runs the recipe for real on a throw-away copy of it (no step or ' +
     "package cache) and keeps everything the build fetched: the base image with a SHA256SUMS naming it, every download " +
-    "step's file and checksum file and every repository step's key (by URL), and every package the guest's own manager " +
+    "step's file and checksum file and every repository step's key (by URL), every container archive beside the recipe " +
+    "(by its name in the recipe), and every package the guest's own manager " +
     '(apt, dnf, zypper) fetched, as it resolved them step after step: .deb files as a flat apt repository whose index is the ' +
     "stanzas of the guest's signed package lists, .rpm files as one rpm-md repository per repository of the guest they came " +
     "from, whose metadata is that repository's own entries. bundle.json lists every file with its sha256, its origin and the " +

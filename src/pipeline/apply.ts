@@ -182,6 +182,7 @@ const BUNDLE_TRUST_RPM =
 function offlineFrom(bundle: OpenedBundle) {
   return {
     downloads: bundle.downloads,
+    hostFiles: bundle.hostFiles,
     packageBundle: bundle.packages ? { serve: bundle.packages.repository } : undefined,
     offline: { readOnlyBinds: bundle.packages ? [{ host: bundle.packages.hostDir, guest: bundle.packages.guestDir }] : [] },
   };

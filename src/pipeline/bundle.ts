@@ -66,6 +66,7 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
       hostPorts: options.hostPorts,
       fetchTimeouts: options.image?.timeouts,
       downloads: collector.downloads,
+      hostFiles: collector.hostFiles,
       packageBundle: { collect: collector },
     });
     await releaseGuest(context);

@@ -12,7 +12,7 @@ import type { HttpTimeouts } from '../fetch/http.js';
 import type { MountBackendName } from '../mount/backend.js';
 import type { Recipe, RecipeStep } from '../recipe/load.js';
 import { whenMismatch } from '../steps/when.js';
-import { createRecorder } from '../steps/types.js';
+import { createRecorder, type StepHostFiles } from '../steps/types.js';
 import type { Held } from '../util/cleanup.js';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { throwIfAborted } from '../util/signals.js';
@@ -53,6 +53,8 @@ export interface Phase1Options {
   downloads?: StepDownloads;
   /** An air-gapped bundle being made (its collector) or built from (its repository). */
   packageBundle?: PackageBundleUse;
+  /** Host files a bundle carries (container archives): kept while one is made, served from it offline. */
+  hostFiles?: StepHostFiles;
   /** apply --bundle: no network at all, and the bundle's repository bound read-only into each session. */
   offline?: { readOnlyBinds: NonNullable<ChrootOptions['readOnlyBinds']> };
 }
@@ -153,7 +155,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const initramfs = await watchInitramfs(session.root);
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, downloads: options.downloads, packageBundle: options.packageBundle }, step.spec);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.

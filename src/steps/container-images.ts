@@ -1,6 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+import { normalize } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { OneOf } from '../util/json-schema.js';
 import type { ChrootSession } from '../chroot/session.js';
@@ -81,8 +82,14 @@ export const containerImagesStep = defineStep({
   async run(context, spec) {
     const { session } = context;
     const namespace = spec.namespace ?? 'k8s.io';
-    const hostArchives = spec.archives.filter((a): a is string => typeof a === 'string').map((a) => confinedHostPath(context, a));
-    for (const path of hostArchives) {
+    // Each host archive as the recipe names it, read from the host or, offline, from the bundle.
+    const hostArchives = new Map<number, string>();
+    for (const [index, archive] of spec.archives.entries()) {
+      if (typeof archive !== 'string') continue;
+      const hostPath = confinedHostPath(context, archive);
+      hostArchives.set(index, context.hostFiles ? await context.hostFiles.path(normalize(archive), hostPath, 'container image archive') : hostPath);
+    }
+    for (const path of hostArchives.values()) {
       if (!(await stat(path).catch(() => undefined))?.isFile()) {
         throw new ImageBuilderError('BAD_RECIPE', `${context.label}: container image archive not found: ${path}`, { hint: 'archive paths are relative to the recipe file' });
       }
@@ -105,7 +112,7 @@ export const containerImagesStep = defineStep({
         continue;
       }
       const staged = `${STATE_DIR}/archives/${index}.tar`;
-      await stage(staged, createReadStream(confinedHostPath(context, archive)));
+      await stage(staged, createReadStream(hostArchives.get(index)!));
       archives.push(staged);
     }
     context.log.info(`${context.label}: importing ${spec.archives.map((a) => (typeof a === 'string' ? a : a.guest)).join(', ')}`);

@@ -80,6 +80,20 @@ export interface StepContext extends StepEnvironment {
   downloads?: StepDownloads;
   /** bundle: what the package manager fetched is kept; apply --bundle: it sees only the bundle's repository. */
   packageBundle?: PackageBundleUse;
+  /** Host files beside the recipe that a bundle carries (container archives): kept while one is made, served from it. */
+  hostFiles?: StepHostFiles;
+}
+
+/**
+ * Host files a step reads beside the recipe that an air-gapped bundle carries, because they are large and made
+ * elsewhere (container image archives): making a bundle keeps each one; apply --bundle reads the bundle's copy.
+ */
+export interface StepHostFiles {
+  /**
+   * The file to read for the one the recipe names `named` (relative to the recipe file naming it), found on this
+   * host at `hostPath`: that path itself, or the bundle's verified copy. `what` names it in messages.
+   */
+  path(named: string, hostPath: string, what: string): Promise<string>;
 }
 
 /**

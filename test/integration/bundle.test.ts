@@ -7,6 +7,7 @@ import { CLI, leftoversUnder, NOTHING_LEFT, REPO, runCli } from '../helpers/host
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { SERIES, startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { nodeRecipeSets, writeRecipe } from '../helpers/recipes.js';
+import { writeOciArchive } from '../helpers/oci.js';
 
 /**
  * Air-gapped builds (issue #20), for real: `imagebuilder bundle` runs a recipe against the signed local mirror
@@ -183,6 +184,35 @@ describe('air-gapped bundles (apt)', () => {
       }
       expect(await readFile(join(root, 'etc/containerd/config.toml'), 'utf8')).toContain('SystemdCgroup = true');
     });
+  }, 1_200_000);
+
+  test('a container archive beside the recipe travels in the bundle: built offline where the recipe has no archive beside it', async () => {
+    const connected = join(work, 'connected');
+    const far = join(work, 'far');
+    await mkdir(connected);
+    await mkdir(far);
+    const { manifestDigest } = await writeOciArchive(join(connected, 'pause.tar'), 'registry.k8s.io/pause:3.9', 'hello from the bundle\n');
+    const steps = [{ packages: { install: ['containerd'] } }, { 'container-images': { archives: ['pause.tar'] } }];
+    const recipe = await writeRecipe(connected, 'images', steps);
+    const dir = join(work, 'images-bundle');
+    const made = await runCli(['bundle', recipe, '--disk-image', disk, '--output', dir, '--mount-backend', 'fuse'], { env });
+    if (made.exitCode !== 0) throw new Error(made.all);
+    const manifest = JSON.parse(await readFile(join(dir, 'bundle.json'), 'utf8'));
+    const archive = manifest.files.find((file: { kind: string }) => file.kind === 'container-archive');
+    expect(archive).toMatchObject({ origin: 'pause.tar', sha256: createHash('sha256').update(await readFile(join(connected, 'pause.tar'))).digest('hex') });
+
+    // The far side has the recipe and the bundle, nothing else.
+    const farRecipe = await writeRecipe(far, 'images', steps);
+    const output = join(work, 'images.qcow2');
+    const result = await offline(['apply', farRecipe, '--bundle', dir, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'none']);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect((await bom(output)).containerImages).toEqual([{ reference: 'registry.k8s.io/pause:3.9', digest: manifestDigest, namespace: 'k8s.io' }]);
+
+    const renamed = await writeRecipe(far, 'renamed', [steps[0], { 'container-images': { archives: ['other.tar'] } }]);
+    const missing = await offline(['apply', renamed, '--bundle', dir, '--output', join(work, 'renamed.qcow2'), '--mount-backend', 'fuse']);
+    expect(missing.exitCode).toBe(4);
+    expect(missing.stderr).toContain('the bundle has no container image archive other.tar');
+    expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
   }, 1_200_000);
 
   test('the shipped node recipe against the stand-in mirrors, as one archive, built offline: pinned and held packages, the table\'s components', async () => {
