@@ -34,8 +34,10 @@ export interface BundleBase {
 
 /**
  * What `imagebuilder bundle` gathers while the recipe runs on a throw-away copy of the base: every file a step
- * downloaded (by URL), every .deb apt fetched (with its signed list's stanza), every .rpm dnf or zypper fetched (with
- * its repository's metadata entry). finish() writes the repositories' indexes and bundle.json. Everything is written into `dir` (the partial bundle) as it arrives.
+ * downloaded (by URL), every container archive a step read beside the recipe (by its name there), every .deb apt
+ * fetched (with its signed list's stanza), every .rpm dnf or zypper fetched (with its repository's metadata entry).
+ * finish() writes the repositories' indexes and bundle.json. Everything is written into `dir` (the partial bundle)
+ * as it arrives.
  */
 export class BundleCollector implements PackageCollector {
   private readonly entries = new Map<string, Omit<BundleFile, 'sha256' | 'size'>>();

@@ -9,9 +9,19 @@ export function missingFromBundle(served: ServedRepository, requested: PackageSp
     .filter(({ name, version }) => {
       const versions = served.packages.get(name);
       if (version === undefined) return !versions?.size && !installed.has(name);
-      return !versions?.has(version) && installed.get(name) !== version;
+      const present = installed.get(name);
+      return !versions?.has(version) && !(present !== undefined && installedAs(present, version));
     })
     .map(({ name, version }) => (version === undefined ? name : `${name}=${version}`));
+}
+
+/**
+ * Whether an installed version is the one a recipe pins: exactly, or (rpm) the pin without the release or epoch
+ * that rpm prints (`kubectl=1.36.2` is installed as `1.36.2-150500.1.1`, `ethtool=6.7-1.fc40` as `2:6.7-1.fc40`).
+ */
+export function installedAs(installed: string, pinned: string): boolean {
+  const withoutEpoch = installed.replace(/^\d+:/, '');
+  return [installed, withoutEpoch].some((version) => version === pinned || version.startsWith(`${pinned}-`));
 }
 
 /** apply --bundle: what the bundle lacks fails here, naming it, before the package manager runs. */

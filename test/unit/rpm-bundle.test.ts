@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { collectRpmDownloads, dnfBundleOptions, rpmBundleIndex, rpmBundlePackages, zypperBundleOptions, zypperBundleRepoFile } from '../../src/pkg/rpm-bundle.js';
 import { PrimaryReader } from '../../src/pkg/rpm-metadata.js';
 import type { PackageCollector } from '../../src/pkg/types.js';
+import { installedAs, missingFromBundle } from '../../src/pkg/bundle-use.js';
 import { sha256Text } from '../../src/util/digest.js';
 import type { Logger } from '../../src/util/log.js';
 
@@ -127,5 +128,15 @@ describe('collecting what dnf fetched, on a guest tree', () => {
     expect(kept).toEqual([{ sha256: sha256Text(good), repository: 'kubernetes', entry: expect.stringContaining('<name>kubelet</name>'), content: 'a real package' }]);
     expect(warnings.join('\n')).toContain('kubeadm.rpm is not what repository kubernetes');
     expect(await readdir(join(repo, 'packages'))).toEqual([]);
+  });
+});
+
+describe('what a bundle lacks, before the manager runs', () => {
+  const served = { rpm: { dir: '/run/x', repositories: ['kubernetes'] }, packages: new Map([['kubelet', new Set(['1.36.2', '1.36.2-150500.1.1'])]]) };
+  test('a package pinned as rpm prints it without release or epoch counts as installed; anything else the bundle lacks is named', () => {
+    const installed = new Map([['kubectl', '1.36.2-150500.1.1'], ['ethtool', '2:6.7-1.fc40']]);
+    const specs = [{ name: 'kubelet', version: '1.36.2' }, { name: 'kubectl', version: '1.36.2' }, { name: 'ethtool', version: '6.7-1.fc40' }, { name: 'kubectl', version: '1.36.3' }, { name: 'jq' }];
+    expect(missingFromBundle(served, specs, installed)).toEqual(['kubectl=1.36.3', 'jq']);
+    expect(installedAs('1.36.20-1', '1.36.2')).toBe(false);
   });
 });
