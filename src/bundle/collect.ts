@@ -23,6 +23,9 @@ export const BUNDLE_LAYOUT = {
   rpm: 'rpm',
 } as const;
 
+/** The most metadata-entry text a bundle holds in memory for its rpm repositories. */
+const MAX_KEPT_ENTRY_BYTES = 256 << 20;
+
 /** The base image as phase 0 verified it: kept in the bundle with a sums file naming it. */
 export interface BundleBase {
   path: string;
@@ -49,6 +52,7 @@ export class BundleCollector implements PackageCollector {
   /** Container archive name → the sha256 kept for it; how many were copied in (each staged under its own name). */
   private readonly hostFileSha256 = new Map<string, string>();
   private hostFileCount = 0;
+  private entryBytes = 0;
 
   constructor(
     readonly dir: string,
@@ -134,10 +138,17 @@ export class BundleCollector implements PackageCollector {
     this.entries.set(path, { path, kind: 'package', origin });
   }
 
+  rpmRepositories(ids: string[]): void {
+    for (const id of ids) if (!this.rpms.has(id)) this.rpms.set(id, new Map());
+  }
+
   async addRpm(content: Buffer, sha256: string, repository: string, entry: string, origin: string): Promise<void> {
-    if (!this.rpms.has(repository)) this.rpms.set(repository, new Map());
+    this.rpmRepositories([repository]);
     const kept = this.rpms.get(repository)!;
     if (kept.has(sha256)) return;
+    // The entries are held until finish(): bounded, whatever a crafted guest's metadata holds.
+    this.entryBytes += entry.length;
+    if (this.entryBytes > MAX_KEPT_ENTRY_BYTES) throw new ImageBuilderError('STEP_FAILED', `bundle: the kept packages' metadata entries exceed ${MAX_KEPT_ENTRY_BYTES} bytes`, { hint: 'a real recipe keeps a few MiB of them: is the guest\'s repository metadata what it should be?' });
     const path = `${BUNDLE_LAYOUT.rpm}/${repository}/packages/${sha256}.rpm`;
     await mkdir(join(this.dir, dirname(path)), { recursive: true });
     await writeFile(join(this.dir, path), content);

@@ -173,9 +173,13 @@ function bundledDownloads(dir: string, manifest: BundleManifest): StepDownloads 
   };
 }
 
-/** The container archives the recipe names, served by that name from the bundle (checked again when used). */
-function bundledHostFiles(dir: string, manifest: BundleManifest): StepHostFiles {
+/**
+ * The container archives the recipe names, served by that name from the bundle: each copied into the build's work
+ * directory and checked there, so what the step reads is what was checked.
+ */
+function bundledHostFiles(dir: string, manifest: BundleManifest, workDir: string): StepHostFiles {
   const byName = new Map(manifest.files.filter((file) => file.kind === 'container-archive' && file.origin).map((file) => [file.origin!, file]));
+  const copied = new Map<string, string>();
   return {
     async path(named, _hostPath, what) {
       const file = byName.get(named);
@@ -184,8 +188,12 @@ function bundledHostFiles(dir: string, manifest: BundleManifest): StepHostFiles 
           hint: 'the bundle was made for another recipe: run `imagebuilder bundle` again with this recipe on the connected side',
         });
       }
-      if ((await sha256File(join(dir, file.path))) !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
-      return join(dir, file.path);
+      if (!copied.has(file.sha256)) {
+        const copy = join(workDir, 'bundle-host-files', file.sha256);
+        await copyChecked(dir, file, copy);
+        copied.set(file.sha256, copy);
+      }
+      return copied.get(file.sha256)!;
     },
   };
 }
@@ -212,7 +220,7 @@ async function serveApt(dir: string, manifest: BundleManifest, workDir: string):
 }
 
 /** A file of one of the bundle's rpm-md repositories: REPOSITORY/packages/SHA256.rpm or REPOSITORY/repodata/{primary,repomd}.xml. */
-const RPM_REPOSITORY_FILE = /^([A-Za-z0-9][A-Za-z0-9_.-]{0,99})\/(packages\/[0-9a-f]{64}\.rpm|repodata\/(primary|repomd)\.xml)$/;
+const RPM_REPOSITORY_FILE = /^([A-Za-z0-9][A-Za-z0-9_.:-]{0,99})\/(packages\/[0-9a-f]{64}\.rpm|repodata\/(primary|repomd)\.xml)$/;
 
 /**
  * The bundle's rpm-md repositories copied into the build's work directory (each file checked against the manifest
@@ -267,7 +275,7 @@ export async function openBundle(source: string, workDir: string, log: Logger): 
     sha256,
     baseImage: join(dir, manifest.base.path),
     downloads: bundledDownloads(dir, manifest),
-    hostFiles: bundledHostFiles(dir, manifest),
+    hostFiles: bundledHostFiles(dir, manifest, workDir),
     packages: (await serveApt(dir, manifest, workDir)) ?? (await serveRpm(dir, manifest, workDir)),
   };
 }

@@ -4,7 +4,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { queryRpmDatabase, rpmArchitecture } from './rpm.js';
 import { emptyCacheDirs, readGuestConfig, refuseAptFields, releaseverOption, repoSection, writeRpmRepository } from './rpm-guest.js';
 import { withRpmPackageCache } from './rpm-package-cache.js';
-import { collectRpmDownloads, dnfBundleOptions } from './rpm-bundle.js';
+import { collectRpmDownloads, definedDnfRepositories, dnfBundleOptions } from './rpm-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
 
@@ -232,7 +232,8 @@ export function createDnf(options: DnfOptions): PackageManager {
   };
 
   /** Offline (apply --bundle): the options that make dnf read the bundle's repositories instead of the guest's. */
-  const served = (use: InstallOptions = {}): string[] => (use.bundle?.serve?.rpm ? dnfBundleOptions(use.bundle.serve) : []);
+  const served = async (session: ChrootSession, use: InstallOptions = {}): Promise<string[]> =>
+    use.bundle?.serve?.rpm ? dnfBundleOptions(use.bundle.serve, await definedDnfRepositories(session.root)) : [];
 
   const installHint =
     '"GPG check FAILED" means a package is not signed by the key its repository\'s gpgkey names; otherwise check the package ' +
@@ -243,13 +244,13 @@ export function createDnf(options: DnfOptions): PackageManager {
     async install(session, packages, install = {}) {
       const serve = install.bundle?.serve;
       if (serve) await requireInBundle(session.root, serve, packages, (root) => this.listInstalled(root));
-      const extra = [...(await repositoryOptions(session)), ...disableExcludes(install), ...served(install)];
+      const extra = [...(await repositoryOptions(session)), ...disableExcludes(install), ...(await served(session, install))];
       await withCache(session, install, extra, (options, keep) =>
         session.exec(dnfInstallArgs(command, packages, options, keep), { streamOutput: true, purpose: 'installing packages', errorCode: 'STEP_FAILED', hint: serve ? `${installHint}; offline, ${command} sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : installHint }),
       );
     },
     async upgrade(session, names, upgrade = {}) {
-      const extra = [...(await repositoryOptions(session)), ...served(upgrade)];
+      const extra = [...(await repositoryOptions(session)), ...(await served(session, upgrade))];
       await withCache(session, upgrade, extra, (options, keep) =>
         session.exec(dnfUpgradeArgs(command, names, options, keep), {
           streamOutput: true,
@@ -260,11 +261,11 @@ export function createDnf(options: DnfOptions): PackageManager {
       );
     },
     async remove(session, names, options) {
-      await session.exec(dnfRemoveArgs(command, names, [...(await releasever(session)), ...served(options)]), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
+      await session.exec(dnfRemoveArgs(command, names, [...(await releasever(session)), ...(await served(session, options))]), { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
     },
     async hold(session, names, options) {
       if (await hasVersionlock(session)) {
-        await session.exec([command, 'versionlock', 'add', ...(await releasever(session)), ...served(options), ...names], {
+        await session.exec([command, 'versionlock', 'add', ...(await releasever(session)), ...(await served(session, options)), ...names], {
           streamOutput: true,
           purpose: `holding ${names.join(' ')}`,
           errorCode: 'STEP_FAILED',

@@ -1,8 +1,9 @@
 import { sha256Text } from '../util/digest.js';
-import { readGuestFile, removeGuestFile } from '../util/guest-fs.js';
+import { readGuestDir, readGuestFile, readGuestText, removeGuestFile } from '../util/guest-fs.js';
 import { MAX_PACKAGE_BYTES } from './package-cache.js';
 import { cachedRepositories, MAX_WALK_ENTRIES, rpmFilesUnder, type RpmCacheLayout } from './rpm-package-cache.js';
-import { readRepositoryPackages } from './rpm-metadata.js';
+import { MAX_ENTRY_BYTES, readRepositoryPackages } from './rpm-metadata.js';
+import { ImageBuilderError } from '../util/errors.js';
 import { repoSection } from './rpm-guest.js';
 import type { PackageCollector, ServedRepository } from './types.js';
 
@@ -20,23 +21,46 @@ export const RPM_BUNDLE_GUEST_DIR = '/run/imagebuilder-bundle/rpm';
 /** The metadata the manager caches from them: in the session's private /run, never in the image. */
 const BUNDLE_CACHE = '/run/imagebuilder-bundle-cache';
 
+/** Where dnf 4 and dnf 5 read repository definitions (dnf 5 on Fedora 41+ also the distribution's own directories). */
+const DNF_REPOS_DIRS = ['/etc/yum.repos.d', '/etc/distro.repos.d', '/usr/share/dnf5/repos.d'];
+/** The most .repo files read from one of them (a real guest has a handful). */
+const MAX_REPO_FILES = 1000;
+
 /**
- * dnf's options that serve each of the bundle's repositories from the bundle and turn every other one off. By
- * --setopt only, never --enablerepo: a repository a later step of the recipe adds is not defined yet, and dnf
- * refuses to enable an unknown one, while a setopt for it is simply unused. dnf applies a repository's setopts in
- * the order given (the `*` one first), so the bundle's ones end up enabled.
+ * The repository ids the guest defines now: the section names of its .repo files, read as data (regular files
+ * only, bounded, no guest link followed). dnf 5 refuses a setopt for a repository it does not know, and a
+ * repository a later step adds is not defined yet.
  */
-export function dnfBundleOptions(served: ServedRepository): string[] {
+export async function definedDnfRepositories(root: string): Promise<Set<string>> {
+  const ids = new Set<string>();
+  for (const dir of DNF_REPOS_DIRS) {
+    const names = ((await readGuestDir(root, dir)) ?? []).filter((name) => name.endsWith('.repo')).slice(0, MAX_REPO_FILES);
+    for (const name of names) {
+      const text = await readGuestText(root, `${dir}/${name}`).catch(() => undefined);
+      for (const match of text?.matchAll(/^[ \t]*\[([^\]\r\n]+)\][ \t\r]*$/gm) ?? []) if (match[1] !== 'main') ids.add(match[1].trim());
+    }
+  }
+  return ids;
+}
+
+/**
+ * dnf's options that serve each of the bundle's repositories the guest defines now from the bundle and turn every
+ * other one off. By --setopt only, never --enablerepo (which enables a repository the guest had off); dnf applies
+ * a repository's setopts in the order given (the `*` one first), so the bundle's ones end up enabled. No module
+ * metadata is carried: module_hotfixes lets EL 8's modular packages install from the bundle all the same.
+ */
+export function dnfBundleOptions(served: ServedRepository, defined: ReadonlySet<string>): string[] {
   const { dir, repositories } = served.rpm!;
   return [
-    '--setopt=*.enabled=0',
-    ...repositories.flatMap((id) => [
+    ...(defined.size ? ['--setopt=*.enabled=0'] : []),
+    ...repositories.filter((id) => defined.has(id)).flatMap((id) => [
       `--setopt=${id}.enabled=1`,
       `--setopt=${id}.baseurl=file://${dir}/${id}/`,
       `--setopt=${id}.metalink=`,
       `--setopt=${id}.mirrorlist=`,
       // The bundle's metadata is unsigned (bundle.json, verified, names its sha256); packages are checked as the guest says.
       `--setopt=${id}.repo_gpgcheck=0`,
+      `--setopt=${id}.module_hotfixes=1`,
     ]),
     `--setopt=cachedir=${BUNDLE_CACHE}`,
   ];
@@ -72,9 +96,9 @@ export function zypperBundleRepoFile(alias: string, dir: string): string {
  * Runs a dnf or zypper transaction making a bundle: `download` must leave what it fetched in the guest's package
  * cache (dnf keepcache; zypper --download-only), then every package file there whose bytes hash to what its
  * repository's metadata names is kept, with that metadata's entry; `install`, when given, is the transaction
- * itself after that. Every package file that was not in the cache before is removed afterwards, so the throw-away
- * guest is as it would be without the bundle. Files are read through guest-fs (regular, bounded, no guest link
- * followed).
+ * itself after that. A fetched file that cannot be kept so fails the step (the bundle would be incomplete). Every
+ * package file that was not in the cache before is removed afterwards, so the throw-away guest is as it would be
+ * without the bundle. Files are read through guest-fs (regular, bounded, no guest link followed).
  */
 export async function collectRpmDownloads(root: string, layout: RpmCacheLayout, collector: PackageCollector, download: () => Promise<unknown>, install?: () => Promise<unknown>): Promise<number> {
   const walk = async () => {
@@ -87,39 +111,43 @@ export async function collectRpmDownloads(root: string, layout: RpmCacheLayout, 
     }
     return found;
   };
+  // What the base image's cache held already is neither kept nor removed: only what this transaction fetched.
   const before = new Set([...(await walk()).values()].flat());
+  const incomplete = (message: string) =>
+    new ImageBuilderError('STEP_FAILED', `bundle: ${message}; the bundle would lack packages this step needs`, { hint: 'the guest\'s package cache is not as dnf or zypper leaves it: build this image online, or report it' });
   let kept = 0;
   try {
     await download();
     const walked = await walk();
-    for (const repository of await cachedRepositories(root, layout)) {
-      const files = walked.get(repository.repodata) ?? [];
+    const repositories = await cachedRepositories(root, layout);
+    // Every repository the manager read is served offline, even one it fetched nothing from (then empty), so that
+    // apply --bundle never turns to the network for it.
+    collector.rpmRepositories(repositories.flatMap((repository) => (repository.id ? [repository.id] : [])));
+    for (const repository of repositories) {
+      const files = (walked.get(repository.repodata) ?? []).filter((path) => !before.has(path));
       if (!files.length) continue;
-      if (!repository.id) {
-        collector.log.warn(`bundle: the packages cached in ${repository.packages} are not kept: its repository's name is not a plain one`);
-        continue;
-      }
+      if (!repository.id) throw incomplete(`the packages fetched into ${repository.packages} have no repository name imagebuilder can use`);
       // Hashed one at a time (packages can be large), then kept with their entries from one read of the metadata.
       const hashes = new Map<string, string>();
       for (const path of files) {
         const content = await readGuestFile(root, path, MAX_PACKAGE_BYTES).catch(() => undefined);
-        if (content) hashes.set(path, sha256Text(content));
+        if (!content) throw incomplete(`${path} is not a regular file of at most ${MAX_PACKAGE_BYTES} bytes`);
+        hashes.set(path, sha256Text(content));
       }
       const read = await readRepositoryPackages(root, repository.repodata, new Set(hashes.values()));
-      if ('skipped' in read) {
-        collector.log.warn(`bundle: the packages of repository ${repository.id} are not kept: its metadata in ${repository.repodata}: ${read.skipped}`);
-        continue;
-      }
+      if ('skipped' in read) throw incomplete(`the metadata of repository ${repository.id} (${repository.repodata}) cannot be read: ${read.skipped}`);
       for (const [href, sha256] of read.packages) {
         const path = repository.pathOf(href);
         if (!path || hashes.get(path) !== sha256) continue;
+        const entry = read.entries.get(sha256);
         const content = await readGuestFile(root, path, MAX_PACKAGE_BYTES);
-        if (!content || sha256Text(content) !== sha256) continue;
-        await collector.addRpm(content, sha256, repository.id, read.entries.get(sha256)!, `${repository.repodata}: ${href}`);
+        if (!entry || !content || sha256Text(content) !== sha256) continue;
+        await collector.addRpm(content, sha256, repository.id, entry, `${repository.repodata}: ${href}`);
         hashes.delete(path);
         kept++;
       }
-      for (const path of hashes.keys()) if (!before.has(path)) collector.log.warn(`bundle: ${path} is not what repository ${repository.id}'s metadata says it is; not kept`);
+      const unmatched = [...hashes.keys()];
+      if (unmatched.length) throw incomplete(`${unmatched.join(', ')}: not what repository ${repository.id}'s metadata names (or its entry is larger than ${MAX_ENTRY_BYTES} bytes)`);
     }
     collector.log.info(`bundle: kept ${kept} .rpm file(s) the package manager fetched`);
     await install?.();
@@ -182,8 +210,8 @@ export function rpmBundleIndex(entries: { sha256: string; entry: string; filenam
 }
 
 /**
- * Package name → versions, from a bundle's primary.xml, in every form a recipe may pin one: `ver`, `ver-rel`,
- * and with its epoch `epoch:ver-rel`, `epoch:ver`.
+ * Package name (and name.arch, and every name it provides) → versions, from a bundle's primary.xml, in every form
+ * a recipe may pin one: `ver`, `ver-rel`, and with its epoch `epoch:ver-rel`, `epoch:ver`.
  */
 export function rpmBundlePackages(primary: string, into = new Map<string, Set<string>>()): Map<string, Set<string>> {
   for (const part of primary.split('</package>')) {
@@ -193,12 +221,14 @@ export function rpmBundlePackages(primary: string, into = new Map<string, Set<st
     const name = element(entry, 'name');
     const { epoch, ver, rel } = versionOf(entry);
     if (!name || !ver) continue;
-    if (!into.has(name)) into.set(name, new Set());
-    const versions = into.get(name)!;
-    const forms = [ver, ...(rel ? [`${ver}-${rel}`] : [])];
-    for (const form of forms) {
-      versions.add(form);
-      if (epoch && epoch !== '0') versions.add(`${epoch}:${form}`);
+    const forms = [ver, ...(rel ? [`${ver}-${rel}`] : [])].flatMap((form) => (epoch && epoch !== '0' ? [form, `${epoch}:${form}`] : [form]));
+    // What the package provides too (iptables by iptables-nft …), and name.arch: dnf and zypper install by either.
+    const arch = element(entry, 'arch');
+    const provides = /<rpm:provides>([\s\S]*?)<\/rpm:provides>/.exec(entry)?.[1] ?? '';
+    const names = new Set([name, ...(arch ? [`${name}.${arch}`] : []), ...[...provides.matchAll(/<rpm:entry\s+name="([^"]+)"/g)].map((match) => match[1])]);
+    for (const provided of names) {
+      if (!into.has(provided)) into.set(provided, new Set());
+      for (const form of forms) into.get(provided)!.add(form);
     }
   }
   return into;

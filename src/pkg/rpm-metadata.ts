@@ -18,6 +18,8 @@ const MAX_ZSTD_FRAME_BYTES = MAX_PRIMARY_BYTES;
 /** The most packages taken from one repository (Fedora's Everything has ~75 000). */
 const MAX_PACKAGES = 1_000_000;
 const SHA256 = /^[0-9a-f]{64}$/;
+/** The longest `<package>` entry kept for a bundle (a real one is a few KiB: its file list is in filelists.xml). */
+export const MAX_ENTRY_BYTES = 256 << 10;
 
 /** The primary file's name in repodata/ as repomd.xml gives it; undefined when it names none. */
 export function primaryLocation(repomd: string): string | undefined {
@@ -145,7 +147,8 @@ export class PrimaryReader {
     if (!sha256 || !SHA256.test(sha256) || !href) return;
     if (this.packages.size >= MAX_PACKAGES) throw new Error(`more than ${MAX_PACKAGES} packages`);
     this.packages.set(decodeXml(href), sha256);
-    if (this.keep?.has(sha256) && !this.entries.has(sha256)) this.entries.set(sha256, `${body}</package>`);
+    // Copied out of the chunk it was cut from (a slice would keep the whole chunk alive), and bounded.
+    if (this.keep?.has(sha256) && !this.entries.has(sha256) && body.length <= MAX_ENTRY_BYTES) this.entries.set(sha256, Buffer.from(`${body}</package>`).toString());
   }
 }
 

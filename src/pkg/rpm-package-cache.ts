@@ -43,8 +43,8 @@ export function plainRelative(href: string): string | undefined {
 
 /** dnf names a repository's cache directory `<id>-<16 hex digits of a hash of its URLs>`. */
 const DNF_CACHE_SUFFIX = /-[0-9a-f]{16}$/;
-/** A repository id that is safe as a file name and as a dnf or zypper option's value. */
-const REPOSITORY_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+/** A repository id that is safe as a file name and as a dnf or zypper option's value (`:` for Copr ids and SUSE services' repositories). */
+const REPOSITORY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$/;
 const repositoryId = (name: string) => (REPOSITORY_ID.test(name) ? name : undefined);
 
 /**

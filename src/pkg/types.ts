@@ -74,6 +74,8 @@ export interface PackageCollector {
    * entry, kept under the repository (dnf id, zypper alias) it came from.
    */
   addRpm(content: Buffer, sha256: string, repository: string, entry: string, origin: string): Promise<void>;
+  /** dnf or zypper ran a transaction reading these repositories: each is served offline, even with nothing in it. */
+  rpmRepositories(ids: string[]): void;
 }
 
 export interface ServedRepository {

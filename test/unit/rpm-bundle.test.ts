@@ -1,7 +1,7 @@
 import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { collectRpmDownloads, dnfBundleOptions, rpmBundleIndex, rpmBundlePackages, zypperBundleOptions, zypperBundleRepoFile } from '../../src/pkg/rpm-bundle.js';
+import { collectRpmDownloads, definedDnfRepositories, dnfBundleOptions, rpmBundleIndex, rpmBundlePackages, zypperBundleOptions, zypperBundleRepoFile } from '../../src/pkg/rpm-bundle.js';
 import { PrimaryReader } from '../../src/pkg/rpm-metadata.js';
 import type { PackageCollector } from '../../src/pkg/types.js';
 import { installedAs, missingFromBundle } from '../../src/pkg/bundle-use.js';
@@ -37,6 +37,13 @@ describe('rpm bundle repositories', () => {
     expect(rpmBundleIndex([{ sha256: B, entry: ethtool, filename: `packages/${B}.rpm` }, { sha256: A, entry: kubelet, filename: `packages/${A}.rpm` }], new Date(1_700_000_000_000)).primary).toBe(primary);
   });
 
+  test('a repository the manager read but fetched nothing from is an empty one, still served (never the network instead)', () => {
+    const { primary, repomd } = rpmBundleIndex([]);
+    expect(primary).toContain('packages="0">\n</metadata>\n');
+    expect(repomd).toContain(`<checksum type="sha256">${sha256Text(primary)}</checksum>`);
+    expect(rpmBundlePackages(primary).size).toBe(0);
+  });
+
   test('an entry without a self-closing location gets the bundle\'s one', () => {
     const text = `<package type="rpm"><name>x</name><version epoch="0" ver="1" rel="1"/><checksum type="sha256">${A}</checksum></package>`;
     expect(rpmBundleIndex([{ sha256: A, entry: text, filename: 'packages/x.rpm' }]).primary).toContain('<location href="packages/x.rpm"/></package>');
@@ -51,11 +58,17 @@ describe('rpm bundle repositories', () => {
     expect([...packages.get('kubelet')!].sort()).toEqual(['1.36.2', '1.36.2-150500.1.1']);
     expect([...packages.get('ethtool')!].sort()).toEqual(['2:6.7', '2:6.7-1.fc40', '6.7', '6.7-1.fc40']);
     expect(packages.has('packager')).toBe(false);
+    expect([...packages.get('kubelet.x86_64')!]).toContain('1.36.2');
+    const provided = rpmBundlePackages(rpmBundleIndex([{ sha256: A, entry: entry('iptables-nft', { ver: '1.8', rel: '1' }, A, 'i.rpm').replace('<rpm:provides/>', '<rpm:provides><rpm:entry name="iptables" flags="EQ" ver="1.8"/></rpm:provides>'), filename: 'packages/a.rpm' }]).primary);
+    expect([...provided.get('iptables')!]).toContain('1.8-1');
   });
 
   test('dnf: every repository of the guest off but the bundle\'s, each read from its directory; zypper: the bundle\'s repos.d', () => {
     const served = { rpm: { dir: '/run/imagebuilder-bundle/rpm', repositories: ['fedora', 'kubernetes'] }, packages: new Map() };
-    const options = dnfBundleOptions(served);
+    const options = dnfBundleOptions(served, new Set(['fedora', 'kubernetes', 'updates']));
+    // A repository the guest does not define (yet) gets no setopt (dnf 5 refuses one); with none defined, no glob either.
+    expect(dnfBundleOptions({ ...served, rpm: { ...served.rpm, repositories: ['fedora', 'later'] } }, new Set(['fedora'])).some((option) => option.includes('later'))).toBe(false);
+    expect(dnfBundleOptions(served, new Set())).toEqual([expect.stringMatching(/^--setopt=cachedir=/)]);
     // Every repository off first, then the bundle's on: by setopt, which a repository not defined yet leaves unused.
     expect(options[0]).toBe('--setopt=*.enabled=0');
     expect(options.indexOf('--setopt=kubernetes.enabled=1')).toBeGreaterThan(0);
@@ -63,6 +76,8 @@ describe('rpm bundle repositories', () => {
     expect(options).toContain('--setopt=kubernetes.baseurl=file:///run/imagebuilder-bundle/rpm/kubernetes/');
     expect(options).toContain('--setopt=fedora.metalink=');
     expect(options).toContain('--setopt=fedora.repo_gpgcheck=0');
+    expect(options).toContain('--setopt=fedora.module_hotfixes=1');
+    expect(options.some((option) => option.startsWith('--setopt=updates.'))).toBe(false);
     expect(options.some((option) => /gpgcheck=0/.test(option) && !/repo_gpgcheck/.test(option))).toBe(false);
     expect(options.at(-1)).toMatch(/^--setopt=cachedir=\/run\//);
     expect(zypperBundleOptions(served)).toEqual(['--reposd-dir', '/run/imagebuilder-bundle/rpm/.repos.d', '--cache-dir', expect.stringMatching(/^\/run\//)]);
@@ -94,39 +109,73 @@ describe('collecting what dnf fetched, on a guest tree', () => {
 
   const logger = (warnings: string[]): Logger => ({ info: () => undefined, warn: (text: string) => warnings.push(text), debug: () => undefined, error: () => undefined }) as unknown as Logger;
 
-  test('packages that match the metadata are kept with their entries; an altered one and a guest link are not; the new files go', async () => {
-    const repo = join(root, 'var/cache/dnf/kubernetes-0123456789abcdef');
-    const good = Buffer.from('a real package');
-    const altered = Buffer.from('not what the metadata says');
+  /** A dnf cache of repository kubernetes whose metadata names `kubelet.rpm` with the sha256 of `good`. */
+  const good = Buffer.from('a real package');
+  const repository = () => join(root, 'var/cache/dnf/kubernetes-0123456789abcdef');
+  const setUp = async () => {
+    const repo = repository();
     const primary = `<metadata>${entry('kubelet', { ver: '1', rel: '1' }, sha256Text(good), 'x86_64/kubelet.rpm')}${entry('kubeadm', { ver: '1', rel: '1' }, A, 'x86_64/kubeadm.rpm')}${entry('shadow', { ver: '1', rel: '1' }, sha256Text('secret'), 'x86_64/shadow.rpm')}</metadata>`;
     await mkdir(join(repo, 'repodata'), { recursive: true });
     await writeFile(join(repo, 'repodata/repomd.xml'), '<repomd><data type="primary"><location href="repodata/primary.xml"/></data></repomd>');
     await writeFile(join(repo, 'repodata/primary.xml'), primary);
     await writeFile(join(root, 'secret'), 'secret');
     const kept: { sha256: string; repository: string; entry: string; content: string }[] = [];
-    const warnings: string[] = [];
+    const repositories: string[] = [];
     const collector = {
-      log: logger(warnings),
+      log: logger([]),
       aptTransaction: () => undefined,
       addDeb: async () => undefined,
-      addRpm: async (content: Buffer, sha256: string, repository: string, text: string) => {
-        kept.push({ sha256, repository, entry: text, content: content.toString() });
+      rpmRepositories: (ids: string[]) => void repositories.push(...ids),
+      addRpm: async (content: Buffer, sha256: string, id: string, text: string) => {
+        kept.push({ sha256, repository: id, entry: text, content: content.toString() });
       },
     } satisfies PackageCollector;
+    return { repo, kept, repositories, collector };
+  };
+
+  test('the repositories a guest defines: section names of its .repo files, never through a guest link', async () => {
+    await mkdir(join(root, 'etc/yum.repos.d'), { recursive: true });
+    await mkdir(join(root, 'etc/distro.repos.d'), { recursive: true });
+    await writeFile(join(root, 'etc/yum.repos.d/kubernetes.repo'), '[kubernetes]\nbaseurl=x\n\n[kubernetes-source] \nenabled=0\n');
+    await writeFile(join(root, 'etc/distro.repos.d/fedora.repo'), '[fedora]\n[main]\n');
+    await writeFile(join(root, 'host.repo'), '[host-only]\n');
+    await symlink(join(root, 'host.repo'), join(root, 'etc/yum.repos.d/linked.repo'));
+    expect([...(await definedDnfRepositories(root))].sort()).toEqual(['fedora', 'kubernetes', 'kubernetes-source']);
+  });
+
+  test('what the transaction fetched is kept with its entry, under its repository; the new files go; the transaction runs after', async () => {
+    const { repo, kept, repositories, collector } = await setUp();
     let installed = false;
     const count = await collectRpmDownloads(root, 'dnf', collector, async () => {
       await mkdir(join(repo, 'packages'), { recursive: true });
       await writeFile(join(repo, 'packages/kubelet.rpm'), good);
-      await writeFile(join(repo, 'packages/kubeadm.rpm'), altered);
-      // A guest link to a host-side file whose bytes the metadata names: never followed.
-      await symlink(join(root, 'secret'), join(repo, 'packages/shadow.rpm'));
     }, async () => {
       installed = true;
     });
     expect(count).toBe(1);
     expect(installed).toBe(true);
+    expect(repositories).toEqual(['kubernetes']);
     expect(kept).toEqual([{ sha256: sha256Text(good), repository: 'kubernetes', entry: expect.stringContaining('<name>kubelet</name>'), content: 'a real package' }]);
-    expect(warnings.join('\n')).toContain('kubeadm.rpm is not what repository kubernetes');
+    expect(await readdir(join(repo, 'packages'))).toEqual([]);
+  });
+
+  test('a fetched file that is not what the metadata names fails the step, naming it, and is removed', async () => {
+    const { repo, kept, collector } = await setUp();
+    await expect(collectRpmDownloads(root, 'dnf', collector, async () => {
+      await mkdir(join(repo, 'packages'), { recursive: true });
+      await writeFile(join(repo, 'packages/kubeadm.rpm'), 'not what the metadata says');
+    })).rejects.toThrow(/kubeadm\.rpm: not what repository kubernetes's metadata names/);
+    expect(kept).toEqual([]);
+    expect(await readdir(join(repo, 'packages'))).toEqual([]);
+  });
+
+  test('a guest link in the cache to a host file whose bytes the metadata names is never followed', async () => {
+    const { repo, kept, collector } = await setUp();
+    await expect(collectRpmDownloads(root, 'dnf', collector, async () => {
+      await mkdir(join(repo, 'packages'), { recursive: true });
+      await symlink(join(root, 'secret'), join(repo, 'packages/shadow.rpm'));
+    })).rejects.toThrow(/shadow\.rpm is not a regular file/);
+    expect(kept).toEqual([]);
     expect(await readdir(join(repo, 'packages'))).toEqual([]);
   });
 });
