@@ -1,7 +1,7 @@
 import { sha256Text } from '../util/digest.js';
 import { readGuestDir, readGuestFile, readGuestText, removeGuestFile } from '../util/guest-fs.js';
 import { MAX_PACKAGE_BYTES } from './package-cache.js';
-import { cachedRepositories, MAX_WALK_ENTRIES, rpmFilesUnder, type RpmCacheLayout } from './rpm-package-cache.js';
+import { cachedPackageFiles, cachedRepositories, MAX_WALK_ENTRIES, type RpmCacheLayout } from './rpm-package-cache.js';
 import { MAX_ENTRY_BYTES, readRepositoryPackages } from './rpm-metadata.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { repoSection } from './rpm-guest.js';
@@ -102,13 +102,8 @@ export function zypperBundleRepoFile(alias: string, dir: string): string {
  */
 export async function collectRpmDownloads(root: string, layout: RpmCacheLayout, collector: PackageCollector, download: () => Promise<unknown>, install?: () => Promise<unknown>): Promise<number> {
   const walk = async () => {
-    const budget = { left: MAX_WALK_ENTRIES };
-    const found = new Map<string, string[]>();
-    for (const repository of await cachedRepositories(root, layout)) {
-      const files = await rpmFilesUnder(root, repository.packages, budget);
-      if (!files) throw new Error(`the guest's package cache holds more than ${MAX_WALK_ENTRIES} entries`);
-      found.set(repository.repodata, files);
-    }
+    const found = await cachedPackageFiles(root, await cachedRepositories(root, layout));
+    if (!found) throw new Error(`the guest's package cache holds more than ${MAX_WALK_ENTRIES} entries`);
     return found;
   };
   // What the base image's cache held already is neither kept nor removed: only what this transaction fetched.

@@ -79,7 +79,7 @@ export async function cachedRepositories(root: string, layout: RpmCacheLayout): 
  * Every .rpm under a guest directory, WALK_DEPTH levels deep, links included; undefined when the walk would visit
  * more than `budget.left` entries (a crafted guest's tree of any width must not make a build walk without end).
  */
-export async function rpmFilesUnder(root: string, dir: string, budget: { left: number }, depth = WALK_DEPTH): Promise<string[] | undefined> {
+async function rpmFilesUnder(root: string, dir: string, budget: { left: number }, depth = WALK_DEPTH): Promise<string[] | undefined> {
   const files: string[] = [];
   const names = (await readGuestDir(root, dir)) ?? [];
   budget.left -= names.length;
@@ -94,6 +94,21 @@ export async function rpmFilesUnder(root: string, dir: string, budget: { left: n
     } else if (name.endsWith('.rpm')) files.push(path);
   }
   return files;
+}
+
+/**
+ * The .rpm files in each repository's package directory (by its repodata directory), all of them walked within one
+ * budget of MAX_WALK_ENTRIES; undefined when the guest's cache holds more.
+ */
+export async function cachedPackageFiles(root: string, repositories: CachedRepository[]): Promise<Map<string, string[]> | undefined> {
+  const budget = { left: MAX_WALK_ENTRIES };
+  const found = new Map<string, string[]>();
+  for (const repository of repositories) {
+    const files = await rpmFilesUnder(root, repository.packages, budget);
+    if (!files) return undefined;
+    found.set(repository.repodata, files);
+  }
+  return found;
 }
 
 /**
@@ -119,14 +134,8 @@ export async function withRpmPackageCache(root: string, layout: RpmCacheLayout, 
     }
   }
   const present = async () => {
-    const budget = { left: MAX_WALK_ENTRIES };
-    const found: string[] = [];
-    for (const repository of repositories) {
-      const files = await rpmFilesUnder(root, repository.packages, budget);
-      if (!files) return undefined;
-      found.push(...files);
-    }
-    return found;
+    const found = await cachedPackageFiles(root, repositories);
+    return found && [...found.values()].flat();
   };
   const walked = await present();
   if (!walked) {

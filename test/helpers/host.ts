@@ -17,6 +17,12 @@ export async function runCli(args: string[], options: { cwd?: string; env?: Reco
   return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr), all: String(result.all) };
 }
 
+/** The CLI in a network namespace of its own with no interface but loopback (an air-gapped host, made with unshare --net). */
+export async function runCliOffline(args: string[], env: Record<string, string>) {
+  const result = await execa('unshare', ['--net', '--', 'node', CLI, ...args], { env, reject: false, all: true });
+  return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr), all: String(result.all) };
+}
+
 /** `--json` prints one event per line, the result last: the result. */
 export function jsonResult<T = any>(stdout: string): T {
   const lines = stdout.trim().split('\n');

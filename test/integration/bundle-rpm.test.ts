@@ -1,7 +1,7 @@
 import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { CLI, leftoversUnder, NOTHING_LEFT, REPO, runCli } from '../helpers/host.js';
+import { leftoversUnder, NOTHING_LEFT, REPO, runCli, runCliOffline } from '../helpers/host.js';
 import { writeRecipe } from '../helpers/recipes.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { nodeRecipeSets } from '../helpers/recipes.js';
@@ -28,10 +28,7 @@ describe.each([
   let env: Record<string, string>;
   const bundleDir = () => join(work, 'bundle');
 
-  const offline = async (args: string[]) => {
-    const result = await execa('unshare', ['--net', '--', 'node', CLI, ...args], { env, reject: false, all: true });
-    return { exitCode: result.exitCode, stderr: String(result.stderr), stdout: String(result.stdout), all: String(result.all) };
-  };
+  const offline = (args: string[]) => runCliOffline(args, env);
   const bom = async (output: string) => JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
 
   beforeAll(async () => {

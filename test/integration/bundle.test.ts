@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { CLI, leftoversUnder, NOTHING_LEFT, REPO, runCli } from '../helpers/host.js';
+import { leftoversUnder, NOTHING_LEFT, REPO, runCli, runCliOffline } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { SERIES, startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { nodeRecipeSets, writeRecipe } from '../helpers/recipes.js';
@@ -22,11 +22,7 @@ describe('air-gapped bundles (apt)', () => {
   let env: Record<string, string>;
   const bundleDir = () => join(work, 'bundle');
 
-  /** The CLI in a network namespace of its own with no interface but loopback. */
-  const offline = async (args: string[], extraEnv: Record<string, string> = {}) => {
-    const result = await execa('unshare', ['--net', '--', 'node', CLI, ...args], { env: { ...env, ...extraEnv }, reject: false, all: true });
-    return { exitCode: result.exitCode, stderr: String(result.stderr), stdout: String(result.stdout), all: String(result.all) };
-  };
+  const offline = (args: string[], extraEnv: Record<string, string> = {}) => runCliOffline(args, { ...env, ...extraEnv });
   const bom = async (output: string) => JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
 
   beforeAll(async () => {
