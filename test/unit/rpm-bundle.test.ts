@@ -1,8 +1,9 @@
+import { execa } from 'execa';
 import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { collectRpmDownloads, definedDnfRepositories, dnfBundleOptions, rpmBundleIndex, rpmBundlePackages, zypperBundleOptions, zypperBundleRepoFile } from '../../src/pkg/rpm-bundle.js';
-import { PrimaryReader } from '../../src/pkg/rpm-metadata.js';
+import { MAX_ENTRY_BYTES, PrimaryReader } from '../../src/pkg/rpm-metadata.js';
 import type { PackageCollector } from '../../src/pkg/types.js';
 import { installedAs, missingFromBundle } from '../../src/pkg/bundle-use.js';
 import { sha256Text } from '../../src/util/digest.js';
@@ -177,6 +178,41 @@ describe('collecting what dnf fetched, on a guest tree', () => {
     })).rejects.toThrow(/shadow\.rpm is not a regular file/);
     expect(kept).toEqual([]);
     expect(await readdir(join(repo, 'packages'))).toEqual([]);
+  });
+
+  test('a FIFO in the cache, named as a package, is never opened: the step fails naming it', async () => {
+    const { repo, kept, collector } = await setUp();
+    await expect(collectRpmDownloads(root, 'dnf', collector, async () => {
+      await mkdir(join(repo, 'packages'), { recursive: true });
+      await execa('mkfifo', [join(repo, 'packages/kubelet.rpm')]);
+    })).rejects.toThrow(/kubelet\.rpm is not a regular file/);
+    expect(kept).toEqual([]);
+    expect(await readdir(join(repo, 'packages'))).toEqual([]);
+  });
+
+  test('an entry longer than the bound is not kept: the package fails the step rather than filling memory', async () => {
+    const { repo, kept, collector } = await setUp();
+    const big = `<metadata>${entry('kubelet', { ver: '1', rel: '1' }, sha256Text(good), 'x86_64/kubelet.rpm', `<description>${'x'.repeat(MAX_ENTRY_BYTES)}</description>`)}</metadata>`;
+    await writeFile(join(repo, 'repodata/primary.xml'), big);
+    await expect(collectRpmDownloads(root, 'dnf', collector, async () => {
+      await mkdir(join(repo, 'packages'), { recursive: true });
+      await writeFile(join(repo, 'packages/kubelet.rpm'), good);
+    })).rejects.toThrow(/its entry is larger than/);
+    expect(kept).toEqual([]);
+  });
+
+  test('a cache directory whose name is no plain repository id (a crafted guest\'s) keeps nothing and fails the step', async () => {
+    const { kept, repositories, collector } = await setUp();
+    const crafted = join(root, 'var/cache/dnf/.hidden-0123456789abcdef');
+    await mkdir(join(crafted, 'repodata'), { recursive: true });
+    await writeFile(join(crafted, 'repodata/repomd.xml'), '<repomd/>');
+    await expect(collectRpmDownloads(root, 'dnf', collector, async () => {
+      await mkdir(join(crafted, 'packages'), { recursive: true });
+      await writeFile(join(crafted, 'packages/kubelet.rpm'), good);
+    })).rejects.toThrow(/have no repository name imagebuilder can use/);
+    expect(kept).toEqual([]);
+    expect(repositories).toEqual(['kubernetes']);
+    expect(await readdir(join(crafted, 'packages'))).toEqual([]);
   });
 });
 
