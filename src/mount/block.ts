@@ -14,6 +14,11 @@ export interface BlockFilesystem {
   partLabel?: string;
 }
 
+/** A block device's size, from sysfs (512-byte sectors). */
+export async function blockDeviceBytes(device: string): Promise<number> {
+  return Number((await readFile(`/sys/class/block/${basename(device)}/size`, 'utf8')).trim()) * 512;
+}
+
 /** Partition devices of a disk as the kernel lists them in sysfs (loop0p1, nbd0p1 …), in order. */
 export async function listPartitions(device: string, sysBlock = '/sys/block'): Promise<string[]> {
   const name = basename(device);

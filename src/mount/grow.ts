@@ -1,6 +1,7 @@
 import { readFile, realpath, statfs } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
+import { blockDeviceBytes } from './block.js';
 import type { GuestLayout } from './layout.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatBytes } from '../util/size.js';
@@ -70,7 +71,7 @@ export function rootGrower(context: MountContext) {
   return {
     async beforeMount(root: { device: string; type: string }): Promise<void> {
       if (!GROWN_TYPES.includes(root.type)) throw new ImageBuilderError('BAD_INPUT', `--grow: the root filesystem is ${root.type}, which is not grown (${GROWN_TYPES.join(', ')} are)`);
-      before = { ...root, bytes: await deviceBytes(root.device) };
+      before = { ...root, bytes: await blockDeviceBytes(root.device) };
       const partition = await partitionOf(root.device);
       if (partition) await growPartition(context, root.device, partition.disk, partition.number);
       if (root.type.startsWith('ext')) {
@@ -88,18 +89,13 @@ export function rootGrower(context: MountContext) {
       if (root.type === 'xfs') await context.run('xfs_growfs', [root.hostPath], { log: context.log, purpose: 'growing the root filesystem (xfs)' });
       if (root.type === 'btrfs') await context.run('btrfs', ['filesystem', 'resize', 'max', root.hostPath], { log: context.log, purpose: 'growing the root filesystem (btrfs)' });
       const bytesAfter = await filesystemBytes(root.hostPath);
-      context.log.info(`--grow: the root filesystem (${root.type}) grew into ${formatBytes(await deviceBytes(root.device))} (its partition was ${formatBytes(before.bytes)}), ${formatBytes(bytesAfter)} usable`);
+      context.log.info(`--grow: the root filesystem (${root.type}) grew into ${formatBytes(await blockDeviceBytes(root.device))} (its partition was ${formatBytes(before.bytes)}), ${formatBytes(bytesAfter)} usable`);
       return { device: root.device, filesystem: root.type, bytesBefore: before.bytes, bytesAfter };
     },
   };
 }
 
 const GROWN_TYPES = ['ext2', 'ext3', 'ext4', 'xfs', 'btrfs'];
-
-/** A block device's size, from sysfs (512-byte sectors). */
-async function deviceBytes(device: string): Promise<number> {
-  return Number((await readFile(`/sys/class/block/${basename(device)}/size`, 'utf8')).trim()) * 512;
-}
 
 /** Below this much room left (or 1 % of the filesystem, whichever is more), a failed step is taken to have run out. */
 const FULL_BELOW_BYTES = 32 * 2 ** 20;

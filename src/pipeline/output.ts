@@ -1,14 +1,18 @@
-import { readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { writeGceTar, writeOva, type ApplianceSource } from '../image/appliance.js';
+import { fatFreeRanges } from '../image/fat.js';
 import { isDiskImageFormat, type OutputFormat } from '../image/formats.js';
 import type { GuestOs } from '../image/ovf.js';
 import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qemu-img.js';
+import { blockDeviceBytes, type BlockFilesystem } from '../mount/block.js';
 import type { GuestLayout, GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
+import { formatBytes } from '../util/size.js';
 
 export const SPARSIFY_MODES = ['auto', 'virt-sparsify', 'fstrim', 'none'] as const;
 export type SparsifyMode = (typeof SPARSIFY_MODES)[number];
@@ -77,11 +81,51 @@ export async function sparsifyNatively(run: Runner, layout: GuestLayout, log: Lo
       if (discarded.exitCode !== 0) await run('blkdiscard', ['--zeroout', fs.device], { log, purpose: `zeroing the swap partition ${fs.device}` });
       await run('mkswap', [...(fs.uuid ? ['-U', fs.uuid] : []), ...(fs.label ? ['-L', fs.label] : []), fs.device], { log, purpose: `making the swap partition ${fs.device} again` });
       log.info(`sparsify: swap ${fs.device} discarded and made again${fs.uuid ? ` (UUID ${fs.uuid} kept)` : ''}`);
+    } else if (fs.type === 'vfat') {
+      const refused = await discardFreeFatClusters(run, fs, log);
+      if (refused) forAppliance.push(`${fs.device} (vfat${fs.label ? ` "${fs.label}"` : ''}: not mounted here, and ${refused})`);
     } else if (fs.type && APPLIANCE_TYPES.has(fs.type)) {
       forAppliance.push(`${fs.device} (${fs.type}${fs.label ? ` "${fs.label}"` : ''}: not mounted here)`);
     }
   }
   return forAppliance;
+}
+
+/** Free runs shorter than a qcow2 cluster free nothing in the work image; past this many, the rest stay. */
+const FAT_DISCARD_MIN_BYTES = 64 * 1024;
+const FAT_DISCARD_MAX_RUNS = 256;
+
+/**
+ * A vfat filesystem (an ESP) this kernel could not mount: its free clusters, read from its own FAT on our
+ * partition device, discarded as the kernel's FITRIM would. Returns why it could not be, for the appliance.
+ */
+async function discardFreeFatClusters(run: Runner, fs: BlockFilesystem, log: Logger): Promise<string | undefined> {
+  const deviceBytes = await blockDeviceBytes(fs.device);
+  const handle = await open(fs.device, constants.O_RDONLY | constants.O_NOFOLLOW);
+  let found;
+  try {
+    if (!(await handle.stat()).isBlockDevice()) return `${fs.device} is not a block device`;
+    found = await fatFreeRanges(async (offset, length) => {
+      const buffer = Buffer.alloc(Math.max(0, Math.min(length, deviceBytes - offset)));
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+      return buffer.subarray(0, bytesRead);
+    }, deviceBytes, FAT_DISCARD_MIN_BYTES);
+  } finally {
+    await handle.close();
+  }
+  if (typeof found === 'string') return `its FAT was not read: ${found}`;
+  const ranges = [...found.ranges].sort((a, b) => b.length - a.length).slice(0, FAT_DISCARD_MAX_RUNS);
+  let discarded = 0;
+  for (const range of ranges) {
+    const where = ['--offset', String(range.offset), '--length', String(range.length), fs.device];
+    const result = await run('blkdiscard', where, { allowFailure: true, log });
+    if (result.exitCode !== 0) await run('blkdiscard', ['--zeroout', ...where], { log, purpose: `zeroing free clusters of ${fs.device}` });
+    discarded += range.length;
+  }
+  const left = found.ranges.length - ranges.length;
+  log.info(`sparsify: vfat ${fs.device}${fs.label ? ` "${fs.label}"` : ''}: ${formatBytes(discarded)} of free clusters discarded in ${ranges.length} run(s), read from its FAT` +
+    (left > 0 ? `; ${left} smaller run(s) left as they are` : ''));
+  return undefined;
 }
 
 /** Writes the work image, flattened, to `target` in `format`, sparsified as asked. */
