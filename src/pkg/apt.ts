@@ -7,6 +7,7 @@ import type { InstallOptions, InstalledPackage, PackageManager, PackageRepositor
 import { aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
+import { APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -95,13 +96,22 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
 export function createApt(): PackageManager {
   // Package lists are fetched once per session, before the first install.
   const updated = new WeakSet<ChrootSession>();
-  const update = async (session: ChrootSession, served: ServedRepository | undefined) => {
+  const update = async (session: ChrootSession, options: InstallOptions) => {
     if (updated.has(session)) return;
+    const served = options.bundle?.serve;
+    const cache = options.packageCache;
     if (served) {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
       await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
+      // With the package cache: the release files first (verified by apt), then the cached lists they name.
+      // Should that first run fail, the real one below says why.
+      if (cache) {
+        const releases = await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
+        if (releases.exitCode === 0) await offerCachedAptLists(session.root, cache.dir, cache.log);
+      }
       await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+      if (cache) await keepAptLists(session.root, cache.dir, cache.log);
     }
     updated.add(session);
   };
@@ -117,7 +127,7 @@ export function createApt(): PackageManager {
       }
       const served = options.bundle?.serve;
       if (served) await requireInBundle(session.root, served, packages, (root) => this.listInstalled(root));
-      await update(session, served);
+      await update(session, options);
       await transact(session, options, () =>
         session.exec(aptInstallArgs(packages, served ? aptBundleOptions(served) : []), {
           streamOutput: true,
@@ -130,7 +140,7 @@ export function createApt(): PackageManager {
     },
     async upgrade(session, names, options = {}) {
       const served = options.bundle?.serve;
-      await update(session, served);
+      await update(session, options);
       await transact(session, options, () => session.exec(aptUpgradeArgs(names, served ? aptBundleOptions(served) : []), {
         streamOutput: true,
         purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,

@@ -36,8 +36,8 @@ export const DEB_NAME = /^[A-Za-z0-9][A-Za-z0-9+.~_%-]*\.deb$/;
 
 /** Where the cache directory keeps packages. */
 export const packageCacheDir = (cacheDir: string) => join(cacheDir, 'packages');
-/** The package formats kept, each in a store of its own (`deb/`, `rpm/`). */
-export const PACKAGE_KINDS = ['deb', 'rpm'] as const;
+/** What is kept, each in a store of its own: package files (`deb/`, `rpm/`) and apt's package lists (`apt-list/`, apt-lists-cache.ts). */
+export const PACKAGE_KINDS = ['deb', 'rpm', 'apt-list'] as const;
 export type PackageKind = (typeof PACKAGE_KINDS)[number];
 export const storeDir = (dir: string, kind: PackageKind) => join(dir, kind);
 

@@ -19,6 +19,14 @@ describe('package cache (apt)', () => {
   let env: Record<string, string>;
   let disk: string;
   const debRequests = () => mirror.requests.filter((path) => path.endsWith('.deb'));
+  // The repository's index files (Packages, Packages.gz): what apt-get update downloads beyond the InRelease.
+  const indexRequests = () => mirror.requests.filter((path) => /\/Packages(\.\w+)?$/.test(path));
+  /** A guest's package lists, by name and sha256 (the lock and partial/ aside). */
+  const listsOf = async (root: string) => {
+    const lists = join(root, 'var/lib/apt/lists');
+    const names = (await readdir(lists, { withFileTypes: true })).filter((entry) => entry.isFile() && entry.name !== 'lock').map((entry) => entry.name).sort();
+    return Promise.all(names.map(async (name) => [name, sha256Text(await readFile(join(lists, name)))]));
+  };
 
   beforeAll(async () => {
     work = await mkdtemp('/var/tmp/ib-package-cache-');
@@ -47,6 +55,13 @@ describe('package cache (apt)', () => {
     const downloaded = debRequests();
     expect(downloaded.map((path) => path.slice(APT_PATH.length)).sort()).toEqual([`amd64/cri-tools_${mirror.versions['cri-tools'][0]}_amd64.deb`, `amd64/kubectl_${mirror.versions.kubectl[0]}_amd64.deb`]);
     expect(first.stderr).toContain('package cache: kept 2 downloaded .deb file(s)');
+    // The lists apt-get update fetched (Debian's and the local repository's), kept under their sha256.
+    const fetchedIndexes = indexRequests();
+    expect(fetchedIndexes.length).toBeGreaterThan(0);
+    expect(first.stderr).toMatch(/package cache: kept \d+ downloaded \.apt-list file\(s\)/);
+    const storedLists = await readdir(join(cache, 'packages/apt-list'));
+    expect(storedLists.length).toBeGreaterThanOrEqual(2);
+    for (const name of storedLists) expect(`${sha256Text(await readFile(join(cache, 'packages/apt-list', name)))}.apt-list`).toBe(name);
     // Content-addressed: each file under the sha256 of its bytes.
     const stored = (await readdir(join(cache, 'packages/deb'))).sort();
     expect(stored).toHaveLength(2);
@@ -59,20 +74,31 @@ describe('package cache (apt)', () => {
     expect(second.stderr).toContain('package cache: 2 .deb file(s)');
     // apt's own word: nothing to fetch.
     expect(second.stderr).toMatch(/Need to get 0 B/);
+    // apt-get update fetched the release files only: every list came from the cache, as apt's verified InRelease names it.
+    expect(indexRequests()).toEqual(fetchedIndexes);
+    expect(second.stderr).toMatch(/package cache: \d+ \.apt-list file\(s\), [\d.]+ MiB, offered to apt-get update/);
+    expect(second.stderr).not.toMatch(/Get:\d+ \S+ .*(Packages|Translation-)/);
+    const lists: string[][][] = [];
     for (const output of ['first.qcow2', 'second.qcow2']) {
       await withImageMounted(join(work, output), 'gpt-esp', async (root) => {
         expect(await dpkgVersion(root, 'kubectl')).toBe(mirror.versions.kubectl[0]);
         expect((await readdir(join(root, 'var/cache/apt/archives'))).filter((name) => name.endsWith('.deb'))).toEqual([]);
+        lists.push(await listsOf(root));
       });
     }
+    // The image holds the same lists, byte for byte, whether apt fetched them or the cache gave them.
+    expect(lists[0].some(([name]) => name.endsWith('_Packages'))).toBe(true);
+    expect(lists[1]).toEqual(lists[0]);
     // The same packages make the same BOM packages, cache or not.
     const bomPackages = async (output: string) => JSON.parse(await readFile(join(work, `${output}.bom.json`), 'utf8')).packages;
     expect(await bomPackages('second.qcow2')).toEqual(await bomPackages('first.qcow2'));
 
     const list = await runCli(['cache', 'list', '--json'], { env });
-    expect(JSON.parse(list.stdout).packages.map((p: { sha256: string }) => `${p.sha256}.deb`).sort()).toEqual(stored);
+    const listed = JSON.parse(list.stdout).packages as { kind: string; sha256: string }[];
+    expect(listed.filter((p) => p.kind === 'deb').map((p) => `${p.sha256}.deb`).sort()).toEqual(stored);
+    expect(listed.filter((p) => p.kind === 'apt-list').map((p) => `${p.sha256}.apt-list`).sort()).toEqual([...(await readdir(join(cache, 'packages/apt-list')))].sort());
     const dry = await runCli(['cache', 'prune', '--all', '--dry-run'], { env });
-    expect(dry.stdout).toContain('would remove 2 package(s)');
+    expect(dry.stdout).toContain(`would remove ${listed.length} file(s) of the package cache`);
     expect((await readdir(join(cache, 'packages/deb'))).sort()).toEqual(stored);
     expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
   });
@@ -105,7 +131,7 @@ describe('package cache (apt)', () => {
     ]);
     const result = await runCli(['apply', hostile, '--disk-image', disk, '--output', join(work, 'hostile.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env: { ...env, IMAGEBUILDER_CACHE: fresh } });
     if (result.exitCode !== 0) throw new Error(result.all);
-    expect(result.stderr).not.toContain('package cache: kept');
+    expect(result.stderr).not.toMatch(/package cache: kept \d+ downloaded \.deb/);
     expect(await readdir(join(fresh, 'packages/deb')).catch(() => [])).toEqual([]);
   });
 
@@ -113,14 +139,17 @@ describe('package cache (apt)', () => {
     const [a, b] = await Promise.all([build('a.qcow2', ['--refresh', '2']), build('b.qcow2', ['--refresh', '2'])]);
     for (const result of [a, b]) if (result.exitCode !== 0) throw new Error(result.all);
     const before = (await readdir(join(cache, 'packages/deb'))).sort();
+    const listsBefore = (await readdir(join(cache, 'packages/apt-list'))).sort();
     const requests = debRequests().length;
     const bypass = await build('nocache.qcow2', ['--no-cache']);
     if (bypass.exitCode !== 0) throw new Error(bypass.all);
     expect(bypass.stderr).not.toContain('package cache:');
     expect(debRequests().length).toBe(requests + 2);
     expect((await readdir(join(cache, 'packages/deb'))).sort()).toEqual(before);
+    expect((await readdir(join(cache, 'packages/apt-list'))).sort()).toEqual(listsBefore);
     const pruned = await runCli(['cache', 'prune', '--all'], { env });
-    expect(pruned.stdout).toContain(`removed ${before.length} package(s)`);
+    expect(pruned.stdout).toContain(`removed ${before.length + listsBefore.length} file(s) of the package cache`);
     expect(await readdir(join(cache, 'packages/deb'))).toEqual([]);
+    expect(await readdir(join(cache, 'packages/apt-list'))).toEqual([]);
   });
 });

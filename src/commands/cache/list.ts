@@ -27,7 +27,7 @@ export default class CacheList extends BaseCommand {
       return { images: entries, layers, packages };
     }
     const kinds = [...new Set(packages.map((p) => p.kind))].map((kind) => `${packages.filter((p) => p.kind === kind).length} .${kind}`).join(', ');
-    if (packages.length) this.log(`${packages.length} package(s) (${kinds}), ${formatBytes(packages.reduce((sum, p) => sum + p.bytes, 0))} in ${packageCacheDir(cacheDir)}, last used ${packages[0].lastUsedAt.slice(0, 16).replace('T', ' ')} UTC`);
+    if (packages.length) this.log(`${packages.length} file(s) of the package cache (${kinds}), ${formatBytes(packages.reduce((sum, p) => sum + p.bytes, 0))} in ${packageCacheDir(cacheDir)}, last used ${packages[0].lastUsedAt.slice(0, 16).replace('T', ' ')} UTC`);
     if (layers.length) {
       this.table(
         ['LAYER', 'STEP', 'ON DISK', 'LAST USED (UTC)', 'NETWORK UNPINNED'],

@@ -1,0 +1,94 @@
+import { sha256Text } from '../util/digest.js';
+import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
+import type { Logger } from '../util/log.js';
+import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type GuestPackageFile } from './package-cache.js';
+
+/**
+ * apt's package lists in the package cache, so a build's `apt-get update` downloads only the release files
+ * (Debian's main lists are 15 MB compressed, ~1.5 s here; the InRelease 150 kB).
+ *
+ * The update runs twice. First with every index target off: apt fetches each source's InRelease and checks its
+ * signature with the guest's own keys, as always. The host then reads the SHA256 list of each InRelease now in
+ * the lists directory and puts there every cached list whose bytes hash to what it names, under the name apt
+ * gives that index (a list already there that does not hash to it is removed: a base image's stale list must
+ * not pass for the current one). Then the real update: an index whose InRelease entry is unchanged since the
+ * first run and whose file is there is not fetched again (apt's pkgAcqMetaBase::QueueIndexes). So a list reaches
+ * apt only when it is, byte for byte, what a release file apt itself just verified names; the store is the
+ * package cache's, content-addressed, and what a hostile guest leaves in its lists can only be kept under the
+ * sha256 of its own bytes.
+ */
+
+/** apt's index targets (apt-config dump Acquire::IndexTargets: Debian's, apt-file's, Ubuntu's appstream and cnf). */
+const INDEX_TARGETS: Record<string, string[]> = {
+  deb: ['Packages', 'Translations', 'Contents-deb', 'Contents-udeb', 'DEP-11', 'DEP-11-icons-small', 'DEP-11-icons', 'DEP-11-icons-hidpi', 'DEP-11-icons-large', 'DEP-11-icons-large-hidpi', 'CNF'],
+  'deb-src': ['Sources', 'Contents-dsc'],
+};
+
+/** `apt-get update` options that fetch only the release files: every index target off. */
+export const APT_RELEASE_FILES_ONLY = Object.entries(INDEX_TARGETS).flatMap(([type, targets]) => targets.flatMap((target) => ['-o', `Acquire::IndexTargets::${type}::${target}::DefaultEnabled=false`]));
+
+/** The largest release file read (Debian's main InRelease is ~150 kB). */
+const MAX_RELEASE_BYTES = 16 << 20;
+/** A release file's entry path that becomes a list name with no quoting (apt's URItoFileName quotes `_`, `%` …). */
+const PLAIN_KEY = /^[A-Za-z0-9][A-Za-z0-9.+-]*(?:\/[A-Za-z0-9][A-Za-z0-9.+-]*)*$/;
+const SHA256_ENTRY = /^ ([0-9a-f]{64})\s+\d+\s+(\S+)\s*$/;
+
+/**
+ * The index files a release file names, as `path → sha256` (its SHA256 section: " HASH SIZE PATH" lines). Only
+ * paths that apt names without quoting; the release file is read as data (the guest's), never trusted for more
+ * than which cached bytes to offer.
+ */
+export function releaseFileHashes(text: string): Map<string, string> {
+  const hashes = new Map<string, string>();
+  let inSection = false;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(' ')) {
+      inSection = /^SHA256:\s*$/.test(line);
+      continue;
+    }
+    if (!inSection) continue;
+    const match = SHA256_ENTRY.exec(line);
+    if (match && PLAIN_KEY.test(match[2])) hashes.set(match[2], match[1]);
+  }
+  return hashes;
+}
+
+/**
+ * Every index the InRelease files in the guest's lists directory name, at the guest path apt keeps it under
+ * (the InRelease's own name, less `InRelease`, then the entry's path with `/` as `_`), with its sha256.
+ */
+export async function aptIndexesNamed(root: string): Promise<GuestPackageFile[]> {
+  const named: GuestPackageFile[] = [];
+  for (const name of (await readGuestDir(root, APT_LISTS)) ?? []) {
+    if (!name.endsWith('_InRelease')) continue;
+    const release = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined);
+    if (!release) continue;
+    const prefix = name.slice(0, -'InRelease'.length);
+    for (const [path, sha256] of releaseFileHashes(release.toString('latin1'))) named.push({ guestPath: `${APT_LISTS}/${prefix}${path.replaceAll('/', '_')}`, sha256 });
+  }
+  return named;
+}
+
+/**
+ * After the release-files-only update: each list the fresh release files name that is already in the guest is
+ * kept only if it hashes to that name's entry (else removed, so apt fetches it), then the cached lists are
+ * offered. Returns what was offered.
+ */
+export async function offerCachedAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
+  const named = await aptIndexesNamed(root);
+  let stale = 0;
+  for (const index of named) {
+    if (!(await statGuest(root, index.guestPath))) continue;
+    const content = await readGuestFile(root, index.guestPath, MAX_LIST_BYTES).catch(() => undefined);
+    if (content && sha256Text(content) === index.sha256) continue;
+    await removeGuestFile(root, index.guestPath);
+    stale++;
+  }
+  if (stale) log.info(`package cache: ${stale} list(s) in the guest not what its release files name now: removed, apt fetches them`);
+  return (await offerCachedFiles(root, packageCacheDir, 'apt-list', named, log, 'apt-get update')).files;
+}
+
+/** Keeps the lists apt fetched: each regular file whose bytes hash to what a release file beside it names. */
+export async function keepAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
+  return keepDownloadedFiles(root, packageCacheDir, 'apt-list', await aptIndexesNamed(root), log);
+}
