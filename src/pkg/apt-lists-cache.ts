@@ -1,5 +1,5 @@
 import { sha256Text } from '../util/digest.js';
-import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
+import { readGuestDir, readGuestFile, removeGuestFile } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type GuestPackageFile } from './package-cache.js';
 
@@ -57,16 +57,18 @@ export function releaseFileHashes(text: string): Map<string, string> {
  * Every index the InRelease files in the guest's lists directory name, at the guest path apt keeps it under
  * (the InRelease's own name, less `InRelease`, then the entry's path with `/` as `_`), with its sha256.
  */
-export async function aptIndexesNamed(root: string): Promise<GuestPackageFile[]> {
+export async function aptIndexesNamed(root: string): Promise<{ named: GuestPackageFile[]; present: Set<string> }> {
   const named: GuestPackageFile[] = [];
-  for (const name of (await readGuestDir(root, APT_LISTS)) ?? []) {
+  const names = (await readGuestDir(root, APT_LISTS)) ?? [];
+  for (const name of names) {
     if (!name.endsWith('_InRelease')) continue;
     const release = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined);
     if (!release) continue;
     const prefix = name.slice(0, -'InRelease'.length);
     for (const [path, sha256] of releaseFileHashes(release.toString('latin1'))) named.push({ guestPath: `${APT_LISTS}/${prefix}${path.replaceAll('/', '_')}`, sha256 });
   }
-  return named;
+  // A release file names every architecture's and compression's files; apt keeps a few. One listing says which.
+  return { named, present: new Set(names.map((name) => `${APT_LISTS}/${name}`)) };
 }
 
 /**
@@ -75,10 +77,10 @@ export async function aptIndexesNamed(root: string): Promise<GuestPackageFile[]>
  * offered. Returns what was offered.
  */
 export async function offerCachedAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
-  const named = await aptIndexesNamed(root);
+  const { named, present } = await aptIndexesNamed(root);
   let stale = 0;
   for (const index of named) {
-    if (!(await statGuest(root, index.guestPath))) continue;
+    if (!present.has(index.guestPath)) continue;
     const content = await readGuestFile(root, index.guestPath, MAX_LIST_BYTES).catch(() => undefined);
     if (content && sha256Text(content) === index.sha256) continue;
     await removeGuestFile(root, index.guestPath);
@@ -90,5 +92,6 @@ export async function offerCachedAptLists(root: string, packageCacheDir: string,
 
 /** Keeps the lists apt fetched: each regular file whose bytes hash to what a release file beside it names. */
 export async function keepAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
-  return keepDownloadedFiles(root, packageCacheDir, 'apt-list', await aptIndexesNamed(root), log);
+  const { named, present } = await aptIndexesNamed(root);
+  return keepDownloadedFiles(root, packageCacheDir, 'apt-list', named.filter((index) => present.has(index.guestPath)), log);
 }

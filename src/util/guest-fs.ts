@@ -189,6 +189,11 @@ export interface GuestWriteOptions {
   gid?: number;
   /** Access and modification time; the write's own time when absent. */
   time?: Date;
+  /**
+   * false: not flushed to disk before the rename (package cache offers: the manager checks the file again, and
+   * the filesystem is synced before the image is written). Flushed by default.
+   */
+  sync?: boolean;
 }
 
 /**
@@ -209,7 +214,7 @@ export async function writeGuestFileFromHost(root: string, guestPath: string, co
       await handle.chmod(options.mode);
       if (options.uid !== undefined || options.gid !== undefined) await handle.chown(options.uid ?? 0, options.gid ?? 0);
       if (options.time) await handle.utimes(options.time, options.time);
-      await handle.sync();
+      if (options.sync !== false) await handle.sync();
     } finally {
       await handle.close();
     }

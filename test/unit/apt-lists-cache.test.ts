@@ -47,7 +47,7 @@ describe("apt's package lists in the package cache", () => {
     const translation = 'Package: a\nDescription-en: a\n';
     const prefix = 'deb.debian.org_debian_dists_bookworm_';
     await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': packages, 'main/i18n/Translation-en': translation }));
-    expect(await aptIndexesNamed(root)).toEqual([
+    expect((await aptIndexesNamed(root)).named).toEqual([
       { guestPath: `/${LISTS}/${prefix}main_binary-amd64_Packages`, sha256: sha256Text(packages) },
       { guestPath: `/${LISTS}/${prefix}main_i18n_Translation-en`, sha256: sha256Text(translation) },
     ]);
