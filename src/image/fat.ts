@@ -17,6 +17,8 @@ export interface FatGeometry {
   dataOffset: number;
   fatOffset: number;
   fatBytes: number;
+  /** Copies of the FAT, one after the other from fatOffset. */
+  fats: number;
 }
 
 export interface ByteRange {
@@ -41,6 +43,7 @@ export function fatGeometry(boot: Buffer, deviceBytes: number): FatGeometry | st
   if (![512, 1024, 2048, 4096].includes(sectorBytes)) return `bytes per sector ${sectorBytes} is not 512, 1024, 2048 or 4096`;
   if (!sectorsPerCluster || sectorsPerCluster & (sectorsPerCluster - 1)) return `sectors per cluster ${sectorsPerCluster} is not a power of two`;
   if (!reservedSectors || !fats || !fatSectors || !totalSectors) return 'reserved sectors, FAT count, FAT size or total sectors is zero';
+  if (fats > 2) return `${fats} copies of the FAT (mkfs.fat makes 1 or 2)`;
   if (totalSectors * sectorBytes > deviceBytes) return `the filesystem (${totalSectors * sectorBytes} bytes) is larger than its device (${deviceBytes})`;
   const fatBytes = fatSectors * sectorBytes;
   if (fatBytes > MAX_FAT_BYTES) return `its FAT (${fatBytes} bytes) is larger than ${MAX_FAT_BYTES}`;
@@ -50,11 +53,13 @@ export function fatGeometry(boot: Buffer, deviceBytes: number): FatGeometry | st
   const clusters = Math.floor((totalSectors - dataSector) / sectorsPerCluster);
   // The type is the cluster count's, as the specification (and the kernel) decide it, not the label's.
   const bits = clusters < 4085 ? 12 : clusters < 65525 ? 16 : 32;
-  if (bits === 32 && (boot.readUInt16LE(17) !== 0 || boot.readUInt16LE(22) !== 0)) return 'a FAT32 by its size has FAT12/16 fields';
-  if (bits !== 32 && rootEntries === 0) return 'a FAT12/16 by its size has no root directory';
+  // The 16-bit FAT size is zero exactly on FAT32 (whose size is then at offset 36, where FAT12/16 keep their drive number).
+  if ((boot.readUInt16LE(22) === 0) !== (bits === 32)) return `a FAT${bits} by its cluster count has the other type's FAT size field`;
+  if (bits === 32 && rootEntries !== 0) return 'a FAT32 by its cluster count has a FAT12/16 root directory';
+  if (bits !== 32 && rootEntries === 0) return 'a FAT12/16 by its cluster count has no root directory';
   const needed = bits === 12 ? Math.ceil(((clusters + 2) * 3) / 2) : ((clusters + 2) * bits) / 8;
   if (needed > fatBytes) return `its FAT (${fatBytes} bytes) is too small for ${clusters} clusters`;
-  return { bits, clusterBytes: sectorsPerCluster * sectorBytes, clusters, dataOffset: dataSector * sectorBytes, fatOffset: reservedSectors * sectorBytes, fatBytes };
+  return { bits, clusterBytes: sectorsPerCluster * sectorBytes, clusters, dataOffset: dataSector * sectorBytes, fatOffset: reservedSectors * sectorBytes, fatBytes, fats };
 }
 
 /** The FAT entry of `cluster` (12, 16 or the low 28 bits of 32). */
@@ -66,14 +71,19 @@ function entry(fat: Buffer, bits: 12 | 16 | 32, cluster: number): number {
 }
 
 /**
- * Byte ranges (within the device) of the runs of free clusters at least `minBytes` long, in order. A free
- * cluster's FAT entry is 0; nothing else is read, so a crafted FAT can only mark its own clusters free.
+ * Byte ranges (within the device) of the runs of free clusters at least `minBytes` long, in order. A cluster is
+ * free when its entry is 0 in every copy of the FAT (FAT32 may keep the copies apart and use another than the
+ * first); nothing else is read, so a crafted FAT can only mark its own clusters free.
  */
 export async function fatFreeRanges(read: ReadAt, deviceBytes: number, minBytes = 0): Promise<{ geometry: FatGeometry; ranges: ByteRange[]; freeBytes: number } | string> {
   const geometry = fatGeometry(await read(0, 512), deviceBytes);
   if (typeof geometry === 'string') return geometry;
-  const fat = await read(geometry.fatOffset, geometry.fatBytes);
-  if (fat.length < geometry.fatBytes) return 'its FAT is cut short by the end of the device';
+  const fats: Buffer[] = [];
+  for (let copy = 0; copy < geometry.fats; copy++) {
+    const fat = await read(geometry.fatOffset + copy * geometry.fatBytes, geometry.fatBytes);
+    if (fat.length < geometry.fatBytes) return 'its FAT is cut short by the end of the device';
+    fats.push(fat);
+  }
   const ranges: ByteRange[] = [];
   let freeBytes = 0;
   let runStart = -1;
@@ -85,7 +95,7 @@ export async function fatFreeRanges(read: ReadAt, deviceBytes: number, minBytes 
   };
   const last = geometry.clusters + 1;
   for (let cluster = 2; cluster <= last; cluster++) {
-    const free = entry(fat, geometry.bits, cluster) === 0;
+    const free = fats.every((fat) => entry(fat, geometry.bits, cluster) === 0);
     if (free && runStart < 0) runStart = cluster;
     else if (!free && runStart >= 0) close(cluster);
   }

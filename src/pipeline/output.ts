@@ -100,12 +100,31 @@ const FAT_DISCARD_MAX_RUNS = 256;
  * partition device, discarded as the kernel's FITRIM would. Returns why it could not be, for the appliance.
  */
 async function discardFreeFatClusters(run: Runner, fs: BlockFilesystem, log: Logger): Promise<string | undefined> {
-  const deviceBytes = await blockDeviceBytes(fs.device);
-  const handle = await open(fs.device, constants.O_RDONLY | constants.O_NOFOLLOW);
-  let found;
+  const found = await readFatFreeRanges(fs.device).catch((error: unknown) => `reading it failed: ${(error as Error).message}`);
+  if (typeof found === 'string') return `its FAT was not read: ${found}`;
+  const ranges = [...found.ranges].sort((a, b) => b.length - a.length).slice(0, FAT_DISCARD_MAX_RUNS);
+  let discarded = 0;
+  for (const range of ranges) {
+    const where = ['--offset', String(range.offset), '--length', String(range.length), fs.device];
+    const result = await run('blkdiscard', where, { allowFailure: true, log });
+    if (result.exitCode !== 0 && (await run('blkdiscard', ['--zeroout', ...where], { allowFailure: true, log })).exitCode !== 0) {
+      return `blkdiscard of its free clusters failed: ${result.output.trim()}`;
+    }
+    discarded += range.length;
+  }
+  const left = found.ranges.length - ranges.length;
+  log.info(`sparsify: vfat ${fs.device}${fs.label ? ` "${fs.label}"` : ''}: ${formatBytes(discarded)} of free clusters discarded in ${ranges.length} run(s), read from its FAT` +
+    (left > 0 ? `; ${left} smaller run(s) left as they are` : ''));
+  return undefined;
+}
+
+/** The free clusters of the FAT on our partition device (opened read-only, never through a link). */
+async function readFatFreeRanges(device: string): Promise<Awaited<ReturnType<typeof fatFreeRanges>>> {
+  const deviceBytes = await blockDeviceBytes(device);
+  const handle = await open(device, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
-    if (!(await handle.stat()).isBlockDevice()) return `${fs.device} is not a block device`;
-    found = await fatFreeRanges(async (offset, length) => {
+    if (!(await handle.stat()).isBlockDevice()) return `${device} is not a block device`;
+    return await fatFreeRanges(async (offset, length) => {
       const buffer = Buffer.alloc(Math.max(0, Math.min(length, deviceBytes - offset)));
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
       return buffer.subarray(0, bytesRead);
@@ -113,19 +132,6 @@ async function discardFreeFatClusters(run: Runner, fs: BlockFilesystem, log: Log
   } finally {
     await handle.close();
   }
-  if (typeof found === 'string') return `its FAT was not read: ${found}`;
-  const ranges = [...found.ranges].sort((a, b) => b.length - a.length).slice(0, FAT_DISCARD_MAX_RUNS);
-  let discarded = 0;
-  for (const range of ranges) {
-    const where = ['--offset', String(range.offset), '--length', String(range.length), fs.device];
-    const result = await run('blkdiscard', where, { allowFailure: true, log });
-    if (result.exitCode !== 0) await run('blkdiscard', ['--zeroout', ...where], { log, purpose: `zeroing free clusters of ${fs.device}` });
-    discarded += range.length;
-  }
-  const left = found.ranges.length - ranges.length;
-  log.info(`sparsify: vfat ${fs.device}${fs.label ? ` "${fs.label}"` : ''}: ${formatBytes(discarded)} of free clusters discarded in ${ranges.length} run(s), read from its FAT` +
-    (left > 0 ? `; ${left} smaller run(s) left as they are` : ''));
-  return undefined;
 }
 
 /** Writes the work image, flattened, to `target` in `format`, sparsified as asked. */

@@ -1,5 +1,5 @@
 import { sha256Text } from '../util/digest.js';
-import { readGuestDir, readGuestFile, removeGuestFile } from '../util/guest-fs.js';
+import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type GuestPackageFile } from './package-cache.js';
 
@@ -27,11 +27,18 @@ const INDEX_TARGETS: Record<string, string[]> = {
 /** `apt-get update` options that fetch only the release files: every index target off. */
 export const APT_RELEASE_FILES_ONLY = Object.entries(INDEX_TARGETS).flatMap(([type, targets]) => targets.flatMap((target) => ['-o', `Acquire::IndexTargets::${type}::${target}::DefaultEnabled=false`]));
 
-/** The largest release file read (Debian's main InRelease is ~150 kB). */
+/** The largest release file read (Debian's main InRelease is ~150 kB), and how many are read. */
 const MAX_RELEASE_BYTES = 16 << 20;
+const MAX_RELEASE_FILES = 256;
+/** Entries taken from all release files together (Debian's main InRelease names ~600). */
+const MAX_INDEX_ENTRIES = 100_000;
+/** What one build may add to the store from its lists (Debian's main lists are ~80 MiB). */
+const MAX_KEPT_LIST_BYTES = 1 << 30;
 /** A release file's entry path that becomes a list name with no quoting (apt's URItoFileName quotes `_`, `%` …). */
 const PLAIN_KEY = /^[A-Za-z0-9][A-Za-z0-9.+-]*(?:\/[A-Za-z0-9][A-Za-z0-9.+-]*)*$/;
 const SHA256_ENTRY = /^ ([0-9a-f]{64})\s+\d+\s+(\S+)\s*$/;
+/** What the lists directory holds besides the index files: apt's lock and the release files themselves. */
+const RELEASE_FILE = /_(InRelease|Release|Release\.gpg)$/;
 
 /**
  * The index files a release file names, as `path → sha256` (its SHA256 section: " HASH SIZE PATH" lines). Only
@@ -57,41 +64,51 @@ export function releaseFileHashes(text: string): Map<string, string> {
  * Every index the InRelease files in the guest's lists directory name, at the guest path apt keeps it under
  * (the InRelease's own name, less `InRelease`, then the entry's path with `/` as `_`), with its sha256.
  */
-export async function aptIndexesNamed(root: string): Promise<{ named: GuestPackageFile[]; present: Set<string> }> {
+export async function aptIndexesNamed(root: string): Promise<{ named: GuestPackageFile[]; names: string[] }> {
   const named: GuestPackageFile[] = [];
   const names = (await readGuestDir(root, APT_LISTS)) ?? [];
-  for (const name of names) {
-    if (!name.endsWith('_InRelease')) continue;
+  for (const name of names.filter((n) => n.endsWith('_InRelease')).slice(0, MAX_RELEASE_FILES)) {
     const release = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined);
     if (!release) continue;
     const prefix = name.slice(0, -'InRelease'.length);
-    for (const [path, sha256] of releaseFileHashes(release.toString('latin1'))) named.push({ guestPath: `${APT_LISTS}/${prefix}${path.replaceAll('/', '_')}`, sha256 });
+    for (const [path, sha256] of releaseFileHashes(release.toString('latin1'))) {
+      if (named.length >= MAX_INDEX_ENTRIES) break;
+      named.push({ guestPath: `${APT_LISTS}/${prefix}${path.replaceAll('/', '_')}`, sha256 });
+    }
   }
-  // A release file names every architecture's and compression's files; apt keeps a few. One listing says which.
-  return { named, present: new Set(names.map((name) => `${APT_LISTS}/${name}`)) };
+  return { named, names };
 }
 
 /**
- * After the release-files-only update: each list the fresh release files name that is already in the guest is
- * kept only if it hashes to that name's entry (else removed, so apt fetches it), then the cached lists are
- * offered. Returns what was offered.
+ * After the release-files-only update, whatever its outcome: the lists directory keeps apt's lock, the release
+ * files and each index a release file there names whose bytes hash to that entry; every other file goes (a base
+ * image's stale lists, lists kept compressed, lists of a source whose release file failed to come, names apt
+ * quotes). apt trusts an index it finds when its release file has not changed, so nothing unverified may stay.
+ * Then the cached lists the release files name are offered. Returns how many were.
  */
 export async function offerCachedAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
-  const { named, present } = await aptIndexesNamed(root);
-  let stale = 0;
-  for (const index of named) {
-    if (!present.has(index.guestPath)) continue;
-    const content = await readGuestFile(root, index.guestPath, MAX_LIST_BYTES).catch(() => undefined);
-    if (content && sha256Text(content) === index.sha256) continue;
-    await removeGuestFile(root, index.guestPath);
-    stale++;
+  const { named, names } = await aptIndexesNamed(root);
+  const wanted = new Map(named.map((index) => [index.guestPath, index.sha256]));
+  let removed = 0;
+  for (const name of names) {
+    const guestPath = `${APT_LISTS}/${name}`;
+    if (name === 'lock' || RELEASE_FILE.test(name)) continue;
+    const info = await statGuest(root, guestPath);
+    if (!info || info.isDirectory()) continue; // partial/, auxfiles/: apt's own
+    const expected = wanted.get(guestPath);
+    const content = expected && info.isFile() ? await readGuestFile(root, guestPath, MAX_LIST_BYTES).catch(() => undefined) : undefined;
+    if (content && sha256Text(content) === expected) continue;
+    await removeGuestFile(root, guestPath);
+    removed++;
   }
-  if (stale) log.info(`package cache: ${stale} list(s) in the guest not what its release files name now: removed, apt fetches them`);
+  if (removed) log.info(`package cache: ${removed} file(s) in the guest's lists that no release file there names as they are: removed, apt fetches what it needs`);
   return (await offerCachedFiles(root, packageCacheDir, 'apt-list', named, log, 'apt-get update')).files;
 }
 
 /** Keeps the lists apt fetched: each regular file whose bytes hash to what a release file beside it names. */
 export async function keepAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
-  const { named, present } = await aptIndexesNamed(root);
-  return keepDownloadedFiles(root, packageCacheDir, 'apt-list', named.filter((index) => present.has(index.guestPath)), log);
+  const { named, names } = await aptIndexesNamed(root);
+  // A release file names every architecture's and compression's files; apt keeps a few. One listing says which.
+  const present = new Set(names.map((name) => `${APT_LISTS}/${name}`));
+  return keepDownloadedFiles(root, packageCacheDir, 'apt-list', named.filter((index) => present.has(index.guestPath)), log, { maxFileBytes: MAX_LIST_BYTES, maxTotalBytes: MAX_KEPT_LIST_BYTES });
 }

@@ -104,11 +104,11 @@ export function createApt(): PackageManager {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
       await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
-      // With the package cache: the release files first (verified by apt), then the cached lists they name.
-      // Should that first run fail, the real one below says why.
+      // With the package cache: the release files first (verified by apt), then the cached lists they name, and
+      // nothing else left in the lists. Should that first run fail, the real one below says why.
       if (cache) {
-        const releases = await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
-        if (releases.exitCode === 0) await offerCachedAptLists(session.root, cache.dir, cache.log);
+        await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
+        await offerCachedAptLists(session.root, cache.dir, cache.log);
       }
       await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
       if (cache) await keepAptLists(session.root, cache.dir, cache.log);

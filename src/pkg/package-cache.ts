@@ -15,8 +15,9 @@ import type { Logger } from '../util/log.js';
  *   - into a guest, a cached file goes only where the guest's own metadata (apt's package lists; the rpm-md
  *     primary file dnf and zypper cache) names a file with exactly that sha256, at the path its manager looks
  *     for it; a cached file whose bytes no longer match its name is removed, never offered. The manager checks
- *     it again as it checks its own downloads (apt: against its signed lists; dnf, zypper: the checksum, then the
- *     package's signature);
+ *     a package again as it checks its own downloads (apt: against its signed lists; dnf, zypper: the checksum,
+ *     then the package's signature). apt does not hash a list it finds again: for apt's lists (apt-lists-cache.ts)
+ *     the host's hash against the InRelease apt has just verified is the check;
  *   - out of a guest (a hostile one may leave anything in its cache), only regular files, bounded in size, whose
  *     bytes hash to what its metadata names for that path are kept.
  * So a file reaches a build's manager only if it is, byte for byte, what that build's metadata asks for: a
@@ -26,6 +27,8 @@ import type { Logger } from '../util/log.js';
 
 /** The largest package file taken from a guest (the biggest Debian and Fedora packages are a few hundred MiB). */
 export const MAX_PACKAGE_BYTES = 1 << 30;
+/** What one build may add to the store (a transaction's packages; a hostile guest's metadata can name anything). */
+export const MAX_KEPT_BYTES = 8 * 2 ** 30;
 /** The largest package list read (Debian's main Packages is ~70 MiB uncompressed). */
 export const MAX_LIST_BYTES = 512 << 20;
 export const APT_LISTS = '/var/lib/apt/lists';
@@ -135,15 +138,29 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
  * Keeps what the guest's manager downloaded: every regular file among `found`, bounded in size, whose bytes hash
  * to the sha256 the guest's metadata names for it. Returns how many were new to the cache.
  */
-export async function keepDownloadedFiles(root: string, packageCacheDir: string, kind: PackageKind, found: Iterable<GuestPackageFile>, log: Logger): Promise<number> {
+export async function keepDownloadedFiles(
+  root: string,
+  packageCacheDir: string,
+  kind: PackageKind,
+  found: Iterable<GuestPackageFile>,
+  log: Logger,
+  /** Each file, and all kept by this call together, at most this big: a guest's own metadata names them. */
+  bounds: { maxFileBytes: number; maxTotalBytes: number } = { maxFileBytes: MAX_PACKAGE_BYTES, maxTotalBytes: MAX_KEPT_BYTES },
+): Promise<number> {
   const store = storeDir(packageCacheDir, kind);
   let kept = 0;
+  let keptBytes = 0;
   for (const { guestPath, sha256 } of found) {
     if (!SHA256.test(sha256)) continue;
     const target = join(store, `${sha256}.${kind}`);
     if (await stat(target).then(() => true, () => false)) continue;
-    const content = await readGuestFile(root, guestPath, MAX_PACKAGE_BYTES).catch(() => undefined);
+    const content = await readGuestFile(root, guestPath, bounds.maxFileBytes).catch(() => undefined);
     if (!content || sha256Text(content) !== sha256) continue;
+    if (keptBytes + content.length > bounds.maxTotalBytes) {
+      log.warn(`package cache: this build's ${kind} files pass ${Math.round(bounds.maxTotalBytes / 2 ** 20)} MiB; the rest are not kept`);
+      break;
+    }
+    keptBytes += content.length;
     await mkdir(store, { recursive: true });
     const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
     await writeFile(partial, content, { mode: 0o644 });

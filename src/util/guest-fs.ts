@@ -190,8 +190,8 @@ export interface GuestWriteOptions {
   /** Access and modification time; the write's own time when absent. */
   time?: Date;
   /**
-   * false: not flushed to disk before the rename (package cache offers: the manager checks the file again, and
-   * the filesystem is synced before the image is written). Flushed by default.
+   * false: not flushed to disk before the rename (package cache offers, hashed just before: a build that
+   * crashes leaves no image, and the filesystem is synced before the image is written). Flushed by default.
    */
   sync?: boolean;
 }

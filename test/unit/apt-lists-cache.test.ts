@@ -1,7 +1,8 @@
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { aptIndexesNamed, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes } from '../../src/pkg/apt-lists-cache.js';
+import { keepDownloadedFiles } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { silentLogger } from '../../src/util/log.js';
 
@@ -42,38 +43,67 @@ describe("apt's package lists in the package cache", () => {
     expect(APT_RELEASE_FILES_ONLY).toContain('Acquire::IndexTargets::deb-src::Sources::DefaultEnabled=false');
   });
 
-  test('kept from one guest, offered to the next only where its fresh release file names those bytes; a stale list is removed, a link never followed', async () => {
+  test('kept from one guest, offered to the next only where its fresh release file names those bytes; everything else in its lists goes, links replaced, never followed', async () => {
     const packages = 'Package: a\nVersion: 1\n';
     const translation = 'Package: a\nDescription-en: a\n';
+    const arm = 'Package: b\nVersion: 1\n';
     const prefix = 'deb.debian.org_debian_dists_bookworm_';
-    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': packages, 'main/i18n/Translation-en': translation }));
+    const release = inRelease({ 'main/binary-amd64/Packages': packages, 'main/i18n/Translation-en': translation, 'main/binary-arm64/Packages': arm });
+    await writeFile(join(root, LISTS, `${prefix}InRelease`), release);
     expect((await aptIndexesNamed(root)).named).toEqual([
       { guestPath: `/${LISTS}/${prefix}main_binary-amd64_Packages`, sha256: sha256Text(packages) },
       { guestPath: `/${LISTS}/${prefix}main_i18n_Translation-en`, sha256: sha256Text(translation) },
+      { guestPath: `/${LISTS}/${prefix}main_binary-arm64_Packages`, sha256: sha256Text(arm) },
     ]);
-    // The first guest fetched Packages as named, and left other bytes under Translation's name: only Packages is kept.
+    // The first guest fetched two lists as named, and left other bytes under the third's name: two are kept.
     await writeFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages`), packages);
-    await writeFile(join(root, LISTS, `${prefix}main_i18n_Translation-en`), 'planted');
-    expect(await keepAptLists(root, cache, log)).toBe(1);
+    await writeFile(join(root, LISTS, `${prefix}main_i18n_Translation-en`), translation);
+    await writeFile(join(root, LISTS, `${prefix}main_binary-arm64_Packages`), 'planted');
+    expect(await keepAptLists(root, cache, log)).toBe(2);
     expect(await readFile(join(cache, 'apt-list', `${sha256Text(packages)}.apt-list`), 'utf8')).toBe(packages);
+    await expect(readFile(join(cache, 'apt-list', `${sha256Text(arm)}.apt-list`))).rejects.toThrow(/ENOENT/);
 
-    // The next guest: its lists hold a stale Packages and a link where Translation goes; its fresh release file
-    // names the cached Packages. The stale file is replaced by the cached one, the link removed, not followed.
+    // The next guest, after its release-files-only update: a stale Packages, a link where Translation goes, a list
+    // kept compressed, one a release file no longer names, apt's own directories and lock.
     await rm(join(root, LISTS), { recursive: true });
-    await mkdir(join(root, LISTS), { recursive: true });
-    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': packages, 'main/i18n/Translation-en': translation }));
+    await mkdir(join(root, LISTS, 'partial'), { recursive: true });
+    await mkdir(join(root, LISTS, 'auxfiles'));
+    await writeFile(join(root, LISTS, 'lock'), '');
+    await writeFile(join(root, LISTS, `${prefix}InRelease`), release);
     await writeFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages`), 'Package: old\n');
     const outside = join(dir, 'outside');
     await writeFile(outside, 'host file');
     await symlink(outside, join(root, LISTS, `${prefix}main_i18n_Translation-en`));
-    expect(await offerCachedAptLists(root, cache, log)).toBe(1);
+    await writeFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages.lz4`), 'compressed');
+    await writeFile(join(root, LISTS, 'gone.example_dists_x_main_binary-amd64_Packages'), 'Package: orphan\n');
+    expect(await offerCachedAptLists(root, cache, log)).toBe(2);
     expect(await readFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages`), 'utf8')).toBe(packages);
-    await expect(readFile(join(root, LISTS, `${prefix}main_i18n_Translation-en`))).rejects.toThrow(/ENOENT/);
+    // The link was replaced by the cached file, never written through.
+    expect(await readFile(join(root, LISTS, `${prefix}main_i18n_Translation-en`), 'utf8')).toBe(translation);
+    expect((await lstat(join(root, LISTS, `${prefix}main_i18n_Translation-en`))).isFile()).toBe(true);
     expect(await readFile(outside, 'utf8')).toBe('host file');
+    expect((await readdir(join(root, LISTS))).sort()).toEqual(['auxfiles', `${prefix}InRelease`, `${prefix}main_binary-amd64_Packages`, `${prefix}main_i18n_Translation-en`, 'lock', 'partial']);
 
-    // A release file naming other bytes: nothing offered, the list that does not match removed.
-    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': 'Package: newer\n' }));
+    // A release file that names other bytes: the list that no longer matches goes, nothing is offered for it.
+    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': 'Package: newer\n', 'main/i18n/Translation-en': translation }));
     expect(await offerCachedAptLists(root, cache, log)).toBe(0);
     await expect(readFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages`))).rejects.toThrow(/ENOENT/);
+    expect(await readFile(join(root, LISTS, `${prefix}main_i18n_Translation-en`), 'utf8')).toBe(translation);
+
+    // The release file did not come (its source failed): no list of it stays to pass for current.
+    await rm(join(root, LISTS, `${prefix}InRelease`));
+    expect(await offerCachedAptLists(root, cache, log)).toBe(0);
+    expect((await readdir(join(root, LISTS))).sort()).toEqual(['auxfiles', 'lock', 'partial']);
+  });
+
+  test('a guest naming more than a build may keep: kept up to the bound, the rest not', async () => {
+    const prefix = 'evil.example_dists_x_';
+    const lists: Record<string, string> = {};
+    for (let i = 0; i < 3; i++) lists[`main/binary-amd64/Packages${i}`] = String(i).repeat(1000);
+    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease(lists));
+    for (const [path, content] of Object.entries(lists)) await writeFile(join(root, LISTS, `${prefix}${path.replaceAll('/', '_')}`), content);
+    const { named } = await aptIndexesNamed(root);
+    expect(await keepDownloadedFiles(root, cache, 'apt-list', named, log, { maxFileBytes: 10_000, maxTotalBytes: 2500 })).toBe(2);
+    expect(await keepDownloadedFiles(root, join(dir, 'other'), 'apt-list', named, log, { maxFileBytes: 999, maxTotalBytes: 1 << 20 })).toBe(0);
   });
 });

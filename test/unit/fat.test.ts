@@ -104,6 +104,37 @@ describe('the free space of a FAT filesystem, read without mounting it', () => {
     expect(large.freeBytes).toBe(all.freeBytes);
   });
 
+  test('a cluster is free only when every copy of the FAT says so', async () => {
+    const image = join(dir, 'copies.img');
+    await execa('truncate', ['-s', String(32 * MiB), image]);
+    await execa('mkfs.fat', ['-F', '16', '-s', '1', image]);
+    for (const name of ['x', 'y', 'z']) {
+      await writeFile(join(dir, name), Buffer.alloc(512, name));
+      await execa('mcopy', ['-i', image, join(dir, name), `::${name}`]);
+    }
+    await execa('mdel', ['-i', image, '::y']); // one free cluster between x and z, free in both copies
+    const read = async () => {
+      const device = await fileReader(image);
+      const found = await fatFreeRanges(device.read, device.bytes).finally(device.close);
+      if (typeof found === 'string') throw new Error(found);
+      return found;
+    };
+    const both = await read();
+    expect(both.geometry.fats).toBe(2);
+    const hole = both.ranges[0];
+    expect(hole.length).toBe(512);
+    // The second copy says y's cluster is in use: it is not free.
+    const cluster = (hole.offset - both.geometry.dataOffset) / both.geometry.clusterBytes + 2;
+    const handle = await open(image, 'r+');
+    const entry = Buffer.alloc(2);
+    entry.writeUInt16LE(0xffff);
+    await handle.write(entry, 0, 2, both.geometry.fatOffset + both.geometry.fatBytes + cluster * 2);
+    await handle.close();
+    const second = await read();
+    expect(second.ranges.map((r) => r.offset)).not.toContain(hole.offset);
+    expect(second.freeBytes).toBe(both.freeBytes - 512);
+  });
+
   describe('a crafted boot sector is refused, not followed', () => {
     let boot: Buffer;
     beforeAll(async () => {
@@ -124,7 +155,10 @@ describe('the free space of a FAT filesystem, read without mounting it', () => {
       ['3 sectors per cluster', (b: Buffer) => (b[13] = 3), /not a power of two/],
       ['no FATs', (b: Buffer) => (b[16] = 0), /is zero/],
       ['a filesystem larger than its device', (b: Buffer) => b.writeUInt32LE(0xffffffff, 32), /larger than its device/],
-      ['a FAT larger than the bound', (b: Buffer) => b.writeUInt32LE(MAX_FAT_BYTES / 512 + 1, 36), /larger than/],
+      ['a FAT larger than the bound', (b: Buffer) => b.writeUInt32LE(MAX_FAT_BYTES / 512 + 1, 36), new RegExp(`its FAT \\(\\d+ bytes\\) is larger than ${MAX_FAT_BYTES}$`)],
+      ['three copies of the FAT', (b: Buffer) => (b[16] = 3), /3 copies of the FAT/],
+      ['a FAT32 with a 16-bit FAT size', (b: Buffer) => b.writeUInt16LE(1, 22), /FAT32 by its cluster count has the other type's FAT size field/],
+      ['a FAT32 with a root directory', (b: Buffer) => b.writeUInt16LE(512, 17), /FAT32 by its cluster count has a FAT12\/16 root directory/],
       ['a data area past the end', (b: Buffer) => b.writeUInt32LE(70_000, 36), /past its end/],
     ])('%s', (_what, edit, message) => {
       expect(fatGeometry(crafted(edit), 64 * MiB)).toMatch(message);
