@@ -1,5 +1,5 @@
 /**
- * The free space of a FAT12/16/32 filesystem (an EFI system partition), read from its boot sector and first FAT
+ * The free space of a FAT12/16/32 filesystem (an EFI system partition), read from its boot sector and its FATs
  * without mounting it: what the kernel's FITRIM on vfat discards, for hosts whose kernel has no vfat. The guest
  * wrote every byte read here, so each field is checked against the others and the device's size; anything that
  * does not add up is refused (the caller leaves the partition to the appliance), never guessed at.

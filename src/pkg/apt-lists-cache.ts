@@ -9,10 +9,10 @@ import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type 
  *
  * The update runs twice. First with every index target off: apt fetches each source's InRelease and checks its
  * signature with the guest's own keys, as always. The host then reads the SHA256 list of each InRelease now in
- * the lists directory and puts there every cached list whose bytes hash to what it names, under the name apt
- * gives that index (a list already there that does not hash to it is removed: a base image's stale list must
- * not pass for the current one). Then the real update: an index whose InRelease entry is unchanged since the
- * first run and whose file is there is not fetched again (apt's pkgAcqMetaBase::QueueIndexes). So a list reaches
+ * the lists directory, removes every list there that no release file names as it is (a base image's stale list
+ * must not pass for the current one), and puts there every cached list whose bytes hash to what a release file
+ * names, under the name apt gives that index. Then the real update: an index whose InRelease entry is unchanged
+ * since the first run and whose file is there is not fetched again (apt's pkgAcqMetaBase::QueueIndexes). So a list reaches
  * apt only when it is, byte for byte, what a release file apt itself just verified names; the store is the
  * package cache's, content-addressed, and what a hostile guest leaves in its lists can only be kept under the
  * sha256 of its own bytes.
