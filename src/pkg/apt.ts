@@ -7,7 +7,7 @@ import type { InstallOptions, InstalledPackage, PackageManager, PackageRepositor
 import { aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
-import { APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
+import { APT_RELEASE_FILES_ONLY, aptListsPresent, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -104,9 +104,9 @@ export function createApt(): PackageManager {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
       await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
-      // With the package cache: the release files first (verified by apt), then the cached lists they name, and
-      // nothing else left in the lists. Should that first run fail, the real one below says why.
-      if (cache) {
+      // With the package cache and no lists yet: the release files first (verified by apt), then the cached lists
+      // they name, and nothing else left in the lists. Should that first run fail, the real one below says why.
+      if (cache && !(await aptListsPresent(session.root))) {
         await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
       }

@@ -1,7 +1,7 @@
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { aptIndexesNamed, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes } from '../../src/pkg/apt-lists-cache.js';
+import { aptIndexesNamed, aptListsPresent, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes } from '../../src/pkg/apt-lists-cache.js';
 import { keepDownloadedFiles } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -35,6 +35,19 @@ describe("apt's package lists in the package cache", () => {
     expect(hashes.get('Packages')).toBe(sha256Text('flat'));
     // The MD5Sum section is not read: its entries are not sha256.
     expect(releaseFileHashes(inRelease({})).size).toBe(0);
+  });
+
+  test('lists present: any file but apt\'s lock, its directories and the release files', async () => {
+    await mkdir(join(root, LISTS, 'auxfiles'));
+    await writeFile(join(root, LISTS, 'lock'), '');
+    await writeFile(join(root, LISTS, 'deb.debian.org_debian_dists_bookworm_InRelease'), inRelease({}));
+    await writeFile(join(root, LISTS, 'example.org_dists_x_Release'), '');
+    await writeFile(join(root, LISTS, 'example.org_dists_x_Release.gpg'), '');
+    expect(await aptListsPresent(root)).toBe(false);
+    await writeFile(join(root, LISTS, 'deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en'), '');
+    expect(await aptListsPresent(root)).toBe(true);
+    await rm(join(root, LISTS), { recursive: true });
+    expect(await aptListsPresent(root)).toBe(false);
   });
 
   test('every index target off for the release-files-only update', () => {
