@@ -4,7 +4,7 @@ import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
-import { aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
+import { aptArchiveName, aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
@@ -87,10 +87,16 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
   const collect = options.bundle?.collect;
   // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
   const listed = cache ? await aptListedHashes(session.root) : undefined;
-  if (cache && listed) await offerCachedDebs(session.root, cache.dir, listed, cache.log);
+  if (cache && listed) await offerCachedDebs(session.root, cache.dir, listed, cache.log, await installedArchiveNames(session.root));
   await transaction();
   if (cache && listed) await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
   if (collect) await collectDownloadedDebs(session.root, collect, collect.log);
+}
+
+/** The archive names (name_version_arch.deb) of the packages dpkg has installed: apt fetches none of them again. */
+async function installedArchiveNames(root: string): Promise<Set<string>> {
+  const status = await readGuestText(root, '/var/lib/dpkg/status', GUEST_READ_LIMITS.packageStatus);
+  return new Set(parseDpkgStatus(status ?? '').map((p) => aptArchiveName(p.name, p.version, p.architecture)));
 }
 
 export function createApt(): PackageManager {

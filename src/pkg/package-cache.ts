@@ -174,10 +174,11 @@ export async function keepDownloadedFiles(
   return kept;
 }
 
-/** The cached .deb files apt's lists ask for, at the names apt looks for in its archives. */
-export function offerCachedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger) {
+/** The cached .deb files apt's lists ask for, at the names apt looks for in its archives; `installed`: archive names to leave out. */
+export function offerCachedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger, installed: ReadonlySet<string> = new Set()) {
+  // A package installed at that version is not fetched again (an earlier step of the build installed it).
   const wanted = function* () {
-    for (const [name, sha256] of listed) if (DEB_NAME.test(name)) yield { guestPath: `${APT_ARCHIVES}/${name}`, sha256 };
+    for (const [name, sha256] of listed) if (DEB_NAME.test(name) && !installed.has(name)) yield { guestPath: `${APT_ARCHIVES}/${name}`, sha256 };
   };
   return offerCachedFiles(root, packageCacheDir, 'deb', wanted(), log, 'apt');
 }

@@ -1,7 +1,8 @@
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { aptArchiveName, aptListedHashes, listCachedPackages, pruneCachedPackages } from '../../src/pkg/package-cache.js';
+import { aptArchiveName, aptListedHashes, listCachedPackages, offerCachedDebs, pruneCachedPackages } from '../../src/pkg/package-cache.js';
+import { silentLogger } from '../../src/util/log.js';
 import { sha256Text } from '../../src/util/digest.js';
 
 describe('package cache: the store and the guest lists', () => {
@@ -31,6 +32,19 @@ describe('package cache: the store and the guest lists', () => {
       ['under%5fscore_2~rc%5f1_all.deb', c],
     ]);
     expect(aptArchiveName('libc6', '2.36-9+deb12u9', 'amd64')).toBe('libc6_2.36-9+deb12u9_amd64.deb');
+  });
+
+  test('offered: the cached .debs the lists name, but not those installed at that version already', async () => {
+    const root = join(dir, 'root');
+    await mkdir(join(root, 'var/cache/apt/archives'), { recursive: true });
+    const cache = join(dir, 'cache');
+    await mkdir(join(cache, 'deb'), { recursive: true });
+    const debs = { 'socat_1.7.4.4-2_amd64.deb': 'socat bytes', 'runc_1.1.5_amd64.deb': 'runc bytes', 'other_1_amd64.deb': 'not cached' };
+    const listed = new Map(Object.entries(debs).map(([name, content]) => [name, sha256Text(content)]));
+    for (const name of ['socat_1.7.4.4-2_amd64.deb', 'runc_1.1.5_amd64.deb']) await writeFile(join(cache, 'deb', `${listed.get(name)}.deb`), debs[name as keyof typeof debs]);
+    const offered = await offerCachedDebs(root, cache, listed, silentLogger(), new Set(['runc_1.1.5_amd64.deb']));
+    expect(offered.paths).toEqual(['/var/cache/apt/archives/socat_1.7.4.4-2_amd64.deb']);
+    expect(await readdir(join(root, 'var/cache/apt/archives'))).toEqual(['socat_1.7.4.4-2_amd64.deb']);
   });
 
   test('prune: --older-than by last use, then --max-size removes the least recently used first; --dry-run removes nothing', async () => {
