@@ -7,8 +7,8 @@ import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type 
  * apt's package lists in the package cache, so a build's `apt-get update` downloads only the release files
  * (Debian's main lists are 15 MB compressed, ~1.5 s here; the InRelease 150 kB).
  *
- * When the guest has no lists yet (cloud images ship none; apt-get clean does not remove them, so later steps of
- * a build find the first one's), the update runs twice. First with every index target off: apt fetches each source's InRelease and checks its
+ * The first update of a build (and one after the lists were removed) runs twice; later steps find its lists
+ * (apt-get clean keeps them) and apt's own update fetches only what changed. First with every index target off: apt fetches each source's InRelease and checks its
  * signature with the guest's own keys, as always. The host then reads the SHA256 list of each InRelease now in
  * the lists directory, removes every list there that no release file names as it is (a base image's stale list
  * must not pass for the current one), and puts there every cached list whose bytes hash to what a release file
@@ -81,9 +81,9 @@ export async function aptIndexesNamed(root: string): Promise<{ named: GuestPacka
 }
 
 /**
- * Whether the guest's lists directory holds any index already (an earlier step's update in this build, a base
- * image that ships its lists): then apt's own update, which fetches only what changed, is left to do it alone —
- * the two runs and the host's hashing of every list would cost each step more than they save.
+ * Whether the guest's lists directory holds any index: when an earlier step of the build made them from the
+ * package cache, apt's own update, which fetches only what changed, is left to do it alone (the two runs and
+ * the host's hashing of every list would cost each step more than they save).
  */
 export async function aptListsPresent(root: string): Promise<boolean> {
   const names = (await readGuestDir(root, APT_LISTS)) ?? [];

@@ -96,12 +96,14 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
 /** The archive names (name_version_arch.deb) of the packages dpkg has installed: apt fetches none of them again. */
 async function installedArchiveNames(root: string): Promise<Set<string>> {
   const status = await readGuestText(root, '/var/lib/dpkg/status', GUEST_READ_LIMITS.packageStatus);
-  return new Set(parseDpkgStatus(status ?? '').map((p) => aptArchiveName(p.name, p.version, p.architecture)));
+  return new Set(parseDpkgStatus(status ?? '').filter((p) => p.version).map((p) => aptArchiveName(p.name, p.version, p.architecture)));
 }
 
 export function createApt(): PackageManager {
   // Package lists are fetched once per session, before the first install.
   const updated = new WeakSet<ChrootSession>();
+  // Guests (by their root, one per build) whose lists were made from the release files and the package cache.
+  const listsFromCache = new Set<string>();
   const update = async (session: ChrootSession, options: InstallOptions) => {
     if (updated.has(session)) return;
     const served = options.bundle?.serve;
@@ -110,11 +112,13 @@ export function createApt(): PackageManager {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
       await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
-      // With the package cache and no lists yet: the release files first (verified by apt), then the cached lists
-      // they name, and nothing else left in the lists. Should that first run fail, the real one below says why.
-      if (cache && !(await aptListsPresent(session.root))) {
+      // With the package cache: the release files first (verified by apt), then the cached lists they name, and
+      // nothing else left in the lists. Should that first run fail, the real one below says why. Once per build
+      // (a later step finds these lists, and apt's own update fetches only what changed), or again if they are gone.
+      if (cache && (!listsFromCache.has(session.root) || !(await aptListsPresent(session.root)))) {
         await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
+        listsFromCache.add(session.root);
       }
       await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
       if (cache) await keepAptLists(session.root, cache.dir, cache.log);
