@@ -13,10 +13,15 @@ interface Partition {
   size: number;
 }
 
+/** A raw disk's partitions as sfdisk reads them (none for a whole-disk filesystem). */
+async function partitionsOf(raw: string): Promise<Partition[]> {
+  const table = await execa('sfdisk', ['--json', raw], { reject: false });
+  return table.exitCode === 0 ? (JSON.parse(table.stdout) as { partitiontable: { partitions: Partition[] } }).partitiontable.partitions : [];
+}
+
 /** Each partition of a raw disk (or the whole disk) on a read-only loop device of its own, for the checkers. */
 async function withPartitions<T>(raw: string, body: (devices: { device: string; number: number | 'disk' }[]) => Promise<T>): Promise<T> {
-  const table = await execa('sfdisk', ['--json', raw], { reject: false });
-  const partitions: Partition[] = table.exitCode === 0 ? (JSON.parse(table.stdout) as { partitiontable: { partitions: Partition[] } }).partitiontable.partitions : [];
+  const partitions = await partitionsOf(raw);
   const loops: { device: string; number: number | 'disk' }[] = [];
   try {
     if (!partitions.length) loops.push({ device: (await execa('losetup', ['--find', '--show', '--read-only', raw])).stdout.trim(), number: 'disk' });
@@ -61,8 +66,7 @@ const ESP_JUNK_SAMPLE = 4096;
 async function espVariant(base: string, output: string, change: 'junk' | 'f2fs', work: string): Promise<{ path: string; junk?: Buffer }> {
   const raw = join(work, `${change}.raw`);
   await execa('qemu-img', ['convert', '-O', 'raw', base, raw]);
-  const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { partitions: Partition[] } };
-  const esp = table.partitiontable.partitions[0];
+  const [esp] = await partitionsOf(raw);
   let junk: Buffer | undefined;
   if (change === 'junk') {
     const file = join(work, 'junk');
@@ -87,8 +91,7 @@ async function espVariant(base: string, output: string, change: 'junk' | 'f2fs',
 
 /** The bytes of partition 1 of a raw disk. */
 async function firstPartitionBytes(raw: string): Promise<Buffer> {
-  const table = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { partitions: Partition[] } };
-  const { start, size } = table.partitiontable.partitions[0];
+  const [{ start, size }] = await partitionsOf(raw);
   const handle = await open(raw, 'r');
   try {
     const bytes = Buffer.alloc(size * 512);

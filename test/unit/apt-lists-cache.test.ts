@@ -1,6 +1,7 @@
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { aptIndexesNamed, aptListsPresent, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes } from '../../src/pkg/apt-lists-cache.js';
 import { keepDownloadedFiles } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
@@ -107,6 +108,17 @@ describe("apt's package lists in the package cache", () => {
     await rm(join(root, LISTS, `${prefix}InRelease`));
     expect(await offerCachedAptLists(root, cache, log)).toBe(0);
     expect((await readdir(join(root, LISTS))).sort()).toEqual(['auxfiles', 'lock', 'partial']);
+  });
+
+  test('a FIFO or a directory under a list\'s name is never opened: the FIFO goes, the directory stays and nothing is written through it', async () => {
+    const prefix = 'deb.debian.org_debian_dists_bookworm_';
+    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': 'P', 'main/i18n/Translation-en': 'T' }));
+    await execa('mkfifo', [join(root, LISTS, `${prefix}main_binary-amd64_Packages`)]);
+    await mkdir(join(root, LISTS, `${prefix}main_i18n_Translation-en`));
+    // A reader of the FIFO would block here for ever; the test's timeout says so.
+    expect(await offerCachedAptLists(root, cache, log)).toBe(0);
+    expect((await readdir(join(root, LISTS))).sort()).toEqual([`${prefix}InRelease`, `${prefix}main_i18n_Translation-en`, 'partial']);
+    expect(await keepAptLists(root, cache, log)).toBe(0);
   });
 
   test('a guest naming more than a build may keep: kept up to the bound, the rest not', async () => {

@@ -28,6 +28,17 @@ async function mtoolsFreeBytes(image: string): Promise<number> {
   return Number(/([\d ]+) bytes free/.exec(out)![1].replace(/ /g, ''));
 }
 
+/** A FAT16 of one-sector clusters holding x, y and z of one cluster each, y deleted: one free cluster between. */
+async function fat16WithOneClusterHole(dir: string, image: string): Promise<void> {
+  await execa('truncate', ['-s', String(32 * MiB), image]);
+  await execa('mkfs.fat', ['-F', '16', '-s', '1', image]);
+  for (const name of ['x', 'y', 'z']) {
+    await writeFile(join(dir, name), Buffer.alloc(512, name));
+    await execa('mcopy', ['-i', image, join(dir, name), `::${name}`]);
+  }
+  await execa('mdel', ['-i', image, '::y']);
+}
+
 describe('the free space of a FAT filesystem, read without mounting it', () => {
   let dir: string;
   beforeAll(async () => {
@@ -87,13 +98,7 @@ describe('the free space of a FAT filesystem, read without mounting it', () => {
 
   test('runs shorter than asked are not returned, but counted free', async () => {
     const image = join(dir, 'min.img');
-    await execa('truncate', ['-s', String(32 * MiB), image]);
-    await execa('mkfs.fat', ['-F', '16', '-s', '1', image]);
-    for (const name of ['x', 'y', 'z']) {
-      await writeFile(join(dir, name), Buffer.alloc(512, name));
-      await execa('mcopy', ['-i', image, join(dir, name), `::${name}`]);
-    }
-    await execa('mdel', ['-i', image, '::y']); // a one-cluster hole between x and z
+    await fat16WithOneClusterHole(dir, image);
     const device = await fileReader(image);
     const all = await fatFreeRanges(device.read, device.bytes);
     const large = await fatFreeRanges(device.read, device.bytes, 64 * 1024).finally(device.close);
@@ -106,13 +111,7 @@ describe('the free space of a FAT filesystem, read without mounting it', () => {
 
   test('a cluster is free only when every copy of the FAT says so', async () => {
     const image = join(dir, 'copies.img');
-    await execa('truncate', ['-s', String(32 * MiB), image]);
-    await execa('mkfs.fat', ['-F', '16', '-s', '1', image]);
-    for (const name of ['x', 'y', 'z']) {
-      await writeFile(join(dir, name), Buffer.alloc(512, name));
-      await execa('mcopy', ['-i', image, join(dir, name), `::${name}`]);
-    }
-    await execa('mdel', ['-i', image, '::y']); // one free cluster between x and z, free in both copies
+    await fat16WithOneClusterHole(dir, image); // y's cluster: free in both copies
     const read = async () => {
       const device = await fileReader(image);
       const found = await fatFreeRanges(device.read, device.bytes).finally(device.close);
