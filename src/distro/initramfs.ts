@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
-import { readGuestDir, statGuest } from '../util/guest-fs.js';
+import { readGuestDir, statGuest, walkGuestTree } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import type { ChrootSession } from '../chroot/session.js';
@@ -25,31 +25,17 @@ const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `
 
 /**
  * Walks guest paths (not following symlinks) into a TreeState; `skip` leaves entries out by their guest path.
- * A directory's entries are looked at all at once (a kernel's modules are thousands of files, walked before and
- * after every step), and hashed in the order of the walk, so the digest does not depend on which answered first.
+ * Entries are hashed in the order of the walk (names sorted), so the digest does not depend on timing.
  */
 async function treeState(root: string, guestPaths: string[], skip: (guestPath: string) => boolean = () => false): Promise<TreeState> {
   const hash = createHash('sha256');
   let newestCtimeNs = 0n;
-  type Entry = { guestPath: string; stat: { mode: bigint; size: bigint; ctimeNs: bigint }; children: Entry[] };
-  const visit = async (guestPath: string): Promise<Entry | undefined> => {
-    if (skip(guestPath)) return undefined;
-    const stat = await lstat(join(root, guestPath), { bigint: true }).catch(() => undefined);
-    if (!stat) return undefined;
-    const names = stat.isDirectory() ? ((await readGuestDir(root, guestPath)) ?? []) : [];
-    const children = (await Promise.all(names.map((name) => visit(`${guestPath}/${name}`)))).filter((entry): entry is Entry => entry !== undefined);
-    return { guestPath, stat, children };
-  };
-  const add = (entry: Entry) => {
-    const { guestPath, stat } = entry;
-    hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
-    if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
-    entry.children.forEach(add);
-  };
   // Resolved once at the top (/lib is a symlink to usr/lib on merged-/usr guests); below, symlinks are entries.
   for (const path of guestPaths) {
-    const entry = await visit(await resolveInRoot(root, path));
-    if (entry) add(entry);
+    for (const { guestPath, stat } of await walkGuestTree(root, path, skip)) {
+      hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
+      if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
+    }
   }
   return { digest: hash.digest('hex'), newestCtimeNs };
 }

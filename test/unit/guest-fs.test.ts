@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { readGuestDir, readGuestFile, readGuestText, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -71,6 +71,25 @@ describe('guest-fs', () => {
   test("the host itself as root '/' (the host's own programs' ELF headers are read the same way)", async () => {
     expect((await readGuestFile('/', '/proc/self/exe', 1 << 30))!.subarray(1, 4).toString()).toBe('ELF');
     expect((await readGuestText('/', '/etc/hostname')) ?? '').not.toBe('');
+  });
+
+  test('walkGuestTree lists a tree depth first, names sorted, without following a planted symlink or opening a FIFO', async () => {
+    await symlink(outside, join(root, 'lib'));
+    await mkdir(join(root, outside, 'modules/6.1/kernel'), { recursive: true });
+    await writeFile(join(root, outside, 'modules/6.1/kernel/b.ko'), 'b');
+    await writeFile(join(root, outside, 'modules/6.1/kernel/a.ko'), 'a');
+    // Below the top, links are entries: one to the host's directory is listed as a link, never entered.
+    await symlink(outside, join(root, outside, 'modules/6.1/build'));
+    await execa('mkfifo', [join(root, outside, 'modules/6.1/fifo')]);
+    await writeFile(join(root, outside, 'modules/6.1/initrd'), 'skipped');
+    // The top (/lib → a host path) resolves inside the guest, as every guest path does.
+    const entries = await walkGuestTree(root, '/lib/modules', (path) => path.endsWith('/initrd'));
+    const top = join(outside, 'modules');
+    expect(entries.map((e) => e.guestPath)).toEqual([top, `${top}/6.1`, `${top}/6.1/build`, `${top}/6.1/fifo`, `${top}/6.1/kernel`, `${top}/6.1/kernel/a.ko`, `${top}/6.1/kernel/b.ko`]);
+    expect(entries[2].stat.isSymbolicLink()).toBe(true);
+    expect(entries[3].stat.isFIFO()).toBe(true);
+    expect(entries[5].stat.size).toBe(1n);
+    expect(await walkGuestTree(root, '/no/such/dir')).toEqual([]);
   });
 
   test('statGuest does not follow the last name', async () => {
