@@ -165,9 +165,11 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
     await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
     const dev = await mountIn('/dev', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid', 'tmpfs']);
-    for (const [name, major, minor] of [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const) {
-      await run('mknod', ['-m', '666', join(dev, name), 'c', String(major), String(minor)]);
-    }
+    // One process for the six nodes, in our own tmpfs (a process each cost ~50 ms a session).
+    const nodes = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
+    await run('/bin/sh', ['-c', 'set -e; dev=$1; shift; while [ $# -gt 0 ]; do mknod -m 666 "$dev/$1" c "$2" "$3"; shift 3; done', 'make-devices', dev, ...nodes.flat().map(String)], {
+      log, purpose: 'making the device nodes of the guest\'s /dev',
+    });
     for (const [name, target] of [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']]) {
       await symlink(target, join(dev, name));
     }

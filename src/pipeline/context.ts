@@ -27,14 +27,22 @@ export interface BuildOptions {
 export function stopwatch() {
   const durations: Record<string, number> = {};
   const started = Date.now();
+  // Each stage's own time: a stage timed within another (the last step's checks, within the steps) is not
+  // counted twice, so the stages add up to the total.
+  const open: { nested: number }[] = [];
   return {
     durations,
     async time<T>(stage: string, body: () => Promise<T>): Promise<T> {
       const t0 = Date.now();
+      const frame = { nested: 0 };
+      open.push(frame);
       try {
         return await body();
       } finally {
-        durations[stage] = (durations[stage] ?? 0) + Date.now() - t0;
+        open.splice(open.indexOf(frame), 1);
+        const elapsed = Date.now() - t0;
+        durations[stage] = (durations[stage] ?? 0) + elapsed - frame.nested;
+        if (open.length) open[open.length - 1].nested += elapsed;
       }
     },
     total: () => (durations.total = Date.now() - started),

@@ -165,3 +165,20 @@ describe('ImageBuilderError', () => {
     expect(error.exitCode).toBe(4);
   });
 });
+
+describe('stopwatch', () => {
+  test("a stage timed within another counts once: the outer stage gets only its own time, and both add up", async () => {
+    const { stopwatch } = await import('../../src/pipeline/context.js');
+    const clock = stopwatch();
+    const wait = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    await clock.time('steps', async () => {
+      await wait(30);
+      await clock.time('components', () => wait(300));
+    });
+    await clock.time('components', () => wait(20));
+    expect(clock.durations.components).toBeGreaterThanOrEqual(315);
+    expect(clock.durations.steps).toBeGreaterThanOrEqual(25);
+    // Without the nesting taken out, steps would be >= 330.
+    expect(clock.durations.steps).toBeLessThan(300);
+  });
+});
