@@ -100,21 +100,30 @@ async function installedArchiveNames(root: string): Promise<Set<string>> {
 }
 
 export function createApt(): PackageManager {
-  // Package lists are fetched once per session, before the first install.
-  const updated = new WeakSet<ChrootSession>();
+  // Package lists are fetched once per build, before its first install: by the guest's root (one per build), as
+  // with the step cache each step has a session of its own and finds the lists an earlier one fetched (apt-get
+  // clean keeps them; fetched again if a step removed them). A bundle's lists live in the session's /run: per session.
+  const updatedGuests = new Set<string>();
+  const updatedSessions = new WeakSet<ChrootSession>();
+  const upToDate = async (session: ChrootSession, served: ServedRepository | undefined) =>
+    updatedSessions.has(session) || (!served && updatedGuests.has(session.root) && (await aptListsPresent(session.root)));
+  const forgetUpdate = (session: ChrootSession) => {
+    updatedGuests.delete(session.root);
+    updatedSessions.delete(session);
+  };
   // Guests (by their root, one per build) whose lists were made from the release files and the package cache.
   const listsFromCache = new Set<string>();
   const update = async (session: ChrootSession, options: InstallOptions) => {
-    if (updated.has(session)) return;
     const served = options.bundle?.serve;
+    if (await upToDate(session, served)) return;
     const cache = options.packageCache;
     if (served) {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
       await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
       // With the package cache: the release files first (verified by apt), then the cached lists they name, and
-      // nothing else left in the lists. Should that first run fail, the real one below says why. Once per build
-      // (a later step finds these lists, and apt's own update fetches only what changed), or again if they are gone.
+      // nothing else left in the lists. Should that first run fail, the real one below says why. Once per build,
+      // or again if the lists are gone; after a repository step, apt's own update alone fetches what changed.
       if (cache && (!listsFromCache.has(session.root) || !(await aptListsPresent(session.root)))) {
         await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
@@ -123,7 +132,8 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
       if (cache) await keepAptLists(session.root, cache.dir, cache.log);
     }
-    updated.add(session);
+    updatedSessions.add(session);
+    if (!served) updatedGuests.add(session.root);
   };
   const bundleHint = (served: ServedRepository | undefined, hint: string) =>
     served ? `${hint}; offline, apt sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : hint;
@@ -175,7 +185,7 @@ export function createApt(): PackageManager {
       const sources = aptSourcesEntry(repository, keyPath);
       const sourcesSha = await writeGuestFile(session, { path: sourcesPath, content: sources, mode: '0644' }, `writing ${sourcesPath}`);
       // The package lists no longer describe every source: the next install or upgrade fetches them again.
-      updated.delete(session);
+      forgetUpdate(session);
       return [
         { path: keyPath, sha256: keySha, ...(repository.keySource ? { source: repository.keySource } : {}) },
         { path: sourcesPath, sha256: sourcesSha },
@@ -189,7 +199,7 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache', errorCode: 'STEP_FAILED' });
       // The lock file and the partial/ directory (owned by _apt) stay, as apt made them.
       await session.exec(['/bin/sh', '-c', APT_LISTS_CLEAN], { purpose: 'removing the apt package lists', errorCode: 'STEP_FAILED' });
-      updated.delete(session);
+      forgetUpdate(session);
     },
     async listInstalled(root) {
       const status = await readGuestText(root, '/var/lib/dpkg/status', GUEST_READ_LIMITS.packageStatus);

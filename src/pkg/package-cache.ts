@@ -61,15 +61,31 @@ const quoteApt = (text: string, bad: RegExp) => text.replace(bad, (c) => `%${c.c
  * Read on the host through guest-fs (regular files only, never following a guest link), parsed as data in one
  * pattern pass per list (Debian's main list is ~50 MB, 63 000 packages).
  */
-export async function aptListedHashes(root: string): Promise<Map<string, string>> {
+export async function aptListedHashes(root: string): Promise<ReadonlyMap<string, string>> {
+  const names = ((await readGuestDir(root, APT_LISTS)) ?? []).filter((name) => name.endsWith('_Packages'));
+  // Read again only when a list changed: each apt step of a build (a session each, with the step cache) asks, and
+  // Debian's main list takes ~0.2 s to read and parse. A change to a list changes its ctime, which no guest
+  // process can set back.
+  const signature = (await Promise.all(names.map(async (name) => {
+    const stats = await statGuest(root, `${APT_LISTS}/${name}`);
+    return `${name}\0${stats?.ino}\0${stats?.size}\0${stats?.ctimeMs}`;
+  }))).join('\n');
+  const remembered = listedMemo.get(root);
+  if (remembered?.signature === signature) return remembered.listed;
   const listed = new Map<string, string>();
-  for (const name of (await readGuestDir(root, APT_LISTS)) ?? []) {
-    if (!name.endsWith('_Packages')) continue;
+  for (const name of names) {
     const list = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_LIST_BYTES).catch(() => undefined);
     if (list) readPackagesList(list, listed);
   }
+  listedMemo.delete(root);
+  listedMemo.set(root, { signature, listed });
+  // A matrix runs many builds in one process: the few most recent guests are remembered, not all (~10 MB each).
+  for (const oldest of listedMemo.keys()) if (listedMemo.size > MEMO_GUESTS) listedMemo.delete(oldest);
   return listed;
 }
+/** The last lists read per guest root (one per build): their names, inodes, sizes and ctimes, and what they said. */
+const listedMemo = new Map<string, { signature: string; listed: ReadonlyMap<string, string> }>();
+const MEMO_GUESTS = 4;
 
 /** The four fields wanted, at the start of a line; every stanza begins with Package. */
 const LIST_FIELDS = /^(Package|Version|Architecture|SHA256):[ \t]*(.*?)[ \t\r]*$/gm;
@@ -175,7 +191,7 @@ export async function keepDownloadedFiles(
 }
 
 /** The cached .deb files apt's lists ask for, at the names apt looks for in its archives; `installed`: archive names to leave out. */
-export function offerCachedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger, installed: ReadonlySet<string> = new Set()) {
+export function offerCachedDebs(root: string, packageCacheDir: string, listed: ReadonlyMap<string, string>, log: Logger, installed: ReadonlySet<string> = new Set()) {
   // A package installed at that version is not fetched again (an earlier step of the build installed it).
   const wanted = function* () {
     for (const [name, sha256] of listed) if (DEB_NAME.test(name) && !installed.has(name)) yield { guestPath: `${APT_ARCHIVES}/${name}`, sha256 };
@@ -184,7 +200,7 @@ export function offerCachedDebs(root: string, packageCacheDir: string, listed: M
 }
 
 /** Keeps the .deb files apt left in its archives whose sha256 its lists name for that file name. */
-export async function keepDownloadedDebs(root: string, packageCacheDir: string, listed: Map<string, string>, log: Logger): Promise<number> {
+export async function keepDownloadedDebs(root: string, packageCacheDir: string, listed: ReadonlyMap<string, string>, log: Logger): Promise<number> {
   const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name) && listed.has(name));
   return keepDownloadedFiles(root, packageCacheDir, 'deb', names.map((name) => ({ guestPath: `${APT_ARCHIVES}/${name}`, sha256: listed.get(name)! })), log);
 }

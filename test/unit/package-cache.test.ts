@@ -34,6 +34,22 @@ describe('package cache: the store and the guest lists', () => {
     expect(aptArchiveName('libc6', '2.36-9+deb12u9', 'amd64')).toBe('libc6_2.36-9+deb12u9_amd64.deb');
   });
 
+  test('the lists are read again only when one changed (its ctime, which a guest cannot set back), even to the same size and mtime', async () => {
+    const root = join(dir, 'root');
+    const list = join(root, 'var/lib/apt/lists/mirror_dists_bookworm_main_binary-amd64_Packages');
+    await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
+    const stanza = (sha: string) => `Package: socat\nVersion: 1\nArchitecture: amd64\nSHA256: ${sha}\n`;
+    await writeFile(list, stanza('a'.repeat(64)));
+    const first = await aptListedHashes(root);
+    expect(await aptListedHashes(root)).toBe(first);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await writeFile(list, stanza('b'.repeat(64)));
+    await utimes(list, new Date(0), new Date(0));
+    const second = await aptListedHashes(root);
+    expect(second).not.toBe(first);
+    expect([...second]).toEqual([['socat_1_amd64.deb', 'b'.repeat(64)]]);
+  });
+
   test('offered: the cached .debs the lists name, but not those installed at that version already', async () => {
     const root = join(dir, 'root');
     await mkdir(join(root, 'var/cache/apt/archives'), { recursive: true });

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -213,6 +213,30 @@ describe('repository step', () => {
       'write /etc/apt/keyrings/k.asc', 'write /etc/apt/sources.list.d/k.sources',
       UPDATE, install('kubectl'), CLEAN,
     ]);
+  });
+
+  test('a later session on the same guest (the step cache: a session per step) finds the lists and does not fetch them again, unless they are gone', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ib-apt-root-'));
+    try {
+      const lists = join(root, 'var/lib/apt/lists');
+      await mkdir(lists, { recursive: true });
+      await writeFile(join(lists, 'lock'), '');
+      const install = (name: string) => ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', name];
+      const step = async (name: string) => {
+        const { session, calls } = fakeSession(() => undefined, root);
+        await packagesStep.run(fakeStepContext(session).context, { install: [name] });
+        return calls.map((c) => c.argv);
+      };
+      // No lists yet: fetched (the fake apt writes one, as apt-get update would).
+      expect(await step('socat')).toEqual([UPDATE, install('socat'), CLEAN]);
+      await writeFile(join(lists, 'deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages'), '');
+      expect(await step('conntrack')).toEqual([install('conntrack'), CLEAN]);
+      // A step removed them: the next one fetches them again.
+      await rm(join(lists, 'deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages'));
+      expect(await step('ethtool')).toEqual([UPDATE, install('ethtool'), CLEAN]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 
   test('gpg colon listings: primary fingerprints only, user ids unescaped', () => {
