@@ -32,10 +32,10 @@ async function treeState(root: string, guestPaths: string[], skip: (guestPath: s
   let newestCtimeNs = 0n;
   // Resolved once at the top (/lib is a symlink to usr/lib on merged-/usr guests); below, symlinks are entries.
   for (const path of guestPaths) {
-    for (const { guestPath, stat } of await walkGuestTree(root, path, skip)) {
+    await walkGuestTree(root, path, (guestPath, stat) => {
       hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
       if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
-    }
+    }, skip);
   }
   return { digest: hash.digest('hex'), newestCtimeNs };
 }

@@ -1,10 +1,11 @@
+import { createHash } from 'node:crypto';
 import type { ChrootSession } from '../chroot/session.js';
 import { programArchitecture } from '../util/architecture.js';
-import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
+import { GUEST_READ_LIMITS, readGuestText, walkGuestTree } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
-import { aptArchiveName, aptListedHashes, keepDownloadedDebs, offerCachedDebs } from './package-cache.js';
+import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptListedHashes } from './package-cache.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
@@ -86,7 +87,7 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
   const cache = options.packageCache;
   const collect = options.bundle?.collect;
   // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
-  const listed = cache ? await aptListedHashes(session.root) : undefined;
+  const listed = cache ? await rememberedAptListedHashes(session.root) : undefined;
   if (cache && listed) await offerCachedDebs(session.root, cache.dir, listed, cache.log, await installedArchiveNames(session.root));
   await transaction();
   if (cache && listed) await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
@@ -99,17 +100,30 @@ async function installedArchiveNames(root: string): Promise<Set<string>> {
   return new Set(parseDpkgStatus(status ?? '').filter((p) => p.version).map((p) => aptArchiveName(p.name, p.version, p.architecture)));
 }
 
+/** apt's configuration in the guest (sources, keys, apt.conf.d: all of /etc/apt), by names, types, sizes and ctimes. */
+async function aptConfigSignature(root: string): Promise<string> {
+  const hash = createHash('sha256');
+  await walkGuestTree(root, '/etc/apt', (guestPath, stat) => hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`));
+  return hash.digest('hex');
+}
+
 export function createApt(): PackageManager {
-  // Package lists are fetched once per build, before its first install: by the guest's root (one per build), as
-  // with the step cache each step has a session of its own and finds the lists an earlier one fetched (apt-get
-  // clean keeps them; fetched again if a step removed them). A bundle's lists live in the session's /run: per session.
-  const updatedGuests = new Set<string>();
-  const updatedSessions = new WeakSet<ChrootSession>();
-  const upToDate = async (session: ChrootSession, served: ServedRepository | undefined) =>
-    updatedSessions.has(session) || (!served && updatedGuests.has(session.root) && (await aptListsPresent(session.root)));
+  // Package lists are fetched once per build, before its first install, and again when apt's configuration
+  // changed since (a run or file step adding a source or a key, a package shipping apt.conf.d): by the guest's
+  // root (one per build), as with the step cache each step has a session of its own and finds the lists an
+  // earlier one fetched (apt-get clean keeps them; fetched again if a step removed them). A bundle's lists live in
+  // the session's /run: once per session.
+  const fetchedBySession = new WeakMap<ChrootSession, string>();
+  const fetchedByGuest = new Map<string, string>();
+  const upToDate = async (session: ChrootSession, served: ServedRepository | undefined) => {
+    if (served) return fetchedBySession.has(session);
+    const configuration = await aptConfigSignature(session.root);
+    if (fetchedBySession.get(session) === configuration) return true;
+    return fetchedByGuest.get(session.root) === configuration && (await aptListsPresent(session.root));
+  };
   const forgetUpdate = (session: ChrootSession) => {
-    updatedGuests.delete(session.root);
-    updatedSessions.delete(session);
+    fetchedByGuest.delete(session.root);
+    fetchedBySession.delete(session);
   };
   // Guests (by their root, one per build) whose lists were made from the release files and the package cache.
   const listsFromCache = new Set<string>();
@@ -132,8 +146,9 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
       if (cache) await keepAptLists(session.root, cache.dir, cache.log);
     }
-    updatedSessions.add(session);
-    if (!served) updatedGuests.add(session.root);
+    const configuration = served ? '' : await aptConfigSignature(session.root);
+    fetchedBySession.set(session, configuration);
+    if (!served) fetchedByGuest.set(session.root, configuration);
   };
   const bundleHint = (served: ServedRepository | undefined, hint: string) =>
     served ? `${hint}; offline, apt sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : hint;

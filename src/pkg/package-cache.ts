@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256Text } from '../util/digest.js';
-import { readGuestDir, readGuestFile, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
+import { guestHostPath, readGuestDir, readGuestFile, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 
 /**
@@ -62,28 +62,39 @@ const quoteApt = (text: string, bad: RegExp) => text.replace(bad, (c) => `%${c.c
  * pattern pass per list (Debian's main list is ~50 MB, 63 000 packages).
  */
 export async function aptListedHashes(root: string): Promise<ReadonlyMap<string, string>> {
-  const names = ((await readGuestDir(root, APT_LISTS)) ?? []).filter((name) => name.endsWith('_Packages'));
-  // Read again only when a list changed: each apt step of a build (a session each, with the step cache) asks, and
-  // Debian's main list takes ~0.2 s to read and parse. A change to a list changes its ctime, which no guest
-  // process can set back.
-  const signature = (await Promise.all(names.map(async (name) => {
-    const stats = await statGuest(root, `${APT_LISTS}/${name}`);
-    return `${name}\0${stats?.ino}\0${stats?.size}\0${stats?.ctimeMs}`;
-  }))).join('\n');
-  const remembered = listedMemo.get(root);
-  if (remembered?.signature === signature) return remembered.listed;
   const listed = new Map<string, string>();
-  for (const name of names) {
+  for (const name of await packagesListNames(root)) {
     const list = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_LIST_BYTES).catch(() => undefined);
     if (list) readPackagesList(list, listed);
   }
+  return listed;
+}
+
+const packagesListNames = async (root: string) => ((await readGuestDir(root, APT_LISTS)) ?? []).filter((name) => name.endsWith('_Packages'));
+
+/**
+ * aptListedHashes, read again only when a list changed: each apt step of a build (with the step cache, a session
+ * each) matches the package cache, and Debian's main list takes ~0.2 s to read and parse. A list is known by the
+ * file read (its links resolved inside the guest): device, inode, size, mtime and ctime in nanoseconds (a write
+ * changes the ctime, which no guest process can set back). For the package cache only, which hashes every file
+ * it offers or keeps: a guest that rewrote a list in place within one ctime tick gets the old list's names.
+ */
+export async function rememberedAptListedHashes(root: string): Promise<ReadonlyMap<string, string>> {
+  const names = await packagesListNames(root);
+  const signature = (await Promise.all(names.map(async (name) => {
+    const stats = await lstat(await guestHostPath(root, `${APT_LISTS}/${name}`), { bigint: true }).catch(() => undefined);
+    return `${name}\0${stats?.dev}\0${stats?.ino}\0${stats?.size}\0${stats?.mtimeNs}\0${stats?.ctimeNs}`;
+  }))).join('\n');
+  const remembered = listedMemo.get(root);
+  if (remembered?.signature === signature) return remembered.listed;
+  const listed = await aptListedHashes(root);
   listedMemo.delete(root);
   listedMemo.set(root, { signature, listed });
   // A matrix runs many builds in one process: the few most recent guests are remembered, not all (~10 MB each).
   for (const oldest of listedMemo.keys()) if (listedMemo.size > MEMO_GUESTS) listedMemo.delete(oldest);
   return listed;
 }
-/** The last lists read per guest root (one per build): their names, inodes, sizes and ctimes, and what they said. */
+/** The last lists read per guest root (one per build), by their signature. */
 const listedMemo = new Map<string, { signature: string; listed: ReadonlyMap<string, string> }>();
 const MEMO_GUESTS = 4;
 

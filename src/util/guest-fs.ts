@@ -183,53 +183,62 @@ export async function readGuestDir(root: string, guestPath: string): Promise<str
   }
 }
 
-/** One entry of walkGuestTree: its guest path and lstat (bigint: nanosecond ctimes). */
-export interface GuestTreeEntry {
-  guestPath: string;
-  stat: BigIntStats;
-}
+/** The most entries walkGuestTree visits: a kernel's modules are ~1 500 to 10 000; a crafted tree is refused. */
+export const MAX_TREE_ENTRIES = 500_000;
+/** Entries walked between two turns of the event loop (signals, timeouts, a matrix's other builds). */
+const WALK_BATCH = 2_000;
 
 /**
- * Every entry under a guest directory (itself first), depth first, names sorted, no symlink followed; `skip`
- * leaves an entry and everything below it out. Synchronous on purpose: a kernel's modules are thousands of
- * entries walked before and after every step, and one event-loop round trip per lstat cost ~100 ms a walk.
- * Nothing is opened but directories, each O_NOFOLLOW|O_DIRECTORY and checked inside the root as readGuestDir
- * does; of everything else only lstat is read. `topGuestPath` is resolved inside the guest first.
+ * Calls `onEntry` with every entry under a guest directory (itself first), depth first, names sorted, no symlink
+ * followed; `skip` leaves an entry and everything below it out. Synchronous calls in batches: a kernel's modules
+ * are thousands of entries walked before and after every step, and one event-loop round trip per lstat cost
+ * ~100 ms a walk. Nothing is opened but directories, each O_NOFOLLOW|O_DIRECTORY and checked inside the root as
+ * readGuestDir does; of everything else only lstat is read. An entry that cannot be read (gone, a directory
+ * swapped meanwhile, a name too long) is left out, as readGuestDir leaves it. `topGuestPath` is resolved inside
+ * the guest first.
  */
-export async function walkGuestTree(root: string, topGuestPath: string, skip: (guestPath: string) => boolean = () => false): Promise<GuestTreeEntry[]> {
+export async function walkGuestTree(root: string, topGuestPath: string, onEntry: (guestPath: string, stat: BigIntStats) => void, skip: (guestPath: string) => boolean = () => false): Promise<void> {
   const top = await resolveInRoot(root, topGuestPath);
-  const inside = await realRoot(root);
-  const entries: GuestTreeEntry[] = [];
-  const visit = (guestPath: string) => {
-    if (skip(guestPath)) return;
-    const stat = lstatSync(join(root, guestPath), { bigint: true, throwIfNoEntry: false });
-    if (!stat) return;
-    entries.push({ guestPath, stat });
-    if (!stat.isDirectory()) return;
-    for (const name of listDirectorySync(root, inside, guestPath)) visit(`${guestPath === '/' ? '' : guestPath}/${name}`);
-  };
-  visit(top);
-  return entries;
+  const inside = await realRoot(root).catch(() => undefined);
+  if (inside === undefined) return; // no root: nothing to walk
+  const pending = [top];
+  let walked = 0;
+  while (pending.length) {
+    const guestPath = pending.pop()!;
+    if (skip(guestPath)) continue;
+    let stat: BigIntStats | undefined;
+    try {
+      stat = lstatSync(join(root, guestPath), { bigint: true, throwIfNoEntry: false });
+    } catch {
+      continue;
+    }
+    if (!stat) continue;
+    if (++walked > MAX_TREE_ENTRIES) throw refused(topGuestPath, `a tree of more than ${MAX_TREE_ENTRIES} entries`);
+    onEntry(guestPath, stat);
+    if (stat.isDirectory()) {
+      const names = listDirectorySync(root, inside, guestPath);
+      for (let i = names.length - 1; i >= 0; i--) pending.push(`${guestPath === '/' ? '' : guestPath}/${names[i]}`);
+    }
+    if (walked % WALK_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
-/** The sorted names in a guest directory, listed through a descriptor checked as openGuest checks one; [] when it is gone. */
+/** The sorted names in a guest directory, listed through a descriptor checked as openGuest checks one; [] when it cannot be. */
 function listDirectorySync(root: string, inside: string, guestPath: string): string[] {
   let fd: number;
   try {
     fd = openSync(join(root, guestPath), READ_FLAGS | constants.O_DIRECTORY);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
-    if (code === 'ELOOP') throw refused(guestPath, 'a symbolic link where none was a moment before');
-    throw error;
+  } catch {
+    // Gone, swapped for a link or a file meanwhile, a name too long: nothing to list, as readGuestDir says.
+    return [];
   }
   try {
-    if (!fstatSync(fd).isDirectory()) throw refused(guestPath, 'not a directory once opened');
+    if (!fstatSync(fd).isDirectory()) return [];
     const real = readlinkSync(`/proc/self/fd/${fd}`);
-    if (inside !== '/' && real !== inside && !real.startsWith(`${inside}/`)) {
-      throw refused(guestPath, `outside the guest once opened (${real}): a parent directory was replaced while it was being opened`);
-    }
+    if (inside !== '/' && real !== inside && !real.startsWith(`${inside}/`)) return [];
     return readdirSync(`/proc/self/fd/${fd}`).sort();
+  } catch {
+    return [];
   } finally {
     closeSync(fd);
   }

@@ -83,13 +83,16 @@ describe('guest-fs', () => {
     await execa('mkfifo', [join(root, outside, 'modules/6.1/fifo')]);
     await writeFile(join(root, outside, 'modules/6.1/initrd'), 'skipped');
     // The top (/lib → a host path) resolves inside the guest, as every guest path does.
-    const entries = await walkGuestTree(root, '/lib/modules', (path) => path.endsWith('/initrd'));
+    const entries: { guestPath: string; stat: import('node:fs').BigIntStats }[] = [];
+    await walkGuestTree(root, '/lib/modules', (guestPath, stat) => entries.push({ guestPath, stat }), (path) => path.endsWith('/initrd'));
     const top = join(outside, 'modules');
     expect(entries.map((e) => e.guestPath)).toEqual([top, `${top}/6.1`, `${top}/6.1/build`, `${top}/6.1/fifo`, `${top}/6.1/kernel`, `${top}/6.1/kernel/a.ko`, `${top}/6.1/kernel/b.ko`]);
     expect(entries[2].stat.isSymbolicLink()).toBe(true);
     expect(entries[3].stat.isFIFO()).toBe(true);
     expect(entries[5].stat.size).toBe(1n);
-    expect(await walkGuestTree(root, '/no/such/dir')).toEqual([]);
+    const none: string[] = [];
+    await walkGuestTree(root, '/no/such/dir', (guestPath) => none.push(guestPath));
+    expect(none).toEqual([]);
   });
 
   test('statGuest does not follow the last name', async () => {

@@ -215,7 +215,7 @@ describe('repository step', () => {
     ]);
   });
 
-  test('a later session on the same guest (the step cache: a session per step) finds the lists and does not fetch them again, unless they are gone', async () => {
+  test('a later session on the same guest (the step cache: a session per step) finds the lists and does not fetch them again, unless they are gone or apt\'s configuration changed', async () => {
     const root = await mkdtemp(join(tmpdir(), 'ib-apt-root-'));
     try {
       const lists = join(root, 'var/lib/apt/lists');
@@ -231,6 +231,11 @@ describe('repository step', () => {
       expect(await step('socat')).toEqual([UPDATE, install('socat'), CLEAN]);
       await writeFile(join(lists, 'deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages'), '');
       expect(await step('conntrack')).toEqual([install('conntrack'), CLEAN]);
+      // A step other than repository (run, file) added a source: apt's configuration changed, fetched again.
+      await mkdir(join(root, 'etc/apt/sources.list.d'), { recursive: true });
+      await writeFile(join(root, 'etc/apt/sources.list.d/vendor.sources'), 'Types: deb\nURIs: http://127.0.0.1:1/\nSuites: ./\n');
+      expect(await step('iptables')).toEqual([UPDATE, install('iptables'), CLEAN]);
+      expect(await step('ebtables')).toEqual([install('ebtables'), CLEAN]);
       // A step removed them: the next one fetches them again.
       await rm(join(lists, 'deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages'));
       expect(await step('ethtool')).toEqual([UPDATE, install('ethtool'), CLEAN]);
