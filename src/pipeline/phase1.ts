@@ -261,6 +261,11 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
       checks: recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [],
       components: await clock.time('components', async () => readComponents(opened.layout.root, () => session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal)),
     }))());
+  // Before the final snapshot. A failure is the build's after the layer is committed (thrown again below), as before.
+  const judgeThenClose = async () => {
+    await judgeFinished().catch(() => undefined);
+    await session.close();
+  };
 
   await clock.time('steps', async () => {
     for (const step of recipe.steps.slice(chain.reused.length)) {
@@ -286,18 +291,11 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
       const layer = await chain.commitStep(opened, base, {
         index: step.index, bomStep, after: ran.after, skipped: Boolean(skipped),
         records: { files: ran.records.files, units: ran.records.units, images: ran.records.images },
-      }, async () => {
-        // Its failure is the build's after the layer is committed (it is thrown again below), as before.
-        if (last) await judgeFinished().catch(() => undefined);
-        await session.close();
-      });
+      }, last ? judgeThenClose : () => session.close());
       steps.push(bomStep, ...ran.after);
       events({ event: 'step-finished', step: number, durationMs: bomStep.durationMs, ...(layer ? { layer } : {}) });
     }
-    await chain.close(opened, async () => {
-      await judgeFinished().catch(() => undefined);
-      await session.close();
-    });
+    await chain.close(opened, judgeThenClose);
   });
   const { checks, components } = await judgeFinished();
   await session.close();

@@ -79,11 +79,14 @@ export async function statGuest(root: string, guestPath: string): Promise<Stats 
   return lstat(await hostPathOfName(root, guestPath)).catch(() => undefined);
 }
 
+/** Whether a real path lies inside the guest's real root. */
+const isInside = (inside: string, real: string) => inside === '/' || real === inside || real.startsWith(`${inside}/`);
+
 /** The descriptor's real path must still lie inside the guest root. */
 async function checkInside(root: string, handle: FileHandle, guestPath: string): Promise<void> {
   const real = await readlink(`/proc/self/fd/${handle.fd}`);
   const inside = await realRoot(root);
-  if (inside !== '/' && real !== inside && !real.startsWith(`${inside}/`)) {
+  if (!isInside(inside, real)) {
     throw refused(guestPath, `outside the guest once opened (${real}): a parent directory was replaced while it was being opened`);
   }
 }
@@ -183,7 +186,7 @@ export async function readGuestDir(root: string, guestPath: string): Promise<str
   }
 }
 
-/** The most entries walkGuestTree visits: a kernel's modules are ~1 500 to 10 000; a crafted tree is refused. */
+/** The most entries walkGuestTree visits by default: a kernel's modules are ~1 500 to 10 000; a crafted tree is refused. */
 export const MAX_TREE_ENTRIES = 500_000;
 /** Entries walked between two turns of the event loop (signals, timeouts, a matrix's other builds). */
 const WALK_BATCH = 2_000;
@@ -197,7 +200,13 @@ const WALK_BATCH = 2_000;
  * swapped meanwhile, a name too long) is left out, as readGuestDir leaves it. `topGuestPath` is resolved inside
  * the guest first.
  */
-export async function walkGuestTree(root: string, topGuestPath: string, onEntry: (guestPath: string, stat: BigIntStats) => void, skip: (guestPath: string) => boolean = () => false): Promise<void> {
+export async function walkGuestTree(
+  root: string,
+  topGuestPath: string,
+  onEntry: (guestPath: string, stat: BigIntStats) => void,
+  skip: (guestPath: string) => boolean = () => false,
+  maxEntries = MAX_TREE_ENTRIES,
+): Promise<void> {
   const top = await resolveInRoot(root, topGuestPath);
   const inside = await realRoot(root).catch(() => undefined);
   if (inside === undefined) return; // no root: nothing to walk
@@ -213,7 +222,7 @@ export async function walkGuestTree(root: string, topGuestPath: string, onEntry:
       continue;
     }
     if (!stat) continue;
-    if (++walked > MAX_TREE_ENTRIES) throw refused(topGuestPath, `a tree of more than ${MAX_TREE_ENTRIES} entries`);
+    if (++walked > maxEntries) throw refused(topGuestPath, `a tree of more than ${maxEntries} entries`);
     onEntry(guestPath, stat);
     if (stat.isDirectory()) {
       const names = listDirectorySync(root, inside, guestPath);
@@ -234,8 +243,7 @@ function listDirectorySync(root: string, inside: string, guestPath: string): str
   }
   try {
     if (!fstatSync(fd).isDirectory()) return [];
-    const real = readlinkSync(`/proc/self/fd/${fd}`);
-    if (inside !== '/' && real !== inside && !real.startsWith(`${inside}/`)) return [];
+    if (!isInside(inside, readlinkSync(`/proc/self/fd/${fd}`))) return [];
     return readdirSync(`/proc/self/fd/${fd}`).sort();
   } catch {
     return [];

@@ -95,6 +95,21 @@ describe('guest-fs', () => {
     expect(none).toEqual([]);
   });
 
+  test('walkGuestTree refuses a tree larger than its bound, naming it, rather than walking without end', async () => {
+    await mkdir(join(root, 'etc/apt/sources.list.d'), { recursive: true });
+    for (let i = 0; i < 12; i++) await writeFile(join(root, `etc/apt/sources.list.d/s${i}.list`), '');
+    const seen: string[] = [];
+    await expect(walkGuestTree(root, '/etc/apt', (guestPath) => seen.push(guestPath), undefined, 10)).rejects.toMatchObject({
+      code: 'BAD_INPUT',
+      message: expect.stringContaining("the guest's /etc/apt is a tree of more than 10 entries"),
+    });
+    expect(seen).toHaveLength(10);
+    // Within the bound, the same tree is walked whole: /etc/apt, sources.list.d and its 12 files.
+    seen.length = 0;
+    await walkGuestTree(root, '/etc/apt', (guestPath) => seen.push(guestPath), undefined, 14);
+    expect(seen).toHaveLength(14);
+  });
+
   test('statGuest does not follow the last name', async () => {
     await symlink('/dev/null', join(root, 'etc/masked'));
     expect((await statGuest(root, '/etc/masked'))!.isSymbolicLink()).toBe(true);
