@@ -1,7 +1,7 @@
 import { sha256Text } from '../util/digest.js';
 import { readGuestDir, readGuestFile } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
-import { APT_ARCHIVES, APT_LISTS, aptListedHashes, DEB_NAME, MAX_LIST_BYTES, MAX_PACKAGE_BYTES } from './package-cache.js';
+import { APT_ARCHIVES, aptPackagesIndex, DEB_NAME, MAX_PACKAGE_BYTES, stanzaField as field } from './package-cache.js';
 import type { PackageCollector, ServedRepository } from './types.js';
 
 /**
@@ -34,23 +34,6 @@ export function aptBundleOptions(served: ServedRepository): string[] {
 /** Prepares the lists directory apt-get update writes to (the session's /run is fresh each session). */
 export const APT_BUNDLE_LISTS_SETUP = ['mkdir', '-p', `${BUNDLE_LISTS}/partial`];
 
-const SHA256_LINE = /^SHA256:[ \t]*([0-9a-f]{64})[ \t\r]*$/gm;
-
-/**
- * The stanzas of a Packages list whose SHA256 is one of `wanted` (added to `found`, first one wins): one pattern
- * pass over the list, each stanza cut at the blank lines around its SHA256 field. Read as latin1: no byte is invalid.
- */
-export function stanzasBySha256(list: Buffer, wanted: ReadonlySet<string>, found: Map<string, string>): void {
-  const text = list.toString('latin1');
-  for (const match of text.matchAll(SHA256_LINE)) {
-    const sha256 = match[1];
-    if (!wanted.has(sha256) || found.has(sha256)) continue;
-    const before = text.lastIndexOf('\n\n', match.index);
-    const after = text.indexOf('\n\n', match.index);
-    found.set(sha256, text.slice(before < 0 ? 0 : before + 2, after < 0 ? text.length : after).replace(/\n+$/, ''));
-  }
-}
-
 /**
  * Keeps, for a bundle, every .deb apt left in its archives after a transaction whose bytes hash to the sha256
  * the guest's signed lists name for its file name, with its stanza. Files read through guest-fs (regular,
@@ -60,35 +43,23 @@ export async function collectDownloadedDebs(root: string, collector: PackageColl
   collector.aptTransaction();
   const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name));
   if (!names.length) return 0;
-  const listed = await aptListedHashes(root);
-  const debs: { name: string; sha256: string; content: Buffer }[] = [];
+  const index = await aptPackagesIndex(root);
+  let kept = 0;
   for (const name of names) {
-    const sha256 = listed.get(name);
-    if (!sha256) continue;
     const content = await readGuestFile(root, `${APT_ARCHIVES}/${name}`, MAX_PACKAGE_BYTES).catch(() => undefined);
-    if (!content || sha256Text(content) !== sha256) {
+    const sha256 = content ? sha256Text(content) : undefined;
+    const listed = sha256 && index.archiveName(sha256) === name ? index.stanza(sha256) : undefined;
+    if (!content || !sha256 || !listed) {
       log.warn(`bundle: ${APT_ARCHIVES}/${name} is not what the guest's package lists say it is; not kept`);
       continue;
     }
-    debs.push({ name, sha256, content });
+    // With the stanza and the list that named it (the list's file name says its source: host, path, suite).
+    await collector.addDeb(content, sha256, listed.stanza, `${listed.list}: ${name}`);
+    kept++;
   }
-  const stanzas = new Map<string, string>();
-  const origins = new Map<string, string>();
-  const wanted = new Set(debs.map((deb) => deb.sha256));
-  for (const list of (await readGuestDir(root, APT_LISTS)) ?? []) {
-    if (!list.endsWith('_Packages')) continue;
-    const text = await readGuestFile(root, `${APT_LISTS}/${list}`, MAX_LIST_BYTES).catch(() => undefined);
-    if (text) stanzasBySha256(text, wanted, stanzas);
-    for (const sha256 of stanzas.keys()) if (!origins.has(sha256)) origins.set(sha256, `${APT_LISTS}/${list}`);
-  }
-  // Each .deb with the list that named it (the list's file name says its source: host, path, suite).
-  for (const deb of debs) await collector.addDeb(deb.content, deb.sha256, stanzas.get(deb.sha256)!, `${origins.get(deb.sha256)}: ${deb.name}`);
-  log.info(`bundle: kept ${debs.length} .deb file(s) apt fetched`);
-  return debs.length;
+  log.info(`bundle: kept ${kept} .deb file(s) apt fetched`);
+  return kept;
 }
-
-/** A field of a stanza (first line only). */
-const field = (stanza: string, name: string) => new RegExp(`^${name}:[ \\t]*(.*?)[ \\t\\r]*$`, 'm').exec(stanza)?.[1];
 
 /**
  * The flat repository's index made from the kept stanzas: each stanza as the signed list gave it, its Filename

@@ -5,7 +5,7 @@ import { GUEST_READ_LIMITS, readGuestText, walkGuestTree } from '../util/guest-f
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
-import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptListedHashes } from './package-cache.js';
+import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPackagesIndex } from './package-cache.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
@@ -87,10 +87,10 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
   const cache = options.packageCache;
   const collect = options.bundle?.collect;
   // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
-  const listed = cache ? await rememberedAptListedHashes(session.root) : undefined;
-  if (cache && listed) await offerCachedDebs(session.root, cache.dir, listed, cache.log, await installedArchiveNames(session.root));
+  const index = cache ? await rememberedAptPackagesIndex(session.root) : undefined;
+  const offered = cache && index ? await offerCachedDebs(session.root, cache.dir, index, cache.log, await installedArchiveNames(session.root)) : undefined;
   await transaction();
-  if (cache && listed) await keepDownloadedDebs(session.root, cache.dir, listed, cache.log);
+  if (cache && index) await keepDownloadedDebs(session.root, cache.dir, index, cache.log, new Set(offered?.paths));
   if (collect) await collectDownloadedDebs(session.root, collect, collect.log);
 }
 

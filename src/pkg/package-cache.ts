@@ -56,70 +56,95 @@ const QUOTED = /[^\x21-\x7e]|[%_:]/g;
 const QUOTED_ARCH = /[^\x21-\x7e]|[%_:.]/g;
 const quoteApt = (text: string, bad: RegExp) => text.replace(bad, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 
+/** A field of a deb822 stanza: its first line, trimmed (Debian policy keeps these four ASCII, on one line). */
+export const stanzaField = (stanza: string, name: string) => new RegExp(`^${name}:[ \\t]*(.*?)[ \\t\\r]*$`, 'm').exec(stanza)?.[1];
+
+/** The guest's Packages lists read together at most this big (Debian's main, contrib, updates, security: ~100 MiB). */
+export const MAX_LISTS_TOTAL_BYTES = 1 << 30;
+
 /**
- * What the guest's package lists say each .deb is: its file name (as apt names it in its archives) → sha256.
- * Read on the host through guest-fs (regular files only, never following a guest link), parsed as data in one
- * pattern pass per list (Debian's main list is ~50 MB, 63 000 packages).
+ * The guest's Packages lists, indexed by the sha256 each stanza names: what apt's lists say a .deb is, found by
+ * its bytes' hash. One search for the `SHA256:` lines per list (Debian's main list: ~50 MB, 63 000 stanzas,
+ * ~60 ms; splitting it into stanzas took ~0.3 s); a stanza is cut out and read only when asked for. The lists
+ * are data (the guest's), read as latin1 so no byte is invalid; the first stanza naming a sha256 wins.
  */
-export async function aptListedHashes(root: string): Promise<ReadonlyMap<string, string>> {
-  const listed = new Map<string, string>();
+export class AptPackagesIndex {
+  private readonly byHash = new Map<string, { text: string; at: number; list: string }>();
+
+  add(list: string, bytes: Buffer): void {
+    const text = bytes.toString('latin1');
+    for (let field = text.indexOf('\nSHA256:'); field >= 0; field = text.indexOf('\nSHA256:', field + 1)) {
+      let start = field + '\nSHA256:'.length;
+      while (text[start] === ' ' || text[start] === '\t') start++;
+      const sha256 = text.slice(start, start + 64);
+      const after = text[start + 64];
+      if (SHA256.test(sha256) && (after === undefined || after === '\n' || after === '\r' || after === ' ' || after === '\t') && !this.byHash.has(sha256)) {
+        this.byHash.set(sha256, { text, at: field, list });
+      }
+    }
+  }
+
+  /** The whole stanza naming this sha256, and the list (its guest path) it is in. */
+  stanza(sha256: string): { stanza: string; list: string } | undefined {
+    const found = this.byHash.get(sha256);
+    if (!found) return undefined;
+    const before = found.text.lastIndexOf('\n\n', found.at);
+    const after = found.text.indexOf('\n\n', found.at + 1);
+    return { stanza: found.text.slice(before < 0 ? 0 : before + 2, after < 0 ? found.text.length : after).replace(/\n+$/, ''), list: found.list };
+  }
+
+  /** The name apt gives the .deb with this sha256 in its archives, when a stanza names it with a name, version and architecture. */
+  archiveName(sha256: string): string | undefined {
+    const stanza = this.stanza(sha256)?.stanza;
+    const [name, version, architecture] = ['Package', 'Version', 'Architecture'].map((key) => (stanza ? stanzaField(stanza, key) : undefined));
+    return name && version && architecture ? aptArchiveName(name, version, architecture) : undefined;
+  }
+}
+
+/**
+ * The guest's Packages lists, read on the host through guest-fs (regular files only, never following a guest
+ * link), together at most MAX_LISTS_TOTAL_BYTES: past it, the rest are not matched (the cache offers less).
+ */
+export async function aptPackagesIndex(root: string): Promise<AptPackagesIndex> {
+  const index = new AptPackagesIndex();
+  let total = 0;
   for (const name of await packagesListNames(root)) {
     const list = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_LIST_BYTES).catch(() => undefined);
-    if (list) readPackagesList(list, listed);
+    if (!list) continue;
+    total += list.length;
+    if (total > MAX_LISTS_TOTAL_BYTES) break;
+    index.add(`${APT_LISTS}/${name}`, list);
   }
-  return listed;
+  return index;
 }
 
 const packagesListNames = async (root: string) => ((await readGuestDir(root, APT_LISTS)) ?? []).filter((name) => name.endsWith('_Packages'));
 
 /**
- * aptListedHashes, read again only when a list changed: each apt step of a build (with the step cache, a session
- * each) matches the package cache, and Debian's main list takes ~0.2 s to read and parse. A list is known by the
- * file read (its links resolved inside the guest): device, inode, size, mtime and ctime in nanoseconds (a write
- * changes the ctime, which no guest process can set back). For the package cache only, which hashes every file
- * it offers or keeps: a guest that rewrote a list in place within one ctime tick gets the old list's names.
+ * aptPackagesIndex, read again only when a list changed: each apt step of a build (with the step cache, a
+ * session each) matches the package cache. A list is known by the file read (its links resolved inside the
+ * guest): device, inode, size, mtime and ctime in nanoseconds (a write changes the ctime, which no guest process
+ * can set back). For the package cache only, which hashes every file it offers or keeps: a guest that rewrote a
+ * list in place within one ctime tick gets the old list's stanzas.
  */
-export async function rememberedAptListedHashes(root: string): Promise<ReadonlyMap<string, string>> {
+export async function rememberedAptPackagesIndex(root: string): Promise<AptPackagesIndex> {
   const names = await packagesListNames(root);
   const signature = (await Promise.all(names.map(async (name) => {
     const stats = await lstat(await guestHostPath(root, `${APT_LISTS}/${name}`), { bigint: true }).catch(() => undefined);
     return `${name}\0${stats?.dev}\0${stats?.ino}\0${stats?.size}\0${stats?.mtimeNs}\0${stats?.ctimeNs}`;
   }))).join('\n');
-  const remembered = listedMemo.get(root);
-  if (remembered?.signature === signature) return remembered.listed;
-  const listed = await aptListedHashes(root);
-  listedMemo.delete(root);
-  listedMemo.set(root, { signature, listed });
-  // A matrix runs many builds in one process: the few most recent guests are remembered, not all (~10 MB each).
-  for (const oldest of listedMemo.keys()) if (listedMemo.size > MEMO_GUESTS) listedMemo.delete(oldest);
-  return listed;
+  const remembered = indexMemo.get(root);
+  if (remembered?.signature === signature) return remembered.index;
+  const index = await aptPackagesIndex(root);
+  indexMemo.delete(root);
+  indexMemo.set(root, { signature, index });
+  // A matrix runs many builds in one process: the two most recent guests are remembered (their lists' text, ~80 MB each).
+  for (const oldest of indexMemo.keys()) if (indexMemo.size > MEMO_GUESTS) indexMemo.delete(oldest);
+  return index;
 }
 /** The last lists read per guest root (one per build), by their signature. */
-const listedMemo = new Map<string, { signature: string; listed: ReadonlyMap<string, string> }>();
-const MEMO_GUESTS = 4;
-
-/** The four fields wanted, at the start of a line; every stanza begins with Package. */
-const LIST_FIELDS = /^(Package|Version|Architecture|SHA256):[ \t]*(.*?)[ \t\r]*$/gm;
-
-/**
- * Adds each stanza of a Packages list that has a name, version, architecture and sha256: one pass of one pattern
- * over the list (Debian's main list: ~50 MB, ~0.1 s), never split into stanzas or lines. Field values are ASCII by
- * Debian policy; the list is read as latin1, so no byte is ever invalid.
- */
-export function readPackagesList(list: Buffer, listed: Map<string, string>): void {
-  const text = list.toString('latin1');
-  let fields: Record<string, string> = {};
-  const stanzaEnds = () => {
-    const { Package: name, Version: version, Architecture: architecture, SHA256: sha256 } = fields;
-    if (name && version && architecture && sha256 && SHA256.test(sha256)) listed.set(aptArchiveName(name, version, architecture), sha256);
-    fields = {};
-  };
-  for (const [, key, value] of text.matchAll(LIST_FIELDS)) {
-    if (key === 'Package') stanzaEnds();
-    fields[key] = value;
-  }
-  stanzaEnds();
-}
+const indexMemo = new Map<string, { signature: string; index: AptPackagesIndex }>();
+const MEMO_GUESTS = 2;
 
 /** A package file a guest's manager looks for (or left) at a guest path, and the sha256 its metadata names. */
 export interface GuestPackageFile {
@@ -134,7 +159,7 @@ export interface GuestPackageFile {
 export async function offerCachedFiles(root: string, packageCacheDir: string, kind: PackageKind, wanted: Iterable<GuestPackageFile>, log: Logger, manager: string): Promise<{ files: number; bytes: number; paths: string[] }> {
   const store = storeDir(packageCacheDir, kind);
   const suffix = `.${kind}`;
-  const cached = new Set((await readdir(store).catch(() => [] as string[])).filter((name) => name.endsWith(suffix)).map((name) => name.slice(0, -suffix.length)).filter((hash) => SHA256.test(hash)));
+  const cached = await storedHashes(packageCacheDir, kind);
   const paths: string[] = [];
   let bytes = 0;
   if (!cached.size) return { files: 0, bytes, paths };
@@ -161,6 +186,38 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
   return { files: paths.length, bytes, paths };
 }
 
+/** Puts files already hashed into a kind's store, together at most `maxTotalBytes` per call (per keeping). */
+function storeKeeper(packageCacheDir: string, kind: PackageKind, log: Logger, maxTotalBytes: number) {
+  const store = storeDir(packageCacheDir, kind);
+  let kept = 0;
+  let keptBytes = 0;
+  return {
+    has: (sha256: string) => stat(join(store, `${sha256}.${kind}`)).then(() => true, () => false),
+    /** False once this call's total would be passed: nothing more is kept. */
+    async keep(sha256: string, content: Buffer): Promise<boolean> {
+      if (keptBytes + content.length > maxTotalBytes) {
+        log.warn(`package cache: this build's ${kind} files pass ${Math.round(maxTotalBytes / 2 ** 20)} MiB; the rest are not kept`);
+        return false;
+      }
+      keptBytes += content.length;
+      await mkdir(store, { recursive: true });
+      const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
+      await writeFile(partial, content, { mode: 0o644 });
+      await rename(partial, join(store, `${sha256}.${kind}`)).catch(async (error: unknown) => {
+        await rm(partial, { force: true });
+        throw error;
+      });
+      kept++;
+      return true;
+    },
+    /** How many were new to the cache, said in the log. */
+    done(): number {
+      if (kept) log.info(`package cache: kept ${kept} downloaded .${kind} file(s) for the next build`);
+      return kept;
+    },
+  };
+}
+
 /**
  * Keeps what the guest's manager downloaded: every regular file among `found`, bounded in size, whose bytes hash
  * to the sha256 the guest's metadata names for it. Returns how many were new to the cache.
@@ -174,46 +231,53 @@ export async function keepDownloadedFiles(
   /** Each file, and all kept by this call together, at most this big: a guest's own metadata names them. */
   bounds: { maxFileBytes: number; maxTotalBytes: number } = { maxFileBytes: MAX_PACKAGE_BYTES, maxTotalBytes: MAX_KEPT_BYTES },
 ): Promise<number> {
-  const store = storeDir(packageCacheDir, kind);
-  let kept = 0;
-  let keptBytes = 0;
+  const keeper = storeKeeper(packageCacheDir, kind, log, bounds.maxTotalBytes);
   for (const { guestPath, sha256 } of found) {
-    if (!SHA256.test(sha256)) continue;
-    const target = join(store, `${sha256}.${kind}`);
-    if (await stat(target).then(() => true, () => false)) continue;
+    if (!SHA256.test(sha256) || (await keeper.has(sha256))) continue;
     const content = await readGuestFile(root, guestPath, bounds.maxFileBytes).catch(() => undefined);
     if (!content || sha256Text(content) !== sha256) continue;
-    if (keptBytes + content.length > bounds.maxTotalBytes) {
-      log.warn(`package cache: this build's ${kind} files pass ${Math.round(bounds.maxTotalBytes / 2 ** 20)} MiB; the rest are not kept`);
-      break;
-    }
-    keptBytes += content.length;
-    await mkdir(store, { recursive: true });
-    const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
-    await writeFile(partial, content, { mode: 0o644 });
-    await rename(partial, target).catch(async (error: unknown) => {
-      await rm(partial, { force: true });
-      throw error;
-    });
-    kept++;
+    if (!(await keeper.keep(sha256, content))) break;
   }
-  if (kept) log.info(`package cache: kept ${kept} downloaded .${kind} file(s) for the next build`);
-  return kept;
+  return keeper.done();
 }
 
-/** The cached .deb files apt's lists ask for, at the names apt looks for in its archives; `installed`: archive names to leave out. */
-export function offerCachedDebs(root: string, packageCacheDir: string, listed: ReadonlyMap<string, string>, log: Logger, installed: ReadonlySet<string> = new Set()) {
-  // A package installed at that version is not fetched again (an earlier step of the build installed it).
-  const wanted = function* () {
-    for (const [name, sha256] of listed) if (DEB_NAME.test(name) && !installed.has(name)) yield { guestPath: `${APT_ARCHIVES}/${name}`, sha256 };
-  };
-  return offerCachedFiles(root, packageCacheDir, 'deb', wanted(), log, 'apt');
+/** The sha256s a kind's store holds, by its file names (a file is hashed again before it is offered). */
+async function storedHashes(packageCacheDir: string, kind: PackageKind): Promise<Set<string>> {
+  const suffix = `.${kind}`;
+  const names = await readdir(storeDir(packageCacheDir, kind)).catch(() => [] as string[]);
+  return new Set(names.filter((name) => name.endsWith(suffix)).map((name) => name.slice(0, -suffix.length)).filter((hash) => SHA256.test(hash)));
 }
 
-/** Keeps the .deb files apt left in its archives whose sha256 its lists name for that file name. */
-export async function keepDownloadedDebs(root: string, packageCacheDir: string, listed: ReadonlyMap<string, string>, log: Logger): Promise<number> {
-  const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name) && listed.has(name));
-  return keepDownloadedFiles(root, packageCacheDir, 'deb', names.map((name) => ({ guestPath: `${APT_ARCHIVES}/${name}`, sha256: listed.get(name)! })), log);
+/**
+ * The cached .deb files the guest's lists name, each at the name apt looks for in its archives; `installed`:
+ * archive names to leave out (a package installed at that version is not fetched again). The store's hashes are
+ * looked up in the lists, so the cost follows the store, not the lists' 63 000 stanzas.
+ */
+export async function offerCachedDebs(root: string, packageCacheDir: string, index: AptPackagesIndex, log: Logger, installed: ReadonlySet<string> = new Set()) {
+  const wanted: GuestPackageFile[] = [];
+  for (const sha256 of await storedHashes(packageCacheDir, 'deb')) {
+    const name = index.archiveName(sha256);
+    if (name && DEB_NAME.test(name) && !installed.has(name)) wanted.push({ guestPath: `${APT_ARCHIVES}/${name}`, sha256 });
+  }
+  return offerCachedFiles(root, packageCacheDir, 'deb', wanted, log, 'apt');
+}
+
+/**
+ * Keeps the .deb files apt left in its archives whose sha256 the lists name under that file name: each read and
+ * hashed first, then looked up (the lists are indexed by hash). `offered`: the guest paths the cache put there.
+ */
+export async function keepDownloadedDebs(root: string, packageCacheDir: string, index: AptPackagesIndex, log: Logger, offered: ReadonlySet<string> = new Set()): Promise<number> {
+  const keeper = storeKeeper(packageCacheDir, 'deb', log, MAX_KEPT_BYTES);
+  for (const name of (await readGuestDir(root, APT_ARCHIVES)) ?? []) {
+    const guestPath = `${APT_ARCHIVES}/${name}`;
+    if (!DEB_NAME.test(name) || offered.has(guestPath)) continue;
+    const content = await readGuestFile(root, guestPath, MAX_PACKAGE_BYTES).catch(() => undefined);
+    if (!content) continue;
+    const sha256 = sha256Text(content);
+    if (index.archiveName(sha256) !== name || (await keeper.has(sha256))) continue;
+    if (!(await keeper.keep(sha256, content))) break;
+  }
+  return keeper.done();
 }
 
 export interface CachedPackage {

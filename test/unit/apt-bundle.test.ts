@@ -1,4 +1,5 @@
-import { aptBundleIndex, aptBundleOptions, bundlePackages, stanzasBySha256 } from '../../src/pkg/apt-bundle.js';
+import { aptBundleIndex, aptBundleOptions, bundlePackages } from '../../src/pkg/apt-bundle.js';
+import { AptPackagesIndex } from '../../src/pkg/package-cache.js';
 import { missingFromBundle } from '../../src/pkg/bundle-use.js';
 import { sha256Text } from '../../src/util/digest.js';
 
@@ -12,17 +13,19 @@ const LIST = [
 
 describe('apt and bundles', () => {
   test('the stanzas of the wanted sha256s, whole, wherever the SHA256 field is in them', () => {
-    const found = new Map<string, string>();
-    stanzasBySha256(Buffer.from(LIST, 'latin1'), new Set([A, B, 'd'.repeat(64)]), found);
-    expect([...found.keys()]).toEqual([A, B]);
-    expect(found.get(A)).toMatch(/^Package: conntrack\n/);
-    expect(found.get(A)).toContain(' multi-line, kept as it is');
-    expect(found.get(B)).toMatch(/^Package: socat\n[\s\S]*Size: 360000$/);
+    const index = new AptPackagesIndex();
+    index.add('/var/lib/apt/lists/mirror_Packages', Buffer.from(LIST, 'latin1'));
+    expect(index.stanza('d'.repeat(64))).toBeUndefined();
+    expect(index.stanza(A)).toEqual({ stanza: expect.stringMatching(/^Package: conntrack\n/), list: '/var/lib/apt/lists/mirror_Packages' });
+    expect(index.stanza(A)!.stanza).toContain(' multi-line, kept as it is');
+    expect(index.stanza(B)!.stanza).toMatch(/^Package: socat\n[\s\S]*Size: 360000$/);
+    expect(index.stanza('c'.repeat(64))!.stanza).toBe(`Package: other\nVersion: 1\nArchitecture: all\nSHA256: ${'c'.repeat(64)}`);
   });
 
   test('the index: stanzas sorted, Filename the bundle\'s, a Release naming the index\'s sha256 and size', () => {
-    const found = new Map<string, string>();
-    stanzasBySha256(Buffer.from(LIST, 'latin1'), new Set([A, B]), found);
+    const index = new AptPackagesIndex();
+    index.add('/var/lib/apt/lists/mirror_Packages', Buffer.from(LIST, 'latin1'));
+    const found = new Map([A, B].map((sha) => [sha, index.stanza(sha)!.stanza]));
     const { packages, release } = aptBundleIndex([
       { sha256: B, stanza: found.get(B)!, filename: `packages/${B}.deb` },
       { sha256: A, stanza: found.get(A)!, filename: `packages/${A}.deb` },

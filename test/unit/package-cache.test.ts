@@ -1,7 +1,7 @@
-import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { aptArchiveName, aptListedHashes, listCachedPackages, offerCachedDebs, pruneCachedPackages, rememberedAptListedHashes } from '../../src/pkg/package-cache.js';
+import { AptPackagesIndex, aptArchiveName, aptPackagesIndex, keepDownloadedDebs, listCachedPackages, offerCachedDebs, pruneCachedPackages, rememberedAptPackagesIndex } from '../../src/pkg/package-cache.js';
 import { silentLogger } from '../../src/util/log.js';
 import { sha256Text } from '../../src/util/digest.js';
 
@@ -12,25 +12,32 @@ describe('package cache: the store and the guest lists', () => {
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
-  test("the guest's Packages lists, read as data: apt's archive name (from name, version, architecture; not the pool file's name, which has no epoch) -> sha256; stanzas without all four are skipped", async () => {
+  test("the guest's Packages lists, read as data and indexed by sha256: apt's archive name (from name, version, architecture; not the pool file's name, which has no epoch); stanzas without all four have none", async () => {
     const root = join(dir, 'root');
     await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
-    const a = 'a'.repeat(64);
-    const b = 'b'.repeat(64);
-    const c = 'c'.repeat(64);
+    const [a, b, c, d, e] = ['a', 'b', 'c', 'd', 'e'].map((x) => x.repeat(64));
     await writeFile(
       join(root, 'var/lib/apt/lists/mirror_dists_bookworm_main_binary-amd64_Packages'),
-      `Package: conntrack\nSource: conntrack-tools\nVersion: 1:1.4.7-1+b2\nArchitecture: amd64\nDescription: a tool\n Package: not-a-field\nFilename: pool/main/c/conntrack-tools/conntrack_1.4.7-1+b2_amd64.deb\nSHA256: ${a}\n\n` +
-        `Package: odd\nVersion: 1\nArchitecture: amd64\nFilename: pool/o/odd_1_amd64.deb\n\n` +
+      `Package: conntrack\nSource: conntrack-tools\nVersion: 1:1.4.7-1+b2\nArchitecture: amd64\nDescription: a tool\n Package: not-a-field\n SHA256: ${e}\nFilename: pool/main/c/conntrack-tools/conntrack_1.4.7-1+b2_amd64.deb\nSHA256: ${a}\n\n` +
+        `Package: odd\nVersion: 1\nFilename: pool/o/odd_1_amd64.deb\nSHA256:\t${d}\r\n\n` +
         `Package: cri-tools\nSHA256: ${b}\nArchitecture: amd64\nVersion: 1.36.0-1.1\nFilename: amd64/cri-tools_1.36.0-1.1_amd64.deb\n\n` +
-        `Package: under_score\nVersion: 2~rc_1\nArchitecture: all\nSHA256: ${c}\n`,
+        `Package: under_score\nVersion: 2~rc_1\nArchitecture: all\nSHA256: ${c}\n\n` +
+        `Package: second\nVersion: 1\nArchitecture: all\nSHA256: ${c}\n\n` +
+        `Package: short\nVersion: 1\nArchitecture: all\nSHA256: ${'f'.repeat(63)}\n`,
     );
     await writeFile(join(root, 'var/lib/apt/lists/lock'), '');
-    expect([...(await aptListedHashes(root))]).toEqual([
-      ['conntrack_1%3a1.4.7-1+b2_amd64.deb', a],
-      ['cri-tools_1.36.0-1.1_amd64.deb', b],
-      ['under%5fscore_2~rc%5f1_all.deb', c],
-    ]);
+    await writeFile(join(root, 'var/lib/apt/lists/mirror_dists_bookworm_main_i18n_Translation-en'), `Package: x\nSHA256: ${e}\n`);
+    const index = await aptPackagesIndex(root);
+    expect(index.archiveName(a)).toBe('conntrack_1%3a1.4.7-1+b2_amd64.deb');
+    expect(index.archiveName(b)).toBe('cri-tools_1.36.0-1.1_amd64.deb');
+    // The first stanza naming a sha256 wins.
+    expect(index.archiveName(c)).toBe('under%5fscore_2~rc%5f1_all.deb');
+    // Found, but it has no architecture: no archive name.
+    expect(index.stanza(d)?.stanza).toMatch(/^Package: odd\n/);
+    expect(index.archiveName(d)).toBeUndefined();
+    // A description's continuation line, a list that is not a Packages list, a hash of 63 digits: none is a stanza's SHA256.
+    expect(index.stanza(e)).toBeUndefined();
+    expect(index.stanza('f'.repeat(63))).toBeUndefined();
     expect(aptArchiveName('libc6', '2.36-9+deb12u9', 'amd64')).toBe('libc6_2.36-9+deb12u9_amd64.deb');
   });
 
@@ -40,15 +47,22 @@ describe('package cache: the store and the guest lists', () => {
     await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
     const stanza = (sha: string) => `Package: socat\nVersion: 1\nArchitecture: amd64\nSHA256: ${sha}\n`;
     await writeFile(list, stanza('a'.repeat(64)));
-    const first = await rememberedAptListedHashes(root);
-    expect(await rememberedAptListedHashes(root)).toBe(first);
+    const first = await rememberedAptPackagesIndex(root);
+    expect(await rememberedAptPackagesIndex(root)).toBe(first);
     await new Promise((resolve) => setTimeout(resolve, 20));
     await writeFile(list, stanza('b'.repeat(64)));
     await utimes(list, new Date(0), new Date(0));
-    const second = await rememberedAptListedHashes(root);
+    const second = await rememberedAptPackagesIndex(root);
     expect(second).not.toBe(first);
-    expect([...second]).toEqual([['socat_1_amd64.deb', 'b'.repeat(64)]]);
+    expect(second.archiveName('b'.repeat(64))).toBe('socat_1_amd64.deb');
+    expect(second.archiveName('a'.repeat(64))).toBeUndefined();
   });
+
+  const listOf = (debs: Record<string, string>) =>
+    Object.entries(debs).map(([name, content]) => {
+      const [pkg, version, arch] = name.slice(0, -4).split('_');
+      return `Package: ${pkg}\nVersion: ${version}\nArchitecture: ${arch}\nSHA256: ${sha256Text(content)}\n`;
+    }).join('\n');
 
   test('offered: the cached .debs the lists name, but not those installed at that version already', async () => {
     const root = join(dir, 'root');
@@ -56,11 +70,35 @@ describe('package cache: the store and the guest lists', () => {
     const cache = join(dir, 'cache');
     await mkdir(join(cache, 'deb'), { recursive: true });
     const debs = { 'socat_1.7.4.4-2_amd64.deb': 'socat bytes', 'runc_1.1.5_amd64.deb': 'runc bytes', 'other_1_amd64.deb': 'not cached' };
-    const listed = new Map(Object.entries(debs).map(([name, content]) => [name, sha256Text(content)]));
-    for (const name of ['socat_1.7.4.4-2_amd64.deb', 'runc_1.1.5_amd64.deb']) await writeFile(join(cache, 'deb', `${listed.get(name)}.deb`), debs[name as keyof typeof debs]);
-    const offered = await offerCachedDebs(root, cache, listed, silentLogger(), new Set(['runc_1.1.5_amd64.deb']));
+    const index = new AptPackagesIndex();
+    index.add('/var/lib/apt/lists/m_Packages', Buffer.from(listOf(debs)));
+    for (const name of ['socat_1.7.4.4-2_amd64.deb', 'runc_1.1.5_amd64.deb'] as const) await writeFile(join(cache, 'deb', `${sha256Text(debs[name])}.deb`), debs[name]);
+    // Cached, but no list names it.
+    await writeFile(join(cache, 'deb', `${sha256Text('unlisted')}.deb`), 'unlisted');
+    const offered = await offerCachedDebs(root, cache, index, silentLogger(), new Set(['runc_1.1.5_amd64.deb']));
     expect(offered.paths).toEqual(['/var/cache/apt/archives/socat_1.7.4.4-2_amd64.deb']);
     expect(await readdir(join(root, 'var/cache/apt/archives'))).toEqual(['socat_1.7.4.4-2_amd64.deb']);
+  });
+
+  test('kept: a .deb whose bytes the lists name under its file name; not one under another name, not other bytes, not what the cache offered, not a link', async () => {
+    const root = join(dir, 'root');
+    const archives = join(root, 'var/cache/apt/archives');
+    await mkdir(archives, { recursive: true });
+    const cache = join(dir, 'cache');
+    const debs = { 'socat_1_amd64.deb': 'socat bytes', 'runc_1_amd64.deb': 'runc bytes', 'offered_1_all.deb': 'offered bytes', 'iptables_1_amd64.deb': 'iptables bytes' };
+    const index = new AptPackagesIndex();
+    index.add('/var/lib/apt/lists/m_Packages', Buffer.from(listOf(debs)));
+    await writeFile(join(archives, 'socat_1_amd64.deb'), debs['socat_1_amd64.deb']);
+    await writeFile(join(archives, 'runc_1_amd64.deb'), 'runc bytes, changed');
+    await writeFile(join(archives, 'renamed_1_amd64.deb'), debs['socat_1_amd64.deb']);
+    await writeFile(join(archives, 'offered_1_all.deb'), debs['offered_1_all.deb']);
+    await writeFile(join(dir, 'host-file'), debs['iptables_1_amd64.deb']);
+    await symlink(join(dir, 'host-file'), join(archives, 'iptables_1_amd64.deb'));
+    expect(await keepDownloadedDebs(root, cache, index, silentLogger(), new Set(['/var/cache/apt/archives/offered_1_all.deb']))).toBe(1);
+    expect(await readdir(join(cache, 'deb'))).toEqual([`${sha256Text(debs['socat_1_amd64.deb'])}.deb`]);
+    // Kept once: a second keeping finds it stored.
+    expect(await keepDownloadedDebs(root, cache, index, silentLogger())).toBe(1);
+    expect((await readdir(join(cache, 'deb'))).sort()).toEqual([sha256Text(debs['socat_1_amd64.deb']), sha256Text(debs['offered_1_all.deb'])].map((h) => `${h}.deb`).sort());
   });
 
   test('prune: --older-than by last use, then --max-size removes the least recently used first; --dry-run removes nothing', async () => {
