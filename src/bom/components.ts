@@ -84,19 +84,20 @@ function binaryProbe(spec: ComponentSpec): string {
  */
 export async function readComponents(root: string, session: () => Promise<ChrootSession>, packages: InstalledPackage[], signal?: AbortSignal): Promise<NodeComponent[]> {
   const nonce = randomBytes(8).toString('hex');
-  // No guest command when no candidate binary is there at all (an image that is no node): any entry counts,
-  // links included (lstat, never followed from the host); the guest's shell decides what runs.
-  const candidates = NODE_COMPONENTS.flatMap((spec) => spec.directories.map((dir) => `${dir}/${spec.binary}`));
-  const anyThere = (await Promise.all(candidates.map((path) => statGuest(root, path)))).some(Boolean);
+  // Only the components with a candidate binary there are asked, and no guest command runs when none has one
+  // (an image that is no node; each probe costs a few guest processes): any entry counts, links included (lstat,
+  // never followed from the host); the guest's shell decides what runs.
+  const present = await Promise.all(NODE_COMPONENTS.map(async (spec) => (await Promise.all(spec.directories.map((dir) => statGuest(root, `${dir}/${spec.binary}`)))).some(Boolean)));
+  const asked = NODE_COMPONENTS.filter((_, index) => present[index]);
   let outputs = new Map<number, { exitCode: number; stdout: string }>();
-  if (anyThere) {
-    const probes = NODE_COMPONENTS.map((spec) => ({ attribute: 'version', script: binaryProbe(spec), boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) }));
+  if (asked.length) {
+    const probes = asked.map((spec) => ({ attribute: 'version', script: binaryProbe(spec), boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) }));
     const result = await (await session()).exec(['/bin/sh', '-c', batchScript(probes, nonce)], { allowFailure: true, network: 'none', readOnlyRoot: true, timeoutMs: 120_000, signal, purpose: "reading the node components' versions" });
     outputs = parseBatchOutput(result.stdout, nonce);
   }
   const found: NodeComponent[] = [];
-  NODE_COMPONENTS.forEach((spec, index) => {
-    const output = outputs.get(index);
+  NODE_COMPONENTS.forEach((spec) => {
+    const output = asked.includes(spec) ? outputs.get(asked.indexOf(spec)) : undefined;
     const [path, ...rest] = output?.exitCode === 0 ? output.stdout.split('\n') : [];
     const version = path ? versionIn(rest.join('\n')) : undefined;
     if (version) {
