@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
 import type { ChrootSession } from '../chroot/session.js';
 import { programArchitecture } from '../util/architecture.js';
-import { GUEST_READ_LIMITS, readGuestText, walkGuestTree } from '../util/guest-fs.js';
+import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
@@ -9,6 +8,7 @@ import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPacka
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
+import { metadataFreshness } from './metadata-freshness.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
@@ -100,36 +100,15 @@ async function installedArchiveNames(root: string): Promise<Set<string>> {
   return new Set(parseDpkgStatus(status ?? '').filter((p) => p.version).map((p) => aptArchiveName(p.name, p.version, p.architecture)));
 }
 
-/** apt's configuration in the guest (sources, keys, apt.conf.d: all of /etc/apt), by names, types, sizes and ctimes. */
-async function aptConfigSignature(root: string): Promise<string> {
-  const hash = createHash('sha256');
-  await walkGuestTree(root, '/etc/apt', (guestPath, stat) => hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`));
-  return hash.digest('hex');
-}
-
 export function createApt(): PackageManager {
-  // Package lists are fetched once per build, before its first install, and again when apt's configuration
-  // changed since (a run or file step adding a source or a key, a package shipping apt.conf.d): by the guest's
-  // root (one per build), as with the step cache each step has a session of its own and finds the lists an
-  // earlier one fetched (apt-get clean keeps them; fetched again if a step removed them). A bundle's lists live in
-  // the session's /run: once per session.
-  const fetchedBySession = new WeakMap<ChrootSession, string>();
-  const fetchedByGuest = new Map<string, string>();
-  const upToDate = async (session: ChrootSession, served: ServedRepository | undefined) => {
-    if (served) return fetchedBySession.has(session);
-    const configuration = await aptConfigSignature(session.root);
-    if (fetchedBySession.get(session) === configuration) return true;
-    return fetchedByGuest.get(session.root) === configuration && (await aptListsPresent(session.root));
-  };
-  const forgetUpdate = (session: ChrootSession) => {
-    fetchedByGuest.delete(session.root);
-    fetchedBySession.delete(session);
-  };
+  // Package lists: once per build, and again when anything under /etc/apt changed (sources, keys, apt.conf.d);
+  // apt-get clean keeps them, and they are fetched again if a step removed them.
+  const lists = metadataFreshness(['/etc/apt'], aptListsPresent);
   // Guests (by their root, one per build) whose lists were made from the release files and the package cache.
   const listsFromCache = new Set<string>();
   const update = async (session: ChrootSession, options: InstallOptions) => {
     const served = options.bundle?.serve;
-    if (await upToDate(session, served)) return;
+    if (await lists.upToDate(session, Boolean(served))) return;
     const cache = options.packageCache;
     if (served) {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
@@ -146,9 +125,7 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
       if (cache) await keepAptLists(session.root, cache.dir, cache.log);
     }
-    const configuration = served ? '' : await aptConfigSignature(session.root);
-    fetchedBySession.set(session, configuration);
-    if (!served) fetchedByGuest.set(session.root, configuration);
+    await lists.fetched(session, Boolean(served));
   };
   const bundleHint = (served: ServedRepository | undefined, hint: string) =>
     served ? `${hint}; offline, apt sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : hint;
@@ -200,7 +177,7 @@ export function createApt(): PackageManager {
       const sources = aptSourcesEntry(repository, keyPath);
       const sourcesSha = await writeGuestFile(session, { path: sourcesPath, content: sources, mode: '0644' }, `writing ${sourcesPath}`);
       // The package lists no longer describe every source: the next install or upgrade fetches them again.
-      forgetUpdate(session);
+      lists.forget(session);
       return [
         { path: keyPath, sha256: keySha, ...(repository.keySource ? { source: repository.keySource } : {}) },
         { path: sourcesPath, sha256: sourcesSha },
@@ -214,7 +191,7 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache', errorCode: 'STEP_FAILED' });
       // The lock file and the partial/ directory (owned by _apt) stay, as apt made them.
       await session.exec(['/bin/sh', '-c', APT_LISTS_CLEAN], { purpose: 'removing the apt package lists', errorCode: 'STEP_FAILED' });
-      forgetUpdate(session);
+      lists.forget(session);
     },
     async listInstalled(root) {
       const status = await readGuestText(root, '/var/lib/dpkg/status', GUEST_READ_LIMITS.packageStatus);

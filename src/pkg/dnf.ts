@@ -7,6 +7,7 @@ import { withRpmPackageCache } from './rpm-package-cache.js';
 import { collectRpmDownloads, definedDnfRepositories, dnfBundleOptions } from './rpm-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { metadataFreshness } from './metadata-freshness.js';
 
 /**
  * dnf (Fedora, RHEL/CentOS Stream/Rocky/Alma/Oracle 8+, Amazon Linux 2023), yum (CentOS/RHEL 7, Amazon Linux 2)
@@ -51,7 +52,7 @@ interface RpmManagerTraits {
    * whatever the guest's keepcache (tdnf keeps none unless told).
    */
   transaction: string[];
-  /** How repository metadata is refreshed once per session: an option (dnf, tdnf) or expiring the cache (yum 3). */
+  /** How repository metadata is refreshed once per build: an option (dnf, tdnf) or expiring the cache (yum 3). */
   refresh: 'option' | 'expire-cache';
   /** The command whose exit status says the versionlock plugin is there and enabled; none: tdnf has no plugin. */
   versionlockProbe?: string[];
@@ -167,18 +168,23 @@ export function addMainExcludes(text: string, names: string[], key: 'excludepkgs
   return `${lines.join('\n')}\n`;
 }
 
+/** Where dnf, yum and tdnf read repositories and their options: a change under any asks for fresh metadata. */
+const RPM_REPOSITORY_CONFIG = ['/etc/yum.repos.d', '/etc/distro.repos.d', '/etc/dnf', '/etc/yum.conf', '/etc/yum', '/etc/tdnf'];
+
 export function createDnf(options: DnfOptions): PackageManager {
   const { command } = options;
   const manager = RPM_MANAGERS[command];
-  /** Sessions whose repository metadata was refreshed (dnf --refresh, yum clean expire-cache). */
-  const refreshed = new WeakSet<ChrootSession>();
+  // Repository metadata refreshed (dnf --refresh, yum clean expire-cache) once per build, again when the
+  // repositories' configuration changed; a bundle's (in the session's /run) once per session.
+  const metadata = metadataFreshness(RPM_REPOSITORY_CONFIG);
   const releasever = releaseverOption({ releasever: options.releasever, files: manager.releaseverFiles, render: (version) => [`--releasever=${version}`] });
 
-  /** Options of a transaction that reads repositories: metadata refreshed on the first one in a session. */
-  const repositoryOptions = async (session: ChrootSession): Promise<string[]> => {
+  /** Options of a transaction that reads repositories: metadata refreshed on the first one of a build. */
+  const repositoryOptions = async (session: ChrootSession, use: InstallOptions): Promise<string[]> => {
     const extra = await releasever(session);
-    if (refreshed.has(session)) return extra;
-    refreshed.add(session);
+    const perSession = Boolean(use.bundle?.serve);
+    if (await metadata.upToDate(session, perSession)) return extra;
+    await metadata.fetched(session, perSession);
     if (manager.refresh === 'option') return [...extra, '--refresh'];
     // yum 3 has no --refresh: mark the cached metadata expired, so this transaction fetches it again.
     await session.exec(['yum', 'clean', 'expire-cache', ...extra], { purpose: 'expiring the yum metadata cache', errorCode: 'STEP_FAILED' });
@@ -244,13 +250,13 @@ export function createDnf(options: DnfOptions): PackageManager {
     async install(session, packages, install = {}) {
       const serve = install.bundle?.serve;
       if (serve) await requireInBundle(session.root, serve, packages, (root) => this.listInstalled(root));
-      const extra = [...(await repositoryOptions(session)), ...disableExcludes(install), ...(await served(session, install))];
+      const extra = [...(await repositoryOptions(session, install)), ...disableExcludes(install), ...(await served(session, install))];
       await withCache(session, install, extra, (options, keep) =>
         session.exec(dnfInstallArgs(command, packages, options, keep), { streamOutput: true, purpose: 'installing packages', errorCode: 'STEP_FAILED', hint: serve ? `${installHint}; offline, ${command} sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : installHint }),
       );
     },
     async upgrade(session, names, upgrade = {}) {
-      const extra = [...(await repositoryOptions(session)), ...(await served(session, upgrade))];
+      const extra = [...(await repositoryOptions(session, upgrade)), ...(await served(session, upgrade))];
       await withCache(session, upgrade, extra, (options, keep) =>
         session.exec(dnfUpgradeArgs(command, names, options, keep), {
           streamOutput: true,
@@ -284,14 +290,14 @@ export function createDnf(options: DnfOptions): PackageManager {
       }
       const files = await writeRpmRepository(session, repository, `/etc/yum.repos.d/${repository.name}.repo`, (keyPath) => dnfRepoFile(repository, keyPath));
       // As apt fetches its lists again after a source is added: the next transaction refreshes all metadata.
-      refreshed.delete(session);
+      metadata.forget(session);
       return files;
     },
     async cleanCache(session) {
       await session.exec([command, 'clean', 'all', ...(await releasever(session))], { purpose: `cleaning the ${command} cache`, errorCode: 'STEP_FAILED' });
       // `clean all` leaves its own bookkeeping (packages.db, *.json) and empty directories behind.
       await emptyCacheDirs(session, manager.cacheDirs);
-      refreshed.delete(session);
+      metadata.forget(session);
     },
     listInstalled(root) {
       return queryRpmDatabase(root);

@@ -6,6 +6,7 @@ import { withRpmPackageCache } from './rpm-package-cache.js';
 import { collectRpmDownloads, zypperBundleOptions } from './rpm-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
+import { metadataFreshness } from './metadata-freshness.js';
 
 /**
  * zypper (openSUSE Leap and Tumbleweed, SLES): inside the chroot with the guest's own configuration. Every command
@@ -79,24 +80,27 @@ export interface ZypperOptions {
 }
 
 export function createZypper(options: ZypperOptions = {}): PackageManager {
-  const refreshed = new WeakSet<ChrootSession>();
+  // Repositories refreshed once per build, again when their configuration changed; a bundle's (in the session's
+  // /run) once per session.
+  const metadata = metadataFreshness(['/etc/zypp/repos.d', '/etc/zypp/services.d', '/etc/zypp/zypp.conf', '/etc/zypp/vars.d']);
   // libzypp takes $releasever from the base product (/etc/products.d/baseproduct), else from a release package.
   const releasever = releaseverOption({ releasever: options.releasever, files: ['/etc/products.d/baseproduct'], render: (version) => ['--releasever', version] });
 
   /** Offline (apply --bundle): the global options that make zypper read the bundle's repositories instead of the guest's. */
   const served = (use: InstallOptions = {}): string[] => (use.bundle?.serve?.rpm ? zypperBundleOptions(use.bundle.serve) : []);
 
-  /** Global options of a command that reads repositories: the first one in a session refreshes them all. */
+  /** Global options of a command that reads repositories: the first one of a build refreshes them all. */
   const repositoryOptions = async (session: ChrootSession, use: InstallOptions): Promise<string[]> => {
     const global = [...(await releasever(session)), ...served(use)];
-    if (!refreshed.has(session)) {
+    const perSession = Boolean(use.bundle?.serve);
+    if (!(await metadata.upToDate(session, perSession))) {
       await session.exec([...ZYPPER, ...global, 'refresh'], {
         streamOutput: true,
         purpose: 'refreshing the zypper repositories',
         errorCode: 'STEP_FAILED',
         hint: "check the guest's repositories (/etc/zypp/repos.d) and that they are reachable from this host; a repository whose key the guest does not trust fails here",
       });
-      refreshed.add(session);
+      await metadata.fetched(session, perSession);
     }
     return global;
   };
@@ -169,13 +173,13 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
         // zypper trusts the keys in the rpm database; it would otherwise ask (and, non-interactive, refuse).
         await session.exec(['rpm', '--import', keyPath], { purpose: `importing the key of repository ${repository.name} into the rpm database`, errorCode: 'STEP_FAILED' });
       });
-      refreshed.delete(session);
+      metadata.forget(session);
       return files;
     },
     async cleanCache(session) {
       await session.exec([...ZYPPER, 'clean', '--all'], { purpose: 'cleaning the zypper cache', errorCode: 'STEP_FAILED' });
       await emptyCacheDirs(session, ZYPPER_CACHE_DIRS);
-      refreshed.delete(session);
+      metadata.forget(session);
     },
     listInstalled(root) {
       return queryRpmDatabase(root);

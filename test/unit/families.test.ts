@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -256,6 +256,47 @@ describe('every family: exact commands and files of packages (remove, install, u
       );
     }
   });
+
+  /** Where a run or file step would add a source, and the call that fetches metadata, per manager. */
+  const SOURCES: Record<string, { dir: string; fetches: (argv: string[]) => boolean }> = {
+    apt: { dir: '/etc/apt/sources.list.d', fetches: (argv) => argv[0] === 'apt-get' && argv[1] === 'update' },
+    dnf: { dir: '/etc/yum.repos.d', fetches: (argv) => argv.includes('--refresh') },
+    tdnf: { dir: '/etc/yum.repos.d', fetches: (argv) => argv.includes('--refresh') },
+    yum: { dir: '/etc/yum.repos.d', fetches: (argv) => argv.includes('expire-cache') },
+    zypper: { dir: '/etc/zypp/repos.d', fetches: (argv) => argv.at(-1) === 'refresh' },
+  };
+
+  test.each(CASES.map((c) => [`${c.title}: ${c.manager}`, c] as const))(
+    '%s: metadata fetched once per build, not once per session (the step cache: a session per step), again when the repositories changed',
+    async (_title, c) => {
+      const root = await mkdtemp(join(tmpdir(), 'ib-unit-refresh-'));
+      try {
+        // apt's lists, as its update leaves them (apt fetches again when they are gone).
+        await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
+        await writeFile(join(root, 'var/lib/apt/lists/mirror_dists_stable_main_binary-amd64_Packages'), '');
+        const distro = detectDistro(c.osRelease);
+        const source = SOURCES[c.manager];
+        const step = async (name: string) => {
+          const { session, calls } = fakeSession((call) => {
+            if (call.argv[2] === PROBE) return { exitCode: 1 };
+            if (call.argv[3] === 'read-config' && call.argv[4] === '/etc/tdnf/tdnf.conf') return { stdout: TDNF_CONF };
+            return undefined;
+          }, root);
+          await packagesStep.run(fakeStepContext(session, { distro }).context, { install: [name] });
+          return calls.filter((call) => source.fetches(call.argv)).length;
+        };
+        expect(await step('socat')).toBe(1);
+        expect(await step('conntrack')).toBe(0);
+        // A run or file step added a repository: fetched again, then not.
+        await mkdir(join(root, source.dir), { recursive: true });
+        await writeFile(join(root, source.dir, 'vendor.repo'), '[vendor]\n');
+        expect(await step('ethtool')).toBe(1);
+        expect(await step('iptables')).toBe(0);
+      } finally {
+        await rm(root, { recursive: true, force: true });
+      }
+    },
+  );
 
   test('a guest that tells its own release (a release package, a base product): no --releasever anywhere', async () => {
     for (const c of CASES.filter((x) => x.manager !== 'apt')) {

@@ -48,7 +48,9 @@ const EXCLUDES_COMMENT = '# Held by imagebuilder (no versionlock here): these st
  * A fake RPM guest: `releasever` says whether its rpm database has a release package, `versionlock` whether the
  * plugin answers, `files` what `cat` finds.
  */
+let guests = 0;
 function rpmGuest(options: { releasever?: boolean; versionlock?: boolean; files?: Record<string, string> } = {}) {
+  // A guest of its own each (a build's root): metadata is fetched once per guest.
   return fakeSession((call: FakeCall) => {
     const [program, , script] = call.argv;
     if (program === '/bin/sh' && script === RELEASEVER_PROBE) return { exitCode: options.releasever ? 0 : 1 };
@@ -56,7 +58,7 @@ function rpmGuest(options: { releasever?: boolean; versionlock?: boolean; files?
     if (call.argv.join(' ') === DNF_VERSIONLOCK_PROBE.join(' ')) return options.versionlock ? {} : { exitCode: 1, stderr: 'No such command: versionlock.' };
     if (call.argv[3] === 'read-config') return { stdout: options.files?.[call.argv[4]] ?? '' };
     return undefined;
-  });
+  }, `/fake/root-${++guests}`);
 }
 
 /** A guest file write (src/chroot/guest-write.ts) as the fake session sees it. */
