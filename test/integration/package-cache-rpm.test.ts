@@ -99,6 +99,27 @@ describe.each([
     for (const output of ['a.qcow2', 'b.qcow2']) expect((await rpmsLeft(output)).found).toEqual([]);
   });
 
+  test('with the step cache (a session per step), the metadata is fetched once per build, not again by a later step', async () => {
+    const repomdFetched = (from: number) => mirror.requests.slice(from).filter((path) => path.endsWith('repomd.xml')).length;
+    const fresh = async (name: string, steps: object[]) => {
+      // A step cache of its own: every step runs, each in a session of its own.
+      const recipeFile = await writeRecipe(work, name, [{ repository: { name: 'kubernetes', url: mirror.repoUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } }, ...steps]);
+      const served = mirror.requests.length;
+      const result = await runCli(['apply', recipeFile, '--disk-image', disk, '--output', join(work, `${name}.qcow2`), '--mount-backend', 'fuse', '--sparsify', 'none'], {
+        env: { ...env, IMAGEBUILDER_CACHE: join(work, `cache-${name}`) },
+      });
+      if (result.exitCode !== 0) throw new Error(result.all);
+      expect(result.stderr).toMatch(/step 2\/\d \(.*\) done/);
+      return repomdFetched(served);
+    };
+    const once = await fresh('one-step', [{ packages: { install: ['kubectl=1.36.2'] } }]);
+    expect(once).toBeGreaterThan(0);
+    // Two more package steps, each in its own session: the same metadata fetches as one step, and both installed.
+    expect(await fresh('three-steps', [{ packages: { install: ['kubectl=1.36.2'] } }, { packages: { install: ['cri-tools'] } }, { packages: { install: ['kubernetes-cni'] } }])).toBe(once);
+    const installed = await withRpmGuestMounted(join(work, 'three-steps.qcow2'), async (root) => [await rpmInstalled(root, 'cri-tools'), await rpmInstalled(root, 'kubernetes-cni')]);
+    expect(installed).toEqual([expect.stringMatching(/^1\.36\.0-/), expect.stringMatching(/^1\.9\.1-/)]);
+  });
+
   test('--no-cache neither uses nor fills the cache', async () => {
     const before = await storeNames();
     const served = mirror.requests.length;
