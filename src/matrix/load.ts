@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
+import { AJV_OPTIONS } from '../recipe/validators.js';
+import { matrixSchema } from './schema.js';
 import { parseImageUrl, urlFileNameOf } from '../fetch/http.js';
 import type { OutputFormat } from '../image/formats.js';
 import { parseSource, problemsFrom, type LocatedProblem, type Locator } from '../recipe/located-yaml.js';
 import { parseRecipe, readRecipeText, type Recipe } from '../recipe/load.js';
 import { closest, renderTemplate } from '../util/template.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { matrixSchema } from './schema.js';
 
 export interface MatrixRecipe {
   /** The value of the `recipe` axis: `name`, or the file name without its extension. */
@@ -78,9 +79,9 @@ interface Cell {
 }
 type Combination = Map<string, Cell>;
 
-// Compiled on first use: every command's start-up would pay for it otherwise.
+// Compiled when a matrix is read (once a run): every command's start-up would pay for it otherwise.
 let matrixValidator: ValidateFunction | undefined;
-const validateMatrix = () => (matrixValidator ??= new Ajv({ allErrors: true, strict: false, verbose: true }).compile(matrixSchema()));
+const validateMatrix = () => (matrixValidator ??= new Ajv(AJV_OPTIONS).compile(matrixSchema()));
 
 const DOCUMENT = 'the matrix';
 const BUILD_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { Ajv, type ValidateFunction } from 'ajv';
-import { CHECK_TYPES, checkSchema, findCheckType } from '../checks/registry.js';
+import { CHECK_TYPES, findCheckType } from '../checks/registry.js';
+import { schemaValidator } from './validators.js';
 import type { Check, CheckType } from '../checks/types.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { closest } from '../util/template.js';
@@ -12,9 +12,7 @@ import { parseSource, problemsFrom, type LocatedProblem, type SourceFile } from 
  * port, mount). Every problem is located; a goss key we do not support is an error, never skipped.
  */
 
-const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
-const validators = new Map<string, ValidateFunction>();
-const validatorFor = (type: CheckType<any>) => validators.get(type.key) ?? validators.set(type.key, ajv.compile(checkSchema(type))).get(type.key)!;
+const validatorFor = (type: CheckType<any>) => schemaValidator(`check-${type.key}`);
 
 /** A `checks:` item before validation: where it is and what it says (variables already rendered). */
 export interface RawCheck {

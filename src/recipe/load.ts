@@ -2,12 +2,13 @@ import { readFileSync } from 'node:fs';
 import type { GuestNetwork } from '../chroot/sandbox.js';
 import type { RecipeLimits } from './schema.js';
 import { dirname, relative, resolve } from 'node:path';
-import { Ajv, type ValidateFunction } from 'ajv';
+import type { ValidateFunction } from 'ajv';
 import { sha256Text } from '../util/digest.js';
-import { findStepType, STEP_COMMON_PROPERTIES, STEP_TYPES, stepSchema } from '../steps/registry.js';
+import { findStepType, STEP_COMMON_PROPERTIES, STEP_TYPES } from '../steps/registry.js';
 import type { StepType } from '../steps/types.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { recipeSchema, INCLUDE_KEY } from './schema.js';
+import { INCLUDE_KEY } from './schema.js';
+import { schemaValidator } from './validators.js';
 import { closest, hasTemplate, renderTemplate } from '../util/template.js';
 import { hostPathEscape } from '../steps/host-inputs.js';
 import { parseSource, problemsFrom, type LocatedProblem, type SourceFile } from './located-yaml.js';
@@ -70,30 +71,8 @@ export interface RecipeInputs {
 
 export { closest as didYouMean } from '../util/template.js';
 
-// verbose: errors carry the offending value, so messages can quote it.
-const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
-const validators = new Map<string, ValidateFunction>();
-function compiled(key: string, schema: () => object): ValidateFunction {
-  let validator = validators.get(key);
-  if (!validator) validators.set(key, (validator = ajv.compile(schema())));
-  return validator;
-}
-
-/** The recipe envelope with steps left loose: each step is checked on its own, so errors speak of the type meant. */
-function envelopeValidator(requireName: boolean): ValidateFunction {
-  return compiled(`envelope-${requireName}`, () => {
-    const schema = recipeSchema();
-    const properties = schema.properties as Record<string, Record<string, unknown>>;
-    return {
-      ...schema,
-      $id: undefined,
-      required: requireName ? ['name', 'steps'] : ['steps'],
-      properties: { ...properties, steps: { ...properties.steps, items: { type: 'object' } }, checks: { ...properties.checks, items: { type: 'object' } } },
-    };
-  });
-}
-
-const stepValidator = (type: StepType<any>) => compiled(`step-${type.key}`, () => stepSchema(type));
+const envelopeValidator = (requireName: boolean): ValidateFunction => schemaValidator(`envelope-${requireName}`);
+const stepValidator = (type: StepType<any>) => schemaValidator(`step-${type.key}`);
 
 interface RawStep {
   file: SourceFile;

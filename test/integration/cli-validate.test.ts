@@ -1,6 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Ajv } from 'ajv';
 import { REPO, runCli } from '../helpers/host.js';
 
 /** `imagebuilder validate` as users run it: no root, no image; exit 2 and file:line:column on every problem. */
@@ -10,6 +11,22 @@ describe('imagebuilder validate', () => {
     dir = await mkdtemp(join(tmpdir(), 'validate-'));
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  test('the built CLI carries every schema compiled to code, and each judges as ajv compiling it at run time does', async () => {
+    type Validate = ((data: unknown) => boolean) & { errors?: unknown };
+    const { PRECOMPILED } = (await import(join(REPO, 'dist/recipe/precompiled.js'))) as { PRECOMPILED: Record<string, Validate> };
+    const { AJV_OPTIONS, validatorSchemas } = (await import(join(REPO, 'dist/recipe/validators.js'))) as { AJV_OPTIONS: object; validatorSchemas: () => Record<string, () => object> };
+    const schemas = validatorSchemas();
+    expect(Object.keys(PRECOMPILED).sort()).toEqual(Object.keys(schemas).sort());
+    expect(Object.keys(schemas)).toEqual(expect.arrayContaining(['envelope-true', 'step-packages', 'step-file', 'check-service']));
+    const samples = [{}, { name: 'x', steps: [{}], extra: 1 }, { install: 'socat', instal: [1] }, { path: 'relative', content: 2, mode: '999' }, { unit: 1, state: 'up' }, { images: [{ url: 'x' }], builds: 'no' }];
+    for (const [key, schema] of Object.entries(schemas)) {
+      const atRunTime = new Ajv(AJV_OPTIONS).compile(schema());
+      for (const sample of samples) {
+        expect([key, PRECOMPILED[key](sample), PRECOMPILED[key].errors]).toEqual([key, atRunTime(sample), atRunTime.errors]);
+      }
+    }
+  });
 
   test('every shipped recipe is valid', async () => {
     const result = await runCli(['validate', `${REPO}/recipes/kubernetes-node.yaml`, `${REPO}/recipes/examples/k8s-node-containerd.yaml`, `${REPO}/recipes/examples/hardened-node.yaml`]);
