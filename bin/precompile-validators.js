@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Compiles the schemas the CLI validates input with (src/recipe/validators.ts: the recipe envelope, every step
-// and check type, the matrix) to code, with ajv's standalone code generator, and writes it over
+// Compiles the schemas a recipe is validated with (src/recipe/validators.ts: the envelope, every step and check
+// type) to code, with ajv's standalone code generator, and writes it over
 // dist/recipe/precompiled.js before the CLI is bundled: ajv compiled them on every build's start-up (~35 ms).
 // Same options as at run time, so the errors are the same. Run by `npm run build` after tsc.
 import { mkdir, rm, writeFile } from 'node:fs/promises';
@@ -15,7 +15,8 @@ const dir = join(root, 'dist/recipe/precompiled');
 await rm(dir, { recursive: true, force: true });
 await mkdir(dir);
 const entries = Object.entries(validatorSchemas());
-// One module per schema (each its own ajv: schemas share $ids); ajv's generated code require()s its runtime helpers.
+// One module per schema, each from an ajv of its own (one ajv's standalone code exports schemas by $id, and these
+// have none); ajv's generated code require()s its runtime helpers, so each module gets a require.
 for (const [index, [, schema]] of entries.entries()) {
   const ajv = new Ajv({ ...AJV_OPTIONS, code: { source: true, esm: true } });
   const code = standaloneCode(ajv, ajv.compile(schema()));

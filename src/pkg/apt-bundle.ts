@@ -47,10 +47,13 @@ export async function collectDownloadedDebs(root: string, collector: PackageColl
   let kept = 0;
   for (const name of names) {
     const content = await readGuestFile(root, `${APT_ARCHIVES}/${name}`, MAX_PACKAGE_BYTES).catch(() => undefined);
-    const sha256 = content ? sha256Text(content) : undefined;
-    const listed = sha256 && index.archiveName(sha256) === name ? index.stanza(sha256) : undefined;
-    if (!content || !sha256 || !listed) {
-      log.warn(`bundle: ${APT_ARCHIVES}/${name} is not what the guest's package lists say it is; not kept`);
+    if (!content) continue;
+    const sha256 = sha256Text(content);
+    // Bytes no list names (a base image's leftover) are not apt's download: left out, as before, unsaid.
+    const listedAs = index.archiveName(sha256);
+    const listed = listedAs === name ? index.stanza(sha256) : undefined;
+    if (!listed) {
+      if (listedAs) log.warn(`bundle: ${APT_ARCHIVES}/${name} holds what the guest's package lists name ${listedAs}; not kept`);
       continue;
     }
     // With the stanza and the list that named it (the list's file name says its source: host, path, suite).

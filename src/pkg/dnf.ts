@@ -7,7 +7,7 @@ import { withRpmPackageCache } from './rpm-package-cache.js';
 import { collectRpmDownloads, definedDnfRepositories, dnfBundleOptions } from './rpm-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
-import { metadataFreshness } from './metadata-freshness.js';
+import { anyEntryIn, metadataFreshness } from './metadata-freshness.js';
 
 /**
  * dnf (Fedora, RHEL/CentOS Stream/Rocky/Alma/Oracle 8+, Amazon Linux 2023), yum (CentOS/RHEL 7, Amazon Linux 2)
@@ -169,14 +169,14 @@ export function addMainExcludes(text: string, names: string[], key: 'excludepkgs
 }
 
 /** Where dnf, yum and tdnf read repositories and their options: a change under any asks for fresh metadata. */
-const RPM_REPOSITORY_CONFIG = ['/etc/yum.repos.d', '/etc/distro.repos.d', '/etc/dnf', '/etc/yum.conf', '/etc/yum', '/etc/tdnf'];
+const RPM_REPOSITORY_CONFIG = ['/etc/yum.repos.d', '/etc/distro.repos.d', '/usr/share/dnf5/repos.d', '/etc/dnf', '/etc/yum.conf', '/etc/yum', '/etc/tdnf'];
 
 export function createDnf(options: DnfOptions): PackageManager {
   const { command } = options;
   const manager = RPM_MANAGERS[command];
   // Repository metadata refreshed (dnf --refresh, yum clean expire-cache) once per build, again when the
   // repositories' configuration changed; a bundle's (in the session's /run) once per session.
-  const metadata = metadataFreshness(RPM_REPOSITORY_CONFIG);
+  const metadata = metadataFreshness(RPM_REPOSITORY_CONFIG, anyEntryIn(manager.cacheDirs));
   const releasever = releaseverOption({ releasever: options.releasever, files: manager.releaseverFiles, render: (version) => [`--releasever=${version}`] });
 
   /** Options of a transaction that reads repositories: metadata refreshed on the first one of a build. */

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ChrootSession } from '../chroot/session.js';
-import { walkGuestTree } from '../util/guest-fs.js';
+import { readGuestDir, walkGuestTree } from '../util/guest-fs.js';
 
 /** A package manager's configuration in the guest: every entry under `guestPaths`, by name, type, size and ctime. */
 export async function guestConfigSignature(root: string, guestPaths: readonly string[]): Promise<string> {
@@ -11,13 +11,17 @@ export async function guestConfigSignature(root: string, guestPaths: readonly st
   return hash.digest('hex');
 }
 
+/** Whether any of a manager's cache directories holds anything (a step may have emptied them). */
+export const anyEntryIn = (guestDirs: readonly string[]) => async (root: string): Promise<boolean> =>
+  (await Promise.all(guestDirs.map((dir) => readGuestDir(root, dir)))).some((names) => Boolean(names?.length));
+
 /**
  * When a package manager's repository metadata was last fetched (apt-get update, dnf --refresh, zypper refresh):
  * once per build, before its first transaction, and again when the manager's configuration changed since (a run
  * or file step adding a repository or a key, a package shipping configuration). By the guest's root (one per
  * build): with the step cache each step has a session of its own and finds the metadata an earlier one fetched.
  * A bundle's metadata lives in the session's /run: once per session. A repository step or a cleaned cache
- * forgets it.
+ * forgets it; `stillThere` says whether what was fetched is still in the guest (a step may have removed it).
  */
 export function metadataFreshness(configPaths: readonly string[], stillThere: (root: string) => Promise<boolean> = async () => true) {
   const bySession = new WeakMap<ChrootSession, string>();

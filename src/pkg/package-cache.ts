@@ -29,8 +29,8 @@ import type { Logger } from '../util/log.js';
 export const MAX_PACKAGE_BYTES = 1 << 30;
 /** What one build may add to the store (a transaction's packages; a hostile guest's metadata can name anything). */
 export const MAX_KEPT_BYTES = 8 * 2 ** 30;
-/** The largest package list read (Debian's main Packages is ~70 MiB uncompressed). */
-export const MAX_LIST_BYTES = 512 << 20;
+/** The largest package list read (Debian's main Packages is ~50 MiB uncompressed; below V8's longest string, ~512 MiB). */
+export const MAX_LIST_BYTES = 256 << 20;
 export const APT_LISTS = '/var/lib/apt/lists';
 export const APT_ARCHIVES = '/var/cache/apt/archives';
 const SHA256 = /^[0-9a-f]{64}$/;
@@ -61,26 +61,49 @@ export const stanzaField = (stanza: string, name: string) => new RegExp(`^${name
 
 /** The guest's Packages lists read together at most this big (Debian's main, contrib, updates, security: ~100 MiB). */
 export const MAX_LISTS_TOTAL_BYTES = 1 << 30;
+/** The largest stanza indexed (Debian's largest are a few kB): lookups stay bounded whatever a list holds. */
+const MAX_STANZA_BYTES = 1 << 20;
+
+interface IndexedStanza {
+  text: string;
+  start: number;
+  end: number;
+  list: string;
+  /** Its archive name, read once. */
+  archiveName?: string | null;
+}
 
 /**
  * The guest's Packages lists, indexed by the sha256 each stanza names: what apt's lists say a .deb is, found by
- * its bytes' hash. One search for the `SHA256:` lines per list (Debian's main list: ~50 MB, 63 000 stanzas,
- * ~60 ms; splitting it into stanzas took ~0.3 s); a stanza is cut out and read only when asked for. The lists
- * are data (the guest's), read as latin1 so no byte is invalid; the first stanza naming a sha256 wins.
+ * its bytes' hash. One forward pass per list over its blank lines and its `SHA256:` lines (Debian's main list:
+ * ~50 MB, 63 000 stanzas, ~60 ms; parsing every stanza took ~0.3 s); a stanza's fields are read only when asked
+ * for, once. The lists are data (the guest's), read as latin1 so no byte is invalid. A stanza is indexed when it
+ * names exactly one sha256 and is at most MAX_STANZA_BYTES, so no lookup costs more than one bounded stanza
+ * (a crafted list without blank lines indexes nothing); the first stanza naming a sha256 wins.
  */
 export class AptPackagesIndex {
-  private readonly byHash = new Map<string, { text: string; at: number; list: string }>();
+  private readonly byHash = new Map<string, IndexedStanza>();
 
   add(list: string, bytes: Buffer): void {
     const text = bytes.toString('latin1');
-    for (let field = text.indexOf('\nSHA256:'); field >= 0; field = text.indexOf('\nSHA256:', field + 1)) {
-      let start = field + '\nSHA256:'.length;
-      while (text[start] === ' ' || text[start] === '\t') start++;
-      const sha256 = text.slice(start, start + 64);
-      const after = text[start + 64];
-      if (SHA256.test(sha256) && (after === undefined || after === '\n' || after === '\r' || after === ' ' || after === '\t') && !this.byHash.has(sha256)) {
-        this.byHash.set(sha256, { text, at: field, list });
+    const FIELD = '\nSHA256:';
+    let field = text.indexOf(FIELD);
+    for (let start = 0; start < text.length; ) {
+      let end = text.indexOf('\n\n', start);
+      if (end < 0) end = text.length;
+      const named: string[] = [];
+      // Both searches only move forward: the whole list is read once, however its stanzas are cut.
+      for (; field >= 0 && field < end; field = text.indexOf(FIELD, field + 1)) {
+        let at = field + FIELD.length;
+        while (text[at] === ' ' || text[at] === '\t') at++;
+        const sha256 = text.slice(at, at + 64);
+        const after = text[at + 64];
+        named.push(SHA256.test(sha256) && (after === undefined || after === '\n' || after === '\r' || after === ' ' || after === '\t') ? sha256 : '');
       }
+      if (named.length === 1 && named[0] && end - start <= MAX_STANZA_BYTES && !this.byHash.has(named[0])) {
+        this.byHash.set(named[0], { text, start, end, list });
+      }
+      start = end + 2;
     }
   }
 
@@ -88,16 +111,21 @@ export class AptPackagesIndex {
   stanza(sha256: string): { stanza: string; list: string } | undefined {
     const found = this.byHash.get(sha256);
     if (!found) return undefined;
-    const before = found.text.lastIndexOf('\n\n', found.at);
-    const after = found.text.indexOf('\n\n', found.at + 1);
-    return { stanza: found.text.slice(before < 0 ? 0 : before + 2, after < 0 ? found.text.length : after).replace(/\n+$/, ''), list: found.list };
+    let end = found.end;
+    while (end > found.start && found.text[end - 1] === '\n') end--;
+    return { stanza: found.text.slice(found.start, end), list: found.list };
   }
 
-  /** The name apt gives the .deb with this sha256 in its archives, when a stanza names it with a name, version and architecture. */
+  /** The name apt gives the .deb with this sha256 in its archives, when its stanza has a name, version and architecture. */
   archiveName(sha256: string): string | undefined {
-    const stanza = this.stanza(sha256)?.stanza;
-    const [name, version, architecture] = ['Package', 'Version', 'Architecture'].map((key) => (stanza ? stanzaField(stanza, key) : undefined));
-    return name && version && architecture ? aptArchiveName(name, version, architecture) : undefined;
+    const found = this.byHash.get(sha256);
+    if (!found) return undefined;
+    if (found.archiveName === undefined) {
+      const stanza = found.text.slice(found.start, found.end);
+      const [name, version, architecture] = ['Package', 'Version', 'Architecture'].map((key) => stanzaField(stanza, key));
+      found.archiveName = name && version && architecture ? aptArchiveName(name, version, architecture) : null;
+    }
+    return found.archiveName ?? undefined;
   }
 }
 
@@ -109,10 +137,10 @@ export async function aptPackagesIndex(root: string): Promise<AptPackagesIndex> 
   const index = new AptPackagesIndex();
   let total = 0;
   for (const name of await packagesListNames(root)) {
-    const list = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_LIST_BYTES).catch(() => undefined);
+    // Each read bounded by what is left of the total: never more than that is held.
+    const list = await readGuestFile(root, `${APT_LISTS}/${name}`, Math.min(MAX_LIST_BYTES, MAX_LISTS_TOTAL_BYTES - total)).catch(() => undefined);
     if (!list) continue;
     total += list.length;
-    if (total > MAX_LISTS_TOTAL_BYTES) break;
     index.add(`${APT_LISTS}/${name}`, list);
   }
   return index;

@@ -6,7 +6,7 @@ import { withRpmPackageCache } from './rpm-package-cache.js';
 import { collectRpmDownloads, zypperBundleOptions } from './rpm-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import type { InstallOptions, PackageManager, PackageRepository, PackageSpec } from './types.js';
-import { metadataFreshness } from './metadata-freshness.js';
+import { anyEntryIn, metadataFreshness } from './metadata-freshness.js';
 
 /**
  * zypper (openSUSE Leap and Tumbleweed, SLES): inside the chroot with the guest's own configuration. Every command
@@ -82,7 +82,7 @@ export interface ZypperOptions {
 export function createZypper(options: ZypperOptions = {}): PackageManager {
   // Repositories refreshed once per build, again when their configuration changed; a bundle's (in the session's
   // /run) once per session.
-  const metadata = metadataFreshness(['/etc/zypp/repos.d', '/etc/zypp/services.d', '/etc/zypp/zypp.conf', '/etc/zypp/vars.d']);
+  const metadata = metadataFreshness(['/etc/zypp/repos.d', '/etc/zypp/services.d', '/etc/zypp/zypp.conf', '/etc/zypp/vars.d', '/usr/etc/zypp'], anyEntryIn(ZYPPER_CACHE_DIRS));
   // libzypp takes $releasever from the base product (/etc/products.d/baseproduct), else from a release package.
   const releasever = releaseverOption({ releasever: options.releasever, files: ['/etc/products.d/baseproduct'], render: (version) => ['--releasever', version] });
 

@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { detectDistro, FAMILY_NAMES, requireFamily } from '../../src/distro/families.js';
 import { requireFamilyForSteps } from '../../src/pipeline/preflight.js';
@@ -267,13 +267,19 @@ describe('every family: exact commands and files of packages (remove, install, u
   };
 
   test.each(CASES.map((c) => [`${c.title}: ${c.manager}`, c] as const))(
-    '%s: metadata fetched once per build, not once per session (the step cache: a session per step), again when the repositories changed',
+    '%s: metadata fetched once per build, not once per session (the step cache: a session per step), again when the repositories changed or it is gone',
     async (_title, c) => {
       const root = await mkdtemp(join(tmpdir(), 'ib-unit-refresh-'));
       try {
-        // apt's lists, as its update leaves them (apt fetches again when they are gone).
-        await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
-        await writeFile(join(root, 'var/lib/apt/lists/mirror_dists_stable_main_binary-amd64_Packages'), '');
+        // What each manager's refresh leaves (apt's lists, the others' metadata caches): fetched again when gone.
+        const fetchedMetadata = ['var/lib/apt/lists/mirror_dists_stable_main_binary-amd64_Packages', 'var/cache/dnf/repo.solv', 'var/cache/yum/repo.sqlite', 'var/cache/tdnf/repo', 'var/cache/zypp/raw'];
+        const leaveMetadata = async () => {
+          for (const path of fetchedMetadata) {
+            await mkdir(join(root, dirname(path)), { recursive: true });
+            await writeFile(join(root, path), '');
+          }
+        };
+        await leaveMetadata();
         const distro = detectDistro(c.osRelease);
         const source = SOURCES[c.manager];
         const step = async (name: string) => {
@@ -292,6 +298,11 @@ describe('every family: exact commands and files of packages (remove, install, u
         await writeFile(join(root, source.dir, 'vendor.repo'), '[vendor]\n');
         expect(await step('ethtool')).toBe(1);
         expect(await step('iptables')).toBe(0);
+        // A step removed what was fetched: fetched again.
+        for (const path of fetchedMetadata) await rm(join(root, path));
+        expect(await step('ebtables')).toBe(1);
+        await leaveMetadata();
+        expect(await step('socat')).toBe(0);
       } finally {
         await rm(root, { recursive: true, force: true });
       }

@@ -41,6 +41,27 @@ describe('package cache: the store and the guest lists', () => {
     expect(aptArchiveName('libc6', '2.36-9+deb12u9', 'amd64')).toBe('libc6_2.36-9+deb12u9_amd64.deb');
   });
 
+  test('a crafted list: a stanza naming two sha256s, one over 1 MiB, a list without blank lines: none indexed, lookups bounded; the stanza after them is found', () => {
+    const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((x) => x.repeat(64));
+    const index = new AptPackagesIndex();
+    index.add(
+      '/var/lib/apt/lists/m_Packages',
+      Buffer.from(
+        `Package: two\nVersion: 1\nArchitecture: all\nSHA256: ${a}\nSHA256: ${b}\n\n` +
+          `Package: big\nVersion: 1\nArchitecture: all\nDescription: x\n${' y\n'.repeat(400_000)}SHA256: ${c}\n\n` +
+          `Package: fine\nVersion: 1\nArchitecture: all\nSHA256: ${d}\n`,
+        'latin1',
+      ),
+    );
+    expect([a, b, c].map((hash) => index.stanza(hash))).toEqual([undefined, undefined, undefined]);
+    expect(index.archiveName(d)).toBe('fine_1_all.deb');
+    expect(index.stanza(d)).toEqual({ stanza: `Package: fine\nVersion: 1\nArchitecture: all\nSHA256: ${d}`, list: '/var/lib/apt/lists/m_Packages' });
+    const flat = new AptPackagesIndex();
+    const hashes = Array.from({ length: 1000 }, (_, i) => sha256Text(String(i)));
+    flat.add('/var/lib/apt/lists/m_Packages', Buffer.from(hashes.map((hash, i) => `Package: p${i}\r\nVersion: 1\r\nArchitecture: all\r\nSHA256: ${hash}\r\n`).join('\r\n')));
+    expect(hashes.filter((hash) => flat.archiveName(hash))).toEqual([]);
+  });
+
   test('the lists are read again only when one changed (its ctime, which a guest cannot set back), even to the same size and mtime', async () => {
     const root = join(dir, 'root');
     const list = join(root, 'var/lib/apt/lists/mirror_dists_bookworm_main_binary-amd64_Packages');
@@ -96,7 +117,7 @@ describe('package cache: the store and the guest lists', () => {
     await symlink(join(dir, 'host-file'), join(archives, 'iptables_1_amd64.deb'));
     expect(await keepDownloadedDebs(root, cache, index, silentLogger(), new Set(['/var/cache/apt/archives/offered_1_all.deb']))).toBe(1);
     expect(await readdir(join(cache, 'deb'))).toEqual([`${sha256Text(debs['socat_1_amd64.deb'])}.deb`]);
-    // Kept once: a second keeping finds it stored.
+    // A second keeping finds socat stored, and keeps what was offered before (no longer said offered).
     expect(await keepDownloadedDebs(root, cache, index, silentLogger())).toBe(1);
     expect((await readdir(join(cache, 'deb'))).sort()).toEqual([sha256Text(debs['socat_1_amd64.deb']), sha256Text(debs['offered_1_all.deb'])].map((h) => `${h}.deb`).sort());
   });
