@@ -97,7 +97,7 @@ export async function readComponents(root: string, session: () => Promise<Chroot
   }
   const found: NodeComponent[] = [];
   NODE_COMPONENTS.forEach((spec) => {
-    const output = asked.includes(spec) ? outputs.get(asked.indexOf(spec)) : undefined;
+    const output = outputs.get(asked.indexOf(spec));
     const [path, ...rest] = output?.exitCode === 0 ? output.stdout.split('\n') : [];
     const version = path ? versionIn(rest.join('\n')) : undefined;
     if (version) {

@@ -1,17 +1,10 @@
-import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
-import { readGuestDir, statGuest, walkGuestTree } from '../util/guest-fs.js';
+import { guestTreeState, readGuestDir, statGuest, type GuestTreeState } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { exists, resolveInRoot } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
-
-/** What a set of guest paths looked like: a digest of every entry's name, type, size and ctime, and the newest ctime. */
-interface TreeState {
-  digest: string;
-  newestCtimeNs: bigint;
-}
 
 /**
  * Inputs of the initramfs besides a kernel's own modules: the generators' configuration and their modules or
@@ -23,28 +16,11 @@ const INITRAMFS_TOOLS_INPUTS = ['/etc/initramfs-tools', '/usr/share/initramfs-to
 /** Where the initramfs of kernel `version` lives: Fedora/RHEL, Debian/Ubuntu, the BLS layout dracut also uses, SUSE. */
 const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `/boot/initrd.img-${version}`, `/lib/modules/${version}/initrd`, `/boot/initrd-${version}`];
 
-/**
- * Walks guest paths (not following symlinks) into a TreeState; `skip` leaves entries out by their guest path.
- * Entries are hashed in the order of the walk (names sorted), so the digest does not depend on timing.
- */
-async function treeState(root: string, guestPaths: string[], skip: (guestPath: string) => boolean = () => false): Promise<TreeState> {
-  const hash = createHash('sha256');
-  let newestCtimeNs = 0n;
-  // Resolved once at the top (/lib is a symlink to usr/lib on merged-/usr guests); below, symlinks are entries.
-  for (const path of guestPaths) {
-    await walkGuestTree(root, path, (guestPath, stat) => {
-      hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
-      if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
-    }, skip);
-  }
-  return { digest: hash.digest('hex'), newestCtimeNs };
-}
-
 interface Snapshot {
   /** Per kernel version: its /lib/modules/<version> tree and /boot/vmlinuz-<version>. */
-  kernels: Map<string, TreeState>;
-  dracut: TreeState;
-  initramfsTools: TreeState;
+  kernels: Map<string, GuestTreeState>;
+  dracut: GuestTreeState;
+  initramfsTools: GuestTreeState;
 }
 
 async function kernelVersions(root: string): Promise<string[]> {
@@ -55,13 +31,13 @@ async function kernelVersions(root: string): Promise<string[]> {
 }
 
 async function snapshot(root: string): Promise<Snapshot> {
-  const kernels = new Map<string, TreeState>();
+  const kernels = new Map<string, GuestTreeState>();
   for (const version of await kernelVersions(root)) {
     // The initramfs may live in the modules directory (BLS): an output, not an input.
     const initrd = await resolveInRoot(root, `/lib/modules/${version}/initrd`);
-    kernels.set(version, await treeState(root, [`/lib/modules/${version}`, `/boot/vmlinuz-${version}`], (path) => path === initrd));
+    kernels.set(version, await guestTreeState(root, [`/lib/modules/${version}`, `/boot/vmlinuz-${version}`], (path) => path === initrd));
   }
-  return { kernels, dracut: await treeState(root, DRACUT_INPUTS), initramfsTools: await treeState(root, INITRAMFS_TOOLS_INPUTS) };
+  return { kernels, dracut: await guestTreeState(root, DRACUT_INPUTS), initramfsTools: await guestTreeState(root, INITRAMFS_TOOLS_INPUTS) };
 }
 
 /** The newest ctime among the kernel's initramfs files, or undefined when it has none. */

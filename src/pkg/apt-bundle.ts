@@ -1,7 +1,7 @@
 import { sha256Text } from '../util/digest.js';
-import { readGuestDir, readGuestFile } from '../util/guest-fs.js';
+import { readGuestDir } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
-import { APT_ARCHIVES, aptPackagesIndex, DEB_NAME, MAX_PACKAGE_BYTES, stanzaField as field } from './package-cache.js';
+import { APT_ARCHIVES, aptPackagesIndex, archivedDebs, DEB_NAME, stanzaField as field } from './package-cache.js';
 import type { PackageCollector, ServedRepository } from './types.js';
 
 /**
@@ -41,23 +41,19 @@ export const APT_BUNDLE_LISTS_SETUP = ['mkdir', '-p', `${BUNDLE_LISTS}/partial`]
  */
 export async function collectDownloadedDebs(root: string, collector: PackageCollector, log: Logger): Promise<number> {
   collector.aptTransaction();
-  const names = ((await readGuestDir(root, APT_ARCHIVES)) ?? []).filter((name) => DEB_NAME.test(name));
-  if (!names.length) return 0;
+  // No lists read when apt fetched nothing.
+  if (!((await readGuestDir(root, APT_ARCHIVES)) ?? []).some((name) => DEB_NAME.test(name))) return 0;
   const index = await aptPackagesIndex(root);
   let kept = 0;
-  for (const name of names) {
-    const content = await readGuestFile(root, `${APT_ARCHIVES}/${name}`, MAX_PACKAGE_BYTES).catch(() => undefined);
-    if (!content) continue;
-    const sha256 = sha256Text(content);
+  for await (const deb of archivedDebs(root, index)) {
     // Bytes no list names (a base image's leftover) are not apt's download: left out, as before, unsaid.
-    const listedAs = index.archiveName(sha256);
-    const listed = listedAs === name ? index.stanza(sha256) : undefined;
+    const listed = deb.listedAs === deb.name ? index.stanza(deb.sha256) : undefined;
     if (!listed) {
-      if (listedAs) log.warn(`bundle: ${APT_ARCHIVES}/${name} holds what the guest's package lists name ${listedAs}; not kept`);
+      if (deb.listedAs) log.warn(`bundle: ${APT_ARCHIVES}/${deb.name} holds what the guest's package lists name ${deb.listedAs}; not kept`);
       continue;
     }
     // With the stanza and the list that named it (the list's file name says its source: host, path, suite).
-    await collector.addDeb(content, sha256, listed.stanza, `${listed.list}: ${name}`);
+    await collector.addDeb(deb.content, deb.sha256, listed.stanza, `${listed.list}: ${deb.name}`);
     kept++;
   }
   log.info(`bundle: kept ${kept} .deb file(s) apt fetched`);

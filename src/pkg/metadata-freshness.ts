@@ -1,15 +1,5 @@
-import { createHash } from 'node:crypto';
 import type { ChrootSession } from '../chroot/session.js';
-import { readGuestDir, walkGuestTree } from '../util/guest-fs.js';
-
-/** A package manager's configuration in the guest: every entry under `guestPaths`, by name, type, size and ctime. */
-export async function guestConfigSignature(root: string, guestPaths: readonly string[]): Promise<string> {
-  const hash = createHash('sha256');
-  for (const top of guestPaths) {
-    await walkGuestTree(root, top, (guestPath, stat) => hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`));
-  }
-  return hash.digest('hex');
-}
+import { guestTreeState, readGuestDir } from '../util/guest-fs.js';
 
 /** Whether any of a manager's cache directories holds anything (a step may have emptied them). */
 export const anyEntryIn = (guestDirs: readonly string[]) => async (root: string): Promise<boolean> =>
@@ -24,19 +14,21 @@ export const anyEntryIn = (guestDirs: readonly string[]) => async (root: string)
  * forgets it; `stillThere` says whether what was fetched is still in the guest (a step may have removed it).
  */
 export function metadataFreshness(configPaths: readonly string[], stillThere: (root: string) => Promise<boolean> = async () => true) {
+  // The manager's configuration in the guest: every entry under configPaths, by name, type, size and ctime.
+  const configuration = async (root: string) => (await guestTreeState(root, configPaths)).digest;
   const bySession = new WeakMap<ChrootSession, string>();
   const byGuest = new Map<string, string>();
   return {
     async upToDate(session: ChrootSession, perSession = false): Promise<boolean> {
       if (perSession) return bySession.has(session);
-      const configuration = await guestConfigSignature(session.root, configPaths);
-      if (bySession.get(session) === configuration) return true;
-      return byGuest.get(session.root) === configuration && (await stillThere(session.root));
+      const now = await configuration(session.root);
+      if (bySession.get(session) === now) return true;
+      return byGuest.get(session.root) === now && (await stillThere(session.root));
     },
     async fetched(session: ChrootSession, perSession = false): Promise<void> {
-      const configuration = perSession ? '' : await guestConfigSignature(session.root, configPaths);
-      bySession.set(session, configuration);
-      if (!perSession) byGuest.set(session.root, configuration);
+      const now = perSession ? '' : await configuration(session.root);
+      bySession.set(session, now);
+      if (!perSession) byGuest.set(session.root, now);
     },
     forget(session: ChrootSession): void {
       byGuest.delete(session.root);

@@ -291,19 +291,29 @@ export async function offerCachedDebs(root: string, packageCacheDir: string, ind
 }
 
 /**
- * Keeps the .deb files apt left in its archives whose sha256 the lists name under that file name: each read and
- * hashed first, then looked up (the lists are indexed by hash). `offered`: the guest paths the cache put there.
+ * Each .deb apt left in its archives (read through guest-fs: regular, bounded, no guest link followed), hashed,
+ * with the archive name the lists give those bytes (undefined: no list names them). `skip`: guest paths left out.
  */
-export async function keepDownloadedDebs(root: string, packageCacheDir: string, index: AptPackagesIndex, log: Logger, offered: ReadonlySet<string> = new Set()): Promise<number> {
-  const keeper = storeKeeper(packageCacheDir, 'deb', log, MAX_KEPT_BYTES);
+export async function* archivedDebs(root: string, index: AptPackagesIndex, skip: ReadonlySet<string> = new Set()): AsyncGenerator<{ name: string; content: Buffer; sha256: string; listedAs?: string }> {
   for (const name of (await readGuestDir(root, APT_ARCHIVES)) ?? []) {
     const guestPath = `${APT_ARCHIVES}/${name}`;
-    if (!DEB_NAME.test(name) || offered.has(guestPath)) continue;
+    if (!DEB_NAME.test(name) || skip.has(guestPath)) continue;
     const content = await readGuestFile(root, guestPath, MAX_PACKAGE_BYTES).catch(() => undefined);
     if (!content) continue;
     const sha256 = sha256Text(content);
-    if (index.archiveName(sha256) !== name || (await keeper.has(sha256))) continue;
-    if (!(await keeper.keep(sha256, content))) break;
+    yield { name, content, sha256, listedAs: index.archiveName(sha256) };
+  }
+}
+
+/**
+ * Keeps the .deb files apt left in its archives whose sha256 the lists name under that file name (the lists are
+ * indexed by hash, so each is hashed first). `offered`: the guest paths the cache put there.
+ */
+export async function keepDownloadedDebs(root: string, packageCacheDir: string, index: AptPackagesIndex, log: Logger, offered: ReadonlySet<string> = new Set()): Promise<number> {
+  const keeper = storeKeeper(packageCacheDir, 'deb', log, MAX_KEPT_BYTES);
+  for await (const deb of archivedDebs(root, index, offered)) {
+    if (deb.listedAs !== deb.name || (await keeper.has(deb.sha256))) continue;
+    if (!(await keeper.keep(deb.sha256, deb.content))) break;
   }
   return keeper.done();
 }

@@ -1,6 +1,6 @@
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, type BigIntStats, type Stats } from 'node:fs';
 import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { basename, join, posix } from 'node:path';
 import { ImageBuilderError } from './errors.js';
 import { resolveInRoot } from './fs.js';
@@ -230,6 +230,29 @@ export async function walkGuestTree(
     }
     if (walked % WALK_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/** What a set of guest trees looked like: a digest of every entry's path, type, size and ctime, and the newest ctime. */
+export interface GuestTreeState {
+  digest: string;
+  newestCtimeNs: bigint;
+}
+
+/**
+ * Walks guest paths (walkGuestTree: no symlink followed, bounded) into a GuestTreeState; `skip` leaves entries out
+ * by their guest path. Entries are hashed in the order of the walk (names sorted), so the digest does not depend
+ * on timing.
+ */
+export async function guestTreeState(root: string, guestPaths: readonly string[], skip: (guestPath: string) => boolean = () => false): Promise<GuestTreeState> {
+  const hash = createHash('sha256');
+  let newestCtimeNs = 0n;
+  for (const path of guestPaths) {
+    await walkGuestTree(root, path, (guestPath, stat) => {
+      hash.update(`${guestPath}\0${stat.mode}\0${stat.size}\0${stat.ctimeNs}\n`);
+      if (stat.ctimeNs > newestCtimeNs) newestCtimeNs = stat.ctimeNs;
+    }, skip);
+  }
+  return { digest: hash.digest('hex'), newestCtimeNs };
 }
 
 /** The sorted names in a guest directory, listed through a descriptor checked as openGuest checks one; [] when it cannot be. */

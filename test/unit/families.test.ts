@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -303,6 +303,16 @@ describe('every family: exact commands and files of packages (remove, install, u
         expect(await step('ebtables')).toBe(1);
         await leaveMetadata();
         expect(await step('socat')).toBe(0);
+        // A crafted guest whose metadata directories are links to a host directory that has entries: not followed,
+        // so nothing is there and it is fetched again.
+        const host = await mkdtemp(join(tmpdir(), 'ib-unit-host-'));
+        await writeFile(join(host, 'entry'), '');
+        for (const path of fetchedMetadata) {
+          await rm(join(root, dirname(path)), { recursive: true });
+          await symlink(host, join(root, dirname(path)));
+        }
+        expect(await step('conntrack')).toBe(1);
+        await rm(host, { recursive: true, force: true });
       } finally {
         await rm(root, { recursive: true, force: true });
       }
