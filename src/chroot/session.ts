@@ -1,4 +1,4 @@
-import { mkdir, readdir, readlink, symlink } from 'node:fs/promises';
+import { mkdir, symlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
@@ -10,7 +10,7 @@ import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
 import { isMounted } from '../util/mounts.js';
-import { killAll } from '../util/processes.js';
+import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
 
@@ -89,13 +89,10 @@ export interface ChrootSession {
 
 /** Processes whose root directory is the guest (or below it): what a step left running. */
 async function processesInside(root: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const processRoot = await readlink(`/proc/${entry}/root`).catch(() => undefined);
-    if (processRoot && (processRoot === root || processRoot.startsWith(`${root}/`))) pids.push(Number(entry));
-  }
-  return pids;
+  return processIds().filter((pid) => {
+    const processRootDir = processRoot(pid);
+    return processRootDir !== undefined && (processRootDir === root || processRootDir.startsWith(`${root}/`));
+  });
 }
 
 /** What guest commands left running: in the build's cgroups, or (a session without them) rooted in the guest. */

@@ -1,6 +1,6 @@
 import { lstat } from 'node:fs/promises';
 import { guestTreeState, readGuestDir, statGuest, type GuestTreeState } from '../util/guest-fs.js';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { exists, resolveInRoot } from '../util/fs.js';
@@ -12,6 +12,27 @@ import type { Logger } from '../util/log.js';
  */
 const DRACUT_INPUTS = ['/etc/dracut.conf', '/etc/dracut.conf.d', '/usr/lib/dracut/dracut.conf.d', '/usr/lib/dracut/modules.d'];
 const INITRAMFS_TOOLS_INPUTS = ['/etc/initramfs-tools', '/usr/share/initramfs-tools'];
+
+/** Every guest tree the watch reads: the kernels' modules and images, and both generators' inputs. */
+const WATCHED_TREES = ['/lib/modules', '/boot', ...DRACUT_INPUTS, ...INITRAMFS_TOOLS_INPUTS];
+
+const under = (path: string, top: string) => top === '/' || path === top || path.startsWith(`${top}/`);
+
+/**
+ * Whether writing these guest paths may change what an initramfs is built from: a path is in a tree the watch
+ * reads, or holds one. Each is taken both as the guest resolves it whole and with its last part unresolved (a
+ * rename replaces a final link; `mv` into a linked directory follows it), its links followed inside the root.
+ */
+export async function initramfsMayRead(root: string, guestPaths: readonly string[]): Promise<boolean> {
+  const watched = await Promise.all(WATCHED_TREES.map((path) => resolveInRoot(root, path)));
+  for (const path of guestPaths) {
+    // `..` after a link is resolved by the guest's tools from where the link led, not lexically: watched.
+    if (path.split('/').includes('..')) return true;
+    const forms = [await resolveInRoot(root, path), posix.join(await resolveInRoot(root, posix.dirname(path)), posix.basename(path))];
+    if (forms.some((form) => watched.some((top) => under(form, top) || under(top, form)))) return true;
+  }
+  return false;
+}
 
 /** Where the initramfs of kernel `version` lives: Fedora/RHEL, Debian/Ubuntu, the BLS layout dracut also uses, SUSE. */
 const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `/boot/initrd.img-${version}`, `/lib/modules/${version}/initrd`, `/boot/initrd-${version}`];

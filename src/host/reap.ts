@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { lstat, open, readdir, readFile, readlink, rename, rm, rmdir } from 'node:fs/promises';
+import { lstat, open, readdir, readFile, rename, rm, rmdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { listPartitions } from '../mount/block.js';
 import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
@@ -12,7 +12,7 @@ import type { Runner } from '../util/exec.js';
 import { exists } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { DETACHED_EXPORT, loopBackingFile, loopsBackedBy } from '../util/loops.js';
-import { killAll, processesMentioning } from '../util/processes.js';
+import { killAll, processArgv, processesMentioning, processIds, processRoot } from '../util/processes.js';
 
 /**
  * Releases what builds killed by SIGKILL (the OOM killer, a CI timeout, a preempted pod) left on the host. A
@@ -145,14 +145,14 @@ const inside = (path: string, dir: string) => path === dir || path.startsWith(`$
 /** Processes started for the build: chrooted into its guest, or naming a path in its work directory. */
 async function processesOf(workDir: string, helpers: boolean): Promise<number[]> {
   const pids: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    const root = await readlink(`/proc/${entry}/root`).catch(() => undefined);
-    const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+  for (const pid of processIds()) {
+    if (pid === process.pid) continue;
+    const root = processRoot(pid);
+    const argv = processArgv(pid).split('\0');
     const names = argv.some((arg) => arg.includes(`${workDir}/`) || arg.endsWith(workDir));
     // The helpers serving the disk go last, once nothing is mounted from it.
     const helper = /^(qemu-storage-daemon|qemu-nbd|guestmount)$/.test(basename(argv[0] ?? ''));
-    if ((root && root !== '/' && inside(root, workDir)) || (names && (helpers || !helper))) pids.push(Number(entry));
+    if ((root && root !== '/' && inside(root, workDir)) || (names && (helpers || !helper))) pids.push(pid);
   }
   return pids;
 }

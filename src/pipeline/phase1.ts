@@ -7,7 +7,7 @@ import type { StepDownloads } from '../fetch/downloads.js';
 import type { PackageBundleUse } from '../pkg/types.js';
 import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
 import { detectDistro, type Distro } from '../distro/families.js';
-import { watchInitramfs } from '../distro/initramfs.js';
+import { initramfsMayRead, watchInitramfs } from '../distro/initramfs.js';
 import type { HttpTimeouts } from '../fetch/http.js';
 import type { MountBackendName } from '../mount/backend.js';
 import type { Recipe, RecipeStep } from '../recipe/load.js';
@@ -139,7 +139,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
 }
 
 /** One step run in the guest: its records, and what the build did right after it within its layer (initramfs). */
-async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
+async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, guestRoot: string, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
   const { log, signal, events } = context;
   const number = step.index + 1;
   const description = step.type.describe(step.spec);
@@ -151,15 +151,22 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
   let session: ChrootSession | undefined;
   try {
     // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
+    // Resolved before the step writes anything: the paths it names, as the guest's links stand now.
+    const writes = step.type.writesOnly?.(step.spec);
+    const watched = !writes || (await initramfsMayRead(guestRoot, writes));
+    // The initramfs watch's first walk (the guest's module trees, ~0.1 s cold) reads while the session's mounts
+    // are made: it reads none of them (/sys, /dev, /run).
+    const watching = watched ? watchInitramfs(guestRoot) : undefined;
+    watching?.catch(() => undefined);
     session = await openSession();
-    const initramfs = await watchInitramfs(session.root);
+    const initramfs = await watching;
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
     await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.
-    const after = await initramfs.regenerate(session, { log, signal, index: step.index });
+    const after = initramfs ? await initramfs.regenerate(session, { log, signal, index: step.index }) : [];
     const durationMs = Date.now() - t0;
     log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
     return { records, after, durationMs };
@@ -279,7 +286,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
         log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
         events({ event: 'step-skipped', step: number, reason: skipped });
       } else {
-        ran = await runStep(context, step, recipe, () => session.open(), distro, architecture, options).catch(async (error: unknown) => {
+        ran = await runStep(context, step, recipe, opened.layout.root, () => session.open(), distro, architecture, options).catch(async (error: unknown) => {
           throw await explainFullDisk(error, opened.layout);
         });
         bomStep.durationMs = ran.durationMs;

@@ -68,6 +68,8 @@ export const fileStep = defineStep({
   },
   schema: fileSchema,
   describe: (spec) => `write ${spec.path}`,
+  // The file, its temporary sibling and the parents `mkdir -p` makes (those are on the file's own path).
+  writesOnly: (spec) => [spec.path],
   check: (spec, environment) => fileContent(spec, environment).problems,
   async run(context, spec) {
     const { content, problems } = fileContent(spec, context);

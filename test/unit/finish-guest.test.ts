@@ -2,7 +2,8 @@ import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/
 import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { watchInitramfs } from '../../src/distro/initramfs.js';
+import { initramfsMayRead, watchInitramfs } from '../../src/distro/initramfs.js';
+import { fileStep } from '../../src/steps/file.js';
 import { parseSelinuxConfig, relabelGuest } from '../../src/distro/selinux.js';
 import type { GuestMount } from '../../src/mount/layout.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
@@ -120,6 +121,27 @@ describe('initramfs regeneration for the guest kernel', () => {
     const second = fakeSession(undefined, noGenerator);
     expect(await watchNone.regenerate(second.session, { log: capturingLog().log, index: 0 })).toEqual([]);
     expect(second.calls).toEqual([]);
+  });
+
+  test('a step that names the paths it writes is watched only when one is an initramfs input, links in the guest followed inside it', async () => {
+    const root = await tree({ ...KERNEL_FILES, 'etc/initramfs-tools/modules': '', 'etc/motd': '' });
+    // A guest's links: a directory that leads into a watched tree, and a file name that is a link to a directory there.
+    await symlink('/etc/initramfs-tools', join(root, 'etc/alias-dir'));
+    await symlink('/usr/lib/modules', join(root, 'etc/modules-link'));
+    await symlink('../../boot', join(root, 'etc/boot-link'));
+    const reads = (path: string) => initramfsMayRead(root, fileStep.writesOnly!({ path, content: '' }));
+    expect(await reads('/etc/motd')).toBe(false);
+    expect(await reads('/etc/kubernetes/kubelet.conf')).toBe(false);
+    expect(await reads('/etc/initramfs-tools/modules')).toBe(true);
+    expect(await reads('/etc/dracut.conf.d/k8s.conf')).toBe(true);
+    expect(await reads(`/lib/modules/${GUEST_KERNEL}/extra/x.ko`)).toBe(true);
+    expect(await reads('/boot/vmlinuz-new')).toBe(true);
+    expect(await reads('/etc/alias-dir/hooks/x')).toBe(true);
+    expect(await reads('/etc/modules-link')).toBe(true);
+    // `..` after a link climbs from where the link led (/boot/../boot/x is /boot/x), not lexically (/etc/boot/x).
+    expect(await reads('/etc/boot-link/../boot/x')).toBe(true);
+    // A path holding a watched tree (a file written over /usr/lib) counts too.
+    expect(await reads('/usr/lib')).toBe(true);
   });
 
   test('a failing dracut fails the build with the kernel version and a hint', async () => {
