@@ -1,3 +1,3 @@
 #!/usr/bin/env node
-import { execute } from '@oclif/core';
+import { execute } from '../dist/packed/cli/oclif.js';
 await execute({ dir: import.meta.url });

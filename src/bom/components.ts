@@ -3,7 +3,7 @@ import { batchScript, parseBatchOutput } from '../checks/run.js';
 import type { ChrootSession } from '../chroot/session.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import { shellQuote } from '../util/exec.js';
-import { statGuest } from '../util/guest-fs.js';
+import { readGuestThrough, statGuest } from '../util/guest-fs.js';
 import { formatPurl } from './purl.js';
 
 /**
@@ -73,6 +73,23 @@ function binaryProbe(spec: ComponentSpec): string {
   const candidates = spec.directories.map((dir) => shellQuote(`${dir}/${spec.binary}`)).join(' ');
   const args = spec.args.map(shellQuote).join(' ');
   return `for b in ${candidates}; do if [ -f "$b" ] && [ -x "$b" ]; then echo "$b"; timeout 10 "$b" ${args} </dev/null 2>&1 | head -n 5; exit 0; fi; done; exit 3`;
+}
+
+/** The most of one component's binary read ahead (containerd is ~50 MB). */
+const WARM_BYTES = 128 << 20;
+
+/**
+ * Reads each component's first binary through once from the host (readGuestThrough: links resolved inside the
+ * guest, regular files only, bounded), so its probe finds it in the page cache: through the layer chain containerd's `--version`
+ * took ~70 ms cold, ~20 ms warm. Started while the last step runs; a binary that step replaces is paged in by the
+ * probe as before. Never fails: it only saves time.
+ */
+export async function warmNodeComponents(root: string, signal?: AbortSignal): Promise<void> {
+  for (const spec of NODE_COMPONENTS) {
+    for (const dir of spec.directories) {
+      if (await readGuestThrough(root, `${dir}/${spec.binary}`, WARM_BYTES, signal).catch(() => false)) break;
+    }
+  }
 }
 
 /**

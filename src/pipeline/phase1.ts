@@ -1,6 +1,6 @@
 import { comparePackages, type Bom } from '../bom/collect.js';
 import { listKernels, listUnitStates } from '../bom/inventory.js';
-import { readComponents } from '../bom/components.js';
+import { readComponents, warmNodeComponents } from '../bom/components.js';
 import type { BomStep } from '../util/step-record.js';
 import { openChroot, type ChrootOptions, type ChrootSession } from '../chroot/session.js';
 import type { StepDownloads } from '../fetch/downloads.js';
@@ -262,11 +262,18 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   // The recipe's checks that read only files, and the node components' versions, on the finished guest (a
   // check's failure writes no output). Both read only (read-only root): with the step cache they run in the last
   // step's session before it closes for the final layer's snapshot, not in a session opened again (~0.2 s).
+  // The components' binaries are read ahead while the last step runs, awaited before their probe, and before
+  // anything is released when a step fails (a file still open would keep the guest mounted).
+  let warming: Promise<void> | undefined;
+  const warmComponents = () => (warming ??= warmNodeComponents(opened.layout.root, signal));
   let finished: Promise<{ checks: Awaited<ReturnType<typeof checkImage>>; components: Awaited<ReturnType<typeof readComponents>> }> | undefined;
   const judgeFinished = () =>
     (finished ??= (async () => ({
       checks: recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [],
-      components: await clock.time('components', async () => readComponents(opened.layout.root, () => session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal)),
+      components: await clock.time('components', async () => {
+        await warmComponents();
+        return readComponents(opened.layout.root, () => session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal);
+      }),
     }))());
   // Before the final snapshot. A failure is the build's after the layer is committed (thrown again below), as before.
   const judgeThenClose = async () => {
@@ -277,6 +284,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   await clock.time('steps', async () => {
     for (const step of recipe.steps.slice(chain.reused.length)) {
       throwIfAborted(signal);
+      if (step.index === recipe.steps.length - 1) void warmComponents();
       const number = step.index + 1;
       const description = step.type.describe(step.spec);
       const skipped = whenMismatch(step.when, distro, architecture);
@@ -303,6 +311,9 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
       events({ event: 'step-finished', step: number, durationMs: bomStep.durationMs, ...(layer ? { layer } : {}) });
     }
     await chain.close(opened, judgeThenClose);
+  }).catch(async (error: unknown) => {
+    await warming;
+    throw error;
   });
   const { checks, components } = await judgeFinished();
   await session.close();

@@ -123,6 +123,28 @@ async function openGuest(root: string, guestPath: string, kind: 'file' | 'direct
 }
 
 /**
+ * Reads a guest file through once, at most `maxBytes` of it, keeping nothing: its pages are then in the page
+ * cache for the guest program that runs it next, which would page it in by small faults, each a round trip through
+ * the layer chain. Opened as readGuestFile opens (links resolved inside the guest); false when it is absent or
+ * not a regular file. Stops early once `signal` is aborted.
+ */
+export async function readGuestThrough(root: string, guestPath: string, maxBytes: number, signal?: AbortSignal): Promise<boolean> {
+  const handle = await openGuest(root, guestPath, 'file').catch(() => undefined);
+  if (!handle) return false;
+  try {
+    const buffer = Buffer.allocUnsafe(Math.min(1 << 20, maxBytes));
+    for (let total = 0; total < maxBytes && !signal?.aborted; ) {
+      const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, maxBytes - total), null);
+      if (bytesRead === 0) break;
+      total += bytesRead;
+    }
+    return true;
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
  * A guest file's content, at most `maxBytes` of it (a larger file is refused, naming the cap); undefined when
  * the file does not exist.
  */

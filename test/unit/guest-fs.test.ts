@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { readGuestDir, readGuestFile, readGuestText, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { readGuestDir, readGuestFile, readGuestText, readGuestThrough, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -34,6 +34,24 @@ describe('guest-fs', () => {
     await expect(readGuestText(root, '/etc/fstab')).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining("the guest's /etc/fstab is a FIFO") });
     await execa('mknod', [join(root, 'etc/zero'), 'c', '1', '5']);
     await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('a character device') });
+  });
+
+  test('reading a binary ahead (readGuestThrough): regular guest files only, links resolved inside the guest, never a FIFO or device', async () => {
+    await mkdir(join(root, 'usr/bin'), { recursive: true });
+    await writeFile(join(root, 'usr/bin/containerd'), Buffer.alloc(3 << 20, 1));
+    expect(await readGuestThrough(root, '/usr/bin/containerd', 1 << 30)).toBe(true);
+    expect(await readGuestThrough(root, '/usr/bin/absent', 1 << 30)).toBe(false);
+    // A link to the host's file resolves inside the guest, where there is none.
+    await symlink(join(outside, 'secret'), join(root, 'usr/bin/runc'));
+    expect(await readGuestThrough(root, '/usr/bin/runc', 1 << 30)).toBe(false);
+    // A FIFO would block a reader, a device never end: neither is opened for reading.
+    await execa('mkfifo', [join(root, 'usr/bin/kubelet')]);
+    expect(await readGuestThrough(root, '/usr/bin/kubelet', 1 << 30)).toBe(false);
+    await execa('mknod', [join(root, 'usr/bin/crictl'), 'c', '1', '5']);
+    expect(await readGuestThrough(root, '/usr/bin/crictl', 1 << 30)).toBe(false);
+    // Interrupted: it stops reading (and still closes the file).
+    const aborted = AbortSignal.abort();
+    expect(await readGuestThrough(root, '/usr/bin/containerd', 1 << 30, aborted)).toBe(true);
   });
 
   test('a file larger than the cap is refused, not read whole', async () => {
