@@ -41,4 +41,4 @@ await build({
   banner: { js: "import { createRequire as imagebuilderCreateRequire } from 'node:module'; const require = imagebuilderCreateRequire(import.meta.url);" },
   logLevel: 'warning',
 });
-console.error(`bundle-cli: ${entryPoints.length} commands bundled into ${relative(root, outdir)}`);
+console.error(`bundle-cli: ${entryPoints.length - 2} commands, oclif and the help class bundled into ${relative(root, outdir)}`);

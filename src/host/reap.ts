@@ -145,10 +145,11 @@ const inside = (path: string, dir: string) => path === dir || path.startsWith(`$
 /** Processes started for the build: chrooted into its guest, or naming a path in its work directory. */
 async function processesOf(workDir: string, helpers: boolean): Promise<number[]> {
   const pids: number[] = [];
-  for (const pid of processIds()) {
-    if (pid === process.pid) continue;
+  const candidates = processIds().filter((pid) => pid !== process.pid);
+  const argvs = await Promise.all(candidates.map(processArgv));
+  for (const [index, pid] of candidates.entries()) {
     const root = processRoot(pid);
-    const argv = processArgv(pid).split('\0');
+    const argv = argvs[index].split('\0');
     const names = argv.some((arg) => arg.includes(`${workDir}/`) || arg.endsWith(workDir));
     // The helpers serving the disk go last, once nothing is mounted from it.
     const helper = /^(qemu-storage-daemon|qemu-nbd|guestmount)$/.test(basename(argv[0] ?? ''));

@@ -149,14 +149,15 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
   events({ event: 'step-started', step: number, of: recipe.steps.length, type: step.type.key, ...(step.name ? { name: step.name } : {}), description });
   const t0 = Date.now();
   let session: ChrootSession | undefined;
+  let watching: ReturnType<typeof watchInitramfs> | undefined;
   try {
     // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
     // Resolved before the step writes anything: the paths it names, as the guest's links stand now.
     const writes = step.type.writesOnly?.(step.spec);
     const watched = !writes || (await initramfsMayRead(guestRoot, writes));
     // The initramfs watch's first walk (the guest's module trees, ~0.1 s cold) reads while the session's mounts
-    // are made: it reads none of them (/sys, /dev, /run).
-    const watching = watched ? watchInitramfs(guestRoot) : undefined;
+    // are made (/sys, /dev, /run): a guest whose trees lead there only gets its own initramfs rebuilt needlessly.
+    watching = watched ? watchInitramfs(guestRoot) : undefined;
     watching?.catch(() => undefined);
     session = await openSession();
     const initramfs = await watching;
@@ -171,6 +172,8 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
     return { records, after, durationMs };
   } catch (error) {
+    // Its walk may still be reading the guest (a session that failed to open): done before anything is released.
+    await watching?.catch(() => undefined);
     events({ event: 'step-failed', step: number, durationMs: Date.now() - t0, error: errorMessage(error) });
     if (options.shellOnFailure && !signal?.aborted && session) {
       log.error(`${label} failed: ${errorMessage(error)}`);

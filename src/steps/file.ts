@@ -68,8 +68,9 @@ export const fileStep = defineStep({
   },
   schema: fileSchema,
   describe: (spec) => `write ${spec.path}`,
-  // The file, its temporary sibling and the parents `mkdir -p` makes (those are on the file's own path).
-  writesOnly: (spec) => [spec.path],
+  // The file and the parents `mkdir -p` makes (on its own path), and its temporary sibling, which the guest's
+  // `cat >`, `chown` and `chmod` reach through a link of the guest's there (guest-write's WRITE_FILE_SCRIPT).
+  writesOnly: (spec) => [spec.path, `${spec.path}.imagebuilder-new`],
   check: (spec, environment) => fileContent(spec, environment).problems,
   async run(context, spec) {
     const { content, problems } = fileContent(spec, context);

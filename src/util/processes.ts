@@ -1,25 +1,22 @@
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { sleep } from './fs.js';
 import type { Logger } from './log.js';
 
-// /proc is read synchronously: each read takes microseconds from the kernel's memory, where one await per process
-// cost ~15 ms for a host's ~70 processes, paid by every scan of a build's release.
-
-/** The pids of every process now. */
+/** The pids of every process now (/proc listed synchronously: the kernel answers from memory). */
 export function processIds(): number[] {
   return readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).map(Number);
 }
 
-/** A process's arguments ('' when it is gone or a kernel thread). */
-export function processArgv(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-  } catch {
-    return '';
-  }
+/**
+ * A process's arguments, NUL-separated ('' when it is gone or a kernel thread). Read asynchronously: the kernel
+ * takes the process's memory lock to read them, which a process stuck in disk wait (on a dead export) may hold.
+ */
+export async function processArgv(pid: number): Promise<string> {
+  return readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
 }
 
-/** A process's root directory, undefined when it is gone. */
+/** A process's root directory, undefined when it is gone (a link the kernel answers without the process's locks). */
 export function processRoot(pid: number): string | undefined {
   try {
     return readlinkSync(`/proc/${pid}/root`);
@@ -28,9 +25,14 @@ export function processRoot(pid: number): string | undefined {
   }
 }
 
-/** Processes (other than us) whose command line mentions `text`: helpers started for one build's work dir. */
+/**
+ * Processes (other than us) whose command line mentions `text`: helpers started for one build's work dir. The
+ * command lines are read all at once: one await per process cost ~15 ms a scan of a host's ~70 processes.
+ */
 export async function processesMentioning(text: string): Promise<number[]> {
-  return processIds().filter((pid) => pid !== process.pid && processArgv(pid).includes(text));
+  const pids = processIds().filter((pid) => pid !== process.pid);
+  const argvs = await Promise.all(pids.map(processArgv));
+  return pids.filter((_, index) => argvs[index].includes(text));
 }
 
 /** SIGTERM, a grace period, then SIGKILL, until none of `find()`'s processes remain. Returns how many there were. */

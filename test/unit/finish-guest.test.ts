@@ -140,6 +140,9 @@ describe('initramfs regeneration for the guest kernel', () => {
     expect(await reads('/etc/modules-link')).toBe(true);
     // `..` after a link climbs from where the link led (/boot/../boot/x is /boot/x), not lexically (/etc/boot/x).
     expect(await reads('/etc/boot-link/../boot/x')).toBe(true);
+    // The write's temporary sibling, a link of the guest's into a watched tree, is written through too.
+    await symlink('/etc/initramfs-tools/conf.d/planted', join(root, 'etc/issue.imagebuilder-new'));
+    expect(await reads('/etc/issue')).toBe(true);
     // A path holding a watched tree (a file written over /usr/lib) counts too.
     expect(await reads('/usr/lib')).toBe(true);
   });
