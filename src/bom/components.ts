@@ -80,9 +80,9 @@ const WARM_BYTES = 128 << 20;
 
 /**
  * Reads each component's first binary through once from the host (readGuestThrough: links resolved inside the
- * guest, regular files only, bounded), so its probe finds it in the page cache: through the layer chain containerd's `--version`
- * took ~70 ms cold, ~20 ms warm. Started while the last step runs; a binary that step replaces is paged in by the
- * probe as before. Never fails: it only saves time.
+ * guest, regular files only, bounded), so its probe finds it in the page cache: through the layer chain,
+ * containerd's `--version` took ~70 ms cold, ~20 ms warm. Started while the last step runs; a binary that step
+ * replaces is paged in by the probe as before. Never fails: it only saves time.
  */
 export async function warmNodeComponents(root: string, signal?: AbortSignal): Promise<void> {
   for (const spec of NODE_COMPONENTS) {

@@ -151,7 +151,6 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
   let session: ChrootSession | undefined;
   let watching: ReturnType<typeof watchInitramfs> | undefined;
   try {
-    // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
     // Resolved before the step writes anything: the paths it names, as the guest's links stand now.
     const writes = step.type.writesOnly?.(step.spec);
     const watched = !writes || (await initramfsMayRead(guestRoot, writes));
@@ -159,6 +158,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     // are made (/sys, /dev, /run): a guest whose trees lead there only gets its own initramfs rebuilt needlessly.
     watching = watched ? watchInitramfs(guestRoot) : undefined;
     watching?.catch(() => undefined);
+    // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
     session = await openSession();
     const initramfs = await watching;
     const stepSession = step.network ? withNetwork(session, step.network) : session;
