@@ -1,5 +1,5 @@
 import { lstat } from 'node:fs/promises';
-import { guestTreeState, readGuestDir, statGuest, type GuestTreeState } from '../util/guest-fs.js';
+import { guestTreeState, isInside, readGuestDir, statGuest, type GuestTreeState } from '../util/guest-fs.js';
 import { join, posix } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import type { ChrootSession } from '../chroot/session.js';
@@ -16,8 +16,6 @@ const INITRAMFS_TOOLS_INPUTS = ['/etc/initramfs-tools', '/usr/share/initramfs-to
 /** Every guest tree the watch reads: the kernels' modules and images, and both generators' inputs. */
 const WATCHED_TREES = ['/lib/modules', '/boot', ...DRACUT_INPUTS, ...INITRAMFS_TOOLS_INPUTS];
 
-const under = (path: string, top: string) => top === '/' || path === top || path.startsWith(`${top}/`);
-
 /**
  * Whether writing these guest paths may change what an initramfs is built from: a path is in a tree the watch
  * reads, or holds one. Each is taken both as the guest resolves it whole and with its last part unresolved (a
@@ -29,7 +27,7 @@ export async function initramfsMayRead(root: string, guestPaths: readonly string
     // `..` after a link is resolved by the guest's tools from where the link led, not lexically: watched.
     if (path.split('/').includes('..')) return true;
     const forms = [await resolveInRoot(root, path), posix.join(await resolveInRoot(root, posix.dirname(path)), posix.basename(path))];
-    if (forms.some((form) => watched.some((top) => under(form, top) || under(top, form)))) return true;
+    if (forms.some((form) => watched.some((top) => isInside(top, form) || isInside(form, top)))) return true;
   }
   return false;
 }

@@ -12,7 +12,7 @@ import type { Runner } from '../util/exec.js';
 import { exists } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { DETACHED_EXPORT, loopBackingFile, loopsBackedBy } from '../util/loops.js';
-import { killAll, processArgv, processesMentioning, processIds, processRoot } from '../util/processes.js';
+import { killAll, otherProcesses, processArgv, processesMentioning, processRoot } from '../util/processes.js';
 
 /**
  * Releases what builds killed by SIGKILL (the OOM killer, a CI timeout, a preempted pod) left on the host. A
@@ -145,11 +145,9 @@ const inside = (path: string, dir: string) => path === dir || path.startsWith(`$
 /** Processes started for the build: chrooted into its guest, or naming a path in its work directory. */
 async function processesOf(workDir: string, helpers: boolean): Promise<number[]> {
   const pids: number[] = [];
-  const candidates = processIds().filter((pid) => pid !== process.pid);
-  const argvs = await Promise.all(candidates.map(processArgv));
-  for (const [index, pid] of candidates.entries()) {
+  for (const { pid, argv: args } of await otherProcesses()) {
     const root = processRoot(pid);
-    const argv = argvs[index].split('\0');
+    const argv = args.split('\0');
     const names = argv.some((arg) => arg.includes(`${workDir}/`) || arg.endsWith(workDir));
     // The helpers serving the disk go last, once nothing is mounted from it.
     const helper = /^(qemu-storage-daemon|qemu-nbd|guestmount)$/.test(basename(argv[0] ?? ''));
@@ -190,7 +188,7 @@ async function nbdOf(workDir: string, holdings: Holding[]): Promise<string[]> {
   for (const holding of holdings) {
     if (holding.kind !== 'nbd') continue;
     const pid = (await readFile(`/sys/block/${basename(holding.device)}/pid`, 'utf8').catch(() => '')).trim();
-    const argv = pid ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
+    const argv = pid ? await processArgv(Number(pid)) : '';
     if (argv.includes(`${workDir}/`)) devices.push(holding.device);
   }
   return devices;

@@ -80,7 +80,8 @@ export async function statGuest(root: string, guestPath: string): Promise<Stats 
 }
 
 /** Whether a real path lies inside the guest's real root. */
-const isInside = (inside: string, real: string) => inside === '/' || real === inside || real.startsWith(`${inside}/`);
+/** Whether `real` is the directory `inside` or below it. */
+export const isInside = (inside: string, real: string) => inside === '/' || real === inside || real.startsWith(`${inside}/`);
 
 /** The descriptor's real path must still lie inside the guest root. */
 async function checkInside(root: string, handle: FileHandle, guestPath: string): Promise<void> {

@@ -26,13 +26,18 @@ export function processRoot(pid: number): string | undefined {
 }
 
 /**
- * Processes (other than us) whose command line mentions `text`: helpers started for one build's work dir. The
- * command lines are read all at once: one await per process cost ~15 ms a scan of a host's ~70 processes.
+ * Every process but us with its arguments (processArgv), read all at once: one await per process cost ~15 ms a
+ * scan of a host's ~70 processes.
  */
-export async function processesMentioning(text: string): Promise<number[]> {
+export async function otherProcesses(): Promise<{ pid: number; argv: string }[]> {
   const pids = processIds().filter((pid) => pid !== process.pid);
   const argvs = await Promise.all(pids.map(processArgv));
-  return pids.filter((_, index) => argvs[index].includes(text));
+  return pids.map((pid, index) => ({ pid, argv: argvs[index] }));
+}
+
+/** Processes (other than us) whose command line mentions `text`: helpers started for one build's work dir. */
+export async function processesMentioning(text: string): Promise<number[]> {
+  return (await otherProcesses()).filter(({ argv }) => argv.includes(text)).map(({ pid }) => pid);
 }
 
 /** SIGTERM, a grace period, then SIGKILL, until none of `find()`'s processes remain. Returns how many there were. */
