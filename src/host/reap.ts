@@ -9,10 +9,11 @@ import { isMounted } from '../util/mounts.js';
 import { currentOwner, ownerAlive, readJson, RECORD_FILE, registryDir, type BuildOwner, type BuildRecord, type Holding, type RegistryEntry } from '../util/build-record.js';
 import { errorMessage } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
-import { exists } from '../util/fs.js';
+import { exists, sleep } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { DETACHED_EXPORT, loopBackingFile, loopsBackedBy } from '../util/loops.js';
-import { killAll, otherProcesses, processArgv, processesMentioning, processRoot } from '../util/processes.js';
+import { abortFuseConnection, FUSE_CONNECTIONS, visibleFuseConnections } from '../util/fuse-connections.js';
+import { killAll, otherProcesses, processArgv, processesMentioning, processRoot, stillExiting } from '../util/processes.js';
 
 /**
  * Releases what builds killed by SIGKILL (the OOM killer, a CI timeout, a preempted pod) left on the host. A
@@ -42,6 +43,8 @@ export interface Leftovers {
   /** The guest-command sandbox's state directory (its network namespace inside) and cgroups, named after the build's pid. */
   sandbox: string[];
   files: string[];
+  /** FUSE connections of its exports whose daemon is stuck exiting (stuckExportsOf), aborted first. */
+  stuckExports: number[];
   workDir: boolean;
 }
 
@@ -182,6 +185,30 @@ async function loopsOf(workDir: string, holdings: Holding[]): Promise<string[]> 
   return loops;
 }
 
+type ExportHolding = Extract<Holding, { kind: 'fuse-export' }>;
+
+/**
+ * A build killed in a mount namespace of its own (a container, `unshare -m`) can leave its export's daemon the
+ * last process of that namespace. The namespace then goes in the daemon's own exit, unmounting the guest's
+ * filesystems, whose last writes go through the loop device to the export that only this exiting daemon could
+ * serve: the kernel waits forever, and so would partx and losetup on that loop device. Aborting the FUSE
+ * connection (which the daemon's exit would do a moment later) fails those writes instead. Only for a daemon
+ * still part-way through exiting, so the connection is still its own; never for a connection that a live build
+ * noted or that is mounted where we can see it.
+ */
+async function stuckExportsOf(holdings: Holding[], liveConnections: Set<number>): Promise<ExportHolding[]> {
+  const visible = await visibleFuseConnections();
+  const stuck: ExportHolding[] = [];
+  for (const holding of holdings) {
+    if (holding.kind !== 'fuse-export' || liveConnections.has(holding.connection) || visible.has(holding.connection)) continue;
+    if (stillExiting(holding.server) && (await exists(`${FUSE_CONNECTIONS}/${holding.connection}`))) stuck.push(holding);
+  }
+  return stuck;
+}
+
+/** How long a daemon whose connection was aborted may take to finish exiting (its guest's unmount fails fast). */
+const EXIT_AFTER_ABORT_MS = 30000;
+
 /** nbd devices the build connected that are still served by a process of its work directory. */
 async function nbdOf(workDir: string, holdings: Holding[]): Promise<string[]> {
   const devices: string[] = [];
@@ -248,7 +275,7 @@ async function sandboxOf(pid: number): Promise<string[]> {
   return found;
 }
 
-async function survey(build: FoundBuild, record: BuildRecord | undefined, livePids: Set<number>): Promise<Leftovers> {
+async function survey(build: FoundBuild, record: BuildRecord | undefined, livePids: Set<number>, liveConnections: Set<number>): Promise<Leftovers> {
   const holdings = record?.holdings ?? [];
   const loops = await loopsOf(build.workDir, holdings);
   const nbd = await nbdOf(build.workDir, holdings);
@@ -262,6 +289,7 @@ async function survey(build: FoundBuild, record: BuildRecord | undefined, livePi
     binfmt: livePids.has(build.pid) ? [] : await binfmtOf(build.pid, await binfmtMountsOf(build.pid)),
     sandbox: livePids.has(build.pid) ? [] : await sandboxOf(build.pid),
     files: (await Promise.all(holdings.filter((h) => h.kind === 'file').map(async (h) => ((await exists(h.path)) ? h.path : '')))).filter(Boolean),
+    stuckExports: (await stuckExportsOf(holdings, liveConnections)).map((h) => h.connection),
     workDir: !record?.keep && (await exists(build.workDir)),
   };
 }
@@ -272,7 +300,7 @@ async function unmount(run: Runner, target: string, lazy: boolean): Promise<bool
 }
 
 /** Releases a dead build's leftovers in the order its own cleanup would have: processes, mounts, disks, helpers. */
-async function release(build: FoundBuild, record: BuildRecord | undefined, found: Leftovers, options: ReapOptions): Promise<string[]> {
+async function release(build: FoundBuild, record: BuildRecord | undefined, found: Leftovers, liveConnections: Set<number>, options: ReapOptions): Promise<string[]> {
   const { run, log } = options;
   const failures: string[] = [];
   const attempt = async (what: string, body: () => Promise<unknown>) => {
@@ -283,6 +311,19 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
     }
   };
   const { workDir } = build;
+  for (const stuck of await stuckExportsOf(record?.holdings ?? [], liveConnections)) {
+    const what = `FUSE connection ${stuck.connection} of qemu-storage-daemon (pid ${stuck.server.pid}), stuck exiting`;
+    log.warn(`aborting ${what}`);
+    await attempt(what, async () => {
+      await abortFuseConnection(stuck.connection);
+      for (let waited = 0; stillExiting(stuck.server); waited += 100) {
+        if (waited >= EXIT_AFTER_ABORT_MS) throw new Error(`still exiting ${EXIT_AFTER_ABORT_MS / 1000} s after the abort`);
+        await sleep(100);
+      }
+    });
+  }
+  // Its loop device would hang whoever touches it: the next cleanup tries again.
+  if (failures.length) return failures;
   await attempt('processes', () => killAll(() => processesOf(workDir, false), log, `process(es) of the dead build in ${workDir}`));
   for (const target of await mountsIn(workDir, FREEZABLE)) await run('fsfreeze', ['--unfreeze', target], { allowFailure: true });
   // Deepest first; what is still busy (the export under a loop device) is tried again once the disks are gone.
@@ -341,18 +382,19 @@ export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupRepor
   const all = await candidates(options.workDirParents ?? [], options.runDir);
   const live = all.filter((c) => c.found.alive).map((c) => c.found);
   const livePids = new Set(live.map((b) => b.pid));
+  const liveConnections = new Set(all.filter((c) => c.found.alive).flatMap((c) => (c.record?.holdings ?? []).flatMap((h) => (h.kind === 'fuse-export' ? [h.connection] : []))));
   const dead: ReapedBuild[] = [];
   for (const candidate of all.filter((c) => !c.found.alive)) {
     const { found: build, record } = candidate;
     if (options.dryRun) {
-      dead.push({ ...build, leftovers: await survey(build, record, livePids), failures: [] });
+      dead.push({ ...build, leftovers: await survey(build, record, livePids, liveConnections), failures: [] });
       continue;
     }
     const claimed = await claim(candidate.file);
     if (!claimed) continue; // another reaper took it
-    const leftovers = await survey(build, record, livePids);
+    const leftovers = await survey(build, record, livePids, liveConnections);
     log.warn(`build ${build.id} (pid ${build.pid}${build.command ? `: ${build.command}` : ''}) is gone; releasing what it left: ${summary(leftovers) || 'nothing but its registration'}`);
-    const failures = await release(build, record, leftovers, options);
+    const failures = await release(build, record, leftovers, liveConnections, options);
     for (const failure of failures) log.error(`could not release ${failure}`);
     if (failures.length) {
       // Left registered (unclaimed), so the next cleanup tries again.
@@ -368,7 +410,7 @@ export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupRepor
 
 /** "2 process(es), 3 mount(s), /dev/loop4, …": what a dead build left, in a line. */
 export function summary(leftovers: Leftovers): string {
-  const parts: string[] = [];
+  const parts: string[] = leftovers.stuckExports.map((connection) => `FUSE connection ${connection} (its daemon stuck exiting)`);
   if (leftovers.processes.length) parts.push(`${leftovers.processes.length} process(es) (${leftovers.processes.join(' ')})`);
   if (leftovers.mounts.length) parts.push(`${leftovers.mounts.length} mount(s)`);
   parts.push(...leftovers.loops, ...leftovers.nbd, ...leftovers.nodes, ...leftovers.binfmt.map((entry) => `binfmt_misc ${basename(entry)}`), ...leftovers.binfmtMounts, ...leftovers.sandbox, ...leftovers.files);

@@ -1,6 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { noteHolding } from '../util/build-record.js';
+import { noteHolding, processStartTime } from '../util/build-record.js';
+import { fuseConnectionOf } from '../util/fuse-connections.js';
 import type { AttachRequest, LiveSnapshot, MountBackend, MountContext } from './backend.js';
 import { connectQmp } from './qmp.js';
 import { ensurePartitions } from './block.js';
@@ -38,7 +39,7 @@ export const fuseBackend: MountBackend = {
     ];
     // Not --daemonize (which hands the daemon to init, where a SIGKILLed build left it serving): our child, killed
     // by the kernel when we die. Its release is registered as it is spawned, before anything can interrupt.
-    await startHelper(
+    const daemon = await startHelper(
       'qemu-storage-daemon',
       args,
       { log, logFile: join(context.workDir, 'qemu-storage-daemon.log'), purpose: 'exporting the image over FUSE', signal: context.signal, ready: async () => (await mountsUnder(exportFile)).length > 0 },
@@ -51,6 +52,11 @@ export const fuseBackend: MountBackend = {
           if ((await mountsUnder(exportFile)).length) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
         }),
     );
+    // Before the loop device: over it, a killed build's daemon can be left stuck exiting, and a reaper then
+    // needs the connection to free it (reap.ts).
+    const connection = await fuseConnectionOf(exportFile);
+    const startTime = processStartTime(daemon.pid);
+    if (connection !== undefined && startTime !== undefined) await noteHolding(context.workDir, { kind: 'fuse-export', connection, server: { pid: daemon.pid, startTime } });
 
     // Registered before it is taken: interrupted while losetup runs, the device is found by its backing file.
     let device: string | undefined;

@@ -1,8 +1,9 @@
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeJsonAtomic } from './fs.js';
 import { DEFAULT_RUN_DIR } from './paths.js';
+import { statFields } from './processes.js';
 
 /**
  * What a build holds, written down as it takes it, so that a build killed by SIGKILL (which no handler sees)
@@ -25,6 +26,12 @@ export type Holding =
    * mount with it, and the loop device, which is the kernel's, then names its backing file only as "/".
    */
   | { kind: 'loop'; device: string }
+  /**
+   * The fuse backend's export: its FUSE connection (/sys/fs/fuse/connections/<n>) and the daemon serving it. A
+   * build killed in a mount namespace of its own can leave that daemon stuck exiting (reap.ts): the reaper
+   * aborts the connection, which is what the daemon's exit would have done.
+   */
+  | { kind: 'fuse-export'; connection: number; server: BuildOwner }
   /** A partition device node made with mknod (no udev here). */
   | { kind: 'node'; path: string; disk: string }
   /** A file outside the work directory, removed if the build dies: a partial output. */
@@ -60,15 +67,9 @@ export function registryDir(runDir = DEFAULT_RUN_DIR): string {
 
 /** The start time of a process, or undefined when there is none (or only its zombie: it holds nothing). */
 export function processStartTime(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parentheses: count fields after its closing ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
-    return Number(fields[19]);
-  } catch {
-    return undefined;
-  }
+  const fields = statFields(`/proc/${pid}/stat`);
+  if (!fields || fields[0] === 'Z' || fields[0] === 'X') return undefined;
+  return Number(fields[19]);
 }
 
 function pidNamespace(): string | undefined {

@@ -1,6 +1,7 @@
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { sleep } from './fs.js';
+import type { BuildOwner } from './build-record.js';
 import type { Logger } from './log.js';
 
 /** The pids of every process now (/proc listed synchronously: the kernel answers from memory). */
@@ -38,6 +39,41 @@ export async function otherProcesses(): Promise<{ pid: number; argv: string }[]>
 /** Processes (other than us) whose command line mentions `text`: helpers started for one build's work dir. */
 export async function processesMentioning(text: string): Promise<number[]> {
   return (await otherProcesses()).filter(({ argv }) => argv.includes(text)).map(({ pid }) => pid);
+}
+
+/**
+ * /proc/<pid>/stat fields after the command name's closing ')' (the name may hold spaces and parentheses): the
+ * state is [0], the flags [6], the start time [19].
+ */
+export function statFields(path: string): string[] | undefined {
+  try {
+    const stat = readFileSync(path, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** The kernel's PF_EXITING task flag: set on entering the exit path (do_exit). */
+const PF_EXITING = 0x4;
+
+/**
+ * Whether `owner` (its pid with its start time, even as a zombie) is part-way through exiting: one of its threads
+ * entered the kernel's exit path and has not left it. Such a process can neither be killed nor serve anything.
+ */
+export function stillExiting(owner: BuildOwner): boolean {
+  const leader = statFields(`/proc/${owner.pid}/stat`);
+  if (!leader || Number(leader[19]) !== owner.startTime) return false;
+  let threads: string[];
+  try {
+    threads = readdirSync(`/proc/${owner.pid}/task`);
+  } catch {
+    return false;
+  }
+  return threads.some((tid) => {
+    const fields = statFields(`/proc/${owner.pid}/task/${tid}/stat`);
+    return !!fields && !['Z', 'X'].includes(fields[0]) && (Number(fields[6]) & PF_EXITING) !== 0;
+  });
 }
 
 /** SIGTERM, a grace period, then SIGKILL, until none of `find()`'s processes remain. Returns how many there were. */

@@ -1,10 +1,13 @@
-import { mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { CLI, leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
 import { writeRecipe } from '../helpers/recipes.js';
+import type { BuildRecord } from '../../src/util/build-record.js';
+import { abortFuseConnection } from '../../src/util/fuse-connections.js';
+import { stillExiting } from '../../src/util/processes.js';
 
 /**
  * A build killed with SIGKILL (the OOM killer, a CI timeout, a preempted pod) at each stage: what the kernel
@@ -16,6 +19,9 @@ import { writeRecipe } from '../helpers/recipes.js';
 
 /** The step's sleep: a duration of this run's own, so no other process's sleep is mistaken for it. */
 const LONG_SLEEP = `sleep 301.${process.pid}`;
+
+/** Loop devices whose backing file the kernel names "/": their export's mount died with its namespace. */
+const loopsNamingRoot = async () => (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter(([, back]) => back === '/').map(([name]) => name);
 
 const sleepAlive = async () => (await execa('pgrep', ['-f', LONG_SLEEP], { reject: false })).stdout !== '';
 
@@ -54,6 +60,12 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
   const env = () => ({ IMAGEBUILDER_WORK_DIR: tmp, IMAGEBUILDER_RUN_DIR: runDir, IMAGEBUILDER_CACHE: cache });
   const startApply = (recipe: string, output: string, extra: string[] = ['--no-cache', '--sparsify', 'none'], extraEnv: Record<string, string> = {}) => {
     const child = execa('node', [CLI, 'apply', recipe, '--disk-image', input, '--output', output, ...extra], { env: { ...env(), ...extraEnv }, reject: false, all: true });
+    running.push(child);
+    return child;
+  };
+  /** A build in a mount namespace of its own (as in a container): unshare execs it, so its pid is the build's own. */
+  const startInNamespace = (recipe: string, output: string) => {
+    const child = execa('unshare', ['--mount', '--propagation', 'private', 'node', CLI, 'apply', recipe, '--disk-image', input, '--output', output, '--no-cache', '--sparsify', 'none', '--mount-backend', 'fuse'], { env: env(), reject: false, all: true });
     running.push(child);
     return child;
   };
@@ -176,11 +188,8 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
 
   test('killed in a mount namespace of its own (a container, unshare -m): its loop device, whose export died with the namespace, is released too', async () => {
     const recipe = await writeRecipe(work, 'namespace', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
-    const loopsNamingRoot = async () => (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter(([, back]) => back === '/').map(([name]) => name);
     const before = await loopsNamingRoot();
-    // unshare execs the build in the new namespace: the pid killed is the build's own.
-    const child = execa('unshare', ['--mount', '--propagation', 'private', 'node', CLI, 'apply', recipe, '--disk-image', input, '--output', join(work, 'namespace-out.qcow2'), '--no-cache', '--sparsify', 'none', '--mount-backend', 'fuse'], { env: env(), reject: false, all: true });
-    running.push(child);
+    const child = startInNamespace(recipe, join(work, 'namespace-out.qcow2'));
     await outputSeen(child, 'sleeping');
     await kill9(child);
     await until('the step to die with its build', async () => !(await sleepAlive()), 5000);
@@ -196,6 +205,55 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     expect(report.dead).toMatchObject([{ pid: child.pid, leftovers: { loops: orphans }, failures: [] }]);
     expect(await loopsNamingRoot()).toEqual(before);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('killed in a mount namespace of its own whose last process is its export daemon: that daemon is stuck exiting; cleanup aborts its FUSE connection and releases the rest', async () => {
+    const recipe = await writeRecipe(work, 'last-daemon', [{ name: 'long sleep', run: `echo sleeping\n${LONG_SLEEP}` }]);
+    const before = await loopsNamingRoot();
+    const child = startInNamespace(recipe, join(work, 'last-daemon-out.qcow2'));
+    await outputSeen(child, 'sleeping');
+    // The build noted its export: the connection and the daemon serving it.
+    const { workDirs } = await leftoversUnder(tmp);
+    expect(workDirs).toHaveLength(1);
+    const record = JSON.parse(await readFile(join(tmp, workDirs[0], 'build.json'), 'utf8')) as BuildRecord;
+    const exported = record.holdings.find((h) => h.kind === 'fuse-export');
+    if (exported?.kind !== 'fuse-export') throw new Error(`the build noted no export: ${JSON.stringify(record.holdings)}`);
+    const { connection, server } = exported;
+    expect((await readFile(`/proc/${server.pid}/cmdline`, 'utf8')).split('\0')[0]).toMatch(/qemu-storage-daemon$/);
+
+    // The kill, ordered so that the daemon is the namespace's last process. A container's processes die in any
+    // order; a build's daemon dies with the build's main thread (--pdeathsig), usually before the build's other
+    // threads let go of the namespace. Here the daemon is frozen (the v1 freezer holds even SIGKILL back), the
+    // build killed and reaped, and the daemon thawed into its death.
+    const freezer = `/sys/fs/cgroup/freezer/ib-kill-test-${process.pid}`;
+    await mkdir(freezer);
+    try {
+      for (const thread of await readdir(`/proc/${server.pid}/task`)) await writeFile(join(freezer, 'tasks'), thread);
+      await writeFile(join(freezer, 'freezer.state'), 'FROZEN');
+      await until('the daemon to be frozen', async () => (await readFile(join(freezer, 'freezer.state'), 'utf8')).trim() === 'FROZEN', 10000);
+      await kill9(child);
+      await writeFile(join(freezer, 'freezer.state'), 'THAWED');
+      // The kernel's deadlock, reproduced: the daemon's exit is unmounting the guest through its own export.
+      await until('the daemon to be stuck exiting', async () => stillExiting(server), 10000);
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      expect(stillExiting(server)).toBe(true);
+      const orphans = (await loopsNamingRoot()).filter((name) => !before.includes(name));
+      expect(orphans).toHaveLength(1);
+
+      // Before the fix, cleanup hung in partx on the loop device: given 90 s here, then released below.
+      const cleanup = await Promise.race([runCli(['cleanup', '--json'], { env: env() }), new Promise<undefined>((resolve) => setTimeout(resolve, 90000))]);
+      expect(cleanup?.exitCode).toBe(0);
+      const report = JSON.parse(cleanup!.stdout) as { dead: { pid: number; leftovers: { loops: string[]; stuckExports: number[] }; failures: string[] }[] };
+      expect(report.dead).toMatchObject([{ pid: child.pid, leftovers: { loops: orphans, stuckExports: [connection] }, failures: [] }]);
+      expect(stillExiting(server)).toBe(false);
+      expect(await loopsNamingRoot()).toEqual(before);
+      expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    } finally {
+      // Never leave this machine wedged: a cleanup that hung (or failed) is released here.
+      await writeFile(join(freezer, 'freezer.state'), 'THAWED').catch(() => undefined);
+      if (stillExiting(server)) await abortFuseConnection(connection).catch(() => undefined);
+      await until('the freezer cgroup to be removed', async () => rmdir(freezer).then(() => true, () => false), 30000, 200);
+    }
   });
 
   test('killed while writing the output: the converter and the partial output go at the next build', async () => {

@@ -1,10 +1,12 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { reapDeadBuilds } from '../../src/host/reap.js';
 import { currentOwner, noteHolding, ownerAlive, processStartTime, registerBuild, writeRecord, type BuildRecord } from '../../src/util/build-record.js';
 import { recordingRunner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
+import { stillExiting } from '../../src/util/processes.js';
 import { withInterrupts } from '../../src/util/signals.js';
 
 const log = createLogger({ write: () => undefined });
@@ -108,5 +110,26 @@ describe('build records and the reaper', () => {
     // Nothing on this host named those directories: no command was needed.
     expect(run.calls).toEqual([]);
     expect((await reapDeadBuilds({ run, log, workDirParents: [parent], runDir })).dead).toEqual([]);
+  });
+
+  test("an export's FUSE connection counts as stuck only while its daemon is part-way through exiting", async () => {
+    const me = currentOwner();
+    expect(stillExiting(me)).toBe(false); // running
+    expect(stillExiting({ pid: process.pid, startTime: me.startTime + 1 })).toBe(false); // a reused pid
+    expect(stillExiting({ pid: 2 ** 22 + 1, startTime: me.startTime })).toBe(false); // gone
+    // A dead build's export whose daemon (here: a live process, a gone one) is not exiting: nothing is aborted.
+    const daemon = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      await new Promise((resolve) => daemon.once('spawn', resolve));
+      const server = { pid: daemon.pid!, startTime: processStartTime(daemon.pid!)! };
+      const workDir = join(dir, 'imagebuilder-00000000000000e1');
+      await mkdir(workDir);
+      await writeRecord({ ...record(workDir, '00000000000000e1'), holdings: [{ kind: 'fuse-export', connection: 4000, server }, { kind: 'fuse-export', connection: 4001, server: { pid: 2 ** 22 + 1, startTime: 1 } }] });
+      await registerBuild({ id: '00000000000000e1', workDir, pid: 2 ** 22 + 1, startTime: 5 }, runDir);
+      const dry = await reapDeadBuilds({ run: recordingRunner(), log, runDir, dryRun: true });
+      expect(dry.dead.map((b) => [b.workDir, b.leftovers.stuckExports])).toEqual([[workDir, []]]);
+    } finally {
+      daemon.kill('SIGKILL');
+    }
   });
 });
