@@ -380,9 +380,10 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
 export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupReport> {
   const { log } = options;
   const all = await candidates(options.workDirParents ?? [], options.runDir);
-  const live = all.filter((c) => c.found.alive).map((c) => c.found);
+  const liveCandidates = all.filter((c) => c.found.alive);
+  const live = liveCandidates.map((c) => c.found);
   const livePids = new Set(live.map((b) => b.pid));
-  const liveConnections = new Set(all.filter((c) => c.found.alive).flatMap((c) => (c.record?.holdings ?? []).flatMap((h) => (h.kind === 'fuse-export' ? [h.connection] : []))));
+  const liveConnections = new Set(liveCandidates.flatMap((c) => (c.record?.holdings ?? []).flatMap((h) => (h.kind === 'fuse-export' ? [h.connection] : []))));
   const dead: ReapedBuild[] = [];
   for (const candidate of all.filter((c) => !c.found.alive)) {
     const { found: build, record } = candidate;
