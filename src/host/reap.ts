@@ -12,7 +12,7 @@ import type { Runner } from '../util/exec.js';
 import { exists, sleep } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { DETACHED_EXPORT, loopBackingFile, loopsBackedBy } from '../util/loops.js';
-import { abortFuseConnection, FUSE_CONNECTIONS, visibleFuseConnections } from '../util/fuse-connections.js';
+import { abortFuseConnection, fuseControlDir, visibleFuseConnections } from '../util/fuse-connections.js';
 import { killAll, otherProcesses, processArgv, processesMentioning, processRoot, stillExiting } from '../util/processes.js';
 
 /**
@@ -71,6 +71,8 @@ export interface ReapOptions {
   dryRun?: boolean;
   /** Where builds register (default /run/imagebuilder). */
   runDir?: string;
+  /** The FUSE control filesystem's directory (default: the host's, or one mounted for the abort). Tests. */
+  fuseControl?: string;
 }
 
 const ID = /^[0-9a-f]{16}$/;
@@ -98,6 +100,18 @@ interface Candidate {
   record?: BuildRecord;
 }
 
+/**
+ * A work directory and record that a build of ours made: owned by us, not writable by others, no symlinks. Work
+ * directories may lie in the shared temp directory, where anyone could plant a record naming what we would
+ * then release as root.
+ */
+async function ours(workDir: string, recordFile: string): Promise<boolean> {
+  const dir = await lstat(workDir).catch(() => undefined);
+  const file = await lstat(recordFile).catch(() => undefined);
+  const me = process.geteuid?.();
+  return !!dir?.isDirectory() && dir.uid === me && (dir.mode & 0o022) === 0 && !!file?.isFile() && file.uid === me;
+}
+
 async function candidates(workDirParents: string[], runDir?: string): Promise<Candidate[]> {
   const found: Candidate[] = [];
   const seen = new Set<string>();
@@ -106,7 +120,7 @@ async function candidates(workDirParents: string[], runDir?: string): Promise<Ca
     if (!/\.json($|\.reaping-)/.test(name) || claimedByLiveReaper(name)) continue;
     const entry = await readJson<RegistryEntry>(join(dir, name));
     if (!entry || !ID.test(entry.id) || typeof entry.workDir !== 'string') continue;
-    const record = await readJson<BuildRecord>(join(entry.workDir, RECORD_FILE));
+    const record = (await ours(entry.workDir, join(entry.workDir, RECORD_FILE))) ? await readJson<BuildRecord>(join(entry.workDir, RECORD_FILE)) : undefined;
     seen.add(entry.workDir);
     found.push({ file: join(dir, name), record, found: describe(entry, record) });
   }
@@ -116,7 +130,7 @@ async function candidates(workDirParents: string[], runDir?: string): Promise<Ca
       if (!name.startsWith(WORK_DIR_PREFIX) || !ID.test(name.slice(WORK_DIR_PREFIX.length)) || seen.has(workDir)) continue;
       const files = await readdir(workDir).catch(() => [] as string[]);
       const recordName = files.find((file) => file === RECORD_FILE || file.startsWith(`${RECORD_FILE}.reaping-`));
-      if (!recordName || claimedByLiveReaper(recordName)) continue;
+      if (!recordName || claimedByLiveReaper(recordName) || !(await ours(workDir, join(workDir, recordName)))) continue;
       const record = await readJson<BuildRecord>(join(workDir, recordName));
       if (!record || record.workDir !== workDir) continue;
       found.push({ file: join(workDir, recordName), record, found: describe(record, record) });
@@ -192,18 +206,18 @@ type ExportHolding = Extract<Holding, { kind: 'fuse-export' }>;
  * last process of that namespace. The namespace then goes in the daemon's own exit, unmounting the guest's
  * filesystems, whose last writes go through the loop device to the export that only this exiting daemon could
  * serve: the kernel waits forever, and so would partx and losetup on that loop device. Aborting the FUSE
- * connection (which the daemon's exit would do a moment later) fails those writes instead. Only for a daemon
- * still part-way through exiting, so the connection is still its own; never for a connection that a live build
- * noted or that is mounted where we can see it.
+ * connection (which the daemon's exit would do a moment later) fails those writes instead. `abort`: the
+ * connections of daemons still part-way through exiting; `blocked`: such connections whose number a live
+ * build's export or a mount we can see has now, which are never aborted (the loop device is then left alone).
  */
-async function stuckExportsOf(holdings: Holding[], liveConnections: Set<number>): Promise<ExportHolding[]> {
+async function stuckExportsOf(holdings: Holding[], liveConnections: Set<number>): Promise<{ abort: ExportHolding[]; blocked: ExportHolding[] }> {
   const visible = await visibleFuseConnections();
-  const stuck: ExportHolding[] = [];
+  const found = { abort: [] as ExportHolding[], blocked: [] as ExportHolding[] };
   for (const holding of holdings) {
-    if (holding.kind !== 'fuse-export' || liveConnections.has(holding.connection) || visible.has(holding.connection)) continue;
-    if (stillExiting(holding.server) && (await exists(`${FUSE_CONNECTIONS}/${holding.connection}`))) stuck.push(holding);
+    if (holding.kind !== 'fuse-export' || !stillExiting(holding.server)) continue;
+    (liveConnections.has(holding.connection) || visible.has(holding.connection) ? found.blocked : found.abort).push(holding);
   }
-  return stuck;
+  return found;
 }
 
 /** How long a daemon whose connection was aborted may take to finish exiting (its guest's unmount fails fast). */
@@ -289,7 +303,7 @@ async function survey(build: FoundBuild, record: BuildRecord | undefined, livePi
     binfmt: livePids.has(build.pid) ? [] : await binfmtOf(build.pid, await binfmtMountsOf(build.pid)),
     sandbox: livePids.has(build.pid) ? [] : await sandboxOf(build.pid),
     files: (await Promise.all(holdings.filter((h) => h.kind === 'file').map(async (h) => ((await exists(h.path)) ? h.path : '')))).filter(Boolean),
-    stuckExports: (await stuckExportsOf(holdings, liveConnections)).map((h) => h.connection),
+    stuckExports: (await stuckExportsOf(holdings, liveConnections)).abort.map((h) => h.connection),
     workDir: !record?.keep && (await exists(build.workDir)),
   };
 }
@@ -311,18 +325,21 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
     }
   };
   const { workDir } = build;
-  for (const stuck of await stuckExportsOf(record?.holdings ?? [], liveConnections)) {
-    const what = `FUSE connection ${stuck.connection} of qemu-storage-daemon (pid ${stuck.server.pid}), stuck exiting`;
+  const stuck = await stuckExportsOf(record?.holdings ?? [], liveConnections);
+  for (const holding of stuck.blocked) failures.push(`FUSE connection ${holding.connection} of qemu-storage-daemon (pid ${holding.server.pid}), stuck exiting: its number is in use again, not aborted`);
+  for (const holding of stuck.abort) {
+    const what = `FUSE connection ${holding.connection} of qemu-storage-daemon (pid ${holding.server.pid}), stuck exiting`;
     log.warn(`aborting ${what}`);
     await attempt(what, async () => {
-      await abortFuseConnection(stuck.connection);
-      for (let waited = 0; stillExiting(stuck.server); waited += 100) {
+      const result = await abortFuseConnection(await fuseControlDir(run, options.fuseControl), holding, () => stillExiting(holding.server));
+      if (result === 'not ours') throw new Error('its number names another connection now: not aborted');
+      for (let waited = 0; stillExiting(holding.server); waited += 100) {
         if (waited >= EXIT_AFTER_ABORT_MS) throw new Error(`still exiting ${EXIT_AFTER_ABORT_MS / 1000} s after the abort`);
         await sleep(100);
       }
     });
   }
-  // Its loop device would hang whoever touches it: the next cleanup tries again.
+  // A loop device over a connection left stuck would hang whoever touches it: the next cleanup tries again.
   if (failures.length) return failures;
   await attempt('processes', () => killAll(() => processesOf(workDir, false), log, `process(es) of the dead build in ${workDir}`));
   for (const target of await mountsIn(workDir, FREEZABLE)) await run('fsfreeze', ['--unfreeze', target], { allowFailure: true });
@@ -383,7 +400,8 @@ export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupRepor
   const liveCandidates = all.filter((c) => c.found.alive);
   const live = liveCandidates.map((c) => c.found);
   const livePids = new Set(live.map((b) => b.pid));
-  const liveConnections = new Set(liveCandidates.flatMap((c) => (c.record?.holdings ?? []).flatMap((h) => (h.kind === 'fuse-export' ? [h.connection] : []))));
+  // The live builds' exports now (one whose daemon is gone gave its number back).
+  const liveConnections = new Set(liveCandidates.flatMap((c) => (c.record?.holdings ?? []).flatMap((h) => (h.kind === 'fuse-export' && ownerAlive(h.server) ? [h.connection] : []))));
   const dead: ReapedBuild[] = [];
   for (const candidate of all.filter((c) => !c.found.alive)) {
     const { found: build, record } = candidate;

@@ -1,6 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { noteHolding, processStartTime } from '../util/build-record.js';
+import { forgetHolding, noteHolding, processStartTime, type Holding } from '../util/build-record.js';
 import { fuseConnectionOf } from '../util/fuse-connections.js';
 import type { AttachRequest, LiveSnapshot, MountBackend, MountContext } from './backend.js';
 import { connectQmp } from './qmp.js';
@@ -39,6 +39,7 @@ export const fuseBackend: MountBackend = {
     ];
     // Not --daemonize (which hands the daemon to init, where a SIGKILLed build left it serving): our child, killed
     // by the kernel when we die. Its release is registered as it is spawned, before anything can interrupt.
+    let exportHolding: Holding | undefined;
     const daemon = await startHelper(
       'qemu-storage-daemon',
       args,
@@ -50,13 +51,18 @@ export const fuseBackend: MountBackend = {
           // The image is consistent (and free for qemu-img) only once the daemon has flushed and exited.
           await daemon.stop();
           if ((await mountsUnder(exportFile)).length) await run('fusermount3', ['-u', exportFile], { allowFailure: true });
+          // Its connection number is free for the next FUSE mount: no reaper may judge by it any more.
+          if (exportHolding) await forgetHolding(context.workDir, exportHolding);
         }),
     );
     // Before the loop device: over it, a killed build's daemon can be left stuck exiting, and a reaper then
     // needs the connection to free it (reap.ts).
     const connection = await fuseConnectionOf(exportFile);
     const startTime = processStartTime(daemon.pid);
-    if (connection !== undefined && startTime !== undefined) await noteHolding(context.workDir, { kind: 'fuse-export', connection, server: { pid: daemon.pid, startTime } });
+    if (connection && startTime !== undefined) {
+      exportHolding = { kind: 'fuse-export', ...connection, server: { pid: daemon.pid, startTime } };
+      await noteHolding(context.workDir, exportHolding);
+    }
 
     // Registered before it is taken: interrupted while losetup runs, the device is found by its backing file.
     let device: string | undefined;

@@ -3,6 +3,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeJsonAtomic } from './fs.js';
 import { DEFAULT_RUN_DIR } from './paths.js';
+import type { FuseConnection } from './fuse-connections.js';
 import { statFields } from './processes.js';
 
 /**
@@ -31,7 +32,7 @@ export type Holding =
    * build killed in a mount namespace of its own can leave that daemon stuck exiting (reap.ts): the reaper
    * aborts the connection, which is what the daemon's exit would have done.
    */
-  | { kind: 'fuse-export'; connection: number; server: BuildOwner }
+  | ({ kind: 'fuse-export'; server: BuildOwner } & FuseConnection)
   /** A partition device node made with mknod (no udev here). */
   | { kind: 'node'; path: string; disk: string }
   /** A file outside the work directory, removed if the build dies: a partial output. */

@@ -58,12 +58,15 @@ export function statFields(path: string): string[] | undefined {
 const PF_EXITING = 0x4;
 
 /**
- * Whether `owner` (its pid with its start time, even as a zombie) is part-way through exiting: one of its threads
- * entered the kernel's exit path and has not left it. Such a process can neither be killed nor serve anything.
+ * Whether `owner` (its pid with its start time, even as a zombie) is part-way through exiting: its main thread
+ * is exiting or gone, and a thread of it is in the kernel's exit path still. Such a process can neither be
+ * killed nor serve anything.
  */
 export function stillExiting(owner: BuildOwner): boolean {
   const leader = statFields(`/proc/${owner.pid}/stat`);
   if (!leader || Number(leader[19]) !== owner.startTime) return false;
+  // The process as a whole, not one worker thread of a live one ending its work: its main thread is in exit too.
+  if (leader[0] !== 'Z' && (Number(leader[6]) & PF_EXITING) === 0) return false;
   let threads: string[];
   try {
     threads = readdirSync(`/proc/${owner.pid}/task`);

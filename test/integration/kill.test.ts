@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, readlink, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -5,8 +6,8 @@ import { execa, type ResultPromise } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { CLI, leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
 import { writeRecipe } from '../helpers/recipes.js';
-import type { BuildRecord } from '../../src/util/build-record.js';
-import { abortFuseConnection } from '../../src/util/fuse-connections.js';
+import { processStartTime, type BuildRecord } from '../../src/util/build-record.js';
+import { abortFuseConnection, FUSE_CONTROL } from '../../src/util/fuse-connections.js';
 import { stillExiting } from '../../src/util/processes.js';
 
 /**
@@ -219,6 +220,8 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     const exported = record.holdings.find((h) => h.kind === 'fuse-export');
     if (exported?.kind !== 'fuse-export') throw new Error(`the build noted no export: ${JSON.stringify(record.holdings)}`);
     const { connection, server } = exported;
+    // Noted with its abort file's inode, so that a later connection given the same number is never taken for it.
+    expect(exported.abortInode).toBeGreaterThan(0);
     expect((await readFile(`/proc/${server.pid}/cmdline`, 'utf8')).split('\0')[0]).toMatch(/qemu-storage-daemon$/);
 
     // The kill, ordered so that the daemon is the namespace's last process. A container's processes die in any
@@ -226,12 +229,15 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     // threads let go of the namespace. Here the daemon is frozen (the v1 freezer holds even SIGKILL back), the
     // build killed and reaped, and the daemon thawed into its death.
     const freezer = `/sys/fs/cgroup/freezer/ib-kill-test-${process.pid}`;
+    if (!existsSync('/sys/fs/cgroup/freezer')) throw new Error('this test needs the cgroup v1 freezer mounted at /sys/fs/cgroup/freezer (it holds the daemon back from its death)');
     await mkdir(freezer);
     try {
-      for (const thread of await readdir(`/proc/${server.pid}/task`)) await writeFile(join(freezer, 'tasks'), thread);
+      await writeFile(join(freezer, 'cgroup.procs'), String(server.pid));
       await writeFile(join(freezer, 'freezer.state'), 'FROZEN');
       await until('the daemon to be frozen', async () => (await readFile(join(freezer, 'freezer.state'), 'utf8')).trim() === 'FROZEN', 10000);
       await kill9(child);
+      // The step's sandbox (its own copy of the namespace) dies with the build too, a moment later.
+      await until('the step to die with its build', async () => !(await sleepAlive()), 5000);
       await writeFile(join(freezer, 'freezer.state'), 'THAWED');
       // The kernel's deadlock, reproduced: the daemon's exit is unmounting the guest through its own export.
       await until('the daemon to be stuck exiting', async () => stillExiting(server), 10000);
@@ -240,19 +246,22 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
       const orphans = (await loopsNamingRoot()).filter((name) => !before.includes(name));
       expect(orphans).toHaveLength(1);
 
-      // Before the fix, cleanup hung in partx on the loop device: given 90 s here, then released below.
-      const cleanup = await Promise.race([runCli(['cleanup', '--json'], { env: env() }), new Promise<undefined>((resolve) => setTimeout(resolve, 90000))]);
-      expect(cleanup?.exitCode).toBe(0);
-      const report = JSON.parse(cleanup!.stdout) as { dead: { pid: number; leftovers: { loops: string[]; stuckExports: number[] }; failures: string[] }[] };
+      // Before the fix, cleanup hung in partx on the loop device: given 90 s here, then released below. Run as in a
+      // container, whose /sys has no FUSE control filesystem: it mounts it for the abort.
+      const cleanup = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `umount ${FUSE_CONTROL} && exec node "$0" cleanup --json`, CLI], { env: env(), reject: false, timeout: 90000 });
+      expect(cleanup.timedOut).toBe(false);
+      expect(cleanup.exitCode).toBe(0);
+      const report = JSON.parse(String(cleanup.stdout)) as { dead: { pid: number; leftovers: { loops: string[]; stuckExports: number[] }; failures: string[] }[] };
       expect(report.dead).toMatchObject([{ pid: child.pid, leftovers: { loops: orphans, stuckExports: [connection] }, failures: [] }]);
       expect(stillExiting(server)).toBe(false);
       expect(await loopsNamingRoot()).toEqual(before);
       expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
     } finally {
-      // Never leave this machine wedged: a cleanup that hung (or failed) is released here.
+      // Never leave this machine wedged, nor the daemon frozen: a cleanup that hung (or failed) is released here.
       await writeFile(join(freezer, 'freezer.state'), 'THAWED').catch(() => undefined);
-      if (stillExiting(server)) await abortFuseConnection(connection).catch(() => undefined);
-      await until('the freezer cgroup to be removed', async () => rmdir(freezer).then(() => true, () => false), 30000, 200);
+      if (stillExiting(server)) await abortFuseConnection(FUSE_CONTROL, exported, () => true).catch(() => undefined);
+      else if (processStartTime(server.pid) === server.startTime) process.kill(server.pid, 'SIGKILL');
+      await until('the freezer cgroup to be removed', async () => rmdir(freezer).then(() => true, () => false), 30000, 200).catch((error: unknown) => console.error(error));
     }
   });
 

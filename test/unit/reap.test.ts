@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { reapDeadBuilds } from '../../src/host/reap.js';
 import { currentOwner, noteHolding, ownerAlive, processStartTime, registerBuild, writeRecord, type BuildRecord } from '../../src/util/build-record.js';
 import { recordingRunner } from '../../src/util/exec.js';
@@ -112,22 +113,46 @@ describe('build records and the reaper', () => {
     expect((await reapDeadBuilds({ run, log, workDirParents: [parent], runDir })).dead).toEqual([]);
   });
 
+  test('a record planted by another user in a shared work directory parent is not trusted', async () => {
+    const parent = join(dir, 'shared');
+    await mkdir(parent, { mode: 0o1777 });
+    const planted = join(parent, 'imagebuilder-00000000000000f1');
+    const victim = join(dir, 'victim');
+    await writeFile(victim, 'precious\n');
+    await mkdir(planted);
+    await writeRecord({ ...record(planted, '00000000000000f1'), holdings: [{ kind: 'file', path: victim }] });
+    await execa('chown', ['-R', '65534:65534', planted]);
+    const report = await reapDeadBuilds({ run: recordingRunner(), log, workDirParents: [parent], runDir });
+    expect(report.dead).toEqual([]);
+    expect(await readFile(victim, 'utf8')).toBe('precious\n');
+    // The same directory made by us is taken.
+    await execa('chown', ['-R', '0:0', planted]);
+    expect((await reapDeadBuilds({ run: recordingRunner(), log, workDirParents: [parent], runDir })).dead.map((b) => b.workDir)).toEqual([planted]);
+  });
+
   test("an export's FUSE connection counts as stuck only while its daemon is part-way through exiting", async () => {
     const me = currentOwner();
     expect(stillExiting(me)).toBe(false); // running
     expect(stillExiting({ pid: process.pid, startTime: me.startTime + 1 })).toBe(false); // a reused pid
     expect(stillExiting({ pid: 2 ** 22 + 1, startTime: me.startTime })).toBe(false); // gone
-    // A dead build's export whose daemon (here: a live process, a gone one) is not exiting: nothing is aborted.
+    // A dead build's exports whose daemons (here: a live process, a gone one) are not exiting: nothing is aborted,
+    // though both connections are there (a control directory of the test's own).
     const daemon = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
       await new Promise((resolve) => daemon.once('spawn', resolve));
       const server = { pid: daemon.pid!, startTime: processStartTime(daemon.pid!)! };
+      const control = join(dir, 'fusectl');
+      for (const connection of ['4000', '4001']) {
+        await mkdir(join(control, connection), { recursive: true });
+        await writeFile(join(control, connection, 'abort'), '');
+      }
       const workDir = join(dir, 'imagebuilder-00000000000000e1');
       await mkdir(workDir);
       await writeRecord({ ...record(workDir, '00000000000000e1'), holdings: [{ kind: 'fuse-export', connection: 4000, server }, { kind: 'fuse-export', connection: 4001, server: { pid: 2 ** 22 + 1, startTime: 1 } }] });
       await registerBuild({ id: '00000000000000e1', workDir, pid: 2 ** 22 + 1, startTime: 5 }, runDir);
-      const dry = await reapDeadBuilds({ run: recordingRunner(), log, runDir, dryRun: true });
-      expect(dry.dead.map((b) => [b.workDir, b.leftovers.stuckExports])).toEqual([[workDir, []]]);
+      const report = await reapDeadBuilds({ run: recordingRunner(), log, runDir, fuseControl: control });
+      expect(report.dead.map((b) => [b.workDir, b.leftovers.stuckExports, b.failures])).toEqual([[workDir, [], []]]);
+      for (const connection of ['4000', '4001']) expect(await readFile(join(control, connection, 'abort'), 'utf8')).toBe('');
     } finally {
       daemon.kill('SIGKILL');
     }
