@@ -83,20 +83,15 @@ export function aptSourcesEntry(repository: Omit<PackageRepository, 'key'>, keyr
  * the archives first, what apt downloaded is kept afterwards), or, making a bundle, keeps everything apt fetched
  * for it. apt-get clean then empties the archives as always.
  */
-async function transact(session: ChrootSession, options: InstallOptions, transaction: () => Promise<unknown>, offeredEarly: string[] = []): Promise<void> {
+async function transact(session: ChrootSession, options: InstallOptions, transaction: () => Promise<unknown>): Promise<void> {
   const cache = options.packageCache;
   const collect = options.bundle?.collect;
   // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
   const index = cache ? await rememberedAptPackagesIndex(session.root) : undefined;
-  const offered = cache && index ? await offerDebs(session.root, cache, index) : undefined;
+  const offered = cache && index ? await offerCachedDebs(session.root, cache.dir, index, cache.log, await installedArchiveNames(session.root)) : undefined;
   await transaction();
-  if (cache && index) await keepDownloadedDebs(session.root, cache.dir, index, cache.log, new Set([...offeredEarly, ...(offered?.paths ?? [])]));
+  if (cache && index) await keepDownloadedDebs(session.root, cache.dir, index, cache.log, new Set(offered?.paths));
   if (collect) await collectDownloadedDebs(session.root, collect, collect.log);
-}
-
-/** The cached .debs the lists name (those not installed, nor in the archives already) put into apt's archives. */
-async function offerDebs(root: string, cache: NonNullable<InstallOptions['packageCache']>, index: Awaited<ReturnType<typeof rememberedAptPackagesIndex>>) {
-  return offerCachedDebs(root, cache.dir, index, cache.log, await installedArchiveNames(root));
 }
 
 /** The archive names (name_version_arch.deb) of the packages dpkg has installed: apt fetches none of them again. */
@@ -111,11 +106,9 @@ export function createApt(): PackageManager {
   const lists = metadataFreshness(['/etc/apt'], aptListsPresent);
   // Guests (by their root, one per build) whose lists were made from the release files and the package cache.
   const listsFromCache = new Set<string>();
-  /** Returns the guest paths of the .debs offered while it ran. */
-  const update = async (session: ChrootSession, options: InstallOptions): Promise<string[]> => {
+  const update = async (session: ChrootSession, options: InstallOptions) => {
     const served = options.bundle?.serve;
-    let offeredEarly: string[] = [];
-    if (await lists.upToDate(session, Boolean(served))) return offeredEarly;
+    if (await lists.upToDate(session, Boolean(served))) return;
     const cache = options.packageCache;
     if (served) {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
@@ -129,19 +122,10 @@ export function createApt(): PackageManager {
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
       }
-      const updating = session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
-      // While apt refreshes its lists, the cached .debs that the lists already there name (made from release files
-      // apt verified) go into its archives: apt checks each against its lists before it uses one, and offers made
-      // from lists that changed meanwhile are only wasted. Settled both ways: nothing writes into a guest released.
-      const offering = cache && listsFromCache.has(session.root) ? rememberedAptPackagesIndex(session.root).then((index) => offerDebs(session.root, cache, index)) : undefined;
-      const [updated, offered] = await Promise.allSettled([updating, offering]);
-      if (updated.status === 'rejected') throw updated.reason;
-      if (offered.status === 'rejected') throw offered.reason;
-      offeredEarly = offered.value?.paths ?? [];
+      await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
       if (cache) await keepAptLists(session.root, cache.dir, cache.log);
     }
     await lists.fetched(session, Boolean(served));
-    return offeredEarly;
   };
   const bundleHint = (served: ServedRepository | undefined, hint: string) =>
     served ? `${hint}; offline, apt sees only the bundle: if it lacks a dependency, run \`imagebuilder bundle\` again with this recipe` : hint;
@@ -155,7 +139,7 @@ export function createApt(): PackageManager {
       }
       const served = options.bundle?.serve;
       if (served) await requireInBundle(session.root, served, packages, (root) => this.listInstalled(root));
-      const offeredEarly = await update(session, options);
+      await update(session, options);
       await transact(session, options, () =>
         session.exec(aptInstallArgs(packages, served ? aptBundleOptions(served) : []), {
           streamOutput: true,
@@ -163,19 +147,18 @@ export function createApt(): PackageManager {
           errorCode: 'STEP_FAILED',
           hint: bundleHint(served, 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available'),
         }),
-        offeredEarly,
       );
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async upgrade(session, names, options = {}) {
       const served = options.bundle?.serve;
-      const offeredEarly = await update(session, options);
+      await update(session, options);
       await transact(session, options, () => session.exec(aptUpgradeArgs(names, served ? aptBundleOptions(served) : []), {
         streamOutput: true,
         purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
         errorCode: 'STEP_FAILED',
         hint: bundleHint(served, 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)'),
-      }), offeredEarly);
+      }));
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async hold(session, names) {
