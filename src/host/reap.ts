@@ -5,7 +5,8 @@ import { listPartitions } from '../mount/block.js';
 import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
 import { cgroupMembers, SANDBOX_STATE_PREFIX } from '../chroot/sandbox.js';
 import { tmpdir } from 'node:os';
-import { isMounted } from '../util/mounts.js';
+import { isInside } from '../util/guest-fs.js';
+import { isMounted, mountTable } from '../util/mounts.js';
 import { currentOwner, ownerAlive, readJson, RECORD_FILE, registryDir, type BuildOwner, type BuildRecord, type Holding, type RegistryEntry } from '../util/build-record.js';
 import { errorMessage } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
@@ -157,8 +158,6 @@ export async function findBuilds(workDirParents: string[] = [], runDir?: string)
   return (await candidates(workDirParents, runDir)).map((c) => c.found);
 }
 
-const inside = (path: string, dir: string) => path === dir || path.startsWith(`${dir}/`);
-
 /** Processes started for the build: chrooted into its guest, or naming a path in its work directory. */
 async function processesOf(workDir: string, helpers: boolean): Promise<number[]> {
   const pids: number[] = [];
@@ -168,18 +167,15 @@ async function processesOf(workDir: string, helpers: boolean): Promise<number[]>
     const names = argv.some((arg) => arg.includes(`${workDir}/`) || arg.endsWith(workDir));
     // The helpers serving the disk go last, once nothing is mounted from it.
     const helper = /^(qemu-storage-daemon|qemu-nbd|guestmount)$/.test(basename(argv[0] ?? ''));
-    if ((root && root !== '/' && inside(root, workDir)) || (names && (helpers || !helper))) pids.push(pid);
+    if ((root && root !== '/' && isInside(workDir, root)) || (names && (helpers || !helper))) pids.push(pid);
   }
   return pids;
 }
 
 /** Mount points under the work directory, deepest first; with `types`, only filesystems of those types. */
 async function mountsIn(workDir: string, types?: Set<string>): Promise<string[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text
-    .split('\n')
-    .map((line) => ({ target: line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))), type: line.split(' - ')[1]?.split(' ')[0] ?? '' }))
-    .filter((mount): mount is { target: string; type: string } => !!mount.target && inside(mount.target, workDir) && (!types || types.has(mount.type)))
+  return (await mountTable())
+    .filter((mount) => isInside(workDir, mount.target) && (!types || types.has(mount.type)))
     .map((mount) => mount.target)
     .sort((a, b) => b.length - a.length);
 }

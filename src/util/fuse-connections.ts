@@ -1,8 +1,9 @@
 import { constants } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { deviceNumbers } from './devices.js';
 import type { Runner } from './exec.js';
+import { mountTable } from './mounts.js';
 
 /**
  * The kernel's FUSE control filesystem (fusectl): one directory per connection, named by the minor of its
@@ -21,10 +22,7 @@ export interface FuseConnection {
 
 /** Where fusectl is mounted in our namespace, if anywhere. */
 async function fuseControlMount(): Promise<string | undefined> {
-  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
-    if (line.split(' - ')[1]?.startsWith('fusectl ')) return line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)));
-  }
-  return undefined;
+  return (await mountTable()).find((mount) => mount.type === 'fusectl')?.target;
 }
 
 /** The FUSE connection of our own export mounted at `path` (undefined when it is not an anonymous device's). */
@@ -36,15 +34,10 @@ export async function fuseConnectionOf(path: string): Promise<FuseConnection | u
   return { connection: minor, ...(abort ? { abortInode: abort.ino } : {}) };
 }
 
-/** FUSE connections mounted somewhere in our mount namespace (mountinfo's third field is the device). */
+/** FUSE connections mounted somewhere in our mount namespace. */
 export async function visibleFuseConnections(): Promise<Set<number>> {
-  const connections = new Set<number>();
-  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
-    const device = line.split(' ')[2];
-    const type = line.split(' - ')[1]?.split(' ')[0] ?? '';
-    if (/^fuse(\.|blk$|$)/.test(type) && device?.startsWith('0:')) connections.add(Number(device.slice(2)));
-  }
-  return connections;
+  const fuse = (await mountTable()).filter((mount) => /^fuse(\.|blk$|$)/.test(mount.type) && mount.device.startsWith('0:'));
+  return new Set(fuse.map((mount) => Number(mount.device.slice(2))));
 }
 
 /**

@@ -1,12 +1,36 @@
 import { readFile } from 'node:fs/promises';
 
-/** Mount points under a directory, from /proc/mounts (octal escapes decoded). */
+/** A path as the kernel's mount tables write it: space, tab, newline and backslash as octal escapes. */
+const unescapeMountPath = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)));
+
+export interface MountEntry {
+  /** The mounted filesystem's device, "major:minor" (an anonymous one, as FUSE's, has major 0). */
+  device: string;
+  target: string;
+  type: string;
+}
+
+/** Every mount of our mount namespace, from /proc/self/mountinfo. */
+export async function mountTable(): Promise<MountEntry[]> {
+  const entries: MountEntry[] = [];
+  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
+    const fields = line.split(' ');
+    if (fields.length < 5) continue;
+    entries.push({ device: fields[2], target: unescapeMountPath(fields[4]), type: line.split(' - ')[1]?.split(' ')[0] ?? '' });
+  }
+  return entries;
+}
+
+/** Mount points under a directory, from /proc/mounts. */
 export async function mountsUnder(dir: string): Promise<string[]> {
   const text = await readFile('/proc/mounts', 'utf8');
   return text
     .split('\n')
-    .map((line) => line.split(' ')[1]?.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8))))
-    .filter((target): target is string => !!target && (target === dir || target.startsWith(`${dir}/`)));
+    .flatMap((line) => {
+      const target = line.split(' ')[1];
+      return target ? [unescapeMountPath(target)] : [];
+    })
+    .filter((target) => target === dir || target.startsWith(`${dir}/`));
 }
 
 /** Whether something is mounted exactly at `target`: a release registered before its mount checks this first. */
