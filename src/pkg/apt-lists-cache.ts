@@ -1,7 +1,8 @@
 import { sha256Text } from '../util/digest.js';
 import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
+import type { ChrootSession } from '../chroot/session.js';
 import type { Logger } from '../util/log.js';
-import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type GuestPackageFile } from './package-cache.js';
+import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, stanzaField, type GuestPackageFile } from './package-cache.js';
 
 /**
  * apt's package lists in the package cache, so a build's `apt-get update` downloads only the release files
@@ -16,7 +17,9 @@ import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, type 
  * since the first run and whose file is there is not fetched again (apt's pkgAcqMetaBase::QueueIndexes). So a list reaches
  * apt only when it is, byte for byte, what a release file apt itself just verified names; the store is the
  * package cache's, content-addressed, and what a hostile guest leaves in its lists can only be kept under the
- * sha256 of its own bytes.
+ * sha256 of its own bytes. When the lists then hold every index that update would fetch and no hook of the
+ * guest's waits for an update's end, the real update is left out (updateWouldFetchNothing): it would only fetch
+ * each InRelease again (~0.3 s here); apt builds its cache from the same lists at the install.
  */
 
 /** apt's index targets (apt-config dump Acquire::IndexTargets: Debian's, apt-file's, Ubuntu's appstream and cnf). */
@@ -114,6 +117,75 @@ export async function offerCachedAptLists(root: string, packageCacheDir: string,
   }
   if (removed) log.info(`package cache: ${removed} file(s) in the guest's lists that no release file there names as they are: removed, apt fetches what it needs`);
   return (await offerCachedFiles(root, packageCacheDir, 'apt-list', named, log, 'apt-get update')).files;
+}
+
+/**
+ * Asks the guest's apt which index targets its update fetches (each with where apt keeps it, its release file
+ * entry, its architecture and what made it) and which hooks run after an update. One guest command.
+ */
+export const APT_UPDATE_PLAN_QUERY = [
+  '/bin/sh', '-c',
+  "apt-get indextargets --no-release-info --format '$(FILENAME) $(METAKEY) $(ARCHITECTURE) $(CREATED_BY)' && echo @@imagebuilder-hooks && apt-config dump APT::Update",
+];
+const HOOKS_MARK = '@@imagebuilder-hooks';
+/** The compressions apt may fetch an index in: a release file naming any of them offers that index. */
+const INDEX_COMPRESSIONS = ['', '.xz', '.gz', '.bz2', '.lzma', '.lz4', '.zst'];
+/** Targets apt's update fails on when their release file lacks them (the rest are optional: left out quietly). */
+const REQUIRED_TARGETS = new Set(['Packages', 'Sources']);
+/** An update that reported a failed fetch: an old release file may still be in the lists. */
+const FETCH_FAILED = /^(Err:|E:|W: Failed to fetch|W: Some index files failed)/m;
+
+
+/**
+ * Whether apt's own update, run now, would fetch no index: the first update (release files only) succeeded,
+ * every target `APT_UPDATE_PLAN_QUERY` names is in the lists (which hold only what a release file there names,
+ * byte for byte: offerCachedAptLists) or is one apt leaves out (an architecture-all index the release says its
+ * architecture lists carry, as Debian's `No-Support-for-Architecture-all: Packages`; an optional index the
+ * release does not offer), and no `APT::Update::Post-Invoke` hook waits for the lists (it ran after the first
+ * update, before they were there). Anything else, or output this does not understand: no, apt runs.
+ */
+export function updateWouldFetchNothing(firstUpdate: { exitCode: number; output: string }, plan: { exitCode: number; stdout: string }, listNames: ReadonlySet<string>, releases: ReadonlyMap<string, string>): boolean {
+  if (firstUpdate.exitCode !== 0 || FETCH_FAILED.test(firstUpdate.output) || plan.exitCode !== 0) return false;
+  const [targets, hooks] = plan.stdout.split(`${HOOKS_MARK}\n`);
+  if (hooks === undefined || /^APT::Update::Post-Invoke/m.test(hooks)) return false;
+  const lines = targets.split('\n').filter(Boolean);
+  if (!lines.length) return false;
+  return lines.every((line) => {
+    const [filename, metaKey, architecture, createdBy, ...rest] = line.split(' ');
+    if (!createdBy || rest.length || !filename.startsWith(`${APT_LISTS}/`)) return false;
+    const name = filename.slice(APT_LISTS.length + 1);
+    if (name.includes('/')) return false;
+    if (listNames.has(name)) return true;
+    const entry = metaKey.replaceAll('/', '_');
+    if (!name.endsWith(entry)) return false;
+    const release = releases.get(`${name.slice(0, -entry.length)}InRelease`);
+    if (release === undefined) return false;
+    if (architecture === 'all') {
+      // apt's pkgAcqMetaBase::QueueIndexes: binary-all is fetched only where the release supports it for this target.
+      const architectures = stanzaField(release, 'Architectures')?.split(/\s+/);
+      const noSupport = stanzaField(release, 'No-Support-for-Architecture-all')?.split(/[\s,]+/) ?? [];
+      if ((architectures && !architectures.includes('all')) || noSupport.includes(createdBy)) return true;
+    }
+    const offered = releaseFileHashes(release);
+    if (INDEX_COMPRESSIONS.some((extension) => offered.has(`${metaKey}${extension}`))) return false;
+    return !REQUIRED_TARGETS.has(createdBy);
+  });
+}
+
+/**
+ * After offerCachedAptLists: asks the guest's apt what its update would fetch (updateWouldFetchNothing), reading
+ * the release files its targets name from the lists through guest-fs.
+ */
+export async function aptUpdateWouldFetchNothing(session: ChrootSession, firstUpdate: { exitCode: number; output: string }): Promise<boolean> {
+  if (firstUpdate.exitCode !== 0) return false;
+  const plan = await session.exec(APT_UPDATE_PLAN_QUERY, { allowFailure: true, purpose: 'asking apt which lists its update fetches' });
+  const names = (await readGuestDir(session.root, APT_LISTS)) ?? [];
+  const releases = new Map<string, string>();
+  for (const name of names.filter((n) => n.endsWith('_InRelease')).slice(0, MAX_RELEASE_FILES)) {
+    const release = await readGuestFile(session.root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined);
+    if (release) releases.set(name, release.toString('latin1'));
+  }
+  return updateWouldFetchNothing(firstUpdate, plan, new Set(names), releases);
 }
 
 /** Keeps the lists apt fetched: each regular file whose bytes hash to what a release file beside it names. */

@@ -21,6 +21,7 @@ describe('package cache (apt)', () => {
   const debRequests = () => mirror.requests.filter((path) => path.endsWith('.deb'));
   // The repository's index files (Packages, Packages.gz): what apt-get update downloads beyond the InRelease.
   const indexRequests = () => mirror.requests.filter((path) => /\/Packages(\.\w+)?$/.test(path));
+  const releaseRequests = () => mirror.requests.filter((path) => /\/(InRelease|Release|Release\.gpg)$/.test(path));
   /** A guest's package lists, by name and sha256 (the lock and partial/ aside). */
   const listsOf = async (root: string) => {
     const lists = join(root, 'var/lib/apt/lists');
@@ -68,6 +69,7 @@ describe('package cache (apt)', () => {
     for (const name of stored) expect(`${sha256Text(await readFile(join(cache, 'packages/deb', name)))}.deb`).toBe(name);
 
     // The step cache would replay the install: --refresh runs it again, so apt does the work and the cache is used.
+    const releaseRequestsBefore = releaseRequests().length;
     const second = await build('second.qcow2', ['--refresh', '2']);
     if (second.exitCode !== 0) throw new Error(second.all);
     expect(debRequests()).toEqual(downloaded);
@@ -78,6 +80,9 @@ describe('package cache (apt)', () => {
     expect(indexRequests()).toEqual(fetchedIndexes);
     expect(second.stderr).toMatch(/package cache: \d+ \.apt-list file\(s\), [\d.]+ MiB, offered to apt-get update/);
     expect(second.stderr).not.toMatch(/Get:\d+ \S+ .*(Packages|Translation-)/);
+    // Every list apt's update would fetch was there: the release files were fetched once, by the first update.
+    expect(second.stderr).toContain('the lists hold every index apt-get update would fetch, each what its release file names: apt-get update is not run again');
+    expect(releaseRequests().slice(releaseRequestsBefore)).toEqual([expect.stringMatching(/\/InRelease$/)]);
     const lists: string[][][] = [];
     for (const output of ['first.qcow2', 'second.qcow2']) {
       await withImageMounted(join(work, output), 'gpt-esp', async (root) => {
@@ -101,6 +106,24 @@ describe('package cache (apt)', () => {
     expect(dry.stdout).toContain(`would remove ${listed.length} file(s) of the package cache`);
     expect((await readdir(join(cache, 'packages/deb'))).sort()).toEqual(stored);
     expect(await leftoversUnder(env.IMAGEBUILDER_WORK_DIR)).toEqual(NOTHING_LEFT);
+  });
+
+  test('a guest whose apt runs a hook after each update has its update run again once the cached lists are there', async () => {
+    const [pinned] = mirror.versions.kubectl;
+    const hooked = await writeRecipe(work, 'hooked', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { file: { path: '/etc/apt/apt.conf.d/99lists-hook', content: 'APT::Update::Post-Invoke-Success { "ls /var/lib/apt/lists > /var/lib/lists-the-hook-saw"; };\n' } },
+      { packages: { install: [`kubectl=${pinned}`] } },
+    ]);
+    const result = await runCli(['apply', hooked, '--disk-image', disk, '--output', join(work, 'hooked.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.stderr).toMatch(/package cache: \d+ \.apt-list file\(s\), [\d.]+ MiB, offered to apt-get update/);
+    expect(result.stderr).not.toContain('apt-get update is not run again');
+    await withImageMounted(join(work, 'hooked.qcow2'), 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(pinned);
+      // Its last run saw the lists the cache gave.
+      expect(await readFile(join(root, 'var/lib/lists-the-hook-saw'), 'utf8')).toMatch(/_Packages$/m);
+    });
   });
 
   test('a cached file whose bytes are not what its name says is removed and never offered; apt fetches the real one', async () => {

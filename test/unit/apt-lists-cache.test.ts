@@ -2,7 +2,7 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { aptIndexesNamed, aptListsPresent, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes } from '../../src/pkg/apt-lists-cache.js';
+import { aptIndexesNamed, aptListsPresent, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes, updateWouldFetchNothing } from '../../src/pkg/apt-lists-cache.js';
 import { keepDownloadedFiles } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -49,6 +49,45 @@ describe("apt's package lists in the package cache", () => {
     expect(await aptListsPresent(root)).toBe(true);
     await rm(join(root, LISTS), { recursive: true });
     expect(await aptListsPresent(root)).toBe(false);
+  });
+
+  test('the second update is left out only when apt would fetch no index and no hook waits for the lists', () => {
+    const site = 'deb.debian.org_debian_dists_bookworm_';
+    const release = inRelease({ 'main/binary-amd64/Packages': 'P', 'main/binary-amd64/Packages.xz': 'X', 'main/binary-all/Packages': 'A', 'main/i18n/Translation-en': 'T' })
+      .replace('Suite: stable\n', 'Suite: stable\nNo-Support-for-Architecture-all: Packages\nArchitectures: all amd64 arm64\n');
+    const releases = new Map([[`${site}InRelease`, release]]);
+    const target = (key: string, architecture: string, createdBy: string) => `/${LISTS}/${site}${key.replaceAll('/', '_')} ${key} ${architecture} ${createdBy}`;
+    const targets = [target('main/binary-amd64/Packages', 'amd64', 'Packages'), target('main/binary-all/Packages', 'all', 'Packages'), target('main/i18n/Translation-en', '$(ARCHITECTURE)', 'Translations')];
+    const plan = (lines: string[], hooks = '') => ({ exitCode: 0, stdout: `${lines.join('\n')}\n@@imagebuilder-hooks\n${hooks}` });
+    const ok = { exitCode: 0, output: 'Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]\nReading package lists...\n' };
+    const present = new Set(['lock', 'partial', `${site}InRelease`, `${site}main_binary-amd64_Packages`, `${site}main_i18n_Translation-en`]);
+    // Debian's: binary-all is not fetched (its Packages are in binary-amd64's); the rest are there.
+    expect(updateWouldFetchNothing(ok, plan(targets), present, releases)).toBe(true);
+    // An index the release offers and the lists lack: apt fetches it.
+    expect(updateWouldFetchNothing(ok, plan(targets), new Set([...present].filter((name) => !name.endsWith('Translation-en'))), releases)).toBe(false);
+    // binary-all where the release supports it for Packages: fetched.
+    const allSupported = new Map([[`${site}InRelease`, release.replace('No-Support-for-Architecture-all: Packages\n', '')]]);
+    expect(updateWouldFetchNothing(ok, plan(targets), present, allSupported)).toBe(false);
+    // ... and left out again where the release's architectures lack `all` (Ubuntu's).
+    const noAll = new Map([[`${site}InRelease`, release.replace('No-Support-for-Architecture-all: Packages\n', '').replace('all amd64', 'amd64')]]);
+    expect(updateWouldFetchNothing(ok, plan(targets), present, noAll)).toBe(true);
+    // An optional index the release does not offer (Translation-de) is left out by apt; a Packages one makes apt fail: it runs, to say so.
+    expect(updateWouldFetchNothing(ok, plan([...targets, target('main/i18n/Translation-de', '$(ARCHITECTURE)', 'Translations')]), present, releases)).toBe(true);
+    expect(updateWouldFetchNothing(ok, plan([...targets, target('contrib/binary-amd64/Packages', 'amd64', 'Packages')]), present, releases)).toBe(false);
+    // A source whose release file is not in the lists (it failed, or it has only Release and Release.gpg).
+    expect(updateWouldFetchNothing(ok, plan([...targets, `/${LISTS}/example.org_dists_x_main_binary-amd64_Packages main/binary-amd64/Packages amd64 Packages`]), present, releases)).toBe(false);
+    // A hook run after an update, which ran before the lists were there.
+    expect(updateWouldFetchNothing(ok, plan(targets, 'APT::Update::Post-Invoke-Success "";\nAPT::Update::Post-Invoke-Success:: "/usr/lib/cnf-update-db";\n'), present, releases)).toBe(false);
+    expect(updateWouldFetchNothing(ok, plan(targets, 'APT::Update::Post-Invoke:: "touch /x";\n'), present, releases)).toBe(false);
+    // The first update failed, even partly (apt may exit 0 with old release files kept), or said nothing understood.
+    expect(updateWouldFetchNothing({ exitCode: 100, output: '' }, plan(targets), present, releases)).toBe(false);
+    expect(updateWouldFetchNothing({ exitCode: 0, output: 'Err:1 http://deb.debian.org/debian bookworm InRelease\n  Temporary failure resolving\nW: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease\n' }, plan(targets), present, releases)).toBe(false);
+    expect(updateWouldFetchNothing({ exitCode: 0, output: 'W: Some index files failed to download. They have been ignored, or old ones used instead.\n' }, plan(targets), present, releases)).toBe(false);
+    expect(updateWouldFetchNothing(ok, { exitCode: 1, stdout: 'E: Invalid operation indextargets' }, present, releases)).toBe(false);
+    expect(updateWouldFetchNothing(ok, plan([]), present, releases)).toBe(false);
+    expect(updateWouldFetchNothing(ok, { exitCode: 0, stdout: targets.join('\n') }, present, releases)).toBe(false);
+    expect(updateWouldFetchNothing(ok, plan([`${targets[0]} extra`]), present, releases)).toBe(false);
+    expect(updateWouldFetchNothing(ok, plan([targets[0].replace(`/${LISTS}/`, '/elsewhere/')]), present, releases)).toBe(false);
   });
 
   test('every index target off for the release-files-only update', () => {
