@@ -124,7 +124,14 @@ export function createApt(): PackageManager {
         const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
-        complete = await aptUpdateWouldFetchNothing(session, releaseFiles);
+        // Unless the update runs, the lists are final: the host indexes them (for the .deb offer) while the guest's
+        // apt answers, on the other core. Awaited whatever happens: an open list would keep the guest mounted.
+        const indexing = rememberedAptPackagesIndex(session.root).catch(() => undefined);
+        try {
+          complete = await aptUpdateWouldFetchNothing(session, releaseFiles);
+        } finally {
+          await indexing;
+        }
       }
       if (cache && complete) {
         cache.log.info('package cache: the lists hold every index apt-get update would fetch, each what its release file names: apt-get update is not run again');
