@@ -1,7 +1,8 @@
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { sha256File } from '../util/digest.js';
+import { renameOver } from '../util/fs.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import { isDiskImageFormat } from '../image/formats.js';
 import type { MountBackendName } from '../mount/backend.js';
@@ -254,7 +255,7 @@ async function writeWorkImage(context: BuildContext, guest: FinishedGuest, targe
   await releaseGuest(context);
   const partial = await partialFor(context, partialPath(target), 'partial work image');
   await clock.time('output', () => convertImage(run, guest.workImage, partial, 'qcow2', { log, signal: context.signal }));
-  await rename(partial, target);
+  await renameOver(partial, target);
   log.info(`wrote the work image ${target}: finish it with imagebuilder export ${target}`);
   context.events({ event: 'artifact-written', path: target, format: 'qcow2', sha256: await sha256File(target) });
   return { workImage: target, bom: record };

@@ -3,6 +3,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { BundleCollector } from '../bundle/collect.js';
 import { manifestText, type BundleManifest } from '../bundle/manifest.js';
 import { sha256Text } from '../util/digest.js';
+import { renameOver } from '../util/fs.js';
 import { packBundle } from '../bundle/open.js';
 import { loadRecipe } from '../recipe/load.js';
 import { noteHolding } from '../util/build-record.js';
@@ -76,7 +77,7 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
       const archiveSha256 = await context.clock.time('bundle-archive', () => packBundle(dir, manifest, partial));
       // The sums file first: an archive under its name always has its sha256 beside it.
       await writeFile(`${target}.sha256`, `${archiveSha256}  ${basename(target)}\n`);
-      await rename(partial, target);
+      await renameOver(partial, target);
       context.log.info(`wrote the bundle ${target} (sha256 ${archiveSha256}, in ${basename(target)}.sha256); its bundle.json: sha256 ${manifestSha256}`);
       return { path: target, format, manifestSha256, archiveSha256, manifest };
     }

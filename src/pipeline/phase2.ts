@@ -3,6 +3,7 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { Bom } from '../bom/collect.js';
 import { spdxFromBom } from '../bom/spdx.js';
 import { sha256File } from '../util/digest.js';
+import { renameOver } from '../util/fs.js';
 import type { ImageFormat } from '../image/qemu-img.js';
 import { writeRootfsTar } from '../image/rootfs-tar.js';
 import { noteHolding } from '../util/build-record.js';
@@ -197,7 +198,7 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
     sboms.push(sbom);
   }
   throwIfAborted(signal);
-  for (const [i, partial] of partials.entries()) await rename(partial, paths[i]);
+  for (const [i, partial] of partials.entries()) await renameOver(partial, paths[i]);
   await rename(bomPartial, bomPath);
   for (const sbom of sboms) await rename(sbom.partial, sbom.path);
   const sumsPath = await updateSumsFile(dirname(outputPath), [

@@ -4,7 +4,7 @@ import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { replaceTemporarily } from '../../src/chroot/guest-file.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
-import { resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
+import { renameOver, resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
 import { createLogger } from '../../src/util/log.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 
@@ -58,6 +58,48 @@ describe('writeFileAtomic', () => {
     await expect(writeFileAtomic(path, 'text')).rejects.toThrow();
     expect(await readdir(dir)).toEqual(['taken']);
     expect(await readFile(join(path, 'inside'), 'utf8')).toBe('kept');
+  });
+});
+
+describe('renameOver', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'rename-over-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  test('takes the name whether or not a file or a link holds it; the old one goes, the link\'s target stays; nothing is left beside', async () => {
+    const path = join(dir, 'out.qcow2');
+    await writeFile(join(dir, 'new'), 'first');
+    await renameOver(join(dir, 'new'), path);
+    expect(await readFile(path, 'utf8')).toBe('first');
+    await writeFile(join(dir, 'new'), 'second');
+    await renameOver(join(dir, 'new'), path);
+    expect(await readFile(path, 'utf8')).toBe('second');
+    await writeFile(join(dir, 'target'), 'kept');
+    await rm(path);
+    await symlink('target', path);
+    await writeFile(join(dir, 'new'), 'third');
+    await renameOver(join(dir, 'new'), path);
+    expect((await lstat(path)).isFile()).toBe(true);
+    expect(await readFile(path, 'utf8')).toBe('third');
+    expect(await readFile(join(dir, 'target'), 'utf8')).toBe('kept');
+    expect((await readdir(dir)).sort()).toEqual(['out.qcow2', 'target']);
+  });
+
+  test('a failed rename puts the old file back; a directory under the name is refused and kept', async () => {
+    const path = join(dir, 'out.qcow2');
+    await writeFile(path, 'old');
+    await expect(renameOver(join(dir, 'missing'), path)).rejects.toThrow(/ENOENT/);
+    expect(await readFile(path, 'utf8')).toBe('old');
+    expect(await readdir(dir)).toEqual(['out.qcow2']);
+    await rm(path);
+    await mkdir(path);
+    await writeFile(join(path, 'inside'), 'kept');
+    await writeFile(join(dir, 'new'), 'data');
+    await expect(renameOver(join(dir, 'new'), path)).rejects.toThrow();
+    expect(await readFile(join(path, 'inside'), 'utf8')).toBe('kept');
+    expect(await readFile(join(dir, 'new'), 'utf8')).toBe('data');
   });
 });
 
