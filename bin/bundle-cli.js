@@ -39,6 +39,10 @@ await build({
   external: ['undici', '@cyclonedx/cyclonedx-library', 'typescript', 'ts-node', 'tsx', 'source-map-support'],
   // CommonJS dependencies bundled into ES modules (ajv, cross-spawn) still call require() for Node's own modules.
   banner: { js: "import { createRequire as imagebuilderCreateRequire } from 'node:module'; const require = imagebuilderCreateRequire(import.meta.url);" },
+  // V8 parses every chunk a command loads before it runs (~85 ms of `apply`'s start here): without whitespace and
+  // with shorter syntax the chunks are 3.4 -> 2.5 MB, ~30 ms less. Names are kept, so stack traces still read.
+  minifyWhitespace: true,
+  minifySyntax: true,
   logLevel: 'warning',
 });
 console.error(`bundle-cli: ${entryPoints.length - 2} commands, oclif and the help class bundled into ${relative(root, outdir)}`);
