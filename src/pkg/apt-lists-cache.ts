@@ -135,7 +135,6 @@ const REQUIRED_TARGETS = new Set(['Packages', 'Sources']);
 /** An update that reported a failed fetch: an old release file may still be in the lists. */
 const FETCH_FAILED = /^(Err:|E:|W: Failed to fetch|W: Some index files failed)/m;
 
-
 /**
  * Whether apt's own update, run now, would fetch no index: the first update (release files only) succeeded,
  * every target `APT_UPDATE_PLAN_QUERY` names is in the lists (which hold only what a release file there names,

@@ -100,25 +100,14 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, o
  * Renames a finished file to `path`, replacing what is there, without the flush ext4 adds: renaming over an
  * existing file makes ext4 (auto_da_alloc) write the new file's delayed blocks out first, ~0.3 s for a 500 MB
  * image here, which nothing asked for (a new name gets no such flush, and no output is fsynced). So an old
- * regular file or link there is renamed aside first (`<path>.<pid>-<random>.replaced`), the new one takes the
- * name, and the old one goes; should the second rename fail, the old one is put back. For a moment the name is
- * free. Anything else there (a directory) is left to the rename to refuse, as before.
+ * regular file or link there is removed first (no name is left behind, whenever the process dies); should the
+ * rename then fail, the old one is gone with the build that was replacing it. Anything else there (a
+ * directory) is left to the rename to refuse, as before.
  */
 export async function renameOver(from: string, path: string): Promise<void> {
   const old = await lstat(path).catch(() => undefined);
-  const aside = old && (old.isFile() || old.isSymbolicLink()) ? `${path}.${process.pid}-${randomBytes(4).toString('hex')}.replaced` : undefined;
-  // ENOENT: another writer took it away meanwhile; the name is free all the same.
-  const movedAside = aside ? await rename(path, aside).then(() => true, (error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return false;
-    throw error;
-  }) : false;
-  try {
-    await rename(from, path);
-  } catch (error) {
-    if (movedAside) await rename(aside!, path).catch(() => undefined);
-    throw error;
-  }
-  if (movedAside) await rm(aside!, { force: true });
+  if (old?.isFile() || old?.isSymbolicLink()) await rm(path, { force: true });
+  await rename(from, path);
 }
 
 /** writeFileAtomic of a value as indented JSON, the form our records and caches are written in. */
