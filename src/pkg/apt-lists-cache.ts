@@ -18,7 +18,7 @@ import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, stanz
  * apt only when it is, byte for byte, what a release file apt itself just verified names; the store is the
  * package cache's, content-addressed, and what a hostile guest leaves in its lists can only be kept under the
  * sha256 of its own bytes. When the lists then hold every index that update would fetch and no hook of the
- * guest's waits for an update's end, the real update is left out (updateWouldFetchNothing): it would only fetch
+ * guest's waits for an update's end, the real update is left out (aptListsWithoutUpdate): it would only fetch
  * each InRelease again (~0.3 s here); apt builds its cache from the same lists at the install.
  */
 
@@ -121,70 +121,120 @@ export async function offerCachedAptLists(root: string, packageCacheDir: string,
 
 /**
  * Asks the guest's apt which index targets its update fetches (each with where apt keeps it, its release file
- * entry, its architecture and what made it) and which hooks run after an update. One guest command.
+ * entry, its architecture and what made it) and its configuration (the hooks an update runs). One guest command.
  */
 export const APT_UPDATE_PLAN_QUERY = [
   '/bin/sh', '-c',
-  "apt-get indextargets --no-release-info --format '$(FILENAME) $(METAKEY) $(ARCHITECTURE) $(CREATED_BY)' && echo @@imagebuilder-hooks && apt-config dump APT::Update",
+  "apt-get indextargets --no-release-info --format '$(FILENAME) $(METAKEY) $(ARCHITECTURE) $(CREATED_BY)' && echo @@imagebuilder-config && apt-config dump",
 ];
-const HOOKS_MARK = '@@imagebuilder-hooks';
+const CONFIG_MARK = '@@imagebuilder-config';
+/** Bounds on what the guest's answer may make the host do (Debian's: a few targets, ~20 kB; past them, apt runs). */
+const MAX_PLAN_BYTES = 4 << 20;
+const MAX_PLAN_TARGETS = 10_000;
+/** The release files read for the decision, together (Debian's InRelease: ~150 kB per source). */
+const MAX_PLAN_RELEASE_BYTES = 64 << 20;
 /** The compressions apt may fetch an index in: a release file naming any of them offers that index. */
 const INDEX_COMPRESSIONS = ['', '.xz', '.gz', '.bz2', '.lzma', '.lz4', '.zst'];
 /** Targets apt's update fails on when their release file lacks them (the rest are optional: left out quietly). */
 const REQUIRED_TARGETS = new Set(['Packages', 'Sources']);
 /** An update that reported a failed fetch: an old release file may still be in the lists. */
 const FETCH_FAILED = /^(Err:|E:|W: Failed to fetch|W: Some index files failed)/m;
+/** A hook an update runs at its end, for apt-get or every apt program. */
+const POST_UPDATE_HOOK = /^(Binary::[^\s:]+::)?APT::Update::Post-Invoke/m;
+
+/** One index target of the guest's apt: its list's name in the lists directory and the release file naming it. */
+export interface PlannedTarget { name: string; metaKey: string; architecture: string; createdBy: string; release: string }
+export interface UpdatePlan { targets: PlannedTarget[]; postUpdateHook: boolean }
+
+/** The plan query's answer, or undefined when it is not understood or too big. */
+export function parseUpdatePlan(stdout: string): UpdatePlan | undefined {
+  if (stdout.length > MAX_PLAN_BYTES) return undefined;
+  const [targetText, config] = stdout.split(`${CONFIG_MARK}\n`);
+  if (config === undefined) return undefined;
+  const lines = targetText.split('\n').filter(Boolean);
+  if (!lines.length || lines.length > MAX_PLAN_TARGETS) return undefined;
+  const targets: PlannedTarget[] = [];
+  for (const line of lines) {
+    const [filename, metaKey, architecture, createdBy, ...rest] = line.split(' ');
+    if (!createdBy || rest.length || !filename.startsWith(`${APT_LISTS}/`)) return undefined;
+    const name = filename.slice(APT_LISTS.length + 1);
+    // apt names a list after its release file's name less `InRelease`, then the entry's path with `/` as `_`.
+    const entry = metaKey.replaceAll('/', '_');
+    if (name.includes('/') || name.length <= entry.length || !name.endsWith(entry)) return undefined;
+    targets.push({ name, metaKey, architecture, createdBy, release: `${name.slice(0, -entry.length)}InRelease` });
+  }
+  return { targets, postUpdateHook: POST_UPDATE_HOOK.test(config) };
+}
+
+/** What the decision needs of a release file, read once: every path its checksum sections name, quoted or not, and what it says of binary-all. */
+export interface ReleaseFacts { paths: Set<string>; architectures?: string[]; noSupportForAll: string[] }
+export function releaseFacts(text: string): ReleaseFacts {
+  const paths = new Set<string>();
+  for (const match of text.matchAll(/^ \S+\s+\d+\s+(\S+)\s*$/gm)) paths.add(match[1]);
+  return {
+    paths,
+    architectures: stanzaField(text, 'Architectures')?.split(/\s+/),
+    noSupportForAll: stanzaField(text, 'No-Support-for-Architecture-all')?.split(/[\s,]+/) ?? [],
+  };
+}
 
 /**
- * Whether apt's own update, run now, would fetch no index: the first update (release files only) succeeded,
- * every target `APT_UPDATE_PLAN_QUERY` names is in the lists (which hold only what a release file there names,
- * byte for byte: offerCachedAptLists) or is one apt leaves out (an architecture-all index the release says its
- * architecture lists carry, as Debian's `No-Support-for-Architecture-all: Packages`; an optional index the
- * release does not offer), and no `APT::Update::Post-Invoke` hook waits for the lists (it ran after the first
- * update, before they were there). Anything else, or output this does not understand: no, apt runs.
+ * Whether apt's own update, run now, would fetch no index: every planned target is in the lists (which hold
+ * only what a release file there names, byte for byte: offerCachedAptLists) or is one apt leaves out (an
+ * architecture-all index the release says its architecture lists carry, as Debian's
+ * `No-Support-for-Architecture-all: Packages`; an optional index the release does not offer), and no
+ * `APT::Update::Post-Invoke` hook waits for an update's end (it ran after the first update, before the lists
+ * were there). A target whose release file is not there, or anything else: no, apt runs.
  */
-export function updateWouldFetchNothing(firstUpdate: { exitCode: number; output: string }, plan: { exitCode: number; stdout: string }, listNames: ReadonlySet<string>, releases: ReadonlyMap<string, string>): boolean {
-  if (firstUpdate.exitCode !== 0 || FETCH_FAILED.test(firstUpdate.output) || plan.exitCode !== 0) return false;
-  const [targets, hooks] = plan.stdout.split(`${HOOKS_MARK}\n`);
-  if (hooks === undefined || /^APT::Update::Post-Invoke/m.test(hooks)) return false;
-  const lines = targets.split('\n').filter(Boolean);
-  if (!lines.length) return false;
-  return lines.every((line) => {
-    const [filename, metaKey, architecture, createdBy, ...rest] = line.split(' ');
-    if (!createdBy || rest.length || !filename.startsWith(`${APT_LISTS}/`)) return false;
-    const name = filename.slice(APT_LISTS.length + 1);
-    if (name.includes('/')) return false;
-    if (listNames.has(name)) return true;
-    const entry = metaKey.replaceAll('/', '_');
-    if (!name.endsWith(entry)) return false;
-    const release = releases.get(`${name.slice(0, -entry.length)}InRelease`);
-    if (release === undefined) return false;
-    if (architecture === 'all') {
+export function updateWouldFetchNothing(plan: UpdatePlan, listNames: ReadonlySet<string>, releases: ReadonlyMap<string, ReleaseFacts>): boolean {
+  if (plan.postUpdateHook) return false;
+  return plan.targets.every((target) => {
+    if (listNames.has(target.name)) return true;
+    const release = releases.get(target.release);
+    if (!release) return false;
+    if (target.architecture === 'all') {
       // apt's pkgAcqMetaBase::QueueIndexes: binary-all is fetched only where the release supports it for this target.
-      const architectures = stanzaField(release, 'Architectures')?.split(/\s+/);
-      const noSupport = stanzaField(release, 'No-Support-for-Architecture-all')?.split(/[\s,]+/) ?? [];
-      if ((architectures && !architectures.includes('all')) || noSupport.includes(createdBy)) return true;
+      if ((release.architectures && !release.architectures.includes('all')) || release.noSupportForAll.includes(target.createdBy)) return true;
     }
-    const offered = releaseFileHashes(release);
-    if (INDEX_COMPRESSIONS.some((extension) => offered.has(`${metaKey}${extension}`))) return false;
-    return !REQUIRED_TARGETS.has(createdBy);
+    if (INDEX_COMPRESSIONS.some((extension) => release.paths.has(`${target.metaKey}${extension}`))) return false;
+    return !REQUIRED_TARGETS.has(target.createdBy);
   });
 }
 
 /**
- * After offerCachedAptLists: asks the guest's apt what its update would fetch (updateWouldFetchNothing), reading
- * the release files its targets name from the lists through guest-fs.
+ * After offerCachedAptLists: whether apt's update may be left out (updateWouldFetchNothing, on the guest's own
+ * answer and the release files its targets name, read through guest-fs, each once). When it may, the lists no
+ * target owns go, as apt's update would have removed them: the cache offers every list a release file names
+ * (another architecture's, sources), and the image keeps only what apt uses.
  */
-export async function aptUpdateWouldFetchNothing(session: ChrootSession, firstUpdate: { exitCode: number; output: string }): Promise<boolean> {
-  if (firstUpdate.exitCode !== 0) return false;
-  const plan = await session.exec(APT_UPDATE_PLAN_QUERY, { allowFailure: true, purpose: 'asking apt which lists its update fetches' });
-  const names = (await readGuestDir(session.root, APT_LISTS)) ?? [];
-  const releases = new Map<string, string>();
-  for (const name of names.filter((n) => n.endsWith('_InRelease')).slice(0, MAX_RELEASE_FILES)) {
-    const release = await readGuestFile(session.root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined);
-    if (release) releases.set(name, release.toString('latin1'));
+export async function aptListsWithoutUpdate(session: ChrootSession, firstUpdate: { exitCode: number; output: string }, log: Logger): Promise<boolean> {
+  if (firstUpdate.exitCode !== 0 || FETCH_FAILED.test(firstUpdate.output)) return false;
+  const answer = await session.exec(APT_UPDATE_PLAN_QUERY, { allowFailure: true, purpose: 'asking apt which lists its update fetches' });
+  const plan = answer.exitCode === 0 ? parseUpdatePlan(answer.stdout) : undefined;
+  if (!plan || plan.postUpdateHook) return false;
+  const root = session.root;
+  const names = new Set((await readGuestDir(root, APT_LISTS)) ?? []);
+  const releases = new Map<string, ReleaseFacts>();
+  let bytes = 0;
+  for (const release of new Set(plan.targets.filter((target) => !names.has(target.name)).map((target) => target.release))) {
+    if (!names.has(release)) continue;
+    const text = await readGuestFile(root, `${APT_LISTS}/${release}`, Math.min(MAX_RELEASE_BYTES, MAX_PLAN_RELEASE_BYTES - bytes)).catch(() => undefined);
+    if (!text) return false;
+    bytes += text.length;
+    releases.set(release, releaseFacts(text.toString('latin1')));
   }
-  return updateWouldFetchNothing(firstUpdate, plan, new Set(names), releases);
+  if (!updateWouldFetchNothing(plan, names, releases)) return false;
+  const owned = new Set(plan.targets.map((target) => target.name));
+  let removed = 0;
+  for (const name of names) {
+    if (name === 'lock' || RELEASE_FILE.test(name) || owned.has(name)) continue;
+    const info = await statGuest(root, `${APT_LISTS}/${name}`);
+    if (!info || info.isDirectory()) continue;
+    await removeGuestFile(root, `${APT_LISTS}/${name}`);
+    removed++;
+  }
+  if (removed) log.info(`package cache: ${removed} list(s) no index target of the guest's apt uses: removed, as its update would have`);
+  return true;
 }
 
 /** Keeps the lists apt fetched: each regular file whose bytes hash to what a release file beside it names. */

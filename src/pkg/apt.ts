@@ -7,7 +7,7 @@ import type { InstallOptions, InstalledPackage, PackageManager, PackageRepositor
 import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPackagesIndex } from './package-cache.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
-import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptUpdateWouldFetchNothing, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
+import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
@@ -119,25 +119,29 @@ export function createApt(): PackageManager {
       // or again if the lists are gone; after a repository step, apt's own update alone fetches what changed.
       // When the cache holds every list that update would fetch, it is left out: it would fetch each release file
       // again only to find it unchanged, and the install builds apt's cache from the same lists.
-      let complete = false;
+      const realUpdate = async () => {
+        await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+        if (cache) await keepAptLists(session.root, cache.dir, cache.log);
+      };
       if (cache && (!listsFromCache.has(session.root) || !(await aptListsPresent(session.root)))) {
         const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
-        // Unless the update runs, the lists are final: the host indexes them (for the .deb offer) while the guest's
-        // apt answers, on the other core. Awaited whatever happens: an open list would keep the guest mounted.
+        // The host indexes the lists (for the .deb offer) on the other core while the guest's apt answers, and
+        // while its update runs if it must (the index is remembered by the lists' identity: a list the update
+        // changes is read again). Awaited whatever happens: an open list would keep the guest mounted.
         const indexing = rememberedAptPackagesIndex(session.root).catch(() => undefined);
         try {
-          complete = await aptUpdateWouldFetchNothing(session, releaseFiles);
+          if (await aptListsWithoutUpdate(session, releaseFiles, cache.log)) {
+            cache.log.info('package cache: the lists hold every index apt-get update would fetch, each what its release file names: apt-get update is not run again');
+          } else {
+            await realUpdate();
+          }
         } finally {
           await indexing;
         }
-      }
-      if (cache && complete) {
-        cache.log.info('package cache: the lists hold every index apt-get update would fetch, each what its release file names: apt-get update is not run again');
       } else {
-        await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
-        if (cache) await keepAptLists(session.root, cache.dir, cache.log);
+        await realUpdate();
       }
     }
     await lists.fetched(session, Boolean(served));

@@ -2,7 +2,8 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { aptIndexesNamed, aptListsPresent, APT_RELEASE_FILES_ONLY, keepAptLists, offerCachedAptLists, releaseFileHashes, updateWouldFetchNothing } from '../../src/pkg/apt-lists-cache.js';
+import { aptIndexesNamed, aptListsPresent, aptListsWithoutUpdate, APT_RELEASE_FILES_ONLY, APT_UPDATE_PLAN_QUERY, keepAptLists, offerCachedAptLists, parseUpdatePlan, releaseFacts, releaseFileHashes, updateWouldFetchNothing } from '../../src/pkg/apt-lists-cache.js';
+import type { ChrootSession } from '../../src/chroot/session.js';
 import { keepDownloadedFiles } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -51,43 +52,89 @@ describe("apt's package lists in the package cache", () => {
     expect(await aptListsPresent(root)).toBe(false);
   });
 
-  test('the second update is left out only when apt would fetch no index and no hook waits for the lists', () => {
+  describe('leaving the second update out', () => {
     const site = 'deb.debian.org_debian_dists_bookworm_';
-    const release = inRelease({ 'main/binary-amd64/Packages': 'P', 'main/binary-amd64/Packages.xz': 'X', 'main/binary-all/Packages': 'A', 'main/i18n/Translation-en': 'T' })
+    const debianRelease = inRelease({ 'main/binary-amd64/Packages': 'P', 'main/binary-amd64/Packages.xz': 'X', 'main/binary-all/Packages': 'A', 'main/i18n/Translation-en': 'T' })
       .replace('Suite: stable\n', 'Suite: stable\nNo-Support-for-Architecture-all: Packages\nArchitectures: all amd64 arm64\n');
-    const releases = new Map([[`${site}InRelease`, release]]);
-    const target = (key: string, architecture: string, createdBy: string) => `/${LISTS}/${site}${key.replaceAll('/', '_')} ${key} ${architecture} ${createdBy}`;
+    const target = (key: string, architecture: string, createdBy: string, at = site) => `/${LISTS}/${at}${key.replaceAll('/', '_')} ${key} ${architecture} ${createdBy}`;
     const targets = [target('main/binary-amd64/Packages', 'amd64', 'Packages'), target('main/binary-all/Packages', 'all', 'Packages'), target('main/i18n/Translation-en', '$(ARCHITECTURE)', 'Translations')];
-    const plan = (lines: string[], hooks = '') => ({ exitCode: 0, stdout: `${lines.join('\n')}\n@@imagebuilder-hooks\n${hooks}` });
-    const ok = { exitCode: 0, output: 'Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]\nReading package lists...\n' };
+    const answer = (lines: string[], config = 'APT::Architecture "amd64";\n') => `${lines.join('\n')}\n@@imagebuilder-config\n${config}`;
     const present = new Set(['lock', 'partial', `${site}InRelease`, `${site}main_binary-amd64_Packages`, `${site}main_i18n_Translation-en`]);
-    // Debian's: binary-all is not fetched (its Packages are in binary-amd64's); the rest are there.
-    expect(updateWouldFetchNothing(ok, plan(targets), present, releases)).toBe(true);
-    // An index the release offers and the lists lack: apt fetches it.
-    expect(updateWouldFetchNothing(ok, plan(targets), new Set([...present].filter((name) => !name.endsWith('Translation-en'))), releases)).toBe(false);
-    // binary-all where the release supports it for Packages: fetched.
-    const allSupported = new Map([[`${site}InRelease`, release.replace('No-Support-for-Architecture-all: Packages\n', '')]]);
-    expect(updateWouldFetchNothing(ok, plan(targets), present, allSupported)).toBe(false);
-    // ... and left out again where the release's architectures lack `all` (Ubuntu's).
-    const noAll = new Map([[`${site}InRelease`, release.replace('No-Support-for-Architecture-all: Packages\n', '').replace('all amd64', 'amd64')]]);
-    expect(updateWouldFetchNothing(ok, plan(targets), present, noAll)).toBe(true);
-    // An optional index the release does not offer (Translation-de) is left out by apt; a Packages one makes apt fail: it runs, to say so.
-    expect(updateWouldFetchNothing(ok, plan([...targets, target('main/i18n/Translation-de', '$(ARCHITECTURE)', 'Translations')]), present, releases)).toBe(true);
-    expect(updateWouldFetchNothing(ok, plan([...targets, target('contrib/binary-amd64/Packages', 'amd64', 'Packages')]), present, releases)).toBe(false);
-    // A source whose release file is not in the lists (it failed, or it has only Release and Release.gpg).
-    expect(updateWouldFetchNothing(ok, plan([...targets, `/${LISTS}/example.org_dists_x_main_binary-amd64_Packages main/binary-amd64/Packages amd64 Packages`]), present, releases)).toBe(false);
-    // A hook run after an update, which ran before the lists were there.
-    expect(updateWouldFetchNothing(ok, plan(targets, 'APT::Update::Post-Invoke-Success "";\nAPT::Update::Post-Invoke-Success:: "/usr/lib/cnf-update-db";\n'), present, releases)).toBe(false);
-    expect(updateWouldFetchNothing(ok, plan(targets, 'APT::Update::Post-Invoke:: "touch /x";\n'), present, releases)).toBe(false);
-    // The first update failed, even partly (apt may exit 0 with old release files kept), or said nothing understood.
-    expect(updateWouldFetchNothing({ exitCode: 100, output: '' }, plan(targets), present, releases)).toBe(false);
-    expect(updateWouldFetchNothing({ exitCode: 0, output: 'Err:1 http://deb.debian.org/debian bookworm InRelease\n  Temporary failure resolving\nW: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease\n' }, plan(targets), present, releases)).toBe(false);
-    expect(updateWouldFetchNothing({ exitCode: 0, output: 'W: Some index files failed to download. They have been ignored, or old ones used instead.\n' }, plan(targets), present, releases)).toBe(false);
-    expect(updateWouldFetchNothing(ok, { exitCode: 1, stdout: 'E: Invalid operation indextargets' }, present, releases)).toBe(false);
-    expect(updateWouldFetchNothing(ok, plan([]), present, releases)).toBe(false);
-    expect(updateWouldFetchNothing(ok, { exitCode: 0, stdout: targets.join('\n') }, present, releases)).toBe(false);
-    expect(updateWouldFetchNothing(ok, plan([`${targets[0]} extra`]), present, releases)).toBe(false);
-    expect(updateWouldFetchNothing(ok, plan([targets[0].replace(`/${LISTS}/`, '/elsewhere/')]), present, releases)).toBe(false);
+    const decide = (lines: string[], release = debianRelease, listNames = present, config?: string) =>
+      updateWouldFetchNothing(parseUpdatePlan(answer(lines, config))!, listNames, new Map([[`${site}InRelease`, releaseFacts(release)]]));
+
+    test('the guest\'s answer: each target with the release file naming it, and its post-update hooks; anything else is not understood', () => {
+      expect(parseUpdatePlan(answer(targets))).toEqual({
+        targets: [
+          { name: `${site}main_binary-amd64_Packages`, metaKey: 'main/binary-amd64/Packages', architecture: 'amd64', createdBy: 'Packages', release: `${site}InRelease` },
+          { name: `${site}main_binary-all_Packages`, metaKey: 'main/binary-all/Packages', architecture: 'all', createdBy: 'Packages', release: `${site}InRelease` },
+          { name: `${site}main_i18n_Translation-en`, metaKey: 'main/i18n/Translation-en', architecture: '$(ARCHITECTURE)', createdBy: 'Translations', release: `${site}InRelease` },
+        ],
+        postUpdateHook: false,
+      });
+      expect(parseUpdatePlan(answer(targets, 'APT::Update::Post-Invoke-Success "";\nAPT::Update::Post-Invoke-Success:: "/usr/lib/cnf-update-db";\n'))?.postUpdateHook).toBe(true);
+      expect(parseUpdatePlan(answer(targets, 'APT::Update::Post-Invoke:: "touch /x";\n'))?.postUpdateHook).toBe(true);
+      expect(parseUpdatePlan(answer(targets, 'Binary::apt-get::APT::Update::Post-Invoke:: "touch /x";\n'))?.postUpdateHook).toBe(true);
+      expect(parseUpdatePlan(answer(targets, 'APT::Update::Pre-Invoke:: "true";\n'))?.postUpdateHook).toBe(false);
+      // No marker (the config dump did not run), no targets, an extra field, a path elsewhere, a name apt quoted.
+      expect(parseUpdatePlan(targets.join('\n'))).toBeUndefined();
+      expect(parseUpdatePlan(answer([]))).toBeUndefined();
+      expect(parseUpdatePlan(answer([`${targets[0]} extra`]))).toBeUndefined();
+      expect(parseUpdatePlan(answer([targets[0].replace(`/${LISTS}/`, '/elsewhere/')]))).toBeUndefined();
+      expect(parseUpdatePlan(answer([`/${LISTS}/${site}main_odd%5fname_Packages main/odd_name/Packages amd64 Packages`]))).toBeUndefined();
+      // A flood: more targets, or more output, than any real apt gives.
+      expect(parseUpdatePlan(answer(Array.from({ length: 10_001 }, (_, i) => target(`c${i}/binary-amd64/Packages`, 'amd64', 'Packages'))))).toBeUndefined();
+      expect(parseUpdatePlan(answer(targets, 'x'.repeat(5 << 20)))).toBeUndefined();
+    });
+
+    test('left out only when apt would fetch no index and no hook waits for the lists', () => {
+      // Debian's: binary-all is not fetched (its packages are in binary-amd64's); the rest are there.
+      expect(decide(targets)).toBe(true);
+      // An index the release offers and the lists lack: apt fetches it.
+      expect(decide(targets, debianRelease, new Set([...present].filter((name) => !name.endsWith('Translation-en'))))).toBe(false);
+      // binary-all where the release supports it for Packages: fetched; left out again where its architectures lack `all` (Ubuntu's).
+      const allSupported = debianRelease.replace('No-Support-for-Architecture-all: Packages\n', '');
+      expect(decide(targets, allSupported)).toBe(false);
+      expect(decide(targets, allSupported.replace('all amd64', 'amd64'))).toBe(true);
+      // An optional index the release does not offer (Translation-de) is left out by apt; a Packages one makes apt fail: it runs, to say so.
+      expect(decide([...targets, target('main/i18n/Translation-de', '$(ARCHITECTURE)', 'Translations')])).toBe(true);
+      expect(decide([...targets, target('contrib/binary-amd64/Packages', 'amd64', 'Packages')])).toBe(false);
+      // Offered under a path the cache does not take (apt quotes none of these), or compressed only: apt fetches it.
+      expect(decide([...targets, target('main/i18n/Translation-en(x)', '$(ARCHITECTURE)', 'Translations')], debianRelease.replace('SHA256:\n', `SHA256:\n ${'a'.repeat(64)} 1 main/i18n/Translation-en(x)\n`))).toBe(false);
+      expect(decide([...targets, target('main/i18n/Translation-fr', '$(ARCHITECTURE)', 'Translations')], debianRelease.replace('SHA256:\n', `SHA256:\n ${'a'.repeat(64)} 1 main/i18n/Translation-fr.xz\n`))).toBe(false);
+      // A source whose release file is not there (it failed, or it has only Release and Release.gpg).
+      expect(decide([...targets, target('main/binary-amd64/Packages', 'amd64', 'Packages', 'example.org_dists_x_')])).toBe(false);
+      // A hook run after an update, which ran before the lists were there.
+      expect(decide(targets, debianRelease, present, 'APT::Update::Post-Invoke-Success:: "/usr/lib/cnf-update-db";\n')).toBe(false);
+    });
+
+    test('asked of the guest after a first update that fetched everything; the lists no target owns go when it is left out', async () => {
+      const write = (name: string, content: string) => writeFile(join(root, LISTS, name), content);
+      await write('lock', '');
+      await write(`${site}InRelease`, debianRelease);
+      await write(`${site}main_binary-amd64_Packages`, 'P');
+      await write(`${site}main_i18n_Translation-en`, 'T');
+      // Offered because the release names it, used by no target of this guest's apt (another architecture's).
+      await write(`${site}main_binary-arm64_Packages`, 'R');
+      const asked: string[][] = [];
+      const session = (stdout: string, exitCode = 0) => ({ root, exec: async (argv: string[]) => (asked.push(argv), { command: '', exitCode, stdout, stderr: '', output: stdout }) }) as unknown as ChrootSession;
+      const ok = { exitCode: 0, output: 'Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]\nReading package lists...\n' };
+      // A first update that failed, even partly (apt may exit 0 with an old release file kept): apt runs, nothing is asked.
+      expect(await aptListsWithoutUpdate(session(answer(targets)), { exitCode: 100, output: '' }, log)).toBe(false);
+      expect(await aptListsWithoutUpdate(session(answer(targets)), { exitCode: 0, output: 'Err:1 http://deb.debian.org/debian bookworm InRelease\n  Temporary failure resolving\nW: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease\n' }, log)).toBe(false);
+      expect(await aptListsWithoutUpdate(session(answer(targets)), { exitCode: 0, output: 'W: Some index files failed to download. They have been ignored, or old ones used instead.\n' }, log)).toBe(false);
+      expect(asked).toEqual([]);
+      // An apt without indextargets.
+      expect(await aptListsWithoutUpdate(session('E: Invalid operation indextargets\n', 100), ok, log)).toBe(false);
+      expect(asked).toEqual([APT_UPDATE_PLAN_QUERY]);
+      expect(await readdir(join(root, LISTS))).toContain(`${site}main_binary-arm64_Packages`);
+      // A release file larger than any real one is not read: apt runs.
+      await write(`${site}InRelease`, debianRelease + ' '.repeat(17 << 20));
+      expect(await aptListsWithoutUpdate(session(answer(targets)), ok, log)).toBe(false);
+      await write(`${site}InRelease`, debianRelease);
+      expect(await aptListsWithoutUpdate(session(answer(targets)), ok, log)).toBe(true);
+      expect((await readdir(join(root, LISTS))).sort()).toEqual([`${site}InRelease`, `${site}main_binary-amd64_Packages`, `${site}main_i18n_Translation-en`, 'lock', 'partial']);
+    });
   });
 
   test('every index target off for the release-files-only update', () => {
