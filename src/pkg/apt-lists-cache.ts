@@ -170,7 +170,8 @@ export function parseUpdatePlan(stdout: string): UpdatePlan | undefined {
 export interface ReleaseFacts { paths: Set<string>; architectures?: string[]; noSupportForAll: string[] }
 export function releaseFacts(text: string): ReleaseFacts {
   const paths = new Set<string>();
-  for (const match of text.matchAll(/^ \S+\s+\d+\s+(\S+)\s*$/gm)) paths.add(match[1]);
+  // One entry a line (` HASH SIZE PATH`): blanks, never a newline, between its fields.
+  for (const match of text.matchAll(/^ \S+[ \t]+\d+[ \t]+(\S+)[ \t\r]*$/gm)) paths.add(match[1]);
   return {
     paths,
     architectures: stanzaField(text, 'Architectures')?.split(/\s+/),
