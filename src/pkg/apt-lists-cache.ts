@@ -1,3 +1,4 @@
+import type { Stats } from 'node:fs';
 import { sha256Text } from '../util/digest.js';
 import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
 import type { ChrootSession } from '../chroot/session.js';
@@ -94,6 +95,24 @@ export async function aptListsPresent(root: string): Promise<boolean> {
 }
 
 /**
+ * Removes each file in the guest's lists directory (`names`, as listed) that `keep` does not keep; never apt's
+ * lock, a release file or a directory (partial/, auxfiles/: apt's own). Nothing is followed or opened: a link or
+ * a FIFO under a list's name is removed as it is. Returns how many went.
+ */
+async function removeListsExcept(root: string, names: Iterable<string>, keep: (guestPath: string, info: Stats) => boolean | Promise<boolean>): Promise<number> {
+  let removed = 0;
+  for (const name of names) {
+    const guestPath = `${APT_LISTS}/${name}`;
+    if (name === 'lock' || RELEASE_FILE.test(name)) continue;
+    const info = await statGuest(root, guestPath);
+    if (!info || info.isDirectory() || (await keep(guestPath, info))) continue;
+    await removeGuestFile(root, guestPath);
+    removed++;
+  }
+  return removed;
+}
+
+/**
  * After the release-files-only update, whatever its outcome: the lists directory keeps apt's lock, the release
  * files and each index a release file there names whose bytes hash to that entry; every other file goes (a base
  * image's stale lists, lists kept compressed, lists of a source whose release file failed to come, names apt
@@ -103,18 +122,11 @@ export async function aptListsPresent(root: string): Promise<boolean> {
 export async function offerCachedAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
   const { named, names } = await aptIndexesNamed(root);
   const wanted = new Map(named.map((index) => [index.guestPath, index.sha256]));
-  let removed = 0;
-  for (const name of names) {
-    const guestPath = `${APT_LISTS}/${name}`;
-    if (name === 'lock' || RELEASE_FILE.test(name)) continue;
-    const info = await statGuest(root, guestPath);
-    if (!info || info.isDirectory()) continue; // partial/, auxfiles/: apt's own
+  const removed = await removeListsExcept(root, names, async (guestPath, info) => {
     const expected = wanted.get(guestPath);
     const content = expected && info.isFile() ? await readGuestFile(root, guestPath, MAX_LIST_BYTES).catch(() => undefined) : undefined;
-    if (content && sha256Text(content) === expected) continue;
-    await removeGuestFile(root, guestPath);
-    removed++;
-  }
+    return Boolean(content && sha256Text(content) === expected);
+  });
   if (removed) log.info(`package cache: ${removed} file(s) in the guest's lists that no release file there names as they are: removed, apt fetches what it needs`);
   return (await offerCachedFiles(root, packageCacheDir, 'apt-list', named, log, 'apt-get update')).files;
 }
@@ -225,15 +237,8 @@ export async function aptListsWithoutUpdate(session: ChrootSession, firstUpdate:
     releases.set(release, releaseFacts(text.toString('latin1')));
   }
   if (!updateWouldFetchNothing(plan, names, releases)) return false;
-  const owned = new Set(plan.targets.map((target) => target.name));
-  let removed = 0;
-  for (const name of names) {
-    if (name === 'lock' || RELEASE_FILE.test(name) || owned.has(name)) continue;
-    const info = await statGuest(root, `${APT_LISTS}/${name}`);
-    if (!info || info.isDirectory()) continue;
-    await removeGuestFile(root, `${APT_LISTS}/${name}`);
-    removed++;
-  }
+  const owned = new Set(plan.targets.map((target) => `${APT_LISTS}/${target.name}`));
+  const removed = await removeListsExcept(root, names, (guestPath) => owned.has(guestPath));
   if (removed) log.info(`package cache: ${removed} list(s) no index target of the guest's apt uses: removed, as its update would have`);
   return true;
 }

@@ -131,6 +131,16 @@ describe("apt's package lists in the package cache", () => {
       // A release file larger than any real one is not read: apt runs.
       await write(`${site}InRelease`, debianRelease + ' '.repeat(17 << 20));
       expect(await aptListsWithoutUpdate(session(answer(targets)), ok, log)).toBe(false);
+      // A link to a host file that would say yes is resolved inside the guest, where there is none; a FIFO is never opened.
+      const hostRelease = join(dir, 'host-release');
+      await writeFile(hostRelease, debianRelease);
+      await rm(join(root, LISTS, `${site}InRelease`));
+      await symlink(hostRelease, join(root, LISTS, `${site}InRelease`));
+      expect(await aptListsWithoutUpdate(session(answer(targets)), ok, log)).toBe(false);
+      await rm(join(root, LISTS, `${site}InRelease`));
+      await execa('mkfifo', [join(root, LISTS, `${site}InRelease`)]);
+      expect(await aptListsWithoutUpdate(session(answer(targets)), ok, log)).toBe(false);
+      await rm(join(root, LISTS, `${site}InRelease`));
       await write(`${site}InRelease`, debianRelease);
       expect(await aptListsWithoutUpdate(session(answer(targets)), ok, log)).toBe(true);
       expect((await readdir(join(root, LISTS))).sort()).toEqual([`${site}InRelease`, `${site}main_binary-amd64_Packages`, `${site}main_i18n_Translation-en`, 'lock', 'partial']);
