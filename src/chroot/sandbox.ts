@@ -114,8 +114,12 @@ interface Cgroup {
 export interface BuildSandbox {
   /** The guest's /etc/resolv.conf for the build: the host's resolvers, reachable from the sandbox. */
   readonly resolvConf: string;
-  /** Network namespace of the build's guest commands: pasta's NAT to the outside, nothing of this host. */
-  readonly netns: string;
+  /**
+   * The network namespace of guest commands with the sandboxed network: pasta's NAT to the outside, nothing of
+   * this host. Made by the first command that needs it (~50 ms), then shared: writing a file or reading a
+   * version needs none.
+   */
+  networkNamespace(): Promise<string>;
   /** No network namespace was made: every guest command gets `network: none`. */
   readonly offline?: boolean;
   readonly limits: SandboxLimits;
@@ -325,7 +329,7 @@ export function refusalRules(destinations: string[], family: 4 | 6): string[] {
 }
 
 /** The build's network namespace with pasta attached, its refusal rules and its DNS relay: pushed on cleanup as made. */
-async function openSandboxNetwork(options: OpenSandboxOptions, state: string): Promise<{ netns: string; resolvConf: string }> {
+async function openSandboxNetwork(options: OpenSandboxOptions, state: string, dns: GuestDns): Promise<string> {
   const { run, log, cleanup } = options;
   // The namespace is kept alive by a bind mount on a file of our own (unshare --net=FILE), not by `ip netns add`:
   // that one mounts /run/netns itself on first use and nothing ever unmounts it. Released before it is made:
@@ -337,8 +341,6 @@ async function openSandboxNetwork(options: OpenSandboxOptions, state: string): P
     if (await isMounted(netns)) await run('umount', ['--lazy', netns], { log });
   });
   await run('unshare', [`--net=${netns}`, 'true'], { log, purpose: 'making the build\'s network namespace' });
-  const dns = await readHostDns();
-  if (dns.warning) log.warn(dns.warning);
   const pidFile = join(state, 'pasta.pid');
   // -T/-U none (or only the ports --host-port names): by default pasta forwards every port the host listens on
   // at its loopback into the namespace's loopback (the guest would reach the host's 127.0.0.1 services);
@@ -371,8 +373,8 @@ async function openSandboxNetwork(options: OpenSandboxOptions, state: string): P
     cleanup.push(`DNS forwarding directory ${dnsDir}`, () => rm(dnsDir, { recursive: true, force: true }));
     await forwardDns({ run, log, cleanup, netns, dir: dnsDir, resolver: dns.forwardTo });
   }
-
-  return { netns, resolvConf: dns.resolvConf };
+  log.debug(`sandbox network ready: netns ${netns}`);
+  return netns;
 }
 
 /** The start of a build sandbox's state directory in the temp dir: its pid follows (host/reap.ts finds it so). */
@@ -400,9 +402,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
   } else log.warn(`no seccomp filter for guest commands: no syscall table for this host's architecture (${process.arch})`);
 
-  const network = options.offline
-    ? { netns: '', resolvConf: OFFLINE_RESOLV_CONF }
-    : await openSandboxNetwork(options, state);
+  const dns = options.offline ? { resolvConf: OFFLINE_RESOLV_CONF } : await readHostDns();
+  if (dns.warning) log.warn(dns.warning);
+  let network: Promise<string> | undefined;
+  const networkNamespace = () => {
+    if (options.offline) return Promise.reject(new Error('an offline build has no network namespace'));
+    return (network ??= openSandboxNetwork(options, state, dns));
+  };
 
   let cgroups: Cgroup[] = [];
   try {
@@ -418,10 +424,11 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
       hint: 'imagebuilder runs as root on a host with the memory and pids cgroup controllers (cgroup v2, or v1 memory and pids hierarchies)',
     });
   }
-  log.debug(`sandbox ready in ${Date.now() - started} ms: ${network.netns ? `netns ${network.netns}` : 'no network'}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
+  log.debug(`sandbox ready in ${Date.now() - started} ms: ${options.offline ? 'no network' : 'network on first use'}, limits ${formatBytes(limits.memoryBytes)} memory, ${limits.pids} pids`);
 
   return {
-    ...network,
+    resolvConf: dns.resolvConf,
+    networkNamespace,
     ...(options.offline ? { offline: true } : {}),
     limits,
     cgroupProcs: cgroups.map((cgroup) => join(cgroup.dir, 'cgroup.procs')),
@@ -444,7 +451,9 @@ export const NO_CGROUP_LIMITS_WARNING =
 const ENTER_SANDBOX = ['seccomp=$1; shift', 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'if [ -n "$seccomp" ]; then exec "$@" 3<"$seccomp"; fi', 'exec "$@"'].join('\n');
 
 export interface SandboxedCommandOptions {
+  /** `sandboxed` (the default) needs `netns`, the sandbox's networkNamespace(). */
   network?: GuestNetwork;
+  netns?: string;
   /** A shell for the user: keeps the terminal session bwrap would otherwise leave (the caller gives it a pty of its own). */
   interactive?: boolean;
   /** The guest's root read-only, but for a minimal /dev and a fresh /tmp. */
@@ -454,6 +463,7 @@ export interface SandboxedCommandOptions {
 /** argv (host side) that runs `argv` inside the guest at `root`, in the build's sandbox. */
 export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSandbox, options: SandboxedCommandOptions = {}): [string, string[]] {
   const network = sandbox.offline ? 'none' : (options.network ?? 'sandboxed');
+  if (network === 'sandboxed' && !options.netns) throw new Error('a guest command with the sandboxed network needs the sandbox\'s network namespace');
   const keep = new Set(Object.keys(GUEST_CAPABILITIES).map((name) => CAPABILITY_NUMBERS[name]));
   const drop = Array.from({ length: sandbox.lastCapability + 1 }, (_, n) => n).filter((n) => !keep.has(n));
   const bwrapArgs = [
@@ -479,7 +489,7 @@ export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSan
     `--drop=${drop.join(',')}`,
     `--shell=${sandbox.bwrap}`, '--', ...bwrapArgs,
   ];
-  const enterNetwork = network === 'none' ? [] : ['nsenter', `--net=${sandbox.netns}`, '--'];
+  const enterNetwork = network === 'none' ? [] : ['nsenter', `--net=${options.netns}`, '--'];
   return ['/bin/sh', ['-c', ENTER_SANDBOX, 'enter-sandbox', sandbox.seccompFile ?? '', ...sandbox.cgroupProcs, '--', ...enterNetwork, ...capsh]];
 }
 

@@ -1,4 +1,4 @@
-import { mkdir, symlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
@@ -9,7 +9,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
-import { isMounted } from '../util/mounts.js';
+import { isMounted, mountsUnder } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
@@ -130,6 +130,48 @@ async function throwIfLimitHit(sandbox: BuildSandbox, before: { oomKills: number
   });
 }
 
+/** The six device nodes of the guest's /dev: name, major, minor. */
+const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
+const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
+
+/**
+ * A read-only /sys, our own /dev (a tmpfs: six nodes, the usual links, /dev/shm, a new devpts instance) and a
+ * private /run: every mount in one process and released by one umount (a process each cost ~10 ms a mount).
+ * Targets are resolved inside the guest first; everything under /dev is in our own tmpfs.
+ */
+const SESSION_MOUNTS_SCRIPT = [
+  'set -e; sys=$1; dev=$2; run=$3; shift 3',
+  'mount -t sysfs -o ro sysfs "$sys"',
+  'mount -t tmpfs -o mode=0755,nosuid tmpfs "$dev"',
+  'while [ "$1" != -- ]; do mknod -m 666 "$dev/$1" c "$2" "$3"; shift 3; done; shift',
+  'while [ $# -gt 0 ]; do ln -s "$2" "$dev/$1"; shift 2; done',
+  'mkdir -m 1777 "$dev/shm"; mkdir "$dev/pts"',
+  'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$dev/pts"',
+  'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$run"',
+].join('\n');
+
+async function mountSessionFilesystems(root: string, { run, log, cleanup }: { run: Runner; log: Logger; cleanup: CleanupStack }): Promise<void> {
+  const [sys, dev, runDir] = await Promise.all(['/sys', '/dev', '/run'].map(async (guestPath) => {
+    const target = join(root, await resolveInRoot(root, guestPath));
+    await mkdir(target, { recursive: true });
+    return target;
+  }));
+  // In mount order; released in reverse. Registered before anything is mounted: an interrupt while the script
+  // runs must not leave a mount behind.
+  const targets = [sys, dev, join(dev, 'pts'), runDir];
+  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', async () => {
+    const present = new Set(await mountsUnder(root));
+    const mounted = targets.filter((target) => present.has(target)).reverse();
+    if (!mounted.length) return;
+    const result = await run('umount', mounted, { allowFailure: true });
+    if (result.exitCode === 0) return;
+    for (const target of mounted) if (await isMounted(target)) await run('umount', ['--lazy', target], { allowFailure: true });
+  });
+  await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
+    log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
+  });
+}
+
 /**
  * Opens a chroot session on a mounted guest: its programs made runnable (qemu-user through binfmt_misc for
  * a foreign architecture), private /proc, /sys, a minimal /dev (not the host's: a guest script cannot reach
@@ -160,19 +202,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await enableEmulation(root, { run, log, cleanup });
     // bwrap mounts /proc per command, of the command's own PID namespace; the directory must exist.
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
-    await mountIn('/sys', ['-t', 'sysfs', '-o', 'ro', 'sysfs']);
-    const dev = await mountIn('/dev', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid', 'tmpfs']);
-    // One process for the six nodes, in our own tmpfs (a process each cost ~50 ms a session).
-    const nodes = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
-    await run('/bin/sh', ['-c', 'set -e; dev=$1; shift; while [ $# -gt 0 ]; do mknod -m 666 "$dev/$1" c "$2" "$3"; shift 3; done', 'make-devices', dev, ...nodes.flat().map(String)], {
-      log, purpose: 'making the device nodes of the guest\'s /dev',
-    });
-    for (const [name, target] of [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']]) {
-      await symlink(target, join(dev, name));
-    }
-    await mkdir(join(dev, 'shm'), { mode: 0o1777 });
-    await mountIn('/dev/pts', ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620', 'devpts']);
-    await mountIn('/run', ['-t', 'tmpfs', '-o', 'mode=0755,nosuid,nodev', 'tmpfs']);
+    await mountSessionFilesystems(root, { run, log, cleanup });
     for (const bind of options.readOnlyBinds ?? []) await mountIn(bind.guest, ['--bind', '-o', 'ro,nosuid,nodev', bind.host]);
 
     const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: sandbox.resolvConf, mode: 0o644 }, ...(options.sessionFiles ?? [])];
@@ -190,12 +220,15 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   }
 
   const network = options.network ?? 'sandboxed';
+  // The namespace path for a command on `wanted` network, made on first use: none for an offline sandbox.
+  const netnsFor = async (wanted: GuestNetwork) => (wanted === 'sandboxed' && !sandbox.offline ? sandbox.networkNamespace() : undefined);
   return {
     root,
     exec: async (argv, execOptions = {}) => {
       const { network: commandNetwork, readOnlyRoot, ...rest } = execOptions;
       const before = await sandbox.counters();
-      const command = sandboxedCommand(root, argv, sandbox, { network: commandNetwork ?? network, readOnlyRoot });
+      const wanted = commandNetwork ?? network;
+      const command = sandboxedCommand(root, argv, sandbox, { network: wanted, netns: await netnsFor(wanted), readOnlyRoot });
       try {
         const result = await run(...command, {
           // Messages show what ran in the guest, not the sandbox around it.
@@ -221,7 +254,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       // with no controlling terminal (bwrap --new-session), and its stdout and stderr stay apart.
       // SIGTERM to imagebuilder ends it too, and everything is released.
       const onTerminal = Boolean(process.stdin.isTTY);
-      const [file, args] = sandboxedCommand(root, argv, sandbox, { network, interactive: onTerminal });
+      const [file, args] = sandboxedCommand(root, argv, sandbox, { network, netns: await netnsFor(network), interactive: onTerminal });
       log.debug(`$ ${displayGuestCommand(root, argv)}`);
       const [program, programArgs] = onTerminal ? ['script', ['--quiet', '--return', '--command', formatCommand(file, args), '/dev/null']] : [file, args];
       const result = await execa(program, programArgs, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', SHELL: '/bin/sh', ...env }, extendEnv: false, reject: false, cancelSignal: signal });

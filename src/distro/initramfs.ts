@@ -35,7 +35,8 @@ export async function initramfsMayRead(root: string, guestPaths: readonly string
 /** Where the initramfs of kernel `version` lives: Fedora/RHEL, Debian/Ubuntu, the BLS layout dracut also uses, SUSE. */
 const initramfsPaths = (version: string) => [`/boot/initramfs-${version}.img`, `/boot/initrd.img-${version}`, `/lib/modules/${version}/initrd`, `/boot/initrd-${version}`];
 
-interface Snapshot {
+/** What the watch read of the guest's initramfs inputs; passed on to the next step's watch while nothing changed them. */
+export interface InitramfsTrees {
   /** Per kernel version: its /lib/modules/<version> tree and /boot/vmlinuz-<version>. */
   kernels: Map<string, GuestTreeState>;
   dracut: GuestTreeState;
@@ -49,7 +50,7 @@ async function kernelVersions(root: string): Promise<string[]> {
   return versions;
 }
 
-async function snapshot(root: string): Promise<Snapshot> {
+async function snapshot(root: string): Promise<InitramfsTrees> {
   const kernels = new Map<string, GuestTreeState>();
   for (const version of await kernelVersions(root)) {
     // The initramfs may live in the modules directory (BLS): an output, not an input.
@@ -69,7 +70,7 @@ async function initramfsCtime(root: string, version: string): Promise<bigint | u
   return newest;
 }
 
-type Generator = { name: 'dracut' | 'initramfs-tools'; inputs: keyof Pick<Snapshot, 'dracut' | 'initramfsTools'> };
+type Generator = { name: 'dracut' | 'initramfs-tools'; inputs: keyof Pick<InitramfsTrees, 'dracut' | 'initramfsTools'> };
 
 /** The guest's initramfs generator: dracut (Fedora, RHEL, SUSE, Debian with dracut) or initramfs-tools. */
 async function guestGenerator(root: string): Promise<Generator | undefined> {
@@ -88,6 +89,12 @@ export interface InitramfsWatch {
    * it was already rebuilt after the change. Returns one BOM entry per kernel regenerated.
    */
   regenerate(session: ChrootSession, options: { log: Logger; signal?: AbortSignal; index: number }): Promise<BomStep[]>;
+  /**
+   * The trees as regenerate read them after the step, when it built nothing: the next step's watch starts from
+   * them instead of walking them again (a kernel's modules are thousands of entries, ~15 ms a walk here).
+   * Undefined before regenerate, when the guest has no generator (nothing read), or when a generator ran.
+   */
+  settled(): InitramfsTrees | undefined;
 }
 
 /**
@@ -97,11 +104,13 @@ export interface InitramfsWatch {
  * built for the GUEST kernel version (`dracut --kver`, `update-initramfs -k`): without it, dracut in a chroot
  * builds for the running (host) kernel, `uname -r`. A kernel package's own hooks (Debian's postinst, Fedora's
  * kernel-install) already build it with the right version; an initramfs newer (by ctime) than every changed
- * input is not built twice.
+ * input is not built twice. `from`: the trees as the step before left them (its watch's settled()), read then.
  */
-export async function watchInitramfs(root: string): Promise<InitramfsWatch> {
-  const before = await snapshot(root);
+export async function watchInitramfs(root: string, from?: InitramfsTrees): Promise<InitramfsWatch> {
+  const before = from ?? (await snapshot(root));
+  let settled: InitramfsTrees | undefined;
   return {
+    settled: () => settled,
     async regenerate(session, { log, signal, index }) {
       const generator = await guestGenerator(root);
       if (!generator) return [];
@@ -136,6 +145,7 @@ export async function watchInitramfs(root: string): Promise<InitramfsWatch> {
         });
         entries.push({ index: index + entries.length, type: 'initramfs', description: `${argv.join(' ')} (${why})`, durationMs: Date.now() - started });
       }
+      if (!entries.length) settled = after;
       return entries;
     },
   };

@@ -7,7 +7,7 @@ import type { StepDownloads } from '../fetch/downloads.js';
 import type { PackageBundleUse } from '../pkg/types.js';
 import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
 import { detectDistro, type Distro } from '../distro/families.js';
-import { initramfsMayRead, watchInitramfs } from '../distro/initramfs.js';
+import { initramfsMayRead, watchInitramfs, type InitramfsTrees } from '../distro/initramfs.js';
 import type { HttpTimeouts } from '../fetch/http.js';
 import type { MountBackendName } from '../mount/backend.js';
 import type { Recipe, RecipeStep } from '../recipe/load.js';
@@ -138,8 +138,11 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
   };
 }
 
-/** One step run in the guest: its records, and what the build did right after it within its layer (initramfs). */
-async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, guestRoot: string, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number }> {
+/**
+ * One step run in the guest: its records, and what the build did right after it within its layer (initramfs).
+ * `trees`: the initramfs inputs as the step before left them, if known; the step returns them as it leaves them.
+ */
+async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, guestRoot: string, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options, trees: InitramfsTrees | undefined): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number; trees: InitramfsTrees | undefined }> {
   const { log, signal, events } = context;
   const number = step.index + 1;
   const description = step.type.describe(step.spec);
@@ -156,7 +159,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const watched = !writes || (await initramfsMayRead(guestRoot, writes));
     // The initramfs watch's first walk (the guest's module trees, ~0.1 s cold) reads while the session's mounts
     // are made (/sys, /dev, /run): a guest whose trees lead there only gets its own initramfs rebuilt needlessly.
-    watching = watched ? watchInitramfs(guestRoot) : undefined;
+    watching = watched ? watchInitramfs(guestRoot, trees) : undefined;
     watching?.catch(() => undefined);
     // Opened within the step (its time, its failure): the session of the step before may have been closed for its layer.
     session = await openSession();
@@ -170,7 +173,8 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const after = initramfs ? await initramfs.regenerate(session, { log, signal, index: step.index }) : [];
     const durationMs = Date.now() - t0;
     log.info(`${label} done in ${(durationMs / 1000).toFixed(1)}s`);
-    return { records, after, durationMs };
+    // Unwatched, the step wrote nothing an initramfs is built from: the trees are as the step before left them.
+    return { records, after, durationMs, trees: initramfs ? initramfs.settled() : trees };
   } catch (error) {
     // Its walk may still be reading the guest (a session that failed to open): done before anything is released.
     await watching?.catch(() => undefined);
@@ -285,6 +289,8 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   };
 
   await clock.time('steps', async () => {
+    // Read by the first step that runs; each step after starts from what the one before read when it was done.
+    let trees: InitramfsTrees | undefined;
     for (const step of recipe.steps.slice(chain.reused.length)) {
       throwIfAborted(signal);
       if (step.index === recipe.steps.length - 1) void warmComponents();
@@ -292,15 +298,16 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
       const description = step.type.describe(step.spec);
       const skipped = whenMismatch(step.when, distro, architecture);
       const bomStep: BomStep = { index: step.index, name: step.name, type: step.type.key, description, durationMs: 0, ...(skipped ? { skipped } : {}) };
-      let ran = { records: createRecorder(), after: [] as BomStep[], durationMs: 0 };
+      let ran = { records: createRecorder(), after: [] as BomStep[], durationMs: 0, trees };
       if (skipped) {
         log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
         events({ event: 'step-skipped', step: number, reason: skipped });
       } else {
-        ran = await runStep(context, step, recipe, opened.layout.root, () => session.open(), distro, architecture, options).catch(async (error: unknown) => {
+        ran = await runStep(context, step, recipe, opened.layout.root, () => session.open(), distro, architecture, options, trees).catch(async (error: unknown) => {
           throw await explainFullDisk(error, opened.layout);
         });
         bomStep.durationMs = ran.durationMs;
+        trees = ran.trees;
       }
       ran.records.files.forEach(records.recorder.file);
       ran.records.units.forEach(records.recorder.unit);

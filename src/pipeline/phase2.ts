@@ -136,10 +136,6 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   const bomPath = `${outputPath}.bom.json`;
   events({ event: 'phase-started', phase: 2 });
   const sbomFormats = [...new Set(options.sbom ?? SBOM_FORMATS)];
-  // The CycloneDX library (~70 ms to load) loads while the guest is released and the output converted, which
-  // wait on other processes; awaited only when the SBOM is written (a failed load fails that, as it would have).
-  const cycloneDx = sbomFormats.includes('cyclonedx') ? import('../bom/cyclonedx.js') : undefined;
-  cycloneDx?.catch(() => undefined);
 
   // auto: natively what can be (fstrim, swap made again); the appliance only for what this host did not mount.
   let forAppliance: string[] = [];
@@ -167,7 +163,13 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   log.info(`writing ${formats.join(', ')} output (sparsify: ${sparsify})`);
   const outputs = formats.map((format, i) => ({ format, partial: partials[i], path: paths[i] }));
   const about = { os: guest.bom.os, architecture: guest.bom.architecture, createdAt: guest.bom.createdAt ? new Date(guest.bom.createdAt) : new Date() };
-  await clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress, guest: about }));
+  const writing = clock.time('output', () => writeImageArtifacts(run, guest.workImage, outputs, sparsify, { log, signal, workDir, cacheDir: context.cacheDir, compress: options.compress, guest: about }));
+  // The CycloneDX library, ~70 ms of compiling on this thread, loads once qemu-img is converting the output
+  // (started above): earlier, it held up the guest's release, each of whose commands waits on this thread.
+  // Awaited only when the SBOM is written (a failed load fails that, as it would have).
+  const cycloneDx = sbomFormats.includes('cyclonedx') ? import('../bom/cyclonedx.js') : undefined;
+  cycloneDx?.catch(() => undefined);
+  await writing;
   const artifacts: Artifact[] = [];
   await clock.time('hash', async () => {
     for (const [i, path] of paths.entries()) artifacts.push({ path, format: formats[i], sha256: await sha256File(partials[i], signal) });

@@ -203,7 +203,7 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
       cached.delete(sha256);
       continue;
     }
-    await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0, sync: false });
+    await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0 });
     // Its time says when a build last used it: `cache prune --older-than` goes by it.
     const now = new Date();
     await utimes(path, now, now).catch(() => undefined);

@@ -123,6 +123,41 @@ describe('initramfs regeneration for the guest kernel', () => {
     expect(second.calls).toEqual([]);
   });
 
+  test('the next step starts from the trees as the step before left them: a change after that is still seen, an unchanged tree is not walked again', async () => {
+    const root = await tree({ ...KERNEL_FILES, 'usr/sbin/update-initramfs': '#!/bin/sh\n', [`boot/initrd.img-${GUEST_KERNEL}`]: 'old' });
+    const first = await watchInitramfs(root);
+    expect(first.settled()).toBeUndefined();
+    await put(root, 'etc/motd', 'step 1\n');
+    const one = fakeSession(undefined, root);
+    expect(await first.regenerate(one.session, { log: capturingLog().log, index: 0 })).toEqual([]);
+    const trees = first.settled();
+    expect(trees?.kernels.has(GUEST_KERNEL)).toBe(true);
+
+    // Step 2 starts from step 1's trees and changes the generator's configuration.
+    const second = await watchInitramfs(root, trees);
+    await tick();
+    await put(root, 'etc/initramfs-tools/modules', 'xfs\n');
+    const two = fakeSession(undefined, root);
+    await second.regenerate(two.session, { log: capturingLog().log, index: 1 });
+    expect(two.calls.map((c) => c.argv)).toEqual([['update-initramfs', '-u', '-k', GUEST_KERNEL]]);
+    // A generator ran in the guest: the next step reads the trees itself.
+    expect(second.settled()).toBeUndefined();
+
+    // Trees handed on are taken as the starting point, not read again: ones that say "no kernel" make the
+    // unchanged kernel look new (what a stale hand-over would do, which is why only the step before hands on).
+    // With no initramfs there, a kernel taken as new gets one made (-c); read afresh, nothing changed.
+    await rm(join(root, `boot/initrd.img-${GUEST_KERNEL}`));
+    const fresh = await watchInitramfs(root);
+    const unchanged = fakeSession(undefined, root);
+    await fresh.regenerate(unchanged.session, { log: capturingLog().log, index: 2 });
+    expect(unchanged.calls).toEqual([]);
+    const stale = { ...fresh.settled()!, kernels: new Map() };
+    const third = await watchInitramfs(root, stale);
+    const three = fakeSession(undefined, root);
+    await third.regenerate(three.session, { log: capturingLog().log, index: 2 });
+    expect(three.calls.map((c) => c.argv)).toEqual([['update-initramfs', '-c', '-k', GUEST_KERNEL]]);
+  });
+
   test('a step that names the paths it writes is watched only when one is an initramfs input, links in the guest followed inside it', async () => {
     const root = await tree({ ...KERNEL_FILES, 'etc/initramfs-tools/modules': '', 'etc/motd': '' });
     // A guest's links: a directory that leads into a watched tree, and a file name that is a link to a directory there.

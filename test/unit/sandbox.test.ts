@@ -1,13 +1,13 @@
 import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, parseHostPorts, refusalRules, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
-  netns: '/tmp/imagebuilder-sandbox-1-ab/netns', resolvConf: 'nameserver 192.0.2.53\n', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
+  networkNamespace: async () => '/tmp/imagebuilder-sandbox-1-ab/netns', resolvConf: 'nameserver 192.0.2.53\n', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
   seccompFile: '/tmp/s/seccomp.bpf', bwrap: '/usr/bin/bwrap', lastCapability: 40, counters: async () => ({ oomKills: 0, pidsRefused: 0 }), processes: async () => [],
 };
 
 describe('sandboxedCommand: the argv of every guest command', () => {
   test('cgroups and seccomp fd, the build\'s network namespace, the bounding set, then bwrap with the allowlist', () => {
-    const [file, args] = sandboxedCommand('/guest', ['apt-get', 'update'], sandbox);
+    const [file, args] = sandboxedCommand('/guest', ['apt-get', 'update'], sandbox, { netns: '/tmp/imagebuilder-sandbox-1-ab/netns' });
     expect(file).toBe('/bin/sh');
     expect(args.slice(2, 7)).toEqual(['enter-sandbox', '/tmp/s/seccomp.bpf', ...sandbox.cgroupProcs, '--']);
     expect(args.slice(7, 10)).toEqual(['nsenter', '--net=/tmp/imagebuilder-sandbox-1-ab/netns', '--']);
@@ -23,6 +23,11 @@ describe('sandboxedCommand: the argv of every guest command', () => {
     expect(added.sort()).toEqual(Object.keys(GUEST_CAPABILITIES).sort());
     expect(bwrap.indexOf('--cap-drop')).toBeLessThan(bwrap.indexOf('--cap-add'));
     expect(bwrap.slice(-3)).toEqual(['--', 'apt-get', 'update']);
+  });
+
+  test('the sandboxed network needs the namespace the sandbox made for it', () => {
+    expect(() => sandboxedCommand('/guest', ['apt-get', 'update'], sandbox)).toThrow(/network namespace/);
+    expect(() => sandboxedCommand('/guest', ['true'], sandbox, { network: 'none' })).not.toThrow();
   });
 
   test('network: none is a network namespace of bwrap\'s own, without nsenter; interactive keeps the session for its pty', () => {

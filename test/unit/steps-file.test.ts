@@ -7,7 +7,7 @@ import { parseRecipe } from '../../src/recipe/load.js';
 import { withSourceDateEpoch } from '../helpers/env.js';
 import { fakeSession, fakeStepContext } from '../helpers/fake-session.js';
 
-const WRITE = 'set -e; mkdir -p -- "$(dirname -- "$1")"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; [ -z "$5" ] || touch -m -d "$5" -- "$tmp"; mv -f -- "$tmp" "$1"';
+const WRITE = 'set -e; dir=${1%/*}; [ -z "$dir" ] || [ -d "$dir" ] || mkdir -p -- "$dir"; tmp="$1.imagebuilder-new"; cat > "$tmp"; chown -- "$2:$3" "$tmp"; chmod -- "$4" "$tmp"; [ -z "$5" ] || touch -m -d "$5" -- "$tmp"; mv -f -- "$tmp" "$1"';
 
 describe('file step', () => {
   let dir: string;
