@@ -109,7 +109,7 @@ export async function readComponents(root: string, session: () => Promise<Chroot
   let outputs = new Map<number, { exitCode: number; stdout: string }>();
   if (asked.length) {
     const probes = asked.map((spec) => ({ attribute: 'version', script: binaryProbe(spec), boot: false, judge: () => ({ passed: true, observed: '', expected: '' }) }));
-    const result = await (await session()).exec(['/bin/sh', '-c', batchScript(probes, nonce)], { allowFailure: true, network: 'none', readOnlyRoot: true, timeoutMs: 120_000, signal, purpose: "reading the node components' versions" });
+    const result = await (await session()).exec(['/bin/sh', '-c', batchScript(probes, nonce)], { allowFailure: true, needsNoNetwork: true, readOnlyRoot: true, timeoutMs: 120_000, signal, purpose: "reading the node components' versions" });
     outputs = parseBatchOutput(result.stdout, nonce);
   }
   const found: NodeComponent[] = [];

@@ -45,10 +45,9 @@ export async function writeGuestFile(session: ChrootSession, spec: GuestFileSpec
   // --clamp-mtime does), so the file's mtime is the same in every build; without it, the write's own time.
   const epoch = sourceDateEpoch();
   const mtime = epoch && epoch.getTime() < Date.now() ? [`@${epoch.getTime() / 1000}`] : [];
-  // No network: a write needs none, and a build whose steps need none never makes its network namespace.
   await session.exec(['/bin/sh', '-c', WRITE_FILE_SCRIPT, 'write-file', spec.path, spec.owner ?? 'root', spec.group ?? 'root', spec.mode ?? '0644', ...mtime], {
     input,
-    network: 'none',
+    needsNoNetwork: true,
     errorCode: 'STEP_FAILED',
     purpose,
     hint: 'check that the owner and group exist in the guest and that no parent of the path is a file',
@@ -74,7 +73,7 @@ export async function extractIntoGuest(
   ];
   await session.exec(['/bin/sh', '-c', 'set -e; dir="$1"; shift; mkdir -p -- "$dir"; tar -x -p -f - -C "$dir" "$@"', 'extract', directory, ...flags], {
     input: tar,
-    network: 'none',
+    needsNoNetwork: true,
     errorCode: 'STEP_FAILED',
     purpose: options.purpose ?? `unpacking into ${directory}`,
   });

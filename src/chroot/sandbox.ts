@@ -404,10 +404,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
 
   const dns = options.offline ? { resolvConf: OFFLINE_RESOLV_CONF } : await readHostDns();
   if (dns.warning) log.warn(dns.warning);
+  // Released where it would have been had it been made now (after the cgroups and what the sessions push),
+  // whenever the first command that needs it makes it.
+  const networkCleanup = options.offline ? undefined : cleanup.child('sandbox network');
   let network: Promise<string> | undefined;
   const networkNamespace = () => {
-    if (options.offline) return Promise.reject(new Error('an offline build has no network namespace'));
-    return (network ??= openSandboxNetwork(options, state, dns));
+    if (!networkCleanup) return Promise.reject(new Error('an offline build has no network namespace'));
+    return (network ??= openSandboxNetwork({ ...options, cleanup: networkCleanup }, state, dns));
   };
 
   let cgroups: Cgroup[] = [];

@@ -9,6 +9,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
+import { isInside } from '../util/guest-fs.js';
 import { isMounted, mountsUnder } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
@@ -71,6 +72,11 @@ export interface ChrootExecOptions extends Omit<ExecOptions, 'env' | 'extraEnv'>
   network?: GuestNetwork;
   /** The guest's root read-only for this command (a minimal /dev, a fresh /tmp): checks, which must not change the image. */
   readOnlyRoot?: boolean;
+  /**
+   * The tool's own command that needs no network (a write into the guest, a probe): it runs with none whatever
+   * the step's, and a failure is not put down to that. A build whose commands all say so makes no network.
+   */
+  needsNoNetwork?: boolean;
 }
 
 export interface ChrootSession {
@@ -151,8 +157,21 @@ const SESSION_MOUNTS_SCRIPT = [
 ].join('\n');
 
 async function mountSessionFilesystems(root: string, { run, log, cleanup }: { run: Runner; log: Logger; cleanup: CleanupStack }): Promise<void> {
-  const [sys, dev, runDir] = await Promise.all(['/sys', '/dev', '/run'].map(async (guestPath) => {
-    const target = join(root, await resolveInRoot(root, guestPath));
+  const names = ['/sys', '/dev', '/run'];
+  const resolved = await Promise.all(names.map((guestPath) => resolveInRoot(root, guestPath)));
+  // Resolved before anything is mounted, so none may lead into another: a /run that led into /dev (/dev/fd)
+  // would be reached through our own /dev's links, which lead out of the guest, when the script mounts it.
+  for (const [i, a] of resolved.entries()) {
+    for (const [j, b] of resolved.entries()) {
+      if (i !== j && isInside(a, b)) {
+        throw new ImageBuilderError('BAD_INPUT', `the guest's ${names[j]} leads to ${b}, ${a === b ? 'which is' : 'inside'} its ${names[i]} (${a}): the build mounts its own filesystems on each`, {
+          hint: `${names[j]} must be a directory of its own in the image (a link elsewhere, as /var/run -> /run, is fine)`,
+        });
+      }
+    }
+  }
+  const [sys, dev, runDir] = await Promise.all(resolved.map(async (guestPath) => {
+    const target = join(root, guestPath);
     await mkdir(target, { recursive: true });
     return target;
   }));
@@ -225,9 +244,9 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   return {
     root,
     exec: async (argv, execOptions = {}) => {
-      const { network: commandNetwork, readOnlyRoot, ...rest } = execOptions;
+      const { network: commandNetwork, readOnlyRoot, needsNoNetwork, ...rest } = execOptions;
       const before = await sandbox.counters();
-      const wanted = commandNetwork ?? network;
+      const wanted = needsNoNetwork ? 'none' : (commandNetwork ?? network);
       const command = sandboxedCommand(root, argv, sandbox, { network: wanted, netns: await netnsFor(wanted), readOnlyRoot });
       try {
         const result = await run(...command, {
@@ -238,7 +257,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       } catch (error) {
         await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv), error);
         // Without a network apt and dnf fail on name resolution; say why there is none.
-        if ((commandNetwork ?? network) === 'none' && error instanceof ImageBuilderError) {
+        if (wanted === 'none' && !needsNoNetwork && error instanceof ImageBuilderError) {
           throw new ImageBuilderError(error.code, `${error.message} (this step has no network: network: none)`, {
             detail: error.detail, cause: error,
             hint: 'the step runs with network: none (its own, or the recipe\'s): remove that to let it reach package mirrors and downloads',

@@ -182,7 +182,9 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     if (options.shellOnFailure && !signal?.aborted && session) {
       log.error(`${label} failed: ${errorMessage(error)}`);
       log.info('a shell inside the guest at the failed step, everything still mounted; exit it to clean up');
-      await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)"'], { PS1: `[imagebuilder: step ${number} failed] \\w# ` });
+      // The step's own error is the build's, whatever becomes of the shell (its network may be made now).
+      await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)"'], { PS1: `[imagebuilder: step ${number} failed] \\w# ` })
+        .catch((shellError: unknown) => log.error(`the shell could not be opened: ${errorMessage(shellError)}`));
     }
     throw error;
   }

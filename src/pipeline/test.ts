@@ -102,7 +102,7 @@ async function gatherChecks(options: TestOptions): Promise<Declared[]> {
 export function checkImage(session: ChrootSession, checks: Declared[], signal?: AbortSignal): Promise<CheckResult[]> {
   const commandSeconds = checks.filter((check) => check.type.key === 'command').reduce((sum, check) => sum + ((check.spec as { timeout?: number }).timeout ?? 60), 0);
   return runChecks(checks, 'image', async (script) => {
-    const result = await session.exec(['/bin/sh', '-c', script], { allowFailure: true, network: 'none', readOnlyRoot: true, timeoutMs: (120 + commandSeconds) * 1000, signal, purpose: 'running the checks' });
+    const result = await session.exec(['/bin/sh', '-c', script], { allowFailure: true, needsNoNetwork: true, readOnlyRoot: true, timeoutMs: (120 + commandSeconds) * 1000, signal, purpose: 'running the checks' });
     return { exitCode: result.exitCode, stdout: result.stdout };
   });
 }

@@ -135,6 +135,17 @@ describe('hostile guest images', () => {
       await expectHostUntouched(host);
     });
 
+    test("a /run that leads into /dev (where the session's own /dev links lead out of the guest) is refused before anything is mounted", async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'run-into-dev.qcow2'), {}, { thenRun: 'rm -rf "$1/run" "$1/dev/fd"; ln -s /dev/fd "$1/run"' });
+      const recipe = await writeRecipe(work, 'run-into-dev', [{ run: 'echo RAN' }]);
+      const result = await apply(recipe, image, 'run-into-dev-out.qcow2');
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr).toContain("the guest's /run leads to /dev/fd, inside its /dev (/dev)");
+      expect(result.all).not.toContain('RAN\n');
+      await expectHostUntouched(host);
+    });
+
     test.each([
       ['/etc/os-release a FIFO', 'rm -f "$1/etc/os-release" "$1/usr/lib/os-release"; mkfifo "$1/usr/lib/os-release"; ln -s ../usr/lib/os-release "$1/etc/os-release"', "the guest's /etc/os-release is a FIFO"],
       ['/etc/fstab of 2 MiB', 'head -c 2097152 /dev/zero | tr "\\0" "#" > "$1/etc/fstab"', "the guest's /etc/fstab is larger than 1048576 bytes"],
