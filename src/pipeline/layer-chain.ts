@@ -1,5 +1,6 @@
 import { rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { formatBytes } from '../util/size.js';
 import type { BomStep } from '../util/step-record.js';
 import { imageInfo } from '../image/qemu-img.js';
 import { forgetHolding, noteHolding } from '../util/build-record.js';
@@ -78,6 +79,13 @@ export class LayerChain {
     const base = growTo === undefined ? input.sha256 : `${input.sha256} grown to ${growTo}`;
     const keys = store ? await stepKeys(base, recipe.steps, recipe.variables) : [];
     const reused = store ? await store.longestPrefix(keys, refresh) : [];
+    if (store) {
+      // Housekeeping beside the build: layer files no record names any more (a step run again, a killed build).
+      const sweeping = store.removeStaleOrphans().then(({ files, bytes }) => {
+        if (files) context.log.info(`step cache: removed ${files} layer file(s) no record names any more (${formatBytes(bytes)})`);
+      }, (error: unknown) => context.log.debug(`step cache: layer files no record names not removed: ${String(error)}`));
+      context.files.push('step cache housekeeping', () => sweeping);
+    }
     const chain = new LayerChain(context, store, keys, reused, recipe.steps.length);
     if (store && reused.length < recipe.steps.length) chain.active = await chain.newLayer();
     const bottom = reused.find((record) => record.image);

@@ -7,6 +7,7 @@ import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';
 import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';
 import { writeJsonAtomic } from '../util/fs.js';
+import { processesHolding } from '../util/processes.js';
 import { TOOL_VERSION } from '../version.js';
 
 /**
@@ -134,10 +135,40 @@ export class LayerStore {
     return join(this.dir, `layer-${randomBytes(6).toString('hex')}.qcow2`);
   }
 
-  /** Publishes a finished layer: its image becomes read-only, then its record appears (whole, by rename). */
+  /**
+   * Publishes a finished layer: its image becomes read-only, then its record appears (whole, by rename). The
+   * record of a step run again (--refresh) replaces the old one, whose image no record names any more: it is
+   * dated now, so it goes as an orphan only after the grace (removeStaleOrphans), by when a build that read the
+   * old record has long opened it, and an open one is never removed.
+   */
   async commit(record: LayerRecord): Promise<void> {
+    const replaced = (await this.read(record.key))?.image;
     if (record.image) await chmod(join(this.dir, record.image), 0o444);
     await writeJsonAtomic(this.recordPath(record.key), record);
+    if (replaced && replaced !== record.image) {
+      const now = new Date();
+      await utimes(join(this.dir, replaced), now, now).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Removes the layer files no record names (left by a killed build, or replaced by a step run again) once they
+   * are older than the grace and no process has them open. Every build with the cache does this: otherwise each
+   * --refresh left its step's old layer behind (~0.2 GB for a package install) until `cache prune`.
+   */
+  async removeStaleOrphans(options: { now?: number; all?: boolean; dryRun?: boolean } = {}): Promise<{ files: number; bytes: number }> {
+    const now = options.now ?? Date.now();
+    const removed = { files: 0, bytes: 0 };
+    for (const orphan of (await this.list()).orphans) {
+      const path = join(this.dir, orphan);
+      const info = await stat(path).catch(() => undefined);
+      // --all empties the cache whatever runs; otherwise a recent or open one may be a running build's.
+      if (!info || (!options.all && (now - info.mtimeMs < ORPHAN_GRACE_MS || processesHolding(path).length))) continue;
+      if (!options.dryRun) await rm(path, { force: true });
+      removed.files += 1;
+      removed.bytes += info.blocks * 512;
+    }
+    return removed;
   }
 
   /** Every complete layer, and the layer files no record names (left by an interrupted build). */
@@ -185,14 +216,15 @@ export type ListedLayer = LayerRecord & { lastUsedAt: string; diskBytes: number 
 /**
  * Removes layers, least recently used first: all, those unused for `olderThanMs`, then until the rest takes at
  * most `maxSizeBytes`. A layer goes with every layer above it. Layer files no record names (left by a build that
- * was killed) are removed with --all or --older-than once older than that.
+ * was killed, or replaced by a step run again) go too: all with --all, else those past the grace that no
+ * process has open (removeStaleOrphans).
  */
 export async function pruneLayers(
   store: LayerStore,
   options: { all?: boolean; olderThanMs?: number; maxSizeBytes?: number; dryRun?: boolean; now?: number },
-): Promise<{ removed: ListedLayer[]; kept: ListedLayer[]; freedBytes: number }> {
+): Promise<{ removed: ListedLayer[]; kept: ListedLayer[]; freedBytes: number; orphans: { files: number; bytes: number } }> {
   const now = options.now ?? Date.now();
-  const { records, orphans } = await store.list();
+  const { records } = await store.list();
   const doomed = new Set<string>();
   const above = (key: string): string[] => [key, ...records.filter((r) => r.parent === key).flatMap((r) => above(r.key))];
   for (const record of records) {
@@ -206,15 +238,7 @@ export async function pruneLayers(
     }
   }
   const removed = records.filter((r) => doomed.has(r.key));
-  if (!options.dryRun) {
-    for (const record of removed) await store.remove(record.key);
-    for (const orphan of orphans) {
-      const info = await stat(join(store.dir, orphan)).catch(() => undefined);
-      // A layer written in the last minutes may be a running build's (it removes its own when it ends): only
-      // --all, which empties the cache whatever runs, takes those.
-      if (!info || (!options.all && now - info.mtimeMs < ORPHAN_GRACE_MS)) continue;
-      if (options.all || (options.olderThanMs !== undefined && now - info.mtimeMs > options.olderThanMs)) await rm(join(store.dir, orphan), { force: true });
-    }
-  }
-  return { removed, kept: records.filter((r) => !doomed.has(r.key)), freedBytes: removed.reduce((sum, r) => sum + r.diskBytes, 0) };
+  if (!options.dryRun) for (const record of removed) await store.remove(record.key);
+  const orphans = await store.removeStaleOrphans({ now, all: options.all, dryRun: options.dryRun });
+  return { removed, kept: records.filter((r) => !doomed.has(r.key)), freedBytes: removed.reduce((sum, r) => sum + r.diskBytes, 0), orphans };
 }

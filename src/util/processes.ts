@@ -9,6 +9,25 @@ export function processIds(): number[] {
   return readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).map(Number);
 }
 
+/** The processes that have `path` open (one of their /proc/<pid>/fd links names it): a layer a build's daemon reads. */
+export function processesHolding(path: string): number[] {
+  return processIds().filter((pid) => {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      return false; // gone, or not ours to look into
+    }
+    return fds.some((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === path;
+      } catch {
+        return false;
+      }
+    });
+  });
+}
+
 /**
  * A process's arguments, NUL-separated ('' when it is gone or a kernel thread). Read asynchronously: the kernel
  * takes the process's memory lock to read them, which a process stuck in disk wait (on a dead export) may hold.

@@ -1,4 +1,4 @@
-import { access, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -113,6 +113,23 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     const refreshed = await apply(first, join(work, 'refreshed.qcow2'), ['--refresh', 'kubectl']);
     expect(refreshed.exitCode).toBe(0);
     expect(stepLines(refreshed.stderr).map((line) => line.includes(': cached'))).toEqual([true, false, false, false, false]);
+
+    // The layers the refresh replaced are no record's any more: dated at the refresh, the first build past the
+    // grace (15 minutes; here the files are made an hour old) removes them, and nothing any record names.
+    const layerFiles = async () => {
+      const names = await readdir(join(cache, 'layers'));
+      const records = await Promise.all(names.filter((n) => n.endsWith('.json')).map(async (n) => JSON.parse(await readFile(join(cache, 'layers', n), 'utf8')) as { image?: string }));
+      const named = new Set(records.map((record) => record.image).filter(Boolean));
+      return { orphans: names.filter((n) => n.endsWith('.qcow2') && !named.has(n)), named: names.filter((n) => named.has(n)) };
+    };
+    const replaced = await layerFiles();
+    expect(replaced.orphans).toHaveLength(2);
+    const anHourAgo = new Date(Date.now() - 3600_000);
+    for (const orphan of replaced.orphans) await utimes(join(cache, 'layers', orphan), anHourAgo, anHourAgo);
+    const swept = await apply(first, join(work, 'swept.qcow2'));
+    if (swept.exitCode !== 0) throw new Error(swept.all);
+    expect(swept.stderr).toContain('step cache: removed 2 layer file(s) no record names any more');
+    expect(await layerFiles()).toEqual({ orphans: [], named: replaced.named });
   });
 
   test('cache list shows the layers and prune --all removes them', async () => {

@@ -1,8 +1,8 @@
-import { mkdtemp, rm, writeFile, chmod, mkdir } from 'node:fs/promises';
+import { mkdtemp, open, rm, stat, utimes, writeFile, chmod, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseRecipe } from '../../src/recipe/load.js';
-import { canonicalJson, LayerStore, stepKeys, type LayerRecord } from '../../src/pipeline/layers.js';
+import { canonicalJson, LayerStore, pruneLayers, stepKeys, type LayerRecord } from '../../src/pipeline/layers.js';
 
 const BASE = 'a'.repeat(64);
 
@@ -182,6 +182,34 @@ describe('layer store', () => {
     // A record whose image is gone breaks the chain there.
     await rm(images[1]);
     expect((await store.longestPrefix(keys, () => false)).map((r) => r.key)).toEqual(['k1', 'k2']);
+  });
+
+  test('a step run again (--refresh) leaves its old layer to no record: it goes once past the grace, never while open', async () => {
+    const store = new LayerStore(dir);
+    const [old, fresh] = [await store.newImage(), await store.newImage()];
+    for (const image of [old, fresh]) await writeFile(image, 'qcow2');
+    await store.commit(record('k-refresh', undefined, old.split('/').pop()));
+    // Written long ago: its grace starts when its record is replaced, not when it was written.
+    const longAgo = new Date(Date.now() - 24 * 3600 * 1000);
+    await utimes(old, longAgo, longAgo);
+    await store.commit(record('k-refresh', undefined, fresh.split('/').pop()));
+    expect((await store.list()).orphans).toContain(old.split('/').pop());
+    expect(await store.removeStaleOrphans()).toEqual({ files: 0, bytes: 0 });
+    const later = Date.now() + 16 * 60 * 1000;
+    // Open in a process (as a running build's daemon has its backing files): kept.
+    const held = await open(old, 'r');
+    try {
+      expect((await store.removeStaleOrphans({ now: later })).files).toBe(0);
+    } finally {
+      await held.close();
+    }
+    const { blocks } = await stat(old);
+    // cache prune reports it, and --dry-run leaves it.
+    expect((await pruneLayers(store, { olderThanMs: 1e12, dryRun: true, now: later })).orphans).toEqual({ files: 1, bytes: blocks * 512 });
+    expect((await store.list()).orphans).toContain(old.split('/').pop());
+    expect(await store.removeStaleOrphans({ now: later })).toEqual({ files: 1, bytes: blocks * 512 });
+    expect((await store.list()).orphans).not.toContain(old.split('/').pop());
+    expect((await store.read('k-refresh'))?.image).toBe(fresh.split('/').pop());
   });
 
   test('a layer is removed with every layer above it; files no record names are orphans', async () => {
