@@ -407,9 +407,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
   // Released where it would have been had it been made now (after the cgroups and what the sessions push),
   // whenever the first command that needs it makes it.
   const networkCleanup = options.offline ? undefined : cleanup.child('sandbox network');
+  // Released last of the child: from then on no network is made (it would be pushed where nothing releases it).
+  let released = false;
+  networkCleanup?.push('sandbox network closed', () => void (released = true));
   let network: Promise<string> | undefined;
   const networkNamespace = () => {
     if (!networkCleanup) return Promise.reject(new Error('an offline build has no network namespace'));
+    if (released) return Promise.reject(new Error('the build\'s sandbox is released: no network namespace is made any more'));
     return (network ??= openSandboxNetwork({ ...options, cleanup: networkCleanup }, state, dns));
   };
 

@@ -175,6 +175,16 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
     await mkdir(target, { recursive: true });
     return target;
   }));
+  // Released by path: a target that is a mount point already (a guest /run leading to its /boot/efi) would have
+  // that mount taken for ours, should the script stop before mounting there.
+  const mountedAlready = new Set(await mountsUnder(root));
+  for (const [i, target] of [sys, dev, runDir].entries()) {
+    if (mountedAlready.has(target)) {
+      throw new ImageBuilderError('BAD_INPUT', `the guest's ${names[i]} leads to ${resolved[i]}, where one of its filesystems is mounted: the build mounts its own there`, {
+        hint: `${names[i]} must be a directory of its own in the image's root filesystem`,
+      });
+    }
+  }
   // In mount order; released in reverse. Registered before anything is mounted: an interrupt while the script
   // runs must not leave a mount behind.
   const targets = [sys, dev, join(dev, 'pts'), runDir];

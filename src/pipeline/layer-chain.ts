@@ -80,9 +80,9 @@ export class LayerChain {
     const keys = store ? await stepKeys(base, recipe.steps, recipe.variables) : [];
     const reused = store ? await store.longestPrefix(keys, refresh) : [];
     if (store) {
-      // Housekeeping beside the build: layer files no record names any more (a step run again, a killed build).
-      const sweeping = store.removeStaleOrphans().then(({ files, bytes }) => {
-        if (files) context.log.info(`step cache: removed ${files} layer file(s) no record names any more (${formatBytes(bytes)})`);
+      // Housekeeping beside the build: the layers steps run again (--refresh) replaced a day ago or more.
+      const sweeping = store.removeReplacedLayers().then(({ files, bytes }) => {
+        if (files) context.log.info(`step cache: removed ${files} layer(s) replaced a day ago or more by steps run again (${formatBytes(bytes)})`);
       }, (error: unknown) => context.log.debug(`step cache: layer files no record names not removed: ${String(error)}`));
       context.files.push('step cache housekeeping', () => sweeping);
     }

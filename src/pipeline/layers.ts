@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import { sha256Text } from '../util/digest.js';
@@ -7,7 +7,7 @@ import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';
 import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';
 import { writeJsonAtomic } from '../util/fs.js';
-import { processesHolding } from '../util/processes.js';
+import { openFilePaths } from '../util/processes.js';
 import { TOOL_VERSION } from '../version.js';
 
 /**
@@ -137,38 +137,87 @@ export class LayerStore {
 
   /**
    * Publishes a finished layer: its image becomes read-only, then its record appears (whole, by rename). The
-   * record of a step run again (--refresh) replaces the old one, whose image no record names any more: it is
-   * dated now, so it goes as an orphan only after the grace (removeStaleOrphans), by when a build that read the
-   * old record has long opened it, and an open one is never removed.
+   * record of a step run again (--refresh) replaces the old one; the old image, named by no record any more, gets
+   * a marker beside it (`<image>.replaced`), dated now: removeReplacedLayers takes it a day later.
    */
   async commit(record: LayerRecord): Promise<void> {
     const replaced = (await this.read(record.key))?.image;
     if (record.image) await chmod(join(this.dir, record.image), 0o444);
     await writeJsonAtomic(this.recordPath(record.key), record);
-    if (replaced && replaced !== record.image) {
-      const now = new Date();
-      await utimes(join(this.dir, replaced), now, now).catch(() => undefined);
-    }
+    if (replaced && replaced !== record.image && LAYER_IMAGE.test(replaced)) await writeFile(join(this.dir, `${replaced}${REPLACED_SUFFIX}`), '');
   }
 
   /**
-   * Removes the layer files no record names (left by a killed build, or replaced by a step run again) once they
-   * are older than the grace and no process has them open. Every build with the cache does this: otherwise each
-   * --refresh left its step's old layer behind (~0.2 GB for a package install) until `cache prune`.
+   * Every image name any record file names, whatever its version (a record another imagebuilder wrote names a
+   * layer that is not ours to remove); undefined when a record cannot be read: then nothing is taken for an orphan.
    */
-  async removeStaleOrphans(options: { now?: number; all?: boolean; dryRun?: boolean } = {}): Promise<{ files: number; bytes: number }> {
-    const now = options.now ?? Date.now();
+  private async namedImages(): Promise<Set<string> | undefined> {
+    const named = new Set<string>();
+    for (const name of (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'))) {
+      try {
+        const image = (JSON.parse(await readFile(join(this.dir, name), 'utf8')) as { image?: unknown }).image;
+        if (typeof image === 'string') named.add(image);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // removed meanwhile
+        return undefined;
+      }
+    }
+    return named;
+  }
+
+  /**
+   * Removes layer files that are ours (layer-<hex>.qcow2), that no record names (checked again right before each
+   * removal), older than `graceMs` and open in no process of this host. `only`: just those with a marker
+   * (commit's), dated by it. --all takes every file no record names, whatever runs.
+   */
+  private async removeUnnamed(options: { now: number; graceMs: number; only?: 'replaced'; all?: boolean; dryRun?: boolean }): Promise<{ files: number; bytes: number }> {
     const removed = { files: 0, bytes: 0 };
-    for (const orphan of (await this.list()).orphans) {
-      const path = join(this.dir, orphan);
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const candidates = options.only === 'replaced'
+      ? names.filter((n) => n.endsWith(REPLACED_SUFFIX)).map((n) => n.slice(0, -REPLACED_SUFFIX.length))
+      : names.filter((n) => LAYER_IMAGE.test(n));
+    if (!candidates.length) return removed;
+    let open: Set<string> | undefined;
+    for (const image of candidates.filter((n) => LAYER_IMAGE.test(n))) {
+      const path = join(this.dir, image);
+      const marker = `${path}${REPLACED_SUFFIX}`;
+      const dated = await stat(options.only === 'replaced' ? marker : path).catch(() => undefined);
       const info = await stat(path).catch(() => undefined);
-      // --all empties the cache whatever runs; otherwise a recent or open one may be a running build's.
-      if (!info || (!options.all && (now - info.mtimeMs < ORPHAN_GRACE_MS || processesHolding(path).length))) continue;
-      if (!options.dryRun) await rm(path, { force: true });
+      if (!info) {
+        if (options.only === 'replaced' && !options.dryRun) await rm(marker, { force: true });
+        continue;
+      }
+      if (!dated || (!options.all && options.now - dated.mtimeMs < options.graceMs)) continue;
+      // --all empties the cache: a record that cannot be read does not keep anything then.
+      const named = (await this.namedImages()) ?? (options.all ? new Set<string>() : undefined);
+      if (!named || named.has(image)) continue;
+      open ??= options.all ? new Set() : await openFilePaths();
+      if (open.has(await realpath(path).catch(() => path))) continue;
+      if (!options.dryRun) {
+        await rm(path, { force: true });
+        await rm(marker, { force: true });
+      }
       removed.files += 1;
       removed.bytes += info.blocks * 512;
     }
+    // A marker whose layer is gone (removed by an older prune) goes too.
+    if (!options.dryRun) for (const name of names.filter((n) => n.endsWith(REPLACED_SUFFIX) && !names.includes(n.slice(0, -REPLACED_SUFFIX.length)))) await rm(join(this.dir, name), { force: true });
     return removed;
+  }
+
+  /**
+   * The layers a step run again (--refresh) replaced, a day after: every build with the cache does this beside
+   * its work, so each refresh does not leave its step's old layer (~0.2 GB for a package install) until
+   * `cache prune`. A day, not minutes: a build of another container sharing the cache may still read one, and
+   * its processes are not seen from here.
+   */
+  removeReplacedLayers(now = Date.now()): Promise<{ files: number; bytes: number }> {
+    return this.removeUnnamed({ now, graceMs: REPLACED_GRACE_MS, only: 'replaced' });
+  }
+
+  /** For `cache prune`: every layer file no record names (a killed build's, a replaced one) past the grace. */
+  removeOrphans(options: { now?: number; all?: boolean; dryRun?: boolean } = {}): Promise<{ files: number; bytes: number }> {
+    return this.removeUnnamed({ now: options.now ?? Date.now(), graceMs: ORPHAN_GRACE_MS, all: options.all, dryRun: options.dryRun });
   }
 
   /** Every complete layer, and the layer files no record names (left by an interrupted build). */
@@ -210,6 +259,10 @@ export class LayerStore {
 }
 
 const ORPHAN_GRACE_MS = 15 * 60 * 1000;
+const REPLACED_GRACE_MS = 24 * 3600 * 1000;
+/** What newImage names a layer file: only those are ever removed as unnamed. */
+const LAYER_IMAGE = /^layer-[0-9a-f]{12}\.qcow2$/;
+const REPLACED_SUFFIX = '.replaced';
 
 export type ListedLayer = LayerRecord & { lastUsedAt: string; diskBytes: number };
 
@@ -239,6 +292,6 @@ export async function pruneLayers(
   }
   const removed = records.filter((r) => doomed.has(r.key));
   if (!options.dryRun) for (const record of removed) await store.remove(record.key);
-  const orphans = await store.removeStaleOrphans({ now, all: options.all, dryRun: options.dryRun });
+  const orphans = await store.removeOrphans({ now, all: options.all, dryRun: options.dryRun });
   return { removed, kept: records.filter((r) => !doomed.has(r.key)), freedBytes: removed.reduce((sum, r) => sum + r.diskBytes, 0), orphans };
 }

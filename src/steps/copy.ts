@@ -124,6 +124,7 @@ export const copyStep = defineStep({
     if ((owner.name !== undefined && owner.name !== 'root') || (group.name !== undefined && group.name !== 'root')) {
       // The guest's tar would silently fall back to the numeric id in the archive for an unknown name.
       await context.session.exec(['/bin/sh', '-c', CHECK_OWNER_SCRIPT, 'check-owner', spec.owner ?? 'root', spec.group ?? 'root'], {
+        needsNoNetwork: true,
         errorCode: 'STEP_FAILED',
         purpose: `${context.label}: owner ${spec.owner ?? 'root'}:${spec.group ?? 'root'}`,
         hint: 'create the user or group in an earlier step (e.g. `run: useradd --system NAME`), or use one the image has',

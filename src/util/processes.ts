@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { sleep } from './fs.js';
 import type { BuildOwner } from './build-record.js';
 import type { Logger } from './log.js';
@@ -9,23 +9,21 @@ export function processIds(): number[] {
   return readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).map(Number);
 }
 
-/** The processes that have `path` open (one of their /proc/<pid>/fd links names it): a layer a build's daemon reads. */
-export function processesHolding(path: string): number[] {
-  return processIds().filter((pid) => {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      return false; // gone, or not ours to look into
+/**
+ * The paths of every file some process of this host has open, as the kernel names them (links resolved): a layer
+ * a build's qemu-storage-daemon reads. Read from /proc/<pid>/fd links only, never through them (a stat there
+ * would hang on a file of a dead FUSE export). Processes of other PID namespaces are not seen.
+ */
+export async function openFilePaths(): Promise<Set<string>> {
+  const open = new Set<string>();
+  for (const pid of processIds()) {
+    const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+    for (const fd of fds) {
+      const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => undefined);
+      if (target?.startsWith('/')) open.add(target);
     }
-    return fds.some((fd) => {
-      try {
-        return readlinkSync(`/proc/${pid}/fd/${fd}`) === path;
-      } catch {
-        return false;
-      }
-    });
-  });
+  }
+  return open;
 }
 
 /**

@@ -114,8 +114,8 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     expect(refreshed.exitCode).toBe(0);
     expect(stepLines(refreshed.stderr).map((line) => line.includes(': cached'))).toEqual([true, false, false, false, false]);
 
-    // The layers the refresh replaced are no record's any more: dated at the refresh, the first build past the
-    // grace (15 minutes; here the files are made an hour old) removes them, and nothing any record names.
+    // The layers the refresh replaced are no record's any more: marked when replaced, the first build a day
+    // later (here the markers are made two days old) removes them, and nothing any record names.
     const layerFiles = async () => {
       const names = await readdir(join(cache, 'layers'));
       const records = await Promise.all(names.filter((n) => n.endsWith('.json')).map(async (n) => JSON.parse(await readFile(join(cache, 'layers', n), 'utf8')) as { image?: string }));
@@ -124,12 +124,17 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     };
     const replaced = await layerFiles();
     expect(replaced.orphans).toHaveLength(2);
-    const anHourAgo = new Date(Date.now() - 3600_000);
-    for (const orphan of replaced.orphans) await utimes(join(cache, 'layers', orphan), anHourAgo, anHourAgo);
+    const notYet = await apply(first, join(work, 'not-yet.qcow2'));
+    if (notYet.exitCode !== 0) throw new Error(notYet.all);
+    expect(notYet.stderr).not.toContain('step cache: removed');
+    expect((await layerFiles()).orphans).toEqual(replaced.orphans);
+    const twoDaysAgo = new Date(Date.now() - 48 * 3600_000);
+    for (const orphan of replaced.orphans) await utimes(join(cache, 'layers', `${orphan}.replaced`), twoDaysAgo, twoDaysAgo);
     const swept = await apply(first, join(work, 'swept.qcow2'));
     if (swept.exitCode !== 0) throw new Error(swept.all);
-    expect(swept.stderr).toContain('step cache: removed 2 layer file(s) no record names any more');
+    expect(swept.stderr).toContain('step cache: removed 2 layer(s) replaced a day ago or more by steps run again');
     expect(await layerFiles()).toEqual({ orphans: [], named: replaced.named });
+    expect((await readdir(join(cache, 'layers'))).filter((n) => n.endsWith('.replaced'))).toEqual([]);
   });
 
   test('cache list shows the layers and prune --all removes them', async () => {

@@ -184,32 +184,46 @@ describe('layer store', () => {
     expect((await store.longestPrefix(keys, () => false)).map((r) => r.key)).toEqual(['k1', 'k2']);
   });
 
-  test('a step run again (--refresh) leaves its old layer to no record: it goes once past the grace, never while open', async () => {
+  test('a step run again (--refresh): its old layer goes a day later, never while open or named; prune takes unnamed ours only', async () => {
     const store = new LayerStore(dir);
-    const [old, fresh] = [await store.newImage(), await store.newImage()];
-    for (const image of [old, fresh]) await writeFile(image, 'qcow2');
-    await store.commit(record('k-refresh', undefined, old.split('/').pop()));
-    // Written long ago: its grace starts when its record is replaced, not when it was written.
-    const longAgo = new Date(Date.now() - 24 * 3600 * 1000);
-    await utimes(old, longAgo, longAgo);
-    await store.commit(record('k-refresh', undefined, fresh.split('/').pop()));
-    expect((await store.list()).orphans).toContain(old.split('/').pop());
-    expect(await store.removeStaleOrphans()).toEqual({ files: 0, bytes: 0 });
-    const later = Date.now() + 16 * 60 * 1000;
-    // Open in a process (as a running build's daemon has its backing files): kept.
+    const [old, fresh, killed] = [await store.newImage(), await store.newImage(), await store.newImage()];
+    for (const image of [old, fresh, killed]) await writeFile(image, 'qcow2');
+    const name = (path: string) => path.split('/').pop()!;
+    await store.commit(record('k-refresh', undefined, name(old)));
+    await store.commit(record('k-refresh', undefined, name(fresh)));
+    // Another imagebuilder's record (another layerVersion) and a file not named as ours: never taken.
+    const foreign = join(dir, 'layer-foreign.qcow2');
+    await writeFile(foreign, 'qcow2');
+    await writeFile(join(dir, 'k-other.json'), JSON.stringify({ layerVersion: 3, key: 'k-other', image: name(killed) }));
+    const longAgo = new Date(Date.now() - 48 * 3600 * 1000);
+    for (const path of [old, killed, foreign]) await utimes(path, longAgo, longAgo);
+    expect((await store.list()).orphans).toEqual(expect.arrayContaining([name(old), name(killed)]));
+    // Dated by its marker (written when its record was replaced), not by the file: kept within the day.
+    expect(await store.removeReplacedLayers()).toEqual({ files: 0, bytes: 0 });
+    const nextDay = Date.now() + 25 * 3600 * 1000;
     const held = await open(old, 'r');
     try {
-      expect((await store.removeStaleOrphans({ now: later })).files).toBe(0);
+      expect((await store.removeReplacedLayers(nextDay)).files).toBe(0);
     } finally {
       await held.close();
     }
     const { blocks } = await stat(old);
-    // cache prune reports it, and --dry-run leaves it.
-    expect((await pruneLayers(store, { olderThanMs: 1e12, dryRun: true, now: later })).orphans).toEqual({ files: 1, bytes: blocks * 512 });
-    expect((await store.list()).orphans).toContain(old.split('/').pop());
-    expect(await store.removeStaleOrphans({ now: later })).toEqual({ files: 1, bytes: blocks * 512 });
-    expect((await store.list()).orphans).not.toContain(old.split('/').pop());
-    expect((await store.read('k-refresh'))?.image).toBe(fresh.split('/').pop());
+    expect(await store.removeReplacedLayers(nextDay)).toEqual({ files: 1, bytes: blocks * 512 });
+    await expect(stat(old)).rejects.toThrow();
+    await expect(stat(`${old}.replaced`)).rejects.toThrow();
+    // prune: the other version's layer and the foreign file stay; a record that cannot be read stops it all.
+    await writeFile(join(dir, 'k-broken.json'), '{');
+    const orphan = await store.newImage();
+    await writeFile(orphan, 'qcow2');
+    await utimes(orphan, longAgo, longAgo);
+    expect((await pruneLayers(store, { olderThanMs: 1e12 })).orphans).toEqual({ files: 0, bytes: 0 });
+    await rm(join(dir, 'k-broken.json'));
+    expect((await pruneLayers(store, { olderThanMs: 1e12, dryRun: true })).orphans.files).toBe(1);
+    expect((await pruneLayers(store, { olderThanMs: 1e12 })).orphans.files).toBe(1);
+    for (const kept of [fresh, killed, foreign]) await stat(kept);
+    await expect(stat(orphan)).rejects.toThrow();
+    expect((await store.read('k-refresh'))?.image).toBe(name(fresh));
+    await rm(join(dir, 'k-other.json'));
   });
 
   test('a layer is removed with every layer above it; files no record names are orphans', async () => {
