@@ -407,10 +407,16 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
   // Released where it would have been had it been made now (after the cgroups and what the sessions push),
   // whenever the first command that needs it makes it.
   const networkCleanup = options.offline ? undefined : cleanup.child('sandbox network');
-  // Released last of the child: from then on no network is made (it would be pushed where nothing releases it).
+  // Released just before the child: no network is made from then on, and one being made is finished first, so
+  // everything it pushes is on the child when the child is released.
   let released = false;
-  networkCleanup?.push('sandbox network closed', () => void (released = true));
   let network: Promise<string> | undefined;
+  if (networkCleanup) {
+    cleanup.push('sandbox network: no more', async () => {
+      released = true;
+      await network?.catch(() => undefined);
+    });
+  }
   const networkNamespace = () => {
     if (!networkCleanup) return Promise.reject(new Error('an offline build has no network namespace'));
     if (released) return Promise.reject(new Error('the build\'s sandbox is released: no network namespace is made any more'));

@@ -180,8 +180,8 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   const mountedAlready = new Set(await mountsUnder(root));
   for (const [i, target] of [sys, dev, runDir].entries()) {
     if (mountedAlready.has(target)) {
-      throw new ImageBuilderError('BAD_INPUT', `the guest's ${names[i]} leads to ${resolved[i]}, where one of its filesystems is mounted: the build mounts its own there`, {
-        hint: `${names[i]} must be a directory of its own in the image's root filesystem`,
+      throw new ImageBuilderError('BAD_INPUT', `the guest's ${names[i]} leads to ${resolved[i]}, which is a mount point already: one of the image's filesystems, or a mount an earlier session could not release`, {
+        hint: `${names[i]} must be a directory of its own in the image's root filesystem; \`mount | grep ${target}\` shows what is mounted there`,
       });
     }
   }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import { sha256Text } from '../util/digest.js';
@@ -103,6 +103,8 @@ export class LayerStore {
     try {
       const record = JSON.parse(await readFile(this.recordPath(key), 'utf8')) as LayerRecord;
       if (record.layerVersion !== 2 || record.key !== key) return undefined;
+      // Only names this store gives its files: a record naming ../x would have prune remove x.
+      if ([record.image, record.backing].some((name) => name !== undefined && !LAYER_IMAGE.test(name))) return undefined;
       if (record.image && !(await stat(join(this.dir, record.image)).catch(() => undefined))) return undefined;
       return record;
     } catch {
@@ -149,59 +151,70 @@ export class LayerStore {
 
   /**
    * Every image name any record file names, whatever its version (a record another imagebuilder wrote names a
-   * layer that is not ours to remove); undefined when a record cannot be read: then nothing is taken for an orphan.
+   * layer that is not ours to remove); `complete` false when a record could not be read.
    */
-  private async namedImages(): Promise<Set<string> | undefined> {
-    const named = new Set<string>();
+  private async namedImages(): Promise<{ names: Set<string>; complete: boolean }> {
+    const names = new Set<string>();
+    let complete = true;
     for (const name of (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'))) {
       try {
         const image = (JSON.parse(await readFile(join(this.dir, name), 'utf8')) as { image?: unknown }).image;
-        if (typeof image === 'string') named.add(image);
+        if (typeof image === 'string') names.add(image);
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // removed meanwhile
-        return undefined;
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') complete = false; // ENOENT: removed meanwhile
       }
     }
-    return named;
+    return { names, complete };
   }
 
   /**
-   * Removes layer files that are ours (layer-<hex>.qcow2), that no record names (checked again right before each
-   * removal), older than `graceMs` and open in no process of this host. `only`: just those with a marker
-   * (commit's), dated by it. --all takes every file no record names, whatever runs.
+   * Removes layer files that are ours (regular files named layer-<hex>.qcow2) that no record names, read before
+   * and again right before removing, older than `graceMs` and open in no process of this host. A file's age is
+   * its own or its replacement marker's, the newer (commit marks a layer a step run again replaced). `only`:
+   * just the marked ones. A record that cannot be read, or processes whose open files cannot be read, stop it
+   * (nothing is taken for unused then); --all takes every unnamed file, whatever runs, keeping any name read.
    */
   private async removeUnnamed(options: { now: number; graceMs: number; only?: 'replaced'; all?: boolean; dryRun?: boolean }): Promise<{ files: number; bytes: number }> {
     const removed = { files: 0, bytes: 0 };
     const names = await readdir(this.dir).catch(() => [] as string[]);
-    const candidates = options.only === 'replaced'
-      ? names.filter((n) => n.endsWith(REPLACED_SUFFIX)).map((n) => n.slice(0, -REPLACED_SUFFIX.length))
-      : names.filter((n) => LAYER_IMAGE.test(n));
+    const marked = new Set(names.filter((n) => n.endsWith(REPLACED_SUFFIX)).map((n) => n.slice(0, -REPLACED_SUFFIX.length)));
+    // A marker whose layer is gone (removed by an older prune) goes.
+    if (!options.dryRun) for (const image of marked) if (!names.includes(image)) await rm(join(this.dir, `${image}${REPLACED_SUFFIX}`), { force: true });
+    const candidates = names.filter((n) => LAYER_IMAGE.test(n) && (options.only !== 'replaced' || marked.has(n)));
     if (!candidates.length) return removed;
-    let open: Set<string> | undefined;
-    for (const image of candidates.filter((n) => LAYER_IMAGE.test(n))) {
+    const usable = async () => {
+      const named = await this.namedImages();
+      return named.complete || options.all ? named.names : undefined;
+    };
+    const named = await usable();
+    if (!named) return removed;
+    const due: { image: string; bytes: number }[] = [];
+    for (const image of candidates) {
+      if (named.has(image)) continue;
       const path = join(this.dir, image);
-      const marker = `${path}${REPLACED_SUFFIX}`;
-      const dated = await stat(options.only === 'replaced' ? marker : path).catch(() => undefined);
-      const info = await stat(path).catch(() => undefined);
-      if (!info) {
-        if (options.only === 'replaced' && !options.dryRun) await rm(marker, { force: true });
-        continue;
-      }
-      if (!dated || (!options.all && options.now - dated.mtimeMs < options.graceMs)) continue;
-      // --all empties the cache: a record that cannot be read does not keep anything then.
-      const named = (await this.namedImages()) ?? (options.all ? new Set<string>() : undefined);
-      if (!named || named.has(image)) continue;
-      open ??= options.all ? new Set() : await openFilePaths();
-      if (open.has(await realpath(path).catch(() => path))) continue;
+      const info = await lstat(path).catch(() => undefined);
+      if (!info?.isFile()) continue;
+      const marker = marked.has(image) ? await lstat(`${path}${REPLACED_SUFFIX}`).catch(() => undefined) : undefined;
+      const dated = Math.max(options.only === 'replaced' ? 0 : info.mtimeMs, marker?.mtimeMs ?? 0);
+      if (!options.all && options.now - dated < options.graceMs) continue;
+      due.push({ image, bytes: info.blocks * 512 });
+    }
+    if (!due.length) return removed;
+    const namedNow = await usable();
+    const open = options.all ? new Set<string>() : await openFilePaths().catch(() => undefined);
+    if (!namedNow || !open) return removed;
+    // The kernel names an open file by its real path: the directory's, links resolved (the files are not links).
+    const realDir = await realpath(this.dir);
+    for (const { image, bytes } of due) {
+      const path = join(this.dir, image);
+      if (namedNow.has(image) || open.has(join(realDir, image))) continue;
       if (!options.dryRun) {
         await rm(path, { force: true });
-        await rm(marker, { force: true });
+        await rm(`${path}${REPLACED_SUFFIX}`, { force: true });
       }
       removed.files += 1;
-      removed.bytes += info.blocks * 512;
+      removed.bytes += bytes;
     }
-    // A marker whose layer is gone (removed by an older prune) goes too.
-    if (!options.dryRun) for (const name of names.filter((n) => n.endsWith(REPLACED_SUFFIX) && !names.includes(n.slice(0, -REPLACED_SUFFIX.length)))) await rm(join(this.dir, name), { force: true });
     return removed;
   }
 

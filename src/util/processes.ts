@@ -11,16 +11,30 @@ export function processIds(): number[] {
 
 /**
  * The paths of every file some process of this host has open, as the kernel names them (links resolved): a layer
- * a build's qemu-storage-daemon reads. Read from /proc/<pid>/fd links only, never through them (a stat there
- * would hang on a file of a dead FUSE export). Processes of other PID namespaces are not seen.
+ * a build's qemu-storage-daemon reads. Read from /proc/<pid>/fd links only, never through them. Throws unless
+ * root (another user sees no root process's files, so what is open would be unknown); as root, a process whose
+ * files are still refused (a container's init, outside our namespaces) is one no build of ours runs as.
+ * Processes of other PID namespaces are not seen.
  */
 export async function openFilePaths(): Promise<Set<string>> {
+  if (process.getuid?.() !== 0) throw new Error('only root sees which files every process has open');
   const open = new Set<string>();
+  const skipped = (error: unknown) => ['ENOENT', 'ESRCH', 'EACCES', 'EPERM'].includes((error as NodeJS.ErrnoException).code ?? '');
   for (const pid of processIds()) {
-    const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+    let fds: string[];
+    try {
+      fds = await readdir(`/proc/${pid}/fd`);
+    } catch (error) {
+      if (skipped(error)) continue;
+      throw error;
+    }
     for (const fd of fds) {
-      const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => undefined);
-      if (target?.startsWith('/')) open.add(target);
+      try {
+        const target = await readlink(`/proc/${pid}/fd/${fd}`);
+        if (target.startsWith('/')) open.add(target);
+      } catch (error) {
+        if (!skipped(error)) throw error;
+      }
     }
   }
   return open;

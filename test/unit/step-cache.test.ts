@@ -198,8 +198,11 @@ describe('layer store', () => {
     const longAgo = new Date(Date.now() - 48 * 3600 * 1000);
     for (const path of [old, killed, foreign]) await utimes(path, longAgo, longAgo);
     expect((await store.list()).orphans).toEqual(expect.arrayContaining([name(old), name(killed)]));
-    // Dated by its marker (written when its record was replaced), not by the file: kept within the day.
+    // Dated by its marker (written when its record was replaced), not by the file: kept within the day, and
+    // by prune within its 15 minutes (a build here may have read the old record and not opened it yet).
     expect(await store.removeReplacedLayers()).toEqual({ files: 0, bytes: 0 });
+    expect((await pruneLayers(store, { olderThanMs: 1e12 })).orphans).toEqual({ files: 0, bytes: 0 });
+    await stat(old);
     const nextDay = Date.now() + 25 * 3600 * 1000;
     const held = await open(old, 'r');
     try {
@@ -224,6 +227,18 @@ describe('layer store', () => {
     await expect(stat(orphan)).rejects.toThrow();
     expect((await store.read('k-refresh'))?.image).toBe(name(fresh));
     await rm(join(dir, 'k-other.json'));
+  });
+
+  test('a record naming a file outside the store (../x) is no layer: never reused, never removed by prune', async () => {
+    const store = new LayerStore(dir);
+    const outside = join(dir, '..', `outside-${Date.now()}`);
+    await writeFile(outside, 'not a layer');
+    await writeFile(join(dir, 'k-escape.json'), JSON.stringify({ ...record('k-escape', undefined, undefined), image: `../${outside.split('/').pop()}` }));
+    expect(await store.read('k-escape')).toBeUndefined();
+    await pruneLayers(store, { all: true });
+    await stat(outside);
+    await rm(outside);
+    await rm(join(dir, 'k-escape.json'), { force: true });
   });
 
   test('a layer is removed with every layer above it; files no record names are orphans', async () => {
