@@ -136,6 +136,18 @@ async function throwIfLimitHit(sandbox: BuildSandbox, before: { oomKills: number
   });
 }
 
+/**
+ * Unmounts those of `targets` (paths under `root`) mounted now, in the order given, by one umount; any that stays
+ * (busy) is detached lazily. A release registered before its mount: nothing mounted, nothing done.
+ */
+async function unmountTargets(run: Runner, root: string, targets: string[]): Promise<void> {
+  const present = new Set(await mountsUnder(root));
+  const mounted = targets.filter((target) => present.has(target));
+  if (!mounted.length) return;
+  if ((await run('umount', mounted, { allowFailure: true })).exitCode === 0) return;
+  for (const target of mounted) if (await isMounted(target)) await run('umount', ['--lazy', target], { allowFailure: true });
+}
+
 /** The six device nodes of the guest's /dev: name, major, minor. */
 const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
 const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
@@ -188,14 +200,7 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   // In mount order; released in reverse. Registered before anything is mounted: an interrupt while the script
   // runs must not leave a mount behind.
   const targets = [sys, dev, join(dev, 'pts'), runDir];
-  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', async () => {
-    const present = new Set(await mountsUnder(root));
-    const mounted = targets.filter((target) => present.has(target)).reverse();
-    if (!mounted.length) return;
-    const result = await run('umount', mounted, { allowFailure: true });
-    if (result.exitCode === 0) return;
-    for (const target of mounted) if (await isMounted(target)) await run('umount', ['--lazy', target], { allowFailure: true });
-  });
+  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => unmountTargets(run, root, [...targets].reverse()));
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
@@ -214,11 +219,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     const target = join(root, await resolveInRoot(root, guestPath));
     await mkdir(target, { recursive: true });
     // Registered before the mount: an interrupt while mount runs must not leave it behind.
-    cleanup.push(`mount ${target}`, async () => {
-      if (!(await isMounted(target))) return;
-      const result = await run('umount', [target], { allowFailure: true });
-      if (result.exitCode !== 0) await run('umount', ['--lazy', target], { allowFailure: true });
-    });
+    cleanup.push(`mount ${target}`, () => unmountTargets(run, root, [target]));
     await run('mount', [...args, target], { log, purpose: `mounting ${guestPath} in the guest` });
     return target;
   };

@@ -233,21 +233,18 @@ export class LayerStore {
     return this.removeUnnamed({ now: options.now ?? Date.now(), graceMs: ORPHAN_GRACE_MS, all: options.all, dryRun: options.dryRun });
   }
 
-  /** Every complete layer, and the layer files no record names (left by an interrupted build). */
-  async list(): Promise<{ records: ListedLayer[]; orphans: string[] }> {
+  /** Every complete layer (the files no record names: removeOrphans). */
+  async list(): Promise<{ records: ListedLayer[] }> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const records = [];
-    const named = new Set<string>();
     for (const name of names.filter((n) => n.endsWith('.json'))) {
       const record = await this.read(name.slice(0, -'.json'.length));
       if (!record) continue;
       const info = await stat(this.recordPath(record.key));
       const image = record.image ? await stat(join(this.dir, record.image)) : undefined;
-      if (record.image) named.add(record.image);
       records.push({ ...record, lastUsedAt: info.mtime.toISOString(), diskBytes: (image?.blocks ?? 0) * 512 });
     }
-    const orphans = names.filter((n) => n.endsWith('.qcow2') && !named.has(n));
-    return { records: records.sort((a, b) => Date.parse(b.lastUsedAt) - Date.parse(a.lastUsedAt)), orphans };
+    return { records: records.sort((a, b) => Date.parse(b.lastUsedAt) - Date.parse(a.lastUsedAt)) };
   }
 
   /** Removes a layer and every layer above it (their backing chains would be broken). */
@@ -283,7 +280,7 @@ export type ListedLayer = LayerRecord & { lastUsedAt: string; diskBytes: number 
  * Removes layers, least recently used first: all, those unused for `olderThanMs`, then until the rest takes at
  * most `maxSizeBytes`. A layer goes with every layer above it. Layer files no record names (left by a build that
  * was killed, or replaced by a step run again) go too: all with --all, else those past the grace that no
- * process has open (removeStaleOrphans).
+ * process has open (removeOrphans).
  */
 export async function pruneLayers(
   store: LayerStore,
