@@ -146,6 +146,18 @@ describe('hostile guest images', () => {
       await expectHostUntouched(host);
     });
 
+    test("a /run that leads to one of the guest's own mount points (/boot) is refused, and that mount is not taken for the session's", async () => {
+      const host = await snapshotHost();
+      const separateBoot = await fixtureImage('separate-boot');
+      const image = await deriveImage(separateBoot, join(work, 'run-onto-boot.qcow2'), {}, { partitioned: true, partition: 3, thenRun: 'rm -rf "$1/run"; ln -s /boot "$1/run"' });
+      const recipe = await writeRecipe(work, 'run-onto-boot', [{ run: 'echo RAN' }]);
+      const result = await apply(recipe, image, 'run-onto-boot-out.qcow2');
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr).toContain("the guest's /run leads to /boot, which is a mount point already");
+      expect(result.all).not.toContain('RAN\n');
+      await expectHostUntouched(host);
+    });
+
     test.each([
       ['/etc/os-release a FIFO', 'rm -f "$1/etc/os-release" "$1/usr/lib/os-release"; mkfifo "$1/usr/lib/os-release"; ln -s ../usr/lib/os-release "$1/etc/os-release"', "the guest's /etc/os-release is a FIFO"],
       ['/etc/fstab of 2 MiB', 'head -c 2097152 /dev/zero | tr "\\0" "#" > "$1/etc/fstab"', "the guest's /etc/fstab is larger than 1048576 bytes"],
