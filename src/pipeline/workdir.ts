@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { reapDeadBuilds, WORK_DIR_PREFIX } from '../host/reap.js';
 import { currentOwner, RECORD_FILE, registerBuild, unregisterBuild, writeRecord } from '../util/build-record.js';
 import type { CleanupStack } from '../util/cleanup.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
 import { mountsUnder } from '../util/mounts.js';
@@ -34,6 +34,12 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
   });
   await mkdir(dir, { mode: 0o700 }).catch(async (error: unknown) => {
     await unregisterBuild(id, runDir);
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      throw new ImageBuilderError('BAD_INPUT', `the work directory's parent ${parent} is not a directory (${code === 'ENOENT' ? 'it does not exist' : 'a part of its path is a file'})`, {
+        hint: `create it first (mkdir -p ${parent}), or give another with --work-dir or IMAGEBUILDER_WORK_DIR`,
+      });
+    }
     throw error;
   });
   cleanup.push(`work directory ${dir}`, async () => {

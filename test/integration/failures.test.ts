@@ -78,6 +78,19 @@ describe('imagebuilder apply failures', () => {
     expect(ok.stderr).toContain(`verified ${image} (qcow2) against ${join(dir, 'sha256sum.txt')}`);
   });
 
+  test('a work directory whose parent does not exist is refused with what to do, exit code 2, nothing left', async () => {
+    const recipe = await writeRecipe(work, 'nowork', [{ run: 'true' }]);
+    const missing = join(work, 'no-such-parent');
+    const before = await hostState();
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'nowork-out.qcow2')], { env: { IMAGEBUILDER_WORK_DIR: missing } });
+    expect(result.stderr).toContain(`error [BAD_INPUT]: the work directory's parent ${missing} is not a directory (it does not exist)`);
+    expect(result.stderr).toContain(`hint: create it first (mkdir -p ${missing})`);
+    expect(result.stderr).not.toContain('this is a bug');
+    expect(result.exitCode).toBe(2);
+    expect(await outputsIn(work)).toEqual([]);
+    await expectNothingLeft(before);
+  });
+
   test('a malformed recipe is refused with file:line:column before the image is touched, exit code 2', async () => {
     const recipe = join(work, 'bad.yaml');
     await writeFile(recipe, 'name: bad\nsteps:\n  - packages:\n      instal: [socat]\n');
