@@ -3,6 +3,7 @@ import { sha256Text } from '../util/digest.js';
 import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
 import type { ChrootSession } from '../chroot/session.js';
 import type { Logger } from '../util/log.js';
+import { APT_CACHE_OPTIONS } from './apt-options.js';
 import { APT_LISTS, keepDownloadedFiles, MAX_LIST_BYTES, offerCachedFiles, stanzaField, type GuestPackageFile } from './package-cache.js';
 
 /**
@@ -137,7 +138,7 @@ export async function offerCachedAptLists(root: string, packageCacheDir: string,
  */
 export const APT_UPDATE_PLAN_QUERY = [
   '/bin/sh', '-c',
-  "apt-get indextargets --no-release-info --format '$(FILENAME) $(METAKEY) $(ARCHITECTURE) $(CREATED_BY)' && echo @@imagebuilder-config && apt-config dump",
+  `apt-get ${APT_CACHE_OPTIONS.join(' ')} indextargets --no-release-info --format '$(FILENAME) $(METAKEY) $(ARCHITECTURE) $(CREATED_BY)' && echo @@imagebuilder-config && apt-config dump`,
 ];
 const CONFIG_MARK = '@@imagebuilder-config';
 /** Bounds on what the guest's answer may make the host do (Debian's: a few targets, ~20 kB; past them, apt runs). */

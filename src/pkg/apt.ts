@@ -9,9 +9,10 @@ import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from 
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
+import { APT_CACHE_OPTIONS } from './apt-options.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
-const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
+const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_CACHE_OPTIONS];
 
 /** Parses a dpkg status file (deb822 stanzas) into the installed packages. */
 export function parseDpkgStatus(text: string): InstalledPackage[] {
@@ -50,7 +51,7 @@ export function aptUpgradeArgs(names: string[] | 'all', extra: string[] = []): s
 }
 
 export function aptHoldArgs(names: string[]): string[] {
-  return ['apt-mark', 'hold', ...names];
+  return ['apt-mark', ...APT_CACHE_OPTIONS, 'hold', ...names];
 }
 
 const ARMORED_PUBLIC_KEY = '-----BEGIN PGP PUBLIC KEY BLOCK-----';
@@ -112,7 +113,7 @@ export function createApt(): PackageManager {
     const cache = options.packageCache;
     if (served) {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
-      await session.exec(['apt-get', 'update', '-q', ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
+      await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
       // With the package cache: the release files first (verified by apt), then the cached lists they name, and
       // nothing else left in the lists. Should that first run fail, the real one below says why. Once per build,
@@ -120,11 +121,11 @@ export function createApt(): PackageManager {
       // When the cache holds every list that update would fetch, it is left out: it would fetch each release file
       // again only to find it unchanged, and the install builds apt's cache from the same lists.
       const realUpdate = async () => {
-        await session.exec(['apt-get', 'update', '-q'], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+        await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
         if (cache) await keepAptLists(session.root, cache.dir, cache.log);
       };
       if (cache && (!listsFromCache.has(session.root) || !(await aptListsPresent(session.root)))) {
-        const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
+        const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
         // The host indexes the lists (for the .deb offer) on the other core while the guest's apt answers, and

@@ -126,6 +126,27 @@ describe('package cache (apt)', () => {
     });
   });
 
+  test("apt's binary caches are built on the session's /run, never in the guest's /var/cache/apt", async () => {
+    // Directories where apt keeps its caches by default: apt could not write them there ("Problem renaming the
+    // file … Is a directory", then "The package cache file is corrupted" and the install failed).
+    const [pinned] = mirror.versions.kubectl;
+    const blocked = await writeRecipe(work, 'blocked-bin', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { run: 'mkdir /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin' },
+      { packages: { install: [`kubectl=${pinned}`] } },
+    ]);
+    const result = await runCli(['apply', blocked, '--disk-image', disk, '--output', join(work, 'blocked-bin.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect(result.all).not.toContain('Problem renaming');
+    await withImageMounted(join(work, 'blocked-bin.qcow2'), 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(pinned);
+      // Untouched, and nothing of apt's caches beside them.
+      expect((await readdir(join(root, 'var/cache/apt'))).sort()).toEqual(['archives', 'pkgcache.bin', 'srcpkgcache.bin']);
+      expect(await readdir(join(root, 'var/cache/apt/pkgcache.bin'))).toEqual([]);
+      expect(await readdir(join(root, 'var/cache/apt/srcpkgcache.bin'))).toEqual([]);
+    });
+  });
+
   test('a cached file whose bytes are not what its name says is removed and never offered; apt fetches the real one', async () => {
     const stored = (await readdir(join(cache, 'packages/deb'))).sort();
     // Poison: every cached file replaced by another package's bytes under the same name.

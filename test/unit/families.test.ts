@@ -20,7 +20,9 @@ import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-ses
  * that touches the package manager. The commands are spelled out here, not imported from the code under test.
  */
 
-const APT = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
+/** apt's binary caches go to the session's /run (src/pkg/apt-options.ts), never into the guest's filesystem. */
+const APT_BIN_CACHES = ['-o', 'Dir::Cache::pkgcache=/run/imagebuilder-apt-pkgcache.bin', '-o', 'Dir::Cache::srcpkgcache=/run/imagebuilder-apt-srcpkgcache.bin'];
+const APT = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_BIN_CACHES];
 const APT_LISTS = 'if [ -d /var/lib/apt/lists ]; then find /var/lib/apt/lists -mindepth 1 ! -path /var/lib/apt/lists/partial ! -path /var/lib/apt/lists/lock -delete; fi';
 const PROBE =
   'for arg in "$@"; do case $arg in /*) if [ -s "$arg" ]; then exit 0; fi ;; *) if rpm -q --quiet --whatprovides "$arg" 2>/dev/null; then exit 0; fi ;; esac; done; exit 1';
@@ -60,15 +62,15 @@ const EXPECTED: Record<string, (release: string, rolling?: boolean) => unknown[]
   apt: () => [
     ['apt-get', 'purge', ...APT, 'nano'],
     ['apt-get', 'autoremove', '--purge', ...APT],
-    ['apt-get', 'update', '-q'],
+    ['apt-get', 'update', '-q', ...APT_BIN_CACHES],
     ['apt-get', 'install', ...APT, '--no-install-recommends', 'socat=1.7.4-1', 'conntrack'],
     ['apt-get', 'clean'],
     ['apt-get', 'upgrade', ...APT],
     ['apt-get', 'clean'],
-    ['apt-mark', 'hold', 'socat'],
+    ['apt-mark', ...APT_BIN_CACHES, 'hold', 'socat'],
     'write /etc/apt/keyrings/k8s.asc',
     'write /etc/apt/sources.list.d/k8s.sources',
-    ['apt-get', 'update', '-q'],
+    ['apt-get', 'update', '-q', ...APT_BIN_CACHES],
     ['apt-get', 'install', ...APT, '--no-install-recommends', 'kubelet'],
     ['apt-get', 'clean'],
     ['apt-get', 'clean'],

@@ -70,10 +70,11 @@ describe('dpkg and apt', () => {
     ]);
   });
 
-  test('apt-get install argv: non-interactive, keeps config files, exact versions', () => {
+  test('apt-get install argv: non-interactive, keeps config files, its binary caches on /run, exact versions', () => {
     expect(aptInstallArgs([parsePackageSpec('socat'), parsePackageSpec('hello=2.10-3')])).toEqual([
       'apt-get', 'install', '-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold',
-      '-o', 'Dpkg::Use-Pty=0', '--no-install-recommends', 'socat', 'hello=2.10-3',
+      '-o', 'Dpkg::Use-Pty=0', '-o', 'Dir::Cache::pkgcache=/run/imagebuilder-apt-pkgcache.bin', '-o', 'Dir::Cache::srcpkgcache=/run/imagebuilder-apt-srcpkgcache.bin',
+      '--no-install-recommends', 'socat', 'hello=2.10-3',
     ]);
   });
 });

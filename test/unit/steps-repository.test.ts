@@ -12,8 +12,9 @@ import { normalizeFingerprint, parseGpgColons, repositoryStep, type RepositorySp
 import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-session.js';
 
 /** What apt-get gets on every install, upgrade and purge (src/pkg/apt.ts): spelled out, not imported. */
-const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0'];
-const UPDATE = ['apt-get', 'update', '-q'];
+const APT_BIN_CACHES = ['-o', 'Dir::Cache::pkgcache=/run/imagebuilder-apt-pkgcache.bin', '-o', 'Dir::Cache::srcpkgcache=/run/imagebuilder-apt-srcpkgcache.bin'];
+const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_BIN_CACHES];
+const UPDATE = ['apt-get', 'update', '-q', ...APT_BIN_CACHES];
 const CLEAN = ['apt-get', 'clean'];
 
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
@@ -271,7 +272,7 @@ describe('packages step: upgrade and hold', () => {
       CLEAN,
       ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', '--only-upgrade', 'kubectl', 'kubeadm'],
       CLEAN,
-      ['apt-mark', 'hold', 'kubelet', 'kubectl'],
+      ['apt-mark', ...APT_BIN_CACHES, 'hold', 'kubelet', 'kubectl'],
     ]);
   });
 
@@ -286,7 +287,7 @@ describe('packages step: upgrade and hold', () => {
     const { session, calls } = fakeSession();
     const { context } = fakeStepContext(session);
     await packagesStep.run(context, { install: ['kubelet=1.30.1-1.1', 'kubeadm=1.30.1-1.1', 'kubectl'], hold: true });
-    expect(calls.at(-1)!.argv).toEqual(['apt-mark', 'hold', 'kubelet', 'kubeadm', 'kubectl']);
+    expect(calls.at(-1)!.argv).toEqual(['apt-mark', ...APT_BIN_CACHES, 'hold', 'kubelet', 'kubeadm', 'kubectl']);
     expect(calls.filter((c) => c.argv[0] === 'apt-mark')).toHaveLength(1);
   });
 
@@ -294,7 +295,7 @@ describe('packages step: upgrade and hold', () => {
     const { session, calls } = fakeSession();
     const { context } = fakeStepContext(session);
     await packagesStep.run(context, { hold: ['containerd'] });
-    expect(calls.map((c) => c.argv)).toEqual([['apt-mark', 'hold', 'containerd']]);
+    expect(calls.map((c) => c.argv)).toEqual([['apt-mark', ...APT_BIN_CACHES, 'hold', 'containerd']]);
   });
 
   test('describe says what the step does', () => {
