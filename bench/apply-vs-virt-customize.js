@@ -8,7 +8,7 @@
 import { copyFile, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { benchSetup, copyLimit, installLimit, median, repo, seconds, spread, virtCustomizeEnv } from './common.js';
+import { benchSetup, buildStages, copyLimit, installLimit, median, medianStages, printStages, repo, seconds, spread, virtCustomizeEnv } from './common.js';
 
 const { dir, base, runs, virtCustomize: withVirtCustomize } = await benchSetup();
 const packages = ['containerd', 'conntrack', 'socat'];
@@ -31,17 +31,17 @@ async function imagebuilder(sparsify, warm = false) {
     await run();
   }
   const times = [];
-  let steps = 0;
-  let durations = {};
+  const stagesOfRuns = [];
   for (let i = 0; i < runs; i++) {
     await rm(output, { force: true });
     const t0 = performance.now();
     await run();
-    times.push(seconds(t0));
-    durations = JSON.parse(await readFile(`${output}.bom.json`, 'utf8')).durationsMs;
-    steps = durations.steps / 1000;
+    const elapsed = seconds(t0);
+    times.push(elapsed);
+    stagesOfRuns.push(buildStages(JSON.parse(await readFile(`${output}.bom.json`, 'utf8')), elapsed));
   }
-  return { name: `imagebuilder --sparsify ${sparsify}${warm ? ' (warm)' : ''}`, seconds: median(times), spread: spread(times), steps, size: await sizeMiB(output), output, applianceMs: durations['virt-sparsify'] ?? 0 };
+  const stages = medianStages(stagesOfRuns);
+  return { name: `imagebuilder --sparsify ${sparsify}${warm ? ' (warm)' : ''}`, seconds: median(times), spread: spread(times), steps: stages.steps / 1000, stages, size: await sizeMiB(output), output, applianceMs: stages['virt-sparsify'] ?? 0 };
 }
 
 async function virtCustomize() {
@@ -77,6 +77,9 @@ for (const r of results) {
   const vsReference = reference ? (r.seconds / reference.seconds).toFixed(3) : '';
   console.log(`${r.name.padEnd(36)}${r.seconds.toFixed(1).padStart(9)}${spreadText(r).padStart(12)}${vsReference.padStart(8)}${r.limit.toFixed(1).padStart(9)}${(r.seconds / r.limit).toFixed(2).padStart(10)}${r.size.toFixed(0).padStart(10)}`);
 }
+// Where each job's time goes (its build's own clock, medians over the runs): beside the limit, what is not the install.
+printStages(results.map((r) => [r.name.replace('imagebuilder --sparsify ', ''), r.stages]), 20, 15);
+console.log('');
 const none = results[0];
 const byMode = Object.fromEntries(results.map((r) => [r.name.replace('imagebuilder --sparsify ', ''), r]));
 const byName = (name) => byMode[name];

@@ -39,6 +39,31 @@ export async function virtCustomizeEnv() {
 export const seconds = (t0) => (performance.now() - t0) / 1000;
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/**
+ * A build's time by stage, from its own clock (`durationsMs` in its BOM), and what that clock does not time
+ * (Node's and the CLI's start-up, writing the BOM, SBOMs and sums) from the wall time around it.
+ */
+export function buildStages(bom, elapsedSeconds) {
+  const stages = { ...bom.durationsMs, 'outside the clock': elapsedSeconds * 1000 - bom.durationsMs.total };
+  delete stages.total;
+  return stages;
+}
+
+/** Each stage's median over runs (a stage a run lacks counts as 0 there). */
+export function medianStages(stagesOfRuns) {
+  const names = [...new Set(stagesOfRuns.flatMap((stages) => Object.keys(stages)))];
+  return Object.fromEntries(names.map((name) => [name, median(stagesOfRuns.map((stages) => stages[name] ?? 0))]));
+}
+
+/** Prints jobs' stages side by side: `jobs` is [column name, stages] pairs. */
+export function printStages(jobs, nameWidth = 24, columnWidth = 10) {
+  const OUTSIDE = 'outside the clock';
+  const names = [...new Set(jobs.flatMap(([, stages]) => Object.keys(stages)))].filter((name) => name !== OUTSIDE);
+  names.push(OUTSIDE);
+  console.log(`\n${'stage (ms, median)'.padEnd(nameWidth)}${jobs.map(([name]) => name.padStart(columnWidth)).join('')}`);
+  for (const name of names) console.log(`${name.padEnd(nameWidth)}${jobs.map(([, stages]) => String(Math.round(stages[name] ?? 0)).padStart(columnWidth)).join('')}`);
+}
+
 export const spread = (xs) => ({ min: Math.min(...xs), median: median(xs), max: Math.max(...xs) });
 
 /**

@@ -11,7 +11,7 @@
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { benchSetup, median, seconds, virtCustomizeEnv } from './common.js';
+import { benchSetup, buildStages, median, medianStages, printStages, seconds, virtCustomizeEnv } from './common.js';
 import { guestCommandCost } from './guest-command.js';
 
 const { dir, base, runs, checkout, virtCustomize: withVirtCustomize } = await benchSetup();
@@ -37,19 +37,14 @@ async function apply(recipe, cache, extra = []) {
   });
   const elapsed = seconds(t0);
   const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8'));
-  // The build's own clock per stage; what it does not time (Node and oclif start-up, BOM, SBOMs, sums) is the rest.
-  const stages = { ...bom.durationsMs, 'outside the clock': elapsed * 1000 - bom.durationsMs.total };
-  delete stages.total;
-  return { seconds: elapsed, cached: bom.steps.filter((s) => s.cached).length, stages };
+  return { seconds: elapsed, cached: bom.steps.filter((s) => s.cached).length, stages: buildStages(bom, elapsed) };
 }
 
 async function measure(body) {
   const all = [];
   for (let i = 0; i < runs; i++) all.push(await body());
   const times = all.map((r) => r.seconds);
-  const stageNames = [...new Set(all.flatMap((r) => Object.keys(r.stages ?? {})))];
-  const stages = Object.fromEntries(stageNames.map((name) => [name, median(all.map((r) => r.stages?.[name] ?? 0))]));
-  return { ...all.at(-1), seconds: median(times), min: Math.min(...times), max: Math.max(...times), stages };
+  return { ...all.at(-1), seconds: median(times), min: Math.min(...times), max: Math.max(...times), stages: medianStages(all.map((r) => r.stages ?? {})) };
 }
 
 // The base image's verification and the phase-0 cache are shared: only the step cache starts empty.
@@ -107,8 +102,5 @@ console.log(`per guest command (sandbox included; goal: the sandbox adds < 50 ms
 console.log(`rebuild / full (goal <= 0.1): ${(results.rebuild.seconds / results.full.seconds).toFixed(3)}`);
 console.log(`overhead, a recipe with no steps (goal <= 1.0 s): ${results.overhead.seconds.toFixed(2)} s with --no-cache, ${results['overhead-cached'].seconds.toFixed(2)} s with the cache on`);
 // Where the time goes, stage by stage (medians, ms): what a rebuild and an empty recipe still pay.
-const jobs = [['full', results.full], ['rebuild', results.rebuild], ['overhead', results.overhead], ['cached', results['overhead-cached']]];
-const names = [...new Set(jobs.flatMap(([, r]) => Object.keys(r.stages)))];
-console.log(`\n${'stage (ms, median)'.padEnd(24)}${jobs.map(([name]) => name.padStart(10)).join('')}`);
-for (const name of names) console.log(`${name.padEnd(24)}${jobs.map(([, r]) => String(Math.round(r.stages[name] ?? 0)).padStart(10)).join('')}`);
+printStages([['full', results.full.stages], ['rebuild', results.rebuild.stages], ['overhead', results.overhead.stages], ['cached', results['overhead-cached'].stages]]);
 if (virtCustomize) console.log(`full / virt-customize: ${(results.full.seconds / virtCustomize.seconds).toFixed(3)}`);
