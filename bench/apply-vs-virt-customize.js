@@ -66,7 +66,7 @@ for (const mode of ['fstrim', 'auto']) results.push(await imagebuilder(mode, tru
 
 // The physical limit each imagebuilder job is held against: the install alone, and its own output copied once.
 const install = await installLimit(base, packages, dir, runs);
-for (const r of results) r.limit = install + (await copyLimit(r.output, dir));
+for (const r of results) r.limit = install + (await copyLimit(r.output, dir, runs));
 
 const cpus = (await readFile('/proc/cpuinfo', 'utf8')).split('\n').filter((l) => l.startsWith('processor')).length;
 console.log(`machine: ${cpus} CPUs, ${(await execa('uname', ['-r'])).stdout}; base image: ${base}; packages: ${packages.join(' ')}; runs: ${runs} (median; spread min–max)`);

@@ -37,7 +37,7 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') {
       throw new ImageBuilderError('BAD_INPUT', `the work directory's parent ${parent} is not a directory (${code === 'ENOENT' ? 'it does not exist' : 'a part of its path is a file'})`, {
-        hint: `create it first (mkdir -p ${parent}), or give another with --work-dir or IMAGEBUILDER_WORK_DIR`,
+        hint: code === 'ENOENT' ? `create it first (mkdir -p ${parent}), or give another with --work-dir or IMAGEBUILDER_WORK_DIR` : 'give a directory with --work-dir or IMAGEBUILDER_WORK_DIR',
       });
     }
     throw error;

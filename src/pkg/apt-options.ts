@@ -1,9 +1,35 @@
+import { writeGuestFile } from '../chroot/guest-write.js';
+import type { ChrootSession } from '../chroot/session.js';
+
+const PKGCACHE = '/run/imagebuilder-apt-pkgcache.bin';
+const SRCPKGCACHE = '/run/imagebuilder-apt-srcpkgcache.bin';
+
 /**
  * apt's binary caches (pkgcache.bin and srcpkgcache.bin, ~40 MB each from Debian's lists) on the session's own
- * /run tmpfs instead of /var/cache/apt: apt rebuilds them from the lists in each step anyway, and `apt-get clean`
- * deleted them before any layer or output was made, so written into the guest's filesystem they only cost
- * ~80 MB of writes through the loop device and the export, and left as many freed blocks in the step's layer.
- * Every apt command of a step's transaction gets these, so each reuses the cache the one before it built;
- * `apt-get clean` does not, and still removes whatever /var/cache/apt held.
+ * /run tmpfs instead of /var/cache/apt: apt rebuilds them from the lists in each step anyway, and after an
+ * install or upgrade `apt-get clean` deleted them before any layer or output was made, so written into the
+ * guest's filesystem they only cost ~80 MB of writes through the loop device and the export, and left as many
+ * freed blocks in the step's layer (a step that only removed or held packages left them in the image). Every apt
+ * command of a step gets these, so each reuses the cache the one before it built; `apt-get clean` does not, and
+ * still removes whatever /var/cache/apt held. The tmpfs is memory, counted against the build's memory limit.
  */
-export const APT_CACHE_OPTIONS = ['-o', 'Dir::Cache::pkgcache=/run/imagebuilder-apt-pkgcache.bin', '-o', 'Dir::Cache::srcpkgcache=/run/imagebuilder-apt-srcpkgcache.bin'];
+export const APT_CACHE_OPTIONS = ['-o', `Dir::Cache::pkgcache=${PKGCACHE}`, '-o', `Dir::Cache::srcpkgcache=${SRCPKGCACHE}`];
+
+/**
+ * The same for the programs apt starts, which read apt's configuration files but not its command line (debconf's
+ * dpkg-preconfigure hook runs apt-extracttemplates, which builds the caches; Ubuntu's update hooks use python-apt):
+ * APT_CONFIG names a file apt reads before its own configuration, written on the session's /run once per session.
+ */
+export const APT_CACHE_CONFIG = { path: '/run/imagebuilder-apt.conf', content: `Dir::Cache::pkgcache "${PKGCACHE}";\nDir::Cache::srcpkgcache "${SRCPKGCACHE}";\n` };
+
+/** Sessions (one per step) whose /run holds APT_CACHE_CONFIG. */
+const configured = new WeakSet<ChrootSession>();
+
+/** The environment an apt command of a step runs with: APT_CONFIG, its file written into this session first. */
+export async function aptCacheEnv(session: ChrootSession): Promise<Record<string, string>> {
+  if (!configured.has(session)) {
+    await writeGuestFile(session, { path: APT_CACHE_CONFIG.path, content: APT_CACHE_CONFIG.content, mode: '0644' }, "writing the apt configuration that puts apt's caches on /run");
+    configured.add(session);
+  }
+  return { APT_CONFIG: APT_CACHE_CONFIG.path };
+}

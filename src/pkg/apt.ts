@@ -9,7 +9,7 @@ import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from 
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
-import { APT_CACHE_OPTIONS } from './apt-options.js';
+import { APT_CACHE_OPTIONS, aptCacheEnv } from './apt-options.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_CACHE_OPTIONS];
@@ -113,7 +113,7 @@ export function createApt(): PackageManager {
     const cache = options.packageCache;
     if (served) {
       await session.exec(APT_BUNDLE_LISTS_SETUP, { purpose: "making the bundle's lists directory", errorCode: 'STEP_FAILED' });
-      await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...aptBundleOptions(served)], { streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
+      await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...aptBundleOptions(served)], { env: await aptCacheEnv(session), streamOutput: true, purpose: "apt-get update from the bundle's repository", errorCode: 'STEP_FAILED' });
     } else {
       // With the package cache: the release files first (verified by apt), then the cached lists they name, and
       // nothing else left in the lists. Should that first run fail, the real one below says why. Once per build,
@@ -121,11 +121,11 @@ export function createApt(): PackageManager {
       // When the cache holds every list that update would fetch, it is left out: it would fetch each release file
       // again only to find it unchanged, and the install builds apt's cache from the same lists.
       const realUpdate = async () => {
-        await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS], { streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
+        await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS], { env: await aptCacheEnv(session), streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
         if (cache) await keepAptLists(session.root, cache.dir, cache.log);
       };
       if (cache && (!listsFromCache.has(session.root) || !(await aptListsPresent(session.root)))) {
-        const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...APT_RELEASE_FILES_ONLY], { allowFailure: true, purpose: 'apt-get update of the release files' });
+        const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...APT_RELEASE_FILES_ONLY], { env: await aptCacheEnv(session), allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
         // The host indexes the lists (for the .deb offer) on the other core while the guest's apt answers, and
@@ -160,8 +160,10 @@ export function createApt(): PackageManager {
       const served = options.bundle?.serve;
       if (served) await requireInBundle(session.root, served, packages, (root) => this.listInstalled(root));
       await update(session, options);
+      const env = await aptCacheEnv(session);
       await transact(session, options, () =>
         session.exec(aptInstallArgs(packages, served ? aptBundleOptions(served) : []), {
+          env,
           streamOutput: true,
           purpose: 'installing packages',
           errorCode: 'STEP_FAILED',
@@ -173,7 +175,9 @@ export function createApt(): PackageManager {
     async upgrade(session, names, options = {}) {
       const served = options.bundle?.serve;
       await update(session, options);
+      const env = await aptCacheEnv(session);
       await transact(session, options, () => session.exec(aptUpgradeArgs(names, served ? aptBundleOptions(served) : []), {
+        env,
         streamOutput: true,
         purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
         errorCode: 'STEP_FAILED',
@@ -182,7 +186,7 @@ export function createApt(): PackageManager {
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async hold(session, names) {
-      await session.exec(aptHoldArgs(names), { streamOutput: true, purpose: `holding ${names.join(' ')}`, errorCode: 'STEP_FAILED' });
+      await session.exec(aptHoldArgs(names), { env: await aptCacheEnv(session), streamOutput: true, purpose: `holding ${names.join(' ')}`, errorCode: 'STEP_FAILED' });
     },
     async addRepository(session, repository) {
       if (repository.exclude?.length) {
@@ -204,8 +208,9 @@ export function createApt(): PackageManager {
       ];
     },
     async remove(session, names) {
-      await session.exec(['apt-get', 'purge', ...APT_OPTIONS, ...names], { streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
-      await session.exec(['apt-get', 'autoremove', '--purge', ...APT_OPTIONS], { streamOutput: true, purpose: 'removing unused dependencies', errorCode: 'STEP_FAILED' });
+      const env = await aptCacheEnv(session);
+      await session.exec(['apt-get', 'purge', ...APT_OPTIONS, ...names], { env, streamOutput: true, purpose: 'removing packages', errorCode: 'STEP_FAILED' });
+      await session.exec(['apt-get', 'autoremove', '--purge', ...APT_OPTIONS], { env, streamOutput: true, purpose: 'removing unused dependencies', errorCode: 'STEP_FAILED' });
     },
     async cleanCache(session) {
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache', errorCode: 'STEP_FAILED' });

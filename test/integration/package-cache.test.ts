@@ -126,13 +126,16 @@ describe('package cache (apt)', () => {
     });
   });
 
-  test("apt's binary caches are built on the session's /run, never in the guest's /var/cache/apt", async () => {
+  test("apt's binary caches are built on the session's /run, by apt and by the apt programs its hooks run, not in the guest's /var/cache/apt", async () => {
     // Directories where apt keeps its caches by default: apt could not write them there ("Problem renaming the
-    // file … Is a directory", then "The package cache file is corrupted" and the install failed).
+    // file … Is a directory", then "The package cache file is corrupted" and the install failed). The hook runs
+    // apt-cache as debconf's dpkg-preconfigure runs apt-extracttemplates: it reads apt's configuration files, not
+    // apt-get's command line, and fails the install if it cannot build its cache.
     const [pinned] = mirror.versions.kubectl;
     const blocked = await writeRecipe(work, 'blocked-bin', [
       { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
       { run: 'mkdir /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin' },
+      { file: { path: '/etc/apt/apt.conf.d/99cache-hook', content: 'DPkg::Pre-Invoke { "apt-cache policy kubectl > /var/lib/policy-the-hook-saw"; };\n' } },
       { packages: { install: [`kubectl=${pinned}`] } },
     ]);
     const result = await runCli(['apply', blocked, '--disk-image', disk, '--output', join(work, 'blocked-bin.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env });
@@ -140,6 +143,7 @@ describe('package cache (apt)', () => {
     expect(result.all).not.toContain('Problem renaming');
     await withImageMounted(join(work, 'blocked-bin.qcow2'), 'gpt-esp', async (root) => {
       expect(await dpkgVersion(root, 'kubectl')).toBe(pinned);
+      expect(await readFile(join(root, 'var/lib/policy-the-hook-saw'), 'utf8')).toContain(pinned);
       // Untouched, and nothing of apt's caches beside them.
       expect((await readdir(join(root, 'var/cache/apt'))).sort()).toEqual(['archives', 'pkgcache.bin', 'srcpkgcache.bin']);
       expect(await readdir(join(root, 'var/cache/apt/pkgcache.bin'))).toEqual([]);

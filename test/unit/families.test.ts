@@ -60,6 +60,7 @@ const shown = (call: FakeCall) => (call.argv[3] === 'write-file' ? `write ${call
 /** What each manager runs for SCENARIO, by its release version option (undefined: the guest tells its own). */
 const EXPECTED: Record<string, (release: string, rolling?: boolean) => unknown[]> = {
   apt: () => [
+    'write /run/imagebuilder-apt.conf',
     ['apt-get', 'purge', ...APT, 'nano'],
     ['apt-get', 'autoremove', '--purge', ...APT],
     ['apt-get', 'update', '-q', ...APT_BIN_CACHES],
@@ -236,7 +237,8 @@ describe('every family: exact commands and files of packages (remove, install, u
     expect(calls.map(shown)).toEqual(EXPECTED[c.manager](c.release, c.rolling));
     // The repository files the step wrote, as the guest gets them, and the BOM records them (key first).
     const written = Object.fromEntries(calls.filter((call) => call.argv[3] === 'write-file').map((call) => [call.argv[4], call.input]));
-    expect(records.files.map((f) => f.path)).toEqual(Object.keys(written).filter((path) => !path.includes('tdnf.conf')));
+    // Session scratch (tdnf's configuration copy, apt's APT_CONFIG on /run) is no file of the image's.
+    expect(records.files.map((f) => f.path)).toEqual(Object.keys(written).filter((path) => !path.includes('tdnf.conf') && path !== '/run/imagebuilder-apt.conf'));
     if (c.manager === 'apt') {
       expect(written['/etc/apt/keyrings/k8s.asc']).toBe(key);
       expect(written['/etc/apt/sources.list.d/k8s.sources']).toBe(`Types: deb\nURIs: ${DEB_URL}\nSuites: /\nSigned-By: /etc/apt/keyrings/k8s.asc\n`);

@@ -15,6 +15,10 @@ import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-ses
 const APT_BIN_CACHES = ['-o', 'Dir::Cache::pkgcache=/run/imagebuilder-apt-pkgcache.bin', '-o', 'Dir::Cache::srcpkgcache=/run/imagebuilder-apt-srcpkgcache.bin'];
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_BIN_CACHES];
 const UPDATE = ['apt-get', 'update', '-q', ...APT_BIN_CACHES];
+/** The session's apt configuration file (APT_CONFIG for what apt starts), written before its first apt command. */
+const APT_CONF = 'write /run/imagebuilder-apt.conf';
+/** A call as a readable entry: guest file writes by path, everything else by argv. */
+const shown = (c: { argv: string[] }) => (c.argv[0] === '/bin/sh' && c.argv[3] === 'write-file' ? `write ${c.argv[4]}` : c.argv);
 const CLEAN = ['apt-get', 'clean'];
 
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
@@ -208,8 +212,8 @@ describe('repository step', () => {
     await repositoryStep.run(context, { name: 'k', url: 'http://127.0.0.1:1/deb/', key: keys.a });
     await packagesStep.run(context, { install: ['kubectl'] });
     const install = (name: string) => ['apt-get', 'install', ...APT_OPTIONS, '--no-install-recommends', name];
-    expect(calls.map((c) => (c.argv[0] === '/bin/sh' ? `write ${c.argv[4]}` : c.argv))).toEqual([
-      UPDATE, install('socat'), CLEAN,
+    expect(calls.map(shown)).toEqual([
+      APT_CONF, UPDATE, install('socat'), CLEAN,
       install('conntrack'), CLEAN,
       'write /etc/apt/keyrings/k.asc', 'write /etc/apt/sources.list.d/k.sources',
       UPDATE, install('kubectl'), CLEAN,
@@ -226,20 +230,20 @@ describe('repository step', () => {
       const step = async (name: string) => {
         const { session, calls } = fakeSession(() => undefined, root);
         await packagesStep.run(fakeStepContext(session).context, { install: [name] });
-        return calls.map((c) => c.argv);
+        return calls.map(shown);
       };
       // No lists yet: fetched (the fake apt writes one, as apt-get update would).
-      expect(await step('socat')).toEqual([UPDATE, install('socat'), CLEAN]);
+      expect(await step('socat')).toEqual([APT_CONF, UPDATE, install('socat'), CLEAN]);
       await writeFile(join(lists, 'deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages'), '');
-      expect(await step('conntrack')).toEqual([install('conntrack'), CLEAN]);
+      expect(await step('conntrack')).toEqual([APT_CONF, install('conntrack'), CLEAN]);
       // A step other than repository (run, file) added a source: apt's configuration changed, fetched again.
       await mkdir(join(root, 'etc/apt/sources.list.d'), { recursive: true });
       await writeFile(join(root, 'etc/apt/sources.list.d/vendor.sources'), 'Types: deb\nURIs: http://127.0.0.1:1/\nSuites: ./\n');
-      expect(await step('iptables')).toEqual([UPDATE, install('iptables'), CLEAN]);
-      expect(await step('ebtables')).toEqual([install('ebtables'), CLEAN]);
+      expect(await step('iptables')).toEqual([APT_CONF, UPDATE, install('iptables'), CLEAN]);
+      expect(await step('ebtables')).toEqual([APT_CONF, install('ebtables'), CLEAN]);
       // A step removed them: the next one fetches them again.
       await rm(join(lists, 'deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages'));
-      expect(await step('ethtool')).toEqual([UPDATE, install('ethtool'), CLEAN]);
+      expect(await step('ethtool')).toEqual([APT_CONF, UPDATE, install('ethtool'), CLEAN]);
     } finally {
       await rm(root, { recursive: true, force: true });
     }
@@ -264,7 +268,8 @@ describe('packages step: upgrade and hold', () => {
     const { session, calls } = fakeSession();
     const { context } = fakeStepContext(session);
     await packagesStep.run(context, { remove: ['nano'], install: ['kubelet=1.30.1-1.1'], upgrade: ['kubectl', 'kubeadm'], hold: ['kubelet', 'kubectl'] });
-    expect(calls.map((c) => c.argv)).toEqual([
+    expect(calls.map(shown)).toEqual([
+      APT_CONF,
       ['apt-get', 'purge', ...APT_OPTIONS, 'nano'],
       ['apt-get', 'autoremove', '--purge', ...APT_OPTIONS],
       UPDATE,
@@ -274,13 +279,17 @@ describe('packages step: upgrade and hold', () => {
       CLEAN,
       ['apt-mark', ...APT_BIN_CACHES, 'hold', 'kubelet', 'kubectl'],
     ]);
+    // Every apt command but apt-get clean passes APT_CONFIG on to what it starts (debconf's hook, python-apt);
+    // apt-get clean cleans /var/cache/apt as always.
+    for (const call of calls.slice(1)) expect(call.env).toEqual(call.argv[1] === 'clean' ? undefined : { APT_CONFIG: '/run/imagebuilder-apt.conf' });
+    expect(calls[0].input).toBe('Dir::Cache::pkgcache "/run/imagebuilder-apt-pkgcache.bin";\nDir::Cache::srcpkgcache "/run/imagebuilder-apt-srcpkgcache.bin";\n');
   });
 
   test('upgrade: true is apt-get upgrade, after fetching the package lists', async () => {
     const { session, calls } = fakeSession();
     const { context } = fakeStepContext(session);
     await packagesStep.run(context, { upgrade: true });
-    expect(calls.map((c) => c.argv)).toEqual([UPDATE, ['apt-get', 'upgrade', ...APT_OPTIONS], CLEAN]);
+    expect(calls.map(shown)).toEqual([APT_CONF, UPDATE, ['apt-get', 'upgrade', ...APT_OPTIONS], CLEAN]);
   });
 
   test('hold: true holds exactly the packages install names, without their versions', async () => {
@@ -295,7 +304,7 @@ describe('packages step: upgrade and hold', () => {
     const { session, calls } = fakeSession();
     const { context } = fakeStepContext(session);
     await packagesStep.run(context, { hold: ['containerd'] });
-    expect(calls.map((c) => c.argv)).toEqual([['apt-mark', ...APT_BIN_CACHES, 'hold', 'containerd']]);
+    expect(calls.map(shown)).toEqual([APT_CONF, ['apt-mark', ...APT_BIN_CACHES, 'hold', 'containerd']]);
   });
 
   test('describe says what the step does', () => {

@@ -461,7 +461,8 @@ describe('sysprep step', () => {
     await apt.install(session, [{ name: 'socat' }]);
     await apt.cleanCache(session);
     await apt.install(session, [{ name: 'hello' }]);
-    expect(calls.map((c) => c.argv.slice(0, 2).join(' '))).toEqual([
+    expect(calls.map((c) => (c.argv[3] === 'write-file' ? `write ${c.argv[4]}` : c.argv.slice(0, 2).join(' ')))).toEqual([
+      'write /run/imagebuilder-apt.conf',
       'apt-get update',
       'apt-get install',
       'apt-get clean',
@@ -471,6 +472,6 @@ describe('sysprep step', () => {
       'apt-get install',
       'apt-get clean',
     ]);
-    expect(calls[4].argv[2]).toBe(LISTS);
+    expect(calls[5].argv[2]).toBe(LISTS);
   });
 });
