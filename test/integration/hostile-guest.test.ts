@@ -135,27 +135,27 @@ describe('hostile guest images', () => {
       await expectHostUntouched(host);
     });
 
-    test("a /run that leads into /dev (where the session's own /dev links lead out of the guest) is refused before anything is mounted", async () => {
+    /** A build of `image` (named `name`) refused with `message` before its step runs, the host untouched. */
+    const expectRefusedBeforeTheStep = async (name: string, image: (path: string) => Promise<string>, message: string) => {
       const host = await snapshotHost();
-      const image = await deriveImage(wholeDisk, join(work, 'run-into-dev.qcow2'), {}, { thenRun: 'rm -rf "$1/run" "$1/dev/fd"; ln -s /dev/fd "$1/run"' });
-      const recipe = await writeRecipe(work, 'run-into-dev', [{ run: 'echo RAN' }]);
-      const result = await apply(recipe, image, 'run-into-dev-out.qcow2');
+      const derived = await image(join(work, `${name}.qcow2`));
+      const recipe = await writeRecipe(work, name, [{ run: 'echo RAN' }]);
+      const result = await apply(recipe, derived, `${name}-out.qcow2`);
       expect(result.exitCode).toBe(2);
-      expect(result.stderr).toContain("the guest's /run leads to /dev/fd, inside its /dev (/dev)");
+      expect(result.stderr).toContain(message);
       expect(result.all).not.toContain('RAN\n');
       await expectHostUntouched(host);
+    };
+
+    test("a /run that leads into /dev (where the session's own /dev links lead out of the guest) is refused before anything is mounted", async () => {
+      await expectRefusedBeforeTheStep('run-into-dev', (path) => deriveImage(wholeDisk, path, {}, { thenRun: 'rm -rf "$1/run" "$1/dev/fd"; ln -s /dev/fd "$1/run"' }),
+        "the guest's /run leads to /dev/fd, inside its /dev (/dev)");
     });
 
     test("a /run that leads to one of the guest's own mount points (/boot) is refused, and that mount is not taken for the session's", async () => {
-      const host = await snapshotHost();
       const separateBoot = await fixtureImage('separate-boot');
-      const image = await deriveImage(separateBoot, join(work, 'run-onto-boot.qcow2'), {}, { partitioned: true, partition: 3, thenRun: 'rm -rf "$1/run"; ln -s /boot "$1/run"' });
-      const recipe = await writeRecipe(work, 'run-onto-boot', [{ run: 'echo RAN' }]);
-      const result = await apply(recipe, image, 'run-onto-boot-out.qcow2');
-      expect(result.exitCode).toBe(2);
-      expect(result.stderr).toContain("the guest's /run leads to /boot, which is a mount point already");
-      expect(result.all).not.toContain('RAN\n');
-      await expectHostUntouched(host);
+      await expectRefusedBeforeTheStep('run-onto-boot', (path) => deriveImage(separateBoot, path, {}, { partitioned: true, partition: 3, thenRun: 'rm -rf "$1/run"; ln -s /boot "$1/run"' }),
+        "the guest's /run leads to /boot, which is a mount point already");
     });
 
     test.each([
