@@ -4,7 +4,8 @@ import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
-import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPackagesIndex } from './package-cache.js';
+import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPackagesIndex, storedHashes } from './package-cache.js';
+import { settle, settledValue, type Settled } from '../util/settle.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
@@ -87,11 +88,23 @@ export function aptSourcesEntry(repository: Omit<PackageRepository, 'key'>, keyr
 async function transact(session: ChrootSession, options: InstallOptions, transaction: () => Promise<unknown>): Promise<void> {
   const cache = options.packageCache;
   const collect = options.bundle?.collect;
-  // The lists were fetched before (apt-get update) and the transaction does not change them: read once.
-  const index = cache ? await rememberedAptPackagesIndex(session.root) : undefined;
-  const offered = cache && index ? await offerCachedDebs(session.root, cache.dir, index, cache.log, await installedArchiveNames(session.root)) : undefined;
-  await transaction();
-  if (cache && index) await keepDownloadedDebs(session.root, cache.dir, index, cache.log, new Set(offered?.paths));
+  if (cache) {
+    // The lists were fetched before (apt-get update) and the transaction does not change them: read once (~0.3 s
+    // after an update), before it only if the store holds a .deb to offer (a runner's first build has none), else
+    // while it runs.
+    const indexing = settle(rememberedAptPackagesIndex(session.root));
+    const indexed = () => settledValue(indexing);
+    try {
+      const offered = (await storedHashes(cache.dir, 'deb')).size ? await offerCachedDebs(session.root, cache.dir, await indexed(), cache.log, await installedArchiveNames(session.root)) : undefined;
+      await transaction();
+      await keepDownloadedDebs(session.root, cache.dir, await indexed(), cache.log, new Set(offered?.paths));
+    } finally {
+      // Whatever happened: a list still open would keep the guest mounted.
+      await indexing;
+    }
+  } else {
+    await transaction();
+  }
   if (collect) await collectDownloadedDebs(session.root, collect, collect.log);
 }
 
@@ -107,6 +120,23 @@ export function createApt(): PackageManager {
   const lists = metadataFreshness(['/etc/apt'], aptListsPresent);
   // Guests (by their root, one per build) whose lists were made from the release files and the package cache.
   const listsFromCache = new Set<string>();
+  // The lists an update fetched are kept (read, hashed, copied to the cache: ~80 MB, ~0.3 s for Debian's) while
+  // the install or upgrade after it runs: it does not change them, and mostly waits for downloads and dpkg.
+  const keepingLists = new Map<string, Promise<Settled<number>>>();
+  /** Runs an install or upgrade; the lists its update fetched are kept meanwhile, and awaited whatever happens. */
+  const withListsKept = async (session: ChrootSession, body: () => Promise<void>) => {
+    let failed = true;
+    try {
+      await body();
+      failed = false;
+    } finally {
+      const keeping = keepingLists.get(session.root);
+      keepingLists.delete(session.root);
+      const kept = await keeping;
+      // Not keeping them fails the step, as it did before, unless the step failed already (its error says more).
+      if (kept && !kept.ok && !failed) throw kept.failure;
+    }
+  };
   const update = async (session: ChrootSession, options: InstallOptions) => {
     const served = options.bundle?.serve;
     if (await lists.upToDate(session, Boolean(served))) return;
@@ -122,7 +152,7 @@ export function createApt(): PackageManager {
       // again only to find it unchanged, and the install builds apt's cache from the same lists.
       const realUpdate = async () => {
         await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS], { env: await aptCacheEnv(session), streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
-        if (cache) await keepAptLists(session.root, cache.dir, cache.log);
+        if (cache) keepingLists.set(session.root, settle(keepAptLists(session.root, cache.dir, cache.log)));
       };
       if (cache && (!listsFromCache.has(session.root) || !(await aptListsPresent(session.root)))) {
         const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...APT_RELEASE_FILES_ONLY], { env: await aptCacheEnv(session), allowFailure: true, purpose: 'apt-get update of the release files' });
@@ -159,30 +189,34 @@ export function createApt(): PackageManager {
       }
       const served = options.bundle?.serve;
       if (served) await requireInBundle(session.root, served, packages, (root) => this.listInstalled(root));
-      await update(session, options);
-      const env = await aptCacheEnv(session);
-      await transact(session, options, () =>
-        session.exec(aptInstallArgs(packages, served ? aptBundleOptions(served) : []), {
-          env,
-          streamOutput: true,
-          purpose: 'installing packages',
-          errorCode: 'STEP_FAILED',
-          hint: bundleHint(served, 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available'),
-        }),
-      );
+      await withListsKept(session, async () => {
+        await update(session, options);
+        const env = await aptCacheEnv(session);
+        await transact(session, options, () =>
+          session.exec(aptInstallArgs(packages, served ? aptBundleOptions(served) : []), {
+            env,
+            streamOutput: true,
+            purpose: 'installing packages',
+            errorCode: 'STEP_FAILED',
+            hint: bundleHint(served, 'check the package names and versions: `apt-cache policy NAME` inside `imagebuilder shell` lists what is available'),
+          }),
+        );
+      });
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async upgrade(session, names, options = {}) {
       const served = options.bundle?.serve;
-      await update(session, options);
-      const env = await aptCacheEnv(session);
-      await transact(session, options, () => session.exec(aptUpgradeArgs(names, served ? aptBundleOptions(served) : []), {
-        env,
-        streamOutput: true,
-        purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
-        errorCode: 'STEP_FAILED',
-        hint: bundleHint(served, 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)'),
-      }));
+      await withListsKept(session, async () => {
+        await update(session, options);
+        const env = await aptCacheEnv(session);
+        await transact(session, options, () => session.exec(aptUpgradeArgs(names, served ? aptBundleOptions(served) : []), {
+          env,
+          streamOutput: true,
+          purpose: names === 'all' ? 'upgrading all packages' : `upgrading ${names.join(' ')}`,
+          errorCode: 'STEP_FAILED',
+          hint: bundleHint(served, 'a held package is not upgraded: release it first (`apt-mark unhold NAME` in a run step)'),
+        }));
+      });
       await session.exec(['apt-get', 'clean'], { purpose: 'cleaning the apt cache' });
     },
     async hold(session, names) {

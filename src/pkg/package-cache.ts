@@ -230,11 +230,14 @@ function storeKeeper(packageCacheDir: string, kind: PackageKind, log: Logger, ma
       keptBytes += content.length;
       await mkdir(store, { recursive: true });
       const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
-      await writeFile(partial, content, { mode: 0o644 });
-      await rename(partial, join(store, `${sha256}.${kind}`)).catch(async (error: unknown) => {
+      try {
+        await writeFile(partial, content, { mode: 0o644 });
+        await rename(partial, join(store, `${sha256}.${kind}`));
+      } catch (error) {
+        // A full disk leaves no partial file behind.
         await rm(partial, { force: true });
         throw error;
-      });
+      }
       kept++;
       return true;
     },
@@ -270,7 +273,7 @@ export async function keepDownloadedFiles(
 }
 
 /** The sha256s a kind's store holds, by its file names (a file is hashed again before it is offered). */
-async function storedHashes(packageCacheDir: string, kind: PackageKind): Promise<Set<string>> {
+export async function storedHashes(packageCacheDir: string, kind: PackageKind): Promise<Set<string>> {
   const suffix = `.${kind}`;
   const names = await readdir(storeDir(packageCacheDir, kind)).catch(() => [] as string[]);
   return new Set(names.filter((name) => name.endsWith(suffix)).map((name) => name.slice(0, -suffix.length)).filter((hash) => SHA256.test(hash)));

@@ -1,0 +1,81 @@
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createApt } from '../../src/pkg/apt.js';
+import { sha256Text } from '../../src/util/digest.js';
+import { silentLogger } from '../../src/util/log.js';
+import { settle, settledValue } from '../../src/util/settle.js';
+import { fakeSession, type FakeCall } from '../helpers/fake-session.js';
+
+const LISTS = 'var/lib/apt/lists';
+const PREFIX = 'deb.debian.org_debian_dists_bookworm_';
+const PACKAGES = 'Package: socat\nVersion: 1\nArchitecture: amd64\nFilename: pool/s/socat_1_amd64.deb\nSHA256: ' + 'a'.repeat(64) + '\n';
+
+/** A guest whose apt has just fetched one Packages list, named by its release file. */
+async function guestWithLists(root: string) {
+  await mkdir(join(root, LISTS, 'partial'), { recursive: true });
+  await mkdir(join(root, 'var/cache/apt/archives/partial'), { recursive: true });
+  await mkdir(join(root, 'var/lib/dpkg'), { recursive: true });
+  await writeFile(join(root, 'var/lib/dpkg/status'), '');
+  const release = `Origin: Debian\nSuite: stable\nSHA256:\n ${sha256Text(PACKAGES)} ${PACKAGES.length} main/binary-amd64/Packages\n`;
+  await writeFile(join(root, LISTS, `${PREFIX}InRelease`), release);
+  await writeFile(join(root, LISTS, `${PREFIX}main_binary-amd64_Packages`), PACKAGES);
+}
+
+const isInstall = (call: FakeCall) => call.argv[0] === 'apt-get' && call.argv.includes('install');
+
+describe("an apt install with the package cache: the lists its update fetched are kept while it runs", () => {
+  let dir: string;
+  let root: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'apt-transaction-'));
+    root = join(dir, 'root');
+    await guestWithLists(root);
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  test('kept before the step cleans up and returns, the install run once', async () => {
+    const cache = join(dir, 'cache');
+    const kept = join(cache, 'apt-list', `${sha256Text(PACKAGES)}.apt-list`);
+    let keptBeforeClean = false;
+    const { session, calls } = fakeSession((call) => {
+      if (call.argv.join(' ') === 'apt-get clean') keptBeforeClean = existsSync(kept);
+      return undefined;
+    }, root);
+    await createApt().install(session, [{ name: 'socat' }], { packageCache: { dir: cache, log: silentLogger() } });
+    expect(keptBeforeClean).toBe(true);
+    expect(await readdir(join(cache, 'apt-list'))).toEqual([`${sha256Text(PACKAGES)}.apt-list`]);
+    expect(calls.filter(isInstall)).toHaveLength(1);
+    expect(calls.at(-1)?.argv).toEqual(['apt-get', 'clean']);
+  });
+
+  test('lists that cannot be kept fail the step, after the install ran', async () => {
+    // The cache's store for lists is a file: keeping one fails (ENOTDIR), offering finds nothing.
+    const cache = join(dir, 'cache');
+    await mkdir(cache);
+    await writeFile(join(cache, 'apt-list'), 'not a directory');
+    const { session, calls } = fakeSession(() => undefined, root);
+    await expect(createApt().install(session, [{ name: 'socat' }], { packageCache: { dir: cache, log: silentLogger() } })).rejects.toThrow(/ENOTDIR|EEXIST/);
+    expect(calls.filter(isInstall)).toHaveLength(1);
+  });
+
+  test("an install that fails is the step's error, even when the lists could not be kept either", async () => {
+    const cache = join(dir, 'cache');
+    await mkdir(cache);
+    await writeFile(join(cache, 'apt-list'), 'not a directory');
+    const { session } = fakeSession((call) => (isInstall(call) ? { exitCode: 100, output: 'E: Unable to locate package nosuch' } : undefined), root);
+    await expect(createApt().install(session, [{ name: 'nosuch' }], { packageCache: { dir: cache, log: silentLogger() } })).rejects.toThrow(/installing packages: `apt-get .*install.*` exited with 100/);
+  });
+});
+
+describe('settle: work started now, awaited later', () => {
+  test('a failure is held, not thrown, until its value is asked for', async () => {
+    const failing = settle(Promise.reject(new Error('disk full')));
+    // Nothing awaits it for a while: no unhandled rejection ends the test run.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(await failing).toEqual({ ok: false, failure: new Error('disk full') });
+    await expect(settledValue(failing)).rejects.toThrow('disk full');
+    expect(await settledValue(settle(Promise.resolve(42)))).toBe(42);
+  });
+});
