@@ -10,7 +10,7 @@ import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from 
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
-import { APT_CACHE_OPTIONS, aptCacheEnv } from './apt-options.js';
+import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache } from './apt-options.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_CACHE_OPTIONS];
@@ -222,6 +222,7 @@ export function createApt(): PackageManager {
     async hold(session, names) {
       await session.exec(aptHoldArgs(names), { env: await aptCacheEnv(session), streamOutput: true, purpose: `holding ${names.join(' ')}`, errorCode: 'STEP_FAILED' });
     },
+    finishStep: carryAptSourceCache,
     async addRepository(session, repository) {
       if (repository.exclude?.length) {
         throw new ImageBuilderError('STEP_FAILED', `repository ${repository.name}: exclude is for dnf and yum repositories; apt has no per-source exclude`, {

@@ -118,6 +118,8 @@ export interface PackageManager {
   upgrade(session: ChrootSession, names: string[] | 'all', options?: InstallOptions): Promise<void>;
   /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock, zypper addlock). */
   hold(session: ChrootSession, names: string[], options?: InstallOptions): Promise<void>;
+  /** At the end of a packages step, in its session: what the manager keeps for the build's next step (apt: its srcpkgcache.bin). */
+  finishStep?(session: ChrootSession): Promise<void>;
   /**
    * Writes the repository's key and source definition into the guest; the next install or upgrade in this
    * session refreshes the package lists first. Returns the files written (key first).

@@ -97,5 +97,6 @@ export const packagesStep = defineStep({
     else if (spec.upgrade?.length) await manager.upgrade(context.session, spec.upgrade, packageCache);
     const hold = holdNames(spec);
     if (hold.length) await manager.hold(context.session, hold, bundle);
+    await manager.finishStep?.(context.session);
   },
 });

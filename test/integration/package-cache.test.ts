@@ -151,6 +151,29 @@ describe('package cache (apt)', () => {
     });
   });
 
+  test("a build's next packages step reuses the srcpkgcache.bin apt built in the one before, though each has a session (and a /run) of its own", async () => {
+    // apt's own account of its caches (Debug::pkgCacheGen), step by step; the step cache is on, so each step has a session.
+    const [pinned] = mirror.versions.kubectl;
+    const twoSteps = await writeRecipe(work, 'two-steps', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { file: { path: '/etc/apt/apt.conf.d/99cachegen-debug', content: 'Debug::pkgCacheGen "true";\n' } },
+      { packages: { install: [`kubectl=${pinned}`] } },
+      { packages: { install: ['cri-tools'] } },
+    ]);
+    const result = await runCli(['apply', twoSteps, '--disk-image', disk, '--output', join(work, 'two-steps.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    const third = result.stderr.slice(result.stderr.indexOf('step 3/4'), result.stderr.indexOf('step 4/4'));
+    const fourth = result.stderr.slice(result.stderr.indexOf('step 4/4'));
+    expect(third).toContain('srcpkgcache.bin is NOT valid - rebuild');
+    expect(fourth).toContain('srcpkgcache.bin is valid - it can be reused');
+    expect(fourth).not.toContain('NOT valid');
+    await withImageMounted(join(work, 'two-steps.qcow2'), 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(pinned);
+      expect(await dpkgVersion(root, 'cri-tools')).toBe(mirror.versions['cri-tools'][0]);
+      expect(await readdir(join(root, 'var/cache/apt'))).toEqual(['archives']);
+    });
+  });
+
   test('a cached file whose bytes are not what its name says is removed and never offered; apt fetches the real one', async () => {
     const stored = (await readdir(join(cache, 'packages/deb'))).sort();
     // Poison: every cached file replaced by another package's bytes under the same name.

@@ -1,8 +1,10 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { createApt } from '../../src/pkg/apt.js';
+import { aptCacheEnv, carryAptSourceCache } from '../../src/pkg/apt-options.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { silentLogger } from '../../src/util/log.js';
 import { settle, settledValue } from '../../src/util/settle.js';
@@ -77,5 +79,59 @@ describe('settle: work started now, awaited later', () => {
     expect(await failing).toEqual({ ok: false, failure: new Error('disk full') });
     await expect(settledValue(failing)).rejects.toThrow('disk full');
     expect(await settledValue(settle(Promise.resolve(42)))).toBe(42);
+  });
+});
+
+describe("apt's srcpkgcache.bin, carried from one packages step's session to the next of the same build", () => {
+  let dir: string;
+  let root: string;
+  const SRCPKGCACHE = 'run/imagebuilder-apt-srcpkgcache.bin';
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'apt-carry-'));
+    root = join(dir, 'root');
+    await mkdir(join(root, 'run'), { recursive: true });
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  /** The next step's session: a fresh /run, then its first apt command's environment. */
+  async function nextSession() {
+    await rm(join(root, 'run'), { recursive: true, force: true });
+    await mkdir(join(root, 'run'));
+    const { session } = fakeSession(() => undefined, root);
+    expect(await aptCacheEnv(session)).toEqual({ APT_CONFIG: '/run/imagebuilder-apt.conf' });
+    return readFile(join(root, SRCPKGCACHE)).catch(() => undefined);
+  }
+
+  test('what apt built is in the next session\'s /run before its first apt command', async () => {
+    await writeFile(join(root, SRCPKGCACHE), 'apt cache bytes');
+    const { session } = fakeSession(() => undefined, root);
+    await createApt().finishStep!(session);
+    expect((await nextSession())?.toString()).toBe('apt cache bytes');
+  });
+
+  test('a link the guest left there carries nothing, and the host file it names is never read into the guest', async () => {
+    const secret = join(dir, 'host-secret');
+    await writeFile(secret, 'HOST SECRET');
+    await symlink(secret, join(root, SRCPKGCACHE));
+    const { session } = fakeSession(() => undefined, root);
+    await carryAptSourceCache(session);
+    expect(await nextSession()).toBeUndefined();
+  });
+
+  test('a FIFO the guest left there is never opened (a reader would block), and carries nothing', async () => {
+    await execa('mkfifo', [join(root, SRCPKGCACHE)]);
+    const { session } = fakeSession(() => undefined, root);
+    await carryAptSourceCache(session);
+    expect(await nextSession()).toBeUndefined();
+  });
+
+  test('nothing there at the end of a step: the next starts without one, not with an older one', async () => {
+    await writeFile(join(root, SRCPKGCACHE), 'from step 1');
+    const { session } = fakeSession(() => undefined, root);
+    await carryAptSourceCache(session);
+    expect((await nextSession())?.toString()).toBe('from step 1');
+    await rm(join(root, SRCPKGCACHE));
+    await carryAptSourceCache(fakeSession(() => undefined, root).session);
+    expect(await nextSession()).toBeUndefined();
   });
 });
