@@ -9,7 +9,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
-import { isInside } from '../util/guest-fs.js';
+import { holdDirectory, isInside } from '../util/guest-fs.js';
 import { isMounted, mountsUnder } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
@@ -81,6 +81,12 @@ export interface ChrootExecOptions extends Omit<ExecOptions, 'env' | 'extraEnv'>
 
 export interface ChrootSession {
   readonly root: string;
+  /**
+   * This session's private /run (a fresh tmpfs each session) as the host reaches it, for what the host itself
+   * keeps there: a directory descriptor's /proc/self/fd path, valid until close(). One object per session, shared
+   * by every view of it (a step's network wrapper).
+   */
+  readonly privateRun?: { readonly dir: string };
   /** Runs argv inside the guest. */
   exec(argv: string[], options?: ChrootExecOptions): Promise<ExecResult>;
   /**
@@ -168,7 +174,7 @@ const SESSION_MOUNTS_SCRIPT = [
   'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$run"',
 ].join('\n');
 
-async function mountSessionFilesystems(root: string, { run, log, cleanup }: { run: Runner; log: Logger; cleanup: CleanupStack }): Promise<void> {
+async function mountSessionFilesystems(root: string, { run, log, cleanup }: { run: Runner; log: Logger; cleanup: CleanupStack }): Promise<string> {
   const names = ['/sys', '/dev', '/run'];
   const resolved = await Promise.all(names.map((guestPath) => resolveInRoot(root, guestPath)));
   // Resolved before anything is mounted, so none may lead into another: a /run that led into /dev (/dev/fd)
@@ -204,6 +210,7 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
+  return runDir;
 }
 
 /**
@@ -225,6 +232,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   };
 
   let sandbox: BuildSandbox;
+  let privateRun: { dir: string };
   try {
     sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits, hostPorts: options.hostPorts }));
     // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
@@ -232,7 +240,12 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await enableEmulation(root, { run, log, cleanup });
     // bwrap mounts /proc per command, of the command's own PID namespace; the directory must exist.
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
-    await mountSessionFilesystems(root, { run, log, cleanup });
+    const runDir = await mountSessionFilesystems(root, { run, log, cleanup });
+    // Held open while the session lasts and reached through /proc/self/fd: whatever a guest renames on the way
+    // to the mount point (a /run that is a link into /var), the host lands on its tmpfs and nowhere else.
+    const runHandle = await holdDirectory(runDir);
+    cleanup.push('private /run handle', () => runHandle.close());
+    privateRun = { dir: `/proc/self/fd/${runHandle.fd}` };
     for (const bind of options.readOnlyBinds ?? []) await mountIn(bind.guest, ['--bind', '-o', 'ro,nosuid,nodev', bind.host]);
 
     const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: sandbox.resolvConf, mode: 0o644 }, ...(options.sessionFiles ?? [])];
@@ -254,6 +267,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   const netnsFor = async (wanted: GuestNetwork) => (wanted === 'sandboxed' && !sandbox.offline ? sandbox.networkNamespace() : undefined);
   return {
     root,
+    privateRun,
     exec: async (argv, execOptions = {}) => {
       const { network: commandNetwork, readOnlyRoot, needsNoNetwork, ...rest } = execOptions;
       const before = await sandbox.counters();

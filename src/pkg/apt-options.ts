@@ -1,6 +1,7 @@
 import { writeGuestFile } from '../chroot/guest-write.js';
 import type { ChrootSession } from '../chroot/session.js';
-import { readGuestFile, writeGuestFileFromHost } from '../util/guest-fs.js';
+import { basename } from 'node:path';
+import { readHeldFile, writeHeldFile } from '../util/guest-fs.js';
 
 const PKGCACHE = '/run/imagebuilder-apt-pkgcache.bin';
 const SRCPKGCACHE = '/run/imagebuilder-apt-srcpkgcache.bin';
@@ -23,17 +24,18 @@ export const APT_CACHE_OPTIONS = ['-o', `Dir::Cache::pkgcache=${PKGCACHE}`, '-o'
  */
 export const APT_CACHE_CONFIG = { path: '/run/imagebuilder-apt.conf', content: `Dir::Cache::pkgcache "${PKGCACHE}";\nDir::Cache::srcpkgcache "${SRCPKGCACHE}";\n` };
 
-/** Sessions (one per step) whose /run holds APT_CACHE_CONFIG. */
-const configured = new WeakSet<ChrootSession>();
+/** Sessions (their private /run: one object per session, whatever wraps it) whose /run holds APT_CACHE_CONFIG. */
+const configured = new WeakSet<object>();
 
 /** The environment an apt command of a step runs with: APT_CONFIG, its file written into this session first. */
 export async function aptCacheEnv(session: ChrootSession): Promise<Record<string, string>> {
-  if (!configured.has(session)) {
+  const identity = session.privateRun ?? session;
+  if (!configured.has(identity)) {
     await writeGuestFile(session, { path: APT_CACHE_CONFIG.path, content: APT_CACHE_CONFIG.content, mode: '0644' }, "writing the apt configuration that puts apt's caches on /run");
     const carried = carriedSourceCaches.get(session.root);
-    // Written by the host into this session's fresh tmpfs, which nothing of the guest has touched yet.
-    if (carried) await writeGuestFileFromHost(session.root, SRCPKGCACHE, carried, { mode: 0o644 });
-    configured.add(session);
+    // Into this session's fresh tmpfs; should that fail, apt builds its own, as before.
+    if (carried && session.privateRun) await writeHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, carried, 0o644).catch(() => undefined);
+    configured.add(identity);
   }
   return { APT_CONFIG: APT_CACHE_CONFIG.path };
 }
@@ -42,19 +44,26 @@ export async function aptCacheEnv(session: ChrootSession): Promise<Record<string
  * The srcpkgcache.bin a guest's last packages step left on its /run, by guest root (one per build), for the next
  * packages step of the same build: with the step cache each step has a session, and a /run, of its own, and apt
  * built its caches again from the lists in each (~0.45 s here for Debian's; from a valid srcpkgcache.bin, ~0.08 s).
- * apt reuses it only if every list it was built from is there with the same size and mtime, else builds it again;
- * it is the same guest's, so it trusts nothing the guest could not already change (its lists, its apt). Never
- * given to another build; the two most recent guests are remembered (a matrix runs many builds in one process).
+ * apt reuses it only if the index files it was built from are the same, each with the same size and mtime, else
+ * builds it again; it is the same guest's, so it trusts nothing the guest could not already change (its lists,
+ * its apt). Never given to another build; the two most recent guests are remembered (a matrix runs many builds in
+ * one process).
  */
 const carriedSourceCaches = new Map<string, Buffer>();
 const CARRIED_GUESTS = 2;
 /** The largest carried: Debian's is ~40 MB, Ubuntu's with universe ~100 MB. */
-const MAX_CARRIED_BYTES = 256 << 20;
+export const MAX_CARRIED_BYTES = 128 << 20;
+const SRCPKGCACHE_NAME = basename(SRCPKGCACHE);
 
-/** After a step's apt commands: keeps the srcpkgcache.bin they built (nothing if the guest put anything else there). */
+/**
+ * At the end of a packages step: keeps the srcpkgcache.bin its apt commands built. Read from the session's own
+ * tmpfs by name, no link followed (not even a parent: the directory is the session's descriptor), only a regular
+ * file of that tmpfs within the bound; anything else the guest left there carries nothing.
+ */
 export async function carryAptSourceCache(session: ChrootSession): Promise<void> {
-  const content = await readGuestFile(session.root, SRCPKGCACHE, MAX_CARRIED_BYTES).catch(() => undefined);
   carriedSourceCaches.delete(session.root);
+  if (!session.privateRun) return;
+  const content = await readHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined);
   if (!content) return;
   carriedSourceCaches.set(session.root, content);
   for (const oldest of carriedSourceCaches.keys()) if (carriedSourceCaches.size > CARRIED_GUESTS) carriedSourceCaches.delete(oldest);

@@ -1,5 +1,5 @@
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, type BigIntStats, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, stat, symlink, type FileHandle } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, join, posix } from 'node:path';
 import { ImageBuilderError } from './errors.js';
@@ -94,12 +94,82 @@ async function checkInside(root: string, handle: FileHandle, guestPath: string):
 
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
+const DIRECTORY_STEP_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+
+/**
+ * Opens `resolved` (a guest path as resolveInRoot gave it: no link on the way, as of then) one name at a time
+ * from the root, each looked up in the directory opened before it (through /proc/self/fd) and none followed. A
+ * guest process that swaps a directory on the way for a link meanwhile (it may run while the host reads: apt's
+ * update, an install's maintainer scripts) gets the open refused (ELOOP), never the host's open of where its link
+ * leads, which a plain open of the joined path would follow in any parent.
+ */
+export async function openBeneath(root: string, resolved: string, flags: number): Promise<FileHandle> {
+  const names = resolved.split('/').filter(Boolean);
+  if (!names.length) return open(root, flags);
+  let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    for (const name of names.slice(0, -1)) {
+      const next = await open(`/proc/self/fd/${dir.fd}/${name}`, DIRECTORY_STEP_FLAGS);
+      await dir.close();
+      dir = next;
+    }
+    return await open(`/proc/self/fd/${dir.fd}/${names.at(-1)}`, flags | constants.O_NOFOLLOW);
+  } finally {
+    await dir.close();
+  }
+}
+
+/**
+ * A directory the host keeps files in for a session (its private /run, a tmpfs it mounted), held open: reached by
+ * its /proc/self/fd path while the session lasts, it is that filesystem whatever a guest renames on the way to it.
+ */
+export function holdDirectory(path: string): Promise<FileHandle> {
+  return open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+}
+
+/**
+ * A file the guest may have touched in a held directory (holdDirectory), by its name alone: only a regular file of
+ * that directory's own filesystem, at most `maxBytes`; undefined for anything else (a link, even to a file of the
+ * guest or its /sys; a FIFO, never waited on; a directory; a file past the bound, not read).
+ */
+export async function readHeldFile(dir: string, name: string, maxBytes: number): Promise<Buffer | undefined> {
+  const handle = await open(join(dir, name), READ_FLAGS).catch(() => undefined);
+  if (!handle) return undefined;
+  try {
+    // stat, not lstat: `dir` is the held descriptor's /proc/self/fd path, whose target is the directory.
+    const [stats, dirStats] = await Promise.all([handle.stat(), stat(dir)]);
+    if (!stats.isFile() || stats.dev !== dirStats.dev || stats.size > maxBytes) return undefined;
+    const content = await handle.readFile();
+    return content.length <= maxBytes ? content : undefined;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes a file into a held directory by its name: a new file, then renamed over whatever the name held (never written through). */
+export async function writeHeldFile(dir: string, name: string, content: Buffer, mode: number): Promise<void> {
+  const partial = join(dir, `.${name}.imagebuilder-${randomBytes(6).toString('hex')}`);
+  const handle = await open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NOCTTY, mode);
+  try {
+    try {
+      await handle.writeFile(content);
+    } finally {
+      await handle.close();
+    }
+    await rename(partial, join(dir, name));
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw error;
+  }
+}
+
 /** Opens a guest path for reading, as a regular file (or a directory); undefined when it does not exist. */
 async function openGuest(root: string, guestPath: string, kind: 'file' | 'directory'): Promise<FileHandle | undefined> {
-  const hostPath = await guestHostPath(root, guestPath);
+  const resolved = await resolveInRoot(root, guestPath);
+  const hostPath = join(root, resolved);
   let handle: FileHandle;
   try {
-    handle = await open(hostPath, READ_FLAGS | (kind === 'directory' ? constants.O_DIRECTORY : 0));
+    handle = await openBeneath(root, resolved, READ_FLAGS | (kind === 'directory' ? constants.O_DIRECTORY : 0));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     // Absent, or a parent on the way is not a directory: nothing there either way.

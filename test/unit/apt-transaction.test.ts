@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { createApt } from '../../src/pkg/apt.js';
-import { aptCacheEnv, carryAptSourceCache } from '../../src/pkg/apt-options.js';
+import { aptCacheEnv, carryAptSourceCache, MAX_CARRIED_BYTES } from '../../src/pkg/apt-options.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { silentLogger } from '../../src/util/log.js';
 import { settle, settledValue } from '../../src/util/settle.js';
@@ -85,53 +85,91 @@ describe('settle: work started now, awaited later', () => {
 describe("apt's srcpkgcache.bin, carried from one packages step's session to the next of the same build", () => {
   let dir: string;
   let root: string;
-  const SRCPKGCACHE = 'run/imagebuilder-apt-srcpkgcache.bin';
+  const NAME = 'imagebuilder-apt-srcpkgcache.bin';
+  const run = () => join(root, 'run');
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'apt-carry-'));
     root = join(dir, 'root');
-    await mkdir(join(root, 'run'), { recursive: true });
+    await mkdir(run(), { recursive: true });
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
-  /** The next step's session: a fresh /run, then its first apt command's environment. */
+  /** A session whose private /run is `runDir` (as the real one: a directory the host reaches by path). */
+  const sessionOn = (runDir: string) => ({ ...fakeSession(() => undefined, root).session, privateRun: { dir: runDir } });
+
+  /** The next step's session: a fresh /run, then its first apt command's environment; what apt finds there. */
   async function nextSession() {
-    await rm(join(root, 'run'), { recursive: true, force: true });
-    await mkdir(join(root, 'run'));
-    const { session } = fakeSession(() => undefined, root);
-    expect(await aptCacheEnv(session)).toEqual({ APT_CONFIG: '/run/imagebuilder-apt.conf' });
-    return readFile(join(root, SRCPKGCACHE)).catch(() => undefined);
+    await rm(run(), { recursive: true, force: true });
+    await mkdir(run());
+    expect(await aptCacheEnv(sessionOn(run()))).toEqual({ APT_CONFIG: '/run/imagebuilder-apt.conf' });
+    return readFile(join(run(), NAME)).catch(() => undefined);
   }
 
-  test('what apt built is in the next session\'s /run before its first apt command', async () => {
-    await writeFile(join(root, SRCPKGCACHE), 'apt cache bytes');
-    const { session } = fakeSession(() => undefined, root);
-    await createApt().finishStep!(session);
+  test("what apt built is in the next session's /run before its first apt command", async () => {
+    await writeFile(join(run(), NAME), 'apt cache bytes');
+    await createApt().finishStep!(sessionOn(run()));
     expect((await nextSession())?.toString()).toBe('apt cache bytes');
   });
 
-  test('a link the guest left there carries nothing, and the host file it names is never read into the guest', async () => {
+  test('a link the guest left there carries nothing: to a host file, to a guest file (as to one under its /sys)', async () => {
     const secret = join(dir, 'host-secret');
     await writeFile(secret, 'HOST SECRET');
-    await symlink(secret, join(root, SRCPKGCACHE));
-    const { session } = fakeSession(() => undefined, root);
-    await carryAptSourceCache(session);
-    expect(await nextSession()).toBeUndefined();
+    await mkdir(join(root, 'etc'));
+    await writeFile(join(root, 'etc/hostname'), 'guest file');
+    for (const target of [secret, '/etc/hostname', '../etc/hostname']) {
+      await rm(join(run(), NAME), { force: true });
+      await symlink(target, join(run(), NAME));
+      await carryAptSourceCache(sessionOn(run()));
+      expect(await nextSession()).toBeUndefined();
+    }
   });
 
-  test('a FIFO the guest left there is never opened (a reader would block), and carries nothing', async () => {
-    await execa('mkfifo', [join(root, SRCPKGCACHE)]);
-    const { session } = fakeSession(() => undefined, root);
-    await carryAptSourceCache(session);
+  test('a FIFO (never opened for long: a reader would block), a directory, or a file past the bound carries nothing', async () => {
+    await execa('mkfifo', [join(run(), NAME)]);
+    await carryAptSourceCache(sessionOn(run()));
+    expect(await nextSession()).toBeUndefined();
+    await mkdir(join(run(), NAME));
+    await carryAptSourceCache(sessionOn(run()));
+    expect(await nextSession()).toBeUndefined();
+    // Sparse: its size alone says it is too big, nothing is read.
+    await execa('truncate', ['-s', String(MAX_CARRIED_BYTES + 1), join(run(), NAME)]);
+    await carryAptSourceCache(sessionOn(run()));
     expect(await nextSession()).toBeUndefined();
   });
 
   test('nothing there at the end of a step: the next starts without one, not with an older one', async () => {
-    await writeFile(join(root, SRCPKGCACHE), 'from step 1');
-    const { session } = fakeSession(() => undefined, root);
-    await carryAptSourceCache(session);
+    await writeFile(join(run(), NAME), 'from step 1');
+    await carryAptSourceCache(sessionOn(run()));
     expect((await nextSession())?.toString()).toBe('from step 1');
-    await rm(join(root, SRCPKGCACHE));
-    await carryAptSourceCache(fakeSession(() => undefined, root).session);
+    // This step's apt left none (the one above is what the host put there; apt's own would replace it).
+    await rm(join(run(), NAME));
+    await carryAptSourceCache(sessionOn(run()));
     expect(await nextSession()).toBeUndefined();
+  });
+
+  test("reached through the session's descriptor: a guest that swaps a parent of its /run for a link leads the host nowhere else", async () => {
+    // The image's /run is a link to /var/run2 (the session mounts its tmpfs there); during the step the guest
+    // renames /var away and puts a link to a host directory in its place.
+    const mounted = join(root, 'var/run2');
+    await mkdir(mounted, { recursive: true });
+    await writeFile(join(mounted, NAME), 'apt cache bytes');
+    const outside = join(dir, 'outside');
+    await mkdir(outside);
+    await writeFile(join(outside, NAME), 'HOST FILE');
+    const handle = await open(mounted, 'r');
+    try {
+      const session = sessionOn(`/proc/self/fd/${handle.fd}`);
+      await rename(join(root, 'var'), join(root, 'var.old'));
+      await symlink(outside, join(root, 'var'));
+      await carryAptSourceCache(session);
+      // The next session: its own /run, the same descriptor-reached way.
+      await rm(join(root, 'var.old/run2', NAME));
+      await aptCacheEnv(sessionOn(`/proc/self/fd/${handle.fd}`));
+      expect(await readFile(join(root, 'var.old/run2', NAME), 'utf8')).toBe('apt cache bytes');
+      expect(await readdir(outside)).toEqual([NAME]);
+      expect(await readFile(join(outside, NAME), 'utf8')).toBe('HOST FILE');
+    } finally {
+      await handle.close();
+    }
   });
 });

@@ -1,9 +1,9 @@
 import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
-import { readdirSync, readFileSync } from 'node:fs';
+import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { readGuestDir, readGuestFile, readGuestText, readGuestThrough, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -27,6 +27,25 @@ describe('guest-fs', () => {
     await mkdir(join(root, outside), { recursive: true });
     await writeFile(join(root, outside, 'secret'), 'the guest own file\n');
     expect(await readGuestText(root, '/etc/os-release')).toBe('the guest own file\n');
+  });
+
+  test('a directory on the way swapped for a link after the path was resolved (a guest process racing the host) is refused, never followed', async () => {
+    // What resolveInRoot gave, /etc/sub/secret, no link on the way then; a guest process has since put a link there.
+    await symlink(outside, join(root, 'etc/sub'));
+    // A link is not a directory to step into (openGuest: nothing there).
+    await expect(openBeneath(root, '/etc/sub/secret', constants.O_RDONLY)).rejects.toMatchObject({ code: 'ENOTDIR' });
+    // The last name too.
+    await symlink(join(outside, 'secret'), join(root, 'etc/last'));
+    await expect(openBeneath(root, '/etc/last', constants.O_RDONLY)).rejects.toMatchObject({ code: 'ELOOP' });
+    // Unswapped, it opens what is there.
+    await mkdir(join(root, 'etc/real'));
+    await writeFile(join(root, 'etc/real/file'), 'guest file');
+    const handle = await openBeneath(root, '/etc/real/file', constants.O_RDONLY);
+    try {
+      expect(await handle.readFile('utf8')).toBe('guest file');
+    } finally {
+      await handle.close();
+    }
   });
 
   test('a FIFO is refused at once (no waiting for a writer), a device node too, naming what it is', async () => {
