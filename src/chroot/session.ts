@@ -86,7 +86,7 @@ export interface ChrootSession {
    * keeps there: a directory descriptor's /proc/self/fd path, valid until close(). One object per session, shared
    * by every view of it (a step's network wrapper).
    */
-  readonly privateRun?: { readonly dir: string };
+  readonly privateRun?: { readonly dir: string; readonly closed: boolean };
   /** Runs argv inside the guest. */
   exec(argv: string[], options?: ChrootExecOptions): Promise<ExecResult>;
   /**
@@ -232,7 +232,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   };
 
   let sandbox: BuildSandbox;
-  let privateRun: { dir: string };
+  let privateRun: { dir: string; closed: boolean };
   try {
     sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits, hostPorts: options.hostPorts }));
     // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
@@ -244,8 +244,13 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     // Held open while the session lasts and reached through /proc/self/fd: whatever a guest renames on the way
     // to the mount point (a /run that is a link into /var), the host lands on its tmpfs and nowhere else.
     const runHandle = await holdDirectory(runDir);
-    cleanup.push('private /run handle', () => runHandle.close());
-    privateRun = { dir: `/proc/self/fd/${runHandle.fd}` };
+    const held = { dir: `/proc/self/fd/${runHandle.fd}`, closed: false };
+    // Marked first: once closed, its descriptor number may name another directory (a matrix's next build).
+    cleanup.push('private /run handle', async () => {
+      held.closed = true;
+      await runHandle.close();
+    });
+    privateRun = held;
     for (const bind of options.readOnlyBinds ?? []) await mountIn(bind.guest, ['--bind', '-o', 'ro,nosuid,nodev', bind.host]);
 
     const files: SessionFile[] = options.readOnly ? [] : [{ path: '/etc/resolv.conf', content: sandbox.resolvConf, mode: 0o644 }, ...(options.sessionFiles ?? [])];

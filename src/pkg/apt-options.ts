@@ -34,7 +34,7 @@ export async function aptCacheEnv(session: ChrootSession): Promise<Record<string
     await writeGuestFile(session, { path: APT_CACHE_CONFIG.path, content: APT_CACHE_CONFIG.content, mode: '0644' }, "writing the apt configuration that puts apt's caches on /run");
     const carried = carriedSourceCaches.get(session.root);
     // Into this session's fresh tmpfs; should that fail, apt builds its own, as before.
-    if (carried && session.privateRun) await writeHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, carried, 0o644).catch(() => undefined);
+    if (carried && session.privateRun && !session.privateRun.closed) await writeHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, carried, 0o644).catch(() => undefined);
     configured.add(identity);
   }
   return { APT_CONFIG: APT_CACHE_CONFIG.path };
@@ -62,7 +62,7 @@ const SRCPKGCACHE_NAME = basename(SRCPKGCACHE);
  */
 export async function carryAptSourceCache(session: ChrootSession): Promise<void> {
   carriedSourceCaches.delete(session.root);
-  if (!session.privateRun) return;
+  if (!session.privateRun || session.privateRun.closed) return;
   const content = await readHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined);
   if (!content) return;
   carriedSourceCaches.set(session.root, content);

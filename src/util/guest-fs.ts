@@ -17,7 +17,8 @@ import { resolveInRoot } from './fs.js';
  * - reads at most a stated number of bytes.
  * Writes go to a new file created O_EXCL|O_NOFOLLOW next to the target, then renamed over it (rename replaces
  * a symlink at the target rather than following it).
- * Nothing else in src/ opens a guest path with node:fs (test/unit/guest-fs-boundary.test.ts checks it).
+ * Nothing else in src/ opens a guest path with node:fs (test/unit/guest-fs.test.ts checks it: "guest-fs is the
+ * only way the host opens a guest file").
  */
 
 /** Caps on what the host reads from a guest, by kind of file. */
@@ -100,8 +101,9 @@ const DIRECTORY_STEP_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | consta
  * Opens `resolved` (a guest path as resolveInRoot gave it: no link on the way, as of then) one name at a time
  * from the root, each looked up in the directory opened before it (through /proc/self/fd) and none followed. A
  * guest process that swaps a directory on the way for a link meanwhile (it may run while the host reads: apt's
- * update, an install's maintainer scripts) gets the open refused (ELOOP), never the host's open of where its link
- * leads, which a plain open of the joined path would follow in any parent.
+ * update, an install's maintainer scripts) gets the open refused (ENOTDIR: a link is no directory to step into;
+ * ELOOP for a link at the last name), never the host's open of where its link leads, which a plain open of the
+ * joined path would follow in any parent.
  */
 export async function openBeneath(root: string, resolved: string, flags: number): Promise<FileHandle> {
   const names = resolved.split('/').filter(Boolean);
@@ -139,8 +141,16 @@ export async function readHeldFile(dir: string, name: string, maxBytes: number):
     // stat, not lstat: `dir` is the held descriptor's /proc/self/fd path, whose target is the directory.
     const [stats, dirStats] = await Promise.all([handle.stat(), stat(dir)]);
     if (!stats.isFile() || stats.dev !== dirStats.dev || stats.size > maxBytes) return undefined;
-    const content = await handle.readFile();
-    return content.length <= maxBytes ? content : undefined;
+    // Read to the end but never past the bound, whatever the size was a moment before.
+    const buffer = Buffer.allocUnsafe(maxBytes + 1);
+    let length = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+      if (length > maxBytes) return undefined;
+    }
+    return Buffer.from(buffer.subarray(0, length));
   } finally {
     await handle.close();
   }

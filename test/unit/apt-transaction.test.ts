@@ -95,7 +95,7 @@ describe("apt's srcpkgcache.bin, carried from one packages step's session to the
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
   /** A session whose private /run is `runDir` (as the real one: a directory the host reaches by path). */
-  const sessionOn = (runDir: string) => ({ ...fakeSession(() => undefined, root).session, privateRun: { dir: runDir } });
+  const sessionOn = (runDir: string) => ({ ...fakeSession(() => undefined, root).session, privateRun: { dir: runDir, closed: false } });
 
   /** The next step's session: a fresh /run, then its first apt command's environment; what apt finds there. */
   async function nextSession() {
@@ -144,6 +144,19 @@ describe("apt's srcpkgcache.bin, carried from one packages step's session to the
     // This step's apt left none (the one above is what the host put there; apt's own would replace it).
     await rm(join(run(), NAME));
     await carryAptSourceCache(sessionOn(run()));
+    expect(await nextSession()).toBeUndefined();
+  });
+
+  test('a closed session (its descriptor number may name another directory by then) is neither read nor written', async () => {
+    await writeFile(join(run(), NAME), 'apt cache bytes');
+    await carryAptSourceCache(sessionOn(run()));
+    await rm(join(run(), NAME));
+    const closed = { ...fakeSession(() => undefined, root).session, privateRun: { dir: run(), closed: true } };
+    await aptCacheEnv(closed);
+    await expect(readFile(join(run(), NAME))).rejects.toThrow(/ENOENT/);
+    await writeFile(join(run(), NAME), 'other bytes');
+    await carryAptSourceCache(closed);
+    // Nothing carried from it: the next session starts without one.
     expect(await nextSession()).toBeUndefined();
   });
 
