@@ -141,16 +141,17 @@ export async function readHeldFile(dir: string, name: string, maxBytes: number):
     // stat, not lstat: `dir` is the held descriptor's /proc/self/fd path, whose target is the directory.
     const [stats, dirStats] = await Promise.all([handle.stat(), stat(dir)]);
     if (!stats.isFile() || stats.dev !== dirStats.dev || stats.size > maxBytes) return undefined;
-    // Read to the end but never past the bound, whatever the size was a moment before.
-    const buffer = Buffer.allocUnsafe(maxBytes + 1);
+    // Read to the end but never past the size it had: a file that grew meanwhile (something still writing it) is
+    // refused, so the bound holds whatever happened after the stat.
+    const buffer = Buffer.allocUnsafe(stats.size + 1);
     let length = 0;
     for (;;) {
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
       if (bytesRead === 0) break;
       length += bytesRead;
-      if (length > maxBytes) return undefined;
+      if (length > stats.size) return undefined;
     }
-    return Buffer.from(buffer.subarray(0, length));
+    return buffer.subarray(0, length);
   } finally {
     await handle.close();
   }
