@@ -34,11 +34,15 @@ export async function aptCacheEnv(session: ChrootSession): Promise<Record<string
     await writeGuestFile(session, { path: APT_CACHE_CONFIG.path, content: APT_CACHE_CONFIG.content, mode: '0644' }, "writing the apt configuration that puts apt's caches on /run");
     const carried = carriedSourceCaches.get(session.root);
     // Into this session's fresh tmpfs; should that fail, apt builds its own, as before.
-    if (carried && session.privateRun && !session.privateRun.closed) await writeHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, carried, 0o644).catch(() => undefined);
+    const run = heldRun(session);
+    if (carried && run) await writeHeldFile(run, SRCPKGCACHE_NAME, carried, 0o644).catch(() => undefined);
     configured.add(identity);
   }
   return { APT_CONFIG: APT_CACHE_CONFIG.path };
 }
+
+/** The session's /run as the host reaches it (its descriptor's path); none once the session has closed it. */
+const heldRun = (session: ChrootSession) => (session.privateRun && !session.privateRun.closed ? session.privateRun.dir : undefined);
 
 /**
  * The srcpkgcache.bin a guest's last packages step left on its /run, by guest root (one per build), for the next
@@ -62,8 +66,9 @@ const SRCPKGCACHE_NAME = basename(SRCPKGCACHE);
  */
 export async function carryAptSourceCache(session: ChrootSession): Promise<void> {
   carriedSourceCaches.delete(session.root);
-  if (!session.privateRun || session.privateRun.closed) return;
-  const content = await readHeldFile(session.privateRun.dir, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined);
+  const run = heldRun(session);
+  if (!run) return;
+  const content = await readHeldFile(run, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined);
   if (!content) return;
   carriedSourceCaches.set(session.root, content);
   for (const oldest of carriedSourceCaches.keys()) if (carriedSourceCaches.size > CARRIED_GUESTS) carriedSourceCaches.delete(oldest);

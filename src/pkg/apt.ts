@@ -4,7 +4,7 @@ import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
-import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPackagesIndex, storedHashes } from './package-cache.js';
+import { aptArchiveName, keepDownloadedDebs, offerCachedDebs, rememberedAptPackagesIndex } from './package-cache.js';
 import { settle, settledValue, type Settled } from '../util/settle.js';
 import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from './apt-bundle.js';
 import { requireInBundle } from './bundle-use.js';
@@ -95,9 +95,9 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
     const indexing = settle(rememberedAptPackagesIndex(session.root));
     const indexed = () => settledValue(indexing);
     try {
-      const offered = (await storedHashes(cache.dir, 'deb')).size ? await offerCachedDebs(session.root, cache.dir, await indexed(), cache.log, await installedArchiveNames(session.root)) : undefined;
+      const offered = await offerCachedDebs(session.root, cache.dir, async () => ({ index: await indexed(), installed: await installedArchiveNames(session.root) }), cache.log);
       await transaction();
-      await keepDownloadedDebs(session.root, cache.dir, await indexed(), cache.log, new Set(offered?.paths));
+      await keepDownloadedDebs(session.root, cache.dir, await indexed(), cache.log, new Set(offered.paths));
     } finally {
       // Whatever happened: a list still open would keep the guest mounted.
       await indexing;

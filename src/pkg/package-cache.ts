@@ -273,7 +273,7 @@ export async function keepDownloadedFiles(
 }
 
 /** The sha256s a kind's store holds, by its file names (a file is hashed again before it is offered). */
-export async function storedHashes(packageCacheDir: string, kind: PackageKind): Promise<Set<string>> {
+async function storedHashes(packageCacheDir: string, kind: PackageKind): Promise<Set<string>> {
   const suffix = `.${kind}`;
   const names = await readdir(storeDir(packageCacheDir, kind)).catch(() => [] as string[]);
   return new Set(names.filter((name) => name.endsWith(suffix)).map((name) => name.slice(0, -suffix.length)).filter((hash) => SHA256.test(hash)));
@@ -282,11 +282,16 @@ export async function storedHashes(packageCacheDir: string, kind: PackageKind): 
 /**
  * The cached .deb files the guest's lists name, each at the name apt looks for in its archives; `installed`:
  * archive names to leave out (a package installed at that version is not fetched again). The store's hashes are
- * looked up in the lists, so the cost follows the store, not the lists' 63 000 stanzas.
+ * looked up in the lists, so the cost follows the store, not the lists' 63 000 stanzas; `guest` (the lists'
+ * index, what is installed) is asked for only when the store holds a .deb: a runner's first build reads its
+ * lists while its install runs.
  */
-export async function offerCachedDebs(root: string, packageCacheDir: string, index: AptPackagesIndex, log: Logger, installed: ReadonlySet<string> = new Set()) {
+export async function offerCachedDebs(root: string, packageCacheDir: string, guest: () => Promise<{ index: AptPackagesIndex; installed: ReadonlySet<string> }>, log: Logger) {
+  const stored = await storedHashes(packageCacheDir, 'deb');
+  if (!stored.size) return { files: 0, bytes: 0, paths: [] };
+  const { index, installed } = await guest();
   const wanted: GuestPackageFile[] = [];
-  for (const sha256 of await storedHashes(packageCacheDir, 'deb')) {
+  for (const sha256 of stored) {
     const name = index.archiveName(sha256);
     if (name && DEB_NAME.test(name) && !installed.has(name)) wanted.push({ guestPath: `${APT_ARCHIVES}/${name}`, sha256 });
   }

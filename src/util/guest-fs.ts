@@ -126,7 +126,7 @@ export async function openBeneath(root: string, resolved: string, flags: number)
  * its /proc/self/fd path while the session lasts, it is that filesystem whatever a guest renames on the way to it.
  */
 export function holdDirectory(path: string): Promise<FileHandle> {
-  return open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  return open(path, DIRECTORY_STEP_FLAGS);
 }
 
 /**
@@ -141,37 +141,16 @@ export async function readHeldFile(dir: string, name: string, maxBytes: number):
     // stat, not lstat: `dir` is the held descriptor's /proc/self/fd path, whose target is the directory.
     const [stats, dirStats] = await Promise.all([handle.stat(), stat(dir)]);
     if (!stats.isFile() || stats.dev !== dirStats.dev || stats.size > maxBytes) return undefined;
-    // Read to the end but never past the size it had: a file that grew meanwhile (something still writing it) is
-    // refused, so the bound holds whatever happened after the stat.
-    const buffer = Buffer.allocUnsafe(stats.size + 1);
-    let length = 0;
-    for (;;) {
-      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-      if (length > stats.size) return undefined;
-    }
-    return buffer.subarray(0, length);
+    // Never past the size it had: a file that grew meanwhile (something still writing it) is refused.
+    return await readAtMost(handle, stats.size);
   } finally {
     await handle.close();
   }
 }
 
 /** Writes a file into a held directory by its name: a new file, then renamed over whatever the name held (never written through). */
-export async function writeHeldFile(dir: string, name: string, content: Buffer, mode: number): Promise<void> {
-  const partial = join(dir, `.${name}.imagebuilder-${randomBytes(6).toString('hex')}`);
-  const handle = await open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NOCTTY, mode);
-  try {
-    try {
-      await handle.writeFile(content);
-    } finally {
-      await handle.close();
-    }
-    await rename(partial, join(dir, name));
-  } catch (error) {
-    await rm(partial, { force: true });
-    throw error;
-  }
+export function writeHeldFile(dir: string, name: string, content: Buffer, mode: number): Promise<void> {
+  return replaceByRename(dir, name, mode, (handle) => handle.writeFile(content));
 }
 
 /** Opens a guest path for reading, as a regular file (or a directory); undefined when it does not exist. */
@@ -234,21 +213,30 @@ export async function readGuestFile(root: string, guestPath: string, maxBytes: n
   const handle = await openGuest(root, guestPath, 'file');
   if (!handle) return undefined;
   try {
-    const chunks: Buffer[] = [];
-    let length = 0;
-    // Read to the end, not to the size stat gave: a file that grows meanwhile still stops at the cap.
-    for (;;) {
-      const chunk = Buffer.alloc(Math.min(1 << 20, maxBytes + 1 - length));
-      const { bytesRead } = await handle.read(chunk, 0, chunk.length, length);
-      if (bytesRead === 0) break;
-      chunks.push(chunk.subarray(0, bytesRead));
-      length += bytesRead;
-      if (length > maxBytes) throw tooLarge(guestPath, maxBytes);
-    }
-    return Buffer.concat(chunks, length);
+    const content = await readAtMost(handle, maxBytes);
+    if (!content) throw tooLarge(guestPath, maxBytes);
+    return content;
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * An open file read to its end, or undefined once it passes `maxBytes`: read to the end, not to the size stat
+ * gave, so a file that grows meanwhile still stops at the cap; in chunks, so a large cap allocates nothing ahead.
+ */
+async function readAtMost(handle: FileHandle, maxBytes: number): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for (;;) {
+    const chunk = Buffer.alloc(Math.min(1 << 20, maxBytes + 1 - length));
+    const { bytesRead } = await handle.read(chunk, 0, chunk.length, length);
+    if (bytesRead === 0) break;
+    chunks.push(chunk.subarray(0, bytesRead));
+    length += bytesRead;
+    if (length > maxBytes) return undefined;
+  }
+  return Buffer.concat(chunks, length);
 }
 
 function tooLarge(guestPath: string, maxBytes: number): ImageBuilderError {
@@ -401,21 +389,30 @@ export interface GuestWriteOptions {
 export async function writeGuestFileFromHost(root: string, guestPath: string, content: string | Buffer, options: GuestWriteOptions): Promise<void> {
   const parent = join(root, await parentInGuest(root, guestPath));
   await mkdir(parent, { recursive: true, mode: 0o755 });
-  const target = join(parent, basename(guestPath));
-  const partial = join(parent, `.${basename(guestPath)}.imagebuilder-${randomBytes(6).toString('hex')}`);
-  const handle = await open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NOCTTY, options.mode);
+  await replaceByRename(parent, basename(guestPath), options.mode, async (handle) => {
+    await checkInside(root, handle, guestPath);
+    await handle.writeFile(content);
+    await handle.chmod(options.mode);
+    if (options.uid !== undefined || options.gid !== undefined) await handle.chown(options.uid ?? 0, options.gid ?? 0);
+    if (options.time) await handle.utimes(options.time, options.time);
+    if (options.sync) await handle.sync();
+  });
+}
+
+/**
+ * `dir/name` made anew: a new file beside it (O_EXCL|O_NOFOLLOW), filled by `fill`, renamed over whatever the name
+ * held (a link there is replaced, never written through); removed again if anything fails.
+ */
+async function replaceByRename(dir: string, name: string, mode: number, fill: (handle: FileHandle) => Promise<void>): Promise<void> {
+  const partial = join(dir, `.${name}.imagebuilder-${randomBytes(6).toString('hex')}`);
+  const handle = await open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NOCTTY, mode);
   try {
     try {
-      await checkInside(root, handle, guestPath);
-      await handle.writeFile(content);
-      await handle.chmod(options.mode);
-      if (options.uid !== undefined || options.gid !== undefined) await handle.chown(options.uid ?? 0, options.gid ?? 0);
-      if (options.time) await handle.utimes(options.time, options.time);
-      if (options.sync) await handle.sync();
+      await fill(handle);
     } finally {
       await handle.close();
     }
-    await rename(partial, target);
+    await rename(partial, join(dir, name));
   } catch (error) {
     await rm(partial, { force: true });
     throw error;

@@ -96,9 +96,20 @@ describe('package cache: the store and the guest lists', () => {
     for (const name of ['socat_1.7.4.4-2_amd64.deb', 'runc_1.1.5_amd64.deb'] as const) await writeFile(join(cache, 'deb', `${sha256Text(debs[name])}.deb`), debs[name]);
     // Cached, but no list names it.
     await writeFile(join(cache, 'deb', `${sha256Text('unlisted')}.deb`), 'unlisted');
-    const offered = await offerCachedDebs(root, cache, index, silentLogger(), new Set(['runc_1.1.5_amd64.deb']));
+    const offered = await offerCachedDebs(root, cache, async () => ({ index, installed: new Set(['runc_1.1.5_amd64.deb']) }), silentLogger());
     expect(offered.paths).toEqual(['/var/cache/apt/archives/socat_1.7.4.4-2_amd64.deb']);
     expect(await readdir(join(root, 'var/cache/apt/archives'))).toEqual(['socat_1.7.4.4-2_amd64.deb']);
+  });
+
+  test("an empty store offers nothing and never asks for the guest's lists (a runner's first build reads them while its install runs)", async () => {
+    const cache = join(dir, 'cache');
+    let asked = false;
+    const offered = await offerCachedDebs(join(dir, 'root'), cache, async () => {
+      asked = true;
+      return { index: new AptPackagesIndex(), installed: new Set<string>() };
+    }, silentLogger());
+    expect(offered).toEqual({ files: 0, bytes: 0, paths: [] });
+    expect(asked).toBe(false);
   });
 
   test('kept: a .deb whose bytes the lists name under its file name; not one under another name, not other bytes, not what the cache offered, not a link', async () => {
