@@ -124,8 +124,12 @@ describe("apt's srcpkgcache.bin, carried from one packages step's session to the
     }
   });
 
-  test('a FIFO (never opened for long: a reader would block), a directory, or a file past the bound carries nothing', async () => {
+  test('a FIFO (never opened for long: a reader would block), a device node, a directory, or a file past the bound carries nothing', async () => {
     await execa('mkfifo', [join(run(), NAME)]);
+    await carryAptSourceCache(sessionOn(run()));
+    expect(await nextSession()).toBeUndefined();
+    // A device node (the real /run is nodev, and the sandbox cannot make one; here the open succeeds, the type does not).
+    await execa('mknod', [join(run(), NAME), 'c', '1', '5']);
     await carryAptSourceCache(sessionOn(run()));
     expect(await nextSession()).toBeUndefined();
     await mkdir(join(run(), NAME));
