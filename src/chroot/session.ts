@@ -9,7 +9,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
-import { holdDirectory, isInside } from '../util/guest-fs.js';
+import { holdDirectory, isInside, refuseHostFilesystem } from '../util/guest-fs.js';
 import { isMounted, mountsUnder } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
@@ -206,10 +206,15 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   // In mount order; released in reverse. Registered before anything is mounted: an interrupt while the script
   // runs must not leave a mount behind.
   const targets = [sys, dev, join(dev, 'pts'), runDir];
+  // Pushed before the mounts' release, so lifted only once they are gone: until then no guest path leads a host
+  // read into the host's sysfs or to a device node of our /dev (guest-fs refuses them by filesystem).
+  const refusals: (() => void)[] = [];
+  cleanup.push("host reads refused on the session's /sys, /dev, /dev/pts", () => refusals.forEach((release) => release()));
   cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => unmountTargets(run, root, [...targets].reverse()));
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
+  for (const target of targets.slice(0, 3)) refusals.push(await refuseHostFilesystem(root, target));
   return runDir;
 }
 

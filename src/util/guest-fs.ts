@@ -98,24 +98,86 @@ const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
 const DIRECTORY_STEP_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
 /**
+ * Filesystems of the host's own that a session mounts inside the guest for its programs: its sysfs, the /dev tmpfs
+ * that holds real device nodes, the devpts (counted by st_dev: a matrix's sessions share the one sysfs). A guest
+ * link resolved inside the guest reaches them (/etc/fstab -> /sys/class/dmi/id/product_serial); the host, reading
+ * as root with every capability, must neither read them nor open a node there for the guest.
+ */
+const hostFilesystems = new Map<string, Map<number, number>>();
+
+/**
+ * Refuses host reads, through guest paths of `root`, of the filesystem mounted at `mountPoint` (a session's own
+ * /sys, /dev, /dev/pts there) until the returned release. Keyed by the root's real path: the host reading its own
+ * files (root '/') is no guest.
+ */
+export async function refuseHostFilesystem(root: string, mountPoint: string): Promise<() => void> {
+  const { dev } = await lstat(mountPoint);
+  const inside = await realRoot(root);
+  const counts = hostFilesystems.get(inside) ?? new Map<number, number>();
+  hostFilesystems.set(inside, counts);
+  counts.set(dev, (counts.get(dev) ?? 0) + 1);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    const count = counts.get(dev)! - 1;
+    if (count) counts.set(dev, count);
+    else counts.delete(dev);
+    if (!counts.size && hostFilesystems.get(inside) === counts) hostFilesystems.delete(inside);
+  };
+}
+
+/** The host filesystems refused under `root` (refuseHostFilesystem); undefined when none. */
+async function hostFilesystemsUnder(root: string): Promise<ReadonlyMap<number, number> | undefined> {
+  return hostFilesystems.size ? hostFilesystems.get(await realRoot(root)) : undefined;
+}
+
+function refuseIfOnHost(onHost: ReadonlyMap<number, number> | undefined, dev: number, guestPath: string): void {
+  if (onHost?.has(dev)) {
+    throw refused(guestPath, "inside the host's own filesystems the build mounts for the guest's programs (its /sys, /dev or /dev/pts), which the host does not read for the guest");
+  }
+}
+
+function loopError(path: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`ELOOP: a symbolic link, not followed: ${path}`), { code: 'ELOOP' });
+}
+
+/**
  * Opens `resolved` (a guest path as resolveInRoot gave it: no link on the way, as of then) one name at a time
  * from the root, each looked up in the directory opened before it (through /proc/self/fd) and none followed. A
  * guest process that swaps a directory on the way for a link meanwhile (it may run while the host reads: apt's
  * update, an install's maintainer scripts) gets the open refused (ENOTDIR: a link is no directory to step into;
  * ELOOP for a link at the last name), never the host's open of where its link leads, which a plain open of the
- * joined path would follow in any parent.
+ * joined path would follow in any parent. Only a regular file or a directory is opened, checked by lstat first (a
+ * FIFO, a device node or a socket is refused unopened) and again on the descriptor (the same inode). Nothing on the
+ * session's host filesystems (refuseHostFilesystem) is opened or read.
  */
-export async function openBeneath(root: string, resolved: string, flags: number): Promise<FileHandle> {
+export async function openBeneath(root: string, resolved: string, flags: number, guestPath = resolved): Promise<FileHandle> {
   const names = resolved.split('/').filter(Boolean);
   if (!names.length) return open(root, flags);
+  const onHost = await hostFilesystemsUnder(root);
   let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     for (const name of names.slice(0, -1)) {
       const next = await open(`/proc/self/fd/${dir.fd}/${name}`, DIRECTORY_STEP_FLAGS);
       await dir.close();
       dir = next;
+      if (onHost) refuseIfOnHost(onHost, (await dir.stat()).dev, guestPath);
     }
-    return await open(`/proc/self/fd/${dir.fd}/${names.at(-1)}`, flags | constants.O_NOFOLLOW);
+    const last = `/proc/self/fd/${dir.fd}/${names.at(-1)}`;
+    const seen = await lstat(last);
+    if (seen.isSymbolicLink()) throw loopError(guestPath);
+    if (!seen.isFile() && !seen.isDirectory()) throw refused(guestPath, describeType(seen));
+    const handle = await open(last, flags | constants.O_NOFOLLOW);
+    try {
+      const opened = await handle.stat();
+      if (opened.dev !== seen.dev || opened.ino !== seen.ino) throw refused(guestPath, 'replaced by another file while it was being opened');
+      refuseIfOnHost(onHost, opened.dev, guestPath); // a mount point at the last name: /sys itself
+      return handle;
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
   } finally {
     await dir.close();
   }
@@ -159,7 +221,7 @@ async function openGuest(root: string, guestPath: string, kind: 'file' | 'direct
   const hostPath = join(root, resolved);
   let handle: FileHandle;
   try {
-    handle = await openBeneath(root, resolved, READ_FLAGS | (kind === 'directory' ? constants.O_DIRECTORY : 0));
+    handle = await openBeneath(root, resolved, READ_FLAGS | (kind === 'directory' ? constants.O_DIRECTORY : 0), guestPath);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     // Absent, or a parent on the way is not a directory: nothing there either way.
@@ -302,6 +364,7 @@ export async function walkGuestTree(
   const top = await resolveInRoot(root, topGuestPath);
   const inside = await realRoot(root).catch(() => undefined);
   if (inside === undefined) return; // no root: nothing to walk
+  const onHost = await hostFilesystemsUnder(root);
   const pending = [top];
   let walked = 0;
   while (pending.length) {
@@ -313,11 +376,12 @@ export async function walkGuestTree(
     } catch {
       continue;
     }
-    if (!stat) continue;
+    // The session's /sys or /dev, reached through a guest path: not the guest's, left out as unreadable.
+    if (!stat || onHost?.has(Number(stat.dev))) continue;
     if (++walked > maxEntries) throw refused(topGuestPath, `a tree of more than ${maxEntries} entries`);
     onEntry(guestPath, stat);
     if (stat.isDirectory()) {
-      const names = listDirectorySync(root, inside, guestPath);
+      const names = listDirectorySync(root, inside, guestPath, onHost);
       for (let i = names.length - 1; i >= 0; i--) pending.push(`${guestPath === '/' ? '' : guestPath}/${names[i]}`);
     }
     if (walked % WALK_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
@@ -348,7 +412,7 @@ export async function guestTreeState(root: string, guestPaths: readonly string[]
 }
 
 /** The sorted names in a guest directory, listed through a descriptor checked as openGuest checks one; [] when it cannot be. */
-function listDirectorySync(root: string, inside: string, guestPath: string): string[] {
+function listDirectorySync(root: string, inside: string, guestPath: string, onHost: ReadonlyMap<number, number> | undefined): string[] {
   let fd: number;
   try {
     fd = openSync(join(root, guestPath), READ_FLAGS | constants.O_DIRECTORY);
@@ -357,7 +421,8 @@ function listDirectorySync(root: string, inside: string, guestPath: string): str
     return [];
   }
   try {
-    if (!fstatSync(fd).isDirectory()) return [];
+    const stat = fstatSync(fd);
+    if (!stat.isDirectory() || onHost?.has(stat.dev)) return [];
     if (!isInside(inside, readlinkSync(`/proc/self/fd/${fd}`))) return [];
     return readdirSync(`/proc/self/fd/${fd}`).sort();
   } catch {

@@ -1,5 +1,5 @@
 import { lstat, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { deriveImage } from '../helpers/derive-image.js';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -156,6 +156,20 @@ describe('hostile guest images', () => {
       const separateBoot = await fixtureImage('separate-boot');
       await expectRefusedBeforeTheStep('run-onto-boot', (path) => deriveImage(separateBoot, path, {}, { partitioned: true, partition: 3, thenRun: 'rm -rf "$1/run"; ln -s /boot "$1/run"' }),
         "the guest's /run leads to /boot, which is a mount point already");
+    });
+
+    test.each([
+      ['/sys/kernel/uevent_seqnum', "the host's sysfs"],
+      ['/dev/pts/ptmx', "the session's devpts, where opening ptmx makes a terminal"],
+    ])("/etc/fstab a link to %s (%s, mounted for the guest's programs): the swap step, reading fstab on the host, refuses it unopened", async (target) => {
+      const host = await snapshotHost();
+      const name = `fstab-into-${basename(target)}`;
+      const image = await deriveImage(wholeDisk, join(work, `${name}.qcow2`), {}, { thenRun: `ln -sf ${target} "$1/etc/fstab"` });
+      const recipe = await writeRecipe(work, name, [{ swap: { off: true } }]);
+      const result = await apply(recipe, image, `${name}-out.qcow2`);
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr).toContain(`the guest's ${target} is inside the host's own filesystems the build mounts for the guest's programs`);
+      await expectHostUntouched(host);
     });
 
     test.each([

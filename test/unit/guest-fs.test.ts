@@ -3,7 +3,7 @@ import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, refuseHostFilesystem, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -145,6 +145,39 @@ describe('guest-fs', () => {
     seen.length = 0;
     await walkGuestTree(root, '/etc/apt', (guestPath) => seen.push(guestPath), undefined, 14);
     expect(seen).toHaveLength(14);
+  });
+
+  test("the session's host filesystems (its /sys, its /dev of real nodes), reached through a guest link, are neither opened nor read nor walked", async () => {
+    // A tmpfs standing for the session's sysfs: a file only the host's root reads there, a device node beside it.
+    await mkdir(join(root, 'sys'));
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', join(root, 'sys')]);
+    try {
+      await writeFile(join(root, 'sys/product_serial'), 'HOST-SERIAL\n', { mode: 0o400 });
+      await execa('mknod', [join(root, 'sys/zero'), 'c', '1', '5']);
+      await symlink('/sys/product_serial', join(root, 'etc/fstab'));
+      await symlink('../sys/zero', join(root, 'etc/zero'));
+      await symlink('/sys', join(root, 'etc/sysdir'));
+      const release = await refuseHostFilesystem(root, join(root, 'sys'));
+      const onHost = expect.stringContaining("is inside the host's own filesystems the build mounts for the guest's programs");
+      await expect(readGuestText(root, '/etc/fstab')).rejects.toMatchObject({ code: 'BAD_INPUT', message: onHost });
+      await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ code: 'BAD_INPUT', message: onHost });
+      expect(await readGuestThrough(root, '/etc/fstab', 100)).toBe(false);
+      // The mount point itself, as a directory: not listed.
+      expect(await readGuestDir(root, '/etc/sysdir')).toBeUndefined();
+      expect(await readGuestDir(root, '/sys')).toBeUndefined();
+      const walked: string[] = [];
+      await walkGuestTree(root, '/', (guestPath) => walked.push(guestPath));
+      expect(walked).toContain('/etc/fstab');
+      expect(walked.filter((path) => path.startsWith('/sys'))).toEqual([]);
+      // The host reading itself (root '/') is no guest: unaffected by a guest's refusals.
+      expect((await readGuestText('/', join(root, 'sys/product_serial')))).toBe('HOST-SERIAL\n');
+      release();
+      // Released (the session's mounts gone), the same link reads what is there: the refusal was what stopped it.
+      expect(await readGuestText(root, '/etc/fstab')).toBe('HOST-SERIAL\n');
+      await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ message: expect.stringContaining('is a character device') });
+    } finally {
+      await execa('umount', [join(root, 'sys')]);
+    }
   });
 
   test('statGuest does not follow the last name', async () => {
