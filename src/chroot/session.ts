@@ -9,8 +9,8 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
-import { holdDirectory, isInside, refuseHostFilesystem } from '../util/guest-fs.js';
-import { isMounted, mountsUnder } from '../util/mounts.js';
+import { guardHostFilesystems, holdDirectory, isInside } from '../util/guest-fs.js';
+import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
 import type { Logger } from '../util/log.js';
@@ -154,6 +154,27 @@ async function unmountTargets(run: Runner, root: string, targets: string[]): Pro
   for (const target of mounted) if (await isMounted(target)) await run('umount', ['--lazy', target], { allowFailure: true });
 }
 
+/** Where the mounts of these ids are now (a rename of a parent moves a mount point), innermost last. */
+async function mountedByIds(ids: readonly number[]): Promise<string[]> {
+  const wanted = new Set(ids);
+  return (await mountTable()).filter((mount) => wanted.has(mount.id)).map((mount) => mount.target);
+}
+
+/**
+ * Unmounts the mounts of these ids wherever they are now, innermost first, by one umount; what stays (busy) is
+ * detached lazily; one still mounted after that fails the release (and keeps the host's reads off it).
+ */
+async function unmountByIds(run: Runner, ids: readonly number[]): Promise<void> {
+  const present = (await mountedByIds(ids)).reverse();
+  if (!present.length) return;
+  if ((await run('umount', present, { allowFailure: true })).exitCode === 0 && !(await mountedByIds(ids)).length) return;
+  for (const target of (await mountedByIds(ids)).reverse()) await run('umount', ['--lazy', target], { allowFailure: true });
+  const left = await mountedByIds(ids);
+  if (left.length) {
+    throw new ImageBuilderError('COMMAND_FAILED', `the session's mounts at ${left.join(', ')} could not be released`, { hint: '`mount | grep imagebuilder` shows them; `imagebuilder cleanup` releases what a build left' });
+  }
+}
+
 /** The six device nodes of the guest's /dev: name, major, minor. */
 const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
 const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
@@ -206,15 +227,28 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   // In mount order; released in reverse. Registered before anything is mounted: an interrupt while the script
   // runs must not leave a mount behind.
   const targets = [sys, dev, join(dev, 'pts'), runDir];
-  // Pushed before the mounts' release, so lifted only once they are gone: until then no guest path leads a host
-  // read into the host's sysfs or to a device node of our /dev (guest-fs refuses them by filesystem).
-  const refusals: (() => void)[] = [];
-  cleanup.push("host reads refused on the session's /sys, /dev, /dev/pts", () => refusals.forEach((release) => release()));
-  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => unmountTargets(run, root, [...targets].reverse()));
+  // Pushed before the mounts' release, so lifted only once they are gone: from before they are mounted, no guest
+  // path leads a host read into the host's sysfs or to a device node of our /dev (guest-fs refuses them by
+  // filesystem, and a read on its way waits while they are mounted).
+  const guard = await guardHostFilesystems(root);
+  const mounts: { ids?: number[] } = {};
+  cleanup.push("host reads refused on the session's /sys, /dev, /dev/pts", async () => {
+    // Kept for as long as any of them is still mounted anywhere (a release that failed): never lifted early.
+    if (!mounts.ids || !(await mountedByIds(mounts.ids)).length) guard.release();
+  });
+  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (mounts.ids ? unmountByIds(run, mounts.ids) : unmountTargets(run, root, [...targets].reverse())));
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
-  for (const target of targets.slice(0, 3)) refusals.push(await refuseHostFilesystem(root, target));
+  // By mount id, not path: a guest that renames a parent of a mount point (/sys a link to /srv/s, then
+  // `mv /srv /srv2`) moves the mount with it, and a release by path would miss it and leave it mounted.
+  const table = await mountTable();
+  mounts.ids = targets.map((target) => {
+    const entry = [...table].reverse().find((mount) => mount.target === target);
+    if (!entry) throw new ImageBuilderError('COMMAND_FAILED', `the session's mount at ${target} is not in the mount table after mounting it`, { hint: 'run the build again' });
+    return entry.id;
+  });
+  await guard.refuse(targets.slice(0, 3));
   return runDir;
 }
 

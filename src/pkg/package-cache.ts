@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { sha256Text } from '../util/digest.js';
 import { guestHostPath, readGuestDir, readGuestFile, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
@@ -228,15 +229,18 @@ function storeKeeper(packageCacheDir: string, kind: PackageKind, log: Logger, ma
         return false;
       }
       keptBytes += content.length;
-      await mkdir(store, { recursive: true });
       const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
       try {
+        await mkdir(store, { recursive: true });
         await writeFile(partial, content, { mode: 0o644 });
         await rename(partial, join(store, `${sha256}.${kind}`));
       } catch (error) {
         // A full disk leaves no partial file behind.
-        await rm(partial, { force: true });
-        throw error;
+        await rm(partial, { force: true }).catch(() => undefined);
+        throw new ImageBuilderError('ENVIRONMENT', `package cache: keeping a downloaded .${kind} file in ${store} failed: ${errorMessage(error)}`, {
+          hint: 'the cache directory (--cache, IMAGEBUILDER_CACHE) must be a writable directory with free space: `imagebuilder cache prune` trims it; --no-cache builds without it',
+          cause: error,
+        });
       }
       kept++;
       return true;

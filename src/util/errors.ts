@@ -83,5 +83,7 @@ export function toImageBuilderError(error: unknown): ImageBuilderError {
 
 /** The message of anything thrown, for logs and events. */
 export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  // Not instanceof: an error of another realm (a vm context, jest's) is an Error all the same.
+  const message = (error as { message?: unknown } | null | undefined)?.message;
+  return typeof message === 'string' ? message : String(error);
 }

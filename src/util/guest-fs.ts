@@ -99,43 +99,64 @@ const DIRECTORY_STEP_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | consta
 
 /**
  * Filesystems of the host's own that a session mounts inside the guest for its programs: its sysfs, the /dev tmpfs
- * that holds real device nodes, the devpts (counted by st_dev: a matrix's sessions share the one sysfs). A guest
- * link resolved inside the guest reaches them (/etc/fstab -> /sys/class/dmi/id/product_serial); the host, reading
- * as root with every capability, must neither read them nor open a node there for the guest.
+ * that holds real device nodes, the devpts. A guest link resolved inside the guest reaches them
+ * (/etc/fstab -> /sys/class/dmi/id/product_serial); the host, reading as root with every capability, must neither
+ * read them nor open a node there for the guest. By the guest root's real path (the host reading its own files,
+ * root '/', is no guest), each session's guard: the st_dev of what it mounted, and while it mounts, a promise every
+ * check waits on (a read that started before the mounts, reaching them meanwhile, is refused all the same).
  */
-const hostFilesystems = new Map<string, Map<number, number>>();
+interface HostFilesystemGuard {
+  devs: Set<number>;
+  mounting?: Promise<void>;
+}
+const hostFilesystems = new Map<string, Set<HostFilesystemGuard>>();
 
 /**
- * Refuses host reads, through guest paths of `root`, of the filesystem mounted at `mountPoint` (a session's own
- * /sys, /dev, /dev/pts there) until the returned release. Keyed by the root's real path: the host reading its own
- * files (root '/') is no guest.
+ * Called before a session mounts the host's filesystems into `root`: host reads there wait until `refuse` names
+ * what was mounted, and are refused on those filesystems from then until `release` (called once they are
+ * unmounted; also ends the wait, should the mounting fail).
  */
-export async function refuseHostFilesystem(root: string, mountPoint: string): Promise<() => void> {
-  const { dev } = await lstat(mountPoint);
+export async function guardHostFilesystems(root: string): Promise<{ refuse: (mountPoints: readonly string[]) => Promise<void>; release: () => void }> {
   const inside = await realRoot(root);
-  const counts = hostFilesystems.get(inside) ?? new Map<number, number>();
-  hostFilesystems.set(inside, counts);
-  counts.set(dev, (counts.get(dev) ?? 0) + 1);
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    const count = counts.get(dev)! - 1;
-    if (count) counts.set(dev, count);
-    else counts.delete(dev);
-    if (!counts.size && hostFilesystems.get(inside) === counts) hostFilesystems.delete(inside);
+  let mounted!: () => void;
+  const guard: HostFilesystemGuard = { devs: new Set(), mounting: new Promise<void>((resolve) => (mounted = resolve)) };
+  const guards = hostFilesystems.get(inside) ?? new Set<HostFilesystemGuard>();
+  hostFilesystems.set(inside, guards.add(guard));
+  const settle = () => {
+    guard.mounting = undefined;
+    mounted();
+  };
+  return {
+    refuse: async (mountPoints) => {
+      try {
+        for (const mountPoint of mountPoints) guard.devs.add((await lstat(mountPoint)).dev);
+      } finally {
+        settle();
+      }
+    },
+    release: () => {
+      settle();
+      guards.delete(guard);
+      if (!guards.size && hostFilesystems.get(inside) === guards) hostFilesystems.delete(inside);
+    },
   };
 }
 
-/** The host filesystems refused under `root` (refuseHostFilesystem); undefined when none. */
-async function hostFilesystemsUnder(root: string): Promise<ReadonlyMap<number, number> | undefined> {
-  return hostFilesystems.size ? hostFilesystems.get(await realRoot(root)) : undefined;
+/** Throws when `dev` is one of the host's filesystems a session mounted in the guest at `inside` (waiting while it mounts them). */
+async function refuseIfOnHost(inside: string, dev: number, guestPath: string): Promise<void> {
+  const guards = hostFilesystems.get(inside);
+  if (!guards) return;
+  for (const guard of guards) {
+    await guard.mounting;
+    if (guard.devs.has(dev)) {
+      throw refused(guestPath, "inside the host's own filesystems the build mounts for the guest's programs (its /sys, /dev or /dev/pts), which the host does not read for the guest");
+    }
+  }
 }
 
-function refuseIfOnHost(onHost: ReadonlyMap<number, number> | undefined, dev: number, guestPath: string): void {
-  if (onHost?.has(dev)) {
-    throw refused(guestPath, "inside the host's own filesystems the build mounts for the guest's programs (its /sys, /dev or /dev/pts), which the host does not read for the guest");
-  }
+/** The host filesystems refused under the guest root at `inside` now, for a synchronous check. */
+function hostDevs(inside: string): Set<number> {
+  return new Set([...(hostFilesystems.get(inside) ?? [])].flatMap((guard) => [...guard.devs]));
 }
 
 function loopError(path: string): NodeJS.ErrnoException {
@@ -155,14 +176,15 @@ function loopError(path: string): NodeJS.ErrnoException {
 export async function openBeneath(root: string, resolved: string, flags: number, guestPath = resolved): Promise<FileHandle> {
   const names = resolved.split('/').filter(Boolean);
   if (!names.length) return open(root, flags);
-  const onHost = await hostFilesystemsUnder(root);
+  // Looked up at every step, not once: a session may start mounting while this read is on its way.
+  const inside = await realRoot(root);
   let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     for (const name of names.slice(0, -1)) {
       const next = await open(`/proc/self/fd/${dir.fd}/${name}`, DIRECTORY_STEP_FLAGS);
       await dir.close();
       dir = next;
-      if (onHost) refuseIfOnHost(onHost, (await dir.stat()).dev, guestPath);
+      if (hostFilesystems.has(inside)) await refuseIfOnHost(inside, (await dir.stat()).dev, guestPath);
     }
     const last = `/proc/self/fd/${dir.fd}/${names.at(-1)}`;
     const seen = await lstat(last);
@@ -172,7 +194,7 @@ export async function openBeneath(root: string, resolved: string, flags: number,
     try {
       const opened = await handle.stat();
       if (opened.dev !== seen.dev || opened.ino !== seen.ino) throw refused(guestPath, 'replaced by another file while it was being opened');
-      refuseIfOnHost(onHost, opened.dev, guestPath); // a mount point at the last name: /sys itself
+      await refuseIfOnHost(inside, opened.dev, guestPath); // a mount point at the last name: /sys itself
       return handle;
     } catch (error) {
       await handle.close();
@@ -364,7 +386,6 @@ export async function walkGuestTree(
   const top = await resolveInRoot(root, topGuestPath);
   const inside = await realRoot(root).catch(() => undefined);
   if (inside === undefined) return; // no root: nothing to walk
-  const onHost = await hostFilesystemsUnder(root);
   const pending = [top];
   let walked = 0;
   while (pending.length) {
@@ -376,12 +397,13 @@ export async function walkGuestTree(
     } catch {
       continue;
     }
+    if (!stat) continue;
     // The session's /sys or /dev, reached through a guest path: not the guest's, left out as unreadable.
-    if (!stat || onHost?.has(Number(stat.dev))) continue;
+    if (hostFilesystems.has(inside) && (await refuseIfOnHost(inside, Number(stat.dev), guestPath).then(() => false, () => true))) continue;
     if (++walked > maxEntries) throw refused(topGuestPath, `a tree of more than ${maxEntries} entries`);
     onEntry(guestPath, stat);
     if (stat.isDirectory()) {
-      const names = listDirectorySync(root, inside, guestPath, onHost);
+      const names = listDirectorySync(root, inside, guestPath);
       for (let i = names.length - 1; i >= 0; i--) pending.push(`${guestPath === '/' ? '' : guestPath}/${names[i]}`);
     }
     if (walked % WALK_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
@@ -412,7 +434,7 @@ export async function guestTreeState(root: string, guestPaths: readonly string[]
 }
 
 /** The sorted names in a guest directory, listed through a descriptor checked as openGuest checks one; [] when it cannot be. */
-function listDirectorySync(root: string, inside: string, guestPath: string, onHost: ReadonlyMap<number, number> | undefined): string[] {
+function listDirectorySync(root: string, inside: string, guestPath: string): string[] {
   let fd: number;
   try {
     fd = openSync(join(root, guestPath), READ_FLAGS | constants.O_DIRECTORY);
@@ -422,7 +444,7 @@ function listDirectorySync(root: string, inside: string, guestPath: string, onHo
   }
   try {
     const stat = fstatSync(fd);
-    if (!stat.isDirectory() || onHost?.has(stat.dev)) return [];
+    if (!stat.isDirectory() || hostDevs(inside).has(stat.dev)) return [];
     if (!isInside(inside, readlinkSync(`/proc/self/fd/${fd}`))) return [];
     return readdirSync(`/proc/self/fd/${fd}`).sort();
   } catch {

@@ -4,6 +4,8 @@ import { readFile } from 'node:fs/promises';
 const unescapeMountPath = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)));
 
 export interface MountEntry {
+  /** The mount's own id, unique while it is mounted: it stays when a rename moves its mount point. */
+  id: number;
   /** The mounted filesystem's device, "major:minor" (an anonymous one, as FUSE's, has major 0). */
   device: string;
   target: string;
@@ -16,7 +18,7 @@ export async function mountTable(): Promise<MountEntry[]> {
   for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
     const fields = line.split(' ');
     if (fields.length < 5) continue;
-    entries.push({ device: fields[2], target: unescapeMountPath(fields[4]), type: line.split(' - ')[1]?.split(' ')[0] ?? '' });
+    entries.push({ id: Number(fields[0]), device: fields[2], target: unescapeMountPath(fields[4]), type: line.split(' - ')[1]?.split(' ')[0] ?? '' });
   }
   return entries;
 }

@@ -158,6 +158,24 @@ describe('hostile guest images', () => {
         "the guest's /run leads to /boot, which is a mount point already");
     });
 
+    test("a step that renames a parent of the session's mount points (/sys a link to /srv/s, then mv /srv /srv2) leaves none of them mounted", async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'moved-mounts.qcow2'), {}, { thenRun: 'rm -rf "$1/sys"; mkdir -p "$1/srv/s"; ln -s /srv/s "$1/sys"' });
+      const recipe = await writeRecipe(work, 'moved-mounts', [
+        { run: 'mv /srv /srv2 && test -f /srv2/s/kernel/uevent_seqnum && echo MOVED-WITH-SYSFS' },
+        { file: { path: '/etc/marker', content: 'after\n' } },
+      ]);
+      const result = await apply(recipe, image, 'moved-mounts-out.qcow2');
+      expectSuccess(result);
+      expect(result.all).toContain('MOVED-WITH-SYSFS');
+      // Released where the rename moved them, not looked for where they were mounted.
+      expect((await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((line) => line.includes('/srv2/'))).toEqual([]);
+      await withImageMounted(join(work, 'moved-mounts-out.qcow2'), 'whole-disk', async (root) => {
+        expect(await readdir(join(root, 'srv2/s'))).toEqual([]);
+      });
+      await expectHostUntouched(host);
+    });
+
     test.each([
       ['/sys/kernel/uevent_seqnum', "the host's sysfs"],
       ['/dev/pts/ptmx', "the session's devpts, where opening ptmx makes a terminal"],

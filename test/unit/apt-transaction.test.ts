@@ -58,7 +58,12 @@ describe("an apt install with the package cache: the lists its update fetched ar
     await mkdir(cache);
     await writeFile(join(cache, 'apt-list'), 'not a directory');
     const { session, calls } = fakeSession(() => undefined, root);
-    await expect(createApt().install(session, [{ name: 'socat' }], { packageCache: { dir: cache, log: silentLogger() } })).rejects.toThrow(/ENOTDIR|EEXIST/);
+    await expect(createApt().install(session, [{ name: 'socat' }], { packageCache: { dir: cache, log: silentLogger() } })).rejects.toMatchObject({
+      // Said as what it is, with what to do, not as a bare errno.
+      code: 'ENVIRONMENT',
+      message: expect.stringMatching(/^package cache: keeping a downloaded .apt-list file in \S+\/apt-list failed: (ENOTDIR|EEXIST)/),
+      hint: expect.stringContaining('must be a writable directory with free space'),
+    });
     expect(calls.filter(isInstall)).toHaveLength(1);
   });
 

@@ -3,7 +3,7 @@ import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, refuseHostFilesystem, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -157,7 +157,15 @@ describe('guest-fs', () => {
       await symlink('/sys/product_serial', join(root, 'etc/fstab'));
       await symlink('../sys/zero', join(root, 'etc/zero'));
       await symlink('/sys', join(root, 'etc/sysdir'));
-      const release = await refuseHostFilesystem(root, join(root, 'sys'));
+      const guard = await guardHostFilesystems(root);
+      // While the session mounts, a read waits rather than step into what is being mounted.
+      let settled = false;
+      const waiting = readGuestText(root, '/etc/fstab').finally(() => (settled = true));
+      waiting.catch(() => undefined);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(settled).toBe(false);
+      await guard.refuse([join(root, 'sys')]);
+      await expect(waiting).rejects.toMatchObject({ code: 'BAD_INPUT' });
       const onHost = expect.stringContaining("is inside the host's own filesystems the build mounts for the guest's programs");
       await expect(readGuestText(root, '/etc/fstab')).rejects.toMatchObject({ code: 'BAD_INPUT', message: onHost });
       await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ code: 'BAD_INPUT', message: onHost });
@@ -171,7 +179,7 @@ describe('guest-fs', () => {
       expect(walked.filter((path) => path.startsWith('/sys'))).toEqual([]);
       // The host reading itself (root '/') is no guest: unaffected by a guest's refusals.
       expect((await readGuestText('/', join(root, 'sys/product_serial')))).toBe('HOST-SERIAL\n');
-      release();
+      guard.release();
       // Released (the session's mounts gone), the same link reads what is there: the refusal was what stopped it.
       expect(await readGuestText(root, '/etc/fstab')).toBe('HOST-SERIAL\n');
       await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ message: expect.stringContaining('is a character device') });
