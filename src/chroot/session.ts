@@ -1,5 +1,5 @@
 import { mkdir } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
 import { displayGuestCommand, formatBytes, openBuildSandbox, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
@@ -9,7 +9,7 @@ import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
 import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
-import { guardHostFilesystems, holdDirectory, isInside } from '../util/guest-fs.js';
+import { guardHostFilesystems, holdDirectory, isInside, realRoot as realPathOfRoot } from '../util/guest-fs.js';
 import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
@@ -154,22 +154,32 @@ async function unmountTargets(run: Runner, root: string, targets: string[]): Pro
   for (const target of mounted) if (await isMounted(target)) await run('umount', ['--lazy', target], { allowFailure: true });
 }
 
-/** Where the mounts of these ids are now (a rename of a parent moves a mount point), innermost last. */
-async function mountedByIds(ids: readonly number[]): Promise<string[]> {
-  const wanted = new Set(ids);
-  return (await mountTable()).filter((mount) => wanted.has(mount.id)).map((mount) => mount.target);
+/** A mount the session made, as the kernel's table names it: its id and its device (an id alone is reused once freed). */
+interface SessionMount {
+  id: number;
+  device: string;
 }
 
 /**
- * Unmounts the mounts of these ids wherever they are now, innermost first, by one umount; what stays (busy) is
+ * Where the session's mounts are now (a rename of a parent moves a mount point), in mount order: only an entry of
+ * the same id and device, under the guest's root (another build's mount may have been given a freed id).
+ */
+async function whereMounted(mounts: readonly SessionMount[], realRoot: string): Promise<string[]> {
+  const table = await mountTable();
+  return table.filter((entry) => mounts.some((mount) => mount.id === entry.id && mount.device === entry.device) && entry.target.startsWith(`${realRoot}/`)).map((entry) => entry.target);
+}
+
+/**
+ * Unmounts the session's mounts wherever they are now, innermost first, by one umount; what stays (busy) is
  * detached lazily; one still mounted after that fails the release (and keeps the host's reads off it).
  */
-async function unmountByIds(run: Runner, ids: readonly number[]): Promise<void> {
-  const present = (await mountedByIds(ids)).reverse();
+async function unmountSession(run: Runner, mounts: readonly SessionMount[], realRoot: string): Promise<void> {
+  const present = (await whereMounted(mounts, realRoot)).reverse();
   if (!present.length) return;
-  if ((await run('umount', present, { allowFailure: true })).exitCode === 0 && !(await mountedByIds(ids)).length) return;
-  for (const target of (await mountedByIds(ids)).reverse()) await run('umount', ['--lazy', target], { allowFailure: true });
-  const left = await mountedByIds(ids);
+  // Done once umount says so: looking again could find another build's mount given a freed id.
+  if ((await run('umount', present, { allowFailure: true })).exitCode === 0) return;
+  for (const target of (await whereMounted(mounts, realRoot)).reverse()) await run('umount', ['--lazy', target], { allowFailure: true });
+  const left = await whereMounted(mounts, realRoot);
   if (left.length) {
     throw new ImageBuilderError('COMMAND_FAILED', `the session's mounts at ${left.join(', ')} could not be released`, { hint: '`mount | grep imagebuilder` shows them; `imagebuilder cleanup` releases what a build left' });
   }
@@ -231,22 +241,26 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   // path leads a host read into the host's sysfs or to a device node of our /dev (guest-fs refuses them by
   // filesystem, and a read on its way waits while they are mounted).
   const guard = await guardHostFilesystems(root);
-  const mounts: { ids?: number[] } = {};
+  // The kernel's table names real paths: a work directory given through a link is compared as it really is.
+  const realRoot = await realPathOfRoot(root);
+  const realTargets = targets.map((target) => join(realRoot, relative(root, target)));
+  const made: { mounts?: SessionMount[] } = {};
   cleanup.push("host reads refused on the session's /sys, /dev, /dev/pts", async () => {
-    // Kept for as long as any of them is still mounted anywhere (a release that failed): never lifted early.
-    if (!mounts.ids || !(await mountedByIds(mounts.ids)).length) guard.release();
+    // Kept for as long as any of them is still mounted (a release that failed): never lifted early.
+    const left = made.mounts ? await whereMounted(made.mounts, realRoot) : (await Promise.all(realTargets.map(isMounted))).filter(Boolean);
+    if (!left.length) guard.release();
   });
-  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (mounts.ids ? unmountByIds(run, mounts.ids) : unmountTargets(run, root, [...targets].reverse())));
+  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (made.mounts ? unmountSession(run, made.mounts, realRoot) : unmountTargets(run, root, [...targets].reverse())));
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
-  // By mount id, not path: a guest that renames a parent of a mount point (/sys a link to /srv/s, then
+  // By mount id and device, not path: a guest that renames a parent of a mount point (/sys a link to /srv/s, then
   // `mv /srv /srv2`) moves the mount with it, and a release by path would miss it and leave it mounted.
   const table = await mountTable();
-  mounts.ids = targets.map((target) => {
-    const entry = [...table].reverse().find((mount) => mount.target === target);
-    if (!entry) throw new ImageBuilderError('COMMAND_FAILED', `the session's mount at ${target} is not in the mount table after mounting it`, { hint: 'run the build again' });
-    return entry.id;
+  made.mounts = realTargets.map((real) => {
+    const entry = [...table].reverse().find((mount) => mount.target === real);
+    if (!entry) throw new ImageBuilderError('COMMAND_FAILED', `the session's mount at ${real} is not in the mount table after mounting it`, { hint: '`mount | grep imagebuilder` shows what is mounted; `imagebuilder cleanup` releases what a build left' });
+    return { id: entry.id, device: entry.device };
   });
   await guard.refuse(targets.slice(0, 3));
   return runDir;

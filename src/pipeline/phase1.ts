@@ -49,6 +49,8 @@ export interface Phase1Options {
   growTo?: number;
   /** The package cache shared by builds (src/pkg/package-cache.ts); none with --no-cache. */
   packageCacheDir?: string;
+  /** The base image's sha256: what a package manager's own caches are kept for (apt's srcpkgcache.bin), never shared beyond it. */
+  packageCacheScope?: string;
   /** Where the steps' downloads come from (default: the network). */
   downloads?: StepDownloads;
   /** An air-gapped bundle being made (its collector) or built from (its repository). */
@@ -166,7 +168,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const initramfs = await watching;
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, packageCacheScope: options.packageCacheScope, downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.

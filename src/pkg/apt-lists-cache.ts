@@ -1,6 +1,6 @@
 import type { Stats } from 'node:fs';
 import { sha256Text } from '../util/digest.js';
-import { readGuestDir, readGuestFile, removeGuestFile, statGuest } from '../util/guest-fs.js';
+import { readGuestDir, readGuestFile, removeGuestFile, setGuestFileTime, statGuest } from '../util/guest-fs.js';
 import type { ChrootSession } from '../chroot/session.js';
 import type { Logger } from '../util/log.js';
 import { APT_CACHE_OPTIONS } from './apt-options.js';
@@ -70,19 +70,36 @@ export function releaseFileHashes(text: string): Map<string, string> {
  * Every index the InRelease files in the guest's lists directory name, at the guest path apt keeps it under
  * (the InRelease's own name, less `InRelease`, then the entry's path with `/` as `_`), with its sha256.
  */
-export async function aptIndexesNamed(root: string): Promise<{ named: GuestPackageFile[]; names: string[] }> {
+export async function aptIndexesNamed(root: string): Promise<{ named: GuestPackageFile[]; names: string[]; released: { guestPath: string; time: Date }[] }> {
   const named: GuestPackageFile[] = [];
+  const released: { guestPath: string; time: Date }[] = [];
   const names = (await readGuestDir(root, APT_LISTS)) ?? [];
   for (const name of names.filter((n) => n.endsWith('_InRelease')).slice(0, MAX_RELEASE_FILES)) {
     const release = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined);
     if (!release) continue;
     const prefix = name.slice(0, -'InRelease'.length);
-    for (const [path, sha256] of releaseFileHashes(release.toString('latin1'))) {
+    const text = release.toString('latin1');
+    const time = releaseDate(text);
+    if (time) released.push({ guestPath: `${APT_LISTS}/${name}`, time });
+    for (const [path, sha256] of releaseFileHashes(text)) {
       if (named.length >= MAX_INDEX_ENTRIES) break;
-      named.push({ guestPath: `${APT_LISTS}/${prefix}${path.replaceAll('/', '_')}`, sha256 });
+      named.push({ guestPath: `${APT_LISTS}/${prefix}${path.replaceAll('/', '_')}`, sha256, ...(time ? { time } : {}) });
     }
   }
-  return { named, names };
+  return { named, names, released };
+}
+
+/**
+ * A release file's own `Date:` (the time the archive made it, in its signed text), or undefined. Lists offered
+ * from the cache, and their release file, get it as their time: the same files then look the same to apt (size
+ * and mtime) in every build of that release, as apt's srcpkgcache.bin checks, whatever time a server or proxy
+ * gave the download (a mirror without Last-Modified gives the download's own).
+ */
+export function releaseDate(text: string): Date | undefined {
+  const match = /^Date:[ \t]*(.+?)[ \t]*$/m.exec(text.slice(0, 64 << 10));
+  const time = match ? Date.parse(match[1]) : NaN;
+  // Between the first Debian release file and far ahead: anything else is not a date apt wrote.
+  return Number.isFinite(time) && time > Date.UTC(1995, 0) && time < Date.UTC(2200, 0) ? new Date(time) : undefined;
 }
 
 /**
@@ -121,7 +138,10 @@ async function removeListsExcept(root: string, names: Iterable<string>, keep: (g
  * Then the cached lists the release files name are offered. Returns how many were.
  */
 export async function offerCachedAptLists(root: string, packageCacheDir: string, log: Logger): Promise<number> {
-  const { named, names } = await aptIndexesNamed(root);
+  const { named, names, released } = await aptIndexesNamed(root);
+  // Its time is how apt's update asks the server whether it changed (If-Modified-Since): an older one only gets it
+  // sent again whole, ~150 kB.
+  for (const { guestPath, time } of released) await setGuestFileTime(root, guestPath, time).catch(() => undefined);
   const wanted = new Map(named.map((index) => [index.guestPath, index.sha256]));
   const removed = await removeListsExcept(root, names, async (guestPath, info) => {
     const expected = wanted.get(guestPath);

@@ -1,7 +1,11 @@
 import { writeGuestFile } from '../chroot/guest-write.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { basename } from 'node:path';
-import { readHeldFile, writeHeldFile } from '../util/guest-fs.js';
+import type { Stats } from 'node:fs';
+import { readGuestDir, readHeldFile, statGuest, statHeldFile, writeHeldFile } from '../util/guest-fs.js';
+import { sha256Text } from '../util/digest.js';
+import { APT_LISTS, putInStore, takeFromStore } from './package-cache.js';
+import type { InstallOptions, PackageCacheUse } from './types.js';
 
 const PKGCACHE = '/run/imagebuilder-apt-pkgcache.bin';
 const SRCPKGCACHE = '/run/imagebuilder-apt-srcpkgcache.bin';
@@ -60,16 +64,70 @@ export const MAX_CARRIED_BYTES = 128 << 20;
 const SRCPKGCACHE_NAME = basename(SRCPKGCACHE);
 
 /**
- * At the end of a packages step: keeps the srcpkgcache.bin its apt commands built. Read from the session's own
- * tmpfs by name, no link followed (not even a parent: the directory is the session's descriptor), only a regular
- * file of that tmpfs within the bound; anything else the guest left there carries nothing.
+ * At the end of a packages step: keeps the srcpkgcache.bin its apt commands built, for the build's next step and,
+ * with the package cache, for the next build of the same base (keepSourceCacheForBase). Read from the session's
+ * own tmpfs by name, no link followed (not even a parent: the directory is the session's descriptor), only a
+ * regular file of that tmpfs within the bound; anything else the guest left there carries nothing.
  */
-export async function carryAptSourceCache(session: ChrootSession): Promise<void> {
+export async function carryAptSourceCache(session: ChrootSession, options: InstallOptions = {}): Promise<void> {
   carriedSourceCaches.delete(session.root);
   const run = heldRun(session);
   if (!run) return;
-  const content = await readHeldFile(run, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined);
+  const [content, file] = await Promise.all([readHeldFile(run, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined), statHeldFile(run, SRCPKGCACHE_NAME)]);
   if (!content) return;
   carriedSourceCaches.set(session.root, content);
   for (const oldest of carriedSourceCaches.keys()) if (carriedSourceCaches.size > CARRIED_GUESTS) carriedSourceCaches.delete(oldest);
+  if (options.packageCache?.scope) await keepSourceCacheForBase(session, options.packageCache, content, file);
+}
+
+/**
+ * apt's srcpkgcache.bin between builds of one base, in the package cache (`apt-srcpkgcache/`): a warm build
+ * otherwise has apt build it again from the lists (~0.4 s for Debian's). Stored under the sha256 of the base image
+ * and the lists it was built from (each file of the lists directory: name, size, mtime, what apt checks it
+ * against; lists offered from the cache bear their release file's date, so they are the same in every build of
+ * that release), and offered only to a build of that same base whose lists are the same, once they are offered,
+ * before any apt command builds its caches from them. apt still checks it against the lists and release files
+ * itself, and builds its own if it does not match. Never given to a build of another base: its bytes are a
+ * guest's (apt's binary cache, which apt does not verify further), so a crafted one could only mislead builds of
+ * the image that crafted it.
+ */
+async function sourceCacheKey(root: string, scope: string): Promise<string | undefined> {
+  const entries: string[] = [];
+  for (const name of (await readGuestDir(root, APT_LISTS)) ?? []) {
+    const info = await statGuest(root, `${APT_LISTS}/${name}`);
+    if (info?.isFile() && name !== 'lock') entries.push(`${name}\0${info.size}\0${Math.floor(info.mtimeMs / 1000)}`);
+  }
+  return entries.length ? sha256Text(`apt-srcpkgcache\0${scope}\0${entries.join('\n')}`) : undefined;
+}
+
+/** What was offered to a session from the store (by its /run): its key, and the file as written (inode, ctime). */
+const offeredFromStore = new WeakMap<object, { key: string; ino: number; ctimeMs: number }>();
+
+/**
+ * With the package cache, once the lists are offered from it: the stored srcpkgcache.bin of this base and these
+ * lists, put on the session's /run in place of what the release files' update left there. Not when the build's
+ * step before carried one (aptCacheEnv): that one was built from this guest's lists already.
+ */
+export async function offerSourceCacheForBase(session: ChrootSession, cache: PackageCacheUse): Promise<void> {
+  const run = heldRun(session);
+  if (!cache.scope || !run || carriedSourceCaches.has(session.root)) return;
+  const key = await sourceCacheKey(session.root, cache.scope);
+  const content = key && (await takeFromStore(cache.dir, 'apt-srcpkgcache', key, MAX_CARRIED_BYTES));
+  if (!key || !content) return;
+  await writeHeldFile(run, SRCPKGCACHE_NAME, content, 0o644);
+  const written = await statHeldFile(run, SRCPKGCACHE_NAME);
+  if (written) offeredFromStore.set(session.privateRun!, { key, ino: written.ino, ctimeMs: written.ctimeMs });
+  cache.log.info(`package cache: apt's srcpkgcache.bin from an earlier build of this base and these lists offered (${(content.length / 2 ** 20).toFixed(1)} MiB; apt checks it against its lists)`);
+}
+
+/** At a packages step's end: says whether apt used the one offered (the file as written: apt writes a new one by rename), and stores a new one. */
+async function keepSourceCacheForBase(session: ChrootSession, cache: PackageCacheUse, content: Buffer, file: Stats | undefined): Promise<void> {
+  const offered = session.privateRun && offeredFromStore.get(session.privateRun);
+  if (offered && file && file.ino === offered.ino && file.ctimeMs === offered.ctimeMs) {
+    cache.log.info("package cache: apt used the srcpkgcache.bin offered, as it was");
+    return;
+  }
+  if (offered) cache.log.info('package cache: apt built its own srcpkgcache.bin: the one offered did not match its lists or configuration');
+  const key = await sourceCacheKey(session.root, cache.scope!);
+  if (key) await putInStore(cache.dir, 'apt-srcpkgcache', key, content);
 }

@@ -10,7 +10,7 @@ import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from 
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
-import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache } from './apt-options.js';
+import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache, offerSourceCacheForBase } from './apt-options.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_CACHE_OPTIONS];
@@ -158,6 +158,8 @@ export function createApt(): PackageManager {
         const releaseFiles = await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS, ...APT_RELEASE_FILES_ONLY], { env: await aptCacheEnv(session), allowFailure: true, purpose: 'apt-get update of the release files' });
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
+        // Before the next apt command, which would build it from the lists (~0.4 s for Debian's).
+        await offerSourceCacheForBase(session, cache);
         // The host indexes the lists (for the .deb offer) on the other core while the guest's apt answers, and
         // while its update runs if it must (the index is remembered by the lists' identity: a list the update
         // changes is read again). Awaited whatever happens: an open list would keep the guest mounted.

@@ -40,8 +40,12 @@ export const DEB_NAME = /^[A-Za-z0-9][A-Za-z0-9+.~_%-]*\.deb$/;
 
 /** Where the cache directory keeps packages. */
 export const packageCacheDir = (cacheDir: string) => join(cacheDir, 'packages');
-/** What is kept, each in a store of its own: package files (`deb/`, `rpm/`) and apt's package lists (`apt-list/`, apt-lists-cache.ts). */
-export const PACKAGE_KINDS = ['deb', 'rpm', 'apt-list'] as const;
+/**
+ * What is kept, each in a store of its own: package files (`deb/`, `rpm/`) and apt's package lists (`apt-list/`,
+ * apt-lists-cache.ts), each under the sha256 of its bytes; and apt's srcpkgcache.bin (`apt-srcpkgcache/`,
+ * apt-options.ts), under the sha256 of the base image and the lists it was built from, which apt checks it against.
+ */
+export const PACKAGE_KINDS = ['deb', 'rpm', 'apt-list', 'apt-srcpkgcache'] as const;
 export type PackageKind = (typeof PACKAGE_KINDS)[number];
 export const storeDir = (dir: string, kind: PackageKind) => join(dir, kind);
 
@@ -179,6 +183,8 @@ const MEMO_GUESTS = 2;
 export interface GuestPackageFile {
   guestPath: string;
   sha256: string;
+  /** The time a file offered gets (apt's lists: their release file's, the same in every build of that release); the offer's own when absent. */
+  time?: Date;
 }
 
 /**
@@ -192,7 +198,7 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
   const paths: string[] = [];
   let bytes = 0;
   if (!cached.size) return { files: 0, bytes, paths };
-  for (const { guestPath, sha256 } of wanted) {
+  for (const { guestPath, sha256, time } of wanted) {
     if (!cached.has(sha256)) continue;
     if (await statGuest(root, guestPath)) continue;
     const path = join(store, `${sha256}${suffix}`);
@@ -204,7 +210,7 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
       cached.delete(sha256);
       continue;
     }
-    await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0 });
+    await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0, ...(time ? { time } : {}) });
     // Its time says when a build last used it: `cache prune --older-than` goes by it.
     const now = new Date();
     await utimes(path, now, now).catch(() => undefined);
@@ -213,6 +219,38 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
   }
   if (paths.length) log.info(`package cache: ${paths.length} ${suffix} file(s), ${(bytes / 2 ** 20).toFixed(1)} MiB, offered to ${manager} (each what the guest's metadata names)`);
   return { files: paths.length, bytes, paths };
+}
+
+/**
+ * Puts `content` into a kind's store under `key` (the sha256 that names it): a temporary file renamed, so a
+ * concurrent build reads all of it or none.
+ */
+export async function putInStore(packageCacheDir: string, kind: PackageKind, key: string, content: Buffer): Promise<void> {
+  const store = storeDir(packageCacheDir, kind);
+  const partial = join(store, `.${key}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
+  try {
+    await mkdir(store, { recursive: true });
+    await writeFile(partial, content, { mode: 0o644 });
+    await rename(partial, join(store, `${key}.${kind}`));
+  } catch (error) {
+    // A full disk leaves no partial file behind.
+    await rm(partial, { force: true }).catch(() => undefined);
+    throw new ImageBuilderError('ENVIRONMENT', `package cache: keeping a .${kind} file in ${store} failed: ${errorMessage(error)}`, {
+      hint: 'the cache directory (--cache, IMAGEBUILDER_CACHE) must be a writable directory with free space: `imagebuilder cache prune --max-size 10G` trims it; --no-cache builds without it',
+      cause: error,
+    });
+  }
+}
+
+/** A kind's stored file under `key`, at most `maxBytes` (else none), marked used now (for `cache prune`); undefined when absent. */
+export async function takeFromStore(packageCacheDir: string, kind: PackageKind, key: string, maxBytes: number): Promise<Buffer | undefined> {
+  const path = join(storeDir(packageCacheDir, kind), `${key}.${kind}`);
+  const info = await stat(path).catch(() => undefined);
+  if (!info?.isFile() || info.size > maxBytes) return undefined;
+  const content = await readFile(path).catch(() => undefined);
+  const now = new Date();
+  if (content) await utimes(path, now, now).catch(() => undefined);
+  return content;
 }
 
 /** Puts files already hashed into a kind's store, together at most `maxTotalBytes` per call (per keeping). */
@@ -229,19 +267,7 @@ function storeKeeper(packageCacheDir: string, kind: PackageKind, log: Logger, ma
         return false;
       }
       keptBytes += content.length;
-      const partial = join(store, `.${sha256}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
-      try {
-        await mkdir(store, { recursive: true });
-        await writeFile(partial, content, { mode: 0o644 });
-        await rename(partial, join(store, `${sha256}.${kind}`));
-      } catch (error) {
-        // A full disk leaves no partial file behind.
-        await rm(partial, { force: true }).catch(() => undefined);
-        throw new ImageBuilderError('ENVIRONMENT', `package cache: keeping a downloaded .${kind} file in ${store} failed: ${errorMessage(error)}`, {
-          hint: 'the cache directory (--cache, IMAGEBUILDER_CACHE) must be a writable directory with free space: `imagebuilder cache prune` trims it; --no-cache builds without it',
-          cause: error,
-        });
-      }
+      await putInStore(packageCacheDir, kind, sha256, content);
       kept++;
       return true;
     },

@@ -93,6 +93,11 @@ export interface ServedRepository {
 export interface PackageCacheUse {
   dir: string;
   log: Logger;
+  /**
+   * The build's base image (its sha256): what a manager's own caches kept between builds are shared within
+   * (apt's srcpkgcache.bin), never across bases. None: nothing of that kind is kept or offered.
+   */
+  scope?: string;
 }
 
 /** A file a package manager wrote into the guest, with the sha256 of its content (for the BOM). */
@@ -119,7 +124,7 @@ export interface PackageManager {
   /** Keeps the named packages at their installed versions (apt-mark hold, dnf versionlock, zypper addlock). */
   hold(session: ChrootSession, names: string[], options?: InstallOptions): Promise<void>;
   /** At the end of a packages step, in its session: what the manager keeps for the build's next step (apt: its srcpkgcache.bin). */
-  finishStep?(session: ChrootSession): Promise<void>;
+  finishStep?(session: ChrootSession, options?: InstallOptions): Promise<void>;
   /**
    * Writes the repository's key and source definition into the guest; the next install or upgrade in this
    * session refreshes the package lists first. Returns the files written (key first).

@@ -89,7 +89,7 @@ export const packagesStep = defineStep({
     const bundle = context.packageBundle ? { bundle: context.packageBundle } : {};
     if (spec.remove?.length) await manager.remove(context.session, spec.remove, bundle);
     const packageCache = {
-      ...(context.packageCacheDir ? { packageCache: { dir: context.packageCacheDir, log: context.log } } : {}),
+      ...(context.packageCacheDir ? { packageCache: { dir: context.packageCacheDir, log: context.log, scope: context.packageCacheScope } } : {}),
       ...bundle,
     };
     if (spec.install?.length) await manager.install(context.session, spec.install.map(parsePackageSpec), { ...(spec.disable_excludes ? { disableExcludes: spec.disable_excludes } : {}), ...packageCache });
@@ -97,6 +97,6 @@ export const packagesStep = defineStep({
     else if (spec.upgrade?.length) await manager.upgrade(context.session, spec.upgrade, packageCache);
     const hold = holdNames(spec);
     if (hold.length) await manager.hold(context.session, hold, bundle);
-    await manager.finishStep?.(context.session);
+    await manager.finishStep?.(context.session, packageCache);
   },
 });

@@ -76,6 +76,8 @@ export interface StepContext extends StepEnvironment {
   workDir: string;
   /** The package cache shared by builds (none with --no-cache). */
   packageCacheDir?: string;
+  /** The base image's sha256: what a package manager's own caches kept between builds are shared within. */
+  packageCacheScope?: string;
   /** Where downloads come from: the network, or an air-gapped bundle (making one records them; apply --bundle serves them). */
   downloads?: StepDownloads;
   /** bundle: what the package manager fetched is kept; apply --bundle: it sees only the bundle's repository. */

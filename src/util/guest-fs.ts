@@ -10,10 +10,11 @@ import { resolveInRoot } from './fs.js';
  * symlink to a host file, a FIFO that blocks whoever opens it, a device node of a host disk, or a file of
  * gigabytes. So every access here
  * - resolves the guest path inside the guest root (resolveInRoot: a guest symlink never leads onto the host),
- * - opens the result with O_NOFOLLOW (a symlink planted after resolving is refused, not followed) and
- *   O_NONBLOCK (opening a FIFO does not wait for a writer), then checks on the open descriptor that it is a
- *   regular file (or directory) and that the kernel's own path of it is still inside the root (a parent
- *   directory swapped for a symlink meanwhile is caught after the fact, before a byte is read or written),
+ * - opens the result one name at a time (openBeneath), none followed, O_NONBLOCK; only a regular file or a
+ *   directory, by lstat before the open (a FIFO or a device node is never opened) and again on the descriptor,
+ *   whose kernel path must still be inside the root,
+ * - never opens or walks anything on the host's filesystems a session mounts for the guest's programs (its
+ *   /sys, /dev, /dev/pts: guardHostFilesystems), wherever a guest link leads,
  * - reads at most a stated number of bytes.
  * Writes go to a new file created O_EXCL|O_NOFOLLOW next to the target, then renamed over it (rename replaces
  * a symlink at the target rather than following it).
@@ -35,7 +36,8 @@ export const GUEST_READ_LIMITS = {
 
 const realRoots = new Map<string, string>();
 
-async function realRoot(root: string): Promise<string> {
+/** The guest root's real path (the kernel's mount table and /proc/self/fd name real paths), remembered. */
+export async function realRoot(root: string): Promise<string> {
   let real = realRoots.get(root);
   if (!real) {
     real = await realpath(root);
@@ -232,6 +234,11 @@ export async function readHeldFile(dir: string, name: string, maxBytes: number):
   }
 }
 
+/** lstat of a name in a held directory (holdDirectory): the name itself, never followed; undefined when absent. */
+export function statHeldFile(dir: string, name: string): Promise<Stats | undefined> {
+  return lstat(join(dir, name)).catch(() => undefined);
+}
+
 /** Writes a file into a held directory by its name: a new file, then renamed over whatever the name held (never written through). */
 export function writeHeldFile(dir: string, name: string, content: Buffer, mode: number): Promise<void> {
   return replaceByRename(dir, name, mode, (handle) => handle.writeFile(content));
@@ -327,6 +334,17 @@ function tooLarge(guestPath: string, maxBytes: number): ImageBuilderError {
   return new ImageBuilderError('BAD_INPUT', `the guest's ${guestPath} is larger than ${maxBytes} bytes, more than any real one; not read`, {
     hint: 'the image is damaged or crafted: repair that file in the image, or build from a trusted base image',
   });
+}
+
+/** Sets a guest file's access and modification time, on the regular file itself (opened as readGuestFile opens it: nothing followed onto the host). */
+export async function setGuestFileTime(root: string, guestPath: string, time: Date): Promise<void> {
+  const handle = await openGuest(root, guestPath, 'file');
+  if (!handle) return;
+  try {
+    await handle.utimes(time, time);
+  } finally {
+    await handle.close();
+  }
 }
 
 /** The first `length` bytes of a guest file (fewer when it is shorter); undefined when it does not exist. */

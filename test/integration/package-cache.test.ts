@@ -1,5 +1,6 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
@@ -174,6 +175,59 @@ describe('package cache (apt)', () => {
     });
   });
 
+  test("the next build of the same base has apt start from the srcpkgcache.bin the last one's left; a build of another base is offered none", async () => {
+    const [pinned] = mirror.versions.kubectl;
+    const debugged = await writeRecipe(work, 'srcpkgcache-across-builds', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { file: { path: '/etc/apt/apt.conf.d/99cachegen-debug', content: 'Debug::pkgCacheGen "true";\n' } },
+      { packages: { install: [`kubectl=${pinned}`] } },
+    ]);
+    // --refresh 1: every step runs again, as a user's next build with a changed first step would.
+    const apply = async (image: string, output: string) => {
+      const result = await runCli(['apply', debugged, '--disk-image', image, '--output', join(work, output), '--mount-backend', 'fuse', '--sparsify', 'none', '--refresh', '1'], { env });
+      if (result.exitCode !== 0) throw new Error(result.all);
+      return result.stderr.slice(result.stderr.indexOf('step 3/3'));
+    };
+    const offered = "package cache: apt's srcpkgcache.bin from an earlier build of this base and these lists offered";
+    const used = 'package cache: apt used the srcpkgcache.bin offered, as it was';
+    const stored = async () => (await readdir(join(cache, 'packages/apt-srcpkgcache')).catch(() => [] as string[])).filter((name) => name.endsWith('.apt-srcpkgcache'));
+    // Two builds: the first may fetch its lists (the server's times), the second has them from the cache, bearing
+    // their release file's date, as every later build of that release will; each leaves its srcpkgcache.bin.
+    await apply(disk, 'srcpkgcache-1.qcow2');
+    await apply(disk, 'srcpkgcache-2.qcow2');
+    const keys = await stored();
+    expect(keys.length).toBeGreaterThanOrEqual(1);
+    // The next: offered before any apt command builds one, and apt kept it as it was (its file untouched at the
+    // step's end: apt replaces a stale one with a new file); its install then found apt's caches valid.
+    const third = await apply(disk, 'srcpkgcache-3.qcow2');
+    expect(third).toContain(offered);
+    expect(third).toContain(used);
+    expect(third).not.toContain('apt built its own srcpkgcache.bin');
+    expect(third).toMatch(/pkgcache\.bin\s+is valid - no need to build any cache/);
+    expect(await stored()).toEqual(keys);
+    // The same guest in another image file (other bytes, another sha256): another base, offered nothing; it keeps its own.
+    const other = join(work, 'other-base.qcow2');
+    await execa('qemu-img', ['convert', '-O', 'qcow2', '-o', 'cluster_size=131072', disk, other]);
+    const fourth = await apply(other, 'srcpkgcache-4.qcow2');
+    expect(fourth).not.toContain(offered);
+    expect((await stored()).length).toBe(keys.length + 1);
+    // A damaged one in the store (its header overwritten): offered all the same, apt sees it does not match and
+    // builds its own, the build goes on, and the log says so.
+    for (const name of keys) {
+      const path = join(cache, 'packages/apt-srcpkgcache', name);
+      await writeFile(path, (await readFile(path)).fill(7, 0, 4096));
+    }
+    const fifth = await apply(disk, 'srcpkgcache-5.qcow2');
+    expect(fifth).toContain(offered);
+    expect(fifth).toContain('package cache: apt built its own srcpkgcache.bin: the one offered did not match its lists or configuration');
+    expect(fifth).not.toContain(used);
+    await withImageMounted(join(work, 'srcpkgcache-3.qcow2'), 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(pinned);
+      // Nothing of apt's caches in the image.
+      expect(await readdir(join(root, 'var/cache/apt'))).toEqual(['archives']);
+    });
+  });
+
   test('a cached file whose bytes are not what its name says is removed and never offered; apt fetches the real one', async () => {
     const stored = (await readdir(join(cache, 'packages/deb'))).sort();
     // Poison: every cached file replaced by another package's bytes under the same name.
@@ -211,6 +265,9 @@ describe('package cache (apt)', () => {
     for (const result of [a, b]) if (result.exitCode !== 0) throw new Error(result.all);
     const before = (await readdir(join(cache, 'packages/deb'))).sort();
     const listsBefore = (await readdir(join(cache, 'packages/apt-list'))).sort();
+    // apt's srcpkgcache.bin of this base, left by the builds before and these two (the same lists: one file).
+    const sourceCachesBefore = (await readdir(join(cache, 'packages/apt-srcpkgcache'))).sort();
+    expect(sourceCachesBefore.length).toBeGreaterThan(0);
     const requests = debRequests().length;
     const bypass = await build('nocache.qcow2', ['--no-cache']);
     if (bypass.exitCode !== 0) throw new Error(bypass.all);
@@ -218,9 +275,11 @@ describe('package cache (apt)', () => {
     expect(debRequests().length).toBe(requests + 2);
     expect((await readdir(join(cache, 'packages/deb'))).sort()).toEqual(before);
     expect((await readdir(join(cache, 'packages/apt-list'))).sort()).toEqual(listsBefore);
+    expect((await readdir(join(cache, 'packages/apt-srcpkgcache'))).sort()).toEqual(sourceCachesBefore);
     const pruned = await runCli(['cache', 'prune', '--all'], { env });
-    expect(pruned.stdout).toContain(`removed ${before.length + listsBefore.length} file(s) of the package cache`);
+    expect(pruned.stdout).toContain(`removed ${before.length + listsBefore.length + sourceCachesBefore.length} file(s) of the package cache`);
     expect(await readdir(join(cache, 'packages/deb'))).toEqual([]);
     expect(await readdir(join(cache, 'packages/apt-list'))).toEqual([]);
+    expect(await readdir(join(cache, 'packages/apt-srcpkgcache'))).toEqual([]);
   });
 });

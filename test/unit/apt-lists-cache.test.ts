@@ -2,7 +2,7 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { aptIndexesNamed, aptListsPresent, aptListsWithoutUpdate, APT_RELEASE_FILES_ONLY, APT_UPDATE_PLAN_QUERY, keepAptLists, offerCachedAptLists, parseUpdatePlan, releaseFacts, releaseFileHashes, updateWouldFetchNothing } from '../../src/pkg/apt-lists-cache.js';
+import { aptIndexesNamed, aptListsPresent, aptListsWithoutUpdate, APT_RELEASE_FILES_ONLY, APT_UPDATE_PLAN_QUERY, keepAptLists, offerCachedAptLists, parseUpdatePlan, releaseDate, releaseFacts, releaseFileHashes, updateWouldFetchNothing } from '../../src/pkg/apt-lists-cache.js';
 import type { ChrootSession } from '../../src/chroot/session.js';
 import { keepDownloadedFiles } from '../../src/pkg/package-cache.js';
 import { sha256Text } from '../../src/util/digest.js';
@@ -13,7 +13,7 @@ const LISTS = 'var/lib/apt/lists';
 /** An InRelease as Debian writes it (clearsigned; the signature is apt's business, not the host's). */
 function inRelease(entries: Record<string, string>): string {
   const lines = Object.entries(entries).map(([path, content]) => ` ${sha256Text(content)} ${Buffer.byteLength(content)} ${path}`);
-  return `-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Debian\nSuite: stable\nMD5Sum:\n ${'0'.repeat(32)} 1 main/binary-amd64/Packages\nSHA256:\n${lines.join('\n')}\nAcquire-By-Hash: yes\n-----BEGIN PGP SIGNATURE-----\n\nxyz\n-----END PGP SIGNATURE-----\n`;
+  return `-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Debian\nSuite: stable\nDate: Sat, 29 Jun 2024 09:08:07 UTC\nMD5Sum:\n ${'0'.repeat(32)} 1 main/binary-amd64/Packages\nSHA256:\n${lines.join('\n')}\nAcquire-By-Hash: yes\n-----BEGIN PGP SIGNATURE-----\n\nxyz\n-----END PGP SIGNATURE-----\n`;
 }
 
 describe("apt's package lists in the package cache", () => {
@@ -147,6 +147,16 @@ describe("apt's package lists in the package cache", () => {
     });
   });
 
+  test("a release file's Date, as apt's archives write it; anything else is no date", () => {
+    expect(releaseDate(inRelease({}))).toEqual(new Date('2024-06-29T09:08:07Z'));
+    expect(releaseDate('Origin: Debian\nDate: Sat, 10 Jun 2023 08:55:01 UTC\n')).toEqual(new Date('2023-06-10T08:55:01Z'));
+    expect(releaseDate('Origin: Debian\n')).toBeUndefined();
+    expect(releaseDate('Date: soon\n')).toBeUndefined();
+    expect(releaseDate('Date: Thu, 01 Jan 1970 00:00:00 UTC\n')).toBeUndefined();
+    // Only a field of its own: a Valid-Until is not the Date.
+    expect(releaseDate('Valid-Until: Sat, 10 Jun 2023 08:55:01 UTC\n')).toBeUndefined();
+  });
+
   test('every index target off for the release-files-only update', () => {
     expect(APT_RELEASE_FILES_ONLY).toContain('Acquire::IndexTargets::deb::Packages::DefaultEnabled=false');
     expect(APT_RELEASE_FILES_ONLY).toContain('Acquire::IndexTargets::deb::Translations::DefaultEnabled=false');
@@ -160,10 +170,12 @@ describe("apt's package lists in the package cache", () => {
     const prefix = 'deb.debian.org_debian_dists_bookworm_';
     const release = inRelease({ 'main/binary-amd64/Packages': packages, 'main/i18n/Translation-en': translation, 'main/binary-arm64/Packages': arm });
     await writeFile(join(root, LISTS, `${prefix}InRelease`), release);
+    // The release file's own Date: what each list it names gets when offered, and the release file too.
+    const released = new Date('2024-06-29T09:08:07Z');
     expect((await aptIndexesNamed(root)).named).toEqual([
-      { guestPath: `/${LISTS}/${prefix}main_binary-amd64_Packages`, sha256: sha256Text(packages) },
-      { guestPath: `/${LISTS}/${prefix}main_i18n_Translation-en`, sha256: sha256Text(translation) },
-      { guestPath: `/${LISTS}/${prefix}main_binary-arm64_Packages`, sha256: sha256Text(arm) },
+      { guestPath: `/${LISTS}/${prefix}main_binary-amd64_Packages`, sha256: sha256Text(packages), time: released },
+      { guestPath: `/${LISTS}/${prefix}main_i18n_Translation-en`, sha256: sha256Text(translation), time: released },
+      { guestPath: `/${LISTS}/${prefix}main_binary-arm64_Packages`, sha256: sha256Text(arm), time: released },
     ]);
     // The first guest fetched two lists as named, and left other bytes under the third's name: two are kept.
     await writeFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages`), packages);
@@ -188,6 +200,9 @@ describe("apt's package lists in the package cache", () => {
     await writeFile(join(root, LISTS, 'gone.example_dists_x_main_binary-amd64_Packages'), 'Package: orphan\n');
     expect(await offerCachedAptLists(root, cache, log)).toBe(2);
     expect(await readFile(join(root, LISTS, `${prefix}main_binary-amd64_Packages`), 'utf8')).toBe(packages);
+    // Offered with the release file's time, as in every build of that release: apt's srcpkgcache.bin checks it.
+    expect((await lstat(join(root, LISTS, `${prefix}main_binary-amd64_Packages`))).mtime).toEqual(released);
+    expect((await lstat(join(root, LISTS, `${prefix}InRelease`))).mtime).toEqual(released);
     // The link was replaced by the cached file, never written through.
     expect(await readFile(join(root, LISTS, `${prefix}main_i18n_Translation-en`), 'utf8')).toBe(translation);
     expect((await lstat(join(root, LISTS, `${prefix}main_i18n_Translation-en`))).isFile()).toBe(true);

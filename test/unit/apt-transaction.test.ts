@@ -1,12 +1,12 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { createApt } from '../../src/pkg/apt.js';
-import { aptCacheEnv, carryAptSourceCache, MAX_CARRIED_BYTES } from '../../src/pkg/apt-options.js';
+import { aptCacheEnv, carryAptSourceCache, MAX_CARRIED_BYTES, offerSourceCacheForBase } from '../../src/pkg/apt-options.js';
 import { sha256Text } from '../../src/util/digest.js';
-import { silentLogger } from '../../src/util/log.js';
+import { createLogger, silentLogger } from '../../src/util/log.js';
 import { settle, settledValue } from '../../src/util/settle.js';
 import { fakeSession, type FakeCall } from '../helpers/fake-session.js';
 
@@ -61,7 +61,7 @@ describe("an apt install with the package cache: the lists its update fetched ar
     await expect(createApt().install(session, [{ name: 'socat' }], { packageCache: { dir: cache, log: silentLogger() } })).rejects.toMatchObject({
       // Said as what it is, with what to do, not as a bare errno.
       code: 'ENVIRONMENT',
-      message: expect.stringMatching(/^package cache: keeping a downloaded .apt-list file in \S+\/apt-list failed: (ENOTDIR|EEXIST)/),
+      message: expect.stringMatching(/^package cache: keeping a .apt-list file in \S+\/apt-list failed: (ENOTDIR|EEXIST)/),
       hint: expect.stringContaining('must be a writable directory with free space'),
     });
     expect(calls.filter(isInstall)).toHaveLength(1);
@@ -193,5 +193,76 @@ describe("apt's srcpkgcache.bin, carried from one packages step's session to the
     } finally {
       await handle.close();
     }
+  });
+});
+
+describe("apt's srcpkgcache.bin kept for the next build of the same base", () => {
+  const NAME = 'imagebuilder-apt-srcpkgcache.bin';
+  let dir: string;
+  let cache: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'apt-source-cache-'));
+    cache = join(dir, 'cache');
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  /** A build's guest (its own root and /run) with the lists at a given time; what its log says. */
+  async function build(name: string, listsTime = new Date('2024-06-29T09:08:07Z')) {
+    const root = join(dir, name);
+    await guestWithLists(root);
+    for (const list of await readdir(join(root, LISTS))) await utimes(join(root, LISTS, list), listsTime, listsTime);
+    await mkdir(join(root, 'run'));
+    const lines: string[] = [];
+    const log = createLogger({ write: (text) => void lines.push(text) });
+    const session = { ...fakeSession(() => undefined, root).session, privateRun: { dir: join(root, 'run'), closed: false } };
+    return { root, run: join(root, 'run'), session, lines, use: (scope: string) => ({ packageCache: { dir: cache, log, scope } }) };
+  }
+  const stored = async () => readdir(join(cache, 'apt-srcpkgcache')).catch(() => [] as string[]);
+
+  test('stored by base and lists at a packages step end; offered to a build of that base with those lists, which is told whether apt used it', async () => {
+    const first = await build('first');
+    await writeFile(join(first.run, NAME), 'apt cache of base A');
+    await carryAptSourceCache(first.session, first.use('base-a'));
+    expect(await stored()).toHaveLength(1);
+
+    // The next build of base A, once its lists are offered: the stored bytes replace what its update left.
+    const second = await build('second');
+    await writeFile(join(second.run, NAME), 'built by the release files update');
+    await offerSourceCacheForBase(second.session, second.use('base-a').packageCache);
+    expect(await readFile(join(second.run, NAME), 'utf8')).toBe('apt cache of base A');
+    expect(second.lines.join('')).toContain("package cache: apt's srcpkgcache.bin from an earlier build of this base and these lists offered");
+    // apt kept it (the file as written): said, and not stored again.
+    await carryAptSourceCache(second.session, second.use('base-a'));
+    expect(second.lines.join('')).toContain('package cache: apt used the srcpkgcache.bin offered, as it was');
+    expect(await stored()).toHaveLength(1);
+
+    // apt found it stale and wrote its own (a new file): said, and the new one stored under the same lists.
+    const third = await build('third');
+    await offerSourceCacheForBase(third.session, third.use('base-a').packageCache);
+    await writeFile(join(third.run, `${NAME}.new`), 'apt cache rebuilt');
+    await rename(join(third.run, `${NAME}.new`), join(third.run, NAME));
+    await carryAptSourceCache(third.session, third.use('base-a'));
+    expect(third.lines.join('')).toContain('package cache: apt built its own srcpkgcache.bin: the one offered did not match its lists or configuration');
+    const [key] = await stored();
+    expect(await readFile(join(cache, 'apt-srcpkgcache', key), 'utf8')).toBe('apt cache rebuilt');
+  });
+
+  test('never offered to a build of another base, nor with other lists, nor where the step before carried one', async () => {
+    const first = await build('first');
+    await writeFile(join(first.run, NAME), 'apt cache of base A');
+    await carryAptSourceCache(first.session, first.use('base-a'));
+
+    const otherBase = await build('other-base');
+    await offerSourceCacheForBase(otherBase.session, otherBase.use('base-b').packageCache);
+    expect(existsSync(join(otherBase.run, NAME))).toBe(false);
+
+    const otherLists = await build('other-lists', new Date('2024-07-01T00:00:00Z'));
+    await offerSourceCacheForBase(otherLists.session, otherLists.use('base-a').packageCache);
+    expect(existsSync(join(otherLists.run, NAME))).toBe(false);
+
+    // The same build's next step: it carries its own (first's root), the store's is not put over it.
+    await writeFile(join(first.run, NAME), 'carried within the build');
+    await offerSourceCacheForBase(first.session, first.use('base-a').packageCache);
+    expect(await readFile(join(first.run, NAME), 'utf8')).toBe('carried within the build');
   });
 });

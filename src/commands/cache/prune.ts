@@ -50,7 +50,7 @@ export default class CachePrune extends BaseCommand {
     this.log(`${verb} ${result.removed.length} image(s), ${formatBytes(result.freedBytes + result.partialsBytes)}; ${result.kept.length} kept`);
     if (layers.removed.length || layers.kept.length) this.log(`${verb} ${layers.removed.length} layer(s), ${formatBytes(layers.freedBytes)}; ${layers.kept.length} kept`);
     if (layers.orphans.files) this.log(`${verb} ${layers.orphans.files} layer file(s) no record names (left by killed builds or replaced by --refresh), ${formatBytes(layers.orphans.bytes)}`);
-    if (packages.removed.length || packages.kept.length) this.log(`${verb} ${packages.removed.length} file(s) of the package cache (packages, apt lists), ${formatBytes(packages.freedBytes)}; ${packages.kept.length} kept`);
+    if (packages.removed.length || packages.kept.length) this.log(`${verb} ${packages.removed.length} file(s) of the package cache (packages, apt lists and caches), ${formatBytes(packages.freedBytes)}; ${packages.kept.length} kept`);
     if (result.digestsRemoved) this.log(`${verb} ${result.digestsRemoved} remembered sum(s) of files gone or changed${flags.all ? ' (--all: every one)' : ''}`);
     return result;
   }
