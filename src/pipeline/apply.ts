@@ -154,7 +154,7 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
       hostPorts: options.hostPorts,
       growTo: growTarget(recipe, input, options),
       // Shared by builds, like the step cache, and bypassed with it (--no-cache) or by a bundle (which is the cache).
-      ...(options.cache !== false && !bundle ? { packageCacheDir: packageCacheDir(context.cacheDir), packageCacheScope: input.sha256 } : {}),
+      ...(options.cache !== false && !bundle ? { packageCacheDir: packageCacheDir(context.cacheDir) } : {}),
       ...(bundle ? offlineFrom(bundle) : {}),
     });
     if (!bundle) return { bom: { ...bom, recipe: { ...bom.recipe, path: resolve(recipe.path) } }, opened, workImage };

@@ -49,8 +49,6 @@ export interface Phase1Options {
   growTo?: number;
   /** The package cache shared by builds (src/pkg/package-cache.ts); none with --no-cache. */
   packageCacheDir?: string;
-  /** The base image's sha256: what a package manager's own caches are kept for (apt's srcpkgcache.bin), never shared beyond it. */
-  packageCacheScope?: string;
   /** Where the steps' downloads come from (default: the network). */
   downloads?: StepDownloads;
   /** An air-gapped bundle being made (its collector) or built from (its repository). */
@@ -144,7 +142,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
  * One step run in the guest: its records, and what the build did right after it within its layer (initramfs).
  * `trees`: the initramfs inputs as the step before left them, if known; the step returns them as it leaves them.
  */
-async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, guestRoot: string, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options, trees: InitramfsTrees | undefined): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number; trees: InitramfsTrees | undefined }> {
+async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, guestRoot: string, openSession: () => Promise<ChrootSession>, distro: Distro, architecture: string | undefined, options: Phase1Options, trees: InitramfsTrees | undefined, packageCacheScope: string | undefined): Promise<{ records: ReturnType<typeof createRecorder>; after: BomStep[]; durationMs: number; trees: InitramfsTrees | undefined }> {
   const { log, signal, events } = context;
   const number = step.index + 1;
   const description = step.type.describe(step.spec);
@@ -168,7 +166,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     const initramfs = await watching;
     const stepSession = step.network ? withNetwork(session, step.network) : session;
     const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, packageCacheScope: options.packageCacheScope, downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, ...(packageCacheScope ? { packageCacheScope } : {}), downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.
@@ -307,7 +305,9 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
         log.info(`step ${number}/${recipe.steps.length} (${step.name ?? description}): skipped (${skipped})`);
         events({ event: 'step-skipped', step: number, reason: skipped });
       } else {
-        ran = await runStep(context, step, recipe, opened.layout.root, () => session.open(), distro, architecture, options, trees).catch(async (error: unknown) => {
+        // The step's cache key: what a package manager keeps of this step for later builds is shared as its layer is.
+        const packageCacheScope = options.packageCacheDir ? chain.keys[step.index]?.key : undefined;
+        ran = await runStep(context, step, recipe, opened.layout.root, () => session.open(), distro, architecture, options, trees, packageCacheScope).catch(async (error: unknown) => {
           throw await explainFullDisk(error, opened.layout);
         });
         bomStep.durationMs = ran.durationMs;

@@ -79,7 +79,10 @@ export async function aptIndexesNamed(root: string): Promise<{ named: GuestPacka
     if (!release) continue;
     const prefix = name.slice(0, -'InRelease'.length);
     const text = release.toString('latin1');
-    const time = releaseDate(text);
+    const dated = releaseDate(text);
+    // Never later than the download: an If-Modified-Since from the future could have a server keep a stale one.
+    const downloaded = (await statGuest(root, `${APT_LISTS}/${name}`))?.mtime;
+    const time = dated && downloaded && dated <= downloaded ? dated : undefined;
     if (time) released.push({ guestPath: `${APT_LISTS}/${name}`, time });
     for (const [path, sha256] of releaseFileHashes(text)) {
       if (named.length >= MAX_INDEX_ENTRIES) break;

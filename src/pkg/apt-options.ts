@@ -4,6 +4,7 @@ import { basename } from 'node:path';
 import type { Stats } from 'node:fs';
 import { readGuestDir, readHeldFile, statGuest, statHeldFile, writeHeldFile } from '../util/guest-fs.js';
 import { sha256Text } from '../util/digest.js';
+import { errorMessage } from '../util/errors.js';
 import { APT_LISTS, putInStore, takeFromStore } from './package-cache.js';
 import type { InstallOptions, PackageCacheUse } from './types.js';
 
@@ -81,15 +82,15 @@ export async function carryAptSourceCache(session: ChrootSession, options: Insta
 }
 
 /**
- * apt's srcpkgcache.bin between builds of one base, in the package cache (`apt-srcpkgcache/`): a warm build
- * otherwise has apt build it again from the lists (~0.4 s for Debian's). Stored under the sha256 of the base image
- * and the lists it was built from (each file of the lists directory: name, size, mtime, what apt checks it
- * against; lists offered from the cache bear their release file's date, so they are the same in every build of
- * that release), and offered only to a build of that same base whose lists are the same, once they are offered,
- * before any apt command builds its caches from them. apt still checks it against the lists and release files
- * itself, and builds its own if it does not match. Never given to a build of another base: its bytes are a
- * guest's (apt's binary cache, which apt does not verify further), so a crafted one could only mislead builds of
- * the image that crafted it.
+ * apt's srcpkgcache.bin between builds, in the package cache (`apt-srcpkgcache/`): a warm build otherwise has apt
+ * build it again from the lists (~0.4 s for Debian's). Kept only from a step whose lists came from the cache,
+ * under the sha256 of the step's own cache key (the base image's sha256 and the recipe's steps up to this one: the
+ * step cache's key, so it is shared exactly as the step's layer is) and of the lists (each file of the lists
+ * directory: name, size, mtime, what apt checks; lists offered from the cache bear their release file's date, so
+ * they are the same in every build of that release); offered to the same step of a later build once its lists
+ * are offered, before any apt command builds apt's caches from them. apt still checks it against the lists and
+ * release files, and builds its own if it does not match. Never given to another step, recipe or base: its bytes
+ * are a guest's (apt's binary cache, which apt does not verify further).
  */
 async function sourceCacheKey(root: string, scope: string): Promise<string | undefined> {
   const entries: string[] = [];
@@ -100,34 +101,49 @@ async function sourceCacheKey(root: string, scope: string): Promise<string | und
   return entries.length ? sha256Text(`apt-srcpkgcache\0${scope}\0${entries.join('\n')}`) : undefined;
 }
 
-/** What was offered to a session from the store (by its /run): its key, and the file as written (inode, ctime). */
-const offeredFromStore = new WeakMap<object, { key: string; ino: number; ctimeMs: number }>();
+/**
+ * Per session (its /run): the key its lists had once offered from the cache, and what was offered under it (the
+ * file as written: inode, ctime). Stored at the step's end under that key, the state every build of that step
+ * reaches the same way (the lists an update would not fetch are removed after it, in each build alike).
+ */
+const sourceCacheStates = new WeakMap<object, { key: string; offered?: { ino: number; ctimeMs: number } }>();
 
 /**
- * With the package cache, once the lists are offered from it: the stored srcpkgcache.bin of this base and these
- * lists, put on the session's /run in place of what the release files' update left there. Not when the build's
- * step before carried one (aptCacheEnv): that one was built from this guest's lists already.
+ * With the package cache, once the lists are offered from it (before any apt command builds apt's caches from
+ * them): the stored srcpkgcache.bin of this step of this base with these lists, put on the session's /run in place
+ * of what the release files' update left there. Not when the build's step before carried one (aptCacheEnv): that
+ * one was built from this guest's lists already.
  */
 export async function offerSourceCacheForBase(session: ChrootSession, cache: PackageCacheUse): Promise<void> {
   const run = heldRun(session);
   if (!cache.scope || !run || carriedSourceCaches.has(session.root)) return;
   const key = await sourceCacheKey(session.root, cache.scope);
-  const content = key && (await takeFromStore(cache.dir, 'apt-srcpkgcache', key, MAX_CARRIED_BYTES));
-  if (!key || !content) return;
-  await writeHeldFile(run, SRCPKGCACHE_NAME, content, 0o644);
+  if (!key) return;
+  const state: { key: string; offered?: { ino: number; ctimeMs: number } } = { key };
+  sourceCacheStates.set(session.privateRun!, state);
+  const content = await takeFromStore(cache.dir, 'apt-srcpkgcache', key, MAX_CARRIED_BYTES);
+  // Into the session's tmpfs; should that fail (full), apt builds its own, as without it.
+  if (!content || !(await writeHeldFile(run, SRCPKGCACHE_NAME, content, 0o644).then(() => true, () => false))) return;
   const written = await statHeldFile(run, SRCPKGCACHE_NAME);
-  if (written) offeredFromStore.set(session.privateRun!, { key, ino: written.ino, ctimeMs: written.ctimeMs });
-  cache.log.info(`package cache: apt's srcpkgcache.bin from an earlier build of this base and these lists offered (${(content.length / 2 ** 20).toFixed(1)} MiB; apt checks it against its lists)`);
+  if (written) state.offered = { ino: written.ino, ctimeMs: written.ctimeMs };
+  cache.log.info(`package cache: apt's srcpkgcache.bin from an earlier build of this step, base and lists offered (${(content.length / 2 ** 20).toFixed(1)} MiB; apt checks it against its lists)`);
+}
+
+/** The lists changed after they were offered (apt's own update ran): what apt builds from them is not stored. */
+export function forgetSourceCacheForBase(session: ChrootSession): void {
+  if (session.privateRun) sourceCacheStates.delete(session.privateRun);
 }
 
 /** At a packages step's end: says whether apt used the one offered (the file as written: apt writes a new one by rename), and stores a new one. */
 async function keepSourceCacheForBase(session: ChrootSession, cache: PackageCacheUse, content: Buffer, file: Stats | undefined): Promise<void> {
-  const offered = session.privateRun && offeredFromStore.get(session.privateRun);
+  const state = session.privateRun && sourceCacheStates.get(session.privateRun);
+  if (!state) return;
+  const { key, offered } = state;
   if (offered && file && file.ino === offered.ino && file.ctimeMs === offered.ctimeMs) {
-    cache.log.info("package cache: apt used the srcpkgcache.bin offered, as it was");
+    cache.log.info('package cache: apt used the srcpkgcache.bin offered, as it was');
     return;
   }
   if (offered) cache.log.info('package cache: apt built its own srcpkgcache.bin: the one offered did not match its lists or configuration');
-  const key = await sourceCacheKey(session.root, cache.scope!);
-  if (key) await putInStore(cache.dir, 'apt-srcpkgcache', key, content);
+  // Only ever a shortcut for a later build: not keeping it (a full disk) is said, and the step goes on.
+  await putInStore(cache.dir, 'apt-srcpkgcache', key, content).catch((error: unknown) => cache.log.warn(`${errorMessage(error)}; the next build of this step builds apt's caches itself`));
 }

@@ -10,7 +10,7 @@ import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from 
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
-import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache, offerSourceCacheForBase } from './apt-options.js';
+import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache, forgetSourceCacheForBase, offerSourceCacheForBase } from './apt-options.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_CACHE_OPTIONS];
@@ -168,6 +168,7 @@ export function createApt(): PackageManager {
           if (await aptListsWithoutUpdate(session, releaseFiles, cache.log)) {
             cache.log.info('package cache: the lists hold every index apt-get update would fetch, each what its release file names: apt-get update is not run again');
           } else {
+            forgetSourceCacheForBase(session);
             await realUpdate();
           }
         } finally {

@@ -94,8 +94,8 @@ export interface PackageCacheUse {
   dir: string;
   log: Logger;
   /**
-   * The build's base image (its sha256): what a manager's own caches kept between builds are shared within
-   * (apt's srcpkgcache.bin), never across bases. None: nothing of that kind is kept or offered.
+   * The step's cache key (the base image and the recipe's steps up to this one): what a manager keeps of this step
+   * for later builds (apt's srcpkgcache.bin) is shared within it, never beyond. None: nothing of that kind is kept.
    */
   scope?: string;
 }

@@ -76,7 +76,10 @@ export interface StepContext extends StepEnvironment {
   workDir: string;
   /** The package cache shared by builds (none with --no-cache). */
   packageCacheDir?: string;
-  /** The base image's sha256: what a package manager's own caches kept between builds are shared within. */
+  /**
+   * The step's cache key (the base image and the recipe's steps up to this one): what a package manager keeps of
+   * this step for later builds (apt's srcpkgcache.bin) is shared within it, exactly as the step's layer is.
+   */
   packageCacheScope?: string;
   /** Where downloads come from: the network, or an air-gapped bundle (making one records them; apply --bundle serves them). */
   downloads?: StepDownloads;

@@ -157,6 +157,14 @@ describe("apt's package lists in the package cache", () => {
     expect(releaseDate('Valid-Until: Sat, 10 Jun 2023 08:55:01 UTC\n')).toBeUndefined();
   });
 
+  test('a release file dated after its download (a wrong clock, or crafted) gives its lists no time of its own', async () => {
+    const prefix = 'deb.debian.org_debian_dists_bookworm_';
+    await writeFile(join(root, LISTS, `${prefix}InRelease`), inRelease({ 'main/binary-amd64/Packages': 'P' }).replace('2024', '2150'));
+    const { named, released } = await aptIndexesNamed(root);
+    expect(named.map((index) => index.time)).toEqual([undefined]);
+    expect(released).toEqual([]);
+  });
+
   test('every index target off for the release-files-only update', () => {
     expect(APT_RELEASE_FILES_ONLY).toContain('Acquire::IndexTargets::deb::Packages::DefaultEnabled=false');
     expect(APT_RELEASE_FILES_ONLY).toContain('Acquire::IndexTargets::deb::Translations::DefaultEnabled=false');

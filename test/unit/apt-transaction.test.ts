@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { createApt } from '../../src/pkg/apt.js';
-import { aptCacheEnv, carryAptSourceCache, MAX_CARRIED_BYTES, offerSourceCacheForBase } from '../../src/pkg/apt-options.js';
+import { aptCacheEnv, carryAptSourceCache, forgetSourceCacheForBase, MAX_CARRIED_BYTES, offerSourceCacheForBase } from '../../src/pkg/apt-options.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { createLogger, silentLogger } from '../../src/util/log.js';
 import { settle, settledValue } from '../../src/util/settle.js';
@@ -196,7 +196,7 @@ describe("apt's srcpkgcache.bin, carried from one packages step's session to the
   });
 });
 
-describe("apt's srcpkgcache.bin kept for the next build of the same base", () => {
+describe("apt's srcpkgcache.bin kept for the same step of a later build", () => {
   const NAME = 'imagebuilder-apt-srcpkgcache.bin';
   let dir: string;
   let cache: string;
@@ -219,50 +219,75 @@ describe("apt's srcpkgcache.bin kept for the next build of the same base", () =>
   }
   const stored = async () => readdir(join(cache, 'apt-srcpkgcache')).catch(() => [] as string[]);
 
-  test('stored by base and lists at a packages step end; offered to a build of that base with those lists, which is told whether apt used it', async () => {
+  test('stored by step and lists at a packages step end whose lists came from the cache; offered to that step of a later build, which is told whether apt used it', async () => {
     const first = await build('first');
-    await writeFile(join(first.run, NAME), 'apt cache of base A');
-    await carryAptSourceCache(first.session, first.use('base-a'));
+    // Its lists offered from the cache (the state every build of the step reaches alike): nothing stored yet.
+    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await writeFile(join(first.run, NAME), 'apt cache of step A');
+    await carryAptSourceCache(first.session, first.use('step-a'));
     expect(await stored()).toHaveLength(1);
 
-    // The next build of base A, once its lists are offered: the stored bytes replace what its update left.
+    // The next build of that step: the stored bytes replace what its release files' update left.
     const second = await build('second');
     await writeFile(join(second.run, NAME), 'built by the release files update');
-    await offerSourceCacheForBase(second.session, second.use('base-a').packageCache);
-    expect(await readFile(join(second.run, NAME), 'utf8')).toBe('apt cache of base A');
-    expect(second.lines.join('')).toContain("package cache: apt's srcpkgcache.bin from an earlier build of this base and these lists offered");
+    await offerSourceCacheForBase(second.session, second.use('step-a').packageCache);
+    expect(await readFile(join(second.run, NAME), 'utf8')).toBe('apt cache of step A');
+    expect(second.lines.join('')).toContain("package cache: apt's srcpkgcache.bin from an earlier build of this step, base and lists offered");
     // apt kept it (the file as written): said, and not stored again.
-    await carryAptSourceCache(second.session, second.use('base-a'));
+    await carryAptSourceCache(second.session, second.use('step-a'));
     expect(second.lines.join('')).toContain('package cache: apt used the srcpkgcache.bin offered, as it was');
     expect(await stored()).toHaveLength(1);
 
-    // apt found it stale and wrote its own (a new file): said, and the new one stored under the same lists.
+    // apt found it stale and wrote its own (a new file): said, and the new one stored in its place.
     const third = await build('third');
-    await offerSourceCacheForBase(third.session, third.use('base-a').packageCache);
+    await offerSourceCacheForBase(third.session, third.use('step-a').packageCache);
     await writeFile(join(third.run, `${NAME}.new`), 'apt cache rebuilt');
     await rename(join(third.run, `${NAME}.new`), join(third.run, NAME));
-    await carryAptSourceCache(third.session, third.use('base-a'));
+    await carryAptSourceCache(third.session, third.use('step-a'));
     expect(third.lines.join('')).toContain('package cache: apt built its own srcpkgcache.bin: the one offered did not match its lists or configuration');
     const [key] = await stored();
     expect(await readFile(join(cache, 'apt-srcpkgcache', key), 'utf8')).toBe('apt cache rebuilt');
   });
 
-  test('never offered to a build of another base, nor with other lists, nor where the step before carried one', async () => {
-    const first = await build('first');
-    await writeFile(join(first.run, NAME), 'apt cache of base A');
-    await carryAptSourceCache(first.session, first.use('base-a'));
+  test('nothing stored from a step whose lists did not come from the cache, or whose own update changed them afterwards', async () => {
+    const fetched = await build('fetched');
+    await writeFile(join(fetched.run, NAME), 'apt cache');
+    await carryAptSourceCache(fetched.session, fetched.use('step-a'));
+    const updated = await build('updated');
+    await offerSourceCacheForBase(updated.session, updated.use('step-a').packageCache);
+    forgetSourceCacheForBase(updated.session);
+    await writeFile(join(updated.run, NAME), 'apt cache');
+    await carryAptSourceCache(updated.session, updated.use('step-a'));
+    expect(await stored()).toEqual([]);
+  });
 
-    const otherBase = await build('other-base');
-    await offerSourceCacheForBase(otherBase.session, otherBase.use('base-b').packageCache);
-    expect(existsSync(join(otherBase.run, NAME))).toBe(false);
+  test('a store that cannot be written (a full disk, a file in its place) is said as a warning; the step goes on', async () => {
+    await mkdir(cache, { recursive: true });
+    await writeFile(join(cache, 'apt-srcpkgcache'), 'not a directory');
+    const first = await build('first');
+    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await writeFile(join(first.run, NAME), 'apt cache of step A');
+    await carryAptSourceCache(first.session, first.use('step-a'));
+    expect(first.lines.join('')).toMatch(/warn: package cache: keeping a \.apt-srcpkgcache file in \S+ failed: .*; the next build of this step builds apt's caches itself/);
+  });
+
+  test('never offered to another step (another base or recipe), nor with other lists, nor where the step before carried one', async () => {
+    const first = await build('first');
+    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await writeFile(join(first.run, NAME), 'apt cache of step A');
+    await carryAptSourceCache(first.session, first.use('step-a'));
+
+    const otherStep = await build('other-step');
+    await offerSourceCacheForBase(otherStep.session, otherStep.use('step-b').packageCache);
+    expect(existsSync(join(otherStep.run, NAME))).toBe(false);
 
     const otherLists = await build('other-lists', new Date('2024-07-01T00:00:00Z'));
-    await offerSourceCacheForBase(otherLists.session, otherLists.use('base-a').packageCache);
+    await offerSourceCacheForBase(otherLists.session, otherLists.use('step-a').packageCache);
     expect(existsSync(join(otherLists.run, NAME))).toBe(false);
 
     // The same build's next step: it carries its own (first's root), the store's is not put over it.
     await writeFile(join(first.run, NAME), 'carried within the build');
-    await offerSourceCacheForBase(first.session, first.use('base-a').packageCache);
+    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
     expect(await readFile(join(first.run, NAME), 'utf8')).toBe('carried within the build');
   });
 });
