@@ -2,7 +2,7 @@ import { writeGuestFile } from '../chroot/guest-write.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { basename } from 'node:path';
 import type { Stats } from 'node:fs';
-import { readGuestDir, readHeldFile, statGuest, statHeldFile, writeHeldFile } from '../util/guest-fs.js';
+import { readGuestDir, readGuestFile, readHeldFile, statGuest, statHeldFile, writeHeldFile } from '../util/guest-fs.js';
 import { sha256Text } from '../util/digest.js';
 import { errorMessage } from '../util/errors.js';
 import { APT_LISTS, putInStore, takeFromStore } from './package-cache.js';
@@ -66,19 +66,24 @@ const SRCPKGCACHE_NAME = basename(SRCPKGCACHE);
 
 /**
  * At the end of a packages step: keeps the srcpkgcache.bin its apt commands built, for the build's next step and,
- * with the package cache, for the next build of the same base (keepSourceCacheForBase). Read from the session's
- * own tmpfs by name, no link followed (not even a parent: the directory is the session's descriptor), only a
- * regular file of that tmpfs within the bound; anything else the guest left there carries nothing.
+ * with the package cache, for the same step of a later build (storeSourceCache). Read from the session's own
+ * tmpfs by name, no link followed (not even a parent: the directory is the session's descriptor), only a regular
+ * file of that tmpfs within the bound; anything else the guest left there carries nothing.
  */
 export async function carryAptSourceCache(session: ChrootSession, options: InstallOptions = {}): Promise<void> {
   carriedSourceCaches.delete(session.root);
+  // Taken whatever happens: a session that lasts several steps (no layer between them) must not store a later
+  // step's cache under this step's key.
+  const state = session.privateRun && sourceCacheStates.get(session.privateRun);
+  if (session.privateRun) sourceCacheStates.delete(session.privateRun);
   const run = heldRun(session);
   if (!run) return;
   const [content, file] = await Promise.all([readHeldFile(run, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined), statHeldFile(run, SRCPKGCACHE_NAME)]);
   if (!content) return;
   carriedSourceCaches.set(session.root, content);
   for (const oldest of carriedSourceCaches.keys()) if (carriedSourceCaches.size > CARRIED_GUESTS) carriedSourceCaches.delete(oldest);
-  if (options.packageCache?.scope) await keepSourceCacheForBase(session, options.packageCache, content, file);
+  const cache = options.packageCache;
+  if (state && cache?.scope === state.scope) await storeSourceCache(state, cache, content, file);
 }
 
 /**
@@ -96,7 +101,11 @@ async function sourceCacheKey(root: string, scope: string): Promise<string | und
   const entries: string[] = [];
   for (const name of (await readGuestDir(root, APT_LISTS)) ?? []) {
     const info = await statGuest(root, `${APT_LISTS}/${name}`);
-    if (info?.isFile() && name !== 'lock') entries.push(`${name}\0${info.size}\0${Math.floor(info.mtimeMs / 1000)}`);
+    if (!info?.isFile() || name === 'lock') continue;
+    // A release file by its bytes too: one published again within the second of its Date, at the same size, is
+    // another release apt would not tell apart by size and time.
+    const release = name.endsWith('_InRelease') ? await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined) : undefined;
+    entries.push(`${name}\0${info.size}\0${Math.floor(info.mtimeMs / 1000)}${release ? `\0${sha256Text(release)}` : ''}`);
   }
   return entries.length ? sha256Text(`apt-srcpkgcache\0${scope}\0${entries.join('\n')}`) : undefined;
 }
@@ -106,7 +115,14 @@ async function sourceCacheKey(root: string, scope: string): Promise<string | und
  * file as written: inode, ctime). Stored at the step's end under that key, the state every build of that step
  * reaches the same way (the lists an update would not fetch are removed after it, in each build alike).
  */
-const sourceCacheStates = new WeakMap<object, { key: string; offered?: { ino: number; ctimeMs: number } }>();
+interface SourceCacheState {
+  scope: string;
+  key: string;
+  offered?: { ino: number; ctimeMs: number };
+}
+const sourceCacheStates = new WeakMap<object, SourceCacheState>();
+/** A release file read for the key (Debian's main InRelease is ~150 kB). */
+const MAX_RELEASE_BYTES = 16 << 20;
 
 /**
  * With the package cache, once the lists are offered from it (before any apt command builds apt's caches from
@@ -114,12 +130,12 @@ const sourceCacheStates = new WeakMap<object, { key: string; offered?: { ino: nu
  * of what the release files' update left there. Not when the build's step before carried one (aptCacheEnv): that
  * one was built from this guest's lists already.
  */
-export async function offerSourceCacheForBase(session: ChrootSession, cache: PackageCacheUse): Promise<void> {
+export async function offerStoredSourceCache(session: ChrootSession, cache: PackageCacheUse): Promise<void> {
   const run = heldRun(session);
   if (!cache.scope || !run || carriedSourceCaches.has(session.root)) return;
   const key = await sourceCacheKey(session.root, cache.scope);
   if (!key) return;
-  const state: { key: string; offered?: { ino: number; ctimeMs: number } } = { key };
+  const state: SourceCacheState = { scope: cache.scope, key };
   sourceCacheStates.set(session.privateRun!, state);
   const content = await takeFromStore(cache.dir, 'apt-srcpkgcache', key, MAX_CARRIED_BYTES);
   // Into the session's tmpfs; should that fail (full), apt builds its own, as without it.
@@ -130,14 +146,12 @@ export async function offerSourceCacheForBase(session: ChrootSession, cache: Pac
 }
 
 /** The lists changed after they were offered (apt's own update ran): what apt builds from them is not stored. */
-export function forgetSourceCacheForBase(session: ChrootSession): void {
+export function forgetStoredSourceCache(session: ChrootSession): void {
   if (session.privateRun) sourceCacheStates.delete(session.privateRun);
 }
 
 /** At a packages step's end: says whether apt used the one offered (the file as written: apt writes a new one by rename), and stores a new one. */
-async function keepSourceCacheForBase(session: ChrootSession, cache: PackageCacheUse, content: Buffer, file: Stats | undefined): Promise<void> {
-  const state = session.privateRun && sourceCacheStates.get(session.privateRun);
-  if (!state) return;
+async function storeSourceCache(state: SourceCacheState, cache: PackageCacheUse, content: Buffer, file: Stats | undefined): Promise<void> {
   const { key, offered } = state;
   if (offered && file && file.ino === offered.ino && file.ctimeMs === offered.ctimeMs) {
     cache.log.info('package cache: apt used the srcpkgcache.bin offered, as it was');

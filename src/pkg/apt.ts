@@ -10,7 +10,7 @@ import { APT_BUNDLE_LISTS_SETUP, aptBundleOptions, collectDownloadedDebs } from 
 import { requireInBundle } from './bundle-use.js';
 import { APT_RELEASE_FILES_ONLY, aptListsPresent, aptListsWithoutUpdate, keepAptLists, offerCachedAptLists } from './apt-lists-cache.js';
 import { metadataFreshness } from './metadata-freshness.js';
-import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache, forgetSourceCacheForBase, offerSourceCacheForBase } from './apt-options.js';
+import { APT_CACHE_OPTIONS, aptCacheEnv, carryAptSourceCache, forgetStoredSourceCache, offerStoredSourceCache } from './apt-options.js';
 
 /** Keeps the guest's own configuration files when a package ships a newer one, never asks. */
 const APT_OPTIONS = ['-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '-o', 'Dpkg::Use-Pty=0', ...APT_CACHE_OPTIONS];
@@ -151,6 +151,8 @@ export function createApt(): PackageManager {
       // When the cache holds every list that update would fetch, it is left out: it would fetch each release file
       // again only to find it unchanged, and the install builds apt's cache from the same lists.
       const realUpdate = async () => {
+        // The lists change now: what apt builds from them is not what a later build's offered lists give.
+        forgetStoredSourceCache(session);
         await session.exec(['apt-get', 'update', '-q', ...APT_CACHE_OPTIONS], { env: await aptCacheEnv(session), streamOutput: true, purpose: 'apt-get update in the guest', errorCode: 'STEP_FAILED', hint: "check the guest's /etc/apt/sources.list and that its mirror is reachable from this host" });
         if (cache) keepingLists.set(session.root, settle(keepAptLists(session.root, cache.dir, cache.log)));
       };
@@ -159,7 +161,7 @@ export function createApt(): PackageManager {
         await offerCachedAptLists(session.root, cache.dir, cache.log);
         listsFromCache.add(session.root);
         // Before the next apt command, which would build it from the lists (~0.4 s for Debian's).
-        await offerSourceCacheForBase(session, cache);
+        await offerStoredSourceCache(session, cache);
         // The host indexes the lists (for the .deb offer) on the other core while the guest's apt answers, and
         // while its update runs if it must (the index is remembered by the lists' identity: a list the update
         // changes is read again). Awaited whatever happens: an open list would keep the guest mounted.
@@ -168,7 +170,6 @@ export function createApt(): PackageManager {
           if (await aptListsWithoutUpdate(session, releaseFiles, cache.log)) {
             cache.log.info('package cache: the lists hold every index apt-get update would fetch, each what its release file names: apt-get update is not run again');
           } else {
-            forgetSourceCacheForBase(session);
             await realUpdate();
           }
         } finally {

@@ -175,7 +175,7 @@ describe('package cache (apt)', () => {
     });
   });
 
-  test("the next build of the same base has apt start from the srcpkgcache.bin the last one's left; a build of another base is offered none", async () => {
+  test("the same step of a later build has apt start from the srcpkgcache.bin the last one's left; a build of another base is offered none", async () => {
     const [pinned] = mirror.versions.kubectl;
     const debugged = await writeRecipe(work, 'srcpkgcache-across-builds', [
       { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
@@ -265,7 +265,8 @@ describe('package cache (apt)', () => {
     for (const result of [a, b]) if (result.exitCode !== 0) throw new Error(result.all);
     const before = (await readdir(join(cache, 'packages/deb'))).sort();
     const listsBefore = (await readdir(join(cache, 'packages/apt-list'))).sort();
-    // apt's srcpkgcache.bin of this base, left by the builds before and these two (the same lists: one file).
+    // apt's srcpkgcache.bin of this recipe's packages step, left by the builds before (their lists from the cache).
+    // Stored per step key and lists: the two concurrent builds store under the same key; earlier tests' recipes under theirs.
     const sourceCachesBefore = (await readdir(join(cache, 'packages/apt-srcpkgcache'))).sort();
     expect(sourceCachesBefore.length).toBeGreaterThan(0);
     const requests = debRequests().length;

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { createApt } from '../../src/pkg/apt.js';
-import { aptCacheEnv, carryAptSourceCache, forgetSourceCacheForBase, MAX_CARRIED_BYTES, offerSourceCacheForBase } from '../../src/pkg/apt-options.js';
+import { aptCacheEnv, carryAptSourceCache, forgetStoredSourceCache, MAX_CARRIED_BYTES, offerStoredSourceCache } from '../../src/pkg/apt-options.js';
 import { sha256Text } from '../../src/util/digest.js';
 import { createLogger, silentLogger } from '../../src/util/log.js';
 import { settle, settledValue } from '../../src/util/settle.js';
@@ -222,7 +222,7 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
   test('stored by step and lists at a packages step end whose lists came from the cache; offered to that step of a later build, which is told whether apt used it', async () => {
     const first = await build('first');
     // Its lists offered from the cache (the state every build of the step reaches alike): nothing stored yet.
-    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await offerStoredSourceCache(first.session, first.use('step-a').packageCache);
     await writeFile(join(first.run, NAME), 'apt cache of step A');
     await carryAptSourceCache(first.session, first.use('step-a'));
     expect(await stored()).toHaveLength(1);
@@ -230,7 +230,7 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
     // The next build of that step: the stored bytes replace what its release files' update left.
     const second = await build('second');
     await writeFile(join(second.run, NAME), 'built by the release files update');
-    await offerSourceCacheForBase(second.session, second.use('step-a').packageCache);
+    await offerStoredSourceCache(second.session, second.use('step-a').packageCache);
     expect(await readFile(join(second.run, NAME), 'utf8')).toBe('apt cache of step A');
     expect(second.lines.join('')).toContain("package cache: apt's srcpkgcache.bin from an earlier build of this step, base and lists offered");
     // apt kept it (the file as written): said, and not stored again.
@@ -240,7 +240,7 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
 
     // apt found it stale and wrote its own (a new file): said, and the new one stored in its place.
     const third = await build('third');
-    await offerSourceCacheForBase(third.session, third.use('step-a').packageCache);
+    await offerStoredSourceCache(third.session, third.use('step-a').packageCache);
     await writeFile(join(third.run, `${NAME}.new`), 'apt cache rebuilt');
     await rename(join(third.run, `${NAME}.new`), join(third.run, NAME));
     await carryAptSourceCache(third.session, third.use('step-a'));
@@ -254,18 +254,32 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
     await writeFile(join(fetched.run, NAME), 'apt cache');
     await carryAptSourceCache(fetched.session, fetched.use('step-a'));
     const updated = await build('updated');
-    await offerSourceCacheForBase(updated.session, updated.use('step-a').packageCache);
-    forgetSourceCacheForBase(updated.session);
+    await offerStoredSourceCache(updated.session, updated.use('step-a').packageCache);
+    forgetStoredSourceCache(updated.session);
     await writeFile(join(updated.run, NAME), 'apt cache');
     await carryAptSourceCache(updated.session, updated.use('step-a'));
     expect(await stored()).toEqual([]);
+  });
+
+  test("one session over two packages steps (no layer between them): the second step's cache is not stored under the first's key", async () => {
+    const build1 = await build('one-session');
+    await offerStoredSourceCache(build1.session, build1.use('step-1').packageCache);
+    await writeFile(join(build1.run, NAME), 'cache of step 1');
+    await carryAptSourceCache(build1.session, build1.use('step-1'));
+    // Step 3, same session: its update is apt's own (the carry keeps the offer away), its lists another repository's.
+    await offerStoredSourceCache(build1.session, build1.use('step-3').packageCache);
+    await writeFile(join(build1.run, NAME), 'cache of step 3, other lists');
+    await carryAptSourceCache(build1.session, build1.use('step-3'));
+    const names = await stored();
+    expect(names).toHaveLength(1);
+    expect(await readFile(join(cache, 'apt-srcpkgcache', names[0]), 'utf8')).toBe('cache of step 1');
   });
 
   test('a store that cannot be written (a full disk, a file in its place) is said as a warning; the step goes on', async () => {
     await mkdir(cache, { recursive: true });
     await writeFile(join(cache, 'apt-srcpkgcache'), 'not a directory');
     const first = await build('first');
-    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await offerStoredSourceCache(first.session, first.use('step-a').packageCache);
     await writeFile(join(first.run, NAME), 'apt cache of step A');
     await carryAptSourceCache(first.session, first.use('step-a'));
     expect(first.lines.join('')).toMatch(/warn: package cache: keeping a \.apt-srcpkgcache file in \S+ failed: .*; the next build of this step builds apt's caches itself/);
@@ -273,21 +287,21 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
 
   test('never offered to another step (another base or recipe), nor with other lists, nor where the step before carried one', async () => {
     const first = await build('first');
-    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await offerStoredSourceCache(first.session, first.use('step-a').packageCache);
     await writeFile(join(first.run, NAME), 'apt cache of step A');
     await carryAptSourceCache(first.session, first.use('step-a'));
 
     const otherStep = await build('other-step');
-    await offerSourceCacheForBase(otherStep.session, otherStep.use('step-b').packageCache);
+    await offerStoredSourceCache(otherStep.session, otherStep.use('step-b').packageCache);
     expect(existsSync(join(otherStep.run, NAME))).toBe(false);
 
     const otherLists = await build('other-lists', new Date('2024-07-01T00:00:00Z'));
-    await offerSourceCacheForBase(otherLists.session, otherLists.use('step-a').packageCache);
+    await offerStoredSourceCache(otherLists.session, otherLists.use('step-a').packageCache);
     expect(existsSync(join(otherLists.run, NAME))).toBe(false);
 
     // The same build's next step: it carries its own (first's root), the store's is not put over it.
     await writeFile(join(first.run, NAME), 'carried within the build');
-    await offerSourceCacheForBase(first.session, first.use('step-a').packageCache);
+    await offerStoredSourceCache(first.session, first.use('step-a').packageCache);
     expect(await readFile(join(first.run, NAME), 'utf8')).toBe('carried within the build');
   });
 });
