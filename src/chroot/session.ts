@@ -246,11 +246,13 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
   const realTargets = targets.map((target) => join(realRoot, relative(root, target)));
   const made: { mounts?: SessionMount[] } = {};
   cleanup.push("host reads refused on the session's /sys, /dev, /dev/pts", async () => {
-    // Kept for as long as any of them is still mounted (a release that failed): never lifted early.
-    const left = made.mounts ? await whereMounted(made.mounts, realRoot) : (await Promise.all(realTargets.map(isMounted))).filter(Boolean);
-    if (!left.length) guard.release();
+    const left = made.mounts ? await whereMounted(made.mounts, realRoot) : (await Promise.all(realTargets.map(async (target) => ((await isMounted(target)) ? [target] : [])))).flat();
+    if (!left.length) return guard.release();
+    // Still mounted (a release that failed): refused for good, what is left named now, so no read waits on a
+    // mounting that will not finish.
+    await guard.refuse(left);
   });
-  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (made.mounts ? unmountSession(run, made.mounts, realRoot) : unmountTargets(run, root, [...targets].reverse())));
+  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (made.mounts ? unmountSession(run, made.mounts, realRoot) : unmountTargets(run, realRoot, [...realTargets].reverse())));
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });

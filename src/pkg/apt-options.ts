@@ -78,8 +78,10 @@ export async function carryAptSourceCache(session: ChrootSession, options: Insta
   if (session.privateRun) sourceCacheStates.delete(session.privateRun);
   const run = heldRun(session);
   if (!run) return;
-  const [content, file] = await Promise.all([readHeldFile(run, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined), statHeldFile(run, SRCPKGCACHE_NAME)]);
-  if (!content) return;
+  // The bytes and the file they were read from, by one descriptor: what "apt used it as it was" is said of.
+  const held = await readHeldFile(run, SRCPKGCACHE_NAME, MAX_CARRIED_BYTES).catch(() => undefined);
+  if (!held) return;
+  const { content, stats: file } = held;
   carriedSourceCaches.set(session.root, content);
   for (const oldest of carriedSourceCaches.keys()) if (carriedSourceCaches.size > CARRIED_GUESTS) carriedSourceCaches.delete(oldest);
   const cache = options.packageCache;
@@ -99,12 +101,20 @@ export async function carryAptSourceCache(session: ChrootSession, options: Insta
  */
 async function sourceCacheKey(root: string, scope: string): Promise<string | undefined> {
   const entries: string[] = [];
+  let releases = 0;
+  let releaseBytes = 0;
   for (const name of (await readGuestDir(root, APT_LISTS)) ?? []) {
     const info = await statGuest(root, `${APT_LISTS}/${name}`);
     if (!info?.isFile() || name === 'lock') continue;
     // A release file by its bytes too: one published again within the second of its Date, at the same size, is
-    // another release apt would not tell apart by size and time.
-    const release = name.endsWith('_InRelease') ? await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_RELEASE_BYTES).catch(() => undefined) : undefined;
+    // another release apt would not tell apart by size and time. Bounded: past it, nothing is kept or offered.
+    let release: Buffer | undefined;
+    if (name.endsWith('_InRelease')) {
+      if (++releases > MAX_KEY_RELEASE_FILES) return undefined;
+      release = await readGuestFile(root, `${APT_LISTS}/${name}`, MAX_KEY_RELEASE_BYTES - releaseBytes).catch(() => undefined);
+      if (!release) return undefined;
+      releaseBytes += release.length;
+    }
     entries.push(`${name}\0${info.size}\0${Math.floor(info.mtimeMs / 1000)}${release ? `\0${sha256Text(release)}` : ''}`);
   }
   return entries.length ? sha256Text(`apt-srcpkgcache\0${scope}\0${entries.join('\n')}`) : undefined;
@@ -121,8 +131,9 @@ interface SourceCacheState {
   offered?: { ino: number; ctimeMs: number };
 }
 const sourceCacheStates = new WeakMap<object, SourceCacheState>();
-/** A release file read for the key (Debian's main InRelease is ~150 kB). */
-const MAX_RELEASE_BYTES = 16 << 20;
+/** The release files read for the key, how many and together how big (Debian's main InRelease is ~150 kB): as the lists' offer reads them. */
+const MAX_KEY_RELEASE_FILES = 256;
+const MAX_KEY_RELEASE_BYTES = 64 << 20;
 
 /**
  * With the package cache, once the lists are offered from it (before any apt command builds apt's caches from
@@ -151,9 +162,9 @@ export function forgetStoredSourceCache(session: ChrootSession): void {
 }
 
 /** At a packages step's end: says whether apt used the one offered (the file as written: apt writes a new one by rename), and stores a new one. */
-async function storeSourceCache(state: SourceCacheState, cache: PackageCacheUse, content: Buffer, file: Stats | undefined): Promise<void> {
+async function storeSourceCache(state: SourceCacheState, cache: PackageCacheUse, content: Buffer, file: Stats): Promise<void> {
   const { key, offered } = state;
-  if (offered && file && file.ino === offered.ino && file.ctimeMs === offered.ctimeMs) {
+  if (offered && file.ino === offered.ino && file.ctimeMs === offered.ctimeMs) {
     cache.log.info('package cache: apt used the srcpkgcache.bin offered, as it was');
     return;
   }

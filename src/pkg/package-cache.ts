@@ -24,6 +24,9 @@ import type { Logger } from '../util/log.js';
  * So a file reaches a build's manager only if it is, byte for byte, what that build's metadata asks for: a
  * planted or corrupted file is never offered, whichever build or guest left it. Writes are temporary file then
  * rename: concurrent builds share the store safely (the same name always holds the same bytes).
+ * One store is not content-addressed: apt's srcpkgcache.bin (`apt-srcpkgcache/`, apt-options.ts), kept under the
+ * step's cache key and the lists, replaced when apt builds another, offered only to that same step of a later
+ * build, and checked by apt itself (its lists' and release files' sizes and times), not by its bytes' hash.
  */
 
 /** The largest package file taken from a guest (the biggest Debian and Fedora packages are a few hundred MiB). */
@@ -43,7 +46,8 @@ export const packageCacheDir = (cacheDir: string) => join(cacheDir, 'packages');
 /**
  * What is kept, each in a store of its own: package files (`deb/`, `rpm/`) and apt's package lists (`apt-list/`,
  * apt-lists-cache.ts), each under the sha256 of its bytes; and apt's srcpkgcache.bin (`apt-srcpkgcache/`,
- * apt-options.ts), under the sha256 of the base image and the lists it was built from, which apt checks it against.
+ * apt-options.ts), under a sha256 of the step's cache key and the lists it was built from (`cache list` shows that
+ * key where the others show their bytes' sha256).
  */
 export const PACKAGE_KINDS = ['deb', 'rpm', 'apt-list', 'apt-srcpkgcache'] as const;
 export type PackageKind = (typeof PACKAGE_KINDS)[number];

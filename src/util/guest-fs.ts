@@ -13,8 +13,9 @@ import { resolveInRoot } from './fs.js';
  * - opens the result one name at a time (openBeneath), none followed, O_NONBLOCK; only a regular file or a
  *   directory, by lstat before the open (a FIFO or a device node is never opened) and again on the descriptor,
  *   whose kernel path must still be inside the root,
- * - never opens or walks anything on the host's filesystems a session mounts for the guest's programs (its
- *   /sys, /dev, /dev/pts: guardHostFilesystems), wherever a guest link leads,
+ * - never reads or walks anything on the host's filesystems a session mounts for the guest's programs (its
+ *   /sys, /dev, /dev/pts: guardHostFilesystems), wherever a guest link leads (nothing there is opened but, at
+ *   most, the mount point's own directory, refused),
  * - reads at most a stated number of bytes.
  * Writes go to a new file created O_EXCL|O_NOFOLLOW next to the target, then renamed over it (rename replaces
  * a symlink at the target rather than following it).
@@ -173,7 +174,8 @@ function loopError(path: string): NodeJS.ErrnoException {
  * ELOOP for a link at the last name), never the host's open of where its link leads, which a plain open of the
  * joined path would follow in any parent. Only a regular file or a directory is opened, checked by lstat first (a
  * FIFO, a device node or a socket is refused unopened) and again on the descriptor (the same inode). Nothing on the
- * session's host filesystems (refuseHostFilesystem) is opened or read.
+ * session's host filesystems (guardHostFilesystems) is read: no directory on the way there is stepped into, and a
+ * mount point of them at the last name (/sys itself) is opened as the directory it is, then refused.
  */
 export async function openBeneath(root: string, resolved: string, flags: number, guestPath = resolved): Promise<FileHandle> {
   const names = resolved.split('/').filter(Boolean);
@@ -220,7 +222,7 @@ export function holdDirectory(path: string): Promise<FileHandle> {
  * that directory's own filesystem, at most `maxBytes`; undefined for anything else (a link, even to a file of the
  * guest or its /sys; a FIFO, never waited on; a directory; a file past the bound, not read).
  */
-export async function readHeldFile(dir: string, name: string, maxBytes: number): Promise<Buffer | undefined> {
+export async function readHeldFile(dir: string, name: string, maxBytes: number): Promise<{ content: Buffer; stats: Stats } | undefined> {
   const handle = await open(join(dir, name), READ_FLAGS).catch(() => undefined);
   if (!handle) return undefined;
   try {
@@ -228,7 +230,8 @@ export async function readHeldFile(dir: string, name: string, maxBytes: number):
     const [stats, dirStats] = await Promise.all([handle.stat(), stat(dir)]);
     if (!stats.isFile() || stats.dev !== dirStats.dev || stats.size > maxBytes) return undefined;
     // Never past the size it had: a file that grew meanwhile (something still writing it) is refused.
-    return await readAtMost(handle, stats.size);
+    const content = await readAtMost(handle, stats.size);
+    return content && { content, stats };
   } finally {
     await handle.close();
   }

@@ -182,7 +182,7 @@ describe('package cache (apt)', () => {
       { file: { path: '/etc/apt/apt.conf.d/99cachegen-debug', content: 'Debug::pkgCacheGen "true";\n' } },
       { packages: { install: [`kubectl=${pinned}`] } },
     ]);
-    // --refresh 1: every step runs again, as a user's next build with a changed first step would.
+    // --refresh 1: every step runs again, with the same step keys (as after a pruned layer).
     const apply = async (image: string, output: string) => {
       const result = await runCli(['apply', debugged, '--disk-image', image, '--output', join(work, output), '--mount-backend', 'fuse', '--sparsify', 'none', '--refresh', '1'], { env });
       if (result.exitCode !== 0) throw new Error(result.all);

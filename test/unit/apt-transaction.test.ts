@@ -266,7 +266,7 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
     await offerStoredSourceCache(build1.session, build1.use('step-1').packageCache);
     await writeFile(join(build1.run, NAME), 'cache of step 1');
     await carryAptSourceCache(build1.session, build1.use('step-1'));
-    // Step 3, same session: its update is apt's own (the carry keeps the offer away), its lists another repository's.
+    // Step 3, same session: the carry keeps the store's offer away, and what apt left by then is step 3's.
     await offerStoredSourceCache(build1.session, build1.use('step-3').packageCache);
     await writeFile(join(build1.run, NAME), 'cache of step 3, other lists');
     await carryAptSourceCache(build1.session, build1.use('step-3'));
