@@ -145,15 +145,19 @@ export async function guardHostFilesystems(root: string): Promise<{ refuse: (mou
   };
 }
 
-/** Throws when `dev` is one of the host's filesystems a session mounted in the guest at `inside` (waiting while it mounts them). */
-async function refuseIfOnHost(inside: string, dev: number, guestPath: string): Promise<void> {
-  const guards = hostFilesystems.get(inside);
-  if (!guards) return;
-  for (const guard of guards) {
+/** Whether `dev` is one of the host's filesystems a session mounted in the guest at `inside` (waiting while it mounts them). */
+async function onHostFilesystem(inside: string, dev: number): Promise<boolean> {
+  for (const guard of hostFilesystems.get(inside) ?? []) {
     await guard.mounting;
-    if (guard.devs.has(dev)) {
-      throw refused(guestPath, "inside the host's own filesystems the build mounts for the guest's programs (its /sys, /dev or /dev/pts), which the host does not read for the guest");
-    }
+    if (guard.devs.has(dev)) return true;
+  }
+  return false;
+}
+
+/** Throws when `dev` is one of the host's filesystems a session mounted in the guest at `inside`. */
+async function refuseIfOnHost(inside: string, dev: number, guestPath: string): Promise<void> {
+  if (await onHostFilesystem(inside, dev)) {
+    throw refused(guestPath, "inside the host's own filesystems the build mounts for the guest's programs (its /sys, /dev or /dev/pts), which the host does not read for the guest");
   }
 }
 
@@ -420,7 +424,7 @@ export async function walkGuestTree(
     }
     if (!stat) continue;
     // The session's /sys or /dev, reached through a guest path: not the guest's, left out as unreadable.
-    if (hostFilesystems.has(inside) && (await refuseIfOnHost(inside, Number(stat.dev), guestPath).then(() => false, () => true))) continue;
+    if (hostFilesystems.has(inside) && (await onHostFilesystem(inside, Number(stat.dev)))) continue;
     if (++walked > maxEntries) throw refused(topGuestPath, `a tree of more than ${maxEntries} entries`);
     onEntry(guestPath, stat);
     if (stat.isDirectory()) {

@@ -285,6 +285,22 @@ describe("apt's srcpkgcache.bin kept for the same step of a later build", () => 
     expect(first.lines.join('')).toMatch(/warn: package cache: keeping a \.apt-srcpkgcache file in \S+ failed: .*; the next build of this step builds apt's caches itself/);
   });
 
+  test('a lists directory crafted with more release files than the key reads (256) keeps and offers nothing', async () => {
+    const crafted = await build('crafted');
+    for (let i = 0; i < 257; i++) await writeFile(join(crafted.root, LISTS, `mirror${i}.example_dists_x_InRelease`), 'Origin: x\n');
+    await offerStoredSourceCache(crafted.session, crafted.use('step-a').packageCache);
+    await writeFile(join(crafted.run, NAME), 'apt cache');
+    await carryAptSourceCache(crafted.session, crafted.use('step-a'));
+    expect(await stored()).toEqual([]);
+    // 255 in all (the guest's own one and 254): within the bound, kept.
+    const fewer = await build('fewer');
+    for (let i = 0; i < 254; i++) await writeFile(join(fewer.root, LISTS, `mirror${i}.example_dists_x_InRelease`), 'Origin: x\n');
+    await offerStoredSourceCache(fewer.session, fewer.use('step-a').packageCache);
+    await writeFile(join(fewer.run, NAME), 'apt cache');
+    await carryAptSourceCache(fewer.session, fewer.use('step-a'));
+    expect(await stored()).toHaveLength(1);
+  });
+
   test('never offered to another step (another base or recipe), nor with other lists, nor where the step before carried one', async () => {
     const first = await build('first');
     await offerStoredSourceCache(first.session, first.use('step-a').packageCache);
