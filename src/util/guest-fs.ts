@@ -214,6 +214,61 @@ export async function openBeneath(root: string, resolved: string, flags: number,
 }
 
 /**
+ * The directory a guest path's last name is in, opened as openBeneath opens (its parents resolved inside the guest,
+ * then one name at a time from the root, none followed, none on the session's host filesystems), with the
+ * directories missing on the way made (0755) when `create`; undefined when one is missing and not `create`.
+ * Writes, renames and removals then go by the last name alone in `dir` (its /proc/self/fd path): what a guest link
+ * resolved into (the session's /dev of real nodes, its /sys) is refused, not written to, and a link put on the way
+ * after the path was resolved is not followed. The caller closes `handle`.
+ */
+async function openParentBeneath(root: string, guestPath: string, create: boolean): Promise<{ handle: FileHandle; dir: string; name: string } | undefined> {
+  const name = posix.basename(posix.normalize(`/${guestPath}`));
+  if (!name) throw refused(guestPath, 'the root directory, which has no name to write');
+  const names = (await parentInGuest(root, guestPath)).split('/').filter(Boolean);
+  const inside = await realRoot(root);
+  let handle = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    for (const step of names) {
+      const path = `/proc/self/fd/${handle.fd}/${step}`;
+      let next = await open(path, DIRECTORY_STEP_FLAGS).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') return undefined;
+        if (error.code === 'ELOOP' || error.code === 'ENOTDIR') throw refused(guestPath, `not a directory on the way (${step}: a symbolic link or another file)`);
+        throw error;
+      });
+      if (!next) {
+        if (!create) {
+          await handle.close();
+          return undefined;
+        }
+        await mkdir(path, { mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'EEXIST') throw error;
+        });
+        next = await open(path, DIRECTORY_STEP_FLAGS);
+      }
+      await handle.close();
+      handle = next;
+      await refuseIfOnHost(inside, (await handle.stat()).dev, guestPath);
+    }
+    await refuseIfOnHost(inside, (await handle.stat()).dev, guestPath);
+    return { handle, dir: `/proc/self/fd/${handle.fd}`, name };
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+}
+
+/** `body` on the directory of a guest path's last name (openParentBeneath), closed after; undefined when it is missing and not `create`. */
+async function inParentBeneath<T>(root: string, guestPath: string, create: boolean, body: (dir: string, name: string) => Promise<T>): Promise<T | undefined> {
+  const parent = await openParentBeneath(root, guestPath, create);
+  if (!parent) return undefined;
+  try {
+    return await body(parent.dir, parent.name);
+  } finally {
+    await parent.handle.close();
+  }
+}
+
+/**
  * A directory the host keeps files in for a session (its private /run, a tmpfs it mounted), held open: reached by
  * its /proc/self/fd path while the session lasts, it is that filesystem whatever a guest renames on the way to it.
  */
@@ -499,16 +554,16 @@ export interface GuestWriteOptions {
  * at the target (a regular file, a symlink, planted or not) is replaced, never written through.
  */
 export async function writeGuestFileFromHost(root: string, guestPath: string, content: string | Buffer, options: GuestWriteOptions): Promise<void> {
-  const parent = join(root, await parentInGuest(root, guestPath));
-  await mkdir(parent, { recursive: true, mode: 0o755 });
-  await replaceByRename(parent, basename(guestPath), options.mode, async (handle) => {
-    await checkInside(root, handle, guestPath);
-    await handle.writeFile(content);
-    await handle.chmod(options.mode);
-    if (options.uid !== undefined || options.gid !== undefined) await handle.chown(options.uid ?? 0, options.gid ?? 0);
-    if (options.time) await handle.utimes(options.time, options.time);
-    if (options.sync) await handle.sync();
-  });
+  await inParentBeneath(root, guestPath, true, (dir, name) =>
+    replaceByRename(dir, name, options.mode, async (handle) => {
+      await checkInside(root, handle, guestPath);
+      await handle.writeFile(content);
+      await handle.chmod(options.mode);
+      if (options.uid !== undefined || options.gid !== undefined) await handle.chown(options.uid ?? 0, options.gid ?? 0);
+      if (options.time) await handle.utimes(options.time, options.time);
+      if (options.sync) await handle.sync();
+    }),
+  );
 }
 
 /**
@@ -537,21 +592,21 @@ async function replaceByRename(dir: string, name: string, mode: number, fill: (h
  * beside the target and renamed over it, so whatever was at that name is replaced, never written through.
  */
 export async function writeGuestSymlink(root: string, guestPath: string, target: string): Promise<void> {
-  const parent = join(root, await parentInGuest(root, guestPath));
-  await mkdir(parent, { recursive: true, mode: 0o755 });
-  const partial = join(parent, `.${basename(guestPath)}.imagebuilder-${randomBytes(6).toString('hex')}`);
-  await symlink(target, partial);
-  try {
-    await rename(partial, join(parent, basename(guestPath)));
-  } catch (error) {
-    await rm(partial, { force: true });
-    throw error;
-  }
+  await inParentBeneath(root, guestPath, true, async (dir, name) => {
+    const partial = join(dir, `.${name}.imagebuilder-${randomBytes(6).toString('hex')}`);
+    await symlink(target, partial);
+    try {
+      await rename(partial, join(dir, name));
+    } catch (error) {
+      await rm(partial, { force: true });
+      throw error;
+    }
+  });
 }
 
 /** Removes a guest file (a symlink itself, never what it points to); nothing when it is absent. */
 export async function removeGuestFile(root: string, guestPath: string): Promise<void> {
-  await rm(await hostPathOfName(root, guestPath), { force: true });
+  await inParentBeneath(root, guestPath, false, (dir, name) => rm(join(dir, name), { force: true }));
 }
 
 /** Renames a guest path within its own directory, without following anything; undefined when it is absent. */
@@ -559,19 +614,23 @@ export async function moveAsideInGuest(root: string, guestPath: string): Promise
   const parentGuest = await parentInGuest(root, guestPath);
   const name = basename(guestPath);
   const aside = `.${name}.imagebuilder-saved-${randomBytes(6).toString('hex')}`;
-  const original = join(root, parentGuest, name);
-  if (!(await lstat(original).catch(() => undefined))) return undefined;
-  await rename(original, join(root, parentGuest, aside));
+  const moved = await inParentBeneath(root, guestPath, false, async (dir) => {
+    if (!(await lstat(join(dir, name)).catch(() => undefined))) return false;
+    await rename(join(dir, name), join(dir, aside));
+    return true;
+  });
+  if (!moved) return undefined;
   return {
+    // Opened again by the same guest path: a step may have replaced a parent directory with a link, which is refused.
     restore: async () => {
-      // Resolved again: a step may have replaced a parent directory with a symlink, which must not lead out.
-      const parentNow = join(root, await resolveInRoot(root, parentGuest));
-      await rm(join(parentNow, name), { force: true, recursive: false }).catch(async (error: NodeJS.ErrnoException) => {
-        // A directory a step left at that name goes too: what was there before comes back.
-        if (error.code === 'EISDIR' || error.code === 'ERR_FS_EISDIR') await rm(join(parentNow, name), { recursive: true, force: true });
-        else throw error;
+      await inParentBeneath(root, posix.join(parentGuest, name), false, async (dir) => {
+        await rm(join(dir, name), { force: true, recursive: false }).catch(async (error: NodeJS.ErrnoException) => {
+          // A directory a step left at that name goes too: what was there before comes back.
+          if (error.code === 'EISDIR' || error.code === 'ERR_FS_EISDIR') await rm(join(dir, name), { recursive: true, force: true });
+          else throw error;
+        });
+        await rename(join(dir, aside), join(dir, name));
       });
-      await rename(join(parentNow, aside), join(parentNow, name));
     },
   };
 }

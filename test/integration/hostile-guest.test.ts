@@ -190,6 +190,17 @@ describe('hostile guest images', () => {
       await expectHostUntouched(host);
     });
 
+    test("/usr/sbin a link to /dev: the session's policy-rc.d, written from the host, is refused rather than written into the session's /dev of real nodes", async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'sbin-into-dev.qcow2'), {}, { thenRun: 'mv "$1/usr/sbin" "$1/usr/sbin.real"; ln -s /dev "$1/usr/sbin"' });
+      const recipe = await writeRecipe(work, 'sbin-into-dev', [{ run: 'echo RAN-$((40+2))' }]);
+      const result = await apply(recipe, image, 'sbin-into-dev-out.qcow2');
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr).toContain("the guest's /dev/policy-rc.d is inside the host's own filesystems the build mounts for the guest's programs");
+      expect(result.all).not.toContain('RAN-42');
+      await expectHostUntouched(host);
+    });
+
     test.each([
       ['/etc/os-release a FIFO', 'rm -f "$1/etc/os-release" "$1/usr/lib/os-release"; mkfifo "$1/usr/lib/os-release"; ln -s ../usr/lib/os-release "$1/etc/os-release"', "the guest's /etc/os-release is a FIFO"],
       ['/etc/fstab of 2 MiB', 'head -c 2097152 /dev/zero | tr "\\0" "#" > "$1/etc/fstab"', "the guest's /etc/fstab is larger than 1048576 bytes"],

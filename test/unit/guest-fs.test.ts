@@ -1,9 +1,9 @@
-import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, statGuest, walkGuestTree, writeGuestFileFromHost } from '../../src/util/guest-fs.js';
+import { moveAsideInGuest, openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, removeGuestFile, statGuest, walkGuestTree, writeGuestFileFromHost, writeGuestSymlink } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -185,6 +185,38 @@ describe('guest-fs', () => {
       await expect(readGuestFile(root, '/etc/zero', 100)).rejects.toMatchObject({ message: expect.stringContaining('is a character device') });
     } finally {
       await execa('umount', [join(root, 'sys')]);
+    }
+  });
+
+  test("writes, removals and renames through a guest link into the session's host filesystems (its /dev of real nodes) are refused and change nothing there", async () => {
+    // A tmpfs standing for the session's /dev: a device node, a file; the guest's apt lists directory a link to it.
+    await mkdir(join(root, 'dev'));
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', join(root, 'dev')]);
+    try {
+      await execa('mknod', [join(root, 'dev/null'), 'c', '1', '3']);
+      await writeFile(join(root, 'dev/kept'), 'session file\n');
+      await mkdir(join(root, 'var/lib/apt'), { recursive: true });
+      await symlink('/dev', join(root, 'var/lib/apt/lists'));
+      const guard = await guardHostFilesystems(root);
+      await guard.refuse([join(root, 'dev')]);
+      const onHost = { code: 'BAD_INPUT', message: expect.stringContaining("is inside the host's own filesystems the build mounts for the guest's programs") };
+      await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/new', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
+      await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/kept', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
+      await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/partial/new', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
+      await expect(writeGuestSymlink(root, '/var/lib/apt/lists/link', '/etc/shadow')).rejects.toMatchObject(onHost);
+      await expect(removeGuestFile(root, '/var/lib/apt/lists/null')).rejects.toMatchObject(onHost);
+      await expect(moveAsideInGuest(root, '/var/lib/apt/lists/null')).rejects.toMatchObject(onHost);
+      // The directory given as the parent itself, not through a link: refused the same.
+      await expect(removeGuestFile(root, '/dev/null')).rejects.toMatchObject(onHost);
+      expect((await readdir(join(root, 'dev'))).sort()).toEqual(['kept', 'null']);
+      expect((await lstat(join(root, 'dev/null'))).isCharacterDevice()).toBe(true);
+      expect(await readFile(join(root, 'dev/kept'), 'utf8')).toBe('session file\n');
+      guard.release();
+      // Released (the session's mounts gone), the same guest path is the guest's own to write: the refusal was what stopped it.
+      await writeGuestFileFromHost(root, '/var/lib/apt/lists/new', 'x', { mode: 0o644 });
+      expect(await readFile(join(root, 'dev/new'), 'utf8')).toBe('x');
+    } finally {
+      await execa('umount', [join(root, 'dev')]);
     }
   });
 
