@@ -41,8 +41,8 @@ export async function ensurePartitions(context: MountContext, device: string): P
   if ((await listPartitions(device)).length > 0) await context.run('partx', ['-d', device], { allowFailure: true, log: context.log });
   // partx reads the guest's partition table as data (offsets and sizes, which the kernel bounds by the disk's
   // size) and only asks the kernel to add partitions of this one device: nothing of the host is named.
-  const hasTable = (await context.run('partx', ['--show', device], { allowFailure: true })).stdout.trim() !== '';
-  if (hasTable) {
+  const table = await readPartitionTable(context, device);
+  if (table.size) {
     // Registered before partx runs: an interrupt while it runs must not leave the partitions behind.
     context.cleanup.push(`partitions of ${device}`, async () => {
       await context.run('partx', ['-d', device], { allowFailure: true });
@@ -50,7 +50,7 @@ export async function ensurePartitions(context: MountContext, device: string): P
     await context.run('partx', ['-a', device], { allowFailure: true, log: context.log });
   }
   const partitions = await listPartitions(device);
-  await refuseForeignPartitions(context, device, partitions);
+  await refuseForeignPartitions(device, partitions, table);
   // A partition's block device keeps its page cache across a loop device's reuse (the cache belongs to the device
   // number): blocks cached from the previous image would be read as this one's. Drop them before anything reads.
   await context.run('blockdev', ['--flushbufs', device, ...partitions], { allowFailure: true, log: context.log });
@@ -71,20 +71,24 @@ export async function ensurePartitions(context: MountContext, device: string): P
   return partitions;
 }
 
+/** This disk's partition table as partx reads it: "NR START SECTORS" per partition; empty when it has none. */
+async function readPartitionTable(context: MountContext, device: string): Promise<Set<string>> {
+  const table = await context.run('partx', ['--show', '--noheadings', '-o', 'NR,START,SECTORS', device], { allowFailure: true });
+  return new Set(table.exitCode === 0 ? table.stdout.trim().split('\n').filter(Boolean).map((line) => line.trim().split(/\s+/).join(' ')) : []);
+}
+
 /**
  * A partition the kernel still lists that is not in this disk's table (its number, start or size differ) is a
  * leftover partx could not remove because something still holds it (a mount in another namespace, say):
  * mounting it would mount someone else's filesystem. Say so instead of failing later with EBUSY.
  */
-async function refuseForeignPartitions(context: MountContext, device: string, partitions: string[]): Promise<void> {
+async function refuseForeignPartitions(device: string, partitions: string[], table: ReadonlySet<string>): Promise<void> {
   if (!partitions.length) return;
-  const table = await context.run('partx', ['--show', '--noheadings', '-o', 'NR,START,SECTORS', device], { allowFailure: true, log: context.log });
-  const expected = new Set(table.exitCode === 0 ? table.stdout.trim().split('\n').filter(Boolean).map((line) => line.trim().split(/\s+/).join(' ')) : []);
   const foreign: string[] = [];
   for (const partition of partitions) {
     const sysfs = `/sys/class/block/${basename(partition)}`;
     const [start, size] = await Promise.all(['start', 'size'].map((name) => readFile(`${sysfs}/${name}`, 'utf8').then((t) => t.trim(), () => '?')));
-    if (!expected.has(`${/(\d+)$/.exec(partition)![1]} ${start} ${size}`)) foreign.push(partition);
+    if (!table.has(`${/(\d+)$/.exec(partition)![1]} ${start} ${size}`)) foreign.push(partition);
   }
   if (foreign.length) {
     throw new ImageBuilderError('ENVIRONMENT', `${device} still carries partition(s) from an earlier user that cannot be removed: ${foreign.join(', ')}`, {
@@ -117,10 +121,5 @@ export function parseBlkidExport(device: string, text: string): BlockFilesystem 
  * into the libguestfs appliance.
  */
 export async function probeFilesystems(context: MountContext, devices: string[]): Promise<BlockFilesystem[]> {
-  const found: BlockFilesystem[] = [];
-  for (const device of devices) {
-    const result = await context.run('blkid', ['-p', '-o', 'export', device], { allowFailure: true });
-    found.push(parseBlkidExport(device, result.stdout));
-  }
-  return found;
+  return Promise.all(devices.map(async (device) => parseBlkidExport(device, (await context.run('blkid', ['-p', '-o', 'export', device], { allowFailure: true })).stdout)));
 }

@@ -45,14 +45,14 @@ describe('nbd backend', () => {
     // A build that died: its record names this kernel, and nobody holds its flock any more.
     await writeFile(join(lockDir, 'imagebuilder-nbd2.lock'), JSON.stringify({ pid: 999999999, host: hostname(), boot: kernelIdentity().boot, since: '', what: '/dev/nbd2' }));
     // The disk has a partition table the kernel did not scan: partx adds its partitions, and deletes them on release.
-    const ctx = context(recordingRunner((call) => (call.args[0] === '--show' ? { stdout: 'NR START END SECTORS SIZE NAME UUID\n 1  2048 4095 2048 1M  ' } : undefined)));
+    const ctx = context(recordingRunner((call) => (call.args[0] === '--show' ? { stdout: ' 1  2048 2048' } : undefined)));
     const attached = await createNbdBackend({ sysBlock, lockDir }).attach(ctx, { image: '/w/work.qcow2', format: 'qcow2', readOnly: false });
     expect(attached).toEqual({ kind: 'block', device: '/dev/nbd2' });
     expect(await readdir(lockDir)).toEqual(['imagebuilder-nbd1.lock', 'imagebuilder-nbd2.lock']);
     await ctx.cleanup.unwind();
     expect(ctx.run.calls.map((c) => [c.file, ...c.args])).toEqual([
       ['qemu-nbd', '--connect=/dev/nbd2', '--format=qcow2', '--discard=unmap', '/w/work.qcow2'],
-      ['partx', '--show', '/dev/nbd2'],
+      ['partx', '--show', '--noheadings', '-o', 'NR,START,SECTORS', '/dev/nbd2'],
       ['partx', '-a', '/dev/nbd2'],
       ['blockdev', '--flushbufs', '/dev/nbd2'],
       ['partx', '-d', '/dev/nbd2'],
