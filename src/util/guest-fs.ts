@@ -1,5 +1,5 @@
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, type BigIntStats, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, stat, symlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, rmdir, stat, symlink, type FileHandle } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, join, posix } from 'node:path';
 import { ImageBuilderError } from './errors.js';
@@ -221,10 +221,13 @@ export async function openBeneath(root: string, resolved: string, flags: number,
  * resolved into (the session's /dev of real nodes, its /sys) is refused, not written to, and a link put on the way
  * after the path was resolved is not followed. The caller closes `handle`.
  */
-async function openParentBeneath(root: string, guestPath: string, create: boolean): Promise<{ handle: FileHandle; dir: string; name: string } | undefined> {
-  const name = posix.basename(posix.normalize(`/${guestPath}`));
+async function openParentBeneath(root: string, guestPath: string, create: boolean, parentResolved = false): Promise<{ handle: FileHandle; dir: string; name: string } | undefined> {
+  const normalized = posix.normalize(`/${guestPath}`);
+  const name = posix.basename(normalized);
   if (!name) throw refused(guestPath, 'the root directory, which has no name to write');
-  const names = (await parentInGuest(root, guestPath)).split('/').filter(Boolean);
+  // parentResolved: the parent as resolveInRoot gave it earlier, walked as it is (a link there now is refused).
+  const parent = parentResolved ? posix.dirname(normalized) : await parentInGuest(root, guestPath);
+  const names = parent.split('/').filter(Boolean);
   const inside = await realRoot(root);
   let handle = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
@@ -243,7 +246,9 @@ async function openParentBeneath(root: string, guestPath: string, create: boolea
         await mkdir(path, { mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
           if (error.code !== 'EEXIST') throw error;
         });
-        next = await open(path, DIRECTORY_STEP_FLAGS);
+        next = await open(path, DIRECTORY_STEP_FLAGS).catch((error: NodeJS.ErrnoException) => {
+          throw error.code === 'ELOOP' || error.code === 'ENOTDIR' ? refused(guestPath, `not a directory on the way (${step}: a symbolic link or another file)`) : error;
+        });
       }
       await handle.close();
       handle = next;
@@ -258,8 +263,8 @@ async function openParentBeneath(root: string, guestPath: string, create: boolea
 }
 
 /** `body` on the directory of a guest path's last name (openParentBeneath), closed after; undefined when it is missing and not `create`. */
-async function inParentBeneath<T>(root: string, guestPath: string, create: boolean, body: (dir: string, name: string) => Promise<T>): Promise<T | undefined> {
-  const parent = await openParentBeneath(root, guestPath, create);
+async function inParentBeneath<T>(root: string, guestPath: string, create: boolean, body: (dir: string, name: string) => Promise<T>, parentResolved = false): Promise<T | undefined> {
+  const parent = await openParentBeneath(root, guestPath, create, parentResolved);
   if (!parent) return undefined;
   try {
     return await body(parent.dir, parent.name);
@@ -612,26 +617,45 @@ export async function removeGuestFile(root: string, guestPath: string): Promise<
 /** Renames a guest path within its own directory, without following anything; undefined when it is absent. */
 export async function moveAsideInGuest(root: string, guestPath: string): Promise<{ restore: () => Promise<void> } | undefined> {
   const parentGuest = await parentInGuest(root, guestPath);
-  const name = basename(guestPath);
-  const aside = `.${name}.imagebuilder-saved-${randomBytes(6).toString('hex')}`;
-  const moved = await inParentBeneath(root, guestPath, false, async (dir) => {
-    if (!(await lstat(join(dir, name)).catch(() => undefined))) return false;
+  const moved = await inParentBeneath(root, guestPath, false, async (dir, name) => {
+    if (!(await lstat(join(dir, name)).catch(() => undefined))) return undefined;
+    const aside = `.${name}.imagebuilder-saved-${randomBytes(6).toString('hex')}`;
     await rename(join(dir, name), join(dir, aside));
-    return true;
+    return { name, aside };
   });
   if (!moved) return undefined;
+  const { name, aside } = moved;
   return {
-    // Opened again by the same guest path: a step may have replaced a parent directory with a link, which is refused.
+    // The same directory, walked as it was resolved: a step that put a link in place of a parent is refused, not
+    // followed. A parent a step removed took what was set aside with it: nothing is left to restore.
     restore: async () => {
       await inParentBeneath(root, posix.join(parentGuest, name), false, async (dir) => {
-        await rm(join(dir, name), { force: true, recursive: false }).catch(async (error: NodeJS.ErrnoException) => {
-          // A directory a step left at that name goes too: what was there before comes back.
-          if (error.code === 'EISDIR' || error.code === 'ERR_FS_EISDIR') await rm(join(dir, name), { recursive: true, force: true });
-          else throw error;
-        });
+        // A directory a step left at that name goes too (its own filesystem only): what was there before comes back.
+        await removeBeneath(dir, name, guestPath);
         await rename(join(dir, aside), join(dir, name));
-      });
+      }, true);
     },
   };
+}
+
+/**
+ * Removes `name` from the held directory `dir` (a /proc/self/fd path): a file or link itself, a directory with
+ * everything in it, each directory opened O_NOFOLLOW and refused when it is another filesystem (a mount a step
+ * moved there: the session's /dev, say), never walked by path. Nothing when it is absent.
+ */
+async function removeBeneath(dir: string, name: string, guestPath: string): Promise<void> {
+  const seen = await lstat(join(dir, name)).catch(() => undefined);
+  if (!seen) return;
+  if (!seen.isDirectory()) return rm(join(dir, name), { force: true });
+  const handle = await open(join(dir, name), DIRECTORY_STEP_FLAGS);
+  try {
+    const opened = await handle.stat();
+    if (opened.dev !== (await stat(dir)).dev || opened.ino !== seen.ino) throw refused(guestPath, 'a directory on another filesystem (a mount point), which is not removed');
+    const inside = `/proc/self/fd/${handle.fd}`;
+    for (const entry of await readdir(inside)) await removeBeneath(inside, entry, guestPath);
+  } finally {
+    await handle.close();
+  }
+  await rmdir(join(dir, name));
 }
 

@@ -1,4 +1,4 @@
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -198,26 +198,73 @@ describe('guest-fs', () => {
       await mkdir(join(root, 'var/lib/apt'), { recursive: true });
       await symlink('/dev', join(root, 'var/lib/apt/lists'));
       const guard = await guardHostFilesystems(root);
-      await guard.refuse([join(root, 'dev')]);
-      const onHost = { code: 'BAD_INPUT', message: expect.stringContaining("is inside the host's own filesystems the build mounts for the guest's programs") };
-      await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/new', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
-      await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/kept', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
-      await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/partial/new', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
-      await expect(writeGuestSymlink(root, '/var/lib/apt/lists/link', '/etc/shadow')).rejects.toMatchObject(onHost);
-      await expect(removeGuestFile(root, '/var/lib/apt/lists/null')).rejects.toMatchObject(onHost);
-      await expect(moveAsideInGuest(root, '/var/lib/apt/lists/null')).rejects.toMatchObject(onHost);
-      // The directory given as the parent itself, not through a link: refused the same.
-      await expect(removeGuestFile(root, '/dev/null')).rejects.toMatchObject(onHost);
-      expect((await readdir(join(root, 'dev'))).sort()).toEqual(['kept', 'null']);
-      expect((await lstat(join(root, 'dev/null'))).isCharacterDevice()).toBe(true);
-      expect(await readFile(join(root, 'dev/kept'), 'utf8')).toBe('session file\n');
-      guard.release();
-      // Released (the session's mounts gone), the same guest path is the guest's own to write: the refusal was what stopped it.
-      await writeGuestFileFromHost(root, '/var/lib/apt/lists/new', 'x', { mode: 0o644 });
-      expect(await readFile(join(root, 'dev/new'), 'utf8')).toBe('x');
+      let released = false;
+      try {
+        await guard.refuse([join(root, 'dev')]);
+        const onHost = { code: 'BAD_INPUT', message: expect.stringContaining("is inside the host's own filesystems the build mounts for the guest's programs") };
+        await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/new', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
+        await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/kept', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
+        await expect(writeGuestFileFromHost(root, '/var/lib/apt/lists/partial/new', 'x', { mode: 0o644 })).rejects.toMatchObject(onHost);
+        await expect(writeGuestSymlink(root, '/var/lib/apt/lists/link', '/etc/shadow')).rejects.toMatchObject(onHost);
+        await expect(removeGuestFile(root, '/var/lib/apt/lists/null')).rejects.toMatchObject(onHost);
+        await expect(moveAsideInGuest(root, '/var/lib/apt/lists/null')).rejects.toMatchObject(onHost);
+        // The directory given as the parent itself, not through a link: refused the same.
+        await expect(removeGuestFile(root, '/dev/null')).rejects.toMatchObject(onHost);
+        expect((await readdir(join(root, 'dev'))).sort()).toEqual(['kept', 'null']);
+        expect((await lstat(join(root, 'dev/null'))).isCharacterDevice()).toBe(true);
+        expect(await readFile(join(root, 'dev/kept'), 'utf8')).toBe('session file\n');
+        guard.release();
+        released = true;
+        // Released (the session's mounts gone), the same guest path is the guest's own to write: the refusal was what stopped it.
+        await writeGuestFileFromHost(root, '/var/lib/apt/lists/new', 'x', { mode: 0o644 });
+        expect(await readFile(join(root, 'dev/new'), 'utf8')).toBe('x');
+      } finally {
+        if (!released) guard.release();
+      }
     } finally {
       await execa('umount', [join(root, 'dev')]);
     }
+  });
+
+  describe('moveAsideInGuest: what a step left at the name goes, what was there comes back', () => {
+    test('a directory tree a step left at the name is removed, and the file set aside comes back', async () => {
+      await writeFile(join(root, 'etc/resolv.conf'), 'original\n');
+      const saved = (await moveAsideInGuest(root, '/etc/resolv.conf'))!;
+      await mkdir(join(root, 'etc/resolv.conf/sub'), { recursive: true });
+      await writeFile(join(root, 'etc/resolv.conf/sub/file'), 'left by a step\n');
+      await symlink(outside, join(root, 'etc/resolv.conf/link-out'));
+      await saved.restore();
+      expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('original\n');
+      expect(await readdir(join(root, 'etc'))).toEqual(['resolv.conf']);
+      // The link was removed, not followed: the host directory it named is whole.
+      expect(await readFile(join(outside, 'secret'), 'utf8')).toBe('host secret\n');
+    });
+
+    test("a mount a step moved under the name (the session's /dev, moved with `mv`) is refused, not emptied", async () => {
+      await writeFile(join(root, 'etc/resolv.conf'), 'original\n');
+      const saved = (await moveAsideInGuest(root, '/etc/resolv.conf'))!;
+      await mkdir(join(root, 'etc/resolv.conf/dev'), { recursive: true });
+      await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', join(root, 'etc/resolv.conf/dev')]);
+      try {
+        await execa('mknod', [join(root, 'etc/resolv.conf/dev/null'), 'c', '1', '3']);
+        await expect(saved.restore()).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('a directory on another filesystem (a mount point), which is not removed') });
+        expect((await lstat(join(root, 'etc/resolv.conf/dev/null'))).isCharacterDevice()).toBe(true);
+      } finally {
+        await execa('umount', [join(root, 'etc/resolv.conf/dev')]);
+      }
+    });
+
+    test('a parent a step replaced with a link is refused on restore, not followed (to where the link leads, in the guest or out)', async () => {
+      await mkdir(join(root, 'etc/dir'));
+      await writeFile(join(root, 'etc/dir/file'), 'original\n');
+      const saved = (await moveAsideInGuest(root, '/etc/dir/file'))!;
+      await rename(join(root, 'etc/dir'), join(root, 'etc/dir-moved'));
+      await symlink(outside, join(root, 'etc/dir'));
+      await writeFile(join(outside, 'file'), 'host file\n');
+      await expect(saved.restore()).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('not a directory on the way (dir') });
+      expect(await readFile(join(outside, 'file'), 'utf8')).toBe('host file\n');
+      expect((await readdir(join(root, 'etc/dir-moved'))).filter((name) => name.includes('imagebuilder-saved'))).toHaveLength(1);
+    });
   });
 
   test('statGuest does not follow the last name', async () => {
