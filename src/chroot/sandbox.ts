@@ -60,10 +60,23 @@ const CAPABILITY_NUMBERS: Record<string, number> = {
 
 /**
  * Destinations no guest command reaches even with the network on: link-local (metadata services, the host's
- * fe80:: addresses) and AWS's IPv6 metadata range. Refused by policy rules, not routes: a route loses to the
- * more specific on-link one (fe80::/64 dev eth0) the kernel adds itself.
+ * fe80:: addresses), AWS's IPv6 metadata range, and the metadata services that are not link-local: Azure's
+ * WireServer and host agent (168.63.129.16, which only the host's root may reach, and pasta connects as root)
+ * and Alibaba Cloud's (100.100.100.200). The guest's DNS goes through the build's relay, not to them. Refused
+ * by policy rules, not routes: a route loses to the more specific on-link one (fe80::/64 dev eth0) the kernel
+ * adds itself.
  */
-const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32'];
+export const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '168.63.129.16/32', '100.100.100.200/32'];
+
+/**
+ * Files of the guest commands' fresh /proc that root may write by their mode alone, with no capability, and that
+ * act on the host's kernel or devices, bound read-only over themselves (as Docker does): bwrap leaves only
+ * /proc/bus, /proc/irq and /proc/sys/(...) alone. /proc/sys: a sysctl (kernel.core_pattern runs a program on the
+ * host); /proc/sysrq-trigger; /proc/scsi/scsi removes the host's disks (`scsi remove-single-device`);
+ * /proc/fs, /proc/acpi and /proc/driver hold filesystems' and drivers' knobs; /proc/latency_stats is cleared
+ * by a write. Their contents follow the reader's namespaces. `-try`: a kernel without one has nothing there.
+ */
+export const READ_ONLY_PROC_PATHS = ['/proc/sys', '/proc/sysrq-trigger', '/proc/scsi', '/proc/fs', '/proc/acpi', '/proc/driver', '/proc/latency_stats', '/proc/asound', '/proc/mtrr'];
 
 
 export type GuestNetwork = 'sandboxed' | 'none';
@@ -484,9 +497,7 @@ export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSan
     // Read-only: bwrap's own minimal /dev (never a path inside the guest, which could be a link), a fresh /tmp.
     ...(options.readOnlyRoot ? ['--ro-bind', root, '/', '--dev', '/dev', '--tmpfs', '/tmp'] : ['--dev-bind', root, '/']),
     '--proc', '/proc',
-    // bwrap leaves these writable for root: a sysctl (kernel.core_pattern runs a program on the host) or a
-    // sysrq needs no capability, only the file's mode. Their contents follow the reader's namespaces.
-    '--ro-bind', '/proc/sys', '/proc/sys', '--ro-bind-try', '/proc/sysrq-trigger', '/proc/sysrq-trigger',
+    ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]),
     '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try',
     ...(network === 'none' ? ['--unshare-net'] : []),
     '--die-with-parent',

@@ -11,6 +11,13 @@
 export const EPERM = 1;
 export const ENOSYS = 38;
 
+/**
+ * Syscalls that answer ENOSYS, as on a kernel without them, so that their callers fall back: clone3 (glibc then
+ * uses clone, whose flags the filter reads) and io_uring (liburing users fall back to plain I/O; io_uring has been
+ * a steady source of kernel exploits, and its requests are not seen by this filter).
+ */
+export const NOT_IMPLEMENTED_SYSCALLS = ['clone3', 'io_uring_setup', 'io_uring_enter', 'io_uring_register'] as const;
+
 /** Syscalls denied outright, with why. */
 export const DENIED_SYSCALLS: Record<string, string> = {
   bpf: 'eBPF programs and maps run in the host kernel',
@@ -48,7 +55,7 @@ export const SYSCALL_TABLES = {
     // x32 syscalls are x86_64 numbers with this bit set: a second ABI the table above does not cover.
     x32Bit: 0x40000000,
     numbers: {
-      ioctl: 16, clone: 56, unshare: 272, clone3: 435,
+      ioctl: 16, clone: 56, unshare: 272, clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
       bpf: 321, perf_event_open: 298, kexec_load: 246, kexec_file_load: 320, init_module: 175, finit_module: 313, delete_module: 176,
       add_key: 248, keyctl: 250, request_key: 249, mount: 165, umount2: 166, pivot_root: 155, open_tree: 428, move_mount: 429,
       fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 167, swapoff: 168, reboot: 169,
@@ -59,7 +66,7 @@ export const SYSCALL_TABLES = {
     auditArch: 0xc00000b7,
     x32Bit: undefined,
     numbers: {
-      ioctl: 29, clone: 220, unshare: 97, clone3: 435,
+      ioctl: 29, clone: 220, unshare: 97, clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
       bpf: 280, perf_event_open: 241, kexec_load: 104, kexec_file_load: 294, init_module: 105, finit_module: 273, delete_module: 106,
       add_key: 217, keyctl: 219, request_key: 218, mount: 40, umount2: 39, pivot_root: 41, open_tree: 428, move_mount: 429,
       fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 224, swapoff: 225, reboot: 142,
@@ -70,9 +77,13 @@ export const SYSCALL_TABLES = {
 
 export type SeccompArch = keyof typeof SYSCALL_TABLES;
 
-/** ioctls denied: typing into a terminal (TIOCSTI) and the console's selection/paste (TIOCLINUX). */
+/**
+ * ioctls denied: typing into a terminal (TIOCSTI), the console's selection/paste (TIOCLINUX), and setting a
+ * terminal's line discipline (TIOCSETD), which loads the host kernel's rarely used line-discipline modules.
+ */
 export const TIOCSTI = 0x5412;
 export const TIOCLINUX = 0x541c;
+export const TIOCSETD = 0x5423;
 /** unshare/clone flag for a new user namespace, where an unprivileged process gets every capability back. */
 export const CLONE_NEWUSER = 0x10000000;
 
@@ -115,9 +126,9 @@ export function seccompProgram(arch: SeccompArch): Instruction[] {
   ];
   if (table.x32Bit !== undefined) program.push({ code: JGE_K, jt: 0, jf: 1, k: table.x32Bit }, deny);
   for (const name of Object.keys(DENIED_SYSCALLS)) program.push(ifEqual(table.numbers[name as keyof typeof table.numbers], 1), deny);
-  program.push(ifEqual(table.numbers.clone3, 1), ret(RET_ERRNO | ENOSYS));
-  // ioctl(fd, TIOCSTI|TIOCLINUX, …): the request is an unsigned int, so its low half is all the kernel reads.
-  program.push(ifEqual(table.numbers.ioctl, 6), load(argLow(1)), ifEqual(TIOCSTI, 1), deny, ifEqual(TIOCLINUX, 1), deny, ret(RET_ALLOW));
+  for (const name of NOT_IMPLEMENTED_SYSCALLS) program.push(ifEqual(table.numbers[name], 1), ret(RET_ERRNO | ENOSYS));
+  // ioctl(fd, TIOCSTI|TIOCLINUX|TIOCSETD, …): the request is an unsigned int, so its low half is all the kernel reads.
+  program.push(ifEqual(table.numbers.ioctl, 8), load(argLow(1)), ifEqual(TIOCSTI, 1), deny, ifEqual(TIOCLINUX, 1), deny, ifEqual(TIOCSETD, 1), deny, ret(RET_ALLOW));
   // unshare(flags) and clone(flags, …) asking for a new user namespace.
   for (const name of ['unshare', 'clone'] as const) {
     program.push(ifEqual(table.numbers[name], 4), load(argLow(0)), { code: JSET_K, jt: 0, jf: 1, k: CLONE_NEWUSER }, deny, ret(RET_ALLOW));

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createSocket } from 'node:dgram';
 import { writeFile } from 'node:fs/promises';
@@ -21,6 +22,8 @@ const ALLOWED_CAPABILITIES = { chown: 0, dac_override: 1, fowner: 3, fsetid: 4, 
 const ALLOWED_MASK = Object.values(ALLOWED_CAPABILITIES).reduce((mask, bit) => mask | (1n << BigInt(bit)), 0n);
 
 const LINK_LOCAL = '169.254.169.254';
+/** Metadata services that are not link-local: Azure's WireServer and Alibaba Cloud's (not addresses of this host). */
+const METADATA_ADDRESSES = ['168.63.129.16', '100.100.100.200'];
 /** A host address besides its own NIC's (as a second NIC, a bridge or a service address would be); on lo, as this host has no dummy interfaces. */
 const HOST_ADDRESS = '10.213.7.1';
 
@@ -91,7 +94,7 @@ describe('the sandbox of guest commands', () => {
     // Each server answers the host itself: the guest's failures below are the sandbox's doing.
     for (const host of Object.keys(ports)) expect((await execa('curl', ['-sS', `http://${host}:${ports[host]}/`])).stdout).toBe('host service');
     const before = await snapshotHost();
-    const script = [...Object.entries(ports).map(([host, port]) => connect(host, port)), connect('deb.debian.org', 80)].join('\n');
+    const script = [...Object.entries(ports).map(([host, port]) => connect(host, port)), ...METADATA_ADDRESSES.map((host) => connect(host, 80)), connect('deb.debian.org', 80)].join('\n');
     const result = await runCli(['shell', '--disk-image', input, '--writable', '--command', script]);
     expect(result.exitCode).toBe(0);
     const lines = result.stdout.split('\n').map((line) => line.trim());
@@ -101,7 +104,9 @@ describe('the sandbox of guest commands', () => {
     // Routes inside the sandbox refuse them; pasta never sees the connection.
     expect(lines.find((line) => line.startsWith(`${LINK_LOCAL}:`))).toMatch(/Permission denied/);
     expect(lines.find((line) => line.startsWith(`${HOST_ADDRESS}:`))).toMatch(/Permission denied/);
-    expect(result.stdout).not.toMatch(/(127\.0\.0\.1|169\.254\.169\.254|10\.213\.7\.1):CONNECTED/);
+    // The metadata services that are not link-local (Azure's WireServer, Alibaba Cloud's): refused the same, at once.
+    for (const metadata of METADATA_ADDRESSES) expect(lines.find((line) => line.startsWith(`${metadata}:`))).toMatch(/Permission denied/);
+    expect(result.stdout).not.toMatch(/(127\.0\.0\.1|169\.254\.169\.254|10\.213\.7\.1|168\.63\.129\.16|100\.100\.100\.200):CONNECTED/);
     await expectHostUntouched(before);
   }, 120_000);
 
@@ -200,20 +205,34 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 60_000);
 
-  test('bpf, perf_event_open, keyctl, mount, a user namespace and TIOCSTI fail with EPERM; clone3 with ENOSYS', async () => {
+  test("the fresh /proc's knobs on the host's kernel and devices (/proc/sys, /proc/fs, /proc/acpi, /proc/driver, /proc/scsi) are read-only", async () => {
+    const before = await snapshotHost();
+    const script = `awk '$5 ~ /^\\/proc\\/(sys|fs|acpi|driver|scsi|sysrq-trigger)$/ { split($6, options, ","); print $5, options[1] }' /proc/self/mountinfo`;
+    const result = await runCli(['shell', '--disk-image', input, '--command', script]);
+    expect(result.exitCode).toBe(0);
+    const mounts = Object.fromEntries(result.stdout.trim().split('\n').map((line) => line.trim().split(' ')));
+    // Each one this kernel has (it has no /proc/scsi without CONFIG_SCSI_PROC_FS) is bound read-only over itself.
+    const present = ['/proc/sys', '/proc/fs', '/proc/acpi', '/proc/driver', '/proc/scsi', '/proc/sysrq-trigger'].filter((path) => existsSync(path));
+    expect(present).toEqual(expect.arrayContaining(['/proc/sys', '/proc/fs']));
+    expect(mounts).toEqual(Object.fromEntries(present.map((path) => [path, 'ro'])));
+    await expectHostUntouched(before);
+  }, 60_000);
+
+  test('bpf, perf_event_open, keyctl, mount, a user namespace, TIOCSTI and TIOCSETD fail with EPERM; clone3 and io_uring with ENOSYS', async () => {
     if (process.arch !== 'x64') return;
     // x86_64 numbers; keyctl(GET_KEYRING_ID, SESSION) and perf_event_open(NULL) would otherwise answer an id
     // and EFAULT, unshare(CLONE_NEWUSER) would succeed, TIOCSTI on the shell's own pty would type.
     const probe = `
       my @calls = ([bpf => 321, 5, 0, 0], [perf_event_open => 298, 0, 0, -1, -1, 0], [keyctl => 250, 0, -3, 0],
-                   [mount => 165, 0, 0, 0, 0, 0], [unshare_newuser => 272, 0x10000000], [clone3 => 435, 0, 0]);
+                   [mount => 165, 0, 0, 0, 0, 0], [unshare_newuser => 272, 0x10000000], [clone3 => 435, 0, 0], [io_uring_setup => 425, 1, 0]);
       for my $call (@calls) { my ($name, $nr, @args) = @$call; $! = 0; my $r = syscall($nr, @args); printf "%s=%s\\n", $name, $r == -1 ? $!+0 : "ok"; }
-      my $c = "x"; $! = 0; my $r = ioctl(STDIN, 0x5412, $c); printf "tiocsti=%s\\n", defined $r ? "ok" : $!+0;`;
+      my $c = "x"; $! = 0; my $r = ioctl(STDIN, 0x5412, $c); printf "tiocsti=%s\\n", defined $r ? "ok" : $!+0;
+      my $d = pack("i", 0); $! = 0; $r = ioctl(STDIN, 0x5423, $d); printf "tiocsetd=%s\\n", defined $r ? "ok" : $!+0;`;
     const before = await snapshotHost();
     const result = await runCli(['shell', '--disk-image', input, '--command', `perl -e '${probe.replace(/'/g, `'\\''`)}'`]);
     expect(result.exitCode).toBe(0);
     expect(Object.fromEntries(result.stdout.trim().split('\n').filter((l) => l.includes('=')).map((l) => l.trim().split('=')))).toEqual({
-      bpf: '1', perf_event_open: '1', keyctl: '1', mount: '1', unshare_newuser: '1', clone3: '38', tiocsti: '1',
+      bpf: '1', perf_event_open: '1', keyctl: '1', mount: '1', unshare_newuser: '1', clone3: '38', io_uring_setup: '38', tiocsti: '1', tiocsetd: '1',
     });
     await expectHostUntouched(before);
   }, 60_000);

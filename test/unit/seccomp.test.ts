@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { CLONE_NEWUSER, DENIED_SYSCALLS, ENOSYS, EPERM, seccompBytes, SYSCALL_TABLES, TIOCLINUX, TIOCSTI, type SeccompArch } from '../../src/chroot/seccomp.js';
+import { CLONE_NEWUSER, DENIED_SYSCALLS, ENOSYS, EPERM, NOT_IMPLEMENTED_SYSCALLS, seccompBytes, SYSCALL_TABLES, TIOCLINUX, TIOCSETD, TIOCSTI, type SeccompArch } from '../../src/chroot/seccomp.js';
 
 /** A classic-BPF interpreter for the opcodes a seccomp filter uses: runs the filter's bytes on one syscall. */
 function runFilter(bytes: Buffer, data: { nr: number; arch: number; args?: number[] }): number {
@@ -40,8 +40,11 @@ describe.each(Object.keys(SYSCALL_TABLES) as SeccompArch[])('seccomp filter for 
     for (const nr of arch === 'x64' ? [0, 1, 257, 59] : [63, 64, 56, 221]) expect(call(nr)).toBe(ALLOW);
   });
 
-  test('clone3 answers ENOSYS (libc falls back to clone); clone and unshare are denied only for a new user namespace', () => {
+  test('clone3 and io_uring answer ENOSYS (callers fall back); clone and unshare are denied only for a new user namespace', () => {
     expect(call(table.numbers.clone3)).toBe(errno(ENOSYS));
+    expect(NOT_IMPLEMENTED_SYSCALLS.map((name) => call(table.numbers[name]))).toEqual(NOT_IMPLEMENTED_SYSCALLS.map(() => errno(ENOSYS)));
+    // io_uring_setup, io_uring_enter, io_uring_register: 425, 426, 427 in both tables (asm-generic numbering).
+    expect([425, 426, 427].map((nr) => call(nr))).toEqual([errno(ENOSYS), errno(ENOSYS), errno(ENOSYS)]);
     for (const nr of [table.numbers.clone, table.numbers.unshare]) {
       expect(call(nr, [CLONE_NEWUSER])).toBe(errno(EPERM));
       expect(call(nr, [CLONE_NEWUSER | 0x00020000 | 0x11])).toBe(errno(EPERM));
@@ -49,9 +52,11 @@ describe.each(Object.keys(SYSCALL_TABLES) as SeccompArch[])('seccomp filter for 
     }
   });
 
-  test('ioctl TIOCSTI and TIOCLINUX are denied; other ioctls pass', () => {
+  test('ioctl TIOCSTI, TIOCLINUX and TIOCSETD are denied; other ioctls pass', () => {
     expect(call(table.numbers.ioctl, [0, TIOCSTI])).toBe(errno(EPERM));
     expect(call(table.numbers.ioctl, [0, TIOCLINUX])).toBe(errno(EPERM));
+    expect(call(table.numbers.ioctl, [0, TIOCSETD])).toBe(errno(EPERM));
+    expect(call(table.numbers.ioctl, [0, 0x5423])).toBe(errno(EPERM));
     expect(call(table.numbers.ioctl, [0, 0x5401])).toBe(ALLOW); // TCGETS
   });
 
