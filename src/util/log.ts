@@ -21,6 +21,16 @@ export interface LoggerOptions {
   showOutput?: boolean;
 }
 
+/**
+ * Text for a terminal from what a guest controls (its commands' output, its file and package names): control
+ * characters shown as \xNN, never sent. An escape sequence could otherwise rewrite the screen, set the terminal's
+ * title or clipboard (OSC 52), or answer a query into the user's input; a lone carriage return could overwrite a
+ * log line with a forged one. Newlines and tabs stay; a carriage return ends a line.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/\r\n?/g, '\n').replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 export function createLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? 'info';
   const write = options.write ?? ((text: string) => process.stderr.write(text));
@@ -31,7 +41,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     if (ORDER[at] < ORDER[level]) return;
     const seconds = ((Date.now() - started) / 1000).toFixed(1).padStart(6);
     const tag = at === 'info' ? '' : `${at}: `;
-    write(`[${seconds}s] ${tag}${message}\n`);
+    write(`[${seconds}s] ${tag}${terminalSafe(message)}\n`);
   };
   return {
     debug: (m) => emit('debug', m),
@@ -42,7 +52,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     },
     error: (m) => emit('error', m),
     output: (chunk) => {
-      if (showOutput) write(chunk.replace(/^(?=.)/gm, '    '));
+      if (showOutput) write(terminalSafe(chunk).replace(/^(?=.)/gm, '    '));
     },
     warnings,
   };

@@ -1,0 +1,22 @@
+import { createLogger, terminalSafe } from '../../src/util/log.js';
+
+/** What a guest controls reaches the user's terminal as text: no escape sequence, no line overwritten. */
+describe('the log on a terminal', () => {
+  test('control characters from a guest are shown as \\xNN, never sent; newlines and tabs stay, a carriage return ends a line', () => {
+    expect(terminalSafe('a\x1b]52;c;Zm9v\x07b')).toBe('a\\x1b]52;c;Zm9v\\x07b');
+    expect(terminalSafe('title\x1b[2J\x9b0m\x7f')).toBe('title\\x1b[2J\\x9b0m\\x7f');
+    expect(terminalSafe('line 1\r\nline 2\tcol\roverwritten')).toBe('line 1\nline 2\tcol\noverwritten');
+    expect(terminalSafe('unicode ✓ stays')).toBe('unicode ✓ stays');
+  });
+
+  test("a guest command's output, a message naming a guest file and the logger's own lines carry no escape character", () => {
+    const written: string[] = [];
+    const log = createLogger({ write: (text) => void written.push(text) });
+    log.output('Setting up x\x1b]0;pwned\x07 ...\r[ 12.3s] wrote /tmp/forged.qcow2\n');
+    log.warn('swap entry /swap\x1b[2Jfile is not a regular file');
+    const text = written.join('');
+    expect(text).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
+    expect(text).toContain('    Setting up x\\x1b]0;pwned\\x07 ...\n    [ 12.3s] wrote /tmp/forged.qcow2\n');
+    expect(text).toContain('warn: swap entry /swap\\x1b[2Jfile is not a regular file\n');
+  });
+});
