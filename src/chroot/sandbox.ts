@@ -10,6 +10,7 @@ import type { CleanupStack } from '../util/cleanup.js';
 import type { Logger } from '../util/log.js';
 import type { JsonSchema } from '../util/json-schema.js';
 import { killAll } from '../util/processes.js';
+import { READ_ONLY_PROC_PATHS } from '../util/unprivileged.js';
 import { isMounted } from '../util/mounts.js';
 import { forwardDns, GUEST_DNS_FORWARD } from './dns-forward.js';
 import { hostSeccompArch, seccompBytes } from './seccomp.js';
@@ -68,15 +69,6 @@ const CAPABILITY_NUMBERS: Record<string, number> = {
  */
 export const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '168.63.129.16/32', '100.100.100.200/32'];
 
-/**
- * Files of the guest commands' fresh /proc that root may write by their mode alone, with no capability, and that
- * act on the host's kernel or devices, bound read-only over themselves (as Docker does): bwrap leaves only
- * /proc/bus, /proc/irq and /proc/sys/(...) alone. /proc/sys: a sysctl (kernel.core_pattern runs a program on the
- * host); /proc/sysrq-trigger; /proc/scsi/scsi removes the host's disks (`scsi remove-single-device`);
- * /proc/fs, /proc/acpi and /proc/driver hold filesystems' and drivers' knobs; /proc/latency_stats is cleared
- * by a write. Their contents follow the reader's namespaces. `-try`: a kernel without one has nothing there.
- */
-export const READ_ONLY_PROC_PATHS = ['/proc/sys', '/proc/sysrq-trigger', '/proc/scsi', '/proc/fs', '/proc/acpi', '/proc/driver', '/proc/latency_stats', '/proc/asound', '/proc/mtrr'];
 
 
 export type GuestNetwork = 'sandboxed' | 'none';

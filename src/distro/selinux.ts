@@ -3,7 +3,9 @@ import type { BomStep } from '../util/step-record.js';
 import type { GuestLayout } from '../mount/layout.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { tail, type Runner } from '../util/exec.js';
-import { resolveInRoot } from '../util/fs.js';
+import { resolveInRoot, which } from '../util/fs.js';
+import { confinedRootCommand } from '../util/unprivileged.js';
+import { hostSeccompArch, seccompBytes } from '../chroot/seccomp.js';
 import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -35,6 +37,14 @@ const FILE_CONTEXTS_TEXT_FILES = ['', '.subs_dist', '.subs', '.local', '.homedir
 /** Filesystems that keep security.selinux xattrs; anything else mounted in the guest (an ESP) is left out. */
 const LABELLED_TYPES = new Set(['ext2', 'ext3', 'ext4', 'xfs', 'btrfs']);
 
+/**
+ * What setfiles needs: security.selinux is written with CAP_SYS_ADMIN, and on a file root does not own (an
+ * _apt-owned directory) with CAP_FOWNER too; every guest file is reached whatever its mode (CAP_DAC_OVERRIDE).
+ */
+export const SETFILES_CAPABILITIES = ['CAP_SYS_ADMIN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER'];
+/** The whole fixture guest takes ~2.5 s; a real one with a large /usr, well under a minute. */
+const SETFILES_TIMEOUT_MS = 10 * 60_000;
+
 /** The newest binary policy (policy.33 …) of a policy type, as a guest path, or undefined when none is built. */
 async function binaryPolicy(root: string, type: string): Promise<string | undefined> {
   const dir = await resolveInRoot(root, `/etc/selinux/${type}/policy`);
@@ -58,9 +68,9 @@ export interface RelabelOptions {
 /**
  * Gives every file of an SELinux guest (SELINUX=enforcing or permissive) the label its own policy wants,
  * as a booted guest's `restorecon` would: files the build wrote carry no security.selinux (the build host
- * does not label them, or labels them with its own policy). Runs the build host's `setfiles` with
- * `-r <guest root>` over the guest's own file_contexts, checked against the guest's own binary policy (`-c`),
- * as mkosi does: no tool from the guest has to run (nor run under emulation for a foreign architecture), and
+ * does not label them, or labels them with its own policy). Runs the build host's `setfiles` (confined: see
+ * below) with `-r <guest root>` over the guest's own file_contexts, checked against the guest's own binary policy
+ * (`-c`), as mkosi does: no tool from the guest has to run (nor run under emulation for a foreign architecture), and
  * writing security.* is not left to the confined chroot. The whole guest is relabelled, every mounted guest
  * filesystem that keeps xattrs (not an ESP; a btrfs subvolume only when it is mounted): ctime-based
  * "only what changed" misses a renamed directory's subtree, and the whole fixture guest takes ~2.5 s.
@@ -100,6 +110,10 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
   // file_contexts.bin: it is precompiled PCRE2 bytecode that libselinux would load unchecked, so it stays
   // behind and setfiles compiles the text. It walks the guest tree itself without following symlinks (fts
   // FTS_PHYSICAL) and stays on each named filesystem.
+  const setfiles = await which('setfiles');
+  if (!setfiles) return fallback('setfiles is not installed on the build host (Debian package policycoreutils)');
+  const arch = hostSeccompArch();
+  if (!arch) return fallback(`setfiles runs confined by a seccomp filter, which has no syscall table for this host's architecture (${process.arch})`);
   const copies = await mkdtemp(join(tmpdir(), 'imagebuilder-selinux-'));
   try {
     const contextsCopy = join(copies, 'file_contexts');
@@ -117,15 +131,22 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
       contextsCopy,
       ...labelled.map((mount) => mount.hostPath),
     ];
-    try {
-      const result = await run('setfiles', args, { log, signal, allowFailure: true, purpose: 'relabelling the guest for SELinux' });
-      if (result.exitCode !== 0) return fallback(`setfiles exited with ${result.exitCode}: ${tail(result.output, 3).replace(/\s*\n\s*/g, ' | ')}`);
-    } catch (error) {
-      if (error instanceof ImageBuilderError && error.code === 'MISSING_TOOL') {
-        return fallback('setfiles is not installed on the build host (Debian package policycoreutils)');
-      }
-      throw error;
-    }
+    // Confined all the same (libsepol and PCRE2 parse what the guest wrote): root with only the capabilities
+    // labelling needs, in a box holding the host's /usr, these copies (read-only) and the guest's filesystems, no
+    // network, the guest commands' seccomp filter; and a time limit (a file_contexts of pathological regular
+    // expressions would otherwise take the build with it).
+    const seccompFile = join(copies, 'seccomp.bpf');
+    await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
+    const [command, confined] = confinedRootCommand([setfiles, ...args], {
+      capabilities: SETFILES_CAPABILITIES,
+      seccompFile,
+      binds: [
+        { host: copies, inside: copies },
+        { host: root, inside: root, writable: true },
+      ],
+    });
+    const result = await run(command, confined, { log, signal, allowFailure: true, timeoutMs: SETFILES_TIMEOUT_MS, display: `setfiles ${args.join(' ')} (confined)`, purpose: 'relabelling the guest for SELinux' });
+    if (result.exitCode !== 0) return fallback(`setfiles exited with ${result.exitCode}: ${tail(result.output, 3).replace(/\s*\n\s*/g, ' | ')}`);
   } finally {
     await rm(copies, { recursive: true, force: true });
   }

@@ -15,6 +15,16 @@ export interface SandboxBind {
   writable?: boolean;
 }
 
+/**
+ * Files of a fresh /proc that root may write by their mode alone, with no capability, and that act on the host's
+ * kernel or devices, bound read-only over themselves (as Docker does): bwrap leaves only /proc/bus, /proc/irq and
+ * /proc/sys/(...) alone. /proc/sys: a sysctl (kernel.core_pattern runs a program on the host); /proc/sysrq-trigger;
+ * /proc/scsi/scsi removes the host's disks (`scsi remove-single-device`); /proc/fs, /proc/acpi and /proc/driver hold
+ * filesystems' and drivers' knobs; /proc/latency_stats is cleared by a write. Their contents follow the reader's
+ * namespaces. Bound with `--ro-bind-try`: a kernel without one has nothing there.
+ */
+export const READ_ONLY_PROC_PATHS = ['/proc/sys', '/proc/sysrq-trigger', '/proc/scsi', '/proc/fs', '/proc/acpi', '/proc/driver', '/proc/latency_stats', '/proc/asound', '/proc/mtrr'];
+
 /** The uid and gid sandboxed programs run as (nobody/nogroup). */
 export const SANDBOX_ID = 65534;
 
@@ -37,17 +47,46 @@ export function unprivilegedCommand(
     keepRootUid?: boolean;
   } = {},
 ): [string, string[]] {
-  const args = ['--unshare-net', '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', '--new-session', '--clearenv'];
   // Only what setpriv needs to become nobody and empty the bounding set; it drops these too.
-  args.push('--cap-drop', 'ALL', '--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID', '--cap-add', 'CAP_SETPCAP');
-  for (const path of [...SYSTEM_PATHS, ...(options.readOnlyHostPaths ?? [])]) args.push('--ro-bind-try', path, path);
-  for (const name of TOP_LEVEL_LINKS) args.push('--ro-bind-try', `/${name}`, `/${name}`);
-  args.push('--dev', '/dev', '--proc', '/proc', '--tmpfs', '/tmp', '--perms', '0755', '--dir', '/tmp/home');
-  for (const bind of options.binds ?? []) args.push(bind.writable ? '--bind' : '--ro-bind', bind.host, bind.inside);
-  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp/home', LC_ALL: 'C', ...options.env };
-  for (const [name, value] of Object.entries(env)) args.push('--setenv', name, value);
+  const args = boxArgs(['CAP_SETUID', 'CAP_SETGID', 'CAP_SETPCAP'], options);
   const user = options.keepRootUid ? [] : ['--reuid', String(SANDBOX_ID), '--regid', String(SANDBOX_ID)];
   const drop = ['setpriv', ...user, '--clear-groups', '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
   args.push('--chdir', '/', '--', ...drop, ...argv);
   return ['bwrap', args];
+}
+
+/**
+ * argv (for a Runner) for a host program that must act as root on hostile data: the host's setfiles, which writes
+ * security.selinux on a guest's files (CAP_SYS_ADMIN, and CAP_FOWNER for files root does not own) whatever their
+ * mode (CAP_DAC_OVERRIDE), parsing
+ * the guest's binary policy and regular expressions on the way. The box of unprivilegedCommand, but uid 0 with
+ * only `capabilities` (every set, the bounding set included), no_new_privs, and the guest commands' seccomp
+ * filter read from `seccompFile` (no mount or new mount API, no bpf or perf, no kernel keyring, no
+ * open_by_handle_at, no setns or new user namespace, no io_uring): a parser bug it is exploited through gets
+ * those capabilities over `binds` and the host's read-only /usr, no network, no other process, no way to
+ * remount what it sees.
+ */
+export function confinedRootCommand(argv: string[], options: { binds: SandboxBind[]; capabilities: string[]; seccompFile: string; readOnlyHostPaths?: string[] }): [string, string[]] {
+  // bwrap keeps the bounding set whole for root: setpriv (with CAP_SETPCAP, which it drops too) empties it of
+  // everything else, so that the program, exec'd as root, holds `capabilities` and nothing more.
+  const args = boxArgs([...options.capabilities, 'CAP_SETPCAP'], options);
+  const kept = options.capabilities.map((capability) => `+${capability.replace(/^CAP_/, '').toLowerCase()}`);
+  const drop = ['setpriv', '--bounding-set', ['-all', ...kept].join(','), '--inh-caps', '-all', '--no-new-privs', '--'];
+  args.push('--seccomp', '3', '--chdir', '/', '--', ...drop, ...argv);
+  // bwrap reads the filter from an open descriptor: the shell opens the file as fd 3, then becomes bwrap.
+  return ['/bin/sh', ['-c', 'exec "$@" 3<"$0"', options.seccompFile, 'bwrap', ...args]];
+}
+
+/** bwrap's arguments up to the command: the namespaces, `capabilities` kept, the host's /usr and `binds`. */
+function boxArgs(capabilities: string[], options: { binds?: SandboxBind[]; env?: Record<string, string>; readOnlyHostPaths?: string[] }): string[] {
+  const args = ['--unshare-net', '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', '--new-session', '--clearenv'];
+  args.push('--cap-drop', 'ALL', ...capabilities.flatMap((capability) => ['--cap-add', capability]));
+  for (const path of [...SYSTEM_PATHS, ...(options.readOnlyHostPaths ?? [])]) args.push('--ro-bind-try', path, path);
+  for (const name of TOP_LEVEL_LINKS) args.push('--ro-bind-try', `/${name}`, `/${name}`);
+  args.push('--dev', '/dev', '--proc', '/proc', ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]));
+  args.push('--tmpfs', '/tmp', '--perms', '0755', '--dir', '/tmp/home');
+  for (const bind of options.binds ?? []) args.push(bind.writable ? '--bind' : '--ro-bind', bind.host, bind.inside);
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp/home', LC_ALL: 'C', ...options.env };
+  for (const [name, value] of Object.entries(env)) args.push('--setenv', name, value);
+  return args;
 }

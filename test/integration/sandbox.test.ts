@@ -10,6 +10,9 @@ import { fixtureImage } from '../helpers/fixtures.js';
 import { CLI, runCli } from '../helpers/host.js';
 import { expectHostUntouched, snapshotHost } from '../helpers/hostile.js';
 import { writeRecipe } from '../helpers/recipes.js';
+import { hostSeccompArch, seccompBytes } from '../../src/chroot/seccomp.js';
+import { SETFILES_CAPABILITIES } from '../../src/distro/selinux.js';
+import { confinedRootCommand, unprivilegedCommand } from '../../src/util/unprivileged.js';
 
 /**
  * The sandbox of guest commands (src/chroot/sandbox.ts), attacked for real from inside a Debian guest: what
@@ -217,6 +220,41 @@ describe('the sandbox of guest commands', () => {
     expect(mounts).toEqual(Object.fromEntries(present.map((path) => [path, 'ro'])));
     await expectHostUntouched(before);
   }, 60_000);
+
+  test("the boxes host programs parse hostile data in (qemu-img's probe as uid 0, setfiles as root): exactly their capabilities, /proc's host knobs read-only, no mount, none of the host's files", async () => {
+    const box = await mkdtemp('/var/tmp/ib-box-');
+    try {
+      const seccompFile = join(box, 'seccomp.bpf');
+      await writeFile(seccompFile, seccompBytes(hostSeccompArch()!));
+      await writeFile(join(box, 'owned-by-42'), 'x');
+      await execa('chown', ['42', join(box, 'owned-by-42')]);
+      const probe = [
+        'grep -E "^Cap(Eff|Bnd):" /proc/self/status',
+        'awk \'$5 == "/proc/sys" { split($6, o, ","); print "procsys", o[1] }\' /proc/self/mountinfo',
+        'mount -t tmpfs none /tmp >/dev/null 2>&1 && echo mount=ok || echo mount=refused',
+        'test -e /etc/shadow && echo shadow=seen || echo shadow=absent',
+      ].join('; ');
+      const setfilesBox = confinedRootCommand(['/bin/sh', '-c', `${probe}; setfattr -n security.selinux -v system_u:object_r:etc_t:s0 ${box}/owned-by-42 && echo label=set`], {
+        capabilities: SETFILES_CAPABILITIES,
+        seccompFile,
+        binds: [{ host: box, inside: box, writable: true }],
+      });
+      const probeBox = unprivilegedCommand(['/bin/sh', '-c', probe], { keepRootUid: true });
+      const mask = (names: number[]) => names.reduce((bits, bit) => bits | (1n << BigInt(bit)), 0n);
+      for (const [[file, args], capabilities, labels] of [
+        [setfilesBox, mask([1, 3, 21]), true], // dac_override, fowner, sys_admin
+        [probeBox, 0n, false],
+      ] as const) {
+        const { stdout } = await execa(file, [...args]);
+        const lines = stdout.split('\n').map((line) => line.trim());
+        for (const set of ['CapEff', 'CapBnd']) expect({ set, mask: BigInt(`0x${lines.find((line) => line.startsWith(set))!.split(/\s+/)[1]}`) }).toEqual({ set, mask: capabilities });
+        expect(lines).toEqual(expect.arrayContaining(['procsys ro', 'mount=refused', 'shadow=absent']));
+        if (labels) expect(lines).toContain('label=set');
+      }
+    } finally {
+      await rm(box, { recursive: true, force: true });
+    }
+  });
 
   test('bpf, perf_event_open, keyctl, mount, a user namespace, TIOCSTI and TIOCSETD fail with EPERM; clone3 and io_uring with ENOSYS', async () => {
     if (process.arch !== 'x64') return;

@@ -8,6 +8,7 @@ import { parseSelinuxConfig, relabelGuest } from '../../src/distro/selinux.js';
 import type { GuestMount } from '../../src/mount/layout.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { recordingRunner } from '../../src/util/exec.js';
+import { which } from '../../src/util/fs.js';
 import { createLogger } from '../../src/util/log.js';
 import { fakeSession } from '../helpers/fake-session.js';
 
@@ -224,17 +225,28 @@ describe('SELinux relabel', () => {
     await writeFile(join(root, `${FILE_CONTEXTS}.local`), '/srv(/.*)?\tsystem_u:object_r:var_t:s0\n');
     await writeFile(join(root, 'etc/selinux/targeted/policy/policy.33'), 'policy 33');
     let copies: Record<string, string> = {};
+    let filterBytes = 0;
     const run = recordingRunner((call) => {
-      const dir = dirname(call.args[call.args.indexOf('-c') + 1]);
-      copies = Object.fromEntries(readdirSync(dir).sort().map((name) => [name, readFileSync(join(dir, name), 'utf8')]));
+      const dir = dirname(call.args[call.args.lastIndexOf('-c') + 1]);
+      copies = Object.fromEntries(readdirSync(dir).filter((name) => name !== 'seccomp.bpf').sort().map((name) => [name, readFileSync(join(dir, name), 'utf8')]));
+      filterBytes = readFileSync(join(dir, 'seccomp.bpf')).length;
       return {};
     });
     const { log, lines } = capturingLog();
     const entries = await relabelGuest({ run, log, layout, index: 5 });
-    const args = run.calls[0].args;
-    const copy = dirname(args[args.indexOf('-c') + 1]);
+    const { file, args, options } = run.calls[0];
+    const copy = dirname(args[args.lastIndexOf('-c') + 1]);
     expect(copy.startsWith(root)).toBe(false);
-    expect(run.calls.map((c) => [c.file, ...c.args])).toEqual([['setfiles', '-m', '-r', root, '-c', join(copy, 'policy'), join(copy, 'file_contexts'), root, join(root, 'boot')]]);
+    const setfiles = (await which('setfiles'))!;
+    expect(args.slice(args.indexOf(setfiles))).toEqual([setfiles, '-m', '-r', root, '-c', join(copy, 'policy'), join(copy, 'file_contexts'), root, join(root, 'boot')]);
+    // Confined: bwrap with the seccomp filter as fd 3, no network, the copies read-only and the guest writable,
+    // root with only the capabilities labelling needs (setpriv empties the bounding set of the rest), a time limit.
+    expect([file, ...args.slice(0, 5)]).toEqual(['/bin/sh', '-c', 'exec "$@" 3<"$0"', join(copy, 'seccomp.bpf'), 'bwrap', '--unshare-net']);
+    expect(filterBytes).toBeGreaterThan(0);
+    const pairs = args.map((arg, i) => `${arg} ${args[i + 1]}`);
+    expect(pairs).toEqual(expect.arrayContaining(['--seccomp 3', '--cap-drop ALL', '--cap-add CAP_SYS_ADMIN', '--cap-add CAP_DAC_OVERRIDE', '--cap-add CAP_FOWNER', `--ro-bind ${copy}`, `--bind ${root}`, '--bounding-set -all,+sys_admin,+dac_override,+fowner']));
+    expect(args.filter((arg) => arg === '--cap-add')).toHaveLength(4); // and CAP_SETPCAP, for setpriv alone
+    expect(options.timeoutMs).toBeGreaterThan(0);
     expect(copies).toEqual({ file_contexts: '/etc(/.*)?\tsystem_u:object_r:etc_t:s0\n', 'file_contexts.local': '/srv(/.*)?\tsystem_u:object_r:var_t:s0\n', policy: 'policy 33' });
     expect(entries).toEqual([
       { index: 5, type: 'selinux-relabel', description: 'setfiles with /etc/selinux/targeted/contexts/files/file_contexts over /, /boot', durationMs: expect.any(Number) },
@@ -255,14 +267,16 @@ describe('SELinux relabel', () => {
   });
 
   test.each([
-    ['setfiles is not installed', () => recordingRunner((call) => {
-      throw new ImageBuilderError('MISSING_TOOL', `\`${call.file}\` failed: ${call.file} is not installed`);
-    }), 'setfiles is not installed on the build host (Debian package policycoreutils)'],
-    ['setfiles fails', () => recordingRunner(() => ({ exitCode: 255, output: 'libsepol.policydb_read: policydb version 35 does not match\n' })), 'setfiles exited with 255: libsepol.policydb_read: policydb version 35 does not match'],
-  ])('%s: /.autorelabel and a warning that says why', async (_, runner, why) => {
+    ['setfiles is not installed', '/nonexistent', () => recordingRunner(), 'setfiles is not installed on the build host (Debian package policycoreutils)'],
+    ['setfiles fails', undefined, () => recordingRunner(() => ({ exitCode: 255, output: 'libsepol.policydb_read: policydb version 35 does not match\n' })), 'setfiles exited with 255: libsepol.policydb_read: policydb version 35 does not match'],
+  ])('%s: /.autorelabel and a warning that says why', async (_, path, runner, why) => {
     const { root, layout } = await selinuxGuest();
     const { log } = capturingLog();
-    const entries = await relabelGuest({ run: runner(), log, layout, index: 2 });
+    const hostPath = process.env.PATH;
+    if (path) process.env.PATH = path;
+    const run = runner();
+    const entries = await relabelGuest({ run, log, layout, index: 2 }).finally(() => (process.env.PATH = hostPath));
+    if (path) expect(run.calls).toEqual([]);
     expect(await readFile(join(root, '.autorelabel'), 'utf8')).toBe('');
     expect(log.warnings).toEqual([
       `SELinux is enforcing in the guest but its files could not be relabelled here: ${why}; created /.autorelabel, so the guest relabels itself at first boot (with one extra reboot)`,
