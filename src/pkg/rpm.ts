@@ -96,6 +96,15 @@ export function parseRpmQuery(text: string): InstalledPackage[] {
 const DATABASE_FILE = /^(rpmdb\.sqlite(-wal)?|Packages(\.db)?|Index\.db|[A-Z][A-Za-z0-9]*)$/;
 
 /**
+ * What of a guest's database is copied at most: a Berkeley DB one has its Packages and a dozen indexes, sqlite's
+ * and ndb's two files, each well under a GiB even for thousands of packages. A crafted database of a thousand
+ * (sparse) files would otherwise be read into memory and written into the host's temp directory whole.
+ */
+export const RPM_DATABASE_BOUNDS = { files: 64, bytes: 2 * GUEST_READ_LIMITS.packageDatabase };
+/** The sandboxed rpm's query: seconds for a real database; a crafted sqlite one (a view that never ends) would never return. */
+const RPM_QUERY_TIMEOUT_MS = 5 * 60_000;
+
+/**
  * Every installed package in the guest's rpm database, read by the host's rpm from a private copy of the
  * database files: the guest is never written (a query on a live sqlite database would create its -shm file),
  * and a read-only mount (`imagebuilder inspect`) works too. The host's rpm must know the guest's backend
@@ -123,10 +132,22 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
   try {
     // Not the lock file, nor Berkeley DB's environment regions (__db.00N) or sqlite's shared-memory index:
     // they describe the processes that had the database open, not its content; nor anything not a database file.
-    for (const entry of (await readGuestDir(root, database.guestPath)) ?? []) {
-      if (!DATABASE_FILE.test(entry)) continue;
+    const entries = ((await readGuestDir(root, database.guestPath)) ?? []).filter((entry) => DATABASE_FILE.test(entry));
+    const sizes = await Promise.all(entries.map(async (entry) => (await statGuest(root, `${database.guestPath}/${entry}`))?.size ?? 0));
+    const total = sizes.reduce((sum, size) => sum + size, 0);
+    if (entries.length > RPM_DATABASE_BOUNDS.files || total > RPM_DATABASE_BOUNDS.bytes) {
+      throw new ImageBuilderError('BAD_INPUT', `the guest's rpm database (${database.guestPath}) has ${entries.length} database files of ${total} bytes in all: more than the ${RPM_DATABASE_BOUNDS.files} files and ${RPM_DATABASE_BOUNDS.bytes} bytes a real one holds`, {
+        hint: 'the image is damaged or crafted: rebuild its rpm database (rpm --rebuilddb) or build from a trusted base image',
+      });
+    }
+    let copied = 0;
+    for (const entry of entries) {
       const content = await readGuestFile(root, `${database.guestPath}/${entry}`, GUEST_READ_LIMITS.packageDatabase);
-      if (content !== undefined) await writeFile(join(copy, entry), content, { mode: 0o600 });
+      if (content === undefined) continue;
+      // Counted again as read: a file that grew after its stat does not take the copy past the bound.
+      copied += content.length;
+      if (copied > RPM_DATABASE_BOUNDS.bytes) throw new ImageBuilderError('BAD_INPUT', `the guest's rpm database (${database.guestPath}) grew past ${RPM_DATABASE_BOUNDS.bytes} bytes while it was read`);
+      await writeFile(join(copy, entry), content, { mode: 0o600 });
     }
     // The sandboxed rpm runs as nobody, and sqlite writes its -shm beside the database.
     for (const entry of ['', ...(await readdir(copy))]) await chown(join(copy, entry), SANDBOX_ID, SANDBOX_ID);
@@ -136,6 +157,7 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
       readOnlyHostPaths: ['/etc/rpm'],
     });
     const result = await run(sandbox, args, {
+      timeoutMs: RPM_QUERY_TIMEOUT_MS,
       display: `rpm --dbpath ${copy} -qa (unprivileged, in bwrap)`,
       purpose: `reading the guest's rpm database (${database.guestPath}, ${database.backend})`,
       hint: database.backend === 'ndb' ? "this host's rpm may not read ndb databases (openSUSE's): use a host with rpm built with ndb" : undefined,

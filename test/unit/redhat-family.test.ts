@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import { detectDistro, releaseverFor, requireFamily, rpmManagerFor } from '../../src/distro/families.js';
 import { addMainExcludes, YUM_VERSIONLOCK_PROBE } from '../../src/pkg/dnf.js';
 import { armoredPublicKey, DISTROVERPKG, EMPTY_CACHE_DIRS, RELEASEVER_PROBE } from '../../src/pkg/rpm-guest.js';
-import { parseRpmQuery, queryRpmDatabase, RPM_QUERY_FORMAT, rpmArchitecture, sourceRpmName } from '../../src/pkg/rpm.js';
+import { parseRpmQuery, queryRpmDatabase, RPM_DATABASE_BOUNDS, RPM_QUERY_FORMAT, rpmArchitecture, sourceRpmName } from '../../src/pkg/rpm.js';
 import { packagesStep } from '../../src/steps/packages.js';
 import { inspectOpenPgpKey, repositoryStep } from '../../src/steps/repository.js';
 import { sysprepStep } from '../../src/steps/sysprep.js';
@@ -388,6 +388,30 @@ describe('the rpm database, read from the host', () => {
       expect(copied).toEqual(['rpmdb.sqlite', 'rpmdb.sqlite-wal']);
       expect(packages.map((p) => `${p.name} ${p.version} ${p.architecture}`)).toEqual(['rpm 4.19.1.1-1.fc40 x86_64']);
       expect(await rpmArchitecture(root, packages)).toBe('x86_64');
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  test('a crafted database of too many files, or of too many bytes in all (sparse), is refused before anything is copied; the query has a time limit', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ib-unit-rpmroot-'));
+    try {
+      const dir = join(root, 'var/lib/rpm');
+      await mkdir(dir, { recursive: true });
+      await writeFile(join(dir, 'Packages'), 'bdb');
+      for (let i = 0; i < RPM_DATABASE_BOUNDS.files; i++) await writeFile(join(dir, `A${i}`), 'x');
+      const run = recordingRunner(() => ({ stdout: '' }));
+      await expect(queryRpmDatabase(root, { run })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining(`has ${RPM_DATABASE_BOUNDS.files + 1} database files`) });
+      expect(run.calls).toEqual([]);
+      // Within the file count, but past the bytes: three sparse files of a GiB each (their reads would be 3 GiB).
+      for (let i = 3; i < RPM_DATABASE_BOUNDS.files; i++) await rm(join(dir, `A${i}`));
+      for (const name of ['A0', 'A1', 'A2']) await truncate(join(dir, name), 1 << 30);
+      await expect(queryRpmDatabase(root, { run })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('more than the 64 files and 2147483648 bytes a real one holds') });
+      expect(run.calls).toEqual([]);
+      // A real one passes, and its sandboxed query is given a time limit.
+      for (const name of ['A0', 'A1', 'A2']) await rm(join(dir, name));
+      await queryRpmDatabase(root, { run });
+      expect(run.calls[0].options.timeoutMs).toBe(5 * 60_000);
     } finally {
       await rm(root, { recursive: true, force: true });
     }
