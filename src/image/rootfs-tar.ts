@@ -1,6 +1,6 @@
 import { deviceNumbers } from '../util/devices.js';
 import { createWriteStream } from 'node:fs';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { lstat, readdir, readlink, statfs } from 'node:fs/promises';
 import { readGuestText } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -67,6 +67,8 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   for (const mount of [root, ...(options.guestMounts ?? []).filter((m) => m !== root)]) {
     await options.run('mount', ['-o', 'remount,noatime', mount], { allowFailure: true, log: options.log });
   }
+  const budget = await contentBudget([root, ...(options.guestMounts ?? [])]);
+  let contentBytes = 0;
   const epoch = options.clampMtime ?? sourceDateEpoch();
   const [xattrs, users, groups] = await Promise.all([readXattrs(options.run, root, options.signal), idNames(root, '/etc/passwd'), idNames(root, '/etc/group')]);
   const skipped: string[] = [];
@@ -102,6 +104,12 @@ export async function writeRootfsTar(root: string, target: string, options: Root
       Object.assign(header, { type: 'link', linkname: hardLink, size: 0 });
     } else if (stats.isFile()) {
       Object.assign(header, { type: 'file', size: Number(stats.size) });
+      contentBytes += Number(stats.size);
+      if (contentBytes > budget) {
+        throw new ImageBuilderError('BAD_INPUT', `the root filesystem tar would hold more than ${budget} bytes of file content, past twice what the guest's filesystems use (plus 1 GiB), at ${guestPath} (${stats.size} bytes, ${Number(stats.blocks) * 512} of them on disk)`, {
+          hint: 'a tar holds a sparse file whole: remove or truncate such files in a step before the tar is written (a crafted image can hold terabytes that take no space)',
+        });
+      }
     } else if (stats.isDirectory()) {
       header.type = 'directory';
     } else if (stats.isSymbolicLink()) {
@@ -155,6 +163,7 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   } catch (error) {
     pack.destroy(error as Error);
     await writing.catch(() => undefined);
+    if (error instanceof ImageBuilderError) throw error;
     throw new ImageBuilderError('COMMAND_FAILED', `writing the root filesystem tar ${target} failed: ${(error as Error).message}`, { cause: error });
   }
   await writing;
@@ -164,6 +173,20 @@ export async function writeRootfsTar(root: string, target: string, options: Root
     options.log.warn(`the root filesystem tar does not keep the system.* attributes (NFSv4 or rich ACLs, or a POSIX ACL it cannot read) of ${paths.length} path(s): ${paths.slice(0, 10).join(', ')}${paths.length > 10 ? ' …' : ''}`);
   }
   return { entries, skipped };
+}
+
+/**
+ * The file content a tar of the guest may hold: twice what its filesystems use, plus 1 GiB (a file shared by
+ * reflinks or compressed by btrfs is written once per name). A tar holds a sparse file whole, so a crafted
+ * image's terabyte that takes no space would otherwise be written out as zeros, filling the output's disk.
+ */
+async function contentBudget(mounts: string[]): Promise<number> {
+  let used = 0;
+  for (const mount of new Set(mounts)) {
+    const { blocks, bfree, bsize } = await statfs(mount);
+    used += (blocks - bfree) * bsize;
+  }
+  return 2 * used + (1 << 30);
 }
 
 /** The pax records GNU tar (`--acls`) and bsdtar keep POSIX ACLs in, by the attribute the kernel keeps them in. */

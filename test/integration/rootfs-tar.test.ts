@@ -173,6 +173,31 @@ describe('writeRootfsTar', () => {
     expect((await execa('cmp', [archive, join(work, 'rootfs.tar')], { reject: false })).exitCode).toBe(0);
   });
 
+  test('refuses a sparse file past what the filesystems use (a crafted terabyte that takes no space), rather than write it out as zeros', async () => {
+    // A guest filesystem of its own (a small tmpfs, ~nothing used): the budget is 2 × used + 1 GiB.
+    const guest = join(work, 'sparse-guest');
+    await mkdir(guest);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', guest]);
+    try {
+      await writeFile(join(guest, 'small'), 'x');
+      await execa('truncate', ['-s', '4T', join(guest, 'huge')]);
+      await expect(writeRootfsTar(guest, join(work, 'sparse.tar'), { run: execRunner, log, guestMounts: [guest] })).rejects.toMatchObject({
+        code: 'BAD_INPUT',
+        message: expect.stringMatching(/past twice what the guest's filesystems use \(plus 1 GiB\), at \/huge \(4398046511104 bytes, 0 of them on disk\)/),
+      });
+      // What was written before the refusal is small: the zeros were never written.
+      expect((await stat(join(work, 'sparse.tar')).catch(() => ({ size: 0 }))).size).toBeLessThan(1 << 20);
+      // A sparse file within the budget (a lastlog of a few MiB) is kept, whole, as GNU tar without --sparse keeps it.
+      await rm(join(guest, 'huge'));
+      await execa('truncate', ['-s', '8M', join(guest, 'lastlog')]);
+      await writeRootfsTar(guest, join(work, 'sparse.tar'), { run: execRunner, log, guestMounts: [guest] });
+      expect((await stat(join(work, 'sparse.tar'))).size).toBeGreaterThan(8 << 20);
+    } finally {
+      await execa('umount', [guest]);
+      await rm(join(work, 'sparse.tar'), { force: true });
+    }
+  }, 60_000);
+
   test('refuses a tree with a foreign filesystem mounted inside (a chroot session left open), writing nothing usable', async () => {
     const proc = join(tree, 'proc');
     await mkdir(proc);

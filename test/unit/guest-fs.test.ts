@@ -299,7 +299,10 @@ describe('guest-fs is the only way the host opens a guest file', () => {
     'src/chroot/sandbox.ts': Object.fromEntries(['statSync', 'mkdir', 'readFile', 'rmdir', 'stat', 'writeFile'].map((name) => [name, "the host's cgroupfs, /proc/sys, $PATH and the sandbox's private temp directory; never a guest path"])),
     'src/chroot/dns-forward.ts': Object.fromEntries(['chmod', 'chown', 'mkdir', 'readFile'].map((name) => [name, "the sandbox's private state directory on the host and the relay's log there; never a guest path"])),
     'src/chroot/emulation.ts': Object.fromEntries(['open', 'readdir', 'readFile', 'realpath', 'rmdir'].map((name) => [name, "the host's binfmt_misc and /proc/mounts; of the guest, only its ELF header (guest-fs) and an lstat"])),
-    'src/image/rootfs-tar.ts': { readdir: 'the lstat-based walk, after the session closed (no guest process runs)' },
+    'src/image/rootfs-tar.ts': {
+      readdir: 'the lstat-based walk, after the session closed (no guest process runs)',
+      statfs: "what the guest's filesystems use, asked of their mount points (host paths the host mounted)",
+    },
     'src/pkg/package-cache.ts': Object.fromEntries(
       ['mkdir', 'readdir', 'readFile', 'rename', 'rm', 'stat', 'utimes', 'writeFile'].map((name) => [name, "the host's package store in the cache directory; guest files only through guest-fs"]),
     ),
