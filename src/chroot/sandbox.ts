@@ -289,6 +289,32 @@ export interface GuestDns {
 
 const isLoopback = (address: string) => address.startsWith('127.') || address === '::1';
 
+/** An IPv4 address's 32 bits, or undefined for anything else. */
+function ipv4Bits(address: string): number | undefined {
+  const parts = address.split('.');
+  if (parts.length !== 4 || !parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) < 256)) return undefined;
+  return parts.reduce((bits, part) => bits * 256 + Number(part), 0);
+}
+
+/** Whether an IPv4 address is one the sandbox refuses (BLOCKED_DESTINATIONS): a metadata service's. */
+function isBlockedIPv4(address: string): boolean {
+  const bits = ipv4Bits(address);
+  if (bits === undefined) return false;
+  return BLOCKED_DESTINATIONS.some((destination) => {
+    const [network, length] = destination.split('/');
+    const base = ipv4Bits(network);
+    const size = 2 ** (32 - Number(length));
+    return base !== undefined && Math.floor(bits / size) === Math.floor(base / size);
+  });
+}
+
+/**
+ * A nameserver guest commands cannot reach themselves: on the host's loopback, or at an address the sandbox
+ * refuses because a metadata service lives there and serves DNS too (Azure's 168.63.129.16, AWS's
+ * 169.254.169.253). The relay reaches it for them, passing DNS alone.
+ */
+const unreachableFromSandbox = (address: string) => isLoopback(address) || isBlockedIPv4(address) || /^(fe[89ab][0-9a-f]:|fd00:ec2:)/i.test(address);
+
 /**
  * The host's DNS configuration made to work from the sandbox: systemd-resolved's stub is replaced by the
  * upstreams it uses; another resolver on the host's loopback is reached through our forwarder at
@@ -298,23 +324,24 @@ export function guestDns(hostResolvConf: string, resolvedUpstream?: string): Gue
   const nameserver = /^\s*nameserver\s+(\S+)/;
   const lines = hostResolvConf.split('\n');
   const servers = lines.map((line) => nameserver.exec(line)?.[1]).filter((server): server is string => Boolean(server));
-  if (servers[0]?.startsWith('127.0.0.53') && resolvedUpstream) return { resolvConf: resolvedUpstream };
-  if (!servers.some(isLoopback)) return { resolvConf: hostResolvConf };
-  // One resolver is forwarded to: the host's first IPv4 loopback one (the guest's own loopback has none).
-  const forwarded = servers.find((server) => server.startsWith('127.'));
+  // systemd-resolved's stub: the upstreams it uses, made reachable in turn (Azure's is its metadata service).
+  if (servers[0]?.startsWith('127.0.0.53') && resolvedUpstream) return guestDns(resolvedUpstream);
+  if (!servers.some(unreachableFromSandbox)) return { resolvConf: hostResolvConf };
+  // One resolver is forwarded to: the host's first IPv4 one the sandbox cannot reach (the guest's own loopback has none).
+  const forwarded = servers.find((server) => unreachableFromSandbox(server) && ipv4Bits(server) !== undefined);
   let placed = false;
   const kept = lines.flatMap((line) => {
     const server = nameserver.exec(line)?.[1];
-    if (!server || !isLoopback(server)) return [line];
+    if (!server || !unreachableFromSandbox(server)) return [line];
     if (server !== forwarded || placed) return [];
     placed = true;
     return [`nameserver ${GUEST_DNS_FORWARD}`];
   });
-  const reachable = servers.filter((server) => !isLoopback(server)).length + (forwarded ? 1 : 0);
+  const reachable = servers.filter((server) => !unreachableFromSandbox(server)).length + (forwarded ? 1 : 0);
   return {
     resolvConf: kept.join('\n'),
     ...(forwarded ? { forwardTo: forwarded } : {}),
-    warning: reachable ? undefined : `the host's only nameservers (${servers.join(', ')}) are on IPv6 loopback, which the sandbox does not forward to: guest commands have no DNS`,
+    warning: reachable ? undefined : `the host's only nameservers (${servers.join(', ')}) are IPv6 addresses the sandbox cannot reach (loopback, link-local or a metadata service's) and does not forward to: guest commands have no DNS`,
   };
 }
 

@@ -73,7 +73,18 @@ describe('guestDns: the host\'s DNS, made reachable from the sandbox', () => {
     const dns = guestDns('nameserver ::1\n');
     expect(dns.forwardTo).toBeUndefined();
     expect(dns.resolvConf).not.toContain('nameserver');
-    expect(dns.warning).toMatch(/only nameservers \(::1\) are on IPv6 loopback/);
+    expect(dns.warning).toMatch(/only nameservers \(::1\) are IPv6 addresses the sandbox cannot reach/);
+  });
+
+  test("a metadata service's resolver (Azure's 168.63.129.16, AWS's 169.254.169.253), which the sandbox refuses, is reached through the forwarder", () => {
+    expect(guestDns('nameserver 168.63.129.16\nsearch internal.cloudapp.net\n')).toEqual({ resolvConf: `nameserver ${GUEST_DNS_FORWARD}\nsearch internal.cloudapp.net\n`, forwardTo: '168.63.129.16' });
+    expect(guestDns('nameserver 169.254.169.253\nnameserver 10.0.0.2\n')).toEqual({ resolvConf: `nameserver ${GUEST_DNS_FORWARD}\nnameserver 10.0.0.2\n`, forwardTo: '169.254.169.253' });
+    // Behind systemd-resolved's stub (Ubuntu on Azure): its upstream, forwarded the same.
+    expect(guestDns('nameserver 127.0.0.53\n', 'nameserver 168.63.129.16\n')).toEqual({ resolvConf: `nameserver ${GUEST_DNS_FORWARD}\n`, forwardTo: '168.63.129.16' });
+    // Nearby addresses are no metadata service's: kept.
+    expect(guestDns('nameserver 168.63.129.17\n')).toEqual({ resolvConf: 'nameserver 168.63.129.17\n' });
+    // AWS's IPv6 resolver (fd00:ec2::253) is refused too, and the forwarder speaks IPv4 alone: dropped, said.
+    expect(guestDns('nameserver fd00:ec2::253\n').warning).toMatch(/cannot reach/);
   });
 });
 
