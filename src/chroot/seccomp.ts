@@ -46,6 +46,9 @@ export const DENIED_SYSCALLS: Record<string, string> = {
   open_by_handle_at: 'opens host files by handle, past any mount namespace',
   userfaultfd: 'a classic kernel-exploit primitive',
   setns: 'joining another namespace',
+  fanotify_init: "with CAP_SYS_ADMIN (setfiles' box), a filesystem-wide mark hands over files the host opens",
+  fanotify_mark: "with CAP_SYS_ADMIN (setfiles' box), a filesystem-wide mark hands over files the host opens",
+  syslog: "the host's kernel log (kernel addresses), which CAP_SYS_ADMIN still reads and clears",
 };
 
 /** Per architecture: AUDIT_ARCH value and syscall numbers (include/uapi/asm-generic/unistd.h for aarch64). */
@@ -59,7 +62,7 @@ export const SYSCALL_TABLES = {
       bpf: 321, perf_event_open: 298, kexec_load: 246, kexec_file_load: 320, init_module: 175, finit_module: 313, delete_module: 176,
       add_key: 248, keyctl: 250, request_key: 249, mount: 165, umount2: 166, pivot_root: 155, open_tree: 428, move_mount: 429,
       fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 167, swapoff: 168, reboot: 169,
-      open_by_handle_at: 304, userfaultfd: 323, setns: 308,
+      open_by_handle_at: 304, userfaultfd: 323, setns: 308, fanotify_init: 300, fanotify_mark: 301, syslog: 103,
     },
   },
   arm64: {
@@ -70,7 +73,7 @@ export const SYSCALL_TABLES = {
       bpf: 280, perf_event_open: 241, kexec_load: 104, kexec_file_load: 294, init_module: 105, finit_module: 273, delete_module: 106,
       add_key: 217, keyctl: 219, request_key: 218, mount: 40, umount2: 39, pivot_root: 41, open_tree: 428, move_mount: 429,
       fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 224, swapoff: 225, reboot: 142,
-      open_by_handle_at: 265, userfaultfd: 282, setns: 268,
+      open_by_handle_at: 265, userfaultfd: 282, setns: 268, fanotify_init: 262, fanotify_mark: 263, syslog: 116,
     },
   },
 } as const;

@@ -7,7 +7,9 @@ import { resolveInRoot, which } from '../util/fs.js';
 import { confinedRootCommand } from '../util/unprivileged.js';
 import { hostSeccompArch, seccompBytes } from '../chroot/seccomp.js';
 import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, readGuestText, statGuest, writeGuestFileFromHost } from '../util/guest-fs.js';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mountsUnder } from '../util/mounts.js';
 import { tmpdir } from 'node:os';
 import type { Logger } from '../util/log.js';
 import { parseOsRelease } from './os-release.js';
@@ -110,6 +112,10 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
   // file_contexts.bin: it is precompiled PCRE2 bytecode that libselinux would load unchecked, so it stays
   // behind and setfiles compiles the text. It walks the guest tree itself without following symlinks (fts
   // FTS_PHYSICAL) and stays on each named filesystem.
+  // The guest's filesystems alone are under the root (the chroot session is closed): the box binds the root writable.
+  const guestMounts = layout.mounts.map((mount) => mount.hostPath);
+  const foreign = (await mountsUnder(root)).filter((mount) => !guestMounts.includes(mount));
+  if (foreign.length) throw new ImageBuilderError('INTERNAL', `cannot relabel the guest: ${foreign.join(', ')} mounted inside it`, { hint: 'the chroot session must be closed before the relabel; this is a bug in imagebuilder' });
   const setfiles = await which('setfiles');
   if (!setfiles) return fallback('setfiles is not installed on the build host (Debian package policycoreutils)');
   const arch = hostSeccompArch();
@@ -138,7 +144,8 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
     const seccompFile = join(copies, 'seccomp.bpf');
     await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
     const [command, confined] = confinedRootCommand([setfiles, ...args], {
-      capabilities: SETFILES_CAPABILITIES,
+      // A build host that runs SELinux itself refuses a label its own policy does not know without CAP_MAC_ADMIN.
+      capabilities: existsSync('/sys/fs/selinux/enforce') ? [...SETFILES_CAPABILITIES, 'CAP_MAC_ADMIN'] : SETFILES_CAPABILITIES,
       seccompFile,
       binds: [
         { host: copies, inside: copies },

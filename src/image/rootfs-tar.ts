@@ -2,7 +2,7 @@ import { deviceNumbers } from '../util/devices.js';
 import { createWriteStream } from 'node:fs';
 import { lstat, readdir, readlink, statfs } from 'node:fs/promises';
 import { readGuestText } from '../util/guest-fs.js';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { ImageBuilderError } from '../util/errors.js';
@@ -67,7 +67,7 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   for (const mount of [root, ...(options.guestMounts ?? []).filter((m) => m !== root)]) {
     await options.run('mount', ['-o', 'remount,noatime', mount], { allowFailure: true, log: options.log });
   }
-  const budget = await contentBudget([root, ...(options.guestMounts ?? [])]);
+  const budget = await contentBudget([root, ...(options.guestMounts ?? [])], dirname(target));
   let contentBytes = 0;
   const epoch = options.clampMtime ?? sourceDateEpoch();
   const [xattrs, users, groups] = await Promise.all([readXattrs(options.run, root, options.signal), idNames(root, '/etc/passwd'), idNames(root, '/etc/group')]);
@@ -106,7 +106,7 @@ export async function writeRootfsTar(root: string, target: string, options: Root
       Object.assign(header, { type: 'file', size: Number(stats.size) });
       contentBytes += Number(stats.size);
       if (contentBytes > budget) {
-        throw new ImageBuilderError('BAD_INPUT', `the root filesystem tar would hold more than ${budget} bytes of file content, past twice what the guest's filesystems use (plus 1 GiB), at ${guestPath} (${stats.size} bytes, ${Number(stats.blocks) * 512} of them on disk)`, {
+        throw new ImageBuilderError('BAD_INPUT', `the root filesystem tar would hold more than ${budget} bytes of file content, past twice what the guest's filesystems use (plus 1 GiB) or the room beside the output, at ${guestPath} (${stats.size} bytes, ${Number(stats.blocks) * 512} of them on disk)`, {
           hint: 'a tar holds a sparse file whole: remove or truncate such files in a step before the tar is written (a crafted image can hold terabytes that take no space)',
         });
       }
@@ -180,13 +180,15 @@ export async function writeRootfsTar(root: string, target: string, options: Root
  * reflinks or compressed by btrfs is written once per name). A tar holds a sparse file whole, so a crafted
  * image's terabyte that takes no space would otherwise be written out as zeros, filling the output's disk.
  */
-async function contentBudget(mounts: string[]): Promise<number> {
+async function contentBudget(mounts: string[], targetDir: string): Promise<number> {
   let used = 0;
   for (const mount of new Set(mounts)) {
     const { blocks, bfree, bsize } = await statfs(mount);
     used += (blocks - bfree) * bsize;
   }
-  return 2 * used + (1 << 30);
+  // What a filesystem says it uses is the image's own word: never more than the target's room, whatever it claims.
+  const target = await statfs(targetDir);
+  return Math.min(2 * used + (1 << 30), target.bavail * target.bsize);
 }
 
 /** The pax records GNU tar (`--acls`) and bsdtar keep POSIX ACLs in, by the attribute the kernel keeps them in. */

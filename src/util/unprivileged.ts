@@ -69,7 +69,10 @@ export function unprivilegedCommand(
 export function confinedRootCommand(argv: string[], options: { binds: SandboxBind[]; capabilities: string[]; seccompFile: string; readOnlyHostPaths?: string[] }): [string, string[]] {
   // bwrap keeps the bounding set whole for root: setpriv (with CAP_SETPCAP, which it drops too) empties it of
   // everything else, so that the program, exec'd as root, holds `capabilities` and nothing more.
-  const args = boxArgs([...options.capabilities, 'CAP_SETPCAP'], options);
+  // No /dev (its nodes are the host's devtmpfs'); /proc, which libselinux sets labels through (/proc/self/fd), with
+  // the host's kernel log (/proc/kmsg, which CAP_SYS_ADMIN reads) covered by /dev/null, as Docker does.
+  const args = boxArgs([...options.capabilities, 'CAP_SETPCAP'], { ...options, devices: false });
+  args.push('--ro-bind', '/dev/null', '/proc/kmsg');
   const kept = options.capabilities.map((capability) => `+${capability.replace(/^CAP_/, '').toLowerCase()}`);
   const drop = ['setpriv', '--bounding-set', ['-all', ...kept].join(','), '--inh-caps', '-all', '--no-new-privs', '--'];
   args.push('--seccomp', '3', '--chdir', '/', '--', ...drop, ...argv);
@@ -78,12 +81,13 @@ export function confinedRootCommand(argv: string[], options: { binds: SandboxBin
 }
 
 /** bwrap's arguments up to the command: the namespaces, `capabilities` kept, the host's /usr and `binds`. */
-function boxArgs(capabilities: string[], options: { binds?: SandboxBind[]; env?: Record<string, string>; readOnlyHostPaths?: string[] }): string[] {
+function boxArgs(capabilities: string[], options: { binds?: SandboxBind[]; env?: Record<string, string>; readOnlyHostPaths?: string[]; devices?: boolean }): string[] {
   const args = ['--unshare-net', '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', '--new-session', '--clearenv'];
   args.push('--cap-drop', 'ALL', ...capabilities.flatMap((capability) => ['--cap-add', capability]));
   for (const path of [...SYSTEM_PATHS, ...(options.readOnlyHostPaths ?? [])]) args.push('--ro-bind-try', path, path);
   for (const name of TOP_LEVEL_LINKS) args.push('--ro-bind-try', `/${name}`, `/${name}`);
-  args.push('--dev', '/dev', '--proc', '/proc', ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]));
+  if (options.devices !== false) args.push('--dev', '/dev');
+  args.push('--proc', '/proc', ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]));
   args.push('--tmpfs', '/tmp', '--perms', '0755', '--dir', '/tmp/home');
   for (const bind of options.binds ?? []) args.push(bind.writable ? '--bind' : '--ro-bind', bind.host, bind.inside);
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp/home', LC_ALL: 'C', ...options.env };

@@ -221,7 +221,7 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 60_000);
 
-  test("the boxes host programs parse hostile data in (qemu-img's probe as uid 0, setfiles as root): exactly their capabilities, /proc's host knobs read-only, no mount, none of the host's files", async () => {
+  test("the boxes host programs parse hostile data in (qemu-img's probe as uid 0, setfiles as root): exactly their capabilities, /proc's host knobs read-only, no mount, no fanotify, no kernel log, none of the host's files", async () => {
     const box = await mkdtemp('/var/tmp/ib-box-');
     try {
       const seccompFile = join(box, 'seccomp.bpf');
@@ -233,22 +233,29 @@ describe('the sandbox of guest commands', () => {
         'awk \'$5 == "/proc/sys" { split($6, o, ","); print "procsys", o[1] }\' /proc/self/mountinfo',
         'mount -t tmpfs none /tmp >/dev/null 2>&1 && echo mount=ok || echo mount=refused',
         'test -e /etc/shadow && echo shadow=seen || echo shadow=absent',
+        'test -e /dev/null && echo dev=present || echo dev=absent',
+        'echo kmsg=$(head -c 16 /proc/kmsg 2>/dev/null | wc -c)',
+        // A file, not -e: perl -e opens /dev/null, which setfiles' box does not have.
+        `perl ${box}/fanotify.pl`,
       ].join('; ');
+      // fanotify_init(FAN_CLASS_NOTIF, O_RDONLY): an fd with CAP_SYS_ADMIN unless the filter denies it.
+      await writeFile(join(box, 'fanotify.pl'), `$! = 0; my $r = syscall(${process.arch === 'arm64' ? 262 : 300}, 0, 0); print "fanotify=", ($r == -1 ? $!+0 : "ok"), "\\n";\n`);
       const setfilesBox = confinedRootCommand(['/bin/sh', '-c', `${probe}; setfattr -n security.selinux -v system_u:object_r:etc_t:s0 ${box}/owned-by-42 && echo label=set`], {
         capabilities: SETFILES_CAPABILITIES,
         seccompFile,
         binds: [{ host: box, inside: box, writable: true }],
       });
-      const probeBox = unprivilegedCommand(['/bin/sh', '-c', probe], { keepRootUid: true });
+      const probeBox = unprivilegedCommand(['/bin/sh', '-c', probe], { keepRootUid: true, binds: [{ host: box, inside: box }] });
       const mask = (names: number[]) => names.reduce((bits, bit) => bits | (1n << BigInt(bit)), 0n);
-      for (const [[file, args], capabilities, labels] of [
-        [setfilesBox, mask([1, 3, 21]), true], // dac_override, fowner, sys_admin
-        [probeBox, 0n, false],
+      for (const [[file, args], capabilities, labels, dev] of [
+        [setfilesBox, mask([1, 3, 21]), true, 'dev=absent'], // dac_override, fowner, sys_admin; no /dev (the host's devtmpfs)
+        [probeBox, 0n, false, 'dev=present'],
       ] as const) {
         const { stdout } = await execa(file, [...args]);
         const lines = stdout.split('\n').map((line) => line.trim());
         for (const set of ['CapEff', 'CapBnd']) expect({ set, mask: BigInt(`0x${lines.find((line) => line.startsWith(set))!.split(/\s+/)[1]}`) }).toEqual({ set, mask: capabilities });
-        expect(lines).toEqual(expect.arrayContaining(['procsys ro', 'mount=refused', 'shadow=absent']));
+        // The host's kernel log is not read (covered, or no capability to), and fanotify is denied (EPERM).
+        expect(lines).toEqual(expect.arrayContaining(['procsys ro', 'mount=refused', 'shadow=absent', dev, 'kmsg=0', 'fanotify=1']));
         if (labels) expect(lines).toContain('label=set');
       }
     } finally {

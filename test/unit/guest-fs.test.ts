@@ -282,7 +282,7 @@ describe('guest-fs', () => {
 describe('guest-fs is the only way the host opens a guest file', () => {
   const SAFE = new Set(['lstat', 'readlink', 'mkdtemp', 'rm', 'constants', 'Stats', 'createWriteStream']);
   const ALLOWED: Record<string, Record<string, string>> = {
-    'src/distro/selinux.ts': { writeFile: 'copies of guest data into a private host temp directory' },
+    'src/distro/selinux.ts': { writeFile: 'copies of guest data into a private host temp directory', existsSync: "the host's own /sys/fs/selinux (whether SELinux runs here)" },
     'src/pkg/rpm.ts': Object.fromEntries(['writeFile', 'readdir', 'chown'].map((name) => [name, 'copies of guest data in a private host temp directory, handed to the sandboxed rpm'])),
     'src/mount/layout.ts': {
       readFile: '/proc/filesystems (host)',
