@@ -1,3 +1,4 @@
+import { Ajv } from 'ajv';
 import type { JsonSchema } from '../util/json-schema.js';
 import { OUTPUT_FORMATS } from '../image/formats.js';
 
@@ -81,4 +82,19 @@ export function bomSchema(): JsonSchema {
       ['bomVersion', 'tool', 'createdAt', 'input', 'output', 'artifacts', 'recipe', 'os', 'kernels', 'packages', 'removedPackages', 'files', 'units', 'unitStates', 'containerImages', 'steps', 'mountBackend', 'durationsMs', 'warnings'],
     ),
   };
+}
+
+/** What of the BOM only phase 2 writes: a work record (phase 1's) holds none of it. */
+const PHASE_2_KEYS = ['output', 'artifacts', 'test'];
+
+/**
+ * Why a work record (written into the work image by `apply --phases 0,1`, read back by `export`) is not one
+ * imagebuilder wrote: the BOM's shape without phase 2's output, artifacts and test results, nothing else beside.
+ * Empty when it is. Compiled when asked (export alone reads work records).
+ */
+export function workRecordErrors(record: unknown): string[] {
+  const schema = bomSchema() as { properties: Record<string, unknown>; required: string[] };
+  const properties = Object.fromEntries(Object.entries(schema.properties).filter(([key]) => !PHASE_2_KEYS.includes(key)));
+  const validate = new Ajv({ allErrors: true, strict: false, validateFormats: false }).compile({ ...schema, $id: undefined, properties, required: schema.required.filter((key) => !PHASE_2_KEYS.includes(key)) });
+  return validate(record) ? [] : validate.errors!.map((error) => `${error.instancePath || '/'} ${error.message}${error.params && 'additionalProperty' in error.params ? ` (${String(error.params.additionalProperty)})` : ''}`);
 }

@@ -1,6 +1,9 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
+import { workRecordErrors } from '../bom/schema.js';
+import { detectDistro } from '../distro/families.js';
+import { readOsRelease } from '../distro/os-release.js';
 import { sha256File } from '../util/digest.js';
 import { renameOver } from '../util/fs.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
@@ -305,11 +308,44 @@ async function openWorkImage(context: BuildContext, workImage: string, options: 
       hint: 'make one with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1',
     });
   }
-  const bom = JSON.parse(text) as Phase1Bom;
-  if (bom.bomVersion !== 1) throw new ImageBuilderError('BAD_INPUT', `${workImage}: unknown work record version ${String(bom.bomVersion)}`);
+  const bom = parseWorkRecord(workImage, text);
+  // The record and the image must agree: the packages the guest's own database lists are those the record lists
+  // (a work image changed after phase 1, or given another's record, would pass its claims on to the BOM).
+  const osRelease = await readOsRelease(mounted.layout.root);
+  const manager = osRelease ? detectDistro(osRelease).family?.packageManager : undefined;
+  if (manager) {
+    const key = (p: { name: string; version: string; architecture: string }) => `${p.name} ${p.version} ${p.architecture}`;
+    const installed = new Set((await manager.listInstalled(mounted.layout.root)).map(key));
+    const recorded = new Set(bom.packages.map(key));
+    const differ = [...[...installed].filter((p) => !recorded.has(p)).map((p) => `${p} (installed, not recorded)`), ...[...recorded].filter((p) => !installed.has(p)).map((p) => `${p} (recorded, not installed)`)];
+    if (differ.length) {
+      throw new ImageBuilderError('BAD_INPUT', `${workImage}: its work record does not describe it: ${differ.length} package(s) differ, ${differ.slice(0, 5).join(', ')}${differ.length > 5 ? ' …' : ''}`, {
+        hint: 'the work image was changed after `apply --phases 0,1` wrote it, or its record is another\'s: make it again',
+      });
+    }
+  }
   await removeGuestFile(mounted.layout.root, WORK_RECORD_PATH);
   const opened: OpenedGuest = { ...mounted, overlay, distro: { id: bom.os.id ?? '', osRelease: bom.os.osRelease } };
   return { bom: { ...bom, tool: { name: 'imagebuilder', version: TOOL_VERSION } }, opened, workImage: overlay };
+}
+
+/** A work image's record, read as the hostile data it may be: JSON of the shape apply --phases 0,1 writes, or a clear refusal. */
+function parseWorkRecord(workImage: string, text: string): Phase1Bom {
+  const refuse = (why: string) =>
+    new ImageBuilderError('BAD_INPUT', `${workImage}: its work record (${WORK_RECORD_PATH}) ${why}`, {
+      hint: 'the work image is damaged, or not one imagebuilder wrote: make it again with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1',
+    });
+  let record: unknown;
+  try {
+    record = JSON.parse(text);
+  } catch (error) {
+    throw refuse(`is not JSON (${(error as Error).message})`);
+  }
+  const version = (record as { bomVersion?: unknown } | null)?.bomVersion;
+  if (version !== 1) throw refuse(`has an unknown version (${String(version)})`);
+  const problems = workRecordErrors(record);
+  if (problems.length) throw refuse(`is not one apply --phases 0,1 writes: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ' …' : ''}`);
+  return record as Phase1Bom;
 }
 
 /**

@@ -6,6 +6,7 @@ import { CLI, expectNothingLeft, hostState, runCli, sha256 } from '../helpers/ho
 import { dpkgVersion, withImageMounted } from '../helpers/inspect.js';
 import { startLocalMirror, type LocalMirror } from '../helpers/local-mirror.js';
 import { writeRecipe } from '../helpers/recipes.js';
+import { deriveImage } from '../helpers/derive-image.js';
 
 /**
  * The step cache for real: layers are live qcow2 snapshots of a Debian fixture image taken between steps that
@@ -187,6 +188,23 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     const refused = await runCli(['export', input, '--output', join(work, 'not-work.qcow2')], { env: env() });
     expect(refused.exitCode).toBe(2);
     expect(refused.stderr).toContain('is not a work image: it has no /usr/share/imagebuilder/work.json');
+
+    // A work image whose record was forged or damaged after phase 1: refused, with nothing of it in a BOM.
+    const record = await withImageMounted(join(work, 'node.work.qcow2'), 'gpt-esp', async (root) => JSON.parse(await readFile(join(root, 'usr/share/imagebuilder/work.json'), 'utf8')));
+    const forgeries: [string, string, string][] = [
+      ['not-json', '{"bomVersion": 1,', 'its work record (/usr/share/imagebuilder/work.json) is not JSON'],
+      // A passing test run and a verified base it never had: phase 2's keys are no work record's.
+      ['claims-a-test', JSON.stringify({ ...record, input: { ...record.input, verified: true }, test: { summary: { passed: 50, failed: 0, skipped: 0 } } }), 'is not one apply --phases 0,1 writes: / must NOT have additional properties (test)'],
+      // A package the image does not hold (or the image changed after its record was written).
+      ['other-packages', JSON.stringify({ ...record, packages: [...record.packages, { ...record.packages[0], name: 'trusted-agent', version: '1.0' }] }), `its work record does not describe it: 1 package(s) differ, trusted-agent 1.0 ${record.packages[0].architecture} (recorded, not installed)`],
+    ];
+    for (const [name, content, message] of forgeries) {
+      const forged = await deriveImage(join(work, 'node.work.qcow2'), join(work, `forged-${name}.qcow2`), { '/usr/share/imagebuilder/work.json': content }, { partitioned: true, partition: 2 });
+      const result = await runCli(['export', forged, '--output', join(work, `forged-${name}-out.qcow2`), '--sparsify', 'none'], { env: env() });
+      expect({ name, exitCode: result.exitCode }).toEqual({ name, exitCode: 2 });
+      expect(result.stderr).toContain(message);
+      await expect(access(join(work, `forged-${name}-out.qcow2.bom.json`))).rejects.toThrow();
+    }
   });
 
   test('a failed step with --keep-work-dir, then --resume after fixing the recipe, reuses the good steps', async () => {
