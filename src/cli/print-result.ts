@@ -1,27 +1,30 @@
 import type { ApplyResult } from '../pipeline/apply.js';
+import { terminalSafeLine } from '../util/log.js';
 
 /** The result of a build (apply or export): a JSON line, or a summary for people. */
 export function printResult(command: { log(message: string): void }, result: ApplyResult, json: boolean): void {
   if (json) {
     command.log(JSON.stringify({ event: 'result', output: result.output, artifacts: result.artifacts, bom: result.bomPath, sboms: result.sbomPaths, sums: result.sumsPath, ...(result.bom.test ? { test: result.bom.test } : {}), durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }));
   } else {
+    // For a terminal: the guest's names (its os-release, its packages' names and versions) as text, never as controls.
+    const forTerminal = { log: (message: string) => command.log(terminalSafeLine(message)) };
     const bom = result.bom;
     const added = bom.packages.filter((p) => p.origin !== 'base');
     for (const artifact of result.artifacts) {
-      command.log(`${artifact.format === 'tar' ? 'tar:  ' : 'image:'} ${artifact.path}`);
-      command.log(`  format ${artifact.format}, sha256 ${artifact.sha256}`);
+      forTerminal.log(`${artifact.format === 'tar' ? 'tar:  ' : 'image:'} ${artifact.path}`);
+      forTerminal.log(`  format ${artifact.format}, sha256 ${artifact.sha256}`);
     }
-    command.log(`sums:  ${result.sumsPath}`);
-    command.log(`bom:   ${result.bomPath}`);
-    for (const path of result.sbomPaths) command.log(`sbom:  ${path}`);
-    command.log(`  ${bom.os.prettyName ?? bom.os.id} ${bom.architecture ?? ''}, kernels: ${bom.kernels.map((k) => k.version).join(', ') || 'none'}`);
-    command.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);
-    for (const p of added) command.log(`    ${p.name} ${p.version} (${p.architecture})${p.baseVersion ? ` was ${p.baseVersion}` : ''}`);
-    for (const p of bom.removedPackages) command.log(`    removed ${p.name} ${p.version}`);
+    forTerminal.log(`sums:  ${result.sumsPath}`);
+    forTerminal.log(`bom:   ${result.bomPath}`);
+    for (const path of result.sbomPaths) forTerminal.log(`sbom:  ${path}`);
+    forTerminal.log(`  ${bom.os.prettyName ?? bom.os.id} ${bom.architecture ?? ''}, kernels: ${bom.kernels.map((k) => k.version).join(', ') || 'none'}`);
+    forTerminal.log(`  ${bom.packages.length} packages; added or changed by the recipe: ${added.length}`);
+    for (const p of added) forTerminal.log(`    ${p.name} ${p.version} (${p.architecture})${p.baseVersion ? ` was ${p.baseVersion}` : ''}`);
+    for (const p of bom.removedPackages) forTerminal.log(`    removed ${p.name} ${p.version}`);
     if (bom.test) {
       const { summary, boot } = bom.test;
-      command.log(`  tested: ${summary.passed} check(s) passed${boot ? `, booted in ${(boot.bootMs / 1000).toFixed(1)} s (${boot.accel}, ${boot.firmware}); console log ${boot.consoleLog}` : ''}`);
+      forTerminal.log(`  tested: ${summary.passed} check(s) passed${boot ? `, booted in ${(boot.bootMs / 1000).toFixed(1)} s (${boot.accel}, ${boot.firmware}); console log ${boot.consoleLog}` : ''}`);
     }
-    command.log(`  took ${(bom.durationsMs.total / 1000).toFixed(1)}s (steps ${((bom.durationsMs.steps ?? 0) / 1000).toFixed(1)}s)`);
+    forTerminal.log(`  took ${(bom.durationsMs.total / 1000).toFixed(1)}s (steps ${((bom.durationsMs.steps ?? 0) / 1000).toFixed(1)}s)`);
   }
 }

@@ -1,3 +1,5 @@
+import { printResult } from '../../src/cli/print-result.js';
+import type { ApplyResult } from '../../src/pipeline/apply.js';
 import { createLogger, terminalSafe } from '../../src/util/log.js';
 
 /** What a guest controls reaches the user's terminal as text: no escape sequence, no line overwritten. */
@@ -18,5 +20,28 @@ describe('the log on a terminal', () => {
     expect(text).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
     expect(text).toContain('    Setting up x\\x1b]0;pwned\\x07 ...\n    [ 12.3s] wrote /tmp/forged.qcow2\n');
     expect(text).toContain('warn: swap entry /swap\\x1b[2Jfile is not a regular file\n');
+  });
+
+  test("a build's summary for people shows the guest's os-release name and package names as text", () => {
+    const printed: string[] = [];
+    const result = {
+      output: { path: '/out/x.qcow2', format: 'qcow2', sha256: 'a'.repeat(64) },
+      artifacts: [{ path: '/out/x.qcow2', format: 'qcow2', sha256: 'a'.repeat(64) }],
+      bomPath: '/out/x.qcow2.bom.json',
+      sbomPaths: [],
+      sumsPath: '/out/SHA256SUMS',
+      bom: {
+        os: { id: 'debian', prettyName: 'Debian\x1b]0;owned\x07' },
+        architecture: 'amd64',
+        kernels: [],
+        packages: [{ name: 'evil\x1b[2J', version: '1\r[ 0.1s] wrote /etc/shadow', architecture: 'amd64', origin: 'recipe' }],
+        removedPackages: [],
+        durationsMs: { total: 1000 },
+      },
+    } as unknown as ApplyResult;
+    printResult({ log: (line) => void printed.push(line) }, result, false);
+    expect(printed.join('\n')).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
+    expect(printed).toContain('  Debian\\x1b]0;owned\\x07 amd64, kernels: none');
+    expect(printed).toContain('    evil\\x1b[2J 1\\x0d[ 0.1s] wrote /etc/shadow (amd64)');
   });
 });
