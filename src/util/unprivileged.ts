@@ -58,13 +58,12 @@ export function unprivilegedCommand(
 /**
  * argv (for a Runner) for a host program that must act as root on hostile data: the host's setfiles, which writes
  * security.selinux on a guest's files (CAP_SYS_ADMIN, and CAP_FOWNER for files root does not own) whatever their
- * mode (CAP_DAC_OVERRIDE), parsing
- * the guest's binary policy and regular expressions on the way. The box of unprivilegedCommand, but uid 0 with
- * only `capabilities` (every set, the bounding set included), no_new_privs, and the guest commands' seccomp
- * filter read from `seccompFile` (no mount or new mount API, no bpf or perf, no kernel keyring, no
- * open_by_handle_at, no setns or new user namespace, no io_uring): a parser bug it is exploited through gets
- * those capabilities over `binds` and the host's read-only /usr, no network, no other process, no way to
- * remount what it sees.
+ * mode (CAP_DAC_OVERRIDE), parsing the guest's binary policy and regular expressions on the way. The box of
+ * unprivilegedCommand, but uid 0 with only `capabilities` (every set, the bounding set included), no_new_privs,
+ * and the guest commands' seccomp filter read from `seccompFile` (no mount or new mount API, no bpf or perf, no
+ * kernel keyring, no open_by_handle_at, no fanotify, no syslog, no setns or new user namespace, no io_uring): a
+ * parser bug it is exploited through gets those capabilities over `binds` and the host's read-only /usr, no
+ * network, no other process, no way to remount what it sees. Not closed: filesystem ioctls on files of that /usr.
  */
 export function confinedRootCommand(argv: string[], options: { binds: SandboxBind[]; capabilities: string[]; seccompFile: string; readOnlyHostPaths?: string[] }): [string, string[]] {
   // bwrap keeps the bounding set whole for root: setpriv (with CAP_SETPCAP, which it drops too) empties it of
