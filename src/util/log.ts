@@ -38,6 +38,15 @@ export function terminalSafeLine(text: string): string {
 
 const escapeControl = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
 
+/**
+ * A command's stdout line (a table for people, or JSON): control characters but newline and tab as \uNNNN.
+ * JSON.stringify already writes C0 controls so; the C1 ones and DEL it writes raw, and \u-escaped they read back
+ * the same inside a JSON string, where alone they can occur.
+ */
+export function stdoutSafe(text: string): string {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 export function createLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? 'info';
   const write = options.write ?? ((text: string) => process.stderr.write(text));

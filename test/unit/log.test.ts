@@ -1,6 +1,6 @@
 import { printResult } from '../../src/cli/print-result.js';
 import type { ApplyResult } from '../../src/pipeline/apply.js';
-import { createLogger, terminalSafe } from '../../src/util/log.js';
+import { createLogger, stdoutSafe, terminalSafe } from '../../src/util/log.js';
 
 /** What a guest controls reaches the user's terminal as text: no escape sequence, no line overwritten. */
 describe('the log on a terminal', () => {
@@ -43,5 +43,16 @@ describe('the log on a terminal', () => {
     expect(printed.join('\n')).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
     expect(printed).toContain('  Debian\\x1b]0;owned\\x07 amd64, kernels: none');
     expect(printed).toContain('    evil\\x1b[2J 1\\x0d[ 0.1s] wrote /etc/shadow (amd64)');
+  });
+
+  test("a command's stdout: control characters as \\uNNNN, so a table shows them as text and JSON reads them back the same", () => {
+    const name = 'pkg\x1b[2J\x85\x7f\ttab';
+    const json = JSON.stringify({ packages: [{ name }] }, null, 2);
+    // JSON.stringify writes ESC as \u001b but the C1 character and DEL raw.
+    expect(json).toMatch(/[\x7f-\x9f]/);
+    const safe = stdoutSafe(json);
+    expect(safe).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
+    expect(JSON.parse(safe)).toEqual({ packages: [{ name }] });
+    expect(stdoutSafe(`  ${name}  1.0`)).toBe('  pkg\\u001b[2J\\u0085\\u007f\ttab  1.0');
   });
 });
