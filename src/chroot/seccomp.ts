@@ -3,13 +3,16 @@
  * because it is a few dozen instructions with no branch past the next few, and a unit test can run it
  * (test/unit/seccomp.test.ts interprets it); libseccomp would be one more host library and generated code.
  *
- * A denylist of what no build needs and attackers love. Denied calls fail with EPERM, never a kill, so a
- * maintainer script that probes (keyctl, unshare) degrades the way it does in a container. clone3 fails with
- * ENOSYS, as on an old kernel: glibc then falls back to clone, whose flags the filter can read.
+ * A denylist of what no build needs and attackers love, and an allowlist of socket families. Denied calls fail
+ * with an errno, never a kill, so a maintainer script that probes (keyctl, unshare) degrades the way it does in a
+ * container. clone3 fails with ENOSYS, as on an old kernel: glibc then falls back to clone, whose flags the
+ * filter can read.
  */
 
 export const EPERM = 1;
+export const ENOTTY = 25;
 export const ENOSYS = 38;
+export const EAFNOSUPPORT = 97;
 
 /**
  * Syscalls that answer ENOSYS, as on a kernel without them, so that their callers fall back: clone3 (glibc then
@@ -58,7 +61,7 @@ export const SYSCALL_TABLES = {
     // x32 syscalls are x86_64 numbers with this bit set: a second ABI the table above does not cover.
     x32Bit: 0x40000000,
     numbers: {
-      ioctl: 16, clone: 56, unshare: 272, clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
+      ioctl: 16, socket: 41, socketpair: 53, clone: 56, unshare: 272, clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
       bpf: 321, perf_event_open: 298, kexec_load: 246, kexec_file_load: 320, init_module: 175, finit_module: 313, delete_module: 176,
       add_key: 248, keyctl: 250, request_key: 249, mount: 165, umount2: 166, pivot_root: 155, open_tree: 428, move_mount: 429,
       fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 167, swapoff: 168, reboot: 169,
@@ -69,7 +72,7 @@ export const SYSCALL_TABLES = {
     auditArch: 0xc00000b7,
     x32Bit: undefined,
     numbers: {
-      ioctl: 29, clone: 220, unshare: 97, clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
+      ioctl: 29, socket: 198, socketpair: 199, clone: 220, unshare: 97, clone3: 435, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
       bpf: 280, perf_event_open: 241, kexec_load: 104, kexec_file_load: 294, init_module: 105, finit_module: 273, delete_module: 106,
       add_key: 217, keyctl: 219, request_key: 218, mount: 40, umount2: 39, pivot_root: 41, open_tree: 428, move_mount: 429,
       fsopen: 430, fsconfig: 431, fsmount: 432, fspick: 433, mount_setattr: 442, swapon: 224, swapoff: 225, reboot: 142,
@@ -87,6 +90,31 @@ export type SeccompArch = keyof typeof SYSCALL_TABLES;
 export const TIOCSTI = 0x5412;
 export const TIOCLINUX = 0x541c;
 export const TIOCSETD = 0x5423;
+/**
+ * The socket families a build uses: local sockets, IPv4 and IPv6 (apt, dnf, curl; through pasta's NAT), and
+ * netlink (glibc's getaddrinfo asks for the interfaces' addresses). Any other fails with EAFNOSUPPORT, as on a
+ * kernel without it: AF_VSOCK would reach the hypervisor and the host's own vsock services past the network
+ * namespace, and the rest (AF_ALG, AF_RDS, AF_TIPC, AF_CAN, Bluetooth…) autoload rarely used protocol modules
+ * into the host kernel.
+ */
+export const ALLOWED_SOCKET_FAMILIES = { AF_UNIX: 1, AF_INET: 2, AF_INET6: 10, AF_NETLINK: 16 } as const;
+
+/**
+ * The only ioctls a host tool's box allows (isatty and the terminal's size); any other fails with ENOTTY. setfiles
+ * makes none: a crafted policy that takes it over would otherwise have every filesystem ioctl on the host's /usr
+ * with CAP_SYS_ADMIN (FIFREEZE freezes the host's root filesystem; XFS's handle ioctls and btrfs's tree search
+ * read any file of it).
+ */
+export const TCGETS = 0x5401;
+export const TIOCGWINSZ = 0x5413;
+export const HOST_TOOL_IOCTLS = [TCGETS, TIOCGWINSZ] as const;
+
+/**
+ * Who runs under the filter: a guest command (`guest`: the denylist above), or a host program parsing hostile
+ * data with root's capabilities (`host-tool`, setfiles' box: the same, and ioctls allowlisted).
+ */
+export type SeccompProfile = 'guest' | 'host-tool';
+
 /** unshare/clone flag for a new user namespace, where an unprivileged process gets every capability back. */
 export const CLONE_NEWUSER = 0x10000000;
 
@@ -116,8 +144,14 @@ const ret = (value: number): Instruction => ({ code: RET_K, jt: 0, jf: 0, k: val
 /** When the accumulator equals k, go on; else skip `skip` instructions. */
 const ifEqual = (k: number, skip: number): Instruction => ({ code: JEQ_K, jt: 0, jf: skip, k });
 
+/** The accumulator (already loaded) allowed when it is one of `values`, else `otherwise`. */
+function allowOnly(values: readonly number[], otherwise: Instruction): Instruction[] {
+  // Each comparison jumps over the ones after it and `otherwise`, to the allow.
+  return [...values.map((value, index) => ({ code: JEQ_K, jt: values.length - index, jf: 0, k: value })), otherwise, ret(RET_ALLOW)];
+}
+
 /** The filter for one host architecture (the guest's programs, even under qemu-user, make the host's syscalls). */
-export function seccompProgram(arch: SeccompArch): Instruction[] {
+export function seccompProgram(arch: SeccompArch, profile: SeccompProfile = 'guest'): Instruction[] {
   const table = SYSCALL_TABLES[arch];
   const deny = ret(RET_ERRNO | EPERM);
   const program: Instruction[] = [
@@ -130,8 +164,14 @@ export function seccompProgram(arch: SeccompArch): Instruction[] {
   if (table.x32Bit !== undefined) program.push({ code: JGE_K, jt: 0, jf: 1, k: table.x32Bit }, deny);
   for (const name of Object.keys(DENIED_SYSCALLS)) program.push(ifEqual(table.numbers[name as keyof typeof table.numbers], 1), deny);
   for (const name of NOT_IMPLEMENTED_SYSCALLS) program.push(ifEqual(table.numbers[name], 1), ret(RET_ERRNO | ENOSYS));
-  // ioctl(fd, TIOCSTI|TIOCLINUX|TIOCSETD, …): the request is an unsigned int, so its low half is all the kernel reads.
-  program.push(ifEqual(table.numbers.ioctl, 8), load(argLow(1)), ifEqual(TIOCSTI, 1), deny, ifEqual(TIOCLINUX, 1), deny, ifEqual(TIOCSETD, 1), deny, ret(RET_ALLOW));
+  // ioctl(fd, request, …): the request is an unsigned int, so its low half is all the kernel reads.
+  const ioctl = profile === 'host-tool'
+    ? allowOnly(HOST_TOOL_IOCTLS, ret(RET_ERRNO | ENOTTY))
+    : [ifEqual(TIOCSTI, 1), deny, ifEqual(TIOCLINUX, 1), deny, ifEqual(TIOCSETD, 1), deny, ret(RET_ALLOW)];
+  program.push(ifEqual(table.numbers.ioctl, ioctl.length + 1), load(argLow(1)), ...ioctl);
+  // socket(family, …) and socketpair(family, …) of a family outside the allowlist.
+  const families = allowOnly(Object.values(ALLOWED_SOCKET_FAMILIES), ret(RET_ERRNO | EAFNOSUPPORT));
+  for (const name of ['socket', 'socketpair'] as const) program.push(ifEqual(table.numbers[name], families.length + 1), load(argLow(0)), ...families);
   // unshare(flags) and clone(flags, …) asking for a new user namespace.
   for (const name of ['unshare', 'clone'] as const) {
     program.push(ifEqual(table.numbers[name], 4), load(argLow(0)), { code: JSET_K, jt: 0, jf: 1, k: CLONE_NEWUSER }, deny, ret(RET_ALLOW));
@@ -141,8 +181,8 @@ export function seccompProgram(arch: SeccompArch): Instruction[] {
 }
 
 /** The program as struct sock_filter[] bytes, what bwrap --seccomp reads from its fd. */
-export function seccompBytes(arch: SeccompArch): Buffer {
-  const program = seccompProgram(arch);
+export function seccompBytes(arch: SeccompArch, profile: SeccompProfile = 'guest'): Buffer {
+  const program = seccompProgram(arch, profile);
   const bytes = Buffer.alloc(program.length * 8);
   program.forEach((instruction, index) => {
     bytes.writeUInt16LE(instruction.code, index * 8);

@@ -139,10 +139,10 @@ export async function relabelGuest(options: RelabelOptions): Promise<BomStep[]> 
     ];
     // Confined all the same (libsepol and PCRE2 parse what the guest wrote): root with only the capabilities
     // labelling needs, in a box holding the host's /usr, these copies (read-only) and the guest's filesystems, no
-    // network, the guest commands' seccomp filter; and a time limit (a file_contexts of pathological regular
-    // expressions would otherwise take the build with it).
+    // network, the guest commands' seccomp filter with no ioctl but a terminal's (setfiles makes none); and a time
+    // limit (a file_contexts of pathological regular expressions would otherwise take the build with it).
     const seccompFile = join(copies, 'seccomp.bpf');
-    await writeFile(seccompFile, seccompBytes(arch), { mode: 0o600 });
+    await writeFile(seccompFile, seccompBytes(arch, 'host-tool'), { mode: 0o600 });
     const [command, confined] = confinedRootCommand([setfiles, ...args], {
       // A build host that runs SELinux itself refuses a label its own policy does not know without CAP_MAC_ADMIN.
       capabilities: existsSync('/sys/fs/selinux/enforce') ? [...SETFILES_CAPABILITIES, 'CAP_MAC_ADMIN'] : SETFILES_CAPABILITIES,

@@ -63,7 +63,8 @@ export function unprivilegedCommand(
  * and the guest commands' seccomp filter read from `seccompFile` (no mount or new mount API, no bpf or perf, no
  * kernel keyring, no open_by_handle_at, no fanotify, no syslog, no setns or new user namespace, no io_uring): a
  * parser bug it is exploited through gets those capabilities over `binds` and the host's read-only /usr, no
- * network, no other process, no way to remount what it sees. Not closed: filesystem ioctls on files of that /usr.
+ * network, no other process, no way to remount what it sees. Pass the filter's `host-tool` profile: it allows no
+ * ioctl but a terminal's, so no filesystem ioctl (FIFREEZE, XFS handles) on that /usr.
  */
 export function confinedRootCommand(argv: string[], options: { binds: SandboxBind[]; capabilities: string[]; seccompFile: string; readOnlyHostPaths?: string[] }): [string, string[]] {
   // bwrap keeps the bounding set whole for root: setpriv (with CAP_SETPCAP, which it drops too) empties it of

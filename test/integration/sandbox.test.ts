@@ -225,7 +225,7 @@ describe('the sandbox of guest commands', () => {
     const box = await mkdtemp('/var/tmp/ib-box-');
     try {
       const seccompFile = join(box, 'seccomp.bpf');
-      await writeFile(seccompFile, seccompBytes(hostSeccompArch()!));
+      await writeFile(seccompFile, seccompBytes(hostSeccompArch()!, 'host-tool'));
       await writeFile(join(box, 'owned-by-42'), 'x');
       await execa('chown', ['42', join(box, 'owned-by-42')]);
       const probe = [
@@ -237,7 +237,10 @@ describe('the sandbox of guest commands', () => {
         'echo kmsg=$(head -c 16 /proc/kmsg 2>/dev/null | wc -c)',
         // A file, not -e: perl -e opens /dev/null, which setfiles' box does not have.
         `perl ${box}/fanotify.pl`,
+        `perl ${box}/getflags.pl`,
       ].join('; ');
+      // FS_IOC_GETFLAGS on a file of the host's /usr: a filesystem ioctl, harmless, standing for FIFREEZE and the rest.
+      await writeFile(join(box, 'getflags.pl'), 'open my $f, "<", "/usr/bin/env" or die; my $b = pack("L!", 0); $! = 0; my $r = ioctl($f, 0x80086601, $b); print "getflags=", (defined $r ? "ok" : $!+0), "\\n";\n');
       // fanotify_init(FAN_CLASS_NOTIF, O_RDONLY): an fd with CAP_SYS_ADMIN unless the filter denies it.
       await writeFile(join(box, 'fanotify.pl'), `$! = 0; my $r = syscall(${process.arch === 'arm64' ? 262 : 300}, 0, 0); print "fanotify=", ($r == -1 ? $!+0 : "ok"), "\\n";\n`);
       const setfilesBox = confinedRootCommand(['/bin/sh', '-c', `${probe}; setfattr -n security.selinux -v system_u:object_r:etc_t:s0 ${box}/owned-by-42 && echo label=set`], {
@@ -247,15 +250,16 @@ describe('the sandbox of guest commands', () => {
       });
       const probeBox = unprivilegedCommand(['/bin/sh', '-c', probe], { keepRootUid: true, binds: [{ host: box, inside: box }] });
       const mask = (names: number[]) => names.reduce((bits, bit) => bits | (1n << BigInt(bit)), 0n);
-      for (const [[file, args], capabilities, labels, dev] of [
-        [setfilesBox, mask([1, 3, 21]), true, 'dev=absent'], // dac_override, fowner, sys_admin; no /dev (the host's devtmpfs)
-        [probeBox, 0n, false, 'dev=present'],
+      for (const [[file, args], capabilities, labels, dev, getflags] of [
+        // dac_override, fowner, sys_admin; no /dev (the host's devtmpfs); no filesystem ioctl (ENOTTY)
+        [setfilesBox, mask([1, 3, 21]), true, 'dev=absent', 'getflags=25'],
+        [probeBox, 0n, false, 'dev=present', 'getflags=ok'],
       ] as const) {
         const { stdout } = await execa(file, [...args]);
         const lines = stdout.split('\n').map((line) => line.trim());
         for (const set of ['CapEff', 'CapBnd']) expect({ set, mask: BigInt(`0x${lines.find((line) => line.startsWith(set))!.split(/\s+/)[1]}`) }).toEqual({ set, mask: capabilities });
         // The host's kernel log is not read (covered, or no capability to), and fanotify is denied (EPERM).
-        expect(lines).toEqual(expect.arrayContaining(['procsys ro', 'mount=refused', 'shadow=absent', dev, 'kmsg=0', 'fanotify=1']));
+        expect(lines).toEqual(expect.arrayContaining(['procsys ro', 'mount=refused', 'shadow=absent', dev, 'kmsg=0', 'fanotify=1', getflags]));
         if (labels) expect(lines).toContain('label=set');
       }
     } finally {
@@ -263,13 +267,14 @@ describe('the sandbox of guest commands', () => {
     }
   });
 
-  test('bpf, perf_event_open, keyctl, mount, a user namespace, TIOCSTI and TIOCSETD fail with EPERM; clone3 and io_uring with ENOSYS', async () => {
+  test('bpf, perf_event_open, keyctl, mount, a user namespace, TIOCSTI and TIOCSETD fail with EPERM; clone3 and io_uring with ENOSYS; AF_VSOCK with EAFNOSUPPORT', async () => {
     if (process.arch !== 'x64') return;
     // x86_64 numbers; keyctl(GET_KEYRING_ID, SESSION) and perf_event_open(NULL) would otherwise answer an id
     // and EFAULT, unshare(CLONE_NEWUSER) would succeed, TIOCSTI on the shell's own pty would type.
     const probe = `
       my @calls = ([bpf => 321, 5, 0, 0], [perf_event_open => 298, 0, 0, -1, -1, 0], [keyctl => 250, 0, -3, 0],
-                   [mount => 165, 0, 0, 0, 0, 0], [unshare_newuser => 272, 0x10000000], [clone3 => 435, 0, 0], [io_uring_setup => 425, 1, 0]);
+                   [mount => 165, 0, 0, 0, 0, 0], [unshare_newuser => 272, 0x10000000], [clone3 => 435, 0, 0], [io_uring_setup => 425, 1, 0],
+                   [vsock => 41, 40, 5, 0], [unix => 41, 1, 1, 0], [inet => 41, 2, 1, 0], [inet6 => 41, 10, 2, 0], [netlink => 41, 16, 3, 0]);
       for my $call (@calls) { my ($name, $nr, @args) = @$call; $! = 0; my $r = syscall($nr, @args); printf "%s=%s\\n", $name, $r == -1 ? $!+0 : "ok"; }
       my $c = "x"; $! = 0; my $r = ioctl(STDIN, 0x5412, $c); printf "tiocsti=%s\\n", defined $r ? "ok" : $!+0;
       my $d = pack("i", 0); $! = 0; $r = ioctl(STDIN, 0x5423, $d); printf "tiocsetd=%s\\n", defined $r ? "ok" : $!+0;`;
@@ -278,6 +283,8 @@ describe('the sandbox of guest commands', () => {
     expect(result.exitCode).toBe(0);
     expect(Object.fromEntries(result.stdout.trim().split('\n').filter((l) => l.includes('=')).map((l) => l.trim().split('=')))).toEqual({
       bpf: '1', perf_event_open: '1', keyctl: '1', mount: '1', unshare_newuser: '1', clone3: '38', io_uring_setup: '38', tiocsti: '1', tiocsetd: '1',
+      // socket(AF_VSOCK, SOCK_SEQPACKET) opens on this host (the hypervisor's vsock transport) but not in the sandbox.
+      vsock: '97', unix: 'ok', inet: 'ok', inet6: 'ok', netlink: 'ok',
     });
     await expectHostUntouched(before);
   }, 60_000);

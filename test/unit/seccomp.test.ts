@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { CLONE_NEWUSER, DENIED_SYSCALLS, ENOSYS, EPERM, NOT_IMPLEMENTED_SYSCALLS, seccompBytes, SYSCALL_TABLES, TIOCLINUX, TIOCSETD, TIOCSTI, type SeccompArch } from '../../src/chroot/seccomp.js';
+import { ALLOWED_SOCKET_FAMILIES, CLONE_NEWUSER, DENIED_SYSCALLS, EAFNOSUPPORT, ENOSYS, ENOTTY, EPERM, NOT_IMPLEMENTED_SYSCALLS, seccompBytes, SYSCALL_TABLES, TCGETS, TIOCGWINSZ, TIOCLINUX, TIOCSETD, TIOCSTI, type SeccompArch } from '../../src/chroot/seccomp.js';
 
 /** A classic-BPF interpreter for the opcodes a seccomp filter uses: runs the filter's bytes on one syscall. */
 function runFilter(bytes: Buffer, data: { nr: number; arch: number; args?: number[] }): number {
@@ -58,6 +58,34 @@ describe.each(Object.keys(SYSCALL_TABLES) as SeccompArch[])('seccomp filter for 
     expect(call(table.numbers.ioctl, [0, TIOCSETD])).toBe(errno(EPERM));
     expect(call(table.numbers.ioctl, [0, 0x5423])).toBe(errno(EPERM));
     expect(call(table.numbers.ioctl, [0, 0x5401])).toBe(ALLOW); // TCGETS
+  });
+
+  test('sockets: local, IPv4, IPv6 and netlink pass; AF_VSOCK, AF_ALG, AF_PACKET and the rest answer EAFNOSUPPORT', () => {
+    for (const nr of [table.numbers.socket, table.numbers.socketpair]) {
+      expect([1, 2, 10, 16].map((family) => call(nr, [family, 1, 0]))).toEqual([ALLOW, ALLOW, ALLOW, ALLOW]);
+      // AF_VSOCK 40, AF_ALG 38, AF_PACKET 17, AF_RDS 21, AF_CAN 29, AF_TIPC 30, AF_BLUETOOTH 31, AF_UNSPEC 0.
+      expect([40, 38, 17, 21, 29, 30, 31, 0].map((family) => call(nr, [family, 1, 0]))).toEqual(Array(8).fill(errno(EAFNOSUPPORT)));
+    }
+    expect(Object.values(ALLOWED_SOCKET_FAMILIES)).toEqual([1, 2, 10, 16]);
+    // connect, bind and sendto (x86_64 42, 49, 44; aarch64 203, 200, 206) are not looked at.
+    for (const nr of arch === 'x64' ? [42, 49, 44] : [203, 200, 206]) expect(call(nr, [40])).toBe(ALLOW);
+  });
+
+  test("the host-tool profile (setfiles' box) allows a terminal's ioctls and no other; the rest of the filter is the guest's", () => {
+    const hostTool = seccompBytes(arch, 'host-tool');
+    const toolCall = (nr: number, args?: number[]) => runFilter(hostTool, { nr, arch: table.auditArch, args });
+    expect(toolCall(table.numbers.ioctl, [1, TCGETS])).toBe(ALLOW);
+    expect(toolCall(table.numbers.ioctl, [1, TIOCGWINSZ])).toBe(ALLOW);
+    // FIFREEZE, FITHAW, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, BTRFS_IOC_TREE_SEARCH, XFS_IOC_FD_TO_HANDLE, TIOCSTI.
+    const denied = [0xc0045877, 0xc0045878, 0x80086601, 0x40086602, 0xd0009411, 0xc0185868, TIOCSTI];
+    expect(denied.map((request) => toolCall(table.numbers.ioctl, [3, request]))).toEqual(denied.map(() => errno(ENOTTY)));
+    // The guest profile lets those through (a guest's own filesystems), as before.
+    expect(call(table.numbers.ioctl, [3, 0x80086601])).toBe(ALLOW);
+    for (const name of Object.keys(DENIED_SYSCALLS)) expect(toolCall(table.numbers[name as keyof typeof table.numbers])).toBe(errno(EPERM));
+    expect(toolCall(table.numbers.io_uring_setup)).toBe(errno(ENOSYS));
+    expect(toolCall(table.numbers.socket, [40, 1, 0])).toBe(errno(EAFNOSUPPORT));
+    expect(toolCall(table.numbers.unshare, [CLONE_NEWUSER])).toBe(errno(EPERM));
+    expect(toolCall(arch === 'x64' ? 0 : 63)).toBe(ALLOW);
   });
 
   test('another ABI\'s syscalls are denied whatever their number', () => {
