@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { parseByteSize } from '../util/size.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
@@ -289,23 +290,18 @@ export interface GuestDns {
 
 const isLoopback = (address: string) => address.startsWith('127.') || address === '::1';
 
-/** An IPv4 address's 32 bits, or undefined for anything else. */
-function ipv4Bits(address: string): number | undefined {
-  const parts = address.split('.');
-  if (parts.length !== 4 || !parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) < 256)) return undefined;
-  return parts.reduce((bits, part) => bits * 256 + Number(part), 0);
+/** BLOCKED_DESTINATIONS as a lookup: IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
+const blockedDestinations = new BlockList();
+for (const destination of BLOCKED_DESTINATIONS) {
+  const [network, length] = destination.split('/');
+  blockedDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
 }
 
-/** Whether an IPv4 address is one the sandbox refuses (BLOCKED_DESTINATIONS): a metadata service's. */
-function isBlockedIPv4(address: string): boolean {
-  const bits = ipv4Bits(address);
-  if (bits === undefined) return false;
-  return BLOCKED_DESTINATIONS.some((destination) => {
-    const [network, length] = destination.split('/');
-    const base = ipv4Bits(network);
-    const size = 2 ** (32 - Number(length));
-    return base !== undefined && Math.floor(bits / size) === Math.floor(base / size);
-  });
+/** Whether an address (a nameserver's, as resolv.conf writes it: maybe with an IPv6 zone) is one the sandbox refuses. */
+function isBlockedDestination(address: string): boolean {
+  const bare = address.replace(/%.*$/, '');
+  const family = isIPv4(bare) ? 'ipv4' : isIPv6(bare) ? 'ipv6' : undefined;
+  return family !== undefined && blockedDestinations.check(bare, family);
 }
 
 /**
@@ -313,7 +309,7 @@ function isBlockedIPv4(address: string): boolean {
  * refuses because a metadata service lives there and serves DNS too (Azure's 168.63.129.16, AWS's
  * 169.254.169.253). The relay reaches it for them, passing DNS alone.
  */
-const unreachableFromSandbox = (address: string) => isLoopback(address) || isBlockedIPv4(address) || /^(fe[89ab][0-9a-f]:|fd00:ec2:)/i.test(address);
+const unreachableFromSandbox = (address: string) => isLoopback(address) || isBlockedDestination(address);
 
 /**
  * The host's DNS configuration made to work from the sandbox: systemd-resolved's stub is replaced by the
@@ -328,7 +324,7 @@ export function guestDns(hostResolvConf: string, resolvedUpstream?: string): Gue
   if (servers[0]?.startsWith('127.0.0.53') && resolvedUpstream) return guestDns(resolvedUpstream);
   if (!servers.some(unreachableFromSandbox)) return { resolvConf: hostResolvConf };
   // One resolver is forwarded to: the host's first IPv4 one the sandbox cannot reach (the guest's own loopback has none).
-  const forwarded = servers.find((server) => unreachableFromSandbox(server) && ipv4Bits(server) !== undefined);
+  const forwarded = servers.find((server) => unreachableFromSandbox(server) && isIPv4(server));
   let placed = false;
   const kept = lines.flatMap((line) => {
     const server = nameserver.exec(line)?.[1];

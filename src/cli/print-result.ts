@@ -1,13 +1,13 @@
 import type { ApplyResult } from '../pipeline/apply.js';
-import { terminalSafeLine } from '../util/log.js';
 
 /** The result of a build (apply or export): a JSON line, or a summary for people. */
 export function printResult(command: { log(message: string): void }, result: ApplyResult, json: boolean): void {
   if (json) {
     command.log(JSON.stringify({ event: 'result', output: result.output, artifacts: result.artifacts, bom: result.bomPath, sboms: result.sbomPaths, sums: result.sumsPath, ...(result.bom.test ? { test: result.bom.test } : {}), durationsMs: result.bom.durationsMs, warnings: result.bom.warnings }));
   } else {
-    // For a terminal: the guest's names (its os-release, its packages' names and versions) as text, never as controls.
-    const forTerminal = { log: (message: string) => command.log(terminalSafeLine(message)) };
+    // The guest's names (its os-release, its packages' names and versions) on one line each: a newline in them is
+    // shown as text too. Every other control character is escaped by the command's log (BaseCommand: \uNNNN).
+    const forTerminal = { log: (message: string) => command.log(message.replace(/\n/g, '\\u000a')) };
     const bom = result.bom;
     const added = bom.packages.filter((p) => p.origin !== 'base');
     for (const artifact of result.artifacts) {

@@ -184,16 +184,9 @@ function loopError(path: string): NodeJS.ErrnoException {
 export async function openBeneath(root: string, resolved: string, flags: number, guestPath = resolved): Promise<FileHandle> {
   const names = resolved.split('/').filter(Boolean);
   if (!names.length) return open(root, flags);
-  // Looked up at every step, not once: a session may start mounting while this read is on its way.
   const inside = await realRoot(root);
-  let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+  const dir = await walkBeneath(root, inside, names.slice(0, -1), guestPath, false);
   try {
-    for (const name of names.slice(0, -1)) {
-      const next = await open(`/proc/self/fd/${dir.fd}/${name}`, DIRECTORY_STEP_FLAGS);
-      await dir.close();
-      dir = next;
-      if (hostFilesystems.has(inside)) await refuseIfOnHost(inside, (await dir.stat()).dev, guestPath);
-    }
     const last = `/proc/self/fd/${dir.fd}/${names.at(-1)}`;
     const seen = await lstat(last);
     if (seen.isSymbolicLink()) throw loopError(guestPath);
@@ -214,6 +207,36 @@ export async function openBeneath(root: string, resolved: string, flags: number,
 }
 
 /**
+ * The directory at `names` under the root, opened one name at a time, each looked up in the directory opened before
+ * it (through /proc/self/fd) and none followed; none on the session's host filesystems (refused). With `create`, a
+ * missing one is made (0755). The open's own errors are thrown as they are (ENOENT; ENOTDIR or ELOOP for a link or
+ * a file on the way, its name in the error's path). The caller closes the handle.
+ */
+async function walkBeneath(root: string, inside: string, names: readonly string[], guestPath: string, create: boolean): Promise<FileHandle> {
+  let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    for (const name of names) {
+      const path = `/proc/self/fd/${dir.fd}/${name}`;
+      const next = await open(path, DIRECTORY_STEP_FLAGS).catch(async (error: NodeJS.ErrnoException) => {
+        if (!create || error.code !== 'ENOENT') throw error;
+        await mkdir(path, { mode: 0o755 }).catch((made: NodeJS.ErrnoException) => {
+          if (made.code !== 'EEXIST') throw made;
+        });
+        return open(path, DIRECTORY_STEP_FLAGS);
+      });
+      await dir.close();
+      dir = next;
+      // Looked up at every step, not once: a session may start mounting while this walk is on its way.
+      if (hostFilesystems.has(inside)) await refuseIfOnHost(inside, (await dir.stat()).dev, guestPath);
+    }
+    return dir;
+  } catch (error) {
+    await dir.close();
+    throw error;
+  }
+}
+
+/**
  * The directory a guest path's last name is in, opened as openBeneath opens (its parents resolved inside the guest,
  * then one name at a time from the root, none followed, none on the session's host filesystems), with the
  * directories missing on the way made (0755) when `create`; undefined when one is missing and not `create`.
@@ -227,37 +250,13 @@ async function openParentBeneath(root: string, guestPath: string, create: boolea
   if (!name) throw refused(guestPath, 'the root directory, which has no name to write');
   // parentResolved: the parent as resolveInRoot gave it earlier, walked as it is (a link there now is refused).
   const parent = parentResolved ? posix.dirname(normalized) : await parentInGuest(root, guestPath);
-  const names = parent.split('/').filter(Boolean);
-  const inside = await realRoot(root);
-  let handle = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
-    for (const step of names) {
-      const path = `/proc/self/fd/${handle.fd}/${step}`;
-      let next = await open(path, DIRECTORY_STEP_FLAGS).catch((error: NodeJS.ErrnoException) => {
-        if (error.code === 'ENOENT') return undefined;
-        if (error.code === 'ELOOP' || error.code === 'ENOTDIR') throw refused(guestPath, `not a directory on the way (${step}: a symbolic link or another file)`);
-        throw error;
-      });
-      if (!next) {
-        if (!create) {
-          await handle.close();
-          return undefined;
-        }
-        await mkdir(path, { mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
-          if (error.code !== 'EEXIST') throw error;
-        });
-        next = await open(path, DIRECTORY_STEP_FLAGS).catch((error: NodeJS.ErrnoException) => {
-          throw error.code === 'ELOOP' || error.code === 'ENOTDIR' ? refused(guestPath, `not a directory on the way (${step}: a symbolic link or another file)`) : error;
-        });
-      }
-      await handle.close();
-      handle = next;
-      await refuseIfOnHost(inside, (await handle.stat()).dev, guestPath);
-    }
-    await refuseIfOnHost(inside, (await handle.stat()).dev, guestPath);
+    const handle = await walkBeneath(root, await realRoot(root), parent.split('/').filter(Boolean), guestPath, create);
     return { handle, dir: `/proc/self/fd/${handle.fd}`, name };
   } catch (error) {
-    await handle.close();
+    const { code, path } = error as NodeJS.ErrnoException;
+    if (code === 'ENOENT' && !create) return undefined;
+    if (code === 'ELOOP' || code === 'ENOTDIR') throw refused(guestPath, `not a directory on the way (${posix.basename(path ?? '')}: a symbolic link or another file)`);
     throw error;
   }
 }

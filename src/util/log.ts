@@ -31,11 +31,6 @@ export function terminalSafe(text: string): string {
   return text.replace(/\r\n?/g, '\n').replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, escapeControl);
 }
 
-/** terminalSafe for one line of ours holding a guest's words: a newline or carriage return in them is shown too. */
-export function terminalSafeLine(text: string): string {
-  return text.replace(/[\x00-\x08\x0a-\x1f\x7f-\x9f]/g, escapeControl);
-}
-
 const escapeControl = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
 
 /**

@@ -35,14 +35,18 @@ describe('the log on a terminal', () => {
         architecture: 'amd64',
         kernels: [],
         packages: [{ name: 'evil\x1b[2J', version: '1\r[ 0.1s] wrote /etc/shadow', architecture: 'amd64', origin: 'recipe' }],
-        removedPackages: [],
+        removedPackages: [{ name: 'old\n  took 0.0s', version: '2' }],
         durationsMs: { total: 1000 },
       },
     } as unknown as ApplyResult;
-    printResult({ log: (line) => void printed.push(line) }, result, false);
+    // Through stdoutSafe, as BaseCommand.log writes every command's stdout.
+    printResult({ log: (line) => void printed.push(stdoutSafe(line)) }, result, false);
     expect(printed.join('\n')).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
-    expect(printed).toContain('  Debian\\x1b]0;owned\\x07 amd64, kernels: none');
-    expect(printed).toContain('    evil\\x1b[2J 1\\x0d[ 0.1s] wrote /etc/shadow (amd64)');
+    expect(printed).toContain('  Debian\\u001b]0;owned\\u0007 amd64, kernels: none');
+    expect(printed).toContain('    evil\\u001b[2J 1\\u000d[ 0.1s] wrote /etc/shadow (amd64)');
+    // A newline in a guest's name stays on its line: no forged line of ours after it.
+    expect(printed).toContain('    removed old\\u000a  took 0.0s 2');
+    expect(printed.filter((line) => line.startsWith('  took'))).toEqual(['  took 1.0s (steps 0.0s)']);
   });
 
   test("a command's stdout: control characters as \\uNNNN, so a table shows them as text and JSON reads them back the same", () => {

@@ -85,6 +85,11 @@ describe('guestDns: the host\'s DNS, made reachable from the sandbox', () => {
     expect(guestDns('nameserver 168.63.129.17\n')).toEqual({ resolvConf: 'nameserver 168.63.129.17\n' });
     // AWS's IPv6 resolver (fd00:ec2::253) is refused too, and the forwarder speaks IPv4 alone: dropped, said.
     expect(guestDns('nameserver fd00:ec2::253\n').warning).toMatch(/cannot reach/);
+    // Every list entry, however written: a link-local with its zone, and Azure's as an IPv4-mapped IPv6 address.
+    for (const server of ['fe80::1%eth0', 'FE80::1', '::ffff:168.63.129.16', '::ffff:a9fe:a9fd']) {
+      expect({ server, dns: guestDns(`nameserver ${server}\nnameserver 10.0.0.2\n`) }).toEqual({ server, dns: { resolvConf: 'nameserver 10.0.0.2\n', warning: undefined } });
+    }
+    expect(guestDns('nameserver fec0::1\nnameserver 2001:db8::53\n')).toEqual({ resolvConf: 'nameserver fec0::1\nnameserver 2001:db8::53\n' });
   });
 });
 
