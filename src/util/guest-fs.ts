@@ -638,20 +638,27 @@ export async function moveAsideInGuest(root: string, guestPath: string): Promise
 }
 
 /**
+ * How deep a tree removeBeneath goes: it holds a descriptor per level, and a tree a step made 100,000 deep would
+ * otherwise take every descriptor the build has, its releases' too.
+ */
+export const MAX_REMOVE_DEPTH = 256;
+
+/**
  * Removes `name` from the held directory `dir` (a /proc/self/fd path): a file or link itself, a directory with
  * everything in it, each directory opened O_NOFOLLOW and refused when it is another filesystem (a mount a step
  * moved there: the session's /dev, say), never walked by path. Nothing when it is absent.
  */
-async function removeBeneath(dir: string, name: string, guestPath: string): Promise<void> {
+async function removeBeneath(dir: string, name: string, guestPath: string, depth = 0): Promise<void> {
   const seen = await lstat(join(dir, name)).catch(() => undefined);
   if (!seen) return;
   if (!seen.isDirectory()) return rm(join(dir, name), { force: true });
+  if (depth >= MAX_REMOVE_DEPTH) throw refused(guestPath, `a directory tree more than ${MAX_REMOVE_DEPTH} levels deep, which is not removed`);
   const handle = await open(join(dir, name), DIRECTORY_STEP_FLAGS);
   try {
     const opened = await handle.stat();
     if (opened.dev !== (await stat(dir)).dev || opened.ino !== seen.ino) throw refused(guestPath, 'a directory on another filesystem (a mount point), which is not removed');
     const inside = `/proc/self/fd/${handle.fd}`;
-    for (const entry of await readdir(inside)) await removeBeneath(inside, entry, guestPath);
+    for (const entry of await readdir(inside)) await removeBeneath(inside, entry, guestPath, depth + 1);
   } finally {
     await handle.close();
   }

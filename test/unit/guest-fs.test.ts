@@ -3,7 +3,7 @@ import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { moveAsideInGuest, openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, removeGuestFile, statGuest, walkGuestTree, writeGuestFileFromHost, writeGuestSymlink } from '../../src/util/guest-fs.js';
+import { MAX_REMOVE_DEPTH, moveAsideInGuest, openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, removeGuestFile, statGuest, walkGuestTree, writeGuestFileFromHost, writeGuestSymlink } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -238,6 +238,20 @@ describe('guest-fs', () => {
       expect(await readdir(join(root, 'etc'))).toEqual(['resolv.conf']);
       // The link was removed, not followed: the host directory it named is whole.
       expect(await readFile(join(outside, 'secret'), 'utf8')).toBe('host secret\n');
+    });
+
+    test('a tree a step left at the name deeper than MAX_REMOVE_DEPTH is refused, holding no descriptor afterwards', async () => {
+      await writeFile(join(root, 'etc/resolv.conf'), 'original\n');
+      const saved = (await moveAsideInGuest(root, '/etc/resolv.conf'))!;
+      await mkdir(join(root, 'etc/resolv.conf', ...Array(MAX_REMOVE_DEPTH + 2).fill('d')), { recursive: true });
+      const descriptors = (await readdir('/proc/self/fd')).length;
+      await expect(saved.restore()).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining(`a directory tree more than ${MAX_REMOVE_DEPTH} levels deep`) });
+      expect((await readdir('/proc/self/fd')).length).toBe(descriptors);
+      // One as deep as allowed goes whole, and the file comes back.
+      await rm(join(root, 'etc/resolv.conf'), { recursive: true });
+      await mkdir(join(root, 'etc/resolv.conf', ...Array(MAX_REMOVE_DEPTH - 1).fill('d')), { recursive: true });
+      await saved.restore();
+      expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('original\n');
     });
 
     test("a mount a step moved under the name (the session's /dev, moved with `mv`) is refused, not emptied", async () => {
