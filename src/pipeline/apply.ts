@@ -344,7 +344,12 @@ function parseWorkRecord(workImage: string, text: string): Phase1Bom {
   const version = (record as { bomVersion?: unknown } | null)?.bomVersion;
   if (version !== 1) throw refuse(`has an unknown version (${String(version)})`);
   const problems = workRecordErrors(record);
-  if (problems.length) throw refuse(`is not one apply --phases 0,1 writes: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ' …' : ''}`);
+  if (problems.length) {
+    // A record another imagebuilder wrote may lack what this one's BOM requires: say so rather than "damaged".
+    const writer = (record as { tool?: { version?: unknown } }).tool?.version;
+    const other = typeof writer === 'string' && writer !== TOOL_VERSION ? ` (written by imagebuilder ${writer}; this is ${TOOL_VERSION}, whose export reads its own records: make the work image again with it)` : '';
+    throw refuse(`is not one apply --phases 0,1 writes: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ' …' : ''}${other}`);
+  }
   return record as Phase1Bom;
 }
 
