@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { ImageBuilderError, type ErrorCode } from './errors.js';
-import type { Logger } from './log.js';
+import { outputLines, type Logger } from './log.js';
 import { packageHint } from './tools.js';
 
 export interface ExecOptions {
@@ -75,7 +75,12 @@ export const execRunner: Runner = async (file, args, options = {}) => {
     // would otherwise keep the output pipes open and the build waiting. Ctrl-C reaches only us; we decide.
     detached: true,
   });
-  if (options.streamOutput && options.log && child.all) child.all.on('data', (chunk: Buffer) => options.log?.output(chunk.toString()));
+  if (options.streamOutput && options.log && child.all) {
+    const log = options.log;
+    const lines = outputLines((text) => log.output(text));
+    child.all.on('data', lines.push);
+    child.all.on('end', lines.end);
+  }
   let timedOut = false;
   let forceKill: NodeJS.Timeout | undefined;
   const killGroup = (signal: NodeJS.Signals) => {

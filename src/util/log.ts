@@ -1,3 +1,5 @@
+import { StringDecoder } from 'node:string_decoder';
+
 /** Human logs go to stderr so stdout stays clean for --json results. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -66,6 +68,40 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       if (showOutput) write(terminalSafe(chunk).replace(/^(?=.)/gm, '    '));
     },
     warnings,
+  };
+}
+
+/** The longest line held back waiting for its end: past it, what came is written as a line (a program that never ends one). */
+export const MAX_HELD_LINE = 64 * 1024;
+
+/**
+ * A child's streamed output for log.output, as whole lines: UTF-8 decoded across chunks (a character split
+ * between two reads stays one), a line held until it ends (so log.output's indent starts lines, never splits
+ * one), and of a line a carriage return rewrote (a progress meter: `50%\r100%`) only what a terminal would show
+ * last. `end` writes what is left when the child is done.
+ */
+export function outputLines(write: (lines: string) => void): { push: (chunk: Buffer) => void; end: () => void } {
+  const decoder = new StringDecoder('utf8');
+  let held = '';
+  const lastState = (text: string) => text.replace(/\r\n/g, '\n').split('\n').map((line) => line.split('\r').filter(Boolean).at(-1) ?? '').join('\n');
+  return {
+    push: (chunk) => {
+      held += decoder.write(chunk);
+      const ended = held.lastIndexOf('\n');
+      if (ended >= 0) {
+        write(lastState(held.slice(0, ended + 1)));
+        held = held.slice(ended + 1);
+      }
+      if (held.length > MAX_HELD_LINE) {
+        write(`${lastState(held)}\n`);
+        held = '';
+      }
+    },
+    end: () => {
+      held += decoder.end();
+      if (held) write(`${lastState(held)}\n`);
+      held = '';
+    },
   };
 }
 

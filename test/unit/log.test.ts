@@ -1,6 +1,7 @@
 import { printResult } from '../../src/cli/print-result.js';
 import type { ApplyResult } from '../../src/pipeline/apply.js';
-import { createLogger, stdoutSafe, terminalSafe } from '../../src/util/log.js';
+import { execRunner } from '../../src/util/exec.js';
+import { createLogger, MAX_HELD_LINE, outputLines, stdoutSafe, terminalSafe } from '../../src/util/log.js';
 
 /** What a guest controls reaches the user's terminal as text: no escape sequence, no line overwritten. */
 describe('the log on a terminal', () => {
@@ -58,5 +59,32 @@ describe('the log on a terminal', () => {
     expect(safe).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
     expect(JSON.parse(safe)).toEqual({ packages: [{ name }] });
     expect(stdoutSafe(`  ${name}  1.0`)).toBe('  pkg\\u001b[2J\\u0085\\u007f\ttab  1.0');
+  });
+
+  test("a child's streamed output: whole lines, characters whole across reads, a progress meter's last state", () => {
+    const written: string[] = [];
+    const lines = outputLines((text) => void written.push(text));
+    // "Reading pack" | "age lists…\nü" split inside the ü (0xc3 0xbc) | then a meter rewritten by CRs.
+    const bytes = Buffer.from('Reading package lists... Done\nüber\n 10%\r 50%\r100%\nCRLF line\r\nlast, unended');
+    const cuts = [12, 31, 32, 45, 50];
+    cuts.reduce((from, to) => (lines.push(bytes.subarray(from, to)), to), 0);
+    lines.push(bytes.subarray(cuts.at(-1)));
+    lines.end();
+    expect(written.join('')).toBe('Reading package lists... Done\nüber\n100%\nCRLF line\nlast, unended\n');
+    // Each write is whole lines: the logger's indent starts a line, never splits one.
+    for (const text of written) expect(text.endsWith('\n')).toBe(true);
+    // A program that never ends its line is written out once it holds more than MAX_HELD_LINE.
+    const long: string[] = [];
+    const endless = outputLines((text) => void long.push(text));
+    for (let i = 0; i < 3; i++) endless.push(Buffer.alloc(MAX_HELD_LINE / 2, 'x'));
+    expect(long).toEqual([`${'x'.repeat(MAX_HELD_LINE / 2 * 3)}\n`]);
+  });
+
+  test('execRunner streams a real child through it: indented whole lines, the meter collapsed, the unended last line kept', async () => {
+    const written: string[] = [];
+    const log = createLogger({ write: (text) => void written.push(text) });
+    // Three writes the pipe delivers apart (sleeps between), one splitting a line.
+    await execRunner('sh', ['-c', 'printf "downloading 1%%\\r"; sleep 0.05; printf "downloading 100%%\\nsetting "; sleep 0.05; printf "up x\\n\\033]0;t\\007done"'], { log, streamOutput: true });
+    expect(written.join('')).toBe('    downloading 100%\n    setting up x\n    \\x1b]0;t\\x07done\n');
   });
 });
