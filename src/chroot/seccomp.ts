@@ -3,10 +3,10 @@
  * because it is a few dozen instructions with no branch past the next few, and a unit test can run it
  * (test/unit/seccomp.test.ts interprets it); libseccomp would be one more host library and generated code.
  *
- * A denylist of what no build needs and attackers love, and an allowlist of socket families. Denied calls fail
- * with an errno, never a kill, so a maintainer script that probes (keyctl, unshare) degrades the way it does in a
- * container. clone3 fails with ENOSYS, as on an old kernel: glibc then falls back to clone, whose flags the
- * filter can read.
+ * A denylist of what no build needs and attackers love, and an allowlist of socket families and protocols.
+ * Denied calls fail with an errno, never a kill, so a maintainer script that probes (keyctl, unshare) degrades the
+ * way it does in a container. clone3 fails with ENOSYS, as on an old kernel: glibc then falls back to clone, whose
+ * flags the filter can read.
  */
 
 export const EPERM = 1;
@@ -91,13 +91,21 @@ export const TIOCSTI = 0x5412;
 export const TIOCLINUX = 0x541c;
 export const TIOCSETD = 0x5423;
 /**
- * The socket families a build uses: local sockets, IPv4 and IPv6 (apt, dnf, curl; through pasta's NAT), and
- * netlink (glibc's getaddrinfo asks for the interfaces' addresses). Any other fails with EAFNOSUPPORT, as on a
- * kernel without it: AF_VSOCK would reach the hypervisor and the host's own vsock services past the network
- * namespace, and the rest (AF_ALG, AF_RDS, AF_TIPC, AF_CAN, Bluetooth…) autoload rarely used protocol modules
- * into the host kernel.
+ * The sockets a build uses, by family and the protocols allowed in it: local sockets, IPv4 and IPv6 (apt, dnf,
+ * curl, through pasta's NAT: the protocol's default, TCP, UDP, ICMP for ping), and netlink (glibc's getaddrinfo
+ * asks NETLINK_ROUTE for the interfaces' addresses; libselinux, libaudit and libudev use SELINUX, AUDIT and
+ * KOBJECT_UEVENT). Another family fails with EAFNOSUPPORT and another protocol with EPROTONOSUPPORT, as on a kernel
+ * without them: AF_VSOCK would reach the hypervisor and the host's own vsock services past the network namespace,
+ * and the kernel loads a protocol's module before any permission check (AF_ALG, AF_RDS, AF_TIPC, AF_CAN, SCTP,
+ * DCCP, L2TP, generic netlink and netfilter's netlink among them) into the host kernel.
  */
-export const ALLOWED_SOCKET_FAMILIES = { AF_UNIX: 1, AF_INET: 2, AF_INET6: 10, AF_NETLINK: 16 } as const;
+export const ALLOWED_SOCKETS = {
+  AF_UNIX: { family: 1, protocols: [0, 1] },
+  AF_INET: { family: 2, protocols: [0, 1, 6, 17] },
+  AF_INET6: { family: 10, protocols: [0, 6, 17, 58] },
+  AF_NETLINK: { family: 16, protocols: [0, 7, 9, 15] },
+} as const;
+export const EPROTONOSUPPORT = 93;
 
 /**
  * The only ioctls a host tool's box allows (isatty and the terminal's size); any other fails with ENOTTY. setfiles
@@ -107,7 +115,9 @@ export const ALLOWED_SOCKET_FAMILIES = { AF_UNIX: 1, AF_INET: 2, AF_INET6: 10, A
  */
 export const TCGETS = 0x5401;
 export const TIOCGWINSZ = 0x5413;
-export const HOST_TOOL_IOCTLS = [TCGETS, TIOCGWINSZ] as const;
+/** isatty's ioctl from glibc 2.42 on. */
+export const TCGETS2 = 0x802c542a;
+export const HOST_TOOL_IOCTLS = [TCGETS, TCGETS2, TIOCGWINSZ] as const;
 
 /**
  * Who runs under the filter: a guest command (`guest`: the denylist above), or a host program parsing hostile
@@ -169,14 +179,32 @@ export function seccompProgram(arch: SeccompArch, profile: SeccompProfile = 'gue
     ? allowOnly(HOST_TOOL_IOCTLS, ret(RET_ERRNO | ENOTTY))
     : [ifEqual(TIOCSTI, 1), deny, ifEqual(TIOCLINUX, 1), deny, ifEqual(TIOCSETD, 1), deny, ret(RET_ALLOW)];
   program.push(ifEqual(table.numbers.ioctl, ioctl.length + 1), load(argLow(1)), ...ioctl);
-  // socket(family, …) and socketpair(family, …) of a family outside the allowlist.
-  const families = allowOnly(Object.values(ALLOWED_SOCKET_FAMILIES), ret(RET_ERRNO | EAFNOSUPPORT));
-  for (const name of ['socket', 'socketpair'] as const) program.push(ifEqual(table.numbers[name], families.length + 1), load(argLow(0)), ...families);
+  // socket(family, type, protocol) and socketpair(…): the family, then its protocol.
+  const sockets = socketChecks();
+  for (const name of ['socket', 'socketpair'] as const) program.push(ifEqual(table.numbers[name], sockets.length), ...sockets);
   // unshare(flags) and clone(flags, …) asking for a new user namespace.
   for (const name of ['unshare', 'clone'] as const) {
     program.push(ifEqual(table.numbers[name], 4), load(argLow(0)), { code: JSET_K, jt: 0, jf: 1, k: CLONE_NEWUSER }, deny, ret(RET_ALLOW));
   }
   program.push(ret(RET_ALLOW));
+  return program;
+}
+
+/**
+ * For socket and socketpair: the family loaded and looked up in ALLOWED_SOCKETS (each match jumps to its protocol
+ * check), EAFNOSUPPORT for none; each protocol check loads the protocol and allows only its family's list.
+ */
+function socketChecks(): Instruction[] {
+  const allowed = Object.values(ALLOWED_SOCKETS);
+  const protocolChecks = allowed.map(({ protocols }) => [load(argLow(2)), ...allowOnly(protocols, ret(RET_ERRNO | EPROTONOSUPPORT))]);
+  const program: Instruction[] = [load(argLow(0))];
+  // Family i's comparison jumps past the comparisons after it, the EAFNOSUPPORT and the checks of families before i.
+  allowed.forEach(({ family }, index) => {
+    const skip = allowed.length - 1 - index + 1 + protocolChecks.slice(0, index).reduce((sum, check) => sum + check.length, 0);
+    program.push({ code: JEQ_K, jt: skip, jf: 0, k: family });
+  });
+  program.push(ret(RET_ERRNO | EAFNOSUPPORT));
+  for (const check of protocolChecks) program.push(...check);
   return program;
 }
 

@@ -255,7 +255,8 @@ async function openParentBeneath(root: string, guestPath: string, create: boolea
     return { handle, dir: `/proc/self/fd/${handle.fd}`, name };
   } catch (error) {
     const { code, path } = error as NodeJS.ErrnoException;
-    if (code === 'ENOENT' && !create) return undefined;
+    // A directory missing on the way (a step's open, by its /proc/self/fd path): nothing there. A root that is gone is an error.
+    if (code === 'ENOENT' && !create && path?.startsWith('/proc/self/fd/')) return undefined;
     if (code === 'ELOOP' || code === 'ENOTDIR') throw refused(guestPath, `not a directory on the way (${posix.basename(path ?? '')}: a symbolic link or another file)`);
     throw error;
   }

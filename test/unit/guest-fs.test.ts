@@ -281,6 +281,14 @@ describe('guest-fs', () => {
     });
   });
 
+  test('a guest root that is gone is an error for writes and removals, not an absent file', async () => {
+    const gone = join(root, 'no-such-root');
+    await expect(removeGuestFile(gone, '/etc/resolv.conf')).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(moveAsideInGuest(gone, '/etc/resolv.conf')).rejects.toMatchObject({ code: 'ENOENT' });
+    // A missing parent inside the guest is an absent file: nothing to remove.
+    await expect(removeGuestFile(root, '/no/such/dir/file')).resolves.toBeUndefined();
+  });
+
   test('statGuest does not follow the last name', async () => {
     await symlink('/dev/null', join(root, 'etc/masked'));
     expect((await statGuest(root, '/etc/masked'))!.isSymbolicLink()).toBe(true);

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { ALLOWED_SOCKET_FAMILIES, CLONE_NEWUSER, DENIED_SYSCALLS, EAFNOSUPPORT, ENOSYS, ENOTTY, EPERM, NOT_IMPLEMENTED_SYSCALLS, seccompBytes, SYSCALL_TABLES, TCGETS, TIOCGWINSZ, TIOCLINUX, TIOCSETD, TIOCSTI, type SeccompArch } from '../../src/chroot/seccomp.js';
+import { ALLOWED_SOCKETS, CLONE_NEWUSER, DENIED_SYSCALLS, EAFNOSUPPORT, ENOSYS, ENOTTY, EPERM, EPROTONOSUPPORT, NOT_IMPLEMENTED_SYSCALLS, seccompBytes, SYSCALL_TABLES, TCGETS, TCGETS2, TIOCGWINSZ, TIOCLINUX, TIOCSETD, TIOCSTI, type SeccompArch } from '../../src/chroot/seccomp.js';
 
 /** A classic-BPF interpreter for the opcodes a seccomp filter uses: runs the filter's bytes on one syscall. */
 function runFilter(bytes: Buffer, data: { nr: number; arch: number; args?: number[] }): number {
@@ -60,13 +60,19 @@ describe.each(Object.keys(SYSCALL_TABLES) as SeccompArch[])('seccomp filter for 
     expect(call(table.numbers.ioctl, [0, 0x5401])).toBe(ALLOW); // TCGETS
   });
 
-  test('sockets: local, IPv4, IPv6 and netlink pass; AF_VSOCK, AF_ALG, AF_PACKET and the rest answer EAFNOSUPPORT', () => {
+  test('sockets: local, IPv4, IPv6 and netlink with their usual protocols pass; other families EAFNOSUPPORT, other protocols EPROTONOSUPPORT', () => {
     for (const nr of [table.numbers.socket, table.numbers.socketpair]) {
-      expect([1, 2, 10, 16].map((family) => call(nr, [family, 1, 0]))).toEqual([ALLOW, ALLOW, ALLOW, ALLOW]);
+      const socket = (family: number, protocol = 0) => call(nr, [family, 1, protocol]);
+      // unix; TCP/UDP/ICMP over IPv4; TCP/UDP/ICMPv6 over IPv6; netlink route, selinux, audit, uevents.
+      const allowed = [[1, 0], [1, 1], [2, 0], [2, 6], [2, 17], [2, 1], [10, 0], [10, 6], [10, 17], [10, 58], [16, 0], [16, 7], [16, 9], [16, 15]];
+      expect(allowed.map(([family, protocol]) => socket(family, protocol))).toEqual(allowed.map(() => ALLOW));
       // AF_VSOCK 40, AF_ALG 38, AF_PACKET 17, AF_RDS 21, AF_CAN 29, AF_TIPC 30, AF_BLUETOOTH 31, AF_UNSPEC 0.
-      expect([40, 38, 17, 21, 29, 30, 31, 0].map((family) => call(nr, [family, 1, 0]))).toEqual(Array(8).fill(errno(EAFNOSUPPORT)));
+      expect([40, 38, 17, 21, 29, 30, 31, 0].map((family) => socket(family))).toEqual(Array(8).fill(errno(EAFNOSUPPORT)));
+      // SCTP 132, DCCP 33, L2TP 115, SMC 256, raw 255 over IP; netlink's generic 16, netfilter 12, crypto 21, sock_diag 4; unix 2.
+      const refused = [[2, 132], [2, 33], [10, 132], [10, 115], [2, 256], [2, 255], [16, 16], [16, 12], [16, 21], [16, 4], [1, 2]];
+      expect(refused.map(([family, protocol]) => socket(family, protocol))).toEqual(refused.map(() => errno(EPROTONOSUPPORT)));
     }
-    expect(Object.values(ALLOWED_SOCKET_FAMILIES)).toEqual([1, 2, 10, 16]);
+    expect(Object.values(ALLOWED_SOCKETS).map(({ family }) => family)).toEqual([1, 2, 10, 16]);
     // connect, bind and sendto (x86_64 42, 49, 44; aarch64 203, 200, 206) are not looked at.
     for (const nr of arch === 'x64' ? [42, 49, 44] : [203, 200, 206]) expect(call(nr, [40])).toBe(ALLOW);
   });
@@ -76,6 +82,7 @@ describe.each(Object.keys(SYSCALL_TABLES) as SeccompArch[])('seccomp filter for 
     const toolCall = (nr: number, args?: number[]) => runFilter(hostTool, { nr, arch: table.auditArch, args });
     expect(toolCall(table.numbers.ioctl, [1, TCGETS])).toBe(ALLOW);
     expect(toolCall(table.numbers.ioctl, [1, TIOCGWINSZ])).toBe(ALLOW);
+    expect(toolCall(table.numbers.ioctl, [1, TCGETS2])).toBe(ALLOW);
     // FIFREEZE, FITHAW, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, BTRFS_IOC_TREE_SEARCH, XFS_IOC_FD_TO_HANDLE, TIOCSTI.
     const denied = [0xc0045877, 0xc0045878, 0x80086601, 0x40086602, 0xd0009411, 0xc0185868, TIOCSTI];
     expect(denied.map((request) => toolCall(table.numbers.ioctl, [3, request]))).toEqual(denied.map(() => errno(ENOTTY)));
