@@ -79,13 +79,21 @@ const SHA256 = /^[0-9a-f]{64}$/;
 /** bundle.json lists a few hundred files in a real bundle (~100 KiB): read whole only below this. */
 export const MAX_MANIFEST_BYTES = 64 << 20;
 
+/** A real bundle lists a few hundred files: its archive holds at most 100,000 entries. */
+export const MAX_BUNDLE_FILES = 100_000;
+
 /** The manifest as read: every field this tool uses is of its type (a hostile bundle.json may say anything). */
 export function checkManifest(value: unknown): BundleManifest {
   const manifest = value as BundleManifest;
   const bad = (what: string) => new ImageBuilderError('VERIFY_FAILED', `${BUNDLE_MANIFEST} is not a bundle manifest this version reads: ${what}`, { hint: 'make the bundle again with this version: imagebuilder bundle' });
   if (manifest?.version !== BUNDLE_MANIFEST_VERSION) throw bad(`version ${JSON.stringify(manifest?.version)}, not ${BUNDLE_MANIFEST_VERSION}`);
   if (!Array.isArray(manifest.files)) throw bad('no file list');
+  if (manifest.files.length > MAX_BUNDLE_FILES) throw bad(`${manifest.files.length} files, more than any bundle's (${MAX_BUNDLE_FILES})`);
+  // Each path once: a path listed over and over would be hashed as often.
+  const paths = new Set<string>();
   for (const file of manifest.files) {
+    if (paths.has(file?.path)) throw bad(`${JSON.stringify(file.path).slice(0, 200)} is listed twice`);
+    paths.add(file?.path);
     if (typeof file?.path !== 'string' || typeof file.sha256 !== 'string' || !SHA256.test(file.sha256) || !Number.isSafeInteger(file.size) || file.size < 0 || typeof file.kind !== 'string' || (file.origin !== undefined && typeof file.origin !== 'string')) {
       throw bad(`a file entry is malformed: ${JSON.stringify(file).slice(0, 200)}`);
     }

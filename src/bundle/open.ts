@@ -4,6 +4,7 @@ import { copyFile, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/p
 import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import { detectCompression, isTarArchive, readHead } from '../fetch/decompress.js';
 import type { StepDownloads } from '../fetch/downloads.js';
 import type { StepHostFiles } from '../steps/types.js';
 import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
@@ -254,6 +255,11 @@ const repositoryFiles = (manifest: BundleManifest, top: string) =>
  * before anything else (exit 3 for a missing or altered file); the base image's sha256 is phase 0's to check,
  * against the bundle's SHA256SUMS that was verified here.
  */
+/** A file of an opened bundle as the user knows it: in the directory given, or `ARCHIVE!/path` for an archive. */
+export function pathInBundle(bundle: Pick<OpenedBundle, 'source' | 'dir'>, path: string): string {
+  return bundle.source === bundle.dir ? join(bundle.dir, path) : `${bundle.source}!/${path}`;
+}
+
 export async function openBundle(source: string, workDir: string, log: Logger): Promise<OpenedBundle> {
   const info = await lstat(source).catch(() => undefined);
   if (!info) throw new ImageBuilderError('BAD_INPUT', `--bundle ${source}: no such file or directory`, { hint: 'give the directory or .tar that `imagebuilder bundle` wrote' });
@@ -268,6 +274,10 @@ export async function openBundle(source: string, workDir: string, log: Logger): 
   }
   const { manifest, sha256 } = await verifyBundle(dir, { sizeOnly: ['base-image'] });
   log.info(`bundle ${source}: ${manifest.files.length} file(s) match its bundle.json (sha256 ${sha256})`);
+  // `bundle` keeps the base as the disk image it used: a compressed one or an archive would be unpacked on the host.
+  const head = await readHead(join(dir, manifest.base.path));
+  const packed = detectCompression(head) ?? (isTarArchive(head) ? 'tar' : undefined);
+  if (packed) throw new ImageBuilderError('VERIFY_FAILED', `bundle ${source}: its base image ${manifest.base.path} is ${packed === 'tar' ? 'a tar archive' : `${packed}-compressed`}, which no bundle holds`, { hint: 're-run `imagebuilder bundle` on the connected side' });
   return {
     source: resolve(source),
     dir,

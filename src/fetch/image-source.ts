@@ -1,4 +1,5 @@
-import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import { hashFile, type HashAlgorithm } from '../util/digest.js';
@@ -57,6 +58,8 @@ import { verifySignature } from './signature.js';
 export interface DiskImageOptions {
   /** `sha256:HEX` or `sha512:HEX`: the expected sum, instead of a sums file. */
   checksum?: string;
+  /** The expected sum as a caller vouches for it (a bundle's manifest): no sums file beside the image is read. */
+  expected?: ExpectedSum;
   /** A remote image no sums file names is used anyway (the BOM records `verified: false`). */
   insecureSkipVerify?: boolean;
   /** Verify the sums file's OpenPGP signature with gpgv against this keyring. */
@@ -145,17 +148,33 @@ function localLocation(imageFile: string): SumsLocation {
   const dir = dirname(imageFile);
   return {
     describe: (name) => join(dir, name),
-    read: async (name) => {
-      try {
-        return await readFile(join(dir, name));
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return undefined;
-        throw error;
-      }
-    },
+    // Capped as a download is, and only a regular file (a FIFO there would hang the build, a device be read).
+    read: (name) => readSumsFile(join(dir, name), SIGNATURE_SUFFIXES.some((suffix) => name.endsWith(suffix)) ? MAX_SIGNATURE_BYTES : MAX_SUMS_BYTES),
     listChecksumFiles: async () => (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith('CHECKSUM') && n !== 'CHECKSUM').slice(0, 5),
   };
+}
+
+/** A sums or signature file beside a local image: undefined when absent; refused when not a regular file or larger than `maxBytes`. */
+async function readSumsFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
+  let handle;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw error;
+  }
+  try {
+    const info = await handle.stat();
+    if (info.isDirectory()) return undefined;
+    if (!info.isFile()) throw new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
+    if (info.size > maxBytes) throw new ImageBuilderError('BAD_INPUT', `${path} is ${info.size} bytes, more than a sums or signature file's ${maxBytes}`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
+    const data = Buffer.alloc(info.size);
+    const { bytesRead } = await handle.read(data, 0, info.size, 0);
+    return data.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
@@ -167,6 +186,7 @@ function localLocation(imageFile: string): SumsLocation {
  */
 async function expectedSum(location: SumsLocation, fileName: string, context: Context): Promise<{ expected?: ExpectedSum; looked: string[] }> {
   const { options, log } = context;
+  if (options.expected) return { expected: options.expected, looked: [] };
   if (options.checksum) {
     if (options.keyring) log.warn('--keyring is not used: --checksum gives the sum directly');
     return { expected: parseChecksumFlag(options.checksum), looked: [] };

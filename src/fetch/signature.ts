@@ -1,9 +1,11 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { chown, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
+import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
 
 /**
  * The binary packets of an ASCII-armored OpenPGP key file (`gpg --export --armor`, a distribution's `.asc`):
@@ -38,6 +40,21 @@ export interface SignatureCheck {
 }
 
 /**
+ * What gpgv wrote of a clearsigned file, in a directory the box could write: the file itself (a link it made there
+ * is not followed), regular, no larger than the clearsigned file it came from.
+ */
+async function readVerifiedText(path: string, atMost: number): Promise<string> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const info = await handle.stat();
+    if (!info.isFile() || info.size > atMost) throw new ImageBuilderError('VERIFY_FAILED', `gpgv's output is not the text it verified (${info.isFile() ? `${info.size} bytes, more than the ${atMost} signed` : 'not a regular file'})`);
+    return (await handle.readFile()).toString('utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
  * Verifies a sums file's OpenPGP signature with `gpgv` against only the user's keyring, in a private home
  * (no trust database, nothing of the user's ~/.gnupg). Returns the text that was signed: for a clearsigned
  * file what gpgv verified (never text outside the signed part), else the file itself. A bad or unknown
@@ -47,26 +64,28 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
   const keyringText = await readFile(resolve(check.keyring)).catch((error: NodeJS.ErrnoException) => {
     throw new ImageBuilderError('BAD_INPUT', `cannot read the keyring ${check.keyring}: ${error.code ?? error.message}`, { hint: 'give --keyring the path of an OpenPGP public keyring' });
   });
+  await requireBoxedTool('gpgv', `--keyring: the sums file's signature is checked with it`);
   const dir = await mkdtemp(join(tmpdir(), 'imagebuilder-gpgv-'));
   try {
-    const keyring = join(dir, 'keyring.gpg');
+    // gpgv parses the signature and the sums file (from the network) as nobody in the unprivileged box, which sees
+    // this directory alone (as /gpgv) beside the host's /usr.
+    await chown(dir, SANDBOX_ID, SANDBOX_ID);
     const armored = keyringText.subarray(0, 200).toString('latin1').includes('-----BEGIN PGP');
-    await writeFile(keyring, armored ? dearmor(keyringText.toString('latin1')) : keyringText);
-    const data = join(dir, 'sums');
-    const output = join(dir, 'verified');
-    await writeFile(data, check.data);
-    const args = ['--homedir', dir, '--keyring', keyring, '--output', output];
+    await writeFile(join(dir, 'keyring.gpg'), armored ? dearmor(keyringText.toString('latin1')) : keyringText);
+    await writeFile(join(dir, 'sums'), check.data);
+    const args = ['gpgv', '--homedir', '/gpgv', '--keyring', '/gpgv/keyring.gpg', '--output', '/gpgv/verified'];
     if (check.signature) {
-      const signature = join(dir, 'sums.sig');
-      await writeFile(signature, check.signature);
-      args.push(signature, data);
+      await writeFile(join(dir, 'sums.sig'), check.signature);
+      args.push('/gpgv/sums.sig', '/gpgv/sums');
     } else {
-      args.push(data);
+      args.push('/gpgv/sums');
     }
-    const result = await check.run('gpgv', args, {
+    const [sandbox, boxed] = unprivilegedCommand(args, { binds: [{ host: dir, inside: '/gpgv', writable: true }] });
+    const result = await check.run(sandbox, boxed, {
       allowFailure: true,
       log: check.log,
       signal: check.signal,
+      display: `${args.join(' ')} (unprivileged, in bwrap)`,
       purpose: `checking the signature of ${check.dataSource}`,
     });
     if (result.exitCode !== 0) {
@@ -76,7 +95,7 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
       });
     }
     check.log?.info(`signature of ${check.dataSource} verified (${check.signatureSource}, keyring ${check.keyring})`);
-    return check.signature ? check.data.toString('utf8') : await readFile(output, 'utf8');
+    return check.signature ? check.data.toString('utf8') : await readVerifiedText(join(dir, 'verified'), check.data.length);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

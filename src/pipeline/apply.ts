@@ -17,8 +17,8 @@ import { TOOL_VERSION } from '../version.js';
 import type { SandboxLimits } from '../chroot/sandbox.js';
 import { relabelGuest } from '../distro/selinux.js';
 import { packageCacheDir } from '../pkg/package-cache.js';
-import { openBundle, type OpenedBundle } from '../bundle/open.js';
-import { BUNDLE_LAYOUT } from '../bundle/collect.js';
+import { openBundle, pathInBundle, type OpenedBundle } from '../bundle/open.js';
+import { BUNDLE_MANIFEST } from '../bundle/manifest.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions, type BuildStart } from './context.js';
 import { mountGuest, type OpenedGuest } from './guest.js';
 import { LayerStore, layerStoreDir } from './layers.js';
@@ -162,8 +162,7 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
     });
     if (!bundle) return { bom: { ...bom, recipe: { ...bom.recipe, path: resolve(recipe.path) } }, opened, workImage };
     // The base as the bundle holds it (an archive is unpacked into this build's work directory, which goes away).
-    const inBundle = (path: string) => (bundle.source === bundle.dir ? join(bundle.dir, path) : `${bundle.source}!/${path}`);
-    const bundledInput = { ...bom.input, path: inBundle(bundle.manifest.base.path), checksumSource: inBundle(BUNDLE_LAYOUT.baseSums) };
+    const bundledInput = { ...bom.input, path: pathInBundle(bundle, bundle.manifest.base.path), checksumSource: bundleBaseSumSource(bundle) };
     const offline = { bundle: bundle.sha256, network: 'none' as const, trust: bundle.packages?.repository.rpm ? BUNDLE_TRUST_RPM : BUNDLE_TRUST_APT };
     return { bom: { ...bom, input: bundledInput, recipe: { ...bom.recipe, path: resolve(recipe.path) }, offline }, opened, workImage };
   } catch (error) {
@@ -234,7 +233,9 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       if (bundle.manifest.recipe.sha256 !== recipe.sha256) {
         context.log.warn(`the recipe is not the one the bundle was made for (${bundle.manifest.recipe.path}, sha256 ${bundle.manifest.recipe.sha256.slice(0, 12)}…): what it needs beyond the bundle will fail, named`);
       }
-      const input = await verifyBase(start, { ...options, diskImage: bundle.baseImage });
+      // Verified against the sum bundle.json records, which the bundle's check covered: nothing beside it is read.
+      const expected = { algorithm: 'sha256' as const, hash: bundle.manifest.base.sha256, source: bundleBaseSumSource(bundle) };
+      const input = await verifyBase(start, { ...options, diskImage: bundle.baseImage, image: { ...options.image, expected } });
       return build(context, input, planFor(input), bundle);
     });
   }
@@ -242,6 +243,9 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
   const planned = planFor(input);
   return withResources(start, options, (context) => build(context, input, planned));
 }
+
+/** What vouches for a bundle's base: the sum its bundle.json records (which the bundle's check covered). */
+const bundleBaseSumSource = (bundle: OpenedBundle) => `${pathInBundle(bundle, BUNDLE_MANIFEST)} (${bundle.manifest.base.path})`;
 
 /** Where `apply --phases 0,1` writes its work image; never over the input. */
 function workImageTarget(options: ApplyOptions, input: VerifiedImage, recipe: Recipe): string {

@@ -65,8 +65,22 @@ const QUOTED = /[^\x21-\x7e]|[%_:]/g;
 const QUOTED_ARCH = /[^\x21-\x7e]|[%_:.]/g;
 const quoteApt = (text: string, bad: RegExp) => text.replace(bad, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 
-/** A field of a deb822 stanza: its first line, trimmed (Debian policy keeps these four ASCII, on one line). */
-export const stanzaField = (stanza: string, name: string) => new RegExp(`^${name}:[ \\t]*(.*?)[ \\t\\r]*$`, 'm').exec(stanza)?.[1];
+/**
+ * A field of a deb822 stanza: its first line, trimmed (Debian policy keeps these four ASCII, on one line). By
+ * indexOf, not a regular expression: a lazy match before optional trailing blanks backtracks in quadratic time
+ * over a long line of blanks, which a hostile list or bundle index may hold.
+ */
+export function stanzaField(stanza: string, name: string): string | undefined {
+  const prefix = `${name}:`;
+  const found = stanza.startsWith(prefix) ? 0 : stanza.indexOf(`\n${prefix}`) + 1;
+  if (found === 0 && !stanza.startsWith(prefix)) return undefined;
+  const lineEnd = stanza.indexOf('\n', found);
+  let start = found + prefix.length;
+  let end = lineEnd < 0 ? stanza.length : lineEnd;
+  while (start < end && (stanza[start] === ' ' || stanza[start] === '\t')) start++;
+  while (end > start && (stanza[end - 1] === ' ' || stanza[end - 1] === '\t' || stanza[end - 1] === '\r')) end--;
+  return stanza.slice(start, end);
+}
 
 /** The guest's Packages lists read together at most this big (Debian's main, contrib, updates, security: ~100 MiB). */
 export const MAX_LISTS_TOTAL_BYTES = 1 << 30;

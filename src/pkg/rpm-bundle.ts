@@ -154,8 +154,15 @@ export async function collectRpmDownloads(root: string, layout: RpmCacheLayout, 
 
 const escapeXml = (text: string) => text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c]!);
 const element = (entry: string, name: string) => new RegExp(`<${name}>([^<]*)</${name}>`).exec(entry)?.[1];
+/** Where `open` first occurs and the text up to the next `close` after it (indexOf: a hostile entry of many opens stays linear). */
+const between = (text: string, open: string, close: string): string | undefined => {
+  const start = text.indexOf(open);
+  if (start < 0) return undefined;
+  const end = text.indexOf(close, start + open.length);
+  return end < 0 ? undefined : text.slice(start + open.length, end);
+};
 const versionOf = (entry: string) => {
-  const tag = /<version\s([^>]*)\/?>/.exec(entry)?.[1] ?? '';
+  const tag = between(entry, '<version ', '>') ?? '';
   const attribute = (name: string) => new RegExp(`\\b${name}="([^"]*)"`).exec(tag)?.[1];
   return { epoch: attribute('epoch'), ver: attribute('ver'), rel: attribute('rel') };
 };
@@ -219,7 +226,7 @@ export function rpmBundlePackages(primary: string, into = new Map<string, Set<st
     const forms = [ver, ...(rel ? [`${ver}-${rel}`] : [])].flatMap((form) => (epoch && epoch !== '0' ? [form, `${epoch}:${form}`] : [form]));
     // What the package provides too (iptables by iptables-nft …), and name.arch: dnf and zypper install by either.
     const arch = element(entry, 'arch');
-    const provides = /<rpm:provides>([\s\S]*?)<\/rpm:provides>/.exec(entry)?.[1] ?? '';
+    const provides = between(entry, '<rpm:provides>', '</rpm:provides>') ?? '';
     const names = new Set([name, ...(arch ? [`${name}.${arch}`] : []), ...[...provides.matchAll(/<rpm:entry\s+name="([^"]+)"/g)].map((match) => match[1])]);
     for (const provided of names) {
       if (!into.has(provided)) into.set(provided, new Set());

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chown, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
@@ -8,6 +8,7 @@ import { networkDownloads } from '../fetch/downloads.js';
 import { MAX_KEY_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
+import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
 import { defineStep, type StepContext } from './types.js';
 
 /** One primary key found in a key file, as the host's gpg reads it. */
@@ -112,31 +113,31 @@ export function parseGpgColons(text: string): OpenPgpKey[] {
 }
 
 /**
- * Reads the primary keys of an OpenPGP key file with the host's gpg, in a throwaway home directory, importing
- * nothing anywhere (`--show-keys`) and starting no agent (`--no-autostart`). No keys (with gpg's complaint in
- * `diagnostics`) when gpg finds none; a host without gpg is MISSING_TOOL.
+ * Reads the primary keys of an OpenPGP key file with the host's gpg, importing nothing anywhere (`--show-keys`)
+ * and starting no agent (`--no-autostart`). The key comes from the network or a bundle: gpg parses it as nobody in
+ * the unprivileged box (no network, a throwaway home and nothing else of the host's but its /usr). No keys (with
+ * gpg's complaint in `diagnostics`) when gpg finds none; a host without gpg is MISSING_TOOL.
  */
 export async function inspectOpenPgpKey(key: Buffer, options: { run?: Runner; signal?: AbortSignal } = {}): Promise<{ keys: OpenPgpKey[]; diagnostics: string }> {
   const run = options.run ?? execRunner;
+  await requireBoxedTool('gpg', 'the repository step checks keys with it', 'install it (Debian and Ubuntu: apt-get install gpg; Fedora: dnf install gnupg2)');
   const home = await mkdtemp(join(tmpdir(), 'imagebuilder-gpg-'));
   try {
-    const result = await run('gpg', ['--homedir', home, '--batch', '--no-tty', '--no-autostart', '--with-colons', '--show-keys'], {
+    await chown(home, SANDBOX_ID, SANDBOX_ID);
+    const [sandbox, args] = unprivilegedCommand(['gpg', '--homedir', '/gnupg', '--batch', '--no-tty', '--no-autostart', '--with-colons', '--show-keys'], {
+      binds: [{ host: home, inside: '/gnupg', writable: true }],
+    });
+    const result = await run(sandbox, args, {
       input: key,
       signal: options.signal,
       errorCode: 'STEP_FAILED',
+      display: 'gpg --with-colons --show-keys (unprivileged, in bwrap)',
       purpose: 'reading an OpenPGP key with gpg',
     });
     return { keys: parseGpgColons(result.stdout), diagnostics: result.stderr.trim() };
   } catch (error) {
-    if (!isImageBuilderError(error)) throw error;
-    if (error.code === 'STEP_FAILED') return { keys: [], diagnostics: error.detail ?? error.message };
-    if (error.code === 'MISSING_TOOL') {
-      throw new ImageBuilderError('MISSING_TOOL', 'gpg is not installed on this host: the repository step checks keys with it', {
-        hint: 'install it (Debian and Ubuntu: apt-get install gpg; Fedora: dnf install gnupg2)',
-        cause: error,
-      });
-    }
-    throw error;
+    if (!isImageBuilderError(error) || error.code !== 'STEP_FAILED') throw error;
+    return { keys: [], diagnostics: error.detail ?? error.message };
   } finally {
     await rm(home, { recursive: true, force: true });
   }

@@ -7,6 +7,10 @@
  * No user namespace is needed (bwrap runs as root): hosts that forbid them (user.max_user_namespaces=0) and
  * chroot-isolated containers, where the kernel refuses a new one, work the same.
  */
+import { ImageBuilderError } from './errors.js';
+import { which } from './fs.js';
+import { packageHint } from './tools.js';
+
 export interface SandboxBind {
   /** Host directory or file: readable by uid 65534, and writable by it when `writable`. */
   host: string;
@@ -32,6 +36,14 @@ export const SANDBOX_ID = 65534;
 const SYSTEM_PATHS = ['/usr', '/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/ld.so.conf.d', '/etc/alternatives'];
 /** Merged-/usr names: symlinks on Debian 12+, directories on older hosts (then bound as they are). */
 const TOP_LEVEL_LINKS = ['lib', 'lib32', 'lib64', 'libx32', 'bin', 'sbin'];
+
+/**
+ * Fails as a missing tool does when the host lacks program `name`: run in a box, its absence would show only as
+ * bwrap's exec failing, an ordinary non-zero exit.
+ */
+export async function requireBoxedTool(name: string, neededFor: string, hint = `install ${packageHint(name)} (bin/setup installs everything; \`imagebuilder doctor\` checks the host)`): Promise<void> {
+  if (!(await which(name))) throw new ImageBuilderError('MISSING_TOOL', `${name} is not installed on this host: ${neededFor}`, { hint });
+}
 
 /** argv (for a Runner) that runs `argv` unprivileged, seeing only `binds` beside the host's programs. */
 export function unprivilegedCommand(

@@ -102,6 +102,38 @@ describe('air-gapped bundles (apt)', () => {
     expect(result.stderr).not.toContain('step 1/');
   }, 600_000);
 
+  test("the base is verified against bundle.json's sum alone: nothing beside it is read (a FIFO there), and a compressed base is refused", async () => {
+    const planted = join(work, 'planted');
+    await execa('cp', ['-a', '--reflink=auto', bundleDir(), planted]);
+    const manifest = JSON.parse(await readFile(join(planted, 'bundle.json'), 'utf8'));
+    const sums = manifest.files.find((file: { kind: string }) => file.kind === 'base-sums');
+    // A SHA256SUMS that names no image (its entry in bundle.json made to match), then a FIFO phase 0 would read next.
+    const unnamed = Buffer.from(`${'0'.repeat(64)}  other.qcow2\n`);
+    await writeFile(join(planted, sums.path), unnamed);
+    Object.assign(sums, { size: unnamed.length, sha256: createHash('sha256').update(unnamed).digest('hex') });
+    await writeFile(join(planted, 'bundle.json'), JSON.stringify(manifest));
+    await execa('mkfifo', [join(planted, 'base', 'sha256sum.txt')]);
+    const output = join(work, 'planted.qcow2');
+    const result = await offline(['apply', recipe, '--bundle', planted, '--output', output, '--mount-backend', 'fuse', '--sparsify', 'none']);
+    if (result.exitCode !== 0) throw new Error(result.all);
+    expect((await bom(output)).input).toMatchObject({ verified: true, checksumSource: `${join(planted, 'bundle.json')} (${manifest.base.path})` });
+
+    // The same bundle with its base xz-compressed (bundle.json made to match): refused before phase 0 unpacks it.
+    await rm(join(planted, 'base', 'sha256sum.txt'));
+    // (A small xz stream stands for it: the refusal reads its first bytes alone.)
+    const packed = (await execa('xz', ['-0', '-c'], { input: 'a disk image', encoding: 'buffer' })).stdout as Buffer;
+    await writeFile(join(planted, manifest.base.path), packed);
+    const baseEntry = manifest.files.find((file: { kind: string }) => file.kind === 'base-image');
+    const sha256 = createHash('sha256').update(packed).digest('hex');
+    Object.assign(baseEntry, { size: packed.length, sha256 });
+    manifest.base.sha256 = sha256;
+    await writeFile(join(planted, 'bundle.json'), JSON.stringify(manifest));
+    const refused = await offline(['apply', recipe, '--bundle', planted, '--output', join(work, 'packed.qcow2'), '--mount-backend', 'fuse']);
+    expect(refused.exitCode).toBe(3);
+    expect(refused.stderr).toContain(`its base image ${manifest.base.path} is xz-compressed, which no bundle holds`);
+    await rm(planted, { recursive: true, force: true });
+  }, 900_000);
+
   test('a recipe changed after bundling fails naming what the bundle lacks, and to bundle again', async () => {
     const changed = await writeRecipe(work, 'changed', [
       { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },

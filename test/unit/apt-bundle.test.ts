@@ -38,6 +38,9 @@ describe('apt and bundles', () => {
     expect(crafted.match(/^Filename:.*$/gm)).toEqual([`Filename: packages/${A}.deb`]);
     expect(release).toContain(` ${sha256Text(Buffer.from(packages, 'latin1'))} ${Buffer.byteLength(packages, 'latin1')} Packages`);
     expect(bundlePackages(packages)).toEqual(new Map([['conntrack', new Set(['1:1.4.7-1+b2'])], ['socat', new Set(['1.7.4.4-2'])]]));
+    // A hostile index of long blank runs reads in linear time (a regular expression took hours on a few MB).
+    const blanks = ' '.repeat(4 << 20);
+    expect(bundlePackages(`Package:${blanks}x${blanks}y\t \r\nVersion: \t1.0${blanks}\n`)).toEqual(new Map([[`x${blanks}y`, new Set(['1.0'])]]));
   });
 
   test('what a bundle lacks: names and name=version, unless installed so', () => {

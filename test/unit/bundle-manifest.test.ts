@@ -1,7 +1,7 @@
-import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeBundleManifest, verifyBundle, checkBundlePath } from '../../src/bundle/manifest.js';
+import { writeBundleManifest, verifyBundle, checkBundlePath, MAX_BUNDLE_FILES } from '../../src/bundle/manifest.js';
 
 describe('bundle manifest', () => {
   let dir: string;
@@ -31,6 +31,16 @@ describe('bundle manifest', () => {
   it('a missing file is VERIFY_FAILED', async () => {
     await unlink(join(dir, 'base.qcow2'));
     await expect(verifyBundle(dir)).rejects.toMatchObject({ code: 'VERIFY_FAILED', detail: expect.stringContaining('base.qcow2: missing') });
+  });
+
+  it('a path listed twice, or more files than any bundle holds, is refused before anything is hashed', async () => {
+    const manifest = JSON.parse(await readFile(join(dir, 'bundle.json'), 'utf8'));
+    const deb = manifest.files.find((file: { path: string }) => file.path === 'a.deb');
+    await writeFile(join(dir, 'bundle.json'), JSON.stringify({ ...manifest, files: [...manifest.files, ...Array(1000).fill(deb)] }));
+    await expect(verifyBundle(dir)).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: expect.stringContaining('"a.deb" is listed twice') });
+    const many = Array.from({ length: MAX_BUNDLE_FILES + 1 }, (_, index) => ({ ...deb, path: `p/${index}.deb` }));
+    await writeFile(join(dir, 'bundle.json'), JSON.stringify({ ...manifest, files: many }));
+    await expect(verifyBundle(dir)).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: expect.stringContaining(`${MAX_BUNDLE_FILES + 1} files, more than any bundle's`) });
   });
 
   it('refuses paths leaving the bundle', () => {

@@ -7,7 +7,7 @@ import { cacheLayout, imagePath, readImageRecord } from '../../src/fetch/cache.j
 import { obtainImage, type DiskImageOptions } from '../../src/fetch/image-source.js';
 import { dearmor } from '../../src/fetch/signature.js';
 import { verifyImage } from '../../src/pipeline/verify.js';
-import { execRunner } from '../../src/util/exec.js';
+import { execRunner, type Runner } from '../../src/util/exec.js';
 import { createLogger } from '../../src/util/log.js';
 import { startImageServer, type ImageServer } from '../helpers/image-server.js';
 import { makeSmallQcow2 } from '../helpers/small-image.js';
@@ -139,7 +139,14 @@ describe('obtainImage', () => {
       server.serve('/signed/SHA256SUMS', { data: Buffer.from(sums) });
       server.serve('/signed/SHA256SUMS.gpg', { data: await sign(sums, '--detach-sign') });
       const url = `${server.url}/signed/image.qcow2`;
-      const result = await obtainImage(execRunner, url, log(), undefined, options({ keyring }));
+      // gpgv parses what the server sent as nobody in the unprivileged box, with no network.
+      const commands: string[][] = [];
+      const recording: Runner = (file, args, runOptions) => (commands.push([file, ...args]), execRunner(file, args, runOptions));
+      const result = await obtainImage(recording, url, log(), undefined, options({ keyring }));
+      const gpgv = commands.find((command) => command.includes('gpgv'))!;
+      expect(gpgv[0]).toBe('bwrap');
+      expect(gpgv).toEqual(expect.arrayContaining(['--unshare-net', '--reuid', '65534', '--bounding-set', '-all']));
+      expect(gpgv.slice(gpgv.indexOf('gpgv'))).toEqual(['gpgv', '--homedir', '/gpgv', '--keyring', '/gpgv/keyring.gpg', '--output', '/gpgv/verified', '/gpgv/sums.sig', '/gpgv/sums']);
       expect(result).toMatchObject({ verified: true, signature: { keyring, signature: `${server.url}/signed/SHA256SUMS.gpg` } });
       expect(lines.join('')).toContain(`signature of ${server.url}/signed/SHA256SUMS verified`);
       await expect(obtainImage(execRunner, url, log(), undefined, options({ keyring: armoredKeyring }))).resolves.toMatchObject({ source: 'cache' });
@@ -213,6 +220,23 @@ describe('obtainImage', () => {
       // --checksum wins over the sums file.
       await expect(verifyImage(execRunner, path, log(), undefined, options({ checksum: `sha256:${sha('sha256', image)}` }))).resolves.toMatchObject({ checksumSource: '--checksum' });
       expect(await readdir(cache)).toEqual([]);
+    });
+
+    test('a FIFO or an oversized file named as a sums file beside a local image is refused, neither waited on nor read whole', async () => {
+      const local = await mkdtemp(join(dir, 'local-'));
+      const path = join(local, 'disk.qcow2');
+      await writeFile(path, image);
+      await execa('mkfifo', [join(local, 'SHA256SUMS')]);
+      await expect(verifyImage(execRunner, path, log(), undefined, options())).rejects.toMatchObject({ code: 'BAD_INPUT', message: `${join(local, 'SHA256SUMS')} is not a regular file (a FIFO, socket or device), so it is not read as a sums file` });
+      await rm(join(local, 'SHA256SUMS'));
+      await writeFile(join(local, 'SHA256SUMS'), Buffer.alloc(4 * 1024 * 1024 + 1, 0x20));
+      await expect(verifyImage(execRunner, path, log(), undefined, options())).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining(`is ${4 * 1024 * 1024 + 1} bytes, more than a sums or signature file's`) });
+      // A sum the caller vouches for (a bundle's manifest): nothing beside the image is read, the FIFO neither.
+      await rm(join(local, 'SHA256SUMS'));
+      await execa('mkfifo', [join(local, 'SHA256SUMS')]);
+      const expected = { algorithm: 'sha256' as const, hash: sha('sha256', image), source: 'bundle.json (base/disk.qcow2)' };
+      await expect(verifyImage(execRunner, path, log(), undefined, options({ expected }))).resolves.toMatchObject({ verified: true, checksumSource: 'bundle.json (base/disk.qcow2)' });
+      await expect(verifyImage(execRunner, path, log(), undefined, options({ expected: { ...expected, hash: 'e'.repeat(64) } }))).rejects.toMatchObject({ code: 'VERIFY_FAILED' });
     });
 
     test('a local .xz image is verified as it is, unpacked into the cache once, and found there next time', async () => {

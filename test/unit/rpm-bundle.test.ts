@@ -43,6 +43,9 @@ describe('rpm bundle repositories', () => {
     expect(primary).toContain('packages="0">\n</metadata>\n');
     expect(repomd).toContain(`<checksum type="sha256">${sha256Text(primary)}</checksum>`);
     expect(rpmBundlePackages(primary).size).toBe(0);
+    // Entries of many unclosed tags read in linear time (a regular expression took seconds on 200 kB, hours on MBs).
+    const unclosed = `<package type="rpm"><name>x</name>${'<version '.repeat(1 << 19)}${'<rpm:provides>'.repeat(1 << 19)}</package>`;
+    expect(rpmBundlePackages(unclosed).size).toBe(0);
   });
 
   test('an entry without a self-closing location gets the bundle\'s one', () => {

@@ -8,7 +8,8 @@ import { execa } from 'execa';
 import { detectDistro } from '../../src/distro/families.js';
 import { parseRecipe } from '../../src/recipe/load.js';
 import { packagesStep } from '../../src/steps/packages.js';
-import { normalizeFingerprint, parseGpgColons, repositoryStep, type RepositorySpec } from '../../src/steps/repository.js';
+import { inspectOpenPgpKey, normalizeFingerprint, parseGpgColons, repositoryStep, type RepositorySpec } from '../../src/steps/repository.js';
+import { execRunner, type Runner } from '../../src/util/exec.js';
 import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-session.js';
 
 /** What apt-get gets on every install, upgrade and purge (src/pkg/apt.ts): spelled out, not imported. */
@@ -175,6 +176,16 @@ describe('repository step', () => {
     await expect(run('/secret.asc')).rejects.toMatchObject({ code: 'STEP_FAILED', message: expect.stringContaining('holds a secret key, not a public key') });
     await expect(run('/missing.asc')).rejects.toMatchObject({ code: 'STEP_FAILED', message: expect.stringMatching(/cannot fetch the key of repository k: .*HTTP 404/) });
     expect(calls).toEqual([]);
+  });
+
+  test("the key (from the network or a bundle) is parsed by gpg as nobody in the unprivileged box, with no network", async () => {
+    const commands: string[][] = [];
+    const recording: Runner = (file, args, options) => (commands.push([file, ...args]), execRunner(file, args, options));
+    expect((await inspectOpenPgpKey(Buffer.from(keys.a), { run: recording })).keys.map((key) => key.fingerprint)).toEqual([keys.fprA]);
+    expect(commands).toHaveLength(1);
+    expect(commands[0][0]).toBe('bwrap');
+    expect(commands[0]).toEqual(expect.arrayContaining(['--unshare-net', '--reuid', '65534', '--bounding-set', '-all']));
+    expect(commands[0].slice(commands[0].indexOf('gpg'))).toEqual(['gpg', '--homedir', '/gnupg', '--batch', '--no-tty', '--no-autostart', '--with-colons', '--show-keys']);
   });
 
   test('a host without gpg: MISSING_TOOL saying what to install, nothing run', async () => {
