@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { constants, createReadStream, createWriteStream } from 'node:fs';
-import { copyFile, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
@@ -117,15 +117,41 @@ export async function packBundle(dir: string, manifest: BundleManifest, partial:
   }
 }
 
+const changed = (file: BundleFile) => new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+
+/**
+ * A file of the bundle opened again where it is used: not through a link at its name, not a FIFO or device (a
+ * directory bundle may sit on a share that changes under us), and still of the size the manifest gives.
+ */
+async function openBundleFile(dir: string, file: BundleFile): Promise<FileHandle> {
+  const handle = await open(join(dir, file.path), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => {
+    throw changed(file);
+  });
+  const info = await handle.stat();
+  if (!info.isFile() || info.size !== file.size) {
+    await handle.close();
+    throw changed(file);
+  }
+  return handle;
+}
+
 /** A file of the bundle, read again and checked against the manifest at the moment it is used. */
 async function readChecked(dir: string, file: BundleFile): Promise<Buffer> {
-  const bytes = await readFile(join(dir, file.path));
-  if (sha256Text(bytes) !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+  const handle = await openBundleFile(dir, file);
+  const bytes = await handle.readFile().finally(() => handle.close());
+  if (sha256Text(bytes) !== file.sha256) throw changed(file);
   return bytes;
 }
 
+/** A file of the bundle copied to `to` (never over anything when `exclusive`) from the descriptor openBundleFile checked, then hashed there. */
+async function copyBundleFile(dir: string, file: BundleFile, to: string, exclusive: boolean): Promise<void> {
+  const handle = await openBundleFile(dir, file);
+  await pipeline(handle.createReadStream(), createWriteStream(to, { flags: exclusive ? 'wx' : 'w', mode: 0o644 }));
+  if ((await sha256File(to)) !== file.sha256) throw changed(file);
+}
+
 /** The largest repository index read into memory (a real one of a bundle is a few MiB). */
-const MAX_INDEX_BYTES = 512 << 20;
+const MAX_INDEX_BYTES = 64 << 20;
 
 /**
  * A repository file of the bundle copied to `to` (never over anything), checked there against the manifest: a
@@ -139,8 +165,7 @@ async function copyChecked(dir: string, file: BundleFile, to: string): Promise<B
     await writeFile(to, bytes, { flag: 'wx', mode: 0o644 });
     return bytes;
   }
-  await copyFile(join(dir, file.path), to, constants.COPYFILE_EXCL);
-  if ((await sha256File(to)) !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+  await copyBundleFile(dir, file, to, true);
   return undefined;
 }
 
@@ -165,11 +190,9 @@ function bundledDownloads(dir: string, manifest: BundleManifest): StepDownloads 
     async toFile(url, path, options) {
       const file = byUrl.get(url);
       if (!file) throw missing(url);
-      await copyFile(join(dir, file.path), path);
-      const sha256 = await sha256File(path);
-      if (sha256 !== file.sha256) throw new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
+      await copyBundleFile(dir, file, path, false);
       options.log?.info(`from the bundle: ${url}`);
-      return { sha256, size: file.size };
+      return { sha256: file.sha256, size: file.size };
     },
   };
 }

@@ -1,11 +1,13 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { writeBundleManifest } from '../../src/bundle/manifest.js';
-import { packBundle, unpackBundle } from '../../src/bundle/open.js';
+import { openBundle, packBundle, unpackBundle } from '../../src/bundle/open.js';
+import { execa } from 'execa';
+import { silentLogger } from '../../src/util/log.js';
 import { verifyBundle } from '../../src/bundle/manifest.js';
 
 /** Writes a tar of the given entries with tar-stream (as a crafted archive would be). */
@@ -68,7 +70,6 @@ describe('bundle archives', () => {
     await mkdir(join(dir, 'elsewhere'), { recursive: true });
     await writeFile(join(dir, 'elsewhere/SHA256SUMS'), 'sums');
     await mkdir(source);
-    const { symlink } = await import('node:fs/promises');
     await symlink(join(dir, 'elsewhere'), join(source, 'base'));
     await writeFile(join(dir, 'elsewhere/disk.qcow2'), 'image');
     await writeBundleManifest(source, { path: 'r.yaml', sha256: 'a'.repeat(64) }, {}, [
@@ -76,5 +77,32 @@ describe('bundle archives', () => {
       { path: 'base/SHA256SUMS', kind: 'base-sums' },
     ], { base: { path: 'base/disk.qcow2', sha256: 'b'.repeat(64), format: 'qcow2', origin: 'x' } });
     await expect(verifyBundle(source)).rejects.toMatchObject({ code: 'VERIFY_FAILED', detail: expect.stringContaining('base is not a directory') });
+  });
+
+  test("a directory bundle's file swapped after verification for a FIFO or a link is refused where it is used, not waited on or followed", async () => {
+    const source = join(dir, 'b');
+    await mkdir(join(source, 'base'), { recursive: true });
+    await mkdir(join(source, 'downloads'));
+    await writeFile(join(source, 'base/disk.qcow2'), 'image bytes');
+    await writeFile(join(source, 'downloads/a'), 'downloaded');
+    await writeFile(join(source, 'downloads/b'), 'downloaded');
+    await writeBundleManifest(source, { path: 'r.yaml', sha256: 'a'.repeat(64) }, {}, [
+      { path: 'base/disk.qcow2', kind: 'base-image' },
+      { path: 'downloads/a', kind: 'download', origin: 'https://example.org/a' },
+      { path: 'downloads/b', kind: 'download', origin: 'https://example.org/b' },
+    ], { base: { path: 'base/disk.qcow2', sha256: 'b'.repeat(64), format: 'qcow2', origin: 'x' } });
+    const work = join(dir, 'work');
+    await mkdir(work);
+    const bundle = await openBundle(source, work, silentLogger());
+    await expect(bundle.downloads.bytes('https://example.org/a', {})).resolves.toEqual(Buffer.from('downloaded'));
+    await rm(join(source, 'downloads/a'));
+    await execa('mkfifo', [join(source, 'downloads/a')]);
+    await expect(bundle.downloads.bytes('https://example.org/a', {})).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: 'bundle file downloads/a changed after the bundle was verified' });
+    // A link to a host file of the same size is not followed.
+    await writeFile(join(dir, 'host-file'), 'host bytes');
+    await rm(join(source, 'downloads/b'));
+    await symlink(join(dir, 'host-file'), join(source, 'downloads/b'));
+    await expect(bundle.downloads.toFile('https://example.org/b', join(work, 'b'), {})).rejects.toMatchObject({ code: 'VERIFY_FAILED' });
+    await expect(stat(join(work, 'b'))).rejects.toThrow();
   });
 });
