@@ -12,6 +12,7 @@
 export const EPERM = 1;
 export const ENOTTY = 25;
 export const ENOSYS = 38;
+export const EPROTONOSUPPORT = 93;
 export const EAFNOSUPPORT = 97;
 
 /**
@@ -105,7 +106,6 @@ export const ALLOWED_SOCKETS = {
   AF_INET6: { family: 10, protocols: [0, 6, 17, 58] },
   AF_NETLINK: { family: 16, protocols: [0, 7, 9, 15] },
 } as const;
-export const EPROTONOSUPPORT = 93;
 
 /**
  * The only ioctls a host tool's box allows (isatty and the terminal's size); any other fails with ENOTTY. setfiles
@@ -200,7 +200,7 @@ function socketChecks(): Instruction[] {
   const program: Instruction[] = [load(argLow(0))];
   // Family i's comparison jumps past the comparisons after it, the EAFNOSUPPORT and the checks of families before i.
   allowed.forEach(({ family }, index) => {
-    const skip = allowed.length - 1 - index + 1 + protocolChecks.slice(0, index).reduce((sum, check) => sum + check.length, 0);
+    const skip = allowed.length - index + protocolChecks.slice(0, index).reduce((sum, check) => sum + check.length, 0);
     program.push({ code: JEQ_K, jt: skip, jf: 0, k: family });
   });
   program.push(ret(RET_ERRNO | EAFNOSUPPORT));
