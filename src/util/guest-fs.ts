@@ -1,5 +1,5 @@
-import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, type BigIntStats, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm, rmdir, stat, symlink, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, lstatSync, opendirSync, openSync, readlinkSync, type BigIntStats, type Stats } from 'node:fs';
+import { lstat, mkdir, open, opendir, readdir, readlink, realpath, rename, rm, rmdir, stat, symlink, type FileHandle } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, join, posix } from 'node:path';
 import { ImageBuilderError } from './errors.js';
@@ -441,10 +441,26 @@ export async function readGuestDir(root: string, guestPath: string): Promise<str
   if (!handle) return undefined;
   try {
     // Listed through the open descriptor: what was checked is what is read.
-    return (await readdir(`/proc/self/fd/${handle.fd}`)).sort();
+    const names: string[] = [];
+    for await (const entry of await opendir(`/proc/self/fd/${handle.fd}`)) {
+      if (names.push(entry.name) > MAX_DIR_ENTRIES) throw tooManyEntries(guestPath);
+    }
+    return names.sort();
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * The most names a guest directory listing holds (the largest real ones, a package cache or /usr/lib, hold
+ * thousands): a crafted filesystem's directory of millions of long names would otherwise be read into memory whole.
+ */
+export const MAX_DIR_ENTRIES = 100_000;
+
+function tooManyEntries(guestPath: string): ImageBuilderError {
+  return new ImageBuilderError('BAD_INPUT', `the guest's ${guestPath} holds more than ${MAX_DIR_ENTRIES} entries, more than the host lists`, {
+    hint: 'the image is damaged or crafted; if a recipe step made them, have it remove them before it ends',
+  });
 }
 
 /** The most entries walkGuestTree visits by default: a kernel's modules are ~1 500 to 10 000; a crafted tree is refused. */
@@ -531,8 +547,18 @@ function listDirectorySync(root: string, inside: string, guestPath: string): str
     const stat = fstatSync(fd);
     if (!stat.isDirectory() || hostDevs(inside).has(stat.dev)) return [];
     if (!isInside(inside, readlinkSync(`/proc/self/fd/${fd}`))) return [];
-    return readdirSync(`/proc/self/fd/${fd}`).sort();
-  } catch {
+    const names: string[] = [];
+    const dir = opendirSync(`/proc/self/fd/${fd}`);
+    try {
+      for (let entry = dir.readSync(); entry; entry = dir.readSync()) {
+        if (names.push(entry.name) > MAX_DIR_ENTRIES) throw tooManyEntries(guestPath);
+      }
+    } finally {
+      dir.closeSync();
+    }
+    return names.sort();
+  } catch (error) {
+    if (error instanceof ImageBuilderError) throw error;
     return [];
   } finally {
     closeSync(fd);

@@ -3,7 +3,7 @@ import { constants, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { MAX_REMOVE_DEPTH, moveAsideInGuest, openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, removeGuestFile, statGuest, walkGuestTree, writeGuestFileFromHost, writeGuestSymlink } from '../../src/util/guest-fs.js';
+import { MAX_DIR_ENTRIES, MAX_REMOVE_DEPTH, moveAsideInGuest, openBeneath, readGuestDir, readGuestFile, readGuestText, readGuestThrough, guardHostFilesystems, removeGuestFile, statGuest, walkGuestTree, writeGuestFileFromHost, writeGuestSymlink } from '../../src/util/guest-fs.js';
 import { REPO } from '../helpers/host.js';
 
 /** Host-side access to a guest tree: what a crafted image plants is neither followed, opened as a device or FIFO, nor read without limit. */
@@ -131,6 +131,16 @@ describe('guest-fs', () => {
     await walkGuestTree(root, '/no/such/dir', (guestPath) => none.push(guestPath));
     expect(none).toEqual([]);
   });
+
+  test('a directory of more than MAX_DIR_ENTRIES names is refused by a listing and by a walk, not read into memory whole', async () => {
+    await mkdir(join(root, 'var/lib/apt/lists'), { recursive: true });
+    await execa('sh', ['-c', `cd ${join(root, 'var/lib/apt/lists')} && seq 1 ${MAX_DIR_ENTRIES + 1} | xargs touch`]);
+    const refusal = { code: 'BAD_INPUT', message: `the guest's /var/lib/apt/lists holds more than ${MAX_DIR_ENTRIES} entries, more than the host lists` };
+    await expect(readGuestDir(root, '/var/lib/apt/lists')).rejects.toMatchObject(refusal);
+    await expect(walkGuestTree(root, '/var/lib/apt', () => undefined, undefined, 10 * MAX_DIR_ENTRIES)).rejects.toMatchObject(refusal);
+    await execa('sh', ['-c', `rm ${join(root, 'var/lib/apt/lists')}/1`]);
+    expect(await readGuestDir(root, '/var/lib/apt/lists')).toHaveLength(MAX_DIR_ENTRIES);
+  }, 60_000);
 
   test('walkGuestTree refuses a tree larger than its bound, naming it, rather than walking without end', async () => {
     await mkdir(join(root, 'etc/apt/sources.list.d'), { recursive: true });
