@@ -1,4 +1,5 @@
 import type { InstalledPackage } from '../pkg/types.js';
+import { oneLine } from '../util/log.js';
 import type { RecordedFile } from '../steps/types.js';
 import type { UnitState } from './inventory.js';
 
@@ -59,7 +60,8 @@ export function renderDiff(diff: ImageDiff): string {
   const lines = [`--- ${diff.a}`, `+++ ${diff.b}`];
   const section = (title: string, added: string[], removed: string[], changed: string[]) => {
     if (!added.length && !removed.length && !changed.length) return;
-    lines.push(`${title}:`, ...added.map((l) => `  + ${l}`), ...removed.map((l) => `  - ${l}`), ...changed.map((l) => `  ~ ${l}`));
+    // A guest's names on one line each: a newline in a unit's name is shown, not a forged line.
+    lines.push(`${title}:`, ...added.map((l) => `  + ${oneLine(l)}`), ...removed.map((l) => `  - ${oneLine(l)}`), ...changed.map((l) => `  ~ ${oneLine(l)}`));
   };
   const pkg = (p: InstalledPackage) => `${p.name} ${p.version} (${p.architecture})`;
   section('packages', diff.packages.added.map(pkg), diff.packages.removed.map(pkg), diff.packages.changed.map((c) => `${c.name} ${c.from} → ${c.to} (${c.architecture})`));

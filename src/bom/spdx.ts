@@ -64,12 +64,21 @@ const isUrl = (text: string | undefined): text is string => !!text && /^https?:\
 /** Hands out SPDXIDs (`SPDXRef-` and [A-Za-z0-9.-]) derived from names; a clash gets a suffix from the full name. */
 function idAllocator() {
   const used = new Set<string>(['SPDXRef-DOCUMENT']);
+  // The next number to try per name: a package listed 20,000 times (a crafted status file) would otherwise count up
+  // from 2 for each copy, in quadratic time.
+  const nextNumber = new Map<string, number>();
   return (kind: string, ...parts: (string | undefined)[]): string => {
     const key = parts.filter(Boolean).join('-');
     const clean = key.replace(/[^A-Za-z0-9.-]+/g, '-').replace(/^-+|-+$/g, '') || 'x';
     let id = `SPDXRef-${kind}-${clean}`;
     if (used.has(id)) id = `${id}-${createHash('sha256').update(`${kind}\0${key}`).digest('hex').slice(0, 8)}`;
-    for (let n = 2; used.has(id); n++) id = `SPDXRef-${kind}-${clean}-${n}`;
+    if (used.has(id)) {
+      const base = `SPDXRef-${kind}-${clean}`;
+      let n = nextNumber.get(base) ?? 2;
+      while (used.has(`${base}-${n}`)) n++;
+      id = `${base}-${n}`;
+      nextNumber.set(base, n + 1);
+    }
     used.add(id);
     return id;
   };

@@ -1,4 +1,5 @@
 import type { ApplyResult } from '../pipeline/apply.js';
+import { oneLine } from '../util/log.js';
 
 /** The result of a build (apply or export): a JSON line, or a summary for people. */
 export function printResult(command: { log(message: string): void }, result: ApplyResult, json: boolean): void {
@@ -7,7 +8,7 @@ export function printResult(command: { log(message: string): void }, result: App
   } else {
     // The guest's names (its os-release, its packages' names and versions) on one line each: a newline in them is
     // shown as text too. Every other control character is escaped by the command's log (BaseCommand: \uNNNN).
-    const forTerminal = { log: (message: string) => command.log(message.replace(/\n/g, '\\u000a')) };
+    const forTerminal = { log: (message: string) => command.log(oneLine(message)) };
     const bom = result.bom;
     const added = bom.packages.filter((p) => p.origin !== 'base');
     for (const artifact of result.artifacts) {

@@ -4,6 +4,8 @@ import { diffIsEmpty, renderDiff } from '../bom/diff.js';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
 import { compareImages } from '../pipeline/compare.js';
+import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
 
 export default class Diff extends BaseCommand {
   static override summary = 'What changed between two images (or their BOMs): packages, units, files';
@@ -13,12 +15,19 @@ export default class Diff extends BaseCommand {
     a: Args.string({ description: 'image or BOM before', required: true }),
     b: Args.string({ description: 'image or BOM after', required: true }),
   };
-  static override flags = { json: Flags.boolean({ description: 'print the diff as JSON', default: false }) };
+  static override flags = {
+    json: Flags.boolean({ description: 'print the diff as JSON', default: false }),
+    // Each image side is inspected as `inspect` does: verified, and mounted as --untrusted / --mount-backend say.
+    ...imageVerifyFlags,
+    ...mountBackendFlag,
+    ...workDirFlag,
+  };
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Diff);
     const log = createLogger({ level: 'warn' });
-    const diff = await withInterrupts(log, (signal) => compareImages(args.a, args.b, log, signal));
+    const sides = { image: diskImageOptions(flags), mountBackend: mountBackendOf(flags), ...hostPaths(flags) };
+    const diff = await withInterrupts(log, (signal) => compareImages(args.a, args.b, log, signal, sides));
     this.log(flags.json ? JSON.stringify({ ...diff, identical: diffIsEmpty(diff) }, null, 2) : renderDiff(diff));
   }
 }

@@ -9,6 +9,10 @@ import { renderCycloneDx } from '../bom/cyclonedx.js';
 import { modelFromInventory } from '../bom/purl.js';
 import { renderSpdx } from '../bom/spdx.js';
 import { TOOL_VERSION } from '../version.js';
+import { oneLine } from '../util/log.js';
+
+/** The widest the package name column grows. */
+const MAX_NAME_COLUMN = 60;
 
 export default class Inspect extends BaseCommand {
   static override summary = 'What any disk image holds: OS, architecture, kernels, every package, enabled and masked units';
@@ -39,18 +43,22 @@ export default class Inspect extends BaseCommand {
       return;
     }
     const { inventory } = result;
-    this.log(`image:        ${result.image.path} (${result.image.format}, sha256 ${result.image.sha256})`);
-    this.log(`os:           ${inventory.os.prettyName ?? inventory.os.id} (family ${inventory.family ?? 'unknown'})`);
-    this.log(`architecture: ${inventory.architecture ?? 'unknown'}`);
-    this.log(`kernels:      ${inventory.kernels.map((k) => k.version).join(', ') || 'none'}`);
-    this.log(`units:        ${inventory.units.map((u) => (u.state === 'masked' ? `${u.unit} (masked)` : u.unit)).join(', ') || 'none'}`);
+    // A guest's names on one line each (a newline in a unit's name would forge a line of the table).
+    const line = (text: string) => this.log(oneLine(text));
+    line(`image:        ${result.image.path} (${result.image.format}, sha256 ${result.image.sha256})`);
+    line(`os:           ${inventory.os.prettyName ?? inventory.os.id} (family ${inventory.family ?? 'unknown'})`);
+    line(`architecture: ${inventory.architecture ?? 'unknown'}`);
+    line(`kernels:      ${inventory.kernels.map((k) => k.version).join(', ') || 'none'}`);
+    line(`units:        ${inventory.units.map((u) => (u.state === 'masked' ? `${u.unit} (masked)` : u.unit)).join(', ') || 'none'}`);
     if (result.work) {
       const { work } = result;
-      this.log(`work image:   recipe ${work.recipe.name} (sha256 ${work.recipe.sha256.slice(0, 12)}…) over base sha256 ${work.input.sha256.slice(0, 12)}… (${work.input.url ?? work.input.path}); finish it with imagebuilder export`);
-      for (const step of work.steps) this.log(`  step ${step.index + 1} ${step.type}: ${step.description}${step.skipped ? ` (skipped: ${step.skipped})` : ''}`);
+      line(`work image:   recipe ${work.recipe.name} (sha256 ${work.recipe.sha256.slice(0, 12)}…) over base sha256 ${work.input.sha256.slice(0, 12)}… (${work.input.url ?? work.input.path}); finish it with imagebuilder export`);
+      for (const step of work.steps) line(`  step ${step.index + 1} ${step.type}: ${step.description}${step.skipped ? ` (skipped: ${step.skipped})` : ''}`);
     }
-    this.log(`packages:     ${inventory.packages.length}`);
-    const width = Math.max(...inventory.packages.map((p) => p.name.length), 4);
-    for (const p of inventory.packages) this.log(`  ${p.name.padEnd(width)}  ${p.version}  ${p.architecture}`);
+    line(`packages:     ${inventory.packages.length}`);
+    // A loop, not Math.max(...): a guest of 150,000 packages overflows the call's arguments; one long name does not widen every line.
+    let width = 4;
+    for (const p of inventory.packages) width = Math.max(width, Math.min(p.name.length, MAX_NAME_COLUMN));
+    for (const p of inventory.packages) line(`  ${p.name.padEnd(width)}  ${p.version}  ${p.architecture}`);
   }
 }

@@ -8,6 +8,8 @@ import { mountContext, startBuild, withResources, type BuildOptions } from './co
 import { openGuest } from './guest.js';
 import { verifyForBuild, type VerifiedImage } from './verify.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
+import { workRecordErrors } from '../bom/schema.js';
+import type { Logger } from '../util/log.js';
 
 export interface InspectOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
   diskImage: string;
@@ -30,8 +32,25 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
     const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
     const inventory = await collectInventory(layout.root, distro);
     const recordText = await readGuestText(layout.root, WORK_RECORD_PATH, GUEST_READ_LIMITS.packageStatus);
-    const record = recordText === undefined ? undefined : (JSON.parse(recordText) as Phase1Bom);
+    const record = recordText === undefined ? undefined : workRecordOf(recordText, context.log);
     const work = record && { input: { sha256: record.input.sha256, path: record.input.path, ...(record.input.url ? { url: record.input.url } : {}) }, recipe: { name: record.recipe.name, sha256: record.recipe.sha256, variables: record.recipe.variables }, steps: record.steps };
     return { image: { path: image.path, format: image.format, sha256: image.sha256 }, inventory, ...(work ? { work } : {}) };
   });
+}
+
+/** A work record as the guest holds it (hostile data): shown only when it is one imagebuilder writes, else said and left out. */
+function workRecordOf(text: string, log: Logger): Phase1Bom | undefined {
+  let record: unknown;
+  try {
+    record = JSON.parse(text);
+  } catch (error) {
+    log.warn(`${WORK_RECORD_PATH} is not JSON (${(error as Error).message}): not shown as a work record`);
+    return undefined;
+  }
+  const problems = workRecordErrors(record);
+  if (problems.length) {
+    log.warn(`${WORK_RECORD_PATH} is not a work record this imagebuilder writes (${problems.slice(0, 3).join('; ')}): not shown`);
+    return undefined;
+  }
+  return record as Phase1Bom;
 }

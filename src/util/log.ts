@@ -35,6 +35,9 @@ export function terminalSafe(text: string): string {
 
 const escapeControl = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
 
+/** One line of a table for people holding a guest's words (a unit's or package's name): a newline in them shown as text. */
+export const oneLine = (text: string) => text.replace(/\n/g, '\\u000a');
+
 /**
  * A command's stdout line (a table for people, or JSON): control characters but newline and tab as \uNNNN.
  * JSON.stringify already writes C0 controls so; the C1 ones and DEL it writes raw, and \u-escaped they read back

@@ -223,6 +223,12 @@ describe('hostile guest images', () => {
       const refused = await runCli(['inspect', wholeDisk, '--untrusted', '--mount-backend', 'fuse'], { env: env() });
       expect(refused.exitCode).toBe(2);
       expect(refused.stderr).toContain('--untrusted mounts the image through guestmount, and --mount-backend asks for fuse');
+      // diff inspects its image sides the same way: --untrusted and IMAGEBUILDER_UNTRUSTED reach it.
+      for (const [args, extra] of [[['--untrusted'], {}], [[], { IMAGEBUILDER_UNTRUSTED: '1' }]] as const) {
+        const diffed = await runCli(['diff', wholeDisk, wholeDisk, ...args, '--mount-backend', 'fuse'], { env: { ...env(), ...extra } });
+        expect(diffed.exitCode).toBe(2);
+        expect(diffed.stderr).toContain('--untrusted mounts the image through guestmount, and --mount-backend asks for fuse');
+      }
       const shell = await runCli(['shell', '--disk-image', wholeDisk, '--command', "grep ' / ' /proc/self/mounts; . /etc/os-release; echo ID=$ID"], { env: { ...env(), IMAGEBUILDER_UNTRUSTED: '1' } });
       expectSuccess(shell);
       expect(shell.stdout).toContain('ID=debian');

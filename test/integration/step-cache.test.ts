@@ -207,6 +207,12 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
       expect(result.stderr).toContain(message);
       await expect(access(join(work, `forged-${name}-out.qcow2.bom.json`))).rejects.toThrow();
     }
+    // inspect shows the image and says its record is not one, rather than crashing on it or showing its claims.
+    const forgedInspected = await runCli(['inspect', join(work, 'forged-claims-a-test.qcow2')], { env: env() });
+    expect(forgedInspected.exitCode).toBe(0);
+    expect(forgedInspected.stderr).toContain('/usr/share/imagebuilder/work.json is not a work record this imagebuilder writes (/ must NOT have additional properties (test))');
+    expect(forgedInspected.stdout).not.toContain('work image:');
+    expect(forgedInspected.stdout).toMatch(/^packages: +\d+$/m);
   });
 
   test('a failed step with --keep-work-dir, then --resume after fixing the recipe, reuses the good steps', async () => {

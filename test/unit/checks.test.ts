@@ -136,6 +136,10 @@ describe('check probes, run by a real shell', () => {
     });
     expect(failed.judge({ exitCode: 0, stdout: 'state: degraded\na.service loaded failed failed A\n' })).toEqual({ passed: true, observed: 'degraded', expected: 'running, no failed unit beyond a.service' });
     expect(failed.judge({ exitCode: 0, stdout: 'state: running\n' }).passed).toBe(true);
+    // 100,000 allowed names against 100,000 failed ones: judged in linear time (a list's includes took minutes).
+    const many = Array.from({ length: 100_000 }, (_, i) => `u${i}.service`);
+    const [manyAllowed] = failedUnitsCheck.probes({ allowed: many });
+    expect(manyAllowed.judge({ exitCode: 0, stdout: `state: degraded\n${many.map((unit) => `${unit} loaded failed failed U`).join('\n')}\n` }).passed).toBe(true);
     // A bad fstab line: units whose dependency failed are inactive, not failed; the state and the journal say it.
     expect(failed.judge({ exitCode: 0, stdout: 'state: maintenance\nwhy: Dependency failed for srv-data.mount - /srv/data.\nwhy: Timed out waiting for device dev-disk-by\\x2duuid-0bad.device.\n' })).toEqual({
       passed: false,

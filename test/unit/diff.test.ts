@@ -24,4 +24,10 @@ describe('diffImages', () => {
     expect(diffIsEmpty(diffImages(a, a))).toBe(true);
     expect(renderDiff(diffImages(a, a))).toBe('--- a\n+++ a\nno differences in packages, units');
   });
+
+  test("a newline in a guest's unit name is shown as text, not a forged line of the diff", () => {
+    const a = { label: 'a', packages: [], units: [] };
+    const b = { label: 'b', packages: [], units: [{ unit: 'x.service\n  - ssh.service', state: 'enabled' as const }] };
+    expect(renderDiff(diffImages(a, b)).split('\n')).toEqual(['--- a', '+++ b', 'units:', '  + x.service\\u000a  - ssh.service enabled']);
+  });
 });

@@ -155,6 +155,14 @@ describe('CycloneDX and SPDX renderings', () => {
     expect(new Set(doc.packages.map((p) => p.SPDXID)).size).toBe(doc.packages.length);
   });
 
+  test('a package listed 20,000 times (a crafted status file) gets unique SPDXIDs in linear time', () => {
+    const bom = debianBom();
+    for (let i = 0; i < 20_000; i++) bom.packages.push({ name: 'a', version: '1', architecture: 'amd64', origin: 'base' });
+    const doc = spdxFromBom(bom, { env: {} });
+    expect(new Set(doc.packages.map((p) => p.SPDXID)).size).toBe(doc.packages.length);
+    expect(doc.packages.filter((p) => p.name === 'a')).toHaveLength(20_000);
+  });
+
   test('deterministic: the same BOM in another order gives byte-identical documents; SOURCE_DATE_EPOCH sets the time', () => {
     const a = debianBom();
     const b = debianBom();
