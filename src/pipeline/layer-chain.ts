@@ -1,9 +1,11 @@
-import { rm } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { formatBytes } from '../util/size.js';
 import type { BomStep } from '../util/step-record.js';
 import { imageInfo } from '../image/qemu-img.js';
 import { forgetHolding, noteHolding } from '../util/build-record.js';
+import { flockDescriptor, waitForFlock } from '../util/lock.js';
 import type { Logger } from '../util/log.js';
 import type { Runner } from '../util/exec.js';
 import { TOOL_VERSION } from '../version.js';
@@ -44,6 +46,34 @@ export interface FinishedStep {
   after: BomStep[];
   /** Skipped by its `when`: it changed nothing, so its layer is its parent's image. */
   skipped: boolean;
+}
+
+/**
+ * The cache names the base by content and the bottom layer's header names it by path, which may differ between
+ * builds (two workspaces, two containers): the layer is pointed at this build's base. Builds over the same layer
+ * would point it back and forth under each other, and one's output would be read from the other's file (which its
+ * owner may change after its own check), or fail when that file goes. So each build holds a shared flock on the
+ * layer file for as long as it uses the chain (released with the build), and re-pointing takes it alone: a build
+ * over another path waits for those before it. (qemu's own locks are fcntl locks, which flock does not touch.)
+ */
+async function pointBottomLayerAt(context: BuildContext, bottomImage: string, input: VerifiedImage): Promise<void> {
+  const held = await open(bottomImage, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  context.files.push(`shared lock on ${bottomImage}`, () => held.close());
+  const pointsAt = async () => (await imageInfo(context.run, bottomImage, context.log)).backingFile;
+  let told = false;
+  for (;;) {
+    await waitForFlock(held, 'shared', context.signal);
+    if ((await pointsAt()) === input.path) return;
+    // flock converts by dropping the lock first: alone, re-pointed, then shared again and checked once more.
+    if (!(await flockDescriptor(held, 'exclusive'))) {
+      if (!told) context.log.info(`step cache: waiting for the builds using ${basename(bottomImage)} over another copy of the base to finish`);
+      told = true;
+      await waitForFlock(held, 'exclusive', context.signal);
+    }
+    if ((await pointsAt()) !== input.path) {
+      await context.run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, bottomImage], { log: context.log, purpose: 'pointing the cached layers at the base image' });
+    }
+  }
 }
 
 /**
@@ -89,13 +119,7 @@ export class LayerChain {
     const chain = new LayerChain(context, store, keys, reused, recipe.steps.length);
     if (store && reused.length < recipe.steps.length) chain.active = await chain.newLayer();
     const bottom = reused.find((record) => record.image);
-    if (bottom) {
-      // The cache names the base by content; it may live at another path now: point the bottom layer there.
-      const bottomImage = join(store!.dir, bottom.image!);
-      if ((await imageInfo(context.run, bottomImage, context.log)).backingFile !== input.path) {
-        await context.run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, bottomImage], { log: context.log, purpose: 'pointing the cached layers at the base image' });
-      }
-    }
+    if (bottom) await pointBottomLayerAt(context, join(store!.dir, bottom.image!), input);
     return chain;
   }
 

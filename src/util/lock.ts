@@ -135,7 +135,7 @@ export async function ensurePrivateDir(dir: string, log?: Logger): Promise<void>
  * flock(2) on our descriptor by way of flock(1): exclusive or shared, never blocking. True when taken; false
  * when someone holds a conflicting lock.
  */
-async function flockDescriptor(handle: FileHandle, mode: 'exclusive' | 'shared'): Promise<boolean> {
+export async function flockDescriptor(handle: FileHandle, mode: 'exclusive' | 'shared'): Promise<boolean> {
   return new Promise((resolve, reject) => {
     const child = spawn('flock', [`--${mode}`, '--nonblock', '--conflict-exit-code', String(FLOCK_CONFLICT), '3'], { stdio: ['ignore', 'ignore', 'pipe', handle.fd] });
     let stderr = '';
@@ -153,6 +153,14 @@ async function flockDescriptor(handle: FileHandle, mode: 'exclusive' | 'shared')
       else reject(new ImageBuilderError('ENVIRONMENT', `flock failed (exit ${code}): ${stderr.trim()}`, { hint: 'the filesystem of the lock files must support flock' }));
     });
   });
+}
+
+/** flockDescriptor, waiting (every 200 ms) until it is taken; INTERRUPTED when `signal` aborts first. */
+export async function waitForFlock(handle: FileHandle, mode: 'exclusive' | 'shared', signal?: AbortSignal): Promise<void> {
+  while (!(await flockDescriptor(handle, mode))) {
+    if (signal?.aborted) throw new ImageBuilderError('INTERRUPTED', `interrupted while waiting for a ${mode} lock`);
+    await sleep(200);
+  }
 }
 
 const OPEN_EXISTING = constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK;

@@ -149,6 +149,37 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     expect(await readdir(join(cache, 'layers'))).toEqual([]);
   });
 
+  test('two builds over one cached layer from two copies of the base: the second waits for the first before pointing the layer at its copy', async () => {
+    // The same base (same sha256) at another path, as another workspace or container would have it.
+    const copy = join(work, 'base-copy.qcow2');
+    await execa('cp', ['--reflink=auto', input, copy]);
+    const build = (name: string, disk: string, last: string) =>
+      writeRecipe(work, name, [{ name: 'marker', file: { path: '/etc/shared-layer', content: 'layer 1\n' } }, { name: 'last', run: last }]).then((recipe) =>
+        runCli(['apply', recipe, '--disk-image', disk, '--output', join(work, `${name}.qcow2`), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify'], { env: env() }));
+    const seeded = await build('seed', input, 'true');
+    if (seeded.exitCode !== 0) throw new Error(seeded.all);
+    // A holds the shared layer (over `input`) for its slow last step; B comes over the copy meanwhile.
+    const first = build('slow', input, 'sleep 8; echo slow > /etc/which');
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    const second = await build('other-path', copy, 'echo other > /etc/which');
+    const slow = await first;
+    for (const result of [slow, second]) if (result.exitCode !== 0) throw new Error(result.all);
+    expect(stepLines(second.stderr)[0]).toMatch(/^step 1\/2 \(marker\): cached/);
+    expect(second.stderr).toContain('step cache: waiting for the builds using layer-');
+    expect(slow.stderr).not.toContain('waiting for the builds');
+    // Each output is whole and its own; the layer now names the copy.
+    for (const [name, which] of [['slow', 'slow'], ['other-path', 'other']]) {
+      await withImageMounted(join(work, `${name}.qcow2`), 'gpt-esp', async (root) => {
+        expect(await readFile(join(root, 'etc/which'), 'utf8')).toBe(`${which}\n`);
+        expect(await readFile(join(root, 'etc/shared-layer'), 'utf8')).toBe('layer 1\n');
+      });
+    }
+    const layerFiles = (await readdir(join(cache, 'layers'))).filter((name) => name.endsWith('.qcow2'));
+    const backings = await Promise.all(layerFiles.map(async (name) => JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', join(cache, 'layers', name)])).stdout)['backing-filename']));
+    expect(backings).toContain(copy);
+    await rm(copy);
+  }, 300_000);
+
   test('--phases 0,1 then export gives what one apply gives', async () => {
     const recipe = await writeRecipe(work, 'phases', steps({ name: 'motd', file: { path: '/etc/motd', content: 'a kubernetes node\n' } }));
     const epoch = { SOURCE_DATE_EPOCH: '1700000000' };
