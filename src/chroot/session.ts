@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { constants as osConstants } from 'node:os';
+import { StringDecoder } from 'node:string_decoder';
 import { execa } from 'execa';
 import { displayGuestCommand, formatBytes, openBuildSandbox, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
 import { ImageBuilderError } from '../util/errors.js';
@@ -13,7 +14,7 @@ import { guardHostFilesystems, holdDirectory, isInside, realRoot as realPathOfRo
 import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
-import type { Logger } from '../util/log.js';
+import { terminalSafe, type Logger } from '../util/log.js';
 
 export interface SessionFile {
   path: string;
@@ -361,7 +362,26 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       const [file, args] = sandboxedCommand(root, argv, sandbox, { network, netns: await netnsFor(network), interactive: onTerminal });
       log.debug(`$ ${displayGuestCommand(root, argv)}`);
       const [program, programArgs] = onTerminal ? ['script', ['--quiet', '--return', '--command', formatCommand(file, args), '/dev/null']] : [file, args];
-      const result = await execa(program, programArgs, { stdio: 'inherit', env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', SHELL: '/bin/sh', ...env }, extendEnv: false, reject: false, cancelSignal: signal });
+      // Not interactive, but printing to a terminal (shell --command … </dev/null): the guest's output is relayed
+      // through terminalSafe, never the terminal itself handed over (escape sequences, answer-backs, its modes).
+      const relayed = (stream: NodeJS.WriteStream) => !onTerminal && stream.isTTY;
+      const child = execa(program, programArgs, {
+        stdin: 'inherit',
+        stdout: relayed(process.stdout) ? 'pipe' : 'inherit',
+        stderr: relayed(process.stderr) ? 'pipe' : 'inherit',
+        buffer: false,
+        env: { ...guestEnv(), TERM: process.env.TERM ?? 'dumb', SHELL: '/bin/sh', ...env },
+        extendEnv: false,
+        reject: false,
+        cancelSignal: signal,
+      });
+      for (const [from, to] of [[child.stdout, process.stdout], [child.stderr, process.stderr]] as const) {
+        if (!from) continue;
+        const decoder = new StringDecoder('utf8');
+        from.on('data', (chunk: Buffer) => to.write(terminalSafe(decoder.write(chunk))));
+        from.on('end', () => to.write(terminalSafe(decoder.end())));
+      }
+      const result = await child;
       if (signal?.aborted) throw signal.reason;
       return result.exitCode ?? 128 + (osConstants.signals[result.signal as NodeJS.Signals] ?? 15);
     },

@@ -329,6 +329,12 @@ describe('the sandbox of guest commands', () => {
     expect(attacked.stdout).toContain('tried');
     expect(attacked.stdout).toContain('HOST-READ:[]');
     expect(attacked.stdout).not.toContain('INJECTED]');
+    // Not interactive (stdin not a terminal) but printing to one: the guest's escape sequences reach it as text.
+    const titled = await userShell(`node ${CLI} shell --disk-image ${input} --command 'printf "\\033]0;pwned\\007visible\\n"; printf "\\033[2Jto stderr\\n" >&2' </dev/null`);
+    expect(titled.stdout).toContain('\\x1b]0;pwned\\x07visible');
+    expect(titled.stdout).toContain('\\x1b[2Jto stderr');
+    expect(titled.stdout).not.toContain('\x1b]0;pwned');
+    expect(titled.stdout).not.toContain('\x1b[2J');
     await expectHostUntouched(before);
   }, 120_000);
 });
