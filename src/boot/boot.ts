@@ -9,7 +9,7 @@ import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
 import { listKernels } from '../bom/inventory.js';
 import { selectMountBackend } from '../mount/select.js';
 import { programArchitecture } from '../util/architecture.js';
-import { startHelper, type Helper } from '../util/daemon.js';
+import { readLogTail, startHelper, type Helper } from '../util/daemon.js';
 import { ImageBuilderError, errorMessage } from '../util/errors.js';
 import { tail } from '../util/exec.js';
 import { exists, which } from '../util/fs.js';
@@ -301,7 +301,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     report = await Promise.race([
       channel.report,
       qemu!.gone.then(async () => {
-        const qemuLog = (await readFile(join(dir, 'qemu.log'), 'utf8').catch(() => '')).trim();
+        const qemuLog = (await readLogTail(join(dir, 'qemu.log'))).trim();
         throw new BootFailure(`the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''})`, 'the console log shows how far it got (firmware, bootloader, kernel, systemd)');
       }),
       new Promise<never>((_, reject) => {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { ImageBuilderError } from './errors.js';
 import { formatCommand, tail } from './exec.js';
 import { sleep, which } from './fs.js';
@@ -41,6 +41,23 @@ const READY_FAST_POLL_MS = 300;
  * after unmounting. `onSpawn` runs synchronously with the spawn, before anything can interrupt: the caller
  * registers its release there. Resolves once `ready()` says so; fails with its output if it exits first.
  */
+/**
+ * The end of a helper's log (its last 64 KiB): what an error quotes. The log may be large (qemu reports a guest's
+ * device errors there as often as the guest makes them), and only its last lines are shown.
+ */
+export async function readLogTail(path: string, maxBytes = 64 * 1024): Promise<string> {
+  const handle = await open(path, 'r').catch(() => undefined);
+  if (!handle) return '';
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, maxBytes);
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(length), 0, length, size - length);
+    return buffer.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function startHelper(file: string, args: string[], options: HelperOptions, onSpawn: (helper: Helper) => void): Promise<Helper> {
   const { log } = options;
   const setpriv = await which('setpriv');
@@ -75,7 +92,7 @@ export async function startHelper(file: string, args: string[], options: HelperO
   };
   onSpawn(helper);
   const failed = async (why: string) => {
-    const text = await readFile(options.logFile, 'utf8').catch(() => '');
+    const text = await readLogTail(options.logFile);
     return new ImageBuilderError('COMMAND_FAILED', `${options.purpose}: \`${formatCommand(file, args)}\` ${why}`, { detail: tail(text) || undefined });
   };
   const started = Date.now();

@@ -7,6 +7,7 @@ import { CleanupStack } from '../../src/util/cleanup.js';
 import { renameOver, resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
 import { createLogger } from '../../src/util/log.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
+import { readLogTail, startHelper } from '../../src/util/daemon.js';
 
 describe('resolveInRoot', () => {
   let root: string;
@@ -217,5 +218,23 @@ describe('stopwatch', () => {
     expect(clock.durations.steps).toBeGreaterThanOrEqual(25);
     // Without the nesting taken out, steps would be >= 330.
     expect(clock.durations.steps).toBeLessThan(300);
+  });
+});
+
+describe('startHelper', () => {
+  test("a helper that fails after a flood of output: the error quotes the end of its log, read from the end alone", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'helper-'));
+    try {
+      const logFile = join(dir, 'helper.log');
+      const flood = "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo 'the last words'; exit 3";
+      const failure = startHelper('sh', ['-c', flood], { log: createLogger({ write: () => undefined }), logFile, purpose: 'a flooding helper', ready: async () => false, timeoutMs: 30_000 }, () => undefined);
+      await expect(failure).rejects.toMatchObject({ code: 'COMMAND_FAILED', detail: expect.stringContaining('the last words') });
+      expect((await stat(logFile)).size).toBeGreaterThan(20_000_000);
+      const end = await readLogTail(logFile);
+      expect(end.length).toBe(64 * 1024);
+      expect(end.endsWith('the last words\n')).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
