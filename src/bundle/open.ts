@@ -127,8 +127,8 @@ async function openBundleFile(dir: string, file: BundleFile): Promise<FileHandle
   const handle = await open(join(dir, file.path), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => {
     throw changed(file);
   });
-  const info = await handle.stat();
-  if (!info.isFile() || info.size !== file.size) {
+  const info = await handle.stat().catch(() => undefined);
+  if (!info?.isFile() || info.size !== file.size) {
     await handle.close();
     throw changed(file);
   }
@@ -273,16 +273,16 @@ async function serveRpm(dir: string, manifest: BundleManifest, workDir: string):
 const repositoryFiles = (manifest: BundleManifest, top: string) =>
   manifest.files.filter((file) => file.path.startsWith(`${top}/`) && (file.kind === 'package' || file.kind === 'repository-index'));
 
-/**
- * Opens `--bundle`: a directory, or an archive unpacked into the work directory first. bundle.json is verified
- * before anything else (exit 3 for a missing or altered file); the base image's sha256 is phase 0's to check,
- * against the bundle's SHA256SUMS that was verified here.
- */
 /** A file of an opened bundle as the user knows it: in the directory given, or `ARCHIVE!/path` for an archive. */
 export function pathInBundle(bundle: Pick<OpenedBundle, 'source' | 'dir'>, path: string): string {
   return bundle.source === bundle.dir ? join(bundle.dir, path) : `${bundle.source}!/${path}`;
 }
 
+/**
+ * Opens `--bundle`: a directory, or an archive unpacked into the work directory first. bundle.json is verified
+ * before anything else (exit 3 for a missing or altered file); the base image's sha256 is phase 0's to check,
+ * against the one bundle.json records (the caller passes it as phase 0's `expected`).
+ */
 export async function openBundle(source: string, workDir: string, log: Logger): Promise<OpenedBundle> {
   const info = await lstat(source).catch(() => undefined);
   if (!info) throw new ImageBuilderError('BAD_INPUT', `--bundle ${source}: no such file or directory`, { hint: 'give the directory or .tar that `imagebuilder bundle` wrote' });
