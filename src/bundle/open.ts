@@ -4,7 +4,7 @@ import { lstat, mkdir, open, rm, writeFile, type FileHandle } from 'node:fs/prom
 import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { detectCompression, isTarArchive, readHead } from '../fetch/decompress.js';
+import { detectCompression, isTarArchive } from '../fetch/decompress.js';
 import type { StepDownloads } from '../fetch/downloads.js';
 import type { StepHostFiles } from '../steps/types.js';
 import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
@@ -298,7 +298,15 @@ export async function openBundle(source: string, workDir: string, log: Logger): 
   const { manifest, sha256 } = await verifyBundle(dir, { sizeOnly: ['base-image'] });
   log.info(`bundle ${source}: ${manifest.files.length} file(s) match its bundle.json (sha256 ${sha256})`);
   // `bundle` keeps the base as the disk image it used: a compressed one or an archive would be unpacked on the host.
-  const head = await readHead(join(dir, manifest.base.path));
+  const baseFile = manifest.files.find((file) => file.path === manifest.base.path && file.kind === 'base-image')!;
+  const head = await openBundleFile(dir, baseFile).then(async (handle) => {
+    try {
+      const { buffer, bytesRead } = await handle.read(Buffer.alloc(512), 0, 512, 0);
+      return buffer.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  });
   const packed = detectCompression(head) ?? (isTarArchive(head) ? 'tar' : undefined);
   if (packed) throw new ImageBuilderError('VERIFY_FAILED', `bundle ${source}: its base image ${manifest.base.path} is ${packed === 'tar' ? 'a tar archive' : `${packed}-compressed`}, which no bundle holds`, { hint: 're-run `imagebuilder bundle` on the connected side' });
   return {

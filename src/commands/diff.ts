@@ -7,6 +7,8 @@ import { compareImages } from '../pipeline/compare.js';
 import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { diskImageOptions, imageVerifyFlags } from '../cli/image-flags.js';
 
+const { checksum: _checksum, ...verifyFlags } = imageVerifyFlags;
+
 export default class Diff extends BaseCommand {
   static override summary = 'What changed between two images (or their BOMs): packages, units, files';
   static override description = 'Each side is a disk image (inspected read-only) or a .bom.json written by apply; files are compared only between BOMs. Exit code 0 either way; use --json for pipelines.';
@@ -17,8 +19,9 @@ export default class Diff extends BaseCommand {
   };
   static override flags = {
     json: Flags.boolean({ description: 'print the diff as JSON', default: false }),
-    // Each image side is inspected as `inspect` does: verified, and mounted as --untrusted / --mount-backend say.
-    ...imageVerifyFlags,
+    // Each image side is inspected as `inspect` does: verified, and mounted as --untrusted / --mount-backend say
+    // (not --checksum: one sum cannot vouch for two images).
+    ...verifyFlags,
     ...mountBackendFlag,
     ...workDirFlag,
   };

@@ -156,18 +156,19 @@ function localLocation(imageFile: string): SumsLocation {
 
 /** A sums or signature file beside a local image: undefined when absent; refused when not a regular file or larger than `maxBytes`. */
 async function readSumsFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
-  let handle;
-  try {
-    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+  // Looked at before it is opened (opening a device node may act: a watchdog arms, a tape rewinds), then the
+  // descriptor checked to be that file. A link to a file is followed: users keep their images and sums so.
+  const seen = await stat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
     throw error;
-  }
+  });
+  if (!seen || seen.isDirectory()) return undefined;
+  const notRegular = () => new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
+  if (!seen.isFile()) throw notRegular();
+  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   try {
     const info = await handle.stat();
-    if (info.isDirectory()) return undefined;
-    if (!info.isFile()) throw new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
+    if (!info.isFile() || info.dev !== seen.dev || info.ino !== seen.ino) throw notRegular();
     if (info.size > maxBytes) throw new ImageBuilderError('BAD_INPUT', `${path} is ${info.size} bytes, more than a sums or signature file's ${maxBytes}`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
     const data = Buffer.alloc(info.size);
     const { bytesRead } = await handle.read(data, 0, info.size, 0);

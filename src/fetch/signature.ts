@@ -1,11 +1,11 @@
 import { constants } from 'node:fs';
-import { chown, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
-import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
+import { boxFailed, requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
 
 /**
  * The binary packets of an ASCII-armored OpenPGP key file (`gpg --export --armor`, a distribution's `.asc`):
@@ -67,20 +67,28 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
   await requireBoxedTool('gpgv', `--keyring: the sums file's signature is checked with it`);
   const dir = await mkdtemp(join(tmpdir(), 'imagebuilder-gpgv-'));
   try {
-    // gpgv parses the signature and the sums file (from the network) as nobody in the unprivileged box, which sees
-    // this directory alone (as /gpgv) beside the host's /usr.
-    await chown(dir, SANDBOX_ID, SANDBOX_ID);
+    // gpgv parses the signature and the sums file (from the network) as nobody in the unprivileged box. It reads
+    // them from this directory, root's and read-only to it (as /gpgv), and writes only into out/ (as /gpgv-out),
+    // nobody's: no other process of that uid on the host can plant anything where root writes.
+    const out = join(dir, 'out');
+    await mkdir(out, { mode: 0o700 });
+    await chown(out, SANDBOX_ID, SANDBOX_ID);
+    const input = async (name: string, content: Buffer) => {
+      await writeFile(join(dir, name), content, { flag: 'wx' });
+      await chmod(join(dir, name), 0o644); // whatever the umask: nobody reads it
+    };
     const armored = keyringText.subarray(0, 200).toString('latin1').includes('-----BEGIN PGP');
-    await writeFile(join(dir, 'keyring.gpg'), armored ? dearmor(keyringText.toString('latin1')) : keyringText);
-    await writeFile(join(dir, 'sums'), check.data);
-    const args = ['gpgv', '--homedir', '/gpgv', '--keyring', '/gpgv/keyring.gpg', '--output', '/gpgv/verified'];
+    await input('keyring.gpg', armored ? dearmor(keyringText.toString('latin1')) : keyringText);
+    await input('sums', check.data);
+    const args = ['gpgv', '--homedir', '/gpgv-out', '--keyring', '/gpgv/keyring.gpg', '--output', '/gpgv-out/verified'];
     if (check.signature) {
-      await writeFile(join(dir, 'sums.sig'), check.signature);
+      await input('sums.sig', check.signature);
       args.push('/gpgv/sums.sig', '/gpgv/sums');
     } else {
       args.push('/gpgv/sums');
     }
-    const [sandbox, boxed] = unprivilegedCommand(args, { binds: [{ host: dir, inside: '/gpgv', writable: true }] });
+    await chmod(dir, 0o755);
+    const [sandbox, boxed] = unprivilegedCommand(args, { binds: [{ host: dir, inside: '/gpgv' }, { host: out, inside: '/gpgv-out', writable: true }] });
     const result = await check.run(sandbox, boxed, {
       allowFailure: true,
       log: check.log,
@@ -88,6 +96,9 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
       display: `${args.join(' ')} (unprivileged, in bwrap)`,
       purpose: `checking the signature of ${check.dataSource}`,
     });
+    if (result.exitCode !== 0 && boxFailed(result.output)) {
+      throw new ImageBuilderError('ENVIRONMENT', `the sandbox gpgv runs in could not start: ${result.output.trim().split('\n')[0]}`, { hint: 'imagebuilder runs as root, where bubblewrap needs no user namespace: `imagebuilder doctor` checks the host' });
+    }
     if (result.exitCode !== 0) {
       throw new ImageBuilderError('VERIFY_FAILED', `the signature of ${check.dataSource} does not verify with the keyring ${check.keyring}`, {
         detail: `signature: ${check.signatureSource}\n${result.output.trim()}`,
@@ -95,7 +106,7 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
       });
     }
     check.log?.info(`signature of ${check.dataSource} verified (${check.signatureSource}, keyring ${check.keyring})`);
-    return check.signature ? check.data.toString('utf8') : await readVerifiedText(join(dir, 'verified'), check.data.length);
+    return check.signature ? check.data.toString('utf8') : await readVerifiedText(join(out, 'verified'), check.data.length);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -1,11 +1,14 @@
 import { constants } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { formatBytes } from '../util/size.js';
 import type { BomStep } from '../util/step-record.js';
 import { imageInfo } from '../image/qemu-img.js';
 import { forgetHolding, noteHolding } from '../util/build-record.js';
-import { flockDescriptor, waitForFlock } from '../util/lock.js';
+import { ensurePrivateDir, flockDescriptor, waitForFlock } from '../util/lock.js';
+import { cacheLayout } from '../fetch/cache.js';
+import { sleep } from '../util/fs.js';
+import { throwIfAborted } from '../util/signals.js';
 import type { Logger } from '../util/log.js';
 import type { Runner } from '../util/exec.js';
 import { TOOL_VERSION } from '../version.js';
@@ -53,26 +56,32 @@ export interface FinishedStep {
  * builds (two workspaces, two containers): the layer is pointed at this build's base. Builds over the same layer
  * would point it back and forth under each other, and one's output would be read from the other's file (which its
  * owner may change after its own check), or fail when that file goes. So each build holds a shared flock on the
- * layer file for as long as it uses the chain (released with the build), and re-pointing takes it alone: a build
- * over another path waits for those before it. (qemu's own locks are fcntl locks, which flock does not touch.)
+ * layer's lock file (in the cache's private locks/, read-write: NFS emulates flock with POSIX locks, whose
+ * exclusive kind needs it) for as long as it uses the chain (released with the build), and re-pointing takes it
+ * alone: a build over another path waits for those before it.
  */
-async function pointBottomLayerAt(context: BuildContext, bottomImage: string, input: VerifiedImage): Promise<void> {
-  const held = await open(bottomImage, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+async function pointBottomLayerAt(context: BuildContext, storeDir: string, bottomImage: string, input: VerifiedImage): Promise<void> {
+  const locks = cacheLayout(dirname(storeDir)).locks;
+  await ensurePrivateDir(locks, context.log);
+  const held = await open(join(locks, `${basename(bottomImage)}.lock`), constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
   context.files.push(`shared lock on ${bottomImage}`, () => held.close());
   const pointsAt = async () => (await imageInfo(context.run, bottomImage, context.log)).backingFile;
   let told = false;
   for (;;) {
     await waitForFlock(held, 'shared', context.signal);
     if ((await pointsAt()) === input.path) return;
-    // flock converts by dropping the lock first: alone, re-pointed, then shared again and checked once more.
-    if (!(await flockDescriptor(held, 'exclusive'))) {
-      if (!told) context.log.info(`step cache: waiting for the builds using ${basename(bottomImage)} over another copy of the base to finish`);
-      told = true;
-      await waitForFlock(held, 'exclusive', context.signal);
+    // flock converts by dropping the lock first: alone, re-pointed, then shared again and checked once more. Not
+    // alone: shared again and checked again (a build over this same path may have pointed it here meanwhile).
+    if (await flockDescriptor(held, 'exclusive')) {
+      if ((await pointsAt()) !== input.path) {
+        await context.run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, bottomImage], { log: context.log, purpose: 'pointing the cached layers at the base image' });
+      }
+      continue;
     }
-    if ((await pointsAt()) !== input.path) {
-      await context.run('qemu-img', ['rebase', '-u', '-F', input.format, '-b', input.path, bottomImage], { log: context.log, purpose: 'pointing the cached layers at the base image' });
-    }
+    if (!told) context.log.info(`step cache: waiting for the builds using ${basename(bottomImage)} over another copy of the base to finish`);
+    told = true;
+    await sleep(500);
+    throwIfAborted(context.signal);
   }
 }
 
@@ -119,7 +128,7 @@ export class LayerChain {
     const chain = new LayerChain(context, store, keys, reused, recipe.steps.length);
     if (store && reused.length < recipe.steps.length) chain.active = await chain.newLayer();
     const bottom = reused.find((record) => record.image);
-    if (bottom) await pointBottomLayerAt(context, join(store!.dir, bottom.image!), input);
+    if (bottom) await pointBottomLayerAt(context, store!.dir, join(store!.dir, bottom.image!), input);
     return chain;
   }
 

@@ -1,6 +1,7 @@
 import { posix } from 'node:path';
 import { readGuestDir, removeGuestFile, statGuest } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
+import { isImageBuilderError } from '../util/errors.js';
 import { keepDownloadedFiles, offerCachedFiles, type GuestPackageFile } from './package-cache.js';
 import { readRepositoryPackages } from './rpm-metadata.js';
 
@@ -81,7 +82,14 @@ export async function cachedRepositories(root: string, layout: RpmCacheLayout): 
  */
 async function rpmFilesUnder(root: string, dir: string, budget: { left: number }, depth = WALK_DEPTH): Promise<string[] | undefined> {
   const files: string[] = [];
-  const names = (await readGuestDir(root, dir)) ?? [];
+  let names: string[];
+  try {
+    names = (await readGuestDir(root, dir)) ?? [];
+  } catch (error) {
+    // A directory past the listing's own bound is past this walk's budget too: nothing kept, the build goes on.
+    if (isImageBuilderError(error) && error.code === 'BAD_INPUT') return undefined;
+    throw error;
+  }
   budget.left -= names.length;
   if (budget.left < 0) return undefined;
   for (const name of names) {

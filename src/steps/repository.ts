@@ -8,7 +8,7 @@ import { networkDownloads } from '../fetch/downloads.js';
 import { MAX_KEY_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
-import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
+import { boxFailed, requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
 import { defineStep, type StepContext } from './types.js';
 
 /** One primary key found in a key file, as the host's gpg reads it. */
@@ -137,6 +137,8 @@ export async function inspectOpenPgpKey(key: Buffer, options: { run?: Runner; si
     return { keys: parseGpgColons(result.stdout), diagnostics: result.stderr.trim() };
   } catch (error) {
     if (!isImageBuilderError(error) || error.code !== 'STEP_FAILED') throw error;
+    // The box itself failed (not gpg on the key): a host problem, not a bad key.
+    if (boxFailed(error.detail ?? '')) throw new ImageBuilderError('ENVIRONMENT', `the sandbox gpg runs in could not start: ${(error.detail ?? '').trim().split('\n')[0]}`, { hint: 'imagebuilder runs as root, where bubblewrap needs no user namespace: `imagebuilder doctor` checks the host', cause: error });
     return { keys: [], diagnostics: error.detail ?? error.message };
   } finally {
     await rm(home, { recursive: true, force: true });

@@ -35,13 +35,6 @@ const exited = (child: ChildProcess) => child.exitCode !== null || child.signalC
 const READY_FAST_POLL_MS = 300;
 
 /**
- * Starts `file args` as a child that the kernel kills when this process dies, even by SIGKILL: under
- * `setpriv --pdeathsig KILL` (the death signal survives exec; Node spawns from its main thread, whose exit is
- * what the kernel watches). In a session of its own, so a Ctrl-C on the terminal reaches only us, and we stop it
- * after unmounting. `onSpawn` runs synchronously with the spawn, before anything can interrupt: the caller
- * registers its release there. Resolves once `ready()` says so; fails with its output if it exits first.
- */
-/**
  * The end of a helper's log (its last 64 KiB): what an error quotes. The log may be large (qemu reports a guest's
  * device errors there as often as the guest makes them), and only its last lines are shown.
  */
@@ -58,6 +51,13 @@ export async function readLogTail(path: string, maxBytes = 64 * 1024): Promise<s
   }
 }
 
+/**
+ * Starts `file args` as a child that the kernel kills when this process dies, even by SIGKILL: under
+ * `setpriv --pdeathsig KILL` (the death signal survives exec; Node spawns from its main thread, whose exit is
+ * what the kernel watches). In a session of its own, so a Ctrl-C on the terminal reaches only us, and we stop it
+ * after unmounting. `onSpawn` runs synchronously with the spawn, before anything can interrupt: the caller
+ * registers its release there. Resolves once `ready()` says so; fails with its output if it exits first.
+ */
 export async function startHelper(file: string, args: string[], options: HelperOptions, onSpawn: (helper: Helper) => void): Promise<Helper> {
   const { log } = options;
   const setpriv = await which('setpriv');

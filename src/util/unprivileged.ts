@@ -8,6 +8,9 @@
  * chroot-isolated containers, where the kernel refuses a new one, work the same.
  */
 import { ImageBuilderError } from './errors.js';
+import { access } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { join } from 'node:path';
 import { which } from './fs.js';
 import { packageHint } from './tools.js';
 
@@ -43,7 +46,16 @@ const TOP_LEVEL_LINKS = ['lib', 'lib32', 'lib64', 'libx32', 'bin', 'sbin'];
  */
 export async function requireBoxedTool(name: string, neededFor: string, hint = `install ${packageHint(name)} (bin/setup installs everything; \`imagebuilder doctor\` checks the host)`): Promise<void> {
   if (!(await which(name))) throw new ImageBuilderError('MISSING_TOOL', `${name} is not installed on this host: ${neededFor}`, { hint });
+  // Where the box looks (its PATH, in the host's /usr): a program elsewhere on the host's PATH is not in the box.
+  const inBox = await Promise.all(BOX_PATH.split(':').map((dir) => access(join(dir, name), constants.X_OK).then(() => true, () => false)));
+  if (!inBox.includes(true)) throw new ImageBuilderError('MISSING_TOOL', `${name} is not in the host's /usr, the only programs its sandbox sees (${BOX_PATH}): ${neededFor}`, { hint });
 }
+
+/** Whether a boxed command's failure is the box's own (bwrap or setpriv could not set it up), not the program's. */
+export const boxFailed = (output: string) => /^(bwrap|setpriv): /m.test(output);
+
+/** The PATH inside the boxes. */
+const BOX_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** argv (for a Runner) that runs `argv` unprivileged, seeing only `binds` beside the host's programs. */
 export function unprivilegedCommand(
@@ -102,7 +114,7 @@ function boxArgs(capabilities: string[], options: { binds?: SandboxBind[]; env?:
   args.push('--proc', '/proc', ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]));
   args.push('--tmpfs', '/tmp', '--perms', '0755', '--dir', '/tmp/home');
   for (const bind of options.binds ?? []) args.push(bind.writable ? '--bind' : '--ro-bind', bind.host, bind.inside);
-  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp/home', LC_ALL: 'C', ...options.env };
+  const env = { PATH: BOX_PATH, HOME: '/tmp/home', LC_ALL: 'C', ...options.env };
   for (const [name, value] of Object.entries(env)) args.push('--setenv', name, value);
   return args;
 }

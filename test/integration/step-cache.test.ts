@@ -153,16 +153,23 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     // The same base (same sha256) at another path, as another workspace or container would have it.
     const copy = join(work, 'base-copy.qcow2');
     await execa('cp', ['--reflink=auto', input, copy]);
-    const build = (name: string, disk: string, last: string) =>
-      writeRecipe(work, name, [{ name: 'marker', file: { path: '/etc/shared-layer', content: 'layer 1\n' } }, { name: 'last', run: last }]).then((recipe) =>
-        runCli(['apply', recipe, '--disk-image', disk, '--output', join(work, `${name}.qcow2`), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify'], { env: env() }));
-    const seeded = await build('seed', input, 'true');
+    const recipeOf = (name: string, last: string) => writeRecipe(work, name, [{ name: 'marker', file: { path: '/etc/shared-layer', content: 'layer 1\n' } }, { name: 'last', run: last }]);
+    const applyArgs = (recipe: string, name: string, disk: string) => ['apply', recipe, '--disk-image', disk, '--output', join(work, `${name}.qcow2`), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify'];
+    const seeded = await runCli(applyArgs(await recipeOf('seed', 'true'), 'seed', input), { env: env() });
     if (seeded.exitCode !== 0) throw new Error(seeded.all);
-    // A holds the shared layer (over `input`) for its slow last step; B comes over the copy meanwhile.
-    const first = build('slow', input, 'sleep 8; echo slow > /etc/which');
-    await new Promise((resolve) => setTimeout(resolve, 4000));
-    const second = await build('other-path', copy, 'echo other > /etc/which');
-    const slow = await first;
+    // A holds the shared layer (over `input`) through its slow last step; B comes over the copy once A is in it.
+    const first = execa('node', [CLI, ...applyArgs(await recipeOf('slow', 'sleep 8; echo slow > /etc/which'), 'slow', input)], { env: env(), reject: false, all: true });
+    await new Promise<void>((resolve, reject) => {
+      let seen = '';
+      first.stderr!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('step 2/2 (last): run')) resolve();
+      });
+      void first.then(() => reject(new Error(`the slow build ended before its last step: ${seen}`)));
+    });
+    const second = await runCli(applyArgs(await recipeOf('other-path', 'echo other > /etc/which'), 'other-path', copy), { env: env() });
+    const ended = await first;
+    const slow = { exitCode: ended.exitCode, stderr: String(ended.stderr), all: String(ended.all) };
     for (const result of [slow, second]) if (result.exitCode !== 0) throw new Error(result.all);
     expect(stepLines(second.stderr)[0]).toMatch(/^step 1\/2 \(marker\): cached/);
     expect(second.stderr).toContain('step cache: waiting for the builds using layer-');

@@ -142,11 +142,13 @@ describe('obtainImage', () => {
       // gpgv parses what the server sent as nobody in the unprivileged box, with no network.
       const commands: string[][] = [];
       const recording: Runner = (file, args, runOptions) => (commands.push([file, ...args]), execRunner(file, args, runOptions));
-      const result = await obtainImage(recording, url, log(), undefined, options({ keyring }));
+      // Under a strict umask too: the files gpgv reads as nobody are made readable to it whatever the umask.
+      const umask = process.umask(0o077);
+      const result = await obtainImage(recording, url, log(), undefined, options({ keyring })).finally(() => process.umask(umask));
       const gpgv = commands.find((command) => command.includes('gpgv'))!;
       expect(gpgv[0]).toBe('bwrap');
       expect(gpgv).toEqual(expect.arrayContaining(['--unshare-net', '--reuid', '65534', '--bounding-set', '-all']));
-      expect(gpgv.slice(gpgv.indexOf('gpgv'))).toEqual(['gpgv', '--homedir', '/gpgv', '--keyring', '/gpgv/keyring.gpg', '--output', '/gpgv/verified', '/gpgv/sums.sig', '/gpgv/sums']);
+      expect(gpgv.slice(gpgv.indexOf('gpgv'))).toEqual(['gpgv', '--homedir', '/gpgv-out', '--keyring', '/gpgv/keyring.gpg', '--output', '/gpgv-out/verified', '/gpgv/sums.sig', '/gpgv/sums']);
       expect(result).toMatchObject({ verified: true, signature: { keyring, signature: `${server.url}/signed/SHA256SUMS.gpg` } });
       expect(lines.join('')).toContain(`signature of ${server.url}/signed/SHA256SUMS verified`);
       await expect(obtainImage(execRunner, url, log(), undefined, options({ keyring: armoredKeyring }))).resolves.toMatchObject({ source: 'cache' });
