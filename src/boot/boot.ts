@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, chown, copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
 import type { MountBackendName, MountContext } from '../mount/backend.js';
 import { mountGuestLayout, type GuestLayout } from '../mount/layout.js';
@@ -17,6 +17,7 @@ import { readGuestFile, statGuest } from '../util/guest-fs.js';
 import { cachedKvmVerdict } from '../util/libguestfs.js';
 import { probeBootKvm } from './kvm.js';
 import { throwIfAborted } from '../util/signals.js';
+import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand, type SandboxBind } from '../util/unprivileged.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
@@ -54,6 +55,8 @@ export interface BootOptions {
   maxOutputBytes?: number;
   /** The most of the serial console kept in console.log (default 16 MiB: its beginning and its last MiB). */
   consoleMaxBytes?: number;
+  /** The largest the guest's throw-away disk (its overlay) and qemu's log may grow (default 8 GiB). */
+  maxDiskBytes?: number;
 }
 
 /** Why a boot ended without a report; made into an error once the console log is complete. */
@@ -86,6 +89,24 @@ const POWEROFF_GRACE_MS: Record<Accel, number> = { kvm: 20_000, tcg: 60_000 };
 const CONSOLE_TAIL_BYTES = 64 << 10;
 /** A Unix socket's path must fit sockaddr_un's sun_path (108 bytes, NUL included). */
 const MAX_SOCKET_PATH = 107;
+/**
+ * A guest may write its whole virtual disk, which a crafted image makes as large as it likes: a boot writes a few
+ * hundred MB (journal, cloud-init, a check's files), so this is far from what a real check needs.
+ */
+const DEFAULT_MAX_DISK_BYTES = 8 * 2 ** 30;
+/** Where qemu's box shows the VM's directory (overlay, UEFI variables, seed, kernel) and, apart, its sockets. */
+const VM_DIR_IN_BOX = '/vm';
+const SOCKET_DIR_IN_BOX = '/sockets';
+/** The image's descriptor, as qemu inherits it (after stdin, stdout and stderr). */
+const IMAGE_FD_IN_QEMU = 3;
+/** The status a box (bwrap) ends with when its program was killed by SIGXFSZ (128 + 25): a file grew past its limit. */
+const FILE_TOO_LARGE_EXIT = 128 + 25;
+/**
+ * qemu writes the disk from threads that block signals: past RLIMIT_FSIZE the write fails (EFBIG), the guest sees
+ * I/O errors and qemu goes on. The overlay is watched: within this of the bound, the boot is stopped and fails.
+ */
+const DISK_WATCH_MS = 1000;
+const DISK_BOUND_SLACK = 4 << 20;
 
 /** Debian's name for the host's architecture, from its own programs. */
 async function hostArchitecture(): Promise<string | undefined> {
@@ -147,7 +168,8 @@ async function prepareOverlay(
     await installAgent(root, options.script, via === 'systemd');
     if (options.firmware === 'direct-kernel') {
       if (!layout) throw new ImageBuilderError('BAD_INPUT', '--direct-kernel needs the root filesystem\'s UUID, which the guestmount backend does not show', { hint: 'use the nbd or fuse mount backend' });
-      kernel = await directKernel(mountContext, layout, dir, arch);
+      // Beside the overlay: in the directory qemu's box sees.
+      kernel = await directKernel(mountContext, layout, dirname(overlay), arch);
     }
   } catch (error) {
     await stack.unwind();
@@ -233,7 +255,10 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const input = await probeInputImage(run, image, log);
   const dir = await mkdtemp(join(context.workDir, 'boot-'));
   context.cleanup.push(`boot directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
-  const overlay = join(dir, 'disk.qcow2');
+  // All qemu may open by name: its box binds this directory alone (made its user's once the check is in).
+  const vmDir = join(dir, 'vm');
+  await mkdir(vmDir, { mode: 0o700 });
+  const overlay = join(vmDir, 'disk.qcow2');
   await createOverlay(run, image, input.format, overlay, log);
 
   const firmware: Firmware = options.firmware && options.firmware !== 'auto' ? options.firmware : hasEsp(await readImageStart(context.run, overlay, 'qcow2', PARTITION_TABLE_BYTES, dir, context.log)) ? 'uefi' : 'bios';
@@ -243,7 +268,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   // looking for one on a network it does not have. Its user-data runs the check only when cloud-init is to.
   let seed: string | undefined;
   if (cloudInit) {
-    seed = join(dir, 'seed.iso');
+    seed = join(vmDir, 'seed.iso');
     const files = [
       { name: 'meta-data', content: Buffer.from(agentMetaData(`imagebuilder-boot-${randomBytes(8).toString('hex')}`)) },
       { name: 'user-data', content: Buffer.from(via === 'cloud-init' ? agentUserData(options.script) : '#cloud-config\n{}\n') },
@@ -258,34 +283,51 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const consoleLog = join(resultsDir, 'console.log');
   let uefiVars: string | undefined;
   if (firmware === 'uefi') {
-    uefiVars = join(dir, 'efivars.fd');
+    uefiVars = join(vmDir, 'efivars.fd');
     await copyFile(spec.uefi!.vars, uefiVars);
   }
-  const socketDir = join(dir, 'results.sock').length <= MAX_SOCKET_PATH ? dir : await shortSocketDir(context);
+  const socketDir = join(vmDir, 'results.sock').length <= MAX_SOCKET_PATH ? vmDir : await shortSocketDir(context);
   const channelSocket = join(socketDir, 'results.sock');
   const consoleSocket = join(socketDir, 'console.sock');
+  // qemu runs as nobody: it writes the overlay and the variable store, and makes its sockets; the rest (seed,
+  // kernel) it only reads, and they stay ours.
+  for (const path of [vmDir, overlay, uefiVars, socketDir]) if (path) await chown(path, SANDBOX_ID, SANDBOX_ID);
+  const inBox = (path: string) => join(dirname(path) === vmDir ? VM_DIR_IN_BOX : SOCKET_DIR_IN_BOX, basename(path));
   const args = qemuArgs({
-    spec, accel, firmware, disk: overlay, seed, uefiVars, consoleSocket, channelSocket, channelName: CHANNEL_NAME, ...(kernel ? { kernel } : {}),
+    spec, accel, firmware, disk: inBox(overlay), image: { fd: IMAGE_FD_IN_QEMU, format: input.format },
+    ...(seed ? { seed: inBox(seed) } : {}),
+    ...(uefiVars ? { uefiVars: inBox(uefiVars) } : {}),
+    consoleSocket: inBox(consoleSocket), channelSocket: inBox(channelSocket), channelName: CHANNEL_NAME,
+    ...(kernel ? { kernel: { ...kernel, kernel: inBox(kernel.kernel), ...(kernel.initrd ? { initrd: inBox(kernel.initrd) } : {}) } } : {}),
     memoryMiB: options.memoryMiB ?? 1024,
     cpus: options.cpus ?? 2,
   });
+  const maxDiskBytes = options.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES;
+  const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes });
   // Another architecture's instructions are translated one by one: twice the time.
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
-  log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}), console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
+  log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}) as uid ${SANDBOX_ID} in a sandbox, console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
 
+  // The image reaches qemu as a descriptor opened here, read-only: its path is not in qemu's box.
+  const imageFile = await open(image, 'r');
+  const closeImage = context.cleanup.push(`the image ${image}, open for qemu`, () => imageFile.close()).release;
   const started = Date.now();
   let qemu: Helper | undefined;
   let stopQemu: (() => Promise<void>) | undefined;
   // qemu waits on its console socket before it starts the guest: ready once that exists, and our reader connects.
-  await startHelper(
-    spec.qemu,
-    args,
-    { log, logFile: join(dir, 'qemu.log'), purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: () => exists(consoleSocket) },
-    (helper) => {
-      qemu = helper;
-      stopQemu = context.cleanup.push(`qemu (pid ${helper.pid})`, () => helper.stop(5000)).release;
-    },
-  );
+  try {
+    await startHelper(
+      box[0],
+      box[1],
+      { log, logFile: join(dir, 'qemu.log'), purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: () => exists(consoleSocket), passFds: [imageFile.fd] },
+      (helper) => {
+        qemu = helper;
+        stopQemu = context.cleanup.push(`qemu (pid ${helper.pid})`, () => helper.stop(5000)).release;
+      },
+    );
+  } finally {
+    await closeImage();
+  }
   const serialConsole = recordConsole(consoleSocket, consoleLog, { maxBytes: options.consoleMaxBytes });
   context.cleanup.push('the console reader', async () => serialConsole.close());
   // The log is complete once qemu has closed the console; not waited on for longer than a few seconds.
@@ -295,12 +337,21 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   };
   const channel = readChannel(channelSocket, options.maxOutputBytes ?? 4 << 20);
   let timer: NodeJS.Timeout | undefined;
+  let diskWatch: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
   let report: GuestReport;
   try {
     report = await Promise.race([
       channel.report,
-      qemu!.gone.then(async () => {
+      new Promise<never>((_, reject) => {
+        diskWatch = setInterval(() => {
+          stat(overlay).then((info) => {
+            if (info.size >= maxDiskBytes - DISK_BOUND_SLACK) reject(diskFull(maxDiskBytes));
+          }, () => undefined);
+        }, DISK_WATCH_MS);
+      }),
+      qemu!.gone.then(async (exit) => {
+        if (exit.code === FILE_TOO_LARGE_EXIT) throw diskFull(maxDiskBytes);
         const qemuLog = (await readLogTail(join(dir, 'qemu.log'))).trim();
         throw new BootFailure(`the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''})`, 'the console log shows how far it got (firmware, bootloader, kernel, systemd)');
       }),
@@ -324,6 +375,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     throw new ImageBuilderError('CHECK_FAILED', `reading the guest's report: ${errorMessage(error)}; its console is in ${consoleLog}`, { detail });
   } finally {
     clearTimeout(timer);
+    clearInterval(diskWatch);
     if (onAbort) context.signal?.removeEventListener('abort', onAbort);
     channel.close();
   }
@@ -336,6 +388,26 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   await consoleComplete();
   if (socketDir !== dir) await rm(socketDir, { recursive: true, force: true });
   return { exitCode: report.exitCode, output: report.output, consoleLog, bootMs, accel, firmware, via };
+}
+
+const diskFull = (maxDiskBytes: number) =>
+  new BootFailure(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk or qemu's log, the most a boot may; qemu was stopped`, 'a check that needs more can raise maxDiskBytes; an image that fills its disk while it boots is itself the problem');
+
+/**
+ * qemu as a hostile guest's next target: should the guest break out of it, it is uid 65534 with no capability
+ * (no_new_privs, the bounding set empty) in a box of its own (util/unprivileged.ts: its own mount, PID, network
+ * and IPC namespaces; the host's /usr read-only, the VM's directory and, for KVM, /dev/kvm with its group), under
+ * qemu's own seccomp filter. RLIMIT_FSIZE bounds every file it writes (the overlay a guest fills, its log): past
+ * it, writes fail, and the boot is stopped (see DISK_WATCH_MS). It dies with us: the box with its parent, and its PID namespace with it.
+ */
+async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number }): Promise<[string, string[]]> {
+  await requireBoxedTool(qemu, 'booting the image');
+  await requireBoxedTool('prlimit', 'booting the image (it bounds the files qemu writes)');
+  const binds: SandboxBind[] = [{ host: options.vmDir, inside: VM_DIR_IN_BOX, writable: true }];
+  if (options.socketDir !== options.vmDir) binds.push({ host: options.socketDir, inside: SOCKET_DIR_IN_BOX, writable: true });
+  // /dev/kvm is root's and its group's (kvm): that group is the one kept.
+  const kvm = options.accel === 'kvm' ? { deviceNodes: ['/dev/kvm'], groups: [(await stat('/dev/kvm')).gid] } : {};
+  return unprivilegedCommand(['prlimit', `--fsize=${options.maxDiskBytes}`, '--', qemu, ...args], { binds, ...kvm });
 }
 
 /** A directory with a short path for the results socket, when the work dir's is too long for one. */

@@ -71,8 +71,14 @@ export interface QemuArgsRequest {
   spec: MachineSpec;
   accel: Accel;
   firmware: Firmware;
-  /** The throw-away qcow2 overlay the guest boots from and writes to. */
+  /** The throw-away qcow2 overlay the guest boots from and writes to (as qemu sees it: in its box). */
   disk: string;
+  /**
+   * The image under the overlay: a descriptor qemu inherits (opened read-only by us), and its probed format. qemu
+   * runs unprivileged in a box where the image's path does not exist: the backing chain is given explicitly,
+   * never read from the overlay, and the image's own backing field (qcow2) is ignored.
+   */
+  image: { fd: number; format: string };
   /** A cloud-init NoCloud seed (raw ISO 9660), attached read-only as a second disk. */
   seed?: string;
   /** The writable copy of the UEFI variable store (uefi only). */
@@ -89,6 +95,22 @@ export interface QemuArgsRequest {
   channelName: string;
   memoryMiB: number;
   cpus: number;
+}
+
+/** The fd set (`-add-fd`) the image's descriptor is in: qemu opens it as /dev/fdset/1. */
+const IMAGE_FDSET = 1;
+
+/** The guest's disk: the overlay, over the image read through its inherited descriptor. */
+function diskNodes(request: QemuArgsRequest) {
+  const image = {
+    'node-name': 'image',
+    driver: request.image.format,
+    'read-only': true,
+    file: { driver: 'file', filename: `/dev/fdset/${IMAGE_FDSET}`, 'read-only': true },
+    // A qcow2 image refers to nothing (probed), and is told so.
+    ...(request.image.format === 'qcow2' ? { backing: null } : {}),
+  };
+  return { 'node-name': 'disk0', driver: 'qcow2', discard: 'unmap', file: { driver: 'file', filename: request.disk }, backing: image };
 }
 
 /**
@@ -134,8 +156,9 @@ export function qemuArgs(request: QemuArgsRequest): string[] {
     args.push('-kernel', kernel, ...(initrd ? ['-initrd', initrd] : []), '-append', append);
   }
   args.push(
-    // The format is named: qemu never probes the overlay (ours) nor its backing file (pinned by -F when made).
-    '-drive', `if=none,id=disk0,format=qcow2,file=${request.disk},discard=unmap`,
+    // Formats named: qemu never probes the overlay (ours) nor the image (probed in the sandbox when it came in).
+    '-add-fd', `fd=${request.image.fd},set=${IMAGE_FDSET},opaque=image`,
+    '-blockdev', JSON.stringify(diskNodes(request)),
     // With -kernel, qemu's own loader takes boot index 0.
     '-device', `virtio-blk-pci,drive=disk0${request.firmware === 'direct-kernel' ? '' : ',bootindex=0'}`,
     ...(request.seed ? ['-drive', `if=none,id=seed0,format=raw,readonly=on,file=${request.seed}`, '-device', 'virtio-blk-pci,drive=seed0'] : []),

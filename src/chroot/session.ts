@@ -1,7 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { StringDecoder } from 'node:string_decoder';
 import { execa } from 'execa';
 import { displayGuestCommand, formatBytes, openBuildSandbox, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
 import { ImageBuilderError } from '../util/errors.js';
@@ -14,7 +13,7 @@ import { guardHostFilesystems, holdDirectory, isInside, realRoot as realPathOfRo
 import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
 import { killAll, processIds, processRoot } from '../util/processes.js';
 import { sourceDateEpoch } from '../util/time.js';
-import { terminalSafe, type Logger } from '../util/log.js';
+import { terminalRelay, type Logger } from '../util/log.js';
 
 export interface SessionFile {
   path: string;
@@ -377,9 +376,9 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       });
       for (const [from, to] of [[child.stdout, process.stdout], [child.stderr, process.stderr]] as const) {
         if (!from) continue;
-        const decoder = new StringDecoder('utf8');
-        from.on('data', (chunk: Buffer) => to.write(terminalSafe(decoder.write(chunk))));
-        from.on('end', () => to.write(terminalSafe(decoder.end())));
+        const relay = terminalRelay((text) => to.write(text));
+        from.on('data', relay.push);
+        from.on('end', relay.end);
       }
       const result = await child;
       if (signal?.aborted) throw signal.reason;

@@ -13,8 +13,14 @@ export interface Helper {
   stop(graceMs?: number): Promise<void>;
   /** Waits for it to exit by itself (guestmount after guestunmount); SIGKILL after the grace period. */
   exited(graceMs?: number): Promise<void>;
-  /** Settles once it has exited, however: for who waits for it to end by itself (a VM powering off). */
-  readonly gone: Promise<void>;
+  /** Settles once it has exited, however, with how: for who waits for it to end by itself (a VM powering off). */
+  readonly gone: Promise<HelperExit>;
+}
+
+/** How a helper ended: its exit status, or the signal that killed it (null when it could not be started). */
+export interface HelperExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
 }
 
 export interface HelperOptions {
@@ -26,6 +32,8 @@ export interface HelperOptions {
   purpose: string;
   /** Variables added to the inherited environment. */
   extraEnv?: Record<string, string>;
+  /** Descriptors it inherits, as 3, 4, … in this order (qemu's -add-fd). */
+  passFds?: number[];
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -67,13 +75,13 @@ export async function startHelper(file: string, args: string[], options: HelperO
   const output = openSync(options.logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(command, argv, { stdio: ['ignore', output, output], detached: true, env: { ...process.env, ...options.extraEnv } });
+    child = spawn(command, argv, { stdio: ['ignore', output, output, ...(options.passFds ?? [])], detached: true, env: { ...process.env, ...options.extraEnv } });
   } finally {
     closeSync(output);
   }
-  const gone = new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.once('error', () => resolve());
+  const gone = new Promise<HelperExit>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+    child.once('error', () => resolve({ code: null, signal: null }));
   });
   const wait = async (graceMs: number) => {
     if (exited(child) || !child.pid) return;

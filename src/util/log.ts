@@ -33,6 +33,23 @@ export function terminalSafe(text: string): string {
   return text.replace(/\r\n?/g, '\n').replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, escapeControl);
 }
 
+/**
+ * A child's output relayed to a terminal as it comes, through terminalSafe: UTF-8 decoded across reads, and a
+ * carriage return that ends one read held until the next shows whether a line feed follows (CR LF split between
+ * two reads is one newline, not two).
+ */
+export function terminalRelay(write: (text: string) => void): { push: (chunk: Buffer) => void; end: () => void } {
+  const decoder = new StringDecoder('utf8');
+  let heldCr = false;
+  const relay = (text: string, last: boolean) => {
+    let pending = (heldCr ? '\r' : '') + text;
+    heldCr = !last && pending.endsWith('\r');
+    if (heldCr) pending = pending.slice(0, -1);
+    if (pending) write(terminalSafe(pending));
+  };
+  return { push: (chunk) => relay(decoder.write(chunk), false), end: () => relay(decoder.end(), true) };
+}
+
 const escapeControl = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
 
 /** One line of a table for people holding a guest's words (a unit's or package's name): a newline in them shown as text. */

@@ -69,12 +69,18 @@ export function unprivilegedCommand(
      * bound read-only. Without CAP_DAC_OVERRIDE, uid 0 reads what its owner bits allow and nothing else.
      */
     keepRootUid?: boolean;
+    /** Host device nodes the program needs (qemu's /dev/kvm), bound at their own paths. */
+    deviceNodes?: string[];
+    /** Supplementary groups kept (the group that may open one of `devices`); none otherwise. */
+    groups?: number[];
   } = {},
 ): [string, string[]] {
   // Only what setpriv needs to become nobody and empty the bounding set; it drops these too.
   const args = boxArgs(['CAP_SETUID', 'CAP_SETGID', 'CAP_SETPCAP'], options);
+  for (const node of options.deviceNodes ?? []) args.push('--dev-bind', node, node);
   const user = options.keepRootUid ? [] : ['--reuid', String(SANDBOX_ID), '--regid', String(SANDBOX_ID)];
-  const drop = ['setpriv', ...user, '--clear-groups', '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
+  const groups = options.groups?.length ? ['--groups', options.groups.join(',')] : ['--clear-groups'];
+  const drop = ['setpriv', ...user, ...groups, '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
   args.push('--chdir', '/', '--', ...drop, ...argv);
   return ['bwrap', args];
 }

@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { bootAndRun, type BootOptions, type BootResult } from '../../src/boot/boot.js';
@@ -41,17 +41,54 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     const start = startBuild({ log, workDir: tmp, cacheDir: join(work, 'cache'), runDir });
     return withResources(start, { workDir: tmp, runDir }, (context) => bootAndRun(context, disk, options));
   };
+  // qemu's own command line names only paths in its box; its box's (bwrap's) names the work directory.
   const qemusOfThisTest = async () =>
-    (await execa('ps', ['-eo', 'pid=,args='])).stdout.split('\n').filter((line) => /qemu-system/.test(line) && line.includes(tmp));
+    (await execa('ps', ['-eo', 'pid=,args='])).stdout.split('\n').filter((line) => /qemu-system/.test(line) && (line.includes(tmp) || line.includes('-name imagebuilder-boot')));
+  /** qemu's process itself (not its box's), once it runs: its pid. */
+  const qemuProcess = async (deadline = Date.now() + 120_000) => {
+    for (;;) {
+      const own = (await execa('ps', ['-eo', 'pid=,comm=,args='])).stdout.split('\n').map((line) => line.trim().split(/\s+/)).find(([, comm, ...args]) => comm.startsWith('qemu-system') && args.join(' ').includes('-name imagebuilder-boot'));
+      if (own) return Number(own[0]);
+      if (Date.now() > deadline) throw new Error('qemu never started');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  };
 
-  test('UEFI under TCG: systemd comes up, the check runs, its output and exit status come back; the image is untouched', async () => {
+  test('UEFI under TCG: systemd comes up, the check runs, its output and exit status come back; the image is untouched; qemu runs unprivileged in a box', async () => {
     const before = await sha256(image);
     const results = join(work, 'results');
-    const result = await boot({
+    const booting = boot({
       script: 'systemctl is-system-running --wait\nuname -r\ncat /etc/os-release\nsystemctl --failed --no-legend --plain\nexit 3\n',
       accel: 'tcg',
       resultsDir: results,
     });
+    booting.catch(() => undefined);
+    // What a guest that broke out of qemu would be: nobody, no capability in any set, no_new_privs, seccomp; seeing
+    // the host's /usr and the VM's directory, not the host's filesystem nor the image's path (a descriptor only).
+    const pid = await qemuProcess();
+    // qemu applies its seccomp filter (-sandbox) while it parses its options: read once it has.
+    let status = await readFile(`/proc/${pid}/status`, 'utf8');
+    for (const until = Date.now() + 20_000; !/^Seccomp:\s*2$/m.test(status) && Date.now() < until; ) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      status = await readFile(`/proc/${pid}/status`, 'utf8');
+    }
+    const field = (name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)?.[1];
+    expect(field('Uid')?.split(/\s+/)).toEqual(['65534', '65534', '65534', '65534']);
+    expect(field('Gid')?.split(/\s+/)).toEqual(['65534', '65534', '65534', '65534']);
+    expect(field('Groups')).toBe('');
+    for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']) expect(field(set)).toBe('0000000000000000');
+    expect(field('NoNewPrivs')).toBe('1');
+    expect(field('Seccomp')).toBe('2');
+    const seen = await readdir(`/proc/${pid}/root`);
+    expect(seen).toEqual(expect.arrayContaining(['usr', 'vm', 'dev', 'proc', 'tmp']));
+    for (const hostOnly of ['var', 'root', 'home', 'run', 'work']) expect(seen).not.toContain(hostOnly);
+    await expect(stat(`/proc/${pid}/root/etc/shadow`)).rejects.toThrow(/ENOENT/);
+    expect((await readdir(`/proc/${pid}/root/vm`)).sort()).toEqual(expect.arrayContaining(['console.sock', 'disk.qcow2', 'efivars.fd', 'results.sock']));
+    await expect(stat(`/proc/${pid}/root${image}`)).rejects.toThrow(/ENOENT/);
+    const descriptors = await readdir(`/proc/${pid}/fd`);
+    const targets = await Promise.all(descriptors.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
+    expect(targets).toContain(image);
+    const result = await booting;
     console.log(`boot: ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
     expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', via: 'systemd', exitCode: 3, consoleLog: join(results, 'console.log') });
     const lines = result.output.split('\n');
@@ -113,6 +150,17 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(Buffer.byteLength(text)).toBe((128 << 10) + marker![0].length);
     expect(text.slice(0, marker!.index)).toContain('Linux version'); // the kernel's first words are kept
     expect(text.slice(marker!.index)).toContain('imagebuilder-boot: the check exited with 0'); // and the runner's last
+    expect(await qemusOfThisTest()).toEqual([]);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  });
+
+  test('a guest that fills its disk: qemu is stopped at the boot\'s bound (RLIMIT_FSIZE), said so; nothing left', async () => {
+    // 512 MiB of zeros (written as data) into a 2 GiB disk, with writes bounded at 192 MiB (8 GiB by default).
+    const script = 'systemctl is-system-running --wait >/dev/null\ndd if=/dev/zero of=/var/tmp/fill bs=1M count=512 conv=fsync\necho filled\n';
+    const maxDiskBytes = 192 << 20;
+    const error = await boot({ script, accel: 'tcg', firmware: 'direct-kernel', maxDiskBytes, resultsDir: join(work, 'results-fill') }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ImageBuilderError);
+    expect((error as ImageBuilderError).message).toContain(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk or qemu's log, the most a boot may; qemu was stopped`);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });

@@ -98,7 +98,7 @@ describe('boot: reading the channel', () => {
 
 describe('boot: the qemu command line', () => {
   const spec: MachineSpec = { arch: 'amd64', qemu: 'qemu-system-x86_64', machine: 'q35', bios: true, uefi: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd', package: 'ovmf' } };
-  const request = { spec, disk: '/w/disk.qcow2', uefiVars: '/w/efivars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/results.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 };
+  const request = { spec, disk: '/w/disk.qcow2', image: { fd: 3, format: 'qcow2' }, uefiVars: '/w/efivars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/results.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 };
   test('UEFI: the firmware read-only, a copy of its variables writable; no network; the channel a listening socket', () => {
     const args = qemuArgs({ ...request, accel: 'tcg', firmware: 'uefi' }).join(' ');
     expect(args).toContain('-machine q35,accel=tcg');
@@ -113,7 +113,19 @@ describe('boot: the qemu command line', () => {
     expect(args).not.toContain('file:');
     expect(args).toContain('socket,id=results0,path=/w/results.sock,server=on,wait=off');
     expect(args).toContain(`virtserialport,bus=vser0.0,chardev=results0,name=${CHANNEL_NAME}`);
-    expect(args).toContain('format=qcow2,file=/w/disk.qcow2');
+    // The image by its inherited descriptor (its path is not in qemu's box), under the overlay, formats named.
+    expect(args).toContain('-add-fd fd=3,set=1,opaque=image');
+    const disk = JSON.parse(args.split(' -blockdev ')[1].split(' ')[0]);
+    expect(disk).toEqual({
+      'node-name': 'disk0', driver: 'qcow2', discard: 'unmap', file: { driver: 'file', filename: '/w/disk.qcow2' },
+      backing: { 'node-name': 'image', driver: 'qcow2', 'read-only': true, backing: null, file: { driver: 'file', filename: '/dev/fdset/1', 'read-only': true } },
+    });
+    expect(args).toContain('virtio-blk-pci,drive=disk0,bootindex=0');
+  });
+  test('a raw image: its node has no backing field to clear', () => {
+    const args = qemuArgs({ ...request, image: { fd: 3, format: 'raw' }, accel: 'tcg', firmware: 'bios' });
+    const disk = JSON.parse(args[args.indexOf('-blockdev') + 1]);
+    expect(disk.backing).toEqual({ 'node-name': 'image', driver: 'raw', 'read-only': true, file: { driver: 'file', filename: '/dev/fdset/1', 'read-only': true } });
   });
   test('BIOS: no pflash (SeaBIOS, qemu\'s own); KVM uses the host CPU', () => {
     const args = qemuArgs({ ...request, accel: 'kvm', firmware: 'bios' }).join(' ');
@@ -135,7 +147,7 @@ describe('boot: the qemu command line', () => {
 describe('boot: arm64 guests', () => {
   test('the virt machine through AAVMF, emulated with QEMU\'s own pointer authentication', () => {
     const spec: MachineSpec = { arch: 'arm64', qemu: 'qemu-system-aarch64', machine: 'virt', bios: false, uefi: { code: '/usr/share/AAVMF/AAVMF_CODE.fd', vars: '/usr/share/AAVMF/AAVMF_VARS.fd', package: 'qemu-efi-aarch64' } };
-    const args = qemuArgs({ spec, accel: 'tcg', firmware: 'uefi', disk: '/w/disk.qcow2', uefiVars: '/w/vars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/r.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 }).join(' ');
+    const args = qemuArgs({ spec, accel: 'tcg', firmware: 'uefi', disk: '/w/disk.qcow2', image: { fd: 3, format: 'qcow2' }, uefiVars: '/w/vars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/r.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 }).join(' ');
     expect(args).toContain('-machine virt,accel=tcg');
     expect(args).toContain('-cpu max,pauth-impdef=on');
     expect(args).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd');

@@ -1,7 +1,7 @@
 import { printResult } from '../../src/cli/print-result.js';
 import type { ApplyResult } from '../../src/pipeline/apply.js';
 import { execRunner } from '../../src/util/exec.js';
-import { createLogger, MAX_HELD_LINE, outputLines, stdoutSafe, terminalSafe } from '../../src/util/log.js';
+import { createLogger, MAX_HELD_LINE, outputLines, stdoutSafe, terminalRelay, terminalSafe } from '../../src/util/log.js';
 
 /** What a guest controls reaches the user's terminal as text: no escape sequence, no line overwritten. */
 describe('the log on a terminal', () => {
@@ -78,6 +78,17 @@ describe('the log on a terminal', () => {
     const endless = outputLines((text) => void long.push(text));
     for (let i = 0; i < 3; i++) endless.push(Buffer.alloc(MAX_HELD_LINE / 2, 'x'));
     expect(long).toEqual([`${'x'.repeat(MAX_HELD_LINE / 2 * 3)}\n`]);
+  });
+
+  test('a relay to a terminal: as it comes, controls escaped, a CR LF split between reads one newline, a character split kept whole', () => {
+    const written: string[] = [];
+    const relay = terminalRelay((text) => void written.push(text));
+    const bytes = Buffer.from('one\r\ntwo ü\x1b[2J\rthree\r');
+    // Cut after the CR of CR LF, inside the ü (0xc3 0xbc), and after the last CR.
+    for (const [from, to] of [[0, 4], [4, 10], [10, bytes.length]]) relay.push(bytes.subarray(from, to));
+    expect(written[0]).toBe('one'); // as it comes: the CR waits for the next read
+    relay.end();
+    expect(written.join('')).toBe('one\ntwo ü\\x1b[2J\nthree\n');
   });
 
   test('execRunner streams a real child through it: indented whole lines, the meter collapsed, the unended last line kept', async () => {
