@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, statfs } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { execa } from 'execa';
 import { ImageBuilderError } from '../util/errors.js';
+import { formatBytes } from '../util/size.js';
 
 export type Compression = 'xz' | 'gzip' | 'zstd';
 
@@ -47,17 +49,42 @@ const BLOCK = 64 * 1024;
 const ZEROS = Buffer.alloc(BLOCK);
 
 /**
+ * What a download may decompress to. Its size: no cloud image comes near 1 TiB, and a bomb of zeros (kept sparse,
+ * taking no space) would otherwise be hashed for hours. Its data: stopped while the filesystem it lands on still
+ * has the larger of 1 GiB and 5% free (asked every 256 MiB written), so a bomb of other bytes fills no host disk.
+ */
+export interface DecompressLimits {
+  maxBytes: number;
+  reserveBytes: (totalBytes: number) => number;
+  checkEveryBytes: number;
+}
+export const DECOMPRESS_LIMITS: DecompressLimits = { maxBytes: 2 ** 40, reserveBytes: (total) => Math.max(2 ** 30, total / 20), checkEveryBytes: 256 << 20 };
+
+/**
  * Writes a stream to a file, seeking over all-zero 64 KiB blocks so a decompressed raw image stays sparse,
  * and hashes every byte (zeros included) on the way: one pass, no second read.
  */
 export class SparseHashingWriter extends Writable {
   private readonly hash = createHash('sha256');
   private position = 0;
+  private writtenSinceCheck = 0;
   private pending = Buffer.alloc(0);
   private file?: Awaited<ReturnType<typeof open>>;
 
-  constructor(private readonly path: string) {
+  constructor(private readonly path: string, private readonly limits: DecompressLimits = DECOMPRESS_LIMITS) {
     super({ highWaterMark: 4 << 20 });
+  }
+
+  private async checkFreeSpace(): Promise<void> {
+    this.writtenSinceCheck = 0;
+    const fs = await statfs(dirname(this.path));
+    const free = fs.bavail * fs.bsize;
+    const reserve = this.limits.reserveBytes(fs.blocks * fs.bsize);
+    if (free < reserve) {
+      throw new ImageBuilderError('ENVIRONMENT', `decompressing stopped after ${formatBytes(this.position)}: ${dirname(this.path)} has ${formatBytes(free)} free, and decompressing leaves at least ${formatBytes(reserve)}`, {
+        hint: 'free space there (imagebuilder cache prune), or set IMAGEBUILDER_CACHE to a larger filesystem; a download that decompresses to more than its disk holds may be a decompression bomb',
+      });
+    }
   }
 
   get size(): number {
@@ -83,7 +110,14 @@ export class SparseHashingWriter extends Writable {
     while (data.length - offset >= BLOCK || (flush && offset < data.length)) {
       const length = Math.min(BLOCK, data.length - offset);
       const block = data.subarray(offset, offset + length);
-      if (!(length === BLOCK && block.equals(ZEROS))) await this.file!.write(block, 0, length, this.position);
+      if (this.position + length > this.limits.maxBytes) {
+        throw new ImageBuilderError('BAD_INPUT', `the download decompresses to more than ${formatBytes(this.limits.maxBytes)}, larger than any disk image it could be`, { hint: 'a decompression bomb, or not a disk image: check the URL' });
+      }
+      if (!(length === BLOCK && block.equals(ZEROS))) {
+        await this.file!.write(block, 0, length, this.position);
+        this.writtenSinceCheck += length;
+        if (this.writtenSinceCheck >= this.limits.checkEveryBytes) await this.checkFreeSpace();
+      }
       this.position += length;
       offset += length;
     }
@@ -117,13 +151,14 @@ export class SparseHashingWriter extends Writable {
  * Decompresses `source` into `target` (sparse), returning the sha256 and size of what was written. gzip
  * through node's zlib; xz and zstd through their command-line tools (multithreaded xz), streamed.
  */
-export async function decompressFile(source: string, target: string, compression: Compression, signal?: AbortSignal): Promise<{ sha256: string; size: number }> {
-  const writer = new SparseHashingWriter(target);
+export async function decompressFile(source: string, target: string, compression: Compression, signal?: AbortSignal, limits = DECOMPRESS_LIMITS): Promise<{ sha256: string; size: number }> {
+  const writer = new SparseHashingWriter(target, limits);
   if (compression === 'gzip') {
     try {
       await pipeline(createReadStream(source), createGunzip(), writer, { signal });
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
+      if (error instanceof ImageBuilderError) throw error;
       throw new ImageBuilderError('BAD_INPUT', `cannot decompress ${source} (gzip): ${(error as Error).message}`, { hint: 'the download is not valid gzip data', cause: error });
     }
     return { sha256: writer.digest(), size: writer.size };
@@ -137,6 +172,8 @@ export async function decompressFile(source: string, target: string, compression
   if ((result as { code?: string }).code === 'ENOENT') {
     throw new ImageBuilderError('MISSING_TOOL', `${tool.command} is not installed: it is needed to decompress ${source}`, { hint: `install ${tool.package} (apt-get install ${tool.package})` });
   }
+  // A limit the writer stopped at: the tool then failed on its closed pipe, which says nothing.
+  if (copyError instanceof ImageBuilderError) throw copyError;
   if (result.failed || copyError) {
     throw new ImageBuilderError('BAD_INPUT', `cannot decompress ${source} (${compression})`, {
       detail: String(result.stderr ?? '').trim() || (copyError as Error | undefined)?.message || result.shortMessage,

@@ -255,6 +255,25 @@ describe('decompression', () => {
     expect(sha(await readFile(out))).toBe(sha(content));
   });
 
+  test.each([
+    ['xz', ['xz', '-c', '-T1']],
+    ['gzip', ['gzip', '-c']],
+  ] as const)('a %s bomb: stopped at the size bound, and at the free space a decompression leaves, each said (not the tool\'s broken pipe)', async (compression, [command, ...args]) => {
+    // 8 MiB of one non-zero byte: 1 KiB or so packed, data on disk when unpacked.
+    const plain = join(dir, `bomb-${compression}`);
+    await writeFile(plain, Buffer.alloc(8 << 20, 0x5a));
+    const packed = join(dir, `bomb-${compression}.packed`);
+    await execa(command, [...args, plain], { stdout: { file: packed } });
+    expect((await stat(packed)).size).toBeLessThan(64 << 10);
+    const bounded = { maxBytes: 2 << 20, reserveBytes: () => 0, checkEveryBytes: 1 << 20 };
+    await expect(decompressFile(packed, join(dir, 'bomb.out'), compression, undefined, bounded)).rejects.toMatchObject({ code: 'BAD_INPUT', message: 'the download decompresses to more than 2 MiB, larger than any disk image it could be' });
+    // A reserve larger than the filesystem itself: the first check (after 1 MiB written) stops it.
+    const noRoom = { maxBytes: 2 ** 40, reserveBytes: (total: number) => total + 1, checkEveryBytes: 1 << 20 };
+    const error = await decompressFile(packed, join(dir, 'bomb.out'), compression, undefined, noRoom).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^decompressing stopped after 1 MiB: .* has [\d.]+ GiB free, and decompressing leaves at least [\d.]+ GiB$/) });
+    expect((await stat(join(dir, 'bomb.out'))).size).toBeLessThanOrEqual(2 << 20);
+  });
+
   test('damaged compressed data is BAD_INPUT', async () => {
     const packed = join(dir, 'bad.xz');
     await writeFile(packed, Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(1000)]));
