@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, chown, copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { access, chmod, chown, copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
@@ -21,7 +21,8 @@ import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand, type SandboxBind } f
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
-import { recordConsole } from './console.js';
+import { ConsoleLog, recordConsole } from './console.js';
+import { formatBytes } from '../util/size.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware, type QemuArgsRequest } from './firmware.js';
 
 /**
@@ -94,16 +95,20 @@ const MAX_SOCKET_PATH = 107;
  * hundred MB (journal, cloud-init, a check's files), so this is far from what a real check needs.
  */
 const DEFAULT_MAX_DISK_BYTES = 8 * 2 ** 30;
-/** Where qemu's box shows the VM's directory (overlay, UEFI variables, seed, kernel) and, apart, its sockets. */
+/** Where qemu's box shows the VM's directory (overlay, UEFI variables, seed, kernel) and, apart, our sockets. */
 const VM_DIR_IN_BOX = '/vm';
 const SOCKET_DIR_IN_BOX = '/sockets';
+/** What of qemu's own output is kept (qemu.log): its beginning and its end. */
+const QEMU_LOG_MAX_BYTES = 1 << 20;
 /** The image's descriptor, as qemu inherits it (after stdin, stdout and stderr). */
 const IMAGE_FD_IN_QEMU = 3;
 /** The status a box (bwrap) ends with when its program was killed by SIGXFSZ (128 + 25): a file grew past its limit. */
 const FILE_TOO_LARGE_EXIT = 128 + 25;
 /**
  * qemu writes the disk from threads that block signals: past RLIMIT_FSIZE the write fails (EFBIG), the guest sees
- * I/O errors and qemu goes on. The overlay is watched: within this of the bound, the boot is stopped and fails.
+ * I/O errors and qemu goes on. The overlay is watched (its size, and the blocks it holds: space allocated past
+ * its end is not bounded by RLIMIT_FSIZE): within this of the bound, the boot is stopped and fails, and a guest
+ * that reports in between fails all the same.
  */
 const DISK_WATCH_MS = 1000;
 const DISK_BOUND_SLACK = 4 << 20;
@@ -116,11 +121,11 @@ async function hostArchitecture(): Promise<string | undefined> {
 async function chooseAccel(context: BootContext, guestArch: string, wanted: Accel | 'auto'): Promise<Accel> {
   if (wanted === 'tcg') return 'tcg';
   const native = (await hostArchitecture()) === guestArch;
-  const kvmUsable = native && (await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false));
+  const kvmUsable = native && (await kvmForQemuBox()) !== undefined;
   if (wanted === 'kvm') {
     if (!kvmUsable) {
-      throw new ImageBuilderError('ENVIRONMENT', native ? '--accel kvm: /dev/kvm is missing or not usable here' : `--accel kvm: a ${guestArch} guest cannot use this host's KVM`, {
-        hint: 'boot with TCG (accel tcg or auto), slower but sure',
+      throw new ImageBuilderError('ENVIRONMENT', native ? '--accel kvm: /dev/kvm is missing, or not open to an unprivileged qemu (its mode must let its group, other than root\'s, or everyone read and write it)' : `--accel kvm: a ${guestArch} guest cannot use this host's KVM`, {
+        hint: 'boot with TCG (accel tcg or auto), slower but sure; or make /dev/kvm the kvm group\'s, mode 0660, as Debian\'s udev rules do',
       });
     }
     return 'kvm';
@@ -130,6 +135,19 @@ async function chooseAccel(context: BootContext, guestArch: string, wanted: Acce
   // smallest guest there is (once per kernel); elsewhere libguestfs's verdict on this kernel, when it has one.
   const verdict = guestArch === 'amd64' ? await probeBootKvm(context.run, context.log, context.cacheDir, context.workDir, context.signal) : ((await cachedKvmVerdict(context.cacheDir)) ?? 'works');
   return verdict === 'works' ? 'kvm' : 'tcg';
+}
+
+/**
+ * Whether qemu, run as nobody in its box, may open /dev/kvm, and with which supplementary group: the device's
+ * group when its mode lets that group read and write (never root's group, which qemu is not given), none when
+ * everyone may. Undefined when it may not: KVM is then not used (a boot that could not open it would fail).
+ */
+async function kvmForQemuBox(): Promise<{ groups: number[] } | undefined> {
+  const info = await stat('/dev/kvm').catch(() => undefined);
+  if (!info?.isCharacterDevice()) return undefined;
+  if ((info.mode & 0o006) === 0o006) return { groups: [] };
+  if ((info.mode & 0o060) === 0o060 && info.gid !== 0) return { groups: [info.gid] };
+  return undefined;
 }
 
 /**
@@ -252,12 +270,22 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const { run, log } = context;
   // Absolute: the overlay names it as its backing file, which qemu would otherwise take relative to the overlay.
   image = resolve(image);
+  // The image reaches qemu as this descriptor, read-only (its path is not in qemu's box): opened before the probe,
+  // and still the file at that path after it. O_NONBLOCK: a FIFO there is refused, not waited on.
+  const imageFile = await open(image, constants.O_RDONLY | constants.O_NONBLOCK);
+  const closeImage = context.cleanup.push(`the image ${image}, open for qemu`, () => imageFile.close()).release;
   const input = await probeInputImage(run, image, log);
+  const [held, named] = [await imageFile.stat(), await stat(image)];
+  if (!(held.isFile() || held.isBlockDevice()) || held.dev !== named.dev || held.ino !== named.ino || held.size !== named.size || held.mtimeMs !== named.mtimeMs) {
+    throw new ImageBuilderError('BAD_INPUT', `${image} is not a disk image file, or changed while it was being read`, { hint: 'boot an image nothing else is writing' });
+  }
   const dir = await mkdtemp(join(context.workDir, 'boot-'));
   context.cleanup.push(`boot directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
-  // All qemu may open by name: its box binds this directory alone (made its user's once the check is in).
+  // All of the VM qemu may open by name: its box binds this directory, ours (0755: qemu makes nothing in it); the
+  // overlay and the variable store in it are made qemu's to write once the check is in.
   const vmDir = join(dir, 'vm');
-  await mkdir(vmDir, { mode: 0o700 });
+  await mkdir(vmDir);
+  await chmod(vmDir, 0o755);
   const overlay = join(vmDir, 'disk.qcow2');
   await createOverlay(run, image, input.format, overlay, log);
 
@@ -286,12 +314,14 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     uefiVars = join(vmDir, 'efivars.fd');
     await copyFile(spec.uefi!.vars, uefiVars);
   }
-  const socketDir = join(vmDir, 'results.sock').length <= MAX_SOCKET_PATH ? vmDir : await shortSocketDir(context);
+  // Our sockets, which qemu connects to: in a directory of ours (0711) in one only root reaches (0700).
+  const socketDir = join(join(dir, 'sockets', 'results.sock').length <= MAX_SOCKET_PATH ? dir : await shortSocketDir(context), 'sockets');
+  await mkdir(socketDir);
+  await chmod(socketDir, 0o711);
   const channelSocket = join(socketDir, 'results.sock');
   const consoleSocket = join(socketDir, 'console.sock');
-  // qemu runs as nobody: it writes the overlay and the variable store, and makes its sockets; the rest (seed,
-  // kernel) it only reads, and they stay ours.
-  for (const path of [vmDir, overlay, uefiVars, socketDir]) if (path) await chown(path, SANDBOX_ID, SANDBOX_ID);
+  // qemu runs as nobody: it writes the overlay and the variable store; the rest (seed, kernel) it only reads.
+  for (const path of [overlay, uefiVars]) if (path) await chown(path, SANDBOX_ID, SANDBOX_ID);
   const inBox = (path: string) => join(dirname(path) === vmDir ? VM_DIR_IN_BOX : SOCKET_DIR_IN_BOX, basename(path));
   const args = qemuArgs({
     spec, accel, firmware, disk: inBox(overlay), image: { fd: IMAGE_FD_IN_QEMU, format: input.format },
@@ -308,34 +338,42 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
   log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}) as uid ${SANDBOX_ID} in a sandbox, console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
 
-  // The image reaches qemu as a descriptor opened here, read-only: its path is not in qemu's box.
-  const imageFile = await open(image, 'r');
-  const closeImage = context.cleanup.push(`the image ${image}, open for qemu`, () => imageFile.close()).release;
-  const started = Date.now();
-  let qemu: Helper | undefined;
-  let stopQemu: (() => Promise<void>) | undefined;
-  // qemu waits on its console socket before it starts the guest: ready once that exists, and our reader connects.
-  try {
-    await startHelper(
-      box[0],
-      box[1],
-      { log, logFile: join(dir, 'qemu.log'), purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: () => exists(consoleSocket), passFds: [imageFile.fd] },
-      (helper) => {
-        qemu = helper;
-        stopQemu = context.cleanup.push(`qemu (pid ${helper.pid})`, () => helper.stop(5000)).release;
-      },
-    );
-  } finally {
-    await closeImage();
-  }
-  const serialConsole = recordConsole(consoleSocket, consoleLog, { maxBytes: options.consoleMaxBytes });
+  // Listening before qemu starts: it connects to both while it starts, before the guest runs.
+  const serialConsole = await recordConsole(consoleSocket, consoleLog, { maxBytes: options.consoleMaxBytes });
   context.cleanup.push('the console reader', async () => serialConsole.close());
   // The log is complete once qemu has closed the console; not waited on for longer than a few seconds.
   const consoleComplete = async () => {
     await Promise.race([serialConsole.done, new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
     serialConsole.close();
   };
-  const channel = readChannel(channelSocket, options.maxOutputBytes ?? 4 << 20);
+  const channel = await readChannel(channelSocket, options.maxOutputBytes ?? 4 << 20);
+  context.cleanup.push('the results channel', async () => channel.close());
+  let consoleConnected = false;
+  void serialConsole.connected.then(() => (consoleConnected = true));
+  const started = Date.now();
+  let qemu: Helper | undefined;
+  let stopQemu: (() => Promise<void>) | undefined;
+  try {
+    await startHelper(
+      box[0],
+      box[1],
+      {
+        log, logFile: join(dir, 'qemu.log'), logSink: new ConsoleLog(join(dir, 'qemu.log'), { maxBytes: QEMU_LOG_MAX_BYTES }),
+        purpose: 'booting the image', signal: context.signal, timeoutMs: 60_000, ready: async () => consoleConnected, passFds: [imageFile.fd],
+      },
+      (helper) => {
+        qemu = helper;
+        stopQemu = context.cleanup.push(`qemu (pid ${helper.pid})`, () => helper.stop(5000)).release;
+      },
+    );
+  } finally {
+    // qemu holds its own copy.
+    await closeImage();
+  }
+  const diskUsed = async () => {
+    const info = await stat(overlay);
+    return Math.max(info.size, info.blocks * 512);
+  };
   let timer: NodeJS.Timeout | undefined;
   let diskWatch: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
@@ -345,9 +383,9 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       channel.report,
       new Promise<never>((_, reject) => {
         diskWatch = setInterval(() => {
-          stat(overlay).then((info) => {
-            if (info.size >= maxDiskBytes - DISK_BOUND_SLACK) reject(diskFull(maxDiskBytes));
-          }, () => undefined);
+          diskUsed().then((used) => {
+            if (used >= maxDiskBytes - DISK_BOUND_SLACK) reject(diskFull(maxDiskBytes));
+          }, reject);
         }, DISK_WATCH_MS);
       }),
       qemu!.gone.then(async (exit) => {
@@ -380,34 +418,43 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     channel.close();
   }
   const bootMs = Date.now() - started;
+  // A guest may report between its writes' failing and the watch's next look: what it says then is not trusted.
+  if ((await diskUsed()) >= maxDiskBytes - DISK_BOUND_SLACK) {
+    await stopQemu?.();
+    await consoleComplete();
+    throw new ImageBuilderError('CHECK_FAILED', `${diskFull(maxDiskBytes).message}; its console is in ${consoleLog}`, { hint: diskFull(maxDiskBytes).hint });
+  }
   log.info(`boot: the guest reported after ${(bootMs / 1000).toFixed(1)} s (exit status ${report.exitCode}); waiting for it to power off`);
   // It powers itself off; one that does not within the grace is stopped (the overlay is thrown away either way).
   const graceTimer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), POWEROFF_GRACE_MS[accel]).unref());
   if ((await Promise.race([qemu!.gone.then(() => 'off' as const), graceTimer])) === 'late') log.warn(`boot: the guest did not power off within ${POWEROFF_GRACE_MS[accel] / 1000} s of reporting; stopping qemu`);
   await stopQemu?.();
   await consoleComplete();
-  if (socketDir !== dir) await rm(socketDir, { recursive: true, force: true });
   return { exitCode: report.exitCode, output: report.output, consoleLog, bootMs, accel, firmware, via };
 }
 
 const diskFull = (maxDiskBytes: number) =>
-  new BootFailure(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk or qemu's log, the most a boot may; qemu was stopped`, 'a check that needs more can raise maxDiskBytes; an image that fills its disk while it boots is itself the problem');
+  new BootFailure(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk, the most a boot may; qemu was stopped`, `a boot writes a few hundred MB: an image that fills ${formatBytes(maxDiskBytes)} while it boots is itself the problem (bootAndRun's maxDiskBytes sets the bound)`);
 
 /**
  * qemu as a hostile guest's next target: should the guest break out of it, it is uid 65534 with no capability
  * (no_new_privs, the bounding set empty) in a box of its own (util/unprivileged.ts: its own mount, PID, network
- * and IPC namespaces; the host's /usr read-only, the VM's directory and, for KVM, /dev/kvm with its group), under
- * qemu's own seccomp filter. RLIMIT_FSIZE bounds every file it writes (the overlay a guest fills, its log): past
- * it, writes fail, and the boot is stopped (see DISK_WATCH_MS). It dies with us: the box with its parent, and its PID namespace with it.
+ * and IPC namespaces; the host's /usr read-only, the VM's directory, our sockets and, for KVM, /dev/kvm with its
+ * group; no descriptor of ours but the image's: Node's spawn passes only those it is given), under qemu's own
+ * seccomp filter. Every file it may write is
+ * bounded (RLIMIT_FSIZE; see DISK_WATCH_MS); its output goes through a pipe into a bounded log; no core dump. It
+ * dies with us: the box with its parent, and its PID namespace with it.
  */
 async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number }): Promise<[string, string[]]> {
   await requireBoxedTool(qemu, 'booting the image');
   await requireBoxedTool('prlimit', 'booting the image (it bounds the files qemu writes)');
-  const binds: SandboxBind[] = [{ host: options.vmDir, inside: VM_DIR_IN_BOX, writable: true }];
-  if (options.socketDir !== options.vmDir) binds.push({ host: options.socketDir, inside: SOCKET_DIR_IN_BOX, writable: true });
-  // /dev/kvm is root's and its group's (kvm): that group is the one kept.
-  const kvm = options.accel === 'kvm' ? { deviceNodes: ['/dev/kvm'], groups: [(await stat('/dev/kvm')).gid] } : {};
-  return unprivilegedCommand(['prlimit', `--fsize=${options.maxDiskBytes}`, '--', qemu, ...args], { binds, ...kvm });
+  const binds: SandboxBind[] = [
+    { host: options.vmDir, inside: VM_DIR_IN_BOX, writable: true },
+    { host: options.socketDir, inside: SOCKET_DIR_IN_BOX },
+  ];
+  const kvm = options.accel === 'kvm' ? { deviceNodes: ['/dev/kvm'], ...(await kvmForQemuBox()) } : {};
+  const limits = ['prlimit', `--fsize=${options.maxDiskBytes}`, '--core=0', '--'];
+  return unprivilegedCommand([...limits, qemu, ...args], { binds, ...kvm });
 }
 
 /** A directory with a short path for the results socket, when the work dir's is too long for one. */

@@ -1,4 +1,5 @@
-import { connect, type Socket } from 'node:net';
+import { chmod } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
 
 /** The virtio-serial port the guest reports on (/dev/virtio-ports/<name> in the guest). */
 export const CHANNEL_NAME = 'org.imagebuilder.results';
@@ -37,58 +38,68 @@ export interface ChannelReader {
   close(): void;
 }
 
+export interface QemuConnection {
+  /** Settles once qemu has connected. */
+  readonly connected: Promise<void>;
+  stop(): void;
+}
+
 /**
- * Connects to a Unix socket qemu listens on. Its file exists a moment before qemu listens, so a refused connect
- * is tried again every 100 ms, up to 100 times; once connected, qemu going away closes the connection. `handle`
- * gets each attempt's socket, whether it got through, and whether it is the last try. stop() ends it all.
+ * Listens on a Unix socket for qemu to connect to (its chardev a client: server=off). qemu runs unprivileged and
+ * needs no directory it may write; the socket is ours, in a directory only qemu's box reaches, and connectable
+ * (0666) by qemu's uid. qemu connects while it starts, before the guest runs, so nothing sent is missed. The
+ * first connection is taken and the server then closed: no second client is heard. `handle` gets it.
  */
-export function connectToQemu(socketPath: string, handle: (socket: Socket, attempt: { connected: () => boolean; last: boolean }) => void): { stop: () => void } {
-  let current: Socket | undefined;
-  let stopped = false;
-  const attempt = (left: number) => {
-    if (stopped) return;
-    let connected = false;
-    const socket = (current = connect(socketPath, () => (connected = true)));
-    handle(socket, { connected: () => connected, last: left <= 0 });
-    socket.on('error', () => {
-      if (!connected && left > 0) setTimeout(() => attempt(left - 1), 100).unref();
-    });
-  };
-  attempt(100);
+export async function listenForQemu(socketPath: string, handle: (socket: Socket) => void): Promise<QemuConnection> {
+  let accepted: Socket | undefined;
+  let onConnected: () => void = () => undefined;
+  const connected = new Promise<void>((resolve) => (onConnected = resolve));
+  const server = createServer((socket) => {
+    server.close();
+    if (accepted) return void socket.destroy();
+    accepted = socket;
+    onConnected();
+    handle(socket);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => resolve());
+  });
+  await chmod(socketPath, 0o666);
   return {
+    connected,
     stop: () => {
-      stopped = true;
-      current?.destroy();
+      server.close();
+      accepted?.destroy();
     },
   };
 }
 
 /**
- * Connects to the host end of the results channel (qemu listening on `socketPath`) and reads one report.
- * qemu accepts one client at a time; the guest's writes wait until we are connected. A connection that ends
- * early says nothing here: who waits learns why from qemu's exit.
+ * Listens for qemu's end of the results channel and reads one report from it. The guest's writes wait until
+ * qemu is connected. A connection that ends early says nothing here: who waits learns why from qemu's exit.
  */
-export function readChannel(socketPath: string, maxOutputBytes: number): ChannelReader {
-  let connection: { stop: () => void } | undefined;
-  const report = new Promise<GuestReport>((resolve, reject) => {
-    connection = connectToQemu(socketPath, (socket) => {
-      const chunks: Buffer[] = [];
-      socket.on('data', (chunk: Buffer) => {
-        chunks.push(chunk);
-        try {
-          const parsed = parseReport(Buffer.concat(chunks), maxOutputBytes);
-          if (parsed) {
-            resolve(parsed);
-            socket.destroy();
-          }
-        } catch (error) {
-          reject(error);
-          socket.destroy();
-        }
-      });
-    });
-  });
+export async function readChannel(socketPath: string, maxOutputBytes: number): Promise<ChannelReader> {
+  let settle: { resolve: (report: GuestReport) => void; reject: (error: unknown) => void } | undefined;
+  const report = new Promise<GuestReport>((resolve, reject) => (settle = { resolve, reject }));
   // Nobody may be listening when the report is abandoned (a timeout): its rejection must not go unhandled.
   report.catch(() => undefined);
-  return { report, close: () => connection?.stop() };
+  const connection = await listenForQemu(socketPath, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      try {
+        const parsed = parseReport(Buffer.concat(chunks), maxOutputBytes);
+        if (parsed) {
+          settle!.resolve(parsed);
+          socket.destroy();
+        }
+      } catch (error) {
+        settle!.reject(error);
+        socket.destroy();
+      }
+    });
+  });
+  return { report, close: () => connection.stop() };
 }

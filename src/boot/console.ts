@@ -1,5 +1,5 @@
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { connectToQemu } from './channel.js';
+import { listenForQemu, type QemuConnection } from './channel.js';
 
 /** The most of a guest's console kept on disk: its beginning, and its end (the part that shows why it stopped). */
 export const DEFAULT_CONSOLE_MAX_BYTES = 16 << 20;
@@ -70,18 +70,20 @@ export class ConsoleLog {
 }
 
 export interface ConsoleRecorder {
+  /** Settles once qemu has connected: it is then past its start, the guest about to run. */
+  readonly connected: Promise<void>;
   /** Settles once qemu has closed the console (it ended) or close() was called; the file is then complete. */
   readonly done: Promise<void>;
   close(): void;
 }
 
 /**
- * Connects to qemu's serial console (a Unix socket qemu listens on, and waits on before it starts the guest, so
- * nothing the firmware prints is missed) and keeps it in `path`, bounded as ConsoleLog says.
+ * Listens for qemu's serial console (qemu connects while it starts, before the guest runs, so nothing the
+ * firmware prints is missed) and keeps it in `path`, bounded as ConsoleLog says.
  */
-export function recordConsole(socketPath: string, path: string, limits: ConsoleLimits = {}): ConsoleRecorder {
+export async function recordConsole(socketPath: string, path: string, limits: ConsoleLimits = {}): Promise<ConsoleRecorder> {
   const log = new ConsoleLog(path, limits);
-  let connection: { stop: () => void } | undefined;
+  let connection: QemuConnection | undefined;
   let finish: () => void = () => undefined;
   const done = new Promise<void>((resolve) => {
     finish = () => {
@@ -90,11 +92,15 @@ export function recordConsole(socketPath: string, path: string, limits: ConsoleL
       resolve();
     };
   });
-  connection = connectToQemu(socketPath, (socket, attempt) => {
-    socket.on('data', (chunk: Buffer) => log.write(chunk));
-    socket.on('close', () => {
-      if (attempt.connected() || attempt.last) finish();
+  try {
+    connection = await listenForQemu(socketPath, (socket) => {
+      socket.on('error', () => undefined);
+      socket.on('data', (chunk: Buffer) => log.write(chunk));
+      socket.on('close', () => finish());
     });
-  });
-  return { done, close: () => finish() };
+  } catch (error) {
+    finish();
+    throw error;
+  }
+  return { connected: connection.connected, done, close: () => finish() };
 }

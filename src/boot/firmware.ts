@@ -84,13 +84,13 @@ export interface QemuArgsRequest {
   /** The writable copy of the UEFI variable store (uefi only). */
   uefiVars?: string;
   /**
-   * The host end of the serial console: a Unix socket qemu listens on and waits on before the guest starts
-   * (server=on,wait=on), so the reader that bounds the log (console.ts) misses nothing.
+   * The serial console: a Unix socket we listen on (the reader that bounds the log, console.ts), which qemu
+   * connects to while it starts (server=off), before the guest runs: nothing is missed.
    */
   consoleSocket: string;
   /** direct-kernel: the guest's kernel and initramfs (copied out of it) and the command line they boot with. */
   kernel?: { kernel: string; initrd?: string; append: string };
-  /** The host end of the results channel: a Unix socket qemu listens on. */
+  /** The results channel: a Unix socket we listen on, which qemu connects to. */
   channelSocket: string;
   channelName: string;
   memoryMiB: number;
@@ -100,6 +100,9 @@ export interface QemuArgsRequest {
 /** The fd set (`-add-fd`) the image's descriptor is in: qemu opens it as /dev/fdset/1. */
 const IMAGE_FDSET = 1;
 
+/** Formats whose qemu driver takes a `backing` option (BlockdevOptionsGenericCOWFormat); the rest refuse it. */
+const COW_FORMATS = new Set(['qcow2', 'vmdk']);
+
 /** The guest's disk: the overlay, over the image read through its inherited descriptor. */
 function diskNodes(request: QemuArgsRequest) {
   const image = {
@@ -107,8 +110,9 @@ function diskNodes(request: QemuArgsRequest) {
     driver: request.image.format,
     'read-only': true,
     file: { driver: 'file', filename: `/dev/fdset/${IMAGE_FDSET}`, 'read-only': true },
-    // A qcow2 image refers to nothing (probed), and is told so.
-    ...(request.image.format === 'qcow2' ? { backing: null } : {}),
+    // The formats that may name a parent (qcow2, vmdk) are told they have none: the probe found none, and in
+    // qemu's box a name would be read there (its /proc, /dev).
+    ...(COW_FORMATS.has(request.image.format) ? { backing: null } : {}),
   };
   return { 'node-name': 'disk0', driver: 'qcow2', discard: 'unmap', file: { driver: 'file', filename: request.disk }, backing: image };
 }
@@ -116,8 +120,8 @@ function diskNodes(request: QemuArgsRequest) {
 /**
  * qemu's command line: no display, no default devices, no network at all (-nic none: the guest never reaches
  * the host or anything else), the serial console on a socket we read, the disk on virtio-blk, and one virtio-serial
- * port named `channelName` whose host end is a listening Unix socket (server=on,wait=off: qemu does not wait for
- * us; the guest's writes block until we connect). -no-reboot: a guest that reboots (a panic with panic=N, a
+ * port named `channelName` on another of our sockets. qemu is their client (server=off): it needs no directory it
+ * may write, and fails to start if we are not listening. -no-reboot: a guest that reboots (a panic with panic=N, a
  * failed boot's reboot) ends qemu instead of booting again.
  */
 export function qemuArgs(request: QemuArgsRequest): string[] {
@@ -139,8 +143,8 @@ export function qemuArgs(request: QemuArgsRequest): string[] {
     '-display', 'none',
     '-no-reboot',
     '-nic', 'none',
-    // Made before any other chardev: qemu waits here for our reader, then goes on to make the rest.
-    '-chardev', `socket,id=console0,path=${request.consoleSocket},server=on,wait=on`,
+    // The first chardev: connected before anything else is made, the guest not yet running.
+    '-chardev', `socket,id=console0,path=${request.consoleSocket},server=off`,
     '-serial', 'chardev:console0',
     '-monitor', 'none',
   ];
@@ -163,7 +167,7 @@ export function qemuArgs(request: QemuArgsRequest): string[] {
     '-device', `virtio-blk-pci,drive=disk0${request.firmware === 'direct-kernel' ? '' : ',bootindex=0'}`,
     ...(request.seed ? ['-drive', `if=none,id=seed0,format=raw,readonly=on,file=${request.seed}`, '-device', 'virtio-blk-pci,drive=seed0'] : []),
     '-device', 'virtio-serial-pci,id=vser0',
-    '-chardev', `socket,id=results0,path=${request.channelSocket},server=on,wait=off`,
+    '-chardev', `socket,id=results0,path=${request.channelSocket},server=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=results0,name=${request.channelName}`,
     '-device', 'virtio-rng-pci',
   );

@@ -27,6 +27,11 @@ export interface HelperOptions {
   log: Logger;
   /** Where its stdout and stderr go (shown in the error when it fails to start). */
   logFile: string;
+  /**
+   * Takes its stdout and stderr through a pipe instead, and writes logFile itself (bounded: a helper that a guest
+   * makes print, qemu, fills no disk). Closed once the helper has exited and its output is read.
+   */
+  logSink?: { write(chunk: Buffer): void; close(): void };
   /** True once it serves what it was started for (its export is mounted, its socket listens). */
   ready: () => Promise<boolean>;
   purpose: string;
@@ -72,16 +77,25 @@ export async function startHelper(file: string, args: string[], options: HelperO
   if (!setpriv) log.warn(`setpriv (util-linux) is missing: ${file} would outlive a killed build until \`imagebuilder cleanup\``);
   const [command, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', file, ...args]] : [file, args];
   log.debug(`$ ${formatCommand(file, args)}`);
-  const output = openSync(options.logFile, 'a');
+  const sink = options.logSink;
+  const output = sink ? 'pipe' : openSync(options.logFile, 'a');
   let child: ChildProcess;
   try {
     child = spawn(command, argv, { stdio: ['ignore', output, output, ...(options.passFds ?? [])], detached: true, env: { ...process.env, ...options.extraEnv } });
   } finally {
-    closeSync(output);
+    if (typeof output === 'number') closeSync(output);
   }
+  if (sink) for (const stream of [child.stdout, child.stderr]) stream?.on('data', (chunk: Buffer) => sink.write(chunk));
+  // 'close': exited, and its output read to the end (what an error then quotes from the log is all there).
   const gone = new Promise<HelperExit>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-    child.once('error', () => resolve({ code: null, signal: null }));
+    child.once('close', (code, signal) => {
+      sink?.close();
+      resolve({ code, signal });
+    });
+    child.once('error', () => {
+      sink?.close();
+      resolve({ code: null, signal: null });
+    });
   });
   const wait = async (graceMs: number) => {
     if (exited(child) || !child.pid) return;

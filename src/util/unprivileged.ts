@@ -71,7 +71,7 @@ export function unprivilegedCommand(
     keepRootUid?: boolean;
     /** Host device nodes the program needs (qemu's /dev/kvm), bound at their own paths. */
     deviceNodes?: string[];
-    /** Supplementary groups kept (the group that may open one of `devices`); none otherwise. */
+    /** Supplementary groups kept (the group that may open one of `deviceNodes`); none otherwise. */
     groups?: number[];
   } = {},
 ): [string, string[]] {

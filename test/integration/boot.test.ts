@@ -83,11 +83,18 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(seen).toEqual(expect.arrayContaining(['usr', 'vm', 'dev', 'proc', 'tmp']));
     for (const hostOnly of ['var', 'root', 'home', 'run', 'work']) expect(seen).not.toContain(hostOnly);
     await expect(stat(`/proc/${pid}/root/etc/shadow`)).rejects.toThrow(/ENOENT/);
-    expect((await readdir(`/proc/${pid}/root/vm`)).sort()).toEqual(expect.arrayContaining(['console.sock', 'disk.qcow2', 'efivars.fd', 'results.sock']));
+    expect((await readdir(`/proc/${pid}/root/vm`)).sort()).toEqual(['disk.qcow2', 'efivars.fd']);
+    // Our sockets: qemu connected to each while it started, and each then stopped listening (and is gone).
+    expect(await readdir(`/proc/${pid}/root/sockets`)).toEqual([]);
+    // What qemu may write: the overlay and the variable store, not their directory (it makes nothing there).
+    for (const [path, owner] of [['vm', 0], ['vm/disk.qcow2', 65534], ['vm/efivars.fd', 65534], ['sockets', 0]] as const) expect({ path, uid: (await stat(`/proc/${pid}/root/${path}`)).uid }).toEqual({ path, uid: owner });
     await expect(stat(`/proc/${pid}/root${image}`)).rejects.toThrow(/ENOENT/);
+    // Its descriptors: the image (named as we opened it), and what it opened in its box (named as it sees them).
     const descriptors = await readdir(`/proc/${pid}/fd`);
     const targets = await Promise.all(descriptors.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
     expect(targets).toContain(image);
+    expect(targets).toContain('/vm/disk.qcow2');
+    for (const target of targets.filter((t) => t.startsWith('/'))) expect({ target, inBox: target === image || /^\/(vm|dev|usr)\//.test(target) }).toEqual({ target, inBox: true });
     const result = await booting;
     console.log(`boot: ${result.accel} ${result.firmware} reported after ${(result.bootMs / 1000).toFixed(1)} s`);
     expect(result).toMatchObject({ accel: 'tcg', firmware: 'uefi', via: 'systemd', exitCode: 3, consoleLog: join(results, 'console.log') });
@@ -160,7 +167,7 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     const maxDiskBytes = 192 << 20;
     const error = await boot({ script, accel: 'tcg', firmware: 'direct-kernel', maxDiskBytes, resultsDir: join(work, 'results-fill') }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ImageBuilderError);
-    expect((error as ImageBuilderError).message).toContain(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk or qemu's log, the most a boot may; qemu was stopped`);
+    expect((error as ImageBuilderError).message).toContain(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk, the most a boot may; qemu was stopped`);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });

@@ -293,6 +293,16 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 60_000);
 
+  test('a descriptor imagebuilder inherits (a CI runner\'s redirection on a host directory) reaches no guest command', async () => {
+    // Through it a guest command (root, with CAP_DAC_OVERRIDE) would read and write the host's /etc by openat,
+    // whatever its mounts: bwrap and the chain before it pass on what they get. Node's spawn passes only the
+    // descriptors it is given (stdio, qemu's image), which this holds it to.
+    const probe = 'test -e /proc/self/fd/7 && echo fd7=inherited && ls /proc/self/fd/7/ | head -3 || echo fd7=closed';
+    const result = await execa('bash', ['-c', 'exec 7</etc; exec "$@"', 'bash', 'node', CLI, 'shell', '--disk-image', input, '--command', probe], { reject: false });
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout.trim().split('\n')).toEqual(['fd7=closed']);
+  });
+
   test('a fork bomb and a memory hog each end as a failed step naming the limit, everything released', async () => {
     const bomb = await writeRecipe(work, 'bomb', [{ name: 'fork bomb', run: { script: 'bomb() { bomb | bomb & }; bomb; sleep 60', timeout: 20 } }]);
     const before = await snapshotHost();

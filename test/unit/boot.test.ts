@@ -1,9 +1,9 @@
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, EMERGENCY_UNIT, installAgent } from '../../src/boot/agent.js';
 import { makeIso } from '../../src/boot/iso9660.js';
-import { createServer } from 'node:net';
+import { connect } from 'node:net';
 import { CHANNEL_NAME, parseReport, readChannel } from '../../src/boot/channel.js';
 import { ConsoleLog } from '../../src/boot/console.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
@@ -74,23 +74,24 @@ describe('boot: the report on the virtio-serial channel', () => {
 });
 
 describe('boot: reading the channel', () => {
-  test('connects once qemu listens (the file may be there first), and reads a report sent in pieces', async () => {
+  test('listens before qemu starts, takes its one connection (no second client heard), reads a report sent in pieces', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ib-boot-channel-'));
     const path = join(dir, 'results.sock');
-    await writeFile(path, ''); // there, but nobody listening yet: refused
-    const channel = readChannel(path, 1 << 20);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-    await rm(path);
-    const server = createServer((connection) => {
-      connection.write('imagebuilder-boot-result status=0 by');
-      setTimeout(() => connection.end('tes=3\nok\n'), 50);
-    });
-    await new Promise<void>((resolve) => server.listen(path, resolve));
+    const channel = await readChannel(path, 1 << 20);
     try {
+      // Connectable by qemu's uid (nobody): the directory it is in is what keeps others out.
+      expect((await stat(path)).mode & 0o777).toBe(0o666);
+      const qemu = connect(path);
+      await new Promise((resolve) => qemu.once('connect', resolve));
+      qemu.write('imagebuilder-boot-result status=0 by');
+      // A second client (after qemu's) is refused: the server took one connection and closed.
+      const second = connect(path);
+      const refused = await new Promise<string>((resolve) => { second.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error')); second.once('connect', () => resolve('connected')); });
+      expect(refused).toMatch(/ECONNREFUSED|ENOENT/);
+      setTimeout(() => qemu.end('tes=3\nok\n'), 50);
       await expect(channel.report).resolves.toEqual({ exitCode: 0, output: 'ok\n' });
     } finally {
       channel.close();
-      server.close();
       await rm(dir, { recursive: true, force: true });
     }
   });
@@ -99,7 +100,7 @@ describe('boot: reading the channel', () => {
 describe('boot: the qemu command line', () => {
   const spec: MachineSpec = { arch: 'amd64', qemu: 'qemu-system-x86_64', machine: 'q35', bios: true, uefi: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd', package: 'ovmf' } };
   const request = { spec, disk: '/w/disk.qcow2', image: { fd: 3, format: 'qcow2' }, uefiVars: '/w/efivars.fd', consoleSocket: '/w/console.sock', channelSocket: '/w/results.sock', channelName: CHANNEL_NAME, memoryMiB: 1024, cpus: 2 };
-  test('UEFI: the firmware read-only, a copy of its variables writable; no network; the channel a listening socket', () => {
+  test('UEFI: the firmware read-only, a copy of its variables writable; no network; console and channel our sockets, qemu their client', () => {
     const args = qemuArgs({ ...request, accel: 'tcg', firmware: 'uefi' }).join(' ');
     expect(args).toContain('-machine q35,accel=tcg');
     expect(args).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd');
@@ -107,11 +108,12 @@ describe('boot: the qemu command line', () => {
     expect(args).toContain('-nic none');
     expect(args).toContain('-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
     expect(args).not.toMatch(/-netdev|user,|hostfwd/);
-    // The console is a socket qemu waits on before anything else (our bounded reader), never a file qemu grows.
-    expect(args).toContain('-chardev socket,id=console0,path=/w/console.sock,server=on,wait=on -serial chardev:console0');
+    // The console is our socket (our bounded reader), connected to before anything else, never a file qemu grows.
+    expect(args).toContain('-chardev socket,id=console0,path=/w/console.sock,server=off -serial chardev:console0');
     expect(args.indexOf('id=console0')).toBeLessThan(args.indexOf('id=results0'));
     expect(args).not.toContain('file:');
-    expect(args).toContain('socket,id=results0,path=/w/results.sock,server=on,wait=off');
+    expect(args).toContain('socket,id=results0,path=/w/results.sock,server=off');
+    expect(args).not.toContain('server=on');
     expect(args).toContain(`virtserialport,bus=vser0.0,chardev=results0,name=${CHANNEL_NAME}`);
     // The image by its inherited descriptor (its path is not in qemu's box), under the overlay, formats named.
     expect(args).toContain('-add-fd fd=3,set=1,opaque=image');
@@ -122,10 +124,13 @@ describe('boot: the qemu command line', () => {
     });
     expect(args).toContain('virtio-blk-pci,drive=disk0,bootindex=0');
   });
-  test('a raw image: its node has no backing field to clear', () => {
+  test('a raw image: its node has no backing field to clear; a VMDK\'s is cleared', () => {
     const args = qemuArgs({ ...request, image: { fd: 3, format: 'raw' }, accel: 'tcg', firmware: 'bios' });
     const disk = JSON.parse(args[args.indexOf('-blockdev') + 1]);
     expect(disk.backing).toEqual({ 'node-name': 'image', driver: 'raw', 'read-only': true, file: { driver: 'file', filename: '/dev/fdset/1', 'read-only': true } });
+    // A VMDK may name a parent too: told it has none.
+    const vmdk = qemuArgs({ ...request, image: { fd: 3, format: 'vmdk' }, accel: 'tcg', firmware: 'bios' });
+    expect(JSON.parse(vmdk[vmdk.indexOf('-blockdev') + 1]).backing).toMatchObject({ driver: 'vmdk', backing: null });
   });
   test('BIOS: no pflash (SeaBIOS, qemu\'s own); KVM uses the host CPU', () => {
     const args = qemuArgs({ ...request, accel: 'kvm', firmware: 'bios' }).join(' ');

@@ -4,7 +4,8 @@ import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { replaceTemporarily } from '../../src/chroot/guest-file.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
-import { renameOver, resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
+import { NotRegularFile, openRegularFile, renameOver, resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
+import { ConsoleLog } from '../../src/boot/console.js';
 import { createLogger } from '../../src/util/log.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { readLogTail, startHelper } from '../../src/util/daemon.js';
@@ -221,7 +222,54 @@ describe('stopwatch', () => {
   });
 });
 
+describe('openRegularFile', () => {
+  test('a regular file opens (through a link only when following); a FIFO, a directory, a device or a link where none is followed does not, and nothing waits', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'regular-'));
+    try {
+      await writeFile(join(dir, 'file'), 'twelve bytes');
+      await symlink('file', join(dir, 'link'));
+      await symlink('/dev/null', join(dir, 'device'));
+      await execa('mkfifo', [join(dir, 'fifo')]);
+      for (const follow of [true, false]) {
+        const opened = await openRegularFile(join(dir, 'file'), { follow });
+        expect(opened?.size).toBe(12);
+        await opened?.handle.close();
+        expect(await openRegularFile(join(dir, 'missing'), { follow })).toBeUndefined();
+        expect(await openRegularFile(join(dir, 'missing', 'below'), { follow })).toBeUndefined();
+        for (const name of ['fifo', 'device', 'sub']) {
+          if (name === 'sub') await mkdir(join(dir, 'sub'), { recursive: true });
+          await expect(openRegularFile(join(dir, name), { follow })).rejects.toMatchObject({ constructor: NotRegularFile, isDirectory: name === 'sub' });
+        }
+      }
+      const throughLink = await openRegularFile(join(dir, 'link'), { follow: true });
+      expect(throughLink?.size).toBe(12);
+      await throughLink?.handle.close();
+      await expect(openRegularFile(join(dir, 'link'), { follow: false })).rejects.toBeInstanceOf(NotRegularFile);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('startHelper', () => {
+  test('output through a bounded sink (qemu\'s log): its beginning and end kept, all of it read before it is said to be gone, with its exit status', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'helper-'));
+    try {
+      const logFile = join(dir, 'helper.log');
+      const flood = "echo 'the first words'; head -c 20000000 /dev/zero | tr '\\0' x; echo; echo 'the last words' >&2; exit 3";
+      let helper: Awaited<ReturnType<typeof startHelper>> | undefined;
+      const start = startHelper('sh', ['-c', flood], { log: createLogger({ write: () => undefined }), logFile, logSink: new ConsoleLog(logFile, { maxBytes: 64 << 10 }), purpose: 'a flooding helper', ready: async () => true }, (h) => (helper = h));
+      await start;
+      expect(await helper!.gone).toEqual({ code: 3, signal: null });
+      const text = await readFile(logFile, 'utf8');
+      expect(text.length).toBeLessThan(70 << 10);
+      expect(text.startsWith('the first words\n')).toBe(true);
+      expect(text.trimEnd().endsWith('the last words')).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a helper that fails after a flood of output: the error quotes the end of its log, read from the end alone", async () => {
     const dir = await mkdtemp(join(tmpdir(), 'helper-'));
     try {
