@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { constants, createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, mkdir, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -8,6 +8,7 @@ import { detectCompression, isTarArchive } from '../fetch/decompress.js';
 import type { StepDownloads } from '../fetch/downloads.js';
 import type { StepHostFiles } from '../steps/types.js';
 import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
+import { openRegularFile } from '../util/fs.js';
 import { RPM_BUNDLE_GUEST_DIR, rpmBundlePackages, ZYPPER_REPOS_DIR, zypperBundleRepoFile } from '../pkg/rpm-bundle.js';
 import type { ServedRepository } from '../pkg/types.js';
 import { sha256File, sha256Text } from '../util/digest.js';
@@ -124,15 +125,12 @@ const changed = (file: BundleFile) => new ImageBuilderError('VERIFY_FAILED', `bu
  * directory bundle may sit on a share that changes under us), and still of the size the manifest gives.
  */
 async function openBundleFile(dir: string, file: BundleFile): Promise<FileHandle> {
-  const handle = await open(join(dir, file.path), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => {
-    throw changed(file);
-  });
-  const info = await handle.stat().catch(() => undefined);
-  if (!info?.isFile() || info.size !== file.size) {
-    await handle.close();
+  const opened = await openRegularFile(join(dir, file.path), { follow: false }).catch(() => undefined);
+  if (opened?.size !== file.size) {
+    await opened?.handle.close();
     throw changed(file);
   }
-  return handle;
+  return opened.handle;
 }
 
 /** A file of the bundle, read again and checked against the manifest at the moment it is used. */

@@ -1,8 +1,8 @@
-import { constants } from 'node:fs';
-import { open, readdir, rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import { hashFile, type HashAlgorithm } from '../util/digest.js';
+import { NotRegularFile, openRegularFile } from '../util/fs.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
@@ -156,22 +156,18 @@ function localLocation(imageFile: string): SumsLocation {
 
 /** A sums or signature file beside a local image: undefined when absent; refused when not a regular file or larger than `maxBytes`. */
 async function readSumsFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
-  // Looked at before it is opened (opening a device node may act: a watchdog arms, a tape rewinds), then the
-  // descriptor checked to be that file. A link to a file is followed: users keep their images and sums so.
-  const seen = await stat(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
-    throw error;
+  // A link to a file is followed: users keep their images and sums so.
+  const opened = await openRegularFile(path, { follow: true }).catch((error: unknown) => {
+    if (!(error instanceof NotRegularFile)) throw error;
+    if (error.isDirectory) return undefined;
+    throw new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
   });
-  if (!seen || seen.isDirectory()) return undefined;
-  const notRegular = () => new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
-  if (!seen.isFile()) throw notRegular();
-  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  if (!opened) return undefined;
+  const { handle, size } = opened;
   try {
-    const info = await handle.stat();
-    if (!info.isFile() || info.dev !== seen.dev || info.ino !== seen.ino) throw notRegular();
-    if (info.size > maxBytes) throw new ImageBuilderError('BAD_INPUT', `${path} is ${info.size} bytes, more than a sums or signature file's ${maxBytes}`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
-    const data = Buffer.alloc(info.size);
-    const { bytesRead } = await handle.read(data, 0, info.size, 0);
+    if (size > maxBytes) throw new ImageBuilderError('BAD_INPUT', `${path} is ${size} bytes, more than a sums or signature file's ${maxBytes}`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
+    const data = Buffer.alloc(size);
+    const { bytesRead } = await handle.read(data, 0, size, 0);
     return data.subarray(0, bytesRead);
   } finally {
     await handle.close();

@@ -1,7 +1,7 @@
-import { constants } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { NotRegularFile, openRegularFile } from '../util/fs.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
@@ -44,10 +44,15 @@ export interface SignatureCheck {
  * is not followed), regular, no larger than the clearsigned file it came from.
  */
 async function readVerifiedText(path: string, atMost: number): Promise<string> {
-  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  const notTheText = (why: string) => new ImageBuilderError('VERIFY_FAILED', `gpgv's output is not the text it verified (${why})`);
+  const opened = await openRegularFile(path, { follow: false }).catch((error: unknown) => {
+    if (error instanceof NotRegularFile) throw notTheText('not a regular file');
+    throw error;
+  });
+  if (!opened) throw notTheText('gpgv wrote none');
+  const { handle, size } = opened;
   try {
-    const info = await handle.stat();
-    if (!info.isFile() || info.size > atMost) throw new ImageBuilderError('VERIFY_FAILED', `gpgv's output is not the text it verified (${info.isFile() ? `${info.size} bytes, more than the ${atMost} signed` : 'not a regular file'})`);
+    if (size > atMost) throw notTheText(`${size} bytes, more than the ${atMost} signed`);
     return (await handle.readFile()).toString('utf8');
   } finally {
     await handle.close();

@@ -1,7 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
-import { workRecordErrors } from '../bom/schema.js';
 import { detectDistro } from '../distro/families.js';
 import { readOsRelease } from '../distro/os-release.js';
 import { sha256File } from '../util/digest.js';
@@ -24,6 +23,7 @@ import { mountGuest, type OpenedGuest } from './guest.js';
 import { LayerStore, layerStoreDir } from './layers.js';
 import { FORMAT_EXTENSIONS } from './output.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
+import { readWorkRecord } from './work-record.js';
 import { defaultOutputPath, partialFor, partialPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
 import { proveOutput, type OutputTest } from './test.js';
 import { verifyForBuild, type DiskImageOptions, type VerifiedImage } from './verify.js';
@@ -335,26 +335,11 @@ async function openWorkImage(context: BuildContext, workImage: string, options: 
 
 /** A work image's record, read as the hostile data it may be: JSON of the shape apply --phases 0,1 writes, or a clear refusal. */
 function parseWorkRecord(workImage: string, text: string): Phase1Bom {
-  const refuse = (why: string) =>
-    new ImageBuilderError('BAD_INPUT', `${workImage}: its work record (${WORK_RECORD_PATH}) ${why}`, {
-      hint: 'the work image is damaged, or not one imagebuilder wrote: make it again with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1',
-    });
-  let record: unknown;
-  try {
-    record = JSON.parse(text);
-  } catch (error) {
-    throw refuse(`is not JSON (${(error as Error).message})`);
-  }
-  const version = (record as { bomVersion?: unknown } | null)?.bomVersion;
-  if (version !== 1) throw refuse(`has an unknown version (${String(version)})`);
-  const problems = workRecordErrors(record);
-  if (problems.length) {
-    // A record another imagebuilder wrote may lack what this one's BOM requires: say so rather than "damaged".
-    const writer = (record as { tool?: { version?: unknown } }).tool?.version;
-    const other = typeof writer === 'string' && writer !== TOOL_VERSION ? ` (written by imagebuilder ${writer}; this is ${TOOL_VERSION}, whose export reads its own records: make the work image again with it)` : '';
-    throw refuse(`is not one apply --phases 0,1 writes: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ' …' : ''}${other}`);
-  }
-  return record as Phase1Bom;
+  const read = readWorkRecord(text);
+  if ('record' in read) return read.record;
+  throw new ImageBuilderError('BAD_INPUT', `${workImage}: its work record (${WORK_RECORD_PATH}) ${read.problem}`, {
+    hint: 'the work image is damaged, or not one imagebuilder wrote: make it again with imagebuilder apply RECIPE --disk-image IMAGE --phases 0,1',
+  });
 }
 
 /**

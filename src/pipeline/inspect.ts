@@ -8,7 +8,7 @@ import { mountContext, startBuild, withResources, type BuildOptions } from './co
 import { openGuest } from './guest.js';
 import { verifyForBuild, type VerifiedImage } from './verify.js';
 import type { DiskImageOptions } from '../fetch/image-source.js';
-import { workRecordErrors } from '../bom/schema.js';
+import { readWorkRecord } from './work-record.js';
 import type { Logger } from '../util/log.js';
 
 export interface InspectOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEvent'> {
@@ -40,17 +40,8 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
 
 /** A work record as the guest holds it (hostile data): shown only when it is one imagebuilder writes, else said and left out. */
 function workRecordOf(text: string, log: Logger): Phase1Bom | undefined {
-  let record: unknown;
-  try {
-    record = JSON.parse(text);
-  } catch (error) {
-    log.warn(`${WORK_RECORD_PATH} is not JSON (${(error as Error).message}): not shown as a work record`);
-    return undefined;
-  }
-  const problems = workRecordErrors(record);
-  if (problems.length) {
-    log.warn(`${WORK_RECORD_PATH} is not a work record this imagebuilder writes (${problems.slice(0, 3).join('; ')}): not shown`);
-    return undefined;
-  }
-  return record as Phase1Bom;
+  const read = readWorkRecord(text);
+  if ('record' in read) return read.record;
+  log.warn(`${WORK_RECORD_PATH} ${read.problem}: not shown`);
+  return undefined;
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { access, lstat, readlink, rename, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, open, readlink, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join, posix } from 'node:path';
 
@@ -113,4 +113,40 @@ export async function renameOver(from: string, path: string): Promise<void> {
 /** writeFileAtomic of a value as indented JSON, the form our records and caches are written in. */
 export async function writeJsonAtomic(path: string, value: unknown, options: { mode?: number } = {}): Promise<void> {
   await writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`, options);
+}
+
+/** What openRegularFile found at a name instead of a regular file: a directory, or something else (FIFO, socket, device, or a link where none is followed). */
+export class NotRegularFile extends Error {
+  constructor(readonly path: string, readonly isDirectory: boolean) {
+    super(`${path} is not a regular file`);
+  }
+}
+
+/**
+ * Opens a host file from elsewhere (a sums file, a bundle's file, a box's output) to read, only if it is a regular
+ * file: a FIFO is not waited on (O_NONBLOCK), a terminal never becomes ours (O_NOCTTY), and a device is never
+ * opened (opening one may act: a watchdog arms, a tape rewinds): with `follow`, what the name leads to is looked
+ * at first and the descriptor checked to be that file; without, a link at the name is refused (O_NOFOLLOW) and
+ * anything but a regular file opened is closed at once. Undefined when nothing is there; NotRegularFile otherwise.
+ */
+export async function openRegularFile(path: string, options: { follow: boolean }): Promise<{ handle: FileHandle; size: number } | undefined> {
+  const absent = (error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
+    if (error.code === 'ELOOP') throw new NotRegularFile(path, false);
+    throw error;
+  };
+  const seen = options.follow ? await stat(path).catch(absent) : undefined;
+  if (options.follow && !seen) return undefined;
+  if (seen && !seen.isFile()) throw new NotRegularFile(path, seen.isDirectory());
+  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY | (options.follow ? 0 : constants.O_NOFOLLOW)).catch(absent);
+  if (!handle) return undefined;
+  const info = await handle.stat().catch(async (error: unknown) => {
+    await handle.close();
+    throw error;
+  });
+  if (!info.isFile() || (seen && (info.dev !== seen.dev || info.ino !== seen.ino))) {
+    await handle.close();
+    throw new NotRegularFile(path, info.isDirectory());
+  }
+  return { handle, size: info.size };
 }

@@ -232,9 +232,9 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     const forgeries: [string, string, string][] = [
       ['not-json', '{"bomVersion": 1,', 'its work record (/usr/share/imagebuilder/work.json) is not JSON'],
       // A passing test run and a verified base it never had: phase 2's keys are no work record's.
-      ['claims-a-test', JSON.stringify({ ...record, input: { ...record.input, verified: true }, test: { summary: { passed: 50, failed: 0, skipped: 0 } } }), 'is not one apply --phases 0,1 writes: / must NOT have additional properties (test)'],
+      ['claims-a-test', JSON.stringify({ ...record, input: { ...record.input, verified: true }, test: { summary: { passed: 50, failed: 0, skipped: 0 } } }), 'is not a work record this imagebuilder writes (/ must NOT have additional properties (test))'],
       // An older imagebuilder's record, lacking a key this one's BOM requires: refused, naming both versions.
-      ['older-tool', JSON.stringify({ ...record, unitStates: undefined, tool: { name: 'imagebuilder', version: '0.0.1' } }), "must have required property 'unitStates' (written by imagebuilder 0.0.1; this is "],
+      ['older-tool', JSON.stringify({ ...record, unitStates: undefined, tool: { name: 'imagebuilder', version: '0.0.1' } }), "must have required property 'unitStates') (written by imagebuilder 0.0.1; this is "],
       // A package the image does not hold (or the image changed after its record was written).
       ['other-packages', JSON.stringify({ ...record, packages: [...record.packages, { ...record.packages[0], name: 'trusted-agent', version: '1.0' }] }), `its work record does not describe it: 1 package(s) differ, trusted-agent 1.0 ${record.packages[0].architecture} (recorded, not installed)`],
     ];
