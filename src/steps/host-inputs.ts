@@ -1,17 +1,29 @@
 import { createHash } from 'node:crypto';
-import { realpathSync } from 'node:fs';
+import { lstatSync, realpathSync } from 'node:fs';
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { sha256File } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
 
-/** The real path of `path`, as far as it exists: symlinks on the existing part resolved, the rest appended. */
-function realPathSoFar(path: string): string {
+/**
+ * The real path of `path`, as far as it exists: symlinks on the existing part resolved as the kernel resolves them
+ * (realpath(3): a link's `..` taken after the link is followed; Node's own realpath took `x/../f` as text, so a
+ * link `evil -> x/../shadow` beside `x -> /etc/ssh` passed as inside and read /etc/shadow), the rest appended.
+ * Undefined when a name that is there does not resolve (a dangling link, a loop): nothing to confine it by.
+ */
+function realPathSoFar(path: string): string | undefined {
   try {
-    return realpathSync(path);
+    return realpathSync.native(path);
   } catch {
-    const parent = dirname(path);
-    return parent === path ? path : join(realPathSoFar(parent), basename(path));
+    try {
+      lstatSync(path);
+      return undefined;
+    } catch {
+      const parent = dirname(path);
+      if (parent === path) return path;
+      const real = realPathSoFar(parent);
+      return real === undefined ? undefined : join(real, basename(path));
+    }
   }
 }
 
@@ -23,7 +35,8 @@ function realPathSoFar(path: string): string {
  */
 export function hostPathEscape(roots: readonly string[], baseDir: string, named: string): string | undefined {
   const real = realPathSoFar(resolve(baseDir, named));
-  const inside = roots.map(realPathSoFar).some((root) => real === root || real.startsWith(root.endsWith('/') ? root : `${root}/`));
+  if (real === undefined) return `${named} is a symlink that leads nowhere (dangling, or a loop): a recipe reads host files only from its directory or --allow-host-path ones; give the file itself`;
+  const inside = roots.map(realPathSoFar).some((root) => root !== undefined && (real === root || real.startsWith(root.endsWith('/') ? root : `${root}/`)));
   if (inside) return undefined;
   const [recipeDir, ...allowed] = roots;
   return `${named} is outside the recipe's directory ${recipeDir}${allowed.length ? ` and the allowed ${allowed.join(', ')}` : ''} (it is ${real}): a recipe reads host files only from there; move the file next to the recipe, or allow its directory with --allow-host-path DIR`;
@@ -32,9 +45,10 @@ export function hostPathEscape(roots: readonly string[], baseDir: string, named:
 /** The host path a step names, resolved and confined as hostPathEscape says; a BAD_RECIPE when it escapes. */
 export function confinedHostPath(environment: { recipeDir: string; hostRoots?: readonly string[] }, named: string): string {
   const escape = hostPathEscape(environment.hostRoots ?? [environment.recipeDir], environment.recipeDir, named);
-  if (escape) throw new ImageBuilderError('BAD_RECIPE', escape, { hint: 'imagebuilder validate RECIPE shows where the recipe names it (file:line:column)' });
   // The real path is what is read: a symlink swapped in after this check is not followed to somewhere else.
-  return realPathSoFar(resolve(environment.recipeDir, named));
+  const real = escape ? undefined : realPathSoFar(resolve(environment.recipeDir, named));
+  if (!real) throw new ImageBuilderError('BAD_RECIPE', escape ?? `${named} changed while it was being read`, { hint: 'imagebuilder validate RECIPE shows where the recipe names it (file:line:column)' });
+  return real;
 }
 
 /**

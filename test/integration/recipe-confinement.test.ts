@@ -29,6 +29,11 @@ describe('recipes read host files only from their own directory', () => {
     const dir = await mkdtemp(join(work, 'recipe-'));
     await symlink(join(canaryDir, 'canary.txt'), join(dir, 'innocent.txt'));
     await symlink(canaryDir, join(dir, 'assets'));
+    // A link's `..` is taken after the link is followed: evil leads to the canary, though `x/../canary.txt` as
+    // text is a name inside the recipe's directory (where nothing is).
+    await symlink(join(canaryDir, 'subdir'), join(dir, 'x'));
+    await symlink('x/../canary.txt', join(dir, 'evil'));
+    await symlink('nowhere', join(dir, 'dangling'));
     const up = join('..', '..', '..', '..', '..', canaryDir);
     const recipe = join(dir, 'recipe.yaml');
     await writeFile(
@@ -42,6 +47,8 @@ describe('recipes read host files only from their own directory', () => {
         `  - run: { file: ${canaryDir}/canary.txt }`,
         '  - container-images: { archives: [assets/canary.txt] }',
         `  - include: ${up}/subdir/inner.txt`,
+        '  - file: { path: /etc/d, source: evil }',
+        '  - file: { path: /etc/e, source: dangling }',
         '',
       ].join('\n'),
     );
@@ -54,6 +61,7 @@ describe('recipes read host files only from their own directory', () => {
     ['5:18', 'subdir'],
     ['6:18', 'canary.txt'],
     ['7:36', 'assets/canary.txt'],
+    ['9:35', 'evil'],
   ];
 
   test('validate: each escape is a located BAD_RECIPE (exit 2); --allow-host-path DIR (or its variable) lets them in', async () => {
@@ -65,6 +73,7 @@ describe('recipes read host files only from their own directory', () => {
       expect(refused.stderr).toMatch(new RegExp(`recipe\\.yaml:${location}: \\S*${name.replace('.', '\\.')} is outside the recipe's directory \\S+ \\(it is ${host.canaryDir}/`));
     }
     expect(refused.stderr).toMatch(/recipe\.yaml:8:14: cannot include \S+inner\.txt is outside the recipe's directory/);
+    expect(refused.stderr).toMatch(/recipe\.yaml:10:35: dangling is a symlink that leads nowhere/);
     expect(refused.stderr).toContain('or allow its directory with --allow-host-path DIR');
     expect(refused.all).not.toContain(CANARY_CONTENT.trim());
 
