@@ -221,7 +221,7 @@ function resolveVariables(definitions: Map<string, VariableDefinition>): { value
   const problems: RecipeProblem[] = [];
   const resolving = new Set<string>();
   const resolveOne = (name: string): string | undefined => {
-    if (name in values) return values[name];
+    if (Object.hasOwn(values, name)) return values[name];
     const definition = definitions.get(name);
     if (!definition) return undefined;
     if (resolving.has(name)) {

@@ -11,7 +11,13 @@ export const TEMPLATE_FILTERS: Record<string, (value: string) => string> = {
   upper: (value) => value.toUpperCase(),
 };
 
-const PLACEHOLDER = /\{\{\s*([^}]*?)\s*\}\}/g;
+/** Braces never inside: matched in linear time (a lazy match with trimmed spaces backtracked cubically on a long line). */
+const PLACEHOLDER = /\{\{([^{}]*)\}\}/g;
+/**
+ * The longest a rendered string may be: variables that double each other (`v2: "{{v1}}{{v1}}"`, thirty times)
+ * would otherwise build a string of 2^30 characters before anything is said.
+ */
+export const MAX_RENDERED_CHARS = 1 << 20;
 
 export interface TemplateResult {
   value: string;
@@ -21,36 +27,47 @@ export interface TemplateResult {
 }
 
 export function hasTemplate(text: string): boolean {
-  return /\{\{.*?\}\}/.test(text);
+  const open = text.indexOf('{{');
+  return open >= 0 && text.indexOf('}}', open + 2) >= 0;
 }
 
 export function renderTemplate(text: string, lookup: (name: string) => string | undefined, known: () => string[]): TemplateResult {
   const used: string[] = [];
   const errors: string[] = [];
+  let length = text.length;
   const value = text.replace(PLACEHOLDER, (whole, expression: string) => {
+    const rendered = renderOne(whole, expression);
+    length += rendered.length - whole.length;
+    if (length <= MAX_RENDERED_CHARS) return rendered;
+    if (!errors.some((error) => error.startsWith('renders to more than'))) errors.push(`renders to more than ${MAX_RENDERED_CHARS} characters (variables that repeat each other?)`);
+    return '';
+  });
+  return { value, used, errors };
+
+  function renderOne(whole: string, expression: string): string {
     const [name, ...filters] = expression.split('|').map((part) => part.trim());
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       errors.push(`"${whole}" is not a variable reference: write {{ name }} or {{ name | filter }}`);
       return whole;
     }
-    let current = lookup(name);
-    if (current === undefined) {
+    // Only a value: a name such as `constructor` is not looked up on an object's prototype.
+    let current: unknown = lookup(name);
+    if (typeof current !== 'string') {
       const suggestion = closest(name, known());
       errors.push(`undefined variable "${name}"${suggestion}: define it under \`variables:\` or pass --set ${name}=VALUE`);
       return whole;
     }
     used.push(name);
     for (const filter of filters) {
-      const apply = TEMPLATE_FILTERS[filter];
+      const apply = Object.hasOwn(TEMPLATE_FILTERS, filter) ? TEMPLATE_FILTERS[filter] : undefined;
       if (!apply) {
         errors.push(`unknown filter "${filter}"${closest(filter, Object.keys(TEMPLATE_FILTERS))}; filters: ${Object.keys(TEMPLATE_FILTERS).join(', ')}`);
         return whole;
       }
-      current = apply(current);
+      current = apply(current as string);
     }
-    return current;
-  });
-  return { value, used, errors };
+    return current as string;
+  }
 }
 
 function editDistance(a: string, b: string): number {

@@ -62,6 +62,22 @@ describe('variables', () => {
     expect(renderTemplate('{{ a }} and {{b|upper}}', (n) => ({ a: 'x', b: 'y' })[n], () => []).value).toBe('x and Y');
     expect(renderTemplate('{{ 1 + 1 }}', () => undefined, () => []).errors[0]).toMatch(/is not a variable reference/);
   });
+
+  test('a hostile recipe: no name of an object\'s prototype, no exponential variables, no slow placeholder matching', () => {
+    // {{ constructor }} rendered `function Object() { [native code] }`; a filter named so applied Object().
+    const values: Record<string, string> = { a: 'x' };
+    expect(renderTemplate('{{ constructor }}', (n) => values[n], () => Object.keys(values)).errors[0]).toMatch(/^undefined variable "constructor"/);
+    expect(renderTemplate('{{ a | constructor }}', (n) => values[n], () => Object.keys(values)).errors[0]).toMatch(/^unknown filter "constructor"/);
+    expect(problemsOf('name: v\nsteps:\n  - run: "{{ toString }}"\n')[0]).toMatch(/undefined variable "toString"/);
+    // Thirty variables each twice the one before: 2^30 characters, refused at the bound instead.
+    const doubling = Array.from({ length: 30 }, (_, i) => `  v${i + 1}: "{{ v${i} }}{{ v${i} }}"`).join('\n');
+    const problems = problemsOf(`name: v\nvariables:\n  v0: "${'x'.repeat(1000)}"\n${doubling}\nsteps:\n  - run: "echo {{ v30 }}"\n`);
+    expect(problems.some((problem) => /renders to more than 1048576 characters/.test(problem))).toBe(true);
+    // A line of "{{" and spaces that never closes right: was cubic (3 s at 2,000 spaces; hours at this length), now
+    // linear (the test's own deadline would end it otherwise).
+    const line = `{{${' '.repeat(200_000)}x} {{ a }}`;
+    expect(renderTemplate(line, (n) => values[n], () => []).value.endsWith('} x')).toBe(true);
+  });
 });
 
 describe('includes', () => {
