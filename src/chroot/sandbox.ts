@@ -3,8 +3,9 @@ import { mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { isIPv4 } from 'node:net';
 import { parseByteSize } from '../util/size.js';
+import { BLOCKED_DESTINATIONS, isBlockedDestination } from '../util/blocked-destinations.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
@@ -60,15 +61,7 @@ const CAPABILITY_NUMBERS: Record<string, number> = {
   CAP_CHOWN: 0, CAP_DAC_OVERRIDE: 1, CAP_FOWNER: 3, CAP_FSETID: 4, CAP_KILL: 5, CAP_SETGID: 6, CAP_SETUID: 7, CAP_AUDIT_WRITE: 29, CAP_SETFCAP: 31,
 };
 
-/**
- * Destinations no guest command reaches even with the network on: link-local (metadata services, the host's
- * fe80:: addresses), AWS's IPv6 metadata range, and the metadata services that are not link-local: Azure's
- * WireServer and host agent (168.63.129.16, which only the host's root may reach, and pasta connects as root)
- * and Alibaba Cloud's (100.100.100.200). The guest's DNS goes through the build's relay, not to them. Refused
- * by policy rules, not routes: a route loses to the more specific on-link one (fe80::/64 dev eth0) the kernel
- * adds itself.
- */
-export const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '168.63.129.16/32', '100.100.100.200/32'];
+export { BLOCKED_DESTINATIONS };
 
 
 
@@ -289,20 +282,6 @@ export interface GuestDns {
 }
 
 const isLoopback = (address: string) => address.startsWith('127.') || address === '::1';
-
-/** BLOCKED_DESTINATIONS as a lookup: IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
-const blockedDestinations = new BlockList();
-for (const destination of BLOCKED_DESTINATIONS) {
-  const [network, length] = destination.split('/');
-  blockedDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
-}
-
-/** Whether an address (a nameserver's, as resolv.conf writes it: maybe with an IPv6 zone) is one the sandbox refuses. */
-function isBlockedDestination(address: string): boolean {
-  const bare = address.replace(/%.*$/, '');
-  const family = isIPv4(bare) ? 'ipv4' : isIPv6(bare) ? 'ipv6' : undefined;
-  return family !== undefined && blockedDestinations.check(bare, family);
-}
 
 /**
  * A nameserver guest commands cannot reach themselves: on the host's loopback, or at an address the sandbox

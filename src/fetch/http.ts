@@ -3,7 +3,10 @@ import { createWriteStream } from 'node:fs';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { Transform, type Duplex, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { Dispatcher } from 'undici';
+import type { buildConnector, Dispatcher } from 'undici';
+import { lookup as dnsLookup, type LookupAllOptions } from 'node:dns';
+import type { LookupFunction } from 'node:net';
+import { isBlockedDestination } from '../util/blocked-destinations.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import {
@@ -385,14 +388,47 @@ const noPauseAtEnd = (dispatch: Dispatcher['dispatch']): Dispatcher['dispatch'] 
     return dispatch(options, new NoPauseAtEndHandler(handler));
   };
 
-let sharedDispatcher: Dispatcher | undefined;
-/** The process-wide dispatcher with the workaround, for callers that bring none. */
-const defaultDispatcher = async () => (sharedDispatcher ??= (await undici()).getGlobalDispatcher().compose(noPauseAtEnd));
+const refusal = (host: string, address: string) =>
+  new ImageBuilderError('BAD_INPUT', `refusing to connect to ${host}${host === address ? '' : ` (${address})`}: a cloud metadata service's address, which no download, key, sums file or redirect may reach from this host`, {
+    hint: 'check the URL (and where it redirects): imagebuilder fetches only from mirrors and servers, never from the host\'s metadata services',
+  });
 
-/** A dispatcher for one phase-0 run (connect timeout, the workaround above), closed by its owner. */
+/** dns.lookup for the host's fetches: a name with any address among BLOCKED_DESTINATIONS is refused. */
+export function guardedLookup(lookup: typeof dnsLookup = dnsLookup): LookupFunction {
+  return (hostname, options, callback) => {
+    const resolve = lookup as (host: string, how: LookupAllOptions, done: (error: NodeJS.ErrnoException | null, address: string | { address: string }[], family?: number) => void) => void;
+    resolve(hostname, options as LookupAllOptions, (error, address, family) => {
+      if (error) return callback(error, '', 0);
+      const addresses = Array.isArray(address) ? address.map((entry) => entry.address) : [address];
+      const blocked = addresses.find((candidate) => isBlockedDestination(candidate));
+      if (blocked) return callback(refusal(hostname, blocked) as unknown as NodeJS.ErrnoException, '', 0);
+      (callback as (error: null, address: unknown, family?: number) => void)(null, address, family);
+    });
+  };
+}
+
+/**
+ * The host's connections (a recipe's downloads, keys and sums files, base images, every redirect they take): never
+ * to a metadata service, by address (checked here) or by a name resolving to one (the lookup, at connection time:
+ * no second resolution a name could answer differently). The guest's own network is refused them apart (sandbox.ts).
+ */
+async function guardedAgent(timeouts: HttpTimeouts): Promise<Dispatcher> {
+  const { Agent, buildConnector } = await undici();
+  const connect = buildConnector({ timeout: timeouts.connectMs, lookup: guardedLookup() } as buildConnector.BuildOptions);
+  const guarded: buildConnector.connector = (options, callback) => {
+    if (isBlockedDestination(options.hostname)) return callback(refusal(options.hostname, options.hostname), null);
+    return connect(options, callback);
+  };
+  return new Agent({ connect: guarded, headersTimeout: timeouts.headersMs, bodyTimeout: timeouts.bodyMs }).compose(noPauseAtEnd);
+}
+
+let sharedDispatcher: Promise<Dispatcher> | undefined;
+/** The process-wide dispatcher (guarded, with the workaround), for callers that bring none. */
+const defaultDispatcher = () => (sharedDispatcher ??= guardedAgent(DEFAULT_TIMEOUTS));
+
+/** A dispatcher for one phase-0 run (guarded, connect timeout, the workaround above), closed by its owner. */
 export async function createDispatcher(timeouts: HttpTimeouts = DEFAULT_TIMEOUTS): Promise<Dispatcher> {
-  const { Agent } = await undici();
-  return new Agent({ connect: { timeout: timeouts.connectMs }, headersTimeout: timeouts.headersMs, bodyTimeout: timeouts.bodyMs }).compose(noPauseAtEnd);
+  return guardedAgent(timeouts);
 }
 
 /** `http(s)://…` or nothing: anything else that looks like a URL is a mistake worth saying so. */

@@ -4,7 +4,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { request } from 'undici';
 import { join } from 'node:path';
-import { createDispatcher, downloadFile, fetchOptional, parseContentRange, parseImageUrl } from '../../src/fetch/http.js';
+import { createDispatcher, downloadFile, fetchOptional, guardedLookup, parseContentRange, parseImageUrl } from '../../src/fetch/http.js';
 import { createProgress } from '../../src/fetch/progress.js';
 import type { RetryPolicy } from '../../src/fetch/retry.js';
 import { createLogger } from '../../src/util/log.js';
@@ -289,6 +289,42 @@ describe('fetchOptional', () => {
     expect((await fetchOptional(`${server.url}/SHA256SUMS`, { retry: quick }))?.toString()).toBe('sums\n');
     expect(await fetchOptional(`${server.url}/SHA512SUMS`, { retry: quick })).toBeUndefined();
     expect(server.gets('/SHA256SUMS').map((r) => r.status)).toEqual([502, 200]);
+  });
+});
+
+describe('the host\'s fetches never reach a metadata service', () => {
+  const redirector = async (location: string) => {
+    const server = createNetServer((socket) =>
+      socket.once('data', () => socket.end(`HTTP/1.1 302 Found\r\nLocation: ${location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`)),
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/key`, close: () => server.close() };
+  };
+
+  test('by address, by a redirect to one (IPv4-mapped too), or by a name resolving to one: refused before any connection; loopback still served', async () => {
+    const refused = { code: 'BAD_INPUT', message: expect.stringMatching(/^refusing to connect to \S+.*a cloud metadata service's address/) };
+    await expect(fetchOptional('http://169.254.169.254/latest/user-data', { retry: quick })).rejects.toMatchObject(refused);
+    await expect(fetchOptional('http://168.63.129.16/machine', { retry: quick })).rejects.toMatchObject(refused);
+    for (const target of ['http://169.254.169.254/latest/user-data', 'http://[::ffff:169.254.169.254]/', 'http://100.100.100.200/latest/meta-data']) {
+      const server = await redirector(target);
+      try {
+        await expect(fetchOptional(server.url, { retry: quick })).rejects.toMatchObject(refused);
+      } finally {
+        server.close();
+      }
+    }
+    // A name: checked on every address it resolves to, at connection time.
+    const fakeDns = (answers: string[]) => ((_host: string, _options: unknown, done: (e: null, a: { address: string; family: number }[]) => void) => done(null, answers.map((address) => ({ address, family: 4 })))) as never;
+    const outcome = (answers: string[]) => new Promise<unknown>((resolve) => guardedLookup(fakeDns(answers))('mirror.example', { all: true }, (error, address) => resolve(error ?? address)));
+    expect(await outcome(['192.0.2.1', '168.63.129.16'])).toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('refusing to connect to mirror.example (168.63.129.16)') });
+    expect(await outcome(['192.0.2.1'])).toEqual([{ address: '192.0.2.1', family: 4 }]);
+    const loopback = await startImageServer();
+    try {
+      loopback.serve('/SHA256SUMS', { data: Buffer.from('sums\n') });
+      expect((await fetchOptional(`${loopback.url}/SHA256SUMS`, { retry: quick }))?.toString()).toBe('sums\n');
+    } finally {
+      await loopback.close();
+    }
   });
 });
 

@@ -1,0 +1,25 @@
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
+
+/**
+ * Destinations nothing a recipe, a guest or a download names is let reach: link-local (metadata services, the
+ * host's fe80:: addresses), AWS's IPv6 metadata range, and the metadata services that are not link-local: Azure's
+ * WireServer and host agent (168.63.129.16, which only the host's root may reach) and Alibaba Cloud's
+ * (100.100.100.200). Guest commands are refused them by policy rules in their network namespace (sandbox.ts);
+ * the host's own fetches (a recipe's download, key or sums URL, a base image, and every redirect) by their
+ * connector (fetch/http.ts).
+ */
+export const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '168.63.129.16/32', '100.100.100.200/32'];
+
+/** BLOCKED_DESTINATIONS as a lookup: IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
+const blockedDestinations = new BlockList();
+for (const destination of BLOCKED_DESTINATIONS) {
+  const [network, length] = destination.split('/');
+  blockedDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
+}
+
+/** Whether an address (maybe with an IPv6 zone, or in brackets as a URL writes it) is one of BLOCKED_DESTINATIONS. */
+export function isBlockedDestination(address: string): boolean {
+  const bare = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');
+  const family = isIPv4(bare) ? 'ipv4' : isIPv6(bare) ? 'ipv6' : undefined;
+  return family !== undefined && blockedDestinations.check(bare, family);
+}
