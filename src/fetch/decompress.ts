@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, statfs } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -8,6 +8,7 @@ import { createGunzip } from 'node:zlib';
 import { execa } from 'execa';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatBytes } from '../util/size.js';
+import { DEFAULT_RESERVE, FREE_SPACE_CHECK_BYTES, freeSpaceShortfall } from '../util/free-space.js';
 
 export type Compression = 'xz' | 'gzip' | 'zstd';
 
@@ -58,7 +59,7 @@ export interface DecompressLimits {
   reserveBytes: (totalBytes: number) => number;
   checkEveryBytes: number;
 }
-export const DECOMPRESS_LIMITS: DecompressLimits = { maxBytes: 2 ** 40, reserveBytes: (total) => Math.max(2 ** 30, total / 20), checkEveryBytes: 256 << 20 };
+export const DECOMPRESS_LIMITS: DecompressLimits = { maxBytes: 2 ** 40, reserveBytes: DEFAULT_RESERVE, checkEveryBytes: FREE_SPACE_CHECK_BYTES };
 
 /**
  * Writes a stream to a file, seeking over all-zero 64 KiB blocks so a decompressed raw image stays sparse,
@@ -77,14 +78,8 @@ export class SparseHashingWriter extends Writable {
 
   private async checkFreeSpace(): Promise<void> {
     this.writtenSinceCheck = 0;
-    const fs = await statfs(dirname(this.path));
-    const free = fs.bavail * fs.bsize;
-    const reserve = this.limits.reserveBytes(fs.blocks * fs.bsize);
-    if (free < reserve) {
-      throw new ImageBuilderError('ENVIRONMENT', `decompressing stopped after ${formatBytes(this.position)}: ${dirname(this.path)} has ${formatBytes(free)} free, and decompressing leaves at least ${formatBytes(reserve)}`, {
-        hint: 'free space there (imagebuilder cache prune), or set IMAGEBUILDER_CACHE to a larger filesystem; a download that decompresses to more than its disk holds may be a decompression bomb',
-      });
-    }
+    const shortfall = await freeSpaceShortfall(dirname(this.path), 'decompressing', this.position, this.limits.reserveBytes);
+    if (shortfall) throw shortfall;
   }
 
   get size(): number {

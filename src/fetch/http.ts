@@ -3,10 +3,12 @@ import { createWriteStream } from 'node:fs';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { Transform, type Duplex, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { dirname } from 'node:path';
 import type { buildConnector, Dispatcher } from 'undici';
 import { lookup as dnsLookup, type LookupAllOptions } from 'node:dns';
 import type { LookupFunction } from 'node:net';
 import { isBlockedDestination } from '../util/blocked-destinations.js';
+import { FreeSpaceWatch } from '../util/free-space.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import {
@@ -23,7 +25,7 @@ import {
 } from './retry.js';
 
 /** For a recipe step's fetches: cancellation, where retries are logged, limits, and (tests) the retry policy and clock. */
-export type StepFetchOptions = Pick<ResilientOptions, 'signal' | 'log' | 'retry' | 'retryHooks' | 'timeouts'>;
+export type StepFetchOptions = Pick<ResilientOptions, 'signal' | 'log' | 'retry' | 'retryHooks' | 'timeouts'> & Pick<DownloadOptions, 'freeSpace'>;
 
 // ---------------------------------------------------------------------------------------------------------
 // Caps on what no sum and no size answers for. An image (or a download step's file) whose sha256 the sums
@@ -277,11 +279,13 @@ export async function fetchToFile(url: string, path: string, options: StepFetchO
     const result = await stepGet(url, options, async (response, progressed, guard) => {
       const hash = createHash('sha256');
       let size = 0;
+      // No size of its own (its sha256 is checked once whole): it stops while the work directory still has room.
+      const space = new FreeSpaceWatch(dirname(partial), `downloading ${url}`, options.freeSpace?.checkEveryBytes, options.freeSpace?.reserveBytes);
       await guard.pipe(response.body, createWriteStream(partial), (chunk) => {
         hash.update(chunk);
         size += chunk.length;
         progressed();
-        return undefined;
+        return space.add(chunk.length);
       });
       return { sha256: hash.digest('hex'), size };
     });
@@ -585,6 +589,8 @@ export interface DownloadOptions extends ResilientOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Called before a retry is logged (a progress bar clears its line). */
   beforeLog?: () => void;
+  /** How often the free space is asked and what is left free (FREE_SPACE_CHECK_BYTES, DEFAULT_RESERVE; tests differ). */
+  freeSpace?: { checkEveryBytes: number; reserveBytes: (totalBytes: number) => number };
 }
 
 export interface DownloadResult {
@@ -711,10 +717,18 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         const total = meta.total;
         let received = append ? offset : 0;
         options.onStart?.({ received, total, resumed: append });
+        // A body with no length, or a huge one, stops while its filesystem still has room (a recipe's download
+        // has no size of its own: its sha256 is checked once it is whole).
+        const space = new FreeSpaceWatch(dirname(partial), `downloading ${url}`, options.freeSpace?.checkEveryBytes, options.freeSpace?.reserveBytes);
         try {
           await guard.pipe(response.body, createWriteStream(partial, { flags: append ? 'a' : 'w' }), (chunk) => {
             received += chunk.length;
             progressed = true;
+            const shortfall = space.add(chunk.length);
+            if (shortfall) {
+              discardable.add(shortfall);
+              return shortfall;
+            }
             // The size announced (Content-Length, or the total of a Content-Range) is all we take: a body
             // that goes on (a 206 without a length that never ends) would fill the disk.
             if (total !== undefined && received > total) {

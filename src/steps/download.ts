@@ -139,7 +139,8 @@ export const downloadStep = defineStep({
     const temp = await mkdtemp(join(context.workDir, 'download-'));
     try {
       const path = join(temp, 'download');
-      // No cap but the disk: the sha256 is known, and checked before anything reaches the guest.
+      // No cap but the disk's (fetchToFile stops while the work directory keeps its reserve): the sha256 is known,
+      // and checked before anything reaches the guest.
       const { sha256, size } = await (context.downloads ?? networkDownloads).toFile(spec.url, path, { signal: context.signal, log: context.log, timeouts: context.fetchTimeouts }).catch((error) => {
         throw asStepFailure(context, error);
       });

@@ -270,7 +270,7 @@ describe('decompression', () => {
     // A reserve larger than the filesystem itself: the first check (after 1 MiB written) stops it.
     const noRoom = { maxBytes: 2 ** 40, reserveBytes: (total: number) => total + 1, checkEveryBytes: 1 << 20 };
     const error = await decompressFile(packed, join(dir, 'bomb.out'), compression, undefined, noRoom).catch((e: unknown) => e);
-    expect(error).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^decompressing stopped after 1 MiB: .* has [\d.]+ GiB free, and decompressing leaves at least [\d.]+ GiB$/) });
+    expect(error).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^decompressing stopped after 1 MiB: .* has [\d.]+ GiB free, and imagebuilder leaves at least [\d.]+ GiB$/) });
     expect((await stat(join(dir, 'bomb.out'))).size).toBeLessThanOrEqual(2 << 20);
   });
 

@@ -4,7 +4,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { request } from 'undici';
 import { join } from 'node:path';
-import { createDispatcher, downloadFile, fetchOptional, guardedLookup, parseContentRange, parseImageUrl } from '../../src/fetch/http.js';
+import { createDispatcher, downloadFile, fetchOptional, fetchToFile, guardedLookup, isDiscardableFetchFailure, parseContentRange, parseImageUrl } from '../../src/fetch/http.js';
 import { createProgress } from '../../src/fetch/progress.js';
 import type { RetryPolicy } from '../../src/fetch/retry.js';
 import { createLogger } from '../../src/util/log.js';
@@ -67,6 +67,20 @@ describe('downloadFile', () => {
     expect(result.etag).toMatch(/^"[0-9a-f]{16}"$/);
     expect(seen.at(-1)).toBe(data.length);
     expect(seen.length).toBeGreaterThan(10);
+  });
+
+  test('a download stops while its filesystem still has room: said with where and how much, the partial not kept to resume', async () => {
+    server.serve('/full/image.qcow2', { data });
+    const partial = join(dir, 'full.partial');
+    // A reserve larger than the filesystem: the first look (after 1 MiB) finds too little free.
+    const error = await downloadFile(`${server.url}/full/image.qcow2`, partial, { retry: quick, freeSpace: { checkEveryBytes: 1 << 20, reserveBytes: (total) => total + 1 } }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^downloading \S+ stopped after [\d.]+ MiB: .* has [\d.]+ GiB free, and imagebuilder leaves at least [\d.]+ GiB$/) });
+    expect(isDiscardableFetchFailure(error)).toBe(true);
+    expect(server.gets('/full/image.qcow2')).toHaveLength(1); // not retried
+    // A recipe's download step, the same.
+    const step = await fetchToFile(`${server.url}/full/image.qcow2`, join(dir, 'step-download'), { retry: quick, freeSpace: { checkEveryBytes: 1 << 20, reserveBytes: (total) => total + 1 } }).catch((e: unknown) => e);
+    expect(step).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^downloading \S+ stopped after/) });
+    await expect(stat(join(dir, 'step-download.partial'))).rejects.toThrow(/ENOENT/);
   });
 
   test('a dropped connection is resumed with Range and If-Range, and the file is whole', async () => {
