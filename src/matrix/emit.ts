@@ -76,6 +76,17 @@ function carriedFiles(matrix: Matrix, builds: MatrixBuild[]): { root: string; fi
   return { root, files: [...absolute].map((file) => relative(root, file)).sort(), matrixFile: relative(root, resolve(matrix.path)) };
 }
 
+/**
+ * Whether bytes are an OpenPGP public keyring as gpgv reads one: binary packets starting with a public key packet
+ * (tag 6, old or new format), an armored PUBLIC KEY BLOCK, or a keybox (gpg's pubring.kbx).
+ */
+export function isPublicKeyring(bytes: Buffer): boolean {
+  if (bytes.length === 0) return false;
+  if ([0x98, 0x99, 0x9a, 0x9b, 0xc6].includes(bytes[0])) return true;
+  if (bytes.subarray(8, 12).toString('latin1') === 'KBXf') return true;
+  return bytes.subarray(0, 4096).toString('latin1').trimStart().startsWith('-----BEGIN PGP PUBLIC KEY BLOCK-----');
+}
+
 /** The ConfigMap that delivers those files into every pod at /config, keeping their relative paths. */
 function configMap(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions, labels: Record<string, string>): Manifest {
   const data: Record<string, string> = {};
@@ -84,8 +95,15 @@ function configMap(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions, 
   const digest = createHash('sha256');
   let size = 0;
   const { root, files } = carriedFiles(matrix, builds);
+  const keyrings = new Set(builds.flatMap((build) => (build.base.keyringWritten ? [resolve(matrix.dir, build.base.keyringWritten)] : [])));
   for (const file of files) {
     const bytes = readFileSync(join(root, file));
+    // Carried into the cluster as it is: a matrix naming a key or a secret as its keyring would publish it.
+    if (keyrings.has(join(root, file)) && !isPublicKeyring(bytes)) {
+      throw new ImageBuilderError('BAD_INPUT', `${join(root, file)} is not an OpenPGP public keyring, and a cluster build would carry it into a ConfigMap`, {
+        hint: 'give the base a public keyring (binary, armored PUBLIC KEY BLOCK, or a keybox): gpg --export KEYID > keyring.gpg',
+      });
+    }
     size += bytes.length;
     digest.update(file).update('\0').update(bytes);
     let key = file.replace(/[^-._a-zA-Z0-9]/g, '_');

@@ -1,5 +1,5 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { constants, createWriteStream, type WriteStream } from 'node:fs';
+import { lstat, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DiskImageOptions } from '../fetch/image-source.js';
 import type { OutputFormat } from '../image/formats.js';
@@ -164,8 +164,7 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
       if (signal.aborted) break;
       const b = next;
       const dir = join(outputDir, b.name);
-      await mkdir(dir, { recursive: true });
-      const file = createWriteStream(join(dir, `${b.name}.log`));
+      const file = await openBuildLog(dir, `${b.name}.log`);
       const buildLog = buildLogger(b.name, file, options);
       const t0 = Date.now();
       const formats: OutputFormat[] = matrix.output.formats ?? [verified.get(b.base.name)!.format];
@@ -225,4 +224,30 @@ export function matrixOutcome(result: MatrixResult, signal?: AbortSignal): Image
   return new ImageBuilderError(first.error?.code ?? 'INTERNAL', `${failedBuilds.length} of ${result.results.length} build(s) did not succeed; first: ${first.name}: ${first.error?.message ?? first.status}`, {
     hint: `each build's full log is beside its output: ${first.log}`,
   });
+}
+
+/**
+ * A build's directory under the matrix's output directory, and its log there, truncated. The output directory may
+ * be shared (/tmp): what another user put at these names is not followed. The directory must be a directory of
+ * ours, not a link; the log is opened without following a link (O_NOFOLLOW) or waiting on a FIFO (O_NONBLOCK),
+ * and must be a regular file.
+ */
+export async function openBuildLog(dir: string, name: string): Promise<WriteStream> {
+  await mkdir(dir, { recursive: true });
+  const info = await lstat(dir);
+  const notOurs = (what: string) => new ImageBuilderError('BAD_INPUT', `${what} is not a directory or file of this user's, so a build's output and log are not written there`, {
+    hint: 'remove it, or give the matrix an output.dir only you can write',
+  });
+  if (!info.isDirectory() || info.uid !== process.getuid?.()) throw notOurs(dir);
+  const path = join(dir, name);
+  const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ELOOP' || error.code === 'ENXIO') throw notOurs(path);
+    throw error;
+  });
+  const opened = await handle.stat();
+  if (!opened.isFile() || opened.uid !== process.getuid?.()) {
+    await handle.close();
+    throw notOurs(path);
+  }
+  return createWriteStream('', { fd: handle, autoClose: true });
 }

@@ -1,4 +1,5 @@
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,8 +8,8 @@ import { Job } from 'kubernetes-models/batch/v1/Job';
 import { Workflow } from '@kubernetes-models/argo-workflows/argoproj.io/v1alpha1/Workflow';
 import { parse, parseAllDocuments } from 'yaml';
 import { parseMatrix, type Matrix } from '../../src/matrix/load.js';
-import { emitArgo, emitJobs, kubernetesNames, manifestsYaml, type EmitOptions } from '../../src/matrix/emit.js';
-import { matrixOutcome, runMatrix, selectBuilds } from '../../src/matrix/run.js';
+import { emitArgo, emitJobs, isPublicKeyring, kubernetesNames, manifestsYaml, type EmitOptions } from '../../src/matrix/emit.js';
+import { matrixOutcome, openBuildLog, runMatrix, selectBuilds } from '../../src/matrix/run.js';
 import { formatSummary } from '../../src/matrix/summary.js';
 import { OUTPUT_FORMATS } from '../../src/image/formats.js';
 import { recordingRunner } from '../../src/util/exec.js';
@@ -274,6 +275,19 @@ describe('matrix emission for Kubernetes', () => {
     }
   });
 
+  test('a keyring is carried into the cluster only when it is an OpenPGP public keyring (a matrix naming ~/.ssh/id_rsa would publish it)', async () => {
+    await writeFile(join(dir, 'id_rsa'), '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n');
+    const text = ['recipe: recipes/node.yaml', 'bases:', '  - { name: debian, image: "https://images.example.org/d.qcow2", keyring: id_rsa }'].join('\n');
+    const matrix = parseMatrix(text, join(dir, 'secret.yaml')).matrix!;
+    expect(() => emitJobs(matrix, matrix.builds, options)).toThrow(`${join(dir, 'id_rsa')} is not an OpenPGP public keyring, and a cluster build would carry it into a ConfigMap`);
+    expect(() => emitArgo(matrix, matrix.builds, options)).toThrow(/is not an OpenPGP public keyring/);
+    expect(isPublicKeyring(Buffer.from('\n-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINB\n'))).toBe(true);
+    expect(isPublicKeyring(Buffer.from('-----BEGIN PGP PRIVATE KEY BLOCK-----\n'))).toBe(false);
+    expect(isPublicKeyring(Buffer.from([0xc6, 0x01]))).toBe(true);
+    expect(isPublicKeyring(Buffer.concat([Buffer.from([0, 0, 0, 32, 1, 1, 0, 0]), Buffer.from('KBXf')]))).toBe(true);
+    expect(isPublicKeyring(Buffer.alloc(0))).toBe(false);
+  });
+
   test('Kubernetes names: DNS labels, hashed only when shortened or shared', () => {
     const names = kubernetesNames(['Debian_12', 'debian-12', 'a.b', 'x'.repeat(80)]);
     expect(names.get('a.b')).toBe('a-b');
@@ -402,6 +416,33 @@ test('the emitted YAML is plain (no anchors) and parses back to the same objects
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+describe('a build\'s log in a shared output directory', () => {
+  test('a link or a FIFO another user put at its name is not followed, a directory link not written into; its own log truncated', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'matrix-out-'));
+    try {
+      const target = join(out, 'elsewhere');
+      await writeFile(target, 'not yours\n');
+      await mkdir(join(out, 'a'));
+      await symlink(target, join(out, 'a', 'a.log'));
+      await expect(openBuildLog(join(out, 'a'), 'a.log')).rejects.toThrow(`${join(out, 'a', 'a.log')} is not a directory or file of this user's`);
+      await mkdir(join(out, 'b'));
+      await execa('mkfifo', [join(out, 'b', 'b.log')]);
+      await expect(openBuildLog(join(out, 'b'), 'b.log')).rejects.toThrow(/b\.log is not a directory or file of this user's/);
+      await mkdir(join(out, 'real'));
+      await symlink(join(out, 'real'), join(out, 'c'));
+      await expect(openBuildLog(join(out, 'c'), 'c.log')).rejects.toThrow(`${join(out, 'c')} is not a directory or file of this user's`);
+      expect(await readFile(target, 'utf8')).toBe('not yours\n');
+      await mkdir(join(out, 'd'));
+      await writeFile(join(out, 'd', 'd.log'), 'an earlier run, longer than this one\n');
+      const log = await openBuildLog(join(out, 'd'), 'd.log');
+      await new Promise<void>((resolve) => log.end('this run\n', resolve));
+      expect(await readFile(join(out, 'd', 'd.log'), 'utf8')).toBe('this run\n');
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('recipes/examples/matrix.yaml, as shipped', () => {
