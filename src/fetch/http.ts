@@ -467,6 +467,8 @@ const TLS_CODE = /CERT|TLS|SSL|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER
 function classifyRequestError(url: string, error: unknown, signal?: AbortSignal): unknown {
   if (signal?.aborted) return signal.reason;
   if (isTransient(error)) return error;
+  // Ours already (a refusal, a free-space stop): said as it is, not matched as TLS by words in a URL (OpenSSL_…).
+  if (isImageBuilderError(error)) return error;
   const code = errorCode(error) ?? '';
   const message = (error as Error)?.message ?? String(error);
   if (TLS_CODE.test(code) || TLS_CODE.test(message)) {
@@ -478,7 +480,6 @@ function classifyRequestError(url: string, error: unknown, signal?: AbortSignal)
   if (code === 'ENOTFOUND') {
     return new ImageBuilderError('BAD_INPUT', `cannot fetch ${url}: host ${new URL(url).hostname} not found`, { hint: 'check the host name in the URL', cause: error });
   }
-  if (isImageBuilderError(error)) return error;
   return new ImageBuilderError('COMMAND_FAILED', `cannot fetch ${url}: ${message}${code ? ` (${code})` : ''}`, {
     hint: 'check the URL and that this host can reach it',
     cause: error,
@@ -649,6 +650,9 @@ export async function downloadFile(url: string, partial: string, options: Downlo
   const guarded = { ...options, signal: guard.signal };
   const metaPath = `${partial}.json`;
   let meta = await readPartialMeta(metaPath, url);
+  // A body with no length, or a huge one, stops while its filesystem still has room; one watch for every attempt
+  // (a server that drops each connection and resumes would otherwise never reach a check).
+  const space = new FreeSpaceWatch(dirname(partial), `downloading ${url}`, options.freeSpace?.checkEveryBytes, options.freeSpace?.reserveBytes);
   let progressed = false;
   let resumes = 0;
   const startOver = async () => {
@@ -717,9 +721,6 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         const total = meta.total;
         let received = append ? offset : 0;
         options.onStart?.({ received, total, resumed: append });
-        // A body with no length, or a huge one, stops while its filesystem still has room (a recipe's download
-        // has no size of its own: its sha256 is checked once it is whole).
-        const space = new FreeSpaceWatch(dirname(partial), `downloading ${url}`, options.freeSpace?.checkEveryBytes, options.freeSpace?.reserveBytes);
         try {
           await guard.pipe(response.body, createWriteStream(partial, { flags: append ? 'a' : 'w' }), (chunk) => {
             received += chunk.length;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { stringify } from 'yaml';
 import { ImageBuilderError } from '../util/errors.js';
@@ -84,7 +84,10 @@ export function isPublicKeyring(bytes: Buffer): boolean {
   if (bytes.length === 0) return false;
   if ([0x98, 0x99, 0x9a, 0x9b, 0xc6].includes(bytes[0])) return true;
   if (bytes.subarray(8, 12).toString('latin1') === 'KBXf') return true;
-  return bytes.subarray(0, 4096).toString('latin1').trimStart().startsWith('-----BEGIN PGP PUBLIC KEY BLOCK-----');
+  // Armored: a PUBLIC KEY BLOCK line near the start (after comments, a byte-order mark), and no private key anywhere.
+  const text = bytes.toString('utf8');
+  if (text.includes('-----BEGIN PGP PRIVATE KEY BLOCK-----')) return false;
+  return /^\uFEFF?-----BEGIN PGP PUBLIC KEY BLOCK-----\r?$/m.test(text.slice(0, 4096));
 }
 
 /** The ConfigMap that delivers those files into every pod at /config, keeping their relative paths. */
@@ -97,6 +100,8 @@ function configMap(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions, 
   const { root, files } = carriedFiles(matrix, builds);
   const keyrings = new Set(builds.flatMap((build) => (build.base.keyringWritten ? [resolve(matrix.dir, build.base.keyringWritten)] : [])));
   for (const file of files) {
+    // A regular file: a FIFO or a device named here would hang the emitter or carry what it yields.
+    if (!statSync(join(root, file)).isFile()) throw new ImageBuilderError('BAD_INPUT', `${join(root, file)} is not a regular file, so a cluster build does not carry it`, { hint: 'name the file itself' });
     const bytes = readFileSync(join(root, file));
     // Carried into the cluster as it is: a matrix naming a key or a secret as its keyring would publish it.
     if (keyrings.has(join(root, file)) && !isPublicKeyring(bytes)) {

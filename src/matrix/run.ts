@@ -1,5 +1,5 @@
 import { constants, createWriteStream, type WriteStream } from 'node:fs';
-import { lstat, mkdir, open } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DiskImageOptions } from '../fetch/image-source.js';
 import type { OutputFormat } from '../image/formats.js';
@@ -227,27 +227,34 @@ export function matrixOutcome(result: MatrixResult, signal?: AbortSignal): Image
 }
 
 /**
- * A build's directory under the matrix's output directory, and its log there, truncated. The output directory may
- * be shared (/tmp): what another user put at these names is not followed. The directory must be a directory of
- * ours, not a link; the log is opened without following a link (O_NOFOLLOW) or waiting on a FIFO (O_NONBLOCK),
- * and must be a regular file.
+ * A build's directory under the matrix's output directory, and its log there, emptied. The output directory may
+ * be shared (/tmp): what another user put at these names is not followed. The directory is opened without
+ * following a link and must be ours; the log is opened through that descriptor (a directory swapped for a link
+ * afterwards changes nothing), without following a link or waiting on a FIFO, and emptied only once it is known
+ * to be a regular file of ours.
  */
 export async function openBuildLog(dir: string, name: string): Promise<WriteStream> {
   await mkdir(dir, { recursive: true });
-  const info = await lstat(dir);
   const notOurs = (what: string) => new ImageBuilderError('BAD_INPUT', `${what} is not a directory or file of this user's, so a build's output and log are not written there`, {
     hint: 'remove it, or give the matrix an output.dir only you can write',
   });
-  if (!info.isDirectory() || info.uid !== process.getuid?.()) throw notOurs(dir);
-  const path = join(dir, name);
-  const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ELOOP' || error.code === 'ENXIO') throw notOurs(path);
+  const refuse = (what: string) => (error: NodeJS.ErrnoException) => {
+    if (error.code === 'ELOOP' || error.code === 'ENOTDIR' || error.code === 'ENXIO') throw notOurs(what);
     throw error;
-  });
-  const opened = await handle.stat();
-  if (!opened.isFile() || opened.uid !== process.getuid?.()) {
-    await handle.close();
-    throw notOurs(path);
+  };
+  const directory = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(refuse(dir));
+  try {
+    if ((await directory.stat()).uid !== process.getuid?.()) throw notOurs(dir);
+    const path = join(dir, name);
+    const handle = await open(`/proc/self/fd/${directory.fd}/${name}`, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644).catch(refuse(path));
+    const opened = await handle.stat();
+    if (!opened.isFile() || opened.uid !== process.getuid?.()) {
+      await handle.close();
+      throw notOurs(path);
+    }
+    await handle.truncate(0);
+    return createWriteStream('', { fd: handle, autoClose: true });
+  } finally {
+    await directory.close();
   }
-  return createWriteStream('', { fd: handle, autoClose: true });
 }

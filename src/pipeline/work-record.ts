@@ -15,7 +15,7 @@ export function readWorkRecord(text: string): { record: Phase1Bom } | { problem:
     return { problem: `is not JSON (${(error as Error).message})` };
   }
   const version = (record as { bomVersion?: unknown } | null)?.bomVersion;
-  if (version !== 1) return { problem: `has an unknown version (${String(version)})` };
+  if (version !== 1) return { problem: `has an unknown version (${String(JSON.stringify(version) ?? version).slice(0, 40)})` };
   const problems = workRecordErrors(record);
   if (problems.length) {
     // A record another imagebuilder wrote may lack what this one's BOM requires: say so rather than "damaged".

@@ -266,17 +266,27 @@ function resolveVariables(definitions: Map<string, VariableDefinition>): { value
   return { values, problems, unmatchedTables: unmatched.size };
 }
 
+/**
+ * The most text a recipe's steps and checks may render to in all: each string is bounded (MAX_RENDERED_CHARS), and
+ * ten thousand steps each naming a 1 MiB variable would otherwise make 10 GB of them.
+ */
+const MAX_RECIPE_RENDERED_CHARS = 64 << 20;
+
 /** Substitutes variables in every string of a step value, reporting each problem at its string. */
-function renderDeep(value: unknown, at: (string | number)[], file: SourceFile, values: Record<string, string>, problems: RecipeProblem[]): unknown {
+function renderDeep(value: unknown, at: (string | number)[], file: SourceFile, values: Record<string, string>, problems: RecipeProblem[], budget: { left: number }): unknown {
   if (typeof value === 'string') {
     if (!hasTemplate(value)) return value;
+    if (budget.left < 0) return '';
     const rendered = renderTemplate(value, (name) => values[name], () => Object.keys(values));
     problems.push(...rendered.errors.map((message) => ({ location: file.locate.of(at), message })));
-    return rendered.value;
+    budget.left -= rendered.value.length;
+    if (budget.left >= 0) return rendered.value;
+    if (budget.left + rendered.value.length >= 0) problems.push({ location: file.locate.of(at), message: `the recipe renders to more than ${MAX_RECIPE_RENDERED_CHARS} characters of steps and checks (variables repeated many times?)` });
+    return '';
   }
-  if (Array.isArray(value)) return value.map((item, i) => renderDeep(item, [...at, i], file, values, problems));
+  if (Array.isArray(value)) return value.map((item, i) => renderDeep(item, [...at, i], file, values, problems, budget));
   if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, renderDeep(item, [...at, key], file, values, problems)]));
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, renderDeep(item, [...at, key], file, values, problems, budget)]));
   }
   return value;
 }
@@ -316,6 +326,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
   if (unmatchedTables) return { problems };
 
   const steps: RecipeStep[] = [];
+  const budget = { left: MAX_RECIPE_RENDERED_CHARS };
   expander.steps.forEach((raw, index) => {
     const typeKeys = Object.keys(raw.value).filter((key) => !(key in STEP_COMMON_PROPERTIES));
     const type = typeKeys.length === 1 ? findStepType(typeKeys[0]) : undefined;
@@ -324,7 +335,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
       return;
     }
     const stepProblems: RecipeProblem[] = [];
-    const value = renderDeep(raw.value, raw.at, raw.file, values, stepProblems) as Record<string, unknown>;
+    const value = renderDeep(raw.value, raw.at, raw.file, values, stepProblems, budget) as Record<string, unknown>;
     if (!stepProblems.length) {
       const validate = stepValidator(type);
       if (!validate(value)) stepProblems.push(...problemsFrom(validate.errors ?? [], raw.at, raw.file.locate));
@@ -355,7 +366,7 @@ export function parseRecipe(text: string, path: string, inputs: RecipeInputs = {
     });
   });
   const checks = parseChecks(
-    expander.checks.map((raw) => ({ ...raw, value: renderDeep(raw.value, raw.at, raw.file, values, problems) as Record<string, unknown> })),
+    expander.checks.map((raw) => ({ ...raw, value: renderDeep(raw.value, raw.at, raw.file, values, problems, budget) as Record<string, unknown> })),
     problems,
   );
   if (problems.length) return { problems };

@@ -4,11 +4,15 @@ import { BlockList, isIPv4, isIPv6 } from 'node:net';
  * Destinations nothing a recipe, a guest or a download names is let reach: link-local (metadata services, the
  * host's fe80:: addresses), AWS's IPv6 metadata range, and the metadata services that are not link-local: Azure's
  * WireServer and host agent (168.63.129.16, which only the host's root may reach) and Alibaba Cloud's
- * (100.100.100.200). Guest commands are refused them by policy rules in their network namespace (sandbox.ts);
+ * (100.100.100.200), and the IPv6 ones. Guest commands are refused them by policy rules in their network namespace (sandbox.ts);
  * the host's own fetches (a recipe's download, key or sums URL, a base image, and every redirect) by their
  * connector (fetch/http.ts).
  */
-export const BLOCKED_DESTINATIONS = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '168.63.129.16/32', '100.100.100.200/32'];
+export const BLOCKED_DESTINATIONS = [
+  '169.254.0.0/16', 'fe80::/10', '168.63.129.16/32', '100.100.100.200/32',
+  // The IPv6 metadata services: AWS's range, GCP's and Oracle Cloud's addresses; Oracle Cloud Classic's IPv4 one.
+  'fd00:ec2::/32', 'fd20:ce::254/128', 'fd00:c1::a9fe:a9fe/128', '192.0.0.192/32',
+];
 
 /** BLOCKED_DESTINATIONS as a lookup: IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
 const blockedDestinations = new BlockList();

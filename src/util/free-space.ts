@@ -2,8 +2,11 @@ import { statfs } from 'node:fs/promises';
 import { ImageBuilderError } from './errors.js';
 import { formatBytes } from './size.js';
 
-/** What writing what a server or an archive sends leaves free on its filesystem: the larger of 1 GiB and 5%. */
-export const DEFAULT_RESERVE = (totalBytes: number) => Math.max(2 ** 30, totalBytes / 20);
+/**
+ * What writing what a server or an archive sends leaves free on its filesystem: 5% of it, at least 1 GiB and at
+ * most 8 GiB (5% of a large, well-used volume would refuse every download).
+ */
+export const DEFAULT_RESERVE = (totalBytes: number) => Math.min(Math.max(2 ** 30, totalBytes / 20), 8 * 2 ** 30);
 /** How often (in bytes written) the free space is asked. */
 export const FREE_SPACE_CHECK_BYTES = 256 << 20;
 

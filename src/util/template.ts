@@ -85,9 +85,19 @@ function editDistance(a: string, b: string): number {
 }
 
 /** ` (did you mean "x"?)` when a candidate is close enough to be a typo, else empty. */
+/**
+ * A suggestion costs a word's length times each candidate's: offered for names a person types (up to 64
+ * characters, among up to 1,000 of the same length give or take the distance allowed), never for a crafted one.
+ */
+const MAX_SUGGESTED_LENGTH = 64;
+const MAX_SUGGESTION_CANDIDATES = 1000;
+
 export function closest(word: string, candidates: readonly string[]): string {
-  const best = candidates
+  const allowed = Math.max(2, Math.floor(word.length / 3));
+  const near = candidates.filter((candidate) => candidate.length <= MAX_SUGGESTED_LENGTH && Math.abs(candidate.length - word.length) <= allowed);
+  if (word.length > MAX_SUGGESTED_LENGTH || near.length > MAX_SUGGESTION_CANDIDATES) return '';
+  const best = near
     .map((candidate) => ({ candidate, distance: editDistance(word.toLowerCase(), candidate.toLowerCase()) }))
     .sort((a, b) => a.distance - b.distance)[0];
-  return best && best.distance <= Math.max(2, Math.floor(word.length / 3)) ? ` (did you mean "${best.candidate}"?)` : '';
+  return best && best.distance <= allowed ? ` (did you mean "${best.candidate}"?)` : '';
 }

@@ -77,6 +77,12 @@ describe('downloadFile', () => {
     expect(error).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^downloading \S+ stopped after [\d.]+ MiB: .* has [\d.]+ GiB free, and imagebuilder leaves at least [\d.]+ GiB$/) });
     expect(isDiscardableFetchFailure(error)).toBe(true);
     expect(server.gets('/full/image.qcow2')).toHaveLength(1); // not retried
+    // A server that drops every connection before a check is due and answers each resume: the count goes on
+    // across attempts (five of 600 KiB: a check after the second).
+    server.serve('/drops/image.qcow2', { data });
+    server.dropAfter('/drops/image.qcow2', 600 * 1024, 5);
+    const resumed = await downloadFile(`${server.url}/drops/image.qcow2`, join(dir, 'drops.partial'), { retry: quick, freeSpace: { checkEveryBytes: 1 << 20, reserveBytes: (total) => total + 1 } }).catch((e: unknown) => e);
+    expect(resumed).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^downloading \S+ stopped after/) });
     // A recipe's download step, the same.
     const step = await fetchToFile(`${server.url}/full/image.qcow2`, join(dir, 'step-download'), { retry: quick, freeSpace: { checkEveryBytes: 1 << 20, reserveBytes: (total) => total + 1 } }).catch((e: unknown) => e);
     expect(step).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/^downloading \S+ stopped after/) });

@@ -283,6 +283,10 @@ describe('matrix emission for Kubernetes', () => {
     expect(() => emitArgo(matrix, matrix.builds, options)).toThrow(/is not an OpenPGP public keyring/);
     expect(isPublicKeyring(Buffer.from('\n-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINB\n'))).toBe(true);
     expect(isPublicKeyring(Buffer.from('-----BEGIN PGP PRIVATE KEY BLOCK-----\n'))).toBe(false);
+    // An .asc with a comment first, or a byte-order mark: as gpgv takes them. A private block after a public one: not.
+    expect(isPublicKeyring(Buffer.from('# the release key\n-----BEGIN PGP PUBLIC KEY BLOCK-----\r\n\r\nmQINB\n'))).toBe(true);
+    expect(isPublicKeyring(Buffer.from('\uFEFF-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINB\n'))).toBe(true);
+    expect(isPublicKeyring(Buffer.from('-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINB\n-----END PGP PUBLIC KEY BLOCK-----\n-----BEGIN PGP PRIVATE KEY BLOCK-----\n'))).toBe(false);
     expect(isPublicKeyring(Buffer.from([0xc6, 0x01]))).toBe(true);
     expect(isPublicKeyring(Buffer.concat([Buffer.from([0, 0, 0, 32, 1, 1, 0, 0]), Buffer.from('KBXf')]))).toBe(true);
     expect(isPublicKeyring(Buffer.alloc(0))).toBe(false);

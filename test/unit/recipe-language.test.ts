@@ -77,6 +77,13 @@ describe('variables', () => {
     // linear (the test's own deadline would end it otherwise).
     const line = `{{${' '.repeat(200_000)}x} {{ a }}`;
     expect(renderTemplate(line, (n) => values[n], () => []).value.endsWith('} x')).toBe(true);
+    // Many steps each naming a large variable: bounded for the whole recipe (64 MiB), said once.
+    const many = Array.from({ length: 70 }, () => '  - run: "{{ big }}"').join('\n');
+    const flood = problemsOf(`name: v\nvariables:\n  big: "${'y'.repeat(1_000_000)}"\nsteps:\n${many}\n`);
+    expect(flood.filter((problem) => /renders to more than 67108864 characters of steps and checks/.test(problem))).toHaveLength(1);
+    // A crafted name gets no suggestion (its edit distance to a long variable's name would take hours).
+    const longName = 'n'.repeat(200_000);
+    expect(renderTemplate(`{{ ${longName}x }}`, () => undefined, () => [`${longName}y`]).errors[0]).toBe(`undefined variable "${longName}x": define it under \`variables:\` or pass --set ${longName}x=VALUE`);
   });
 });
 
