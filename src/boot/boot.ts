@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, chmod, chown, copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
@@ -12,7 +12,6 @@ import { programArchitecture } from '../util/architecture.js';
 import { readLogTail, startHelper, type Helper } from '../util/daemon.js';
 import { ImageBuilderError, errorMessage } from '../util/errors.js';
 import { tail } from '../util/exec.js';
-import { exists, which } from '../util/fs.js';
 import { readGuestFile, statGuest } from '../util/guest-fs.js';
 import { cachedKvmVerdict } from '../util/libguestfs.js';
 import { probeBootKvm } from './kvm.js';
@@ -56,7 +55,7 @@ export interface BootOptions {
   maxOutputBytes?: number;
   /** The most of the serial console kept in console.log (default 16 MiB: its beginning and its last MiB). */
   consoleMaxBytes?: number;
-  /** The largest the guest's throw-away disk (its overlay) and qemu's log may grow (default 8 GiB). */
+  /** The largest the guest's throw-away disk (its overlay) may grow, and any other file qemu writes (default 8 GiB). */
   maxDiskBytes?: number;
 }
 
@@ -441,9 +440,8 @@ const diskFull = (maxDiskBytes: number) =>
  * (no_new_privs, the bounding set empty) in a box of its own (util/unprivileged.ts: its own mount, PID, network
  * and IPC namespaces; the host's /usr read-only, the VM's directory, our sockets and, for KVM, /dev/kvm with its
  * group; no descriptor of ours but the image's: Node's spawn passes only those it is given), under qemu's own
- * seccomp filter. Every file it may write is
- * bounded (RLIMIT_FSIZE; see DISK_WATCH_MS); its output goes through a pipe into a bounded log; no core dump. It
- * dies with us: the box with its parent, and its PID namespace with it.
+ * seccomp filter. Every file it may write is bounded (RLIMIT_FSIZE; see DISK_WATCH_MS); its output goes through a
+ * pipe into a bounded log; no core dump. It dies with us: the box with its parent, and its PID namespace with it.
  */
 async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number }): Promise<[string, string[]]> {
   await requireBoxedTool(qemu, 'booting the image');

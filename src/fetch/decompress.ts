@@ -52,7 +52,7 @@ const ZEROS = Buffer.alloc(BLOCK);
 /**
  * What a download may decompress to. Its size: no cloud image comes near 1 TiB, and a bomb of zeros (kept sparse,
  * taking no space) would otherwise be hashed for hours. Its data: stopped while the filesystem it lands on still
- * has the larger of 1 GiB and 5% free (asked every 256 MiB written), so a bomb of other bytes fills no host disk.
+ * has its reserve free (util/free-space.ts; asked every 256 MiB written), so a bomb of other bytes fills no host disk.
  */
 export interface DecompressLimits {
   maxBytes: number;
