@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, chown, copyFile, mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, open, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
@@ -22,6 +22,7 @@ import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
 import { ConsoleLog, recordConsole } from './console.js';
 import { formatBytes } from '../util/size.js';
+import { DEFAULT_RESERVE } from '../util/free-space.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware, type QemuArgsRequest } from './firmware.js';
 
 /**
@@ -220,7 +221,9 @@ async function directKernel(context: MountContext, layout: GuestLayout, dir: str
     const bytes = await readGuestFile(root, guestPath, MAX_KERNEL_BYTES);
     if (!bytes) return undefined;
     const path = join(dir, name);
-    await writeFile(path, bytes);
+    // Read-only to qemu whatever the umask: it runs as nobody, and only the overlay and variables are its to write.
+    await writeFile(path, bytes, { mode: 0o644 });
+    await chmod(path, 0o644);
     return path;
   };
   const kernel = await copyOut(newest.image!, 'vmlinuz');
@@ -285,6 +288,10 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const vmDir = join(dir, 'vm');
   await mkdir(vmDir);
   await chmod(vmDir, 0o755);
+  // Ours, or qemu could make files in it (a work directory on NFS with root_squash makes it nobody's).
+  if ((await stat(vmDir)).uid !== process.getuid?.()) {
+    throw new ImageBuilderError('ENVIRONMENT', `${vmDir} is not owned by this user (a root-squashed network filesystem?), so a boot cannot keep qemu from writing there`, { hint: 'use a local work directory (IMAGEBUILDER_WORK_DIR)' });
+  }
   const overlay = join(vmDir, 'disk.qcow2');
   await createOverlay(run, image, input.format, overlay, log);
 
@@ -300,7 +307,8 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       { name: 'meta-data', content: Buffer.from(agentMetaData(`imagebuilder-boot-${randomBytes(8).toString('hex')}`)) },
       { name: 'user-data', content: Buffer.from(via === 'cloud-init' ? agentUserData(options.script) : '#cloud-config\n{}\n') },
     ];
-    await writeFile(seed, makeIso('cidata', files));
+    await writeFile(seed, makeIso('cidata', files), { mode: 0o644 });
+    await chmod(seed, 0o644);
   }
   const accel = await chooseAccel(context, arch, options.accel ?? 'auto');
   const spec = await machineFor(arch, firmware);
@@ -331,7 +339,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     memoryMiB: options.memoryMiB ?? 1024,
     cpus: options.cpus ?? 2,
   });
-  const maxDiskBytes = options.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES;
+  const maxDiskBytes = await diskBound(dir, options.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES);
   const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes });
   // Another architecture's instructions are translated one by one: twice the time.
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
@@ -369,9 +377,15 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     // qemu holds its own copy.
     await closeImage();
   }
+  // What qemu has written: the overlay and the variable store (their sizes, or the blocks they hold if more).
   const diskUsed = async () => {
-    const info = await stat(overlay);
-    return Math.max(info.size, info.blocks * 512);
+    let used = 0;
+    for (const path of [overlay, uefiVars]) {
+      if (!path) continue;
+      const info = await stat(path);
+      used += Math.max(info.size, info.blocks * 512);
+    }
+    return used;
   };
   let timer: NodeJS.Timeout | undefined;
   let diskWatch: NodeJS.Timeout | undefined;
@@ -430,6 +444,25 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   await stopQemu?.();
   await consoleComplete();
   return { exitCode: report.exitCode, output: report.output, consoleLog, bootMs, accel, firmware, via };
+}
+
+/** The least room a boot starts with: a boot writes a few hundred MB (journal, cloud-init, a check's files). */
+const MIN_BOOT_ROOM = 512 << 20;
+
+/**
+ * The most the guest may write: `wanted`, or what the work directory's filesystem has free beyond the reserve a
+ * download leaves (util/free-space.ts), whichever is less; too little to boot in is said before qemu starts.
+ */
+async function diskBound(dir: string, wanted: number): Promise<number> {
+  const fs = await statfs(dir);
+  const room = fs.bavail * fs.bsize - DEFAULT_RESERVE(fs.blocks * fs.bsize);
+  if (room >= wanted) return wanted;
+  if (room < MIN_BOOT_ROOM) {
+    throw new ImageBuilderError('ENVIRONMENT', `${dir} has too little free space to boot an image in: ${formatBytes(Math.max(0, room))} beyond the ${formatBytes(DEFAULT_RESERVE(fs.blocks * fs.bsize))} left free`, {
+      hint: 'free space there, or point IMAGEBUILDER_WORK_DIR at a larger filesystem',
+    });
+  }
+  return room;
 }
 
 const diskFull = (maxDiskBytes: number) =>

@@ -85,12 +85,21 @@ export async function readChannel(socketPath: string, maxOutputBytes: number): P
   // Nobody may be listening when the report is abandoned (a timeout): its rejection must not go unhandled.
   report.catch(() => undefined);
   const connection = await listenForQemu(socketPath, (socket) => {
-    const chunks: Buffer[] = [];
+    // Gathered into one buffer that doubles as it fills: a guest sending its report a byte at a time costs the
+    // host linear time, not a concatenation of everything so far on each read.
+    let received = Buffer.alloc(4096);
+    let length = 0;
     socket.on('error', () => undefined);
     socket.on('data', (chunk: Buffer) => {
-      chunks.push(chunk);
+      if (length + chunk.length > received.length) {
+        const grown = Buffer.alloc(Math.max(received.length * 2, length + chunk.length));
+        received.copy(grown, 0, 0, length);
+        received = grown;
+      }
+      chunk.copy(received, length);
+      length += chunk.length;
       try {
-        const parsed = parseReport(Buffer.concat(chunks), maxOutputBytes);
+        const parsed = parseReport(received.subarray(0, length), maxOutputBytes);
         if (parsed) {
           settle!.resolve(parsed);
           socket.destroy();

@@ -172,6 +172,23 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 
+  test('a work directory with too little room to boot in: said before qemu starts, nothing left', async () => {
+    // 64 MiB of tmpfs: less than the 1 GiB a download or a boot leaves free, so no room at all.
+    const small = await mkdtemp('/var/tmp/ib-boot-small-');
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', small]);
+    try {
+      const start = startBuild({ log: createLogger({ write: () => undefined }), workDir: small, cacheDir: join(work, 'cache'), runDir });
+      const error = await withResources(start, { workDir: small, runDir }, (context) => bootAndRun(context, image, { script: 'true', accel: 'tcg', firmware: 'direct-kernel' })).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'ENVIRONMENT', message: expect.stringMatching(/has too little free space to boot an image in: 0 MiB beyond the 1 GiB left free$/) });
+      expect(await qemusOfThisTest()).toEqual([]);
+      // The tmpfs itself (the test's own) and nothing under it.
+      expect(await leftoversUnder(small)).toEqual({ ...NOTHING_LEFT, mounts: [small] });
+    } finally {
+      await execa('umount', [small]);
+      await rm(small, { recursive: true, force: true });
+    }
+  });
+
   test('the KVM probe: its boot sector runs and ends qemu with the agreed status (under TCG, so on any host); the verdict is remembered', async () => {
     const disk = join(work, 'probe.raw');
     await writeFile(disk, probeBootSector());

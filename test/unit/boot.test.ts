@@ -88,8 +88,11 @@ describe('boot: reading the channel', () => {
       const second = connect(path);
       const refused = await new Promise<string>((resolve) => { second.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error')); second.once('connect', () => resolve('connected')); });
       expect(refused).toMatch(/ECONNREFUSED|ENOENT/);
-      setTimeout(() => qemu.end('tes=3\nok\n'), 50);
-      await expect(channel.report).resolves.toEqual({ exitCode: 0, output: 'ok\n' });
+      // The rest a byte at a time, past the first buffer's 4 KiB: gathered whole.
+      const rest = Buffer.from(`tes=${8000 + 3}\nok\n${'z'.repeat(8000)}`);
+      for (const byte of rest) qemu.write(Buffer.from([byte]));
+      qemu.end();
+      await expect(channel.report).resolves.toEqual({ exitCode: 0, output: `ok\n${'z'.repeat(8000)}` });
     } finally {
       channel.close();
       await rm(dir, { recursive: true, force: true });
