@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, chown, copyFile, mkdir, mkdtemp, open, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { createOverlay, probeInputImage, readImageStart } from '../image/qemu-img.js';
@@ -22,7 +22,7 @@ import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
 import { ConsoleLog, recordConsole } from './console.js';
 import { formatBytes } from '../util/size.js';
-import { DEFAULT_RESERVE } from '../util/free-space.js';
+import { freeSpace } from '../util/free-space.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware, type QemuArgsRequest } from './firmware.js';
 
 /**
@@ -454,11 +454,11 @@ const MIN_BOOT_ROOM = 512 << 20;
  * download leaves (util/free-space.ts), whichever is less; too little to boot in is said before qemu starts.
  */
 async function diskBound(dir: string, wanted: number): Promise<number> {
-  const fs = await statfs(dir);
-  const room = fs.bavail * fs.bsize - DEFAULT_RESERVE(fs.blocks * fs.bsize);
+  const { free, reserve } = await freeSpace(dir);
+  const room = free - reserve;
   if (room >= wanted) return wanted;
   if (room < MIN_BOOT_ROOM) {
-    throw new ImageBuilderError('ENVIRONMENT', `${dir} has too little free space to boot an image in: ${formatBytes(Math.max(0, room))} beyond the ${formatBytes(DEFAULT_RESERVE(fs.blocks * fs.bsize))} left free`, {
+    throw new ImageBuilderError('ENVIRONMENT', `${dir} has too little free space to boot an image in: ${formatBytes(Math.max(0, room))} beyond the ${formatBytes(reserve)} left free`, {
       hint: 'free space there, or point IMAGEBUILDER_WORK_DIR at a larger filesystem',
     });
   }

@@ -30,25 +30,30 @@ function realPathSoFar(path: string): string | undefined {
 /**
  * Where a recipe may read host files: the recipe's own directory (includes, `file.source`, `template`,
  * `copy.src`, `run.file`, container archives), and directories the user allows with --allow-host-path.
- * Undefined when `named` (relative to `baseDir`, the directory of the file that names it) stays inside;
- * otherwise why not. Symlinks are resolved first: one inside the recipe's directory that leads out escapes too.
+ * `named` (relative to `baseDir`, the directory of the file that names it) resolved to the real path that is read,
+ * or why it may not be. Symlinks are resolved first: one inside the recipe's directory that leads out escapes too.
  */
-export function hostPathEscape(roots: readonly string[], baseDir: string, named: string): string | undefined {
+function confine(roots: readonly string[], baseDir: string, named: string): { real: string } | { escape: string } {
   const real = realPathSoFar(resolve(baseDir, named));
-  if (real === undefined) return `${named} is a symlink that leads nowhere (dangling, or a loop): a recipe reads host files only from its directory or --allow-host-path ones; give the file itself`;
+  if (real === undefined) return { escape: `${named} is a symlink that leads nowhere (dangling, or a loop): a recipe reads host files only from its directory or --allow-host-path ones; give the file itself` };
   const inside = roots.map(realPathSoFar).some((root) => root !== undefined && (real === root || real.startsWith(root.endsWith('/') ? root : `${root}/`)));
-  if (inside) return undefined;
+  if (inside) return { real };
   const [recipeDir, ...allowed] = roots;
-  return `${named} is outside the recipe's directory ${recipeDir}${allowed.length ? ` and the allowed ${allowed.join(', ')}` : ''} (it is ${real}): a recipe reads host files only from there; move the file next to the recipe, or allow its directory with --allow-host-path DIR`;
+  return { escape: `${named} is outside the recipe's directory ${recipeDir}${allowed.length ? ` and the allowed ${allowed.join(', ')}` : ''} (it is ${real}): a recipe reads host files only from there; move the file next to the recipe, or allow its directory with --allow-host-path DIR` };
+}
+
+/** Undefined when `named` stays where a recipe may read (confine); otherwise why not. */
+export function hostPathEscape(roots: readonly string[], baseDir: string, named: string): string | undefined {
+  const confined = confine(roots, baseDir, named);
+  return 'escape' in confined ? confined.escape : undefined;
 }
 
 /** The host path a step names, resolved and confined as hostPathEscape says; a BAD_RECIPE when it escapes. */
 export function confinedHostPath(environment: { recipeDir: string; hostRoots?: readonly string[] }, named: string): string {
-  const escape = hostPathEscape(environment.hostRoots ?? [environment.recipeDir], environment.recipeDir, named);
   // The real path is what is read: a symlink swapped in after this check is not followed to somewhere else.
-  const real = escape ? undefined : realPathSoFar(resolve(environment.recipeDir, named));
-  if (!real) throw new ImageBuilderError('BAD_RECIPE', escape ?? `${named} changed while it was being read`, { hint: 'imagebuilder validate RECIPE shows where the recipe names it (file:line:column)' });
-  return real;
+  const confined = confine(environment.hostRoots ?? [environment.recipeDir], environment.recipeDir, named);
+  if ('escape' in confined) throw new ImageBuilderError('BAD_RECIPE', confined.escape, { hint: 'imagebuilder validate RECIPE shows where the recipe names it (file:line:column)' });
+  return confined.real;
 }
 
 /**

@@ -10,14 +10,18 @@ export const DEFAULT_RESERVE = (totalBytes: number) => Math.min(Math.max(2 ** 30
 /** How often (in bytes written) the free space is asked. */
 export const FREE_SPACE_CHECK_BYTES = 256 << 20;
 
+/** What the filesystem holding `dir` has free (for this user), and the reserve imagebuilder leaves on it. */
+export async function freeSpace(dir: string, reserveBytes = DEFAULT_RESERVE): Promise<{ free: number; reserve: number }> {
+  const fs = await statfs(dir);
+  return { free: fs.bavail * fs.bsize, reserve: reserveBytes(fs.blocks * fs.bsize) };
+}
+
 /**
  * Why `what` must stop writing into `dir` (a download that never ends, a decompression bomb), or undefined: the
  * filesystem has less than the reserve free. Said with where, how much was written, and how to make room.
  */
 export async function freeSpaceShortfall(dir: string, what: string, written: number, reserveBytes = DEFAULT_RESERVE): Promise<ImageBuilderError | undefined> {
-  const fs = await statfs(dir);
-  const free = fs.bavail * fs.bsize;
-  const reserve = reserveBytes(fs.blocks * fs.bsize);
+  const { free, reserve } = await freeSpace(dir, reserveBytes);
   if (free >= reserve) return undefined;
   return new ImageBuilderError('ENVIRONMENT', `${what} stopped after ${formatBytes(written)}: ${dir} has ${formatBytes(free)} free, and imagebuilder leaves at least ${formatBytes(reserve)}`, {
     hint: 'free space there (imagebuilder cache prune), or point IMAGEBUILDER_CACHE / IMAGEBUILDER_WORK_DIR at a larger filesystem; what never stops growing may be hostile',

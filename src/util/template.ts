@@ -35,11 +35,14 @@ export function renderTemplate(text: string, lookup: (name: string) => string | 
   const used: string[] = [];
   const errors: string[] = [];
   let length = text.length;
+  let tooLong = false;
   const value = text.replace(PLACEHOLDER, (whole, expression: string) => {
     const rendered = renderOne(whole, expression);
     length += rendered.length - whole.length;
     if (length <= MAX_RENDERED_CHARS) return rendered;
-    if (!errors.some((error) => error.startsWith('renders to more than'))) errors.push(`renders to more than ${MAX_RENDERED_CHARS} characters (variables that repeat each other?)`);
+    // Said once (a scan of the errors for it, at every placeholder past the bound, was quadratic).
+    if (!tooLong) errors.push(`renders to more than ${MAX_RENDERED_CHARS} characters (variables that repeat each other?)`);
+    tooLong = true;
     return '';
   });
   return { value, used, errors };
