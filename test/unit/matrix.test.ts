@@ -290,6 +290,12 @@ describe('matrix emission for Kubernetes', () => {
     expect(isPublicKeyring(Buffer.from([0xc6, 0x01]))).toBe(true);
     expect(isPublicKeyring(Buffer.concat([Buffer.from([0, 0, 0, 32, 1, 1, 0, 0]), Buffer.from('KBXf')]))).toBe(true);
     expect(isPublicKeyring(Buffer.alloc(0))).toBe(false);
+    // A FIFO named as a keyring: refused, not read (readFileSync would wait on it for ever).
+    await execa('mkfifo', [join(dir, 'keyring.fifo')]);
+    const fifoText = ['recipe: recipes/node.yaml', 'bases:', '  - { name: debian, image: "https://images.example.org/d.qcow2", keyring: keyring.fifo }'].join('\n');
+    await writeFile(join(dir, 'fifo.yaml'), fifoText);
+    const fifo = parseMatrix(fifoText, join(dir, 'fifo.yaml')).matrix!;
+    expect(() => emitJobs(fifo, fifo.builds, options)).toThrow(`${join(dir, 'keyring.fifo')} is not a regular file, so a cluster build does not carry it`);
   });
 
   test('Kubernetes names: DNS labels, hashed only when shortened or shared', () => {
