@@ -16,7 +16,8 @@ import { readGuestFile, statGuest } from '../util/guest-fs.js';
 import { cachedKvmVerdict } from '../util/libguestfs.js';
 import { probeBootKvm } from './kvm.js';
 import { throwIfAborted } from '../util/signals.js';
-import { requireBoxedTool, SANDBOX_ID, unprivilegedCommand, type SandboxBind } from '../util/unprivileged.js';
+import { requireBoxedTool, unprivilegedCommand, type SandboxBind } from '../util/unprivileged.js';
+import { claimBoxUid } from '../util/box-uid.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
@@ -100,6 +101,11 @@ const VM_DIR_IN_BOX = '/vm';
 const SOCKET_DIR_IN_BOX = '/sockets';
 /** What of qemu's own output is kept (qemu.log): its beginning and its end. */
 const QEMU_LOG_MAX_BYTES = 1 << 20;
+/**
+ * The threads qemu may have at once, its uid's alone: one per vCPU, its I/O pool (at most 64), a few of its own.
+ * Far above that, an escaped qemu's thread or fork bomb stops here rather than at the host's pid limit.
+ */
+const QEMU_MAX_TASKS = 512;
 /** The image's descriptor, as qemu inherits it (after stdin, stdout and stderr). */
 const IMAGE_FD_IN_QEMU = 3;
 /** The status a box (bwrap) ends with when its program was killed by SIGXFSZ (128 + 25): a file grew past its limit. */
@@ -138,7 +144,7 @@ async function chooseAccel(context: BootContext, guestArch: string, wanted: Acce
 }
 
 /**
- * Whether qemu, run as nobody in its box, may open /dev/kvm, and with which supplementary group: the device's
+ * Whether qemu, run unprivileged in its box, may open /dev/kvm, and with which supplementary group: the device's
  * group when its mode lets that group read and write (never root's group, which qemu is not given), none when
  * everyone may. Undefined when it may not: KVM is then not used (a boot that could not open it would fail).
  */
@@ -221,7 +227,7 @@ async function directKernel(context: MountContext, layout: GuestLayout, dir: str
     const bytes = await readGuestFile(root, guestPath, MAX_KERNEL_BYTES);
     if (!bytes) return undefined;
     const path = join(dir, name);
-    // Read-only to qemu whatever the umask: it runs as nobody, and only the overlay and variables are its to write.
+    // Read-only to qemu whatever the umask: it runs as another uid, and only the overlay and variables are its to write.
     await writeFile(path, bytes, { mode: 0o644 });
     await chmod(path, 0o644);
     return path;
@@ -327,8 +333,10 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   await chmod(socketDir, 0o711);
   const channelSocket = join(socketDir, 'results.sock');
   const consoleSocket = join(socketDir, 'console.sock');
-  // qemu runs as nobody: it writes the overlay and the variable store; the rest (seed, kernel) it only reads.
-  for (const path of [overlay, uefiVars]) if (path) await chown(path, SANDBOX_ID, SANDBOX_ID);
+  // qemu runs as a uid of its own: it writes the overlay and the variable store; the rest (seed, kernel) it only
+  // reads. Claimed before qemu starts, so released after it is gone.
+  const qemuUid = await claimBoxUid(run, context.cleanup, log, `qemu booting ${basename(image)}`);
+  for (const path of [overlay, uefiVars]) if (path) await chown(path, qemuUid, qemuUid);
   const inBox = (path: string) => join(dirname(path) === vmDir ? VM_DIR_IN_BOX : SOCKET_DIR_IN_BOX, basename(path));
   const args = qemuArgs({
     spec, accel, firmware, disk: inBox(overlay), image: { fd: IMAGE_FD_IN_QEMU, format: input.format },
@@ -340,10 +348,10 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     cpus: options.cpus ?? 2,
   });
   const maxDiskBytes = await diskBound(dir, options.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES);
-  const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes });
+  const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes, uid: qemuUid });
   // Another architecture's instructions are translated one by one: twice the time.
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
-  log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}) as uid ${SANDBOX_ID} in a sandbox, console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
+  log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}) as uid ${qemuUid} in a sandbox, console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
 
   // Listening before qemu starts: it connects to both while it starts, before the guest runs.
   const serialConsole = await recordConsole(consoleSocket, consoleLog, { maxBytes: options.consoleMaxBytes });
@@ -469,14 +477,17 @@ const diskFull = (maxDiskBytes: number) =>
   new BootFailure(`the guest wrote ${maxDiskBytes} bytes into its throw-away disk, the most a boot may; qemu was stopped`, `a boot writes a few hundred MB: an image that fills ${formatBytes(maxDiskBytes)} while it boots is itself the problem (bootAndRun's maxDiskBytes sets the bound)`);
 
 /**
- * qemu as a hostile guest's next target: should the guest break out of it, it is uid 65534 with no capability
- * (no_new_privs, the bounding set empty) in a box of its own (util/unprivileged.ts: its own mount, PID, network
- * and IPC namespaces; the host's /usr read-only, the VM's directory, our sockets and, for KVM, /dev/kvm with its
- * group; no descriptor of ours but the image's: Node's spawn passes only those it is given), under qemu's own
- * seccomp filter. Every file it may write is bounded (RLIMIT_FSIZE; see DISK_WATCH_MS); its output goes through a
- * pipe into a bounded log; no core dump. It dies with us: the box with its parent, and its PID namespace with it.
+ * qemu as a hostile guest's next target: should the guest break out of it, it is a uid of its own (util/box-uid.ts:
+ * no other process of the host, nobody's services and our other boxes included, can be signalled, traced or
+ * entered through /proc from it, nor it from them) with no capability (no_new_privs, the bounding set empty) in a
+ * box of its own (util/unprivileged.ts: its own mount, PID, network and IPC namespaces; the host's /usr read-only,
+ * the VM's directory, our sockets and, for KVM, /dev/kvm with its group; no descriptor of ours but the image's:
+ * Node's spawn passes only those it is given), under qemu's own seccomp filter. Every file it may write is bounded
+ * (RLIMIT_FSIZE; see DISK_WATCH_MS), and so are its threads and processes (RLIMIT_NPROC, which counts its uid's
+ * alone); its output goes through a pipe into a bounded log; no core dump. It dies with us: the box with its
+ * parent, and its PID namespace with it.
  */
-async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number }): Promise<[string, string[]]> {
+async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number; uid: number }): Promise<[string, string[]]> {
   await requireBoxedTool(qemu, 'booting the image');
   await requireBoxedTool('prlimit', 'booting the image (it bounds the files qemu writes)');
   const binds: SandboxBind[] = [
@@ -484,8 +495,8 @@ async function qemuBox(qemu: string, args: string[], options: { vmDir: string; s
     { host: options.socketDir, inside: SOCKET_DIR_IN_BOX },
   ];
   const kvm = options.accel === 'kvm' ? { deviceNodes: ['/dev/kvm'], ...(await kvmForQemuBox()) } : {};
-  const limits = ['prlimit', `--fsize=${options.maxDiskBytes}`, '--core=0', '--'];
-  return unprivilegedCommand([...limits, qemu, ...args], { binds, ...kvm });
+  const limits = ['prlimit', `--fsize=${options.maxDiskBytes}`, `--nproc=${QEMU_MAX_TASKS}`, '--core=0', '--'];
+  return unprivilegedCommand([...limits, qemu, ...args], { binds, uid: options.uid, ...kvm });
 }
 
 /** A directory with a short path for the results socket, when the work dir's is too long for one. */

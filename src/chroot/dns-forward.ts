@@ -2,6 +2,7 @@ import { createSocket } from 'node:dgram';
 import { chmod, chown, mkdir, readFile } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { claimBoxUid } from '../util/box-uid.js';
 import type { CleanupStack } from '../util/cleanup.js';
 import { startHelper } from '../util/daemon.js';
 import type { Runner } from '../util/exec.js';
@@ -14,8 +15,8 @@ import type { Logger } from '../util/log.js';
  * TCP) and hands every query, framed as DNS over TCP is (2-byte length), through a Unix socket (reachable across
  * network namespaces by its path) to this process, which asks the host's resolver. Only standard queries cross
  * (no updates, notifies or zone transfers, which a resolver may trust from localhost); each connection has a
- * bounded number of queries in flight; the relay runs as nobody (or, where Node is only root's, as root with
- * no capability) and dies with the build.
+ * bounded number of queries in flight; the relay runs as a uid of its own (or, where Node is only root's, as root
+ * with no capability) and dies with the build.
  */
 
 /** Where guest commands send DNS queries when the host's resolver is on its loopback (podman's address for the same). */
@@ -183,15 +184,15 @@ export interface DnsForwardOptions {
   resolver: string;
 }
 
-const NOBODY = 65534;
-
 /** Starts the forwarder and its relay; both are released by `cleanup`, open connections included. */
 export async function forwardDns(options: DnsForwardOptions): Promise<void> {
   const { run, log, cleanup, netns, dir } = options;
-  // As nobody when nobody can run this Node (not when it lives under root's home, as nvm installs it); else as
-  // root with no capability at all. Either way the socket is reachable by that user alone.
-  const asNobody = (await run('setpriv', ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', '--', process.execPath, '-e', ''], { allowFailure: true })).exitCode === 0;
-  if (!asNobody) log.debug(`the DNS relay runs as root with no capabilities: user ${NOBODY} cannot run ${process.execPath}`);
+  // As a uid of its own (util/box-uid.ts: it takes traffic from the guest, and runs in the host's PID namespace)
+  // when that uid can run this Node (not when it lives under root's home, as nvm installs it); else as root with
+  // no capability at all. Either way the socket is reachable by that user alone.
+  const uid = await claimBoxUid(run, cleanup, log, 'the DNS relay');
+  const asOwnUid = (await run('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', '--', process.execPath, '-e', ''], { allowFailure: true })).exitCode === 0;
+  if (!asOwnUid) log.debug(`the DNS relay runs as root with no capabilities: uid ${uid} cannot run ${process.execPath}`);
   const socketDir = join(dir, 'socket');
   await mkdir(socketDir, { mode: 0o700 });
   const socketPath = join(socketDir, 'dns');
@@ -214,16 +215,16 @@ export async function forwardDns(options: DnsForwardOptions): Promise<void> {
   });
   server.unref();
   await chmod(socketPath, 0o600);
-  if (asNobody) {
+  if (asOwnUid) {
     await chmod(dir, 0o711);
-    await chown(socketDir, NOBODY, NOBODY);
-    await chown(socketPath, NOBODY, NOBODY);
+    await chown(socketDir, uid, uid);
+    await chown(socketPath, uid, uid);
   }
   const enter = ['nsenter', `--net=${netns}`, '--'];
   await run(enter[0], [...enter.slice(1), 'ip', 'address', 'add', `${GUEST_DNS_FORWARD}/32`, 'dev', 'lo'], { log, purpose: 'giving the sandbox its DNS address' });
   await run(enter[0], [...enter.slice(1), 'sysctl', '-q', '-w', 'net.ipv4.ip_unprivileged_port_start=53'], { log, purpose: 'letting the DNS relay bind port 53 in the sandbox' });
   const logFile = join(dir, 'relay.log');
-  const user = asNobody ? ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups'] : [];
+  const user = asOwnUid ? ['--reuid', String(uid), '--regid', String(uid), '--clear-groups'] : [];
   await startHelper(enter[0], [
     ...enter.slice(1),
     // --pdeathsig again after the switch: the kernel clears it when the credentials change.

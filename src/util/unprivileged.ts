@@ -15,7 +15,7 @@ import { which } from './fs.js';
 import { packageHint } from './tools.js';
 
 export interface SandboxBind {
-  /** Host directory or file: readable by uid 65534, and writable by it when `writable`. */
+  /** Host directory or file: readable by the uid it runs as (65534 unless given), and writable by it when `writable`. */
   host: string;
   /** Where the sandbox sees it. */
   inside: string;
@@ -73,12 +73,15 @@ export function unprivilegedCommand(
     deviceNodes?: string[];
     /** Supplementary groups kept (the group that may open one of `deviceNodes`); none otherwise. */
     groups?: number[];
+    /** The uid and gid it runs as: one claimed for it alone (util/box-uid.ts); SANDBOX_ID otherwise. */
+    uid?: number;
   } = {},
 ): [string, string[]] {
   // Only what setpriv needs to become nobody and empty the bounding set; it drops these too.
   const args = boxArgs(['CAP_SETUID', 'CAP_SETGID', 'CAP_SETPCAP'], options);
   for (const node of options.deviceNodes ?? []) args.push('--dev-bind', node, node);
-  const user = options.keepRootUid ? [] : ['--reuid', String(SANDBOX_ID), '--regid', String(SANDBOX_ID)];
+  const id = String(options.uid ?? SANDBOX_ID);
+  const user = options.keepRootUid ? [] : ['--reuid', id, '--regid', id];
   const groups = options.groups?.length ? ['--groups', options.groups.join(',')] : ['--clear-groups'];
   const drop = ['setpriv', ...user, ...groups, '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
   args.push('--chdir', '/', '--', ...drop, ...argv);

@@ -4,6 +4,8 @@ import { execa } from 'execa';
 import { bootAndRun, type BootOptions, type BootResult } from '../../src/boot/boot.js';
 import { bootKvmVerdictFile, PROBE_EXIT_STATUS, probeBootKvm, probeBootSector } from '../../src/boot/kvm.js';
 import { execRunner } from '../../src/util/exec.js';
+import { BOX_UIDS, claimBoxUid } from '../../src/util/box-uid.js';
+import { CleanupStack } from '../../src/util/cleanup.js';
 import { startBuild, withResources } from '../../src/pipeline/context.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { createLogger } from '../../src/util/log.js';
@@ -73,8 +75,25 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
       status = await readFile(`/proc/${pid}/status`, 'utf8');
     }
     const field = (name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)?.[1];
-    expect(field('Uid')?.split(/\s+/)).toEqual(['65534', '65534', '65534', '65534']);
-    expect(field('Gid')?.split(/\s+/)).toEqual(['65534', '65534', '65534', '65534']);
+    // A uid of its own, from the claimed range, not nobody's: no other process of the host runs as it.
+    const uid = Number(field('Uid')?.split(/\s+/)[0]);
+    expect(uid).toBeGreaterThanOrEqual(BOX_UIDS.first);
+    expect(uid).toBeLessThan(BOX_UIDS.first + BOX_UIDS.count);
+    expect(field('Uid')?.split(/\s+/)).toEqual([uid, uid, uid, uid].map(String));
+    expect(field('Gid')?.split(/\s+/)).toEqual([uid, uid, uid, uid].map(String));
+    const others = (await execa('ps', ['-eo', 'pid=,uid=', '--no-headers'])).stdout.split('\n').map((line) => line.trim().split(/\s+/).map(Number)).filter(([, owner]) => owner === uid);
+    expect(others.map(([other]) => other)).toEqual([pid]);
+    // What a process of nobody's (a host service, or another of our boxes) could do to it before: enter its root
+    // (its overlay), reopen its image descriptor, signal it. Refused now, and root still can (the check is real).
+    const asNobody = (...command: string[]) => execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', ...command], { reject: false });
+    const imageFd = (await Promise.all((await readdir(`/proc/${pid}/fd`)).map(async (fd) => ({ fd, target: await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '') })))).find(({ target }) => target === image)?.fd;
+    expect(imageFd).toBeDefined();
+    for (const attempt of [['ls', `/proc/${pid}/root/vm`], ['head', '-c', '1', `/proc/${pid}/fd/${imageFd}`], ['kill', '-0', String(pid)]]) {
+      expect({ attempt, refused: (await asNobody(...attempt)).exitCode !== 0 }).toEqual({ attempt, refused: true });
+      expect({ attempt, asRoot: (await execa(attempt[0], attempt.slice(1), { reject: false })).exitCode }).toEqual({ attempt, asRoot: 0 });
+    }
+    // Its threads and processes are bounded, its uid's alone.
+    expect(/^Max processes\s+(\S+)\s+(\S+)/m.exec(await readFile(`/proc/${pid}/limits`, 'utf8'))?.slice(1)).toEqual(['512', '512']);
     expect(field('Groups')).toBe('');
     for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']) expect(field(set)).toBe('0000000000000000');
     expect(field('NoNewPrivs')).toBe('1');
@@ -87,7 +106,7 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     // Our sockets: qemu connected to each while it started, and each then stopped listening (and is gone).
     expect(await readdir(`/proc/${pid}/root/sockets`)).toEqual([]);
     // What qemu may write: the overlay and the variable store, not their directory (it makes nothing there).
-    for (const [path, owner] of [['vm', 0], ['vm/disk.qcow2', 65534], ['vm/efivars.fd', 65534], ['sockets', 0]] as const) expect({ path, uid: (await stat(`/proc/${pid}/root/${path}`)).uid }).toEqual({ path, uid: owner });
+    for (const [path, owner] of [['vm', 0], ['vm/disk.qcow2', uid], ['vm/efivars.fd', uid], ['sockets', 0]] as const) expect({ path, uid: (await stat(`/proc/${pid}/root/${path}`)).uid }).toEqual({ path, uid: owner });
     await expect(stat(`/proc/${pid}/root${image}`)).rejects.toThrow(/ENOENT/);
     // Its descriptors: the image (named as we opened it), and what it opened in its box (named as it sees them).
     const descriptors = await readdir(`/proc/${pid}/fd`);
@@ -112,6 +131,10 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await sha256(image)).toBe(before);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    // Its uid is free again once qemu is gone: the next boot may claim it.
+    const stack = new CleanupStack(createLogger({ level: 'error' }));
+    expect(await claimBoxUid(execRunner, stack, createLogger({ level: 'error' }), 'the next boot')).toBe(uid);
+    await stack.unwind();
   });
 
   test('an image without an ESP boots through BIOS (SeaBIOS, GRUB in the MBR gap)', async () => {

@@ -6,6 +6,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { BOX_UIDS } from '../../src/util/box-uid.js';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { CLI, runCli } from '../helpers/host.js';
 import { expectHostUntouched, snapshotHost } from '../helpers/hostile.js';
@@ -142,11 +143,21 @@ describe('the sandbox of guest commands', () => {
       my $name = join("", map { chr(length) . $_ } qw(update imagebuilder test)) . chr(0);
       $s->send(pack("nnnnnn", 0x4242, 0x2800, 1, 0, 1, 0) . $name . pack("nn", 6, 1) . $name . pack("nnNn", 1, 1, 60, 4) . pack("C4", 10, 0, 0, 66));
       my $r = ""; $s->recv($r, 512); my ($id, $flags) = unpack("nn", $r); printf "UPDATE-ANSWER id=%x rcode=%d\\n", $id, $flags & 15;'`;
-    const script = ['cat /etc/resolv.conf', 'getent hosts mirror.imagebuilder.test || echo NO-ANSWER', 'RES_OPTIONS=use-vc getent hosts tcp.imagebuilder.test || echo NO-TCP-ANSWER', connect('169.254.1.1', 80), update].join('\n');
+    // The guest waits a little at the end, while the relay is looked at from the host.
+    const script = ['cat /etc/resolv.conf', 'getent hosts mirror.imagebuilder.test || echo NO-ANSWER', 'RES_OPTIONS=use-vc getent hosts tcp.imagebuilder.test || echo NO-TCP-ANSWER', connect('169.254.1.1', 80), update, 'sleep 3'].join('\n');
     const before = await snapshotHost();
     try {
-      const result = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', 'dns-host', resolvConf,
+      const running = execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', 'dns-host', resolvConf,
         'node', CLI, 'shell', '--disk-image', input, '--writable', '--command', script], { reject: false });
+      // The relay takes the guest's traffic in the host's PID namespace: it runs as a uid of its own, not nobody's.
+      let relayUid: number | undefined;
+      for (const until = Date.now() + 60_000; relayUid === undefined && Date.now() < until; await new Promise((resolve) => setTimeout(resolve, 100))) {
+        const relay = (await execa('ps', ['-eo', 'uid=,args=', '--no-headers'])).stdout.split('\n').map((line) => line.trim()).find((line) => / -e .*169\.254\.1\.1$/.test(line));
+        if (relay) relayUid = Number(relay.split(/\s+/)[0]);
+      }
+      const result = await running;
+      expect(relayUid).toBeGreaterThanOrEqual(BOX_UIDS.first);
+      expect(relayUid).toBeLessThan(BOX_UIDS.first + BOX_UIDS.count);
       expect(result.exitCode).toBe(0);
       expect(result.stdout).toContain('nameserver 169.254.1.1');
       expect(result.stdout).not.toContain(`nameserver ${resolver}`);
