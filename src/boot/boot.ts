@@ -18,11 +18,13 @@ import { probeBootKvm } from './kvm.js';
 import { throwIfAborted } from '../util/signals.js';
 import { requireBoxedTool, unprivilegedCommand, type SandboxBind } from '../util/unprivileged.js';
 import { claimBoxUid } from '../util/box-uid.js';
+import { hostSeccompArch, seccompBytes } from '../chroot/seccomp.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
 import { ConsoleLog, recordConsole } from './console.js';
 import { formatBytes } from '../util/size.js';
+import type { Logger } from '../util/log.js';
 import { freeSpace } from '../util/free-space.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type Accel, type Firmware, type QemuArgsRequest } from './firmware.js';
 
@@ -348,7 +350,8 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     cpus: options.cpus ?? 2,
   });
   const maxDiskBytes = await diskBound(dir, options.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES);
-  const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes, uid: qemuUid });
+  const seccompFile = await writeQemuFilter(dir, log);
+  const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes, uid: qemuUid, seccompFile });
   // Another architecture's instructions are translated one by one: twice the time.
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
   log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}) as uid ${qemuUid} in a sandbox, console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
@@ -487,7 +490,7 @@ const diskFull = (maxDiskBytes: number) =>
  * alone); its output goes through a pipe into a bounded log; no core dump. It dies with us: the box with its
  * parent, and its PID namespace with it.
  */
-async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number; uid: number }): Promise<[string, string[]]> {
+async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number; uid: number; seccompFile?: string }): Promise<[string, string[]]> {
   await requireBoxedTool(qemu, 'booting the image');
   await requireBoxedTool('prlimit', 'booting the image (it bounds the files qemu writes)');
   const binds: SandboxBind[] = [
@@ -496,7 +499,25 @@ async function qemuBox(qemu: string, args: string[], options: { vmDir: string; s
   ];
   const kvm = options.accel === 'kvm' ? { deviceNodes: ['/dev/kvm'], ...(await kvmForQemuBox()) } : {};
   const limits = ['prlimit', `--fsize=${options.maxDiskBytes}`, `--nproc=${QEMU_MAX_TASKS}`, '--core=0', '--'];
-  return unprivilegedCommand([...limits, qemu, ...args], { binds, uid: options.uid, ...kvm });
+  const seccomp = options.seccompFile ? { seccomp: { file: options.seccompFile, fd: IMAGE_FD_IN_QEMU + 1 } } : {};
+  return unprivilegedCommand([...limits, qemu, ...args], { binds, uid: options.uid, ...seccomp, ...kvm });
+}
+
+/**
+ * The guest commands' seccomp filter (chroot/seccomp.ts), for qemu too, beneath its own `-sandbox`: that one is a
+ * deny-list of its own choosing, which leaves the kernel keyrings (state that would outlive this boot under its
+ * uid), io_uring, userfaultfd, bpf, perf, new user namespaces and every socket family open. qemu uses none of them
+ * (io_uring only if asked, and it falls back to epoll when it is missing). In the boot's directory (ours, 0700).
+ */
+async function writeQemuFilter(dir: string, log: Logger): Promise<string | undefined> {
+  const arch = hostSeccompArch();
+  if (!arch) {
+    log.warn(`boot: qemu runs without our seccomp filter (only its own -sandbox): no syscall table for this host's architecture (${process.arch})`);
+    return undefined;
+  }
+  const file = join(dir, 'qemu-seccomp.bpf');
+  await writeFile(file, seccompBytes(arch), { mode: 0o600 });
+  return file;
 }
 
 /** A directory with a short path for the results socket, when the work dir's is too long for one. */

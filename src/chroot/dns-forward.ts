@@ -216,9 +216,13 @@ export async function forwardDns(options: DnsForwardOptions): Promise<void> {
   server.unref();
   await chmod(socketPath, 0o600);
   if (asOwnUid) {
+    // Reached through the relay's group: its uid owns nothing here, so nothing it (or a child it left, or the
+    // next holder of its uid) does can make our removal of this directory follow a link of its own.
     await chmod(dir, 0o711);
-    await chown(socketDir, uid, uid);
-    await chown(socketPath, uid, uid);
+    await chown(socketDir, 0, uid);
+    await chmod(socketDir, 0o710);
+    await chown(socketPath, 0, uid);
+    await chmod(socketPath, 0o660);
   }
   const enter = ['nsenter', `--net=${netns}`, '--'];
   await run(enter[0], [...enter.slice(1), 'ip', 'address', 'add', `${GUEST_DNS_FORWARD}/32`, 'dev', 'lo'], { log, purpose: 'giving the sandbox its DNS address' });

@@ -1,10 +1,13 @@
+import { randomInt } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CleanupStack } from './cleanup.js';
 import { ImageBuilderError } from './errors.js';
-import type { Runner } from './exec.js';
+import { tail, type Runner } from './exec.js';
 import { tryAcquireLock } from './lock.js';
 import type { Logger } from './log.js';
+import { killAll } from './processes.js';
+import { SANDBOX_ID } from './unprivileged.js';
 
 /**
  * A uid of its own for each long-lived process that faces a hostile guest from outside it: qemu booting the
@@ -28,26 +31,50 @@ export interface BoxUidOptions {
   /** Tests: a lock directory and a range of their own. */
   lockDir?: string;
   range?: { first: number; count: number };
+  signal?: AbortSignal;
 }
 
+/** How long one user-database lookup may take (NSS may ask LDAP or sssd). */
+const LOOKUP_TIMEOUT_MS = 10_000;
+
 /**
- * Claims a uid (and the gid of the same number) no one else uses, for as long as `cleanup` holds it: the
- * release is pushed on the spot, so it must be pushed before the process that runs as it (released after it).
+ * Claims a uid (and the gid of the same number) no one else uses, for as long as `cleanup` holds it: pushed on
+ * the spot, so it must be claimed before the process that runs as it is started (and is released after it). Its
+ * release first kills whatever still runs as it (a child the process left, which no death signal reaches), so
+ * the next holder starts alone. Where this user namespace maps no uid of the range (a rootless container), nobody
+ * (SANDBOX_ID), as before, said once.
  */
 export async function claimBoxUid(run: Runner, cleanup: CleanupStack, log: Logger, purpose: string, options: BoxUidOptions = {}): Promise<number> {
   const { first, count } = options.range ?? BOX_UIDS;
   const lockDir = options.lockDir ?? DEFAULT_LOCK_DIR;
-  for (let uid = first; uid < first + count; uid++) {
+  if (!(await rangeMapped(first, count))) {
+    log.warn(`${purpose} runs as nobody (${SANDBOX_ID}), shared with other processes: this user namespace maps no uid of ${first}…${first + count - 1} (/proc/self/uid_map)`);
+    return SANDBOX_ID;
+  }
+  // From a random place in the range: builds in containers that do not share /run/lock (each with its own PID
+  // namespace, so neither sees the other's processes) seldom pick the same uid.
+  const start = randomInt(count);
+  for (let tried = 0; tried < count; tried++) {
+    const uid = first + ((start + tried) % count);
     const release = await tryAcquireLock(join(lockDir, `box-uid-${uid}.lock`), `uid ${uid} (${purpose})`, { log });
     if (!release) continue;
-    // Under the lock, so no other build of ours takes it meanwhile.
-    const taken = (await knownToUserDatabase(run, uid)) ?? (await processRunningAs(uid));
+    let taken: string | undefined;
+    try {
+      // Under the lock, so no other build of ours takes it meanwhile.
+      taken = (await knownToUserDatabase(run, uid, options.signal)) ?? (await processesRunningAs(uid)).map((pid) => `process ${pid} runs as it`)[0];
+    } catch (error) {
+      await release();
+      throw error;
+    }
     if (taken) {
       log.debug(`uid ${uid} is not free for ${purpose}: ${taken}`);
       await release();
       continue;
     }
-    cleanup.push(`uid ${uid} (${purpose})`, release);
+    cleanup.push(`uid ${uid} (${purpose})`, async () => {
+      await killAll(() => processesRunningAs(uid), log, `process(es) still running as uid ${uid} (${purpose})`);
+      await release();
+    });
     return uid;
   }
   throw new ImageBuilderError('ENVIRONMENT', `no free uid for ${purpose} among ${first}…${first + count - 1}: each is held by another build, named in the user database, or running a process`, {
@@ -55,23 +82,38 @@ export async function claimBoxUid(run: Runner, cleanup: CleanupStack, log: Logge
   });
 }
 
-/** Why the user or group database names `id` (locally or through NSS: LDAP, sssd), or undefined when neither does. */
-async function knownToUserDatabase(run: Runner, id: number): Promise<string | undefined> {
+/** Whether this process's user namespace maps every uid and gid of the range (always, outside a user namespace). */
+export async function rangeMapped(first: number, count: number, self = '/proc/self'): Promise<boolean> {
+  for (const map of ['uid_map', 'gid_map']) {
+    const lines = (await readFile(join(self, map), 'utf8').catch(() => '0 0 4294967295')).trim().split('\n');
+    const covered = lines.some((line) => {
+      const [inside, , length] = line.trim().split(/\s+/).map(Number);
+      return inside <= first && first + count <= inside + length;
+    });
+    if (!covered) return false;
+  }
+  return true;
+}
+
+/**
+ * Why the user or group database names `id` (locally or through NSS: LDAP, sssd), or undefined when neither does.
+ * getent says "not found" by exiting 2, found by 0; anything else (a broken NSS module) is an error, not a guess.
+ */
+async function knownToUserDatabase(run: Runner, id: number, signal?: AbortSignal): Promise<string | undefined> {
   for (const database of ['passwd', 'group']) {
-    // getent exits 2 for "not found"; anything else (found, or the database unreadable) keeps the id out of use.
-    const result = await run('getent', [database, String(id)], { allowFailure: true });
-    if (result.exitCode !== 2) return `getent ${database} ${id} exited ${result.exitCode}${result.stdout.trim() ? `: ${result.stdout.trim().slice(0, 80)}` : ''}`;
+    const result = await run('getent', [database, String(id)], { allowFailure: true, timeoutMs: LOOKUP_TIMEOUT_MS, signal });
+    if (result.exitCode === 2) continue;
+    if (result.exitCode === 0) return `getent ${database} ${id} names it: ${result.stdout.trim().slice(0, 80)}`;
+    throw new ImageBuilderError('ENVIRONMENT', `cannot tell whether uid ${id} is free: getent ${database} ${id} exited ${result.exitCode}`, {
+      hint: `${tail(result.output, 3) || 'no output'}; check the host's user database (/etc/nsswitch.conf)`,
+    });
   }
   return undefined;
 }
 
-/** Which process runs as `uid` (any of its real, effective, saved or filesystem uids), if one does. */
-export async function processRunningAs(uid: number, procDir = '/proc'): Promise<string | undefined> {
+/** The processes that run as `uid` (any of their real, effective, saved or filesystem uids). */
+export async function processesRunningAs(uid: number, procDir = '/proc'): Promise<number[]> {
   const pids = (await readdir(procDir)).filter((name) => /^\d+$/.test(name));
   const statuses = await Promise.all(pids.map((pid) => readFile(join(procDir, pid, 'status'), 'utf8').then((text) => ({ pid, text }), () => undefined)));
-  for (const status of statuses) {
-    const uids = /^Uid:\s*(.*)$/m.exec(status?.text ?? '')?.[1]?.split(/\s+/).map(Number) ?? [];
-    if (uids.includes(uid)) return `process ${status!.pid} runs as it`;
-  }
-  return undefined;
+  return statuses.filter((status) => (/^Uid:\s*(.*)$/m.exec(status?.text ?? '')?.[1]?.split(/\s+/).map(Number) ?? []).includes(uid)).map((status) => Number(status!.pid));
 }

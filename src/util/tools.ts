@@ -26,6 +26,7 @@ export const HOST_TOOLS: Record<string, HostTool> = {
   umount: { package: 'mount', neededBy: 'unmounting the guest filesystems', required: true },
   flock: { package: 'util-linux', neededBy: 'the locks of the image cache and of nbd devices (held by the kernel, released when a build dies)', required: true },
   setpriv: { package: 'util-linux', neededBy: 'helpers that die with a killed build (--pdeathsig); host programs reading hostile input, dropped to nobody with no capabilities', required: true },
+  getent: { package: 'libc-bin', neededBy: 'claiming a uid no user or group has, for qemu and the DNS relay to run as alone', required: true },
   capsh: { package: 'libcap2-bin', neededBy: 'emptying the bounding set of guest commands but for their capability allowlist', required: true },
   unshare: { package: 'util-linux', neededBy: 'the build\'s network namespace for guest commands, kept by a bind mount of our own', required: true },
   nsenter: { package: 'util-linux', neededBy: 'guest commands joining the build\'s network namespace', required: true },

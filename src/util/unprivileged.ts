@@ -75,6 +75,11 @@ export function unprivilegedCommand(
     groups?: number[];
     /** The uid and gid it runs as: one claimed for it alone (util/box-uid.ts); SANDBOX_ID otherwise. */
     uid?: number;
+    /**
+     * A seccomp filter (chroot/seccomp.ts's bytes) bwrap loads from this file, opened as descriptor `fd`: one the
+     * program is not given (qemu's image is its 3).
+     */
+    seccomp?: { file: string; fd: number };
   } = {},
 ): [string, string[]] {
   // Only what setpriv needs to become nobody and empty the bounding set; it drops these too.
@@ -84,9 +89,13 @@ export function unprivilegedCommand(
   const user = options.keepRootUid ? [] : ['--reuid', id, '--regid', id];
   const groups = options.groups?.length ? ['--groups', options.groups.join(',')] : ['--clear-groups'];
   const drop = ['setpriv', ...user, ...groups, '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--'];
+  if (options.seccomp) args.push('--seccomp', String(options.seccomp.fd));
   args.push('--chdir', '/', '--', ...drop, ...argv);
-  return ['bwrap', args];
+  return options.seccomp ? withFilterFile(options.seccomp.file, options.seccomp.fd, args) : ['bwrap', args];
 }
+
+/** bwrap reads a filter from an open descriptor: a shell opens the file as `fd`, then becomes bwrap. */
+const withFilterFile = (file: string, fd: number, bwrapArgs: string[]): [string, string[]] => ['/bin/sh', ['-c', `exec "$@" ${fd}<"$0"`, file, 'bwrap', ...bwrapArgs]];
 
 /**
  * argv (for a Runner) for a host program that must act as root on hostile data: the host's setfiles, which writes
@@ -109,8 +118,7 @@ export function confinedRootCommand(argv: string[], options: { binds: SandboxBin
   const kept = options.capabilities.map((capability) => `+${capability.replace(/^CAP_/, '').toLowerCase()}`);
   const drop = ['setpriv', '--bounding-set', ['-all', ...kept].join(','), '--inh-caps', '-all', '--no-new-privs', '--'];
   args.push('--seccomp', '3', '--chdir', '/', '--', ...drop, ...argv);
-  // bwrap reads the filter from an open descriptor: the shell opens the file as fd 3, then becomes bwrap.
-  return ['/bin/sh', ['-c', 'exec "$@" 3<"$0"', options.seccompFile, 'bwrap', ...args]];
+  return withFilterFile(options.seccompFile, 3, args);
 }
 
 /** bwrap's arguments up to the command: the namespaces, `capabilities` kept, the host's /usr and `binds`. */
