@@ -1,12 +1,12 @@
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { normalize } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { OneOf } from '../util/json-schema.js';
 import type { ChrootSession } from '../chroot/session.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { defineStep } from './types.js';
+import { NotRegularFile, openRegularFile } from '../util/fs.js';
+import { defineStep, type StepContext } from './types.js';
 import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
 const containerImagesSchema = Type.Object(
@@ -80,8 +80,6 @@ export const containerImagesStep = defineStep({
     return { digests: Object.fromEntries(await Promise.all(hostArchives.map(async (a) => [a, await hostTreeDigest(confinedHostPath(environment, a))]))) };
   },
   async run(context, spec) {
-    const { session } = context;
-    const namespace = spec.namespace ?? 'k8s.io';
     // Each host archive as the recipe names it, read from the host or, offline, from the bundle.
     const hostArchives = new Map<number, string>();
     for (const [index, archive] of spec.archives.entries()) {
@@ -89,43 +87,60 @@ export const containerImagesStep = defineStep({
       const hostPath = confinedHostPath(context, archive);
       hostArchives.set(index, context.hostFiles ? await context.hostFiles.path(normalize(archive), hostPath, 'container image archive') : hostPath);
     }
-    for (const path of hostArchives.values()) {
-      if (!(await stat(path).catch(() => undefined))?.isFile()) {
-        throw new ImageBuilderError('BAD_RECIPE', `${context.label}: container image archive not found: ${path}`, { hint: 'archive paths are relative to the recipe file' });
+    // Opened now, and only as regular files (a FIFO is not waited on, a device never opened): what is checked is
+    // what is read. Closed when the step ends, however it ends.
+    const opened = new Map<number, FileHandle>();
+    try {
+      for (const [index, path] of hostArchives) {
+        const file = await openRegularFile(path, { follow: true }).catch((error: unknown) => {
+          if (error instanceof NotRegularFile) throw new ImageBuilderError('BAD_RECIPE', `${context.label}: container image archive ${path} is not a regular file (a directory, FIFO, socket or device)`, { hint: 'name a docker-archive or OCI tarball' });
+          throw error;
+        });
+        if (!file) throw new ImageBuilderError('BAD_RECIPE', `${context.label}: container image archive not found: ${path}`, { hint: 'archive paths are relative to the recipe file' });
+        opened.set(index, file.handle);
       }
-    }
-    const tools = await session.exec(['/bin/sh', '-c', 'command -v containerd && command -v ctr'], { allowFailure: true });
-    if (tools.exitCode !== 0) {
-      throw new ImageBuilderError('STEP_FAILED', `${context.label}: containerd and ctr are not installed in the guest`, {
-        hint: 'install containerd in an earlier step (packages, or download of the release tarball)',
-      });
-    }
-    const config = `version = 2\nroot = "${await containerdRoot(session)}"\nstate = "${STATE_DIR}"\n[grpc]\n  address = "${STATE_DIR}/containerd.sock"\n`;
-    const stage = (path: string, input: string | Readable) =>
-      session.exec(['/bin/sh', '-c', 'mkdir -p "$(dirname "$1")" && cat > "$1"', 'stage', path], { input, errorCode: 'STEP_FAILED', purpose: `${context.label}: staging ${path}` });
-    await stage(`${STATE_DIR}/config.toml`, config);
-    // Host archives are staged on the session's tmpfs /run: never part of the image.
-    const archives: string[] = [];
-    for (const [index, archive] of spec.archives.entries()) {
-      if (typeof archive !== 'string') {
-        archives.push(archive.guest);
-        continue;
-      }
-      const staged = `${STATE_DIR}/archives/${index}.tar`;
-      await stage(staged, createReadStream(hostArchives.get(index)!));
-      archives.push(staged);
-    }
-    context.log.info(`${context.label}: importing ${spec.archives.map((a) => (typeof a === 'string' ? a : a.guest)).join(', ')}`);
-    const result = await session.exec(['/bin/sh', '-c', IMPORT_SCRIPT, 'import-images', namespace, ...archives], {
-      env: context.architecture ? { PLATFORM: `linux/${context.architecture}` } : {},
-      errorCode: 'STEP_FAILED',
-      purpose: `${context.label}: importing container images`,
-      hint: 'are they OCI or docker-archive tarballs (`docker save`, `ctr images export`, `skopeo copy ... oci-archive:`)?',
-    });
-    const [, before = '', after = ''] = result.stdout.split(/^=== (?:before|after)$/m);
-    const previous = parseImageList(before);
-    for (const [reference, digest] of parseImageList(after)) {
-      if (previous.get(reference) !== digest) context.record.image({ reference, digest, namespace });
+      await importArchives(context, spec, opened);
+    } finally {
+      for (const handle of opened.values()) await handle.close().catch(() => undefined);
     }
   },
 });
+
+/** Stages the archives (host ones from their open descriptors, guest ones where they are) and imports them all. */
+async function importArchives(context: StepContext, spec: ContainerImagesSpec, opened: Map<number, FileHandle>): Promise<void> {
+  const { session } = context;
+  const namespace = spec.namespace ?? 'k8s.io';
+  const tools = await session.exec(['/bin/sh', '-c', 'command -v containerd && command -v ctr'], { allowFailure: true });
+  if (tools.exitCode !== 0) {
+    throw new ImageBuilderError('STEP_FAILED', `${context.label}: containerd and ctr are not installed in the guest`, {
+      hint: 'install containerd in an earlier step (packages, or download of the release tarball)',
+    });
+  }
+  const config = `version = 2\nroot = "${await containerdRoot(session)}"\nstate = "${STATE_DIR}"\n[grpc]\n  address = "${STATE_DIR}/containerd.sock"\n`;
+  const stage = (path: string, input: string | Readable) =>
+    session.exec(['/bin/sh', '-c', 'mkdir -p "$(dirname "$1")" && cat > "$1"', 'stage', path], { input, errorCode: 'STEP_FAILED', purpose: `${context.label}: staging ${path}` });
+  await stage(`${STATE_DIR}/config.toml`, config);
+  // Host archives are staged on the session's tmpfs /run: never part of the image.
+  const archives: string[] = [];
+  for (const [index, archive] of spec.archives.entries()) {
+    if (typeof archive !== 'string') {
+      archives.push(archive.guest);
+      continue;
+    }
+    const staged = `${STATE_DIR}/archives/${index}.tar`;
+    await stage(staged, opened.get(index)!.createReadStream({ autoClose: false, start: 0 }));
+    archives.push(staged);
+  }
+  context.log.info(`${context.label}: importing ${spec.archives.map((a) => (typeof a === 'string' ? a : a.guest)).join(', ')}`);
+  const result = await session.exec(['/bin/sh', '-c', IMPORT_SCRIPT, 'import-images', namespace, ...archives], {
+    env: context.architecture ? { PLATFORM: `linux/${context.architecture}` } : {},
+    errorCode: 'STEP_FAILED',
+    purpose: `${context.label}: importing container images`,
+    hint: 'are they OCI or docker-archive tarballs (`docker save`, `ctr images export`, `skopeo copy ... oci-archive:`)?',
+  });
+  const [, before = '', after = ''] = result.stdout.split(/^=== (?:before|after)$/m);
+  const previous = parseImageList(before);
+  for (const [reference, digest] of parseImageList(after)) {
+    if (previous.get(reference) !== digest) context.record.image({ reference, digest, namespace });
+  }
+}

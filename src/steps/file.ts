@@ -1,10 +1,10 @@
-import { readFileSync } from 'node:fs';
 import { Type, type Static } from '@sinclair/typebox';
 import { ABSENT } from '../util/json-schema.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { renderTemplate } from '../util/template.js';
 import { sha256Text } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { NotRegularFile, readRegularFileSync } from '../util/fs.js';
 import { confinedHostPath } from './host-inputs.js';
 import { defineStep, type StepEnvironment } from './types.js';
 
@@ -29,16 +29,23 @@ const fileSchema = Type.Object(
 
 export type FileSpec = Static<typeof fileSchema>;
 
+/** The most a source or template may hold: it is read into memory, more than once (checked, keyed, written). */
+const MAX_FILE_SOURCE_BYTES = 64 * 2 ** 20;
+
 /** The bytes to write: inline, a host file as it is, or a host file with the recipe's {{ variables }} filled in. */
 function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: string | Buffer; problems: string[] } {
   if (spec.content !== undefined) return { content: spec.content, problems: [] };
   const hostPath = confinedHostPath(environment, (spec.source ?? spec.template)!);
-  let bytes: Buffer;
+  const what = spec.source !== undefined ? 'source' : 'template';
+  let bytes: Buffer | undefined;
   try {
-    bytes = readFileSync(hostPath);
+    bytes = readRegularFileSync(hostPath, MAX_FILE_SOURCE_BYTES);
   } catch (error) {
-    return { problems: [`cannot read ${spec.source ? 'source' : 'template'} ${hostPath}: ${(error as NodeJS.ErrnoException).code}; host paths are relative to the recipe`] };
+    if (error instanceof NotRegularFile) return { problems: [`${what} ${hostPath} is not a regular file (a directory, FIFO, socket or device): name a file`] };
+    if (error instanceof RangeError) return { problems: [`${what} ${hostPath} is larger than a file step takes (${MAX_FILE_SOURCE_BYTES / 2 ** 20} MiB, read into memory): use a copy step for it`] };
+    return { problems: [`cannot read ${what} ${hostPath}: ${(error as NodeJS.ErrnoException).code}; host paths are relative to the recipe`] };
   }
+  if (!bytes) return { problems: [`cannot read ${what} ${hostPath}: ENOENT; host paths are relative to the recipe`] };
   if (spec.source !== undefined) return { content: bytes, problems: [] };
   const problems: string[] = [];
   const lines = bytes.toString('utf8').split('\n');

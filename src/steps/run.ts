@@ -1,10 +1,13 @@
 import { statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { Type, type Static } from '@sinclair/typebox';
 import { Dictionary, OneOf } from '../util/json-schema.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { NotRegularFile, readRegularFileSync } from '../util/fs.js';
 import { defineStep } from './types.js';
 import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
+
+/** A script file is read into memory and sent on the guest shell's stdin. */
+const MAX_SCRIPT_FILE_BYTES = 64 * 2 ** 20;
 
 const runSchema = OneOf([
   Type.String({ minLength: 1, description: 'The script, run with /bin/sh -e.' }),
@@ -51,9 +54,16 @@ export const runStep = defineStep({
     let script = options.script;
     if (options.file !== undefined) {
       const path = confinedHostPath(context, options.file);
-      script = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
-        throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ${error.code ?? error.message}`);
-      });
+      // A regular file only, as validate checked: a FIFO put there since would block the build on its open.
+      let bytes: Buffer | undefined;
+      try {
+        bytes = readRegularFileSync(path, MAX_SCRIPT_FILE_BYTES);
+      } catch (error) {
+        const why = error instanceof NotRegularFile ? 'not a regular file' : error instanceof RangeError ? `larger than ${MAX_SCRIPT_FILE_BYTES / 2 ** 20} MiB` : ((error as NodeJS.ErrnoException).code ?? (error as Error).message);
+        throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ${why}`);
+      }
+      if (!bytes) throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ENOENT`);
+      script = bytes.toString('utf8');
     }
     const shell = options.shell ?? '/bin/sh';
     // The script arrives on stdin so no temporary file is left in the image.

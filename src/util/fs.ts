@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { access, lstat, open, readlink, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join, posix } from 'node:path';
@@ -113,6 +113,34 @@ export async function renameOver(from: string, path: string): Promise<void> {
 /** writeFileAtomic of a value as indented JSON, the form our records and caches are written in. */
 export async function writeJsonAtomic(path: string, value: unknown, options: { mode?: number } = {}): Promise<void> {
   await writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`, options);
+}
+
+/**
+ * openRegularFile's rules, synchronously, for checks that cannot wait (a recipe's validation): the whole regular
+ * file `path` leads to, at most `maxBytes` of it. Undefined when nothing is there; NotRegularFile for a FIFO,
+ * socket, device or directory (never opened: a FIFO would block the whole process, signals included); a
+ * RangeError past `maxBytes` (read only that far: a growing file is not followed).
+ */
+export function readRegularFileSync(path: string, maxBytes: number): Buffer | undefined {
+  const seen = statSync(path, { throwIfNoEntry: false });
+  if (!seen) return undefined;
+  if (!seen.isFile()) throw new NotRegularFile(path, seen.isDirectory());
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  try {
+    const info = fstatSync(fd);
+    if (!info.isFile() || info.dev !== seen.dev || info.ino !== seen.ino) throw new NotRegularFile(path, info.isDirectory());
+    if (info.size > maxBytes) throw new RangeError(`${path} is ${info.size} bytes, more than ${maxBytes}`);
+    const buffer = Buffer.alloc(info.size);
+    let filled = 0;
+    while (filled < buffer.length) {
+      const read = readSync(fd, buffer, filled, buffer.length - filled, filled);
+      if (read === 0) break;
+      filled += read;
+    }
+    return buffer.subarray(0, filled);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** What openRegularFile found at a name instead of a regular file: a directory, or something else (FIFO, socket, device, or a link where none is followed). */

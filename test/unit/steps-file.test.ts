@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, rm, truncate, writeFile, mkdir } from 'node:fs/promises';
+import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileStep } from '../../src/steps/file.js';
@@ -63,6 +64,19 @@ describe('file step', () => {
     ]);
     expect(problems('  - file: {path: /a, source: files/none}\n')[0]).toBe(`${path}:5:5: cannot read source ${join(dir, 'files/none')}: ENOENT; host paths are relative to the recipe`);
     expect(problems('  - file: {path: /a, content: x, source: files/blob.bin}\n')).not.toEqual([]);
+    // A FIFO in the recipe's directory (from a recipe repository or tarball): refused at once, never opened; a
+    // synchronous open of it blocked the whole process, validate included, with no signal handled.
+    await execa('mkfifo', [join(dir, 'files/fifo')]);
+    await execa('mknod', [join(dir, 'files/zero'), 'c', '1', '5']);
+    const started = Date.now();
+    expect(problems('  - file: {path: /a, source: files/fifo}\n')).toEqual([`${path}:5:5: source ${join(dir, 'files/fifo')} is not a regular file (a directory, FIFO, socket or device): name a file`]);
+    expect(problems('  - file: {path: /a, template: files/zero}\n')).toEqual([`${path}:5:5: template ${join(dir, 'files/zero')} is not a regular file (a directory, FIFO, socket or device): name a file`]);
+    expect(problems('  - file: {path: /a, source: files}\n')).toEqual([`${path}:5:5: source ${join(dir, 'files')} is not a regular file (a directory, FIFO, socket or device): name a file`]);
+    expect(Date.now() - started).toBeLessThan(5000);
+    // Read into memory (three times): past 64 MiB, a copy step is the way.
+    await writeFile(join(dir, 'files/huge.bin'), '');
+    await truncate(join(dir, 'files/huge.bin'), 64 * 2 ** 20 + 1);
+    expect(problems('  - file: {path: /a, source: files/huge.bin}\n')).toEqual([`${path}:5:5: source ${join(dir, 'files/huge.bin')} is larger than a file step takes (64 MiB, read into memory): use a copy step for it`]);
     expect(problems('  - file: {path: /a}\n')).not.toEqual([]);
   });
 });
