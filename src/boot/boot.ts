@@ -18,6 +18,7 @@ import { probeBootKvm } from './kvm.js';
 import { throwIfAborted } from '../util/signals.js';
 import { requireBoxedTool, unprivilegedCommand, type SandboxBind } from '../util/unprivileged.js';
 import { claimBoxUid } from '../util/box-uid.js';
+import { ensurePrivateDir } from '../util/lock.js';
 import { hostSeccompArch, seccompBytes } from '../chroot/seccomp.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
@@ -322,7 +323,9 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const spec = await machineFor(arch, firmware);
 
   const resultsDir = options.resultsDir ?? dir;
-  await mkdir(resultsDir, { recursive: true });
+  // Ours alone: a directory another user made at that name (`OUTPUT.test` in /tmp) could hold a link where the
+  // console log, which the guest writes, is opened.
+  await ensurePrivateDir(resultsDir, log, { purpose: 'write boot results in', readable: true });
   const consoleLog = join(resultsDir, 'console.log');
   let uefiVars: string | undefined;
   if (firmware === 'uefi') {

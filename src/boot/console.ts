@@ -1,4 +1,5 @@
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { ImageBuilderError } from '../util/errors.js';
 import { listenForQemu, type QemuConnection } from './channel.js';
 
 /** The most of a guest's console kept on disk: its beginning, and its end (the part that shows why it stopped). */
@@ -31,7 +32,13 @@ export class ConsoleLog {
     const maxBytes = limits.maxBytes ?? DEFAULT_CONSOLE_MAX_BYTES;
     this.endBytes = Math.min(limits.endBytes ?? DEFAULT_CONSOLE_END_BYTES, Math.floor(maxBytes / 2));
     this.headBytes = maxBytes - this.endBytes;
-    this.fd = openSync(path, 'w', 0o644);
+    // Never through a link or into a FIFO or device at that name: the guest decides what is written.
+    this.fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644);
+    if (!fstatSync(this.fd).isFile()) {
+      closeSync(this.fd);
+      throw new ImageBuilderError('ENVIRONMENT', `${path} is not a regular file: the console log is not written there`, { hint: 'remove it, or name another results directory' });
+    }
+    ftruncateSync(this.fd, 0);
   }
 
   write(chunk: Buffer): void {

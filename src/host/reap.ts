@@ -377,13 +377,31 @@ async function release(build: FoundBuild, record: BuildRecord | undefined, found
       }
     });
   }
-  for (const file of found.files) await attempt(`file ${file}`, () => rm(file, { force: true, recursive: true }));
+  for (const file of found.files) await attempt(`file ${file}`, () => removeRecordedFile(file));
   if (!record?.keep) {
     const busy = await mountsIn(workDir);
     if (busy.length) failures.push(`not removing ${workDir}: still mounted there: ${busy.join(' ')}`);
     else await attempt(`work directory ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
   }
   return failures;
+}
+
+/**
+ * A file or directory a dead build noted it was writing outside its work directory (a partial output, its staging
+ * directory, a cache layer): the directory, which a build makes with mkdtemp, is removed with what is in it only
+ * while it is still ours and no one else may write it; anything else at the name is unlinked, never followed or
+ * entered. In a shared directory (/tmp) another user may have put a tree of their own at a noted name (a build
+ * killed before making it, or after renaming it away): removing that path by path could be raced into following
+ * a link they swap in.
+ */
+async function removeRecordedFile(path: string): Promise<void> {
+  const info = await lstat(path).catch(() => undefined);
+  if (!info) return;
+  if (!info.isDirectory()) return rm(path, { force: true });
+  if (info.uid !== process.geteuid?.() || (info.mode & 0o022) !== 0) {
+    throw new Error(`${path} is a directory of uid ${info.uid}, mode ${(info.mode & 0o777).toString(8)}: not one this build made, so not removed`);
+  }
+  await rm(path, { recursive: true, force: true });
 }
 
 /**

@@ -1,5 +1,5 @@
 import { readFile, writeFile } from 'node:fs/promises';
-import { basename, extname, join, resolve } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { detectDistro } from '../distro/families.js';
 import { readOsRelease } from '../distro/os-release.js';
@@ -24,7 +24,8 @@ import { LayerStore, layerStoreDir } from './layers.js';
 import { FORMAT_EXTENSIONS } from './output.js';
 import { runPhase1, type Phase1Bom } from './phase1.js';
 import { readWorkRecord } from './work-record.js';
-import { defaultOutputPath, partialFor, partialPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
+import { defaultOutputPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
+import { checkOutputDirectory, stagedPath } from './staging.js';
 import { proveOutput, type OutputTest } from './test.js';
 import { verifyForBuild, type DiskImageOptions, type VerifiedImage } from './verify.js';
 
@@ -251,6 +252,7 @@ const bundleBaseSumSource = (bundle: OpenedBundle) => `${pathInBundle(bundle, BU
 function workImageTarget(options: ApplyOptions, input: VerifiedImage, recipe: Recipe): string {
   const target = options.output ? resolve(options.output) : defaultOutputPath({ name: input.name, format: 'qcow2' }, recipe.name, '.work');
   if (target === input.path) throw new ImageBuilderError('BAD_INPUT', 'the work image path is the input image', { hint: 'the input is never modified: choose another --output' });
+  checkOutputDirectory(dirname(target));
   return target;
 }
 
@@ -260,7 +262,7 @@ async function writeWorkImage(context: BuildContext, guest: FinishedGuest, targe
   const record = { ...guest.bom, durationsMs: clock.durations, warnings: [...log.warnings] };
   await writeGuestFileFromHost(guest.opened.layout.root, WORK_RECORD_PATH, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
   await releaseGuest(context);
-  const partial = await partialFor(context, partialPath(target), 'partial work image');
+  const partial = await stagedPath(context, target);
   await clock.time('output', () => convertImage(run, guest.workImage, partial, 'qcow2', { log, signal: context.signal }));
   await renameOver(partial, target);
   log.info(`wrote the work image ${target}: finish it with imagebuilder export ${target}`);

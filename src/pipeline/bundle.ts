@@ -1,15 +1,15 @@
-import { lstat, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, rename } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { BundleCollector } from '../bundle/collect.js';
 import { manifestText, type BundleManifest } from '../bundle/manifest.js';
 import { sha256Text } from '../util/digest.js';
-import { renameOver } from '../util/fs.js';
+import { renameOver, writeFileAtomic } from '../util/fs.js';
 import { packBundle } from '../bundle/open.js';
 import { loadRecipe } from '../recipe/load.js';
-import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { verifyBase, type ApplyOptions } from './apply.js';
 import { startBuild, withResources } from './context.js';
+import { checkOutputDirectory, stagedPath } from './staging.js';
 import { runPhase1 } from './phase1.js';
 import { releaseGuest } from './phase2.js';
 
@@ -44,15 +44,15 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
   const format = options.format ?? 'dir';
   const recipe = await loadRecipe(options.recipe, options.recipeInputs);
   const target = resolve(options.output);
+  checkOutputDirectory(dirname(target));
   if (await lstat(target).then(() => true, () => false)) {
     throw new ImageBuilderError('BAD_INPUT', `${target} exists`, { hint: 'a bundle is written whole and never over anything: choose another --output or remove it' });
   }
   const input = await verifyBase(start, { ...options, cache: false });
   return withResources(start, options, async (context) => {
-    // The bundle is written beside its target under a temporary name (a build killed meanwhile leaves it to the reaper).
-    const partial = join(dirname(target), `.${basename(target)}.partial-${process.pid}`);
-    await noteHolding(context.workDir, { kind: 'file', path: partial });
-    context.cleanup.push(`partial bundle ${partial}`, () => rm(partial, { recursive: true, force: true }));
+    // The bundle is written beside its target, in a staging directory of ours (a build killed meanwhile leaves it
+    // to the reaper).
+    const partial = await stagedPath(context, target);
     const dir = format === 'dir' ? partial : join(context.workDir, 'bundle');
     await mkdir(dir);
     const collector = new BundleCollector(dir, context.log);
@@ -76,7 +76,8 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
     if (format === 'tar') {
       const archiveSha256 = await context.clock.time('bundle-archive', () => packBundle(dir, manifest, partial));
       // The sums file first: an archive under its name always has its sha256 beside it.
-      await writeFile(`${target}.sha256`, `${archiveSha256}  ${basename(target)}\n`);
+      // Created exclusively under a random name, then renamed: never written through what is at that name.
+      await writeFileAtomic(`${target}.sha256`, `${archiveSha256}  ${basename(target)}\n`);
       await renameOver(partial, target);
       context.log.info(`wrote the bundle ${target} (sha256 ${archiveSha256}, in ${basename(target)}.sha256); its bundle.json: sha256 ${manifestSha256}`);
       return { path: target, format, manifestSha256, archiveSha256, manifest };

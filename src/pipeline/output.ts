@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { lstat, open } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { writeGceTar, writeOva, type ApplianceSource } from '../image/appliance.js';
 import { fatFreeRanges } from '../image/fat.js';
@@ -9,7 +9,7 @@ import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qe
 import { blockDeviceBytes, type BlockFilesystem } from '../mount/block.js';
 import type { GuestLayout, GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
-import { writeFileAtomic } from '../util/fs.js';
+import { NotRegularFile, openRegularFile, writeFileAtomic } from '../util/fs.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
 import { formatBytes } from '../util/size.js';
@@ -31,16 +31,46 @@ export function artifactPaths(primary: string, formats: OutputFormat[]): string[
   return formats.map((format, index) => (index === 0 ? primary : `${stem}.${FORMAT_EXTENSIONS[format]}`));
 }
 
+/** A line of a GNU sums file, as we write them: nothing else of a file at that name is kept. */
+const SUMS_LINE = /^[0-9a-f]{64} [ *][^\n]+$/;
+/** More than any output directory's sums file: one line per artifact. */
+const MAX_SUMS_BYTES = 4 << 20;
+
+/**
+ * The sums file already in the output directory, when it is a regular file of a sums file's size: a link there is
+ * not followed (it would publish what it leads to, /etc/shadow, in the new file), a FIFO not waited on, a device
+ * never opened. Anything else is replaced, and said so.
+ */
+async function readOwnSums(path: string, log?: Logger): Promise<string> {
+  const replaced = (why: string) => {
+    log?.warn(`${path} ${why}: replaced by a new sums file holding this build's outputs only`);
+    return '';
+  };
+  const opened = await openRegularFile(path, { follow: false }).catch((error: unknown) => {
+    if (error instanceof NotRegularFile) return undefined;
+    throw error;
+  });
+  if (opened === undefined) return (await lstat(path).catch(() => undefined)) ? replaced('is not a regular file (a link, FIFO, socket, device or directory)') : '';
+  try {
+    if (opened.size > MAX_SUMS_BYTES) return replaced(`is ${opened.size} bytes, more than a sums file's ${MAX_SUMS_BYTES}`);
+    const data = Buffer.alloc(opened.size);
+    const { bytesRead } = await opened.handle.read(data, 0, opened.size, 0);
+    return data.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await opened.handle.close();
+  }
+}
+
 /**
  * Adds (or replaces) the artifacts' lines in the SHA256SUMS beside them, in the GNU form phase 0 reads, so
  * several builds into one directory keep one sums file. Written under a temporary name, then renamed.
  */
-export async function updateSumsFile(dir: string, entries: { name: string; sha256: string }[]): Promise<string> {
+export async function updateSumsFile(dir: string, entries: { name: string; sha256: string }[], log?: Logger): Promise<string> {
   const path = join(dir, 'SHA256SUMS');
   const names = new Set(entries.map((e) => e.name));
-  const kept = (await readFile(path, 'utf8').catch(() => ''))
+  const kept = (await readOwnSums(path, log))
     .split('\n')
-    .filter((line) => line.trim() && !names.has(line.replace(/^[0-9a-f]{64} [ *]/, '')));
+    .filter((line) => SUMS_LINE.test(line) && !names.has(line.replace(/^[0-9a-f]{64} [ *]/, '')));
   const text = [...kept, ...entries.map((e) => `${e.sha256}  ${e.name}`)].join('\n') + '\n';
   await writeFileAtomic(path, text);
   return path;

@@ -1,4 +1,4 @@
-import { rename, rm, writeFile } from 'node:fs/promises';
+import { rename, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { Bom } from '../bom/collect.js';
 import { spdxFromBom } from '../bom/spdx.js';
@@ -6,7 +6,6 @@ import { sha256File } from '../util/digest.js';
 import { renameOver } from '../util/fs.js';
 import type { ImageFormat } from '../image/qemu-img.js';
 import { writeRootfsTar } from '../image/rootfs-tar.js';
-import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { throwIfAborted } from '../util/signals.js';
 import type { BuildContext } from './context.js';
@@ -14,6 +13,7 @@ import type { OpenedGuest } from './guest.js';
 import { isDiskImageFormat, type OutputFormat } from '../image/formats.js';
 import { artifactPaths, FORMAT_EXTENSIONS, sparsifyInPlace, sparsifyNatively, trimFilesystems, updateSumsFile, writeImageArtifacts, type SparsifyMode } from './output.js';
 import type { Phase1Bom } from './phase1.js';
+import { checkOutputDirectory, stagedPath } from './staging.js';
 
 /**
  * Phase 2: the finished guest becomes the artifacts — trimmed, unmounted, converted to each output format
@@ -96,6 +96,7 @@ export function planOutputs(options: ArtifactOptions, defaults: OutputDefaults):
   if (paths.some((path) => defaults.forbidden.includes(path))) {
     throw new ImageBuilderError('BAD_INPUT', 'an output path is the input image', { hint: 'the input is never modified: choose another --output' });
   }
+  checkOutputDirectory(dirname(outputPath));
   return { outputPath, formats, paths };
 }
 
@@ -105,17 +106,6 @@ export async function releaseGuest(context: BuildContext): Promise<void> {
   if (failures.length) {
     throw new ImageBuilderError('COMMAND_FAILED', `releasing the guest failed: ${failures.join('; ')}`, { hint: 'nothing was written; run the build again' });
   }
-}
-
-/** Where an artifact is written before it takes its name: beside it, hidden, named after this process. */
-export const partialPath = (path: string) => join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
-
-/** A file written beside the outputs under a temporary name, removed if the build does not get to rename it. */
-export async function partialFor(context: BuildContext, partial: string, what: string): Promise<string> {
-  // Outside the work directory: noted in the build's record, so a build killed while writing leaves no partial.
-  await noteHolding(context.workDir, { kind: 'file', path: partial });
-  context.cleanup.push(`${what} ${partial}`, () => rm(partial, { force: true }));
-  return partial;
 }
 
 /**
@@ -150,7 +140,7 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
   }
   // Artifacts appear under their names only when all are complete.
   const partials: string[] = [];
-  for (const path of paths) partials.push(await partialFor(context, partialPath(path), 'partial output'));
+  for (const path of paths) partials.push(await stagedPath(context, path));
   // The root filesystem tarball, from the guest's filesystems as mounted (the chroot session is closed).
   if (formats.includes('tar')) await clock.time('tar', () => writeRootfsTar(opened.layout.root, partials[formats.indexOf('tar')], { run, log, signal, guestMounts: opened.layout.mounts.map((m) => m.hostPath) }));
   await releaseGuest(context);
@@ -187,13 +177,13 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
     durationsMs: { ...guest.bom.durationsMs, ...clock.durations },
     warnings: [...guest.bom.warnings, ...log.warnings],
   };
-  const bomPartial = await partialFor(context, `${partials[0]}.bom.json`, 'partial BOM');
+  const bomPartial = `${partials[0]}.bom.json`;
   await writeFile(bomPartial, `${JSON.stringify(orderedBom(bom), null, 2)}\n`);
   const sboms = [];
   for (const format of sbomFormats) {
     const sbom = {
       path: `${outputPath}.${SBOM_SUFFIXES[format]}`,
-      partial: await partialFor(context, `${partials[0]}.${SBOM_SUFFIXES[format]}`, 'partial SBOM'),
+      partial: `${partials[0]}.${SBOM_SUFFIXES[format]}`,
       document: format === 'cyclonedx' ? (await cycloneDx!).cycloneDxFromBom(bom) : spdxFromBom(bom),
     };
     await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
@@ -207,7 +197,7 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
     ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
     { name: basename(bomPath), sha256: await sha256File(bomPath) },
     ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.path) })))),
-  ]);
+  ], log);
   for (const artifact of artifacts) {
     log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
     events({ event: 'artifact-written', ...artifact });

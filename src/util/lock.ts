@@ -95,16 +95,17 @@ function parseRecord(text: string): LockRecord | undefined {
 }
 
 /**
- * Makes `dir` a directory only this user can enter, or refuses: a symlink, a non-directory or a directory of
- * another user (planted in a world-writable parent such as /run/lock) is never used; our own directory with a
- * looser mode is made 0700. A parent that others may write without the sticky bit is refused too: they could
- * swap the directory for another after this check.
+ * Makes `dir` a directory only this user can enter (or, `readable`, only this user can write), or refuses: a
+ * symlink, a non-directory or a directory of another user (planted in a world-writable parent such as /run/lock
+ * or /tmp) is never used; our own directory with a looser mode is tightened (0700, or 0755 when `readable`). A
+ * parent that others may write without the sticky bit is refused too: they could swap the directory for another
+ * after this check. `purpose` completes "refusing to … DIR".
  */
-export async function ensurePrivateDir(dir: string, log?: Logger): Promise<void> {
+export async function ensurePrivateDir(dir: string, log?: Logger, options: { purpose?: string; readable?: boolean } = {}): Promise<void> {
   const parent = dirname(dir);
   await mkdir(parent, { recursive: true });
   const refuse = (why: string) =>
-    new ImageBuilderError('ENVIRONMENT', `refusing to keep locks in ${dir}: ${why}`, {
+    new ImageBuilderError('ENVIRONMENT', `refusing to ${options.purpose ?? 'keep locks in'} ${dir}: ${why}`, {
       hint: 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again',
     });
   // Followed: a parent that is a symlink (~/.cache on another disk) is the user's own doing; what counts is
@@ -113,7 +114,8 @@ export async function ensurePrivateDir(dir: string, log?: Logger): Promise<void>
   if ((parentInfo.mode & 0o002) !== 0 && (parentInfo.mode & 0o1000) === 0) {
     throw refuse(`its parent ${parent} is writable by every user (mode ${(parentInfo.mode & 0o7777).toString(8)}, no sticky bit)`);
   }
-  await mkdir(dir, { mode: 0o700 }).catch((error) => {
+  const [mode, loose] = options.readable ? [0o755, 0o022] : [0o700, 0o077];
+  await mkdir(dir, { mode }).catch((error) => {
     if (errnoOf(error) !== 'EEXIST') throw error;
   });
   const info = await lstat(dir);
@@ -124,10 +126,11 @@ export async function ensurePrivateDir(dir: string, log?: Logger): Promise<void>
     // root's own directory on an NFS export that squashes root looks like nobody's.
     throw new ImageBuilderError(error.code, error.message, { hint: `${error.hint}; on NFS with root_squash, export it with no_root_squash or give each host its own cache` });
   }
-  if ((info.mode & 0o077) !== 0) {
+  if ((info.mode & loose) !== 0) {
     // Ours, so in a sticky or private parent nobody else can replace it between the lstat and the chmod.
-    await chmod(dir, 0o700);
-    log?.warn(`${dir} was mode ${(info.mode & 0o777).toString(8)}, open to other users: made it private (0700)`);
+    const tightened = options.readable ? info.mode & 0o777 & ~loose : 0o700;
+    await chmod(dir, tightened);
+    log?.warn(`${dir} was mode ${(info.mode & 0o777).toString(8)}, open to other users: made it ${options.readable ? `writable by this user alone (${tightened.toString(8)})` : 'private (0700)'}`);
   }
 }
 

@@ -273,7 +273,13 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     const output = join(work, 'writing-out.qcow2');
     // A compressed qcow2 takes seconds to write: a real moment, seen when the partial output appears.
     const child = startApply(recipe, output, ['--no-cache', '--sparsify', 'none', '--compress']);
-    const partial = await until('the partial output', async () => (await readdir(work)).find((name) => name.startsWith('.writing-out.qcow2.partial-')));
+    // Written in a staging directory of the build's own beside the output, until it takes its name.
+    const partial = await until('the partial output', async () => {
+      for (const name of (await readdir(work)).filter((entry) => entry.startsWith('.imagebuilder-'))) {
+        if ((await readdir(join(work, name)).catch(() => [] as string[])).includes('writing-out.qcow2')) return name;
+      }
+      return undefined;
+    });
     await kill9(child);
     const left = await leftoversUnder(tmp);
     expect(left.processes.some((p) => p.includes('qemu-img convert'))).toBe(true);
@@ -283,7 +289,7 @@ describe('builds killed with SIGKILL, SIGHUP or SIGQUIT leave nothing behind', (
     const next = await secondBuild('writing');
     expect(next.stderr).toContain(join(work, partial));
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
-    expect((await readdir(work)).filter((name) => name.startsWith('.writing-out') || name.startsWith('writing-out'))).toEqual([]);
+    expect((await readdir(work)).filter((name) => name.startsWith('.imagebuilder-') || name.startsWith('writing-out'))).toEqual([]);
   });
 
   test('killed while mounted through guestmount: guestmount and its appliance die with it; cleanup releases the rest', async () => {

@@ -1,7 +1,8 @@
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fixtureImage } from '../helpers/fixtures.js';
-import { runCli } from '../helpers/host.js';
+import { leftoversUnder, NOTHING_LEFT, runCli } from '../helpers/host.js';
+import { execa } from 'execa';
 import { CANARY_CONTENT, expectHostUntouched, snapshotHost } from '../helpers/hostile.js';
 import { withImageMounted } from '../helpers/inspect.js';
 
@@ -112,5 +113,27 @@ describe('recipes read host files only from their own directory', () => {
     const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8')) as { files: { path: string; source?: string }[] };
     expect(bom.files.find((f) => f.path === '/etc/stolen')?.source).toBe(host.canaryFile);
     await expectHostUntouched(host);
+  });
+  test('special files in the recipe\'s directory (a FIFO, a device node) are refused, never opened: by validate at once, by apply before reading', async () => {
+    const dir = await mkdtemp(join(work, 'special-'));
+    await execa('mkfifo', [join(dir, 'pipe')]);
+    await execa('mknod', [join(dir, 'zero'), 'c', '1', '5']);
+    const recipe = join(dir, 'recipe.yaml');
+    await writeFile(recipe, ['name: special', 'steps:', '  - file: { path: /etc/a, source: pipe }', '  - file: { path: /etc/b, template: zero }', '  - run: { file: pipe }', ''].join('\n'));
+    // Before, validate opened the FIFO synchronously and never returned, whatever signal it was sent.
+    const validated = await runCli(['validate', recipe]);
+    expect(validated.exitCode).toBe(2);
+    expect(validated.stderr).toContain(`recipe.yaml:3:5: source ${join(dir, 'pipe')} is not a regular file (a directory, FIFO, socket or device): name a file`);
+    expect(validated.stderr).toContain(`recipe.yaml:4:5: template ${join(dir, 'zero')} is not a regular file`);
+    expect(validated.stderr).toContain(`recipe.yaml:5:5: cannot read script file ${join(dir, 'pipe')}`);
+
+    const images = join(dir, 'images.yaml');
+    await writeFile(images, 'name: images\nsteps:\n  - container-images: { archives: [pipe] }\n');
+    const output = join(work, 'special-out.qcow2');
+    const applied = await runCli(['apply', images, '--disk-image', await fixtureImage('whole-disk'), '--output', output, '--sparsify', 'none'], { env: { IMAGEBUILDER_WORK_DIR: tmp } });
+    expect(applied.exitCode).toBe(2);
+    expect(applied.stderr).toContain(`container image archive ${join(dir, 'pipe')} is not a regular file (a directory, FIFO, socket or device)`);
+    await expect(readFile(output)).rejects.toThrow(/ENOENT/);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   });
 });

@@ -130,6 +130,37 @@ describe('build records and the reaper', () => {
     expect((await reapDeadBuilds({ run: recordingRunner(), log, workDirParents: [parent], runDir })).dead.map((b) => b.workDir)).toEqual([planted]);
   });
 
+  test('at a name a dead build noted, a directory of another user (or one others may write) is left whole; its own staging directory is removed', async () => {
+    const parent = join(dir, 'noted');
+    await mkdir(parent);
+    const shared = join(dir, 'shared-out');
+    await mkdir(shared, { mode: 0o1777 });
+    // A dead build noted a partial it never made; another user then put a tree of their own at that name.
+    const planted = join(shared, '.out.qcow2.partial-7');
+    await mkdir(join(planted, 'deep', 'deeper'), { recursive: true });
+    await writeFile(join(planted, 'deep', 'theirs'), 'theirs\n');
+    await execa('chown', ['-R', '65534:65534', planted]);
+    // Root's, but writable by others: not one a build makes (mkdtemp: 0700).
+    const loose = join(shared, '.imagebuilder-7-loose');
+    await mkdir(join(loose, 'sub'), { recursive: true });
+    await execa('chmod', ['0777', loose]);
+    const staging = join(shared, '.imagebuilder-7-abc123');
+    await mkdir(join(staging, 'out.qcow2.bundle'), { recursive: true, mode: 0o700 });
+    await writeFile(join(staging, 'out.qcow2'), 'half');
+    const link = join(shared, '.link-7');
+    await execa('ln', ['-s', planted, link]);
+    const dead = join(parent, 'imagebuilder-00000000000000d7');
+    await mkdir(dead);
+    await writeRecord({ ...record(dead, '00000000000000d7'), holdings: [planted, loose, staging, link].map((path) => ({ kind: 'file' as const, path })) });
+    const report = await reapDeadBuilds({ run: recordingRunner(), log, workDirParents: [parent], runDir });
+    expect(report.dead.map((b) => b.failures)).toEqual([[
+      `file ${planted}: ${planted} is a directory of uid 65534, mode 755: not one this build made, so not removed`,
+      `file ${loose}: ${loose} is a directory of uid 0, mode 777: not one this build made, so not removed`,
+    ]]);
+    expect(await readFile(join(planted, 'deep', 'theirs'), 'utf8')).toBe('theirs\n');
+    expect((await readdir(shared)).sort()).toEqual(['.imagebuilder-7-loose', '.out.qcow2.partial-7']);
+  });
+
   test("an export's FUSE connection counts as stuck only while its daemon is part-way through exiting", async () => {
     const me = currentOwner();
     expect(stillExiting(me)).toBe(false); // running
