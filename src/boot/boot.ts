@@ -13,13 +13,15 @@ import { readLogTail, startHelper, type Helper } from '../util/daemon.js';
 import { ImageBuilderError, errorMessage } from '../util/errors.js';
 import { tail } from '../util/exec.js';
 import { readGuestFile, statGuest } from '../util/guest-fs.js';
+import { openRegularFile } from '../util/fs.js';
 import { cachedKvmVerdict } from '../util/libguestfs.js';
 import { probeBootKvm } from './kvm.js';
 import { throwIfAborted } from '../util/signals.js';
 import { requireBoxedTool, unprivilegedCommand, type SandboxBind } from '../util/unprivileged.js';
 import { claimBoxUid } from '../util/box-uid.js';
-import { ensurePrivateDir } from '../util/lock.js';
+import { ensurePrivateDir, RESULTS_DIR_HINT } from '../util/lock.js';
 import { hostSeccompArch, seccompBytes } from '../chroot/seccomp.js';
+import { inCgroups, makeCgroups, type Cgroup } from '../chroot/sandbox.js';
 import { agentMetaData, agentUserData, installAgent } from './agent.js';
 import { makeIso } from './iso9660.js';
 import { CHANNEL_NAME, readChannel, type GuestReport } from './channel.js';
@@ -254,10 +256,11 @@ async function directKernel(context: MountContext, layout: GuestLayout, dir: str
 async function consoleTail(consoleLog: string): Promise<string | undefined> {
   // Only the end is read (a guest may have flooded its console), and only printable text and newlines are kept:
   // the firmware's escape sequences, and any a guest sends, never reach the user's terminal.
-  const handle = await open(consoleLog, 'r').catch(() => undefined);
-  if (!handle) return undefined;
+  // The log we wrote, by its name again: only while it is still a regular file there (no link, no FIFO).
+  const opened = await openRegularFile(consoleLog, { follow: false }).catch(() => undefined);
+  if (!opened) return undefined;
+  const { handle, size } = opened;
   try {
-    const { size } = await handle.stat();
     const length = Math.min(size, CONSOLE_TAIL_BYTES);
     const { buffer } = await handle.read(Buffer.alloc(length), 0, length, size - length);
     const text = buffer.toString('utf8').replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/[^\P{C}\n]/gu, '');
@@ -325,7 +328,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const resultsDir = options.resultsDir ?? dir;
   // Ours alone: a directory another user made at that name (`OUTPUT.test` in /tmp) could hold a link where the
   // console log, which the guest writes, is opened.
-  await ensurePrivateDir(resultsDir, log, { purpose: 'write boot results in', readable: true });
+  await ensurePrivateDir(resultsDir, log, { purpose: 'write boot results in', readable: true, hint: RESULTS_DIR_HINT });
   const consoleLog = join(resultsDir, 'console.log');
   let uefiVars: string | undefined;
   if (firmware === 'uefi') {
@@ -342,6 +345,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   // reads. Claimed before qemu starts, so released after it is gone.
   const qemuUid = await claimBoxUid(run, context.cleanup, log, `qemu booting ${basename(image)}`);
   for (const path of [overlay, uefiVars]) if (path) await chown(path, qemuUid, qemuUid);
+  const memoryMiB = options.memoryMiB ?? 1024;
   const inBox = (path: string) => join(dirname(path) === vmDir ? VM_DIR_IN_BOX : SOCKET_DIR_IN_BOX, basename(path));
   const args = qemuArgs({
     spec, accel, firmware, disk: inBox(overlay), image: { fd: IMAGE_FD_IN_QEMU, format: input.format },
@@ -349,12 +353,13 @@ export async function bootAndRun(context: BootContext, image: string, options: B
     ...(uefiVars ? { uefiVars: inBox(uefiVars) } : {}),
     consoleSocket: inBox(consoleSocket), channelSocket: inBox(channelSocket), channelName: CHANNEL_NAME,
     ...(kernel ? { kernel: { ...kernel, kernel: inBox(kernel.kernel), ...(kernel.initrd ? { initrd: inBox(kernel.initrd) } : {}) } } : {}),
-    memoryMiB: options.memoryMiB ?? 1024,
+    memoryMiB,
     cpus: options.cpus ?? 2,
   });
   const maxDiskBytes = await diskBound(dir, options.maxDiskBytes ?? DEFAULT_MAX_DISK_BYTES);
   const seccompFile = await writeQemuFilter(dir, log);
-  const box = await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes, uid: qemuUid, seccompFile });
+  const cgroups = await qemuCgroups(context, memoryMiB);
+  const box = inCgroups(cgroups, await qemuBox(spec.qemu, args, { vmDir, socketDir, accel, maxDiskBytes, uid: qemuUid, seccompFile }));
   // Another architecture's instructions are translated one by one: twice the time.
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS[accel] * (arch === (await hostArchitecture()) ? 1 : 2);
   log.info(`boot: ${spec.qemu} (${accel}, ${firmware}, the check run by ${via}) as uid ${qemuUid} in a sandbox, console in ${consoleLog}, up to ${Math.round(timeoutMs / 1000)} s`);
@@ -417,6 +422,8 @@ export async function bootAndRun(context: BootContext, image: string, options: B
       }),
       qemu!.gone.then(async (exit) => {
         if (exit.code === FILE_TOO_LARGE_EXIT) throw diskFull(maxDiskBytes);
+        const oomKills = (await Promise.all(cgroups.map((cgroup) => cgroup.counters()))).reduce((sum, counters) => sum + counters.oomKills, 0);
+        if (oomKills) throw new BootFailure(`qemu was killed for using more than ${formatBytes(qemuMemoryBytes(memoryMiB))} of memory, the most a boot with ${memoryMiB} MiB of guest memory may`, 'qemu needs its guest memory and, under TCG, up to 1 GiB of translated code beside it: a qemu using far more is itself the problem');
         const qemuLog = (await readLogTail(join(dir, 'qemu.log'))).trim();
         throw new BootFailure(`the guest stopped before it reported (qemu exited${qemuLog ? `: ${tail(qemuLog, 3)}` : ''})`, 'the console log shows how far it got (firmware, bootloader, kernel, systemd)');
       }),
@@ -504,6 +511,26 @@ async function qemuBox(qemu: string, args: string[], options: { vmDir: string; s
   const limits = ['prlimit', `--fsize=${options.maxDiskBytes}`, `--nproc=${QEMU_MAX_TASKS}`, '--core=0', '--'];
   const seccomp = options.seccompFile ? { seccomp: { file: options.seccompFile, fd: IMAGE_FD_IN_QEMU + 1 } } : {};
   return unprivilegedCommand([...limits, qemu, ...args], { binds, uid: options.uid, ...seccomp, ...kvm });
+}
+
+/** The memory qemu's cgroup allows: the guest's, and room beside it for qemu's own (under TCG, its translated code). */
+const qemuMemoryBytes = (memoryMiB: number) => (memoryMiB + QEMU_MEMORY_OVERHEAD_MIB) * 2 ** 20;
+const QEMU_MEMORY_OVERHEAD_MIB = 1536;
+
+/**
+ * qemu's own cgroup (chroot/sandbox.ts's makeCgroups, named as the build's so the reaper finds it): its memory,
+ * no swap, and its tasks, so a qemu the guest broke out of cannot take the host's memory, whatever its uid may.
+ * Where /sys/fs/cgroup is read-only (a container given none to write), without, said so.
+ */
+async function qemuCgroups(context: BootContext, memoryMiB: number): Promise<Cgroup[]> {
+  const name = `imagebuilder-${process.pid}-boot-${randomBytes(4).toString('hex')}`;
+  try {
+    return await makeCgroups(name, { memoryBytes: qemuMemoryBytes(memoryMiB), pids: QEMU_MAX_TASKS }, context.cleanup, context.log);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EROFS') throw error;
+    context.log.warn('boot: qemu runs without a memory limit of its own: /sys/fs/cgroup is read-only here');
+    return [];
+  }
 }
 
 /**

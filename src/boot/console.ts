@@ -1,5 +1,4 @@
-import { closeSync, constants, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
-import { ImageBuilderError } from '../util/errors.js';
+import { closeSync, constants, openSync, rmSync, writeSync } from 'node:fs';
 import { listenForQemu, type QemuConnection } from './channel.js';
 
 /** The most of a guest's console kept on disk: its beginning, and its end (the part that shows why it stopped). */
@@ -32,13 +31,10 @@ export class ConsoleLog {
     const maxBytes = limits.maxBytes ?? DEFAULT_CONSOLE_MAX_BYTES;
     this.endBytes = Math.min(limits.endBytes ?? DEFAULT_CONSOLE_END_BYTES, Math.floor(maxBytes / 2));
     this.headBytes = maxBytes - this.endBytes;
-    // Never through a link or into a FIFO or device at that name: the guest decides what is written.
-    this.fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644);
-    if (!fstatSync(this.fd).isFile()) {
-      closeSync(this.fd);
-      throw new ImageBuilderError('ENVIRONMENT', `${path} is not a regular file: the console log is not written there`, { hint: 'remove it, or name another results directory' });
-    }
-    ftruncateSync(this.fd, 0);
+    // A new file of ours, never what was at that name (a link, a FIFO, a hard link to another file, which
+    // O_NOFOLLOW would not see): the guest decides what is written.
+    rmSync(path, { force: true });
+    this.fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
   }
 
   write(chunk: Buffer): void {

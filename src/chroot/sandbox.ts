@@ -103,7 +103,7 @@ export function formatBytes(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-interface Cgroup {
+export interface Cgroup {
   /** The directory in its hierarchy. */
   dir: string;
   /** Reads the counters that tell a limit was hit. */
@@ -223,7 +223,7 @@ async function enableControllers(root: string, controllers: string[], log: Logge
  * One cgroup per build with the memory and pids limits: cgroup v2 where the host has it, v1 (memory and pids
  * hierarchies) otherwise. Released (its processes killed, then removed) by the cleanup stack.
  */
-async function makeCgroups(name: string, limits: SandboxLimits, cleanup: CleanupStack, log: Logger): Promise<Cgroup[]> {
+export async function makeCgroups(name: string, limits: SandboxLimits, cleanup: CleanupStack, log: Logger): Promise<Cgroup[]> {
   const root = '/sys/fs/cgroup';
   const v2 = await stat(join(root, 'cgroup.controllers')).then(() => true, () => false);
   const made: Cgroup[] = [];
@@ -466,6 +466,13 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
 /** Said (and in the BOM's warnings) when /sys/fs/cgroup cannot be written: the build runs without its limits. */
 export const NO_CGROUP_LIMITS_WARNING =
   "the build's guest commands run WITHOUT memory and pids limits: /sys/fs/cgroup is read-only here (a container that was given no cgroup to write: docker run --privileged gives one)";
+
+/** argv that joins `cgroups` (made by makeCgroups) and then becomes `command`: what it starts is counted there too. */
+export function inCgroups(cgroups: Cgroup[], [file, args]: [string, string[]]): [string, string[]] {
+  if (!cgroups.length) return [file, args];
+  return ['/bin/sh', ['-c', JOIN_CGROUPS, 'join-cgroups', ...cgroups.map((cgroup) => join(cgroup.dir, 'cgroup.procs')), '--', file, ...args]];
+}
+const JOIN_CGROUPS = ['while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'exec "$@"'].join('\n');
 
 /** Joins the cgroups named before `--`, opens the seccomp program (first argument) as fd 3, execs the rest. */
 const ENTER_SANDBOX = ['seccomp=$1; shift', 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'if [ -n "$seccomp" ]; then exec "$@" 3<"$seccomp"; fi', 'exec "$@"'].join('\n');

@@ -1,4 +1,3 @@
-import { writeFile } from 'node:fs/promises';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { accelFlag, bootFlagOptions } from '../cli/boot-flags.js';
@@ -9,6 +8,7 @@ import { junitXml, resultTable } from '../checks/report.js';
 import { SUITES, type SuiteName } from '../checks/suites.js';
 import { checksFailed, testImage, type TestResult } from '../pipeline/test.js';
 import { createLogger } from '../util/log.js';
+import { writeFileAtomic } from '../util/fs.js';
 import { withInterrupts } from '../util/signals.js';
 
 // --offline here means "without booting"; the image flags' --offline (the cache alone for a URL) is left out.
@@ -63,7 +63,8 @@ export default class Test extends BaseCommand {
         signal,
       }),
     );
-    if (flags.junit) await writeFile(flags.junit, junitXml(result.results, `imagebuilder test ${args.image}`, result.durationMs));
+    // Created exclusively under a random name, then renamed: never written through a link at that name.
+    if (flags.junit) await writeFileAtomic(flags.junit, junitXml(result.results, `imagebuilder test ${args.image}`, result.durationMs));
     if (flags.json) this.log(JSON.stringify(result, null, 2));
     else {
       this.log(resultTable(result.results));

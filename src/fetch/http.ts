@@ -676,6 +676,9 @@ export async function downloadFile(url: string, partial: string, options: Downlo
         else if (options.ifNotModified?.lastModified) headers['if-modified-since'] = options.ifNotModified.lastModified;
 
         const response = await sendGet(url, guarded, headers, { highWaterMark: BODY_HIGH_WATER_MARK });
+        // A connection dropped before the body is piped (while the resume state is written) errors the body with
+        // no listener yet, which would end the process: the pipe reports the stream's error once it starts.
+        response.body.on('error', () => undefined);
         const status = response.statusCode;
         const etag = headerText(response.headers.etag);
         const lastModified = headerText(response.headers['last-modified']);

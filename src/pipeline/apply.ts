@@ -26,6 +26,7 @@ import { runPhase1, type Phase1Bom } from './phase1.js';
 import { readWorkRecord } from './work-record.js';
 import { defaultOutputPath, planOutputs, releaseGuest, writeArtifacts, type ApplyResult, type ArtifactOptions, type FinishedGuest } from './phase2.js';
 import { checkOutputDirectory, stagedPath } from './staging.js';
+import { checkResultsDir } from '../util/lock.js';
 import { proveOutput, type OutputTest } from './test.js';
 import { verifyForBuild, type DiskImageOptions, type VerifiedImage } from './verify.js';
 
@@ -218,7 +219,9 @@ export async function apply(options: ApplyOptions): Promise<ApplyResult> {
       const archives = plan.formats.map((format) => ARCHIVES[format as keyof typeof ARCHIVES]);
       throw new ImageBuilderError('BAD_INPUT', `--test boots the output, and ${archives.join(' and ')} alone ${archives.length > 1 ? 'do' : 'does'} not boot`, { hint: `add a disk image format to boot (--format qcow2,${plan.formats.join(',')})` });
     }
-    const prove = options.test ? proveOutput(recipe, input, { ...options.test, resultsDir: options.test.resultsDir ?? `${plan.outputPath}.test` }) : undefined;
+    const resultsDir = options.test ? resolve(options.test.resultsDir ?? `${plan.outputPath}.test`) : undefined;
+    if (resultsDir) checkResultsDir(resultsDir);
+    const prove = options.test ? proveOutput(recipe, input, { ...options.test, resultsDir: resultsDir! }) : undefined;
     return { plan, prove };
   };
   const build = async (context: BuildContext, input: VerifiedImage, planned: ReturnType<typeof planFor>, bundle?: OpenedBundle) => {

@@ -189,15 +189,17 @@ export async function writeArtifacts(context: BuildContext, guest: FinishedGuest
     await writeFile(sbom.partial, `${JSON.stringify(sbom.document, null, 2)}\n`);
     sboms.push(sbom);
   }
+  // Every sum from what we wrote, while it is still in our own directory; then the renames.
+  const sums = [
+    ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
+    { name: basename(bomPath), sha256: await sha256File(bomPartial) },
+    ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.partial) })))),
+  ];
   throwIfAborted(signal);
   for (const [i, partial] of partials.entries()) await renameOver(partial, paths[i]);
   await rename(bomPartial, bomPath);
   for (const sbom of sboms) await rename(sbom.partial, sbom.path);
-  const sumsPath = await updateSumsFile(dirname(outputPath), [
-    ...artifacts.map((a) => ({ name: basename(a.path), sha256: a.sha256 })),
-    { name: basename(bomPath), sha256: await sha256File(bomPath) },
-    ...(await Promise.all(sboms.map(async (sbom) => ({ name: basename(sbom.path), sha256: await sha256File(sbom.path) })))),
-  ], log);
+  const sumsPath = await updateSumsFile(dirname(outputPath), sums, log);
   for (const artifact of artifacts) {
     log.info(`wrote ${artifact.path} (${artifact.format}, sha256 ${artifact.sha256})`);
     events({ event: 'artifact-written', ...artifact });

@@ -41,9 +41,9 @@ function stagingDir(context: BuildContext, outputDir: string): Promise<string> {
     made = (async () => {
       checkOutputDirectory(outputDir);
       const dir = await mkdtemp(join(outputDir, `.imagebuilder-${process.pid}-`));
+      context.cleanup.push(`staging directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
       // Outside the work directory: noted in the build's record, so a build killed meanwhile leaves nothing.
       await noteHolding(context.workDir, { kind: 'file', path: dir });
-      context.cleanup.push(`staging directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
       return dir;
     })();
     dirs.set(outputDir, made);

@@ -14,7 +14,7 @@ import type { MountBackendName } from '../mount/backend.js';
 import { loadCheckFile } from '../recipe/checks.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
 import { ImageBuilderError, errorMessage } from '../util/errors.js';
-import { ensurePrivateDir } from '../util/lock.js';
+import { ensurePrivateDir, RESULTS_DIR_HINT } from '../util/lock.js';
 import { mountContext, startBuild, withResources, type BuildContext, type BuildOptions } from './context.js';
 import { openGuest } from './guest.js';
 import type { ProveOutput } from './phase2.js';
@@ -130,7 +130,7 @@ async function baseFailures(context: BuildContext, base: { path: string; sha256:
   // Its console goes beside the image's (base/console.log), when those are kept.
   const resultsDir = options.resultsDir ? join(options.resultsDir, 'base') : undefined;
   // The results directory first, then base/ in it (bootAndRun): each ours, so nobody else can swap either.
-  if (options.resultsDir) await ensurePrivateDir(options.resultsDir, context.log, { purpose: 'write test results in', readable: true });
+  if (options.resultsDir) await ensurePrivateDir(options.resultsDir, context.log, { purpose: 'write test results in', readable: true, hint: RESULTS_DIR_HINT });
   const result = await bootAndRun(mountContext(context), base.path, { script: FAILED_UNITS_SCRIPT, resultsDir, ...bootHow(options) });
   const failures = failedUnits(result.output);
   await mkdir(dirname(file), { recursive: true });
@@ -207,7 +207,7 @@ export function proveOutput(recipe: Recipe, base: { path: string; sha256: string
   return async (context, image) => {
     const checks = declaredChecks(recipe, test.checkFiles, test.suites);
     if (!needsBoot(checks)) checks.push({ type: failedUnitsCheck, spec: {}, location: 'apply --test', name: 'no unit failed beyond the base image\'s' });
-    await ensurePrivateDir(test.resultsDir, context.log, { purpose: 'write test results in', readable: true });
+    await ensurePrivateDir(test.resultsDir, context.log, { purpose: 'write test results in', readable: true, hint: RESULTS_DIR_HINT });
     const resultsFile = join(test.resultsDir, 'results.json');
     let judged: Awaited<ReturnType<typeof judgeImage>>;
     try {

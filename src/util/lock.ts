@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants, readFileSync } from 'node:fs';
+import { constants, lstatSync, readFileSync, type Stats } from 'node:fs';
 import { chmod, link, lstat, mkdir, open, readlink, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
@@ -94,44 +94,61 @@ function parseRecord(text: string): LockRecord | undefined {
   }
 }
 
+/** What to do when a results directory (`--results`, `OUTPUT.test`) is refused. */
+export const RESULTS_DIR_HINT = "name a results directory of this user's own (or one that does not exist yet: it is made) that no one else may write";
+
 /**
- * Makes `dir` a directory only this user can enter (or, `readable`, only this user can write), or refuses: a
- * symlink, a non-directory or a directory of another user (planted in a world-writable parent such as /run/lock
- * or /tmp) is never used; our own directory with a looser mode is tightened (0700, or 0755 when `readable`). A
- * parent that others may write without the sticky bit is refused too: they could swap the directory for another
- * after this check. `purpose` completes "refusing to … DIR".
+ * Makes `dir` a directory only this user can enter, or refuses: a symlink, a non-directory or a directory of
+ * another user (planted in a world-writable parent such as /run/lock or /tmp) is never used; our own directory
+ * with a looser mode is made 0700. A parent that others may write without the sticky bit is refused too: they
+ * could swap the directory for another after this check. `readable` (a results directory the user reads): made
+ * 0755, and an existing one of ours is used as it is (never chmod-ed: it may be /tmp) unless others may write it
+ * without the sticky bit, which is refused. `purpose` completes "refusing to … DIR"; `hint` replaces the default.
  */
-export async function ensurePrivateDir(dir: string, log?: Logger, options: { purpose?: string; readable?: boolean } = {}): Promise<void> {
+export async function ensurePrivateDir(dir: string, log?: Logger, options: { purpose?: string; readable?: boolean; hint?: string } = {}): Promise<void> {
   const parent = dirname(dir);
   await mkdir(parent, { recursive: true });
-  const refuse = (why: string) =>
-    new ImageBuilderError('ENVIRONMENT', `refusing to ${options.purpose ?? 'keep locks in'} ${dir}: ${why}`, {
-      hint: 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again',
-    });
+  const refuse = (why: string, hint = 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again') =>
+    new ImageBuilderError('ENVIRONMENT', `refusing to ${options.purpose ?? 'keep locks in'} ${dir}: ${why}`, { hint: options.hint ?? hint });
   // Followed: a parent that is a symlink (~/.cache on another disk) is the user's own doing; what counts is
   // who may write the directory it leads to.
   const parentInfo = await stat(parent);
   if ((parentInfo.mode & 0o002) !== 0 && (parentInfo.mode & 0o1000) === 0) {
     throw refuse(`its parent ${parent} is writable by every user (mode ${(parentInfo.mode & 0o7777).toString(8)}, no sticky bit)`);
   }
-  const [mode, loose] = options.readable ? [0o755, 0o022] : [0o700, 0o077];
-  await mkdir(dir, { mode }).catch((error) => {
+  await mkdir(dir, { mode: options.readable ? 0o755 : 0o700 }).catch((error) => {
     if (errnoOf(error) !== 'EEXIST') throw error;
   });
   const info = await lstat(dir);
   if (info.isSymbolicLink()) throw refuse(`it is a symbolic link (to ${await readlink(dir).catch(() => '?')})`);
-  if (!info.isDirectory()) throw refuse('it is not a directory');
-  if (info.uid !== euid()) {
-    const error = refuse(`it belongs to uid ${info.uid}, not to this user (uid ${euid()})`);
-    // root's own directory on an NFS export that squashes root looks like nobody's.
-    throw new ImageBuilderError(error.code, error.message, { hint: `${error.hint}; on NFS with root_squash, export it with no_root_squash or give each host its own cache` });
-  }
-  if ((info.mode & loose) !== 0) {
+  const problem = directoryProblem(info, options.readable);
+  // root's own directory on an NFS export that squashes root looks like nobody's.
+  if (problem) throw refuse(problem, info.isDirectory() && info.uid !== euid() ? 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again; on NFS with root_squash, export it with no_root_squash or give each host its own cache' : undefined);
+  if (options.readable) return;
+  if ((info.mode & 0o077) !== 0) {
     // Ours, so in a sticky or private parent nobody else can replace it between the lstat and the chmod.
-    const tightened = options.readable ? info.mode & 0o777 & ~loose : 0o700;
-    await chmod(dir, tightened);
-    log?.warn(`${dir} was mode ${(info.mode & 0o777).toString(8)}, open to other users: made it ${options.readable ? `writable by this user alone (${tightened.toString(8)})` : 'private (0700)'}`);
+    await chmod(dir, 0o700);
+    log?.warn(`${dir} was mode ${(info.mode & 0o777).toString(8)}, open to other users: made it private (0700)`);
   }
+}
+
+/** Why an existing directory (lstat-ed: a link is not one) is not ours to use as ensurePrivateDir's, if it is not. */
+function directoryProblem(info: Stats, readable?: boolean): string | undefined {
+  if (info.isSymbolicLink()) return 'it is a symbolic link';
+  if (!info.isDirectory()) return 'it is not a directory';
+  if (info.uid !== euid()) return `it belongs to uid ${info.uid}, not to this user (uid ${euid()})`;
+  if (readable && (info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) return `others may write it (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit) and swap what is written there`;
+  return undefined;
+}
+
+/**
+ * A results directory that is already there, checked before a build as ensurePrivateDir (`readable`) will check it
+ * at the build's end: one another user made at `OUTPUT.test` fails the build now, not after it.
+ */
+export function checkResultsDir(dir: string): void {
+  const info = lstatSync(dir, { throwIfNoEntry: false });
+  const problem = info && directoryProblem(info, true);
+  if (problem) throw new ImageBuilderError('ENVIRONMENT', `refusing to write test results in ${dir}: ${problem}`, { hint: RESULTS_DIR_HINT });
 }
 
 /**

@@ -93,6 +93,16 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
       expect({ attempt, refused: (await asNobody(...attempt)).exitCode !== 0 }).toEqual({ attempt, refused: true });
       expect({ attempt, asRoot: (await execa(attempt[0], attempt.slice(1), { reject: false })).exitCode }).toEqual({ attempt, asRoot: 0 });
     }
+    // A cgroup of its own (v2, or v1's memory and pids hierarchies): its memory (the guest's 1 GiB and 1.5 GiB
+    // beside it) and its tasks.
+    const memberships = await readFile(`/proc/${pid}/cgroup`, 'utf8');
+    const v2 = await stat('/sys/fs/cgroup/cgroup.controllers').then(() => true, () => false);
+    const cgroupOf = (hierarchy: string) => new RegExp(`^\\d+:${hierarchy}:(/.*)$`, 'm').exec(memberships)?.[1] ?? '';
+    const cgroups = v2 ? { memory: join('/sys/fs/cgroup', cgroupOf('')), pids: join('/sys/fs/cgroup', cgroupOf('')) } : { memory: join('/sys/fs/cgroup/memory', cgroupOf('memory')), pids: join('/sys/fs/cgroup/pids', cgroupOf('pids')) };
+    for (const dir of Object.values(cgroups)) expect(dir).toMatch(new RegExp(`/imagebuilder-${process.pid}-boot-[0-9a-f]{8}$`));
+    const limit = (dir: string, file: string) => readFile(join(dir, file), 'utf8').then((text) => text.trim());
+    expect(await limit(cgroups.memory, v2 ? 'memory.max' : 'memory.limit_in_bytes')).toBe(String(2560 * 2 ** 20));
+    expect(await limit(cgroups.pids, 'pids.max')).toBe('512');
     // Its threads and processes are bounded, its uid's alone.
     expect(/^Max processes\s+(\S+)\s+(\S+)/m.exec(await readFile(`/proc/${pid}/limits`, 'utf8'))?.slice(1)).toEqual(['512', '512']);
     expect(field('Groups')).toBe('');
@@ -133,6 +143,7 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
     expect(await sha256(image)).toBe(before);
     expect(await qemusOfThisTest()).toEqual([]);
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    for (const dir of Object.values(cgroups)) await expect(stat(dir)).rejects.toThrow(/ENOENT/);
     // qemu left nothing running as its uid (its release would have had to kill it, saying so).
     expect(logged.join('')).not.toContain('still running as uid');
     // Its uid is free again once qemu is gone: the next boot may claim it.

@@ -1,4 +1,5 @@
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AGENT_DIR, AGENT_UNIT, agentScript, agentUserData, EMERGENCY_UNIT, installAgent } from '../../src/boot/agent.js';
@@ -291,6 +292,22 @@ describe('boot: the console log is bounded', () => {
     log.write(Buffer.from('kernel\n'));
     log.close();
     expect(await readFile(join(dir, 'console.log'), 'utf8')).toBe('firmware\nkernel\n');
+    await rm(dir, { recursive: true });
+  });
+  test('what was at its name is never written through: a link, a hard link to another file, a FIFO are replaced by a new file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'console-'));
+    const precious = join(dir, 'precious');
+    await writeFile(precious, 'precious\n');
+    for (const plant of [() => symlink(precious, join(dir, 'console.log')), () => link(precious, join(dir, 'console.log')), () => execa('mkfifo', [join(dir, 'console.log')])]) {
+      await rm(join(dir, 'console.log'), { force: true });
+      await plant();
+      const log = new ConsoleLog(join(dir, 'console.log'), { maxBytes: 1000, endBytes: 100 });
+      log.write(Buffer.from('ssh-ed25519 AAAA guest\n'));
+      log.close();
+      expect((await lstat(join(dir, 'console.log'))).isFile()).toBe(true);
+      expect(await readFile(join(dir, 'console.log'), 'utf8')).toBe('ssh-ed25519 AAAA guest\n');
+      expect(await readFile(precious, 'utf8')).toBe('precious\n');
+    }
     await rm(dir, { recursive: true });
   });
   test('a flood keeps its beginning and its end, says how much was dropped between, and never grows past the limit', async () => {

@@ -350,7 +350,7 @@ describe('guest-fs is the only way the host opens a guest file', () => {
       ...Object.fromEntries(['chmod', 'chown', 'copyFile', 'mkdir', 'writeFile'].map((name) => [name, "the VM's directory in the private work directory (seed, firmware variables, overlay); guest files only through guest-fs"])),
     },
     'src/boot/channel.ts': { chmod: 'our own listening sockets' },
-    'src/boot/console.ts': Object.fromEntries(['openSync', 'fstatSync', 'ftruncateSync', 'writeSync', 'closeSync'].map((name) => [name, 'console.log in the results directory the caller named'])),
+    'src/boot/console.ts': Object.fromEntries(['rmSync', 'openSync', 'writeSync', 'closeSync'].map((name) => [name, 'console.log in the results directory (ours: ensurePrivateDir), made new'])),
     'src/boot/kvm.ts': Object.fromEntries(['mkdir', 'readFile', 'writeFile'].map((name) => [name, "the KVM verdict in the host's cache directory"])),
     'src/steps/copy.ts': Object.fromEntries(['statSync', 'readdir', 'stat'].map((name) => [name, "the recipe's host sources (confined to its directory by host-inputs.ts); the guest side through guest-fs"])),
     'src/steps/host-inputs.ts': Object.fromEntries(['lstatSync', 'realpathSync', 'readdir', 'stat'].map((name) => [name, "the recipe's host inputs, resolved and confined to the recipe's directory"])),

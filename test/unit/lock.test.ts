@@ -3,7 +3,7 @@ import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from '
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { acquireLock, kernelIdentity, type LockOptions } from '../../src/util/lock.js';
+import { acquireLock, checkResultsDir, ensurePrivateDir, kernelIdentity, RESULTS_DIR_HINT, type LockOptions } from '../../src/util/lock.js';
 import { createLogger } from '../../src/util/log.js';
 import { REPO } from '../helpers/host.js';
 import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
@@ -175,6 +175,32 @@ describe('lock files another user cannot plant', () => {
     await chmod(sticky, 0o1777);
   });
   afterEach(() => rm(sticky, { recursive: true, force: true }));
+
+  test('a results directory (readable): made 0755; an existing one of ours used as it is, /tmp-like ones included; one another user made, or others may write without the sticky bit, refused', async () => {
+    const made = join(sticky, 'results');
+    await ensurePrivateDir(made, undefined, { purpose: 'write test results in', readable: true, hint: RESULTS_DIR_HINT });
+    expect((await lstat(made)).mode & 0o7777).toBe(0o755);
+    // The parent itself (ours, 1777, as /tmp is root's): neither refused nor made private.
+    await ensurePrivateDir(sticky, undefined, { purpose: 'write test results in', readable: true });
+    expect((await lstat(sticky)).mode & 0o7777).toBe(0o1777);
+    const open = join(sticky, 'open');
+    await mkdir(open);
+    await chmod(open, 0o777);
+    await expect(ensurePrivateDir(open, undefined, { purpose: 'write test results in', readable: true, hint: RESULTS_DIR_HINT })).rejects.toMatchObject({
+      code: 'ENVIRONMENT',
+      message: `refusing to write test results in ${open}: others may write it (mode 777, no sticky bit) and swap what is written there`,
+      hint: RESULTS_DIR_HINT,
+    });
+    expect((await lstat(open)).mode & 0o7777).toBe(0o777);
+    const theirs = join(sticky, 'node.qcow2.test');
+    await asNobody('mkdir', theirs);
+    expect(() => checkResultsDir(theirs)).toThrow(`refusing to write test results in ${theirs}: it belongs to uid 65534, not to this user (uid 0)`);
+    expect(() => checkResultsDir(open)).toThrow('others may write it');
+    await asNobody('ln', '-s', '/root', join(sticky, 'linked.test'));
+    expect(() => checkResultsDir(join(sticky, 'linked.test'))).toThrow('it is a symbolic link');
+    expect(() => checkResultsDir(join(sticky, 'not-yet.test'))).not.toThrow();
+    expect(() => checkResultsDir(made)).not.toThrow();
+  });
 
   test("a cache reached through the user's own symlink (~/.cache on another disk) is fine: only who may write where it leads counts", async () => {
     await mkdir(join(sticky, 'real'), { mode: 0o700 });
