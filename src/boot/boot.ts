@@ -343,7 +343,7 @@ export async function bootAndRun(context: BootContext, image: string, options: B
   const consoleSocket = join(socketDir, 'console.sock');
   // qemu runs as a uid of its own: it writes the overlay and the variable store; the rest (seed, kernel) it only
   // reads. Claimed before qemu starts, so released after it is gone.
-  const qemuUid = await claimBoxUid(run, context.cleanup, log, `qemu booting ${basename(image)}`);
+  const qemuUid = await claimBoxUid(run, context.cleanup, log, `qemu booting ${basename(image)}`, { signal: context.signal });
   for (const path of [overlay, uefiVars]) if (path) await chown(path, qemuUid, qemuUid);
   const memoryMiB = options.memoryMiB ?? 1024;
   const inBox = (path: string) => join(dirname(path) === vmDir ? VM_DIR_IN_BOX : SOCKET_DIR_IN_BOX, basename(path));

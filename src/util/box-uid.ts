@@ -42,7 +42,7 @@ const LOOKUP_TIMEOUT_MS = 10_000;
  * the spot, so it must be claimed before the process that runs as it is started (and is released after it). Its
  * release first kills whatever still runs as it (a child the process left, which no death signal reaches), so
  * the next holder starts alone. Where this user namespace maps no uid of the range (a rootless container), nobody
- * (SANDBOX_ID), as before, said once.
+ * (SANDBOX_ID), as before, said so.
  */
 export async function claimBoxUid(run: Runner, cleanup: CleanupStack, log: Logger, purpose: string, options: BoxUidOptions = {}): Promise<number> {
   const { first, count } = options.range ?? BOX_UIDS;
