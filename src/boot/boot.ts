@@ -495,10 +495,10 @@ const diskFull = (maxDiskBytes: number) =>
  * entered through /proc from it, nor it from them) with no capability (no_new_privs, the bounding set empty) in a
  * box of its own (util/unprivileged.ts: its own mount, PID, network and IPC namespaces; the host's /usr read-only,
  * the VM's directory, our sockets and, for KVM, /dev/kvm with its group; no descriptor of ours but the image's:
- * Node's spawn passes only those it is given), under qemu's own seccomp filter. Every file it may write is bounded
- * (RLIMIT_FSIZE; see DISK_WATCH_MS), and so are its threads and processes (RLIMIT_NPROC, which counts its uid's
- * alone); its output goes through a pipe into a bounded log; no core dump. It dies with us: the box with its
- * parent, and its PID namespace with it.
+ * Node's spawn passes only those it is given), under our seccomp filter and qemu's own. Every file it may write is
+ * bounded (RLIMIT_FSIZE; see DISK_WATCH_MS), and so are its threads and processes (RLIMIT_NPROC, which counts its
+ * uid's alone) and, from outside the box, its memory (qemuCgroups); its output goes through a pipe into a bounded
+ * log; no core dump. It dies with us: the box with its parent, and its PID namespace with it.
  */
 async function qemuBox(qemu: string, args: string[], options: { vmDir: string; socketDir: string; accel: Accel; maxDiskBytes: number; uid: number; seccompFile?: string }): Promise<[string, string[]]> {
   await requireBoxedTool(qemu, 'booting the image');
