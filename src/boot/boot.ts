@@ -527,7 +527,11 @@ async function qemuCgroups(context: BootContext, memoryMiB: number): Promise<Cgr
   try {
     return await makeCgroups(name, { memoryBytes: qemuMemoryBytes(memoryMiB), pids: QEMU_MAX_TASKS }, context.cleanup, context.log);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EROFS') throw error;
+    if ((error as NodeJS.ErrnoException).code !== 'EROFS') {
+      throw new ImageBuilderError('COMMAND_FAILED', `cannot make qemu's cgroup for its memory and tasks limits: ${errorMessage(error)}`, {
+        hint: 'imagebuilder runs as root on a host with the memory and pids cgroup controllers (cgroup v2, or v1 memory and pids hierarchies)',
+      });
+    }
     context.log.warn('boot: qemu runs without a memory limit of its own: /sys/fs/cgroup is read-only here');
     return [];
   }

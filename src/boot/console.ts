@@ -1,4 +1,6 @@
 import { closeSync, constants, openSync, rmSync, writeSync } from 'node:fs';
+import { ImageBuilderError } from '../util/errors.js';
+import { RESULTS_DIR_HINT } from '../util/lock.js';
 import { listenForQemu, type QemuConnection } from './channel.js';
 
 /** The most of a guest's console kept on disk: its beginning, and its end (the part that shows why it stopped). */
@@ -33,8 +35,13 @@ export class ConsoleLog {
     this.headBytes = maxBytes - this.endBytes;
     // A new file of ours, never what was at that name (a link, a FIFO, a hard link to another file, which
     // O_NOFOLLOW would not see): the guest decides what is written.
-    rmSync(path, { force: true });
-    this.fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+    try {
+      rmSync(path, { force: true });
+      this.fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+    } catch (error) {
+      // Another user made something there again (in a sticky results directory such as /tmp) or a directory is there.
+      throw new ImageBuilderError('ENVIRONMENT', `cannot write the console log ${path}: ${(error as Error).message}`, { hint: RESULTS_DIR_HINT });
+    }
   }
 
   write(chunk: Buffer): void {

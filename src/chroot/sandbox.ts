@@ -472,7 +472,8 @@ export function inCgroups(cgroups: Cgroup[], [file, args]: [string, string[]]): 
   if (!cgroups.length) return [file, args];
   return ['/bin/sh', ['-c', JOIN_CGROUPS, 'join-cgroups', ...cgroups.map((cgroup) => join(cgroup.dir, 'cgroup.procs')), '--', file, ...args]];
 }
-const JOIN_CGROUPS = ['while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'exec "$@"'].join('\n');
+// A cgroup not joined is said (on the program's stderr) and nothing runs: never the program without its limits.
+const JOIN_CGROUPS = ['while [ "$1" != -- ]; do echo $$ > "$1" || { echo "imagebuilder: could not join the cgroup $1" >&2; exit 125; }; shift; done; shift', 'exec "$@"'].join('\n');
 
 /** Joins the cgroups named before `--`, opens the seccomp program (first argument) as fd 3, execs the rest. */
 const ENTER_SANDBOX = ['seccomp=$1; shift', 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'if [ -n "$seccomp" ]; then exec "$@" 3<"$seccomp"; fi', 'exec "$@"'].join('\n');

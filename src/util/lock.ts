@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants, lstatSync, readFileSync, type Stats } from 'node:fs';
+import { constants, lstatSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { chmod, link, lstat, mkdir, open, readlink, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
-import { ImageBuilderError } from './errors.js';
+import { errorMessage, ImageBuilderError } from './errors.js';
 import { sleep } from './fs.js';
 import type { Logger } from './log.js';
 
@@ -146,8 +146,15 @@ function directoryProblem(info: Stats, readable?: boolean): string | undefined {
  * at the build's end: one another user made at `OUTPUT.test` fails the build now, not after it.
  */
 export function checkResultsDir(dir: string): void {
-  const info = lstatSync(dir, { throwIfNoEntry: false });
-  const problem = info && directoryProblem(info, true);
+  let problem: string | undefined;
+  try {
+    const parent = statSync(dirname(dir), { throwIfNoEntry: false });
+    if (parent && (parent.mode & 0o002) !== 0 && (parent.mode & 0o1000) === 0) problem = `its parent ${dirname(dir)} is writable by every user (mode ${(parent.mode & 0o7777).toString(8)}, no sticky bit)`;
+    const info = lstatSync(dir, { throwIfNoEntry: false });
+    problem ??= info && directoryProblem(info, true);
+  } catch (error) {
+    problem = errorMessage(error);
+  }
   if (problem) throw new ImageBuilderError('ENVIRONMENT', `refusing to write test results in ${dir}: ${problem}`, { hint: RESULTS_DIR_HINT });
 }
 

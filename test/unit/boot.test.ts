@@ -7,6 +7,7 @@ import { makeIso } from '../../src/boot/iso9660.js';
 import { connect } from 'node:net';
 import { CHANNEL_NAME, parseReport, readChannel } from '../../src/boot/channel.js';
 import { ConsoleLog } from '../../src/boot/console.js';
+import { inCgroups } from '../../src/chroot/sandbox.js';
 import { hasEsp, machineFor, PARTITION_TABLE_BYTES, qemuArgs, type MachineSpec } from '../../src/boot/firmware.js';
 import { PROBE_EXIT_STATUS, probeBootSector } from '../../src/boot/kvm.js';
 
@@ -310,6 +311,12 @@ describe('boot: the console log is bounded', () => {
     }
     await rm(dir, { recursive: true });
   });
+  test('a directory at its name is an error naming the results directory, not a raw EISDIR', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'console-'));
+    await mkdir(join(dir, 'console.log'));
+    expect(() => new ConsoleLog(join(dir, 'console.log'))).toThrow(expect.objectContaining({ code: 'ENVIRONMENT', message: expect.stringContaining(`cannot write the console log ${join(dir, 'console.log')}`) }));
+    await rm(dir, { recursive: true });
+  });
   test('a flood keeps its beginning and its end, says how much was dropped between, and never grows past the limit', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'console-'));
     const log = new ConsoleLog(join(dir, 'console.log'), { maxBytes: 1000, endBytes: 100 });
@@ -326,5 +333,15 @@ describe('boot: the console log is bounded', () => {
     expect(Number(marker![1])).toBe(total - 1000);
     expect(Buffer.byteLength(text) - marker![0].length).toBe(1000);
     await rm(dir, { recursive: true });
+  });
+});
+
+describe('boot: qemu joins its cgroup first', () => {
+  test('a cgroup that cannot be joined stops it, said on stderr (exit 125): never run without its limits', async () => {
+    const [file, args] = inCgroups([{ dir: '/nonexistent-cgroup', counters: async () => ({ oomKills: 0, pidsRefused: 0 }) }], ['echo', ['ran']]);
+    const result = await execa(file, args, { reject: false });
+    expect([result.exitCode, result.stdout]).toEqual([125, '']);
+    expect(result.stderr).toMatch(/\nimagebuilder: could not join the cgroup \/nonexistent-cgroup\/cgroup\.procs$/);
+    expect(inCgroups([], ['echo', ['ran']])).toEqual(['echo', ['ran']]);
   });
 });

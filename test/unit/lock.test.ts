@@ -200,6 +200,8 @@ describe('lock files another user cannot plant', () => {
     expect(() => checkResultsDir(join(sticky, 'linked.test'))).toThrow('it is a symbolic link');
     expect(() => checkResultsDir(join(sticky, 'not-yet.test'))).not.toThrow();
     expect(() => checkResultsDir(made)).not.toThrow();
+    // Inside a directory every user may write without the sticky bit: refused before the build, as at its end.
+    expect(() => checkResultsDir(join(open, 'results'))).toThrow(`refusing to write test results in ${join(open, 'results')}: its parent ${open} is writable by every user (mode 777, no sticky bit)`);
   });
 
   test("a cache reached through the user's own symlink (~/.cache on another disk) is fine: only who may write where it leads counts", async () => {
