@@ -2,7 +2,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import { hashFile, type HashAlgorithm } from '../util/digest.js';
-import { NotRegularFile, openRegularFile } from '../util/fs.js';
+import { FileTooLarge, NotRegularFile, readRegularFile } from '../util/fs.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
@@ -156,21 +156,17 @@ function localLocation(imageFile: string): SumsLocation {
 
 /** A sums or signature file beside a local image: undefined when absent; refused when not a regular file or larger than `maxBytes`. */
 async function readSumsFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
-  // A link to a file is followed: users keep their images and sums so.
-  const opened = await openRegularFile(path, { follow: true }).catch((error: unknown) => {
-    if (!(error instanceof NotRegularFile)) throw error;
-    if (error.isDirectory) return undefined;
-    throw new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
-  });
-  if (!opened) return undefined;
-  const { handle, size } = opened;
+  const hint = 'remove it, or give the sum with --checksum sha256:HEX';
   try {
-    if (size > maxBytes) throw new ImageBuilderError('BAD_INPUT', `${path} is ${size} bytes, more than a sums or signature file's ${maxBytes}`, { hint: 'remove it, or give the sum with --checksum sha256:HEX' });
-    const data = Buffer.alloc(size);
-    const { bytesRead } = await handle.read(data, 0, size, 0);
-    return data.subarray(0, bytesRead);
-  } finally {
-    await handle.close();
+    // A link to a file is followed: users keep their images and sums so.
+    return await readRegularFile(path, { follow: true, maxBytes });
+  } catch (error) {
+    if (error instanceof NotRegularFile) {
+      if (error.isDirectory) return undefined;
+      throw new ImageBuilderError('BAD_INPUT', `${path} is not a regular file (a FIFO, socket or device), so it is not read as a sums file`, { hint });
+    }
+    if (error instanceof FileTooLarge) throw new ImageBuilderError('BAD_INPUT', `${path} is ${error.size} bytes, more than a sums or signature file's ${maxBytes}`, { hint });
+    throw error;
   }
 }
 

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { lstat, open } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { writeGceTar, writeOva, type ApplianceSource } from '../image/appliance.js';
 import { fatFreeRanges } from '../image/fat.js';
@@ -9,7 +9,7 @@ import { convertImage, outputFormatOptions, type ImageFormat } from '../image/qe
 import { blockDeviceBytes, type BlockFilesystem } from '../mount/block.js';
 import type { GuestLayout, GuestMount } from '../mount/layout.js';
 import type { Runner } from '../util/exec.js';
-import { NotRegularFile, openRegularFile, writeFileAtomic } from '../util/fs.js';
+import { FileTooLarge, NotRegularFile, readRegularFile, writeFileAtomic } from '../util/fs.js';
 import { runWithTcgFallback } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
 import { formatBytes } from '../util/size.js';
@@ -46,18 +46,12 @@ async function readOwnSums(path: string, log?: Logger): Promise<string> {
     log?.warn(`${path} ${why}: replaced by a new sums file holding this build's outputs only`);
     return '';
   };
-  const opened = await openRegularFile(path, { follow: false }).catch((error: unknown) => {
-    if (error instanceof NotRegularFile) return undefined;
-    throw error;
-  });
-  if (opened === undefined) return (await lstat(path).catch(() => undefined)) ? replaced('is not a regular file (a link, FIFO, socket, device or directory)') : '';
   try {
-    if (opened.size > MAX_SUMS_BYTES) return replaced(`is ${opened.size} bytes, more than a sums file's ${MAX_SUMS_BYTES}`);
-    const data = Buffer.alloc(opened.size);
-    const { bytesRead } = await opened.handle.read(data, 0, opened.size, 0);
-    return data.subarray(0, bytesRead).toString('utf8');
-  } finally {
-    await opened.handle.close();
+    return (await readRegularFile(path, { follow: false, maxBytes: MAX_SUMS_BYTES }))?.toString('utf8') ?? '';
+  } catch (error) {
+    if (error instanceof NotRegularFile) return replaced('is not a regular file (a link, FIFO, socket, device or directory)');
+    if (error instanceof FileTooLarge) return replaced(`is ${error.size} bytes, more than a sums file's ${MAX_SUMS_BYTES}`);
+    throw error;
   }
 }
 

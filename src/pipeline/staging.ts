@@ -2,6 +2,7 @@ import { statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { noteHolding } from '../util/build-record.js';
+import { othersMayRename } from '../util/fs.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { BuildContext } from './context.js';
 
@@ -25,7 +26,7 @@ export function checkOutputDirectory(outputDir: string): void {
   if (!info?.isDirectory()) {
     throw new ImageBuilderError('BAD_INPUT', `the output's directory ${outputDir} ${info ? 'is not a directory' : 'does not exist'}`, { hint: 'create it, or name an output in an existing directory (--output)' });
   }
-  if ((info.mode & 0o002) !== 0 && (info.mode & 0o1000) === 0) {
+  if (othersMayRename(info.mode)) {
     throw new ImageBuilderError('BAD_INPUT', `refusing to write into ${outputDir}: every user may write it and it has no sticky bit, so another could replace what is written there`, {
       hint: `write the output elsewhere, or chmod +t ${outputDir}`,
     });

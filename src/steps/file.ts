@@ -4,7 +4,7 @@ import { writeGuestFile } from '../chroot/guest-write.js';
 import { renderTemplate } from '../util/template.js';
 import { sha256Text } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { NotRegularFile, readRegularFileSync } from '../util/fs.js';
+import { FileTooLarge, NotRegularFile, readRegularFileSync } from '../util/fs.js';
 import { confinedHostPath } from './host-inputs.js';
 import { defineStep, type StepEnvironment } from './types.js';
 
@@ -42,7 +42,7 @@ function fileContent(spec: FileSpec, environment: StepEnvironment): { content?: 
     bytes = readRegularFileSync(hostPath, MAX_FILE_SOURCE_BYTES);
   } catch (error) {
     if (error instanceof NotRegularFile) return { problems: [`${what} ${hostPath} is not a regular file (a directory, FIFO, socket or device): name a file`] };
-    if (error instanceof RangeError) return { problems: [`${what} ${hostPath} is larger than a file step takes (${MAX_FILE_SOURCE_BYTES / 2 ** 20} MiB, read into memory): use a copy step for it`] };
+    if (error instanceof FileTooLarge) return { problems: [`${what} ${hostPath} is larger than a file step takes (${MAX_FILE_SOURCE_BYTES / 2 ** 20} MiB, read into memory): use a copy step for it`] };
     return { problems: [`cannot read ${what} ${hostPath}: ${(error as NodeJS.ErrnoException).code}; host paths are relative to the recipe`] };
   }
   if (!bytes) return { problems: [`cannot read ${what} ${hostPath}: ENOENT; host paths are relative to the recipe`] };

@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import { Type, type Static } from '@sinclair/typebox';
 import { Dictionary, OneOf } from '../util/json-schema.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { NotRegularFile, readRegularFileSync } from '../util/fs.js';
+import { FileTooLarge, NotRegularFile, readRegularFileSync } from '../util/fs.js';
 import { defineStep } from './types.js';
 import { confinedHostPath, hostTreeDigest } from './host-inputs.js';
 
@@ -59,7 +59,7 @@ export const runStep = defineStep({
       try {
         bytes = readRegularFileSync(path, MAX_SCRIPT_FILE_BYTES);
       } catch (error) {
-        const why = error instanceof NotRegularFile ? 'not a regular file' : error instanceof RangeError ? `larger than ${MAX_SCRIPT_FILE_BYTES / 2 ** 20} MiB` : ((error as NodeJS.ErrnoException).code ?? (error as Error).message);
+        const why = error instanceof NotRegularFile ? 'not a regular file' : error instanceof FileTooLarge ? `larger than ${MAX_SCRIPT_FILE_BYTES / 2 ** 20} MiB` : ((error as NodeJS.ErrnoException).code ?? (error as Error).message);
         throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ${why}`);
       }
       if (!bytes) throw new ImageBuilderError('BAD_RECIPE', `${context.label}: cannot read script file ${path}: ENOENT`);

@@ -116,10 +116,27 @@ export async function writeJsonAtomic(path: string, value: unknown, options: { m
 }
 
 /**
+ * The whole regular file at `path` (openRegularFile's rules), at most `maxBytes` of it: undefined when nothing is
+ * there; NotRegularFile for anything else; FileTooLarge past `maxBytes`, read no further.
+ */
+export async function readRegularFile(path: string, options: { follow: boolean; maxBytes: number }): Promise<Buffer | undefined> {
+  const opened = await openRegularFile(path, { follow: options.follow });
+  if (!opened) return undefined;
+  try {
+    if (opened.size > options.maxBytes) throw new FileTooLarge(path, opened.size, options.maxBytes);
+    const data = Buffer.alloc(opened.size);
+    const { bytesRead } = await opened.handle.read(data, 0, opened.size, 0);
+    return data.subarray(0, bytesRead);
+  } finally {
+    await opened.handle.close();
+  }
+}
+
+/**
  * openRegularFile's rules, synchronously, for checks that cannot wait (a recipe's validation): the whole regular
  * file `path` leads to, at most `maxBytes` of it. Undefined when nothing is there; NotRegularFile for a FIFO,
- * socket, device or directory (never opened: a FIFO would block the whole process, signals included); a
- * RangeError past `maxBytes` (read only that far: a growing file is not followed).
+ * socket, device or directory (never opened: a FIFO would block the whole process, signals included);
+ * FileTooLarge past `maxBytes` (read only that far: a growing file is not followed).
  */
 export function readRegularFileSync(path: string, maxBytes: number): Buffer | undefined {
   const seen = statSync(path, { throwIfNoEntry: false });
@@ -129,7 +146,7 @@ export function readRegularFileSync(path: string, maxBytes: number): Buffer | un
   try {
     const info = fstatSync(fd);
     if (!info.isFile() || info.dev !== seen.dev || info.ino !== seen.ino) throw new NotRegularFile(path, info.isDirectory());
-    if (info.size > maxBytes) throw new RangeError(`${path} is ${info.size} bytes, more than ${maxBytes}`);
+    if (info.size > maxBytes) throw new FileTooLarge(path, info.size, maxBytes);
     const buffer = Buffer.alloc(info.size);
     let filled = 0;
     while (filled < buffer.length) {
@@ -140,6 +157,20 @@ export function readRegularFileSync(path: string, maxBytes: number): Buffer | un
     return buffer.subarray(0, filled);
   } finally {
     closeSync(fd);
+  }
+}
+
+/**
+ * Whether users other than a directory's owner may rename or remove what is in it, given its mode: when `who` may
+ * write it (every user, 0o002, unless another mask is given) and it has no sticky bit. Such a directory's entries,
+ * ours included, can be swapped for links between our check and our use.
+ */
+export const othersMayRename = (mode: number, who = 0o002): boolean => (mode & who) !== 0 && (mode & 0o1000) === 0;
+
+/** What readRegularFile and readRegularFileSync refuse: a regular file larger than the caller's bound. */
+export class FileTooLarge extends Error {
+  constructor(readonly path: string, readonly size: number, readonly maxBytes: number) {
+    super(`${path} is ${size} bytes, more than ${maxBytes}`);
   }
 }
 

@@ -5,7 +5,7 @@ import { chmod, link, lstat, mkdir, open, readlink, stat, unlink, type FileHandl
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { errorMessage, ImageBuilderError } from './errors.js';
-import { sleep } from './fs.js';
+import { othersMayRename, sleep } from './fs.js';
 import type { Logger } from './log.js';
 
 /**
@@ -108,14 +108,12 @@ export const RESULTS_DIR_HINT = "name a results directory of this user's own (or
 export async function ensurePrivateDir(dir: string, log?: Logger, options: { purpose?: string; readable?: boolean; hint?: string } = {}): Promise<void> {
   const parent = dirname(dir);
   await mkdir(parent, { recursive: true });
-  const refuse = (why: string, hint = 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again') =>
+  const refuse = (why: string, hint = PLANTED_HINT) =>
     new ImageBuilderError('ENVIRONMENT', `refusing to ${options.purpose ?? 'keep locks in'} ${dir}: ${why}`, { hint: options.hint ?? hint });
   // Followed: a parent that is a symlink (~/.cache on another disk) is the user's own doing; what counts is
   // who may write the directory it leads to.
-  const parentInfo = await stat(parent);
-  if ((parentInfo.mode & 0o002) !== 0 && (parentInfo.mode & 0o1000) === 0) {
-    throw refuse(`its parent ${parent} is writable by every user (mode ${(parentInfo.mode & 0o7777).toString(8)}, no sticky bit)`);
-  }
+  const parentProblem = openParentProblem(parent, await stat(parent));
+  if (parentProblem) throw refuse(parentProblem);
   await mkdir(dir, { mode: options.readable ? 0o755 : 0o700 }).catch((error) => {
     if (errnoOf(error) !== 'EEXIST') throw error;
   });
@@ -123,7 +121,7 @@ export async function ensurePrivateDir(dir: string, log?: Logger, options: { pur
   if (info.isSymbolicLink()) throw refuse(`it is a symbolic link (to ${await readlink(dir).catch(() => '?')})`);
   const problem = directoryProblem(info, options.readable);
   // root's own directory on an NFS export that squashes root looks like nobody's.
-  if (problem) throw refuse(problem, info.isDirectory() && info.uid !== euid() ? 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again; on NFS with root_squash, export it with no_root_squash or give each host its own cache' : undefined);
+  if (problem) throw refuse(problem, info.isDirectory() && info.uid !== euid() ? `${PLANTED_HINT}; on NFS with root_squash, export it with no_root_squash or give each host its own cache` : undefined);
   if (options.readable) return;
   if ((info.mode & 0o077) !== 0) {
     // Ours, so in a sticky or private parent nobody else can replace it between the lstat and the chmod.
@@ -132,12 +130,19 @@ export async function ensurePrivateDir(dir: string, log?: Logger, options: { pur
   }
 }
 
+const PLANTED_HINT = 'another user may have planted it to make imagebuilder follow or trust it: check what it is, remove it as root, and run again';
+
+/** Why a directory's parent lets every user swap it for another after it is checked, if it does. */
+function openParentProblem(parent: string, info: Stats | undefined): string | undefined {
+  return info && othersMayRename(info.mode) ? `its parent ${parent} is writable by every user (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit)` : undefined;
+}
+
 /** Why an existing directory (lstat-ed: a link is not one) is not ours to use as ensurePrivateDir's, if it is not. */
 function directoryProblem(info: Stats, readable?: boolean): string | undefined {
   if (info.isSymbolicLink()) return 'it is a symbolic link';
   if (!info.isDirectory()) return 'it is not a directory';
   if (info.uid !== euid()) return `it belongs to uid ${info.uid}, not to this user (uid ${euid()})`;
-  if (readable && (info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) return `others may write it (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit) and swap what is written there`;
+  if (readable && othersMayRename(info.mode, 0o022)) return `others may write it (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit) and swap what is written there`;
   return undefined;
 }
 
@@ -148,8 +153,7 @@ function directoryProblem(info: Stats, readable?: boolean): string | undefined {
 export function checkResultsDir(dir: string): void {
   let problem: string | undefined;
   try {
-    const parent = statSync(dirname(dir), { throwIfNoEntry: false });
-    if (parent && (parent.mode & 0o002) !== 0 && (parent.mode & 0o1000) === 0) problem = `its parent ${dirname(dir)} is writable by every user (mode ${(parent.mode & 0o7777).toString(8)}, no sticky bit)`;
+    problem = openParentProblem(dirname(dir), statSync(dirname(dir), { throwIfNoEntry: false }));
     const info = lstatSync(dir, { throwIfNoEntry: false });
     problem ??= info && directoryProblem(info, true);
   } catch (error) {
