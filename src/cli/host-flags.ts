@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { Flags } from '@oclif/core';
 import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { ensureCacheDir } from '../util/lock.js';
 import { DEFAULT_RUN_DIR, defaultCacheDir, defaultWorkDir, type HostPaths } from '../util/paths.js';
 
 /**
@@ -50,9 +51,17 @@ export function mountBackendOf(flags: { 'mount-backend': string; untrusted?: boo
 /**
  * Where this host keeps things, read once here: the flags (oclif has already read IMAGEBUILDER_CACHE and
  * IMAGEBUILDER_WORK_DIR into them), then XDG_CACHE_HOME and IMAGEBUILDER_RUN_DIR, which have no flag. The
- * library is only ever passed these; it reads no environment for them.
+ * library is only ever passed these; it reads no environment for them. The cache directory is made, or refused
+ * when another user may have written it (ensureCacheDir), before anything in it is used.
  */
 export function hostPaths(flags: { cache?: string; 'work-dir'?: string }, env: NodeJS.ProcessEnv = process.env): HostPaths {
+  const paths = locateHostPaths(flags, env);
+  ensureCacheDir(paths.cacheDir);
+  return paths;
+}
+
+/** hostPaths without making or checking the cache directory: doctor reports what is wrong with it instead. */
+export function locateHostPaths(flags: { cache?: string; 'work-dir'?: string }, env: NodeJS.ProcessEnv = process.env): HostPaths {
   return {
     cacheDir: flags.cache ?? (env.XDG_CACHE_HOME ? join(env.XDG_CACHE_HOME, 'imagebuilder') : defaultCacheDir()),
     workDir: flags['work-dir'] ?? defaultWorkDir(),

@@ -5,7 +5,7 @@ import { hostProbes, runDoctor, type DoctorCheck, type DoctorReport } from '../h
 import { EXIT_CODES } from '../util/errors.js';
 import { execRunner } from '../util/exec.js';
 import { createLogger } from '../util/log.js';
-import { hostPaths } from '../cli/host-flags.js';
+import { locateHostPaths } from '../cli/host-flags.js';
 
 const LABELS: Record<DoctorCheck['status'], string> = { ok: 'OK', degraded: 'DEGRADED', missing: 'MISSING', unknown: 'UNKNOWN' };
 
@@ -25,7 +25,7 @@ export default class Doctor extends BaseCommand {
     const { flags } = await this.parse(Doctor);
     const log = createLogger({ level: flags.json ? 'warn' : 'info' });
     // Doctor has no --cache or --work-dir: it checks where the variables (or the defaults) put them.
-    const paths = hostPaths({ cache: process.env.IMAGEBUILDER_CACHE, 'work-dir': process.env.IMAGEBUILDER_WORK_DIR });
+    const paths = locateHostPaths({ cache: process.env.IMAGEBUILDER_CACHE, 'work-dir': process.env.IMAGEBUILDER_WORK_DIR });
     const report = await runDoctor(hostProbes(execRunner, log, paths.cacheDir), { workDir: paths.workDir, cacheDir: paths.cacheDir, probeLibguestfs: flags['probe-libguestfs'], builds: () => findBuilds([paths.workDir], paths.runDir) });
     if (flags.json) this.log(JSON.stringify(report, null, 2));
     else this.log(renderReport(report));

@@ -3,13 +3,14 @@ import { release } from 'node:os';
 import { dirname } from 'node:path';
 import { findEmulator, REAL_HOST } from '../chroot/emulation.js';
 import { ARCHITECTURES, programArchitecture } from '../util/architecture.js';
-import { isImageBuilderError } from '../util/errors.js';
+import { errorMessage, isImageBuilderError } from '../util/errors.js';
 import type { ExecResult, Runner } from '../util/exec.js';
 import { exists, which } from '../util/fs.js';
 import { cachedKvmVerdict, kvmVerdictFile, probeKvm, probeTcg, type KvmVerdict } from '../util/libguestfs.js';
 import type { Logger } from '../util/log.js';
 import type { FoundBuild } from './reap.js';
 import { HOST_TOOLS } from '../util/tools.js';
+import { CACHE_DIR_HINT, cacheDirProblem } from '../util/lock.js';
 
 /**
  * `imagebuilder doctor`: what this host can do, and for each gap what it costs and how to close it.
@@ -52,6 +53,8 @@ export interface HostProbes {
   listDir(path: string): Promise<string[] | undefined>;
   /** Free bytes for unprivileged writers on the filesystem that holds `path`, and the directory measured. */
   freeSpace(path: string): Promise<{ bytes: number; measured: string } | undefined>;
+  /** Why builds would refuse the cache directory (another user may write it), if they would (lock.ts cacheDirProblem). */
+  cacheDirProblem(dir: string): string | undefined;
   run: Runner;
   cachedKvmVerdict(): Promise<KvmVerdict | undefined>;
   kvmVerdictFile(): string;
@@ -94,6 +97,7 @@ export async function runDoctor(probes: HostProbes, options: DoctorOptions): Pro
     await checkLibguestfs(probes, options.probeLibguestfs ?? false),
     await checkSpace(probes, 'space-work', 'work dir space', options.workDir, WORK_SPACE.recommended, WORK_SPACE.minimum),
     await checkSpace(probes, 'space-cache', 'cache dir space', options.cacheDir, CACHE_SPACE.recommended),
+    checkCacheDir(probes, options.cacheDir),
     ...(await checkTools(probes)),
     ...(options.builds ? [checkDeadBuilds(await options.builds())] : []),
   ];
@@ -285,6 +289,18 @@ async function checkSpace(probes: HostProbes, id: string, name: string, dir: str
   return { id, name, status: 'ok', required, found };
 }
 
+function checkCacheDir(probes: HostProbes, dir: string): DoctorCheck {
+  const base = { id: 'cache-dir', name: 'cache dir owner', required: true };
+  let problem: string | undefined;
+  try {
+    problem = probes.cacheDirProblem(dir);
+  } catch (error) {
+    problem = errorMessage(error);
+  }
+  if (!problem) return { ...base, status: 'ok', found: `${dir}: this user's own, or made so by the first build` };
+  return { ...base, status: 'missing', found: `${dir}: ${problem}`, cost: 'every command that uses the cache refuses it: another user could have planted images or layers there', fix: CACHE_DIR_HINT };
+}
+
 async function checkTools(probes: HostProbes): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
   for (const [tool, entry] of Object.entries(HOST_TOOLS)) {
@@ -319,6 +335,7 @@ export function hostProbes(run: Runner, log: Logger, cacheDir: string): HostProb
         if (dir === dirname(dir)) return undefined;
       }
     },
+    cacheDirProblem,
     run,
     cachedKvmVerdict: () => cachedKvmVerdict(cacheDir),
     kvmVerdictFile: () => kvmVerdictFile(cacheDir),

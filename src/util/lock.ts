@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants, lstatSync, readFileSync, statSync, type Stats } from 'node:fs';
+import { constants, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { chmod, link, lstat, mkdir, open, readlink, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
@@ -160,6 +160,55 @@ export function checkResultsDir(dir: string): void {
     problem = errorMessage(error);
   }
   if (problem) throw new ImageBuilderError('ENVIRONMENT', `refusing to write test results in ${dir}: ${problem}`, { hint: RESULTS_DIR_HINT });
+}
+
+/** What to do when the cache directory is refused. */
+export const CACHE_DIR_HINT =
+  "use a cache directory of this user's own that no one else may write (chmod go-w it, or point --cache / IMAGEBUILDER_CACHE elsewhere; a directory that does not exist yet is made private)";
+
+/**
+ * The cache directory, made (0700) when it is missing, or refused when another user may have put anything in
+ * it. Everything under it is trusted: a cached image is used as verified, a layer is replayed into the output,
+ * tmp/ is removed recursively. So it must be ours and written by no one else, each entry at its top ours and
+ * (a directory) written by no one else, and its parent must not let others swap it. A symlink at its name (a
+ * cache on a bigger disk) is followed only if it is ours. Never chmod-ed: it may be a directory the user shares.
+ */
+export function ensureCacheDir(dir: string): void {
+  mkdirSync(dirname(dir), { recursive: true });
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+  } catch (error) {
+    if (errnoOf(error) !== 'EEXIST') throw error;
+  }
+  const problem = cacheDirProblem(dir);
+  if (problem) throw new ImageBuilderError('ENVIRONMENT', `refusing to use the cache directory ${dir}: ${problem}`, { hint: CACHE_DIR_HINT });
+}
+
+/** Why `dir` may not be trusted as the cache directory, if it may not (ensureCacheDir's rules; doctor reports them). */
+export function cacheDirProblem(dir: string): string | undefined {
+  const link = lstatSync(dir, { throwIfNoEntry: false });
+  if (!link) return undefined;
+  if (link.isSymbolicLink() && link.uid !== euid()) return `it is a symbolic link (to ${readlinkSync(dir)}) that uid ${link.uid} made, not this user`;
+  const real = realpathSync(dir);
+  for (const parent of new Set([dirname(dir), dirname(real)])) {
+    const problem = openParentProblem(parent, statSync(parent, { throwIfNoEntry: false }));
+    if (problem) return problem;
+  }
+  const own = (path: string, info: Stats): string | undefined => {
+    if (info.uid !== euid()) return `${path} belongs to uid ${info.uid}, not to this user (uid ${euid()})`;
+    if (info.isDirectory() && (info.mode & 0o022) !== 0) return `${path} may be written by its group or others (mode ${(info.mode & 0o7777).toString(8)})`;
+    return undefined;
+  };
+  const info = statSync(real);
+  if (!info.isDirectory()) return 'it is not a directory';
+  const top = own(real, info);
+  if (top) return top;
+  for (const name of readdirSync(real)) {
+    const entry = lstatSync(`${real}/${name}`, { throwIfNoEntry: false });
+    const problem = entry && own(`${real}/${name}`, entry);
+    if (problem) return problem;
+  }
+  return undefined;
 }
 
 /**

@@ -107,21 +107,26 @@ describe('a hostile server or cache cannot make fetch hang, fill the disk, or wr
     expect(await cachedImages()).toEqual([sha256(image)]);
   }, 45000);
 
-  test('a locks directory another user planted as a symlink in a shared cache is refused; nothing is written through it', async () => {
+  test('a cache shared the way /tmp is (1777), where another user planted locks/ as a symlink, is refused; nothing is written through it', async () => {
     const host = await snapshotHost();
-    // A cache shared the way /tmp is (1777): anyone may create entries, only in their own name.
+    // Anyone may create entries there, only in their own name: the images, layers and tmp/ in it could be theirs.
     await chmod(cache, 0o1777);
     await chmod(work, 0o755);
     await asNobody('ln', '-s', host.canaryDir, join(cache, 'locks'));
     server.serve('/planted-dir/small.qcow2', { kind: 'file', data: image });
     const result = await fetchCli([`${server.url}/planted-dir/small.qcow2`, '--checksum', `sha256:${sha256(image)}`]);
-    expect(result.stderr).toContain(`error [ENVIRONMENT]: refusing to keep locks in ${join(cache, 'locks')}: it is a symbolic link (to ${host.canaryDir})`);
+    expect(result.stderr).toContain(`error [ENVIRONMENT]: refusing to use the cache directory ${cache}: ${cache} may be written by its group or others (mode 1777)`);
     expect(result.exitCode).toBe(5);
+    // Made ours alone, the symlink another user left at locks/ is still refused.
+    await chmod(cache, 0o755);
+    const again = await fetchCli([`${server.url}/planted-dir/small.qcow2`, '--checksum', `sha256:${sha256(image)}`]);
+    expect(again.stderr).toContain(`error [ENVIRONMENT]: refusing to use the cache directory ${cache}: ${join(cache, 'locks')} belongs to uid 65534, not to this user (uid 0)`);
+    expect(again.exitCode).toBe(5);
     expect(server.sent('/planted-dir/small.qcow2')).toBe(0);
     await expectCanaryUntouched(host);
   }, 120000);
 
-  test('a symlink another user planted as the lock file in a cache left open to all is removed unfollowed; the fetch works and locks/ becomes private', async () => {
+  test('a cache whose locks/ was left open to all is refused; once closed, the symlink another user planted as the lock file is removed unfollowed and the fetch works', async () => {
     const host = await snapshotHost();
     const url = `${server.url}/planted-lock/small.qcow2`;
     server.serve('/planted-lock/small.qcow2', { kind: 'file', data: image });
@@ -130,8 +135,14 @@ describe('a hostile server or cache cannot make fetch hang, fill the disk, or wr
     await mkdir(join(cache, 'locks'));
     await chmod(join(cache, 'locks'), 0o777);
     await asNobody('ln', '-s', host.canaryFile, join(cache, 'locks', `${sha256(url)}.lock`));
+    // Refused while locks/ is open to all (never chmod-ed for the user: the cache may be shared on purpose)…
+    const refused = await fetchCli([url, '--checksum', `sha256:${sha256(image)}`]);
+    expect(refused.stderr).toContain(`refusing to use the cache directory ${cache}: ${join(cache, 'locks')} may be written by its group or others (mode 777)`);
+    expect(refused.exitCode).toBe(5);
+    expect(server.sent('/planted-lock/small.qcow2')).toBe(0);
+    // …and once the user has closed it as the hint says, what the other user planted in it is removed unfollowed.
+    await chmod(join(cache, 'locks'), 0o700);
     const result = await fetchCli([url, '--checksum', `sha256:${sha256(image)}`]);
-    expect(result.stderr).toContain(`${join(cache, 'locks')} was mode 777, open to other users: made it private (0700)`);
     expect(result.stderr).toContain('is a symbolic link, not a lock file of imagebuilder: removing it (never following it)');
     expect(result.exitCode).toBe(0);
     expect((await lstat(join(cache, 'locks'))).mode & 0o777).toBe(0o700);

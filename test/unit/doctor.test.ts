@@ -23,6 +23,7 @@ function stagedHost(overrides: {
   dirs?: Record<string, string[]>;
   missingTools?: string[];
   freeBytes?: Record<string, number>;
+  cacheDirProblem?: string;
   answer?: (call: RecordedCall) => Partial<ExecResult> | undefined;
   kvmVerdict?: 'works' | 'broken';
   probedKvm?: 'works' | 'broken';
@@ -56,6 +57,7 @@ function stagedHost(overrides: {
     readText: async (path) => files[path],
     listDir: async (path) => dirs[path],
     freeSpace: async (path) => ({ bytes: overrides.freeBytes?.[path] ?? 50 * GiB, measured: path }),
+    cacheDirProblem: (dir) => (dir === '/cache' ? overrides.cacheDirProblem : 'not the cache directory doctor was given'),
     run,
     cachedKvmVerdict: async () => overrides.kvmVerdict,
     kvmVerdictFile: () => '/cache/libguestfs-kvm-6.1.0-test',
@@ -218,6 +220,16 @@ describe('imagebuilder doctor: verdicts', () => {
     const low = await runDoctor(stagedHost({ freeBytes: { '/var/tmp': 6 * GiB } }).probes, options);
     expect(byId(low.checks, 'space-work').status).toBe('degraded');
     expect(low.ready).toBe(true);
+  });
+
+  test("a cache directory another user may write: required, with the fix; an unreadable one says why", async () => {
+    const report = await runDoctor(stagedHost({ cacheDirProblem: 'it belongs to uid 1000, not to this user (uid 0)' }).probes, options);
+    expect(byId(report.checks, 'cache-dir')).toMatchObject({ status: 'missing', required: true, found: '/cache: it belongs to uid 1000, not to this user (uid 0)' });
+    expect(byId(report.checks, 'cache-dir').fix).toMatch(/chmod go-w/);
+    expect(report.ready).toBe(false);
+    const probes = stagedHost().probes;
+    const broken = await runDoctor({ ...probes, cacheDirProblem: () => { throw new Error('EACCES: permission denied'); } }, options);
+    expect(byId(broken.checks, 'cache-dir')).toMatchObject({ status: 'missing', found: '/cache: EACCES: permission denied' });
   });
 
   test('tools: a missing required tool fails the report with its package; a missing optional one does not', async () => {

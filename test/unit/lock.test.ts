@@ -3,7 +3,7 @@ import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from '
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { acquireLock, checkResultsDir, ensurePrivateDir, kernelIdentity, RESULTS_DIR_HINT, type LockOptions } from '../../src/util/lock.js';
+import { acquireLock, cacheDirProblem, checkResultsDir, ensureCacheDir, ensurePrivateDir, kernelIdentity, RESULTS_DIR_HINT, type LockOptions } from '../../src/util/lock.js';
 import { createLogger } from '../../src/util/log.js';
 import { REPO } from '../helpers/host.js';
 import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
@@ -202,6 +202,62 @@ describe('lock files another user cannot plant', () => {
     expect(() => checkResultsDir(made)).not.toThrow();
     // Inside a directory every user may write without the sticky bit: refused before the build, as at its end.
     expect(() => checkResultsDir(join(open, 'results'))).toThrow(`refusing to write test results in ${join(open, 'results')}: its parent ${open} is writable by every user (mode 777, no sticky bit)`);
+  });
+
+  test("the cache directory: made private; ours used as it is; another user's, one others may write, or one holding another user's entry refused, never chmod-ed", async () => {
+    const made = join(sticky, 'new-cache');
+    ensureCacheDir(made);
+    expect((await lstat(made)).mode & 0o7777).toBe(0o700);
+    await mkdir(join(made, 'layers'));
+    await writeFile(join(made, 'libguestfs-kvm-6.1'), 'works');
+    expect(() => ensureCacheDir(made)).not.toThrow();
+    const refusal = (dir: string, why: string) => `refusing to use the cache directory ${dir}: ${why}`;
+
+    // An entry at its top that another user owns (planted while the directory was open to them): the images,
+    // layers or tmp/ it holds are theirs to fake.
+    await execa('chown', ['65534', join(made, 'layers')]);
+    expect(() => ensureCacheDir(made)).toThrow(refusal(made, `${join(made, 'layers')} belongs to uid 65534, not to this user (uid 0)`));
+    await execa('chown', ['0', join(made, 'layers')]);
+    await chmod(join(made, 'layers'), 0o777);
+    expect(() => ensureCacheDir(made)).toThrow(`${join(made, 'layers')} may be written by its group or others (mode 777)`);
+    await chmod(join(made, 'layers'), 0o755);
+    await execa('chown', ['65534', join(made, 'libguestfs-kvm-6.1')]);
+    expect(() => ensureCacheDir(made)).toThrow('belongs to uid 65534');
+    await execa('chown', ['0', join(made, 'libguestfs-kvm-6.1')]);
+
+    // Open to the group: refused with the fix, and left as it was (it may be shared on purpose).
+    await chmod(made, 0o775);
+    const error = (() => {
+      try {
+        ensureCacheDir(made);
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toMatchObject({ code: 'ENVIRONMENT', message: refusal(made, `${made} may be written by its group or others (mode 775)`) });
+    expect((error as { hint: string }).hint).toMatch(/chmod go-w/);
+    expect((await lstat(made)).mode & 0o7777).toBe(0o775);
+    await chmod(made, 0o755);
+
+    // Another user's directory, made first where the cache goes (a sticky /tmp): refused, nothing made in it.
+    const theirs = join(sticky, 'their-cache');
+    await asNobody('mkdir', '-m', '0755', theirs);
+    expect(() => ensureCacheDir(theirs)).toThrow(refusal(theirs, `${theirs} belongs to uid 65534, not to this user (uid 0)`));
+    // Their symlink to a directory of ours (root-owned /etc, say): refused, not followed.
+    await asNobody('ln', '-s', made, join(sticky, 'linked-cache'));
+    expect(() => ensureCacheDir(join(sticky, 'linked-cache'))).toThrow(`it is a symbolic link (to ${made}) that uid 65534 made, not this user`);
+    // Our own link (a cache on a bigger disk) is followed; where it leads must not be swappable by others.
+    await execa('ln', ['-s', made, join(sticky, 'our-link')]);
+    expect(() => ensureCacheDir(join(sticky, 'our-link'))).not.toThrow();
+    const open = join(sticky, 'open');
+    await mkdir(join(open, 'cache'), { recursive: true, mode: 0o700 });
+    await chmod(open, 0o777);
+    expect(() => ensureCacheDir(join(open, 'cache'))).toThrow(`its parent ${open} is writable by every user (mode 777, no sticky bit)`);
+    await execa('ln', ['-s', join(open, 'cache'), join(sticky, 'link-to-open')]);
+    expect(cacheDirProblem(join(sticky, 'link-to-open'))).toBe(`its parent ${open} is writable by every user (mode 777, no sticky bit)`);
+    await writeFile(join(sticky, 'a-file'), '');
+    expect(cacheDirProblem(join(sticky, 'a-file'))).toBe('it is not a directory');
+    expect(cacheDirProblem(join(sticky, 'not-yet'))).toBeUndefined();
   });
 
   test("a cache reached through the user's own symlink (~/.cache on another disk) is fine: only who may write where it leads counts", async () => {
