@@ -1,10 +1,10 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { lstat, realpath, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { buildTime, IN_IMAGE_BOM_PATH, WORK_RECORD_PATH, writeBomIntoImage } from '../bom/in-image.js';
 import { detectDistro } from '../distro/families.js';
 import { readOsRelease } from '../distro/os-release.js';
 import { sha256File } from '../util/digest.js';
-import { renameOver } from '../util/fs.js';
+import { othersMayRename, readRegularFile, renameOver } from '../util/fs.js';
 import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-img.js';
 import { isDiskImageFormat } from '../image/formats.js';
 import type { MountBackendName } from '../mount/backend.js';
@@ -77,23 +77,48 @@ export interface WorkImageResult {
 /** Where a kept work directory says how to resume it. */
 const RESUME_FILE = 'resume.json';
 
+/**
+ * What a kept work directory says to resume from, believed only of a directory that is ours and no one else's
+ * (as a build makes it: 0700, in a parent no one else may swap it in), read without following links, and naming
+ * as its layer store only its own `layers/` or the cache's: layers are replayed into the guest and their store
+ * written, so a work directory another user could write, or one pointing elsewhere, would choose both.
+ */
+async function readResumeNote(dir: string, cacheDir: string): Promise<{ store: string; baseSha256: string }> {
+  const refuse = (why: string) =>
+    new ImageBuilderError('BAD_INPUT', `refusing to resume from ${dir}: ${why}`, { hint: 'resume only from a work directory a failed `imagebuilder apply --keep-work-dir` of this user printed, where it left it; or build without --resume' });
+  const uid = process.geteuid?.() ?? 0;
+  const info = await lstat(dir).catch(() => undefined);
+  if (!info) throw refuse('it does not exist');
+  if (!info.isDirectory()) throw refuse(info.isSymbolicLink() ? 'it is a symbolic link' : 'it is not a directory');
+  if (info.uid !== uid) throw refuse(`it belongs to uid ${info.uid}, not to this user (uid ${uid})`);
+  if ((info.mode & 0o077) !== 0) throw refuse(`others may enter or write it (mode ${(info.mode & 0o7777).toString(8)}; a build makes it 0700)`);
+  const parent = await stat(dirname(resolve(dir)));
+  if (othersMayRename(parent.mode)) throw refuse(`its parent ${dirname(resolve(dir))} is writable by every user without the sticky bit`);
+  const text = await readRegularFile(join(dir, RESUME_FILE), { follow: false, maxBytes: 64 << 10 }).catch(() => undefined);
+  const note = ((): { store: string; baseSha256: string } | undefined => {
+    try {
+      const parsed = JSON.parse(text?.toString('utf8') ?? 'null') as { store?: unknown; baseSha256?: unknown } | null;
+      return typeof parsed?.store === 'string' && typeof parsed.baseSha256 === 'string' ? { store: parsed.store, baseSha256: parsed.baseSha256 } : undefined;
+    } catch {
+      return undefined;
+    }
+  })();
+  if (!note) {
+    throw new ImageBuilderError('BAD_INPUT', `${dir} is not a work directory kept by a failed build (no ${RESUME_FILE})`, {
+      hint: 'a failed `imagebuilder apply --keep-work-dir` prints the directory to resume from',
+    });
+  }
+  const real = (path: string) => realpath(path).catch(() => undefined);
+  const store = await real(note.store);
+  const allowed = await Promise.all([join(dir, 'layers'), layerStoreDir(cacheDir)].map(real));
+  if (!store || !allowed.includes(store)) throw refuse(`its ${RESUME_FILE} names ${note.store} as its layer store, which is neither its own layers/ nor the cache's`);
+  return note;
+}
+
 /** Where phase 1's layers live: a resumed work dir's store, the shared cache, or (kept for --resume) the work dir. */
 async function layerStoreFor(context: BuildContext, options: ApplyOptions, input: VerifiedImage): Promise<LayerStore | undefined> {
   if (options.resume) {
-    const text = await readFile(join(options.resume, RESUME_FILE), 'utf8').catch(() => 'null');
-    const note = ((): { store: string; baseSha256: string } | undefined => {
-      try {
-        const parsed = JSON.parse(text) as { store?: unknown; baseSha256?: unknown } | null;
-        return typeof parsed?.store === 'string' && typeof parsed.baseSha256 === 'string' ? { store: parsed.store, baseSha256: parsed.baseSha256 } : undefined;
-      } catch {
-        return undefined;
-      }
-    })();
-    if (!note) {
-      throw new ImageBuilderError('BAD_INPUT', `${options.resume} is not a work directory kept by a failed build (no ${RESUME_FILE})`, {
-        hint: 'a failed `imagebuilder apply --keep-work-dir` prints the directory to resume from',
-      });
-    }
+    const note = await readResumeNote(options.resume, context.cacheDir);
     if (note.baseSha256 !== input.sha256) {
       throw new ImageBuilderError('BAD_INPUT', `${options.resume} was a build of another base image (sha256 ${note.baseSha256.slice(0, 12)}…, this one is ${input.sha256.slice(0, 12)}…)`, {
         hint: 'resume with the same --disk-image, or build without --resume',

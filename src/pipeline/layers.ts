@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, lstat, mkdir, readdir, readFile, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BomStep } from '../util/step-record.js';
 import { sha256Text } from '../util/digest.js';
 import type { InstalledPackage } from '../pkg/types.js';
 import type { RecipeStep } from '../recipe/load.js';
 import type { RecordedFile, RecordedImage, RecordedUnit, StepCacheInputs } from '../steps/types.js';
-import { writeJsonAtomic } from '../util/fs.js';
+import { readRegularFile, writeJsonAtomic } from '../util/fs.js';
 import { openFilePaths } from '../util/processes.js';
 import { TOOL_VERSION } from '../version.js';
 
@@ -94,6 +94,9 @@ export async function stepKeys(baseSha256: string, steps: RecipeStep[], variable
 /** The step cache's layers in a cache directory. */
 export const layerStoreDir = (cacheDir: string) => join(cacheDir, 'layers');
 
+/** A layer record: a regular file at its name (a link or FIFO there is not one), far below this bound. */
+const readRecordFile = (path: string) => readRegularFile(path, { follow: false, maxBytes: 1 << 20 });
+
 export class LayerStore {
   constructor(readonly dir: string) {}
 
@@ -101,11 +104,11 @@ export class LayerStore {
 
   async read(key: string): Promise<LayerRecord | undefined> {
     try {
-      const record = JSON.parse(await readFile(this.recordPath(key), 'utf8')) as LayerRecord;
-      if (record.layerVersion !== 2 || record.key !== key) return undefined;
+      const record = JSON.parse((await readRecordFile(this.recordPath(key)))?.toString('utf8') ?? 'null') as LayerRecord | null;
+      if (record?.layerVersion !== 2 || record.key !== key) return undefined;
       // Only names this store gives its files: a record naming ../x would have prune remove x.
       if ([record.image, record.backing].some((name) => name !== undefined && !LAYER_IMAGE.test(name))) return undefined;
-      if (record.image && !(await stat(join(this.dir, record.image)).catch(() => undefined))) return undefined;
+      if (record.image && !(await lstat(join(this.dir, record.image)).catch(() => undefined))?.isFile()) return undefined;
       return record;
     } catch {
       return undefined;
@@ -146,7 +149,12 @@ export class LayerStore {
     const replaced = (await this.read(record.key))?.image;
     if (record.image) await chmod(join(this.dir, record.image), 0o444);
     await writeJsonAtomic(this.recordPath(record.key), record);
-    if (replaced && replaced !== record.image && LAYER_IMAGE.test(replaced)) await writeFile(join(this.dir, `${replaced}${REPLACED_SUFFIX}`), '');
+    if (replaced && replaced !== record.image && LAYER_IMAGE.test(replaced)) {
+      // Made new (O_EXCL): whatever was at the marker's name, a link included, is removed, never written through.
+      const marker = join(this.dir, `${replaced}${REPLACED_SUFFIX}`);
+      await rm(marker, { force: true });
+      await writeFile(marker, '', { flag: 'wx' });
+    }
   }
 
   /**
@@ -158,7 +166,9 @@ export class LayerStore {
     let complete = true;
     for (const name of (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'))) {
       try {
-        const image = (JSON.parse(await readFile(join(this.dir, name), 'utf8')) as { image?: unknown }).image;
+        const text = await readRecordFile(join(this.dir, name));
+        if (!text) continue; // removed meanwhile
+        const image = (JSON.parse(text.toString('utf8')) as { image?: unknown }).image;
         if (typeof image === 'string') names.add(image);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') complete = false; // ENOENT: removed meanwhile
@@ -240,8 +250,8 @@ export class LayerStore {
     for (const name of names.filter((n) => n.endsWith('.json'))) {
       const record = await this.read(name.slice(0, -'.json'.length));
       if (!record) continue;
-      const info = await stat(this.recordPath(record.key));
-      const image = record.image ? await stat(join(this.dir, record.image)) : undefined;
+      const info = await lstat(this.recordPath(record.key));
+      const image = record.image ? await lstat(join(this.dir, record.image)) : undefined;
       records.push({ ...record, lastUsedAt: info.mtime.toISOString(), diskBytes: (image?.blocks ?? 0) * 512 });
     }
     return { records: records.sort((a, b) => Date.parse(b.lastUsedAt) - Date.parse(a.lastUsedAt)) };

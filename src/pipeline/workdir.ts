@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { reapDeadBuilds, WORK_DIR_PREFIX } from '../host/reap.js';
 import { currentOwner, RECORD_FILE, registerBuild, unregisterBuild, writeRecord } from '../util/build-record.js';
 import type { CleanupStack } from '../util/cleanup.js';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
+import { othersMayRename } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { mountsUnder } from '../util/mounts.js';
 import { defaultWorkDir } from '../util/paths.js';
@@ -25,6 +26,14 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
   await reapDeadBuilds({ run: options.run ?? execRunner, log, workDirParents: [parent], runDir }).catch((error: unknown) => {
     log.warn(`could not look for builds killed earlier: ${errorMessage(error)} (imagebuilder cleanup tries again)`);
   });
+  // Everything a build writes by path goes in its work directory: in a parent every user may write without the
+  // sticky bit, another could rename it away and put a tree of links in its place.
+  const parentInfo = await stat(parent).catch(() => undefined);
+  if (parentInfo && othersMayRename(parentInfo.mode)) {
+    throw new ImageBuilderError('BAD_INPUT', `refusing to make a work directory in ${parent}: every user may write it and it has no sticky bit, so another could replace the work directory`, {
+      hint: `give a directory only this user may write with --work-dir or IMAGEBUILDER_WORK_DIR, or chmod +t ${parent}`,
+    });
+  }
   const id = randomBytes(8).toString('hex');
   const dir = join(parent, `${WORK_DIR_PREFIX}${id}`);
   const owner = currentOwner();

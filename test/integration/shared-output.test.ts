@@ -71,7 +71,41 @@ describe('an output directory other users may write', () => {
     expect((await lstat(join(shared, 'SHA256SUMS'))).isFile()).toBe(true);
   }, 300_000);
 
-  test('every user may write it and it has no sticky bit: refused before anything is mounted', async () => {
+  test("a cache directory another user made, or holding their entries, is refused by every command before anything in it is read", async () => {
+    const shared = join(work, 'caches');
+    await mkdir(shared);
+    await chmod(shared, 0o1777);
+    // Another user's cache where ours was going to be, with a FIFO among its records (cache list would hang on it).
+    const theirs = join(shared, 'cache');
+    await asNobody('mkdir', '-p', join(theirs, 'urls'));
+    await asNobody('mkfifo', join(theirs, 'urls', `${'0'.repeat(64)}.json`));
+    const refusal = `refusing to use the cache directory ${theirs}: ${theirs} belongs to uid 65534, not to this user (uid 0)`;
+    const listed = await runCli(['cache', 'list'], { env: { ...env(), IMAGEBUILDER_CACHE: theirs } });
+    expect(listed.exitCode).toBe(5);
+    expect(listed.stderr).toContain(refusal);
+    const output = join(work, 'cached.qcow2');
+    const applied = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'none'], { env: { ...env(), IMAGEBUILDER_CACHE: theirs, IMAGEBUILDER_NO_CACHE: '' } });
+    expect(applied.exitCode).toBe(5);
+    expect(applied.stderr).toContain(refusal);
+    expect(applied.stderr).not.toContain('mount backend');
+    expect(await readdir(work)).not.toContain('cached.qcow2');
+    // Ours, but with a layer store another user put in it while it was open to them.
+    const ours = join(shared, 'ours');
+    await mkdir(ours, { mode: 0o700 });
+    await asNobody('mkdir', join(shared, 'their-layers'));
+    await execa('mv', [join(shared, 'their-layers'), join(ours, 'layers')]);
+    const planted = await runCli(['cache', 'prune', '--all'], { env: { ...env(), IMAGEBUILDER_CACHE: ours } });
+    expect(planted.exitCode).toBe(5);
+    expect(planted.stderr).toContain(`refusing to use the cache directory ${ours}: ${join(ours, 'layers')} belongs to uid 65534, not to this user (uid 0)`);
+    expect(await readdir(join(ours, 'layers'))).toEqual([]);
+    // A cache directory that does not exist yet is made, ours alone.
+    const fresh = join(shared, 'fresh');
+    expect((await runCli(['cache', 'list'], { env: { ...env(), IMAGEBUILDER_CACHE: fresh } })).exitCode).toBe(0);
+    expect((await lstat(fresh)).mode & 0o7777).toBe(0o700);
+    expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+  }, 120_000);
+
+  test('every user may write it and it has no sticky bit (the output directory or the work directory): refused before anything is mounted', async () => {
     const open = join(work, 'open');
     await mkdir(open);
     await chmod(open, 0o777);
@@ -83,6 +117,15 @@ describe('an output directory other users may write', () => {
     const missing = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'no-such-dir', 'node.qcow2')], { env: env() });
     expect(missing.exitCode).toBe(2);
     expect(missing.stderr).toContain(`the output's directory ${join(work, 'no-such-dir')} does not exist`);
+    // The same for where the work directory goes: everything a build writes by path is in it.
+    const openWork = join(work, 'open-work');
+    await mkdir(openWork);
+    await chmod(openWork, 0o777);
+    const refusedWork = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'from-open-work.qcow2'), '--sparsify', 'none'], { env: { IMAGEBUILDER_WORK_DIR: openWork } });
+    expect(refusedWork.exitCode).toBe(2);
+    expect(refusedWork.stderr).toContain(`refusing to make a work directory in ${openWork}: every user may write it and it has no sticky bit, so another could replace the work directory`);
+    expect(await readdir(openWork)).toEqual([]);
+    expect(await readdir(work)).not.toContain('from-open-work.qcow2');
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
   }, 120_000);
 });

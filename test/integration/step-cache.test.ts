@@ -1,4 +1,4 @@
-import { access, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, utimes, writeFile } from 'node:fs/promises';
+import { access, chmod, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fixtureImage } from '../helpers/fixtures.js';
@@ -266,6 +266,30 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     expect(JSON.parse(await readFile(join(kept!, 'resume.json'), 'utf8'))).toMatchObject({ store: join(kept!, 'layers') });
     await expectNothingLeft(before);
     await expect(access(join(work, 'resumed.qcow2'))).rejects.toThrow();
+
+    // A work directory is believed only while it is ours alone, as the build made it, and only for its own
+    // layers or the cache's: its layers are replayed into the guest and its store is written.
+    const resumeFrom = (dir: string) =>
+      runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'resumed.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify', '--resume', dir], { env: resumeEnv });
+    const refusedWith = async (dir: string, why: string) => {
+      const refused = await resumeFrom(dir);
+      expect({ exitCode: refused.exitCode, refusal: refused.stderr.includes(why) ? why : refused.stderr }).toEqual({ exitCode: 2, refusal: why });
+    };
+    await chmod(kept!, 0o755);
+    await refusedWith(kept!, `refusing to resume from ${kept}: others may enter or write it (mode 755; a build makes it 0700)`);
+    await chmod(kept!, 0o700);
+    const crafted = await mkdtemp(join(tmp, 'crafted-'));
+    const elsewhere = await mkdtemp(join(work, 'elsewhere-'));
+    await writeFile(join(crafted, 'resume.json'), JSON.stringify({ store: elsewhere, baseSha256: '0'.repeat(64) }));
+    await refusedWith(crafted, `refusing to resume from ${crafted}: its resume.json names ${elsewhere} as its layer store, which is neither its own layers/ nor the cache's`);
+    await execa('chown', ['65534', crafted]);
+    await refusedWith(crafted, `refusing to resume from ${crafted}: it belongs to uid 65534, not to this user (uid 0)`);
+    const linked = await mkdtemp(join(tmp, 'linked-'));
+    await symlink(join(kept!, 'resume.json'), join(linked, 'resume.json'));
+    await refusedWith(linked, `${linked} is not a work directory kept by a failed build (no resume.json)`);
+    await rm(crafted, { recursive: true });
+    await rm(linked, { recursive: true });
+    await expectNothingLeft(before);
 
     await writeRecipe(work, 'resumable', steps({ name: 'fixed', run: 'touch /etc/kubernetes-ready' }));
     const resumed = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'resumed.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify', '--resume', kept!], { env: resumeEnv });

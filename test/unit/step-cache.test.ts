@@ -1,6 +1,7 @@
-import { mkdtemp, open, rm, stat, utimes, writeFile, chmod, mkdir } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, open, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { execa } from 'execa';
 import { parseRecipe } from '../../src/recipe/load.js';
 import { canonicalJson, LayerStore, pruneLayers, stepKeys, type LayerRecord } from '../../src/pipeline/layers.js';
 
@@ -182,6 +183,42 @@ describe('layer store', () => {
     // A record whose image is gone breaks the chain there.
     await rm(images[1]);
     expect((await store.longestPrefix(keys, () => false)).map((r) => r.key)).toEqual(['k1', 'k2']);
+  });
+
+  test("links, FIFOs and directories in the store are never followed, opened or written through: not records, not layers, not markers", async () => {
+    const store = new LayerStore(dir);
+    const canary = join(await mkdtemp('/var/tmp/ib-layer-canary-'), 'secret');
+    await writeFile(canary, 'root only\n');
+    try {
+      const [old, fresh] = [await store.newImage(), await store.newImage()];
+      for (const image of [old, fresh]) await writeFile(image, 'qcow2');
+      const name = (path: string) => path.split('/').pop()!;
+      await store.commit(record('k-old', undefined, name(old)));
+      // The marker's name leads to the canary: replacing the record makes the marker new, the canary untouched.
+      await symlink(canary, `${old}.replaced`);
+      await store.commit(record('k-old', undefined, name(fresh)));
+      expect(await readFile(canary, 'utf8')).toBe('root only\n');
+      expect((await lstat(`${old}.replaced`)).isFile()).toBe(true);
+      // A record that is a link to a record, or a FIFO (read, it would hang), is no record.
+      await symlink(join(dir, 'k-old.json'), join(dir, 'k-link.json'));
+      await execa('mkfifo', [join(dir, 'k-fifo.json')]);
+      expect(await store.read('k-link')).toBeUndefined();
+      expect(await store.read('k-fifo')).toBeUndefined();
+      // A record whose layer is a link (to any qcow2 on the host) or a directory names no layer.
+      const linked = join(dir, 'layer-0123456789ab.qcow2');
+      await symlink(canary, linked);
+      await writeFile(join(dir, 'k-linked.json'), JSON.stringify(record('k-linked', undefined, name(linked))));
+      expect(await store.read('k-linked')).toBeUndefined();
+      // And prune, finding records it cannot read (the FIFO, the link), takes nothing for unused; without them, the replaced layer.
+      const later = Date.now() + 48 * 3600 * 1000;
+      expect(await store.removeOrphans({ now: later, dryRun: true })).toEqual({ files: 0, bytes: 0 });
+      await rm(join(dir, 'k-fifo.json'));
+      expect(await store.removeOrphans({ now: later, dryRun: true })).toEqual({ files: 0, bytes: 0 });
+      await rm(join(dir, 'k-link.json'));
+      expect((await store.removeOrphans({ now: later, dryRun: true })).files).toBe(1);
+    } finally {
+      await rm(dirname(canary), { recursive: true, force: true });
+    }
   });
 
   test('a step run again (--refresh): its old layer goes a day later, never while open or named; prune takes unnamed ours only', async () => {
