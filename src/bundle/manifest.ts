@@ -3,10 +3,13 @@
  * the URL it came from, and the recipe variables the bundle was made for. `apply --bundle` verifies it before
  * anything runs: a missing or altered file, or a path that leaves the bundle, is VERIFY_FAILED (exit 3).
  */
-import { readFile, writeFile, lstat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { writeFile, lstat } from 'node:fs/promises';
 import { isAbsolute, join, normalize, sep } from 'node:path';
 import { ImageBuilderError } from '../util/errors.js';
-import { sha256File, sha256Text } from '../util/digest.js';
+import { hashOpenFile, sha256File, sha256Text } from '../util/digest.js';
+import { openRegularFile } from '../util/fs.js';
+import { openBeneath } from '../util/guest-fs.js';
 import { TOOL_VERSION } from '../version.js';
 import { IMAGE_FORMATS } from '../image/qemu-img.js';
 
@@ -124,10 +127,17 @@ async function lstatInside(dir: string, path: string) {
 export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFileKind[] } = {}): Promise<{ manifest: BundleManifest; sha256: string }> {
   let text: string;
   try {
-    const info = await lstat(join(dir, BUNDLE_MANIFEST));
-    if (!info.isFile()) throw new Error('not a regular file');
-    if (info.size > MAX_MANIFEST_BYTES) throw new Error(`${info.size} bytes, more than any bundle's (${MAX_MANIFEST_BYTES})`);
-    text = await readFile(join(dir, BUNDLE_MANIFEST), 'utf8');
+    // Opened once, not followed, never a FIFO: what was checked is what is read.
+    const opened = await openRegularFile(join(dir, BUNDLE_MANIFEST), { follow: false });
+    if (!opened) throw Object.assign(new Error('no such file'), { code: 'ENOENT' });
+    try {
+      if (opened.size > MAX_MANIFEST_BYTES) throw new Error(`${opened.size} bytes, more than any bundle's (${MAX_MANIFEST_BYTES})`);
+      const bytes = Buffer.alloc(opened.size);
+      const { bytesRead } = await opened.handle.read(bytes, 0, opened.size, 0);
+      text = bytes.subarray(0, bytesRead).toString('utf8');
+    } finally {
+      await opened.handle.close();
+    }
   } catch (error) {
     throw new ImageBuilderError('VERIFY_FAILED', `${join(dir, BUNDLE_MANIFEST)} cannot be read: ${(error as Error).message}`, { hint: 'give --bundle the directory (or .tar) `imagebuilder bundle` wrote' });
   }
@@ -146,7 +156,17 @@ export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFile
       if (!info.isFile()) { problems.push(`${path}: not a regular file`); continue; }
       if (info.size !== file.size) { problems.push(`${path}: size ${info.size}, manifest says ${file.size}`); continue; }
       if (options.sizeOnly?.includes(file.kind)) continue;
-      const actual = await sha256File(join(dir, path));
+      // Hashed through a descriptor opened one name at a time from the bundle's directory, none followed, and
+      // looked at before it is opened: a name swapped since the lstat for a link or a FIFO is refused, not waited on.
+      const handle = await openBeneath(dir, path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+      const actual = await (async () => {
+        try {
+          if (!(await handle.stat()).isFile()) return 'not a regular file';
+          return (await hashOpenFile(handle, ['sha256'])).sha256!;
+        } finally {
+          await handle.close();
+        }
+      })();
       if (actual !== file.sha256) problems.push(`${path}: sha256 ${actual}, manifest says ${file.sha256}`);
     } catch (error) {
       problems.push(`${path}: missing${(error as NodeJS.ErrnoException).code === 'ENOENT' ? '' : ` (${(error as Error).message})`}`);

@@ -1,18 +1,18 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { constants, createReadStream, createWriteStream } from 'node:fs';
 import { lstat, mkdir, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { detectCompression, isTarArchive } from '../fetch/decompress.js';
 import type { StepDownloads } from '../fetch/downloads.js';
 import type { StepHostFiles } from '../steps/types.js';
 import { APT_BUNDLE_GUEST_DIR, aptBundleSourceList, bundlePackages } from '../pkg/apt-bundle.js';
-import { openRegularFile } from '../util/fs.js';
 import { RPM_BUNDLE_GUEST_DIR, rpmBundlePackages, ZYPPER_REPOS_DIR, zypperBundleRepoFile } from '../pkg/rpm-bundle.js';
 import type { ServedRepository } from '../pkg/types.js';
 import { sha256File, sha256Text } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
+import { openBeneath } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 import { packFile } from '../util/tar-pack.js';
 import { BUNDLE_LAYOUT } from './collect.js';
@@ -121,30 +121,49 @@ export async function packBundle(dir: string, manifest: BundleManifest, partial:
 const changed = (file: BundleFile) => new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
 
 /**
- * A file of the bundle opened again where it is used: not through a link at its name, not a FIFO or device (a
- * directory bundle may sit on a share that changes under us), and still of the size the manifest gives.
+ * A file of the bundle opened again where it is used (a directory bundle may sit on a share that changes under
+ * us): one name at a time from the bundle's directory, none followed (a directory on the way swapped for a link
+ * to /dev is not stepped into), never a FIFO or device (looked at before it is opened), and still of the size
+ * the manifest gives. Its users read that many bytes and no more: what is appended later is not read.
  */
 async function openBundleFile(dir: string, file: BundleFile): Promise<FileHandle> {
-  const opened = await openRegularFile(join(dir, file.path), { follow: false }).catch(() => undefined);
-  if (opened?.size !== file.size) {
-    await opened?.handle.close();
+  const handle = await openBeneath(dir, file.path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
+  const info = await handle?.stat().catch(() => undefined);
+  if (!handle || !info?.isFile() || info.size !== file.size) {
+    await handle?.close();
     throw changed(file);
   }
-  return opened.handle;
+  return handle;
 }
 
-/** A file of the bundle, read again and checked against the manifest at the moment it is used. */
+/** A file of the bundle, read again (its manifest size, no more) and checked against the manifest at the moment it is used. */
 async function readChecked(dir: string, file: BundleFile): Promise<Buffer> {
   const handle = await openBundleFile(dir, file);
-  const bytes = await handle.readFile().finally(() => handle.close());
+  const bytes = Buffer.alloc(file.size);
+  try {
+    for (let at = 0; at < file.size; ) {
+      const { bytesRead } = await handle.read(bytes, at, file.size - at, at);
+      if (bytesRead === 0) throw changed(file);
+      at += bytesRead;
+    }
+  } finally {
+    await handle.close();
+  }
   if (sha256Text(bytes) !== file.sha256) throw changed(file);
   return bytes;
 }
 
-/** A file of the bundle copied to `to` (never over anything when `exclusive`) from the descriptor openBundleFile checked, then hashed there. */
+/** A file of the bundle copied to `to` (never over anything when `exclusive`) from the descriptor openBundleFile checked, its manifest size and no more, then hashed there. */
 async function copyBundleFile(dir: string, file: BundleFile, to: string, exclusive: boolean): Promise<void> {
   const handle = await openBundleFile(dir, file);
-  await pipeline(handle.createReadStream(), createWriteStream(to, { flags: exclusive ? 'wx' : 'w', mode: 0o644 }));
+  const target = createWriteStream(to, { flags: exclusive ? 'wx' : 'w', mode: 0o644 });
+  if (file.size === 0) {
+    await handle.close();
+    target.end();
+    await finished(target);
+  } else {
+    await pipeline(handle.createReadStream({ start: 0, end: file.size - 1 }), target);
+  }
   if ((await sha256File(to)) !== file.sha256) throw changed(file);
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { throwIfAborted } from './signals.js';
 
 /** The digests imagebuilder computes: sha256 everywhere, sha512 where a published sums file uses it. */
@@ -17,25 +17,30 @@ export async function sha256File(path: string, signal?: AbortSignal): Promise<st
  * a read stream spent ~140 ms in GC and ~120 ms waiting for reads, on top of the hash's own ~300 ms.
  */
 export async function hashFile(path: string, algorithms: readonly HashAlgorithm[], signal?: AbortSignal): Promise<Partial<Record<HashAlgorithm, string>>> {
-  const wanted = [...new Set(algorithms)];
-  const hashes = wanted.map((algorithm) => createHash(algorithm));
   throwIfAborted(signal);
   const file = await open(path, 'r');
   try {
-    const buffers = [Buffer.allocUnsafe(HASH_CHUNK_BYTES), Buffer.allocUnsafe(HASH_CHUNK_BYTES)];
-    let current = 0;
-    let reading = file.read(buffers[current], 0, HASH_CHUNK_BYTES, null);
-    for (;;) {
-      const { bytesRead } = await reading;
-      if (bytesRead === 0) break;
-      throwIfAborted(signal);
-      const chunk = buffers[current].subarray(0, bytesRead);
-      current ^= 1;
-      reading = file.read(buffers[current], 0, HASH_CHUNK_BYTES, null);
-      for (const hash of hashes) hash.update(chunk);
-    }
+    return await hashOpenFile(file, algorithms, signal);
   } finally {
     await file.close();
+  }
+}
+
+/** hashFile of a file just opened (and checked to be what it should be), from where it stands to its end. */
+export async function hashOpenFile(file: FileHandle, algorithms: readonly HashAlgorithm[], signal?: AbortSignal): Promise<Partial<Record<HashAlgorithm, string>>> {
+  const wanted = [...new Set(algorithms)];
+  const hashes = wanted.map((algorithm) => createHash(algorithm));
+  const buffers = [Buffer.allocUnsafe(HASH_CHUNK_BYTES), Buffer.allocUnsafe(HASH_CHUNK_BYTES)];
+  let current = 0;
+  let reading = file.read(buffers[current], 0, HASH_CHUNK_BYTES, null);
+  for (;;) {
+    const { bytesRead } = await reading;
+    if (bytesRead === 0) break;
+    throwIfAborted(signal);
+    const chunk = buffers[current].subarray(0, bytesRead);
+    current ^= 1;
+    reading = file.read(buffers[current], 0, HASH_CHUNK_BYTES, null);
+    for (const hash of hashes) hash.update(chunk);
   }
   return Object.fromEntries(wanted.map((algorithm, i) => [algorithm, hashes[i].digest('hex')]));
 }

@@ -65,6 +65,22 @@ describe('bundle archives', () => {
     await expect(stat('/tmp/escaped')).rejects.toThrow();
   });
 
+  test('a pax header that claims gigabytes (tar-stream would buffer it whole) is refused at its header, not read', async () => {
+    // One ustar header of type x (pax) whose size field says 8 GiB, followed by 64 MiB of it.
+    const header = Buffer.alloc(512);
+    header.write('PaxHeaders/bundle.json', 0);
+    for (const [at, field] of [[100, '0000644\0'], [108, '0000000\0'], [116, '0000000\0'], [124, '77777777777\0'], [136, '00000000000\0'], [257, 'ustar\0'], [263, '00']] as const) header.write(field, at);
+    header.write('x', 156);
+    header.write(' '.repeat(8), 148);
+    header.write(`${header.reduce((sum, byte) => sum + byte, 0).toString(8).padStart(6, '0')}\0 `, 148);
+    const archive = join(dir, 'pax-bomb.tar');
+    await writeFile(archive, Buffer.concat([header, Buffer.alloc(64 << 20, 0x41)]));
+    const into = join(dir, 'into');
+    await mkdir(into);
+    await expect(unpackBundle(archive, into)).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: `${archive} is not a bundle archive: Header exceeds max size` });
+    expect(await readdir(into)).toEqual([]);
+  });
+
   test('a directory bundle reached through a symlinked directory is refused', async () => {
     const source = join(dir, 'b');
     await mkdir(join(dir, 'elsewhere'), { recursive: true });
@@ -104,5 +120,30 @@ describe('bundle archives', () => {
     await symlink(join(dir, 'host-file'), join(source, 'downloads/b'));
     await expect(bundle.downloads.toFile('https://example.org/b', join(work, 'b'), {})).rejects.toMatchObject({ code: 'VERIFY_FAILED' });
     await expect(stat(join(work, 'b'))).rejects.toThrow();
+    // A directory on the way swapped for a link (to /dev, say; here to a directory holding the very same bytes)
+    // is not stepped into: the file is opened one name at a time from the bundle, none followed.
+    await mkdir(join(dir, 'elsewhere'));
+    await writeFile(join(dir, 'elsewhere/a'), 'downloaded');
+    await rm(join(source, 'downloads'), { recursive: true });
+    await symlink(join(dir, 'elsewhere'), join(source, 'downloads'));
+    await expect(bundle.downloads.bytes('https://example.org/a', {})).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: 'bundle file downloads/a changed after the bundle was verified' });
+  });
+
+  test('verifying a directory bundle: a FIFO or a link at bundle.json is refused, not waited on or followed', async () => {
+    const source = join(dir, 'b');
+    await mkdir(join(source, 'base'), { recursive: true });
+    await writeFile(join(source, 'base/disk.qcow2'), 'image bytes');
+    await writeBundleManifest(source, { path: 'r.yaml', sha256: 'a'.repeat(64) }, {}, [{ path: 'base/disk.qcow2', kind: 'base-image' }], {
+      base: { path: 'base/disk.qcow2', sha256: 'b'.repeat(64), format: 'qcow2', origin: 'x' },
+    });
+    await expect(verifyBundle(source)).resolves.toMatchObject({ manifest: { base: { path: 'base/disk.qcow2' } } });
+    const manifest = await readFile(join(source, 'bundle.json'));
+    await rm(join(source, 'bundle.json'));
+    await execa('mkfifo', [join(source, 'bundle.json')]);
+    await expect(verifyBundle(source)).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: expect.stringContaining('bundle.json cannot be read') });
+    await rm(join(source, 'bundle.json'));
+    await symlink(join(dir, 'elsewhere-manifest.json'), join(source, 'bundle.json'));
+    await writeFile(join(dir, 'elsewhere-manifest.json'), manifest);
+    await expect(verifyBundle(source)).rejects.toMatchObject({ code: 'VERIFY_FAILED', message: expect.stringContaining('bundle.json cannot be read') });
   });
 });
