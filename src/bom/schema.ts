@@ -98,3 +98,17 @@ export function workRecordErrors(record: unknown): string[] {
   const validate = new Ajv({ allErrors: true, strict: false, validateFormats: false }).compile({ ...schema, $id: undefined, properties, required: schema.required.filter((key) => !PHASE_2_KEYS.includes(key)) });
   return validate(record) ? [] : validate.errors!.map((error) => `${error.instancePath || '/'} ${error.message}${error.params && 'additionalProperty' in error.params ? ` (${String(error.params.additionalProperty)})` : ''}`);
 }
+
+/**
+ * Why a BOM given to `diff` (a file from anywhere) cannot be compared, if it cannot: what diff reads of it
+ * (packages, unit states, files) must have the shape apply writes; the rest is not looked at. Empty when it can.
+ */
+export function comparableBomErrors(bom: unknown): string[] {
+  const { properties } = bomSchema() as { properties: Record<string, unknown> };
+  const validate = new Ajv({ allErrors: true, strict: false, validateFormats: false }).compile({
+    type: 'object',
+    properties: { bomVersion: { const: 1 }, packages: properties.packages, unitStates: properties.unitStates, files: properties.files },
+    required: ['bomVersion', 'packages'],
+  });
+  return validate(bom) ? [] : validate.errors!.map((error) => `${error.instancePath || '/'} ${error.message}`);
+}

@@ -1,18 +1,25 @@
-import { open, readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
 import type { Bom } from '../bom/collect.js';
 import { diffImages, type Comparable, type ImageDiff } from '../bom/diff.js';
-import { ImageBuilderError } from '../util/errors.js';
+import { comparableBomErrors } from '../bom/schema.js';
+import { errorMessage, ImageBuilderError } from '../util/errors.js';
+import { FileTooLarge, readRegularFile } from '../util/fs.js';
 import type { Logger } from '../util/log.js';
 import { inspect, type InspectOptions } from './inspect.js';
 
 /** How a disk image side is inspected: the verify flags, mount backend (--untrusted) and directories the command was given. */
 export type InspectSideOptions = Omit<InspectOptions, 'diskImage' | 'log' | 'signal'>;
 
+/** A BOM is JSON read whole: far below this (a node image's has a few thousand packages, ~2 MiB). */
+const MAX_BOM_BYTES = 256 << 20;
+
 async function firstByte(path: string): Promise<string | undefined> {
-  const file = await open(path, 'r').catch(() => undefined);
+  // O_NONBLOCK: a FIFO given by mistake reads as empty (and is then refused as an image), not waited on.
+  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
   if (!file) return undefined;
   try {
-    const { buffer, bytesRead } = await file.read(Buffer.alloc(1), 0, 1, 0);
+    const { buffer, bytesRead } = await file.read(Buffer.alloc(1), 0, 1, 0).catch(() => ({ buffer: Buffer.alloc(0), bytesRead: 0 }));
     return bytesRead ? buffer.toString('latin1') : '';
   } finally {
     await file.close();
@@ -24,11 +31,19 @@ export async function loadComparable(path: string, log: Logger, signal?: AbortSi
   const head = await firstByte(path);
   if (head === undefined) throw new ImageBuilderError('BAD_INPUT', `cannot read ${path}`, { hint: 'give a disk image or a BOM (.bom.json) file' });
   if (head === '{') {
-    const bom = JSON.parse(await readFile(path, 'utf8')) as Partial<Bom>;
-    if (bom.bomVersion !== 1 || !Array.isArray(bom.packages)) {
-      throw new ImageBuilderError('BAD_INPUT', `${path} is JSON but not an imagebuilder BOM`, { hint: 'give a .bom.json written by imagebuilder apply, or the image itself' });
+    const notBom = (why: string) => new ImageBuilderError('BAD_INPUT', `${path} is not an imagebuilder BOM: ${why}`, { hint: 'give a .bom.json written by imagebuilder apply, or the image itself' });
+    const text = await readRegularFile(path, { follow: true, maxBytes: MAX_BOM_BYTES }).catch((error: unknown) => {
+      throw notBom(error instanceof FileTooLarge ? `it is ${error.size} bytes, more than any BOM (${MAX_BOM_BYTES})` : errorMessage(error));
+    });
+    let bom: Partial<Bom>;
+    try {
+      bom = JSON.parse(text?.toString('utf8') ?? '') as Partial<Bom>;
+    } catch (error) {
+      throw notBom(`it is not JSON (${errorMessage(error)})`);
     }
-    return { label: path, packages: bom.packages, units: bom.unitStates ?? [], files: bom.files ?? [] };
+    const errors = comparableBomErrors(bom);
+    if (errors.length) throw notBom(errors.slice(0, 3).join('; '));
+    return { label: path, packages: bom.packages!, units: bom.unitStates ?? [], files: bom.files ?? [] };
   }
   const { inventory } = await inspect({ ...options, diskImage: path, log, signal });
   return { label: path, packages: inventory.packages, units: inventory.units };

@@ -1,4 +1,10 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
 import { diffImages, diffIsEmpty, renderDiff } from '../../src/bom/diff.js';
+import { loadComparable } from '../../src/pipeline/compare.js';
+import { silentLogger } from '../../src/util/log.js';
 
 const p = (name: string, version: string, architecture = 'amd64') => ({ name, version, architecture });
 
@@ -29,5 +35,36 @@ describe('diffImages', () => {
     const a = { label: 'a', packages: [], units: [] };
     const b = { label: 'b', packages: [], units: [{ unit: 'x.service\n  - ssh.service', state: 'enabled' as const }] };
     expect(renderDiff(diffImages(a, b)).split('\n')).toEqual(['--- a', '+++ b', 'units:', '  + x.service\\u000a  - ssh.service enabled']);
+  });
+});
+
+describe('a BOM file given to diff (from anywhere)', () => {
+  let dir: string;
+  beforeAll(async () => void (dir = await mkdtemp(join(tmpdir(), 'ib-diff-bom-'))));
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+  const bomFile = async (name: string, content: string) => {
+    await writeFile(join(dir, name), content);
+    return join(dir, name);
+  };
+
+  test("is compared when what diff reads of it has apply's shape; refused, saying where, when it does not", async () => {
+    const good = await bomFile('good.bom.json', JSON.stringify({ bomVersion: 1, packages: [{ name: 'a', version: '1', architecture: 'amd64', origin: 'base' }], unitStates: [{ unit: 'x.service', state: 'enabled' }], somethingNewer: true }));
+    await expect(loadComparable(good, silentLogger())).resolves.toMatchObject({ packages: [{ name: 'a' }], units: [{ unit: 'x.service' }], files: [] });
+    const refused = async (content: string, why: string) => {
+      const path = await bomFile('crafted.bom.json', content);
+      await expect(loadComparable(path, silentLogger())).rejects.toMatchObject({ code: 'BAD_INPUT', message: `${path} is not an imagebuilder BOM: ${why}` });
+    };
+    await refused('{"bomVersion":1,"packages":[null]}', '/packages/0 must be object');
+    await refused('{"bomVersion":1,"packages":[],"unitStates":"enabled"}', '/unitStates must be array');
+    await refused('{"bomVersion":1,"packages":[],"files":[{"path":"/etc/x","sha256":"short","kind":"config"}]}', '/files/0/sha256 must match pattern "^[0-9a-f]{64}$"');
+    await refused('{"bomVersion":2,"packages":[]}', '/bomVersion must be equal to constant');
+    const broken = await bomFile('broken.bom.json', '{"bomVersion":1,');
+    await expect(loadComparable(broken, silentLogger())).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(/is not an imagebuilder BOM: it is not JSON \(/) });
+  });
+
+  test('a FIFO is not waited on', async () => {
+    const fifo = join(dir, 'fifo.bom.json');
+    await execa('mkfifo', [fifo]);
+    await expect(loadComparable(fifo, silentLogger())).rejects.toMatchObject({ code: 'BAD_INPUT' });
   });
 });
