@@ -104,10 +104,16 @@ export function workRecordErrors(record: unknown): string[] {
  * (packages, unit states, files) must have the shape apply writes; the rest is not looked at. Empty when it can.
  */
 export function comparableBomErrors(bom: unknown): string[] {
-  const { properties } = bomSchema() as { properties: Record<string, unknown> };
+  // Only the fields diff reads, each of its type; anything else (a newer version's fields) is let be.
+  const item = (fields: string[]) => ({ type: 'object', properties: Object.fromEntries(fields.map((field) => [field, str])), required: fields });
   const validate = new Ajv({ allErrors: true, strict: false, validateFormats: false }).compile({
     type: 'object',
-    properties: { bomVersion: { const: 1 }, packages: properties.packages, unitStates: properties.unitStates, files: properties.files },
+    properties: {
+      bomVersion: { const: 1 },
+      packages: { type: 'array', items: item(['name', 'version', 'architecture']) },
+      unitStates: { type: 'array', items: item(['unit', 'state']) },
+      files: { type: 'array', items: { ...item(['path', 'sha256']), properties: { path: str, sha256: SHA256 } } },
+    },
     required: ['bomVersion', 'packages'],
   });
   return validate(bom) ? [] : validate.errors!.map((error) => `${error.instancePath || '/'} ${error.message}`);

@@ -158,16 +158,18 @@ export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFile
       if (options.sizeOnly?.includes(file.kind)) continue;
       // Hashed through a descriptor opened one name at a time from the bundle's directory, none followed, and
       // looked at before it is opened: a name swapped since the lstat for a link or a FIFO is refused, not waited on.
-      const handle = await openBeneath(dir, path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+      const handle = await openBeneath(dir, path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
+      if (!handle) { problems.push(`${path}: replaced while it was being verified`); continue; }
       const actual = await (async () => {
         try {
-          if (!(await handle.stat()).isFile()) return 'not a regular file';
-          return (await hashOpenFile(handle, ['sha256'])).sha256!;
+          const opened = await handle.stat();
+          return opened.isFile() && opened.size === file.size ? (await hashOpenFile(handle, ['sha256'])).sha256! : undefined;
         } finally {
           await handle.close();
         }
       })();
-      if (actual !== file.sha256) problems.push(`${path}: sha256 ${actual}, manifest says ${file.sha256}`);
+      if (actual === undefined) problems.push(`${path}: replaced while it was being verified`);
+      else if (actual !== file.sha256) problems.push(`${path}: sha256 ${actual}, manifest says ${file.sha256}`);
     } catch (error) {
       problems.push(`${path}: missing${(error as NodeJS.ErrnoException).code === 'ENOENT' ? '' : ` (${(error as Error).message})`}`);
     }

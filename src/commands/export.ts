@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { artifactFlags, artifactOptions } from '../cli/artifact-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { printResult } from '../cli/print-result.js';
-import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { cacheFlag, hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { exportWorkImage, type ApplyResult } from '../pipeline/apply.js';
 import type { BuildEvent } from '../pipeline/events.js';
 import { createLogger } from '../util/log.js';
@@ -25,6 +25,7 @@ export default class Export extends BaseCommand {
     ...artifactFlags,
     ...mountBackendFlag,
     ...workDirFlag,
+    ...cacheFlag,
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory for debugging', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     json: Flags.boolean({ description: 'print progress events and the result as JSON lines on stdout (logs stay on stderr)', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),

@@ -38,7 +38,8 @@ export function cacheLayout(root = defaultCacheDir()): CacheLayout {
 }
 
 export async function ensureCacheLayout(layout: CacheLayout, log?: Logger): Promise<void> {
-  for (const dir of [layout.images, layout.urls, layout.tmp]) await mkdir(dir, { recursive: true });
+  // Explicit modes: under a umask of 002 they would be group-writable, which ensureCacheDir refuses.
+  for (const dir of [layout.images, layout.urls, layout.tmp]) await mkdir(dir, { recursive: true, mode: 0o755 });
   // Whoever can write locks/ could hold every fetch forever or make root follow a symlink: private to us.
   await ensurePrivateDir(layout.locks, log);
 }

@@ -2,6 +2,9 @@ import { constants } from 'node:fs';
 import { lstat, open, readdir, readFile, rename, rm, rmdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { listPartitions } from '../mount/block.js';
+import { NBD_LOCK } from '../mount/nbd.js';
+import { BOX_UID_LOCK } from '../util/box-uid.js';
+import { removeFreeLocks } from '../util/lock.js';
 import { OWN_ENTRY_PREFIX } from '../chroot/emulation.js';
 import { cgroupMembers, SANDBOX_STATE_PREFIX } from '../chroot/sandbox.js';
 import { tmpdir } from 'node:os';
@@ -61,6 +64,8 @@ export interface CleanupReport {
   dead: ReapedBuild[];
   /** Builds still running: untouched. */
   live: FoundBuild[];
+  /** With `locks`: the claim files (nbd devices, box uids) no live process held, removed (or, dry run, found). */
+  freedLocks?: string[];
 }
 
 export interface ReapOptions {
@@ -74,6 +79,12 @@ export interface ReapOptions {
   runDir?: string;
   /** The FUSE control filesystem's directory (default: the host's, or one mounted for the abort). Tests. */
   fuseControl?: string;
+  /**
+   * Also remove the claim files of nbd devices and box uids that no live process holds, in this directory
+   * (`imagebuilder cleanup`: HOST_LOCK_DIR). A build does not: each file costs a flock, and a claim takes a stale
+   * one over anyway.
+   */
+  locks?: string;
 }
 
 const ID = /^[0-9a-f]{16}$/;
@@ -438,8 +449,12 @@ export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupRepor
     }
     dead.push({ ...build, leftovers, failures });
   }
-  return { dryRun: options.dryRun ?? false, dead, live };
+  const freedLocks = options.locks ? await removeFreeLocks(options.locks, STALE_CLAIM, { log, dryRun: options.dryRun }) : undefined;
+  return { dryRun: options.dryRun ?? false, dead, live, ...(freedLocks ? { freedLocks } : {}) };
 }
+
+/** The claim files a killed build may leave in the host's lock directory: nbd devices and box uids. */
+const STALE_CLAIM = new RegExp(`${NBD_LOCK.source}|${BOX_UID_LOCK.source}`);
 
 /** "2 process(es), 3 mount(s), /dev/loop4, …": what a dead build left, in a line. */
 export function summary(leftovers: Leftovers): string {

@@ -5,7 +5,7 @@ import { ensurePartitions } from './block.js';
 import { noteHolding } from '../util/build-record.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { exists, which } from '../util/fs.js';
-import { tryAcquireLock } from '../util/lock.js';
+import { HOST_LOCK_DIR, tryAcquireLock } from '../util/lock.js';
 import type { Logger } from '../util/log.js';
 
 export interface NbdPaths {
@@ -17,7 +17,10 @@ export interface NbdPaths {
  * The nbd locks live in a directory of their own, private to root: /run/lock itself is writable by every user
  * (1777), who could pre-create a lock file (holding a device forever) or plant a symlink there.
  */
-const DEFAULT_PATHS: NbdPaths = { sysBlock: '/sys/block', lockDir: '/run/lock/imagebuilder' };
+const DEFAULT_PATHS: NbdPaths = { sysBlock: '/sys/block', lockDir: HOST_LOCK_DIR };
+/** A device's claim file, and the pattern cleanup finds them by. */
+export const nbdLockName = (index: number) => `imagebuilder-nbd${index}.lock`;
+export const NBD_LOCK = /^imagebuilder-nbd\d+\.lock$/;
 
 /**
  * Connected nbd devices have /sys/block/nbdN/pid; a lock of ours (src/util/lock.ts: released by the kernel when
@@ -25,7 +28,7 @@ const DEFAULT_PATHS: NbdPaths = { sysBlock: '/sys/block', lockDir: '/run/lock/im
  */
 async function claimDevice(paths: NbdPaths, index: number, log: Logger): Promise<(() => Promise<void>) | undefined> {
   if (await exists(join(paths.sysBlock, `nbd${index}`, 'pid'))) return undefined;
-  return tryAcquireLock(join(paths.lockDir, `imagebuilder-nbd${index}.lock`), `/dev/nbd${index}`, { log });
+  return tryAcquireLock(join(paths.lockDir, nbdLockName(index)), `/dev/nbd${index}`, { log });
 }
 
 export function createNbdBackend(paths: NbdPaths = DEFAULT_PATHS): MountBackend {

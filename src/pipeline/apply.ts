@@ -9,7 +9,7 @@ import { convertImage, probeInputImage, type ImageFormat } from '../image/qemu-i
 import { isDiskImageFormat } from '../image/formats.js';
 import type { MountBackendName } from '../mount/backend.js';
 import { loadRecipe, type Recipe, type RecipeInputs } from '../recipe/load.js';
-import { ImageBuilderError } from '../util/errors.js';
+import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { resolveGrow } from '../util/size.js';
 import { GUEST_READ_LIMITS, readGuestText, removeGuestFile, writeGuestFileFromHost } from '../util/guest-fs.js';
 import { TOOL_VERSION } from '../version.js';
@@ -86,15 +86,14 @@ const RESUME_FILE = 'resume.json';
 async function readResumeNote(dir: string, cacheDir: string): Promise<{ store: string; baseSha256: string }> {
   const refuse = (why: string) =>
     new ImageBuilderError('BAD_INPUT', `refusing to resume from ${dir}: ${why}`, { hint: 'resume only from a work directory a failed `imagebuilder apply --keep-work-dir` of this user printed, where it left it; or build without --resume' });
-  const uid = process.geteuid?.() ?? 0;
-  const info = await lstat(dir).catch(() => undefined);
-  if (!info) throw refuse('it does not exist');
-  if (!info.isDirectory()) throw refuse(info.isSymbolicLink() ? 'it is a symbolic link' : 'it is not a directory');
-  if (info.uid !== uid) throw refuse(`it belongs to uid ${info.uid}, not to this user (uid ${uid})`);
-  if ((info.mode & 0o077) !== 0) throw refuse(`others may enter or write it (mode ${(info.mode & 0o7777).toString(8)}; a build makes it 0700)`);
-  const parent = await stat(dirname(resolve(dir)));
-  if (othersMayRename(parent.mode)) throw refuse(`its parent ${dirname(resolve(dir))} is writable by every user without the sticky bit`);
-  const text = await readRegularFile(join(dir, RESUME_FILE), { follow: false, maxBytes: 64 << 10 }).catch(() => undefined);
+  const problem = await keptWorkDirProblem(dir);
+  if (problem) throw refuse(problem);
+  let text: Buffer | undefined;
+  try {
+    text = await readRegularFile(join(dir, RESUME_FILE), { follow: false, maxBytes: 64 << 10 });
+  } catch (error) {
+    throw refuse(`its ${RESUME_FILE} cannot be read: ${errorMessage(error)}`);
+  }
   const note = ((): { store: string; baseSha256: string } | undefined => {
     try {
       const parsed = JSON.parse(text?.toString('utf8') ?? 'null') as { store?: unknown; baseSha256?: unknown } | null;
@@ -108,11 +107,25 @@ async function readResumeNote(dir: string, cacheDir: string): Promise<{ store: s
       hint: 'a failed `imagebuilder apply --keep-work-dir` prints the directory to resume from',
     });
   }
-  const real = (path: string) => realpath(path).catch(() => undefined);
-  const store = await real(note.store);
-  const allowed = await Promise.all([join(dir, 'layers'), layerStoreDir(cacheDir)].map(real));
-  if (!store || !allowed.includes(store)) throw refuse(`its ${RESUME_FILE} names ${note.store} as its layer store, which is neither its own layers/ nor the cache's`);
+  // The cache's layers, or a kept work directory's own (this one's, or the one it resumed from in turn).
+  const store = await realpath(note.store).catch(() => undefined);
+  const cacheLayers = await realpath(layerStoreDir(cacheDir)).catch(() => undefined);
+  const ownLayers = store !== undefined && basename(store) === 'layers' && !(await keptWorkDirProblem(dirname(store)));
+  if (!store || (store !== cacheLayers && !ownLayers)) throw refuse(`its ${RESUME_FILE} names ${note.store} as its layer store, which is neither a kept work directory's layers/ nor the cache's`);
   return note;
+}
+
+/** Why `dir` is not a work directory of ours alone, as a build makes it, if it is not. */
+async function keptWorkDirProblem(dir: string): Promise<string | undefined> {
+  const uid = process.geteuid?.() ?? 0;
+  const info = await lstat(dir).catch(() => undefined);
+  if (!info) return 'it does not exist';
+  if (!info.isDirectory()) return info.isSymbolicLink() ? 'it is a symbolic link' : 'it is not a directory';
+  if (info.uid !== uid) return `it belongs to uid ${info.uid}, not to this user (uid ${uid})`;
+  if ((info.mode & 0o077) !== 0) return `others may enter or write it (mode ${(info.mode & 0o7777).toString(8)}; a build makes it 0700)`;
+  const parent = dirname(resolve(dir));
+  if (othersMayRename((await stat(parent)).mode)) return `its parent ${parent} is writable by every user without the sticky bit`;
+  return undefined;
 }
 
 /** Where phase 1's layers live: a resumed work dir's store, the shared cache, or (kept for --resume) the work dir. */

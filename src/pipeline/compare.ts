@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import type { Bom } from '../bom/collect.js';
 import { diffImages, type Comparable, type ImageDiff } from '../bom/diff.js';
 import { comparableBomErrors } from '../bom/schema.js';
@@ -28,6 +28,10 @@ async function firstByte(path: string): Promise<string | undefined> {
 
 /** One side of a diff: a BOM file this tool wrote, or any disk image (inspected read-only). */
 export async function loadComparable(path: string, log: Logger, signal?: AbortSignal, options: InspectSideOptions = {}): Promise<Comparable> {
+  const info = await stat(path).catch(() => undefined);
+  if (info && !info.isFile() && !info.isBlockDevice()) {
+    throw new ImageBuilderError('BAD_INPUT', `${path} is ${info.isDirectory() ? 'a directory' : 'a FIFO, socket or character device'}, neither a disk image nor a BOM`, { hint: 'give a disk image or a BOM (.bom.json) file' });
+  }
   const head = await firstByte(path);
   if (head === undefined) throw new ImageBuilderError('BAD_INPUT', `cannot read ${path}`, { hint: 'give a disk image or a BOM (.bom.json) file' });
   if (head === '{') {

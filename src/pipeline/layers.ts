@@ -94,8 +94,8 @@ export async function stepKeys(baseSha256: string, steps: RecipeStep[], variable
 /** The step cache's layers in a cache directory. */
 export const layerStoreDir = (cacheDir: string) => join(cacheDir, 'layers');
 
-/** A layer record: a regular file at its name (a link or FIFO there is not one), far below this bound. */
-const readRecordFile = (path: string) => readRegularFile(path, { follow: false, maxBytes: 1 << 20 });
+/** A layer record: a regular file at its name (a link or FIFO there is not one), below this bound (~250 bytes a copied file). */
+const readRecordFile = (path: string) => readRegularFile(path, { follow: false, maxBytes: 64 << 20 });
 
 export class LayerStore {
   constructor(readonly dir: string) {}
@@ -136,7 +136,7 @@ export class LayerStore {
 
   /** A fresh file name in the store for the layer a step is about to write. */
   async newImage(): Promise<string> {
-    await mkdir(this.dir, { recursive: true });
+    await mkdir(this.dir, { recursive: true, mode: 0o755 }); // explicit: a umask of 002 would leave it group-writable, which the cache check refuses
     return join(this.dir, `layer-${randomBytes(6).toString('hex')}.qcow2`);
   }
 
@@ -153,7 +153,10 @@ export class LayerStore {
       // Made new (O_EXCL): whatever was at the marker's name, a link included, is removed, never written through.
       const marker = join(this.dir, `${replaced}${REPLACED_SUFFIX}`);
       await rm(marker, { force: true });
-      await writeFile(marker, '', { flag: 'wx' });
+      // Another build committing the same key may have made it meanwhile: dated now all the same.
+      await writeFile(marker, '', { flag: 'wx' }).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'EEXIST') throw error;
+      });
     }
   }
 

@@ -133,7 +133,7 @@ async function baseFailures(context: BuildContext, base: { path: string; sha256:
   if (options.resultsDir) await ensurePrivateDir(options.resultsDir, context.log, { purpose: 'write test results in', readable: true, hint: RESULTS_DIR_HINT });
   const result = await bootAndRun(mountContext(context), base.path, { script: FAILED_UNITS_SCRIPT, resultsDir, ...bootHow(options) });
   const failures = failedUnits(result.output);
-  await mkdir(dirname(file), { recursive: true });
+  await mkdir(dirname(file), { recursive: true, mode: 0o755 });
   await writeFileAtomic(file, `${JSON.stringify(failures)}\n`);
   return failures;
 }

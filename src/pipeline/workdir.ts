@@ -23,9 +23,6 @@ import { killAll, processesMentioning } from '../util/processes.js';
 export async function createWorkDir(cleanup: CleanupStack, log: Logger, options: { parent?: string; keep?: boolean; run?: Runner; runDir?: string } = {}): Promise<string> {
   const parent = options.parent ?? defaultWorkDir();
   const { runDir } = options;
-  await reapDeadBuilds({ run: options.run ?? execRunner, log, workDirParents: [parent], runDir }).catch((error: unknown) => {
-    log.warn(`could not look for builds killed earlier: ${errorMessage(error)} (imagebuilder cleanup tries again)`);
-  });
   // Everything a build writes by path goes in its work directory: in a parent every user may write without the
   // sticky bit, another could rename it away and put a tree of links in its place.
   const parentInfo = await stat(parent).catch(() => undefined);
@@ -34,6 +31,9 @@ export async function createWorkDir(cleanup: CleanupStack, log: Logger, options:
       hint: `give a directory only this user may write with --work-dir or IMAGEBUILDER_WORK_DIR, or chmod +t ${parent}`,
     });
   }
+  await reapDeadBuilds({ run: options.run ?? execRunner, log, workDirParents: [parent], runDir }).catch((error: unknown) => {
+    log.warn(`could not look for builds killed earlier: ${errorMessage(error)} (imagebuilder cleanup tries again)`);
+  });
   const id = randomBytes(8).toString('hex');
   const dir = join(parent, `${WORK_DIR_PREFIX}${id}`);
   const owner = currentOwner();

@@ -247,7 +247,7 @@ export async function putInStore(packageCacheDir: string, kind: PackageKind, key
   const store = storeDir(packageCacheDir, kind);
   const partial = join(store, `.${key}.${process.pid}-${randomBytes(4).toString('hex')}.partial`);
   try {
-    await mkdir(store, { recursive: true });
+    await mkdir(store, { recursive: true, mode: 0o755 }); // not group-writable under any umask: ensureCacheDir refuses that
     await writeFile(partial, content, { mode: 0o644 });
     await rename(partial, join(store, `${key}.${kind}`));
   } catch (error) {

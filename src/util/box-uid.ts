@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { CleanupStack } from './cleanup.js';
 import { ImageBuilderError } from './errors.js';
 import { tail, type Runner } from './exec.js';
-import { tryAcquireLock } from './lock.js';
+import { HOST_LOCK_DIR, tryAcquireLock } from './lock.js';
 import type { Logger } from './log.js';
 import { killAll } from './processes.js';
 import { SANDBOX_ID } from './unprivileged.js';
@@ -25,7 +25,10 @@ import { SANDBOX_ID } from './unprivileged.js';
 export const BOX_UIDS = { first: 1_900_000_000, count: 4096 };
 
 /** Where the claims are kept: root's own directory, as the nbd locks are (/run/lock itself is everyone's). */
-const DEFAULT_LOCK_DIR = '/run/lock/imagebuilder';
+const DEFAULT_LOCK_DIR = HOST_LOCK_DIR;
+/** A uid's claim file, and the pattern cleanup finds them by. */
+export const boxUidLockName = (uid: number) => `box-uid-${uid}.lock`;
+export const BOX_UID_LOCK = /^box-uid-\d+\.lock$/;
 
 export interface BoxUidOptions {
   /** Tests: a lock directory and a range of their own. */
@@ -56,7 +59,7 @@ export async function claimBoxUid(run: Runner, cleanup: CleanupStack, log: Logge
   const start = randomInt(count);
   for (let tried = 0; tried < count; tried++) {
     const uid = first + ((start + tried) % count);
-    const release = await tryAcquireLock(join(lockDir, `box-uid-${uid}.lock`), `uid ${uid} (${purpose})`, { log });
+    const release = await tryAcquireLock(join(lockDir, boxUidLockName(uid)), `uid ${uid} (${purpose})`, { log });
     if (!release) continue;
     let taken: string | undefined;
     try {

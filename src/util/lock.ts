@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
-import { chmod, link, lstat, mkdir, open, readlink, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, readdir, readlink, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { errorMessage, ImageBuilderError } from './errors.js';
 import { othersMayRename, sleep } from './fs.js';
 import type { Logger } from './log.js';
@@ -187,11 +187,17 @@ export function ensureCacheDir(dir: string): void {
 /** Why `dir` may not be trusted as the cache directory, if it may not (ensureCacheDir's rules; doctor reports them). */
 export function cacheDirProblem(dir: string): string | undefined {
   const link = lstatSync(dir, { throwIfNoEntry: false });
-  if (!link) return undefined;
+  // A missing one is made where it would be: its parent counts already.
+  if (!link) return swappableParentProblem(dirname(dir));
   if (link.isSymbolicLink() && link.uid !== euid()) return `it is a symbolic link (to ${readlinkSync(dir)}) that uid ${link.uid} made, not this user`;
-  const real = realpathSync(dir);
+  let real: string;
+  try {
+    real = realpathSync(dir);
+  } catch (error) {
+    return `it does not lead to a directory (${errorMessage(error)})`;
+  }
   for (const parent of new Set([dirname(dir), dirname(real)])) {
-    const problem = openParentProblem(parent, statSync(parent, { throwIfNoEntry: false }));
+    const problem = swappableParentProblem(parent);
     if (problem) return problem;
   }
   const own = (path: string, info: Stats): string | undefined => {
@@ -208,6 +214,18 @@ export function cacheDirProblem(dir: string): string | undefined {
     const problem = entry && own(`${real}/${name}`, entry);
     if (problem) return problem;
   }
+  return undefined;
+}
+
+/**
+ * Why another user could rename a directory in `parent` away and put one of theirs in its place, if they could:
+ * the parent is theirs (not ours, not root's), or others may write it without the sticky bit.
+ */
+function swappableParentProblem(parent: string): string | undefined {
+  const info = statSync(parent, { throwIfNoEntry: false });
+  if (!info) return undefined;
+  if (info.uid !== euid() && info.uid !== 0) return `its parent ${parent} belongs to uid ${info.uid}, who could swap it for another`;
+  if ((info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) return `its parent ${parent} may be written by its group or others (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit), who could swap it for another`;
   return undefined;
 }
 
@@ -495,4 +513,29 @@ export async function lockHeld(path: string, options: Pick<LockOptions, 'leaseMs
   } finally {
     await handle.close();
   }
+}
+
+/** Where the host-wide claims (nbd devices, box uids) are kept: root's own directory (/run/lock itself is everyone's). */
+export const HOST_LOCK_DIR = '/run/lock/imagebuilder';
+
+/**
+ * The lock files in `dir` (named by `pattern`) that no live process holds: a holder killed by SIGKILL leaves its
+ * file (the kernel drops only the flock). Each is taken through the lock protocol itself, so one a build is
+ * claiming meanwhile is never removed from under it, then released, which removes it. `dryRun`: only named.
+ */
+export async function removeFreeLocks(dir: string, pattern: RegExp, options: { log?: Logger; dryRun?: boolean } = {}): Promise<string[]> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const freed: string[] = [];
+  for (const name of names.filter((n) => pattern.test(n)).sort()) {
+    const path = join(dir, name);
+    if (options.dryRun) {
+      if (!(await lockHeld(path))) freed.push(name);
+      continue;
+    }
+    const release = await tryAcquireLock(path, 'imagebuilder cleanup', { log: options.log });
+    if (!release) continue;
+    await release();
+    freed.push(name);
+  }
+  return freed;
 }

@@ -4,7 +4,8 @@ import { execa } from 'execa';
 import { bootAndRun, type BootOptions, type BootResult } from '../../src/boot/boot.js';
 import { bootKvmVerdictFile, PROBE_EXIT_STATUS, probeBootKvm, probeBootSector } from '../../src/boot/kvm.js';
 import { execRunner } from '../../src/util/exec.js';
-import { BOX_UIDS, claimBoxUid } from '../../src/util/box-uid.js';
+import { BOX_UIDS, boxUidLockName, claimBoxUid } from '../../src/util/box-uid.js';
+import { HOST_LOCK_DIR } from '../../src/util/lock.js';
 import { CleanupStack } from '../../src/util/cleanup.js';
 import { startBuild, withResources } from '../../src/pipeline/context.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
@@ -307,13 +308,21 @@ describe('boot: a throw-away overlay of an image booted in qemu, a check run in 
       if (Date.now() > deadline || child.exitCode !== null) throw new Error(`qemu never started: ${(await child).all}`);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
+    // The uid qemu runs as, claimed by a lock file the kernel's flock alone cannot remove.
+    const uid = Number(/^Uid:\s+(\d+)/m.exec(await readFile(`/proc/${await qemuProcess()}/status`, 'utf8'))?.[1]);
+    const claim = join(HOST_LOCK_DIR, boxUidLockName(uid));
+    expect((await stat(claim)).isFile()).toBe(true);
     child.kill('SIGKILL');
     await child;
     const gone = Date.now() + 10_000;
     while ((await qemusOfThisTest()).length && Date.now() < gone) await new Promise((resolve) => setTimeout(resolve, 100));
     expect(await qemusOfThisTest()).toEqual([]);
     // What the kernel cannot end (the work directory) is the next build's or `imagebuilder cleanup`'s to release.
-    await execa('node', [`${REPO}/bin/run.js`, 'cleanup'], { env: { IMAGEBUILDER_WORK_DIR: tmp, IMAGEBUILDER_RUN_DIR: runDir }, reject: false });
+    await expect(stat(claim)).resolves.toBeDefined();
+    const cleanup = await execa('node', [`${REPO}/bin/run.js`, 'cleanup'], { env: { IMAGEBUILDER_WORK_DIR: tmp, IMAGEBUILDER_RUN_DIR: runDir }, reject: false });
     expect(await leftoversUnder(tmp)).toEqual(NOTHING_LEFT);
+    // …and the uid's claim file, which cleanup removed through the lock protocol (no live process held it).
+    expect(cleanup.stdout).toContain(boxUidLockName(uid));
+    await expect(stat(claim)).rejects.toThrow();
   });
 });

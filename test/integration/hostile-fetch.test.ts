@@ -145,7 +145,6 @@ describe('a hostile server or cache cannot make fetch hang, fill the disk, or wr
     const result = await fetchCli([url, '--checksum', `sha256:${sha256(image)}`]);
     expect(result.stderr).toContain('is a symbolic link, not a lock file of imagebuilder: removing it (never following it)');
     expect(result.exitCode).toBe(0);
-    expect((await lstat(join(cache, 'locks'))).mode & 0o777).toBe(0o700);
     expect(await cachedImages()).toEqual([sha256(image)]);
     await expectCanaryUntouched(host);
   }, 120000);

@@ -281,18 +281,23 @@ describe('step cache, phases, resume and shell-on-failure (fuse backend)', () =>
     const crafted = await mkdtemp(join(tmp, 'crafted-'));
     const elsewhere = await mkdtemp(join(work, 'elsewhere-'));
     await writeFile(join(crafted, 'resume.json'), JSON.stringify({ store: elsewhere, baseSha256: '0'.repeat(64) }));
-    await refusedWith(crafted, `refusing to resume from ${crafted}: its resume.json names ${elsewhere} as its layer store, which is neither its own layers/ nor the cache's`);
+    await refusedWith(crafted, `refusing to resume from ${crafted}: its resume.json names ${elsewhere} as its layer store, which is neither a kept work directory's layers/ nor the cache's`);
     await execa('chown', ['65534', crafted]);
     await refusedWith(crafted, `refusing to resume from ${crafted}: it belongs to uid 65534, not to this user (uid 0)`);
     const linked = await mkdtemp(join(tmp, 'linked-'));
     await symlink(join(kept!, 'resume.json'), join(linked, 'resume.json'));
-    await refusedWith(linked, `${linked} is not a work directory kept by a failed build (no resume.json)`);
+    await refusedWith(linked, `refusing to resume from ${linked}: its resume.json cannot be read: ${join(linked, 'resume.json')} is not a regular file`);
     await rm(crafted, { recursive: true });
     await rm(linked, { recursive: true });
     await expectNothingLeft(before);
+    // Resumed and failed again, kept again: the new work directory names the first one's layers, and is resumed from.
+    const again = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'resumed.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify', '--resume', kept!, '--keep-work-dir'], { env: resumeEnv });
+    expect(again.exitCode).toBe(4);
+    const keptAgain = /--resume (\S+)/.exec(again.stderr)?.[1];
+    expect(JSON.parse(await readFile(join(keptAgain!, 'resume.json'), 'utf8'))).toMatchObject({ store: join(kept!, 'layers') });
 
     await writeRecipe(work, 'resumable', steps({ name: 'fixed', run: 'touch /etc/kubernetes-ready' }));
-    const resumed = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'resumed.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify', '--resume', kept!], { env: resumeEnv });
+    const resumed = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'resumed.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none', '--insecure-skip-verify', '--resume', keptAgain!], { env: resumeEnv });
     if (resumed.exitCode !== 0) throw new Error(resumed.all);
     expect(stepLines(resumed.stderr).map((line) => line.includes(': cached'))).toEqual([true, true, false, false]);
     await withImageMounted(join(work, 'resumed.qcow2'), 'gpt-esp', async (root) => {

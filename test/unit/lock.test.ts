@@ -3,7 +3,7 @@ import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from '
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { acquireLock, cacheDirProblem, checkResultsDir, ensureCacheDir, ensurePrivateDir, kernelIdentity, RESULTS_DIR_HINT, type LockOptions } from '../../src/util/lock.js';
+import { acquireLock, cacheDirProblem, removeFreeLocks, checkResultsDir, ensureCacheDir, ensurePrivateDir, kernelIdentity, RESULTS_DIR_HINT, type LockOptions } from '../../src/util/lock.js';
 import { createLogger } from '../../src/util/log.js';
 import { REPO } from '../helpers/host.js';
 import { expectCanaryUntouched, snapshotHost } from '../helpers/hostile.js';
@@ -134,6 +134,28 @@ describe('locks held by the kernel and by a lease', () => {
     await waiter.value!();
   }, 20000);
 
+  test('cleanup removes the claim files killed holders left, through the lock protocol: never a held one, never another name', async () => {
+    const held = join(dir, 'box-uid-1900000001.lock');
+    const killed = join(dir, 'box-uid-1900000002.lock');
+    const killedNbd = join(dir, 'imagebuilder-nbd3.lock');
+    const other = join(dir, 'not-a-claim.lock');
+    const live = await startHolder(held, {});
+    for (const path of [killed, killedNbd, other]) {
+      const holder = await startHolder(path, {});
+      holder.child.kill('SIGKILL');
+      await new Promise((resolve) => holder.child.once('exit', resolve));
+    }
+    const claims = /^imagebuilder-nbd\d+\.lock$|^box-uid-\d+\.lock$/;
+    expect(await removeFreeLocks(dir, claims, { dryRun: true })).toEqual(['box-uid-1900000002.lock', 'imagebuilder-nbd3.lock']);
+    expect((await readdir(dir)).sort()).toEqual(['box-uid-1900000001.lock', 'box-uid-1900000002.lock', 'imagebuilder-nbd3.lock', 'not-a-claim.lock']);
+    expect(await removeFreeLocks(dir, claims, { log: log() })).toEqual(['box-uid-1900000002.lock', 'imagebuilder-nbd3.lock']);
+    expect((await readdir(dir)).sort()).toEqual(['box-uid-1900000001.lock', 'not-a-claim.lock']);
+    // The live holder's claim is still its own.
+    expect(await recordOf(held)).toMatchObject({ pid: live.child.pid });
+    await live.release();
+    expect(await readdir(dir)).toEqual(['not-a-claim.lock']);
+  }, 30000);
+
   test('the lock of a builder that crashed on another host (another boot, a lease not renewed) is taken over after the lease, not before', async () => {
     const path = join(dir, 'x.lock');
     await writeFile(path, JSON.stringify({ pid: 4242, host: 'node-b', boot: 'boot-of-node-b', since: '', what: 'http://h/image.qcow2', token: 't', beat: 3, renewedAt: '' }), { mode: 0o600 });
@@ -252,9 +274,20 @@ describe('lock files another user cannot plant', () => {
     const open = join(sticky, 'open');
     await mkdir(join(open, 'cache'), { recursive: true, mode: 0o700 });
     await chmod(open, 0o777);
-    expect(() => ensureCacheDir(join(open, 'cache'))).toThrow(`its parent ${open} is writable by every user (mode 777, no sticky bit)`);
+    const swappable = `its parent ${open} may be written by its group or others (mode 777, no sticky bit), who could swap it for another`;
+    expect(() => ensureCacheDir(join(open, 'cache'))).toThrow(swappable);
     await execa('ln', ['-s', join(open, 'cache'), join(sticky, 'link-to-open')]);
-    expect(cacheDirProblem(join(sticky, 'link-to-open'))).toBe(`its parent ${open} is writable by every user (mode 777, no sticky bit)`);
+    expect(cacheDirProblem(join(sticky, 'link-to-open'))).toBe(swappable);
+    // Not made yet: where it would be made counts already (doctor says so before the first build).
+    expect(cacheDirProblem(join(open, 'not-yet'))).toBe(swappable);
+    // A parent of another user's (XDG_CACHE_HOME kept by sudo -E): they could rename ours away and put theirs there.
+    const home = join(sticky, 'home');
+    await asNobody('mkdir', '-m', '0755', home);
+    await execa('mkdir', [join(home, 'cache')]);
+    expect(cacheDirProblem(join(home, 'cache'))).toBe(`its parent ${home} belongs to uid 65534, who could swap it for another`);
+    // A symlink of ours that leads nowhere is no cache.
+    await execa('ln', ['-s', join(sticky, 'gone'), join(sticky, 'dangling')]);
+    expect(cacheDirProblem(join(sticky, 'dangling'))).toMatch(/^it does not lead to a directory \(ENOENT/);
     await writeFile(join(sticky, 'a-file'), '');
     expect(cacheDirProblem(join(sticky, 'a-file'))).toBe('it is not a directory');
     expect(cacheDirProblem(join(sticky, 'not-yet'))).toBeUndefined();
