@@ -51,7 +51,7 @@ const ARCHES_32 = new Set(['i386', 'i686', 'armhf', 'armel', 'mips', 'mipsel', '
 /** The OVF OperatingSystemSection's id for a guest: by os-release ID, then ID_LIKE, else generic Linux. */
 export function ovfOsType(os: GuestOs, architecture?: string): { id: number; description: string } {
   const like = (os.osRelease?.ID_LIKE ?? '').split(/\s+/).filter(Boolean);
-  const family = [os.id, ...like].find((id): id is string => !!id && id in CIM_OS_TYPES);
+  const family = [os.id, ...like].find((id): id is string => !!id && Object.hasOwn(CIM_OS_TYPES, id)); // own keys: ID=constructor is no OS type
   const ids = family ? CIM_OS_TYPES[family] : CIM_LINUX;
   const bits64 = !ARCHES_32.has(architecture ?? '');
   const name = os.prettyName ?? ([os.id, os.versionId].filter(Boolean).join(' ') || 'Linux');

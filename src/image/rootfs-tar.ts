@@ -243,9 +243,14 @@ export function fitsUstarName(name: string): boolean {
   return prefix.length <= 155;
 }
 
-/** An ASCII stand-in for a ustar field whose real value is in the pax header (what pax-unaware readers see). */
-function standIn(text: string, maxBytes: number): string {
-  return text.replace(/[^\x01-\x7f]/g, '_').slice(-maxBytes);
+/**
+ * An ASCII stand-in for a ustar field whose real value is in the pax header (what pax-unaware readers see): its
+ * end, never starting with `/` or holding a `..` component (a guest name cut to `/etc/cron.d/x` or `../x` would
+ * have such a reader write outside where it extracts).
+ */
+export function standIn(text: string, maxBytes: number): string {
+  const cut = text.replace(/[^\x01-\x7f]/g, '_').slice(-maxBytes);
+  return cut.split('/').map((part) => (part === '..' ? '__' : part)).join('/').replace(/^\/+/, '');
 }
 
 export { deviceNumbers };

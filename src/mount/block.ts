@@ -1,5 +1,5 @@
 import { deviceNumbers } from '../util/devices.js';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
 import { noteHolding } from '../util/build-record.js';
@@ -122,4 +122,31 @@ export function parseBlkidExport(device: string, text: string): BlockFilesystem 
  */
 export async function probeFilesystems(context: MountContext, devices: string[]): Promise<BlockFilesystem[]> {
   return Promise.all(devices.map(async (device) => parseBlkidExport(device, (await context.run('blkid', ['-p', '-o', 'export', device], { allowFailure: true })).stdout)));
+}
+
+/**
+ * Refuses an ext2/3/4 filesystem whose superblock names an external journal: a read-write mount has the kernel
+ * open the host block device its `s_journal_dev` names, and e2fsck (--grow) searches every host block device for
+ * its `s_journal_uuid` and opens it read-write, replaying that device's blocks into the guest and resetting it.
+ * A cloud image's filesystems keep their journal inside (an inode); this reads the superblock (1 KiB at 1024)
+ * from our own device, before either.
+ */
+export async function refuseExternalJournal(device: string): Promise<void> {
+  const handle = await open(device, 'r');
+  const superblock = Buffer.alloc(1024);
+  try {
+    await handle.read(superblock, 0, 1024, 1024);
+  } finally {
+    await handle.close();
+  }
+  if (superblock.readUInt16LE(0x38) !== 0xef53) return; // not ext: blkid said otherwise, mount will say
+  const hasJournal = (superblock.readUInt32LE(0x5c) & 0x4) !== 0;
+  const journalUuid = superblock.subarray(0xd0, 0xe0);
+  const journalInode = superblock.readUInt32LE(0xe0);
+  const journalDevice = superblock.readUInt32LE(0xe4);
+  if (hasJournal && (journalInode === 0 || journalUuid.some((byte) => byte !== 0) || journalDevice !== 0)) {
+    throw new ImageBuilderError('BAD_INPUT', `${device} is an ext filesystem whose journal is on another device (journal uuid ${journalUuid.toString('hex')}, device ${journalDevice}): the host would open a disk of its own as that journal`, {
+      hint: 'give the filesystem an internal journal first (tune2fs -O ^has_journal, then tune2fs -j, on a copy of the image), or build from a trusted base image',
+    });
+  }
 }

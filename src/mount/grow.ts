@@ -1,7 +1,7 @@
 import { readFile, realpath, statfs } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { MountContext } from './backend.js';
-import { blockDeviceBytes } from './block.js';
+import { blockDeviceBytes, refuseExternalJournal } from './block.js';
 import type { GuestLayout } from './layout.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatBytes } from '../util/size.js';
@@ -75,6 +75,7 @@ export function rootGrower(context: MountContext) {
       const partition = await partitionOf(root.device);
       if (partition) await growPartition(context, root.device, partition.disk, partition.number);
       if (root.type.startsWith('ext')) {
+        await refuseExternalJournal(root.device);
         // Preen: fixes what is safe to fix unasked, fails on anything else (exit 4 and up) rather than guess.
         const check = await context.run('e2fsck', ['-f', '-p', root.device], { allowFailure: true, log: context.log, purpose: 'checking the root filesystem before it grows' });
         if (check.exitCode >= 4) throw new ImageBuilderError('BAD_INPUT', `--grow: the root filesystem (${root.device}) has errors e2fsck will not fix unasked (exit ${check.exitCode})`, { detail: check.output.trim() });

@@ -1,11 +1,11 @@
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, readFile, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, mkdir, open, opendir, readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import type { MountContext } from './backend.js';
-import { listPartitions, probeFilesystems, type BlockFilesystem } from './block.js';
+import { listPartitions, probeFilesystems, refuseExternalJournal, type BlockFilesystem } from './block.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { exists, resolveInRoot } from '../util/fs.js';
-import { readGuestText } from '../util/guest-fs.js';
+import { MAX_DIR_ENTRIES, readGuestText } from '../util/guest-fs.js';
 import { isMounted } from '../util/mounts.js';
 
 export interface FstabEntry {
@@ -102,6 +102,7 @@ function mountOptions(type: string, fstabOptions: string[] = []): string[] {
 
 async function mountFs(context: MountContext, device: string, target: string, type: string, options: string[], readOnly: boolean) {
   if (!MOUNTABLE_TYPES.has(type)) throw new ImageBuilderError('INTERNAL', `refusing to mount ${device} as ${type}: not one of ${[...MOUNTABLE_TYPES].join(', ')}`);
+  if (EXT_TYPES.has(type)) await refuseExternalJournal(device);
   const all = [...(readOnly && !options.includes('ro') ? ['ro'] : []), ...options];
   // -i: no /sbin/mount.<type> helper runs; the kernel alone mounts what blkid found.
   await context.run('mount', ['-i', '-t', type, ...(all.length ? ['-o', all.join(',')] : []), device, target], {
@@ -176,7 +177,11 @@ async function findRoot(context: MountContext, filesystems: BlockFilesystem[]): 
     try {
       if (await hasOsRelease(probe)) return { fs, options: mountOptions(fs.type) };
       if (fs.type === 'btrfs') {
-        for (const entry of await readdir(probe)) {
+        // Streamed and bounded: a top level of millions of names is not read into memory (a real one holds a few).
+        let seenEntries = 0;
+        for await (const dirent of await opendir(probe)) {
+          if (++seenEntries > MAX_DIR_ENTRIES) break;
+          const entry = dirent.name;
           const stat = await lstat(join(probe, entry));
           if (stat.isDirectory() && stat.ino === 256 && (await hasOsRelease(join(probe, entry)))) {
             return { fs, options: mountOptions(fs.type, [`subvol=${entry}`]) }; // inode 256 marks a subvolume root
@@ -203,6 +208,9 @@ async function kernelFilesystems(): Promise<Set<string>> {
  * Mounts the guest the way it would mount itself: root first, then what its /etc/fstab lists, in path order.
  * An entry this host cannot mount is a warning naming the entry; swap and virtual entries are skipped.
  */
+/** The most fstab entries mounted (a real fstab has a handful; each is a mount(8) and a release). */
+const MAX_FSTAB_MOUNTS = 64;
+
 export async function mountGuestLayout(
   context: MountContext,
   device: string,
@@ -233,8 +241,13 @@ export async function mountGuestLayout(
     .filter((entry) => entry.path !== '/')
     .sort((a, b) => a.path.split('/').length - b.path.split('/').length || a.path.localeCompare(b.path));
   const supported = await kernelFilesystems();
+  const targets = new Set([rootDir]);
   for (const entry of entries) {
     const where = `/etc/fstab:${entry.line} (${entry.spec} ${entry.path} ${entry.type})`;
+    if (targets.size > MAX_FSTAB_MOUNTS) {
+      context.log.warn(`not mounting ${where}: the fstab asks for more than ${MAX_FSTAB_MOUNTS} mounts, more than any real one; steps writing under ${entry.path} write into the root filesystem`);
+      continue;
+    }
     if (entry.type === 'swap' || entry.path === 'none') continue;
     if (VIRTUAL_TYPES.has(entry.type)) continue;
     if (entry.options.includes('noauto')) {
@@ -257,7 +270,14 @@ export async function mountGuestLayout(
       context.log.warn(`cannot mount ${where}: this host's kernel has no ${type ?? 'known'} filesystem support; steps writing under ${entry.path} write into the root filesystem`);
       continue;
     }
-    const target = join(rootDir, await resolveInRoot(rootDir, entry.path));
+    // Where the line leads inside the guest, normalized: `/.`, `//` or a link to / is the root itself, which a
+    // mount there would cover (and its release by that name would miss); a place already mounted is not mounted twice.
+    const target = resolve(rootDir, `.${await resolveInRoot(rootDir, entry.path)}`);
+    if (targets.has(target)) {
+      context.log.warn(`not mounting ${where}: it leads to ${target === rootDir ? 'the root itself' : 'a place already mounted'}; steps writing under ${entry.path} write into what is mounted there`);
+      continue;
+    }
+    targets.add(target);
     await mkdir(target, { recursive: true });
     context.cleanup.push(`mount ${target}`, async () => void ((await isMounted(target)) && (await umount(context, target))));
     await mountFs(context, fs.device, target, type, mountOptions(type, entry.options), readOnly);

@@ -80,8 +80,9 @@ const RESUME_FILE = 'resume.json';
 /**
  * What a kept work directory says to resume from, believed only of a directory that is ours and no one else's
  * (as a build makes it: 0700, in a parent no one else may swap it in), read without following links, and naming
- * as its layer store only its own `layers/` or the cache's: layers are replayed into the guest and their store
- * written, so a work directory another user could write, or one pointing elsewhere, would choose both.
+ * as its layer store only the cache's or a kept work directory's `layers/` (its own, or the one it resumed from)
+ * that passes the same checks: layers are replayed into the guest and their store written, so a work directory
+ * another user could write, or one pointing elsewhere, would choose both.
  */
 async function readResumeNote(dir: string, cacheDir: string): Promise<{ store: string; baseSha256: string }> {
   const refuse = (why: string) =>

@@ -15,7 +15,7 @@ export type InspectSideOptions = Omit<InspectOptions, 'diskImage' | 'log' | 'sig
 const MAX_BOM_BYTES = 256 << 20;
 
 async function firstByte(path: string): Promise<string | undefined> {
-  // O_NONBLOCK: a FIFO given by mistake reads as empty (and is then refused as an image), not waited on.
+  // O_NONBLOCK: a FIFO swapped in after the stat reads as empty (then refused as an image), not waited on.
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
   if (!file) return undefined;
   try {

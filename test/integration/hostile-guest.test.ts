@@ -158,6 +158,41 @@ describe('hostile guest images', () => {
         "the guest's /run leads to /boot, which is a mount point already");
     });
 
+    test('an ext4 root whose superblock names an external journal (a host disk the kernel or e2fsck would open) is refused before it is mounted', async () => {
+      await expectRefusedBeforeTheStep('external-journal', async (path) => {
+        const raw = `${path}.raw`;
+        await execa('qemu-img', ['convert', '-O', 'raw', wholeDisk, raw]);
+        // debugfs rewrites the superblock's checksum, so blkid still finds ext4 there.
+        await execa('debugfs', ['-w', '-R', 'ssv journal_uuid 11111111-2222-3333-4444-555555555555', raw]);
+        expect((await execa('dumpe2fs', ['-h', raw])).stdout).toMatch(/Journal UUID:\s+11111111-2222-3333-4444-555555555555/);
+        await execa('qemu-img', ['convert', '-O', 'qcow2', raw, path]);
+        await rm(raw);
+        return path;
+      }, 'is an ext filesystem whose journal is on another device (journal uuid 11111111222233334444555555555555');
+    });
+
+    test('fstab lines that lead to / itself (`/.`, `//`, a link to /) or to a place already mounted are not mounted: the root is not covered, and nothing is left mounted', async () => {
+      const host = await snapshotHost();
+      const separateBoot = await fixtureImage('separate-boot');
+      const image = await deriveImage(separateBoot, join(work, 'fstab-onto-root.qcow2'), {}, {
+        partitioned: true,
+        partition: 3,
+        // /boot's own filesystem, asked for again over the root (three spellings) and over /boot.
+        thenRun: [
+          'b=$(awk \'$2=="/boot" {print $1}\' "$1/etc/fstab")',
+          'ln -s / "$1/rootlink"',
+          'for p in /. // /rootlink /boot; do echo "$b $p ext4 defaults 0 0" >> "$1/etc/fstab"; done',
+        ].join('; '),
+      });
+      const recipe = await writeRecipe(work, 'fstab-onto-root', [{ name: 'the real root', run: 'test -f /etc/os-release && test -d /usr/bin && echo ROOT-NOT-COVERED' }]);
+      const result = await apply(recipe, image, 'fstab-onto-root-out.qcow2');
+      expectSuccess(result);
+      expect(result.all).toContain('ROOT-NOT-COVERED');
+      for (const path of ['/.', '//', '/rootlink']) expect(result.stderr).toMatch(new RegExp(`not mounting /etc/fstab:\\d+ \\(\\S+ ${path.replace(/\./g, '\\.')} ext4\\): it leads to the root itself`));
+      expect(result.stderr).toMatch(/not mounting \/etc\/fstab:\d+ \(\S+ \/boot ext4\): it leads to a place already mounted/);
+      await expectHostUntouched(host);
+    });
+
     test("a step that renames a parent of the session's mount points (/sys a link to /srv/s, then mv /srv /srv2) leaves none of them mounted", async () => {
       const host = await snapshotHost();
       const image = await deriveImage(wholeDisk, join(work, 'moved-mounts.qcow2'), {}, { thenRun: 'rm -rf "$1/sys"; mkdir -p "$1/srv/s"; ln -s /srv/s "$1/sys"' });

@@ -51,6 +51,8 @@ describe('the OVF descriptor', () => {
     const osRelease = (like: string): Record<string, string> => ({ ID_LIKE: like });
     expect(ovfOsType({ id: 'debian', versionId: '12', prettyName: 'Debian GNU/Linux 12 (bookworm)', osRelease: {} }, 'amd64')).toEqual({ id: 96, description: 'Debian GNU/Linux 12 (bookworm) (amd64)' });
     expect(ovfOsType({ id: 'debian', osRelease: {} }, 'i386').id).toBe(95);
+    // A guest's os-release naming an object's own keys is no known OS: generic Linux, never `undefined`.
+    for (const id of ['constructor', '__proto__', 'toString']) expect(ovfOsType({ id, osRelease: osRelease('hasOwnProperty') }, 'amd64').id).toBe(ovfOsType({ id: 'plan9', osRelease: {} }, 'amd64').id);
     expect(ovfOsType({ id: 'ubuntu', osRelease: osRelease('debian') }, 'arm64').id).toBe(94);
     expect(ovfOsType({ id: 'rhel', osRelease: osRelease('fedora') }, 'x86_64').id).toBe(80);
     expect(ovfOsType({ id: 'rocky', osRelease: osRelease('rhel centos fedora') }, 'x86_64').id).toBe(80);

@@ -6,7 +6,7 @@ import { parseOsRelease } from '../../src/distro/os-release.js';
 import { detectDistro } from '../../src/distro/families.js';
 import { comparePackages } from '../../src/bom/collect.js';
 import { parsePackageSpec } from '../../src/pkg/types.js';
-import { posixAclText } from '../../src/image/rootfs-tar.js';
+import { posixAclText, standIn } from '../../src/image/rootfs-tar.js';
 
 describe('sums files', () => {
   test('GNU text and binary forms, BSD form, paths and comments', () => {
@@ -129,5 +129,14 @@ describe('posixAclText (the kernel xattr of a POSIX ACL, as tar keeps it)', () =
     expect(posixAclText(xattr([[0x40, 6, 0]]))).toBeUndefined(); // an unknown tag
     expect(posixAclText(Buffer.concat([xattr([[0x01, 6, 0]]), Buffer.from([0])]))).toBeUndefined(); // a torn entry
     expect(posixAclText(Buffer.alloc(2))).toBeUndefined();
+  });
+});
+
+describe('the ustar stand-in for a name only the pax header holds', () => {
+  test('its end, in ASCII, never absolute and never climbing (what a pax-unaware reader would extract)', () => {
+    expect(standIn('usr/share/d\u00e9j\u00e0', 100)).toBe('usr/share/d_j_');
+    expect(standIn(`\u00fc/etc/cron.d/${'x'.repeat(88)}`, 100)).toBe(`etc/cron.d/${'x'.repeat(88)}`);
+    expect(standIn(`${'a'.repeat(50)}/x../../y/${'b'.repeat(90)}`, 100).split('/')).not.toContain('..');
+    expect(standIn('x../y', 4)).toBe('__/y');
   });
 });
