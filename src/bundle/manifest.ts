@@ -6,7 +6,7 @@
 import { constants } from 'node:fs';
 import { writeFile, lstat } from 'node:fs/promises';
 import { isAbsolute, join, normalize, sep } from 'node:path';
-import { ImageBuilderError } from '../util/errors.js';
+import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { hashOpenFile, sha256File, sha256Text } from '../util/digest.js';
 import { openRegularFile } from '../util/fs.js';
 import { openBeneath } from '../util/guest-fs.js';
@@ -158,8 +158,11 @@ export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFile
       if (options.sizeOnly?.includes(file.kind)) continue;
       // Hashed through a descriptor opened one name at a time from the bundle's directory, none followed, and
       // looked at before it is opened: a name swapped since the lstat for a link or a FIFO is refused, not waited on.
-      const handle = await openBeneath(dir, path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
-      if (!handle) { problems.push(`${path}: replaced while it was being verified`); continue; }
+      const handle = await openBeneath(dir, path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch((error: NodeJS.ErrnoException) => {
+        problems.push(`${path}: ${['ELOOP', 'ENOENT', 'ENOTDIR'].includes(error.code ?? '') || error instanceof ImageBuilderError ? 'replaced while it was being verified' : errorMessage(error)}`);
+        return undefined;
+      });
+      if (!handle) continue;
       const actual = await (async () => {
         try {
           const opened = await handle.stat();

@@ -1,4 +1,4 @@
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Flags } from '@oclif/core';
 import { MOUNT_BACKEND_NAMES, type MountBackendName } from '../mount/backend.js';
 import { ImageBuilderError } from '../util/errors.js';
@@ -64,7 +64,8 @@ export function hostPaths(flags: { cache?: string; 'work-dir'?: string }, env: N
 export function locateHostPaths(flags: { cache?: string; 'work-dir'?: string }, env: NodeJS.ProcessEnv = process.env): HostPaths {
   return {
     cacheDir: flags.cache ?? (env.XDG_CACHE_HOME ? join(env.XDG_CACHE_HOME, 'imagebuilder') : defaultCacheDir()),
-    workDir: flags['work-dir'] ?? defaultWorkDir(),
+    // Absolute: mount points and the release of what is mounted there compare it with the kernel's absolute paths.
+    workDir: resolve(flags['work-dir'] ?? defaultWorkDir()),
     runDir: env.IMAGEBUILDER_RUN_DIR ?? DEFAULT_RUN_DIR,
   };
 }

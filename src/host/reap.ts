@@ -449,7 +449,13 @@ export async function reapDeadBuilds(options: ReapOptions): Promise<CleanupRepor
     }
     dead.push({ ...build, leftovers, failures });
   }
-  const freedLocks = options.locks ? await removeFreeLocks(options.locks, STALE_CLAIM, { log, dryRun: options.dryRun }) : undefined;
+  // Last, and never at the cost of the report of what was released above.
+  const freedLocks = options.locks
+    ? await removeFreeLocks(options.locks, STALE_CLAIM, { log, dryRun: options.dryRun }).catch((error: unknown) => {
+        log.error(`could not look for claim files no one holds in ${options.locks}: ${errorMessage(error)}`);
+        return [];
+      })
+    : undefined;
   return { dryRun: options.dryRun ?? false, dead, live, ...(freedLocks ? { freedLocks } : {}) };
 }
 

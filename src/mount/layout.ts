@@ -163,6 +163,9 @@ interface RootCandidate {
   options: string[];
 }
 
+/** The most fstab entries mounted (a real fstab has a handful; each is a mount(8) and a release). */
+const MAX_FSTAB_MOUNTS = 64;
+
 /** The root filesystem is the one holding /etc/os-release (for btrfs: at the top or in a top-level subvolume). */
 async function findRoot(context: MountContext, filesystems: BlockFilesystem[]): Promise<RootCandidate> {
   const probe = join(context.workDir, 'probe');
@@ -208,9 +211,6 @@ async function kernelFilesystems(): Promise<Set<string>> {
  * Mounts the guest the way it would mount itself: root first, then what its /etc/fstab lists, in path order.
  * An entry this host cannot mount is a warning naming the entry; swap and virtual entries are skipped.
  */
-/** The most fstab entries mounted (a real fstab has a handful; each is a mount(8) and a release). */
-const MAX_FSTAB_MOUNTS = 64;
-
 export async function mountGuestLayout(
   context: MountContext,
   device: string,
@@ -244,10 +244,6 @@ export async function mountGuestLayout(
   const targets = new Set([rootDir]);
   for (const entry of entries) {
     const where = `/etc/fstab:${entry.line} (${entry.spec} ${entry.path} ${entry.type})`;
-    if (targets.size > MAX_FSTAB_MOUNTS) {
-      context.log.warn(`not mounting ${where}: the fstab asks for more than ${MAX_FSTAB_MOUNTS} mounts, more than any real one; steps writing under ${entry.path} write into the root filesystem`);
-      continue;
-    }
     if (entry.type === 'swap' || entry.path === 'none') continue;
     if (VIRTUAL_TYPES.has(entry.type)) continue;
     if (entry.options.includes('noauto')) {
@@ -268,6 +264,10 @@ export async function mountGuestLayout(
     }
     if (!supported.has(type)) {
       context.log.warn(`cannot mount ${where}: this host's kernel has no ${type ?? 'known'} filesystem support; steps writing under ${entry.path} write into the root filesystem`);
+      continue;
+    }
+    if (targets.size > MAX_FSTAB_MOUNTS) {
+      context.log.warn(`not mounting ${where}: the fstab asks for more than ${MAX_FSTAB_MOUNTS} mounts, more than any real one; steps writing under ${entry.path} write into the root filesystem`);
       continue;
     }
     // Where the line leads inside the guest, normalized: `/.`, `//` or a link to / is the root itself, which a

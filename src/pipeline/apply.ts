@@ -111,9 +111,10 @@ async function readResumeNote(dir: string, cacheDir: string): Promise<{ store: s
   // The cache's layers, or a kept work directory's own (this one's, or the one it resumed from in turn).
   const store = await realpath(note.store).catch(() => undefined);
   const cacheLayers = await realpath(layerStoreDir(cacheDir)).catch(() => undefined);
-  const ownLayers = store !== undefined && basename(store) === 'layers' && !(await keptWorkDirProblem(dirname(store)));
-  if (!store || (store !== cacheLayers && !ownLayers)) throw refuse(`its ${RESUME_FILE} names ${note.store} as its layer store, which is neither a kept work directory's layers/ nor the cache's`);
-  return note;
+  const keptLayers = async (path: string) =>
+    basename(path) === 'layers' && !(await keptWorkDirProblem(dirname(path))) && (await lstat(join(dirname(path), RESUME_FILE)).catch(() => undefined))?.isFile() === true;
+  if (!store || (store !== cacheLayers && !(await keptLayers(store)))) throw refuse(`its ${RESUME_FILE} names ${note.store} as its layer store, which is neither a kept work directory's layers/ nor the cache's`);
+  return { store, baseSha256: note.baseSha256 };
 }
 
 /** Why `dir` is not a work directory of ours alone, as a build makes it, if it is not. */

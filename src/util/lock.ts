@@ -174,7 +174,9 @@ export const CACHE_DIR_HINT =
  * cache on a bigger disk) is followed only if it is ours. Never chmod-ed: it may be a directory the user shares.
  */
 export function ensureCacheDir(dir: string): void {
-  mkdirSync(dirname(dir), { recursive: true });
+  const before = cacheDirProblem(dir); // where it would be made, before anything is made there
+  if (before) throw new ImageBuilderError('ENVIRONMENT', `refusing to use the cache directory ${dir}: ${before}`, { hint: CACHE_DIR_HINT });
+  mkdirSync(dirname(dir), { recursive: true, mode: 0o755 });
   try {
     mkdirSync(dir, { mode: 0o700 });
   } catch (error) {
@@ -187,7 +189,7 @@ export function ensureCacheDir(dir: string): void {
 /** Why `dir` may not be trusted as the cache directory, if it may not (ensureCacheDir's rules; doctor reports them). */
 export function cacheDirProblem(dir: string): string | undefined {
   const link = lstatSync(dir, { throwIfNoEntry: false });
-  // A missing one is made where it would be: its parent counts already.
+  // A missing one is made where it would be: the directories above it count already.
   if (!link) return swappableParentProblem(dirname(dir));
   if (link.isSymbolicLink() && link.uid !== euid()) return `it is a symbolic link (to ${readlinkSync(dir)}) that uid ${link.uid} made, not this user`;
   let real: string;
@@ -218,15 +220,17 @@ export function cacheDirProblem(dir: string): string | undefined {
 }
 
 /**
- * Why another user could rename a directory in `parent` away and put one of theirs in its place, if they could:
- * the parent is theirs (not ours, not root's), or others may write it without the sticky bit.
+ * Why another user could rename a directory under `parent` away and put one of theirs in its place, if they
+ * could: a directory on the way from / (that exists: a missing one would be made by us) is theirs (not ours,
+ * not root's), or others may write it without the sticky bit.
  */
 function swappableParentProblem(parent: string): string | undefined {
-  const info = statSync(parent, { throwIfNoEntry: false });
-  if (!info) return undefined;
-  if (info.uid !== euid() && info.uid !== 0) return `its parent ${parent} belongs to uid ${info.uid}, who could swap it for another`;
-  if ((info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) return `its parent ${parent} may be written by its group or others (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit), who could swap it for another`;
-  return undefined;
+  for (let at = parent; ; at = dirname(at)) {
+    const info = statSync(at, { throwIfNoEntry: false });
+    if (info && info.uid !== euid() && info.uid !== 0) return `${at === parent ? 'its parent' : 'a directory above it,'} ${at} belongs to uid ${info.uid}, who could swap it for another`;
+    if (info && (info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) return `${at === parent ? 'its parent' : 'a directory above it,'} ${at} may be written by its group or others (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit), who could swap it for another`;
+    if (at === dirname(at)) return undefined;
+  }
 }
 
 /**

@@ -320,7 +320,7 @@ describe('guest-fs is the only way the host opens a guest file', () => {
       readFile: '/proc/filesystems (host)',
       open: 'the exclusive-open test of a host block device',
       mkdir: 'mount points, at paths already resolved inside the guest before anything runs in it',
-      readdir: 'names of a read-only probe mount (btrfs subvolumes), each then lstat-ed',
+      opendir: 'names of a read-only probe mount (btrfs subvolumes), streamed and bounded, each then lstat-ed',
     },
     'src/chroot/session.ts': {
       readFile: "the host's resolv.conf",
@@ -335,7 +335,7 @@ describe('guest-fs is the only way the host opens a guest file', () => {
       readdir: 'the lstat-based walk, after the session closed (no guest process runs)',
       statfs: "what the guest's filesystems use, asked of their mount points (host paths the host mounted)",
     },
-    'src/mount/block.ts': Object.fromEntries(['readdir', 'readFile', 'stat'].map((name) => [name, "the host's /sys/class/block and /dev nodes of the devices we attached"])),
+    'src/mount/block.ts': Object.fromEntries(['readdir', 'readFile', 'stat', 'open'].map((name) => [name, "the host's /sys/class/block and /dev nodes of the devices we attached (open: an ext superblock read from our own partition device)"])),
     'src/mount/nbd.ts': { readdir: "the host's /sys/block" },
     'src/mount/grow.ts': {
       readFile: "the host's /sys/class/block",

@@ -285,6 +285,9 @@ describe('lock files another user cannot plant', () => {
     await asNobody('mkdir', '-m', '0755', home);
     await execa('mkdir', [join(home, 'cache')]);
     expect(cacheDirProblem(join(home, 'cache'))).toBe(`its parent ${home} belongs to uid 65534, who could swap it for another`);
+    // Further up, and before anything is made there: ~/.cache would have been made root's, in a home of theirs.
+    expect(() => ensureCacheDir(join(home, '.cache', 'imagebuilder'))).toThrow(`a directory above it, ${home} belongs to uid 65534, who could swap it for another`);
+    expect((await readdir(home)).sort()).toEqual(['cache']);
     // A symlink of ours that leads nowhere is no cache.
     await execa('ln', ['-s', join(sticky, 'gone'), join(sticky, 'dangling')]);
     expect(cacheDirProblem(join(sticky, 'dangling'))).toMatch(/^it does not lead to a directory \(ENOENT/);
