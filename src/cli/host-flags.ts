@@ -63,8 +63,9 @@ export function hostPaths(flags: { cache?: string; 'work-dir'?: string }, env: N
 /** hostPaths without making or checking the cache directory: doctor reports what is wrong with it instead. */
 export function locateHostPaths(flags: { cache?: string; 'work-dir'?: string }, env: NodeJS.ProcessEnv = process.env): HostPaths {
   return {
-    cacheDir: flags.cache ?? (env.XDG_CACHE_HOME ? join(env.XDG_CACHE_HOME, 'imagebuilder') : defaultCacheDir()),
-    // Absolute: mount points and the release of what is mounted there compare it with the kernel's absolute paths.
+    // Absolute: the cache's check walks up from it; mount points and the release of what is mounted there compare
+    // the work directory with the kernel's absolute paths.
+    cacheDir: resolve(flags.cache ?? (env.XDG_CACHE_HOME ? join(env.XDG_CACHE_HOME, 'imagebuilder') : defaultCacheDir())),
     workDir: resolve(flags['work-dir'] ?? defaultWorkDir()),
     runDir: env.IMAGEBUILDER_RUN_DIR ?? DEFAULT_RUN_DIR,
   };

@@ -170,7 +170,7 @@ export const CACHE_DIR_HINT =
  * The cache directory, made (0700) when it is missing, or refused when another user may have put anything in
  * it. Everything under it is trusted: a cached image is used as verified, a layer is replayed into the output,
  * tmp/ is removed recursively. So it must be ours and written by no one else, each entry at its top ours and
- * (a directory) written by no one else, and its parent must not let others swap it. A symlink at its name (a
+ * (a directory) written by no one else, and no directory above it may let others swap it. A symlink at its name (a
  * cache on a bigger disk) is followed only if it is ours. Never chmod-ed: it may be a directory the user shares.
  */
 export function ensureCacheDir(dir: string): void {

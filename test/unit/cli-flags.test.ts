@@ -1,6 +1,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { locateHostPaths } from '../../src/cli/host-flags.js';
 import Apply from '../../src/commands/apply.js';
 import Matrix from '../../src/commands/matrix.js';
 import Inspect from '../../src/commands/inspect.js';
@@ -76,5 +77,12 @@ describe('pipeline-facing CLI surface', () => {
     expect(failure).toMatchObject({ code: 'INTERNAL', exitCode: 1 });
     expect(failure.render()).toContain('hint: this is a bug in imagebuilder; please report it');
     expect(toImageBuilderError(new ImageBuilderError('STEP_FAILED', 'x')).exitCode).toBe(4);
+  });
+});
+
+describe('where this host keeps things', () => {
+  test('absolute whatever was given: the cache check walks up from it, mount points are compared with the kernel\'s paths', () => {
+    expect(locateHostPaths({ cache: 'rel-cache', 'work-dir': 'rel-work' }, {})).toMatchObject({ cacheDir: join(process.cwd(), 'rel-cache'), workDir: join(process.cwd(), 'rel-work') });
+    expect(locateHostPaths({}, { XDG_CACHE_HOME: '/x/cache' }).cacheDir).toBe('/x/cache/imagebuilder');
   });
 });
