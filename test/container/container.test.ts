@@ -1,4 +1,5 @@
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { buildImage, CACHE_VOLUME, containersLeft, ensureBaseImage, imageConfig, IMAGE_TAG, runInContainer } from '../helpers/container.js';
@@ -128,8 +129,12 @@ describe('the container (Dockerfile built by buildah, commands run inside it)', 
     const cgroupsReadOnly = cgroupProbe.exitCode !== 0 && cgroupProbe.stderr.includes('Read-only file system');
     log(`cgroups in the container: ${cgroupsReadOnly ? 'read-only' : 'writable'}`);
     expect(bom.warnings).toEqual(cgroupsReadOnly ? [NO_CGROUP_LIMITS_WARNING] : []);
-    // The cache volume outlives the container: the KVM verdict of the first build here is in it.
-    expect((await readdir(CACHE_VOLUME)).filter((name) => name.startsWith('libguestfs-kvm-'))).toHaveLength(1);
+    // The cache volume outlives the container: this build's step layers are in it, and so is the KVM verdict of the
+    // first build here, where the host has a /dev/kvm to probe (without one, libguestfs uses TCG unprobed and
+    // remembers nothing: this machine's kind has had both).
+    const cached = await readdir(CACHE_VOLUME);
+    expect(cached).toContain('layers');
+    expect(cached.filter((name) => name.startsWith('libguestfs-kvm-'))).toHaveLength(existsSync('/dev/kvm') ? 1 : 0);
     await withImageMounted(output, 'btrfs-subvol', async (root) => {
       expect(await readFile(join(root, 'etc/imagebuilder/built-in.txt'), 'utf8')).toBe('container\n');
       expect(await dpkgVersion(root, 'socat')).toMatch(/\d/);
