@@ -4,11 +4,11 @@
  * anything runs: a missing or altered file, or a path that leaves the bundle, is VERIFY_FAILED (exit 3).
  */
 import { constants } from 'node:fs';
-import { writeFile, lstat } from 'node:fs/promises';
+import { writeFile, lstat, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, normalize, sep } from 'node:path';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { hashOpenFile, sha256File, sha256Text } from '../util/digest.js';
-import { openRegularFile } from '../util/fs.js';
+import { FileTooLarge, readRegularFile } from '../util/fs.js';
 import { openBeneath } from '../util/guest-fs.js';
 import { TOOL_VERSION } from '../version.js';
 import { IMAGE_FORMATS } from '../image/qemu-img.js';
@@ -108,6 +108,20 @@ export function checkManifest(value: unknown): BundleManifest {
   return manifest;
 }
 
+/**
+ * A listed file of a directory bundle, opened one name at a time from the bundle's directory, none followed (a
+ * directory on the way swapped for a link to /dev is not stepped into), never a FIFO or device (looked at before
+ * it is opened): its descriptor while it is a regular file of the manifest's size, else undefined (closed). A
+ * bundle on a share may change under us; its users read the manifest's size and no more.
+ */
+export async function openListedFile(dir: string, file: BundleFile): Promise<FileHandle | undefined> {
+  const handle = await openBeneath(dir, file.path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  const info = await handle.stat().catch(() => undefined);
+  if (info?.isFile() && info.size === file.size) return handle;
+  await handle.close();
+  return undefined;
+}
+
 /** lstat of `path` inside `dir`, refusing a symlink anywhere on the way (a bundle's directory names a file by it). */
 async function lstatInside(dir: string, path: string) {
   const parts = path.split('/');
@@ -128,18 +142,12 @@ export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFile
   let text: string;
   try {
     // Opened once, not followed, never a FIFO: what was checked is what is read.
-    const opened = await openRegularFile(join(dir, BUNDLE_MANIFEST), { follow: false });
-    if (!opened) throw Object.assign(new Error('no such file'), { code: 'ENOENT' });
-    try {
-      if (opened.size > MAX_MANIFEST_BYTES) throw new Error(`${opened.size} bytes, more than any bundle's (${MAX_MANIFEST_BYTES})`);
-      const bytes = Buffer.alloc(opened.size);
-      const { bytesRead } = await opened.handle.read(bytes, 0, opened.size, 0);
-      text = bytes.subarray(0, bytesRead).toString('utf8');
-    } finally {
-      await opened.handle.close();
-    }
+    const bytes = await readRegularFile(join(dir, BUNDLE_MANIFEST), { follow: false, maxBytes: MAX_MANIFEST_BYTES });
+    if (!bytes) throw new Error('no such file');
+    text = bytes.toString('utf8');
   } catch (error) {
-    throw new ImageBuilderError('VERIFY_FAILED', `${join(dir, BUNDLE_MANIFEST)} cannot be read: ${(error as Error).message}`, { hint: 'give --bundle the directory (or .tar) `imagebuilder bundle` wrote' });
+    const why = error instanceof FileTooLarge ? `${error.size} bytes, more than any bundle's (${MAX_MANIFEST_BYTES})` : (error as Error).message;
+    throw new ImageBuilderError('VERIFY_FAILED', `${join(dir, BUNDLE_MANIFEST)} cannot be read: ${why}`, { hint: 'give --bundle the directory (or .tar) `imagebuilder bundle` wrote' });
   }
   let parsed: unknown;
   try {
@@ -158,21 +166,15 @@ export async function verifyBundle(dir: string, options: { sizeOnly?: BundleFile
       if (options.sizeOnly?.includes(file.kind)) continue;
       // Hashed through a descriptor opened one name at a time from the bundle's directory, none followed, and
       // looked at before it is opened: a name swapped since the lstat for a link or a FIFO is refused, not waited on.
-      const handle = await openBeneath(dir, path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch((error: NodeJS.ErrnoException) => {
+      // null: the open failed, and says why; undefined: what is there now is not the file listed.
+      const handle = await openListedFile(dir, file).catch((error: NodeJS.ErrnoException) => {
         problems.push(`${path}: ${['ELOOP', 'ENOENT', 'ENOTDIR'].includes(error.code ?? '') || error instanceof ImageBuilderError ? 'replaced while it was being verified' : errorMessage(error)}`);
-        return undefined;
+        return null;
       });
-      if (!handle) continue;
-      const actual = await (async () => {
-        try {
-          const opened = await handle.stat();
-          return opened.isFile() && opened.size === file.size ? (await hashOpenFile(handle, ['sha256'])).sha256! : undefined;
-        } finally {
-          await handle.close();
-        }
-      })();
-      if (actual === undefined) problems.push(`${path}: replaced while it was being verified`);
-      else if (actual !== file.sha256) problems.push(`${path}: sha256 ${actual}, manifest says ${file.sha256}`);
+      if (handle === null) continue;
+      if (!handle) { problems.push(`${path}: replaced while it was being verified`); continue; }
+      const actual = (await hashOpenFile(handle, ['sha256']).finally(() => handle.close())).sha256!;
+      if (actual !== file.sha256) problems.push(`${path}: sha256 ${actual}, manifest says ${file.sha256}`);
     } catch (error) {
       problems.push(`${path}: missing${(error as NodeJS.ErrnoException).code === 'ENOENT' ? '' : ` (${(error as Error).message})`}`);
     }

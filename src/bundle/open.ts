@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { constants, createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, mkdir, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { finished, pipeline } from 'node:stream/promises';
@@ -12,11 +12,10 @@ import { RPM_BUNDLE_GUEST_DIR, rpmBundlePackages, ZYPPER_REPOS_DIR, zypperBundle
 import type { ServedRepository } from '../pkg/types.js';
 import { sha256File, sha256Text } from '../util/digest.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { openBeneath } from '../util/guest-fs.js';
 import type { Logger } from '../util/log.js';
 import { packFile } from '../util/tar-pack.js';
 import { BUNDLE_LAYOUT } from './collect.js';
-import { BUNDLE_MANIFEST, checkBundlePath, checkManifest, MAX_MANIFEST_BYTES, verifyBundle, type BundleFile, type BundleManifest } from './manifest.js';
+import { BUNDLE_MANIFEST, checkBundlePath, checkManifest, MAX_MANIFEST_BYTES, openListedFile, verifyBundle, type BundleFile, type BundleManifest } from './manifest.js';
 
 /** A bundle verified and ready to build from, offline. */
 export interface OpenedBundle {
@@ -120,19 +119,10 @@ export async function packBundle(dir: string, manifest: BundleManifest, partial:
 
 const changed = (file: BundleFile) => new ImageBuilderError('VERIFY_FAILED', `bundle file ${file.path} changed after the bundle was verified`);
 
-/**
- * A file of the bundle opened again where it is used (a directory bundle may sit on a share that changes under
- * us): one name at a time from the bundle's directory, none followed (a directory on the way swapped for a link
- * to /dev is not stepped into), never a FIFO or device (looked at before it is opened), and still of the size
- * the manifest gives. Its users read that many bytes and no more: what is appended later is not read.
- */
+/** A file of the bundle opened again where it is used, as verification opened it (openListedFile); else it changed. */
 async function openBundleFile(dir: string, file: BundleFile): Promise<FileHandle> {
-  const handle = await openBeneath(dir, file.path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
-  const info = await handle?.stat().catch(() => undefined);
-  if (!handle || !info?.isFile() || info.size !== file.size) {
-    await handle?.close();
-    throw changed(file);
-  }
+  const handle = await openListedFile(dir, file).catch(() => undefined);
+  if (!handle) throw changed(file);
   return handle;
 }
 

@@ -174,16 +174,18 @@ export const CACHE_DIR_HINT =
  * cache on a bigger disk) is followed only if it is ours. Never chmod-ed: it may be a directory the user shares.
  */
 export function ensureCacheDir(dir: string): void {
-  const before = cacheDirProblem(dir); // where it would be made, before anything is made there
-  if (before) throw new ImageBuilderError('ENVIRONMENT', `refusing to use the cache directory ${dir}: ${before}`, { hint: CACHE_DIR_HINT });
+  const check = () => {
+    const problem = cacheDirProblem(dir);
+    if (problem) throw new ImageBuilderError('ENVIRONMENT', `refusing to use the cache directory ${dir}: ${problem}`, { hint: CACHE_DIR_HINT });
+  };
+  check(); // where it would be made, before anything is made there
   mkdirSync(dirname(dir), { recursive: true, mode: 0o755 });
   try {
     mkdirSync(dir, { mode: 0o700 });
   } catch (error) {
     if (errnoOf(error) !== 'EEXIST') throw error;
   }
-  const problem = cacheDirProblem(dir);
-  if (problem) throw new ImageBuilderError('ENVIRONMENT', `refusing to use the cache directory ${dir}: ${problem}`, { hint: CACHE_DIR_HINT });
+  check();
 }
 
 /** Why `dir` may not be trusted as the cache directory, if it may not (ensureCacheDir's rules; doctor reports them). */
@@ -228,7 +230,7 @@ function swappableParentProblem(parent: string): string | undefined {
   for (let at = parent; ; at = dirname(at)) {
     const info = statSync(at, { throwIfNoEntry: false });
     if (info && info.uid !== euid() && info.uid !== 0) return `${at === parent ? 'its parent' : 'a directory above it,'} ${at} belongs to uid ${info.uid}, who could swap it for another`;
-    if (info && (info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) return `${at === parent ? 'its parent' : 'a directory above it,'} ${at} may be written by its group or others (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit), who could swap it for another`;
+    if (info && othersMayRename(info.mode, 0o022)) return `${at === parent ? 'its parent' : 'a directory above it,'} ${at} may be written by its group or others (mode ${(info.mode & 0o7777).toString(8)}, no sticky bit), who could swap it for another`;
     if (at === dirname(at)) return undefined;
   }
 }
