@@ -169,6 +169,17 @@ describe('hostile guest images', () => {
         await rm(raw);
         return path;
       }, 'is an ext filesystem whose journal is on another device (journal uuid 11111111222233334444555555555555');
+      // The kernel's way in: no journal inode, a device number (8:1, a host disk's first partition) to open instead.
+      await expectRefusedBeforeTheStep('external-journal-device', async (path) => {
+        const raw = `${path}.raw`;
+        await execa('qemu-img', ['convert', '-O', 'raw', wholeDisk, raw]);
+        await execa('debugfs', ['-w', '-R', 'ssv journal_inum 0', raw]);
+        await execa('debugfs', ['-w', '-R', 'ssv journal_dev 0x801', raw]);
+        expect((await execa('dumpe2fs', ['-h', raw])).stdout).toMatch(/Journal device:\s+0x0801/);
+        await execa('qemu-img', ['convert', '-O', 'qcow2', raw, path]);
+        await rm(raw);
+        return path;
+      }, 'is an ext filesystem whose journal is on another device (journal uuid 00000000000000000000000000000000, device 2049)');
     });
 
     test('fstab lines that lead to / itself (`/.`, `//`, a link to /) or to a place already mounted are not mounted: the root is not covered, and nothing is left mounted', async () => {
