@@ -1,6 +1,6 @@
 import { deviceNumbers } from '../util/devices.js';
 import { createWriteStream } from 'node:fs';
-import { lstat, readdir, readlink, statfs } from 'node:fs/promises';
+import { lstat, opendir, readlink, statfs } from 'node:fs/promises';
 import { readGuestText } from '../util/guest-fs.js';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -43,7 +43,19 @@ export interface RootfsTarOptions {
   guestMounts?: string[];
   /** Default: SOURCE_DATE_EPOCH. */
   clampMtime?: Date;
+  /** The most names one directory may hold (default MAX_TAR_DIR_ENTRIES): a listing is sorted whole in memory. */
+  maxDirEntries?: number;
 }
+
+/**
+ * Every directory's names are held and sorted before its entries are written (byte order, as `tar --sort=name`):
+ * a crafted image's directory of tens of millions of names (hard links to one inode cost only directory blocks)
+ * would take gigabytes. A million is far past what a node image's directory holds.
+ */
+export const MAX_TAR_DIR_ENTRIES = 1_000_000;
+
+/** tar-stream writes a header's mtime as `seconds | 0`: from 2038-01-19 on it wraps negative, corrupting the field. */
+const TAR_STREAM_MAX_MTIME_SECONDS = 2 ** 31 - 1;
 
 export interface RootfsTarResult {
   entries: number;
@@ -70,6 +82,7 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   const budget = await contentBudget([root, ...(options.guestMounts ?? [])], dirname(target));
   let contentBytes = 0;
   const epoch = options.clampMtime ?? sourceDateEpoch();
+  const maxDirEntries = options.maxDirEntries ?? MAX_TAR_DIR_ENTRIES;
   const [xattrs, users, groups] = await Promise.all([readXattrs(options.run, root, options.signal), idNames(root, '/etc/passwd'), idNames(root, '/etc/group')]);
   const skipped: string[] = [];
   const aclPaths: string[] = [];
@@ -130,7 +143,12 @@ export async function writeRootfsTar(root: string, target: string, options: Root
     if (header.linkname && !isAscii(header.linkname, 100)) pax.push(['linkpath', Buffer.from(header.linkname)]), (header.linkname = standIn(header.linkname, 100));
     for (const key of ['uid', 'gid'] as const) if (header[key]! > USTAR_MAX) pax.push([key, Buffer.from(String(header[key]))]), (header[key] = 0);
     for (const key of ['uname', 'gname'] as const) if (header[key] && !isAscii(header[key]!, 32)) pax.push([key, Buffer.from(header[key]!)]), (header[key] = undefined);
-    if (header.mtime!.getTime() < 0) pax.push(['mtime', Buffer.from(String(header.mtime!.getTime() / 1000))]), (header.mtime = new Date(0));
+    // Before 1970 or past what tar-stream writes: the pax record holds it, the ustar field the nearest it can.
+    const mtimeSeconds = header.mtime!.getTime() / 1000;
+    if (mtimeSeconds < 0 || mtimeSeconds > TAR_STREAM_MAX_MTIME_SECONDS) {
+      pax.push(['mtime', Buffer.from(String(mtimeSeconds))]);
+      header.mtime = new Date(mtimeSeconds < 0 ? 0 : TAR_STREAM_MAX_MTIME_SECONDS * 1000);
+    }
     if (pax.length) pack.push(paxHeader(pax, header.mtime!));
 
     // Without atime updates: writing the tar does not write to the guest's filesystems (nor change the disk image).
@@ -140,7 +158,16 @@ export async function writeRootfsTar(root: string, target: string, options: Root
   };
 
   const walk = async (guestDir: string, hostDir: string): Promise<void> => {
-    const names = (await readdir(hostDir, { encoding: 'buffer' })).sort(Buffer.compare);
+    const names: Buffer[] = [];
+    // opendir's types take only text encodings; Node gives Buffer names with 'buffer' all the same.
+    for await (const entry of await opendir(hostDir, { encoding: 'buffer' as BufferEncoding, bufferSize: 1024 })) {
+      if (names.push(entry.name as unknown as Buffer) > maxDirEntries) {
+        throw new ImageBuilderError('BAD_INPUT', `the guest's ${guestDir} holds more than ${maxDirEntries} names: the root filesystem tar sorts each directory's names in memory`, {
+          hint: `remove or spread out that directory's entries in a step before --format tar, or write a disk image format instead`,
+        });
+      }
+    }
+    names.sort(Buffer.compare);
     for (const raw of names) {
       throwIfAborted(options.signal);
       const text = UTF8.decode(raw, { stream: false });

@@ -198,6 +198,57 @@ describe('writeRootfsTar', () => {
     }
   }, 60_000);
 
+  test('mtimes from 2038-01-19 on (past what tar-stream writes) and before 1970 are kept exactly, in pax records', async () => {
+    // Without a clamp: SOURCE_DATE_EPOCH unset for this write.
+    const saved = process.env.SOURCE_DATE_EPOCH;
+    delete process.env.SOURCE_DATE_EPOCH;
+    const times = join(work, 'times');
+    const stamps: Record<string, string> = { 'last-32-bit': '2038-01-19T03:14:07Z', 'past-32-bit': '2038-01-19T03:14:08Z', 'year-2100': '2100-01-01T00:00:00Z', 'year-1960': '1960-01-01T00:00:00Z' };
+    try {
+      await mkdir(times);
+      for (const [name, when] of Object.entries(stamps)) {
+        await writeFile(join(times, name), `${name}\n`);
+        await utimes(join(times, name), new Date(when), new Date(when));
+      }
+      const archive = join(work, 'times.tar');
+      await writeRootfsTar(times, archive, { run: execRunner, log, guestMounts: [times] });
+      const byName = new Map((await readWithTarStream(archive)).map((entry) => [entry.header.name, entry]));
+      // tar-stream reads the pax record without applying it: the ustar field holds the nearest it can.
+      const seconds = (when: string) => Date.parse(when) / 1000;
+      expect(byName.get('./last-32-bit')?.header).toMatchObject({ mtime: new Date(stamps['last-32-bit']) });
+      expect(byName.get('./last-32-bit')?.header.pax).toBeNull();
+      for (const name of ['past-32-bit', 'year-2100']) expect(byName.get(`./${name}`)?.header).toMatchObject({ mtime: new Date(stamps['last-32-bit']), pax: { mtime: String(seconds(stamps[name])) } });
+      expect(byName.get('./year-1960')?.header).toMatchObject({ mtime: new Date(0), pax: { mtime: String(seconds(stamps['year-1960'])) } });
+      const out = join(work, 'times-gnu');
+      await mkdir(out);
+      await gnuExtract(archive, out);
+      for (const [name, when] of Object.entries(stamps)) expect({ name, mtime: (await stat(join(out, name))).mtime }).toEqual({ name, mtime: new Date(when) });
+    } finally {
+      if (saved !== undefined) process.env.SOURCE_DATE_EPOCH = saved;
+      await rm(times, { recursive: true, force: true });
+      await rm(join(work, 'times-gnu'), { recursive: true, force: true });
+    }
+  });
+
+  test("refuses a directory of more names than it sorts in memory (a crafted image's millions of links), naming it", async () => {
+    const crowded = join(work, 'crowded');
+    await mkdir(join(crowded, 'var/spool'), { recursive: true });
+    await writeFile(join(crowded, 'var/spool/0'), '');
+    for (let i = 1; i <= 40; i++) await link(join(crowded, 'var/spool/0'), join(crowded, `var/spool/${i}`));
+    try {
+      await expect(writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 40 })).rejects.toMatchObject({
+        code: 'BAD_INPUT',
+        message: "the guest's /var/spool holds more than 40 names: the root filesystem tar sorts each directory's names in memory",
+      });
+      // At the bound, it is written whole.
+      const result = await writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 41 });
+      expect(result.entries).toBe(3 + 41);
+    } finally {
+      await rm(crowded, { recursive: true, force: true });
+      await rm(join(work, 'crowded.tar'), { force: true });
+    }
+  });
+
   test('refuses a tree with a foreign filesystem mounted inside (a chroot session left open), writing nothing usable', async () => {
     const proc = join(tree, 'proc');
     await mkdir(proc);

@@ -332,7 +332,7 @@ describe('guest-fs is the only way the host opens a guest file', () => {
     'src/chroot/dns-forward.ts': Object.fromEntries(['chmod', 'chown', 'mkdir', 'readFile'].map((name) => [name, "the sandbox's private state directory on the host and the relay's log there; never a guest path"])),
     'src/chroot/emulation.ts': Object.fromEntries(['open', 'readdir', 'readFile', 'realpath', 'rmdir'].map((name) => [name, "the host's binfmt_misc and /proc/mounts; of the guest, only its ELF header (guest-fs) and an lstat"])),
     'src/image/rootfs-tar.ts': {
-      readdir: 'the lstat-based walk, after the session closed (no guest process runs)',
+      opendir: 'the lstat-based walk, after the session closed (no guest process runs), streamed and bounded per directory',
       statfs: "what the guest's filesystems use, asked of their mount points (host paths the host mounted)",
     },
     'src/mount/block.ts': Object.fromEntries(['readdir', 'readFile', 'stat', 'open'].map((name) => [name, "the host's /sys/class/block and /dev nodes of the devices we attached (open: an ext superblock read from our own partition device)"])),
