@@ -5,7 +5,8 @@ import { NotRegularFile, openRegularFile } from '../util/fs.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { Runner } from '../util/exec.js';
 import type { Logger } from '../util/log.js';
-import { boxFailed, requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
+import { withBoxUid } from '../util/box-uid.js';
+import { boxFailed, requireBoxedTool, unprivilegedCommand } from '../util/unprivileged.js';
 
 /**
  * The binary packets of an ASCII-armored OpenPGP key file (`gpg --export --armor`, a distribution's `.asc`):
@@ -72,15 +73,15 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
   await requireBoxedTool('gpgv', `--keyring: the sums file's signature is checked with it`);
   const dir = await mkdtemp(join(tmpdir(), 'imagebuilder-gpgv-'));
   try {
-    // gpgv parses the signature and the sums file (from the network) as nobody in the unprivileged box. It reads
-    // them from this directory, root's and read-only to it (as /gpgv), and writes only into out/ (as /gpgv-out),
-    // nobody's: no other process of that uid on the host can plant anything where root writes.
+    // gpgv parses the signature and the sums file (from the network) in the unprivileged box, as a uid of its own
+    // (not nobody, whose other processes on the host it could reach). It reads them from this directory, root's
+    // and read-only to it (as /gpgv), and writes only into out/ (as /gpgv-out), its uid's: no other process on
+    // the host can plant anything where root writes.
     const out = join(dir, 'out');
     await mkdir(out, { mode: 0o700 });
-    await chown(out, SANDBOX_ID, SANDBOX_ID);
     const input = async (name: string, content: Buffer) => {
       await writeFile(join(dir, name), content, { flag: 'wx' });
-      await chmod(join(dir, name), 0o644); // whatever the umask: nobody reads it
+      await chmod(join(dir, name), 0o644); // whatever the umask: the box's uid reads it
     };
     const armored = keyringText.subarray(0, 200).toString('latin1').includes('-----BEGIN PGP');
     await input('keyring.gpg', armored ? dearmor(keyringText.toString('latin1')) : keyringText);
@@ -93,25 +94,29 @@ export async function verifySignature(check: SignatureCheck): Promise<string> {
       args.push('/gpgv/sums');
     }
     await chmod(dir, 0o755);
-    const [sandbox, boxed] = unprivilegedCommand(args, { binds: [{ host: dir, inside: '/gpgv' }, { host: out, inside: '/gpgv-out', writable: true }] });
-    const result = await check.run(sandbox, boxed, {
-      allowFailure: true,
-      log: check.log,
-      signal: check.signal,
-      display: `${args.join(' ')} (unprivileged, in bwrap)`,
-      purpose: `checking the signature of ${check.dataSource}`,
-    });
-    if (result.exitCode !== 0 && boxFailed(result.output)) {
-      throw new ImageBuilderError('ENVIRONMENT', `the sandbox gpgv runs in could not start: ${result.output.trim().split('\n')[0]}`, { hint: 'imagebuilder runs as root, where bubblewrap needs no user namespace: `imagebuilder doctor` checks the host' });
-    }
-    if (result.exitCode !== 0) {
-      throw new ImageBuilderError('VERIFY_FAILED', `the signature of ${check.dataSource} does not verify with the keyring ${check.keyring}`, {
-        detail: `signature: ${check.signatureSource}\n${result.output.trim()}`,
-        hint: 'the sums file was altered, or it is signed by a key that is not in this keyring: check --keyring',
+    // Read back while the uid is still held: after its release another box may run as it.
+    return await withBoxUid('gpgv', async (uid) => {
+      await chown(out, uid, uid);
+      const [sandbox, boxed] = unprivilegedCommand(args, { uid, binds: [{ host: dir, inside: '/gpgv' }, { host: out, inside: '/gpgv-out', writable: true }] });
+      const result = await check.run(sandbox, boxed, {
+        allowFailure: true,
+        log: check.log,
+        signal: check.signal,
+        display: `${args.join(' ')} (unprivileged, in bwrap)`,
+        purpose: `checking the signature of ${check.dataSource}`,
       });
-    }
-    check.log?.info(`signature of ${check.dataSource} verified (${check.signatureSource}, keyring ${check.keyring})`);
-    return check.signature ? check.data.toString('utf8') : await readVerifiedText(join(out, 'verified'), check.data.length);
+      if (result.exitCode !== 0 && boxFailed(result.output)) {
+        throw new ImageBuilderError('ENVIRONMENT', `the sandbox gpgv runs in could not start: ${result.output.trim().split('\n')[0]}`, { hint: 'imagebuilder runs as root, where bubblewrap needs no user namespace: `imagebuilder doctor` checks the host' });
+      }
+      if (result.exitCode !== 0) {
+        throw new ImageBuilderError('VERIFY_FAILED', `the signature of ${check.dataSource} does not verify with the keyring ${check.keyring}`, {
+          detail: `signature: ${check.signatureSource}\n${result.output.trim()}`,
+          hint: 'the sums file was altered, or it is signed by a key that is not in this keyring: check --keyring',
+        });
+      }
+      check.log?.info(`signature of ${check.dataSource} verified (${check.signatureSource}, keyring ${check.keyring})`);
+      return check.signature ? check.data.toString('utf8') : await readVerifiedText(join(out, 'verified'), check.data.length);
+    }, { log: check.log, signal: check.signal });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

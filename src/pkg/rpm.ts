@@ -6,7 +6,8 @@ import { ImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
 import { resolveInRoot, which } from '../util/fs.js';
 import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, statGuest } from '../util/guest-fs.js';
-import { SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
+import { withBoxUid } from '../util/box-uid.js';
+import { unprivilegedCommand } from '../util/unprivileged.js';
 import type { InstalledPackage } from './types.js';
 
 /**
@@ -149,18 +150,22 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
       if (copied > RPM_DATABASE_BOUNDS.bytes) throw new ImageBuilderError('BAD_INPUT', `the guest's rpm database (${database.guestPath}) grew past ${RPM_DATABASE_BOUNDS.bytes} bytes while it was read`);
       await writeFile(join(copy, entry), content, { mode: 0o600 });
     }
-    // The sandboxed rpm runs as nobody, and sqlite writes its -shm beside the database.
-    for (const entry of ['', ...(await readdir(copy))]) await chown(join(copy, entry), SANDBOX_ID, SANDBOX_ID);
-    const [sandbox, args] = unprivilegedCommand(['rpm', '--dbpath', '/rpmdb', '--define', `_db_backend ${database.backend}`, '-qa', '--queryformat', RPM_QUERY_FORMAT], {
-      // rpm's own configuration is the host's (/usr/lib/rpm, /etc/rpm); sqlite wants to write its -shm beside the copy.
-      binds: [{ host: copy, inside: '/rpmdb', writable: true }],
-      readOnlyHostPaths: ['/etc/rpm'],
-    });
-    const result = await run(sandbox, args, {
-      timeoutMs: RPM_QUERY_TIMEOUT_MS,
-      display: `rpm --dbpath ${copy} -qa (unprivileged, in bwrap)`,
-      purpose: `reading the guest's rpm database (${database.guestPath}, ${database.backend})`,
-      hint: database.backend === 'ndb' ? "this host's rpm may not read ndb databases (openSUSE's): use a host with rpm built with ndb" : undefined,
+    // The sandboxed rpm runs as a uid of its own (not nobody, whose other processes on the host it could reach),
+    // and sqlite writes its -shm beside the database.
+    const result = await withBoxUid('rpm', async (uid) => {
+      for (const entry of ['', ...(await readdir(copy))]) await chown(join(copy, entry), uid, uid);
+      const [sandbox, args] = unprivilegedCommand(['rpm', '--dbpath', '/rpmdb', '--define', `_db_backend ${database.backend}`, '-qa', '--queryformat', RPM_QUERY_FORMAT], {
+        uid,
+        // rpm's own configuration is the host's (/usr/lib/rpm, /etc/rpm); sqlite wants to write its -shm beside the copy.
+        binds: [{ host: copy, inside: '/rpmdb', writable: true }],
+        readOnlyHostPaths: ['/etc/rpm'],
+      });
+      return run(sandbox, args, {
+        timeoutMs: RPM_QUERY_TIMEOUT_MS,
+        display: `rpm --dbpath ${copy} -qa (unprivileged, in bwrap)`,
+        purpose: `reading the guest's rpm database (${database.guestPath}, ${database.backend})`,
+        hint: database.backend === 'ndb' ? "this host's rpm may not read ndb databases (openSUSE's): use a host with rpm built with ndb" : undefined,
+      });
     });
     return parseRpmQuery(result.stdout);
   } finally {

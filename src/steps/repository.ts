@@ -8,7 +8,9 @@ import { networkDownloads } from '../fetch/downloads.js';
 import { MAX_KEY_BYTES } from '../fetch/http.js';
 import { ImageBuilderError, isImageBuilderError } from '../util/errors.js';
 import { execRunner, type Runner } from '../util/exec.js';
-import { boxFailed, requireBoxedTool, SANDBOX_ID, unprivilegedCommand } from '../util/unprivileged.js';
+import { withBoxUid } from '../util/box-uid.js';
+import type { Logger } from '../util/log.js';
+import { boxFailed, requireBoxedTool, unprivilegedCommand } from '../util/unprivileged.js';
 import { defineStep, type StepContext } from './types.js';
 
 /** One primary key found in a key file, as the host's gpg reads it. */
@@ -114,26 +116,29 @@ export function parseGpgColons(text: string): OpenPgpKey[] {
 
 /**
  * Reads the primary keys of an OpenPGP key file with the host's gpg, importing nothing anywhere (`--show-keys`)
- * and starting no agent (`--no-autostart`). The key comes from the network or a bundle: gpg parses it as nobody in
+ * and starting no agent (`--no-autostart`). The key comes from the network or a bundle: gpg parses it as a uid of its own in
  * the unprivileged box (no network, a throwaway home and nothing else of the host's but its /usr). No keys (with
  * gpg's complaint in `diagnostics`) when gpg finds none; a host without gpg is MISSING_TOOL.
  */
-export async function inspectOpenPgpKey(key: Buffer, options: { run?: Runner; signal?: AbortSignal } = {}): Promise<{ keys: OpenPgpKey[]; diagnostics: string }> {
+export async function inspectOpenPgpKey(key: Buffer, options: { run?: Runner; signal?: AbortSignal; log?: Logger } = {}): Promise<{ keys: OpenPgpKey[]; diagnostics: string }> {
   const run = options.run ?? execRunner;
   await requireBoxedTool('gpg', 'the repository step checks keys with it', 'install it (Debian and Ubuntu: apt-get install gpg; Fedora: dnf install gnupg2)');
   const home = await mkdtemp(join(tmpdir(), 'imagebuilder-gpg-'));
   try {
-    await chown(home, SANDBOX_ID, SANDBOX_ID);
-    const [sandbox, args] = unprivilegedCommand(['gpg', '--homedir', '/gnupg', '--batch', '--no-tty', '--no-autostart', '--with-colons', '--show-keys'], {
-      binds: [{ host: home, inside: '/gnupg', writable: true }],
-    });
-    const result = await run(sandbox, args, {
-      input: key,
-      signal: options.signal,
-      errorCode: 'STEP_FAILED',
-      display: 'gpg --with-colons --show-keys (unprivileged, in bwrap)',
-      purpose: 'reading an OpenPGP key with gpg',
-    });
+    const result = await withBoxUid('gpg', async (uid) => {
+      await chown(home, uid, uid);
+      const [sandbox, args] = unprivilegedCommand(['gpg', '--homedir', '/gnupg', '--batch', '--no-tty', '--no-autostart', '--with-colons', '--show-keys'], {
+        uid,
+        binds: [{ host: home, inside: '/gnupg', writable: true }],
+      });
+      return run(sandbox, args, {
+        input: key,
+        signal: options.signal,
+        errorCode: 'STEP_FAILED',
+        display: 'gpg --with-colons --show-keys (unprivileged, in bwrap)',
+        purpose: 'reading an OpenPGP key with gpg',
+      });
+    }, { log: options.log, signal: options.signal });
     return { keys: parseGpgColons(result.stdout), diagnostics: result.stderr.trim() };
   } catch (error) {
     if (!isImageBuilderError(error) || error.code !== 'STEP_FAILED') throw error;
@@ -165,7 +170,7 @@ async function keyBytes(context: StepContext, spec: RepositorySpec): Promise<Buf
 /** Checks that the key is exactly one public key, with the expected fingerprint when one is given. */
 async function verifyKey(context: StepContext, spec: RepositorySpec, key: Buffer): Promise<OpenPgpKey> {
   const from = spec.key_url ?? 'the key given in the recipe';
-  const { keys, diagnostics } = await inspectOpenPgpKey(key, { signal: context.signal });
+  const { keys, diagnostics } = await inspectOpenPgpKey(key, { signal: context.signal, log: context.log });
   if (!keys.length) {
     throw stepFailure(context, `${from} is not an OpenPGP public key`, {
       detail: `${diagnostics || 'gpg --show-keys found no key in it'}\nit starts with: ${JSON.stringify(key.subarray(0, 60).toString('latin1'))}`,

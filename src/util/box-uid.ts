@@ -1,11 +1,11 @@
 import { randomInt } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CleanupStack } from './cleanup.js';
+import { CleanupStack } from './cleanup.js';
 import { ImageBuilderError } from './errors.js';
-import { tail, type Runner } from './exec.js';
+import { execRunner, tail, type Runner } from './exec.js';
 import { HOST_LOCK_DIR, tryAcquireLock } from './lock.js';
-import type { Logger } from './log.js';
+import { createLogger, type Logger } from './log.js';
 import { killAll } from './processes.js';
 import { SANDBOX_ID } from './unprivileged.js';
 
@@ -83,6 +83,22 @@ export async function claimBoxUid(run: Runner, cleanup: CleanupStack, log: Logge
   throw new ImageBuilderError('ENVIRONMENT', `no free uid for ${purpose} among ${first}…${first + count - 1}: each is held by another build, named in the user database, or running a process`, {
     hint: `wait for other builds to finish, or see what runs as these uids (ps -eo uid,pid,args | awk '$1 >= ${first}')`,
   });
+}
+
+/**
+ * `body` given a uid claimed for it alone (claimBoxUid), released once it ends, whatever its outcome: for a
+ * short-lived box (gpg, gpgv, rpm on hostile input) that nobody, every nobody service's uid, would expose to
+ * them and them to it. Without a logger, the claim's notes are not said.
+ */
+export async function withBoxUid<T>(purpose: string, body: (uid: number) => Promise<T>, options: BoxUidOptions & { log?: Logger } = {}): Promise<T> {
+  const log = options.log ?? createLogger({ write: () => undefined });
+  const held = new CleanupStack(log);
+  try {
+    // The host's own user database is asked, whatever runner the box's command goes through.
+    return await body(await claimBoxUid(execRunner, held, log, purpose, options));
+  } finally {
+    await held.unwind();
+  }
 }
 
 /** Whether this process's user namespace maps every uid and gid of the range (always, outside a user namespace). */

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
+import { BOX_UIDS } from '../../src/util/box-uid.js';
 import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -373,15 +374,22 @@ describe('the rpm database, read from the host', () => {
       // A guest's macro files beside its database would run `%(…)` in the host's rpm: never copied.
       for (const file of ['rpmdb.sqlite', 'rpmdb.sqlite-wal', 'rpmdb.sqlite-shm', '.rpm.lock', '.rpmmacros', 'macros', '.rpmrc']) await writeFile(join(root, 'usr/lib/sysimage/rpm', file), file);
       let copied: string[] = [];
+      let copyOwner: number | undefined;
       const run = recordingRunner((call) => {
         copied = readdirSync(call.args[call.args.indexOf('/rpmdb') - 1]).sort();
+        copyOwner = statSync(call.args[call.args.indexOf('/rpmdb') - 1]).uid;
         return { stdout: line(['rpm', '', '4.19.1.1', '1.fc40', 'x86_64', 'Fedora Project', 'rpm-4.19.1.1-1.fc40.src.rpm']) };
       });
       const packages = await queryRpmDatabase(root, { run });
       expect(run.calls.map((c) => c.file)).toEqual(['bwrap']);
       const { args } = run.calls[0];
-      // No privilege: nobody, no capability in any set, no_new_privs, no network, HOME empty and not the copy.
-      expect(args.slice(args.indexOf('setpriv'))).toEqual(['setpriv', '--reuid', '65534', '--regid', '65534', '--clear-groups', '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--', 'rpm', '--dbpath', '/rpmdb', '--define', '_db_backend sqlite', '-qa', '--queryformat', RPM_QUERY_FORMAT]);
+      // No privilege: a uid of its own (not nobody's), no capability in any set, no_new_privs, no network, HOME empty
+      // and not the copy, which is that uid's.
+      const uid = args[args.indexOf('--reuid') + 1];
+      expect(Number(uid)).toBeGreaterThanOrEqual(BOX_UIDS.first);
+      expect(Number(uid)).toBeLessThan(BOX_UIDS.first + BOX_UIDS.count);
+      expect(copyOwner).toBe(Number(uid));
+      expect(args.slice(args.indexOf('setpriv'))).toEqual(['setpriv', '--reuid', uid, '--regid', uid, '--clear-groups', '--bounding-set', '-all', '--inh-caps', '-all', '--no-new-privs', '--', 'rpm', '--dbpath', '/rpmdb', '--define', '_db_backend sqlite', '-qa', '--queryformat', RPM_QUERY_FORMAT]);
       expect(args.slice(0, 8)).toEqual(['--unshare-net', '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', '--new-session', '--clearenv']);
       expect(args[args.indexOf('HOME') + 1]).toBe('/tmp/home');
       expect(args[args.indexOf('/rpmdb') - 2]).toBe('--bind');

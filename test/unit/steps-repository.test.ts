@@ -9,6 +9,7 @@ import { detectDistro } from '../../src/distro/families.js';
 import { parseRecipe } from '../../src/recipe/load.js';
 import { packagesStep } from '../../src/steps/packages.js';
 import { inspectOpenPgpKey, normalizeFingerprint, parseGpgColons, repositoryStep, type RepositorySpec } from '../../src/steps/repository.js';
+import { BOX_UIDS, processesRunningAs, withBoxUid } from '../../src/util/box-uid.js';
 import { execRunner, type Runner } from '../../src/util/exec.js';
 import { fakeSession, fakeStepContext, type FakeCall } from '../helpers/fake-session.js';
 
@@ -178,13 +179,20 @@ describe('repository step', () => {
     expect(calls).toEqual([]);
   });
 
-  test("the key (from the network or a bundle) is parsed by gpg as nobody in the unprivileged box, with no network", async () => {
+  test("the key (from the network or a bundle) is parsed by gpg as a uid of its own (not nobody's) in the unprivileged box, with no network", async () => {
     const commands: string[][] = [];
     const recording: Runner = (file, args, options) => (commands.push([file, ...args]), execRunner(file, args, options));
     expect((await inspectOpenPgpKey(Buffer.from(keys.a), { run: recording })).keys.map((key) => key.fingerprint)).toEqual([keys.fprA]);
     expect(commands).toHaveLength(1);
     expect(commands[0][0]).toBe('bwrap');
-    expect(commands[0]).toEqual(expect.arrayContaining(['--unshare-net', '--reuid', '65534', '--bounding-set', '-all']));
+    expect(commands[0]).toEqual(expect.arrayContaining(['--unshare-net', '--bounding-set', '-all']));
+    const uid = Number(commands[0][commands[0].indexOf('--reuid') + 1]);
+    expect(uid).toBeGreaterThanOrEqual(BOX_UIDS.first);
+    expect(uid).toBeLessThan(BOX_UIDS.first + BOX_UIDS.count);
+    expect(commands[0][commands[0].indexOf('--regid') + 1]).toBe(String(uid));
+    // Released with the box: nothing runs as it, and it can be claimed again.
+    expect(await processesRunningAs(uid)).toEqual([]);
+    expect(await withBoxUid('the test', async (again) => again, { range: { first: uid, count: 1 } })).toBe(uid);
     expect(commands[0].slice(commands[0].indexOf('gpg'))).toEqual(['gpg', '--homedir', '/gnupg', '--batch', '--no-tty', '--no-autostart', '--with-colons', '--show-keys']);
   });
 
