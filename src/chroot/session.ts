@@ -7,7 +7,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
-import { formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
+import { formatCommand, tail, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
 import { guardHostFilesystems, holdDirectory, isInside, realRoot as realPathOfRoot } from '../util/guest-fs.js';
 import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
@@ -37,6 +37,11 @@ export interface ChrootOptions {
   hostPorts?: number[];
   /** The network guest commands get unless an exec says otherwise. */
   network?: GuestNetwork;
+  /**
+   * How long a guest command may run when its exec sets no time of its own: a crafted image's /bin/sh (or
+   * systemctl, getent …) that never returns must not hold the build, its mounts and its devices forever.
+   */
+  commandTimeoutMs?: number;
   /**
    * Host directories the guest reads for the session, bound read-only under its private /run (never into the
    * image): an offline build's bundle repository. Each must be a directory this build made.
@@ -336,8 +341,15 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       try {
         const result = await run(...command, {
           // Messages show what ran in the guest, not the sandbox around it.
-          display: displayGuestCommand(root, argv), log, ...rest, env: { ...guestEnv(), ...rest.env }, signal: rest.signal ?? options.signal });
+          display: displayGuestCommand(root, argv), log, ...rest, timeoutMs: rest.timeoutMs ?? options.commandTimeoutMs, env: { ...guestEnv(), ...rest.env }, signal: rest.signal ?? options.signal });
         if (result.exitCode !== 0) await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv));
+        // Allowed to fail, but not to take the session's time: the caller set none and reads only exit codes.
+        if (result.timedOut && rest.timeoutMs === undefined) {
+          throw new ImageBuilderError(rest.errorCode ?? 'COMMAND_FAILED', `${rest.purpose ? `${rest.purpose}: ` : ''}\`${formatCommand(argv[0], argv.slice(1))}\` did not finish within ${options.commandTimeoutMs! / 1000} s (the recipe's limits.timeout)`, {
+            detail: tail(result.output) || undefined,
+            hint: 'a guest program that never returns (a crafted or broken image) is stopped there: raise limits.timeout only if it is merely slow',
+          });
+        }
         return result;
       } catch (error) {
         await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv), error);

@@ -124,7 +124,10 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
     async open(): Promise<ChrootSession> {
       if (session) return session;
       sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts, offline: Boolean(options.offline) });
-      const opening = await openChroot(opened.layout.root, { run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network, readOnlyBinds: options.offline?.readOnlyBinds });
+      const opening = await openChroot(opened.layout.root, {
+        run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network, readOnlyBinds: options.offline?.readOnlyBinds,
+        commandTimeoutMs: (recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS) * 1000,
+      });
       session = opening;
       held = guest.push('chroot session', () => opening.close());
       return opening;

@@ -54,7 +54,7 @@ const LIMITS_SCHEMA: JsonSchema = {
   properties: {
     memory: { anyOf: [{ type: 'integer', minimum: 16777216 }, { type: 'string', pattern: '^\\d+(\\.\\d+)?\\s*[KMGTkmgt]?(i?B)?$' }], description: 'Memory (and swap) of all guest commands together: bytes, or 512M, 4G (default 4G).' },
     pids: { type: 'integer', minimum: 16, description: 'Processes and threads at once (default 4096).' },
-    timeout: { type: 'integer', minimum: 1, description: 'Seconds a run step may take when it sets no timeout of its own (default 1800).' },
+    timeout: { type: 'integer', minimum: 1, description: 'Seconds any one guest command may take (a package install, a step\'s systemctl or sh), and a run step when it sets no timeout of its own (default 1800).' },
   },
 };
 

@@ -36,6 +36,8 @@ export interface ExecResult {
   stderr: string;
   /** stdout and stderr interleaved, as a user would have seen them. */
   output: string;
+  /** Killed at its timeoutMs (with allowFailure: its exitCode is then -1). */
+  timedOut?: boolean;
 }
 
 /** Everything that runs a host command goes through a Runner, so unit tests can record exact argv. */
@@ -138,6 +140,7 @@ export const execRunner: Runner = async (file, args, options = {}) => {
     );
   }
   if (result.failed) outcome.exitCode = result.exitCode ?? -1;
+  if (timedOut) outcome.timedOut = true;
   return outcome;
 };
 

@@ -135,6 +135,23 @@ describe('hostile guest images', () => {
       await expectHostUntouched(host);
     });
 
+    test("a guest command that never returns (a crafted systemctl, asked by a service step) fails its step at the recipe's limits.timeout, and nothing is left behind", async () => {
+      const host = await snapshotHost();
+      const image = await deriveImage(wholeDisk, join(work, 'sleeping-systemctl.qcow2'), {}, {
+        thenRun: 'rm -f "$1/usr/bin/systemctl"; printf "#!/bin/sh\\nexec sleep 3600\\n" > "$1/usr/bin/systemctl"; chmod 0755 "$1/usr/bin/systemctl"',
+      });
+      const recipe = join(work, 'sleeping-systemctl.yaml');
+      await writeFile(recipe, 'name: sleeping-systemctl\nlimits: { timeout: 3 }\nsteps:\n  - service: { enable: [ssh] }\n');
+      const started = Date.now();
+      const result = await apply(recipe, image, 'sleeping-systemctl-out.qcow2');
+      expect(result.exitCode).not.toBe(0);
+      expect(result.stderr).toMatch(/step 1\/1 \(enable ssh\)[^\n]*`systemctl is-enabled ssh\.service` did not finish within 3 s \(the recipe's limits\.timeout\)/);
+      // Well before the sleep would have ended: the timeout, not the guest, ended it.
+      expect(Date.now() - started).toBeLessThan(600_000);
+      await expect(stat(join(work, 'sleeping-systemctl-out.qcow2'))).rejects.toMatchObject({ code: 'ENOENT' });
+      await expectHostUntouched(host);
+    }, 300_000);
+
     /** A build of `image` (named `name`) refused with `message` before its step runs, the host untouched. */
     const expectRefusedBeforeTheStep = async (name: string, image: (path: string) => Promise<string>, message: string) => {
       const host = await snapshotHost();
