@@ -20,6 +20,8 @@ export interface GuestRunOptions {
 export async function guestRun(context: StepContext, argv: string[], options: GuestRunOptions): Promise<ExecResult> {
   const result = await context.session.exec(argv, {
     input: options.input,
+    // The guest's own tools these steps run (systemctl, useradd, mkswap …) work offline: no network is made for them.
+    needsNoNetwork: true,
     allowFailure: true,
     signal: context.signal,
     errorCode: 'STEP_FAILED',
@@ -37,6 +39,7 @@ export async function guestRun(context: StepContext, argv: string[], options: Gu
 /** Whether the guest has a command on its PATH (`command -v` inside the chroot). */
 export async function guestHasCommand(context: StepContext, command: string): Promise<boolean> {
   const result = await context.session.exec(['/bin/sh', '-c', 'command -v "$1" >/dev/null 2>&1', 'command-v', command], {
+    needsNoNetwork: true,
     allowFailure: true,
     signal: context.signal,
   });

@@ -175,17 +175,20 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 120_000);
 
-  test('a step with network: none has no route, and apt fails saying why; a build whose steps need no network makes no network namespace', async () => {
+  test('a step with network: none has no route, and apt fails saying why; a build whose steps need no network (a file, a service) makes no network namespace', async () => {
     const recipe = await writeRecipe(work, 'offline', [
       { name: 'a file', file: { path: '/etc/motd', content: 'written without a network\n' } },
+      // The guest's own systemctl, as the user, swap and sysprep steps run the guest's programs: they need no network.
+      { name: 'a unit', service: { mask: ['apt-daily.timer'] } },
       { name: 'no route', network: 'none', run: `${connect('deb.debian.org', 80)}\n${connect('1.1.1.1', 80)}\ngrep -c . /proc/net/route || true` },
       { name: 'offline apt', network: 'none', packages: { install: ['hello'] } },
     ]);
     const before = await snapshotHost();
     const result = await runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'offline-out.qcow2'), '--sparsify', 'none', '--no-cache', '--verbose']);
     expect(result.exitCode).toBe(4);
-    expect(result.stderr).toContain('step 1/3 (a file) done');
-    // The sandbox's network is made on first use: a file write and steps with network: none never ask for it.
+    expect(result.stderr).toContain('step 1/4 (a file) done');
+    expect(result.stderr).toContain('step 2/4 (a unit) done');
+    // The sandbox's network is made on first use: a file write, a service step and steps with network: none never ask for it.
     expect(result.stderr).toContain('network on first use');
     expect(result.stderr).not.toMatch(/\$ (pasta|unshare --net)/);
     expect(result.stderr).not.toContain('sandbox network ready');
