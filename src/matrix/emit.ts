@@ -114,7 +114,9 @@ function configMap(matrix: Matrix, builds: MatrixBuild[], options: EmitOptions, 
     let key = file.replace(/[^-._a-zA-Z0-9]/g, '_');
     while (key in data || key in binaryData) key = `_${key}`;
     const text = bytes.toString('utf8');
-    if (Buffer.from(text, 'utf8').equals(bytes)) data[key] = text;
+    // As text only when every YAML reader takes it as it is: NEL, U+2028 and U+2029 are line breaks to YAML 1.1
+    // readers (kubectl's), which would end a block scalar there and read what follows as keys of the manifest.
+    if (Buffer.from(text, 'utf8').equals(bytes) && !/[\u0085\u2028\u2029]/.test(text)) data[key] = text;
     else binaryData[key] = bytes.toString('base64');
     items.push({ key, path: file });
   }
@@ -234,7 +236,8 @@ export function emitJobs(matrix: Matrix, builds: MatrixBuild[], options: EmitOpt
           metadata: { labels: jobLabels },
           spec: {
             restartPolicy: 'Never',
-            ...(options.serviceAccount ? { serviceAccountName: options.serviceAccount } : {}),
+            // A privileged pod that runs hostile images' programs gets no API credentials it was not given.
+            ...(options.serviceAccount ? { serviceAccountName: options.serviceAccount } : { automountServiceAccountToken: false }),
             containers: [container(buildArgs(matrix, builds, build.name, options), options, BUILD_MOUNTS, true)],
             volumes: volumes(configName, items, options),
           },
@@ -298,5 +301,7 @@ export function emitArgo(matrix: Matrix, builds: MatrixBuild[], options: EmitOpt
 
 /** Multi-document YAML, as kubectl apply -f and argo submit take it. */
 export function manifestsYaml(manifests: Manifest[]): string {
-  return manifests.map((m) => stringify(m, { lineWidth: 0, aliasDuplicateObjects: false })).join('---\n');
+  // YAML 1.1, as kubectl and argo read it: a string such as `yes`, `on` or `0b1` is written quoted, not as YAML
+  // 1.2 writes it (plain), which they would read as a boolean or a number.
+  return manifests.map((m) => stringify(m, { lineWidth: 0, aliasDuplicateObjects: false, version: '1.1' })).join('---\n');
 }

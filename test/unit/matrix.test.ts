@@ -210,10 +210,40 @@ describe('matrix emission for Kubernetes', () => {
       expect(doc.metadata.annotations['imagebuilder.dev/build']).toBe(build);
       expect(doc.spec.backoffLimit).toBe(0);
       expect(doc.spec.template.spec.restartPolicy).toBe('Never');
+      // No service account named: no API token in a privileged pod that runs hostile images' programs.
+      expect(doc.spec.template.spec.automountServiceAccountToken).toBe(false);
       podChecks(doc.spec.template.spec, build);
       checkVolumes(doc.spec.template.spec.volumes, docs[0].metadata.name);
     }
     expect(jobs.map((j) => j.metadata.name)).toEqual(['matrix-debian-k8s-1-30-2', 'matrix-debian-k8s-1-31-0', 'matrix-noble-k8s-1-30-2', 'matrix-noble-k8s-1-31-0']);
+  });
+
+  test('read as kubectl and argo read YAML (1.1): a build named `on` stays a string, a file holding U+2028 travels as binaryData; a named service account keeps its token', async () => {
+    const other = await mkdtemp(join(tmpdir(), 'matrix-emit-yaml11-'));
+    try {
+      // U+2028 is a line break to a YAML 1.1 reader: inside a block scalar, what follows it would become keys.
+      const part = Buffer.from('steps:\n  - run: "true"  # \u2028data: { evil: "x" }\n');
+      await mkdir(join(other, 'recipes/parts'), { recursive: true });
+      await writeFile(join(other, 'recipes/parts/common.yaml'), part);
+      await writeFile(join(other, 'recipes/node.yaml'), RECIPE + '  - include: parts/common.yaml\n');
+      const text = ['recipe: recipes/node.yaml', 'bases:', '  - { name: noble, image: "https://images.example.org/noble.img", checksum: "sha256:' + 'ab'.repeat(32) + '" }', 'variables:', '  kubernetes_version: [1.30.2]', 'output: { name: "on" }'].join('\n');
+      await writeFile(join(other, 'matrix.yaml'), text);
+      const parsed = parseMatrix(text, join(other, 'matrix.yaml'));
+      if (!parsed.matrix) throw new Error(JSON.stringify(parsed.problems));
+      const emitted = manifestsYaml(emitJobs(parsed.matrix, parsed.matrix.builds, options));
+      const docs = parseAllDocuments(emitted, { version: '1.1' }).map((d) => d.toJS());
+      expect(docs.map((d) => d.kind)).toEqual(['ConfigMap', 'Job']);
+      expect(docs[1].metadata.annotations['imagebuilder.dev/build']).toBe('on');
+      expect(docs[1].spec.template.spec.containers[0].args.slice(2, 4)).toEqual(['--only', 'on']);
+      expect(Object.keys(docs[0].data).sort()).toEqual(['matrix.yaml', 'recipes_node.yaml']);
+      expect(Buffer.from(docs[0].binaryData['recipes_parts_common.yaml'], 'base64')).toEqual(part);
+      expect(emitted).not.toMatch(/[\u0085\u2028\u2029]/);
+      const named = parseAllDocuments(manifestsYaml(emitJobs(parsed.matrix, parsed.matrix.builds, { ...options, serviceAccount: 'image-builder' })), { version: '1.1' }).map((d) => d.toJS());
+      expect(named[1].spec.template.spec.serviceAccountName).toBe('image-builder');
+      expect(named[1].spec.template.spec.automountServiceAccountToken).toBeUndefined();
+    } finally {
+      await rm(other, { recursive: true, force: true });
+    }
   });
 
   test('--emit argo: a valid Workflow whose DAG fetches each base once, then builds on it', async () => {
