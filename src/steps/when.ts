@@ -12,6 +12,9 @@ export interface WhenCondition {
   enabled?: boolean | string;
 }
 
+/** A version condition: an optional comparison, then a version of no blanks, with blanks around allowed. */
+const VERSION_CONDITION = /^\s*(>=|<=|>|<|==|=)?\s*(\S+)\s*$/;
+
 const oneOrMore = (description: string, item: JsonSchema = { type: 'string', minLength: 1 }): JsonSchema => ({
   description,
   oneOf: [item, { type: 'array', minItems: 1, items: item }],
@@ -28,7 +31,7 @@ export const WHEN_SCHEMA: JsonSchema = {
       { enum: [...FAMILY_NAMES] },
     ),
     distro: oneOrMore('os-release ID: debian, ubuntu, fedora, rocky, amzn …'),
-    version: oneOrMore('os-release VERSION_ID, exact or with a comparison: "12", ">=22.04", "<9".'),
+    version: oneOrMore('os-release VERSION_ID, exact or with a comparison: "12", ">=22.04", "<9".', { type: 'string', pattern: VERSION_CONDITION.source }),
     architecture: oneOrMore('Guest architecture as the package manager names it: amd64, arm64, x86_64, aarch64 …'),
     enabled: {
       description: 'true or false, usually from a variable: enabled: "{{ import_images }}".',
@@ -49,7 +52,8 @@ function compareVersions(a: string, b: string): number {
 
 export function versionMatches(actual: string | undefined, wanted: string): boolean {
   if (actual === undefined) return false;
-  const match = /^(>=|<=|>|<|=|==)?\s*(.+)$/.exec(wanted.trim())!;
+  // The schema took only what this matches: a blank or multi-line value is a located error, never a TypeError here.
+  const match = VERSION_CONDITION.exec(wanted)!;
   const cmp = compareVersions(actual, match[2]);
   switch (match[1]) {
     case '>=': return cmp >= 0;

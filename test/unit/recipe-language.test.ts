@@ -167,5 +167,9 @@ describe('when', () => {
     expect(problemsOf('name: w\nsteps:\n  - run: "true"\n    when: {famly: debian}\n')[0]).toMatch(/^r\.yaml:4:12: steps\[0\]\.when: unknown key "famly" \(did you mean "family"\?\)/);
     const { recipe } = parseRecipe('name: w\nsteps:\n  - run: "true"\n    when: {family: [debian, redhat], version: ">=12"}\n', 'r.yaml');
     expect(recipe!.steps[0].when).toEqual({ family: ['debian', 'redhat'], version: '>=12' });
+    // A blank version (from a variable, say) or one of two lines is a located error, not a crash at the step.
+    expect(problemsOf('name: w\nsteps:\n  - run: "true"\n    when: {version: " "}\n')[0]).toMatch(/^r\.yaml:4:21: steps\[0\]\.when\.version must (match pattern|match exactly one)/);
+    expect(problemsOf('name: w\nsteps:\n  - run: "true"\n    when: {version: [">= 12\\n13"]}\n')[0]).toMatch(/^r\.yaml:4:\d+: steps\[0\]\.when\.version/);
+    expect(versionMatches('12.5', ' >= 12 ')).toBe(true);
   });
 });
