@@ -53,9 +53,17 @@ export function formatCommand(file: string, args: readonly string[]): string {
 }
 
 export function tail(text: string, lines = 20): string {
-  const all = text.trimEnd().split('\n');
-  return all.slice(-lines).join('\n');
+  // Found from the end: a guest program's output of millions of lines (up to execa's buffers) is never split
+  // whole, and one endless line is cut to its end.
+  const trimmed = text.trimEnd();
+  let cut = trimmed.length;
+  for (let kept = 0; kept < lines && cut >= 0; kept++) cut = trimmed.lastIndexOf('\n', cut - 1);
+  const last = trimmed.slice(cut + 1);
+  return last.length > TAIL_MAX_CHARS ? `…${last.slice(-TAIL_MAX_CHARS)}` : last;
 }
+
+/** The most of a command's output an error message quotes. */
+const TAIL_MAX_CHARS = 16 * 1024;
 
 /** After SIGTERM to a cancelled command's process group, how long before SIGKILL. */
 const KILL_GRACE_MS = 5000;

@@ -7,6 +7,7 @@ import { CleanupStack } from '../../src/util/cleanup.js';
 import { NotRegularFile, openRegularFile, renameOver, resolveInRoot, writeFileAtomic, writeJsonAtomic } from '../../src/util/fs.js';
 import { ConsoleLog } from '../../src/boot/console.js';
 import { createLogger } from '../../src/util/log.js';
+import { tail } from '../../src/util/exec.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { readLogTail, startHelper } from '../../src/util/daemon.js';
 
@@ -284,5 +285,25 @@ describe('startHelper', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('tail', () => {
+  test('the last lines of an output, found from its end: millions of lines are never split, one endless line is cut to its end', () => {
+    expect(tail('a\nb\nc\n\n', 2)).toBe('b\nc');
+    expect(tail('a\nb\nc', 5)).toBe('a\nb\nc');
+    expect(tail('\nonly', 1)).toBe('only');
+    expect(tail('', 3)).toBe('');
+    // What a guest program can print into execa's buffers (here 64 MB of "x\n"): 20 lines back, not 32 million.
+    const flood = 'x\n'.repeat(32 * 1024 * 1024);
+    expect(flood.indexOf('z')).toBe(-1); // flattened now (a search does), not within what is measured
+    const before = process.memoryUsage().heapUsed;
+    expect(tail(flood)).toBe(Array(20).fill('x').join('\n'));
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(16 * 1024 * 1024);
+    const line = `${'y'.repeat(1 << 20)}END`;
+    const quoted = tail(`first\n${line}`);
+    expect(quoted.length).toBe(16 * 1024 + 1);
+    expect(quoted.startsWith('…')).toBe(true);
+    expect(quoted.endsWith('yEND')).toBe(true);
   });
 });
