@@ -1,5 +1,5 @@
 import { closeSync, constants, fstatSync, lstatSync, opendirSync, openSync, readlinkSync, type BigIntStats, type Stats } from 'node:fs';
-import { lstat, mkdir, open, opendir, readdir, readlink, realpath, rename, rm, rmdir, stat, symlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, opendir, readlink, realpath, rename, rm, rmdir, stat, symlink, type FileHandle } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, join, posix } from 'node:path';
 import { ImageBuilderError } from './errors.js';
@@ -685,7 +685,10 @@ async function removeBeneath(dir: string, name: string, guestPath: string, depth
     const opened = await handle.stat();
     if (opened.dev !== (await stat(dir)).dev || opened.ino !== seen.ino) throw refused(guestPath, 'a directory on another filesystem (a mount point), which is not removed');
     const inside = `/proc/self/fd/${handle.fd}`;
-    for (const entry of await readdir(inside)) await removeBeneath(inside, entry, guestPath, depth + 1);
+    // Streamed and bounded: a step's directory of millions of names is refused, not read into memory whole.
+    const names: string[] = [];
+    for await (const entry of await opendir(inside)) if (names.push(entry.name) > MAX_DIR_ENTRIES) throw tooManyEntries(guestPath);
+    for (const entry of names) await removeBeneath(inside, entry, guestPath, depth + 1);
   } finally {
     await handle.close();
   }
