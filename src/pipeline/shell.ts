@@ -32,6 +32,15 @@ export async function shell(options: ShellOptions): Promise<number> {
     log.info(`${distro.prettyName ?? distro.id}, mounted ${options.writable ? 'writable (changes are discarded at exit)' : 'read-only'}`);
     if (options.command !== undefined) return await session.interactive(['/bin/sh', '-c', options.command]);
     log.info('exit the shell to release the image');
-    return await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)" -l'], { PS1: `[imagebuilder ${distro.id}] \\w# ` });
+    return await session.interactive(['/bin/sh', '-c', 'exec "$(command -v bash || echo /bin/sh)" -l'], { PS1: `[imagebuilder ${promptName(distro.id)}] \\w# ` });
   });
+}
+
+/**
+ * The guest's os-release ID as the prompt shows it: only what the ID's own syntax allows (a-z, 0-9, `._-`). A
+ * crafted one would put a NUL into the environment (the shell never started, and the command exited with no
+ * word) or `$(…)` and escape sequences into a prompt the shell expands and prints.
+ */
+export function promptName(id: string): string {
+  return id.replace(/[^A-Za-z0-9._-]/g, '').slice(0, 64) || 'linux';
 }

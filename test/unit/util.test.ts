@@ -8,6 +8,7 @@ import { NotRegularFile, openRegularFile, renameOver, resolveInRoot, writeFileAt
 import { ConsoleLog } from '../../src/boot/console.js';
 import { createLogger } from '../../src/util/log.js';
 import { tail } from '../../src/util/exec.js';
+import { promptName } from '../../src/pipeline/shell.js';
 import { ImageBuilderError } from '../../src/util/errors.js';
 import { readLogTail, startHelper } from '../../src/util/daemon.js';
 
@@ -305,5 +306,15 @@ describe('tail', () => {
     expect(quoted.length).toBe(16 * 1024 + 1);
     expect(quoted.startsWith('…')).toBe(true);
     expect(quoted.endsWith('yEND')).toBe(true);
+  });
+});
+
+describe('promptName', () => {
+  test("the shell's prompt names the guest by its os-release ID, cut to what an ID may hold: no NUL, no $(…), no escape", () => {
+    expect(promptName('ubuntu')).toBe('ubuntu');
+    expect(promptName('opensuse-leap')).toBe('opensuse-leap');
+    expect(promptName('a\0b$(touch /x)\x1b[31m')).toBe('abtouchx31m');
+    expect(promptName('\0\n')).toBe('linux');
+    expect(promptName('x'.repeat(1000))).toHaveLength(64);
   });
 });
