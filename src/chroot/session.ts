@@ -194,6 +194,10 @@ async function unmountSession(run: Runner, mounts: readonly SessionMount[], real
 const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
 const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
 
+/** The session's /dev (its /dev/shm too: Docker's 64 MiB) and /run (apt's binary caches, a bundle's lists: ~200 MB). */
+const SESSION_DEV_BYTES = 64 * 2 ** 20;
+const SESSION_RUN_BYTES = 2 ** 30;
+
 /**
  * A read-only /sys, our own /dev (a tmpfs: six nodes, the usual links, /dev/shm, a new devpts instance) and a
  * private /run: every mount in one process and released by one umount (a process each cost ~10 ms a mount).
@@ -201,13 +205,15 @@ const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['s
  */
 const SESSION_MOUNTS_SCRIPT = [
   'set -e; sys=$1; dev=$2; run=$3; shift 3',
-  'mount -t sysfs -o ro sysfs "$sys"',
-  'mount -t tmpfs -o mode=0755,nosuid tmpfs "$dev"',
+  // From a network namespace of its own (sysfs shows the mounter's): the guest sees no interface of the host's.
+  'unshare --net -- mount -t sysfs -o ro sysfs "$sys"',
+  // Sized: without the build's cgroup (a read-only /sys/fs/cgroup), each would be half the host's memory.
+  `mount -t tmpfs -o mode=0755,nosuid,size=${SESSION_DEV_BYTES} tmpfs "$dev"`,
   'while [ "$1" != -- ]; do mknod -m 666 "$dev/$1" c "$2" "$3"; shift 3; done; shift',
   'while [ $# -gt 0 ]; do ln -s "$2" "$dev/$1"; shift 2; done',
   'mkdir -m 1777 "$dev/shm"; mkdir "$dev/pts"',
   'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$dev/pts"',
-  'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$run"',
+  `mount -t tmpfs -o mode=0755,nosuid,nodev,size=${SESSION_RUN_BYTES} tmpfs "$run"`,
 ].join('\n');
 
 async function mountSessionFilesystems(root: string, { run, log, cleanup }: { run: Runner; log: Logger; cleanup: CleanupStack }): Promise<string> {

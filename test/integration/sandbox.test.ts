@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createSocket } from 'node:dgram';
 import { writeFile } from 'node:fs/promises';
@@ -232,6 +232,30 @@ describe('the sandbox of guest commands', () => {
     const present = ['/proc/sys', '/proc/fs', '/proc/acpi', '/proc/driver', '/proc/scsi', '/proc/sysrq-trigger'].filter((path) => existsSync(path));
     expect(present).toEqual(expect.arrayContaining(['/proc/sys', '/proc/fs']));
     expect(mounts).toEqual(Object.fromEntries(present.map((path) => [path, 'ro'])));
+    await expectHostUntouched(before);
+  }, 60_000);
+
+  test("the session's /sys shows none of the host's interfaces, firmware or machine identity; its /dev and /run are sized tmpfs", async () => {
+    const before = await snapshotHost();
+    const script = [
+      'echo "net: $(ls /sys/class/net | tr "\\n" " ")"',
+      'echo "firmware: $(ls -A /sys/firmware | wc -l)"',
+      'cat /sys/class/dmi/id/product_uuid 2>/dev/null || echo "no product_uuid"',
+      'df -k --output=size,target /dev /run | tail -n +2',
+      'dd if=/dev/zero of=/dev/shm/fill bs=1M count=80 2>&1 | grep -o "No space left on device" | head -1',
+    ].join('\n');
+    const result = await runCli(['shell', '--disk-image', input, '--command', script]);
+    expect(result.exitCode).toBe(0);
+    // sysfs shows its mounter's network namespace: a throwaway one, gone once mounted, so no interface at all.
+    expect(readdirSync('/sys/class/net').filter((name) => name !== 'lo').length).toBeGreaterThan(0);
+    expect(result.stdout).toMatch(/^net: $/m);
+    // The host has them (read as root here); the guest's commands do not see them.
+    expect(existsSync('/sys/firmware')).toBe(true);
+    expect(result.stdout).toContain('firmware: 0\n');
+    if (existsSync('/sys/class/dmi/id/product_uuid')) expect(result.stdout).toContain('no product_uuid');
+    expect(result.stdout).toMatch(/^\s*65536 \/dev$/m);
+    expect(result.stdout).toMatch(/^\s*1048576 \/run$/m);
+    expect(result.stdout).toContain('No space left on device');
     await expectHostUntouched(before);
   }, 60_000);
 
