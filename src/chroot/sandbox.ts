@@ -130,8 +130,6 @@ export interface BuildSandbox {
   readonly bwrap: string;
   /** The kernel's highest capability number: capsh drops every number up to it but the allowlist's. */
   readonly lastCapability: number;
-  /** HIDDEN_SYS_PATHS this kernel has: each covered by an empty read-only tmpfs in every guest command's box. */
-  readonly hiddenSysPaths?: string[];
   /** Snapshot of the limit counters, to compare after a failed command. */
   counters(): Promise<{ oomKills: number; pidsRefused: number }>;
   /** Every process in the build's cgroups (what guest commands left behind). */
@@ -457,7 +455,6 @@ export async function openBuildSandbox(options: OpenSandboxOptions): Promise<Bui
     seccompFile,
     bwrap: whichSync('bwrap'),
     lastCapability: Number((await readFile('/proc/sys/kernel/cap_last_cap', 'utf8').catch(() => '40')).trim()),
-    hiddenSysPaths: HIDDEN_SYS_PATHS.filter((path) => statSync(path, { throwIfNoEntry: false })?.isDirectory()),
     counters: async () => {
       const all = await Promise.all(cgroups.map((cgroup) => cgroup.counters()));
       return { oomKills: all.reduce((sum, c) => sum + c.oomKills, 0), pidsRefused: all.reduce((sum, c) => sum + c.pidsRefused, 0) };
@@ -491,13 +488,6 @@ export interface SandboxedCommandOptions {
   readOnlyRoot?: boolean;
 }
 
-/**
- * What of the host's sysfs (the session's /sys is this kernel's, read-only) guest commands do not see: its firmware
- * (ACPI tables, DMI and SMBIOS, EFI variables) and the machine's identity (serial numbers, UUIDs), which root
- * reads and a step could send out, or bake into the image (a host-only initramfs built for this machine).
- */
-export const HIDDEN_SYS_PATHS = ['/sys/firmware', '/sys/devices/virtual/dmi'];
-
 /** argv (host side) that runs `argv` inside the guest at `root`, in the build's sandbox. */
 export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSandbox, options: SandboxedCommandOptions = {}): [string, string[]] {
   const network = sandbox.offline ? 'none' : (options.network ?? 'sandboxed');
@@ -510,7 +500,6 @@ export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSan
     ...(options.readOnlyRoot ? ['--ro-bind', root, '/', '--dev', '/dev', '--tmpfs', '/tmp'] : ['--dev-bind', root, '/']),
     '--proc', '/proc',
     ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]),
-    ...(sandbox.hiddenSysPaths ?? []).flatMap((path) => ['--tmpfs', path, '--remount-ro', path]),
     '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try',
     ...(network === 'none' ? ['--unshare-net'] : []),
     '--die-with-parent',

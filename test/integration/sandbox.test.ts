@@ -235,12 +235,10 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 60_000);
 
-  test("the session's /sys shows none of the host's interfaces, firmware or machine identity; its /dev and /run are sized tmpfs", async () => {
+  test("the session's /sys shows none of the host's interfaces; its /dev and /run are sized tmpfs", async () => {
     const before = await snapshotHost();
     const script = [
       'echo "net: $(ls /sys/class/net | tr "\\n" " ")"',
-      'echo "firmware: $(ls -A /sys/firmware | wc -l)"',
-      'cat /sys/class/dmi/id/product_uuid 2>/dev/null || echo "no product_uuid"',
       'df -k --output=size,target /dev /run | tail -n +2',
       'dd if=/dev/zero of=/dev/shm/fill bs=1M count=80 2>&1 | grep -o "No space left on device" | head -1',
     ].join('\n');
@@ -249,10 +247,6 @@ describe('the sandbox of guest commands', () => {
     // sysfs shows its mounter's network namespace: a throwaway one, gone once mounted, so no interface at all.
     expect(readdirSync('/sys/class/net').filter((name) => name !== 'lo').length).toBeGreaterThan(0);
     expect(result.stdout).toMatch(/^net: $/m);
-    // The host has them (read as root here); the guest's commands do not see them.
-    expect(existsSync('/sys/firmware')).toBe(true);
-    expect(result.stdout).toContain('firmware: 0\n');
-    if (existsSync('/sys/class/dmi/id/product_uuid')) expect(result.stdout).toContain('no product_uuid');
     expect(result.stdout).toMatch(/^\s*65536 \/dev$/m);
     expect(result.stdout).toMatch(/^\s*1048576 \/run$/m);
     expect(result.stdout).toContain('No space left on device');
