@@ -3,9 +3,9 @@ import { mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { isIPv4 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 import { parseByteSize } from '../util/size.js';
-import { BLOCKED_DESTINATIONS, isBlockedDestination } from '../util/blocked-destinations.js';
+import { BLOCKED_DESTINATIONS, isBlockedDestination, PRIVATE_DESTINATIONS } from '../util/blocked-destinations.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
@@ -147,6 +147,8 @@ export interface OpenSandboxOptions {
    * (--host-port) for a mirror served on this host; nothing else of the host's loopback is reachable.
    */
   hostPorts?: number[];
+  /** Private networks guest commands may reach (--allow-network: an internal mirror or proxy); the rest are refused. */
+  allowNetworks?: string[];
   /**
    * No network at all (apply --bundle): no network namespace with pasta is made, and every guest command runs
    * with `network: none` whatever its step says.
@@ -328,11 +330,36 @@ async function readHostDns(): Promise<GuestDns> {
 }
 
 /**
- * Policy rules (`ip -batch` lines for one address family) refusing `destinations` from the sandbox. The
- * local table (rule 0) still comes first: the namespace's own addresses, GUEST_DNS_FORWARD among them, stay its own.
+ * Policy rules (`ip -batch` lines for one address family) of the sandbox: `refused` first, whatever else allows
+ * them; then `allowed` through the main table; then every private network refused. The local table (rule 0)
+ * still comes first: the namespace's own addresses, GUEST_DNS_FORWARD among them, stay its own.
  */
-export function refusalRules(destinations: string[], family: 4 | 6): string[] {
-  return destinations.filter((destination) => destination.includes(':') === (family === 6)).map((destination) => `rule add to ${destination} prohibit pref 100`);
+export function networkRules(refused: string[], allowed: string[], family: 4 | 6): string[] {
+  const ofFamily = (destinations: string[]) => destinations.filter((destination) => destination.includes(':') === (family === 6));
+  return [
+    ...ofFamily(refused).map((destination) => `rule add to ${destination} prohibit pref 100`),
+    ...ofFamily(allowed).map((destination) => `rule add to ${destination} lookup main pref 150`),
+    ...ofFamily(PRIVATE_DESTINATIONS).map((destination) => `rule add to ${destination} prohibit pref 200`),
+  ];
+}
+
+/** --allow-network values as networks (an address alone is itself): a clear error for anything else. */
+export function parseAllowedNetworks(values: string | string[] = []): string[] {
+  // oclif hands a multiple flag's environment variable over as one string.
+  return [values].flat().flatMap((value) => value.split(',')).map((text) => text.trim()).filter(Boolean).map((text) => {
+    const [address, length, extra] = text.split('/');
+    const bits = isIPv4(address) ? 32 : isIPv6(address) ? 128 : 0;
+    const prefix = length === undefined ? bits : /^\d+$/.test(length) ? Number(length) : -1;
+    if (!bits || extra !== undefined || prefix < 0 || prefix > bits) {
+      throw new ImageBuilderError('BAD_INPUT', `--allow-network ${text}: not an address or a network`, { hint: 'give an address or a network in CIDR form, e.g. --allow-network 10.20.0.0/16 (an internal mirror\'s)' });
+    }
+    return `${address}/${prefix}`;
+  });
+}
+
+/** The nameservers of the guest's resolv.conf that guest commands reach themselves (the relay's address is the namespace's own). */
+function guestNameservers(resolvConf: string): string[] {
+  return resolvConf.split('\n').map((line) => /^\s*nameserver\s+(\S+)/.exec(line)?.[1]).filter((server): server is string => Boolean(server) && server !== GUEST_DNS_FORWARD);
 }
 
 /** The build's network namespace with pasta attached, its refusal rules and its DNS relay: pushed on cleanup as made. */
@@ -367,9 +394,13 @@ async function openSandboxNetwork(options: OpenSandboxOptions, state: string, dn
   });
   // Rules only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
   const blocked = [...BLOCKED_DESTINATIONS, ...(await hostAddresses(run))];
+  // Private networks are refused but for those the user allows and the host's nameservers there (a cluster's DNS
+  // service, a LAN resolver), which guest commands query themselves: those addresses are reachable on every port.
+  const nameservers = guestNameservers(dns.resolvConf).filter((server) => isIPv4(server) || isIPv6(server)).map((server) => `${server}/${isIPv4(server) ? 32 : 128}`);
+  const allowed = [...(options.allowNetworks ?? []), ...nameservers];
   const families: (4 | 6)[] = (await stat('/proc/sys/net/ipv6').then(() => true, () => false)) ? [4, 6] : [4];
   for (const family of families) {
-    const batch = refusalRules(blocked, family);
+    const batch = networkRules(blocked, allowed, family);
     await run('nsenter', [`--net=${netns}`, '--', 'ip', `-${family}`, '-batch', '-'], { input: `${batch.join('\n')}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
   }
 

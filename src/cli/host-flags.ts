@@ -36,6 +36,16 @@ export const mountBackendFlag = {
 /** Where a build runs on this host: apply and matrix take these. */
 export const hostBuildFlags = { ...cacheFlag, ...workDirFlag, ...mountBackendFlag };
 
+/** --allow-network: the private networks guest commands may reach (parsed by parseAllowedNetworks). */
+export const allowNetworkFlag = {
+  'allow-network': Flags.string({
+    description: 'a private network (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7) guest commands may reach, as an address or CIDR (an internal mirror or proxy); comma-separated or repeated. The others are refused, but for the host\'s nameservers',
+    env: 'IMAGEBUILDER_ALLOW_NETWORKS',
+    multiple: true,
+    helpValue: 'CIDR',
+  }),
+};
+
 /** The backend the flags ask for: --untrusted means guestmount, and no other backend may be asked for beside it. */
 export function mountBackendOf(flags: { 'mount-backend': string; untrusted?: boolean }): MountBackendName | 'auto' {
   const backend = flags['mount-backend'] as MountBackendName | 'auto';

@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
-import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { allowNetworkFlag, hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { accelFlag, bootFlagOptions } from '../cli/boot-flags.js';
 import { SUITES, type SuiteName } from '../checks/suites.js';
@@ -12,7 +12,7 @@ import { execRunner } from '../util/exec.js';
 import { printResult } from '../cli/print-result.js';
 import { terminalProgress } from '../cli/progress.js';
 import { ImageBuilderError } from '../util/errors.js';
-import { parseHostPorts, parseMemorySize } from '../chroot/sandbox.js';
+import { parseAllowedNetworks, parseHostPorts, parseMemorySize } from '../chroot/sandbox.js';
 import { applyRepeatably } from '../pipeline/repeatable.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../image/qemu-img.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
@@ -55,6 +55,7 @@ export default class Apply extends BaseCommand {
     'memory-limit': Flags.string({ description: "memory (and swap) the build's guest commands may use together, e.g. 4G [default: the recipe's limits.memory, else 4G]", env: 'IMAGEBUILDER_MEMORY_LIMIT', helpValue: 'SIZE' }),
     'pids-limit': Flags.integer({ description: "processes and threads the build's guest commands may have at once [default: the recipe's limits.pids, else 4096]", env: 'IMAGEBUILDER_PIDS_LIMIT', min: 16, helpValue: 'N' }),
     'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here); comma-separated or repeated. Nothing else of this host is reachable", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
+    ...allowNetworkFlag,
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),
     grow: Flags.string({ description: "grow the virtual disk to SIZE (8G), or by it (+2G), before the steps run: the root partition, when it is the last, and its filesystem (ext4, xfs, btrfs) grow into it [default: the recipe's disk.size]", helpValue: 'SIZE' }),
@@ -110,6 +111,7 @@ export default class Apply extends BaseCommand {
         ...(flags['pids-limit'] !== undefined ? { pids: flags['pids-limit'] } : {}),
       },
       hostPorts: parseHostPorts(flags['host-port']),
+      allowNetworks: parseAllowedNetworks(flags['allow-network']),
       keepWorkDir: flags['keep-work-dir'],
       ...(flags.grow !== undefined ? { grow: flags.grow } : {}),
       ...(flags.test ? { test: { checkFiles: flags['test-checks'], suites: flags['test-suite'] as SuiteName[] | undefined, ...bootFlagOptions(flags), mountBackend: mountBackendOf(flags) } } : {}),

@@ -1,9 +1,9 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { allowNetworkFlag, hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
-import { parseHostPorts } from '../chroot/sandbox.js';
+import { parseAllowedNetworks, parseHostPorts } from '../chroot/sandbox.js';
 import { BUNDLE_FORMATS, makeBundle, type BundleFormat, type BundleResult } from '../pipeline/bundle.js';
 import { execRunner } from '../util/exec.js';
 import { createLogger } from '../util/log.js';
@@ -34,6 +34,7 @@ export default class Bundle extends BaseCommand {
     ...mountBackendFlag,
     ...workDirFlag,
     'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here)", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
+    ...allowNetworkFlag,
     json: Flags.boolean({ description: 'print the result as JSON on stdout', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
   };
@@ -52,6 +53,7 @@ export default class Bundle extends BaseCommand {
         format: flags.format as BundleFormat,
         mountBackend: mountBackendOf(flags),
         hostPorts: parseHostPorts(flags['host-port']),
+        allowNetworks: parseAllowedNetworks(flags['allow-network']),
         workDir: paths.workDir,
         cacheDir: paths.cacheDir,
         runDir: paths.runDir,

@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { imageVerifyFlags } from '../cli/image-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
-import { hostBuildFlags, hostPaths, mountBackendOf } from '../cli/host-flags.js';
+import { allowNetworkFlag, hostBuildFlags, hostPaths, mountBackendOf } from '../cli/host-flags.js';
 import { sparsifyFlag } from '../cli/artifact-flags.js';
 import type { SparsifyMode } from '../pipeline/output.js';
 import { DEFAULT_CONTAINER_IMAGE, emitArgo, emitJobs, manifestsYaml } from '../matrix/emit.js';
@@ -10,6 +10,7 @@ import { matrixOutcome, runMatrix, selectBuilds, type MatrixResult } from '../ma
 import { formatSummary, formatTable } from '../matrix/summary.js';
 import { withInterrupts } from '../util/signals.js';
 import { createLogger } from '../util/log.js';
+import { parseAllowedNetworks } from '../chroot/sandbox.js';
 
 export default class Matrix extends BaseCommand {
   static override summary = 'Build every combination of a matrix (recipes × base images × variables) here, or emit them for Kubernetes';
@@ -41,6 +42,7 @@ export default class Matrix extends BaseCommand {
     rehash: imageVerifyFlags.rehash,
     'keep-work-dir': Flags.boolean({ description: 'keep each build\'s work directory for debugging', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     offline: Flags.boolean({ description: 'use the cache alone: every URL base must have been fetched before', default: false, env: 'IMAGEBUILDER_OFFLINE' }),
+    ...allowNetworkFlag,
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
     quiet: Flags.boolean({ char: 'q', description: 'only warnings and errors on the console (each build\'s log file has everything)', default: false }),
     emit: Flags.string({ description: 'print Kubernetes manifests instead of building: an Argo Workflow, or batch/v1 Jobs', options: ['argo', 'jobs'] }),
@@ -58,6 +60,7 @@ export default class Matrix extends BaseCommand {
     const paths = hostPaths(flags);
     const matrix = loadMatrix(args.matrix);
     const builds = selectBuilds(matrix, flags.only);
+    const allowNetworks = parseAllowedNetworks(flags['allow-network']);
 
     if (flags.emit) {
       const options = {
@@ -72,6 +75,7 @@ export default class Matrix extends BaseCommand {
         failFast: flags['fail-fast'],
         mountBackend: flags['mount-backend'],
         sparsify: flags.sparsify,
+        allowNetworks,
       };
       this.log(manifestsYaml(flags.emit === 'argo' ? emitArgo(matrix, builds, options) : emitJobs(matrix, builds, options)).trimEnd());
       return undefined;
@@ -97,6 +101,7 @@ export default class Matrix extends BaseCommand {
           sparsify: flags.sparsify as SparsifyMode,
           keepWorkDir: flags['keep-work-dir'],
           cache: !flags['no-cache'],
+          allowNetworks,
           workDir: paths.workDir,
           cacheDir: paths.cacheDir,
           runDir: paths.runDir,

@@ -30,6 +30,8 @@ export interface EmitOptions {
   /** Passed to each build as its flag. */
   mountBackend?: string;
   sparsify?: string;
+  /** --allow-network, passed to each build: the private networks (an internal mirror) its guest commands may reach. */
+  allowNetworks?: string[];
 }
 
 type Manifest = Record<string, unknown>;
@@ -188,6 +190,7 @@ function buildArgs(matrix: Matrix, builds: MatrixBuild[], build: string, options
     POD_PATHS.artifacts,
     ...(options.mountBackend ? ['--mount-backend', options.mountBackend] : []),
     ...(options.sparsify ? ['--sparsify', options.sparsify] : []),
+    ...(options.allowNetworks ?? []).flatMap((network) => ['--allow-network', network]),
   ];
 }
 

@@ -14,7 +14,7 @@ import { closest } from '../util/template.js';
 import type { Matrix, MatrixBase, MatrixBuild } from './load.js';
 
 /** What the host decides for every build (the flags `apply` takes for the same things). */
-export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache' | 'runDir'> & Pick<DiskImageOptions, 'offline' | 'cacheDir' | 'rehash'>;
+export type HostBuildOptions = Pick<ApplyOptions, 'mountBackend' | 'sparsify' | 'sbom' | 'keepWorkDir' | 'workDir' | 'cache' | 'runDir' | 'allowNetworks'> & Pick<DiskImageOptions, 'offline' | 'cacheDir' | 'rehash'>;
 
 export interface MatrixRunOptions {
   /** Builds at once. Each one is I/O- and CPU-heavy (overlay writes, package installs, conversion). */
@@ -184,6 +184,7 @@ export async function runMatrix(matrix: Matrix, builds: MatrixBuild[], options: 
           sbom: host.sbom,
           keepWorkDir: host.keepWorkDir,
           cache: host.cache,
+          allowNetworks: host.allowNetworks,
           workDir: host.workDir,
           cacheDir: host.cacheDir,
           runDir: host.runDir,

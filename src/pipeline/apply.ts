@@ -57,6 +57,8 @@ export interface ApplyOptions extends ArtifactOptions, GuestBuildOptions {
   limits?: Partial<SandboxLimits>;
   /** --host-port: the host loopback ports guest commands may reach (a mirror served on this host). */
   hostPorts?: number[];
+  /** --allow-network: the private networks guest commands may reach (an internal mirror or proxy); the rest are refused. */
+  allowNetworks?: string[];
   /** --grow SIZE (or +SIZE): the virtual disk and the root filesystem grown before the steps; over the recipe's disk.size. */
   grow?: string;
   /** --test: boot the output and judge its checks before it takes its name (results in `<output>.test/` by default). */
@@ -197,6 +199,7 @@ async function runSteps(context: BuildContext, recipe: Recipe, input: VerifiedIm
       fetchTimeouts: options.image?.timeouts,
       limits: options.limits,
       hostPorts: options.hostPorts,
+      allowNetworks: options.allowNetworks,
       growTo: growTarget(recipe, input, options),
       // Shared by builds, like the step cache, and bypassed with it (--no-cache) or by a bundle (which is the cache).
       ...(options.cache !== false && !bundle ? { packageCacheDir: packageCacheDir(context.cacheDir) } : {}),

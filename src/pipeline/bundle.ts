@@ -16,7 +16,7 @@ import { releaseGuest } from './phase2.js';
 export const BUNDLE_FORMATS = ['dir', 'tar'] as const;
 export type BundleFormat = (typeof BUNDLE_FORMATS)[number];
 
-export interface BundleOptions extends Pick<ApplyOptions, 'recipe' | 'recipeInputs' | 'diskImage' | 'image' | 'mountBackend' | 'limits' | 'hostPorts' | 'log' | 'run' | 'signal' | 'onEvent' | 'workDir' | 'cacheDir' | 'runDir'> {
+export interface BundleOptions extends Pick<ApplyOptions, 'recipe' | 'recipeInputs' | 'diskImage' | 'image' | 'mountBackend' | 'limits' | 'hostPorts' | 'allowNetworks' | 'log' | 'run' | 'signal' | 'onEvent' | 'workDir' | 'cacheDir' | 'runDir'> {
   /** The bundle directory to write, or with format tar the archive (its sha256 beside it, `<output>.sha256`). */
   output: string;
   format?: BundleFormat;
@@ -65,6 +65,7 @@ export async function makeBundle(options: BundleOptions): Promise<BundleResult> 
       mountBackend: options.mountBackend ?? 'auto',
       limits: options.limits,
       hostPorts: options.hostPorts,
+      allowNetworks: options.allowNetworks,
       fetchTimeouts: options.image?.timeouts,
       downloads: collector.downloads,
       hostFiles: collector.hostFiles,

@@ -45,6 +45,8 @@ export interface Phase1Options {
   limits?: Partial<SandboxLimits>;
   /** --host-port: the host loopback ports guest commands may reach. */
   hostPorts?: number[];
+  /** --allow-network: the private networks guest commands may reach. */
+  allowNetworks?: string[];
   /** --grow (or the recipe's disk.size), resolved: the virtual disk's new size in bytes, bigger than the input's. */
   growTo?: number;
   /** The package cache shared by builds (src/pkg/package-cache.ts); none with --no-cache. */
@@ -123,7 +125,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
   return {
     async open(): Promise<ChrootSession> {
       if (session) return session;
-      sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts, offline: Boolean(options.offline) });
+      sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts, allowNetworks: options.allowNetworks, offline: Boolean(options.offline) });
       const opening = await openChroot(opened.layout.root, {
         run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network, readOnlyBinds: options.offline?.readOnlyBinds,
         commandTimeoutMs: (recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS) * 1000,

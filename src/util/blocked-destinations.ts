@@ -14,6 +14,14 @@ export const BLOCKED_DESTINATIONS = [
   'fd00:ec2::/32', 'fd20:ce::254/128', 'fd00:c1::a9fe:a9fe/128', '192.0.0.192/32',
 ];
 
+/**
+ * The private networks (RFC 1918, shared address space, IPv6 unique local): the LAN, a container bridge, a cluster's
+ * service and pod networks, a VPN's peers. Guest commands are refused them unless the user names one
+ * (--allow-network: an internal mirror or proxy), or the host's resolver is there. The host's own fetches are not:
+ * a base image or download the user names from an internal server is the user's choice.
+ */
+export const PRIVATE_DESTINATIONS = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', 'fc00::/7'];
+
 /** BLOCKED_DESTINATIONS as a lookup: IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
 const blockedDestinations = new BlockList();
 for (const destination of BLOCKED_DESTINATIONS) {

@@ -114,6 +114,49 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 120_000);
 
+  test('a private network (a LAN host, a container bridge, a cluster) is refused unless --allow-network names it; the host itself reaches it', async () => {
+    // A LAN host: a network namespace of its own behind a veth pair, serving at 10.77.0.2 (the host is 10.77.0.1).
+    const lan = { netns: `ib-lan-${process.pid}`, host: `iblan${process.pid % 10000}a`, peer: `iblan${process.pid % 10000}b`, address: '10.77.0.2', port: 8077 };
+    const ip = (...args: string[]) => execa('ip', args);
+    await ip('netns', 'add', lan.netns);
+    const server = execa('ip', ['netns', 'exec', lan.netns, 'node', '-e', `require('http').createServer((q, r) => r.end('lan service\\n')).listen(${lan.port}, '${lan.address}')`], { reject: false });
+    try {
+      await ip('link', 'add', lan.host, 'type', 'veth', 'peer', 'name', lan.peer);
+      await ip('link', 'set', lan.peer, 'netns', lan.netns);
+      await ip('address', 'add', '10.77.0.1/24', 'dev', lan.host);
+      await ip('link', 'set', lan.host, 'up');
+      await ip('netns', 'exec', lan.netns, 'ip', 'address', 'add', `${lan.address}/24`, 'dev', lan.peer);
+      await ip('netns', 'exec', lan.netns, 'ip', 'link', 'set', lan.peer, 'up');
+      let answer = '';
+      for (const until = Date.now() + 10_000; answer !== 'lan service' && Date.now() < until; await new Promise((resolve) => setTimeout(resolve, 200))) {
+        answer = (await execa('curl', ['-sS', '--max-time', '2', `http://${lan.address}:${lan.port}/`], { reject: false })).stdout;
+      }
+      expect(answer).toBe('lan service');
+      const before = await snapshotHost();
+      const recipe = await writeRecipe(work, 'lan', [{ run: connect(lan.address, lan.port) }]);
+      const build = (extra: string[]) => runCli(['apply', recipe, '--disk-image', input, '--output', join(work, 'lan-out.qcow2'), '--sparsify', 'none', '--sbom', 'none', '--no-cache', ...extra]);
+      const refused = await build([]);
+      expect(refused.exitCode).toBe(0);
+      expect(refused.all).toMatch(/10\.77\.0\.2: .*Permission denied/);
+      expect(refused.all).not.toContain('10.77.0.2:CONNECTED');
+      await rm(join(work, 'lan-out.qcow2'), { force: true });
+      const allowed = await build(['--allow-network', '10.77.0.0/24']);
+      expect(allowed.exitCode).toBe(0);
+      expect(allowed.all).toContain('10.77.0.2:CONNECTED');
+      await rm(join(work, 'lan-out.qcow2'), { force: true });
+      // A value that is no network is said before anything is built.
+      const bad = await build(['--allow-network', 'mirror.internal']);
+      expect(bad.exitCode).toBe(2);
+      expect(bad.stderr).toContain('--allow-network mirror.internal: not an address or a network');
+      await expectHostUntouched(before);
+    } finally {
+      server.kill();
+      await server;
+      await execa('ip', ['link', 'delete', lan.host], { reject: false });
+      await execa('ip', ['netns', 'delete', lan.netns], { reject: false });
+    }
+  }, 240_000);
+
   test('the host\'s IPv6 link-local addresses are refused too', async () => {
     const interfaces = JSON.parse((await execa('ip', ['-j', '-6', 'address', 'show', 'scope', 'link'])).stdout) as { ifname: string; addr_info: { local?: string }[] }[];
     const nic = interfaces.find((entry) => entry.ifname !== 'lo' && entry.addr_info.some((address) => address.local));

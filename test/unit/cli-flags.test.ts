@@ -31,9 +31,10 @@ describe('pipeline-facing CLI surface', () => {
       'memory-limit': 'IMAGEBUILDER_MEMORY_LIMIT',
       'pids-limit': 'IMAGEBUILDER_PIDS_LIMIT',
       'host-port': 'IMAGEBUILDER_HOST_PORTS',
+      'allow-network': 'IMAGEBUILDER_ALLOW_NETWORKS',
       accel: 'IMAGEBUILDER_ACCEL',
     });
-    expect(envOf(Matrix.flags as never)).toMatchObject({ jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE', rehash: 'IMAGEBUILDER_REHASH' });
+    expect(envOf(Matrix.flags as never)).toMatchObject({ 'allow-network': 'IMAGEBUILDER_ALLOW_NETWORKS', jobs: 'IMAGEBUILDER_JOBS', cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', offline: 'IMAGEBUILDER_OFFLINE', sparsify: 'IMAGEBUILDER_SPARSIFY', 'no-cache': 'IMAGEBUILDER_NO_CACHE', rehash: 'IMAGEBUILDER_REHASH' });
     expect(envOf(Inspect.flags as never)).toMatchObject({ cache: 'IMAGEBUILDER_CACHE', 'work-dir': 'IMAGEBUILDER_WORK_DIR', 'mount-backend': 'IMAGEBUILDER_MOUNT_BACKEND', untrusted: 'IMAGEBUILDER_UNTRUSTED' });
     expect(envOf(Fetch.flags as never)).toMatchObject({
       cache: 'IMAGEBUILDER_CACHE',

@@ -238,8 +238,10 @@ describe('matrix emission for Kubernetes', () => {
       expect(Object.keys(docs[0].data).sort()).toEqual(['matrix.yaml', 'recipes_node.yaml']);
       expect(Buffer.from(docs[0].binaryData['recipes_parts_common.yaml'], 'base64')).toEqual(part);
       expect(emitted).not.toMatch(/[\u0085\u2028\u2029]/);
-      const named = parseAllDocuments(manifestsYaml(emitJobs(parsed.matrix, parsed.matrix.builds, { ...options, serviceAccount: 'image-builder' })), { version: '1.1' }).map((d) => d.toJS());
+      const named = parseAllDocuments(manifestsYaml(emitJobs(parsed.matrix, parsed.matrix.builds, { ...options, serviceAccount: 'image-builder', allowNetworks: ['10.20.0.0/16', 'fd12::/64'] })), { version: '1.1' }).map((d) => d.toJS());
       expect(named[1].spec.template.spec.serviceAccountName).toBe('image-builder');
+      // --allow-network goes on to each build.
+      expect(named[1].spec.template.spec.containers[0].args.slice(-4)).toEqual(['--allow-network', '10.20.0.0/16', '--allow-network', 'fd12::/64']);
       expect(named[1].spec.template.spec.automountServiceAccountToken).toBeUndefined();
     } finally {
       await rm(other, { recursive: true, force: true });

@@ -1,4 +1,4 @@
-import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, parseHostPorts, refusalRules, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
+import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, networkRules, parseAllowedNetworks, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
   networkNamespace: async () => '/tmp/imagebuilder-sandbox-1-ab/netns', resolvConf: 'nameserver 192.0.2.53\n', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
@@ -93,11 +93,24 @@ describe('guestDns: the host\'s DNS, made reachable from the sandbox', () => {
   });
 });
 
-describe('refusalRules: policy rules that refuse destinations inside the sandbox', () => {
+describe('networkRules: policy rules of the sandbox', () => {
   const blocked = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '192.0.2.2/32', '2001:db8::2/128'];
-  test('one family at a time, prohibit before the main table', () => {
-    expect(refusalRules(blocked, 4)).toEqual(['rule add to 169.254.0.0/16 prohibit pref 100', 'rule add to 192.0.2.2/32 prohibit pref 100']);
-    expect(refusalRules(blocked, 6)).toEqual(['rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100']);
+  test('one family at a time: the refused first, then what is allowed through the main table, then every private network refused', () => {
+    expect(networkRules(blocked, ['10.20.0.0/16', '10.96.0.10/32'], 4)).toEqual([
+      'rule add to 169.254.0.0/16 prohibit pref 100', 'rule add to 192.0.2.2/32 prohibit pref 100',
+      'rule add to 10.20.0.0/16 lookup main pref 150', 'rule add to 10.96.0.10/32 lookup main pref 150',
+      'rule add to 10.0.0.0/8 prohibit pref 200', 'rule add to 172.16.0.0/12 prohibit pref 200', 'rule add to 192.168.0.0/16 prohibit pref 200', 'rule add to 100.64.0.0/10 prohibit pref 200',
+    ]);
+    expect(networkRules(blocked, [], 6)).toEqual(['rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100', 'rule add to fc00::/7 prohibit pref 200']);
+  });
+
+  test('--allow-network takes addresses and CIDR networks, and names what it does not take', () => {
+    expect(parseAllowedNetworks(['10.20.0.0/16,192.168.1.5', 'fd12::/64'])).toEqual(['10.20.0.0/16', '192.168.1.5/32', 'fd12::/64']);
+    expect(parseAllowedNetworks('10.1.0.0/16, 10.2.0.0/16')).toEqual(['10.1.0.0/16', '10.2.0.0/16']);
+    expect(parseAllowedNetworks()).toEqual([]);
+    for (const bad of ['mirror.internal', '10.0.0.0/33', '10.0.0.0/8/1', '10.0.0.0/x', '10.0.0.0/-1; reboot']) {
+      expect(() => parseAllowedNetworks([bad])).toThrow(expect.objectContaining({ code: 'BAD_INPUT', message: `--allow-network ${bad}: not an address or a network` }));
+    }
   });
 });
 
