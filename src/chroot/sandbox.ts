@@ -331,14 +331,16 @@ async function readHostDns(): Promise<GuestDns> {
 
 /**
  * Policy rules (`ip -batch` lines for one address family) of the sandbox: `refused` first, whatever else allows
- * them; then `allowed` through the main table; then every private network refused. The local table (rule 0)
- * still comes first: the namespace's own addresses, GUEST_DNS_FORWARD among them, stay its own.
+ * them; then `allowed` through the main table, and DNS alone (port 53, UDP and TCP) of `nameservers`; then every
+ * private network refused. Each rule once: ip adds rules exclusively, and a repeat would stop the batch. The local
+ * table (rule 0) still comes first: the namespace's own addresses, GUEST_DNS_FORWARD among them, stay its own.
  */
-export function networkRules(refused: string[], allowed: string[], family: 4 | 6): string[] {
-  const ofFamily = (destinations: string[]) => destinations.filter((destination) => destination.includes(':') === (family === 6));
+export function networkRules(refused: string[], allowed: string[], family: 4 | 6, nameservers: string[] = []): string[] {
+  const ofFamily = (destinations: string[]) => [...new Set(destinations.filter((destination) => destination.includes(':') === (family === 6)))];
   return [
     ...ofFamily(refused).map((destination) => `rule add to ${destination} prohibit pref 100`),
     ...ofFamily(allowed).map((destination) => `rule add to ${destination} lookup main pref 150`),
+    ...ofFamily(nameservers).flatMap((server) => ['udp', 'tcp'].map((protocol) => `rule add to ${server} ipproto ${protocol} dport 53 lookup main pref 150`)),
     ...ofFamily(PRIVATE_DESTINATIONS).map((destination) => `rule add to ${destination} prohibit pref 200`),
   ];
 }
@@ -394,13 +396,13 @@ async function openSandboxNetwork(options: OpenSandboxOptions, state: string, dn
   });
   // Rules only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
   const blocked = [...BLOCKED_DESTINATIONS, ...(await hostAddresses(run))];
-  // Private networks are refused but for those the user allows and the host's nameservers there (a cluster's DNS
-  // service, a LAN resolver), which guest commands query themselves: those addresses are reachable on every port.
+  // Private networks are refused but for those the user allows and DNS to the host's nameservers there (a cluster's
+  // DNS service, a LAN resolver), which guest commands query themselves: port 53 of them, not their other services.
   const nameservers = guestNameservers(dns.resolvConf).filter((server) => isIPv4(server) || isIPv6(server)).map((server) => `${server}/${isIPv4(server) ? 32 : 128}`);
-  const allowed = [...(options.allowNetworks ?? []), ...nameservers];
+  const allowed = options.allowNetworks ?? [];
   const families: (4 | 6)[] = (await stat('/proc/sys/net/ipv6').then(() => true, () => false)) ? [4, 6] : [4];
   for (const family of families) {
-    const batch = networkRules(blocked, allowed, family);
+    const batch = networkRules(blocked, allowed, family, nameservers);
     await run('nsenter', [`--net=${netns}`, '--', 'ip', `-${family}`, '-batch', '-'], { input: `${batch.join('\n')}\n`, log, purpose: 'refusing the host\'s addresses and link-local ones inside the sandbox' });
   }
 

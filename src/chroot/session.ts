@@ -194,9 +194,12 @@ async function unmountSession(run: Runner, mounts: readonly SessionMount[], real
 const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
 const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
 
-/** The session's /dev (its /dev/shm too: Docker's 64 MiB) and /run (apt's binary caches, a bundle's lists: ~200 MB). */
+/**
+ * The session's /dev (its /dev/shm too: Docker's 64 MiB). Its /run (apt's binary caches, a bundle's lists, the
+ * container archives a container-images step stages: gigabytes) is as large as the build's memory limit, which
+ * its pages count against where the build has its cgroup.
+ */
 const SESSION_DEV_BYTES = 64 * 2 ** 20;
-const SESSION_RUN_BYTES = 2 ** 30;
 
 /**
  * A read-only /sys, our own /dev (a tmpfs: six nodes, the usual links, /dev/shm, a new devpts instance) and a
@@ -204,7 +207,7 @@ const SESSION_RUN_BYTES = 2 ** 30;
  * Targets are resolved inside the guest first; everything under /dev is in our own tmpfs.
  */
 const SESSION_MOUNTS_SCRIPT = [
-  'set -e; sys=$1; dev=$2; run=$3; shift 3',
+  'set -e; sys=$1; dev=$2; run=$3; runsize=$4; shift 4',
   // From a network namespace of its own (sysfs shows the mounter's): the guest sees no interface of the host's.
   'unshare --net -- mount -t sysfs -o ro sysfs "$sys"',
   // Sized: without the build's cgroup (a read-only /sys/fs/cgroup), each would be half the host's memory.
@@ -213,10 +216,10 @@ const SESSION_MOUNTS_SCRIPT = [
   'while [ $# -gt 0 ]; do ln -s "$2" "$dev/$1"; shift 2; done',
   'mkdir -m 1777 "$dev/shm"; mkdir "$dev/pts"',
   'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$dev/pts"',
-  `mount -t tmpfs -o mode=0755,nosuid,nodev,size=${SESSION_RUN_BYTES} tmpfs "$run"`,
+  'mount -t tmpfs -o "mode=0755,nosuid,nodev,size=$runsize" tmpfs "$run"',
 ].join('\n');
 
-async function mountSessionFilesystems(root: string, { run, log, cleanup }: { run: Runner; log: Logger; cleanup: CleanupStack }): Promise<string> {
+async function mountSessionFilesystems(root: string, { run, log, cleanup, runBytes }: { run: Runner; log: Logger; cleanup: CleanupStack; runBytes: number }): Promise<string> {
   const names = ['/sys', '/dev', '/run'];
   const resolved = await Promise.all(names.map((guestPath) => resolveInRoot(root, guestPath)));
   // Resolved before anything is mounted, so none may lead into another: a /run that led into /dev (/dev/fd)
@@ -264,7 +267,7 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup }: { ru
     await guard.refuse(left);
   });
   cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (made.mounts ? unmountSession(run, made.mounts, realRoot) : unmountTargets(run, realRoot, [...realTargets].reverse())));
-  await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
+  await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, String(runBytes), ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
   // By mount id and device, not path: a guest that renames a parent of a mount point (/sys a link to /srv/s, then
@@ -306,7 +309,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
     await enableEmulation(root, { run, log, cleanup });
     // bwrap mounts /proc per command, of the command's own PID namespace; the directory must exist.
     await mkdir(join(root, await resolveInRoot(root, '/proc')), { recursive: true });
-    const runDir = await mountSessionFilesystems(root, { run, log, cleanup });
+    const runDir = await mountSessionFilesystems(root, { run, log, cleanup, runBytes: sandbox.limits.memoryBytes });
     // Held open while the session lasts and reached through /proc/self/fd: whatever a guest renames on the way
     // to the mount point (a /run that is a link into /var), the host lands on its tmpfs and nowhere else.
     const runHandle = await holdDirectory(runDir);

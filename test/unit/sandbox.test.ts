@@ -96,9 +96,12 @@ describe('guestDns: the host\'s DNS, made reachable from the sandbox', () => {
 describe('networkRules: policy rules of the sandbox', () => {
   const blocked = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/32', '192.0.2.2/32', '2001:db8::2/128'];
   test('one family at a time: the refused first, then what is allowed through the main table, then every private network refused', () => {
-    expect(networkRules(blocked, ['10.20.0.0/16', '10.96.0.10/32'], 4)).toEqual([
+    // A repeat (an address given twice, a nameserver listed twice) is one rule: ip would stop the batch at it.
+    expect(networkRules([...blocked, '192.0.2.2/32'], ['10.20.0.0/16', '10.20.0.0/16', '10.96.0.10/32'], 4, ['10.96.0.10/32', '10.96.0.10/32'])).toEqual([
       'rule add to 169.254.0.0/16 prohibit pref 100', 'rule add to 192.0.2.2/32 prohibit pref 100',
       'rule add to 10.20.0.0/16 lookup main pref 150', 'rule add to 10.96.0.10/32 lookup main pref 150',
+      // The host's nameservers: their DNS port alone.
+      'rule add to 10.96.0.10/32 ipproto udp dport 53 lookup main pref 150', 'rule add to 10.96.0.10/32 ipproto tcp dport 53 lookup main pref 150',
       'rule add to 10.0.0.0/8 prohibit pref 200', 'rule add to 172.16.0.0/12 prohibit pref 200', 'rule add to 192.168.0.0/16 prohibit pref 200', 'rule add to 100.64.0.0/10 prohibit pref 200',
     ]);
     expect(networkRules(blocked, [], 6)).toEqual(['rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100', 'rule add to fc00::/7 prohibit pref 200']);
