@@ -1,7 +1,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createSocket } from 'node:dgram';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -116,17 +116,26 @@ describe('the sandbox of guest commands', () => {
 
   test('a private network (a LAN host, a container bridge, a cluster) is refused unless --allow-network names it; the host itself reaches it', async () => {
     // A LAN host: a network namespace of its own behind a veth pair, serving at 10.77.0.2 (the host is 10.77.0.1).
-    const lan = { netns: `ib-lan-${process.pid}`, host: `iblan${process.pid % 10000}a`, peer: `iblan${process.pid % 10000}b`, address: '10.77.0.2', port: 8077 };
+    // Kept by a bind mount on a file of the test's own (unshare --net=FILE), as the sandbox keeps its own: `ip netns
+    // add` would mount /run/netns on first use, and nothing ever unmounts that.
+    const netnsMounts = async () => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((line) => line.includes(join(work, 'lan-netns')) || / \/run\/netns /.test(line));
+    const runNetnsBefore = await netnsMounts();
+    const lan = { netns: join(work, 'lan-netns'), host: `iblan${process.pid % 10000}a`, peer: `iblan${process.pid % 10000}b`, address: '10.77.0.2', port: 8077 };
     const ip = (...args: string[]) => execa('ip', args);
-    await ip('netns', 'add', lan.netns);
-    const server = execa('ip', ['netns', 'exec', lan.netns, 'node', '-e', `require('http').createServer((q, r) => r.end('lan service\\n')).listen(${lan.port}, '${lan.address}')`], { reject: false });
+    const inLan = (...command: string[]) => execa('nsenter', [`--net=${lan.netns}`, '--', ...command]);
+    await writeFile(lan.netns, '');
+    await execa('unshare', [`--net=${lan.netns}`, 'true']);
+    // nsenter execs its command: the holder's pid is a process in the namespace, where the veth's end is moved.
+    const holder = execa('nsenter', [`--net=${lan.netns}`, '--', 'sleep', '600'], { reject: false });
+    let server: ReturnType<typeof execa> | undefined;
     try {
       await ip('link', 'add', lan.host, 'type', 'veth', 'peer', 'name', lan.peer);
-      await ip('link', 'set', lan.peer, 'netns', lan.netns);
+      await ip('link', 'set', lan.peer, 'netns', String(holder.pid));
       await ip('address', 'add', '10.77.0.1/24', 'dev', lan.host);
       await ip('link', 'set', lan.host, 'up');
-      await ip('netns', 'exec', lan.netns, 'ip', 'address', 'add', `${lan.address}/24`, 'dev', lan.peer);
-      await ip('netns', 'exec', lan.netns, 'ip', 'link', 'set', lan.peer, 'up');
+      await inLan('ip', 'address', 'add', `${lan.address}/24`, 'dev', lan.peer);
+      await inLan('ip', 'link', 'set', lan.peer, 'up');
+      server = execa('nsenter', [`--net=${lan.netns}`, '--', 'node', '-e', `require('http').createServer((q, r) => r.end('lan service\\n')).listen(${lan.port}, '${lan.address}')`], { reject: false });
       let answer = '';
       for (const until = Date.now() + 10_000; answer !== 'lan service' && Date.now() < until; await new Promise((resolve) => setTimeout(resolve, 200))) {
         answer = (await execa('curl', ['-sS', '--max-time', '2', `http://${lan.address}:${lan.port}/`], { reject: false })).stdout;
@@ -150,11 +159,15 @@ describe('the sandbox of guest commands', () => {
       expect(bad.stderr).toContain('--allow-network mirror.internal: not an address or a network');
       await expectHostUntouched(before);
     } finally {
-      server.kill();
-      await server;
+      for (const process of [server, holder]) {
+        process?.kill();
+        await process;
+      }
       await execa('ip', ['link', 'delete', lan.host], { reject: false });
-      await execa('ip', ['netns', 'delete', lan.netns], { reject: false });
+      await execa('umount', [lan.netns], { reject: false });
     }
+    // Nothing of it is left mounted: not its namespace, nor a /run/netns it did not find.
+    expect(await netnsMounts()).toEqual(runNetnsBefore);
   }, 240_000);
 
   test('the host\'s IPv6 link-local addresses are refused too', async () => {
