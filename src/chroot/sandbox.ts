@@ -89,9 +89,11 @@ export function parseMemorySize(text: string | number): number {
 }
 
 /** `8080,9000` (--host-port, IMAGEBUILDER_HOST_PORTS) → ports. */
+/** A multiple flag's values, each comma-separated list split (oclif hands its environment variable over as one string). */
+const flagValues = (values: string | string[]) => [values].flat().flatMap((value) => value.split(','));
+
 export function parseHostPorts(values: string | string[] = []): number[] {
-  // oclif hands a multiple flag's environment variable over as one string.
-  return [values].flat().flatMap((value) => value.split(',')).filter(Boolean).map((text) => {
+  return flagValues(values).filter(Boolean).map((text) => {
     const port = Number(text.trim());
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ImageBuilderError('BAD_INPUT', `--host-port ${text}: not a TCP port`, { hint: 'give port numbers, e.g. --host-port 8080' });
     return port;
@@ -347,8 +349,7 @@ export function networkRules(refused: string[], allowed: string[], family: 4 | 6
 
 /** --allow-network values as networks (an address alone is itself): a clear error for anything else. */
 export function parseAllowedNetworks(values: string | string[] = []): string[] {
-  // oclif hands a multiple flag's environment variable over as one string.
-  return [values].flat().flatMap((value) => value.split(',')).map((text) => text.trim()).filter(Boolean).map((text) => {
+  return flagValues(values).map((text) => text.trim()).filter(Boolean).map((text) => {
     const [address, length, extra] = text.split('/');
     const bits = isIPv4(address) ? 32 : isIPv6(address) ? 128 : 0;
     const prefix = length === undefined ? bits : /^\d+$/.test(length) ? Number(length) : -1;

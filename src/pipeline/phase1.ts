@@ -69,8 +69,11 @@ export interface Phase1Result {
   workImage: string;
 }
 
-/** A run step's timeout when neither it nor the recipe's limits.timeout sets one: 30 minutes. */
+/** A guest command's time (a run step's, when it sets none) when the recipe's limits.timeout sets none: 30 minutes. */
 export const DEFAULT_RUN_TIMEOUT_SECONDS = 1800;
+
+/** Seconds a guest command may take (a run step's default too): the recipe's limits.timeout, else the default. */
+const guestTimeoutSeconds = (recipe: Pick<Recipe, 'limits'>) => recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
 
 /** The build's limits: flags over the recipe's `limits` over the defaults. */
 export function buildLimits(recipe: Pick<Recipe, 'limits'>, flags: Partial<SandboxLimits> = {}): SandboxLimits {
@@ -128,7 +131,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
       sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts, allowNetworks: options.allowNetworks, offline: Boolean(options.offline) });
       const opening = await openChroot(opened.layout.root, {
         run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network, readOnlyBinds: options.offline?.readOnlyBinds,
-        commandTimeoutMs: (recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS) * 1000,
+        commandTimeoutMs: guestTimeoutSeconds(recipe) * 1000,
       });
       session = opening;
       held = guest.push('chroot session', () => opening.close());
@@ -170,7 +173,7 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     session = await openSession();
     const initramfs = await watching;
     const stepSession = step.network ? withNetwork(session, step.network) : session;
-    const runTimeoutSeconds = recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
+    const runTimeoutSeconds = guestTimeoutSeconds(recipe);
     await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, ...(packageCacheScope ? { packageCacheScope } : {}), downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
