@@ -5,7 +5,7 @@ import { delimiter, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { parseByteSize } from '../util/size.js';
-import { BLOCKED_DESTINATIONS, isBlockedDestination, PRIVATE_DESTINATIONS } from '../util/blocked-destinations.js';
+import { BLOCKED_DESTINATIONS, isBlockedDestination, PRIVATE_DESTINATIONS, withNat64Forms } from '../util/blocked-destinations.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
@@ -400,7 +400,8 @@ async function openSandboxNetwork(options: OpenSandboxOptions, state: string, dn
   // Private networks are refused but for those the user allows and DNS to the host's nameservers there (a cluster's
   // DNS service, a LAN resolver), which guest commands query themselves: port 53 of them, not their other services.
   const nameservers = guestNameservers(dns.resolvConf).filter((server) => isIPv4(server) || isIPv6(server)).map((server) => `${server}/${isIPv4(server) ? 32 : 128}`);
-  const allowed = options.allowNetworks ?? [];
+  // An allowed IPv4 network is allowed under NAT64 too, as it is refused there.
+  const allowed = withNat64Forms(options.allowNetworks ?? []);
   const families: (4 | 6)[] = (await stat('/proc/sys/net/ipv6').then(() => true, () => false)) ? [4, 6] : [4];
   for (const family of families) {
     const batch = networkRules(blocked, allowed, family, nameservers);

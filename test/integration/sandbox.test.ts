@@ -28,6 +28,8 @@ const ALLOWED_MASK = Object.values(ALLOWED_CAPABILITIES).reduce((mask, bit) => m
 const LINK_LOCAL = '169.254.169.254';
 /** Metadata services that are not link-local: Azure's WireServer and Alibaba Cloud's (not addresses of this host). */
 const METADATA_ADDRESSES = ['168.63.129.16', '100.100.100.200'];
+/** 169.254.169.254 and 10.0.0.1 under the well-known NAT64 prefix. */
+const NAT64_FORMS = ['64:ff9b::a9fe:a9fe', '64:ff9b::a00:1'];
 /** A host address besides its own NIC's (as a second NIC, a bridge or a service address would be); on lo, as this host has no dummy interfaces. */
 const HOST_ADDRESS = '10.213.7.1';
 
@@ -98,7 +100,7 @@ describe('the sandbox of guest commands', () => {
     // Each server answers the host itself: the guest's failures below are the sandbox's doing.
     for (const host of Object.keys(ports)) expect((await execa('curl', ['-sS', `http://${host}:${ports[host]}/`])).stdout).toBe('host service');
     const before = await snapshotHost();
-    const script = [...Object.entries(ports).map(([host, port]) => connect(host, port)), ...METADATA_ADDRESSES.map((host) => connect(host, 80)), connect('deb.debian.org', 80)].join('\n');
+    const script = [...Object.entries(ports).map(([host, port]) => connect(host, port)), ...[...METADATA_ADDRESSES, ...NAT64_FORMS].map((host) => connect(host, 80)), connect('deb.debian.org', 80)].join('\n');
     const result = await runCli(['shell', '--disk-image', input, '--writable', '--command', script]);
     expect(result.exitCode).toBe(0);
     const lines = result.stdout.split('\n').map((line) => line.trim());
@@ -110,6 +112,9 @@ describe('the sandbox of guest commands', () => {
     expect(lines.find((line) => line.startsWith(`${HOST_ADDRESS}:`))).toMatch(/Permission denied/);
     // The metadata services that are not link-local (Azure's WireServer, Alibaba Cloud's): refused the same, at once.
     for (const metadata of METADATA_ADDRESSES) expect(lines.find((line) => line.startsWith(`${metadata}:`))).toMatch(/Permission denied/);
+    // The metadata service and a private network through NAT64 (as an IPv6-only host behind it reaches them):
+    // refused by the rules, not merely unrouted here (that would be "Network is unreachable").
+    for (const nat64 of NAT64_FORMS) expect(lines.find((line) => line.startsWith(`${nat64}:`))).toMatch(/Permission denied/);
     expect(result.stdout).not.toMatch(/(127\.0\.0\.1|169\.254\.169\.254|10\.213\.7\.1|168\.63\.129\.16|100\.100\.100\.200):CONNECTED/);
     await expectHostUntouched(before);
   }, 120_000);

@@ -1,3 +1,4 @@
+import { isBlockedDestination, withNat64Forms } from '../../src/util/blocked-destinations.js';
 import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, networkRules, parseAllowedNetworks, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
@@ -104,7 +105,20 @@ describe('networkRules: policy rules of the sandbox', () => {
       'rule add to 10.96.0.10/32 ipproto udp dport 53 lookup main pref 150', 'rule add to 10.96.0.10/32 ipproto tcp dport 53 lookup main pref 150',
       'rule add to 10.0.0.0/8 prohibit pref 200', 'rule add to 172.16.0.0/12 prohibit pref 200', 'rule add to 192.168.0.0/16 prohibit pref 200', 'rule add to 100.64.0.0/10 prohibit pref 200',
     ]);
-    expect(networkRules(blocked, [], 6)).toEqual(['rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100', 'rule add to fc00::/7 prohibit pref 200']);
+    // IPv6: the private networks under the well-known NAT64 prefix too, RFC 8215's local-use one whole.
+    expect(networkRules(blocked, [], 6)).toEqual([
+      'rule add to fe80::/10 prohibit pref 100', 'rule add to fd00:ec2::/32 prohibit pref 100', 'rule add to 2001:db8::2/128 prohibit pref 100',
+      'rule add to 64:ff9b::a00:0/104 prohibit pref 200', 'rule add to 64:ff9b::ac10:0/108 prohibit pref 200', 'rule add to 64:ff9b::c0a8:0/112 prohibit pref 200',
+      'rule add to 64:ff9b::6440:0/106 prohibit pref 200', 'rule add to fc00::/7 prohibit pref 200', 'rule add to 64:ff9b:1::/48 prohibit pref 200',
+    ]);
+  });
+
+  test('every refused IPv4 network is refused under the well-known NAT64 prefix too (an IPv6-only host behind NAT64)', () => {
+    expect(withNat64Forms(['169.254.0.0/16', '168.63.129.16/32', 'fe80::/10', '10.20.0.0/16'])).toEqual([
+      '169.254.0.0/16', '64:ff9b::a9fe:0/112', '168.63.129.16/32', '64:ff9b::a83f:8110/128', 'fe80::/10', '10.20.0.0/16', '64:ff9b::a14:0/112',
+    ]);
+    for (const address of ['64:ff9b::a9fe:a9fe', '64:ff9b::169.254.169.254', '[64:ff9b::a83f:8110]', '64:ff9b::c000:c0']) expect({ address, blocked: isBlockedDestination(address) }).toEqual({ address, blocked: true });
+    for (const address of ['64:ff9b::5db8:d822', '64:ff9b::a00:1']) expect({ address, blocked: isBlockedDestination(address) }).toEqual({ address, blocked: false });
   });
 
   test('--allow-network takes addresses and CIDR networks, and names what it does not take', () => {
