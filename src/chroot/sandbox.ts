@@ -5,7 +5,7 @@ import { delimiter, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { parseByteSize } from '../util/size.js';
-import { BLOCKED_DESTINATIONS, isBlockedDestination, PRIVATE_DESTINATIONS, withNat64Forms } from '../util/blocked-destinations.js';
+import { BLOCKED_DESTINATIONS, isBlockedDestination, isPrivateDestination, PRIVATE_DESTINATIONS, withNat64Forms } from '../util/blocked-destinations.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { formatCommand, type Runner } from '../util/exec.js';
 import type { CleanupStack } from '../util/cleanup.js';
@@ -345,6 +345,21 @@ export function networkRules(refused: string[], allowed: string[], family: 4 | 6
     ...ofFamily(nameservers).flatMap((server) => ['udp', 'tcp'].map((protocol) => `rule add to ${server} ipproto ${protocol} dport 53 lookup main pref 150`)),
     ...ofFamily(PRIVATE_DESTINATIONS).map((destination) => `rule add to ${destination} prohibit pref 200`),
   ];
+}
+
+/**
+ * The private address a failed guest command's output says it was refused ("Permission denied" on the line that
+ * names it: apt's "Could not connect to 10.1.2.3:80 (10.1.2.3). - connect (13: Permission denied)", curl's, dnf's),
+ * or undefined.
+ */
+export function refusedPrivateAddress(output: string): string | undefined {
+  for (const line of output.split('\n')) {
+    if (!/permission denied/i.test(line)) continue;
+    const candidates = [...line.matchAll(/\b\d{1,3}(?:\.\d{1,3}){3}\b/g), ...line.matchAll(/\[([0-9a-fA-F:.]+)\]/g)].map((match) => match[1] ?? match[0]);
+    const address = candidates.find((candidate) => isPrivateDestination(candidate));
+    if (address) return address;
+  }
+  return undefined;
 }
 
 /** --allow-network values as networks (an address alone is itself): a clear error for anything else. */

@@ -2,12 +2,12 @@ import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
-import { displayGuestCommand, formatBytes, openBuildSandbox, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
+import { displayGuestCommand, formatBytes, openBuildSandbox, refusedPrivateAddress, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
-import { formatCommand, tail, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
+import { CommandTimeout, formatCommand, tail, timeLimitText, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
 import { guardHostFilesystems, holdDirectory, isInside, realRoot as realPathOfRoot } from '../util/guest-fs.js';
 import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
@@ -35,6 +35,8 @@ export interface ChrootOptions {
   limits?: Partial<SandboxLimits>;
   /** Host loopback ports of the sandbox the session makes when it is given none (--host-port). */
   hostPorts?: number[];
+  /** Private networks of the sandbox the session makes when it is given none (--allow-network). */
+  allowNetworks?: string[];
   /** The network guest commands get unless an exec says otherwise. */
   network?: GuestNetwork;
   /**
@@ -282,6 +284,9 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup, runByt
   return runDir;
 }
 
+/** What a guest command stopped at the session's limit is told: a crafted image's program that never returns, or a slow one. */
+const SESSION_TIMEOUT_HINT = 'a guest program that never returns (a crafted or broken image) is stopped there: raise limits.timeout only if it is merely slow (it bounds package installs too)';
+
 /**
  * Opens a chroot session on a mounted guest: its programs made runnable (qemu-user through binfmt_misc for
  * a foreign architecture), private /proc, /sys, a minimal /dev (not the host's: a guest script cannot reach
@@ -303,7 +308,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
   let sandbox: BuildSandbox;
   let privateRun: { dir: string; closed: boolean };
   try {
-    sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits, hostPorts: options.hostPorts }));
+    sandbox = options.sandbox ?? (await openBuildSandbox({ run, log, cleanup, limits: options.limits, hostPorts: options.hostPorts, allowNetworks: options.allowNetworks }));
     // First, before anything is mounted in the guest: a foreign guest (arm64 on amd64) without an emulator
     // fails here, and its registration outlives everything that runs inside.
     await enableEmulation(root, { run, log, cleanup });
@@ -348,25 +353,38 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       const wanted = needsNoNetwork ? 'none' : (commandNetwork ?? network);
       const command = sandboxedCommand(root, argv, sandbox, { network: wanted, netns: await netnsFor(wanted), readOnlyRoot });
       try {
+        // The session's limit where the caller sets none, named as the recipe's (a package install's included).
+        const limit = rest.timeoutMs === undefined && options.commandTimeoutMs !== undefined
+          ? { timeoutMs: options.commandTimeoutMs, timeoutSource: "the recipe's limits.timeout", timeoutHint: SESSION_TIMEOUT_HINT }
+          : {};
         const result = await run(...command, {
           // Messages show what ran in the guest, not the sandbox around it.
-          display: displayGuestCommand(root, argv), log, ...rest, timeoutMs: rest.timeoutMs ?? options.commandTimeoutMs, env: { ...guestEnv(), ...rest.env }, signal: rest.signal ?? options.signal });
+          display: displayGuestCommand(root, argv), log, ...rest, ...limit, env: { ...guestEnv(), ...rest.env }, signal: rest.signal ?? options.signal });
         if (result.exitCode !== 0) await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv));
         // Allowed to fail, but not to take the session's time: the caller set none and reads only exit codes.
         if (result.timedOut && rest.timeoutMs === undefined) {
-          throw new ImageBuilderError(rest.errorCode ?? 'COMMAND_FAILED', `${rest.purpose ? `${rest.purpose}: ` : ''}\`${formatCommand(argv[0], argv.slice(1))}\` did not finish within ${options.commandTimeoutMs! / 1000} s (the recipe's limits.timeout)`, {
+          throw new CommandTimeout(rest.errorCode ?? 'COMMAND_FAILED', `${rest.purpose ? `${rest.purpose}: ` : ''}\`${formatCommand(argv[0], argv.slice(1))}\` did not finish within ${timeLimitText(limit)}`, {
             detail: tail(result.output) || undefined,
-            hint: 'a guest program that never returns (a crafted or broken image) is stopped there: raise limits.timeout only if it is merely slow',
+            hint: SESSION_TIMEOUT_HINT,
           });
         }
         return result;
       } catch (error) {
         await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv), error);
+        if (!(error instanceof ImageBuilderError) || error instanceof CommandTimeout) throw error;
         // Without a network apt and dnf fail on name resolution; say why there is none.
-        if (wanted === 'none' && !needsNoNetwork && error instanceof ImageBuilderError) {
+        if (wanted === 'none' && !needsNoNetwork) {
           throw new ImageBuilderError(error.code, `${error.message} (this step has no network: network: none)`, {
             detail: error.detail, cause: error,
             hint: 'the step runs with network: none (its own, or the recipe\'s): remove that to let it reach package mirrors and downloads',
+          });
+        }
+        // A mirror or proxy on a private network: refused by the sandbox, which the program only calls "Permission denied".
+        const refused = wanted === 'sandboxed' ? refusedPrivateAddress(error.detail ?? '') : undefined;
+        if (refused) {
+          throw new ImageBuilderError(error.code, error.message, {
+            detail: error.detail, cause: error,
+            hint: `${refused} is on a private network, which guest commands are refused (as they are the host's own addresses): if it is your mirror or proxy, --allow-network ${refused} (or its network, in CIDR form) lets them reach it`,
           });
         }
         throw error;

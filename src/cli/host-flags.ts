@@ -36,6 +36,11 @@ export const mountBackendFlag = {
 /** Where a build runs on this host: apply and matrix take these. */
 export const hostBuildFlags = { ...cacheFlag, ...workDirFlag, ...mountBackendFlag };
 
+/** --host-port: ports of this host's loopback guest commands may reach (parsed by parseHostPorts). */
+export const hostPortFlag = {
+  'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here); comma-separated or repeated. Nothing else of this host is reachable", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
+};
+
 /** --allow-network: the private networks guest commands may reach (parsed by parseAllowedNetworks). */
 export const allowNetworkFlag = {
   'allow-network': Flags.string({

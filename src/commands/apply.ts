@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
-import { allowNetworkFlag, hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { allowNetworkFlag, hostPaths, hostPortFlag, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { BaseCommand } from '../cli/base-command.js';
 import { accelFlag, bootFlagOptions } from '../cli/boot-flags.js';
 import { SUITES, type SuiteName } from '../checks/suites.js';
@@ -54,7 +54,7 @@ export default class Apply extends BaseCommand {
     'shell-on-failure': Flags.boolean({ description: 'when a step fails, open a shell inside the guest at that point (everything still mounted); exiting it cleans up', default: false }),
     'memory-limit': Flags.string({ description: "memory (and swap) the build's guest commands may use together, e.g. 4G [default: the recipe's limits.memory, else 4G]", env: 'IMAGEBUILDER_MEMORY_LIMIT', helpValue: 'SIZE' }),
     'pids-limit': Flags.integer({ description: "processes and threads the build's guest commands may have at once [default: the recipe's limits.pids, else 4096]", env: 'IMAGEBUILDER_PIDS_LIMIT', min: 16, helpValue: 'N' }),
-    'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here); comma-separated or repeated. Nothing else of this host is reachable", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
+    ...hostPortFlag,
     ...allowNetworkFlag,
     'keep-work-dir': Flags.boolean({ description: 'keep the work directory, and the layers of the steps that succeeded, for --resume', default: false, env: 'IMAGEBUILDER_KEEP_WORK_DIR' }),
     resume: Flags.string({ description: 'resume a failed build from the work directory it kept (--keep-work-dir): its good steps are reused (whatever --no-cache says)', helpValue: 'WORK-DIR' }),

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
-import { allowNetworkFlag, hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { allowNetworkFlag, hostPaths, hostPortFlag, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
 import { diskImageFlags, diskImageOptions } from '../cli/image-flags.js';
 import { recipeInputs, recipeVariableFlags } from '../cli/recipe-flags.js';
 import { parseAllowedNetworks, parseHostPorts } from '../chroot/sandbox.js';
@@ -33,7 +33,7 @@ export default class Bundle extends BaseCommand {
     format: Flags.string({ description: 'dir: a directory; tar: one archive, its sha256 in <output>.sha256', options: [...BUNDLE_FORMATS], default: 'dir' }),
     ...mountBackendFlag,
     ...workDirFlag,
-    'host-port': Flags.string({ description: "a port of this host's loopback that guest commands may reach at their own 127.0.0.1 (a mirror served here)", env: 'IMAGEBUILDER_HOST_PORTS', multiple: true, helpValue: 'PORT' }),
+    ...hostPortFlag,
     ...allowNetworkFlag,
     json: Flags.boolean({ description: 'print the result as JSON on stdout', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),

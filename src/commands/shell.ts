@@ -2,7 +2,8 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base-command.js';
 import { createLogger } from '../util/log.js';
 import { withInterrupts } from '../util/signals.js';
-import { hostPaths, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { allowNetworkFlag, hostPaths, hostPortFlag, mountBackendFlag, mountBackendOf, workDirFlag } from '../cli/host-flags.js';
+import { parseAllowedNetworks, parseHostPorts } from '../chroot/sandbox.js';
 import { shell } from '../pipeline/shell.js';
 import { diskImageOptions, diskImageFlags } from '../cli/image-flags.js';
 
@@ -21,6 +22,8 @@ export default class Shell extends BaseCommand {
     writable: Flags.boolean({ description: 'mount writable; changes go to a throw-away overlay', default: false }),
     ...mountBackendFlag,
     ...workDirFlag,
+    ...hostPortFlag,
+    ...allowNetworkFlag,
     verbose: Flags.boolean({ char: 'v', description: 'log every command run', default: false }),
   };
 
@@ -39,6 +42,8 @@ export default class Shell extends BaseCommand {
           command: flags.command,
           writable: flags.writable,
           mountBackend: mountBackendOf(flags),
+          hostPorts: parseHostPorts(flags['host-port']),
+          allowNetworks: parseAllowedNetworks(flags['allow-network']),
           ...paths,
           log,
           signal,

@@ -1,4 +1,5 @@
 import { comparePackages, type Bom } from '../bom/collect.js';
+import type { Logger } from '../util/log.js';
 import { listKernels, listUnitStates } from '../bom/inventory.js';
 import { readComponents, warmNodeComponents } from '../bom/components.js';
 import type { BomStep } from '../util/step-record.js';
@@ -199,9 +200,9 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
 }
 
 /** The BOM of phase 1: the guest's packages compared with the base's, and what the steps recorded. */
-async function phase1Bom(recipe: Recipe, input: VerifiedImage, opened: OpenedGuest, distro: Distro, base: BaseState, steps: BomStep[], records: ReturnType<typeof createRecorder>): Promise<Phase1Bom> {
+async function phase1Bom(recipe: Recipe, input: VerifiedImage, opened: OpenedGuest, distro: Distro, base: BaseState, steps: BomStep[], records: ReturnType<typeof createRecorder>, log: Logger): Promise<Phase1Bom> {
   const manager = opened.distro.family?.packageManager;
-  const packagesAfter = manager ? await manager.listInstalled(opened.layout.root) : [];
+  const packagesAfter = manager ? await manager.listInstalled(opened.layout.root, log) : [];
   const { packages, removed } = comparePackages(base.packages, packagesAfter);
   return {
     bomVersion: 1,
@@ -258,8 +259,8 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
     sha256: input.sha256,
     path: input.path,
     osRelease: opened.distro.osRelease,
-    architecture: manager ? await manager.architecture(opened.layout.root) : undefined,
-    packages: manager ? await manager.listInstalled(opened.layout.root) : [],
+    architecture: manager ? await manager.architecture(opened.layout.root, log) : undefined,
+    packages: manager ? await manager.listInstalled(opened.layout.root, log) : [],
   };
   const distro = chain.reused.length ? detectDistro(base.osRelease) : opened.distro;
   const { architecture } = base;
@@ -289,7 +290,7 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
       checks: recipe.checks.length ? await clock.time('checks', async () => checkImage(await session.open(), recipe.checks, signal)) : [],
       components: await clock.time('components', async () => {
         await warmComponents();
-        return readComponents(opened.layout.root, () => session.open(), manager ? await manager.listInstalled(opened.layout.root) : [], signal);
+        return readComponents(opened.layout.root, () => session.open(), manager ? await manager.listInstalled(opened.layout.root, log) : [], signal);
       }),
     }))());
   // Before the final snapshot. A failure is the build's after the layer is committed (thrown again below), as before.
@@ -343,6 +344,6 @@ export async function runPhase1(recipe: Recipe, input: VerifiedImage, context: B
   if (failed) throw failed;
   if (checks.length) log.info(`checks on the image: ${checks.filter((c) => c.status === 'passed').length} passed, ${checks.filter((c) => c.status === 'skipped').length} need the booted image (imagebuilder test)`);
 
-  const bom = { ...(await phase1Bom(recipe, input, opened, distro, base, steps, records)), ...(components.length ? { components } : {}) };
+  const bom = { ...(await phase1Bom(recipe, input, opened, distro, base, steps, records, log)), ...(components.length ? { components } : {}) };
   return { bom: checks.length ? { ...bom, checks } : bom, opened, workImage: chain.active };
 }

@@ -14,6 +14,10 @@ export interface ShellOptions extends Omit<BuildOptions, 'keepWorkDir' | 'onEven
   /** Mount the guest writable; changes go to a throw-away overlay and are discarded at exit. */
   writable?: boolean;
   mountBackend?: MountBackendName | 'auto';
+  /** Ports of the host's loopback the shell's commands may reach (--host-port). */
+  hostPorts?: number[];
+  /** Private networks the shell's commands may reach (--allow-network). */
+  allowNetworks?: string[];
 }
 
 /**
@@ -27,7 +31,7 @@ export async function shell(options: ShellOptions): Promise<number> {
   const input = await verifyForBuild(start, options.diskImage, options.image);
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), input, { backend: options.mountBackend ?? 'auto', readOnly: !options.writable });
-    const session = await openChroot(layout.root, { run, log, signal: options.signal, readOnly: !options.writable, sessionFiles: distro.family?.sessionFiles });
+    const session = await openChroot(layout.root, { run, log, signal: options.signal, readOnly: !options.writable, sessionFiles: distro.family?.sessionFiles, hostPorts: options.hostPorts, allowNetworks: options.allowNetworks });
     context.guest.push('chroot session', () => session.close());
     log.info(`${distro.prettyName ?? distro.id}, mounted ${options.writable ? 'writable (changes are discarded at exit)' : 'read-only'}`);
     if (options.command !== undefined) return await session.interactive(['/bin/sh', '-c', options.command]);

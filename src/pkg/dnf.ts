@@ -299,11 +299,11 @@ export function createDnf(options: DnfOptions): PackageManager {
       await emptyCacheDirs(session, manager.cacheDirs);
       metadata.forget(session);
     },
-    listInstalled(root) {
-      return queryRpmDatabase(root);
+    listInstalled(root, log) {
+      return queryRpmDatabase(root, { log });
     },
-    async architecture(root) {
-      return rpmArchitecture(root, await queryRpmDatabase(root));
+    async architecture(root, log) {
+      return rpmArchitecture(root, await queryRpmDatabase(root, { log }));
     },
   };
 }

@@ -7,6 +7,7 @@ import { execRunner, type Runner } from '../util/exec.js';
 import { resolveInRoot, which } from '../util/fs.js';
 import { GUEST_READ_LIMITS, readGuestDir, readGuestFile, statGuest } from '../util/guest-fs.js';
 import { withBoxUid } from '../util/box-uid.js';
+import type { Logger } from '../util/log.js';
 import { unprivilegedCommand } from '../util/unprivileged.js';
 import type { InstalledPackage } from './types.js';
 
@@ -115,7 +116,7 @@ const RPM_QUERY_TIMEOUT_MS = 5 * 60_000;
  * privilege in a bubblewrap sandbox (util/unprivileged.ts) that sees only that copy, with an empty HOME and no
  * macro path from the guest; its configuration is the host's own.
  */
-export async function queryRpmDatabase(root: string, options: { run?: Runner } = {}): Promise<InstalledPackage[]> {
+export async function queryRpmDatabase(root: string, options: { run?: Runner; log?: Logger } = {}): Promise<InstalledPackage[]> {
   const run = options.run ?? execRunner;
   const database = await findRpmDatabase(root);
   if (!database) {
@@ -166,7 +167,7 @@ export async function queryRpmDatabase(root: string, options: { run?: Runner } =
         purpose: `reading the guest's rpm database (${database.guestPath}, ${database.backend})`,
         hint: database.backend === 'ndb' ? "this host's rpm may not read ndb databases (openSUSE's): use a host with rpm built with ndb" : undefined,
       });
-    });
+    }, { log: options.log });
     return parseRpmQuery(result.stdout);
   } finally {
     await rm(copy, { recursive: true, force: true });

@@ -131,9 +131,9 @@ export interface PackageManager {
    */
   addRepository(session: ChrootSession, repository: PackageRepository): Promise<WrittenFile[]>;
   /** Every installed package, read from the guest's package database (feeds the BOM). */
-  listInstalled(root: string): Promise<InstalledPackage[]>;
+  listInstalled(root: string, log?: Logger): Promise<InstalledPackage[]>;
   /** The guest's native architecture name (amd64, arm64, x86_64 …). */
-  architecture(root: string): Promise<string | undefined>;
+  architecture(root: string, log?: Logger): Promise<string | undefined>;
 }
 
 /** `name`, `name=version` (apt style) or `name-version` is not guessed: only `=` separates a version. */

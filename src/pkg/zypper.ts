@@ -181,11 +181,11 @@ export function createZypper(options: ZypperOptions = {}): PackageManager {
       await emptyCacheDirs(session, ZYPPER_CACHE_DIRS);
       metadata.forget(session);
     },
-    listInstalled(root) {
-      return queryRpmDatabase(root);
+    listInstalled(root, log) {
+      return queryRpmDatabase(root, { log });
     },
-    async architecture(root) {
-      return rpmArchitecture(root, await queryRpmDatabase(root));
+    async architecture(root, log) {
+      return rpmArchitecture(root, await queryRpmDatabase(root, { log }));
     },
   };
 }

@@ -72,6 +72,7 @@ export const runStep = defineStep({
       input: script,
       env: options.env,
       timeoutMs: timeout ? timeout * 1000 : undefined,
+      timeoutSource: options.timeout ? "the step's timeout" : "the recipe's limits.timeout",
       log: context.log,
       streamOutput: true,
       errorCode: 'STEP_FAILED',

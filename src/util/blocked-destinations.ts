@@ -49,6 +49,19 @@ for (const destination of BLOCKED_DESTINATIONS) {
   blockedDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
 }
 
+/** PRIVATE_DESTINATIONS as a lookup. */
+const privateDestinations = new BlockList();
+for (const destination of PRIVATE_DESTINATIONS) {
+  const [network, length] = destination.split('/');
+  privateDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
+}
+
+/** Whether an address is on one of PRIVATE_DESTINATIONS. */
+export function isPrivateDestination(address: string): boolean {
+  const family = isIPv4(address) ? 'ipv4' : isIPv6(address) ? 'ipv6' : undefined;
+  return family !== undefined && privateDestinations.check(address, family);
+}
+
 /** Whether an address (maybe with an IPv6 zone, or in brackets as a URL writes it) is one of BLOCKED_DESTINATIONS. */
 export function isBlockedDestination(address: string): boolean {
   const bare = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');

@@ -13,6 +13,10 @@ export interface ExecOptions {
   extraEnv?: Record<string, string>;
   cwd?: string;
   timeoutMs?: number;
+  /** What set timeoutMs, for the message when it is reached: "the recipe's limits.timeout". */
+  timeoutSource?: string;
+  /** The hint when timeoutMs is reached, in place of `hint` (which is about the command's own failures). */
+  timeoutHint?: string;
   signal?: AbortSignal;
   /** Logs the command line (debug level). */
   log?: Logger;
@@ -133,9 +137,13 @@ export const execRunner: Runner = async (file, args, options = {}) => {
   const notFound = result.code === 'ENOENT';
   // A missing tool is never an expected failure, whatever the caller allows: say which one.
   if (result.failed && (!options.allowFailure || notFound)) {
-    const why = timedOut
-      ? `timed out after ${options.timeoutMs} ms`
-      : result.exitCode === undefined
+    if (timedOut && !notFound) {
+      throw new CommandTimeout(options.errorCode ?? 'COMMAND_FAILED', `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` did not finish within ${timeLimitText(options)}`, {
+        detail: tail(outcome.output) || undefined,
+        hint: options.timeoutHint ?? options.hint,
+      });
+    }
+    const why = result.exitCode === undefined
         ? `could not run (${result.code ?? result.signal ?? result.shortMessage})`
         : `exited with ${result.exitCode}`;
     throw new ImageBuilderError(
@@ -151,6 +159,12 @@ export const execRunner: Runner = async (file, args, options = {}) => {
   if (timedOut) outcome.timedOut = true;
   return outcome;
 };
+
+/** A command's time limit as a message says it: "30 s (the recipe's limits.timeout)". */
+export const timeLimitText = (options: Pick<ExecOptions, 'timeoutMs' | 'timeoutSource'>) => `${options.timeoutMs! / 1000} s${options.timeoutSource ? ` (${options.timeoutSource})` : ''}`;
+
+/** A command killed at its time limit: not a failure of its own (a missing network, a bad package name). */
+export class CommandTimeout extends ImageBuilderError {}
 
 /** A runner that records every call and answers from a script: for unit tests of exact argv. */
 export interface RecordedCall {

@@ -135,10 +135,10 @@ describe('hostile guest images', () => {
       await expectHostUntouched(host);
     });
 
-    test("a guest command that never returns (a crafted systemctl, asked by a service step) fails its step at the recipe's limits.timeout, and nothing is left behind", async () => {
+    test("a guest command that never returns (a crafted systemctl, asked by a service step; a crafted apt-get) fails its step at the recipe's limits.timeout, and nothing is left behind", async () => {
       const host = await snapshotHost();
       const image = await deriveImage(wholeDisk, join(work, 'sleeping-systemctl.qcow2'), {}, {
-        thenRun: 'rm -f "$1/usr/bin/systemctl"; printf "#!/bin/sh\\nexec sleep 3600\\n" > "$1/usr/bin/systemctl"; chmod 0755 "$1/usr/bin/systemctl"',
+        thenRun: 'for tool in systemctl apt-get; do rm -f "$1/usr/bin/$tool"; printf "#!/bin/sh\\nexec sleep 3600\\n" > "$1/usr/bin/$tool"; chmod 0755 "$1/usr/bin/$tool"; done',
       });
       const recipe = join(work, 'sleeping-systemctl.yaml');
       await writeFile(recipe, 'name: sleeping-systemctl\nlimits: { timeout: 3 }\nsteps:\n  - service: { enable: [ssh] }\n');
@@ -149,6 +149,16 @@ describe('hostile guest images', () => {
       // Well before the sleep would have ended: the timeout, not the guest, ended it.
       expect(Date.now() - started).toBeLessThan(120_000);
       await expect(stat(join(work, 'sleeping-systemctl-out.qcow2'))).rejects.toMatchObject({ code: 'ENOENT' });
+      // A package install (which throws on failure, unlike the probe above) in a step without network: its apt-get
+      // stopped at the limit is said to be that, with the limit's hint, not put down to the missing network.
+      const install = join(work, 'sleeping-apt.yaml');
+      await writeFile(install, 'name: sleeping-apt\nnetwork: none\nlimits: { timeout: 3 }\nsteps:\n  - packages: { install: [hello] }\n');
+      const installing = await apply(install, image, 'sleeping-apt-out.qcow2');
+      expect(installing.exitCode).not.toBe(0);
+      expect(installing.stderr).toMatch(/`chroot \S+ apt-get [^`\n]*` did not finish within 3 s \(the recipe's limits\.timeout\)/);
+      expect(installing.stderr).toContain('hint: a guest program that never returns (a crafted or broken image) is stopped there: raise limits.timeout');
+      expect(installing.stderr).not.toContain('this step has no network');
+      await expect(stat(join(work, 'sleeping-apt-out.qcow2'))).rejects.toMatchObject({ code: 'ENOENT' });
       await expectHostUntouched(host);
     }, 300_000);
 

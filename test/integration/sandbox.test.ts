@@ -162,6 +162,16 @@ describe('the sandbox of guest commands', () => {
       const bad = await build(['--allow-network', 'mirror.internal']);
       expect(bad.exitCode).toBe(2);
       expect(bad.stderr).toContain('--allow-network mirror.internal: not an address or a network');
+      // A step that fails on the refusal is told which flag would let it through.
+      const failing = await writeRecipe(work, 'lan-failing', [{ run: `bash -c 'exec 3<>/dev/tcp/${lan.address}/${lan.port}'` }]);
+      const failed = await runCli(['apply', failing, '--disk-image', input, '--output', join(work, 'lan-out.qcow2'), '--sparsify', 'none', '--sbom', 'none', '--no-cache']);
+      expect(failed.exitCode).toBe(4);
+      expect(failed.stderr).toContain('hint: 10.77.0.2 is on a private network, which guest commands are refused');
+      expect(failed.stderr).toContain('--allow-network 10.77.0.2');
+      // shell takes the flag too.
+      const shell = (extra: string[]) => runCli(['shell', '--disk-image', input, ...extra, '--command', connect(lan.address, lan.port)]);
+      expect((await shell([])).stdout).toMatch(/10\.77\.0\.2: .*Permission denied/);
+      expect((await shell(['--allow-network', '10.77.0.0/24'])).stdout).toContain('10.77.0.2:CONNECTED');
       await expectHostUntouched(before);
     } finally {
       for (const process of [server, holder]) {

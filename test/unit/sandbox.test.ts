@@ -1,5 +1,6 @@
+import { CommandTimeout, execRunner } from '../../src/util/exec.js';
 import { isBlockedDestination, withNat64Forms } from '../../src/util/blocked-destinations.js';
-import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, networkRules, parseAllowedNetworks, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
+import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, networkRules, parseAllowedNetworks, refusedPrivateAddress, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
   networkNamespace: async () => '/tmp/imagebuilder-sandbox-1-ab/netns', resolvConf: 'nameserver 192.0.2.53\n', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
@@ -148,5 +149,27 @@ describe('the DNS forwarder lets standard queries through, and nothing else', ()
     expect(isStandardQuery(Buffer.from([0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 60]))).toBe(false); // a label past the end
     const answer = refused(query(0x2800, [1, 0, 1, 0]));
     expect([...answer]).toEqual([0x12, 0x34, 0x80 | 0x28, 5, 0, 0, 0, 0, 0, 0, 0, 0]);
+  });
+});
+
+describe('a guest command that failed on a refused private address is told of --allow-network', () => {
+  test('the private address on a "Permission denied" line: apt, curl, bash, an IPv6 mirror; nothing else', () => {
+    expect(refusedPrivateAddress('Err:1 http://mirror.lan bookworm InRelease\n  Could not connect to 10.77.0.2:8077 (10.77.0.2). - connect (13: Permission denied)\nE: Unable to locate package x')).toBe('10.77.0.2');
+    expect(refusedPrivateAddress('curl: (7) Failed to connect to 192.168.1.20 port 3128 after 0 ms: Permission denied')).toBe('192.168.1.20');
+    expect(refusedPrivateAddress('bash: line 1: /dev/tcp/172.20.0.5/80: Permission denied')).toBe('172.20.0.5');
+    expect(refusedPrivateAddress('Could not connect to [fd12:3456::1]:80 - connect (13: Permission denied)')).toBe('fd12:3456::1');
+    // Public addresses, a private one on a line that says something else, a permission error of a file.
+    expect(refusedPrivateAddress('Could not connect to 203.0.113.80:80 (203.0.113.80). - connect (13: Permission denied)')).toBeUndefined();
+    expect(refusedPrivateAddress('Could not connect to 10.0.0.1:80 - connect (111: Connection refused)\n/etc/shadow: Permission denied')).toBeUndefined();
+  });
+});
+
+describe('a command killed at its time limit', () => {
+  test('says the limit, what set it, and the timeout hint instead of the failure hint; it is a CommandTimeout', async () => {
+    const running = execRunner('sleep', ['5'], { timeoutMs: 300, timeoutSource: "the recipe's limits.timeout", timeoutHint: 'raise it', hint: 'check the package name', purpose: 'installing x' });
+    await expect(running).rejects.toThrow(CommandTimeout);
+    await expect(running).rejects.toThrow(expect.objectContaining({ message: "installing x: `sleep 5` did not finish within 0.3 s (the recipe's limits.timeout)", hint: 'raise it' }));
+    // A failure of its own keeps its hint.
+    await expect(execRunner('false', [], { timeoutMs: 5000, timeoutHint: 'raise it', hint: 'check the package name' })).rejects.toThrow(expect.objectContaining({ message: '`false` exited with 1', hint: 'check the package name' }));
   });
 });
