@@ -3,6 +3,7 @@ import { readGuestDir, statGuest } from '../util/guest-fs.js';
 import { join } from 'node:path';
 import type { Distro } from '../distro/families.js';
 import type { InstalledPackage } from '../pkg/types.js';
+import type { Logger } from '../util/log.js';
 import { resolveInRoot } from '../util/fs.js';
 
 export interface Kernel {
@@ -58,14 +59,14 @@ export async function listUnitStates(root: string): Promise<UnitState[]> {
   return [...states].map(([unit, state]) => ({ unit, state })).sort((a, b) => a.unit.localeCompare(b.unit));
 }
 
-export async function collectInventory(root: string, distro: Distro): Promise<Inventory> {
+export async function collectInventory(root: string, distro: Distro, log?: Logger): Promise<Inventory> {
   const manager = distro.family?.packageManager;
   return {
     os: { id: distro.id, versionId: distro.versionId, prettyName: distro.prettyName, osRelease: distro.osRelease },
     family: distro.family?.name,
-    architecture: manager ? await manager.architecture(root) : undefined,
+    architecture: manager ? await manager.architecture(root, log) : undefined,
     kernels: await listKernels(root),
-    packages: manager ? await manager.listInstalled(root) : [],
+    packages: manager ? await manager.listInstalled(root, log) : [],
     units: await listUnitStates(root),
   };
 }

@@ -66,6 +66,12 @@ export { BLOCKED_DESTINATIONS };
 
 
 export type GuestNetwork = 'sandboxed' | 'none';
+
+/** How long a guest command may run when it sets no time of its own, and what set that, as messages name it. */
+export interface GuestTimeout {
+  seconds: number;
+  source: string;
+}
 export const GUEST_NETWORKS: readonly GuestNetwork[] = ['sandboxed', 'none'];
 
 /** The recipe's and a step's `network:`. */
@@ -264,7 +270,7 @@ export async function makeCgroups(name: string, limits: SandboxLimits, cleanup: 
 }
 
 /** The host's own addresses, on every interface: the sandbox gets a route to none of them. */
-async function hostAddresses(run: Runner): Promise<string[]> {
+export async function hostAddresses(run: Runner): Promise<string[]> {
   const result = await run('ip', ['-j', 'address', 'show'], { allowFailure: true });
   if (result.exitCode !== 0) return [];
   const interfaces = JSON.parse(result.stdout) as { ifname: string; addr_info?: { family: string; local: string; scope: string }[] }[];
@@ -348,18 +354,33 @@ export function networkRules(refused: string[], allowed: string[], family: 4 | 6
 }
 
 /**
- * The private address a failed guest command's output says it was refused ("Permission denied" on the line that
- * names it: apt's "Could not connect to 10.1.2.3:80 (10.1.2.3). - connect (13: Permission denied)", curl's, dnf's),
- * or undefined.
+ * The address a failed guest command's output says it was refused, on a line with "Permission denied" (apt's
+ * "Could not connect to 10.1.2.3:80 (10.1.2.3). - connect (13: Permission denied)", curl's, wget's, dnf's), that
+ * a flag would open: one of this host's own (`--host-port`), or a private one (`--allow-network`); undefined
+ * for anything else (a metadata service, a public address, a file's permissions).
  */
-export function refusedPrivateAddress(output: string): string | undefined {
+export function refusedDestination(output: string, hostAddresses: readonly string[]): { address: string; hostOwn: boolean } | undefined {
+  const own = new Set(hostAddresses.map((cidr) => cidr.split('/')[0]));
   for (const line of output.split('\n')) {
     if (!/permission denied/i.test(line)) continue;
-    const candidates = [...line.matchAll(/\b\d{1,3}(?:\.\d{1,3}){3}\b/g), ...line.matchAll(/\[([0-9a-fA-F:.]+)\]/g)].map((match) => match[1] ?? match[0]);
-    const address = candidates.find((candidate) => isPrivateDestination(candidate));
-    if (address) return address;
+    // The last a line names: apt writes "fd12::1:80 (fd12::1)", the address and port run together, then the address.
+    for (const token of line.split(/[^0-9A-Fa-f:.]+/).reverse()) {
+      const address = addressIn(token);
+      if (!address) continue;
+      if (own.has(address)) return { address, hostOwn: true };
+      if (isPrivateDestination(address) && !isBlockedDestination(address)) return { address, hostOwn: false };
+    }
   }
   return undefined;
+}
+
+/** The address a word of a message is, maybe with a port or a full stop after it: "10.1.2.3:80", "10.1.2.3.", "fd12::1". */
+function addressIn(token: string): string | undefined {
+  // Part of a longer dotted word (libfoo.so.10.0.0.1), not an address.
+  if (token.startsWith('.')) return undefined;
+  for (const candidate of [token, token.replace(/[.:]+$/, '')]) if (isIPv4(candidate) || isIPv6(candidate)) return candidate;
+  const withPort = /^(\d{1,3}(?:\.\d{1,3}){3}):\d+\.*$/.exec(token);
+  return withPort && isIPv4(withPort[1]) ? withPort[1] : undefined;
 }
 
 /** --allow-network values as networks (an address alone is itself): a clear error for anything else. */
@@ -371,7 +392,8 @@ export function parseAllowedNetworks(values: string | string[] = []): string[] {
     if (!bits || extra !== undefined || prefix < 0 || prefix > bits) {
       throw new ImageBuilderError('BAD_INPUT', `--allow-network ${text}: not an address or a network`, { hint: 'give an address or a network in CIDR form, e.g. --allow-network 10.20.0.0/16 (an internal mirror\'s)' });
     }
-    return `${address}/${prefix}`;
+    // As ip and withNat64Forms write it: a network given twice in two spellings is one rule (ip would refuse the second).
+    return `${isIPv6(address) ? new URL(`http://[${address}]/`).hostname.slice(1, -1) : address}/${prefix}`;
   });
 }
 
@@ -411,7 +433,7 @@ async function openSandboxNetwork(options: OpenSandboxOptions, state: string, dn
     }
   });
   // Rules only root in that namespace could change, and guest commands have no CAP_NET_ADMIN.
-  const blocked = [...BLOCKED_DESTINATIONS, ...(await hostAddresses(run))];
+  const blocked = [...BLOCKED_DESTINATIONS, ...withNat64Forms(await hostAddresses(run))];
   // Private networks are refused but for those the user allows and DNS to the host's nameservers there (a cluster's
   // DNS service, a LAN resolver), which guest commands query themselves: port 53 of them, not their other services.
   const nameservers = guestNameservers(dns.resolvConf).filter((server) => isIPv4(server) || isIPv6(server)).map((server) => `${server}/${isIPv4(server) ? 32 : 128}`);
@@ -528,13 +550,16 @@ const JOIN_CGROUPS = ['while [ "$1" != -- ]; do echo $$ > "$1" || { echo "imageb
 /** Joins the cgroups named before `--`, opens the seccomp program (first argument) as fd 3, execs the rest. */
 const ENTER_SANDBOX = ['seccomp=$1; shift', 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift', 'if [ -n "$seccomp" ]; then exec "$@" 3<"$seccomp"; fi', 'exec "$@"'].join('\n');
 
+/** A guest's /dev, with its /dev/shm: Docker's 64 MiB (the session's tmpfs, and a read-only command's /dev/shm). */
+export const SESSION_DEV_BYTES = 64 * 2 ** 20;
+
 export interface SandboxedCommandOptions {
   /** `sandboxed` (the default) needs `netns`, the sandbox's networkNamespace(). */
   network?: GuestNetwork;
   netns?: string;
   /** A shell for the user: keeps the terminal session bwrap would otherwise leave (the caller gives it a pty of its own). */
   interactive?: boolean;
-  /** The guest's root read-only, but for a minimal /dev and a fresh /tmp. */
+  /** The guest's root read-only, but for a minimal read-only /dev with a fresh /dev/shm, and a fresh /tmp: both sized. */
   readOnlyRoot?: boolean;
 }
 
@@ -547,7 +572,11 @@ export function sandboxedCommand(root: string, argv: string[], sandbox: BuildSan
   const bwrapArgs = [
     // --dev-bind: our own /dev holds the devices; the guest's own filesystems keep their nodev.
     // Read-only: bwrap's own minimal /dev (never a path inside the guest, which could be a link), a fresh /tmp.
-    ...(options.readOnlyRoot ? ['--ro-bind', root, '/', '--dev', '/dev', '--tmpfs', '/tmp'] : ['--dev-bind', root, '/']),
+    // Sized as the session's are (bwrap's own would be half the host's memory where the build has no cgroup), and
+    // that /dev read-only but for its /dev/shm.
+    ...(options.readOnlyRoot
+      ? ['--ro-bind', root, '/', '--dev', '/dev', '--size', String(SESSION_DEV_BYTES), '--tmpfs', '/dev/shm', '--remount-ro', '/dev', '--size', String(sandbox.limits.memoryBytes), '--tmpfs', '/tmp']
+      : ['--dev-bind', root, '/']),
     '--proc', '/proc',
     ...READ_ONLY_PROC_PATHS.flatMap((path) => ['--ro-bind-try', path, path]),
     '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try',

@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { execa } from 'execa';
-import { displayGuestCommand, formatBytes, openBuildSandbox, refusedPrivateAddress, sandboxedCommand, type BuildSandbox, type GuestNetwork, type SandboxLimits } from './sandbox.js';
+import { displayGuestCommand, formatBytes, hostAddresses, openBuildSandbox, refusedDestination, sandboxedCommand, SESSION_DEV_BYTES, type BuildSandbox, type GuestTimeout, type GuestNetwork, type SandboxLimits } from './sandbox.js';
 import { ImageBuilderError } from '../util/errors.js';
 import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
@@ -43,7 +43,7 @@ export interface ChrootOptions {
    * How long a guest command may run when its exec sets no time of its own: a crafted image's /bin/sh (or
    * systemctl, getent …) that never returns must not hold the build, its mounts and its devices forever.
    */
-  commandTimeoutMs?: number;
+  commandTimeout?: GuestTimeout;
   /**
    * Host directories the guest reads for the session, bound read-only under its private /run (never into the
    * image): an offline build's bundle repository. Each must be a directory this build made.
@@ -196,15 +196,24 @@ async function unmountSession(run: Runner, mounts: readonly SessionMount[], real
 const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
 const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
 
-/**
- * The session's /dev (its /dev/shm too: Docker's 64 MiB). Its /run (apt's binary caches, a bundle's lists, the
+/*
+ * The session's /dev (its /dev/shm too) is SESSION_DEV_BYTES. Its /run (apt's binary caches, a bundle's lists, the
  * container archives a container-images step stages: gigabytes) is as large as the build's memory limit, which
  * its pages count against where the build has its cgroup.
  */
-const SESSION_DEV_BYTES = 64 * 2 ** 20;
 
 /**
- * A read-only /sys, our own /dev (a tmpfs: six nodes, the usual links, /dev/shm, a new devpts instance) and a
+ * What of sysfs says which machine the host is, each hidden where this kernel has it (a directory under an empty
+ * read-only tmpfs, a file under /dev/null): ACPI tables (a licence key in MSDM), DMI (serial numbers, the product
+ * UUID), QEMU's fw_cfg (a cloud's user data), iBFT and the iSCSI boot tables (a target and its secrets), the
+ * device tree (a board's serial number), the hypervisor's (Xen: EC2's instance UUID). /sys/firmware/efi stays:
+ * packages ask whether the machine booted by EFI. Mounted by the host under its own fresh sysfs, never through
+ * the guest's paths; shell globs (iscsi_boot0 …) allowed.
+ */
+export const SYSFS_HIDDEN = ['firmware/acpi/tables', 'firmware/dmi', 'firmware/qemu_fw_cfg', 'firmware/ibft', 'firmware/iscsi_boot*', 'firmware/devicetree', 'firmware/fdt', 'devices/virtual/dmi/id', 'hypervisor'];
+
+/**
+ * A read-only /sys (SYSFS_HIDDEN hidden), our own /dev (a tmpfs: six nodes, the usual links, /dev/shm, a new devpts instance) and a
  * private /run: every mount in one process and released by one umount (a process each cost ~10 ms a mount).
  * Targets are resolved inside the guest first; everything under /dev is in our own tmpfs.
  */
@@ -212,6 +221,11 @@ const SESSION_MOUNTS_SCRIPT = [
   'set -e; sys=$1; dev=$2; run=$3; runsize=$4; shift 4',
   // From a network namespace of its own (sysfs shows the mounter's): the guest sees no interface of the host's.
   'unshare --net -- mount -t sysfs -o ro sysfs "$sys"',
+  `for hidden in ${SYSFS_HIDDEN.map((path) => `"$sys"/${path}`).join(' ')}; do`,
+  '  if [ -L "$hidden" ]; then :',
+  '  elif [ -d "$hidden" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,mode=0755,size=4096 tmpfs "$hidden"',
+  '  elif [ -f "$hidden" ]; then mount --bind /dev/null "$hidden"; fi',
+  'done',
   // Sized: without the build's cgroup (a read-only /sys/fs/cgroup), each would be half the host's memory.
   `mount -t tmpfs -o mode=0755,nosuid,size=${SESSION_DEV_BYTES} tmpfs "$dev"`,
   'while [ "$1" != -- ]; do mknod -m 666 "$dev/$1" c "$2" "$3"; shift 3; done; shift',
@@ -260,6 +274,9 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup, runByt
   // The kernel's table names real paths: a work directory given through a link is compared as it really is.
   const realRoot = await realPathOfRoot(root);
   const realTargets = targets.map((target) => join(realRoot, relative(root, target)));
+  // What hides parts of the session's /sys: whatever is mounted inside it, which only the script mounts.
+  const [realSys] = realTargets;
+  const insideSys = (target: string) => target.startsWith(`${realSys}/`);
   const made: { mounts?: SessionMount[] } = {};
   cleanup.push("host reads refused on the session's /sys, /dev, /dev/pts", async () => {
     const left = made.mounts ? await whereMounted(made.mounts, realRoot) : (await Promise.all(realTargets.map(async (target) => ((await isMounted(target)) ? [target] : [])))).flat();
@@ -268,19 +285,24 @@ async function mountSessionFilesystems(root: string, { run, log, cleanup, runByt
     // mounting that will not finish.
     await guard.refuse(left);
   });
-  cleanup.push('session mounts (/sys, /dev, /dev/pts, /run)', () => (made.mounts ? unmountSession(run, made.mounts, realRoot) : unmountTargets(run, realRoot, [...realTargets].reverse())));
+  cleanup.push('session mounts (/sys and what hides parts of it, /dev, /dev/pts, /run)', async () =>
+    made.mounts ? unmountSession(run, made.mounts, realRoot) : unmountTargets(run, realRoot, [...(await mountsUnder(realSys)).filter(insideSys).reverse(), ...[...realTargets].reverse()]),
+  );
   await run('/bin/sh', ['-c', SESSION_MOUNTS_SCRIPT, 'session-mounts', sys, dev, runDir, String(runBytes), ...DEVICE_NODES.flat().map(String), '--', ...DEVICE_LINKS.flat()], {
     log, purpose: "mounting the guest's /sys, /dev, /dev/pts and /run",
   });
   // By mount id and device, not path: a guest that renames a parent of a mount point (/sys a link to /srv/s, then
   // `mv /srv /srv2`) moves the mount with it, and a release by path would miss it and leave it mounted.
   const table = await mountTable();
-  made.mounts = realTargets.map((real) => {
-    const entry = [...table].reverse().find((mount) => mount.target === real);
-    if (!entry) throw new ImageBuilderError('COMMAND_FAILED', `the session's mount at ${real} is not in the mount table after mounting it`, { hint: '`mount | grep imagebuilder` shows what is mounted; `imagebuilder cleanup` releases what a build left' });
-    return { id: entry.id, device: entry.device };
-  });
-  await guard.refuse(targets.slice(0, 3));
+  made.mounts = [
+    ...realTargets.map((real) => {
+      const entry = [...table].reverse().find((mount) => mount.target === real);
+      if (!entry) throw new ImageBuilderError('COMMAND_FAILED', `the session's mount at ${real} is not in the mount table after mounting it`, { hint: '`mount | grep imagebuilder` shows what is mounted; `imagebuilder cleanup` releases what a build left' });
+      return { id: entry.id, device: entry.device };
+    }),
+    ...table.filter((mount) => insideSys(mount.target)).map((mount) => ({ id: mount.id, device: mount.device })),
+  ];
+  await guard.refuse([sys, dev, join(dev, 'pts')]);
   return runDir;
 }
 
@@ -354,8 +376,8 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
       const command = sandboxedCommand(root, argv, sandbox, { network: wanted, netns: await netnsFor(wanted), readOnlyRoot });
       try {
         // The session's limit where the caller sets none, named as the recipe's (a package install's included).
-        const limit = rest.timeoutMs === undefined && options.commandTimeoutMs !== undefined
-          ? { timeoutMs: options.commandTimeoutMs, timeoutSource: "the recipe's limits.timeout", timeoutHint: SESSION_TIMEOUT_HINT }
+        const limit = rest.timeoutMs === undefined && options.commandTimeout
+          ? { timeoutMs: options.commandTimeout.seconds * 1000, timeoutSource: options.commandTimeout.source, timeoutHint: SESSION_TIMEOUT_HINT }
           : {};
         const result = await run(...command, {
           // Messages show what ran in the guest, not the sandbox around it.
@@ -363,7 +385,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
         if (result.exitCode !== 0) await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv));
         // Allowed to fail, but not to take the session's time: the caller set none and reads only exit codes.
         if (result.timedOut && rest.timeoutMs === undefined) {
-          throw new CommandTimeout(rest.errorCode ?? 'COMMAND_FAILED', `${rest.purpose ? `${rest.purpose}: ` : ''}\`${formatCommand(argv[0], argv.slice(1))}\` did not finish within ${timeLimitText(limit)}`, {
+          throw new CommandTimeout(rest.errorCode ?? 'COMMAND_FAILED', `${rest.purpose ? `${rest.purpose}: ` : ''}\`${displayGuestCommand(root, argv)}\` did not finish within ${timeLimitText(limit)}`, {
             detail: tail(result.output) || undefined,
             hint: SESSION_TIMEOUT_HINT,
           });
@@ -379,13 +401,14 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
             hint: 'the step runs with network: none (its own, or the recipe\'s): remove that to let it reach package mirrors and downloads',
           });
         }
-        // A mirror or proxy on a private network: refused by the sandbox, which the program only calls "Permission denied".
-        const refused = wanted === 'sandboxed' ? refusedPrivateAddress(error.detail ?? '') : undefined;
+        // A mirror or proxy on a private network or this host: refused by the sandbox, which the program only calls
+        // "Permission denied".
+        const refused = wanted === 'sandboxed' && /permission denied/i.test(error.detail ?? '') ? refusedDestination(error.detail!, await hostAddresses(run)) : undefined;
         if (refused) {
-          throw new ImageBuilderError(error.code, error.message, {
-            detail: error.detail, cause: error,
-            hint: `${refused} is on a private network, which guest commands are refused (as they are the host's own addresses): if it is your mirror or proxy, --allow-network ${refused} (or its network, in CIDR form) lets them reach it`,
-          });
+          const why = refused.hostOwn
+            ? `${refused.address} is this host's own address, which guest commands are refused whatever --allow-network says: a mirror served on this host is reached with --host-port PORT, at 127.0.0.1 in the guest`
+            : `${refused.address} is on a private network, which guest commands are refused: if it is your mirror or proxy, --allow-network ${refused.address} (or its network, in CIDR form) lets them reach it`;
+          throw new ImageBuilderError(error.code, error.message, { detail: error.detail, cause: error, hint: error.hint ? `${why}; otherwise: ${error.hint}` : why });
         }
         throw error;
       }

@@ -43,7 +43,10 @@ export interface RootfsTarOptions {
   guestMounts?: string[];
   /** Default: SOURCE_DATE_EPOCH. */
   clampMtime?: Date;
-  /** The most names one directory may hold (default MAX_TAR_DIR_ENTRIES): a listing is sorted whole in memory. */
+  /**
+   * The most names held at once (default MAX_TAR_DIR_ENTRIES): a directory's and those of the directories it is in.
+   * Each listing is sorted whole in memory, and kept while its subdirectories are walked.
+   */
   maxDirEntries?: number;
 }
 
@@ -157,12 +160,16 @@ export async function writeRootfsTar(root: string, target: string, options: Root
     entries++;
   };
 
+  // The names held at once: each directory's, on the way down, until its walk ends. Bounded as a whole, or a tree
+  // of directories each just under the bound, nested, would be held together.
+  let held = 0;
   const walk = async (guestDir: string, hostDir: string): Promise<void> => {
     const names: Buffer[] = [];
     // opendir's types take only text encodings; Node gives Buffer names with 'buffer' all the same.
     for await (const entry of await opendir(hostDir, { encoding: 'buffer' as BufferEncoding, bufferSize: 1024 })) {
-      if (names.push(entry.name as unknown as Buffer) > maxDirEntries) {
-        throw new ImageBuilderError('BAD_INPUT', `the guest's ${guestDir} holds more than ${maxDirEntries} names: the root filesystem tar sorts each directory's names in memory`, {
+      names.push(entry.name as unknown as Buffer);
+      if (++held > maxDirEntries) {
+        throw new ImageBuilderError('BAD_INPUT', `the guest's ${guestDir} and the directories it is in hold more than ${maxDirEntries} names: the root filesystem tar sorts each directory's names in memory, and holds them while it walks beneath`, {
           hint: `remove or spread out that directory's entries in a step before --format tar, or write a disk image format instead`,
         });
       }
@@ -181,6 +188,7 @@ export async function writeRootfsTar(root: string, target: string, options: Root
       await addEntry(guestPath, hostPath, stats);
       if (stats.isDirectory()) await walk(guestPath, hostPath);
     }
+    held -= names.length;
   };
 
   try {

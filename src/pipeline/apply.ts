@@ -367,7 +367,7 @@ async function openWorkImage(context: BuildContext, workImage: string, options: 
   const manager = osRelease ? detectDistro(osRelease).family?.packageManager : undefined;
   if (manager) {
     const key = (p: { name: string; version: string; architecture: string }) => `${p.name} ${p.version} ${p.architecture}`;
-    const installed = new Set((await manager.listInstalled(mounted.layout.root)).map(key));
+    const installed = new Set((await manager.listInstalled(mounted.layout.root, context.log)).map(key));
     const recorded = new Set(bom.packages.map(key));
     const differ = [...[...installed].filter((p) => !recorded.has(p)).map((p) => `${p} (installed, not recorded)`), ...[...recorded].filter((p) => !installed.has(p)).map((p) => `${p} (recorded, not installed)`)];
     if (differ.length) {

@@ -30,7 +30,7 @@ export async function inspect(options: InspectOptions): Promise<InspectResult> {
   const image = await verifyForBuild(start, options.diskImage, options.image);
   return withResources(start, options, async (context) => {
     const { layout, distro } = await openGuest(mountContext(context), image, { backend: options.mountBackend ?? 'auto', readOnly: true });
-    const inventory = await collectInventory(layout.root, distro);
+    const inventory = await collectInventory(layout.root, distro, context.log);
     const recordText = await readGuestText(layout.root, WORK_RECORD_PATH, GUEST_READ_LIMITS.packageStatus);
     const record = recordText === undefined ? undefined : workRecordOf(recordText, context.log);
     const work = record && { input: { sha256: record.input.sha256, path: record.input.path, ...(record.input.url ? { url: record.input.url } : {}) }, recipe: { name: record.recipe.name, sha256: record.recipe.sha256, variables: record.recipe.variables }, steps: record.steps };

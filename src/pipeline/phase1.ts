@@ -6,7 +6,7 @@ import type { BomStep } from '../util/step-record.js';
 import { openChroot, type ChrootOptions, type ChrootSession } from '../chroot/session.js';
 import type { StepDownloads } from '../fetch/downloads.js';
 import type { PackageBundleUse } from '../pkg/types.js';
-import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type SandboxLimits } from '../chroot/sandbox.js';
+import { DEFAULT_LIMITS, openBuildSandbox, parseMemorySize, type BuildSandbox, type GuestNetwork, type GuestTimeout, type SandboxLimits } from '../chroot/sandbox.js';
 import { detectDistro, type Distro } from '../distro/families.js';
 import { initramfsMayRead, watchInitramfs, type InitramfsTrees } from '../distro/initramfs.js';
 import type { HttpTimeouts } from '../fetch/http.js';
@@ -73,8 +73,11 @@ export interface Phase1Result {
 /** A guest command's time (a run step's, when it sets none) when the recipe's limits.timeout sets none: 30 minutes. */
 export const DEFAULT_RUN_TIMEOUT_SECONDS = 1800;
 
-/** Seconds a guest command may take (a run step's default too): the recipe's limits.timeout, else the default. */
-const guestTimeoutSeconds = (recipe: Pick<Recipe, 'limits'>) => recipe.limits?.timeout ?? DEFAULT_RUN_TIMEOUT_SECONDS;
+/** Seconds a guest command may take (a run step's default too), and what set them, as a timeout's message says it. */
+const guestTimeout = (recipe: Pick<Recipe, 'limits'>): GuestTimeout =>
+  recipe.limits?.timeout !== undefined
+    ? { seconds: recipe.limits.timeout, source: "the recipe's limits.timeout" }
+    : { seconds: DEFAULT_RUN_TIMEOUT_SECONDS, source: "the default, which the recipe's limits.timeout changes" };
 
 /** The build's limits: flags over the recipe's `limits` over the defaults. */
 export function buildLimits(recipe: Pick<Recipe, 'limits'>, flags: Partial<SandboxLimits> = {}): SandboxLimits {
@@ -132,7 +135,7 @@ function lazySession(context: BuildContext, opened: OpenedGuest, distro: Distro,
       sandbox ??= await openBuildSandbox({ run, log, cleanup: guest, limits: buildLimits(recipe, options.limits), hostPorts: options.hostPorts, allowNetworks: options.allowNetworks, offline: Boolean(options.offline) });
       const opening = await openChroot(opened.layout.root, {
         run, log, signal, sessionFiles: distro.family?.sessionFiles, sandbox, network: recipe.network, readOnlyBinds: options.offline?.readOnlyBinds,
-        commandTimeoutMs: guestTimeoutSeconds(recipe) * 1000,
+        commandTimeout: guestTimeout(recipe),
       });
       session = opening;
       held = guest.push('chroot session', () => opening.close());
@@ -174,8 +177,8 @@ async function runStep(context: BuildContext, step: RecipeStep, recipe: Recipe, 
     session = await openSession();
     const initramfs = await watching;
     const stepSession = step.network ? withNetwork(session, step.network) : session;
-    const runTimeoutSeconds = guestTimeoutSeconds(recipe);
-    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeoutSeconds, workDir: context.workDir, packageCacheDir: options.packageCacheDir, ...(packageCacheScope ? { packageCacheScope } : {}), downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
+    const runTimeout = guestTimeout(recipe);
+    await step.type.run({ session: stepSession, distro, log, signal, recipeDir: step.dir, hostRoots: step.hostRoots, variables: recipe.variables, label, record: records.recorder, architecture, fetchTimeouts: options.fetchTimeouts, runTimeout, workDir: context.workDir, packageCacheDir: options.packageCacheDir, ...(packageCacheScope ? { packageCacheScope } : {}), downloads: options.downloads, packageBundle: options.packageBundle, hostFiles: options.hostFiles }, step.spec);
     await session.sweep();
     // A step that changed a kernel or the initramfs configuration gets the guest kernel's initramfs rebuilt
     // within it, so its layer holds the result.

@@ -67,17 +67,18 @@ export const runStep = defineStep({
     }
     const shell = options.shell ?? '/bin/sh';
     // The script arrives on stdin so no temporary file is left in the image.
-    const timeout = options.timeout ?? context.runTimeoutSeconds;
+    const timeout = options.timeout ?? context.runTimeout?.seconds;
     await context.session.exec([shell, ...(shell.endsWith('sh') ? ['-e'] : []), '-s'], {
       input: script,
       env: options.env,
       timeoutMs: timeout ? timeout * 1000 : undefined,
-      timeoutSource: options.timeout ? "the step's timeout" : "the recipe's limits.timeout",
+      timeoutSource: options.timeout ? "the step's timeout" : context.runTimeout?.source,
       log: context.log,
       streamOutput: true,
       errorCode: 'STEP_FAILED',
       purpose: `${context.label} failed`,
-      hint: `fix the script, or debug it inside the image with \`imagebuilder shell\`${timeout ? ` (a script taking more than ${timeout} s is killed: its timeout, or the recipe's limits.timeout, raises that)` : ''}`,
+      hint: 'fix the script, or debug it inside the image with `imagebuilder shell`',
+      timeoutHint: `a script taking more than ${timeout} s is killed: if it is merely slow, its timeout (or the recipe's limits.timeout) raises that`,
     });
   },
 });

@@ -1,5 +1,6 @@
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { ChrootSession } from '../chroot/session.js';
+import type { GuestTimeout } from '../chroot/sandbox.js';
 import type { Distro } from '../distro/families.js';
 import type { PackageBundleUse } from '../pkg/types.js';
 import type { StepDownloads } from '../fetch/downloads.js';
@@ -70,8 +71,8 @@ export interface StepContext extends StepEnvironment {
   architecture?: string;
   /** The limits of the step's downloads (--fetch-deadline, --fetch-min-rate); the defaults otherwise. */
   fetchTimeouts?: HttpTimeouts;
-  /** Seconds a run step may take when it sets no timeout of its own (the recipe's limits.timeout, or 30 minutes). */
-  runTimeoutSeconds?: number;
+  /** Seconds a run step may take when it sets no timeout of its own (the recipe's limits.timeout, or 30 minutes), and which. */
+  runTimeout?: GuestTimeout;
   /** The build's private work directory: a step's temporary host files go there (removed with it, on the disk the user chose). */
   workDir: string;
   /** The package cache shared by builds (none with --no-cache). */

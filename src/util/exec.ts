@@ -15,7 +15,7 @@ export interface ExecOptions {
   timeoutMs?: number;
   /** What set timeoutMs, for the message when it is reached: "the recipe's limits.timeout". */
   timeoutSource?: string;
-  /** The hint when timeoutMs is reached, in place of `hint` (which is about the command's own failures). */
+  /** The hint when timeoutMs is reached (`hint` is about the command's own failures, and is not given then). */
   timeoutHint?: string;
   signal?: AbortSignal;
   /** Logs the command line (debug level). */
@@ -140,7 +140,7 @@ export const execRunner: Runner = async (file, args, options = {}) => {
     if (timedOut && !notFound) {
       throw new CommandTimeout(options.errorCode ?? 'COMMAND_FAILED', `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` did not finish within ${timeLimitText(options)}`, {
         detail: tail(outcome.output) || undefined,
-        hint: options.timeoutHint ?? options.hint,
+        hint: options.timeoutHint,
       });
     }
     const why = result.exitCode === undefined

@@ -675,7 +675,7 @@ export const MAX_REMOVE_DEPTH = 256;
  * everything in it, each directory opened O_NOFOLLOW and refused when it is another filesystem (a mount a step
  * moved there: the session's /dev, say), never walked by path. Nothing when it is absent.
  */
-async function removeBeneath(dir: string, name: string, guestPath: string, depth = 0): Promise<void> {
+async function removeBeneath(dir: string, name: string, guestPath: string, depth = 0, held = { names: 0 }): Promise<void> {
   const seen = await lstat(join(dir, name)).catch(() => undefined);
   if (!seen) return;
   if (!seen.isDirectory()) return rm(join(dir, name), { force: true });
@@ -685,10 +685,15 @@ async function removeBeneath(dir: string, name: string, guestPath: string, depth
     const opened = await handle.stat();
     if (opened.dev !== (await stat(dir)).dev || opened.ino !== seen.ino) throw refused(guestPath, 'a directory on another filesystem (a mount point), which is not removed');
     const inside = `/proc/self/fd/${handle.fd}`;
-    // Streamed and bounded: a step's directory of millions of names is refused, not read into memory whole.
+    // Streamed and bounded: a step's directory of millions of names is refused, not read into memory whole; so is
+    // a tree of nested directories whose names, held together on the way down, would be as many.
     const names: string[] = [];
-    for await (const entry of await opendir(inside)) if (names.push(entry.name) > MAX_DIR_ENTRIES) throw tooManyEntries(guestPath);
-    for (const entry of names) await removeBeneath(inside, entry, guestPath, depth + 1);
+    for await (const entry of await opendir(inside)) {
+      names.push(entry.name);
+      if (++held.names > MAX_DIR_ENTRIES) throw tooManyEntries(guestPath);
+    }
+    for (const entry of names) await removeBeneath(inside, entry, guestPath, depth + 1, held);
+    held.names -= names.length;
   } finally {
     await handle.close();
   }

@@ -230,19 +230,25 @@ describe('writeRootfsTar', () => {
     }
   });
 
-  test("refuses a directory of more names than it sorts in memory (a crafted image's millions of links), naming it", async () => {
+  test("refuses directories of more names than it holds in memory (a crafted image's millions of links; nested directories each under the bound), naming them", async () => {
     const crowded = join(work, 'crowded');
     await mkdir(join(crowded, 'var/spool'), { recursive: true });
     await writeFile(join(crowded, 'var/spool/0'), '');
     for (let i = 1; i <= 40; i++) await link(join(crowded, 'var/spool/0'), join(crowded, `var/spool/${i}`));
+    const refusal = (path: string, bound: number) => ({
+      code: 'BAD_INPUT',
+      message: `the guest's ${path} and the directories it is in hold more than ${bound} names: the root filesystem tar sorts each directory's names in memory, and holds them while it walks beneath`,
+    });
     try {
-      await expect(writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 40 })).rejects.toMatchObject({
-        code: 'BAD_INPUT',
-        message: "the guest's /var/spool holds more than 40 names: the root filesystem tar sorts each directory's names in memory",
-      });
+      // Held on the way down: / (var), /var (spool) and /var/spool's 41.
+      await expect(writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 42 })).rejects.toMatchObject(refusal('/var/spool', 42));
       // At the bound, it is written whole.
-      const result = await writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 41 });
+      const result = await writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 43 });
       expect(result.entries).toBe(3 + 41);
+      // /var/spool/inner with 30 names: each directory is under a bound of 60, the names held together are not.
+      await mkdir(join(crowded, 'var/spool/inner'));
+      for (let i = 1; i <= 30; i++) await link(join(crowded, 'var/spool/0'), join(crowded, `var/spool/inner/${i}`));
+      await expect(writeRootfsTar(crowded, join(work, 'crowded.tar'), { run: execRunner, log, guestMounts: [crowded], maxDirEntries: 60 })).rejects.toMatchObject(refusal('/var/spool/inner', 60));
     } finally {
       await rm(crowded, { recursive: true, force: true });
       await rm(join(work, 'crowded.tar'), { force: true });

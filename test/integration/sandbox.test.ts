@@ -6,6 +6,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { stringify } from 'yaml';
 import { BOX_UIDS } from '../../src/util/box-uid.js';
 import { fixtureImage } from '../helpers/fixtures.js';
 import { CLI, runCli } from '../helpers/host.js';
@@ -168,6 +169,11 @@ describe('the sandbox of guest commands', () => {
       expect(failed.exitCode).toBe(4);
       expect(failed.stderr).toContain('hint: 10.77.0.2 is on a private network, which guest commands are refused');
       expect(failed.stderr).toContain('--allow-network 10.77.0.2');
+      // An address of this host's own (refused whatever --allow-network says) is told of --host-port instead.
+      const own = await writeRecipe(work, 'own-failing', [{ run: `bash -c 'exec 3<>/dev/tcp/${HOST_ADDRESS}/${ports[HOST_ADDRESS]}'` }]);
+      const ownFailed = await runCli(['apply', own, '--disk-image', input, '--output', join(work, 'lan-out.qcow2'), '--sparsify', 'none', '--sbom', 'none', '--no-cache', '--allow-network', '10.213.7.0/24']);
+      expect(ownFailed.exitCode).toBe(4);
+      expect(ownFailed.stderr).toContain(`hint: ${HOST_ADDRESS} is this host's own address, which guest commands are refused whatever --allow-network says: a mirror served on this host is reached with --host-port PORT`);
       // shell takes the flag too.
       const shell = (extra: string[]) => runCli(['shell', '--disk-image', input, ...extra, '--command', connect(lan.address, lan.port)]);
       expect((await shell([])).stdout).toMatch(/10\.77\.0\.2: .*Permission denied/);
@@ -306,9 +312,17 @@ describe('the sandbox of guest commands', () => {
     await expectHostUntouched(before);
   }, 60_000);
 
-  test("the session's /sys shows none of the host's interfaces; its /dev and /run are sized tmpfs", async () => {
+  test("the session's /sys shows none of the host's interfaces, nor its firmware's tables and identity; its /dev and /run are sized tmpfs", async () => {
     const before = await snapshotHost();
+    // What says which machine this is, written out here independently of the code; at least the ACPI tables on this host.
+    const identity = ['firmware/acpi/tables', 'firmware/dmi', 'firmware/qemu_fw_cfg', 'firmware/ibft', 'firmware/devicetree', 'devices/virtual/dmi/id', 'hypervisor'].filter((path) => existsSync(join('/sys', path)));
+    if (!identity.includes('firmware/acpi/tables') || !readdirSync('/sys/firmware/acpi/tables').length) throw new Error('this test needs a host with ACPI tables in /sys/firmware/acpi/tables');
     const script = [
+      'echo "sys: $(stat -f -c %T /sys) acpi: $(stat -f -c %T /sys/firmware/acpi)"',
+      ...identity.map((path) => `echo "${path}: $(stat -f -c %T /sys/${path}) $(ls -A /sys/${path} | wc -l) entries"`),
+      'cat /sys/firmware/acpi/tables/DSDT 2>&1 | head -c 200 | grep -o "No such file or directory"',
+      // EFI detection stays as the host's: packages ask it.
+      `echo "efi: $(test -d /sys/firmware/efi && echo yes || echo no)"`,
       'echo "net: $(ls /sys/class/net | tr "\\n" " ")"',
       'df -k --output=size,target /dev /run | tail -n +2',
       'dd if=/dev/zero of=/dev/shm/fill bs=1M count=80 2>&1 | grep -o "No space left on device" | head -1',
@@ -318,12 +332,36 @@ describe('the sandbox of guest commands', () => {
     // sysfs shows its mounter's network namespace: a throwaway one, gone once mounted, so no interface at all.
     expect(readdirSync('/sys/class/net').filter((name) => name !== 'lo').length).toBeGreaterThan(0);
     expect(result.stdout).toMatch(/^net: $/m);
+    // The kernel's sysfs, with what says which machine this is covered by empty tmpfs mounts, and the rest kept.
+    expect(result.stdout).toContain('sys: sysfs acpi: sysfs');
+    for (const path of identity) expect(result.stdout).toContain(`${path}: tmpfs 0 entries`);
+    expect(result.stdout).toContain('No such file or directory');
+    expect(result.stdout).toContain(`efi: ${existsSync('/sys/firmware/efi') ? 'yes' : 'no'}`);
     expect(result.stdout).toMatch(/^\s*65536 \/dev$/m);
     // /run as large as the build's memory limit (4 GiB by default): a container-images step stages its archives there.
     expect(result.stdout).toMatch(/^\s*4194304 \/run$/m);
     expect(result.stdout).toContain('No space left on device');
     await expectHostUntouched(before);
   }, 60_000);
+
+  test("a read-only guest command (a recipe's check on the image, the components probe) gets a read-only /dev and a /dev/shm and /tmp sized as the session's", async () => {
+    const before = await snapshotHost();
+    const probe = [
+      'df -k --output=size,target /dev/shm /tmp | tail -n +2 | tr -s " "',
+      'if touch /dev/imagebuilder-probe 2>/dev/null; then echo DEV-WRITABLE; else echo DEV-READ-ONLY; fi',
+      'dd if=/dev/zero of=/dev/shm/fill bs=1M count=80 2>&1 | grep -o "No space left on device" | head -1',
+    ].join('; ');
+    const recipe = join(work, 'read-only-box.yaml');
+    await writeFile(recipe, stringify({ name: 'read-only-box', steps: [{ file: { path: '/etc/motd', content: 'x' } }], checks: [{ command: { run: probe, boot: false, stdout: [' 65536 /dev/shm', ' 4194304 /tmp', 'DEV-READ-ONLY', 'No space left on device'] } }] }));
+    const output = join(work, 'read-only-box.qcow2');
+    const result = await runCli(['apply', recipe, '--disk-image', input, '--output', output, '--sparsify', 'none', '--sbom', 'none', '--no-cache']);
+    expect(result.stderr).not.toContain('stdout lacks');
+    expect(result.exitCode).toBe(0);
+    const bom = JSON.parse(await readFile(`${output}.bom.json`, 'utf8')) as { checks: { status: string }[] };
+    expect(bom.checks.map((check) => check.status)).toEqual(['passed']);
+    await rm(output, { force: true });
+    await expectHostUntouched(before);
+  }, 120_000);
 
   test("the boxes host programs parse hostile data in (qemu-img's probe as uid 0, setfiles as root): exactly their capabilities, /proc's host knobs read-only, no mount, no fanotify, no kernel log, none of the host's files", async () => {
     const box = await mkdtemp('/var/tmp/ib-box-');

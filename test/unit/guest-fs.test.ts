@@ -264,14 +264,16 @@ describe('guest-fs', () => {
       expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('original\n');
     });
 
-    test('a directory of more than MAX_DIR_ENTRIES names a step left at the name is refused, not read into memory whole', async () => {
+    test('directories a step left at the name holding more than MAX_DIR_ENTRIES names together (each fewer, one inside the other) are refused, not read into memory whole', async () => {
       await writeFile(join(root, 'etc/resolv.conf'), 'original\n');
       const saved = (await moveAsideInGuest(root, '/etc/resolv.conf'))!;
-      await mkdir(join(root, 'etc/resolv.conf/crowd'), { recursive: true });
-      await execa('sh', ['-c', `cd ${join(root, 'etc/resolv.conf/crowd')} && seq 1 ${MAX_DIR_ENTRIES + 1} | xargs touch`]);
+      // crowd: half the bound's files and `inner`, which holds the other half: the names held on the way down pass it.
+      const half = MAX_DIR_ENTRIES / 2;
+      await mkdir(join(root, 'etc/resolv.conf/crowd/inner'), { recursive: true });
+      for (const dir of ['crowd', 'crowd/inner']) await execa('sh', ['-c', `cd ${join(root, 'etc/resolv.conf', dir)} && seq 1 ${half} | xargs touch`]);
       await expect(saved.restore()).rejects.toMatchObject({ code: 'BAD_INPUT', message: `the guest's /etc/resolv.conf holds more than ${MAX_DIR_ENTRIES} entries, more than the host lists` });
-      // Nothing of it was removed; once it is gone, the file comes back.
-      expect((await readdir(join(root, 'etc/resolv.conf/crowd'))).length).toBe(MAX_DIR_ENTRIES + 1);
+      // Refused on listing `inner`, before any of its names was removed; once it is gone, the file comes back.
+      expect((await readdir(join(root, 'etc/resolv.conf/crowd/inner'))).length).toBe(half);
       await execa('rm', ['-rf', join(root, 'etc/resolv.conf/crowd')]);
       await saved.restore();
       expect(await readFile(join(root, 'etc/resolv.conf'), 'utf8')).toBe('original\n');

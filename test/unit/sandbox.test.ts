@@ -1,6 +1,6 @@
 import { CommandTimeout, execRunner } from '../../src/util/exec.js';
 import { isBlockedDestination, withNat64Forms } from '../../src/util/blocked-destinations.js';
-import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, networkRules, parseAllowedNetworks, refusedPrivateAddress, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
+import { GUEST_CAPABILITIES, GUEST_DNS_FORWARD, guestDns, networkRules, parseAllowedNetworks, refusedDestination, parseHostPorts, parseMemorySize, sandboxedCommand, type BuildSandbox } from '../../src/chroot/sandbox.js';
 
 const sandbox: BuildSandbox = {
   networkNamespace: async () => '/tmp/imagebuilder-sandbox-1-ab/netns', resolvConf: 'nameserver 192.0.2.53\n', limits: { memoryBytes: 1 << 30, pids: 100 }, cgroupProcs: ['/sys/fs/cgroup/memory/x/cgroup.procs', '/sys/fs/cgroup/pids/x/cgroup.procs'],
@@ -126,6 +126,9 @@ describe('networkRules: policy rules of the sandbox', () => {
     expect(parseAllowedNetworks(['10.20.0.0/16,192.168.1.5', 'fd12::/64'])).toEqual(['10.20.0.0/16', '192.168.1.5/32', 'fd12::/64']);
     expect(parseAllowedNetworks('10.1.0.0/16, 10.2.0.0/16')).toEqual(['10.1.0.0/16', '10.2.0.0/16']);
     expect(parseAllowedNetworks()).toEqual([]);
+    // IPv6 as ip writes it, so one network in two spellings (or an IPv4 one's NAT64 form) makes one rule.
+    expect(parseAllowedNetworks(['64:ff9b:0::0A14:0/112', 'FD12:0:0::1'])).toEqual(['64:ff9b::a14:0/112', 'fd12::1/128']);
+    expect(networkRules([], [...withNat64Forms(['10.20.0.0/16']), ...parseAllowedNetworks('64:ff9b::0a14:0/112')], 6).filter((rule) => rule.includes('pref 150'))).toEqual(['rule add to 64:ff9b::a14:0/112 lookup main pref 150']);
     for (const bad of ['mirror.internal', '10.0.0.0/33', '10.0.0.0/8/1', '10.0.0.0/x', '10.0.0.0/-1; reboot']) {
       expect(() => parseAllowedNetworks([bad])).toThrow(expect.objectContaining({ code: 'BAD_INPUT', message: `--allow-network ${bad}: not an address or a network` }));
     }
@@ -152,15 +155,32 @@ describe('the DNS forwarder lets standard queries through, and nothing else', ()
   });
 });
 
-describe('a guest command that failed on a refused private address is told of --allow-network', () => {
-  test('the private address on a "Permission denied" line: apt, curl, bash, an IPv6 mirror; nothing else', () => {
-    expect(refusedPrivateAddress('Err:1 http://mirror.lan bookworm InRelease\n  Could not connect to 10.77.0.2:8077 (10.77.0.2). - connect (13: Permission denied)\nE: Unable to locate package x')).toBe('10.77.0.2');
-    expect(refusedPrivateAddress('curl: (7) Failed to connect to 192.168.1.20 port 3128 after 0 ms: Permission denied')).toBe('192.168.1.20');
-    expect(refusedPrivateAddress('bash: line 1: /dev/tcp/172.20.0.5/80: Permission denied')).toBe('172.20.0.5');
-    expect(refusedPrivateAddress('Could not connect to [fd12:3456::1]:80 - connect (13: Permission denied)')).toBe('fd12:3456::1');
-    // Public addresses, a private one on a line that says something else, a permission error of a file.
-    expect(refusedPrivateAddress('Could not connect to 203.0.113.80:80 (203.0.113.80). - connect (13: Permission denied)')).toBeUndefined();
-    expect(refusedPrivateAddress('Could not connect to 10.0.0.1:80 - connect (111: Connection refused)\n/etc/shadow: Permission denied')).toBeUndefined();
+describe('a guest command that failed on a refused address is told which flag opens it', () => {
+  const host = ['192.0.2.2/32', '172.17.0.1/32', '2001:db8::2/128'];
+  test('a private address on a "Permission denied" line (apt, curl, wget, bash; IPv4 and IPv6, NAT64): --allow-network', () => {
+    const privately = (address: string) => ({ address, hostOwn: false });
+    expect(refusedDestination('Err:1 http://mirror.lan bookworm InRelease\n  Could not connect to 10.77.0.2:8077 (10.77.0.2). - connect (13: Permission denied)\nE: Unable to locate package x', host)).toEqual(privately('10.77.0.2'));
+    expect(refusedDestination('curl: (7) Failed to connect to 192.168.1.20 port 3128 after 0 ms: Permission denied', host)).toEqual(privately('192.168.1.20'));
+    expect(refusedDestination('Connecting to 10.8.0.4:3142... failed: Permission denied.', host)).toEqual(privately('10.8.0.4'));
+    expect(refusedDestination('bash: line 1: /dev/tcp/172.20.0.5/80: Permission denied', host)).toEqual(privately('172.20.0.5'));
+    expect(refusedDestination('  Could not connect to fd12:3456::1:80 (fd12:3456::1). - connect (13: Permission denied)', host)).toEqual(privately('fd12:3456::1'));
+    expect(refusedDestination('curl: (7) Failed to connect to fd12:3456::1 port 80 after 0 ms: Permission denied', host)).toEqual(privately('fd12:3456::1'));
+    expect(refusedDestination('Curl error (7): Couldn\'t connect to server for http://[64:ff9b::a00:1]/repo [Failed to connect to 64:ff9b::a00:1 port 80: Permission denied]', host)).toEqual(privately('64:ff9b::a00:1'));
+  });
+
+  test("this host's own address (a mirror on docker0 or its LAN address): --host-port, as --allow-network cannot open it", () => {
+    expect(refusedDestination('Could not connect to 172.17.0.1:3142 (172.17.0.1). - connect (13: Permission denied)', host)).toEqual({ address: '172.17.0.1', hostOwn: true });
+    expect(refusedDestination('Failed to connect to 192.0.2.2 port 80: Permission denied', host)).toEqual({ address: '192.0.2.2', hostOwn: true });
+  });
+
+  test('nothing for a metadata service, a public address, a private one on a line that says something else, a dotted file name, a file\'s permissions', () => {
+    for (const output of [
+      'Could not connect to 100.100.100.200:80 (100.100.100.200). - connect (13: Permission denied)',
+      'Could not connect to 64:ff9b::a9fe:a9fe port 80: Permission denied',
+      'Could not connect to 203.0.113.80:80 (203.0.113.80). - connect (13: Permission denied)',
+      'Could not connect to 10.0.0.1:80 - connect (111: Connection refused)\n/etc/shadow: Permission denied',
+      '/usr/lib/libfoo.so.10.0.0.1: Permission denied',
+    ]) expect({ output, refused: refusedDestination(output, host) }).toEqual({ output, refused: undefined });
   });
 });
 
@@ -169,6 +189,8 @@ describe('a command killed at its time limit', () => {
     const running = execRunner('sleep', ['5'], { timeoutMs: 300, timeoutSource: "the recipe's limits.timeout", timeoutHint: 'raise it', hint: 'check the package name', purpose: 'installing x' });
     await expect(running).rejects.toThrow(CommandTimeout);
     await expect(running).rejects.toThrow(expect.objectContaining({ message: "installing x: `sleep 5` did not finish within 0.3 s (the recipe's limits.timeout)", hint: 'raise it' }));
+    // Without a timeout hint, none: the failure hint is not about a timeout.
+    await expect(execRunner('sleep', ['5'], { timeoutMs: 300, hint: 'check the package name' })).rejects.toThrow(expect.objectContaining({ message: '`sleep 5` did not finish within 0.3 s', hint: undefined }));
     // A failure of its own keeps its hint.
     await expect(execRunner('false', [], { timeoutMs: 5000, timeoutHint: 'raise it', hint: 'check the package name' })).rejects.toThrow(expect.objectContaining({ message: '`false` exited with 1', hint: 'check the package name' }));
   });
