@@ -196,12 +196,6 @@ async function unmountSession(run: Runner, mounts: readonly SessionMount[], real
 const DEVICE_NODES = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0]] as const;
 const DEVICE_LINKS = [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2'], ['ptmx', 'pts/ptmx']] as const;
 
-/*
- * The session's /dev (its /dev/shm too) is SESSION_DEV_BYTES. Its /run (apt's binary caches, a bundle's lists, the
- * container archives a container-images step stages: gigabytes) is as large as the build's memory limit, which
- * its pages count against where the build has its cgroup.
- */
-
 /**
  * What of sysfs says which machine the host is, each hidden where this kernel has it (a directory under an empty
  * read-only tmpfs, a file under /dev/null): ACPI tables (a licence key in MSDM), DMI (serial numbers, the product
@@ -214,7 +208,10 @@ export const SYSFS_HIDDEN = ['firmware/acpi/tables', 'firmware/dmi', 'firmware/q
 
 /**
  * A read-only /sys (SYSFS_HIDDEN hidden), our own /dev (a tmpfs: six nodes, the usual links, /dev/shm, a new devpts instance) and a
- * private /run: every mount in one process and released by one umount (a process each cost ~10 ms a mount).
+ * private /run: every mount in one process and released by one umount (a process each cost ~10 ms a mount). /dev
+ * (with its /dev/shm) is SESSION_DEV_BYTES; /run (apt's binary caches, a bundle's lists, the container archives a
+ * container-images step stages: gigabytes) is as large as the build's memory limit, which its pages count against
+ * where the build has its cgroup.
  * Targets are resolved inside the guest first; everything under /dev is in our own tmpfs.
  */
 const SESSION_MOUNTS_SCRIPT = [

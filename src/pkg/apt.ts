@@ -1,6 +1,6 @@
 import type { ChrootSession } from '../chroot/session.js';
 import { programArchitecture } from '../util/architecture.js';
-import { GUEST_READ_LIMITS, readGuestText } from '../util/guest-fs.js';
+import { GUEST_READ_LIMITS, readGuestText, removeGuestFile } from '../util/guest-fs.js';
 import { writeGuestFile } from '../chroot/guest-write.js';
 import { ImageBuilderError } from '../util/errors.js';
 import type { InstallOptions, InstalledPackage, PackageManager, PackageRepository, PackageSpec, ServedRepository } from './types.js';
@@ -94,13 +94,16 @@ async function transact(session: ChrootSession, options: InstallOptions, transac
     // while it runs.
     const indexing = settle(rememberedAptPackagesIndex(session.root));
     const indexed = () => settledValue(indexing);
+    let offered: string[] = [];
     try {
-      const offered = await offerCachedDebs(session.root, cache.dir, async () => ({ index: await indexed(), installed: await installedArchiveNames(session.root) }), cache.log);
+      offered = (await offerCachedDebs(session.root, cache.dir, async () => ({ index: await indexed(), installed: await installedArchiveNames(session.root) }), cache.log)).paths;
       await transaction();
-      await keepDownloadedDebs(session.root, cache.dir, await indexed(), cache.log, new Set(offered.paths));
+      await keepDownloadedDebs(session.root, cache.dir, await indexed(), cache.log, new Set(offered));
     } finally {
-      // Whatever happened: a list still open would keep the guest mounted.
+      // Whatever happened: a list still open would keep the guest mounted. What the cache offered goes too, by the
+      // host: `apt-get clean` empties the archives apt is configured with, which an image may have moved elsewhere.
       await indexing;
+      for (const path of offered) await removeGuestFile(session.root, path).catch(() => undefined);
     }
   } else {
     await transaction();

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rename, rm, stat, statfs, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorMessage, ImageBuilderError } from '../util/errors.js';
 import { sha256Text } from '../util/digest.js';
@@ -15,10 +15,11 @@ import type { Logger } from '../util/log.js';
  * bytes are hashed:
  *   - into a guest, a cached file goes only where the guest's own metadata (apt's package lists; the rpm-md
  *     primary file dnf and zypper cache) names a file with exactly that sha256, at the path its manager looks
- *     for it; a cached file whose bytes no longer match its name is removed, never offered. The manager checks
- *     a package again as it checks its own downloads (apt: against its signed lists; dnf, zypper: the checksum,
- *     then the package's signature). apt does not hash a list it finds again: for apt's lists (apt-lists-cache.ts)
- *     the host's hash against the InRelease apt has just verified is the check;
+ *     for it; a cached file whose bytes no longer match its name is removed, never offered. dnf and zypper check
+ *     a package again as they check their own downloads (the checksum, then the package's signature); apt takes
+ *     a file it finds in its archives by its size, so for apt the host's hash against the lists apt verified is
+ *     the check, as it is for apt's lists (apt-lists-cache.ts) against the InRelease apt has just verified;
+ *     at most half the guest's free space is offered, and what was offered is removed by the host afterwards;
  *   - out of a guest (a hostile one may leave anything in its cache), only regular files, bounded in size, whose
  *     bytes hash to what its metadata names for that path are kept.
  * So a file reaches a build's manager only if it is, byte for byte, what that build's metadata asks for: a
@@ -216,10 +217,19 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
   const paths: string[] = [];
   let bytes = 0;
   if (!cached.size) return { files: 0, bytes, paths };
+  // A store many builds filled may hold more of a release than this transaction needs: at most half the guest's
+  // free space is offered (statfs of its root, a path of ours), so the install keeps room to unpack.
+  const budget = (await statfs(root).then(({ bavail, bsize }) => bavail * bsize, () => 0)) / 2;
   for (const { guestPath, sha256, time } of wanted) {
     if (!cached.has(sha256)) continue;
     if (await statGuest(root, guestPath)) continue;
     const path = join(store, `${sha256}${suffix}`);
+    const size = (await stat(path).catch(() => undefined))?.size;
+    if (size === undefined) continue; // pruned meanwhile
+    if (bytes + size > budget) {
+      log.info(`package cache: offering stopped at ${(bytes / 2 ** 20).toFixed(1)} MiB, half the guest's free space; ${manager} downloads the rest`);
+      break;
+    }
     const content = await readFile(path).catch(() => undefined);
     if (!content) continue; // pruned meanwhile
     if (sha256Text(content) !== sha256) {
@@ -228,7 +238,14 @@ export async function offerCachedFiles(root: string, packageCacheDir: string, ki
       cached.delete(sha256);
       continue;
     }
-    await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0, ...(time ? { time } : {}) });
+    try {
+      await writeGuestFileFromHost(root, guestPath, content, { mode: 0o644, uid: 0, gid: 0, ...(time ? { time } : {}) });
+    } catch (error) {
+      // The guest's disk full after all: what was offered stays, the manager downloads the rest.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOSPC' && (error as { cause?: NodeJS.ErrnoException }).cause?.code !== 'ENOSPC') throw error;
+      log.warn(`package cache: the guest's disk is full; offering stopped at ${(bytes / 2 ** 20).toFixed(1)} MiB`);
+      break;
+    }
     // Its time says when a build last used it: `cache prune --older-than` goes by it.
     const now = new Date();
     await utimes(path, now, now).catch(() => undefined);
@@ -351,9 +368,15 @@ export async function offerCachedDebs(root: string, packageCacheDir: string, gue
  * with the archive name the lists give those bytes (undefined: no list names them). `skip`: guest paths left out.
  */
 export async function* archivedDebs(root: string, index: AptPackagesIndex, skip: ReadonlySet<string> = new Set()): AsyncGenerator<{ name: string; content: Buffer; sha256: string; listedAs?: string }> {
+  // What is read and hashed in all: a hostile guest's archives may hold 100,000 sparse files of 1 GiB each.
+  let budget = MAX_KEPT_BYTES;
   for (const name of (await readGuestDir(root, APT_ARCHIVES)) ?? []) {
     const guestPath = `${APT_ARCHIVES}/${name}`;
     if (!DEB_NAME.test(name) || skip.has(guestPath)) continue;
+    const size = (await statGuest(root, guestPath))?.size ?? 0;
+    if (size > MAX_PACKAGE_BYTES) continue;
+    if (size > budget) return;
+    budget -= size;
     const content = await readGuestFile(root, guestPath, MAX_PACKAGE_BYTES).catch(() => undefined);
     if (!content) continue;
     const sha256 = sha256Text(content);
@@ -421,6 +444,24 @@ export async function pruneCachedPackages(dir: string, options: { all?: boolean;
     }
   }
   left = kept.filter((entry) => !removed.includes(entry));
-  if (!options.dryRun) for (const entry of removed) await rm(cachedPath(dir, entry), { force: true });
+  if (!options.dryRun) {
+    for (const entry of removed) await rm(cachedPath(dir, entry), { force: true });
+    await removeAbandonedPartials(dir);
+  }
   return { removed, kept: left, freedBytes: removed.reduce((sum, entry) => sum + entry.bytes, 0) };
+}
+
+/** How old a store's temporary file is before prune takes it for a killed build's (a live one renames it in seconds). */
+const ABANDONED_PARTIAL_MS = 24 * 3600 * 1000;
+
+/** The temporary files of builds killed while they stored a package (putInStore's `.<sha256>.<pid>-<rand>.partial`). */
+async function removeAbandonedPartials(dir: string): Promise<void> {
+  for (const kind of PACKAGE_KINDS) {
+    const store = storeDir(dir, kind);
+    for (const name of await readdir(store).catch(() => [] as string[])) {
+      if (!/^\.[0-9a-f]{64}\.\d+-[0-9a-f]{8}\.partial$/.test(name)) continue;
+      const info = await lstat(join(store, name)).catch(() => undefined);
+      if (info?.isFile() && Date.now() - info.mtimeMs > ABANDONED_PARTIAL_MS) await rm(join(store, name), { force: true });
+    }
+  }
 }

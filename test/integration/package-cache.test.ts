@@ -260,6 +260,24 @@ describe('package cache (apt)', () => {
     expect(await readdir(join(fresh, 'packages/deb')).catch(() => [])).toEqual([]);
   });
 
+  test("an image whose apt keeps its archives elsewhere keeps none of what the cache offered: the host removes it, as apt-get clean empties only apt's own", async () => {
+    const moved = await writeRecipe(work, 'moved-archives', [
+      { repository: { name: 'kubernetes', url: mirror.aptUrl, key_url: mirror.keyUrl, fingerprint: mirror.keyFingerprint } },
+      { run: 'mkdir -p /var/cache/elsewhere/partial' },
+      { file: { path: '/etc/apt/apt.conf.d/99-archives', content: 'Dir::Cache::archives "/var/cache/elsewhere/";\n' } },
+      { name: 'tools', packages: { install: [`kubectl=${mirror.versions.kubectl[0]}`, 'cri-tools'] } },
+    ]);
+    const result = await runCli(['apply', moved, '--disk-image', disk, '--output', join(work, 'moved.qcow2'), '--mount-backend', 'fuse', '--sparsify', 'none'], { env });
+    if (result.exitCode !== 0) throw new Error(result.all);
+    // Offered where apt does not look (it downloads them again into its own archives, and cleans those).
+    expect(result.stderr).toMatch(/package cache: 2 \.deb file\(s\), [\d.]+ MiB, offered to apt/);
+    await withImageMounted(join(work, 'moved.qcow2'), 'gpt-esp', async (root) => {
+      expect(await dpkgVersion(root, 'kubectl')).toBe(mirror.versions.kubectl[0]);
+      expect((await readdir(join(root, 'var/cache/apt/archives'))).filter((name) => name.endsWith('.deb'))).toEqual([]);
+      expect((await readdir(join(root, 'var/cache/elsewhere'))).filter((name) => name.endsWith('.deb'))).toEqual([]);
+    });
+  });
+
   test('two builds at once share the cache; --no-cache leaves it alone; prune --all empties it', async () => {
     const [a, b] = await Promise.all([build('a.qcow2', ['--refresh', '2']), build('b.qcow2', ['--refresh', '2'])]);
     for (const result of [a, b]) if (result.exitCode !== 0) throw new Error(result.all);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { AptPackagesIndex, aptArchiveName, aptPackagesIndex, keepDownloadedDebs, listCachedPackages, offerCachedDebs, pruneCachedPackages, rememberedAptPackagesIndex } from '../../src/pkg/package-cache.js';
 import { silentLogger } from '../../src/util/log.js';
 import { sha256Text } from '../../src/util/digest.js';
+import { execa } from 'execa';
 
 describe('package cache: the store and the guest lists', () => {
   let dir: string;
@@ -101,6 +102,28 @@ describe('package cache: the store and the guest lists', () => {
     expect(await readdir(join(root, 'var/cache/apt/archives'))).toEqual(['socat_1.7.4.4-2_amd64.deb']);
   });
 
+  test("at most half the guest's free space is offered: a store many builds filled does not fill the guest's disk", async () => {
+    // The guest's root: a 2 MiB filesystem of its own (tmpfs), three cached .debs of 600 KiB its lists name.
+    const root = join(dir, 'small-root');
+    await mkdir(root);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', root]);
+    try {
+      await mkdir(join(root, 'var/cache/apt/archives'), { recursive: true });
+      const cache = join(dir, 'cache');
+      await mkdir(join(cache, 'deb'), { recursive: true });
+      const debs = Object.fromEntries(['a', 'b', 'c'].map((name) => [`${name}_1_all.deb`, name.repeat(600 * 1024)]));
+      const index = new AptPackagesIndex();
+      index.add('/var/lib/apt/lists/m_Packages', Buffer.from(listOf(debs)));
+      for (const content of Object.values(debs)) await writeFile(join(cache, 'deb', `${sha256Text(content)}.deb`), content);
+      const offered = await offerCachedDebs(root, cache, async () => ({ index, installed: new Set<string>() }), silentLogger());
+      // 2 MiB free: one 600 KiB file fits in half of it, a second would not.
+      expect(offered.files).toBe(1);
+      expect((await readdir(join(root, 'var/cache/apt/archives'))).length).toBe(1);
+    } finally {
+      await execa('umount', [root]);
+    }
+  });
+
   test("an empty store offers nothing and never asks for the guest's lists (a runner's first build reads them while its install runs)", async () => {
     const cache = join(dir, 'cache');
     let asked = false;
@@ -156,5 +179,12 @@ describe('package cache: the store and the guest lists', () => {
     expect(pruned.removed.map((p) => `${p.sha256}.deb`)).toEqual([made[0], made[2]]);
     expect(pruned.kept.map((p) => `${p.sha256}.deb`)).toEqual([made[1]]);
     expect((await readdir(store)).sort()).toEqual([made[1], 'not-a-package.txt'].sort());
+    // A killed build's temporary file goes once it is a day old; a live build's (seconds old) stays.
+    const abandoned = `.${'a'.repeat(64)}.4242-0badc0de.partial`;
+    const live = `.${'b'.repeat(64)}.4243-0badc0de.partial`;
+    for (const name of [abandoned, live]) await writeFile(join(store, name), 'part');
+    await utimes(join(store, abandoned), new Date(Date.now() - 2 * day), new Date(Date.now() - 2 * day));
+    await pruneCachedPackages(dir, { olderThanMs: 3 * day });
+    expect((await readdir(store)).sort()).toEqual([made[1], 'not-a-package.txt', live].sort());
   });
 });
