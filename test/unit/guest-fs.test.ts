@@ -372,9 +372,10 @@ describe('guest-fs is the only way the host opens a guest file', () => {
     'src/steps/run.ts': { statSync: "a recipe's run.file on the host, confined" },
     'src/steps/download.ts': { open: "the download's own file in the private work directory", createReadStream: 'the same file' },
     'src/steps/repository.ts': { chown: "the gpg box's own empty HOME in the private work directory" },
-    'src/pkg/package-cache.ts': Object.fromEntries(
-      ['mkdir', 'readdir', 'readFile', 'rename', 'rm', 'stat', 'utimes', 'writeFile'].map((name) => [name, "the host's package store in the cache directory; guest files only through guest-fs"]),
-    ),
+    'src/pkg/package-cache.ts': {
+      ...Object.fromEntries(['mkdir', 'readdir', 'readFile', 'rename', 'rm', 'stat', 'utimes', 'writeFile'].map((name) => [name, "the host's package store in the cache directory; guest files only through guest-fs"])),
+      statfs: "the guest root's mount point, a host path the host mounted (no file is opened: its free space bounds the offer)",
+    },
   };
   const GUEST_FACING = ['src/distro', 'src/pkg', 'src/bom', 'src/chroot', 'src/mount', 'src/boot', 'src/checks', 'src/steps', 'src/image/rootfs-tar.ts', 'src/pipeline/inspect.ts'];
 
