@@ -7,7 +7,7 @@ import { ImageBuilderError } from '../util/errors.js';
 import { enableEmulation } from './emulation.js';
 import { replaceTemporarily } from './guest-file.js';
 import { CleanupStack } from '../util/cleanup.js';
-import { CommandTimeout, formatCommand, tail, timeLimitText, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
+import { CommandTimeout, formatCommand, type ExecOptions, type ExecResult, type Runner } from '../util/exec.js';
 import { resolveInRoot, sleep } from '../util/fs.js';
 import { guardHostFilesystems, holdDirectory, isInside, realRoot as realPathOfRoot } from '../util/guest-fs.js';
 import { isMounted, mountsUnder, mountTable } from '../util/mounts.js';
@@ -382,10 +382,7 @@ export async function openChroot(root: string, options: ChrootOptions): Promise<
         if (result.exitCode !== 0) await throwIfLimitHit(sandbox, before, rest, displayGuestCommand(root, argv));
         // Allowed to fail, but not to take the session's time: the caller set none and reads only exit codes.
         if (result.timedOut && rest.timeoutMs === undefined) {
-          throw new CommandTimeout(rest.errorCode ?? 'COMMAND_FAILED', `${rest.purpose ? `${rest.purpose}: ` : ''}\`${displayGuestCommand(root, argv)}\` did not finish within ${timeLimitText(limit)}`, {
-            detail: tail(result.output) || undefined,
-            hint: SESSION_TIMEOUT_HINT,
-          });
+          throw CommandTimeout.of(displayGuestCommand(root, argv), { ...rest, ...limit }, result.output);
         }
         return result;
       } catch (error) {

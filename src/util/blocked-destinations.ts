@@ -42,29 +42,25 @@ export function withNat64Forms(destinations: string[]): string[] {
   });
 }
 
-/** BLOCKED_DESTINATIONS as a lookup: IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
-const blockedDestinations = new BlockList();
-for (const destination of BLOCKED_DESTINATIONS) {
-  const [network, length] = destination.split('/');
-  blockedDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
+/**
+ * Whether an address (maybe with an IPv6 zone, or in brackets as a URL writes it) is on one of `destinations`:
+ * IPv4, IPv6 and IPv4-mapped IPv6 addresses alike.
+ */
+function destinationLookup(destinations: readonly string[]): (address: string) => boolean {
+  const list = new BlockList();
+  for (const destination of destinations) {
+    const [network, length] = destination.split('/');
+    list.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
+  }
+  return (address) => {
+    const bare = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');
+    const family = isIPv4(bare) ? 'ipv4' : isIPv6(bare) ? 'ipv6' : undefined;
+    return family !== undefined && list.check(bare, family);
+  };
 }
 
-/** PRIVATE_DESTINATIONS as a lookup. */
-const privateDestinations = new BlockList();
-for (const destination of PRIVATE_DESTINATIONS) {
-  const [network, length] = destination.split('/');
-  privateDestinations.addSubnet(network, Number(length), isIPv6(network) ? 'ipv6' : 'ipv4');
-}
+/** Whether an address is one of BLOCKED_DESTINATIONS. */
+export const isBlockedDestination = destinationLookup(BLOCKED_DESTINATIONS);
 
 /** Whether an address is on one of PRIVATE_DESTINATIONS. */
-export function isPrivateDestination(address: string): boolean {
-  const family = isIPv4(address) ? 'ipv4' : isIPv6(address) ? 'ipv6' : undefined;
-  return family !== undefined && privateDestinations.check(address, family);
-}
-
-/** Whether an address (maybe with an IPv6 zone, or in brackets as a URL writes it) is one of BLOCKED_DESTINATIONS. */
-export function isBlockedDestination(address: string): boolean {
-  const bare = address.replace(/^\[(.*)\]$/, '$1').replace(/%.*$/, '');
-  const family = isIPv4(bare) ? 'ipv4' : isIPv6(bare) ? 'ipv6' : undefined;
-  return family !== undefined && blockedDestinations.check(bare, family);
-}
+export const isPrivateDestination = destinationLookup(PRIVATE_DESTINATIONS);

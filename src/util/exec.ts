@@ -137,12 +137,7 @@ export const execRunner: Runner = async (file, args, options = {}) => {
   const notFound = result.code === 'ENOENT';
   // A missing tool is never an expected failure, whatever the caller allows: say which one.
   if (result.failed && (!options.allowFailure || notFound)) {
-    if (timedOut && !notFound) {
-      throw new CommandTimeout(options.errorCode ?? 'COMMAND_FAILED', `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` did not finish within ${timeLimitText(options)}`, {
-        detail: tail(outcome.output) || undefined,
-        hint: options.timeoutHint,
-      });
-    }
+    if (timedOut && !notFound) throw CommandTimeout.of(command, options, outcome.output);
     const why = result.exitCode === undefined
         ? `could not run (${result.code ?? result.signal ?? result.shortMessage})`
         : `exited with ${result.exitCode}`;
@@ -160,11 +155,17 @@ export const execRunner: Runner = async (file, args, options = {}) => {
   return outcome;
 };
 
-/** A command's time limit as a message says it: "30 s (the recipe's limits.timeout)". */
-export const timeLimitText = (options: Pick<ExecOptions, 'timeoutMs' | 'timeoutSource'>) => `${options.timeoutMs! / 1000} s${options.timeoutSource ? ` (${options.timeoutSource})` : ''}`;
-
 /** A command killed at its time limit: not a failure of its own (a missing network, a bad package name). */
-export class CommandTimeout extends ImageBuilderError {}
+export class CommandTimeout extends ImageBuilderError {
+  /** `command` (as messages show it) killed at `options.timeoutMs`: the limit and what set it, the timeout's hint. */
+  static of(command: string, options: Pick<ExecOptions, 'errorCode' | 'purpose' | 'timeoutMs' | 'timeoutSource' | 'timeoutHint'>, output: string): CommandTimeout {
+    const limit = `${options.timeoutMs! / 1000} s${options.timeoutSource ? ` (${options.timeoutSource})` : ''}`;
+    return new CommandTimeout(options.errorCode ?? 'COMMAND_FAILED', `${options.purpose ? `${options.purpose}: ` : ''}\`${command}\` did not finish within ${limit}`, {
+      detail: tail(output) || undefined,
+      hint: options.timeoutHint,
+    });
+  }
+}
 
 /** A runner that records every call and answers from a script: for unit tests of exact argv. */
 export interface RecordedCall {
